@@ -1,0 +1,218 @@
+//! Netlink operations sluice needs, in-process through rtnetlink (never by
+//! running `ip`). One `Netlink` is bound to the network namespace it was
+//! opened in (see `netns::netlink_in` for another namespace's).
+use std::net::{IpAddr, Ipv4Addr};
+
+use anyhow::{anyhow, Context, Result};
+use futures::TryStreamExt;
+use netlink_packet_route::{
+    address::AddressAttribute,
+    link::{LinkAttribute, LinkMessage},
+    neighbour::NeighbourState,
+    route::RouteScope,
+    AddressFamily,
+};
+use rtnetlink::Handle;
+
+#[derive(Clone)]
+pub struct Netlink {
+    handle: Handle,
+}
+
+/// What sluice needs to know about an interface.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct LinkInfo {
+    pub index: u32,
+    pub name: String,
+    pub mtu: u32,
+    pub mac: [u8; 6],
+}
+
+/// True if `e` is the kernel answering with `errno`.
+pub fn is_errno(e: &rtnetlink::Error, errno: i32) -> bool {
+    matches!(e, rtnetlink::Error::NetlinkError(m) if m.code.map(|c| c.get()) == Some(-errno))
+}
+
+fn link_info(msg: &LinkMessage) -> LinkInfo {
+    let mut info = LinkInfo {
+        index: msg.header.index,
+        name: String::new(),
+        mtu: 0,
+        mac: [0; 6],
+    };
+    for attr in &msg.attributes {
+        match attr {
+            LinkAttribute::IfName(n) => info.name = n.clone(),
+            LinkAttribute::Mtu(m) => info.mtu = *m,
+            LinkAttribute::Address(a) if a.len() == 6 => info.mac.copy_from_slice(a),
+            _ => {}
+        }
+    }
+    info
+}
+
+impl Netlink {
+    /// A connection in the calling thread's current network namespace. Must
+    /// be called inside a tokio runtime (the connection task is spawned).
+    pub fn open() -> Result<Self> {
+        let (conn, handle, _) = rtnetlink::new_connection().context("open rtnetlink socket")?;
+        tokio::spawn(conn);
+        Ok(Self { handle })
+    }
+
+    /// The link called `name`, or `None` if there is none.
+    pub async fn link_by_name(&self, name: &str) -> Result<Option<LinkInfo>> {
+        let mut links = self.handle.link().get().match_name(name.to_string()).execute();
+        match links.try_next().await {
+            Ok(Some(msg)) => Ok(Some(link_info(&msg))),
+            Ok(None) => Ok(None),
+            Err(e) if is_errno(&e, libc::ENODEV) => Ok(None),
+            Err(e) => Err(e).with_context(|| format!("get link {name}")),
+        }
+    }
+
+    pub async fn link_by_index(&self, index: u32) -> Result<Option<LinkInfo>> {
+        let mut links = self.handle.link().get().match_index(index).execute();
+        match links.try_next().await {
+            Ok(Some(msg)) => Ok(Some(link_info(&msg))),
+            Ok(None) => Ok(None),
+            Err(e) if is_errno(&e, libc::ENODEV) => Ok(None),
+            Err(e) => Err(e).with_context(|| format!("get link #{index}")),
+        }
+    }
+
+    pub async fn require_link(&self, name: &str) -> Result<LinkInfo> {
+        self.link_by_name(name)
+            .await?
+            .ok_or_else(|| anyhow!("interface {name} does not exist"))
+    }
+
+    /// The first IPv4 address on interface `index`.
+    pub async fn first_ipv4(&self, index: u32) -> Result<Option<Ipv4Addr>> {
+        let mut addrs = self.handle.address().get().set_link_index_filter(index).execute();
+        while let Some(msg) = addrs.try_next().await.context("list addresses")? {
+            if msg.header.family != AddressFamily::Inet {
+                continue;
+            }
+            for attr in &msg.attributes {
+                if let AddressAttribute::Address(IpAddr::V4(ip)) = attr {
+                    return Ok(Some(*ip));
+                }
+            }
+        }
+        Ok(None)
+    }
+
+    /// `ip link add <host> type veth peer name <peer>`.
+    pub async fn add_veth(&self, host: &str, peer: &str) -> Result<()> {
+        self.handle
+            .link()
+            .add()
+            .veth(host.to_string(), peer.to_string())
+            .execute()
+            .await
+            .with_context(|| format!("create veth {host} <-> {peer}"))
+    }
+
+    /// Delete a link; one that is already gone counts as deleted.
+    pub async fn delete_link(&self, name: &str) -> Result<()> {
+        let Some(link) = self.link_by_name(name).await? else {
+            return Ok(());
+        };
+        match self.handle.link().del(link.index).execute().await {
+            Ok(()) => Ok(()),
+            Err(e) if is_errno(&e, libc::ENODEV) => Ok(()),
+            Err(e) => Err(e).with_context(|| format!("delete link {name}")),
+        }
+    }
+
+    /// Move a link into the network namespace open as `ns_fd`.
+    pub async fn move_to_netns(&self, index: u32, ns_fd: std::os::fd::RawFd) -> Result<()> {
+        self.handle
+            .link()
+            .set(index)
+            .setns_by_fd(ns_fd)
+            .execute()
+            .await
+            .context("move link to netns")
+    }
+
+    pub async fn set_name(&self, index: u32, name: &str) -> Result<()> {
+        self.handle
+            .link()
+            .set(index)
+            .name(name.to_string())
+            .execute()
+            .await
+            .with_context(|| format!("rename link to {name}"))
+    }
+
+    pub async fn set_mtu(&self, index: u32, mtu: u32) -> Result<()> {
+        self.handle
+            .link()
+            .set(index)
+            .mtu(mtu)
+            .execute()
+            .await
+            .with_context(|| format!("set MTU {mtu}"))
+    }
+
+    pub async fn set_up(&self, index: u32) -> Result<()> {
+        self.handle
+            .link()
+            .set(index)
+            .up()
+            .execute()
+            .await
+            .context("set link up")
+    }
+
+    /// Add an address; an address already present counts as added.
+    pub async fn add_address(&self, index: u32, ip: IpAddr, prefix_len: u8) -> Result<()> {
+        match self.handle.address().add(index, ip, prefix_len).execute().await {
+            Ok(()) => Ok(()),
+            Err(e) if is_errno(&e, libc::EEXIST) => Ok(()),
+            Err(e) => Err(e).with_context(|| format!("add address {ip}/{prefix_len}")),
+        }
+    }
+
+    /// A scope-link route to `dst/prefix` out of interface `index`.
+    pub async fn add_link_route(&self, index: u32, dst: Ipv4Addr, prefix_len: u8) -> Result<()> {
+        let req = self
+            .handle
+            .route()
+            .add()
+            .v4()
+            .destination_prefix(dst, prefix_len)
+            .output_interface(index)
+            .scope(RouteScope::Link);
+        match req.execute().await {
+            Ok(()) => Ok(()),
+            Err(e) if is_errno(&e, libc::EEXIST) => Ok(()),
+            Err(e) => Err(e).with_context(|| format!("add route {dst}/{prefix_len} dev #{index}")),
+        }
+    }
+
+    /// `default via <gw> dev <index>`.
+    pub async fn add_default_route(&self, index: u32, gw: Ipv4Addr) -> Result<()> {
+        let req = self.handle.route().add().v4().gateway(gw).output_interface(index);
+        match req.execute().await {
+            Ok(()) => Ok(()),
+            Err(e) if is_errno(&e, libc::EEXIST) => Ok(()),
+            Err(e) => Err(e).with_context(|| format!("add default route via {gw}")),
+        }
+    }
+
+    /// A permanent neighbour entry: `ip` is at `mac` on interface `index`.
+    pub async fn add_permanent_neighbour(&self, index: u32, ip: Ipv4Addr, mac: [u8; 6]) -> Result<()> {
+        self.handle
+            .neighbours()
+            .add(index, IpAddr::V4(ip))
+            .link_local_address(&mac)
+            .state(NeighbourState::Permanent)
+            .replace()
+            .execute()
+            .await
+            .with_context(|| format!("add neighbour {ip}"))
+    }
+}

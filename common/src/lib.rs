@@ -1,0 +1,16 @@
+//! The contract between sluice's eBPF programs and its user space.
+//!
+//! Every type here crosses the kernel boundary as a map key or value, so each
+//! is `#[repr(C)]`, fixed-size, holds no `bool`/`Option`/data-carrying enum,
+//! and has its size pinned by a compile-time check. The `user` feature adds the
+//! `aya::Pod` impls the agent and the CNI plugin need; the eBPF build never
+//! enables it, so it never links aya. Pure packet decisions live in
+//! [`verdict`] so they are unit-tested on the host and used by the programs.
+#![no_std]
+
+pub mod counters;
+pub mod maps;
+pub mod verdict;
+
+pub use counters::{DropReason, ForwardPath};
+pub use maps::{EndpointInfo, NodeConfig, RemoteNode};

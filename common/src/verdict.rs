@@ -1,0 +1,203 @@
+//! Pure packet decisions, shared by the eBPF programs and host unit tests.
+//!
+//! The programs gather facts from the packet and the maps, call these
+//! functions, and carry out the answer. Nothing here touches a packet.
+
+use crate::counters::DropReason;
+
+/// What `from_pod` / `from_uplink` do with an IPv4 packet.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Verdict {
+    /// Into a local pod through `bpf_redirect_peer` on this host veth.
+    ToLocalPod,
+    /// Out of the uplink towards another node.
+    ToRemoteNode,
+    /// Hand to the node's network stack unchanged.
+    ToStack,
+    Drop(DropReason),
+}
+
+/// Facts `from_pod` looked up for one IPv4 packet.
+#[derive(Clone, Copy, Debug)]
+pub struct FromPodFacts {
+    /// The source address belongs to the endpoint behind this very interface.
+    pub source_is_own: bool,
+    pub dest_is_local_pod: bool,
+    pub dest_is_remote_pod: bool,
+    pub uplink_configured: bool,
+    pub ttl: u8,
+}
+
+/// Decide for a packet a pod sent. Anti-spoofing comes first: nothing a pod
+/// sends with a foreign source address goes anywhere, not even to the stack.
+pub fn from_pod(f: FromPodFacts) -> Verdict {
+    if !f.source_is_own {
+        return Verdict::Drop(DropReason::SourceSpoofed);
+    }
+    if f.dest_is_local_pod || f.dest_is_remote_pod {
+        if f.ttl <= 1 {
+            return Verdict::Drop(DropReason::TtlExpired);
+        }
+        if f.dest_is_local_pod {
+            return Verdict::ToLocalPod;
+        }
+        if !f.uplink_configured {
+            return Verdict::Drop(DropReason::NoUplink);
+        }
+        return Verdict::ToRemoteNode;
+    }
+    Verdict::ToStack
+}
+
+/// Decide for a packet arriving on the uplink.
+pub fn from_uplink(dest_is_local_pod: bool, ttl: u8) -> Verdict {
+    if !dest_is_local_pod {
+        return Verdict::ToStack;
+    }
+    if ttl <= 1 {
+        return Verdict::Drop(DropReason::TtlExpired);
+    }
+    Verdict::ToLocalPod
+}
+
+/// The IPv4 header checksum after decrementing TTL by one (RFC 1624
+/// incremental update, as the kernel's `ip_decrease_ttl`). `check_be` and the
+/// result are the header field as stored: network byte order.
+pub fn checksum_after_ttl_decrement(check_be: u16) -> u16 {
+    // TTL is the high byte of its 16-bit word; lowering it by one raises the
+    // one's-complement sum's complement by 0x0100 (network order).
+    let check = u16::from_be(check_be) as u32 + 0x0100;
+    let folded = (check & 0xffff) + (check >> 16);
+    (folded as u16).to_be()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn facts() -> FromPodFacts {
+        FromPodFacts {
+            source_is_own: true,
+            dest_is_local_pod: false,
+            dest_is_remote_pod: false,
+            uplink_configured: true,
+            ttl: 64,
+        }
+    }
+
+    #[test]
+    fn from_pod_table() {
+        let cases = [
+            (facts(), Verdict::ToStack),
+            (
+                FromPodFacts {
+                    source_is_own: false,
+                    ..facts()
+                },
+                Verdict::Drop(DropReason::SourceSpoofed),
+            ),
+            (
+                FromPodFacts {
+                    source_is_own: false,
+                    dest_is_local_pod: true,
+                    ..facts()
+                },
+                Verdict::Drop(DropReason::SourceSpoofed),
+            ),
+            (
+                FromPodFacts {
+                    dest_is_local_pod: true,
+                    ..facts()
+                },
+                Verdict::ToLocalPod,
+            ),
+            (
+                FromPodFacts {
+                    dest_is_local_pod: true,
+                    dest_is_remote_pod: true,
+                    ..facts()
+                },
+                Verdict::ToLocalPod,
+            ),
+            (
+                FromPodFacts {
+                    dest_is_remote_pod: true,
+                    ..facts()
+                },
+                Verdict::ToRemoteNode,
+            ),
+            (
+                FromPodFacts {
+                    dest_is_remote_pod: true,
+                    uplink_configured: false,
+                    ..facts()
+                },
+                Verdict::Drop(DropReason::NoUplink),
+            ),
+            (
+                FromPodFacts {
+                    dest_is_remote_pod: true,
+                    ttl: 1,
+                    ..facts()
+                },
+                Verdict::Drop(DropReason::TtlExpired),
+            ),
+            (FromPodFacts { ttl: 1, ..facts() }, Verdict::ToStack),
+        ];
+        for (i, (f, want)) in cases.iter().enumerate() {
+            assert_eq!(from_pod(*f), *want, "case {i}: {f:?}");
+        }
+    }
+
+    #[test]
+    fn from_uplink_table() {
+        assert_eq!(from_uplink(false, 64), Verdict::ToStack);
+        assert_eq!(from_uplink(true, 64), Verdict::ToLocalPod);
+        assert_eq!(from_uplink(true, 1), Verdict::Drop(DropReason::TtlExpired));
+        assert_eq!(from_uplink(false, 0), Verdict::ToStack);
+    }
+
+    /// Full recomputation of an IPv4 header checksum, for comparison.
+    fn full_checksum(hdr: &[u8; 20]) -> u16 {
+        let mut sum = 0u32;
+        for i in (0..20).step_by(2) {
+            if i == 10 {
+                continue;
+            }
+            sum += u16::from_be_bytes([hdr[i], hdr[i + 1]]) as u32;
+        }
+        while sum >> 16 != 0 {
+            sum = (sum & 0xffff) + (sum >> 16);
+        }
+        !(sum as u16)
+    }
+
+    #[test]
+    fn ttl_decrement_checksum_matches_full_recompute() {
+        let mut hdr: [u8; 20] = [
+            0x45, 0, 0, 84, 0x12, 0x34, 0x40, 0, 64, 1, 0, 0, 10, 244, 1, 2, 10, 244, 2, 3,
+        ];
+        // Walk TTL down through many values, including ones that carry.
+        for _ in 0..63 {
+            let c = full_checksum(&hdr);
+            hdr[10..12].copy_from_slice(&c.to_be_bytes());
+            let check_be = u16::from_ne_bytes([hdr[10], hdr[11]]);
+            hdr[8] -= 1;
+            let want = full_checksum(&hdr);
+            let got = u16::from_be(checksum_after_ttl_decrement(check_be));
+            assert_eq!(got, want, "ttl now {}", hdr[8]);
+        }
+        // A header whose checksum field is near the wrap point.
+        let mut odd: [u8; 20] = [
+            0x45, 0, 0xff, 0xff, 0xff, 0xff, 0, 0, 2, 0xfe, 0, 0, 255, 255, 255, 255, 0, 0, 0, 1,
+        ];
+        let c = full_checksum(&odd);
+        odd[10..12].copy_from_slice(&c.to_be_bytes());
+        let check_be = u16::from_ne_bytes([odd[10], odd[11]]);
+        odd[8] -= 1;
+        assert_eq!(
+            u16::from_be(checksum_after_ttl_decrement(check_be)),
+            full_checksum(&odd)
+        );
+    }
+}

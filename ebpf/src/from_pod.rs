@@ -1,0 +1,82 @@
+//! `from_pod`: ingress of a pod's host-side veth.
+use aya_ebpf::{bindings::TC_ACT_OK, macros::classifier, maps::lpm_trie::Key, programs::TcContext};
+use sluice_common::{
+    verdict::{self, FromPodFacts, Verdict},
+    DropReason, ForwardPath,
+};
+
+use crate::{
+    counters::{count_forward, drop_packet},
+    forward,
+    maps::{ENDPOINTS, NODE_CONFIG, NODE_ROUTES},
+    parse,
+};
+
+#[classifier]
+pub fn from_pod(ctx: TcContext) -> i32 {
+    match try_from_pod(&ctx) {
+        Ok(action) => action,
+        Err(reason) => drop_packet(reason),
+    }
+}
+
+#[inline(always)]
+fn try_from_pod(ctx: &TcContext) -> Result<i32, DropReason> {
+    let Some((eth, ip)) = parse::ipv4(ctx)? else {
+        // ARP, IPv6: the node's stack answers (pods use a static neighbour
+        // for their gateway, so ARP is rare).
+        count_forward(ForwardPath::ToStack);
+        return Ok(TC_ACT_OK as i32);
+    };
+    // SAFETY: bounds checked by parse::ipv4.
+    let (src_be, dst_be, ttl, version_ihl) = unsafe { ((*ip).src_be, (*ip).dst_be, (*ip).ttl, (*ip).version_ihl) };
+    if version_ihl >> 4 != 4 {
+        return Err(DropReason::BadIpHeader);
+    }
+
+    let this_ifindex = parse::ifindex(ctx);
+    // SAFETY: map values are only read here, never kept across helper calls
+    // that could free them.
+    let source_is_own = match unsafe { ENDPOINTS.get(&src_be) } {
+        Some(ep) => ep.host_ifindex == this_ifindex,
+        None => false,
+    };
+    let local = unsafe { ENDPOINTS.get(&dst_be) };
+    let remote = NODE_ROUTES.get(Key::new(32, dst_be));
+    let config = NODE_CONFIG.get(0);
+    let uplink_ifindex = match config {
+        Some(c) => c.uplink_ifindex,
+        None => 0,
+    };
+
+    let decision = verdict::from_pod(FromPodFacts {
+        source_is_own,
+        dest_is_local_pod: local.is_some(),
+        dest_is_remote_pod: remote.is_some(),
+        uplink_configured: uplink_ifindex != 0,
+        ttl,
+    });
+    match decision {
+        Verdict::Drop(reason) => Err(reason),
+        Verdict::ToStack => {
+            count_forward(ForwardPath::ToStack);
+            Ok(TC_ACT_OK as i32)
+        }
+        Verdict::ToLocalPod => {
+            let Some(ep) = local else {
+                return Err(DropReason::HeaderRewrite);
+            };
+            forward::decrement_ttl(ip);
+            count_forward(ForwardPath::PodToLocalPod);
+            Ok(forward::into_pod(eth, ep))
+        }
+        Verdict::ToRemoteNode => {
+            let Some(node) = remote else {
+                return Err(DropReason::HeaderRewrite);
+            };
+            forward::decrement_ttl(ip);
+            count_forward(ForwardPath::PodToNode);
+            Ok(forward::to_node(uplink_ifindex, node.node_ip_be))
+        }
+    }
+}

@@ -1,0 +1,32 @@
+//! sluice's datapath: TC programs attached with TCX.
+//!
+//! - `from_pod`: ingress of every pod's host-side veth. Anti-spoofing, then
+//!   local delivery straight into the destination pod, cross-node forwarding
+//!   out of the uplink (pod IPs untouched, no encapsulation), or the stack.
+//! - `from_uplink`: ingress of the node's uplink. Packets for a local pod go
+//!   straight into it; everything else goes to the node's stack.
+//! - `count_packets`: a diagnostic that counts packets per interface.
+//!
+//! Decisions come from `sluice_common::verdict`; this crate only gathers the
+//! facts (headers, map lookups) and carries the verdict out.
+#![no_std]
+#![no_main]
+
+mod count;
+mod counters;
+mod forward;
+mod from_pod;
+mod from_uplink;
+mod maps;
+mod parse;
+
+#[cfg(not(test))]
+#[panic_handler]
+fn panic(_info: &core::panic::PanicInfo) -> ! {
+    // eBPF programs cannot panic; the verifier rejects any path that would.
+    loop {}
+}
+
+#[unsafe(no_mangle)]
+#[unsafe(link_section = "license")]
+pub static LICENSE: [u8; 4] = *b"GPL\0";

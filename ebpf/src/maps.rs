@@ -1,0 +1,28 @@
+//! The maps shared with user space. Names, layouts and who writes what are
+//! documented on the types in `sluice_common::maps`.
+use aya_ebpf::{
+    macros::map,
+    maps::{Array, HashMap, LpmTrie, PerCpuArray, PerCpuHashMap},
+};
+use sluice_common::{
+    maps::limits::{MAX_ENDPOINTS, MAX_IFACES, MAX_NODE_ROUTES},
+    DropReason, EndpointInfo, ForwardPath, NodeConfig, RemoteNode,
+};
+
+#[map]
+pub static ENDPOINTS: HashMap<u32, EndpointInfo> = HashMap::with_max_entries(MAX_ENDPOINTS, 0);
+
+#[map]
+pub static NODE_ROUTES: LpmTrie<u32, RemoteNode> = LpmTrie::with_max_entries(MAX_NODE_ROUTES, 0);
+
+#[map]
+pub static NODE_CONFIG: Array<NodeConfig> = Array::with_max_entries(1, 0);
+
+#[map]
+pub static DROPS: PerCpuArray<u64> = PerCpuArray::with_max_entries(DropReason::COUNT, 0);
+
+#[map]
+pub static FORWARDS: PerCpuArray<u64> = PerCpuArray::with_max_entries(ForwardPath::COUNT, 0);
+
+#[map]
+pub static IFACE_PACKETS: PerCpuHashMap<u32, u64> = PerCpuHashMap::with_max_entries(MAX_IFACES, 0);

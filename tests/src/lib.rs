@@ -1,0 +1,175 @@
+//! Shared pieces of sluice's end-to-end tests: namespace and pin-directory
+//! guards that clean up on drop (also when a test panics), names unique per
+//! process and counter, and helpers to run commands inside a namespace.
+//!
+//! Namespaces are entered with `nsenter --net` (never `ip netns exec`, which
+//! remounts /sys and hides the root bpffs).
+use std::{
+    path::{Path, PathBuf},
+    process::{Command, Output, Stdio},
+    sync::atomic::{AtomicU32, Ordering},
+};
+
+use anyhow::{bail, Context, Result};
+
+pub mod lab;
+
+static COUNTER: AtomicU32 = AtomicU32::new(0);
+
+/// A short name unique to this process and call: `<prefix><pid>x<n>`.
+pub fn unique(prefix: &str) -> String {
+    format!(
+        "{prefix}{}x{}",
+        std::process::id(),
+        COUNTER.fetch_add(1, Ordering::Relaxed)
+    )
+}
+
+/// Fail loudly, naming what is missing, when not root.
+pub fn require_root() {
+    // SAFETY: geteuid has no preconditions.
+    if unsafe { libc::geteuid() } != 0 {
+        panic!("this end-to-end test needs root (network namespaces, eBPF): run `cargo xtask test` as root");
+    }
+}
+
+fn describe(cmd: &Command) -> String {
+    std::iter::once(cmd.get_program())
+        .chain(cmd.get_args())
+        .map(|s| s.to_string_lossy().into_owned())
+        .collect::<Vec<_>>()
+        .join(" ")
+}
+
+/// Run, fail with stderr on a non-zero exit, return stdout.
+pub fn run(cmd: &mut Command) -> Result<String> {
+    let out = cmd
+        .stdin(Stdio::null())
+        .output()
+        .with_context(|| format!("start {}", describe(cmd)))?;
+    if !out.status.success() {
+        bail!(
+            "{} failed ({}): {}{}",
+            describe(cmd),
+            out.status,
+            String::from_utf8_lossy(&out.stderr),
+            String::from_utf8_lossy(&out.stdout)
+        );
+    }
+    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+}
+
+/// Run and return the raw output, whatever the exit status.
+pub fn try_run(cmd: &mut Command) -> Result<Output> {
+    cmd.stdin(Stdio::null())
+        .output()
+        .with_context(|| format!("start {}", describe(cmd)))
+}
+
+pub fn sh(program: &str, args: &[&str]) -> Result<String> {
+    run(Command::new(program).args(args))
+}
+
+/// A network namespace under /run/netns, deleted on drop.
+pub struct Netns {
+    pub name: String,
+}
+
+impl Netns {
+    pub fn new(prefix: &str) -> Result<Self> {
+        let name = unique(prefix);
+        sh("ip", &["netns", "add", &name])?;
+        let ns = Self { name };
+        // No IPv6 chatter (router solicitations, MLD) to disturb counts.
+        ns.sysctl("net.ipv6.conf.all.disable_ipv6", "1")?;
+        ns.sysctl("net.ipv6.conf.default.disable_ipv6", "1")?;
+        ns.exec(&["ip", "link", "set", "lo", "up"])?;
+        Ok(ns)
+    }
+
+    pub fn path(&self) -> PathBuf {
+        PathBuf::from("/run/netns").join(&self.name)
+    }
+
+    /// A command that runs inside this namespace (network only).
+    pub fn cmd(&self, args: &[&str]) -> Command {
+        let mut c = Command::new("nsenter");
+        c.arg(format!("--net={}", self.path().display())).arg("--").args(args);
+        c
+    }
+
+    pub fn exec(&self, args: &[&str]) -> Result<String> {
+        run(&mut self.cmd(args))
+    }
+
+    pub fn sysctl(&self, key: &str, value: &str) -> Result<()> {
+        self.exec(&["sysctl", "-qw", &format!("{key}={value}")]).map(|_| ())
+    }
+}
+
+impl Drop for Netns {
+    fn drop(&mut self) {
+        let _ = Command::new("ip").args(["netns", "del", &self.name]).output();
+    }
+}
+
+/// A bpffs pin directory of this test's own, removed (with everything
+/// pinned in it, which detaches pinned links) on drop.
+pub struct PinDirGuard {
+    pub path: PathBuf,
+}
+
+impl PinDirGuard {
+    pub fn new() -> Result<Self> {
+        sluice_agent::bpffs::ensure_mounted(Path::new("/sys/fs/bpf"))?;
+        Ok(Self {
+            path: PathBuf::from("/sys/fs/bpf").join(unique("sluice-test-")),
+        })
+    }
+}
+
+impl Drop for PinDirGuard {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.path);
+    }
+}
+
+/// A workspace binary built by `cargo build --workspace --bins`.
+pub fn bin(name: &str) -> PathBuf {
+    let p = Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/debug").join(name);
+    assert!(
+        p.exists(),
+        "{} not built: run `cargo xtask test` (it builds the binaries first)",
+        p.display()
+    );
+    p
+}
+
+/// `ip -j link show dev <ifname>` inside `ns` (sysfs would show the root
+/// namespace's interfaces: nsenter --net does not remount /sys).
+pub fn link_json(ns: &Netns, ifname: &str) -> Result<serde_json::Value> {
+    let out = ns.exec(&["ip", "-j", "link", "show", "dev", ifname])?;
+    let v: serde_json::Value = serde_json::from_str(&out)?;
+    v.get(0)
+        .cloned()
+        .with_context(|| format!("no link {ifname} in {}", ns.name))
+}
+
+/// The ifindex of `ifname` inside `ns`.
+pub fn ifindex(ns: &Netns, ifname: &str) -> Result<u32> {
+    let v = link_json(ns, ifname)?;
+    Ok(v["ifindex"].as_u64().context("ifindex")? as u32)
+}
+
+/// The MAC address of `ifname` inside `ns`.
+pub fn mac(ns: &Netns, ifname: &str) -> Result<String> {
+    let v = link_json(ns, ifname)?;
+    Ok(v["address"].as_str().context("address")?.to_string())
+}
+
+/// Count of packets `ping` saw answered, from its summary line.
+pub fn ping_received(out: &str) -> Option<u32> {
+    let line = out.lines().find(|l| l.contains("packets transmitted"))?;
+    let part = line.split(',').nth(1)?;
+    part.split_whitespace().next()?.parse().ok()
+}

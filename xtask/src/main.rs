@@ -1,0 +1,64 @@
+//! `cargo xtask`: the developer's and user's tasks.
+//!
+//! - `setup`: install what sluice needs on a fresh Debian 12 machine.
+//! - `build-ebpf`: build the eBPF object with Debian's toolchain.
+//! - `test`: setup, build, lint, and every test (unit and end to end).
+//! - `lab up|status|down`: a multi-node lab in network namespaces.
+use std::path::{Path, PathBuf};
+
+use anyhow::Result;
+use clap::{Parser, Subcommand};
+
+mod build_ebpf;
+mod lab;
+mod setup;
+mod shell;
+mod test;
+
+#[derive(Parser)]
+#[command(name = "xtask", about = "sluice's developer and user tasks")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Install the eBPF toolchain and test tools (root; idempotent).
+    Setup,
+    /// Build the eBPF object into target/ebpf/sluice.bpf.o.
+    BuildEbpf {
+        /// Kept for symmetry with cargo; the object is always optimised
+        /// (the verifier needs it).
+        #[arg(long)]
+        release: bool,
+    },
+    /// Set up, build, lint and run every test.
+    Test {
+        /// Extra arguments passed to `cargo test` (e.g. a test name filter).
+        #[arg(trailing_var_arg = true)]
+        args: Vec<String>,
+    },
+    /// A local multi-node lab built from network namespaces.
+    Lab {
+        #[command(subcommand)]
+        command: lab::LabCommand,
+    },
+}
+
+/// The repository root (xtask lives one level below it).
+pub fn repo_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("xtask is inside the repo")
+        .to_path_buf()
+}
+
+fn main() -> Result<()> {
+    match Cli::parse().command {
+        Command::Setup => setup::run(),
+        Command::BuildEbpf { release: _ } => build_ebpf::run().map(|_| ()),
+        Command::Test { args } => test::run(&args),
+        Command::Lab { command } => lab::run(command),
+    }
+}

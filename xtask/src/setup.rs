@@ -1,0 +1,93 @@
+//! `cargo xtask setup`: everything sluice needs on a fresh Debian 12
+//! machine, installed only from Debian's packages and crates.io.
+//! Idempotent: each step checks first and says what it skips.
+use std::process::Command;
+
+use anyhow::{Context, Result};
+
+use crate::shell::{self, output, require_root};
+
+/// Debian packages: the eBPF toolchain (rustc 1.96 with std sources and
+/// LLVM 22 for bpf-linker), and the tools the tests and lab use.
+pub const DEBIAN_PACKAGES: &[&str] = &[
+    // eBPF toolchain
+    "rustc-web",
+    "cargo-web",
+    "rust-web-src",
+    "llvm-22-dev",
+    // networking and test tools
+    "iproute2",
+    "iputils-ping",
+    "tcpdump",
+    "bpftool",
+    "socat",
+    "iptables",
+    "procps",
+];
+
+pub const BPF_LINKER_VERSION: &str = "0.13.0";
+pub const LLVM_BIN: &str = "/usr/lib/llvm-22/bin";
+
+pub fn run() -> Result<()> {
+    require_root("cargo xtask setup")?;
+    install_debian_packages()?;
+    install_bpf_linker()?;
+    eprintln!("setup: done");
+    Ok(())
+}
+
+fn is_installed(pkg: &str) -> bool {
+    output(Command::new("dpkg-query").args(["-W", "-f=${Status}", pkg]))
+        .map(|s| s.contains("install ok installed"))
+        .unwrap_or(false)
+}
+
+fn install_debian_packages() -> Result<()> {
+    let missing: Vec<&str> = DEBIAN_PACKAGES.iter().copied().filter(|p| !is_installed(p)).collect();
+    if missing.is_empty() {
+        eprintln!(
+            "setup: Debian packages present ({} checked), skipping",
+            DEBIAN_PACKAGES.len()
+        );
+        return Ok(());
+    }
+    eprintln!("setup: installing Debian packages: {}", missing.join(" "));
+    shell::run(Command::new("apt-get").arg("update"))?;
+    shell::run(
+        Command::new("apt-get")
+            .env("DEBIAN_FRONTEND", "noninteractive")
+            .args([
+                "-o",
+                "DPkg::Lock::Timeout=600",
+                "install",
+                "-y",
+                "--no-install-recommends",
+            ])
+            .args(&missing),
+    )
+}
+
+pub fn bpf_linker_path() -> Option<std::path::PathBuf> {
+    let home = std::env::var_os("HOME").map(std::path::PathBuf::from)?;
+    let p = home.join(".cargo/bin/bpf-linker");
+    p.exists().then_some(p)
+}
+
+fn install_bpf_linker() -> Result<()> {
+    if let Some(p) = bpf_linker_path() {
+        let v = output(Command::new(&p).arg("--version")).unwrap_or_default();
+        if v.contains(BPF_LINKER_VERSION) {
+            eprintln!("setup: bpf-linker {BPF_LINKER_VERSION} present, skipping");
+            return Ok(());
+        }
+    }
+    eprintln!("setup: building bpf-linker {BPF_LINKER_VERSION} against LLVM 22 (about a minute)");
+    let path = format!("{LLVM_BIN}:{}", std::env::var("PATH").unwrap_or_default());
+    shell::run(
+        Command::new("cargo")
+            .env("PATH", path)
+            .args(["install", "bpf-linker", "--version", BPF_LINKER_VERSION])
+            .args(["--no-default-features", "--features", "llvm-22"]),
+    )
+    .context("install bpf-linker")
+}

@@ -1,1 +1,71 @@
-fn main() {}
+//! `sluice-cni`: the CNI plugin a container runtime runs for each pod.
+//!
+//! Protocol: the verb and pod in `CNI_*` environment variables, the network
+//! configuration on stdin, the result (or the spec's error JSON, with a
+//! non-zero exit) on stdout. See the README for the configuration fields and
+//! error codes.
+use std::{io::Read, net::Ipv4Addr, process::ExitCode};
+
+use serde_json::json;
+
+mod add;
+mod check;
+mod config;
+mod del;
+mod env;
+mod error;
+mod ipam;
+mod names;
+mod rollback;
+
+use config::{NetConf, SUPPORTED_VERSIONS};
+use env::{CniEnv, Command};
+use error::CniError;
+
+/// Pods route everything via this link-local address, a permanent neighbour
+/// pointing at the host-side veth: no pod-CIDR address is spent on a gateway.
+pub const POD_GATEWAY: Ipv4Addr = Ipv4Addr::new(169, 254, 1, 1);
+
+fn main() -> ExitCode {
+    let mut stdin = Vec::new();
+    let _ = std::io::stdin().read_to_end(&mut stdin);
+    // The version to answer errors in: the config's, when it can be read.
+    let version = serde_json::from_slice::<serde_json::Value>(&stdin)
+        .ok()
+        .and_then(|v| v["cniVersion"].as_str().map(str::to_string))
+        .filter(|v| SUPPORTED_VERSIONS.contains(&v.as_str()))
+        .unwrap_or_else(|| "1.1.0".to_string());
+    match run(&stdin) {
+        Ok(Some(out)) => {
+            println!("{out}");
+            ExitCode::SUCCESS
+        }
+        Ok(None) => ExitCode::SUCCESS,
+        Err(e) => {
+            println!("{}", e.to_json(&version));
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn run(stdin: &[u8]) -> Result<Option<serde_json::Value>, CniError> {
+    let env = CniEnv::from_lookup(|k| std::env::var(k).ok())?;
+    if env.command == Command::Version {
+        return Ok(Some(
+            json!({"cniVersion": "1.1.0", "supportedVersions": SUPPORTED_VERSIONS}),
+        ));
+    }
+    let conf = NetConf::parse(stdin)?;
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| CniError::Plugin(e.into()))?;
+    rt.block_on(async {
+        match env.command {
+            Command::Add => add::add(&conf, &env).await.map(Some),
+            Command::Del => del::del(&conf, &env).await.map(|_| None),
+            Command::Check => check::check(&conf, &env).await.map(|_| None),
+            Command::Version => unreachable!("answered above"),
+        }
+    })
+}

@@ -1,7 +1,10 @@
 //! `cargo xtask test`: the one command that proves the tree is good.
-use std::process::Command;
+use std::{
+    io::{BufRead, BufReader},
+    process::{Command, Stdio},
+};
 
-use anyhow::Result;
+use anyhow::{bail, Context, Result};
 
 use crate::{build_ebpf, repo_root, setup, shell};
 
@@ -20,6 +23,62 @@ pub fn run(extra: &[String]) -> Result<()> {
     shell::run(cargo().args(["clippy", "--workspace", "--all-targets", "--", "-D", "warnings"]))?;
     // The end-to-end tests run the real binaries.
     shell::run(cargo().args(["build", "--workspace", "--bins"]))?;
-    shell::run(cargo().args(["test", "--workspace"]).args(extra))?;
+    let (passed, failed) = run_tests(cargo().args(["test", "--workspace"]).args(extra))?;
+    // One closing line for the whole run, summed over every test binary.
+    println!("{passed} passed, {failed} failed");
+    if failed > 0 || passed == 0 {
+        bail!("tests failed ({failed}) or none ran ({passed} passed)");
+    }
     Ok(())
+}
+
+/// Run `cargo test`, echoing its output, and add up its "test result" lines.
+fn run_tests(cmd: &mut Command) -> Result<(u64, u64)> {
+    eprintln!("+ {}", shell::describe(cmd));
+    let mut child = cmd.stdout(Stdio::piped()).spawn().context("start cargo test")?;
+    let stdout = child.stdout.take().expect("piped");
+    let (mut passed, mut failed) = (0, 0);
+    for line in BufReader::new(stdout).lines() {
+        let line = line?;
+        println!("{line}");
+        if let Some((p, f)) = parse_result_line(&line) {
+            passed += p;
+            failed += f;
+        }
+    }
+    let status = child.wait()?;
+    if !status.success() && failed == 0 {
+        failed = 1; // a crash or build failure counts
+    }
+    Ok((passed, failed))
+}
+
+/// `test result: ok. 8 passed; 0 failed; ...` → (8, 0).
+fn parse_result_line(line: &str) -> Option<(u64, u64)> {
+    let rest = line.strip_prefix("test result: ")?;
+    let num = |word: &str| -> Option<u64> {
+        rest.split(';').find_map(|part| {
+            let part = part.trim().trim_start_matches("ok. ").trim_start_matches("FAILED. ");
+            part.strip_suffix(word)?.trim().parse().ok()
+        })
+    };
+    Some((num(" passed")?, num(" failed")?))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::parse_result_line;
+
+    #[test]
+    fn parses_cargo_summaries() {
+        assert_eq!(
+            parse_result_line("test result: ok. 8 passed; 0 failed; 0 ignored; 0 measured; 0 filtered out"),
+            Some((8, 0))
+        );
+        assert_eq!(
+            parse_result_line("test result: FAILED. 1 passed; 2 failed; 0 ignored"),
+            Some((1, 2))
+        );
+        assert_eq!(parse_result_line("running 3 tests"), None);
+    }
 }

@@ -1,0 +1,183 @@
+//! ADD: a veth into the pod, an address from the node's pod CIDR, routes and
+//! a static gateway neighbour inside the pod, the endpoint map entry, and
+//! `from_pod` attached to the host side. Every step registers its undo; a
+//! failure anywhere leaves the node as it was.
+use std::{fs::File, net::Ipv4Addr, os::fd::AsRawFd, path::Path};
+
+use anyhow::{anyhow, Context};
+use aya::programs::SchedClassifier;
+use serde_json::{json, Value};
+use sluice_agent::{datapath, maps::Endpoints, netlink::Netlink, netns, pins::PinDir};
+use sluice_common::{maps::programs, EndpointInfo};
+
+use crate::{
+    config::NetConf,
+    env::CniEnv,
+    error::CniError,
+    ipam::store::{Allocation, Exhausted, LeaseStore},
+    names,
+    rollback::Rollback,
+    POD_GATEWAY,
+};
+
+pub async fn add(conf: &NetConf, env: &CniEnv) -> Result<Value, CniError> {
+    let mut rb = Rollback::default();
+    match add_steps(conf, env, &mut rb).await {
+        Ok(v) => {
+            rb.commit();
+            Ok(v)
+        }
+        Err(e) => {
+            rb.run().await;
+            Err(e)
+        }
+    }
+}
+
+fn plugin(e: anyhow::Error) -> CniError {
+    CniError::Plugin(e)
+}
+
+fn fmt_mac(mac: [u8; 6]) -> String {
+    mac.iter().map(|b| format!("{b:02x}")).collect::<Vec<_>>().join(":")
+}
+
+async fn add_steps(conf: &NetConf, env: &CniEnv, rb: &mut Rollback) -> Result<Value, CniError> {
+    let netns_path = env
+        .netns
+        .as_deref()
+        .ok_or_else(|| plugin(anyhow!("CNI_NETNS missing")))?;
+    let pins = PinDir::new(&conf.pin_dir);
+    let from_pod_pin = pins.prog(programs::FROM_POD);
+    if !from_pod_pin.exists() {
+        return Err(CniError::DatapathNotReady(anyhow!(
+            "{} is missing: is sluice-agent running with pin dir {}?",
+            from_pod_pin.display(),
+            conf.pin_dir.display()
+        )));
+    }
+    let mut endpoints = Endpoints::open(&pins).map_err(CniError::DatapathNotReady)?;
+    let host = Netlink::open().map_err(plugin)?;
+    let ns_file = File::open(netns_path)
+        .with_context(|| format!("open pod network namespace {}", netns_path.display()))
+        .map_err(plugin)?;
+    let pod = netns::netlink_in(netns_path).map_err(plugin)?;
+
+    // 1. An address.
+    let ip = allocate(conf, env, rb)?;
+
+    // 2. The veth pair, starting clean if an earlier ADD left one behind.
+    let host_name = names::host_veth(&env.container_id, &env.ifname);
+    let peer_tmp = names::temp_peer(&env.container_id, &env.ifname);
+    host.delete_link(&host_name).await.map_err(plugin)?;
+    host.delete_link(&peer_tmp).await.map_err(plugin)?;
+    if pod.link_by_name(&env.ifname).await.map_err(plugin)?.is_some() {
+        return Err(plugin(anyhow!(
+            "interface {} already exists in {}",
+            env.ifname,
+            netns_path.display()
+        )));
+    }
+    host.add_veth(&host_name, &peer_tmp).await.map_err(plugin)?;
+    {
+        let host = host.clone();
+        let name = host_name.clone();
+        rb.push("delete veth", async move { host.delete_link(&name).await });
+    }
+    let host_link = host.require_link(&host_name).await.map_err(plugin)?;
+    let peer_link = host.require_link(&peer_tmp).await.map_err(plugin)?;
+    host.set_mtu(host_link.index, conf.mtu).await.map_err(plugin)?;
+    host.move_to_netns(peer_link.index, ns_file.as_raw_fd())
+        .await
+        .map_err(plugin)?;
+
+    // 3. Inside the pod: name, MTU, address, routes via a link-local
+    //    gateway that is a permanent neighbour (no ARP needed).
+    let pod_link = pod.require_link(&peer_tmp).await.map_err(plugin)?;
+    pod.set_name(pod_link.index, &env.ifname).await.map_err(plugin)?;
+    pod.set_mtu(pod_link.index, conf.mtu).await.map_err(plugin)?;
+    pod.set_up(pod_link.index).await.map_err(plugin)?;
+    if let Some(lo) = pod.link_by_name("lo").await.map_err(plugin)? {
+        pod.set_up(lo.index).await.map_err(plugin)?;
+    }
+    pod.add_address(pod_link.index, ip.into(), 32).await.map_err(plugin)?;
+    pod.add_link_route(pod_link.index, POD_GATEWAY, 32)
+        .await
+        .map_err(plugin)?;
+    pod.add_default_route(pod_link.index, POD_GATEWAY)
+        .await
+        .map_err(plugin)?;
+    pod.add_permanent_neighbour(pod_link.index, POD_GATEWAY, host_link.mac)
+        .await
+        .map_err(plugin)?;
+
+    // 4. On the node: the host side up, and a route + neighbour to the pod
+    //    so the node itself (kubelet probes) reaches it.
+    host.set_up(host_link.index).await.map_err(plugin)?;
+    host.add_link_route(host_link.index, ip, 32).await.map_err(plugin)?;
+    host.add_permanent_neighbour(host_link.index, ip, pod_link.mac)
+        .await
+        .map_err(plugin)?;
+
+    // 5. The endpoint entry, before the program that checks it is attached.
+    let ep = EndpointInfo {
+        host_ifindex: host_link.index,
+        pod_mac: pod_link.mac,
+        host_mac: host_link.mac,
+    };
+    endpoints.insert(ip, ep).map_err(plugin)?;
+    {
+        let pins = pins.clone();
+        rb.push("remove endpoint", async move { Endpoints::open(&pins)?.remove(ip) });
+    }
+
+    // 6. `from_pod` on the host side's ingress, pinned to outlive us.
+    let link_pin = pins.link(programs::FROM_POD, &host_name);
+    attach_from_pod(&from_pod_pin, &host_name, &link_pin).map_err(plugin)?;
+    rb.push("detach from_pod", async move { datapath::unpin_link(&link_pin) });
+
+    Ok(result(conf, env, &host_name, host_link.mac, pod_link.mac, ip))
+}
+
+fn allocate(conf: &NetConf, env: &CniEnv, rb: &mut Rollback) -> Result<Ipv4Addr, CniError> {
+    let store = LeaseStore::lock(&conf.data_dir, conf.pod_cidr).map_err(CniError::Ipam)?;
+    match store.allocate(&env.container_id, &env.ifname) {
+        Ok(Allocation::Existing(ip)) => Ok(ip),
+        Ok(Allocation::New(ip)) => {
+            let (dir, cidr) = (conf.data_dir.clone(), conf.pod_cidr);
+            rb.push("release address", async move {
+                LeaseStore::lock(&dir, cidr)?.release_ip(ip)
+            });
+            Ok(ip)
+        }
+        Err(e) if e.is::<Exhausted>() => Err(CniError::PoolExhausted(e.to_string())),
+        Err(e) => Err(CniError::Ipam(e)),
+    }
+}
+
+fn attach_from_pod(prog_pin: &Path, ifname: &str, link_pin: &Path) -> anyhow::Result<()> {
+    let mut prog = SchedClassifier::from_pin(prog_pin).with_context(|| format!("open {}", prog_pin.display()))?;
+    datapath::unpin_link(link_pin)?;
+    datapath::attach_and_pin(&mut prog, ifname, link_pin)
+}
+
+fn result(conf: &NetConf, env: &CniEnv, host_name: &str, host_mac: [u8; 6], pod_mac: [u8; 6], ip: Ipv4Addr) -> Value {
+    let mut ip_entry = json!({
+        "address": format!("{ip}/32"),
+        "gateway": POD_GATEWAY.to_string(),
+        "interface": 1,
+    });
+    if conf.cni_version.starts_with("0.") {
+        ip_entry["version"] = json!("4");
+    }
+    json!({
+        "cniVersion": conf.cni_version,
+        "interfaces": [
+            {"name": host_name, "mac": fmt_mac(host_mac)},
+            {"name": env.ifname, "mac": fmt_mac(pod_mac), "sandbox": env.netns},
+        ],
+        "ips": [ip_entry],
+        "routes": [{"dst": "0.0.0.0/0", "gw": POD_GATEWAY.to_string()}],
+        "dns": {},
+    })
+}

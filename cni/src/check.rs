@@ -1,0 +1,35 @@
+//! CHECK: is the pod still as ADD left it?
+use anyhow::anyhow;
+use sluice_agent::{maps::Endpoints, netlink::Netlink, pins::PinDir};
+use sluice_common::maps::programs;
+
+use crate::{config::NetConf, env::CniEnv, error::CniError, ipam::store::LeaseStore, names};
+
+pub async fn check(conf: &NetConf, env: &CniEnv) -> Result<(), CniError> {
+    let fail = |m: String| Err(CniError::Plugin(anyhow!(m)));
+    let pins = PinDir::new(&conf.pin_dir);
+    let host_name = names::host_veth(&env.container_id, &env.ifname);
+    let host = Netlink::open().map_err(CniError::Plugin)?;
+    let Some(link) = host.link_by_name(&host_name).await.map_err(CniError::Plugin)? else {
+        return fail(format!("host veth {host_name} is missing"));
+    };
+    let store = LeaseStore::lock(&conf.data_dir, conf.pod_cidr).map_err(CniError::Ipam)?;
+    let Some(ip) = store.find(&env.container_id, &env.ifname).map_err(CniError::Ipam)? else {
+        return fail(format!("no address leased to {} {}", env.container_id, env.ifname));
+    };
+    let endpoints = Endpoints::open(&pins).map_err(CniError::DatapathNotReady)?;
+    match endpoints.get(ip) {
+        Some(ep) if ep.host_ifindex == link.index => {}
+        Some(ep) => {
+            return fail(format!(
+                "endpoint {ip} points at ifindex {} not {}",
+                ep.host_ifindex, link.index
+            ))
+        }
+        None => return fail(format!("endpoint {ip} missing from the ENDPOINTS map")),
+    }
+    if !pins.link(programs::FROM_POD, &host_name).exists() {
+        return fail(format!("from_pod is not attached to {host_name}"));
+    }
+    Ok(())
+}

@@ -1,0 +1,170 @@
+//! The network configuration the runtime passes on stdin, parsed and
+//! validated field by field (pure: bytes in, `NetConf` or a named error out).
+use std::path::PathBuf;
+
+use ipnetwork::Ipv4Network;
+use serde::Deserialize;
+
+/// CNI versions this plugin speaks.
+pub const SUPPORTED_VERSIONS: &[&str] = &["0.3.0", "0.3.1", "0.4.0", "1.0.0", "1.1.0"];
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct NetConf {
+    pub cni_version: String,
+    pub name: String,
+    pub pod_cidr: Ipv4Network,
+    pub mtu: u32,
+    pub pin_dir: PathBuf,
+    pub data_dir: PathBuf,
+}
+
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum ConfigError {
+    #[error("network config is not valid JSON: {0}")]
+    Decode(String),
+    #[error("network config field `{field}`: {problem}")]
+    Field { field: &'static str, problem: String },
+    #[error("cniVersion {0} is not supported (supported: {supported})", supported = SUPPORTED_VERSIONS.join(", "))]
+    Version(String),
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct Raw {
+    cni_version: Option<String>,
+    name: Option<String>,
+    #[serde(rename = "type")]
+    kind: Option<String>,
+    #[serde(rename = "podCIDR")]
+    pod_cidr: Option<serde_json::Value>,
+    mtu: Option<serde_json::Value>,
+    pin_dir: Option<String>,
+    data_dir: Option<String>,
+}
+
+fn field(field: &'static str, problem: impl Into<String>) -> ConfigError {
+    ConfigError::Field {
+        field,
+        problem: problem.into(),
+    }
+}
+
+impl NetConf {
+    pub fn parse(bytes: &[u8]) -> Result<Self, ConfigError> {
+        let raw: Raw = serde_json::from_slice(bytes).map_err(|e| ConfigError::Decode(e.to_string()))?;
+        let cni_version = raw.cni_version.ok_or_else(|| field("cniVersion", "missing"))?;
+        if !SUPPORTED_VERSIONS.contains(&cni_version.as_str()) {
+            return Err(ConfigError::Version(cni_version));
+        }
+        let name = raw.name.ok_or_else(|| field("name", "missing"))?;
+        if name.is_empty() {
+            return Err(field("name", "empty"));
+        }
+        match raw.kind.as_deref() {
+            Some("sluice") => {}
+            Some(other) => return Err(field("type", format!("is {other:?}, expected \"sluice\""))),
+            None => return Err(field("type", "missing")),
+        }
+        let pod_cidr = match raw.pod_cidr {
+            Some(serde_json::Value::String(s)) => s
+                .parse::<Ipv4Network>()
+                .map_err(|e| field("podCIDR", format!("{s:?} is not an IPv4 CIDR: {e}")))?,
+            Some(other) => {
+                return Err(field(
+                    "podCIDR",
+                    format!("must be a string like \"10.244.1.0/24\", got {other}"),
+                ))
+            }
+            None => return Err(field("podCIDR", "missing")),
+        };
+        if pod_cidr.network() != pod_cidr.ip() {
+            return Err(field("podCIDR", format!("{pod_cidr} has host bits set")));
+        }
+        if pod_cidr.prefix() > 30 {
+            return Err(field(
+                "podCIDR",
+                format!("{pod_cidr} is too small (needs /30 or larger)"),
+            ));
+        }
+        let mtu = match raw.mtu {
+            None => 1500,
+            Some(v) => match v.as_u64() {
+                Some(m) if (576..=65535).contains(&m) => m as u32,
+                _ => return Err(field("mtu", format!("must be an integer from 576 to 65535, got {v}"))),
+            },
+        };
+        let pin_dir = PathBuf::from(raw.pin_dir.unwrap_or_else(|| "/sys/fs/bpf/sluice".into()));
+        let data_dir = PathBuf::from(raw.data_dir.unwrap_or_else(|| "/var/lib/sluice".into()));
+        for (name, p) in [("pinDir", &pin_dir), ("dataDir", &data_dir)] {
+            if !p.is_absolute() {
+                return Err(field(name, format!("{} is not an absolute path", p.display())));
+            }
+        }
+        Ok(Self {
+            cni_version,
+            name,
+            pod_cidr,
+            mtu,
+            pin_dir,
+            data_dir,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const GOOD: &str = r#"{"cniVersion":"1.0.0","name":"sluice","type":"sluice","podCIDR":"10.244.1.0/24",
+        "mtu":1400,"pinDir":"/sys/fs/bpf/x","dataDir":"/var/lib/x"}"#;
+
+    #[test]
+    fn good() {
+        let c = NetConf::parse(GOOD.as_bytes()).unwrap();
+        assert_eq!(c.mtu, 1400);
+        assert_eq!(c.pod_cidr, "10.244.1.0/24".parse().unwrap());
+        assert_eq!(c.pin_dir, PathBuf::from("/sys/fs/bpf/x"));
+    }
+
+    fn with(key: &str, value: serde_json::Value) -> Vec<u8> {
+        let mut v: serde_json::Value = serde_json::from_str(GOOD).unwrap();
+        if value.is_null() {
+            v.as_object_mut().unwrap().remove(key);
+        } else {
+            v[key] = value;
+        }
+        serde_json::to_vec(&v).unwrap()
+    }
+
+    #[test]
+    fn each_bad_field_is_named() {
+        use serde_json::json;
+        let cases = [
+            ("cniVersion", json!(null), "cniVersion"),
+            ("name", json!(""), "name"),
+            ("type", json!("bridge"), "type"),
+            ("podCIDR", json!("10.244.1.1/24"), "podCIDR"),
+            ("podCIDR", json!("nonsense"), "podCIDR"),
+            ("podCIDR", json!(5), "podCIDR"),
+            ("podCIDR", json!("10.0.0.0/31"), "podCIDR"),
+            ("mtu", json!(10), "mtu"),
+            ("mtu", json!("1500"), "mtu"),
+            ("pinDir", json!("relative/dir"), "pinDir"),
+        ];
+        for (key, value, want) in cases {
+            match NetConf::parse(&with(key, value.clone())) {
+                Err(ConfigError::Field { field, .. }) => assert_eq!(field, want, "{key}={value}"),
+                other => panic!("{key}={value}: expected a field error, got {other:?}"),
+            }
+        }
+    }
+
+    #[test]
+    fn version_and_decode() {
+        assert!(matches!(
+            NetConf::parse(&with("cniVersion", serde_json::json!("9.9.9"))),
+            Err(ConfigError::Version(_))
+        ));
+        assert!(matches!(NetConf::parse(b"{not json"), Err(ConfigError::Decode(_))));
+    }
+}

@@ -1,0 +1,93 @@
+//! Every failure the plugin reports, and the one place spec codes are chosen.
+use serde_json::json;
+
+use crate::{config::ConfigError, env::EnvError};
+
+#[derive(Debug, thiserror::Error)]
+pub enum CniError {
+    #[error(transparent)]
+    Env(#[from] EnvError),
+    #[error(transparent)]
+    Config(ConfigError),
+    #[error("incompatible CNI version: {0}")]
+    Version(String),
+    #[error("{0}")]
+    PoolExhausted(String),
+    #[error("datapath not ready: {0:#}")]
+    DatapathNotReady(anyhow::Error),
+    #[error("{0:#}")]
+    Ipam(anyhow::Error),
+    #[error("{0:#}")]
+    Plugin(anyhow::Error),
+}
+
+impl From<ConfigError> for CniError {
+    fn from(e: ConfigError) -> Self {
+        match e {
+            ConfigError::Version(v) => CniError::Version(v),
+            other => CniError::Config(other),
+        }
+    }
+}
+
+impl CniError {
+    /// The CNI spec's error codes; plugin-specific ones start at 100.
+    pub fn code(&self) -> u32 {
+        match self {
+            CniError::Version(_) => 1,
+            CniError::Env(_) => 4,
+            CniError::Config(ConfigError::Decode(_)) => 6,
+            CniError::Config(_) => 7,
+            CniError::PoolExhausted(_) => 100,
+            CniError::DatapathNotReady(_) => 101,
+            CniError::Ipam(_) => 102,
+            CniError::Plugin(_) => 103,
+        }
+    }
+
+    fn short(&self) -> &'static str {
+        match self {
+            CniError::Version(_) => "incompatible CNI version",
+            CniError::Env(_) => "invalid environment variables",
+            CniError::Config(ConfigError::Decode(_)) => "failed to decode network configuration",
+            CniError::Config(_) => "invalid network configuration",
+            CniError::PoolExhausted(_) => "no free pod addresses",
+            CniError::DatapathNotReady(_) => "sluice datapath not ready on this node",
+            CniError::Ipam(_) => "IPAM failure",
+            CniError::Plugin(_) => "sluice failed",
+        }
+    }
+
+    /// The error JSON the spec asks for on stdout.
+    pub fn to_json(&self, cni_version: &str) -> serde_json::Value {
+        json!({
+            "cniVersion": cni_version,
+            "code": self.code(),
+            "msg": self.short(),
+            "details": self.to_string(),
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn codes() {
+        assert_eq!(CniError::from(ConfigError::Version("9".into())).code(), 1);
+        assert_eq!(CniError::from(ConfigError::Decode("x".into())).code(), 6);
+        assert_eq!(
+            CniError::from(ConfigError::Field {
+                field: "mtu",
+                problem: "bad".into()
+            })
+            .code(),
+            7
+        );
+        assert_eq!(CniError::Env(EnvError::Missing("CNI_IFNAME")).code(), 4);
+        let j = CniError::PoolExhausted("10.0.0.0/30 full".into()).to_json("1.0.0");
+        assert_eq!(j["code"], 100);
+        assert_eq!(j["details"], "10.0.0.0/30 full");
+    }
+}

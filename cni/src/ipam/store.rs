@@ -1,0 +1,202 @@
+//! Leases on disk: `<dataDir>/ipam/<cidr>/<ip>` holds "<container id>\n<ifname>\n".
+//!
+//! Every operation holds an exclusive `flock` on `<dir>/lock`, so concurrent
+//! plugin processes never hand out one address twice. A lease file is
+//! created with `O_EXCL` and written in full before the lock is dropped; a
+//! plugin killed mid-ADD leaves at worst a complete lease that DEL (by
+//! container ID and ifname) or the agent's sweep releases.
+use std::{
+    collections::BTreeSet,
+    fs::{self, File, OpenOptions},
+    io::Write,
+    net::Ipv4Addr,
+    os::fd::AsRawFd,
+    path::{Path, PathBuf},
+};
+
+use anyhow::{bail, Context, Result};
+use ipnetwork::Ipv4Network;
+
+use super::allocator;
+
+const LAST_RESERVED: &str = "last_reserved_ip";
+const LOCK: &str = "lock";
+
+pub struct LeaseStore {
+    dir: PathBuf,
+    cidr: Ipv4Network,
+    _lock: File,
+}
+
+#[derive(Debug, PartialEq, Eq)]
+pub enum Allocation {
+    /// A new lease.
+    New(Ipv4Addr),
+    /// This container and interface already held this address (a repeated ADD).
+    Existing(Ipv4Addr),
+}
+
+#[derive(Debug, thiserror::Error)]
+#[error("pod CIDR {cidr} is exhausted: {in_use} of {capacity} addresses in use")]
+pub struct Exhausted {
+    pub cidr: Ipv4Network,
+    pub in_use: usize,
+    pub capacity: u32,
+}
+
+impl LeaseStore {
+    /// Open the store for `cidr` and take its lock (blocks until free).
+    pub fn lock(data_dir: &Path, cidr: Ipv4Network) -> Result<Self> {
+        let dir = data_dir.join("ipam").join(cidr.to_string().replace('/', "_"));
+        fs::create_dir_all(&dir).with_context(|| format!("create IPAM directory {}", dir.display()))?;
+        let lock = OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(dir.join(LOCK))
+            .with_context(|| format!("open IPAM lock in {}", dir.display()))?;
+        // SAFETY: flock on an fd we own; released when the file closes.
+        if unsafe { libc::flock(lock.as_raw_fd(), libc::LOCK_EX) } != 0 {
+            bail!("lock IPAM store {}: {}", dir.display(), std::io::Error::last_os_error());
+        }
+        Ok(Self { dir, cidr, _lock: lock })
+    }
+
+    fn owner_line(container_id: &str, ifname: &str) -> String {
+        format!("{container_id}\n{ifname}\n")
+    }
+
+    /// Every lease: address → (container id, ifname).
+    pub fn leases(&self) -> Result<Vec<(Ipv4Addr, String, String)>> {
+        let mut out = Vec::new();
+        for entry in fs::read_dir(&self.dir).with_context(|| format!("list {}", self.dir.display()))? {
+            let entry = entry?;
+            let Ok(ip) = entry.file_name().to_string_lossy().parse::<Ipv4Addr>() else {
+                continue;
+            };
+            let text = fs::read_to_string(entry.path()).unwrap_or_default();
+            let mut lines = text.lines();
+            let cid = lines.next().unwrap_or_default().to_string();
+            let ifname = lines.next().unwrap_or_default().to_string();
+            out.push((ip, cid, ifname));
+        }
+        Ok(out)
+    }
+
+    pub fn find(&self, container_id: &str, ifname: &str) -> Result<Option<Ipv4Addr>> {
+        Ok(self
+            .leases()?
+            .into_iter()
+            .find(|(_, c, i)| c == container_id && i == ifname)
+            .map(|(ip, _, _)| ip))
+    }
+
+    pub fn allocate(&self, container_id: &str, ifname: &str) -> Result<Allocation> {
+        let leases = self.leases()?;
+        if let Some((ip, _, _)) = leases.iter().find(|(_, c, i)| c == container_id && i == ifname) {
+            return Ok(Allocation::Existing(*ip));
+        }
+        let in_use: BTreeSet<Ipv4Addr> = leases.iter().map(|(ip, _, _)| *ip).collect();
+        let last = fs::read_to_string(self.dir.join(LAST_RESERVED))
+            .ok()
+            .and_then(|s| s.trim().parse().ok());
+        let Some(ip) = allocator::next_free(self.cidr, &in_use, last) else {
+            return Err(Exhausted {
+                cidr: self.cidr,
+                in_use: in_use.len(),
+                capacity: allocator::capacity(self.cidr),
+            }
+            .into());
+        };
+        let path = self.dir.join(ip.to_string());
+        let mut f = OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .open(&path)
+            .with_context(|| format!("create lease {}", path.display()))?;
+        f.write_all(Self::owner_line(container_id, ifname).as_bytes())?;
+        f.sync_all()?;
+        fs::write(self.dir.join(LAST_RESERVED), ip.to_string()).context("record last reserved address")?;
+        Ok(Allocation::New(ip))
+    }
+
+    /// Release the lease of this container and interface; none is fine.
+    pub fn release(&self, container_id: &str, ifname: &str) -> Result<Option<Ipv4Addr>> {
+        let Some(ip) = self.find(container_id, ifname)? else {
+            return Ok(None);
+        };
+        self.release_ip(ip)?;
+        Ok(Some(ip))
+    }
+
+    pub fn release_ip(&self, ip: Ipv4Addr) -> Result<()> {
+        match fs::remove_file(self.dir.join(ip.to_string())) {
+            Ok(()) => Ok(()),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+            Err(e) => Err(e).with_context(|| format!("release {ip}")),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn tmp() -> PathBuf {
+        static N: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+        let n = N.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        std::env::temp_dir().join(format!("sluice-ipam-test-{}-{n}", std::process::id()))
+    }
+
+    #[test]
+    fn allocate_repeat_release_exhaust() {
+        let dir = tmp();
+        let cidr: Ipv4Network = "10.1.0.0/29".parse().unwrap();
+        let s = LeaseStore::lock(&dir, cidr).unwrap();
+        let a = s.allocate("c1", "eth0").unwrap();
+        assert_eq!(a, Allocation::New("10.1.0.2".parse().unwrap()));
+        assert_eq!(
+            s.allocate("c1", "eth0").unwrap(),
+            Allocation::Existing("10.1.0.2".parse().unwrap())
+        );
+        assert_eq!(
+            s.allocate("c1", "eth1").unwrap(),
+            Allocation::New("10.1.0.3".parse().unwrap())
+        );
+        assert_eq!(s.release("c1", "eth0").unwrap(), Some("10.1.0.2".parse().unwrap()));
+        assert_eq!(s.release("c1", "eth0").unwrap(), None);
+        // Round-robin: not the just-released .2.
+        assert_eq!(
+            s.allocate("c2", "eth0").unwrap(),
+            Allocation::New("10.1.0.4".parse().unwrap())
+        );
+        for c in ["c3", "c4", "c5"] {
+            s.allocate(c, "eth0").unwrap();
+        }
+        let err = s.allocate("c6", "eth0").unwrap_err().to_string();
+        assert!(err.contains("10.1.0.0/29") && err.contains("5 of 5"), "{err}");
+        drop(s);
+        fs::remove_dir_all(dir).unwrap();
+    }
+
+    #[test]
+    fn concurrent_allocations_are_distinct() {
+        let dir = tmp();
+        let cidr: Ipv4Network = "10.2.0.0/24".parse().unwrap();
+        let handles: Vec<_> = (0..16)
+            .map(|i| {
+                let dir = dir.clone();
+                std::thread::spawn(move || {
+                    let s = LeaseStore::lock(&dir, cidr).unwrap();
+                    match s.allocate(&format!("c{i}"), "eth0").unwrap() {
+                        Allocation::New(ip) => ip,
+                        other => panic!("{other:?}"),
+                    }
+                })
+            })
+            .collect();
+        let ips: BTreeSet<Ipv4Addr> = handles.into_iter().map(|h| h.join().unwrap()).collect();
+        assert_eq!(ips.len(), 16);
+        fs::remove_dir_all(dir).unwrap();
+    }
+}

@@ -1,1 +1,607 @@
-pub fn placeholder() {}
+//! A multi-node lab in network namespaces: the README's main job and the
+//! stage of the end-to-end tests.
+//!
+//! ```text
+//!                 LAN namespace: bridge br0 (the "switch")
+//!        ┌──────────────┬──────────────┬──────────────┐
+//!   node n1 (eth0)  node n2 (eth0)  node n3 (eth0)      172.30.0.<i>/24
+//!    │ sluice-agent    │               │               pod CIDR 10.244.<i>.0/24
+//!    ├─ pod n1p1 (eth0, via sluice-cni ADD)
+//!    └─ pod n1p2
+//! ```
+//! Every namespace name carries the lab id (pid + counter), so labs run side
+//! by side. Each node's agent pins under its own directory of the root bpffs.
+//! `Lab` tears everything down on drop unless `persist()`ed (xtask's
+//! `lab up` persists; `lab down` loads the state file and tears down).
+use std::{
+    collections::BTreeMap,
+    fs,
+    path::{Path, PathBuf},
+    process::{Command, Stdio},
+    time::{Duration, Instant},
+};
+
+use anyhow::{bail, Context, Result};
+use serde_json::{json, Value};
+
+use crate::{run, try_run, unique};
+
+pub const CLUSTER_CIDR: &str = "10.244.0.0/16";
+pub const LAN_PREFIX: &str = "172.30.0";
+pub const ECHO_PORT: u16 = 7777;
+
+#[derive(Clone, Debug)]
+pub struct LabOptions {
+    pub nodes: usize,
+    pub pods_per_node: usize,
+    /// MTU of the LAN (node uplinks); pods follow it.
+    pub mtu: u32,
+    /// Where state, peers file, agent logs and IPAM state live.
+    pub dir: PathBuf,
+    /// Where `sluice-agent` and `sluice-cni` are.
+    pub bin_dir: PathBuf,
+    /// Lab id used in every name; unique per process and call by default.
+    pub id: String,
+}
+
+impl LabOptions {
+    pub fn new(nodes: usize, pods_per_node: usize, bin_dir: PathBuf) -> Self {
+        let id = unique("");
+        Self {
+            nodes,
+            pods_per_node,
+            mtu: 1500,
+            dir: std::env::temp_dir().join(format!("sluice-lab-{id}")),
+            bin_dir,
+            id,
+        }
+    }
+}
+
+#[derive(Clone, Debug, serde::Serialize, serde::Deserialize)]
+pub struct Pod {
+    pub name: String,
+    pub netns: String,
+    pub ip: String,
+    pub listener_pid: Option<u32>,
+}
+
+#[derive(Clone, Debug, serde::Serialize, serde::Deserialize)]
+pub struct Node {
+    pub name: String,
+    pub netns: String,
+    pub ip: String,
+    pub pod_cidr: String,
+    pub pin_dir: PathBuf,
+    pub dir: PathBuf,
+    pub agent_pid: Option<u32>,
+    pub pods: Vec<Pod>,
+}
+
+#[derive(Clone, Debug, serde::Serialize, serde::Deserialize)]
+pub struct LabState {
+    pub id: String,
+    pub dir: PathBuf,
+    pub bin_dir: PathBuf,
+    pub mtu: u32,
+    pub lan_netns: String,
+    pub pin_root: PathBuf,
+    pub nodes: Vec<Node>,
+}
+
+pub struct Lab {
+    pub state: LabState,
+    persist: bool,
+}
+
+fn ns_cmd(netns: &str, args: &[&str]) -> Command {
+    let mut c = Command::new("nsenter");
+    c.arg(format!("--net=/run/netns/{netns}")).arg("--").args(args);
+    c
+}
+
+pub fn ns_exec(netns: &str, args: &[&str]) -> Result<String> {
+    run(&mut ns_cmd(netns, args))
+}
+
+fn add_netns(name: &str) -> Result<()> {
+    run(Command::new("ip").args(["netns", "add", name]))?;
+    ns_exec(name, &["sysctl", "-qw", "net.ipv6.conf.all.disable_ipv6=1"])?;
+    ns_exec(name, &["sysctl", "-qw", "net.ipv6.conf.default.disable_ipv6=1"])?;
+    ns_exec(name, &["ip", "link", "set", "lo", "up"])?;
+    Ok(())
+}
+
+/// Start a process in the background, detached, output to `log`.
+fn spawn_logged(mut cmd: Command, log: &Path) -> Result<u32> {
+    let out = fs::File::create(log).with_context(|| format!("create {}", log.display()))?;
+    let err = out.try_clone()?;
+    use std::os::unix::process::CommandExt;
+    cmd.stdin(Stdio::null()).stdout(out).stderr(err).process_group(0);
+    let child = cmd.spawn().context("spawn")?;
+    Ok(child.id())
+}
+
+fn kill(pid: u32) {
+    let _ = Command::new("kill").args(["-TERM", &pid.to_string()]).output();
+}
+
+fn wait_gone(pid: u32, timeout: Duration) {
+    let start = Instant::now();
+    while Path::new(&format!("/proc/{pid}")).exists() && start.elapsed() < timeout {
+        // Reap if it is our child; otherwise just wait.
+        let _ = nix::sys::wait::waitpid(
+            nix::unistd::Pid::from_raw(pid as i32),
+            Some(nix::sys::wait::WaitPidFlag::WNOHANG),
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+impl Lab {
+    /// Build the whole lab. On any failure, everything made so far is removed.
+    pub fn up(opts: &LabOptions) -> Result<Self> {
+        if opts.nodes == 0 || opts.nodes > 200 {
+            bail!("--nodes must be between 1 and 200");
+        }
+        if opts.pods_per_node > 200 {
+            bail!("--pods-per-node must be at most 200");
+        }
+        fs::create_dir_all(&opts.dir).with_context(|| format!("create {}", opts.dir.display()))?;
+        let bin_dir = fs::canonicalize(&opts.bin_dir).context("binary directory")?;
+        let mut lab = Lab {
+            state: LabState {
+                id: opts.id.clone(),
+                dir: opts.dir.clone(),
+                bin_dir,
+                mtu: opts.mtu,
+                lan_netns: format!("sl{}lan", opts.id),
+                pin_root: PathBuf::from(format!("/sys/fs/bpf/sluice-lab-{}", opts.id)),
+                nodes: Vec::new(),
+            },
+            persist: false,
+        };
+        lab.save()?;
+        lab.build_lan()?;
+        for i in 1..=opts.nodes {
+            lab.add_node(i)?;
+        }
+        lab.write_peers()?;
+        for i in 0..opts.nodes {
+            lab.start_agent(i)?;
+        }
+        for i in 0..opts.nodes {
+            lab.wait_agent_ready(i)?;
+        }
+        for i in 0..opts.nodes {
+            for p in 1..=opts.pods_per_node {
+                lab.add_pod(i, &format!("{}p{p}", lab.state.nodes[i].name))?;
+            }
+        }
+        Ok(lab)
+    }
+
+    pub fn state_file(dir: &Path) -> PathBuf {
+        dir.join("lab.json")
+    }
+
+    fn save(&self) -> Result<()> {
+        fs::write(
+            Self::state_file(&self.state.dir),
+            serde_json::to_vec_pretty(&self.state)?,
+        )?;
+        Ok(())
+    }
+
+    /// Keep everything after this `Lab` is dropped (for `xtask lab up`).
+    pub fn persist(mut self) -> Result<()> {
+        self.save()?;
+        self.persist = true;
+        Ok(())
+    }
+
+    pub fn load(dir: &Path) -> Result<Self> {
+        let bytes = fs::read(Self::state_file(dir))
+            .with_context(|| format!("no lab state in {} (is a lab up?)", dir.display()))?;
+        Ok(Lab {
+            state: serde_json::from_slice(&bytes)?,
+            persist: true,
+        })
+    }
+
+    fn build_lan(&mut self) -> Result<()> {
+        let lan = &self.state.lan_netns;
+        add_netns(lan)?;
+        ns_exec(lan, &["ip", "link", "add", "br0", "type", "bridge"])?;
+        ns_exec(
+            lan,
+            &["ip", "link", "set", "br0", "mtu", &self.state.mtu.to_string(), "up"],
+        )?;
+        Ok(())
+    }
+
+    fn add_node(&mut self, i: usize) -> Result<()> {
+        let name = format!("n{i}");
+        let netns = format!("sl{}{name}", self.state.id);
+        let dir = self.state.dir.join(&name);
+        fs::create_dir_all(&dir)?;
+        let node = Node {
+            name: name.clone(),
+            netns: netns.clone(),
+            ip: format!("{LAN_PREFIX}.{i}"),
+            pod_cidr: format!("10.244.{i}.0/24"),
+            pin_dir: self.state.pin_root.join(&name),
+            dir,
+            agent_pid: None,
+            pods: Vec::new(),
+        };
+        add_netns(&netns)?;
+        self.state.nodes.push(node.clone());
+        self.save()?;
+        let lan = &self.state.lan_netns;
+        let mtu = self.state.mtu.to_string();
+        run(Command::new("ip").args([
+            "link", "add", "eth0", "netns", &netns, "type", "veth", "peer", "name", &name, "netns", lan,
+        ]))?;
+        ns_exec(lan, &["ip", "link", "set", &name, "master", "br0", "mtu", &mtu, "up"])?;
+        ns_exec(&netns, &["ip", "link", "set", "eth0", "mtu", &mtu, "up"])?;
+        ns_exec(
+            &netns,
+            &["ip", "addr", "add", &format!("{}/24", node.ip), "dev", "eth0"],
+        )?;
+        Ok(())
+    }
+
+    pub fn peers_file(&self) -> PathBuf {
+        self.state.dir.join("peers.json")
+    }
+
+    /// Write the peers file from `nodes` (all by default).
+    pub fn write_peers_of(&self, nodes: &[&Node]) -> Result<()> {
+        let peers: Vec<Value> = nodes
+            .iter()
+            .map(|n| json!({"name": n.name, "nodeIP": n.ip, "podCIDR": n.pod_cidr}))
+            .collect();
+        let tmp = self.state.dir.join("peers.json.tmp");
+        fs::write(&tmp, serde_json::to_vec_pretty(&json!({ "peers": peers }))?)?;
+        fs::rename(&tmp, self.peers_file())?;
+        Ok(())
+    }
+
+    pub fn write_peers(&self) -> Result<()> {
+        let all: Vec<&Node> = self.state.nodes.iter().collect();
+        self.write_peers_of(&all)
+    }
+
+    pub fn agent_args(&self, node: &Node) -> Vec<String> {
+        let bin = self.state.bin_dir.join("sluice-agent");
+        vec![
+            bin.display().to_string(),
+            "run".into(),
+            "--node-name".into(),
+            node.name.clone(),
+            "--uplink".into(),
+            "eth0".into(),
+            "--pod-cidr".into(),
+            node.pod_cidr.clone(),
+            "--cluster-cidr".into(),
+            CLUSTER_CIDR.into(),
+            "--pin-dir".into(),
+            node.pin_dir.display().to_string(),
+            "--data-dir".into(),
+            node.dir.join("data").display().to_string(),
+            "--cni-conf-dir".into(),
+            node.dir.join("cni").display().to_string(),
+            "--peers-file".into(),
+            self.peers_file().display().to_string(),
+            "--resync-ms".into(),
+            "200".into(),
+        ]
+    }
+
+    /// Start (or restart) node `i`'s agent in the background.
+    pub fn start_agent(&mut self, i: usize) -> Result<()> {
+        let node = self.state.nodes[i].clone();
+        let args = self.agent_args(&node);
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        let log = node.dir.join("agent.log");
+        // Append across restarts so the whole history is in one place.
+        let pid = {
+            let out = fs::OpenOptions::new().create(true).append(true).open(&log)?;
+            let err = out.try_clone()?;
+            use std::os::unix::process::CommandExt;
+            let mut cmd = ns_cmd(&node.netns, &args);
+            cmd.stdin(Stdio::null()).stdout(out).stderr(err).process_group(0);
+            cmd.spawn().context("start sluice-agent")?.id()
+        };
+        self.state.nodes[i].agent_pid = Some(pid);
+        self.save()
+    }
+
+    /// SIGKILL node `i`'s agent (the datapath must carry on without it).
+    pub fn kill_agent(&mut self, i: usize) -> Result<()> {
+        if let Some(pid) = self.state.nodes[i].agent_pid.take() {
+            let _ = Command::new("kill").args(["-KILL", &pid.to_string()]).output();
+            wait_gone(pid, Duration::from_secs(5));
+        }
+        self.save()
+    }
+
+    pub fn conflist_path(node: &Node) -> PathBuf {
+        node.dir.join("cni").join("10-sluice.conflist")
+    }
+
+    pub fn wait_agent_ready(&self, i: usize) -> Result<()> {
+        let node = &self.state.nodes[i];
+        let path = Self::conflist_path(node);
+        let start = Instant::now();
+        while !path.exists() {
+            if let Some(pid) = node.agent_pid {
+                if !Path::new(&format!("/proc/{pid}")).exists() {
+                    let log = fs::read_to_string(node.dir.join("agent.log")).unwrap_or_default();
+                    bail!("agent on {} exited during start:\n{log}", node.name);
+                }
+            }
+            if start.elapsed() > Duration::from_secs(30) {
+                let log = fs::read_to_string(node.dir.join("agent.log")).unwrap_or_default();
+                bail!("agent on {} not ready after 30 s:\n{log}", node.name);
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        Ok(())
+    }
+
+    /// The plugin config a runtime would pass for this node: the conflist's
+    /// `plugins[0]` with the network's `name` and `cniVersion`.
+    pub fn plugin_config(node: &Node) -> Result<Value> {
+        let conflist: Value = serde_json::from_slice(&fs::read(Self::conflist_path(node))?)?;
+        let mut conf = conflist["plugins"][0].clone();
+        conf["name"] = conflist["name"].clone();
+        conf["cniVersion"] = conflist["cniVersion"].clone();
+        Ok(conf)
+    }
+
+    /// Call `sluice-cni` the way a runtime does, inside the node's namespace.
+    pub fn cni(
+        &self,
+        node: &Node,
+        command: &str,
+        container_id: &str,
+        netns: Option<&str>,
+        conf: &Value,
+    ) -> Result<(bool, String)> {
+        use std::io::Write;
+        let bin = self.state.bin_dir.join("sluice-cni");
+        let mut cmd = ns_cmd(&node.netns, &[&bin.display().to_string()]);
+        cmd.env_clear()
+            .env("PATH", "/usr/sbin:/usr/bin:/sbin:/bin")
+            .env("CNI_COMMAND", command)
+            .env("CNI_CONTAINERID", container_id)
+            .env("CNI_IFNAME", "eth0")
+            .env("CNI_PATH", &self.state.bin_dir)
+            .env(
+                "CNI_NETNS",
+                netns.map(|n| format!("/run/netns/{n}")).unwrap_or_default(),
+            )
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped());
+        let mut child = cmd.spawn().context("start sluice-cni")?;
+        child
+            .stdin
+            .take()
+            .expect("piped")
+            .write_all(&serde_json::to_vec(conf)?)?;
+        let out = child.wait_with_output()?;
+        let text = String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr);
+        Ok((out.status.success(), text))
+    }
+
+    /// A pod on node `i`: its namespace, `sluice-cni` ADD, an echo listener.
+    pub fn add_pod(&mut self, i: usize, name: &str) -> Result<Pod> {
+        let node = self.state.nodes[i].clone();
+        let netns = format!("sl{}{name}", self.state.id);
+        add_netns(&netns)?;
+        let mut pod = Pod {
+            name: name.to_string(),
+            netns: netns.clone(),
+            ip: String::new(),
+            listener_pid: None,
+        };
+        self.state.nodes[i].pods.push(pod.clone());
+        self.save()?;
+        let conf = Self::plugin_config(&node)?;
+        let (ok, out) = self.cni(&node, "ADD", &netns, Some(&netns), &conf)?;
+        if !ok {
+            bail!("sluice-cni ADD for {name} on {} failed: {out}", node.name);
+        }
+        let result: Value = serde_json::from_str(&out).with_context(|| format!("ADD result: {out}"))?;
+        let addr = result["ips"][0]["address"]
+            .as_str()
+            .context("ADD result has no address")?;
+        pod.ip = addr.split('/').next().unwrap_or_default().to_string();
+        let listen = format!("TCP-LISTEN:{ECHO_PORT},reuseaddr,fork");
+        let cmd = ns_cmd(&netns, &["socat", &listen, &format!("SYSTEM:echo {name}")]);
+        pod.listener_pid = Some(spawn_logged(cmd, &node.dir.join(format!("{name}-listener.log")))?);
+        let slot = self.state.nodes[i]
+            .pods
+            .iter_mut()
+            .find(|p| p.name == name)
+            .expect("pushed above");
+        *slot = pod.clone();
+        self.save()?;
+        // The listener is ready once it accepts.
+        let start = Instant::now();
+        while !tcp_probe(&netns, "127.0.0.1", name) {
+            if start.elapsed() > Duration::from_secs(5) {
+                bail!("echo listener in {name} did not start");
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        Ok(pod)
+    }
+
+    pub fn pods(&self) -> Vec<(&Node, &Pod)> {
+        self.state
+            .nodes
+            .iter()
+            .flat_map(|n| n.pods.iter().map(move |p| (n, p)))
+            .collect()
+    }
+
+    /// Reachability of every pod from every other: ICMP and TCP.
+    pub fn matrix(&self) -> Matrix {
+        let pods = self.pods();
+        let mut cells = BTreeMap::new();
+        for (_, src) in &pods {
+            for (_, dst) in &pods {
+                if src.name == dst.name {
+                    continue;
+                }
+                let icmp = ping(&src.netns, &dst.ip);
+                let tcp = tcp_probe(&src.netns, &dst.ip, &dst.name);
+                cells.insert((src.name.clone(), dst.name.clone()), (icmp, tcp));
+            }
+        }
+        Matrix {
+            pods: pods
+                .iter()
+                .map(|(n, p)| (n.name.clone(), p.name.clone(), p.ip.clone()))
+                .collect(),
+            cells,
+        }
+    }
+
+    /// `sluice-agent status --json` for node `i`.
+    pub fn status(&self, i: usize) -> Result<Value> {
+        let node = &self.state.nodes[i];
+        let bin = self.state.bin_dir.join("sluice-agent");
+        let out = run(Command::new(bin).args(["status", "--json", "--pin-dir", &node.pin_dir.display().to_string()]))?;
+        Ok(serde_json::from_str(&out)?)
+    }
+
+    /// Remove everything: listeners, pods (CNI DEL), agents, namespaces, pins.
+    pub fn down(&mut self) -> Result<()> {
+        let mut problems = Vec::new();
+        let nodes = self.state.nodes.clone();
+        for node in &nodes {
+            let conf = Self::plugin_config(node).ok();
+            for pod in &node.pods {
+                if let Some(pid) = pod.listener_pid {
+                    kill(pid);
+                    wait_gone(pid, Duration::from_secs(2));
+                }
+                if let Some(conf) = &conf {
+                    match self.cni(node, "DEL", &pod.netns, Some(&pod.netns), conf) {
+                        Ok((true, _)) => {}
+                        Ok((false, out)) => problems.push(format!("DEL {}: {out}", pod.name)),
+                        Err(e) => problems.push(format!("DEL {}: {e:#}", pod.name)),
+                    }
+                }
+                let _ = Command::new("ip").args(["netns", "del", &pod.netns]).output();
+            }
+            if let Some(pid) = node.agent_pid {
+                kill(pid);
+                wait_gone(pid, Duration::from_secs(5));
+            }
+            let _ = Command::new("ip").args(["netns", "del", &node.netns]).output();
+        }
+        let _ = Command::new("ip")
+            .args(["netns", "del", &self.state.lan_netns])
+            .output();
+        if self.state.pin_root.exists() {
+            if let Err(e) = fs::remove_dir_all(&self.state.pin_root) {
+                problems.push(format!("remove pins {}: {e}", self.state.pin_root.display()));
+            }
+        }
+        let _ = fs::remove_dir_all(&self.state.dir);
+        self.state.nodes.clear();
+        if problems.is_empty() {
+            Ok(())
+        } else {
+            bail!("lab down finished with problems:\n  {}", problems.join("\n  "))
+        }
+    }
+}
+
+impl Drop for Lab {
+    fn drop(&mut self) {
+        if !self.persist {
+            if let Err(e) = self.down() {
+                eprintln!("{e:#}");
+            }
+        }
+    }
+}
+
+/// One ICMP echo from `netns` to `ip`.
+pub fn ping(netns: &str, ip: &str) -> bool {
+    try_run(&mut ns_cmd(netns, &["ping", "-c", "1", "-W", "1", ip]))
+        .map(|o| o.status.success())
+        .unwrap_or(false)
+}
+
+/// Connect to the echo listener on `ip` and expect `expect` back.
+pub fn tcp_probe(netns: &str, ip: &str, expect: &str) -> bool {
+    let target = format!("TCP:{ip}:{ECHO_PORT},connect-timeout=1");
+    match try_run(&mut ns_cmd(netns, &["timeout", "3", "socat", "-T1", "-", &target])) {
+        Ok(o) => o.status.success() && String::from_utf8_lossy(&o.stdout).trim() == expect,
+        Err(_) => false,
+    }
+}
+
+pub struct Matrix {
+    /// (node, pod, ip)
+    pub pods: Vec<(String, String, String)>,
+    /// (src pod, dst pod) → (icmp ok, tcp ok)
+    pub cells: BTreeMap<(String, String), (bool, bool)>,
+}
+
+impl Matrix {
+    pub fn all_ok(&self) -> bool {
+        self.cells.values().all(|(i, t)| *i && *t)
+    }
+
+    pub fn failures(&self) -> Vec<String> {
+        self.cells
+            .iter()
+            .filter(|(_, (i, t))| !(*i && *t))
+            .map(|((s, d), (i, t))| format!("{s} -> {d}: icmp {} tcp {}", ok(*i), ok(*t)))
+            .collect()
+    }
+
+    pub fn render(&self) -> String {
+        let w = 10;
+        let mut out = format!("{:<16}", "from \\ to");
+        for (_, p, _) in &self.pods {
+            out.push_str(&format!("{p:>w$}"));
+        }
+        out.push('\n');
+        for (n, src, ip) in &self.pods {
+            out.push_str(&format!("{:<16}", format!("{src} {ip}")));
+            for (_, dst, _) in &self.pods {
+                let cell = match self.cells.get(&(src.clone(), dst.clone())) {
+                    None => "-".to_string(),
+                    Some((i, t)) => format!("{}/{}", if *i { "I" } else { "i!" }, if *t { "T" } else { "t!" }),
+                };
+                out.push_str(&format!("{cell:>w$}"));
+            }
+            let _ = n;
+            out.push('\n');
+        }
+        let total = self.cells.len();
+        let good = self.cells.values().filter(|(i, t)| *i && *t).count();
+        out.push_str(&format!(
+            "I/T = ICMP/TCP reached, i!/t! = failed. {good} of {total} pod pairs reach each other both ways.\n"
+        ));
+        out
+    }
+}
+
+fn ok(b: bool) -> &'static str {
+    if b {
+        "ok"
+    } else {
+        "FAILED"
+    }
+}

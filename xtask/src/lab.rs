@@ -1,11 +1,110 @@
-//! `cargo xtask lab`: placeholder replaced below.
-use anyhow::Result;
+//! `cargo xtask lab up|status|down`: the local multi-node lab (see
+//! `sluice_tests::lab` for how it is built).
+use std::{path::PathBuf, process::Command};
+
+use anyhow::{bail, Result};
+use sluice_tests::lab::{Lab, LabOptions};
+
+use crate::{build_ebpf, repo_root, setup, shell};
+
+/// Where `lab up` keeps its state, so `status` and `down` find it.
+const LAB_DIR: &str = "/tmp/sluice-lab";
 
 #[derive(clap::Subcommand)]
 pub enum LabCommand {
-    Up,
+    /// Set up and build if needed, then bring up nodes and pods and print
+    /// the pod-to-pod reachability matrix.
+    Up {
+        #[arg(long, default_value_t = 3)]
+        nodes: usize,
+        #[arg(long, default_value_t = 2)]
+        pods_per_node: usize,
+        /// MTU of the lab LAN; pods follow it.
+        #[arg(long, default_value_t = 1500)]
+        mtu: u32,
+    },
+    /// Reprint the matrix and each node's datapath counters.
+    Status,
+    /// Remove every namespace, process, pin and file of the lab.
+    Down,
 }
 
-pub fn run(_c: LabCommand) -> Result<()> {
-    Ok(())
+pub fn run(command: LabCommand) -> Result<()> {
+    shell::require_root("cargo xtask lab")?;
+    let dir = PathBuf::from(LAB_DIR);
+    match command {
+        LabCommand::Up {
+            nodes,
+            pods_per_node,
+            mtu,
+        } => {
+            if Lab::state_file(&dir).exists() {
+                bail!("a lab is already up (state in {LAB_DIR}); run `cargo xtask lab down` first");
+            }
+            setup::run()?;
+            build_ebpf::run()?;
+            let root = repo_root();
+            shell::run(
+                Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()))
+                    .current_dir(&root)
+                    .args(["build", "--workspace", "--bins"]),
+            )?;
+            let mut opts = LabOptions::new(nodes, pods_per_node, root.join("target/debug"));
+            opts.dir = dir;
+            opts.mtu = mtu;
+            eprintln!("lab: bringing up {nodes} nodes with {pods_per_node} pods each (LAN MTU {mtu})");
+            let lab = Lab::up(&opts)?;
+            print_nodes(&lab);
+            let matrix = lab.matrix();
+            print!("{}", matrix.render());
+            let all_ok = matrix.all_ok();
+            lab.persist()?;
+            eprintln!("lab is up: `cargo xtask lab status` to look again, `cargo xtask lab down` to remove it");
+            if !all_ok {
+                bail!("some pods cannot reach each other");
+            }
+            Ok(())
+        }
+        LabCommand::Status => {
+            let lab = Lab::load(&dir)?;
+            print_nodes(&lab);
+            print!("{}", lab.matrix().render());
+            for (i, node) in lab.state.nodes.iter().enumerate() {
+                match lab.status(i) {
+                    Ok(s) => {
+                        let fmt = |key: &str| {
+                            s[key]
+                                .as_object()
+                                .map(|m| m.iter().map(|(k, v)| format!("{k}={v}")).collect::<Vec<_>>().join(" "))
+                                .unwrap_or_default()
+                        };
+                        println!("{}: drops: {}", node.name, fmt("drops"));
+                        println!("{}: forwarded: {}", node.name, fmt("forwards"));
+                    }
+                    Err(e) => println!("{}: status failed: {e:#}", node.name),
+                }
+            }
+            Ok(())
+        }
+        LabCommand::Down => {
+            let mut lab = Lab::load(&dir)?;
+            lab.down()?;
+            eprintln!("lab removed");
+            Ok(())
+        }
+    }
+}
+
+fn print_nodes(lab: &Lab) {
+    for n in &lab.state.nodes {
+        let pods: Vec<String> = n.pods.iter().map(|p| format!("{} {}", p.name, p.ip)).collect();
+        println!(
+            "{} {} pod CIDR {} (netns {}): {}",
+            n.name,
+            n.ip,
+            n.pod_cidr,
+            n.netns,
+            pods.join(", ")
+        );
+    }
 }

@@ -1,0 +1,381 @@
+//! The datapath end to end: pods on one node and across nodes in a netns
+//! lab, real agents, real `sluice-cni` ADDs, real packets.
+use std::{
+    process::{Command, Stdio},
+    thread::sleep,
+    time::{Duration, Instant},
+};
+
+use sluice_tests::{
+    bin,
+    lab::{ns_exec, ping, tcp_probe, Lab, LabOptions, Node, Pod},
+    require_root, try_run,
+};
+
+fn lab(nodes: usize, pods: usize, mtu: u32) -> Lab {
+    require_root();
+    let mut opts = LabOptions::new(nodes, pods, bin("sluice-agent").parent().unwrap().to_path_buf());
+    opts.mtu = mtu;
+    Lab::up(&opts).expect("lab up")
+}
+
+fn pod(lab: &Lab, node: usize, i: usize) -> Pod {
+    lab.state.nodes[node].pods[i].clone()
+}
+
+fn counter(lab: &Lab, node: usize, group: &str, name: &str) -> u64 {
+    lab.status(node).unwrap()[group][name].as_u64().unwrap()
+}
+
+/// Send one UDP datagram from `src` to `dst` and check it arrives.
+fn udp_reaches(src: &Pod, dst: &Pod, port: u16) -> bool {
+    let out = std::env::temp_dir().join(format!("sluice-udp-{}-{port}", std::process::id()));
+    let _ = std::fs::remove_file(&out);
+    let mut listener = Command::new("nsenter")
+        .arg(format!("--net=/run/netns/{}", dst.netns))
+        .args([
+            "--",
+            "socat",
+            "-u",
+            &format!("UDP-RECV:{port}"),
+            &format!("CREATE:{}", out.display()),
+        ])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    sleep(Duration::from_millis(200));
+    let msg = format!("hello-from-{}", src.name);
+    let sent = Command::new("nsenter")
+        .arg(format!("--net=/run/netns/{}", src.netns))
+        .args([
+            "--",
+            "sh",
+            "-c",
+            &format!("echo {msg} | socat -u - UDP-SENDTO:{}:{port}", dst.ip),
+        ])
+        .status()
+        .unwrap();
+    assert!(sent.success());
+    let start = Instant::now();
+    let mut got = String::new();
+    while start.elapsed() < Duration::from_secs(3) {
+        got = std::fs::read_to_string(&out).unwrap_or_default();
+        if got.contains(&msg) {
+            break;
+        }
+        sleep(Duration::from_millis(20));
+    }
+    let _ = listener.kill();
+    let _ = listener.wait();
+    let _ = std::fs::remove_file(&out);
+    got.contains(&msg)
+}
+
+#[test]
+fn pods_reach_each_other_same_node_and_across_nodes_icmp_tcp_udp() {
+    let lab = lab(2, 2, 1500);
+    let matrix = lab.matrix();
+    assert!(
+        matrix.all_ok(),
+        "unreachable pairs:\n{}\n{}",
+        matrix.failures().join("\n"),
+        matrix.render()
+    );
+    assert_eq!(matrix.cells.len(), 12);
+    let (a1, a2, b1) = (pod(&lab, 0, 0), pod(&lab, 0, 1), pod(&lab, 1, 0));
+    // UDP both directions, same node and across nodes.
+    for (i, (s, d)) in [(&a1, &a2), (&a2, &a1), (&a1, &b1), (&b1, &a1)].into_iter().enumerate() {
+        assert!(udp_reaches(s, d, 9000 + i as u16), "UDP {} -> {}", s.name, d.name);
+    }
+    // The eBPF paths carried it: the counters for each path moved.
+    assert!(counter(&lab, 0, "forwards", "pod_to_local_pod") > 0);
+    assert!(counter(&lab, 0, "forwards", "pod_to_node") > 0);
+    assert!(counter(&lab, 0, "forwards", "uplink_to_pod") > 0);
+    // Addresses come from each node's own pod CIDR.
+    assert!(
+        a1.ip.starts_with("10.244.1.") && b1.ip.starts_with("10.244.2."),
+        "{} {}",
+        a1.ip,
+        b1.ip
+    );
+}
+
+#[test]
+fn cross_node_packets_carry_pod_addresses_unencapsulated() {
+    let lab = lab(2, 1, 1500);
+    let (a, b) = (pod(&lab, 0, 0), pod(&lab, 1, 0));
+    let cap = std::env::temp_dir().join(format!("sluice-cap-{}.txt", std::process::id()));
+    // Capture on the LAN switch port of node 1: what leaves the node.
+    let mut tcpdump = Command::new("nsenter")
+        .arg(format!("--net=/run/netns/{}", lab.state.lan_netns))
+        .args(["--", "tcpdump", "-l", "-n", "-e", "-i", "n1", "icmp"])
+        .stdout(std::fs::File::create(&cap).unwrap())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    sleep(Duration::from_millis(700));
+    let out = ns_exec(&a.netns, &["ping", "-c", "3", "-i", "0.2", &b.ip]).unwrap();
+    assert!(out.contains("3 received"), "{out}");
+    sleep(Duration::from_millis(300));
+    let _ = Command::new("kill").args(["-INT", &tcpdump.id().to_string()]).status();
+    let _ = tcpdump.wait();
+    let text = std::fs::read_to_string(&cap).unwrap();
+    let _ = std::fs::remove_file(&cap);
+    let want = format!("{} > {}: ICMP echo request", a.ip, b.ip);
+    let back = format!("{} > {}: ICMP echo reply", b.ip, a.ip);
+    assert!(
+        text.lines().filter(|l| l.contains(&want)).count() >= 3,
+        "no plain pod->pod packets on the LAN:\n{text}"
+    );
+    assert!(
+        text.lines().filter(|l| l.contains(&back)).count() >= 3,
+        "no plain replies on the LAN:\n{text}"
+    );
+    // Plain IPv4 in Ethernet: no UDP/VXLAN/GRE wrapping, no node addresses.
+    for l in text.lines().filter(|l| l.contains("ICMP")) {
+        assert!(l.contains("ethertype IPv4"), "{l}");
+        assert!(
+            !l.contains("172.30.0."),
+            "node address in a pod packet (NAT or tunnel?): {l}"
+        );
+    }
+}
+
+#[test]
+fn local_delivery_bypasses_the_nodes_forwarding_path() {
+    let lab = lab(2, 2, 1500);
+    let node = &lab.state.nodes[0];
+    ns_exec(&node.netns, &["sysctl", "-qw", "net.ipv4.ip_forward=0"]).unwrap();
+    ns_exec(&node.netns, &["iptables", "-P", "FORWARD", "DROP"]).unwrap();
+    let (a1, a2, b1) = (pod(&lab, 0, 0), pod(&lab, 0, 1), pod(&lab, 1, 0));
+    assert!(
+        ping(&a1.netns, &a2.ip) && tcp_probe(&a1.netns, &a2.ip, &a2.name),
+        "same node with FORWARD DROP"
+    );
+    assert!(
+        ping(&a1.netns, &b1.ip) && tcp_probe(&a1.netns, &b1.ip, &b1.name),
+        "cross node with FORWARD DROP"
+    );
+    // The node's FORWARD chain saw nothing: no packet went through the stack's forwarding.
+    let rules = ns_exec(&node.netns, &["iptables", "-L", "FORWARD", "-v", "-n", "-x"]).unwrap();
+    let policy = rules.lines().next().unwrap_or_default();
+    assert!(
+        policy.contains("policy DROP 0 packets"),
+        "FORWARD chain counted packets: {policy}"
+    );
+}
+
+#[test]
+fn node_reaches_its_pods_and_pods_reach_their_node() {
+    let lab = lab(1, 1, 1500);
+    let node: &Node = &lab.state.nodes[0];
+    let p = pod(&lab, 0, 0);
+    assert!(ping(&node.netns, &p.ip), "node -> pod ICMP");
+    assert!(tcp_probe(&node.netns, &p.ip, &p.name), "node -> pod TCP");
+    assert!(ping(&p.netns, &node.ip), "pod -> node ICMP");
+    // pod -> node TCP: a listener on the node.
+    let mut l = Command::new("nsenter")
+        .arg(format!("--net=/run/netns/{}", node.netns))
+        .args(["--", "socat", "TCP-LISTEN:7788,reuseaddr", "SYSTEM:echo node"])
+        .spawn()
+        .unwrap();
+    sleep(Duration::from_millis(200));
+    let out = try_run(
+        Command::new("nsenter")
+            .arg(format!("--net=/run/netns/{}", p.netns))
+            .args([
+                "--",
+                "socat",
+                "-T2",
+                "-",
+                &format!("TCP:{}:7788,connect-timeout=2", node.ip),
+            ]),
+    )
+    .unwrap();
+    let _ = l.kill();
+    let _ = l.wait();
+    assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "node", "pod -> node TCP");
+}
+
+#[test]
+fn spoofed_source_is_dropped_and_counted() {
+    let lab = lab(2, 2, 1500);
+    let (a1, a2, b1) = (pod(&lab, 0, 0), pod(&lab, 0, 1), pod(&lab, 1, 0));
+    // a1 claims an address that is not its own (another pod's CIDR slot).
+    ns_exec(&a1.netns, &["ip", "addr", "add", "10.244.1.200/32", "dev", "eth0"]).unwrap();
+    let before = counter(&lab, 0, "drops", "source_spoofed");
+    for dst in [&a2.ip, &b1.ip] {
+        let out = try_run(
+            Command::new("nsenter")
+                .arg(format!("--net=/run/netns/{}", a1.netns))
+                .args([
+                    "--",
+                    "ping",
+                    "-c",
+                    "3",
+                    "-i",
+                    "0.2",
+                    "-W",
+                    "1",
+                    "-I",
+                    "10.244.1.200",
+                    dst,
+                ]),
+        )
+        .unwrap();
+        assert!(!out.status.success(), "spoofed ping to {dst} got through");
+    }
+    let after = counter(&lab, 0, "drops", "source_spoofed");
+    assert_eq!(after - before, 6, "every spoofed packet counted under source_spoofed");
+    // Its own address still works.
+    assert!(ping(&a1.netns, &b1.ip));
+}
+
+#[test]
+fn mtu_follows_the_lan_full_size_crosses_one_byte_more_is_refused() {
+    let mtu = 1400;
+    let lab = lab(2, 1, mtu);
+    let (a, b) = (pod(&lab, 0, 0), pod(&lab, 1, 0));
+    let link = ns_exec(&a.netns, &["ip", "-j", "link", "show", "dev", "eth0"]).unwrap();
+    let v: serde_json::Value = serde_json::from_str(&link).unwrap();
+    assert_eq!(v[0]["mtu"].as_u64(), Some(mtu as u64), "pod MTU follows the uplink");
+    let payload = mtu - 28; // IPv4 + ICMP headers
+    let full = ns_exec(
+        &a.netns,
+        &[
+            "ping",
+            "-c",
+            "2",
+            "-W",
+            "1",
+            "-M",
+            "do",
+            "-s",
+            &payload.to_string(),
+            &b.ip,
+        ],
+    )
+    .unwrap();
+    assert!(full.contains("2 received"), "full-size DF packet across nodes: {full}");
+    let over = try_run(
+        Command::new("nsenter")
+            .arg(format!("--net=/run/netns/{}", a.netns))
+            .args([
+                "--",
+                "ping",
+                "-c",
+                "1",
+                "-W",
+                "1",
+                "-M",
+                "do",
+                "-s",
+                &(payload + 1).to_string(),
+                &b.ip,
+            ]),
+    )
+    .unwrap();
+    let text = String::from_utf8_lossy(&over.stdout).to_string() + &String::from_utf8_lossy(&over.stderr);
+    assert!(!over.status.success(), "oversize DF packet must not pass: {text}");
+    assert!(
+        text.contains("message too long") || text.contains("mtu"),
+        "refused cleanly at the source: {text}"
+    );
+}
+
+#[test]
+fn agent_killed_and_restarted_loses_nothing() {
+    let mut lab = lab(2, 1, 1500);
+    let (a, b) = (pod(&lab, 0, 0), pod(&lab, 1, 0));
+    let routes_before = lab.status(0).unwrap()["routes"].clone();
+    let endpoints_before = lab.status(0).unwrap()["endpoints"].clone();
+    // A steady flow across nodes: 400 pings at 100/s.
+    let flow = Command::new("nsenter")
+        .arg(format!("--net=/run/netns/{}", a.netns))
+        .args(["--", "ping", "-q", "-c", "400", "-i", "0.01", "-W", "1", &b.ip])
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    sleep(Duration::from_millis(800));
+    lab.kill_agent(0).unwrap();
+    lab.kill_agent(1).unwrap();
+    sleep(Duration::from_millis(800));
+    // Agents gone: established traffic still flows on pinned maps and links.
+    assert!(tcp_probe(&a.netns, &b.ip, &b.name), "traffic with no agent running");
+    lab.start_agent(0).unwrap();
+    lab.start_agent(1).unwrap();
+    let out = flow.wait_with_output().unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        text.contains("400 packets transmitted, 400 received"),
+        "packets lost across kill/restart: {text}"
+    );
+    // Restarted agents reused what was pinned: nothing flushed.
+    sleep(Duration::from_millis(500));
+    assert_eq!(lab.status(0).unwrap()["routes"], routes_before);
+    assert_eq!(lab.status(0).unwrap()["endpoints"], endpoints_before);
+    assert!(
+        counter(&lab, 0, "forwards", "pod_to_node") >= 400,
+        "counters carried over the restart"
+    );
+    assert!(ping(&a.netns, &b.ip));
+}
+
+#[test]
+fn peer_removed_from_peers_file_stops_traffic_and_comes_back() {
+    let lab = lab(3, 1, 1500);
+    let (a, b, c) = (pod(&lab, 0, 0), pod(&lab, 1, 0), pod(&lab, 2, 0));
+    assert!(ping(&a.netns, &b.ip) && ping(&a.netns, &c.ip));
+    let nodes = &lab.state.nodes;
+    lab.write_peers_of(&[&nodes[0], &nodes[2]]).unwrap();
+    let wait_routes = |n: usize| {
+        let start = Instant::now();
+        loop {
+            let r = lab.status(0).unwrap()["routes"].as_array().unwrap().len();
+            if r == n || start.elapsed() > Duration::from_secs(5) {
+                return r;
+            }
+            sleep(Duration::from_millis(50));
+        }
+    };
+    assert_eq!(wait_routes(1), 1, "n2's route left n1's map");
+    assert!(!ping(&a.netns, &b.ip), "traffic to the removed peer stops");
+    assert!(ping(&a.netns, &c.ip), "other peers unaffected");
+    lab.write_peers().unwrap();
+    assert_eq!(wait_routes(2), 2);
+    assert!(ping(&a.netns, &b.ip), "traffic flows again once the peer is back");
+}
+
+#[test]
+fn lab_leaves_nothing_behind_even_when_a_test_panics() {
+    require_root();
+    let (names, pins, dir) = {
+        let result = std::panic::catch_unwind(|| {
+            let lab = lab(2, 1, 1500);
+            let names: Vec<String> = std::iter::once(lab.state.lan_netns.clone())
+                .chain(lab.state.nodes.iter().map(|n| n.netns.clone()))
+                .chain(lab.pods().iter().map(|(_, p)| p.netns.clone()))
+                .collect();
+            let pins = lab.state.pin_root.clone();
+            let dir = lab.state.dir.clone();
+            std::panic::panic_any((names, pins, dir)); // a failing test, mid-lab
+            #[allow(unreachable_code)]
+            drop(lab);
+        });
+        *result
+            .expect_err("panicked")
+            .downcast::<(Vec<String>, std::path::PathBuf, std::path::PathBuf)>()
+            .unwrap()
+    };
+    assert_eq!(names.len(), 5);
+    let netns = String::from_utf8(Command::new("ip").args(["netns", "list"]).output().unwrap().stdout).unwrap();
+    for n in &names {
+        assert!(
+            !netns.lines().any(|l| l.split_whitespace().next() == Some(n)),
+            "namespace {n} left behind"
+        );
+    }
+    assert!(!pins.exists(), "pins left at {}", pins.display());
+    assert!(!dir.exists(), "lab dir left at {}", dir.display());
+}

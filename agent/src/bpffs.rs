@@ -20,10 +20,7 @@ pub fn ensure_mounted(mount_point: &Path) -> Result<()> {
     mount(Some("bpf"), mount_point, Some("bpf"), MsFlags::empty(), None::<&str>)
         .with_context(|| format!("mount bpffs at {} (needs root / CAP_SYS_ADMIN)", mount_point.display()))?;
     if !is_bpffs(mount_point)? {
-        bail!(
-            "mounted bpffs at {} but it does not show as bpffs",
-            mount_point.display()
-        );
+        bail!("mounted bpffs at {} but it does not show as bpffs", mount_point.display());
     }
     Ok(())
 }

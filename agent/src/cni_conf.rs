@@ -46,12 +46,7 @@ mod tests {
 
     #[test]
     fn conflist_shape() {
-        let c = render(
-            "10.244.1.0/24".parse().unwrap(),
-            1400,
-            Path::new("/sys/fs/bpf/s"),
-            Path::new("/var/lib/s"),
-        );
+        let c = render("10.244.1.0/24".parse().unwrap(), 1400, Path::new("/sys/fs/bpf/s"), Path::new("/var/lib/s"));
         assert_eq!(c["plugins"][0]["type"], "sluice");
         assert_eq!(c["plugins"][0]["mtu"], 1400);
         assert_eq!(c["plugins"][0]["podCIDR"], "10.244.1.0/24");

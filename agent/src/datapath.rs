@@ -28,14 +28,8 @@ use crate::pins::{self, PinDir};
 /// The object built by `cargo xtask build-ebpf`, embedded at compile time.
 pub static OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/sluice.bpf.o"));
 
-const ALL_MAPS: [&str; 6] = [
-    names::ENDPOINTS,
-    names::NODE_ROUTES,
-    names::NODE_CONFIG,
-    names::DROPS,
-    names::FORWARDS,
-    names::IFACE_PACKETS,
-];
+const ALL_MAPS: [&str; 6] =
+    [names::ENDPOINTS, names::NODE_ROUTES, names::NODE_CONFIG, names::DROPS, names::FORWARDS, names::IFACE_PACKETS];
 
 const ALL_PROGRAMS: [&str; 3] = [programs::FROM_POD, programs::FROM_UPLINK, programs::COUNT_PACKETS];
 
@@ -59,23 +53,17 @@ impl Datapath {
         for (name, path) in &map_paths {
             loader.map_pin_path(name, path.as_path());
         }
-        let mut ebpf = loader
-            .load(OBJECT)
-            .context("load the eBPF object (maps reused from pins)")?;
+        let mut ebpf = loader.load(OBJECT).context("load the eBPF object (maps reused from pins)")?;
         for name in ALL_PROGRAMS {
             let prog: &mut SchedClassifier = program_mut(&mut ebpf, name)?;
             prog.load().with_context(|| format!("load program {name} (verifier)"))?;
             let tmp = pins.prog(&format!("{name}_new"));
             let _ = fs::remove_file(&tmp);
-            prog.pin(&tmp)
-                .with_context(|| format!("pin program {name} at {}", tmp.display()))?;
+            prog.pin(&tmp).with_context(|| format!("pin program {name} at {}", tmp.display()))?;
             fs::rename(&tmp, pins.prog(name)).with_context(|| format!("move pin of {name} into place"))?;
         }
         info!(pin_dir = %pins.root().display(), "datapath loaded");
-        Ok(Self {
-            ebpf,
-            pins: pins.clone(),
-        })
+        Ok(Self { ebpf, pins: pins.clone() })
     }
 
     pub fn pins(&self) -> &PinDir {
@@ -143,17 +131,11 @@ fn attach_or_update(prog: &mut SchedClassifier, ifname: &str, pin: &Path) -> Res
 /// A fresh TCX ingress attachment, pinned so it outlives this process.
 pub fn attach_and_pin(prog: &mut SchedClassifier, ifname: &str, pin: &Path) -> Result<()> {
     let id = prog
-        .attach_with_options(
-            ifname,
-            TcAttachType::Ingress,
-            TcAttachOptions::TcxOrder(LinkOrder::default()),
-        )
+        .attach_with_options(ifname, TcAttachType::Ingress, TcAttachOptions::TcxOrder(LinkOrder::default()))
         .with_context(|| format!("attach to {ifname} ingress with TCX"))?;
     let link = prog.take_link(id)?;
     let fd_link: FdLink = link.try_into().context("TCX link as fd link")?;
-    fd_link
-        .pin(pin)
-        .with_context(|| format!("pin link at {}", pin.display()))?;
+    fd_link.pin(pin).with_context(|| format!("pin link at {}", pin.display()))?;
     Ok(())
 }
 
@@ -168,9 +150,7 @@ fn update_pinned_link(prog: &mut SchedClassifier, pin: &Path) -> Result<()> {
 
 /// Detach a pinned link by removing its pin (the pin holds the last ref).
 pub fn unpin_link(pin: &Path) -> Result<()> {
-    fs::remove_file(pin)
-        .or_else(ignore_not_found)
-        .with_context(|| format!("unpin {}", pin.display()))
+    fs::remove_file(pin).or_else(ignore_not_found).with_context(|| format!("unpin {}", pin.display()))
 }
 
 pub fn ignore_not_found(e: io::Error) -> io::Result<()> {

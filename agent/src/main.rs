@@ -32,6 +32,12 @@ enum Command {
         /// How often the peers file is checked and the routes map reconciled.
         #[arg(long, default_value_t = 1000)]
         resync_ms: u64,
+        /// How often to release addresses and entries of pods that are gone.
+        #[arg(long, default_value_t = 30_000)]
+        sweep_interval_ms: u64,
+        /// A lease younger than this is never swept (its ADD may be running).
+        #[arg(long, default_value_t = 60_000)]
+        sweep_grace_ms: u64,
     },
     /// Print the datapath's state: endpoints, node routes, drops, forwards.
     Status {
@@ -49,12 +55,14 @@ async fn main() -> Result<()> {
         .with_writer(std::io::stderr)
         .init();
     match Cli::parse().command {
-        Command::Run {
-            node,
-            peers_file,
-            bpffs,
-            resync_ms,
-        } => run(node, peers_file, bpffs, resync_ms).await,
+        Command::Run { node, peers_file, bpffs, resync_ms, sweep_interval_ms, sweep_grace_ms } => {
+            let timing = Timing {
+                resync: Duration::from_millis(resync_ms),
+                sweep_interval: Duration::from_millis(sweep_interval_ms),
+                sweep_grace: Duration::from_millis(sweep_grace_ms),
+            };
+            run(node, peers_file, bpffs, timing).await
+        }
         Command::Status { pin_dir, json } => {
             let s = status::collect(&PinDir::new(pin_dir)).context("read datapath state")?;
             if json {
@@ -67,7 +75,26 @@ async fn main() -> Result<()> {
     }
 }
 
-async fn run(node: NodeConfig, peers_file: PathBuf, bpffs_mount: PathBuf, resync_ms: u64) -> Result<()> {
+struct Timing {
+    resync: Duration,
+    sweep_interval: Duration,
+    sweep_grace: Duration,
+}
+
+async fn sweep(netlink: &Netlink, node: &NodeConfig, pins: &PinDir, grace: Duration) {
+    match sluice_agent::sweep::run(netlink, pins, &node.data_dir, node.pod_cidr, grace).await {
+        Ok(plan) if !plan.is_empty() => info!(
+            attachments = plan.attachments.len(),
+            endpoints = plan.endpoints.len(),
+            links = plan.link_pins.len(),
+            "swept leftovers of pods that are gone"
+        ),
+        Ok(_) => {}
+        Err(e) => warn!(error = %format!("{e:#}"), "sweep failed; will retry"),
+    }
+}
+
+async fn run(node: NodeConfig, peers_file: PathBuf, bpffs_mount: PathBuf, timing: Timing) -> Result<()> {
     node.validate().context("invalid node configuration")?;
     bpffs::ensure_mounted(&bpffs_mount)?;
     let pins = PinDir::new(&node.pin_dir);
@@ -81,10 +108,7 @@ async fn run(node: NodeConfig, peers_file: PathBuf, bpffs_mount: PathBuf, resync
     let mut datapath = Datapath::load(&pins)?;
     maps::write_node_config(
         &pins,
-        sluice_common::NodeConfig {
-            uplink_ifindex: uplink.index,
-            node_ip_be: maps::ip_be(node_ip),
-        },
+        sluice_common::NodeConfig { uplink_ifindex: uplink.index, node_ip_be: maps::ip_be(node_ip) },
     )?;
     datapath.attach_ingress(programs::FROM_UPLINK, &node.uplink)?;
     let pods = datapath.update_pod_links()?;
@@ -98,11 +122,18 @@ async fn run(node: NodeConfig, peers_file: PathBuf, bpffs_mount: PathBuf, resync
 
     let mut routes_map = maps::NodeRoutes::open(&pins)?;
     let mut last_error: Option<String> = None;
-    let mut tick = tokio::time::interval(Duration::from_millis(resync_ms));
+    sweep(&netlink, &node, &pins, timing.sweep_grace).await;
+    let mut sweep_tick = tokio::time::interval(timing.sweep_interval);
+    sweep_tick.tick().await; // the first tick is immediate; we just swept
+    let mut tick = tokio::time::interval(timing.resync);
     let mut sigterm = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
     loop {
         tokio::select! {
             _ = tick.tick() => {}
+            _ = sweep_tick.tick() => {
+                sweep(&netlink, &node, &pins, timing.sweep_grace).await;
+                continue;
+            }
             _ = sigterm.recv() => break,
             _ = tokio::signal::ctrl_c() => break,
         }

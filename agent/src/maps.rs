@@ -14,12 +14,8 @@ use crate::pins::PinDir;
 
 fn open(pins: &PinDir, name: &str) -> Result<Map> {
     let path = pins.map(name);
-    let data = MapData::from_pin(&path).with_context(|| {
-        format!(
-            "open pinned map {} (is the agent running on this node?)",
-            path.display()
-        )
-    })?;
+    let data = MapData::from_pin(&path)
+        .with_context(|| format!("open pinned map {} (is the agent running on this node?)", path.display()))?;
     Map::from_map_data(data).with_context(|| format!("map {name}"))
 }
 
@@ -40,9 +36,7 @@ impl Endpoints {
     }
 
     pub fn insert(&mut self, ip: Ipv4Addr, ep: EndpointInfo) -> Result<()> {
-        self.0
-            .insert(ip_be(ip), ep, 0)
-            .with_context(|| format!("insert endpoint {ip}"))
+        self.0.insert(ip_be(ip), ep, 0).with_context(|| format!("insert endpoint {ip}"))
     }
 
     /// Remove; an absent entry counts as removed.
@@ -93,13 +87,8 @@ impl NodeRoutes {
     }
 
     pub fn upsert(&mut self, cidr: Ipv4Network, node_ip: Ipv4Addr) -> Result<()> {
-        let value = RemoteNode {
-            node_ip_be: ip_be(node_ip),
-            _reserved: 0,
-        };
-        self.0
-            .insert(&Self::key(cidr), value, 0)
-            .with_context(|| format!("insert route {cidr} via {node_ip}"))
+        let value = RemoteNode { node_ip_be: ip_be(node_ip), _reserved: 0 };
+        self.0.insert(&Self::key(cidr), value, 0).with_context(|| format!("insert route {cidr} via {node_ip}"))
     }
 
     pub fn remove(&mut self, cidr: Ipv4Network) -> Result<()> {
@@ -123,15 +112,7 @@ pub fn read_node_config(pins: &PinDir) -> Result<NodeConfig> {
 
 fn sum_per_cpu_array(pins: &PinDir, name: &str, len: u32) -> Result<Vec<u64>> {
     let arr: PerCpuArray<MapData, u64> = open(pins, name)?.try_into()?;
-    (0..len)
-        .map(|i| {
-            Ok(arr
-                .get(&i, 0)
-                .with_context(|| format!("read {name}[{i}]"))?
-                .iter()
-                .sum())
-        })
-        .collect()
+    (0..len).map(|i| Ok(arr.get(&i, 0).with_context(|| format!("read {name}[{i}]"))?.iter().sum())).collect()
 }
 
 /// Drops so far, summed over CPUs, per reason.

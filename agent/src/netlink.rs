@@ -34,12 +34,7 @@ pub fn is_errno(e: &rtnetlink::Error, errno: i32) -> bool {
 }
 
 fn link_info(msg: &LinkMessage) -> LinkInfo {
-    let mut info = LinkInfo {
-        index: msg.header.index,
-        name: String::new(),
-        mtu: 0,
-        mac: [0; 6],
-    };
+    let mut info = LinkInfo { index: msg.header.index, name: String::new(), mtu: 0, mac: [0; 6] };
     for attr in &msg.attributes {
         match attr {
             LinkAttribute::IfName(n) => info.name = n.clone(),
@@ -81,10 +76,18 @@ impl Netlink {
         }
     }
 
+    /// Every link in this namespace.
+    pub async fn links(&self) -> Result<Vec<LinkInfo>> {
+        let mut out = Vec::new();
+        let mut links = self.handle.link().get().execute();
+        while let Some(msg) = links.try_next().await.context("list links")? {
+            out.push(link_info(&msg));
+        }
+        Ok(out)
+    }
+
     pub async fn require_link(&self, name: &str) -> Result<LinkInfo> {
-        self.link_by_name(name)
-            .await?
-            .ok_or_else(|| anyhow!("interface {name} does not exist"))
+        self.link_by_name(name).await?.ok_or_else(|| anyhow!("interface {name} does not exist"))
     }
 
     /// The first IPv4 address on interface `index`.
@@ -128,13 +131,7 @@ impl Netlink {
 
     /// Move a link into the network namespace open as `ns_fd`.
     pub async fn move_to_netns(&self, index: u32, ns_fd: std::os::fd::RawFd) -> Result<()> {
-        self.handle
-            .link()
-            .set(index)
-            .setns_by_fd(ns_fd)
-            .execute()
-            .await
-            .context("move link to netns")
+        self.handle.link().set(index).setns_by_fd(ns_fd).execute().await.context("move link to netns")
     }
 
     pub async fn set_name(&self, index: u32, name: &str) -> Result<()> {
@@ -148,23 +145,11 @@ impl Netlink {
     }
 
     pub async fn set_mtu(&self, index: u32, mtu: u32) -> Result<()> {
-        self.handle
-            .link()
-            .set(index)
-            .mtu(mtu)
-            .execute()
-            .await
-            .with_context(|| format!("set MTU {mtu}"))
+        self.handle.link().set(index).mtu(mtu).execute().await.with_context(|| format!("set MTU {mtu}"))
     }
 
     pub async fn set_up(&self, index: u32) -> Result<()> {
-        self.handle
-            .link()
-            .set(index)
-            .up()
-            .execute()
-            .await
-            .context("set link up")
+        self.handle.link().set(index).up().execute().await.context("set link up")
     }
 
     /// Add an address; an address already present counts as added.

@@ -57,10 +57,7 @@ impl NodeConfig {
         if !(self.cluster_cidr.contains(self.pod_cidr.network())
             && self.cluster_cidr.prefix() <= self.pod_cidr.prefix())
         {
-            return Err(NodeConfigError::PodCidrOutsideCluster {
-                pod: self.pod_cidr,
-                cluster: self.cluster_cidr,
-            });
+            return Err(NodeConfigError::PodCidrOutsideCluster { pod: self.pod_cidr, cluster: self.cluster_cidr });
         }
         Ok(())
     }
@@ -97,9 +94,6 @@ mod tests {
             cfg("10.0.0.0/8", "10.244.0.0/16").validate(),
             Err(NodeConfigError::PodCidrOutsideCluster { .. })
         ));
-        assert!(matches!(
-            cfg("10.244.1.0/31", "10.244.0.0/16").validate(),
-            Err(NodeConfigError::PodCidrTooSmall(_))
-        ));
+        assert!(matches!(cfg("10.244.1.0/31", "10.244.0.0/16").validate(), Err(NodeConfigError::PodCidrTooSmall(_))));
     }
 }

@@ -28,25 +28,11 @@ pub enum PeersError {
     #[error("peers file is not valid JSON of the expected shape: {0}")]
     Parse(String),
     #[error("peer {name}: pod CIDR {cidr} is not a network address (did you mean {network}/{prefix}?)")]
-    NotNetwork {
-        name: String,
-        cidr: Ipv4Network,
-        network: Ipv4Addr,
-        prefix: u8,
-    },
+    NotNetwork { name: String, cidr: Ipv4Network, network: Ipv4Addr, prefix: u8 },
     #[error("peers {a} and {b} have overlapping pod CIDRs {a_cidr} and {b_cidr}")]
-    Overlap {
-        a: String,
-        a_cidr: Ipv4Network,
-        b: String,
-        b_cidr: Ipv4Network,
-    },
+    Overlap { a: String, a_cidr: Ipv4Network, b: String, b_cidr: Ipv4Network },
     #[error("peer {name}: pod CIDR {cidr} overlaps this node's pod CIDR {own}")]
-    OverlapsOwn {
-        name: String,
-        cidr: Ipv4Network,
-        own: Ipv4Network,
-    },
+    OverlapsOwn { name: String, cidr: Ipv4Network, own: Ipv4Network },
     #[error("peer {name} is listed twice")]
     Duplicate { name: String },
 }
@@ -86,20 +72,11 @@ impl PeersFile {
                 });
             }
             if p.name != own_name && p.pod_cidr.overlaps(own_cidr) {
-                return Err(PeersError::OverlapsOwn {
-                    name: p.name.clone(),
-                    cidr: p.pod_cidr,
-                    own: own_cidr,
-                });
+                return Err(PeersError::OverlapsOwn { name: p.name.clone(), cidr: p.pod_cidr, own: own_cidr });
             }
             seen.push(p);
         }
-        Ok(self
-            .peers
-            .iter()
-            .filter(|p| p.name != own_name)
-            .map(|p| (p.pod_cidr, p.node_ip))
-            .collect())
+        Ok(self.peers.iter().filter(|p| p.name != own_name).map(|p| (p.pod_cidr, p.node_ip)).collect())
     }
 }
 
@@ -121,10 +98,7 @@ mod tests {
         let f = PeersFile::parse(FILE.as_bytes()).unwrap();
         let routes = f.desired_routes("n1", cidr("10.244.1.0/24")).unwrap();
         assert_eq!(routes.len(), 2);
-        assert_eq!(
-            routes[&cidr("10.244.2.0/24")],
-            "192.168.50.2".parse::<Ipv4Addr>().unwrap()
-        );
+        assert_eq!(routes[&cidr("10.244.2.0/24")], "192.168.50.2".parse::<Ipv4Addr>().unwrap());
         assert!(!routes.contains_key(&cidr("10.244.1.0/24")));
     }
 
@@ -132,39 +106,24 @@ mod tests {
     fn bad_files_rejected_whole() {
         let own = cidr("10.244.1.0/24");
         assert!(matches!(PeersFile::parse(b"{"), Err(PeersError::Parse(_))));
-        assert!(matches!(
-            PeersFile::parse(br#"{"peers":[{"name":"x"}]}"#),
-            Err(PeersError::Parse(_))
-        ));
+        assert!(matches!(PeersFile::parse(br#"{"peers":[{"name":"x"}]}"#), Err(PeersError::Parse(_))));
         let overlap = PeersFile::parse(
             br#"{"peers":[{"name":"a","nodeIP":"1.1.1.1","podCIDR":"10.0.0.0/16"},
                          {"name":"b","nodeIP":"1.1.1.2","podCIDR":"10.0.1.0/24"}]}"#,
         )
         .unwrap();
-        assert!(matches!(
-            overlap.desired_routes("n1", own),
-            Err(PeersError::Overlap { .. })
-        ));
+        assert!(matches!(overlap.desired_routes("n1", own), Err(PeersError::Overlap { .. })));
         let own_overlap =
             PeersFile::parse(br#"{"peers":[{"name":"a","nodeIP":"1.1.1.1","podCIDR":"10.244.0.0/16"}]}"#).unwrap();
-        assert!(matches!(
-            own_overlap.desired_routes("n1", own),
-            Err(PeersError::OverlapsOwn { .. })
-        ));
+        assert!(matches!(own_overlap.desired_routes("n1", own), Err(PeersError::OverlapsOwn { .. })));
         let host_bits =
             PeersFile::parse(br#"{"peers":[{"name":"a","nodeIP":"1.1.1.1","podCIDR":"10.9.0.5/24"}]}"#).unwrap();
-        assert!(matches!(
-            host_bits.desired_routes("n1", own),
-            Err(PeersError::NotNetwork { .. })
-        ));
+        assert!(matches!(host_bits.desired_routes("n1", own), Err(PeersError::NotNetwork { .. })));
         let dup = PeersFile::parse(
             br#"{"peers":[{"name":"a","nodeIP":"1.1.1.1","podCIDR":"10.9.0.0/24"},
                          {"name":"a","nodeIP":"1.1.1.1","podCIDR":"10.8.0.0/24"}]}"#,
         )
         .unwrap();
-        assert!(matches!(
-            dup.desired_routes("n1", own),
-            Err(PeersError::Duplicate { .. })
-        ));
+        assert!(matches!(dup.desired_routes("n1", own), Err(PeersError::Duplicate { .. })));
     }
 }

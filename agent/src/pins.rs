@@ -78,14 +78,8 @@ mod tests {
     #[test]
     fn layout() {
         let p = PinDir::new("/sys/fs/bpf/sluice/node1");
-        assert_eq!(
-            p.map("ENDPOINTS"),
-            Path::new("/sys/fs/bpf/sluice/node1/v1/maps/ENDPOINTS")
-        );
-        assert_eq!(
-            p.prog("from_pod"),
-            Path::new("/sys/fs/bpf/sluice/node1/v1/progs/from_pod")
-        );
+        assert_eq!(p.map("ENDPOINTS"), Path::new("/sys/fs/bpf/sluice/node1/v1/maps/ENDPOINTS"));
+        assert_eq!(p.prog("from_pod"), Path::new("/sys/fs/bpf/sluice/node1/v1/progs/from_pod"));
         assert_eq!(
             p.link("from_uplink", "eth0.100"),
             Path::new("/sys/fs/bpf/sluice/node1/v1/links/from_uplink__eth0_100")

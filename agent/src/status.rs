@@ -33,11 +33,7 @@ pub fn render_text(status: &Value) -> String {
     let list = |v: &Value| v.as_array().cloned().unwrap_or_default();
     out.push_str(&format!("endpoints ({}):\n", list(&status["endpoints"]).len()));
     for e in list(&status["endpoints"]) {
-        out.push_str(&format!(
-            "  {:<16} host ifindex {}\n",
-            e["ip"].as_str().unwrap_or("?"),
-            e["hostIfindex"]
-        ));
+        out.push_str(&format!("  {:<16} host ifindex {}\n", e["ip"].as_str().unwrap_or("?"), e["hostIfindex"]));
     }
     out.push_str(&format!("node routes ({}):\n", list(&status["routes"]).len()));
     for r in list(&status["routes"]) {

@@ -7,18 +7,11 @@ use std::{fs::File, net::Ipv4Addr, os::fd::AsRawFd, path::Path};
 use anyhow::{anyhow, Context};
 use aya::programs::SchedClassifier;
 use serde_json::{json, Value};
-use sluice_agent::{datapath, maps::Endpoints, netlink::Netlink, netns, pins::PinDir};
+use sluice_agent::ipam::store::{Allocation, Exhausted, LeaseStore};
+use sluice_agent::{datapath, maps::Endpoints, netlink::Netlink, netns, pins::PinDir, pod_names};
 use sluice_common::{maps::programs, EndpointInfo};
 
-use crate::{
-    config::NetConf,
-    env::CniEnv,
-    error::CniError,
-    ipam::store::{Allocation, Exhausted, LeaseStore},
-    names,
-    rollback::Rollback,
-    POD_GATEWAY,
-};
+use crate::{config::NetConf, env::CniEnv, error::CniError, fault, rollback::Rollback, POD_GATEWAY};
 
 pub async fn add(conf: &NetConf, env: &CniEnv) -> Result<Value, CniError> {
     let mut rb = Rollback::default();
@@ -43,10 +36,7 @@ fn fmt_mac(mac: [u8; 6]) -> String {
 }
 
 async fn add_steps(conf: &NetConf, env: &CniEnv, rb: &mut Rollback) -> Result<Value, CniError> {
-    let netns_path = env
-        .netns
-        .as_deref()
-        .ok_or_else(|| plugin(anyhow!("CNI_NETNS missing")))?;
+    let netns_path = env.netns.as_deref().ok_or_else(|| plugin(anyhow!("CNI_NETNS missing")))?;
     let pins = PinDir::new(&conf.pin_dir);
     let from_pod_pin = pins.prog(programs::FROM_POD);
     if !from_pod_pin.exists() {
@@ -65,18 +55,15 @@ async fn add_steps(conf: &NetConf, env: &CniEnv, rb: &mut Rollback) -> Result<Va
 
     // 1. An address.
     let ip = allocate(conf, env, rb)?;
+    fault::after("ipam").map_err(plugin)?;
 
     // 2. The veth pair, starting clean if an earlier ADD left one behind.
-    let host_name = names::host_veth(&env.container_id, &env.ifname);
-    let peer_tmp = names::temp_peer(&env.container_id, &env.ifname);
+    let host_name = pod_names::host_veth(&env.container_id, &env.ifname);
+    let peer_tmp = pod_names::temp_peer(&env.container_id, &env.ifname);
     host.delete_link(&host_name).await.map_err(plugin)?;
     host.delete_link(&peer_tmp).await.map_err(plugin)?;
     if pod.link_by_name(&env.ifname).await.map_err(plugin)?.is_some() {
-        return Err(plugin(anyhow!(
-            "interface {} already exists in {}",
-            env.ifname,
-            netns_path.display()
-        )));
+        return Err(plugin(anyhow!("interface {} already exists in {}", env.ifname, netns_path.display())));
     }
     host.add_veth(&host_name, &peer_tmp).await.map_err(plugin)?;
     {
@@ -84,12 +71,12 @@ async fn add_steps(conf: &NetConf, env: &CniEnv, rb: &mut Rollback) -> Result<Va
         let name = host_name.clone();
         rb.push("delete veth", async move { host.delete_link(&name).await });
     }
+    fault::after("veth").map_err(plugin)?;
     let host_link = host.require_link(&host_name).await.map_err(plugin)?;
     let peer_link = host.require_link(&peer_tmp).await.map_err(plugin)?;
     host.set_mtu(host_link.index, conf.mtu).await.map_err(plugin)?;
-    host.move_to_netns(peer_link.index, ns_file.as_raw_fd())
-        .await
-        .map_err(plugin)?;
+    host.move_to_netns(peer_link.index, ns_file.as_raw_fd()).await.map_err(plugin)?;
+    fault::after("move").map_err(plugin)?;
 
     // 3. Inside the pod: name, MTU, address, routes via a link-local
     //    gateway that is a permanent neighbour (no ARP needed).
@@ -101,40 +88,32 @@ async fn add_steps(conf: &NetConf, env: &CniEnv, rb: &mut Rollback) -> Result<Va
         pod.set_up(lo.index).await.map_err(plugin)?;
     }
     pod.add_address(pod_link.index, ip.into(), 32).await.map_err(plugin)?;
-    pod.add_link_route(pod_link.index, POD_GATEWAY, 32)
-        .await
-        .map_err(plugin)?;
-    pod.add_default_route(pod_link.index, POD_GATEWAY)
-        .await
-        .map_err(plugin)?;
-    pod.add_permanent_neighbour(pod_link.index, POD_GATEWAY, host_link.mac)
-        .await
-        .map_err(plugin)?;
+    pod.add_link_route(pod_link.index, POD_GATEWAY, 32).await.map_err(plugin)?;
+    pod.add_default_route(pod_link.index, POD_GATEWAY).await.map_err(plugin)?;
+    pod.add_permanent_neighbour(pod_link.index, POD_GATEWAY, host_link.mac).await.map_err(plugin)?;
+    fault::after("pod-config").map_err(plugin)?;
 
     // 4. On the node: the host side up, and a route + neighbour to the pod
     //    so the node itself (kubelet probes) reaches it.
     host.set_up(host_link.index).await.map_err(plugin)?;
     host.add_link_route(host_link.index, ip, 32).await.map_err(plugin)?;
-    host.add_permanent_neighbour(host_link.index, ip, pod_link.mac)
-        .await
-        .map_err(plugin)?;
+    host.add_permanent_neighbour(host_link.index, ip, pod_link.mac).await.map_err(plugin)?;
+    fault::after("host-config").map_err(plugin)?;
 
     // 5. The endpoint entry, before the program that checks it is attached.
-    let ep = EndpointInfo {
-        host_ifindex: host_link.index,
-        pod_mac: pod_link.mac,
-        host_mac: host_link.mac,
-    };
+    let ep = EndpointInfo { host_ifindex: host_link.index, pod_mac: pod_link.mac, host_mac: host_link.mac };
     endpoints.insert(ip, ep).map_err(plugin)?;
     {
         let pins = pins.clone();
         rb.push("remove endpoint", async move { Endpoints::open(&pins)?.remove(ip) });
     }
+    fault::after("endpoint").map_err(plugin)?;
 
     // 6. `from_pod` on the host side's ingress, pinned to outlive us.
     let link_pin = pins.link(programs::FROM_POD, &host_name);
     attach_from_pod(&from_pod_pin, &host_name, &link_pin).map_err(plugin)?;
     rb.push("detach from_pod", async move { datapath::unpin_link(&link_pin) });
+    fault::after("attach").map_err(plugin)?;
 
     Ok(result(conf, env, &host_name, host_link.mac, pod_link.mac, ip))
 }
@@ -145,9 +124,7 @@ fn allocate(conf: &NetConf, env: &CniEnv, rb: &mut Rollback) -> Result<Ipv4Addr,
         Ok(Allocation::Existing(ip)) => Ok(ip),
         Ok(Allocation::New(ip)) => {
             let (dir, cidr) = (conf.data_dir.clone(), conf.pod_cidr);
-            rb.push("release address", async move {
-                LeaseStore::lock(&dir, cidr)?.release_ip(ip)
-            });
+            rb.push("release address", async move { LeaseStore::lock(&dir, cidr)?.release_ip(ip) });
             Ok(ip)
         }
         Err(e) if e.is::<Exhausted>() => Err(CniError::PoolExhausted(e.to_string())),
@@ -161,23 +138,31 @@ fn attach_from_pod(prog_pin: &Path, ifname: &str, link_pin: &Path) -> anyhow::Re
     datapath::attach_and_pin(&mut prog, ifname, link_pin)
 }
 
+/// Our result, appended to `prevResult`'s when chained after other plugins.
 fn result(conf: &NetConf, env: &CniEnv, host_name: &str, host_mac: [u8; 6], pod_mac: [u8; 6], ip: Ipv4Addr) -> Value {
+    let prev = conf.prev_result.clone().unwrap_or_else(|| json!({}));
+    let list = |key: &str| prev[key].as_array().cloned().unwrap_or_default();
+    let mut interfaces = list("interfaces");
+    let pod_if_index = interfaces.len() + 1;
     let mut ip_entry = json!({
         "address": format!("{ip}/32"),
         "gateway": POD_GATEWAY.to_string(),
-        "interface": 1,
+        "interface": pod_if_index,
     });
     if conf.cni_version.starts_with("0.") {
         ip_entry["version"] = json!("4");
     }
+    interfaces.push(json!({"name": host_name, "mac": fmt_mac(host_mac)}));
+    interfaces.push(json!({"name": env.ifname, "mac": fmt_mac(pod_mac), "sandbox": env.netns}));
+    let mut ips = list("ips");
+    ips.push(ip_entry);
+    let mut routes = list("routes");
+    routes.push(json!({"dst": "0.0.0.0/0", "gw": POD_GATEWAY.to_string()}));
     json!({
         "cniVersion": conf.cni_version,
-        "interfaces": [
-            {"name": host_name, "mac": fmt_mac(host_mac)},
-            {"name": env.ifname, "mac": fmt_mac(pod_mac), "sandbox": env.netns},
-        ],
-        "ips": [ip_entry],
-        "routes": [{"dst": "0.0.0.0/0", "gw": POD_GATEWAY.to_string()}],
-        "dns": {},
+        "interfaces": interfaces,
+        "ips": ips,
+        "routes": routes,
+        "dns": prev.get("dns").cloned().unwrap_or_else(|| json!({})),
     })
 }

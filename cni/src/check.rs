@@ -1,14 +1,15 @@
 //! CHECK: is the pod still as ADD left it?
 use anyhow::anyhow;
-use sluice_agent::{maps::Endpoints, netlink::Netlink, pins::PinDir};
+use sluice_agent::{maps::Endpoints, netlink::Netlink, pins::PinDir, pod_names};
 use sluice_common::maps::programs;
 
-use crate::{config::NetConf, env::CniEnv, error::CniError, ipam::store::LeaseStore, names};
+use crate::{config::NetConf, env::CniEnv, error::CniError};
+use sluice_agent::ipam::store::LeaseStore;
 
 pub async fn check(conf: &NetConf, env: &CniEnv) -> Result<(), CniError> {
     let fail = |m: String| Err(CniError::Plugin(anyhow!(m)));
     let pins = PinDir::new(&conf.pin_dir);
-    let host_name = names::host_veth(&env.container_id, &env.ifname);
+    let host_name = pod_names::host_veth(&env.container_id, &env.ifname);
     let host = Netlink::open().map_err(CniError::Plugin)?;
     let Some(link) = host.link_by_name(&host_name).await.map_err(CniError::Plugin)? else {
         return fail(format!("host veth {host_name} is missing"));
@@ -20,13 +21,15 @@ pub async fn check(conf: &NetConf, env: &CniEnv) -> Result<(), CniError> {
     let endpoints = Endpoints::open(&pins).map_err(CniError::DatapathNotReady)?;
     match endpoints.get(ip) {
         Some(ep) if ep.host_ifindex == link.index => {}
-        Some(ep) => {
-            return fail(format!(
-                "endpoint {ip} points at ifindex {} not {}",
-                ep.host_ifindex, link.index
-            ))
-        }
+        Some(ep) => return fail(format!("endpoint {ip} points at ifindex {} not {}", ep.host_ifindex, link.index)),
         None => return fail(format!("endpoint {ip} missing from the ENDPOINTS map")),
+    }
+    if let Some(prev) = &conf.prev_result {
+        let want = format!("{ip}/32");
+        let listed = prev["ips"].as_array().is_some_and(|ips| ips.iter().any(|i| i["address"] == want.as_str()));
+        if !listed {
+            return fail(format!("prevResult does not list this pod's address {want}"));
+        }
     }
     if !pins.link(programs::FROM_POD, &host_name).exists() {
         return fail(format!("from_pod is not attached to {host_name}"));

@@ -16,6 +16,18 @@ pub struct NetConf {
     pub mtu: u32,
     pub pin_dir: PathBuf,
     pub data_dir: PathBuf,
+    /// The result of the plugins before this one in a chain (ADD, CHECK).
+    pub prev_result: Option<serde_json::Value>,
+    /// GC: the attachments the runtime still uses; every other one goes.
+    pub valid_attachments: Option<Vec<Attachment>>,
+}
+
+/// One entry of `cni.dev/valid-attachments`.
+#[derive(Clone, Debug, PartialEq, Eq, Deserialize)]
+pub struct Attachment {
+    #[serde(rename = "containerID")]
+    pub container_id: String,
+    pub ifname: String,
 }
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
@@ -40,13 +52,13 @@ struct Raw {
     mtu: Option<serde_json::Value>,
     pin_dir: Option<String>,
     data_dir: Option<String>,
+    prev_result: Option<serde_json::Value>,
+    #[serde(rename = "cni.dev/valid-attachments")]
+    valid_attachments: Option<serde_json::Value>,
 }
 
 fn field(field: &'static str, problem: impl Into<String>) -> ConfigError {
-    ConfigError::Field {
-        field,
-        problem: problem.into(),
-    }
+    ConfigError::Field { field, problem: problem.into() }
 }
 
 impl NetConf {
@@ -66,14 +78,11 @@ impl NetConf {
             None => return Err(field("type", "missing")),
         }
         let pod_cidr = match raw.pod_cidr {
-            Some(serde_json::Value::String(s)) => s
-                .parse::<Ipv4Network>()
-                .map_err(|e| field("podCIDR", format!("{s:?} is not an IPv4 CIDR: {e}")))?,
+            Some(serde_json::Value::String(s)) => {
+                s.parse::<Ipv4Network>().map_err(|e| field("podCIDR", format!("{s:?} is not an IPv4 CIDR: {e}")))?
+            }
             Some(other) => {
-                return Err(field(
-                    "podCIDR",
-                    format!("must be a string like \"10.244.1.0/24\", got {other}"),
-                ))
+                return Err(field("podCIDR", format!("must be a string like \"10.244.1.0/24\", got {other}")))
             }
             None => return Err(field("podCIDR", "missing")),
         };
@@ -81,10 +90,7 @@ impl NetConf {
             return Err(field("podCIDR", format!("{pod_cidr} has host bits set")));
         }
         if pod_cidr.prefix() > 30 {
-            return Err(field(
-                "podCIDR",
-                format!("{pod_cidr} is too small (needs /30 or larger)"),
-            ));
+            return Err(field("podCIDR", format!("{pod_cidr} is too small (needs /30 or larger)")));
         }
         let mtu = match raw.mtu {
             None => 1500,
@@ -100,14 +106,25 @@ impl NetConf {
                 return Err(field(name, format!("{} is not an absolute path", p.display())));
             }
         }
-        Ok(Self {
-            cni_version,
-            name,
-            pod_cidr,
-            mtu,
-            pin_dir,
-            data_dir,
-        })
+        let prev_result = match raw.prev_result {
+            None | Some(serde_json::Value::Null) => None,
+            Some(v @ serde_json::Value::Object(_)) => {
+                for key in ["interfaces", "ips", "routes"] {
+                    if !(v[key].is_null() || v[key].is_array()) {
+                        return Err(field("prevResult", format!("`{key}` must be a list")));
+                    }
+                }
+                Some(v)
+            }
+            Some(other) => return Err(field("prevResult", format!("must be an object, got {other}"))),
+        };
+        let valid_attachments = match raw.valid_attachments {
+            None => None,
+            Some(v) => Some(serde_json::from_value::<Vec<Attachment>>(v).map_err(|e| {
+                field("cni.dev/valid-attachments", format!("must be a list of {{containerID, ifname}}: {e}"))
+            })?),
+        };
+        Ok(Self { cni_version, name, pod_cidr, mtu, pin_dir, data_dir, prev_result, valid_attachments })
     }
 }
 
@@ -150,6 +167,9 @@ mod tests {
             ("mtu", json!(10), "mtu"),
             ("mtu", json!("1500"), "mtu"),
             ("pinDir", json!("relative/dir"), "pinDir"),
+            ("prevResult", json!("x"), "prevResult"),
+            ("prevResult", json!({"ips": 5}), "prevResult"),
+            ("cni.dev/valid-attachments", json!([{"containerID": 1}]), "cni.dev/valid-attachments"),
         ];
         for (key, value, want) in cases {
             match NetConf::parse(&with(key, value.clone())) {
@@ -157,6 +177,18 @@ mod tests {
                 other => panic!("{key}={value}: expected a field error, got {other:?}"),
             }
         }
+    }
+
+    #[test]
+    fn gc_and_chaining_fields() {
+        let c = NetConf::parse(&with(
+            "cni.dev/valid-attachments",
+            serde_json::json!([{"containerID": "a", "ifname": "eth0"}]),
+        ))
+        .unwrap();
+        assert_eq!(c.valid_attachments.unwrap()[0].container_id, "a");
+        let c = NetConf::parse(&with("prevResult", serde_json::json!({"interfaces": [], "ips": []}))).unwrap();
+        assert!(c.prev_result.is_some());
     }
 
     #[test]

@@ -7,6 +7,16 @@ pub enum Command {
     Del,
     Check,
     Version,
+    Status,
+    Gc,
+}
+
+impl Command {
+    /// Verbs about the network as a whole, not one container: they need no
+    /// CNI_CONTAINERID, CNI_NETNS or CNI_IFNAME.
+    pub fn is_network_wide(&self) -> bool {
+        matches!(self, Command::Version | Command::Status | Command::Gc)
+    }
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -32,37 +42,25 @@ impl CniEnv {
             Some("DEL") => Command::Del,
             Some("CHECK") => Command::Check,
             Some("VERSION") => Command::Version,
+            Some("STATUS") => Command::Status,
+            Some("GC") => Command::Gc,
             Some(other) => {
-                return Err(EnvError::Invalid {
-                    name: "CNI_COMMAND",
-                    problem: format!("unknown command {other:?}"),
-                })
+                return Err(EnvError::Invalid { name: "CNI_COMMAND", problem: format!("unknown command {other:?}") })
             }
             None => return Err(EnvError::Missing("CNI_COMMAND")),
         };
-        if command == Command::Version {
-            return Ok(Self {
-                command,
-                container_id: String::new(),
-                netns: None,
-                ifname: String::new(),
-            });
+        if command.is_network_wide() {
+            return Ok(Self { command, container_id: String::new(), netns: None, ifname: String::new() });
         }
-        let container_id = get("CNI_CONTAINERID")
-            .filter(|s| !s.is_empty())
-            .ok_or(EnvError::Missing("CNI_CONTAINERID"))?;
-        if !container_id
-            .chars()
-            .all(|c| c.is_ascii_alphanumeric() || "_.-".contains(c))
-        {
+        let container_id =
+            get("CNI_CONTAINERID").filter(|s| !s.is_empty()).ok_or(EnvError::Missing("CNI_CONTAINERID"))?;
+        if !container_id.chars().all(|c| c.is_ascii_alphanumeric() || "_.-".contains(c)) {
             return Err(EnvError::Invalid {
                 name: "CNI_CONTAINERID",
                 problem: "may contain only letters, digits, '_', '.' and '-'".into(),
             });
         }
-        let ifname = get("CNI_IFNAME")
-            .filter(|s| !s.is_empty())
-            .ok_or(EnvError::Missing("CNI_IFNAME"))?;
+        let ifname = get("CNI_IFNAME").filter(|s| !s.is_empty()).ok_or(EnvError::Missing("CNI_IFNAME"))?;
         if ifname.len() > 15 || ifname.contains('/') || ifname.contains(char::is_whitespace) || ifname == "." {
             return Err(EnvError::Invalid {
                 name: "CNI_IFNAME",
@@ -74,12 +72,7 @@ impl CniEnv {
         if netns.is_none() && command != Command::Del {
             return Err(EnvError::Missing("CNI_NETNS"));
         }
-        Ok(Self {
-            command,
-            container_id,
-            netns,
-            ifname,
-        })
+        Ok(Self { command, container_id, netns, ifname })
     }
 }
 
@@ -95,14 +88,12 @@ mod tests {
 
     #[test]
     fn table() {
-        let add = [
-            ("CNI_COMMAND", "ADD"),
-            ("CNI_CONTAINERID", "abc"),
-            ("CNI_NETNS", "/run/netns/x"),
-            ("CNI_IFNAME", "eth0"),
-        ];
+        let add =
+            [("CNI_COMMAND", "ADD"), ("CNI_CONTAINERID", "abc"), ("CNI_NETNS", "/run/netns/x"), ("CNI_IFNAME", "eth0")];
         assert_eq!(env(&add).unwrap().command, Command::Add);
         assert_eq!(env(&[("CNI_COMMAND", "VERSION")]).unwrap().command, Command::Version);
+        assert_eq!(env(&[("CNI_COMMAND", "STATUS")]).unwrap().command, Command::Status);
+        assert_eq!(env(&[("CNI_COMMAND", "GC")]).unwrap().command, Command::Gc);
         assert_eq!(env(&[]), Err(EnvError::Missing("CNI_COMMAND")));
         assert_eq!(env(&add[..3]), Err(EnvError::Missing("CNI_IFNAME")));
         assert_eq!(env(&[add[0], add[1], add[3]]), Err(EnvError::Missing("CNI_NETNS")));
@@ -111,10 +102,7 @@ mod tests {
         assert!(matches!(env(&[("CNI_COMMAND", "FROB")]), Err(EnvError::Invalid { .. })));
         assert!(matches!(
             env(&[add[0], ("CNI_CONTAINERID", "a b"), add[2], add[3]]),
-            Err(EnvError::Invalid {
-                name: "CNI_CONTAINERID",
-                ..
-            })
+            Err(EnvError::Invalid { name: "CNI_CONTAINERID", .. })
         ));
     }
 }

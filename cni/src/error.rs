@@ -15,6 +15,8 @@ pub enum CniError {
     PoolExhausted(String),
     #[error("datapath not ready: {0:#}")]
     DatapathNotReady(anyhow::Error),
+    #[error("{0}")]
+    NotAvailable(String),
     #[error("{0:#}")]
     Ipam(anyhow::Error),
     #[error("{0:#}")]
@@ -38,10 +40,12 @@ impl CniError {
             CniError::Env(_) => 4,
             CniError::Config(ConfigError::Decode(_)) => 6,
             CniError::Config(_) => 7,
+            // The agent may still be starting: the runtime should retry.
+            CniError::DatapathNotReady(_) => 11,
+            CniError::NotAvailable(_) => 50,
             CniError::PoolExhausted(_) => 100,
-            CniError::DatapathNotReady(_) => 101,
-            CniError::Ipam(_) => 102,
-            CniError::Plugin(_) => 103,
+            CniError::Ipam(_) => 101,
+            CniError::Plugin(_) => 102,
         }
     }
 
@@ -52,7 +56,8 @@ impl CniError {
             CniError::Config(ConfigError::Decode(_)) => "failed to decode network configuration",
             CniError::Config(_) => "invalid network configuration",
             CniError::PoolExhausted(_) => "no free pod addresses",
-            CniError::DatapathNotReady(_) => "sluice datapath not ready on this node",
+            CniError::DatapathNotReady(_) => "sluice datapath not ready on this node; try again later",
+            CniError::NotAvailable(_) => "plugin not available",
             CniError::Ipam(_) => "IPAM failure",
             CniError::Plugin(_) => "sluice failed",
         }
@@ -77,14 +82,7 @@ mod tests {
     fn codes() {
         assert_eq!(CniError::from(ConfigError::Version("9".into())).code(), 1);
         assert_eq!(CniError::from(ConfigError::Decode("x".into())).code(), 6);
-        assert_eq!(
-            CniError::from(ConfigError::Field {
-                field: "mtu",
-                problem: "bad".into()
-            })
-            .code(),
-            7
-        );
+        assert_eq!(CniError::from(ConfigError::Field { field: "mtu", problem: "bad".into() }).code(), 7);
         assert_eq!(CniError::Env(EnvError::Missing("CNI_IFNAME")).code(), 4);
         let j = CniError::PoolExhausted("10.0.0.0/30 full".into()).to_json("1.0.0");
         assert_eq!(j["code"], 100);

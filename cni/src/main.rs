@@ -14,9 +14,10 @@ mod config;
 mod del;
 mod env;
 mod error;
-mod ipam;
-mod names;
+mod fault;
+mod gc;
 mod rollback;
+mod status;
 
 use config::{NetConf, SUPPORTED_VERSIONS};
 use env::{CniEnv, Command};
@@ -51,20 +52,18 @@ fn main() -> ExitCode {
 fn run(stdin: &[u8]) -> Result<Option<serde_json::Value>, CniError> {
     let env = CniEnv::from_lookup(|k| std::env::var(k).ok())?;
     if env.command == Command::Version {
-        return Ok(Some(
-            json!({"cniVersion": "1.1.0", "supportedVersions": SUPPORTED_VERSIONS}),
-        ));
+        return Ok(Some(json!({"cniVersion": "1.1.0", "supportedVersions": SUPPORTED_VERSIONS})));
     }
     let conf = NetConf::parse(stdin)?;
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .map_err(|e| CniError::Plugin(e.into()))?;
+    let rt =
+        tokio::runtime::Builder::new_current_thread().enable_all().build().map_err(|e| CniError::Plugin(e.into()))?;
     rt.block_on(async {
         match env.command {
             Command::Add => add::add(&conf, &env).await.map(Some),
             Command::Del => del::del(&conf, &env).await.map(|_| None),
             Command::Check => check::check(&conf, &env).await.map(|_| None),
+            Command::Status => status::status(&conf).map(|_| None),
+            Command::Gc => gc::gc(&conf).await.map(|_| None),
             Command::Version => unreachable!("answered above"),
         }
     })

@@ -63,12 +63,8 @@ pub enum ForwardPath {
 
 impl ForwardPath {
     pub const COUNT: u32 = 4;
-    pub const ALL: [ForwardPath; Self::COUNT as usize] = [
-        ForwardPath::PodToLocalPod,
-        ForwardPath::PodToNode,
-        ForwardPath::UplinkToPod,
-        ForwardPath::ToStack,
-    ];
+    pub const ALL: [ForwardPath; Self::COUNT as usize] =
+        [ForwardPath::PodToLocalPod, ForwardPath::PodToNode, ForwardPath::UplinkToPod, ForwardPath::ToStack];
 
     pub const fn name(self) -> &'static str {
         match self {

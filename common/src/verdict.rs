@@ -89,59 +89,19 @@ mod tests {
     fn from_pod_table() {
         let cases = [
             (facts(), Verdict::ToStack),
+            (FromPodFacts { source_is_own: false, ..facts() }, Verdict::Drop(DropReason::SourceSpoofed)),
             (
-                FromPodFacts {
-                    source_is_own: false,
-                    ..facts()
-                },
+                FromPodFacts { source_is_own: false, dest_is_local_pod: true, ..facts() },
                 Verdict::Drop(DropReason::SourceSpoofed),
             ),
+            (FromPodFacts { dest_is_local_pod: true, ..facts() }, Verdict::ToLocalPod),
+            (FromPodFacts { dest_is_local_pod: true, dest_is_remote_pod: true, ..facts() }, Verdict::ToLocalPod),
+            (FromPodFacts { dest_is_remote_pod: true, ..facts() }, Verdict::ToRemoteNode),
             (
-                FromPodFacts {
-                    source_is_own: false,
-                    dest_is_local_pod: true,
-                    ..facts()
-                },
-                Verdict::Drop(DropReason::SourceSpoofed),
-            ),
-            (
-                FromPodFacts {
-                    dest_is_local_pod: true,
-                    ..facts()
-                },
-                Verdict::ToLocalPod,
-            ),
-            (
-                FromPodFacts {
-                    dest_is_local_pod: true,
-                    dest_is_remote_pod: true,
-                    ..facts()
-                },
-                Verdict::ToLocalPod,
-            ),
-            (
-                FromPodFacts {
-                    dest_is_remote_pod: true,
-                    ..facts()
-                },
-                Verdict::ToRemoteNode,
-            ),
-            (
-                FromPodFacts {
-                    dest_is_remote_pod: true,
-                    uplink_configured: false,
-                    ..facts()
-                },
+                FromPodFacts { dest_is_remote_pod: true, uplink_configured: false, ..facts() },
                 Verdict::Drop(DropReason::NoUplink),
             ),
-            (
-                FromPodFacts {
-                    dest_is_remote_pod: true,
-                    ttl: 1,
-                    ..facts()
-                },
-                Verdict::Drop(DropReason::TtlExpired),
-            ),
+            (FromPodFacts { dest_is_remote_pod: true, ttl: 1, ..facts() }, Verdict::Drop(DropReason::TtlExpired)),
             (FromPodFacts { ttl: 1, ..facts() }, Verdict::ToStack),
         ];
         for (i, (f, want)) in cases.iter().enumerate() {
@@ -174,9 +134,7 @@ mod tests {
 
     #[test]
     fn ttl_decrement_checksum_matches_full_recompute() {
-        let mut hdr: [u8; 20] = [
-            0x45, 0, 0, 84, 0x12, 0x34, 0x40, 0, 64, 1, 0, 0, 10, 244, 1, 2, 10, 244, 2, 3,
-        ];
+        let mut hdr: [u8; 20] = [0x45, 0, 0, 84, 0x12, 0x34, 0x40, 0, 64, 1, 0, 0, 10, 244, 1, 2, 10, 244, 2, 3];
         // Walk TTL down through many values, including ones that carry.
         for _ in 0..63 {
             let c = full_checksum(&hdr);
@@ -188,16 +146,11 @@ mod tests {
             assert_eq!(got, want, "ttl now {}", hdr[8]);
         }
         // A header whose checksum field is near the wrap point.
-        let mut odd: [u8; 20] = [
-            0x45, 0, 0xff, 0xff, 0xff, 0xff, 0, 0, 2, 0xfe, 0, 0, 255, 255, 255, 255, 0, 0, 0, 1,
-        ];
+        let mut odd: [u8; 20] = [0x45, 0, 0xff, 0xff, 0xff, 0xff, 0, 0, 2, 0xfe, 0, 0, 255, 255, 255, 255, 0, 0, 0, 1];
         let c = full_checksum(&odd);
         odd[10..12].copy_from_slice(&c.to_be_bytes());
         let check_be = u16::from_ne_bytes([odd[10], odd[11]]);
         odd[8] -= 1;
-        assert_eq!(
-            u16::from_be(checksum_after_ttl_decrement(check_be)),
-            full_checksum(&odd)
-        );
+        assert_eq!(u16::from_be(checksum_after_ttl_decrement(check_be)), full_checksum(&odd));
     }
 }

@@ -130,10 +130,8 @@ fn wait_gone(pid: u32, timeout: Duration) {
     let start = Instant::now();
     while Path::new(&format!("/proc/{pid}")).exists() && start.elapsed() < timeout {
         // Reap if it is our child; otherwise just wait.
-        let _ = nix::sys::wait::waitpid(
-            nix::unistd::Pid::from_raw(pid as i32),
-            Some(nix::sys::wait::WaitPidFlag::WNOHANG),
-        );
+        let _ =
+            nix::sys::wait::waitpid(nix::unistd::Pid::from_raw(pid as i32), Some(nix::sys::wait::WaitPidFlag::WNOHANG));
         std::thread::sleep(Duration::from_millis(20));
     }
 }
@@ -186,10 +184,7 @@ impl Lab {
     }
 
     fn save(&self) -> Result<()> {
-        fs::write(
-            Self::state_file(&self.state.dir),
-            serde_json::to_vec_pretty(&self.state)?,
-        )?;
+        fs::write(Self::state_file(&self.state.dir), serde_json::to_vec_pretty(&self.state)?)?;
         Ok(())
     }
 
@@ -203,20 +198,14 @@ impl Lab {
     pub fn load(dir: &Path) -> Result<Self> {
         let bytes = fs::read(Self::state_file(dir))
             .with_context(|| format!("no lab state in {} (is a lab up?)", dir.display()))?;
-        Ok(Lab {
-            state: serde_json::from_slice(&bytes)?,
-            persist: true,
-        })
+        Ok(Lab { state: serde_json::from_slice(&bytes)?, persist: true })
     }
 
     fn build_lan(&mut self) -> Result<()> {
         let lan = &self.state.lan_netns;
         add_netns(lan)?;
         ns_exec(lan, &["ip", "link", "add", "br0", "type", "bridge"])?;
-        ns_exec(
-            lan,
-            &["ip", "link", "set", "br0", "mtu", &self.state.mtu.to_string(), "up"],
-        )?;
+        ns_exec(lan, &["ip", "link", "set", "br0", "mtu", &self.state.mtu.to_string(), "up"])?;
         Ok(())
     }
 
@@ -240,15 +229,11 @@ impl Lab {
         self.save()?;
         let lan = &self.state.lan_netns;
         let mtu = self.state.mtu.to_string();
-        run(Command::new("ip").args([
-            "link", "add", "eth0", "netns", &netns, "type", "veth", "peer", "name", &name, "netns", lan,
-        ]))?;
+        run(Command::new("ip")
+            .args(["link", "add", "eth0", "netns", &netns, "type", "veth", "peer", "name", &name, "netns", lan]))?;
         ns_exec(lan, &["ip", "link", "set", &name, "master", "br0", "mtu", &mtu, "up"])?;
         ns_exec(&netns, &["ip", "link", "set", "eth0", "mtu", &mtu, "up"])?;
-        ns_exec(
-            &netns,
-            &["ip", "addr", "add", &format!("{}/24", node.ip), "dev", "eth0"],
-        )?;
+        ns_exec(&netns, &["ip", "addr", "add", &format!("{}/24", node.ip), "dev", "eth0"])?;
         Ok(())
     }
 
@@ -258,10 +243,8 @@ impl Lab {
 
     /// Write the peers file from `nodes` (all by default).
     pub fn write_peers_of(&self, nodes: &[&Node]) -> Result<()> {
-        let peers: Vec<Value> = nodes
-            .iter()
-            .map(|n| json!({"name": n.name, "nodeIP": n.ip, "podCIDR": n.pod_cidr}))
-            .collect();
+        let peers: Vec<Value> =
+            nodes.iter().map(|n| json!({"name": n.name, "nodeIP": n.ip, "podCIDR": n.pod_cidr})).collect();
         let tmp = self.state.dir.join("peers.json.tmp");
         fs::write(&tmp, serde_json::to_vec_pretty(&json!({ "peers": peers }))?)?;
         fs::rename(&tmp, self.peers_file())?;
@@ -296,6 +279,11 @@ impl Lab {
             self.peers_file().display().to_string(),
             "--resync-ms".into(),
             "200".into(),
+            // Sweep often and soon, so tests of crash cleanup stay short.
+            "--sweep-interval-ms".into(),
+            "500".into(),
+            "--sweep-grace-ms".into(),
+            "2000".into(),
         ]
     }
 
@@ -370,31 +358,35 @@ impl Lab {
         netns: Option<&str>,
         conf: &Value,
     ) -> Result<(bool, String)> {
+        let out = self.cni_call(node, &CniCall::new(command, container_id, netns, conf.clone()))?;
+        Ok((out.success, out.stdout + &out.stderr))
+    }
+
+    /// A CNI call with every knob: another plugin binary, extra environment.
+    pub fn cni_call(&self, node: &Node, call: &CniCall) -> Result<CniOutcome> {
         use std::io::Write;
-        let bin = self.state.bin_dir.join("sluice-cni");
+        let bin = call.bin.clone().unwrap_or_else(|| self.state.bin_dir.join("sluice-cni"));
         let mut cmd = ns_cmd(&node.netns, &[&bin.display().to_string()]);
         cmd.env_clear()
             .env("PATH", "/usr/sbin:/usr/bin:/sbin:/bin")
-            .env("CNI_COMMAND", command)
-            .env("CNI_CONTAINERID", container_id)
-            .env("CNI_IFNAME", "eth0")
+            .env("CNI_COMMAND", &call.command)
+            .env("CNI_CONTAINERID", &call.container_id)
+            .env("CNI_IFNAME", &call.ifname)
             .env("CNI_PATH", &self.state.bin_dir)
-            .env(
-                "CNI_NETNS",
-                netns.map(|n| format!("/run/netns/{n}")).unwrap_or_default(),
-            )
+            .env("CNI_NETNS", call.netns.clone().unwrap_or_default())
+            .envs(call.env.iter().map(|(k, v)| (k, v)))
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped());
         let mut child = cmd.spawn().context("start sluice-cni")?;
-        child
-            .stdin
-            .take()
-            .expect("piped")
-            .write_all(&serde_json::to_vec(conf)?)?;
+        child.stdin.take().expect("piped").write_all(&serde_json::to_vec(&call.conf)?)?;
         let out = child.wait_with_output()?;
-        let text = String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr);
-        Ok((out.status.success(), text))
+        Ok(CniOutcome {
+            success: out.status.success(),
+            exit_code: out.status.code(),
+            stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
+            stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+        })
     }
 
     /// A pod on node `i`: its namespace, `sluice-cni` ADD, an echo listener.
@@ -402,12 +394,7 @@ impl Lab {
         let node = self.state.nodes[i].clone();
         let netns = format!("sl{}{name}", self.state.id);
         add_netns(&netns)?;
-        let mut pod = Pod {
-            name: name.to_string(),
-            netns: netns.clone(),
-            ip: String::new(),
-            listener_pid: None,
-        };
+        let mut pod = Pod { name: name.to_string(), netns: netns.clone(), ip: String::new(), listener_pid: None };
         self.state.nodes[i].pods.push(pod.clone());
         self.save()?;
         let conf = Self::plugin_config(&node)?;
@@ -416,18 +403,12 @@ impl Lab {
             bail!("sluice-cni ADD for {name} on {} failed: {out}", node.name);
         }
         let result: Value = serde_json::from_str(&out).with_context(|| format!("ADD result: {out}"))?;
-        let addr = result["ips"][0]["address"]
-            .as_str()
-            .context("ADD result has no address")?;
+        let addr = result["ips"][0]["address"].as_str().context("ADD result has no address")?;
         pod.ip = addr.split('/').next().unwrap_or_default().to_string();
         let listen = format!("TCP-LISTEN:{ECHO_PORT},reuseaddr,fork");
         let cmd = ns_cmd(&netns, &["socat", &listen, &format!("SYSTEM:echo {name}")]);
         pod.listener_pid = Some(spawn_logged(cmd, &node.dir.join(format!("{name}-listener.log")))?);
-        let slot = self.state.nodes[i]
-            .pods
-            .iter_mut()
-            .find(|p| p.name == name)
-            .expect("pushed above");
+        let slot = self.state.nodes[i].pods.iter_mut().find(|p| p.name == name).expect("pushed above");
         *slot = pod.clone();
         self.save()?;
         // The listener is ready once it accepts.
@@ -442,11 +423,7 @@ impl Lab {
     }
 
     pub fn pods(&self) -> Vec<(&Node, &Pod)> {
-        self.state
-            .nodes
-            .iter()
-            .flat_map(|n| n.pods.iter().map(move |p| (n, p)))
-            .collect()
+        self.state.nodes.iter().flat_map(|n| n.pods.iter().map(move |p| (n, p))).collect()
     }
 
     /// Reachability of every pod from every other: ICMP and TCP.
@@ -463,13 +440,7 @@ impl Lab {
                 cells.insert((src.name.clone(), dst.name.clone()), (icmp, tcp));
             }
         }
-        Matrix {
-            pods: pods
-                .iter()
-                .map(|(n, p)| (n.name.clone(), p.name.clone(), p.ip.clone()))
-                .collect(),
-            cells,
-        }
+        Matrix { pods: pods.iter().map(|(n, p)| (n.name.clone(), p.name.clone(), p.ip.clone())).collect(), cells }
     }
 
     /// `sluice-agent status --json` for node `i`.
@@ -506,9 +477,7 @@ impl Lab {
             }
             let _ = Command::new("ip").args(["netns", "del", &node.netns]).output();
         }
-        let _ = Command::new("ip")
-            .args(["netns", "del", &self.state.lan_netns])
-            .output();
+        let _ = Command::new("ip").args(["netns", "del", &self.state.lan_netns]).output();
         if self.state.pin_root.exists() {
             if let Err(e) = fs::remove_dir_all(&self.state.pin_root) {
                 problems.push(format!("remove pins {}: {e}", self.state.pin_root.display()));
@@ -536,9 +505,7 @@ impl Drop for Lab {
 
 /// One ICMP echo from `netns` to `ip`.
 pub fn ping(netns: &str, ip: &str) -> bool {
-    try_run(&mut ns_cmd(netns, &["ping", "-c", "1", "-W", "1", ip]))
-        .map(|o| o.status.success())
-        .unwrap_or(false)
+    try_run(&mut ns_cmd(netns, &["ping", "-c", "1", "-W", "1", ip])).map(|o| o.status.success()).unwrap_or(false)
 }
 
 /// Connect to the echo listener on `ip` and expect `expect` back.
@@ -547,6 +514,50 @@ pub fn tcp_probe(netns: &str, ip: &str, expect: &str) -> bool {
     match try_run(&mut ns_cmd(netns, &["timeout", "3", "socat", "-T1", "-", &target])) {
         Ok(o) => o.status.success() && String::from_utf8_lossy(&o.stdout).trim() == expect,
         Err(_) => false,
+    }
+}
+
+/// One plugin invocation, as a runtime would make it.
+#[derive(Clone, Debug)]
+pub struct CniCall {
+    /// Plugin binary; `sluice-cni` from the lab's binaries if `None`.
+    pub bin: Option<PathBuf>,
+    pub command: String,
+    pub container_id: String,
+    /// Full path of the pod's network namespace (empty on a DEL without one).
+    pub netns: Option<String>,
+    pub ifname: String,
+    pub conf: Value,
+    pub env: Vec<(String, String)>,
+}
+
+impl CniCall {
+    /// `netns` is a name under /run/netns.
+    pub fn new(command: &str, container_id: &str, netns: Option<&str>, conf: Value) -> Self {
+        Self {
+            bin: None,
+            command: command.into(),
+            container_id: container_id.into(),
+            netns: netns.map(|n| format!("/run/netns/{n}")),
+            ifname: "eth0".into(),
+            conf,
+            env: Vec::new(),
+        }
+    }
+}
+
+#[derive(Clone, Debug)]
+pub struct CniOutcome {
+    pub success: bool,
+    /// `None` when killed by a signal.
+    pub exit_code: Option<i32>,
+    pub stdout: String,
+    pub stderr: String,
+}
+
+impl CniOutcome {
+    pub fn json(&self) -> Value {
+        serde_json::from_str(&self.stdout).unwrap_or(Value::Null)
     }
 }
 

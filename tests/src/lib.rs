@@ -18,11 +18,7 @@ static COUNTER: AtomicU32 = AtomicU32::new(0);
 
 /// A short name unique to this process and call: `<prefix><pid>x<n>`.
 pub fn unique(prefix: &str) -> String {
-    format!(
-        "{prefix}{}x{}",
-        std::process::id(),
-        COUNTER.fetch_add(1, Ordering::Relaxed)
-    )
+    format!("{prefix}{}x{}", std::process::id(), COUNTER.fetch_add(1, Ordering::Relaxed))
 }
 
 /// Fail loudly, naming what is missing, when not root.
@@ -43,10 +39,7 @@ fn describe(cmd: &Command) -> String {
 
 /// Run, fail with stderr on a non-zero exit, return stdout.
 pub fn run(cmd: &mut Command) -> Result<String> {
-    let out = cmd
-        .stdin(Stdio::null())
-        .output()
-        .with_context(|| format!("start {}", describe(cmd)))?;
+    let out = cmd.stdin(Stdio::null()).output().with_context(|| format!("start {}", describe(cmd)))?;
     if !out.status.success() {
         bail!(
             "{} failed ({}): {}{}",
@@ -61,9 +54,7 @@ pub fn run(cmd: &mut Command) -> Result<String> {
 
 /// Run and return the raw output, whatever the exit status.
 pub fn try_run(cmd: &mut Command) -> Result<Output> {
-    cmd.stdin(Stdio::null())
-        .output()
-        .with_context(|| format!("start {}", describe(cmd)))
+    cmd.stdin(Stdio::null()).output().with_context(|| format!("start {}", describe(cmd)))
 }
 
 pub fn sh(program: &str, args: &[&str]) -> Result<String> {
@@ -122,9 +113,7 @@ pub struct PinDirGuard {
 impl PinDirGuard {
     pub fn new() -> Result<Self> {
         sluice_agent::bpffs::ensure_mounted(Path::new("/sys/fs/bpf"))?;
-        Ok(Self {
-            path: PathBuf::from("/sys/fs/bpf").join(unique("sluice-test-")),
-        })
+        Ok(Self { path: PathBuf::from("/sys/fs/bpf").join(unique("sluice-test-")) })
     }
 }
 
@@ -137,11 +126,14 @@ impl Drop for PinDirGuard {
 /// A workspace binary built by `cargo build --workspace --bins`.
 pub fn bin(name: &str) -> PathBuf {
     let p = Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/debug").join(name);
-    assert!(
-        p.exists(),
-        "{} not built: run `cargo xtask test` (it builds the binaries first)",
-        p.display()
-    );
+    assert!(p.exists(), "{} not built: run `cargo xtask test` (it builds the binaries first)", p.display());
+    p
+}
+
+/// The CNI plugin built with the `fault-injection` feature.
+pub fn faulty_cni_bin() -> PathBuf {
+    let p = Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/fault/debug/sluice-cni");
+    assert!(p.exists(), "{} not built: run `cargo xtask test` (it builds the fault-injection plugin)", p.display());
     p
 }
 
@@ -150,9 +142,7 @@ pub fn bin(name: &str) -> PathBuf {
 pub fn link_json(ns: &Netns, ifname: &str) -> Result<serde_json::Value> {
     let out = ns.exec(&["ip", "-j", "link", "show", "dev", ifname])?;
     let v: serde_json::Value = serde_json::from_str(&out)?;
-    v.get(0)
-        .cloned()
-        .with_context(|| format!("no link {ifname} in {}", ns.name))
+    v.get(0).cloned().with_context(|| format!("no link {ifname} in {}", ns.name))
 }
 
 /// The ifindex of `ifname` inside `ns`.

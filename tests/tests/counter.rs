@@ -19,9 +19,7 @@ fn count_packets_counts_every_ping_and_stops_when_detached() {
     // only packets are our pings.
     sluice_tests::sh(
         "ip",
-        &[
-            "link", "add", "veth0", "netns", &a.name, "type", "veth", "peer", "name", "veth0", "netns", &b.name,
-        ],
+        &["link", "add", "veth0", "netns", &a.name, "type", "veth", "peer", "name", "veth0", "netns", &b.name],
     )
     .unwrap();
     for (ns, ip) in [(&a, "10.99.0.1/24"), (&b, "10.99.0.2/24")] {
@@ -29,32 +27,8 @@ fn count_packets_counts_every_ping_and_stops_when_detached() {
         ns.exec(&["ip", "link", "set", "veth0", "up"]).unwrap();
     }
     let mac = |ns: &Netns| mac(ns, "veth0").unwrap();
-    a.exec(&[
-        "ip",
-        "neigh",
-        "replace",
-        "10.99.0.2",
-        "lladdr",
-        &mac(&b),
-        "dev",
-        "veth0",
-        "nud",
-        "permanent",
-    ])
-    .unwrap();
-    b.exec(&[
-        "ip",
-        "neigh",
-        "replace",
-        "10.99.0.1",
-        "lladdr",
-        &mac(&a),
-        "dev",
-        "veth0",
-        "nud",
-        "permanent",
-    ])
-    .unwrap();
+    a.exec(&["ip", "neigh", "replace", "10.99.0.2", "lladdr", &mac(&b), "dev", "veth0", "nud", "permanent"]).unwrap();
+    b.exec(&["ip", "neigh", "replace", "10.99.0.1", "lladdr", &mac(&a), "dev", "veth0", "nud", "permanent"]).unwrap();
     let b_ifindex = ifindex(&b, "veth0").unwrap();
 
     // Load and attach inside b's network namespace; pins land on the root bpffs.
@@ -68,19 +42,13 @@ fn count_packets_counts_every_ping_and_stops_when_detached() {
     assert!(link_pin.exists(), "link pinned at {}", link_pin.display());
 
     let ping = |n: u32| {
-        let out = a
-            .exec(&["ping", "-c", &n.to_string(), "-i", "0.01", "-W", "1", "10.99.0.2"])
-            .unwrap();
+        let out = a.exec(&["ping", "-c", &n.to_string(), "-i", "0.01", "-W", "1", "10.99.0.2"]).unwrap();
         assert_eq!(ping_received(&out), Some(n), "ping output: {out}");
     };
     let before = maps::iface_packets(&pins, b_ifindex).unwrap();
     ping(SENT);
     let after = maps::iface_packets(&pins, b_ifindex).unwrap();
-    assert_eq!(
-        after - before,
-        SENT as u64,
-        "counter moved by the number of echo requests sent"
-    );
+    assert_eq!(after - before, SENT as u64, "counter moved by the number of echo requests sent");
 
     // The loader process is gone (its thread ended), the pinned link keeps
     // the program attached: more pings still count.
@@ -92,9 +60,5 @@ fn count_packets_counts_every_ping_and_stops_when_detached() {
     sluice_agent::datapath::unpin_link(&link_pin).unwrap();
     let detached = maps::iface_packets(&pins, b_ifindex).unwrap();
     ping(SENT);
-    assert_eq!(
-        maps::iface_packets(&pins, b_ifindex).unwrap(),
-        detached,
-        "no counting once detached"
-    );
+    assert_eq!(maps::iface_packets(&pins, b_ifindex).unwrap(), detached, "no counting once detached");
 }

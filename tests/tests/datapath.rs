@@ -33,13 +33,7 @@ fn udp_reaches(src: &Pod, dst: &Pod, port: u16) -> bool {
     let _ = std::fs::remove_file(&out);
     let mut listener = Command::new("nsenter")
         .arg(format!("--net=/run/netns/{}", dst.netns))
-        .args([
-            "--",
-            "socat",
-            "-u",
-            &format!("UDP-RECV:{port}"),
-            &format!("CREATE:{}", out.display()),
-        ])
+        .args(["--", "socat", "-u", &format!("UDP-RECV:{port}"), &format!("CREATE:{}", out.display())])
         .stdout(Stdio::null())
         .stderr(Stdio::null())
         .spawn()
@@ -48,12 +42,7 @@ fn udp_reaches(src: &Pod, dst: &Pod, port: u16) -> bool {
     let msg = format!("hello-from-{}", src.name);
     let sent = Command::new("nsenter")
         .arg(format!("--net=/run/netns/{}", src.netns))
-        .args([
-            "--",
-            "sh",
-            "-c",
-            &format!("echo {msg} | socat -u - UDP-SENDTO:{}:{port}", dst.ip),
-        ])
+        .args(["--", "sh", "-c", &format!("echo {msg} | socat -u - UDP-SENDTO:{}:{port}", dst.ip)])
         .status()
         .unwrap();
     assert!(sent.success());
@@ -76,12 +65,7 @@ fn udp_reaches(src: &Pod, dst: &Pod, port: u16) -> bool {
 fn pods_reach_each_other_same_node_and_across_nodes_icmp_tcp_udp() {
     let lab = lab(2, 2, 1500);
     let matrix = lab.matrix();
-    assert!(
-        matrix.all_ok(),
-        "unreachable pairs:\n{}\n{}",
-        matrix.failures().join("\n"),
-        matrix.render()
-    );
+    assert!(matrix.all_ok(), "unreachable pairs:\n{}\n{}", matrix.failures().join("\n"), matrix.render());
     assert_eq!(matrix.cells.len(), 12);
     let (a1, a2, b1) = (pod(&lab, 0, 0), pod(&lab, 0, 1), pod(&lab, 1, 0));
     // UDP both directions, same node and across nodes.
@@ -93,12 +77,7 @@ fn pods_reach_each_other_same_node_and_across_nodes_icmp_tcp_udp() {
     assert!(counter(&lab, 0, "forwards", "pod_to_node") > 0);
     assert!(counter(&lab, 0, "forwards", "uplink_to_pod") > 0);
     // Addresses come from each node's own pod CIDR.
-    assert!(
-        a1.ip.starts_with("10.244.1.") && b1.ip.starts_with("10.244.2."),
-        "{} {}",
-        a1.ip,
-        b1.ip
-    );
+    assert!(a1.ip.starts_with("10.244.1.") && b1.ip.starts_with("10.244.2."), "{} {}", a1.ip, b1.ip);
 }
 
 #[test]
@@ -124,21 +103,12 @@ fn cross_node_packets_carry_pod_addresses_unencapsulated() {
     let _ = std::fs::remove_file(&cap);
     let want = format!("{} > {}: ICMP echo request", a.ip, b.ip);
     let back = format!("{} > {}: ICMP echo reply", b.ip, a.ip);
-    assert!(
-        text.lines().filter(|l| l.contains(&want)).count() >= 3,
-        "no plain pod->pod packets on the LAN:\n{text}"
-    );
-    assert!(
-        text.lines().filter(|l| l.contains(&back)).count() >= 3,
-        "no plain replies on the LAN:\n{text}"
-    );
+    assert!(text.lines().filter(|l| l.contains(&want)).count() >= 3, "no plain pod->pod packets on the LAN:\n{text}");
+    assert!(text.lines().filter(|l| l.contains(&back)).count() >= 3, "no plain replies on the LAN:\n{text}");
     // Plain IPv4 in Ethernet: no UDP/VXLAN/GRE wrapping, no node addresses.
     for l in text.lines().filter(|l| l.contains("ICMP")) {
         assert!(l.contains("ethertype IPv4"), "{l}");
-        assert!(
-            !l.contains("172.30.0."),
-            "node address in a pod packet (NAT or tunnel?): {l}"
-        );
+        assert!(!l.contains("172.30.0."), "node address in a pod packet (NAT or tunnel?): {l}");
     }
 }
 
@@ -149,21 +119,12 @@ fn local_delivery_bypasses_the_nodes_forwarding_path() {
     ns_exec(&node.netns, &["sysctl", "-qw", "net.ipv4.ip_forward=0"]).unwrap();
     ns_exec(&node.netns, &["iptables", "-P", "FORWARD", "DROP"]).unwrap();
     let (a1, a2, b1) = (pod(&lab, 0, 0), pod(&lab, 0, 1), pod(&lab, 1, 0));
-    assert!(
-        ping(&a1.netns, &a2.ip) && tcp_probe(&a1.netns, &a2.ip, &a2.name),
-        "same node with FORWARD DROP"
-    );
-    assert!(
-        ping(&a1.netns, &b1.ip) && tcp_probe(&a1.netns, &b1.ip, &b1.name),
-        "cross node with FORWARD DROP"
-    );
+    assert!(ping(&a1.netns, &a2.ip) && tcp_probe(&a1.netns, &a2.ip, &a2.name), "same node with FORWARD DROP");
+    assert!(ping(&a1.netns, &b1.ip) && tcp_probe(&a1.netns, &b1.ip, &b1.name), "cross node with FORWARD DROP");
     // The node's FORWARD chain saw nothing: no packet went through the stack's forwarding.
     let rules = ns_exec(&node.netns, &["iptables", "-L", "FORWARD", "-v", "-n", "-x"]).unwrap();
     let policy = rules.lines().next().unwrap_or_default();
-    assert!(
-        policy.contains("policy DROP 0 packets"),
-        "FORWARD chain counted packets: {policy}"
-    );
+    assert!(policy.contains("policy DROP 0 packets"), "FORWARD chain counted packets: {policy}");
 }
 
 #[test]
@@ -181,17 +142,13 @@ fn node_reaches_its_pods_and_pods_reach_their_node() {
         .spawn()
         .unwrap();
     sleep(Duration::from_millis(200));
-    let out = try_run(
-        Command::new("nsenter")
-            .arg(format!("--net=/run/netns/{}", p.netns))
-            .args([
-                "--",
-                "socat",
-                "-T2",
-                "-",
-                &format!("TCP:{}:7788,connect-timeout=2", node.ip),
-            ]),
-    )
+    let out = try_run(Command::new("nsenter").arg(format!("--net=/run/netns/{}", p.netns)).args([
+        "--",
+        "socat",
+        "-T2",
+        "-",
+        &format!("TCP:{}:7788,connect-timeout=2", node.ip),
+    ]))
     .unwrap();
     let _ = l.kill();
     let _ = l.wait();
@@ -206,23 +163,19 @@ fn spoofed_source_is_dropped_and_counted() {
     ns_exec(&a1.netns, &["ip", "addr", "add", "10.244.1.200/32", "dev", "eth0"]).unwrap();
     let before = counter(&lab, 0, "drops", "source_spoofed");
     for dst in [&a2.ip, &b1.ip] {
-        let out = try_run(
-            Command::new("nsenter")
-                .arg(format!("--net=/run/netns/{}", a1.netns))
-                .args([
-                    "--",
-                    "ping",
-                    "-c",
-                    "3",
-                    "-i",
-                    "0.2",
-                    "-W",
-                    "1",
-                    "-I",
-                    "10.244.1.200",
-                    dst,
-                ]),
-        )
+        let out = try_run(Command::new("nsenter").arg(format!("--net=/run/netns/{}", a1.netns)).args([
+            "--",
+            "ping",
+            "-c",
+            "3",
+            "-i",
+            "0.2",
+            "-W",
+            "1",
+            "-I",
+            "10.244.1.200",
+            dst,
+        ]))
         .unwrap();
         assert!(!out.status.success(), "spoofed ping to {dst} got through");
     }
@@ -241,47 +194,26 @@ fn mtu_follows_the_lan_full_size_crosses_one_byte_more_is_refused() {
     let v: serde_json::Value = serde_json::from_str(&link).unwrap();
     assert_eq!(v[0]["mtu"].as_u64(), Some(mtu as u64), "pod MTU follows the uplink");
     let payload = mtu - 28; // IPv4 + ICMP headers
-    let full = ns_exec(
-        &a.netns,
-        &[
-            "ping",
-            "-c",
-            "2",
-            "-W",
-            "1",
-            "-M",
-            "do",
-            "-s",
-            &payload.to_string(),
-            &b.ip,
-        ],
-    )
-    .unwrap();
+    let full =
+        ns_exec(&a.netns, &["ping", "-c", "2", "-W", "1", "-M", "do", "-s", &payload.to_string(), &b.ip]).unwrap();
     assert!(full.contains("2 received"), "full-size DF packet across nodes: {full}");
-    let over = try_run(
-        Command::new("nsenter")
-            .arg(format!("--net=/run/netns/{}", a.netns))
-            .args([
-                "--",
-                "ping",
-                "-c",
-                "1",
-                "-W",
-                "1",
-                "-M",
-                "do",
-                "-s",
-                &(payload + 1).to_string(),
-                &b.ip,
-            ]),
-    )
+    let over = try_run(Command::new("nsenter").arg(format!("--net=/run/netns/{}", a.netns)).args([
+        "--",
+        "ping",
+        "-c",
+        "1",
+        "-W",
+        "1",
+        "-M",
+        "do",
+        "-s",
+        &(payload + 1).to_string(),
+        &b.ip,
+    ]))
     .unwrap();
     let text = String::from_utf8_lossy(&over.stdout).to_string() + &String::from_utf8_lossy(&over.stderr);
     assert!(!over.status.success(), "oversize DF packet must not pass: {text}");
-    assert!(
-        text.contains("message too long") || text.contains("mtu"),
-        "refused cleanly at the source: {text}"
-    );
+    assert!(text.contains("message too long") || text.contains("mtu"), "refused cleanly at the source: {text}");
 }
 
 #[test]
@@ -307,18 +239,12 @@ fn agent_killed_and_restarted_loses_nothing() {
     lab.start_agent(1).unwrap();
     let out = flow.wait_with_output().unwrap();
     let text = String::from_utf8_lossy(&out.stdout);
-    assert!(
-        text.contains("400 packets transmitted, 400 received"),
-        "packets lost across kill/restart: {text}"
-    );
+    assert!(text.contains("400 packets transmitted, 400 received"), "packets lost across kill/restart: {text}");
     // Restarted agents reused what was pinned: nothing flushed.
     sleep(Duration::from_millis(500));
     assert_eq!(lab.status(0).unwrap()["routes"], routes_before);
     assert_eq!(lab.status(0).unwrap()["endpoints"], endpoints_before);
-    assert!(
-        counter(&lab, 0, "forwards", "pod_to_node") >= 400,
-        "counters carried over the restart"
-    );
+    assert!(counter(&lab, 0, "forwards", "pod_to_node") >= 400, "counters carried over the restart");
     assert!(ping(&a.netns, &b.ip));
 }
 
@@ -363,18 +289,12 @@ fn lab_leaves_nothing_behind_even_when_a_test_panics() {
             #[allow(unreachable_code)]
             drop(lab);
         });
-        *result
-            .expect_err("panicked")
-            .downcast::<(Vec<String>, std::path::PathBuf, std::path::PathBuf)>()
-            .unwrap()
+        *result.expect_err("panicked").downcast::<(Vec<String>, std::path::PathBuf, std::path::PathBuf)>().unwrap()
     };
     assert_eq!(names.len(), 5);
     let netns = String::from_utf8(Command::new("ip").args(["netns", "list"]).output().unwrap().stdout).unwrap();
     for n in &names {
-        assert!(
-            !netns.lines().any(|l| l.split_whitespace().next() == Some(n)),
-            "namespace {n} left behind"
-        );
+        assert!(!netns.lines().any(|l| l.split_whitespace().next() == Some(n)), "namespace {n} left behind");
     }
     assert!(!pins.exists(), "pins left at {}", pins.display());
     assert!(!dir.exists(), "lab dir left at {}", dir.display());

@@ -43,12 +43,7 @@ pub fn run() -> Result<PathBuf> {
     let root = repo_root();
     let target_dir = root.join("target/ebpf-build");
     let linker_dir = linker.parent().expect("bpf-linker has a directory");
-    let path = format!(
-        "{}:{}:{}",
-        setup::LLVM_BIN,
-        linker_dir.display(),
-        std::env::var("PATH").unwrap_or_default()
-    );
+    let path = format!("{}:{}:{}", setup::LLVM_BIN, linker_dir.display(), std::env::var("PATH").unwrap_or_default());
     let mut cmd = Command::new(DEBIAN_CARGO);
     // Nothing of the outer (rustup, host) cargo may leak into this build.
     for (k, _) in std::env::vars_os() {
@@ -62,14 +57,7 @@ pub fn run() -> Result<PathBuf> {
         .env("RUSTC", DEBIAN_RUSTC)
         .env("RUSTC_BOOTSTRAP", "1")
         .env("RUSTFLAGS", "-C debuginfo=2 -C link-arg=--btf")
-        .args([
-            "build",
-            "--release",
-            "--target",
-            "bpfel-unknown-none",
-            "-Z",
-            "build-std=core",
-        ])
+        .args(["build", "--release", "--target", "bpfel-unknown-none", "-Z", "build-std=core"])
         .arg("--target-dir")
         .arg(&target_dir);
     shell::run(&mut cmd).context("build the eBPF crate")?;

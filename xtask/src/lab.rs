@@ -33,11 +33,7 @@ pub fn run(command: LabCommand) -> Result<()> {
     shell::require_root("cargo xtask lab")?;
     let dir = PathBuf::from(LAB_DIR);
     match command {
-        LabCommand::Up {
-            nodes,
-            pods_per_node,
-            mtu,
-        } => {
+        LabCommand::Up { nodes, pods_per_node, mtu } => {
             if Lab::state_file(&dir).exists() {
                 bail!("a lab is already up (state in {LAB_DIR}); run `cargo xtask lab down` first");
             }
@@ -45,9 +41,11 @@ pub fn run(command: LabCommand) -> Result<()> {
             build_ebpf::run()?;
             let root = repo_root();
             shell::run(
-                Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()))
-                    .current_dir(&root)
-                    .args(["build", "--workspace", "--bins"]),
+                Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into())).current_dir(&root).args([
+                    "build",
+                    "--workspace",
+                    "--bins",
+                ]),
             )?;
             let mut opts = LabOptions::new(nodes, pods_per_node, root.join("target/debug"));
             opts.dir = dir;
@@ -98,13 +96,6 @@ pub fn run(command: LabCommand) -> Result<()> {
 fn print_nodes(lab: &Lab) {
     for n in &lab.state.nodes {
         let pods: Vec<String> = n.pods.iter().map(|p| format!("{} {}", p.name, p.ip)).collect();
-        println!(
-            "{} {} pod CIDR {} (netns {}): {}",
-            n.name,
-            n.ip,
-            n.pod_cidr,
-            n.netns,
-            pods.join(", ")
-        );
+        println!("{} {} pod CIDR {} (netns {}): {}", n.name, n.ip, n.pod_cidr, n.netns, pods.join(", "));
     }
 }

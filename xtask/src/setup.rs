@@ -45,10 +45,7 @@ fn is_installed(pkg: &str) -> bool {
 fn install_debian_packages() -> Result<()> {
     let missing: Vec<&str> = DEBIAN_PACKAGES.iter().copied().filter(|p| !is_installed(p)).collect();
     if missing.is_empty() {
-        eprintln!(
-            "setup: Debian packages present ({} checked), skipping",
-            DEBIAN_PACKAGES.len()
-        );
+        eprintln!("setup: Debian packages present ({} checked), skipping", DEBIAN_PACKAGES.len());
         return Ok(());
     }
     eprintln!("setup: installing Debian packages: {}", missing.join(" "));
@@ -56,13 +53,7 @@ fn install_debian_packages() -> Result<()> {
     shell::run(
         Command::new("apt-get")
             .env("DEBIAN_FRONTEND", "noninteractive")
-            .args([
-                "-o",
-                "DPkg::Lock::Timeout=600",
-                "install",
-                "-y",
-                "--no-install-recommends",
-            ])
+            .args(["-o", "DPkg::Lock::Timeout=600", "install", "-y", "--no-install-recommends"])
             .args(&missing),
     )
 }

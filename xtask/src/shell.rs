@@ -15,17 +15,9 @@ pub fn run(cmd: &mut Command) -> Result<()> {
 
 /// Run quietly and return stdout; fail with stderr in the message.
 pub fn output(cmd: &mut Command) -> Result<String> {
-    let out = cmd
-        .stdin(Stdio::null())
-        .output()
-        .with_context(|| format!("start {}", describe(cmd)))?;
+    let out = cmd.stdin(Stdio::null()).output().with_context(|| format!("start {}", describe(cmd)))?;
     if !out.status.success() {
-        bail!(
-            "{} failed: {}: {}",
-            describe(cmd),
-            out.status,
-            String::from_utf8_lossy(&out.stderr).trim()
-        );
+        bail!("{} failed: {}: {}", describe(cmd), out.status, String::from_utf8_lossy(&out.stderr).trim());
     }
     Ok(String::from_utf8_lossy(&out.stdout).into_owned())
 }

@@ -23,6 +23,17 @@ pub fn run(extra: &[String]) -> Result<()> {
     shell::run(cargo().args(["clippy", "--workspace", "--all-targets", "--", "-D", "warnings"]))?;
     // The end-to-end tests run the real binaries.
     shell::run(cargo().args(["build", "--workspace", "--bins"]))?;
+    // A CNI plugin with fault injection, for the rollback tests; its own
+    // target directory keeps it away from every other build.
+    shell::run(cargo().args([
+        "build",
+        "-p",
+        "sluice-cni",
+        "--features",
+        "fault-injection",
+        "--target-dir",
+        "target/fault",
+    ]))?;
     let (passed, failed) = run_tests(cargo().args(["test", "--workspace"]).args(extra))?;
     // One closing line for the whole run, summed over every test binary.
     println!("{passed} passed, {failed} failed");
@@ -75,10 +86,7 @@ mod tests {
             parse_result_line("test result: ok. 8 passed; 0 failed; 0 ignored; 0 measured; 0 filtered out"),
             Some((8, 0))
         );
-        assert_eq!(
-            parse_result_line("test result: FAILED. 1 passed; 2 failed; 0 ignored"),
-            Some((1, 2))
-        );
+        assert_eq!(parse_result_line("test result: FAILED. 1 passed; 2 failed; 0 ignored"), Some((1, 2)));
         assert_eq!(parse_result_line("running 3 tests"), None);
     }
 }

@@ -20,11 +20,7 @@ impl RouteDiff {
 
 pub fn diff_routes(desired: &Routes, actual: &Routes) -> RouteDiff {
     RouteDiff {
-        upsert: desired
-            .iter()
-            .filter(|(cidr, ip)| actual.get(cidr) != Some(ip))
-            .map(|(c, ip)| (*c, *ip))
-            .collect(),
+        upsert: desired.iter().filter(|(cidr, ip)| actual.get(cidr) != Some(ip)).map(|(c, ip)| (*c, *ip)).collect(),
         remove: actual.keys().filter(|c| !desired.contains_key(c)).copied().collect(),
     }
 }
@@ -34,10 +30,7 @@ mod tests {
     use super::*;
 
     fn routes(entries: &[(&str, &str)]) -> Routes {
-        entries
-            .iter()
-            .map(|(c, ip)| (c.parse().unwrap(), ip.parse().unwrap()))
-            .collect()
+        entries.iter().map(|(c, ip)| (c.parse().unwrap(), ip.parse().unwrap())).collect()
     }
 
     #[test]

@@ -28,6 +28,17 @@ pub struct LeaseStore {
     _lock: File,
 }
 
+/// One leased address.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Lease {
+    pub ip: Ipv4Addr,
+    pub container_id: String,
+    pub ifname: String,
+    /// How long ago the lease was written (an ADD may still be running on a
+    /// very young one).
+    pub age: std::time::Duration,
+}
+
 #[derive(Debug, PartialEq, Eq)]
 pub enum Allocation {
     /// A new lease.
@@ -66,8 +77,8 @@ impl LeaseStore {
         format!("{container_id}\n{ifname}\n")
     }
 
-    /// Every lease: address → (container id, ifname).
-    pub fn leases(&self) -> Result<Vec<(Ipv4Addr, String, String)>> {
+    /// Every lease in the store.
+    pub fn leases(&self) -> Result<Vec<Lease>> {
         let mut out = Vec::new();
         for entry in fs::read_dir(&self.dir).with_context(|| format!("list {}", self.dir.display()))? {
             let entry = entry?;
@@ -76,37 +87,30 @@ impl LeaseStore {
             };
             let text = fs::read_to_string(entry.path()).unwrap_or_default();
             let mut lines = text.lines();
-            let cid = lines.next().unwrap_or_default().to_string();
+            let container_id = lines.next().unwrap_or_default().to_string();
             let ifname = lines.next().unwrap_or_default().to_string();
-            out.push((ip, cid, ifname));
+            let age =
+                entry.metadata().and_then(|m| m.modified()).ok().and_then(|t| t.elapsed().ok()).unwrap_or_default();
+            out.push(Lease { ip, container_id, ifname, age });
         }
         Ok(out)
     }
 
     pub fn find(&self, container_id: &str, ifname: &str) -> Result<Option<Ipv4Addr>> {
-        Ok(self
-            .leases()?
-            .into_iter()
-            .find(|(_, c, i)| c == container_id && i == ifname)
-            .map(|(ip, _, _)| ip))
+        Ok(self.leases()?.into_iter().find(|l| l.container_id == container_id && l.ifname == ifname).map(|l| l.ip))
     }
 
     pub fn allocate(&self, container_id: &str, ifname: &str) -> Result<Allocation> {
         let leases = self.leases()?;
-        if let Some((ip, _, _)) = leases.iter().find(|(_, c, i)| c == container_id && i == ifname) {
-            return Ok(Allocation::Existing(*ip));
+        if let Some(l) = leases.iter().find(|l| l.container_id == container_id && l.ifname == ifname) {
+            return Ok(Allocation::Existing(l.ip));
         }
-        let in_use: BTreeSet<Ipv4Addr> = leases.iter().map(|(ip, _, _)| *ip).collect();
-        let last = fs::read_to_string(self.dir.join(LAST_RESERVED))
-            .ok()
-            .and_then(|s| s.trim().parse().ok());
+        let in_use: BTreeSet<Ipv4Addr> = leases.iter().map(|l| l.ip).collect();
+        let last = fs::read_to_string(self.dir.join(LAST_RESERVED)).ok().and_then(|s| s.trim().parse().ok());
         let Some(ip) = allocator::next_free(self.cidr, &in_use, last) else {
-            return Err(Exhausted {
-                cidr: self.cidr,
-                in_use: in_use.len(),
-                capacity: allocator::capacity(self.cidr),
-            }
-            .into());
+            return Err(
+                Exhausted { cidr: self.cidr, in_use: in_use.len(), capacity: allocator::capacity(self.cidr) }.into()
+            );
         };
         let path = self.dir.join(ip.to_string());
         let mut f = OpenOptions::new()
@@ -155,21 +159,12 @@ mod tests {
         let s = LeaseStore::lock(&dir, cidr).unwrap();
         let a = s.allocate("c1", "eth0").unwrap();
         assert_eq!(a, Allocation::New("10.1.0.2".parse().unwrap()));
-        assert_eq!(
-            s.allocate("c1", "eth0").unwrap(),
-            Allocation::Existing("10.1.0.2".parse().unwrap())
-        );
-        assert_eq!(
-            s.allocate("c1", "eth1").unwrap(),
-            Allocation::New("10.1.0.3".parse().unwrap())
-        );
+        assert_eq!(s.allocate("c1", "eth0").unwrap(), Allocation::Existing("10.1.0.2".parse().unwrap()));
+        assert_eq!(s.allocate("c1", "eth1").unwrap(), Allocation::New("10.1.0.3".parse().unwrap()));
         assert_eq!(s.release("c1", "eth0").unwrap(), Some("10.1.0.2".parse().unwrap()));
         assert_eq!(s.release("c1", "eth0").unwrap(), None);
         // Round-robin: not the just-released .2.
-        assert_eq!(
-            s.allocate("c2", "eth0").unwrap(),
-            Allocation::New("10.1.0.4".parse().unwrap())
-        );
+        assert_eq!(s.allocate("c2", "eth0").unwrap(), Allocation::New("10.1.0.4".parse().unwrap()));
         for c in ["c3", "c4", "c5"] {
             s.allocate(c, "eth0").unwrap();
         }

@@ -37,9 +37,7 @@ pub fn next_free(cidr: Ipv4Network, in_use: &BTreeSet<Ipv4Addr>, last: Option<Ip
         Some(l) if (first..=end).contains(&l) => l - first + 1,
         _ => 0,
     };
-    (0..size)
-        .map(|i| Ipv4Addr::from(first + (start + i) % size))
-        .find(|ip| !in_use.contains(ip))
+    (0..size).map(|i| Ipv4Addr::from(first + (start + i) % size)).find(|ip| !in_use.contains(ip))
 }
 
 #[cfg(test)]
@@ -76,23 +74,14 @@ mod tests {
         used.remove(&ip("10.0.0.2"));
         assert_eq!(next_free(c, &used, Some(ip("10.0.0.3"))), Some(ip("10.0.0.4")));
         // Wraps at the end of the range.
-        assert_eq!(
-            next_free(c, &BTreeSet::new(), Some(ip("10.0.0.6"))),
-            Some(ip("10.0.0.2"))
-        );
+        assert_eq!(next_free(c, &BTreeSet::new(), Some(ip("10.0.0.6"))), Some(ip("10.0.0.2")));
         // A `last` outside the range starts from the beginning.
-        assert_eq!(
-            next_free(c, &BTreeSet::new(), Some(ip("192.168.0.1"))),
-            Some(ip("10.0.0.2"))
-        );
+        assert_eq!(next_free(c, &BTreeSet::new(), Some(ip("192.168.0.1"))), Some(ip("10.0.0.2")));
     }
 
     #[test]
     fn tiny_cidr() {
         assert_eq!(capacity(cidr("10.0.0.0/30")), 1);
-        assert_eq!(
-            next_free(cidr("10.0.0.0/30"), &BTreeSet::new(), None),
-            Some(ip("10.0.0.2"))
-        );
+        assert_eq!(next_free(cidr("10.0.0.0/30"), &BTreeSet::new(), None), Some(ip("10.0.0.2")));
     }
 }

@@ -1,0 +1,26 @@
+//! GC: release every attachment the runtime no longer lists in
+//! `cni.dev/valid-attachments`: address, endpoint entry, link, veth.
+use anyhow::anyhow;
+use sluice_agent::{ipam::store::LeaseStore, netlink::Netlink, pins::PinDir};
+
+use crate::{config::NetConf, error::CniError};
+use sluice_agent::teardown::teardown;
+
+pub async fn gc(conf: &NetConf) -> Result<(), CniError> {
+    let valid = conf.valid_attachments.clone().unwrap_or_default();
+    let host = Netlink::open().map_err(CniError::Plugin)?;
+    let pins = PinDir::new(&conf.pin_dir);
+    let store = LeaseStore::lock(&conf.data_dir, conf.pod_cidr).map_err(CniError::Ipam)?;
+    let mut errors = Vec::new();
+    for lease in store.leases().map_err(CniError::Ipam)? {
+        if valid.iter().any(|a| a.container_id == lease.container_id && a.ifname == lease.ifname) {
+            continue;
+        }
+        errors.extend(teardown(&host, &pins, &store, &lease.container_id, &lease.ifname).await);
+    }
+    if errors.is_empty() {
+        Ok(())
+    } else {
+        Err(CniError::Plugin(anyhow!("GC incomplete: {}", errors.join("; "))))
+    }
+}

@@ -1,0 +1,354 @@
+//! The CNI plugin end to end: every verb, spec errors, rollback after a
+//! failure at each ADD step, crash cleanup, idempotent DEL, concurrency.
+use std::{collections::BTreeSet, path::Path, process::Command, thread::sleep, time::Duration};
+
+use serde_json::{json, Value};
+use sluice_tests::{
+    bin, faulty_cni_bin,
+    lab::{ns_exec, ping, CniCall, Lab, LabOptions, Node},
+    require_root, run, unique,
+};
+
+const ADD_STEPS: [&str; 7] = ["ipam", "veth", "move", "pod-config", "host-config", "endpoint", "attach"];
+
+fn lab(nodes: usize) -> Lab {
+    require_root();
+    let opts = LabOptions::new(nodes, 0, bin("sluice-agent").parent().unwrap().to_path_buf());
+    Lab::up(&opts).expect("lab up")
+}
+
+fn conf(node: &Node) -> Value {
+    Lab::plugin_config(node).unwrap()
+}
+
+/// A pod namespace of the test's own, deleted on drop.
+struct PodNs(String);
+impl PodNs {
+    fn new() -> Self {
+        let name = unique("slpod");
+        run(Command::new("ip").args(["netns", "add", &name])).unwrap();
+        Self(name)
+    }
+}
+impl Drop for PodNs {
+    fn drop(&mut self) {
+        let _ = Command::new("ip").args(["netns", "del", &self.0]).output();
+    }
+}
+
+/// Everything on a node that ADD could touch, as comparable text.
+fn snapshot(lab: &Lab, node: &Node, pod: Option<&PodNs>) -> String {
+    let mut s = String::new();
+    let links = ns_exec(&node.netns, &["ip", "-o", "link", "show"]).unwrap();
+    let mut names: Vec<&str> = links.lines().filter_map(|l| l.split(": ").nth(1)).collect();
+    names.sort();
+    s += &format!("links: {names:?}\n");
+    s += &format!("routes:\n{}", ns_exec(&node.netns, &["ip", "route", "show"]).unwrap());
+    s += &format!("neigh:\n{}", ns_exec(&node.netns, &["ip", "neigh", "show", "nud", "permanent"]).unwrap());
+    let i = lab.state.nodes.iter().position(|n| n.name == node.name).unwrap();
+    s += &format!("endpoints: {}\n", lab.status(i).unwrap()["endpoints"]);
+    let mut leases: Vec<String> = walk(&node.dir.join("data/ipam"));
+    leases.retain(|p| !p.ends_with("/lock") && !p.ends_with("last_reserved_ip"));
+    s += &format!("leases: {leases:?}\n");
+    s += &format!("link pins: {:?}\n", walk(&node.pin_dir.join("v1/links")));
+    if let Some(pod) = pod {
+        s += &format!("pod links:\n{}", ns_exec(&pod.0, &["ip", "-o", "link", "show"]).unwrap());
+        s += &format!("pod addrs:\n{}", ns_exec(&pod.0, &["ip", "-o", "addr", "show"]).unwrap());
+    }
+    s
+}
+
+fn walk(dir: &Path) -> Vec<String> {
+    let mut out = Vec::new();
+    if let Ok(rd) = std::fs::read_dir(dir) {
+        for e in rd.flatten() {
+            if e.path().is_dir() {
+                out.extend(walk(&e.path()));
+            } else {
+                out.push(e.path().display().to_string());
+            }
+        }
+    }
+    out.sort();
+    out
+}
+
+fn leases(node: &Node) -> usize {
+    walk(&node.dir.join("data/ipam"))
+        .iter()
+        .filter(|p| p.rsplit('/').next().unwrap().parse::<std::net::Ipv4Addr>().is_ok())
+        .count()
+}
+
+fn add(lab: &Lab, node: &Node, pod: &PodNs) -> Value {
+    let out = lab.cni_call(node, &CniCall::new("ADD", &pod.0, Some(&pod.0), conf(node))).unwrap();
+    assert!(out.success, "ADD failed: {} {}", out.stdout, out.stderr);
+    out.json()
+}
+
+fn pod_ip(result: &Value) -> String {
+    result["ips"][0]["address"].as_str().unwrap().split('/').next().unwrap().to_string()
+}
+
+#[test]
+fn failed_add_after_each_step_leaves_the_node_exactly_as_before() {
+    let lab = lab(1);
+    let node = lab.state.nodes[0].clone();
+    for step in ADD_STEPS {
+        let pod = PodNs::new();
+        ns_exec(&pod.0, &["ip", "link", "set", "lo", "up"]).unwrap();
+        let before = snapshot(&lab, &node, Some(&pod));
+        let mut call = CniCall::new("ADD", &pod.0, Some(&pod.0), conf(&node));
+        call.bin = Some(faulty_cni_bin());
+        call.env.push(("SLUICE_CNI_FAIL_AFTER".into(), step.into()));
+        let out = lab.cni_call(&node, &call).unwrap();
+        assert!(!out.success, "ADD with a failure after {step} succeeded");
+        let err = out.json();
+        assert_eq!(err["code"], 102, "after {step}: {}", out.stdout);
+        assert!(err["details"].as_str().unwrap().contains(step), "{}", out.stdout);
+        let after = snapshot(&lab, &node, Some(&pod));
+        assert_eq!(before, after, "node changed by a failed ADD (failure after {step})");
+        // And the same pod can be added cleanly afterwards.
+        let result = add(&lab, &node, &pod);
+        assert!(ping(&pod.0, &node.ip), "pod added after a failed ADD works");
+        let del = lab.cni_call(&node, &CniCall::new("DEL", &pod.0, Some(&pod.0), conf(&node))).unwrap();
+        assert!(del.success, "{}", del.stdout);
+        let _ = result;
+    }
+}
+
+#[test]
+fn add_killed_after_each_step_is_cleaned_up_by_del() {
+    let lab = lab(1);
+    let node = lab.state.nodes[0].clone();
+    for step in ADD_STEPS {
+        let pod = PodNs::new();
+        let before = snapshot(&lab, &node, None);
+        let mut call = CniCall::new("ADD", &pod.0, Some(&pod.0), conf(&node));
+        call.bin = Some(faulty_cni_bin());
+        call.env.push(("SLUICE_CNI_CRASH_AFTER".into(), step.into()));
+        let out = lab.cni_call(&node, &call).unwrap();
+        assert_eq!(out.exit_code, None, "plugin should have died by a signal after {step}");
+        let del = lab.cni_call(&node, &CniCall::new("DEL", &pod.0, Some(&pod.0), conf(&node))).unwrap();
+        assert!(del.success, "DEL after a crash at {step}: {}", del.stdout);
+        assert_eq!(before, snapshot(&lab, &node, None), "DEL left something after a crash at {step}");
+    }
+}
+
+#[test]
+fn agent_sweeps_pods_whose_namespace_is_gone_and_crashed_adds() {
+    let lab = lab(1);
+    let node = lab.state.nodes[0].clone();
+    let before = snapshot(&lab, &node, None);
+    // A pod whose namespace is deleted without DEL.
+    let gone = PodNs::new();
+    add(&lab, &node, &gone);
+    // An ADD killed before the pod end left the node.
+    let crashed = PodNs::new();
+    let mut call = CniCall::new("ADD", &crashed.0, Some(&crashed.0), conf(&node));
+    call.bin = Some(faulty_cni_bin());
+    call.env.push(("SLUICE_CNI_CRASH_AFTER".into(), "veth".into()));
+    assert_eq!(lab.cni_call(&node, &call).unwrap().exit_code, None);
+    assert_eq!(leases(&node), 2);
+    drop(gone);
+    // Grace 2 s, sweep every 0.5 s (the lab's agent settings).
+    let mut after = String::new();
+    for _ in 0..40 {
+        sleep(Duration::from_millis(250));
+        after = snapshot(&lab, &node, None);
+        if after == before {
+            break;
+        }
+    }
+    assert_eq!(before, after, "agent did not sweep the dead pod and the crashed ADD");
+    assert_eq!(leases(&node), 0);
+}
+
+#[test]
+fn del_is_idempotent() {
+    let lab = lab(1);
+    let node = lab.state.nodes[0].clone();
+    let before = snapshot(&lab, &node, None);
+    let del = |cid: &str, netns: Option<&str>| {
+        let out = lab.cni_call(&node, &CniCall::new("DEL", cid, netns, conf(&node))).unwrap();
+        assert!(out.success, "DEL {cid}: {} {}", out.stdout, out.stderr);
+        assert!(out.stdout.trim().is_empty(), "DEL prints nothing on success: {}", out.stdout);
+    };
+    // Twice.
+    let pod = PodNs::new();
+    add(&lab, &node, &pod);
+    del(&pod.0, Some(&pod.0));
+    del(&pod.0, Some(&pod.0));
+    // Never added.
+    del("never-added", Some(&pod.0));
+    // After the namespace is gone, without CNI_NETNS (as ctr does).
+    let pod2 = PodNs::new();
+    add(&lab, &node, &pod2);
+    let name = pod2.0.clone();
+    drop(pod2);
+    del(&name, None);
+    assert_eq!(before, snapshot(&lab, &node, None));
+}
+
+#[test]
+fn repeated_add_returns_the_same_address() {
+    let lab = lab(1);
+    let node = lab.state.nodes[0].clone();
+    let pod = PodNs::new();
+    let first = pod_ip(&add(&lab, &node, &pod));
+    let second = pod_ip(&add(&lab, &node, &pod));
+    assert_eq!(first, second);
+    assert_eq!(leases(&node), 1);
+    assert!(ping(&pod.0, &node.ip));
+    // Released addresses are not handed out again at once (round-robin).
+    let del = lab.cni_call(&node, &CniCall::new("DEL", &pod.0, Some(&pod.0), conf(&node))).unwrap();
+    assert!(del.success);
+    let other = PodNs::new();
+    assert_ne!(pod_ip(&add(&lab, &node, &other)), first);
+}
+
+#[test]
+fn twenty_concurrent_adds_get_distinct_addresses_and_dels_release_them() {
+    let lab = lab(1);
+    let node = lab.state.nodes[0].clone();
+    let before = snapshot(&lab, &node, None);
+    let pods: Vec<PodNs> = (0..20).map(|_| PodNs::new()).collect();
+    let ips: Vec<String> = std::thread::scope(|s| {
+        let handles: Vec<_> = pods.iter().map(|p| s.spawn(|| pod_ip(&add(&lab, &node, p)))).collect();
+        handles.into_iter().map(|h| h.join().unwrap()).collect()
+    });
+    let distinct: BTreeSet<&String> = ips.iter().collect();
+    assert_eq!(distinct.len(), 20, "{ips:?}");
+    for (p, ip) in pods.iter().zip(&ips) {
+        assert!(ping(&node.netns, ip), "node -> {ip}");
+        assert!(ping(&p.0, &node.ip));
+    }
+    std::thread::scope(|s| {
+        for p in &pods {
+            s.spawn(|| {
+                let out = lab.cni_call(&node, &CniCall::new("DEL", &p.0, Some(&p.0), conf(&node))).unwrap();
+                assert!(out.success, "{}", out.stdout);
+            });
+        }
+    });
+    assert_eq!(leases(&node), 0);
+    assert_eq!(before, snapshot(&lab, &node, None));
+}
+
+#[test]
+fn errors_follow_the_spec() {
+    let lab = lab(1);
+    let node = lab.state.nodes[0].clone();
+    let pod = PodNs::new();
+    let call = |conf: Value, env: &[(&str, &str)]| {
+        let mut c = CniCall::new("ADD", &pod.0, Some(&pod.0), conf);
+        c.env = env.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
+        lab.cni_call(&node, &c).unwrap()
+    };
+    let expect = |out: sluice_tests::lab::CniOutcome, code: u64, needle: &str| {
+        assert!(!out.success, "should fail: {}", out.stdout);
+        let j = out.json();
+        assert_eq!(j["code"], code, "{}", out.stdout);
+        assert!(j["msg"].is_string() && j["cniVersion"].is_string(), "{}", out.stdout);
+        assert!(j["details"].as_str().unwrap().contains(needle), "details should mention {needle}: {}", out.stdout);
+    };
+    let good = conf(&node);
+    let mut bad_mtu = good.clone();
+    bad_mtu["mtu"] = json!("big");
+    let mut bad_version = good.clone();
+    bad_version["cniVersion"] = json!("0.1.0");
+    let mut no_agent = good.clone();
+    no_agent["pinDir"] = json!("/sys/fs/bpf/sluice-no-such-node");
+    expect(call(json!({"name": "sluice", "type": "sluice"}), &[]), 7, "cniVersion");
+    // A JSON string, not an object: decode failure.
+    expect(call(json!("{not json"), &[]), 6, "not valid JSON");
+    expect(call(bad_mtu, &[]), 7, "mtu");
+    expect(call(bad_version, &[]), 1, "0.1.0");
+    expect(call(no_agent.clone(), &[]), 11, "sluice-no-such-node");
+    // Missing CNI_IFNAME: invalid environment.
+    let mut raw = CniCall::new("ADD", &pod.0, Some(&pod.0), Value::Null);
+    raw.ifname = String::new();
+    expect(lab.cni_call(&node, &raw).unwrap(), 4, "CNI_IFNAME");
+    let mut undecodable = CniCall::new("ADD", &pod.0, Some(&pod.0), json!([1, 2]));
+    undecodable.conf = json!([1, 2]);
+    expect(lab.cni_call(&node, &undecodable).unwrap(), 6, "");
+    // Nothing was left by any of these.
+    assert_eq!(leases(&node), 0);
+    // VERSION.
+    let v = lab.cni_call(&node, &CniCall::new("VERSION", "", None, json!({"cniVersion": "1.0.0"}))).unwrap();
+    let j = v.json();
+    assert!(v.success);
+    let versions: Vec<&str> = j["supportedVersions"].as_array().unwrap().iter().map(|v| v.as_str().unwrap()).collect();
+    assert!(versions.contains(&"1.0.0") && versions.contains(&"1.1.0") && versions.contains(&"0.4.0"), "{versions:?}");
+    // STATUS: ready, then not (no agent for that pin dir).
+    let st = lab.cni_call(&node, &CniCall::new("STATUS", "", None, good.clone())).unwrap();
+    assert!(st.success, "{}", st.stdout);
+    expect(lab.cni_call(&node, &CniCall::new("STATUS", "", None, no_agent)).unwrap(), 50, "sluice-no-such-node");
+}
+
+#[test]
+fn pool_exhaustion_is_a_clear_error_and_status_says_so() {
+    let lab = lab(1);
+    let node = lab.state.nodes[0].clone();
+    // A /30 has one pod address (network, node-reserved and broadcast excluded).
+    let mut tiny = conf(&node);
+    tiny["podCIDR"] = json!("10.244.1.0/30");
+    let (a, b) = (PodNs::new(), PodNs::new());
+    let ok = lab.cni_call(&node, &CniCall::new("ADD", &a.0, Some(&a.0), tiny.clone())).unwrap();
+    assert!(ok.success, "{}", ok.stdout);
+    let full = lab.cni_call(&node, &CniCall::new("ADD", &b.0, Some(&b.0), tiny.clone())).unwrap();
+    let j = full.json();
+    assert_eq!(j["code"], 100, "{}", full.stdout);
+    let details = j["details"].as_str().unwrap();
+    assert!(details.contains("10.244.1.0/30") && details.contains("1 of 1"), "{details}");
+    let st = lab.cni_call(&node, &CniCall::new("STATUS", "", None, tiny.clone())).unwrap();
+    assert_eq!(st.json()["code"], 50, "{}", st.stdout);
+    assert!(st.json()["details"].as_str().unwrap().contains("exhausted"));
+    let del = lab.cni_call(&node, &CniCall::new("DEL", &a.0, Some(&a.0), tiny.clone())).unwrap();
+    assert!(del.success);
+    assert!(lab.cni_call(&node, &CniCall::new("STATUS", "", None, tiny)).unwrap().success);
+}
+
+#[test]
+fn gc_releases_every_attachment_not_listed() {
+    let lab = lab(1);
+    let node = lab.state.nodes[0].clone();
+    let pods: Vec<PodNs> = (0..3).map(|_| PodNs::new()).collect();
+    let ips: Vec<String> = pods.iter().map(|p| pod_ip(&add(&lab, &node, p))).collect();
+    let mut gc = conf(&node);
+    gc["cniVersion"] = json!("1.1.0");
+    gc["cni.dev/valid-attachments"] = json!([{"containerID": pods[0].0, "ifname": "eth0"}]);
+    let out = lab.cni_call(&node, &CniCall::new("GC", "", None, gc)).unwrap();
+    assert!(out.success, "{} {}", out.stdout, out.stderr);
+    assert_eq!(leases(&node), 1);
+    let endpoints = lab.status(0).unwrap()["endpoints"].clone();
+    assert_eq!(endpoints.as_array().unwrap().len(), 1);
+    assert_eq!(endpoints[0]["ip"], ips[0].as_str());
+    assert!(ping(&pods[0].0, &node.ip), "the listed pod is untouched");
+    let links = ns_exec(&pods[1].0, &["ip", "-o", "link", "show"]).unwrap();
+    assert!(!links.contains("eth0"), "GC removed the unlisted pod's interface: {links}");
+}
+
+#[test]
+fn check_verifies_what_add_left() {
+    let lab = lab(1);
+    let node = lab.state.nodes[0].clone();
+    let pod = PodNs::new();
+    let result = add(&lab, &node, &pod);
+    let mut check_conf = conf(&node);
+    check_conf["prevResult"] = result.clone();
+    let check = |c: &Value| lab.cni_call(&node, &CniCall::new("CHECK", &pod.0, Some(&pod.0), c.clone())).unwrap();
+    let ok = check(&check_conf);
+    assert!(ok.success, "{}", ok.stdout);
+    // A prevResult that does not list our address fails.
+    let mut wrong = check_conf.clone();
+    wrong["prevResult"]["ips"] = json!([]);
+    assert!(!check(&wrong).success);
+    // Remove the endpoint entry behind the plugin's back: CHECK notices.
+    let pins = sluice_agent::pins::PinDir::new(&node.pin_dir);
+    let ip: std::net::Ipv4Addr = pod_ip(&result).parse().unwrap();
+    sluice_agent::maps::Endpoints::open(&pins).unwrap().remove(ip).unwrap();
+    let broken = check(&check_conf);
+    assert!(!broken.success);
+    assert!(broken.json()["details"].as_str().unwrap().contains("ENDPOINTS"), "{}", broken.stdout);
+}

@@ -13,6 +13,7 @@ use std::{
 use anyhow::{bail, Context, Result};
 
 pub mod lab;
+pub mod runtime;
 
 static COUNTER: AtomicU32 = AtomicU32::new(0);
 

@@ -23,6 +23,11 @@ pub const DEBIAN_PACKAGES: &[&str] = &[
     "socat",
     "iptables",
     "procps",
+    // CNI chaining and real-runtime tests
+    "containernetworking-plugins",
+    "containerd",
+    "runc",
+    "busybox-static",
 ];
 
 pub const BPF_LINKER_VERSION: &str = "0.13.0";

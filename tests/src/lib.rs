@@ -12,7 +12,9 @@ use std::{
 
 use anyhow::{bail, Context, Result};
 
+pub mod containerd;
 pub mod lab;
+pub mod oci;
 pub mod runtime;
 
 static COUNTER: AtomicU32 = AtomicU32::new(0);

@@ -8,11 +8,16 @@
 //! It is also the node-side library the CNI plugin builds on: `pins`, `maps`,
 //! `netlink`, `netns`, `ipam` (leases on disk) and `pod_names` are shared, so
 //! the agent can clean up after pods whose plugin call never finished.
+pub mod agent_state;
 pub mod bpffs;
 pub mod cni_conf;
+pub mod daemon;
 pub mod datapath;
+pub mod install;
 pub mod ipam;
+pub mod kube_nodes;
 pub mod maps;
+pub mod membership;
 pub mod netlink;
 pub mod netns;
 pub mod node;

@@ -90,8 +90,8 @@ impl Netlink {
         self.link_by_name(name).await?.ok_or_else(|| anyhow!("interface {name} does not exist"))
     }
 
-    /// The first IPv4 address on interface `index`.
-    pub async fn first_ipv4(&self, index: u32) -> Result<Option<Ipv4Addr>> {
+    /// The first IPv4 address on interface `index`, with its prefix length.
+    pub async fn first_ipv4(&self, index: u32) -> Result<Option<(Ipv4Addr, u8)>> {
         let mut addrs = self.handle.address().get().set_link_index_filter(index).execute();
         while let Some(msg) = addrs.try_next().await.context("list addresses")? {
             if msg.header.family != AddressFamily::Inet {
@@ -99,7 +99,7 @@ impl Netlink {
             }
             for attr in &msg.attributes {
                 if let AddressAttribute::Address(IpAddr::V4(ip)) = attr {
-                    return Ok(Some(*ip));
+                    return Ok(Some((*ip, msg.header.prefix_len)));
                 }
             }
         }

@@ -12,21 +12,28 @@ pub struct NodeConfig {
     /// The interface that carries traffic to other nodes.
     #[arg(long, env = "SLUICE_UPLINK")]
     pub uplink: String,
-    /// Pod CIDR of this node: pods get addresses from it.
+    /// Pod CIDR of this node. With --kubernetes it may be left out: the
+    /// node's own `spec.podCIDR` is used.
     #[arg(long, env = "SLUICE_POD_CIDR")]
-    pub pod_cidr: Ipv4Network,
+    pub pod_cidr: Option<Ipv4Network>,
     /// The cluster's whole pod range; every node's pod CIDR lies inside it.
     #[arg(long, env = "SLUICE_CLUSTER_CIDR")]
     pub cluster_cidr: Ipv4Network,
+    /// The cluster's service range, which no pod CIDR may overlap.
+    #[arg(long, env = "SLUICE_SERVICE_CIDR")]
+    pub service_cidr: Option<Ipv4Network>,
     /// bpffs directory for this node's maps, programs and links.
     #[arg(long, env = "SLUICE_PIN_DIR", default_value = crate::pins::DEFAULT_ROOT)]
     pub pin_dir: PathBuf,
-    /// Where the CNI plugin keeps IPAM state (written into the conflist).
+    /// State: IPAM leases (written into the conflist) and the agent's status file.
     #[arg(long, env = "SLUICE_DATA_DIR", default_value = "/var/lib/sluice")]
     pub data_dir: PathBuf,
     /// Directory to write `10-sluice.conflist` into, once the datapath is up.
     #[arg(long, env = "SLUICE_CNI_CONF_DIR")]
     pub cni_conf_dir: Option<PathBuf>,
+    /// Directory to install the CNI plugin into (as `sluice`) at start.
+    #[arg(long, env = "SLUICE_CNI_BIN_DIR")]
+    pub cni_bin_dir: Option<PathBuf>,
 }
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
@@ -37,27 +44,56 @@ pub enum NodeConfigError {
     PodCidrOutsideCluster { pod: Ipv4Network, cluster: Ipv4Network },
     #[error("pod CIDR {0} is too small: it needs room for at least one pod (/30 or larger)")]
     PodCidrTooSmall(Ipv4Network),
+    #[error("pod CIDR {pod} overlaps the node network {network} (uplink {uplink})")]
+    OverlapsNodeNetwork { pod: Ipv4Network, network: Ipv4Network, uplink: String },
+    #[error("{what} {cidr} overlaps the service CIDR {service}")]
+    OverlapsServices { what: &'static str, cidr: Ipv4Network, service: Ipv4Network },
     #[error("node name is empty")]
     EmptyNodeName,
 }
 
 impl NodeConfig {
-    pub fn validate(&self) -> Result<(), NodeConfigError> {
+    /// Checks that need nothing but the configuration.
+    pub fn validate_static(&self) -> Result<(), NodeConfigError> {
         if self.node_name.is_empty() {
             return Err(NodeConfigError::EmptyNodeName);
         }
-        let network = Ipv4Network::new(self.pod_cidr.network(), self.pod_cidr.prefix())
-            .expect("prefix came from a valid network");
-        if network.ip() != self.pod_cidr.ip() {
-            return Err(NodeConfigError::PodCidrNotNetwork(self.pod_cidr, network));
+        if let Some(service) = self.service_cidr {
+            if service.overlaps(self.cluster_cidr) {
+                return Err(NodeConfigError::OverlapsServices {
+                    what: "cluster CIDR",
+                    cidr: self.cluster_cidr,
+                    service,
+                });
+            }
         }
-        if self.pod_cidr.prefix() > 30 {
-            return Err(NodeConfigError::PodCidrTooSmall(self.pod_cidr));
+        Ok(())
+    }
+
+    /// Checks of this node's pod CIDR (from the flag or from Kubernetes)
+    /// against the cluster, the services and the node's own network.
+    pub fn validate_pod_cidr(&self, pod: Ipv4Network, node_network: Ipv4Network) -> Result<(), NodeConfigError> {
+        let network = Ipv4Network::new(pod.network(), pod.prefix()).expect("prefix came from a valid network");
+        if network.ip() != pod.ip() {
+            return Err(NodeConfigError::PodCidrNotNetwork(pod, network));
         }
-        if !(self.cluster_cidr.contains(self.pod_cidr.network())
-            && self.cluster_cidr.prefix() <= self.pod_cidr.prefix())
-        {
-            return Err(NodeConfigError::PodCidrOutsideCluster { pod: self.pod_cidr, cluster: self.cluster_cidr });
+        if pod.prefix() > 30 {
+            return Err(NodeConfigError::PodCidrTooSmall(pod));
+        }
+        if !(self.cluster_cidr.contains(pod.network()) && self.cluster_cidr.prefix() <= pod.prefix()) {
+            return Err(NodeConfigError::PodCidrOutsideCluster { pod, cluster: self.cluster_cidr });
+        }
+        if pod.overlaps(node_network) {
+            return Err(NodeConfigError::OverlapsNodeNetwork {
+                pod,
+                network: node_network,
+                uplink: self.uplink.clone(),
+            });
+        }
+        if let Some(service) = self.service_cidr {
+            if pod.overlaps(service) {
+                return Err(NodeConfigError::OverlapsServices { what: "pod CIDR", cidr: pod, service });
+            }
         }
         Ok(())
     }
@@ -67,33 +103,52 @@ impl NodeConfig {
 mod tests {
     use super::*;
 
-    fn cfg(pod: &str, cluster: &str) -> NodeConfig {
+    fn cfg(cluster: &str, service: Option<&str>) -> NodeConfig {
         NodeConfig {
             node_name: "n1".into(),
             uplink: "eth0".into(),
-            pod_cidr: pod.parse().unwrap(),
+            pod_cidr: None,
             cluster_cidr: cluster.parse().unwrap(),
+            service_cidr: service.map(|s| s.parse().unwrap()),
             pin_dir: "/sys/fs/bpf/x".into(),
             data_dir: "/tmp".into(),
             cni_conf_dir: None,
+            cni_bin_dir: None,
         }
+    }
+
+    fn net(s: &str) -> Ipv4Network {
+        s.parse().unwrap()
     }
 
     #[test]
     fn validation() {
-        assert_eq!(cfg("10.244.1.0/24", "10.244.0.0/16").validate(), Ok(()));
+        let c = cfg("10.244.0.0/16", Some("10.96.0.0/12"));
+        let lan = net("192.168.1.0/24");
+        assert_eq!(c.validate_static(), Ok(()));
+        assert_eq!(c.validate_pod_cidr(net("10.244.1.0/24"), lan), Ok(()));
+        assert!(matches!(c.validate_pod_cidr(net("10.244.1.7/24"), lan), Err(NodeConfigError::PodCidrNotNetwork(..))));
         assert!(matches!(
-            cfg("10.244.1.7/24", "10.244.0.0/16").validate(),
-            Err(NodeConfigError::PodCidrNotNetwork(..))
-        ));
-        assert!(matches!(
-            cfg("10.245.1.0/24", "10.244.0.0/16").validate(),
+            c.validate_pod_cidr(net("10.245.1.0/24"), lan),
             Err(NodeConfigError::PodCidrOutsideCluster { .. })
         ));
         assert!(matches!(
-            cfg("10.0.0.0/8", "10.244.0.0/16").validate(),
+            c.validate_pod_cidr(net("10.0.0.0/8"), lan),
             Err(NodeConfigError::PodCidrOutsideCluster { .. })
         ));
-        assert!(matches!(cfg("10.244.1.0/31", "10.244.0.0/16").validate(), Err(NodeConfigError::PodCidrTooSmall(_))));
+        assert!(matches!(c.validate_pod_cidr(net("10.244.1.0/31"), lan), Err(NodeConfigError::PodCidrTooSmall(_))));
+        assert!(matches!(
+            c.validate_pod_cidr(net("10.244.1.0/24"), net("10.244.0.0/20")),
+            Err(NodeConfigError::OverlapsNodeNetwork { .. })
+        ));
+        let wide = cfg("10.0.0.0/8", Some("10.96.0.0/12"));
+        assert!(matches!(wide.validate_static(), Err(NodeConfigError::OverlapsServices { .. })));
+        let no_svc = cfg("10.0.0.0/8", None);
+        assert_eq!(no_svc.validate_pod_cidr(net("10.100.0.0/24"), lan), Ok(()));
+        let svc_inside = NodeConfig { service_cidr: Some(net("10.100.0.0/16")), ..cfg("10.0.0.0/8", None) };
+        assert!(matches!(
+            svc_inside.validate_pod_cidr(net("10.100.0.0/24"), lan),
+            Err(NodeConfigError::OverlapsServices { what: "pod CIDR", .. })
+        ));
     }
 }

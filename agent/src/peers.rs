@@ -80,6 +80,27 @@ impl PeersFile {
     }
 }
 
+impl PeersFile {
+    /// Membership from this file, after `desired_routes`'s whole-file checks.
+    pub fn membership(
+        &self,
+        own_name: &str,
+        own_cidr: Ipv4Network,
+    ) -> Result<crate::membership::Membership, PeersError> {
+        self.desired_routes(own_name, own_cidr)?;
+        let entries: Vec<crate::membership::NodeEntry> = self
+            .peers
+            .iter()
+            .map(|p| crate::membership::NodeEntry {
+                name: p.name.clone(),
+                node_ip: Some(p.node_ip),
+                pod_cidr: Some(p.pod_cidr),
+            })
+            .collect();
+        Ok(crate::membership::from_entries(&entries, own_name, Some(own_cidr)))
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -443,12 +443,21 @@ impl Lab {
         Matrix { pods: pods.iter().map(|(n, p)| (n.name.clone(), p.name.clone(), p.ip.clone())).collect(), cells }
     }
 
-    /// `sluice-agent status --json` for node `i`.
+    /// `sluice-agent status --json` for node `i` (whatever its health: the
+    /// exit code says healthy or not, the JSON says everything).
     pub fn status(&self, i: usize) -> Result<Value> {
         let node = &self.state.nodes[i];
         let bin = self.state.bin_dir.join("sluice-agent");
-        let out = run(Command::new(bin).args(["status", "--json", "--pin-dir", &node.pin_dir.display().to_string()]))?;
-        Ok(serde_json::from_str(&out)?)
+        let out = try_run(Command::new(bin).args([
+            "status",
+            "--json",
+            "--pin-dir",
+            &node.pin_dir.display().to_string(),
+            "--data-dir",
+            &node.dir.join("data").display().to_string(),
+        ]))?;
+        serde_json::from_slice(&out.stdout)
+            .with_context(|| format!("status output: {}", String::from_utf8_lossy(&out.stdout)))
     }
 
     /// Remove everything: listeners, pods (CNI DEL), agents, namespaces, pins.

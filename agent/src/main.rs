@@ -100,6 +100,8 @@ async fn dispatch(command: Command) -> Result<ExitCode> {
             let source = match (peers_file, kubernetes) {
                 (Some(path), false) => Source::PeersFile(path),
                 (None, true) => {
+                    // One TLS provider for the process (kube uses rustls).
+                    let _ = rustls::crypto::ring::default_provider().install_default();
                     let client = kube::Client::try_default()
                         .await
                         .context("connect to Kubernetes (in-cluster config or KUBECONFIG)")?;

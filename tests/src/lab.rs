@@ -42,6 +42,13 @@ pub struct LabOptions {
     pub bin_dir: PathBuf,
     /// Lab id used in every name; unique per process and call by default.
     pub id: String,
+    /// Membership from Kubernetes: a test API server on the LAN
+    /// (`LAN_API_ADDR`) holds a Node per lab node, and agents run with
+    /// `--kubernetes` instead of a peers file.
+    pub kubernetes: bool,
+    /// With `kubernetes`: leave `--pod-cidr` out, so agents take it from
+    /// their Node (as the DaemonSet does).
+    pub pod_cidr_from_node: bool,
 }
 
 impl LabOptions {
@@ -54,6 +61,8 @@ impl LabOptions {
             dir: std::env::temp_dir().join(format!("sluice-lab-{id}")),
             bin_dir,
             id,
+            kubernetes: false,
+            pod_cidr_from_node: false,
         }
     }
 }
@@ -87,10 +96,19 @@ pub struct LabState {
     pub lan_netns: String,
     pub pin_root: PathBuf,
     pub nodes: Vec<Node>,
+    #[serde(default)]
+    pub kubeconfig: Option<PathBuf>,
+    #[serde(default)]
+    pub pod_cidr_from_node: bool,
 }
+
+/// Where the test API server listens: the LAN bridge's own address.
+pub const LAN_API_ADDR: &str = "172.30.0.254:6443";
 
 pub struct Lab {
     pub state: LabState,
+    /// The test API server, with `LabOptions::kubernetes`.
+    pub api: Option<crate::apiserver::ApiServer>,
     persist: bool,
 }
 
@@ -156,7 +174,10 @@ impl Lab {
                 lan_netns: format!("sl{}lan", opts.id),
                 pin_root: PathBuf::from(format!("/sys/fs/bpf/sluice-lab-{}", opts.id)),
                 nodes: Vec::new(),
+                kubeconfig: None,
+                pod_cidr_from_node: opts.pod_cidr_from_node,
             },
+            api: None,
             persist: false,
         };
         lab.save()?;
@@ -165,6 +186,19 @@ impl Lab {
             lab.add_node(i)?;
         }
         lab.write_peers()?;
+        if opts.kubernetes {
+            let ip = LAN_API_ADDR.split(':').next().unwrap_or_default();
+            ns_exec(&lab.state.lan_netns, &["ip", "addr", "add", &format!("{ip}/24"), "dev", "br0"])?;
+            let api = crate::apiserver::ApiServer::start(LAN_API_ADDR, Some(&lab.state.lan_netns))?;
+            for n in &lab.state.nodes {
+                api.upsert_node(&n.name, &n.ip, Some(&n.pod_cidr));
+            }
+            let kubeconfig = lab.state.dir.join("kubeconfig");
+            api.write_kubeconfig(&kubeconfig)?;
+            lab.state.kubeconfig = Some(kubeconfig);
+            lab.api = Some(api);
+            lab.save()?;
+        }
         for i in 0..opts.nodes {
             lab.start_agent(i)?;
         }
@@ -198,7 +232,7 @@ impl Lab {
     pub fn load(dir: &Path) -> Result<Self> {
         let bytes = fs::read(Self::state_file(dir))
             .with_context(|| format!("no lab state in {} (is a lab up?)", dir.display()))?;
-        Ok(Lab { state: serde_json::from_slice(&bytes)?, persist: true })
+        Ok(Lab { state: serde_json::from_slice(&bytes)?, api: None, persist: true })
     }
 
     fn build_lan(&mut self) -> Result<()> {
@@ -258,15 +292,13 @@ impl Lab {
 
     pub fn agent_args(&self, node: &Node) -> Vec<String> {
         let bin = self.state.bin_dir.join("sluice-agent");
-        vec![
+        let mut args: Vec<String> = vec![
             bin.display().to_string(),
             "run".into(),
             "--node-name".into(),
             node.name.clone(),
             "--uplink".into(),
             "eth0".into(),
-            "--pod-cidr".into(),
-            node.pod_cidr.clone(),
             "--cluster-cidr".into(),
             CLUSTER_CIDR.into(),
             "--pin-dir".into(),
@@ -275,8 +307,6 @@ impl Lab {
             node.dir.join("data").display().to_string(),
             "--cni-conf-dir".into(),
             node.dir.join("cni").display().to_string(),
-            "--peers-file".into(),
-            self.peers_file().display().to_string(),
             "--resync-ms".into(),
             "200".into(),
             // Sweep often and soon, so tests of crash cleanup stay short.
@@ -284,7 +314,16 @@ impl Lab {
             "500".into(),
             "--sweep-grace-ms".into(),
             "2000".into(),
-        ]
+        ];
+        if !(self.state.kubeconfig.is_some() && self.state.pod_cidr_from_node) {
+            args.extend(["--pod-cidr".into(), node.pod_cidr.clone()]);
+        }
+        if self.state.kubeconfig.is_some() {
+            args.push("--kubernetes".into());
+        } else {
+            args.extend(["--peers-file".into(), self.peers_file().display().to_string()]);
+        }
+        args
     }
 
     /// Start (or restart) node `i`'s agent in the background.
@@ -299,6 +338,9 @@ impl Lab {
             let err = out.try_clone()?;
             use std::os::unix::process::CommandExt;
             let mut cmd = ns_cmd(&node.netns, &args);
+            if let Some(kubeconfig) = &self.state.kubeconfig {
+                cmd.env("KUBECONFIG", kubeconfig);
+            }
             cmd.stdin(Stdio::null()).stdout(out).stderr(err).process_group(0);
             cmd.spawn().context("start sluice-agent")?.id()
         };
@@ -325,7 +367,14 @@ impl Lab {
         let start = Instant::now();
         while !path.exists() {
             if let Some(pid) = node.agent_pid {
-                if !Path::new(&format!("/proc/{pid}")).exists() {
+                let reaped = matches!(
+                    nix::sys::wait::waitpid(
+                        nix::unistd::Pid::from_raw(pid as i32),
+                        Some(nix::sys::wait::WaitPidFlag::WNOHANG)
+                    ),
+                    Ok(nix::sys::wait::WaitStatus::Exited(..)) | Ok(nix::sys::wait::WaitStatus::Signaled(..))
+                );
+                if reaped || !Path::new(&format!("/proc/{pid}")).exists() {
                     let log = fs::read_to_string(node.dir.join("agent.log")).unwrap_or_default();
                     bail!("agent on {} exited during start:\n{log}", node.name);
                 }

@@ -12,6 +12,7 @@ use std::{
 
 use anyhow::{bail, Context, Result};
 
+pub mod apiserver;
 pub mod containerd;
 pub mod lab;
 pub mod oci;

@@ -216,35 +216,62 @@ fn mtu_follows_the_lan_full_size_crosses_one_byte_more_is_refused() {
     assert!(text.contains("message too long") || text.contains("mtu"), "refused cleanly at the source: {text}");
 }
 
+/// (link id, program id) of a pinned link, from bpftool.
+fn link_ids(pin: &std::path::Path) -> (u64, u64) {
+    let out = sluice_tests::sh("bpftool", &["-j", "link", "show", "pinned", &pin.display().to_string()]).unwrap();
+    let v: serde_json::Value = serde_json::from_str(&out).unwrap();
+    (v["id"].as_u64().unwrap(), v["prog_id"].as_u64().unwrap())
+}
+
 #[test]
 fn agent_killed_and_restarted_loses_nothing() {
+    const FLOW: u32 = 3000;
     let mut lab = lab(2, 1, 1500);
     let (a, b) = (pod(&lab, 0, 0), pod(&lab, 1, 0));
     let routes_before = lab.status(0).unwrap()["routes"].clone();
     let endpoints_before = lab.status(0).unwrap()["endpoints"].clone();
-    // A steady flow across nodes: 400 pings at 100/s.
+    let links = std::fs::read_dir(lab.state.nodes[0].pin_dir.join("v1/links")).unwrap();
+    let link_pins: Vec<std::path::PathBuf> = links.map(|e| e.unwrap().path()).collect();
+    assert_eq!(link_pins.len(), 2, "from_uplink and one from_pod: {link_pins:?}");
+    let ids_before: Vec<(u64, u64)> = link_pins.iter().map(|p| link_ids(p)).collect();
+    // A steady flow across nodes: 3000 pings at 500/s, both agents killed
+    // (SIGKILL) and restarted while it runs.
     let flow = Command::new("nsenter")
         .arg(format!("--net=/run/netns/{}", a.netns))
-        .args(["--", "ping", "-q", "-c", "400", "-i", "0.01", "-W", "1", &b.ip])
+        .args(["--", "ping", "-q", "-c", &FLOW.to_string(), "-i", "0.002", "-W", "1", &b.ip])
         .stdout(Stdio::piped())
         .spawn()
         .unwrap();
-    sleep(Duration::from_millis(800));
+    sleep(Duration::from_millis(1000));
     lab.kill_agent(0).unwrap();
     lab.kill_agent(1).unwrap();
-    sleep(Duration::from_millis(800));
-    // Agents gone: established traffic still flows on pinned maps and links.
+    // Agents gone: traffic still flows on pinned maps and links, and status
+    // says plainly that the agent is down.
+    let down = lab.status(0).unwrap();
+    assert_eq!(down["healthy"], false);
+    assert!(down["unhealthy"][0].as_str().unwrap().contains("agent not running"), "{down}");
+    sleep(Duration::from_millis(1000));
     assert!(tcp_probe(&a.netns, &b.ip, &b.name), "traffic with no agent running");
     lab.start_agent(0).unwrap();
     lab.start_agent(1).unwrap();
+    lab.wait_agent_ready(0).unwrap();
     let out = flow.wait_with_output().unwrap();
     let text = String::from_utf8_lossy(&out.stdout);
-    assert!(text.contains("400 packets transmitted, 400 received"), "packets lost across kill/restart: {text}");
-    // Restarted agents reused what was pinned: nothing flushed.
+    let want = format!("{FLOW} packets transmitted, {FLOW} received");
+    assert!(text.contains(&want), "packets lost across kill/restart: {text}");
+    // Restarted agents reused what was pinned: nothing flushed, and the new
+    // programs replaced the old ones inside the same links (no detach).
     sleep(Duration::from_millis(500));
-    assert_eq!(lab.status(0).unwrap()["routes"], routes_before);
-    assert_eq!(lab.status(0).unwrap()["endpoints"], endpoints_before);
-    assert!(counter(&lab, 0, "forwards", "pod_to_node") >= 400, "counters carried over the restart");
+    let after = lab.status(0).unwrap();
+    assert_eq!(after["routes"], routes_before);
+    assert_eq!(after["endpoints"], endpoints_before);
+    assert_eq!(after["healthy"], true, "{after}");
+    assert!(counter(&lab, 0, "forwards", "pod_to_node") >= FLOW as u64, "counters carried over the restart");
+    for (pin, (link_before, prog_before)) in link_pins.iter().zip(ids_before) {
+        let (link_after, prog_after) = link_ids(pin);
+        assert_eq!(link_after, link_before, "{}: same link", pin.display());
+        assert_ne!(prog_after, prog_before, "{}: program replaced in place", pin.display());
+    }
     assert!(ping(&a.netns, &b.ip));
 }
 

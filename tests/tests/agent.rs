@@ -1,0 +1,145 @@
+//! The agent's command line: start-up validation fails loudly and early,
+//! `install-cni` installs the plugin, `status` tells healthy from not.
+use std::{
+    process::{Command, Stdio},
+    time::{Duration, Instant},
+};
+
+use sluice_tests::{
+    bin,
+    lab::{Lab, LabOptions, CLUSTER_CIDR},
+    require_root, unique,
+};
+
+/// Run `sluice-agent run` with `args` in node 0's namespace; it must exit
+/// non-zero within 20 s. Returns what it printed.
+fn run_expecting_failure(lab: &Lab, args: &[&str]) -> String {
+    let node = &lab.state.nodes[0];
+    let pin_dir = format!("/sys/fs/bpf/{}", unique("sluice-test-bad"));
+    let data_dir = node.dir.join(unique("bad"));
+    let mut cmd = Command::new("nsenter");
+    cmd.arg(format!("--net=/run/netns/{}", node.netns))
+        .arg("--")
+        .arg(bin("sluice-agent"))
+        .args(["run", "--node-name", "n1", "--pin-dir", &pin_dir, "--data-dir", &data_dir.display().to_string()])
+        .args(args)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    let mut child = cmd.spawn().unwrap();
+    let start = Instant::now();
+    let status = loop {
+        if let Some(s) = child.try_wait().unwrap() {
+            break s;
+        }
+        if start.elapsed() > Duration::from_secs(20) {
+            let _ = child.kill();
+            let _ = std::fs::remove_dir_all(&pin_dir);
+            panic!("agent with {args:?} kept running; it should have refused to start");
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    let out = child.wait_with_output().unwrap();
+    let _ = std::fs::remove_dir_all(&pin_dir);
+    assert!(!status.success(), "agent with {args:?} exited 0");
+    assert!(!std::path::Path::new(&pin_dir).exists(), "a refused start left pins");
+    String::from_utf8_lossy(&out.stderr).into_owned() + &String::from_utf8_lossy(&out.stdout)
+}
+
+#[test]
+fn start_up_validation_fails_loudly_with_the_reason() {
+    require_root();
+    let lab = Lab::up(&LabOptions::new(1, 0, bin("sluice-agent").parent().unwrap().to_path_buf())).unwrap();
+    let peers = lab.peers_file().display().to_string();
+    let base = |pod: &'static str| vec!["--uplink", "eth0", "--pod-cidr", pod, "--cluster-cidr", CLUSTER_CIDR];
+
+    let mut a = base("10.244.1.0/24");
+    a[1] = "nope0";
+    a.extend(["--peers-file", &peers]);
+    let out = run_expecting_failure(&lab, &a);
+    assert!(out.contains("interface nope0 does not exist"), "{out}");
+
+    let mut a = vec!["--uplink", "eth0", "--pod-cidr", "172.30.0.0/26", "--cluster-cidr", "172.30.0.0/16"];
+    a.extend(["--peers-file", &peers]);
+    let out = run_expecting_failure(&lab, &a);
+    assert!(out.contains("overlaps the node network 172.30.0.0/24"), "{out}");
+
+    let mut a = base("10.244.1.0/24");
+    a.extend(["--service-cidr", "10.244.128.0/17", "--peers-file", &peers]);
+    let out = run_expecting_failure(&lab, &a);
+    assert!(out.contains("overlaps the service CIDR 10.244.128.0/17"), "{out}");
+
+    // Another node's CIDR overlapping ours.
+    let bad_peers = lab.state.dir.join("overlap-peers.json");
+    std::fs::write(
+        &bad_peers,
+        r#"{"peers":[{"name":"n1","nodeIP":"172.30.0.1","podCIDR":"10.244.1.0/24"},
+                     {"name":"n2","nodeIP":"172.30.0.2","podCIDR":"10.244.1.128/25"}]}"#,
+    )
+    .unwrap();
+    let bad = bad_peers.display().to_string();
+    let mut a = base("10.244.1.0/24");
+    a.extend(["--peers-file", &bad]);
+    let out = run_expecting_failure(&lab, &a);
+    assert!(out.contains("n2") && out.contains("overlap"), "{out}");
+
+    // bpffs cannot be mounted where asked.
+    let mut a = base("10.244.1.0/24");
+    a.extend(["--peers-file", &peers, "--bpffs", "/proc/sluice-no-bpffs"]);
+    let out = run_expecting_failure(&lab, &a);
+    assert!(out.contains("bpffs"), "{out}");
+
+    // No membership source.
+    let out = run_expecting_failure(&lab, &base("10.244.1.0/24"));
+    assert!(out.contains("--kubernetes or --peers-file"), "{out}");
+}
+
+#[test]
+fn install_cni_puts_a_working_plugin_in_place() {
+    require_root();
+    let dir = std::env::temp_dir().join(unique("sluice-cni-bin-"));
+    let out = Command::new(bin("sluice-agent"))
+        .args(["install-cni", "--bin-dir", &dir.display().to_string()])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let installed = dir.join("sluice");
+    let v = Command::new(&installed).env_clear().env("CNI_COMMAND", "VERSION").output().unwrap();
+    let _ = std::fs::remove_dir_all(&dir);
+    let j: serde_json::Value = serde_json::from_slice(&v.stdout).unwrap();
+    assert!(j["supportedVersions"].as_array().unwrap().iter().any(|v| v == "1.1.0"), "{j}");
+}
+
+#[test]
+fn status_text_says_healthy_and_then_names_the_problem_first() {
+    require_root();
+    let mut lab = Lab::up(&LabOptions::new(2, 1, bin("sluice-agent").parent().unwrap().to_path_buf())).unwrap();
+    let node = lab.state.nodes[0].clone();
+    let status = || {
+        Command::new(bin("sluice-agent"))
+            .args(["status", "--pin-dir", &node.pin_dir.display().to_string()])
+            .args(["--data-dir", &node.dir.join("data").display().to_string()])
+            .output()
+            .unwrap()
+    };
+    let ok = status();
+    let text = String::from_utf8_lossy(&ok.stdout).to_string();
+    assert!(ok.status.success(), "{text}");
+    assert_eq!(text.lines().next(), Some("sluice: healthy"), "{text}");
+    for needle in [
+        "programs attached:",
+        "from_uplink",
+        "from_pod",
+        "10.244.2.0/24",
+        "node n2",
+        "local endpoints (1 of",
+        "source_spoofed",
+    ] {
+        assert!(text.contains(needle), "status lacks {needle:?}:\n{text}");
+    }
+    lab.kill_agent(0).unwrap();
+    let bad = status();
+    let text = String::from_utf8_lossy(&bad.stdout).to_string();
+    assert!(!bad.status.success());
+    assert!(text.lines().next().unwrap().starts_with("sluice: UNHEALTHY: agent not running"), "{text}");
+}

@@ -23,6 +23,7 @@ pub mod netns;
 pub mod node;
 pub mod peers;
 pub mod pins;
+pub mod plumbing;
 pub mod pod_names;
 pub mod routes;
 pub mod status;

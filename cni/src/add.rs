@@ -2,16 +2,16 @@
 //! a static gateway neighbour inside the pod, the endpoint map entry, and
 //! `from_pod` attached to the host side. Every step registers its undo; a
 //! failure anywhere leaves the node as it was.
-use std::{fs::File, net::Ipv4Addr, os::fd::AsRawFd, path::Path};
+use std::{fs::File, net::Ipv4Addr, os::fd::AsRawFd};
 
 use anyhow::{anyhow, Context};
-use aya::programs::SchedClassifier;
 use serde_json::{json, Value};
 use sluice_agent::ipam::store::{Allocation, Exhausted, LeaseStore};
 use sluice_agent::{datapath, maps::Endpoints, netlink::Netlink, netns, pins::PinDir, pod_names};
-use sluice_common::{maps::programs, EndpointInfo};
+use sluice_common::maps::programs;
 
-use crate::{config::NetConf, env::CniEnv, error::CniError, fault, rollback::Rollback, POD_GATEWAY};
+use crate::{config::NetConf, env::CniEnv, error::CniError, fault, rollback::Rollback};
+use sluice_agent::plumbing::{self, POD_GATEWAY};
 
 pub async fn add(conf: &NetConf, env: &CniEnv) -> Result<Value, CniError> {
     let mut rb = Rollback::default();
@@ -38,15 +38,7 @@ fn fmt_mac(mac: [u8; 6]) -> String {
 async fn add_steps(conf: &NetConf, env: &CniEnv, rb: &mut Rollback) -> Result<Value, CniError> {
     let netns_path = env.netns.as_deref().ok_or_else(|| plugin(anyhow!("CNI_NETNS missing")))?;
     let pins = PinDir::new(&conf.pin_dir);
-    let from_pod_pin = pins.prog(programs::FROM_POD);
-    if !from_pod_pin.exists() {
-        return Err(CniError::DatapathNotReady(anyhow!(
-            "{} is missing: is sluice-agent running with pin dir {}?",
-            from_pod_pin.display(),
-            conf.pin_dir.display()
-        )));
-    }
-    let mut endpoints = Endpoints::open(&pins).map_err(CniError::DatapathNotReady)?;
+    plumbing::require_datapath(&pins).map_err(CniError::DatapathNotReady)?;
     let host = Netlink::open().map_err(plugin)?;
     let ns_file = File::open(netns_path)
         .with_context(|| format!("open pod network namespace {}", netns_path.display()))
@@ -60,49 +52,34 @@ async fn add_steps(conf: &NetConf, env: &CniEnv, rb: &mut Rollback) -> Result<Va
     // 2. The veth pair, starting clean if an earlier ADD left one behind.
     let host_name = pod_names::host_veth(&env.container_id, &env.ifname);
     let peer_tmp = pod_names::temp_peer(&env.container_id, &env.ifname);
+    // A repeated ADD: the old pair goes first (taking the pod's end with it).
     host.delete_link(&host_name).await.map_err(plugin)?;
     host.delete_link(&peer_tmp).await.map_err(plugin)?;
     if pod.link_by_name(&env.ifname).await.map_err(plugin)?.is_some() {
         return Err(plugin(anyhow!("interface {} already exists in {}", env.ifname, netns_path.display())));
     }
-    host.add_veth(&host_name, &peer_tmp).await.map_err(plugin)?;
     {
         let host = host.clone();
         let name = host_name.clone();
         rb.push("delete veth", async move { host.delete_link(&name).await });
     }
+    let host_link = plumbing::create_veth(&host, &host_name, &peer_tmp, conf.mtu).await.map_err(plugin)?;
     fault::after("veth").map_err(plugin)?;
-    let host_link = host.require_link(&host_name).await.map_err(plugin)?;
-    let peer_link = host.require_link(&peer_tmp).await.map_err(plugin)?;
-    host.set_mtu(host_link.index, conf.mtu).await.map_err(plugin)?;
-    host.move_to_netns(peer_link.index, ns_file.as_raw_fd()).await.map_err(plugin)?;
+    plumbing::move_peer(&host, &peer_tmp, ns_file.as_raw_fd()).await.map_err(plugin)?;
     fault::after("move").map_err(plugin)?;
 
-    // 3. Inside the pod: name, MTU, address, routes via a link-local
-    //    gateway that is a permanent neighbour (no ARP needed).
-    let pod_link = pod.require_link(&peer_tmp).await.map_err(plugin)?;
-    pod.set_name(pod_link.index, &env.ifname).await.map_err(plugin)?;
-    pod.set_mtu(pod_link.index, conf.mtu).await.map_err(plugin)?;
-    pod.set_up(pod_link.index).await.map_err(plugin)?;
-    if let Some(lo) = pod.link_by_name("lo").await.map_err(plugin)? {
-        pod.set_up(lo.index).await.map_err(plugin)?;
-    }
-    pod.add_address(pod_link.index, ip.into(), 32).await.map_err(plugin)?;
-    pod.add_link_route(pod_link.index, POD_GATEWAY, 32).await.map_err(plugin)?;
-    pod.add_default_route(pod_link.index, POD_GATEWAY).await.map_err(plugin)?;
-    pod.add_permanent_neighbour(pod_link.index, POD_GATEWAY, host_link.mac).await.map_err(plugin)?;
+    // 3. Inside the pod.
+    let pod_link = plumbing::configure_pod_side(&pod, &peer_tmp, &env.ifname, conf.mtu, ip, host_link.mac)
+        .await
+        .map_err(plugin)?;
     fault::after("pod-config").map_err(plugin)?;
 
-    // 4. On the node: the host side up, and a route + neighbour to the pod
-    //    so the node itself (kubelet probes) reaches it.
-    host.set_up(host_link.index).await.map_err(plugin)?;
-    host.add_link_route(host_link.index, ip, 32).await.map_err(plugin)?;
-    host.add_permanent_neighbour(host_link.index, ip, pod_link.mac).await.map_err(plugin)?;
+    // 4. On the node.
+    plumbing::configure_host_side(&host, &host_link, ip, pod_link.mac).await.map_err(plugin)?;
     fault::after("host-config").map_err(plugin)?;
 
     // 5. The endpoint entry, before the program that checks it is attached.
-    let ep = EndpointInfo { host_ifindex: host_link.index, pod_mac: pod_link.mac, host_mac: host_link.mac };
-    endpoints.insert(ip, ep).map_err(plugin)?;
+    plumbing::insert_endpoint(&pins, ip, &host_link, pod_link.mac).map_err(plugin)?;
     {
         let pins = pins.clone();
         rb.push("remove endpoint", async move { Endpoints::open(&pins)?.remove(ip) });
@@ -111,8 +88,8 @@ async fn add_steps(conf: &NetConf, env: &CniEnv, rb: &mut Rollback) -> Result<Va
 
     // 6. `from_pod` on the host side's ingress, pinned to outlive us.
     let link_pin = pins.link(programs::FROM_POD, &host_name);
-    attach_from_pod(&from_pod_pin, &host_name, &link_pin).map_err(plugin)?;
     rb.push("detach from_pod", async move { datapath::unpin_link(&link_pin) });
+    plumbing::attach_from_pod(&pins, &host_name).map_err(plugin)?;
     fault::after("attach").map_err(plugin)?;
 
     Ok(result(conf, env, &host_name, host_link.mac, pod_link.mac, ip))
@@ -130,12 +107,6 @@ fn allocate(conf: &NetConf, env: &CniEnv, rb: &mut Rollback) -> Result<Ipv4Addr,
         Err(e) if e.is::<Exhausted>() => Err(CniError::PoolExhausted(e.to_string())),
         Err(e) => Err(CniError::Ipam(e)),
     }
-}
-
-fn attach_from_pod(prog_pin: &Path, ifname: &str, link_pin: &Path) -> anyhow::Result<()> {
-    let mut prog = SchedClassifier::from_pin(prog_pin).with_context(|| format!("open {}", prog_pin.display()))?;
-    datapath::unpin_link(link_pin)?;
-    datapath::attach_and_pin(&mut prog, ifname, link_pin)
 }
 
 /// Our result, appended to `prevResult`'s when chained after other plugins.

@@ -4,7 +4,7 @@
 //! configuration on stdin, the result (or the spec's error JSON, with a
 //! non-zero exit) on stdout. See the README for the configuration fields and
 //! error codes.
-use std::{io::Read, net::Ipv4Addr, process::ExitCode};
+use std::{io::Read, process::ExitCode};
 
 use serde_json::json;
 
@@ -22,10 +22,6 @@ mod status;
 use config::{NetConf, SUPPORTED_VERSIONS};
 use env::{CniEnv, Command};
 use error::CniError;
-
-/// Pods route everything via this link-local address, a permanent neighbour
-/// pointing at the host-side veth: no pod-CIDR address is spent on a gateway.
-pub const POD_GATEWAY: Ipv4Addr = Ipv4Addr::new(169, 254, 1, 1);
 
 fn main() -> ExitCode {
     let mut stdin = Vec::new();

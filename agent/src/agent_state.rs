@@ -30,6 +30,9 @@ pub struct AgentState {
     /// The last error applying membership, if the last pass failed.
     pub last_error: Option<String>,
     pub kubernetes: Option<crate::kube_nodes::KubeState>,
+    /// The health endpoint's namespace (path) and address.
+    pub health_netns: String,
+    pub health_ip: String,
     pub resync_ms: u64,
 }
 

@@ -127,6 +127,11 @@ pub async fn run(node: NodeConfig, source: Source, bpffs_mount: PathBuf, timing:
     routes::apply::reconcile(&mut routes_map, &membership.routes)?;
     info!(node = %node.node_name, uplink = %node.uplink, %node_ip, mtu = uplink.mtu, pods, "datapath ready");
 
+    let health_netns = crate::health::ensure(&netlink, &pins, &node.health_netns, pod_cidr, uplink.mtu)
+        .await
+        .context("health endpoint")?;
+    crate::health::serve(&health_netns, &node.node_name)?;
+
     if let Some(dir) = &node.cni_bin_dir {
         let dest = install::install_plugin(&install::bundled_plugin()?, dir)?;
         info!(path = %dest.display(), "CNI plugin installed");
@@ -147,6 +152,8 @@ pub async fn run(node: NodeConfig, source: Source, bpffs_mount: PathBuf, timing:
         membership: source.name().to_string(),
         started_unix: agent_state::now_unix(),
         resync_ms: timing.resync.as_millis() as u64,
+        health_netns: health_netns.display().to_string(),
+        health_ip: crate::health::health_ip(pod_cidr).to_string(),
         ..Default::default()
     };
     let mut last_error: Option<String> = None;

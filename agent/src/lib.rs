@@ -11,8 +11,11 @@
 pub mod agent_state;
 pub mod bpffs;
 pub mod cni_conf;
+pub mod connectivity;
 pub mod daemon;
 pub mod datapath;
+pub mod health;
+pub mod icmp;
 pub mod install;
 pub mod ipam;
 pub mod kube_nodes;

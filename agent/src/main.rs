@@ -54,6 +54,19 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Probe every node's health endpoint (and local pods with --pods) from
+    /// this node's, through the datapath; exits non-zero on any failure.
+    ConnectivityTest {
+        #[arg(long, env = "SLUICE_PIN_DIR", default_value = sluice_agent::pins::DEFAULT_ROOT)]
+        pin_dir: PathBuf,
+        #[arg(long, env = "SLUICE_DATA_DIR", default_value = "/var/lib/sluice")]
+        data_dir: PathBuf,
+        /// Also probe every pod on this node (ICMP).
+        #[arg(long)]
+        pods: bool,
+        #[arg(long)]
+        json: bool,
+    },
     /// Install the CNI plugin (shipped beside this binary) into a CNI bin directory.
     InstallCni {
         #[arg(long, env = "SLUICE_CNI_BIN_DIR", default_value = "/opt/cni/bin")]
@@ -120,6 +133,15 @@ async fn dispatch(command: Command) -> Result<ExitCode> {
                 print!("{}", report.render_text());
             }
             Ok(if report.healthy() { ExitCode::SUCCESS } else { ExitCode::FAILURE })
+        }
+        Command::ConnectivityTest { pin_dir, data_dir, pods, json } => {
+            let results = sluice_agent::connectivity::run(&PinDir::new(pin_dir), &data_dir, pods).await?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&results)?);
+            } else {
+                print!("{}", sluice_agent::connectivity::render(&results));
+            }
+            Ok(if results.iter().all(|r| r.ok) { ExitCode::SUCCESS } else { ExitCode::FAILURE })
         }
         Command::InstallCni { bin_dir } => {
             let dest = install::install_plugin(&install::bundled_plugin()?, &bin_dir)?;

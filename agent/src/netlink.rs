@@ -7,7 +7,7 @@ use anyhow::{anyhow, Context, Result};
 use futures::TryStreamExt;
 use netlink_packet_route::{
     address::AddressAttribute,
-    link::{LinkAttribute, LinkMessage},
+    link::{LinkAttribute, LinkFlag, LinkMessage},
     neighbour::NeighbourState,
     route::RouteScope,
     AddressFamily,
@@ -26,6 +26,8 @@ pub struct LinkInfo {
     pub name: String,
     pub mtu: u32,
     pub mac: [u8; 6],
+    /// Administratively up and with carrier.
+    pub up: bool,
 }
 
 /// True if `e` is the kernel answering with `errno`.
@@ -34,7 +36,9 @@ pub fn is_errno(e: &rtnetlink::Error, errno: i32) -> bool {
 }
 
 fn link_info(msg: &LinkMessage) -> LinkInfo {
-    let mut info = LinkInfo { index: msg.header.index, name: String::new(), mtu: 0, mac: [0; 6] };
+    let flags = &msg.header.flags;
+    let up = flags.contains(&LinkFlag::Up) && flags.contains(&LinkFlag::LowerUp);
+    let mut info = LinkInfo { index: msg.header.index, name: String::new(), mtu: 0, mac: [0; 6], up };
     for attr in &msg.attributes {
         match attr {
             LinkAttribute::IfName(n) => info.name = n.clone(),

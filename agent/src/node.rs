@@ -34,6 +34,9 @@ pub struct NodeConfig {
     /// Directory to install the CNI plugin into (as `sluice`) at start.
     #[arg(long, env = "SLUICE_CNI_BIN_DIR")]
     pub cni_bin_dir: Option<PathBuf>,
+    /// Name of the health endpoint's network namespace (under /run/netns).
+    #[arg(long, env = "SLUICE_HEALTH_NETNS", default_value = "sluice-health")]
+    pub health_netns: String,
 }
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
@@ -114,6 +117,7 @@ mod tests {
             data_dir: "/tmp".into(),
             cni_conf_dir: None,
             cni_bin_dir: None,
+            health_netns: "sluice-health".into(),
         }
     }
 

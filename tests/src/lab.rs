@@ -314,6 +314,8 @@ impl Lab {
             "500".into(),
             "--sweep-grace-ms".into(),
             "2000".into(),
+            "--health-netns".into(),
+            Self::health_netns(node),
         ];
         if !(self.state.kubeconfig.is_some() && self.state.pod_cidr_from_node) {
             args.extend(["--pod-cidr".into(), node.pod_cidr.clone()]);
@@ -355,6 +357,29 @@ impl Lab {
             wait_gone(pid, Duration::from_secs(5));
         }
         self.save()
+    }
+
+    /// The name of node's health endpoint namespace (made by its agent).
+    pub fn health_netns(node: &Node) -> String {
+        format!("{}h", node.netns)
+    }
+
+    /// `sluice-agent connectivity-test --json [--pods]` on node `i`:
+    /// (exit success, parsed results).
+    pub fn connectivity_test(&self, i: usize, pods: bool) -> Result<(bool, Value)> {
+        let node = &self.state.nodes[i];
+        let bin = self.state.bin_dir.join("sluice-agent").display().to_string();
+        let pin_dir = node.pin_dir.display().to_string();
+        let data_dir = node.dir.join("data").display().to_string();
+        let mut args =
+            vec![bin.as_str(), "connectivity-test", "--json", "--pin-dir", &pin_dir, "--data-dir", &data_dir];
+        if pods {
+            args.push("--pods");
+        }
+        let out = try_run(&mut ns_cmd(&node.netns, &args))?;
+        let v = serde_json::from_slice(&out.stdout)
+            .with_context(|| format!("connectivity-test output: {}", String::from_utf8_lossy(&out.stderr)))?;
+        Ok((out.status.success(), v))
     }
 
     pub fn conflist_path(node: &Node) -> PathBuf {
@@ -533,6 +558,7 @@ impl Lab {
                 kill(pid);
                 wait_gone(pid, Duration::from_secs(5));
             }
+            let _ = Command::new("ip").args(["netns", "del", &Self::health_netns(node)]).output();
             let _ = Command::new("ip").args(["netns", "del", &node.netns]).output();
         }
         let _ = Command::new("ip").args(["netns", "del", &self.state.lan_netns]).output();

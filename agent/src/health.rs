@@ -32,7 +32,7 @@ pub fn health_ip(pod_cidr: Ipv4Network) -> Ipv4Addr {
 
 /// NSFS_MAGIC: a bind-mounted namespace file.
 fn is_netns_file(path: &Path) -> bool {
-    nix::sys::statfs::statfs(path).map(|s| s.filesystem_type().0 as i64 == 0x6e736673).unwrap_or(false)
+    nix::sys::statfs::statfs(path).map(|s| s.filesystem_type().0 == 0x6e736673).unwrap_or(false)
 }
 
 /// A named network namespace under /run/netns (as `ip netns add` makes).

@@ -534,6 +534,21 @@ impl Lab {
             .with_context(|| format!("status output: {}", String::from_utf8_lossy(&out.stdout)))
     }
 
+    /// Addresses in node `i`'s endpoint map, less its own health endpoint:
+    /// the pods.
+    pub fn pod_endpoints(&self, i: usize) -> Result<Vec<String>> {
+        let s = self.status(i)?;
+        let health = s["agent"]["healthIp"].as_str().unwrap_or_default().to_string();
+        Ok(s["endpoints"]
+            .as_array()
+            .context("endpoints")?
+            .iter()
+            .filter_map(|e| e["ip"].as_str())
+            .filter(|ip| *ip != health)
+            .map(str::to_string)
+            .collect())
+    }
+
     /// Remove everything: listeners, pods (CNI DEL), agents, namespaces, pins.
     pub fn down(&mut self) -> Result<()> {
         let mut problems = Vec::new();

@@ -126,13 +126,14 @@ fn status_text_says_healthy_and_then_names_the_problem_first() {
     let text = String::from_utf8_lossy(&ok.stdout).to_string();
     assert!(ok.status.success(), "{text}");
     assert_eq!(text.lines().next(), Some("sluice: healthy"), "{text}");
+    // One pod plus the node's health endpoint.
     for needle in [
         "programs attached:",
         "from_uplink",
         "from_pod",
         "10.244.2.0/24",
         "node n2",
-        "local endpoints (1 of",
+        "local endpoints (2 of",
         "source_spoofed",
     ] {
         assert!(text.contains(needle), "status lacks {needle:?}:\n{text}");

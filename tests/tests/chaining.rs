@@ -68,7 +68,7 @@ fn hostport_through_portmap_reaches_the_pod_and_the_chain_checks_and_deletes() {
     rt.del(&att, Some(&result)).expect("chained DEL");
     let nat = ns_exec(&n1.netns, &["iptables-save", "-t", "nat"]).unwrap();
     assert!(!nat.contains(&HOST_PORT.to_string()), "portmap rules left after DEL:\n{nat}");
-    assert!(lab.status(0).unwrap()["endpoints"].as_array().unwrap().is_empty());
+    assert!(lab.pod_endpoints(0).unwrap().is_empty());
 }
 
 fn tcp_probe_port(netns: &str, ip: &str, port: u16) -> Option<String> {

@@ -321,9 +321,7 @@ fn gc_releases_every_attachment_not_listed() {
     let out = lab.cni_call(&node, &CniCall::new("GC", "", None, gc)).unwrap();
     assert!(out.success, "{} {}", out.stdout, out.stderr);
     assert_eq!(leases(&node), 1);
-    let endpoints = lab.status(0).unwrap()["endpoints"].clone();
-    assert_eq!(endpoints.as_array().unwrap().len(), 1);
-    assert_eq!(endpoints[0]["ip"], ips[0].as_str());
+    assert_eq!(lab.pod_endpoints(0).unwrap(), vec![ips[0].clone()]);
     assert!(ping(&pods[0].0, &node.ip), "the listed pod is untouched");
     let links = ns_exec(&pods[1].0, &["ip", "-o", "link", "show"]).unwrap();
     assert!(!links.contains("eth0"), "GC removed the unlisted pod's interface: {links}");

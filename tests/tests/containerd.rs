@@ -115,6 +115,6 @@ fn containers_on_one_and_two_nodes_talk_and_release_addresses_when_stopped() {
     }
     assert_eq!(lease_count(&n1), 0, "addresses on n1 released");
     assert_eq!(lease_count(&n2), 0, "addresses on n2 released");
-    assert!(lab.status(0).unwrap()["endpoints"].as_array().unwrap().is_empty());
-    assert!(lab.status(1).unwrap()["endpoints"].as_array().unwrap().is_empty());
+    assert!(lab.pod_endpoints(0).unwrap().is_empty());
+    assert!(lab.pod_endpoints(1).unwrap().is_empty());
 }

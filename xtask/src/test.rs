@@ -34,7 +34,7 @@ pub fn run(extra: &[String]) -> Result<()> {
         "--target-dir",
         "target/fault",
     ]))?;
-    let (passed, failed) = run_tests(cargo().args(["test", "--workspace"]).args(extra))?;
+    let (passed, failed) = run_tests(cargo().args(["test", "--workspace", "--no-fail-fast"]).args(extra))?;
     // One closing line for the whole run, summed over every test binary.
     println!("{passed} passed, {failed} failed");
     if failed > 0 || passed == 0 {

@@ -232,7 +232,7 @@ fn agent_killed_and_restarted_loses_nothing() {
     let endpoints_before = lab.status(0).unwrap()["endpoints"].clone();
     let links = std::fs::read_dir(lab.state.nodes[0].pin_dir.join("v1/links")).unwrap();
     let link_pins: Vec<std::path::PathBuf> = links.map(|e| e.unwrap().path()).collect();
-    assert_eq!(link_pins.len(), 2, "from_uplink and one from_pod: {link_pins:?}");
+    assert_eq!(link_pins.len(), 3, "from_uplink, and from_pod on the pod and the health endpoint: {link_pins:?}");
     let ids_before: Vec<(u64, u64)> = link_pins.iter().map(|p| link_ids(p)).collect();
     // A steady flow across nodes: 3000 pings at 500/s, both agents killed
     // (SIGKILL) and restarted while it runs.

@@ -95,10 +95,24 @@ async fn initial_membership(source: &Source, node: &NodeConfig) -> Result<Member
     }
 }
 
-pub async fn run(node: NodeConfig, source: Source, bpffs_mount: PathBuf, timing: Timing) -> Result<()> {
+pub async fn run(mut node: NodeConfig, source: Source, bpffs_mount: PathBuf, timing: Timing) -> Result<()> {
     node.validate_static().context("invalid node configuration")?;
     let netlink = Netlink::open()?;
-    let uplink = netlink.require_link(&node.uplink).await.context("uplink")?;
+    let uplink = if node.uplink.is_empty() {
+        let found = netlink
+            .default_route_interface()
+            .await?
+            .context("no --uplink given and no IPv4 default route to pick one from")?;
+        info!(uplink = %found.name, "uplink chosen from the default route");
+        node.uplink = found.name.clone();
+        found
+    } else {
+        netlink.require_link(&node.uplink).await.context("uplink")?
+    };
+    let mtu = node.mtu.unwrap_or(uplink.mtu);
+    if mtu > uplink.mtu {
+        bail!("--mtu {mtu} is larger than uplink {}'s MTU {}", node.uplink, uplink.mtu);
+    }
     let (node_ip, prefix) = netlink
         .first_ipv4(uplink.index)
         .await?
@@ -125,11 +139,10 @@ pub async fn run(node: NodeConfig, source: Source, bpffs_mount: PathBuf, timing:
     let pods = datapath.update_pod_links()?;
     let mut routes_map = maps::NodeRoutes::open(&pins)?;
     routes::apply::reconcile(&mut routes_map, &membership.routes)?;
-    info!(node = %node.node_name, uplink = %node.uplink, %node_ip, mtu = uplink.mtu, pods, "datapath ready");
+    info!(node = %node.node_name, uplink = %node.uplink, %node_ip, mtu, pods, "datapath ready");
 
-    let health_netns = crate::health::ensure(&netlink, &pins, &node.health_netns, pod_cidr, uplink.mtu)
-        .await
-        .context("health endpoint")?;
+    let health_netns =
+        crate::health::ensure(&netlink, &pins, &node.health_netns, pod_cidr, mtu).await.context("health endpoint")?;
     crate::health::serve(&health_netns, &node.node_name)?;
 
     if let Some(dir) = &node.cni_bin_dir {
@@ -138,7 +151,7 @@ pub async fn run(node: NodeConfig, source: Source, bpffs_mount: PathBuf, timing:
     }
     sweep(&netlink, &node, pod_cidr, &pins, timing.sweep_grace).await;
     if let Some(dir) = &node.cni_conf_dir {
-        let conf = cni_conf::render(pod_cidr, uplink.mtu, &node.pin_dir, &node.data_dir);
+        let conf = cni_conf::render(pod_cidr, mtu, &node.pin_dir, &node.data_dir);
         let path = cni_conf::write(dir, &conf)?;
         info!(path = %path.display(), "CNI config written");
     }

@@ -110,6 +110,22 @@ impl Netlink {
         Ok(None)
     }
 
+    /// The interface of the IPv4 default route in the main table, if any.
+    pub async fn default_route_interface(&self) -> Result<Option<LinkInfo>> {
+        let mut routes = self.handle.route().get(rtnetlink::IpVersion::V4).execute();
+        while let Some(msg) = routes.try_next().await.context("list routes")? {
+            if msg.header.destination_prefix_length != 0 || msg.header.table != 254 {
+                continue;
+            }
+            for attr in &msg.attributes {
+                if let netlink_packet_route::route::RouteAttribute::Oif(index) = attr {
+                    return self.link_by_index(*index).await;
+                }
+            }
+        }
+        Ok(None)
+    }
+
     /// `ip link add <host> type veth peer name <peer>`.
     pub async fn add_veth(&self, host: &str, peer: &str) -> Result<()> {
         self.handle

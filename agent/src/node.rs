@@ -9,9 +9,13 @@ pub struct NodeConfig {
     /// This node's name (Kubernetes gives it as NODE_NAME).
     #[arg(long, env = "NODE_NAME")]
     pub node_name: String,
-    /// The interface that carries traffic to other nodes.
-    #[arg(long, env = "SLUICE_UPLINK")]
+    /// The interface that carries traffic to other nodes; by default the one
+    /// holding the IPv4 default route.
+    #[arg(long, env = "SLUICE_UPLINK", default_value = "")]
     pub uplink: String,
+    /// Pod MTU; by default the uplink's (no encapsulation, nothing to subtract).
+    #[arg(long, env = "SLUICE_MTU")]
+    pub mtu: Option<u32>,
     /// Pod CIDR of this node. With --kubernetes it may be left out: the
     /// node's own `spec.podCIDR` is used.
     #[arg(long, env = "SLUICE_POD_CIDR")]
@@ -118,6 +122,7 @@ mod tests {
             cni_conf_dir: None,
             cni_bin_dir: None,
             health_netns: "sluice-health".into(),
+            mtu: None,
         }
     }
 

@@ -144,3 +144,40 @@ fn status_text_says_healthy_and_then_names_the_problem_first() {
     assert!(!bad.status.success());
     assert!(text.lines().next().unwrap().starts_with("sluice: UNHEALTHY: agent not running"), "{text}");
 }
+
+#[test]
+fn uplink_defaults_to_the_default_route_and_mtu_can_be_lowered() {
+    require_root();
+    let lab = Lab::up(&LabOptions::new(1, 0, bin("sluice-agent").parent().unwrap().to_path_buf())).unwrap();
+    let node = lab.state.nodes[0].clone();
+    sluice_tests::lab::ns_exec(&node.netns, &["ip", "route", "add", "default", "dev", "eth0"]).unwrap();
+    let pins = sluice_tests::PinDirGuard::new().unwrap();
+    let dir = node.dir.join("second");
+    let health = format!("{}x", Lab::health_netns(&node));
+    let mut agent = Command::new("nsenter")
+        .arg(format!("--net=/run/netns/{}", node.netns))
+        .arg("--")
+        .arg(bin("sluice-agent"))
+        .args(["run", "--node-name", "n1", "--cluster-cidr", CLUSTER_CIDR, "--pod-cidr", "10.244.1.0/24"])
+        .args(["--peers-file", &lab.peers_file().display().to_string(), "--mtu", "1400"])
+        .args(["--pin-dir", &pins.path.display().to_string(), "--health-netns", &health])
+        .args(["--data-dir", &dir.join("data").display().to_string()])
+        .args(["--cni-conf-dir", &dir.join("cni").display().to_string()])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let conflist = dir.join("cni/10-sluice.conflist");
+    let start = Instant::now();
+    while !conflist.exists() && start.elapsed() < Duration::from_secs(20) {
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let _ = Command::new("kill").args(["-TERM", &agent.id().to_string()]).status();
+    let _ = agent.wait();
+    let _ = Command::new("ip").args(["netns", "del", &health]).output();
+    let c: serde_json::Value = serde_json::from_slice(&std::fs::read(&conflist).expect("agent came up")).unwrap();
+    assert_eq!(c["plugins"][0]["mtu"], 1400, "{c}");
+    let state: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(dir.join("data/agent-state.json")).unwrap()).unwrap();
+    assert_eq!(state["uplink"], "eth0", "uplink chosen from the default route: {state}");
+}

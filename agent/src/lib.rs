@@ -10,6 +10,7 @@
 //! the agent can clean up after pods whose plugin call never finished.
 pub mod agent_state;
 pub mod bpffs;
+pub mod cleanup;
 pub mod cni_conf;
 pub mod connectivity;
 pub mod daemon;

@@ -69,6 +69,23 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Uninstall: detach every program, remove pins, the health endpoint,
+    /// pod veths, the conflist, the plugin and IPAM state from this node.
+    Cleanup {
+        #[arg(long, env = "SLUICE_PIN_DIR", default_value = sluice_agent::pins::DEFAULT_ROOT)]
+        pin_dir: PathBuf,
+        #[arg(long, env = "SLUICE_DATA_DIR", default_value = "/var/lib/sluice")]
+        data_dir: PathBuf,
+        #[arg(long, env = "SLUICE_CNI_CONF_DIR")]
+        cni_conf_dir: Option<PathBuf>,
+        #[arg(long, env = "SLUICE_CNI_BIN_DIR")]
+        cni_bin_dir: Option<PathBuf>,
+        #[arg(long, env = "SLUICE_HEALTH_NETNS", default_value = "sluice-health")]
+        health_netns: String,
+        /// After cleaning, stay running (for a cleanup DaemonSet).
+        #[arg(long)]
+        wait: bool,
+    },
     /// Install the CNI plugin (shipped beside this binary) into a CNI bin directory.
     InstallCni {
         #[arg(long, env = "SLUICE_CNI_BIN_DIR", default_value = "/opt/cni/bin")]
@@ -144,6 +161,16 @@ async fn dispatch(command: Command) -> Result<ExitCode> {
                 print!("{}", sluice_agent::connectivity::render(&results));
             }
             Ok(if results.iter().all(|r| r.ok) { ExitCode::SUCCESS } else { ExitCode::FAILURE })
+        }
+        Command::Cleanup { pin_dir, data_dir, cni_conf_dir, cni_bin_dir, health_netns, wait } => {
+            let plan =
+                sluice_agent::cleanup::CleanupPlan { pin_dir, data_dir, cni_conf_dir, cni_bin_dir, health_netns };
+            sluice_agent::cleanup::run(&plan).await?;
+            println!("sluice removed from this node");
+            if wait {
+                std::future::pending::<()>().await;
+            }
+            Ok(ExitCode::SUCCESS)
         }
         Command::InstallCni { bin_dir } => {
             let dest = install::install_plugin(&install::bundled_plugin()?, &bin_dir)?;

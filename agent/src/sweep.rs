@@ -90,14 +90,17 @@ pub async fn run(
     grace: Duration,
 ) -> Result<SweepPlan> {
     let store = LeaseStore::lock(data_dir, pod_cidr)?;
+    // Order matters: ADD creates the veth before the endpoint entry and the
+    // link pin, so reading entries and pins *before* the links means a
+    // missing link is really gone, never "not made yet".
     let leases = store.leases()?;
     let mut endpoints_map = Endpoints::open(pins)?;
     let endpoints = endpoints_map.all()?;
-    let links: BTreeMap<String, u32> = netlink.links().await?.into_iter().map(|l| (l.name, l.index)).collect();
     let pinned_ifnames: Vec<String> = std::fs::read_dir(pins.links_dir())?
         .filter_map(|e| e.ok())
         .filter_map(|e| pins::link_pin_ifname(programs::FROM_POD, &e.file_name().to_string_lossy()).map(str::to_string))
         .collect();
+    let links: BTreeMap<String, u32> = netlink.links().await?.into_iter().map(|l| (l.name, l.index)).collect();
     let plan =
         plan(&Facts { leases: &leases, endpoints: &endpoints, pinned_ifnames: &pinned_ifnames, links: &links, grace });
     for (cid, ifname) in &plan.attachments {

@@ -24,8 +24,12 @@ use env::{CniEnv, Command};
 use error::CniError;
 
 fn main() -> ExitCode {
+    // VERSION needs no configuration: answer without waiting on stdin (a
+    // caller may leave it open).
     let mut stdin = Vec::new();
-    let _ = std::io::stdin().read_to_end(&mut stdin);
+    if std::env::var("CNI_COMMAND").as_deref() != Ok("VERSION") {
+        let _ = std::io::stdin().read_to_end(&mut stdin);
+    }
     // The version to answer errors in: the config's, when it can be read.
     let version = serde_json::from_slice::<serde_json::Value>(&stdin)
         .ok()

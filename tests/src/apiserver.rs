@@ -32,6 +32,8 @@ struct Inner {
     drop_generation: u64,
     lists: u64,
     watches: u64,
+    /// Every request: (verb as RBAC names it, resource path).
+    requests: Vec<(String, String)>,
     gone_sent: u64,
     bookmarks_sent: u64,
 }
@@ -143,6 +145,11 @@ impl ApiServer {
         self.change(|s| s.drop_generation += 1);
     }
 
+    /// Every request so far as (RBAC verb, path): what a ClusterRole must allow.
+    pub fn requests(&self) -> Vec<(String, String)> {
+        self.shared.0.lock().unwrap().requests.clone()
+    }
+
     /// (lists, watches, 410s sent, bookmarks sent) so far.
     pub fn counters(&self) -> (u64, u64, u64, u64) {
         let s = self.shared.0.lock().unwrap();
@@ -211,6 +218,15 @@ fn serve(conn: TcpStream, shared: &Arc<(Mutex<Inner>, Condvar)>, stop: &AtomicBo
         if shared.0.lock().unwrap().drop_generation != generation || stop.load(Ordering::Relaxed) {
             break;
         }
+        let is_watch = req.query.get("watch").map(String::as_str) == Some("true");
+        let verb = if is_watch {
+            "watch"
+        } else if req.path.matches('/').count() > 3 {
+            "get"
+        } else {
+            "list"
+        };
+        shared.0.lock().unwrap().requests.push((verb.to_string(), req.path.clone()));
         if req.path != "/api/v1/nodes" {
             respond_json(
                 &mut conn,

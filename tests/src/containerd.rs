@@ -18,9 +18,10 @@ use anyhow::{bail, Context, Result};
 
 use crate::{lab::Node, run, try_run};
 
-pub const NAMESPACE: &str = "sluice-test";
-
 pub struct Containerd {
+    /// containerd namespace, unique per instance: runc's state directory is
+    /// shared by every containerd on the machine and keyed by namespace.
+    pub namespace: String,
     pub node_netns: String,
     pub dir: PathBuf,
     /// Directory bound over /etc/cni/net.d.
@@ -65,6 +66,7 @@ impl Containerd {
             .spawn()
             .context("start containerd")?;
         let c = Self {
+            namespace: crate::unique("sluice-test-"),
             node_netns: node.netns.clone(),
             cni_conf_dir: node.dir.join("cni"),
             cni_bin_dir: cni_bin_dir.to_path_buf(),
@@ -87,11 +89,12 @@ impl Containerd {
     pub fn ctr(&self, args: &[&str]) -> Command {
         let script = format!(
             "mount -n --bind {conf} /etc/cni/net.d && mount -n --bind {bin} /opt/cni/bin && \
-             mount -n --bind {cache} /var/lib/cni && exec ctr --address {sock} --namespace {NAMESPACE} \"$@\"",
+             mount -n --bind {cache} /var/lib/cni && exec timeout 120 ctr --address {sock} --namespace {ns} \"$@\"",
             conf = self.cni_conf_dir.display(),
             bin = self.cni_bin_dir.display(),
             cache = self.dir.join("cni-cache").display(),
             sock = self.socket().display(),
+            ns = self.namespace,
         );
         let mut c = Command::new("nsenter");
         c.arg(format!("--net=/run/netns/{}", self.node_netns))

@@ -30,7 +30,7 @@ pub const CLUSTER_CIDR: &str = "10.244.0.0/16";
 pub const LAN_PREFIX: &str = "172.30.0";
 pub const ECHO_PORT: u16 = 7777;
 
-#[derive(Clone, Debug)]
+#[derive(Clone)]
 pub struct LabOptions {
     pub nodes: usize,
     pub pods_per_node: usize,
@@ -49,7 +49,17 @@ pub struct LabOptions {
     /// With `kubernetes`: leave `--pod-cidr` out, so agents take it from
     /// their Node (as the DaemonSet does).
     pub pod_cidr_from_node: bool,
+    /// Give every node an IPv4 default route out of its uplink (as real
+    /// nodes have), so agents can pick the uplink themselves.
+    pub default_route: bool,
+    /// Run agents with this command line and environment instead of the
+    /// lab's own (e.g. exactly what the DaemonSet gives them).
+    pub agent_command: Option<AgentCommandFn>,
 }
+
+/// Builds a node's agent command: (argv, extra environment).
+pub type AgentCommandFn =
+    std::sync::Arc<dyn Fn(&LabState, &Node) -> (Vec<String>, Vec<(String, String)>) + Send + Sync>;
 
 impl LabOptions {
     pub fn new(nodes: usize, pods_per_node: usize, bin_dir: PathBuf) -> Self {
@@ -63,6 +73,8 @@ impl LabOptions {
             id,
             kubernetes: false,
             pod_cidr_from_node: false,
+            default_route: false,
+            agent_command: None,
         }
     }
 }
@@ -109,6 +121,7 @@ pub struct Lab {
     pub state: LabState,
     /// The test API server, with `LabOptions::kubernetes`.
     pub api: Option<crate::apiserver::ApiServer>,
+    agent_command: Option<AgentCommandFn>,
     persist: bool,
 }
 
@@ -178,12 +191,16 @@ impl Lab {
                 pod_cidr_from_node: opts.pod_cidr_from_node,
             },
             api: None,
+            agent_command: opts.agent_command.clone(),
             persist: false,
         };
         lab.save()?;
         lab.build_lan()?;
         for i in 1..=opts.nodes {
             lab.add_node(i)?;
+            if opts.default_route {
+                ns_exec(&lab.state.nodes[i - 1].netns, &["ip", "route", "add", "default", "dev", "eth0"])?;
+            }
         }
         lab.write_peers()?;
         if opts.kubernetes {
@@ -232,7 +249,7 @@ impl Lab {
     pub fn load(dir: &Path) -> Result<Self> {
         let bytes = fs::read(Self::state_file(dir))
             .with_context(|| format!("no lab state in {} (is a lab up?)", dir.display()))?;
-        Ok(Lab { state: serde_json::from_slice(&bytes)?, api: None, persist: true })
+        Ok(Lab { state: serde_json::from_slice(&bytes)?, api: None, agent_command: None, persist: true })
     }
 
     fn build_lan(&mut self) -> Result<()> {
@@ -313,7 +330,7 @@ impl Lab {
             "--sweep-interval-ms".into(),
             "500".into(),
             "--sweep-grace-ms".into(),
-            "2000".into(),
+            "4000".into(),
             "--health-netns".into(),
             Self::health_netns(node),
         ];
@@ -331,7 +348,10 @@ impl Lab {
     /// Start (or restart) node `i`'s agent in the background.
     pub fn start_agent(&mut self, i: usize) -> Result<()> {
         let node = self.state.nodes[i].clone();
-        let args = self.agent_args(&node);
+        let (args, extra_env) = match &self.agent_command {
+            Some(f) => f(&self.state, &node),
+            None => (self.agent_args(&node), Vec::new()),
+        };
         let args: Vec<&str> = args.iter().map(String::as_str).collect();
         let log = node.dir.join("agent.log");
         // Append across restarts so the whole history is in one place.
@@ -343,6 +363,7 @@ impl Lab {
             if let Some(kubeconfig) = &self.state.kubeconfig {
                 cmd.env("KUBECONFIG", kubeconfig);
             }
+            cmd.envs(extra_env);
             cmd.stdin(Stdio::null()).stdout(out).stderr(err).process_group(0);
             cmd.spawn().context("start sluice-agent")?.id()
         };
@@ -602,9 +623,12 @@ impl Drop for Lab {
     }
 }
 
-/// One ICMP echo from `netns` to `ip`.
+/// Reachability by ICMP from `netns` to `ip`: up to three echoes, one at a
+/// time, true at the first reply (a busy CI machine may lose one to a timeout).
 pub fn ping(netns: &str, ip: &str) -> bool {
-    try_run(&mut ns_cmd(netns, &["ping", "-c", "1", "-W", "1", ip])).map(|o| o.status.success()).unwrap_or(false)
+    (0..3).any(|_| {
+        try_run(&mut ns_cmd(netns, &["ping", "-c", "1", "-W", "1", ip])).map(|o| o.status.success()).unwrap_or(false)
+    })
 }
 
 /// Connect to the echo listener on `ip` and expect `expect` back.

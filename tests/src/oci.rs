@@ -49,7 +49,7 @@ pub fn build_archive(rootfs: &Path, name: &str, cmd: &[&str], work: &Path) -> Re
     let config = json!({
         "architecture": "amd64",
         "os": "linux",
-        "config": {"Cmd": cmd, "Env": ["PATH=/bin"]},
+        "config": {"Cmd": cmd, "Env": ["PATH=/usr/bin:/bin"]},
         "rootfs": {"type": "layers", "diff_ids": [layer_digest]},
     });
     let (config_digest, config_size) = put_json_blob(&blobs, work, &config)?;
@@ -89,4 +89,54 @@ pub fn busybox_rootfs(dir: &Path) -> Result<()> {
         std::os::unix::fs::symlink("busybox", bin.join(applet))?;
     }
     Ok(())
+}
+
+/// The name `cargo xtask image` gives sluice's image, and the DaemonSet uses.
+pub const SLUICE_IMAGE: &str = "localhost/sluice:0.1.0";
+
+/// Shared libraries `binary` loads, as absolute paths (from `ldd`).
+fn shared_libs(binary: &Path) -> Result<Vec<PathBuf>> {
+    let out = run(Command::new("ldd").arg(binary))?;
+    Ok(out
+        .lines()
+        .filter_map(|l| {
+            let l = l.trim();
+            let path = match l.split_once("=>") {
+                Some((_, rest)) => rest.trim().split_whitespace().next()?,
+                None => l.split_whitespace().next()?,
+            };
+            path.starts_with('/').then(|| PathBuf::from(path))
+        })
+        .collect())
+}
+
+/// A root filesystem with sluice's two binaries in /usr/bin and exactly the
+/// shared libraries they load (copied from this Debian 12 host, at the same
+/// paths): no shell, no package manager, nothing else to patch.
+pub fn sluice_rootfs(bin_dir: &Path, dir: &Path) -> Result<()> {
+    let usr_bin = dir.join("usr/bin");
+    fs::create_dir_all(&usr_bin)?;
+    for d in ["etc", "proc", "sys", "dev", "tmp", "run", "var/lib"] {
+        fs::create_dir_all(dir.join(d))?;
+    }
+    for name in ["sluice-agent", "sluice-cni"] {
+        let src = bin_dir.join(name);
+        fs::copy(&src, usr_bin.join(name)).with_context(|| format!("copy {}", src.display()))?;
+        for lib in shared_libs(&src)? {
+            let dest = dir.join(lib.strip_prefix("/").expect("absolute"));
+            fs::create_dir_all(dest.parent().expect("has parent"))?;
+            // Follow symlinks: copy the real file under the linked name.
+            fs::copy(&lib, &dest).with_context(|| format!("copy {}", lib.display()))?;
+        }
+    }
+    Ok(())
+}
+
+/// sluice's image as an OCI archive at `<work>/image.tar`.
+pub fn build_sluice_image(bin_dir: &Path, work: &Path) -> Result<PathBuf> {
+    let _ = fs::remove_dir_all(work);
+    fs::create_dir_all(work)?;
+    let rootfs = work.join("rootfs");
+    sluice_rootfs(bin_dir, &rootfs)?;
+    build_archive(&rootfs, SLUICE_IMAGE, &["sluice-agent", "--help"], work)
 }

@@ -151,9 +151,9 @@ fn agent_sweeps_pods_whose_namespace_is_gone_and_crashed_adds() {
     assert_eq!(lab.cni_call(&node, &call).unwrap().exit_code, None);
     assert_eq!(leases(&node), 2);
     drop(gone);
-    // Grace 2 s, sweep every 0.5 s (the lab's agent settings).
+    // Grace 4 s, sweep every 0.5 s (the lab's agent settings).
     let mut after = String::new();
-    for _ in 0..40 {
+    for _ in 0..60 {
         sleep(Duration::from_millis(250));
         after = snapshot(&lab, &node, None);
         if after == before {

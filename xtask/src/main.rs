@@ -10,6 +10,7 @@ use anyhow::Result;
 use clap::{Parser, Subcommand};
 
 mod build_ebpf;
+mod image;
 mod lab;
 mod setup;
 mod shell;
@@ -39,6 +40,8 @@ enum Command {
         #[arg(trailing_var_arg = true)]
         args: Vec<String>,
     },
+    /// Build sluice's container image as an OCI archive (target/image/image.tar).
+    Image,
     /// A local multi-node lab built from network namespaces.
     Lab {
         #[command(subcommand)]
@@ -57,5 +60,6 @@ fn main() -> Result<()> {
         Command::BuildEbpf { release: _ } => build_ebpf::run().map(|_| ()),
         Command::Test { args } => test::run(&args),
         Command::Lab { command } => lab::run(command),
+        Command::Image => image::run(),
     }
 }

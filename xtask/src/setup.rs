@@ -37,6 +37,7 @@ pub fn run() -> Result<()> {
     require_root("cargo xtask setup")?;
     install_debian_packages()?;
     install_bpf_linker()?;
+    install_python_tools()?;
     eprintln!("setup: done");
     Ok(())
 }
@@ -86,4 +87,25 @@ fn install_bpf_linker() -> Result<()> {
             .args(["--no-default-features", "--features", "llvm-22"]),
     )
     .context("install bpf-linker")
+}
+
+/// PyPI tools the tests use, in a virtualenv under target/ (pinned).
+pub const KUBERNETES_VALIDATE: &str = "kubernetes-validate==1.33.0";
+
+pub fn venv_dir() -> std::path::PathBuf {
+    crate::repo_root().join("target/tools/venv")
+}
+
+fn install_python_tools() -> Result<()> {
+    let venv = venv_dir();
+    let marker = venv.join(format!(".installed-{KUBERNETES_VALIDATE}"));
+    if marker.exists() {
+        eprintln!("setup: {KUBERNETES_VALIDATE} present, skipping");
+        return Ok(());
+    }
+    eprintln!("setup: installing {KUBERNETES_VALIDATE} into {}", venv.display());
+    shell::run(Command::new("python3").args(["-m", "venv"]).arg(&venv))?;
+    shell::run(Command::new(venv.join("bin/pip")).args(["install", "--quiet", KUBERNETES_VALIDATE]))?;
+    std::fs::write(&marker, b"")?;
+    Ok(())
 }

@@ -1,0 +1,287 @@
+//! The deployment, checked offline (no cluster runs here): manifests against
+//! the Kubernetes OpenAPI schemas (kubernetes-validate, pinned), manifests
+//! against the code (image name, paths, RBAC), the agent run with exactly the
+//! DaemonSet's command and environment in the lab, the image under a real
+//! runtime, and uninstall cleanup.
+use std::{path::PathBuf, process::Command, sync::Arc};
+
+use serde_json::Value;
+use sluice_tests::{
+    bin,
+    containerd::Containerd,
+    lab::{ns_exec, Lab, LabOptions, LabState, Node},
+    oci, require_root, run, try_run, unique,
+};
+
+fn repo() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..")
+}
+
+fn venv_bin(name: &str) -> PathBuf {
+    let p = repo().join("target/tools/venv/bin").join(name);
+    assert!(p.exists(), "{} missing: run `cargo xtask setup` (installs kubernetes-validate)", p.display());
+    p
+}
+
+/// Every document of a manifest file, as JSON (PyYAML from the same venv).
+fn docs(file: &str) -> Vec<Value> {
+    let out = run(Command::new(venv_bin("python")).args([
+        "-c",
+        "import sys, yaml, json; print(json.dumps([d for d in yaml.safe_load_all(open(sys.argv[1])) if d]))",
+        &repo().join("deploy").join(file).display().to_string(),
+    ]))
+    .unwrap();
+    serde_json::from_str(&out).unwrap()
+}
+
+fn find<'a>(docs: &'a [Value], kind: &str) -> &'a Value {
+    docs.iter().find(|d| d["kind"] == kind).unwrap_or_else(|| panic!("no {kind}"))
+}
+
+#[test]
+fn manifests_validate_against_the_kubernetes_schemas() {
+    let validate = |files: &[PathBuf]| {
+        let mut c = Command::new(venv_bin("kubernetes-validate"));
+        c.args(["--strict", "-k", "1.33.0"]).args(files);
+        try_run(&mut c).unwrap()
+    };
+    let files = [repo().join("deploy/sluice.yaml"), repo().join("deploy/cleanup.yaml")];
+    let out = validate(&files);
+    assert!(out.status.success(), "{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    // The validator can fail: a misspelt field must be rejected.
+    let broken = std::env::temp_dir().join(format!("{}.yaml", unique("sluice-broken-")));
+    let text = std::fs::read_to_string(&files[0]).unwrap().replace("hostNetwork: true", "hostNetwerk: true");
+    std::fs::write(&broken, text).unwrap();
+    let bad = validate(std::slice::from_ref(&broken));
+    let _ = std::fs::remove_file(&broken);
+    assert!(!bad.status.success(), "a misspelt field passed validation");
+}
+
+#[test]
+fn manifests_agree_with_the_code() {
+    let d = docs("sluice.yaml");
+    let ds = find(&d, "DaemonSet");
+    let spec = &ds["spec"]["template"]["spec"];
+    let containers: Vec<&Value> =
+        spec["containers"].as_array().unwrap().iter().chain(spec["initContainers"].as_array().unwrap()).collect();
+    for c in &containers {
+        assert_eq!(c["image"], oci::SLUICE_IMAGE, "image of {} is what `cargo xtask image` builds", c["name"]);
+    }
+    assert_eq!(
+        find(&docs("cleanup.yaml"), "DaemonSet")["spec"]["template"]["spec"]["containers"][0]["image"],
+        oci::SLUICE_IMAGE
+    );
+    let volumes = spec["volumes"].as_array().unwrap();
+    let host_path = |name: &str| -> String {
+        volumes.iter().find(|v| v["name"] == name).unwrap()["hostPath"]["path"].as_str().unwrap().to_string()
+    };
+    let agent = spec["containers"].as_array().unwrap().iter().find(|c| c["name"] == "agent").unwrap();
+    let mounts = agent["volumeMounts"].as_array().unwrap();
+    let mount_of = |path: &str| mounts.iter().find(|m| path.starts_with(m["mountPath"].as_str().unwrap())).cloned();
+    let env = |name: &str| {
+        agent["env"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|e| e["name"] == name)
+            .map(|e| e["value"].as_str().unwrap_or("").to_string())
+    };
+    // Paths the binaries use are mounted, and the ones the host-side CNI
+    // plugin reads (pins, IPAM state) are at the same path on the host.
+    for var in ["SLUICE_PIN_DIR", "SLUICE_DATA_DIR", "SLUICE_CNI_CONF_DIR"] {
+        let path = env(var).unwrap_or_else(|| panic!("{var} not set"));
+        let m = mount_of(&path).unwrap_or_else(|| panic!("{var}={path} is not on a mounted volume"));
+        if var != "SLUICE_CNI_CONF_DIR" {
+            assert_eq!(
+                m["mountPath"].as_str().unwrap(),
+                host_path(m["name"].as_str().unwrap()),
+                "{var}: same path in and out"
+            );
+        }
+    }
+    assert_eq!(host_path("cni-conf"), "/etc/cni/net.d");
+    assert_eq!(host_path("cni-bin"), "/opt/cni/bin");
+    for (path, name) in [("/sys/fs/bpf", "bpffs"), ("/run/netns", "netns")] {
+        let m = mount_of(path).unwrap();
+        assert_eq!(m["name"], name);
+        assert_eq!(m["mountPropagation"], "Bidirectional", "{path}: pins and namespaces must reach the host");
+    }
+    // The init container installs where the runtime looks.
+    let init = &spec["initContainers"][0];
+    let cmd: Vec<&str> = init["command"].as_array().unwrap().iter().map(|v| v.as_str().unwrap()).collect();
+    assert_eq!(&cmd[..2], ["sluice-agent", "install-cni"]);
+    let bin_dir = cmd[cmd.iter().position(|a| *a == "--bin-dir").unwrap() + 1];
+    let im = init["volumeMounts"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|m| bin_dir.starts_with(m["mountPath"].as_str().unwrap()))
+        .unwrap();
+    assert_eq!(host_path(im["name"].as_str().unwrap()), "/opt/cni/bin");
+    // RBAC: nodes get/list/watch, nothing else.
+    let role = find(&d, "ClusterRole");
+    assert_eq!(role["rules"].as_array().unwrap().len(), 1);
+    assert_eq!(role["rules"][0]["resources"], serde_json::json!(["nodes"]));
+    assert_eq!(role["rules"][0]["verbs"], serde_json::json!(["get", "list", "watch"]));
+    assert_eq!(
+        find(&d, "ClusterRoleBinding")["subjects"][0]["name"],
+        ds["spec"]["template"]["spec"]["serviceAccountName"]
+    );
+    // Probes and scheduling the issue asks for.
+    assert_eq!(agent["readinessProbe"]["exec"]["command"], serde_json::json!(["sluice-agent", "status"]));
+    assert_eq!(spec["hostNetwork"], true);
+    assert_eq!(spec["tolerations"][0]["operator"], "Exists");
+    assert_eq!(ds["spec"]["updateStrategy"]["rollingUpdate"]["maxUnavailable"], 1);
+}
+
+/// The agent's argv and environment exactly as the DaemonSet gives them,
+/// with host paths mapped to the lab node's own directories (each lab node
+/// shares this machine's filesystem) and KUBECONFIG standing in for the
+/// in-cluster service account.
+fn daemonset_command(state: &LabState, node: &Node) -> (Vec<String>, Vec<(String, String)>) {
+    let d = docs("sluice.yaml");
+    let config = &find(&d, "ConfigMap")["data"];
+    let agent = find(&d, "DaemonSet")["spec"]["template"]["spec"]["containers"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|c| c["name"] == "agent")
+        .unwrap()
+        .clone();
+    let map_path = |p: &str| -> String {
+        match p {
+            "/sys/fs/bpf/sluice" => node.pin_dir.display().to_string(),
+            "/var/lib/sluice" => node.dir.join("data").display().to_string(),
+            "/host/etc/cni/net.d" => node.dir.join("cni").display().to_string(),
+            "sluice-health" => Lab::health_netns(node),
+            other => other.to_string(),
+        }
+    };
+    let mut argv: Vec<String> =
+        agent["command"].as_array().unwrap().iter().map(|v| v.as_str().unwrap().to_string()).collect();
+    argv[0] = bin("sluice-agent").display().to_string();
+    let mut env = Vec::new();
+    for e in agent["env"].as_array().unwrap() {
+        let name = e["name"].as_str().unwrap().to_string();
+        let value = if let Some(v) = e["value"].as_str() {
+            Some(map_path(v))
+        } else if e["valueFrom"]["fieldRef"]["fieldPath"] == "spec.nodeName" {
+            Some(node.name.clone())
+        } else if let Some(key) = e["valueFrom"]["configMapKeyRef"]["key"].as_str() {
+            match config[key].as_str() {
+                Some(v) => Some(v.to_string()),
+                None if e["valueFrom"]["configMapKeyRef"]["optional"] == true => None,
+                None => panic!("ConfigMap lacks {key}"),
+            }
+        } else {
+            panic!("unhandled env {e}")
+        };
+        if let Some(v) = value {
+            env.push((name, v));
+        }
+    }
+    let _ = state;
+    (argv, env)
+}
+
+#[test]
+fn agent_with_the_daemonsets_command_networks_pods_using_only_calls_rbac_allows() {
+    require_root();
+    let mut opts = LabOptions::new(3, 1, bin("sluice-agent").parent().unwrap().to_path_buf());
+    opts.kubernetes = true;
+    opts.default_route = true;
+    opts.agent_command = Some(Arc::new(daemonset_command));
+    let lab = Lab::up(&opts).unwrap();
+    let m = lab.matrix();
+    assert!(m.all_ok(), "{}", m.render());
+    let s = lab.status(0).unwrap();
+    assert_eq!(s["healthy"], true, "{s}");
+    assert_eq!(s["agent"]["uplink"], "eth0", "uplink chosen from the default route");
+    assert_eq!(s["agent"]["membership"], "kubernetes");
+    // Every API call the agents made is allowed by the ClusterRole.
+    let d = docs("sluice.yaml");
+    let rules = find(&d, "ClusterRole")["rules"].as_array().unwrap().clone();
+    let requests = lab.api.as_ref().unwrap().requests();
+    assert!(!requests.is_empty());
+    for (verb, path) in requests {
+        let resource = path.trim_start_matches("/api/v1/").split('/').next().unwrap().to_string();
+        let allowed = rules.iter().any(|r| {
+            r["resources"].as_array().unwrap().iter().any(|x| x == resource.as_str())
+                && r["verbs"].as_array().unwrap().iter().any(|x| x == verb.as_str())
+        });
+        assert!(allowed, "agent made {verb} {path}, which the ClusterRole does not allow");
+    }
+}
+
+#[test]
+fn image_runs_the_agent_and_the_plugin_under_a_real_runtime() {
+    require_root();
+    let lab = Lab::up(&LabOptions::new(1, 0, bin("sluice-agent").parent().unwrap().to_path_buf())).unwrap();
+    let work = lab.state.dir.join("sluice-image");
+    let archive = oci::build_sluice_image(bin("sluice-agent").parent().unwrap(), &work).unwrap();
+    let cni_bin =
+        sluice_tests::runtime::cni_bin_dir(&lab.state.dir.join("cni-bin"), &bin("sluice-cni"), &["loopback"]).unwrap();
+    let c = Containerd::start(&lab.state.nodes[0], &cni_bin).unwrap();
+    c.import(&archive).unwrap();
+    let fifo = c.dir.join("fifo").display().to_string();
+    let out =
+        run(&mut c.ctr(&["run", "--rm", "--fifo-dir", &fifo, oci::SLUICE_IMAGE, "v1", "sluice-agent", "--version"]))
+            .unwrap();
+    assert!(out.contains("sluice-agent 0.1.0"), "{out}");
+    let out = run(&mut c.ctr(&[
+        "run",
+        "--rm",
+        "--fifo-dir",
+        &fifo,
+        "--env",
+        "CNI_COMMAND=VERSION",
+        oci::SLUICE_IMAGE,
+        "v2",
+        "sluice-cni",
+    ]))
+    .unwrap();
+    let v: Value = serde_json::from_str(out.trim()).unwrap_or_else(|e| panic!("{e}: {out}"));
+    assert!(v["supportedVersions"].as_array().unwrap().iter().any(|x| x == "1.1.0"), "{v}");
+}
+
+#[test]
+fn cleanup_leaves_the_node_clean() {
+    require_root();
+    let mut lab = Lab::up(&LabOptions::new(1, 2, bin("sluice-agent").parent().unwrap().to_path_buf())).unwrap();
+    let node = lab.state.nodes[0].clone();
+    let cni_bin = lab.state.dir.join("cni-bin-installed");
+    let out = run(Command::new(bin("sluice-agent")).args(["install-cni", "--bin-dir", &cni_bin.display().to_string()]))
+        .unwrap();
+    assert!(out.contains("installed"));
+    lab.kill_agent(0).unwrap();
+    let out = ns_exec(
+        &node.netns,
+        &[
+            &bin("sluice-agent").display().to_string(),
+            "cleanup",
+            "--pin-dir",
+            &node.pin_dir.display().to_string(),
+            "--data-dir",
+            &node.dir.join("data").display().to_string(),
+            "--cni-conf-dir",
+            &node.dir.join("cni").display().to_string(),
+            "--cni-bin-dir",
+            &cni_bin.display().to_string(),
+            "--health-netns",
+            &Lab::health_netns(&node),
+        ],
+    )
+    .unwrap();
+    assert!(out.contains("removed"), "{out}");
+    assert!(!node.pin_dir.exists(), "pins left");
+    assert!(!Lab::conflist_path(&node).exists(), "conflist left");
+    assert!(!cni_bin.join("sluice").exists(), "plugin left");
+    assert!(!node.dir.join("data/ipam").exists(), "IPAM state left");
+    let links = ns_exec(&node.netns, &["ip", "-o", "link", "show"]).unwrap();
+    assert!(!links.contains("slc") && !links.contains("slhealth"), "interfaces left:\n{links}");
+    let netns = run(Command::new("ip").args(["netns", "list"])).unwrap();
+    assert!(!netns.contains(&Lab::health_netns(&node)), "health namespace left");
+    // Pods lost their network: nothing of sluice is left to carry it.
+    let p = &node.pods[0];
+    assert!(!sluice_tests::lab::ping(&p.netns, &node.ip));
+}

@@ -55,6 +55,9 @@ pub struct LabOptions {
     /// Run agents with this command line and environment instead of the
     /// lab's own (e.g. exactly what the DaemonSet gives them).
     pub agent_command: Option<AgentCommandFn>,
+    /// false: LAN and nodes only, no agents and no pods (a baseline for
+    /// another pod network to be built on, as the benchmarks do).
+    pub sluice: bool,
 }
 
 /// Builds a node's agent command: (argv, extra environment).
@@ -75,6 +78,7 @@ impl LabOptions {
             pod_cidr_from_node: false,
             default_route: false,
             agent_command: None,
+            sluice: true,
         }
     }
 }
@@ -203,6 +207,9 @@ impl Lab {
             }
         }
         lab.write_peers()?;
+        if !opts.sluice {
+            return Ok(lab);
+        }
         if opts.kubernetes {
             let ip = LAN_API_ADDR.split(':').next().unwrap_or_default();
             ns_exec(&lab.state.lan_netns, &["ip", "addr", "add", &format!("{ip}/24"), "dev", "br0"])?;

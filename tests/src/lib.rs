@@ -13,6 +13,7 @@ use std::{
 use anyhow::{bail, Context, Result};
 
 pub mod apiserver;
+pub mod bench;
 pub mod containerd;
 pub mod lab;
 pub mod oci;

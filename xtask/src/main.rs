@@ -9,6 +9,7 @@ use std::path::{Path, PathBuf};
 use anyhow::Result;
 use clap::{Parser, Subcommand};
 
+mod bench;
 mod build_ebpf;
 mod image;
 mod lab;
@@ -40,6 +41,12 @@ enum Command {
         #[arg(trailing_var_arg = true)]
         args: Vec<String>,
     },
+    /// Benchmarks: sluice against node-to-node, a veth pair and bridge +
+    /// host routes, plus CNI and control-plane figures.
+    Bench {
+        #[command(flatten)]
+        args: bench::BenchArgs,
+    },
     /// Build sluice's container image as an OCI archive (target/image/image.tar).
     Image,
     /// A local multi-node lab built from network namespaces.
@@ -61,5 +68,6 @@ fn main() -> Result<()> {
         Command::Test { args } => test::run(&args),
         Command::Lab { command } => lab::run(command),
         Command::Image => image::run(),
+        Command::Bench { args } => bench::run(&args),
     }
 }

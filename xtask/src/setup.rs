@@ -28,6 +28,8 @@ pub const DEBIAN_PACKAGES: &[&str] = &[
     "containerd",
     "runc",
     "busybox-static",
+    // benchmarks
+    "iperf3",
 ];
 
 pub const BPF_LINKER_VERSION: &str = "0.13.0";
@@ -91,6 +93,8 @@ fn install_bpf_linker() -> Result<()> {
 
 /// PyPI tools the tests use, in a virtualenv under target/ (pinned).
 pub const KUBERNETES_VALIDATE: &str = "kubernetes-validate==1.33.0";
+/// Draws the benchmark chart.
+pub const MATPLOTLIB: &str = "matplotlib==3.9.2";
 
 pub fn venv_dir() -> std::path::PathBuf {
     crate::repo_root().join("target/tools/venv")
@@ -98,14 +102,14 @@ pub fn venv_dir() -> std::path::PathBuf {
 
 fn install_python_tools() -> Result<()> {
     let venv = venv_dir();
-    let marker = venv.join(format!(".installed-{KUBERNETES_VALIDATE}"));
+    let marker = venv.join(format!(".installed-{KUBERNETES_VALIDATE}-{MATPLOTLIB}"));
     if marker.exists() {
-        eprintln!("setup: {KUBERNETES_VALIDATE} present, skipping");
+        eprintln!("setup: {KUBERNETES_VALIDATE} and {MATPLOTLIB} present, skipping");
         return Ok(());
     }
-    eprintln!("setup: installing {KUBERNETES_VALIDATE} into {}", venv.display());
+    eprintln!("setup: installing {KUBERNETES_VALIDATE} and {MATPLOTLIB} into {}", venv.display());
     shell::run(Command::new("python3").args(["-m", "venv"]).arg(&venv))?;
-    shell::run(Command::new(venv.join("bin/pip")).args(["install", "--quiet", KUBERNETES_VALIDATE]))?;
+    shell::run(Command::new(venv.join("bin/pip")).args(["install", "--quiet", KUBERNETES_VALIDATE, MATPLOTLIB]))?;
     std::fs::write(&marker, b"")?;
     Ok(())
 }

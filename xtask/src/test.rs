@@ -35,7 +35,15 @@ pub fn run(extra: &[String]) -> Result<()> {
         "target/fault",
     ]))?;
     let (passed, failed) = run_tests(cargo().args(["test", "--workspace", "--no-fail-fast"]).args(extra))?;
-    // One closing line for the whole run, summed over every test binary.
+    // The benchmark, short, so it cannot rot: it must run to the end.
+    let bench_ok = shell::run(cargo().args(["xtask", "bench", "--smoke"])).is_ok();
+    if !bench_ok {
+        eprintln!("bench --smoke failed");
+    }
+    let failed = failed + u64::from(!bench_ok);
+    let passed = passed + u64::from(bench_ok);
+    // One closing line for the whole run, summed over every test binary
+    // (and the benchmark smoke run, counted as one test).
     println!("{passed} passed, {failed} failed");
     if failed > 0 || passed == 0 {
         bail!("tests failed ({failed}) or none ran ({passed} passed)");

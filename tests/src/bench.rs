@@ -1,0 +1,314 @@
+//! Measuring a network path between two network namespaces, the way
+//! ../shared/BENCHMARKING.md found stable on these VMs: client and server
+//! threads pinned to one CPU, every CPU kept awake by a SCHED_IDLE spinner,
+//! cubic congestion control for throughput.
+//!
+//! TCP request/response (RR) and connect/request/response/close (CRR) are
+//! measured in-process: a server thread and a client thread, each entered
+//! into its namespace, exchanging one byte. Throughput and its CPU cost come
+//! from iperf3 (Debian).
+use std::{
+    io::{Read, Write},
+    net::{Ipv4Addr, SocketAddr, TcpListener, TcpStream},
+    path::Path,
+    process::Command,
+    sync::{
+        atomic::{AtomicBool, Ordering},
+        Arc,
+    },
+    thread,
+    time::{Duration, Instant},
+};
+
+use anyhow::{bail, Context, Result};
+use serde::Serialize;
+
+use crate::run;
+
+/// Pin the calling thread to one CPU.
+pub fn pin_to_cpu(cpu: usize) {
+    // SAFETY: a zeroed cpu_set_t with one bit set, for this thread.
+    unsafe {
+        let mut set: libc::cpu_set_t = std::mem::zeroed();
+        libc::CPU_SET(cpu, &mut set);
+        libc::sched_setaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &set);
+    }
+}
+
+/// One SCHED_IDLE busy loop per CPU while alive: idle vCPUs here wake up
+/// slowly and make request/response figures several times worse and noisy.
+pub struct Spinners {
+    stop: Arc<AtomicBool>,
+    threads: Vec<thread::JoinHandle<()>>,
+}
+
+impl Spinners {
+    pub fn start() -> Self {
+        let stop = Arc::new(AtomicBool::new(false));
+        let cpus = thread::available_parallelism().map(|n| n.get()).unwrap_or(1);
+        let threads = (0..cpus)
+            .map(|cpu| {
+                let stop = stop.clone();
+                thread::spawn(move || {
+                    pin_to_cpu(cpu);
+                    // SAFETY: lowers only this thread's scheduling class.
+                    unsafe {
+                        let param = libc::sched_param { sched_priority: 0 };
+                        libc::sched_setscheduler(0, libc::SCHED_IDLE, &param);
+                    }
+                    while !stop.load(Ordering::Relaxed) {
+                        std::hint::spin_loop();
+                    }
+                })
+            })
+            .collect();
+        Self { stop, threads }
+    }
+}
+
+impl Drop for Spinners {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+        for t in self.threads.drain(..) {
+            let _ = t.join();
+        }
+    }
+}
+
+#[derive(Clone, Debug, Default, Serialize)]
+pub struct Latency {
+    pub per_sec: f64,
+    pub p50_us: f64,
+    pub p99_us: f64,
+    pub samples: usize,
+}
+
+fn summarize(mut samples: Vec<Duration>, elapsed: Duration) -> Latency {
+    samples.sort();
+    let pick = |q: f64| {
+        if samples.is_empty() {
+            return 0.0;
+        }
+        let i = ((samples.len() as f64 - 1.0) * q).round() as usize;
+        samples[i].as_secs_f64() * 1e6
+    };
+    Latency {
+        per_sec: samples.len() as f64 / elapsed.as_secs_f64(),
+        p50_us: pick(0.5),
+        p99_us: pick(0.99),
+        samples: samples.len(),
+    }
+}
+
+fn enter(ns: &str) -> Result<()> {
+    let f = std::fs::File::open(Path::new("/run/netns").join(ns)).with_context(|| format!("open netns {ns}"))?;
+    nix::sched::setns(std::os::fd::AsFd::as_fd(&f), nix::sched::CloneFlags::CLONE_NEWNET).context("setns")?;
+    Ok(())
+}
+
+/// A listener in `ns` on `ip` (ephemeral port), served by `serve` per connection.
+fn server(ns: &str, ip: Ipv4Addr, serve: fn(TcpStream)) -> Result<(SocketAddr, Arc<AtomicBool>)> {
+    let ns = ns.to_string();
+    let (tx, rx) = std::sync::mpsc::channel();
+    let stop = Arc::new(AtomicBool::new(false));
+    let stop2 = stop.clone();
+    thread::spawn(move || {
+        let setup = (|| -> Result<TcpListener> {
+            enter(&ns)?;
+            pin_to_cpu(0);
+            Ok(TcpListener::bind((ip, 0))?)
+        })();
+        let listener = match setup {
+            Ok(l) => l,
+            Err(e) => {
+                let _ = tx.send(Err(e));
+                return;
+            }
+        };
+        let _ = tx.send(Ok(listener.local_addr().expect("bound")));
+        listener.set_nonblocking(true).expect("nonblocking");
+        while !stop2.load(Ordering::Relaxed) {
+            match listener.accept() {
+                Ok((conn, _)) => {
+                    conn.set_nonblocking(false).expect("blocking");
+                    serve(conn)
+                }
+                Err(_) => thread::sleep(Duration::from_micros(50)),
+            }
+        }
+    });
+    let addr = rx.recv().context("server thread")??;
+    Ok((addr, stop))
+}
+
+fn echo_forever(mut conn: TcpStream) {
+    let _ = conn.set_nodelay(true);
+    let mut b = [0u8; 1];
+    while matches!(conn.read(&mut b), Ok(1)) {
+        if conn.write_all(&b).is_err() {
+            break;
+        }
+    }
+}
+
+fn echo_once(mut conn: TcpStream) {
+    let _ = conn.set_nodelay(true);
+    let mut b = [0u8; 1];
+    if matches!(conn.read(&mut b), Ok(1)) {
+        let _ = conn.write_all(&b);
+    }
+}
+
+/// Run `client` on a thread in `ns`, pinned to CPU 0 (with the server).
+fn client<T: Send + 'static>(ns: &str, f: impl FnOnce() -> Result<T> + Send + 'static) -> Result<T> {
+    let ns = ns.to_string();
+    thread::spawn(move || {
+        enter(&ns)?;
+        pin_to_cpu(0);
+        f()
+    })
+    .join()
+    .map_err(|_| anyhow::anyhow!("client thread panicked"))?
+}
+
+/// TCP request/response of one byte over one connection, for `duration`.
+pub fn tcp_rr(server_ns: &str, client_ns: &str, server_ip: Ipv4Addr, duration: Duration) -> Result<Latency> {
+    let (addr, stop) = server(server_ns, server_ip, echo_forever)?;
+    let r = client(client_ns, move || {
+        let mut s = TcpStream::connect_timeout(&addr, Duration::from_secs(2))?;
+        s.set_nodelay(true)?;
+        let mut samples = Vec::with_capacity(200_000);
+        let start = Instant::now();
+        let mut b = [1u8; 1];
+        while start.elapsed() < duration {
+            let t = Instant::now();
+            s.write_all(&b)?;
+            s.read_exact(&mut b)?;
+            samples.push(t.elapsed());
+        }
+        Ok(summarize(samples, start.elapsed()))
+    });
+    stop.store(true, Ordering::Relaxed);
+    r
+}
+
+/// TCP connect + one-byte request/response + close, repeated for `duration`.
+pub fn tcp_crr(server_ns: &str, client_ns: &str, server_ip: Ipv4Addr, duration: Duration) -> Result<Latency> {
+    let (addr, stop) = server(server_ns, server_ip, echo_once)?;
+    let r = client(client_ns, move || {
+        let mut samples = Vec::with_capacity(50_000);
+        let start = Instant::now();
+        let mut b = [1u8; 1];
+        while start.elapsed() < duration {
+            let t = Instant::now();
+            let mut s = TcpStream::connect_timeout(&addr, Duration::from_secs(2))?;
+            s.set_nodelay(true)?;
+            s.write_all(&b)?;
+            s.read_exact(&mut b)?;
+            // Close with RST (linger 0): no TIME_WAIT pile-up across many
+            // thousand connections from one port range.
+            let linger = libc::linger { l_onoff: 1, l_linger: 0 };
+            // SAFETY: setsockopt on a live socket with a correctly sized value.
+            unsafe {
+                libc::setsockopt(
+                    std::os::fd::AsRawFd::as_raw_fd(&s),
+                    libc::SOL_SOCKET,
+                    libc::SO_LINGER,
+                    &linger as *const _ as *const libc::c_void,
+                    std::mem::size_of::<libc::linger>() as u32,
+                );
+            }
+            drop(s);
+            samples.push(t.elapsed());
+        }
+        Ok(summarize(samples, start.elapsed()))
+    });
+    stop.store(true, Ordering::Relaxed);
+    r
+}
+
+#[derive(Clone, Debug, Default, Serialize)]
+pub struct Throughput {
+    pub gbit_per_s: f64,
+    /// Sender + receiver CPU (percent of one CPU) per Gbit/s.
+    pub cpu_pct_per_gbit: f64,
+}
+
+/// Single-stream TCP throughput with iperf3 (cubic, both ends on CPU 0... and 1).
+pub fn throughput(server_ns: &str, client_ns: &str, server_ip: Ipv4Addr, secs: u32) -> Result<Throughput> {
+    let port = 5201 + (std::process::id() % 1000) as u16;
+    let mut server = Command::new("nsenter")
+        .arg(format!("--net=/run/netns/{server_ns}"))
+        .args(["--", "iperf3", "-s", "-1", "-p", &port.to_string(), "-A", "1"])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .context("iperf3 server (Debian package iperf3)")?;
+    thread::sleep(Duration::from_millis(300));
+    let out = run(Command::new("nsenter").arg(format!("--net=/run/netns/{client_ns}")).args([
+        "--",
+        "iperf3",
+        "-c",
+        &server_ip.to_string(),
+        "-p",
+        &port.to_string(),
+        "-t",
+        &secs.to_string(),
+        "-C",
+        "cubic",
+        "-A",
+        "0",
+        "-J",
+    ]));
+    let _ = server.kill();
+    let _ = server.wait();
+    let v: serde_json::Value = serde_json::from_str(&out?)?;
+    let bps = v["end"]["sum_received"]["bits_per_second"].as_f64().context("iperf3 JSON")?;
+    let cpu = v["end"]["cpu_utilization_percent"]["host_total"].as_f64().unwrap_or(0.0)
+        + v["end"]["cpu_utilization_percent"]["remote_total"].as_f64().unwrap_or(0.0);
+    let gbit = bps / 1e9;
+    if gbit <= 0.0 {
+        bail!("iperf3 measured nothing");
+    }
+    Ok(Throughput { gbit_per_s: gbit, cpu_pct_per_gbit: cpu / gbit })
+}
+
+/// p50 and p99 of durations, in milliseconds.
+pub fn percentiles_ms(mut d: Vec<Duration>) -> (f64, f64) {
+    d.sort();
+    if d.is_empty() {
+        return (0.0, 0.0);
+    }
+    let pick = |q: f64| d[((d.len() as f64 - 1.0) * q).round() as usize].as_secs_f64() * 1e3;
+    (pick(0.5), pick(0.99))
+}
+
+pub fn median(mut v: Vec<f64>) -> f64 {
+    v.retain(|x| x.is_finite());
+    if v.is_empty() {
+        return 0.0;
+    }
+    v.sort_by(|a, b| a.partial_cmp(b).expect("finite"));
+    let n = v.len();
+    if n % 2 == 1 {
+        v[n / 2]
+    } else {
+        (v[n / 2 - 1] + v[n / 2]) / 2.0
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn stats() {
+        assert_eq!(median(vec![3.0, 1.0, 2.0]), 2.0);
+        assert_eq!(median(vec![4.0, 1.0, 2.0, 3.0]), 2.5);
+        let (p50, p99) = percentiles_ms((1..=100).map(Duration::from_millis).collect());
+        assert_eq!((p50.round(), p99.round()), (51.0, 99.0));
+        let l = summarize((1..=10).map(Duration::from_micros).collect(), Duration::from_secs(1));
+        assert_eq!(l.samples, 10);
+        assert_eq!(l.per_sec, 10.0);
+    }
+}

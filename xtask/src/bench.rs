@@ -1,0 +1,594 @@
+//! `cargo xtask bench`: sluice against the kernel's own paths, measured side
+//! by side in one run on the same kind of lab (see sluice_tests::bench for
+//! how each figure is taken, and docs/BENCHMARKS.md for a reference run).
+//!
+//! Paths: A node↔node (no pods), L two namespaces on one veth, B the bridge +
+//! host-routes pod network (reference `bridge` + `host-local`, `ip route ...
+//! via <other node>`), S sluice; same node and cross-node. Every round
+//! rebuilds the labs and rotates the order; figures are medians over rounds
+//! and ratios are medians of per-round ratios.
+use std::{
+    collections::BTreeMap,
+    net::Ipv4Addr,
+    path::{Path, PathBuf},
+    process::Command,
+    time::{Duration, Instant},
+};
+
+use anyhow::{bail, Context, Result};
+use serde_json::{json, Value};
+use sluice_agent::{datapath::Datapath, maps::NodeRoutes, pins::PinDir, routes};
+use sluice_tests::{
+    bench::{self, median, percentiles_ms, Latency, Throughput},
+    lab::{ns_exec, Lab, LabOptions, Pod},
+    runtime::{cni_bin_dir, Attachment, ChainRuntime},
+    unique, PinDirGuard,
+};
+
+use crate::{build_ebpf, repo_root, setup, shell};
+
+#[derive(clap::Args, Clone, Debug)]
+pub struct BenchArgs {
+    /// A few seconds per metric, one round: for CI, so the bench can't rot.
+    #[arg(long)]
+    pub smoke: bool,
+    #[arg(long)]
+    pub rounds: Option<usize>,
+}
+
+struct Plan {
+    rounds: usize,
+    rr: Duration,
+    tput_secs: u32,
+    cni_cycles: usize,
+    burst: usize,
+    peers: usize,
+    release: bool,
+}
+
+impl Plan {
+    fn from(args: &BenchArgs) -> Self {
+        if args.smoke {
+            Plan {
+                rounds: args.rounds.unwrap_or(1),
+                rr: Duration::from_millis(300),
+                tput_secs: 1,
+                cni_cycles: 10,
+                burst: 10,
+                peers: 500,
+                release: false,
+            }
+        } else {
+            Plan {
+                rounds: args.rounds.unwrap_or(3),
+                rr: Duration::from_secs(2),
+                tput_secs: 4,
+                cni_cycles: 200,
+                burst: 50,
+                peers: 5000,
+                release: true,
+            }
+        }
+    }
+}
+
+#[derive(Clone, Debug, Default)]
+struct PathFigures {
+    rr: Latency,
+    crr: Latency,
+    tput: Throughput,
+}
+
+/// One side of a measured path: namespace and address of the server.
+struct Path2 {
+    name: &'static str,
+    client_ns: String,
+    server_ns: String,
+    server_ip: Ipv4Addr,
+}
+
+fn measure(p: &Path2, plan: &Plan) -> Result<PathFigures> {
+    Ok(PathFigures {
+        rr: bench::tcp_rr(&p.server_ns, &p.client_ns, p.server_ip, plan.rr)?,
+        crr: bench::tcp_crr(&p.server_ns, &p.client_ns, p.server_ip, plan.rr)?,
+        tput: bench::throughput(&p.server_ns, &p.client_ns, p.server_ip, plan.tput_secs)?,
+    })
+}
+
+/// Two namespaces joined by one veth: the floor for same-node traffic.
+struct VethPair {
+    a: String,
+    b: String,
+}
+
+impl VethPair {
+    fn new() -> Result<Self> {
+        let (a, b) = (unique("slbl"), unique("slbl"));
+        for n in [&a, &b] {
+            shell::output(Command::new("ip").args(["netns", "add", n]))?;
+            ns_exec(n, &["ip", "link", "set", "lo", "up"])?;
+        }
+        shell::output(
+            Command::new("ip")
+                .args(["link", "add", "eth0", "netns", &a, "type", "veth", "peer", "name", "eth0", "netns", &b]),
+        )?;
+        for (n, ip) in [(&a, "10.99.0.1/24"), (&b, "10.99.0.2/24")] {
+            ns_exec(n, &["ip", "addr", "add", ip, "dev", "eth0"])?;
+            ns_exec(n, &["ip", "link", "set", "eth0", "up"])?;
+        }
+        Ok(Self { a, b })
+    }
+}
+
+impl Drop for VethPair {
+    fn drop(&mut self) {
+        for n in [&self.a, &self.b] {
+            let _ = Command::new("ip").args(["netns", "del", n]).output();
+        }
+    }
+}
+
+/// The bridge + host-routes pod network on a lab without sluice.
+struct BridgeNet {
+    /// Kept for its namespaces; torn down after our Drop has DELeted the pods.
+    _lab: Lab,
+    rt: Vec<ChainRuntime>,
+    pods: Vec<(usize, String, Ipv4Addr)>,
+}
+
+fn bridge_conflist(subnet: &str, data: &Path) -> Value {
+    json!({"cniVersion": "1.0.0", "name": "bench-bridge", "plugins": [{
+        "type": "bridge", "bridge": "cni0", "isGateway": true, "ipMasq": false,
+        "ipam": {"type": "host-local", "ranges": [[{"subnet": subnet}]], "routes": [{"dst": "0.0.0.0/0"}],
+                 "dataDir": data.display().to_string()}}]})
+}
+
+impl BridgeNet {
+    fn new(bins: &Path, pods_on: &[usize]) -> Result<Self> {
+        let mut opts = LabOptions::new(2, 0, bins.to_path_buf());
+        opts.sluice = false;
+        let lab = Lab::up(&opts)?;
+        let cni_path = cni_bin_dir(
+            &lab.state.dir.join("cni-bin"),
+            &bins.join("sluice-cni"),
+            &["bridge", "host-local", "loopback"],
+        )?;
+        let mut rt = Vec::new();
+        for (i, n) in lab.state.nodes.iter().enumerate() {
+            ns_exec(&n.netns, &["sysctl", "-qw", "net.ipv4.ip_forward=1"])?;
+            let other = &lab.state.nodes[1 - i];
+            ns_exec(&n.netns, &["ip", "route", "add", &other.pod_cidr, "via", &other.ip])?;
+            rt.push(ChainRuntime {
+                cni_path: cni_path.clone(),
+                conflist: bridge_conflist(&n.pod_cidr, &n.dir.join("host-local")),
+                node_netns: n.netns.clone(),
+                path: "/usr/sbin:/usr/bin:/sbin:/bin".into(),
+            });
+        }
+        let mut net = Self { _lab: lab, rt, pods: Vec::new() };
+        for &i in pods_on {
+            let ns = unique("slbp");
+            shell::output(Command::new("ip").args(["netns", "add", &ns]))?;
+            net.pods.push((i, ns.clone(), Ipv4Addr::UNSPECIFIED));
+            let result = net.rt[i].add(&net.attachment(&ns))?;
+            let ip = result["ips"][0]["address"]
+                .as_str()
+                .context("bridge ADD result")?
+                .split('/')
+                .next()
+                .unwrap_or_default()
+                .parse()?;
+            net.pods.last_mut().expect("pushed").2 = ip;
+        }
+        Ok(net)
+    }
+
+    fn attachment(&self, ns: &str) -> Attachment {
+        Attachment {
+            container_id: ns.to_string(),
+            netns: format!("/run/netns/{ns}"),
+            ifname: "eth0".into(),
+            capabilities: json!({}),
+        }
+    }
+}
+
+impl Drop for BridgeNet {
+    fn drop(&mut self) {
+        for (i, ns, _) in &self.pods {
+            let _ = self.rt[*i].del(&self.attachment(ns), None);
+            let _ = Command::new("ip").args(["netns", "del", ns]).output();
+        }
+    }
+}
+
+fn pod_ip(p: &Pod) -> Ipv4Addr {
+    p.ip.parse().expect("lab pod address")
+}
+
+/// One round: fresh labs, every path, in an order rotated by `round`.
+fn round(round: usize, bins: &Path, plan: &Plan) -> Result<BTreeMap<&'static str, PathFigures>> {
+    let mut sopts = LabOptions::new(2, 0, bins.to_path_buf());
+    sopts.mtu = 1500;
+    let mut s = Lab::up(&sopts)?;
+    s.add_pod(0, "n1p1")?;
+    s.add_pod(0, "n1p2")?;
+    s.add_pod(1, "n2p1")?;
+    let b = BridgeNet::new(bins, &[0, 0, 1])?;
+    let l = VethPair::new()?;
+    let (n1, n2) = (&s.state.nodes[0], &s.state.nodes[1]);
+    let (sp1, sp2, sp3) = (&n1.pods[0], &n1.pods[1], &n2.pods[0]);
+    let mut paths = vec![
+        Path2 {
+            name: "A node-node",
+            client_ns: n1.netns.clone(),
+            server_ns: n2.netns.clone(),
+            server_ip: n2.ip.parse()?,
+        },
+        Path2 { name: "L veth pair", client_ns: l.a.clone(), server_ns: l.b.clone(), server_ip: "10.99.0.2".parse()? },
+        Path2 {
+            name: "B same-node",
+            client_ns: b.pods[0].1.clone(),
+            server_ns: b.pods[1].1.clone(),
+            server_ip: b.pods[1].2,
+        },
+        Path2 {
+            name: "B cross-node",
+            client_ns: b.pods[0].1.clone(),
+            server_ns: b.pods[2].1.clone(),
+            server_ip: b.pods[2].2,
+        },
+        Path2 {
+            name: "S same-node",
+            client_ns: sp1.netns.clone(),
+            server_ns: sp2.netns.clone(),
+            server_ip: pod_ip(sp2),
+        },
+        Path2 {
+            name: "S cross-node",
+            client_ns: sp1.netns.clone(),
+            server_ns: sp3.netns.clone(),
+            server_ip: pod_ip(sp3),
+        },
+    ];
+    let n = paths.len();
+    paths.rotate_left(round % n);
+    let mut out = BTreeMap::new();
+    for p in &paths {
+        eprintln!("bench: round {} {}", round + 1, p.name);
+        out.insert(p.name, measure(p, plan).with_context(|| format!("measure {}", p.name))?);
+    }
+    Ok(out)
+}
+
+/// ADD+DEL cycles of a plugin, and a burst of concurrent ADDs.
+fn cni_latency(
+    add: &(dyn Fn(&str) -> Result<()> + Sync),
+    del: &dyn Fn(&str) -> Result<()>,
+    cycles: usize,
+    burst: usize,
+) -> Result<Value> {
+    let mut times = Vec::new();
+    for _ in 0..cycles {
+        let ns = unique("slbc");
+        shell::output(Command::new("ip").args(["netns", "add", &ns]))?;
+        let t = Instant::now();
+        add(&ns)?;
+        del(&ns)?;
+        times.push(t.elapsed());
+        shell::output(Command::new("ip").args(["netns", "del", &ns]))?;
+    }
+    let (p50, p99) = percentiles_ms(times);
+    let names: Vec<String> = (0..burst).map(|_| unique("slbb")).collect();
+    for n in &names {
+        shell::output(Command::new("ip").args(["netns", "add", n]))?;
+    }
+    let t = Instant::now();
+    let results: Vec<Result<Duration>> = std::thread::scope(|s| {
+        let hs: Vec<_> = names
+            .iter()
+            .map(|n| {
+                s.spawn(move || {
+                    let t = Instant::now();
+                    add(n).map(|_| t.elapsed())
+                })
+            })
+            .collect();
+        hs.into_iter().map(|h| h.join().expect("burst thread")).collect()
+    });
+    let burst_total = t.elapsed();
+    let mut each = Vec::new();
+    for r in results {
+        each.push(r?);
+    }
+    for n in &names {
+        del(n)?;
+        let _ = Command::new("ip").args(["netns", "del", n]).output();
+    }
+    let (bp50, bp99) = percentiles_ms(each);
+    Ok(json!({"cycles": cycles, "add_del_p50_ms": p50, "add_del_p99_ms": p99,
+              "burst": burst, "burst_total_ms": burst_total.as_secs_f64() * 1e3, "burst_add_p50_ms": bp50, "burst_add_p99_ms": bp99}))
+}
+
+fn cni_bench(bins: &Path, plan: &Plan) -> Result<Value> {
+    let s = Lab::up(&LabOptions::new(1, 0, bins.to_path_buf()))?;
+    let node = s.state.nodes[0].clone();
+    let conf = Lab::plugin_config(&node)?;
+    let call = |cmd: &str, ns: &str| -> Result<()> {
+        let out = s.cni(&node, cmd, ns, Some(ns), &conf)?;
+        if !out.0 {
+            bail!("sluice-cni {cmd}: {}", out.1);
+        }
+        Ok(())
+    };
+    let sluice = cni_latency(&|ns| call("ADD", ns), &|ns| call("DEL", ns), plan.cni_cycles, plan.burst)?;
+    let b = BridgeNet::new(bins, &[])?;
+    let rt = &b.rt[0];
+    let att = |ns: &str| b.attachment(ns);
+    let bridge =
+        cni_latency(&|ns| rt.add(&att(ns)).map(|_| ()), &|ns| rt.del(&att(ns), None), plan.cni_cycles, plan.burst)?;
+    Ok(json!({"sluice": sluice, "bridge_host_local": bridge}))
+}
+
+fn rss_kib(pid: u32) -> u64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .ok()
+        .and_then(|s| {
+            s.lines().find(|l| l.starts_with("VmRSS:")).and_then(|l| l.split_whitespace().nth(1)?.parse().ok())
+        })
+        .unwrap_or(0)
+}
+
+/// `count` peers with /24 pod CIDRs in 10.128.0.0/9 and addresses in 172.31/16.
+fn synthetic_routes(count: usize) -> routes::diff::Routes {
+    (0..count)
+        .map(|i| {
+            let cidr = format!("10.{}.{}.0/24", 128 + i / 256, i % 256).parse().expect("valid");
+            let ip = Ipv4Addr::new(172, 31, (i / 250) as u8, (i % 250 + 1) as u8);
+            (cidr, ip)
+        })
+        .collect()
+}
+
+fn control_plane(bins: &Path, plan: &Plan) -> Result<Value> {
+    // Reconcile N routes from scratch, in-process, with the agent's own code.
+    let guard = PinDirGuard::new()?;
+    let pins = PinDir::new(&guard.path);
+    let _dp = Datapath::load(&pins)?;
+    let mut map = NodeRoutes::open(&pins)?;
+    let desired = synthetic_routes(plan.peers);
+    let t = Instant::now();
+    routes::apply::reconcile(&mut map, &desired)?;
+    let from_scratch = t.elapsed();
+    let t = Instant::now();
+    routes::apply::reconcile(&mut map, &desired)?;
+    let noop = t.elapsed();
+
+    // The agent's memory, idle and with N peers in its peers file.
+    let mut opts = LabOptions::new(1, 0, bins.to_path_buf());
+    opts.id = unique("");
+    let lab = Lab::up(&opts)?;
+    let pid = lab.state.nodes[0].agent_pid.context("agent pid")?;
+    std::thread::sleep(Duration::from_millis(500));
+    let idle = rss_kib(pid);
+    let mut peers: Vec<Value> =
+        vec![json!({"name": "n1", "nodeIP": lab.state.nodes[0].ip, "podCIDR": lab.state.nodes[0].pod_cidr})];
+    for (i, (cidr, ip)) in desired.iter().enumerate() {
+        peers.push(json!({"name": format!("peer{i}"), "nodeIP": ip.to_string(), "podCIDR": cidr.to_string()}));
+    }
+    let tmp = lab.state.dir.join("peers.json.tmp");
+    std::fs::write(&tmp, serde_json::to_vec(&json!({ "peers": peers }))?)?;
+    let t = Instant::now();
+    std::fs::rename(&tmp, lab.peers_file())?;
+    let lab_pins = PinDir::new(&lab.state.nodes[0].pin_dir);
+    let lab_map = NodeRoutes::open(&lab_pins)?;
+    while lab_map.all()?.len() < plan.peers {
+        if t.elapsed() > Duration::from_secs(60) {
+            bail!("agent did not apply {} peers within 60 s", plan.peers);
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let file_to_map = t.elapsed();
+    std::thread::sleep(Duration::from_millis(1500));
+    let with_peers = rss_kib(pid);
+    drop(lab);
+
+    // Kubernetes: one Node change to its map entry.
+    let mut kopts = LabOptions::new(1, 0, bins.to_path_buf());
+    kopts.kubernetes = true;
+    let klab = Lab::up(&kopts)?;
+    let kpins = PinDir::new(&klab.state.nodes[0].pin_dir);
+    let kmap = NodeRoutes::open(&kpins)?;
+    let api = klab.api.as_ref().context("api server")?;
+    let mut lat = Vec::new();
+    for i in 0..20u8 {
+        let cidr = format!("10.250.{i}.0/24");
+        let t = Instant::now();
+        api.upsert_node(&format!("k{i}"), &format!("172.31.250.{}", i + 1), Some(&cidr));
+        let want: ipnetwork::Ipv4Network = cidr.parse()?;
+        while !kmap.all()?.contains_key(&want) {
+            if t.elapsed() > Duration::from_secs(10) {
+                bail!("node change not applied in 10 s");
+            }
+            std::thread::sleep(Duration::from_micros(200));
+        }
+        lat.push(t.elapsed());
+    }
+    let (np50, np99) = percentiles_ms(lat);
+    Ok(json!({
+        "peers": plan.peers,
+        "reconcile_from_scratch_ms": from_scratch.as_secs_f64() * 1e3,
+        "reconcile_noop_ms": noop.as_secs_f64() * 1e3,
+        "agent_rss_idle_mib": idle as f64 / 1024.0,
+        "agent_rss_with_peers_mib": with_peers as f64 / 1024.0,
+        "peers_file_to_map_ms": file_to_map.as_secs_f64() * 1e3,
+        "node_change_to_map_p50_ms": np50,
+        "node_change_to_map_p99_ms": np99,
+    }))
+}
+
+fn f(v: &Value) -> f64 {
+    v.as_f64().unwrap_or(f64::NAN)
+}
+
+pub fn run(args: &BenchArgs) -> Result<()> {
+    shell::require_root("cargo xtask bench")?;
+    let plan = Plan::from(args);
+    setup::run()?;
+    build_ebpf::run()?;
+    let root = repo_root();
+    let mut build = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()));
+    build.current_dir(&root).args(["build", "-p", "sluice-agent", "-p", "sluice-cni", "--bins"]);
+    if plan.release {
+        build.arg("--release");
+    }
+    shell::run(&mut build)?;
+    let bins: PathBuf = root.join(if plan.release { "target/release" } else { "target/debug" });
+    let out_dir = root.join("target/bench");
+    std::fs::create_dir_all(&out_dir)?;
+
+    let spinners = bench::Spinners::start();
+    let mut rounds = Vec::new();
+    for r in 0..plan.rounds {
+        rounds.push(round(r, &bins, &plan)?);
+    }
+    let cni = cni_bench(&bins, &plan)?;
+    drop(spinners);
+    let control = control_plane(&bins, &plan)?;
+
+    // Medians over rounds, and medians of per-round ratios.
+    let names: Vec<&'static str> = rounds[0].keys().copied().collect();
+    let metric = |r: &BTreeMap<&str, PathFigures>, n: &str, m: &str| -> f64 {
+        let p = &r[n];
+        match m {
+            "rr" => p.rr.per_sec,
+            "rr_p50" => p.rr.p50_us,
+            "rr_p99" => p.rr.p99_us,
+            "crr" => p.crr.per_sec,
+            "gbit" => p.tput.gbit_per_s,
+            "cpu" => p.tput.cpu_pct_per_gbit,
+            _ => f64::NAN,
+        }
+    };
+    let metrics = ["rr", "rr_p50", "rr_p99", "crr", "gbit", "cpu"];
+    let mut paths_json = serde_json::Map::new();
+    for n in &names {
+        let mut m = serde_json::Map::new();
+        for k in metrics {
+            m.insert(k.into(), json!(median(rounds.iter().map(|r| metric(r, n, k)).collect())));
+        }
+        paths_json.insert(n.to_string(), Value::Object(m));
+    }
+    let ratio =
+        |num: &str, den: &str, k: &str| median(rounds.iter().map(|r| metric(r, num, k) / metric(r, den, k)).collect());
+    let mut ratios = serde_json::Map::new();
+    for (label, num, den) in [
+        ("S/A cross", "S cross-node", "A node-node"),
+        ("B/A cross", "B cross-node", "A node-node"),
+        ("S/B cross", "S cross-node", "B cross-node"),
+        ("S/L same", "S same-node", "L veth pair"),
+        ("S/B same", "S same-node", "B same-node"),
+    ] {
+        let mut m = serde_json::Map::new();
+        for k in ["rr", "crr", "gbit", "cpu"] {
+            m.insert(k.into(), json!(ratio(num, den, k)));
+        }
+        ratios.insert(label.into(), Value::Object(m));
+    }
+    let cni_ratio = f(&cni["sluice"]["add_del_p99_ms"]) / f(&cni["bridge_host_local"]["add_del_p99_ms"]);
+    let report = json!({
+        "machine": machine(),
+        "plan": {"rounds": plan.rounds, "rr_secs": plan.rr.as_secs_f64(), "throughput_secs": plan.tput_secs, "smoke": args.smoke, "release": plan.release},
+        "paths": paths_json,
+        "ratios": ratios,
+        "cni": cni,
+        "cni_p99_ratio_sluice_over_bridge": cni_ratio,
+        "control_plane": control,
+    });
+    let json_path = out_dir.join("bench.json");
+    std::fs::write(&json_path, serde_json::to_vec_pretty(&report)?)?;
+    print!("{}", render(&report));
+    let png = out_dir.join("bench.png");
+    shell::run(
+        Command::new(setup::venv_dir().join("bin/python"))
+            .arg(root.join("xtask/bench_chart.py"))
+            .arg(&json_path)
+            .arg(&png),
+    )?;
+    println!("wrote {} and {}", json_path.display(), png.display());
+    Ok(())
+}
+
+fn machine() -> Value {
+    let kernel = shell::output(Command::new("uname").arg("-r")).unwrap_or_default().trim().to_string();
+    let cpu = std::fs::read_to_string("/proc/cpuinfo")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("model name"))
+                .map(|l| l.split(':').nth(1).unwrap_or("").trim().to_string())
+        })
+        .unwrap_or_default();
+    json!({"kernel": kernel, "cpu": cpu, "cpus": std::thread::available_parallelism().map(|n| n.get()).unwrap_or(0)})
+}
+
+fn render(r: &Value) -> String {
+    let mut o = String::new();
+    o += &format!(
+        "machine: {} CPUs, {}, kernel {}\n",
+        r["machine"]["cpus"],
+        r["machine"]["cpu"].as_str().unwrap_or(""),
+        r["machine"]["kernel"].as_str().unwrap_or("")
+    );
+    o += &format!(
+        "{:<14} {:>10} {:>9} {:>9} {:>10} {:>8} {:>12}\n",
+        "path", "TCP_RR/s", "p50 us", "p99 us", "TCP_CRR/s", "Gbit/s", "CPU%/Gbit"
+    );
+    if let Some(paths) = r["paths"].as_object() {
+        for (name, m) in paths {
+            o += &format!(
+                "{:<14} {:>10.0} {:>9.1} {:>9.1} {:>10.0} {:>8.2} {:>12.1}\n",
+                name,
+                f(&m["rr"]),
+                f(&m["rr_p50"]),
+                f(&m["rr_p99"]),
+                f(&m["crr"]),
+                f(&m["gbit"]),
+                f(&m["cpu"])
+            );
+        }
+    }
+    o += &format!("{:<14} {:>10} {:>10} {:>8} {:>12}\n", "ratio", "TCP_RR", "TCP_CRR", "Gbit/s", "CPU/Gbit");
+    if let Some(ratios) = r["ratios"].as_object() {
+        for (name, m) in ratios {
+            o += &format!(
+                "{:<14} {:>10.2} {:>10.2} {:>8.2} {:>12.2}\n",
+                name,
+                f(&m["rr"]),
+                f(&m["crr"]),
+                f(&m["gbit"]),
+                f(&m["cpu"])
+            );
+        }
+    }
+    for (label, key) in [("sluice", "sluice"), ("bridge+host-local", "bridge_host_local")] {
+        let c = &r["cni"][key];
+        o += &format!(
+            "CNI {label}: ADD+DEL p50 {:.1} ms p99 {:.1} ms ({} cycles); burst of {} ADDs {:.0} ms (p99 {:.1} ms)\n",
+            f(&c["add_del_p50_ms"]),
+            f(&c["add_del_p99_ms"]),
+            c["cycles"],
+            c["burst"],
+            f(&c["burst_total_ms"]),
+            f(&c["burst_add_p99_ms"])
+        );
+    }
+    o += &format!("CNI ADD+DEL p99 sluice / bridge+host-local: {:.2}\n", f(&r["cni_p99_ratio_sluice_over_bridge"]));
+    let c = &r["control_plane"];
+    o += &format!(
+        "control plane ({} peers): reconcile from scratch {:.1} ms (no-op {:.1} ms); agent RSS idle {:.1} MiB, with peers {:.1} MiB; peers file to map {:.0} ms; Node change to map p50 {:.2} ms p99 {:.2} ms\n",
+        c["peers"], f(&c["reconcile_from_scratch_ms"]), f(&c["reconcile_noop_ms"]), f(&c["agent_rss_idle_mib"]), f(&c["agent_rss_with_peers_mib"]),
+        f(&c["peers_file_to_map_ms"]), f(&c["node_change_to_map_p50_ms"]), f(&c["node_change_to_map_p99_ms"])
+    );
+    o
+}

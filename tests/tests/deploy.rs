@@ -138,7 +138,7 @@ fn manifests_agree_with_the_code() {
 /// with host paths mapped to the lab node's own directories (each lab node
 /// shares this machine's filesystem) and KUBECONFIG standing in for the
 /// in-cluster service account.
-fn daemonset_command(state: &LabState, node: &Node) -> (Vec<String>, Vec<(String, String)>) {
+fn daemonset_command(_state: &LabState, node: &Node) -> (Vec<String>, Vec<(String, String)>) {
     let d = docs("sluice.yaml");
     let config = &find(&d, "ConfigMap")["data"];
     let agent = find(&d, "DaemonSet")["spec"]["template"]["spec"]["containers"]
@@ -180,7 +180,6 @@ fn daemonset_command(state: &LabState, node: &Node) -> (Vec<String>, Vec<(String
             env.push((name, v));
         }
     }
-    let _ = state;
     (argv, env)
 }
 

@@ -208,9 +208,7 @@ fn pod_ip(p: &Pod) -> Ipv4Addr {
 
 /// One round: fresh labs, every path, in an order rotated by `round`.
 fn round(round: usize, bins: &Path, plan: &Plan) -> Result<BTreeMap<&'static str, PathFigures>> {
-    let mut sopts = LabOptions::new(2, 0, bins.to_path_buf());
-    sopts.mtu = 1500;
-    let mut s = Lab::up(&sopts)?;
+    let mut s = Lab::up(&LabOptions::new(2, 0, bins.to_path_buf()))?;
     s.add_pod(0, "n1p1")?;
     s.add_pod(0, "n1p2")?;
     s.add_pod(1, "n2p1")?;
@@ -365,9 +363,7 @@ fn control_plane(bins: &Path, plan: &Plan) -> Result<Value> {
     let noop = t.elapsed();
 
     // The agent's memory, idle and with N peers in its peers file.
-    let mut opts = LabOptions::new(1, 0, bins.to_path_buf());
-    opts.id = unique("");
-    let lab = Lab::up(&opts)?;
+    let lab = Lab::up(&LabOptions::new(1, 0, bins.to_path_buf()))?;
     let pid = lab.state.nodes[0].agent_pid.context("agent pid")?;
     std::thread::sleep(Duration::from_millis(500));
     let idle = rss_kib(pid);

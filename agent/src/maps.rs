@@ -19,6 +19,15 @@ fn open(pins: &PinDir, name: &str) -> Result<Map> {
     Map::from_map_data(data).with_context(|| format!("map {name}"))
 }
 
+/// A delete whose key was already gone counts as done.
+fn removed_or_absent(result: Result<(), aya::maps::MapError>) -> Result<(), aya::maps::MapError> {
+    match result {
+        Err(aya::maps::MapError::KeyNotFound) => Ok(()),
+        Err(aya::maps::MapError::SyscallError(e)) if e.io_error.raw_os_error() == Some(libc::ENOENT) => Ok(()),
+        other => other,
+    }
+}
+
 pub fn ip_be(ip: Ipv4Addr) -> u32 {
     u32::from_ne_bytes(ip.octets())
 }
@@ -41,12 +50,7 @@ impl Endpoints {
 
     /// Remove; an absent entry counts as removed.
     pub fn remove(&mut self, ip: Ipv4Addr) -> Result<()> {
-        match self.0.remove(&ip_be(ip)) {
-            Ok(()) => Ok(()),
-            Err(aya::maps::MapError::KeyNotFound) => Ok(()),
-            Err(aya::maps::MapError::SyscallError(e)) if e.io_error.raw_os_error() == Some(libc::ENOENT) => Ok(()),
-            Err(e) => Err(e).with_context(|| format!("remove endpoint {ip}")),
-        }
+        removed_or_absent(self.0.remove(&ip_be(ip))).with_context(|| format!("remove endpoint {ip}"))
     }
 
     pub fn get(&self, ip: Ipv4Addr) -> Option<EndpointInfo> {
@@ -92,11 +96,7 @@ impl NodeRoutes {
     }
 
     pub fn remove(&mut self, cidr: Ipv4Network) -> Result<()> {
-        match self.0.remove(&Self::key(cidr)) {
-            Ok(()) | Err(aya::maps::MapError::KeyNotFound) => Ok(()),
-            Err(aya::maps::MapError::SyscallError(e)) if e.io_error.raw_os_error() == Some(libc::ENOENT) => Ok(()),
-            Err(e) => Err(e).with_context(|| format!("remove route {cidr}")),
-        }
+        removed_or_absent(self.0.remove(&Self::key(cidr))).with_context(|| format!("remove route {cidr}"))
     }
 }
 

@@ -196,13 +196,11 @@ impl StatusReport {
         for (ip, ifindex) in &self.endpoints {
             o.push_str(&format!("  {ip:<16} host ifindex {ifindex}\n"));
         }
-        o.push_str("drops by reason:\n");
-        for (k, n) in &self.drops {
-            o.push_str(&format!("  {k:<18} {n}\n"));
-        }
-        o.push_str("forwarded by path:\n");
-        for (k, n) in &self.forwards {
-            o.push_str(&format!("  {k:<18} {n}\n"));
+        for (title, counters) in [("drops by reason", &self.drops), ("forwarded by path", &self.forwards)] {
+            o.push_str(&format!("{title}:\n"));
+            for (k, n) in counters {
+                o.push_str(&format!("  {k:<18} {n}\n"));
+            }
         }
         o
     }

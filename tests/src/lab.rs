@@ -129,7 +129,9 @@ pub struct Lab {
     persist: bool,
 }
 
-fn ns_cmd(netns: &str, args: &[&str]) -> Command {
+/// A command run inside network namespace `netns` (only the network: the
+/// root bpffs stays visible, unlike with `ip netns exec`).
+pub fn ns_cmd(netns: &str, args: &[&str]) -> Command {
     let mut c = Command::new("nsenter");
     c.arg(format!("--net=/run/netns/{netns}")).arg("--").args(args);
     c

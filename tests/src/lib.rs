@@ -89,9 +89,7 @@ impl Netns {
 
     /// A command that runs inside this namespace (network only).
     pub fn cmd(&self, args: &[&str]) -> Command {
-        let mut c = Command::new("nsenter");
-        c.arg(format!("--net={}", self.path().display())).arg("--").args(args);
-        c
+        lab::ns_cmd(&self.name, args)
     }
 
     pub fn exec(&self, args: &[&str]) -> Result<String> {

@@ -7,9 +7,9 @@ use serde_json::{json, Value};
 use sluice_tests::{
     bin,
     lab::{ns_exec, Lab, LabOptions, ECHO_PORT},
-    require_root, run,
+    require_root,
     runtime::{chained_conflist, cni_bin_dir, ipv4_only_tools, Attachment, ChainRuntime},
-    try_run, unique,
+    try_run, Netns,
 };
 
 const HOST_PORT: u16 = 30080;
@@ -30,9 +30,8 @@ fn hostport_through_portmap_reaches_the_pod_and_the_chain_checks_and_deletes() {
         // See `ipv4_only_tools`: works around a CHECK bug in Debian's portmap 1.1.1.
         path: ipv4_only_tools(&lab.state.dir.join("v4tools")).unwrap(),
     };
-    let pod = unique("slcp");
-    run(Command::new("ip").args(["netns", "add", &pod])).unwrap();
-    let _pod_guard = NsGuard(pod.clone());
+    let pod_ns = Netns::new("slcp").unwrap();
+    let pod = pod_ns.name.clone();
     let att = Attachment {
         container_id: pod.clone(),
         netns: format!("/run/netns/{pod}"),
@@ -83,11 +82,4 @@ fn tcp_probe_port(netns: &str, ip: &str, port: u16) -> Option<String> {
     ]))
     .ok()?;
     Some(String::from_utf8_lossy(&out.stdout).trim().to_string())
-}
-
-struct NsGuard(String);
-impl Drop for NsGuard {
-    fn drop(&mut self) {
-        let _ = Command::new("ip").args(["netns", "del", &self.0]).output();
-    }
 }

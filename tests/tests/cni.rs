@@ -1,12 +1,12 @@
 //! The CNI plugin end to end: every verb, spec errors, rollback after a
 //! failure at each ADD step, crash cleanup, idempotent DEL, concurrency.
-use std::{collections::BTreeSet, path::Path, process::Command, thread::sleep, time::Duration};
+use std::{collections::BTreeSet, path::Path, thread::sleep, time::Duration};
 
 use serde_json::{json, Value};
 use sluice_tests::{
     bin, faulty_cni_bin,
     lab::{ns_exec, ping, CniCall, Lab, LabOptions, Node},
-    require_root, run, unique,
+    require_root, Netns,
 };
 
 const ADD_STEPS: [&str; 7] = ["ipam", "veth", "move", "pod-config", "host-config", "endpoint", "attach"];
@@ -21,23 +21,8 @@ fn conf(node: &Node) -> Value {
     Lab::plugin_config(node).unwrap()
 }
 
-/// A pod namespace of the test's own, deleted on drop.
-struct PodNs(String);
-impl PodNs {
-    fn new() -> Self {
-        let name = unique("slpod");
-        run(Command::new("ip").args(["netns", "add", &name])).unwrap();
-        Self(name)
-    }
-}
-impl Drop for PodNs {
-    fn drop(&mut self) {
-        let _ = Command::new("ip").args(["netns", "del", &self.0]).output();
-    }
-}
-
 /// Everything on a node that ADD could touch, as comparable text.
-fn snapshot(lab: &Lab, node: &Node, pod: Option<&PodNs>) -> String {
+fn snapshot(lab: &Lab, node: &Node, pod: Option<&Netns>) -> String {
     let mut s = String::new();
     let links = ns_exec(&node.netns, &["ip", "-o", "link", "show"]).unwrap();
     let mut names: Vec<&str> = links.lines().filter_map(|l| l.split(": ").nth(1)).collect();
@@ -52,8 +37,8 @@ fn snapshot(lab: &Lab, node: &Node, pod: Option<&PodNs>) -> String {
     s += &format!("leases: {leases:?}\n");
     s += &format!("link pins: {:?}\n", walk(&node.pin_dir.join("v1/links")));
     if let Some(pod) = pod {
-        s += &format!("pod links:\n{}", ns_exec(&pod.0, &["ip", "-o", "link", "show"]).unwrap());
-        s += &format!("pod addrs:\n{}", ns_exec(&pod.0, &["ip", "-o", "addr", "show"]).unwrap());
+        s += &format!("pod links:\n{}", ns_exec(&pod.name, &["ip", "-o", "link", "show"]).unwrap());
+        s += &format!("pod addrs:\n{}", ns_exec(&pod.name, &["ip", "-o", "addr", "show"]).unwrap());
     }
     s
 }
@@ -80,8 +65,8 @@ fn leases(node: &Node) -> usize {
         .count()
 }
 
-fn add(lab: &Lab, node: &Node, pod: &PodNs) -> Value {
-    let out = lab.cni_call(node, &CniCall::new("ADD", &pod.0, Some(&pod.0), conf(node))).unwrap();
+fn add(lab: &Lab, node: &Node, pod: &Netns) -> Value {
+    let out = lab.cni_call(node, &CniCall::new("ADD", &pod.name, Some(&pod.name), conf(node))).unwrap();
     assert!(out.success, "ADD failed: {} {}", out.stdout, out.stderr);
     out.json()
 }
@@ -95,10 +80,9 @@ fn failed_add_after_each_step_leaves_the_node_exactly_as_before() {
     let lab = lab(1);
     let node = lab.state.nodes[0].clone();
     for step in ADD_STEPS {
-        let pod = PodNs::new();
-        ns_exec(&pod.0, &["ip", "link", "set", "lo", "up"]).unwrap();
+        let pod = Netns::new("slpod").unwrap();
         let before = snapshot(&lab, &node, Some(&pod));
-        let mut call = CniCall::new("ADD", &pod.0, Some(&pod.0), conf(&node));
+        let mut call = CniCall::new("ADD", &pod.name, Some(&pod.name), conf(&node));
         call.bin = Some(faulty_cni_bin());
         call.env.push(("SLUICE_CNI_FAIL_AFTER".into(), step.into()));
         let out = lab.cni_call(&node, &call).unwrap();
@@ -110,8 +94,8 @@ fn failed_add_after_each_step_leaves_the_node_exactly_as_before() {
         assert_eq!(before, after, "node changed by a failed ADD (failure after {step})");
         // And the same pod can be added cleanly afterwards.
         let result = add(&lab, &node, &pod);
-        assert!(ping(&pod.0, &node.ip), "pod added after a failed ADD works");
-        let del = lab.cni_call(&node, &CniCall::new("DEL", &pod.0, Some(&pod.0), conf(&node))).unwrap();
+        assert!(ping(&pod.name, &node.ip), "pod added after a failed ADD works");
+        let del = lab.cni_call(&node, &CniCall::new("DEL", &pod.name, Some(&pod.name), conf(&node))).unwrap();
         assert!(del.success, "{}", del.stdout);
         let _ = result;
     }
@@ -122,14 +106,14 @@ fn add_killed_after_each_step_is_cleaned_up_by_del() {
     let lab = lab(1);
     let node = lab.state.nodes[0].clone();
     for step in ADD_STEPS {
-        let pod = PodNs::new();
+        let pod = Netns::new("slpod").unwrap();
         let before = snapshot(&lab, &node, None);
-        let mut call = CniCall::new("ADD", &pod.0, Some(&pod.0), conf(&node));
+        let mut call = CniCall::new("ADD", &pod.name, Some(&pod.name), conf(&node));
         call.bin = Some(faulty_cni_bin());
         call.env.push(("SLUICE_CNI_CRASH_AFTER".into(), step.into()));
         let out = lab.cni_call(&node, &call).unwrap();
         assert_eq!(out.exit_code, None, "plugin should have died by a signal after {step}");
-        let del = lab.cni_call(&node, &CniCall::new("DEL", &pod.0, Some(&pod.0), conf(&node))).unwrap();
+        let del = lab.cni_call(&node, &CniCall::new("DEL", &pod.name, Some(&pod.name), conf(&node))).unwrap();
         assert!(del.success, "DEL after a crash at {step}: {}", del.stdout);
         assert_eq!(before, snapshot(&lab, &node, None), "DEL left something after a crash at {step}");
     }
@@ -141,11 +125,11 @@ fn agent_sweeps_pods_whose_namespace_is_gone_and_crashed_adds() {
     let node = lab.state.nodes[0].clone();
     let before = snapshot(&lab, &node, None);
     // A pod whose namespace is deleted without DEL.
-    let gone = PodNs::new();
+    let gone = Netns::new("slpod").unwrap();
     add(&lab, &node, &gone);
     // An ADD killed before the pod end left the node.
-    let crashed = PodNs::new();
-    let mut call = CniCall::new("ADD", &crashed.0, Some(&crashed.0), conf(&node));
+    let crashed = Netns::new("slpod").unwrap();
+    let mut call = CniCall::new("ADD", &crashed.name, Some(&crashed.name), conf(&node));
     call.bin = Some(faulty_cni_bin());
     call.env.push(("SLUICE_CNI_CRASH_AFTER".into(), "veth".into()));
     assert_eq!(lab.cni_call(&node, &call).unwrap().exit_code, None);
@@ -175,16 +159,16 @@ fn del_is_idempotent() {
         assert!(out.stdout.trim().is_empty(), "DEL prints nothing on success: {}", out.stdout);
     };
     // Twice.
-    let pod = PodNs::new();
+    let pod = Netns::new("slpod").unwrap();
     add(&lab, &node, &pod);
-    del(&pod.0, Some(&pod.0));
-    del(&pod.0, Some(&pod.0));
+    del(&pod.name, Some(&pod.name));
+    del(&pod.name, Some(&pod.name));
     // Never added.
-    del("never-added", Some(&pod.0));
+    del("never-added", Some(&pod.name));
     // After the namespace is gone, without CNI_NETNS (as ctr does).
-    let pod2 = PodNs::new();
+    let pod2 = Netns::new("slpod").unwrap();
     add(&lab, &node, &pod2);
-    let name = pod2.0.clone();
+    let name = pod2.name.clone();
     drop(pod2);
     del(&name, None);
     assert_eq!(before, snapshot(&lab, &node, None));
@@ -194,16 +178,16 @@ fn del_is_idempotent() {
 fn repeated_add_returns_the_same_address() {
     let lab = lab(1);
     let node = lab.state.nodes[0].clone();
-    let pod = PodNs::new();
+    let pod = Netns::new("slpod").unwrap();
     let first = pod_ip(&add(&lab, &node, &pod));
     let second = pod_ip(&add(&lab, &node, &pod));
     assert_eq!(first, second);
     assert_eq!(leases(&node), 1);
-    assert!(ping(&pod.0, &node.ip));
+    assert!(ping(&pod.name, &node.ip));
     // Released addresses are not handed out again at once (round-robin).
-    let del = lab.cni_call(&node, &CniCall::new("DEL", &pod.0, Some(&pod.0), conf(&node))).unwrap();
+    let del = lab.cni_call(&node, &CniCall::new("DEL", &pod.name, Some(&pod.name), conf(&node))).unwrap();
     assert!(del.success);
-    let other = PodNs::new();
+    let other = Netns::new("slpod").unwrap();
     assert_ne!(pod_ip(&add(&lab, &node, &other)), first);
 }
 
@@ -212,7 +196,7 @@ fn twenty_concurrent_adds_get_distinct_addresses_and_dels_release_them() {
     let lab = lab(1);
     let node = lab.state.nodes[0].clone();
     let before = snapshot(&lab, &node, None);
-    let pods: Vec<PodNs> = (0..20).map(|_| PodNs::new()).collect();
+    let pods: Vec<Netns> = (0..20).map(|_| Netns::new("slpod").unwrap()).collect();
     let ips: Vec<String> = std::thread::scope(|s| {
         let handles: Vec<_> = pods.iter().map(|p| s.spawn(|| pod_ip(&add(&lab, &node, p)))).collect();
         handles.into_iter().map(|h| h.join().unwrap()).collect()
@@ -221,12 +205,12 @@ fn twenty_concurrent_adds_get_distinct_addresses_and_dels_release_them() {
     assert_eq!(distinct.len(), 20, "{ips:?}");
     for (p, ip) in pods.iter().zip(&ips) {
         assert!(ping(&node.netns, ip), "node -> {ip}");
-        assert!(ping(&p.0, &node.ip));
+        assert!(ping(&p.name, &node.ip));
     }
     std::thread::scope(|s| {
         for p in &pods {
             s.spawn(|| {
-                let out = lab.cni_call(&node, &CniCall::new("DEL", &p.0, Some(&p.0), conf(&node))).unwrap();
+                let out = lab.cni_call(&node, &CniCall::new("DEL", &p.name, Some(&p.name), conf(&node))).unwrap();
                 assert!(out.success, "{}", out.stdout);
             });
         }
@@ -239,9 +223,9 @@ fn twenty_concurrent_adds_get_distinct_addresses_and_dels_release_them() {
 fn errors_follow_the_spec() {
     let lab = lab(1);
     let node = lab.state.nodes[0].clone();
-    let pod = PodNs::new();
+    let pod = Netns::new("slpod").unwrap();
     let call = |conf: Value, env: &[(&str, &str)]| {
-        let mut c = CniCall::new("ADD", &pod.0, Some(&pod.0), conf);
+        let mut c = CniCall::new("ADD", &pod.name, Some(&pod.name), conf);
         c.env = env.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
         lab.cni_call(&node, &c).unwrap()
     };
@@ -266,10 +250,10 @@ fn errors_follow_the_spec() {
     expect(call(bad_version, &[]), 1, "0.1.0");
     expect(call(no_agent.clone(), &[]), 11, "sluice-no-such-node");
     // Missing CNI_IFNAME: invalid environment.
-    let mut raw = CniCall::new("ADD", &pod.0, Some(&pod.0), Value::Null);
+    let mut raw = CniCall::new("ADD", &pod.name, Some(&pod.name), Value::Null);
     raw.ifname = String::new();
     expect(lab.cni_call(&node, &raw).unwrap(), 4, "CNI_IFNAME");
-    let mut undecodable = CniCall::new("ADD", &pod.0, Some(&pod.0), json!([1, 2]));
+    let mut undecodable = CniCall::new("ADD", &pod.name, Some(&pod.name), json!([1, 2]));
     undecodable.conf = json!([1, 2]);
     expect(lab.cni_call(&node, &undecodable).unwrap(), 6, "");
     // Nothing was left by any of these.
@@ -293,10 +277,10 @@ fn pool_exhaustion_is_a_clear_error_and_status_says_so() {
     // A /30 has one pod address (network, node-reserved and broadcast excluded).
     let mut tiny = conf(&node);
     tiny["podCIDR"] = json!("10.244.1.0/30");
-    let (a, b) = (PodNs::new(), PodNs::new());
-    let ok = lab.cni_call(&node, &CniCall::new("ADD", &a.0, Some(&a.0), tiny.clone())).unwrap();
+    let (a, b) = (Netns::new("slpod").unwrap(), Netns::new("slpod").unwrap());
+    let ok = lab.cni_call(&node, &CniCall::new("ADD", &a.name, Some(&a.name), tiny.clone())).unwrap();
     assert!(ok.success, "{}", ok.stdout);
-    let full = lab.cni_call(&node, &CniCall::new("ADD", &b.0, Some(&b.0), tiny.clone())).unwrap();
+    let full = lab.cni_call(&node, &CniCall::new("ADD", &b.name, Some(&b.name), tiny.clone())).unwrap();
     let j = full.json();
     assert_eq!(j["code"], 100, "{}", full.stdout);
     let details = j["details"].as_str().unwrap();
@@ -304,7 +288,7 @@ fn pool_exhaustion_is_a_clear_error_and_status_says_so() {
     let st = lab.cni_call(&node, &CniCall::new("STATUS", "", None, tiny.clone())).unwrap();
     assert_eq!(st.json()["code"], 50, "{}", st.stdout);
     assert!(st.json()["details"].as_str().unwrap().contains("exhausted"));
-    let del = lab.cni_call(&node, &CniCall::new("DEL", &a.0, Some(&a.0), tiny.clone())).unwrap();
+    let del = lab.cni_call(&node, &CniCall::new("DEL", &a.name, Some(&a.name), tiny.clone())).unwrap();
     assert!(del.success);
     assert!(lab.cni_call(&node, &CniCall::new("STATUS", "", None, tiny)).unwrap().success);
 }
@@ -313,17 +297,17 @@ fn pool_exhaustion_is_a_clear_error_and_status_says_so() {
 fn gc_releases_every_attachment_not_listed() {
     let lab = lab(1);
     let node = lab.state.nodes[0].clone();
-    let pods: Vec<PodNs> = (0..3).map(|_| PodNs::new()).collect();
+    let pods: Vec<Netns> = (0..3).map(|_| Netns::new("slpod").unwrap()).collect();
     let ips: Vec<String> = pods.iter().map(|p| pod_ip(&add(&lab, &node, p))).collect();
     let mut gc = conf(&node);
     gc["cniVersion"] = json!("1.1.0");
-    gc["cni.dev/valid-attachments"] = json!([{"containerID": pods[0].0, "ifname": "eth0"}]);
+    gc["cni.dev/valid-attachments"] = json!([{"containerID": pods[0].name, "ifname": "eth0"}]);
     let out = lab.cni_call(&node, &CniCall::new("GC", "", None, gc)).unwrap();
     assert!(out.success, "{} {}", out.stdout, out.stderr);
     assert_eq!(leases(&node), 1);
     assert_eq!(lab.pod_endpoints(0).unwrap(), vec![ips[0].clone()]);
-    assert!(ping(&pods[0].0, &node.ip), "the listed pod is untouched");
-    let links = ns_exec(&pods[1].0, &["ip", "-o", "link", "show"]).unwrap();
+    assert!(ping(&pods[0].name, &node.ip), "the listed pod is untouched");
+    let links = ns_exec(&pods[1].name, &["ip", "-o", "link", "show"]).unwrap();
     assert!(!links.contains("eth0"), "GC removed the unlisted pod's interface: {links}");
 }
 
@@ -331,11 +315,11 @@ fn gc_releases_every_attachment_not_listed() {
 fn check_verifies_what_add_left() {
     let lab = lab(1);
     let node = lab.state.nodes[0].clone();
-    let pod = PodNs::new();
+    let pod = Netns::new("slpod").unwrap();
     let result = add(&lab, &node, &pod);
     let mut check_conf = conf(&node);
     check_conf["prevResult"] = result.clone();
-    let check = |c: &Value| lab.cni_call(&node, &CniCall::new("CHECK", &pod.0, Some(&pod.0), c.clone())).unwrap();
+    let check = |c: &Value| lab.cni_call(&node, &CniCall::new("CHECK", &pod.name, Some(&pod.name), c.clone())).unwrap();
     let ok = check(&check_conf);
     assert!(ok.success, "{}", ok.stdout);
     // A prevResult that does not list our address fails.

@@ -12,24 +12,15 @@ use sluice_tests::{
     bin,
     containerd::Containerd,
     lab::{ns_exec, Lab, LabOptions, Node},
-    oci, require_root, run,
+    oci, require_root,
     runtime::cni_bin_dir,
-    unique,
+    unique, Netns,
 };
 
 const IMAGE: &str = "docker.io/sluice/busybox:test";
 
-struct NsGuard(String);
-impl Drop for NsGuard {
-    fn drop(&mut self) {
-        let _ = std::process::Command::new("ip").args(["netns", "del", &self.0]).output();
-    }
-}
-
-fn pod_ns() -> NsGuard {
-    let name = unique("slctr");
-    run(std::process::Command::new("ip").args(["netns", "add", &name])).unwrap();
-    NsGuard(name)
+fn pod_ns() -> Netns {
+    Netns::new("slctr").unwrap()
 }
 
 /// The container's address, once CNI ADD has given it one.
@@ -81,12 +72,15 @@ fn containers_on_one_and_two_nodes_talk_and_release_addresses_when_stopped() {
     // Each container answers TCP on 7777 with its name.
     let serve = |name: &str| format!("while true; do echo {name} | nc -l -p 7777; done");
     let (pa, pb, pc) = (pod_ns(), pod_ns(), pod_ns());
-    let mut a = c1.run_container(IMAGE, "ctr-a", &pa.0, &serve("ctr-a")).unwrap();
-    let mut b = c1.run_container(IMAGE, "ctr-b", &pb.0, &serve("ctr-b")).unwrap();
-    let mut c = c2.run_container(IMAGE, "ctr-c", &pc.0, &serve("ctr-c")).unwrap();
+    let mut a = c1.run_container(IMAGE, "ctr-a", &pa.name, &serve("ctr-a")).unwrap();
+    let mut b = c1.run_container(IMAGE, "ctr-b", &pb.name, &serve("ctr-b")).unwrap();
+    let mut c = c2.run_container(IMAGE, "ctr-c", &pc.name, &serve("ctr-c")).unwrap();
     let log = |c: &Containerd, id: &str| c.dir.join(format!("{id}.log"));
-    let (ip_a, ip_b, ip_c) =
-        (wait_ip(&pa.0, &log(&c1, "ctr-a")), wait_ip(&pb.0, &log(&c1, "ctr-b")), wait_ip(&pc.0, &log(&c2, "ctr-c")));
+    let (ip_a, ip_b, ip_c) = (
+        wait_ip(&pa.name, &log(&c1, "ctr-a")),
+        wait_ip(&pb.name, &log(&c1, "ctr-b")),
+        wait_ip(&pc.name, &log(&c2, "ctr-c")),
+    );
     assert!(ip_a.starts_with("10.244.1.") && ip_b.starts_with("10.244.1.") && ip_c.starts_with("10.244.2."));
     assert_eq!(lease_count(&n1), 2);
     assert_eq!(lease_count(&n2), 1);

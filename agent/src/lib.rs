@@ -1,35 +1,20 @@
-//! The sluice agent: everything a node runs in user space.
+//! `sluice-agent`: the per-node daemon and the commands an operator runs on
+//! a node. What the CNI plugin shares with it (the datapath's pins and
+//! maps, pod plumbing, IPAM, netlink) is the `sluice-node` crate.
 //!
-//! It owns the life of the datapath on its node: mounting bpffs, loading the
-//! eBPF object, pinning maps, programs and links under one pin directory
-//! (`pins`), attaching `from_uplink` (`datapath`), and keeping the routes map
-//! equal to cluster membership (`peers` → `routes`).
-//!
-//! It is also the node-side library the CNI plugin builds on: `pins`, `maps`,
-//! `netlink`, `netns`, `ipam` (leases on disk) and `pod_names` are shared, so
-//! the agent can clean up after pods whose plugin call never finished.
-pub mod agent_state;
-pub mod bpffs;
-pub mod cleanup;
-pub mod cni_conf;
-pub mod connectivity;
+//! - `config`: the agent's flags and their validation (pure).
+//! - `membership/`: one model of the cluster's nodes (pure), two sources:
+//!   Kubernetes Nodes (kube-rs) and the peers file.
+//! - `reconcile/`: desired vs actual, one file per thing kept in step with
+//!   membership (today `map_routes`, the BPF routes map).
+//! - `daemon/`: `sluice-agent run`: start-up, the loop, the sweep of dead
+//!   pods, installing the plugin and its conflist.
+//! - `commands/`: on-call: `status`, `connectivity-test`, `cleanup`, and the
+//!   health endpoint `connectivity-test` probes.
+//! - `state_file`: what the daemon tells the commands (another process).
+pub mod commands;
+pub mod config;
 pub mod daemon;
-pub mod datapath;
-pub mod health;
-pub mod icmp;
-pub mod install;
-pub mod ipam;
-pub mod kube_nodes;
-pub mod maps;
 pub mod membership;
-pub mod netlink;
-pub mod netns;
-pub mod node;
-pub mod peers;
-pub mod pins;
-pub mod plumbing;
-pub mod pod_names;
-pub mod routes;
-pub mod status;
-pub mod sweep;
-pub mod teardown;
+pub mod reconcile;
+pub mod state_file;

@@ -4,13 +4,12 @@ use std::{path::PathBuf, process::ExitCode, time::Duration};
 use anyhow::{bail, Context, Result};
 use clap::{Parser, Subcommand};
 use sluice_agent::{
-    daemon::{self, Source, Timing},
-    install,
-    kube_nodes::KubeNodes,
-    node::NodeConfig,
-    pins::PinDir,
-    status,
+    commands::{cleanup, connectivity, status},
+    config::AgentConfig,
+    daemon::{self, plugin_install, Source, Timing},
+    membership::kubernetes::KubeNodes,
 };
+use sluice_node::{datapath::pins::PinDir, paths};
 
 #[derive(Parser)]
 #[command(name = "sluice-agent", version, about = "sluice per-node agent: eBPF pod networking")]
@@ -27,7 +26,7 @@ enum Command {
     /// cluster membership (Kubernetes Nodes, or a peers file).
     Run {
         #[command(flatten)]
-        node: NodeConfig,
+        node: AgentConfig,
         /// Membership from a JSON peers file (clusters without Kubernetes); re-read on change.
         #[arg(long, env = "SLUICE_PEERS_FILE", conflicts_with = "kubernetes")]
         peers_file: Option<PathBuf>,
@@ -35,7 +34,7 @@ enum Command {
         #[arg(long, env = "SLUICE_KUBERNETES")]
         kubernetes: bool,
         /// Where bpffs is (or gets) mounted.
-        #[arg(long, default_value = "/sys/fs/bpf")]
+        #[arg(long, default_value = paths::DEFAULT_BPFFS)]
         bpffs: PathBuf,
         /// How often membership is re-read and the routes map reconciled.
         #[arg(long, default_value_t = 1000)]
@@ -49,9 +48,9 @@ enum Command {
     },
     /// Health and state at a glance; exits non-zero when unhealthy.
     Status {
-        #[arg(long, env = "SLUICE_PIN_DIR", default_value = sluice_agent::pins::DEFAULT_ROOT)]
+        #[arg(long, env = "SLUICE_PIN_DIR", default_value = paths::DEFAULT_PIN_DIR)]
         pin_dir: PathBuf,
-        #[arg(long, env = "SLUICE_DATA_DIR", default_value = "/var/lib/sluice")]
+        #[arg(long, env = "SLUICE_DATA_DIR", default_value = paths::DEFAULT_DATA_DIR)]
         data_dir: PathBuf,
         #[arg(long)]
         json: bool,
@@ -59,9 +58,9 @@ enum Command {
     /// Probe every node's health endpoint (and local pods with --pods) from
     /// this node's, through the datapath; exits non-zero on any failure.
     ConnectivityTest {
-        #[arg(long, env = "SLUICE_PIN_DIR", default_value = sluice_agent::pins::DEFAULT_ROOT)]
+        #[arg(long, env = "SLUICE_PIN_DIR", default_value = paths::DEFAULT_PIN_DIR)]
         pin_dir: PathBuf,
-        #[arg(long, env = "SLUICE_DATA_DIR", default_value = "/var/lib/sluice")]
+        #[arg(long, env = "SLUICE_DATA_DIR", default_value = paths::DEFAULT_DATA_DIR)]
         data_dir: PathBuf,
         /// Also probe every pod on this node (ICMP).
         #[arg(long)]
@@ -72,15 +71,15 @@ enum Command {
     /// Uninstall: detach every program, remove pins, the health endpoint,
     /// pod veths, the conflist, the plugin and IPAM state from this node.
     Cleanup {
-        #[arg(long, env = "SLUICE_PIN_DIR", default_value = sluice_agent::pins::DEFAULT_ROOT)]
+        #[arg(long, env = "SLUICE_PIN_DIR", default_value = paths::DEFAULT_PIN_DIR)]
         pin_dir: PathBuf,
-        #[arg(long, env = "SLUICE_DATA_DIR", default_value = "/var/lib/sluice")]
+        #[arg(long, env = "SLUICE_DATA_DIR", default_value = paths::DEFAULT_DATA_DIR)]
         data_dir: PathBuf,
         #[arg(long, env = "SLUICE_CNI_CONF_DIR")]
         cni_conf_dir: Option<PathBuf>,
         #[arg(long, env = "SLUICE_CNI_BIN_DIR")]
         cni_bin_dir: Option<PathBuf>,
-        #[arg(long, env = "SLUICE_HEALTH_NETNS", default_value = "sluice-health")]
+        #[arg(long, env = "SLUICE_HEALTH_NETNS", default_value = paths::DEFAULT_HEALTH_NETNS)]
         health_netns: String,
         /// After cleaning, stay running (for a cleanup DaemonSet).
         #[arg(long)]
@@ -88,7 +87,7 @@ enum Command {
     },
     /// Install the CNI plugin (shipped beside this binary) into a CNI bin directory.
     InstallCni {
-        #[arg(long, env = "SLUICE_CNI_BIN_DIR", default_value = "/opt/cni/bin")]
+        #[arg(long, env = "SLUICE_CNI_BIN_DIR", default_value = paths::DEFAULT_CNI_BIN_DIR)]
         bin_dir: PathBuf,
     },
 }
@@ -154,18 +153,17 @@ async fn dispatch(command: Command) -> Result<ExitCode> {
             Ok(if report.healthy() { ExitCode::SUCCESS } else { ExitCode::FAILURE })
         }
         Command::ConnectivityTest { pin_dir, data_dir, pods, json } => {
-            let results = sluice_agent::connectivity::run(&PinDir::new(pin_dir), &data_dir, pods).await?;
+            let results = connectivity::run(&PinDir::new(pin_dir), &data_dir, pods).await?;
             if json {
                 println!("{}", serde_json::to_string_pretty(&results)?);
             } else {
-                print!("{}", sluice_agent::connectivity::render(&results));
+                print!("{}", connectivity::render(&results));
             }
             Ok(if results.iter().all(|r| r.ok) { ExitCode::SUCCESS } else { ExitCode::FAILURE })
         }
         Command::Cleanup { pin_dir, data_dir, cni_conf_dir, cni_bin_dir, health_netns, wait } => {
-            let plan =
-                sluice_agent::cleanup::CleanupPlan { pin_dir, data_dir, cni_conf_dir, cni_bin_dir, health_netns };
-            sluice_agent::cleanup::run(&plan).await?;
+            let plan = cleanup::CleanupPlan { pin_dir, data_dir, cni_conf_dir, cni_bin_dir, health_netns };
+            cleanup::run(&plan).await?;
             println!("sluice removed from this node");
             if wait {
                 std::future::pending::<()>().await;
@@ -173,7 +171,7 @@ async fn dispatch(command: Command) -> Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         Command::InstallCni { bin_dir } => {
-            let dest = install::install_plugin(&install::bundled_plugin()?, &bin_dir)?;
+            let dest = plugin_install::install_plugin(&plugin_install::bundled_plugin()?, &bin_dir)?;
             println!("installed {}", dest.display());
             Ok(ExitCode::SUCCESS)
         }

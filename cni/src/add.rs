@@ -6,12 +6,16 @@ use std::{fs::File, net::Ipv4Addr, os::fd::AsRawFd};
 
 use anyhow::{anyhow, Context};
 use serde_json::{json, Value};
-use sluice_agent::ipam::store::{Allocation, Exhausted, LeaseStore};
-use sluice_agent::{datapath, maps::Endpoints, netlink::Netlink, netns, pins::PinDir, pod_names};
 use sluice_common::maps::programs;
+use sluice_node::ipam::store::{Allocation, Exhausted, LeaseStore};
+use sluice_node::{
+    datapath::{links, pinned_maps::Endpoints, pins::PinDir},
+    net::{netlink::Netlink, netns},
+    pod::names as pod_names,
+};
 
 use crate::{config::NetConf, env::CniEnv, error::CniError, fault, rollback::Rollback};
-use sluice_agent::plumbing::{self, POD_GATEWAY};
+use sluice_node::pod::plumbing::{self, POD_GATEWAY};
 
 pub async fn add(conf: &NetConf, env: &CniEnv) -> Result<Value, CniError> {
     let mut rb = Rollback::default();
@@ -88,7 +92,7 @@ async fn add_steps(conf: &NetConf, env: &CniEnv, rb: &mut Rollback) -> Result<Va
 
     // 6. `from_pod` on the host side's ingress, pinned to outlive us.
     let link_pin = pins.link(programs::FROM_POD, &host_name);
-    rb.push("detach from_pod", async move { datapath::unpin_link(&link_pin) });
+    rb.push("detach from_pod", async move { links::unpin_link(&link_pin) });
     plumbing::attach_from_pod(&pins, &host_name).map_err(plugin)?;
     fault::after("attach").map_err(plugin)?;
 

@@ -1,10 +1,14 @@
 //! CHECK: is the pod still as ADD left it?
 use anyhow::anyhow;
-use sluice_agent::{maps::Endpoints, netlink::Netlink, pins::PinDir, pod_names};
 use sluice_common::maps::programs;
+use sluice_node::{
+    datapath::{pinned_maps::Endpoints, pins::PinDir},
+    net::netlink::Netlink,
+    pod::names as pod_names,
+};
 
 use crate::{config::NetConf, env::CniEnv, error::CniError};
-use sluice_agent::ipam::store::LeaseStore;
+use sluice_node::ipam::store::LeaseStore;
 
 pub async fn check(conf: &NetConf, env: &CniEnv) -> Result<(), CniError> {
     let fail = |m: String| Err(CniError::Plugin(anyhow!(m)));

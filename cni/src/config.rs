@@ -4,6 +4,7 @@ use std::path::PathBuf;
 
 use ipnetwork::Ipv4Network;
 use serde::Deserialize;
+use sluice_node::paths;
 
 /// CNI versions this plugin speaks.
 pub const SUPPORTED_VERSIONS: &[&str] = &["0.3.0", "0.3.1", "0.4.0", "1.0.0", "1.1.0"];
@@ -73,7 +74,7 @@ impl NetConf {
             return Err(field("name", "empty"));
         }
         match raw.kind.as_deref() {
-            Some("sluice") => {}
+            Some(paths::PLUGIN_TYPE) => {}
             Some(other) => return Err(field("type", format!("is {other:?}, expected \"sluice\""))),
             None => return Err(field("type", "missing")),
         }
@@ -99,8 +100,8 @@ impl NetConf {
                 _ => return Err(field("mtu", format!("must be an integer from 576 to 65535, got {v}"))),
             },
         };
-        let pin_dir = PathBuf::from(raw.pin_dir.unwrap_or_else(|| "/sys/fs/bpf/sluice".into()));
-        let data_dir = PathBuf::from(raw.data_dir.unwrap_or_else(|| "/var/lib/sluice".into()));
+        let pin_dir = PathBuf::from(raw.pin_dir.unwrap_or_else(|| paths::DEFAULT_PIN_DIR.into()));
+        let data_dir = PathBuf::from(raw.data_dir.unwrap_or_else(|| paths::DEFAULT_DATA_DIR.into()));
         for (name, p) in [("pinDir", &pin_dir), ("dataDir", &data_dir)] {
             if !p.is_absolute() {
                 return Err(field(name, format!("{} is not an absolute path", p.display())));

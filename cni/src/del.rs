@@ -1,10 +1,10 @@
 //! DEL: the mirror of ADD. DEL twice, DEL of a pod never added, and DEL after
 //! the namespace is gone all succeed.
 use anyhow::anyhow;
-use sluice_agent::{ipam::store::LeaseStore, netlink::Netlink, pins::PinDir};
+use sluice_node::{datapath::pins::PinDir, ipam::store::LeaseStore, net::netlink::Netlink};
 
 use crate::{config::NetConf, env::CniEnv, error::CniError};
-use sluice_agent::teardown::teardown;
+use sluice_node::pod::teardown::teardown;
 
 pub async fn del(conf: &NetConf, env: &CniEnv) -> Result<(), CniError> {
     let host = Netlink::open().map_err(CniError::Plugin)?;

@@ -1,10 +1,10 @@
 //! GC: release every attachment the runtime no longer lists in
 //! `cni.dev/valid-attachments`: address, endpoint entry, link, veth.
 use anyhow::anyhow;
-use sluice_agent::{ipam::store::LeaseStore, netlink::Netlink, pins::PinDir};
+use sluice_node::{datapath::pins::PinDir, ipam::store::LeaseStore, net::netlink::Netlink};
 
 use crate::{config::NetConf, error::CniError};
-use sluice_agent::teardown::teardown;
+use sluice_node::pod::teardown::teardown;
 
 pub async fn gc(conf: &NetConf) -> Result<(), CniError> {
     let valid = conf.valid_attachments.clone().unwrap_or_default();

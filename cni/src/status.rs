@@ -1,11 +1,10 @@
 //! STATUS: can this node take pods now? Ready when the agent's pins are in
 //! place and the pod CIDR has a free address; otherwise error 50 with why.
-use sluice_agent::{
-    ipam::{allocator, store::LeaseStore},
-    maps::Endpoints,
-    pins::PinDir,
-};
 use sluice_common::maps::programs;
+use sluice_node::{
+    datapath::{pinned_maps::Endpoints, pins::PinDir},
+    ipam::{allocator, store::LeaseStore},
+};
 
 use crate::{config::NetConf, error::CniError};
 

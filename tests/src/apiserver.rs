@@ -67,7 +67,7 @@ impl ApiServer {
             None => TcpListener::bind(addr)?,
             Some(ns) => {
                 let path = Path::new("/run/netns").join(ns);
-                sluice_agent::netns::run_in(&path, move || Ok(TcpListener::bind(addr)?))?
+                sluice_node::net::netns::run_in(&path, move || Ok(TcpListener::bind(addr)?))?
             }
         };
         let addr = listener.local_addr()?;

@@ -115,7 +115,7 @@ pub struct PinDirGuard {
 
 impl PinDirGuard {
     pub fn new() -> Result<Self> {
-        sluice_agent::bpffs::ensure_mounted(Path::new("/sys/fs/bpf"))?;
+        sluice_node::datapath::bpffs::ensure_mounted(Path::new("/sys/fs/bpf"))?;
         Ok(Self { path: PathBuf::from("/sys/fs/bpf").join(unique("sluice-test-")) })
     }
 }

@@ -327,9 +327,9 @@ fn check_verifies_what_add_left() {
     wrong["prevResult"]["ips"] = json!([]);
     assert!(!check(&wrong).success);
     // Remove the endpoint entry behind the plugin's back: CHECK notices.
-    let pins = sluice_agent::pins::PinDir::new(&node.pin_dir);
+    let pins = sluice_node::datapath::pins::PinDir::new(&node.pin_dir);
     let ip: std::net::Ipv4Addr = pod_ip(&result).parse().unwrap();
-    sluice_agent::maps::Endpoints::open(&pins).unwrap().remove(ip).unwrap();
+    sluice_node::datapath::pinned_maps::Endpoints::open(&pins).unwrap().remove(ip).unwrap();
     let broken = check(&check_conf);
     assert!(!broken.success);
     assert!(broken.json()["details"].as_str().unwrap().contains("ENDPOINTS"), "{}", broken.stdout);

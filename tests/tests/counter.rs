@@ -1,8 +1,11 @@
 //! Foundation: the first program in the kernel. Attach `count_packets` with
 //! the agent's loader to one end of a veth between two namespaces, send real
 //! pings, and read the per-CPU counter back.
-use sluice_agent::{datapath::Datapath, maps, netns, pins::PinDir};
 use sluice_common::maps::programs;
+use sluice_node::{
+    datapath::{links, pinned_maps as maps, pins::PinDir, Datapath},
+    net::netns,
+};
 use sluice_tests::{ifindex, mac, ping_received, require_root, Netns, PinDirGuard};
 
 const SENT: u32 = 7;
@@ -57,7 +60,7 @@ fn count_packets_counts_every_ping_and_stops_when_detached() {
 
     // Detach (remove the link pin): the counter must stop, which shows the
     // assertions above depend on the program being attached.
-    sluice_agent::datapath::unpin_link(&link_pin).unwrap();
+    links::unpin_link(&link_pin).unwrap();
     let detached = maps::iface_packets(&pins, b_ifindex).unwrap();
     ping(SENT);
     assert_eq!(maps::iface_packets(&pins, b_ifindex).unwrap(), detached, "no counting once detached");

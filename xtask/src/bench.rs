@@ -17,7 +17,8 @@ use std::{
 
 use anyhow::{bail, Context, Result};
 use serde_json::{json, Value};
-use sluice_agent::{datapath::Datapath, maps::NodeRoutes, pins::PinDir, routes};
+use sluice_agent::reconcile::map_routes;
+use sluice_node::datapath::{pinned_maps::NodeRoutes, pins::PinDir, Datapath};
 use sluice_tests::{
     bench::{self, median, percentiles_ms, Latency, Throughput},
     lab::{ns_exec, Lab, LabOptions, Pod},
@@ -338,7 +339,7 @@ fn rss_kib(pid: u32) -> u64 {
 }
 
 /// `count` peers with /24 pod CIDRs in 10.128.0.0/9 and addresses in 172.31/16.
-fn synthetic_routes(count: usize) -> routes::diff::Routes {
+fn synthetic_routes(count: usize) -> map_routes::Routes {
     (0..count)
         .map(|i| {
             let cidr = format!("10.{}.{}.0/24", 128 + i / 256, i % 256).parse().expect("valid");
@@ -356,10 +357,10 @@ fn control_plane(bins: &Path, plan: &Plan) -> Result<Value> {
     let mut map = NodeRoutes::open(&pins)?;
     let desired = synthetic_routes(plan.peers);
     let t = Instant::now();
-    routes::apply::reconcile(&mut map, &desired)?;
+    map_routes::reconcile(&mut map, &desired)?;
     let from_scratch = t.elapsed();
     let t = Instant::now();
-    routes::apply::reconcile(&mut map, &desired)?;
+    map_routes::reconcile(&mut map, &desired)?;
     let noop = t.elapsed();
 
     // The agent's memory, idle and with N peers in its peers file.

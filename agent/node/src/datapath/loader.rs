@@ -1,0 +1,125 @@
+//! Loading the eBPF object and pinning it; attaching the agent's programs.
+//!
+//! Restart rules (nothing is flushed, nothing stops forwarding):
+//! - Maps: every map is opened from its pin if present, created and pinned if
+//!   not, so endpoints, routes and counters survive the agent.
+//! - Programs: the freshly loaded programs are pinned over the old pins
+//!   (pin under a temporary name, then `rename`), so the CNI plugin always
+//!   finds a complete program.
+//! - Links: an existing pinned TCX link is updated in place to the new
+//!   program (`BPF_LINK_UPDATE`, atomic: no packet sees no program). Only a
+//!   link whose interface is gone is replaced by a fresh attachment.
+use std::{fs, path::Path};
+
+use anyhow::{anyhow, bail, Context, Result};
+use aya::{programs::SchedClassifier, Ebpf, EbpfLoader};
+use sluice_common::maps::{names, programs};
+use tracing::{info, warn};
+
+use super::{
+    links::{attach_and_pin, ignore_not_found, update_pinned_link},
+    pins::{self, PinDir},
+};
+
+/// The object built by `cargo xtask build-ebpf`, embedded at compile time.
+pub static OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/sluice.bpf.o"));
+
+const ALL_MAPS: [&str; 6] =
+    [names::ENDPOINTS, names::NODE_ROUTES, names::NODE_CONFIG, names::DROPS, names::FORWARDS, names::IFACE_PACKETS];
+
+const ALL_PROGRAMS: [&str; 3] = [programs::FROM_POD, programs::FROM_UPLINK, programs::COUNT_PACKETS];
+
+/// The loaded object with its maps pinned and programs loaded and pinned.
+pub struct Datapath {
+    ebpf: Ebpf,
+    pins: PinDir,
+}
+
+impl Datapath {
+    /// Load the object, reusing every pinned map, and pin the programs.
+    pub fn load(pins: &PinDir) -> Result<Self> {
+        if OBJECT.is_empty() {
+            bail!("this build has no eBPF object: run `cargo xtask build-ebpf`, then rebuild");
+        }
+        for dir in [pins.maps_dir(), pins.progs_dir(), pins.links_dir()] {
+            fs::create_dir_all(&dir).with_context(|| format!("create pin directory {}", dir.display()))?;
+        }
+        let map_paths: Vec<_> = ALL_MAPS.iter().map(|m| (*m, pins.map(m))).collect();
+        let mut loader = EbpfLoader::new();
+        for (name, path) in &map_paths {
+            loader.map_pin_path(name, path.as_path());
+        }
+        let mut ebpf = loader.load(OBJECT).context("load the eBPF object (maps reused from pins)")?;
+        for name in ALL_PROGRAMS {
+            let prog: &mut SchedClassifier = program_mut(&mut ebpf, name)?;
+            prog.load().with_context(|| format!("load program {name} (verifier)"))?;
+            let tmp = pins.prog(&format!("{name}_new"));
+            let _ = fs::remove_file(&tmp);
+            prog.pin(&tmp).with_context(|| format!("pin program {name} at {}", tmp.display()))?;
+            fs::rename(&tmp, pins.prog(name)).with_context(|| format!("move pin of {name} into place"))?;
+        }
+        info!(pin_dir = %pins.root().display(), "datapath loaded");
+        Ok(Self { ebpf, pins: pins.clone() })
+    }
+
+    pub fn pins(&self) -> &PinDir {
+        &self.pins
+    }
+
+    /// Attach `program` to `ifname`'s ingress and pin the link, or update the
+    /// already pinned link to this program atomically.
+    pub fn attach_ingress(&mut self, program: &str, ifname: &str) -> Result<()> {
+        let pin = self.pins.link(program, ifname);
+        let prog: &mut SchedClassifier = program_mut(&mut self.ebpf, program)?;
+        attach_or_update(prog, ifname, &pin)
+    }
+
+    /// Point every pinned `from_pod` link (one per pod) at the program just
+    /// loaded. Links whose interface is gone are unpinned.
+    pub fn update_pod_links(&mut self) -> Result<usize> {
+        let mut updated = 0;
+        let prog: &mut SchedClassifier = program_mut(&mut self.ebpf, programs::FROM_POD)?;
+        for entry in fs::read_dir(self.pins.links_dir()).context("list link pins")? {
+            let entry = entry?;
+            let name = entry.file_name().to_string_lossy().into_owned();
+            let Some(_ifname) = pins::link_pin_ifname(programs::FROM_POD, &name) else {
+                continue;
+            };
+            match update_pinned_link(prog, &entry.path()) {
+                Ok(()) => updated += 1,
+                Err(e) => {
+                    warn!(link = %name, error = %e, "pod link is stale; removing its pin");
+                    let _ = fs::remove_file(entry.path());
+                }
+            }
+        }
+        Ok(updated)
+    }
+}
+
+fn program_mut<'a>(ebpf: &'a mut Ebpf, name: &str) -> Result<&'a mut SchedClassifier> {
+    ebpf.program_mut(name)
+        .ok_or_else(|| anyhow!("program {name} missing from the eBPF object"))?
+        .try_into()
+        .with_context(|| format!("program {name} is not a TC classifier"))
+}
+
+fn attach_or_update(prog: &mut SchedClassifier, ifname: &str, pin: &Path) -> Result<()> {
+    if pin.exists() {
+        match update_pinned_link(prog, pin) {
+            Ok(()) => {
+                info!(ifname, pin = %pin.display(), "updated pinned link in place");
+                return Ok(());
+            }
+            Err(e) => {
+                // The interface was deleted (and maybe re-created): the old
+                // link is defunct, so a fresh attachment loses nothing.
+                warn!(ifname, error = %e, "pinned link unusable; attaching anew");
+                fs::remove_file(pin).or_else(ignore_not_found)?;
+            }
+        }
+    }
+    attach_and_pin(prog, ifname, pin)?;
+    info!(ifname, pin = %pin.display(), "attached");
+    Ok(())
+}

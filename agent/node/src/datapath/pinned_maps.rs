@@ -1,0 +1,138 @@
+//! Typed access to the pinned maps, for the agent, the CNI plugin and tests.
+//! Opening by pin means any process (a CNI call, `status`) sees the live maps.
+use std::{collections::BTreeMap, net::Ipv4Addr};
+
+use anyhow::{Context, Result};
+use aya::maps::{
+    lpm_trie::{Key, LpmTrie},
+    Array, HashMap, Map, MapData, PerCpuArray, PerCpuHashMap,
+};
+use ipnetwork::Ipv4Network;
+use sluice_common::{maps::names, DropReason, EndpointInfo, ForwardPath, NodeConfig, RemoteNode};
+
+use super::pins::PinDir;
+
+fn open(pins: &PinDir, name: &str) -> Result<Map> {
+    let path = pins.map(name);
+    let data = MapData::from_pin(&path)
+        .with_context(|| format!("open pinned map {} (is the agent running on this node?)", path.display()))?;
+    Map::from_map_data(data).with_context(|| format!("map {name}"))
+}
+
+/// A delete whose key was already gone counts as done.
+fn removed_or_absent(result: Result<(), aya::maps::MapError>) -> Result<(), aya::maps::MapError> {
+    match result {
+        Err(aya::maps::MapError::KeyNotFound) => Ok(()),
+        Err(aya::maps::MapError::SyscallError(e)) if e.io_error.raw_os_error() == Some(libc::ENOENT) => Ok(()),
+        other => other,
+    }
+}
+
+pub fn ip_be(ip: Ipv4Addr) -> u32 {
+    u32::from_ne_bytes(ip.octets())
+}
+
+pub fn ip_from_be(v: u32) -> Ipv4Addr {
+    Ipv4Addr::from(v.to_ne_bytes())
+}
+
+/// `ENDPOINTS`: pod IP → where the pod is.
+pub struct Endpoints(HashMap<MapData, u32, EndpointInfo>);
+
+impl Endpoints {
+    pub fn open(pins: &PinDir) -> Result<Self> {
+        Ok(Self(open(pins, names::ENDPOINTS)?.try_into()?))
+    }
+
+    pub fn insert(&mut self, ip: Ipv4Addr, ep: EndpointInfo) -> Result<()> {
+        self.0.insert(ip_be(ip), ep, 0).with_context(|| format!("insert endpoint {ip}"))
+    }
+
+    /// Remove; an absent entry counts as removed.
+    pub fn remove(&mut self, ip: Ipv4Addr) -> Result<()> {
+        removed_or_absent(self.0.remove(&ip_be(ip))).with_context(|| format!("remove endpoint {ip}"))
+    }
+
+    pub fn get(&self, ip: Ipv4Addr) -> Option<EndpointInfo> {
+        self.0.get(&ip_be(ip), 0).ok()
+    }
+
+    pub fn all(&self) -> Result<BTreeMap<Ipv4Addr, EndpointInfo>> {
+        let mut out = BTreeMap::new();
+        for kv in self.0.iter() {
+            let (k, v) = kv.context("read ENDPOINTS")?;
+            out.insert(ip_from_be(k), v);
+        }
+        Ok(out)
+    }
+}
+
+/// `NODE_ROUTES`: other nodes' pod CIDRs → node IP.
+pub struct NodeRoutes(LpmTrie<MapData, u32, RemoteNode>);
+
+impl NodeRoutes {
+    pub fn open(pins: &PinDir) -> Result<Self> {
+        Ok(Self(open(pins, names::NODE_ROUTES)?.try_into()?))
+    }
+
+    fn key(cidr: Ipv4Network) -> Key<u32> {
+        Key::new(cidr.prefix() as u32, ip_be(cidr.network()))
+    }
+
+    pub fn all(&self) -> Result<BTreeMap<Ipv4Network, Ipv4Addr>> {
+        let mut out = BTreeMap::new();
+        for kv in self.0.iter() {
+            let (k, v) = kv.context("read NODE_ROUTES")?;
+            let cidr = Ipv4Network::new(ip_from_be(k.data()), k.prefix_len() as u8)
+                .context("NODE_ROUTES holds an invalid prefix")?;
+            out.insert(cidr, ip_from_be(v.node_ip_be));
+        }
+        Ok(out)
+    }
+
+    pub fn upsert(&mut self, cidr: Ipv4Network, node_ip: Ipv4Addr) -> Result<()> {
+        let value = RemoteNode { node_ip_be: ip_be(node_ip), _reserved: 0 };
+        self.0.insert(&Self::key(cidr), value, 0).with_context(|| format!("insert route {cidr} via {node_ip}"))
+    }
+
+    pub fn remove(&mut self, cidr: Ipv4Network) -> Result<()> {
+        removed_or_absent(self.0.remove(&Self::key(cidr))).with_context(|| format!("remove route {cidr}"))
+    }
+}
+
+pub fn write_node_config(pins: &PinDir, config: NodeConfig) -> Result<()> {
+    let mut arr: Array<MapData, NodeConfig> = open(pins, names::NODE_CONFIG)?.try_into()?;
+    arr.set(0, config, 0).context("write NODE_CONFIG")
+}
+
+pub fn read_node_config(pins: &PinDir) -> Result<NodeConfig> {
+    let arr: Array<MapData, NodeConfig> = open(pins, names::NODE_CONFIG)?.try_into()?;
+    arr.get(&0, 0).context("read NODE_CONFIG")
+}
+
+fn sum_per_cpu_array(pins: &PinDir, name: &str, len: u32) -> Result<Vec<u64>> {
+    let arr: PerCpuArray<MapData, u64> = open(pins, name)?.try_into()?;
+    (0..len).map(|i| Ok(arr.get(&i, 0).with_context(|| format!("read {name}[{i}]"))?.iter().sum())).collect()
+}
+
+/// Drops so far, summed over CPUs, per reason.
+pub fn drops(pins: &PinDir) -> Result<Vec<(DropReason, u64)>> {
+    let sums = sum_per_cpu_array(pins, names::DROPS, DropReason::COUNT)?;
+    Ok(DropReason::ALL.iter().copied().zip(sums).collect())
+}
+
+/// Forwarded packets so far, summed over CPUs, per path.
+pub fn forwards(pins: &PinDir) -> Result<Vec<(ForwardPath, u64)>> {
+    let sums = sum_per_cpu_array(pins, names::FORWARDS, ForwardPath::COUNT)?;
+    Ok(ForwardPath::ALL.iter().copied().zip(sums).collect())
+}
+
+/// Packets `count_packets` saw on `ifindex`, summed over CPUs.
+pub fn iface_packets(pins: &PinDir, ifindex: u32) -> Result<u64> {
+    let map: PerCpuHashMap<MapData, u32, u64> = open(pins, names::IFACE_PACKETS)?.try_into()?;
+    match map.get(&ifindex, 0) {
+        Ok(values) => Ok(values.iter().sum()),
+        Err(aya::maps::MapError::KeyNotFound) => Ok(0),
+        Err(e) => Err(e).context("read IFACE_PACKETS"),
+    }
+}

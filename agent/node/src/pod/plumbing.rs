@@ -1,0 +1,97 @@
+//! Wiring a pod-like namespace to the node: the steps CNI ADD takes (with a
+//! rollback entry and a fault point between each) and the agent's health
+//! endpoint reuses. Each step is idempotent where it can be.
+//!
+//! Pod side: `/32` address, a scope-link route to `POD_GATEWAY` and a default
+//! route via it, and `POD_GATEWAY` as a permanent neighbour at the host veth's
+//! MAC (so the pod never ARPs). Node side: a `/32` route to the pod and a
+//! permanent neighbour for it (node → pod traffic, kubelet probes).
+use std::{net::Ipv4Addr, os::fd::RawFd, path::Path};
+
+use anyhow::{anyhow, Context, Result};
+use aya::programs::SchedClassifier;
+use sluice_common::{maps::programs, EndpointInfo};
+
+use crate::{
+    datapath::{links, pinned_maps::Endpoints, pins::PinDir},
+    net::netlink::{LinkInfo, Netlink},
+};
+
+/// Pods route everything via this link-local address: no pod-CIDR address
+/// is spent on a gateway.
+pub const POD_GATEWAY: Ipv4Addr = Ipv4Addr::new(169, 254, 1, 1);
+
+/// Create the veth pair in the node namespace (removing leftovers of an
+/// earlier attempt first). Returns the host side.
+pub async fn create_veth(host: &Netlink, host_name: &str, peer_tmp: &str, mtu: u32) -> Result<LinkInfo> {
+    host.delete_link(host_name).await?;
+    host.delete_link(peer_tmp).await?;
+    host.add_veth(host_name, peer_tmp).await?;
+    let host_link = host.require_link(host_name).await?;
+    host.set_mtu(host_link.index, mtu).await?;
+    Ok(host_link)
+}
+
+/// Move the pod end into the namespace open as `ns_fd`.
+pub async fn move_peer(host: &Netlink, peer_tmp: &str, ns_fd: RawFd) -> Result<()> {
+    let peer = host.require_link(peer_tmp).await?;
+    host.move_to_netns(peer.index, ns_fd).await
+}
+
+/// Inside the pod: name, MTU, address, routes, gateway neighbour.
+pub async fn configure_pod_side(
+    pod: &Netlink,
+    peer_tmp: &str,
+    ifname: &str,
+    mtu: u32,
+    ip: Ipv4Addr,
+    host_mac: [u8; 6],
+) -> Result<LinkInfo> {
+    let link = pod.require_link(peer_tmp).await?;
+    pod.set_name(link.index, ifname).await?;
+    pod.set_mtu(link.index, mtu).await?;
+    pod.set_up(link.index).await?;
+    if let Some(lo) = pod.link_by_name("lo").await? {
+        pod.set_up(lo.index).await?;
+    }
+    pod.add_address(link.index, ip.into(), 32).await?;
+    pod.add_link_route(link.index, POD_GATEWAY, 32).await?;
+    pod.add_default_route(link.index, POD_GATEWAY).await?;
+    pod.add_permanent_neighbour(link.index, POD_GATEWAY, host_mac).await?;
+    pod.require_link(ifname).await
+}
+
+/// On the node: host side up, route and neighbour to the pod.
+pub async fn configure_host_side(host: &Netlink, host_link: &LinkInfo, ip: Ipv4Addr, pod_mac: [u8; 6]) -> Result<()> {
+    host.set_up(host_link.index).await?;
+    host.add_link_route(host_link.index, ip, 32).await?;
+    host.add_permanent_neighbour(host_link.index, ip, pod_mac).await
+}
+
+/// The endpoint entry: this address lives behind this host veth.
+pub fn insert_endpoint(pins: &PinDir, ip: Ipv4Addr, host_link: &LinkInfo, pod_mac: [u8; 6]) -> Result<()> {
+    let ep = EndpointInfo { host_ifindex: host_link.index, pod_mac, host_mac: host_link.mac };
+    Endpoints::open(pins)?.insert(ip, ep)
+}
+
+/// `from_pod` (the pinned program) on the host veth's ingress, link pinned.
+pub fn attach_from_pod(pins: &PinDir, host_name: &str) -> Result<()> {
+    let prog_pin = pins.prog(programs::FROM_POD);
+    let link_pin = pins.link(programs::FROM_POD, host_name);
+    let mut prog = SchedClassifier::from_pin(&prog_pin).with_context(|| format!("open {}", prog_pin.display()))?;
+    links::unpin_link(&link_pin)?;
+    links::attach_and_pin(&mut prog, host_name, &link_pin)
+}
+
+/// Fail early, naming the agent, when the datapath is not loaded.
+pub fn require_datapath(pins: &PinDir) -> Result<()> {
+    let prog_pin = pins.prog(programs::FROM_POD);
+    if !Path::new(&prog_pin).exists() {
+        return Err(anyhow!(
+            "{} is missing: is sluice-agent running with pin dir {}?",
+            prog_pin.display(),
+            pins.root().display()
+        ));
+    }
+    Endpoints::open(pins).map(|_| ())
+}

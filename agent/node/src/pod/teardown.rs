@@ -1,0 +1,89 @@
+//! Removing one attachment (container ID + ifname) from the node: shared by
+//! the CNI plugin's DEL and GC and the agent's sweep of dead pods. Every
+//! step runs even if an earlier one failed; anything already gone counts as
+//! removed. `entry_is_ours` decides (pure) whether the endpoint entry for
+//! the pod's address still belongs to this attachment.
+use super::names;
+use crate::{
+    datapath::{links, pinned_maps::Endpoints, pins::PinDir},
+    ipam::store::LeaseStore,
+    net::netlink::Netlink,
+};
+use sluice_common::{maps::programs, EndpointInfo};
+
+/// Tear down and return the problems met (empty: all clean).
+pub async fn teardown(
+    host: &Netlink,
+    pins: &PinDir,
+    store: &LeaseStore,
+    container_id: &str,
+    ifname: &str,
+) -> Vec<String> {
+    let mut errors = Vec::new();
+    let host_name = names::host_veth(container_id, ifname);
+    let host_ifindex = host.link_by_name(&host_name).await.ok().flatten().map(|l| l.index);
+    let ip = match store.find(container_id, ifname) {
+        Ok(ip) => ip,
+        Err(e) => {
+            errors.push(format!("{e:#}"));
+            None
+        }
+    };
+    // The endpoint entry, only if it is still this pod's (an address may
+    // have moved on to another pod after a lost DEL).
+    if let (Some(ip), Ok(mut endpoints)) = (ip, Endpoints::open(pins)) {
+        if entry_is_ours(endpoints.get(ip).as_ref(), host_ifindex) {
+            if let Err(e) = endpoints.remove(ip) {
+                errors.push(format!("{e:#}"));
+            }
+        }
+    }
+    if let Err(e) = links::unpin_link(&pins.link(programs::FROM_POD, &host_name)) {
+        errors.push(format!("{e:#}"));
+    }
+    // Deleting the host side deletes the pod side too; the temporary peer
+    // name exists only if ADD died before moving it into the pod.
+    for name in [host_name.clone(), names::temp_peer(container_id, ifname)] {
+        if let Err(e) = host.delete_link(&name).await {
+            errors.push(format!("{e:#}"));
+        }
+    }
+    if let Err(e) = store.release(container_id, ifname) {
+        errors.push(format!("{e:#}"));
+    }
+    errors
+}
+
+/// Is the endpoint entry for the pod's address still this attachment's?
+/// An address can move on to another pod after a lost DEL; that pod's
+/// entry points at its own host veth and must stay. With our host veth
+/// already gone (`None`) no other pod can be using our interface, so an
+/// entry for our address is ours.
+pub fn entry_is_ours(entry: Option<&EndpointInfo>, our_host_ifindex: Option<u32>) -> bool {
+    match entry {
+        Some(ep) => our_host_ifindex.is_none_or(|i| i == ep.host_ifindex),
+        None => false,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ep(host_ifindex: u32) -> EndpointInfo {
+        EndpointInfo { host_ifindex, pod_mac: [0; 6], host_mac: [0; 6] }
+    }
+
+    #[test]
+    fn ownership() {
+        // Entry points at our veth: ours.
+        assert!(entry_is_ours(Some(&ep(7)), Some(7)));
+        // Entry points at another pod's veth (address reused): not ours.
+        assert!(!entry_is_ours(Some(&ep(9)), Some(7)));
+        // Our veth is gone: the entry for our address is ours.
+        assert!(entry_is_ours(Some(&ep(9)), None));
+        // No entry: nothing to remove.
+        assert!(!entry_is_ours(None, Some(7)));
+        assert!(!entry_is_ours(None, None));
+    }
+}

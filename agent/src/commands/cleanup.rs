@@ -1,0 +1,85 @@
+//! `sluice-agent cleanup`: undo everything sluice did to a node, for
+//! uninstalling. Programs are detached by removing their link pins (a pin
+//! holds the last reference), then pins, the health endpoint, pod veths, the
+//! conflist, the plugin binary and IPAM state go. Every step runs; what is
+//! already gone counts as done.
+use std::path::{Path, PathBuf};
+
+use anyhow::{bail, Result};
+use tracing::info;
+
+use sluice_node::{datapath::pins::PinDir, net::netlink::Netlink, paths::PLUGIN_TYPE, pod::names};
+
+use super::health_endpoint;
+use crate::{daemon::cni_conf, state_file};
+
+pub struct CleanupPlan {
+    pub pin_dir: PathBuf,
+    pub data_dir: PathBuf,
+    pub cni_conf_dir: Option<PathBuf>,
+    pub cni_bin_dir: Option<PathBuf>,
+    pub health_netns: String,
+}
+
+fn remove_file(path: &Path, errors: &mut Vec<String>) {
+    if let Err(e) = std::fs::remove_file(path) {
+        if e.kind() != std::io::ErrorKind::NotFound {
+            errors.push(format!("remove {}: {e}", path.display()));
+        }
+    }
+}
+
+pub async fn run(plan: &CleanupPlan) -> Result<()> {
+    let mut errors = Vec::new();
+    let pins = PinDir::new(&plan.pin_dir);
+    let netlink = Netlink::open()?;
+    // 1. Detach: every pinned link.
+    if let Ok(dir) = std::fs::read_dir(pins.links_dir()) {
+        for e in dir.flatten() {
+            remove_file(&e.path(), &mut errors);
+        }
+    }
+    // 2. The health endpoint.
+    let pod_cidr = state_file::read(&plan.data_dir).ok().and_then(|s| s.pod_cidr.parse().ok());
+    if let Err(e) = health_endpoint::remove(&netlink, &pins, &plan.health_netns, pod_cidr).await {
+        errors.push(format!("health endpoint: {e:#}"));
+    }
+    // 3. Pod veths sluice made (their routes and neighbours go with them).
+    match netlink.links().await {
+        Ok(links) => {
+            for l in links.iter().filter(|l| names::is_pod_link(&l.name)) {
+                if let Err(e) = netlink.delete_link(&l.name).await {
+                    errors.push(format!("{e:#}"));
+                }
+            }
+        }
+        Err(e) => errors.push(format!("{e:#}")),
+    }
+    // 4. Pins (maps and programs go when nothing else holds them).
+    if plan.pin_dir.exists() {
+        if let Err(e) = std::fs::remove_dir_all(&plan.pin_dir) {
+            errors.push(format!("remove {}: {e}", plan.pin_dir.display()));
+        }
+    }
+    // 5. What the runtime sees: conflist first, so no new pod is sent to us.
+    if let Some(dir) = &plan.cni_conf_dir {
+        remove_file(&dir.join(cni_conf::CONFLIST_NAME), &mut errors);
+    }
+    if let Some(dir) = &plan.cni_bin_dir {
+        remove_file(&dir.join(PLUGIN_TYPE), &mut errors);
+    }
+    // 6. State: IPAM leases and the agent's state file.
+    let ipam = plan.data_dir.join("ipam");
+    if ipam.exists() {
+        if let Err(e) = std::fs::remove_dir_all(&ipam) {
+            errors.push(format!("remove {}: {e}", ipam.display()));
+        }
+    }
+    remove_file(&state_file::path(&plan.data_dir), &mut errors);
+    if errors.is_empty() {
+        info!("node cleaned: no sluice programs, pins, interfaces or files left");
+        Ok(())
+    } else {
+        bail!("cleanup incomplete:\n  {}", errors.join("\n  "))
+    }
+}

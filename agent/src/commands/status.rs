@@ -1,0 +1,329 @@
+//! `sluice-agent status`: what a person on call needs at a glance. Read from
+//! the pinned maps and the agent's state file only, so it works (and says
+//! so) while the agent is down.
+use std::{collections::BTreeMap, path::Path};
+
+use serde_json::{json, Value};
+use sluice_common::maps::{
+    limits::{MAX_ENDPOINTS, MAX_NODE_ROUTES},
+    programs,
+};
+
+use sluice_node::{
+    clock::now_unix,
+    datapath::{
+        pinned_maps::{self, Endpoints, NodeRoutes},
+        pins::{self, PinDir},
+    },
+};
+
+use crate::state_file::{self, AgentState};
+
+/// Everything `status` shows, plus the verdict.
+#[derive(Debug, Default)]
+pub struct StatusReport {
+    /// Why the node is unhealthy, most important first; empty when healthy.
+    pub unhealthy: Vec<String>,
+    pub warnings: Vec<String>,
+    pub pin_dir: String,
+    pub agent: Option<AgentState>,
+    pub agent_alive: bool,
+    pub uplink_ifindex: u32,
+    pub node_ip: String,
+    /// Interface → programs attached to it (from the link pins).
+    pub attached: BTreeMap<String, Vec<String>>,
+    pub routes: Vec<(String, String, String)>,
+    pub endpoints: Vec<(String, u32)>,
+    pub drops: Vec<(String, u64)>,
+    pub forwards: Vec<(String, u64)>,
+}
+
+fn pid_alive(pid: u32) -> bool {
+    pid != 0 && Path::new(&format!("/proc/{pid}")).exists()
+}
+
+/// What the verdict is decided from: gathered by `collect`, built by hand
+/// in tests.
+pub struct HealthFacts<'a> {
+    /// The agent's state file, or why it could not be read.
+    pub agent: Result<&'a AgentState, String>,
+    pub agent_pid_alive: bool,
+    pub now_unix: u64,
+    /// Why the pinned maps could not be read, if they could not.
+    pub datapath_error: Option<String>,
+    pub uplink_attached: bool,
+    pub endpoints: usize,
+    pub routes: usize,
+}
+
+/// The health policy (pure): what makes a node unhealthy, most important
+/// first, and what only deserves a warning.
+#[derive(Debug, Default, PartialEq, Eq)]
+pub struct Verdict {
+    pub unhealthy: Vec<String>,
+    pub warnings: Vec<String>,
+    pub agent_alive: bool,
+}
+
+pub fn verdict(f: &HealthFacts) -> Verdict {
+    let mut v = Verdict::default();
+    // The datapath first: without it nothing forwards.
+    if let Some(e) = &f.datapath_error {
+        v.unhealthy.push(format!("datapath not loaded: {e}"));
+    } else if !f.uplink_attached {
+        v.unhealthy.push("from_uplink is not attached to the uplink".into());
+    }
+    match &f.agent {
+        Ok(state) => {
+            let age = f.now_unix.saturating_sub(state.updated_unix);
+            // Three missed passes, and never less than 10 s.
+            let max_age = (3 * state.resync_ms / 1000).max(10);
+            v.agent_alive = f.agent_pid_alive && age <= max_age;
+            if !v.agent_alive {
+                v.unhealthy.push(format!(
+                    "agent not running (pid {} last reported {age}s ago); the datapath keeps forwarding with the last state",
+                    state.pid
+                ));
+            }
+            if let Some(k) = &state.kubernetes {
+                if !k.connected {
+                    v.unhealthy.push(format!(
+                        "not connected to the Kubernetes API: {}",
+                        k.last_error.clone().unwrap_or_else(|| "no events yet".into())
+                    ));
+                }
+            }
+            if let Some(e) = &state.last_error {
+                v.unhealthy.push(format!("membership not applied: {e}"));
+            }
+            v.warnings.extend(state.problems.iter().map(|p| p.to_string()));
+        }
+        Err(e) => v.unhealthy.push(format!("agent has never run here: {e}")),
+    }
+    if f.datapath_error.is_none() {
+        for (what, n, max) in [("endpoints", f.endpoints, MAX_ENDPOINTS), ("node routes", f.routes, MAX_NODE_ROUTES)] {
+            if n as u64 * 10 >= max as u64 * 9 {
+                v.warnings.push(format!("{what} map is {n} of {max} full"));
+            }
+        }
+    }
+    v
+}
+
+pub fn collect(pins: &PinDir, data_dir: &Path) -> StatusReport {
+    let mut r = StatusReport { pin_dir: pins.root().display().to_string(), ..Default::default() };
+    let state = state_file::read(data_dir).map_err(|e| format!("{e:#}"));
+    let endpoints = Endpoints::open(pins).and_then(|m| m.all());
+    let routes = NodeRoutes::open(pins).and_then(|m| m.all());
+    let datapath_error = match (&endpoints, &routes) {
+        (Ok(_), Ok(_)) => None,
+        (Err(e), _) | (_, Err(e)) => Some(format!("{e:#}")),
+    };
+    if let Ok(cfg) = pinned_maps::read_node_config(pins) {
+        r.uplink_ifindex = cfg.uplink_ifindex;
+        r.node_ip = pinned_maps::ip_from_be(cfg.node_ip_be).to_string();
+    }
+    if let Ok(dir) = std::fs::read_dir(pins.links_dir()) {
+        for entry in dir.flatten() {
+            let name = entry.file_name().to_string_lossy().into_owned();
+            for prog in [programs::FROM_UPLINK, programs::FROM_POD, programs::COUNT_PACKETS] {
+                if let Some(ifname) = pins::link_pin_ifname(prog, &name) {
+                    r.attached.entry(ifname.to_string()).or_default().push(prog.to_string());
+                }
+            }
+        }
+    }
+    let uplink_attached = r.attached.values().any(|progs| progs.iter().any(|p| p == programs::FROM_UPLINK));
+    let (endpoints, routes) = (endpoints.unwrap_or_default(), routes.unwrap_or_default());
+    let v = verdict(&HealthFacts {
+        agent: state.as_ref().map_err(Clone::clone),
+        agent_pid_alive: state.as_ref().is_ok_and(|s| pid_alive(s.pid)),
+        now_unix: now_unix(),
+        datapath_error: datapath_error.clone(),
+        uplink_attached,
+        endpoints: endpoints.len(),
+        routes: routes.len(),
+    });
+    (r.unhealthy, r.warnings, r.agent_alive) = (v.unhealthy, v.warnings, v.agent_alive);
+    r.agent = state.ok();
+    if datapath_error.is_some() {
+        return r;
+    }
+    let route_nodes = r.agent.as_ref().map(|a| a.route_nodes.clone()).unwrap_or_default();
+    r.routes = routes
+        .iter()
+        .map(|(cidr, ip)| {
+            let node = route_nodes.get(&cidr.to_string()).cloned().unwrap_or_else(|| "?".into());
+            (cidr.to_string(), ip.to_string(), node)
+        })
+        .collect();
+    r.endpoints = endpoints.iter().map(|(ip, ep)| (ip.to_string(), ep.host_ifindex)).collect();
+    r.drops = pinned_maps::drops(pins)
+        .map(|v| v.iter().map(|(k, n)| (k.name().to_string(), *n)).collect())
+        .unwrap_or_default();
+    r.forwards = pinned_maps::forwards(pins)
+        .map(|v| v.iter().map(|(k, n)| (k.name().to_string(), *n)).collect())
+        .unwrap_or_default();
+    r
+}
+
+impl StatusReport {
+    pub fn healthy(&self) -> bool {
+        self.unhealthy.is_empty()
+    }
+
+    pub fn to_json(&self) -> Value {
+        json!({
+            "healthy": self.healthy(),
+            "unhealthy": self.unhealthy,
+            "warnings": self.warnings,
+            "pinDir": self.pin_dir,
+            "agent": self.agent,
+            "agentAlive": self.agent_alive,
+            "uplinkIfindex": self.uplink_ifindex,
+            "nodeIP": self.node_ip,
+            "attached": self.attached,
+            "routes": self.routes.iter().map(|(c, ip, n)| json!({"podCIDR": c, "nodeIP": ip, "node": n})).collect::<Vec<_>>(),
+            "endpoints": self.endpoints.iter().map(|(ip, i)| json!({"ip": ip, "hostIfindex": i})).collect::<Vec<_>>(),
+            "maps": {
+                "endpoints": {"used": self.endpoints.len(), "max": MAX_ENDPOINTS},
+                "nodeRoutes": {"used": self.routes.len(), "max": MAX_NODE_ROUTES},
+            },
+            "drops": self.drops.iter().map(|(k, n)| (k.clone(), json!(n))).collect::<serde_json::Map<_, _>>(),
+            "forwards": self.forwards.iter().map(|(k, n)| (k.clone(), json!(n))).collect::<serde_json::Map<_, _>>(),
+        })
+    }
+
+    pub fn render_text(&self) -> String {
+        let mut o = String::new();
+        match self.unhealthy.first() {
+            None => o.push_str("sluice: healthy\n"),
+            Some(first) => o.push_str(&format!("sluice: UNHEALTHY: {first}\n")),
+        }
+        for more in self.unhealthy.iter().skip(1) {
+            o.push_str(&format!("  also: {more}\n"));
+        }
+        for w in &self.warnings {
+            o.push_str(&format!("  warning: {w}\n"));
+        }
+        if let Some(a) = &self.agent {
+            o.push_str(&format!(
+                "agent: {} (pid {}, v{}), node {}, pod CIDR {}, membership from {}\n",
+                if self.agent_alive { "running" } else { "NOT RUNNING" },
+                a.pid,
+                a.version,
+                a.node_name,
+                a.pod_cidr,
+                a.membership
+            ));
+            if let Some(k) = &a.kubernetes {
+                o.push_str(&format!(
+                    "kubernetes: {} , synced {}, {} events, {} lists{}\n",
+                    if k.connected { "connected" } else { "DISCONNECTED" },
+                    k.synced,
+                    k.events,
+                    k.relists,
+                    k.last_error.as_ref().map(|e| format!(", last error: {e}")).unwrap_or_default()
+                ));
+            }
+        }
+        o.push_str(&format!(
+            "datapath: pins {}, uplink ifindex {}, node IP {}\n",
+            self.pin_dir, self.uplink_ifindex, self.node_ip
+        ));
+        o.push_str("programs attached:\n");
+        for (ifname, progs) in &self.attached {
+            o.push_str(&format!("  {ifname:<16} {}\n", progs.join(", ")));
+        }
+        o.push_str(&format!("node routes ({} of {}):\n", self.routes.len(), MAX_NODE_ROUTES));
+        for (cidr, ip, node) in &self.routes {
+            o.push_str(&format!("  {cidr:<18} via {ip:<15} node {node}\n"));
+        }
+        o.push_str(&format!("local endpoints ({} of {}):\n", self.endpoints.len(), MAX_ENDPOINTS));
+        for (ip, ifindex) in &self.endpoints {
+            o.push_str(&format!("  {ip:<16} host ifindex {ifindex}\n"));
+        }
+        for (title, counters) in [("drops by reason", &self.drops), ("forwarded by path", &self.forwards)] {
+            o.push_str(&format!("{title}:\n"));
+            for (k, n) in counters {
+                o.push_str(&format!("  {k:<18} {n}\n"));
+            }
+        }
+        o
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::membership::{kubernetes::KubeState, Problem};
+
+    fn state(updated_unix: u64) -> AgentState {
+        AgentState { pid: 42, updated_unix, resync_ms: 1000, ..Default::default() }
+    }
+
+    fn facts(agent: Result<&AgentState, String>) -> HealthFacts<'_> {
+        HealthFacts {
+            agent,
+            agent_pid_alive: true,
+            now_unix: 1000,
+            datapath_error: None,
+            uplink_attached: true,
+            endpoints: 3,
+            routes: 2,
+        }
+    }
+
+    #[test]
+    fn healthy_when_everything_is_in_place() {
+        let s = state(999);
+        let v = verdict(&facts(Ok(&s)));
+        assert_eq!(v, Verdict { unhealthy: vec![], warnings: vec![], agent_alive: true });
+    }
+
+    #[test]
+    fn a_dead_or_silent_agent_is_unhealthy() {
+        let s = state(999);
+        let dead = verdict(&HealthFacts { agent_pid_alive: false, ..facts(Ok(&s)) });
+        assert!(!dead.agent_alive);
+        assert!(dead.unhealthy[0].starts_with("agent not running (pid 42"), "{:?}", dead.unhealthy);
+        // Alive pid, but no pass for longer than 10 s (3 × 1 s resync, floor 10 s).
+        let stale = state(989);
+        assert!(verdict(&facts(Ok(&stale))).unhealthy[0].contains("last reported 11s ago"));
+        let recent = state(990);
+        assert!(verdict(&facts(Ok(&recent))).unhealthy.is_empty());
+        let never = verdict(&facts(Err("no state file".into())));
+        assert_eq!(never.unhealthy, vec!["agent has never run here: no state file"]);
+    }
+
+    #[test]
+    fn datapath_problems_come_first() {
+        let s = AgentState { last_error: Some("bad peers file".into()), ..state(999) };
+        let v = verdict(&HealthFacts { datapath_error: Some("no pins".into()), ..facts(Ok(&s)) });
+        assert_eq!(v.unhealthy, vec!["datapath not loaded: no pins", "membership not applied: bad peers file"]);
+        let v = verdict(&HealthFacts { uplink_attached: false, ..facts(Ok(&s)) });
+        assert_eq!(v.unhealthy[0], "from_uplink is not attached to the uplink");
+    }
+
+    #[test]
+    fn kubernetes_disconnected_is_unhealthy_problems_only_warn() {
+        let s = AgentState {
+            kubernetes: Some(KubeState { connected: false, last_error: Some("refused".into()), ..Default::default() }),
+            problems: vec![Problem::NoPodCidr { node: "n4".into() }],
+            ..state(999)
+        };
+        let v = verdict(&facts(Ok(&s)));
+        assert_eq!(v.unhealthy, vec!["not connected to the Kubernetes API: refused"]);
+        assert_eq!(v.warnings, vec!["node n4 has no pod CIDR yet; not routed"]);
+    }
+
+    #[test]
+    fn nearly_full_maps_warn() {
+        let s = state(999);
+        let max = MAX_ENDPOINTS as usize;
+        let ninety_percent = (max * 9).div_ceil(10);
+        let v = verdict(&HealthFacts { endpoints: ninety_percent, ..facts(Ok(&s)) });
+        assert_eq!(v.warnings, vec![format!("endpoints map is {ninety_percent} of {max} full")]);
+        assert!(verdict(&HealthFacts { endpoints: ninety_percent - 1, ..facts(Ok(&s)) }).warnings.is_empty());
+    }
+}

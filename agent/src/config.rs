@@ -1,0 +1,155 @@
+//! The agent's configuration (`sluice-agent run` flags) and its validation
+//! (pure). Not to be confused with `sluice_common::NodeConfig`, the
+//! `NODE_CONFIG` map value the datapath reads.
+use std::path::PathBuf;
+
+use ipnetwork::Ipv4Network;
+use sluice_node::paths;
+
+/// What the agent needs to know about its node.
+#[derive(Clone, Debug, clap::Args)]
+pub struct AgentConfig {
+    /// This node's name (Kubernetes gives it as NODE_NAME).
+    #[arg(long, env = "NODE_NAME")]
+    pub node_name: String,
+    /// The interface that carries traffic to other nodes; by default the one
+    /// holding the IPv4 default route.
+    #[arg(long, env = "SLUICE_UPLINK", default_value = "")]
+    pub uplink: String,
+    /// Pod MTU; by default the uplink's (no encapsulation, nothing to subtract).
+    #[arg(long, env = "SLUICE_MTU")]
+    pub mtu: Option<u32>,
+    /// Pod CIDR of this node. With --kubernetes it may be left out: the
+    /// node's own `spec.podCIDR` is used.
+    #[arg(long, env = "SLUICE_POD_CIDR")]
+    pub pod_cidr: Option<Ipv4Network>,
+    /// The cluster's whole pod range; every node's pod CIDR lies inside it.
+    #[arg(long, env = "SLUICE_CLUSTER_CIDR")]
+    pub cluster_cidr: Ipv4Network,
+    /// The cluster's service range, which no pod CIDR may overlap.
+    #[arg(long, env = "SLUICE_SERVICE_CIDR")]
+    pub service_cidr: Option<Ipv4Network>,
+    /// bpffs directory for this node's maps, programs and links.
+    #[arg(long, env = "SLUICE_PIN_DIR", default_value = paths::DEFAULT_PIN_DIR)]
+    pub pin_dir: PathBuf,
+    /// State: IPAM leases (written into the conflist) and the agent's status file.
+    #[arg(long, env = "SLUICE_DATA_DIR", default_value = paths::DEFAULT_DATA_DIR)]
+    pub data_dir: PathBuf,
+    /// Directory to write `10-sluice.conflist` into, once the datapath is up.
+    #[arg(long, env = "SLUICE_CNI_CONF_DIR")]
+    pub cni_conf_dir: Option<PathBuf>,
+    /// Directory to install the CNI plugin into (as `sluice`) at start.
+    #[arg(long, env = "SLUICE_CNI_BIN_DIR")]
+    pub cni_bin_dir: Option<PathBuf>,
+    /// Name of the health endpoint's network namespace (under /run/netns).
+    #[arg(long, env = "SLUICE_HEALTH_NETNS", default_value = paths::DEFAULT_HEALTH_NETNS)]
+    pub health_netns: String,
+}
+
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum ConfigError {
+    #[error("pod CIDR {0} has host bits set: use {1}")]
+    PodCidrNotNetwork(Ipv4Network, Ipv4Network),
+    #[error("pod CIDR {pod} is not inside the cluster CIDR {cluster}")]
+    PodCidrOutsideCluster { pod: Ipv4Network, cluster: Ipv4Network },
+    #[error("pod CIDR {0} is too small: it needs room for at least one pod (/30 or larger)")]
+    PodCidrTooSmall(Ipv4Network),
+    #[error("pod CIDR {pod} overlaps the node network {network} (uplink {uplink})")]
+    OverlapsNodeNetwork { pod: Ipv4Network, network: Ipv4Network, uplink: String },
+    #[error("{what} {cidr} overlaps the service CIDR {service}")]
+    OverlapsServices { what: &'static str, cidr: Ipv4Network, service: Ipv4Network },
+    #[error("node name is empty")]
+    EmptyNodeName,
+}
+
+impl AgentConfig {
+    /// Checks that need nothing but the configuration.
+    pub fn validate_static(&self) -> Result<(), ConfigError> {
+        if self.node_name.is_empty() {
+            return Err(ConfigError::EmptyNodeName);
+        }
+        if let Some(service) = self.service_cidr {
+            if service.overlaps(self.cluster_cidr) {
+                return Err(ConfigError::OverlapsServices { what: "cluster CIDR", cidr: self.cluster_cidr, service });
+            }
+        }
+        Ok(())
+    }
+
+    /// Checks of this node's pod CIDR (from the flag or from Kubernetes)
+    /// against the cluster, the services and the node's own network.
+    pub fn validate_pod_cidr(&self, pod: Ipv4Network, node_network: Ipv4Network) -> Result<(), ConfigError> {
+        let network = Ipv4Network::new(pod.network(), pod.prefix()).expect("prefix came from a valid network");
+        if network.ip() != pod.ip() {
+            return Err(ConfigError::PodCidrNotNetwork(pod, network));
+        }
+        if pod.prefix() > 30 {
+            return Err(ConfigError::PodCidrTooSmall(pod));
+        }
+        if !(self.cluster_cidr.contains(pod.network()) && self.cluster_cidr.prefix() <= pod.prefix()) {
+            return Err(ConfigError::PodCidrOutsideCluster { pod, cluster: self.cluster_cidr });
+        }
+        if pod.overlaps(node_network) {
+            return Err(ConfigError::OverlapsNodeNetwork { pod, network: node_network, uplink: self.uplink.clone() });
+        }
+        if let Some(service) = self.service_cidr {
+            if pod.overlaps(service) {
+                return Err(ConfigError::OverlapsServices { what: "pod CIDR", cidr: pod, service });
+            }
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn cfg(cluster: &str, service: Option<&str>) -> AgentConfig {
+        AgentConfig {
+            node_name: "n1".into(),
+            uplink: "eth0".into(),
+            pod_cidr: None,
+            cluster_cidr: cluster.parse().unwrap(),
+            service_cidr: service.map(|s| s.parse().unwrap()),
+            pin_dir: "/sys/fs/bpf/x".into(),
+            data_dir: "/tmp".into(),
+            cni_conf_dir: None,
+            cni_bin_dir: None,
+            health_netns: "sluice-health".into(),
+            mtu: None,
+        }
+    }
+
+    fn net(s: &str) -> Ipv4Network {
+        s.parse().unwrap()
+    }
+
+    #[test]
+    fn validation() {
+        let c = cfg("10.244.0.0/16", Some("10.96.0.0/12"));
+        let lan = net("192.168.1.0/24");
+        assert_eq!(c.validate_static(), Ok(()));
+        assert_eq!(c.validate_pod_cidr(net("10.244.1.0/24"), lan), Ok(()));
+        assert!(matches!(c.validate_pod_cidr(net("10.244.1.7/24"), lan), Err(ConfigError::PodCidrNotNetwork(..))));
+        assert!(matches!(
+            c.validate_pod_cidr(net("10.245.1.0/24"), lan),
+            Err(ConfigError::PodCidrOutsideCluster { .. })
+        ));
+        assert!(matches!(c.validate_pod_cidr(net("10.0.0.0/8"), lan), Err(ConfigError::PodCidrOutsideCluster { .. })));
+        assert!(matches!(c.validate_pod_cidr(net("10.244.1.0/31"), lan), Err(ConfigError::PodCidrTooSmall(_))));
+        assert!(matches!(
+            c.validate_pod_cidr(net("10.244.1.0/24"), net("10.244.0.0/20")),
+            Err(ConfigError::OverlapsNodeNetwork { .. })
+        ));
+        let wide = cfg("10.0.0.0/8", Some("10.96.0.0/12"));
+        assert!(matches!(wide.validate_static(), Err(ConfigError::OverlapsServices { .. })));
+        let no_svc = cfg("10.0.0.0/8", None);
+        assert_eq!(no_svc.validate_pod_cidr(net("10.100.0.0/24"), lan), Ok(()));
+        let svc_inside = AgentConfig { service_cidr: Some(net("10.100.0.0/16")), ..cfg("10.0.0.0/8", None) };
+        assert!(matches!(
+            svc_inside.validate_pod_cidr(net("10.100.0.0/24"), lan),
+            Err(ConfigError::OverlapsServices { what: "pod CIDR", .. })
+        ));
+    }
+}

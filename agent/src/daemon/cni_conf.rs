@@ -1,0 +1,66 @@
+//! The CNI network configuration the agent writes for the runtime.
+use std::{
+    fs,
+    io::Write,
+    path::{Path, PathBuf},
+};
+
+use anyhow::{Context, Result};
+use ipnetwork::Ipv4Network;
+use serde_json::json;
+use sluice_node::paths::PLUGIN_TYPE;
+
+pub const CONFLIST_NAME: &str = "10-sluice.conflist";
+pub const NETWORK_NAME: &str = "sluice";
+
+/// The conflist for this node. `mtu` is the uplink's: no encapsulation, so
+/// pods can use all of it.
+pub fn render(pod_cidr: Ipv4Network, mtu: u32, pin_dir: &Path, data_dir: &Path) -> serde_json::Value {
+    json!({
+        "cniVersion": "1.0.0",
+        "name": NETWORK_NAME,
+        "plugins": [{
+            "type": PLUGIN_TYPE,
+            "podCIDR": pod_cidr.to_string(),
+            "mtu": mtu,
+            "pinDir": pin_dir,
+            "dataDir": data_dir,
+        }]
+    })
+}
+
+/// Write atomically (temp file, then rename), so a runtime never reads half.
+pub fn write(dir: &Path, conflist: &serde_json::Value) -> Result<PathBuf> {
+    fs::create_dir_all(dir).with_context(|| format!("create {}", dir.display()))?;
+    let path = dir.join(CONFLIST_NAME);
+    let tmp = dir.join(format!(".{CONFLIST_NAME}.tmp"));
+    let mut f = fs::File::create(&tmp).with_context(|| format!("create {}", tmp.display()))?;
+    f.write_all(serde_json::to_string_pretty(conflist)?.as_bytes())?;
+    f.sync_all()?;
+    fs::rename(&tmp, &path).with_context(|| format!("rename into {}", path.display()))?;
+    Ok(path)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn conflist_shape() {
+        let c = render("10.244.1.0/24".parse().unwrap(), 1400, Path::new("/sys/fs/bpf/s"), Path::new("/var/lib/s"));
+        assert_eq!(c["plugins"][0]["type"], "sluice");
+        assert_eq!(c["plugins"][0]["mtu"], 1400);
+        assert_eq!(c["plugins"][0]["podCIDR"], "10.244.1.0/24");
+        assert_eq!(c["name"], NETWORK_NAME);
+    }
+
+    #[test]
+    fn write_is_whole() {
+        let dir = std::env::temp_dir().join(format!("sluice-conf-test-{}", std::process::id()));
+        let c = render("10.244.1.0/24".parse().unwrap(), 1500, Path::new("/p"), Path::new("/d"));
+        let path = write(&dir, &c).unwrap();
+        let back: serde_json::Value = serde_json::from_slice(&fs::read(&path).unwrap()).unwrap();
+        assert_eq!(back, c);
+        fs::remove_dir_all(&dir).unwrap();
+    }
+}

@@ -1,0 +1,241 @@
+//! `sluice-agent run`: bring the datapath up, then keep it in step with
+//! cluster membership until stopped. Stopping (or dying) leaves the datapath
+//! attached and forwarding.
+use std::{path::PathBuf, time::Duration};
+
+use anyhow::{bail, Context, Result};
+use ipnetwork::Ipv4Network;
+use sluice_common::maps::programs;
+use tracing::{error, info, warn};
+
+pub mod cni_conf;
+pub mod plugin_install;
+pub mod sweep;
+
+use sluice_node::{
+    clock::now_unix,
+    datapath::{
+        bpffs,
+        pinned_maps::{self, NodeRoutes},
+        pins::PinDir,
+        Datapath,
+    },
+    net::netlink::Netlink,
+};
+
+use crate::{
+    commands::health_endpoint,
+    config::AgentConfig,
+    membership::{self, kubernetes::KubeNodes, peers_file::PeersFile, Membership, Problem},
+    reconcile::map_routes,
+    state_file::{self, AgentState},
+};
+
+pub struct Timing {
+    pub resync: Duration,
+    pub sweep_interval: Duration,
+    pub sweep_grace: Duration,
+}
+
+/// Where membership comes from.
+pub enum Source {
+    PeersFile(PathBuf),
+    Kubernetes(KubeNodes),
+}
+
+impl Source {
+    fn name(&self) -> &'static str {
+        match self {
+            Source::PeersFile(_) => "peers-file",
+            Source::Kubernetes(_) => "kubernetes",
+        }
+    }
+
+    /// The membership now. `Ok(None)`: not known yet (Kubernetes not listed).
+    fn membership(&self, node: &AgentConfig, own_cidr: Option<Ipv4Network>) -> Result<Option<Membership>> {
+        match self {
+            Source::PeersFile(path) => {
+                let own = own_cidr.context("--pod-cidr is required with --peers-file")?;
+                let bytes = std::fs::read(path).with_context(|| format!("read peers file {}", path.display()))?;
+                Ok(Some(PeersFile::parse(&bytes)?.membership(&node.node_name, own)?))
+            }
+            Source::Kubernetes(kube) => {
+                let (entries, state) = kube.snapshot();
+                if !state.synced {
+                    return Ok(None);
+                }
+                Ok(Some(membership::from_entries(&entries, &node.node_name, own_cidr)))
+            }
+        }
+    }
+}
+
+async fn sweep(netlink: &Netlink, node: &AgentConfig, pod_cidr: Ipv4Network, pins: &PinDir, grace: Duration) {
+    let swept = match sweep::NodeSweep::open(netlink, pins, &node.data_dir, pod_cidr) {
+        Ok(mut target) => sweep::sweep(&mut target, grace).await,
+        Err(e) => Err(e),
+    };
+    match swept {
+        Ok(plan) if !plan.is_empty() => info!(
+            attachments = plan.attachments.len(),
+            endpoints = plan.endpoints.len(),
+            links = plan.link_pins.len(),
+            "swept leftovers of pods that are gone"
+        ),
+        Ok(_) => {}
+        Err(e) => warn!(error = %format!("{e:#}"), "sweep failed; will retry"),
+    }
+}
+
+/// Wait for the first complete membership that names this node's pod CIDR.
+async fn initial_membership(source: &Source, node: &AgentConfig) -> Result<Membership> {
+    let mut waited = 0u32;
+    loop {
+        // A bad peers file at start is fatal: nothing is running yet to keep.
+        if let Some(m) = source.membership(node, node.pod_cidr)? {
+            if m.own_pod_cidr.is_some() {
+                return Ok(m);
+            }
+            if waited.is_multiple_of(10) {
+                warn!(node = %node.node_name, "this node has no pod CIDR yet (spec.podCIDR); waiting");
+            }
+        } else if waited.is_multiple_of(10) {
+            info!("waiting for the first list of Kubernetes nodes");
+        }
+        waited += 1;
+        tokio::time::sleep(Duration::from_secs(1)).await;
+    }
+}
+
+pub async fn run(mut node: AgentConfig, source: Source, bpffs_mount: PathBuf, timing: Timing) -> Result<()> {
+    node.validate_static().context("invalid node configuration")?;
+    let netlink = Netlink::open()?;
+    let uplink = if node.uplink.is_empty() {
+        let found = netlink
+            .default_route_interface()
+            .await?
+            .context("no --uplink given and no IPv4 default route to pick one from")?;
+        info!(uplink = %found.name, "uplink chosen from the default route");
+        node.uplink = found.name.clone();
+        found
+    } else {
+        netlink.require_link(&node.uplink).await.context("uplink")?
+    };
+    let mtu = node.mtu.unwrap_or(uplink.mtu);
+    if mtu > uplink.mtu {
+        bail!("--mtu {mtu} is larger than uplink {}'s MTU {}", node.uplink, uplink.mtu);
+    }
+    let (node_ip, prefix) = netlink
+        .first_ipv4(uplink.index)
+        .await?
+        .with_context(|| format!("uplink {} has no IPv4 address", node.uplink))?;
+    let node_network = Ipv4Network::new(node_ip, prefix).context("uplink address")?;
+    let node_network = Ipv4Network::new(node_network.network(), prefix)?;
+    bpffs::ensure_mounted(&bpffs_mount)?;
+
+    let membership = initial_membership(&source, &node).await?;
+    let pod_cidr = membership.own_pod_cidr.expect("initial_membership waits for it");
+    node.validate_pod_cidr(pod_cidr, node_network).context("invalid pod CIDR")?;
+    if let Some(p) = membership.problems.iter().find(|p| p.involves_own_cidr()) {
+        bail!("invalid pod CIDR {pod_cidr}: {p}");
+    }
+    info!(node = %node.node_name, %pod_cidr, source = source.name(), "membership known");
+
+    let pins = PinDir::new(&node.pin_dir);
+    let mut datapath = Datapath::load(&pins)?;
+    pinned_maps::write_node_config(
+        &pins,
+        sluice_common::NodeConfig { uplink_ifindex: uplink.index, node_ip_be: pinned_maps::ip_be(node_ip) },
+    )?;
+    datapath.attach_ingress(programs::FROM_UPLINK, &node.uplink)?;
+    let pods = datapath.update_pod_links()?;
+    let mut routes_map = NodeRoutes::open(&pins)?;
+    map_routes::reconcile(&mut routes_map, &membership.routes)?;
+    info!(node = %node.node_name, uplink = %node.uplink, %node_ip, mtu, pods, "datapath ready");
+
+    let health_netns =
+        health_endpoint::ensure(&netlink, &pins, &node.health_netns, pod_cidr, mtu).await.context("health endpoint")?;
+    health_endpoint::serve(&health_netns, &node.node_name)?;
+
+    if let Some(dir) = &node.cni_bin_dir {
+        let dest = plugin_install::install_plugin(&plugin_install::bundled_plugin()?, dir)?;
+        info!(path = %dest.display(), "CNI plugin installed");
+    }
+    sweep(&netlink, &node, pod_cidr, &pins, timing.sweep_grace).await;
+    if let Some(dir) = &node.cni_conf_dir {
+        let conf = cni_conf::render(pod_cidr, mtu, &node.pin_dir, &node.data_dir);
+        let path = cni_conf::write(dir, &conf)?;
+        info!(path = %path.display(), "CNI config written");
+    }
+
+    let mut state = AgentState {
+        pid: std::process::id(),
+        version: env!("CARGO_PKG_VERSION").to_string(),
+        node_name: node.node_name.clone(),
+        uplink: node.uplink.clone(),
+        pod_cidr: pod_cidr.to_string(),
+        membership: source.name().to_string(),
+        started_unix: now_unix(),
+        resync_ms: timing.resync.as_millis() as u64,
+        health_netns: health_netns.display().to_string(),
+        health_ip: health_endpoint::health_ip(pod_cidr).to_string(),
+        ..Default::default()
+    };
+    let mut last_error: Option<String> = None;
+    let mut last_problems: Vec<Problem> = Vec::new();
+    let mut tick = tokio::time::interval(timing.resync);
+    let mut sweep_tick = tokio::time::interval(timing.sweep_interval);
+    sweep_tick.tick().await; // the first tick is immediate; we just swept
+    let mut sigterm = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+    let changed = match &source {
+        Source::Kubernetes(k) => Some(k.changed.clone()),
+        Source::PeersFile(_) => None,
+    };
+    loop {
+        // Desired state is read whole on every pass; the diff makes that
+        // cheap and a missed change impossible.
+        let outcome = source
+            .membership(&node, Some(pod_cidr))
+            .and_then(|m| m.context("membership not known"))
+            .and_then(|m| map_routes::reconcile(&mut routes_map, &m.routes).map(|_| m));
+        match outcome {
+            Ok(m) => {
+                if m.problems != last_problems {
+                    for p in &m.problems {
+                        warn!(problem = %p, "membership");
+                    }
+                    last_problems = m.problems.clone();
+                }
+                state.route_nodes = m.route_nodes.iter().map(|(c, n)| (c.to_string(), n.clone())).collect();
+                state.problems = m.problems;
+                last_error = None;
+            }
+            Err(e) => {
+                let msg = format!("{e:#}");
+                // Keep the routes we have: a bad edit must not cut traffic.
+                if last_error.as_deref() != Some(&msg) {
+                    error!(error = %msg, "membership not applied; keeping current routes");
+                }
+                last_error = Some(msg);
+            }
+        }
+        state.last_error = last_error.clone();
+        state.kubernetes = match &source {
+            Source::Kubernetes(k) => Some(k.snapshot().1),
+            Source::PeersFile(_) => None,
+        };
+        state.updated_unix = now_unix();
+        if let Err(e) = state_file::write(&node.data_dir, &state) {
+            warn!(error = %format!("{e:#}"), "cannot write agent state");
+        }
+        tokio::select! {
+            _ = tick.tick() => {}
+            _ = async { match &changed { Some(n) => n.notified().await, None => std::future::pending().await } } => {}
+            _ = sweep_tick.tick() => sweep(&netlink, &node, pod_cidr, &pins, timing.sweep_grace).await,
+            _ = sigterm.recv() => break,
+            _ = tokio::signal::ctrl_c() => break,
+        }
+    }
+    warn!("stopping; the datapath stays attached and keeps forwarding");
+    Ok(())
+}

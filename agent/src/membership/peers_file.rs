@@ -1,0 +1,142 @@
+//! The peers file: cluster membership for clusters without Kubernetes.
+//!
+//! ```json
+//! {"peers": [{"name": "node2", "nodeIP": "192.168.50.2", "podCIDR": "10.244.2.0/24"}]}
+//! ```
+//! The same file may go to every node: a node skips its own entry by name.
+use std::{collections::BTreeMap, net::Ipv4Addr};
+
+use ipnetwork::Ipv4Network;
+use serde::{Deserialize, Serialize};
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Peer {
+    pub name: String,
+    #[serde(rename = "nodeIP")]
+    pub node_ip: Ipv4Addr,
+    #[serde(rename = "podCIDR")]
+    pub pod_cidr: Ipv4Network,
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PeersFile {
+    pub peers: Vec<Peer>,
+}
+
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum PeersError {
+    #[error("peers file is not valid JSON of the expected shape: {0}")]
+    Parse(String),
+    #[error("peer {name}: pod CIDR {cidr} is not a network address (did you mean {network}/{prefix}?)")]
+    NotNetwork { name: String, cidr: Ipv4Network, network: Ipv4Addr, prefix: u8 },
+    #[error("peers {a} and {b} have overlapping pod CIDRs {a_cidr} and {b_cidr}")]
+    Overlap { a: String, a_cidr: Ipv4Network, b: String, b_cidr: Ipv4Network },
+    #[error("peer {name}: pod CIDR {cidr} overlaps this node's pod CIDR {own}")]
+    OverlapsOwn { name: String, cidr: Ipv4Network, own: Ipv4Network },
+    #[error("peer {name} is listed twice")]
+    Duplicate { name: String },
+}
+
+impl PeersFile {
+    pub fn parse(bytes: &[u8]) -> Result<Self, PeersError> {
+        serde_json::from_slice(bytes).map_err(|e| PeersError::Parse(e.to_string()))
+    }
+
+    /// The routes this node wants: pod CIDR → node IP for every other node.
+    /// The whole file is rejected on any inconsistency, so a bad edit never
+    /// half-applies.
+    pub fn desired_routes(
+        &self,
+        own_name: &str,
+        own_cidr: Ipv4Network,
+    ) -> Result<BTreeMap<Ipv4Network, Ipv4Addr>, PeersError> {
+        let mut seen: Vec<&Peer> = Vec::new();
+        for p in &self.peers {
+            if p.pod_cidr.network() != p.pod_cidr.ip() {
+                return Err(PeersError::NotNetwork {
+                    name: p.name.clone(),
+                    cidr: p.pod_cidr,
+                    network: p.pod_cidr.network(),
+                    prefix: p.pod_cidr.prefix(),
+                });
+            }
+            if let Some(q) = seen.iter().find(|q| q.name == p.name) {
+                return Err(PeersError::Duplicate { name: q.name.clone() });
+            }
+            if let Some(q) = seen.iter().find(|q| q.pod_cidr.overlaps(p.pod_cidr)) {
+                return Err(PeersError::Overlap {
+                    a: q.name.clone(),
+                    a_cidr: q.pod_cidr,
+                    b: p.name.clone(),
+                    b_cidr: p.pod_cidr,
+                });
+            }
+            if p.name != own_name && p.pod_cidr.overlaps(own_cidr) {
+                return Err(PeersError::OverlapsOwn { name: p.name.clone(), cidr: p.pod_cidr, own: own_cidr });
+            }
+            seen.push(p);
+        }
+        Ok(self.peers.iter().filter(|p| p.name != own_name).map(|p| (p.pod_cidr, p.node_ip)).collect())
+    }
+}
+
+impl PeersFile {
+    /// Membership from this file, after `desired_routes`'s whole-file checks.
+    pub fn membership(&self, own_name: &str, own_cidr: Ipv4Network) -> Result<super::Membership, PeersError> {
+        self.desired_routes(own_name, own_cidr)?;
+        let entries: Vec<super::NodeEntry> = self
+            .peers
+            .iter()
+            .map(|p| super::NodeEntry { name: p.name.clone(), node_ip: Some(p.node_ip), pod_cidr: Some(p.pod_cidr) })
+            .collect();
+        Ok(super::from_entries(&entries, own_name, Some(own_cidr)))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn cidr(s: &str) -> Ipv4Network {
+        s.parse().unwrap()
+    }
+
+    const FILE: &str = r#"{"peers":[
+        {"name":"n1","nodeIP":"192.168.50.1","podCIDR":"10.244.1.0/24"},
+        {"name":"n2","nodeIP":"192.168.50.2","podCIDR":"10.244.2.0/24"},
+        {"name":"n3","nodeIP":"192.168.50.3","podCIDR":"10.244.3.0/24"}]}"#;
+
+    #[test]
+    fn own_entry_skipped() {
+        let f = PeersFile::parse(FILE.as_bytes()).unwrap();
+        let routes = f.desired_routes("n1", cidr("10.244.1.0/24")).unwrap();
+        assert_eq!(routes.len(), 2);
+        assert_eq!(routes[&cidr("10.244.2.0/24")], "192.168.50.2".parse::<Ipv4Addr>().unwrap());
+        assert!(!routes.contains_key(&cidr("10.244.1.0/24")));
+    }
+
+    #[test]
+    fn bad_files_rejected_whole() {
+        let own = cidr("10.244.1.0/24");
+        assert!(matches!(PeersFile::parse(b"{"), Err(PeersError::Parse(_))));
+        assert!(matches!(PeersFile::parse(br#"{"peers":[{"name":"x"}]}"#), Err(PeersError::Parse(_))));
+        let overlap = PeersFile::parse(
+            br#"{"peers":[{"name":"a","nodeIP":"1.1.1.1","podCIDR":"10.0.0.0/16"},
+                         {"name":"b","nodeIP":"1.1.1.2","podCIDR":"10.0.1.0/24"}]}"#,
+        )
+        .unwrap();
+        assert!(matches!(overlap.desired_routes("n1", own), Err(PeersError::Overlap { .. })));
+        let own_overlap =
+            PeersFile::parse(br#"{"peers":[{"name":"a","nodeIP":"1.1.1.1","podCIDR":"10.244.0.0/16"}]}"#).unwrap();
+        assert!(matches!(own_overlap.desired_routes("n1", own), Err(PeersError::OverlapsOwn { .. })));
+        let host_bits =
+            PeersFile::parse(br#"{"peers":[{"name":"a","nodeIP":"1.1.1.1","podCIDR":"10.9.0.5/24"}]}"#).unwrap();
+        assert!(matches!(host_bits.desired_routes("n1", own), Err(PeersError::NotNetwork { .. })));
+        let dup = PeersFile::parse(
+            br#"{"peers":[{"name":"a","nodeIP":"1.1.1.1","podCIDR":"10.9.0.0/24"},
+                         {"name":"a","nodeIP":"1.1.1.1","podCIDR":"10.8.0.0/24"}]}"#,
+        )
+        .unwrap();
+        assert!(matches!(dup.desired_routes("n1", own), Err(PeersError::Duplicate { .. })));
+    }
+}

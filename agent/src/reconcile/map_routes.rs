@@ -1,0 +1,184 @@
+//! The BPF routes map `NODE_ROUTES` (other nodes' pod CIDRs → node IP),
+//! kept equal to membership: `diff` decides (pure), `reconcile` reads the
+//! map, diffs and applies through `RouteTable`, which the pinned map
+//! implements and the tests fake.
+use std::{collections::BTreeMap, net::Ipv4Addr};
+
+use anyhow::Result;
+use ipnetwork::Ipv4Network;
+use sluice_node::datapath::pinned_maps::NodeRoutes;
+use tracing::info;
+
+/// Pod CIDR → node IP.
+pub type Routes = BTreeMap<Ipv4Network, Ipv4Addr>;
+
+#[derive(Debug, Default, PartialEq, Eq)]
+pub struct RouteDiff {
+    /// New CIDRs, and CIDRs whose node IP changed (an upsert replaces).
+    pub upsert: Vec<(Ipv4Network, Ipv4Addr)>,
+    pub remove: Vec<Ipv4Network>,
+}
+
+impl RouteDiff {
+    pub fn is_empty(&self) -> bool {
+        self.upsert.is_empty() && self.remove.is_empty()
+    }
+}
+
+pub fn diff(desired: &Routes, actual: &Routes) -> RouteDiff {
+    RouteDiff {
+        upsert: desired.iter().filter(|(cidr, ip)| actual.get(cidr) != Some(ip)).map(|(c, ip)| (*c, *ip)).collect(),
+        remove: actual.keys().filter(|c| !desired.contains_key(c)).copied().collect(),
+    }
+}
+
+/// The few operations the reconcile needs from the routes map.
+pub trait RouteTable {
+    fn all(&self) -> Result<Routes>;
+    fn upsert(&mut self, cidr: Ipv4Network, node_ip: Ipv4Addr) -> Result<()>;
+    fn remove(&mut self, cidr: Ipv4Network) -> Result<()>;
+}
+
+impl RouteTable for NodeRoutes {
+    fn all(&self) -> Result<Routes> {
+        NodeRoutes::all(self)
+    }
+    fn upsert(&mut self, cidr: Ipv4Network, node_ip: Ipv4Addr) -> Result<()> {
+        NodeRoutes::upsert(self, cidr, node_ip)
+    }
+    fn remove(&mut self, cidr: Ipv4Network) -> Result<()> {
+        NodeRoutes::remove(self, cidr)
+    }
+}
+
+/// Read the table, diff against `desired`, apply. Upserts go first, so a
+/// CIDR that moves between nodes is never absent; the first failure stops
+/// the pass (the next pass starts again from what the table then holds).
+pub fn reconcile(table: &mut impl RouteTable, desired: &Routes) -> Result<RouteDiff> {
+    let actual = table.all()?;
+    let diff = diff(desired, &actual);
+    for (cidr, node_ip) in &diff.upsert {
+        table.upsert(*cidr, *node_ip)?;
+    }
+    for cidr in &diff.remove {
+        table.remove(*cidr)?;
+    }
+    if !diff.is_empty() {
+        info!(
+            upserted = diff.upsert.len(),
+            removed = diff.remove.len(),
+            total = desired.len(),
+            "map routes reconciled"
+        );
+    }
+    Ok(diff)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn routes(entries: &[(&str, &str)]) -> Routes {
+        entries.iter().map(|(c, ip)| (c.parse().unwrap(), ip.parse().unwrap())).collect()
+    }
+
+    #[test]
+    fn diff_table() {
+        let a = routes(&[("10.244.2.0/24", "192.168.0.2"), ("10.244.3.0/24", "192.168.0.3")]);
+        // Equal: nothing to do (idempotent).
+        assert!(diff(&a, &a).is_empty());
+        // From scratch: everything added.
+        assert_eq!(diff(&a, &Routes::new()).upsert.len(), 2);
+        // Everything gone.
+        assert_eq!(diff(&Routes::new(), &a).remove.len(), 2);
+        // One moved to another node IP, one removed, one added.
+        let b = routes(&[("10.244.2.0/24", "192.168.0.9"), ("10.244.4.0/24", "192.168.0.4")]);
+        let d = diff(&b, &a);
+        assert_eq!(
+            d.upsert,
+            vec![
+                ("10.244.2.0/24".parse().unwrap(), "192.168.0.9".parse().unwrap()),
+                ("10.244.4.0/24".parse().unwrap(), "192.168.0.4".parse().unwrap())
+            ]
+        );
+        assert_eq!(d.remove, vec!["10.244.3.0/24".parse().unwrap()]);
+    }
+
+    /// A routes map in memory: records every call, can be full, can fail.
+    #[derive(Default)]
+    struct FakeTable {
+        routes: Routes,
+        capacity: Option<usize>,
+        fail_upsert_of: Option<Ipv4Network>,
+        calls: Vec<String>,
+    }
+
+    impl RouteTable for FakeTable {
+        fn all(&self) -> Result<Routes> {
+            Ok(self.routes.clone())
+        }
+        fn upsert(&mut self, cidr: Ipv4Network, node_ip: Ipv4Addr) -> Result<()> {
+            self.calls.push(format!("upsert {cidr}"));
+            if self.fail_upsert_of == Some(cidr) {
+                anyhow::bail!("injected failure for {cidr}");
+            }
+            let is_new = !self.routes.contains_key(&cidr);
+            if is_new && self.capacity.is_some_and(|c| self.routes.len() >= c) {
+                anyhow::bail!("map full");
+            }
+            self.routes.insert(cidr, node_ip);
+            Ok(())
+        }
+        fn remove(&mut self, cidr: Ipv4Network) -> Result<()> {
+            self.calls.push(format!("remove {cidr}"));
+            self.routes.remove(&cidr);
+            Ok(())
+        }
+    }
+
+    #[test]
+    fn upserts_before_removals_and_only_the_difference() {
+        let mut t = FakeTable {
+            routes: routes(&[("10.1.0.0/24", "1.1.1.1"), ("10.2.0.0/24", "1.1.1.2")]),
+            ..Default::default()
+        };
+        let desired = routes(&[("10.2.0.0/24", "1.1.1.2"), ("10.3.0.0/24", "1.1.1.3")]);
+        let d = reconcile(&mut t, &desired).unwrap();
+        assert_eq!(t.calls, vec!["upsert 10.3.0.0/24", "remove 10.1.0.0/24"]);
+        assert_eq!(t.routes, desired);
+        assert_eq!(d.upsert.len() + d.remove.len(), 2);
+        // A second pass is a no-op.
+        t.calls.clear();
+        assert!(reconcile(&mut t, &desired).unwrap().is_empty());
+        assert!(t.calls.is_empty());
+    }
+
+    #[test]
+    fn a_failing_upsert_stops_the_pass_and_keeps_what_is_there() {
+        let old = routes(&[("10.1.0.0/24", "1.1.1.1")]);
+        let bad: Ipv4Network = "10.3.0.0/24".parse().unwrap();
+        let mut t = FakeTable { routes: old.clone(), fail_upsert_of: Some(bad), ..Default::default() };
+        let desired = routes(&[("10.2.0.0/24", "1.1.1.2"), ("10.3.0.0/24", "1.1.1.3")]);
+        assert!(reconcile(&mut t, &desired).is_err());
+        // 10.2 went in, 10.3 failed, and nothing was removed: traffic to
+        // 10.1 keeps flowing until a pass succeeds.
+        assert_eq!(t.calls, vec!["upsert 10.2.0.0/24", "upsert 10.3.0.0/24"]);
+        assert!(t.routes.contains_key(&"10.1.0.0/24".parse().unwrap()));
+        // Once the failure clears, the next pass finishes the job.
+        t.fail_upsert_of = None;
+        reconcile(&mut t, &desired).unwrap();
+        assert_eq!(t.routes, desired);
+    }
+
+    #[test]
+    fn a_full_map_refuses_new_routes_but_still_moves_existing_ones() {
+        let mut t =
+            FakeTable { routes: routes(&[("10.1.0.0/24", "1.1.1.1")]), capacity: Some(1), ..Default::default() };
+        // Same CIDR, new node IP: an in-place update fits.
+        reconcile(&mut t, &routes(&[("10.1.0.0/24", "1.1.1.9")])).unwrap();
+        assert_eq!(t.routes, routes(&[("10.1.0.0/24", "1.1.1.9")]));
+        // A new CIDR does not fit while the old one is still there.
+        assert!(reconcile(&mut t, &routes(&[("10.2.0.0/24", "1.1.1.2")])).is_err());
+        assert_eq!(t.routes, routes(&[("10.1.0.0/24", "1.1.1.9")]), "nothing lost");
+    }
+}

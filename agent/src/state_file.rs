@@ -1,0 +1,57 @@
+//! The agent's own view, written to `<data dir>/agent-state.json` on every
+//! reconcile pass so `sluice-agent status` (another process) can show it:
+//! liveness, membership source and its problems, the Kubernetes connection.
+use std::{
+    collections::BTreeMap,
+    path::{Path, PathBuf},
+};
+
+use anyhow::{Context, Result};
+use serde::{Deserialize, Serialize};
+
+use crate::membership::{kubernetes::KubeState, Problem};
+
+pub const FILE_NAME: &str = "agent-state.json";
+
+#[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct AgentState {
+    pub pid: u32,
+    pub version: String,
+    pub node_name: String,
+    pub uplink: String,
+    pub pod_cidr: String,
+    /// "peers-file" or "kubernetes".
+    pub membership: String,
+    pub started_unix: u64,
+    pub updated_unix: u64,
+    /// Route CIDR → the node it leads to.
+    pub route_nodes: BTreeMap<String, String>,
+    pub problems: Vec<Problem>,
+    /// The last error applying membership, if the last pass failed.
+    pub last_error: Option<String>,
+    pub kubernetes: Option<KubeState>,
+    /// The health endpoint's namespace (path) and address.
+    pub health_netns: String,
+    pub health_ip: String,
+    pub resync_ms: u64,
+}
+
+pub fn path(data_dir: &Path) -> PathBuf {
+    data_dir.join(FILE_NAME)
+}
+
+/// Write atomically (temp, rename).
+pub fn write(data_dir: &Path, state: &AgentState) -> Result<()> {
+    std::fs::create_dir_all(data_dir)?;
+    let tmp = data_dir.join(format!(".{FILE_NAME}.tmp"));
+    std::fs::write(&tmp, serde_json::to_vec_pretty(state)?).with_context(|| format!("write {}", tmp.display()))?;
+    std::fs::rename(&tmp, path(data_dir))?;
+    Ok(())
+}
+
+pub fn read(data_dir: &Path) -> Result<AgentState> {
+    let p = path(data_dir);
+    let bytes = std::fs::read(&p).with_context(|| format!("read {}", p.display()))?;
+    Ok(serde_json::from_slice(&bytes)?)
+}

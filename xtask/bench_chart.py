@@ -18,7 +18,8 @@ metrics = [("rr", "TCP_RR"), ("crr", "TCP_CRR"), ("gbit", "throughput")]
 fig, axes = plt.subplots(1, 3, figsize=(14, 4.8), sharey=True)
 colors = {"L": "#999999", "B": "#d08c3a", "S": "#2f6db5"}
 for ax, (key, title) in zip(axes, metrics):
-    values = [paths[n][key] / base[key] if base[key] else 0 for n in names]
+    # Service paths have no throughput figure (null): drawn as 0.
+    values = [(paths[n][key] or 0) / base[key] if base[key] else 0 for n in names]
     bars = ax.barh(names, values, color=[colors.get(n[0], "#555") for n in names])
     ax.axvline(1.0, color="black", linewidth=1)
     ax.set_title(f"{title} (x node-to-node)")

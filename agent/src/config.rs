@@ -41,6 +41,14 @@ pub struct AgentConfig {
     /// Directory to install the CNI plugin into (as `sluice`) at start.
     #[arg(long, env = "SLUICE_CNI_BIN_DIR")]
     pub cni_bin_dir: Option<PathBuf>,
+    /// Masquerade pods' traffic to destinations outside the cluster (the
+    /// node's address as source); `--masquerade=false` to turn it off.
+    #[arg(long, env = "SLUICE_MASQUERADE", default_value_t = true, action = clap::ArgAction::Set)]
+    pub masquerade: bool,
+    /// Destinations (besides the cluster CIDR and the nodes) that pods reach
+    /// with their own address, as ip-masq-agent's nonMasqueradeCIDRs.
+    #[arg(long, env = "SLUICE_NON_MASQUERADE_CIDRS", value_delimiter = ',')]
+    pub non_masquerade_cidr: Vec<Ipv4Network>,
     /// Name of the health endpoint's network namespace (under /run/netns).
     #[arg(long, env = "SLUICE_HEALTH_NETNS", default_value = paths::DEFAULT_HEALTH_NETNS)]
     pub health_netns: String,
@@ -118,6 +126,8 @@ mod tests {
             cni_bin_dir: None,
             health_netns: "sluice-health".into(),
             mtu: None,
+            masquerade: true,
+            non_masquerade_cidr: vec![],
         }
     }
 

@@ -65,6 +65,13 @@ enum Command {
         /// Also probe every pod on this node (ICMP).
         #[arg(long)]
         pods: bool,
+        /// Also probe a Service from the health endpoint (TCP connect), e.g. 10.96.0.10:53.
+        #[arg(long, value_parser = parse_service)]
+        service: Option<std::net::SocketAddrV4>,
+        /// Also probe an address outside the cluster from the health endpoint:
+        /// ADDR (ICMP) or ADDR:PORT (TCP connect).
+        #[arg(long, value_parser = connectivity::parse_addr)]
+        world: Option<(std::net::Ipv4Addr, Option<u16>)>,
         #[arg(long)]
         json: bool,
     },
@@ -90,6 +97,10 @@ enum Command {
         #[arg(long, env = "SLUICE_CNI_BIN_DIR", default_value = paths::DEFAULT_CNI_BIN_DIR)]
         bin_dir: PathBuf,
     },
+}
+
+fn parse_service(s: &str) -> Result<std::net::SocketAddrV4, String> {
+    s.parse().map_err(|_| format!("{s:?} is not ADDR:PORT (IPv4)"))
 }
 
 fn main() -> ExitCode {
@@ -152,8 +163,9 @@ async fn dispatch(command: Command) -> Result<ExitCode> {
             }
             Ok(if report.healthy() { ExitCode::SUCCESS } else { ExitCode::FAILURE })
         }
-        Command::ConnectivityTest { pin_dir, data_dir, pods, json } => {
-            let results = connectivity::run(&PinDir::new(pin_dir), &data_dir, pods).await?;
+        Command::ConnectivityTest { pin_dir, data_dir, pods, service, world, json } => {
+            let extra = connectivity::Extra { pods, service, world };
+            let results = connectivity::run(&PinDir::new(pin_dir), &data_dir, &extra).await?;
             if json {
                 println!("{}", serde_json::to_string_pretty(&results)?);
             } else {

@@ -6,10 +6,9 @@ use std::{fs::File, net::Ipv4Addr, os::fd::AsRawFd};
 
 use anyhow::{anyhow, Context};
 use serde_json::{json, Value};
-use sluice_common::maps::programs;
 use sluice_node::ipam::store::{Allocation, Exhausted, LeaseStore};
 use sluice_node::{
-    datapath::{links, pinned_maps::Endpoints, pins::PinDir},
+    datapath::{pinned_maps::Endpoints, pins::PinDir},
     net::{netlink::Netlink, netns},
     pod::names as pod_names,
 };
@@ -90,10 +89,13 @@ async fn add_steps(conf: &NetConf, env: &CniEnv, rb: &mut Rollback) -> Result<Va
     }
     fault::after("endpoint").map_err(plugin)?;
 
-    // 6. `from_pod` on the host side's ingress, pinned to outlive us.
-    let link_pin = pins.link(programs::FROM_POD, &host_name);
-    rb.push("detach from_pod", async move { links::unpin_link(&link_pin) });
-    plumbing::attach_from_pod(&pins, &host_name).map_err(plugin)?;
+    // 6. `from_pod` on the host side's ingress and `to_pod` on its egress,
+    // pinned to outlive us.
+    {
+        let (pins, host_name) = (pins.clone(), host_name.clone());
+        rb.push("detach pod programs", async move { plumbing::detach_pod_programs(&pins, &host_name) });
+    }
+    plumbing::attach_pod_programs(&pins, &host_name).map_err(plugin)?;
     fault::after("attach").map_err(plugin)?;
 
     Ok(result(conf, env, &host_name, host_link.mac, pod_link.mac, ip))

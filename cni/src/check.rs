@@ -1,8 +1,7 @@
 //! CHECK: is the pod still as ADD left it?
 use anyhow::anyhow;
-use sluice_common::maps::programs;
 use sluice_node::{
-    datapath::{pinned_maps::Endpoints, pins::PinDir},
+    datapath::{links, pinned_maps::Endpoints, pins::PinDir},
     net::netlink::Netlink,
     pod::names as pod_names,
 };
@@ -35,8 +34,10 @@ pub async fn check(conf: &NetConf, env: &CniEnv) -> Result<(), CniError> {
             return fail(format!("prevResult does not list this pod's address {want}"));
         }
     }
-    if !pins.link(programs::FROM_POD, &host_name).exists() {
-        return fail(format!("from_pod is not attached to {host_name}"));
+    for program in links::POD_PROGRAMS {
+        if !pins.link(program, &host_name).exists() {
+            return fail(format!("{program} is not attached to {host_name}"));
+        }
     }
     Ok(())
 }

@@ -59,12 +59,21 @@ pub enum ForwardPath {
     UplinkToPod = 2,
     /// Handed to the node's own stack (node addresses, ARP, IPv6, unknown).
     ToStack = 3,
+    /// Pod-bound, but the reply of a flow the node's stack forwarded (and
+    /// maybe NATed: a Service, a NodePort, a hostPort), so it goes back
+    /// through the stack for conntrack to reverse (see `STACK_FLOWS`).
+    StackFlowReply = 4,
 }
 
 impl ForwardPath {
-    pub const COUNT: u32 = 4;
-    pub const ALL: [ForwardPath; Self::COUNT as usize] =
-        [ForwardPath::PodToLocalPod, ForwardPath::PodToNode, ForwardPath::UplinkToPod, ForwardPath::ToStack];
+    pub const COUNT: u32 = 5;
+    pub const ALL: [ForwardPath; Self::COUNT as usize] = [
+        ForwardPath::PodToLocalPod,
+        ForwardPath::PodToNode,
+        ForwardPath::UplinkToPod,
+        ForwardPath::ToStack,
+        ForwardPath::StackFlowReply,
+    ];
 
     pub const fn name(self) -> &'static str {
         match self {
@@ -72,6 +81,7 @@ impl ForwardPath {
             ForwardPath::PodToNode => "pod_to_node",
             ForwardPath::UplinkToPod => "uplink_to_pod",
             ForwardPath::ToStack => "to_stack",
+            ForwardPath::StackFlowReply => "stack_flow_reply",
         }
     }
 }
@@ -80,26 +90,72 @@ impl ForwardPath {
 mod tests {
     use super::*;
 
-    #[test]
-    fn drop_reasons_are_dense_and_in_order() {
-        for (i, r) in DropReason::ALL.iter().enumerate() {
-            assert_eq!(*r as u32, i as u32, "{:?} out of place", r);
-        }
-    }
-
-    #[test]
-    fn forward_paths_are_dense_and_in_order() {
-        for (i, p) in ForwardPath::ALL.iter().enumerate() {
-            assert_eq!(*p as u32, i as u32, "{:?} out of place", p);
-        }
-    }
-
-    #[test]
-    fn names_are_unique() {
-        for (i, a) in DropReason::ALL.iter().enumerate() {
-            for b in &DropReason::ALL[i + 1..] {
-                assert_ne!(a.name(), b.name());
+    /// A golden table `[(variant, number, name)]`, one row per variant. It
+    /// does not compile while a variant of the enum has no row.
+    macro_rules! golden {
+        ($enum:ident { $($variant:ident = $number:literal, $name:literal;)* }) => {{
+            #[allow(dead_code)]
+            fn every_variant_has_a_row(v: $enum) {
+                match v {
+                    $($enum::$variant => {})*
+                }
             }
+            [$(($enum::$variant, $number, $name)),*]
+        }};
+    }
+
+    // The contract with pinned `DROPS` / `FORWARDS` maps, `status` and
+    // metrics: every variant's number and name. A row never changes. A new
+    // variant goes at the end of its enum (and of `ALL`) and gets a row at
+    // the end here, with the next number.
+    const DROP_REASONS: &[(DropReason, u32, &str)] = &golden!(DropReason {
+        Truncated = 0, "truncated";
+        SourceSpoofed = 1, "source_spoofed";
+        TtlExpired = 2, "ttl_expired";
+        NoUplink = 3, "no_uplink";
+        HeaderRewrite = 4, "header_rewrite";
+        BadIpHeader = 5, "bad_ip_header";
+    });
+
+    const FORWARD_PATHS: &[(ForwardPath, u32, &str)] = &golden!(ForwardPath {
+        PodToLocalPod = 0, "pod_to_local_pod";
+        PodToNode = 1, "pod_to_node";
+        UplinkToPod = 2, "uplink_to_pod";
+        ToStack = 3, "to_stack";
+        StackFlowReply = 4, "stack_flow_reply";
+    });
+
+    /// The enum agrees with its golden table: every variant has the row's
+    /// number and name, `ALL` lists exactly the rows in their order, the
+    /// numbers are dense from 0 (they index per-CPU arrays of `COUNT`
+    /// entries), and names are unique.
+    fn check<T: Copy + PartialEq + core::fmt::Debug>(
+        golden: &[(T, u32, &str)],
+        all: &[T],
+        count: u32,
+        number: fn(T) -> u32,
+        name: fn(T) -> &'static str,
+    ) {
+        assert_eq!(all.len(), golden.len(), "ALL has {} variants, the golden table {}", all.len(), golden.len());
+        assert_eq!(count as usize, golden.len(), "COUNT");
+        for (i, (&(variant, n, label), &listed)) in golden.iter().zip(all).enumerate() {
+            assert_eq!(n, i as u32, "golden row {i} ({variant:?}): numbers are dense and in order");
+            assert_eq!(number(variant), n, "{variant:?} renumbered");
+            assert_eq!(name(variant), label, "{variant:?} renamed");
+            assert_eq!(listed, variant, "ALL[{i}]");
         }
+        for (i, (_, _, a)) in golden.iter().enumerate() {
+            assert!(golden[i + 1..].iter().all(|(_, _, b)| a != b), "name {a} used twice");
+        }
+    }
+
+    #[test]
+    fn drop_reasons_match_the_golden_table() {
+        check(DROP_REASONS, &DropReason::ALL, DropReason::COUNT, |r| r as u32, DropReason::name);
+    }
+
+    #[test]
+    fn forward_paths_match_the_golden_table() {
+        check(FORWARD_PATHS, &ForwardPath::ALL, ForwardPath::COUNT, |p| p as u32, ForwardPath::name);
     }
 }

@@ -13,4 +13,4 @@ pub mod maps;
 pub mod verdict;
 
 pub use counters::{DropReason, ForwardPath};
-pub use maps::{EndpointInfo, NodeConfig, RemoteNode};
+pub use maps::{EndpointInfo, FlowKey, NodeConfig, RemoteNode};

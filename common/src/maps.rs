@@ -23,6 +23,8 @@ pub mod names {
     pub const FORWARDS: &str = "FORWARDS";
     /// `PerCpuHashMap<u32 ifindex, u64>`: packets seen by `count_packets`.
     pub const IFACE_PACKETS: &str = "IFACE_PACKETS";
+    /// `LruHashMap<FlowKey, u32>`: replies of flows the node's stack forwarded.
+    pub const STACK_FLOWS: &str = "STACK_FLOWS";
 }
 
 /// Program names in the eBPF object (also their pin names under `progs/`).
@@ -33,13 +35,25 @@ pub mod programs {
     pub const FROM_UPLINK: &str = "from_uplink";
     /// Diagnostic: counts packets per interface into `IFACE_PACKETS`.
     pub const COUNT_PACKETS: &str = "count_packets";
+    /// Egress of each pod's host-side veth: what the stack sends a pod.
+    pub const TO_POD: &str = "to_pod";
+    /// Egress of the node's uplink: what the stack sends out.
+    pub const TO_UPLINK: &str = "to_uplink";
 }
+
+/// `skb->mark` bit the fast path sets on packets it redirects out of the
+/// uplink, so `to_uplink` tells them from packets the stack sends (and
+/// clears it). Clear of kube-proxy's 0x4000/0x8000 and Docker's marks.
+pub const FAST_PATH_MARK: u32 = 0x0020_0000;
 
 /// Capacity of each map; `status` reports fill levels against these.
 pub mod limits {
     pub const MAX_ENDPOINTS: u32 = 4096;
     pub const MAX_NODE_ROUTES: u32 = 16384;
     pub const MAX_IFACES: u32 = 1024;
+    /// Flows the stack forwarded whose replies must return through it;
+    /// least recently used entries make room.
+    pub const MAX_STACK_FLOWS: u32 = 65536;
 }
 
 /// A pod on this node. Key: the pod's IPv4 address (be).
@@ -87,10 +101,45 @@ pub struct NodeConfig {
 }
 const _: () = assert!(core::mem::size_of::<NodeConfig>() == 8);
 
+/// One direction of a flow: the key of `STACK_FLOWS`.
+///
+/// Written by `to_pod` and `to_uplink` when the node's stack sends a packet
+/// from a pod (it went through the stack: forwarded, perhaps DNATed by
+/// kube-proxy or portmap): the key is that packet's *reply* tuple. Read by
+/// `from_pod` and `from_uplink`, which hand a packet whose tuple is there to
+/// the stack instead of the fast path, so conntrack reverses the NAT.
+/// Ports are 0 for protocols without them.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub struct FlowKey {
+    pub src_be: u32,
+    pub dst_be: u32,
+    pub src_port_be: u16,
+    pub dst_port_be: u16,
+    pub protocol: u8,
+    pub _pad: [u8; 3],
+}
+const _: () = assert!(core::mem::size_of::<FlowKey>() == 16);
+
+impl FlowKey {
+    /// The tuple a reply to this packet carries.
+    pub const fn reversed(self) -> FlowKey {
+        FlowKey {
+            src_be: self.dst_be,
+            dst_be: self.src_be,
+            src_port_be: self.dst_port_be,
+            dst_port_be: self.src_port_be,
+            protocol: self.protocol,
+            _pad: [0; 3],
+        }
+    }
+}
+
 #[cfg(feature = "user")]
 mod pod_impls {
     // SAFETY: plain `repr(C)` data with no padding and no invalid bit patterns.
     unsafe impl aya::Pod for super::EndpointInfo {}
     unsafe impl aya::Pod for super::RemoteNode {}
     unsafe impl aya::Pod for super::NodeConfig {}
+    unsafe impl aya::Pod for super::FlowKey {}
 }

@@ -14,6 +14,9 @@ pub enum Verdict {
     ToRemoteNode,
     /// Hand to the node's network stack unchanged.
     ToStack,
+    /// Hand to the node's stack: pod-bound, but the reply of a flow the
+    /// stack forwarded, so conntrack must see it (reverse its NAT).
+    StackFlowReply,
     Drop(DropReason),
 }
 
@@ -26,6 +29,12 @@ pub struct FromPodFacts {
     pub dest_is_remote_pod: bool,
     pub uplink_configured: bool,
     pub ttl: u8,
+    /// The packet's tuple is in `STACK_FLOWS`: it answers a flow the node's
+    /// stack forwarded.
+    pub replies_to_stack_flow: bool,
+    /// A fragment (more fragments, or an offset): no ports to match a flow
+    /// by, so the stack (which reassembles) takes it.
+    pub is_fragment: bool,
 }
 
 /// Decide for a packet a pod sent. Anti-spoofing comes first: nothing a pod
@@ -35,6 +44,12 @@ pub fn from_pod(f: FromPodFacts) -> Verdict {
         return Verdict::Drop(DropReason::SourceSpoofed);
     }
     if f.dest_is_local_pod || f.dest_is_remote_pod {
+        if f.is_fragment {
+            return Verdict::ToStack;
+        }
+        if f.replies_to_stack_flow {
+            return Verdict::StackFlowReply;
+        }
         if f.ttl <= 1 {
             return Verdict::Drop(DropReason::TtlExpired);
         }
@@ -49,12 +64,31 @@ pub fn from_pod(f: FromPodFacts) -> Verdict {
     Verdict::ToStack
 }
 
-/// Decide for a packet arriving on the uplink.
-pub fn from_uplink(dest_is_local_pod: bool, ttl: u8) -> Verdict {
-    if !dest_is_local_pod {
+/// Facts `from_uplink` looked up for one IPv4 packet.
+#[derive(Clone, Copy, Debug)]
+pub struct FromUplinkFacts {
+    pub dest_is_local_pod: bool,
+    /// The source is a pod on another node (its CIDR is in `NODE_ROUTES`).
+    pub source_is_remote_pod: bool,
+    pub ttl: u8,
+    pub replies_to_stack_flow: bool,
+    pub is_fragment: bool,
+}
+
+/// Decide for a packet arriving on the uplink. Only pod-to-pod traffic
+/// takes the fast path: a packet from anything else (another node's stack,
+/// a NodePort forwarded and SNATed by another node) goes through this
+/// node's stack, because the pod's reply to a non-pod address does too,
+/// and conntrack must see both directions of a flow (it drops a reply to a
+/// connection it never saw as invalid).
+pub fn from_uplink(f: FromUplinkFacts) -> Verdict {
+    if !f.dest_is_local_pod || !f.source_is_remote_pod || f.is_fragment {
         return Verdict::ToStack;
     }
-    if ttl <= 1 {
+    if f.replies_to_stack_flow {
+        return Verdict::StackFlowReply;
+    }
+    if f.ttl <= 1 {
         return Verdict::Drop(DropReason::TtlExpired);
     }
     Verdict::ToLocalPod
@@ -82,6 +116,8 @@ mod tests {
             dest_is_remote_pod: false,
             uplink_configured: true,
             ttl: 64,
+            replies_to_stack_flow: false,
+            is_fragment: false,
         }
     }
 
@@ -103,6 +139,22 @@ mod tests {
             ),
             (FromPodFacts { dest_is_remote_pod: true, ttl: 1, ..facts() }, Verdict::Drop(DropReason::TtlExpired)),
             (FromPodFacts { ttl: 1, ..facts() }, Verdict::ToStack),
+            // Replies of flows the stack forwarded go back through it, to a
+            // local pod or a remote one; anti-spoofing still comes first.
+            (FromPodFacts { dest_is_local_pod: true, replies_to_stack_flow: true, ..facts() }, Verdict::StackFlowReply),
+            (
+                FromPodFacts { dest_is_remote_pod: true, replies_to_stack_flow: true, ..facts() },
+                Verdict::StackFlowReply,
+            ),
+            (
+                FromPodFacts { source_is_own: false, dest_is_local_pod: true, replies_to_stack_flow: true, ..facts() },
+                Verdict::Drop(DropReason::SourceSpoofed),
+            ),
+            // Not for a pod: the stack anyway, whatever the flow table says.
+            (FromPodFacts { replies_to_stack_flow: true, ..facts() }, Verdict::ToStack),
+            // Fragments to pods: the stack reassembles and routes them.
+            (FromPodFacts { dest_is_local_pod: true, is_fragment: true, ..facts() }, Verdict::ToStack),
+            (FromPodFacts { dest_is_remote_pod: true, is_fragment: true, ..facts() }, Verdict::ToStack),
         ];
         for (i, (f, want)) in cases.iter().enumerate() {
             assert_eq!(from_pod(*f), *want, "case {i}: {f:?}");
@@ -111,10 +163,40 @@ mod tests {
 
     #[test]
     fn from_uplink_table() {
-        assert_eq!(from_uplink(false, 64), Verdict::ToStack);
-        assert_eq!(from_uplink(true, 64), Verdict::ToLocalPod);
-        assert_eq!(from_uplink(true, 1), Verdict::Drop(DropReason::TtlExpired));
-        assert_eq!(from_uplink(false, 0), Verdict::ToStack);
+        let f = |local, ttl, reply, frag| {
+            from_uplink(FromUplinkFacts {
+                dest_is_local_pod: local,
+                source_is_remote_pod: true,
+                ttl,
+                replies_to_stack_flow: reply,
+                is_fragment: frag,
+            })
+        };
+        assert_eq!(f(false, 64, false, false), Verdict::ToStack);
+        assert_eq!(f(true, 64, false, false), Verdict::ToLocalPod);
+        assert_eq!(f(true, 1, false, false), Verdict::Drop(DropReason::TtlExpired));
+        assert_eq!(f(false, 0, false, false), Verdict::ToStack);
+        assert_eq!(f(true, 64, true, false), Verdict::StackFlowReply);
+        assert_eq!(f(false, 64, true, false), Verdict::ToStack);
+        assert_eq!(f(true, 64, false, true), Verdict::ToStack);
+        // From a node's stack (not a pod): through ours, so conntrack sees
+        // both directions.
+        let from_node = FromUplinkFacts {
+            dest_is_local_pod: true,
+            source_is_remote_pod: false,
+            ttl: 64,
+            replies_to_stack_flow: false,
+            is_fragment: false,
+        };
+        assert_eq!(from_uplink(from_node), Verdict::ToStack);
+    }
+
+    #[test]
+    fn flow_key_reverses() {
+        let k = crate::FlowKey { src_be: 1, dst_be: 2, src_port_be: 3, dst_port_be: 4, protocol: 6, _pad: [0; 3] };
+        let r = k.reversed();
+        assert_eq!((r.src_be, r.dst_be, r.src_port_be, r.dst_port_be, r.protocol), (2, 1, 4, 3, 6));
+        assert_eq!(r.reversed(), k);
     }
 
     /// Full recomputation of an IPv4 header checksum, for comparison.

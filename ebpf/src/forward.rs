@@ -1,10 +1,11 @@
 //! Carrying out a forwarding verdict: routed-hop header rewrites and the
 //! redirect helpers.
+use aya_ebpf::programs::TcContext;
 use aya_ebpf::{
     bindings::{bpf_redir_neigh, TC_ACT_SHOT},
     helpers::{bpf_redirect_neigh, bpf_redirect_peer},
 };
-use sluice_common::{verdict::checksum_after_ttl_decrement, EndpointInfo};
+use sluice_common::{maps::FAST_PATH_MARK, verdict::checksum_after_ttl_decrement, EndpointInfo};
 
 use crate::parse::{EthHdr, Ipv4Hdr};
 
@@ -36,9 +37,11 @@ pub fn into_pod(eth: *mut EthHdr, ep: &EndpointInfo) -> i32 {
 }
 
 /// Send out of `uplink_ifindex` towards `node_ip_be`; the kernel resolves the
-/// next hop's MAC (ARP) and fills in both MACs.
+/// next hop's MAC (ARP) and fills in both MACs. Marked, so `to_uplink` knows
+/// the fast path sent it (see `stack_flows`).
 #[inline(always)]
-pub fn to_node(uplink_ifindex: u32, node_ip_be: u32) -> i32 {
+pub fn to_node(ctx: &TcContext, uplink_ifindex: u32, node_ip_be: u32) -> i32 {
+    ctx.set_mark(crate::parse::mark(ctx) | FAST_PATH_MARK);
     let mut nh = bpf_redir_neigh {
         nh_family: AF_INET,
         __bindgen_anon_1: aya_ebpf::bindings::bpf_redir_neigh__bindgen_ty_1 { ipv4_nh: node_ip_be },

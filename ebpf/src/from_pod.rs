@@ -9,7 +9,7 @@ use crate::{
     counters::{count_forward, drop_packet},
     forward,
     maps::{ENDPOINTS, NODE_CONFIG, NODE_ROUTES},
-    parse,
+    parse, stack_flows,
 };
 
 #[classifier]
@@ -48,6 +48,11 @@ fn try_from_pod(ctx: &TcContext) -> Result<i32, DropReason> {
         Some(c) => c.uplink_ifindex,
         None => 0,
     };
+    // Looked up for every packet, not only pod-bound ones: testing
+    // `local.is_some() || remote.is_some()` compiles to an OR of two map
+    // pointers, which the verifier refuses.
+    let (key, is_fragment) = parse::flow(ctx, ip)?;
+    let replies_to_stack_flow = !is_fragment && stack_flows::is_reply(&key);
 
     let decision = verdict::from_pod(FromPodFacts {
         source_is_own,
@@ -55,11 +60,17 @@ fn try_from_pod(ctx: &TcContext) -> Result<i32, DropReason> {
         dest_is_remote_pod: remote.is_some(),
         uplink_configured: uplink_ifindex != 0,
         ttl,
+        replies_to_stack_flow,
+        is_fragment,
     });
     match decision {
         Verdict::Drop(reason) => Err(reason),
         Verdict::ToStack => {
             count_forward(ForwardPath::ToStack);
+            Ok(TC_ACT_OK as i32)
+        }
+        Verdict::StackFlowReply => {
+            count_forward(ForwardPath::StackFlowReply);
             Ok(TC_ACT_OK as i32)
         }
         Verdict::ToLocalPod => {
@@ -76,7 +87,7 @@ fn try_from_pod(ctx: &TcContext) -> Result<i32, DropReason> {
             };
             forward::decrement_ttl(ip);
             count_forward(ForwardPath::PodToNode);
-            Ok(forward::to_node(uplink_ifindex, node.node_ip_be))
+            Ok(forward::to_node(ctx, uplink_ifindex, node.node_ip_be))
         }
     }
 }

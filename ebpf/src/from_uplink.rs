@@ -1,15 +1,15 @@
 //! `from_uplink`: ingress of the node's uplink.
-use aya_ebpf::{bindings::TC_ACT_OK, macros::classifier, programs::TcContext};
+use aya_ebpf::{bindings::TC_ACT_OK, macros::classifier, maps::lpm_trie::Key, programs::TcContext};
 use sluice_common::{
-    verdict::{self, Verdict},
+    verdict::{self, FromUplinkFacts, Verdict},
     DropReason, ForwardPath,
 };
 
 use crate::{
     counters::{count_forward, drop_packet},
     forward,
-    maps::ENDPOINTS,
-    parse,
+    maps::{ENDPOINTS, NODE_ROUTES},
+    parse, stack_flows,
 };
 
 #[classifier]
@@ -27,11 +27,29 @@ fn try_from_uplink(ctx: &TcContext) -> Result<i32, DropReason> {
         return Ok(TC_ACT_OK as i32);
     };
     // SAFETY: bounds checked by parse::ipv4.
-    let (dst_be, ttl) = unsafe { ((*ip).dst_be, (*ip).ttl) };
+    let (src_be, dst_be, ttl) = unsafe { ((*ip).src_be, (*ip).dst_be, (*ip).ttl) };
     // SAFETY: read-only use of the value before any other helper call.
     let local = unsafe { ENDPOINTS.get(&dst_be) };
-    match verdict::from_uplink(local.is_some(), ttl) {
+    let (mut source_is_remote_pod, mut replies_to_stack_flow, mut is_fragment) = (false, false, false);
+    if local.is_some() {
+        source_is_remote_pod = NODE_ROUTES.get(Key::new(32, src_be)).is_some();
+        let (key, stack_only) = parse::flow(ctx, ip)?;
+        is_fragment = stack_only;
+        replies_to_stack_flow = !stack_only && stack_flows::is_reply(&key);
+    }
+    let facts = FromUplinkFacts {
+        dest_is_local_pod: local.is_some(),
+        source_is_remote_pod,
+        ttl,
+        replies_to_stack_flow,
+        is_fragment,
+    };
+    match verdict::from_uplink(facts) {
         Verdict::Drop(reason) => Err(reason),
+        Verdict::StackFlowReply => {
+            count_forward(ForwardPath::StackFlowReply);
+            Ok(TC_ACT_OK as i32)
+        }
         Verdict::ToLocalPod => {
             let Some(ep) = local else {
                 return Err(DropReason::HeaderRewrite);

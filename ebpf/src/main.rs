@@ -5,6 +5,9 @@
 //!   out of the uplink (pod IPs untouched, no encapsulation), or the stack.
 //! - `from_uplink`: ingress of the node's uplink. Packets for a local pod go
 //!   straight into it; everything else goes to the node's stack.
+//! - `to_pod` / `to_uplink`: egress of the host veths and the uplink: remember
+//!   flows the node's stack forwarded, so their replies go back through it
+//!   (`stack_flows`: kube-proxy's Services, NodePorts, hostPorts).
 //! - `count_packets`: a diagnostic that counts packets per interface.
 //!
 //! Decisions come from `sluice_common::verdict`; this crate only gathers the
@@ -19,6 +22,7 @@ mod from_pod;
 mod from_uplink;
 mod maps;
 mod parse;
+mod stack_flows;
 
 #[cfg(not(test))]
 #[panic_handler]

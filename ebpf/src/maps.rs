@@ -2,11 +2,11 @@
 //! documented on the types in `sluice_common::maps`.
 use aya_ebpf::{
     macros::map,
-    maps::{Array, HashMap, LpmTrie, PerCpuArray, PerCpuHashMap},
+    maps::{Array, HashMap, LpmTrie, LruHashMap, PerCpuArray, PerCpuHashMap},
 };
 use sluice_common::{
-    maps::limits::{MAX_ENDPOINTS, MAX_IFACES, MAX_NODE_ROUTES},
-    DropReason, EndpointInfo, ForwardPath, NodeConfig, RemoteNode,
+    maps::limits::{MAX_ENDPOINTS, MAX_IFACES, MAX_NODE_ROUTES, MAX_STACK_FLOWS},
+    DropReason, EndpointInfo, FlowKey, ForwardPath, NodeConfig, RemoteNode,
 };
 
 #[map]
@@ -26,3 +26,6 @@ pub static FORWARDS: PerCpuArray<u64> = PerCpuArray::with_max_entries(ForwardPat
 
 #[map]
 pub static IFACE_PACKETS: PerCpuHashMap<u32, u64> = PerCpuHashMap::with_max_entries(MAX_IFACES, 0);
+
+#[map]
+pub static STACK_FLOWS: LruHashMap<FlowKey, u32> = LruHashMap::with_max_entries(MAX_STACK_FLOWS, 0);

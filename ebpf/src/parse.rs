@@ -1,7 +1,7 @@
 //! Bounds-checked access to packet headers. Every read and write of packet
 //! bytes goes through `header_mut`, so the verifier sees one pattern.
 use aya_ebpf::programs::TcContext;
-use sluice_common::DropReason;
+use sluice_common::{DropReason, FlowKey};
 
 pub const ETH_HLEN: usize = 14;
 pub const ETH_P_IP: u16 = 0x0800;
@@ -50,9 +50,50 @@ pub fn ipv4(ctx: &TcContext) -> Result<Option<(*mut EthHdr, *mut Ipv4Hdr)>, Drop
     Ok(Some((eth, ip)))
 }
 
+const IPPROTO_TCP: u8 = 6;
+const IPPROTO_UDP: u8 = 17;
+const IPPROTO_SCTP: u8 = 132;
+/// More-fragments flag and fragment offset, host order.
+const IP_MF_OFFSET: u16 = 0x3fff;
+
+/// Source and destination port, as in the packet (TCP, UDP, SCTP).
+#[repr(C)]
+pub struct Ports {
+    pub src_be: u16,
+    pub dst_be: u16,
+}
+
+/// The packet's flow tuple, and whether the fast path must leave it to the
+/// stack: a fragment (no ports in all but the first; the stack reassembles)
+/// or a header with options (ports not at a fixed offset).
+#[inline(always)]
+pub fn flow(ctx: &TcContext, ip: *const Ipv4Hdr) -> Result<(FlowKey, bool), DropReason> {
+    // SAFETY: `ip` was bounds checked by `ipv4`.
+    let (src_be, dst_be, protocol, version_ihl, frag_off_be) =
+        unsafe { ((*ip).src_be, (*ip).dst_be, (*ip).protocol, (*ip).version_ihl, (*ip).frag_off_be) };
+    let mut key = FlowKey { src_be, dst_be, src_port_be: 0, dst_port_be: 0, protocol, _pad: [0; 3] };
+    let stack_only = version_ihl & 0x0f != 5 || u16::from_be(frag_off_be) & IP_MF_OFFSET != 0;
+    if !stack_only && matches!(protocol, IPPROTO_TCP | IPPROTO_UDP | IPPROTO_SCTP) {
+        let ports: *const Ports = header_mut(ctx, ETH_HLEN + core::mem::size_of::<Ipv4Hdr>())?;
+        // SAFETY: bounds checked by header_mut.
+        unsafe {
+            key.src_port_be = (*ports).src_be;
+            key.dst_port_be = (*ports).dst_be;
+        }
+    }
+    Ok((key, stack_only))
+}
+
 /// Interface the packet arrived on (TC ingress: the device the hook is on).
 #[inline(always)]
 pub fn ifindex(ctx: &TcContext) -> u32 {
     // SAFETY: the context pointer is valid for the program's run.
     unsafe { (*ctx.skb.skb).ifindex }
+}
+
+/// The packet's `skb->mark`.
+#[inline(always)]
+pub fn mark(ctx: &TcContext) -> u32 {
+    // SAFETY: the context pointer is valid for the program's run.
+    unsafe { (*ctx.skb.skb).mark }
 }

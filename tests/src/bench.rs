@@ -106,8 +106,8 @@ fn enter(ns: &str) -> Result<()> {
     Ok(())
 }
 
-/// A listener in `ns` on `ip` (ephemeral port), served by `serve` per connection.
-fn server(ns: &str, ip: Ipv4Addr, serve: fn(TcpStream)) -> Result<(SocketAddr, Arc<AtomicBool>)> {
+/// A listener in `ns` on `ip:port` (0: ephemeral), served by `serve` per connection.
+fn server(ns: &str, ip: Ipv4Addr, port: u16, serve: fn(TcpStream)) -> Result<(SocketAddr, Arc<AtomicBool>)> {
     let ns = ns.to_string();
     let (tx, rx) = std::sync::mpsc::channel();
     let stop = Arc::new(AtomicBool::new(false));
@@ -116,7 +116,7 @@ fn server(ns: &str, ip: Ipv4Addr, serve: fn(TcpStream)) -> Result<(SocketAddr, A
         let setup = (|| -> Result<TcpListener> {
             enter(&ns)?;
             pin_to_cpu(0);
-            Ok(TcpListener::bind((ip, 0))?)
+            Ok(TcpListener::bind((ip, port))?)
         })();
         let listener = match setup {
             Ok(l) => l,
@@ -171,9 +171,35 @@ fn client<T: Send + 'static>(ns: &str, f: impl FnOnce() -> Result<T> + Send + 's
     .map_err(|_| anyhow::anyhow!("client thread panicked"))?
 }
 
+/// Where a measured server listens and where its client connects: the
+/// same address, or (`via`) a Service address kube-proxy's DNAT turns into
+/// the server's (then the server listens on a fixed port the rules name).
+#[derive(Clone, Copy, Debug)]
+pub struct Target {
+    pub server_ip: Ipv4Addr,
+    pub server_port: u16,
+    pub via: Option<SocketAddr>,
+}
+
+impl Target {
+    pub fn direct(server_ip: Ipv4Addr) -> Self {
+        Self { server_ip, server_port: 0, via: None }
+    }
+}
+
+fn serve_target(server_ns: &str, t: Target, serve: fn(TcpStream)) -> Result<(SocketAddr, Arc<AtomicBool>)> {
+    let (addr, stop) = server(server_ns, t.server_ip, t.server_port, serve)?;
+    Ok((t.via.unwrap_or(addr), stop))
+}
+
 /// TCP request/response of one byte over one connection, for `duration`.
 pub fn tcp_rr(server_ns: &str, client_ns: &str, server_ip: Ipv4Addr, duration: Duration) -> Result<Latency> {
-    let (addr, stop) = server(server_ns, server_ip, echo_forever)?;
+    tcp_rr_to(server_ns, client_ns, Target::direct(server_ip), duration)
+}
+
+/// `tcp_rr` to a `Target`.
+pub fn tcp_rr_to(server_ns: &str, client_ns: &str, target: Target, duration: Duration) -> Result<Latency> {
+    let (addr, stop) = serve_target(server_ns, target, echo_forever)?;
     let r = client(client_ns, move || {
         let mut s = TcpStream::connect_timeout(&addr, Duration::from_secs(2))?;
         s.set_nodelay(true)?;
@@ -194,7 +220,12 @@ pub fn tcp_rr(server_ns: &str, client_ns: &str, server_ip: Ipv4Addr, duration: D
 
 /// TCP connect + one-byte request/response + close, repeated for `duration`.
 pub fn tcp_crr(server_ns: &str, client_ns: &str, server_ip: Ipv4Addr, duration: Duration) -> Result<Latency> {
-    let (addr, stop) = server(server_ns, server_ip, echo_once)?;
+    tcp_crr_to(server_ns, client_ns, Target::direct(server_ip), duration)
+}
+
+/// `tcp_crr` to a `Target`.
+pub fn tcp_crr_to(server_ns: &str, client_ns: &str, target: Target, duration: Duration) -> Result<Latency> {
+    let (addr, stop) = serve_target(server_ns, target, echo_once)?;
     let r = client(client_ns, move || {
         let mut samples = Vec::with_capacity(50_000);
         let start = Instant::now();

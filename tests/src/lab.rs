@@ -58,6 +58,10 @@ pub struct LabOptions {
     /// false: LAN and nodes only, no agents and no pods (a baseline for
     /// another pod network to be built on, as the benchmarks do).
     pub sluice: bool,
+    /// Model a real cluster around the pod network (`crate::cluster`): a
+    /// world on the LAN, host-network servers, kube-proxy's rules for the
+    /// demo Services. `cargo xtask lab up` turns it on.
+    pub cluster_model: bool,
 }
 
 /// Builds a node's agent command: (argv, extra environment).
@@ -79,6 +83,7 @@ impl LabOptions {
             default_route: false,
             agent_command: None,
             sluice: true,
+            cluster_model: false,
         }
     }
 }
@@ -116,6 +121,16 @@ pub struct LabState {
     pub kubeconfig: Option<PathBuf>,
     #[serde(default)]
     pub pod_cidr_from_node: bool,
+    /// Extra `sluice-agent run` arguments for every agent started from now on.
+    #[serde(default)]
+    pub extra_agent_args: Vec<String>,
+    /// Background processes beside pods and agents (the cluster model's
+    /// servers): each leads its own process group, killed whole on `down`.
+    #[serde(default)]
+    pub helper_pids: Vec<u32>,
+    /// Namespaces beside nodes and pods (the world), deleted on `down`.
+    #[serde(default)]
+    pub helper_netns: Vec<String>,
 }
 
 /// Where the test API server listens: the LAN bridge's own address.
@@ -141,12 +156,26 @@ pub fn ns_exec(netns: &str, args: &[&str]) -> Result<String> {
     run(&mut ns_cmd(netns, args))
 }
 
-fn add_netns(name: &str) -> Result<()> {
+/// Create network namespace `name` under /run/netns, the one way the tests
+/// and the lab make a namespace: IPv6 off (no router solicitations or MLD to
+/// disturb counts), loopback up. If a step after `ip netns add` fails, the
+/// namespace is deleted again. Whoever calls this owns the namespace: the lab
+/// records it in its state and deletes it in `down`; `crate::Netns` deletes
+/// it on drop.
+pub fn add_netns(name: &str) -> Result<()> {
     run(Command::new("ip").args(["netns", "add", name]))?;
-    ns_exec(name, &["sysctl", "-qw", "net.ipv6.conf.all.disable_ipv6=1"])?;
-    ns_exec(name, &["sysctl", "-qw", "net.ipv6.conf.default.disable_ipv6=1"])?;
-    ns_exec(name, &["ip", "link", "set", "lo", "up"])?;
-    Ok(())
+    let configure = || -> Result<()> {
+        ns_exec(name, &["sysctl", "-qw", "net.ipv6.conf.all.disable_ipv6=1"])?;
+        ns_exec(name, &["sysctl", "-qw", "net.ipv6.conf.default.disable_ipv6=1"])?;
+        ns_exec(name, &["ip", "link", "set", "lo", "up"])?;
+        Ok(())
+    };
+    configure().inspect_err(|_| del_netns(name))
+}
+
+/// Delete network namespace `name`, if it exists.
+pub fn del_netns(name: &str) {
+    let _ = Command::new("ip").args(["netns", "del", name]).output();
 }
 
 /// Start a process in the background, detached, output to `log`.
@@ -195,6 +224,9 @@ impl Lab {
                 nodes: Vec::new(),
                 kubeconfig: None,
                 pod_cidr_from_node: opts.pod_cidr_from_node,
+                extra_agent_args: Vec::new(),
+                helper_pids: Vec::new(),
+                helper_netns: Vec::new(),
             },
             api: None,
             agent_command: opts.agent_command.clone(),
@@ -236,7 +268,26 @@ impl Lab {
                 lab.add_pod(i, &format!("{}p{p}", lab.state.nodes[i].name))?;
             }
         }
+        if opts.cluster_model {
+            crate::cluster::install(&mut lab)?;
+        }
         Ok(lab)
+    }
+
+    /// Start a background helper process (its own process group), killed
+    /// with its children on `down`.
+    pub fn spawn_helper(&mut self, cmd: Command, name: &str) -> Result<u32> {
+        let pid = spawn_logged(cmd, &self.state.dir.join(format!("{name}.log")))?;
+        self.state.helper_pids.push(pid);
+        self.save()?;
+        Ok(pid)
+    }
+
+    /// Create a namespace that `down` deletes.
+    pub fn add_helper_netns(&mut self, name: &str) -> Result<()> {
+        self.state.helper_netns.push(name.to_string());
+        self.save()?;
+        add_netns(name)
     }
 
     pub fn state_file(dir: &Path) -> PathBuf {
@@ -330,7 +381,7 @@ impl Lab {
             "--pin-dir".into(),
             node.pin_dir.display().to_string(),
             "--data-dir".into(),
-            node.dir.join("data").display().to_string(),
+            Self::data_dir(node).display().to_string(),
             "--cni-conf-dir".into(),
             node.dir.join("cni").display().to_string(),
             "--resync-ms".into(),
@@ -342,6 +393,8 @@ impl Lab {
             "4000".into(),
             "--health-netns".into(),
             Self::health_netns(node),
+            "--service-cidr".into(),
+            crate::cluster::SERVICE_CIDR.into(),
         ];
         if !(self.state.kubeconfig.is_some() && self.state.pod_cidr_from_node) {
             args.extend(["--pod-cidr".into(), node.pod_cidr.clone()]);
@@ -351,6 +404,7 @@ impl Lab {
         } else {
             args.extend(["--peers-file".into(), self.peers_file().display().to_string()]);
         }
+        args.extend(self.state.extra_agent_args.iter().cloned());
         args
     }
 
@@ -400,7 +454,7 @@ impl Lab {
         let node = &self.state.nodes[i];
         let bin = self.state.bin_dir.join("sluice-agent").display().to_string();
         let pin_dir = node.pin_dir.display().to_string();
-        let data_dir = node.dir.join("data").display().to_string();
+        let data_dir = Self::data_dir(node).display().to_string();
         let mut args =
             vec![bin.as_str(), "connectivity-test", "--json", "--pin-dir", &pin_dir, "--data-dir", &data_dir];
         if pods {
@@ -416,31 +470,21 @@ impl Lab {
         node.dir.join("cni").join("10-sluice.conflist")
     }
 
+    /// The node agent's `--data-dir` (the DaemonSet's is mapped here too).
+    pub fn data_dir(node: &Node) -> PathBuf {
+        node.dir.join("data")
+    }
+
+    /// Wait until the agent process the lab last started on node `i` is
+    /// ready: the agent state file names *its* pid (an earlier agent's file,
+    /// or its conflist, say nothing about this one) and the conflist exists.
+    /// Fails at once if that process exits, and after 30 s. Call it for every
+    /// node whose agent was (re)started.
     pub fn wait_agent_ready(&self, i: usize) -> Result<()> {
         let node = &self.state.nodes[i];
-        let path = Self::conflist_path(node);
-        let start = Instant::now();
-        while !path.exists() {
-            if let Some(pid) = node.agent_pid {
-                let reaped = matches!(
-                    nix::sys::wait::waitpid(
-                        nix::unistd::Pid::from_raw(pid as i32),
-                        Some(nix::sys::wait::WaitPidFlag::WNOHANG)
-                    ),
-                    Ok(nix::sys::wait::WaitStatus::Exited(..)) | Ok(nix::sys::wait::WaitStatus::Signaled(..))
-                );
-                if reaped || !Path::new(&format!("/proc/{pid}")).exists() {
-                    let log = fs::read_to_string(node.dir.join("agent.log")).unwrap_or_default();
-                    bail!("agent on {} exited during start:\n{log}", node.name);
-                }
-            }
-            if start.elapsed() > Duration::from_secs(30) {
-                let log = fs::read_to_string(node.dir.join("agent.log")).unwrap_or_default();
-                bail!("agent on {} not ready after 30 s:\n{log}", node.name);
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        Ok(())
+        let pid = node.agent_pid.with_context(|| format!("no agent started on {}", node.name))?;
+        wait_ready(pid, &Self::data_dir(node), &Self::conflist_path(node), Duration::from_secs(30))
+            .with_context(|| format!("agent on {}", node.name))
     }
 
     /// The plugin config a runtime would pass for this node: the conflist's
@@ -483,7 +527,12 @@ impl Lab {
             .stdout(Stdio::piped())
             .stderr(Stdio::piped());
         let mut child = cmd.spawn().context("start sluice-cni")?;
-        child.stdin.take().expect("piped").write_all(&serde_json::to_vec(&call.conf)?)?;
+        // A plugin may exit without reading its config (VERSION): a closed
+        // pipe is its answer, not an error of ours.
+        match child.stdin.take().expect("piped").write_all(&serde_json::to_vec(&call.conf)?) {
+            Err(e) if e.kind() != std::io::ErrorKind::BrokenPipe => return Err(e).context("write plugin config"),
+            _ => {}
+        }
         let out = child.wait_with_output()?;
         Ok(CniOutcome {
             success: out.status.success(),
@@ -558,7 +607,7 @@ impl Lab {
             "--pin-dir",
             &node.pin_dir.display().to_string(),
             "--data-dir",
-            &node.dir.join("data").display().to_string(),
+            &Self::data_dir(node).display().to_string(),
         ]))?;
         serde_json::from_slice(&out.stdout)
             .with_context(|| format!("status output: {}", String::from_utf8_lossy(&out.stdout)))
@@ -582,6 +631,10 @@ impl Lab {
     /// Remove everything: listeners, pods (CNI DEL), agents, namespaces, pins.
     pub fn down(&mut self) -> Result<()> {
         let mut problems = Vec::new();
+        for pid in std::mem::take(&mut self.state.helper_pids) {
+            let _ = Command::new("kill").args(["-KILL", "--", &format!("-{pid}")]).output();
+            wait_gone(pid, Duration::from_secs(2));
+        }
         let nodes = self.state.nodes.clone();
         for node in &nodes {
             let conf = Self::plugin_config(node).ok();
@@ -597,16 +650,19 @@ impl Lab {
                         Err(e) => problems.push(format!("DEL {}: {e:#}", pod.name)),
                     }
                 }
-                let _ = Command::new("ip").args(["netns", "del", &pod.netns]).output();
+                del_netns(&pod.netns);
             }
             if let Some(pid) = node.agent_pid {
                 kill(pid);
                 wait_gone(pid, Duration::from_secs(5));
             }
-            let _ = Command::new("ip").args(["netns", "del", &Self::health_netns(node)]).output();
-            let _ = Command::new("ip").args(["netns", "del", &node.netns]).output();
+            del_netns(&Self::health_netns(node));
+            del_netns(&node.netns);
         }
-        let _ = Command::new("ip").args(["netns", "del", &self.state.lan_netns]).output();
+        for ns in std::mem::take(&mut self.state.helper_netns) {
+            del_netns(&ns);
+        }
+        del_netns(&self.state.lan_netns);
         if self.state.pin_root.exists() {
             if let Err(e) = fs::remove_dir_all(&self.state.pin_root) {
                 problems.push(format!("remove pins {}: {e}", self.state.pin_root.display()));
@@ -629,6 +685,46 @@ impl Drop for Lab {
                 eprintln!("{e:#}");
             }
         }
+    }
+}
+
+/// The pid in `<data_dir>/agent-state.json`, if the file is there and whole.
+pub fn agent_state_pid(data_dir: &Path) -> Option<u32> {
+    let bytes = fs::read(data_dir.join("agent-state.json")).ok()?;
+    let v: Value = serde_json::from_slice(&bytes).ok()?;
+    v["pid"].as_u64().and_then(|p| u32::try_from(p).ok())
+}
+
+/// Wait until agent process `pid` is ready: it wrote the agent state file in
+/// `data_dir` (which it does on every pass of its loop, after start-up) and
+/// `conflist` exists. Fails when `pid` exits first (with the log beside
+/// `data_dir`, if there is one) or after `timeout`.
+pub fn wait_ready(pid: u32, data_dir: &Path, conflist: &Path, timeout: Duration) -> Result<()> {
+    let log = || {
+        let log = data_dir.parent().map(|d| d.join("agent.log"));
+        log.and_then(|l| fs::read_to_string(l).ok()).unwrap_or_default()
+    };
+    let start = Instant::now();
+    loop {
+        if agent_state_pid(data_dir) == Some(pid) && conflist.exists() {
+            return Ok(());
+        }
+        let reaped = matches!(
+            nix::sys::wait::waitpid(nix::unistd::Pid::from_raw(pid as i32), Some(nix::sys::wait::WaitPidFlag::WNOHANG)),
+            Ok(nix::sys::wait::WaitStatus::Exited(..)) | Ok(nix::sys::wait::WaitStatus::Signaled(..))
+        );
+        if reaped || !Path::new(&format!("/proc/{pid}")).exists() {
+            bail!("agent (pid {pid}) exited during start:\n{}", log());
+        }
+        if start.elapsed() > timeout {
+            bail!(
+                "agent (pid {pid}) not ready after {timeout:?} (state file names pid {:?}, conflist {}):\n{}",
+                agent_state_pid(data_dir),
+                if conflist.exists() { "present" } else { "absent" },
+                log()
+            );
+        }
+        std::thread::sleep(Duration::from_millis(20));
     }
 }
 

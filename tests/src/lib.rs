@@ -14,7 +14,9 @@ use anyhow::{bail, Context, Result};
 
 pub mod apiserver;
 pub mod bench;
+pub mod cluster;
 pub mod containerd;
+pub mod kube_proxy;
 pub mod lab;
 pub mod oci;
 pub mod runtime;
@@ -66,21 +68,18 @@ pub fn sh(program: &str, args: &[&str]) -> Result<String> {
     run(Command::new(program).args(args))
 }
 
-/// A network namespace under /run/netns, deleted on drop.
+/// A network namespace under /run/netns, deleted on drop. Created by
+/// `lab::add_netns`, the same as every namespace of the lab.
 pub struct Netns {
     pub name: String,
 }
 
 impl Netns {
+    /// A new namespace named `<prefix><unique>`.
     pub fn new(prefix: &str) -> Result<Self> {
         let name = unique(prefix);
-        sh("ip", &["netns", "add", &name])?;
-        let ns = Self { name };
-        // No IPv6 chatter (router solicitations, MLD) to disturb counts.
-        ns.sysctl("net.ipv6.conf.all.disable_ipv6", "1")?;
-        ns.sysctl("net.ipv6.conf.default.disable_ipv6", "1")?;
-        ns.exec(&["ip", "link", "set", "lo", "up"])?;
-        Ok(ns)
+        lab::add_netns(&name)?;
+        Ok(Self { name })
     }
 
     pub fn path(&self) -> PathBuf {
@@ -103,7 +102,7 @@ impl Netns {
 
 impl Drop for Netns {
     fn drop(&mut self) {
-        let _ = Command::new("ip").args(["netns", "del", &self.name]).output();
+        lab::del_netns(&self.name);
     }
 }
 

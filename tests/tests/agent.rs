@@ -7,25 +7,27 @@ use std::{
 
 use sluice_tests::{
     bin,
-    lab::{Lab, LabOptions, CLUSTER_CIDR},
-    require_root, unique,
+    lab::{del_netns, ns_cmd, ns_exec, wait_ready, Lab, LabOptions, CLUSTER_CIDR},
+    require_root, unique, PinDirGuard,
 };
 
 /// Run `sluice-agent run` with `args` in node 0's namespace; it must exit
-/// non-zero within 20 s. Returns what it printed.
+/// non-zero within 20 s, having left nothing behind: no pin directory (every
+/// refusal comes before the datapath is loaded) and no agent state. Returns
+/// what it printed.
 fn run_expecting_failure(lab: &Lab, args: &[&str]) -> String {
     let node = &lab.state.nodes[0];
-    let pin_dir = format!("/sys/fs/bpf/{}", unique("sluice-test-bad"));
+    // Removes the pins on drop should the agent leave some (the assertion
+    // below fails first); never before that assertion.
+    let pins = PinDirGuard::new().unwrap();
+    let pin_dir = pins.path.display().to_string();
     let data_dir = node.dir.join(unique("bad"));
-    let mut cmd = Command::new("nsenter");
-    cmd.arg(format!("--net=/run/netns/{}", node.netns))
-        .arg("--")
-        .arg(bin("sluice-agent"))
-        .args(["run", "--node-name", "n1", "--pin-dir", &pin_dir, "--data-dir", &data_dir.display().to_string()])
-        .args(args)
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped());
+    let agent = bin("sluice-agent").display().to_string();
+    let mut cmd = ns_cmd(
+        &node.netns,
+        &[&agent, "run", "--node-name", "n1", "--pin-dir", &pin_dir, "--data-dir", &data_dir.display().to_string()],
+    );
+    cmd.args(args).stdin(Stdio::null()).stdout(Stdio::piped()).stderr(Stdio::piped());
     let mut child = cmd.spawn().unwrap();
     let start = Instant::now();
     let status = loop {
@@ -34,16 +36,18 @@ fn run_expecting_failure(lab: &Lab, args: &[&str]) -> String {
         }
         if start.elapsed() > Duration::from_secs(20) {
             let _ = child.kill();
-            let _ = std::fs::remove_dir_all(&pin_dir);
+            let _ = child.wait();
             panic!("agent with {args:?} kept running; it should have refused to start");
         }
         std::thread::sleep(Duration::from_millis(50));
     };
     let out = child.wait_with_output().unwrap();
-    let _ = std::fs::remove_dir_all(&pin_dir);
+    let text = String::from_utf8_lossy(&out.stderr).into_owned() + &String::from_utf8_lossy(&out.stdout);
     assert!(!status.success(), "agent with {args:?} exited 0");
-    assert!(!std::path::Path::new(&pin_dir).exists(), "a refused start left pins");
-    String::from_utf8_lossy(&out.stderr).into_owned() + &String::from_utf8_lossy(&out.stdout)
+    assert!(!pins.path.exists(), "a refused start ({args:?}) left pins in {pin_dir}:\n{text}");
+    let state = data_dir.join("agent-state.json");
+    assert!(!state.exists(), "a refused start ({args:?}) left agent state {}", state.display());
+    text
 }
 
 #[test]
@@ -150,32 +154,30 @@ fn uplink_defaults_to_the_default_route_and_mtu_can_be_lowered() {
     require_root();
     let lab = Lab::up(&LabOptions::new(1, 0, bin("sluice-agent").parent().unwrap().to_path_buf())).unwrap();
     let node = lab.state.nodes[0].clone();
-    sluice_tests::lab::ns_exec(&node.netns, &["ip", "route", "add", "default", "dev", "eth0"]).unwrap();
-    let pins = sluice_tests::PinDirGuard::new().unwrap();
+    ns_exec(&node.netns, &["ip", "route", "add", "default", "dev", "eth0"]).unwrap();
+    let pins = PinDirGuard::new().unwrap();
     let dir = node.dir.join("second");
     let health = format!("{}x", Lab::health_netns(&node));
-    let mut agent = Command::new("nsenter")
-        .arg(format!("--net=/run/netns/{}", node.netns))
-        .arg("--")
-        .arg(bin("sluice-agent"))
-        .args(["run", "--node-name", "n1", "--cluster-cidr", CLUSTER_CIDR, "--pod-cidr", "10.244.1.0/24"])
-        .args(["--peers-file", &lab.peers_file().display().to_string(), "--mtu", "1400"])
-        .args(["--pin-dir", &pins.path.display().to_string(), "--health-netns", &health])
-        .args(["--data-dir", &dir.join("data").display().to_string()])
-        .args(["--cni-conf-dir", &dir.join("cni").display().to_string()])
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
+    let agent_bin = bin("sluice-agent").display().to_string();
+    let mut agent = ns_cmd(
+        &node.netns,
+        &[&agent_bin, "run", "--node-name", "n1", "--cluster-cidr", CLUSTER_CIDR, "--pod-cidr", "10.244.1.0/24"],
+    )
+    .args(["--peers-file", &lab.peers_file().display().to_string(), "--mtu", "1400"])
+    .args(["--pin-dir", &pins.path.display().to_string(), "--health-netns", &health])
+    .args(["--data-dir", &dir.join("data").display().to_string()])
+    .args(["--cni-conf-dir", &dir.join("cni").display().to_string()])
+    .stdout(Stdio::null())
+    .stderr(Stdio::null())
+    .spawn()
+    .unwrap();
     let conflist = dir.join("cni/10-sluice.conflist");
-    let start = Instant::now();
-    while !conflist.exists() && start.elapsed() < Duration::from_secs(20) {
-        std::thread::sleep(Duration::from_millis(50));
-    }
+    let ready = wait_ready(agent.id(), &dir.join("data"), &conflist, Duration::from_secs(20));
     let _ = Command::new("kill").args(["-TERM", &agent.id().to_string()]).status();
     let _ = agent.wait();
-    let _ = Command::new("ip").args(["netns", "del", &health]).output();
-    let c: serde_json::Value = serde_json::from_slice(&std::fs::read(&conflist).expect("agent came up")).unwrap();
+    del_netns(&health);
+    ready.expect("agent came up");
+    let c: serde_json::Value = serde_json::from_slice(&std::fs::read(&conflist).unwrap()).unwrap();
     assert_eq!(c["plugins"][0]["mtu"], 1400, "{c}");
     let state: serde_json::Value =
         serde_json::from_slice(&std::fs::read(dir.join("data/agent-state.json")).unwrap()).unwrap();

@@ -1,12 +1,12 @@
 //! sluice first in a chain with the reference `portmap` and `bandwidth`
 //! plugins (Debian's containernetworking-plugins): ADD, CHECK and DEL work,
 //! and a hostPort on one node reaches the pod from another node.
-use std::process::{Command, Stdio};
+use std::process::Stdio;
 
 use serde_json::{json, Value};
 use sluice_tests::{
     bin,
-    lab::{ns_exec, Lab, LabOptions, ECHO_PORT},
+    lab::{ns_cmd, ns_exec, Lab, LabOptions, ECHO_PORT},
     require_root,
     runtime::{chained_conflist, cni_bin_dir, ipv4_only_tools, Attachment, ChainRuntime},
     try_run, Netns,
@@ -44,9 +44,8 @@ fn hostport_through_portmap_reaches_the_pod_and_the_chain_checks_and_deletes() {
     let result = rt.add(&att).expect("chained ADD");
     assert!(result["ips"][0]["address"].as_str().unwrap().starts_with("10.244.1."), "{result}");
 
-    let mut listener = Command::new("nsenter")
-        .arg(format!("--net=/run/netns/{pod}"))
-        .args(["--", "socat", &format!("TCP-LISTEN:{ECHO_PORT},reuseaddr,fork"), "SYSTEM:echo hostport-ok"])
+    let mut listener = pod_ns
+        .cmd(&["socat", &format!("TCP-LISTEN:{ECHO_PORT},reuseaddr,fork"), "SYSTEM:echo hostport-ok"])
         .stdout(Stdio::null())
         .stderr(Stdio::null())
         .spawn()
@@ -71,15 +70,7 @@ fn hostport_through_portmap_reaches_the_pod_and_the_chain_checks_and_deletes() {
 }
 
 fn tcp_probe_port(netns: &str, ip: &str, port: u16) -> Option<String> {
-    let out = try_run(Command::new("nsenter").arg(format!("--net=/run/netns/{netns}")).args([
-        "--",
-        "timeout",
-        "5",
-        "socat",
-        "-T2",
-        "-",
-        &format!("TCP:{ip}:{port},connect-timeout=2"),
-    ]))
-    .ok()?;
+    let target = format!("TCP:{ip}:{port},connect-timeout=2");
+    let out = try_run(&mut ns_cmd(netns, &["timeout", "5", "socat", "-T2", "-", &target])).ok()?;
     Some(String::from_utf8_lossy(&out.stdout).trim().to_string())
 }

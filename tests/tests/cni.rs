@@ -1,8 +1,14 @@
 //! The CNI plugin end to end: every verb, spec errors, rollback after a
 //! failure at each ADD step, crash cleanup, idempotent DEL, concurrency.
-use std::{collections::BTreeSet, path::Path, thread::sleep, time::Duration};
+use std::{
+    collections::BTreeSet,
+    path::{Path, PathBuf},
+    thread::sleep,
+    time::Duration,
+};
 
 use serde_json::{json, Value};
+use sluice_node::datapath::pins::PinDir;
 use sluice_tests::{
     bin, faulty_cni_bin,
     lab::{ns_exec, ping, CniCall, Lab, LabOptions, Node},
@@ -32,10 +38,11 @@ fn snapshot(lab: &Lab, node: &Node, pod: Option<&Netns>) -> String {
     s += &format!("neigh:\n{}", ns_exec(&node.netns, &["ip", "neigh", "show", "nud", "permanent"]).unwrap());
     let i = lab.state.nodes.iter().position(|n| n.name == node.name).unwrap();
     s += &format!("endpoints: {}\n", lab.status(i).unwrap()["endpoints"]);
-    let mut leases: Vec<String> = walk(&node.dir.join("data/ipam"));
+    let mut leases: Vec<String> = walk(&ipam_dir(node));
     leases.retain(|p| !p.ends_with("/lock") && !p.ends_with("last_reserved_ip"));
     s += &format!("leases: {leases:?}\n");
-    s += &format!("link pins: {:?}\n", walk(&node.pin_dir.join("v1/links")));
+    // Where the agent and plugin pin links (`<pin dir>/v<LAYOUT_VERSION>/links`).
+    s += &format!("link pins: {:?}\n", walk(&PinDir::new(&node.pin_dir).links_dir()));
     if let Some(pod) = pod {
         s += &format!("pod links:\n{}", ns_exec(&pod.name, &["ip", "-o", "link", "show"]).unwrap());
         s += &format!("pod addrs:\n{}", ns_exec(&pod.name, &["ip", "-o", "addr", "show"]).unwrap());
@@ -43,26 +50,30 @@ fn snapshot(lab: &Lab, node: &Node, pod: Option<&Netns>) -> String {
     s
 }
 
+/// Every file under `dir`, sorted. `dir` must exist: a snapshot of a
+/// directory that is not there (moved, renamed) would compare equal forever.
 fn walk(dir: &Path) -> Vec<String> {
+    let rd = std::fs::read_dir(dir).unwrap_or_else(|e| panic!("expected directory {}: {e}", dir.display()));
     let mut out = Vec::new();
-    if let Ok(rd) = std::fs::read_dir(dir) {
-        for e in rd.flatten() {
-            if e.path().is_dir() {
-                out.extend(walk(&e.path()));
-            } else {
-                out.push(e.path().display().to_string());
-            }
+    for e in rd {
+        let path = e.unwrap().path();
+        if path.is_dir() {
+            out.extend(walk(&path));
+        } else {
+            out.push(path.display().to_string());
         }
     }
     out.sort();
     out
 }
 
+/// The node's IPAM state (`<data dir>/ipam`).
+fn ipam_dir(node: &Node) -> PathBuf {
+    Lab::data_dir(node).join("ipam")
+}
+
 fn leases(node: &Node) -> usize {
-    walk(&node.dir.join("data/ipam"))
-        .iter()
-        .filter(|p| p.rsplit('/').next().unwrap().parse::<std::net::Ipv4Addr>().is_ok())
-        .count()
+    walk(&ipam_dir(node)).iter().filter(|p| p.rsplit('/').next().unwrap().parse::<std::net::Ipv4Addr>().is_ok()).count()
 }
 
 fn add(lab: &Lab, node: &Node, pod: &Netns) -> Value {
@@ -253,9 +264,13 @@ fn errors_follow_the_spec() {
     let mut raw = CniCall::new("ADD", &pod.name, Some(&pod.name), Value::Null);
     raw.ifname = String::new();
     expect(lab.cni_call(&node, &raw).unwrap(), 4, "CNI_IFNAME");
-    let mut undecodable = CniCall::new("ADD", &pod.name, Some(&pod.name), json!([1, 2]));
-    undecodable.conf = json!([1, 2]);
-    expect(lab.cni_call(&node, &undecodable).unwrap(), 6, "");
+    // Valid JSON, but an array, not a network config object.
+    let undecodable = CniCall::new("ADD", &pod.name, Some(&pod.name), json!([1, 2]));
+    expect(
+        lab.cni_call(&node, &undecodable).unwrap(),
+        6,
+        "network config is not valid JSON: invalid type: integer `1`",
+    );
     // Nothing was left by any of these.
     assert_eq!(leases(&node), 0);
     // VERSION.
@@ -327,7 +342,7 @@ fn check_verifies_what_add_left() {
     wrong["prevResult"]["ips"] = json!([]);
     assert!(!check(&wrong).success);
     // Remove the endpoint entry behind the plugin's back: CHECK notices.
-    let pins = sluice_node::datapath::pins::PinDir::new(&node.pin_dir);
+    let pins = PinDir::new(&node.pin_dir);
     let ip: std::net::Ipv4Addr = pod_ip(&result).parse().unwrap();
     sluice_node::datapath::pinned_maps::Endpoints::open(&pins).unwrap().remove(ip).unwrap();
     let broken = check(&check_conf);

@@ -38,7 +38,7 @@ fn count_packets_counts_every_ping_and_stops_when_detached() {
     let attach_pins = pins.clone();
     netns::run_in(&b.path(), move || {
         let mut dp = Datapath::load(&attach_pins)?;
-        dp.attach_ingress(programs::COUNT_PACKETS, "veth0")
+        dp.attach(programs::COUNT_PACKETS, "veth0")
     })
     .unwrap();
     let link_pin = pins.link(programs::COUNT_PACKETS, "veth0");

@@ -1,5 +1,6 @@
 //! The datapath end to end: pods on one node and across nodes in a netns
 //! lab, real agents, real `sluice-cni` ADDs, real packets.
+use sluice_node::datapath::pins::PinDir;
 use std::{
     process::{Command, Stdio},
     thread::sleep,
@@ -8,7 +9,7 @@ use std::{
 
 use sluice_tests::{
     bin,
-    lab::{ns_exec, ping, tcp_probe, Lab, LabOptions, Node, Pod},
+    lab::{ns_cmd, ns_exec, ping, tcp_probe, Lab, LabOptions, Node, Pod, LAN_PREFIX},
     require_root, try_run,
 };
 
@@ -31,18 +32,15 @@ fn counter(lab: &Lab, node: usize, group: &str, name: &str) -> u64 {
 fn udp_reaches(src: &Pod, dst: &Pod, port: u16) -> bool {
     let out = std::env::temp_dir().join(format!("sluice-udp-{}-{port}", std::process::id()));
     let _ = std::fs::remove_file(&out);
-    let mut listener = Command::new("nsenter")
-        .arg(format!("--net=/run/netns/{}", dst.netns))
-        .args(["--", "socat", "-u", &format!("UDP-RECV:{port}"), &format!("CREATE:{}", out.display())])
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
+    let mut listener =
+        ns_cmd(&dst.netns, &["socat", "-u", &format!("UDP-RECV:{port}"), &format!("CREATE:{}", out.display())])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
     sleep(Duration::from_millis(200));
     let msg = format!("hello-from-{}", src.name);
-    let sent = Command::new("nsenter")
-        .arg(format!("--net=/run/netns/{}", src.netns))
-        .args(["--", "sh", "-c", &format!("echo {msg} | socat -u - UDP-SENDTO:{}:{port}", dst.ip)])
+    let sent = ns_cmd(&src.netns, &["sh", "-c", &format!("echo {msg} | socat -u - UDP-SENDTO:{}:{port}", dst.ip)])
         .status()
         .unwrap();
     assert!(sent.success());
@@ -86,9 +84,7 @@ fn cross_node_packets_carry_pod_addresses_unencapsulated() {
     let (a, b) = (pod(&lab, 0, 0), pod(&lab, 1, 0));
     let cap = std::env::temp_dir().join(format!("sluice-cap-{}.txt", std::process::id()));
     // Capture on the LAN switch port of node 1: what leaves the node.
-    let mut tcpdump = Command::new("nsenter")
-        .arg(format!("--net=/run/netns/{}", lab.state.lan_netns))
-        .args(["--", "tcpdump", "-l", "-n", "-e", "-i", "n1", "icmp"])
+    let mut tcpdump = ns_cmd(&lab.state.lan_netns, &["tcpdump", "-l", "-n", "-e", "-i", "n1", "icmp"])
         .stdout(std::fs::File::create(&cap).unwrap())
         .stderr(Stdio::null())
         .spawn()
@@ -112,19 +108,53 @@ fn cross_node_packets_carry_pod_addresses_unencapsulated() {
     }
 }
 
+/// The comment that marks the test's FORWARD rule in a node's iptables.
+const FORWARD_DROP: &str = "sluice-test-forward-drop";
+
+/// Packets node `node`'s FORWARD drop rule (the first rule, `FORWARD_DROP`)
+/// has counted: every packet the node's stack forwarded.
+fn forward_drops(node: &Node) -> u64 {
+    let rules = ns_exec(&node.netns, &["iptables", "-L", "FORWARD", "1", "-v", "-n", "-x"]).unwrap();
+    assert!(rules.contains(FORWARD_DROP), "rule 1 of {}'s FORWARD chain is not the test's: {rules}", node.name);
+    rules.split_whitespace().next().unwrap().parse().unwrap()
+}
+
 #[test]
-fn local_delivery_bypasses_the_nodes_forwarding_path() {
+fn pod_traffic_bypasses_the_nodes_forwarding_path_even_with_forwarding_on() {
     let lab = lab(2, 2, 1500);
-    let node = &lab.state.nodes[0];
-    ns_exec(&node.netns, &["sysctl", "-qw", "net.ipv4.ip_forward=0"]).unwrap();
-    ns_exec(&node.netns, &["iptables", "-P", "FORWARD", "DROP"]).unwrap();
+    let nodes = &lab.state.nodes;
+    // Forwarding on, as on a Kubernetes node, and a rule that counts and
+    // drops whatever the stack forwards.
+    for n in nodes {
+        ns_exec(&n.netns, &["sysctl", "-qw", "net.ipv4.ip_forward=1"]).unwrap();
+        let rule = ["-m", "comment", "--comment", FORWARD_DROP, "-j", "DROP"];
+        ns_exec(&n.netns, &[&["iptables", "-I", "FORWARD", "1"][..], &rule].concat()).unwrap();
+    }
     let (a1, a2, b1) = (pod(&lab, 0, 0), pod(&lab, 0, 1), pod(&lab, 1, 0));
-    assert!(ping(&a1.netns, &a2.ip) && tcp_probe(&a1.netns, &a2.ip, &a2.name), "same node with FORWARD DROP");
-    assert!(ping(&a1.netns, &b1.ip) && tcp_probe(&a1.netns, &b1.ip, &b1.name), "cross node with FORWARD DROP");
-    // The node's FORWARD chain saw nothing: no packet went through the stack's forwarding.
-    let rules = ns_exec(&node.netns, &["iptables", "-L", "FORWARD", "-v", "-n", "-x"]).unwrap();
-    let policy = rules.lines().next().unwrap_or_default();
-    assert!(policy.contains("policy DROP 0 packets"), "FORWARD chain counted packets: {policy}");
+    let reaches = |s: &Pod, d: &Pod| ping(&s.netns, &d.ip) && tcp_probe(&s.netns, &d.ip, &d.name);
+    let same_node = [(&a1, &a2), (&a2, &a1)].map(|(s, d)| reaches(s, d));
+    let cross_node = [(&a1, &b1), (&b1, &a1)].map(|(s, d)| reaches(s, d));
+    // No pod-to-pod packet went through either node's forwarding.
+    let counted: Vec<u64> = nodes.iter().map(forward_drops).collect();
+    assert_eq!(counted, [0, 0], "the FORWARD rule counted pod-to-pod packets (n1, n2)");
+    assert_eq!(same_node, [true, true], "same node ({} <-> {}) with a FORWARD drop rule", a1.name, a2.name);
+    assert_eq!(cross_node, [true, true], "across nodes ({} <-> {}) with a FORWARD drop rule", a1.name, b1.name);
+
+    // The rule does see a path that uses the node's forwarding: a pod to an
+    // address the node reaches through its stack, here the LAN bridge's
+    // (the LAN routes n1's pod CIDR back via n1).
+    let bridge = format!("{LAN_PREFIX}.254");
+    let lan = &lab.state.lan_netns;
+    ns_exec(lan, &["ip", "addr", "add", &format!("{bridge}/24"), "dev", "br0"]).unwrap();
+    ns_exec(lan, &["ip", "route", "add", &nodes[0].pod_cidr, "via", &nodes[0].ip]).unwrap();
+    let before = counter(&lab, 0, "forwards", "to_stack");
+    let out = try_run(&mut ns_cmd(&a1.netns, &["ping", "-c", "3", "-i", "0.2", "-W", "1", &bridge])).unwrap();
+    assert!(!out.status.success(), "{} -> {bridge} got through the FORWARD drop rule", a1.name);
+    assert_eq!(forward_drops(&nodes[0]), 3, "n1's FORWARD rule counted each forwarded echo request");
+    assert!(counter(&lab, 0, "forwards", "to_stack") >= before + 3, "the datapath handed them to the stack");
+    // And it is that rule alone that stopped them.
+    ns_exec(&nodes[0].netns, &["iptables", "-D", "FORWARD", "1"]).unwrap();
+    assert!(ping(&a1.netns, &bridge), "{} -> {bridge} through n1's forwarding once the rule is gone", a1.name);
 }
 
 #[test]
@@ -136,20 +166,10 @@ fn node_reaches_its_pods_and_pods_reach_their_node() {
     assert!(tcp_probe(&node.netns, &p.ip, &p.name), "node -> pod TCP");
     assert!(ping(&p.netns, &node.ip), "pod -> node ICMP");
     // pod -> node TCP: a listener on the node.
-    let mut l = Command::new("nsenter")
-        .arg(format!("--net=/run/netns/{}", node.netns))
-        .args(["--", "socat", "TCP-LISTEN:7788,reuseaddr", "SYSTEM:echo node"])
-        .spawn()
-        .unwrap();
+    let mut l = ns_cmd(&node.netns, &["socat", "TCP-LISTEN:7788,reuseaddr", "SYSTEM:echo node"]).spawn().unwrap();
     sleep(Duration::from_millis(200));
-    let out = try_run(Command::new("nsenter").arg(format!("--net=/run/netns/{}", p.netns)).args([
-        "--",
-        "socat",
-        "-T2",
-        "-",
-        &format!("TCP:{}:7788,connect-timeout=2", node.ip),
-    ]))
-    .unwrap();
+    let target = format!("TCP:{}:7788,connect-timeout=2", node.ip);
+    let out = try_run(&mut ns_cmd(&p.netns, &["socat", "-T2", "-", &target])).unwrap();
     let _ = l.kill();
     let _ = l.wait();
     assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "node", "pod -> node TCP");
@@ -163,20 +183,9 @@ fn spoofed_source_is_dropped_and_counted() {
     ns_exec(&a1.netns, &["ip", "addr", "add", "10.244.1.200/32", "dev", "eth0"]).unwrap();
     let before = counter(&lab, 0, "drops", "source_spoofed");
     for dst in [&a2.ip, &b1.ip] {
-        let out = try_run(Command::new("nsenter").arg(format!("--net=/run/netns/{}", a1.netns)).args([
-            "--",
-            "ping",
-            "-c",
-            "3",
-            "-i",
-            "0.2",
-            "-W",
-            "1",
-            "-I",
-            "10.244.1.200",
-            dst,
-        ]))
-        .unwrap();
+        let out =
+            try_run(&mut ns_cmd(&a1.netns, &["ping", "-c", "3", "-i", "0.2", "-W", "1", "-I", "10.244.1.200", dst]))
+                .unwrap();
         assert!(!out.status.success(), "spoofed ping to {dst} got through");
     }
     let after = counter(&lab, 0, "drops", "source_spoofed");
@@ -197,20 +206,9 @@ fn mtu_follows_the_lan_full_size_crosses_one_byte_more_is_refused() {
     let full =
         ns_exec(&a.netns, &["ping", "-c", "2", "-W", "1", "-M", "do", "-s", &payload.to_string(), &b.ip]).unwrap();
     assert!(full.contains("2 received"), "full-size DF packet across nodes: {full}");
-    let over = try_run(Command::new("nsenter").arg(format!("--net=/run/netns/{}", a.netns)).args([
-        "--",
-        "ping",
-        "-c",
-        "1",
-        "-W",
-        "1",
-        "-M",
-        "do",
-        "-s",
-        &(payload + 1).to_string(),
-        &b.ip,
-    ]))
-    .unwrap();
+    let over_size = (payload + 1).to_string();
+    let over =
+        try_run(&mut ns_cmd(&a.netns, &["ping", "-c", "1", "-W", "1", "-M", "do", "-s", &over_size, &b.ip])).unwrap();
     let text = String::from_utf8_lossy(&over.stdout).to_string() + &String::from_utf8_lossy(&over.stderr);
     assert!(!over.status.success(), "oversize DF packet must not pass: {text}");
     assert!(text.contains("message too long") || text.contains("mtu"), "refused cleanly at the source: {text}");
@@ -230,15 +228,17 @@ fn agent_killed_and_restarted_loses_nothing() {
     let (a, b) = (pod(&lab, 0, 0), pod(&lab, 1, 0));
     let routes_before = lab.status(0).unwrap()["routes"].clone();
     let endpoints_before = lab.status(0).unwrap()["endpoints"].clone();
-    let links = std::fs::read_dir(lab.state.nodes[0].pin_dir.join("v1/links")).unwrap();
+    let links = std::fs::read_dir(PinDir::new(&lab.state.nodes[0].pin_dir).links_dir()).unwrap();
     let link_pins: Vec<std::path::PathBuf> = links.map(|e| e.unwrap().path()).collect();
-    assert_eq!(link_pins.len(), 3, "from_uplink, and from_pod on the pod and the health endpoint: {link_pins:?}");
+    assert_eq!(
+        link_pins.len(),
+        6,
+        "from_uplink and to_uplink, and from_pod and to_pod on the pod and the health endpoint: {link_pins:?}"
+    );
     let ids_before: Vec<(u64, u64)> = link_pins.iter().map(|p| link_ids(p)).collect();
     // A steady flow across nodes: 3000 pings at 500/s, both agents killed
     // (SIGKILL) and restarted while it runs.
-    let flow = Command::new("nsenter")
-        .arg(format!("--net=/run/netns/{}", a.netns))
-        .args(["--", "ping", "-q", "-c", &FLOW.to_string(), "-i", "0.002", "-W", "1", &b.ip])
+    let flow = ns_cmd(&a.netns, &["ping", "-q", "-c", &FLOW.to_string(), "-i", "0.002", "-W", "1", &b.ip])
         .stdout(Stdio::piped())
         .spawn()
         .unwrap();
@@ -252,9 +252,16 @@ fn agent_killed_and_restarted_loses_nothing() {
     assert!(down["unhealthy"][0].as_str().unwrap().contains("agent not running"), "{down}");
     sleep(Duration::from_millis(1000));
     assert!(tcp_probe(&a.netns, &b.ip, &b.name), "traffic with no agent running");
-    lab.start_agent(0).unwrap();
-    lab.start_agent(1).unwrap();
-    lab.wait_agent_ready(0).unwrap();
+    for i in 0..2 {
+        lab.start_agent(i).unwrap();
+    }
+    // Each restarted agent, not just one, and not the conflist its
+    // predecessor left: the state file must name the new process.
+    for i in 0..2 {
+        lab.wait_agent_ready(i).unwrap();
+        let pid = lab.status(i).unwrap()["agent"]["pid"].as_u64();
+        assert_eq!(pid, lab.state.nodes[i].agent_pid.map(u64::from), "node {i} ready with its new agent");
+    }
     let out = flow.wait_with_output().unwrap();
     let text = String::from_utf8_lossy(&out.stdout);
     let want = format!("{FLOW} packets transmitted, {FLOW} received");

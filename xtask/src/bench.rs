@@ -21,6 +21,7 @@ use sluice_agent::reconcile::map_routes;
 use sluice_node::datapath::{pinned_maps::NodeRoutes, pins::PinDir, Datapath};
 use sluice_tests::{
     bench::{self, median, percentiles_ms, Latency, Throughput},
+    kube_proxy,
     lab::{ns_exec, Lab, LabOptions, Pod},
     runtime::{cni_bin_dir, Attachment, ChainRuntime},
     unique, PinDirGuard,
@@ -77,7 +78,9 @@ impl Plan {
 struct PathFigures {
     rr: Latency,
     crr: Latency,
-    tput: Throughput,
+    /// Not measured for Service paths (the same packets as pod to pod once
+    /// connected; RR and CRR show what the Service costs).
+    tput: Option<Throughput>,
 }
 
 /// One side of a measured path: namespace and address of the server.
@@ -85,15 +88,45 @@ struct Path2 {
     name: &'static str,
     client_ns: String,
     server_ns: String,
-    server_ip: Ipv4Addr,
+    target: bench::Target,
 }
 
 fn measure(p: &Path2, plan: &Plan) -> Result<PathFigures> {
     Ok(PathFigures {
-        rr: bench::tcp_rr(&p.server_ns, &p.client_ns, p.server_ip, plan.rr)?,
-        crr: bench::tcp_crr(&p.server_ns, &p.client_ns, p.server_ip, plan.rr)?,
-        tput: bench::throughput(&p.server_ns, &p.client_ns, p.server_ip, plan.tput_secs)?,
+        rr: bench::tcp_rr_to(&p.server_ns, &p.client_ns, p.target, plan.rr)?,
+        crr: bench::tcp_crr_to(&p.server_ns, &p.client_ns, p.target, plan.rr)?,
+        tput: match p.target.via {
+            Some(_) => None,
+            None => Some(bench::throughput(&p.server_ns, &p.client_ns, p.target.server_ip, plan.tput_secs)?),
+        },
     })
+}
+
+/// The benchmark's Service: one ClusterIP port whose only backend is the
+/// cross-node server pod, with kube-proxy's rules on both nodes.
+const BENCH_SERVICE: (&str, u16) = ("10.96.0.200", 80);
+const BENCH_SERVER_PORT: u16 = 9100;
+
+fn install_bench_service(lab: &Lab, backend: &Pod, backend_node: &str) -> Result<()> {
+    let service = kube_proxy::Service {
+        namespace: "bench".into(),
+        name: "rr".into(),
+        cluster_ip: BENCH_SERVICE.0.parse()?,
+        ports: vec![kube_proxy::ServicePort {
+            name: "tcp".into(),
+            protocol: kube_proxy::Protocol::Tcp,
+            port: BENCH_SERVICE.1,
+            target_port: BENCH_SERVER_PORT,
+            node_port: None,
+        }],
+        external_traffic_policy_local: false,
+        endpoints: vec![kube_proxy::Endpoint { ip: pod_ip(backend), node: backend_node.into() }],
+    };
+    let cidr = sluice_tests::lab::CLUSTER_CIDR.parse()?;
+    for n in &lab.state.nodes {
+        kube_proxy::apply(&n.netns, std::slice::from_ref(&service), &n.name, cidr)?;
+    }
+    Ok(())
 }
 
 /// Two namespaces joined by one veth: the floor for same-node traffic.
@@ -217,37 +250,53 @@ fn round(round: usize, bins: &Path, plan: &Plan) -> Result<BTreeMap<&'static str
     let l = VethPair::new()?;
     let (n1, n2) = (&s.state.nodes[0], &s.state.nodes[1]);
     let (sp1, sp2, sp3) = (&n1.pods[0], &n1.pods[1], &n2.pods[0]);
+    install_bench_service(&s, sp3, &n2.name)?;
     let mut paths = vec![
         Path2 {
             name: "A node-node",
             client_ns: n1.netns.clone(),
             server_ns: n2.netns.clone(),
-            server_ip: n2.ip.parse()?,
+            target: bench::Target::direct(n2.ip.parse()?),
         },
-        Path2 { name: "L veth pair", client_ns: l.a.clone(), server_ns: l.b.clone(), server_ip: "10.99.0.2".parse()? },
+        Path2 {
+            name: "L veth pair",
+            client_ns: l.a.clone(),
+            server_ns: l.b.clone(),
+            target: bench::Target::direct("10.99.0.2".parse()?),
+        },
         Path2 {
             name: "B same-node",
             client_ns: b.pods[0].1.clone(),
             server_ns: b.pods[1].1.clone(),
-            server_ip: b.pods[1].2,
+            target: bench::Target::direct(b.pods[1].2),
         },
         Path2 {
             name: "B cross-node",
             client_ns: b.pods[0].1.clone(),
             server_ns: b.pods[2].1.clone(),
-            server_ip: b.pods[2].2,
+            target: bench::Target::direct(b.pods[2].2),
         },
         Path2 {
             name: "S same-node",
             client_ns: sp1.netns.clone(),
             server_ns: sp2.netns.clone(),
-            server_ip: pod_ip(sp2),
+            target: bench::Target::direct(pod_ip(sp2)),
         },
         Path2 {
             name: "S cross-node",
             client_ns: sp1.netns.clone(),
             server_ns: sp3.netns.clone(),
-            server_ip: pod_ip(sp3),
+            target: bench::Target::direct(pod_ip(sp3)),
+        },
+        Path2 {
+            name: "S cross-node svc",
+            client_ns: sp1.netns.clone(),
+            server_ns: sp3.netns.clone(),
+            target: bench::Target {
+                server_ip: pod_ip(sp3),
+                server_port: BENCH_SERVER_PORT,
+                via: Some(std::net::SocketAddr::from((BENCH_SERVICE.0.parse::<Ipv4Addr>()?, BENCH_SERVICE.1))),
+            },
         },
     ];
     let n = paths.len();
@@ -462,8 +511,8 @@ pub fn run(args: &BenchArgs) -> Result<()> {
             "rr_p50" => p.rr.p50_us,
             "rr_p99" => p.rr.p99_us,
             "crr" => p.crr.per_sec,
-            "gbit" => p.tput.gbit_per_s,
-            "cpu" => p.tput.cpu_pct_per_gbit,
+            "gbit" => p.tput.as_ref().map_or(f64::NAN, |t| t.gbit_per_s),
+            "cpu" => p.tput.as_ref().map_or(f64::NAN, |t| t.cpu_pct_per_gbit),
             _ => f64::NAN,
         }
     };
@@ -485,6 +534,8 @@ pub fn run(args: &BenchArgs) -> Result<()> {
         ("S/B cross", "S cross-node", "B cross-node"),
         ("S/L same", "S same-node", "L veth pair"),
         ("S/B same", "S same-node", "B same-node"),
+        ("S svc/S cross", "S cross-node svc", "S cross-node"),
+        ("S svc/A cross", "S cross-node svc", "A node-node"),
     ] {
         let mut m = serde_json::Map::new();
         for k in ["rr", "crr", "gbit", "cpu"] {
@@ -538,13 +589,13 @@ fn render(r: &Value) -> String {
         r["machine"]["kernel"].as_str().unwrap_or("")
     );
     o += &format!(
-        "{:<14} {:>10} {:>9} {:>9} {:>10} {:>8} {:>12}\n",
+        "{:<18} {:>10} {:>9} {:>9} {:>10} {:>8} {:>12}\n",
         "path", "TCP_RR/s", "p50 us", "p99 us", "TCP_CRR/s", "Gbit/s", "CPU%/Gbit"
     );
     if let Some(paths) = r["paths"].as_object() {
         for (name, m) in paths {
             o += &format!(
-                "{:<14} {:>10.0} {:>9.1} {:>9.1} {:>10.0} {:>8.2} {:>12.1}\n",
+                "{:<18} {:>10.0} {:>9.1} {:>9.1} {:>10.0} {:>8.2} {:>12.1}\n",
                 name,
                 f(&m["rr"]),
                 f(&m["rr_p50"]),
@@ -555,11 +606,11 @@ fn render(r: &Value) -> String {
             );
         }
     }
-    o += &format!("{:<14} {:>10} {:>10} {:>8} {:>12}\n", "ratio", "TCP_RR", "TCP_CRR", "Gbit/s", "CPU/Gbit");
+    o += &format!("{:<18} {:>10} {:>10} {:>8} {:>12}\n", "ratio", "TCP_RR", "TCP_CRR", "Gbit/s", "CPU/Gbit");
     if let Some(ratios) = r["ratios"].as_object() {
         for (name, m) in ratios {
             o += &format!(
-                "{:<14} {:>10.2} {:>10.2} {:>8.2} {:>12.2}\n",
+                "{:<18} {:>10.2} {:>10.2} {:>8.2} {:>12.2}\n",
                 name,
                 f(&m["rr"]),
                 f(&m["crr"]),

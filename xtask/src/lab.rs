@@ -3,7 +3,10 @@
 use std::{path::PathBuf, process::Command};
 
 use anyhow::{bail, Result};
-use sluice_tests::lab::{Lab, LabOptions};
+use sluice_tests::{
+    cluster::{ClusterMatrix, DEMO_IP, WORLD_IP},
+    lab::{Lab, LabOptions},
+};
 
 use crate::{build_ebpf, repo_root, setup, shell};
 
@@ -50,23 +53,24 @@ pub fn run(command: LabCommand) -> Result<()> {
             let mut opts = LabOptions::new(nodes, pods_per_node, root.join("target/debug"));
             opts.dir = dir;
             opts.mtu = mtu;
+            opts.cluster_model = true;
             eprintln!("lab: bringing up {nodes} nodes with {pods_per_node} pods each (LAN MTU {mtu})");
             let lab = Lab::up(&opts)?;
             print_nodes(&lab);
-            let matrix = lab.matrix();
+            let matrix = ClusterMatrix::probe(&lab);
             print!("{}", matrix.render());
             let all_ok = matrix.all_ok();
             lab.persist()?;
             eprintln!("lab is up: `cargo xtask lab status` to look again, `cargo xtask lab down` to remove it");
             if !all_ok {
-                bail!("some pods cannot reach each other");
+                bail!("some paths failed: {}", matrix.failures.join(", "));
             }
             Ok(())
         }
         LabCommand::Status => {
             let lab = Lab::load(&dir)?;
             print_nodes(&lab);
-            print!("{}", lab.matrix().render());
+            print!("{}", ClusterMatrix::probe(&lab).render());
             for (i, node) in lab.state.nodes.iter().enumerate() {
                 match lab.status(i) {
                     Ok(s) => {
@@ -98,4 +102,8 @@ fn print_nodes(lab: &Lab) {
         let pods: Vec<String> = n.pods.iter().map(|p| format!("{} {}", p.name, p.ip)).collect();
         println!("{} {} pod CIDR {} (netns {}): {}", n.name, n.ip, n.pod_cidr, n.netns, pods.join(", "));
     }
+    println!(
+        "world {WORLD_IP} (netns {}), demo Service {DEMO_IP} (kube-proxy's iptables rules on every node)",
+        sluice_tests::cluster::world_netns(&lab.state.id)
+    );
 }

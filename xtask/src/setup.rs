@@ -22,6 +22,8 @@ pub const DEBIAN_PACKAGES: &[&str] = &[
     "bpftool",
     "socat",
     "iptables",
+    "nftables",
+    "conntrack",
     "procps",
     // CNI chaining and real-runtime tests
     "containernetworking-plugins",

@@ -35,18 +35,32 @@ pub fn run(extra: &[String]) -> Result<()> {
         "target/fault",
     ]))?;
     let (passed, failed) = run_tests(cargo().args(["test", "--workspace", "--no-fail-fast"]).args(extra))?;
-    // The benchmark, short, so it cannot rot: it must run to the end.
-    let bench_ok = shell::run(cargo().args(["xtask", "bench", "--smoke"])).is_ok();
-    if !bench_ok {
-        eprintln!("bench --smoke failed");
+    // The benchmark, short, so it cannot rot: it must run to the end. It is
+    // not a test and is not counted as one; it is reported on its own.
+    let bench = shell::run(cargo().args(["xtask", "bench", "--smoke"]));
+    if let Err(e) = &bench {
+        eprintln!("bench --smoke failed: {e:#}");
     }
-    let failed = failed + u64::from(!bench_ok);
-    let passed = passed + u64::from(bench_ok);
-    // One closing line for the whole run, summed over every test binary
-    // (and the benchmark smoke run, counted as one test).
-    println!("{passed} passed, {failed} failed");
+    let bench_ok = bench.is_ok();
+    // One closing line for the whole run.
+    println!("{}", summary(passed, failed, bench_ok));
+    verdict(passed, failed, bench_ok)
+}
+
+/// The closing line: tests summed over every test binary, then the
+/// benchmark smoke run.
+fn summary(passed: u64, failed: u64, bench_ok: bool) -> String {
+    format!("{passed} passed, {failed} failed; bench smoke {}", if bench_ok { "ok" } else { "FAILED" })
+}
+
+/// The run passes when tests ran, none failed, and the benchmark smoke run
+/// went to the end.
+fn verdict(passed: u64, failed: u64, bench_ok: bool) -> Result<()> {
     if failed > 0 || passed == 0 {
         bail!("tests failed ({failed}) or none ran ({passed} passed)");
+    }
+    if !bench_ok {
+        bail!("bench --smoke failed");
     }
     Ok(())
 }
@@ -86,7 +100,18 @@ fn parse_result_line(line: &str) -> Option<(u64, u64)> {
 
 #[cfg(test)]
 mod tests {
-    use super::parse_result_line;
+    use super::{parse_result_line, summary, verdict};
+
+    #[test]
+    fn bench_smoke_is_reported_apart_from_the_tests_and_fails_the_run() {
+        assert_eq!(summary(12, 0, true), "12 passed, 0 failed; bench smoke ok");
+        assert_eq!(summary(12, 0, false), "12 passed, 0 failed; bench smoke FAILED");
+        assert_eq!(summary(11, 1, true), "11 passed, 1 failed; bench smoke ok");
+        assert!(verdict(12, 0, true).is_ok());
+        assert!(verdict(12, 0, false).is_err(), "a failed bench smoke run fails the run");
+        assert!(verdict(11, 1, true).is_err(), "a failed test fails the run");
+        assert!(verdict(0, 0, true).is_err(), "no test ran: the bench smoke run alone is not a pass");
+    }
 
     #[test]
     fn parses_cargo_summaries() {

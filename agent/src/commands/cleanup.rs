@@ -1,7 +1,8 @@
 //! `sluice-agent cleanup`: undo everything sluice did to a node, for
 //! uninstalling. Programs are detached by removing their link pins (a pin
-//! holds the last reference), then pins, the health endpoint, pod veths, the
-//! conflist, the plugin binary and IPAM state go. Every step runs; what is
+//! holds the last reference), then the health endpoint, pod veths, kernel
+//! routes, the netfilter table and chain, pins, the conflist, the plugin
+//! binary and IPAM state go. Every step runs; what is
 //! already gone counts as done.
 use std::path::{Path, PathBuf};
 
@@ -11,7 +12,11 @@ use tracing::info;
 use sluice_node::{datapath::pins::PinDir, net::netlink::Netlink, paths::PLUGIN_TYPE, pod::names};
 
 use super::health_endpoint;
-use crate::{daemon::cni_conf, state_file};
+use crate::{
+    daemon::cni_conf,
+    reconcile::{kernel_routes, masquerade},
+    state_file,
+};
 
 pub struct CleanupPlan {
     pub pin_dir: PathBuf,
@@ -55,20 +60,33 @@ pub async fn run(plan: &CleanupPlan) -> Result<()> {
         }
         Err(e) => errors.push(format!("{e:#}")),
     }
-    // 4. Pins (maps and programs go when nothing else holds them).
+    // 4. Kernel routes to other nodes' pods (only those with sluice's
+    //    protocol number) and sluice's netfilter table and chain.
+    match netlink.routes_of_protocol(kernel_routes::ROUTE_PROTOCOL).await {
+        Ok(routes) => {
+            for r in routes {
+                if let Err(e) = netlink.delete_route(&r, kernel_routes::ROUTE_PROTOCOL).await {
+                    errors.push(format!("{e:#}"));
+                }
+            }
+        }
+        Err(e) => errors.push(format!("{e:#}")),
+    }
+    errors.extend(masquerade::remove().await);
+    // 5. Pins (maps and programs go when nothing else holds them).
     if plan.pin_dir.exists() {
         if let Err(e) = std::fs::remove_dir_all(&plan.pin_dir) {
             errors.push(format!("remove {}: {e}", plan.pin_dir.display()));
         }
     }
-    // 5. What the runtime sees: conflist first, so no new pod is sent to us.
+    // 6. What the runtime sees: conflist first, so no new pod is sent to us.
     if let Some(dir) = &plan.cni_conf_dir {
         remove_file(&dir.join(cni_conf::CONFLIST_NAME), &mut errors);
     }
     if let Some(dir) = &plan.cni_bin_dir {
         remove_file(&dir.join(PLUGIN_TYPE), &mut errors);
     }
-    // 6. State: IPAM leases and the agent's state file.
+    // 7. State: IPAM leases and the agent's state file.
     let ipam = plan.data_dir.join("ipam");
     if ipam.exists() {
         if let Err(e) = std::fs::remove_dir_all(&ipam) {

@@ -18,7 +18,6 @@ use nix::{
 use tokio::io::AsyncWriteExt;
 use tracing::{info, warn};
 
-use sluice_common::maps::programs;
 use sluice_node::{
     datapath::{links, pinned_maps::Endpoints, pins::PinDir},
     net::{netlink::Netlink, netns},
@@ -76,7 +75,7 @@ pub async fn ensure(
     let pod = netns::netlink_in(&path)?;
     if let (Some(host_link), Some(_)) = (host.link_by_name(HOST_VETH).await?, pod.link_by_name("eth0").await?) {
         let ours = Endpoints::open(pins)?.get(ip).map(|e| e.host_ifindex) == Some(host_link.index);
-        if ours && pins.link(programs::FROM_POD, HOST_VETH).exists() {
+        if ours && links::POD_PROGRAMS.iter().all(|p| pins.link(p, HOST_VETH).exists()) {
             return Ok(path);
         }
     }
@@ -86,7 +85,7 @@ pub async fn ensure(
     let pod_link = plumbing::configure_pod_side(&pod, PEER_TMP, "eth0", mtu, ip, host_link.mac).await?;
     plumbing::configure_host_side(host, &host_link, ip, pod_link.mac).await?;
     plumbing::insert_endpoint(pins, ip, &host_link, pod_link.mac)?;
-    plumbing::attach_from_pod(pins, HOST_VETH)?;
+    plumbing::attach_pod_programs(pins, HOST_VETH)?;
     info!(%ip, netns = %path.display(), "health endpoint ready");
     Ok(path)
 }
@@ -126,7 +125,7 @@ pub async fn remove(host: &Netlink, pins: &PinDir, netns_name: &str, pod_cidr: O
             eps.remove(health_ip(cidr))?;
         }
     }
-    links::unpin_link(&pins.link(programs::FROM_POD, HOST_VETH))?;
+    plumbing::detach_pod_programs(pins, HOST_VETH)?;
     host.delete_link(HOST_VETH).await?;
     let path = Path::new("/run/netns").join(netns_name);
     if is_netns_file(&path) {

@@ -126,7 +126,13 @@ pub fn collect(pins: &PinDir, data_dir: &Path) -> StatusReport {
     if let Ok(dir) = std::fs::read_dir(pins.links_dir()) {
         for entry in dir.flatten() {
             let name = entry.file_name().to_string_lossy().into_owned();
-            for prog in [programs::FROM_UPLINK, programs::FROM_POD, programs::COUNT_PACKETS] {
+            for prog in [
+                programs::FROM_UPLINK,
+                programs::TO_UPLINK,
+                programs::FROM_POD,
+                programs::TO_POD,
+                programs::COUNT_PACKETS,
+            ] {
                 if let Some(ifname) = pins::link_pin_ifname(prog, &name) {
                     r.attached.entry(ifname.to_string()).or_default().push(prog.to_string());
                 }

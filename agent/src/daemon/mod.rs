@@ -11,6 +11,7 @@ use tracing::{error, info, warn};
 pub mod cni_conf;
 pub mod plugin_install;
 pub mod sweep;
+pub mod sysctl;
 
 use sluice_node::{
     clock::now_unix,
@@ -27,7 +28,7 @@ use crate::{
     commands::health_endpoint,
     config::AgentConfig,
     membership::{self, kubernetes::KubeNodes, peers_file::PeersFile, Membership, Problem},
-    reconcile::map_routes,
+    reconcile::{kernel_routes, map_routes, masquerade},
     state_file::{self, AgentState},
 };
 
@@ -84,6 +85,40 @@ async fn sweep(netlink: &Netlink, node: &AgentConfig, pod_cidr: Ipv4Network, pin
         ),
         Ok(_) => {}
         Err(e) => warn!(error = %format!("{e:#}"), "sweep failed; will retry"),
+    }
+}
+
+/// Everything kept in step with membership on each pass: the BPF routes
+/// map, the kernel's routes, the node's netfilter.
+struct Reconcilers {
+    routes_map: NodeRoutes,
+    netlink: Netlink,
+    uplink_ifindex: u32,
+    node_ip: std::net::Ipv4Addr,
+    masquerade: bool,
+    cluster_cidr: Ipv4Network,
+    non_masquerade: Vec<Ipv4Network>,
+    /// The netfilter state last applied, and when it was last checked:
+    /// unchanged, it is re-checked only every `NETFILTER_RECHECK` (each check
+    /// runs `nft` and `iptables`), so someone flushing the rules heals too.
+    netfilter_applied: Option<(masquerade::Desired, std::time::Instant)>,
+}
+
+const NETFILTER_RECHECK: Duration = Duration::from_secs(10);
+
+impl Reconcilers {
+    async fn pass(&mut self, m: &Membership) -> Result<()> {
+        map_routes::reconcile(&mut self.routes_map, &m.routes)?;
+        kernel_routes::reconcile(&self.netlink, &kernel_routes::desired(&m.routes, self.uplink_ifindex)).await?;
+        let node_ips = std::iter::once(self.node_ip).chain(m.routes.values().copied());
+        let desired = masquerade::Desired::new(self.masquerade, self.cluster_cidr, node_ips, &self.non_masquerade);
+        let fresh =
+            self.netfilter_applied.as_ref().is_some_and(|(d, at)| *d == desired && at.elapsed() < NETFILTER_RECHECK);
+        if !fresh {
+            masquerade::ensure(&masquerade::HostFirewall, &desired).await.context("netfilter")?;
+            self.netfilter_applied = Some((desired, std::time::Instant::now()));
+        }
+        Ok(())
     }
 }
 
@@ -147,10 +182,23 @@ pub async fn run(mut node: AgentConfig, source: Source, bpffs_mount: PathBuf, ti
         &pins,
         sluice_common::NodeConfig { uplink_ifindex: uplink.index, node_ip_be: pinned_maps::ip_be(node_ip) },
     )?;
-    datapath.attach_ingress(programs::FROM_UPLINK, &node.uplink)?;
+    datapath.attach(programs::FROM_UPLINK, &node.uplink)?;
+    datapath.attach(programs::TO_UPLINK, &node.uplink)?;
     let pods = datapath.update_pod_links()?;
-    let mut routes_map = NodeRoutes::open(&pins)?;
-    map_routes::reconcile(&mut routes_map, &membership.routes)?;
+    // The node's stack forwards pods' traffic to the world, to other nodes'
+    // host processes and through kube-proxy's DNAT.
+    sysctl::ensure_ip_forward()?;
+    let mut reconcilers = Reconcilers {
+        routes_map: NodeRoutes::open(&pins)?,
+        netlink: netlink.clone(),
+        uplink_ifindex: uplink.index,
+        node_ip,
+        masquerade: node.masquerade,
+        cluster_cidr: node.cluster_cidr,
+        non_masquerade: node.non_masquerade_cidr.clone(),
+        netfilter_applied: None,
+    };
+    reconcilers.pass(&membership).await?;
     info!(node = %node.node_name, uplink = %node.uplink, %node_ip, mtu, pods, "datapath ready");
 
     let health_netns =
@@ -194,10 +242,10 @@ pub async fn run(mut node: AgentConfig, source: Source, bpffs_mount: PathBuf, ti
     loop {
         // Desired state is read whole on every pass; the diff makes that
         // cheap and a missed change impossible.
-        let outcome = source
-            .membership(&node, Some(pod_cidr))
-            .and_then(|m| m.context("membership not known"))
-            .and_then(|m| map_routes::reconcile(&mut routes_map, &m.routes).map(|_| m));
+        let outcome = match source.membership(&node, Some(pod_cidr)).and_then(|m| m.context("membership not known")) {
+            Ok(m) => reconcilers.pass(&m).await.map(|_| m),
+            Err(e) => Err(e),
+        };
         match outcome {
             Ok(m) => {
                 if m.problems != last_problems {

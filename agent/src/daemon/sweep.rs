@@ -21,13 +21,12 @@ use tracing::{info, warn};
 
 use sluice_node::{
     datapath::{
-        links,
         pinned_maps::Endpoints,
         pins::{self, PinDir},
     },
     ipam::store::{Lease, LeaseStore},
     net::netlink::Netlink,
-    pod::{names as pod_names, teardown},
+    pod::{names as pod_names, plumbing, teardown},
 };
 
 #[derive(Debug, Default, PartialEq, Eq)]
@@ -170,7 +169,7 @@ impl SweepTarget for NodeSweep<'_> {
         self.endpoints.remove(ip)
     }
     fn unpin_pod_link(&mut self, ifname: &str) -> Result<()> {
-        links::unpin_link(&self.pins.link(programs::FROM_POD, ifname))
+        plumbing::detach_pod_programs(self.pins, ifname)
     }
 }
 

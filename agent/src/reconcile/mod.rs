@@ -3,4 +3,9 @@
 //! so order and failure behaviour are unit-tested without root.
 //!
 //! - `map_routes`: the BPF routes map `NODE_ROUTES` (pod CIDR → node IP).
+//! - `kernel_routes`: the same routes in the kernel, for the node's own stack.
+//! - `masquerade`: pods' egress NAT (nftables) and the forward accept
+//!   (iptables) for traffic the stack forwards for pods.
+pub mod kernel_routes;
 pub mod map_routes;
+pub mod masquerade;

@@ -1,6 +1,8 @@
 //! TCX links: attach and pin, swap the program inside a pinned link
 //! (`BPF_LINK_UPDATE`, atomic), detach by unpinning. Shared by the agent
-//! (uplink, restarts) and the CNI plugin (one `from_pod` link per pod).
+//! (uplink, restarts) and the CNI plugin (`POD_PROGRAMS` on each pod's
+//! host veth). A program's direction follows from its name: `from_*` is
+//! ingress, `to_*` egress.
 use std::{fs, io, path::Path};
 
 use anyhow::{Context, Result};
@@ -9,12 +11,27 @@ use aya::programs::{
     tc::{SchedClassifierLink, TcAttachOptions},
     LinkOrder, SchedClassifier, TcAttachType,
 };
+use sluice_common::maps::programs;
 
-/// A fresh TCX ingress attachment, pinned so it outlives this process.
-pub fn attach_and_pin(prog: &mut SchedClassifier, ifname: &str, pin: &Path) -> Result<()> {
+/// What every pod's host veth runs: `from_pod` on ingress (what the pod
+/// sends), `to_pod` on egress (what the node's stack sends the pod).
+pub const POD_PROGRAMS: [&str; 2] = [programs::FROM_POD, programs::TO_POD];
+
+/// Ingress for `from_*` programs, egress for `to_*`.
+pub fn direction(program: &str) -> TcAttachType {
+    if program.starts_with("to_") {
+        TcAttachType::Egress
+    } else {
+        TcAttachType::Ingress
+    }
+}
+
+/// A fresh TCX attachment, pinned so it outlives this process.
+pub fn attach_and_pin(prog: &mut SchedClassifier, program: &str, ifname: &str, pin: &Path) -> Result<()> {
+    let dir = direction(program);
     let id = prog
-        .attach_with_options(ifname, TcAttachType::Ingress, TcAttachOptions::TcxOrder(LinkOrder::default()))
-        .with_context(|| format!("attach to {ifname} ingress with TCX"))?;
+        .attach_with_options(ifname, dir, TcAttachOptions::TcxOrder(LinkOrder::default()))
+        .with_context(|| format!("attach {program} to {ifname} {dir:?} with TCX"))?;
     let link = prog.take_link(id)?;
     let fd_link: FdLink = link.try_into().context("TCX link as fd link")?;
     fd_link.pin(pin).with_context(|| format!("pin link at {}", pin.display()))?;
@@ -40,5 +57,18 @@ pub fn ignore_not_found(e: io::Error) -> io::Result<()> {
         Ok(())
     } else {
         Err(e)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn directions_follow_names() {
+        assert!(matches!(direction(programs::FROM_POD), TcAttachType::Ingress));
+        assert!(matches!(direction(programs::FROM_UPLINK), TcAttachType::Ingress));
+        assert!(matches!(direction(programs::TO_POD), TcAttachType::Egress));
+        assert!(matches!(direction(programs::TO_UPLINK), TcAttachType::Egress));
     }
 }

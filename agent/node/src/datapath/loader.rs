@@ -17,17 +17,25 @@ use sluice_common::maps::{names, programs};
 use tracing::{info, warn};
 
 use super::{
-    links::{attach_and_pin, ignore_not_found, update_pinned_link},
+    links::{attach_and_pin, ignore_not_found, update_pinned_link, POD_PROGRAMS},
     pins::{self, PinDir},
 };
 
 /// The object built by `cargo xtask build-ebpf`, embedded at compile time.
 pub static OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/sluice.bpf.o"));
 
-const ALL_MAPS: [&str; 6] =
-    [names::ENDPOINTS, names::NODE_ROUTES, names::NODE_CONFIG, names::DROPS, names::FORWARDS, names::IFACE_PACKETS];
+const ALL_MAPS: [&str; 7] = [
+    names::ENDPOINTS,
+    names::NODE_ROUTES,
+    names::NODE_CONFIG,
+    names::DROPS,
+    names::FORWARDS,
+    names::IFACE_PACKETS,
+    names::STACK_FLOWS,
+];
 
-const ALL_PROGRAMS: [&str; 3] = [programs::FROM_POD, programs::FROM_UPLINK, programs::COUNT_PACKETS];
+const ALL_PROGRAMS: [&str; 5] =
+    [programs::FROM_POD, programs::TO_POD, programs::FROM_UPLINK, programs::TO_UPLINK, programs::COUNT_PACKETS];
 
 /// The loaded object with its maps pinned and programs loaded and pinned.
 pub struct Datapath {
@@ -66,32 +74,44 @@ impl Datapath {
         &self.pins
     }
 
-    /// Attach `program` to `ifname`'s ingress and pin the link, or update the
-    /// already pinned link to this program atomically.
-    pub fn attach_ingress(&mut self, program: &str, ifname: &str) -> Result<()> {
+    /// Attach `program` to `ifname` (ingress or egress by its name) and pin
+    /// the link, or update the already pinned link to this program atomically.
+    pub fn attach(&mut self, program: &str, ifname: &str) -> Result<()> {
         let pin = self.pins.link(program, ifname);
         let prog: &mut SchedClassifier = program_mut(&mut self.ebpf, program)?;
-        attach_or_update(prog, ifname, &pin)
+        attach_or_update(prog, program, ifname, &pin)
     }
 
-    /// Point every pinned `from_pod` link (one per pod) at the program just
-    /// loaded. Links whose interface is gone are unpinned.
+    /// Point every pod's pinned links (found by their `from_pod` pins) at
+    /// the programs just loaded; a pod made by an older version that lacks
+    /// one of `POD_PROGRAMS` gets it attached. Links whose interface is gone
+    /// are unpinned. Returns the number of pods.
     pub fn update_pod_links(&mut self) -> Result<usize> {
-        let mut updated = 0;
-        let prog: &mut SchedClassifier = program_mut(&mut self.ebpf, programs::FROM_POD)?;
+        let mut pods = Vec::new();
         for entry in fs::read_dir(self.pins.links_dir()).context("list link pins")? {
-            let entry = entry?;
-            let name = entry.file_name().to_string_lossy().into_owned();
-            let Some(_ifname) = pins::link_pin_ifname(programs::FROM_POD, &name) else {
-                continue;
-            };
-            match update_pinned_link(prog, &entry.path()) {
-                Ok(()) => updated += 1,
-                Err(e) => {
-                    warn!(link = %name, error = %e, "pod link is stale; removing its pin");
-                    let _ = fs::remove_file(entry.path());
+            let name = entry?.file_name().to_string_lossy().into_owned();
+            if let Some(ifname) = pins::link_pin_ifname(programs::FROM_POD, &name) {
+                pods.push(ifname.to_string());
+            }
+        }
+        let mut updated = 0;
+        for ifname in &pods {
+            let mut ok = true;
+            for program in POD_PROGRAMS {
+                let pin = self.pins.link(program, ifname);
+                let prog: &mut SchedClassifier = program_mut(&mut self.ebpf, program)?;
+                let result = if pin.exists() {
+                    update_pinned_link(prog, &pin)
+                } else {
+                    attach_and_pin(prog, program, ifname, &pin)
+                };
+                if let Err(e) = result {
+                    warn!(link = %pin.display(), error = %format!("{e:#}"), "pod link is stale; removing its pin");
+                    let _ = fs::remove_file(&pin);
+                    ok = false;
                 }
             }
+            updated += usize::from(ok);
         }
         Ok(updated)
     }
@@ -104,7 +124,7 @@ fn program_mut<'a>(ebpf: &'a mut Ebpf, name: &str) -> Result<&'a mut SchedClassi
         .with_context(|| format!("program {name} is not a TC classifier"))
 }
 
-fn attach_or_update(prog: &mut SchedClassifier, ifname: &str, pin: &Path) -> Result<()> {
+fn attach_or_update(prog: &mut SchedClassifier, program: &str, ifname: &str, pin: &Path) -> Result<()> {
     if pin.exists() {
         match update_pinned_link(prog, pin) {
             Ok(()) => {
@@ -119,7 +139,7 @@ fn attach_or_update(prog: &mut SchedClassifier, ifname: &str, pin: &Path) -> Res
             }
         }
     }
-    attach_and_pin(prog, ifname, pin)?;
+    attach_and_pin(prog, program, ifname, pin)?;
     info!(ifname, pin = %pin.display(), "attached");
     Ok(())
 }

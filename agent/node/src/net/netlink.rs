@@ -9,7 +9,7 @@ use netlink_packet_route::{
     address::AddressAttribute,
     link::{LinkAttribute, LinkFlag, LinkMessage},
     neighbour::NeighbourState,
-    route::RouteScope,
+    route::{RouteAddress, RouteAttribute, RouteProtocol, RouteScope},
     AddressFamily,
 };
 use rtnetlink::Handle;
@@ -28,6 +28,26 @@ pub struct LinkInfo {
     pub mac: [u8; 6],
     /// Administratively up and with carrier.
     pub up: bool,
+}
+
+/// The main routing table's id.
+const RT_TABLE_MAIN: u8 = 254;
+
+/// A kernel IPv4 route as sluice makes them: `dst [via gateway] dev oif`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub struct KernelRoute {
+    pub dst: ipnetwork::Ipv4Network,
+    pub gateway: Option<Ipv4Addr>,
+    pub oif: u32,
+}
+
+impl KernelRoute {
+    pub fn describe(&self) -> String {
+        match self.gateway {
+            Some(gw) => format!("{} via {gw} dev #{}", self.dst, self.oif),
+            None => format!("{} dev #{}", self.dst, self.oif),
+        }
+    }
 }
 
 /// True if `e` is the kernel answering with `errno`.
@@ -124,6 +144,70 @@ impl Netlink {
             }
         }
         Ok(None)
+    }
+
+    /// IPv4 routes of the main table installed with `protocol`: destination
+    /// → (gateway, output interface). Routes anyone else made are not listed.
+    pub async fn routes_of_protocol(&self, protocol: u8) -> Result<Vec<KernelRoute>> {
+        let mut out = Vec::new();
+        let mut routes = self.handle.route().get(rtnetlink::IpVersion::V4).execute();
+        while let Some(msg) = routes.try_next().await.context("list routes")? {
+            if msg.header.table != RT_TABLE_MAIN || msg.header.protocol != RouteProtocol::Other(protocol) {
+                continue;
+            }
+            let (mut dst, mut gateway, mut oif) = (Ipv4Addr::UNSPECIFIED, None, 0);
+            for attr in &msg.attributes {
+                match attr {
+                    RouteAttribute::Destination(RouteAddress::Inet(ip)) => dst = *ip,
+                    RouteAttribute::Gateway(RouteAddress::Inet(ip)) => gateway = Some(*ip),
+                    RouteAttribute::Oif(i) => oif = *i,
+                    _ => {}
+                }
+            }
+            let Ok(dst) = ipnetwork::Ipv4Network::new(dst, msg.header.destination_prefix_length) else {
+                continue;
+            };
+            out.push(KernelRoute { dst, gateway, oif });
+        }
+        Ok(out)
+    }
+
+    /// `ip route replace <dst> via <gw> dev <oif> proto <protocol>`.
+    pub async fn replace_route(&self, route: &KernelRoute, protocol: u8) -> Result<()> {
+        let mut req = self
+            .handle
+            .route()
+            .add()
+            .v4()
+            .destination_prefix(route.dst.network(), route.dst.prefix())
+            .output_interface(route.oif)
+            .protocol(RouteProtocol::Other(protocol))
+            .replace();
+        if let Some(gw) = route.gateway {
+            req = req.gateway(gw);
+        }
+        req.execute().await.with_context(|| format!("replace route {}", route.describe()))
+    }
+
+    /// Delete a route; one already gone counts as deleted.
+    pub async fn delete_route(&self, route: &KernelRoute, protocol: u8) -> Result<()> {
+        let mut req = self
+            .handle
+            .route()
+            .add()
+            .v4()
+            .destination_prefix(route.dst.network(), route.dst.prefix())
+            .output_interface(route.oif)
+            .protocol(RouteProtocol::Other(protocol));
+        if let Some(gw) = route.gateway {
+            req = req.gateway(gw);
+        }
+        let msg = req.message_mut().clone();
+        match self.handle.route().del(msg).execute().await {
+            Ok(()) => Ok(()),
+            Err(e) if is_errno(&e, libc::ESRCH) || is_errno(&e, libc::ENOENT) => Ok(()),
+            Err(e) => Err(e).with_context(|| format!("delete route {}", route.describe())),
+        }
     }
 
     /// `ip link add <host> type veth peer name <peer>`.

@@ -74,13 +74,25 @@ pub fn insert_endpoint(pins: &PinDir, ip: Ipv4Addr, host_link: &LinkInfo, pod_ma
     Endpoints::open(pins)?.insert(ip, ep)
 }
 
-/// `from_pod` (the pinned program) on the host veth's ingress, link pinned.
-pub fn attach_from_pod(pins: &PinDir, host_name: &str) -> Result<()> {
-    let prog_pin = pins.prog(programs::FROM_POD);
-    let link_pin = pins.link(programs::FROM_POD, host_name);
-    let mut prog = SchedClassifier::from_pin(&prog_pin).with_context(|| format!("open {}", prog_pin.display()))?;
-    links::unpin_link(&link_pin)?;
-    links::attach_and_pin(&mut prog, host_name, &link_pin)
+/// `POD_PROGRAMS` (the pinned programs) on the host veth, links pinned:
+/// `from_pod` on ingress, `to_pod` on egress.
+pub fn attach_pod_programs(pins: &PinDir, host_name: &str) -> Result<()> {
+    for program in links::POD_PROGRAMS {
+        let prog_pin = pins.prog(program);
+        let link_pin = pins.link(program, host_name);
+        let mut prog = SchedClassifier::from_pin(&prog_pin).with_context(|| format!("open {}", prog_pin.display()))?;
+        links::unpin_link(&link_pin)?;
+        links::attach_and_pin(&mut prog, program, host_name, &link_pin)?;
+    }
+    Ok(())
+}
+
+/// Detach `POD_PROGRAMS` from the host veth (remove their link pins).
+pub fn detach_pod_programs(pins: &PinDir, host_name: &str) -> Result<()> {
+    for program in links::POD_PROGRAMS {
+        links::unpin_link(&pins.link(program, host_name))?;
+    }
+    Ok(())
 }
 
 /// Fail early, naming the agent, when the datapath is not loaded.

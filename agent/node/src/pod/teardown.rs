@@ -9,7 +9,7 @@ use crate::{
     ipam::store::LeaseStore,
     net::netlink::Netlink,
 };
-use sluice_common::{maps::programs, EndpointInfo};
+use sluice_common::EndpointInfo;
 
 /// Tear down and return the problems met (empty: all clean).
 pub async fn teardown(
@@ -38,8 +38,10 @@ pub async fn teardown(
             }
         }
     }
-    if let Err(e) = links::unpin_link(&pins.link(programs::FROM_POD, &host_name)) {
-        errors.push(format!("{e:#}"));
+    for program in links::POD_PROGRAMS {
+        if let Err(e) = links::unpin_link(&pins.link(program, &host_name)) {
+            errors.push(format!("{e:#}"));
+        }
     }
     // Deleting the host side deletes the pod side too; the temporary peer
     // name exists only if ADD died before moving it into the pod.

@@ -1,9 +1,24 @@
-//! `sluice-agent connectivity-test`: from this node's health endpoint, probe
-//! every node's health endpoint (and, with `--pods`, every local pod) with
-//! ICMP and TCP through the real datapath, and name the likely reason for
-//! each failure.
+//! `sluice-agent connectivity-test`: probe every class of traffic a cluster
+//! sends, through the real datapath, and name the hop and the likely reason
+//! for each failure. The classes (Cilium's connectivity test has the same):
+//!
+//! - `pod-to-pod`: from this node's health endpoint (a pod) to every node's
+//!   health endpoint (ICMP and TCP), and with `--pods` to every local pod.
+//! - `pod-to-host`: from the health endpoint to every node's own address.
+//! - `host-to-pod`: from this node's stack to every node's health endpoint.
+//! - `pod-to-service`: with `--service ADDR:PORT`, a TCP connect from the
+//!   health endpoint (kube-proxy's DNAT, replies back through the stack).
+//! - `pod-to-world`: with `--world ADDR[:PORT]`, ICMP (or a TCP connect)
+//!   from the health endpoint (masquerade).
+//!
+//! `targets` decides who to probe (pure), `run` probes, `diagnose` decides
+//! why a probe failed from the evidence gathered.
+pub mod diagnose;
+pub mod icmp;
+
 use std::{
-    net::{Ipv4Addr, SocketAddr, TcpStream},
+    collections::BTreeSet,
+    net::{Ipv4Addr, SocketAddr, SocketAddrV4, TcpStream},
     path::{Path, PathBuf},
     time::{Duration, Instant},
 };
@@ -11,9 +26,6 @@ use std::{
 use anyhow::{Context, Result};
 use ipnetwork::Ipv4Network;
 use serde::Serialize;
-
-pub mod icmp;
-
 use sluice_node::{
     datapath::{
         pinned_maps::{self, Endpoints, NodeRoutes},
@@ -23,20 +35,72 @@ use sluice_node::{
 };
 
 use super::health_endpoint as health;
-use crate::state_file::{self, AgentState};
+use crate::{
+    reconcile::kernel_routes,
+    state_file::{self, AgentState},
+};
 
 const TIMEOUT: Duration = Duration::from_millis(1000);
+
+/// Which kind of traffic a probe stands for.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Class {
+    PodToPod,
+    PodToHost,
+    HostToPod,
+    PodToService,
+    PodToWorld,
+}
+
+impl Class {
+    pub fn name(self) -> &'static str {
+        match self {
+            Class::PodToPod => "pod-to-pod",
+            Class::PodToHost => "pod-to-host",
+            Class::HostToPod => "host-to-pod",
+            Class::PodToService => "pod-to-service",
+            Class::PodToWorld => "pod-to-world",
+        }
+    }
+
+    /// Probed from the health endpoint (a pod), or from the node's stack.
+    pub fn from_pod(self) -> bool {
+        self != Class::HostToPod
+    }
+}
+
+/// What is probed.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Kind {
+    /// A node's health endpoint (answers TCP on `HEALTH_PORT`).
+    Health,
+    /// A pod on this node (ICMP only).
+    Pod,
+    /// A node's own address (ICMP).
+    Host,
+    Service,
+    World,
+}
 
 #[derive(Clone, Debug, Serialize)]
 #[serde(rename_all = "camelCase")]
 pub struct Target {
-    /// Node the target lives on.
+    pub class: Class,
+    pub kind: Kind,
+    /// Node the target lives on ("-" for services and the world).
     pub node: String,
-    /// "health" (a node's health endpoint) or "pod".
-    pub kind: String,
     pub ip: Ipv4Addr,
+    /// TCP port probed: `HEALTH_PORT` for health endpoints, the given one
+    /// for services and the world; `None`: ICMP only.
+    pub port: Option<u16>,
+    /// Probe ICMP (services do not answer it under kube-proxy).
+    pub icmp: bool,
     /// The node's own address, for telling "peer down" from "endpoint down".
     pub node_ip: Option<Ipv4Addr>,
+    /// The pod CIDR the target's node owns (health endpoints of peers).
+    pub pod_cidr: Option<Ipv4Network>,
     pub local: bool,
     /// Set when the target cannot even be tried (e.g. no route).
     pub known_problem: Option<String>,
@@ -48,19 +112,38 @@ pub struct ProbeResult {
     pub target: Target,
     pub icmp_ms: Option<f64>,
     pub icmp_error: Option<String>,
-    /// `None` when not probed (pods have no known port).
+    /// `None` when not probed.
     pub tcp_ms: Option<f64>,
     pub tcp_error: Option<String>,
     pub ok: bool,
     pub reason: Option<String>,
 }
 
-/// The health endpoint's answer: one line naming its node.
-fn tcp_probe(ip: Ipv4Addr) -> Result<Duration, String> {
+/// What to probe besides the nodes (from the command line).
+#[derive(Clone, Debug, Default)]
+pub struct Extra {
+    pub pods: bool,
+    pub service: Option<SocketAddrV4>,
+    pub world: Option<(Ipv4Addr, Option<u16>)>,
+}
+
+/// Parse `ADDR` or `ADDR:PORT`.
+pub fn parse_addr(s: &str) -> Result<(Ipv4Addr, Option<u16>), String> {
+    if let Ok(a) = s.parse::<SocketAddrV4>() {
+        return Ok((*a.ip(), Some(a.port())));
+    }
+    s.parse::<Ipv4Addr>().map(|ip| (ip, None)).map_err(|_| format!("{s:?} is not ADDR or ADDR:PORT (IPv4)"))
+}
+
+/// A health endpoint's answer must name its node; a service or the world
+/// only has to accept the connection.
+fn tcp_probe(ip: Ipv4Addr, port: u16, expect_health: bool) -> Result<Duration, String> {
     use std::io::Read;
     let start = Instant::now();
-    let mut s =
-        TcpStream::connect_timeout(&SocketAddr::from((ip, health::HEALTH_PORT)), TIMEOUT).map_err(|e| e.to_string())?;
+    let mut s = TcpStream::connect_timeout(&SocketAddr::from((ip, port)), TIMEOUT).map_err(|e| e.to_string())?;
+    if !expect_health {
+        return Ok(start.elapsed());
+    }
     s.set_read_timeout(Some(TIMEOUT)).map_err(|e| e.to_string())?;
     let mut buf = String::new();
     s.read_to_string(&mut buf).map_err(|e| e.to_string())?;
@@ -74,54 +157,81 @@ fn ms(d: Duration) -> f64 {
     (d.as_secs_f64() * 1000.0 * 100.0).round() / 100.0
 }
 
-/// Who to probe: every node's health endpoint (from the routes map and the
-/// agent's membership), nodes that cannot be routed to, and local pods.
-pub fn targets(pins: &PinDir, state: &AgentState, include_pods: bool) -> Result<Vec<Target>> {
+/// Who to probe (pure): from the routes map's CIDRs and node IPs, this
+/// node's own facts, the agent's membership problems and local pods.
+pub fn targets(
+    state: &AgentState,
+    own_node_ip: Option<Ipv4Addr>,
+    routes: &[(Ipv4Network, Ipv4Addr)],
+    local_pods: &[Ipv4Addr],
+    extra: &Extra,
+) -> Result<Vec<Target>> {
     let own_cidr: Ipv4Network = state.pod_cidr.parse().context("agent state pod CIDR")?;
     let own_health = health::health_ip(own_cidr);
-    let node_ip = pinned_maps::read_node_config(pins).map(|c| pinned_maps::ip_from_be(c.node_ip_be)).ok();
-    let mut out = vec![Target {
-        node: state.node_name.clone(),
-        kind: "health".into(),
-        ip: own_health,
-        node_ip,
-        local: true,
+    let base = |class, kind, node: String, ip, local| Target {
+        class,
+        kind,
+        node,
+        ip,
+        port: None,
+        icmp: true,
+        node_ip: None,
+        pod_cidr: None,
+        local,
         known_problem: None,
-    }];
-    for (cidr, ip) in NodeRoutes::open(pins)?.all()? {
-        let node = state.route_nodes.get(&cidr.to_string()).cloned().unwrap_or_else(|| format!("node at {ip}"));
+    };
+    let health_port = Some(health::HEALTH_PORT);
+    let mut nodes: Vec<(String, Ipv4Network, Option<Ipv4Addr>, bool)> =
+        vec![(state.node_name.clone(), own_cidr, own_node_ip, true)];
+    for (cidr, ip) in routes {
+        let name = state.route_nodes.get(&cidr.to_string()).cloned().unwrap_or_else(|| format!("node at {ip}"));
+        nodes.push((name, *cidr, Some(*ip), false));
+    }
+    let mut out = Vec::new();
+    for (node, cidr, node_ip, local) in &nodes {
         out.push(Target {
-            node,
-            kind: "health".into(),
-            ip: health::health_ip(cidr),
-            node_ip: Some(ip),
-            local: false,
-            known_problem: None,
+            port: health_port,
+            node_ip: *node_ip,
+            pod_cidr: Some(*cidr),
+            ..base(Class::PodToPod, Kind::Health, node.clone(), health::health_ip(*cidr), *local)
         });
     }
     for problem in &state.problems {
         out.push(Target {
-            node: problem.node().to_string(),
-            kind: "health".into(),
-            ip: Ipv4Addr::UNSPECIFIED,
-            node_ip: None,
-            local: false,
             known_problem: Some(format!("no route: {problem}")),
+            ..base(Class::PodToPod, Kind::Health, problem.node().to_string(), Ipv4Addr::UNSPECIFIED, false)
         });
     }
-    if include_pods {
-        for (ip, _) in Endpoints::open(pins)?.all()? {
-            if ip != own_health {
-                out.push(Target {
-                    node: state.node_name.clone(),
-                    kind: "pod".into(),
-                    ip,
-                    node_ip,
-                    local: true,
-                    known_problem: None,
-                });
-            }
+    if extra.pods {
+        for ip in local_pods.iter().filter(|ip| **ip != own_health) {
+            out.push(Target {
+                node_ip: own_node_ip,
+                ..base(Class::PodToPod, Kind::Pod, state.node_name.clone(), *ip, true)
+            });
         }
+    }
+    for (node, _, node_ip, local) in &nodes {
+        if let Some(ip) = node_ip {
+            out.push(Target { node_ip: Some(*ip), ..base(Class::PodToHost, Kind::Host, node.clone(), *ip, *local) });
+        }
+    }
+    for (node, cidr, node_ip, local) in &nodes {
+        out.push(Target {
+            port: health_port,
+            node_ip: *node_ip,
+            pod_cidr: Some(*cidr),
+            ..base(Class::HostToPod, Kind::Health, node.clone(), health::health_ip(*cidr), *local)
+        });
+    }
+    if let Some(svc) = extra.service {
+        out.push(Target {
+            port: Some(svc.port()),
+            icmp: false,
+            ..base(Class::PodToService, Kind::Service, "-".into(), *svc.ip(), false)
+        });
+    }
+    if let Some((ip, port)) = extra.world {
+        out.push(Target { port, icmp: port.is_none(), ..base(Class::PodToWorld, Kind::World, "-".into(), ip, false) });
     }
     Ok(out)
 }
@@ -130,11 +240,25 @@ fn drops_total(pins: &PinDir) -> Vec<(String, u64)> {
     pinned_maps::drops(pins).map(|v| v.iter().map(|(r, n)| (r.name().to_string(), *n)).collect()).unwrap_or_default()
 }
 
-pub async fn run(pins: &PinDir, data_dir: &Path, include_pods: bool) -> Result<Vec<ProbeResult>> {
+type Probe = (Option<Result<Duration, String>>, Option<Result<Duration, String>>);
+
+/// ICMP and/or TCP to `t`, from the calling thread's namespace.
+fn probe(t: &Target, seq: u16) -> Probe {
+    let icmp_r = t.icmp.then(|| icmp::ping(t.ip, TIMEOUT, seq));
+    let tcp_r = t.port.map(|port| tcp_probe(t.ip, port, t.kind == Kind::Health));
+    (icmp_r, tcp_r)
+}
+
+pub async fn run(pins: &PinDir, data_dir: &Path, extra: &Extra) -> Result<Vec<ProbeResult>> {
     let state = state_file::read(data_dir).context("agent state (has the agent run on this node?)")?;
-    let targets = targets(pins, &state, include_pods)?;
+    let own_node_ip = pinned_maps::read_node_config(pins).map(|c| pinned_maps::ip_from_be(c.node_ip_be)).ok();
+    let routes: Vec<(Ipv4Network, Ipv4Addr)> = NodeRoutes::open(pins)?.all()?.into_iter().collect();
+    let local_pods: Vec<Ipv4Addr> = Endpoints::open(pins)?.all()?.into_keys().collect();
+    let targets = targets(&state, own_node_ip, &routes, &local_pods, extra)?;
     let netlink = Netlink::open()?;
     let uplink_up = netlink.link_by_name(&state.uplink).await?.map(|l| l.up).unwrap_or(false);
+    let kernel_routes: BTreeSet<Ipv4Network> =
+        netlink.routes_of_protocol(kernel_routes::ROUTE_PROTOCOL).await?.into_iter().map(|r| r.dst).collect();
     let health_ns = PathBuf::from(&state.health_netns);
 
     let mut results = Vec::new();
@@ -152,25 +276,36 @@ pub async fn run(pins: &PinDir, data_dir: &Path, include_pods: bool) -> Result<V
             continue;
         }
         let before = drops_total(pins);
-        let (ip, kind) = (t.ip, t.kind.clone());
-        // Probe from inside the local health endpoint: through from_pod.
-        let (icmp_r, tcp_r) = netns::run_in(&health_ns, move || {
-            let icmp_r = icmp::ping(ip, TIMEOUT, seq as u16 + 1);
-            let tcp_r = (kind == "health").then(|| tcp_probe(ip));
-            Ok((icmp_r, tcp_r))
-        })?;
+        let seq = seq as u16 + 1;
+        let (icmp_r, tcp_r) = if t.class.from_pod() {
+            // From inside the local health endpoint: through from_pod.
+            let target = t.clone();
+            netns::run_in(&health_ns, move || Ok(probe(&target, seq)))?
+        } else {
+            probe(&t, seq)
+        };
         let after = drops_total(pins);
-        let ok = icmp_r.is_ok() && tcp_r.as_ref().is_none_or(|r| r.is_ok());
+        let ok = icmp_r.as_ref().is_none_or(|r| r.is_ok()) && tcp_r.as_ref().is_none_or(|r| r.is_ok());
         let reason = (!ok).then(|| {
-            diagnose(&t, uplink_up, &state.uplink, &before, &after, |node_ip| {
-                // Asked from the node's own namespace: is the node there?
-                icmp::ping(node_ip, TIMEOUT, 60000).is_ok()
+            let facts = diagnose::Facts {
+                uplink_up,
+                uplink: &state.uplink,
+                drops_before: &before,
+                drops_after: &after,
+                kernel_route_present: t.pod_cidr.is_none_or(|c| t.local || kernel_routes.contains(&c)),
+            };
+            diagnose::diagnose(&t, &facts, |ip, port| {
+                // Asked from the node's own namespace, the same way.
+                match port {
+                    Some(p) => tcp_probe(ip, p, false).is_ok(),
+                    None => icmp::ping(ip, TIMEOUT, 60000).is_ok(),
+                }
             })
         });
         results.push(ProbeResult {
             target: t,
-            icmp_ms: icmp_r.as_ref().ok().map(|d| ms(*d)),
-            icmp_error: icmp_r.err(),
+            icmp_ms: icmp_r.as_ref().and_then(|r| r.as_ref().ok()).map(|d| ms(*d)),
+            icmp_error: icmp_r.and_then(|r| r.err()),
             tcp_ms: tcp_r.as_ref().and_then(|r| r.as_ref().ok()).map(|d| ms(*d)),
             tcp_error: tcp_r.and_then(|r| r.err()),
             ok,
@@ -180,47 +315,11 @@ pub async fn run(pins: &PinDir, data_dir: &Path, include_pods: bool) -> Result<V
     Ok(results)
 }
 
-/// The most likely reason a probe failed, most local cause first (pure,
-/// but for `node_answers`, which pings a peer node from this node).
-pub fn diagnose(
-    t: &Target,
-    uplink_up: bool,
-    uplink: &str,
-    before: &[(String, u64)],
-    after: &[(String, u64)],
-    node_answers: impl FnOnce(Ipv4Addr) -> bool,
-) -> String {
-    let dropped: Vec<String> = after
-        .iter()
-        .zip(before)
-        .filter(|((_, a), (_, b))| a > b)
-        .map(|((name, a), (_, b))| format!("{name} x{}", a - b))
-        .collect();
-    if !dropped.is_empty() {
-        return format!("dropped by the datapath: {}", dropped.join(", "));
-    }
-    if !t.local && !uplink_up {
-        return format!("local uplink {uplink} is down");
-    }
-    if !t.local {
-        if let Some(node_ip) = t.node_ip {
-            if !node_answers(node_ip) {
-                return format!("peer node {} ({node_ip}) unreachable on the node network", t.node);
-            }
-            return format!(
-                "node {} answers but its health endpoint does not (agent or pod network down there)",
-                t.node
-            );
-        }
-    }
-    if t.kind == "pod" {
-        return "local pod does not answer (pod down, or it drops ICMP)".into();
-    }
-    "local health endpoint does not answer (agent restarting?)".into()
-}
-
 pub fn render(results: &[ProbeResult]) -> String {
-    let mut o = format!("{:<12} {:<7} {:<16} {:>12} {:>12}  {}\n", "node", "kind", "address", "icmp", "tcp", "result");
+    let mut o = format!(
+        "{:<15} {:<12} {:<8} {:<21} {:>10} {:>10}  {}\n",
+        "class", "node", "target", "address", "icmp", "tcp", "result"
+    );
     for r in results {
         let cell = |ms: Option<f64>, err: &Option<String>, tried: bool| match (ms, err) {
             (Some(m), _) => format!("{m:.2} ms"),
@@ -228,14 +327,21 @@ pub fn render(results: &[ProbeResult]) -> String {
             (None, None) if tried => "FAIL".into(),
             _ => "-".into(),
         };
-        let addr = if r.target.ip.is_unspecified() { "-".to_string() } else { r.target.ip.to_string() };
+        let t = &r.target;
+        let addr = match (t.ip.is_unspecified(), t.port) {
+            (true, _) => "-".to_string(),
+            (false, Some(p)) if t.kind != Kind::Health => format!("{}:{p}", t.ip),
+            _ => t.ip.to_string(),
+        };
+        let kind = serde_json::to_value(t.kind).ok().and_then(|v| v.as_str().map(str::to_string)).unwrap_or_default();
         o.push_str(&format!(
-            "{:<12} {:<7} {:<16} {:>12} {:>12}  {}\n",
-            r.target.node,
-            r.target.kind,
+            "{:<15} {:<12} {:<8} {:<21} {:>10} {:>10}  {}\n",
+            t.class.name(),
+            t.node,
+            kind,
             addr,
-            cell(r.icmp_ms, &r.icmp_error, true),
-            cell(r.tcp_ms, &r.tcp_error, r.target.kind == "health"),
+            cell(r.icmp_ms, &r.icmp_error, t.icmp),
+            cell(r.tcp_ms, &r.tcp_error, t.port.is_some()),
             if r.ok { "ok".to_string() } else { format!("FAILED: {}", r.reason.clone().unwrap_or_default()) }
         ));
     }
@@ -247,55 +353,57 @@ pub fn render(results: &[ProbeResult]) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::membership::Problem;
 
-    fn target(kind: &str, local: bool) -> Target {
-        Target {
-            node: "n2".into(),
-            kind: kind.into(),
-            ip: "10.244.2.1".parse().unwrap(),
-            node_ip: Some("172.30.0.2".parse().unwrap()),
-            local,
-            known_problem: None,
+    fn state() -> AgentState {
+        AgentState {
+            node_name: "n1".into(),
+            pod_cidr: "10.244.1.0/24".into(),
+            route_nodes: [("10.244.2.0/24".to_string(), "n2".to_string())].into(),
+            problems: vec![Problem::NoPodCidr { node: "n4".into() }],
+            ..Default::default()
         }
     }
 
-    fn counters(n: u64) -> Vec<(String, u64)> {
-        vec![("truncated".into(), 0), ("source_spoofed".into(), n)]
-    }
-
-    fn never_asked(_: Ipv4Addr) -> bool {
-        panic!("the peer node must not be probed when a closer cause is known")
+    #[test]
+    fn every_class_is_probed() {
+        let routes = vec![("10.244.2.0/24".parse().unwrap(), "172.30.0.2".parse().unwrap())];
+        let pods = vec!["10.244.1.1".parse().unwrap(), "10.244.1.5".parse().unwrap()];
+        let extra = Extra {
+            pods: true,
+            service: Some("10.96.0.10:53".parse().unwrap()),
+            world: Some(("198.51.100.1".parse().unwrap(), None)),
+        };
+        let t = targets(&state(), Some("172.30.0.1".parse().unwrap()), &routes, &pods, &extra).unwrap();
+        let summary: Vec<(String, &str, String)> =
+            t.iter().map(|t| (t.class.name().to_string(), t.node.as_str(), t.ip.to_string())).collect();
+        let want: Vec<(String, &str, String)> = [
+            ("pod-to-pod", "n1", "10.244.1.1"),
+            ("pod-to-pod", "n2", "10.244.2.1"),
+            ("pod-to-pod", "n4", "0.0.0.0"),
+            ("pod-to-pod", "n1", "10.244.1.5"),
+            ("pod-to-host", "n1", "172.30.0.1"),
+            ("pod-to-host", "n2", "172.30.0.2"),
+            ("host-to-pod", "n1", "10.244.1.1"),
+            ("host-to-pod", "n2", "10.244.2.1"),
+            ("pod-to-service", "-", "10.96.0.10"),
+            ("pod-to-world", "-", "198.51.100.1"),
+        ]
+        .iter()
+        .map(|(c, n, ip)| (c.to_string(), *n, ip.to_string()))
+        .collect();
+        assert_eq!(summary, want);
+        assert!(t[2].known_problem.as_deref().unwrap().contains("n4 has no pod CIDR"));
+        let svc = &t[8];
+        assert_eq!((svc.port, svc.icmp), (Some(53), false), "services answer TCP, not ping");
+        assert_eq!((t[9].port, t[9].icmp), (None, true));
+        assert!(!Class::HostToPod.from_pod() && Class::PodToWorld.from_pod());
     }
 
     #[test]
-    fn drops_that_moved_come_first() {
-        let r = diagnose(&target("health", false), false, "eth0", &counters(1), &counters(4), never_asked);
-        assert_eq!(r, "dropped by the datapath: source_spoofed x3");
-    }
-
-    #[test]
-    fn local_uplink_down() {
-        let r = diagnose(&target("health", false), false, "eth0", &counters(1), &counters(1), never_asked);
-        assert_eq!(r, "local uplink eth0 is down");
-    }
-
-    #[test]
-    fn peer_node_down_or_only_its_endpoint() {
-        let t = target("health", false);
-        let down = diagnose(&t, true, "eth0", &counters(0), &counters(0), |ip| {
-            assert_eq!(ip, "172.30.0.2".parse::<Ipv4Addr>().unwrap());
-            false
-        });
-        assert_eq!(down, "peer node n2 (172.30.0.2) unreachable on the node network");
-        let up = diagnose(&t, true, "eth0", &counters(0), &counters(0), |_| true);
-        assert!(up.starts_with("node n2 answers but its health endpoint does not"), "{up}");
-    }
-
-    #[test]
-    fn local_targets() {
-        let pod = diagnose(&target("pod", true), true, "eth0", &counters(0), &counters(0), never_asked);
-        assert!(pod.starts_with("local pod does not answer"), "{pod}");
-        let health = diagnose(&target("health", true), false, "eth0", &counters(0), &counters(0), never_asked);
-        assert!(health.starts_with("local health endpoint does not answer"), "{health}");
+    fn addresses_parse_with_and_without_port() {
+        assert_eq!(parse_addr("10.0.0.1:80"), Ok(("10.0.0.1".parse().unwrap(), Some(80))));
+        assert_eq!(parse_addr("10.0.0.1"), Ok(("10.0.0.1".parse().unwrap(), None)));
+        assert!(parse_addr("example.com").is_err());
     }
 }

@@ -1,0 +1,190 @@
+//! Why a probe failed, most local cause first: the hop and its likely
+//! reason. Pure, but for `node_reaches`, which repeats the probe (or pings
+//! a node) from the node's own namespace, so "the node can, its pods
+//! cannot" and "nobody can" are told apart.
+use std::net::Ipv4Addr;
+
+use super::{Class, Kind, Target};
+
+/// Evidence gathered around one probe.
+pub struct Facts<'a> {
+    pub uplink_up: bool,
+    pub uplink: &'a str,
+    pub drops_before: &'a [(String, u64)],
+    pub drops_after: &'a [(String, u64)],
+    /// This node holds a kernel route to the target's pod CIDR.
+    pub kernel_route_present: bool,
+}
+
+pub fn diagnose(t: &Target, f: &Facts, node_reaches: impl FnOnce(Ipv4Addr, Option<u16>) -> bool) -> String {
+    let dropped: Vec<String> = f
+        .drops_after
+        .iter()
+        .zip(f.drops_before)
+        .filter(|((_, a), (_, b))| a > b)
+        .map(|((name, a), (_, b))| format!("{name} x{}", a - b))
+        .collect();
+    if !dropped.is_empty() {
+        return format!("dropped by the datapath: {}", dropped.join(", "));
+    }
+    let leaves_node = !t.local;
+    if leaves_node && !f.uplink_up {
+        return format!("local uplink {} is down", f.uplink);
+    }
+    match (t.class, t.kind) {
+        (Class::PodToPod | Class::HostToPod, _) if t.local => match (t.class, t.kind) {
+            (_, Kind::Pod) => "local pod does not answer (pod down, or it drops ICMP)".into(),
+            (Class::HostToPod, _) => {
+                "this node cannot reach its own health endpoint: its /32 route or veth is gone (agent restarting?)"
+                    .into()
+            }
+            _ => "local health endpoint does not answer (agent restarting?)".into(),
+        },
+        (Class::PodToPod | Class::HostToPod, _) => {
+            if t.class == Class::HostToPod && !f.kernel_route_present {
+                let cidr = t.pod_cidr.map(|c| c.to_string()).unwrap_or_else(|| "?".into());
+                return format!("no kernel route to {cidr} on this node (the agent adds one per peer: is it running?)");
+            }
+            if let Some(node_ip) = t.node_ip {
+                if !node_reaches(node_ip, None) {
+                    return format!("peer node {} ({node_ip}) unreachable on the node network", t.node);
+                }
+            }
+            format!("node {} answers but its health endpoint does not (agent or pod network down there)", t.node)
+        }
+        (Class::PodToHost, _) if t.local => {
+            "this node does not answer its own pods (an INPUT firewall rule, or the node address moved)".into()
+        }
+        (Class::PodToHost, _) => {
+            if !node_reaches(t.ip, None) {
+                return format!("peer node {} ({}) unreachable on the node network", t.node, t.ip);
+            }
+            format!(
+                "node {} answers this node but not its pods: it has no route back to this node's pod CIDR \
+                 (kernel routes on {}), or a firewall there drops pod sources",
+                t.node, t.node
+            )
+        }
+        (Class::PodToService, _) => {
+            if node_reaches(t.ip, t.port) {
+                return "the service answers this node but not its pods: replies are not returning through \
+                        the stack (stack_flow_reply), or the FORWARD chain drops pod traffic"
+                    .into();
+            }
+            "the service does not answer from this node either: no kube-proxy rules for it here, or no ready backend"
+                .into()
+        }
+        (Class::PodToWorld, _) => {
+            if node_reaches(t.ip, t.port) {
+                return format!(
+                    "this node reaches {} but its pods do not: masquerade is off or not applied \
+                     (nft table ip sluice), or the FORWARD chain drops pod traffic",
+                    t.ip
+                );
+            }
+            format!("{} is unreachable from this node itself (no route, or the destination is down)", t.ip)
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn target(class: Class, kind: Kind, local: bool) -> Target {
+        Target {
+            class,
+            kind,
+            node: "n2".into(),
+            ip: "10.244.2.1".parse().unwrap(),
+            port: Some(4240),
+            icmp: true,
+            node_ip: Some("172.30.0.2".parse().unwrap()),
+            pod_cidr: Some("10.244.2.0/24".parse().unwrap()),
+            local,
+            known_problem: None,
+        }
+    }
+
+    fn counters(n: u64) -> Vec<(String, u64)> {
+        vec![("truncated".into(), 0), ("source_spoofed".into(), n)]
+    }
+
+    fn facts<'a>(before: &'a [(String, u64)], after: &'a [(String, u64)]) -> Facts<'a> {
+        Facts { uplink_up: true, uplink: "eth0", drops_before: before, drops_after: after, kernel_route_present: true }
+    }
+
+    fn never_asked(_: Ipv4Addr, _: Option<u16>) -> bool {
+        panic!("nothing should be asked of the node when a closer cause is known")
+    }
+
+    #[test]
+    fn drops_that_moved_come_first() {
+        let (b, a) = (counters(1), counters(4));
+        let f = Facts { uplink_up: false, ..facts(&b, &a) };
+        let r = diagnose(&target(Class::PodToPod, Kind::Health, false), &f, never_asked);
+        assert_eq!(r, "dropped by the datapath: source_spoofed x3");
+    }
+
+    #[test]
+    fn local_uplink_down() {
+        let c = counters(0);
+        let f = Facts { uplink_up: false, ..facts(&c, &c) };
+        for class in [Class::PodToPod, Class::HostToPod, Class::PodToHost, Class::PodToWorld] {
+            assert_eq!(diagnose(&target(class, Kind::Health, false), &f, never_asked), "local uplink eth0 is down");
+        }
+    }
+
+    #[test]
+    fn peer_node_down_or_only_its_endpoint() {
+        let c = counters(0);
+        let t = target(Class::PodToPod, Kind::Health, false);
+        let down = diagnose(&t, &facts(&c, &c), |ip, port| {
+            assert_eq!((ip, port), ("172.30.0.2".parse().unwrap(), None));
+            false
+        });
+        assert_eq!(down, "peer node n2 (172.30.0.2) unreachable on the node network");
+        let up = diagnose(&t, &facts(&c, &c), |_, _| true);
+        assert!(up.starts_with("node n2 answers but its health endpoint does not"), "{up}");
+    }
+
+    #[test]
+    fn host_to_pod_without_a_kernel_route() {
+        let c = counters(0);
+        let f = Facts { kernel_route_present: false, ..facts(&c, &c) };
+        let r = diagnose(&target(Class::HostToPod, Kind::Health, false), &f, never_asked);
+        assert!(r.starts_with("no kernel route to 10.244.2.0/24 on this node"), "{r}");
+    }
+
+    #[test]
+    fn pod_to_host_names_the_missing_route_back() {
+        let c = counters(0);
+        let t = Target { ip: "172.30.0.2".parse().unwrap(), ..target(Class::PodToHost, Kind::Host, false) };
+        let r = diagnose(&t, &facts(&c, &c), |_, _| true);
+        assert!(r.contains("no route back to this node's pod CIDR"), "{r}");
+        let r = diagnose(&t, &facts(&c, &c), |_, _| false);
+        assert_eq!(r, "peer node n2 (172.30.0.2) unreachable on the node network");
+    }
+
+    #[test]
+    fn service_and_world_tell_node_from_pods() {
+        let c = counters(0);
+        let svc = Target { port: Some(80), ..target(Class::PodToService, Kind::Service, false) };
+        assert!(diagnose(&svc, &facts(&c, &c), |_, p| p == Some(80)).contains("answers this node but not its pods"));
+        assert!(diagnose(&svc, &facts(&c, &c), |_, _| false).contains("no kube-proxy rules"));
+        let world = Target { port: None, ..target(Class::PodToWorld, Kind::World, false) };
+        assert!(diagnose(&world, &facts(&c, &c), |_, _| true).contains("masquerade is off or not applied"));
+        assert!(diagnose(&world, &facts(&c, &c), |_, _| false).contains("unreachable from this node itself"));
+    }
+
+    #[test]
+    fn local_targets() {
+        let c = counters(0);
+        let pod = diagnose(&target(Class::PodToPod, Kind::Pod, true), &facts(&c, &c), never_asked);
+        assert!(pod.starts_with("local pod does not answer"), "{pod}");
+        let health = diagnose(&target(Class::PodToPod, Kind::Health, true), &facts(&c, &c), never_asked);
+        assert!(health.starts_with("local health endpoint does not answer"), "{health}");
+        let host = diagnose(&target(Class::HostToPod, Kind::Health, true), &facts(&c, &c), never_asked);
+        assert!(host.starts_with("this node cannot reach its own health endpoint"), "{host}");
+    }
+}

@@ -1,0 +1,176 @@
+//! Kernel routes to other nodes' pod CIDRs, so the node's own stack reaches
+//! every pod: host-network processes, kube-proxy's DNAT to a remote
+//! backend, replies to remote pods. One route per peer (`<pod CIDR> via
+//! <node IP> dev <uplink> proto 83`), kept equal to the same membership as
+//! the BPF routes map. Only routes carrying sluice's protocol number are
+//! ever read or removed, so everyone else's stay untouched.
+use std::collections::BTreeMap;
+
+use anyhow::Result;
+use ipnetwork::Ipv4Network;
+use sluice_node::net::netlink::{KernelRoute, Netlink};
+use tracing::info;
+
+use super::map_routes::Routes;
+
+/// The route protocol sluice marks its routes with (`ip route ... proto 83`;
+/// unassigned in iproute2's rt_protos; Calico uses 80).
+pub const ROUTE_PROTOCOL: u8 = 83;
+
+/// Every peer's pod CIDR via its node IP, out of the uplink.
+pub fn desired(routes: &Routes, uplink_ifindex: u32) -> BTreeMap<Ipv4Network, KernelRoute> {
+    routes
+        .iter()
+        .map(|(cidr, node_ip)| (*cidr, KernelRoute { dst: *cidr, gateway: Some(*node_ip), oif: uplink_ifindex }))
+        .collect()
+}
+
+#[derive(Debug, Default, PartialEq, Eq)]
+pub struct KernelRouteDiff {
+    /// Missing, or pointing elsewhere (a replace overwrites in place).
+    pub replace: Vec<KernelRoute>,
+    /// Ours, but no longer wanted (a peer left, or a duplicate).
+    pub delete: Vec<KernelRoute>,
+}
+
+impl KernelRouteDiff {
+    pub fn is_empty(&self) -> bool {
+        self.replace.is_empty() && self.delete.is_empty()
+    }
+}
+
+pub fn diff(desired: &BTreeMap<Ipv4Network, KernelRoute>, actual: &[KernelRoute]) -> KernelRouteDiff {
+    let mut d = KernelRouteDiff::default();
+    let mut seen: BTreeMap<Ipv4Network, KernelRoute> = BTreeMap::new();
+    for route in actual {
+        match desired.get(&route.dst) {
+            Some(want) if want == route && !seen.contains_key(&route.dst) => {
+                seen.insert(route.dst, *route);
+            }
+            // Same destination, other next hop: the replace below fixes it.
+            Some(_) => {}
+            None => d.delete.push(*route),
+        }
+    }
+    d.replace = desired.values().filter(|r| !seen.contains_key(&r.dst)).copied().collect();
+    d
+}
+
+/// The operations the reconcile needs; `Netlink` is the real one.
+#[allow(async_fn_in_trait)] // awaited in place on the agent's one thread
+pub trait KernelRouteTable {
+    async fn list(&self) -> Result<Vec<KernelRoute>>;
+    async fn replace(&self, route: &KernelRoute) -> Result<()>;
+    async fn delete(&self, route: &KernelRoute) -> Result<()>;
+}
+
+impl KernelRouteTable for Netlink {
+    async fn list(&self) -> Result<Vec<KernelRoute>> {
+        self.routes_of_protocol(ROUTE_PROTOCOL).await
+    }
+    async fn replace(&self, route: &KernelRoute) -> Result<()> {
+        self.replace_route(route, ROUTE_PROTOCOL).await
+    }
+    async fn delete(&self, route: &KernelRoute) -> Result<()> {
+        self.delete_route(route, ROUTE_PROTOCOL).await
+    }
+}
+
+/// Read sluice's routes, diff, apply: replaces first (a CIDR that moves
+/// between nodes is never unrouted), then deletions.
+pub async fn reconcile(
+    table: &impl KernelRouteTable,
+    desired: &BTreeMap<Ipv4Network, KernelRoute>,
+) -> Result<KernelRouteDiff> {
+    let actual = table.list().await?;
+    let d = diff(desired, &actual);
+    for r in &d.replace {
+        table.replace(r).await?;
+    }
+    for r in &d.delete {
+        table.delete(r).await?;
+    }
+    if !d.is_empty() {
+        info!(replaced = d.replace.len(), deleted = d.delete.len(), total = desired.len(), "kernel routes reconciled");
+    }
+    Ok(d)
+}
+
+#[cfg(test)]
+mod tests {
+    use std::{cell::RefCell, net::Ipv4Addr};
+
+    use super::*;
+
+    fn route(dst: &str, gw: &str, oif: u32) -> KernelRoute {
+        KernelRoute { dst: dst.parse().unwrap(), gateway: Some(gw.parse().unwrap()), oif }
+    }
+
+    fn routes(entries: &[(&str, &str)]) -> Routes {
+        entries.iter().map(|(c, ip)| (c.parse().unwrap(), ip.parse::<Ipv4Addr>().unwrap())).collect()
+    }
+
+    #[test]
+    fn desired_routes_go_out_of_the_uplink() {
+        let d = desired(&routes(&[("10.244.2.0/24", "172.30.0.2")]), 2);
+        assert_eq!(d.values().copied().collect::<Vec<_>>(), vec![route("10.244.2.0/24", "172.30.0.2", 2)]);
+    }
+
+    #[test]
+    fn diff_table() {
+        let want = desired(&routes(&[("10.244.2.0/24", "172.30.0.2"), ("10.244.3.0/24", "172.30.0.3")]), 2);
+        // In step: nothing.
+        let same: Vec<_> = want.values().copied().collect();
+        assert!(diff(&want, &same).is_empty());
+        // From scratch: both.
+        assert_eq!(diff(&want, &[]).replace.len(), 2);
+        // A moved next hop is replaced; a departed peer's route deleted.
+        let actual = vec![route("10.244.2.0/24", "172.30.0.9", 2), route("10.244.4.0/24", "172.30.0.4", 2)];
+        let d = diff(&want, &actual);
+        assert_eq!(d.replace, vec![route("10.244.2.0/24", "172.30.0.2", 2), route("10.244.3.0/24", "172.30.0.3", 2)]);
+        assert_eq!(d.delete, vec![route("10.244.4.0/24", "172.30.0.4", 2)]);
+        // The uplink changed (ifindex): replaced.
+        let d = diff(&want, &[route("10.244.2.0/24", "172.30.0.2", 7), route("10.244.3.0/24", "172.30.0.3", 2)]);
+        assert_eq!(d.replace, vec![route("10.244.2.0/24", "172.30.0.2", 2)]);
+        assert!(d.delete.is_empty());
+    }
+
+    #[derive(Default)]
+    struct FakeTable {
+        routes: RefCell<Vec<KernelRoute>>,
+        calls: RefCell<Vec<String>>,
+    }
+
+    impl KernelRouteTable for FakeTable {
+        async fn list(&self) -> Result<Vec<KernelRoute>> {
+            Ok(self.routes.borrow().clone())
+        }
+        async fn replace(&self, r: &KernelRoute) -> Result<()> {
+            self.calls.borrow_mut().push(format!("replace {}", r.describe()));
+            let mut routes = self.routes.borrow_mut();
+            routes.retain(|x| x.dst != r.dst);
+            routes.push(*r);
+            Ok(())
+        }
+        async fn delete(&self, r: &KernelRoute) -> Result<()> {
+            self.calls.borrow_mut().push(format!("delete {}", r.describe()));
+            self.routes.borrow_mut().retain(|x| x != r);
+            Ok(())
+        }
+    }
+
+    #[test]
+    fn reconcile_replaces_before_deleting_and_converges() {
+        let t = FakeTable { routes: RefCell::new(vec![route("10.244.4.0/24", "172.30.0.4", 2)]), ..Default::default() };
+        let want = desired(&routes(&[("10.244.2.0/24", "172.30.0.2")]), 2);
+        let rt = tokio::runtime::Builder::new_current_thread().build().unwrap();
+        rt.block_on(reconcile(&t, &want)).unwrap();
+        assert_eq!(
+            t.calls.borrow().clone(),
+            vec!["replace 10.244.2.0/24 via 172.30.0.2 dev #2", "delete 10.244.4.0/24 via 172.30.0.4 dev #2"]
+        );
+        t.calls.borrow_mut().clear();
+        assert!(rt.block_on(reconcile(&t, &want)).unwrap().is_empty());
+        assert!(t.calls.borrow().is_empty());
+    }
+}

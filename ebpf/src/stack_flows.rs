@@ -1,0 +1,87 @@
+//! Flows the node's stack forwarded, so their replies return through it.
+//!
+//! The fast path (`from_pod`, `from_uplink`) skips netfilter. That is right
+//! for plain pod-to-pod traffic, and wrong for a reply to a flow the stack
+//! translated: kube-proxy's DNAT of a ClusterIP or NodePort, portmap's
+//! hostPort. Conntrack must see that reply to undo the translation, or the
+//! client gets an answer from an address it never asked.
+//!
+//! So the two egress programs, which see only what the stack sends (the
+//! fast path's local deliveries never pass a host veth's egress, and its
+//! uplink packets carry `FAST_PATH_MARK`), remember the reply tuple of every
+//! packet from a pod; the ingress programs send packets matching one to the
+//! stack. The kernel's conntrack is the state; this map only says "ask it".
+use aya_ebpf::{bindings::TC_ACT_UNSPEC, macros::classifier, maps::lpm_trie::Key, programs::TcContext};
+use sluice_common::{maps::FAST_PATH_MARK, FlowKey};
+
+use crate::{
+    maps::{ENDPOINTS, NODE_ROUTES, STACK_FLOWS},
+    parse,
+};
+
+/// Is `key` the reply of a flow the stack forwarded?
+#[inline(always)]
+pub fn is_reply(key: &FlowKey) -> bool {
+    // SAFETY: only presence is read.
+    unsafe { STACK_FLOWS.get(key).is_some() }
+}
+
+/// Remember the reply tuple of this packet (refreshing it if known).
+#[inline(always)]
+fn remember(key: &FlowKey) {
+    let reply = key.reversed();
+    // SAFETY: only presence is read; a lookup also refreshes the LRU entry.
+    if unsafe { STACK_FLOWS.get(&reply).is_none() } {
+        let _ = STACK_FLOWS.insert(&reply, &0, 0);
+    }
+}
+
+/// What the stack sends out of a pod's host veth. From a pod (this node's
+/// or another's), it crossed the stack on the way: remember it.
+#[classifier]
+pub fn to_pod(ctx: TcContext) -> i32 {
+    let _ = try_to_pod(&ctx);
+    TC_ACT_UNSPEC
+}
+
+#[inline(always)]
+fn try_to_pod(ctx: &TcContext) -> Result<(), sluice_common::DropReason> {
+    let Some((_, ip)) = parse::ipv4(ctx)? else {
+        return Ok(());
+    };
+    let (key, _) = parse::flow(ctx, ip)?;
+    // SAFETY: only presence is read.
+    let from_pod =
+        unsafe { ENDPOINTS.get(&key.src_be).is_some() } || NODE_ROUTES.get(Key::new(32, key.src_be)).is_some();
+    if from_pod {
+        remember(&key);
+    }
+    Ok(())
+}
+
+/// What leaves through the uplink. The fast path's own packets carry the
+/// mark (cleared here); anything else from a local pod went through the
+/// stack: remember it.
+#[classifier]
+pub fn to_uplink(ctx: TcContext) -> i32 {
+    let mark = parse::mark(&ctx);
+    if mark & FAST_PATH_MARK != 0 {
+        ctx.set_mark(mark & !FAST_PATH_MARK);
+        return TC_ACT_UNSPEC;
+    }
+    let _ = try_to_uplink(&ctx);
+    TC_ACT_UNSPEC
+}
+
+#[inline(always)]
+fn try_to_uplink(ctx: &TcContext) -> Result<(), sluice_common::DropReason> {
+    let Some((_, ip)) = parse::ipv4(ctx)? else {
+        return Ok(());
+    };
+    let (key, _) = parse::flow(ctx, ip)?;
+    // SAFETY: only presence is read.
+    if unsafe { ENDPOINTS.get(&key.src_be).is_some() } {
+        remember(&key);
+    }
+    Ok(())
+}

@@ -1,0 +1,345 @@
+//! The lab as a model of a real cluster: what a kubeadm node has besides
+//! the pod network, so the lab shows what a cluster would.
+//!
+//! ```text
+//!   LAN ── world (172.30.0.250): not a node, no routes to pod CIDRs; the
+//!          nodes' default gateway; a TCP server on :80 that answers
+//!          "world saw <client address>"
+//!   each node: a host-network server on <node IP>:8080 ("host nX saw ...")
+//!              and kube-proxy's iptables rules for the demo Services
+//!   each pod:  TCP :7777 (its name), TCP :7778 ("<pod> saw <client>"),
+//!              TCP :7779 (echoes every line back, for long-lived
+//!              connections), UDP :5353 (its name, a DNS-like responder)
+//!   the world also echoes lines on :7779
+//! ```
+//! The demo Services, with backends on the first two nodes:
+//! - `default/demo` 10.96.0.100: 80/TCP → 7777 (NodePort 30080,
+//!   externalTrafficPolicy Cluster), 53/UDP → 5353 and 7779/TCP → 7779.
+//! - `default/demo-local` 10.96.0.101: 80/TCP → 7778 (NodePort 30081,
+//!   externalTrafficPolicy Local), backends the same pods.
+//!
+//! kube-proxy's rules are what `kube_proxy::render` writes, exactly as its
+//! iptables proxier lays them out; no kube-proxy runs here.
+use std::{collections::BTreeMap, net::Ipv4Addr, str::FromStr};
+
+use anyhow::{Context, Result};
+
+use crate::{
+    kube_proxy::{self, Endpoint, Protocol, Service, ServicePort},
+    lab::{self, ns_cmd, ns_exec, Lab, CLUSTER_CIDR, ECHO_PORT},
+    try_run,
+};
+
+pub const WORLD_IP: &str = "172.30.0.250";
+pub const WORLD_PORT: u16 = 80;
+pub const HOST_PORT: u16 = 8080;
+pub const WHOAMI_PORT: u16 = 7778;
+pub const UDP_PORT: u16 = 5353;
+pub const STREAM_PORT: u16 = 7779;
+pub const SERVICE_CIDR: &str = "10.96.0.0/12";
+pub const DEMO_IP: &str = "10.96.0.100";
+pub const DEMO_NODE_PORT: u16 = 30080;
+pub const DEMO_LOCAL_IP: &str = "10.96.0.101";
+pub const DEMO_LOCAL_NODE_PORT: u16 = 30081;
+
+/// The namespace of the world, by lab id.
+pub fn world_netns(lab_id: &str) -> String {
+    format!("sl{lab_id}world")
+}
+
+/// A TCP server in `netns` answering "<who> saw <client address>".
+fn whoami_server(lab: &mut Lab, netns: &str, bind: &str, port: u16, who: &str) -> Result<()> {
+    let listen = format!("TCP-LISTEN:{port},bind={bind},reuseaddr,fork");
+    let answer = format!("SYSTEM:echo {who} saw $SOCAT_PEERADDR");
+    lab.spawn_helper(ns_cmd(netns, &["socat", &listen, &answer]), &format!("{who}-{port}"))?;
+    wait_tcp(netns, bind, port)
+}
+
+fn wait_tcp(netns: &str, ip: &str, port: u16) -> Result<()> {
+    let start = std::time::Instant::now();
+    while tcp_text(netns, ip, port).is_none() {
+        if start.elapsed() > std::time::Duration::from_secs(5) {
+            anyhow::bail!("server {ip}:{port} in {netns} did not start");
+        }
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    Ok(())
+}
+
+/// Add the world, the nodes' default route through it, host servers, the
+/// pods' extra servers and kube-proxy's rules.
+pub fn install(lab: &mut Lab) -> Result<()> {
+    let world = world_netns(&lab.state.id);
+    lab.add_helper_netns(&world)?;
+    let lan = lab.state.lan_netns.clone();
+    crate::run(
+        std::process::Command::new("ip")
+            .args(["link", "add", "eth0", "netns", &world, "type", "veth", "peer", "name", "world", "netns", &lan]),
+    )?;
+    let mtu = lab.state.mtu.to_string();
+    ns_exec(&lan, &["ip", "link", "set", "world", "master", "br0", "mtu", &mtu, "up"])?;
+    ns_exec(&world, &["ip", "link", "set", "eth0", "mtu", &mtu, "up"])?;
+    ns_exec(&world, &["ip", "link", "set", "lo", "up"])?;
+    ns_exec(&world, &["ip", "addr", "add", &format!("{WORLD_IP}/24"), "dev", "eth0"])?;
+    whoami_server(lab, &world, "0.0.0.0", WORLD_PORT, "world")?;
+    stream_server(lab, &world, "world")?;
+    for node in lab.state.nodes.clone() {
+        ns_exec(&node.netns, &["ip", "route", "replace", "default", "via", WORLD_IP, "dev", "eth0"])?;
+        whoami_server(lab, &node.netns, &node.ip, HOST_PORT, &format!("host-{}", node.name))?;
+        for pod in &node.pods {
+            start_pod_servers(lab, &pod.netns, &pod.name)?;
+        }
+    }
+    apply_services(lab)
+}
+
+/// A TCP server echoing every line back, connection after connection.
+fn stream_server(lab: &mut Lab, netns: &str, who: &str) -> Result<()> {
+    let listen = format!("TCP-LISTEN:{STREAM_PORT},reuseaddr,fork");
+    lab.spawn_helper(ns_cmd(netns, &["socat", &listen, "EXEC:cat"]), &format!("{who}-stream"))?;
+    let start = std::time::Instant::now();
+    while !try_run(&mut ns_cmd(
+        netns,
+        &["sh", "-c", &format!("echo | timeout 2 socat -T1 - TCP:127.0.0.1:{STREAM_PORT}")],
+    ))
+    .is_ok_and(|o| o.status.success())
+    {
+        if start.elapsed() > std::time::Duration::from_secs(5) {
+            anyhow::bail!("stream server in {netns} did not start");
+        }
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    Ok(())
+}
+
+/// The whoami, stream and UDP servers of one pod (the echo server is the lab's).
+pub fn start_pod_servers(lab: &mut Lab, netns: &str, name: &str) -> Result<()> {
+    whoami_server(lab, netns, "0.0.0.0", WHOAMI_PORT, name)?;
+    stream_server(lab, netns, name)?;
+    let listen = format!("UDP-RECVFROM:{UDP_PORT},reuseaddr,fork");
+    lab.spawn_helper(ns_cmd(netns, &["socat", &listen, &format!("SYSTEM:echo {name}")]), &format!("{name}-udp"))?;
+    Ok(())
+}
+
+/// The demo Services as the API server would hold them: backends are the
+/// first pod of each of the first two nodes.
+pub fn services(lab: &Lab) -> Vec<Service> {
+    let endpoints: Vec<Endpoint> = lab
+        .state
+        .nodes
+        .iter()
+        .take(2)
+        .filter_map(|n| n.pods.first().map(|p| (n, p)))
+        .map(|(n, p)| Endpoint { ip: p.ip.parse().expect("pod IP"), node: n.name.clone() })
+        .collect();
+    let port = |name: &str, protocol, port, target_port, node_port| ServicePort {
+        name: name.into(),
+        protocol,
+        port,
+        target_port,
+        node_port,
+    };
+    vec![
+        Service {
+            namespace: "default".into(),
+            name: "demo".into(),
+            cluster_ip: DEMO_IP.parse().expect("constant"),
+            ports: vec![
+                port("http", Protocol::Tcp, 80, ECHO_PORT, Some(DEMO_NODE_PORT)),
+                port("dns", Protocol::Udp, 53, UDP_PORT, None),
+                port("stream", Protocol::Tcp, STREAM_PORT, STREAM_PORT, None),
+            ],
+            external_traffic_policy_local: false,
+            endpoints: endpoints.clone(),
+        },
+        Service {
+            namespace: "default".into(),
+            name: "demo-local".into(),
+            cluster_ip: DEMO_LOCAL_IP.parse().expect("constant"),
+            ports: vec![port("http", Protocol::Tcp, 80, WHOAMI_PORT, Some(DEMO_LOCAL_NODE_PORT))],
+            external_traffic_policy_local: true,
+            endpoints,
+        },
+    ]
+}
+
+/// kube-proxy's sync on every node (again after pods change).
+pub fn apply_services(lab: &Lab) -> Result<()> {
+    let services = services(lab);
+    let cidr = ipnetwork::Ipv4Network::from_str(CLUSTER_CIDR).expect("constant");
+    for node in &lab.state.nodes {
+        kube_proxy::apply(&node.netns, &services, &node.name, cidr)
+            .with_context(|| format!("kube-proxy rules on {}", node.name))?;
+    }
+    Ok(())
+}
+
+/// The first line a TCP server at `ip:port` sends, asked from `netns`.
+pub fn tcp_text(netns: &str, ip: &str, port: u16) -> Option<String> {
+    let target = format!("TCP:{ip}:{port},connect-timeout=1");
+    let out = try_run(&mut ns_cmd(netns, &["timeout", "3", "socat", "-T1", "-", &target])).ok()?;
+    let text = String::from_utf8_lossy(&out.stdout).trim().to_string();
+    (out.status.success() && !text.is_empty()).then_some(text)
+}
+
+/// The answer to one UDP datagram sent to `ip:port` from `netns`. socat's
+/// connected UDP socket takes only replies from `ip:port` itself, so an
+/// answer proves the reply came back from the address asked.
+pub fn udp_text(netns: &str, ip: &str, port: u16) -> Option<String> {
+    let script = format!("echo q | timeout 3 socat -T1 - UDP:{ip}:{port}");
+    let out = try_run(&mut ns_cmd(netns, &["sh", "-c", &script])).ok()?;
+    let text = String::from_utf8_lossy(&out.stdout).trim().to_string();
+    (out.status.success() && !text.is_empty()).then_some(text)
+}
+
+/// Who answered and whom they saw: "x saw 1.2.3.4:5678" → ("x", "1.2.3.4").
+pub fn parse_whoami(text: &str) -> Option<(String, Ipv4Addr)> {
+    let (who, rest) = text.split_once(" saw ")?;
+    let ip = rest.trim().rsplit_once(':').map(|(ip, _)| ip).unwrap_or(rest.trim());
+    Some((who.to_string(), ip.parse().ok()?))
+}
+
+/// One source of traffic in the cluster matrix.
+#[derive(Clone, Debug)]
+pub struct Source {
+    pub label: String,
+    pub netns: String,
+    /// The address the source's packets carry before any NAT.
+    pub ip: String,
+    pub node: String,
+}
+
+/// Rows: every pod and every node; columns: every pod, every node's host
+/// server, the demo Service (TCP and UDP) and the world.
+#[derive(Debug, Default)]
+pub struct ClusterMatrix {
+    pub rows: Vec<Source>,
+    pub columns: Vec<String>,
+    /// (row label, column label) → cell text ("I/T", "T/U", "i!/T", ...).
+    pub cells: BTreeMap<(String, String), String>,
+    pub failures: Vec<String>,
+}
+
+fn mark(ok: bool, good: &'static str, bad: &'static str) -> &'static str {
+    if ok {
+        good
+    } else {
+        bad
+    }
+}
+
+impl ClusterMatrix {
+    pub fn probe(lab: &Lab) -> Self {
+        let mut m = ClusterMatrix::default();
+        let pods = lab.pods();
+        for (n, p) in &pods {
+            m.rows.push(Source {
+                label: p.name.clone(),
+                netns: p.netns.clone(),
+                ip: p.ip.clone(),
+                node: n.name.clone(),
+            });
+        }
+        for n in &lab.state.nodes {
+            m.rows.push(Source {
+                label: n.name.clone(),
+                netns: n.netns.clone(),
+                ip: n.ip.clone(),
+                node: n.name.clone(),
+            });
+        }
+        m.columns = pods.iter().map(|(_, p)| p.name.clone()).collect();
+        m.columns.extend(lab.state.nodes.iter().map(|n| n.name.clone()));
+        m.columns.extend(["svc".to_string(), "world".to_string()]);
+        let backends: Vec<String> = services(lab)[0]
+            .endpoints
+            .iter()
+            .filter_map(|e| pods.iter().find(|(_, p)| p.ip == e.ip.to_string()).map(|(_, p)| p.name.clone()))
+            .collect();
+        let is_pod = |s: &Source| pods.iter().any(|(_, p)| p.name == s.label);
+        for src in m.rows.clone() {
+            for (_, dst) in &pods {
+                if dst.name == src.label {
+                    continue;
+                }
+                let icmp = lab::ping(&src.netns, &dst.ip);
+                let tcp = lab::tcp_probe(&src.netns, &dst.ip, &dst.name);
+                m.record(&src, &dst.name, icmp, tcp, "I", "T");
+            }
+            for n in &lab.state.nodes {
+                if n.name == src.label {
+                    continue;
+                }
+                let icmp = lab::ping(&src.netns, &n.ip);
+                // The host server sees the source's own address: no NAT
+                // between pods and nodes.
+                let tcp = tcp_text(&src.netns, &n.ip, HOST_PORT)
+                    .and_then(|t| parse_whoami(&t))
+                    .is_some_and(|(who, saw)| who == format!("host-{}", n.name) && saw.to_string() == src.ip);
+                m.record(&src, &n.name, icmp, tcp, "I", "T");
+            }
+            let tcp = tcp_text(&src.netns, DEMO_IP, 80).is_some_and(|t| backends.contains(&t));
+            let udp = udp_text(&src.netns, DEMO_IP, 53).is_some_and(|t| backends.contains(&t));
+            m.record(&src, "svc", tcp, udp, "T", "U");
+            let icmp = lab::ping(&src.netns, WORLD_IP);
+            // The world sees the node's address for pods (masquerade) and
+            // for nodes alike.
+            let node_ip = lab.state.nodes.iter().find(|n| n.name == src.node).map(|n| n.ip.clone()).unwrap_or_default();
+            let tcp = tcp_text(&src.netns, WORLD_IP, WORLD_PORT)
+                .and_then(|t| parse_whoami(&t))
+                .is_some_and(|(_, saw)| saw.to_string() == node_ip);
+            let _ = is_pod(&src);
+            m.record(&src, "world", icmp, tcp, "I", "T");
+        }
+        m
+    }
+
+    fn record(&mut self, src: &Source, col: &str, a: bool, b: bool, a_name: &'static str, b_name: &'static str) {
+        let lower = |s: &'static str| {
+            if s == "I" {
+                "i!"
+            } else if s == "T" {
+                "t!"
+            } else {
+                "u!"
+            }
+        };
+        let cell = format!("{}/{}", mark(a, a_name, lower(a_name)), mark(b, b_name, lower(b_name)));
+        if !(a && b) {
+            self.failures.push(format!("{} → {col}: {cell}", src.label));
+        }
+        self.cells.insert((src.label.clone(), col.to_string()), cell);
+    }
+
+    pub fn all_ok(&self) -> bool {
+        self.failures.is_empty()
+    }
+
+    pub fn render(&self) -> String {
+        let width = self.columns.iter().map(|c| c.len()).max().unwrap_or(4).max(5) + 2;
+        let mut o = format!("{:<22}", "from \\ to");
+        for c in &self.columns {
+            o.push_str(&format!("{c:>width$}"));
+        }
+        o.push('\n');
+        for r in &self.rows {
+            o.push_str(&format!("{:<22}", format!("{} {}", r.label, r.ip)));
+            for c in &self.columns {
+                let cell = self.cells.get(&(r.label.clone(), c.clone())).map(String::as_str).unwrap_or("-");
+                o.push_str(&format!("{cell:>width$}"));
+            }
+            o.push('\n');
+        }
+        o.push_str(&format!(
+            "I/T = ICMP/TCP reached (TCP to a node: its host-network server, which must see the pod's own address; \
+             to the world: it must see the node's address), svc = the demo Service {DEMO_IP} over T(CP :80) and \
+             U(DP :53); lower case with ! = failed.\n{}\n",
+            if self.all_ok() {
+                format!("all {} paths reached", self.cells.len())
+            } else {
+                format!("{} of {} paths FAILED: {}", self.failures.len(), self.cells.len(), self.failures.join(", "))
+            }
+        ));
+        o
+    }
+}

@@ -448,18 +448,16 @@ impl Lab {
         format!("{}h", node.netns)
     }
 
-    /// `sluice-agent connectivity-test --json [--pods]` on node `i`:
+    /// `sluice-agent connectivity-test --json <extra>` on node `i`:
     /// (exit success, parsed results).
-    pub fn connectivity_test(&self, i: usize, pods: bool) -> Result<(bool, Value)> {
+    pub fn connectivity_test(&self, i: usize, extra: &[&str]) -> Result<(bool, Value)> {
         let node = &self.state.nodes[i];
         let bin = self.state.bin_dir.join("sluice-agent").display().to_string();
         let pin_dir = node.pin_dir.display().to_string();
         let data_dir = Self::data_dir(node).display().to_string();
         let mut args =
             vec![bin.as_str(), "connectivity-test", "--json", "--pin-dir", &pin_dir, "--data-dir", &data_dir];
-        if pods {
-            args.push("--pods");
-        }
+        args.extend(extra);
         let out = try_run(&mut ns_cmd(&node.netns, &args))?;
         let v = serde_json::from_slice(&out.stdout)
             .with_context(|| format!("connectivity-test output: {}", String::from_utf8_lossy(&out.stderr)))?;

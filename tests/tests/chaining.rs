@@ -17,7 +17,9 @@ const HOST_PORT: u16 = 30080;
 #[test]
 fn hostport_through_portmap_reaches_the_pod_and_the_chain_checks_and_deletes() {
     require_root();
-    let lab = Lab::up(&LabOptions::new(2, 0, bin("sluice-agent").parent().unwrap().to_path_buf())).unwrap();
+    let mut lab = Lab::up(&LabOptions::new(2, 0, bin("sluice-agent").parent().unwrap().to_path_buf())).unwrap();
+    // A pod on the other node, to reach the hostPort from a pod too.
+    let client_pod = lab.add_pod(1, "n2p1").unwrap();
     let (n1, n2) = (lab.state.nodes[0].clone(), lab.state.nodes[1].clone());
     // portmap DNATs in the node's stack, which forwards to the pod: Kubernetes
     // nodes run with forwarding on.
@@ -53,9 +55,13 @@ fn hostport_through_portmap_reaches_the_pod_and_the_chain_checks_and_deletes() {
     std::thread::sleep(std::time::Duration::from_millis(300));
     // From another node, to node 1's address and the host port.
     let reached = tcp_probe_port(&n2.netns, &n1.ip, HOST_PORT);
+    // From a pod on another node: portmap's DNAT on n1, the reply back
+    // through n1's stack (a stack flow) and n2's.
+    let from_pod = tcp_probe_port(&client_pod.netns, &n1.ip, HOST_PORT);
     let _ = listener.kill();
     let _ = listener.wait();
     assert_eq!(reached.as_deref(), Some("hostport-ok"), "hostPort {HOST_PORT} on {} did not reach the pod", n1.ip);
+    assert_eq!(from_pod.as_deref(), Some("hostport-ok"), "hostPort from a pod on n2 did not reach the pod on n1");
 
     rt.check(&att, &result).expect("chained CHECK");
     // bandwidth shaped the host side (an ingress qdisc on the host veth).
@@ -67,6 +73,7 @@ fn hostport_through_portmap_reaches_the_pod_and_the_chain_checks_and_deletes() {
     let nat = ns_exec(&n1.netns, &["iptables-save", "-t", "nat"]).unwrap();
     assert!(!nat.contains(&HOST_PORT.to_string()), "portmap rules left after DEL:\n{nat}");
     assert!(lab.pod_endpoints(0).unwrap().is_empty());
+    drop(lab);
 }
 
 fn tcp_probe_port(netns: &str, ip: &str, port: u16) -> Option<String> {

@@ -1,9 +1,11 @@
-//! `sluice-agent connectivity-test` in the lab: every node's health endpoint
-//! answers ICMP and TCP through the datapath; with a node's uplink down, the
-//! output names the failure and its likely reason.
+//! `sluice-agent connectivity-test` in the lab (with the cluster model: a
+//! world, kube-proxy's rules for the demo Service): every class of traffic
+//! is probed through the datapath; failures name the hop and the likely
+//! reason (a node's uplink down, masquerade off).
 use serde_json::Value;
 use sluice_tests::{
     bin,
+    cluster::{DEMO_IP, WORLD_IP, WORLD_PORT},
     lab::{ns_exec, Lab, LabOptions},
     require_root,
 };
@@ -12,51 +14,84 @@ fn rows(v: &Value) -> Vec<Value> {
     v.as_array().unwrap().clone()
 }
 
+fn of_class<'a>(r: &'a [Value], class: &str) -> Vec<&'a Value> {
+    r.iter().filter(|x| x["target"]["class"] == class).collect()
+}
+
 #[test]
-fn every_node_reaches_every_health_endpoint_and_failures_are_named() {
+fn every_class_is_reached_and_failures_name_the_hop() {
     require_root();
-    let lab = Lab::up(&LabOptions::new(3, 1, bin("sluice-agent").parent().unwrap().to_path_buf())).unwrap();
-    // Healthy: from every node to every node (a full matrix), ICMP and TCP.
+    let mut opts = LabOptions::new(3, 1, bin("sluice-agent").parent().unwrap().to_path_buf());
+    opts.cluster_model = true;
+    let mut lab = Lab::up(&opts).unwrap();
+    let service = format!("{DEMO_IP}:80");
+    let world = format!("{WORLD_IP}:{WORLD_PORT}");
+    let all = ["--pods", "--service", &service, "--world", &world];
+    // Healthy: from every node to every node, every class.
     for i in 0..3 {
-        let (ok, v) = lab.connectivity_test(i, true).unwrap();
+        let (ok, v) = lab.connectivity_test(i, &all).unwrap();
         assert!(ok, "node {i}: {v:#}");
         let r = rows(&v);
-        let health: Vec<&Value> = r.iter().filter(|x| x["target"]["kind"] == "health").collect();
+        let health: Vec<&Value> =
+            of_class(&r, "pod-to-pod").into_iter().filter(|x| x["target"]["kind"] == "health").collect();
         assert_eq!(health.len(), 3, "{v:#}");
         for x in &health {
             assert!(x["icmpMs"].is_number() && x["tcpMs"].is_number(), "{x}");
         }
-        assert!(r.iter().any(|x| x["target"]["kind"] == "pod"), "--pods lists the local pod: {v:#}");
+        assert!(of_class(&r, "pod-to-pod").iter().any(|x| x["target"]["kind"] == "pod"), "--pods: {v:#}");
+        assert_eq!(of_class(&r, "pod-to-host").len(), 3, "{v:#}");
+        assert_eq!(of_class(&r, "host-to-pod").len(), 3, "{v:#}");
+        assert!(of_class(&r, "pod-to-service")[0]["tcpMs"].is_number(), "{v:#}");
+        assert!(of_class(&r, "pod-to-world")[0]["tcpMs"].is_number(), "{v:#}");
     }
     // The text output: a table and a summary.
     let node = &lab.state.nodes[0];
-    let text = ns_exec(
-        &node.netns,
-        &[
-            &bin("sluice-agent").display().to_string(),
-            "connectivity-test",
-            "--pin-dir",
-            &node.pin_dir.display().to_string(),
-            "--data-dir",
-            &node.dir.join("data").display().to_string(),
-        ],
-    )
-    .unwrap();
-    assert!(text.contains("3 of 3 targets reached"), "{text}");
+    let mut args = vec![
+        bin("sluice-agent").display().to_string(),
+        "connectivity-test".into(),
+        "--pin-dir".into(),
+        node.pin_dir.display().to_string(),
+        "--data-dir".into(),
+        Lab::data_dir(node).display().to_string(),
+    ];
+    args.extend(["--service".into(), service.clone(), "--world".into(), world.clone()]);
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let text = ns_exec(&node.netns, &args).unwrap();
+    assert!(text.contains("11 of 11 targets reached"), "{text}");
+    assert!(text.contains("pod-to-world"), "{text}");
+
+    // Masquerade off on n1: pods there lose the world, and the probe says why.
+    lab.state.extra_agent_args = vec!["--masquerade=false".into()];
+    lab.kill_agent(0).unwrap();
+    lab.start_agent(0).unwrap();
+    lab.wait_agent_ready(0).unwrap();
+    lab.state.extra_agent_args.clear();
+    let (ok, v) = lab.connectivity_test(0, &all).unwrap();
+    assert!(!ok, "{v:#}");
+    let r = rows(&v);
+    let w = of_class(&r, "pod-to-world")[0];
+    assert_eq!(w["ok"], false, "{w}");
+    assert!(w["reason"].as_str().unwrap().contains("masquerade is off or not applied"), "{w}");
+    assert!(r.iter().filter(|x| x["target"]["class"] != "pod-to-world").all(|x| x["ok"] == true), "{v:#}");
+    lab.kill_agent(0).unwrap();
+    lab.start_agent(0).unwrap();
+    lab.wait_agent_ready(0).unwrap();
 
     // Node n2's uplink goes down.
     ns_exec(&lab.state.nodes[1].netns, &["ip", "link", "set", "eth0", "down"]).unwrap();
-    let (ok, v) = lab.connectivity_test(0, false).unwrap();
+    let (ok, v) = lab.connectivity_test(0, &[]).unwrap();
     assert!(!ok, "a failure must make the exit code non-zero");
     let r = rows(&v);
-    let n2 = r.iter().find(|x| x["target"]["node"] == "n2").unwrap();
-    assert_eq!(n2["ok"], false);
-    let reason = n2["reason"].as_str().unwrap();
-    assert!(reason.contains("peer node n2 (172.30.0.2) unreachable"), "{reason}");
-    let n3 = r.iter().find(|x| x["target"]["node"] == "n3").unwrap();
-    assert_eq!(n3["ok"], true, "other nodes unaffected: {n3}");
+    for class in ["pod-to-pod", "pod-to-host", "host-to-pod"] {
+        let n2 = of_class(&r, class).into_iter().find(|x| x["target"]["node"] == "n2").unwrap();
+        assert_eq!(n2["ok"], false, "{n2}");
+        let reason = n2["reason"].as_str().unwrap();
+        assert!(reason.contains("peer node n2 (172.30.0.2) unreachable"), "{class}: {reason}");
+        let n3 = of_class(&r, class).into_iter().find(|x| x["target"]["node"] == "n3").unwrap();
+        assert_eq!(n3["ok"], true, "other nodes unaffected: {n3}");
+    }
     // Seen from n2 itself: its own uplink is the problem.
-    let (ok, v) = lab.connectivity_test(1, false).unwrap();
+    let (ok, v) = lab.connectivity_test(1, &[]).unwrap();
     assert!(!ok);
     let remote: Vec<Value> = rows(&v).into_iter().filter(|x| x["target"]["local"] == false).collect();
     assert!(!remote.is_empty());

@@ -36,27 +36,26 @@ fn remember(key: &FlowKey) {
     }
 }
 
+/// The flow tuple of an IPv4 packet (`None` for anything else).
+#[inline(always)]
+fn flow_key(ctx: &TcContext) -> Option<FlowKey> {
+    let (_, ip) = parse::ipv4(ctx).ok()??;
+    parse::flow(ctx, ip).ok().map(|(key, _)| key)
+}
+
 /// What the stack sends out of a pod's host veth. From a pod (this node's
 /// or another's), it crossed the stack on the way: remember it.
 #[classifier]
 pub fn to_pod(ctx: TcContext) -> i32 {
-    let _ = try_to_pod(&ctx);
-    TC_ACT_UNSPEC
-}
-
-#[inline(always)]
-fn try_to_pod(ctx: &TcContext) -> Result<(), sluice_common::DropReason> {
-    let Some((_, ip)) = parse::ipv4(ctx)? else {
-        return Ok(());
-    };
-    let (key, _) = parse::flow(ctx, ip)?;
-    // SAFETY: only presence is read.
-    let from_pod =
-        unsafe { ENDPOINTS.get(&key.src_be).is_some() } || NODE_ROUTES.get(Key::new(32, key.src_be)).is_some();
-    if from_pod {
-        remember(&key);
+    if let Some(key) = flow_key(&ctx) {
+        // SAFETY: only presence is read.
+        let from_pod =
+            unsafe { ENDPOINTS.get(&key.src_be).is_some() } || NODE_ROUTES.get(Key::new(32, key.src_be)).is_some();
+        if from_pod {
+            remember(&key);
+        }
     }
-    Ok(())
+    TC_ACT_UNSPEC
 }
 
 /// What leaves through the uplink. The fast path's own packets carry the
@@ -69,19 +68,11 @@ pub fn to_uplink(ctx: TcContext) -> i32 {
         ctx.set_mark(mark & !FAST_PATH_MARK);
         return TC_ACT_UNSPEC;
     }
-    let _ = try_to_uplink(&ctx);
-    TC_ACT_UNSPEC
-}
-
-#[inline(always)]
-fn try_to_uplink(ctx: &TcContext) -> Result<(), sluice_common::DropReason> {
-    let Some((_, ip)) = parse::ipv4(ctx)? else {
-        return Ok(());
-    };
-    let (key, _) = parse::flow(ctx, ip)?;
-    // SAFETY: only presence is read.
-    if unsafe { ENDPOINTS.get(&key.src_be).is_some() } {
-        remember(&key);
+    if let Some(key) = flow_key(&ctx) {
+        // SAFETY: only presence is read.
+        if unsafe { ENDPOINTS.get(&key.src_be).is_some() } {
+            remember(&key);
+        }
     }
-    Ok(())
+    TC_ACT_UNSPEC
 }

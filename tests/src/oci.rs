@@ -110,9 +110,26 @@ fn shared_libs(binary: &Path) -> Result<Vec<PathBuf>> {
         .collect())
 }
 
-/// A root filesystem with sluice's two binaries in /usr/bin and exactly the
-/// shared libraries they load (copied from this Debian 12 host, at the same
-/// paths): no shell, no package manager, nothing else to patch.
+/// Copy `src` to `<dir>/usr/bin/<name>` with the shared libraries it loads.
+fn copy_with_libs(src: &Path, dir: &Path, name: &str) -> Result<()> {
+    fs::copy(src, dir.join("usr/bin").join(name)).with_context(|| format!("copy {}", src.display()))?;
+    for lib in shared_libs(src)? {
+        let dest = dir.join(lib.strip_prefix("/").expect("absolute"));
+        fs::create_dir_all(dest.parent().expect("has parent"))?;
+        // Follow symlinks: copy the real file under the linked name.
+        fs::copy(&lib, &dest).with_context(|| format!("copy {}", lib.display()))?;
+    }
+    Ok(())
+}
+
+/// Where Debian keeps iptables' match and target modules.
+const XTABLES_MODULES: &str = "/usr/lib/x86_64-linux-gnu/xtables";
+
+/// A root filesystem with sluice's two binaries in /usr/bin, the `nft` and
+/// `iptables` (nft backend) the agent drives for masquerade and the forward
+/// accept, and exactly the shared libraries (and xtables modules) they load,
+/// copied from this Debian 12 host at the same paths: no shell, no package
+/// manager, nothing else to patch.
 pub fn sluice_rootfs(bin_dir: &Path, dir: &Path) -> Result<()> {
     let usr_bin = dir.join("usr/bin");
     fs::create_dir_all(&usr_bin)?;
@@ -120,14 +137,20 @@ pub fn sluice_rootfs(bin_dir: &Path, dir: &Path) -> Result<()> {
         fs::create_dir_all(dir.join(d))?;
     }
     for name in ["sluice-agent", "sluice-cni"] {
-        let src = bin_dir.join(name);
-        fs::copy(&src, usr_bin.join(name)).with_context(|| format!("copy {}", src.display()))?;
-        for lib in shared_libs(&src)? {
-            let dest = dir.join(lib.strip_prefix("/").expect("absolute"));
-            fs::create_dir_all(dest.parent().expect("has parent"))?;
-            // Follow symlinks: copy the real file under the linked name.
-            fs::copy(&lib, &dest).with_context(|| format!("copy {}", lib.display()))?;
-        }
+        copy_with_libs(&bin_dir.join(name), dir, name)?;
+    }
+    copy_with_libs(Path::new("/usr/sbin/nft"), dir, "nft").context("Debian package nftables")?;
+    copy_with_libs(Path::new("/usr/sbin/xtables-nft-multi"), dir, "xtables-nft-multi")
+        .context("Debian package iptables")?;
+    // The multi-call binary picks its tool by the name it is run as.
+    for tool in ["iptables", "iptables-save", "iptables-restore"] {
+        std::os::unix::fs::symlink("xtables-nft-multi", usr_bin.join(tool))?;
+    }
+    let modules = dir.join(XTABLES_MODULES.trim_start_matches('/'));
+    fs::create_dir_all(&modules)?;
+    for entry in fs::read_dir(XTABLES_MODULES).context("xtables modules (Debian package iptables)")? {
+        let entry = entry?;
+        fs::copy(entry.path(), modules.join(entry.file_name()))?;
     }
     Ok(())
 }

@@ -227,6 +227,13 @@ fn image_runs_the_agent_and_the_plugin_under_a_real_runtime() {
         run(&mut c.ctr(&["run", "--rm", "--fifo-dir", &fifo, oci::SLUICE_IMAGE, "v1", "sluice-agent", "--version"]))
             .unwrap();
     assert!(out.contains("sluice-agent 0.1.0"), "{out}");
+    // The netfilter tools the agent drives run inside the image.
+    let out =
+        run(&mut c.ctr(&["run", "--rm", "--fifo-dir", &fifo, oci::SLUICE_IMAGE, "v3", "nft", "--version"])).unwrap();
+    assert!(out.contains("nftables"), "{out}");
+    let out = run(&mut c.ctr(&["run", "--rm", "--fifo-dir", &fifo, oci::SLUICE_IMAGE, "v4", "iptables", "--version"]))
+        .unwrap();
+    assert!(out.contains("nf_tables"), "{out}");
     let out = run(&mut c.ctr(&[
         "run",
         "--rm",

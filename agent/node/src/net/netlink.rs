@@ -172,26 +172,10 @@ impl Netlink {
         Ok(out)
     }
 
-    /// `ip route replace <dst> via <gw> dev <oif> proto <protocol>`.
-    pub async fn replace_route(&self, route: &KernelRoute, protocol: u8) -> Result<()> {
-        let mut req = self
-            .handle
-            .route()
-            .add()
-            .v4()
-            .destination_prefix(route.dst.network(), route.dst.prefix())
-            .output_interface(route.oif)
-            .protocol(RouteProtocol::Other(protocol))
-            .replace();
-        if let Some(gw) = route.gateway {
-            req = req.gateway(gw);
-        }
-        req.execute().await.with_context(|| format!("replace route {}", route.describe()))
-    }
-
-    /// Delete a route; one already gone counts as deleted.
-    pub async fn delete_route(&self, route: &KernelRoute, protocol: u8) -> Result<()> {
-        let mut req = self
+    /// The request that adds `route` with `protocol` (its message also
+    /// names the route to delete).
+    fn route_request(&self, route: &KernelRoute, protocol: u8) -> rtnetlink::RouteAddRequest<Ipv4Addr> {
+        let req = self
             .handle
             .route()
             .add()
@@ -199,10 +183,21 @@ impl Netlink {
             .destination_prefix(route.dst.network(), route.dst.prefix())
             .output_interface(route.oif)
             .protocol(RouteProtocol::Other(protocol));
-        if let Some(gw) = route.gateway {
-            req = req.gateway(gw);
+        match route.gateway {
+            Some(gw) => req.gateway(gw),
+            None => req,
         }
-        let msg = req.message_mut().clone();
+    }
+
+    /// `ip route replace <dst> via <gw> dev <oif> proto <protocol>`.
+    pub async fn replace_route(&self, route: &KernelRoute, protocol: u8) -> Result<()> {
+        let req = self.route_request(route, protocol).replace();
+        req.execute().await.with_context(|| format!("replace route {}", route.describe()))
+    }
+
+    /// Delete a route; one already gone counts as deleted.
+    pub async fn delete_route(&self, route: &KernelRoute, protocol: u8) -> Result<()> {
+        let msg = self.route_request(route, protocol).message_mut().clone();
         match self.handle.route().del(msg).execute().await {
             Ok(()) => Ok(()),
             Err(e) if is_errno(&e, libc::ESRCH) || is_errno(&e, libc::ENOENT) => Ok(()),

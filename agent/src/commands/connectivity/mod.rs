@@ -187,15 +187,16 @@ pub fn targets(
         let name = state.route_nodes.get(&cidr.to_string()).cloned().unwrap_or_else(|| format!("node at {ip}"));
         nodes.push((name, *cidr, Some(*ip), false));
     }
-    let mut out = Vec::new();
-    for (node, cidr, node_ip, local) in &nodes {
-        out.push(Target {
+    // Every node's health endpoint, as one class sees it.
+    let health_endpoints = |class| {
+        nodes.iter().map(move |(node, cidr, node_ip, local)| Target {
             port: health_port,
             node_ip: *node_ip,
             pod_cidr: Some(*cidr),
-            ..base(Class::PodToPod, Kind::Health, node.clone(), health::health_ip(*cidr), *local)
-        });
-    }
+            ..base(class, Kind::Health, node.clone(), health::health_ip(*cidr), *local)
+        })
+    };
+    let mut out: Vec<Target> = health_endpoints(Class::PodToPod).collect();
     for problem in &state.problems {
         out.push(Target {
             known_problem: Some(format!("no route: {problem}")),
@@ -215,14 +216,7 @@ pub fn targets(
             out.push(Target { node_ip: Some(*ip), ..base(Class::PodToHost, Kind::Host, node.clone(), *ip, *local) });
         }
     }
-    for (node, cidr, node_ip, local) in &nodes {
-        out.push(Target {
-            port: health_port,
-            node_ip: *node_ip,
-            pod_cidr: Some(*cidr),
-            ..base(Class::HostToPod, Kind::Health, node.clone(), health::health_ip(*cidr), *local)
-        });
-    }
+    out.extend(health_endpoints(Class::HostToPod));
     if let Some(svc) = extra.service {
         out.push(Target {
             port: Some(svc.port()),

@@ -477,6 +477,23 @@ fn f(v: &Value) -> f64 {
     v.as_f64().unwrap_or(f64::NAN)
 }
 
+/// A figure for the table; "-" where it was not measured (null).
+fn cell(v: &Value, width: usize, decimals: usize) -> String {
+    match v.as_f64() {
+        Some(x) => format!("{x:>width$.decimals$}"),
+        None => format!("{:>width$}", "-"),
+    }
+}
+
+/// The median over rounds, or null when no round measured it.
+fn median_or_null(values: Vec<f64>) -> Value {
+    if values.iter().all(|v| !v.is_finite()) {
+        Value::Null
+    } else {
+        json!(median(values))
+    }
+}
+
 pub fn run(args: &BenchArgs) -> Result<()> {
     shell::require_root("cargo xtask bench")?;
     let plan = Plan::from(args);
@@ -521,12 +538,13 @@ pub fn run(args: &BenchArgs) -> Result<()> {
     for n in &names {
         let mut m = serde_json::Map::new();
         for k in metrics {
-            m.insert(k.into(), json!(median(rounds.iter().map(|r| metric(r, n, k)).collect())));
+            m.insert(k.into(), median_or_null(rounds.iter().map(|r| metric(r, n, k)).collect()));
         }
         paths_json.insert(n.to_string(), Value::Object(m));
     }
-    let ratio =
-        |num: &str, den: &str, k: &str| median(rounds.iter().map(|r| metric(r, num, k) / metric(r, den, k)).collect());
+    let ratio = |num: &str, den: &str, k: &str| {
+        median_or_null(rounds.iter().map(|r| metric(r, num, k) / metric(r, den, k)).collect())
+    };
     let mut ratios = serde_json::Map::new();
     for (label, num, den) in [
         ("S/A cross", "S cross-node", "A node-node"),
@@ -539,7 +557,7 @@ pub fn run(args: &BenchArgs) -> Result<()> {
     ] {
         let mut m = serde_json::Map::new();
         for k in ["rr", "crr", "gbit", "cpu"] {
-            m.insert(k.into(), json!(ratio(num, den, k)));
+            m.insert(k.into(), ratio(num, den, k));
         }
         ratios.insert(label.into(), Value::Object(m));
     }
@@ -595,14 +613,14 @@ fn render(r: &Value) -> String {
     if let Some(paths) = r["paths"].as_object() {
         for (name, m) in paths {
             o += &format!(
-                "{:<18} {:>10.0} {:>9.1} {:>9.1} {:>10.0} {:>8.2} {:>12.1}\n",
+                "{:<18} {} {} {} {} {} {}\n",
                 name,
-                f(&m["rr"]),
-                f(&m["rr_p50"]),
-                f(&m["rr_p99"]),
-                f(&m["crr"]),
-                f(&m["gbit"]),
-                f(&m["cpu"])
+                cell(&m["rr"], 10, 0),
+                cell(&m["rr_p50"], 9, 1),
+                cell(&m["rr_p99"], 9, 1),
+                cell(&m["crr"], 10, 0),
+                cell(&m["gbit"], 8, 2),
+                cell(&m["cpu"], 12, 1)
             );
         }
     }
@@ -610,12 +628,12 @@ fn render(r: &Value) -> String {
     if let Some(ratios) = r["ratios"].as_object() {
         for (name, m) in ratios {
             o += &format!(
-                "{:<18} {:>10.2} {:>10.2} {:>8.2} {:>12.2}\n",
+                "{:<18} {} {} {} {}\n",
                 name,
-                f(&m["rr"]),
-                f(&m["crr"]),
-                f(&m["gbit"]),
-                f(&m["cpu"])
+                cell(&m["rr"], 10, 2),
+                cell(&m["crr"], 10, 2),
+                cell(&m["gbit"], 8, 2),
+                cell(&m["cpu"], 12, 2)
             );
         }
     }

@@ -19,12 +19,22 @@ pub enum DropReason {
     NoUplink = 3,
     /// Rewriting a header (TTL, MAC) failed.
     HeaderRewrite = 4,
-    /// IPv4 header with options or a bad length: not forwarded by the fast path.
+    /// IPv4 header shorter than 20 bytes, or a total length the packet
+    /// does not have.
     BadIpHeader = 5,
+    /// `bpf_redirect_neigh` or `bpf_redirect_peer` refused the packet (the
+    /// interface went away, no route to the next hop).
+    RedirectFailed = 6,
+    /// A map entry changed between two lookups of one packet (an endpoint
+    /// removed mid-flight): the decision it was made on no longer holds.
+    LookupMismatch = 7,
+    /// From the uplink, with the source address of one of this node's own
+    /// pods: someone on the node network spoofing a local pod.
+    UplinkSourceSpoofed = 8,
 }
 
 impl DropReason {
-    pub const COUNT: u32 = 6;
+    pub const COUNT: u32 = 9;
     pub const ALL: [DropReason; Self::COUNT as usize] = [
         DropReason::Truncated,
         DropReason::SourceSpoofed,
@@ -32,6 +42,9 @@ impl DropReason {
         DropReason::NoUplink,
         DropReason::HeaderRewrite,
         DropReason::BadIpHeader,
+        DropReason::RedirectFailed,
+        DropReason::LookupMismatch,
+        DropReason::UplinkSourceSpoofed,
     ];
 
     /// Stable name: the label in `status` and metrics.
@@ -43,6 +56,9 @@ impl DropReason {
             DropReason::NoUplink => "no_uplink",
             DropReason::HeaderRewrite => "header_rewrite",
             DropReason::BadIpHeader => "bad_ip_header",
+            DropReason::RedirectFailed => "redirect_failed",
+            DropReason::LookupMismatch => "lookup_mismatch",
+            DropReason::UplinkSourceSpoofed => "uplink_source_spoofed",
         }
     }
 }
@@ -115,6 +131,9 @@ mod tests {
         NoUplink = 3, "no_uplink";
         HeaderRewrite = 4, "header_rewrite";
         BadIpHeader = 5, "bad_ip_header";
+        RedirectFailed = 6, "redirect_failed";
+        LookupMismatch = 7, "lookup_mismatch";
+        UplinkSourceSpoofed = 8, "uplink_source_spoofed";
     });
 
     const FORWARD_PATHS: &[(ForwardPath, u32, &str)] = &golden!(ForwardPath {

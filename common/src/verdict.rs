@@ -35,6 +35,7 @@ pub struct FromPodFacts {
     /// A fragment (more fragments, or an offset): no ports to match a flow
     /// by, so the stack (which reassembles) takes it.
     pub is_fragment: bool,
+    pub header_ok: bool,
 }
 
 /// Decide for a packet a pod sent. Anti-spoofing comes first: nothing a pod
@@ -42,6 +43,9 @@ pub struct FromPodFacts {
 pub fn from_pod(f: FromPodFacts) -> Verdict {
     if !f.source_is_own {
         return Verdict::Drop(DropReason::SourceSpoofed);
+    }
+    if !f.header_ok {
+        return Verdict::Drop(DropReason::BadIpHeader);
     }
     if f.dest_is_local_pod || f.dest_is_remote_pod {
         if f.is_fragment {
@@ -64,12 +68,33 @@ pub fn from_pod(f: FromPodFacts) -> Verdict {
     Verdict::ToStack
 }
 
+/// Is this a well-formed IPv4 header for a packet of `l3_len` bytes (from
+/// the IP header on)? Version 4, header length (IHL) at least 5 words and
+/// within the total length, total length within the packet. A total
+/// length of 0 is allowed only for packets over 64 KiB (BIG TCP GSO
+/// packets carry 0 there).
+pub fn ipv4_header_ok(version_ihl: u8, tot_len_be: u16, l3_len: u32) -> bool {
+    let ihl_bytes = (version_ihl & 0x0f) as u32 * 4;
+    let tot_len = u16::from_be(tot_len_be) as u32;
+    if version_ihl >> 4 != 4 || ihl_bytes < 20 {
+        return false;
+    }
+    if tot_len == 0 {
+        return l3_len > 65535;
+    }
+    tot_len >= ihl_bytes && tot_len <= l3_len
+}
+
 /// Facts `from_uplink` looked up for one IPv4 packet.
 #[derive(Clone, Copy, Debug)]
 pub struct FromUplinkFacts {
     pub dest_is_local_pod: bool,
     /// The source is a pod on another node (its CIDR is in `NODE_ROUTES`).
     pub source_is_remote_pod: bool,
+    /// The source is one of this node's own pods (`ENDPOINTS`): it cannot
+    /// come from the node network.
+    pub source_is_local_pod: bool,
+    pub header_ok: bool,
     pub ttl: u8,
     pub replies_to_stack_flow: bool,
     pub is_fragment: bool,
@@ -82,6 +107,12 @@ pub struct FromUplinkFacts {
 /// and conntrack must see both directions of a flow (it drops a reply to a
 /// connection it never saw as invalid).
 pub fn from_uplink(f: FromUplinkFacts) -> Verdict {
+    if f.source_is_local_pod {
+        return Verdict::Drop(DropReason::UplinkSourceSpoofed);
+    }
+    if f.dest_is_local_pod && !f.header_ok {
+        return Verdict::Drop(DropReason::BadIpHeader);
+    }
     if !f.dest_is_local_pod || !f.source_is_remote_pod || f.is_fragment {
         return Verdict::ToStack;
     }
@@ -118,6 +149,7 @@ mod tests {
             ttl: 64,
             replies_to_stack_flow: false,
             is_fragment: false,
+            header_ok: true,
         }
     }
 
@@ -155,6 +187,11 @@ mod tests {
             // Fragments to pods: the stack reassembles and routes them.
             (FromPodFacts { dest_is_local_pod: true, is_fragment: true, ..facts() }, Verdict::ToStack),
             (FromPodFacts { dest_is_remote_pod: true, is_fragment: true, ..facts() }, Verdict::ToStack),
+            (FromPodFacts { header_ok: false, ..facts() }, Verdict::Drop(DropReason::BadIpHeader)),
+            (
+                FromPodFacts { header_ok: false, source_is_own: false, ..facts() },
+                Verdict::Drop(DropReason::SourceSpoofed),
+            ),
         ];
         for (i, (f, want)) in cases.iter().enumerate() {
             assert_eq!(from_pod(*f), *want, "case {i}: {f:?}");
@@ -167,6 +204,8 @@ mod tests {
             from_uplink(FromUplinkFacts {
                 dest_is_local_pod: local,
                 source_is_remote_pod: true,
+                source_is_local_pod: false,
+                header_ok: true,
                 ttl,
                 replies_to_stack_flow: reply,
                 is_fragment: frag,
@@ -184,11 +223,36 @@ mod tests {
         let from_node = FromUplinkFacts {
             dest_is_local_pod: true,
             source_is_remote_pod: false,
+            source_is_local_pod: false,
+            header_ok: true,
             ttl: 64,
             replies_to_stack_flow: false,
             is_fragment: false,
         };
         assert_eq!(from_uplink(from_node), Verdict::ToStack);
+        // A LAN host claiming to be one of our pods, to any destination.
+        let spoofed = FromUplinkFacts { source_is_local_pod: true, ..from_node };
+        assert_eq!(from_uplink(spoofed), Verdict::Drop(DropReason::UplinkSourceSpoofed));
+        let spoofed_to_node = FromUplinkFacts { dest_is_local_pod: false, ..spoofed };
+        assert_eq!(from_uplink(spoofed_to_node), Verdict::Drop(DropReason::UplinkSourceSpoofed));
+        // A broken header for a pod is dropped; for the node, the stack judges.
+        let broken = FromUplinkFacts { header_ok: false, source_is_remote_pod: true, ..from_node };
+        assert_eq!(from_uplink(broken), Verdict::Drop(DropReason::BadIpHeader));
+        assert_eq!(from_uplink(FromUplinkFacts { dest_is_local_pod: false, ..broken }), Verdict::ToStack);
+    }
+
+    #[test]
+    fn ipv4_header_table() {
+        let be = |n: u16| n.to_be();
+        assert!(ipv4_header_ok(0x45, be(84), 84));
+        assert!(ipv4_header_ok(0x45, be(84), 100), "trailing padding is fine");
+        assert!(ipv4_header_ok(0x46, be(84), 84), "options: IHL 6");
+        assert!(!ipv4_header_ok(0x44, be(84), 84), "IHL below 5");
+        assert!(!ipv4_header_ok(0x65, be(84), 84), "version 6");
+        assert!(!ipv4_header_ok(0x45, be(85), 84), "total length beyond the packet");
+        assert!(!ipv4_header_ok(0x4f, be(40), 84), "header longer than the total length");
+        assert!(!ipv4_header_ok(0x45, be(0), 84), "zero length on a small packet");
+        assert!(ipv4_header_ok(0x45, be(0), 70_000), "BIG TCP");
     }
 
     #[test]

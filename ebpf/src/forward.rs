@@ -2,10 +2,10 @@
 //! redirect helpers.
 use aya_ebpf::programs::TcContext;
 use aya_ebpf::{
-    bindings::{bpf_redir_neigh, TC_ACT_SHOT},
+    bindings::{bpf_redir_neigh, TC_ACT_REDIRECT},
     helpers::{bpf_redirect_neigh, bpf_redirect_peer},
 };
-use sluice_common::{maps::FAST_PATH_MARK, verdict::checksum_after_ttl_decrement, EndpointInfo};
+use sluice_common::{maps::FAST_PATH_MARK, verdict::checksum_after_ttl_decrement, DropReason, EndpointInfo};
 
 use crate::parse::{EthHdr, Ipv4Hdr};
 
@@ -25,22 +25,27 @@ pub fn decrement_ttl(ip: *mut Ipv4Hdr) {
 
 /// Rewrite MACs as if the packet came from the pod's gateway, and deliver it
 /// into the pod's namespace without passing the node's stack or a bridge.
+/// A refused redirect (the pod's veth went away) is a drop with its reason.
 #[inline(always)]
-pub fn into_pod(eth: *mut EthHdr, ep: &EndpointInfo) -> i32 {
+pub fn into_pod(eth: *mut EthHdr, ep: &EndpointInfo) -> Result<i32, DropReason> {
     // SAFETY: `eth` was bounds checked by parse::header_mut.
     unsafe {
         (*eth).dst = ep.pod_mac;
         (*eth).src = ep.host_mac;
     }
     // SAFETY: helper call; returns TC_ACT_REDIRECT or TC_ACT_SHOT.
-    unsafe { bpf_redirect_peer(ep.host_ifindex, 0) as i32 }
+    let rc = unsafe { bpf_redirect_peer(ep.host_ifindex, 0) } as i32;
+    if rc != TC_ACT_REDIRECT as i32 {
+        return Err(DropReason::RedirectFailed);
+    }
+    Ok(rc)
 }
 
 /// Send out of `uplink_ifindex` towards `node_ip_be`; the kernel resolves the
 /// next hop's MAC (ARP) and fills in both MACs. Marked, so `to_uplink` knows
 /// the fast path sent it (see `stack_flows`).
 #[inline(always)]
-pub fn to_node(ctx: &TcContext, uplink_ifindex: u32, node_ip_be: u32) -> i32 {
+pub fn to_node(ctx: &TcContext, uplink_ifindex: u32, node_ip_be: u32) -> Result<i32, DropReason> {
     ctx.set_mark(crate::parse::mark(ctx) | FAST_PATH_MARK);
     let mut nh = bpf_redir_neigh {
         nh_family: AF_INET,
@@ -55,8 +60,8 @@ pub fn to_node(ctx: &TcContext, uplink_ifindex: u32, node_ip_be: u32) -> i32 {
             0,
         )
     };
-    if rc < 0 {
-        return TC_ACT_SHOT as i32;
+    if rc < 0 || rc as i32 != TC_ACT_REDIRECT as i32 {
+        return Err(DropReason::RedirectFailed);
     }
-    rc as i32
+    Ok(rc as i32)
 }

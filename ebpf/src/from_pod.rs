@@ -29,10 +29,9 @@ fn try_from_pod(ctx: &TcContext) -> Result<i32, DropReason> {
         return Ok(TC_ACT_OK as i32);
     };
     // SAFETY: bounds checked by parse::ipv4.
-    let (src_be, dst_be, ttl, version_ihl) = unsafe { ((*ip).src_be, (*ip).dst_be, (*ip).ttl, (*ip).version_ihl) };
-    if version_ihl >> 4 != 4 {
-        return Err(DropReason::BadIpHeader);
-    }
+    let (src_be, dst_be, ttl, version_ihl, tot_len_be) =
+        unsafe { ((*ip).src_be, (*ip).dst_be, (*ip).ttl, (*ip).version_ihl, (*ip).tot_len_be) };
+    let header_ok = verdict::ipv4_header_ok(version_ihl, tot_len_be, parse::l3_len(ctx));
 
     let this_ifindex = parse::ifindex(ctx);
     // SAFETY: map values are only read here, never kept across helper calls
@@ -62,6 +61,7 @@ fn try_from_pod(ctx: &TcContext) -> Result<i32, DropReason> {
         ttl,
         replies_to_stack_flow,
         is_fragment,
+        header_ok,
     });
     match decision {
         Verdict::Drop(reason) => Err(reason),
@@ -75,19 +75,21 @@ fn try_from_pod(ctx: &TcContext) -> Result<i32, DropReason> {
         }
         Verdict::ToLocalPod => {
             let Some(ep) = local else {
-                return Err(DropReason::HeaderRewrite);
+                return Err(DropReason::LookupMismatch);
             };
             forward::decrement_ttl(ip);
+            let action = forward::into_pod(eth, ep)?;
             count_forward(ForwardPath::PodToLocalPod);
-            Ok(forward::into_pod(eth, ep))
+            Ok(action)
         }
         Verdict::ToRemoteNode => {
             let Some(node) = remote else {
-                return Err(DropReason::HeaderRewrite);
+                return Err(DropReason::LookupMismatch);
             };
             forward::decrement_ttl(ip);
+            let action = forward::to_node(ctx, uplink_ifindex, node.node_ip_be)?;
             count_forward(ForwardPath::PodToNode);
-            Ok(forward::to_node(ctx, uplink_ifindex, node.node_ip_be))
+            Ok(action)
         }
     }
 }

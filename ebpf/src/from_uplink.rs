@@ -27,9 +27,13 @@ fn try_from_uplink(ctx: &TcContext) -> Result<i32, DropReason> {
         return Ok(TC_ACT_OK as i32);
     };
     // SAFETY: bounds checked by parse::ipv4.
-    let (src_be, dst_be, ttl) = unsafe { ((*ip).src_be, (*ip).dst_be, (*ip).ttl) };
+    let (src_be, dst_be, ttl, version_ihl, tot_len_be) =
+        unsafe { ((*ip).src_be, (*ip).dst_be, (*ip).ttl, (*ip).version_ihl, (*ip).tot_len_be) };
+    // SAFETY: only presence is read.
+    let source_is_local_pod = unsafe { ENDPOINTS.get(&src_be).is_some() };
     // SAFETY: read-only use of the value before any other helper call.
     let local = unsafe { ENDPOINTS.get(&dst_be) };
+    let header_ok = verdict::ipv4_header_ok(version_ihl, tot_len_be, parse::l3_len(ctx));
     let (mut source_is_remote_pod, mut replies_to_stack_flow, mut is_fragment) = (false, false, false);
     if local.is_some() {
         source_is_remote_pod = NODE_ROUTES.get(Key::new(32, src_be)).is_some();
@@ -40,6 +44,8 @@ fn try_from_uplink(ctx: &TcContext) -> Result<i32, DropReason> {
     let facts = FromUplinkFacts {
         dest_is_local_pod: local.is_some(),
         source_is_remote_pod,
+        source_is_local_pod,
+        header_ok,
         ttl,
         replies_to_stack_flow,
         is_fragment,
@@ -52,11 +58,12 @@ fn try_from_uplink(ctx: &TcContext) -> Result<i32, DropReason> {
         }
         Verdict::ToLocalPod => {
             let Some(ep) = local else {
-                return Err(DropReason::HeaderRewrite);
+                return Err(DropReason::LookupMismatch);
             };
             forward::decrement_ttl(ip);
+            let action = forward::into_pod(eth, ep)?;
             count_forward(ForwardPath::UplinkToPod);
-            Ok(forward::into_pod(eth, ep))
+            Ok(action)
         }
         // Node traffic, ARP, and anything not for a pod: the node decides.
         _ => {

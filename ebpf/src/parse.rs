@@ -97,3 +97,10 @@ pub fn mark(ctx: &TcContext) -> u32 {
     // SAFETY: the context pointer is valid for the program's run.
     unsafe { (*ctx.skb.skb).mark }
 }
+
+/// Bytes from the IP header to the end of the packet (the skb's whole
+/// length: GSO packets count every segment, as their total length does).
+#[inline(always)]
+pub fn l3_len(ctx: &TcContext) -> u32 {
+    ctx.len().saturating_sub(ETH_HLEN as u32)
+}

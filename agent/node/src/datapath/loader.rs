@@ -18,6 +18,7 @@ use tracing::{info, warn};
 
 use super::{
     links::{attach_and_pin, ignore_not_found, update_pinned_link, POD_PROGRAMS},
+    migrate,
     pins::{self, PinDir},
 };
 
@@ -52,12 +53,23 @@ impl Datapath {
         for dir in [pins.maps_dir(), pins.progs_dir(), pins.links_dir()] {
             fs::create_dir_all(&dir).with_context(|| format!("create pin directory {}", dir.display()))?;
         }
+        // An earlier layout's links and maps become ours (same kernel
+        // objects, renamed pins); then every pinned map is checked against
+        // the object: reused, migrated, or refused.
+        migrate::adopt_other_layouts(pins)?;
+        let migrating = migrate::plan(pins, OBJECT, &ALL_MAPS)?;
         let map_paths: Vec<_> = ALL_MAPS.iter().map(|m| (*m, pins.map(m))).collect();
         let mut loader = EbpfLoader::new();
         for (name, path) in &map_paths {
-            loader.map_pin_path(name, path.as_path());
+            if !migrating.iter().any(|m| m == name) {
+                loader.map_pin_path(name, path.as_path());
+            }
         }
         let mut ebpf = loader.load(OBJECT).context("load the eBPF object (maps reused from pins)")?;
+        for name in &migrating {
+            let map = ebpf.map_mut(name).with_context(|| format!("map {name} missing from the eBPF object"))?;
+            migrate::copy_into(pins, name, map)?;
+        }
         for name in ALL_PROGRAMS {
             let prog: &mut SchedClassifier = program_mut(&mut ebpf, name)?;
             prog.load().with_context(|| format!("load program {name} (verifier)"))?;

@@ -1,9 +1,13 @@
 //! The datapath from user space: where it is pinned (`pins`), mounting
-//! bpffs (`bpffs`), loading the object (`loader`), TCX links (`links`), and
-//! typed access to the pinned maps (`pinned_maps`).
+//! bpffs (`bpffs`), loading the object (`loader`), TCX links (`links`),
+//! typed access to the pinned maps (`pinned_maps`), and upgrades: whether a
+//! pinned map fits (`map_compat`, pure) and taking over an earlier
+//! version's pins (`migrate`).
 pub mod bpffs;
 pub mod links;
 pub mod loader;
+pub mod map_compat;
+pub mod migrate;
 pub mod pinned_maps;
 pub mod pins;
 

@@ -1,0 +1,188 @@
+//! Upgrades lose nothing: an agent started over an earlier layout's pins
+//! takes over every link in place and carries the state over; a pinned map
+//! whose size changed is migrated; one whose entries mean something else is
+//! refused, and the datapath keeps running meanwhile.
+//!
+//! "An earlier layout" is made from a running one: with the agents stopped,
+//! each node's `v1` pin tree is renamed to `v0` (the same kernel objects,
+//! still forwarding), and its `DROPS` pin replaced by a shorter array, as a
+//! version with fewer drop reasons had. The programs keep their own maps;
+//! only what a new agent finds at the pins changes.
+use std::{
+    io::{BufRead, BufReader, Write},
+    net::{SocketAddr, TcpStream},
+    path::{Path, PathBuf},
+    process::Stdio,
+    time::Duration,
+};
+
+use serde_json::Value;
+use sluice_common::maps::{names, LAYOUT_VERSION};
+use sluice_node::datapath::pins::PinDir;
+use sluice_tests::{
+    bin,
+    cluster::STREAM_PORT,
+    lab::{ns_cmd, ns_exec, Lab, LabOptions},
+    ping_received, require_root, sh,
+};
+
+fn bpftool_json(args: &[&str]) -> Value {
+    let mut all = vec!["-j"];
+    all.extend(args);
+    serde_json::from_str(&sh("bpftool", &all).unwrap()).unwrap()
+}
+
+fn link_ids(pin: &Path) -> (u64, u64) {
+    let v = bpftool_json(&["link", "show", "pinned", &pin.display().to_string()]);
+    (v["id"].as_u64().unwrap(), v["prog_id"].as_u64().unwrap())
+}
+
+fn map_info(pin: &Path) -> Value {
+    bpftool_json(&["map", "show", "pinned", &pin.display().to_string()])
+}
+
+fn pin_names(dir: &Path) -> Vec<String> {
+    let mut v: Vec<String> =
+        std::fs::read_dir(dir).unwrap().map(|e| e.unwrap().file_name().into_string().unwrap()).collect();
+    v.sort();
+    v
+}
+
+/// Turn node `i`'s pins into "an earlier layout": `v1` → `v0`, and a
+/// `DROPS` of only 6 reasons.
+fn age_pins(lab: &Lab, i: usize) -> PathBuf {
+    let root = &lab.state.nodes[i].pin_dir;
+    let (new, old) = (root.join(format!("v{LAYOUT_VERSION}")), root.join("v0"));
+    std::fs::rename(&new, &old).unwrap();
+    let drops = old.join("maps").join(names::DROPS);
+    std::fs::remove_file(&drops).unwrap();
+    let d = drops.display().to_string();
+    sh(
+        "bpftool",
+        &["map", "create", &d, "type", "percpu_array", "key", "4", "value", "8", "entries", "6", "name", "DROPS"],
+    )
+    .unwrap();
+    old
+}
+
+fn counter(lab: &Lab, i: usize, group: &str, name: &str) -> u64 {
+    lab.status(i).unwrap()[group][name].as_u64().unwrap_or(0)
+}
+
+#[test]
+fn an_agent_over_an_earlier_layout_takes_over_in_place_and_loses_nothing() {
+    require_root();
+    let mut opts = LabOptions::new(2, 2, bin("sluice-agent").parent().unwrap().to_path_buf());
+    opts.cluster_model = true;
+    let mut lab = Lab::up(&opts).unwrap();
+    let (a, b) = (lab.state.nodes[0].pods[0].clone(), lab.state.nodes[1].pods[0].clone());
+    let pins0 = PinDir::new(&lab.state.nodes[0].pin_dir);
+    let links_before: Vec<(String, (u64, u64))> = pin_names(&pins0.links_dir())
+        .into_iter()
+        .map(|n| {
+            let ids = link_ids(&pins0.links_dir().join(&n));
+            (n, ids)
+        })
+        .collect();
+    let endpoints_id = map_info(&pins0.map(names::ENDPOINTS))["id"].clone();
+
+    // A long-lived TCP connection and a steady ping flow across nodes.
+    let addr = SocketAddr::from((b.ip.parse::<std::net::Ipv4Addr>().unwrap(), STREAM_PORT));
+    let path = Path::new("/run/netns").join(&a.netns);
+    let mut conn =
+        sluice_node::net::netns::run_in(&path, move || Ok(TcpStream::connect_timeout(&addr, Duration::from_secs(2))?))
+            .unwrap();
+    conn.set_read_timeout(Some(Duration::from_secs(3))).unwrap();
+    let mut reader = BufReader::new(conn.try_clone().unwrap());
+    let mut round_trip = |n: u32| {
+        conn.write_all(format!("line {n}\n").as_bytes()).unwrap();
+        let mut back = String::new();
+        reader.read_line(&mut back).unwrap();
+        assert_eq!(back, format!("line {n}\n"), "the TCP connection broke");
+    };
+    round_trip(1);
+    const FLOW: u32 = 3000;
+    let flow = ns_cmd(&a.netns, &["ping", "-q", "-c", &FLOW.to_string(), "-i", "0.002", "-W", "1", &b.ip])
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    std::thread::sleep(Duration::from_millis(500));
+
+    // Both agents stop; their pins become an earlier layout's; new agents start.
+    let mut old_trees = Vec::new();
+    for i in 0..2 {
+        lab.kill_agent(i).unwrap();
+        old_trees.push(age_pins(&lab, i));
+    }
+    std::thread::sleep(Duration::from_millis(300));
+    for i in 0..2 {
+        lab.start_agent(i).unwrap();
+    }
+    for i in 0..2 {
+        lab.wait_agent_ready(i).unwrap();
+    }
+    let out = flow.wait_with_output().unwrap();
+    let received = ping_received(&String::from_utf8_lossy(&out.stdout)).unwrap();
+    assert_eq!(received, FLOW, "packets lost across the layout change");
+    round_trip(2);
+
+    // Taken over in place: the same links (ids), new programs in them, the
+    // same ENDPOINTS map, the old tree gone, no extra attachment.
+    for old in &old_trees {
+        assert!(!old.exists(), "{} left behind", old.display());
+    }
+    for (name, (link_id, prog_id)) in &links_before {
+        let (id_now, prog_now) = link_ids(&pins0.links_dir().join(name));
+        assert_eq!(id_now, *link_id, "{name}: the link was replaced instead of updated");
+        assert_ne!(prog_now, *prog_id, "{name}: still the old program");
+    }
+    assert_eq!(pin_names(&pins0.links_dir()).len(), links_before.len(), "no second attachment");
+    assert_eq!(map_info(&pins0.map(names::ENDPOINTS))["id"], endpoints_id, "ENDPOINTS carried over, not rebuilt");
+    // DROPS was migrated to this version's size, and a reason the short
+    // map had no slot for is counted.
+    let drops = map_info(&pins0.map(names::DROPS));
+    assert_eq!(drops["max_entries"].as_u64().unwrap(), sluice_common::DropReason::COUNT as u64, "{drops}");
+    let status = lab.status(0).unwrap();
+    assert_eq!(
+        status["drops"].as_object().unwrap().len(),
+        sluice_common::DropReason::COUNT as usize,
+        "status lists every reason: {status:#}"
+    );
+    // A host on the LAN claiming to be n1's second pod, to n1's first pod.
+    let lan = lab.state.lan_netns.clone();
+    let (n1, spoofed) = (lab.state.nodes[0].clone(), lab.state.nodes[0].pods[1].ip.clone());
+    ns_exec(&lan, &["ip", "addr", "add", &format!("{spoofed}/32"), "dev", "lo"]).unwrap();
+    ns_exec(&lan, &["ip", "addr", "add", "172.30.0.254/24", "dev", "br0"]).unwrap();
+    ns_exec(&lan, &["ip", "route", "add", &n1.pod_cidr, "via", &n1.ip]).unwrap();
+    let before = counter(&lab, 0, "drops", "uplink_source_spoofed");
+    let _ =
+        sluice_tests::try_run(&mut ns_cmd(&lan, &["ping", "-c", "3", "-i", "0.2", "-W", "1", "-I", &spoofed, &a.ip]));
+    assert_eq!(counter(&lab, 0, "drops", "uplink_source_spoofed"), before + 3, "the new reason is counted");
+}
+
+#[test]
+fn a_pinned_map_that_no_longer_fits_is_refused_and_traffic_carries_on() {
+    require_root();
+    let mut lab = Lab::up(&LabOptions::new(2, 1, bin("sluice-agent").parent().unwrap().to_path_buf())).unwrap();
+    let (a, b) = (lab.state.nodes[0].pods[0].clone(), lab.state.nodes[1].pods[0].clone());
+    lab.kill_agent(0).unwrap();
+    // NODE_CONFIG with a 16-byte value: entries that mean something else.
+    let pins0 = PinDir::new(&lab.state.nodes[0].pin_dir);
+    let cfg = pins0.map(names::NODE_CONFIG);
+    std::fs::remove_file(&cfg).unwrap();
+    let c = cfg.display().to_string();
+    sh(
+        "bpftool",
+        &["map", "create", &c, "type", "array", "key", "4", "value", "16", "entries", "1", "name", "NODE_CONFIG"],
+    )
+    .unwrap();
+    lab.start_agent(0).unwrap();
+    let err = lab.wait_agent_ready(0).expect_err("the agent must refuse the map");
+    let log = std::fs::read_to_string(lab.state.nodes[0].dir.join("agent.log")).unwrap();
+    assert!(
+        log.contains("pinned map NODE_CONFIG") && log.contains("value 16 B") && log.contains("value 8 B"),
+        "{err:#}\n{log}"
+    );
+    // The programs already attached keep their own maps: pods still talk.
+    assert!(sluice_tests::lab::ping(&a.netns, &b.ip), "traffic stops when an agent refuses to start");
+}

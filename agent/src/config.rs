@@ -49,9 +49,17 @@ pub struct AgentConfig {
     /// with their own address, as ip-masq-agent's nonMasqueradeCIDRs.
     #[arg(long, env = "SLUICE_NON_MASQUERADE_CIDRS", value_delimiter = ',')]
     pub non_masquerade_cidr: Vec<Ipv4Network>,
+    /// Mount bpffs at --bpffs when none is there. Off by default: a bpffs
+    /// the agent mounts itself lives only as long as its mount namespace
+    /// (a container, `ip netns exec`), and every pin with it; a host
+    /// process on a node without bpffs mounted may turn this on.
+    #[arg(long, env = "SLUICE_MOUNT_BPFFS")]
+    pub mount_bpffs: bool,
     /// Name of the health endpoint's network namespace (under /run/netns).
-    #[arg(long, env = "SLUICE_HEALTH_NETNS", default_value = paths::DEFAULT_HEALTH_NETNS)]
-    pub health_netns: String,
+    /// Default `sluice-health-<node name>`, so two agents on one machine
+    /// (labs, tests) never share one.
+    #[arg(long, env = "SLUICE_HEALTH_NETNS")]
+    pub health_netns: Option<String>,
 }
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
@@ -68,9 +76,19 @@ pub enum ConfigError {
     OverlapsServices { what: &'static str, cidr: Ipv4Network, service: Ipv4Network },
     #[error("node name is empty")]
     EmptyNodeName,
+    #[error(
+        "pod CIDR {pod} holds {endpoints} pods and the health endpoint, more than the endpoint map's {max} entries: use a /{min_prefix} or smaller"
+    )]
+    PodCidrLargerThanEndpointMap { pod: Ipv4Network, endpoints: u64, max: u32, min_prefix: u8 },
 }
 
 impl AgentConfig {
+    /// The health endpoint's namespace name: the flag, or derived from the
+    /// node name.
+    pub fn health_netns_name(&self) -> String {
+        self.health_netns.clone().unwrap_or_else(|| format!("{}-{}", paths::DEFAULT_HEALTH_NETNS, self.node_name))
+    }
+
     /// Checks that need nothing but the configuration.
     pub fn validate_static(&self) -> Result<(), ConfigError> {
         if self.node_name.is_empty() {
@@ -96,6 +114,14 @@ impl AgentConfig {
         }
         if !(self.cluster_cidr.contains(pod.network()) && self.cluster_cidr.prefix() <= pod.prefix()) {
             return Err(ConfigError::PodCidrOutsideCluster { pod, cluster: self.cluster_cidr });
+        }
+        // Every address but the network's and the broadcast one is an
+        // endpoint: the pods', and the health endpoint's.
+        let endpoints = (1u64 << (32 - pod.prefix())) - 2;
+        let max = sluice_common::maps::limits::MAX_ENDPOINTS;
+        if endpoints > max as u64 {
+            let min_prefix = (0..=30u8).find(|p| (1u64 << (32 - p)) - 2 <= max as u64).unwrap_or(30);
+            return Err(ConfigError::PodCidrLargerThanEndpointMap { pod, endpoints, max, min_prefix });
         }
         if pod.overlaps(node_network) {
             return Err(ConfigError::OverlapsNodeNetwork { pod, network: node_network, uplink: self.uplink.clone() });
@@ -124,10 +150,11 @@ mod tests {
             data_dir: "/tmp".into(),
             cni_conf_dir: None,
             cni_bin_dir: None,
-            health_netns: "sluice-health".into(),
+            health_netns: None,
             mtu: None,
             masquerade: true,
             non_masquerade_cidr: vec![],
+            mount_bpffs: false,
         }
     }
 
@@ -148,6 +175,11 @@ mod tests {
         ));
         assert!(matches!(c.validate_pod_cidr(net("10.0.0.0/8"), lan), Err(ConfigError::PodCidrOutsideCluster { .. })));
         assert!(matches!(c.validate_pod_cidr(net("10.244.1.0/31"), lan), Err(ConfigError::PodCidrTooSmall(_))));
+        // The largest pod CIDR the endpoint map holds, and one bit more.
+        assert_eq!(c.validate_pod_cidr(net("10.244.16.0/20"), lan), Ok(()));
+        let too_big = c.validate_pod_cidr(net("10.244.32.0/19"), lan).unwrap_err();
+        assert!(matches!(too_big, ConfigError::PodCidrLargerThanEndpointMap { endpoints: 8190, max: 4096, .. }));
+        assert!(too_big.to_string().contains("8190") && too_big.to_string().contains("/20"), "{too_big}");
         assert!(matches!(
             c.validate_pod_cidr(net("10.244.1.0/24"), net("10.244.0.0/20")),
             Err(ConfigError::OverlapsNodeNetwork { .. })

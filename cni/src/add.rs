@@ -82,7 +82,13 @@ async fn add_steps(conf: &NetConf, env: &CniEnv, rb: &mut Rollback) -> Result<Va
     fault::after("host-config").map_err(plugin)?;
 
     // 5. The endpoint entry, before the program that checks it is attached.
-    plumbing::insert_endpoint(&pins, ip, &host_link, pod_link.mac).map_err(plugin)?;
+    plumbing::insert_endpoint(&pins, ip, &host_link, pod_link.mac).map_err(|e| {
+        if e.chain().any(|c| c.is::<sluice_node::datapath::pinned_maps::MapFull>()) {
+            CniError::EndpointsFull(e)
+        } else {
+            CniError::Plugin(e)
+        }
+    })?;
     {
         let pins = pins.clone();
         rb.push("remove endpoint", async move { Endpoints::open(&pins)?.remove(ip) });

@@ -1,4 +1,8 @@
-//! CHECK: is the pod still as ADD left it?
+//! CHECK: is the pod still as ADD left it? On the node: the host veth, the
+//! lease, the endpoint entry, both programs attached, `prevResult`. Inside
+//! the pod's namespace: the interface (up, with the configured MTU), its
+//! `/32`, the route to the gateway and the default route via it, and the
+//! gateway's permanent neighbour at the host veth's MAC.
 use anyhow::anyhow;
 use sluice_node::{
     datapath::{links, pinned_maps::Endpoints, pins::PinDir},
@@ -7,7 +11,7 @@ use sluice_node::{
 };
 
 use crate::{config::NetConf, env::CniEnv, error::CniError};
-use sluice_node::ipam::store::LeaseStore;
+use sluice_node::{ipam::store::LeaseStore, pod::plumbing::POD_GATEWAY};
 
 pub async fn check(conf: &NetConf, env: &CniEnv) -> Result<(), CniError> {
     let fail = |m: String| Err(CniError::Plugin(anyhow!(m)));
@@ -39,5 +43,47 @@ pub async fn check(conf: &NetConf, env: &CniEnv) -> Result<(), CniError> {
             return fail(format!("{program} is not attached to {host_name}"));
         }
     }
+    let Some(netns) = &env.netns else {
+        return fail("CNI_NETNS is needed for CHECK: the pod's side is checked too".into());
+    };
+    let problems = check_pod_side(netns, &env.ifname, conf.mtu, ip, link.mac).await.map_err(CniError::Plugin)?;
+    if !problems.is_empty() {
+        return fail(format!("in the pod: {}", problems.join("; ")));
+    }
     Ok(())
+}
+
+/// What is wrong inside the pod's namespace (empty: as ADD left it).
+async fn check_pod_side(
+    netns: &std::path::Path,
+    ifname: &str,
+    mtu: u32,
+    ip: std::net::Ipv4Addr,
+    host_mac: [u8; 6],
+) -> anyhow::Result<Vec<String>> {
+    let pod = sluice_node::net::netns::netlink_in(netns)?;
+    let Some(link) = pod.link_by_name(ifname).await? else {
+        return Ok(vec![format!("interface {ifname} is missing")]);
+    };
+    let mut problems = Vec::new();
+    if link.mtu != mtu {
+        problems.push(format!("{ifname} has MTU {} (configured {mtu})", link.mtu));
+    }
+    if !pod.ipv4_addresses(link.index).await?.contains(&(ip, 32)) {
+        problems.push(format!("{ifname} lacks its address {ip}/32"));
+    }
+    let routes = pod.main_routes(None).await?;
+    let gw = POD_GATEWAY;
+    if !routes.iter().any(|r| r.dst.ip() == gw && r.dst.prefix() == 32 && r.gateway.is_none() && r.oif == link.index) {
+        problems.push(format!("the route to the gateway {gw} on {ifname} is missing"));
+    }
+    if !routes.iter().any(|r| r.dst.prefix() == 0 && r.gateway == Some(gw) && r.oif == link.index) {
+        problems.push(format!("the default route via {gw} is missing"));
+    }
+    match pod.permanent_neighbour(link.index, gw).await? {
+        Some(mac) if mac == host_mac => {}
+        Some(_) => problems.push(format!("the gateway {gw}'s neighbour entry points at another MAC")),
+        None => problems.push(format!("the gateway {gw} has no permanent neighbour entry")),
+    }
+    Ok(problems)
 }

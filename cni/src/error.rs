@@ -19,6 +19,9 @@ pub enum CniError {
     NotAvailable(String),
     #[error("{0:#}")]
     Ipam(anyhow::Error),
+    /// The node's `ENDPOINTS` map has no room for another pod.
+    #[error("{0:#}")]
+    EndpointsFull(anyhow::Error),
     #[error("{0:#}")]
     Plugin(anyhow::Error),
 }
@@ -45,6 +48,7 @@ impl CniError {
             CniError::NotAvailable(_) => 50,
             CniError::PoolExhausted(_) => 100,
             CniError::Ipam(_) => 101,
+            CniError::EndpointsFull(_) => 103,
             CniError::Plugin(_) => 102,
         }
     }
@@ -59,6 +63,7 @@ impl CniError {
             CniError::DatapathNotReady(_) => "sluice datapath not ready on this node; try again later",
             CniError::NotAvailable(_) => "plugin not available",
             CniError::Ipam(_) => "IPAM failure",
+            CniError::EndpointsFull(_) => "this node's endpoint map is full",
             CniError::Plugin(_) => "sluice failed",
         }
     }

@@ -173,6 +173,28 @@ pub fn add_netns(name: &str) -> Result<()> {
     configure().inspect_err(|_| del_netns(name))
 }
 
+/// SIGKILL every process whose network namespace is `name` (an agent
+/// someone restarted by hand, a server a test forgot), and wait for them.
+pub fn kill_processes_in(name: &str) {
+    use std::os::unix::fs::MetadataExt;
+    let Ok(ns) = fs::metadata(Path::new("/run/netns").join(name)) else {
+        return;
+    };
+    let Ok(procs) = fs::read_dir("/proc") else {
+        return;
+    };
+    for entry in procs.flatten() {
+        let Ok(pid) = entry.file_name().to_string_lossy().parse::<u32>() else {
+            continue;
+        };
+        let same = fs::metadata(entry.path().join("ns/net")).is_ok_and(|m| m.ino() == ns.ino() && m.dev() == ns.dev());
+        if same && pid != std::process::id() {
+            let _ = Command::new("kill").args(["-KILL", &pid.to_string()]).output();
+            wait_gone(pid, Duration::from_secs(2));
+        }
+    }
+}
+
 /// Delete network namespace `name`, if it exists.
 pub fn del_netns(name: &str) {
     let _ = Command::new("ip").args(["netns", "del", name]).output();
@@ -654,6 +676,8 @@ impl Lab {
                 kill(pid);
                 wait_gone(pid, Duration::from_secs(5));
             }
+            // Whatever still runs there: an agent restarted by hand, servers.
+            kill_processes_in(&node.netns);
             del_netns(&Self::health_netns(node));
             del_netns(&node.netns);
         }

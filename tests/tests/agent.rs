@@ -92,6 +92,12 @@ fn start_up_validation_fails_loudly_with_the_reason() {
     a.extend(["--peers-file", &peers, "--bpffs", "/proc/sluice-no-bpffs"]);
     let out = run_expecting_failure(&lab, &a);
     assert!(out.contains("bpffs"), "{out}");
+    // A directory that is not a bpffs (as `ip netns exec`'s fresh /sys
+    // leaves /sys/fs/bpf): refused, never mounted privately.
+    let mut a = base("10.244.1.0/24");
+    a.extend(["--peers-file", &peers, "--bpffs", "/tmp"]);
+    let out = run_expecting_failure(&lab, &a);
+    assert!(out.contains("/tmp is not a bpffs") && out.contains("--mount-bpffs"), "{out}");
 
     // No membership source.
     let out = run_expecting_failure(&lab, &base("10.244.1.0/24"));

@@ -316,6 +316,12 @@ fn gc_releases_every_attachment_not_listed() {
     let ips: Vec<String> = pods.iter().map(|p| pod_ip(&add(&lab, &node, p))).collect();
     let mut gc = conf(&node);
     gc["cniVersion"] = json!("1.1.0");
+    // Without the list, GC is a configuration error and removes nothing.
+    let refused = lab.cni_call(&node, &CniCall::new("GC", "", None, gc.clone())).unwrap();
+    assert!(!refused.success);
+    assert_eq!(refused.json()["code"], 7, "{}", refused.stdout);
+    assert!(refused.json()["details"].as_str().unwrap().contains("cni.dev/valid-attachments"), "{}", refused.stdout);
+    assert_eq!(leases(&node), 3, "a GC without its list wiped attachments");
     gc["cni.dev/valid-attachments"] = json!([{"containerID": pods[0].name, "ifname": "eth0"}]);
     let out = lab.cni_call(&node, &CniCall::new("GC", "", None, gc)).unwrap();
     assert!(out.success, "{} {}", out.stdout, out.stderr);
@@ -324,6 +330,34 @@ fn gc_releases_every_attachment_not_listed() {
     assert!(ping(&pods[0].name, &node.ip), "the listed pod is untouched");
     let links = ns_exec(&pods[1].name, &["ip", "-o", "link", "show"]).unwrap();
     assert!(!links.contains("eth0"), "GC removed the unlisted pod's interface: {links}");
+}
+
+#[test]
+fn a_full_endpoint_map_is_a_named_error_and_add_leaves_nothing() {
+    let lab = lab(1);
+    let node = lab.state.nodes[0].clone();
+    let pins = PinDir::new(&node.pin_dir);
+    let mut endpoints = sluice_node::datapath::pinned_maps::Endpoints::open(&pins).unwrap();
+    let used = endpoints.all().unwrap().len() as u32;
+    let fake = |i: u32| std::net::Ipv4Addr::from(u32::from(std::net::Ipv4Addr::new(10, 200, 0, 0)) + i);
+    let ep = sluice_common::EndpointInfo { host_ifindex: 1, pod_mac: [0; 6], host_mac: [0; 6] };
+    let room = sluice_common::maps::limits::MAX_ENDPOINTS - used;
+    for i in 0..room {
+        endpoints.insert(fake(i), ep).unwrap();
+    }
+    let pod = Netns::new("slpod").unwrap();
+    let out = lab.cni_call(&node, &CniCall::new("ADD", &pod.name, Some(&pod.name), conf(&node))).unwrap();
+    assert!(!out.success);
+    assert_eq!(out.json()["code"], 103, "{}", out.stdout);
+    let details = out.json()["details"].as_str().unwrap().to_string();
+    assert!(details.contains("map ENDPOINTS is full (4096 entries)"), "{details}");
+    assert_eq!(leases(&node), 0, "the failed ADD released its address");
+    let links = ns_exec(&node.netns, &["ip", "-o", "link", "show"]).unwrap();
+    assert_eq!(links.matches("slc").count(), 0, "the failed ADD removed its veth: {links}");
+    for i in 0..room {
+        endpoints.remove(fake(i)).unwrap();
+    }
+    assert!(lab.cni_call(&node, &CniCall::new("ADD", &pod.name, Some(&pod.name), conf(&node))).unwrap().success);
 }
 
 #[test]
@@ -337,6 +371,45 @@ fn check_verifies_what_add_left() {
     let check = |c: &Value| lab.cni_call(&node, &CniCall::new("CHECK", &pod.name, Some(&pod.name), c.clone())).unwrap();
     let ok = check(&check_conf);
     assert!(ok.success, "{}", ok.stdout);
+    // Inside the pod: each of ADD's settings, broken and restored in turn.
+    let details = |out: &sluice_tests::lab::CniOutcome| out.json()["details"].as_str().unwrap_or_default().to_string();
+    let ip_addr = pod_ip(&result);
+    let host_mac = result["interfaces"][0]["mac"].as_str().unwrap().to_string();
+    for (break_it, restore, needle) in [
+        (vec!["ip", "link", "set", "eth0", "mtu", "1280"], vec!["ip", "link", "set", "eth0", "mtu", "1500"], "MTU"),
+        (
+            vec!["ip", "route", "del", "default"],
+            vec!["ip", "route", "add", "default", "via", "169.254.1.1", "dev", "eth0"],
+            "default route",
+        ),
+        (
+            vec!["ip", "neigh", "del", "169.254.1.1", "dev", "eth0"],
+            vec!["ip", "neigh", "replace", "169.254.1.1", "lladdr", &host_mac, "dev", "eth0", "nud", "permanent"],
+            "neighbour",
+        ),
+    ] {
+        ns_exec(&pod.name, &break_it).unwrap();
+        let out = check(&check_conf);
+        assert!(!out.success, "CHECK missed: {break_it:?}");
+        assert!(details(&out).contains(needle), "{needle}: {}", out.stdout);
+        ns_exec(&pod.name, &restore).unwrap();
+        assert!(check(&check_conf).success, "restored {restore:?}: {}", check(&check_conf).stdout);
+    }
+    let addr = format!("{ip_addr}/32");
+    ns_exec(&pod.name, &["ip", "addr", "del", &addr, "dev", "eth0"]).unwrap();
+    let out = check(&check_conf);
+    assert!(!out.success && details(&out).contains("lacks its address"), "{}", out.stdout);
+    ns_exec(&pod.name, &["ip", "addr", "add", &addr, "dev", "eth0"]).unwrap();
+    // Deleting the last address took the routes and the neighbour with it:
+    // put them back too.
+    ns_exec(&pod.name, &["ip", "route", "add", "169.254.1.1", "dev", "eth0", "scope", "link"]).unwrap();
+    ns_exec(&pod.name, &["ip", "route", "replace", "default", "via", "169.254.1.1", "dev", "eth0"]).unwrap();
+    ns_exec(
+        &pod.name,
+        &["ip", "neigh", "replace", "169.254.1.1", "lladdr", &host_mac, "dev", "eth0", "nud", "permanent"],
+    )
+    .unwrap();
+    assert!(check(&check_conf).success, "{}", check(&check_conf).stdout);
     // A prevResult that does not list our address fails.
     let mut wrong = check_conf.clone();
     wrong["prevResult"]["ips"] = json!([]);

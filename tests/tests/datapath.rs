@@ -310,7 +310,7 @@ fn peer_removed_from_peers_file_stops_traffic_and_comes_back() {
 #[test]
 fn lab_leaves_nothing_behind_even_when_a_test_panics() {
     require_root();
-    let (names, pins, dir) = {
+    let (names, pins, dir, stray) = {
         let result = std::panic::catch_unwind(|| {
             let lab = lab(2, 1, 1500);
             let names: Vec<String> = std::iter::once(lab.state.lan_netns.clone())
@@ -319,11 +319,13 @@ fn lab_leaves_nothing_behind_even_when_a_test_panics() {
                 .collect();
             let pins = lab.state.pin_root.clone();
             let dir = lab.state.dir.clone();
-            std::panic::panic_any((names, pins, dir)); // a failing test, mid-lab
+            // An agent restarted by hand, which the lab never heard of.
+            let stray = sluice_tests::lab::ns_cmd(&lab.state.nodes[0].netns, &["sleep", "600"]).spawn().unwrap();
+            std::panic::panic_any((names, pins, dir, stray.id())); // a failing test, mid-lab
             #[allow(unreachable_code)]
             drop(lab);
         });
-        *result.expect_err("panicked").downcast::<(Vec<String>, std::path::PathBuf, std::path::PathBuf)>().unwrap()
+        *result.expect_err("panicked").downcast::<(Vec<String>, std::path::PathBuf, std::path::PathBuf, u32)>().unwrap()
     };
     assert_eq!(names.len(), 5);
     let netns = String::from_utf8(Command::new("ip").args(["netns", "list"]).output().unwrap().stdout).unwrap();
@@ -332,4 +334,9 @@ fn lab_leaves_nothing_behind_even_when_a_test_panics() {
     }
     assert!(!pins.exists(), "pins left at {}", pins.display());
     assert!(!dir.exists(), "lab dir left at {}", dir.display());
+    // The stray process was ended with its namespace (a zombie until reaped
+    // here counts as ended).
+    let state = std::fs::read_to_string(format!("/proc/{stray}/stat")).unwrap_or_default();
+    assert!(state.is_empty() || state.contains(") Z"), "process {stray} left running: {state}");
+    let _ = nix::sys::wait::waitpid(nix::unistd::Pid::from_raw(stray as i32), None);
 }

@@ -387,12 +387,15 @@ fn rss_kib(pid: u32) -> u64 {
         .unwrap_or(0)
 }
 
-/// `count` peers with /24 pod CIDRs in 10.128.0.0/9 and addresses in 172.31/16.
+/// `count` peers (at most 8192) as the agent accepts them: /30 pod CIDRs
+/// inside the lab's cluster CIDR (10.244.128.0/17, clear of the lab nodes'
+/// own) and node IPs on the lab's node network (172.30.0.10-249, shared:
+/// the agent routes each CIDR on its own).
 fn synthetic_routes(count: usize) -> map_routes::Routes {
     (0..count)
         .map(|i| {
-            let cidr = format!("10.{}.{}.0/24", 128 + i / 256, i % 256).parse().expect("valid");
-            let ip = Ipv4Addr::new(172, 31, (i / 250) as u8, (i % 250 + 1) as u8);
+            let cidr = format!("10.244.{}.{}/30", 128 + i / 64, (i % 64) * 4).parse().expect("valid");
+            let ip = Ipv4Addr::new(172, 30, 0, 10 + (i % 240) as u8);
             (cidr, ip)
         })
         .collect()
@@ -448,9 +451,9 @@ fn control_plane(bins: &Path, plan: &Plan) -> Result<Value> {
     let api = klab.api.as_ref().context("api server")?;
     let mut lat = Vec::new();
     for i in 0..20u8 {
-        let cidr = format!("10.250.{i}.0/24");
+        let cidr = format!("10.244.{}.0/24", 100 + i);
         let t = Instant::now();
-        api.upsert_node(&format!("k{i}"), &format!("172.31.250.{}", i + 1), Some(&cidr));
+        api.upsert_node(&format!("k{i}"), &format!("172.30.0.{}", 100 + i), Some(&cidr));
         let want: ipnetwork::Ipv4Network = cidr.parse()?;
         while !kmap.all()?.contains_key(&want) {
             if t.elapsed() > Duration::from_secs(10) {

@@ -27,7 +27,7 @@ use sluice_node::{
 use crate::{
     commands::health_endpoint,
     config::AgentConfig,
-    membership::{self, kubernetes::KubeNodes, peers_file::PeersFile, Membership, Problem},
+    membership::{self, kubernetes::KubeNodes, peers_file::PeersFile, Membership, Problem, Ranges},
     reconcile::{kernel_routes, map_routes, masquerade},
     state_file::{self, AgentState},
 };
@@ -53,26 +53,31 @@ impl Source {
     }
 
     /// The membership now. `Ok(None)`: not known yet (Kubernetes not listed).
-    fn membership(&self, node: &AgentConfig, own_cidr: Option<Ipv4Network>) -> Result<Option<Membership>> {
+    fn membership(
+        &self,
+        node: &AgentConfig,
+        own_cidr: Option<Ipv4Network>,
+        ranges: &Ranges,
+    ) -> Result<Option<Membership>> {
         match self {
             Source::PeersFile(path) => {
                 let own = own_cidr.context("--pod-cidr is required with --peers-file")?;
                 let bytes = std::fs::read(path).with_context(|| format!("read peers file {}", path.display()))?;
-                Ok(Some(PeersFile::parse(&bytes)?.membership(&node.node_name, own)?))
+                Ok(Some(PeersFile::parse(&bytes)?.membership(&node.node_name, own, ranges)?))
             }
             Source::Kubernetes(kube) => {
                 let (entries, state) = kube.snapshot();
                 if !state.synced {
                     return Ok(None);
                 }
-                Ok(Some(membership::from_entries(&entries, &node.node_name, own_cidr)))
+                Ok(Some(membership::from_entries(&entries, &node.node_name, own_cidr, ranges)))
             }
         }
     }
 }
 
 async fn sweep(netlink: &Netlink, node: &AgentConfig, pod_cidr: Ipv4Network, pins: &PinDir, grace: Duration) {
-    let swept = match sweep::NodeSweep::open(netlink, pins, &node.data_dir, pod_cidr) {
+    let swept = match sweep::NodeSweep::open(netlink, pins, &node.data_dir, pod_cidr).await {
         Ok(mut target) => sweep::sweep(&mut target, grace).await,
         Err(e) => Err(e),
     };
@@ -123,11 +128,11 @@ impl Reconcilers {
 }
 
 /// Wait for the first complete membership that names this node's pod CIDR.
-async fn initial_membership(source: &Source, node: &AgentConfig) -> Result<Membership> {
+async fn initial_membership(source: &Source, node: &AgentConfig, ranges: &Ranges) -> Result<Membership> {
     let mut waited = 0u32;
     loop {
         // A bad peers file at start is fatal: nothing is running yet to keep.
-        if let Some(m) = source.membership(node, node.pod_cidr)? {
+        if let Some(m) = source.membership(node, node.pod_cidr, ranges)? {
             if m.own_pod_cidr.is_some() {
                 return Ok(m);
             }
@@ -166,9 +171,20 @@ pub async fn run(mut node: AgentConfig, source: Source, bpffs_mount: PathBuf, ti
         .with_context(|| format!("uplink {} has no IPv4 address", node.uplink))?;
     let node_network = Ipv4Network::new(node_ip, prefix).context("uplink address")?;
     let node_network = Ipv4Network::new(node_network.network(), prefix)?;
-    bpffs::ensure_mounted(&bpffs_mount)?;
+    if node.mount_bpffs {
+        bpffs::ensure_mounted(&bpffs_mount)?;
+    } else if !bpffs::is_bpffs(&bpffs_mount).unwrap_or(false) {
+        bail!(
+            "{} is not a bpffs: the host's bpffs must be mounted there (and, in a container, mounted in from the \
+             host) so pins outlive the agent; a bpffs mounted here would vanish with this mount namespace. \
+             Mount it on the host (`mount -t bpf bpf {}`), or pass --mount-bpffs on a host process",
+            bpffs_mount.display(),
+            bpffs_mount.display()
+        );
+    }
 
-    let membership = initial_membership(&source, &node).await?;
+    let ranges = Ranges { cluster: node.cluster_cidr, service: node.service_cidr, node_network: Some(node_network) };
+    let membership = initial_membership(&source, &node, &ranges).await?;
     let pod_cidr = membership.own_pod_cidr.expect("initial_membership waits for it");
     node.validate_pod_cidr(pod_cidr, node_network).context("invalid pod CIDR")?;
     if let Some(p) = membership.problems.iter().find(|p| p.involves_own_cidr()) {
@@ -201,8 +217,9 @@ pub async fn run(mut node: AgentConfig, source: Source, bpffs_mount: PathBuf, ti
     reconcilers.pass(&membership).await?;
     info!(node = %node.node_name, uplink = %node.uplink, %node_ip, mtu, pods, "datapath ready");
 
-    let health_netns =
-        health_endpoint::ensure(&netlink, &pins, &node.health_netns, pod_cidr, mtu).await.context("health endpoint")?;
+    let health_netns = health_endpoint::ensure(&netlink, &pins, &node.health_netns_name(), pod_cidr, mtu)
+        .await
+        .context("health endpoint")?;
     health_endpoint::serve(&health_netns, &node.node_name)?;
 
     if let Some(dir) = &node.cni_bin_dir {
@@ -242,10 +259,11 @@ pub async fn run(mut node: AgentConfig, source: Source, bpffs_mount: PathBuf, ti
     loop {
         // Desired state is read whole on every pass; the diff makes that
         // cheap and a missed change impossible.
-        let outcome = match source.membership(&node, Some(pod_cidr)).and_then(|m| m.context("membership not known")) {
-            Ok(m) => reconcilers.pass(&m).await.map(|_| m),
-            Err(e) => Err(e),
-        };
+        let outcome =
+            match source.membership(&node, Some(pod_cidr), &ranges).and_then(|m| m.context("membership not known")) {
+                Ok(m) => reconcilers.pass(&m).await.map(|_| m),
+                Err(e) => Err(e),
+            };
         match outcome {
             Ok(m) => {
                 if m.problems != last_problems {

@@ -14,7 +14,7 @@ use std::{
     time::Duration,
 };
 
-use anyhow::Result;
+use anyhow::{Context, Result};
 use ipnetwork::Ipv4Network;
 use sluice_common::{maps::programs, EndpointInfo};
 use tracing::{info, warn};
@@ -137,8 +137,13 @@ pub struct NodeSweep<'a> {
 }
 
 impl<'a> NodeSweep<'a> {
-    pub fn open(netlink: &'a Netlink, pins: &'a PinDir, data_dir: &Path, pod_cidr: Ipv4Network) -> Result<Self> {
-        let store = LeaseStore::lock(data_dir, pod_cidr)?;
+    /// Waiting for the IPAM lock (a CNI ADD may hold it) happens on the
+    /// blocking pool, never on the agent's one runtime thread, which keeps
+    /// serving the health endpoint and reconciling meanwhile.
+    pub async fn open(netlink: &'a Netlink, pins: &'a PinDir, data_dir: &Path, pod_cidr: Ipv4Network) -> Result<Self> {
+        let dir = data_dir.to_path_buf();
+        let store =
+            tokio::task::spawn_blocking(move || LeaseStore::lock(&dir, pod_cidr)).await.context("IPAM lock task")??;
         let endpoints = Endpoints::open(pins)?;
         Ok(Self { netlink, pins, store, endpoints })
     }

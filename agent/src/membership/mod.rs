@@ -25,6 +25,15 @@ pub enum Problem {
     OverlapsOwn { node: String, cidr: Ipv4Network, own: Ipv4Network },
     /// Its pod CIDR overlaps one already routed to another node.
     OverlapsOther { node: String, cidr: Ipv4Network, other: Ipv4Network, owner: String },
+    /// Its pod CIDR is not inside the cluster CIDR.
+    OutsideCluster { node: String, cidr: Ipv4Network, cluster: Ipv4Network },
+    /// Its pod CIDR overlaps the service range.
+    OverlapsServices { node: String, cidr: Ipv4Network, service: Ipv4Network },
+    /// Its pod CIDR overlaps the node network (the uplink's subnet).
+    OverlapsNodeNetwork { node: String, cidr: Ipv4Network, network: Ipv4Network },
+    /// Its node IP is not on this node's uplink subnet: without an overlay
+    /// the next hop cannot be reached.
+    OffSubnet { node: String, node_ip: Ipv4Addr, network: Ipv4Network },
 }
 
 impl Problem {
@@ -34,7 +43,11 @@ impl Problem {
             Problem::NoPodCidr { node }
             | Problem::NoNodeIp { node }
             | Problem::OverlapsOwn { node, .. }
-            | Problem::OverlapsOther { node, .. } => node,
+            | Problem::OverlapsOther { node, .. }
+            | Problem::OutsideCluster { node, .. }
+            | Problem::OverlapsServices { node, .. }
+            | Problem::OverlapsNodeNetwork { node, .. }
+            | Problem::OffSubnet { node, .. } => node,
         }
     }
 
@@ -56,6 +69,19 @@ impl fmt::Display for Problem {
             Problem::OverlapsOther { node, cidr, other, owner } => {
                 write!(f, "node {node}: pod CIDR {cidr} overlaps {other} of node {owner}; not routed")
             }
+            Problem::OutsideCluster { node, cidr, cluster } => {
+                write!(f, "node {node}: pod CIDR {cidr} is outside the cluster CIDR {cluster}; not routed")
+            }
+            Problem::OverlapsServices { node, cidr, service } => {
+                write!(f, "node {node}: pod CIDR {cidr} overlaps the service CIDR {service}; not routed")
+            }
+            Problem::OverlapsNodeNetwork { node, cidr, network } => {
+                write!(f, "node {node}: pod CIDR {cidr} overlaps the node network {network}; not routed")
+            }
+            Problem::OffSubnet { node, node_ip, network } => write!(
+                f,
+                "node {node}: node IP {node_ip} is not on this node's network {network}; not routed (no overlay)"
+            ),
         }
     }
 }
@@ -80,10 +106,34 @@ pub struct NodeEntry {
     pub pod_cidr: Option<Ipv4Network>,
 }
 
+/// The address ranges other nodes' pod CIDRs are checked against, as this
+/// node's own is (`config::validate_pod_cidr`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Ranges {
+    pub cluster: Ipv4Network,
+    pub service: Option<Ipv4Network>,
+    /// This node's uplink subnet; `None` skips the node-network checks.
+    pub node_network: Option<Ipv4Network>,
+}
+
+/// The network a CIDR names: `10.244.1.5/24` is `10.244.1.0/24` (the API
+/// does not promise network addresses; the routes must not flap between
+/// two spellings of one key).
+pub fn normalise(cidr: Ipv4Network) -> Ipv4Network {
+    Ipv4Network::new(cidr.network(), cidr.prefix()).expect("a valid prefix stays valid")
+}
+
 /// Build membership from node entries, in name order. A node that cannot be
-/// routed to (no pod CIDR yet, no address, overlapping another's CIDR) is
-/// reported and left out; the rest still apply.
-pub fn from_entries(entries: &[NodeEntry], own_name: &str, own_pod_cidr: Option<Ipv4Network>) -> Membership {
+/// routed to (no pod CIDR yet, no address, a CIDR outside the cluster or
+/// overlapping the services, the node network, this node's or another's,
+/// a node IP off this node's subnet) is reported and left out; the rest
+/// still apply.
+pub fn from_entries(
+    entries: &[NodeEntry],
+    own_name: &str,
+    own_pod_cidr: Option<Ipv4Network>,
+    ranges: &Ranges,
+) -> Membership {
     let mut sorted: Vec<&NodeEntry> = entries.iter().collect();
     sorted.sort_by(|a, b| a.name.cmp(&b.name));
     let mut m = Membership {
@@ -94,7 +144,7 @@ pub fn from_entries(entries: &[NodeEntry], own_name: &str, own_pod_cidr: Option<
         if e.name == own_name {
             continue;
         }
-        let Some(cidr) = e.pod_cidr else {
+        let Some(cidr) = e.pod_cidr.map(normalise) else {
             m.problems.push(Problem::NoPodCidr { node: e.name.clone() });
             continue;
         };
@@ -102,6 +152,26 @@ pub fn from_entries(entries: &[NodeEntry], own_name: &str, own_pod_cidr: Option<
             m.problems.push(Problem::NoNodeIp { node: e.name.clone() });
             continue;
         };
+        let node = e.name.clone();
+        let cluster = ranges.cluster;
+        if !(cluster.contains(cidr.network()) && cluster.prefix() <= cidr.prefix()) {
+            m.problems.push(Problem::OutsideCluster { node, cidr, cluster });
+            continue;
+        }
+        if let Some(service) = ranges.service.filter(|s| s.overlaps(cidr)) {
+            m.problems.push(Problem::OverlapsServices { node, cidr, service });
+            continue;
+        }
+        if let Some(network) = ranges.node_network {
+            if network.overlaps(cidr) {
+                m.problems.push(Problem::OverlapsNodeNetwork { node, cidr, network });
+                continue;
+            }
+            if !network.contains(ip) {
+                m.problems.push(Problem::OffSubnet { node, node_ip: ip, network });
+                continue;
+            }
+        }
         if let Some(own) = m.own_pod_cidr.filter(|own| own.overlaps(cidr)) {
             m.problems.push(Problem::OverlapsOwn { node: e.name.clone(), cidr, own });
             continue;
@@ -119,6 +189,12 @@ pub fn from_entries(entries: &[NodeEntry], own_name: &str, own_pod_cidr: Option<
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    const RANGES: Ranges = Ranges {
+        cluster: Ipv4Network::new_checked(Ipv4Addr::new(10, 244, 0, 0), 16).unwrap(),
+        service: None,
+        node_network: None,
+    };
 
     fn e(name: &str, ip: Option<&str>, cidr: Option<&str>) -> NodeEntry {
         NodeEntry {
@@ -138,7 +214,7 @@ mod tests {
             e("n5", Some("10.0.0.5"), Some("10.244.2.128/25")),
             e("n6", Some("10.0.0.6"), Some("10.244.1.0/25")),
         ];
-        let m = from_entries(&entries, "n1", None);
+        let m = from_entries(&entries, "n1", None, &RANGES);
         assert_eq!(m.own_pod_cidr, Some("10.244.1.0/24".parse().unwrap()));
         assert_eq!(m.routes.len(), 1);
         assert_eq!(m.route_nodes[&"10.244.2.0/24".parse().unwrap()], "n2");
@@ -171,7 +247,45 @@ mod tests {
             &[e("n1", Some("10.0.0.1"), Some("10.244.9.0/24"))],
             "n1",
             Some("10.244.1.0/24".parse().unwrap()),
+            &RANGES,
         );
         assert_eq!(m.own_pod_cidr, Some("10.244.1.0/24".parse().unwrap()));
+    }
+
+    #[test]
+    fn other_nodes_cidrs_are_checked_like_our_own() {
+        let net = |s: &str| s.parse::<Ipv4Network>().unwrap();
+        let ranges = Ranges {
+            cluster: net("10.244.0.0/16"),
+            service: Some(net("10.244.200.0/24")),
+            node_network: Some(net("10.0.0.0/24")),
+        };
+        let entries = vec![
+            e("n2", Some("10.0.0.2"), Some("10.244.2.7/24")), // host bits: normalised, routed
+            e("n3", Some("10.0.0.3"), Some("10.245.3.0/24")), // outside the cluster
+            e("n4", Some("10.0.0.4"), Some("10.244.200.0/25")), // in the service range
+            e("n5", Some("192.168.9.5"), Some("10.244.5.0/24")), // off this node's subnet
+        ];
+        let m = from_entries(&entries, "n1", Some(net("10.244.1.0/24")), &ranges);
+        assert_eq!(m.routes.keys().copied().collect::<Vec<_>>(), vec![net("10.244.2.0/24")]);
+        let kinds: Vec<&str> = m
+            .problems
+            .iter()
+            .map(|p| match p {
+                Problem::OutsideCluster { .. } => "outside",
+                Problem::OverlapsServices { .. } => "services",
+                Problem::OffSubnet { .. } => "off-subnet",
+                _ => "other",
+            })
+            .collect();
+        assert_eq!(kinds, ["outside", "services", "off-subnet"], "{:?}", m.problems);
+        assert!(m.problems[2].to_string().contains("192.168.9.5 is not on this node's network 10.0.0.0/24"));
+        // Overlapping the node network.
+        let wide = Ranges { node_network: Some(net("10.244.8.0/22")), ..ranges };
+        let m = from_entries(&[e("n9", Some("10.244.8.9"), Some("10.244.9.0/24"))], "n1", None, &wide);
+        assert!(matches!(m.problems[0], Problem::OverlapsNodeNetwork { .. }), "{:?}", m.problems);
+        // The same Node read twice gives the same key: no flapping.
+        let once = from_entries(&entries[..1], "n1", None, &ranges);
+        assert_eq!(once.routes, from_entries(&entries[..1], "n1", None, &ranges).routes);
     }
 }

@@ -82,14 +82,19 @@ impl PeersFile {
 
 impl PeersFile {
     /// Membership from this file, after `desired_routes`'s whole-file checks.
-    pub fn membership(&self, own_name: &str, own_cidr: Ipv4Network) -> Result<super::Membership, PeersError> {
+    pub fn membership(
+        &self,
+        own_name: &str,
+        own_cidr: Ipv4Network,
+        ranges: &super::Ranges,
+    ) -> Result<super::Membership, PeersError> {
         self.desired_routes(own_name, own_cidr)?;
         let entries: Vec<super::NodeEntry> = self
             .peers
             .iter()
             .map(|p| super::NodeEntry { name: p.name.clone(), node_ip: Some(p.node_ip), pod_cidr: Some(p.pod_cidr) })
             .collect();
-        Ok(super::from_entries(&entries, own_name, Some(own_cidr)))
+        Ok(super::from_entries(&entries, own_name, Some(own_cidr), ranges))
     }
 }
 

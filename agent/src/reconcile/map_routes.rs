@@ -51,17 +51,19 @@ impl RouteTable for NodeRoutes {
     }
 }
 
-/// Read the table, diff against `desired`, apply. Upserts go first, so a
-/// CIDR that moves between nodes is never absent; the first failure stops
-/// the pass (the next pass starts again from what the table then holds).
+/// Read the table, diff against `desired`, apply. Removals go first, so a
+/// full map makes room before new routes arrive (a node replaced in a full
+/// map); a CIDR that moves between nodes is an upsert of its key in place,
+/// never absent. The first failure stops the pass (the next pass starts
+/// again from what the table then holds).
 pub fn reconcile(table: &mut impl RouteTable, desired: &Routes) -> Result<RouteDiff> {
     let actual = table.all()?;
     let diff = diff(desired, &actual);
-    for (cidr, node_ip) in &diff.upsert {
-        table.upsert(*cidr, *node_ip)?;
-    }
     for cidr in &diff.remove {
         table.remove(*cidr)?;
+    }
+    for (cidr, node_ip) in &diff.upsert {
+        table.upsert(*cidr, *node_ip)?;
     }
     if !diff.is_empty() {
         info!(
@@ -137,14 +139,14 @@ mod tests {
     }
 
     #[test]
-    fn upserts_before_removals_and_only_the_difference() {
+    fn removals_before_upserts_and_only_the_difference() {
         let mut t = FakeTable {
             routes: routes(&[("10.1.0.0/24", "1.1.1.1"), ("10.2.0.0/24", "1.1.1.2")]),
             ..Default::default()
         };
         let desired = routes(&[("10.2.0.0/24", "1.1.1.2"), ("10.3.0.0/24", "1.1.1.3")]);
         let d = reconcile(&mut t, &desired).unwrap();
-        assert_eq!(t.calls, vec!["upsert 10.3.0.0/24", "remove 10.1.0.0/24"]);
+        assert_eq!(t.calls, vec!["remove 10.1.0.0/24", "upsert 10.3.0.0/24"]);
         assert_eq!(t.routes, desired);
         assert_eq!(d.upsert.len() + d.remove.len(), 2);
         // A second pass is a no-op.
@@ -155,15 +157,15 @@ mod tests {
 
     #[test]
     fn a_failing_upsert_stops_the_pass_and_keeps_what_is_there() {
-        let old = routes(&[("10.1.0.0/24", "1.1.1.1")]);
+        let old = routes(&[("10.1.0.0/24", "1.1.1.1"), ("10.2.0.0/24", "1.1.1.2")]);
         let bad: Ipv4Network = "10.3.0.0/24".parse().unwrap();
         let mut t = FakeTable { routes: old.clone(), fail_upsert_of: Some(bad), ..Default::default() };
-        let desired = routes(&[("10.2.0.0/24", "1.1.1.2"), ("10.3.0.0/24", "1.1.1.3")]);
+        let desired = routes(&[("10.2.0.0/24", "1.1.1.9"), ("10.3.0.0/24", "1.1.1.3")]);
         assert!(reconcile(&mut t, &desired).is_err());
-        // 10.2 went in, 10.3 failed, and nothing was removed: traffic to
-        // 10.1 keeps flowing until a pass succeeds.
-        assert_eq!(t.calls, vec!["upsert 10.2.0.0/24", "upsert 10.3.0.0/24"]);
-        assert!(t.routes.contains_key(&"10.1.0.0/24".parse().unwrap()));
+        // 10.1 (gone from membership) went, 10.2 moved, 10.3 failed: the
+        // routes still wanted keep flowing until a pass succeeds.
+        assert_eq!(t.calls, vec!["remove 10.1.0.0/24", "upsert 10.2.0.0/24", "upsert 10.3.0.0/24"]);
+        assert_eq!(t.routes[&"10.2.0.0/24".parse().unwrap()], "1.1.1.9".parse::<Ipv4Addr>().unwrap());
         // Once the failure clears, the next pass finishes the job.
         t.fail_upsert_of = None;
         reconcile(&mut t, &desired).unwrap();
@@ -171,14 +173,18 @@ mod tests {
     }
 
     #[test]
-    fn a_full_map_refuses_new_routes_but_still_moves_existing_ones() {
+    fn a_full_map_still_takes_a_replaced_node_and_moves_existing_ones() {
         let mut t =
             FakeTable { routes: routes(&[("10.1.0.0/24", "1.1.1.1")]), capacity: Some(1), ..Default::default() };
         // Same CIDR, new node IP: an in-place update fits.
         reconcile(&mut t, &routes(&[("10.1.0.0/24", "1.1.1.9")])).unwrap();
         assert_eq!(t.routes, routes(&[("10.1.0.0/24", "1.1.1.9")]));
-        // A new CIDR does not fit while the old one is still there.
-        assert!(reconcile(&mut t, &routes(&[("10.2.0.0/24", "1.1.1.2")])).is_err());
-        assert_eq!(t.routes, routes(&[("10.1.0.0/24", "1.1.1.9")]), "nothing lost");
+        // A node replaced by another: its route leaves first, so the new one fits.
+        reconcile(&mut t, &routes(&[("10.2.0.0/24", "1.1.1.2")])).unwrap();
+        assert_eq!(t.routes, routes(&[("10.2.0.0/24", "1.1.1.2")]));
+        // More routes than fit: a named error, the rest kept.
+        let err = reconcile(&mut t, &routes(&[("10.2.0.0/24", "1.1.1.2"), ("10.3.0.0/24", "1.1.1.3")])).unwrap_err();
+        assert!(format!("{err:#}").contains("full"), "{err:#}");
+        assert_eq!(t.routes, routes(&[("10.2.0.0/24", "1.1.1.2")]), "nothing lost");
     }
 }

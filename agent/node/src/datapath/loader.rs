@@ -118,15 +118,27 @@ impl Datapath {
                     attach_and_pin(prog, program, ifname, &pin)
                 };
                 if let Err(e) = result {
-                    warn!(link = %pin.display(), error = %format!("{e:#}"), "pod link is stale; removing its pin");
-                    let _ = fs::remove_file(&pin);
                     ok = false;
+                    // Only a link whose interface is gone is stale. Any other
+                    // failure leaves the pin (and the old program attached):
+                    // unpinning would detach a live pod's datapath.
+                    if interface_exists(ifname) {
+                        warn!(link = %pin.display(), error = %format!("{e:#}"), "pod link not updated; left as is");
+                    } else {
+                        warn!(link = %pin.display(), "pod's interface is gone; removing its link pin");
+                        let _ = fs::remove_file(&pin);
+                    }
                 }
             }
             updated += usize::from(ok);
         }
         Ok(updated)
     }
+}
+
+/// Is there an interface of this name in the calling thread's namespace?
+fn interface_exists(ifname: &str) -> bool {
+    nix::net::if_::if_nametoindex(ifname).is_ok()
 }
 
 fn program_mut<'a>(ebpf: &'a mut Ebpf, name: &str) -> Result<&'a mut SchedClassifier> {

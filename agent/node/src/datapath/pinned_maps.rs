@@ -8,7 +8,10 @@ use aya::maps::{
     Array, HashMap, Map, MapData, PerCpuArray, PerCpuHashMap,
 };
 use ipnetwork::Ipv4Network;
-use sluice_common::{maps::names, DropReason, EndpointInfo, ForwardPath, NodeConfig, RemoteNode};
+use sluice_common::{
+    maps::{limits, names},
+    DropReason, EndpointInfo, ForwardPath, NodeConfig, RemoteNode,
+};
 
 use super::pins::PinDir;
 
@@ -28,6 +31,28 @@ fn removed_or_absent(result: Result<(), aya::maps::MapError>) -> Result<(), aya:
     }
 }
 
+/// True when an insert failed because the map has no room (`E2BIG`).
+fn is_full(e: &aya::maps::MapError) -> bool {
+    matches!(e, aya::maps::MapError::SyscallError(s) if s.io_error.raw_os_error() == Some(libc::E2BIG))
+}
+
+/// The error of a failed insert: a full map is named, with its size.
+fn insert_error(e: aya::maps::MapError, map: &str, max: u32, what: String) -> anyhow::Error {
+    if is_full(&e) {
+        anyhow::Error::new(MapFull { map: map.to_string(), max }).context(what)
+    } else {
+        anyhow::Error::new(e).context(what)
+    }
+}
+
+/// A map with no room for one more entry.
+#[derive(Debug, thiserror::Error)]
+#[error("map {map} is full ({max} entries)")]
+pub struct MapFull {
+    pub map: String,
+    pub max: u32,
+}
+
 pub fn ip_be(ip: Ipv4Addr) -> u32 {
     u32::from_ne_bytes(ip.octets())
 }
@@ -45,7 +70,9 @@ impl Endpoints {
     }
 
     pub fn insert(&mut self, ip: Ipv4Addr, ep: EndpointInfo) -> Result<()> {
-        self.0.insert(ip_be(ip), ep, 0).with_context(|| format!("insert endpoint {ip}"))
+        self.0
+            .insert(ip_be(ip), ep, 0)
+            .map_err(|e| insert_error(e, names::ENDPOINTS, limits::MAX_ENDPOINTS, format!("insert endpoint {ip}")))
     }
 
     /// Remove; an absent entry counts as removed.
@@ -92,7 +119,9 @@ impl NodeRoutes {
 
     pub fn upsert(&mut self, cidr: Ipv4Network, node_ip: Ipv4Addr) -> Result<()> {
         let value = RemoteNode { node_ip_be: ip_be(node_ip), _reserved: 0 };
-        self.0.insert(&Self::key(cidr), value, 0).with_context(|| format!("insert route {cidr} via {node_ip}"))
+        self.0.insert(&Self::key(cidr), value, 0).map_err(|e| {
+            insert_error(e, names::NODE_ROUTES, limits::MAX_NODE_ROUTES, format!("insert route {cidr} via {node_ip}"))
+        })
     }
 
     pub fn remove(&mut self, cidr: Ipv4Network) -> Result<()> {

@@ -130,6 +130,46 @@ impl Netlink {
         Ok(None)
     }
 
+    /// Every IPv4 address on interface `index`, with its prefix length.
+    pub async fn ipv4_addresses(&self, index: u32) -> Result<Vec<(Ipv4Addr, u8)>> {
+        let mut out = Vec::new();
+        let mut addrs = self.handle.address().get().set_link_index_filter(index).execute();
+        while let Some(msg) = addrs.try_next().await.context("list addresses")? {
+            for attr in &msg.attributes {
+                if let AddressAttribute::Address(IpAddr::V4(ip)) = attr {
+                    out.push((*ip, msg.header.prefix_len));
+                }
+            }
+        }
+        Ok(out)
+    }
+
+    /// The MAC of `ip`'s permanent neighbour entry on interface `index`.
+    pub async fn permanent_neighbour(&self, index: u32, ip: Ipv4Addr) -> Result<Option<[u8; 6]>> {
+        use netlink_packet_route::neighbour::{NeighbourAddress, NeighbourAttribute};
+        let mut neighbours = self.handle.neighbours().get().set_family(rtnetlink::IpVersion::V4).execute();
+        while let Some(msg) = neighbours.try_next().await.context("list neighbours")? {
+            if msg.header.ifindex != index || msg.header.state != NeighbourState::Permanent {
+                continue;
+            }
+            let mut is_ip = false;
+            let mut mac = None;
+            for attr in &msg.attributes {
+                match attr {
+                    NeighbourAttribute::Destination(NeighbourAddress::Inet(a)) => is_ip = *a == ip,
+                    NeighbourAttribute::LinkLocalAddress(m) if m.len() == 6 => {
+                        mac = Some([m[0], m[1], m[2], m[3], m[4], m[5]]);
+                    }
+                    _ => {}
+                }
+            }
+            if is_ip {
+                return Ok(mac);
+            }
+        }
+        Ok(None)
+    }
+
     /// The interface of the IPv4 default route in the main table, if any.
     pub async fn default_route_interface(&self) -> Result<Option<LinkInfo>> {
         let mut routes = self.handle.route().get(rtnetlink::IpVersion::V4).execute();
@@ -149,10 +189,16 @@ impl Netlink {
     /// IPv4 routes of the main table installed with `protocol`: destination
     /// → (gateway, output interface). Routes anyone else made are not listed.
     pub async fn routes_of_protocol(&self, protocol: u8) -> Result<Vec<KernelRoute>> {
+        self.main_routes(Some(protocol)).await
+    }
+
+    /// IPv4 routes of the main table (of one protocol, or all).
+    pub async fn main_routes(&self, protocol: Option<u8>) -> Result<Vec<KernelRoute>> {
         let mut out = Vec::new();
         let mut routes = self.handle.route().get(rtnetlink::IpVersion::V4).execute();
         while let Some(msg) = routes.try_next().await.context("list routes")? {
-            if msg.header.table != RT_TABLE_MAIN || msg.header.protocol != RouteProtocol::Other(protocol) {
+            let wrong_protocol = protocol.is_some_and(|p| msg.header.protocol != RouteProtocol::Other(p));
+            if msg.header.table != RT_TABLE_MAIN || wrong_protocol {
                 continue;
             }
             let (mut dst, mut gateway, mut oif) = (Ipv4Addr::UNSPECIFIED, None, 0);

@@ -116,11 +116,18 @@ fn nodeports_from_the_world_with_both_traffic_policies() {
 fn pods_reach_the_world_masqueraded_and_pod_to_pod_stays_unnated() {
     let mut lab = cluster_lab(2, 1);
     let (n1, n2) = (lab.state.nodes[0].clone(), lab.state.nodes[1].clone());
+    // As Docker leaves a node: FORWARD's policy is DROP. An accept in
+    // another nftables table would not override it; sluice's chain does.
+    for n in [&n1, &n2] {
+        ns_exec(&n.netns, &["iptables", "-P", "FORWARD", "DROP"]).unwrap();
+    }
     let pod = &n1.pods[0];
     assert!(sluice_tests::lab::ping(&pod.netns, WORLD_IP), "pod → world ICMP");
     let answer = tcp_text(&pod.netns, WORLD_IP, WORLD_PORT).expect("pod → world TCP");
     let (_, saw) = parse_whoami(&answer).unwrap();
     assert_eq!(saw.to_string(), n1.ip, "the world sees the node's address: {answer}");
+    // Through a ClusterIP too, with the policy still DROP.
+    assert!(tcp_text(&pod.netns, DEMO_IP, 80).is_some(), "pod → ClusterIP with FORWARD policy DROP");
     // Pod to pod across nodes on the LAN: the pods' own addresses.
     let cap = Capture::start(&lab.state.lan_netns);
     assert!(sluice_tests::lab::ping(&pod.netns, &n2.pods[0].ip));

@@ -25,6 +25,11 @@ pub mod names {
     pub const IFACE_PACKETS: &str = "IFACE_PACKETS";
     /// `LruHashMap<FlowKey, u32>`: replies of flows the node's stack forwarded.
     pub const STACK_FLOWS: &str = "STACK_FLOWS";
+    /// `RingBuf` of `events::DatapathEvent`: drops, and traces on request.
+    pub const EVENTS: &str = "EVENTS";
+    /// `Array<u32>` with one entry: `events::MONITOR_TRACE` while a monitor
+    /// traces.
+    pub const MONITOR: &str = "MONITOR";
 }
 
 /// Program names in the eBPF object (also their pin names under `progs/`).
@@ -54,6 +59,8 @@ pub mod limits {
     /// Flows the stack forwarded whose replies must return through it;
     /// least recently used entries make room.
     pub const MAX_STACK_FLOWS: u32 = 65536;
+    /// Bytes of the events ring buffer (a power of two, pages).
+    pub const EVENTS_BYTES: u32 = 256 * 1024;
 }
 
 /// A pod on this node. Key: the pod's IPv4 address (be).

@@ -16,7 +16,7 @@ use crate::{
 pub fn from_pod(ctx: TcContext) -> i32 {
     match try_from_pod(&ctx) {
         Ok(action) => action,
-        Err(reason) => drop_packet(reason),
+        Err(reason) => drop_packet(&ctx, reason),
     }
 }
 
@@ -25,7 +25,7 @@ fn try_from_pod(ctx: &TcContext) -> Result<i32, DropReason> {
     let Some((eth, ip)) = parse::ipv4(ctx)? else {
         // ARP, IPv6: the node's stack answers (pods use a static neighbour
         // for their gateway, so ARP is rare).
-        count_forward(ForwardPath::ToStack);
+        count_forward(ctx, ForwardPath::ToStack);
         return Ok(TC_ACT_OK as i32);
     };
     // SAFETY: bounds checked by parse::ipv4.
@@ -66,11 +66,11 @@ fn try_from_pod(ctx: &TcContext) -> Result<i32, DropReason> {
     match decision {
         Verdict::Drop(reason) => Err(reason),
         Verdict::ToStack => {
-            count_forward(ForwardPath::ToStack);
+            count_forward(ctx, ForwardPath::ToStack);
             Ok(TC_ACT_OK as i32)
         }
         Verdict::StackFlowReply => {
-            count_forward(ForwardPath::StackFlowReply);
+            count_forward(ctx, ForwardPath::StackFlowReply);
             Ok(TC_ACT_OK as i32)
         }
         Verdict::ToLocalPod => {
@@ -79,7 +79,7 @@ fn try_from_pod(ctx: &TcContext) -> Result<i32, DropReason> {
             };
             forward::decrement_ttl(ip);
             let action = forward::into_pod(eth, ep)?;
-            count_forward(ForwardPath::PodToLocalPod);
+            count_forward(ctx, ForwardPath::PodToLocalPod);
             Ok(action)
         }
         Verdict::ToRemoteNode => {
@@ -88,7 +88,7 @@ fn try_from_pod(ctx: &TcContext) -> Result<i32, DropReason> {
             };
             forward::decrement_ttl(ip);
             let action = forward::to_node(ctx, uplink_ifindex, node.node_ip_be)?;
-            count_forward(ForwardPath::PodToNode);
+            count_forward(ctx, ForwardPath::PodToNode);
             Ok(action)
         }
     }

@@ -16,14 +16,14 @@ use crate::{
 pub fn from_uplink(ctx: TcContext) -> i32 {
     match try_from_uplink(&ctx) {
         Ok(action) => action,
-        Err(reason) => drop_packet(reason),
+        Err(reason) => drop_packet(&ctx, reason),
     }
 }
 
 #[inline(always)]
 fn try_from_uplink(ctx: &TcContext) -> Result<i32, DropReason> {
     let Some((eth, ip)) = parse::ipv4(ctx)? else {
-        count_forward(ForwardPath::ToStack);
+        count_forward(ctx, ForwardPath::ToStack);
         return Ok(TC_ACT_OK as i32);
     };
     // SAFETY: bounds checked by parse::ipv4.
@@ -53,7 +53,7 @@ fn try_from_uplink(ctx: &TcContext) -> Result<i32, DropReason> {
     match verdict::from_uplink(facts) {
         Verdict::Drop(reason) => Err(reason),
         Verdict::StackFlowReply => {
-            count_forward(ForwardPath::StackFlowReply);
+            count_forward(ctx, ForwardPath::StackFlowReply);
             Ok(TC_ACT_OK as i32)
         }
         Verdict::ToLocalPod => {
@@ -62,12 +62,12 @@ fn try_from_uplink(ctx: &TcContext) -> Result<i32, DropReason> {
             };
             forward::decrement_ttl(ip);
             let action = forward::into_pod(eth, ep)?;
-            count_forward(ForwardPath::UplinkToPod);
+            count_forward(ctx, ForwardPath::UplinkToPod);
             Ok(action)
         }
         // Node traffic, ARP, and anything not for a pod: the node decides.
         _ => {
-            count_forward(ForwardPath::ToStack);
+            count_forward(ctx, ForwardPath::ToStack);
             Ok(TC_ACT_OK as i32)
         }
     }

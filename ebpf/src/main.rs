@@ -17,6 +17,7 @@
 
 mod count;
 mod counters;
+mod events;
 mod forward;
 mod from_pod;
 mod from_uplink;

@@ -2,10 +2,10 @@
 //! documented on the types in `sluice_common::maps`.
 use aya_ebpf::{
     macros::map,
-    maps::{Array, HashMap, LpmTrie, LruHashMap, PerCpuArray, PerCpuHashMap},
+    maps::{Array, HashMap, LpmTrie, LruHashMap, PerCpuArray, PerCpuHashMap, RingBuf},
 };
 use sluice_common::{
-    maps::limits::{MAX_ENDPOINTS, MAX_IFACES, MAX_NODE_ROUTES, MAX_STACK_FLOWS},
+    maps::limits::{EVENTS_BYTES, MAX_ENDPOINTS, MAX_IFACES, MAX_NODE_ROUTES, MAX_STACK_FLOWS},
     DropReason, EndpointInfo, FlowKey, ForwardPath, NodeConfig, RemoteNode,
 };
 
@@ -29,3 +29,9 @@ pub static IFACE_PACKETS: PerCpuHashMap<u32, u64> = PerCpuHashMap::with_max_entr
 
 #[map]
 pub static STACK_FLOWS: LruHashMap<FlowKey, u32> = LruHashMap::with_max_entries(MAX_STACK_FLOWS, 0);
+
+#[map]
+pub static EVENTS: RingBuf = RingBuf::with_byte_size(EVENTS_BYTES, 0);
+
+#[map]
+pub static MONITOR: Array<u32> = Array::with_max_entries(1, 0);

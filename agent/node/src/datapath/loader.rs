@@ -25,7 +25,7 @@ use super::{
 /// The object built by `cargo xtask build-ebpf`, embedded at compile time.
 pub static OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/sluice.bpf.o"));
 
-const ALL_MAPS: [&str; 7] = [
+const ALL_MAPS: [&str; 9] = [
     names::ENDPOINTS,
     names::NODE_ROUTES,
     names::NODE_CONFIG,
@@ -33,6 +33,8 @@ const ALL_MAPS: [&str; 7] = [
     names::FORWARDS,
     names::IFACE_PACKETS,
     names::STACK_FLOWS,
+    names::EVENTS,
+    names::MONITOR,
 ];
 
 const ALL_PROGRAMS: [&str; 5] =

@@ -49,6 +49,9 @@ pub struct AgentConfig {
     /// with their own address, as ip-masq-agent's nonMasqueradeCIDRs.
     #[arg(long, env = "SLUICE_NON_MASQUERADE_CIDRS", value_delimiter = ',')]
     pub non_masquerade_cidr: Vec<Ipv4Network>,
+    /// Where to serve Prometheus metrics (`GET /metrics`); `off` for none.
+    #[arg(long, env = "SLUICE_METRICS_ADDR", default_value = "0.0.0.0:9962")]
+    pub metrics_addr: String,
     /// Mount bpffs at --bpffs when none is there. Off by default: a bpffs
     /// the agent mounts itself lives only as long as its mount namespace
     /// (a container, `ip netns exec`), and every pin with it; a host
@@ -76,6 +79,8 @@ pub enum ConfigError {
     OverlapsServices { what: &'static str, cidr: Ipv4Network, service: Ipv4Network },
     #[error("node name is empty")]
     EmptyNodeName,
+    #[error("--metrics-addr {0:?} is not ADDR:PORT or off")]
+    MetricsAddr(String),
     #[error(
         "pod CIDR {pod} holds {endpoints} pods and the health endpoint, more than the endpoint map's {max} entries: use a /{min_prefix} or smaller"
     )]
@@ -89,11 +94,20 @@ impl AgentConfig {
         self.health_netns.clone().unwrap_or_else(|| format!("{}-{}", paths::DEFAULT_HEALTH_NETNS, self.node_name))
     }
 
+    /// `--metrics-addr` as an address, `None` for `off`.
+    pub fn metrics_socket(&self) -> Result<Option<std::net::SocketAddr>, ConfigError> {
+        if self.metrics_addr == "off" {
+            return Ok(None);
+        }
+        self.metrics_addr.parse().map(Some).map_err(|_| ConfigError::MetricsAddr(self.metrics_addr.clone()))
+    }
+
     /// Checks that need nothing but the configuration.
     pub fn validate_static(&self) -> Result<(), ConfigError> {
         if self.node_name.is_empty() {
             return Err(ConfigError::EmptyNodeName);
         }
+        self.metrics_socket()?;
         if let Some(service) = self.service_cidr {
             if service.overlaps(self.cluster_cidr) {
                 return Err(ConfigError::OverlapsServices { what: "cluster CIDR", cidr: self.cluster_cidr, service });
@@ -155,6 +169,7 @@ mod tests {
             masquerade: true,
             non_masquerade_cidr: vec![],
             mount_bpffs: false,
+            metrics_addr: "off".into(),
         }
     }
 

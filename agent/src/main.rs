@@ -4,7 +4,7 @@ use std::{path::PathBuf, process::ExitCode, time::Duration};
 use anyhow::{bail, Context, Result};
 use clap::{Parser, Subcommand};
 use sluice_agent::{
-    commands::{cleanup, connectivity, status},
+    commands::{cleanup, connectivity, monitor, node_init, privileges, status},
     config::AgentConfig,
     daemon::{self, plugin_install, Source, Timing},
     membership::kubernetes::KubeNodes,
@@ -75,6 +75,26 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Every datapath drop (and with --type trace|all every forwarding
+    /// decision), one line each; works while the agent is down.
+    Monitor {
+        #[arg(long, env = "SLUICE_PIN_DIR", default_value = paths::DEFAULT_PIN_DIR)]
+        pin_dir: PathBuf,
+        #[arg(long = "type", value_enum, default_value = "drop")]
+        types: monitor::EventType,
+        /// Only packets from or to this address (a pod's IP).
+        #[arg(long)]
+        ip: Option<std::net::Ipv4Addr>,
+        /// JSON lines instead of text.
+        #[arg(long)]
+        json: bool,
+        /// Stop after this many events.
+        #[arg(long)]
+        count: Option<usize>,
+        /// Stop after this many milliseconds.
+        #[arg(long)]
+        duration_ms: Option<u64>,
+    },
     /// Uninstall: detach every program, remove pins, the health endpoint,
     /// pod veths, the conflist, the plugin and IPAM state from this node.
     Cleanup {
@@ -97,6 +117,51 @@ enum Command {
         #[arg(long, env = "SLUICE_CNI_BIN_DIR", default_value = paths::DEFAULT_CNI_BIN_DIR)]
         bin_dir: PathBuf,
     },
+    /// One node preparation step that needs privilege (a privileged init
+    /// container each), so that `run` needs only its capabilities.
+    NodeInit {
+        #[command(subcommand)]
+        step: NodeInitStep,
+    },
+}
+
+#[derive(Subcommand)]
+enum NodeInitStep {
+    /// Mount bpffs (shared) unless one is already there.
+    MountBpffs {
+        #[arg(long, default_value = paths::DEFAULT_BPFFS)]
+        path: PathBuf,
+    },
+    /// Make the network namespace directory a shared mount point of its own.
+    ShareNetnsDir {
+        #[arg(long, default_value = "/run/netns")]
+        path: PathBuf,
+    },
+    /// Set net.ipv4.ip_forward=1 (the agent's /proc/sys is read-only).
+    IpForward,
+}
+
+impl Command {
+    /// The subcommand's name, as `privileges::NEEDED` lists it.
+    fn name(&self) -> &'static str {
+        match self {
+            Command::Run { .. } => "run",
+            Command::Status { .. } => "status",
+            Command::ConnectivityTest { .. } => "connectivity-test",
+            Command::Monitor { .. } => "monitor",
+            Command::Cleanup { .. } => "cleanup",
+            Command::InstallCni { .. } => "install-cni",
+            Command::NodeInit { .. } => "node-init",
+        }
+    }
+}
+
+/// After a refused call: name the capabilities `command` needs and this
+/// process lacks (on stderr, after the error).
+fn print_privilege_hint(command: &str) {
+    if let Some(h) = privileges::effective().and_then(|eff| privileges::hint(command, eff)) {
+        eprintln!("{h}");
+    }
 }
 
 fn parse_service(s: &str) -> Result<std::net::SocketAddrV4, String> {
@@ -122,10 +187,14 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
+    let name = cli.command.name();
     match rt.block_on(dispatch(cli.command)) {
         Ok(code) => code,
         Err(e) => {
             eprintln!("error: {e:#}");
+            if privileges::is_permission_error(&e) {
+                print_privilege_hint(name);
+            }
             ExitCode::FAILURE
         }
     }
@@ -139,6 +208,9 @@ async fn dispatch(command: Command) -> Result<ExitCode> {
                 sweep_interval: Duration::from_millis(sweep_interval_ms),
                 sweep_grace: Duration::from_millis(sweep_grace_ms),
             };
+            if let Some(eff) = privileges::effective() {
+                tracing::info!(capabilities = %privileges::names_of(eff), "starting");
+            }
             let source = match (peers_file, kubernetes) {
                 (Some(path), false) => Source::PeersFile(path),
                 (None, true) => {
@@ -163,9 +235,23 @@ async fn dispatch(command: Command) -> Result<ExitCode> {
             }
             Ok(if report.healthy() { ExitCode::SUCCESS } else { ExitCode::FAILURE })
         }
+        Command::Monitor { pin_dir, types, ip, json, count, duration_ms } => {
+            let opts = monitor::Options {
+                filter: monitor::Filter { types, ip, ifindex: None },
+                json,
+                count,
+                duration: duration_ms.map(Duration::from_millis),
+            };
+            monitor::run(&PinDir::new(pin_dir), &opts).await?;
+            Ok(ExitCode::SUCCESS)
+        }
         Command::ConnectivityTest { pin_dir, data_dir, pods, service, world, json } => {
             let extra = connectivity::Extra { pods, service, world };
             let results = connectivity::run(&PinDir::new(pin_dir), &data_dir, &extra).await?;
+            let refused = results.iter().flat_map(|r| [&r.icmp_error, &r.tcp_error]).flatten();
+            if refused.into_iter().any(|e| privileges::mentions_permission(e)) {
+                print_privilege_hint("connectivity-test");
+            }
             if json {
                 println!("{}", serde_json::to_string_pretty(&results)?);
             } else {
@@ -185,6 +271,15 @@ async fn dispatch(command: Command) -> Result<ExitCode> {
         Command::InstallCni { bin_dir } => {
             let dest = plugin_install::install_plugin(&plugin_install::bundled_plugin()?, &bin_dir)?;
             println!("installed {}", dest.display());
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::NodeInit { step } => {
+            let done = match step {
+                NodeInitStep::MountBpffs { path } => node_init::mount_bpffs(&path)?,
+                NodeInitStep::ShareNetnsDir { path } => node_init::share_netns_dir(&path)?,
+                NodeInitStep::IpForward => node_init::ip_forward()?,
+            };
+            println!("{done}");
             Ok(ExitCode::SUCCESS)
         }
     }

@@ -50,6 +50,16 @@ pub fn write(data_dir: &Path, state: &AgentState) -> Result<()> {
     Ok(())
 }
 
+/// Remove the state file (an absent one counts as removed).
+pub fn remove(data_dir: &Path) -> Result<()> {
+    match std::fs::remove_file(path(data_dir)) {
+        Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+            Err(e).with_context(|| format!("remove {}", path(data_dir).display()))
+        }
+        _ => Ok(()),
+    }
+}
+
 pub fn read(data_dir: &Path) -> Result<AgentState> {
     let p = path(data_dir);
     let bytes = std::fs::read(&p).with_context(|| format!("read {}", p.display()))?;

@@ -320,6 +320,8 @@ fn lab_leaves_nothing_behind_even_when_a_test_panics() {
             let pins = lab.state.pin_root.clone();
             let dir = lab.state.dir.clone();
             // An agent restarted by hand, which the lab never heard of.
+            // Reaped below, by pid, once the lab has killed it.
+            #[allow(clippy::zombie_processes)]
             let stray = sluice_tests::lab::ns_cmd(&lab.state.nodes[0].netns, &["sleep", "600"]).spawn().unwrap();
             std::panic::panic_any((names, pins, dir, stray.id())); // a failing test, mid-lab
             #[allow(unreachable_code)]

@@ -5,38 +5,16 @@
 //! runtime, and uninstall cleanup.
 use std::{path::PathBuf, process::Command, sync::Arc};
 
+mod manifest;
+
+use manifest::{added_capabilities, daemonset_command, docs, find, repo, strings, venv_bin};
 use serde_json::Value;
 use sluice_tests::{
     bin,
     containerd::Containerd,
-    lab::{ns_exec, Lab, LabOptions, LabState, Node},
+    lab::{ns_exec, Lab, LabOptions},
     oci, require_root, run, try_run, unique,
 };
-
-fn repo() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..")
-}
-
-fn venv_bin(name: &str) -> PathBuf {
-    let p = repo().join("target/tools/venv/bin").join(name);
-    assert!(p.exists(), "{} missing: run `cargo xtask setup` (installs kubernetes-validate)", p.display());
-    p
-}
-
-/// Every document of a manifest file, as JSON (PyYAML from the same venv).
-fn docs(file: &str) -> Vec<Value> {
-    let out = run(Command::new(venv_bin("python")).args([
-        "-c",
-        "import sys, yaml, json; print(json.dumps([d for d in yaml.safe_load_all(open(sys.argv[1])) if d]))",
-        &repo().join("deploy").join(file).display().to_string(),
-    ]))
-    .unwrap();
-    serde_json::from_str(&out).unwrap()
-}
-
-fn find<'a>(docs: &'a [Value], kind: &str) -> &'a Value {
-    docs.iter().find(|d| d["kind"] == kind).unwrap_or_else(|| panic!("no {kind}"))
-}
 
 #[test]
 fn manifests_validate_against_the_kubernetes_schemas() {
@@ -101,13 +79,16 @@ fn manifests_agree_with_the_code() {
     }
     assert_eq!(host_path("cni-conf"), "/etc/cni/net.d");
     assert_eq!(host_path("cni-bin"), "/opt/cni/bin");
+    // The agent sees the host's bpffs and namespaces; its own mounts (the
+    // health endpoint's namespace) stay in its container. Bidirectional is
+    // for privileged containers only, and the agent is not one.
     for (path, name) in [("/sys/fs/bpf", "bpffs"), ("/run/netns", "netns")] {
         let m = mount_of(path).unwrap();
         assert_eq!(m["name"], name);
-        assert_eq!(m["mountPropagation"], "Bidirectional", "{path}: pins and namespaces must reach the host");
+        assert_eq!(m["mountPropagation"], "HostToContainer", "{path}: the host's mounts must reach the agent");
     }
     // The init container installs where the runtime looks.
-    let init = &spec["initContainers"][0];
+    let init = manifest::container(spec, "install-cni");
     let cmd: Vec<&str> = init["command"].as_array().unwrap().iter().map(|v| v.as_str().unwrap()).collect();
     assert_eq!(&cmd[..2], ["sluice-agent", "install-cni"]);
     let bin_dir = cmd[cmd.iter().position(|a| *a == "--bin-dir").unwrap() + 1];
@@ -134,53 +115,82 @@ fn manifests_agree_with_the_code() {
     assert_eq!(ds["spec"]["updateStrategy"]["rollingUpdate"]["maxUnavailable"], 1);
 }
 
-/// The agent's argv and environment exactly as the DaemonSet gives them,
-/// with host paths mapped to the lab node's own directories (each lab node
-/// shares this machine's filesystem) and KUBECONFIG standing in for the
-/// in-cluster service account.
-fn daemonset_command(_state: &LabState, node: &Node) -> (Vec<String>, Vec<(String, String)>) {
-    let d = docs("sluice.yaml");
-    let config = &find(&d, "ConfigMap")["data"];
-    let agent = find(&d, "DaemonSet")["spec"]["template"]["spec"]["containers"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|c| c["name"] == "agent")
-        .unwrap()
-        .clone();
-    let map_path = |p: &str| -> String {
-        match p {
-            "/sys/fs/bpf/sluice" => node.pin_dir.display().to_string(),
-            "/var/lib/sluice" => node.dir.join("data").display().to_string(),
-            "/host/etc/cni/net.d" => node.dir.join("cni").display().to_string(),
-            "sluice-health" => Lab::health_netns(node),
-            other => other.to_string(),
-        }
-    };
-    let mut argv: Vec<String> =
-        agent["command"].as_array().unwrap().iter().map(|v| v.as_str().unwrap().to_string()).collect();
-    argv[0] = bin("sluice-agent").display().to_string();
-    let mut env = Vec::new();
-    for e in agent["env"].as_array().unwrap() {
-        let name = e["name"].as_str().unwrap().to_string();
-        let value = if let Some(v) = e["value"].as_str() {
-            Some(map_path(v))
-        } else if e["valueFrom"]["fieldRef"]["fieldPath"] == "spec.nodeName" {
-            Some(node.name.clone())
-        } else if let Some(key) = e["valueFrom"]["configMapKeyRef"]["key"].as_str() {
-            match config[key].as_str() {
-                Some(v) => Some(v.to_string()),
-                None if e["valueFrom"]["configMapKeyRef"]["optional"] == true => None,
-                None => panic!("ConfigMap lacks {key}"),
+/// Least privilege (issue 19): only init containers that do one thing and
+/// exit are privileged; the agent runs with named capabilities, each one
+/// exercised by tests/tests/privileges.rs; nothing writes into the image.
+#[test]
+fn only_init_containers_are_privileged_and_the_agent_has_named_capabilities() {
+    let spec = manifest::pod_spec("sluice.yaml");
+    let agent = manifest::container(&spec, "agent");
+    let sc = &agent["securityContext"];
+    assert_ne!(sc["privileged"], true, "the agent container must not be privileged");
+    assert_eq!(strings(&sc["capabilities"]["drop"]), ["ALL"], "the agent drops every capability first");
+    let caps = added_capabilities(agent);
+    assert!(!caps.is_empty(), "the agent lists the capabilities it adds");
+    for cap in &caps {
+        assert!(
+            manifest::exercised(cap).is_some(),
+            "{cap}: tests/tests/privileges.rs does not exercise it (manifest::EXERCISED_CAPABILITIES)"
+        );
+    }
+    let mut sorted = caps.clone();
+    sorted.sort();
+    sorted.dedup();
+    assert_eq!(sorted.len(), caps.len(), "a capability listed twice: {caps:?}");
+    // Seccomp: the runtime's default profile for the pod (privileged init
+    // containers are left unconfined by the runtime).
+    assert_eq!(spec["securityContext"]["seccompProfile"]["type"], "RuntimeDefault");
+    // Init containers: each runs one sluice-agent step and exits; only they
+    // are privileged, and only they have Bidirectional mounts.
+    let inits = spec["initContainers"].as_array().unwrap();
+    let steps: Vec<String> = inits.iter().map(|c| strings(&c["command"])[1..].join(" ")).collect();
+    let expected = [
+        ("mount-bpffs", "node-init mount-bpffs --path /sys/fs/bpf", true),
+        ("share-netns-dir", "node-init share-netns-dir --path /host/run/netns", true),
+        ("ip-forward", "node-init ip-forward", true),
+        ("install-cni", "install-cni --bin-dir /host/opt/cni/bin", false),
+    ];
+    assert_eq!(inits.len(), expected.len(), "init containers: {steps:?}");
+    for (c, (name, step, privileged)) in inits.iter().zip(expected) {
+        assert_eq!(c["name"], name);
+        let cmd = strings(&c["command"]);
+        assert_eq!(cmd[0], "sluice-agent", "{name} runs one sluice-agent step");
+        assert_eq!(cmd[1..].join(" "), step, "{name} does one thing");
+        assert!(c["args"].is_null(), "{name}: its whole command is in `command`");
+        assert_eq!(c["securityContext"]["privileged"] == true, privileged, "{name}: privileged only if it must be");
+        for m in c["volumeMounts"].as_array().into_iter().flatten() {
+            if m["mountPropagation"] == "Bidirectional" {
+                assert!(privileged, "{name}: Bidirectional needs privileged");
             }
-        } else {
-            panic!("unhandled env {e}")
-        };
-        if let Some(v) = value {
-            env.push((name, v));
+        }
+        if !privileged {
+            assert_eq!(strings(&c["securityContext"]["capabilities"]["drop"]), ["ALL"], "{name}");
+            assert!(c["securityContext"]["capabilities"]["add"].is_null(), "{name} needs no capability");
+            assert_eq!(c["securityContext"]["allowPrivilegeEscalation"], false, "{name}");
         }
     }
-    (argv, env)
+    // The privileged steps' mounts are each on the host path they prepare.
+    assert_eq!(
+        manifest::host_path(&spec, manifest::container(&spec, "mount-bpffs"), "/sys/fs/bpf").unwrap(),
+        "/sys/fs/bpf"
+    );
+    assert_eq!(
+        manifest::host_path(&spec, manifest::container(&spec, "share-netns-dir"), "/host/run/netns").unwrap(),
+        "/run/netns"
+    );
+    // No container writes into its image: the agent's writes (pins, IPAM
+    // state, conflist, the health namespace) all go to host volumes.
+    for c in spec["containers"].as_array().unwrap().iter().chain(inits) {
+        assert_eq!(c["securityContext"]["readOnlyRootFilesystem"], true, "{}: read-only root", c["name"]);
+        for m in c["volumeMounts"].as_array().into_iter().flatten() {
+            if c["name"] == "agent" {
+                assert_ne!(m["mountPropagation"], "Bidirectional", "agent mount {}", m["mountPath"]);
+            }
+        }
+    }
+    // The cleanup DaemonSet calls no API: no service-account token.
+    let cleanup = manifest::pod_spec("cleanup.yaml");
+    assert_eq!(cleanup["automountServiceAccountToken"], false, "cleanup.yaml mounts a service-account token");
 }
 
 #[test]

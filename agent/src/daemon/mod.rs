@@ -9,6 +9,7 @@ use sluice_common::maps::programs;
 use tracing::{error, info, warn};
 
 pub mod cni_conf;
+pub mod metrics;
 pub mod plugin_install;
 pub mod sweep;
 pub mod sysctl;
@@ -149,6 +150,10 @@ async fn initial_membership(source: &Source, node: &AgentConfig, ranges: &Ranges
 
 pub async fn run(mut node: AgentConfig, source: Source, bpffs_mount: PathBuf, timing: Timing) -> Result<()> {
     node.validate_static().context("invalid node configuration")?;
+    // An earlier agent's state file would make `status` (the readiness
+    // probe) report this one ready before it is: in a container every
+    // agent is pid 1. The file comes back once the datapath is up.
+    state_file::remove(&node.data_dir)?;
     let netlink = Netlink::open()?;
     let uplink = if node.uplink.is_empty() {
         let found = netlink
@@ -221,6 +226,10 @@ pub async fn run(mut node: AgentConfig, source: Source, bpffs_mount: PathBuf, ti
         .await
         .context("health endpoint")?;
     health_endpoint::serve(&health_netns, &node.node_name)?;
+    let agent_metrics = metrics::AgentMetrics::default();
+    if let Some(addr) = node.metrics_socket()? {
+        metrics::serve(addr, metrics::registry(&pins, &agent_metrics)).await?;
+    }
 
     if let Some(dir) = &node.cni_bin_dir {
         let dest = plugin_install::install_plugin(&plugin_install::bundled_plugin()?, dir)?;
@@ -261,7 +270,12 @@ pub async fn run(mut node: AgentConfig, source: Source, bpffs_mount: PathBuf, ti
         // cheap and a missed change impossible.
         let outcome =
             match source.membership(&node, Some(pod_cidr), &ranges).and_then(|m| m.context("membership not known")) {
-                Ok(m) => reconcilers.pass(&m).await.map(|_| m),
+                Ok(m) => {
+                    let started = std::time::Instant::now();
+                    let done = reconcilers.pass(&m).await;
+                    agent_metrics.reconcile_seconds.observe(started.elapsed().as_secs_f64());
+                    done.map(|_| m)
+                }
                 Err(e) => Err(e),
             };
         match outcome {
@@ -273,6 +287,7 @@ pub async fn run(mut node: AgentConfig, source: Source, bpffs_mount: PathBuf, ti
                     last_problems = m.problems.clone();
                 }
                 state.route_nodes = m.route_nodes.iter().map(|(c, n)| (c.to_string(), n.clone())).collect();
+                agent_metrics.membership_problems.set(m.problems.len() as i64);
                 state.problems = m.problems;
                 last_error = None;
             }
@@ -290,6 +305,7 @@ pub async fn run(mut node: AgentConfig, source: Source, bpffs_mount: PathBuf, ti
             Source::Kubernetes(k) => Some(k.snapshot().1),
             Source::PeersFile(_) => None,
         };
+        agent_metrics.set_kubernetes(state.kubernetes.clone());
         state.updated_unix = now_unix();
         if let Err(e) = state_file::write(&node.data_dir, &state) {
             warn!(error = %format!("{e:#}"), "cannot write agent state");

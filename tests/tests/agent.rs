@@ -170,6 +170,8 @@ fn uplink_defaults_to_the_default_route_and_mtu_can_be_lowered() {
         &[&agent_bin, "run", "--node-name", "n1", "--cluster-cidr", CLUSTER_CIDR, "--pod-cidr", "10.244.1.0/24"],
     )
     .args(["--peers-file", &lab.peers_file().display().to_string(), "--mtu", "1400"])
+    // The lab's agent already serves metrics in this namespace.
+    .args(["--metrics-addr", "off"])
     .args(["--pin-dir", &pins.path.display().to_string(), "--health-netns", &health])
     .args(["--data-dir", &dir.join("data").display().to_string()])
     .args(["--cni-conf-dir", &dir.join("cni").display().to_string()])

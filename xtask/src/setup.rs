@@ -32,6 +32,8 @@ pub const DEBIAN_PACKAGES: &[&str] = &[
     "busybox-static",
     // benchmarks
     "iperf3",
+    // metrics: a real Prometheus scrapes the lab agents
+    "prometheus",
 ];
 
 pub const BPF_LINKER_VERSION: &str = "0.13.0";

@@ -191,3 +191,59 @@ fn uplink_defaults_to_the_default_route_and_mtu_can_be_lowered() {
         serde_json::from_slice(&std::fs::read(dir.join("data/agent-state.json")).unwrap()).unwrap();
     assert_eq!(state["uplink"], "eth0", "uplink chosen from the default route: {state}");
 }
+
+fn updated_unix(data_dir: &std::path::Path) -> u64 {
+    let v: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(data_dir.join("agent-state.json")).unwrap()).unwrap();
+    v["updatedUnix"].as_u64().unwrap()
+}
+
+#[test]
+fn the_agent_keeps_serving_while_a_cni_call_holds_the_ipam_lock() {
+    require_root();
+    let lab = Lab::up(&LabOptions::new(1, 1, bin("sluice-agent").parent().unwrap().to_path_buf())).unwrap();
+    let node = lab.state.nodes[0].clone();
+    let data = Lab::data_dir(&node);
+    let lock = data.join("ipam").join(node.pod_cidr.replace('/', "_")).join("lock");
+    assert!(lock.exists(), "{}", lock.display());
+    // A CNI ADD stuck with the lock for 6 s; the agent's sweep (every 500 ms
+    // in the lab) wants it too.
+    let mut holder = Command::new("flock").arg(&lock).args(["sleep", "6"]).spawn().unwrap();
+    std::thread::sleep(Duration::from_millis(1500));
+    let health = sluice_tests::lab::Lab::status(&lab, 0).unwrap()["agent"]["healthIp"].as_str().unwrap().to_string();
+    let first = updated_unix(&data);
+    std::thread::sleep(Duration::from_millis(2500));
+    let answered = sluice_tests::cluster::tcp_text(&node.netns, &health, 4240);
+    let second = updated_unix(&data);
+    let _ = holder.wait();
+    assert!(second > first, "the agent's loop stalled behind the IPAM lock ({first} → {second})");
+    assert!(answered.is_some_and(|a| a.starts_with("sluice-health")), "the health endpoint stalled behind the lock");
+}
+
+#[test]
+fn a_live_pods_link_that_fails_to_update_keeps_its_pin() {
+    require_root();
+    let mut lab = Lab::up(&LabOptions::new(1, 1, bin("sluice-agent").parent().unwrap().to_path_buf())).unwrap();
+    let node = lab.state.nodes[0].clone();
+    let pod = node.pods[0].clone();
+    let host_veth = sluice_node::pod::names::host_veth(&pod.netns, "eth0");
+    let pins = sluice_node::datapath::pins::PinDir::new(&node.pin_dir);
+    let pin = pins.link(sluice_common::maps::programs::TO_POD, &host_veth);
+    lab.kill_agent(0).unwrap();
+    // Something that is not a TC link where the pod's to_pod link was (the
+    // interface is alive): the update fails, and must not unpin it.
+    std::fs::remove_file(&pin).unwrap();
+    let p = pin.display().to_string();
+    sluice_tests::sh(
+        "bpftool",
+        &["map", "create", &p, "type", "array", "key", "4", "value", "4", "entries", "1", "name", "not_a_link"],
+    )
+    .unwrap();
+    lab.start_agent(0).unwrap();
+    lab.wait_agent_ready(0).unwrap();
+    assert!(pin.exists(), "a live pod's link pin was removed after a failed update");
+    let log = std::fs::read_to_string(node.dir.join("agent.log")).unwrap();
+    assert!(log.contains("pod link not updated; left as is"), "{log}");
+    // Its from_pod link was updated as usual: the pod still talks.
+    assert!(sluice_tests::lab::ping(&pod.netns, &node.ip));
+}

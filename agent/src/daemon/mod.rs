@@ -78,8 +78,12 @@ impl Source {
 }
 
 async fn sweep(netlink: &Netlink, node: &AgentConfig, pod_cidr: Ipv4Network, pins: &PinDir, grace: Duration) {
-    let swept = match sweep::NodeSweep::open(netlink, pins, &node.data_dir, pod_cidr).await {
-        Ok(mut target) => sweep::sweep(&mut target, grace).await,
+    let swept = match sweep::NodeSweep::open(netlink, pins, &node.data_dir, pod_cidr) {
+        Ok(Some(mut target)) => sweep::sweep(&mut target, grace).await,
+        Ok(None) => {
+            info!("a CNI call holds the IPAM lock; sweeping at the next tick");
+            return;
+        }
         Err(e) => Err(e),
     };
     match swept {

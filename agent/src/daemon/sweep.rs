@@ -14,7 +14,7 @@ use std::{
     time::Duration,
 };
 
-use anyhow::{Context, Result};
+use anyhow::Result;
 use ipnetwork::Ipv4Network;
 use sluice_common::{maps::programs, EndpointInfo};
 use tracing::{info, warn};
@@ -137,15 +137,20 @@ pub struct NodeSweep<'a> {
 }
 
 impl<'a> NodeSweep<'a> {
-    /// Waiting for the IPAM lock (a CNI ADD may hold it) happens on the
-    /// blocking pool, never on the agent's one runtime thread, which keeps
-    /// serving the health endpoint and reconciling meanwhile.
-    pub async fn open(netlink: &'a Netlink, pins: &'a PinDir, data_dir: &Path, pod_cidr: Ipv4Network) -> Result<Self> {
-        let dir = data_dir.to_path_buf();
-        let store =
-            tokio::task::spawn_blocking(move || LeaseStore::lock(&dir, pod_cidr)).await.context("IPAM lock task")??;
+    /// `None` when a CNI call holds the IPAM lock: the agent never waits for
+    /// it (its one runtime thread serves the health endpoint and the
+    /// reconcile loop); the sweep simply runs at its next tick.
+    pub fn open(
+        netlink: &'a Netlink,
+        pins: &'a PinDir,
+        data_dir: &Path,
+        pod_cidr: Ipv4Network,
+    ) -> Result<Option<Self>> {
+        let Some(store) = LeaseStore::try_lock(data_dir, pod_cidr)? else {
+            return Ok(None);
+        };
         let endpoints = Endpoints::open(pins)?;
-        Ok(Self { netlink, pins, store, endpoints })
+        Ok(Some(Self { netlink, pins, store, endpoints }))
     }
 }
 

@@ -57,7 +57,16 @@ pub struct Exhausted {
 
 impl LeaseStore {
     /// Open the store for `cidr` and take its lock (blocks until free).
+    /// Like `lock`, but `None` at once if someone (a CNI call) holds it.
+    pub fn try_lock(data_dir: &Path, cidr: Ipv4Network) -> Result<Option<Self>> {
+        Self::open(data_dir, cidr, libc::LOCK_EX | libc::LOCK_NB)
+    }
+
     pub fn lock(data_dir: &Path, cidr: Ipv4Network) -> Result<Self> {
+        Self::open(data_dir, cidr, libc::LOCK_EX)?.context("lock IPAM store")
+    }
+
+    fn open(data_dir: &Path, cidr: Ipv4Network, how: libc::c_int) -> Result<Option<Self>> {
         let dir = data_dir.join("ipam").join(cidr.to_string().replace('/', "_"));
         fs::create_dir_all(&dir).with_context(|| format!("create IPAM directory {}", dir.display()))?;
         let lock = OpenOptions::new()
@@ -67,10 +76,14 @@ impl LeaseStore {
             .open(dir.join(LOCK))
             .with_context(|| format!("open IPAM lock in {}", dir.display()))?;
         // SAFETY: flock on an fd we own; released when the file closes.
-        if unsafe { libc::flock(lock.as_raw_fd(), libc::LOCK_EX) } != 0 {
-            bail!("lock IPAM store {}: {}", dir.display(), std::io::Error::last_os_error());
+        if unsafe { libc::flock(lock.as_raw_fd(), how) } != 0 {
+            let e = std::io::Error::last_os_error();
+            if e.raw_os_error() == Some(libc::EWOULDBLOCK) {
+                return Ok(None);
+            }
+            bail!("lock IPAM store {}: {e}", dir.display());
         }
-        Ok(Self { dir, cidr, _lock: lock })
+        Ok(Some(Self { dir, cidr, _lock: lock }))
     }
 
     fn owner_line(container_id: &str, ifname: &str) -> String {

@@ -22,7 +22,7 @@ use sluice_node::datapath::{pinned_maps::NodeRoutes, pins::PinDir, Datapath};
 use sluice_tests::{
     bench::{self, median, percentiles_ms, Latency, Throughput},
     kube_proxy,
-    lab::{ns_exec, Lab, LabOptions, Pod},
+    lab::{ns_cmd, ns_exec, Lab, LabOptions, Pod},
     runtime::{cni_bin_dir, Attachment, ChainRuntime},
     unique, PinDirGuard,
 };
@@ -89,9 +89,44 @@ struct Path2 {
     client_ns: String,
     server_ns: String,
     target: bench::Target,
+    /// `sluice-agent monitor --type trace` runs on these nodes (netns, pin
+    /// dir) while the path is measured: the cost of a listener.
+    traced: Vec<(String, PathBuf)>,
 }
 
-fn measure(p: &Path2, plan: &Plan) -> Result<PathFigures> {
+/// Monitors tracing every forwarded packet while alive.
+struct Tracers(Vec<std::process::Child>);
+
+impl Tracers {
+    fn start(bins: &Path, nodes: &[(String, PathBuf)]) -> Result<Self> {
+        let agent = bins.join("sluice-agent").display().to_string();
+        let mut children = Vec::new();
+        for (netns, pins) in nodes {
+            let pins = pins.display().to_string();
+            let child = ns_cmd(netns, &[&agent, "monitor", "--type", "trace", "--pin-dir", &pins])
+                .stdout(std::process::Stdio::null())
+                .stderr(std::process::Stdio::null())
+                .spawn()
+                .context("start sluice-agent monitor")?;
+            children.push(child);
+        }
+        std::thread::sleep(Duration::from_millis(300));
+        Ok(Self(children))
+    }
+}
+
+impl Drop for Tracers {
+    fn drop(&mut self) {
+        for c in &mut self.0 {
+            // SIGTERM: the monitor switches tracing off as it leaves.
+            let _ = Command::new("kill").args(["-TERM", &c.id().to_string()]).status();
+            let _ = c.wait();
+        }
+    }
+}
+
+fn measure(p: &Path2, plan: &Plan, bins: &Path) -> Result<PathFigures> {
+    let _tracers = Tracers::start(bins, &p.traced)?;
     Ok(PathFigures {
         rr: bench::tcp_rr_to(&p.server_ns, &p.client_ns, p.target, plan.rr)?,
         crr: bench::tcp_crr_to(&p.server_ns, &p.client_ns, p.target, plan.rr)?,
@@ -257,36 +292,49 @@ fn round(round: usize, bins: &Path, plan: &Plan) -> Result<BTreeMap<&'static str
             client_ns: n1.netns.clone(),
             server_ns: n2.netns.clone(),
             target: bench::Target::direct(n2.ip.parse()?),
+            traced: vec![],
         },
         Path2 {
             name: "L veth pair",
             client_ns: l.a.clone(),
             server_ns: l.b.clone(),
             target: bench::Target::direct("10.99.0.2".parse()?),
+            traced: vec![],
         },
         Path2 {
             name: "B same-node",
             client_ns: b.pods[0].1.clone(),
             server_ns: b.pods[1].1.clone(),
             target: bench::Target::direct(b.pods[1].2),
+            traced: vec![],
         },
         Path2 {
             name: "B cross-node",
             client_ns: b.pods[0].1.clone(),
             server_ns: b.pods[2].1.clone(),
             target: bench::Target::direct(b.pods[2].2),
+            traced: vec![],
         },
         Path2 {
             name: "S same-node",
             client_ns: sp1.netns.clone(),
             server_ns: sp2.netns.clone(),
             target: bench::Target::direct(pod_ip(sp2)),
+            traced: vec![],
         },
         Path2 {
             name: "S cross-node",
             client_ns: sp1.netns.clone(),
             server_ns: sp3.netns.clone(),
             target: bench::Target::direct(pod_ip(sp3)),
+            traced: vec![],
+        },
+        Path2 {
+            name: "S cross traced",
+            client_ns: sp1.netns.clone(),
+            server_ns: sp3.netns.clone(),
+            target: bench::Target::direct(pod_ip(sp3)),
+            traced: vec![(n1.netns.clone(), n1.pin_dir.clone()), (n2.netns.clone(), n2.pin_dir.clone())],
         },
         Path2 {
             name: "S cross-node svc",
@@ -297,6 +345,7 @@ fn round(round: usize, bins: &Path, plan: &Plan) -> Result<BTreeMap<&'static str
                 server_port: BENCH_SERVER_PORT,
                 via: Some(std::net::SocketAddr::from((BENCH_SERVICE.0.parse::<Ipv4Addr>()?, BENCH_SERVICE.1))),
             },
+            traced: vec![],
         },
     ];
     let n = paths.len();
@@ -304,7 +353,7 @@ fn round(round: usize, bins: &Path, plan: &Plan) -> Result<BTreeMap<&'static str
     let mut out = BTreeMap::new();
     for p in &paths {
         eprintln!("bench: round {} {}", round + 1, p.name);
-        out.insert(p.name, measure(p, plan).with_context(|| format!("measure {}", p.name))?);
+        out.insert(p.name, measure(p, plan, bins).with_context(|| format!("measure {}", p.name))?);
     }
     Ok(out)
 }
@@ -556,6 +605,7 @@ pub fn run(args: &BenchArgs) -> Result<()> {
         ("S/L same", "S same-node", "L veth pair"),
         ("S/B same", "S same-node", "B same-node"),
         ("S svc/S cross", "S cross-node svc", "S cross-node"),
+        ("S traced/S cross", "S cross traced", "S cross-node"),
         ("S svc/A cross", "S cross-node svc", "A node-node"),
     ] {
         let mut m = serde_json::Map::new();

@@ -36,7 +36,10 @@ fn main() -> ExitCode {
         .and_then(|v| v["cniVersion"].as_str().map(str::to_string))
         .filter(|v| SUPPORTED_VERSIONS.contains(&v.as_str()))
         .unwrap_or_else(|| "1.1.0".to_string());
-    match run(&stdin) {
+    let started = std::time::Instant::now();
+    let outcome = run(&stdin);
+    record_stats(&stdin, outcome.as_ref().err().map_or(0, CniError::code), started.elapsed().as_secs_f64());
+    match outcome {
         Ok(Some(out)) => {
             println!("{out}");
             ExitCode::SUCCESS
@@ -47,6 +50,19 @@ fn main() -> ExitCode {
             ExitCode::FAILURE
         }
     }
+}
+
+/// Tell the agent's metrics about this call (`sluice_node::cni_stats`), in
+/// the data directory the configuration names; a call whose configuration
+/// cannot be read goes to the default one. Never fails the call.
+fn record_stats(stdin: &[u8], code: u32, seconds: f64) {
+    let Ok(verb) = std::env::var("CNI_COMMAND") else { return };
+    if verb == "VERSION" {
+        return;
+    }
+    let data_dir =
+        NetConf::parse(stdin).map(|c| c.data_dir).unwrap_or_else(|_| sluice_node::paths::DEFAULT_DATA_DIR.into());
+    let _ = sluice_node::cni_stats::record(&data_dir, &verb, code, seconds);
 }
 
 fn run(stdin: &[u8]) -> Result<Option<serde_json::Value>, CniError> {

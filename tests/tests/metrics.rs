@@ -58,7 +58,10 @@ fn a_real_prometheus_scrapes_every_agent_and_sees_the_drops() {
     // The agent's own endpoint, by convention.
     let text = http_get(&n1.netns, &format!("{}:9962", n1.ip), "/metrics").expect("metrics endpoint");
     for name in [
-        "sluice_drops_total{reason=\"source_spoofed\"}",
+        "sluice_drops_total{reason=\"source_spoofed\",direction=\"ingress\"}",
+        // The lab added one pod on this node through the plugin.
+        "sluice_cni_calls_total{verb=\"ADD\",code=\"0\"} 1",
+        "sluice_cni_duration_seconds_count{verb=\"ADD\"} 1",
         "sluice_forwarded_packets_total{path=\"pod_to_node\"}",
         "sluice_map_entries{map=\"ENDPOINTS\"}",
         "sluice_map_capacity_entries{map=\"NODE_ROUTES\"} 16384",

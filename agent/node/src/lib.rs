@@ -11,6 +11,7 @@
 //!
 //! It never links Kubernetes or TLS: those belong to the agent's membership.
 pub mod clock;
+pub mod cni_stats;
 pub mod datapath;
 pub mod ipam;
 pub mod net;

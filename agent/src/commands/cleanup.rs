@@ -101,6 +101,9 @@ pub async fn run(plan: &CleanupPlan) -> Result<()> {
         }
     }
     remove_file(&state_file::path(&plan.data_dir), &mut errors);
+    for name in [sluice_node::cni_stats::FILE_NAME, "cni-stats.lock"] {
+        remove_file(&plan.data_dir.join(name), &mut errors);
+    }
     if errors.is_empty() {
         info!("node cleaned: no sluice programs, pins, interfaces or files left");
         Ok(())

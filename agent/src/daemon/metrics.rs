@@ -26,9 +26,12 @@ use prometheus_client::{
     registry::Registry,
 };
 use sluice_common::maps::{limits, names};
-use sluice_node::datapath::{
-    pinned_maps::{self, Endpoints, NodeRoutes},
-    pins::PinDir,
+use sluice_node::{
+    cni_stats,
+    datapath::{
+        pinned_maps::{self, Endpoints, NodeRoutes},
+        pins::PinDir,
+    },
 };
 use tracing::{info, warn};
 
@@ -58,11 +61,48 @@ impl AgentMetrics {
     }
 }
 
-/// Reads the pinned maps at every scrape.
+/// Reads the pinned maps and the CNI plugin's stats at every scrape.
 #[derive(Debug)]
 struct DatapathCollector {
     pins: PinDir,
+    data_dir: std::path::PathBuf,
     kube: Arc<Mutex<Option<KubeState>>>,
+}
+
+/// The CNI plugin's calls (`sluice_node::cni_stats`): counts by verb and
+/// result code, and a duration histogram per verb.
+fn encode_cni(encoder: &mut DescriptorEncoder, stats: &cni_stats::Stats) -> std::fmt::Result {
+    let rows = stats.verbs.iter().flat_map(|(verb, v)| {
+        v.codes
+            .iter()
+            .map(move |(code, n)| (vec![("verb", verb.clone()), ("code", code.to_string())], ConstCounter::new(*n)))
+    });
+    family(
+        encoder,
+        "sluice_cni_calls",
+        "CNI plugin calls by verb and result code (0: success).",
+        MetricType::Counter,
+        rows,
+    )?;
+    let mut m = encoder.encode_descriptor(
+        "sluice_cni_duration_seconds",
+        "How long CNI plugin calls took, by verb.",
+        None,
+        MetricType::Histogram,
+    )?;
+    for (verb, v) in &stats.verbs {
+        // The file holds cumulative counts; the encoder wants them per bucket.
+        let mut buckets = Vec::new();
+        let mut below = 0;
+        for (bound, cumulative) in cni_stats::BUCKETS.iter().zip(&v.buckets) {
+            buckets.push((*bound, cumulative - below));
+            below = *cumulative;
+        }
+        buckets.push((f64::MAX, v.count - below));
+        let labels = vec![("verb".to_string(), verb.clone())];
+        m.encode_family(&labels)?.encode_histogram::<Vec<(String, String)>>(v.sum_seconds, v.count, &buckets, None)?;
+    }
+    Ok(())
 }
 
 fn family<M: EncodeMetric>(
@@ -84,7 +124,11 @@ impl Collector for DatapathCollector {
     fn encode(&self, mut encoder: DescriptorEncoder) -> std::fmt::Result {
         let pins = &self.pins;
         if let Ok(drops) = pinned_maps::drops(pins) {
-            let rows = drops.into_iter().map(|(r, n)| (vec![("reason", r.name().to_string())], ConstCounter::new(n)));
+            // Every drop happens on a program's ingress today (from_pod,
+            // from_uplink); the label is there for egress drops to come.
+            let rows = drops.into_iter().map(|(r, n)| {
+                (vec![("reason", r.name().to_string()), ("direction", "ingress".to_string())], ConstCounter::new(n))
+            });
             family(
                 &mut encoder,
                 "sluice_drops",
@@ -118,6 +162,7 @@ impl Collector for DatapathCollector {
         }
         family(&mut encoder, "sluice_map_entries", "Entries in each datapath map.", MetricType::Gauge, used)?;
         family(&mut encoder, "sluice_map_capacity_entries", "Capacity of each datapath map.", MetricType::Gauge, cap)?;
+        encode_cni(&mut encoder, &cni_stats::read(&self.data_dir))?;
         if let Some(k) = self.kube.lock().expect("metrics lock").clone() {
             family(
                 &mut encoder,
@@ -146,7 +191,7 @@ impl Collector for DatapathCollector {
 }
 
 /// The registry: the agent's metrics and the datapath collector.
-pub fn registry(pins: &PinDir, m: &AgentMetrics) -> Registry {
+pub fn registry(pins: &PinDir, data_dir: &std::path::Path, m: &AgentMetrics) -> Registry {
     let mut r = Registry::default();
     r.register(
         "sluice_reconcile_duration_seconds",
@@ -158,7 +203,11 @@ pub fn registry(pins: &PinDir, m: &AgentMetrics) -> Registry {
         "Nodes left out of the routes, and why (see `status`).",
         m.membership_problems.clone(),
     );
-    r.register_collector(Box::new(DatapathCollector { pins: pins.clone(), kube: m.kube.clone() }));
+    r.register_collector(Box::new(DatapathCollector {
+        pins: pins.clone(),
+        data_dir: data_dir.to_path_buf(),
+        kube: m.kube.clone(),
+    }));
     r
 }
 
@@ -219,7 +268,11 @@ mod tests {
         m.reconcile_seconds.observe(0.002);
         m.membership_problems.set(2);
         m.set_kubernetes(Some(KubeState { events: 5, relists: 1, connected: true, ..Default::default() }));
-        let text = render(&registry(&PinDir::new("/nonexistent"), &m)).unwrap();
+        let dir = std::env::temp_dir().join(format!("sluice-metrics-test-{}", std::process::id()));
+        cni_stats::record(&dir, "ADD", 0, 0.03).unwrap();
+        cni_stats::record(&dir, "ADD", 103, 0.2).unwrap();
+        let text = render(&registry(&PinDir::new("/nonexistent"), &dir, &m)).unwrap();
+        std::fs::remove_dir_all(&dir).unwrap();
         for line in [
             "sluice_reconcile_duration_seconds_count 1",
             "sluice_membership_problems 2",
@@ -227,6 +280,11 @@ mod tests {
             "sluice_kubernetes_relists_total 1",
             "sluice_kubernetes_connected 1",
             "# TYPE sluice_reconcile_duration_seconds histogram",
+            "sluice_cni_calls_total{verb=\"ADD\",code=\"0\"} 1",
+            "sluice_cni_calls_total{verb=\"ADD\",code=\"103\"} 1",
+            "sluice_cni_duration_seconds_bucket{le=\"0.05\",verb=\"ADD\"} 1",
+            "sluice_cni_duration_seconds_bucket{le=\"0.25\",verb=\"ADD\"} 2",
+            "sluice_cni_duration_seconds_count{verb=\"ADD\"} 2",
         ] {
             assert!(text.contains(line), "{line} missing from:\n{text}");
         }

@@ -232,7 +232,7 @@ pub async fn run(mut node: AgentConfig, source: Source, bpffs_mount: PathBuf, ti
     health_endpoint::serve(&health_netns, &node.node_name)?;
     let agent_metrics = metrics::AgentMetrics::default();
     if let Some(addr) = node.metrics_socket()? {
-        metrics::serve(addr, metrics::registry(&pins, &agent_metrics)).await?;
+        metrics::serve(addr, metrics::registry(&pins, &node.data_dir, &agent_metrics)).await?;
     }
 
     if let Some(dir) = &node.cni_bin_dir {

@@ -65,6 +65,10 @@ enum Command {
         /// Also probe every pod on this node (ICMP).
         #[arg(long)]
         pods: bool,
+        /// The port other nodes' agents serve metrics on: their drop
+        /// counters say where a failed probe died.
+        #[arg(long, default_value_t = 9962)]
+        peer_metrics_port: u16,
         /// Also probe a Service from the health endpoint (TCP connect), e.g. 10.96.0.10:53.
         #[arg(long, value_parser = parse_service)]
         service: Option<std::net::SocketAddrV4>,
@@ -245,8 +249,8 @@ async fn dispatch(command: Command) -> Result<ExitCode> {
             monitor::run(&PinDir::new(pin_dir), &opts).await?;
             Ok(ExitCode::SUCCESS)
         }
-        Command::ConnectivityTest { pin_dir, data_dir, pods, service, world, json } => {
-            let extra = connectivity::Extra { pods, service, world };
+        Command::ConnectivityTest { pin_dir, data_dir, pods, peer_metrics_port, service, world, json } => {
+            let extra = connectivity::Extra { peer_metrics_port, pods, service, world };
             let results = connectivity::run(&PinDir::new(pin_dir), &data_dir, &extra).await?;
             let refused = results.iter().flat_map(|r| [&r.icmp_error, &r.tcp_error]).flatten();
             if refused.into_iter().any(|e| privileges::mentions_permission(e)) {

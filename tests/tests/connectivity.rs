@@ -77,6 +77,22 @@ fn every_class_is_reached_and_failures_name_the_hop() {
     lab.start_agent(0).unwrap();
     lab.wait_agent_ready(0).unwrap();
 
+    // n2 drops what n1's health endpoint sends: an entry on n2 claims n1's
+    // health address as one of n2's own pods, so n2's from_uplink takes
+    // n1's probes for spoofing. n1 names the hop from n2's counters.
+    let n1_health: std::net::Ipv4Addr = lab.status(0).unwrap()["agent"]["healthIp"].as_str().unwrap().parse().unwrap();
+    let n2_pins = sluice_node::datapath::pins::PinDir::new(&lab.state.nodes[1].pin_dir);
+    let mut n2_endpoints = sluice_node::datapath::pinned_maps::Endpoints::open(&n2_pins).unwrap();
+    let lo = sluice_common::EndpointInfo { host_ifindex: 1, pod_mac: [0; 6], host_mac: [0; 6] };
+    n2_endpoints.insert(n1_health, lo).unwrap();
+    let (ok, v) = lab.connectivity_test(0, &[]).unwrap();
+    n2_endpoints.remove(n1_health).unwrap();
+    assert!(!ok, "{v:#}");
+    let r = rows(&v);
+    let n2 = of_class(&r, "pod-to-pod").into_iter().find(|x| x["target"]["node"] == "n2").unwrap();
+    let reason = n2["reason"].as_str().unwrap();
+    assert!(reason.starts_with("dropped at node n2 (172.30.0.2) by its datapath: uplink_source_spoofed x"), "{reason}");
+
     // Node n2's uplink goes down.
     ns_exec(&lab.state.nodes[1].netns, &["ip", "link", "set", "eth0", "down"]).unwrap();
     let (ok, v) = lab.connectivity_test(0, &[]).unwrap();

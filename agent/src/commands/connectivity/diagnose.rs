@@ -14,6 +14,9 @@ pub struct Facts<'a> {
     pub drops_after: &'a [(String, u64)],
     /// This node holds a kernel route to the target's pod CIDR.
     pub kernel_route_present: bool,
+    /// Drop counters that moved on the target's node during the probe (read
+    /// from its agent's metrics).
+    pub peer_dropped: &'a [(String, u64)],
 }
 
 pub fn diagnose(t: &Target, f: &Facts, node_reaches: impl FnOnce(Ipv4Addr, Option<u16>) -> bool) -> String {
@@ -26,6 +29,11 @@ pub fn diagnose(t: &Target, f: &Facts, node_reaches: impl FnOnce(Ipv4Addr, Optio
         .collect();
     if !dropped.is_empty() {
         return format!("dropped by the datapath: {}", dropped.join(", "));
+    }
+    if !f.peer_dropped.is_empty() {
+        let what: Vec<String> = f.peer_dropped.iter().map(|(r, n)| format!("{r} x{n}")).collect();
+        let at = t.node_ip.map(|ip| format!(" ({ip})")).unwrap_or_default();
+        return format!("dropped at node {}{at} by its datapath: {}", t.node, what.join(", "));
     }
     let leaves_node = !t.local;
     if leaves_node && !f.uplink_up {
@@ -111,7 +119,14 @@ mod tests {
     }
 
     fn facts<'a>(before: &'a [(String, u64)], after: &'a [(String, u64)]) -> Facts<'a> {
-        Facts { uplink_up: true, uplink: "eth0", drops_before: before, drops_after: after, kernel_route_present: true }
+        Facts {
+            uplink_up: true,
+            uplink: "eth0",
+            drops_before: before,
+            drops_after: after,
+            kernel_route_present: true,
+            peer_dropped: &[],
+        }
     }
 
     fn never_asked(_: Ipv4Addr, _: Option<u16>) -> bool {
@@ -124,6 +139,15 @@ mod tests {
         let f = Facts { uplink_up: false, ..facts(&b, &a) };
         let r = diagnose(&target(Class::PodToPod, Kind::Health, false), &f, never_asked);
         assert_eq!(r, "dropped by the datapath: source_spoofed x3");
+    }
+
+    #[test]
+    fn drops_on_the_peer_name_the_hop() {
+        let c = counters(0);
+        let peer = vec![("uplink_source_spoofed".to_string(), 2)];
+        let f = Facts { peer_dropped: &peer, ..facts(&c, &c) };
+        let r = diagnose(&target(Class::PodToPod, Kind::Health, false), &f, never_asked);
+        assert_eq!(r, "dropped at node n2 (172.30.0.2) by its datapath: uplink_source_spoofed x2");
     }
 
     #[test]

@@ -15,6 +15,7 @@
 //! why a probe failed from the evidence gathered.
 pub mod diagnose;
 pub mod icmp;
+pub mod peer_drops;
 
 use std::{
     collections::BTreeSet,
@@ -122,6 +123,8 @@ pub struct ProbeResult {
 /// What to probe besides the nodes (from the command line).
 #[derive(Clone, Debug, Default)]
 pub struct Extra {
+    /// Where peers' agents serve metrics (their drop counters name the hop).
+    pub peer_metrics_port: u16,
     pub pods: bool,
     pub service: Option<SocketAddrV4>,
     pub world: Option<(Ipv4Addr, Option<u16>)>,
@@ -270,6 +273,8 @@ pub async fn run(pins: &PinDir, data_dir: &Path, extra: &Extra) -> Result<Vec<Pr
             continue;
         }
         let before = drops_total(pins);
+        let peer = t.node_ip.filter(|_| !t.local);
+        let peer_before = peer.and_then(|ip| peer_drops::fetch(ip, extra.peer_metrics_port));
         let seq = seq as u16 + 1;
         let (icmp_r, tcp_r) = if t.class.from_pod() {
             // From inside the local health endpoint: through from_pod.
@@ -280,8 +285,15 @@ pub async fn run(pins: &PinDir, data_dir: &Path, extra: &Extra) -> Result<Vec<Pr
         };
         let after = drops_total(pins);
         let ok = icmp_r.as_ref().is_none_or(|r| r.is_ok()) && tcp_r.as_ref().is_none_or(|r| r.is_ok());
+        let peer_dropped = match (peer, &peer_before) {
+            (Some(ip), Some(b)) if !ok => {
+                peer_drops::fetch(ip, extra.peer_metrics_port).map(|a| peer_drops::delta(b, &a)).unwrap_or_default()
+            }
+            _ => Vec::new(),
+        };
         let reason = (!ok).then(|| {
             let facts = diagnose::Facts {
+                peer_dropped: &peer_dropped,
                 uplink_up,
                 uplink: &state.uplink,
                 drops_before: &before,
@@ -364,6 +376,7 @@ mod tests {
         let routes = vec![("10.244.2.0/24".parse().unwrap(), "172.30.0.2".parse().unwrap())];
         let pods = vec!["10.244.1.1".parse().unwrap(), "10.244.1.5".parse().unwrap()];
         let extra = Extra {
+            peer_metrics_port: 9962,
             pods: true,
             service: Some("10.96.0.10:53".parse().unwrap()),
             world: Some(("198.51.100.1".parse().unwrap(), None)),

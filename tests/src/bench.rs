@@ -11,7 +11,6 @@ use std::{
     io::{Read, Write},
     net::{Ipv4Addr, SocketAddr, TcpListener, TcpStream},
     path::Path,
-    process::Command,
     sync::{
         atomic::{AtomicBool, Ordering},
         Arc,
@@ -268,29 +267,18 @@ pub struct Throughput {
 /// Single-stream TCP throughput with iperf3 (cubic, both ends on CPU 0... and 1).
 pub fn throughput(server_ns: &str, client_ns: &str, server_ip: Ipv4Addr, secs: u32) -> Result<Throughput> {
     let port = 5201 + (std::process::id() % 1000) as u16;
-    let mut server = Command::new("nsenter")
-        .arg(format!("--net=/run/netns/{server_ns}"))
-        .args(["--", "iperf3", "-s", "-1", "-p", &port.to_string(), "-A", "1"])
+    let port_arg = port.to_string();
+    let mut server = crate::lab::ns_cmd(server_ns, &["iperf3", "-s", "-1", "-p", &port_arg, "-A", "1"])
         .stdout(std::process::Stdio::null())
         .stderr(std::process::Stdio::null())
         .spawn()
         .context("iperf3 server (Debian package iperf3)")?;
     thread::sleep(Duration::from_millis(300));
-    let out = run(Command::new("nsenter").arg(format!("--net=/run/netns/{client_ns}")).args([
-        "--",
-        "iperf3",
-        "-c",
-        &server_ip.to_string(),
-        "-p",
-        &port.to_string(),
-        "-t",
-        &secs.to_string(),
-        "-C",
-        "cubic",
-        "-A",
-        "0",
-        "-J",
-    ]));
+    let (ip_arg, secs_arg) = (server_ip.to_string(), secs.to_string());
+    let out = run(&mut crate::lab::ns_cmd(
+        client_ns,
+        &["iperf3", "-c", &ip_arg, "-p", &port_arg, "-t", &secs_arg, "-C", "cubic", "-A", "0", "-J"],
+    ));
     let _ = server.kill();
     let _ = server.wait();
     let v: serde_json::Value = serde_json::from_str(&out?)?;

@@ -56,11 +56,12 @@ impl Containerd {
         // Its own mount namespace, so the snapshotter's mounts stay in there;
         // "slave" so pod namespaces made later under /run/netns still show up
         // in it (with "private", runc finds an empty file, not the netns).
-        let daemon = Command::new("nsenter")
-            .arg(format!("--net=/run/netns/{}", node.netns))
-            .args(["--", "unshare", "--mount", "--propagation", "slave", "containerd", "--config"])
-            .arg(dir.join("config.toml"))
-            .stdin(Stdio::null())
+        let config = dir.join("config.toml").display().to_string();
+        let daemon = crate::lab::ns_cmd(
+            &node.netns,
+            &["unshare", "--mount", "--propagation", "slave", "containerd", "--config", &config],
+        )
+        .stdin(Stdio::null())
             .stdout(log.try_clone()?)
             .stderr(log)
             .spawn()
@@ -96,10 +97,11 @@ impl Containerd {
             sock = self.socket().display(),
             ns = self.namespace,
         );
-        let mut c = Command::new("nsenter");
-        c.arg(format!("--net=/run/netns/{}", self.node_netns))
-            .args(["--", "unshare", "--mount", "--propagation", "private", "sh", "-c", &script, "ctr"])
-            .args(args);
+        let mut c = crate::lab::ns_cmd(
+            &self.node_netns,
+            &["unshare", "--mount", "--propagation", "private", "sh", "-c", &script, "ctr"],
+        );
+        c.args(args);
         c
     }
 

@@ -6,7 +6,7 @@
 use std::{
     io::Write,
     path::{Path, PathBuf},
-    process::{Command, Stdio},
+    process::Stdio,
 };
 
 use anyhow::{bail, Context, Result};
@@ -76,11 +76,9 @@ impl ChainRuntime {
     fn exec(&self, command: &str, plugin: &Value, att: &Attachment, conf: &Value) -> Result<String> {
         let kind = plugin["type"].as_str().context("plugin without type")?;
         let bin = self.cni_path.join(kind);
-        let mut cmd = Command::new("nsenter");
-        cmd.arg(format!("--net=/run/netns/{}", self.node_netns))
-            .arg("--")
-            .arg(&bin)
-            .env_clear()
+        let bin = bin.display().to_string();
+        let mut cmd = crate::lab::ns_cmd(&self.node_netns, &[&bin]);
+        cmd.env_clear()
             .env("PATH", &self.path)
             .env("CNI_COMMAND", command)
             .env("CNI_CONTAINERID", &att.container_id)
@@ -90,7 +88,7 @@ impl ChainRuntime {
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped());
-        let mut child = cmd.spawn().with_context(|| format!("start {}", bin.display()))?;
+        let mut child = cmd.spawn().with_context(|| format!("start {bin}"))?;
         child.stdin.take().expect("piped").write_all(&serde_json::to_vec(conf)?)?;
         let out = child.wait_with_output()?;
         let stdout = String::from_utf8_lossy(&out.stdout).into_owned();

@@ -62,10 +62,10 @@ impl Containerd {
             &["unshare", "--mount", "--propagation", "slave", "containerd", "--config", &config],
         )
         .stdin(Stdio::null())
-            .stdout(log.try_clone()?)
-            .stderr(log)
-            .spawn()
-            .context("start containerd")?;
+        .stdout(log.try_clone()?)
+        .stderr(log)
+        .spawn()
+        .context("start containerd")?;
         let c = Self {
             namespace: crate::unique("sluice-test-"),
             node_netns: node.netns.clone(),

@@ -93,6 +93,40 @@ fn every_class_is_reached_and_failures_name_the_hop() {
     let reason = n2["reason"].as_str().unwrap();
     assert!(reason.starts_with("dropped at node n2 (172.30.0.2) by its datapath: uplink_source_spoofed x"), "{reason}");
 
+    // The node network loses what n1 sends n2's health endpoint (a filter in
+    // the switch), while n2 itself answers: n2's counters show
+    // its datapath never saw the probes.
+    let lan = lab.state.lan_netns.clone();
+    for cmd in [
+        &["add", "table", "bridge", "lossy"][..],
+        &["add", "chain", "bridge", "lossy", "forward", "{", "type", "filter", "hook", "forward", "priority", "0", ";", "}"],
+        &["add", "rule", "bridge", "lossy", "forward", "ip", "daddr", "10.244.2.1", "drop"],
+    ] {
+        let mut args = vec!["nft"];
+        args.extend(cmd);
+        ns_exec(&lan, &args).unwrap();
+    }
+    let (ok, v) = lab.connectivity_test(0, &[]).unwrap();
+    ns_exec(&lan, &["nft", "delete", "table", "bridge", "lossy"]).unwrap();
+    assert!(!ok, "{v:#}");
+    let r = rows(&v);
+    let n2 = of_class(&r, "pod-to-pod").into_iter().find(|x| x["target"]["node"] == "n2").unwrap();
+    let reason = n2["reason"].as_str().unwrap();
+    assert!(reason.starts_with("left this node's eth0, never seen by node n2's datapath"), "{reason}");
+
+    // n1's kernel route to n2's pods removed (its agent, which would put it
+    // back, down): host-to-pod names the missing route.
+    lab.kill_agent(0).unwrap();
+    let n2_cidr = lab.state.nodes[1].pod_cidr.clone();
+    ns_exec(&lab.state.nodes[0].netns, &["ip", "route", "del", &n2_cidr, "proto", "83"]).unwrap();
+    let (ok, v) = lab.connectivity_test(0, &[]).unwrap();
+    assert!(!ok, "{v:#}");
+    let r = rows(&v);
+    let n2 = of_class(&r, "host-to-pod").into_iter().find(|x| x["target"]["node"] == "n2").unwrap();
+    assert!(n2["reason"].as_str().unwrap().starts_with(&format!("no kernel route to {n2_cidr}")), "{n2}");
+    lab.start_agent(0).unwrap();
+    lab.wait_agent_ready(0).unwrap();
+
     // Node n2's uplink goes down.
     ns_exec(&lab.state.nodes[1].netns, &["ip", "link", "set", "eth0", "down"]).unwrap();
     let (ok, v) = lab.connectivity_test(0, &[]).unwrap();

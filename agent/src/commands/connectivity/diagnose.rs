@@ -17,6 +17,9 @@ pub struct Facts<'a> {
     /// Drop counters that moved on the target's node during the probe (read
     /// from its agent's metrics).
     pub peer_dropped: &'a [(String, u64)],
+    /// Whether the target node's datapath delivered anything from its
+    /// uplink into a pod during the probe (`None`: its metrics unknown).
+    pub peer_delivered: Option<bool>,
 }
 
 pub fn diagnose(t: &Target, f: &Facts, node_reaches: impl FnOnce(Ipv4Addr, Option<u16>) -> bool) -> String {
@@ -57,6 +60,13 @@ pub fn diagnose(t: &Target, f: &Facts, node_reaches: impl FnOnce(Ipv4Addr, Optio
                 if !node_reaches(node_ip, None) {
                     return format!("peer node {} ({node_ip}) unreachable on the node network", t.node);
                 }
+            }
+            if t.class == Class::PodToPod && f.peer_delivered == Some(false) {
+                return format!(
+                    "left this node's {}, never seen by node {}'s datapath (it counted no delivery from its uplink): \
+                     lost on the node network, or a firewall before {}'s uplink",
+                    f.uplink, t.node, t.node
+                );
             }
             format!("node {} answers but its health endpoint does not (agent or pod network down there)", t.node)
         }
@@ -126,6 +136,7 @@ mod tests {
             drops_after: after,
             kernel_route_present: true,
             peer_dropped: &[],
+            peer_delivered: None,
         }
     }
 
@@ -170,6 +181,11 @@ mod tests {
         assert_eq!(down, "peer node n2 (172.30.0.2) unreachable on the node network");
         let up = diagnose(&t, &facts(&c, &c), |_, _| true);
         assert!(up.starts_with("node n2 answers but its health endpoint does not"), "{up}");
+        // The peer's counters say nothing reached its datapath.
+        let unseen = diagnose(&t, &Facts { peer_delivered: Some(false), ..facts(&c, &c) }, |_, _| true);
+        assert!(unseen.starts_with("left this node's eth0, never seen by node n2's datapath"), "{unseen}");
+        let seen = diagnose(&t, &Facts { peer_delivered: Some(true), ..facts(&c, &c) }, |_, _| true);
+        assert!(seen.starts_with("node n2 answers but its health endpoint does not"), "{seen}");
     }
 
     #[test]

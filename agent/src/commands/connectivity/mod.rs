@@ -285,15 +285,21 @@ pub async fn run(pins: &PinDir, data_dir: &Path, extra: &Extra) -> Result<Vec<Pr
         };
         let after = drops_total(pins);
         let ok = icmp_r.as_ref().is_none_or(|r| r.is_ok()) && tcp_r.as_ref().is_none_or(|r| r.is_ok());
-        let peer_dropped = match (peer, &peer_before) {
-            (Some(ip), Some(b)) if !ok => {
-                peer_drops::fetch(ip, extra.peer_metrics_port).map(|a| peer_drops::delta(b, &a)).unwrap_or_default()
-            }
-            _ => Vec::new(),
+        let peer_after = match (peer, &peer_before) {
+            (Some(ip), Some(_)) if !ok => peer_drops::fetch(ip, extra.peer_metrics_port),
+            _ => None,
+        };
+        let (peer_dropped, peer_delivered) = match (&peer_before, &peer_after) {
+            (Some(b), Some(a)) => (
+                peer_drops::delta(&b.drops, &a.drops),
+                Some(peer_drops::delta(&b.forwards, &a.forwards).iter().any(|(p, _)| p == "uplink_to_pod")),
+            ),
+            _ => (Vec::new(), None),
         };
         let reason = (!ok).then(|| {
             let facts = diagnose::Facts {
                 peer_dropped: &peer_dropped,
+                peer_delivered,
                 uplink_up,
                 uplink: &state.uplink,
                 drops_before: &before,

@@ -10,10 +10,20 @@ use std::{
 
 /// `reason → count` from the Prometheus text of an agent's `/metrics`.
 pub fn parse(text: &str) -> Vec<(String, u64)> {
+    parse_family(text, "sluice_drops_total{", "reason")
+}
+
+/// `path → count` of the peer's forwarded packets.
+pub fn parse_forwards(text: &str) -> Vec<(String, u64)> {
+    parse_family(text, "sluice_forwarded_packets_total{", "path")
+}
+
+fn parse_family(text: &str, prefix: &str, label: &str) -> Vec<(String, u64)> {
+    let needle = format!("{label}=\"");
     text.lines()
         .filter_map(|l| {
-            let rest = l.strip_prefix("sluice_drops_total{")?;
-            let reason = rest.split("reason=\"").nth(1)?.split('"').next()?;
+            let rest = l.strip_prefix(prefix)?;
+            let reason = rest.split(needle.as_str()).nth(1)?.split('"').next()?;
             let value = l.rsplit(' ').next()?.parse::<f64>().ok()?;
             Some((reason.to_string(), value as u64))
         })
@@ -31,16 +41,23 @@ pub fn delta(before: &[(String, u64)], after: &[(String, u64)]) -> Vec<(String, 
         .collect()
 }
 
-/// The peer's drop counters, or `None` if its metrics cannot be read (no
-/// agent there, metrics off, a firewall): then nothing is claimed.
-pub fn fetch(node_ip: Ipv4Addr, port: u16) -> Option<Vec<(String, u64)>> {
+/// A peer's counters at one moment.
+#[derive(Clone, Debug, Default)]
+pub struct PeerCounters {
+    pub drops: Vec<(String, u64)>,
+    pub forwards: Vec<(String, u64)>,
+}
+
+/// The peer's counters, or `None` if its metrics cannot be read (no agent
+/// there, metrics off, a firewall): then nothing is claimed.
+pub fn fetch(node_ip: Ipv4Addr, port: u16) -> Option<PeerCounters> {
     let addr = SocketAddr::from((node_ip, port));
     let mut s = TcpStream::connect_timeout(&addr, Duration::from_millis(500)).ok()?;
     s.set_read_timeout(Some(Duration::from_secs(1))).ok()?;
     write!(s, "GET /metrics HTTP/1.0\r\nHost: {addr}\r\n\r\n").ok()?;
     let mut body = String::new();
     s.read_to_string(&mut body).ok()?;
-    Some(parse(&body))
+    Some(PeerCounters { drops: parse(&body), forwards: parse_forwards(&body) })
 }
 
 #[cfg(test)]
@@ -58,5 +75,6 @@ mod tests {
         let before = vec![("source_spoofed".to_string(), 1)];
         assert_eq!(delta(&before, &after), vec![("source_spoofed".to_string(), 3)]);
         assert!(delta(&after, &after).is_empty());
+        assert_eq!(parse_forwards(text), vec![("to_stack".to_string(), 9)]);
     }
 }

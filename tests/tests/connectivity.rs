@@ -99,7 +99,10 @@ fn every_class_is_reached_and_failures_name_the_hop() {
     let lan = lab.state.lan_netns.clone();
     for cmd in [
         &["add", "table", "bridge", "lossy"][..],
-        &["add", "chain", "bridge", "lossy", "forward", "{", "type", "filter", "hook", "forward", "priority", "0", ";", "}"],
+        &[
+            "add", "chain", "bridge", "lossy", "forward", "{", "type", "filter", "hook", "forward", "priority", "0",
+            ";", "}",
+        ],
         &["add", "rule", "bridge", "lossy", "forward", "ip", "daddr", "10.244.2.1", "drop"],
     ] {
         let mut args = vec!["nft"];

@@ -67,6 +67,7 @@ fn a_real_prometheus_scrapes_every_agent_and_sees_the_drops() {
         "sluice_map_capacity_entries{map=\"NODE_ROUTES\"} 16384",
         "sluice_reconcile_duration_seconds_bucket",
         "sluice_membership_problems 0",
+        "sluice_masquerade_packets_total",
     ] {
         assert!(text.contains(name), "{name} missing:\n{text}");
     }

@@ -55,7 +55,8 @@ fn every_provoked_drop_is_reported_with_its_reason_and_tuple() {
     ns_exec(&lan, &["ip", "route", "add", &n1.pod_cidr, "via", &n1.ip]).unwrap();
 
     // Three frames with a broken IPv4 header (IHL 4) from a1, by hand.
-    let link: Value = serde_json::from_str(&ns_exec(&a1.netns, &["ip", "-j", "link", "show", "eth0"]).unwrap()).unwrap();
+    let link: Value =
+        serde_json::from_str(&ns_exec(&a1.netns, &["ip", "-j", "link", "show", "eth0"]).unwrap()).unwrap();
     let pod_mac = link[0]["address"].as_str().unwrap().replace(':', "");
     let neigh = ns_exec(&a1.netns, &["ip", "neigh", "show", "169.254.1.1"]).unwrap();
     let gw_mac = neigh.split_whitespace().skip_while(|w| *w != "lladdr").nth(1).unwrap().replace(':', "");

@@ -163,6 +163,22 @@ impl Collector for DatapathCollector {
         family(&mut encoder, "sluice_map_entries", "Entries in each datapath map.", MetricType::Gauge, used)?;
         family(&mut encoder, "sluice_map_capacity_entries", "Capacity of each datapath map.", MetricType::Gauge, cap)?;
         encode_cni(&mut encoder, &cni_stats::read(&self.data_dir))?;
+        if let Some((packets, bytes)) = masquerade_counter() {
+            family(
+                &mut encoder,
+                "sluice_masquerade_packets",
+                "Connections' first packets masqueraded to the node's address (nft table ip sluice).",
+                MetricType::Counter,
+                [(vec![], ConstCounter::new(packets))],
+            )?;
+            family(
+                &mut encoder,
+                "sluice_masquerade_bytes",
+                "Bytes of those packets.",
+                MetricType::Counter,
+                [(vec![], ConstCounter::new(bytes))],
+            )?;
+        }
         if let Some(k) = self.kube.lock().expect("metrics lock").clone() {
             family(
                 &mut encoder,
@@ -188,6 +204,24 @@ impl Collector for DatapathCollector {
         }
         Ok(())
     }
+}
+
+/// The masquerade rule's counter (`counter packets N bytes M`), if the table
+/// is there.
+fn masquerade_counter() -> Option<(u64, u64)> {
+    let out = std::process::Command::new("nft").args(["list", "table", "ip", "sluice"]).output().ok()?;
+    parse_nft_counter(&String::from_utf8_lossy(&out.stdout))
+}
+
+/// `... counter packets 12 bytes 840 masquerade` → (12, 840) (pure).
+pub fn parse_nft_counter(table: &str) -> Option<(u64, u64)> {
+    let line = table.lines().find(|l| l.contains("masquerade") && l.contains("counter packets"))?;
+    let mut words = line.split_whitespace();
+    words.find(|w| *w == "packets")?;
+    let packets = words.next()?.parse().ok()?;
+    words.find(|w| *w == "bytes")?;
+    let bytes = words.next()?.parse().ok()?;
+    Some((packets, bytes))
 }
 
 /// The registry: the agent's metrics and the datapath collector.
@@ -261,6 +295,13 @@ pub async fn serve(addr: SocketAddr, registry: Registry) -> Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn nft_counter_parses() {
+        let t = "table ip sluice {\n\tchain postrouting {\n\t\tip saddr 10.244.0.0/16 ip daddr != @no_masquerade counter packets 12 bytes 840 masquerade\n\t}\n}";
+        assert_eq!(parse_nft_counter(t), Some((12, 840)));
+        assert_eq!(parse_nft_counter("table ip sluice {}"), None);
+    }
 
     #[test]
     fn agent_metrics_are_named_by_convention() {

@@ -39,6 +39,7 @@ fn fmt_mac(mac: [u8; 6]) -> String {
 }
 
 async fn add_steps(conf: &NetConf, env: &CniEnv, rb: &mut Rollback) -> Result<Value, CniError> {
+    fault::start();
     let netns_path = env.netns.as_deref().ok_or_else(|| plugin(anyhow!("CNI_NETNS missing")))?;
     let pins = PinDir::new(&conf.pin_dir);
     plumbing::require_datapath(&pins).map_err(CniError::DatapathNotReady)?;

@@ -67,9 +67,12 @@ async fn add_steps(conf: &NetConf, env: &CniEnv, rb: &mut Rollback) -> Result<Va
         let name = host_name.clone();
         rb.push("delete veth", async move { host.delete_link(&name).await });
     }
-    let host_link = plumbing::create_veth(&host, &host_name, &peer_tmp, conf.mtu).await.map_err(plugin)?;
+    // The pod's end is made in the pod's namespace: no move between
+    // namespaces, whose RCU wait was half of an ADD (docs/BENCHMARKS.md).
+    let host_link = plumbing::create_veth_into(&host, &host_name, &peer_tmp, ns_file.as_raw_fd(), conf.mtu)
+        .await
+        .map_err(plugin)?;
     fault::after("veth").map_err(plugin)?;
-    plumbing::move_peer(&host, &peer_tmp, ns_file.as_raw_fd()).await.map_err(plugin)?;
     fault::after("move").map_err(plugin)?;
 
     // 3. Inside the pod.

@@ -138,7 +138,8 @@ fn agent_sweeps_pods_whose_namespace_is_gone_and_crashed_adds() {
     // A pod whose namespace is deleted without DEL.
     let gone = Netns::new("slpod").unwrap();
     add(&lab, &node, &gone);
-    // An ADD killed before the pod end left the node.
+    // An ADD killed right after making the veth (the pod's end is made in
+    // the pod's namespace): no endpoint entry, so never finished.
     let crashed = Netns::new("slpod").unwrap();
     let mut call = CniCall::new("ADD", &crashed.name, Some(&crashed.name), conf(&node));
     call.bin = Some(faulty_cni_bin());

@@ -4,9 +4,10 @@
 //! what `plan` names.
 //!
 //! A lease is stale when its host veth is gone (the pod namespace went, and
-//! the veth pair with it) or its pod end never left the node (ADD died
-//! before moving it) — and it is older than a grace period, so an ADD still
-//! in progress is never swept.
+//! the veth pair with it), its pod end never left the node (an ADD of an
+//! older version died before moving it), or it has no endpoint entry (the
+//! ADD died before finishing: every finished ADD has one) — and it is older
+//! than a grace period, so an ADD still in progress is never swept.
 use std::{
     collections::{BTreeMap, BTreeSet},
     net::Ipv4Addr,
@@ -64,7 +65,10 @@ pub fn plan(f: &Facts) -> SweepPlan {
         let peer = pod_names::temp_peer(&lease.container_id, &lease.ifname);
         let pod_gone = !f.links.contains_key(&host);
         let add_died_before_move = f.links.contains_key(&peer);
-        if (pod_gone || add_died_before_move) && lease.age >= f.grace {
+        // Every finished ADD has its endpoint entry: a lease without one
+        // (past the grace period) is an ADD that died on the way.
+        let add_never_finished = !f.endpoints.contains_key(&lease.ip);
+        if (pod_gone || add_died_before_move || add_never_finished) && lease.age >= f.grace {
             out.attachments.push((lease.container_id.clone(), lease.ifname.clone()));
             covered.insert(lease.ip);
         }
@@ -204,12 +208,15 @@ mod tests {
     fn table() {
         let live = pod_names::host_veth("live", "eth0");
         let crashed = pod_names::temp_peer("crashed", "eth0");
-        let links: BTreeMap<String, u32> = [(live.clone(), 10), (crashed.clone(), 11), ("eth0".to_string(), 2)].into();
+        let unfinished = pod_names::host_veth("unfinished", "eth0");
+        let links: BTreeMap<String, u32> =
+            [(live.clone(), 10), (crashed.clone(), 11), (unfinished.clone(), 12), ("eth0".to_string(), 2)].into();
         let leases = vec![
-            lease("10.0.0.2", "live", 100),    // pod alive: keep
-            lease("10.0.0.3", "gone", 100),    // veth gone: sweep
-            lease("10.0.0.4", "young", 0),     // veth gone but ADD may be running: keep
-            lease("10.0.0.5", "crashed", 100), // ADD died before moving the peer: sweep
+            lease("10.0.0.2", "live", 100),       // pod alive: keep
+            lease("10.0.0.3", "gone", 100),       // veth gone: sweep
+            lease("10.0.0.4", "young", 0),        // veth gone but ADD may be running: keep
+            lease("10.0.0.5", "crashed", 100),    // ADD died before moving the peer: sweep
+            lease("10.0.0.6", "unfinished", 100), // veth there, no endpoint entry: sweep
         ];
         let endpoints: BTreeMap<Ipv4Addr, EndpointInfo> = [
             ("10.0.0.2".parse().unwrap(), ep(10)),
@@ -225,7 +232,14 @@ mod tests {
             links: &links,
             grace: Duration::from_secs(30),
         });
-        assert_eq!(p.attachments, vec![("gone".into(), "eth0".into()), ("crashed".into(), "eth0".into())]);
+        assert_eq!(
+            p.attachments,
+            vec![
+                ("gone".into(), "eth0".into()),
+                ("crashed".into(), "eth0".into()),
+                ("unfinished".into(), "eth0".into())
+            ]
+        );
         assert_eq!(p.endpoints, vec!["10.0.0.9".parse::<Ipv4Addr>().unwrap()]);
         assert_eq!(p.link_pins, vec!["slcdeadbeef000".to_string()]);
     }

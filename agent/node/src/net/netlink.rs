@@ -262,6 +262,17 @@ impl Netlink {
             .with_context(|| format!("create veth {host} <-> {peer}"))
     }
 
+    /// A veth pair whose `peer` end is created directly in the namespace open
+    /// as `ns_fd` (`ip link add <host> type veth peer name <peer> netns ..`):
+    /// no later move, which costs a network-wide RCU wait (~35 ms).
+    pub async fn add_veth_into(&self, host: &str, peer: &str, ns_fd: std::os::fd::RawFd) -> Result<()> {
+        // rtnetlink's `veth(a, b)` puts `b` in the main message: the device
+        // created where the message's IFLA_NET_NS_FD says, `a` here.
+        let mut req = self.handle.link().add().veth(host.to_string(), peer.to_string());
+        req.message_mut().attributes.push(LinkAttribute::NetNsFd(ns_fd));
+        req.execute().await.with_context(|| format!("create veth {host} <-> {peer} (peer in the pod's namespace)"))
+    }
+
     /// Delete a link; one that is already gone counts as deleted.
     pub async fn delete_link(&self, name: &str) -> Result<()> {
         let Some(link) = self.link_by_name(name).await? else {

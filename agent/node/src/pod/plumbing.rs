@@ -32,6 +32,24 @@ pub async fn create_veth(host: &Netlink, host_name: &str, peer_tmp: &str, mtu: u
     Ok(host_link)
 }
 
+/// The veth pair with its pod end created directly in the namespace open as
+/// `ns_fd` (removing leftovers of an earlier attempt on the node first).
+/// Returns the host side.
+pub async fn create_veth_into(
+    host: &Netlink,
+    host_name: &str,
+    peer_tmp: &str,
+    ns_fd: RawFd,
+    mtu: u32,
+) -> Result<LinkInfo> {
+    host.delete_link(host_name).await?;
+    host.delete_link(peer_tmp).await?;
+    host.add_veth_into(host_name, peer_tmp, ns_fd).await?;
+    let host_link = host.require_link(host_name).await?;
+    host.set_mtu(host_link.index, mtu).await?;
+    Ok(host_link)
+}
+
 /// Move the pod end into the namespace open as `ns_fd`.
 pub async fn move_peer(host: &Netlink, peer_tmp: &str, ns_fd: RawFd) -> Result<()> {
     let peer = host.require_link(peer_tmp).await?;

@@ -165,3 +165,17 @@ pub fn ping_received(out: &str) -> Option<u32> {
     let part = line.split(',').nth(1)?;
     part.split_whitespace().next()?.parse().ok()
 }
+
+/// `bpftool -j <args>`, parsed.
+pub fn bpftool_json(args: &[&str]) -> Result<serde_json::Value> {
+    let mut all = vec!["-j"];
+    all.extend(args);
+    Ok(serde_json::from_str(&sh("bpftool", &all)?)?)
+}
+
+/// (link id, program id) of a pinned link: an in-place update keeps the
+/// first and changes the second.
+pub fn link_ids(pin: &Path) -> Result<(u64, u64)> {
+    let v = bpftool_json(&["link", "show", "pinned", &pin.display().to_string()])?;
+    Ok((v["id"].as_u64().context("link id")?, v["prog_id"].as_u64().context("prog id")?))
+}

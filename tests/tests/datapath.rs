@@ -216,9 +216,7 @@ fn mtu_follows_the_lan_full_size_crosses_one_byte_more_is_refused() {
 
 /// (link id, program id) of a pinned link, from bpftool.
 fn link_ids(pin: &std::path::Path) -> (u64, u64) {
-    let out = sluice_tests::sh("bpftool", &["-j", "link", "show", "pinned", &pin.display().to_string()]).unwrap();
-    let v: serde_json::Value = serde_json::from_str(&out).unwrap();
-    (v["id"].as_u64().unwrap(), v["prog_id"].as_u64().unwrap())
+    sluice_tests::link_ids(pin).unwrap()
 }
 
 #[test]

@@ -26,19 +26,12 @@ use sluice_tests::{
     ping_received, require_root, sh,
 };
 
-fn bpftool_json(args: &[&str]) -> Value {
-    let mut all = vec!["-j"];
-    all.extend(args);
-    serde_json::from_str(&sh("bpftool", &all).unwrap()).unwrap()
-}
-
 fn link_ids(pin: &Path) -> (u64, u64) {
-    let v = bpftool_json(&["link", "show", "pinned", &pin.display().to_string()]);
-    (v["id"].as_u64().unwrap(), v["prog_id"].as_u64().unwrap())
+    sluice_tests::link_ids(pin).unwrap()
 }
 
 fn map_info(pin: &Path) -> Value {
-    bpftool_json(&["map", "show", "pinned", &pin.display().to_string()])
+    sluice_tests::bpftool_json(&["map", "show", "pinned", &pin.display().to_string()]).unwrap()
 }
 
 fn pin_names(dir: &Path) -> Vec<String> {

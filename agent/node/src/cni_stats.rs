@@ -9,7 +9,7 @@ use anyhow::{Context, Result};
 use serde::{Deserialize, Serialize};
 
 pub const FILE_NAME: &str = "cni-stats.json";
-const LOCK_NAME: &str = "cni-stats.lock";
+pub const LOCK_NAME: &str = "cni-stats.lock";
 
 /// Upper bounds (seconds) of the duration histogram's buckets.
 pub const BUCKETS: [f64; 10] = [0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 10.0];

@@ -101,7 +101,7 @@ pub async fn run(plan: &CleanupPlan) -> Result<()> {
         }
     }
     remove_file(&state_file::path(&plan.data_dir), &mut errors);
-    for name in [sluice_node::cni_stats::FILE_NAME, "cni-stats.lock"] {
+    for name in [sluice_node::cni_stats::FILE_NAME, sluice_node::cni_stats::LOCK_NAME] {
         remove_file(&plan.data_dir.join(name), &mut errors);
     }
     if errors.is_empty() {

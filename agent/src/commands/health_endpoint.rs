@@ -79,9 +79,8 @@ pub async fn ensure(
             return Ok(path);
         }
     }
-    let host_link = plumbing::create_veth(host, HOST_VETH, PEER_TMP, mtu).await?;
     let ns = File::open(&path)?;
-    plumbing::move_peer(host, PEER_TMP, ns.as_raw_fd()).await?;
+    let host_link = plumbing::create_veth_into(host, HOST_VETH, PEER_TMP, ns.as_raw_fd(), mtu).await?;
     let pod_link = plumbing::configure_pod_side(&pod, PEER_TMP, "eth0", mtu, ip, host_link.mac).await?;
     plumbing::configure_host_side(host, &host_link, ip, pod_link.mac).await?;
     plumbing::insert_endpoint(pins, ip, &host_link, pod_link.mac)?;

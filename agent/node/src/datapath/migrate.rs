@@ -164,18 +164,23 @@ pub fn copy_into(pins: &PinDir, name: &str, new: &mut Map) -> Result<usize> {
     Ok(copied)
 }
 
+/// Every key of a hash map (plain or LRU) into its new map.
+fn copy_hash<K: aya::Pod, V: aya::Pod>(old: Map, new: &mut Map) -> Result<usize> {
+    let from: HashMap<MapData, K, V> = old.try_into()?;
+    let mut to: HashMap<&mut MapData, K, V> = new.try_into()?;
+    let mut n = 0;
+    for kv in from.iter() {
+        let (k, v) = kv?;
+        to.insert(k, v, 0)?;
+        n += 1;
+    }
+    Ok(n)
+}
+
 fn copy_entries(name: &str, old: Map, new: &mut Map) -> Result<usize> {
     let mut n = 0;
     match name {
-        names::ENDPOINTS => {
-            let from: HashMap<MapData, u32, EndpointInfo> = old.try_into()?;
-            let mut to: HashMap<&mut MapData, u32, EndpointInfo> = new.try_into()?;
-            for kv in from.iter() {
-                let (k, v) = kv?;
-                to.insert(k, v, 0)?;
-                n += 1;
-            }
-        }
+        names::ENDPOINTS => n = copy_hash::<u32, EndpointInfo>(old, new)?,
         names::NODE_ROUTES => {
             let from: LpmTrie<MapData, u32, RemoteNode> = old.try_into()?;
             let mut to: LpmTrie<&mut MapData, u32, RemoteNode> = new.try_into()?;
@@ -211,15 +216,7 @@ fn copy_entries(name: &str, old: Map, new: &mut Map) -> Result<usize> {
                 n += 1;
             }
         }
-        names::STACK_FLOWS => {
-            let from: HashMap<MapData, FlowKey, u32> = old.try_into()?;
-            let mut to: HashMap<&mut MapData, FlowKey, u32> = new.try_into()?;
-            for kv in from.iter() {
-                let (k, v) = kv?;
-                to.insert(k, v, 0)?;
-                n += 1;
-            }
-        }
+        names::STACK_FLOWS => n = copy_hash::<FlowKey, u32>(old, new)?,
         other => {
             warn!(map = other, "no migration known for this map; starting it empty");
         }

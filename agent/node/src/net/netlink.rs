@@ -251,17 +251,6 @@ impl Netlink {
         }
     }
 
-    /// `ip link add <host> type veth peer name <peer>`.
-    pub async fn add_veth(&self, host: &str, peer: &str) -> Result<()> {
-        self.handle
-            .link()
-            .add()
-            .veth(host.to_string(), peer.to_string())
-            .execute()
-            .await
-            .with_context(|| format!("create veth {host} <-> {peer}"))
-    }
-
     /// A veth pair whose `peer` end is created directly in the namespace open
     /// as `ns_fd` (`ip link add <host> type veth peer name <peer> netns ..`):
     /// no later move, which costs a network-wide RCU wait (~35 ms).
@@ -283,11 +272,6 @@ impl Netlink {
             Err(e) if is_errno(&e, libc::ENODEV) => Ok(()),
             Err(e) => Err(e).with_context(|| format!("delete link {name}")),
         }
-    }
-
-    /// Move a link into the network namespace open as `ns_fd`.
-    pub async fn move_to_netns(&self, index: u32, ns_fd: std::os::fd::RawFd) -> Result<()> {
-        self.handle.link().set(index).setns_by_fd(ns_fd).execute().await.context("move link to netns")
     }
 
     pub async fn set_name(&self, index: u32, name: &str) -> Result<()> {

@@ -21,17 +21,6 @@ use crate::{
 /// is spent on a gateway.
 pub const POD_GATEWAY: Ipv4Addr = Ipv4Addr::new(169, 254, 1, 1);
 
-/// Create the veth pair in the node namespace (removing leftovers of an
-/// earlier attempt first). Returns the host side.
-pub async fn create_veth(host: &Netlink, host_name: &str, peer_tmp: &str, mtu: u32) -> Result<LinkInfo> {
-    host.delete_link(host_name).await?;
-    host.delete_link(peer_tmp).await?;
-    host.add_veth(host_name, peer_tmp).await?;
-    let host_link = host.require_link(host_name).await?;
-    host.set_mtu(host_link.index, mtu).await?;
-    Ok(host_link)
-}
-
 /// The veth pair with its pod end created directly in the namespace open as
 /// `ns_fd` (removing leftovers of an earlier attempt on the node first).
 /// Returns the host side.
@@ -48,12 +37,6 @@ pub async fn create_veth_into(
     let host_link = host.require_link(host_name).await?;
     host.set_mtu(host_link.index, mtu).await?;
     Ok(host_link)
-}
-
-/// Move the pod end into the namespace open as `ns_fd`.
-pub async fn move_peer(host: &Netlink, peer_tmp: &str, ns_fd: RawFd) -> Result<()> {
-    let peer = host.require_link(peer_tmp).await?;
-    host.move_to_netns(peer.index, ns_fd).await
 }
 
 /// Inside the pod: name, MTU, address, routes, gateway neighbour.

@@ -11,10 +11,13 @@
 //!   pods, installing the plugin and its conflist.
 //! - `commands/`: on-call: `status`, `connectivity-test`, `cleanup`, and the
 //!   health endpoint `connectivity-test` probes.
+//! - `services/`: Services in eBPF: the model, its Kubernetes watchers, the
+//!   plan the socket load balancer's maps are kept in step with.
 //! - `state_file`: what the daemon tells the commands (another process).
 pub mod commands;
 pub mod config;
 pub mod daemon;
 pub mod membership;
 pub mod reconcile;
+pub mod services;
 pub mod state_file;

@@ -1,0 +1,8 @@
+//! Services in eBPF (`--kube-proxy-replacement=true`): ClusterIP
+//! translated at `connect()` / `sendmsg()` by cgroup sock_addr programs.
+//!
+//! - `model`: Services and EndpointSlices as sluice reads them (pure).
+//! - `kubernetes`: the kube-rs watchers that keep a `ServiceView`.
+//! - `plan`: the view → the frontends and backends the maps must hold
+//!   (kube-proxy's semantics, pure).
+pub mod model;

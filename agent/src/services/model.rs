@@ -1,0 +1,127 @@
+//! Services and their endpoints, as sluice needs them: the pure input of
+//! the service plan (`plan.rs`). Filled from Kubernetes (`kubernetes.rs`,
+//! Service and discovery.k8s.io/v1 EndpointSlice objects) or built by tests.
+//! Only IPv4 is kept; SCTP ports are dropped.
+use std::{collections::BTreeMap, fmt, net::Ipv4Addr};
+
+use serde::{Deserialize, Serialize};
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "UPPERCASE")]
+pub enum Protocol {
+    Tcp,
+    Udp,
+}
+
+impl Protocol {
+    /// IANA protocol number, as in IP headers and socket calls.
+    pub const fn number(self) -> u8 {
+        match self {
+            Protocol::Tcp => 6,
+            Protocol::Udp => 17,
+        }
+    }
+
+    /// "TCP" / "UDP" as Kubernetes spells them; SCTP and others are `None`.
+    pub fn from_kubernetes(s: Option<&str>) -> Option<Self> {
+        match s.unwrap_or("TCP") {
+            "TCP" => Some(Protocol::Tcp),
+            "UDP" => Some(Protocol::Udp),
+            _ => None,
+        }
+    }
+}
+
+/// namespace/name of a Service.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub struct ServiceName {
+    pub namespace: String,
+    pub name: String,
+}
+
+impl ServiceName {
+    pub fn new(namespace: &str, name: &str) -> Self {
+        Self { namespace: namespace.to_string(), name: name.to_string() }
+    }
+}
+
+impl fmt::Display for ServiceName {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}/{}", self.namespace, self.name)
+    }
+}
+
+/// What kind of Service: only those with a cluster IP are load-balanced.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum ServiceKind {
+    /// ClusterIP, NodePort and LoadBalancer Services: all have cluster IPs.
+    ClusterIp,
+    /// `clusterIP: None`: DNS names the pods, nothing to balance.
+    Headless,
+    /// `type: ExternalName`: a DNS CNAME, nothing to balance.
+    ExternalName,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ServicePort {
+    /// `spec.ports[].name` ("" when the Service has a single unnamed port):
+    /// matched against the EndpointSlice port of the same name, whose number
+    /// is the resolved targetPort (named target ports included).
+    pub name: String,
+    pub port: u16,
+    pub protocol: Protocol,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Service {
+    pub name: ServiceName,
+    pub kind: ServiceKind,
+    /// IPv4 entries of `spec.clusterIPs` (or `spec.clusterIP`).
+    pub cluster_ips: Vec<Ipv4Addr>,
+    pub ports: Vec<ServicePort>,
+    /// `sessionAffinity: ClientIP`: its timeout in seconds
+    /// (`sessionAffinityConfig.clientIP.timeoutSeconds`, default 10800).
+    pub affinity_timeout_secs: Option<u32>,
+    /// `internalTrafficPolicy: Local`: only endpoints on this node.
+    pub internal_traffic_local: bool,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SlicePort {
+    /// `ports[].name`, "" when unnamed.
+    pub name: String,
+    pub port: u16,
+    pub protocol: Protocol,
+}
+
+/// One endpoint of a slice, with its conditions as kube-proxy reads them:
+/// `ready` nil → true; `serving` nil → `ready`; `terminating` nil → false.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Endpoint {
+    /// The endpoint's first IPv4 address (all addresses of one endpoint
+    /// are the same pod; kube-proxy uses the first).
+    pub address: Ipv4Addr,
+    pub ready: bool,
+    pub serving: bool,
+    pub terminating: bool,
+    pub node_name: Option<String>,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct EndpointSlice {
+    /// The slice's own namespace/name.
+    pub name: ServiceName,
+    /// From the `kubernetes.io/service-name` label (same namespace).
+    pub service: ServiceName,
+    pub ports: Vec<SlicePort>,
+    pub endpoints: Vec<Endpoint>,
+}
+
+/// Everything known about Services: a complete view, replaced or edited as
+/// watch events arrive.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct ServiceView {
+    pub services: BTreeMap<ServiceName, Service>,
+    /// Keyed by the slice's own namespace/name.
+    pub slices: BTreeMap<ServiceName, EndpointSlice>,
+}

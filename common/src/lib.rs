@@ -11,6 +11,7 @@
 pub mod counters;
 pub mod events;
 pub mod maps;
+pub mod services;
 pub mod verdict;
 
 pub use counters::{DropReason, ForwardPath};

@@ -30,6 +30,19 @@ pub mod names {
     /// `Array<u32>` with one entry: `events::MONITOR_TRACE` while a monitor
     /// traces.
     pub const MONITOR: &str = "MONITOR";
+    /// `HashMap<ServiceKey, ServiceValue>`: Services' frontends (socket LB).
+    pub const SERVICES: &str = "SERVICES";
+    /// `HashMap<BackendSlot, Backend>`: each backend set's backends.
+    pub const BACKENDS: &str = "BACKENDS";
+    /// `HashMap<BackendMember, u32 slot>`: membership test for affinity.
+    pub const BACKEND_MEMBERS: &str = "BACKEND_MEMBERS";
+    /// `LruHashMap<ReverseKey, ServiceKey>`: what a translated socket asked
+    /// for, reported back by `recvmsg()` and `getpeername()`.
+    pub const SOCK_REVERSE: &str = "SOCK_REVERSE";
+    /// `LruHashMap<AffinityKey, AffinityValue>`: `sessionAffinity: ClientIP`.
+    pub const AFFINITY: &str = "AFFINITY";
+    /// `PerCpuArray<u64>` indexed by `services::SockLbCounter`.
+    pub const SOCK_LB_STATS: &str = "SOCK_LB_STATS";
 }
 
 /// Program names in the eBPF object (also their pin names under `progs/`).
@@ -44,6 +57,14 @@ pub mod programs {
     pub const TO_POD: &str = "to_pod";
     /// Egress of the node's uplink: what the stack sends out.
     pub const TO_UPLINK: &str = "to_uplink";
+    /// cgroup `connect4`: a socket connecting to a Service's cluster IP.
+    pub const SOCK_CONNECT: &str = "sock_connect";
+    /// cgroup `sendmsg4`: an unconnected UDP datagram to a cluster IP.
+    pub const SOCK_SENDMSG: &str = "sock_sendmsg";
+    /// cgroup `recvmsg4`: a reply's source shown as the cluster IP.
+    pub const SOCK_RECVMSG: &str = "sock_recvmsg";
+    /// cgroup `getpeername4`: a translated socket's peer shown as the cluster IP.
+    pub const SOCK_GETPEERNAME: &str = "sock_getpeername";
 }
 
 /// `skb->mark` bit the fast path sets on packets it redirects out of the
@@ -61,6 +82,14 @@ pub mod limits {
     pub const MAX_STACK_FLOWS: u32 = 65536;
     /// Bytes of the events ring buffer (a power of two, pages).
     pub const EVENTS_BYTES: u32 = 256 * 1024;
+    /// Service frontends (cluster IP × port × protocol).
+    pub const MAX_SERVICES: u32 = 65536;
+    /// Backends over all sets; a change holds old and new set for a moment.
+    pub const MAX_BACKENDS: u32 = 262144;
+    /// Translated sockets remembered for `recvmsg()` / `getpeername()`.
+    pub const MAX_SOCK_REVERSE: u32 = 262144;
+    /// (client namespace, Service) pairs with session affinity.
+    pub const MAX_AFFINITY: u32 = 65536;
 }
 
 /// A pod on this node. Key: the pod's IPv4 address (be).

@@ -1,4 +1,5 @@
-//! sluice's datapath: TC programs attached with TCX.
+//! sluice's datapath: TC programs attached with TCX, and cgroup socket
+//! programs for Services.
 //!
 //! - `from_pod`: ingress of every pod's host-side veth. Anti-spoofing, then
 //!   local delivery straight into the destination pod, cross-node forwarding
@@ -8,6 +9,9 @@
 //! - `to_pod` / `to_uplink`: egress of the host veths and the uplink: remember
 //!   flows the node's stack forwarded, so their replies go back through it
 //!   (`stack_flows`: kube-proxy's Services, NodePorts, hostPorts).
+//! - `sock_connect`, `sock_sendmsg`, `sock_recvmsg`, `sock_getpeername`:
+//!   cgroup programs that balance Services' cluster IPs at the socket
+//!   (`sock_lb`).
 //! - `count_packets`: a diagnostic that counts packets per interface.
 //!
 //! Decisions come from `sluice_common::verdict`; this crate only gathers the
@@ -23,6 +27,7 @@ mod from_pod;
 mod from_uplink;
 mod maps;
 mod parse;
+mod sock_lb;
 mod stack_flows;
 
 #[cfg(not(test))]

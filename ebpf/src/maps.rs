@@ -5,7 +5,14 @@ use aya_ebpf::{
     maps::{Array, HashMap, LpmTrie, LruHashMap, PerCpuArray, PerCpuHashMap, RingBuf},
 };
 use sluice_common::{
-    maps::limits::{EVENTS_BYTES, MAX_ENDPOINTS, MAX_IFACES, MAX_NODE_ROUTES, MAX_STACK_FLOWS},
+    maps::limits::{
+        EVENTS_BYTES, MAX_AFFINITY, MAX_BACKENDS, MAX_ENDPOINTS, MAX_IFACES, MAX_NODE_ROUTES, MAX_SERVICES,
+        MAX_SOCK_REVERSE, MAX_STACK_FLOWS,
+    },
+    services::{
+        AffinityKey, AffinityValue, Backend, BackendMember, BackendSlot, ReverseKey, ServiceKey, ServiceValue,
+        SockLbCounter,
+    },
     DropReason, EndpointInfo, FlowKey, ForwardPath, NodeConfig, RemoteNode,
 };
 
@@ -35,3 +42,21 @@ pub static EVENTS: RingBuf = RingBuf::with_byte_size(EVENTS_BYTES, 0);
 
 #[map]
 pub static MONITOR: Array<u32> = Array::with_max_entries(1, 0);
+
+#[map]
+pub static SERVICES: HashMap<ServiceKey, ServiceValue> = HashMap::with_max_entries(MAX_SERVICES, 0);
+
+#[map]
+pub static BACKENDS: HashMap<BackendSlot, Backend> = HashMap::with_max_entries(MAX_BACKENDS, 0);
+
+#[map]
+pub static BACKEND_MEMBERS: HashMap<BackendMember, u32> = HashMap::with_max_entries(MAX_BACKENDS, 0);
+
+#[map]
+pub static SOCK_REVERSE: LruHashMap<ReverseKey, ServiceKey> = LruHashMap::with_max_entries(MAX_SOCK_REVERSE, 0);
+
+#[map]
+pub static AFFINITY: LruHashMap<AffinityKey, AffinityValue> = LruHashMap::with_max_entries(MAX_AFFINITY, 0);
+
+#[map]
+pub static SOCK_LB_STATS: PerCpuArray<u64> = PerCpuArray::with_max_entries(SockLbCounter::COUNT, 0);

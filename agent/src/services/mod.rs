@@ -6,3 +6,4 @@
 //! - `plan`: the view → the frontends and backends the maps must hold
 //!   (kube-proxy's semantics, pure).
 pub mod model;
+pub mod plan;

@@ -12,7 +12,10 @@
 use std::{fs, path::Path};
 
 use anyhow::{anyhow, bail, Context, Result};
-use aya::{programs::SchedClassifier, Ebpf, EbpfLoader};
+use aya::{
+    programs::{CgroupSockAddr, SchedClassifier},
+    Ebpf, EbpfLoader,
+};
 use sluice_common::maps::{names, programs};
 use tracing::{info, warn};
 
@@ -20,12 +23,13 @@ use super::{
     links::{attach_and_pin, ignore_not_found, update_pinned_link, POD_PROGRAMS},
     migrate,
     pins::{self, PinDir},
+    sock_lb::{self, CGROUP_LINK, SOCK_PROGRAMS},
 };
 
 /// The object built by `cargo xtask build-ebpf`, embedded at compile time.
 pub static OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/sluice.bpf.o"));
 
-const ALL_MAPS: [&str; 9] = [
+const ALL_MAPS: [&str; 15] = [
     names::ENDPOINTS,
     names::NODE_ROUTES,
     names::NODE_CONFIG,
@@ -35,6 +39,12 @@ const ALL_MAPS: [&str; 9] = [
     names::STACK_FLOWS,
     names::EVENTS,
     names::MONITOR,
+    names::SERVICES,
+    names::BACKENDS,
+    names::BACKEND_MEMBERS,
+    names::SOCK_REVERSE,
+    names::AFFINITY,
+    names::SOCK_LB_STATS,
 ];
 
 const ALL_PROGRAMS: [&str; 5] =
@@ -80,6 +90,12 @@ impl Datapath {
             prog.pin(&tmp).with_context(|| format!("pin program {name} at {}", tmp.display()))?;
             fs::rename(&tmp, pins.prog(name)).with_context(|| format!("move pin of {name} into place"))?;
         }
+        // The socket load balancer's programs: only the agent attaches
+        // them (to a cgroup, not an interface), so they are not pinned.
+        for name in SOCK_PROGRAMS {
+            let prog = sock_program_mut(&mut ebpf, name)?;
+            prog.load().with_context(|| format!("load program {name} (verifier)"))?;
+        }
         info!(pin_dir = %pins.root().display(), "datapath loaded");
         Ok(Self { ebpf, pins: pins.clone() })
     }
@@ -94,6 +110,19 @@ impl Datapath {
         let pin = self.pins.link(program, ifname);
         let prog: &mut SchedClassifier = program_mut(&mut self.ebpf, program)?;
         attach_or_update(prog, program, ifname, &pin)
+    }
+
+    /// Attach the socket load balancer to the cgroup v2 directory `cgroup`
+    /// (the node's root, so every process is covered), or swap the programs
+    /// of its pinned links in place.
+    pub fn attach_sock_lb(&mut self, cgroup: &Path) -> Result<()> {
+        for name in SOCK_PROGRAMS {
+            let pin = self.pins.link(name, CGROUP_LINK);
+            let prog = sock_program_mut(&mut self.ebpf, name)?;
+            sock_lb::attach_or_update(prog, name, cgroup, &pin)?;
+        }
+        info!(cgroup = %cgroup.display(), "socket load balancer attached");
+        Ok(())
     }
 
     /// Point every pod's pinned links (found by their `from_pod` pins) at
@@ -148,6 +177,13 @@ fn program_mut<'a>(ebpf: &'a mut Ebpf, name: &str) -> Result<&'a mut SchedClassi
         .ok_or_else(|| anyhow!("program {name} missing from the eBPF object"))?
         .try_into()
         .with_context(|| format!("program {name} is not a TC classifier"))
+}
+
+fn sock_program_mut<'a>(ebpf: &'a mut Ebpf, name: &str) -> Result<&'a mut CgroupSockAddr> {
+    ebpf.program_mut(name)
+        .ok_or_else(|| anyhow!("program {name} missing from the eBPF object"))?
+        .try_into()
+        .with_context(|| format!("program {name} is not a cgroup sock_addr program"))
 }
 
 fn attach_or_update(prog: &mut SchedClassifier, program: &str, ifname: &str, pin: &Path) -> Result<()> {

@@ -2,7 +2,9 @@
 //! bpffs (`bpffs`), loading the object (`loader`), TCX links (`links`),
 //! typed access to the pinned maps (`pinned_maps`), and upgrades: whether a
 //! pinned map fits (`map_compat`, pure) and taking over an earlier
-//! version's pins (`migrate`).
+//! version's pins (`migrate`); the socket load balancer's cgroup links
+//! (`sock_lb`, with the raw `bpf()` calls aya lacks in `bpf_sys`).
+pub mod bpf_sys;
 pub mod bpffs;
 pub mod links;
 pub mod loader;
@@ -10,5 +12,7 @@ pub mod map_compat;
 pub mod migrate;
 pub mod pinned_maps;
 pub mod pins;
+pub mod service_maps;
+pub mod sock_lb;
 
 pub use loader::{Datapath, OBJECT};

@@ -15,7 +15,7 @@ use sluice_common::{
 
 use super::pins::PinDir;
 
-fn open(pins: &PinDir, name: &str) -> Result<Map> {
+pub(crate) fn open(pins: &PinDir, name: &str) -> Result<Map> {
     let path = pins.map(name);
     let data = MapData::from_pin(&path)
         .with_context(|| format!("open pinned map {} (is the agent running on this node?)", path.display()))?;
@@ -23,7 +23,7 @@ fn open(pins: &PinDir, name: &str) -> Result<Map> {
 }
 
 /// A delete whose key was already gone counts as done.
-fn removed_or_absent(result: Result<(), aya::maps::MapError>) -> Result<(), aya::maps::MapError> {
+pub(crate) fn removed_or_absent(result: Result<(), aya::maps::MapError>) -> Result<(), aya::maps::MapError> {
     match result {
         Err(aya::maps::MapError::KeyNotFound) => Ok(()),
         Err(aya::maps::MapError::SyscallError(e)) if e.io_error.raw_os_error() == Some(libc::ENOENT) => Ok(()),
@@ -37,7 +37,7 @@ fn is_full(e: &aya::maps::MapError) -> bool {
 }
 
 /// The error of a failed insert: a full map is named, with its size.
-fn insert_error(e: aya::maps::MapError, map: &str, max: u32, what: String) -> anyhow::Error {
+pub(crate) fn insert_error(e: aya::maps::MapError, map: &str, max: u32, what: String) -> anyhow::Error {
     if is_full(&e) {
         anyhow::Error::new(MapFull { map: map.to_string(), max }).context(what)
     } else {

@@ -1,0 +1,75 @@
+//! Typed access to the socket load balancer's pinned maps: `SERVICES`,
+//! `BACKENDS` and `BACKEND_MEMBERS` (written together), and its counters.
+use anyhow::{Context, Result};
+use aya::maps::{HashMap, MapData, PerCpuArray};
+use sluice_common::{
+    maps::{limits, names},
+    services::{Backend, BackendMember, BackendSlot, ServiceKey, ServiceValue, SockLbCounter},
+};
+
+use super::{
+    pinned_maps::{insert_error, open, removed_or_absent},
+    pins::PinDir,
+};
+
+pub struct ServiceMaps {
+    services: HashMap<MapData, ServiceKey, ServiceValue>,
+    backends: HashMap<MapData, BackendSlot, Backend>,
+    members: HashMap<MapData, BackendMember, u32>,
+}
+
+impl ServiceMaps {
+    pub fn open(pins: &PinDir) -> Result<Self> {
+        Ok(Self {
+            services: open(pins, names::SERVICES)?.try_into()?,
+            backends: open(pins, names::BACKENDS)?.try_into()?,
+            members: open(pins, names::BACKEND_MEMBERS)?.try_into()?,
+        })
+    }
+
+    pub fn services(&self) -> Result<Vec<(ServiceKey, ServiceValue)>> {
+        self.services.iter().collect::<Result<_, _>>().context("read SERVICES")
+    }
+
+    pub fn backends(&self) -> Result<Vec<(BackendSlot, Backend)>> {
+        self.backends.iter().collect::<Result<_, _>>().context("read BACKENDS")
+    }
+
+    pub fn put_service(&mut self, key: ServiceKey, value: ServiceValue) -> Result<()> {
+        self.services
+            .insert(key, value, 0)
+            .map_err(|e| insert_error(e, names::SERVICES, limits::MAX_SERVICES, format!("insert service {key:?}")))
+    }
+
+    pub fn remove_service(&mut self, key: ServiceKey) -> Result<()> {
+        removed_or_absent(self.services.remove(&key)).with_context(|| format!("remove service {key:?}"))
+    }
+
+    /// A backend in its slot, and in the set's membership index.
+    pub fn put_backend(&mut self, slot: BackendSlot, backend: Backend) -> Result<()> {
+        let what = || format!("insert backend {backend:?} at {slot:?}");
+        self.backends
+            .insert(slot, backend, 0)
+            .map_err(|e| insert_error(e, names::BACKENDS, limits::MAX_BACKENDS, what()))?;
+        let member = BackendMember { set: slot.set, backend };
+        self.members
+            .insert(member, slot.slot, 0)
+            .map_err(|e| insert_error(e, names::BACKEND_MEMBERS, limits::MAX_BACKENDS, what()))
+    }
+
+    /// Remove a backend from its slot and the index; absent counts as done.
+    pub fn remove_backend(&mut self, slot: BackendSlot, backend: Backend) -> Result<()> {
+        removed_or_absent(self.members.remove(&BackendMember { set: slot.set, backend }))
+            .and_then(|_| removed_or_absent(self.backends.remove(&slot)))
+            .with_context(|| format!("remove backend {backend:?} at {slot:?}"))
+    }
+}
+
+/// `SOCK_LB_STATS` summed over CPUs, in `SockLbCounter` order.
+pub fn sock_lb_counters(pins: &PinDir) -> Result<Vec<(SockLbCounter, u64)>> {
+    let map: PerCpuArray<MapData, u64> = open(pins, names::SOCK_LB_STATS)?.try_into()?;
+    SockLbCounter::ALL
+        .iter()
+        .map(|c| Ok((*c, map.get(&(*c as u32), 0).context("read SOCK_LB_STATS")?.iter().sum())))
+        .collect()
+}

@@ -1,0 +1,385 @@
+//! The socket load balancer's maps kept equal to the Service plan.
+//!
+//! A frontend's backends are never edited in place: a change writes the
+//! new backends under a fresh backend set, points the frontend at it (one
+//! map update), then deletes the old set, so a `connect()` sees the old
+//! set or the new one, never a half-written one, and a frontend that did
+//! not change is not touched at all. What was applied is kept in memory
+//! (read back from the maps at start), so a pass costs only its changes.
+use std::collections::BTreeMap;
+
+use anyhow::{Context, Result};
+use sluice_common::services::{Backend, BackendSlot, ServiceKey, ServiceValue, SERVICE_NO_LOCAL_ENDPOINTS};
+use sluice_node::datapath::{pinned_maps::ip_be, service_maps::ServiceMaps};
+use tracing::warn;
+
+use crate::services::plan::{Frontend, FrontendPlan, Plan};
+
+/// What the reconcile needs from the maps; the pinned maps implement it,
+/// the tests fake it.
+pub trait ServiceTable {
+    fn services(&self) -> Result<Vec<(ServiceKey, ServiceValue)>>;
+    fn backends(&self) -> Result<Vec<(BackendSlot, Backend)>>;
+    fn put_service(&mut self, key: ServiceKey, value: ServiceValue) -> Result<()>;
+    fn remove_service(&mut self, key: ServiceKey) -> Result<()>;
+    fn put_backend(&mut self, slot: BackendSlot, backend: Backend) -> Result<()>;
+    fn remove_backend(&mut self, slot: BackendSlot, backend: Backend) -> Result<()>;
+}
+
+impl ServiceTable for ServiceMaps {
+    fn services(&self) -> Result<Vec<(ServiceKey, ServiceValue)>> {
+        ServiceMaps::services(self)
+    }
+    fn backends(&self) -> Result<Vec<(BackendSlot, Backend)>> {
+        ServiceMaps::backends(self)
+    }
+    fn put_service(&mut self, key: ServiceKey, value: ServiceValue) -> Result<()> {
+        ServiceMaps::put_service(self, key, value)
+    }
+    fn remove_service(&mut self, key: ServiceKey) -> Result<()> {
+        ServiceMaps::remove_service(self, key)
+    }
+    fn put_backend(&mut self, slot: BackendSlot, backend: Backend) -> Result<()> {
+        ServiceMaps::put_backend(self, slot, backend)
+    }
+    fn remove_backend(&mut self, slot: BackendSlot, backend: Backend) -> Result<()> {
+        ServiceMaps::remove_backend(self, slot, backend)
+    }
+}
+
+pub fn service_key(f: &Frontend) -> ServiceKey {
+    ServiceKey { vip_be: ip_be(f.ip), port_be: f.port.to_be(), protocol: f.protocol.number(), _pad: 0 }
+}
+
+/// One frontend as the maps hold it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+struct Entry {
+    value: ServiceValue,
+    backends: Vec<Backend>,
+}
+
+impl Entry {
+    /// Same backends and settings (the set id aside).
+    fn same_as(&self, other: &Entry) -> bool {
+        let strip = |v: &ServiceValue| ServiceValue { backend_set: 0, ..*v };
+        self.backends == other.backends && strip(&self.value) == strip(&other.value)
+    }
+}
+
+fn entry_of(plan: &FrontendPlan) -> Entry {
+    let backends: Vec<Backend> =
+        plan.backends.iter().map(|b| Backend { ip_be: ip_be(b.ip), port_be: b.port.to_be(), _pad: 0 }).collect();
+    Entry {
+        value: ServiceValue {
+            backend_set: 0,
+            count: backends.len() as u32,
+            affinity_timeout_secs: plan.affinity_timeout_secs,
+            flags: if plan.no_local_endpoints { SERVICE_NO_LOCAL_ENDPOINTS } else { 0 },
+        },
+        backends,
+    }
+}
+
+#[derive(Debug, Default, PartialEq, Eq)]
+pub struct PassStats {
+    pub added: usize,
+    pub changed: usize,
+    pub removed: usize,
+    pub failed: usize,
+}
+
+pub struct ServiceReconciler {
+    applied: BTreeMap<ServiceKey, Entry>,
+    next_set: u32,
+}
+
+impl ServiceReconciler {
+    /// Take over what the maps hold (an earlier agent's work: it keeps
+    /// serving while we start), and delete backend sets no frontend names
+    /// (a pass that died between writing a set and switching to it).
+    pub fn resume(table: &mut impl ServiceTable) -> Result<Self> {
+        let services = table.services()?;
+        let mut sets: BTreeMap<u32, Vec<(u32, Backend)>> = BTreeMap::new();
+        for (slot, backend) in table.backends()? {
+            sets.entry(slot.set).or_default().push((slot.slot, backend));
+        }
+        let mut applied = BTreeMap::new();
+        let mut next_set = 1;
+        for (key, value) in services {
+            let mut slots = sets.remove(&value.backend_set).unwrap_or_default();
+            slots.sort();
+            next_set = next_set.max(value.backend_set.wrapping_add(1));
+            applied.insert(key, Entry { value, backends: slots.into_iter().map(|(_, b)| b).collect() });
+        }
+        for (set, slots) in sets {
+            next_set = next_set.max(set.wrapping_add(1));
+            for (slot, backend) in slots {
+                table.remove_backend(BackendSlot { set, slot }, backend)?;
+            }
+        }
+        Ok(Self { applied, next_set })
+    }
+
+    /// Frontends in the maps now.
+    pub fn len(&self) -> usize {
+        self.applied.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.applied.is_empty()
+    }
+
+    /// Backends over all frontends in the maps now.
+    pub fn backend_count(&self) -> usize {
+        self.applied.values().map(|e| e.backends.len()).sum()
+    }
+
+    /// Make the maps hold `plan`. Removals first (they free room); a
+    /// frontend that fails (a full map) keeps what it had and is retried
+    /// on the next pass; the others go on.
+    pub fn apply(&mut self, table: &mut impl ServiceTable, plan: &Plan) -> Result<PassStats> {
+        let mut stats = PassStats::default();
+        let desired: BTreeMap<ServiceKey, Entry> = plan.iter().map(|(f, p)| (service_key(f), entry_of(p))).collect();
+        let gone: Vec<ServiceKey> = self.applied.keys().filter(|k| !desired.contains_key(k)).copied().collect();
+        let mut first_error = None;
+        for key in gone {
+            let old = self.applied.remove(&key).expect("listed from applied");
+            table.remove_service(key)?;
+            delete_set(table, &old)?;
+            stats.removed += 1;
+        }
+        for (key, want) in desired {
+            let old = self.applied.get(&key).cloned();
+            if old.as_ref().is_some_and(|o| o.same_as(&want)) {
+                continue;
+            }
+            let existed = old.is_some();
+            match self.replace(table, key, want, old) {
+                Ok(()) if existed => stats.changed += 1,
+                Ok(()) => stats.added += 1,
+                Err(e) => {
+                    stats.failed += 1;
+                    warn!(error = %format!("{e:#}"), ?key, "service not updated; keeping what it had");
+                    first_error.get_or_insert(e);
+                }
+            }
+        }
+        match first_error {
+            Some(e) => Err(e.context(format!("{} service frontends not updated", stats.failed))),
+            None => Ok(stats),
+        }
+    }
+
+    /// New set, switch, delete the old set. On failure the new set is
+    /// removed again and the frontend keeps its old one.
+    fn replace(
+        &mut self,
+        table: &mut impl ServiceTable,
+        key: ServiceKey,
+        mut want: Entry,
+        old: Option<Entry>,
+    ) -> Result<()> {
+        let set = self.next_set;
+        self.next_set = self.next_set.wrapping_add(1).max(1);
+        want.value.backend_set = set;
+        let written = want
+            .backends
+            .iter()
+            .enumerate()
+            .try_for_each(|(i, b)| table.put_backend(BackendSlot { set, slot: i as u32 }, *b))
+            .and_then(|_| table.put_service(key, want.value));
+        if let Err(e) = written {
+            delete_set(table, &want).context("undo a half-written backend set")?;
+            return Err(e);
+        }
+        if let Some(old) = old {
+            delete_set(table, &old)?;
+        }
+        self.applied.insert(key, want);
+        Ok(())
+    }
+}
+
+fn delete_set(table: &mut impl ServiceTable, entry: &Entry) -> Result<()> {
+    for (i, b) in entry.backends.iter().enumerate() {
+        table.remove_backend(BackendSlot { set: entry.value.backend_set, slot: i as u32 }, *b)?;
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeMap;
+
+    use super::*;
+    use crate::services::{
+        model::{Protocol, ServiceName},
+        plan::BackendAddr,
+    };
+
+    /// The maps as a test sees them, with a log of every write and an
+    /// optional capacity for backends.
+    #[derive(Default)]
+    struct Fake {
+        services: BTreeMap<ServiceKey, ServiceValue>,
+        backends: BTreeMap<BackendSlot, Backend>,
+        log: Vec<String>,
+        max_backends: Option<usize>,
+    }
+
+    impl ServiceTable for Fake {
+        fn services(&self) -> Result<Vec<(ServiceKey, ServiceValue)>> {
+            Ok(self.services.iter().map(|(k, v)| (*k, *v)).collect())
+        }
+        fn backends(&self) -> Result<Vec<(BackendSlot, Backend)>> {
+            Ok(self.backends.iter().map(|(k, v)| (*k, *v)).collect())
+        }
+        fn put_service(&mut self, key: ServiceKey, value: ServiceValue) -> Result<()> {
+            self.log.push(format!("put service set {}", value.backend_set));
+            self.services.insert(key, value);
+            Ok(())
+        }
+        fn remove_service(&mut self, key: ServiceKey) -> Result<()> {
+            self.log.push("remove service".into());
+            self.services.remove(&key);
+            Ok(())
+        }
+        fn put_backend(&mut self, slot: BackendSlot, backend: Backend) -> Result<()> {
+            if self.max_backends.is_some_and(|m| self.backends.len() >= m) {
+                anyhow::bail!("map BACKENDS is full");
+            }
+            self.log.push(format!("put backend {}/{}", slot.set, slot.slot));
+            self.backends.insert(slot, backend);
+            Ok(())
+        }
+        fn remove_backend(&mut self, slot: BackendSlot, _backend: Backend) -> Result<()> {
+            self.log.push(format!("remove backend {}/{}", slot.set, slot.slot));
+            self.backends.remove(&slot);
+            Ok(())
+        }
+    }
+
+    fn frontend(port: u16) -> Frontend {
+        Frontend { ip: "10.96.0.10".parse().unwrap(), port, protocol: Protocol::Tcp }
+    }
+
+    fn plan(entries: &[(u16, &[&str])]) -> Plan {
+        entries
+            .iter()
+            .map(|(port, ips)| {
+                (
+                    frontend(*port),
+                    FrontendPlan {
+                        service: ServiceName::new("default", "web"),
+                        backends: ips.iter().map(|ip| BackendAddr { ip: ip.parse().unwrap(), port: 8080 }).collect(),
+                        affinity_timeout_secs: 0,
+                        no_local_endpoints: false,
+                    },
+                )
+            })
+            .collect()
+    }
+
+    /// The backends the maps give a frontend, read the way the program does.
+    fn lookup(t: &Fake, port: u16) -> Option<Vec<Backend>> {
+        let v = t.services.get(&service_key(&frontend(port)))?;
+        Some((0..v.count).map(|i| t.backends[&BackendSlot { set: v.backend_set, slot: i }]).collect())
+    }
+
+    #[test]
+    fn a_change_writes_a_new_set_switches_then_deletes_the_old() {
+        let mut t = Fake::default();
+        let mut r = ServiceReconciler::resume(&mut t).unwrap();
+        r.apply(&mut t, &plan(&[(80, &["10.244.1.1", "10.244.1.2"])])).unwrap();
+        t.log.clear();
+        let stats = r.apply(&mut t, &plan(&[(80, &["10.244.1.1", "10.244.2.2", "10.244.2.3"])])).unwrap();
+        assert_eq!(stats, PassStats { changed: 1, ..Default::default() });
+        assert_eq!(
+            t.log,
+            [
+                "put backend 2/0",
+                "put backend 2/1",
+                "put backend 2/2",
+                "put service set 2",
+                "remove backend 1/0",
+                "remove backend 1/1"
+            ]
+        );
+        assert_eq!(lookup(&t, 80).unwrap().len(), 3);
+        assert_eq!(t.backends.len(), 3, "the old set is gone");
+    }
+
+    #[test]
+    fn an_unchanged_plan_touches_nothing() {
+        let mut t = Fake::default();
+        let mut r = ServiceReconciler::resume(&mut t).unwrap();
+        let p = plan(&[(80, &["10.244.1.1"]), (443, &[])]);
+        r.apply(&mut t, &p).unwrap();
+        t.log.clear();
+        assert_eq!(r.apply(&mut t, &p).unwrap(), PassStats::default());
+        assert!(t.log.is_empty(), "{:?}", t.log);
+    }
+
+    #[test]
+    fn removed_frontends_go_first_and_take_their_backends() {
+        let mut t = Fake::default();
+        let mut r = ServiceReconciler::resume(&mut t).unwrap();
+        r.apply(&mut t, &plan(&[(80, &["10.244.1.1"])])).unwrap();
+        t.log.clear();
+        r.apply(&mut t, &plan(&[(81, &["10.244.1.1"])])).unwrap();
+        assert_eq!(t.log[..2], ["remove service", "remove backend 1/0"]);
+        assert!(lookup(&t, 80).is_none());
+        assert_eq!(lookup(&t, 81).unwrap().len(), 1);
+    }
+
+    #[test]
+    fn a_full_map_keeps_the_old_set_and_leaves_no_half_written_one() {
+        let mut t = Fake::default();
+        let mut r = ServiceReconciler::resume(&mut t).unwrap();
+        r.apply(&mut t, &plan(&[(80, &["10.244.1.1"])])).unwrap();
+        t.max_backends = Some(2);
+        let err = r.apply(&mut t, &plan(&[(80, &["10.244.1.1", "10.244.1.2", "10.244.1.3"])])).unwrap_err();
+        assert!(format!("{err:#}").contains("full"), "{err:#}");
+        assert_eq!(
+            lookup(&t, 80).unwrap(),
+            vec![Backend { ip_be: ip_be("10.244.1.1".parse().unwrap()), port_be: 8080u16.to_be(), _pad: 0 }]
+        );
+        assert_eq!(t.backends.len(), 1, "the half-written set was removed");
+        // Room again: the next pass completes the change.
+        t.max_backends = None;
+        r.apply(&mut t, &plan(&[(80, &["10.244.1.1", "10.244.1.2", "10.244.1.3"])])).unwrap();
+        assert_eq!(lookup(&t, 80).unwrap().len(), 3);
+    }
+
+    #[test]
+    fn resume_takes_over_the_maps_and_removes_orphan_sets() {
+        let mut t = Fake::default();
+        let mut r = ServiceReconciler::resume(&mut t).unwrap();
+        let p = plan(&[(80, &["10.244.1.1", "10.244.1.2"])]);
+        r.apply(&mut t, &p).unwrap();
+        // A pass that died after writing set 7 but before switching to it.
+        t.backends.insert(BackendSlot { set: 7, slot: 0 }, Backend::default());
+        t.log.clear();
+        let mut r = ServiceReconciler::resume(&mut t).unwrap();
+        assert_eq!(t.log, ["remove backend 7/0"]);
+        assert_eq!(r.len(), 1);
+        t.log.clear();
+        assert_eq!(r.apply(&mut t, &p).unwrap(), PassStats::default(), "what the maps hold is what was planned");
+        assert!(t.log.is_empty());
+        // New sets never reuse an id still or recently in use.
+        r.apply(&mut t, &plan(&[(80, &["10.244.1.3"])])).unwrap();
+        assert_eq!(t.services.values().next().unwrap().backend_set, 8);
+    }
+
+    #[test]
+    fn settings_only_changes_still_switch_atomically() {
+        let mut t = Fake::default();
+        let mut r = ServiceReconciler::resume(&mut t).unwrap();
+        let mut p = plan(&[(80, &["10.244.1.1"])]);
+        r.apply(&mut t, &p).unwrap();
+        p.values_mut().next().unwrap().affinity_timeout_secs = 30;
+        assert_eq!(r.apply(&mut t, &p).unwrap().changed, 1);
+        assert_eq!(t.services.values().next().unwrap().affinity_timeout_secs, 30);
+        assert_eq!(lookup(&t, 80).unwrap().len(), 1);
+    }
+}

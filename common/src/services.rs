@@ -1,0 +1,220 @@
+//! The socket load balancer's maps: Services translated at `connect()` and
+//! `sendmsg()` by the cgroup programs (`ebpf/src/sock_lb.rs`).
+//!
+//! A frontend (cluster IP, port, protocol) in `SERVICES` names a *backend
+//! set*: `count` backends at `BACKENDS[(set, 0..count)]`. A change never
+//! edits a live set: the agent writes the new backends under a fresh set
+//! id, then points the frontend at it with one map update, then deletes
+//! the old set. A `connect()` therefore sees the old set or the new one,
+//! never a mix, and established connections (already translated) are
+//! never touched.
+
+/// Key of `SERVICES`: a Service's cluster IP, port and protocol.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Default)]
+pub struct ServiceKey {
+    pub vip_be: u32,
+    pub port_be: u16,
+    /// IANA number: 6 TCP, 17 UDP.
+    pub protocol: u8,
+    pub _pad: u8,
+}
+const _: () = assert!(core::mem::size_of::<ServiceKey>() == 8);
+
+/// `ServiceValue::flags`: the Service has endpoints, none on this node, and
+/// `internalTrafficPolicy: Local`: a connect fails with `EHOSTUNREACH`.
+pub const SERVICE_NO_LOCAL_ENDPOINTS: u32 = 1;
+
+/// Value of `SERVICES`.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub struct ServiceValue {
+    /// The backend set this frontend uses now.
+    pub backend_set: u32,
+    /// Backends in the set; 0: the Service has no endpoints and a connect
+    /// is refused (`ECONNREFUSED`, as kube-proxy's REJECT).
+    pub count: u32,
+    /// `sessionAffinity: ClientIP` timeout; 0: no affinity.
+    pub affinity_timeout_secs: u32,
+    pub flags: u32,
+}
+const _: () = assert!(core::mem::size_of::<ServiceValue>() == 16);
+
+/// Key of `BACKENDS`: slot `slot` of backend set `set`.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Default)]
+pub struct BackendSlot {
+    pub set: u32,
+    pub slot: u32,
+}
+const _: () = assert!(core::mem::size_of::<BackendSlot>() == 8);
+
+/// A backend: pod IP and target port. Value of `BACKENDS`, value of
+/// `AFFINITY`, part of the key of `BACKEND_MEMBERS`.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Default)]
+pub struct Backend {
+    pub ip_be: u32,
+    pub port_be: u16,
+    pub _pad: u16,
+}
+const _: () = assert!(core::mem::size_of::<Backend>() == 8);
+
+/// Key of `BACKEND_MEMBERS`: "is this backend in this set?" (value: slot).
+/// Session affinity checks that its remembered backend is still there.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Default)]
+pub struct BackendMember {
+    pub set: u32,
+    pub backend: Backend,
+}
+const _: () = assert!(core::mem::size_of::<BackendMember>() == 12);
+
+/// Key of `SOCK_REVERSE`: a socket (its cookie) and the backend it was sent
+/// to. The value is the frontend (`ServiceKey`), which `recvmsg()` and
+/// `getpeername()` report instead of the backend.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub struct ReverseKey {
+    pub cookie: u64,
+    pub backend: Backend,
+}
+const _: () = assert!(core::mem::size_of::<ReverseKey>() == 16);
+
+/// Key of `AFFINITY`: a client (its network namespace's cookie: there is
+/// no source address at connect time; a pod is a namespace) and a frontend.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub struct AffinityKey {
+    pub netns_cookie: u64,
+    pub service: ServiceKey,
+}
+const _: () = assert!(core::mem::size_of::<AffinityKey>() == 16);
+
+/// Value of `AFFINITY`: the backend chosen, and when it was last used
+/// (`bpf_ktime_get_ns`).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub struct AffinityValue {
+    pub backend: Backend,
+    pub last_used_ns: u64,
+}
+const _: () = assert!(core::mem::size_of::<AffinityValue>() == 16);
+
+/// Is the remembered choice still good: used within the timeout?
+pub const fn affinity_fresh(last_used_ns: u64, now_ns: u64, timeout_secs: u32) -> bool {
+    now_ns.saturating_sub(last_used_ns) < timeout_secs as u64 * 1_000_000_000
+}
+
+/// What a `connect()` / `sendmsg()` to a frontend gets, before a backend
+/// is picked.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Admission {
+    /// Pick one of `count` backends.
+    Balance,
+    /// No endpoints at all: `ECONNREFUSED`.
+    Refuse,
+    /// Endpoints, but none this node may use: `EHOSTUNREACH`.
+    Unreachable,
+}
+
+pub const fn admission(service: &ServiceValue) -> Admission {
+    if service.flags & SERVICE_NO_LOCAL_ENDPOINTS != 0 {
+        Admission::Unreachable
+    } else if service.count == 0 {
+        Admission::Refuse
+    } else {
+        Admission::Balance
+    }
+}
+
+/// What the socket load balancer counts (`SOCK_LB_STATS`, per CPU, by
+/// this index). Numbered, never renumbered.
+#[repr(u32)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum SockLbCounter {
+    /// A `connect()` to a cluster IP sent to a backend.
+    Connected = 0,
+    /// An unconnected UDP datagram to a cluster IP sent to a backend.
+    Sent = 1,
+    /// Refused: the Service has no endpoints.
+    RefusedNoEndpoints = 2,
+    /// Refused: `internalTrafficPolicy: Local` and none on this node.
+    RefusedNoLocalEndpoints = 3,
+    /// A reply or peer name shown as the cluster IP.
+    Reversed = 4,
+    /// A backend slot was missing (a set replaced mid-lookup): left
+    /// untranslated.
+    SlotMissing = 5,
+}
+
+impl SockLbCounter {
+    pub const COUNT: u32 = 6;
+    pub const ALL: [SockLbCounter; 6] = [
+        SockLbCounter::Connected,
+        SockLbCounter::Sent,
+        SockLbCounter::RefusedNoEndpoints,
+        SockLbCounter::RefusedNoLocalEndpoints,
+        SockLbCounter::Reversed,
+        SockLbCounter::SlotMissing,
+    ];
+
+    /// Name in `status` and metrics.
+    pub const fn name(self) -> &'static str {
+        match self {
+            SockLbCounter::Connected => "connected",
+            SockLbCounter::Sent => "sent",
+            SockLbCounter::RefusedNoEndpoints => "refused_no_endpoints",
+            SockLbCounter::RefusedNoLocalEndpoints => "refused_no_local_endpoints",
+            SockLbCounter::Reversed => "reversed",
+            SockLbCounter::SlotMissing => "slot_missing",
+        }
+    }
+}
+
+#[cfg(feature = "user")]
+mod pod_impls {
+    // SAFETY: plain `repr(C)` data, explicit padding fields, no invalid bit
+    // patterns.
+    unsafe impl aya::Pod for super::ServiceKey {}
+    unsafe impl aya::Pod for super::ServiceValue {}
+    unsafe impl aya::Pod for super::BackendSlot {}
+    unsafe impl aya::Pod for super::Backend {}
+    unsafe impl aya::Pod for super::BackendMember {}
+    unsafe impl aya::Pod for super::ReverseKey {}
+    unsafe impl aya::Pod for super::AffinityKey {}
+    unsafe impl aya::Pod for super::AffinityValue {}
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn admission_refuses_empty_and_unreachable_local_only() {
+        let mut v = ServiceValue { backend_set: 1, count: 2, affinity_timeout_secs: 0, flags: 0 };
+        assert_eq!(admission(&v), Admission::Balance);
+        v.count = 0;
+        assert_eq!(admission(&v), Admission::Refuse);
+        v.flags = SERVICE_NO_LOCAL_ENDPOINTS;
+        assert_eq!(admission(&v), Admission::Unreachable);
+    }
+
+    #[test]
+    fn counters_are_numbered_in_order() {
+        for (i, c) in SockLbCounter::ALL.iter().enumerate() {
+            assert_eq!(*c as u32, i as u32);
+        }
+        assert_eq!(SockLbCounter::ALL.len() as u32, SockLbCounter::COUNT);
+    }
+
+    #[test]
+    fn affinity_expires_after_its_timeout() {
+        let s = 1_000_000_000u64;
+        assert!(affinity_fresh(10 * s, 12 * s, 3));
+        assert!(!affinity_fresh(10 * s, 13 * s, 3));
+        assert!(!affinity_fresh(10 * s, 20 * s, 3));
+        // A clock read before the entry was written (another CPU) is fresh.
+        assert!(affinity_fresh(10 * s, 9 * s, 3));
+    }
+}

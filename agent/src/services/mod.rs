@@ -5,5 +5,6 @@
 //! - `kubernetes`: the kube-rs watchers that keep a `ServiceView`.
 //! - `plan`: the view → the frontends and backends the maps must hold
 //!   (kube-proxy's semantics, pure).
+pub mod kubernetes;
 pub mod model;
 pub mod plan;

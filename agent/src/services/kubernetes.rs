@@ -1,0 +1,664 @@
+//! Services and EndpointSlices from Kubernetes (two kube-rs watchers).
+//!
+//! Like `membership::kubernetes`: each watcher lists, then watches from the
+//! list's resourceVersion, relists on 410 Gone and reconnects after a
+//! dropped connection (with backoff). A relist replaces its kind whole:
+//! when it ends, every object it did not show is gone (deleted while the
+//! watch was cut). Every change that alters the view notifies the planner,
+//! which replans from the whole view (never from one event); the changes a
+//! relist brings are announced once, at its end.
+//!
+//! Memory: only the converted model is kept; each k8s-openapi object is
+//! dropped as soon as it is converted, and lists are paged
+//! (`LIST_PAGE_SIZE`), so one page of full objects is alive at a time. A
+//! relist updates the view in place and remembers only the keys it has
+//! seen, rather than buffering a second copy of the model (13 MiB at
+//! 10,000 Services): while it runs, the view holds objects already relisted
+//! beside ones not yet relisted (each a version that was current once).
+use std::{
+    collections::{BTreeMap, BTreeSet},
+    fmt::Debug,
+    net::Ipv4Addr,
+    sync::{Arc, Mutex},
+    time::Instant,
+};
+
+use futures::{StreamExt, TryStreamExt};
+use k8s_openapi::{
+    api::{core::v1 as core, discovery::v1 as discovery},
+    apimachinery::pkg::apis::meta::v1::ObjectMeta,
+};
+use kube::{
+    runtime::{watcher, WatchStreamExt},
+    Api, Client, Resource,
+};
+use serde::{de::DeserializeOwned, Deserialize, Serialize};
+use tokio::sync::Notify;
+use tracing::{info, warn};
+
+use sluice_node::clock::now_unix;
+
+use super::model::{
+    Endpoint, EndpointSlice, Protocol, Service, ServiceKind, ServiceName, ServicePort, ServiceView, SlicePort,
+};
+
+/// The label naming a slice's Service (set by the EndpointSlice controller).
+pub const SERVICE_NAME_LABEL: &str = "kubernetes.io/service-name";
+/// Objects with this label belong to another proxy: kube-proxy ignores them
+/// (it watches with `!service.kubernetes.io/service-proxy-name`), so do we.
+pub const SERVICE_PROXY_NAME_LABEL: &str = "service.kubernetes.io/service-proxy-name";
+/// Set on the slices of headless Services: nothing to balance (kube-proxy
+/// filters them out with `!service.kubernetes.io/headless`).
+pub const HEADLESS_LABEL: &str = "service.kubernetes.io/headless";
+/// Objects per page of the initial list (and of every relist). Memory, not
+/// round trips, is what matters here: each page is held whole, as JSON and
+/// as k8s-openapi objects, while it is converted. Measured with 10,000
+/// Services and 10,000 slices of 5 endpoints (tests/tests/services_watch.rs):
+/// RSS grows 24 MiB with pages of 100, 30 MiB with kube-rs' default 500,
+/// 52 MiB with 2,000; the model itself is 13 MiB of heap.
+pub const LIST_PAGE_SIZE: u32 = 100;
+/// `sessionAffinityConfig.clientIP.timeoutSeconds` when unset (3 hours, the
+/// API server's default).
+pub const DEFAULT_AFFINITY_TIMEOUT_SECS: u32 = 10_800;
+
+/// What `status` shows about the Service and EndpointSlice watches.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ServicesState {
+    /// Both Services and EndpointSlices have been listed at least once.
+    pub synced: bool,
+    /// The last thing that happened on each of the two streams was not an error.
+    pub connected: bool,
+    /// The latest error of a stream that has not recovered since, named by kind.
+    pub last_error: Option<String>,
+    /// Watch events received (list items included), both kinds.
+    pub events: u64,
+    /// Complete lists received, both kinds (2 after the first sync).
+    pub relists: u64,
+    pub last_event_unix: u64,
+    /// When the latest change to the view arrived (the watch event that
+    /// carried it was read off the stream): where "event → maps updated"
+    /// latency starts. In-process only.
+    #[serde(skip)]
+    pub last_change: Option<Instant>,
+}
+
+/// One watcher's own condition.
+#[derive(Default)]
+struct StreamState {
+    listed: bool,
+    connected: bool,
+    error: Option<String>,
+}
+
+#[derive(Default)]
+struct Shared {
+    view: ServiceView,
+    state: ServicesState,
+    services: StreamState,
+    slices: StreamState,
+}
+
+impl Shared {
+    fn stream(&mut self, kind: Kind) -> &mut StreamState {
+        match kind {
+            Kind::Services => &mut self.services,
+            Kind::Slices => &mut self.slices,
+        }
+    }
+
+    /// The summary fields of `state`, from the two streams.
+    fn summarize(&mut self) {
+        self.state.synced = self.services.listed && self.slices.listed;
+        self.state.connected = self.services.connected && self.slices.connected;
+        self.state.last_error = [(Kind::Services, &self.services), (Kind::Slices, &self.slices)]
+            .into_iter()
+            .find_map(|(kind, s)| s.error.as_ref().map(|e| format!("{}: {e}", kind.name())));
+    }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Kind {
+    Services,
+    Slices,
+}
+
+impl Kind {
+    fn name(self) -> &'static str {
+        match self {
+            Kind::Services => "services",
+            Kind::Slices => "endpointslices",
+        }
+    }
+}
+
+/// A watched Kubernetes kind and the model it becomes.
+trait Watched: Resource<DynamicType = ()> + Clone + DeserializeOwned + Debug + Send + Sync + 'static {
+    type Model: PartialEq + Send + 'static;
+    const KIND: Kind;
+    fn convert(&self) -> Option<Self::Model>;
+    fn entries(view: &mut ServiceView) -> &mut BTreeMap<ServiceName, Self::Model>;
+}
+
+impl Watched for core::Service {
+    type Model = Service;
+    const KIND: Kind = Kind::Services;
+    fn convert(&self) -> Option<Service> {
+        service_from_k8s(self)
+    }
+    fn entries(view: &mut ServiceView) -> &mut BTreeMap<ServiceName, Service> {
+        &mut view.services
+    }
+}
+
+impl Watched for discovery::EndpointSlice {
+    type Model = EndpointSlice;
+    const KIND: Kind = Kind::Slices;
+    fn convert(&self) -> Option<EndpointSlice> {
+        slice_from_k8s(self)
+    }
+    fn entries(view: &mut ServiceView) -> &mut BTreeMap<ServiceName, EndpointSlice> {
+        &mut view.slices
+    }
+}
+
+/// Put an object's model under its key, or remove the key when the object
+/// is not (or no longer, e.g. relabelled) one of ours. Returns whether the
+/// entries changed: an event that changes nothing sluice keeps (status,
+/// annotations, resourceVersion alone) is no change.
+fn apply<M: PartialEq>(entries: &mut BTreeMap<ServiceName, M>, key: ServiceName, model: Option<M>) -> bool {
+    match model {
+        Some(m) if entries.get(&key) == Some(&m) => false,
+        Some(m) => {
+            entries.insert(key, m);
+            true
+        }
+        None => entries.remove(&key).is_some(),
+    }
+}
+
+/// namespace/name of an object; `None` without either.
+fn object_name(meta: &ObjectMeta) -> Option<ServiceName> {
+    match (meta.namespace.as_deref(), meta.name.as_deref()) {
+        (Some(ns), Some(name)) if !ns.is_empty() && !name.is_empty() => Some(ServiceName::new(ns, name)),
+        _ => None,
+    }
+}
+
+fn has_label(meta: &ObjectMeta, key: &str) -> bool {
+    meta.labels.as_ref().is_some_and(|l| l.contains_key(key))
+}
+
+/// A port number from the API: 1..=65535, anything else is no port.
+fn port_number(p: i32) -> Option<u16> {
+    u16::try_from(p).ok().filter(|&p| p != 0)
+}
+
+/// A Service as sluice balances it. `None`: not one of ours (no
+/// namespace/name, or labelled for another proxy).
+pub fn service_from_k8s(svc: &core::Service) -> Option<Service> {
+    let name = object_name(&svc.metadata)?;
+    if has_label(&svc.metadata, SERVICE_PROXY_NAME_LABEL) {
+        return None;
+    }
+    let default_spec = core::ServiceSpec::default();
+    let spec = svc.spec.as_ref().unwrap_or(&default_spec);
+    let kind = if spec.type_.as_deref() == Some("ExternalName") {
+        ServiceKind::ExternalName
+    } else if spec.cluster_ip.as_deref() == Some("None") {
+        ServiceKind::Headless
+    } else {
+        ServiceKind::ClusterIp
+    };
+    let cluster_ips = if kind == ServiceKind::ClusterIp {
+        // clusterIPs[0] is clusterIP; a dual-stack Service has one of each
+        // family, and only the IPv4 one is kept.
+        let all: Vec<&str> = match spec.cluster_ips.as_deref() {
+            Some(ips) if !ips.is_empty() => ips.iter().map(String::as_str).collect(),
+            _ => spec.cluster_ip.as_deref().into_iter().collect(),
+        };
+        all.into_iter().filter_map(|ip| ip.parse::<Ipv4Addr>().ok()).collect()
+    } else {
+        Vec::new()
+    };
+    let ports = spec
+        .ports
+        .iter()
+        .flatten()
+        .filter_map(|p| {
+            Some(ServicePort {
+                name: p.name.clone().unwrap_or_default(),
+                port: port_number(p.port)?,
+                protocol: Protocol::from_kubernetes(p.protocol.as_deref())?,
+            })
+        })
+        .collect();
+    let affinity_timeout_secs = (spec.session_affinity.as_deref() == Some("ClientIP")).then(|| {
+        spec.session_affinity_config
+            .as_ref()
+            .and_then(|c| c.client_ip.as_ref())
+            .and_then(|c| c.timeout_seconds)
+            .and_then(|t| u32::try_from(t).ok())
+            .filter(|&t| t > 0)
+            .unwrap_or(DEFAULT_AFFINITY_TIMEOUT_SECS)
+    });
+    Some(Service {
+        name,
+        kind,
+        cluster_ips,
+        ports,
+        affinity_timeout_secs,
+        internal_traffic_local: spec.internal_traffic_policy.as_deref() == Some("Local"),
+    })
+}
+
+/// An IPv4 EndpointSlice as sluice balances to it. `None`: another address
+/// type, no `kubernetes.io/service-name` label, a headless Service's slice,
+/// or labelled for another proxy.
+pub fn slice_from_k8s(slice: &discovery::EndpointSlice) -> Option<EndpointSlice> {
+    if slice.address_type != "IPv4" {
+        return None;
+    }
+    let name = object_name(&slice.metadata)?;
+    let meta = &slice.metadata;
+    if has_label(meta, SERVICE_PROXY_NAME_LABEL) || has_label(meta, HEADLESS_LABEL) {
+        return None;
+    }
+    let service = meta.labels.as_ref()?.get(SERVICE_NAME_LABEL).filter(|s| !s.is_empty())?;
+    let service = ServiceName { namespace: name.namespace.clone(), name: service.clone() };
+    let ports = slice
+        .ports
+        .iter()
+        .flatten()
+        .filter_map(|p| {
+            Some(SlicePort {
+                name: p.name.clone().unwrap_or_default(),
+                port: port_number(p.port?)?,
+                protocol: Protocol::from_kubernetes(p.protocol.as_deref())?,
+            })
+        })
+        .collect();
+    let endpoints = slice
+        .endpoints
+        .iter()
+        .filter_map(|e| {
+            let address = e.addresses.iter().find_map(|a| a.parse::<Ipv4Addr>().ok())?;
+            let c = e.conditions.as_ref();
+            // The API's defaults (discovery/v1 EndpointConditions), as
+            // kube-proxy's endpointslicecache reads them: ready nil → true,
+            // serving nil → true, terminating nil → false.
+            let ready = c.and_then(|c| c.ready).unwrap_or(true);
+            Some(Endpoint {
+                address,
+                ready,
+                serving: c.and_then(|c| c.serving).unwrap_or(true),
+                terminating: c.and_then(|c| c.terminating).unwrap_or(false),
+                node_name: e.node_name.clone(),
+            })
+        })
+        .collect();
+    Some(EndpointSlice { name, service, ports, endpoints })
+}
+
+/// The Services and EndpointSlices of the cluster, kept by two watchers.
+#[derive(Clone)]
+pub struct KubeServices {
+    shared: Arc<Mutex<Shared>>,
+    /// Notified (one permit, `notify_one`) after every change to the view.
+    pub changed: Arc<Notify>,
+}
+
+impl KubeServices {
+    /// Start watching Services and EndpointSlices in the background.
+    pub fn start(client: Client) -> Self {
+        let me = Self { shared: Arc::default(), changed: Arc::new(Notify::new()) };
+        tokio::spawn(me.clone().watch::<core::Service>(Api::all(client.clone())));
+        tokio::spawn(me.clone().watch::<discovery::EndpointSlice>(Api::all(client)));
+        me
+    }
+
+    async fn watch<K: Watched>(self, api: Api<K>) {
+        let kind = K::KIND;
+        let config = watcher::Config::default().page_size(LIST_PAGE_SIZE);
+        let mut stream = watcher(api, config).default_backoff().boxed();
+        // The keys a list in progress has shown; at its end every other key
+        // goes (it was deleted while the watch was cut).
+        let mut listed: BTreeSet<ServiceName> = BTreeSet::new();
+        let mut list_changed = false;
+        loop {
+            let next = stream.try_next().await;
+            let arrived = Instant::now();
+            match next {
+                Ok(Some(event)) => {
+                    // Convert before taking the lock; the object is dropped here.
+                    let changed = match event {
+                        watcher::Event::Init => {
+                            listed.clear();
+                            list_changed = false;
+                            self.record(kind, arrived, |_| false)
+                        }
+                        watcher::Event::InitApply(obj) => {
+                            let key = object_name(obj.meta());
+                            let model = obj.convert();
+                            drop(obj);
+                            self.record(kind, arrived, |shared| {
+                                if let Some(key) = key {
+                                    if model.is_some() {
+                                        listed.insert(key.clone());
+                                    }
+                                    list_changed |= apply(K::entries(&mut shared.view), key, model);
+                                }
+                                false // the planner hears of it at InitDone
+                            })
+                        }
+                        watcher::Event::InitDone => {
+                            let keep = std::mem::take(&mut listed);
+                            self.record(kind, arrived, |shared| {
+                                let entries = K::entries(&mut shared.view);
+                                let before = entries.len();
+                                entries.retain(|k, _| keep.contains(k));
+                                let removed = before - entries.len();
+                                let first = !shared.stream(kind).listed;
+                                shared.stream(kind).listed = true;
+                                shared.state.relists += 1;
+                                info!(
+                                    kind = kind.name(),
+                                    objects = keep.len(),
+                                    removed,
+                                    "Kubernetes {} listed",
+                                    kind.name()
+                                );
+                                first || list_changed || removed > 0
+                            })
+                        }
+                        watcher::Event::Apply(obj) => {
+                            let key = object_name(obj.meta());
+                            let model = obj.convert();
+                            drop(obj);
+                            self.record(kind, arrived, |shared| {
+                                key.is_some_and(|key| apply(K::entries(&mut shared.view), key, model))
+                            })
+                        }
+                        watcher::Event::Delete(obj) => {
+                            let key = object_name(obj.meta());
+                            drop(obj);
+                            self.record(kind, arrived, |shared| {
+                                key.is_some_and(|key| K::entries(&mut shared.view).remove(&key).is_some())
+                            })
+                        }
+                    };
+                    if changed {
+                        self.changed.notify_one();
+                    }
+                }
+                Ok(None) => {
+                    let mut shared = self.shared.lock().expect("services state lock");
+                    let s = shared.stream(kind);
+                    s.connected = false;
+                    s.error = Some("watch stream ended".into());
+                    shared.summarize();
+                    warn!(kind = kind.name(), "Kubernetes watch stream ended");
+                    return;
+                }
+                Err(e) => {
+                    // The watcher retries with backoff; keep the last view.
+                    let mut shared = self.shared.lock().expect("services state lock");
+                    let s = shared.stream(kind);
+                    s.connected = false;
+                    s.error = Some(e.to_string());
+                    shared.summarize();
+                    warn!(kind = kind.name(), error = %e, "Kubernetes watch error; retrying");
+                }
+            }
+        }
+    }
+
+    /// Count an event of `kind`'s stream and apply `change` to the view,
+    /// under the lock. Returns what `change` returned: the view changed (then
+    /// `arrived` is the latest change's time).
+    fn record(&self, kind: Kind, arrived: Instant, change: impl FnOnce(&mut Shared) -> bool) -> bool {
+        let mut shared = self.shared.lock().expect("services state lock");
+        let s = shared.stream(kind);
+        s.connected = true;
+        s.error = None;
+        shared.state.events += 1;
+        shared.state.last_event_unix = now_unix();
+        let changed = change(&mut shared);
+        if changed {
+            shared.state.last_change = Some(arrived);
+        }
+        shared.summarize();
+        changed
+    }
+
+    /// The current view (a copy) and the watches' state.
+    pub fn snapshot(&self) -> (ServiceView, ServicesState) {
+        let shared = self.shared.lock().expect("services state lock");
+        (shared.view.clone(), shared.state.clone())
+    }
+
+    /// Read the view in place, without copying it (10,000 Services are
+    /// megabytes): `f` runs under the lock the watchers take for every
+    /// event, so keep it short (plan, don't touch the maps).
+    pub fn with_view<R>(&self, f: impl FnOnce(&ServiceView, &ServicesState) -> R) -> R {
+        let shared = self.shared.lock().expect("services state lock");
+        f(&shared.view, &shared.state)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use serde_json::{json, Value};
+
+    use super::*;
+
+    fn service(spec: Value) -> core::Service {
+        serde_json::from_value(json!({
+            "apiVersion": "v1", "kind": "Service",
+            "metadata": {"namespace": "default", "name": "web", "resourceVersion": "1"},
+            "spec": spec,
+        }))
+        .unwrap()
+    }
+
+    fn converted(spec: Value) -> Service {
+        service_from_k8s(&service(spec)).expect("a Service")
+    }
+
+    fn tcp(name: &str, port: u16) -> ServicePort {
+        ServicePort { name: name.into(), port, protocol: Protocol::Tcp }
+    }
+
+    #[test]
+    fn cluster_ip_node_port_and_load_balancer_services_have_cluster_ips() {
+        for type_ in ["ClusterIP", "NodePort", "LoadBalancer"] {
+            let s = converted(json!({
+                "type": type_, "clusterIP": "10.96.0.10", "clusterIPs": ["10.96.0.10"],
+                "ports": [{"name": "http", "port": 80, "targetPort": 8080, "protocol": "TCP", "nodePort": 30080}],
+            }));
+            assert_eq!(
+                s,
+                Service {
+                    name: ServiceName::new("default", "web"),
+                    kind: ServiceKind::ClusterIp,
+                    cluster_ips: vec![Ipv4Addr::new(10, 96, 0, 10)],
+                    ports: vec![tcp("http", 80)],
+                    affinity_timeout_secs: None,
+                    internal_traffic_local: false,
+                },
+                "{type_}"
+            );
+        }
+        // No type: ClusterIP; only clusterIP (older objects): still read.
+        let s = converted(json!({"clusterIP": "10.96.0.11", "ports": [{"port": 53, "protocol": "UDP"}]}));
+        assert_eq!(s.kind, ServiceKind::ClusterIp);
+        assert_eq!(s.cluster_ips, vec![Ipv4Addr::new(10, 96, 0, 11)]);
+        assert_eq!(s.ports, vec![ServicePort { name: "".into(), port: 53, protocol: Protocol::Udp }]);
+    }
+
+    #[test]
+    fn headless_and_external_name_services_have_nothing_to_balance() {
+        let s = converted(json!({"clusterIP": "None", "clusterIPs": ["None"], "ports": [{"port": 80}]}));
+        assert_eq!(s.kind, ServiceKind::Headless);
+        assert!(s.cluster_ips.is_empty());
+        let s = converted(json!({"type": "ExternalName", "externalName": "example.com"}));
+        assert_eq!(s.kind, ServiceKind::ExternalName);
+        assert!(s.cluster_ips.is_empty());
+    }
+
+    #[test]
+    fn protocol_defaults_to_tcp_and_sctp_ports_are_dropped() {
+        let s = converted(json!({
+            "clusterIP": "10.96.0.12",
+            "ports": [
+                {"name": "a", "port": 80},
+                {"name": "b", "port": 9999, "protocol": "SCTP"},
+                {"name": "c", "port": 53, "protocol": "UDP"},
+            ],
+        }));
+        assert_eq!(s.ports, vec![tcp("a", 80), ServicePort { name: "c".into(), port: 53, protocol: Protocol::Udp }]);
+    }
+
+    #[test]
+    fn ipv6_cluster_ips_are_dropped_and_dual_stack_keeps_the_ipv4_one() {
+        let s = converted(json!({"clusterIP": "fd00::10", "clusterIPs": ["fd00::10"], "ipFamilies": ["IPv6"]}));
+        assert_eq!(s.kind, ServiceKind::ClusterIp);
+        assert!(s.cluster_ips.is_empty());
+        for ips in [json!(["fd00::10", "10.96.0.13"]), json!(["10.96.0.13", "fd00::10"])] {
+            let first = ips[0].clone();
+            let s = converted(json!({"clusterIP": first, "clusterIPs": ips, "ipFamilyPolicy": "PreferDualStack"}));
+            assert_eq!(s.cluster_ips, vec![Ipv4Addr::new(10, 96, 0, 13)], "{ips}");
+        }
+    }
+
+    #[test]
+    fn client_ip_affinity_has_a_timeout_defaulting_to_three_hours() {
+        let s = converted(json!({"clusterIP": "10.96.0.14", "sessionAffinity": "ClientIP",
+            "sessionAffinityConfig": {"clientIP": {"timeoutSeconds": 60}}}));
+        assert_eq!(s.affinity_timeout_secs, Some(60));
+        let s = converted(json!({"clusterIP": "10.96.0.14", "sessionAffinity": "ClientIP"}));
+        assert_eq!(s.affinity_timeout_secs, Some(10_800));
+        let s = converted(json!({"clusterIP": "10.96.0.14", "sessionAffinity": "ClientIP",
+            "sessionAffinityConfig": {"clientIP": {}}}));
+        assert_eq!(s.affinity_timeout_secs, Some(DEFAULT_AFFINITY_TIMEOUT_SECS));
+        // A timeout left over from ClientIP does not make None sticky.
+        let s = converted(json!({"clusterIP": "10.96.0.14", "sessionAffinity": "None",
+            "sessionAffinityConfig": {"clientIP": {"timeoutSeconds": 60}}}));
+        assert_eq!(s.affinity_timeout_secs, None);
+        assert_eq!(converted(json!({"clusterIP": "10.96.0.14"})).affinity_timeout_secs, None);
+    }
+
+    #[test]
+    fn internal_traffic_policy_local() {
+        let s = converted(json!({"clusterIP": "10.96.0.15", "internalTrafficPolicy": "Local"}));
+        assert!(s.internal_traffic_local);
+        let s = converted(json!({"clusterIP": "10.96.0.15", "internalTrafficPolicy": "Cluster"}));
+        assert!(!s.internal_traffic_local);
+    }
+
+    #[test]
+    fn services_of_another_proxy_and_nameless_ones_are_not_ours() {
+        let mut s = service(json!({"clusterIP": "10.96.0.16"}));
+        s.metadata.labels = Some([(SERVICE_PROXY_NAME_LABEL.to_string(), "other".to_string())].into());
+        assert_eq!(service_from_k8s(&s), None);
+        let mut s = service(json!({"clusterIP": "10.96.0.16"}));
+        s.metadata.namespace = None;
+        assert_eq!(service_from_k8s(&s), None);
+    }
+
+    fn slice(body: Value) -> discovery::EndpointSlice {
+        let mut obj = json!({
+            "apiVersion": "discovery.k8s.io/v1", "kind": "EndpointSlice",
+            "metadata": {"namespace": "default", "name": "web-abc12", "resourceVersion": "1",
+                "labels": {SERVICE_NAME_LABEL: "web", "endpointslice.kubernetes.io/managed-by": "endpointslice-controller.k8s.io"}},
+            "addressType": "IPv4",
+            "endpoints": [],
+        });
+        for (k, v) in body.as_object().unwrap() {
+            obj[k] = v.clone();
+        }
+        serde_json::from_value(obj).unwrap()
+    }
+
+    fn endpoint(address: [u8; 4], ready: bool, serving: bool, terminating: bool, node: Option<&str>) -> Endpoint {
+        Endpoint { address: address.into(), ready, serving, terminating, node_name: node.map(str::to_string) }
+    }
+
+    #[test]
+    fn slice_ports_and_endpoints_are_read() {
+        let s = slice_from_k8s(&slice(json!({
+            "ports": [
+                {"name": "http", "port": 8080, "protocol": "TCP"},
+                {"port": 53, "protocol": "UDP"},
+                {"name": "sctp", "port": 7777, "protocol": "SCTP"},
+                {"name": "all-ports"},
+            ],
+            "endpoints": [
+                {"addresses": ["10.244.1.5"], "conditions": {"ready": true, "serving": true, "terminating": false}, "nodeName": "n1"},
+                {"addresses": ["10.244.2.6"]},
+            ],
+        })))
+        .unwrap();
+        assert_eq!(s.name, ServiceName::new("default", "web-abc12"));
+        assert_eq!(s.service, ServiceName::new("default", "web"));
+        assert_eq!(
+            s.ports,
+            vec![
+                SlicePort { name: "http".into(), port: 8080, protocol: Protocol::Tcp },
+                SlicePort { name: "".into(), port: 53, protocol: Protocol::Udp },
+            ]
+        );
+        assert_eq!(
+            s.endpoints,
+            vec![
+                endpoint([10, 244, 1, 5], true, true, false, Some("n1")),
+                endpoint([10, 244, 2, 6], true, true, false, None)
+            ]
+        );
+    }
+
+    #[test]
+    fn endpoint_conditions_default_as_kube_proxy_reads_them() {
+        let cases = [
+            (json!({}), (true, true, false)),
+            (json!({"ready": false}), (false, true, false)),
+            (json!({"ready": false, "serving": true, "terminating": true}), (false, true, true)),
+            (json!({"ready": false, "serving": false, "terminating": true}), (false, false, true)),
+            (json!({"ready": true, "serving": false}), (true, false, false)),
+            (json!({"terminating": true}), (true, true, true)),
+        ];
+        for (conditions, (ready, serving, terminating)) in cases {
+            let s =
+                slice_from_k8s(&slice(json!({"endpoints": [{"addresses": ["10.244.1.5"], "conditions": conditions}]})))
+                    .unwrap();
+            assert_eq!(s.endpoints, vec![endpoint([10, 244, 1, 5], ready, serving, terminating, None)], "{conditions}");
+        }
+    }
+
+    #[test]
+    fn endpoints_without_an_ipv4_address_are_skipped() {
+        let s = slice_from_k8s(&slice(json!({"endpoints": [
+            {"addresses": ["not-an-ip"]},
+            {"addresses": []},
+            {"addresses": ["fd00::1", "10.244.1.7"]},
+        ]})))
+        .unwrap();
+        assert_eq!(s.endpoints, vec![endpoint([10, 244, 1, 7], true, true, false, None)]);
+    }
+
+    #[test]
+    fn slices_that_are_not_ours_are_none() {
+        assert!(slice_from_k8s(&slice(json!({}))).is_some());
+        for t in ["IPv6", "FQDN"] {
+            assert_eq!(slice_from_k8s(&slice(json!({"addressType": t}))), None, "{t}");
+        }
+        let mut s = slice(json!({}));
+        s.metadata.labels.as_mut().unwrap().remove(SERVICE_NAME_LABEL);
+        assert_eq!(slice_from_k8s(&s), None, "no service-name label");
+        for label in [SERVICE_PROXY_NAME_LABEL, HEADLESS_LABEL] {
+            let mut s = slice(json!({}));
+            s.metadata.labels.as_mut().unwrap().insert(label.to_string(), "".to_string());
+            assert_eq!(slice_from_k8s(&s), None, "{label}");
+        }
+    }
+}

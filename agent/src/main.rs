@@ -54,6 +54,10 @@ enum Command {
         data_dir: PathBuf,
         #[arg(long)]
         json: bool,
+        /// Also list this node's pods: address, pod name (as the runtime
+        /// passed it), container and whether the datapath has its endpoint.
+        #[arg(long)]
+        pods: bool,
     },
     /// Probe every node's health endpoint (and local pods with --pods) from
     /// this node's, through the datapath; exits non-zero on any failure.
@@ -230,12 +234,20 @@ async fn dispatch(command: Command) -> Result<ExitCode> {
             daemon::run(node, source, bpffs, timing).await?;
             Ok(ExitCode::SUCCESS)
         }
-        Command::Status { pin_dir, data_dir, json } => {
+        Command::Status { pin_dir, data_dir, json, pods } => {
             let report = status::collect(&PinDir::new(pin_dir), &data_dir);
+            let pods = if pods { Some(status::pods(&data_dir, &report).map_err(anyhow::Error::msg)?) } else { None };
             if json {
-                println!("{}", serde_json::to_string_pretty(&report.to_json())?);
+                let mut v = report.to_json();
+                if let Some(rows) = &pods {
+                    v["pods"] = status::pods_json(rows);
+                }
+                println!("{}", serde_json::to_string_pretty(&v)?);
             } else {
                 print!("{}", report.render_text());
+                if let Some(rows) = &pods {
+                    print!("{}", status::render_pods(rows));
+                }
             }
             Ok(if report.healthy() { ExitCode::SUCCESS } else { ExitCode::FAILURE })
         }

@@ -113,7 +113,8 @@ async fn add_steps(conf: &NetConf, env: &CniEnv, rb: &mut Rollback) -> Result<Va
 
 fn allocate(conf: &NetConf, env: &CniEnv, rb: &mut Rollback) -> Result<Ipv4Addr, CniError> {
     let store = LeaseStore::lock(&conf.data_dir, conf.pod_cidr).map_err(CniError::Ipam)?;
-    match store.allocate(&env.container_id, &env.ifname) {
+    let pod = env.pod.as_ref().map(|p| p.to_string());
+    match store.allocate_for_pod(&env.container_id, &env.ifname, pod.as_deref()) {
         Ok(Allocation::Existing(ip)) => Ok(ip),
         Ok(Allocation::New(ip)) => {
             let (dir, cidr) = (conf.data_dir.clone(), conf.pod_cidr);

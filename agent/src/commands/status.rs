@@ -259,6 +259,57 @@ impl StatusReport {
     }
 }
 
+/// One row of `status --pods`: a lease on this node, the pod the runtime
+/// named for it (`CNI_ARGS`), and whether the datapath has its endpoint.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PodRow {
+    pub ip: String,
+    pub container_id: String,
+    pub ifname: String,
+    /// `<namespace>/<name>`; `None` when the runtime passed no pod (`ctr`, by hand).
+    pub pod: Option<String>,
+    pub endpoint: bool,
+}
+
+/// `status --pods`: leases from the data directory (read without the IPAM
+/// lock) joined with the endpoint map `report` read.
+pub fn pods(data_dir: &Path, report: &StatusReport) -> Result<Vec<PodRow>, String> {
+    let leases = sluice_node::ipam::store::read_pod_leases(data_dir).map_err(|e| format!("{e:#}"))?;
+    Ok(leases
+        .into_iter()
+        .map(|l| PodRow {
+            endpoint: report.endpoints.iter().any(|(ip, _)| *ip == l.ip.to_string()),
+            ip: l.ip.to_string(),
+            container_id: l.container_id,
+            ifname: l.ifname,
+            pod: l.pod,
+        })
+        .collect())
+}
+
+pub fn pods_json(rows: &[PodRow]) -> Value {
+    rows.iter()
+        .map(|r| {
+            json!({"ip": r.ip, "pod": r.pod, "containerID": r.container_id, "ifname": r.ifname, "endpoint": r.endpoint})
+        })
+        .collect()
+}
+
+pub fn render_pods(rows: &[PodRow]) -> String {
+    let mut o = format!("pods ({}):\n", rows.len());
+    for r in rows {
+        let id: String = r.container_id.chars().take(12).collect();
+        o.push_str(&format!(
+            "  {:<16} {:<40} {id:<12} {}{}\n",
+            r.ip,
+            r.pod.as_deref().unwrap_or("-"),
+            r.ifname,
+            if r.endpoint { "" } else { "  (no endpoint entry)" }
+        ));
+    }
+    o
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -321,6 +372,33 @@ mod tests {
         let v = verdict(&facts(Ok(&s)));
         assert_eq!(v.unhealthy, vec!["not connected to the Kubernetes API: refused"]);
         assert_eq!(v.warnings, vec!["node n4 has no pod CIDR yet; not routed"]);
+    }
+
+    #[test]
+    fn pods_rows_render() {
+        let rows = vec![
+            PodRow {
+                ip: "10.244.1.2".into(),
+                container_id: "0123456789abcdef".into(),
+                ifname: "eth0".into(),
+                pod: Some("default/web-0".into()),
+                endpoint: true,
+            },
+            PodRow {
+                ip: "10.244.1.3".into(),
+                container_id: "c2".into(),
+                ifname: "eth0".into(),
+                pod: None,
+                endpoint: false,
+            },
+        ];
+        let text = render_pods(&rows);
+        assert!(text.starts_with("pods (2):\n"), "{text}");
+        assert!(text.contains("default/web-0") && text.contains("0123456789ab ") && !text.contains("0123456789abc"));
+        assert!(text.lines().nth(2).unwrap().contains("-") && text.contains("(no endpoint entry)"));
+        let j = pods_json(&rows);
+        assert_eq!(j[0]["pod"], "default/web-0");
+        assert!(j[1]["pod"].is_null());
     }
 
     #[test]

@@ -1,4 +1,6 @@
-//! Leases on disk: `<dataDir>/ipam/<cidr>/<ip>` holds "<container id>\n<ifname>\n".
+//! Leases on disk: `<dataDir>/ipam/<cidr>/<ip>` holds "<container id>\n<ifname>\n",
+//! and a third line "<namespace>/<name>" when the runtime named the pod
+//! (`CNI_ARGS`); readers that know only two lines ignore it.
 //!
 //! Every operation holds an exclusive `flock` on `<dir>/lock`, so concurrent
 //! plugin processes never hand out one address twice. A lease file is
@@ -86,8 +88,11 @@ impl LeaseStore {
         Ok(Some(Self { dir, cidr, _lock: lock }))
     }
 
-    fn owner_line(container_id: &str, ifname: &str) -> String {
-        format!("{container_id}\n{ifname}\n")
+    fn owner_line(container_id: &str, ifname: &str, pod: Option<&str>) -> String {
+        match pod {
+            Some(pod) => format!("{container_id}\n{ifname}\n{pod}\n"),
+            None => format!("{container_id}\n{ifname}\n"),
+        }
     }
 
     /// Every lease in the store.
@@ -114,6 +119,14 @@ impl LeaseStore {
     }
 
     pub fn allocate(&self, container_id: &str, ifname: &str) -> Result<Allocation> {
+        self.allocate_for_pod(container_id, ifname, None)
+    }
+
+    /// `allocate`, recording the pod (`<namespace>/<name>`, one line) in the lease.
+    pub fn allocate_for_pod(&self, container_id: &str, ifname: &str, pod: Option<&str>) -> Result<Allocation> {
+        if pod.is_some_and(|p| p.contains('\n')) {
+            bail!("pod name {pod:?} has a newline");
+        }
         let leases = self.leases()?;
         if let Some(l) = leases.iter().find(|l| l.container_id == container_id && l.ifname == ifname) {
             return Ok(Allocation::Existing(l.ip));
@@ -131,7 +144,7 @@ impl LeaseStore {
             .create_new(true)
             .open(&path)
             .with_context(|| format!("create lease {}", path.display()))?;
-        f.write_all(Self::owner_line(container_id, ifname).as_bytes())?;
+        f.write_all(Self::owner_line(container_id, ifname, pod).as_bytes())?;
         f.sync_all()?;
         fs::write(self.dir.join(LAST_RESERVED), ip.to_string()).context("record last reserved address")?;
         Ok(Allocation::New(ip))
@@ -153,6 +166,43 @@ impl LeaseStore {
             Err(e) => Err(e).with_context(|| format!("release {ip}")),
         }
     }
+}
+
+/// A lease as `status --pods` shows it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PodLease {
+    pub ip: Ipv4Addr,
+    pub container_id: String,
+    pub ifname: String,
+    /// `<namespace>/<name>`, when the runtime passed them.
+    pub pod: Option<String>,
+}
+
+/// Every lease under `data_dir`, of every pod CIDR, read without taking the
+/// lock: `status` never waits on a CNI call (a lease being written may show
+/// without its owner for that moment).
+pub fn read_pod_leases(data_dir: &Path) -> Result<Vec<PodLease>> {
+    let root = data_dir.join("ipam");
+    let mut out = Vec::new();
+    let cidrs = match fs::read_dir(&root) {
+        Ok(d) => d,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(out),
+        Err(e) => return Err(e).with_context(|| format!("list {}", root.display())),
+    };
+    for cidr in cidrs.flatten() {
+        let Ok(files) = fs::read_dir(cidr.path()) else { continue };
+        for f in files.flatten() {
+            let Ok(ip) = f.file_name().to_string_lossy().parse::<Ipv4Addr>() else { continue };
+            let text = fs::read_to_string(f.path()).unwrap_or_default();
+            let mut lines = text.lines();
+            let container_id = lines.next().unwrap_or_default().to_string();
+            let ifname = lines.next().unwrap_or_default().to_string();
+            let pod = lines.next().filter(|l| !l.is_empty()).map(str::to_string);
+            out.push(PodLease { ip, container_id, ifname, pod });
+        }
+    }
+    out.sort_by_key(|l| l.ip);
+    Ok(out)
 }
 
 #[cfg(test)]
@@ -184,6 +234,25 @@ mod tests {
         let err = s.allocate("c6", "eth0").unwrap_err().to_string();
         assert!(err.contains("10.1.0.0/29") && err.contains("5 of 5"), "{err}");
         drop(s);
+        fs::remove_dir_all(dir).unwrap();
+    }
+
+    #[test]
+    fn pod_names_are_recorded_and_read_back() {
+        let dir = tmp();
+        let cidr: Ipv4Network = "10.3.0.0/29".parse().unwrap();
+        let s = LeaseStore::lock(&dir, cidr).unwrap();
+        s.allocate_for_pod("c1", "eth0", Some("default/web-0")).unwrap();
+        s.allocate("c2", "eth0").unwrap();
+        assert!(s.allocate_for_pod("c3", "eth0", Some("a\nb")).is_err());
+        // Two-line readers still see the owner.
+        assert_eq!(s.find("c1", "eth0").unwrap(), Some("10.3.0.2".parse().unwrap()));
+        drop(s);
+        let all = read_pod_leases(&dir).unwrap();
+        assert_eq!(all.len(), 2);
+        assert_eq!(all[0].pod.as_deref(), Some("default/web-0"));
+        assert_eq!((all[1].container_id.as_str(), all[1].pod.as_deref()), ("c2", None));
+        assert!(read_pod_leases(&dir.join("nowhere")).unwrap().is_empty());
         fs::remove_dir_all(dir).unwrap();
     }
 

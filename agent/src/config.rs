@@ -41,6 +41,12 @@ pub struct AgentConfig {
     /// Directory to install the CNI plugin into (as `sluice`) at start.
     #[arg(long, env = "SLUICE_CNI_BIN_DIR")]
     pub cni_bin_dir: Option<PathBuf>,
+    /// Chain the reference `portmap` plugin after sluice in the conflist,
+    /// so pods' hostPorts work: runtimes hand port mappings only to plugins
+    /// that declare `portMappings`. `portmap` must be in the runtime's CNI
+    /// bin directory (Kubernetes' CNI plugins package has it).
+    #[arg(long, env = "SLUICE_HOST_PORTS")]
+    pub host_ports: bool,
     /// Masquerade pods' traffic to destinations outside the cluster (the
     /// node's address as source); `--masquerade=false` to turn it off.
     #[arg(long, env = "SLUICE_MASQUERADE", default_value_t = true, action = clap::ArgAction::Set)]
@@ -164,6 +170,7 @@ mod tests {
             data_dir: "/tmp".into(),
             cni_conf_dir: None,
             cni_bin_dir: None,
+            host_ports: false,
             health_netns: None,
             mtu: None,
             masquerade: true,

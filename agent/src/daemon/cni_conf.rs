@@ -29,6 +29,16 @@ pub fn render(pod_cidr: Ipv4Network, mtu: u32, pin_dir: &Path, data_dir: &Path) 
     })
 }
 
+/// `--host-ports`: the reference `portmap` plugin after sluice, taking the
+/// pod's hostPorts (`runtimeConfig.portMappings`) and DNATing them to the
+/// pod in the node's stack; `snat` so a hostPort reached from the node itself
+/// answers too.
+pub fn chain_portmap(conflist: &mut serde_json::Value) {
+    if let Some(plugins) = conflist["plugins"].as_array_mut() {
+        plugins.push(json!({"type": "portmap", "capabilities": {"portMappings": true}, "snat": true}));
+    }
+}
+
 /// Write atomically (temp file, then rename), so a runtime never reads half.
 pub fn write(dir: &Path, conflist: &serde_json::Value) -> Result<PathBuf> {
     fs::create_dir_all(dir).with_context(|| format!("create {}", dir.display()))?;
@@ -52,6 +62,15 @@ mod tests {
         assert_eq!(c["plugins"][0]["mtu"], 1400);
         assert_eq!(c["plugins"][0]["podCIDR"], "10.244.1.0/24");
         assert_eq!(c["name"], NETWORK_NAME);
+    }
+
+    #[test]
+    fn portmap_comes_after_sluice() {
+        let mut c = render("10.244.1.0/24".parse().unwrap(), 1500, Path::new("/p"), Path::new("/d"));
+        chain_portmap(&mut c);
+        assert_eq!(c["plugins"][0]["type"], "sluice");
+        assert_eq!(c["plugins"][1]["type"], "portmap");
+        assert_eq!(c["plugins"][1]["capabilities"]["portMappings"], true);
     }
 
     #[test]

@@ -241,7 +241,10 @@ pub async fn run(mut node: AgentConfig, source: Source, bpffs_mount: PathBuf, ti
     }
     sweep(&netlink, &node, pod_cidr, &pins, timing.sweep_grace).await;
     if let Some(dir) = &node.cni_conf_dir {
-        let conf = cni_conf::render(pod_cidr, mtu, &node.pin_dir, &node.data_dir);
+        let mut conf = cni_conf::render(pod_cidr, mtu, &node.pin_dir, &node.data_dir);
+        if node.host_ports {
+            cni_conf::chain_portmap(&mut conf);
+        }
         let path = cni_conf::write(dir, &conf)?;
         info!(path = %path.display(), "CNI config written");
     }

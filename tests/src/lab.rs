@@ -62,6 +62,9 @@ pub struct LabOptions {
     /// world on the LAN, host-network servers, kube-proxy's rules for the
     /// demo Services. `cargo xtask lab up` turns it on.
     pub cluster_model: bool,
+    /// Extra `sluice-agent run` arguments for every agent (the state's
+    /// `extra_agent_args` from the start).
+    pub extra_agent_args: Vec<String>,
 }
 
 /// Builds a node's agent command: (argv, extra environment).
@@ -84,6 +87,7 @@ impl LabOptions {
             agent_command: None,
             sluice: true,
             cluster_model: false,
+            extra_agent_args: Vec::new(),
         }
     }
 }
@@ -246,7 +250,7 @@ impl Lab {
                 nodes: Vec::new(),
                 kubeconfig: None,
                 pod_cidr_from_node: opts.pod_cidr_from_node,
-                extra_agent_args: Vec::new(),
+                extra_agent_args: opts.extra_agent_args.clone(),
                 helper_pids: Vec::new(),
                 helper_netns: Vec::new(),
             },

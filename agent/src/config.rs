@@ -69,6 +69,17 @@ pub struct AgentConfig {
     /// (labs, tests) never share one.
     #[arg(long, env = "SLUICE_HEALTH_NETNS")]
     pub health_netns: Option<String>,
+    /// Balance Services' cluster IPs in eBPF, at the socket (cgroup
+    /// connect/sendmsg programs), instead of leaving them to kube-proxy.
+    /// Needs --kubernetes (Services and EndpointSlices are watched).
+    /// NodePort, hostPort and externalIPs stay with kube-proxy's rules.
+    #[arg(long, env = "SLUICE_KUBE_PROXY_REPLACEMENT", default_value_t = false, action = clap::ArgAction::Set)]
+    pub kube_proxy_replacement: bool,
+    /// The cgroup v2 directory the socket load balancer attaches to: every
+    /// process below it is covered. Default: the host's cgroup2 mount (its
+    /// root, so host-network processes are covered too).
+    #[arg(long, env = "SLUICE_CGROUP_ROOT")]
+    pub cgroup_root: Option<PathBuf>,
 }
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
@@ -109,6 +120,18 @@ impl AgentConfig {
     }
 
     /// Checks that need nothing but the configuration.
+    /// The cgroup v2 directory the socket load balancer attaches to: the
+    /// flag, or the host's cgroup2 mount.
+    pub fn cgroup_root(&self) -> anyhow::Result<PathBuf> {
+        if let Some(p) = &self.cgroup_root {
+            return Ok(p.clone());
+        }
+        let mountinfo = std::fs::read_to_string("/proc/self/mountinfo")?;
+        sluice_node::datapath::sock_lb::cgroup2_mount(&mountinfo)
+            .map(PathBuf::from)
+            .ok_or_else(|| anyhow::anyhow!("no cgroup2 mount found: mount cgroup v2 or pass --cgroup-root"))
+    }
+
     pub fn validate_static(&self) -> Result<(), ConfigError> {
         if self.node_name.is_empty() {
             return Err(ConfigError::EmptyNodeName);
@@ -172,6 +195,8 @@ mod tests {
             cni_bin_dir: None,
             host_ports: false,
             health_netns: None,
+            kube_proxy_replacement: false,
+            cgroup_root: None,
             mtu: None,
             masquerade: true,
             non_masquerade_cidr: vec![],

@@ -4,10 +4,11 @@ use std::{path::PathBuf, process::ExitCode, time::Duration};
 use anyhow::{bail, Context, Result};
 use clap::{Parser, Subcommand};
 use sluice_agent::{
-    commands::{cleanup, connectivity, monitor, node_init, privileges, status},
+    commands::{cleanup, connectivity, monitor, node_init, privileges, service_table, status},
     config::AgentConfig,
     daemon::{self, plugin_install, Source, Timing},
     membership::kubernetes::KubeNodes,
+    services::kubernetes::KubeServices,
 };
 use sluice_node::{datapath::pins::PinDir, paths};
 
@@ -58,6 +59,10 @@ enum Command {
         /// passed it), container and whether the datapath has its endpoint.
         #[arg(long)]
         pods: bool,
+        /// Also list the socket load balancer's frontends and backends
+        /// (`--kube-proxy-replacement=true`), read from the maps.
+        #[arg(long)]
+        services: bool,
     },
     /// Probe every node's health endpoint (and local pods with --pods) from
     /// this node's, through the datapath; exits non-zero on any failure.
@@ -219,34 +224,48 @@ async fn dispatch(command: Command) -> Result<ExitCode> {
             if let Some(eff) = privileges::effective() {
                 tracing::info!(capabilities = %privileges::names_of(eff), "starting");
             }
-            let source = match (peers_file, kubernetes) {
-                (Some(path), false) => Source::PeersFile(path),
+            if node.kube_proxy_replacement && !kubernetes {
+                bail!(
+                    "--kube-proxy-replacement=true needs --kubernetes: Services and EndpointSlices come from the API"
+                );
+            }
+            let (source, services) = match (peers_file, kubernetes) {
+                (Some(path), false) => (Source::PeersFile(path), None),
                 (None, true) => {
                     // One TLS provider for the process (kube uses rustls).
                     let _ = rustls::crypto::ring::default_provider().install_default();
                     let client = kube::Client::try_default()
                         .await
                         .context("connect to Kubernetes (in-cluster config or KUBECONFIG)")?;
-                    Source::Kubernetes(KubeNodes::start(client))
+                    let services = node.kube_proxy_replacement.then(|| KubeServices::start(client.clone()));
+                    (Source::Kubernetes(KubeNodes::start(client)), services)
                 }
                 _ => bail!("choose where membership comes from: --kubernetes or --peers-file FILE"),
             };
-            daemon::run(node, source, bpffs, timing).await?;
+            daemon::run(node, source, services, bpffs, timing).await?;
             Ok(ExitCode::SUCCESS)
         }
-        Command::Status { pin_dir, data_dir, json, pods } => {
-            let report = status::collect(&PinDir::new(pin_dir), &data_dir);
+        Command::Status { pin_dir, data_dir, json, pods, services } => {
+            let pins = PinDir::new(pin_dir);
+            let report = status::collect(&pins, &data_dir);
+            let services = if services { Some(service_table::rows(&pins)?) } else { None };
             let pods = if pods { Some(status::pods(&data_dir, &report).map_err(anyhow::Error::msg)?) } else { None };
             if json {
                 let mut v = report.to_json();
                 if let Some(rows) = &pods {
                     v["pods"] = status::pods_json(rows);
                 }
+                if let Some(rows) = &services {
+                    v["services"] = service_table::to_json(rows, &pins);
+                }
                 println!("{}", serde_json::to_string_pretty(&v)?);
             } else {
                 print!("{}", report.render_text());
                 if let Some(rows) = &pods {
                     print!("{}", status::render_pods(rows));
+                }
+                if let Some(rows) = &services {
+                    print!("{}", service_table::render(rows, &pins));
                 }
             }
             Ok(if report.healthy() { ExitCode::SUCCESS } else { ExitCode::FAILURE })

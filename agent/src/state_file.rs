@@ -35,6 +35,9 @@ pub struct AgentState {
     pub health_netns: String,
     pub health_ip: String,
     pub resync_ms: u64,
+    /// The socket load balancer, when `--kube-proxy-replacement=true`.
+    #[serde(default)]
+    pub service_lb: Option<crate::daemon::service_lb::ServiceLbState>,
 }
 
 pub fn path(data_dir: &Path) -> PathBuf {

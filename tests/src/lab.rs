@@ -65,6 +65,10 @@ pub struct LabOptions {
     /// Extra `sluice-agent run` arguments for every agent (the state's
     /// `extra_agent_args` from the start).
     pub extra_agent_args: Vec<String>,
+    /// Services in eBPF: agents run with `--kube-proxy-replacement=true`
+    /// (so with `kubernetes`), each attached to its node's own cgroup
+    /// (`Lab::node_cgroup`), where the node's pods' processes run.
+    pub kube_proxy_replacement: bool,
 }
 
 /// Builds a node's agent command: (argv, extra environment).
@@ -88,6 +92,7 @@ impl LabOptions {
             sluice: true,
             cluster_model: false,
             extra_agent_args: Vec::new(),
+            kube_proxy_replacement: false,
         }
     }
 }
@@ -135,6 +140,10 @@ pub struct LabState {
     /// Namespaces beside nodes and pods (the world), deleted on `down`.
     #[serde(default)]
     pub helper_netns: Vec<String>,
+    /// With `LabOptions::kube_proxy_replacement`: the lab's cgroup; each
+    /// node has a directory below it.
+    #[serde(default)]
+    pub cgroup_root: Option<PathBuf>,
 }
 
 /// Where the test API server listens: the LAN bridge's own address.
@@ -253,11 +262,18 @@ impl Lab {
                 extra_agent_args: opts.extra_agent_args.clone(),
                 helper_pids: Vec::new(),
                 helper_netns: Vec::new(),
+                cgroup_root: None,
             },
             api: None,
             agent_command: opts.agent_command.clone(),
             persist: false,
         };
+        if opts.kube_proxy_replacement {
+            if !opts.kubernetes {
+                bail!("kube_proxy_replacement needs kubernetes (Services come from the API server)");
+            }
+            lab.state.cgroup_root = Some(crate::cgroups::cgroup2_mount()?.join(format!("sluice-lab-{}", opts.id)));
+        }
         lab.save()?;
         lab.build_lan()?;
         for i in 1..=opts.nodes {
@@ -364,6 +380,9 @@ impl Lab {
         add_netns(&netns)?;
         self.state.nodes.push(node.clone());
         self.save()?;
+        if let Some(cgroup) = self.node_cgroup(&node) {
+            fs::create_dir_all(&cgroup).with_context(|| format!("create cgroup {}", cgroup.display()))?;
+        }
         let lan = &self.state.lan_netns;
         let mtu = self.state.mtu.to_string();
         run(Command::new("ip")
@@ -430,8 +449,27 @@ impl Lab {
         } else {
             args.extend(["--peers-file".into(), self.peers_file().display().to_string()]);
         }
+        if let Some(cgroup) = self.node_cgroup(node) {
+            args.extend(["--kube-proxy-replacement=true".into(), "--cgroup-root".into(), cgroup.display().to_string()]);
+        }
         args.extend(self.state.extra_agent_args.iter().cloned());
         args
+    }
+
+    /// The node's cgroup (with `kube_proxy_replacement`): its socket load
+    /// balancer covers the processes in it.
+    pub fn node_cgroup(&self, node: &Node) -> Option<PathBuf> {
+        self.state.cgroup_root.as_ref().map(|root| root.join(&node.name))
+    }
+
+    /// A command in `netns` run as a process of `node` (in its cgroup,
+    /// when the lab has them): a pod's or the node's own client.
+    pub fn node_cmd(&self, node: &Node, netns: &str, args: &[&str]) -> Command {
+        let mut cmd = ns_cmd(netns, args);
+        if let Some(cgroup) = self.node_cgroup(node) {
+            crate::cgroups::place(&mut cmd, &cgroup);
+        }
+        cmd
     }
 
     /// Start (or restart) node `i`'s agent in the background.
@@ -583,7 +621,7 @@ impl Lab {
         let addr = result["ips"][0]["address"].as_str().context("ADD result has no address")?;
         pod.ip = addr.split('/').next().unwrap_or_default().to_string();
         let listen = format!("TCP-LISTEN:{ECHO_PORT},reuseaddr,fork");
-        let cmd = ns_cmd(&netns, &["socat", &listen, &format!("SYSTEM:echo {name}")]);
+        let cmd = self.node_cmd(&node, &netns, &["socat", &listen, &format!("SYSTEM:echo {name}")]);
         pod.listener_pid = Some(spawn_logged(cmd, &node.dir.join(format!("{name}-listener.log")))?);
         let slot = self.state.nodes[i].pods.iter_mut().find(|p| p.name == name).expect("pushed above");
         *slot = pod.clone();
@@ -689,6 +727,9 @@ impl Lab {
             del_netns(&ns);
         }
         del_netns(&self.state.lan_netns);
+        if let Some(cgroup) = self.state.cgroup_root.take() {
+            crate::cgroups::remove(&cgroup);
+        }
         if self.state.pin_root.exists() {
             if let Err(e) = fs::remove_dir_all(&self.state.pin_root) {
                 problems.push(format!("remove pins {}: {e}", self.state.pin_root.display()));

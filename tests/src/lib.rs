@@ -14,6 +14,8 @@ use anyhow::{bail, Context, Result};
 
 pub mod apiserver;
 pub mod bench;
+pub mod capture;
+pub mod cgroups;
 pub mod cluster;
 pub mod containerd;
 pub mod cri;
@@ -22,6 +24,7 @@ pub mod kubelet;
 pub mod lab;
 pub mod oci;
 pub mod runtime;
+pub mod services;
 
 static COUNTER: AtomicU32 = AtomicU32::new(0);
 

@@ -18,6 +18,7 @@ use std::{
 
 use sluice_tests::{
     bin,
+    capture::Capture,
     cluster::{
         self, parse_whoami, tcp_text, udp_text, DEMO_IP, DEMO_LOCAL_NODE_PORT, DEMO_NODE_PORT, HOST_PORT, STREAM_PORT,
         WORLD_IP, WORLD_PORT,
@@ -129,7 +130,7 @@ fn pods_reach_the_world_masqueraded_and_pod_to_pod_stays_unnated() {
     // Through a ClusterIP too, with the policy still DROP.
     assert!(tcp_text(&pod.netns, DEMO_IP, 80).is_some(), "pod → ClusterIP with FORWARD policy DROP");
     // Pod to pod across nodes on the LAN: the pods' own addresses.
-    let cap = Capture::start(&lab.state.lan_netns);
+    let cap = Capture::start(&lab.state.lan_netns, "br0", &["icmp"]).unwrap();
     assert!(sluice_tests::lab::ping(&pod.netns, &n2.pods[0].ip));
     let seen = cap.stop();
     assert!(
@@ -151,35 +152,6 @@ fn pods_reach_the_world_masqueraded_and_pod_to_pod_stays_unnated() {
     lab.start_agent(0).unwrap();
     lab.wait_agent_ready(0).unwrap();
     assert!(tcp_text(&pod.netns, WORLD_IP, WORLD_PORT).is_some());
-}
-
-/// tcpdump in a namespace, numeric, until stopped.
-struct Capture {
-    child: std::process::Child,
-    out: std::path::PathBuf,
-}
-
-impl Capture {
-    fn start(netns: &str) -> Self {
-        let out = std::env::temp_dir().join(format!("sluice-cap-{}-{}.txt", std::process::id(), netns));
-        let file = std::fs::File::create(&out).unwrap();
-        let child = sluice_tests::lab::ns_cmd(netns, &["tcpdump", "-l", "-n", "-i", "br0", "icmp"])
-            .stdout(file)
-            .stderr(std::process::Stdio::null())
-            .spawn()
-            .unwrap();
-        std::thread::sleep(Duration::from_millis(800));
-        Capture { child, out }
-    }
-
-    fn stop(mut self) -> String {
-        std::thread::sleep(Duration::from_millis(300));
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-        let s = std::fs::read_to_string(&self.out).unwrap_or_default();
-        let _ = std::fs::remove_file(&self.out);
-        s
-    }
 }
 
 /// A TCP connection opened from inside `netns` (the socket stays there).

@@ -8,4 +8,5 @@ pub mod health_endpoint;
 pub mod monitor;
 pub mod node_init;
 pub mod privileges;
+pub mod service_table;
 pub mod status;

@@ -233,6 +233,17 @@ impl StatusReport {
                 ));
             }
         }
+        if let Some(lb) = self.agent.as_ref().and_then(|a| a.service_lb.as_ref()) {
+            o.push_str(&format!(
+                "services (socket LB on cgroup {}): {}, {} services, {} frontends, {} backends{}\n",
+                lb.cgroup,
+                if lb.synced { "synced" } else { "NOT SYNCED" },
+                lb.services,
+                lb.frontends,
+                lb.backends,
+                lb.last_error.as_ref().map(|e| format!(", last error: {e}")).unwrap_or_default()
+            ));
+        }
         o.push_str(&format!(
             "datapath: pins {}, uplink ifindex {}, node IP {}\n",
             self.pin_dir, self.uplink_ifindex, self.node_ip

@@ -42,6 +42,8 @@ use crate::membership::kubernetes::KubeState;
 pub struct AgentMetrics {
     pub reconcile_seconds: Histogram,
     pub membership_problems: Gauge,
+    /// Service or EndpointSlice watch event → socket LB maps updated.
+    pub service_update_seconds: Histogram,
     kube: Arc<Mutex<Option<KubeState>>>,
 }
 
@@ -50,6 +52,7 @@ impl Default for AgentMetrics {
         Self {
             reconcile_seconds: Histogram::new(exponential_buckets(0.0001, 2.0, 16)),
             membership_problems: Gauge::default(),
+            service_update_seconds: Histogram::new(exponential_buckets(0.0001, 2.0, 16)),
             kube: Arc::default(),
         }
     }
@@ -231,6 +234,11 @@ pub fn registry(pins: &PinDir, data_dir: &std::path::Path, m: &AgentMetrics) -> 
         "sluice_reconcile_duration_seconds",
         "Time of one pass over membership (map routes, kernel routes, netfilter).",
         m.reconcile_seconds.clone(),
+    );
+    r.register(
+        "sluice_service_update_seconds",
+        "Time from a Service or EndpointSlice watch event to the socket load balancer's maps holding it.",
+        m.service_update_seconds.clone(),
     );
     r.register(
         "sluice_membership_problems",

@@ -11,6 +11,7 @@ use tracing::{error, info, warn};
 pub mod cni_conf;
 pub mod metrics;
 pub mod plugin_install;
+pub mod service_lb;
 pub mod sweep;
 pub mod sysctl;
 
@@ -20,7 +21,7 @@ use sluice_node::{
         bpffs,
         pinned_maps::{self, NodeRoutes},
         pins::PinDir,
-        Datapath,
+        sock_lb, Datapath,
     },
     net::netlink::Netlink,
 };
@@ -30,6 +31,7 @@ use crate::{
     config::AgentConfig,
     membership::{self, kubernetes::KubeNodes, peers_file::PeersFile, Membership, Problem, Ranges},
     reconcile::{kernel_routes, map_routes, masquerade},
+    services::kubernetes::KubeServices,
     state_file::{self, AgentState},
 };
 
@@ -152,7 +154,13 @@ async fn initial_membership(source: &Source, node: &AgentConfig, ranges: &Ranges
     }
 }
 
-pub async fn run(mut node: AgentConfig, source: Source, bpffs_mount: PathBuf, timing: Timing) -> Result<()> {
+pub async fn run(
+    mut node: AgentConfig,
+    source: Source,
+    services: Option<KubeServices>,
+    bpffs_mount: PathBuf,
+    timing: Timing,
+) -> Result<()> {
     node.validate_static().context("invalid node configuration")?;
     // An earlier agent's state file would make `status` (the readiness
     // probe) report this one ready before it is: in a container every
@@ -210,6 +218,21 @@ pub async fn run(mut node: AgentConfig, source: Source, bpffs_mount: PathBuf, ti
     datapath.attach(programs::FROM_UPLINK, &node.uplink)?;
     datapath.attach(programs::TO_UPLINK, &node.uplink)?;
     let pods = datapath.update_pod_links()?;
+    let sock_lb_cgroup = match &services {
+        Some(_) => {
+            let cgroup = node.cgroup_root()?;
+            datapath.attach_sock_lb(&cgroup)?;
+            Some(cgroup)
+        }
+        None => {
+            // Turned off (or never on): an earlier run's programs must not
+            // keep translating behind kube-proxy's back.
+            if sock_lb::detach(&pins)? > 0 {
+                info!("socket load balancer detached (--kube-proxy-replacement=false)");
+            }
+            None
+        }
+    };
     // The node's stack forwards pods' traffic to the world, to other nodes'
     // host processes and through kube-proxy's DNAT.
     sysctl::ensure_ip_forward()?;
@@ -231,6 +254,17 @@ pub async fn run(mut node: AgentConfig, source: Source, bpffs_mount: PathBuf, ti
         .context("health endpoint")?;
     health_endpoint::serve(&health_netns, &node.node_name)?;
     let agent_metrics = metrics::AgentMetrics::default();
+    let service_lb_state = service_lb::SharedState::default();
+    if let (Some(kube), Some(cgroup)) = (services, &sock_lb_cgroup) {
+        service_lb_state.lock().expect("service state lock").cgroup = cgroup.display().to_string();
+        let (pins, name, st) = (pins.clone(), node.node_name.clone(), service_lb_state.clone());
+        let latency = agent_metrics.service_update_seconds.clone();
+        tokio::spawn(async move {
+            if let Err(e) = service_lb::run(kube, pins, name, st, move |s| latency.observe(s)).await {
+                error!(error = %format!("{e:#}"), "socket load balancer loop stopped; the maps keep their last state");
+            }
+        });
+    }
     if let Some(addr) = node.metrics_socket()? {
         metrics::serve(addr, metrics::registry(&pins, &node.data_dir, &agent_metrics)).await?;
     }
@@ -313,6 +347,8 @@ pub async fn run(mut node: AgentConfig, source: Source, bpffs_mount: PathBuf, ti
             Source::PeersFile(_) => None,
         };
         agent_metrics.set_kubernetes(state.kubernetes.clone());
+        state.service_lb =
+            sock_lb_cgroup.as_ref().map(|_| service_lb_state.lock().expect("service state lock").clone());
         state.updated_unix = now_unix();
         if let Err(e) = state_file::write(&node.data_dir, &state) {
             warn!(error = %format!("{e:#}"), "cannot write agent state");

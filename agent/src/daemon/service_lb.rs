@@ -1,0 +1,100 @@
+//! The socket load balancer's loop (`--kube-proxy-replacement=true`): on
+//! every Service or EndpointSlice change (and every `RESYNC` regardless),
+//! plan the frontends from the whole view and apply the difference to the
+//! maps. It runs beside the membership loop, so a Service change never
+//! waits behind route or netfilter work.
+//!
+//! Nothing is applied before both kinds are listed: an empty view at start
+//! would wipe the maps an earlier agent left, and every Service with them.
+use std::{
+    sync::{Arc, Mutex},
+    time::{Duration, Instant},
+};
+
+use anyhow::Result;
+use serde::{Deserialize, Serialize};
+use sluice_node::datapath::{pins::PinDir, service_maps::ServiceMaps};
+use tracing::{info, warn};
+
+use crate::{
+    reconcile::service_maps::ServiceReconciler,
+    services::{kubernetes::KubeServices, plan},
+};
+
+const RESYNC: Duration = Duration::from_secs(10);
+
+/// What `status` shows about the socket load balancer.
+#[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct ServiceLbState {
+    /// The cgroup v2 directory the programs are attached to.
+    pub cgroup: String,
+    /// Services and EndpointSlices both listed; the maps follow them.
+    pub synced: bool,
+    /// Frontends (cluster IP × port × protocol) and backends in the maps.
+    pub frontends: usize,
+    pub backends: usize,
+    /// Balanced Services (with at least one frontend).
+    pub services: usize,
+    pub last_error: Option<String>,
+    /// The last pass that changed something: how long from the watch
+    /// event to the maps holding it.
+    pub last_update_ms: Option<f64>,
+}
+
+pub type SharedState = Arc<Mutex<ServiceLbState>>;
+
+/// Run until the process ends. `observe` gets each change's latency
+/// (watch event → maps updated) in seconds.
+pub async fn run(
+    kube: KubeServices,
+    pins: PinDir,
+    node_name: String,
+    state: SharedState,
+    observe: impl Fn(f64) + Send + 'static,
+) -> Result<()> {
+    let mut maps = ServiceMaps::open(&pins)?;
+    let mut reconciler = ServiceReconciler::resume(&mut maps)?;
+    info!(frontends = reconciler.len(), "socket load balancer: took over the service maps");
+    loop {
+        let (planned, synced, last_change) =
+            kube.with_view(|view, s| (s.synced.then(|| plan::desired(view, &node_name)), s.synced, s.last_change));
+        let mut st = ServiceLbState { synced, ..state.lock().expect("service state lock").clone() };
+        if let Some(planned) = planned {
+            match reconciler.apply(&mut maps, &planned) {
+                Ok(stats) => {
+                    if stats.added + stats.changed + stats.removed > 0 {
+                        if let Some(at) = last_change {
+                            let secs = at.elapsed().as_secs_f64();
+                            observe(secs);
+                            st.last_update_ms = Some(secs * 1000.0);
+                        }
+                        info!(
+                            added = stats.added,
+                            changed = stats.changed,
+                            removed = stats.removed,
+                            "service maps updated"
+                        );
+                    }
+                    st.last_error = None;
+                }
+                Err(e) => {
+                    let msg = format!("{e:#}");
+                    if st.last_error.as_deref() != Some(&msg) {
+                        warn!(error = %msg, "service maps not fully updated; retrying");
+                    }
+                    st.last_error = Some(msg);
+                }
+            }
+            st.services = planned.values().map(|p| &p.service).collect::<std::collections::BTreeSet<_>>().len();
+        }
+        st.frontends = reconciler.len();
+        st.backends = reconciler.backend_count();
+        *state.lock().expect("service state lock") = st;
+        let wake = Instant::now() + RESYNC;
+        tokio::select! {
+            _ = kube.changed.notified() => {}
+            _ = tokio::time::sleep_until(wake.into()) => {}
+        }
+    }
+}

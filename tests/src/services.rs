@@ -1,0 +1,169 @@
+//! Services in eBPF on a lab: the API server holds Services and
+//! EndpointSlices, every agent runs `--kube-proxy-replacement=true` on its
+//! node's cgroup, and clients (`svc_client.py`) run as processes of a node
+//! so its socket programs see them.
+use std::{
+    collections::BTreeMap,
+    process::Command,
+    time::{Duration, Instant},
+};
+
+use anyhow::{bail, Context, Result};
+use serde_json::Value;
+
+use crate::{
+    apiserver::{EndpointObject, EndpointSliceObject, ServiceObject},
+    lab::{Lab, LabOptions, Node},
+};
+
+/// The client, run with `python3 -c`.
+pub const CLIENT: &str = include_str!("svc_client.py");
+
+/// One attempt's outcome, as the client prints it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Outcome {
+    Ok { peer: String, answer: String, line: String },
+    Err(String),
+}
+
+impl Outcome {
+    pub fn parse(line: &str) -> Option<Self> {
+        if let Some(e) = line.strip_prefix("err ") {
+            return Some(Outcome::Err(e.trim().to_string()));
+        }
+        let rest = line.strip_prefix("ok ")?;
+        let field = |name: &str| {
+            rest.split_whitespace().find_map(|w| w.strip_prefix(name).map(str::to_string)).unwrap_or_default()
+        };
+        Some(Outcome::Ok { peer: field("peer="), answer: field("answer="), line: line.to_string() })
+    }
+
+    pub fn answer(&self) -> Option<&str> {
+        match self {
+            Outcome::Ok { answer, .. } => Some(answer),
+            Outcome::Err(_) => None,
+        }
+    }
+}
+
+/// The pods' UDP server (`udp-serve`: answers every datagram with the pod's
+/// name; socat's forking UDP server loses back-to-back datagrams).
+pub const UDP_PORT: u16 = 5300;
+
+/// A lab with Services in eBPF and every pod running the cluster model's
+/// servers (echo :7777 answers the pod's name, stream :7779) and a UDP
+/// server on `UDP_PORT`.
+pub fn lab(nodes: usize, pods_per_node: usize) -> Result<Lab> {
+    let mut opts = LabOptions::new(nodes, pods_per_node, crate::bin("sluice-agent").parent().unwrap().to_path_buf());
+    opts.kubernetes = true;
+    opts.kube_proxy_replacement = true;
+    let mut lab = Lab::up(&opts)?;
+    let pods: Vec<(Node, String, String)> =
+        lab.pods().iter().map(|(n, p)| ((*n).clone(), p.netns.clone(), p.name.clone())).collect();
+    for (node, netns, name) in pods {
+        crate::cluster::start_pod_servers(&mut lab, &netns, &name)?;
+        let port = UDP_PORT.to_string();
+        let cmd = client_cmd(&lab, &node, &netns, &["udp-serve", "0.0.0.0", &port, &name]);
+        lab.spawn_helper(cmd, &format!("{name}-udp-serve"))?;
+    }
+    Ok(lab)
+}
+
+/// Run the client as a process of `node` in `netns` (a pod's, or the
+/// node's own for a host client). `args`: mode, ip, port, n.
+pub fn client_cmd(lab: &Lab, node: &Node, netns: &str, args: &[&str]) -> Command {
+    let mut all = vec!["python3", "-c", CLIENT];
+    all.extend_from_slice(args);
+    lab.node_cmd(node, netns, &all)
+}
+
+pub fn client(lab: &Lab, node: &Node, netns: &str, args: &[&str]) -> Result<Vec<Outcome>> {
+    let out = client_cmd(lab, node, netns, args).output().context("run the service client")?;
+    let text = String::from_utf8_lossy(&out.stdout);
+    if !out.status.success() {
+        bail!("client failed: {}{}", text, String::from_utf8_lossy(&out.stderr));
+    }
+    Ok(text.lines().filter_map(Outcome::parse).collect())
+}
+
+/// How many answers each answerer gave.
+pub fn tally(outcomes: &[Outcome]) -> BTreeMap<String, usize> {
+    let mut t = BTreeMap::new();
+    for o in outcomes {
+        let key = match o {
+            Outcome::Ok { answer, .. } => answer.clone(),
+            Outcome::Err(e) => format!("err {e}"),
+        };
+        *t.entry(key).or_default() += 1;
+    }
+    t
+}
+
+/// `status --services --json` of node `i`.
+pub fn service_status(lab: &Lab, i: usize) -> Result<Value> {
+    let node = &lab.state.nodes[i];
+    let out = Command::new(lab.state.bin_dir.join("sluice-agent"))
+        .args(["status", "--services", "--json", "--pin-dir"])
+        .arg(&node.pin_dir)
+        .arg("--data-dir")
+        .arg(Lab::data_dir(node))
+        .output()?;
+    serde_json::from_slice(&out.stdout).with_context(|| format!("status: {}", String::from_utf8_lossy(&out.stderr)))
+}
+
+/// The backends node `i`'s maps give `ip:port/protocol` (None: no frontend).
+pub fn frontend_backends(lab: &Lab, i: usize, ip: &str, port: u16, protocol: &str) -> Result<Option<Vec<String>>> {
+    let v = service_status(lab, i)?;
+    let fronts = v["services"]["frontends"].as_array().cloned().unwrap_or_default();
+    Ok(fronts.iter().find(|f| f["ip"] == ip && f["port"] == port && f["protocol"] == protocol).map(|f| {
+        f["backends"]
+            .as_array()
+            .map(|b| b.iter().filter_map(|x| x.as_str().map(String::from)).collect())
+            .unwrap_or_default()
+    }))
+}
+
+/// Wait until every node's maps give `ip:port/protocol` exactly `want`
+/// backends ("ip:port", any order); returns how long it took.
+pub fn wait_backends(lab: &Lab, ip: &str, port: u16, protocol: &str, want: &[String]) -> Result<Duration> {
+    let start = Instant::now();
+    let mut want: Vec<String> = want.to_vec();
+    want.sort();
+    for i in 0..lab.state.nodes.len() {
+        loop {
+            let mut got = frontend_backends(lab, i, ip, port, protocol)?;
+            if let Some(g) = got.as_mut() {
+                g.sort();
+            }
+            if got.as_ref() == Some(&want) {
+                break;
+            }
+            if start.elapsed() > Duration::from_secs(10) {
+                bail!("node {i}: {ip}:{port}/{protocol} has backends {got:?}, want {want:?}");
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+    Ok(start.elapsed())
+}
+
+/// A Service `name` at `ip` with ports (name, port, target, protocol).
+pub fn service(name: &str, ip: &str, ports: &[(&str, u16, u16, &str)]) -> ServiceObject {
+    ports.iter().fold(ServiceObject::new("default", name, ip), |s, (n, p, t, pr)| s.port(n, *p, *t as i64, pr))
+}
+
+/// The EndpointSlice of `service` with ports (name, target, protocol) and
+/// ready endpoints: the given pods (node, pod) of the lab.
+pub fn slice(service: &str, ports: &[(&str, u16, &str)], endpoints: &[EndpointObject]) -> EndpointSliceObject {
+    let s = ports
+        .iter()
+        .fold(EndpointSliceObject::new("default", &format!("{service}-abc12"), service), |s, (n, p, pr)| {
+            s.port(n, *p, pr)
+        });
+    endpoints.iter().cloned().fold(s, |s, e| s.endpoint_with(e))
+}
+
+/// Ready endpoints for pods, by (node name, pod IP).
+pub fn ready(pods: &[(&str, &str)]) -> Vec<EndpointObject> {
+    pods.iter().map(|(node, ip)| EndpointObject::ready(ip, node)).collect()
+}

@@ -1,0 +1,89 @@
+# A client for Service tests, run inside a pod's or node's namespace (and
+# cgroup). One line of output per attempt:
+#   ok peer=<getpeername or reply source> answer=<first line of the reply>
+#   err <errno name>
+# Modes:
+#   tcp IP PORT N [GAP_MS]   N fresh TCP connections, GAP_MS apart
+#   udp IP PORT N            N connected UDP sockets, one datagram each
+#   sendto IP PORT N         N datagrams from one unconnected UDP socket
+#   stream IP PORT SECONDS   one TCP connection kept open, a line each 50 ms;
+#                            prints each echoed line's round trip, then "done"
+#   udp-serve IP PORT NAME   a UDP server answering every datagram with NAME
+import errno
+import socket
+import sys
+import time
+
+mode, ip, port, n = sys.argv[1], sys.argv[2], int(sys.argv[3]), sys.argv[4]
+
+
+def err(e):
+    print("err", errno.errorcode.get(e.errno, str(e.errno)) if e.errno else type(e).__name__, flush=True)
+
+
+def first_line(data):
+    return data.decode(errors="replace").split("\n")[0].strip()
+
+
+gap = float(sys.argv[5]) / 1000 if len(sys.argv) > 5 else 0
+
+if mode == "tcp":
+    for _ in range(int(n)):
+        time.sleep(gap)
+        try:
+            s = socket.create_connection((ip, port), timeout=2)
+            peer = "%s:%d" % s.getpeername()
+            data = s.recv(200)
+            s.close()
+            print("ok peer=%s answer=%s" % (peer, first_line(data)), flush=True)
+        except OSError as e:
+            err(e)
+elif mode == "udp":
+    for _ in range(int(n)):
+        try:
+            s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+            s.settimeout(2)
+            s.connect((ip, port))
+            peer = "%s:%d" % s.getpeername()
+            s.send(b"q\n")
+            data, src = s.recvfrom(200)
+            s.close()
+            print("ok peer=%s:%d answer=%s getpeername=%s" % (src[0], src[1], first_line(data), peer), flush=True)
+        except OSError as e:
+            err(e)
+elif mode == "sendto":
+    s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    s.settimeout(2)
+    for _ in range(int(n)):
+        try:
+            s.sendto(b"q\n", (ip, port))
+            data, src = s.recvfrom(200)
+            print("ok peer=%s:%d answer=%s" % (src[0], src[1], first_line(data)), flush=True)
+        except OSError as e:
+            err(e)
+elif mode == "udp-serve":
+    s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    s.bind((ip, port))
+    while True:
+        _, src = s.recvfrom(200)
+        s.sendto(n.encode() + b"\n", src)
+elif mode == "stream":
+    end = time.time() + float(n)
+    try:
+        s = socket.create_connection((ip, port), timeout=2)
+        i = 0
+        while time.time() < end:
+            t = time.time()
+            s.sendall(b"line %d\n" % i)
+            got = b""
+            while not got.endswith(b"\n"):
+                chunk = s.recv(200)
+                if not chunk:
+                    raise OSError(errno.ECONNRESET, "closed")
+                got += chunk
+            print("ok rtt_ms=%.2f" % ((time.time() - t) * 1000), flush=True)
+            i += 1
+            time.sleep(0.05)
+        print("done", flush=True)
+    except OSError as e:
+        err(e)

@@ -1,0 +1,285 @@
+//! Services in eBPF (`--kube-proxy-replacement=true`): real sockets, real
+//! packets. The lab's API server holds the Services and EndpointSlices; no
+//! kube-proxy rules are installed, so a ClusterIP works only if the socket
+//! load balancer translates it.
+use std::{
+    collections::BTreeSet,
+    process::Stdio,
+    thread::sleep,
+    time::{Duration, Instant},
+};
+
+use sluice_tests::{
+    apiserver::EndpointObject,
+    capture::Capture,
+    lab::Lab,
+    require_root,
+    services::{self, client, client_cmd, ready, service, slice, tally, wait_backends, Outcome},
+};
+
+const WEB_IP: &str = "10.96.0.50";
+
+/// Every pod of the lab as a backend (node name, pod IP).
+fn all_pods(lab: &Lab) -> Vec<(String, String)> {
+    lab.pods().iter().map(|(n, p)| (n.name.clone(), p.ip.clone())).collect()
+}
+
+fn endpoints(pods: &[(String, String)]) -> Vec<EndpointObject> {
+    ready(&pods.iter().map(|(n, ip)| (n.as_str(), ip.as_str())).collect::<Vec<_>>())
+}
+
+/// `web`: 80/TCP → 7777 (answers the pod's name), 53/UDP → `UDP_PORT`,
+/// 7779/TCP → 7779 (echo stream).
+fn publish_web(lab: &Lab, backends: &[(String, String)]) {
+    let api = lab.api.as_ref().expect("kubernetes lab");
+    api.upsert_service(
+        service(
+            "web",
+            WEB_IP,
+            &[("http", 80, 7777, "TCP"), ("dns", 53, services::UDP_PORT, "UDP"), ("stream", 7779, 7779, "TCP")],
+        )
+        .build(),
+    );
+    publish_web_endpoints(lab, backends);
+}
+
+fn publish_web_endpoints(lab: &Lab, backends: &[(String, String)]) {
+    let api = lab.api.as_ref().expect("kubernetes lab");
+    api.upsert_endpoint_slice(
+        slice(
+            "web",
+            &[("http", 7777, "TCP"), ("dns", services::UDP_PORT, "UDP"), ("stream", 7779, "TCP")],
+            &endpoints(backends),
+        )
+        .build(),
+    );
+}
+
+fn targets(backends: &[(String, String)], port: u16) -> Vec<String> {
+    backends.iter().map(|(_, ip)| format!("{ip}:{port}")).collect()
+}
+
+fn oks(outcomes: &[Outcome]) -> usize {
+    outcomes.iter().filter(|o| matches!(o, Outcome::Ok { .. })).count()
+}
+
+#[test]
+fn cluster_ip_from_pods_and_nodes_reaches_every_backend_over_tcp_and_udp() {
+    require_root();
+    let lab = services::lab(2, 2).unwrap();
+    let backends = all_pods(&lab);
+    publish_web(&lab, &backends);
+    wait_backends(&lab, WEB_IP, 80, "TCP", &targets(&backends, 7777)).unwrap();
+    wait_backends(&lab, WEB_IP, 53, "UDP", &targets(&backends, services::UDP_PORT)).unwrap();
+    let n1 = lab.state.nodes[0].clone();
+    let pod = n1.pods[0].clone();
+    let names: BTreeSet<String> = lab.pods().iter().map(|(_, p)| p.name.clone()).collect();
+
+    // A capture on the LAN while pods talk to the Service: only pod
+    // addresses may be on the wire.
+    let capture = Capture::start(&lab.state.lan_netns, "br0", &["tcp or udp"]).unwrap();
+
+    // 200 connections from a pod: every one answered, each shows the
+    // ClusterIP as its peer, and the four backends share them.
+    let tcp = client(&lab, &n1, &pod.netns, &["tcp", WEB_IP, "80", "200"]).unwrap();
+    assert_eq!(oks(&tcp), 200, "{:?}", tally(&tcp));
+    for o in &tcp {
+        let Outcome::Ok { peer, .. } = o else { unreachable!() };
+        assert_eq!(peer, &format!("{WEB_IP}:80"), "getpeername() must show the ClusterIP");
+    }
+    let t = tally(&tcp);
+    assert_eq!(t.keys().cloned().collect::<BTreeSet<_>>(), names, "every backend answers: {t:?}");
+    // Uniform over 4: 50 each, sd ≈ 6.1; 20..=80 is ±4.9 sd.
+    for (who, n) in &t {
+        assert!((20..=80).contains(n), "{who} got {n} of 200: not spread evenly ({t:?})");
+    }
+
+    // From the node itself (a host-network process of n1).
+    let host = client(&lab, &n1, &n1.netns, &["tcp", WEB_IP, "80", "40"]).unwrap();
+    assert_eq!(oks(&host), 40, "{:?}", tally(&host));
+    assert!(tally(&host).len() >= 3, "host connections spread too: {:?}", tally(&host));
+
+    // UDP, connected: the reply comes back from the ClusterIP.
+    let udp = client(&lab, &n1, &pod.netns, &["udp", WEB_IP, "53", "40"]).unwrap();
+    assert_eq!(oks(&udp), 40, "{:?}", tally(&udp));
+    for o in &udp {
+        let Outcome::Ok { peer, line, .. } = o else { unreachable!() };
+        assert_eq!(peer, &format!("{WEB_IP}:53"), "reply source is the ClusterIP: {line}");
+        assert!(line.contains(&format!("getpeername={WEB_IP}:53")), "{line}");
+    }
+    assert!(tally(&udp).len() >= 3, "{:?}", tally(&udp));
+    // UDP, unconnected (sendto per datagram, recvfrom shows the source).
+    let sendto = client(&lab, &n1, &pod.netns, &["sendto", WEB_IP, "53", "40"]).unwrap();
+    assert_eq!(oks(&sendto), 40, "{:?}", tally(&sendto));
+    assert!(sendto.iter().all(|o| matches!(o, Outcome::Ok { peer, .. } if peer == &format!("{WEB_IP}:53"))));
+    assert!(tally(&sendto).len() >= 3, "per-datagram balancing: {:?}", tally(&sendto));
+
+    let captured = capture.stop();
+    let count = |needle: &str| captured.lines().filter(|l| l.contains(needle)).count();
+    assert!(count(".7777:") + count(".7777 >") > 100, "cross-node backend traffic was captured");
+    assert_eq!(count("10.96."), 0, "no Service address on the wire:\n{captured}");
+
+    // The other node balances on its own maps too.
+    let n2 = lab.state.nodes[1].clone();
+    let from_n2 = client(&lab, &n2, &n2.pods[0].netns, &["tcp", WEB_IP, "80", "40"]).unwrap();
+    assert_eq!(oks(&from_n2), 40);
+    let v = services::service_status(&lab, 0).unwrap();
+    assert!(v["services"]["counters"]["connected"].as_u64().unwrap() >= 240, "{}", v["services"]["counters"]);
+    assert!(v["services"]["counters"]["sent"].as_u64().unwrap() >= 40, "{}", v["services"]["counters"]);
+}
+
+#[test]
+fn no_endpoints_refuses_at_once_and_local_policy_without_local_endpoints_is_unreachable() {
+    require_root();
+    let lab = services::lab(2, 1).unwrap();
+    let api = lab.api.as_ref().unwrap();
+    let (n1, n2) = (lab.state.nodes[0].clone(), lab.state.nodes[1].clone());
+    api.upsert_service(
+        service("empty", "10.96.0.60", &[("http", 80, 7777, "TCP"), ("dns", 53, services::UDP_PORT, "UDP")]).build(),
+    );
+    wait_backends(&lab, "10.96.0.60", 80, "TCP", &[]).unwrap();
+    let start = Instant::now();
+    let out = client(&lab, &n1, &n1.pods[0].netns, &["tcp", "10.96.0.60", "80", "3"]).unwrap();
+    assert_eq!(out, vec![Outcome::Err("ECONNREFUSED".into()); 3]);
+    assert!(start.elapsed() < Duration::from_secs(2), "refused at once, not timed out: {:?}", start.elapsed());
+    let udp = client(&lab, &n1, &n1.pods[0].netns, &["udp", "10.96.0.60", "53", "1"]).unwrap();
+    assert_eq!(udp, vec![Outcome::Err("ECONNREFUSED".into())]);
+
+    // Endpoints arrive: the same Service answers.
+    let n2_pod = n2.pods[0].clone();
+    api.upsert_endpoint_slice(
+        slice("empty", &[("http", 7777, "TCP"), ("dns", services::UDP_PORT, "UDP")], &ready(&[(&n2.name, &n2_pod.ip)]))
+            .build(),
+    );
+    wait_backends(&lab, "10.96.0.60", 80, "TCP", &[format!("{}:7777", n2_pod.ip)]).unwrap();
+    let out = client(&lab, &n1, &n1.pods[0].netns, &["tcp", "10.96.0.60", "80", "3"]).unwrap();
+    assert!(out.iter().all(|o| o.answer() == Some(&n2_pod.name)), "{out:?}");
+
+    // internalTrafficPolicy: Local with the only endpoint on n2: n2's pods
+    // reach it, n1's are told the host is unreachable.
+    api.upsert_service(service("local", "10.96.0.61", &[("", 80, 7777, "TCP")]).internal_traffic_local().build());
+    api.upsert_endpoint_slice(slice("local", &[("", 7777, "TCP")], &ready(&[(&n2.name, &n2_pod.ip)])).build());
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let a = services::frontend_backends(&lab, 0, "10.96.0.61", 80, "TCP").unwrap();
+        let b = services::frontend_backends(&lab, 1, "10.96.0.61", 80, "TCP").unwrap();
+        if a == Some(vec![]) && b == Some(vec![format!("{}:7777", n2_pod.ip)]) {
+            break;
+        }
+        assert!(Instant::now() < deadline, "n1 {a:?}, n2 {b:?}");
+        sleep(Duration::from_millis(50));
+    }
+    let from_n1 = client(&lab, &n1, &n1.pods[0].netns, &["tcp", "10.96.0.61", "80", "2"]).unwrap();
+    assert_eq!(from_n1, vec![Outcome::Err("EHOSTUNREACH".into()); 2]);
+    let from_n2 = client(&lab, &n2, &n2_pod.netns, &["tcp", "10.96.0.61", "80", "2"]).unwrap();
+    assert!(from_n2.iter().all(|o| o.answer() == Some(&n2_pod.name)), "{from_n2:?}");
+}
+
+#[test]
+fn session_affinity_holds_for_its_timeout_then_chooses_again() {
+    require_root();
+    let lab = services::lab(2, 2).unwrap();
+    let api = lab.api.as_ref().unwrap();
+    let backends = all_pods(&lab);
+    api.upsert_service(service("sticky", "10.96.0.70", &[("", 80, 7777, "TCP")]).client_ip_affinity(Some(1)).build());
+    api.upsert_endpoint_slice(slice("sticky", &[("", 7777, "TCP")], &endpoints(&backends)).build());
+    wait_backends(&lab, "10.96.0.70", 80, "TCP", &targets(&backends, 7777)).unwrap();
+    let n1 = lab.state.nodes[0].clone();
+    // Within the timeout (each use refreshes it): one backend for all.
+    let burst = client(&lab, &n1, &n1.pods[0].netns, &["tcp", "10.96.0.70", "80", "30"]).unwrap();
+    assert_eq!(oks(&burst), 30);
+    assert_eq!(tally(&burst).len(), 1, "affinity keeps one backend: {:?}", tally(&burst));
+    // Past the timeout each time: chosen again; 8 picks of 4 backends are
+    // all the same with probability 4⁻⁷.
+    let mut seen = BTreeSet::new();
+    for _ in 0..8 {
+        sleep(Duration::from_millis(1200));
+        let one = client(&lab, &n1, &n1.pods[0].netns, &["tcp", "10.96.0.70", "80", "1"]).unwrap();
+        seen.insert(one[0].answer().expect("answered").to_string());
+    }
+    assert!(seen.len() >= 2, "after the timeout the choice is made again: {seen:?}");
+    // Without affinity the same burst spreads (the test above is not luck).
+    api.upsert_service(service("sticky", "10.96.0.70", &[("", 80, 7777, "TCP")]).build());
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while services::service_status(&lab, 0).unwrap()["services"]["frontends"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .any(|f| f["ip"] == "10.96.0.70" && f["affinityTimeoutSeconds"] != 0)
+    {
+        assert!(Instant::now() < deadline);
+        sleep(Duration::from_millis(50));
+    }
+    let burst = client(&lab, &n1, &n1.pods[0].netns, &["tcp", "10.96.0.70", "80", "30"]).unwrap();
+    assert!(tally(&burst).len() >= 2, "{:?}", tally(&burst));
+}
+
+#[test]
+fn endpoint_churn_sends_no_new_connection_to_a_removed_backend_and_breaks_no_established_one() {
+    require_root();
+    let lab = services::lab(2, 2).unwrap();
+    let backends = all_pods(&lab);
+    publish_web(&lab, &backends);
+    wait_backends(&lab, WEB_IP, 7779, "TCP", &targets(&backends, 7779)).unwrap();
+    let n1 = lab.state.nodes[0].clone();
+    // Established connections, through the Service, spread over backends.
+    let streams: Vec<_> = (0..6)
+        .map(|_| {
+            client_cmd(&lab, &n1, &n1.pods[0].netns, &["stream", WEB_IP, "7779", "8"])
+                .stdout(Stdio::piped())
+                .stderr(Stdio::null())
+                .spawn()
+                .unwrap()
+        })
+        .collect();
+    sleep(Duration::from_millis(500));
+    for round in 0..2 {
+        // 4 → 1.
+        let keep = vec![backends[3].clone()];
+        publish_web_endpoints(&lab, &keep);
+        wait_backends(&lab, WEB_IP, 80, "TCP", &targets(&keep, 7777)).unwrap();
+        let after = client(&lab, &n1, &n1.pods[0].netns, &["tcp", WEB_IP, "80", "40"]).unwrap();
+        let only = lab.pods()[3].1.name.clone();
+        assert_eq!(tally(&after).into_iter().collect::<Vec<_>>(), vec![(only, 40)], "round {round}");
+        // 1 → 4: new connections spread again.
+        publish_web_endpoints(&lab, &backends);
+        wait_backends(&lab, WEB_IP, 80, "TCP", &targets(&backends, 7777)).unwrap();
+        let after = client(&lab, &n1, &n1.pods[0].netns, &["tcp", WEB_IP, "80", "40"]).unwrap();
+        assert_eq!(oks(&after), 40);
+        assert!(tally(&after).len() >= 3, "round {round}: {:?}", tally(&after));
+    }
+    for s in streams {
+        let out = s.wait_with_output().unwrap();
+        let text = String::from_utf8_lossy(&out.stdout);
+        assert!(text.trim_end().ends_with("done"), "an established connection broke:\n{text}");
+        assert!(!text.contains("err"), "{text}");
+    }
+}
+
+#[test]
+fn agent_sigkill_and_restart_under_a_stream_of_new_connections_refuses_none() {
+    require_root();
+    let mut lab = services::lab(2, 2).unwrap();
+    let backends = all_pods(&lab);
+    publish_web(&lab, &backends);
+    wait_backends(&lab, WEB_IP, 80, "TCP", &targets(&backends, 7777)).unwrap();
+    let n1 = lab.state.nodes[0].clone();
+    // About 4 s of fresh connections, one every 10 ms, over the restart.
+    let stream = client_cmd(&lab, &n1, &n1.pods[0].netns, &["tcp", WEB_IP, "80", "300", "10"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    sleep(Duration::from_millis(500));
+    lab.kill_agent(0).unwrap();
+    sleep(Duration::from_millis(500));
+    lab.start_agent(0).unwrap();
+    lab.wait_agent_ready(0).unwrap();
+    let out = stream.wait_with_output().unwrap();
+    let outcomes: Vec<Outcome> = String::from_utf8_lossy(&out.stdout).lines().filter_map(Outcome::parse).collect();
+    assert_eq!(outcomes.len(), 300);
+    assert_eq!(oks(&outcomes), 300, "{:?}", tally(&outcomes));
+    // The restarted agent took the maps over and still follows changes.
+    publish_web_endpoints(&lab, &backends[..1]);
+    wait_backends(&lab, WEB_IP, 80, "TCP", &targets(&backends[..1], 7777)).unwrap();
+}

@@ -99,11 +99,23 @@ fn manifests_agree_with_the_code() {
         .find(|m| bin_dir.starts_with(m["mountPath"].as_str().unwrap()))
         .unwrap();
     assert_eq!(host_path(im["name"].as_str().unwrap()), "/opt/cni/bin");
-    // RBAC: nodes get/list/watch, nothing else.
+    // RBAC: get/list/watch on nodes, services and endpointslices, nothing else.
     let role = find(&d, "ClusterRole");
-    assert_eq!(role["rules"].as_array().unwrap().len(), 1);
-    assert_eq!(role["rules"][0]["resources"], serde_json::json!(["nodes"]));
-    assert_eq!(role["rules"][0]["verbs"], serde_json::json!(["get", "list", "watch"]));
+    let rules: Vec<(Value, Value, Value)> = role["rules"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| (r["apiGroups"].clone(), r["resources"].clone(), r["verbs"].clone()))
+        .collect();
+    let read = serde_json::json!(["get", "list", "watch"]);
+    assert_eq!(
+        rules,
+        [
+            (serde_json::json!([""]), serde_json::json!(["nodes"]), read.clone()),
+            (serde_json::json!([""]), serde_json::json!(["services"]), read.clone()),
+            (serde_json::json!(["discovery.k8s.io"]), serde_json::json!(["endpointslices"]), read),
+        ]
+    );
     assert_eq!(
         find(&d, "ClusterRoleBinding")["subjects"][0]["name"],
         ds["spec"]["template"]["spec"]["serviceAccountName"]
@@ -208,17 +220,70 @@ fn agent_with_the_daemonsets_command_networks_pods_using_only_calls_rbac_allows(
     assert_eq!(s["agent"]["uplink"], "eth0", "uplink chosen from the default route");
     assert_eq!(s["agent"]["membership"], "kubernetes");
     // Every API call the agents made is allowed by the ClusterRole.
-    let d = docs("sluice.yaml");
-    let rules = find(&d, "ClusterRole")["rules"].as_array().unwrap().clone();
     let requests = lab.api.as_ref().unwrap().requests();
     assert!(!requests.is_empty());
-    for (verb, path) in requests {
-        let resource = path.trim_start_matches("/api/v1/").split('/').next().unwrap().to_string();
-        let allowed = rules.iter().any(|r| {
-            r["resources"].as_array().unwrap().iter().any(|x| x == resource.as_str())
-                && r["verbs"].as_array().unwrap().iter().any(|x| x == verb.as_str())
-        });
-        assert!(allowed, "agent made {verb} {path}, which the ClusterRole does not allow");
+    let denied = manifest::denied(&manifest::cluster_role_rules(), &requests);
+    assert!(denied.is_empty(), "the agent made calls the ClusterRole does not allow: {denied:?}");
+}
+
+/// The Service and EndpointSlice watchers (and the Node watcher) against
+/// the test API server, no root: every call they make is allowed by the
+/// ClusterRole, which grants exactly get, list and watch on them, and
+/// without its rule for either kind the check fails.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_clusterrole_allows_every_call_the_watchers_make() {
+    use sluice_agent::{membership::kubernetes::KubeNodes, services::kubernetes::KubeServices};
+    use sluice_tests::apiserver::{endpoint_slice_object, service_object, ApiServer};
+
+    let api = ApiServer::start("127.0.0.1:0", None).unwrap();
+    api.upsert_node("n1", "172.30.0.1", Some("10.244.1.0/24"));
+    api.upsert_service(service_object("default", "web", "10.96.0.10", &[("http", 80, 8080)]));
+    api.upsert_endpoint_slice(endpoint_slice_object(
+        "default",
+        "web-1",
+        "web",
+        &[("http", 8080)],
+        &[("10.244.1.5", "n1")],
+    ));
+    let client = kube::Client::try_from(kube::Config::new(format!("http://{}", api.addr).parse().unwrap())).unwrap();
+    let nodes = KubeNodes::start(client.clone());
+    let services = KubeServices::start(client);
+    let start = std::time::Instant::now();
+    // Listed, and watching: the watches are requests too.
+    while !(nodes.snapshot().1.synced && services.snapshot().1.synced && api.counters().1 >= 3) {
+        assert!(start.elapsed() < std::time::Duration::from_secs(10), "not synced: {:?}", services.snapshot().1);
+        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+    }
+    let requests = api.requests();
+    for (verb, resource) in
+        [("list", "services"), ("watch", "services"), ("list", "endpointslices"), ("watch", "endpointslices")]
+    {
+        assert!(
+            requests.iter().any(|(v, p)| v == verb && p.ends_with(resource)),
+            "no {verb} of {resource} made: {requests:?}"
+        );
+    }
+    let rules = manifest::cluster_role_rules();
+    let denied = manifest::denied(&rules, &requests);
+    assert!(denied.is_empty(), "the watchers made calls the ClusterRole does not allow: {denied:?}");
+    // Exactly get, list and watch on each kind the agent reads.
+    for (group, resource) in [("", "nodes"), ("", "services"), ("discovery.k8s.io", "endpointslices")] {
+        let verbs: Vec<String> = rules
+            .iter()
+            .filter(|r| {
+                strings(&r["apiGroups"]).contains(&group.to_string())
+                    && strings(&r["resources"]).contains(&resource.to_string())
+            })
+            .flat_map(|r| strings(&r["verbs"]))
+            .collect();
+        assert_eq!(verbs, ["get", "list", "watch"], "{group}/{resource}");
+    }
+    // The check can fail: without the rule for either kind, its calls are denied.
+    for resource in ["services", "endpointslices"] {
+        let without: Vec<Value> =
+            rules.iter().filter(|r| !strings(&r["resources"]).contains(&resource.to_string())).cloned().collect();
+        let denied = manifest::denied(&without, &requests);
+        assert!(!denied.is_empty() && denied.iter().all(|d| d.ends_with(resource)), "without {resource}: {denied:?}");
     }
 }
 

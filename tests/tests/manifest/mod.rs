@@ -189,3 +189,30 @@ pub fn daemonset_command(_state: &LabState, node: &Node) -> (Vec<String>, Vec<(S
     let spec = find(&d, "DaemonSet")["spec"]["template"]["spec"].clone();
     command(&spec, container(&spec, "agent"), &find(&d, "ConfigMap")["data"], node)
 }
+
+/// The ClusterRole's rules of `sluice.yaml`.
+pub fn cluster_role_rules() -> Vec<Value> {
+    find(&docs("sluice.yaml"), "ClusterRole")["rules"].as_array().unwrap().clone()
+}
+
+/// Does an RBAC rule list `want` (or `*`) under `field`?
+fn rule_names(rule: &Value, field: &str, want: &str) -> bool {
+    rule[field].as_array().into_iter().flatten().any(|x| x == want || x == "*")
+}
+
+/// The requests (RBAC verb, path, as the test API server logs them) that
+/// no rule allows: each rule is matched on API group, resource and verb.
+pub fn denied(rules: &[Value], requests: &[(String, String)]) -> Vec<String> {
+    requests
+        .iter()
+        .filter(|(verb, path)| {
+            let Some((group, resource)) = sluice_tests::apiserver::api_resource(path) else { return true };
+            !rules.iter().any(|r| {
+                rule_names(r, "apiGroups", &group)
+                    && rule_names(r, "resources", &resource)
+                    && rule_names(r, "verbs", verb)
+            })
+        })
+        .map(|(verb, path)| format!("{verb} {path}"))
+        .collect()
+}

@@ -1,7 +1,7 @@
 //! The socket load balancer's loop (`--kube-proxy-replacement=true`): on
-//! every Service or EndpointSlice change (and every `RESYNC` regardless),
-//! plan the frontends from the whole view and apply the difference to the
-//! maps. It runs beside the membership loop, so a Service change never
+//! every Service or EndpointSlice change, replan the Services it touched
+//! and apply their frontends to the maps; every `RESYNC`, replan and
+//! compare everything. It runs beside the membership loop, so a Service change never
 //! waits behind route or netfilter work.
 //!
 //! Nothing is applied before both kinds are listed: an empty view at start
@@ -18,7 +18,7 @@ use tracing::{info, warn};
 
 use crate::{
     reconcile::service_maps::ServiceReconciler,
-    services::{kubernetes::KubeServices, plan},
+    services::{kubernetes::KubeServices, model::Touched, plan},
 };
 
 const RESYNC: Duration = Duration::from_secs(10);
@@ -56,12 +56,32 @@ pub async fn run(
     let mut maps = ServiceMaps::open(&pins)?;
     let mut reconciler = ServiceReconciler::resume(&mut maps)?;
     info!(frontends = reconciler.len(), "socket load balancer: took over the service maps");
+    let mut planner = plan::Planner::default();
+    let mut last_full = Instant::now();
     loop {
-        let (planned, synced, last_change) =
-            kube.with_view(|view, s| (s.synced.then(|| plan::desired(view, &node_name)), s.synced, s.last_change));
+        // Every RESYNC, replan everything (a safety net: the incremental
+        // path can then never drift for long).
+        let full = last_full.elapsed() >= RESYNC;
+        let (changed, synced, last_change) = kube.with_changes(|view, s, touched| {
+            if !s.synced {
+                return (None, false, None);
+            }
+            let touched = if full { Touched::All } else { touched };
+            if touched.is_empty() {
+                return (Some(Some(Default::default())), true, s.last_change);
+            }
+            (Some(planner.update(view, touched, &node_name)), true, s.last_change)
+        });
         let mut st = ServiceLbState { synced, ..state.lock().expect("service state lock").clone() };
-        if let Some(planned) = planned {
-            match reconciler.apply(&mut maps, &planned) {
+        if let Some(changed) = changed {
+            let result = match &changed {
+                None => {
+                    last_full = Instant::now();
+                    reconciler.apply(&mut maps, planner.plan())
+                }
+                Some(frontends) => reconciler.apply_some(&mut maps, planner.plan(), frontends),
+            };
+            match result {
                 Ok(stats) => {
                     if stats.added + stats.changed + stats.removed > 0 {
                         if let Some(at) = last_change {
@@ -84,14 +104,17 @@ pub async fn run(
                         warn!(error = %msg, "service maps not fully updated; retrying");
                     }
                     st.last_error = Some(msg);
+                    // A failed frontend must be retried even if nothing
+                    // else changes: replan everything at the next wake.
+                    last_full = Instant::now() - RESYNC;
                 }
             }
-            st.services = planned.values().map(|p| &p.service).collect::<std::collections::BTreeSet<_>>().len();
+            st.services = planner.services();
         }
         st.frontends = reconciler.len();
         st.backends = reconciler.backend_count();
         *state.lock().expect("service state lock") = st;
-        let wake = Instant::now() + RESYNC;
+        let wake = last_full + RESYNC;
         tokio::select! {
             _ = kube.changed.notified() => {}
             _ = tokio::time::sleep_until(wake.into()) => {}

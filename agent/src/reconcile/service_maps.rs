@@ -6,7 +6,7 @@
 //! set or the new one, never a half-written one, and a frontend that did
 //! not change is not touched at all. What was applied is kept in memory
 //! (read back from the maps at start), so a pass costs only its changes.
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 
 use anyhow::{Context, Result};
 use sluice_common::services::{Backend, BackendSlot, ServiceKey, ServiceValue, SERVICE_NO_LOCAL_ENDPOINTS};
@@ -138,17 +138,40 @@ impl ServiceReconciler {
     /// frontend that fails (a full map) keeps what it had and is retried
     /// on the next pass; the others go on.
     pub fn apply(&mut self, table: &mut impl ServiceTable, plan: &Plan) -> Result<PassStats> {
-        let mut stats = PassStats::default();
+        let mut keys: BTreeSet<ServiceKey> = self.applied.keys().copied().collect();
         let desired: BTreeMap<ServiceKey, Entry> = plan.iter().map(|(f, p)| (service_key(f), entry_of(p))).collect();
-        let gone: Vec<ServiceKey> = self.applied.keys().filter(|k| !desired.contains_key(k)).copied().collect();
-        let mut first_error = None;
-        for key in gone {
-            let old = self.applied.remove(&key).expect("listed from applied");
-            table.remove_service(key)?;
-            delete_set(table, &old)?;
-            stats.removed += 1;
+        keys.extend(desired.keys().copied());
+        self.apply_changes(table, keys.into_iter().map(|k| (k, desired.get(&k).cloned())))
+    }
+
+    /// Make the maps hold `plan` for `frontends` only (the planner named
+    /// them as possibly changed); the rest is left as it is.
+    pub fn apply_some(
+        &mut self,
+        table: &mut impl ServiceTable,
+        plan: &Plan,
+        frontends: &BTreeSet<Frontend>,
+    ) -> Result<PassStats> {
+        self.apply_changes(table, frontends.iter().map(|f| (service_key(f), plan.get(f).map(entry_of))))
+    }
+
+    fn apply_changes(
+        &mut self,
+        table: &mut impl ServiceTable,
+        changes: impl Iterator<Item = (ServiceKey, Option<Entry>)>,
+    ) -> Result<PassStats> {
+        let mut stats = PassStats::default();
+        let (gone, wanted): (Vec<_>, Vec<_>) = changes.partition(|(_, want)| want.is_none());
+        for (key, _) in gone {
+            if let Some(old) = self.applied.remove(&key) {
+                table.remove_service(key)?;
+                delete_set(table, &old)?;
+                stats.removed += 1;
+            }
         }
-        for (key, want) in desired {
+        let mut first_error = None;
+        for (key, want) in wanted {
+            let want = want.expect("partitioned");
             let old = self.applied.get(&key).cloned();
             if old.as_ref().is_some_and(|o| o.same_as(&want)) {
                 continue;
@@ -369,6 +392,23 @@ mod tests {
         // New sets never reuse an id still or recently in use.
         r.apply(&mut t, &plan(&[(80, &["10.244.1.3"])])).unwrap();
         assert_eq!(t.services.values().next().unwrap().backend_set, 8);
+    }
+
+    #[test]
+    fn applying_some_frontends_leaves_the_others_alone() {
+        let mut t = Fake::default();
+        let mut r = ServiceReconciler::resume(&mut t).unwrap();
+        r.apply(&mut t, &plan(&[(80, &["10.244.1.1"]), (81, &["10.244.1.1"])])).unwrap();
+        t.log.clear();
+        // 81 changed in the plan, 80 vanished from it, but only 81 is named.
+        let next = plan(&[(81, &["10.244.1.2"])]);
+        let stats = r.apply_some(&mut t, &next, &BTreeSet::from([frontend(81)])).unwrap();
+        assert_eq!(stats, PassStats { changed: 1, ..Default::default() });
+        assert!(lookup(&t, 80).is_some(), "not named: untouched");
+        // Named and gone from the plan: removed.
+        r.apply_some(&mut t, &next, &BTreeSet::from([frontend(80)])).unwrap();
+        assert!(lookup(&t, 80).is_none());
+        assert_eq!(lookup(&t, 81).unwrap()[0].ip_be, ip_be("10.244.1.2".parse().unwrap()));
     }
 
     #[test]

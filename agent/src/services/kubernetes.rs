@@ -39,7 +39,7 @@ use tracing::{info, warn};
 use sluice_node::clock::now_unix;
 
 use super::model::{
-    Endpoint, EndpointSlice, Protocol, Service, ServiceKind, ServiceName, ServicePort, ServiceView, SlicePort,
+    Endpoint, EndpointSlice, Protocol, Service, ServiceKind, ServiceName, ServicePort, ServiceView, SlicePort, Touched,
 };
 
 /// The label naming a slice's Service (set by the EndpointSlice controller).
@@ -94,6 +94,8 @@ struct StreamState {
 #[derive(Default)]
 struct Shared {
     view: ServiceView,
+    /// What changed since the planner last took it.
+    touched: Touched,
     state: ServicesState,
     services: StreamState,
     slices: StreamState,
@@ -138,6 +140,18 @@ trait Watched: Resource<DynamicType = ()> + Clone + DeserializeOwned + Debug + S
     const KIND: Kind;
     fn convert(&self) -> Option<Self::Model>;
     fn entries(view: &mut ServiceView) -> &mut BTreeMap<ServiceName, Self::Model>;
+    /// The Service an object of this kind (under `key`) belongs to.
+    fn service_of(key: &ServiceName, model: &Self::Model) -> ServiceName;
+}
+
+/// Mark the Services an event touches: the one the stored version names
+/// and the one the new version names (a slice may be relabelled).
+fn touch<K: Watched>(shared: &mut Shared, key: &ServiceName, model: Option<&K::Model>) {
+    let old = K::entries(&mut shared.view).get(key).map(|m| K::service_of(key, m));
+    let new = model.map(|m| K::service_of(key, m));
+    for name in old.into_iter().chain(new) {
+        shared.touched.add(name);
+    }
 }
 
 impl Watched for core::Service {
@@ -149,6 +163,9 @@ impl Watched for core::Service {
     fn entries(view: &mut ServiceView) -> &mut BTreeMap<ServiceName, Service> {
         &mut view.services
     }
+    fn service_of(key: &ServiceName, _: &Service) -> ServiceName {
+        key.clone()
+    }
 }
 
 impl Watched for discovery::EndpointSlice {
@@ -159,6 +176,9 @@ impl Watched for discovery::EndpointSlice {
     }
     fn entries(view: &mut ServiceView) -> &mut BTreeMap<ServiceName, EndpointSlice> {
         &mut view.slices
+    }
+    fn service_of(_: &ServiceName, slice: &EndpointSlice) -> ServiceName {
+        slice.service.clone()
     }
 }
 
@@ -354,6 +374,7 @@ impl KubeServices {
                         watcher::Event::InitDone => {
                             let keep = std::mem::take(&mut listed);
                             self.record(kind, arrived, |shared| {
+                                shared.touched = Touched::All;
                                 let entries = K::entries(&mut shared.view);
                                 let before = entries.len();
                                 entries.retain(|k, _| keep.contains(k));
@@ -376,14 +397,20 @@ impl KubeServices {
                             let model = obj.convert();
                             drop(obj);
                             self.record(kind, arrived, |shared| {
-                                key.is_some_and(|key| apply(K::entries(&mut shared.view), key, model))
+                                key.is_some_and(|key| {
+                                    touch::<K>(shared, &key, model.as_ref());
+                                    apply(K::entries(&mut shared.view), key, model)
+                                })
                             })
                         }
                         watcher::Event::Delete(obj) => {
                             let key = object_name(obj.meta());
                             drop(obj);
                             self.record(kind, arrived, |shared| {
-                                key.is_some_and(|key| K::entries(&mut shared.view).remove(&key).is_some())
+                                key.is_some_and(|key| {
+                                    touch::<K>(shared, &key, None);
+                                    K::entries(&mut shared.view).remove(&key).is_some()
+                                })
                             })
                         }
                     };
@@ -443,6 +470,19 @@ impl KubeServices {
     pub fn with_view<R>(&self, f: impl FnOnce(&ServiceView, &ServicesState) -> R) -> R {
         let shared = self.shared.lock().expect("services state lock");
         f(&shared.view, &shared.state)
+    }
+
+    /// As `with_view`, and take what changed since the last call (under
+    /// the same lock: no change falls between the two). Until both kinds
+    /// are listed nothing is taken (the first plan must be a whole one).
+    pub fn with_changes<R>(&self, f: impl FnOnce(&ServiceView, &ServicesState, Touched) -> R) -> R {
+        let mut shared = self.shared.lock().expect("services state lock");
+        let touched = if shared.state.synced {
+            std::mem::replace(&mut shared.touched, Touched::none())
+        } else {
+            Touched::All
+        };
+        f(&shared.view, &shared.state, touched)
     }
 }
 

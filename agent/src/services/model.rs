@@ -2,7 +2,11 @@
 //! the service plan (`plan.rs`). Filled from Kubernetes (`kubernetes.rs`,
 //! Service and discovery.k8s.io/v1 EndpointSlice objects) or built by tests.
 //! Only IPv4 is kept; SCTP ports are dropped.
-use std::{collections::BTreeMap, fmt, net::Ipv4Addr};
+use std::{
+    collections::{BTreeMap, BTreeSet},
+    fmt,
+    net::Ipv4Addr,
+};
 
 use serde::{Deserialize, Serialize};
 
@@ -95,7 +99,8 @@ pub struct SlicePort {
 }
 
 /// One endpoint of a slice, with its conditions as kube-proxy reads them:
-/// `ready` nil → true; `serving` nil → `ready`; `terminating` nil → false.
+/// `ready` nil → true; `serving` nil → true; `terminating` nil → false
+/// (the API's defaults, as kube-proxy's endpointslicecache reads them).
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Endpoint {
     /// The endpoint's first IPv4 address (all addresses of one endpoint
@@ -124,4 +129,36 @@ pub struct ServiceView {
     pub services: BTreeMap<ServiceName, Service>,
     /// Keyed by the slice's own namespace/name.
     pub slices: BTreeMap<ServiceName, EndpointSlice>,
+}
+
+/// Which Services' plans may have changed since the planner last looked:
+/// a Service event touches that Service, a slice event the Service(s) its
+/// old and new versions name; a relist touches everything.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Touched {
+    All,
+    Services(BTreeSet<ServiceName>),
+}
+
+impl Default for Touched {
+    /// Nothing has been planned yet: everything.
+    fn default() -> Self {
+        Touched::All
+    }
+}
+
+impl Touched {
+    pub fn none() -> Self {
+        Touched::Services(BTreeSet::new())
+    }
+
+    pub fn add(&mut self, name: ServiceName) {
+        if let Touched::Services(s) = self {
+            s.insert(name);
+        }
+    }
+
+    pub fn is_empty(&self) -> bool {
+        matches!(self, Touched::Services(s) if s.is_empty())
+    }
 }

@@ -17,7 +17,7 @@ use std::{
 
 use serde::Serialize;
 
-use super::model::{Endpoint, EndpointSlice, Protocol, Service, ServiceKind, ServiceName, ServiceView};
+use super::model::{Endpoint, EndpointSlice, Protocol, Service, ServiceKind, ServiceName, ServiceView, Touched};
 
 /// A Service's address as clients name it.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize)]
@@ -110,6 +110,62 @@ fn choose(candidates: &BTreeMap<BackendAddr, &Endpoint>, local: bool, node: &str
     let backends = usable(true);
     let anywhere = backends.is_empty() && !usable(false).is_empty();
     (backends, anywhere)
+}
+
+/// More touched Services than this in one go are replanned whole (each
+/// touched Service costs a scan of the slices).
+const REPLAN_ALL_ABOVE: usize = 64;
+
+/// The plan, kept up to date one touched Service at a time: a change to one
+/// of 10,000 Services replans that one, not all.
+#[derive(Debug, Default)]
+pub struct Planner {
+    plan: Plan,
+    by_service: BTreeMap<ServiceName, Vec<Frontend>>,
+}
+
+impl Planner {
+    pub fn plan(&self) -> &Plan {
+        &self.plan
+    }
+
+    /// Balanced Services (with at least one frontend).
+    pub fn services(&self) -> usize {
+        self.by_service.len()
+    }
+
+    /// Bring the plan up to date with `view`. Returns the frontends whose
+    /// entries may have changed, or `None` when everything was replanned.
+    pub fn update(&mut self, view: &ServiceView, touched: Touched, node: &str) -> Option<BTreeSet<Frontend>> {
+        let names = match touched {
+            Touched::Services(names) if names.len() <= REPLAN_ALL_ABOVE => names,
+            _ => {
+                self.plan = desired(view, node);
+                self.by_service.clear();
+                for (f, p) in &self.plan {
+                    self.by_service.entry(p.service.clone()).or_default().push(*f);
+                }
+                return None;
+            }
+        };
+        let mut out = BTreeSet::new();
+        for name in names {
+            for f in self.by_service.remove(&name).unwrap_or_default() {
+                self.plan.remove(&f);
+                out.insert(f);
+            }
+            let Some(service) = view.services.get(&name) else { continue };
+            let slices: Vec<&EndpointSlice> = view.slices.values().filter(|s| s.service == name).collect();
+            let mut fresh = Plan::new();
+            plan_service(&mut fresh, service, &slices, node);
+            if !fresh.is_empty() {
+                self.by_service.insert(name, fresh.keys().copied().collect());
+            }
+            out.extend(fresh.keys().copied());
+            self.plan.extend(fresh);
+        }
+        Some(out)
+    }
 }
 
 /// Frontends whose plan differs between two plans (added, changed or
@@ -302,6 +358,44 @@ mod tests {
             desired(&v, NODE)[&fe("10.96.0.1", 80, Protocol::Tcp)].backends,
             vec![be("10.244.1.1", 8080), be("10.244.1.2", 8080)]
         );
+    }
+
+    #[test]
+    fn the_planner_replans_only_touched_services_and_matches_a_full_plan() {
+        let eps_a = [("10.244.1.1", true, true, false, "node-a")];
+        let eps_b = [("10.244.2.1", true, true, false, "node-b")];
+        let mut v = view(
+            vec![svc("a", "10.96.0.1", &[("", 80, Protocol::Tcp)]), svc("b", "10.96.0.2", &[("", 80, Protocol::Tcp)])],
+            vec![
+                slice("a-1", "a", &[("", 8080, Protocol::Tcp)], &eps_a),
+                slice("b-1", "b", &[("", 8080, Protocol::Tcp)], &eps_b),
+            ],
+        );
+        let mut p = Planner::default();
+        assert_eq!(p.update(&v, Touched::All, NODE), None);
+        assert_eq!(p.plan(), &desired(&v, NODE));
+        assert_eq!(p.services(), 2);
+        // b's slice changes and a is deleted: only their frontends are named.
+        v.slices.insert(
+            ServiceName::new("default", "b-1"),
+            slice("b-1", "b", &[("", 8080, Protocol::Tcp)], &[eps_b[0], eps_a[0]]),
+        );
+        v.services.remove(&ServiceName::new("default", "a"));
+        let mut t = Touched::none();
+        t.add(ServiceName::new("default", "b"));
+        t.add(ServiceName::new("default", "a"));
+        let changed = p.update(&v, t, NODE).unwrap();
+        assert_eq!(
+            changed.into_iter().collect::<Vec<_>>(),
+            vec![fe("10.96.0.1", 80, Protocol::Tcp), fe("10.96.0.2", 80, Protocol::Tcp)]
+        );
+        assert_eq!(p.plan(), &desired(&v, NODE), "incremental equals full");
+        assert_eq!(p.services(), 1);
+        // Touching an untouched-in-fact Service changes nothing in the plan.
+        let mut t = Touched::none();
+        t.add(ServiceName::new("default", "b"));
+        p.update(&v, t, NODE);
+        assert_eq!(p.plan(), &desired(&v, NODE));
     }
 
     #[test]

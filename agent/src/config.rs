@@ -122,12 +122,21 @@ impl AgentConfig {
     /// Checks that need nothing but the configuration.
     /// The cgroup v2 directory the socket load balancer attaches to: the
     /// flag, or the host's cgroup2 mount.
+    /// A directory given by the flag may be the host's `/sys/fs/cgroup`
+    /// mounted into a container: on a hybrid host its cgroup2 hierarchy is
+    /// the `unified` directory inside it, which is then taken.
     pub fn cgroup_root(&self) -> anyhow::Result<PathBuf> {
+        use sluice_node::datapath::sock_lb::{cgroup2_mount, is_cgroup2};
         if let Some(p) = &self.cgroup_root {
-            return Ok(p.clone());
+            for candidate in [p.clone(), p.join("unified")] {
+                if is_cgroup2(&candidate) {
+                    return Ok(candidate);
+                }
+            }
+            anyhow::bail!("--cgroup-root {}: neither it nor its `unified` directory is a cgroup2 mount", p.display());
         }
         let mountinfo = std::fs::read_to_string("/proc/self/mountinfo")?;
-        sluice_node::datapath::sock_lb::cgroup2_mount(&mountinfo)
+        cgroup2_mount(&mountinfo)
             .map(PathBuf::from)
             .ok_or_else(|| anyhow::anyhow!("no cgroup2 mount found: mount cgroup v2 or pass --cgroup-root"))
     }

@@ -77,6 +77,11 @@ fn manifests_agree_with_the_code() {
             );
         }
     }
+    // The socket load balancer attaches to the host's cgroup hierarchy,
+    // never to the container's own cgroup (it would see no other process).
+    let cgroup = env("SLUICE_CGROUP_ROOT").expect("SLUICE_CGROUP_ROOT set");
+    let m = mount_of(&cgroup).unwrap_or_else(|| panic!("SLUICE_CGROUP_ROOT={cgroup} is not on a mounted volume"));
+    assert_eq!(host_path(m["name"].as_str().unwrap()), "/sys/fs/cgroup", "the host's cgroup hierarchy");
     assert_eq!(host_path("cni-conf"), "/etc/cni/net.d");
     assert_eq!(host_path("cni-bin"), "/opt/cni/bin");
     // The agent sees the host's bpffs and namespaces; its own mounts (the

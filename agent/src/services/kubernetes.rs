@@ -477,11 +477,8 @@ impl KubeServices {
     /// are listed nothing is taken (the first plan must be a whole one).
     pub fn with_changes<R>(&self, f: impl FnOnce(&ServiceView, &ServicesState, Touched) -> R) -> R {
         let mut shared = self.shared.lock().expect("services state lock");
-        let touched = if shared.state.synced {
-            std::mem::replace(&mut shared.touched, Touched::none())
-        } else {
-            Touched::All
-        };
+        let touched =
+            if shared.state.synced { std::mem::replace(&mut shared.touched, Touched::none()) } else { Touched::All };
         f(&shared.view, &shared.state, touched)
     }
 }

@@ -121,6 +121,13 @@ impl Datapath {
             let prog = sock_program_mut(&mut self.ebpf, name)?;
             sock_lb::attach_or_update(prog, name, cgroup, &pin)?;
         }
+        if !sock_lb::is_root_cgroup(cgroup) {
+            warn!(
+                cgroup = %cgroup.display(),
+                "socket load balancer attached below the cgroup root: processes outside this cgroup \
+                 (host-network ones included) reach Services only through kube-proxy"
+            );
+        }
         info!(cgroup = %cgroup.display(), "socket load balancer attached");
         Ok(())
     }

@@ -66,6 +66,18 @@ pub fn attached(pins: &PinDir) -> bool {
     SOCK_PROGRAMS.iter().all(|p| pins.link(p, CGROUP_LINK).exists())
 }
 
+/// Is `dir` in a cgroup v2 hierarchy (statfs magic `CGROUP2_SUPER_MAGIC`)?
+pub fn is_cgroup2(dir: &Path) -> bool {
+    nix::sys::statfs::statfs(dir).is_ok_and(|s| s.filesystem_type() == nix::sys::statfs::CGROUP2_SUPER_MAGIC)
+}
+
+/// Is `dir` the root of its hierarchy? Only non-root cgroups have a
+/// `cgroup.type` file. Attached below the root, the programs miss every
+/// process outside that subtree, host-network ones included.
+pub fn is_root_cgroup(dir: &Path) -> bool {
+    !dir.join("cgroup.type").exists()
+}
+
 /// The first cgroup2 mount in `/proc/self/mountinfo` text: the host's
 /// unified hierarchy (`/sys/fs/cgroup` on systemd hosts,
 /// `/sys/fs/cgroup/unified` on hybrid ones).

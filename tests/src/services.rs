@@ -77,6 +77,22 @@ pub fn client_cmd(lab: &Lab, node: &Node, netns: &str, args: &[&str]) -> Command
     lab.node_cmd(node, netns, &all)
 }
 
+/// Start the client in the background (see `finish`).
+pub fn spawn_client(lab: &Lab, node: &Node, netns: &str, args: &[&str]) -> Result<std::process::Child> {
+    client_cmd(lab, node, netns, args)
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .context("start the service client")
+}
+
+/// Wait for a background client: its outcomes and its whole output.
+pub fn finish(child: std::process::Child) -> Result<(Vec<Outcome>, String)> {
+    let out = child.wait_with_output()?;
+    let text = String::from_utf8_lossy(&out.stdout).to_string();
+    Ok((text.lines().filter_map(Outcome::parse).collect(), text))
+}
+
 pub fn client(lab: &Lab, node: &Node, netns: &str, args: &[&str]) -> Result<Vec<Outcome>> {
     let out = client_cmd(lab, node, netns, args).output().context("run the service client")?;
     let text = String::from_utf8_lossy(&out.stdout);

@@ -4,7 +4,6 @@
 //! load balancer translates it.
 use std::{
     collections::BTreeSet,
-    process::Stdio,
     thread::sleep,
     time::{Duration, Instant},
 };
@@ -14,7 +13,7 @@ use sluice_tests::{
     capture::Capture,
     lab::Lab,
     require_root,
-    services::{self, client, client_cmd, ready, service, slice, tally, wait_backends, Outcome},
+    services::{self, client, finish, ready, service, slice, spawn_client, tally, wait_backends, Outcome},
 };
 
 const WEB_IP: &str = "10.96.0.50";
@@ -223,15 +222,11 @@ fn endpoint_churn_sends_no_new_connection_to_a_removed_backend_and_breaks_no_est
     wait_backends(&lab, WEB_IP, 7779, "TCP", &targets(&backends, 7779)).unwrap();
     let n1 = lab.state.nodes[0].clone();
     // Established connections, through the Service, spread over backends.
-    let streams: Vec<_> = (0..6)
-        .map(|_| {
-            client_cmd(&lab, &n1, &n1.pods[0].netns, &["stream", WEB_IP, "7779", "8"])
-                .stdout(Stdio::piped())
-                .stderr(Stdio::null())
-                .spawn()
-                .unwrap()
-        })
-        .collect();
+    let streams: Vec<_> =
+        (0..6).map(|_| spawn_client(&lab, &n1, &n1.pods[0].netns, &["stream", WEB_IP, "7779", "8"]).unwrap()).collect();
+    // And a stream of new connections, one every 20 ms, all through the
+    // churn: none may fail.
+    let fresh = spawn_client(&lab, &n1, &n1.pods[1].netns, &["tcp", WEB_IP, "80", "250", "20"]).unwrap();
     sleep(Duration::from_millis(500));
     for round in 0..2 {
         // 4 → 1.
@@ -248,9 +243,10 @@ fn endpoint_churn_sends_no_new_connection_to_a_removed_backend_and_breaks_no_est
         assert_eq!(oks(&after), 40);
         assert!(tally(&after).len() >= 3, "round {round}: {:?}", tally(&after));
     }
+    let (outcomes, _) = finish(fresh).unwrap();
+    assert_eq!((outcomes.len(), oks(&outcomes)), (250, 250), "new connections during churn: {:?}", tally(&outcomes));
     for s in streams {
-        let out = s.wait_with_output().unwrap();
-        let text = String::from_utf8_lossy(&out.stdout);
+        let (_, text) = finish(s).unwrap();
         assert!(text.trim_end().ends_with("done"), "an established connection broke:\n{text}");
         assert!(!text.contains("err"), "{text}");
     }
@@ -264,21 +260,20 @@ fn agent_sigkill_and_restart_under_a_stream_of_new_connections_refuses_none() {
     publish_web(&lab, &backends);
     wait_backends(&lab, WEB_IP, 80, "TCP", &targets(&backends, 7777)).unwrap();
     let n1 = lab.state.nodes[0].clone();
-    // About 4 s of fresh connections, one every 10 ms, over the restart.
-    let stream = client_cmd(&lab, &n1, &n1.pods[0].netns, &["tcp", WEB_IP, "80", "300", "10"])
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
+    // About 4 s of fresh connections, one every 10 ms, over the restart,
+    // and a connection kept open through it.
+    let stream = spawn_client(&lab, &n1, &n1.pods[0].netns, &["tcp", WEB_IP, "80", "300", "10"]).unwrap();
+    let open = spawn_client(&lab, &n1, &n1.pods[1].netns, &["stream", WEB_IP, "7779", "5"]).unwrap();
     sleep(Duration::from_millis(500));
     lab.kill_agent(0).unwrap();
     sleep(Duration::from_millis(500));
     lab.start_agent(0).unwrap();
     lab.wait_agent_ready(0).unwrap();
-    let out = stream.wait_with_output().unwrap();
-    let outcomes: Vec<Outcome> = String::from_utf8_lossy(&out.stdout).lines().filter_map(Outcome::parse).collect();
+    let (outcomes, _) = finish(stream).unwrap();
     assert_eq!(outcomes.len(), 300);
     assert_eq!(oks(&outcomes), 300, "{:?}", tally(&outcomes));
+    let (_, text) = finish(open).unwrap();
+    assert!(text.trim_end().ends_with("done") && !text.contains("err"), "the open connection broke:\n{text}");
     // The restarted agent took the maps over and still follows changes.
     publish_web_endpoints(&lab, &backends[..1]);
     wait_backends(&lab, WEB_IP, 80, "TCP", &targets(&backends[..1], 7777)).unwrap();

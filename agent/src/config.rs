@@ -19,6 +19,12 @@ pub struct AgentConfig {
     /// Pod MTU; by default the uplink's (no encapsulation, nothing to subtract).
     #[arg(long, env = "SLUICE_MTU")]
     pub mtu: Option<u32>,
+    /// How to reach other nodes' pods: `auto` routes natively to peers on
+    /// the uplink's subnet and through VXLAN (UDP 8472) to the rest,
+    /// `always` tunnels to every peer, `never` only routes natively (peers
+    /// off the subnet are reported and left out).
+    #[arg(long, env = "SLUICE_TUNNEL", value_enum, default_value_t = crate::membership::TunnelMode::Auto)]
+    pub tunnel: crate::membership::TunnelMode,
     /// Pod CIDR of this node. With --kubernetes it may be left out: the
     /// node's own `spec.podCIDR` is used.
     #[arg(long, env = "SLUICE_POD_CIDR")]
@@ -207,6 +213,7 @@ mod tests {
             kube_proxy_replacement: false,
             cgroup_root: None,
             mtu: None,
+            tunnel: crate::membership::TunnelMode::Auto,
             masquerade: true,
             non_masquerade_cidr: vec![],
             mount_bpffs: false,

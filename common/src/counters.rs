@@ -31,10 +31,18 @@ pub enum DropReason {
     /// From the uplink, with the source address of one of this node's own
     /// pods: someone on the node network spoofing a local pod.
     UplinkSourceSpoofed = 8,
+    /// For a peer reached through VXLAN, but this node has no VXLAN device
+    /// configured (`TUNNEL_CONFIG` empty).
+    NoTunnel = 9,
+    /// `bpf_skb_set_tunnel_key` refused the packet's tunnel metadata.
+    TunnelKey = 10,
+    /// Decapsulated from the VXLAN device, with the source address of one
+    /// of this node's own pods.
+    TunnelSourceSpoofed = 11,
 }
 
 impl DropReason {
-    pub const COUNT: u32 = 9;
+    pub const COUNT: u32 = 12;
     pub const ALL: [DropReason; Self::COUNT as usize] = [
         DropReason::Truncated,
         DropReason::SourceSpoofed,
@@ -45,6 +53,9 @@ impl DropReason {
         DropReason::RedirectFailed,
         DropReason::LookupMismatch,
         DropReason::UplinkSourceSpoofed,
+        DropReason::NoTunnel,
+        DropReason::TunnelKey,
+        DropReason::TunnelSourceSpoofed,
     ];
 
     /// Stable name: the label in `status` and metrics.
@@ -59,6 +70,9 @@ impl DropReason {
             DropReason::RedirectFailed => "redirect_failed",
             DropReason::LookupMismatch => "lookup_mismatch",
             DropReason::UplinkSourceSpoofed => "uplink_source_spoofed",
+            DropReason::NoTunnel => "no_tunnel",
+            DropReason::TunnelKey => "tunnel_key",
+            DropReason::TunnelSourceSpoofed => "tunnel_source_spoofed",
         }
     }
 }
@@ -79,16 +93,24 @@ pub enum ForwardPath {
     /// maybe NATed: a Service, a NodePort, a hostPort), so it goes back
     /// through the stack for conntrack to reverse (see `STACK_FLOWS`).
     StackFlowReply = 4,
+    /// Pod to another node's pod, encapsulated: tunnel key set, redirected
+    /// to the VXLAN device.
+    PodToTunnel = 5,
+    /// Decapsulated by the VXLAN device, into a local pod
+    /// (`bpf_redirect_peer`).
+    TunnelToPod = 6,
 }
 
 impl ForwardPath {
-    pub const COUNT: u32 = 5;
+    pub const COUNT: u32 = 7;
     pub const ALL: [ForwardPath; Self::COUNT as usize] = [
         ForwardPath::PodToLocalPod,
         ForwardPath::PodToNode,
         ForwardPath::UplinkToPod,
         ForwardPath::ToStack,
         ForwardPath::StackFlowReply,
+        ForwardPath::PodToTunnel,
+        ForwardPath::TunnelToPod,
     ];
 
     pub const fn name(self) -> &'static str {
@@ -98,6 +120,8 @@ impl ForwardPath {
             ForwardPath::UplinkToPod => "uplink_to_pod",
             ForwardPath::ToStack => "to_stack",
             ForwardPath::StackFlowReply => "stack_flow_reply",
+            ForwardPath::PodToTunnel => "pod_to_tunnel",
+            ForwardPath::TunnelToPod => "tunnel_to_pod",
         }
     }
 }
@@ -134,6 +158,9 @@ mod tests {
         RedirectFailed = 6, "redirect_failed";
         LookupMismatch = 7, "lookup_mismatch";
         UplinkSourceSpoofed = 8, "uplink_source_spoofed";
+        NoTunnel = 9, "no_tunnel";
+        TunnelKey = 10, "tunnel_key";
+        TunnelSourceSpoofed = 11, "tunnel_source_spoofed";
     });
 
     const FORWARD_PATHS: &[(ForwardPath, u32, &str)] = &golden!(ForwardPath {
@@ -142,6 +169,8 @@ mod tests {
         UplinkToPod = 2, "uplink_to_pod";
         ToStack = 3, "to_stack";
         StackFlowReply = 4, "stack_flow_reply";
+        PodToTunnel = 5, "pod_to_tunnel";
+        TunnelToPod = 6, "tunnel_to_pod";
     });
 
     /// The enum agrees with its golden table: every variant has the row's

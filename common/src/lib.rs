@@ -15,4 +15,4 @@ pub mod services;
 pub mod verdict;
 
 pub use counters::{DropReason, ForwardPath};
-pub use maps::{EndpointInfo, FlowKey, NodeConfig, RemoteNode};
+pub use maps::{EndpointInfo, FlowKey, NodeConfig, RemoteNode, TunnelConfig};

@@ -17,6 +17,8 @@ pub mod names {
     pub const NODE_ROUTES: &str = "NODE_ROUTES";
     /// `Array<NodeConfig>` with one entry: this node's uplink.
     pub const NODE_CONFIG: &str = "NODE_CONFIG";
+    /// `Array<TunnelConfig>` with one entry: this node's VXLAN device.
+    pub const TUNNEL_CONFIG: &str = "TUNNEL_CONFIG";
     /// `PerCpuArray<u64>` indexed by `DropReason`.
     pub const DROPS: &str = "DROPS";
     /// `PerCpuArray<u64>` indexed by `ForwardPath`.
@@ -51,6 +53,8 @@ pub mod programs {
     pub const FROM_POD: &str = "from_pod";
     /// Ingress of the node's uplink.
     pub const FROM_UPLINK: &str = "from_uplink";
+    /// Ingress of the node's VXLAN device: decapsulated packets.
+    pub const FROM_TUNNEL: &str = "from_tunnel";
     /// Diagnostic: counts packets per interface into `IFACE_PACKETS`.
     pub const COUNT_PACKETS: &str = "count_packets";
     /// Egress of each pod's host-side veth: what the stack sends a pod.
@@ -116,12 +120,20 @@ const _: () = assert!(core::mem::size_of::<EndpointInfo>() == 16);
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub struct RemoteNode {
-    /// The node's IPv4 address on the uplink network (be): the next hop.
+    /// The node's IPv4 address on the uplink network (be): the next hop,
+    /// or the outer destination when tunneled.
     pub node_ip_be: u32,
-    /// Reserved, zero.
-    pub _reserved: u32,
+    /// `REMOTE_NODE_*` bits. Was a reserved zero before VXLAN (issue 15):
+    /// programs of that version ignore it, so giving it a meaning needed no
+    /// `LAYOUT_VERSION` bump (same size; 0 keeps meaning native routing).
+    pub flags: u32,
 }
 const _: () = assert!(core::mem::size_of::<RemoteNode>() == 8);
+
+/// `RemoteNode::flags`: reach this node through the VXLAN device
+/// (`NODE_CONFIG` says which), encapsulated to `node_ip_be`, instead of
+/// routing natively out of the uplink.
+pub const REMOTE_NODE_VXLAN: u32 = 1;
 
 /// This node's datapath settings, index 0 of `NODE_CONFIG`.
 ///
@@ -136,6 +148,34 @@ pub struct NodeConfig {
     pub node_ip_be: u32,
 }
 const _: () = assert!(core::mem::size_of::<NodeConfig>() == 8);
+
+/// This node's VXLAN device, index 0 of `TUNNEL_CONFIG` (a map of its own
+/// rather than a field of `NodeConfig`, whose size a pinned map fixes).
+///
+/// Written by the agent at start, once the device exists; read by
+/// `from_pod` for peers flagged `REMOTE_NODE_VXLAN`. A `vxlan_ifindex` of 0
+/// means no device: such packets are dropped with `DropReason::NoTunnel`.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub struct TunnelConfig {
+    pub vxlan_ifindex: u32,
+    /// Reserved, zero.
+    pub _reserved: u32,
+}
+const _: () = assert!(core::mem::size_of::<TunnelConfig>() == 8);
+
+/// The VNI sluice's packets carry. The device is in external (collect_md)
+/// mode, which takes any VNI on receive; one fixed value keeps captures
+/// readable.
+pub const TUNNEL_VNI: u32 = 1;
+
+/// The UDP port of the VXLAN device (Linux's and Flannel's default, not
+/// IANA's 4789).
+pub const TUNNEL_PORT: u16 = 8472;
+
+/// Bytes VXLAN adds to a packet over IPv4: outer IPv4 (20), UDP (8),
+/// VXLAN (8), inner Ethernet (14).
+pub const TUNNEL_OVERHEAD: u32 = 50;
 
 /// One direction of a flow: the key of `STACK_FLOWS`.
 ///
@@ -178,4 +218,5 @@ mod pod_impls {
     unsafe impl aya::Pod for super::RemoteNode {}
     unsafe impl aya::Pod for super::NodeConfig {}
     unsafe impl aya::Pod for super::FlowKey {}
+    unsafe impl aya::Pod for super::TunnelConfig {}
 }

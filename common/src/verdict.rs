@@ -12,6 +12,9 @@ pub enum Verdict {
     ToLocalPod,
     /// Out of the uplink towards another node.
     ToRemoteNode,
+    /// Encapsulated towards another node: tunnel key set, redirected to the
+    /// VXLAN device.
+    ToTunnel,
     /// Hand to the node's network stack unchanged.
     ToStack,
     /// Hand to the node's stack: pod-bound, but the reply of a flow the
@@ -27,7 +30,11 @@ pub struct FromPodFacts {
     pub source_is_own: bool,
     pub dest_is_local_pod: bool,
     pub dest_is_remote_pod: bool,
+    /// The remote pod's node is flagged `REMOTE_NODE_VXLAN`.
+    pub dest_via_tunnel: bool,
     pub uplink_configured: bool,
+    /// `TUNNEL_CONFIG` names a VXLAN device.
+    pub tunnel_configured: bool,
     pub ttl: u8,
     /// The packet's tuple is in `STACK_FLOWS`: it answers a flow the node's
     /// stack forwarded.
@@ -59,6 +66,12 @@ pub fn from_pod(f: FromPodFacts) -> Verdict {
         }
         if f.dest_is_local_pod {
             return Verdict::ToLocalPod;
+        }
+        if f.dest_via_tunnel {
+            if !f.tunnel_configured {
+                return Verdict::Drop(DropReason::NoTunnel);
+            }
+            return Verdict::ToTunnel;
         }
         if !f.uplink_configured {
             return Verdict::Drop(DropReason::NoUplink);
@@ -125,6 +138,17 @@ pub fn from_uplink(f: FromUplinkFacts) -> Verdict {
     Verdict::ToLocalPod
 }
 
+/// Decide for a packet the VXLAN device decapsulated (its ingress). The
+/// same rules as the uplink's: only pod-to-pod traffic is fast-pathed, and
+/// a packet claiming one of this node's pods as source is dropped, under a
+/// reason of its own.
+pub fn from_tunnel(f: FromUplinkFacts) -> Verdict {
+    match from_uplink(f) {
+        Verdict::Drop(DropReason::UplinkSourceSpoofed) => Verdict::Drop(DropReason::TunnelSourceSpoofed),
+        v => v,
+    }
+}
+
 /// The IPv4 header checksum after decrementing TTL by one (RFC 1624
 /// incremental update, as the kernel's `ip_decrease_ttl`). `check_be` and the
 /// result are the header field as stored: network byte order.
@@ -145,7 +169,9 @@ mod tests {
             source_is_own: true,
             dest_is_local_pod: false,
             dest_is_remote_pod: false,
+            dest_via_tunnel: false,
             uplink_configured: true,
+            tunnel_configured: true,
             ttl: 64,
             replies_to_stack_flow: false,
             is_fragment: false,
@@ -170,6 +196,29 @@ mod tests {
                 Verdict::Drop(DropReason::NoUplink),
             ),
             (FromPodFacts { dest_is_remote_pod: true, ttl: 1, ..facts() }, Verdict::Drop(DropReason::TtlExpired)),
+            // Tunneled peers: the VXLAN device, whatever the uplink says;
+            // without a device, a drop of its own.
+            (FromPodFacts { dest_is_remote_pod: true, dest_via_tunnel: true, ..facts() }, Verdict::ToTunnel),
+            (
+                FromPodFacts { dest_is_remote_pod: true, dest_via_tunnel: true, uplink_configured: false, ..facts() },
+                Verdict::ToTunnel,
+            ),
+            (
+                FromPodFacts { dest_is_remote_pod: true, dest_via_tunnel: true, tunnel_configured: false, ..facts() },
+                Verdict::Drop(DropReason::NoTunnel),
+            ),
+            (
+                FromPodFacts { dest_is_remote_pod: true, dest_via_tunnel: true, ttl: 1, ..facts() },
+                Verdict::Drop(DropReason::TtlExpired),
+            ),
+            (
+                FromPodFacts { dest_is_remote_pod: true, dest_via_tunnel: true, is_fragment: true, ..facts() },
+                Verdict::ToStack,
+            ),
+            (
+                FromPodFacts { dest_is_local_pod: true, dest_is_remote_pod: true, dest_via_tunnel: true, ..facts() },
+                Verdict::ToLocalPod,
+            ),
             (FromPodFacts { ttl: 1, ..facts() }, Verdict::ToStack),
             // Replies of flows the stack forwarded go back through it, to a
             // local pod or a remote one; anti-spoofing still comes first.
@@ -239,6 +288,27 @@ mod tests {
         let broken = FromUplinkFacts { header_ok: false, source_is_remote_pod: true, ..from_node };
         assert_eq!(from_uplink(broken), Verdict::Drop(DropReason::BadIpHeader));
         assert_eq!(from_uplink(FromUplinkFacts { dest_is_local_pod: false, ..broken }), Verdict::ToStack);
+    }
+
+    #[test]
+    fn from_tunnel_is_from_uplink_with_its_own_spoofing_reason() {
+        let pod_to_pod = FromUplinkFacts {
+            dest_is_local_pod: true,
+            source_is_remote_pod: true,
+            source_is_local_pod: false,
+            header_ok: true,
+            ttl: 64,
+            replies_to_stack_flow: false,
+            is_fragment: false,
+        };
+        assert_eq!(from_tunnel(pod_to_pod), Verdict::ToLocalPod);
+        assert_eq!(
+            from_tunnel(FromUplinkFacts { source_is_local_pod: true, ..pod_to_pod }),
+            Verdict::Drop(DropReason::TunnelSourceSpoofed)
+        );
+        assert_eq!(from_tunnel(FromUplinkFacts { source_is_remote_pod: false, ..pod_to_pod }), Verdict::ToStack);
+        assert_eq!(from_tunnel(FromUplinkFacts { replies_to_stack_flow: true, ..pod_to_pod }), Verdict::StackFlowReply);
+        assert_eq!(from_tunnel(FromUplinkFacts { ttl: 1, ..pod_to_pod }), Verdict::Drop(DropReason::TtlExpired));
     }
 
     #[test]

@@ -1,6 +1,7 @@
 //! `from_pod`: ingress of a pod's host-side veth.
 use aya_ebpf::{bindings::TC_ACT_OK, macros::classifier, maps::lpm_trie::Key, programs::TcContext};
 use sluice_common::{
+    maps::REMOTE_NODE_VXLAN,
     verdict::{self, FromPodFacts, Verdict},
     DropReason, ForwardPath,
 };
@@ -8,8 +9,8 @@ use sluice_common::{
 use crate::{
     counters::{count_forward, drop_packet},
     forward,
-    maps::{ENDPOINTS, NODE_CONFIG, NODE_ROUTES},
-    parse, stack_flows,
+    maps::{ENDPOINTS, NODE_CONFIG, NODE_ROUTES, TUNNEL_CONFIG},
+    parse, stack_flows, tunnel,
 };
 
 #[classifier]
@@ -47,6 +48,14 @@ fn try_from_pod(ctx: &TcContext) -> Result<i32, DropReason> {
         Some(c) => c.uplink_ifindex,
         None => 0,
     };
+    let dest_via_tunnel = match remote {
+        Some(node) => node.flags & REMOTE_NODE_VXLAN != 0,
+        None => false,
+    };
+    let vxlan_ifindex = match TUNNEL_CONFIG.get(0) {
+        Some(t) => t.vxlan_ifindex,
+        None => 0,
+    };
     // Looked up for every packet, not only pod-bound ones: testing
     // `local.is_some() || remote.is_some()` compiles to an OR of two map
     // pointers, which the verifier refuses.
@@ -57,7 +66,9 @@ fn try_from_pod(ctx: &TcContext) -> Result<i32, DropReason> {
         source_is_own,
         dest_is_local_pod: local.is_some(),
         dest_is_remote_pod: remote.is_some(),
+        dest_via_tunnel,
         uplink_configured: uplink_ifindex != 0,
+        tunnel_configured: vxlan_ifindex != 0,
         ttl,
         replies_to_stack_flow,
         is_fragment,
@@ -89,6 +100,15 @@ fn try_from_pod(ctx: &TcContext) -> Result<i32, DropReason> {
             forward::decrement_ttl(ip);
             let action = forward::to_node(ctx, uplink_ifindex, node.node_ip_be)?;
             count_forward(ctx, ForwardPath::PodToNode);
+            Ok(action)
+        }
+        Verdict::ToTunnel => {
+            let Some(node) = remote else {
+                return Err(DropReason::LookupMismatch);
+            };
+            forward::decrement_ttl(ip);
+            let action = tunnel::to_node(ctx, vxlan_ifindex, node.node_ip_be)?;
+            count_forward(ctx, ForwardPath::PodToTunnel);
             Ok(action)
         }
     }

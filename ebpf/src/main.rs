@@ -12,6 +12,9 @@
 //! - `sock_connect`, `sock_sendmsg`, `sock_recvmsg`, `sock_getpeername`:
 //!   cgroup programs that balance Services' cluster IPs at the socket
 //!   (`sock_lb`).
+//! - `from_tunnel`: ingress of the node's VXLAN device: decapsulated
+//!   packets for a local pod go straight into it (`tunnel`); `from_pod`
+//!   encapsulates for peers reached through VXLAN.
 //! - `count_packets`: a diagnostic that counts packets per interface.
 //!
 //! Decisions come from `sluice_common::verdict`; this crate only gathers the
@@ -29,6 +32,7 @@ mod maps;
 mod parse;
 mod sock_lb;
 mod stack_flows;
+mod tunnel;
 
 #[cfg(not(test))]
 #[panic_handler]

@@ -13,7 +13,7 @@ use sluice_common::{
         AffinityKey, AffinityValue, Backend, BackendMember, BackendSlot, ReverseKey, ServiceKey, ServiceValue,
         SockLbCounter,
     },
-    DropReason, EndpointInfo, FlowKey, ForwardPath, NodeConfig, RemoteNode,
+    DropReason, EndpointInfo, FlowKey, ForwardPath, NodeConfig, RemoteNode, TunnelConfig,
 };
 
 #[map]
@@ -24,6 +24,9 @@ pub static NODE_ROUTES: LpmTrie<u32, RemoteNode> = LpmTrie::with_max_entries(MAX
 
 #[map]
 pub static NODE_CONFIG: Array<NodeConfig> = Array::with_max_entries(1, 0);
+
+#[map]
+pub static TUNNEL_CONFIG: Array<TunnelConfig> = Array::with_max_entries(1, 0);
 
 #[map]
 pub static DROPS: PerCpuArray<u64> = PerCpuArray::with_max_entries(DropReason::COUNT, 0);

@@ -67,6 +67,10 @@ pub async fn run(plan: &CleanupPlan) -> Result<()> {
         }
         Err(e) => errors.push(format!("{e:#}")),
     }
+    // The VXLAN device (peers on other networks).
+    if let Err(e) = netlink.delete_link(sluice_node::net::vxlan::DEVICE).await {
+        errors.push(format!("{e:#}"));
+    }
     // 4. Kernel routes to other nodes' pods (only those with sluice's
     //    protocol number) and sluice's netfilter table and chain.
     match netlink.routes_of_protocol(kernel_routes::ROUTE_PROTOCOL).await {

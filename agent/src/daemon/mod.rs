@@ -14,6 +14,7 @@ pub mod plugin_install;
 pub mod service_lb;
 pub mod sweep;
 pub mod sysctl;
+pub mod tunnel;
 
 use sluice_node::{
     clock::now_unix,
@@ -120,7 +121,7 @@ const NETFILTER_RECHECK: Duration = Duration::from_secs(10);
 
 impl Reconcilers {
     async fn pass(&mut self, m: &Membership) -> Result<()> {
-        map_routes::reconcile(&mut self.routes_map, &m.routes)?;
+        map_routes::reconcile_hops(&mut self.routes_map, &m.hops())?;
         kernel_routes::reconcile(&self.netlink, &kernel_routes::desired(&m.routes, self.uplink_ifindex)).await?;
         let node_ips = std::iter::once(self.node_ip).chain(m.routes.values().copied());
         let desired = masquerade::Desired::new(self.masquerade, self.cluster_cidr, node_ips, &self.non_masquerade);
@@ -200,7 +201,12 @@ pub async fn run(
         );
     }
 
-    let ranges = Ranges { cluster: node.cluster_cidr, service: node.service_cidr, node_network: Some(node_network) };
+    let ranges = Ranges {
+        cluster: node.cluster_cidr,
+        service: node.service_cidr,
+        node_network: Some(node_network),
+        tunnel: node.tunnel,
+    };
     let membership = initial_membership(&source, &node, &ranges).await?;
     let pod_cidr = membership.own_pod_cidr.expect("initial_membership waits for it");
     node.validate_pod_cidr(pod_cidr, node_network).context("invalid pod CIDR")?;
@@ -217,6 +223,7 @@ pub async fn run(
     )?;
     datapath.attach(programs::FROM_UPLINK, &node.uplink)?;
     datapath.attach(programs::TO_UPLINK, &node.uplink)?;
+    tunnel::ensure(&netlink, &mut datapath, &pins, node.tunnel, uplink.index).await.context("VXLAN device")?;
     let pods = datapath.update_pod_links()?;
     let sock_lb_cgroup = match &services {
         Some(_) => {

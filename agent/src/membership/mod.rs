@@ -11,7 +11,87 @@ use std::{collections::BTreeMap, fmt, net::Ipv4Addr};
 use ipnetwork::Ipv4Network;
 use serde::{Deserialize, Serialize};
 
-use crate::reconcile::map_routes::Routes;
+use crate::reconcile::map_routes::{Hop, Hops, Routes};
+
+/// `--tunnel`: how the agent reaches other nodes' pods.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, clap::ValueEnum, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub enum TunnelMode {
+    /// Native routing to peers on the uplink's subnet, VXLAN to the rest.
+    #[default]
+    Auto,
+    /// VXLAN to every peer.
+    Always,
+    /// Native routing only: peers off the uplink's subnet are reported
+    /// (`Problem::OffSubnet`) and not routed.
+    Never,
+}
+
+/// How packets for one peer's pods leave this node.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub enum PeerPath {
+    /// Out of the uplink with pod addresses untouched, the peer's node IP
+    /// as next hop.
+    Native,
+    /// Encapsulated in VXLAN to the peer's node IP.
+    Vxlan,
+}
+
+/// Why a peer got its path (`status` prints it).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub enum PathReason {
+    /// The peer's node IP is on the uplink's subnet.
+    SameSubnet,
+    /// The peer's node IP is off the uplink's subnet (`--tunnel=auto`).
+    OffSubnet,
+    /// `--tunnel=always`.
+    TunnelAlways,
+    /// The uplink's subnet is not known; native, as before tunnels.
+    NetworkUnknown,
+}
+
+impl PeerPath {
+    pub fn name(self) -> &'static str {
+        match self {
+            PeerPath::Native => "native",
+            PeerPath::Vxlan => "vxlan",
+        }
+    }
+}
+
+impl PathReason {
+    pub fn describe(self) -> &'static str {
+        match self {
+            PathReason::SameSubnet => "on this node's subnet",
+            PathReason::OffSubnet => "off this node's subnet",
+            PathReason::TunnelAlways => "--tunnel=always",
+            PathReason::NetworkUnknown => "this node's subnet is unknown",
+        }
+    }
+}
+
+/// A peer's path and why.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+pub struct PathChoice {
+    pub path: PeerPath,
+    pub reason: PathReason,
+}
+
+/// The path to a peer whose node IP is `node_ip`, or `None` when
+/// `--tunnel=never` leaves an off-subnet peer unreachable.
+pub fn choose_path(mode: TunnelMode, node_ip: Ipv4Addr, node_network: Option<Ipv4Network>) -> Option<PathChoice> {
+    let on_subnet = node_network.map(|n| n.contains(node_ip));
+    let (path, reason) = match (mode, on_subnet) {
+        (TunnelMode::Always, _) => (PeerPath::Vxlan, PathReason::TunnelAlways),
+        (_, None) => (PeerPath::Native, PathReason::NetworkUnknown),
+        (_, Some(true)) => (PeerPath::Native, PathReason::SameSubnet),
+        (TunnelMode::Auto, Some(false)) => (PeerPath::Vxlan, PathReason::OffSubnet),
+        (TunnelMode::Never, Some(false)) => return None,
+    };
+    Some(PathChoice { path, reason })
+}
 
 /// A node left out of the routes, and why.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -31,8 +111,8 @@ pub enum Problem {
     OverlapsServices { node: String, cidr: Ipv4Network, service: Ipv4Network },
     /// Its pod CIDR overlaps the node network (the uplink's subnet).
     OverlapsNodeNetwork { node: String, cidr: Ipv4Network, network: Ipv4Network },
-    /// Its node IP is not on this node's uplink subnet: without an overlay
-    /// the next hop cannot be reached.
+    /// Its node IP is not on this node's uplink subnet, and `--tunnel=never`
+    /// forbids the overlay: the next hop cannot be reached.
     OffSubnet { node: String, node_ip: Ipv4Addr, network: Ipv4Network },
 }
 
@@ -80,7 +160,7 @@ impl fmt::Display for Problem {
             }
             Problem::OffSubnet { node, node_ip, network } => write!(
                 f,
-                "node {node}: node IP {node_ip} is not on this node's network {network}; not routed (no overlay)"
+                "node {node}: node IP {node_ip} is not on this node's network {network}; not routed (--tunnel=never)"
             ),
         }
     }
@@ -92,6 +172,9 @@ pub struct Membership {
     pub routes: Routes,
     /// Which node each route came from (for `status`).
     pub route_nodes: BTreeMap<Ipv4Network, String>,
+    /// How each route's packets leave: native or VXLAN, and why. Same keys
+    /// as `routes`.
+    pub paths: BTreeMap<Ipv4Network, PathChoice>,
     /// This node's pod CIDR, if the source knows it.
     pub own_pod_cidr: Option<Ipv4Network>,
     /// Nodes left out, and why.
@@ -114,6 +197,8 @@ pub struct Ranges {
     pub service: Option<Ipv4Network>,
     /// This node's uplink subnet; `None` skips the node-network checks.
     pub node_network: Option<Ipv4Network>,
+    /// `--tunnel`: decides each peer's path against `node_network`.
+    pub tunnel: TunnelMode,
 }
 
 /// The network a CIDR names: `10.244.1.5/24` is `10.244.1.0/24` (the API
@@ -162,16 +247,15 @@ pub fn from_entries(
             m.problems.push(Problem::OverlapsServices { node, cidr, service });
             continue;
         }
-        if let Some(network) = ranges.node_network {
-            if network.overlaps(cidr) {
-                m.problems.push(Problem::OverlapsNodeNetwork { node, cidr, network });
-                continue;
-            }
-            if !network.contains(ip) {
-                m.problems.push(Problem::OffSubnet { node, node_ip: ip, network });
-                continue;
-            }
+        if let Some(network) = ranges.node_network.filter(|n| n.overlaps(cidr)) {
+            m.problems.push(Problem::OverlapsNodeNetwork { node, cidr, network });
+            continue;
         }
+        let Some(path) = choose_path(ranges.tunnel, ip, ranges.node_network) else {
+            let network = ranges.node_network.expect("only a known network makes a peer unreachable");
+            m.problems.push(Problem::OffSubnet { node, node_ip: ip, network });
+            continue;
+        };
         if let Some(own) = m.own_pod_cidr.filter(|own| own.overlaps(cidr)) {
             m.problems.push(Problem::OverlapsOwn { node: e.name.clone(), cidr, own });
             continue;
@@ -182,8 +266,27 @@ pub fn from_entries(
         }
         m.routes.insert(cidr, ip);
         m.route_nodes.insert(cidr, e.name.clone());
+        m.paths.insert(cidr, path);
     }
     m
+}
+
+impl Membership {
+    /// The routes with their paths: what `NODE_ROUTES` holds.
+    pub fn hops(&self) -> Hops {
+        self.routes
+            .iter()
+            .map(|(cidr, ip)| {
+                let vxlan = self.paths.get(cidr).is_some_and(|p| p.path == PeerPath::Vxlan);
+                (*cidr, Hop { node_ip: *ip, vxlan })
+            })
+            .collect()
+    }
+
+    /// True when some peer is reached through VXLAN.
+    pub fn any_tunneled(&self) -> bool {
+        self.paths.values().any(|p| p.path == PeerPath::Vxlan)
+    }
 }
 
 #[cfg(test)]
@@ -194,6 +297,7 @@ mod tests {
         cluster: Ipv4Network::new_checked(Ipv4Addr::new(10, 244, 0, 0), 16).unwrap(),
         service: None,
         node_network: None,
+        tunnel: TunnelMode::Auto,
     };
 
     fn e(name: &str, ip: Option<&str>, cidr: Option<&str>) -> NodeEntry {
@@ -259,6 +363,7 @@ mod tests {
             cluster: net("10.244.0.0/16"),
             service: Some(net("10.244.200.0/24")),
             node_network: Some(net("10.0.0.0/24")),
+            tunnel: TunnelMode::Never,
         };
         let entries = vec![
             e("n2", Some("10.0.0.2"), Some("10.244.2.7/24")), // host bits: normalised, routed
@@ -287,5 +392,55 @@ mod tests {
         // The same Node read twice gives the same key: no flapping.
         let once = from_entries(&entries[..1], "n1", None, &ranges);
         assert_eq!(once.routes, from_entries(&entries[..1], "n1", None, &ranges).routes);
+    }
+
+    #[test]
+    fn path_table() {
+        let net: Ipv4Network = "10.0.0.0/24".parse().unwrap();
+        let (near, far): (Ipv4Addr, Ipv4Addr) = ("10.0.0.7".parse().unwrap(), "10.1.0.7".parse().unwrap());
+        let c = |path, reason| Some(PathChoice { path, reason });
+        use {PathReason::*, PeerPath::*, TunnelMode::*};
+        let cases = [
+            (Auto, near, Some(net), c(Native, SameSubnet)),
+            (Auto, far, Some(net), c(Vxlan, OffSubnet)),
+            (Always, near, Some(net), c(Vxlan, TunnelAlways)),
+            (Always, far, Some(net), c(Vxlan, TunnelAlways)),
+            (Always, far, None, c(Vxlan, TunnelAlways)),
+            (Never, near, Some(net), c(Native, SameSubnet)),
+            (Never, far, Some(net), None),
+            (Auto, far, None, c(Native, NetworkUnknown)),
+            (Never, far, None, c(Native, NetworkUnknown)),
+        ];
+        for (mode, ip, network, want) in cases {
+            assert_eq!(choose_path(mode, ip, network), want, "{mode:?} {ip} {network:?}");
+        }
+        assert_eq!(TunnelMode::default(), Auto);
+    }
+
+    #[test]
+    fn membership_carries_each_peers_path() {
+        let net = |s: &str| s.parse::<Ipv4Network>().unwrap();
+        let entries =
+            vec![e("n2", Some("10.0.0.2"), Some("10.244.2.0/24")), e("n3", Some("192.168.9.3"), Some("10.244.3.0/24"))];
+        let ranges = |tunnel| Ranges {
+            cluster: net("10.244.0.0/16"),
+            service: None,
+            node_network: Some(net("10.0.0.0/24")),
+            tunnel,
+        };
+        let auto = from_entries(&entries, "n1", Some(net("10.244.1.0/24")), &ranges(TunnelMode::Auto));
+        assert!(auto.problems.is_empty(), "{:?}", auto.problems);
+        let hops = auto.hops();
+        assert_eq!(hops[&net("10.244.2.0/24")], Hop { node_ip: "10.0.0.2".parse().unwrap(), vxlan: false });
+        assert_eq!(hops[&net("10.244.3.0/24")], Hop { node_ip: "192.168.9.3".parse().unwrap(), vxlan: true });
+        assert_eq!(auto.paths[&net("10.244.3.0/24")].reason, PathReason::OffSubnet);
+        assert!(auto.any_tunneled());
+        let always = from_entries(&entries, "n1", Some(net("10.244.1.0/24")), &ranges(TunnelMode::Always));
+        assert!(always.hops().values().all(|h| h.vxlan));
+        let never = from_entries(&entries, "n1", Some(net("10.244.1.0/24")), &ranges(TunnelMode::Never));
+        assert_eq!(never.routes.len(), 1);
+        assert!(!never.any_tunneled());
+        assert!(matches!(never.problems[..], [Problem::OffSubnet { .. }]), "{:?}", never.problems);
+        assert!(never.problems[0].to_string().contains("--tunnel=never"));
     }
 }

@@ -29,7 +29,7 @@ use super::{
 /// The object built by `cargo xtask build-ebpf`, embedded at compile time.
 pub static OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/sluice.bpf.o"));
 
-const ALL_MAPS: [&str; 15] = [
+const ALL_MAPS: [&str; 16] = [
     names::ENDPOINTS,
     names::NODE_ROUTES,
     names::NODE_CONFIG,
@@ -45,10 +45,17 @@ const ALL_MAPS: [&str; 15] = [
     names::SOCK_REVERSE,
     names::AFFINITY,
     names::SOCK_LB_STATS,
+    names::TUNNEL_CONFIG,
 ];
 
-const ALL_PROGRAMS: [&str; 5] =
-    [programs::FROM_POD, programs::TO_POD, programs::FROM_UPLINK, programs::TO_UPLINK, programs::COUNT_PACKETS];
+const ALL_PROGRAMS: [&str; 6] = [
+    programs::FROM_POD,
+    programs::TO_POD,
+    programs::FROM_UPLINK,
+    programs::TO_UPLINK,
+    programs::FROM_TUNNEL,
+    programs::COUNT_PACKETS,
+];
 
 /// The loaded object with its maps pinned and programs loaded and pinned.
 pub struct Datapath {

@@ -9,8 +9,8 @@ use aya::maps::{
 };
 use ipnetwork::Ipv4Network;
 use sluice_common::{
-    maps::{limits, names},
-    DropReason, EndpointInfo, ForwardPath, NodeConfig, RemoteNode,
+    maps::{limits, names, REMOTE_NODE_VXLAN},
+    DropReason, EndpointInfo, ForwardPath, NodeConfig, RemoteNode, TunnelConfig,
 };
 
 use super::pins::PinDir;
@@ -117,8 +117,27 @@ impl NodeRoutes {
         Ok(out)
     }
 
+    /// Every route with its node IP and whether it is tunneled
+    /// (`REMOTE_NODE_VXLAN`).
+    pub fn all_hops(&self) -> Result<BTreeMap<Ipv4Network, (Ipv4Addr, bool)>> {
+        let mut out = BTreeMap::new();
+        for kv in self.0.iter() {
+            let (k, v) = kv.context("read NODE_ROUTES")?;
+            let cidr = Ipv4Network::new(ip_from_be(k.data()), k.prefix_len() as u8)
+                .context("NODE_ROUTES holds an invalid prefix")?;
+            out.insert(cidr, (ip_from_be(v.node_ip_be), v.flags & REMOTE_NODE_VXLAN != 0));
+        }
+        Ok(out)
+    }
+
+    /// A native route (not tunneled).
     pub fn upsert(&mut self, cidr: Ipv4Network, node_ip: Ipv4Addr) -> Result<()> {
-        let value = RemoteNode { node_ip_be: ip_be(node_ip), _reserved: 0 };
+        self.upsert_hop(cidr, node_ip, false)
+    }
+
+    pub fn upsert_hop(&mut self, cidr: Ipv4Network, node_ip: Ipv4Addr, vxlan: bool) -> Result<()> {
+        let flags = if vxlan { REMOTE_NODE_VXLAN } else { 0 };
+        let value = RemoteNode { node_ip_be: ip_be(node_ip), flags };
         self.0.insert(&Self::key(cidr), value, 0).map_err(|e| {
             insert_error(e, names::NODE_ROUTES, limits::MAX_NODE_ROUTES, format!("insert route {cidr} via {node_ip}"))
         })
@@ -137,6 +156,16 @@ pub fn write_node_config(pins: &PinDir, config: NodeConfig) -> Result<()> {
 pub fn read_node_config(pins: &PinDir) -> Result<NodeConfig> {
     let arr: Array<MapData, NodeConfig> = open(pins, names::NODE_CONFIG)?.try_into()?;
     arr.get(&0, 0).context("read NODE_CONFIG")
+}
+
+pub fn write_tunnel_config(pins: &PinDir, config: TunnelConfig) -> Result<()> {
+    let mut arr: Array<MapData, TunnelConfig> = open(pins, names::TUNNEL_CONFIG)?.try_into()?;
+    arr.set(0, config, 0).context("write TUNNEL_CONFIG")
+}
+
+pub fn read_tunnel_config(pins: &PinDir) -> Result<TunnelConfig> {
+    let arr: Array<MapData, TunnelConfig> = open(pins, names::TUNNEL_CONFIG)?.try_into()?;
+    arr.get(&0, 0).context("read TUNNEL_CONFIG")
 }
 
 fn sum_per_cpu_array(pins: &PinDir, name: &str, len: u32) -> Result<Vec<u64>> {

@@ -1,5 +1,6 @@
 //! The kernel's networking interfaces: `netlink` (rtnetlink in-process,
-//! never the `ip` binary) and `netns` (entering a network namespace on one
-//! thread, never the mount namespace).
+//! never the `ip` binary), `netns` (entering a network namespace on one
+//! thread, never the mount namespace) and `vxlan` (the node's VXLAN device).
 pub mod netlink;
 pub mod netns;
+pub mod vxlan;

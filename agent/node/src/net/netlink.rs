@@ -16,7 +16,7 @@ use rtnetlink::Handle;
 
 #[derive(Clone)]
 pub struct Netlink {
-    handle: Handle,
+    pub(crate) handle: Handle,
 }
 
 /// What sluice needs to know about an interface.
@@ -55,7 +55,7 @@ pub fn is_errno(e: &rtnetlink::Error, errno: i32) -> bool {
     matches!(e, rtnetlink::Error::NetlinkError(m) if m.code.map(|c| c.get()) == Some(-errno))
 }
 
-fn link_info(msg: &LinkMessage) -> LinkInfo {
+pub(crate) fn link_info(msg: &LinkMessage) -> LinkInfo {
     let flags = &msg.header.flags;
     let up = flags.contains(&LinkFlag::Up) && flags.contains(&LinkFlag::LowerUp);
     let mut info = LinkInfo { index: msg.header.index, name: String::new(), mtu: 0, mac: [0; 6], up };

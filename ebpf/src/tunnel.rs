@@ -1,0 +1,124 @@
+//! VXLAN (issue 15): encapsulation for peers `NODE_ROUTES` flags
+//! `REMOTE_NODE_VXLAN`, and `from_tunnel`, the ingress of the node's VXLAN
+//! device (external / collect_md mode: the program names the remote end
+//! per packet, the device only encapsulates).
+use aya_ebpf::{
+    bindings::{bpf_tunnel_key, BPF_F_ZERO_CSUM_TX, TC_ACT_OK, TC_ACT_REDIRECT},
+    helpers::{bpf_redirect, bpf_skb_set_tunnel_key},
+    macros::classifier,
+    maps::lpm_trie::Key,
+    programs::TcContext,
+};
+use sluice_common::{
+    maps::TUNNEL_VNI,
+    verdict::{self, FromUplinkFacts, Verdict},
+    DropReason, ForwardPath,
+};
+
+use crate::{
+    counters::{count_forward, drop_packet},
+    forward,
+    maps::{ENDPOINTS, NODE_ROUTES},
+    parse, stack_flows,
+};
+
+/// The outer header's TTL (the kernel's IPDEFTTL, as Cilium's encap.h).
+const OUTER_TTL: u8 = 64;
+
+/// Hand the packet to the VXLAN device with `node_ip_be` as the outer
+/// destination: the device adds Ethernet (as the pod sent it), VXLAN, UDP
+/// and the outer IPv4 header, and the node's routing table takes the
+/// outer packet from there (so a router between the nodes is fine).
+#[inline(always)]
+pub fn to_node(ctx: &TcContext, vxlan_ifindex: u32, node_ip_be: u32) -> Result<i32, DropReason> {
+    // SAFETY: an all-zero bpf_tunnel_key is valid (plain integers and
+    // unions of integers); zeroing also initialises every stack byte the
+    // helper reads, as the verifier wants.
+    let mut key: bpf_tunnel_key = unsafe { core::mem::zeroed() };
+    key.tunnel_id = TUNNEL_VNI;
+    // The helper takes the remote IPv4 address in host byte order (Cilium's
+    // encap.h passes `bpf_ntohl(ip)`); local 0: the route decides.
+    key.__bindgen_anon_1.remote_ipv4 = u32::from_be(node_ip_be);
+    key.tunnel_ttl = OUTER_TTL;
+    // SAFETY: helper call with a valid, fully sized key on our stack.
+    let rc = unsafe {
+        bpf_skb_set_tunnel_key(
+            ctx.skb.skb,
+            &mut key as *mut bpf_tunnel_key,
+            core::mem::size_of::<bpf_tunnel_key>() as u32,
+            BPF_F_ZERO_CSUM_TX as u64,
+        )
+    };
+    if rc < 0 {
+        return Err(DropReason::TunnelKey);
+    }
+    // SAFETY: helper call; returns TC_ACT_REDIRECT for valid flags.
+    let rc = unsafe { bpf_redirect(vxlan_ifindex, 0) };
+    if rc as i32 != TC_ACT_REDIRECT as i32 {
+        return Err(DropReason::RedirectFailed);
+    }
+    Ok(rc as i32)
+}
+
+/// Ingress of the VXLAN device: what it decapsulated. Pod-to-pod packets
+/// for a local pod go straight into it, as `from_uplink` does; anything
+/// else goes to the node's stack.
+#[classifier]
+pub fn from_tunnel(ctx: TcContext) -> i32 {
+    match try_from_tunnel(&ctx) {
+        Ok(action) => action,
+        Err(reason) => drop_packet(&ctx, reason),
+    }
+}
+
+#[inline(always)]
+fn try_from_tunnel(ctx: &TcContext) -> Result<i32, DropReason> {
+    let Some((eth, ip)) = parse::ipv4(ctx)? else {
+        count_forward(ctx, ForwardPath::ToStack);
+        return Ok(TC_ACT_OK as i32);
+    };
+    // SAFETY: bounds checked by parse::ipv4.
+    let (src_be, dst_be, ttl, version_ihl, tot_len_be) =
+        unsafe { ((*ip).src_be, (*ip).dst_be, (*ip).ttl, (*ip).version_ihl, (*ip).tot_len_be) };
+    // SAFETY: only presence is read.
+    let source_is_local_pod = unsafe { ENDPOINTS.get(&src_be).is_some() };
+    // SAFETY: read-only use of the value before any other helper call.
+    let local = unsafe { ENDPOINTS.get(&dst_be) };
+    let header_ok = verdict::ipv4_header_ok(version_ihl, tot_len_be, parse::l3_len(ctx));
+    let (mut source_is_remote_pod, mut replies_to_stack_flow, mut is_fragment) = (false, false, false);
+    if local.is_some() {
+        source_is_remote_pod = NODE_ROUTES.get(Key::new(32, src_be)).is_some();
+        let (key, stack_only) = parse::flow(ctx, ip)?;
+        is_fragment = stack_only;
+        replies_to_stack_flow = !stack_only && stack_flows::is_reply(&key);
+    }
+    let facts = FromUplinkFacts {
+        dest_is_local_pod: local.is_some(),
+        source_is_remote_pod,
+        source_is_local_pod,
+        header_ok,
+        ttl,
+        replies_to_stack_flow,
+        is_fragment,
+    };
+    match verdict::from_tunnel(facts) {
+        Verdict::Drop(reason) => Err(reason),
+        Verdict::StackFlowReply => {
+            count_forward(ctx, ForwardPath::StackFlowReply);
+            Ok(TC_ACT_OK as i32)
+        }
+        Verdict::ToLocalPod => {
+            let Some(ep) = local else {
+                return Err(DropReason::LookupMismatch);
+            };
+            forward::decrement_ttl(ip);
+            let action = forward::into_pod(eth, ep)?;
+            count_forward(ctx, ForwardPath::TunnelToPod);
+            Ok(action)
+        }
+        _ => {
+            count_forward(ctx, ForwardPath::ToStack);
+            Ok(TC_ACT_OK as i32)
+        }
+    }
+}

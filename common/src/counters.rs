@@ -39,10 +39,13 @@ pub enum DropReason {
     /// Decapsulated from the VXLAN device, with the source address of one
     /// of this node's own pods.
     TunnelSourceSpoofed = 11,
+    /// The stack routed a packet into the VXLAN device for an address no
+    /// `NODE_ROUTES` entry covers: no remote end to send it to.
+    TunnelNoRoute = 12,
 }
 
 impl DropReason {
-    pub const COUNT: u32 = 12;
+    pub const COUNT: u32 = 13;
     pub const ALL: [DropReason; Self::COUNT as usize] = [
         DropReason::Truncated,
         DropReason::SourceSpoofed,
@@ -56,6 +59,7 @@ impl DropReason {
         DropReason::NoTunnel,
         DropReason::TunnelKey,
         DropReason::TunnelSourceSpoofed,
+        DropReason::TunnelNoRoute,
     ];
 
     /// Stable name: the label in `status` and metrics.
@@ -73,6 +77,7 @@ impl DropReason {
             DropReason::NoTunnel => "no_tunnel",
             DropReason::TunnelKey => "tunnel_key",
             DropReason::TunnelSourceSpoofed => "tunnel_source_spoofed",
+            DropReason::TunnelNoRoute => "tunnel_no_route",
         }
     }
 }
@@ -161,6 +166,7 @@ mod tests {
         NoTunnel = 9, "no_tunnel";
         TunnelKey = 10, "tunnel_key";
         TunnelSourceSpoofed = 11, "tunnel_source_spoofed";
+        TunnelNoRoute = 12, "tunnel_no_route";
     });
 
     const FORWARD_PATHS: &[(ForwardPath, u32, &str)] = &golden!(ForwardPath {

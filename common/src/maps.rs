@@ -55,6 +55,9 @@ pub mod programs {
     pub const FROM_UPLINK: &str = "from_uplink";
     /// Ingress of the node's VXLAN device: decapsulated packets.
     pub const FROM_TUNNEL: &str = "from_tunnel";
+    /// Egress of the node's VXLAN device: what the stack routes to a
+    /// tunneled peer gets its tunnel key.
+    pub const TO_TUNNEL: &str = "to_tunnel";
     /// Diagnostic: counts packets per interface into `IFACE_PACKETS`.
     pub const COUNT_PACKETS: &str = "count_packets";
     /// Egress of each pod's host-side veth: what the stack sends a pod.

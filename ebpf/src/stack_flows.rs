@@ -28,7 +28,7 @@ pub fn is_reply(key: &FlowKey) -> bool {
 
 /// Remember the reply tuple of this packet (refreshing it if known).
 #[inline(always)]
-fn remember(key: &FlowKey) {
+pub fn remember(key: &FlowKey) {
     let reply = key.reversed();
     // SAFETY: only presence is read; a lookup also refreshes the LRU entry.
     if unsafe { STACK_FLOWS.get(&reply).is_none() } {
@@ -38,7 +38,7 @@ fn remember(key: &FlowKey) {
 
 /// The flow tuple of an IPv4 packet (`None` for anything else).
 #[inline(always)]
-fn flow_key(ctx: &TcContext) -> Option<FlowKey> {
+pub fn flow_key(ctx: &TcContext) -> Option<FlowKey> {
     let (_, ip) = parse::ipv4(ctx).ok()??;
     parse::flow(ctx, ip).ok().map(|(key, _)| key)
 }

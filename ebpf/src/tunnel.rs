@@ -3,14 +3,14 @@
 //! device (external / collect_md mode: the program names the remote end
 //! per packet, the device only encapsulates).
 use aya_ebpf::{
-    bindings::{bpf_tunnel_key, BPF_F_ZERO_CSUM_TX, TC_ACT_OK, TC_ACT_REDIRECT},
-    helpers::{bpf_redirect, bpf_skb_set_tunnel_key},
+    bindings::{bpf_tunnel_key, BPF_F_ZERO_CSUM_TX, TC_ACT_OK, TC_ACT_REDIRECT, TC_ACT_UNSPEC},
+    helpers::{bpf_redirect, bpf_skb_change_type, bpf_skb_set_tunnel_key},
     macros::classifier,
     maps::lpm_trie::Key,
     programs::TcContext,
 };
 use sluice_common::{
-    maps::TUNNEL_VNI,
+    maps::{FAST_PATH_MARK, TUNNEL_VNI},
     verdict::{self, FromUplinkFacts, Verdict},
     DropReason, ForwardPath,
 };
@@ -25,12 +25,10 @@ use crate::{
 /// The outer header's TTL (the kernel's IPDEFTTL, as Cilium's encap.h).
 const OUTER_TTL: u8 = 64;
 
-/// Hand the packet to the VXLAN device with `node_ip_be` as the outer
-/// destination: the device adds Ethernet (as the pod sent it), VXLAN, UDP
-/// and the outer IPv4 header, and the node's routing table takes the
-/// outer packet from there (so a router between the nodes is fine).
+/// Name `node_ip_be` as the outer destination of this packet for the
+/// VXLAN device.
 #[inline(always)]
-pub fn to_node(ctx: &TcContext, vxlan_ifindex: u32, node_ip_be: u32) -> Result<i32, DropReason> {
+fn set_key(ctx: &TcContext, node_ip_be: u32) -> Result<(), DropReason> {
     // SAFETY: an all-zero bpf_tunnel_key is valid (plain integers and
     // unions of integers); zeroing also initialises every stack byte the
     // helper reads, as the verifier wants.
@@ -52,6 +50,19 @@ pub fn to_node(ctx: &TcContext, vxlan_ifindex: u32, node_ip_be: u32) -> Result<i
     if rc < 0 {
         return Err(DropReason::TunnelKey);
     }
+    Ok(())
+}
+
+/// Hand the packet to the VXLAN device with `node_ip_be` as the outer
+/// destination: the device adds Ethernet (as the pod sent it), VXLAN, UDP
+/// and the outer IPv4 header, and the node's routing table takes the
+/// outer packet from there (so a router between the nodes is fine).
+/// Marked, so `to_tunnel` and then `to_uplink` (which clears it) know the
+/// fast path sent it.
+#[inline(always)]
+pub fn to_node(ctx: &TcContext, vxlan_ifindex: u32, node_ip_be: u32) -> Result<i32, DropReason> {
+    set_key(ctx, node_ip_be)?;
+    ctx.set_mark(parse::mark(ctx) | FAST_PATH_MARK);
     // SAFETY: helper call; returns TC_ACT_REDIRECT for valid flags.
     let rc = unsafe { bpf_redirect(vxlan_ifindex, 0) };
     if rc as i32 != TC_ACT_REDIRECT as i32 {
@@ -77,6 +88,11 @@ fn try_from_tunnel(ctx: &TcContext) -> Result<i32, DropReason> {
         count_forward(ctx, ForwardPath::ToStack);
         return Ok(TC_ACT_OK as i32);
     };
+    // The device set the packet type from the inner destination MAC, the
+    // sending node's (`eth_type_trans` on decap): it is for this host (the
+    // stack, or a pod behind it), or `ip_rcv` drops it as PACKET_OTHERHOST.
+    // SAFETY: helper call on our skb; PACKET_HOST is always allowed.
+    unsafe { bpf_skb_change_type(ctx.skb.skb, PACKET_HOST) };
     // SAFETY: bounds checked by parse::ipv4.
     let (src_be, dst_be, ttl, version_ihl, tot_len_be) =
         unsafe { ((*ip).src_be, (*ip).dst_be, (*ip).ttl, (*ip).version_ihl, (*ip).tot_len_be) };
@@ -121,4 +137,45 @@ fn try_from_tunnel(ctx: &TcContext) -> Result<i32, DropReason> {
             Ok(TC_ACT_OK as i32)
         }
     }
+}
+
+/// `skb->pkt_type` for a packet addressed to this host.
+const PACKET_HOST: u32 = 0;
+
+/// Egress of the VXLAN device. The fast path's packets (marked) already
+/// carry their tunnel key; what the node's stack routes here (host
+/// traffic, kube-proxy's DNAT to a remote backend) gets one from
+/// `NODE_ROUTES`, and a pod's packet is remembered as a stack flow, as
+/// `to_uplink` does, so its reply returns through the stack.
+#[classifier]
+pub fn to_tunnel(ctx: TcContext) -> i32 {
+    match try_to_tunnel(&ctx) {
+        Ok(action) => action,
+        Err(reason) => drop_packet(&ctx, reason),
+    }
+}
+
+#[inline(always)]
+fn try_to_tunnel(ctx: &TcContext) -> Result<i32, DropReason> {
+    if parse::mark(ctx) & FAST_PATH_MARK != 0 {
+        return Ok(TC_ACT_UNSPEC);
+    }
+    let Some((_, ip)) = parse::ipv4(ctx)? else {
+        // The device is NOARP; anything else has no remote end either way.
+        return Ok(TC_ACT_UNSPEC);
+    };
+    // SAFETY: bounds checked by parse::ipv4.
+    let dst_be = unsafe { (*ip).dst_be };
+    let node_ip_be = match NODE_ROUTES.get(Key::new(32, dst_be)) {
+        Some(node) => node.node_ip_be,
+        None => return Err(DropReason::TunnelNoRoute),
+    };
+    set_key(ctx, node_ip_be)?;
+    if let Some(key) = stack_flows::flow_key(ctx) {
+        // SAFETY: only presence is read.
+        if unsafe { ENDPOINTS.get(&key.src_be).is_some() } {
+            stack_flows::remember(&key);
+        }
+    }
+    Ok(TC_ACT_UNSPEC)
 }

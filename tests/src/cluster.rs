@@ -83,8 +83,19 @@ pub fn install(lab: &mut Lab) -> Result<()> {
     ns_exec(&world, &["ip", "addr", "add", &format!("{WORLD_IP}/24"), "dev", "eth0"])?;
     whoami_server(lab, &world, "0.0.0.0", WORLD_PORT, "world")?;
     stream_server(lab, &world, "world")?;
+    if let Some(router) = lab.state.router_netns.clone() {
+        // Two node networks: the second reaches the world through the router.
+        let via = format!("{}.{}", crate::lab::LAN_PREFIX, crate::lab::ROUTER_HOST);
+        ns_exec(&router, &["ip", "route", "add", "default", "via", WORLD_IP])?;
+        ns_exec(&world, &["ip", "route", "add", &format!("{}.0/24", crate::lab::LAN2_PREFIX), "via", &via])?;
+    }
     for node in lab.state.nodes.clone() {
-        ns_exec(&node.netns, &["ip", "route", "replace", "default", "via", WORLD_IP, "dev", "eth0"])?;
+        let gateway = if node.ip.starts_with(&format!("{}.", crate::lab::LAN_PREFIX)) {
+            WORLD_IP.to_string()
+        } else {
+            format!("{}.{}", crate::lab::LAN2_PREFIX, crate::lab::ROUTER_HOST)
+        };
+        ns_exec(&node.netns, &["ip", "route", "replace", "default", "via", &gateway, "dev", "eth0"])?;
         whoami_server(lab, &node.netns, &node.ip, HOST_PORT, &format!("host-{}", node.name))?;
         for pod in &node.pods {
             start_pod_servers(lab, &pod.netns, &pod.name)?;

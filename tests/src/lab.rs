@@ -9,6 +9,13 @@
 //!    ├─ pod n1p1 (eth0, via sluice-cni ADD)
 //!    └─ pod n1p2
 //! ```
+//! With `LabOptions::subnets = 2` the nodes sit on two LANs, joined by a
+//! router namespace that routes between the node networks and knows
+//! nothing of pod CIDRs (so peers across it need VXLAN):
+//!
+//! ```text
+//!   br0 172.30.0.0/24: n1, n2, ...  ── router (r0 .253 | r1 .253) ──  br1 172.31.0.0/24: ..., nN
+//! ```
 //! Every namespace name carries the lab id (pid + counter), so labs run side
 //! by side. Each node's agent pins under its own directory of the root bpffs.
 //! `Lab` tears everything down on drop unless `persist()`ed (xtask's
@@ -28,6 +35,10 @@ use crate::{run, try_run, unique};
 
 pub const CLUSTER_CIDR: &str = "10.244.0.0/16";
 pub const LAN_PREFIX: &str = "172.30.0";
+/// The second node network, with `LabOptions::subnets = 2`.
+pub const LAN2_PREFIX: &str = "172.31.0";
+/// The router's host number on each node network.
+pub const ROUTER_HOST: u8 = 253;
 pub const ECHO_PORT: u16 = 7777;
 
 #[derive(Clone)]
@@ -69,6 +80,10 @@ pub struct LabOptions {
     /// (so with `kubernetes`), each attached to its node's own cgroup
     /// (`Lab::node_cgroup`), where the node's pods' processes run.
     pub kube_proxy_replacement: bool,
+    /// Node networks: 1 (one LAN, the default) or 2 (two LANs and a
+    /// router between them; the first half of the nodes on `LAN_PREFIX`,
+    /// the rest on `LAN2_PREFIX`).
+    pub subnets: usize,
 }
 
 /// Builds a node's agent command: (argv, extra environment).
@@ -93,6 +108,7 @@ impl LabOptions {
             cluster_model: false,
             extra_agent_args: Vec::new(),
             kube_proxy_replacement: false,
+            subnets: 1,
         }
     }
 }
@@ -144,6 +160,26 @@ pub struct LabState {
     /// node has a directory below it.
     #[serde(default)]
     pub cgroup_root: Option<PathBuf>,
+    /// With `LabOptions::subnets = 2`: the router between the node
+    /// networks (also in `helper_netns`, so `down` deletes it).
+    #[serde(default)]
+    pub router_netns: Option<String>,
+    /// Node networks (1 or 2).
+    #[serde(default = "one")]
+    pub subnets: usize,
+}
+
+fn one() -> usize {
+    1
+}
+
+/// The prefix (first three octets) of node network `subnet`.
+pub fn subnet_prefix(subnet: usize) -> &'static str {
+    if subnet == 0 {
+        LAN_PREFIX
+    } else {
+        LAN2_PREFIX
+    }
 }
 
 /// Where the test API server listens: the LAN bridge's own address.
@@ -263,6 +299,8 @@ impl Lab {
                 helper_pids: Vec::new(),
                 helper_netns: Vec::new(),
                 cgroup_root: None,
+                router_netns: None,
+                subnets: opts.subnets,
             },
             api: None,
             agent_command: opts.agent_command.clone(),
@@ -274,12 +312,29 @@ impl Lab {
             }
             lab.state.cgroup_root = Some(crate::cgroups::cgroup2_mount()?.join(format!("sluice-lab-{}", opts.id)));
         }
+        if !(1..=2).contains(&opts.subnets) || opts.nodes < opts.subnets {
+            bail!("--subnets must be 1 or 2, and no more than the nodes");
+        }
         lab.save()?;
         lab.build_lan()?;
+        if opts.subnets > 1 {
+            lab.build_router()?;
+        }
         for i in 1..=opts.nodes {
-            lab.add_node(i)?;
-            if opts.default_route {
-                ns_exec(&lab.state.nodes[i - 1].netns, &["ip", "route", "add", "default", "dev", "eth0"])?;
+            let subnet = (i - 1) * opts.subnets / opts.nodes;
+            lab.add_node(i, subnet)?;
+            let netns = lab.state.nodes[i - 1].netns.clone();
+            if opts.subnets > 1 {
+                // The other node network through the router; the default
+                // route too when asked for (real nodes across a router).
+                let router = format!("{}.{ROUTER_HOST}", subnet_prefix(subnet));
+                let other = format!("{}.0/24", subnet_prefix(1 - subnet));
+                ns_exec(&netns, &["ip", "route", "add", &other, "via", &router, "dev", "eth0"])?;
+                if opts.default_route {
+                    ns_exec(&netns, &["ip", "route", "add", "default", "via", &router, "dev", "eth0"])?;
+                }
+            } else if opts.default_route {
+                ns_exec(&netns, &["ip", "route", "add", "default", "dev", "eth0"])?;
             }
         }
         lab.write_peers()?;
@@ -289,6 +344,12 @@ impl Lab {
         if opts.kubernetes {
             let ip = LAN_API_ADDR.split(':').next().unwrap_or_default();
             ns_exec(&lab.state.lan_netns, &["ip", "addr", "add", &format!("{ip}/24"), "dev", "br0"])?;
+            if opts.subnets > 1 {
+                // Nodes on the second network reach the API server through the router.
+                let via = format!("{LAN_PREFIX}.{ROUTER_HOST}");
+                let other = format!("{LAN2_PREFIX}.0/24");
+                ns_exec(&lab.state.lan_netns, &["ip", "route", "add", &other, "via", &via, "dev", "br0"])?;
+            }
             let api = crate::apiserver::ApiServer::start(LAN_API_ADDR, Some(&lab.state.lan_netns))?;
             for n in &lab.state.nodes {
                 api.upsert_node(&n.name, &n.ip, Some(&n.pod_cidr));
@@ -359,10 +420,36 @@ impl Lab {
         add_netns(lan)?;
         ns_exec(lan, &["ip", "link", "add", "br0", "type", "bridge"])?;
         ns_exec(lan, &["ip", "link", "set", "br0", "mtu", &self.state.mtu.to_string(), "up"])?;
+        if self.state.subnets > 1 {
+            ns_exec(lan, &["ip", "link", "add", "br1", "type", "bridge"])?;
+            ns_exec(lan, &["ip", "link", "set", "br1", "mtu", &self.state.mtu.to_string(), "up"])?;
+        }
         Ok(())
     }
 
-    fn add_node(&mut self, i: usize) -> Result<()> {
+    /// The router between the node networks: `r<s>` on bridge `br<s>` with
+    /// `<prefix>.253`, forwarding on, no route to any pod CIDR.
+    fn build_router(&mut self) -> Result<()> {
+        let router = format!("sl{}rt", self.state.id);
+        self.state.router_netns = Some(router.clone());
+        self.add_helper_netns(&router)?;
+        let lan = self.state.lan_netns.clone();
+        let mtu = self.state.mtu.to_string();
+        for subnet in 0..self.state.subnets {
+            let (inner, outer) = (format!("r{subnet}"), format!("rt{subnet}"));
+            run(Command::new("ip").args([
+                "link", "add", &inner, "netns", &router, "type", "veth", "peer", "name", &outer, "netns", &lan,
+            ]))?;
+            ns_exec(&lan, &["ip", "link", "set", &outer, "master", &format!("br{subnet}"), "mtu", &mtu, "up"])?;
+            ns_exec(&router, &["ip", "link", "set", &inner, "mtu", &mtu, "up"])?;
+            let addr = format!("{}.{ROUTER_HOST}/24", subnet_prefix(subnet));
+            ns_exec(&router, &["ip", "addr", "add", &addr, "dev", &inner])?;
+        }
+        ns_exec(&router, &["sysctl", "-qw", "net.ipv4.ip_forward=1"])?;
+        Ok(())
+    }
+
+    fn add_node(&mut self, i: usize, subnet: usize) -> Result<()> {
         let name = format!("n{i}");
         let netns = format!("sl{}{name}", self.state.id);
         let dir = self.state.dir.join(&name);
@@ -370,7 +457,7 @@ impl Lab {
         let node = Node {
             name: name.clone(),
             netns: netns.clone(),
-            ip: format!("{LAN_PREFIX}.{i}"),
+            ip: format!("{}.{i}", subnet_prefix(subnet)),
             pod_cidr: format!("10.244.{i}.0/24"),
             pin_dir: self.state.pin_root.join(&name),
             dir,
@@ -387,7 +474,7 @@ impl Lab {
         let mtu = self.state.mtu.to_string();
         run(Command::new("ip")
             .args(["link", "add", "eth0", "netns", &netns, "type", "veth", "peer", "name", &name, "netns", lan]))?;
-        ns_exec(lan, &["ip", "link", "set", &name, "master", "br0", "mtu", &mtu, "up"])?;
+        ns_exec(lan, &["ip", "link", "set", &name, "master", &format!("br{subnet}"), "mtu", &mtu, "up"])?;
         ns_exec(&netns, &["ip", "link", "set", "eth0", "mtu", &mtu, "up"])?;
         ns_exec(&netns, &["ip", "addr", "add", &format!("{}/24", node.ip), "dev", "eth0"])?;
         Ok(())

@@ -230,8 +230,9 @@ fn agent_killed_and_restarted_loses_nothing() {
     let link_pins: Vec<std::path::PathBuf> = links.map(|e| e.unwrap().path()).collect();
     assert_eq!(
         link_pins.len(),
-        6,
-        "from_uplink and to_uplink, and from_pod and to_pod on the pod and the health endpoint: {link_pins:?}"
+        8,
+        "from_uplink and to_uplink, from_tunnel and to_tunnel on the VXLAN device, and from_pod and to_pod on \
+         the pod and the health endpoint: {link_pins:?}"
     );
     let ids_before: Vec<(u64, u64)> = link_pins.iter().map(|p| link_ids(p)).collect();
     // A steady flow across nodes: 3000 pings at 500/s, both agents killed

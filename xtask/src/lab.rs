@@ -25,6 +25,10 @@ pub enum LabCommand {
         /// MTU of the lab LAN; pods follow it.
         #[arg(long, default_value_t = 1500)]
         mtu: u32,
+        /// Node networks: 2 puts the nodes on two LANs joined by a router
+        /// that knows nothing of pod CIDRs (peers across it use VXLAN).
+        #[arg(long, default_value_t = 1)]
+        subnets: usize,
     },
     /// Reprint the matrix and each node's datapath counters.
     Status,
@@ -36,7 +40,7 @@ pub fn run(command: LabCommand) -> Result<()> {
     shell::require_root("cargo xtask lab")?;
     let dir = PathBuf::from(LAB_DIR);
     match command {
-        LabCommand::Up { nodes, pods_per_node, mtu } => {
+        LabCommand::Up { nodes, pods_per_node, mtu, subnets } => {
             if Lab::state_file(&dir).exists() {
                 bail!("a lab is already up (state in {LAB_DIR}); run `cargo xtask lab down` first");
             }
@@ -53,6 +57,7 @@ pub fn run(command: LabCommand) -> Result<()> {
             let mut opts = LabOptions::new(nodes, pods_per_node, root.join("target/debug"));
             opts.dir = dir;
             opts.mtu = mtu;
+            opts.subnets = subnets;
             opts.cluster_model = true;
             eprintln!("lab: bringing up {nodes} nodes with {pods_per_node} pods each (LAN MTU {mtu})");
             let lab = Lab::up(&opts)?;

@@ -107,6 +107,8 @@ struct Reconcilers {
     routes_map: NodeRoutes,
     netlink: Netlink,
     uplink_ifindex: u32,
+    /// The VXLAN device (0: `--tunnel=never`).
+    vxlan_ifindex: u32,
     node_ip: std::net::Ipv4Addr,
     masquerade: bool,
     cluster_cidr: Ipv4Network,
@@ -122,7 +124,8 @@ const NETFILTER_RECHECK: Duration = Duration::from_secs(10);
 impl Reconcilers {
     async fn pass(&mut self, m: &Membership) -> Result<()> {
         map_routes::reconcile_hops(&mut self.routes_map, &m.hops())?;
-        kernel_routes::reconcile(&self.netlink, &kernel_routes::desired(&m.routes, self.uplink_ifindex)).await?;
+        let kernel = kernel_routes::desired_hops(&m.hops(), self.uplink_ifindex, self.vxlan_ifindex);
+        kernel_routes::reconcile(&self.netlink, &kernel).await?;
         let node_ips = std::iter::once(self.node_ip).chain(m.routes.values().copied());
         let desired = masquerade::Desired::new(self.masquerade, self.cluster_cidr, node_ips, &self.non_masquerade);
         let fresh =
@@ -223,7 +226,8 @@ pub async fn run(
     )?;
     datapath.attach(programs::FROM_UPLINK, &node.uplink)?;
     datapath.attach(programs::TO_UPLINK, &node.uplink)?;
-    tunnel::ensure(&netlink, &mut datapath, &pins, node.tunnel, uplink.index).await.context("VXLAN device")?;
+    let vxlan_ifindex =
+        tunnel::ensure(&netlink, &mut datapath, &pins, node.tunnel, uplink.index).await.context("VXLAN device")?;
     let pods = datapath.update_pod_links()?;
     let sock_lb_cgroup = match &services {
         Some(_) => {
@@ -247,6 +251,7 @@ pub async fn run(
         routes_map: NodeRoutes::open(&pins)?,
         netlink: netlink.clone(),
         uplink_ifindex: uplink.index,
+        vxlan_ifindex,
         node_ip,
         masquerade: node.masquerade,
         cluster_cidr: node.cluster_cidr,

@@ -1,7 +1,9 @@
 //! Kernel routes to other nodes' pod CIDRs, so the node's own stack reaches
 //! every pod: host-network processes, kube-proxy's DNAT to a remote
 //! backend, replies to remote pods. One route per peer (`<pod CIDR> via
-//! <node IP> dev <uplink> proto 83`), kept equal to the same membership as
+//! <node IP> dev <uplink> proto 83`, or `<pod CIDR> dev sluice_vxlan proto
+//! 83` for a tunneled peer: `to_tunnel` on the device's egress names the
+//! remote end), kept equal to the same membership as
 //! the BPF routes map. Only routes carrying sluice's protocol number are
 //! ever read or removed, so everyone else's stay untouched.
 use std::collections::BTreeMap;
@@ -11,7 +13,7 @@ use ipnetwork::Ipv4Network;
 use sluice_node::net::netlink::{KernelRoute, Netlink};
 use tracing::info;
 
-use super::map_routes::Routes;
+use super::map_routes::{native, Hops, Routes};
 
 /// The route protocol sluice marks its routes with (`ip route ... proto 83`;
 /// unassigned in iproute2's rt_protos; Calico uses 80).
@@ -19,9 +21,23 @@ pub const ROUTE_PROTOCOL: u8 = 83;
 
 /// Every peer's pod CIDR via its node IP, out of the uplink.
 pub fn desired(routes: &Routes, uplink_ifindex: u32) -> BTreeMap<Ipv4Network, KernelRoute> {
-    routes
-        .iter()
-        .map(|(cidr, node_ip)| (*cidr, KernelRoute { dst: *cidr, gateway: Some(*node_ip), oif: uplink_ifindex }))
+    desired_hops(&native(routes), uplink_ifindex, 0)
+}
+
+/// Native peers via their node IP out of the uplink; tunneled ones into
+/// the VXLAN device (no gateway: the device is NOARP). A tunneled peer
+/// while there is no device (`vxlan_ifindex` 0) gets no route.
+pub fn desired_hops(hops: &Hops, uplink_ifindex: u32, vxlan_ifindex: u32) -> BTreeMap<Ipv4Network, KernelRoute> {
+    hops.iter()
+        .filter(|(_, hop)| !hop.vxlan || vxlan_ifindex != 0)
+        .map(|(cidr, hop)| {
+            let route = if hop.vxlan {
+                KernelRoute { dst: *cidr, gateway: None, oif: vxlan_ifindex }
+            } else {
+                KernelRoute { dst: *cidr, gateway: Some(hop.node_ip), oif: uplink_ifindex }
+            };
+            (*cidr, route)
+        })
         .collect()
 }
 
@@ -114,6 +130,27 @@ mod tests {
     fn desired_routes_go_out_of_the_uplink() {
         let d = desired(&routes(&[("10.244.2.0/24", "172.30.0.2")]), 2);
         assert_eq!(d.values().copied().collect::<Vec<_>>(), vec![route("10.244.2.0/24", "172.30.0.2", 2)]);
+    }
+
+    #[test]
+    fn tunneled_peers_route_into_the_vxlan_device() {
+        use crate::reconcile::map_routes::Hop;
+        let hops: Hops = [
+            ("10.244.2.0/24".parse().unwrap(), Hop { node_ip: "172.30.0.2".parse().unwrap(), vxlan: false }),
+            ("10.244.3.0/24".parse().unwrap(), Hop { node_ip: "172.31.0.3".parse().unwrap(), vxlan: true }),
+        ]
+        .into_iter()
+        .collect();
+        let d = desired_hops(&hops, 2, 9);
+        assert_eq!(
+            d.values().copied().collect::<Vec<_>>(),
+            vec![
+                route("10.244.2.0/24", "172.30.0.2", 2),
+                KernelRoute { dst: "10.244.3.0/24".parse().unwrap(), gateway: None, oif: 9 }
+            ]
+        );
+        // No device: the tunneled peer gets no route rather than a wrong one.
+        assert_eq!(desired_hops(&hops, 2, 0).len(), 1);
     }
 
     #[test]

@@ -48,12 +48,13 @@ const ALL_MAPS: [&str; 16] = [
     names::TUNNEL_CONFIG,
 ];
 
-const ALL_PROGRAMS: [&str; 6] = [
+const ALL_PROGRAMS: [&str; 7] = [
     programs::FROM_POD,
     programs::TO_POD,
     programs::FROM_UPLINK,
     programs::TO_UPLINK,
     programs::FROM_TUNNEL,
+    programs::TO_TUNNEL,
     programs::COUNT_PACKETS,
 ];
 

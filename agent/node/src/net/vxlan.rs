@@ -12,7 +12,9 @@
 //! the one wanted) are unit-tested, `ensure` and `delete` do it.
 use anyhow::{Context, Result};
 use futures::TryStreamExt;
-use netlink_packet_route::link::{InfoData, InfoKind, InfoVxlan, LinkAttribute, LinkInfo as Info, LinkMessage};
+use netlink_packet_route::link::{
+    InfoData, InfoKind, InfoVxlan, LinkAttribute, LinkFlag, LinkHeader, LinkInfo as Info, LinkMessage,
+};
 use sluice_common::maps::TUNNEL_PORT;
 use tracing::{info, warn};
 
@@ -37,6 +39,14 @@ pub fn request(name: &str, uplink_ifindex: u32) -> Vec<LinkAttribute> {
     ]
 }
 
+/// The create request's header: `NOARP`. The kernel routes to tunneled
+/// peers' pod CIDRs point at the device without a gateway; with ARP off
+/// their neighbours need no resolution (the datapath names the remote end,
+/// and the receiving node rewrites the inner MACs).
+pub fn header() -> LinkHeader {
+    LinkHeader { flags: vec![LinkFlag::Noarp], change_mask: vec![LinkFlag::Noarp], ..Default::default() }
+}
+
 /// How an existing link differs from the device wanted.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Mismatch {
@@ -44,6 +54,7 @@ pub enum Mismatch {
     NotExternal,
     Port(u16),
     Lower(u32),
+    Arp,
 }
 
 /// Is `msg` the device `request` makes (vxlan, external, port 8472, on the
@@ -65,6 +76,9 @@ pub fn check(msg: &LinkMessage, uplink_ifindex: u32) -> Vec<Mismatch> {
         })
         .unwrap_or(&[]);
     let mut out = Vec::new();
+    if !msg.header.flags.contains(&LinkFlag::Noarp) {
+        out.push(Mismatch::Arp);
+    }
     if !data.iter().any(|d| matches!(d, InfoVxlan::CollectMetadata(true))) {
         out.push(Mismatch::NotExternal);
     }
@@ -106,6 +120,7 @@ impl Netlink {
             self.delete_link(name).await?;
         }
         let mut req = self.handle.link().add();
+        req.message_mut().header = header();
         req.message_mut().attributes.extend(request(name, uplink_ifindex));
         req.execute().await.with_context(|| {
             format!("create VXLAN device {name} (external, UDP {TUNNEL_PORT}, on uplink #{uplink_ifindex})")
@@ -131,6 +146,7 @@ mod tests {
 
     fn message(attrs: Vec<LinkAttribute>) -> LinkMessage {
         let mut m = LinkMessage::default();
+        m.header = header();
         m.attributes = attrs;
         m
     }
@@ -162,5 +178,8 @@ mod tests {
             Info::Data(InfoData::Vxlan(vec![InfoVxlan::Id(42), InfoVxlan::Port(4789), InfoVxlan::Link(7)])),
         ])]);
         assert_eq!(check(&fixed_vni, 7), vec![Mismatch::NotExternal, Mismatch::Port(4789)]);
+        let mut arp = message(request(DEVICE, 7));
+        arp.header.flags.clear();
+        assert_eq!(check(&arp, 7), vec![Mismatch::Arp]);
     }
 }

@@ -9,7 +9,14 @@
 #   stream IP PORT SECONDS   one TCP connection kept open, a line each 50 ms;
 #                            prints each echoed line's round trip, then "done"
 #   udp-serve IP PORT NAME   a UDP server answering every datagram with NAME
+#   udp-stream IP PORT SECONDS  one connected UDP socket, a datagram each 50 ms
+#                            (waiting on the socket, so an error wakes it); on
+#                            an error prints it (the socket's pending error
+#                            first: what destroyed it) and connects a new
+#                            socket, as a resolver would; then "done"
 import errno
+import os
+import select
 import socket
 import sys
 import time
@@ -67,6 +74,29 @@ elif mode == "udp-serve":
     while True:
         _, src = s.recvfrom(200)
         s.sendto(n.encode() + b"\n", src)
+elif mode == "udp-stream":
+    end = time.time() + float(n)
+    s = None
+    while time.time() < end:
+        try:
+            if s is None:
+                s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+                s.settimeout(1)
+                s.connect((ip, port))
+                print("connected", flush=True)
+            s.send(b"q\n")
+            print("ok answer=%s" % first_line(s.recv(200)), flush=True)
+            if select.select([s], [], [], 0.05)[0]:
+                s.recv(200)  # raises the pending error
+                print("late answer", flush=True)
+        except OSError as e:
+            pending = s.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR) if s else 0
+            err(OSError(pending, os.strerror(pending)) if pending else e)
+            if s:
+                s.close()
+            s = None
+            time.sleep(0.05)
+    print("done", flush=True)
 elif mode == "stream":
     end = time.time() + float(n)
     try:

@@ -278,3 +278,122 @@ fn agent_sigkill_and_restart_under_a_stream_of_new_connections_refuses_none() {
     publish_web_endpoints(&lab, &backends[..1]);
     wait_backends(&lab, WEB_IP, 80, "TCP", &targets(&backends[..1], 7777)).unwrap();
 }
+
+/// Issue #14: a connected UDP socket is translated once, at `connect()`, so
+/// it stays on its backend for life. When that backend leaves the Service
+/// the agent destroys the socket (SOCK_DESTROY): the client sees
+/// ECONNABORTED, and the socket it connects next reaches a live backend.
+#[test]
+fn a_connected_udp_socket_to_a_removed_backend_is_aborted_and_a_new_socket_reaches_a_live_one() {
+    use std::{
+        io::{BufRead, BufReader},
+        sync::mpsc,
+    };
+    require_root();
+    let lab = services::lab(1, 3).unwrap();
+    let api = lab.api.as_ref().unwrap();
+    let n1 = lab.state.nodes[0].clone();
+    // pods[0] is the client; pods[1] and [2] (by name, IP) the backends.
+    let pods: Vec<(String, String)> = lab.pods().iter().map(|(_, p)| (p.name.clone(), p.ip.clone())).collect();
+    let backends: Vec<(String, String)> = pods[1..].iter().map(|(_, ip)| (n1.name.clone(), ip.clone())).collect();
+    let (dns_ip, port) = ("10.96.0.53", services::UDP_PORT);
+    let publish = |backends: &[(String, String)]| {
+        api.upsert_endpoint_slice(slice("dns", &[("dns", port, "UDP")], &endpoints(backends)).build())
+    };
+    api.upsert_service(service("dns", dns_ip, &[("dns", 53, port, "UDP")]).build());
+    publish(&backends);
+    wait_backends(&lab, dns_ip, 53, "UDP", &targets(&backends, port)).unwrap();
+
+    let mut child = spawn_client(&lab, &n1, &n1.pods[0].netns, &["udp-stream", dns_ip, "53", "20"]).unwrap();
+    let (tx, rx) = mpsc::channel();
+    let stdout = child.stdout.take().unwrap();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+            let _ = tx.send((Instant::now(), line));
+        }
+    });
+    // Each line of the client's output, as it arrived.
+    type Line = (Instant, String);
+    let mut lines: Vec<Line> = Vec::new();
+    let read_until = |lines: &mut Vec<Line>, until: Instant, stop: &dyn Fn(&[Line]) -> bool| {
+        while !stop(lines) {
+            match rx.recv_timeout(until.saturating_duration_since(Instant::now())) {
+                Ok(l) => lines.push(l),
+                Err(_) => break,
+            }
+        }
+    };
+    let answers = |lines: &[Line]| -> Vec<String> {
+        lines.iter().filter_map(|(_, l)| Outcome::parse(l)?.answer().map(String::from)).collect()
+    };
+    // Ten answers on the one socket: all from one backend.
+    read_until(&mut lines, Instant::now() + Duration::from_secs(5), &|l| answers(l).len() >= 10);
+    let before = answers(&lines);
+    assert!(before.len() >= 10, "the stream started: {lines:?}");
+    assert!(lines.iter().all(|(_, l)| !l.starts_with("err")), "no error before the change: {lines:?}");
+    let stuck = before[0].clone();
+    assert!(before.iter().all(|a| *a == stuck), "one connected socket, one backend: {before:?}");
+    let (stuck_ip, other) = {
+        let ip = |name: &str| pods.iter().find(|(n, _)| n == name).map(|(_, ip)| ip.clone()).unwrap();
+        let other = pods[1..].iter().find(|(n, _)| *n != stuck).unwrap().clone();
+        (ip(&stuck), other)
+    };
+
+    // That backend leaves the Service (its pod still answers: only the
+    // endpoint is gone, as while a pod terminates).
+    let seen = lines.len();
+    let keep = vec![(n1.name.clone(), other.1.clone())];
+    let published = Instant::now();
+    publish(&keep);
+    wait_backends(&lab, dns_ip, 53, "UDP", &targets(&keep, port)).unwrap();
+    let switched = Instant::now();
+    read_until(&mut lines, switched + Duration::from_secs(3), &|l| {
+        l[seen..].iter().position(|(_, x)| x.starts_with("err")).is_some_and(|i| answers(&l[seen + i..]).len() >= 10)
+    });
+    child.kill().ok();
+    child.wait().ok();
+    let after = &lines[seen..];
+    let text: Vec<&str> = after.iter().map(|(_, l)| l.as_str()).collect();
+    // The agent's word on the sweep (namespaces, sockets, time).
+    let sweeps: Vec<String> = std::fs::read_to_string(n1.dir.join("agent.log"))
+        .unwrap_or_default()
+        .lines()
+        .filter(|l| l.contains("UDP socket"))
+        .map(String::from)
+        .collect();
+    eprintln!("{sweeps:#?}");
+    let (err_at, err) = after
+        .iter()
+        .find(|(_, l)| l.starts_with("err"))
+        .unwrap_or_else(|| panic!("the socket to {stuck_ip} was never aborted: {text:?}\nagent: {sweeps:?}"));
+    assert_eq!(Outcome::parse(err), Some(Outcome::Err("ECONNABORTED".into())), "{text:?}");
+    eprintln!(
+        "aborted {:?} after the EndpointSlice update, {:?} after status showed the maps changed",
+        err_at.saturating_duration_since(published),
+        err_at.saturating_duration_since(switched)
+    );
+    assert!(
+        err_at.saturating_duration_since(switched) < Duration::from_secs(1),
+        "aborted {:?} after the maps changed",
+        err_at.saturating_duration_since(switched)
+    );
+    // Only one error, then the new socket's answers all come from the
+    // backend that is left.
+    let i = after.iter().position(|(_, l)| l.starts_with("err")).unwrap();
+    let rest = &after[i + 1..];
+    assert!(rest.iter().all(|(_, l)| !l.starts_with("err")), "{text:?}");
+    let reconnected = answers(rest);
+    assert!(reconnected.len() >= 10 && reconnected.iter().all(|a| *a == other.0), "{text:?}");
+
+    // Counted in `status` (the state file is written on the agent's loop).
+    let deadline = Instant::now() + Duration::from_secs(3);
+    loop {
+        let v = services::service_status(&lab, 0).unwrap();
+        let destroyed = v["agent"]["serviceLb"]["udpSocketsDestroyed"].as_u64().unwrap_or(0);
+        if destroyed >= 1 {
+            break;
+        }
+        assert!(Instant::now() < deadline, "status does not count the destroyed socket: {}", v["agent"]["serviceLb"]);
+        sleep(Duration::from_millis(100));
+    }
+}

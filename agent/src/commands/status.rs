@@ -235,12 +235,14 @@ impl StatusReport {
         }
         if let Some(lb) = self.agent.as_ref().and_then(|a| a.service_lb.as_ref()) {
             o.push_str(&format!(
-                "services (socket LB on cgroup {}): {}, {} services, {} frontends, {} backends{}\n",
+                "services (socket LB on cgroup {}): {}, {} services, {} frontends, {} backends, \
+                 {} stale UDP sockets destroyed{}\n",
                 lb.cgroup,
                 if lb.synced { "synced" } else { "NOT SYNCED" },
                 lb.services,
                 lb.frontends,
                 lb.backends,
+                lb.udp_sockets_destroyed,
                 lb.last_error.as_ref().map(|e| format!(", last error: {e}")).unwrap_or_default()
             ));
         }

@@ -18,7 +18,7 @@ use prometheus_client::{
     collector::Collector,
     encoding::{DescriptorEncoder, EncodeMetric},
     metrics::{
-        counter::ConstCounter,
+        counter::{ConstCounter, Counter},
         gauge::{ConstGauge, Gauge},
         histogram::{exponential_buckets, Histogram},
         MetricType,
@@ -44,6 +44,9 @@ pub struct AgentMetrics {
     pub membership_problems: Gauge,
     /// Service or EndpointSlice watch event → socket LB maps updated.
     pub service_update_seconds: Histogram,
+    /// Connected UDP sockets destroyed because their backend left the
+    /// Service (`daemon::udp_sockets`).
+    pub service_udp_sockets_destroyed: Counter,
     kube: Arc<Mutex<Option<KubeState>>>,
 }
 
@@ -53,6 +56,7 @@ impl Default for AgentMetrics {
             reconcile_seconds: Histogram::new(exponential_buckets(0.0001, 2.0, 16)),
             membership_problems: Gauge::default(),
             service_update_seconds: Histogram::new(exponential_buckets(0.0001, 2.0, 16)),
+            service_udp_sockets_destroyed: Counter::default(),
             kube: Arc::default(),
         }
     }
@@ -239,6 +243,11 @@ pub fn registry(pins: &PinDir, data_dir: &std::path::Path, m: &AgentMetrics) -> 
         "sluice_service_update_seconds",
         "Time from a Service or EndpointSlice watch event to the socket load balancer's maps holding it.",
         m.service_update_seconds.clone(),
+    );
+    r.register(
+        "sluice_service_udp_sockets_destroyed",
+        "Connected UDP sockets destroyed (SOCK_DESTROY) because the backend they were connected to left the Service.",
+        m.service_udp_sockets_destroyed.clone(),
     );
     r.register(
         "sluice_membership_problems",

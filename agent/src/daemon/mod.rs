@@ -15,6 +15,7 @@ pub mod service_lb;
 pub mod sweep;
 pub mod sysctl;
 pub mod tunnel;
+pub mod udp_sockets;
 
 use sluice_node::{
     clock::now_unix,
@@ -271,8 +272,12 @@ pub async fn run(
         service_lb_state.lock().expect("service state lock").cgroup = cgroup.display().to_string();
         let (pins, name, st) = (pins.clone(), node.node_name.clone(), service_lb_state.clone());
         let latency = agent_metrics.service_update_seconds.clone();
+        let destroyed = agent_metrics.service_udp_sockets_destroyed.clone();
         tokio::spawn(async move {
-            if let Err(e) = service_lb::run(kube, pins, name, st, move |s| latency.observe(s)).await {
+            let destroyed = move |n| {
+                destroyed.inc_by(n);
+            };
+            if let Err(e) = service_lb::run(kube, pins, name, st, move |s| latency.observe(s), destroyed).await {
                 error!(error = %format!("{e:#}"), "socket load balancer loop stopped; the maps keep their last state");
             }
         });

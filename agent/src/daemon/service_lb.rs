@@ -7,6 +7,7 @@
 //! Nothing is applied before both kinds are listed: an empty view at start
 //! would wipe the maps an earlier agent left, and every Service with them.
 use std::{
+    path::PathBuf,
     sync::{Arc, Mutex},
     time::{Duration, Instant},
 };
@@ -17,7 +18,8 @@ use sluice_node::datapath::{pins::PinDir, service_maps::ServiceMaps};
 use tracing::{info, warn};
 
 use crate::{
-    reconcile::service_maps::ServiceReconciler,
+    daemon::udp_sockets,
+    reconcile::service_maps::{RemovedBackend, ServiceReconciler},
     services::{kubernetes::KubeServices, model::Touched, plan},
 };
 
@@ -40,18 +42,30 @@ pub struct ServiceLbState {
     /// The last pass that changed something: how long from the watch
     /// event to the maps holding it.
     pub last_update_ms: Option<f64>,
+    /// Connected UDP sockets destroyed because the backend they were
+    /// connected to left the Service (`udp_sockets`), since the start.
+    #[serde(default)]
+    pub udp_sockets_destroyed: u64,
+    /// The last such sweep: how long it took over how many namespaces.
+    #[serde(default)]
+    pub last_udp_sweep_ms: Option<f64>,
+    #[serde(default)]
+    pub last_udp_sweep_namespaces: usize,
 }
 
 pub type SharedState = Arc<Mutex<ServiceLbState>>;
 
 /// Run until the process ends. `observe` gets each change's latency
-/// (watch event → maps updated) in seconds.
+/// (watch event → maps updated) in seconds, `destroyed` the count of each
+/// sweep of stale UDP sockets. `state.cgroup` names the cgroup whose
+/// processes' sockets are swept.
 pub async fn run(
     kube: KubeServices,
     pins: PinDir,
     node_name: String,
     state: SharedState,
     observe: impl Fn(f64) + Send + 'static,
+    destroyed: impl Fn(u64) + Send + 'static,
 ) -> Result<()> {
     let mut maps = ServiceMaps::open(&pins)?;
     let mut reconciler = ServiceReconciler::resume(&mut maps)?;
@@ -110,6 +124,12 @@ pub async fn run(
                 }
             }
             st.services = planner.services();
+            // Whether or not every frontend switched: those that did
+            // no longer offer what they lost.
+            let removed = reconciler.take_removed_udp_backends();
+            if !removed.is_empty() {
+                sweep_udp(&pins, removed, &mut st, &destroyed).await;
+            }
         }
         st.frontends = reconciler.len();
         st.backends = reconciler.backend_count();
@@ -119,5 +139,46 @@ pub async fn run(
             _ = kube.changed.notified() => {}
             _ = tokio::time::sleep_until(wake.into()) => {}
         }
+    }
+}
+
+/// Destroy connected UDP sockets to the backends UDP frontends just lost,
+/// on a blocking thread (it enters every namespace of the cgroup). Awaited:
+/// bounded work (a fraction of a millisecond per namespace), and changes
+/// that arrive meanwhile are taken together at the next pass.
+async fn sweep_udp(pins: &PinDir, removed: Vec<RemovedBackend>, st: &mut ServiceLbState, destroyed: &impl Fn(u64)) {
+    let (cgroup, pins) = (PathBuf::from(&st.cgroup), pins.clone());
+    let backends = removed.len();
+    let started = Instant::now();
+    let result = tokio::task::spawn_blocking(move || udp_sockets::destroy(&cgroup, &pins, &removed)).await;
+    let ms = started.elapsed().as_secs_f64() * 1000.0;
+    match result {
+        Ok(Ok(sweep)) => {
+            info!(
+                backends,
+                namespaces = sweep.namespaces,
+                connected = sweep.connected,
+                destroyed = sweep.destroyed,
+                ms,
+                "connected UDP sockets to removed backends destroyed"
+            );
+            for (pid, error) in &sweep.failed {
+                warn!(pid, %error, "network namespace not swept for stale UDP sockets");
+            }
+            if sweep.hidden_pids > 0 {
+                warn!(
+                    hidden = sweep.hidden_pids,
+                    cgroup = %st.cgroup,
+                    "processes of the cgroup are in a pid namespace the agent cannot see (no hostPID?): \
+                     their stale UDP sockets cannot be destroyed"
+                );
+            }
+            st.udp_sockets_destroyed += sweep.destroyed as u64;
+            st.last_udp_sweep_ms = Some(ms);
+            st.last_udp_sweep_namespaces = sweep.namespaces;
+            destroyed(sweep.destroyed as u64);
+        }
+        Ok(Err(e)) => warn!(error = %format!("{e:#}"), backends, "stale UDP sockets not destroyed"),
+        Err(e) => warn!(error = %e, backends, "stale UDP socket sweep panicked"),
     }
 }

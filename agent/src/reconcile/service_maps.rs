@@ -13,7 +13,10 @@ use sluice_common::services::{Backend, BackendSlot, ServiceKey, ServiceValue, SE
 use sluice_node::datapath::{pinned_maps::ip_be, service_maps::ServiceMaps};
 use tracing::warn;
 
-use crate::services::plan::{Frontend, FrontendPlan, Plan};
+use crate::services::{
+    model::Protocol,
+    plan::{Frontend, FrontendPlan, Plan},
+};
 
 /// What the reconcile needs from the maps; the pinned maps implement it,
 /// the tests fake it.
@@ -88,9 +91,22 @@ pub struct PassStats {
     pub failed: usize,
 }
 
+/// A backend a UDP frontend no longer has (removed from its set, or the
+/// frontend itself removed). Sockets connected through that frontend to
+/// that backend are stale: nothing else moves them (see
+/// `daemon::udp_sockets`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub struct RemovedBackend {
+    pub frontend: ServiceKey,
+    pub backend: Backend,
+}
+
 pub struct ServiceReconciler {
     applied: BTreeMap<ServiceKey, Entry>,
     next_set: u32,
+    /// Since the last `take_removed_udp_backends`, in the order the maps
+    /// switched.
+    removed_udp: Vec<RemovedBackend>,
 }
 
 impl ServiceReconciler {
@@ -117,7 +133,23 @@ impl ServiceReconciler {
                 table.remove_backend(BackendSlot { set, slot }, backend)?;
             }
         }
-        Ok(Self { applied, next_set })
+        Ok(Self { applied, next_set, removed_udp: Vec::new() })
+    }
+
+    /// The backends UDP frontends lost since the last call: only once the
+    /// maps no longer offer them (a failed frontend keeps its old set and
+    /// loses nothing), whether or not the rest of its pass succeeded.
+    pub fn take_removed_udp_backends(&mut self) -> Vec<RemovedBackend> {
+        std::mem::take(&mut self.removed_udp)
+    }
+
+    fn note_removed(&mut self, frontend: ServiceKey, old: &Entry, kept: &[Backend]) {
+        if frontend.protocol != Protocol::Udp.number() {
+            return;
+        }
+        for b in old.backends.iter().filter(|b| !kept.contains(b)) {
+            self.removed_udp.push(RemovedBackend { frontend, backend: *b });
+        }
     }
 
     /// Frontends in the maps now.
@@ -165,6 +197,7 @@ impl ServiceReconciler {
         for (key, _) in gone {
             if let Some(old) = self.applied.remove(&key) {
                 table.remove_service(key)?;
+                self.note_removed(key, &old, &[]);
                 delete_set(table, &old)?;
                 stats.removed += 1;
             }
@@ -216,6 +249,7 @@ impl ServiceReconciler {
             return Err(e);
         }
         if let Some(old) = old {
+            self.note_removed(key, &old, &want.backends);
             delete_set(table, &old)?;
         }
         self.applied.insert(key, want);
@@ -233,6 +267,8 @@ fn delete_set(table: &mut impl ServiceTable, entry: &Entry) -> Result<()> {
 #[cfg(test)]
 mod tests {
     use std::collections::BTreeMap;
+
+    use sluice_node::datapath::pinned_maps::ip_from_be;
 
     use super::*;
     use crate::services::{
@@ -409,6 +445,70 @@ mod tests {
         r.apply_some(&mut t, &next, &BTreeSet::from([frontend(80)])).unwrap();
         assert!(lookup(&t, 80).is_none());
         assert_eq!(lookup(&t, 81).unwrap()[0].ip_be, ip_be("10.244.1.2".parse().unwrap()));
+    }
+
+    /// `p` with the frontends on `ports` made UDP.
+    fn udp(p: Plan, ports: &[u16]) -> Plan {
+        p.into_iter()
+            .map(|(mut f, v)| {
+                if ports.contains(&f.port) {
+                    f.protocol = Protocol::Udp;
+                }
+                (f, v)
+            })
+            .collect()
+    }
+
+    fn removed(r: &mut ServiceReconciler) -> Vec<(u16, String)> {
+        r.take_removed_udp_backends()
+            .into_iter()
+            .map(|b| {
+                assert_eq!(b.frontend.protocol, 17);
+                (u16::from_be(b.frontend.port_be), ip_from_be(b.backend.ip_be).to_string())
+            })
+            .collect()
+    }
+
+    #[test]
+    fn udp_frontends_report_the_backends_they_lost_once_switched() {
+        let mut t = Fake::default();
+        let mut r = ServiceReconciler::resume(&mut t).unwrap();
+        let first = udp(
+            plan(&[(53, &["10.244.1.1", "10.244.1.2", "10.244.1.3"]), (54, &["10.244.1.1"]), (80, &["10.244.1.1"])]),
+            &[53, 54],
+        );
+        r.apply(&mut t, &first).unwrap();
+        assert_eq!(removed(&mut r), [], "new frontends lose nothing");
+        // 53 loses .1 and .3 (gains .4), 54 goes away, TCP 80 loses .1.
+        let next = udp(plan(&[(53, &["10.244.1.2", "10.244.1.4"]), (80, &["10.244.1.2"])]), &[53]);
+        let stats = r.apply(&mut t, &next).unwrap();
+        assert_eq!((stats.changed, stats.removed), (2, 1));
+        assert_eq!(
+            removed(&mut r),
+            [(54, "10.244.1.1".into()), (53, "10.244.1.1".into()), (53, "10.244.1.3".into())],
+            "removals first, then changes; TCP is not reported"
+        );
+        assert_eq!(removed(&mut r), [], "taken once");
+        // Settings only, or the same backends: nothing lost.
+        let mut same = next.clone();
+        same.values_mut().for_each(|p| p.affinity_timeout_secs = 10);
+        r.apply(&mut t, &same).unwrap();
+        assert_eq!(removed(&mut r), []);
+    }
+
+    #[test]
+    fn a_udp_frontend_that_fails_to_switch_loses_nothing_but_the_others_still_report() {
+        let mut t = Fake::default();
+        let mut r = ServiceReconciler::resume(&mut t).unwrap();
+        r.apply(&mut t, &udp(plan(&[(53, &["10.244.1.1"]), (54, &["10.244.1.1", "10.244.1.2"])]), &[53, 54])).unwrap();
+        // Room for 54's new set (1) but not then 53's (3): 54 switches, 53 fails.
+        t.max_backends = Some(4);
+        let next = udp(plan(&[(53, &["10.244.2.1", "10.244.2.2", "10.244.2.3"]), (54, &["10.244.1.2"])]), &[53, 54]);
+        assert!(r.apply(&mut t, &next).is_err());
+        assert_eq!(removed(&mut r), [(54, "10.244.1.1".into())], "53 keeps its old backend; 54's loss counts");
+        t.max_backends = None;
+        r.apply(&mut t, &next).unwrap();
+        assert_eq!(removed(&mut r), [(53, "10.244.1.1".into())], "reported when it does switch");
     }
 
     #[test]

@@ -4,7 +4,7 @@ use anyhow::{Context, Result};
 use aya::maps::{HashMap, MapData, PerCpuArray};
 use sluice_common::{
     maps::{limits, names},
-    services::{Backend, BackendMember, BackendSlot, ServiceKey, ServiceValue, SockLbCounter},
+    services::{Backend, BackendMember, BackendSlot, ReverseKey, ServiceKey, ServiceValue, SockLbCounter},
 };
 
 use super::{
@@ -62,6 +62,27 @@ impl ServiceMaps {
         removed_or_absent(self.members.remove(&BackendMember { set: slot.set, backend }))
             .and_then(|_| removed_or_absent(self.backends.remove(&slot)))
             .with_context(|| format!("remove backend {backend:?} at {slot:?}"))
+    }
+}
+
+/// `SOCK_REVERSE`, read only: the frontend a socket was translated from,
+/// by the socket's cookie and the backend it was sent to.
+pub struct SockReverse {
+    map: HashMap<MapData, ReverseKey, ServiceKey>,
+}
+
+impl SockReverse {
+    pub fn open(pins: &PinDir) -> Result<Self> {
+        Ok(Self { map: open(pins, names::SOCK_REVERSE)?.try_into()? })
+    }
+
+    /// `None`: never translated, or its entry was evicted (an LRU map).
+    pub fn frontend_of(&self, cookie: u64, backend: Backend) -> Result<Option<ServiceKey>> {
+        match self.map.get(&ReverseKey { cookie, backend }, 0) {
+            Ok(k) => Ok(Some(k)),
+            Err(aya::maps::MapError::KeyNotFound) => Ok(None),
+            Err(e) => Err(e).context("read SOCK_REVERSE"),
+        }
     }
 }
 

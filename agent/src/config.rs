@@ -16,7 +16,10 @@ pub struct AgentConfig {
     /// holding the IPv4 default route.
     #[arg(long, env = "SLUICE_UPLINK", default_value = "")]
     pub uplink: String,
-    /// Pod MTU; by default the uplink's (no encapsulation, nothing to subtract).
+    /// Pod MTU; by default the uplink's less VXLAN's 50 bytes (the uplink's
+    /// own with --tunnel=never). A packet too large for the tunnel is
+    /// handed to the node's stack, which refuses it (ICMP "fragmentation
+    /// needed" with the VXLAN device's MTU) or fragments it.
     #[arg(long, env = "SLUICE_MTU")]
     pub mtu: Option<u32>,
     /// How to reach other nodes' pods: `auto` routes natively to peers on

@@ -104,10 +104,14 @@ pub enum ForwardPath {
     /// Decapsulated by the VXLAN device, into a local pod
     /// (`bpf_redirect_peer`).
     TunnelToPod = 6,
+    /// For a tunneled peer, but larger than the VXLAN device's MTU (and not
+    /// GSO): handed to the stack, which fragments it or, with DF, refuses
+    /// it with ICMP "fragmentation needed" naming the device's MTU.
+    TunnelTooBig = 7,
 }
 
 impl ForwardPath {
-    pub const COUNT: u32 = 7;
+    pub const COUNT: u32 = 8;
     pub const ALL: [ForwardPath; Self::COUNT as usize] = [
         ForwardPath::PodToLocalPod,
         ForwardPath::PodToNode,
@@ -116,6 +120,7 @@ impl ForwardPath {
         ForwardPath::StackFlowReply,
         ForwardPath::PodToTunnel,
         ForwardPath::TunnelToPod,
+        ForwardPath::TunnelTooBig,
     ];
 
     pub const fn name(self) -> &'static str {
@@ -127,6 +132,7 @@ impl ForwardPath {
             ForwardPath::StackFlowReply => "stack_flow_reply",
             ForwardPath::PodToTunnel => "pod_to_tunnel",
             ForwardPath::TunnelToPod => "tunnel_to_pod",
+            ForwardPath::TunnelTooBig => "tunnel_too_big",
         }
     }
 }
@@ -177,6 +183,7 @@ mod tests {
         StackFlowReply = 4, "stack_flow_reply";
         PodToTunnel = 5, "pod_to_tunnel";
         TunnelToPod = 6, "tunnel_to_pod";
+        TunnelTooBig = 7, "tunnel_too_big";
     });
 
     /// The enum agrees with its golden table: every variant has the row's

@@ -162,8 +162,10 @@ const _: () = assert!(core::mem::size_of::<NodeConfig>() == 8);
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
 pub struct TunnelConfig {
     pub vxlan_ifindex: u32,
-    /// Reserved, zero.
-    pub _reserved: u32,
+    /// The device's MTU: the largest inner IPv4 packet it carries without
+    /// fragmenting the outer one. Larger ones go to the stack (it sends
+    /// the pod ICMP "fragmentation needed" for DF packets).
+    pub mtu: u32,
 }
 const _: () = assert!(core::mem::size_of::<TunnelConfig>() == 8);
 

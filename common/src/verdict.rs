@@ -20,6 +20,9 @@ pub enum Verdict {
     /// Hand to the node's stack: pod-bound, but the reply of a flow the
     /// stack forwarded, so conntrack must see it (reverse its NAT).
     StackFlowReply,
+    /// Hand to the node's stack: for a tunneled peer, but too large for the
+    /// VXLAN device (the stack fragments it or refuses it with ICMP).
+    TunnelTooBig,
     Drop(DropReason),
 }
 
@@ -35,6 +38,9 @@ pub struct FromPodFacts {
     pub uplink_configured: bool,
     /// `TUNNEL_CONFIG` names a VXLAN device.
     pub tunnel_configured: bool,
+    /// Longer than the VXLAN device's MTU, and not a GSO packet (those are
+    /// cut to the pod's MSS later).
+    pub too_big_for_tunnel: bool,
     pub ttl: u8,
     /// The packet's tuple is in `STACK_FLOWS`: it answers a flow the node's
     /// stack forwarded.
@@ -70,6 +76,9 @@ pub fn from_pod(f: FromPodFacts) -> Verdict {
         if f.dest_via_tunnel {
             if !f.tunnel_configured {
                 return Verdict::Drop(DropReason::NoTunnel);
+            }
+            if f.too_big_for_tunnel {
+                return Verdict::TunnelTooBig;
             }
             return Verdict::ToTunnel;
         }
@@ -172,6 +181,7 @@ mod tests {
             dest_via_tunnel: false,
             uplink_configured: true,
             tunnel_configured: true,
+            too_big_for_tunnel: false,
             ttl: 64,
             replies_to_stack_flow: false,
             is_fragment: false,
@@ -207,6 +217,12 @@ mod tests {
                 FromPodFacts { dest_is_remote_pod: true, dest_via_tunnel: true, tunnel_configured: false, ..facts() },
                 Verdict::Drop(DropReason::NoTunnel),
             ),
+            (
+                FromPodFacts { dest_is_remote_pod: true, dest_via_tunnel: true, too_big_for_tunnel: true, ..facts() },
+                Verdict::TunnelTooBig,
+            ),
+            // Too big matters only on the tunnel.
+            (FromPodFacts { dest_is_remote_pod: true, too_big_for_tunnel: true, ..facts() }, Verdict::ToRemoteNode),
             (
                 FromPodFacts { dest_is_remote_pod: true, dest_via_tunnel: true, ttl: 1, ..facts() },
                 Verdict::Drop(DropReason::TtlExpired),

@@ -52,10 +52,13 @@ fn try_from_pod(ctx: &TcContext) -> Result<i32, DropReason> {
         Some(node) => node.flags & REMOTE_NODE_VXLAN != 0,
         None => false,
     };
-    let vxlan_ifindex = match TUNNEL_CONFIG.get(0) {
-        Some(t) => t.vxlan_ifindex,
-        None => 0,
+    let (vxlan_ifindex, vxlan_mtu) = match TUNNEL_CONFIG.get(0) {
+        Some(t) => (t.vxlan_ifindex, t.mtu),
+        None => (0, 0),
     };
+    // GSO packets are cut to the pod's MSS on the way out; only a single
+    // packet's length counts.
+    let too_big_for_tunnel = parse::gso_size(ctx) == 0 && parse::l3_len(ctx) > vxlan_mtu;
     // Looked up for every packet, not only pod-bound ones: testing
     // `local.is_some() || remote.is_some()` compiles to an OR of two map
     // pointers, which the verifier refuses.
@@ -69,6 +72,7 @@ fn try_from_pod(ctx: &TcContext) -> Result<i32, DropReason> {
         dest_via_tunnel,
         uplink_configured: uplink_ifindex != 0,
         tunnel_configured: vxlan_ifindex != 0,
+        too_big_for_tunnel,
         ttl,
         replies_to_stack_flow,
         is_fragment,
@@ -82,6 +86,10 @@ fn try_from_pod(ctx: &TcContext) -> Result<i32, DropReason> {
         }
         Verdict::StackFlowReply => {
             count_forward(ctx, ForwardPath::StackFlowReply);
+            Ok(TC_ACT_OK as i32)
+        }
+        Verdict::TunnelTooBig => {
+            count_forward(ctx, ForwardPath::TunnelTooBig);
             Ok(TC_ACT_OK as i32)
         }
         Verdict::ToLocalPod => {

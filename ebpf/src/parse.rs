@@ -98,6 +98,13 @@ pub fn mark(ctx: &TcContext) -> u32 {
     unsafe { (*ctx.skb.skb).mark }
 }
 
+/// The segment size of a GSO packet; 0 for a single packet.
+#[inline(always)]
+pub fn gso_size(ctx: &TcContext) -> u32 {
+    // SAFETY: the context pointer is valid for the program's run.
+    unsafe { (*ctx.skb.skb).gso_size }
+}
+
 /// Bytes from the IP header to the end of the packet (the skb's whole
 /// length: GSO packets count every segment, as their total length does).
 #[inline(always)]

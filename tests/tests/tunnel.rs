@@ -17,10 +17,56 @@ use sluice_tests::{
 
 /// n1, n2 on 172.30.0.0/24; n3 on 172.31.0.0/24; one pod each.
 fn lab() -> Lab {
+    lab_with(3, &[])
+}
+
+fn lab_with(nodes: usize, agent_args: &[&str]) -> Lab {
     require_root();
-    let mut opts = LabOptions::new(3, 1, bin("sluice-agent").parent().unwrap().to_path_buf());
+    let mut opts = LabOptions::new(nodes, 1, bin("sluice-agent").parent().unwrap().to_path_buf());
     opts.subnets = 2;
+    opts.extra_agent_args = agent_args.iter().map(|s| s.to_string()).collect();
     Lab::up(&opts).expect("lab up")
+}
+
+fn pod_mtu(pod: &Pod) -> u64 {
+    let link = ns_exec(&pod.netns, &["ip", "-j", "link", "show", "dev", "eth0"]).unwrap();
+    let v: serde_json::Value = serde_json::from_str(&link).unwrap();
+    v[0]["mtu"].as_u64().unwrap()
+}
+
+/// `ping -M do -s <payload>` from `src` to `dst`: (success, output).
+fn df_ping(src: &Pod, dst: &Pod, payload: u64) -> (bool, String) {
+    let size = payload.to_string();
+    let out = sluice_tests::try_run(&mut ns_cmd(
+        &src.netns,
+        &["ping", "-c", "2", "-W", "1", "-M", "do", "-s", &size, &dst.ip],
+    ))
+    .unwrap();
+    (out.status.success(), String::from_utf8_lossy(&out.stdout).to_string() + &String::from_utf8_lossy(&out.stderr))
+}
+
+#[test]
+fn pods_get_the_tunnels_mtu_and_a_pinned_larger_one_is_refused_with_the_right_mtu() {
+    // Default: 50 bytes less than the LAN, and full size crosses the router.
+    let lab = lab_with(2, &[]);
+    let (a, c) = (pod(&lab, 0), pod(&lab, 1));
+    assert_eq!(pod_mtu(&a), 1450);
+    let (ok, text) = df_ping(&a, &c, 1450 - 28);
+    assert!(ok, "full-size DF packet through the tunnel: {text}");
+    drop(lab);
+
+    // --mtu 1500 pinned: a full-size DF packet cannot fit the tunnel; the
+    // sending node's stack refuses it naming the device's MTU, and a
+    // packet that fits still goes through.
+    let lab = lab_with(2, &["--mtu", "1500"]);
+    let (a, c) = (pod(&lab, 0), pod(&lab, 1));
+    assert_eq!(pod_mtu(&a), 1500);
+    let (ok, text) = df_ping(&a, &c, 1500 - 28);
+    assert!(!ok, "too large for the tunnel: {text}");
+    assert!(text.contains("mtu = 1450") || text.contains("mtu=1450"), "refused with the tunnel's MTU: {text}");
+    assert!(counter(&lab, 0, "forwards", "tunnel_too_big") > 0);
+    let (ok, text) = df_ping(&a, &c, 1450 - 28);
+    assert!(ok, "a packet that fits: {text}");
 }
 
 fn pod(lab: &Lab, node: usize) -> Pod {

@@ -183,7 +183,7 @@ pub async fn run(
     } else {
         netlink.require_link(&node.uplink).await.context("uplink")?
     };
-    let mtu = node.mtu.unwrap_or(uplink.mtu);
+    let mtu = tunnel::pod_mtu(node.mtu, uplink.mtu, node.tunnel);
     if mtu > uplink.mtu {
         bail!("--mtu {mtu} is larger than uplink {}'s MTU {}", node.uplink, uplink.mtu);
     }

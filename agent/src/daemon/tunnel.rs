@@ -4,7 +4,10 @@
 //! `TUNNEL_CONFIG` for `from_pod`. With `--tunnel=never` an earlier run's
 //! device and link go, and `TUNNEL_CONFIG` is cleared.
 use anyhow::Result;
-use sluice_common::{maps::programs, TunnelConfig};
+use sluice_common::{
+    maps::{programs, TUNNEL_OVERHEAD},
+    TunnelConfig,
+};
 use sluice_node::{
     datapath::{links::unpin_link, pinned_maps, pins::PinDir, Datapath},
     net::{netlink::Netlink, vxlan},
@@ -12,6 +15,17 @@ use sluice_node::{
 use tracing::info;
 
 use crate::membership::TunnelMode;
+
+/// The pods' MTU: `--mtu` when pinned; else the uplink's, less VXLAN's
+/// 50 bytes unless `--tunnel=never` (with `auto` any peer may turn out to
+/// be on another network, and a pod's MTU is fixed when it is made).
+pub fn pod_mtu(pinned: Option<u32>, uplink_mtu: u32, mode: TunnelMode) -> u32 {
+    match (pinned, mode) {
+        (Some(mtu), _) => mtu,
+        (None, TunnelMode::Never) => uplink_mtu,
+        (None, TunnelMode::Auto | TunnelMode::Always) => uplink_mtu.saturating_sub(TUNNEL_OVERHEAD),
+    }
+}
 
 /// Returns the device's ifindex (0 with `--tunnel=never`).
 pub async fn ensure(
@@ -38,7 +52,27 @@ pub async fn ensure(
     let link = netlink.ensure_vxlan(vxlan::DEVICE, uplink_ifindex).await?;
     datapath.attach(programs::FROM_TUNNEL, vxlan::DEVICE)?;
     datapath.attach(programs::TO_TUNNEL, vxlan::DEVICE)?;
-    pinned_maps::write_tunnel_config(pins, TunnelConfig { vxlan_ifindex: link.index, _reserved: 0 })?;
+    pinned_maps::write_tunnel_config(pins, TunnelConfig { vxlan_ifindex: link.index, mtu: link.mtu })?;
     info!(device = vxlan::DEVICE, ifindex = link.index, mtu = link.mtu, mode = ?mode, "VXLAN device ready");
     Ok(link.index)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn pod_mtu_table() {
+        use TunnelMode::*;
+        for (pinned, mode, want) in [
+            (None, Auto, 1450),
+            (None, Always, 1450),
+            (None, Never, 1500),
+            (Some(1400), Auto, 1400),
+            (Some(1500), Always, 1500),
+            (Some(1300), Never, 1300),
+        ] {
+            assert_eq!(pod_mtu(pinned, 1500, mode), want, "{pinned:?} {mode:?}");
+        }
+    }
 }

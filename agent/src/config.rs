@@ -89,6 +89,12 @@ pub struct AgentConfig {
     /// root, so host-network processes are covered too).
     #[arg(long, env = "SLUICE_CGROUP_ROOT")]
     pub cgroup_root: Option<PathBuf>,
+    /// Where the container runtime pins pods' network namespaces
+    /// (containerd and CRI-O: /run/netns). When a UDP Service loses a
+    /// backend, connected UDP sockets to it are destroyed in these
+    /// namespaces too, not only in those of processes the agent can see.
+    #[arg(long, env = "SLUICE_NETNS_DIR")]
+    pub netns_dir: Option<PathBuf>,
 }
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
@@ -215,6 +221,7 @@ mod tests {
             health_netns: None,
             kube_proxy_replacement: false,
             cgroup_root: None,
+            netns_dir: None,
             mtu: None,
             tunnel: crate::membership::TunnelMode::Auto,
             masquerade: true,

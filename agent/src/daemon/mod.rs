@@ -269,7 +269,11 @@ pub async fn run(
     let agent_metrics = metrics::AgentMetrics::default();
     let service_lb_state = service_lb::SharedState::default();
     if let (Some(kube), Some(cgroup)) = (services, &sock_lb_cgroup) {
-        service_lb_state.lock().expect("service state lock").cgroup = cgroup.display().to_string();
+        {
+            let mut st = service_lb_state.lock().expect("service state lock");
+            st.cgroup = cgroup.display().to_string();
+            st.netns_dir = node.netns_dir.as_ref().map(|d| d.display().to_string());
+        }
         let (pins, name, st) = (pins.clone(), node.node_name.clone(), service_lb_state.clone());
         let latency = agent_metrics.service_update_seconds.clone();
         let destroyed = agent_metrics.service_udp_sockets_destroyed.clone();

@@ -31,6 +31,10 @@ const RESYNC: Duration = Duration::from_secs(10);
 pub struct ServiceLbState {
     /// The cgroup v2 directory the programs are attached to.
     pub cgroup: String,
+    /// Where the runtime pins pods' network namespaces (`--netns-dir`),
+    /// swept for stale UDP sockets besides the cgroup's processes'.
+    #[serde(default)]
+    pub netns_dir: Option<String>,
     /// Services and EndpointSlices both listed; the maps follow them.
     pub synced: bool,
     /// Frontends (cluster IP × port × protocol) and backends in the maps.
@@ -148,9 +152,11 @@ pub async fn run(
 /// that arrive meanwhile are taken together at the next pass.
 async fn sweep_udp(pins: &PinDir, removed: Vec<RemovedBackend>, st: &mut ServiceLbState, destroyed: &impl Fn(u64)) {
     let (cgroup, pins) = (PathBuf::from(&st.cgroup), pins.clone());
+    let netns_dir = st.netns_dir.as_ref().map(PathBuf::from);
     let backends = removed.len();
     let started = Instant::now();
-    let result = tokio::task::spawn_blocking(move || udp_sockets::destroy(&cgroup, &pins, &removed)).await;
+    let result =
+        tokio::task::spawn_blocking(move || udp_sockets::destroy(&cgroup, netns_dir.as_deref(), &pins, &removed)).await;
     let ms = started.elapsed().as_secs_f64() * 1000.0;
     match result {
         Ok(Ok(sweep)) => {
@@ -165,12 +171,12 @@ async fn sweep_udp(pins: &PinDir, removed: Vec<RemovedBackend>, st: &mut Service
             for (pid, error) in &sweep.failed {
                 warn!(pid, %error, "network namespace not swept for stale UDP sockets");
             }
-            if sweep.hidden_pids > 0 {
+            if sweep.hidden_pids > 0 && st.netns_dir.is_none() {
                 warn!(
                     hidden = sweep.hidden_pids,
                     cgroup = %st.cgroup,
                     "processes of the cgroup are in a pid namespace the agent cannot see (no hostPID?): \
-                     their stale UDP sockets cannot be destroyed"
+                     their stale UDP sockets cannot be destroyed; --netns-dir /run/netns reaches pods'"
                 );
             }
             st.udp_sockets_destroyed += sweep.destroyed as u64;

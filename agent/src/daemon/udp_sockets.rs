@@ -72,7 +72,12 @@ impl Stale {
 
 /// Destroy the stale sockets in every namespace of `cgroup`. Blocking
 /// (threads, netlink): call it off the async runtime.
-pub fn destroy(cgroup: &Path, pins: &PinDir, removed: &[RemovedBackend]) -> Result<CgroupSweep> {
+pub fn destroy(
+    cgroup: &Path,
+    netns_dir: Option<&Path>,
+    pins: &PinDir,
+    removed: &[RemovedBackend],
+) -> Result<CgroupSweep> {
     let stale = Arc::new(Stale::new(removed));
     let reverse = SockReverse::open(pins)?;
     let peers = stale.peers();
@@ -83,7 +88,7 @@ pub fn destroy(cgroup: &Path, pins: &PinDir, removed: &[RemovedBackend]) -> Resu
         });
         stale.keep(&s.peer, via)
     };
-    sockets::destroy_udp4_in_cgroup(cgroup, &peers, Arc::new(keep))
+    sockets::destroy_udp4_in_cgroup(cgroup, netns_dir, &peers, Arc::new(keep))
 }
 
 #[cfg(test)]

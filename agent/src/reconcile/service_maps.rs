@@ -107,6 +107,8 @@ pub struct ServiceReconciler {
     /// Since the last `take_removed_udp_backends`, in the order the maps
     /// switched.
     removed_udp: Vec<RemovedBackend>,
+    /// Old backend sets whose delete failed: retried at every pass.
+    orphans: Vec<Entry>,
 }
 
 impl ServiceReconciler {
@@ -133,7 +135,7 @@ impl ServiceReconciler {
                 table.remove_backend(BackendSlot { set, slot }, backend)?;
             }
         }
-        Ok(Self { applied, next_set, removed_udp: Vec::new() })
+        Ok(Self { applied, next_set, removed_udp: Vec::new(), orphans: Vec::new() })
     }
 
     /// The backends UDP frontends lost since the last call: only once the
@@ -193,16 +195,27 @@ impl ServiceReconciler {
         changes: impl Iterator<Item = (ServiceKey, Option<Entry>)>,
     ) -> Result<PassStats> {
         let mut stats = PassStats::default();
+        let mut first_error = None;
+        // Sets whose frontend moved on but whose delete failed last time.
+        for orphan in std::mem::take(&mut self.orphans) {
+            self.delete_or_keep(table, orphan);
+        }
         let (gone, wanted): (Vec<_>, Vec<_>) = changes.partition(|(_, want)| want.is_none());
         for (key, _) in gone {
-            if let Some(old) = self.applied.remove(&key) {
-                table.remove_service(key)?;
-                self.note_removed(key, &old, &[]);
-                delete_set(table, &old)?;
-                stats.removed += 1;
+            let Some(old) = self.applied.get(&key).cloned() else { continue };
+            // The frontend first: until it is gone from the map, it stays
+            // ours to remove on a later pass.
+            if let Err(e) = table.remove_service(key) {
+                stats.failed += 1;
+                warn!(error = %format!("{e:#}"), ?key, "service not removed; retrying");
+                first_error.get_or_insert(e);
+                continue;
             }
+            self.applied.remove(&key);
+            self.note_removed(key, &old, &[]);
+            self.delete_or_keep(table, old);
+            stats.removed += 1;
         }
-        let mut first_error = None;
         for (key, want) in wanted {
             let want = want.expect("partitioned");
             let old = self.applied.get(&key).cloned();
@@ -248,12 +261,23 @@ impl ServiceReconciler {
             delete_set(table, &want).context("undo a half-written backend set")?;
             return Err(e);
         }
-        if let Some(old) = old {
-            self.note_removed(key, &old, &want.backends);
-            delete_set(table, &old)?;
-        }
+        // Switched: the frontend is on the new set whatever happens next.
+        let new_backends = want.backends.clone();
         self.applied.insert(key, want);
+        if let Some(old) = old {
+            self.note_removed(key, &old, &new_backends);
+            self.delete_or_keep(table, old);
+        }
         Ok(())
+    }
+
+    /// Delete a set no frontend uses any more; if that fails, keep it to
+    /// retry on the next pass rather than leak it.
+    fn delete_or_keep(&mut self, table: &mut impl ServiceTable, set: Entry) {
+        if let Err(e) = delete_set(table, &set) {
+            warn!(error = %format!("{e:#}"), set = set.value.backend_set, "old backend set not deleted; retrying");
+            self.orphans.push(set);
+        }
     }
 }
 
@@ -284,6 +308,7 @@ mod tests {
         backends: BTreeMap<BackendSlot, Backend>,
         log: Vec<String>,
         max_backends: Option<usize>,
+        fail_removals: bool,
     }
 
     impl ServiceTable for Fake {
@@ -299,6 +324,9 @@ mod tests {
             Ok(())
         }
         fn remove_service(&mut self, key: ServiceKey) -> Result<()> {
+            if self.fail_removals {
+                anyhow::bail!("remove failed");
+            }
             self.log.push("remove service".into());
             self.services.remove(&key);
             Ok(())
@@ -312,6 +340,9 @@ mod tests {
             Ok(())
         }
         fn remove_backend(&mut self, slot: BackendSlot, _backend: Backend) -> Result<()> {
+            if self.fail_removals {
+                anyhow::bail!("remove failed");
+            }
             self.log.push(format!("remove backend {}/{}", slot.set, slot.slot));
             self.backends.remove(&slot);
             Ok(())
@@ -509,6 +540,23 @@ mod tests {
         t.max_backends = None;
         r.apply(&mut t, &next).unwrap();
         assert_eq!(removed(&mut r), [(53, "10.244.1.1".into())], "reported when it does switch");
+    }
+
+    #[test]
+    fn failed_deletes_are_retried_not_forgotten() {
+        let mut t = Fake::default();
+        let mut r = ServiceReconciler::resume(&mut t).unwrap();
+        r.apply(&mut t, &plan(&[(80, &["10.244.1.1"]), (81, &["10.244.1.1"])])).unwrap();
+        // Removing the frontend fails: it stays in the map and stays ours.
+        t.fail_removals = true;
+        assert!(r.apply(&mut t, &plan(&[(81, &["10.244.1.2"])])).is_err());
+        assert!(lookup(&t, 80).is_some());
+        assert_eq!(lookup(&t, 81).unwrap()[0].ip_be, ip_be("10.244.1.2".parse().unwrap()), "the switch happened");
+        assert_eq!(t.backends.len(), 3, "old set of 81 not deleted yet, 80's still live");
+        t.fail_removals = false;
+        r.apply(&mut t, &plan(&[(81, &["10.244.1.2"])])).unwrap();
+        assert!(lookup(&t, 80).is_none(), "the removal is retried");
+        assert_eq!(t.backends.len(), 1, "and the leftover sets are deleted: nothing leaks");
     }
 
     #[test]

@@ -364,6 +364,26 @@ pub fn netns_of_cgroup(dir: &Path) -> Result<(Vec<Netns>, usize)> {
     Ok((out, procs.hidden))
 }
 
+/// The network namespaces pinned as files in `dir` (a runtime's, e.g.
+/// `/run/netns`, where containerd and CRI-O keep pods' namespaces), each
+/// held open. Entries that are not namespaces are skipped.
+pub fn netns_in_dir(dir: &Path) -> Vec<Netns> {
+    let mut out = Vec::new();
+    for entry in std::fs::read_dir(dir).into_iter().flatten().flatten() {
+        let Ok(file) = File::open(entry.path()) else { continue };
+        // Only nsfs inodes are namespaces (a placeholder whose mount is
+        // gone is a plain empty file).
+        let is_nsfs = nix::sys::statfs::fstatfs(&file)
+            .is_ok_and(|s| s.filesystem_type() == nix::sys::statfs::FsType(libc::NSFS_MAGIC as _));
+        if !is_nsfs {
+            continue;
+        }
+        let inode = file.metadata().map(|m| m.ino()).unwrap_or(0);
+        out.push(Netns { file, inode, pid: 0 });
+    }
+    out
+}
+
 /// What a pass over a cgroup's namespaces found and did.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct CgroupSweep {
@@ -382,8 +402,21 @@ pub type Keep = Arc<dyn Fn(&UdpSocket) -> bool + Send + Sync>;
 
 /// `destroy_udp4_to` in every network namespace of cgroup `dir`'s
 /// processes (pods' and the host's), one thread each, one after another.
-pub fn destroy_udp4_in_cgroup(dir: &Path, peers: &BTreeSet<SocketAddrV4>, keep: Keep) -> Result<CgroupSweep> {
-    let (namespaces, hidden_pids) = netns_of_cgroup(dir)?;
+/// With `netns_dir`, the namespaces pinned there too (an agent container
+/// without `hostPID` sees no other container's processes, but the runtime
+/// pins every pod's namespace there).
+pub fn destroy_udp4_in_cgroup(
+    dir: &Path,
+    netns_dir: Option<&Path>,
+    peers: &BTreeSet<SocketAddrV4>,
+    keep: Keep,
+) -> Result<CgroupSweep> {
+    let (mut namespaces, hidden_pids) = netns_of_cgroup(dir)?;
+    for ns in netns_dir.map(netns_in_dir).unwrap_or_default() {
+        if !namespaces.iter().any(|n| n.inode == ns.inode) {
+            namespaces.push(ns);
+        }
+    }
     let peers = Arc::new(peers.clone());
     let mut sweep = CgroupSweep { namespaces: namespaces.len(), hidden_pids, ..Default::default() };
     for ns in &namespaces {
@@ -412,6 +445,23 @@ mod tests {
 
     fn sock(peer: &str, cookie: u64) -> UdpSocket {
         UdpSocket { local: "10.244.1.5:40000".parse().unwrap(), peer: peer.parse().unwrap(), bound_ifindex: 0, cookie }
+    }
+
+    #[test]
+    fn a_netns_dir_yields_namespaces_and_skips_plain_files() {
+        let dir = std::env::temp_dir().join(format!("sluice-netns-dir-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        std::fs::write(dir.join("stale-placeholder"), b"").unwrap();
+        std::fs::write(dir.join("notes"), b"not a namespace").unwrap();
+        // Opening this link opens our own namespace's nsfs inode, as a
+        // runtime's bind mount under /run/netns does.
+        let _ = std::fs::remove_file(dir.join("ours"));
+        std::os::unix::fs::symlink("/proc/self/ns/net", dir.join("ours")).unwrap();
+        let found = netns_in_dir(&dir);
+        let ours = std::fs::metadata("/proc/self/ns/net").unwrap().ino();
+        std::fs::remove_dir_all(&dir).unwrap();
+        assert_eq!(found.iter().map(|n| n.inode).collect::<Vec<_>>(), vec![ours]);
+        assert!(netns_in_dir(Path::new("/nonexistent-sluice")).is_empty());
     }
 
     #[test]

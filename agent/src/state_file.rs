@@ -27,6 +27,9 @@ pub struct AgentState {
     pub updated_unix: u64,
     /// Route CIDR → the node it leads to.
     pub route_nodes: BTreeMap<String, String>,
+    /// Route CIDR → native or VXLAN, and why (issue 15).
+    #[serde(default)]
+    pub route_paths: BTreeMap<String, crate::membership::PathChoice>,
     pub problems: Vec<Problem>,
     /// The last error applying membership, if the last pass failed.
     pub last_error: Option<String>,

@@ -116,6 +116,15 @@ fn pods_across_a_router_talk_through_vxlan_and_same_lan_pods_natively() {
     let (n1, n3) = (&lab.state.nodes[0], &lab.state.nodes[2]);
     assert!(n3.ip.starts_with("172.31.0."), "n3 on the second network: {}", n3.ip);
 
+    // `status` says per peer which way and why.
+    let routes = lab.status(0).unwrap()["routes"].clone();
+    let path_of = |cidr: &str| {
+        let r = routes.as_array().unwrap().iter().find(|r| r["podCIDR"] == cidr).cloned();
+        r.map(|r| (r["path"].as_str().unwrap().to_string(), r["why"].as_str().unwrap().to_string()))
+    };
+    assert_eq!(path_of("10.244.2.0/24"), Some(("native".into(), "on this node's subnet".into())), "{routes}");
+    assert_eq!(path_of("10.244.3.0/24"), Some(("vxlan".into(), "off this node's subnet".into())), "{routes}");
+
     // ICMP and TCP both ways across the router, and on the same LAN.
     for (s, d) in [(&a, &c), (&c, &a), (&b, &c), (&a, &b)] {
         assert!(ping(&s.netns, &d.ip), "ping {} -> {}", s.name, d.name);
@@ -164,4 +173,16 @@ fn pods_across_a_router_talk_through_vxlan_and_same_lan_pods_natively() {
     let text = cap.stop();
     let want = format!("{} > {}: ICMP echo request", a.ip, b.ip);
     assert!(text.lines().filter(|l| l.contains(&want)).count() >= 3, "n1 -> n2 not native:\n{text}");
+}
+
+#[test]
+fn tunnel_never_reports_the_peer_across_the_router_and_makes_no_device() {
+    let lab = lab_with(2, &["--tunnel=never"]);
+    let status = lab.status(0).unwrap();
+    assert_eq!(status["routes"].as_array().map(Vec::len), Some(0), "{status}");
+    let problems = status["agent"]["problems"].to_string();
+    assert!(problems.contains("offSubnet"), "{problems}");
+    let links = ns_exec(&lab.state.nodes[0].netns, &["ip", "-o", "link"]).unwrap();
+    assert!(!links.contains(sluice_node::net::vxlan::DEVICE), "{links}");
+    assert!(!ping(&pod(&lab, 0).netns, &pod(&lab, 1).ip));
 }

@@ -32,7 +32,9 @@ pub struct StatusReport {
     pub node_ip: String,
     /// Interface → programs attached to it (from the link pins).
     pub attached: BTreeMap<String, Vec<String>>,
-    pub routes: Vec<(String, String, String)>,
+    /// (pod CIDR, node IP, node, path): the path as the datapath has it
+    /// (`native` or `vxlan`), with the agent's reason.
+    pub routes: Vec<(String, String, String, RoutePath)>,
     pub endpoints: Vec<(String, u32)>,
     pub drops: Vec<(String, u64)>,
     pub forwards: Vec<(String, u64)>,
@@ -114,7 +116,7 @@ pub fn collect(pins: &PinDir, data_dir: &Path) -> StatusReport {
     let mut r = StatusReport { pin_dir: pins.root().display().to_string(), ..Default::default() };
     let state = state_file::read(data_dir).map_err(|e| format!("{e:#}"));
     let endpoints = Endpoints::open(pins).and_then(|m| m.all());
-    let routes = NodeRoutes::open(pins).and_then(|m| m.all());
+    let routes = NodeRoutes::open(pins).and_then(|m| m.all_hops());
     let datapath_error = match (&endpoints, &routes) {
         (Ok(_), Ok(_)) => None,
         (Err(e), _) | (_, Err(e)) => Some(format!("{e:#}")),
@@ -156,11 +158,13 @@ pub fn collect(pins: &PinDir, data_dir: &Path) -> StatusReport {
         return r;
     }
     let route_nodes = r.agent.as_ref().map(|a| a.route_nodes.clone()).unwrap_or_default();
+    let route_paths = r.agent.as_ref().map(|a| a.route_paths.clone()).unwrap_or_default();
     r.routes = routes
         .iter()
-        .map(|(cidr, ip)| {
+        .map(|(cidr, (ip, vxlan))| {
             let node = route_nodes.get(&cidr.to_string()).cloned().unwrap_or_else(|| "?".into());
-            (cidr.to_string(), ip.to_string(), node)
+            let path = RoutePath::new(*vxlan, route_paths.get(&cidr.to_string()).copied());
+            (cidr.to_string(), ip.to_string(), node, path)
         })
         .collect();
     r.endpoints = endpoints.iter().map(|(ip, ep)| (ip.to_string(), ep.host_ifindex)).collect();
@@ -189,7 +193,11 @@ impl StatusReport {
             "uplinkIfindex": self.uplink_ifindex,
             "nodeIP": self.node_ip,
             "attached": self.attached,
-            "routes": self.routes.iter().map(|(c, ip, n)| json!({"podCIDR": c, "nodeIP": ip, "node": n})).collect::<Vec<_>>(),
+            "routes": self
+                .routes
+                .iter()
+                .map(|(c, ip, n, p)| json!({"podCIDR": c, "nodeIP": ip, "node": n, "path": p.path, "why": p.why}))
+                .collect::<Vec<_>>(),
             "endpoints": self.endpoints.iter().map(|(ip, i)| json!({"ip": ip, "hostIfindex": i})).collect::<Vec<_>>(),
             "maps": {
                 "endpoints": {"used": self.endpoints.len(), "max": MAX_ENDPOINTS},
@@ -255,8 +263,8 @@ impl StatusReport {
             o.push_str(&format!("  {ifname:<16} {}\n", progs.join(", ")));
         }
         o.push_str(&format!("node routes ({} of {}):\n", self.routes.len(), MAX_NODE_ROUTES));
-        for (cidr, ip, node) in &self.routes {
-            o.push_str(&format!("  {cidr:<18} via {ip:<15} node {node}\n"));
+        for (cidr, ip, node, path) in &self.routes {
+            o.push_str(&format!("  {cidr:<18} via {ip:<15} node {node:<12} {:<6} ({})\n", path.path, path.why));
         }
         o.push_str(&format!("local endpoints ({} of {}):\n", self.endpoints.len(), MAX_ENDPOINTS));
         for (ip, ifindex) in &self.endpoints {
@@ -321,6 +329,31 @@ pub fn render_pods(rows: &[PodRow]) -> String {
         ));
     }
     o
+}
+
+/// How one route's packets leave, for `status`: what the datapath does
+/// (the map's flag) and why the agent chose it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct RoutePath {
+    /// `native` or `vxlan`.
+    pub path: &'static str,
+    pub why: String,
+}
+
+impl RoutePath {
+    /// `vxlan`: the `NODE_ROUTES` flag; `choice`: the agent's decision from
+    /// its state file (absent with an agent that predates tunnels, or down
+    /// before its first pass).
+    pub fn new(vxlan: bool, choice: Option<crate::membership::PathChoice>) -> Self {
+        use crate::membership::PeerPath;
+        let path = if vxlan { PeerPath::Vxlan } else { PeerPath::Native };
+        let why = match choice {
+            Some(c) if c.path == path => c.reason.describe().to_string(),
+            Some(c) => format!("the agent wants {} ({}); the datapath not yet", c.path.name(), c.reason.describe()),
+            None => "no reason recorded".to_string(),
+        };
+        RoutePath { path: path.name(), why }
+    }
 }
 
 #[cfg(test)]
@@ -422,5 +455,16 @@ mod tests {
         let v = verdict(&HealthFacts { endpoints: ninety_percent, ..facts(Ok(&s)) });
         assert_eq!(v.warnings, vec![format!("endpoints map is {ninety_percent} of {max} full")]);
         assert!(verdict(&HealthFacts { endpoints: ninety_percent - 1, ..facts(Ok(&s)) }).warnings.is_empty());
+    }
+
+    #[test]
+    fn route_path_names_the_datapath_and_the_reason() {
+        use crate::membership::{PathChoice, PathReason, PeerPath};
+        let off = PathChoice { path: PeerPath::Vxlan, reason: PathReason::OffSubnet };
+        assert_eq!(RoutePath::new(true, Some(off)), RoutePath { path: "vxlan", why: "off this node's subnet".into() });
+        let same = PathChoice { path: PeerPath::Native, reason: PathReason::SameSubnet };
+        assert_eq!(RoutePath::new(false, Some(same)).why, "on this node's subnet");
+        assert!(RoutePath::new(false, Some(off)).why.contains("wants vxlan"));
+        assert_eq!(RoutePath::new(false, None).path, "native");
     }
 }

@@ -349,6 +349,7 @@ pub async fn run(
                     last_problems = m.problems.clone();
                 }
                 state.route_nodes = m.route_nodes.iter().map(|(c, n)| (c.to_string(), n.clone())).collect();
+                state.route_paths = m.paths.iter().map(|(c, p)| (c.to_string(), *p)).collect();
                 agent_metrics.membership_problems.set(m.problems.len() as i64);
                 state.problems = m.problems;
                 last_error = None;

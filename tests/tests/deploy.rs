@@ -365,6 +365,7 @@ fn cleanup_leaves_the_node_clean() {
     assert!(!node.dir.join("data/ipam").exists(), "IPAM state left");
     let links = ns_exec(&node.netns, &["ip", "-o", "link", "show"]).unwrap();
     assert!(!links.contains("slc") && !links.contains("slhealth"), "interfaces left:\n{links}");
+    assert!(!links.contains(sluice_node::net::vxlan::DEVICE), "VXLAN device left:\n{links}");
     let netns = run(Command::new("ip").args(["netns", "list"])).unwrap();
     assert!(!netns.contains(&Lab::health_netns(&node)), "health namespace left");
     // Pods lost their network: nothing of sluice is left to carry it.

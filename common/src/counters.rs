@@ -42,10 +42,14 @@ pub enum DropReason {
     /// The stack routed a packet into the VXLAN device for an address no
     /// `NODE_ROUTES` entry covers: no remote end to send it to.
     TunnelNoRoute = 12,
+    /// Decapsulated from the VXLAN device with another node's pod address
+    /// as source, but sent by a node other than the one that owns that pod
+    /// CIDR (the outer source is not its node IP).
+    TunnelWrongNode = 13,
 }
 
 impl DropReason {
-    pub const COUNT: u32 = 13;
+    pub const COUNT: u32 = 14;
     pub const ALL: [DropReason; Self::COUNT as usize] = [
         DropReason::Truncated,
         DropReason::SourceSpoofed,
@@ -60,6 +64,7 @@ impl DropReason {
         DropReason::TunnelKey,
         DropReason::TunnelSourceSpoofed,
         DropReason::TunnelNoRoute,
+        DropReason::TunnelWrongNode,
     ];
 
     /// Stable name: the label in `status` and metrics.
@@ -78,6 +83,7 @@ impl DropReason {
             DropReason::TunnelKey => "tunnel_key",
             DropReason::TunnelSourceSpoofed => "tunnel_source_spoofed",
             DropReason::TunnelNoRoute => "tunnel_no_route",
+            DropReason::TunnelWrongNode => "tunnel_wrong_node",
         }
     }
 }
@@ -173,6 +179,7 @@ mod tests {
         TunnelKey = 10, "tunnel_key";
         TunnelSourceSpoofed = 11, "tunnel_source_spoofed";
         TunnelNoRoute = 12, "tunnel_no_route";
+        TunnelWrongNode = 13, "tunnel_wrong_node";
     });
 
     const FORWARD_PATHS: &[(ForwardPath, u32, &str)] = &golden!(ForwardPath {

@@ -150,8 +150,14 @@ pub fn from_uplink(f: FromUplinkFacts) -> Verdict {
 /// Decide for a packet the VXLAN device decapsulated (its ingress). The
 /// same rules as the uplink's: only pod-to-pod traffic is fast-pathed, and
 /// a packet claiming one of this node's pods as source is dropped, under a
-/// reason of its own.
-pub fn from_tunnel(f: FromUplinkFacts) -> Verdict {
+/// reason of its own. Unlike the uplink, the tunnel says which node sent
+/// the packet: `sent_by_owner` is false when the outer source is not the
+/// node IP `NODE_ROUTES` has for the inner source's pod CIDR, and such a
+/// packet for a local pod is dropped.
+pub fn from_tunnel(f: FromUplinkFacts, sent_by_owner: bool) -> Verdict {
+    if f.dest_is_local_pod && f.source_is_remote_pod && !sent_by_owner && !f.source_is_local_pod {
+        return Verdict::Drop(DropReason::TunnelWrongNode);
+    }
     match from_uplink(f) {
         Verdict::Drop(DropReason::UplinkSourceSpoofed) => Verdict::Drop(DropReason::TunnelSourceSpoofed),
         v => v,
@@ -317,14 +323,22 @@ mod tests {
             replies_to_stack_flow: false,
             is_fragment: false,
         };
-        assert_eq!(from_tunnel(pod_to_pod), Verdict::ToLocalPod);
+        assert_eq!(from_tunnel(pod_to_pod, true), Verdict::ToLocalPod);
         assert_eq!(
-            from_tunnel(FromUplinkFacts { source_is_local_pod: true, ..pod_to_pod }),
+            from_tunnel(FromUplinkFacts { source_is_local_pod: true, ..pod_to_pod }, true),
             Verdict::Drop(DropReason::TunnelSourceSpoofed)
         );
-        assert_eq!(from_tunnel(FromUplinkFacts { source_is_remote_pod: false, ..pod_to_pod }), Verdict::ToStack);
-        assert_eq!(from_tunnel(FromUplinkFacts { replies_to_stack_flow: true, ..pod_to_pod }), Verdict::StackFlowReply);
-        assert_eq!(from_tunnel(FromUplinkFacts { ttl: 1, ..pod_to_pod }), Verdict::Drop(DropReason::TtlExpired));
+        assert_eq!(from_tunnel(FromUplinkFacts { source_is_remote_pod: false, ..pod_to_pod }, true), Verdict::ToStack);
+        assert_eq!(
+            from_tunnel(FromUplinkFacts { replies_to_stack_flow: true, ..pod_to_pod }, true),
+            Verdict::StackFlowReply
+        );
+        assert_eq!(from_tunnel(FromUplinkFacts { ttl: 1, ..pod_to_pod }, true), Verdict::Drop(DropReason::TtlExpired));
+        // Another node's pod address, sent by a node that does not own it.
+        assert_eq!(from_tunnel(pod_to_pod, false), Verdict::Drop(DropReason::TunnelWrongNode));
+        // Not for a pod, or not claiming a pod: the stack judges, as from the uplink.
+        assert_eq!(from_tunnel(FromUplinkFacts { dest_is_local_pod: false, ..pod_to_pod }, false), Verdict::ToStack);
+        assert_eq!(from_tunnel(FromUplinkFacts { source_is_remote_pod: false, ..pod_to_pod }, false), Verdict::ToStack);
     }
 
     #[test]

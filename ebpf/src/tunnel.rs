@@ -4,7 +4,7 @@
 //! per packet, the device only encapsulates).
 use aya_ebpf::{
     bindings::{bpf_tunnel_key, BPF_F_ZERO_CSUM_TX, TC_ACT_OK, TC_ACT_REDIRECT, TC_ACT_UNSPEC},
-    helpers::{bpf_redirect, bpf_skb_change_type, bpf_skb_set_tunnel_key},
+    helpers::{bpf_redirect, bpf_skb_change_type, bpf_skb_get_tunnel_key, bpf_skb_set_tunnel_key},
     macros::classifier,
     maps::lpm_trie::Key,
     programs::TcContext,
@@ -102,8 +102,14 @@ fn try_from_tunnel(ctx: &TcContext) -> Result<i32, DropReason> {
     let local = unsafe { ENDPOINTS.get(&dst_be) };
     let header_ok = verdict::ipv4_header_ok(version_ihl, tot_len_be, parse::l3_len(ctx));
     let (mut source_is_remote_pod, mut replies_to_stack_flow, mut is_fragment) = (false, false, false);
+    let mut sent_by_owner = false;
     if local.is_some() {
-        source_is_remote_pod = NODE_ROUTES.get(Key::new(32, src_be)).is_some();
+        let owner_ip_be = match NODE_ROUTES.get(Key::new(32, src_be)) {
+            Some(node) => node.node_ip_be,
+            None => 0,
+        };
+        source_is_remote_pod = owner_ip_be != 0;
+        sent_by_owner = source_is_remote_pod && outer_source_be(ctx) == owner_ip_be;
         let (key, stack_only) = parse::flow(ctx, ip)?;
         is_fragment = stack_only;
         replies_to_stack_flow = !stack_only && stack_flows::is_reply(&key);
@@ -117,7 +123,7 @@ fn try_from_tunnel(ctx: &TcContext) -> Result<i32, DropReason> {
         replies_to_stack_flow,
         is_fragment,
     };
-    match verdict::from_tunnel(facts) {
+    match verdict::from_tunnel(facts, sent_by_owner) {
         Verdict::Drop(reason) => Err(reason),
         Verdict::StackFlowReply => {
             count_forward(ctx, ForwardPath::StackFlowReply);
@@ -137,6 +143,29 @@ fn try_from_tunnel(ctx: &TcContext) -> Result<i32, DropReason> {
             Ok(TC_ACT_OK as i32)
         }
     }
+}
+
+/// The outer IPv4 source of a decapsulated packet (be); 0 if the device
+/// gave no tunnel metadata.
+#[inline(always)]
+fn outer_source_be(ctx: &TcContext) -> u32 {
+    // SAFETY: all-zero is a valid key, and initialises what the helper reads.
+    let mut key: bpf_tunnel_key = unsafe { core::mem::zeroed() };
+    // SAFETY: helper call with a valid, fully sized key on our stack.
+    let rc = unsafe {
+        bpf_skb_get_tunnel_key(
+            ctx.skb.skb,
+            &mut key as *mut bpf_tunnel_key,
+            core::mem::size_of::<bpf_tunnel_key>() as u32,
+            0,
+        )
+    };
+    if rc < 0 {
+        return 0;
+    }
+    // SAFETY: reading an integer out of a union of integers. The helper
+    // gives the address in host byte order.
+    u32::to_be(unsafe { key.__bindgen_anon_1.remote_ipv4 })
 }
 
 /// `skb->pkt_type` for a packet addressed to this host.

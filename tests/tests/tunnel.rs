@@ -186,3 +186,21 @@ fn tunnel_never_reports_the_peer_across_the_router_and_makes_no_device() {
     assert!(!links.contains(sluice_node::net::vxlan::DEVICE), "{links}");
     assert!(!ping(&pod(&lab, 0).netns, &pod(&lab, 1).ip));
 }
+
+#[test]
+fn a_node_sending_another_nodes_pod_address_through_the_tunnel_is_dropped() {
+    // Every peer tunneled, so n2 reaches n1's pods through VXLAN too.
+    let lab = lab_with(3, &["--tunnel=always"]);
+    let (a, n2) = (pod(&lab, 0), &lab.state.nodes[1]);
+    let c = pod(&lab, 2);
+    assert!(ping(&c.netns, &a.ip), "the real owner gets through");
+    let before = counter(&lab, 0, "drops", "tunnel_wrong_node");
+    // n2 claims an address of n3's pod CIDR and pings n1's pod with it: the
+    // kernel route sends it into n2's VXLAN device, the outer source is n2.
+    let forged = "10.244.3.200";
+    ns_exec(&n2.netns, &["ip", "addr", "add", &format!("{forged}/32"), "dev", "lo"]).unwrap();
+    let out =
+        sluice_tests::try_run(&mut ns_cmd(&n2.netns, &["ping", "-c", "2", "-W", "1", "-I", forged, &a.ip])).unwrap();
+    assert!(!out.status.success(), "forged source must not get through");
+    assert!(counter(&lab, 0, "drops", "tunnel_wrong_node") >= before + 2, "counted on n1");
+}

@@ -24,8 +24,8 @@ use aya_ebpf::{
     EbpfContext,
 };
 use sluice_common::services::{
-    admission, affinity_fresh, Admission, AffinityKey, AffinityValue, Backend, BackendMember, BackendSlot,
-    ReverseKey, ServiceKey, ServiceValue, SockLbCounter,
+    admission, affinity_fresh, Admission, AffinityKey, AffinityValue, Backend, BackendMember, BackendSlot, ReverseKey,
+    ServiceKey, ServiceValue, SockLbCounter,
 };
 
 use crate::maps::{AFFINITY, BACKENDS, BACKEND_MEMBERS, SERVICES, SOCK_LB_STATS, SOCK_REVERSE};

@@ -133,6 +133,8 @@ pub fn collect(pins: &PinDir, data_dir: &Path) -> StatusReport {
                 programs::TO_UPLINK,
                 programs::FROM_POD,
                 programs::TO_POD,
+                programs::FROM_TUNNEL,
+                programs::TO_TUNNEL,
                 programs::COUNT_PACKETS,
             ] {
                 if let Some(ifname) = pins::link_pin_ifname(prog, &name) {

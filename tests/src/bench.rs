@@ -6,10 +6,17 @@
 //! TCP request/response (RR) and connect/request/response/close (CRR) are
 //! measured in-process: a server thread and a client thread, each entered
 //! into its namespace, exchanging one byte. Throughput and its CPU cost come
-//! from iperf3 (Debian).
+//! from iperf3 (Debian). Where the client must be a process of its own (in
+//! a lab node's cgroup, so the socket load balancer sees it), the server
+//! stays a thread here (`rr_server`, `crr_server`) and the client process
+//! runs `rr_client` / `crr_client` and hands back its `Latency`.
+//!
+//! `ServiceProbe` reads single entries of a node's pinned socket load
+//! balancer maps, to time a Service change until the map holds it.
 use std::{
-    io::{Read, Write},
-    net::{Ipv4Addr, SocketAddr, TcpListener, TcpStream},
+    io::{self, Read, Write},
+    net::{Ipv4Addr, SocketAddr, SocketAddrV4, TcpListener, TcpStream},
+    os::fd::{AsRawFd, OwnedFd},
     path::Path,
     sync::{
         atomic::{AtomicBool, Ordering},
@@ -20,7 +27,13 @@ use std::{
 };
 
 use anyhow::{bail, Context, Result};
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
+use sluice_common::{
+    maps::names,
+    services::{Backend, BackendSlot, ServiceKey, ServiceValue, SockLbCounter},
+    ForwardPath,
+};
+use sluice_node::datapath::{bpf_sys, pinned_maps, pins::PinDir, service_maps};
 
 use crate::run;
 
@@ -74,7 +87,7 @@ impl Drop for Spinners {
     }
 }
 
-#[derive(Clone, Debug, Default, Serialize)]
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
 pub struct Latency {
     pub per_sec: f64,
     pub p50_us: f64,
@@ -171,8 +184,9 @@ fn client<T: Send + 'static>(ns: &str, f: impl FnOnce() -> Result<T> + Send + 's
 }
 
 /// Where a measured server listens and where its client connects: the
-/// same address, or (`via`) a Service address kube-proxy's DNAT turns into
-/// the server's (then the server listens on a fixed port the rules name).
+/// same address, or (`via`) a Service address kube-proxy's DNAT (or the
+/// socket load balancer) turns into the server's (then the server listens
+/// on a fixed port the rules name).
 #[derive(Clone, Copy, Debug)]
 pub struct Target {
     pub server_ip: Ipv4Addr,
@@ -186,9 +200,33 @@ impl Target {
     }
 }
 
-fn serve_target(server_ns: &str, t: Target, serve: fn(TcpStream)) -> Result<(SocketAddr, Arc<AtomicBool>)> {
+/// A measured server: a thread in its namespace, pinned to CPU 0, until
+/// dropped.
+pub struct Server {
+    /// Where the client connects (the Service address with `via`).
+    pub connect_to: SocketAddr,
+    stop: Arc<AtomicBool>,
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+    }
+}
+
+fn serve_target(server_ns: &str, t: Target, serve: fn(TcpStream)) -> Result<Server> {
     let (addr, stop) = server(server_ns, t.server_ip, t.server_port, serve)?;
-    Ok((t.via.unwrap_or(addr), stop))
+    Ok(Server { connect_to: t.via.unwrap_or(addr), stop })
+}
+
+/// The server of `tcp_rr`: echoes every byte on each connection.
+pub fn rr_server(server_ns: &str, target: Target) -> Result<Server> {
+    serve_target(server_ns, target, echo_forever)
+}
+
+/// The server of `tcp_crr`: one byte back per connection.
+pub fn crr_server(server_ns: &str, target: Target) -> Result<Server> {
+    serve_target(server_ns, target, echo_once)
 }
 
 /// TCP request/response of one byte over one connection, for `duration`.
@@ -198,23 +236,26 @@ pub fn tcp_rr(server_ns: &str, client_ns: &str, server_ip: Ipv4Addr, duration: D
 
 /// `tcp_rr` to a `Target`.
 pub fn tcp_rr_to(server_ns: &str, client_ns: &str, target: Target, duration: Duration) -> Result<Latency> {
-    let (addr, stop) = serve_target(server_ns, target, echo_forever)?;
-    let r = client(client_ns, move || {
-        let mut s = TcpStream::connect_timeout(&addr, Duration::from_secs(2))?;
-        s.set_nodelay(true)?;
-        let mut samples = Vec::with_capacity(200_000);
-        let start = Instant::now();
-        let mut b = [1u8; 1];
-        while start.elapsed() < duration {
-            let t = Instant::now();
-            s.write_all(&b)?;
-            s.read_exact(&mut b)?;
-            samples.push(t.elapsed());
-        }
-        Ok(summarize(samples, start.elapsed()))
-    });
-    stop.store(true, Ordering::Relaxed);
-    r
+    let server = rr_server(server_ns, target)?;
+    let addr = server.connect_to;
+    client(client_ns, move || rr_client(addr, duration))
+}
+
+/// The client of `tcp_rr`, on the calling thread (already in its
+/// namespace and on its CPU).
+pub fn rr_client(addr: SocketAddr, duration: Duration) -> Result<Latency> {
+    let mut s = TcpStream::connect_timeout(&addr, Duration::from_secs(2)).with_context(|| format!("connect {addr}"))?;
+    s.set_nodelay(true)?;
+    let mut samples = Vec::with_capacity(200_000);
+    let start = Instant::now();
+    let mut b = [1u8; 1];
+    while start.elapsed() < duration {
+        let t = Instant::now();
+        s.write_all(&b)?;
+        s.read_exact(&mut b)?;
+        samples.push(t.elapsed());
+    }
+    Ok(summarize(samples, start.elapsed()))
 }
 
 /// TCP connect + one-byte request/response + close, repeated for `duration`.
@@ -224,37 +265,40 @@ pub fn tcp_crr(server_ns: &str, client_ns: &str, server_ip: Ipv4Addr, duration: 
 
 /// `tcp_crr` to a `Target`.
 pub fn tcp_crr_to(server_ns: &str, client_ns: &str, target: Target, duration: Duration) -> Result<Latency> {
-    let (addr, stop) = serve_target(server_ns, target, echo_once)?;
-    let r = client(client_ns, move || {
-        let mut samples = Vec::with_capacity(50_000);
-        let start = Instant::now();
-        let mut b = [1u8; 1];
-        while start.elapsed() < duration {
-            let t = Instant::now();
-            let mut s = TcpStream::connect_timeout(&addr, Duration::from_secs(2))?;
-            s.set_nodelay(true)?;
-            s.write_all(&b)?;
-            s.read_exact(&mut b)?;
-            // Close with RST (linger 0): no TIME_WAIT pile-up across many
-            // thousand connections from one port range.
-            let linger = libc::linger { l_onoff: 1, l_linger: 0 };
-            // SAFETY: setsockopt on a live socket with a correctly sized value.
-            unsafe {
-                libc::setsockopt(
-                    std::os::fd::AsRawFd::as_raw_fd(&s),
-                    libc::SOL_SOCKET,
-                    libc::SO_LINGER,
-                    &linger as *const _ as *const libc::c_void,
-                    std::mem::size_of::<libc::linger>() as u32,
-                );
-            }
-            drop(s);
-            samples.push(t.elapsed());
+    let server = crr_server(server_ns, target)?;
+    let addr = server.connect_to;
+    client(client_ns, move || crr_client(addr, duration))
+}
+
+/// The client of `tcp_crr`, on the calling thread.
+pub fn crr_client(addr: SocketAddr, duration: Duration) -> Result<Latency> {
+    let mut samples = Vec::with_capacity(50_000);
+    let start = Instant::now();
+    let mut b = [1u8; 1];
+    while start.elapsed() < duration {
+        let t = Instant::now();
+        let mut s =
+            TcpStream::connect_timeout(&addr, Duration::from_secs(2)).with_context(|| format!("connect {addr}"))?;
+        s.set_nodelay(true)?;
+        s.write_all(&b)?;
+        s.read_exact(&mut b)?;
+        // Close with RST (linger 0): no TIME_WAIT pile-up across many
+        // thousand connections from one port range.
+        let linger = libc::linger { l_onoff: 1, l_linger: 0 };
+        // SAFETY: setsockopt on a live socket with a correctly sized value.
+        unsafe {
+            libc::setsockopt(
+                s.as_raw_fd(),
+                libc::SOL_SOCKET,
+                libc::SO_LINGER,
+                &linger as *const _ as *const libc::c_void,
+                std::mem::size_of::<libc::linger>() as u32,
+            );
         }
-        Ok(summarize(samples, start.elapsed()))
-    });
-    stop.store(true, Ordering::Relaxed);
-    r
+        drop(s);
+        samples.push(t.elapsed());
+    }
+    Ok(summarize(samples, start.elapsed()))
 }
 
 #[derive(Clone, Debug, Default, Serialize)]
@@ -290,6 +334,99 @@ pub fn throughput(server_ns: &str, client_ns: &str, server_ip: Ipv4Addr, secs: u
         bail!("iperf3 measured nothing");
     }
     Ok(Throughput { gbit_per_s: gbit, cpu_pct_per_gbit: cpu / gbit })
+}
+
+/// Single-key lookups in a node's pinned socket load balancer maps
+/// (`SERVICES`, `BACKENDS`): one `bpf(BPF_MAP_LOOKUP_ELEM)` per look, so a
+/// change can be polled for tightly with 10,000 Services in the map (aya's
+/// iteration reads every key: milliseconds per look).
+pub struct ServiceProbe {
+    services: OwnedFd,
+    backends: OwnedFd,
+}
+
+const BPF_MAP_LOOKUP_ELEM: libc::c_long = 1;
+
+/// The `bpf_attr` prefix of `BPF_MAP_LOOKUP_ELEM`.
+#[repr(C)]
+struct LookupAttr {
+    map_fd: u32,
+    _pad: u32,
+    key: u64,
+    value: u64,
+    flags: u64,
+}
+
+/// `map[key]`, `None` when absent. `K` and `V` must be the map's own
+/// key and value types (plain `#[repr(C)]` data of the map's sizes).
+fn lookup<K, V: Default>(map: &OwnedFd, key: &K) -> io::Result<Option<V>> {
+    let mut value = V::default();
+    let mut attr = LookupAttr {
+        map_fd: map.as_raw_fd() as u32,
+        _pad: 0,
+        key: key as *const K as u64,
+        value: &mut value as *mut V as u64,
+        flags: 0,
+    };
+    // SAFETY: `attr` is the command's bpf_attr prefix; key and value point
+    // at live buffers of the map's key and value sizes.
+    let r = unsafe {
+        libc::syscall(
+            libc::SYS_bpf,
+            BPF_MAP_LOOKUP_ELEM,
+            &mut attr as *mut LookupAttr,
+            std::mem::size_of::<LookupAttr>(),
+        )
+    };
+    if r < 0 {
+        let e = io::Error::last_os_error();
+        return if e.raw_os_error() == Some(libc::ENOENT) { Ok(None) } else { Err(e) };
+    }
+    Ok(Some(value))
+}
+
+impl ServiceProbe {
+    pub fn open(pins: &PinDir) -> Result<Self> {
+        let open = |name: &str| {
+            let path = pins.map(name);
+            bpf_sys::obj_get(&path).with_context(|| format!("open pinned map {}", path.display()))
+        };
+        Ok(Self { services: open(names::SERVICES)?, backends: open(names::BACKENDS)? })
+    }
+
+    /// The `SERVICES` entry of a TCP frontend.
+    pub fn frontend(&self, ip: Ipv4Addr, port: u16) -> Result<Option<ServiceValue>> {
+        let key = ServiceKey { vip_be: u32::from_ne_bytes(ip.octets()), port_be: port.to_be(), protocol: 6, _pad: 0 };
+        lookup(&self.services, &key).context("look up SERVICES")
+    }
+
+    /// The backends of a frontend's set, as the program reads them.
+    pub fn backends(&self, v: &ServiceValue) -> Result<Vec<SocketAddrV4>> {
+        (0..v.count)
+            .map(|slot| {
+                let b: Backend = lookup(&self.backends, &BackendSlot { set: v.backend_set, slot })
+                    .context("look up BACKENDS")?
+                    .with_context(|| format!("slot {slot} of set {} missing", v.backend_set))?;
+                Ok(SocketAddrV4::new(Ipv4Addr::from(b.ip_be.to_ne_bytes()), u16::from_be(b.port_be)))
+            })
+            .collect()
+    }
+}
+
+/// Connects a node's socket load balancer has translated so far
+/// (`SOCK_LB_STATS`): proof a measured path went through it.
+pub fn sock_lb_connected(pins: &PinDir) -> Result<u64> {
+    Ok(service_maps::sock_lb_counters(pins)?
+        .into_iter()
+        .find(|(c, _)| *c == SockLbCounter::Connected)
+        .map_or(0, |(_, n)| n))
+}
+
+/// Packets a node's programs handed to its stack as the reply of a flow
+/// the stack forwarded (`FORWARDS[stack_flow_reply]`): none of a measured
+/// pod-to-pod flow's packets may be among them.
+pub fn stack_flow_replies(pins: &PinDir) -> Result<u64> {
+    Ok(pinned_maps::forwards(pins)?.into_iter().find(|(p, _)| *p == ForwardPath::StackFlowReply).map_or(0, |(_, n)| n))
 }
 
 /// p50 and p99 of durations, in milliseconds.

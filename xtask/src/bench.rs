@@ -4,9 +4,11 @@
 //!
 //! Paths: A node↔node (no pods), L two namespaces on one veth, B the bridge +
 //! host-routes pod network (reference `bridge` + `host-local`, `ip route ...
-//! via <other node>`), S sluice; same node and cross-node. Every round
-//! rebuilds the labs and rotates the order; figures are medians over rounds
-//! and ratios are medians of per-round ratios.
+//! via <other node>`), S sluice; same node and cross-node; and the Service
+//! paths of `services` (socket load balancer vs kube-proxy's iptables rules
+//! with 10, 1,000 and 10,000 Services). Every round rebuilds the labs and
+//! rotates the order; figures are medians over rounds and ratios are
+//! medians of per-round ratios.
 use std::{
     collections::BTreeMap,
     net::Ipv4Addr,
@@ -29,6 +31,8 @@ use sluice_tests::{
 
 use crate::{build_ebpf, repo_root, setup, shell};
 
+mod services;
+
 #[derive(clap::Args, Clone, Debug)]
 pub struct BenchArgs {
     /// A few seconds per metric, one round: for CI, so the bench can't rot.
@@ -36,6 +40,11 @@ pub struct BenchArgs {
     pub smoke: bool,
     #[arg(long)]
     pub rounds: Option<usize>,
+    /// Internal: be one measurement's client (MODE rr|crr, ADDR, MILLIS)
+    /// and print its figures as JSON; the bench starts it inside a node's
+    /// cgroup, where the socket load balancer sees it.
+    #[arg(long, hide = true, num_args = 3, value_names = ["MODE", "ADDR", "MILLIS"])]
+    pub client: Option<Vec<String>>,
 }
 
 struct Plan {
@@ -46,6 +55,15 @@ struct Plan {
     burst: usize,
     peers: usize,
     release: bool,
+    /// Services installed for each measurement of the Service paths, and
+    /// rounds of those paths (cheaper than the others; TCP_CRR ratios
+    /// near a target need more than three).
+    scales: Vec<usize>,
+    svc_rounds: usize,
+    /// Services (with `services::PER_SERVICE` endpoints each) for the
+    /// Services control plane, and single changes timed there.
+    svc_control: usize,
+    changes: usize,
 }
 
 impl Plan {
@@ -59,6 +77,10 @@ impl Plan {
                 burst: 10,
                 peers: 500,
                 release: false,
+                scales: vec![10, 100],
+                svc_rounds: args.rounds.unwrap_or(1),
+                svc_control: 100,
+                changes: 20,
             }
         } else {
             Plan {
@@ -69,6 +91,10 @@ impl Plan {
                 burst: 50,
                 peers: 5000,
                 release: true,
+                scales: vec![10, 1_000, 10_000],
+                svc_rounds: args.rounds.unwrap_or(5),
+                svc_control: 10_000,
+                changes: 200,
             }
         }
     }
@@ -276,7 +302,7 @@ fn pod_ip(p: &Pod) -> Ipv4Addr {
 }
 
 /// One round: fresh labs, every path, in an order rotated by `round`.
-fn round(round: usize, bins: &Path, plan: &Plan) -> Result<BTreeMap<&'static str, PathFigures>> {
+fn round(round: usize, bins: &Path, plan: &Plan) -> Result<BTreeMap<String, PathFigures>> {
     let mut s = Lab::up(&LabOptions::new(2, 0, bins.to_path_buf()))?;
     s.add_pod(0, "n1p1")?;
     s.add_pod(0, "n1p2")?;
@@ -353,7 +379,7 @@ fn round(round: usize, bins: &Path, plan: &Plan) -> Result<BTreeMap<&'static str
     let mut out = BTreeMap::new();
     for p in &paths {
         eprintln!("bench: round {} {}", round + 1, p.name);
-        out.insert(p.name, measure(p, plan, bins).with_context(|| format!("measure {}", p.name))?);
+        out.insert(p.name.to_string(), measure(p, plan, bins).with_context(|| format!("measure {}", p.name))?);
     }
     Ok(out)
 }
@@ -547,6 +573,10 @@ fn median_or_null(values: Vec<f64>) -> Value {
 }
 
 pub fn run(args: &BenchArgs) -> Result<()> {
+    if let Some(spec) = &args.client {
+        return services::client_main(spec);
+    }
+    let started = Instant::now();
     shell::require_root("cargo xtask bench")?;
     let plan = Plan::from(args);
     setup::run()?;
@@ -564,17 +594,23 @@ pub fn run(args: &BenchArgs) -> Result<()> {
 
     let spinners = bench::Spinners::start();
     let mut rounds = Vec::new();
-    for r in 0..plan.rounds {
-        rounds.push(round(r, &bins, &plan)?);
+    let mut svc_times = Vec::new();
+    for r in 0..plan.rounds.max(plan.svc_rounds) {
+        let mut figures = if r < plan.rounds { round(r, &bins, &plan)? } else { BTreeMap::new() };
+        if r < plan.svc_rounds {
+            svc_times.push(services::round(r, &bins, &plan, &mut figures).context("Service paths")?);
+        }
+        rounds.push(figures);
     }
     let cni = cni_bench(&bins, &plan)?;
     drop(spinners);
     let control = control_plane(&bins, &plan)?;
+    let svc_control = services::control_plane(&bins, &plan).context("Services control plane")?;
 
     // Medians over rounds, and medians of per-round ratios.
-    let names: Vec<&'static str> = rounds[0].keys().copied().collect();
-    let metric = |r: &BTreeMap<&str, PathFigures>, n: &str, m: &str| -> f64 {
-        let p = &r[n];
+    let names: Vec<String> = rounds[0].keys().cloned().collect();
+    let metric = |r: &BTreeMap<String, PathFigures>, n: &str, m: &str| -> f64 {
+        let Some(p) = r.get(n) else { return f64::NAN };
         match m {
             "rr" => p.rr.per_sec,
             "rr_p50" => p.rr.p50_us,
@@ -598,7 +634,7 @@ pub fn run(args: &BenchArgs) -> Result<()> {
         median_or_null(rounds.iter().map(|r| metric(r, num, k) / metric(r, den, k)).collect())
     };
     let mut ratios = serde_json::Map::new();
-    for (label, num, den) in [
+    let mut pairs: Vec<(String, String, String)> = [
         ("S/A cross", "S cross-node", "A node-node"),
         ("B/A cross", "B cross-node", "A node-node"),
         ("S/B cross", "S cross-node", "B cross-node"),
@@ -607,23 +643,37 @@ pub fn run(args: &BenchArgs) -> Result<()> {
         ("S svc/S cross", "S cross-node svc", "S cross-node"),
         ("S traced/S cross", "S cross traced", "S cross-node"),
         ("S svc/A cross", "S cross-node svc", "A node-node"),
-    ] {
+    ]
+    .iter()
+    .map(|(l, n, d)| (l.to_string(), n.to_string(), d.to_string()))
+    .collect();
+    pairs.extend(svc_ratio_pairs(&plan.scales));
+    for (label, num, den) in &pairs {
         let mut m = serde_json::Map::new();
         for k in ["rr", "crr", "gbit", "cpu"] {
             m.insert(k.into(), ratio(num, den, k));
         }
-        ratios.insert(label.into(), Value::Object(m));
+        ratios.insert(label.clone(), Value::Object(m));
     }
     let cni_ratio = f(&cni["sluice"]["add_del_p99_ms"]) / f(&cni["bridge_host_local"]["add_del_p99_ms"]);
-    let report = json!({
+    let mut report = json!({
         "machine": machine(),
-        "plan": {"rounds": plan.rounds, "rr_secs": plan.rr.as_secs_f64(), "throughput_secs": plan.tput_secs, "smoke": args.smoke, "release": plan.release},
+        "plan": {"rounds": plan.rounds, "service_rounds": plan.svc_rounds, "rr_secs": plan.rr.as_secs_f64(), "throughput_secs": plan.tput_secs, "smoke": args.smoke, "release": plan.release},
         "paths": paths_json,
+        "per_round": rounds.iter().map(|r| r.iter().map(|(n, p)| (n.clone(), json!({"rr": p.rr.per_sec, "crr": p.crr.per_sec}))).collect::<serde_json::Map<_, _>>()).collect::<Vec<_>>(),
         "ratios": ratios,
         "cni": cni,
         "cni_p99_ratio_sluice_over_bridge": cni_ratio,
         "control_plane": control,
+        "services": {
+            "scales": plan.scales,
+            "endpoints_per_service": services::PER_SERVICE,
+            "times": services::median_times(&svc_times, &plan),
+            "control_plane": svc_control,
+        },
     });
+    report["services"]["targets"] = svc_targets(&report, &plan);
+    report["wall_clock_secs"] = json!(started.elapsed().as_secs_f64());
     let json_path = out_dir.join("bench.json");
     std::fs::write(&json_path, serde_json::to_vec_pretty(&report)?)?;
     print!("{}", render(&report));
@@ -660,13 +710,13 @@ fn render(r: &Value) -> String {
         r["machine"]["kernel"].as_str().unwrap_or("")
     );
     o += &format!(
-        "{:<18} {:>10} {:>9} {:>9} {:>10} {:>8} {:>12}\n",
+        "{:<NAME$} {:>10} {:>9} {:>9} {:>10} {:>8} {:>12}\n",
         "path", "TCP_RR/s", "p50 us", "p99 us", "TCP_CRR/s", "Gbit/s", "CPU%/Gbit"
     );
     if let Some(paths) = r["paths"].as_object() {
         for (name, m) in paths {
             o += &format!(
-                "{:<18} {} {} {} {} {} {}\n",
+                "{:<NAME$} {} {} {} {} {} {}\n",
                 name,
                 cell(&m["rr"], 10, 0),
                 cell(&m["rr_p50"], 9, 1),
@@ -677,11 +727,11 @@ fn render(r: &Value) -> String {
             );
         }
     }
-    o += &format!("{:<18} {:>10} {:>10} {:>8} {:>12}\n", "ratio", "TCP_RR", "TCP_CRR", "Gbit/s", "CPU/Gbit");
+    o += &format!("{:<NAME$} {:>10} {:>10} {:>8} {:>12}\n", "ratio", "TCP_RR", "TCP_CRR", "Gbit/s", "CPU/Gbit");
     if let Some(ratios) = r["ratios"].as_object() {
         for (name, m) in ratios {
             o += &format!(
-                "{:<18} {} {} {} {}\n",
+                "{:<NAME$} {} {} {} {}\n",
                 name,
                 cell(&m["rr"], 10, 2),
                 cell(&m["crr"], 10, 2),
@@ -709,5 +759,167 @@ fn render(r: &Value) -> String {
         c["peers"], f(&c["reconcile_from_scratch_ms"]), f(&c["reconcile_noop_ms"]), f(&c["agent_rss_idle_mib"]), f(&c["agent_rss_with_peers_mib"]),
         f(&c["peers_file_to_map_ms"]), f(&c["node_change_to_map_p50_ms"]), f(&c["node_change_to_map_p99_ms"])
     );
+    o += &render_services(&r["services"]);
+    if let Some(secs) = r["wall_clock_secs"].as_f64() {
+        o += &format!("bench took {:.0} s\n", secs);
+    }
+    o
+}
+
+/// Width of the path and ratio names in the table.
+const NAME: usize = 25;
+
+/// The ratios of the Service paths: each way against pod → pod at the
+/// same scale, each way's largest scale against its smallest (and every
+/// scale between), and the cgroup client's pod → pod against the thread
+/// client's (`S cross-node`: another lab, another client).
+fn svc_ratio_pairs(scales: &[usize]) -> Vec<(String, String, String)> {
+    use services::{direct_name, iptables_name, sock_lb_name};
+    let mut v = Vec::new();
+    for &n in scales {
+        v.push((format!("S sockLB/direct {n}"), sock_lb_name(n), direct_name(n)));
+        v.push((format!("S svc/direct {n}"), iptables_name(n), direct_name(n)));
+    }
+    let lo = scales[0];
+    for &n in &scales[1..] {
+        v.push((format!("S sockLB {n}/{lo}"), sock_lb_name(n), sock_lb_name(lo)));
+        v.push((format!("S svc {n}/{lo}"), iptables_name(n), iptables_name(lo)));
+        v.push((format!("S direct {n}/{lo}"), direct_name(n), direct_name(lo)));
+    }
+    v.push((format!("S direct {lo}/S cross"), direct_name(lo), "S cross-node".into()));
+    v
+}
+
+/// Issue 14's targets against this run's figures: printed, never asserted.
+fn svc_targets(r: &Value, plan: &Plan) -> Value {
+    let (lo, hi) = (plan.scales[0], plan.scales[plan.scales.len() - 1]);
+    let ratios = &r["ratios"];
+    let cp = &r["services"]["control_plane"];
+    let target = |what: String, value: &Value, at_least: bool, limit: f64, unit: &str, note: String| {
+        let met = value.as_f64().map(|v| if at_least { v >= limit } else { v <= limit });
+        json!({"target": what, "value": value, "at_least": at_least, "limit": limit, "unit": unit, "met": met, "note": note})
+    };
+    vec![
+        target(
+            format!("ClusterIP TCP_RR sockLB/pod-pod, {lo} Services"),
+            &ratios[format!("S sockLB/direct {lo}")]["rr"],
+            true,
+            0.98,
+            "",
+            format!(
+                "with {hi}: {:.2}; TCP_CRR {:.2} (kube-proxy iptables: TCP_RR {:.2}, TCP_CRR {:.2})",
+                f(&ratios[format!("S sockLB/direct {hi}")]["rr"]),
+                f(&ratios[format!("S sockLB/direct {lo}")]["crr"]),
+                f(&ratios[format!("S svc/direct {lo}")]["rr"]),
+                f(&ratios[format!("S svc/direct {lo}")]["crr"]),
+            ),
+        ),
+        target(
+            format!("TCP_CRR sockLB {hi}/{lo} Services"),
+            &ratios[format!("S sockLB {hi}/{lo}")]["crr"],
+            true,
+            0.95,
+            "",
+            format!(
+                "kube-proxy iptables {hi}/{lo}: {:.2}; each against pod-pod measured beside it: sockLB {:.2}, iptables {:.2}",
+                f(&ratios[format!("S svc {hi}/{lo}")]["crr"]),
+                f(&drift_free(r, services::sock_lb_name, hi, lo)),
+                f(&drift_free(r, services::iptables_name, hi, lo)),
+            ),
+        ),
+        target(
+            format!("agent RSS, {} Services + {} endpoints", cp["services"], cp["endpoints"]),
+            &cp["agent_rss_mib"],
+            false,
+            60.0,
+            " MiB",
+            format!("peak {:.1} MiB, idle {:.1} MiB", f(&cp["agent_rss_peak_mib"]), f(&cp["agent_rss_idle_mib"])),
+        ),
+        target(
+            format!("Service change to map p99, {} Services", cp["services"]),
+            &cp["change_to_map_p99_ms"],
+            false,
+            10.0,
+            " ms",
+            format!("p50 {:.2} ms, max {:.2} ms", f(&cp["change_to_map_p50_ms"]), f(&cp["change_to_map_max_ms"])),
+        ),
+    ]
+    .into()
+}
+
+/// TCP_CRR of `way` at `hi` Services over `lo`, each first divided by pod
+/// → pod measured beside it in the same round (which cancels the
+/// machine's drift between the two scales); median over rounds.
+fn drift_free(r: &Value, way: fn(usize) -> String, hi: usize, lo: usize) -> Value {
+    let crr = |round: &Value, name: String| round[name]["crr"].as_f64().unwrap_or(f64::NAN);
+    let per_round: Vec<f64> = r["per_round"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .map(|round| {
+            let at = |n: usize| crr(round, way(n)) / crr(round, services::direct_name(n));
+            at(hi) / at(lo)
+        })
+        .collect();
+    median_or_null(per_round)
+}
+
+fn render_services(s: &Value) -> String {
+    let mut o = format!(
+        "Services ({} endpoints each; clients are processes in node 1's cgroup):\n{:>10} {:>15} {:>26} {:>21} {:>18} {:>22}\n",
+        s["endpoints_per_service"],
+        "Services",
+        "maps synced ms",
+        "kube-proxy sync ms legacy",
+        "iptables-nft sync ms",
+        "legacy cleanup ms",
+        "pod-pod pkts to stack"
+    );
+    if let Some(times) = s["times"].as_object() {
+        let mut scales: Vec<(&String, &Value)> = times.iter().collect();
+        scales.sort_by_key(|(k, _)| k.parse::<usize>().unwrap_or(0));
+        for (scale, t) in scales {
+            o += &format!(
+                "{:>10} {:>15.0} {:>26.0} {} {:>18.0} {:>22}\n",
+                scale,
+                f(&t["maps_synced_ms"]),
+                f(&t["iptables_sync_ms"]),
+                cell(&t["iptables_nft_sync_ms"], 21, 0),
+                f(&t["iptables_cleanup_ms"]),
+                t["fast_path_packets_to_stack"]
+            );
+        }
+    }
+    let c = &s["control_plane"];
+    let h = &c["agent_histogram"];
+    o += &format!(
+        "Services control plane ({} Services, {} endpoints): agent RSS idle {:.1} MiB, with them {:.1} MiB (peak {:.1}); \
+         published to maps in {:.0} ms; change to map ({} changes) p50 {:.2} ms p99 {:.2} ms max {:.2} ms \
+         (from the upsert call: p50 {:.2} p99 {:.2}); agent's sluice_service_update_seconds over them: {} observations, \
+         p50 <= {} ms, p99 <= {} ms\n",
+        c["services"], c["endpoints"], f(&c["agent_rss_idle_mib"]), f(&c["agent_rss_mib"]), f(&c["agent_rss_peak_mib"]),
+        f(&c["publish_to_maps_ms"]), c["changes"], f(&c["change_to_map_p50_ms"]), f(&c["change_to_map_p99_ms"]),
+        f(&c["change_to_map_max_ms"]), f(&c["upsert_to_map_p50_ms"]), f(&c["upsert_to_map_p99_ms"]), h["count"],
+        h["p50_le_ms"], h["p99_le_ms"]
+    );
+    o += "targets (issue 14; reported, not asserted):\n";
+    for t in s["targets"].as_array().into_iter().flatten() {
+        let verdict = match t["met"].as_bool() {
+            Some(true) => "met",
+            Some(false) => "NOT MET",
+            None => "not measured",
+        };
+        o += &format!(
+            "  {:<48} {:>8.2}{} {} {}{}  {:<12} {}\n",
+            t["target"].as_str().unwrap_or(""),
+            f(&t["value"]),
+            t["unit"].as_str().unwrap_or(""),
+            if t["at_least"].as_bool() == Some(true) { ">=" } else { "<=" },
+            t["limit"],
+            t["unit"].as_str().unwrap_or(""),
+            verdict,
+            t["note"].as_str().unwrap_or("")
+        );
+    }
     o
 }

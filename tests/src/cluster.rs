@@ -196,11 +196,15 @@ pub fn tcp_text(netns: &str, ip: &str, port: u16) -> Option<String> {
 /// The answer to one UDP datagram sent to `ip:port` from `netns`. socat's
 /// connected UDP socket takes only replies from `ip:port` itself, so an
 /// answer proves the reply came back from the address asked.
+/// UDP may lose a datagram (socat's forking UDP server drops one now and
+/// then on a busy machine): up to three tries, each a fresh socket.
 pub fn udp_text(netns: &str, ip: &str, port: u16) -> Option<String> {
     let script = format!("echo q | timeout 3 socat -T1 - UDP:{ip}:{port}");
-    let out = try_run(&mut ns_cmd(netns, &["sh", "-c", &script])).ok()?;
-    let text = String::from_utf8_lossy(&out.stdout).trim().to_string();
-    (out.status.success() && !text.is_empty()).then_some(text)
+    (0..3).find_map(|_| {
+        let out = try_run(&mut ns_cmd(netns, &["sh", "-c", &script])).ok()?;
+        let text = String::from_utf8_lossy(&out.stdout).trim().to_string();
+        (out.status.success() && !text.is_empty()).then_some(text)
+    })
 }
 
 /// Who answered and whom they saw: "x saw 1.2.3.4:5678" → ("x", "1.2.3.4").

@@ -376,8 +376,15 @@ fn check_verifies_what_add_left() {
     let details = |out: &sluice_tests::lab::CniOutcome| out.json()["details"].as_str().unwrap_or_default().to_string();
     let ip_addr = pod_ip(&result);
     let host_mac = result["interfaces"][0]["mac"].as_str().unwrap().to_string();
+    // The MTU the conflist gives pods (the agent's choice, e.g. less the
+    // tunnel's overhead).
+    let mtu = check_conf["mtu"].as_u64().map(|m| m.to_string()).unwrap_or_else(|| lab.state.mtu.to_string());
     for (break_it, restore, needle) in [
-        (vec!["ip", "link", "set", "eth0", "mtu", "1280"], vec!["ip", "link", "set", "eth0", "mtu", "1500"], "MTU"),
+        (
+            vec!["ip", "link", "set", "eth0", "mtu", "1280"],
+            vec!["ip", "link", "set", "eth0", "mtu", mtu.as_str()],
+            "MTU",
+        ),
         (
             vec!["ip", "route", "del", "default"],
             vec!["ip", "route", "add", "default", "via", "169.254.1.1", "dev", "eth0"],

@@ -13,8 +13,8 @@ use sluice_node::paths::PLUGIN_TYPE;
 pub const CONFLIST_NAME: &str = "10-sluice.conflist";
 pub const NETWORK_NAME: &str = "sluice";
 
-/// The conflist for this node. `mtu` is the uplink's: no encapsulation, so
-/// pods can use all of it.
+/// The conflist for this node. `mtu` is the pods' MTU: the uplink's, less the
+/// VXLAN overhead when a peer is or may become tunneled (`--tunnel`).
 pub fn render(pod_cidr: Ipv4Network, mtu: u32, pin_dir: &Path, data_dir: &Path) -> serde_json::Value {
     json!({
         "cniVersion": "1.0.0",

@@ -78,6 +78,9 @@ fn try_from_pod(ctx: &TcContext) -> Result<i32, DropReason> {
         is_fragment,
         header_ok,
     });
+    if matches!(decision, Verdict::ToLocalPod | Verdict::ToRemoteNode | Verdict::ToTunnel) && !is_fragment {
+        stack_flows::forget_on_new_connection(ctx, &key);
+    }
     match decision {
         Verdict::Drop(reason) => Err(reason),
         Verdict::ToStack => {

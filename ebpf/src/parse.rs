@@ -84,6 +84,23 @@ pub fn flow(ctx: &TcContext, ip: *const Ipv4Hdr) -> Result<(FlowKey, bool), Drop
     Ok((key, stack_only))
 }
 
+/// Is this a TCP SYN without ACK: the first packet of a new connection?
+/// `key` must come from `flow` on a packet without IP options.
+#[inline(always)]
+pub fn is_tcp_syn(ctx: &TcContext, key: &FlowKey) -> bool {
+    const TCP_FLAGS_OFFSET: usize = 13;
+    const SYN: u8 = 0x02;
+    const ACK: u8 = 0x10;
+    if key.protocol != IPPROTO_TCP {
+        return false;
+    }
+    match header_mut::<u8>(ctx, ETH_HLEN + core::mem::size_of::<Ipv4Hdr>() + TCP_FLAGS_OFFSET) {
+        // SAFETY: bounds checked by header_mut.
+        Ok(flags) => unsafe { *flags & (SYN | ACK) == SYN },
+        Err(_) => false,
+    }
+}
+
 /// Interface the packet arrived on (TC ingress: the device the hook is on).
 #[inline(always)]
 pub fn ifindex(ctx: &TcContext) -> u32 {

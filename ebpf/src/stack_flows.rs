@@ -26,6 +26,18 @@ pub fn is_reply(key: &FlowKey) -> bool {
     unsafe { STACK_FLOWS.get(key).is_some() }
 }
 
+/// A pod opens a connection on the fast path: whatever the stack once
+/// forwarded with this tuple (kube-proxy's DNAT to the same backend port
+/// from the same source port, since ended) is over. Its entry would send
+/// this connection's replies to the stack, where conntrack finds no flow
+/// and drops them as INVALID.
+#[inline(always)]
+pub fn forget_on_new_connection(ctx: &TcContext, key: &FlowKey) {
+    if parse::is_tcp_syn(ctx, key) {
+        let _ = STACK_FLOWS.remove(&key.reversed());
+    }
+}
+
 /// Remember the reply tuple of this packet (refreshing it if known).
 #[inline(always)]
 pub fn remember(key: &FlowKey) {

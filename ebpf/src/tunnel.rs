@@ -113,6 +113,9 @@ fn try_from_tunnel(ctx: &TcContext) -> Result<i32, DropReason> {
         let (key, stack_only) = parse::flow(ctx, ip)?;
         is_fragment = stack_only;
         replies_to_stack_flow = !stack_only && stack_flows::is_reply(&key);
+        if !stack_only && !replies_to_stack_flow {
+            stack_flows::forget_on_new_connection(ctx, &key);
+        }
     }
     let facts = FromUplinkFacts {
         dest_is_local_pod: local.is_some(),

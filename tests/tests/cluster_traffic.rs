@@ -86,6 +86,42 @@ fn services_through_kube_proxy_from_pods_and_nodes() {
     assert!(m.all_ok(), "{}", m.render());
 }
 
+/// The first line a TCP server at `ip:port` sends, asked from `netns` out
+/// of source port `from`.
+fn tcp_text_from_port(netns: &str, ip: &str, port: u16, from: u16) -> Option<String> {
+    let target = format!("TCP:{ip}:{port},connect-timeout=2,sourceport={from},reuseaddr");
+    let out =
+        sluice_tests::try_run(&mut sluice_tests::lab::ns_cmd(netns, &["timeout", "4", "socat", "-T1", "-", &target]))
+            .ok()?;
+    let text = String::from_utf8_lossy(&out.stdout).trim().to_string();
+    (out.status.success() && !text.is_empty()).then_some(text)
+}
+
+#[test]
+fn a_direct_connection_reusing_an_ended_service_flows_tuple_takes_the_fast_path() {
+    // A pod reaches a backend through kube-proxy's DNAT, the connection
+    // ends, then the same pod connects to that backend directly from the
+    // same source port: the stack's record of the old flow must not send
+    // the new connection's replies to conntrack (which would drop them).
+    let lab = cluster_lab(3, 1);
+    let client = lab.state.nodes[2].pods[0].clone();
+    let from = 45123;
+    let mut tried = 0;
+    let backend = loop {
+        tried += 1;
+        let who = tcp_text_from_port(&client.netns, DEMO_IP, 80, from).expect("through the Service");
+        // A backend on another node than the client's.
+        if let Some((_, pod)) = lab.pods().into_iter().find(|(n, p)| p.name == who && n.name != "n3") {
+            break pod.clone();
+        }
+        assert!(tried < 10, "no backend answered");
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    std::thread::sleep(Duration::from_millis(300));
+    let direct = tcp_text_from_port(&client.netns, &backend.ip, sluice_tests::lab::ECHO_PORT, from);
+    assert_eq!(direct.as_deref(), Some(backend.name.as_str()), "the direct connection from port {from} was answered");
+}
+
 #[test]
 fn nodeports_from_the_world_with_both_traffic_policies() {
     let lab = cluster_lab(3, 1);

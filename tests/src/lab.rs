@@ -899,6 +899,42 @@ pub fn tcp_probe(netns: &str, ip: &str, expect: &str) -> bool {
     }
 }
 
+/// A counter from `status --json` of node `node` (`group`: drops or forwards).
+pub fn counter(lab: &Lab, node: usize, group: &str, name: &str) -> u64 {
+    lab.status(node).unwrap()[group][name].as_u64().unwrap()
+}
+
+/// Send one UDP datagram from `src` to `dst` and check it arrives.
+pub fn udp_reaches(src: &Pod, dst: &Pod, port: u16) -> bool {
+    let out = std::env::temp_dir().join(format!("sluice-udp-{}-{port}", std::process::id()));
+    let _ = std::fs::remove_file(&out);
+    let mut listener =
+        ns_cmd(&dst.netns, &["socat", "-u", &format!("UDP-RECV:{port}"), &format!("CREATE:{}", out.display())])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+    std::thread::sleep(Duration::from_millis(200));
+    let msg = format!("hello-from-{}", src.name);
+    let sent = ns_cmd(&src.netns, &["sh", "-c", &format!("echo {msg} | socat -u - UDP-SENDTO:{}:{port}", dst.ip)])
+        .status()
+        .unwrap();
+    assert!(sent.success());
+    let start = Instant::now();
+    let mut got = String::new();
+    while start.elapsed() < Duration::from_secs(3) {
+        got = std::fs::read_to_string(&out).unwrap_or_default();
+        if got.contains(&msg) {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let _ = listener.kill();
+    let _ = listener.wait();
+    let _ = std::fs::remove_file(&out);
+    got.contains(&msg)
+}
+
 /// One plugin invocation, as a runtime would make it.
 #[derive(Clone, Debug)]
 pub struct CniCall {

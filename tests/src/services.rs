@@ -65,6 +65,15 @@ pub fn lab(nodes: usize, pods_per_node: usize) -> Result<Lab> {
         let port = UDP_PORT.to_string();
         let cmd = client_cmd(&lab, &node, &netns, &["udp-serve", "0.0.0.0", &port, &name]);
         lab.spawn_helper(cmd, &format!("{name}-udp-serve"))?;
+        // Bound before anyone sends (a datagram to an unbound port is
+        // answered with port-unreachable: ECONNREFUSED on a connected socket).
+        let start = Instant::now();
+        while crate::lab::ns_exec(&netns, &["ss", "-H", "-uln", &format!("sport = :{port}")])?.trim().is_empty() {
+            if start.elapsed() > Duration::from_secs(5) {
+                bail!("UDP server in {name} did not bind :{port}");
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
     }
     Ok(lab)
 }

@@ -9,7 +9,7 @@ use std::{
 
 use sluice_tests::{
     bin,
-    lab::{ns_cmd, ns_exec, ping, tcp_probe, Lab, LabOptions, Node, Pod, LAN_PREFIX},
+    lab::{counter, ns_cmd, ns_exec, ping, tcp_probe, udp_reaches, Lab, LabOptions, Node, Pod, LAN_PREFIX},
     require_root, try_run,
 };
 
@@ -22,41 +22,6 @@ fn lab(nodes: usize, pods: usize, mtu: u32) -> Lab {
 
 fn pod(lab: &Lab, node: usize, i: usize) -> Pod {
     lab.state.nodes[node].pods[i].clone()
-}
-
-fn counter(lab: &Lab, node: usize, group: &str, name: &str) -> u64 {
-    lab.status(node).unwrap()[group][name].as_u64().unwrap()
-}
-
-/// Send one UDP datagram from `src` to `dst` and check it arrives.
-fn udp_reaches(src: &Pod, dst: &Pod, port: u16) -> bool {
-    let out = std::env::temp_dir().join(format!("sluice-udp-{}-{port}", std::process::id()));
-    let _ = std::fs::remove_file(&out);
-    let mut listener =
-        ns_cmd(&dst.netns, &["socat", "-u", &format!("UDP-RECV:{port}"), &format!("CREATE:{}", out.display())])
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap();
-    sleep(Duration::from_millis(200));
-    let msg = format!("hello-from-{}", src.name);
-    let sent = ns_cmd(&src.netns, &["sh", "-c", &format!("echo {msg} | socat -u - UDP-SENDTO:{}:{port}", dst.ip)])
-        .status()
-        .unwrap();
-    assert!(sent.success());
-    let start = Instant::now();
-    let mut got = String::new();
-    while start.elapsed() < Duration::from_secs(3) {
-        got = std::fs::read_to_string(&out).unwrap_or_default();
-        if got.contains(&msg) {
-            break;
-        }
-        sleep(Duration::from_millis(20));
-    }
-    let _ = listener.kill();
-    let _ = listener.wait();
-    let _ = std::fs::remove_file(&out);
-    got.contains(&msg)
 }
 
 #[test]

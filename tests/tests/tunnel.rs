@@ -2,16 +2,10 @@
 //! that knows nothing of pod CIDRs. Peers across it are reached through
 //! VXLAN (the router sees UDP 8472 between node IPs), peers on the same LAN
 //! natively (raw pod addresses on the wire).
-use std::{
-    process::Stdio,
-    thread::sleep,
-    time::{Duration, Instant},
-};
-
 use sluice_tests::{
     bin,
     capture::Capture,
-    lab::{ns_cmd, ns_exec, ping, tcp_probe, Lab, LabOptions, Pod},
+    lab::{counter, ns_cmd, ns_exec, ping, tcp_probe, udp_reaches, Lab, LabOptions, Pod},
     require_root,
 };
 
@@ -71,41 +65,6 @@ fn pods_get_the_tunnels_mtu_and_a_pinned_larger_one_is_refused_with_the_right_mt
 
 fn pod(lab: &Lab, node: usize) -> Pod {
     lab.state.nodes[node].pods[0].clone()
-}
-
-fn counter(lab: &Lab, node: usize, group: &str, name: &str) -> u64 {
-    lab.status(node).unwrap()[group][name].as_u64().unwrap()
-}
-
-/// Send one UDP datagram from `src` to `dst` and check it arrives.
-fn udp_reaches(src: &Pod, dst: &Pod, port: u16) -> bool {
-    let out = std::env::temp_dir().join(format!("sluice-tun-udp-{}-{port}", std::process::id()));
-    let _ = std::fs::remove_file(&out);
-    let mut listener =
-        ns_cmd(&dst.netns, &["socat", "-u", &format!("UDP-RECV:{port}"), &format!("CREATE:{}", out.display())])
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap();
-    sleep(Duration::from_millis(200));
-    let msg = format!("hello-from-{}", src.name);
-    let sent = ns_cmd(&src.netns, &["sh", "-c", &format!("echo {msg} | socat -u - UDP-SENDTO:{}:{port}", dst.ip)])
-        .status()
-        .unwrap();
-    assert!(sent.success());
-    let start = Instant::now();
-    let mut got = String::new();
-    while start.elapsed() < Duration::from_secs(3) {
-        got = std::fs::read_to_string(&out).unwrap_or_default();
-        if got.contains(&msg) {
-            break;
-        }
-        sleep(Duration::from_millis(20));
-    }
-    let _ = listener.kill();
-    let _ = listener.wait();
-    let _ = std::fs::remove_file(&out);
-    got.contains(&msg)
 }
 
 #[test]

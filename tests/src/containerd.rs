@@ -154,13 +154,15 @@ impl Drop for Containerd {
         }
         let _ = Command::new("kill").args(["-TERM", &self.daemon.id().to_string()]).status();
         let start = Instant::now();
-        while start.elapsed() < Duration::from_secs(5) {
-            if let Ok(Some(_)) = self.daemon.try_wait() {
-                return;
-            }
+        while start.elapsed() < Duration::from_secs(5) && !matches!(self.daemon.try_wait(), Ok(Some(_))) {
             std::thread::sleep(Duration::from_millis(50));
         }
         let _ = self.daemon.kill();
         let _ = self.daemon.wait();
+        // runc made a cgroup named after the containerd namespace in every
+        // hierarchy and leaves it behind.
+        for hierarchy in fs::read_dir("/sys/fs/cgroup").into_iter().flatten().flatten() {
+            crate::cgroups::remove(&hierarchy.path().join(&self.namespace));
+        }
     }
 }

@@ -201,9 +201,13 @@ fn aligned(len: usize) -> usize {
     (len + 3) & !3
 }
 
-/// One datagram of a dump answering request `seq`: its IPv4 sockets are
-/// added to `out`. `true` once the dump is done.
-fn parse_dump(mut buf: &[u8], seq: u32, out: &mut Vec<UdpSocket>) -> Result<bool> {
+/// Walk the messages of one datagram that answer request `seq`, until
+/// `each` returns a result.
+fn answers<R>(
+    mut buf: &[u8],
+    seq: u32,
+    mut each: impl FnMut(NetlinkPayload<SockDiagMessage>) -> Option<Result<R>>,
+) -> Result<Option<R>> {
     while !buf.is_empty() {
         let msg = NetlinkMessage::<SockDiagMessage>::deserialize(buf).context("parse sock_diag answer")?;
         let len = msg.header.length as usize;
@@ -211,42 +215,39 @@ fn parse_dump(mut buf: &[u8], seq: u32, out: &mut Vec<UdpSocket>) -> Result<bool
             bail!("sock_diag answer with a zero length message");
         }
         if msg.header.sequence_number == seq {
-            match msg.payload {
-                NetlinkPayload::Done(_) => return Ok(true),
-                NetlinkPayload::Error(e) => {
-                    if let Some(code) = e.code {
-                        return Err(std::io::Error::from_raw_os_error(-code.get()))
-                            .context("sock_diag dump of UDP sockets");
-                    }
-                }
-                NetlinkPayload::InnerMessage(SockDiagMessage::InetResponse(r)) => {
-                    out.extend(UdpSocket::from_id(&r.header.socket_id));
-                }
-                _ => {}
-            }
-        }
-        buf = buf.get(aligned(len)..).unwrap_or_default();
-    }
-    Ok(false)
-}
-
-/// The errno (0: success) of the acknowledgement of request `seq`, if this
-/// datagram holds it.
-fn parse_ack(mut buf: &[u8], seq: u32) -> Result<Option<i32>> {
-    while !buf.is_empty() {
-        let msg = NetlinkMessage::<SockDiagMessage>::deserialize(buf).context("parse sock_diag answer")?;
-        let len = msg.header.length as usize;
-        if len == 0 {
-            bail!("sock_diag answer with a zero length message");
-        }
-        if msg.header.sequence_number == seq {
-            if let NetlinkPayload::Error(e) = msg.payload {
-                return Ok(Some(e.code.map_or(0, |c| -c.get())));
+            if let Some(r) = each(msg.payload) {
+                return r.map(Some);
             }
         }
         buf = buf.get(aligned(len)..).unwrap_or_default();
     }
     Ok(None)
+}
+
+/// One datagram of a dump answering request `seq`: its IPv4 sockets are
+/// added to `out`. `true` once the dump is done.
+fn parse_dump(buf: &[u8], seq: u32, out: &mut Vec<UdpSocket>) -> Result<bool> {
+    let done = answers(buf, seq, |payload| match payload {
+        NetlinkPayload::Done(_) => Some(Ok(())),
+        NetlinkPayload::Error(e) => e
+            .code
+            .map(|code| Err(std::io::Error::from_raw_os_error(-code.get())).context("sock_diag dump of UDP sockets")),
+        NetlinkPayload::InnerMessage(SockDiagMessage::InetResponse(r)) => {
+            out.extend(UdpSocket::from_id(&r.header.socket_id));
+            None
+        }
+        _ => None,
+    })?;
+    Ok(done.is_some())
+}
+
+/// The errno (0: success) of the acknowledgement of request `seq`, if this
+/// datagram holds it.
+fn parse_ack(buf: &[u8], seq: u32) -> Result<Option<i32>> {
+    answers(buf, seq, |payload| match payload {
+        NetlinkPayload::Error(e) => Some(Ok(e.code.map_or(0, |c| -c.get()))),
+        _ => None,
+    })
 }
 
 /// In the calling thread's network namespace: destroy the connected UDP

@@ -16,7 +16,7 @@ base = paths["A node-node"]
 metrics = [("rr", "TCP_RR"), ("crr", "TCP_CRR"), ("gbit", "throughput")]
 
 fig, axes = plt.subplots(1, 3, figsize=(14, 4.8), sharey=True)
-colors = {"L": "#999999", "B": "#d08c3a", "S": "#2f6db5"}
+colors = {"L": "#999999", "B": "#d08c3a", "K": "#8a5a9e", "S": "#2f6db5"}
 for ax, (key, title) in zip(axes, metrics):
     # Service paths have no throughput figure (null): drawn as 0.
     values = [(paths[n][key] or 0) / base[key] if base[key] else 0 for n in names]
@@ -29,7 +29,7 @@ for ax, (key, title) in zip(axes, metrics):
 cni = report["cni"]
 cp = report["control_plane"]
 fig.suptitle(
-    "sluice (S) vs bridge + host routes (B), veth pair (L); node-to-node (A) = 1.0\n"
+    "sluice (S) vs bridge + host routes (B), the kernel's VXLAN overlay (K), veth pair (L); node-to-node (A) = 1.0\n"
     f"CNI ADD+DEL p99: sluice {cni['sluice']['add_del_p99_ms']:.1f} ms, bridge+host-local "
     f"{cni['bridge_host_local']['add_del_p99_ms']:.1f} ms   |   {cp['peers']} routes reconciled in "
     f"{cp['reconcile_from_scratch_ms']:.1f} ms, agent RSS {cp['agent_rss_with_peers_mib']:.1f} MiB",

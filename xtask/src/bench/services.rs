@@ -306,6 +306,9 @@ pub fn round(round: usize, bins: &Path, plan: &Plan, out: &mut BTreeMap<String, 
     let mut opts = LabOptions::new(2, 0, bins.to_path_buf());
     opts.kubernetes = true;
     opts.kube_proxy_replacement = true;
+    // Native at the uplink's MTU, like the other S rows (`auto` would give
+    // the pods MTU − 50 with every peer native).
+    opts.extra_agent_args = vec!["--tunnel=never".into()];
     let mut lab = Lab::up(&opts)?;
     lab.add_pod(0, "n1p1")?;
     lab.add_pod(1, "n2p1")?;

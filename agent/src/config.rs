@@ -28,6 +28,13 @@ pub struct AgentConfig {
     /// off the subnet are reported and left out).
     #[arg(long, env = "SLUICE_TUNNEL", value_enum, default_value_t = crate::membership::TunnelMode::Auto)]
     pub tunnel: crate::membership::TunnelMode,
+    /// The device pair joining each new pod to the node: `veth` (the
+    /// default), `netkit` (the program runs in the pod's transmit path;
+    /// Linux 6.7+ built with CONFIG_NETKIT), or `auto`: netkit when the
+    /// kernel can make one, veth otherwise. netkit is not yet the default:
+    /// its datapath has not run on a netkit kernel (docs/ARCHITECTURE.md).
+    #[arg(long, env = "SLUICE_DEVICE", value_enum, default_value_t = crate::daemon::pod_device::DeviceChoice::Veth)]
+    pub device: crate::daemon::pod_device::DeviceChoice,
     /// Pod CIDR of this node. With --kubernetes it may be left out: the
     /// node's own `spec.podCIDR` is used.
     #[arg(long, env = "SLUICE_POD_CIDR")]
@@ -224,6 +231,7 @@ mod tests {
             netns_dir: None,
             mtu: None,
             tunnel: crate::membership::TunnelMode::Auto,
+            device: crate::daemon::pod_device::DeviceChoice::Auto,
             masquerade: true,
             non_masquerade_cidr: vec![],
             mount_bpffs: false,

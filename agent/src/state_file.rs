@@ -38,6 +38,11 @@ pub struct AgentState {
     pub health_netns: String,
     pub health_ip: String,
     pub resync_ms: u64,
+    /// The device pair new pods get (`veth`, `netkit`) and why (`--device`).
+    #[serde(default)]
+    pub pod_device: String,
+    #[serde(default)]
+    pub pod_device_why: String,
     /// The socket load balancer, when `--kube-proxy-replacement=true`.
     #[serde(default)]
     pub service_lb: Option<crate::daemon::service_lb::ServiceLbState>,

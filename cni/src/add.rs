@@ -1,4 +1,4 @@
-//! ADD: a veth into the pod, an address from the node's pod CIDR, routes and
+//! ADD: a veth or netkit pair into the pod, an address from the node's pod CIDR, routes and
 //! a static gateway neighbour inside the pod, the endpoint map entry, and
 //! `from_pod` attached to the host side. Every step registers its undo; a
 //! failure anywhere leaves the node as it was.
@@ -10,7 +10,7 @@ use sluice_node::ipam::store::{Allocation, Exhausted, LeaseStore};
 use sluice_node::{
     datapath::{pinned_maps::Endpoints, pins::PinDir},
     net::{netlink::Netlink, netns},
-    pod::names as pod_names,
+    pod::{device::PodDevice, names as pod_names},
 };
 
 use crate::{config::NetConf, env::CniEnv, error::CniError, fault, rollback::Rollback};
@@ -69,20 +69,26 @@ async fn add_steps(conf: &NetConf, env: &CniEnv, rb: &mut Rollback) -> Result<Va
     }
     // The pod's end is made in the pod's namespace: no move between
     // namespaces, whose RCU wait was half of an ADD (docs/BENCHMARKS.md).
-    let host_link = plumbing::create_veth_into(&host, &host_name, &peer_tmp, ns_file.as_raw_fd(), conf.mtu)
-        .await
-        .map_err(plugin)?;
+    let ns_fd = ns_file.as_raw_fd();
+    let host_link = match conf.device {
+        PodDevice::Veth => plumbing::create_veth_into(&host, &host_name, &peer_tmp, ns_fd, conf.mtu).await,
+        PodDevice::Netkit => plumbing::create_netkit_into(&host, &host_name, &peer_tmp, ns_fd, conf.mtu).await,
+    }
+    .map_err(plugin)?;
+    // netkit's L3 mode has no MAC addresses and no ARP: no neighbours.
+    let has_arp = conf.device == PodDevice::Veth;
     fault::after("veth").map_err(plugin)?;
     fault::after("move").map_err(plugin)?;
 
     // 3. Inside the pod.
-    let pod_link = plumbing::configure_pod_side(&pod, &peer_tmp, &env.ifname, conf.mtu, ip, host_link.mac)
-        .await
-        .map_err(plugin)?;
+    let gateway_mac = has_arp.then_some(host_link.mac);
+    let pod_link =
+        plumbing::configure_pod_side(&pod, &peer_tmp, &env.ifname, conf.mtu, ip, gateway_mac).await.map_err(plugin)?;
     fault::after("pod-config").map_err(plugin)?;
 
     // 4. On the node.
-    plumbing::configure_host_side(&host, &host_link, ip, pod_link.mac).await.map_err(plugin)?;
+    let pod_mac = has_arp.then_some(pod_link.mac);
+    plumbing::configure_host_side(&host, &host_link, ip, pod_mac).await.map_err(plugin)?;
     fault::after("host-config").map_err(plugin)?;
 
     // 5. The endpoint entry, before the program that checks it is attached.
@@ -99,13 +105,14 @@ async fn add_steps(conf: &NetConf, env: &CniEnv, rb: &mut Rollback) -> Result<Va
     }
     fault::after("endpoint").map_err(plugin)?;
 
-    // 6. `from_pod` on the host side's ingress and `to_pod` on its egress,
-    // pinned to outlive us.
+    // 6. `from_pod` on the host side's ingress (veth) or `from_pod_netkit`
+    // in the pod's transmit path (netkit), and `to_pod` on the host side's
+    // egress, pinned to outlive us.
     {
         let (pins, host_name) = (pins.clone(), host_name.clone());
         rb.push("detach pod programs", async move { plumbing::detach_pod_programs(&pins, &host_name) });
     }
-    plumbing::attach_pod_programs(&pins, &host_name).map_err(plugin)?;
+    plumbing::attach_pod_programs(&pins, conf.device, &host_name).map_err(plugin)?;
     fault::after("attach").map_err(plugin)?;
 
     Ok(result(conf, env, &host_name, host_link.mac, pod_link.mac, ip))

@@ -1,13 +1,13 @@
 //! CHECK: is the pod still as ADD left it? On the node: the host veth, the
 //! lease, the endpoint entry, both programs attached, `prevResult`. Inside
 //! the pod's namespace: the interface (up, with the configured MTU), its
-//! `/32`, the route to the gateway and the default route via it, and the
-//! gateway's permanent neighbour at the host veth's MAC.
+//! `/32`, the route to the gateway and the default route via it, and (veth)
+//! the gateway's permanent neighbour at the host veth's MAC.
 use anyhow::anyhow;
 use sluice_node::{
-    datapath::{links, pinned_maps::Endpoints, pins::PinDir},
+    datapath::{pinned_maps::Endpoints, pins::PinDir},
     net::netlink::Netlink,
-    pod::names as pod_names,
+    pod::{device::PodDevice, names as pod_names},
 };
 
 use crate::{config::NetConf, env::CniEnv, error::CniError};
@@ -38,7 +38,11 @@ pub async fn check(conf: &NetConf, env: &CniEnv) -> Result<(), CniError> {
             return fail(format!("prevResult does not list this pod's address {want}"));
         }
     }
-    for program in links::POD_PROGRAMS {
+    // The pod's kind is the one whose marker program is pinned.
+    let Some(device) = PodDevice::of_pod(&pins, &host_name) else {
+        return fail(format!("{} is not attached to {host_name}", conf.device.marker()));
+    };
+    for program in device.programs() {
         if !pins.link(program, &host_name).exists() {
             return fail(format!("{program} is not attached to {host_name}"));
         }
@@ -46,7 +50,8 @@ pub async fn check(conf: &NetConf, env: &CniEnv) -> Result<(), CniError> {
     let Some(netns) = &env.netns else {
         return fail("CNI_NETNS is needed for CHECK: the pod's side is checked too".into());
     };
-    let problems = check_pod_side(netns, &env.ifname, conf.mtu, ip, link.mac).await.map_err(CniError::Plugin)?;
+    let gateway_mac = (device == PodDevice::Veth).then_some(link.mac);
+    let problems = check_pod_side(netns, &env.ifname, conf.mtu, ip, gateway_mac).await.map_err(CniError::Plugin)?;
     if !problems.is_empty() {
         return fail(format!("in the pod: {}", problems.join("; ")));
     }
@@ -59,7 +64,7 @@ async fn check_pod_side(
     ifname: &str,
     mtu: u32,
     ip: std::net::Ipv4Addr,
-    host_mac: [u8; 6],
+    host_mac: Option<[u8; 6]>,
 ) -> anyhow::Result<Vec<String>> {
     let pod = sluice_node::net::netns::netlink_in(netns)?;
     let Some(link) = pod.link_by_name(ifname).await? else {
@@ -80,10 +85,13 @@ async fn check_pod_side(
     if !routes.iter().any(|r| r.dst.prefix() == 0 && r.gateway == Some(gw) && r.oif == link.index) {
         problems.push(format!("the default route via {gw} is missing"));
     }
-    match pod.permanent_neighbour(link.index, gw).await? {
-        Some(mac) if mac == host_mac => {}
-        Some(_) => problems.push(format!("the gateway {gw}'s neighbour entry points at another MAC")),
-        None => problems.push(format!("the gateway {gw} has no permanent neighbour entry")),
+    // A NOARP device (netkit) needs no neighbour entry.
+    if let Some(host_mac) = host_mac {
+        match pod.permanent_neighbour(link.index, gw).await? {
+            Some(mac) if mac == host_mac => {}
+            Some(_) => problems.push(format!("the gateway {gw}'s neighbour entry points at another MAC")),
+            None => problems.push(format!("the gateway {gw} has no permanent neighbour entry")),
+        }
     }
     Ok(problems)
 }

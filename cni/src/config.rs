@@ -4,7 +4,7 @@ use std::path::PathBuf;
 
 use ipnetwork::Ipv4Network;
 use serde::Deserialize;
-use sluice_node::paths;
+use sluice_node::{paths, pod::device::PodDevice};
 
 /// CNI versions this plugin speaks.
 pub const SUPPORTED_VERSIONS: &[&str] = &["0.3.0", "0.3.1", "0.4.0", "1.0.0", "1.1.0"];
@@ -15,6 +15,8 @@ pub struct NetConf {
     pub name: String,
     pub pod_cidr: Ipv4Network,
     pub mtu: u32,
+    /// The pod's device pair (`"device"`: `veth`, the default, or `netkit`).
+    pub device: PodDevice,
     pub pin_dir: PathBuf,
     pub data_dir: PathBuf,
     /// The result of the plugins before this one in a chain (ADD, CHECK).
@@ -51,6 +53,7 @@ struct Raw {
     #[serde(rename = "podCIDR")]
     pod_cidr: Option<serde_json::Value>,
     mtu: Option<serde_json::Value>,
+    device: Option<serde_json::Value>,
     pin_dir: Option<String>,
     data_dir: Option<String>,
     prev_result: Option<serde_json::Value>,
@@ -100,6 +103,11 @@ impl NetConf {
                 _ => return Err(field("mtu", format!("must be an integer from 576 to 65535, got {v}"))),
             },
         };
+        let device = match raw.device {
+            None => PodDevice::Veth,
+            Some(serde_json::Value::String(s)) if PodDevice::parse(&s).is_some() => PodDevice::parse(&s).unwrap(),
+            Some(v) => return Err(field("device", format!("must be \"veth\" or \"netkit\", got {v}"))),
+        };
         let pin_dir = PathBuf::from(raw.pin_dir.unwrap_or_else(|| paths::DEFAULT_PIN_DIR.into()));
         let data_dir = PathBuf::from(raw.data_dir.unwrap_or_else(|| paths::DEFAULT_DATA_DIR.into()));
         for (name, p) in [("pinDir", &pin_dir), ("dataDir", &data_dir)] {
@@ -125,7 +133,7 @@ impl NetConf {
                 field("cni.dev/valid-attachments", format!("must be a list of {{containerID, ifname}}: {e}"))
             })?),
         };
-        Ok(Self { cni_version, name, pod_cidr, mtu, pin_dir, data_dir, prev_result, valid_attachments })
+        Ok(Self { cni_version, name, pod_cidr, mtu, device, pin_dir, data_dir, prev_result, valid_attachments })
     }
 }
 
@@ -142,6 +150,9 @@ mod tests {
         assert_eq!(c.mtu, 1400);
         assert_eq!(c.pod_cidr, "10.244.1.0/24".parse().unwrap());
         assert_eq!(c.pin_dir, PathBuf::from("/sys/fs/bpf/x"));
+        assert_eq!(c.device, PodDevice::Veth, "veth unless asked");
+        let c = NetConf::parse(&with("device", serde_json::json!("netkit"))).unwrap();
+        assert_eq!(c.device, PodDevice::Netkit);
     }
 
     fn with(key: &str, value: serde_json::Value) -> Vec<u8> {
@@ -167,6 +178,8 @@ mod tests {
             ("podCIDR", json!("10.0.0.0/31"), "podCIDR"),
             ("mtu", json!(10), "mtu"),
             ("mtu", json!("1500"), "mtu"),
+            ("device", json!("tap"), "device"),
+            ("device", json!(1), "device"),
             ("pinDir", json!("relative/dir"), "pinDir"),
             ("prevResult", json!("x"), "prevResult"),
             ("prevResult", json!({"ips": 5}), "prevResult"),

@@ -51,6 +51,10 @@ pub mod names {
 pub mod programs {
     /// Ingress of each pod's host-side veth.
     pub const FROM_POD: &str = "from_pod";
+    /// The same for a netkit pod: its peer program, in the pod's transmit
+    /// path (local delivery by `bpf_redirect`, as `bpf_redirect_peer`
+    /// works only at TC ingress).
+    pub const FROM_POD_NETKIT: &str = "from_pod_netkit";
     /// Ingress of the node's uplink.
     pub const FROM_UPLINK: &str = "from_uplink";
     /// Ingress of the node's VXLAN device: decapsulated packets.
@@ -60,7 +64,7 @@ pub mod programs {
     pub const TO_TUNNEL: &str = "to_tunnel";
     /// Diagnostic: counts packets per interface into `IFACE_PACKETS`.
     pub const COUNT_PACKETS: &str = "count_packets";
-    /// Egress of each pod's host-side veth: what the stack sends a pod.
+    /// Egress of each pod's host-side device: what the stack sends a pod.
     pub const TO_POD: &str = "to_pod";
     /// Egress of the node's uplink: what the stack sends out.
     pub const TO_UPLINK: &str = "to_uplink";

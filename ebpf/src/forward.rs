@@ -3,7 +3,7 @@
 use aya_ebpf::programs::TcContext;
 use aya_ebpf::{
     bindings::{bpf_redir_neigh, TC_ACT_REDIRECT},
-    helpers::{bpf_redirect_neigh, bpf_redirect_peer},
+    helpers::{bpf_redirect, bpf_redirect_neigh, bpf_redirect_peer},
 };
 use sluice_common::{maps::FAST_PATH_MARK, verdict::checksum_after_ttl_decrement, DropReason, EndpointInfo};
 
@@ -35,6 +35,26 @@ pub fn into_pod(eth: *mut EthHdr, ep: &EndpointInfo) -> Result<i32, DropReason> 
     }
     // SAFETY: helper call; returns TC_ACT_REDIRECT or TC_ACT_SHOT.
     let rc = unsafe { bpf_redirect_peer(ep.host_ifindex, 0) } as i32;
+    if rc != TC_ACT_REDIRECT as i32 {
+        return Err(DropReason::RedirectFailed);
+    }
+    Ok(rc)
+}
+
+/// From a netkit pod's transmit path (no `bpf_redirect_peer` there): MACs
+/// as `into_pod` writes them, then out of the destination pod's host end,
+/// whose transmit hands the packet to the pod. Marked, so that host end's
+/// `to_pod` knows the fast path sent it (see `stack_flows`).
+#[inline(always)]
+pub fn to_pods_host_end(ctx: &TcContext, eth: *mut EthHdr, ep: &EndpointInfo) -> Result<i32, DropReason> {
+    // SAFETY: `eth` was bounds checked by parse::header_mut.
+    unsafe {
+        (*eth).dst = ep.pod_mac;
+        (*eth).src = ep.host_mac;
+    }
+    ctx.set_mark(crate::parse::mark(ctx) | FAST_PATH_MARK);
+    // SAFETY: helper call; returns TC_ACT_REDIRECT or TC_ACT_SHOT.
+    let rc = unsafe { bpf_redirect(ep.host_ifindex, 0) } as i32;
     if rc != TC_ACT_REDIRECT as i32 {
         return Err(DropReason::RedirectFailed);
     }

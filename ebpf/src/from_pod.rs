@@ -1,4 +1,9 @@
-//! `from_pod`: ingress of a pod's host-side veth.
+//! `from_pod`: ingress of a pod's host-side veth; `from_pod_netkit`: the
+//! same decisions as a netkit pod's peer program, run in the pod's transmit
+//! path with the host end as the packet's device. The one difference is
+//! local delivery: `bpf_redirect_peer` works only at TC ingress, so from
+//! netkit the packet is redirected to the destination's host end (whose
+//! transmit hands it to the pod).
 use aya_ebpf::{bindings::TC_ACT_OK, macros::classifier, maps::lpm_trie::Key, programs::TcContext};
 use sluice_common::{
     maps::REMOTE_NODE_VXLAN,
@@ -15,14 +20,22 @@ use crate::{
 
 #[classifier]
 pub fn from_pod(ctx: TcContext) -> i32 {
-    match try_from_pod(&ctx) {
+    match try_from_pod::<false>(&ctx) {
+        Ok(action) => action,
+        Err(reason) => drop_packet(&ctx, reason),
+    }
+}
+
+#[classifier]
+pub fn from_pod_netkit(ctx: TcContext) -> i32 {
+    match try_from_pod::<true>(&ctx) {
         Ok(action) => action,
         Err(reason) => drop_packet(&ctx, reason),
     }
 }
 
 #[inline(always)]
-fn try_from_pod(ctx: &TcContext) -> Result<i32, DropReason> {
+fn try_from_pod<const NETKIT: bool>(ctx: &TcContext) -> Result<i32, DropReason> {
     let Some((eth, ip)) = parse::ipv4(ctx)? else {
         // ARP, IPv6: the node's stack answers (pods use a static neighbour
         // for their gateway, so ARP is rare).
@@ -100,7 +113,7 @@ fn try_from_pod(ctx: &TcContext) -> Result<i32, DropReason> {
                 return Err(DropReason::LookupMismatch);
             };
             forward::decrement_ttl(ip);
-            let action = forward::into_pod(eth, ep)?;
+            let action = if NETKIT { forward::to_pods_host_end(ctx, eth, ep)? } else { forward::into_pod(eth, ep)? };
             count_forward(ctx, ForwardPath::PodToLocalPod);
             Ok(action)
         }

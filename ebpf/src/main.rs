@@ -1,7 +1,8 @@
 //! sluice's datapath: TC programs attached with TCX, and cgroup socket
 //! programs for Services.
 //!
-//! - `from_pod`: ingress of every pod's host-side veth. Anti-spoofing, then
+//! - `from_pod` / `from_pod_netkit`: ingress of every pod's host-side veth /
+//!   a netkit pod's peer program (its transmit path). Anti-spoofing, then
 //!   local delivery straight into the destination pod, cross-node forwarding
 //!   out of the uplink (pod IPs untouched, no encapsulation), or the stack.
 //! - `from_uplink`: ingress of the node's uplink. Packets for a local pod go

@@ -8,7 +8,7 @@
 //!
 //! So the two egress programs, which see only what the stack sends (the
 //! fast path's local deliveries never pass a host veth's egress, and its
-//! uplink packets carry `FAST_PATH_MARK`), remember the reply tuple of every
+//! uplink packets and deliveries from netkit pods carry `FAST_PATH_MARK`), remember the reply tuple of every
 //! packet from a pod; the ingress programs send packets matching one to the
 //! stack. The kernel's conntrack is the state; this map only says "ask it".
 use aya_ebpf::{bindings::TC_ACT_UNSPEC, macros::classifier, maps::lpm_trie::Key, programs::TcContext};
@@ -55,10 +55,16 @@ pub fn flow_key(ctx: &TcContext) -> Option<FlowKey> {
     parse::flow(ctx, ip).ok().map(|(key, _)| key)
 }
 
-/// What the stack sends out of a pod's host veth. From a pod (this node's
-/// or another's), it crossed the stack on the way: remember it.
+/// What the stack sends out of a pod's host device. From a pod (this
+/// node's or another's), it crossed the stack on the way: remember it. A
+/// netkit pod's local delivery passes here too, marked (cleared here).
 #[classifier]
 pub fn to_pod(ctx: TcContext) -> i32 {
+    let mark = parse::mark(&ctx);
+    if mark & FAST_PATH_MARK != 0 {
+        ctx.set_mark(mark & !FAST_PATH_MARK);
+        return TC_ACT_UNSPEC;
+    }
     if let Some(key) = flow_key(&ctx) {
         // SAFETY: only presence is read.
         let from_pod =

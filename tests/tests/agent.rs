@@ -247,3 +247,47 @@ fn a_live_pods_link_that_fails_to_update_keeps_its_pin() {
     // Its from_pod link was updated as usual: the pod still talks.
     assert!(sluice_tests::lab::ping(&pod.netns, &node.ip));
 }
+
+/// Whether this kernel can make a netkit pair (CONFIG_NETKIT): its transmit
+/// function is in the symbol table only then.
+fn kernel_has_netkit() -> bool {
+    std::fs::read_to_string("/proc/kallsyms").unwrap().lines().any(|l| l.ends_with(" netkit_xmit"))
+}
+
+#[test]
+fn pod_device_auto_takes_what_the_kernel_has_and_a_forced_netkit_it_lacks_is_refused() {
+    require_root();
+    let bins = bin("sluice-agent").parent().unwrap().to_path_buf();
+    let mut opts = LabOptions::new(1, 1, bins.clone());
+    opts.extra_agent_args = vec!["--device=auto".into()];
+    let lab = Lab::up(&opts).unwrap();
+    let agent = lab.status(0).unwrap()["agent"].clone();
+    let pod = &lab.state.nodes[0].pods[0];
+    let link: serde_json::Value =
+        serde_json::from_str(&ns_exec(&pod.netns, &["ip", "-d", "-j", "link", "show", "eth0"]).unwrap()).unwrap();
+    let kind = link[0]["linkinfo"]["info_kind"].as_str().unwrap_or_default().to_string();
+    let why = agent["podDeviceWhy"].as_str().unwrap_or_default().to_string();
+    if kernel_has_netkit() {
+        assert_eq!(agent["podDevice"], "netkit", "{agent}");
+        assert_eq!(kind, "netkit", "{link}");
+    } else {
+        assert_eq!(agent["podDevice"], "veth", "{agent}");
+        assert!(why.starts_with("auto: no netkit"), "{why}");
+        assert_eq!(kind, "veth", "{link}");
+        // Forced, it is refused at start with the kernel's answer, before
+        // anything is pinned, and the probe leaves no device behind.
+        let peers = lab.peers_file().display().to_string();
+        let args = ["--uplink", "eth0", "--pod-cidr", "10.244.1.0/24", "--cluster-cidr", CLUSTER_CIDR];
+        let mut a = args.to_vec();
+        a.extend(["--peers-file", &peers, "--device=netkit"]);
+        let out = run_expecting_failure(&lab, &a);
+        assert!(out.contains("--device=netkit, but this kernel cannot make a netkit pair"), "{out}");
+        let links = ns_exec(&lab.state.nodes[0].netns, &["ip", "-o", "link"]).unwrap();
+        assert!(!links.contains("sluice_nkprobe"), "{links}");
+    }
+    // The default is veth, whatever the kernel has.
+    drop(lab);
+    let lab = Lab::up(&LabOptions::new(1, 1, bins)).unwrap();
+    assert_eq!(lab.status(0).unwrap()["agent"]["podDevice"], "veth");
+    assert_eq!(lab.status(0).unwrap()["agent"]["podDeviceWhy"], "--device=veth");
+}

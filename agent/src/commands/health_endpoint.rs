@@ -19,9 +19,9 @@ use tokio::io::AsyncWriteExt;
 use tracing::{info, warn};
 
 use sluice_node::{
-    datapath::{links, pinned_maps::Endpoints, pins::PinDir},
+    datapath::{pinned_maps::Endpoints, pins::PinDir},
     net::{netlink::Netlink, netns},
-    pod::plumbing,
+    pod::{device::PodDevice, plumbing},
 };
 
 pub const HEALTH_PORT: u16 = 4240;
@@ -75,16 +75,16 @@ pub async fn ensure(
     let pod = netns::netlink_in(&path)?;
     if let (Some(host_link), Some(_)) = (host.link_by_name(HOST_VETH).await?, pod.link_by_name("eth0").await?) {
         let ours = Endpoints::open(pins)?.get(ip).map(|e| e.host_ifindex) == Some(host_link.index);
-        if ours && links::POD_PROGRAMS.iter().all(|p| pins.link(p, HOST_VETH).exists()) {
+        if ours && PodDevice::Veth.programs().iter().all(|p| pins.link(p, HOST_VETH).exists()) {
             return Ok(path);
         }
     }
     let ns = File::open(&path)?;
     let host_link = plumbing::create_veth_into(host, HOST_VETH, PEER_TMP, ns.as_raw_fd(), mtu).await?;
-    let pod_link = plumbing::configure_pod_side(&pod, PEER_TMP, "eth0", mtu, ip, host_link.mac).await?;
-    plumbing::configure_host_side(host, &host_link, ip, pod_link.mac).await?;
+    let pod_link = plumbing::configure_pod_side(&pod, PEER_TMP, "eth0", mtu, ip, Some(host_link.mac)).await?;
+    plumbing::configure_host_side(host, &host_link, ip, Some(pod_link.mac)).await?;
     plumbing::insert_endpoint(pins, ip, &host_link, pod_link.mac)?;
-    plumbing::attach_pod_programs(pins, HOST_VETH)?;
+    plumbing::attach_pod_programs(pins, PodDevice::Veth, HOST_VETH)?;
     info!(%ip, netns = %path.display(), "health endpoint ready");
     Ok(path)
 }

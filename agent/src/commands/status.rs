@@ -132,6 +132,7 @@ pub fn collect(pins: &PinDir, data_dir: &Path) -> StatusReport {
                 programs::FROM_UPLINK,
                 programs::TO_UPLINK,
                 programs::FROM_POD,
+                programs::FROM_POD_NETKIT,
                 programs::TO_POD,
                 programs::FROM_TUNNEL,
                 programs::TO_TUNNEL,
@@ -232,6 +233,9 @@ impl StatusReport {
                 a.pod_cidr,
                 a.membership
             ));
+            if !a.pod_device.is_empty() {
+                o.push_str(&format!("pod device: {} ({})\n", a.pod_device, a.pod_device_why));
+            }
             if let Some(k) = &a.kubernetes {
                 o.push_str(&format!(
                     "kubernetes: {} , synced {}, {} events, {} lists{}\n",

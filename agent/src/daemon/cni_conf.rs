@@ -8,14 +8,21 @@ use std::{
 use anyhow::{Context, Result};
 use ipnetwork::Ipv4Network;
 use serde_json::json;
-use sluice_node::paths::PLUGIN_TYPE;
+use sluice_node::{paths::PLUGIN_TYPE, pod::device::PodDevice};
 
 pub const CONFLIST_NAME: &str = "10-sluice.conflist";
 pub const NETWORK_NAME: &str = "sluice";
 
 /// The conflist for this node. `mtu` is the pods' MTU: the uplink's, less the
-/// VXLAN overhead when a peer is or may become tunneled (`--tunnel`).
-pub fn render(pod_cidr: Ipv4Network, mtu: u32, pin_dir: &Path, data_dir: &Path) -> serde_json::Value {
+/// VXLAN overhead when a peer is or may become tunneled (`--tunnel`);
+/// `device` the pair new pods get (`--device`).
+pub fn render(
+    pod_cidr: Ipv4Network,
+    mtu: u32,
+    device: PodDevice,
+    pin_dir: &Path,
+    data_dir: &Path,
+) -> serde_json::Value {
     json!({
         "cniVersion": "1.0.0",
         "name": NETWORK_NAME,
@@ -23,6 +30,7 @@ pub fn render(pod_cidr: Ipv4Network, mtu: u32, pin_dir: &Path, data_dir: &Path) 
             "type": PLUGIN_TYPE,
             "podCIDR": pod_cidr.to_string(),
             "mtu": mtu,
+            "device": device,
             "pinDir": pin_dir,
             "dataDir": data_dir,
         }]
@@ -57,16 +65,23 @@ mod tests {
 
     #[test]
     fn conflist_shape() {
-        let c = render("10.244.1.0/24".parse().unwrap(), 1400, Path::new("/sys/fs/bpf/s"), Path::new("/var/lib/s"));
+        let c = render(
+            "10.244.1.0/24".parse().unwrap(),
+            1400,
+            PodDevice::Netkit,
+            Path::new("/sys/fs/bpf/s"),
+            Path::new("/var/lib/s"),
+        );
         assert_eq!(c["plugins"][0]["type"], "sluice");
         assert_eq!(c["plugins"][0]["mtu"], 1400);
+        assert_eq!(c["plugins"][0]["device"], "netkit");
         assert_eq!(c["plugins"][0]["podCIDR"], "10.244.1.0/24");
         assert_eq!(c["name"], NETWORK_NAME);
     }
 
     #[test]
     fn portmap_comes_after_sluice() {
-        let mut c = render("10.244.1.0/24".parse().unwrap(), 1500, Path::new("/p"), Path::new("/d"));
+        let mut c = render("10.244.1.0/24".parse().unwrap(), 1500, PodDevice::Veth, Path::new("/p"), Path::new("/d"));
         chain_portmap(&mut c);
         assert_eq!(c["plugins"][0]["type"], "sluice");
         assert_eq!(c["plugins"][1]["type"], "portmap");
@@ -76,7 +91,7 @@ mod tests {
     #[test]
     fn write_is_whole() {
         let dir = std::env::temp_dir().join(format!("sluice-conf-test-{}", std::process::id()));
-        let c = render("10.244.1.0/24".parse().unwrap(), 1500, Path::new("/p"), Path::new("/d"));
+        let c = render("10.244.1.0/24".parse().unwrap(), 1500, PodDevice::Veth, Path::new("/p"), Path::new("/d"));
         let path = write(&dir, &c).unwrap();
         let back: serde_json::Value = serde_json::from_slice(&fs::read(&path).unwrap()).unwrap();
         assert_eq!(back, c);

@@ -11,6 +11,7 @@ use tracing::{error, info, warn};
 pub mod cni_conf;
 pub mod metrics;
 pub mod plugin_install;
+pub mod pod_device;
 pub mod service_lb;
 pub mod sweep;
 pub mod sysctl;
@@ -219,6 +220,7 @@ pub async fn run(
     }
     info!(node = %node.node_name, %pod_cidr, source = source.name(), "membership known");
 
+    let (pod_device, pod_device_why) = pod_device::decide(&netlink, node.device).await?;
     let pins = PinDir::new(&node.pin_dir);
     let mut datapath = Datapath::load(&pins)?;
     pinned_maps::write_node_config(
@@ -296,7 +298,7 @@ pub async fn run(
     }
     sweep(&netlink, &node, pod_cidr, &pins, timing.sweep_grace).await;
     if let Some(dir) = &node.cni_conf_dir {
-        let mut conf = cni_conf::render(pod_cidr, mtu, &node.pin_dir, &node.data_dir);
+        let mut conf = cni_conf::render(pod_cidr, mtu, pod_device, &node.pin_dir, &node.data_dir);
         if node.host_ports {
             cni_conf::chain_portmap(&mut conf);
         }
@@ -315,6 +317,8 @@ pub async fn run(
         resync_ms: timing.resync.as_millis() as u64,
         health_netns: health_netns.display().to_string(),
         health_ip: health_endpoint::health_ip(pod_cidr).to_string(),
+        pod_device: pod_device.to_string(),
+        pod_device_why,
         ..Default::default()
     };
     let mut last_error: Option<String> = None;

@@ -17,17 +17,14 @@ use std::{
 
 use anyhow::Result;
 use ipnetwork::Ipv4Network;
-use sluice_common::{maps::programs, EndpointInfo};
+use sluice_common::EndpointInfo;
 use tracing::{info, warn};
 
 use sluice_node::{
-    datapath::{
-        pinned_maps::Endpoints,
-        pins::{self, PinDir},
-    },
+    datapath::{pinned_maps::Endpoints, pins::PinDir},
     ipam::store::{Lease, LeaseStore},
     net::netlink::Netlink,
-    pod::{names as pod_names, plumbing, teardown},
+    pod::{device::PodDevice, names as pod_names, plumbing, teardown},
 };
 
 #[derive(Debug, Default, PartialEq, Eq)]
@@ -36,7 +33,8 @@ pub struct SweepPlan {
     pub attachments: Vec<(String, String)>,
     /// Endpoint entries pointing at interfaces that no longer exist.
     pub endpoints: Vec<Ipv4Addr>,
-    /// `from_pod` link pins for interfaces that no longer exist.
+    /// Pods' link pins (`from_pod`, `from_pod_netkit`) for interfaces that
+    /// no longer exist.
     pub link_pins: Vec<String>,
 }
 
@@ -49,7 +47,7 @@ impl SweepPlan {
 pub struct Facts<'a> {
     pub leases: &'a [Lease],
     pub endpoints: &'a BTreeMap<Ipv4Addr, EndpointInfo>,
-    /// Interfaces named in `from_pod` link pins.
+    /// Interfaces named in pods' `from_pod`/`from_pod_netkit` link pins.
     pub pinned_ifnames: &'a [String],
     /// Links in the node namespace: name → ifindex.
     pub links: &'a BTreeMap<String, u32>,
@@ -92,7 +90,7 @@ pub fn plan(f: &Facts) -> SweepPlan {
 pub trait SweepTarget {
     fn leases(&self) -> Result<Vec<Lease>>;
     fn endpoints(&self) -> Result<BTreeMap<Ipv4Addr, EndpointInfo>>;
-    /// Interfaces named in `from_pod` link pins.
+    /// Interfaces named in pods' `from_pod`/`from_pod_netkit` link pins.
     fn pinned_pod_ifnames(&self) -> Result<Vec<String>>;
     /// Links in the node namespace: name → ifindex.
     async fn links(&self) -> Result<BTreeMap<String, u32>>;
@@ -169,7 +167,7 @@ impl SweepTarget for NodeSweep<'_> {
         Ok(std::fs::read_dir(self.pins.links_dir())?
             .filter_map(|e| e.ok())
             .filter_map(|e| {
-                pins::link_pin_ifname(programs::FROM_POD, &e.file_name().to_string_lossy()).map(str::to_string)
+                PodDevice::of_link_pin(&e.file_name().to_string_lossy()).map(|(ifname, _)| ifname.to_string())
             })
             .collect())
     }

@@ -1,6 +1,8 @@
-//! The two `bpf()` commands aya 0.14 does not expose for cgroup links:
-//! opening a pinned object (`BPF_OBJ_GET`) and swapping the program behind
-//! a link (`BPF_LINK_UPDATE`, atomic: no call runs without a program).
+//! The `bpf()` commands aya 0.14 does not expose: opening a pinned object
+//! (`BPF_OBJ_GET`) and swapping the program behind a link
+//! (`BPF_LINK_UPDATE`, atomic: no call runs without a program) for cgroup
+//! and netkit links; creating a netkit link (`BPF_LINK_CREATE` with
+//! `BPF_NETKIT_PEER`: aya-rs/aya#1553) and pinning it (`BPF_OBJ_PIN`).
 use std::{
     ffi::CString,
     io,
@@ -9,8 +11,14 @@ use std::{
     path::Path,
 };
 
+const BPF_OBJ_PIN: libc::c_long = 6;
 const BPF_OBJ_GET: libc::c_long = 7;
+const BPF_LINK_CREATE: libc::c_long = 28;
 const BPF_LINK_UPDATE: libc::c_long = 29;
+
+/// `enum bpf_attach_type`: a program in the transmit path of a netkit
+/// primary's peer (the pod's end), attached through the primary.
+pub const BPF_NETKIT_PEER: u32 = aya_obj::generated::bpf_attach_type::BPF_NETKIT_PEER as u32;
 
 #[repr(C)]
 #[derive(Default)]
@@ -19,6 +27,19 @@ struct ObjGetAttr {
     bpf_fd: u32,
     file_flags: u32,
     path_fd: i32,
+}
+
+/// `link_create` with its `netkit` member (relative_fd, expected_revision).
+#[repr(C)]
+#[derive(Default)]
+struct LinkCreateNetkitAttr {
+    prog_fd: u32,
+    target_ifindex: u32,
+    attach_type: u32,
+    flags: u32,
+    relative_fd: u32,
+    _pad: u32,
+    expected_revision: u64,
 }
 
 #[repr(C)]
@@ -46,6 +67,28 @@ pub fn obj_get(path: &Path) -> io::Result<OwnedFd> {
     let c = CString::new(path.as_os_str().as_bytes()).map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e))?;
     let mut attr = ObjGetAttr { pathname: c.as_ptr() as u64, ..Default::default() };
     let fd = bpf(BPF_OBJ_GET, &mut attr)?;
+    // SAFETY: the kernel returned a new fd we now own.
+    Ok(unsafe { OwnedFd::from_raw_fd(fd as i32) })
+}
+
+/// Pin `fd` (a link here) at `path` in bpffs.
+pub fn obj_pin(fd: BorrowedFd<'_>, path: &Path) -> io::Result<()> {
+    let c = CString::new(path.as_os_str().as_bytes()).map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e))?;
+    let mut attr = ObjGetAttr { pathname: c.as_ptr() as u64, bpf_fd: fd.as_raw_fd() as u32, ..Default::default() };
+    bpf(BPF_OBJ_PIN, &mut attr).map(|_| ())
+}
+
+/// A netkit link: `prog` (a `SchedClassifier`) at `attach_type` of the
+/// netkit primary `ifindex` in the calling thread's namespace, appended
+/// after any program already there.
+pub fn netkit_link_create(prog: BorrowedFd<'_>, ifindex: u32, attach_type: u32) -> io::Result<OwnedFd> {
+    let mut attr = LinkCreateNetkitAttr {
+        prog_fd: prog.as_raw_fd() as u32,
+        target_ifindex: ifindex,
+        attach_type,
+        ..Default::default()
+    };
+    let fd = bpf(BPF_LINK_CREATE, &mut attr)?;
     // SAFETY: the kernel returned a new fd we now own.
     Ok(unsafe { OwnedFd::from_raw_fd(fd as i32) })
 }

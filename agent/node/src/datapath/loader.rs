@@ -20,11 +20,12 @@ use sluice_common::maps::{names, programs};
 use tracing::{info, warn};
 
 use super::{
-    links::{attach_and_pin, ignore_not_found, update_pinned_link, POD_PROGRAMS},
+    links::{attach_and_pin, ignore_not_found, update_pinned_link},
     migrate,
-    pins::{self, PinDir},
+    pins::PinDir,
     sock_lb::{self, CGROUP_LINK, SOCK_PROGRAMS},
 };
+use crate::pod::device::PodDevice;
 
 /// The object built by `cargo xtask build-ebpf`, embedded at compile time.
 pub static OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/sluice.bpf.o"));
@@ -48,8 +49,9 @@ const ALL_MAPS: [&str; 16] = [
     names::TUNNEL_CONFIG,
 ];
 
-const ALL_PROGRAMS: [&str; 7] = [
+const ALL_PROGRAMS: [&str; 8] = [
     programs::FROM_POD,
+    programs::FROM_POD_NETKIT,
     programs::TO_POD,
     programs::FROM_UPLINK,
     programs::TO_UPLINK,
@@ -140,22 +142,22 @@ impl Datapath {
         Ok(())
     }
 
-    /// Point every pod's pinned links (found by their `from_pod` pins) at
-    /// the programs just loaded; a pod made by an older version that lacks
-    /// one of `POD_PROGRAMS` gets it attached. Links whose interface is gone
-    /// are unpinned. Returns the number of pods.
+    /// Point every pod's pinned links (found by their `from_pod` or
+    /// `from_pod_netkit` pins) at the programs just loaded; a pod made by an
+    /// older version that lacks one of its kind's programs gets it attached.
+    /// Links whose interface is gone are unpinned. Returns the number of pods.
     pub fn update_pod_links(&mut self) -> Result<usize> {
         let mut pods = Vec::new();
         for entry in fs::read_dir(self.pins.links_dir()).context("list link pins")? {
             let name = entry?.file_name().to_string_lossy().into_owned();
-            if let Some(ifname) = pins::link_pin_ifname(programs::FROM_POD, &name) {
-                pods.push(ifname.to_string());
+            if let Some((ifname, device)) = PodDevice::of_link_pin(&name) {
+                pods.push((ifname.to_string(), device));
             }
         }
         let mut updated = 0;
-        for ifname in &pods {
+        for (ifname, device) in &pods {
             let mut ok = true;
-            for program in POD_PROGRAMS {
+            for program in device.programs() {
                 let pin = self.pins.link(program, ifname);
                 let prog: &mut SchedClassifier = program_mut(&mut self.ebpf, program)?;
                 let result = if pin.exists() {

@@ -1,7 +1,9 @@
 //! The kernel's networking interfaces: `netlink` (rtnetlink in-process,
 //! never the `ip` binary), `netns` (entering a network namespace on one
 //! thread, never the mount namespace), `sockets` (sock_diag: connected UDP
-//! sockets listed and destroyed) and `vxlan` (the node's VXLAN device).
+//! sockets listed and destroyed), `vxlan` (the node's VXLAN device) and
+//! `netkit` (netkit pod devices).
+pub mod netkit;
 pub mod netlink;
 pub mod netns;
 pub mod sockets;

@@ -12,6 +12,7 @@ use anyhow::{anyhow, Context, Result};
 use aya::programs::SchedClassifier;
 use sluice_common::{maps::programs, EndpointInfo};
 
+use super::device::PodDevice;
 use crate::{
     datapath::{links, pinned_maps::Endpoints, pins::PinDir},
     net::netlink::{LinkInfo, Netlink},
@@ -20,6 +21,22 @@ use crate::{
 /// Pods route everything via this link-local address: no pod-CIDR address
 /// is spent on a gateway.
 pub const POD_GATEWAY: Ipv4Addr = Ipv4Addr::new(169, 254, 1, 1);
+
+/// The netkit pair (primary here, peer directly in the namespace open as
+/// `ns_fd`, both with `mtu`), removing leftovers of an earlier attempt on
+/// the node first. Returns the host side.
+pub async fn create_netkit_into(
+    host: &Netlink,
+    host_name: &str,
+    peer_tmp: &str,
+    ns_fd: RawFd,
+    mtu: u32,
+) -> Result<LinkInfo> {
+    host.delete_link(host_name).await?;
+    host.delete_link(peer_tmp).await?;
+    host.add_netkit_into(host_name, peer_tmp, ns_fd, mtu).await?;
+    host.require_link(host_name).await
+}
 
 /// The veth pair with its pod end created directly in the namespace open as
 /// `ns_fd` (removing leftovers of an earlier attempt on the node first).
@@ -39,14 +56,15 @@ pub async fn create_veth_into(
     Ok(host_link)
 }
 
-/// Inside the pod: name, MTU, address, routes, gateway neighbour.
+/// Inside the pod: name, MTU, address, routes, gateway neighbour (at
+/// `host_mac`; `None` on a NOARP device, netkit's L3 mode, which needs none).
 pub async fn configure_pod_side(
     pod: &Netlink,
     peer_tmp: &str,
     ifname: &str,
     mtu: u32,
     ip: Ipv4Addr,
-    host_mac: [u8; 6],
+    host_mac: Option<[u8; 6]>,
 ) -> Result<LinkInfo> {
     let link = pod.require_link(peer_tmp).await?;
     pod.set_name(link.index, ifname).await?;
@@ -58,15 +76,26 @@ pub async fn configure_pod_side(
     pod.add_address(link.index, ip.into(), 32).await?;
     pod.add_link_route(link.index, POD_GATEWAY, 32).await?;
     pod.add_default_route(link.index, POD_GATEWAY).await?;
-    pod.add_permanent_neighbour(link.index, POD_GATEWAY, host_mac).await?;
+    if let Some(mac) = host_mac {
+        pod.add_permanent_neighbour(link.index, POD_GATEWAY, mac).await?;
+    }
     pod.require_link(ifname).await
 }
 
-/// On the node: host side up, route and neighbour to the pod.
-pub async fn configure_host_side(host: &Netlink, host_link: &LinkInfo, ip: Ipv4Addr, pod_mac: [u8; 6]) -> Result<()> {
+/// On the node: host side up, route and neighbour to the pod (none on a
+/// NOARP device).
+pub async fn configure_host_side(
+    host: &Netlink,
+    host_link: &LinkInfo,
+    ip: Ipv4Addr,
+    pod_mac: Option<[u8; 6]>,
+) -> Result<()> {
     host.set_up(host_link.index).await?;
     host.add_link_route(host_link.index, ip, 32).await?;
-    host.add_permanent_neighbour(host_link.index, ip, pod_mac).await
+    match pod_mac {
+        Some(mac) => host.add_permanent_neighbour(host_link.index, ip, mac).await,
+        None => Ok(()),
+    }
 }
 
 /// The endpoint entry: this address lives behind this host veth.
@@ -75,10 +104,11 @@ pub fn insert_endpoint(pins: &PinDir, ip: Ipv4Addr, host_link: &LinkInfo, pod_ma
     Endpoints::open(pins)?.insert(ip, ep)
 }
 
-/// `POD_PROGRAMS` (the pinned programs) on the host veth, links pinned:
-/// `from_pod` on ingress, `to_pod` on egress.
-pub fn attach_pod_programs(pins: &PinDir, host_name: &str) -> Result<()> {
-    for program in links::POD_PROGRAMS {
+/// The device kind's programs (the pinned ones) on the host side, links
+/// pinned: `from_pod` on TCX ingress (veth) or `from_pod_netkit` as the
+/// netkit peer program, `to_pod` on TCX egress.
+pub fn attach_pod_programs(pins: &PinDir, device: PodDevice, host_name: &str) -> Result<()> {
+    for program in device.programs() {
         let prog_pin = pins.prog(program);
         let link_pin = pins.link(program, host_name);
         let mut prog = SchedClassifier::from_pin(&prog_pin).with_context(|| format!("open {}", prog_pin.display()))?;
@@ -88,9 +118,9 @@ pub fn attach_pod_programs(pins: &PinDir, host_name: &str) -> Result<()> {
     Ok(())
 }
 
-/// Detach `POD_PROGRAMS` from the host veth (remove their link pins).
+/// Detach every pod program from the host side (remove their link pins).
 pub fn detach_pod_programs(pins: &PinDir, host_name: &str) -> Result<()> {
-    for program in links::POD_PROGRAMS {
+    for program in links::ANY_POD_PROGRAMS {
         links::unpin_link(&pins.link(program, host_name))?;
     }
     Ok(())

@@ -38,7 +38,7 @@ pub async fn teardown(
             }
         }
     }
-    for program in links::POD_PROGRAMS {
+    for program in links::ANY_POD_PROGRAMS {
         if let Err(e) = links::unpin_link(&pins.link(program, &host_name)) {
             errors.push(format!("{e:#}"));
         }

@@ -17,7 +17,10 @@ use sluice_node::{
     },
 };
 
-use crate::state_file::{self, AgentState};
+use crate::{
+    reconcile::map_routes::{is_node_entry, Hop},
+    state_file::{self, AgentState},
+};
 
 /// Everything `status` shows, plus the verdict.
 #[derive(Debug, Default)]
@@ -164,6 +167,7 @@ pub fn collect(pins: &PinDir, data_dir: &Path) -> StatusReport {
     let route_paths = r.agent.as_ref().map(|a| a.route_paths.clone()).unwrap_or_default();
     r.routes = routes
         .iter()
+        .filter(|(cidr, (ip, vxlan))| !is_node_entry(**cidr, &Hop { node_ip: *ip, vxlan: *vxlan }))
         .map(|(cidr, (ip, vxlan))| {
             let node = route_nodes.get(&cidr.to_string()).cloned().unwrap_or_else(|| "?".into());
             let path = RoutePath::new(*vxlan, route_paths.get(&cidr.to_string()).copied());

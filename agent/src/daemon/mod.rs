@@ -125,7 +125,7 @@ const NETFILTER_RECHECK: Duration = Duration::from_secs(10);
 
 impl Reconcilers {
     async fn pass(&mut self, m: &Membership) -> Result<()> {
-        map_routes::reconcile_hops(&mut self.routes_map, &m.hops())?;
+        map_routes::reconcile_hops(&mut self.routes_map, &m.map_hops())?;
         let kernel = kernel_routes::desired_hops(&m.hops(), self.uplink_ifindex, self.vxlan_ifindex);
         kernel_routes::reconcile(&self.netlink, &kernel).await?;
         let node_ips = std::iter::once(self.node_ip).chain(m.routes.values().copied());

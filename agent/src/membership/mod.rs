@@ -283,6 +283,21 @@ impl Membership {
             .collect()
     }
 
+    /// What `NODE_ROUTES` holds: `hops`, and each tunneled peer's node IP
+    /// as a `/32` through the tunnel (`map_routes::is_node_entry`).
+    pub fn map_hops(&self) -> Hops {
+        let mut hops = self.hops();
+        let nodes: Vec<Hop> = hops.values().filter(|h| h.vxlan).copied().collect();
+        for hop in nodes {
+            let Ok(cidr) = Ipv4Network::new(hop.node_ip, 32) else { continue };
+            // A node IP inside some pod CIDR keeps that CIDR's route.
+            if !hops.keys().any(|c| c.contains(hop.node_ip)) {
+                hops.insert(cidr, hop);
+            }
+        }
+        hops
+    }
+
     /// True when some peer is reached through VXLAN.
     pub fn any_tunneled(&self) -> bool {
         self.paths.values().any(|p| p.path == PeerPath::Vxlan)
@@ -442,5 +457,23 @@ mod tests {
         assert!(!never.any_tunneled());
         assert!(matches!(never.problems[..], [Problem::OffSubnet { .. }]), "{:?}", never.problems);
         assert!(never.problems[0].to_string().contains("--tunnel=never"));
+    }
+
+    #[test]
+    fn tunneled_peers_node_ips_go_through_the_tunnel_in_the_map_only() {
+        let mut m = Membership::default();
+        let (near, far): (Ipv4Network, Ipv4Network) =
+            ("10.244.2.0/24".parse().unwrap(), "10.244.3.0/24".parse().unwrap());
+        m.routes.insert(near, "172.30.0.2".parse().unwrap());
+        m.routes.insert(far, "172.31.0.3".parse().unwrap());
+        m.paths.insert(near, PathChoice { path: PeerPath::Native, reason: PathReason::SameSubnet });
+        m.paths.insert(far, PathChoice { path: PeerPath::Vxlan, reason: PathReason::OffSubnet });
+        let map = m.map_hops();
+        let node: Ipv4Network = "172.31.0.3/32".parse().unwrap();
+        assert_eq!(map.len(), 3, "{map:?}");
+        assert_eq!(map[&node], Hop { node_ip: "172.31.0.3".parse().unwrap(), vxlan: true });
+        assert!(crate::reconcile::map_routes::is_node_entry(node, &map[&node]));
+        assert!(!crate::reconcile::map_routes::is_node_entry(far, &map[&far]));
+        assert_eq!(m.hops().len(), 2, "kernel routes never get the node's /32 (it would loop the tunnel)");
     }
 }

@@ -23,6 +23,16 @@ pub struct Hop {
 /// Pod CIDR → hop.
 pub type Hops = BTreeMap<Ipv4Network, Hop>;
 
+/// A tunneled peer's own node IP as a `/32` entry of `NODE_ROUTES`
+/// (`Membership::map_hops`): not a pod CIDR, but what makes `from_pod`
+/// send a pod's packets for that node (its host-network servers, replies
+/// to it) through the tunnel too, so no pod address reaches the underlay
+/// and both directions use the same device (strict `rp_filter`). Kernel
+/// routes, `status` and `connectivity-test` leave these out.
+pub fn is_node_entry(cidr: Ipv4Network, hop: &Hop) -> bool {
+    cidr.prefix() == 32 && cidr.ip() == hop.node_ip
+}
+
 /// Every route native: what `Routes` meant before tunnels.
 pub fn native(routes: &Routes) -> Hops {
     routes.iter().map(|(c, ip)| (*c, Hop { node_ip: *ip, vxlan: false })).collect()

@@ -93,7 +93,109 @@ pub fn check(msg: &LinkMessage, uplink_ifindex: u32) -> Vec<Mismatch> {
     out
 }
 
+/// A VXLAN device other than sluice's that listens on UDP 8472.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PortHolder {
+    pub name: String,
+    /// Its fixed VNI (`None` for an external device).
+    pub vni: Option<u32>,
+}
+
+/// Every VXLAN device in `links` but `own` whose destination port is
+/// `TUNNEL_PORT` (flannel.1 is one: Flannel's VXLAN backend uses 8472).
+pub fn port_holders(links: &[LinkMessage], own: &str) -> Vec<PortHolder> {
+    let mut out = Vec::new();
+    for msg in links {
+        let name = msg.attributes.iter().find_map(|a| match a {
+            LinkAttribute::IfName(n) => Some(n.clone()),
+            _ => None,
+        });
+        let Some(name) = name.filter(|n| n != own) else { continue };
+        let Some(infos) = msg.attributes.iter().find_map(|a| match a {
+            LinkAttribute::LinkInfo(i) => Some(i),
+            _ => None,
+        }) else {
+            continue;
+        };
+        if !infos.iter().any(|i| matches!(i, Info::Kind(InfoKind::Vxlan))) {
+            continue;
+        }
+        let data: &[InfoVxlan] = infos
+            .iter()
+            .find_map(|i| match i {
+                Info::Data(InfoData::Vxlan(d)) => Some(d.as_slice()),
+                _ => None,
+            })
+            .unwrap_or(&[]);
+        let port = data.iter().find_map(|d| if let InfoVxlan::Port(p) = d { Some(*p) } else { None });
+        if port != Some(TUNNEL_PORT) {
+            continue;
+        }
+        let external = data.iter().any(|d| matches!(d, InfoVxlan::CollectMetadata(true)));
+        let vni = data.iter().find_map(|d| if let InfoVxlan::Id(v) = d { Some(*v) } else { None });
+        out.push(PortHolder { name, vni: vni.filter(|_| !external) });
+    }
+    out
+}
+
+/// What the agent says when its device cannot open UDP 8472: who holds
+/// it, by name, and what to do.
+pub fn port_taken_message(device: &str, holders: &[PortHolder]) -> String {
+    let what = match holders {
+        [] => format!(
+            "a socket that is not a VXLAN device (see `ss -ulpn sport = :{TUNNEL_PORT}`) holds UDP {TUNNEL_PORT}"
+        ),
+        _ => {
+            let names: Vec<String> = holders
+                .iter()
+                .map(|h| match h.vni {
+                    Some(vni) => format!("{} (VNI {vni})", h.name),
+                    None => format!("{} (external)", h.name),
+                })
+                .collect();
+            let one = holders.len() == 1;
+            format!(
+                "UDP {TUNNEL_PORT} is taken by VXLAN device{} {} (another pod network's overlay? flannel.1 is \
+                 Flannel's)",
+                if one { "" } else { "s" },
+                names.join(", ")
+            )
+        }
+    };
+    format!(
+        "cannot bring up VXLAN device {device}: {what}; remove it (`ip link del <device>`), or run with \
+         --tunnel=never if every node shares one subnet"
+    )
+}
+
 impl Netlink {
+    /// Every VXLAN device but `own` on UDP 8472.
+    pub async fn vxlan_port_holders(&self, own: &str) -> Result<Vec<PortHolder>> {
+        let mut msgs = Vec::new();
+        let mut links = self.handle.link().get().execute();
+        while let Some(msg) = links.try_next().await.context("list links")? {
+            msgs.push(msg);
+        }
+        Ok(port_holders(&msgs, own))
+    }
+
+    /// Set the device up; when UDP 8472 is already bound (`EADDRINUSE`),
+    /// say who holds it and remove the device just made.
+    async fn vxlan_up(&self, name: &str, index: u32, made_now: bool) -> Result<()> {
+        let Err(e) = self.set_up(index).await else { return Ok(()) };
+        let in_use = e.downcast_ref::<rtnetlink::Error>().is_some_and(|e| is_errno(e, libc::EADDRINUSE));
+        if !in_use {
+            return Err(e).with_context(|| format!("set {name} up"));
+        }
+        let holders = self.vxlan_port_holders(name).await.unwrap_or_default();
+        if made_now {
+            if let Err(e) = self.delete_link(name).await {
+                warn!(device = name, error = %e, "could not remove the VXLAN device that failed to come up");
+            }
+        }
+        anyhow::bail!(port_taken_message(name, &holders))
+    }
+
     async fn link_message(&self, name: &str) -> Result<Option<LinkMessage>> {
         let mut links = self.handle.link().get().match_name(name.to_string()).execute();
         match links.try_next().await {
@@ -112,7 +214,7 @@ impl Netlink {
             if wrong.is_empty() {
                 let link = link_info(&msg);
                 if !link.up {
-                    self.set_up(link.index).await.with_context(|| format!("set {name} up"))?;
+                    self.vxlan_up(name, link.index, false).await?;
                 }
                 return self.require_link(name).await;
             }
@@ -126,7 +228,7 @@ impl Netlink {
             format!("create VXLAN device {name} (external, UDP {TUNNEL_PORT}, on uplink #{uplink_ifindex})")
         })?;
         let link = self.require_link(name).await?;
-        self.set_up(link.index).await.with_context(|| format!("set {name} up"))?;
+        self.vxlan_up(name, link.index, true).await?;
         info!(device = name, ifindex = link.index, mtu = link.mtu, "VXLAN device created");
         self.require_link(name).await
     }
@@ -161,6 +263,40 @@ mod tests {
         assert!(data.contains(&InfoVxlan::Port(8472)));
         assert!(data.contains(&InfoVxlan::Link(7)));
         assert!(DEVICE.len() <= 15 && !DEVICE.contains('.'));
+    }
+
+    #[test]
+    fn the_holder_of_8472_is_named() {
+        let vxlan = |name: &str, data: Vec<InfoVxlan>| {
+            message(vec![
+                LinkAttribute::IfName(name.into()),
+                LinkAttribute::LinkInfo(vec![Info::Kind(InfoKind::Vxlan), Info::Data(InfoData::Vxlan(data))]),
+            ])
+        };
+        let links = vec![
+            message(request(DEVICE, 7)),
+            vxlan("flannel.1", vec![InfoVxlan::Id(1), InfoVxlan::Port(8472), InfoVxlan::Link(7)]),
+            vxlan("vx4789", vec![InfoVxlan::Id(5), InfoVxlan::Port(4789)]),
+            vxlan("cilium_vxlan", vec![InfoVxlan::CollectMetadata(true), InfoVxlan::Id(0), InfoVxlan::Port(8472)]),
+            message(vec![LinkAttribute::IfName("eth0".into())]),
+        ];
+        let holders = port_holders(&links, DEVICE);
+        assert_eq!(
+            holders,
+            vec![
+                PortHolder { name: "flannel.1".into(), vni: Some(1) },
+                PortHolder { name: "cilium_vxlan".into(), vni: None }
+            ]
+        );
+        let m = port_taken_message(DEVICE, &holders[..1]);
+        assert_eq!(
+            m,
+            "cannot bring up VXLAN device sluice_vxlan: UDP 8472 is taken by VXLAN device flannel.1 (VNI 1) \
+             (another pod network's overlay? flannel.1 is Flannel's); remove it (`ip link del <device>`), or run \
+             with --tunnel=never if every node shares one subnet"
+        );
+        assert!(port_taken_message(DEVICE, &holders).contains("devices flannel.1 (VNI 1), cilium_vxlan (external)"));
+        assert!(port_taken_message(DEVICE, &[]).contains("a socket that is not a VXLAN device"));
     }
 
     #[test]

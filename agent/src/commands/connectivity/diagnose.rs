@@ -4,12 +4,18 @@
 //! cannot" and "nobody can" are told apart.
 use std::net::Ipv4Addr;
 
+use sluice_common::maps::TUNNEL_PORT;
+use sluice_node::net::vxlan::DEVICE;
+
 use super::{Class, Kind, Target};
+use crate::membership::PeerPath;
 
 /// Evidence gathered around one probe.
 pub struct Facts<'a> {
     pub uplink_up: bool,
     pub uplink: &'a str,
+    /// This node's VXLAN device exists and is up.
+    pub tunnel_up: bool,
     pub drops_before: &'a [(String, u64)],
     pub drops_after: &'a [(String, u64)],
     /// This node holds a kernel route to the target's pod CIDR.
@@ -20,6 +26,12 @@ pub struct Facts<'a> {
     /// Whether the target node's datapath delivered anything from its
     /// uplink into a pod during the probe (`None`: its metrics unknown).
     pub peer_delivered: Option<bool>,
+}
+
+/// The tunnel hop to a tunneled target's node, as a failure names it.
+fn vxlan_hop(t: &Target) -> Option<String> {
+    let remote = t.node_ip.filter(|_| t.path == Some(PeerPath::Vxlan) && !t.local)?;
+    Some(format!("VXLAN device {DEVICE} -> {remote} UDP {TUNNEL_PORT}"))
 }
 
 pub fn diagnose(t: &Target, f: &Facts, node_reaches: impl FnOnce(Ipv4Addr, Option<u16>) -> bool) -> String {
@@ -42,6 +54,10 @@ pub fn diagnose(t: &Target, f: &Facts, node_reaches: impl FnOnce(Ipv4Addr, Optio
     if leaves_node && !f.uplink_up {
         return format!("local uplink {} is down", f.uplink);
     }
+    let tunnel = vxlan_hop(t);
+    if tunnel.is_some() && !f.tunnel_up && matches!(t.class, Class::PodToPod | Class::HostToPod) {
+        return format!("this node's VXLAN device {DEVICE} is missing or down (the agent makes it: is it running?)");
+    }
     match (t.class, t.kind) {
         (Class::PodToPod | Class::HostToPod, _) if t.local => match (t.class, t.kind) {
             (_, Kind::Pod) => "local pod does not answer (pod down, or it drops ICMP)".into(),
@@ -58,8 +74,20 @@ pub fn diagnose(t: &Target, f: &Facts, node_reaches: impl FnOnce(Ipv4Addr, Optio
             }
             if let Some(node_ip) = t.node_ip {
                 if !node_reaches(node_ip, None) {
-                    return format!("peer node {} ({node_ip}) unreachable on the node network", t.node);
+                    let via = tunnel.as_ref().map(|h| format!(" (the tunnel's remote end: {h})")).unwrap_or_default();
+                    return format!("peer node {} ({node_ip}) unreachable on the node network{via}", t.node);
                 }
+            }
+            if let Some(hop) = &tunnel {
+                let seen = match f.peer_delivered {
+                    Some(false) => format!(", and node {}'s datapath counted nothing decapsulated", t.node),
+                    _ => String::new(),
+                };
+                return format!(
+                    "lost in the tunnel: {hop}: node {} answers on the node network but not through VXLAN{seen} \
+                     (UDP {TUNNEL_PORT} blocked between the nodes: a firewall, a security group?)",
+                    t.node
+                );
             }
             if t.class == Class::PodToPod && f.peer_delivered == Some(false) {
                 return format!(
@@ -76,6 +104,13 @@ pub fn diagnose(t: &Target, f: &Facts, node_reaches: impl FnOnce(Ipv4Addr, Optio
         (Class::PodToHost, _) => {
             if !node_reaches(t.ip, None) {
                 return format!("peer node {} ({}) unreachable on the node network", t.node, t.ip);
+            }
+            if let Some(hop) = &tunnel {
+                return format!(
+                    "lost in the tunnel: {hop}: node {} answers this node but not its pods, whose packets for it \
+                     go through VXLAN (UDP {TUNNEL_PORT} blocked between the nodes?)",
+                    t.node
+                );
             }
             format!(
                 "node {} answers this node but not its pods: it has no route back to this node's pod CIDR \
@@ -120,6 +155,7 @@ mod tests {
             node_ip: Some("172.30.0.2".parse().unwrap()),
             pod_cidr: Some("10.244.2.0/24".parse().unwrap()),
             local,
+            path: Some(PeerPath::Native),
             known_problem: None,
         }
     }
@@ -132,6 +168,7 @@ mod tests {
         Facts {
             uplink_up: true,
             uplink: "eth0",
+            tunnel_up: true,
             drops_before: before,
             drops_after: after,
             kernel_route_present: true,
@@ -186,6 +223,41 @@ mod tests {
         assert!(unseen.starts_with("left this node's eth0, never seen by node n2's datapath"), "{unseen}");
         let seen = diagnose(&t, &Facts { peer_delivered: Some(true), ..facts(&c, &c) }, |_, _| true);
         assert!(seen.starts_with("node n2 answers but its health endpoint does not"), "{seen}");
+    }
+
+    #[test]
+    fn a_tunneled_peer_names_the_vxlan_hop() {
+        let c = counters(0);
+        let t = Target { path: Some(PeerPath::Vxlan), ..target(Class::PodToPod, Kind::Health, false) };
+        let lost = diagnose(&t, &Facts { peer_delivered: Some(false), ..facts(&c, &c) }, |_, _| true);
+        assert_eq!(
+            lost,
+            "lost in the tunnel: VXLAN device sluice_vxlan -> 172.30.0.2 UDP 8472: node n2 answers on the node \
+             network but not through VXLAN, and node n2's datapath counted nothing decapsulated (UDP 8472 blocked \
+             between the nodes: a firewall, a security group?)"
+        );
+        let unknown = diagnose(&t, &facts(&c, &c), |_, _| true);
+        assert!(
+            unknown.starts_with("lost in the tunnel: VXLAN device sluice_vxlan -> 172.30.0.2 UDP 8472"),
+            "{unknown}"
+        );
+        let host = Target { class: Class::HostToPod, ..t.clone() };
+        assert!(diagnose(&host, &facts(&c, &c), |_, _| true).starts_with("lost in the tunnel"));
+        let to_host =
+            Target { class: Class::PodToHost, kind: Kind::Host, ip: "172.30.0.2".parse().unwrap(), ..t.clone() };
+        let r = diagnose(&to_host, &facts(&c, &c), |_, _| true);
+        assert!(r.starts_with("lost in the tunnel: VXLAN device sluice_vxlan -> 172.30.0.2 UDP 8472: node n2 answers this node but not its pods"), "{r}");
+        let down = diagnose(&t, &facts(&c, &c), |_, _| false);
+        assert_eq!(
+            down,
+            "peer node n2 (172.30.0.2) unreachable on the node network (the tunnel's remote end: VXLAN device \
+             sluice_vxlan -> 172.30.0.2 UDP 8472)"
+        );
+        let no_device = diagnose(&t, &Facts { tunnel_up: false, ..facts(&c, &c) }, never_asked);
+        assert!(no_device.starts_with("this node's VXLAN device sluice_vxlan is missing or down"), "{no_device}");
+        // A native peer says nothing of a tunnel.
+        let native = diagnose(&target(Class::PodToPod, Kind::Health, false), &facts(&c, &c), |_, _| true);
+        assert!(!native.contains("VXLAN"), "{native}");
     }
 
     #[test]

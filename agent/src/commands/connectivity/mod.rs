@@ -32,12 +32,16 @@ use sluice_node::{
         pinned_maps::{self, Endpoints, NodeRoutes},
         pins::PinDir,
     },
-    net::{netlink::Netlink, netns},
+    net::{netlink::Netlink, netns, vxlan},
 };
 
 use super::health_endpoint as health;
 use crate::{
-    reconcile::kernel_routes,
+    membership::PeerPath,
+    reconcile::{
+        kernel_routes,
+        map_routes::{is_node_entry, Hop},
+    },
     state_file::{self, AgentState},
 };
 
@@ -103,6 +107,9 @@ pub struct Target {
     /// The pod CIDR the target's node owns (health endpoints of peers).
     pub pod_cidr: Option<Ipv4Network>,
     pub local: bool,
+    /// How this node's packets reach the target's pod CIDR (peers' health
+    /// endpoints, from a pod and from the node): native or VXLAN.
+    pub path: Option<PeerPath>,
     /// Set when the target cannot even be tried (e.g. no route).
     pub known_problem: Option<String>,
 }
@@ -160,12 +167,16 @@ fn ms(d: Duration) -> f64 {
     (d.as_secs_f64() * 1000.0 * 100.0).round() / 100.0
 }
 
-/// Who to probe (pure): from the routes map's CIDRs and node IPs, this
-/// node's own facts, the agent's membership problems and local pods.
+/// A route of the routes map: a peer's pod CIDR, its node IP, and whether
+/// it is tunneled.
+pub type RouteHop = (Ipv4Network, Ipv4Addr, bool);
+
+/// Who to probe (pure): from the routes map's CIDRs, node IPs and paths,
+/// this node's own facts, the agent's membership problems and local pods.
 pub fn targets(
     state: &AgentState,
     own_node_ip: Option<Ipv4Addr>,
-    routes: &[(Ipv4Network, Ipv4Addr)],
+    routes: &[RouteHop],
     local_pods: &[Ipv4Addr],
     extra: &Extra,
 ) -> Result<Vec<Target>> {
@@ -181,21 +192,25 @@ pub fn targets(
         node_ip: None,
         pod_cidr: None,
         local,
+        path: None,
         known_problem: None,
     };
     let health_port = Some(health::HEALTH_PORT);
-    let mut nodes: Vec<(String, Ipv4Network, Option<Ipv4Addr>, bool)> =
-        vec![(state.node_name.clone(), own_cidr, own_node_ip, true)];
-    for (cidr, ip) in routes {
+    // (name, pod CIDR, node IP, local, path)
+    type NodeRow = (String, Ipv4Network, Option<Ipv4Addr>, bool, Option<PeerPath>);
+    let mut nodes: Vec<NodeRow> = vec![(state.node_name.clone(), own_cidr, own_node_ip, true, None)];
+    for (cidr, ip, vxlan) in routes {
         let name = state.route_nodes.get(&cidr.to_string()).cloned().unwrap_or_else(|| format!("node at {ip}"));
-        nodes.push((name, *cidr, Some(*ip), false));
+        let path = if *vxlan { PeerPath::Vxlan } else { PeerPath::Native };
+        nodes.push((name, *cidr, Some(*ip), false, Some(path)));
     }
     // Every node's health endpoint, as one class sees it.
     let health_endpoints = |class| {
-        nodes.iter().map(move |(node, cidr, node_ip, local)| Target {
+        nodes.iter().map(move |(node, cidr, node_ip, local, path)| Target {
             port: health_port,
             node_ip: *node_ip,
             pod_cidr: Some(*cidr),
+            path: *path,
             ..base(class, Kind::Health, node.clone(), health::health_ip(*cidr), *local)
         })
     };
@@ -214,9 +229,15 @@ pub fn targets(
             });
         }
     }
-    for (node, _, node_ip, local) in &nodes {
+    // A tunneled peer's own address is reached through the tunnel too
+    // (its node IP's entry in NODE_ROUTES).
+    for (node, _, node_ip, local, path) in &nodes {
         if let Some(ip) = node_ip {
-            out.push(Target { node_ip: Some(*ip), ..base(Class::PodToHost, Kind::Host, node.clone(), *ip, *local) });
+            out.push(Target {
+                node_ip: Some(*ip),
+                path: *path,
+                ..base(Class::PodToHost, Kind::Host, node.clone(), *ip, *local)
+            });
         }
     }
     out.extend(health_endpoints(Class::HostToPod));
@@ -249,11 +270,17 @@ fn probe(t: &Target, seq: u16) -> Probe {
 pub async fn run(pins: &PinDir, data_dir: &Path, extra: &Extra) -> Result<Vec<ProbeResult>> {
     let state = state_file::read(data_dir).context("agent state (has the agent run on this node?)")?;
     let own_node_ip = pinned_maps::read_node_config(pins).map(|c| pinned_maps::ip_from_be(c.node_ip_be)).ok();
-    let routes: Vec<(Ipv4Network, Ipv4Addr)> = NodeRoutes::open(pins)?.all()?.into_iter().collect();
+    let routes: Vec<RouteHop> = NodeRoutes::open(pins)?
+        .all_hops()?
+        .into_iter()
+        .filter(|(cidr, (ip, vxlan))| !is_node_entry(*cidr, &Hop { node_ip: *ip, vxlan: *vxlan }))
+        .map(|(cidr, (ip, vxlan))| (cidr, ip, vxlan))
+        .collect();
     let local_pods: Vec<Ipv4Addr> = Endpoints::open(pins)?.all()?.into_keys().collect();
     let targets = targets(&state, own_node_ip, &routes, &local_pods, extra)?;
     let netlink = Netlink::open()?;
     let uplink_up = netlink.link_by_name(&state.uplink).await?.map(|l| l.up).unwrap_or(false);
+    let tunnel_up = netlink.link_by_name(vxlan::DEVICE).await?.map(|l| l.up).unwrap_or(false);
     let kernel_routes: BTreeSet<Ipv4Network> =
         netlink.routes_of_protocol(kernel_routes::ROUTE_PROTOCOL).await?.into_iter().map(|r| r.dst).collect();
     let health_ns = PathBuf::from(&state.health_netns);
@@ -289,10 +316,12 @@ pub async fn run(pins: &PinDir, data_dir: &Path, extra: &Extra) -> Result<Vec<Pr
             (Some(ip), Some(_)) if !ok => peer_drops::fetch(ip, extra.peer_metrics_port),
             _ => None,
         };
+        // What the peer's datapath counts for a delivery from this node.
+        let delivered = if t.path == Some(PeerPath::Vxlan) { "tunnel_to_pod" } else { "uplink_to_pod" };
         let (peer_dropped, peer_delivered) = match (&peer_before, &peer_after) {
             (Some(b), Some(a)) => (
                 peer_drops::delta(&b.drops, &a.drops),
-                Some(peer_drops::delta(&b.forwards, &a.forwards).iter().any(|(p, _)| p == "uplink_to_pod")),
+                Some(peer_drops::delta(&b.forwards, &a.forwards).iter().any(|(p, _)| p == delivered)),
             ),
             _ => (Vec::new(), None),
         };
@@ -302,6 +331,7 @@ pub async fn run(pins: &PinDir, data_dir: &Path, extra: &Extra) -> Result<Vec<Pr
                 peer_delivered,
                 uplink_up,
                 uplink: &state.uplink,
+                tunnel_up,
                 drops_before: &before,
                 drops_after: &after,
                 kernel_route_present: t.pod_cidr.is_none_or(|c| t.local || kernel_routes.contains(&c)),
@@ -329,8 +359,8 @@ pub async fn run(pins: &PinDir, data_dir: &Path, extra: &Extra) -> Result<Vec<Pr
 
 pub fn render(results: &[ProbeResult]) -> String {
     let mut o = format!(
-        "{:<15} {:<12} {:<8} {:<21} {:>10} {:>10}  {}\n",
-        "class", "node", "target", "address", "icmp", "tcp", "result"
+        "{:<15} {:<12} {:<8} {:<21} {:<6} {:>10} {:>10}  {}\n",
+        "class", "node", "target", "address", "path", "icmp", "tcp", "result"
     );
     for r in results {
         let cell = |ms: Option<f64>, err: &Option<String>, tried: bool| match (ms, err) {
@@ -346,12 +376,18 @@ pub fn render(results: &[ProbeResult]) -> String {
             _ => t.ip.to_string(),
         };
         let kind = serde_json::to_value(t.kind).ok().and_then(|v| v.as_str().map(str::to_string)).unwrap_or_default();
+        let path = match t.path {
+            Some(PeerPath::Native) => "native",
+            Some(PeerPath::Vxlan) => "vxlan",
+            None => "-",
+        };
         o.push_str(&format!(
-            "{:<15} {:<12} {:<8} {:<21} {:>10} {:>10}  {}\n",
+            "{:<15} {:<12} {:<8} {:<21} {:<6} {:>10} {:>10}  {}\n",
             t.class.name(),
             t.node,
             kind,
             addr,
+            path,
             cell(r.icmp_ms, &r.icmp_error, t.icmp),
             cell(r.tcp_ms, &r.tcp_error, t.port.is_some()),
             if r.ok { "ok".to_string() } else { format!("FAILED: {}", r.reason.clone().unwrap_or_default()) }
@@ -379,7 +415,7 @@ mod tests {
 
     #[test]
     fn every_class_is_probed() {
-        let routes = vec![("10.244.2.0/24".parse().unwrap(), "172.30.0.2".parse().unwrap())];
+        let routes = vec![("10.244.2.0/24".parse().unwrap(), "172.30.0.2".parse().unwrap(), false)];
         let pods = vec!["10.244.1.1".parse().unwrap(), "10.244.1.5".parse().unwrap()];
         let extra = Extra {
             peer_metrics_port: 9962,
@@ -411,6 +447,36 @@ mod tests {
         assert_eq!((svc.port, svc.icmp), (Some(53), false), "services answer TCP, not ping");
         assert_eq!((t[9].port, t[9].icmp), (None, true));
         assert!(!Class::HostToPod.from_pod() && Class::PodToWorld.from_pod());
+    }
+
+    #[test]
+    fn peers_health_endpoints_carry_their_path() {
+        let routes = vec![
+            ("10.244.2.0/24".parse().unwrap(), "172.30.0.2".parse().unwrap(), false),
+            ("10.244.3.0/24".parse().unwrap(), "172.31.0.3".parse().unwrap(), true),
+        ];
+        let t = targets(&state(), Some("172.30.0.1".parse().unwrap()), &routes, &[], &Extra::default()).unwrap();
+        let paths: Vec<(&str, String, Option<PeerPath>)> = t
+            .iter()
+            .filter(|t| t.kind == Kind::Health && !t.ip.is_unspecified())
+            .map(|t| (t.class.name(), t.ip.to_string(), t.path))
+            .collect();
+        let want = |class| {
+            [(class, "10.244.1.1".to_string(), None), (class, "10.244.2.1".into(), Some(PeerPath::Native))]
+                .into_iter()
+                .chain([(class, "10.244.3.1".to_string(), Some(PeerPath::Vxlan))])
+        };
+        assert_eq!(paths, want("pod-to-pod").chain(want("host-to-pod")).collect::<Vec<_>>());
+        let text = render(&[ProbeResult {
+            target: t[2].clone(),
+            icmp_ms: Some(0.1),
+            icmp_error: None,
+            tcp_ms: Some(0.2),
+            tcp_error: None,
+            ok: true,
+            reason: None,
+        }]);
+        assert!(text.lines().nth(1).unwrap().contains("10.244.3.1            vxlan"), "{text}");
     }
 
     #[test]

@@ -15,6 +15,13 @@ use sluice_node::{
 
 use crate::{config::NetConf, env::CniEnv, error::CniError, fault, rollback::Rollback};
 use sluice_node::pod::plumbing::{self, POD_GATEWAY};
+use sluice_node::step_timer;
+
+/// `step` is done: charge its time, then the fault point after it.
+fn done(step: &'static str) -> Result<(), CniError> {
+    step_timer::mark(step);
+    fault::after(step).map_err(plugin)
+}
 
 pub async fn add(conf: &NetConf, env: &CniEnv) -> Result<Value, CniError> {
     let mut rb = Rollback::default();
@@ -39,7 +46,6 @@ fn fmt_mac(mac: [u8; 6]) -> String {
 }
 
 async fn add_steps(conf: &NetConf, env: &CniEnv, rb: &mut Rollback) -> Result<Value, CniError> {
-    fault::start();
     let netns_path = env.netns.as_deref().ok_or_else(|| plugin(anyhow!("CNI_NETNS missing")))?;
     let pins = PinDir::new(&conf.pin_dir);
     plumbing::require_datapath(&pins).map_err(CniError::DatapathNotReady)?;
@@ -48,10 +54,11 @@ async fn add_steps(conf: &NetConf, env: &CniEnv, rb: &mut Rollback) -> Result<Va
         .with_context(|| format!("open pod network namespace {}", netns_path.display()))
         .map_err(plugin)?;
     let pod = netns::netlink_in(netns_path).map_err(plugin)?;
+    step_timer::mark("setup");
 
     // 1. An address.
     let ip = allocate(conf, env, rb)?;
-    fault::after("ipam").map_err(plugin)?;
+    done("ipam")?;
 
     // 2. The veth pair, starting clean if an earlier ADD left one behind.
     let host_name = pod_names::host_veth(&env.container_id, &env.ifname);
@@ -77,19 +84,19 @@ async fn add_steps(conf: &NetConf, env: &CniEnv, rb: &mut Rollback) -> Result<Va
     .map_err(plugin)?;
     // netkit's L3 mode has no MAC addresses and no ARP: no neighbours.
     let has_arp = conf.device == PodDevice::Veth;
-    fault::after("veth").map_err(plugin)?;
+    done("veth")?;
     fault::after("move").map_err(plugin)?;
 
     // 3. Inside the pod.
     let gateway_mac = has_arp.then_some(host_link.mac);
     let pod_link =
         plumbing::configure_pod_side(&pod, &peer_tmp, &env.ifname, conf.mtu, ip, gateway_mac).await.map_err(plugin)?;
-    fault::after("pod-config").map_err(plugin)?;
+    done("pod-config")?;
 
     // 4. On the node.
     let pod_mac = has_arp.then_some(pod_link.mac);
     plumbing::configure_host_side(&host, &host_link, ip, pod_mac).await.map_err(plugin)?;
-    fault::after("host-config").map_err(plugin)?;
+    done("host-config")?;
 
     // 5. The endpoint entry, before the program that checks it is attached.
     plumbing::insert_endpoint(&pins, ip, &host_link, pod_link.mac).map_err(|e| {
@@ -103,7 +110,7 @@ async fn add_steps(conf: &NetConf, env: &CniEnv, rb: &mut Rollback) -> Result<Va
         let pins = pins.clone();
         rb.push("remove endpoint", async move { Endpoints::open(&pins)?.remove(ip) });
     }
-    fault::after("endpoint").map_err(plugin)?;
+    done("endpoint")?;
 
     // 6. `from_pod` on the host side's ingress (veth) or `from_pod_netkit`
     // in the pod's transmit path (netkit), and `to_pod` on the host side's
@@ -112,6 +119,7 @@ async fn add_steps(conf: &NetConf, env: &CniEnv, rb: &mut Rollback) -> Result<Va
         let (pins, host_name) = (pins.clone(), host_name.clone());
         rb.push("detach pod programs", async move { plumbing::detach_pod_programs(&pins, &host_name) });
     }
+    // Charges its own steps (attach-open, attach-from_pod, attach-to_pod).
     plumbing::attach_pod_programs(&pins, conf.device, &host_name).map_err(plugin)?;
     fault::after("attach").map_err(plugin)?;
 

@@ -9,6 +9,7 @@ use sluice_node::pod::teardown::teardown;
 pub async fn del(conf: &NetConf, env: &CniEnv) -> Result<(), CniError> {
     let host = Netlink::open().map_err(CniError::Plugin)?;
     let store = LeaseStore::lock(&conf.data_dir, conf.pod_cidr).map_err(CniError::Ipam)?;
+    sluice_node::step_timer::mark("ipam-lock");
     let errors = teardown(&host, &PinDir::new(&conf.pin_dir), &store, &env.container_id, &env.ifname).await;
     if errors.is_empty() {
         Ok(())

@@ -37,8 +37,15 @@ fn main() -> ExitCode {
         .filter(|v| SUPPORTED_VERSIONS.contains(&v.as_str()))
         .unwrap_or_else(|| "1.1.0".to_string());
     let started = std::time::Instant::now();
+    sluice_node::step_timer::start();
     let outcome = run(&stdin);
-    record_stats(&stdin, outcome.as_ref().err().map_or(0, CniError::code), started.elapsed().as_secs_f64());
+    sluice_node::step_timer::mark("finish");
+    let steps = sluice_node::step_timer::take();
+    if std::env::var_os("SLUICE_CNI_TIMINGS").is_some() {
+        eprint!("{}", sluice_node::step_timer::render(&steps));
+    }
+    let steps: Vec<(&str, f64)> = steps.iter().map(|(s, d)| (*s, d.as_secs_f64())).collect();
+    record_stats(&stdin, outcome.as_ref().err().map_or(0, CniError::code), started.elapsed().as_secs_f64(), &steps);
     match outcome {
         Ok(Some(out)) => {
             println!("{out}");
@@ -55,14 +62,14 @@ fn main() -> ExitCode {
 /// Tell the agent's metrics about this call (`sluice_node::cni_stats`), in
 /// the data directory the configuration names; a call whose configuration
 /// cannot be read goes to the default one. Never fails the call.
-fn record_stats(stdin: &[u8], code: u32, seconds: f64) {
+fn record_stats(stdin: &[u8], code: u32, seconds: f64, steps: &[(&str, f64)]) {
     let Ok(verb) = std::env::var("CNI_COMMAND") else { return };
     if verb == "VERSION" {
         return;
     }
     let data_dir =
         NetConf::parse(stdin).map(|c| c.data_dir).unwrap_or_else(|_| sluice_node::paths::DEFAULT_DATA_DIR.into());
-    let _ = sluice_node::cni_stats::record(&data_dir, &verb, code, seconds);
+    let _ = sluice_node::cni_stats::record(&data_dir, &verb, code, seconds, steps);
 }
 
 fn run(stdin: &[u8]) -> Result<Option<serde_json::Value>, CniError> {
@@ -73,6 +80,7 @@ fn run(stdin: &[u8]) -> Result<Option<serde_json::Value>, CniError> {
     let conf = NetConf::parse(stdin)?;
     let rt =
         tokio::runtime::Builder::new_current_thread().enable_all().build().map_err(|e| CniError::Plugin(e.into()))?;
+    sluice_node::step_timer::mark("setup");
     rt.block_on(async {
         match env.command {
             Command::Add => add::add(&conf, &env).await.map(Some),

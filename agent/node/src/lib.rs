@@ -17,3 +17,4 @@ pub mod ipam;
 pub mod net;
 pub mod paths;
 pub mod pod;
+pub mod step_timer;

@@ -98,18 +98,41 @@ fn encode_cni(encoder: &mut DescriptorEncoder, stats: &cni_stats::Stats) -> std:
         MetricType::Histogram,
     )?;
     for (verb, v) in &stats.verbs {
-        // The file holds cumulative counts; the encoder wants them per bucket.
-        let mut buckets = Vec::new();
-        let mut below = 0;
-        for (bound, cumulative) in cni_stats::BUCKETS.iter().zip(&v.buckets) {
-            buckets.push((*bound, cumulative - below));
-            below = *cumulative;
-        }
-        buckets.push((f64::MAX, v.count - below));
+        let buckets = per_bucket(&cni_stats::BUCKETS, &v.buckets, v.count);
         let labels = vec![("verb".to_string(), verb.clone())];
         m.encode_family(&labels)?.encode_histogram::<Vec<(String, String)>>(v.sum_seconds, v.count, &buckets, None)?;
     }
+    let mut m = encoder.encode_descriptor(
+        "sluice_cni_step_duration_seconds",
+        "How long each step of the CNI plugin's calls took (ipam, veth, attach-from_pod, ...), by verb.",
+        None,
+        MetricType::Histogram,
+    )?;
+    for (verb, v) in &stats.verbs {
+        for (step, h) in &v.steps {
+            let buckets = per_bucket(&cni_stats::STEP_BUCKETS, &h.buckets, h.count);
+            let labels = vec![("verb".to_string(), verb.clone()), ("step".to_string(), step.clone())];
+            m.encode_family(&labels)?.encode_histogram::<Vec<(String, String)>>(
+                h.sum_seconds,
+                h.count,
+                &buckets,
+                None,
+            )?;
+        }
+    }
     Ok(())
+}
+
+/// The file holds cumulative counts; the encoder wants them per bucket.
+fn per_bucket(bounds: &[f64], cumulative: &[u64], count: u64) -> Vec<(f64, u64)> {
+    let mut buckets = Vec::new();
+    let mut below = 0;
+    for (bound, c) in bounds.iter().zip(cumulative) {
+        buckets.push((*bound, c - below));
+        below = *c;
+    }
+    buckets.push((f64::MAX, count - below));
+    buckets
 }
 
 fn family<M: EncodeMetric>(
@@ -327,8 +350,8 @@ mod tests {
         m.membership_problems.set(2);
         m.set_kubernetes(Some(KubeState { events: 5, relists: 1, connected: true, ..Default::default() }));
         let dir = std::env::temp_dir().join(format!("sluice-metrics-test-{}", std::process::id()));
-        cni_stats::record(&dir, "ADD", 0, 0.03).unwrap();
-        cni_stats::record(&dir, "ADD", 103, 0.2).unwrap();
+        cni_stats::record(&dir, "ADD", 0, 0.03, &[("attach-from_pod", 0.012)]).unwrap();
+        cni_stats::record(&dir, "ADD", 103, 0.2, &[]).unwrap();
         let text = render(&registry(&PinDir::new("/nonexistent"), &dir, &m)).unwrap();
         std::fs::remove_dir_all(&dir).unwrap();
         for line in [
@@ -343,6 +366,8 @@ mod tests {
             "sluice_cni_duration_seconds_bucket{le=\"0.05\",verb=\"ADD\"} 1",
             "sluice_cni_duration_seconds_bucket{le=\"0.25\",verb=\"ADD\"} 2",
             "sluice_cni_duration_seconds_count{verb=\"ADD\"} 2",
+            "sluice_cni_step_duration_seconds_bucket{le=\"0.025\",verb=\"ADD\",step=\"attach-from_pod\"} 1",
+            "sluice_cni_step_duration_seconds_count{verb=\"ADD\",step=\"attach-from_pod\"} 1",
         ] {
             assert!(text.contains(line), "{line} missing from:\n{text}");
         }

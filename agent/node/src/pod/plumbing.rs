@@ -16,6 +16,7 @@ use super::device::PodDevice;
 use crate::{
     datapath::{links, pinned_maps::Endpoints, pins::PinDir},
     net::netlink::{LinkInfo, Netlink},
+    step_timer,
 };
 
 /// Pods route everything via this link-local address: no pod-CIDR address
@@ -106,16 +107,32 @@ pub fn insert_endpoint(pins: &PinDir, ip: Ipv4Addr, host_link: &LinkInfo, pod_ma
 
 /// The device kind's programs (the pinned ones) on the host side, links
 /// pinned: `from_pod` on TCX ingress (veth) or `from_pod_netkit` as the
-/// netkit peer program, `to_pod` on TCX egress.
+/// netkit peer program, `to_pod` on TCX egress. Charges `step_timer` steps
+/// `attach-open` (the programs from their pins) and one per link.
 pub fn attach_pod_programs(pins: &PinDir, device: PodDevice, host_name: &str) -> Result<()> {
+    let mut progs = Vec::new();
     for program in device.programs() {
         let prog_pin = pins.prog(program);
+        progs.push(SchedClassifier::from_pin(&prog_pin).with_context(|| format!("open {}", prog_pin.display()))?);
+    }
+    step_timer::mark("attach-open");
+    for (program, mut prog) in device.programs().into_iter().zip(progs) {
         let link_pin = pins.link(program, host_name);
-        let mut prog = SchedClassifier::from_pin(&prog_pin).with_context(|| format!("open {}", prog_pin.display()))?;
         links::unpin_link(&link_pin)?;
         links::attach_and_pin(&mut prog, program, host_name, &link_pin)?;
+        step_timer::mark(attach_step(program));
     }
     Ok(())
+}
+
+/// The `step_timer` step of a pod program's attachment.
+fn attach_step(program: &str) -> &'static str {
+    match program {
+        programs::FROM_POD => "attach-from_pod",
+        programs::FROM_POD_NETKIT => "attach-from_pod_netkit",
+        programs::TO_POD => "attach-to_pod",
+        _ => "attach-other",
+    }
 }
 
 /// Detach every pod program from the host side (remove their link pins).

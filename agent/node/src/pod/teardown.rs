@@ -8,6 +8,7 @@ use crate::{
     datapath::{links, pinned_maps::Endpoints, pins::PinDir},
     ipam::store::LeaseStore,
     net::netlink::Netlink,
+    step_timer,
 };
 use sluice_common::EndpointInfo;
 
@@ -29,6 +30,7 @@ pub async fn teardown(
             None
         }
     };
+    step_timer::mark("lookup");
     // The endpoint entry, only if it is still this pod's (an address may
     // have moved on to another pod after a lost DEL).
     if let (Some(ip), Ok(mut endpoints)) = (ip, Endpoints::open(pins)) {
@@ -38,11 +40,13 @@ pub async fn teardown(
             }
         }
     }
+    step_timer::mark("endpoint");
     for program in links::ANY_POD_PROGRAMS {
         if let Err(e) = links::unpin_link(&pins.link(program, &host_name)) {
             errors.push(format!("{e:#}"));
         }
     }
+    step_timer::mark("unpin-links");
     // Deleting the host side deletes the pod side too; the temporary peer
     // name exists only if ADD died before moving it into the pod.
     for name in [host_name.clone(), names::temp_peer(container_id, ifname)] {
@@ -50,9 +54,11 @@ pub async fn teardown(
             errors.push(format!("{e:#}"));
         }
     }
+    step_timer::mark("delete-veth");
     if let Err(e) = store.release(container_id, ifname) {
         errors.push(format!("{e:#}"));
     }
+    step_timer::mark("release");
     errors
 }
 

@@ -118,6 +118,22 @@ fn enter(ns: &str) -> Result<()> {
     Ok(())
 }
 
+/// Bind, waiting up to 2 s while the port is in use: the previous
+/// measurement's server on the same port stops asynchronously (its
+/// `Server` only raises `stop`), and on a busy machine its thread may
+/// not have closed its listener yet (seen as EADDRINUSE in a full bench).
+fn bind_when_free(ip: Ipv4Addr, port: u16) -> Result<TcpListener> {
+    let start = Instant::now();
+    loop {
+        match TcpListener::bind((ip, port)) {
+            Err(e) if e.kind() == std::io::ErrorKind::AddrInUse && start.elapsed() < Duration::from_secs(2) => {
+                thread::sleep(Duration::from_millis(10))
+            }
+            r => return r.with_context(|| format!("bind {ip}:{port}")),
+        }
+    }
+}
+
 /// A listener in `ns` on `ip:port` (0: ephemeral), served by `serve` per connection.
 fn server(ns: &str, ip: Ipv4Addr, port: u16, serve: fn(TcpStream)) -> Result<(SocketAddr, Arc<AtomicBool>)> {
     let ns = ns.to_string();
@@ -128,7 +144,7 @@ fn server(ns: &str, ip: Ipv4Addr, port: u16, serve: fn(TcpStream)) -> Result<(So
         let setup = (|| -> Result<TcpListener> {
             enter(&ns)?;
             pin_to_cpu(0);
-            Ok(TcpListener::bind((ip, port))?)
+            bind_when_free(ip, port)
         })();
         let listener = match setup {
             Ok(l) => l,

@@ -168,6 +168,40 @@ impl LeaseStore {
     }
 }
 
+/// What tearing down one attachment needs of the leases (`pod::teardown`):
+/// a store already locked by the caller (GC, the agent's sweep), or
+/// `LockEach`.
+pub trait Leases {
+    fn find(&self, container_id: &str, ifname: &str) -> Result<Option<Ipv4Addr>>;
+    fn release(&self, container_id: &str, ifname: &str) -> Result<Option<Ipv4Addr>>;
+}
+
+impl Leases for LeaseStore {
+    fn find(&self, container_id: &str, ifname: &str) -> Result<Option<Ipv4Addr>> {
+        LeaseStore::find(self, container_id, ifname)
+    }
+    fn release(&self, container_id: &str, ifname: &str) -> Result<Option<Ipv4Addr>> {
+        LeaseStore::release(self, container_id, ifname)
+    }
+}
+
+/// The store of `cidr` under `data_dir`, locked for each operation only:
+/// for CNI DEL, whose device deletion waits on the kernel (RCU, tens of ms)
+/// and must not hold every concurrent ADD's address allocation meanwhile.
+pub struct LockEach<'a> {
+    pub data_dir: &'a Path,
+    pub cidr: Ipv4Network,
+}
+
+impl Leases for LockEach<'_> {
+    fn find(&self, container_id: &str, ifname: &str) -> Result<Option<Ipv4Addr>> {
+        LeaseStore::lock(self.data_dir, self.cidr)?.find(container_id, ifname)
+    }
+    fn release(&self, container_id: &str, ifname: &str) -> Result<Option<Ipv4Addr>> {
+        LeaseStore::lock(self.data_dir, self.cidr)?.release(container_id, ifname)
+    }
+}
+
 /// A lease as `status --pods` shows it.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct PodLease {
@@ -253,6 +287,21 @@ mod tests {
         assert_eq!(all[0].pod.as_deref(), Some("default/web-0"));
         assert_eq!((all[1].container_id.as_str(), all[1].pod.as_deref()), ("c2", None));
         assert!(read_pod_leases(&dir.join("nowhere")).unwrap().is_empty());
+        fs::remove_dir_all(dir).unwrap();
+    }
+
+    #[test]
+    fn lock_each_takes_the_lock_per_operation() {
+        let dir = tmp();
+        let cidr: Ipv4Network = "10.4.0.0/29".parse().unwrap();
+        LeaseStore::lock(&dir, cidr).unwrap().allocate("c1", "eth0").unwrap();
+        let each = LockEach { data_dir: &dir, cidr };
+        let ip = Leases::find(&each, "c1", "eth0").unwrap();
+        assert_eq!(ip, Some("10.4.0.2".parse().unwrap()));
+        // Between operations the lock is free for an ADD.
+        assert!(LeaseStore::try_lock(&dir, cidr).unwrap().is_some());
+        assert_eq!(Leases::release(&each, "c1", "eth0").unwrap(), ip);
+        assert_eq!(Leases::find(&each, "c1", "eth0").unwrap(), None);
         fs::remove_dir_all(dir).unwrap();
     }
 

@@ -28,6 +28,8 @@ pub struct LinkInfo {
     pub mac: [u8; 6],
     /// Administratively up and with carrier.
     pub up: bool,
+    /// Administratively up (`IFF_UP`), carrier or not.
+    pub admin_up: bool,
 }
 
 /// The main routing table's id.
@@ -58,7 +60,8 @@ pub fn is_errno(e: &rtnetlink::Error, errno: i32) -> bool {
 pub(crate) fn link_info(msg: &LinkMessage) -> LinkInfo {
     let flags = &msg.header.flags;
     let up = flags.contains(&LinkFlag::Up) && flags.contains(&LinkFlag::LowerUp);
-    let mut info = LinkInfo { index: msg.header.index, name: String::new(), mtu: 0, mac: [0; 6], up };
+    let admin_up = flags.contains(&LinkFlag::Up);
+    let mut info = LinkInfo { index: msg.header.index, name: String::new(), mtu: 0, mac: [0; 6], up, admin_up };
     for attr in &msg.attributes {
         match attr {
             LinkAttribute::IfName(n) => info.name = n.clone(),
@@ -252,13 +255,29 @@ impl Netlink {
     }
 
     /// A veth pair whose `peer` end is created directly in the namespace open
-    /// as `ns_fd` (`ip link add <host> type veth peer name <peer> netns ..`):
-    /// no later move, which costs a network-wide RCU wait (~35 ms).
-    pub async fn add_veth_into(&self, host: &str, peer: &str, ns_fd: std::os::fd::RawFd) -> Result<()> {
-        // rtnetlink's `veth(a, b)` puts `b` in the main message: the device
-        // created where the message's IFLA_NET_NS_FD says, `a` here.
+    /// as `ns_fd` (`ip link add <host> mtu <mtu> type veth peer name <peer>
+    /// mtu <mtu> netns ..`), up: no later move, which costs a network-wide
+    /// RCU wait (~35 ms), and no further MTU or up request for the pod end.
+    /// The host end stays down (the kernel cannot open it before the pair is
+    /// joined: ENOTCONN).
+    pub async fn add_veth_into(&self, host: &str, peer: &str, ns_fd: std::os::fd::RawFd, mtu: u32) -> Result<()> {
+        use netlink_packet_route::link::{InfoData, InfoVeth, LinkInfo as Info};
+        // rtnetlink's `veth(a, b)` puts `b` in the main message (the device
+        // created where the message's IFLA_NET_NS_FD says, up) and `a` in
+        // its peer info (created here).
         let mut req = self.handle.link().add().veth(host.to_string(), peer.to_string());
-        req.message_mut().attributes.push(LinkAttribute::NetNsFd(ns_fd));
+        let msg = req.message_mut();
+        msg.attributes.push(LinkAttribute::NetNsFd(ns_fd));
+        msg.attributes.push(LinkAttribute::Mtu(mtu));
+        for attr in msg.attributes.iter_mut() {
+            if let LinkAttribute::LinkInfo(infos) = attr {
+                for info in infos.iter_mut() {
+                    if let Info::Data(InfoData::Veth(InfoVeth::Peer(host_msg))) = info {
+                        host_msg.attributes.push(LinkAttribute::Mtu(mtu));
+                    }
+                }
+            }
+        }
         req.execute().await.with_context(|| format!("create veth {host} <-> {peer} (peer in the pod's namespace)"))
     }
 

@@ -51,10 +51,8 @@ pub async fn create_veth_into(
 ) -> Result<LinkInfo> {
     host.delete_link(host_name).await?;
     host.delete_link(peer_tmp).await?;
-    host.add_veth_into(host_name, peer_tmp, ns_fd).await?;
-    let host_link = host.require_link(host_name).await?;
-    host.set_mtu(host_link.index, mtu).await?;
-    Ok(host_link)
+    host.add_veth_into(host_name, peer_tmp, ns_fd, mtu).await?;
+    host.require_link(host_name).await
 }
 
 /// Inside the pod: name, MTU, address, routes, gateway neighbour (at
@@ -69,10 +67,18 @@ pub async fn configure_pod_side(
 ) -> Result<LinkInfo> {
     let link = pod.require_link(peer_tmp).await?;
     pod.set_name(link.index, ifname).await?;
-    pod.set_mtu(link.index, mtu).await?;
-    pod.set_up(link.index).await?;
+    // Each request skipped is a round trip under rtnl saved: the device
+    // may have been made with its MTU and up (`Netlink::add_veth_into`).
+    if link.mtu != mtu {
+        pod.set_mtu(link.index, mtu).await?;
+    }
+    if !link.admin_up {
+        pod.set_up(link.index).await?;
+    }
     if let Some(lo) = pod.link_by_name("lo").await? {
-        pod.set_up(lo.index).await?;
+        if !lo.admin_up {
+            pod.set_up(lo.index).await?;
+        }
     }
     pod.add_address(link.index, ip.into(), 32).await?;
     pod.add_link_route(link.index, POD_GATEWAY, 32).await?;
@@ -91,7 +97,9 @@ pub async fn configure_host_side(
     ip: Ipv4Addr,
     pod_mac: Option<[u8; 6]>,
 ) -> Result<()> {
-    host.set_up(host_link.index).await?;
+    if !host_link.admin_up {
+        host.set_up(host_link.index).await?;
+    }
     host.add_link_route(host_link.index, ip, 32).await?;
     match pod_mac {
         Some(mac) => host.add_permanent_neighbour(host_link.index, ip, mac).await,

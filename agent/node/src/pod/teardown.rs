@@ -6,7 +6,7 @@
 use super::names;
 use crate::{
     datapath::{links, pinned_maps::Endpoints, pins::PinDir},
-    ipam::store::LeaseStore,
+    ipam::store::Leases,
     net::netlink::Netlink,
     step_timer,
 };
@@ -16,7 +16,7 @@ use sluice_common::EndpointInfo;
 pub async fn teardown(
     host: &Netlink,
     pins: &PinDir,
-    store: &LeaseStore,
+    store: &impl Leases,
     container_id: &str,
     ifname: &str,
 ) -> Vec<String> {
@@ -48,7 +48,9 @@ pub async fn teardown(
     }
     step_timer::mark("unpin-links");
     // Deleting the host side deletes the pod side too; the temporary peer
-    // name exists only if ADD died before moving it into the pod.
+    // name exists only if ADD died before moving it into the pod. (Deleting
+    // the device before unpinning its links was measured too: no faster;
+    // docs/BENCHMARKS.md, "Every step".)
     for name in [host_name.clone(), names::temp_peer(container_id, ifname)] {
         if let Err(e) = host.delete_link(&name).await {
             errors.push(format!("{e:#}"));

@@ -358,3 +358,32 @@ impl ClusterMatrix {
         o
     }
 }
+
+/// How each node reaches each other node's pods, from its agent's `status`
+/// (issue 15's mixed-path matrix): one line per ordered node pair.
+pub fn node_paths(lab: &Lab) -> Vec<String> {
+    let mut lines = Vec::new();
+    for (i, n) in lab.state.nodes.iter().enumerate() {
+        let routes = match lab.status(i) {
+            Ok(s) => s["routes"].as_array().cloned().unwrap_or_default(),
+            Err(e) => {
+                lines.push(format!("{}: status failed: {e:#}", n.name));
+                continue;
+            }
+        };
+        for peer in lab.state.nodes.iter().filter(|p| p.name != n.name) {
+            let line = match routes.iter().find(|r| r["podCIDR"] == peer.pod_cidr.as_str()) {
+                Some(r) => format!(
+                    "{} -> {}: {} ({})",
+                    n.name,
+                    peer.name,
+                    r["path"].as_str().unwrap_or("?"),
+                    r["why"].as_str().unwrap_or("?")
+                ),
+                None => format!("{} -> {}: no route", n.name, peer.name),
+            };
+            lines.push(line);
+        }
+    }
+    lines
+}

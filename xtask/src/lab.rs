@@ -4,7 +4,7 @@ use std::{path::PathBuf, process::Command};
 
 use anyhow::{bail, Result};
 use sluice_tests::{
-    cluster::{ClusterMatrix, DEMO_IP, WORLD_IP},
+    cluster::{node_paths, ClusterMatrix, DEMO_IP, WORLD_IP},
     lab::{Lab, LabOptions},
 };
 
@@ -64,6 +64,7 @@ pub fn run(command: LabCommand) -> Result<()> {
             print_nodes(&lab);
             let matrix = ClusterMatrix::probe(&lab);
             print!("{}", matrix.render());
+            print_node_paths(&lab);
             let all_ok = matrix.all_ok();
             lab.persist()?;
             eprintln!("lab is up: `cargo xtask lab status` to look again, `cargo xtask lab down` to remove it");
@@ -76,6 +77,7 @@ pub fn run(command: LabCommand) -> Result<()> {
             let lab = Lab::load(&dir)?;
             print_nodes(&lab);
             print!("{}", ClusterMatrix::probe(&lab).render());
+            print_node_paths(&lab);
             for (i, node) in lab.state.nodes.iter().enumerate() {
                 match lab.status(i) {
                     Ok(s) => {
@@ -99,6 +101,14 @@ pub fn run(command: LabCommand) -> Result<()> {
             eprintln!("lab removed");
             Ok(())
         }
+    }
+}
+
+/// Per node pair: native or VXLAN, and why.
+fn print_node_paths(lab: &Lab) {
+    println!("paths between nodes (each agent's choice):");
+    for line in node_paths(lab) {
+        println!("  {line}");
     }
 }
 

@@ -10,6 +10,7 @@ use tracing::{error, info, warn};
 
 pub mod cni_conf;
 pub mod metrics;
+pub mod netfilter_worker;
 pub mod plugin_install;
 pub mod pod_device;
 pub mod service_lb;
@@ -104,7 +105,8 @@ async fn sweep(netlink: &Netlink, node: &AgentConfig, pod_cidr: Ipv4Network, pin
 }
 
 /// Everything kept in step with membership on each pass: the BPF routes
-/// map, the kernel's routes, the node's netfilter.
+/// map and the kernel's routes here; the node's netfilter through its
+/// worker, which applies it beside the pass (`netfilter_worker`).
 struct Reconcilers {
     routes_map: NodeRoutes,
     netlink: Netlink,
@@ -115,13 +117,9 @@ struct Reconcilers {
     masquerade: bool,
     cluster_cidr: Ipv4Network,
     non_masquerade: Vec<Ipv4Network>,
-    /// The netfilter state last applied, and when it was last checked:
-    /// unchanged, it is re-checked only every `NETFILTER_RECHECK` (each check
-    /// runs `nft` and `iptables`), so someone flushing the rules heals too.
-    netfilter_applied: Option<(masquerade::Desired, std::time::Instant)>,
+    /// Started by the first pass.
+    netfilter: Option<netfilter_worker::NetfilterWorker>,
 }
-
-const NETFILTER_RECHECK: Duration = Duration::from_secs(10);
 
 impl Reconcilers {
     async fn pass(&mut self, m: &Membership) -> Result<()> {
@@ -130,13 +128,16 @@ impl Reconcilers {
         kernel_routes::reconcile(&self.netlink, &kernel).await?;
         let node_ips = std::iter::once(self.node_ip).chain(m.routes.values().copied());
         let desired = masquerade::Desired::new(self.masquerade, self.cluster_cidr, node_ips, &self.non_masquerade);
-        let fresh =
-            self.netfilter_applied.as_ref().is_some_and(|(d, at)| *d == desired && at.elapsed() < NETFILTER_RECHECK);
-        if !fresh {
-            masquerade::ensure(&masquerade::HostFirewall, &desired).await.context("netfilter")?;
-            self.netfilter_applied = Some((desired, std::time::Instant::now()));
+        match &self.netfilter {
+            Some(worker) => worker.want(desired),
+            None => self.netfilter = Some(netfilter_worker::NetfilterWorker::start(desired).await?),
         }
         Ok(())
+    }
+
+    /// The netfilter worker's last error, if its last run failed.
+    fn netfilter_error(&self) -> Option<String> {
+        self.netfilter.as_ref().and_then(|w| w.last_error())
     }
 }
 
@@ -259,7 +260,7 @@ pub async fn run(
         masquerade: node.masquerade,
         cluster_cidr: node.cluster_cidr,
         non_masquerade: node.non_masquerade_cidr.clone(),
-        netfilter_applied: None,
+        netfilter: None,
     };
     reconcilers.pass(&membership).await?;
     info!(node = %node.node_name, uplink = %node.uplink, %node_ip, mtu, pods, "datapath ready");
@@ -356,7 +357,7 @@ pub async fn run(
                 state.route_paths = m.paths.iter().map(|(c, p)| (c.to_string(), *p)).collect();
                 agent_metrics.membership_problems.set(m.problems.len() as i64);
                 state.problems = m.problems;
-                last_error = None;
+                last_error = reconcilers.netfilter_error();
             }
             Err(e) => {
                 let msg = format!("{e:#}");

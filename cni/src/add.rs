@@ -76,12 +76,10 @@ async fn add_steps(conf: &NetConf, env: &CniEnv, rb: &mut Rollback) -> Result<Va
     }
     // The pod's end is made in the pod's namespace: no move between
     // namespaces, whose RCU wait was half of an ADD (docs/BENCHMARKS.md).
-    let ns_fd = ns_file.as_raw_fd();
-    let host_link = match conf.device {
-        PodDevice::Veth => plumbing::create_veth_into(&host, &host_name, &peer_tmp, ns_fd, conf.mtu).await,
-        PodDevice::Netkit => plumbing::create_netkit_into(&host, &host_name, &peer_tmp, ns_fd, conf.mtu).await,
-    }
-    .map_err(plugin)?;
+    let host_link =
+        plumbing::create_pair_into(&host, conf.device, &host_name, &peer_tmp, ns_file.as_raw_fd(), conf.mtu)
+            .await
+            .map_err(plugin)?;
     // netkit's L3 mode has no MAC addresses and no ARP: no neighbours.
     let has_arp = conf.device == PodDevice::Veth;
     done("veth")?;

@@ -80,7 +80,7 @@ pub async fn ensure(
         }
     }
     let ns = File::open(&path)?;
-    let host_link = plumbing::create_veth_into(host, HOST_VETH, PEER_TMP, ns.as_raw_fd(), mtu).await?;
+    let host_link = plumbing::create_pair_into(host, PodDevice::Veth, HOST_VETH, PEER_TMP, ns.as_raw_fd(), mtu).await?;
     let pod_link = plumbing::configure_pod_side(&pod, PEER_TMP, "eth0", mtu, ip, Some(host_link.mac)).await?;
     plumbing::configure_host_side(host, &host_link, ip, Some(pod_link.mac)).await?;
     plumbing::insert_endpoint(pins, ip, &host_link, pod_link.mac)?;

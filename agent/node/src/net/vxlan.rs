@@ -57,24 +57,31 @@ pub enum Mismatch {
     Arp,
 }
 
-/// Is `msg` the device `request` makes (vxlan, external, port 8472, on the
-/// uplink)? An empty list means yes.
-pub fn check(msg: &LinkMessage, uplink_ifindex: u32) -> Vec<Mismatch> {
+/// A VXLAN link's own attributes (`None`: not a VXLAN link; empty when
+/// the kernel sent none).
+fn vxlan_data(msg: &LinkMessage) -> Option<&[InfoVxlan]> {
     let infos = msg.attributes.iter().find_map(|a| match a {
         LinkAttribute::LinkInfo(i) => Some(i),
         _ => None,
-    });
-    let Some(infos) = infos else { return vec![Mismatch::NotVxlan] };
+    })?;
     if !infos.iter().any(|i| matches!(i, Info::Kind(InfoKind::Vxlan))) {
-        return vec![Mismatch::NotVxlan];
+        return None;
     }
-    let data: &[InfoVxlan] = infos
-        .iter()
-        .find_map(|i| match i {
-            Info::Data(InfoData::Vxlan(d)) => Some(d.as_slice()),
-            _ => None,
-        })
-        .unwrap_or(&[]);
+    Some(
+        infos
+            .iter()
+            .find_map(|i| match i {
+                Info::Data(InfoData::Vxlan(d)) => Some(d.as_slice()),
+                _ => None,
+            })
+            .unwrap_or(&[]),
+    )
+}
+
+/// Is `msg` the device `request` makes (vxlan, external, port 8472, on the
+/// uplink)? An empty list means yes.
+pub fn check(msg: &LinkMessage, uplink_ifindex: u32) -> Vec<Mismatch> {
+    let Some(data) = vxlan_data(msg) else { return vec![Mismatch::NotVxlan] };
     let mut out = Vec::new();
     if !msg.header.flags.contains(&LinkFlag::Noarp) {
         out.push(Mismatch::Arp);
@@ -111,22 +118,7 @@ pub fn port_holders(links: &[LinkMessage], own: &str) -> Vec<PortHolder> {
             _ => None,
         });
         let Some(name) = name.filter(|n| n != own) else { continue };
-        let Some(infos) = msg.attributes.iter().find_map(|a| match a {
-            LinkAttribute::LinkInfo(i) => Some(i),
-            _ => None,
-        }) else {
-            continue;
-        };
-        if !infos.iter().any(|i| matches!(i, Info::Kind(InfoKind::Vxlan))) {
-            continue;
-        }
-        let data: &[InfoVxlan] = infos
-            .iter()
-            .find_map(|i| match i {
-                Info::Data(InfoData::Vxlan(d)) => Some(d.as_slice()),
-                _ => None,
-            })
-            .unwrap_or(&[]);
+        let Some(data) = vxlan_data(msg) else { continue };
         let port = data.iter().find_map(|d| if let InfoVxlan::Port(p) = d { Some(*p) } else { None });
         if port != Some(TUNNEL_PORT) {
             continue;

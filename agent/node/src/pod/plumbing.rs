@@ -23,11 +23,13 @@ use crate::{
 /// is spent on a gateway.
 pub const POD_GATEWAY: Ipv4Addr = Ipv4Addr::new(169, 254, 1, 1);
 
-/// The netkit pair (primary here, peer directly in the namespace open as
-/// `ns_fd`, both with `mtu`), removing leftovers of an earlier attempt on
-/// the node first. Returns the host side.
-pub async fn create_netkit_into(
+/// The pod's device pair (`device`) with its pod end created directly in
+/// the namespace open as `ns_fd`, both ends with `mtu` (removing leftovers
+/// of an earlier attempt on the node first). Returns the host side: the
+/// veth's host end, or netkit's primary.
+pub async fn create_pair_into(
     host: &Netlink,
+    device: PodDevice,
     host_name: &str,
     peer_tmp: &str,
     ns_fd: RawFd,
@@ -35,23 +37,10 @@ pub async fn create_netkit_into(
 ) -> Result<LinkInfo> {
     host.delete_link(host_name).await?;
     host.delete_link(peer_tmp).await?;
-    host.add_netkit_into(host_name, peer_tmp, ns_fd, mtu).await?;
-    host.require_link(host_name).await
-}
-
-/// The veth pair with its pod end created directly in the namespace open as
-/// `ns_fd` (removing leftovers of an earlier attempt on the node first).
-/// Returns the host side.
-pub async fn create_veth_into(
-    host: &Netlink,
-    host_name: &str,
-    peer_tmp: &str,
-    ns_fd: RawFd,
-    mtu: u32,
-) -> Result<LinkInfo> {
-    host.delete_link(host_name).await?;
-    host.delete_link(peer_tmp).await?;
-    host.add_veth_into(host_name, peer_tmp, ns_fd, mtu).await?;
+    match device {
+        PodDevice::Veth => host.add_veth_into(host_name, peer_tmp, ns_fd, mtu).await?,
+        PodDevice::Netkit => host.add_netkit_into(host_name, peer_tmp, ns_fd, mtu).await?,
+    }
     host.require_link(host_name).await
 }
 

@@ -114,10 +114,17 @@ pub enum ForwardPath {
     /// GSO): handed to the stack, which fragments it or, with DF, refuses
     /// it with ICMP "fragmentation needed" naming the device's MTU.
     TunnelTooBig = 7,
+    /// Of `PodToTunnel`: encapsulated by `from_pod` itself (outer IPv4,
+    /// UDP, VXLAN written in eBPF, out of the uplink with
+    /// `bpf_redirect_neigh`), not by the VXLAN device.
+    TunnelEncap = 8,
+    /// Of `TunnelToPod`: decapsulated by `from_uplink` itself, never seen by
+    /// the VXLAN device.
+    TunnelDecap = 9,
 }
 
 impl ForwardPath {
-    pub const COUNT: u32 = 8;
+    pub const COUNT: u32 = 10;
     pub const ALL: [ForwardPath; Self::COUNT as usize] = [
         ForwardPath::PodToLocalPod,
         ForwardPath::PodToNode,
@@ -127,6 +134,8 @@ impl ForwardPath {
         ForwardPath::PodToTunnel,
         ForwardPath::TunnelToPod,
         ForwardPath::TunnelTooBig,
+        ForwardPath::TunnelEncap,
+        ForwardPath::TunnelDecap,
     ];
 
     pub const fn name(self) -> &'static str {
@@ -139,6 +148,8 @@ impl ForwardPath {
             ForwardPath::PodToTunnel => "pod_to_tunnel",
             ForwardPath::TunnelToPod => "tunnel_to_pod",
             ForwardPath::TunnelTooBig => "tunnel_too_big",
+            ForwardPath::TunnelEncap => "tunnel_encap",
+            ForwardPath::TunnelDecap => "tunnel_decap",
         }
     }
 }
@@ -191,6 +202,8 @@ mod tests {
         PodToTunnel = 5, "pod_to_tunnel";
         TunnelToPod = 6, "tunnel_to_pod";
         TunnelTooBig = 7, "tunnel_too_big";
+        TunnelEncap = 8, "tunnel_encap";
+        TunnelDecap = 9, "tunnel_decap";
     });
 
     /// The enum agrees with its golden table: every variant has the row's

@@ -15,6 +15,11 @@ pub enum Verdict {
     /// Encapsulated towards another node: tunnel key set, redirected to the
     /// VXLAN device.
     ToTunnel,
+    /// Encapsulated towards another node by the program itself (outer
+    /// IPv4 + UDP + VXLAN written with `bpf_skb_adjust_room`), out of the
+    /// uplink: the same packet on the wire as `ToTunnel`, without the
+    /// device's transmit path.
+    EncapToNode,
     /// Hand to the node's network stack unchanged.
     ToStack,
     /// Hand to the node's stack: pod-bound, but the reply of a flow the
@@ -41,6 +46,10 @@ pub struct FromPodFacts {
     /// Longer than the VXLAN device's MTU, and not a GSO packet (those are
     /// cut to the pod's MSS later).
     pub too_big_for_tunnel: bool,
+    /// The program can encapsulate this packet itself (`encap_fits`): the
+    /// node's own address is known, and each segment fits the tunnel.
+    /// Otherwise the VXLAN device does it (`ToTunnel`).
+    pub can_encap: bool,
     pub ttl: u8,
     /// The packet's tuple is in `STACK_FLOWS`: it answers a flow the node's
     /// stack forwarded.
@@ -79,6 +88,9 @@ pub fn from_pod(f: FromPodFacts) -> Verdict {
             }
             if f.too_big_for_tunnel {
                 return Verdict::TunnelTooBig;
+            }
+            if f.can_encap {
+                return Verdict::EncapToNode;
             }
             return Verdict::ToTunnel;
         }
@@ -164,6 +176,93 @@ pub fn from_tunnel(f: FromUplinkFacts, sent_by_owner: bool) -> Verdict {
     }
 }
 
+/// Can `from_pod` encapsulate a packet itself? It needs this node's own
+/// address (the outer source), must not be running as a netkit peer
+/// program (`bpf_skb_adjust_room` is only used from veth ingress), and
+/// every segment must fit the tunnel: a GSO packet is cut into segments of
+/// `inner_headers + gso_size` bytes after encapsulation, and the uplink's
+/// `bpf_redirect_neigh` skips the stack's MTU checks, so a segment larger
+/// than `tunnel_mtu` (pods given a larger MTU than the tunnel's) goes
+/// through the VXLAN device as before, where the stack fragments the
+/// outer packet. `inner_headers` is 0 when unknown (not TCP or UDP): then
+/// only single packets (already checked against the MTU) qualify.
+pub fn encap_fits(node_ip_known: bool, netkit: bool, gso_size: u32, inner_headers: u32, tunnel_mtu: u32) -> bool {
+    if !node_ip_known || netkit {
+        return false;
+    }
+    if gso_size == 0 {
+        return true;
+    }
+    inner_headers != 0 && inner_headers + gso_size <= tunnel_mtu
+}
+
+/// The UDP source port of an encapsulated packet: the flow's hash spread
+/// over 32768..=60999 (Linux's default ephemeral range, as the kernel's
+/// `udp_flow_src_port`), so the underlay's ECMP and the receiver's RSS
+/// tell flows apart. Host byte order.
+pub fn vxlan_source_port(flow_hash: u32) -> u16 {
+    const MIN: u32 = 32768;
+    const MAX: u32 = 61000;
+    // Multiplied by the golden ratio (Fibonacci hashing): a hash whose
+    // entropy sits in its low bits still spreads over the range, which
+    // takes the high bits.
+    let hash = flow_hash.wrapping_mul(0x9e37_79b1);
+    (((hash as u64 * (MAX - MIN) as u64) >> 32) as u32 + MIN) as u16
+}
+
+/// The checksum of a 20-byte IPv4 header given as its ten 16-bit words
+/// (as loaded from memory, so in network byte order), with the checksum
+/// word itself 0. The result is stored as is.
+pub fn ipv4_header_checksum(words_be: [u16; 10]) -> u16 {
+    let mut sum: u32 = 0;
+    let mut i = 0;
+    while i < 10 {
+        sum += words_be[i] as u32;
+        i += 1;
+    }
+    sum = (sum & 0xffff) + (sum >> 16);
+    sum = (sum & 0xffff) + (sum >> 16);
+    !(sum as u16)
+}
+
+/// The outer headers of a packet on the uplink that might be VXLAN.
+#[derive(Clone, Copy, Debug)]
+pub struct VxlanOuter {
+    /// Outer IPv4 destination (be), and this node's own address (be).
+    pub dst_be: u32,
+    pub node_ip_be: u32,
+    /// Outer IPv4 version/IHL byte and fragment field (be).
+    pub version_ihl: u8,
+    pub frag_off_be: u16,
+    pub protocol: u8,
+    /// UDP destination port (be).
+    pub dst_port_be: u16,
+    /// The VXLAN header's first byte (flags) and its VNI (host order).
+    pub vxlan_flags: u8,
+    pub vni: u32,
+    /// The inner Ethernet header's EtherType (be).
+    pub inner_ether_type_be: u16,
+}
+
+/// Is this a VXLAN packet `from_uplink` may decapsulate itself: for this
+/// node, not fragmented, no IP options (the inner packet at a fixed
+/// offset), UDP to `TUNNEL_PORT`, the I flag set, sluice's VNI, and IPv4
+/// inside? Anything else is left to the stack (and the VXLAN device's
+/// socket, if it is VXLAN at all).
+pub fn vxlan_for_this_node(o: VxlanOuter) -> bool {
+    const IPPROTO_UDP: u8 = 17;
+    const VXLAN_FLAG_I: u8 = 0x08;
+    o.node_ip_be != 0
+        && o.dst_be == o.node_ip_be
+        && o.version_ihl == 0x45
+        && u16::from_be(o.frag_off_be) & 0x3fff == 0
+        && o.protocol == IPPROTO_UDP
+        && u16::from_be(o.dst_port_be) == crate::maps::TUNNEL_PORT
+        && o.vxlan_flags & VXLAN_FLAG_I != 0
+        && o.vni == crate::maps::TUNNEL_VNI
+        && u16::from_be(o.inner_ether_type_be) == 0x0800
+}
+
 /// The IPv4 header checksum after decrementing TTL by one (RFC 1624
 /// incremental update, as the kernel's `ip_decrease_ttl`). `check_be` and the
 /// result are the header field as stored: network byte order.
@@ -188,6 +287,7 @@ mod tests {
             uplink_configured: true,
             tunnel_configured: true,
             too_big_for_tunnel: false,
+            can_encap: false,
             ttl: 64,
             replies_to_stack_flow: false,
             is_fragment: false,
@@ -398,5 +498,114 @@ mod tests {
         let check_be = u16::from_ne_bytes([odd[10], odd[11]]);
         odd[8] -= 1;
         assert_eq!(u16::from_be(checksum_after_ttl_decrement(check_be)), full_checksum(&odd));
+    }
+
+    #[test]
+    fn tunneled_peers_are_encapsulated_in_ebpf_when_it_can() {
+        let tunneled = FromPodFacts { dest_is_remote_pod: true, dest_via_tunnel: true, can_encap: true, ..facts() };
+        assert_eq!(from_pod(tunneled), Verdict::EncapToNode);
+        assert_eq!(from_pod(FromPodFacts { can_encap: false, ..tunneled }), Verdict::ToTunnel);
+        // Too big for the tunnel, a fragment, a stack flow's reply, TTL:
+        // all decided before, as for the device.
+        assert_eq!(from_pod(FromPodFacts { too_big_for_tunnel: true, ..tunneled }), Verdict::TunnelTooBig);
+        assert_eq!(from_pod(FromPodFacts { is_fragment: true, ..tunneled }), Verdict::ToStack);
+        assert_eq!(from_pod(FromPodFacts { replies_to_stack_flow: true, ..tunneled }), Verdict::StackFlowReply);
+        assert_eq!(from_pod(FromPodFacts { ttl: 1, ..tunneled }), Verdict::Drop(DropReason::TtlExpired));
+        assert_eq!(
+            from_pod(FromPodFacts { tunnel_configured: false, ..tunneled }),
+            Verdict::Drop(DropReason::NoTunnel)
+        );
+        // Only tunneled peers.
+        assert_eq!(
+            from_pod(FromPodFacts { dest_is_remote_pod: true, can_encap: true, ..facts() }),
+            Verdict::ToRemoteNode
+        );
+    }
+
+    #[test]
+    fn encap_fits_table() {
+        // (node ip known, netkit, gso_size, inner headers, mtu) -> fits
+        let cases = [
+            ((true, false, 0, 0, 1450), true),
+            ((false, false, 0, 0, 1450), false),
+            ((true, true, 0, 0, 1450), false),
+            // TCP with timestamps in a 1450-byte pod: 20 + 32 + 1398.
+            ((true, false, 1398, 52, 1450), true),
+            ((true, false, 1399, 52, 1450), false),
+            // Pods pinned at 1500 behind a 1450 tunnel: the device's path.
+            ((true, false, 1448, 52, 1450), false),
+            // Unknown inner headers: GSO goes to the device.
+            ((true, false, 1000, 0, 1450), false),
+        ];
+        for ((known, netkit, gso, hdrs, mtu), want) in cases {
+            assert_eq!(encap_fits(known, netkit, gso, hdrs, mtu), want, "{known} {netkit} {gso} {hdrs} {mtu}");
+        }
+    }
+
+    #[test]
+    fn vxlan_source_ports_stay_in_range_and_spread() {
+        let hashes = [0u32, 1, 2, 0xffff, 0x1_0000, 0xdead_beef, u32::MAX, 0x8000_0000, 12345];
+        let ports = hashes.map(vxlan_source_port);
+        for (h, p) in hashes.iter().zip(ports) {
+            assert!((32768..61000).contains(&p), "{h:#x} -> {p}");
+        }
+        let distinct = (0..ports.len()).filter(|&i| !ports[..i].contains(&ports[i])).count();
+        assert!(distinct >= 7, "ports spread: {ports:?}");
+        // Hashes differing only in low bits still differ.
+        assert_ne!(vxlan_source_port(1), vxlan_source_port(2));
+    }
+
+    #[test]
+    fn ipv4_header_checksum_matches_the_reference() {
+        // 172.30.0.1 -> 172.31.0.3, UDP, TTL 64, tot_len 134, id 0x1c46.
+        let mut hdr: [u8; 20] = [0x45, 0, 0, 134, 0x1c, 0x46, 0, 0, 64, 17, 0, 0, 172, 30, 0, 1, 172, 31, 0, 3];
+        let words: [u16; 10] = core::array::from_fn(|i| u16::from_ne_bytes([hdr[2 * i], hdr[2 * i + 1]]));
+        let check = ipv4_header_checksum(words);
+        hdr[10..12].copy_from_slice(&check.to_ne_bytes());
+        assert_eq!(check.to_ne_bytes(), full_checksum_bytes(&hdr_with_zero_check(hdr)));
+        // A header with its checksum in sums to 0xffff.
+        let words: [u16; 10] = core::array::from_fn(|i| u16::from_ne_bytes([hdr[2 * i], hdr[2 * i + 1]]));
+        assert_eq!(ipv4_header_checksum(words), 0);
+    }
+
+    fn hdr_with_zero_check(mut hdr: [u8; 20]) -> [u8; 20] {
+        hdr[10] = 0;
+        hdr[11] = 0;
+        hdr
+    }
+
+    fn full_checksum_bytes(hdr: &[u8; 20]) -> [u8; 2] {
+        full_checksum(hdr).to_be_bytes()
+    }
+
+    #[test]
+    fn vxlan_for_this_node_table() {
+        let ok = VxlanOuter {
+            dst_be: u32::from_be_bytes([172, 31, 0, 3]).to_be(),
+            node_ip_be: u32::from_be_bytes([172, 31, 0, 3]).to_be(),
+            version_ihl: 0x45,
+            frag_off_be: 0x4000u16.to_be(),
+            protocol: 17,
+            dst_port_be: 8472u16.to_be(),
+            vxlan_flags: 0x08,
+            vni: crate::maps::TUNNEL_VNI,
+            inner_ether_type_be: 0x0800u16.to_be(),
+        };
+        assert!(vxlan_for_this_node(ok));
+        assert!(vxlan_for_this_node(VxlanOuter { frag_off_be: 0, ..ok }), "DF clear");
+        for bad in [
+            VxlanOuter { dst_be: 1, ..ok },
+            VxlanOuter { node_ip_be: 0, dst_be: 0, ..ok },
+            VxlanOuter { version_ihl: 0x46, ..ok },
+            VxlanOuter { frag_off_be: 0x2000u16.to_be(), ..ok },
+            VxlanOuter { frag_off_be: 0x0001u16.to_be(), ..ok },
+            VxlanOuter { protocol: 6, ..ok },
+            VxlanOuter { dst_port_be: 4789u16.to_be(), ..ok },
+            VxlanOuter { vxlan_flags: 0, ..ok },
+            VxlanOuter { vni: 2, ..ok },
+            VxlanOuter { inner_ether_type_be: 0x86ddu16.to_be(), ..ok },
+        ] {
+            assert!(!vxlan_for_this_node(bad), "{bad:?}");
+        }
     }
 }

@@ -28,3 +28,13 @@ pub fn count_forward(ctx: &TcContext, path: ForwardPath) {
     }
     events::trace(ctx, path as u32, DIR_INGRESS);
 }
+
+/// Count `path` without a trace event: a detail of a path already counted
+/// (and traced) with `count_forward`.
+#[inline(always)]
+pub fn count_detail(path: ForwardPath) {
+    if let Some(n) = FORWARDS.get_ptr_mut(path as u32) {
+        // SAFETY: per-CPU slot, only this CPU writes it.
+        unsafe { *n += 1 }
+    }
+}

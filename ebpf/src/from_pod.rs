@@ -12,7 +12,7 @@ use sluice_common::{
 };
 
 use crate::{
-    counters::{count_forward, drop_packet},
+    counters::{count_detail, count_forward, drop_packet},
     forward,
     maps::{ENDPOINTS, NODE_CONFIG, NODE_ROUTES, TUNNEL_CONFIG},
     parse, stack_flows, tunnel,
@@ -57,9 +57,9 @@ fn try_from_pod<const NETKIT: bool>(ctx: &TcContext) -> Result<i32, DropReason> 
     let local = unsafe { ENDPOINTS.get(&dst_be) };
     let remote = NODE_ROUTES.get(Key::new(32, dst_be));
     let config = NODE_CONFIG.get(0);
-    let uplink_ifindex = match config {
-        Some(c) => c.uplink_ifindex,
-        None => 0,
+    let (uplink_ifindex, node_ip_be) = match config {
+        Some(c) => (c.uplink_ifindex, c.node_ip_be),
+        None => (0, 0),
     };
     let dest_via_tunnel = match remote {
         Some(node) => node.flags & REMOTE_NODE_VXLAN != 0,
@@ -71,12 +71,16 @@ fn try_from_pod<const NETKIT: bool>(ctx: &TcContext) -> Result<i32, DropReason> 
     };
     // GSO packets are cut to the pod's MSS on the way out; only a single
     // packet's length counts.
-    let too_big_for_tunnel = parse::gso_size(ctx) == 0 && parse::l3_len(ctx) > vxlan_mtu;
+    let gso_size = parse::gso_size(ctx);
+    let too_big_for_tunnel = gso_size == 0 && parse::l3_len(ctx) > vxlan_mtu;
     // Looked up for every packet, not only pod-bound ones: testing
     // `local.is_some() || remote.is_some()` compiles to an OR of two map
     // pointers, which the verifier refuses.
     let (key, is_fragment) = parse::flow(ctx, ip)?;
     let replies_to_stack_flow = !is_fragment && stack_flows::is_reply(&key);
+    // Only a GSO packet's segments need measuring.
+    let inner_headers = if gso_size != 0 { parse::l3_l4_header_len(ctx, key.protocol) } else { 0 };
+    let can_encap = dest_via_tunnel && verdict::encap_fits(node_ip_be != 0, NETKIT, gso_size, inner_headers, vxlan_mtu);
 
     let decision = verdict::from_pod(FromPodFacts {
         source_is_own,
@@ -86,12 +90,15 @@ fn try_from_pod<const NETKIT: bool>(ctx: &TcContext) -> Result<i32, DropReason> 
         uplink_configured: uplink_ifindex != 0,
         tunnel_configured: vxlan_ifindex != 0,
         too_big_for_tunnel,
+        can_encap,
         ttl,
         replies_to_stack_flow,
         is_fragment,
         header_ok,
     });
-    if matches!(decision, Verdict::ToLocalPod | Verdict::ToRemoteNode | Verdict::ToTunnel) && !is_fragment {
+    if matches!(decision, Verdict::ToLocalPod | Verdict::ToRemoteNode | Verdict::ToTunnel | Verdict::EncapToNode)
+        && !is_fragment
+    {
         stack_flows::forget_on_new_connection(ctx, &key);
     }
     match decision {
@@ -132,6 +139,23 @@ fn try_from_pod<const NETKIT: bool>(ctx: &TcContext) -> Result<i32, DropReason> 
             };
             forward::decrement_ttl(ip);
             let action = tunnel::to_node(ctx, vxlan_ifindex, node.node_ip_be)?;
+            count_forward(ctx, ForwardPath::PodToTunnel);
+            Ok(action)
+        }
+        Verdict::EncapToNode => {
+            let Some(node) = remote else {
+                return Err(DropReason::LookupMismatch);
+            };
+            let remote_ip_be = node.node_ip_be;
+            forward::decrement_ttl(ip);
+            let action = match tunnel::encap_to_node(ctx, uplink_ifindex, remote_ip_be)? {
+                Some(action) => {
+                    count_detail(ForwardPath::TunnelEncap);
+                    action
+                }
+                // The helper refused, the packet is as it was: the device.
+                None => tunnel::to_node(ctx, vxlan_ifindex, remote_ip_be)?,
+            };
             count_forward(ctx, ForwardPath::PodToTunnel);
             Ok(action)
         }

@@ -9,7 +9,7 @@ use crate::{
     counters::{count_forward, drop_packet},
     forward,
     maps::{ENDPOINTS, NODE_ROUTES},
-    parse, stack_flows,
+    parse, stack_flows, tunnel,
 };
 
 #[classifier]
@@ -22,6 +22,12 @@ pub fn from_uplink(ctx: TcContext) -> i32 {
 
 #[inline(always)]
 fn try_from_uplink(ctx: &TcContext) -> Result<i32, DropReason> {
+    // VXLAN from a peer's `from_pod` (or its VXLAN device), for one of our
+    // pods: decapsulated and delivered here, without the device. First,
+    // as it may change the packet: everything below parses afresh.
+    if let Some(action) = tunnel::decap_to_pod(ctx)? {
+        return Ok(action);
+    }
     let Some((eth, ip)) = parse::ipv4(ctx)? else {
         count_forward(ctx, ForwardPath::ToStack);
         return Ok(TC_ACT_OK as i32);

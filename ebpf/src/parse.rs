@@ -68,13 +68,20 @@ pub struct Ports {
 /// or a header with options (ports not at a fixed offset).
 #[inline(always)]
 pub fn flow(ctx: &TcContext, ip: *const Ipv4Hdr) -> Result<(FlowKey, bool), DropReason> {
+    flow_at::<{ ETH_HLEN + core::mem::size_of::<Ipv4Hdr>() }>(ctx, ip)
+}
+
+/// `flow` for an IPv4 header whose ports (if any, and no options) start at
+/// `L4_OFFSET`: the inner packet of a VXLAN one.
+#[inline(always)]
+pub fn flow_at<const L4_OFFSET: usize>(ctx: &TcContext, ip: *const Ipv4Hdr) -> Result<(FlowKey, bool), DropReason> {
     // SAFETY: `ip` was bounds checked by `ipv4`.
     let (src_be, dst_be, protocol, version_ihl, frag_off_be) =
         unsafe { ((*ip).src_be, (*ip).dst_be, (*ip).protocol, (*ip).version_ihl, (*ip).frag_off_be) };
     let mut key = FlowKey { src_be, dst_be, src_port_be: 0, dst_port_be: 0, protocol, _pad: [0; 3] };
     let stack_only = version_ihl & 0x0f != 5 || u16::from_be(frag_off_be) & IP_MF_OFFSET != 0;
     if !stack_only && matches!(protocol, IPPROTO_TCP | IPPROTO_UDP | IPPROTO_SCTP) {
-        let ports: *const Ports = header_mut(ctx, ETH_HLEN + core::mem::size_of::<Ipv4Hdr>())?;
+        let ports: *const Ports = header_mut(ctx, L4_OFFSET)?;
         // SAFETY: bounds checked by header_mut.
         unsafe {
             key.src_port_be = (*ports).src_be;
@@ -98,6 +105,24 @@ pub fn is_tcp_syn(ctx: &TcContext, key: &FlowKey) -> bool {
         // SAFETY: bounds checked by header_mut.
         Ok(flags) => unsafe { *flags & (SYN | ACK) == SYN },
         Err(_) => false,
+    }
+}
+
+/// Bytes of IPv4 (no options) and TCP or UDP header in front of each
+/// segment's payload, for a packet `flow` found without options; 0 for
+/// other protocols.
+#[inline(always)]
+pub fn l3_l4_header_len(ctx: &TcContext, protocol: u8) -> u32 {
+    const TCP_DOFF_OFFSET: usize = 12;
+    const IPV4_LEN: u32 = 20;
+    match protocol {
+        IPPROTO_UDP => IPV4_LEN + 8,
+        IPPROTO_TCP => match header_mut::<u8>(ctx, ETH_HLEN + core::mem::size_of::<Ipv4Hdr>() + TCP_DOFF_OFFSET) {
+            // SAFETY: bounds checked by header_mut.
+            Ok(doff) => IPV4_LEN + ((unsafe { *doff } >> 4) as u32) * 4,
+            Err(_) => 0,
+        },
+        _ => 0,
     }
 }
 

@@ -445,6 +445,13 @@ pub fn stack_flow_replies(pins: &PinDir) -> Result<u64> {
     Ok(pinned_maps::forwards(pins)?.into_iter().find(|(p, _)| *p == ForwardPath::StackFlowReply).map_or(0, |(_, n)| n))
 }
 
+/// Packets a node's programs sent towards a tunneled peer
+/// (`FORWARDS[pod_to_tunnel]`), whether encapsulated by the programs
+/// themselves or by the VXLAN device.
+pub fn tunneled(pins: &PinDir) -> Result<u64> {
+    Ok(pinned_maps::forwards(pins)?.into_iter().find(|(p, _)| *p == ForwardPath::PodToTunnel).map_or(0, |(_, n)| n))
+}
+
 /// p50 and p99 of durations, in milliseconds.
 pub fn percentiles_ms(mut d: Vec<Duration>) -> (f64, f64) {
     d.sort();

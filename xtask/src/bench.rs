@@ -23,10 +23,7 @@ use std::{
 use anyhow::{bail, Context, Result};
 use serde_json::{json, Value};
 use sluice_agent::reconcile::map_routes;
-use sluice_node::{
-    datapath::{pinned_maps::NodeRoutes, pins::PinDir, Datapath},
-    net::vxlan::DEVICE as SLUICE_VXLAN,
-};
+use sluice_node::datapath::{pinned_maps::NodeRoutes, pins::PinDir, Datapath};
 use sluice_tests::{
     bench::{self, median, percentiles_ms, Latency, Throughput},
     kube_proxy,
@@ -56,6 +53,11 @@ pub struct BenchArgs {
     /// ADD+DEL cycles per plugin (default 200, --smoke 10, --cni 50).
     #[arg(long)]
     pub cni_cycles: Option<usize>,
+    /// Only the VXLAN comparison (issue 15): A, S cross-node, S-vxlan and
+    /// K vxlan, their ratios and targets (release build; --rounds, default
+    /// 3). Writes target/bench/vxlan.json.
+    #[arg(long)]
+    pub vxlan: bool,
     /// Internal: be one measurement's client (MODE rr|crr, ADDR, MILLIS)
     /// and print its figures as JSON; the bench starts it inside a node's
     /// cgroup, where the socket load balancer sees it.
@@ -65,6 +67,8 @@ pub struct BenchArgs {
 
 struct Plan {
     rounds: usize,
+    /// Measure only these paths (all when empty).
+    only: Vec<&'static str>,
     rr: Duration,
     tput_secs: u32,
     cni_cycles: usize,
@@ -86,6 +90,9 @@ impl Plan {
     fn from(args: &BenchArgs) -> Self {
         let mut plan = Self::defaults(args);
         plan.cni_cycles = args.cni_cycles.unwrap_or(if args.cni && !args.smoke { 50 } else { plan.cni_cycles });
+        if args.vxlan {
+            plan.only = VXLAN_PATHS.to_vec();
+        }
         plan
     }
 
@@ -93,6 +100,7 @@ impl Plan {
         if args.smoke {
             Plan {
                 rounds: args.rounds.unwrap_or(1),
+                only: Vec::new(),
                 rr: Duration::from_millis(300),
                 tput_secs: 1,
                 cni_cycles: 10,
@@ -107,6 +115,7 @@ impl Plan {
         } else {
             Plan {
                 rounds: args.rounds.unwrap_or(3),
+                only: Vec::new(),
                 rr: Duration::from_secs(2),
                 tput_secs: 4,
                 cni_cycles: 200,
@@ -140,10 +149,35 @@ struct Path2 {
     /// `sluice-agent monitor --type trace` runs on these nodes (netns, pin
     /// dir) while the path is measured: the cost of a listener.
     traced: Vec<(String, PathBuf)>,
-    /// A tunnel device (netns, name) the client's packets must leave
-    /// through: checked by its counters, so a tunnel row that went native
-    /// fails instead of being reported.
-    tunnel: Option<(String, &'static str)>,
+    /// How the client's packets must be seen to cross the tunnel, so a
+    /// tunnel row that went native fails instead of being reported.
+    tunnel: Option<TunnelCheck>,
+}
+
+/// Evidence that a path was tunneled.
+enum TunnelCheck {
+    /// A kernel tunnel device (netns, name) the packets leave through:
+    /// its tx counter.
+    Device(String, &'static str),
+    /// sluice's own encapsulation (its programs write the VXLAN headers and
+    /// bypass the device): the client node's `pod_to_tunnel` counter.
+    Sluice(PathBuf),
+}
+
+impl TunnelCheck {
+    fn sent(&self) -> Result<u64> {
+        match self {
+            TunnelCheck::Device(netns, device) => vxlan::tx_packets(netns, device),
+            TunnelCheck::Sluice(pins) => bench::tunneled(&PinDir::new(pins)),
+        }
+    }
+
+    fn describe(&self) -> String {
+        match self {
+            TunnelCheck::Device(netns, device) => format!("{netns}: {device}"),
+            TunnelCheck::Sluice(pins) => format!("{}: pod_to_tunnel", pins.display()),
+        }
+    }
 }
 
 /// Monitors tracing every forwarded packet while alive.
@@ -179,8 +213,7 @@ impl Drop for Tracers {
 
 fn measure(p: &Path2, plan: &Plan, bins: &Path) -> Result<PathFigures> {
     let _tracers = Tracers::start(bins, &p.traced)?;
-    let tunnel_tx = |(netns, device): &(String, &str)| vxlan::tx_packets(netns, device);
-    let tx_before = p.tunnel.as_ref().map(tunnel_tx).transpose()?;
+    let tx_before = p.tunnel.as_ref().map(TunnelCheck::sent).transpose()?;
     let figures = PathFigures {
         rr: bench::tcp_rr_to(&p.server_ns, &p.client_ns, p.target, plan.rr)?,
         crr: bench::tcp_crr_to(&p.server_ns, &p.client_ns, p.target, plan.rr)?,
@@ -191,12 +224,11 @@ fn measure(p: &Path2, plan: &Plan, bins: &Path) -> Result<PathFigures> {
     };
     if let (Some(tunnel), Some(before)) = (&p.tunnel, tx_before) {
         // Every TCP_RR request alone is one packet out of the client's node.
-        let sent = tunnel_tx(tunnel)? - before;
+        let sent = tunnel.sent()? - before;
         if sent < figures.rr.samples as u64 {
             bail!(
-                "{}: {} sent {sent} packets during {} TCP_RR transactions: the path did not use the tunnel",
-                tunnel.0,
-                tunnel.1,
+                "{} counted {sent} packets during {} TCP_RR transactions: the path did not use the tunnel",
+                tunnel.describe(),
                 figures.rr.samples
             );
         }
@@ -447,7 +479,7 @@ fn round(round: usize, bins: &Path, plan: &Plan) -> Result<BTreeMap<String, Path
             server_ns: svn2.pods[0].netns.clone(),
             target: bench::Target::direct(pod_ip(&svn2.pods[0])),
             traced: vec![],
-            tunnel: Some((svn1.netns.clone(), SLUICE_VXLAN)),
+            tunnel: Some(TunnelCheck::Sluice(svn1.pin_dir.clone())),
         },
         Path2 {
             name: "K vxlan cross-node",
@@ -455,7 +487,7 @@ fn round(round: usize, bins: &Path, plan: &Plan) -> Result<BTreeMap<String, Path
             server_ns: k.pods[1].1.clone(),
             target: bench::Target::direct(k.pods[1].2),
             traced: vec![],
-            tunnel: Some((k.node_netns(0), vxlan::DEVICE)),
+            tunnel: Some(TunnelCheck::Device(k.node_netns(0), vxlan::DEVICE)),
         },
         Path2 {
             name: "S cross traced",
@@ -478,6 +510,9 @@ fn round(round: usize, bins: &Path, plan: &Plan) -> Result<BTreeMap<String, Path
             tunnel: None,
         },
     ];
+    if !plan.only.is_empty() {
+        paths.retain(|p| plan.only.contains(&p.name));
+    }
     let n = paths.len();
     paths.rotate_left(round % n);
     let mut out = BTreeMap::new();
@@ -807,6 +842,24 @@ pub fn run(args: &BenchArgs) -> Result<()> {
         println!("wrote {}", json_path.display());
         return Ok(());
     }
+    if args.vxlan {
+        let spinners = bench::Spinners::start();
+        let rounds = (0..plan.rounds).map(|r| round(r, &bins, &plan)).collect::<Result<Vec<_>>>()?;
+        drop(spinners);
+        let mut report = json!({
+            "machine": machine(),
+            "plan": {"rounds": plan.rounds, "rr_secs": plan.rr.as_secs_f64(), "throughput_secs": plan.tput_secs, "release": plan.release, "only": plan.only},
+            "paths": path_medians(&rounds),
+            "ratios": ratios_of(&rounds, &VXLAN_PAIRS.map(|(l, n, d)| (l.to_string(), n.to_string(), d.to_string()))),
+        });
+        report["vxlan_targets"] = vxlan_targets(&report);
+        report["wall_clock_secs"] = json!(started.elapsed().as_secs_f64());
+        let json_path = out_dir.join("vxlan.json");
+        std::fs::write(&json_path, serde_json::to_vec_pretty(&report)?)?;
+        print!("{}", render_vxlan(&report));
+        println!("wrote {}", json_path.display());
+        return Ok(());
+    }
     let spinners = bench::Spinners::start();
     let mut rounds = Vec::new();
     let mut svc_times = Vec::new();
@@ -906,6 +959,89 @@ pub fn run(args: &BenchArgs) -> Result<()> {
     )?;
     println!("wrote {} and {}", json_path.display(), png.display());
     Ok(())
+}
+
+/// The paths and ratios of the VXLAN comparison (`--vxlan`).
+const VXLAN_PATHS: [&str; 4] = ["A node-node", "S cross-node", "S-vxlan cross-node", "K vxlan cross-node"];
+const VXLAN_PAIRS: [(&str, &str, &str); 5] = [
+    ("S/A cross", "S cross-node", "A node-node"),
+    ("S-vxlan/K vxlan", "S-vxlan cross-node", "K vxlan cross-node"),
+    ("S-vxlan/A cross", "S-vxlan cross-node", "A node-node"),
+    ("K vxlan/A cross", "K vxlan cross-node", "A node-node"),
+    ("S-vxlan/S cross", "S-vxlan cross-node", "S cross-node"),
+];
+
+fn path_metric(r: &BTreeMap<String, PathFigures>, n: &str, m: &str) -> f64 {
+    let Some(p) = r.get(n) else { return f64::NAN };
+    match m {
+        "rr" => p.rr.per_sec,
+        "rr_p50" => p.rr.p50_us,
+        "rr_p99" => p.rr.p99_us,
+        "crr" => p.crr.per_sec,
+        "gbit" => p.tput.as_ref().map_or(f64::NAN, |t| t.gbit_per_s),
+        "cpu" => p.tput.as_ref().map_or(f64::NAN, |t| t.cpu_pct_per_gbit),
+        _ => f64::NAN,
+    }
+}
+
+/// Each path's medians over rounds.
+fn path_medians(rounds: &[BTreeMap<String, PathFigures>]) -> Value {
+    let mut paths = serde_json::Map::new();
+    for n in rounds[0].keys() {
+        let mut m = serde_json::Map::new();
+        for k in ["rr", "rr_p50", "rr_p99", "crr", "gbit", "cpu"] {
+            m.insert(k.into(), median_or_null(rounds.iter().map(|r| path_metric(r, n, k)).collect()));
+        }
+        paths.insert(n.to_string(), Value::Object(m));
+    }
+    Value::Object(paths)
+}
+
+/// Medians of per-round ratios, per (label, numerator, denominator).
+fn ratios_of(rounds: &[BTreeMap<String, PathFigures>], pairs: &[(String, String, String)]) -> Value {
+    let mut ratios = serde_json::Map::new();
+    for (label, num, den) in pairs {
+        let mut m = serde_json::Map::new();
+        for k in ["rr", "crr", "gbit", "cpu"] {
+            let per_round = rounds.iter().map(|r| path_metric(r, num, k) / path_metric(r, den, k)).collect();
+            m.insert(k.into(), median_or_null(per_round));
+        }
+        ratios.insert(label.clone(), Value::Object(m));
+    }
+    Value::Object(ratios)
+}
+
+fn render_vxlan(r: &Value) -> String {
+    let mut o = format!(
+        "{:<22} {:>10} {:>9} {:>9} {:>10} {:>8} {:>10}\n",
+        "path", "TCP_RR/s", "p50 us", "p99 us", "TCP_CRR/s", "Gbit/s", "CPU%/Gbit"
+    );
+    for (name, p) in r["paths"].as_object().into_iter().flatten() {
+        o += &format!(
+            "{:<22} {} {} {} {} {} {}\n",
+            name,
+            cell(&p["rr"], 10, 0),
+            cell(&p["rr_p50"], 9, 1),
+            cell(&p["rr_p99"], 9, 1),
+            cell(&p["crr"], 10, 0),
+            cell(&p["gbit"], 8, 2),
+            cell(&p["cpu"], 10, 1)
+        );
+    }
+    o += &format!("\n{:<22} {:>6} {:>6} {:>6} {:>6}\n", "ratio", "RR", "CRR", "Gbit", "CPU");
+    for (label, v) in r["ratios"].as_object().into_iter().flatten() {
+        o += &format!(
+            "{:<22} {} {} {} {}\n",
+            label,
+            cell(&v["rr"], 6, 2),
+            cell(&v["crr"], 6, 2),
+            cell(&v["gbit"], 6, 2),
+            cell(&v["cpu"], 6, 2)
+        );
+    }
+    o += "\ntargets (issue 15):\n";
+    o += &render_targets(&r["vxlan_targets"]);
+    o
 }
 
 fn machine() -> Value {

@@ -150,12 +150,7 @@ fn try_from_tunnel(ctx: &TcContext) -> Result<i32, DropReason> {
     let (mut source_is_remote_pod, mut replies_to_stack_flow, mut is_fragment) = (false, false, false);
     let mut sent_by_owner = false;
     if local.is_some() {
-        let owner_ip_be = match NODE_ROUTES.get(Key::new(32, src_be)) {
-            Some(node) => node.node_ip_be,
-            None => 0,
-        };
-        source_is_remote_pod = owner_ip_be != 0;
-        sent_by_owner = source_is_remote_pod && outer_source_be(ctx) == owner_ip_be;
+        (source_is_remote_pod, sent_by_owner) = remote_pod_source(src_be, || outer_source_be(ctx));
         let (key, stack_only) = parse::flow(ctx, ip)?;
         is_fragment = stack_only;
         replies_to_stack_flow = !stack_only && stack_flows::is_reply(&key);
@@ -191,6 +186,20 @@ fn try_from_tunnel(ctx: &TcContext) -> Result<i32, DropReason> {
             count_forward(ctx, ForwardPath::ToStack);
             Ok(TC_ACT_OK as i32)
         }
+    }
+}
+
+/// Is the inner source `src_be` another node's pod (it has a `NODE_ROUTES`
+/// owner), and did that owner send it (`outer_src_be`, asked only then, is
+/// the owner's node IP)? The check `from_tunnel` and `decap_to_pod` share.
+#[inline(always)]
+fn remote_pod_source(src_be: u32, outer_src_be: impl FnOnce() -> u32) -> (bool, bool) {
+    match NODE_ROUTES.get(Key::new(32, src_be)) {
+        Some(node) if node.node_ip_be != 0 => {
+            let owner_ip_be = node.node_ip_be;
+            (true, outer_src_be() == owner_ip_be)
+        }
+        _ => (false, false),
     }
 }
 
@@ -440,12 +449,7 @@ pub fn decap_to_pod(ctx: &TcContext) -> Result<Option<i32>, DropReason> {
     };
     // SAFETY: only presence is read.
     let source_is_local_pod = unsafe { ENDPOINTS.get(&src_be).is_some() };
-    let owner_ip_be = match NODE_ROUTES.get(Key::new(32, src_be)) {
-        Some(node) => node.node_ip_be,
-        None => 0,
-    };
-    let source_is_remote_pod = owner_ip_be != 0;
-    let sent_by_owner = source_is_remote_pod && outer_src_be == owner_ip_be;
+    let (source_is_remote_pod, sent_by_owner) = remote_pod_source(src_be, || outer_src_be);
     let inner_l3_len = ctx.len().saturating_sub(INNER_IP_OFF as u32);
     let header_ok = verdict::ipv4_header_ok(version_ihl, tot_len_be, inner_l3_len);
     let (key, is_fragment) = parse::flow_at::<{ INNER_IP_OFF + 20 }>(ctx, inner_ip)?;

@@ -1012,33 +1012,7 @@ fn ratios_of(rounds: &[BTreeMap<String, PathFigures>], pairs: &[(String, String,
 }
 
 fn render_vxlan(r: &Value) -> String {
-    let mut o = format!(
-        "{:<22} {:>10} {:>9} {:>9} {:>10} {:>8} {:>10}\n",
-        "path", "TCP_RR/s", "p50 us", "p99 us", "TCP_CRR/s", "Gbit/s", "CPU%/Gbit"
-    );
-    for (name, p) in r["paths"].as_object().into_iter().flatten() {
-        o += &format!(
-            "{:<22} {} {} {} {} {} {}\n",
-            name,
-            cell(&p["rr"], 10, 0),
-            cell(&p["rr_p50"], 9, 1),
-            cell(&p["rr_p99"], 9, 1),
-            cell(&p["crr"], 10, 0),
-            cell(&p["gbit"], 8, 2),
-            cell(&p["cpu"], 10, 1)
-        );
-    }
-    o += &format!("\n{:<22} {:>6} {:>6} {:>6} {:>6}\n", "ratio", "RR", "CRR", "Gbit", "CPU");
-    for (label, v) in r["ratios"].as_object().into_iter().flatten() {
-        o += &format!(
-            "{:<22} {} {} {} {}\n",
-            label,
-            cell(&v["rr"], 6, 2),
-            cell(&v["crr"], 6, 2),
-            cell(&v["gbit"], 6, 2),
-            cell(&v["cpu"], 6, 2)
-        );
-    }
+    let mut o = render_table(r);
     o += "\ntargets (issue 15):\n";
     o += &render_targets(&r["vxlan_targets"]);
     o
@@ -1057,14 +1031,9 @@ fn machine() -> Value {
     json!({"kernel": kernel, "cpu": cpu, "cpus": std::thread::available_parallelism().map(|n| n.get()).unwrap_or(0)})
 }
 
-fn render(r: &Value) -> String {
+/// The paths' figures and the ratios between them.
+fn render_table(r: &Value) -> String {
     let mut o = String::new();
-    o += &format!(
-        "machine: {} CPUs, {}, kernel {}\n",
-        r["machine"]["cpus"],
-        r["machine"]["cpu"].as_str().unwrap_or(""),
-        r["machine"]["kernel"].as_str().unwrap_or("")
-    );
     o += &format!(
         "{:<NAME$} {:>10} {:>9} {:>9} {:>10} {:>8} {:>12}\n",
         "path", "TCP_RR/s", "p50 us", "p99 us", "TCP_CRR/s", "Gbit/s", "CPU%/Gbit"
@@ -1096,6 +1065,18 @@ fn render(r: &Value) -> String {
             );
         }
     }
+    o
+}
+
+fn render(r: &Value) -> String {
+    let mut o = String::new();
+    o += &format!(
+        "machine: {} CPUs, {}, kernel {}\n",
+        r["machine"]["cpus"],
+        r["machine"]["cpu"].as_str().unwrap_or(""),
+        r["machine"]["kernel"].as_str().unwrap_or("")
+    );
+    o += &render_table(r);
     o += "targets (issue 15, the tunnel; reported, not asserted):\n";
     o += &render_targets(&r["vxlan_targets"]);
     o += &render_cni(&r["cni"]);

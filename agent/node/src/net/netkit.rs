@@ -61,16 +61,6 @@ pub fn request(host: &str, peer: &str, ns_fd: RawFd, mtu: u32) -> Vec<LinkAttrib
     ]
 }
 
-/// Is `msg` a netkit device? (The kernel reports the kind back.)
-pub fn is_netkit(msg: &LinkMessage) -> bool {
-    msg.attributes.iter().any(|a| match a {
-        LinkAttribute::LinkInfo(infos) => {
-            infos.iter().any(|i| matches!(i, Info::Kind(InfoKind::Other(k)) if k == KIND))
-        }
-        _ => false,
-    })
-}
-
 impl Netlink {
     /// A netkit pair: primary `host` here, peer `peer` created in the
     /// namespace open as `ns_fd` (no later move), both with `mtu`.
@@ -117,14 +107,5 @@ mod tests {
         assert!(peer.attributes.contains(&LinkAttribute::IfName("tmp0".into())));
         assert!(peer.attributes.contains(&LinkAttribute::Mtu(1450)));
         assert!(peer.attributes.contains(&LinkAttribute::NetNsFd(9)));
-    }
-
-    #[test]
-    fn netkit_is_recognised_by_kind() {
-        let mut m = LinkMessage::default();
-        m.attributes = request("a", "b", 3, 1500);
-        assert!(is_netkit(&m));
-        m.attributes = vec![LinkAttribute::LinkInfo(vec![Info::Kind(InfoKind::Veth)])];
-        assert!(!is_netkit(&m));
     }
 }

@@ -127,8 +127,25 @@ fn stream_server(lab: &mut Lab, netns: &str, who: &str) -> Result<()> {
 pub fn start_pod_servers(lab: &mut Lab, netns: &str, name: &str) -> Result<()> {
     whoami_server(lab, netns, "0.0.0.0", WHOAMI_PORT, name)?;
     stream_server(lab, netns, name)?;
-    let listen = format!("UDP-RECVFROM:{UDP_PORT},reuseaddr,fork");
-    lab.spawn_helper(ns_cmd(netns, &["socat", &listen, &format!("SYSTEM:echo {name}")]), &format!("{name}-udp"))?;
+    udp_server(lab, netns, name)
+}
+
+/// A UDP server answering every datagram with the pod's name, one process
+/// (`svc_client.py udp-serve`): socat's forking UDP server drops datagrams
+/// when the machine is busy (the request reaches the pod, no answer leaves).
+fn udp_server(lab: &mut Lab, netns: &str, name: &str) -> Result<()> {
+    let port = UDP_PORT.to_string();
+    let serve = ["python3", "-c", crate::services::CLIENT, "udp-serve", "0.0.0.0", &port, name];
+    lab.spawn_helper(ns_cmd(netns, &serve), &format!("{name}-udp"))?;
+    // Bound before anyone sends (a datagram to an unbound port is answered
+    // with port-unreachable: ECONNREFUSED on a connected socket).
+    let start = std::time::Instant::now();
+    while ns_exec(netns, &["ss", "-H", "-uln", &format!("sport = :{port}")])?.trim().is_empty() {
+        if start.elapsed() > std::time::Duration::from_secs(5) {
+            anyhow::bail!("UDP server in {netns} did not bind :{port}");
+        }
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
     Ok(())
 }
 

@@ -46,9 +46,9 @@ impl Outcome {
     }
 }
 
-/// The pods' UDP server (`udp-serve`: answers every datagram with the pod's
-/// name; socat's forking UDP server loses back-to-back datagrams).
-pub const UDP_PORT: u16 = 5300;
+/// The pods' UDP server (the cluster model's: `udp-serve`, answering every
+/// datagram with the pod's name).
+pub const UDP_PORT: u16 = crate::cluster::UDP_PORT;
 
 /// A lab with Services in eBPF and every pod running the cluster model's
 /// servers (echo :7777 answers the pod's name, stream :7779) and a UDP
@@ -58,22 +58,9 @@ pub fn lab(nodes: usize, pods_per_node: usize) -> Result<Lab> {
     opts.kubernetes = true;
     opts.kube_proxy_replacement = true;
     let mut lab = Lab::up(&opts)?;
-    let pods: Vec<(Node, String, String)> =
-        lab.pods().iter().map(|(n, p)| ((*n).clone(), p.netns.clone(), p.name.clone())).collect();
-    for (node, netns, name) in pods {
+    let pods: Vec<(String, String)> = lab.pods().iter().map(|(_, p)| (p.netns.clone(), p.name.clone())).collect();
+    for (netns, name) in pods {
         crate::cluster::start_pod_servers(&mut lab, &netns, &name)?;
-        let port = UDP_PORT.to_string();
-        let cmd = client_cmd(&lab, &node, &netns, &["udp-serve", "0.0.0.0", &port, &name]);
-        lab.spawn_helper(cmd, &format!("{name}-udp-serve"))?;
-        // Bound before anyone sends (a datagram to an unbound port is
-        // answered with port-unreachable: ECONNREFUSED on a connected socket).
-        let start = Instant::now();
-        while crate::lab::ns_exec(&netns, &["ss", "-H", "-uln", &format!("sport = :{port}")])?.trim().is_empty() {
-            if start.elapsed() > Duration::from_secs(5) {
-                bail!("UDP server in {name} did not bind :{port}");
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        }
     }
     Ok(lab)
 }

@@ -44,8 +44,26 @@ pub fn run() -> Result<()> {
     install_debian_packages()?;
     install_bpf_linker()?;
     install_python_tools()?;
+    mount_bpffs()?;
     eprintln!("setup: done");
     Ok(())
+}
+
+/// Where the agent pins (its default `--bpffs`).
+pub const BPFFS: &str = "/sys/fs/bpf";
+
+/// The host's bpffs at /sys/fs/bpf, as systemd mounts it at boot on every
+/// Kubernetes node; a machine booted without it (some VMs, minimal init)
+/// gets it here. The agent itself refuses to start without it.
+fn mount_bpffs() -> Result<()> {
+    let fs_type = output(Command::new("stat").args(["-f", "-c", "%T", BPFFS])).unwrap_or_default();
+    if fs_type.trim() == "bpf_fs" {
+        eprintln!("setup: {BPFFS} is a bpffs, skipping");
+        return Ok(());
+    }
+    eprintln!("setup: mounting the host's bpffs at {BPFFS}");
+    std::fs::create_dir_all(BPFFS).with_context(|| format!("create {BPFFS}"))?;
+    shell::run(Command::new("mount").args(["-t", "bpf", "bpf", BPFFS]))
 }
 
 fn is_installed(pkg: &str) -> bool {

@@ -231,7 +231,8 @@ fn tunnel_always_on_one_lan_tunnels_every_peer_and_works_the_same() {
 
 /// Move node `node` (its switch port and uplink address) onto node
 /// network `subnet`, as a node re-addressed into another rack would be,
-/// and publish its new address in the peers file. Its agent keeps running.
+/// and publish its new address (peers file or Node object). Its agent keeps
+/// running.
 fn move_node(lab: &mut Lab, node: usize, subnet: usize) {
     let n = lab.state.nodes[node].clone();
     let host = n.ip.rsplit('.').next().unwrap().to_string();
@@ -242,13 +243,41 @@ fn move_node(lab: &mut Lab, node: usize, subnet: usize) {
     ns_exec(&n.netns, &["ip", "addr", "flush", "dev", "eth0"]).unwrap();
     ns_exec(&n.netns, &["ip", "addr", "add", &format!("{ip}/24"), "dev", "eth0"]).unwrap();
     ns_exec(&n.netns, &["ip", "route", "replace", &other, "via", &router, "dev", "eth0"]).unwrap();
-    lab.state.nodes[node].ip = ip;
-    lab.write_peers().unwrap();
+    lab.state.nodes[node].ip = ip.clone();
+    // Membership: the peers file, or the Node's InternalIP in the API server.
+    match &lab.api {
+        Some(api) => api.upsert_node(&n.name, &ip, Some(&n.pod_cidr)),
+        None => lab.write_peers().unwrap(),
+    }
 }
 
 #[test]
 fn a_peer_moving_to_another_subnet_switches_its_path_without_a_restart() {
-    let mut lab = lab();
+    peer_moves_subnet_and_switches_path(lab());
+}
+
+/// The same with membership from Kubernetes Node objects (their
+/// InternalIPs and pod CIDRs, from the test API server): the path follows
+/// the Node's MODIFIED event.
+#[test]
+fn a_kubernetes_node_moving_to_another_subnet_switches_its_path_without_a_restart() {
+    require_root();
+    let mut opts = LabOptions::new(3, 1, bin("sluice-agent").parent().unwrap().to_path_buf());
+    opts.subnets = 2;
+    opts.kubernetes = true;
+    opts.pod_cidr_from_node = true;
+    let lab = Lab::up(&opts).expect("lab up");
+    let n3 = &lab.state.nodes[2];
+    let c = pod(&lab, 2);
+    assert!(c.ip.starts_with("10.244.3."), "the pod CIDR came from the Node: {}", c.ip);
+    // Every peer's path, as the Nodes' addresses decide it.
+    assert_eq!(path_of(&lab, 0, &lab.state.nodes[1].pod_cidr).unwrap().0, "native");
+    assert_eq!(path_of(&lab, 0, &n3.pod_cidr).unwrap().0, "vxlan");
+    assert_eq!(path_of(&lab, 2, &lab.state.nodes[0].pod_cidr).unwrap().0, "vxlan");
+    peer_moves_subnet_and_switches_path(lab);
+}
+
+fn peer_moves_subnet_and_switches_path(mut lab: Lab) {
     let (a, c) = (pod(&lab, 0), pod(&lab, 2));
     let n3_cidr = lab.state.nodes[2].pod_cidr.clone();
     let pids: Vec<Option<u32>> = lab.state.nodes.iter().map(|n| n.agent_pid).collect();

@@ -43,6 +43,11 @@ pub struct AgentState {
     pub pod_device: String,
     #[serde(default)]
     pub pod_device_why: String,
+    /// The uplink's MTU and the pods' (0: an agent that predates them).
+    #[serde(default)]
+    pub uplink_mtu: u32,
+    #[serde(default)]
+    pub pod_mtu: u32,
     /// The socket load balancer, when `--kube-proxy-replacement=true`.
     #[serde(default)]
     pub service_lb: Option<crate::daemon::service_lb::ServiceLbState>,

@@ -83,6 +83,12 @@ fn pods_across_a_router_talk_through_vxlan_and_same_lan_pods_natively() {
     };
     assert_eq!(path_of("10.244.2.0/24"), Some(("native".into(), "on this node's subnet".into())), "{routes}");
     assert_eq!(path_of("10.244.3.0/24"), Some(("vxlan".into(), "off this node's subnet".into())), "{routes}");
+    // And the MTU each peer's path carries: the uplink's natively, 50 less
+    // through VXLAN (the pods' own, so pod traffic fits both).
+    let mtu_of =
+        |cidr: &str| routes.as_array().unwrap().iter().find(|r| r["podCIDR"] == cidr).map(|r| r["mtu"].clone());
+    assert_eq!(mtu_of("10.244.2.0/24"), Some(serde_json::json!(1500)), "{routes}");
+    assert_eq!(mtu_of("10.244.3.0/24"), Some(serde_json::json!(1450)), "{routes}");
 
     // ICMP and TCP both ways across the router, and on the same LAN.
     for (s, d) in [(&a, &c), (&c, &a), (&b, &c), (&a, &b)] {
@@ -230,12 +236,11 @@ fn tunnel_always_on_one_lan_tunnels_every_peer_and_works_the_same() {
 }
 
 /// Move node `node` (its switch port and uplink address) onto node
-/// network `subnet`, as a node re-addressed into another rack would be,
+/// network `subnet` as host `host`, as a node re-addressed into another rack would be,
 /// and publish its new address (peers file or Node object). Its agent keeps
 /// running.
-fn move_node(lab: &mut Lab, node: usize, subnet: usize) {
+fn move_node(lab: &mut Lab, node: usize, subnet: usize, host: u8) {
     let n = lab.state.nodes[node].clone();
-    let host = n.ip.rsplit('.').next().unwrap().to_string();
     let ip = format!("{}.{host}", sluice_tests::lab::subnet_prefix(subnet));
     let router = format!("{}.{}", sluice_tests::lab::subnet_prefix(subnet), sluice_tests::lab::ROUTER_HOST);
     let other = format!("{}.0/24", sluice_tests::lab::subnet_prefix(1 - subnet));
@@ -283,27 +288,35 @@ fn peer_moves_subnet_and_switches_path(mut lab: Lab) {
     let pids: Vec<Option<u32>> = lab.state.nodes.iter().map(|n| n.agent_pid).collect();
     assert_eq!(path_of(&lab, 0, &n3_cidr).unwrap().0, "vxlan");
 
-    // n3 onto n1's LAN: n1 (and n2) reach it natively from the next pass.
-    move_node(&mut lab, 2, 0);
+    // n3 onto n1's LAN: n1 (and n2) reach it natively from the next pass,
+    // and n3 them (its own agent follows its new address).
+    move_node(&mut lab, 2, 0, 3);
     let n3_ip = lab.state.nodes[2].ip.clone();
+    let n1_cidr = lab.state.nodes[0].pod_cidr.clone();
+    let native = Some(("native".to_string(), "on this node's subnet".to_string()));
     for i in [0, 1] {
-        wait_for("n3 native", || path_of(&lab, i, &n3_cidr) == Some(("native".into(), "on this node's subnet".into())));
+        wait_for("n3 native", || path_of(&lab, i, &n3_cidr) == native);
     }
+    wait_for("n3's own view: n1 native", || path_of(&lab, 2, &n1_cidr) == native);
     let kernel = ns_exec(&lab.state.nodes[0].netns, &["ip", "route", "show", "proto", "83"]).unwrap();
     assert!(kernel.contains(&format!("{n3_cidr} via {n3_ip} dev eth0")), "{kernel}");
     talk_both_ways(&lab, &a, &c, (0, 2), 9300);
-    // Native on the wire: n1's pod to n3's pod with the pods' addresses.
+    // Native on the wire both ways: the pods' addresses, no UDP 8472.
     let cap = Capture::start(&lab.state.lan_netns, "n1", &["icmp"]).unwrap();
     assert!(ns_exec(&a.netns, &["ping", "-c", "3", "-i", "0.2", &c.ip]).unwrap().contains("3 received"));
     let text = cap.stop();
     assert!(text.contains(&format!("{} > {}: ICMP echo request", a.ip, c.ip)), "n1 -> n3 not native:\n{text}");
+    assert!(text.contains(&format!("{} > {}: ICMP echo reply", c.ip, a.ip)), "n3 -> n1 not native:\n{text}");
 
-    // And back across the router: VXLAN again.
-    move_node(&mut lab, 2, 1);
+    // And back across the router under another address: VXLAN again, and
+    // n3 decapsulates in eBPF what is sent to its new address.
+    move_node(&mut lab, 2, 1, 13);
     for i in [0, 1] {
         wait_for("n3 vxlan", || path_of(&lab, i, &n3_cidr) == Some(("vxlan".into(), "off this node's subnet".into())));
     }
+    let decap_before = counter(&lab, 2, "forwards", "tunnel_decap");
     talk_both_ways(&lab, &a, &c, (0, 2), 9310);
+    assert!(counter(&lab, 2, "forwards", "tunnel_decap") > decap_before, "n3 decapsulated in eBPF at its new address");
     let now: Vec<Option<u32>> = lab.state.nodes.iter().map(|n| n.agent_pid).collect();
     assert_eq!(now, pids, "no agent restarted");
     for (i, pid) in pids.iter().enumerate() {

@@ -165,12 +165,13 @@ pub fn collect(pins: &PinDir, data_dir: &Path) -> StatusReport {
     }
     let route_nodes = r.agent.as_ref().map(|a| a.route_nodes.clone()).unwrap_or_default();
     let route_paths = r.agent.as_ref().map(|a| a.route_paths.clone()).unwrap_or_default();
+    let uplink_mtu = r.agent.as_ref().map(|a| a.uplink_mtu).unwrap_or_default();
     r.routes = routes
         .iter()
         .filter(|(cidr, (ip, vxlan))| !is_node_entry(**cidr, &Hop { node_ip: *ip, vxlan: *vxlan }))
         .map(|(cidr, (ip, vxlan))| {
             let node = route_nodes.get(&cidr.to_string()).cloned().unwrap_or_else(|| "?".into());
-            let path = RoutePath::new(*vxlan, route_paths.get(&cidr.to_string()).copied());
+            let path = RoutePath::new(*vxlan, route_paths.get(&cidr.to_string()).copied(), uplink_mtu);
             (cidr.to_string(), ip.to_string(), node, path)
         })
         .collect();
@@ -203,7 +204,7 @@ impl StatusReport {
             "routes": self
                 .routes
                 .iter()
-                .map(|(c, ip, n, p)| json!({"podCIDR": c, "nodeIP": ip, "node": n, "path": p.path, "why": p.why}))
+                .map(|(c, ip, n, p)| json!({"podCIDR": c, "nodeIP": ip, "node": n, "path": p.path, "why": p.why, "mtu": p.mtu}))
                 .collect::<Vec<_>>(),
             "endpoints": self.endpoints.iter().map(|(ip, i)| json!({"ip": ip, "hostIfindex": i})).collect::<Vec<_>>(),
             "maps": {
@@ -237,6 +238,9 @@ impl StatusReport {
                 a.pod_cidr,
                 a.membership
             ));
+            if a.pod_mtu != 0 {
+                o.push_str(&format!("MTU: pods {}, uplink {}\n", a.pod_mtu, a.uplink_mtu));
+            }
             if !a.pod_device.is_empty() {
                 o.push_str(&format!("pod device: {} ({})\n", a.pod_device, a.pod_device_why));
             }
@@ -274,7 +278,8 @@ impl StatusReport {
         }
         o.push_str(&format!("node routes ({} of {}):\n", self.routes.len(), MAX_NODE_ROUTES));
         for (cidr, ip, node, path) in &self.routes {
-            o.push_str(&format!("  {cidr:<18} via {ip:<15} node {node:<12} {:<6} ({})\n", path.path, path.why));
+            let mtu = path.mtu.map(|m| format!(", MTU {m}")).unwrap_or_default();
+            o.push_str(&format!("  {cidr:<18} via {ip:<15} node {node:<12} {:<6} ({}{mtu})\n", path.path, path.why));
         }
         o.push_str(&format!("local endpoints ({} of {}):\n", self.endpoints.len(), MAX_ENDPOINTS));
         for (ip, ifindex) in &self.endpoints {
@@ -348,13 +353,16 @@ pub struct RoutePath {
     /// `native` or `vxlan`.
     pub path: &'static str,
     pub why: String,
+    /// The largest packet that crosses to the peer unfragmented (`None`
+    /// when the agent did not record its uplink's MTU).
+    pub mtu: Option<u32>,
 }
 
 impl RoutePath {
     /// `vxlan`: the `NODE_ROUTES` flag; `choice`: the agent's decision from
     /// its state file (absent with an agent that predates tunnels, or down
-    /// before its first pass).
-    pub fn new(vxlan: bool, choice: Option<crate::membership::PathChoice>) -> Self {
+    /// before its first pass); `uplink_mtu` from there too (0: unknown).
+    pub fn new(vxlan: bool, choice: Option<crate::membership::PathChoice>, uplink_mtu: u32) -> Self {
         use crate::membership::PeerPath;
         let path = if vxlan { PeerPath::Vxlan } else { PeerPath::Native };
         let why = match choice {
@@ -362,7 +370,7 @@ impl RoutePath {
             Some(c) => format!("the agent wants {} ({}); the datapath not yet", c.path.name(), c.reason.describe()),
             None => "no reason recorded".to_string(),
         };
-        RoutePath { path: path.name(), why }
+        RoutePath { path: path.name(), why, mtu: (uplink_mtu != 0).then(|| path.mtu(uplink_mtu)) }
     }
 }
 
@@ -471,10 +479,15 @@ mod tests {
     fn route_path_names_the_datapath_and_the_reason() {
         use crate::membership::{PathChoice, PathReason, PeerPath};
         let off = PathChoice { path: PeerPath::Vxlan, reason: PathReason::OffSubnet };
-        assert_eq!(RoutePath::new(true, Some(off)), RoutePath { path: "vxlan", why: "off this node's subnet".into() });
+        assert_eq!(
+            RoutePath::new(true, Some(off), 1500),
+            RoutePath { path: "vxlan", why: "off this node's subnet".into(), mtu: Some(1450) }
+        );
         let same = PathChoice { path: PeerPath::Native, reason: PathReason::SameSubnet };
-        assert_eq!(RoutePath::new(false, Some(same)).why, "on this node's subnet");
-        assert!(RoutePath::new(false, Some(off)).why.contains("wants vxlan"));
-        assert_eq!(RoutePath::new(false, None).path, "native");
+        assert_eq!(RoutePath::new(false, Some(same), 9000).why, "on this node's subnet");
+        assert_eq!(RoutePath::new(false, Some(same), 9000).mtu, Some(9000));
+        assert!(RoutePath::new(false, Some(off), 1500).why.contains("wants vxlan"));
+        assert_eq!(RoutePath::new(false, None, 0).path, "native");
+        assert_eq!(RoutePath::new(true, None, 0).mtu, None, "an agent that did not say its uplink's MTU");
     }
 }

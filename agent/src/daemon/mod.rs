@@ -11,6 +11,7 @@ use tracing::{error, info, warn};
 pub mod cni_conf;
 pub mod metrics;
 pub mod netfilter_worker;
+pub mod node_address;
 pub mod plugin_install;
 pub mod pod_device;
 pub mod service_lb;
@@ -141,6 +142,33 @@ impl Reconcilers {
     }
 }
 
+/// Follow the node's own address (see `node_address`): peers' paths, the
+/// masquerade exceptions and the eBPF decapsulation's check take the new
+/// one from this pass.
+async fn follow_uplink_address(
+    netlink: &Netlink,
+    pins: &PinDir,
+    uplink_ifindex: u32,
+    address: &mut node_address::NodeAddress,
+    ranges: &mut Ranges,
+    reconcilers: &mut Reconcilers,
+) {
+    let now = match netlink.first_ipv4(uplink_ifindex).await {
+        Ok(now) => now,
+        Err(e) => return warn!(error = %format!("{e:#}"), "cannot read the uplink's address; keeping the last"),
+    };
+    let Some(moved) = address.moved(now) else { return };
+    let config = sluice_common::NodeConfig { uplink_ifindex, node_ip_be: pinned_maps::ip_be(moved.ip) };
+    if let Err(e) = pinned_maps::write_node_config(pins, config) {
+        // Retried on the next pass: `address` still holds the old one.
+        return warn!(error = %format!("{e:#}"), "cannot record the uplink's new address");
+    }
+    info!(from = %address.ip, to = %moved.ip, network = %moved.network, "the uplink's address changed; following it");
+    ranges.node_network = Some(moved.network);
+    reconcilers.node_ip = moved.ip;
+    *address = moved;
+}
+
 /// Wait for the first complete membership that names this node's pod CIDR.
 async fn initial_membership(source: &Source, node: &AgentConfig, ranges: &Ranges) -> Result<Membership> {
     let mut waited = 0u32;
@@ -193,8 +221,8 @@ pub async fn run(
         .first_ipv4(uplink.index)
         .await?
         .with_context(|| format!("uplink {} has no IPv4 address", node.uplink))?;
-    let node_network = Ipv4Network::new(node_ip, prefix).context("uplink address")?;
-    let node_network = Ipv4Network::new(node_network.network(), prefix)?;
+    let mut address = node_address::NodeAddress::new(node_ip, prefix)?;
+    let node_network = address.network;
     if node.mount_bpffs {
         bpffs::ensure_mounted(&bpffs_mount)?;
     } else if !bpffs::is_bpffs(&bpffs_mount).unwrap_or(false) {
@@ -207,7 +235,7 @@ pub async fn run(
         );
     }
 
-    let ranges = Ranges {
+    let mut ranges = Ranges {
         cluster: node.cluster_cidr,
         service: node.service_cidr,
         node_network: Some(node_network),
@@ -320,6 +348,8 @@ pub async fn run(
         health_ip: health_endpoint::health_ip(pod_cidr).to_string(),
         pod_device: pod_device.to_string(),
         pod_device_why,
+        uplink_mtu: uplink.mtu,
+        pod_mtu: mtu,
         ..Default::default()
     };
     let mut last_error: Option<String> = None;
@@ -333,6 +363,7 @@ pub async fn run(
         Source::PeersFile(_) => None,
     };
     loop {
+        follow_uplink_address(&netlink, &pins, uplink.index, &mut address, &mut ranges, &mut reconcilers).await;
         // Desired state is read whole on every pass; the diff makes that
         // cheap and a missed change impossible.
         let outcome =

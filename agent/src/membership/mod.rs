@@ -38,6 +38,18 @@ pub enum PeerPath {
     Vxlan,
 }
 
+impl PeerPath {
+    /// The largest IP packet that crosses to a peer on this path without
+    /// fragmenting, over an uplink of `uplink_mtu`: VXLAN's outer headers
+    /// take their 50 bytes from it.
+    pub fn mtu(self, uplink_mtu: u32) -> u32 {
+        match self {
+            PeerPath::Native => uplink_mtu,
+            PeerPath::Vxlan => uplink_mtu.saturating_sub(sluice_common::maps::TUNNEL_OVERHEAD),
+        }
+    }
+}
+
 /// Why a peer got its path (`status` prints it).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]

@@ -391,11 +391,12 @@ pub fn node_paths(lab: &Lab) -> Vec<String> {
         for peer in lab.state.nodes.iter().filter(|p| p.name != n.name) {
             let line = match routes.iter().find(|r| r["podCIDR"] == peer.pod_cidr.as_str()) {
                 Some(r) => format!(
-                    "{} -> {}: {} ({})",
+                    "{} -> {}: {} ({}), MTU {}",
                     n.name,
                     peer.name,
                     r["path"].as_str().unwrap_or("?"),
-                    r["why"].as_str().unwrap_or("?")
+                    r["why"].as_str().unwrap_or("?"),
+                    r["mtu"]
                 ),
                 None => format!("{} -> {}: no route", n.name, peer.name),
             };

@@ -4,10 +4,7 @@
 //! `TUNNEL_CONFIG` for `from_pod`. With `--tunnel=never` an earlier run's
 //! device and link go, and `TUNNEL_CONFIG` is cleared.
 use anyhow::Result;
-use sluice_common::{
-    maps::{programs, TUNNEL_OVERHEAD},
-    TunnelConfig,
-};
+use sluice_common::{maps::programs, TunnelConfig};
 use sluice_node::{
     datapath::{links::unpin_link, pinned_maps, pins::PinDir, Datapath},
     net::{netlink::Netlink, vxlan},
@@ -23,7 +20,7 @@ pub fn pod_mtu(pinned: Option<u32>, uplink_mtu: u32, mode: TunnelMode) -> u32 {
     match (pinned, mode) {
         (Some(mtu), _) => mtu,
         (None, TunnelMode::Never) => uplink_mtu,
-        (None, TunnelMode::Auto | TunnelMode::Always) => uplink_mtu.saturating_sub(TUNNEL_OVERHEAD),
+        (None, TunnelMode::Auto | TunnelMode::Always) => crate::membership::PeerPath::Vxlan.mtu(uplink_mtu),
     }
 }
 

@@ -55,7 +55,7 @@ use sluice_tests::{
     unique,
 };
 
-use super::{PathFigures, Plan, BENCH_SERVER_PORT};
+use super::{args::Plan, labs::BENCH_SERVER_PORT, paths::PathFigures};
 
 /// Made-up endpoints of every Service but the measured one.
 pub const PER_SERVICE: usize = 5;

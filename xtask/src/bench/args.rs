@@ -1,0 +1,98 @@
+//! The bench's command line and what a run measures (`Plan`: rounds,
+//! durations, sizes; `--smoke` shrinks them for CI).
+use std::time::Duration;
+
+use super::report::VXLAN_PATHS;
+
+#[derive(clap::Args, Clone, Debug)]
+pub struct BenchArgs {
+    /// A few seconds per metric, one round: for CI, so the bench can't rot.
+    #[arg(long)]
+    pub smoke: bool,
+    #[arg(long)]
+    pub rounds: Option<usize>,
+    /// Only the CNI section: ADD+DEL cycles and the burst for sluice and
+    /// bridge + host-local, and sluice's per-step profile (release build;
+    /// 50 cycles unless --cni-cycles). Writes target/bench/cni.json.
+    #[arg(long)]
+    pub cni: bool,
+    /// ADD+DEL cycles per plugin (default 200, --smoke 10, --cni 50).
+    #[arg(long)]
+    pub cni_cycles: Option<usize>,
+    /// Only the VXLAN comparison (issue 15): A, S cross-node, S-vxlan and
+    /// K vxlan, their ratios and targets (release build; --rounds, default
+    /// 3). Writes target/bench/vxlan.json.
+    #[arg(long)]
+    pub vxlan: bool,
+    /// Internal: be one measurement's client (MODE rr|crr, ADDR, MILLIS)
+    /// and print its figures as JSON; the bench starts it inside a node's
+    /// cgroup, where the socket load balancer sees it.
+    #[arg(long, hide = true, num_args = 3, value_names = ["MODE", "ADDR", "MILLIS"])]
+    pub client: Option<Vec<String>>,
+}
+
+pub(super) struct Plan {
+    pub(super) rounds: usize,
+    /// Measure only these paths (all when empty).
+    pub(super) only: Vec<&'static str>,
+    pub(super) rr: Duration,
+    pub(super) tput_secs: u32,
+    pub(super) cni_cycles: usize,
+    pub(super) burst: usize,
+    pub(super) peers: usize,
+    pub(super) release: bool,
+    /// Services installed for each measurement of the Service paths, and
+    /// rounds of those paths (cheaper than the others; TCP_CRR ratios
+    /// near a target need more than three).
+    pub(super) scales: Vec<usize>,
+    pub(super) svc_rounds: usize,
+    /// Services (with `services::PER_SERVICE` endpoints each) for the
+    /// Services control plane, and single changes timed there.
+    pub(super) svc_control: usize,
+    pub(super) changes: usize,
+}
+
+impl Plan {
+    pub(super) fn from(args: &BenchArgs) -> Self {
+        let mut plan = Self::defaults(args);
+        plan.cni_cycles = args.cni_cycles.unwrap_or(if args.cni && !args.smoke { 50 } else { plan.cni_cycles });
+        if args.vxlan {
+            plan.only = VXLAN_PATHS.to_vec();
+        }
+        plan
+    }
+
+    fn defaults(args: &BenchArgs) -> Self {
+        if args.smoke {
+            Plan {
+                rounds: args.rounds.unwrap_or(1),
+                only: Vec::new(),
+                rr: Duration::from_millis(300),
+                tput_secs: 1,
+                cni_cycles: 10,
+                burst: 10,
+                peers: 500,
+                release: false,
+                scales: vec![10, 100],
+                svc_rounds: args.rounds.unwrap_or(1),
+                svc_control: 100,
+                changes: 20,
+            }
+        } else {
+            Plan {
+                rounds: args.rounds.unwrap_or(3),
+                only: Vec::new(),
+                rr: Duration::from_secs(2),
+                tput_secs: 4,
+                cni_cycles: 200,
+                burst: 50,
+                peers: 5000,
+                release: true,
+                scales: vec![10, 1_000, 10_000],
+                svc_rounds: args.rounds.unwrap_or(5),
+                svc_control: 10_000,
+                changes: 200,
+            }
+        }
+    }
+}

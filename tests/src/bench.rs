@@ -333,7 +333,7 @@ pub fn throughput(server_ns: &str, client_ns: &str, server_ip: Ipv4Addr, secs: u
         .stderr(std::process::Stdio::null())
         .spawn()
         .context("iperf3 server (Debian package iperf3)")?;
-    thread::sleep(Duration::from_millis(300));
+    crate::lab::wait_listening(server_ns, "tcp", port)?;
     let (ip_arg, secs_arg) = (server_ip.to_string(), secs.to_string());
     let out = run(&mut crate::lab::ns_cmd(
         client_ns,

@@ -882,6 +882,28 @@ pub fn wait_ready(pid: u32, data_dir: &Path, conflist: &Path, timeout: Duration)
     }
 }
 
+/// Wait until a socket in `netns` listens on `port` (`proto`: "tcp" or
+/// "udp"), as `ss` shows it: the readiness of a server a test just spawned.
+pub fn wait_listening(netns: &str, proto: &str, port: u16) -> Result<()> {
+    let flag = match proto {
+        "tcp" => "-Hltn",
+        "udp" => "-Hlun",
+        other => bail!("wait_listening: unknown protocol {other}"),
+    };
+    let filter = format!("sport = :{port}");
+    let start = Instant::now();
+    loop {
+        let out = ns_exec(netns, &["ss", flag, &filter]).unwrap_or_default();
+        if !out.trim().is_empty() {
+            return Ok(());
+        }
+        if start.elapsed() > Duration::from_secs(10) {
+            bail!("nothing listens on {proto}/{port} in {netns} after 10 s");
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
 /// Reachability by ICMP from `netns` to `ip`: up to three echoes, one at a
 /// time, true at the first reply (a busy CI machine may lose one to a timeout).
 pub fn ping(netns: &str, ip: &str) -> bool {
@@ -914,7 +936,7 @@ pub fn udp_reaches(src: &Pod, dst: &Pod, port: u16) -> bool {
             .stderr(Stdio::null())
             .spawn()
             .unwrap();
-    std::thread::sleep(Duration::from_millis(200));
+    wait_listening(&dst.netns, "udp", port).expect("UDP listener");
     let msg = format!("hello-from-{}", src.name);
     let sent = ns_cmd(&src.netns, &["sh", "-c", &format!("echo {msg} | socat -u - UDP-SENDTO:{}:{port}", dst.ip)])
         .status()

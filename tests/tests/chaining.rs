@@ -52,7 +52,7 @@ fn hostport_through_portmap_reaches_the_pod_and_the_chain_checks_and_deletes() {
         .stderr(Stdio::null())
         .spawn()
         .unwrap();
-    std::thread::sleep(std::time::Duration::from_millis(300));
+    sluice_tests::lab::wait_listening(&pod_ns.name, "tcp", ECHO_PORT).unwrap();
     // From another node, to node 1's address and the host port.
     let reached = tcp_probe_port(&n2.netns, &n1.ip, HOST_PORT);
     // From a pod on another node: portmap's DNAT on n1, the reply back

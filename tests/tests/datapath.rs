@@ -9,7 +9,10 @@ use std::{
 
 use sluice_tests::{
     bin,
-    lab::{counter, ns_cmd, ns_exec, ping, tcp_probe, udp_reaches, Lab, LabOptions, Node, Pod, LAN_PREFIX},
+    capture::Capture,
+    lab::{
+        counter, ns_cmd, ns_exec, ping, tcp_probe, udp_reaches, wait_listening, Lab, LabOptions, Node, Pod, LAN_PREFIX,
+    },
     require_root, try_run,
 };
 
@@ -47,21 +50,11 @@ fn pods_reach_each_other_same_node_and_across_nodes_icmp_tcp_udp() {
 fn cross_node_packets_carry_pod_addresses_unencapsulated() {
     let lab = lab(2, 1, 1500);
     let (a, b) = (pod(&lab, 0, 0), pod(&lab, 1, 0));
-    let cap = std::env::temp_dir().join(format!("sluice-cap-{}.txt", std::process::id()));
     // Capture on the LAN switch port of node 1: what leaves the node.
-    let mut tcpdump = ns_cmd(&lab.state.lan_netns, &["tcpdump", "-l", "-n", "-e", "-i", "n1", "icmp"])
-        .stdout(std::fs::File::create(&cap).unwrap())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    sleep(Duration::from_millis(700));
+    let cap = Capture::start(&lab.state.lan_netns, "n1", &["-e", "icmp"]).unwrap();
     let out = ns_exec(&a.netns, &["ping", "-c", "3", "-i", "0.2", &b.ip]).unwrap();
     assert!(out.contains("3 received"), "{out}");
-    sleep(Duration::from_millis(300));
-    let _ = Command::new("kill").args(["-INT", &tcpdump.id().to_string()]).status();
-    let _ = tcpdump.wait();
-    let text = std::fs::read_to_string(&cap).unwrap();
-    let _ = std::fs::remove_file(&cap);
+    let text = cap.stop();
     let want = format!("{} > {}: ICMP echo request", a.ip, b.ip);
     let back = format!("{} > {}: ICMP echo reply", b.ip, a.ip);
     assert!(text.lines().filter(|l| l.contains(&want)).count() >= 3, "no plain pod->pod packets on the LAN:\n{text}");
@@ -132,7 +125,7 @@ fn node_reaches_its_pods_and_pods_reach_their_node() {
     assert!(ping(&p.netns, &node.ip), "pod -> node ICMP");
     // pod -> node TCP: a listener on the node.
     let mut l = ns_cmd(&node.netns, &["socat", "TCP-LISTEN:7788,reuseaddr", "SYSTEM:echo node"]).spawn().unwrap();
-    sleep(Duration::from_millis(200));
+    wait_listening(&node.netns, "tcp", 7788).unwrap();
     let target = format!("TCP:{}:7788,connect-timeout=2", node.ip);
     let out = try_run(&mut ns_cmd(&p.netns, &["socat", "-T2", "-", &target])).unwrap();
     let _ = l.kill();
@@ -185,6 +178,17 @@ fn mtu_follows_the_lan_full_size_crosses_one_byte_more_is_refused() {
     assert!(text.contains("message too long") || text.contains("mtu"), "refused cleanly at the source: {text}");
 }
 
+/// Wait until node `node`'s forward counter `name` has grown by `by`
+/// packets (at most 10 s): traffic is flowing through that path now.
+fn wait_counter_grows(lab: &Lab, node: usize, name: &str, by: u64) {
+    let base = counter(lab, node, "forwards", name);
+    let start = Instant::now();
+    while counter(lab, node, "forwards", name) < base + by {
+        assert!(start.elapsed() < Duration::from_secs(10), "forwards.{name} on node {node} stayed near {base}");
+        sleep(Duration::from_millis(50));
+    }
+}
+
 /// (link id, program id) of a pinned link, from bpftool.
 fn link_ids(pin: &std::path::Path) -> (u64, u64) {
     sluice_tests::link_ids(pin).unwrap()
@@ -212,7 +216,8 @@ fn agent_killed_and_restarted_loses_nothing() {
         .stdout(Stdio::piped())
         .spawn()
         .unwrap();
-    sleep(Duration::from_millis(1000));
+    // The flow is on before the agents go: node 1 delivers its packets.
+    wait_counter_grows(&lab, 1, "uplink_to_pod", 100);
     lab.kill_agent(0).unwrap();
     lab.kill_agent(1).unwrap();
     // Agents gone: traffic still flows on pinned maps and links, and status
@@ -220,7 +225,8 @@ fn agent_killed_and_restarted_loses_nothing() {
     let down = lab.status(0).unwrap();
     assert_eq!(down["healthy"], false);
     assert!(down["unhealthy"][0].as_str().unwrap().contains("agent not running"), "{down}");
-    sleep(Duration::from_millis(1000));
+    // With no agent on either node, the pinned programs keep delivering.
+    wait_counter_grows(&lab, 1, "uplink_to_pod", 200);
     assert!(tcp_probe(&a.netns, &b.ip, &b.name), "traffic with no agent running");
     for i in 0..2 {
         lab.start_agent(i).unwrap();
@@ -238,8 +244,14 @@ fn agent_killed_and_restarted_loses_nothing() {
     assert!(text.contains(&want), "packets lost across kill/restart: {text}");
     // Restarted agents reused what was pinned: nothing flushed, and the new
     // programs replaced the old ones inside the same links (no detach).
-    sleep(Duration::from_millis(500));
-    let after = lab.status(0).unwrap();
+    let start = Instant::now();
+    let after = loop {
+        let s = lab.status(0).unwrap();
+        if s["healthy"] == true || start.elapsed() > Duration::from_secs(10) {
+            break s;
+        }
+        sleep(Duration::from_millis(50));
+    };
     assert_eq!(after["routes"], routes_before);
     assert_eq!(after["endpoints"], endpoints_before);
     assert_eq!(after["healthy"], true, "{after}");

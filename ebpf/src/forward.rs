@@ -1,13 +1,13 @@
-//! Carrying out a forwarding verdict: routed-hop header rewrites and the
-//! redirect helpers.
+//! Carrying out a forwarding verdict: the routed hop's TTL, and sending
+//! towards another node. Into a local pod is `deliver`'s alone.
 use aya_ebpf::programs::TcContext;
 use aya_ebpf::{
     bindings::{bpf_redir_neigh, TC_ACT_REDIRECT},
-    helpers::{bpf_redirect, bpf_redirect_neigh, bpf_redirect_peer},
+    helpers::bpf_redirect_neigh,
 };
-use sluice_common::{maps::FAST_PATH_MARK, verdict::checksum_after_ttl_decrement, DropReason, EndpointInfo};
+use sluice_common::{maps::FAST_PATH_MARK, verdict::checksum_after_ttl_decrement, DropReason};
 
-use crate::parse::{EthHdr, Ipv4Hdr};
+use crate::parse::Ipv4Hdr;
 
 const AF_INET: u32 = 2;
 
@@ -21,44 +21,6 @@ pub fn decrement_ttl(ip: *mut Ipv4Hdr) {
         (*ip).check_be = checksum_after_ttl_decrement((*ip).check_be);
         (*ip).ttl -= 1;
     }
-}
-
-/// Rewrite MACs as if the packet came from the pod's gateway, and deliver it
-/// into the pod's namespace without passing the node's stack or a bridge.
-/// A refused redirect (the pod's veth went away) is a drop with its reason.
-#[inline(always)]
-pub fn into_pod(eth: *mut EthHdr, ep: &EndpointInfo) -> Result<i32, DropReason> {
-    // SAFETY: `eth` was bounds checked by parse::header_mut.
-    unsafe {
-        (*eth).dst = ep.pod_mac;
-        (*eth).src = ep.host_mac;
-    }
-    // SAFETY: helper call; returns TC_ACT_REDIRECT or TC_ACT_SHOT.
-    let rc = unsafe { bpf_redirect_peer(ep.host_ifindex, 0) } as i32;
-    if rc != TC_ACT_REDIRECT as i32 {
-        return Err(DropReason::RedirectFailed);
-    }
-    Ok(rc)
-}
-
-/// From a netkit pod's transmit path (no `bpf_redirect_peer` there): MACs
-/// as `into_pod` writes them, then out of the destination pod's host end,
-/// whose transmit hands the packet to the pod. Marked, so that host end's
-/// `to_pod` knows the fast path sent it (see `stack_flows`).
-#[inline(always)]
-pub fn to_pods_host_end(ctx: &TcContext, eth: *mut EthHdr, ep: &EndpointInfo) -> Result<i32, DropReason> {
-    // SAFETY: `eth` was bounds checked by parse::header_mut.
-    unsafe {
-        (*eth).dst = ep.pod_mac;
-        (*eth).src = ep.host_mac;
-    }
-    ctx.set_mark(crate::parse::mark(ctx) | FAST_PATH_MARK);
-    // SAFETY: helper call; returns TC_ACT_REDIRECT or TC_ACT_SHOT.
-    let rc = unsafe { bpf_redirect(ep.host_ifindex, 0) } as i32;
-    if rc != TC_ACT_REDIRECT as i32 {
-        return Err(DropReason::RedirectFailed);
-    }
-    Ok(rc)
 }
 
 /// Send out of `uplink_ifindex` towards `node_ip_be`; the kernel resolves the

@@ -13,9 +13,11 @@ use sluice_common::{
 
 use crate::{
     counters::{count_detail, count_forward, drop_packet},
+    deliver::{deliver_to_local_pod, Origin},
     forward,
     maps::{ENDPOINTS, NODE_CONFIG, NODE_ROUTES, TUNNEL_CONFIG},
-    parse, stack_flows, tunnel,
+    parse::{self, L4_OFF},
+    stack_flows, tunnel,
 };
 
 #[classifier]
@@ -36,7 +38,7 @@ pub fn from_pod_netkit(ctx: TcContext) -> i32 {
 
 #[inline(always)]
 fn try_from_pod<const NETKIT: bool>(ctx: &TcContext) -> Result<i32, DropReason> {
-    let Some((eth, ip)) = parse::ipv4(ctx)? else {
+    let Some((_, ip)) = parse::ipv4(ctx)? else {
         // ARP, IPv6: the node's stack answers (pods use a static neighbour
         // for their gateway, so ARP is rare).
         count_forward(ctx, ForwardPath::ToStack);
@@ -99,7 +101,7 @@ fn try_from_pod<const NETKIT: bool>(ctx: &TcContext) -> Result<i32, DropReason> 
     if matches!(decision, Verdict::ToLocalPod | Verdict::ToRemoteNode | Verdict::ToTunnel | Verdict::EncapToNode)
         && !is_fragment
     {
-        stack_flows::forget_on_new_connection(ctx, &key);
+        stack_flows::forget_on_new_connection::<L4_OFF>(ctx, &key);
     }
     match decision {
         Verdict::Drop(reason) => Err(reason),
@@ -119,10 +121,7 @@ fn try_from_pod<const NETKIT: bool>(ctx: &TcContext) -> Result<i32, DropReason> 
             let Some(ep) = local else {
                 return Err(DropReason::LookupMismatch);
             };
-            forward::decrement_ttl(ip);
-            let action = if NETKIT { forward::to_pods_host_end(ctx, eth, ep)? } else { forward::into_pod(eth, ep)? };
-            count_forward(ctx, ForwardPath::PodToLocalPod);
-            Ok(action)
+            deliver_to_local_pod(ctx, ep, if NETKIT { Origin::LocalPodNetkit } else { Origin::LocalPod })
         }
         Verdict::ToRemoteNode => {
             let Some(node) = remote else {
@@ -138,7 +137,7 @@ fn try_from_pod<const NETKIT: bool>(ctx: &TcContext) -> Result<i32, DropReason> 
                 return Err(DropReason::LookupMismatch);
             };
             forward::decrement_ttl(ip);
-            let action = tunnel::to_node(ctx, vxlan_ifindex, node.node_ip_be)?;
+            let action = tunnel::device::to_node(ctx, vxlan_ifindex, node.node_ip_be)?;
             count_forward(ctx, ForwardPath::PodToTunnel);
             Ok(action)
         }
@@ -148,13 +147,13 @@ fn try_from_pod<const NETKIT: bool>(ctx: &TcContext) -> Result<i32, DropReason> 
             };
             let remote_ip_be = node.node_ip_be;
             forward::decrement_ttl(ip);
-            let action = match tunnel::encap_to_node(ctx, uplink_ifindex, remote_ip_be)? {
+            let action = match tunnel::encap::encap_to_node(ctx, uplink_ifindex, remote_ip_be)? {
                 Some(action) => {
                     count_detail(ForwardPath::TunnelEncap);
                     action
                 }
                 // The helper refused, the packet is as it was: the device.
-                None => tunnel::to_node(ctx, vxlan_ifindex, remote_ip_be)?,
+                None => tunnel::device::to_node(ctx, vxlan_ifindex, remote_ip_be)?,
             };
             count_forward(ctx, ForwardPath::PodToTunnel);
             Ok(action)

@@ -13,9 +13,15 @@
 //! - `sock_connect`, `sock_sendmsg`, `sock_recvmsg`, `sock_getpeername`:
 //!   cgroup programs that balance Services' cluster IPs at the socket
 //!   (`sock_lb`).
-//! - `from_tunnel`: ingress of the node's VXLAN device: decapsulated
-//!   packets for a local pod go straight into it (`tunnel`); `from_pod`
-//!   encapsulates for peers reached through VXLAN.
+//! - `from_tunnel` / `to_tunnel`: ingress and egress of the node's VXLAN
+//!   device (`tunnel::device`); `from_pod` encapsulates for peers reached
+//!   through VXLAN itself (`tunnel::encap`), `from_uplink` decapsulates
+//!   what is for a local pod (`tunnel::decap`).
+//!
+//! Every delivery into a local pod, whichever program makes it, goes
+//! through `deliver::deliver_to_local_pod`: the one place a check on what
+//! enters a pod (NetworkPolicy's ingress, next) sits. What arrives from
+//! another node is judged by `from_peer`, once for the three ways it comes.
 //! - `count_packets`: a diagnostic that counts packets per interface.
 //!
 //! Decisions come from `sluice_common::verdict`; this crate only gathers the
@@ -25,8 +31,10 @@
 
 mod count;
 mod counters;
+mod deliver;
 mod events;
 mod forward;
+mod from_peer;
 mod from_pod;
 mod from_uplink;
 mod maps;

@@ -4,6 +4,9 @@ use aya_ebpf::programs::TcContext;
 use sluice_common::{DropReason, FlowKey};
 
 pub const ETH_HLEN: usize = 14;
+/// Where a plain packet's transport header starts: after Ethernet and an
+/// IPv4 header without options (the only kind the fast path reads ports of).
+pub const L4_OFF: usize = ETH_HLEN + core::mem::size_of::<Ipv4Hdr>();
 pub const ETH_P_IP: u16 = 0x0800;
 
 #[repr(C)]
@@ -68,7 +71,7 @@ pub struct Ports {
 /// or a header with options (ports not at a fixed offset).
 #[inline(always)]
 pub fn flow(ctx: &TcContext, ip: *const Ipv4Hdr) -> Result<(FlowKey, bool), DropReason> {
-    flow_at::<{ ETH_HLEN + core::mem::size_of::<Ipv4Hdr>() }>(ctx, ip)
+    flow_at::<L4_OFF>(ctx, ip)
 }
 
 /// `flow` for an IPv4 header whose ports (if any, and no options) start at
@@ -92,16 +95,17 @@ pub fn flow_at<const L4_OFFSET: usize>(ctx: &TcContext, ip: *const Ipv4Hdr) -> R
 }
 
 /// Is this a TCP SYN without ACK: the first packet of a new connection?
-/// `key` must come from `flow` on a packet without IP options.
+/// `key` must come from `flow_at::<L4_OFFSET>` on a packet without IP
+/// options: its TCP header starts at `L4_OFFSET`.
 #[inline(always)]
-pub fn is_tcp_syn(ctx: &TcContext, key: &FlowKey) -> bool {
+pub fn is_tcp_syn_at<const L4_OFFSET: usize>(ctx: &TcContext, key: &FlowKey) -> bool {
     const TCP_FLAGS_OFFSET: usize = 13;
     const SYN: u8 = 0x02;
     const ACK: u8 = 0x10;
     if key.protocol != IPPROTO_TCP {
         return false;
     }
-    match header_mut::<u8>(ctx, ETH_HLEN + core::mem::size_of::<Ipv4Hdr>() + TCP_FLAGS_OFFSET) {
+    match header_mut::<u8>(ctx, L4_OFFSET + TCP_FLAGS_OFFSET) {
         // SAFETY: bounds checked by header_mut.
         Ok(flags) => unsafe { *flags & (SYN | ACK) == SYN },
         Err(_) => false,
@@ -117,7 +121,7 @@ pub fn l3_l4_header_len(ctx: &TcContext, protocol: u8) -> u32 {
     const IPV4_LEN: u32 = 20;
     match protocol {
         IPPROTO_UDP => IPV4_LEN + 8,
-        IPPROTO_TCP => match header_mut::<u8>(ctx, ETH_HLEN + core::mem::size_of::<Ipv4Hdr>() + TCP_DOFF_OFFSET) {
+        IPPROTO_TCP => match header_mut::<u8>(ctx, L4_OFF + TCP_DOFF_OFFSET) {
             // SAFETY: bounds checked by header_mut.
             Ok(doff) => IPV4_LEN + ((unsafe { *doff } >> 4) as u32) * 4,
             Err(_) => 0,

@@ -12,9 +12,11 @@
 //! packet from a pod; the ingress programs send packets matching one to the
 //! stack. The kernel's conntrack is the state; this map only says "ask it".
 use aya_ebpf::{bindings::TC_ACT_UNSPEC, macros::classifier, maps::lpm_trie::Key, programs::TcContext};
-use sluice_common::{maps::FAST_PATH_MARK, FlowKey};
+use sluice_common::{maps::FAST_PATH_MARK, DropReason, FlowKey};
 
 use crate::{
+    counters::drop_packet,
+    deliver::{deliver_to_local_pod, Origin},
     maps::{ENDPOINTS, NODE_ROUTES, STACK_FLOWS},
     parse,
 };
@@ -30,10 +32,12 @@ pub fn is_reply(key: &FlowKey) -> bool {
 /// forwarded with this tuple (kube-proxy's DNAT to the same backend port
 /// from the same source port, since ended) is over. Its entry would send
 /// this connection's replies to the stack, where conntrack finds no flow
-/// and drops them as INVALID.
+/// and drops them as INVALID. `L4_OFFSET`: where `key`'s packet has its
+/// TCP header (`parse::L4_OFF`, or further in for a VXLAN packet's inner
+/// one).
 #[inline(always)]
-pub fn forget_on_new_connection(ctx: &TcContext, key: &FlowKey) {
-    if parse::is_tcp_syn(ctx, key) {
+pub fn forget_on_new_connection<const L4_OFFSET: usize>(ctx: &TcContext, key: &FlowKey) {
+    if parse::is_tcp_syn_at::<L4_OFFSET>(ctx, key) {
         let _ = STACK_FLOWS.remove(&key.reversed());
     }
 }
@@ -56,24 +60,44 @@ pub fn flow_key(ctx: &TcContext) -> Option<FlowKey> {
 }
 
 /// What the stack sends out of a pod's host device. From a pod (this
-/// node's or another's), it crossed the stack on the way: remember it. A
-/// netkit pod's local delivery passes here too, marked (cleared here).
+/// node's or another's), it crossed the stack on the way: remember it.
+/// Then it enters the pod through the same door as the fast path's
+/// deliveries (`deliver::deliver_to_local_pod`, `Origin::Stack`). A netkit
+/// pod's local delivery passes here too, marked (cleared here): it went
+/// through that door already, in `from_pod_netkit`.
 #[classifier]
 pub fn to_pod(ctx: TcContext) -> i32 {
-    let mark = parse::mark(&ctx);
+    match try_to_pod(&ctx) {
+        Ok(action) => action,
+        Err(reason) => drop_packet(&ctx, reason),
+    }
+}
+
+#[inline(always)]
+fn try_to_pod(ctx: &TcContext) -> Result<i32, DropReason> {
+    let mark = parse::mark(ctx);
     if mark & FAST_PATH_MARK != 0 {
         ctx.set_mark(mark & !FAST_PATH_MARK);
-        return TC_ACT_UNSPEC;
+        return Ok(TC_ACT_UNSPEC);
     }
-    if let Some(key) = flow_key(&ctx) {
-        // SAFETY: only presence is read.
-        let from_pod =
-            unsafe { ENDPOINTS.get(&key.src_be).is_some() } || NODE_ROUTES.get(Key::new(32, key.src_be)).is_some();
-        if from_pod {
-            remember(&key);
-        }
+    let Some(key) = flow_key(ctx) else {
+        // ARP, IPv6: not for the door (IPv4 only).
+        return Ok(TC_ACT_UNSPEC);
+    };
+    // SAFETY: only presence is read.
+    let from_pod =
+        unsafe { ENDPOINTS.get(&key.src_be).is_some() } || NODE_ROUTES.get(Key::new(32, key.src_be)).is_some();
+    if from_pod {
+        remember(&key);
     }
-    TC_ACT_UNSPEC
+    // SAFETY: read before any helper call that could free it.
+    match unsafe { ENDPOINTS.get(&key.dst_be) } {
+        // The pod behind this very device.
+        Some(ep) if ep.host_ifindex == parse::ifindex(ctx) => deliver_to_local_pod(ctx, ep, Origin::Stack),
+        // Not a pod of this device (an address the stack routes here by
+        // a rule of its own): let it go, as before the door existed.
+        _ => Ok(TC_ACT_UNSPEC),
+    }
 }
 
 /// What leaves through the uplink. The fast path's own packets carry the

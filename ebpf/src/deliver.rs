@@ -1,0 +1,118 @@
+//! The one door into a local pod.
+//!
+//! Every program whose verdict is "into this pod" ends here, whatever way
+//! the packet came: `from_pod` / `from_pod_netkit` (a pod on this node),
+//! `from_uplink` (a pod on another node, routed natively), `from_tunnel`
+//! and `tunnel::decap::decap_to_pod` (through VXLAN), and `to_pod` (the
+//! node's stack sending it out of the pod's host end). A check added to
+//! `deliver_to_local_pod` applies to all of them at once; nothing else
+//! writes a pod's MACs or redirects into a pod (`into_pod` and
+//! `to_pods_host_end` are private to this module).
+//!
+//! **NetworkPolicy's ingress check sits here** (the next issue): first in
+//! `deliver_to_local_pod`, before a byte of the packet changes, with the
+//! destination endpoint and the origin in hand; a denied packet returns
+//! `Err(reason)`, which every caller already turns into a counted drop.
+//! The stack path (`Origin::Stack`) passes through it too, so a packet
+//! the stack forwarded (kube-proxy's DNAT, a node's own connection) is
+//! judged like one the fast path delivered. Cilium's model is the same:
+//! `bpf/lib/local_delivery.h`'s `ipv4_local_delivery` tail-calls the
+//! destination's policy program before redirecting.
+use aya_ebpf::{
+    bindings::{TC_ACT_REDIRECT, TC_ACT_UNSPEC},
+    helpers::{bpf_redirect, bpf_redirect_peer},
+    programs::TcContext,
+};
+use sluice_common::{maps::FAST_PATH_MARK, DropReason, EndpointInfo, ForwardPath};
+
+use crate::{
+    counters::count_forward,
+    forward,
+    parse::{self, EthHdr, Ipv4Hdr, ETH_HLEN},
+};
+
+/// Which way the packet reached the pod's door: how it goes through, and
+/// (for the policy check to come) where it came from.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub enum Origin {
+    /// `from_pod`: another pod on this node, at its host veth's ingress.
+    LocalPod,
+    /// `from_pod_netkit`: another pod on this node, in that (netkit) pod's
+    /// transmit path, where `bpf_redirect_peer` does not work.
+    LocalPodNetkit,
+    /// `from_uplink`: a pod on another node, routed natively.
+    Uplink,
+    /// `from_tunnel` or `decap_to_pod`: a pod on another node, through
+    /// VXLAN (the outer headers already gone).
+    Tunnel,
+    /// `to_pod`: the node's stack is sending it out of the pod's host end;
+    /// it already went through the stack's hop (TTL, MACs, netfilter).
+    Stack,
+}
+
+/// Deliver an IPv4 packet into the local pod `ep`: the check every
+/// delivery passes (NetworkPolicy's ingress, next issue: see the module
+/// doc), then, for the fast path's origins, the router's hop (TTL−1,
+/// MACs as from the pod's gateway) and the redirect, counted under the
+/// origin's `ForwardPath`. The caller has decided the packet goes to this
+/// pod (its verdict said `ToLocalPod`; TTL > 1 checked). `Err`: a drop,
+/// with its reason.
+#[inline(always)]
+pub fn deliver_to_local_pod(ctx: &TcContext, ep: &EndpointInfo, origin: Origin) -> Result<i32, DropReason> {
+    // NetworkPolicy's ingress check goes here, ahead of any change.
+    let path = match origin {
+        Origin::LocalPod | Origin::LocalPodNetkit => ForwardPath::PodToLocalPod,
+        Origin::Uplink => ForwardPath::UplinkToPod,
+        Origin::Tunnel => ForwardPath::TunnelToPod,
+        // The stack did the hop, and its device hands the packet over:
+        // let it go on (and any program after this one run).
+        Origin::Stack => return Ok(TC_ACT_UNSPEC),
+    };
+    // Fetched here rather than passed in: a caller that decapsulated just
+    // before (`bpf_skb_adjust_room`) holds no valid packet pointer.
+    let eth: *mut EthHdr = parse::header_mut(ctx, 0)?;
+    let ip: *mut Ipv4Hdr = parse::header_mut(ctx, ETH_HLEN)?;
+    forward::decrement_ttl(ip);
+    let action = if origin == Origin::LocalPodNetkit { to_pods_host_end(ctx, eth, ep)? } else { into_pod(eth, ep)? };
+    count_forward(ctx, path);
+    Ok(action)
+}
+
+/// Rewrite MACs as if the packet came from the pod's gateway, and deliver it
+/// into the pod's namespace without passing the node's stack or a bridge.
+/// A refused redirect (the pod's veth went away) is a drop with its reason.
+#[inline(always)]
+fn into_pod(eth: *mut EthHdr, ep: &EndpointInfo) -> Result<i32, DropReason> {
+    rewrite_macs(eth, ep);
+    // SAFETY: helper call; returns TC_ACT_REDIRECT or TC_ACT_SHOT.
+    let rc = unsafe { bpf_redirect_peer(ep.host_ifindex, 0) } as i32;
+    if rc != TC_ACT_REDIRECT as i32 {
+        return Err(DropReason::RedirectFailed);
+    }
+    Ok(rc)
+}
+
+/// From a netkit pod's transmit path (no `bpf_redirect_peer` there): MACs
+/// as `into_pod` writes them, then out of the destination pod's host end,
+/// whose transmit hands the packet to the pod. Marked, so that host end's
+/// `to_pod` knows this door was passed already (see `stack_flows`).
+#[inline(always)]
+fn to_pods_host_end(ctx: &TcContext, eth: *mut EthHdr, ep: &EndpointInfo) -> Result<i32, DropReason> {
+    rewrite_macs(eth, ep);
+    ctx.set_mark(parse::mark(ctx) | FAST_PATH_MARK);
+    // SAFETY: helper call; returns TC_ACT_REDIRECT or TC_ACT_SHOT.
+    let rc = unsafe { bpf_redirect(ep.host_ifindex, 0) } as i32;
+    if rc != TC_ACT_REDIRECT as i32 {
+        return Err(DropReason::RedirectFailed);
+    }
+    Ok(rc)
+}
+
+#[inline(always)]
+fn rewrite_macs(eth: *mut EthHdr, ep: &EndpointInfo) {
+    // SAFETY: `eth` was bounds checked by parse::header_mut.
+    unsafe {
+        (*eth).dst = ep.pod_mac;
+        (*eth).src = ep.host_mac;
+    }
+}

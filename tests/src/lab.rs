@@ -264,13 +264,7 @@ fn kill(pid: u32) {
 }
 
 fn wait_gone(pid: u32, timeout: Duration) {
-    let start = Instant::now();
-    while Path::new(&format!("/proc/{pid}")).exists() && start.elapsed() < timeout {
-        // Reap if it is our child; otherwise just wait.
-        let _ =
-            nix::sys::wait::waitpid(nix::unistd::Pid::from_raw(pid as i32), Some(nix::sys::wait::WaitPidFlag::WNOHANG));
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    crate::process::wait_gone(pid, timeout)
 }
 
 impl Lab {
@@ -779,15 +773,29 @@ impl Lab {
 
     /// Remove everything: listeners, pods (CNI DEL), agents, namespaces, pins.
     pub fn down(&mut self) -> Result<()> {
+        self.down_reporting(&mut |_| {})
+    }
+
+    /// `down`, telling `progress` what it removes as it goes (`xtask lab
+    /// down` prints it with the time taken).
+    pub fn down_reporting(&mut self, progress: &mut dyn FnMut(&str)) -> Result<()> {
         let mut problems = Vec::new();
-        for pid in std::mem::take(&mut self.state.helper_pids) {
+        let helpers = std::mem::take(&mut self.state.helper_pids);
+        if !helpers.is_empty() {
+            progress(&format!("stopping {} helper processes", helpers.len()));
+        }
+        // Kill every group first, then wait: the waits overlap.
+        for pid in &helpers {
             let _ = Command::new("kill").args(["-KILL", "--", &format!("-{pid}")]).output();
+        }
+        for pid in helpers {
             wait_gone(pid, Duration::from_secs(2));
         }
         let nodes = self.state.nodes.clone();
         for node in &nodes {
             let conf = Self::plugin_config(node).ok();
             for pod in &node.pods {
+                progress(&format!("{}: pod {} (CNI DEL, netns {})", node.name, pod.name, pod.netns));
                 if let Some(pid) = pod.listener_pid {
                     kill(pid);
                     wait_gone(pid, Duration::from_secs(2));
@@ -801,6 +809,7 @@ impl Lab {
                 }
                 del_netns(&pod.netns);
             }
+            progress(&format!("{}: agent, processes and netns {}", node.name, node.netns));
             if let Some(pid) = node.agent_pid {
                 kill(pid);
                 wait_gone(pid, Duration::from_secs(5));
@@ -810,9 +819,14 @@ impl Lab {
             del_netns(&Self::health_netns(node));
             del_netns(&node.netns);
         }
-        for ns in std::mem::take(&mut self.state.helper_netns) {
+        let helper_netns = std::mem::take(&mut self.state.helper_netns);
+        if !helper_netns.is_empty() {
+            progress(&format!("helper namespaces {}", helper_netns.join(", ")));
+        }
+        for ns in helper_netns {
             del_netns(&ns);
         }
+        progress(&format!("LAN netns {}, cgroups, pins under {}", self.state.lan_netns, self.state.pin_root.display()));
         del_netns(&self.state.lan_netns);
         if let Some(cgroup) = self.state.cgroup_root.take() {
             crate::cgroups::remove(&cgroup);

@@ -23,6 +23,7 @@ pub mod kube_proxy;
 pub mod kubelet;
 pub mod lab;
 pub mod oci;
+pub mod process;
 pub mod runtime;
 pub mod services;
 

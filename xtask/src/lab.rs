@@ -97,8 +97,10 @@ pub fn run(command: LabCommand) -> Result<()> {
         }
         LabCommand::Down => {
             let mut lab = Lab::load(&dir)?;
-            lab.down()?;
-            eprintln!("lab removed");
+            let start = std::time::Instant::now();
+            let mut progress = |what: &str| eprintln!("lab down [{:5.1} s] {what}", start.elapsed().as_secs_f64());
+            lab.down_reporting(&mut progress)?;
+            eprintln!("lab removed in {:.1} s", start.elapsed().as_secs_f64());
             Ok(())
         }
     }

@@ -1,0 +1,91 @@
+//! Waiting for a process the lab killed to be gone.
+//!
+//! A killed process that is not our child (a lab's agents and helpers once
+//! `xtask lab up` has exited) is reparented to the nearest subreaper or to
+//! pid 1. If that one never calls wait() (as on these VMs, whose pid 1 is
+//! not an init), the dead process stays a zombie: `/proc/<pid>` remains and
+//! a wait on "the directory is gone" runs to its timeout for every process
+//! (`lab down` took about two minutes that way). A zombie has exited and
+//! released its sockets, namespaces and BPF links; only its table entry is
+//! left, so it counts as gone.
+use std::{
+    fs,
+    path::Path,
+    time::{Duration, Instant},
+};
+
+/// Whether a `/proc/<pid>/stat` line says the process has exited (zombie
+/// `Z` or dead `X`). The state is the first field after the command name,
+/// which is in parentheses and may itself hold spaces and parentheses: look
+/// after the last `)`.
+pub fn stat_says_exited(stat: &str) -> bool {
+    let Some(after_comm) = stat.rfind(')').map(|i| &stat[i + 1..]) else {
+        return false;
+    };
+    matches!(after_comm.split_whitespace().next(), Some("Z" | "X" | "x"))
+}
+
+/// Whether `pid` no longer runs: no such process, or only its zombie.
+pub fn exited(pid: u32) -> bool {
+    match fs::read_to_string(format!("/proc/{pid}/stat")) {
+        Ok(stat) => stat_says_exited(&stat),
+        Err(_) => !Path::new(&format!("/proc/{pid}")).exists(),
+    }
+}
+
+/// Wait up to `timeout` for `pid` to exit, reaping it if it is our child.
+pub fn wait_gone(pid: u32, timeout: Duration) {
+    let start = Instant::now();
+    loop {
+        // Reap if it is our child (then /proc/<pid> goes away too).
+        let _ =
+            nix::sys::wait::waitpid(nix::unistd::Pid::from_raw(pid as i32), Some(nix::sys::wait::WaitPidFlag::WNOHANG));
+        if exited(pid) || start.elapsed() >= timeout {
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_state_after_the_command_name_decides() {
+        assert!(stat_says_exited("12254 (sleep) Z 1 12253 12253 0 -1 4228172 87 0 0 0 0 0 0 0 20 0 1 0"));
+        assert!(stat_says_exited("7 (x) X 1 7"));
+        assert!(!stat_says_exited("12254 (sleep) S 1 12253 12253 0 -1"));
+        assert!(!stat_says_exited("1 (process_api) R 0 1 1"));
+        // A command name with spaces and parentheses, and a Z inside it.
+        assert!(!stat_says_exited("99 (a) Z (b) S 1 99"));
+        assert!(stat_says_exited("99 (a) S (b) Z 1 99"));
+        assert!(!stat_says_exited(""));
+        assert!(!stat_says_exited("garbage"));
+    }
+
+    #[test]
+    fn a_zombie_we_do_not_reap_counts_as_gone_at_once() {
+        // A child that exits but is not reaped stays a zombie, like an
+        // orphan whose pid 1 never waits; `exited` must say so without
+        // reaping it.
+        let mut child = std::process::Command::new("true").spawn().expect("spawn true");
+        let pid = child.id();
+        let start = Instant::now();
+        while !exited(pid) {
+            assert!(start.elapsed() < Duration::from_secs(5), "pid {pid} still running after 5 s");
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        assert!(Path::new(&format!("/proc/{pid}")).exists(), "still a zombie: not reaped by exited()");
+        child.wait().expect("reap");
+        assert!(exited(pid));
+    }
+
+    #[test]
+    fn a_running_process_is_not_gone() {
+        let mut child = std::process::Command::new("sleep").arg("5").spawn().expect("spawn sleep");
+        assert!(!exited(child.id()));
+        child.kill().expect("kill");
+        child.wait().expect("reap");
+    }
+}

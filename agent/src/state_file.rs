@@ -33,6 +33,9 @@ pub struct AgentState {
     pub problems: Vec<Problem>,
     /// The last error applying membership, if the last pass failed.
     pub last_error: Option<String>,
+    /// Kernel routes the last pass could not apply (every other one was).
+    #[serde(default)]
+    pub kernel_route_failures: Vec<String>,
     pub kubernetes: Option<KubeState>,
     /// The health endpoint's namespace (path) and address.
     pub health_netns: String,

@@ -291,3 +291,55 @@ fn pod_device_auto_takes_what_the_kernel_has_and_a_forced_netkit_it_lacks_is_ref
     assert_eq!(lab.status(0).unwrap()["agent"]["podDevice"], "veth");
     assert_eq!(lab.status(0).unwrap()["agent"]["podDeviceWhy"], "--device=veth");
 }
+
+/// A peer whose node IP cannot be a next hop (here the LAN's broadcast
+/// address, which the kernel refuses as a gateway: "Nexthop has invalid
+/// gateway") is reported by name and skipped; a good peer listed after it
+/// is still routed, in the map and in the kernel, and the node stays
+/// healthy. Before, the refused route stopped every later route change on
+/// every pass.
+#[test]
+fn a_peer_with_an_unusable_node_ip_is_reported_and_later_peers_still_route() {
+    require_root();
+    let lab = Lab::up(&LabOptions::new(2, 0, bin("sluice-agent").parent().unwrap().to_path_buf())).unwrap();
+    let mut peers: Vec<serde_json::Value> = lab
+        .state
+        .nodes
+        .iter()
+        .map(|n| serde_json::json!({"name": n.name, "nodeIP": n.ip, "podCIDR": n.pod_cidr}))
+        .collect();
+    // The bad one's CIDR sorts before the good one's: the order the routes
+    // are applied in.
+    peers.push(serde_json::json!({"name": "bad", "nodeIP": "172.30.0.255", "podCIDR": "10.244.3.0/24"}));
+    peers.push(serde_json::json!({"name": "good", "nodeIP": "172.30.0.9", "podCIDR": "10.244.9.0/24"}));
+    std::fs::write(lab.peers_file(), serde_json::to_vec(&serde_json::json!({ "peers": peers })).unwrap()).unwrap();
+    let node = &lab.state.nodes[0];
+    let start = Instant::now();
+    let (status, kernel) = loop {
+        let status = lab.status(0).unwrap();
+        let kernel = ns_exec(&node.netns, &["ip", "route", "show", "proto", "83"]).unwrap();
+        let map_has_good = status["routes"].as_array().unwrap().iter().any(|r| r["podCIDR"] == "10.244.9.0/24");
+        if map_has_good && kernel.contains("10.244.9.0/24 via 172.30.0.9") {
+            break (status, kernel);
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(10),
+            "the good peer after the bad one is not routed:\nkernel: {kernel}\nstatus: {status:#}"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    assert!(!kernel.contains("10.244.3.0/24"), "{kernel}");
+    assert!(!status["routes"].as_array().unwrap().iter().any(|r| r["podCIDR"] == "10.244.3.0/24"), "{status:#}");
+    let problems = status["agent"]["problems"].as_array().unwrap();
+    assert_eq!(problems.len(), 1, "{status:#}");
+    assert_eq!(problems[0]["kind"], "unusableNodeIp", "{status:#}");
+    assert_eq!(problems[0]["fault"]["reason"], "subnetBroadcast", "{status:#}");
+    let warnings: Vec<&str> = status["warnings"].as_array().unwrap().iter().filter_map(|w| w.as_str()).collect();
+    assert!(
+        warnings.contains(
+            &"node bad: node IP 172.30.0.255 is the broadcast address of this node's network 172.30.0.0/24; not routed"
+        ),
+        "{status:#}"
+    );
+    assert_eq!(status["healthy"], true, "{status:#}");
+}

@@ -101,6 +101,7 @@ pub fn verdict(f: &HealthFacts) -> Verdict {
             if let Some(e) = &state.last_error {
                 v.unhealthy.push(format!("membership not applied: {e}"));
             }
+            v.unhealthy.extend(state.kernel_route_failures.iter().map(|f| format!("kernel route not applied: {f}")));
             v.warnings.extend(state.problems.iter().map(|p| p.to_string()));
         }
         Err(e) => v.unhealthy.push(format!("agent has never run here: {e}")),
@@ -435,6 +436,14 @@ mod tests {
         };
         let v = verdict(&facts(Ok(&s)));
         assert_eq!(v.unhealthy, vec!["not connected to the Kubernetes API: refused"]);
+        let refused = AgentState {
+            kernel_route_failures: vec!["replace 10.244.3.0/24 via 172.30.0.255 dev #2: invalid gateway".into()],
+            ..state(999)
+        };
+        assert_eq!(
+            verdict(&facts(Ok(&refused))).unhealthy,
+            vec!["kernel route not applied: replace 10.244.3.0/24 via 172.30.0.255 dev #2: invalid gateway"]
+        );
         assert_eq!(v.warnings, vec!["node n4 has no pod CIDR yet; not routed"]);
     }
 

@@ -19,6 +19,7 @@ use prometheus_client::{
     encoding::{DescriptorEncoder, EncodeMetric},
     metrics::{
         counter::{ConstCounter, Counter},
+        family::Family,
         gauge::{ConstGauge, Gauge},
         histogram::{exponential_buckets, Histogram},
         MetricType,
@@ -42,6 +43,10 @@ use crate::membership::kubernetes::KubeState;
 pub struct AgentMetrics {
     pub reconcile_seconds: Histogram,
     pub membership_problems: Gauge,
+    /// The same by kind (`Problem::kind`): a kind gone from the list reads 0.
+    pub membership_problems_by_kind: Family<[(&'static str, &'static str); 1], Gauge>,
+    /// Kernel routes the last pass could not apply.
+    pub kernel_route_failures: Gauge,
     /// Service or EndpointSlice watch event → socket LB maps updated.
     pub service_update_seconds: Histogram,
     /// Connected UDP sockets destroyed because their backend left the
@@ -55,6 +60,8 @@ impl Default for AgentMetrics {
         Self {
             reconcile_seconds: Histogram::new(exponential_buckets(0.0001, 2.0, 16)),
             membership_problems: Gauge::default(),
+            membership_problems_by_kind: Family::default(),
+            kernel_route_failures: Gauge::default(),
             service_update_seconds: Histogram::new(exponential_buckets(0.0001, 2.0, 16)),
             service_udp_sockets_destroyed: Counter::default(),
             kube: Arc::default(),
@@ -63,6 +70,16 @@ impl Default for AgentMetrics {
 }
 
 impl AgentMetrics {
+    /// The last pass's problems and its kernel routes not applied.
+    pub fn set_problems(&self, problems: &[crate::membership::Problem], kernel_route_failures: usize) {
+        self.membership_problems.set(problems.len() as i64);
+        self.membership_problems_by_kind.clear();
+        for p in problems {
+            self.membership_problems_by_kind.get_or_create(&[("kind", p.kind())]).inc();
+        }
+        self.kernel_route_failures.set(kernel_route_failures as i64);
+    }
+
     pub fn set_kubernetes(&self, state: Option<KubeState>) {
         *self.kube.lock().expect("metrics lock") = state;
     }
@@ -277,6 +294,16 @@ pub fn registry(pins: &PinDir, data_dir: &std::path::Path, m: &AgentMetrics) -> 
         "Nodes left out of the routes, and why (see `status`).",
         m.membership_problems.clone(),
     );
+    r.register(
+        "sluice_membership_problems_by_kind",
+        "Nodes left out of the routes, by why (the kind `status --json` names).",
+        m.membership_problems_by_kind.clone(),
+    );
+    r.register(
+        "sluice_kernel_route_failures",
+        "Kernel routes to peers the last pass could not apply (every other route was applied; see `status`).",
+        m.kernel_route_failures.clone(),
+    );
     r.register_collector(Box::new(DatapathCollector {
         pins: pins.clone(),
         data_dir: data_dir.to_path_buf(),
@@ -347,7 +374,12 @@ mod tests {
     fn agent_metrics_are_named_by_convention() {
         let m = AgentMetrics::default();
         m.reconcile_seconds.observe(0.002);
-        m.membership_problems.set(2);
+        let broadcast = crate::membership::Problem::UnusableNodeIp {
+            node: "n9".into(),
+            node_ip: "172.30.0.255".parse().unwrap(),
+            fault: crate::membership::NodeIpFault::SubnetBroadcast { network: "172.30.0.0/24".parse().unwrap() },
+        };
+        m.set_problems(&[broadcast.clone(), crate::membership::Problem::NoPodCidr { node: "n4".into() }], 1);
         m.set_kubernetes(Some(KubeState { events: 5, relists: 1, connected: true, ..Default::default() }));
         let dir = std::env::temp_dir().join(format!("sluice-metrics-test-{}", std::process::id()));
         cni_stats::record(&dir, "ADD", 0, 0.03, &[("attach-from_pod", 0.012)]).unwrap();
@@ -357,6 +389,9 @@ mod tests {
         for line in [
             "sluice_reconcile_duration_seconds_count 1",
             "sluice_membership_problems 2",
+            "sluice_membership_problems_by_kind{kind=\"unusableNodeIp\"} 1",
+            "sluice_membership_problems_by_kind{kind=\"noPodCidr\"} 1",
+            "sluice_kernel_route_failures 1",
             "sluice_kubernetes_watch_events_total 5",
             "sluice_kubernetes_relists_total 1",
             "sluice_kubernetes_connected 1",

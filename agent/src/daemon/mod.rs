@@ -123,17 +123,20 @@ struct Reconcilers {
 }
 
 impl Reconcilers {
-    async fn pass(&mut self, m: &Membership) -> Result<()> {
+    /// One pass. The kernel routes it could not apply are returned (every
+    /// other route, and the netfilter state, were still applied); an
+    /// error means the pass stopped.
+    async fn pass(&mut self, m: &Membership) -> Result<Vec<kernel_routes::RouteFailure>> {
         map_routes::reconcile_hops(&mut self.routes_map, &m.map_hops())?;
         let kernel = kernel_routes::desired_hops(&m.hops(), self.uplink_ifindex, self.vxlan_ifindex);
-        kernel_routes::reconcile(&self.netlink, &kernel).await?;
+        let failed = kernel_routes::reconcile(&self.netlink, &kernel).await?.failed;
         let node_ips = std::iter::once(self.node_ip).chain(m.routes.values().copied());
         let desired = masquerade::Desired::new(self.masquerade, self.cluster_cidr, node_ips, &self.non_masquerade);
         match &self.netfilter {
             Some(worker) => worker.want(desired),
             None => self.netfilter = Some(netfilter_worker::NetfilterWorker::start(desired).await?),
         }
-        Ok(())
+        Ok(failed)
     }
 
     /// The netfilter worker's last error, if its last run failed.
@@ -165,6 +168,7 @@ async fn follow_uplink_address(
     }
     info!(from = %address.ip, to = %moved.ip, network = %moved.network, "the uplink's address changed; following it");
     ranges.node_network = Some(moved.network);
+    ranges.own_ip = Some(moved.ip);
     reconcilers.node_ip = moved.ip;
     *address = moved;
 }
@@ -240,6 +244,7 @@ pub async fn run(
         service: node.service_cidr,
         node_network: Some(node_network),
         tunnel: node.tunnel,
+        own_ip: Some(node_ip),
     };
     let membership = initial_membership(&source, &node, &ranges).await?;
     let pod_cidr = membership.own_pod_cidr.expect("initial_membership waits for it");
@@ -290,7 +295,10 @@ pub async fn run(
         non_masquerade: node.non_masquerade_cidr.clone(),
         netfilter: None,
     };
-    reconcilers.pass(&membership).await?;
+    for failure in reconcilers.pass(&membership).await? {
+        // Reported in `status` from the first pass of the loop on.
+        warn!(%failure, "kernel route not applied at start");
+    }
     info!(node = %node.node_name, uplink = %node.uplink, %node_ip, mtu, pods, "datapath ready");
 
     let health_netns = health_endpoint::ensure(&netlink, &pins, &node.health_netns_name(), pod_cidr, mtu)
@@ -372,12 +380,12 @@ pub async fn run(
                     let started = std::time::Instant::now();
                     let done = reconcilers.pass(&m).await;
                     agent_metrics.reconcile_seconds.observe(started.elapsed().as_secs_f64());
-                    done.map(|_| m)
+                    done.map(|failed| (m, failed))
                 }
                 Err(e) => Err(e),
             };
         match outcome {
-            Ok(m) => {
+            Ok((m, failed_routes)) => {
                 if m.problems != last_problems {
                     for p in &m.problems {
                         warn!(problem = %p, "membership");
@@ -386,8 +394,15 @@ pub async fn run(
                 }
                 state.route_nodes = m.route_nodes.iter().map(|(c, n)| (c.to_string(), n.clone())).collect();
                 state.route_paths = m.paths.iter().map(|(c, p)| (c.to_string(), *p)).collect();
-                agent_metrics.membership_problems.set(m.problems.len() as i64);
+                agent_metrics.set_problems(&m.problems, failed_routes.len());
                 state.problems = m.problems;
+                let failures: Vec<String> = failed_routes.iter().map(ToString::to_string).collect();
+                if failures != state.kernel_route_failures {
+                    for f in &failures {
+                        warn!(failure = %f, "kernel route not applied; every other one was");
+                    }
+                }
+                state.kernel_route_failures = failures;
                 last_error = reconcilers.netfilter_error();
             }
             Err(e) => {

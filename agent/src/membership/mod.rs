@@ -4,6 +4,7 @@
 //! nodes could not be used and why (`Problem`, typed, so the daemon,
 //! `status` and `connectivity-test` match on it rather than on text).
 pub mod kubernetes;
+pub mod node_ip;
 pub mod peers_file;
 
 use std::{collections::BTreeMap, fmt, net::Ipv4Addr};
@@ -11,6 +12,7 @@ use std::{collections::BTreeMap, fmt, net::Ipv4Addr};
 use ipnetwork::Ipv4Network;
 use serde::{Deserialize, Serialize};
 
+pub use self::node_ip::NodeIpFault;
 use crate::reconcile::map_routes::{Hop, Hops, Routes};
 
 /// `--tunnel`: how the agent reaches other nodes' pods.
@@ -126,6 +128,12 @@ pub enum Problem {
     /// Its node IP is not on this node's uplink subnet, and `--tunnel=never`
     /// forbids the overlay: the next hop cannot be reached.
     OffSubnet { node: String, node_ip: Ipv4Addr, network: Ipv4Network },
+    /// Its node IP cannot be a next hop (`node_ip::check`): this node's
+    /// own, the subnet's network or broadcast address, loopback, ...
+    UnusableNodeIp { node: String, node_ip: Ipv4Addr, fault: NodeIpFault },
+    /// Other nodes claim the same node IP: which one is really there
+    /// cannot be told, so none of them is routed.
+    SharedNodeIp { node: String, node_ip: Ipv4Addr, others: Vec<String> },
 }
 
 impl Problem {
@@ -139,7 +147,25 @@ impl Problem {
             | Problem::OutsideCluster { node, .. }
             | Problem::OverlapsServices { node, .. }
             | Problem::OverlapsNodeNetwork { node, .. }
-            | Problem::OffSubnet { node, .. } => node,
+            | Problem::OffSubnet { node, .. }
+            | Problem::UnusableNodeIp { node, .. }
+            | Problem::SharedNodeIp { node, .. } => node,
+        }
+    }
+
+    /// The problem's kind, as its JSON names it (the metrics' label).
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Problem::NoPodCidr { .. } => "noPodCidr",
+            Problem::NoNodeIp { .. } => "noNodeIp",
+            Problem::OverlapsOwn { .. } => "overlapsOwn",
+            Problem::OverlapsOther { .. } => "overlapsOther",
+            Problem::OutsideCluster { .. } => "outsideCluster",
+            Problem::OverlapsServices { .. } => "overlapsServices",
+            Problem::OverlapsNodeNetwork { .. } => "overlapsNodeNetwork",
+            Problem::OffSubnet { .. } => "offSubnet",
+            Problem::UnusableNodeIp { .. } => "unusableNodeIp",
+            Problem::SharedNodeIp { .. } => "sharedNodeIp",
         }
     }
 
@@ -174,6 +200,12 @@ impl fmt::Display for Problem {
                 f,
                 "node {node}: node IP {node_ip} is not on this node's network {network}; not routed (--tunnel=never)"
             ),
+            Problem::UnusableNodeIp { node, node_ip, fault } => {
+                write!(f, "node {node}: node IP {node_ip} {fault}; not routed")
+            }
+            Problem::SharedNodeIp { node, node_ip, others } => {
+                write!(f, "node {node}: node IP {node_ip} is also claimed by node {}; not routed", others.join(", "))
+            }
         }
     }
 }
@@ -211,6 +243,8 @@ pub struct Ranges {
     pub node_network: Option<Ipv4Network>,
     /// `--tunnel`: decides each peer's path against `node_network`.
     pub tunnel: TunnelMode,
+    /// This node's own address (the uplink's); `None` skips that check.
+    pub own_ip: Option<Ipv4Addr>,
 }
 
 /// The network a CIDR names: `10.244.1.5/24` is `10.244.1.0/24` (the API
@@ -223,8 +257,9 @@ pub fn normalise(cidr: Ipv4Network) -> Ipv4Network {
 /// Build membership from node entries, in name order. A node that cannot be
 /// routed to (no pod CIDR yet, no address, a CIDR outside the cluster or
 /// overlapping the services, the node network, this node's or another's,
-/// a node IP off this node's subnet) is reported and left out; the rest
-/// still apply.
+/// a node IP off this node's subnet, or one that cannot be a next hop or
+/// that several nodes claim) is reported and left out; the rest still
+/// apply.
 pub fn from_entries(
     entries: &[NodeEntry],
     own_name: &str,
@@ -237,6 +272,13 @@ pub fn from_entries(
         own_pod_cidr: own_pod_cidr.or_else(|| sorted.iter().find(|e| e.name == own_name).and_then(|e| e.pod_cidr)),
         ..Default::default()
     };
+    // Node IP → the other nodes claiming it.
+    let mut claims: BTreeMap<Ipv4Addr, Vec<&str>> = BTreeMap::new();
+    for e in sorted.iter().filter(|e| e.name != own_name) {
+        if let Some(ip) = e.node_ip {
+            claims.entry(ip).or_default().push(&e.name);
+        }
+    }
     for e in sorted {
         if e.name == own_name {
             continue;
@@ -250,6 +292,16 @@ pub fn from_entries(
             continue;
         };
         let node = e.name.clone();
+        if let Some(fault) = node_ip::check(ip, ranges.own_ip, ranges.node_network) {
+            m.problems.push(Problem::UnusableNodeIp { node, node_ip: ip, fault });
+            continue;
+        }
+        let others: Vec<String> =
+            claims[&ip].iter().filter(|n| **n != e.name.as_str()).map(|n| n.to_string()).collect();
+        if !others.is_empty() {
+            m.problems.push(Problem::SharedNodeIp { node, node_ip: ip, others });
+            continue;
+        }
         let cluster = ranges.cluster;
         if !(cluster.contains(cidr.network()) && cluster.prefix() <= cidr.prefix()) {
             m.problems.push(Problem::OutsideCluster { node, cidr, cluster });
@@ -325,6 +377,7 @@ mod tests {
         service: None,
         node_network: None,
         tunnel: TunnelMode::Auto,
+        own_ip: None,
     };
 
     fn e(name: &str, ip: Option<&str>, cidr: Option<&str>) -> NodeEntry {
@@ -391,6 +444,7 @@ mod tests {
             service: Some(net("10.244.200.0/24")),
             node_network: Some(net("10.0.0.0/24")),
             tunnel: TunnelMode::Never,
+            own_ip: None,
         };
         let entries = vec![
             e("n2", Some("10.0.0.2"), Some("10.244.2.7/24")), // host bits: normalised, routed
@@ -419,6 +473,72 @@ mod tests {
         // The same Node read twice gives the same key: no flapping.
         let once = from_entries(&entries[..1], "n1", None, &ranges);
         assert_eq!(once.routes, from_entries(&entries[..1], "n1", None, &ranges).routes);
+    }
+
+    #[test]
+    fn node_ips_that_cannot_be_a_next_hop_are_problems_and_the_rest_still_route() {
+        let net = |s: &str| s.parse::<Ipv4Network>().unwrap();
+        let ranges = Ranges {
+            cluster: net("10.244.0.0/16"),
+            service: None,
+            node_network: Some(net("172.30.0.0/24")),
+            tunnel: TunnelMode::Auto,
+            own_ip: Some("172.30.0.1".parse().unwrap()),
+        };
+        let cases = [
+            ("0.0.0.0", NodeIpFault::Unspecified),
+            ("127.0.0.1", NodeIpFault::Loopback),
+            ("224.0.0.5", NodeIpFault::Multicast),
+            ("255.255.255.255", NodeIpFault::LimitedBroadcast),
+            ("172.30.0.1", NodeIpFault::ThisNode),
+            ("172.30.0.0", NodeIpFault::SubnetNetwork { network: net("172.30.0.0/24") }),
+            ("172.30.0.255", NodeIpFault::SubnetBroadcast { network: net("172.30.0.0/24") }),
+        ];
+        for (bad, fault) in cases {
+            // The bad node sorts (and its CIDR) before the good one.
+            let entries = vec![
+                e("a-bad", Some(bad), Some("10.244.3.0/24")),
+                e("b-good", Some("172.30.0.9"), Some("10.244.9.0/24")),
+            ];
+            let m = from_entries(&entries, "n1", Some(net("10.244.1.0/24")), &ranges);
+            let node_ip = bad.parse().unwrap();
+            assert_eq!(m.problems, vec![Problem::UnusableNodeIp { node: "a-bad".into(), node_ip, fault }], "{bad}");
+            assert_eq!(m.routes.keys().copied().collect::<Vec<_>>(), vec![net("10.244.9.0/24")], "{bad}");
+            assert_eq!(m.problems[0].kind(), "unusableNodeIp");
+            assert!(
+                m.problems[0].to_string().starts_with(&format!("node a-bad: node IP {bad} is ")),
+                "{}",
+                m.problems[0]
+            );
+        }
+        // Two nodes claiming one address: neither is routed; a third is.
+        let entries = vec![
+            e("n2", Some("172.30.0.2"), Some("10.244.2.0/24")),
+            e("n3", Some("172.30.0.2"), Some("10.244.3.0/24")),
+            e("n4", Some("172.30.0.4"), Some("10.244.4.0/24")),
+            e("n1", Some("172.30.0.2"), Some("10.244.1.0/24")), // this node's own entry is not a claim
+        ];
+        let m = from_entries(&entries, "n1", None, &ranges);
+        assert_eq!(m.routes.keys().copied().collect::<Vec<_>>(), vec![net("10.244.4.0/24")]);
+        let ip = "172.30.0.2".parse().unwrap();
+        assert_eq!(
+            m.problems,
+            vec![
+                Problem::SharedNodeIp { node: "n2".into(), node_ip: ip, others: vec!["n3".into()] },
+                Problem::SharedNodeIp { node: "n3".into(), node_ip: ip, others: vec!["n2".into()] },
+            ]
+        );
+        assert_eq!(m.problems[0].to_string(), "node n2: node IP 172.30.0.2 is also claimed by node n3; not routed");
+        let json = serde_json::to_string(&m.problems[0]).unwrap();
+        assert_eq!(serde_json::from_str::<Problem>(&json).unwrap(), m.problems[0]);
+        let broadcast = Problem::UnusableNodeIp {
+            node: "x".into(),
+            node_ip: "172.30.0.255".parse().unwrap(),
+            fault: NodeIpFault::SubnetBroadcast { network: net("172.30.0.0/24") },
+        };
+        let json = serde_json::to_value(&broadcast).unwrap();
+        assert_eq!(json["kind"], broadcast.kind());
+        assert_eq!(serde_json::from_value::<Problem>(json).unwrap(), broadcast);
     }
 
     #[test]
@@ -454,6 +574,7 @@ mod tests {
             service: None,
             node_network: Some(net("10.0.0.0/24")),
             tunnel,
+            own_ip: None,
         };
         let auto = from_entries(&entries, "n1", Some(net("10.244.1.0/24")), &ranges(TunnelMode::Auto));
         assert!(auto.problems.is_empty(), "{:?}", auto.problems);

@@ -6,7 +6,7 @@
 //! remote end), kept equal to the same membership as
 //! the BPF routes map. Only routes carrying sluice's protocol number are
 //! ever read or removed, so everyone else's stay untouched.
-use std::collections::BTreeMap;
+use std::{collections::BTreeMap, fmt};
 
 use anyhow::Result;
 use ipnetwork::Ipv4Network;
@@ -92,24 +92,59 @@ impl KernelRouteTable for Netlink {
     }
 }
 
+/// A route the kernel refused to take or give up.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RouteFailure {
+    /// `replace` or `delete`.
+    pub op: &'static str,
+    pub route: KernelRoute,
+    pub error: String,
+}
+
+impl fmt::Display for RouteFailure {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{} {}: {}", self.op, self.route.describe(), self.error)
+    }
+}
+
+/// What one reconcile did.
+#[derive(Debug, Default, PartialEq, Eq)]
+pub struct KernelRouteOutcome {
+    pub diff: KernelRouteDiff,
+    /// The steps that failed; every other step was applied.
+    pub failed: Vec<RouteFailure>,
+}
+
 /// Read sluice's routes, diff, apply: replaces first (a CIDR that moves
-/// between nodes is never unrouted), then deletions.
+/// between nodes is never unrouted), then deletions. A step the kernel
+/// refuses is recorded and the rest still run (one bad route must not
+/// hold back every other peer's, pass after pass); only a failed read
+/// stops it.
 pub async fn reconcile(
     table: &impl KernelRouteTable,
     desired: &BTreeMap<Ipv4Network, KernelRoute>,
-) -> Result<KernelRouteDiff> {
+) -> Result<KernelRouteOutcome> {
     let actual = table.list().await?;
     let d = diff(desired, &actual);
-    for r in &d.replace {
-        table.replace(r).await?;
-    }
-    for r in &d.delete {
-        table.delete(r).await?;
+    let mut failed = Vec::new();
+    for (op, routes) in [("replace", &d.replace), ("delete", &d.delete)] {
+        for route in routes {
+            let done = if op == "replace" { table.replace(route).await } else { table.delete(route).await };
+            if let Err(e) = done {
+                failed.push(RouteFailure { op, route: *route, error: format!("{e:#}") });
+            }
+        }
     }
     if !d.is_empty() {
-        info!(replaced = d.replace.len(), deleted = d.delete.len(), total = desired.len(), "kernel routes reconciled");
+        info!(
+            replaced = d.replace.len(),
+            deleted = d.delete.len(),
+            failed = failed.len(),
+            total = desired.len(),
+            "kernel routes reconciled"
+        );
     }
-    Ok(d)
+    Ok(KernelRouteOutcome { diff: d, failed })
 }
 
 #[cfg(test)]
@@ -176,6 +211,17 @@ mod tests {
     struct FakeTable {
         routes: RefCell<Vec<KernelRoute>>,
         calls: RefCell<Vec<String>>,
+        /// Replacing or deleting a route to this destination fails.
+        refuse: Option<Ipv4Network>,
+    }
+
+    impl FakeTable {
+        fn refuses(&self, r: &KernelRoute) -> Result<()> {
+            match self.refuse {
+                Some(dst) if dst == r.dst => anyhow::bail!("Nexthop has invalid gateway"),
+                _ => Ok(()),
+            }
+        }
     }
 
     impl KernelRouteTable for FakeTable {
@@ -184,6 +230,7 @@ mod tests {
         }
         async fn replace(&self, r: &KernelRoute) -> Result<()> {
             self.calls.borrow_mut().push(format!("replace {}", r.describe()));
+            self.refuses(r)?;
             let mut routes = self.routes.borrow_mut();
             routes.retain(|x| x.dst != r.dst);
             routes.push(*r);
@@ -191,6 +238,7 @@ mod tests {
         }
         async fn delete(&self, r: &KernelRoute) -> Result<()> {
             self.calls.borrow_mut().push(format!("delete {}", r.describe()));
+            self.refuses(r)?;
             self.routes.borrow_mut().retain(|x| x != r);
             Ok(())
         }
@@ -201,13 +249,51 @@ mod tests {
         let t = FakeTable { routes: RefCell::new(vec![route("10.244.4.0/24", "172.30.0.4", 2)]), ..Default::default() };
         let want = desired(&routes(&[("10.244.2.0/24", "172.30.0.2")]), 2);
         let rt = tokio::runtime::Builder::new_current_thread().build().unwrap();
-        rt.block_on(reconcile(&t, &want)).unwrap();
+        assert!(rt.block_on(reconcile(&t, &want)).unwrap().failed.is_empty());
         assert_eq!(
             t.calls.borrow().clone(),
             vec!["replace 10.244.2.0/24 via 172.30.0.2 dev #2", "delete 10.244.4.0/24 via 172.30.0.4 dev #2"]
         );
         t.calls.borrow_mut().clear();
-        assert!(rt.block_on(reconcile(&t, &want)).unwrap().is_empty());
+        assert!(rt.block_on(reconcile(&t, &want)).unwrap().diff.is_empty());
         assert!(t.calls.borrow().is_empty());
+    }
+
+    #[test]
+    fn a_refused_route_is_reported_and_every_other_one_applied() {
+        let refused: Ipv4Network = "10.244.3.0/24".parse().unwrap();
+        let stale = route("10.244.8.0/24", "172.30.0.8", 2);
+        let t = FakeTable { routes: RefCell::new(vec![stale]), refuse: Some(refused), ..Default::default() };
+        let want = desired(
+            &routes(&[
+                ("10.244.2.0/24", "172.30.0.2"),
+                ("10.244.3.0/24", "172.30.0.255"),
+                ("10.244.9.0/24", "172.30.0.9"),
+            ]),
+            2,
+        );
+        let rt = tokio::runtime::Builder::new_current_thread().build().unwrap();
+        let outcome = rt.block_on(reconcile(&t, &want)).unwrap();
+        assert_eq!(
+            outcome.failed,
+            vec![RouteFailure {
+                op: "replace",
+                route: route("10.244.3.0/24", "172.30.0.255", 2),
+                error: "Nexthop has invalid gateway".into()
+            }]
+        );
+        assert_eq!(
+            outcome.failed[0].to_string(),
+            "replace 10.244.3.0/24 via 172.30.0.255 dev #2: Nexthop has invalid gateway"
+        );
+        // The routes after the refused one were replaced, the stale one deleted.
+        let mut now: Vec<String> = t.routes.borrow().iter().map(|r| r.describe()).collect();
+        now.sort();
+        assert_eq!(now, ["10.244.2.0/24 via 172.30.0.2 dev #2", "10.244.9.0/24 via 172.30.0.9 dev #2"]);
+        // And on the next pass only the refused one is tried again.
+        t.calls.borrow_mut().clear();
+        let again = rt.block_on(reconcile(&t, &want)).unwrap();
+        assert_eq!(again.failed.len(), 1);
+        assert_eq!(t.calls.borrow().clone(), vec!["replace 10.244.3.0/24 via 172.30.0.255 dev #2"]);
     }
 }

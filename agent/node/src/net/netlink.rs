@@ -7,12 +7,12 @@ use anyhow::{anyhow, Context, Result};
 use futures::TryStreamExt;
 use netlink_packet_route::{
     address::AddressAttribute,
-    link::{LinkAttribute, LinkFlag, LinkMessage},
+    link::{LinkAttribute, LinkFlags, LinkMessage},
     neighbour::NeighbourState,
     route::{RouteAddress, RouteAttribute, RouteProtocol, RouteScope},
     AddressFamily,
 };
-use rtnetlink::Handle;
+use rtnetlink::{Handle, LinkUnspec, LinkVeth, RouteMessageBuilder};
 
 #[derive(Clone)]
 pub struct Netlink {
@@ -59,8 +59,8 @@ pub fn is_errno(e: &rtnetlink::Error, errno: i32) -> bool {
 
 pub(crate) fn link_info(msg: &LinkMessage) -> LinkInfo {
     let flags = &msg.header.flags;
-    let up = flags.contains(&LinkFlag::Up) && flags.contains(&LinkFlag::LowerUp);
-    let admin_up = flags.contains(&LinkFlag::Up);
+    let up = flags.contains(LinkFlags::Up | LinkFlags::LowerUp);
+    let admin_up = flags.contains(LinkFlags::Up);
     let mut info = LinkInfo { index: msg.header.index, name: String::new(), mtu: 0, mac: [0; 6], up, admin_up };
     for attr in &msg.attributes {
         match attr {
@@ -150,7 +150,7 @@ impl Netlink {
     /// The MAC of `ip`'s permanent neighbour entry on interface `index`.
     pub async fn permanent_neighbour(&self, index: u32, ip: Ipv4Addr) -> Result<Option<[u8; 6]>> {
         use netlink_packet_route::neighbour::{NeighbourAddress, NeighbourAttribute};
-        let mut neighbours = self.handle.neighbours().get().set_family(rtnetlink::IpVersion::V4).execute();
+        let mut neighbours = self.handle.neighbours().get().set_address_family(AddressFamily::Inet).execute();
         while let Some(msg) = neighbours.try_next().await.context("list neighbours")? {
             if msg.header.ifindex != index || msg.header.state != NeighbourState::Permanent {
                 continue;
@@ -160,7 +160,7 @@ impl Netlink {
             for attr in &msg.attributes {
                 match attr {
                     NeighbourAttribute::Destination(NeighbourAddress::Inet(a)) => is_ip = *a == ip,
-                    NeighbourAttribute::LinkLocalAddress(m) if m.len() == 6 => {
+                    NeighbourAttribute::LinkLayerAddress(m) if m.len() == 6 => {
                         mac = Some([m[0], m[1], m[2], m[3], m[4], m[5]]);
                     }
                     _ => {}
@@ -175,7 +175,7 @@ impl Netlink {
 
     /// The interface of the IPv4 default route in the main table, if any.
     pub async fn default_route_interface(&self) -> Result<Option<LinkInfo>> {
-        let mut routes = self.handle.route().get(rtnetlink::IpVersion::V4).execute();
+        let mut routes = self.handle.route().get(RouteMessageBuilder::<Ipv4Addr>::new().build()).execute();
         while let Some(msg) = routes.try_next().await.context("list routes")? {
             if msg.header.destination_prefix_length != 0 || msg.header.table != 254 {
                 continue;
@@ -198,7 +198,7 @@ impl Netlink {
     /// IPv4 routes of the main table (of one protocol, or all).
     pub async fn main_routes(&self, protocol: Option<u8>) -> Result<Vec<KernelRoute>> {
         let mut out = Vec::new();
-        let mut routes = self.handle.route().get(rtnetlink::IpVersion::V4).execute();
+        let mut routes = self.handle.route().get(RouteMessageBuilder::<Ipv4Addr>::new().build()).execute();
         while let Some(msg) = routes.try_next().await.context("list routes")? {
             let wrong_protocol = protocol.is_some_and(|p| msg.header.protocol != RouteProtocol::Other(p));
             if msg.header.table != RT_TABLE_MAIN || wrong_protocol {
@@ -221,33 +221,27 @@ impl Netlink {
         Ok(out)
     }
 
-    /// The request that adds `route` with `protocol` (its message also
-    /// names the route to delete).
-    fn route_request(&self, route: &KernelRoute, protocol: u8) -> rtnetlink::RouteAddRequest<Ipv4Addr> {
-        let req = self
-            .handle
-            .route()
-            .add()
-            .v4()
+    /// The message that names `route` with `protocol`, to add or delete.
+    fn route_message(route: &KernelRoute, protocol: u8) -> netlink_packet_route::route::RouteMessage {
+        let msg = RouteMessageBuilder::<Ipv4Addr>::new()
             .destination_prefix(route.dst.network(), route.dst.prefix())
             .output_interface(route.oif)
             .protocol(RouteProtocol::Other(protocol));
         match route.gateway {
-            Some(gw) => req.gateway(gw),
-            None => req,
+            Some(gw) => msg.gateway(gw).build(),
+            None => msg.build(),
         }
     }
 
     /// `ip route replace <dst> via <gw> dev <oif> proto <protocol>`.
     pub async fn replace_route(&self, route: &KernelRoute, protocol: u8) -> Result<()> {
-        let req = self.route_request(route, protocol).replace();
+        let req = self.handle.route().add(Self::route_message(route, protocol)).replace();
         req.execute().await.with_context(|| format!("replace route {}", route.describe()))
     }
 
     /// Delete a route; one already gone counts as deleted.
     pub async fn delete_route(&self, route: &KernelRoute, protocol: u8) -> Result<()> {
-        let msg = self.route_request(route, protocol).message_mut().clone();
-        match self.handle.route().del(msg).execute().await {
+        match self.handle.route().del(Self::route_message(route, protocol)).execute().await {
             Ok(()) => Ok(()),
             Err(e) if is_errno(&e, libc::ESRCH) || is_errno(&e, libc::ENOENT) => Ok(()),
             Err(e) => Err(e).with_context(|| format!("delete route {}", route.describe())),
@@ -261,24 +255,12 @@ impl Netlink {
     /// The host end stays down (the kernel cannot open it before the pair is
     /// joined: ENOTCONN).
     pub async fn add_veth_into(&self, host: &str, peer: &str, ns_fd: std::os::fd::RawFd, mtu: u32) -> Result<()> {
-        use netlink_packet_route::link::{InfoData, InfoVeth, LinkInfo as Info};
-        // rtnetlink's `veth(a, b)` puts `b` in the main message (the device
-        // created where the message's IFLA_NET_NS_FD says, up) and `a` in
-        // its peer info (created here).
-        let mut req = self.handle.link().add().veth(host.to_string(), peer.to_string());
-        let msg = req.message_mut();
-        msg.attributes.push(LinkAttribute::NetNsFd(ns_fd));
-        msg.attributes.push(LinkAttribute::Mtu(mtu));
-        for attr in msg.attributes.iter_mut() {
-            if let LinkAttribute::LinkInfo(infos) = attr {
-                for info in infos.iter_mut() {
-                    if let Info::Data(InfoData::Veth(InfoVeth::Peer(host_msg))) = info {
-                        host_msg.attributes.push(LinkAttribute::Mtu(mtu));
-                    }
-                }
-            }
-        }
-        req.execute().await.with_context(|| format!("create veth {host} <-> {peer} (peer in the pod's namespace)"))
+        self.handle
+            .link()
+            .add(veth_into_message(host, peer, ns_fd, mtu))
+            .execute()
+            .await
+            .with_context(|| format!("create veth {host} <-> {peer} (peer in the pod's namespace)"))
     }
 
     /// Delete a link; one that is already gone counts as deleted.
@@ -296,19 +278,23 @@ impl Netlink {
     pub async fn set_name(&self, index: u32, name: &str) -> Result<()> {
         self.handle
             .link()
-            .set(index)
-            .name(name.to_string())
+            .set(LinkUnspec::new_with_index(index).name(name.to_string()).build())
             .execute()
             .await
             .with_context(|| format!("rename link to {name}"))
     }
 
     pub async fn set_mtu(&self, index: u32, mtu: u32) -> Result<()> {
-        self.handle.link().set(index).mtu(mtu).execute().await.with_context(|| format!("set MTU {mtu}"))
+        self.handle
+            .link()
+            .set(LinkUnspec::new_with_index(index).mtu(mtu).build())
+            .execute()
+            .await
+            .with_context(|| format!("set MTU {mtu}"))
     }
 
     pub async fn set_up(&self, index: u32) -> Result<()> {
-        self.handle.link().set(index).up().execute().await.context("set link up")
+        self.handle.link().set(LinkUnspec::new_with_index(index).up().build()).execute().await.context("set link up")
     }
 
     /// Add an address; an address already present counts as added.
@@ -322,15 +308,12 @@ impl Netlink {
 
     /// A scope-link route to `dst/prefix` out of interface `index`.
     pub async fn add_link_route(&self, index: u32, dst: Ipv4Addr, prefix_len: u8) -> Result<()> {
-        let req = self
-            .handle
-            .route()
-            .add()
-            .v4()
+        let msg = RouteMessageBuilder::<Ipv4Addr>::new()
             .destination_prefix(dst, prefix_len)
             .output_interface(index)
-            .scope(RouteScope::Link);
-        match req.execute().await {
+            .scope(RouteScope::Link)
+            .build();
+        match self.handle.route().add(msg).execute().await {
             Ok(()) => Ok(()),
             Err(e) if is_errno(&e, libc::EEXIST) => Ok(()),
             Err(e) => Err(e).with_context(|| format!("add route {dst}/{prefix_len} dev #{index}")),
@@ -339,8 +322,8 @@ impl Netlink {
 
     /// `default via <gw> dev <index>`.
     pub async fn add_default_route(&self, index: u32, gw: Ipv4Addr) -> Result<()> {
-        let req = self.handle.route().add().v4().gateway(gw).output_interface(index);
-        match req.execute().await {
+        let msg = RouteMessageBuilder::<Ipv4Addr>::new().gateway(gw).output_interface(index).build();
+        match self.handle.route().add(msg).execute().await {
             Ok(()) => Ok(()),
             Err(e) if is_errno(&e, libc::EEXIST) => Ok(()),
             Err(e) => Err(e).with_context(|| format!("add default route via {gw}")),
@@ -352,11 +335,31 @@ impl Netlink {
         self.handle
             .neighbours()
             .add(index, IpAddr::V4(ip))
-            .link_local_address(&mac)
+            .link_layer_address(&mac)
             .state(NeighbourState::Permanent)
             .replace()
             .execute()
             .await
             .with_context(|| format!("add neighbour {ip}"))
     }
+}
+
+/// The request of `add_veth_into`: the main message is the pod end `peer`
+/// (made in the namespace open as `ns_fd`, up, `mtu`), its peer info the
+/// host end `host` (made here, `mtu`). Setting the host end up here fails
+/// with ENOTCONN: the kernel opens it only once the pair is joined.
+pub fn veth_into_message(host: &str, peer: &str, ns_fd: std::os::fd::RawFd, mtu: u32) -> LinkMessage {
+    use netlink_packet_route::link::{InfoData, InfoVeth, LinkInfo as Info};
+    let host_msg = LinkUnspec::new_with_name(host).mtu(mtu).build();
+    let mut msg = LinkVeth::new(peer, host).mtu(mtu).setns_by_fd(ns_fd).up().build();
+    for attr in msg.attributes.iter_mut() {
+        if let LinkAttribute::LinkInfo(infos) = attr {
+            for info in infos.iter_mut() {
+                if let Info::Data(InfoData::Veth(InfoVeth::Peer(p))) = info {
+                    *p = host_msg.clone();
+                }
+            }
+        }
+    }
+    msg
 }

@@ -5,16 +5,15 @@
 //! (`bpf_skb_set_tunnel_key`); the device has no VNI and no remote of its
 //! own.
 //!
-//! rtnetlink 0.14's vxlan builder always sends a VNI, which the kernel
-//! takes as a fixed-VNI device (iproute2 refuses `external` with `id`), so
-//! the request is built here from netlink-packet-route's attributes:
-//! `request` (pure: what is sent) and `check` (pure: is an existing device
-//! the one wanted) are unit-tested, `ensure` and `delete` do it.
+//! `request` (pure: what is sent, through rtnetlink's vxlan builder, with
+//! no VNI) and `check` (pure: is an existing device the one wanted) are
+//! unit-tested, `ensure` and `delete` do it.
 use anyhow::{Context, Result};
 use futures::TryStreamExt;
 use netlink_packet_route::link::{
-    InfoData, InfoKind, InfoVxlan, LinkAttribute, LinkFlag, LinkHeader, LinkInfo as Info, LinkMessage,
+    InfoData, InfoKind, InfoVxlan, LinkAttribute, LinkFlags, LinkInfo as Info, LinkMessage,
 };
+use rtnetlink::{LinkMessageBuilder, LinkVxlan};
 use sluice_common::maps::TUNNEL_PORT;
 use tracing::{info, warn};
 
@@ -23,28 +22,20 @@ use super::netlink::{is_errno, link_info, LinkInfo, Netlink};
 /// The device's name (no dot: it is part of link pin names).
 pub const DEVICE: &str = "sluice_vxlan";
 
-/// The attributes of the create request: name, kind vxlan, collect
-/// metadata, destination port, lower device. No `IFLA_VXLAN_ID`.
-pub fn request(name: &str, uplink_ifindex: u32) -> Vec<LinkAttribute> {
-    vec![
-        LinkAttribute::IfName(name.to_string()),
-        LinkAttribute::LinkInfo(vec![
-            Info::Kind(InfoKind::Vxlan),
-            Info::Data(InfoData::Vxlan(vec![
-                InfoVxlan::CollectMetadata(true),
-                InfoVxlan::Port(TUNNEL_PORT),
-                InfoVxlan::Link(uplink_ifindex),
-            ])),
-        ]),
-    ]
-}
-
-/// The create request's header: `NOARP`. The kernel routes to tunneled
-/// peers' pod CIDRs point at the device without a gateway; with ARP off
-/// their neighbours need no resolution (the datapath names the remote end,
-/// and the receiving node rewrites the inner MACs).
-pub fn header() -> LinkHeader {
-    LinkHeader { flags: vec![LinkFlag::Noarp], change_mask: vec![LinkFlag::Noarp], ..Default::default() }
+/// The create request: name, kind vxlan, collect metadata, destination
+/// port, lower device, no `IFLA_VXLAN_ID` (iproute2 refuses `external`
+/// with `id`, and the kernel would take it as a fixed-VNI device), and
+/// `NOARP`: the kernel routes to tunneled peers' pod CIDRs point at the
+/// device without a gateway; with ARP off their neighbours need no
+/// resolution (the datapath names the remote end, and the receiving node
+/// rewrites the inner MACs).
+pub fn request(name: &str, uplink_ifindex: u32) -> LinkMessage {
+    LinkMessageBuilder::<LinkVxlan>::new(name)
+        .collect_metadata(true)
+        .port(TUNNEL_PORT)
+        .dev(uplink_ifindex)
+        .arp(false)
+        .build()
 }
 
 /// How an existing link differs from the device wanted.
@@ -83,7 +74,7 @@ fn vxlan_data(msg: &LinkMessage) -> Option<&[InfoVxlan]> {
 pub fn check(msg: &LinkMessage, uplink_ifindex: u32) -> Vec<Mismatch> {
     let Some(data) = vxlan_data(msg) else { return vec![Mismatch::NotVxlan] };
     let mut out = Vec::new();
-    if !msg.header.flags.contains(&LinkFlag::Noarp) {
+    if !msg.header.flags.contains(LinkFlags::Noarp) {
         out.push(Mismatch::Arp);
     }
     if !data.iter().any(|d| matches!(d, InfoVxlan::CollectMetadata(true))) {
@@ -213,10 +204,7 @@ impl Netlink {
             warn!(device = name, mismatch = ?wrong, "VXLAN device differs from what sluice makes; recreating it");
             self.delete_link(name).await?;
         }
-        let mut req = self.handle.link().add();
-        req.message_mut().header = header();
-        req.message_mut().attributes.extend(request(name, uplink_ifindex));
-        req.execute().await.with_context(|| {
+        self.handle.link().add(request(name, uplink_ifindex)).execute().await.with_context(|| {
             format!("create VXLAN device {name} (external, UDP {TUNNEL_PORT}, on uplink #{uplink_ifindex})")
         })?;
         let link = self.require_link(name).await?;
@@ -234,22 +222,20 @@ impl Netlink {
 
 #[cfg(test)]
 mod tests {
-    use netlink_packet_route::link::LinkMessage;
-
     use super::*;
 
     fn message(attrs: Vec<LinkAttribute>) -> LinkMessage {
-        let mut m = LinkMessage::default();
-        m.header = header();
+        let mut m = request(DEVICE, 7);
         m.attributes = attrs;
         m
     }
 
     #[test]
     fn the_request_is_external_without_a_vni() {
-        let attrs = request(DEVICE, 7);
-        let LinkAttribute::LinkInfo(infos) = &attrs[1] else { panic!("{attrs:?}") };
-        let Info::Data(InfoData::Vxlan(data)) = &infos[1] else { panic!("{infos:?}") };
+        let msg = request(DEVICE, 7);
+        assert!(msg.attributes.contains(&LinkAttribute::IfName(DEVICE.into())));
+        assert!(msg.header.flags.contains(LinkFlags::Noarp) && msg.header.change_mask.contains(LinkFlags::Noarp));
+        let data = vxlan_data(&msg).expect("a vxlan link");
         assert!(!data.iter().any(|d| matches!(d, InfoVxlan::Id(_))), "external mode takes no VNI: {data:?}");
         assert!(data.contains(&InfoVxlan::CollectMetadata(true)));
         assert!(data.contains(&InfoVxlan::Port(8472)));
@@ -266,7 +252,7 @@ mod tests {
             ])
         };
         let links = vec![
-            message(request(DEVICE, 7)),
+            request(DEVICE, 7),
             vxlan("flannel.1", vec![InfoVxlan::Id(1), InfoVxlan::Port(8472), InfoVxlan::Link(7)]),
             vxlan("vx4789", vec![InfoVxlan::Id(5), InfoVxlan::Port(4789)]),
             vxlan("cilium_vxlan", vec![InfoVxlan::CollectMetadata(true), InfoVxlan::Id(0), InfoVxlan::Port(8472)]),
@@ -293,8 +279,8 @@ mod tests {
 
     #[test]
     fn check_table() {
-        assert!(check(&message(request(DEVICE, 7)), 7).is_empty(), "what we make is what we want");
-        assert_eq!(check(&message(request(DEVICE, 7)), 8), vec![Mismatch::Lower(7)]);
+        assert!(check(&request(DEVICE, 7), 7).is_empty(), "what we make is what we want");
+        assert_eq!(check(&request(DEVICE, 7), 8), vec![Mismatch::Lower(7)]);
         let veth = message(vec![
             LinkAttribute::IfName(DEVICE.into()),
             LinkAttribute::LinkInfo(vec![Info::Kind(InfoKind::Veth)]),
@@ -306,8 +292,8 @@ mod tests {
             Info::Data(InfoData::Vxlan(vec![InfoVxlan::Id(42), InfoVxlan::Port(4789), InfoVxlan::Link(7)])),
         ])]);
         assert_eq!(check(&fixed_vni, 7), vec![Mismatch::NotExternal, Mismatch::Port(4789)]);
-        let mut arp = message(request(DEVICE, 7));
-        arp.header.flags.clear();
+        let mut arp = request(DEVICE, 7);
+        arp.header.flags = LinkFlags::empty();
         assert_eq!(check(&arp, 7), vec![Mismatch::Arp]);
     }
 }

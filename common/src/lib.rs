@@ -11,6 +11,7 @@
 pub mod counters;
 pub mod events;
 pub mod maps;
+pub mod policy;
 pub mod services;
 pub mod verdict;
 

@@ -24,6 +24,7 @@ pub mod kubelet;
 pub mod lab;
 pub mod oci;
 pub mod process;
+pub mod prog_test;
 pub mod runtime;
 pub mod services;
 

@@ -13,11 +13,14 @@
 //!   health endpoint `connectivity-test` probes.
 //! - `services/`: Services in eBPF: the model, its Kubernetes watchers, the
 //!   plan the socket load balancer's maps are kept in step with.
+//! - `policy/`: NetworkPolicy's pure core: model, selectors, identities,
+//!   the compiler and an evaluator (no watcher or datapath yet).
 //! - `state_file`: what the daemon tells the commands (another process).
 pub mod commands;
 pub mod config;
 pub mod daemon;
 pub mod membership;
+pub mod policy;
 pub mod reconcile;
 pub mod services;
 pub mod state_file;

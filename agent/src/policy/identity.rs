@@ -1,0 +1,309 @@
+//! Identities: a number per class of peer address, and the table from
+//! address prefixes to them (`POLICY_IDENTITIES`).
+//!
+//! A pod's class is what any policy could tell it apart by: its namespace
+//! and the namespace's labels, its labels, its named container ports
+//! (egress named ports resolve against the destination), and the policy
+//! ipBlocks its address falls in (ipBlock matches pod IPs too). Addresses
+//! outside the cluster get a class by the ipBlocks they fall in; other
+//! nodes' addresses likewise. Two replicas of a Deployment share a class,
+//! so policy entries grow with the number of classes, not of pods.
+//!
+//! Numbers are node-local (every node resolves a peer's address itself)
+//! and stable: a class keeps its number while it lives
+//! ([`IdentityAllocator`]), so a pod added to a Deployment changes no
+//! policy entry, only one `POLICY_IDENTITIES` element.
+use std::{
+    collections::{BTreeMap, BTreeSet},
+    net::Ipv4Addr,
+};
+
+use ipnetwork::Ipv4Network;
+use sluice_common::policy::{
+    IDENTITY_FIRST_ALLOCATED, IDENTITY_HOST, IDENTITY_REMOTE_NODE, IDENTITY_UNKNOWN_CLUSTER, IDENTITY_WORLD,
+};
+
+use super::model::{IpBlock, Labels, PolicyModel, Protocol};
+
+/// What an identity stands for.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum IdentityClass {
+    Pod {
+        namespace: String,
+        namespace_labels: Labels,
+        labels: Labels,
+        /// (name, protocol, port) of every named container port.
+        named_ports: BTreeSet<(String, Protocol, u16)>,
+        /// The policy ipBlocks the address is in.
+        blocks: BTreeSet<IpBlock>,
+    },
+    /// Another node's address; no blocks: `IDENTITY_REMOTE_NODE`.
+    RemoteNode { blocks: BTreeSet<IpBlock> },
+    /// An address outside the cluster CIDR; no blocks: `IDENTITY_WORLD`.
+    External { blocks: BTreeSet<IpBlock> },
+}
+
+impl IdentityClass {
+    pub fn blocks(&self) -> &BTreeSet<IpBlock> {
+        match self {
+            IdentityClass::Pod { blocks, .. }
+            | IdentityClass::RemoteNode { blocks }
+            | IdentityClass::External { blocks } => blocks,
+        }
+    }
+
+    /// The port `name` resolves to on pods of this class.
+    pub fn named_port(&self, name: &str, protocol: Protocol) -> Option<u16> {
+        match self {
+            IdentityClass::Pod { named_ports, .. } => {
+                named_ports.iter().find(|(n, p, _)| n == name && *p == protocol).map(|&(_, _, port)| port)
+            }
+            _ => None,
+        }
+    }
+}
+
+/// Hands out identity numbers; keeps a class's number while it is in use.
+#[derive(Debug, Default)]
+pub struct IdentityAllocator {
+    by_class: BTreeMap<IdentityClass, u32>,
+    next: u32,
+}
+
+impl IdentityAllocator {
+    /// The class's identity: a reserved one for the classes that have one,
+    /// else the number it already has, else a new one.
+    pub fn identity(&mut self, class: &IdentityClass) -> u32 {
+        match class {
+            IdentityClass::External { blocks } if blocks.is_empty() => return IDENTITY_WORLD,
+            IdentityClass::RemoteNode { blocks } if blocks.is_empty() => return IDENTITY_REMOTE_NODE,
+            _ => {}
+        }
+        if let Some(&id) = self.by_class.get(class) {
+            return id;
+        }
+        let id = self.next.max(IDENTITY_FIRST_ALLOCATED);
+        self.next = id + 1;
+        self.by_class.insert(class.clone(), id);
+        id
+    }
+
+    /// Forgets every class not in `live` (numbers are not reused).
+    pub fn retain(&mut self, live: &BTreeSet<IdentityClass>) {
+        self.by_class.retain(|class, _| live.contains(class));
+    }
+
+    pub fn len(&self) -> usize {
+        self.by_class.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.by_class.is_empty()
+    }
+}
+
+/// `POLICY_IDENTITIES` as the compiler wants it: prefix → identity, and what
+/// each allocated identity stands for.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct IdentityTable {
+    pub prefixes: BTreeMap<Ipv4Network, u32>,
+    pub classes: BTreeMap<u32, IdentityClass>,
+}
+
+impl IdentityTable {
+    /// The identity of `ip`, as the LPM trie answers (longest prefix;
+    /// `IDENTITY_WORLD` when none matches).
+    pub fn lookup(&self, ip: Ipv4Addr) -> u32 {
+        self.prefixes
+            .iter()
+            .filter(|(net, _)| net.contains(ip))
+            .max_by_key(|(net, _)| net.prefix())
+            .map_or(IDENTITY_WORLD, |(_, &id)| id)
+    }
+
+    /// Builds the table for `node` (its own address is `IDENTITY_HOST`).
+    ///
+    /// - every known, non-host-network pod's IPv4 /32: its pod class (a pod
+    ///   whose namespace is not known yet: `IDENTITY_UNKNOWN_CLUSTER`, since
+    ///   namespace selectors cannot be judged for it);
+    /// - node addresses /32: `IDENTITY_HOST` for `node`, the others a
+    ///   remote-node class;
+    /// - the cluster CIDRs: `IDENTITY_UNKNOWN_CLUSTER`;
+    /// - every prefix a policy ipBlock names (cidr or except) that is not
+    ///   inside the cluster CIDR: the external class of the addresses whose
+    ///   longest match it is; inside the cluster CIDR: unknown-cluster, so
+    ///   an ipBlock never lets an unknown pod address through.
+    pub fn build(model: &PolicyModel, node: &str, allocator: &mut IdentityAllocator) -> Self {
+        let blocks = model.ip_blocks();
+        let blocks_of =
+            |ip: Ipv4Addr| -> BTreeSet<IpBlock> { blocks.iter().filter(|b| b.contains(ip)).cloned().collect() };
+        let mut table = IdentityTable::default();
+        let mut live = BTreeSet::new();
+        let mut add = |table: &mut IdentityTable, net: Ipv4Network, class: IdentityClass| {
+            let id = allocator.identity(&class);
+            table.prefixes.entry(net).or_insert(id);
+            if id >= IDENTITY_FIRST_ALLOCATED {
+                table.classes.insert(id, class.clone());
+            }
+            live.insert(class);
+        };
+        for pod in model.pods.values().filter(|p| !p.host_network) {
+            let Some(ns) = model.namespaces.get(&pod.key.namespace) else {
+                for &ip in &pod.ips {
+                    table.prefixes.insert(host(ip), IDENTITY_UNKNOWN_CLUSTER);
+                }
+                continue;
+            };
+            let named_ports = pod
+                .ports
+                .iter()
+                .filter_map(|p| p.name.as_ref().map(|n| (n.clone(), p.protocol, p.port)))
+                .collect::<BTreeSet<_>>();
+            for &ip in &pod.ips {
+                let class = IdentityClass::Pod {
+                    namespace: ns.name.clone(),
+                    namespace_labels: ns.labels.clone(),
+                    labels: pod.labels.clone(),
+                    named_ports: named_ports.clone(),
+                    blocks: blocks_of(ip),
+                };
+                add(&mut table, host(ip), class);
+            }
+        }
+        for (name, &ip) in &model.nodes {
+            if name == node {
+                table.prefixes.insert(host(ip), IDENTITY_HOST);
+            } else {
+                add(&mut table, host(ip), IdentityClass::RemoteNode { blocks: blocks_of(ip) });
+            }
+        }
+        for &cidr in &model.cluster_cidrs {
+            table.prefixes.entry(cidr).or_insert(IDENTITY_UNKNOWN_CLUSTER);
+        }
+        let named: BTreeSet<Ipv4Network> =
+            blocks.iter().flat_map(|b| std::iter::once(b.cidr).chain(b.except.iter().copied())).collect();
+        for prefix in named {
+            if table.prefixes.contains_key(&prefix) {
+                continue;
+            }
+            if model.in_cluster_cidr(prefix) {
+                table.prefixes.insert(prefix, IDENTITY_UNKNOWN_CLUSTER);
+                continue;
+            }
+            let covering = blocks.iter().filter(|b| b.covers_prefix(prefix)).cloned().collect();
+            add(&mut table, prefix, IdentityClass::External { blocks: covering });
+        }
+        allocator.retain(&live);
+        table
+    }
+}
+
+fn host(ip: Ipv4Addr) -> Ipv4Network {
+    Ipv4Network::new(ip, 32).expect("/32 is a valid prefix")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::policy::model::{Namespace, NetworkPolicy, Peer, PodKey, PolicyName, PolicyTypes, Rule};
+    use crate::policy::{model::Pod, selector::LabelSelector};
+
+    fn pod(ns: &str, name: &str, ip: [u8; 4], labels: &[(&str, &str)]) -> Pod {
+        Pod {
+            key: PodKey::new(ns, name),
+            labels: labels.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect(),
+            ips: vec![Ipv4Addr::from(ip)],
+            node: "n1".into(),
+            host_network: false,
+            ports: vec![],
+        }
+    }
+
+    fn egress_to_block(cidr: &str, except: &[&str]) -> NetworkPolicy {
+        NetworkPolicy {
+            name: PolicyName::new("x", "cidr"),
+            pod_selector: LabelSelector::everything(),
+            types: PolicyTypes { ingress: false, egress: true },
+            ingress: vec![],
+            egress: vec![Rule {
+                peers: vec![Peer::IpBlock(IpBlock {
+                    cidr: cidr.parse().unwrap(),
+                    except: except.iter().map(|e| e.parse().unwrap()).collect(),
+                })],
+                ports: vec![],
+            }],
+        }
+    }
+
+    fn model() -> PolicyModel {
+        let mut m = PolicyModel::default();
+        m.add_namespace(Namespace::new("x", Labels::new()));
+        m.add_pod(pod("x", "a", [10, 244, 1, 2], &[("app", "web")]));
+        m.add_pod(pod("x", "b", [10, 244, 2, 2], &[("app", "web")]));
+        m.add_pod(pod("y", "c", [10, 244, 2, 3], &[("app", "web")]));
+        m.nodes.insert("n1".into(), Ipv4Addr::new(192, 168, 1, 1));
+        m.nodes.insert("n2".into(), Ipv4Addr::new(192, 168, 1, 2));
+        m.cluster_cidrs.push("10.244.0.0/16".parse().unwrap());
+        m
+    }
+
+    #[test]
+    fn address_classes_without_policies() {
+        let mut alloc = IdentityAllocator::default();
+        let t = IdentityTable::build(&model(), "n1", &mut alloc);
+        let a = t.lookup(Ipv4Addr::new(10, 244, 1, 2));
+        assert!(a >= IDENTITY_FIRST_ALLOCATED);
+        assert_eq!(t.lookup(Ipv4Addr::new(10, 244, 2, 2)), a, "same labels, same namespace: same identity");
+        assert_eq!(t.lookup(Ipv4Addr::new(10, 244, 2, 3)), IDENTITY_UNKNOWN_CLUSTER, "namespace y not known yet");
+        assert_eq!(t.lookup(Ipv4Addr::new(10, 244, 9, 9)), IDENTITY_UNKNOWN_CLUSTER);
+        assert_eq!(t.lookup(Ipv4Addr::new(192, 168, 1, 1)), IDENTITY_HOST);
+        assert_eq!(t.lookup(Ipv4Addr::new(192, 168, 1, 2)), IDENTITY_REMOTE_NODE);
+        assert_eq!(t.lookup(Ipv4Addr::new(8, 8, 8, 8)), IDENTITY_WORLD);
+        // on n2 the nodes swap roles
+        let t2 = IdentityTable::build(&model(), "n2", &mut alloc);
+        assert_eq!(t2.lookup(Ipv4Addr::new(192, 168, 1, 2)), IDENTITY_HOST);
+        assert_eq!(t2.lookup(Ipv4Addr::new(192, 168, 1, 1)), IDENTITY_REMOTE_NODE);
+    }
+
+    #[test]
+    fn ip_blocks_split_pods_and_the_world_but_never_claim_unknown_cluster_addresses() {
+        let mut m = model();
+        // 0.0.0.0/4 holds the cluster CIDR; except one pod and a /24 of
+        // the cluster CIDR, and an outside /8.
+        m.add_policy(egress_to_block("0.0.0.0/4", &["10.244.2.2/32", "10.244.7.0/24", "11.0.0.0/8"]));
+        let mut alloc = IdentityAllocator::default();
+        let t = IdentityTable::build(&m, "n1", &mut alloc);
+        let a = t.lookup(Ipv4Addr::new(10, 244, 1, 2));
+        let b = t.lookup(Ipv4Addr::new(10, 244, 2, 2));
+        assert_ne!(a, b, "x/a is in the block, x/b excepted: their identities differ");
+        assert_eq!(t.classes[&a].blocks().len(), 1);
+        assert!(t.classes[&b].blocks().is_empty());
+        assert_eq!(t.lookup(Ipv4Addr::new(10, 244, 7, 1)), IDENTITY_UNKNOWN_CLUSTER, "except inside the cluster CIDR");
+        assert_eq!(t.lookup(Ipv4Addr::new(10, 244, 9, 9)), IDENTITY_UNKNOWN_CLUSTER, "cluster CIDR beats the /4");
+        let outside = t.lookup(Ipv4Addr::new(9, 9, 9, 9));
+        assert_eq!(t.classes[&outside].blocks().len(), 1, "outside, in the block");
+        assert_eq!(t.lookup(Ipv4Addr::new(11, 1, 1, 1)), IDENTITY_WORLD, "excepted: no block, plain world");
+        assert_eq!(t.lookup(Ipv4Addr::new(20, 1, 1, 1)), IDENTITY_WORLD);
+        let n2 = t.lookup(Ipv4Addr::new(192, 168, 1, 2));
+        assert_eq!(n2, IDENTITY_REMOTE_NODE, "192.168/16 is outside 0/4");
+    }
+
+    #[test]
+    fn identities_are_stable_while_their_class_lives() {
+        let mut alloc = IdentityAllocator::default();
+        let mut m = model();
+        let t1 = IdentityTable::build(&m, "n1", &mut alloc);
+        let web = t1.lookup(Ipv4Addr::new(10, 244, 1, 2));
+        m.add_pod(pod("x", "d", [10, 244, 3, 3], &[("app", "db")]));
+        let t2 = IdentityTable::build(&m, "n1", &mut alloc);
+        assert_eq!(t2.lookup(Ipv4Addr::new(10, 244, 1, 2)), web);
+        let db = t2.lookup(Ipv4Addr::new(10, 244, 3, 3));
+        assert_ne!(db, web);
+        m.pods.remove(&PodKey::new("x", "d"));
+        IdentityTable::build(&m, "n1", &mut alloc);
+        m.add_pod(pod("x", "d", [10, 244, 3, 3], &[("app", "db")]));
+        let t3 = IdentityTable::build(&m, "n1", &mut alloc);
+        assert_ne!(t3.lookup(Ipv4Addr::new(10, 244, 3, 3)), db, "a released number is not handed out again");
+        assert_eq!(t3.lookup(Ipv4Addr::new(10, 244, 1, 2)), web);
+    }
+}

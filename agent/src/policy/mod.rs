@@ -1,0 +1,18 @@
+//! NetworkPolicy's pure core (issue 25; the datapath half is not built):
+//!
+//! - `model`: pods, namespaces, NetworkPolicies (from k8s-openapi), nodes.
+//! - `selector`: label selectors.
+//! - `identity`: numeric identities for classes of peer addresses, and the
+//!   prefix → identity table (`POLICY_IDENTITIES`).
+//! - `compile`: per local pod, isolation per direction and the resolved
+//!   allow rules, each naming its policy.
+//! - `entries`: the compiled node lowered to map entries
+//!   (`common/src/policy.rs`).
+//! - `evaluate`: verdicts from those entries with the datapath's lookups;
+//!   `reachable(from, to, port, protocol)`.
+pub mod compile;
+pub mod entries;
+pub mod evaluate;
+pub mod identity;
+pub mod model;
+pub mod selector;

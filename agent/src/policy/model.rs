@@ -1,0 +1,611 @@
+//! What NetworkPolicy enforcement needs to know about the cluster: pods
+//! (namespace, name, labels, IPs, node, container ports), namespaces
+//! (labels), NetworkPolicies, the nodes' addresses and the cluster CIDR.
+//! The pure input of the compiler (`compile.rs`); filled from Kubernetes
+//! by watchers (not built yet) or by tests. IPv4 only, as the datapath.
+use std::{
+    collections::{BTreeMap, BTreeSet},
+    fmt,
+    net::Ipv4Addr,
+};
+
+use ipnetwork::{IpNetwork, Ipv4Network};
+use k8s_openapi::{
+    api::{core::v1 as core, networking::v1 as networking},
+    apimachinery::pkg::util::intstr::IntOrString,
+};
+
+use super::selector::LabelSelector;
+
+pub type Labels = BTreeMap<String, String>;
+
+/// The label the API server puts on every namespace, holding its name.
+pub const NAMESPACE_NAME_LABEL: &str = "kubernetes.io/metadata.name";
+
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum PolicyError {
+    #[error("object without namespace or name")]
+    NoName,
+    #[error("selector key {key:?}: {reason}")]
+    Selector { key: String, reason: String },
+    #[error("protocol {0:?} (TCP, UDP or SCTP)")]
+    Protocol(String),
+    #[error("port {0}: not 1..=65535")]
+    Port(i64),
+    #[error("endPort {end} below port {start:?}, or without a numeric port")]
+    EndPort { start: Option<i32>, end: i32 },
+    #[error("ipBlock {cidr:?}: {reason}")]
+    IpBlock { cidr: String, reason: String },
+    #[error("peer with no selector and no ipBlock, or an ipBlock with a selector")]
+    Peer,
+    #[error("policyTypes entry {0:?} (Ingress or Egress)")]
+    PolicyType(String),
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum Protocol {
+    Tcp,
+    Udp,
+    Sctp,
+}
+
+impl Protocol {
+    /// IANA protocol number, as in IP headers and `PolicyKey::protocol`.
+    pub const fn number(self) -> u8 {
+        match self {
+            Protocol::Tcp => 6,
+            Protocol::Udp => 17,
+            Protocol::Sctp => 132,
+        }
+    }
+
+    /// As Kubernetes spells it; absent means TCP.
+    pub fn from_kubernetes(s: Option<&str>) -> Result<Self, PolicyError> {
+        match s.unwrap_or("TCP") {
+            "TCP" => Ok(Protocol::Tcp),
+            "UDP" => Ok(Protocol::Udp),
+            "SCTP" => Ok(Protocol::Sctp),
+            other => Err(PolicyError::Protocol(other.to_string())),
+        }
+    }
+}
+
+/// namespace/name of a pod.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct PodKey {
+    pub namespace: String,
+    pub name: String,
+}
+
+impl PodKey {
+    pub fn new(namespace: &str, name: &str) -> Self {
+        PodKey { namespace: namespace.to_string(), name: name.to_string() }
+    }
+}
+
+impl fmt::Display for PodKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}/{}", self.namespace, self.name)
+    }
+}
+
+/// namespace/name of a NetworkPolicy.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct PolicyName {
+    pub namespace: String,
+    pub name: String,
+}
+
+impl PolicyName {
+    pub fn new(namespace: &str, name: &str) -> Self {
+        PolicyName { namespace: namespace.to_string(), name: name.to_string() }
+    }
+}
+
+impl fmt::Display for PolicyName {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}/{}", self.namespace, self.name)
+    }
+}
+
+/// A container port a named policy port can resolve to.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct ContainerPort {
+    pub name: Option<String>,
+    pub port: u16,
+    pub protocol: Protocol,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Pod {
+    pub key: PodKey,
+    pub labels: Labels,
+    /// IPv4 addresses (`status.podIPs`); empty until the pod has one.
+    pub ips: Vec<Ipv4Addr>,
+    pub node: String,
+    /// Host-network pods are never selected by a policy; their address is
+    /// their node's.
+    pub host_network: bool,
+    /// Every container's ports, restartable init containers' too.
+    pub ports: Vec<ContainerPort>,
+}
+
+impl Pod {
+    /// The port `name` resolves to on this pod for `protocol`, if any.
+    pub fn named_port(&self, name: &str, protocol: Protocol) -> Option<u16> {
+        self.ports.iter().find(|p| p.name.as_deref() == Some(name) && p.protocol == protocol).map(|p| p.port)
+    }
+
+    pub fn from_k8s(pod: &core::Pod) -> Result<Self, PolicyError> {
+        let (Some(namespace), Some(name)) = (&pod.metadata.namespace, &pod.metadata.name) else {
+            return Err(PolicyError::NoName);
+        };
+        let spec = pod.spec.as_ref();
+        let status = pod.status.as_ref();
+        let mut ips: Vec<Ipv4Addr> =
+            status.and_then(|s| s.pod_ips.as_ref()).into_iter().flatten().filter_map(|ip| ip.ip.parse().ok()).collect();
+        if ips.is_empty() {
+            ips.extend(status.and_then(|s| s.pod_ip.as_deref()).and_then(|ip| ip.parse::<Ipv4Addr>().ok()));
+        }
+        // Restartable init containers (sidecars, restartPolicy: Always)
+        // serve for the pod's life: their ports are named ports too.
+        let containers = spec.into_iter().flat_map(|s| {
+            s.containers
+                .iter()
+                .chain(s.init_containers.iter().flatten().filter(|c| c.restart_policy.as_deref() == Some("Always")))
+        });
+        let mut ports = Vec::new();
+        for c in containers {
+            for p in c.ports.iter().flatten() {
+                let port = u16::try_from(p.container_port)
+                    .ok()
+                    .filter(|&p| p != 0)
+                    .ok_or(PolicyError::Port(p.container_port.into()))?;
+                ports.push(ContainerPort {
+                    name: p.name.clone(),
+                    port,
+                    protocol: Protocol::from_kubernetes(p.protocol.as_deref())?,
+                });
+            }
+        }
+        Ok(Pod {
+            key: PodKey::new(namespace, name),
+            labels: pod.metadata.labels.clone().unwrap_or_default(),
+            ips,
+            node: spec.and_then(|s| s.node_name.clone()).unwrap_or_default(),
+            host_network: spec.and_then(|s| s.host_network).unwrap_or(false),
+            ports,
+        })
+    }
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Namespace {
+    pub name: String,
+    /// Always holds `kubernetes.io/metadata.name: <name>`.
+    pub labels: Labels,
+}
+
+impl Namespace {
+    pub fn new(name: &str, mut labels: Labels) -> Self {
+        // The API server sets it on every namespace (immutable); an object
+        // that lacks it (an old or fake API server) gets it here.
+        labels.insert(NAMESPACE_NAME_LABEL.to_string(), name.to_string());
+        Namespace { name: name.to_string(), labels }
+    }
+
+    pub fn from_k8s(ns: &core::Namespace) -> Result<Self, PolicyError> {
+        let name = ns.metadata.name.as_deref().ok_or(PolicyError::NoName)?;
+        Ok(Namespace::new(name, ns.metadata.labels.clone().unwrap_or_default()))
+    }
+}
+
+/// An ipBlock: `cidr` minus `except`.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct IpBlock {
+    pub cidr: Ipv4Network,
+    pub except: Vec<Ipv4Network>,
+}
+
+impl IpBlock {
+    pub fn contains(&self, ip: Ipv4Addr) -> bool {
+        self.cidr.contains(ip) && !self.except.iter().any(|e| e.contains(ip))
+    }
+
+    /// Whether every address of `prefix` is in the block (prefixes are
+    /// nested or disjoint, so this is exact for the prefixes policies name).
+    pub fn covers_prefix(&self, prefix: Ipv4Network) -> bool {
+        is_subnet(prefix, self.cidr) && !self.except.iter().any(|&e| is_subnet(prefix, e))
+    }
+}
+
+/// `inner` ⊆ `outer`.
+pub fn is_subnet(inner: Ipv4Network, outer: Ipv4Network) -> bool {
+    outer.prefix() <= inner.prefix() && outer.contains(inner.network())
+}
+
+/// Which namespaces a pod peer is looked for in.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum NamespaceScope {
+    /// No `namespaceSelector`: the policy's own namespace.
+    PolicyNamespace,
+    Selected(LabelSelector),
+}
+
+/// One entry of `from`/`to`.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum Peer {
+    /// `podSelector` and/or `namespaceSelector` (both: ANDed).
+    Pods {
+        namespaces: NamespaceScope,
+        pods: LabelSelector,
+    },
+    IpBlock(IpBlock),
+    /// An IPv6 ipBlock: matches no IPv4 address, but keeps its rule from
+    /// becoming "every peer".
+    Ipv6Block(String),
+}
+
+/// A policy port's port.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum PortRef {
+    Number(u16),
+    /// Resolved against the destination pod's container ports.
+    Name(String),
+}
+
+/// One entry of `ports`.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct PortSpec {
+    pub protocol: Protocol,
+    /// `None`: every port of the protocol.
+    pub port: Option<PortRef>,
+    /// With a numeric `port`: the range's last port.
+    pub end_port: Option<u16>,
+}
+
+/// One ingress or egress rule.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Rule {
+    /// Empty: every peer.
+    pub peers: Vec<Peer>,
+    /// Empty: every protocol and port.
+    pub ports: Vec<PortSpec>,
+}
+
+/// The directions a policy isolates its pods in.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct PolicyTypes {
+    pub ingress: bool,
+    pub egress: bool,
+}
+
+/// The API's defaulting of an empty `policyTypes`: always Ingress, and
+/// Egress when the policy has egress rules.
+pub fn default_policy_types(has_egress_rules: bool) -> PolicyTypes {
+    PolicyTypes { ingress: true, egress: has_egress_rules }
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct NetworkPolicy {
+    pub name: PolicyName,
+    pub pod_selector: LabelSelector,
+    pub types: PolicyTypes,
+    pub ingress: Vec<Rule>,
+    pub egress: Vec<Rule>,
+}
+
+impl NetworkPolicy {
+    pub fn from_k8s(policy: &networking::NetworkPolicy) -> Result<Self, PolicyError> {
+        let (Some(namespace), Some(name)) = (&policy.metadata.namespace, &policy.metadata.name) else {
+            return Err(PolicyError::NoName);
+        };
+        let spec = policy.spec.clone().unwrap_or_default();
+        let pod_selector = match &spec.pod_selector {
+            Some(s) => LabelSelector::from_k8s(s)?,
+            None => LabelSelector::everything(),
+        };
+        let ingress = spec
+            .ingress
+            .iter()
+            .flatten()
+            .map(|r| rule(r.from.as_deref(), r.ports.as_deref()))
+            .collect::<Result<Vec<_>, _>>()?;
+        let egress = spec
+            .egress
+            .iter()
+            .flatten()
+            .map(|r| rule(r.to.as_deref(), r.ports.as_deref()))
+            .collect::<Result<Vec<_>, _>>()?;
+        let types = match spec.policy_types.as_deref() {
+            None | Some([]) => default_policy_types(!egress.is_empty()),
+            Some(types) => {
+                let mut t = PolicyTypes { ingress: false, egress: false };
+                for ty in types {
+                    match ty.as_str() {
+                        "Ingress" => t.ingress = true,
+                        "Egress" => t.egress = true,
+                        other => return Err(PolicyError::PolicyType(other.to_string())),
+                    }
+                }
+                t
+            }
+        };
+        Ok(NetworkPolicy { name: PolicyName::new(namespace, name), pod_selector, types, ingress, egress })
+    }
+}
+
+fn rule(
+    peers: Option<&[networking::NetworkPolicyPeer]>,
+    ports: Option<&[networking::NetworkPolicyPort]>,
+) -> Result<Rule, PolicyError> {
+    Ok(Rule {
+        peers: peers.unwrap_or_default().iter().map(peer).collect::<Result<_, _>>()?,
+        ports: ports.unwrap_or_default().iter().map(port_spec).collect::<Result<_, _>>()?,
+    })
+}
+
+fn peer(p: &networking::NetworkPolicyPeer) -> Result<Peer, PolicyError> {
+    match (&p.ip_block, &p.pod_selector, &p.namespace_selector) {
+        (Some(block), None, None) => ip_block(block),
+        (None, None, None) | (Some(_), _, _) => Err(PolicyError::Peer),
+        (None, pods, namespaces) => Ok(Peer::Pods {
+            namespaces: match namespaces {
+                Some(s) => NamespaceScope::Selected(LabelSelector::from_k8s(s)?),
+                None => NamespaceScope::PolicyNamespace,
+            },
+            pods: match pods {
+                Some(s) => LabelSelector::from_k8s(s)?,
+                None => LabelSelector::everything(),
+            },
+        }),
+    }
+}
+
+fn ip_block(block: &networking::IPBlock) -> Result<Peer, PolicyError> {
+    let bad = |reason: &str| PolicyError::IpBlock { cidr: block.cidr.clone(), reason: reason.to_string() };
+    let parse = |s: &str| -> Result<IpNetwork, PolicyError> { s.parse::<IpNetwork>().map_err(|e| bad(&e.to_string())) };
+    let cidr = match parse(&block.cidr)? {
+        IpNetwork::V6(_) => return Ok(Peer::Ipv6Block(block.cidr.clone())),
+        IpNetwork::V4(net) => Ipv4Network::new(net.network(), net.prefix()).map_err(|e| bad(&e.to_string()))?,
+    };
+    let mut except = Vec::new();
+    for e in block.except.iter().flatten() {
+        match parse(e)? {
+            IpNetwork::V4(net) => {
+                let net = Ipv4Network::new(net.network(), net.prefix()).map_err(|e| bad(&e.to_string()))?;
+                if !is_subnet(net, cidr) {
+                    return Err(bad(&format!("except {net} is not inside the cidr")));
+                }
+                except.push(net);
+            }
+            IpNetwork::V6(_) => return Err(bad("IPv6 except in an IPv4 block")),
+        }
+    }
+    except.sort();
+    except.dedup();
+    Ok(Peer::IpBlock(IpBlock { cidr, except }))
+}
+
+fn port_spec(p: &networking::NetworkPolicyPort) -> Result<PortSpec, PolicyError> {
+    let protocol = Protocol::from_kubernetes(p.protocol.as_deref())?;
+    let number = |n: i64| u16::try_from(n).ok().filter(|&n| n != 0).ok_or(PolicyError::Port(n));
+    let port = match &p.port {
+        None => None,
+        Some(IntOrString::Int(n)) => Some(PortRef::Number(number((*n).into())?)),
+        Some(IntOrString::String(s)) => match s.parse::<i64>() {
+            Ok(n) => Some(PortRef::Number(number(n)?)),
+            Err(_) => Some(PortRef::Name(s.clone())),
+        },
+    };
+    let end_port = match (p.end_port, &port) {
+        (None, _) => None,
+        (Some(end), Some(PortRef::Number(start))) if i64::from(end) >= i64::from(*start) => Some(number(end.into())?),
+        (Some(end), _) => {
+            let start = match &port {
+                Some(PortRef::Number(n)) => Some(i32::from(*n)),
+                _ => None,
+            };
+            return Err(PolicyError::EndPort { start, end });
+        }
+    };
+    Ok(PortSpec { protocol, port, end_port })
+}
+
+/// Everything the compiler reads. Maps are keyed so that iteration (and so
+/// identity allocation and rule order) is deterministic.
+#[derive(Clone, Debug, Default)]
+pub struct PolicyModel {
+    pub namespaces: BTreeMap<String, Namespace>,
+    pub pods: BTreeMap<PodKey, Pod>,
+    pub policies: BTreeMap<PolicyName, NetworkPolicy>,
+    /// Node name → its IPv4 address.
+    pub nodes: BTreeMap<String, Ipv4Addr>,
+    /// Addresses that belong to pods: one not known as a pod is
+    /// `IDENTITY_UNKNOWN_CLUSTER`, never world.
+    pub cluster_cidrs: Vec<Ipv4Network>,
+}
+
+impl PolicyModel {
+    pub fn add_namespace(&mut self, ns: Namespace) {
+        self.namespaces.insert(ns.name.clone(), ns);
+    }
+
+    pub fn add_pod(&mut self, pod: Pod) {
+        self.pods.insert(pod.key.clone(), pod);
+    }
+
+    /// Adds or replaces (same namespace/name) a policy.
+    pub fn add_policy(&mut self, policy: NetworkPolicy) {
+        self.policies.insert(policy.name.clone(), policy);
+    }
+
+    pub fn remove_policy(&mut self, name: &PolicyName) -> Option<NetworkPolicy> {
+        self.policies.remove(name)
+    }
+
+    /// Every distinct IPv4 ipBlock any policy names.
+    pub fn ip_blocks(&self) -> BTreeSet<IpBlock> {
+        self.policies
+            .values()
+            .flat_map(|p| p.ingress.iter().chain(&p.egress))
+            .flat_map(|r| &r.peers)
+            .filter_map(|peer| match peer {
+                Peer::IpBlock(b) => Some(b.clone()),
+                _ => None,
+            })
+            .collect()
+    }
+
+    pub fn in_cluster_cidr(&self, prefix: Ipv4Network) -> bool {
+        self.cluster_cidrs.iter().any(|&c| is_subnet(prefix, c))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use serde_json::json;
+
+    use super::*;
+
+    fn policy(spec: serde_json::Value) -> Result<NetworkPolicy, PolicyError> {
+        let k8s: networking::NetworkPolicy =
+            serde_json::from_value(json!({"metadata": {"namespace": "x", "name": "p"}, "spec": spec})).unwrap();
+        NetworkPolicy::from_k8s(&k8s)
+    }
+
+    #[test]
+    fn policy_types_default_as_the_api_does() {
+        let t = |spec| policy(spec).unwrap().types;
+        assert_eq!(t(json!({"podSelector": {}})), PolicyTypes { ingress: true, egress: false });
+        assert_eq!(t(json!({"podSelector": {}, "ingress": [{}]})), PolicyTypes { ingress: true, egress: false });
+        assert_eq!(t(json!({"podSelector": {}, "egress": [{}]})), PolicyTypes { ingress: true, egress: true });
+        assert_eq!(t(json!({"podSelector": {}, "egress": []})), PolicyTypes { ingress: true, egress: false });
+        assert_eq!(
+            t(json!({"podSelector": {}, "policyTypes": ["Egress"]})),
+            PolicyTypes { ingress: false, egress: true }
+        );
+        assert_eq!(
+            t(json!({"podSelector": {}, "policyTypes": ["Ingress", "Egress"], "egress": [{}]})),
+            PolicyTypes { ingress: true, egress: true }
+        );
+    }
+
+    #[test]
+    fn peers_and_ports_convert() {
+        let p = policy(json!({
+            "podSelector": {"matchLabels": {"pod": "a"}},
+            "ingress": [{
+                "from": [
+                    {"podSelector": {"matchLabels": {"pod": "b"}}},
+                    {"namespaceSelector": {}},
+                    {"namespaceSelector": {"matchLabels": {"ns": "y"}}, "podSelector": {}},
+                    {"ipBlock": {"cidr": "10.0.0.0/8", "except": ["10.1.0.0/16"]}},
+                    {"ipBlock": {"cidr": "fd00::/8"}}
+                ],
+                "ports": [
+                    {"port": 80},
+                    {"port": "serve-81-udp", "protocol": "UDP"},
+                    {"port": 1000, "endPort": 2000, "protocol": "SCTP"},
+                    {"protocol": "UDP"}
+                ]
+            }]
+        }))
+        .unwrap();
+        let r = &p.ingress[0];
+        assert_eq!(
+            r.peers[0],
+            Peer::Pods { namespaces: NamespaceScope::PolicyNamespace, pods: LabelSelector::labels([("pod", "b")]) }
+        );
+        assert_eq!(
+            r.peers[1],
+            Peer::Pods {
+                namespaces: NamespaceScope::Selected(LabelSelector::everything()),
+                pods: LabelSelector::everything()
+            }
+        );
+        assert!(
+            matches!(&r.peers[2], Peer::Pods { namespaces: NamespaceScope::Selected(s), .. } if s.match_labels["ns"] == "y")
+        );
+        assert_eq!(
+            r.peers[3],
+            Peer::IpBlock(IpBlock {
+                cidr: "10.0.0.0/8".parse().unwrap(),
+                except: vec!["10.1.0.0/16".parse().unwrap()]
+            })
+        );
+        assert_eq!(r.peers[4], Peer::Ipv6Block("fd00::/8".into()));
+        assert_eq!(r.ports[0], PortSpec { protocol: Protocol::Tcp, port: Some(PortRef::Number(80)), end_port: None });
+        assert_eq!(
+            r.ports[1],
+            PortSpec { protocol: Protocol::Udp, port: Some(PortRef::Name("serve-81-udp".into())), end_port: None }
+        );
+        assert_eq!(
+            r.ports[2],
+            PortSpec { protocol: Protocol::Sctp, port: Some(PortRef::Number(1000)), end_port: Some(2000) }
+        );
+        assert_eq!(r.ports[3], PortSpec { protocol: Protocol::Udp, port: None, end_port: None });
+    }
+
+    #[test]
+    fn bad_policies_are_named_errors() {
+        let bad = |spec| policy(spec).unwrap_err();
+        assert_eq!(bad(json!({"ingress": [{"ports": [{"protocol": "ICMP"}]}]})), PolicyError::Protocol("ICMP".into()));
+        assert_eq!(bad(json!({"ingress": [{"ports": [{"port": 70000}]}]})), PolicyError::Port(70000));
+        assert!(matches!(
+            bad(json!({"ingress": [{"ports": [{"port": 80, "endPort": 79}]}]})),
+            PolicyError::EndPort { .. }
+        ));
+        assert!(matches!(
+            bad(json!({"ingress": [{"ports": [{"port": "http", "endPort": 90}]}]})),
+            PolicyError::EndPort { .. }
+        ));
+        assert!(matches!(
+            bad(json!({"egress": [{"to": [{"ipBlock": {"cidr": "10.0.0.0/8", "except": ["11.0.0.0/16"]}}]}]})),
+            PolicyError::IpBlock { .. }
+        ));
+        assert!(matches!(
+            bad(json!({"egress": [{"to": [{"ipBlock": {"cidr": "nonsense"}}]}]})),
+            PolicyError::IpBlock { .. }
+        ));
+        assert_eq!(bad(json!({"egress": [{"to": [{}]}]})), PolicyError::Peer);
+        assert_eq!(bad(json!({"policyTypes": ["Sideways"]})), PolicyError::PolicyType("Sideways".into()));
+    }
+
+    #[test]
+    fn pods_convert_with_sidecar_ports_and_namespaces_get_their_name_label() {
+        let pod: core::Pod = serde_json::from_value(json!({
+            "metadata": {"namespace": "x", "name": "a", "labels": {"pod": "a"}},
+            "spec": {
+                "nodeName": "n1",
+                "containers": [{"name": "c80", "ports": [{"name": "serve-80-tcp", "containerPort": 80}]}],
+                "initContainers": [
+                    {"name": "sidecar", "restartPolicy": "Always", "ports": [{"name": "serve-81-udp", "containerPort": 81, "protocol": "UDP"}]},
+                    {"name": "setup", "ports": [{"name": "setup", "containerPort": 9}]}
+                ]
+            },
+            "status": {"podIP": "10.244.1.5", "podIPs": [{"ip": "10.244.1.5"}, {"ip": "fd00::5"}]}
+        }))
+        .unwrap();
+        let pod = Pod::from_k8s(&pod).unwrap();
+        assert_eq!(pod.ips, vec![Ipv4Addr::new(10, 244, 1, 5)]);
+        assert_eq!(pod.node, "n1");
+        assert_eq!(pod.named_port("serve-80-tcp", Protocol::Tcp), Some(80));
+        assert_eq!(pod.named_port("serve-81-udp", Protocol::Udp), Some(81));
+        assert_eq!(pod.named_port("serve-81-udp", Protocol::Tcp), None);
+        assert_eq!(pod.named_port("setup", Protocol::Tcp), None, "a plain init container's port is not the pod's");
+        let ns: core::Namespace = serde_json::from_value(json!({"metadata": {"name": "y"}})).unwrap();
+        assert_eq!(Namespace::from_k8s(&ns).unwrap().labels[NAMESPACE_NAME_LABEL], "y");
+    }
+
+    #[test]
+    fn ip_block_containment() {
+        let b = IpBlock { cidr: "10.0.0.0/8".parse().unwrap(), except: vec!["10.1.0.0/16".parse().unwrap()] };
+        assert!(b.contains(Ipv4Addr::new(10, 2, 0, 1)));
+        assert!(!b.contains(Ipv4Addr::new(10, 1, 0, 1)));
+        assert!(!b.contains(Ipv4Addr::new(11, 0, 0, 1)));
+        assert!(b.covers_prefix("10.2.0.0/16".parse().unwrap()));
+        assert!(!b.covers_prefix("10.1.2.0/24".parse().unwrap()));
+        assert!(!b.covers_prefix("0.0.0.0/4".parse().unwrap()));
+    }
+}

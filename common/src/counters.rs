@@ -157,20 +157,7 @@ impl ForwardPath {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    /// A golden table `[(variant, number, name)]`, one row per variant. It
-    /// does not compile while a variant of the enum has no row.
-    macro_rules! golden {
-        ($enum:ident { $($variant:ident = $number:literal, $name:literal;)* }) => {{
-            #[allow(dead_code)]
-            fn every_variant_has_a_row(v: $enum) {
-                match v {
-                    $($enum::$variant => {})*
-                }
-            }
-            [$(($enum::$variant, $number, $name)),*]
-        }};
-    }
+    use crate::golden::{check, golden};
 
     // The contract with pinned `DROPS` / `FORWARDS` maps, `status` and
     // metrics: every variant's number and name. A row never changes. A new
@@ -205,30 +192,6 @@ mod tests {
         TunnelEncap = 8, "tunnel_encap";
         TunnelDecap = 9, "tunnel_decap";
     });
-
-    /// The enum agrees with its golden table: every variant has the row's
-    /// number and name, `ALL` lists exactly the rows in their order, the
-    /// numbers are dense from 0 (they index per-CPU arrays of `COUNT`
-    /// entries), and names are unique.
-    fn check<T: Copy + PartialEq + core::fmt::Debug>(
-        golden: &[(T, u32, &str)],
-        all: &[T],
-        count: u32,
-        number: fn(T) -> u32,
-        name: fn(T) -> &'static str,
-    ) {
-        assert_eq!(all.len(), golden.len(), "ALL has {} variants, the golden table {}", all.len(), golden.len());
-        assert_eq!(count as usize, golden.len(), "COUNT");
-        for (i, (&(variant, n, label), &listed)) in golden.iter().zip(all).enumerate() {
-            assert_eq!(n, i as u32, "golden row {i} ({variant:?}): numbers are dense and in order");
-            assert_eq!(number(variant), n, "{variant:?} renumbered");
-            assert_eq!(name(variant), label, "{variant:?} renamed");
-            assert_eq!(listed, variant, "ALL[{i}]");
-        }
-        for (i, (_, _, a)) in golden.iter().enumerate() {
-            assert!(golden[i + 1..].iter().all(|(_, _, b)| a != b), "name {a} used twice");
-        }
-    }
 
     #[test]
     fn drop_reasons_match_the_golden_table() {

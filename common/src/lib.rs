@@ -10,6 +10,8 @@
 
 pub mod counters;
 pub mod events;
+#[cfg(test)]
+mod golden;
 pub mod maps;
 pub mod policy;
 pub mod services;

@@ -69,13 +69,24 @@ pub mod programs {
     /// Egress of the node's uplink: what the stack sends out.
     pub const TO_UPLINK: &str = "to_uplink";
     /// cgroup `connect4`: a socket connecting to a Service's cluster IP.
+    /// (The IPv4 programs have no `4` in their names: their links were
+    /// pinned under these names before the IPv6 twins existed.)
     pub const SOCK_CONNECT: &str = "sock_connect";
+    /// cgroup `connect6`: the same for an IPv6 socket and a v4-mapped
+    /// cluster IP (`::ffff:10.96.0.10`).
+    pub const SOCK_CONNECT6: &str = "sock_connect6";
     /// cgroup `sendmsg4`: an unconnected UDP datagram to a cluster IP.
     pub const SOCK_SENDMSG: &str = "sock_sendmsg";
+    // No `sendmsg6` twin: the kernel hands an IPv6 socket's datagram to a
+    // v4-mapped address to the IPv4 path, where `sock_sendmsg` runs.
     /// cgroup `recvmsg4`: a reply's source shown as the cluster IP.
     pub const SOCK_RECVMSG: &str = "sock_recvmsg";
+    /// cgroup `recvmsg6`: the same, v4-mapped.
+    pub const SOCK_RECVMSG6: &str = "sock_recvmsg6";
     /// cgroup `getpeername4`: a translated socket's peer shown as the cluster IP.
     pub const SOCK_GETPEERNAME: &str = "sock_getpeername";
+    /// cgroup `getpeername6`: the same, v4-mapped.
+    pub const SOCK_GETPEERNAME6: &str = "sock_getpeername6";
 }
 
 /// `skb->mark` bit the fast path sets on packets it redirects out of the

@@ -128,6 +128,23 @@ pub const fn admission(service: &ServiceValue) -> Admission {
     }
 }
 
+/// `0000:0000:0000:0000:0000:ffff` in the third word of an IPv6 address
+/// as the sock_addr programs read it (`user_ip6[2]`, network order).
+const V4_MAPPED_PREFIX_WORD: u32 = u32::from_ne_bytes([0, 0, 0xff, 0xff]);
+
+/// The IPv4 address (network order, as `user_ip4`) inside a v4-mapped IPv6
+/// address (`::ffff:a.b.c.d`, RFC 4291 2.5.5.2), given as the four words of
+/// `bpf_sock_addr::user_ip6` (each in network order). `None` for every
+/// other IPv6 address: native IPv6 is not a Service address (yet), and the
+/// deprecated v4-compatible `::a.b.c.d` is not mapped.
+pub const fn v4_mapped_be(ip6: [u32; 4]) -> Option<u32> {
+    if ip6[0] == 0 && ip6[1] == 0 && ip6[2] == V4_MAPPED_PREFIX_WORD {
+        Some(ip6[3])
+    } else {
+        None
+    }
+}
+
 /// What the socket load balancer counts (`SOCK_LB_STATS`, per CPU, by
 /// this index). Numbered, never renumbered.
 #[repr(u32)]
@@ -146,17 +163,21 @@ pub enum SockLbCounter {
     /// A backend slot was missing (a set replaced mid-lookup): left
     /// untranslated.
     SlotMissing = 5,
+    /// Of `Connected`: an IPv6 socket's `connect()` to a v4-mapped cluster
+    /// IP (`::ffff:10.96.0.10`), translated by `sock_connect6`.
+    V4Mapped = 6,
 }
 
 impl SockLbCounter {
-    pub const COUNT: u32 = 6;
-    pub const ALL: [SockLbCounter; 6] = [
+    pub const COUNT: u32 = 7;
+    pub const ALL: [SockLbCounter; Self::COUNT as usize] = [
         SockLbCounter::Connected,
         SockLbCounter::Sent,
         SockLbCounter::RefusedNoEndpoints,
         SockLbCounter::RefusedNoLocalEndpoints,
         SockLbCounter::Reversed,
         SockLbCounter::SlotMissing,
+        SockLbCounter::V4Mapped,
     ];
 
     /// Name in `status` and metrics.
@@ -168,6 +189,7 @@ impl SockLbCounter {
             SockLbCounter::RefusedNoLocalEndpoints => "refused_no_local_endpoints",
             SockLbCounter::Reversed => "reversed",
             SockLbCounter::SlotMissing => "slot_missing",
+            SockLbCounter::V4Mapped => "v4_mapped",
         }
     }
 }
@@ -189,6 +211,7 @@ mod pod_impls {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::golden::{check, golden};
 
     #[test]
     fn admission_refuses_empty_and_unreachable_local_only() {
@@ -200,12 +223,38 @@ mod tests {
         assert_eq!(admission(&v), Admission::Unreachable);
     }
 
+    // The contract with the pinned `SOCK_LB_STATS` map, `status` and
+    // metrics (`crate::golden`).
+    const SOCK_LB_COUNTERS: &[(SockLbCounter, u32, &str)] = &golden!(SockLbCounter {
+        Connected = 0, "connected";
+        Sent = 1, "sent";
+        RefusedNoEndpoints = 2, "refused_no_endpoints";
+        RefusedNoLocalEndpoints = 3, "refused_no_local_endpoints";
+        Reversed = 4, "reversed";
+        SlotMissing = 5, "slot_missing";
+        V4Mapped = 6, "v4_mapped";
+    });
+
     #[test]
-    fn counters_are_numbered_in_order() {
-        for (i, c) in SockLbCounter::ALL.iter().enumerate() {
-            assert_eq!(*c as u32, i as u32);
+    fn sock_lb_counters_match_the_golden_table() {
+        check(SOCK_LB_COUNTERS, &SockLbCounter::ALL, SockLbCounter::COUNT, |c| c as u32, SockLbCounter::name);
+    }
+
+    /// `user_ip6` as the kernel fills it: four words, each the address's
+    /// bytes in network order.
+    fn words(ip: &str) -> [u32; 4] {
+        let o = ip.parse::<core::net::Ipv6Addr>().unwrap().octets();
+        core::array::from_fn(|i| u32::from_ne_bytes([o[4 * i], o[4 * i + 1], o[4 * i + 2], o[4 * i + 3]]))
+    }
+
+    #[test]
+    fn only_v4_mapped_addresses_yield_their_ipv4_address() {
+        let cluster_ip = u32::from_ne_bytes([10, 96, 0, 10]);
+        assert_eq!(v4_mapped_be(words("::ffff:10.96.0.10")), Some(cluster_ip));
+        assert_eq!(v4_mapped_be(words("::ffff:0a60:000a")), Some(cluster_ip));
+        for other in ["fd00::a60:a", "::10.96.0.10", "::ffff:0:10.96.0.10", "64:ff9b::10.96.0.10", "::1", "::"] {
+            assert_eq!(v4_mapped_be(words(other)), None, "{other}");
         }
-        assert_eq!(SockLbCounter::ALL.len() as u32, SockLbCounter::COUNT);
     }
 
     #[test]

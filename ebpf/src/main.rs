@@ -10,7 +10,8 @@
 //! - `to_pod` / `to_uplink`: egress of the host veths and the uplink: remember
 //!   flows the node's stack forwarded, so their replies go back through it
 //!   (`stack_flows`: kube-proxy's Services, NodePorts, hostPorts).
-//! - `sock_connect`, `sock_sendmsg`, `sock_recvmsg`, `sock_getpeername`:
+//! - `sock_connect`, `sock_sendmsg`, `sock_recvmsg`, `sock_getpeername` and
+//!   their IPv6 twins (`sock_connect6`, ...: v4-mapped cluster IPs):
 //!   cgroup programs that balance Services' cluster IPs at the socket
 //!   (`sock_lb`).
 //! - `from_tunnel` / `to_tunnel`: ingress and egress of the node's VXLAN

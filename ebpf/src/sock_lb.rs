@@ -11,10 +11,26 @@
 //! - `sock_recvmsg` / `sock_getpeername`: a reply's source, or a connected
 //!   socket's peer, is shown as the cluster IP the program asked for.
 //!
+//! An `AF_INET6` socket (Java's default, and any dual-stack program) names
+//! a cluster IP v4-mapped, `::ffff:10.96.0.10`. The kernel carries it over
+//! IPv4, but runs the IPv6 hooks for `connect()`, `recvmsg()` and
+//! `getpeername()`: those programs have IPv6 twins (`sock_connect6`,
+//! `sock_recvmsg6`, `sock_getpeername6`) that translate v4-mapped addresses
+//! and only those, writing the backend (or the cluster IP) back v4-mapped;
+//! a native IPv6 address passes untouched (IPv6 Services are not supported
+//! yet). An unconnected datagram to a v4-mapped address needs no twin:
+//! `udpv6_sendmsg` hands it to `udp_sendmsg` with the IPv4 address before
+//! any hook, so `sock_sendmsg` translates it (a `sendmsg6` program never
+//! sees a v4-mapped destination, and the kernel refuses one written there
+//! with `ENOTSUPP`). The unsuffixed names are the IPv4 programs: pinned
+//! links carry them, so they keep them.
+//!
 //! Every program returns 1 (carry on) except a refusal: 0 with the error
 //! set by `bpf_set_retval` (`ECONNREFUSED` when a Service has no
 //! endpoints, as kube-proxy's REJECT; `EHOSTUNREACH` when only other
 //! nodes have endpoints and the policy is Local).
+use core::ptr::{read_volatile, write_volatile};
+
 use aya_ebpf::{
     helpers::generated::{
         bpf_get_netns_cookie, bpf_get_prandom_u32, bpf_get_socket_cookie, bpf_ktime_get_ns, bpf_set_retval,
@@ -24,8 +40,8 @@ use aya_ebpf::{
     EbpfContext,
 };
 use sluice_common::services::{
-    admission, affinity_fresh, Admission, AffinityKey, AffinityValue, Backend, BackendMember, BackendSlot, ReverseKey,
-    ServiceKey, ServiceValue, SockLbCounter,
+    admission, affinity_fresh, v4_mapped_be, Admission, AffinityKey, AffinityValue, Backend, BackendMember,
+    BackendSlot, ReverseKey, ServiceKey, ServiceValue, SockLbCounter,
 };
 
 use crate::maps::{AFFINITY, BACKENDS, BACKEND_MEMBERS, SERVICES, SOCK_LB_STATS, SOCK_REVERSE};
@@ -45,16 +61,65 @@ fn count(counter: SockLbCounter) {
     }
 }
 
+/// Which hook a program sits on: it decides where the address is.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Family {
+    /// `connect4` & co.: `user_ip4`.
+    V4,
+    /// `connect6` & co.: `user_ip6`, translated only when v4-mapped.
+    V6,
+}
+
+/// The IPv4 address the socket call names (network order): `user_ip4`, or
+/// the IPv4 address in a v4-mapped `user_ip6`. `None`: native IPv6.
+#[inline(always)]
+fn address(ctx: &SockAddrContext, family: Family) -> Option<u32> {
+    // SAFETY: the kernel hands a valid `bpf_sock_addr`; `user_ip4` is
+    // readable on the IPv4 hooks, `user_ip6` on the IPv6 ones. One 4-byte
+    // volatile load per word: the verifier refuses wider ctx loads, and
+    // volatile keeps the compiler from merging two into one.
+    unsafe {
+        let sa = ctx.sock_addr;
+        match family {
+            Family::V4 => Some((*sa).user_ip4),
+            Family::V6 => v4_mapped_be([
+                read_volatile(&(*sa).user_ip6[0]),
+                read_volatile(&(*sa).user_ip6[1]),
+                read_volatile(&(*sa).user_ip6[2]),
+                read_volatile(&(*sa).user_ip6[3]),
+            ]),
+        }
+    }
+}
+
+/// Write `ip_be:port_be` as the call's address. On the IPv6 hooks only the
+/// last word changes: the first three already hold the v4-mapped prefix
+/// (`address` checked them), so the result is `::ffff:<ip>`.
+#[inline(always)]
+fn set_address(ctx: &SockAddrContext, family: Family, ip_be: u32, port_be: u16) {
+    // SAFETY: `user_ip4` / `user_ip6` and `user_port` are writable (4-byte
+    // stores) in every hook these programs sit on; the port goes in
+    // network byte order.
+    unsafe {
+        let sa = ctx.sock_addr;
+        match family {
+            Family::V4 => (*sa).user_ip4 = ip_be,
+            Family::V6 => write_volatile(&mut (*sa).user_ip6[3], ip_be),
+        }
+        (*sa).user_port = port_be as u32;
+    }
+}
+
 /// The destination the socket call names, as a frontend key.
 #[inline(always)]
-fn frontend(ctx: &SockAddrContext) -> Option<ServiceKey> {
+fn frontend(ctx: &SockAddrContext, family: Family) -> Option<ServiceKey> {
     // SAFETY: the kernel hands a valid `bpf_sock_addr`; these fields are
     // readable in every sock_addr program.
-    let (ip, port, protocol) =
-        unsafe { ((*ctx.sock_addr).user_ip4, (*ctx.sock_addr).user_port, (*ctx.sock_addr).protocol) };
+    let (port, protocol) = unsafe { ((*ctx.sock_addr).user_port, (*ctx.sock_addr).protocol) };
     if protocol != IPPROTO_TCP && protocol != IPPROTO_UDP {
         return None;
     }
+    let ip = address(ctx, family)?;
     // `user_port` holds the port in network byte order in its low 16 bits.
     Some(ServiceKey { vip_be: ip, port_be: port as u16, protocol: protocol as u8, _pad: 0 })
 }
@@ -105,8 +170,8 @@ fn pick(ctx: &SockAddrContext, key: &ServiceKey, service: &ServiceValue) -> Opti
 /// Translate a cluster IP destination to a backend. Returns the program's
 /// verdict.
 #[inline(always)]
-fn translate(ctx: &SockAddrContext, done: SockLbCounter) -> i32 {
-    let Some(key) = frontend(ctx) else { return ALLOW };
+fn translate(ctx: &SockAddrContext, family: Family, done: SockLbCounter) -> i32 {
+    let Some(key) = frontend(ctx, family) else { return ALLOW };
     // SAFETY: the value is copied out at once.
     let Some(service) = (unsafe { SERVICES.get(&key) }).copied() else { return ALLOW };
     match admission(&service) {
@@ -128,34 +193,29 @@ fn translate(ctx: &SockAddrContext, done: SockLbCounter) -> i32 {
         count(SockLbCounter::SlotMissing);
         return ALLOW;
     };
-    // SAFETY: `user_ip4` and `user_port` are writable in connect4 and
-    // sendmsg4; the port goes back in network byte order.
-    unsafe {
-        (*ctx.sock_addr).user_ip4 = backend.ip_be;
-        (*ctx.sock_addr).user_port = backend.port_be as u32;
-    }
+    set_address(ctx, family, backend.ip_be, backend.port_be);
     // SAFETY: a plain helper valid in sock_addr programs.
     let cookie = unsafe { bpf_get_socket_cookie(ctx.as_ptr()) };
     let _ = SOCK_REVERSE.insert(&ReverseKey { cookie, backend }, &key, 0);
     count(done);
+    if family == Family::V6 {
+        count(SockLbCounter::V4Mapped);
+    }
     ALLOW
 }
 
 /// Show a backend source or peer as the cluster IP the socket asked for.
 #[inline(always)]
-fn reverse(ctx: &SockAddrContext) -> i32 {
-    // SAFETY: readable in recvmsg4 / getpeername4.
-    let (ip, port) = unsafe { ((*ctx.sock_addr).user_ip4, (*ctx.sock_addr).user_port) };
+fn reverse(ctx: &SockAddrContext, family: Family) -> i32 {
+    let Some(ip) = address(ctx, family) else { return ALLOW };
+    // SAFETY: readable in every sock_addr program.
+    let port = unsafe { (*ctx.sock_addr).user_port };
     // SAFETY: a plain helper valid in sock_addr programs.
     let cookie = unsafe { bpf_get_socket_cookie(ctx.as_ptr()) };
     let key = ReverseKey { cookie, backend: Backend { ip_be: ip, port_be: port as u16, _pad: 0 } };
     // SAFETY: the value is copied out at once.
     if let Some(frontend) = unsafe { SOCK_REVERSE.get(&key) }.copied() {
-        // SAFETY: writable in recvmsg4 and getpeername4.
-        unsafe {
-            (*ctx.sock_addr).user_ip4 = frontend.vip_be;
-            (*ctx.sock_addr).user_port = frontend.port_be as u32;
-        }
+        set_address(ctx, family, frontend.vip_be, frontend.port_be);
         count(SockLbCounter::Reversed);
     }
     ALLOW
@@ -163,20 +223,35 @@ fn reverse(ctx: &SockAddrContext) -> i32 {
 
 #[cgroup_sock_addr(connect4)]
 pub fn sock_connect(ctx: SockAddrContext) -> i32 {
-    translate(&ctx, SockLbCounter::Connected)
+    translate(&ctx, Family::V4, SockLbCounter::Connected)
+}
+
+#[cgroup_sock_addr(connect6)]
+pub fn sock_connect6(ctx: SockAddrContext) -> i32 {
+    translate(&ctx, Family::V6, SockLbCounter::Connected)
 }
 
 #[cgroup_sock_addr(sendmsg4)]
 pub fn sock_sendmsg(ctx: SockAddrContext) -> i32 {
-    translate(&ctx, SockLbCounter::Sent)
+    translate(&ctx, Family::V4, SockLbCounter::Sent)
 }
 
 #[cgroup_sock_addr(recvmsg4)]
 pub fn sock_recvmsg(ctx: SockAddrContext) -> i32 {
-    reverse(&ctx)
+    reverse(&ctx, Family::V4)
+}
+
+#[cgroup_sock_addr(recvmsg6)]
+pub fn sock_recvmsg6(ctx: SockAddrContext) -> i32 {
+    reverse(&ctx, Family::V6)
 }
 
 #[cgroup_sock_addr(getpeername4)]
 pub fn sock_getpeername(ctx: SockAddrContext) -> i32 {
-    reverse(&ctx)
+    reverse(&ctx, Family::V4)
+}
+
+#[cgroup_sock_addr(getpeername6)]
+pub fn sock_getpeername6(ctx: SockAddrContext) -> i32 {
+    reverse(&ctx, Family::V6)
 }

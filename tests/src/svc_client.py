@@ -33,13 +33,22 @@ def first_line(data):
 
 
 gap = float(sys.argv[5]) / 1000 if len(sys.argv) > 5 else 0
+family = socket.AF_INET6 if ":" in ip else socket.AF_INET
+
+
+def addr(sa):
+    """host:port of a socket address, [host]:port for IPv6."""
+    return ("[%s]:%d" if len(sa) == 4 else "%s:%d") % sa[:2]
+
 
 if mode == "tcp":
     for _ in range(int(n)):
         time.sleep(gap)
         try:
-            s = socket.create_connection((ip, port), timeout=2)
-            peer = "%s:%d" % s.getpeername()
+            s = socket.socket(family, socket.SOCK_STREAM)
+            s.settimeout(2)
+            s.connect((ip, port))
+            peer = addr(s.getpeername())
             data = s.recv(200)
             s.close()
             print("ok peer=%s answer=%s" % (peer, first_line(data)), flush=True)
@@ -48,24 +57,24 @@ if mode == "tcp":
 elif mode == "udp":
     for _ in range(int(n)):
         try:
-            s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+            s = socket.socket(family, socket.SOCK_DGRAM)
             s.settimeout(2)
             s.connect((ip, port))
-            peer = "%s:%d" % s.getpeername()
+            peer = addr(s.getpeername())
             s.send(b"q\n")
             data, src = s.recvfrom(200)
             s.close()
-            print("ok peer=%s:%d answer=%s getpeername=%s" % (src[0], src[1], first_line(data), peer), flush=True)
+            print("ok peer=%s answer=%s getpeername=%s" % (addr(src), first_line(data), peer), flush=True)
         except OSError as e:
             err(e)
 elif mode == "sendto":
-    s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    s = socket.socket(family, socket.SOCK_DGRAM)
     s.settimeout(2)
     for _ in range(int(n)):
         try:
             s.sendto(b"q\n", (ip, port))
             data, src = s.recvfrom(200)
-            print("ok peer=%s:%d answer=%s" % (src[0], src[1], first_line(data)), flush=True)
+            print("ok peer=%s answer=%s" % (addr(src), first_line(data)), flush=True)
         except OSError as e:
             err(e)
 elif mode == "udp-serve":
@@ -80,7 +89,7 @@ elif mode == "udp-stream":
     while time.time() < end:
         try:
             if s is None:
-                s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+                s = socket.socket(family, socket.SOCK_DGRAM)
                 s.settimeout(1)
                 s.connect((ip, port))
                 print("connected", flush=True)
@@ -100,7 +109,9 @@ elif mode == "udp-stream":
 elif mode == "stream":
     end = time.time() + float(n)
     try:
-        s = socket.create_connection((ip, port), timeout=2)
+        s = socket.socket(family, socket.SOCK_STREAM)
+        s.settimeout(2)
+        s.connect((ip, port))
         i = 0
         while time.time() < end:
             t = time.time()

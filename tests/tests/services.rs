@@ -127,6 +127,57 @@ fn cluster_ip_from_pods_and_nodes_reaches_every_backend_over_tcp_and_udp() {
     assert!(v["services"]["counters"]["sent"].as_u64().unwrap() >= 40, "{}", v["services"]["counters"]);
 }
 
+/// Issue #24: an `AF_INET6` socket (Java's default) names a ClusterIP
+/// v4-mapped, `::ffff:10.96.0.50`; the kernel runs only the IPv6 hooks for
+/// it, so without the `*6` programs it would connect to the bare ClusterIP
+/// (nothing answers there: no kube-proxy in this lab).
+#[test]
+fn an_ipv6_socket_reaches_a_v4_mapped_cluster_ip_over_tcp_and_udp() {
+    require_root();
+    let lab = services::lab(2, 1).unwrap();
+    let backends = all_pods(&lab);
+    publish_web(&lab, &backends);
+    wait_backends(&lab, WEB_IP, 80, "TCP", &targets(&backends, 7777)).unwrap();
+    wait_backends(&lab, WEB_IP, 53, "UDP", &targets(&backends, services::UDP_PORT)).unwrap();
+    let n1 = lab.state.nodes[0].clone();
+    let names: BTreeSet<String> = lab.pods().iter().map(|(_, p)| p.name.clone()).collect();
+    let mapped = format!("::ffff:{WEB_IP}");
+    let before = services::service_status(&lab, 0).unwrap()["services"]["counters"]["v4_mapped"].as_u64();
+    assert_eq!(before, Some(0), "status counts v4-mapped translations");
+
+    // From a pod and from the node itself: TCP, connected UDP, sendto.
+    for (who, netns) in [("pod", n1.pods[0].netns.as_str()), ("node", n1.netns.as_str())] {
+        let tcp = client(&lab, &n1, netns, &["tcp", &mapped, "80", "20"]).unwrap();
+        assert_eq!(oks(&tcp), 20, "{who}: {:?}", tally(&tcp));
+        for o in &tcp {
+            let Outcome::Ok { peer, .. } = o else { unreachable!() };
+            assert_eq!(peer, &format!("[{mapped}]:80"), "{who}: getpeername() shows the v4-mapped ClusterIP");
+        }
+        let t = tally(&tcp);
+        assert_eq!(t.keys().cloned().collect::<BTreeSet<_>>(), names, "{who}: both backends answer: {t:?}");
+
+        let udp = client(&lab, &n1, netns, &["udp", &mapped, "53", "20"]).unwrap();
+        assert_eq!(oks(&udp), 20, "{who}: {:?}", tally(&udp));
+        for o in &udp {
+            let Outcome::Ok { peer, line, .. } = o else { unreachable!() };
+            assert_eq!(peer, &format!("[{mapped}]:53"), "{who}: the reply comes from the ClusterIP: {line}");
+            assert!(line.contains(&format!("getpeername=[{mapped}]:53")), "{who}: {line}");
+        }
+        assert_eq!(tally(&udp).len(), 2, "{who}: {:?}", tally(&udp));
+
+        let sendto = client(&lab, &n1, netns, &["sendto", &mapped, "53", "20"]).unwrap();
+        assert_eq!(oks(&sendto), 20, "{who}: {:?}", tally(&sendto));
+        for o in &sendto {
+            let Outcome::Ok { peer, .. } = o else { unreachable!() };
+            assert_eq!(peer, &format!("[{mapped}]:53"), "{who}: recvfrom() shows the ClusterIP");
+        }
+        assert_eq!(tally(&sendto).len(), 2, "{who}: per-datagram balancing: {:?}", tally(&sendto));
+    }
+    // Done by the IPv6 programs: every connect (20 TCP + 20 UDP, twice).
+    let counters = services::service_status(&lab, 0).unwrap()["services"]["counters"].clone();
+    assert!(counters["v4_mapped"].as_u64().unwrap() >= 80, "{counters}");
+}
+
 #[test]
 fn no_endpoints_refuses_at_once_and_local_policy_without_local_endpoints_is_unreachable() {
     require_root();
@@ -285,6 +336,17 @@ fn agent_sigkill_and_restart_under_a_stream_of_new_connections_refuses_none() {
 /// ECONNABORTED, and the socket it connects next reaches a live backend.
 #[test]
 fn a_connected_udp_socket_to_a_removed_backend_is_aborted_and_a_new_socket_reaches_a_live_one() {
+    connected_udp_socket_to_a_removed_backend(false);
+}
+
+/// The same for an IPv6 socket connected to the v4-mapped ClusterIP (issue
+/// #24): only an `AF_INET6` sock_diag dump lists it.
+#[test]
+fn an_ipv6_udp_socket_connected_v4_mapped_to_a_removed_backend_is_aborted_too() {
+    connected_udp_socket_to_a_removed_backend(true);
+}
+
+fn connected_udp_socket_to_a_removed_backend(ipv6_socket: bool) {
     use std::{
         io::{BufRead, BufReader},
         sync::mpsc,
@@ -304,7 +366,8 @@ fn a_connected_udp_socket_to_a_removed_backend_is_aborted_and_a_new_socket_reach
     publish(&backends);
     wait_backends(&lab, dns_ip, 53, "UDP", &targets(&backends, port)).unwrap();
 
-    let mut child = spawn_client(&lab, &n1, &n1.pods[0].netns, &["udp-stream", dns_ip, "53", "20"]).unwrap();
+    let target = if ipv6_socket { format!("::ffff:{dns_ip}") } else { dns_ip.to_string() };
+    let mut child = spawn_client(&lab, &n1, &n1.pods[0].netns, &["udp-stream", &target, "53", "20"]).unwrap();
     let (tx, rx) = mpsc::channel();
     let stdout = child.stdout.take().unwrap();
     std::thread::spawn(move || {

@@ -198,7 +198,9 @@ fn copy_entries(name: &str, old: Map, new: &mut Map) -> Result<usize> {
                 n += 1;
             }
         }
-        names::DROPS | names::FORWARDS => {
+        // Counters indexed by an enum that grew at its end (a new drop
+        // reason, a new socket-LB counter): every old index keeps its count.
+        names::DROPS | names::FORWARDS | names::SOCK_LB_STATS => {
             let from: PerCpuArray<MapData, u64> = old.try_into()?;
             let mut to: PerCpuArray<&mut MapData, u64> = new.try_into()?;
             for i in 0..from.len().min(to.len()) {

@@ -12,9 +12,20 @@ use sluice_common::maps::programs;
 
 use super::{bpf_sys, links::ignore_not_found, pins::PinDir};
 
-/// The cgroup programs, in attach order.
-pub const SOCK_PROGRAMS: [&str; 4] =
-    [programs::SOCK_CONNECT, programs::SOCK_SENDMSG, programs::SOCK_RECVMSG, programs::SOCK_GETPEERNAME];
+/// The cgroup programs, in attach order: each IPv4 program beside its IPv6
+/// twin for v4-mapped cluster IPs (`sendmsg` has none: see
+/// `ebpf/src/sock_lb.rs`). An agent upgraded from a version without the
+/// twins finds only the IPv4 links pinned: those are swapped in place, the
+/// twins attached anew.
+pub const SOCK_PROGRAMS: [&str; 7] = [
+    programs::SOCK_CONNECT,
+    programs::SOCK_CONNECT6,
+    programs::SOCK_SENDMSG,
+    programs::SOCK_RECVMSG,
+    programs::SOCK_RECVMSG6,
+    programs::SOCK_GETPEERNAME,
+    programs::SOCK_GETPEERNAME6,
+];
 
 /// The "interface" part of the cgroup links' pin names.
 pub const CGROUP_LINK: &str = "cgroup";

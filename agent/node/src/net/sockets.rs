@@ -11,6 +11,10 @@
 //! does the same for UDP by deleting the conntrack entries of removed
 //! endpoints.
 //!
+//! Both families: an `AF_INET6` socket connected to a v4-mapped cluster IP
+//! (`sock_connect6`) is connected to `::ffff:<backend>`, and only an
+//! `AF_INET6` dump lists it.
+//!
 //! sock_diag answers only for the namespace its netlink socket was created
 //! in: `destroy_udp4_to` works in the calling thread's namespace,
 //! `destroy_udp4_in_cgroup` enters, on a thread each, the namespaces of a
@@ -28,7 +32,7 @@ use std::{
 use anyhow::{anyhow, bail, Context, Result};
 use netlink_packet_core::{NetlinkHeader, NetlinkMessage, NetlinkPayload, NLM_F_ACK, NLM_F_DUMP, NLM_F_REQUEST};
 use netlink_packet_sock_diag::{
-    constants::{AF_INET, IPPROTO_UDP},
+    constants::{AF_INET, AF_INET6, IPPROTO_UDP},
     inet::{ExtensionFlags, InetRequest, SocketId, StateFlags},
     SockDiagDestroy, SockDiagMessage,
 };
@@ -36,9 +40,29 @@ use netlink_sys::{protocols::NETLINK_SOCK_DIAG, Socket, SocketAddr};
 
 use super::netns;
 
-/// A connected IPv4 UDP socket as sock_diag reports it.
+/// Which kind of socket: the family sock_diag is asked with.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Family {
+    /// `AF_INET`.
+    Inet,
+    /// `AF_INET6`, connected to a v4-mapped address (`::ffff:a.b.c.d`):
+    /// its addresses are shown here as the IPv4 addresses inside.
+    Inet6Mapped,
+}
+
+impl Family {
+    fn code(self) -> u8 {
+        match self {
+            Family::Inet => AF_INET,
+            Family::Inet6Mapped => AF_INET6,
+        }
+    }
+}
+
+/// A connected UDP socket to an IPv4 peer as sock_diag reports it.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct UdpSocket {
+    pub family: Family,
     pub local: SocketAddrV4,
     /// Where it is connected: after the socket load balancer, a backend.
     pub peer: SocketAddrV4,
@@ -49,11 +73,17 @@ pub struct UdpSocket {
 }
 
 impl UdpSocket {
+    /// `None` for a native IPv6 socket: no IPv4 peer.
     fn from_id(id: &SocketId) -> Option<Self> {
-        let (IpAddr::V4(local), IpAddr::V4(peer)) = (id.source_address, id.destination_address) else {
-            return None;
+        let (family, local, peer) = match (id.source_address, id.destination_address) {
+            (IpAddr::V4(local), IpAddr::V4(peer)) => (Family::Inet, local, peer),
+            (IpAddr::V6(local), IpAddr::V6(peer)) => {
+                (Family::Inet6Mapped, local.to_ipv4_mapped()?, peer.to_ipv4_mapped()?)
+            }
+            _ => return None,
         };
         Some(Self {
+            family,
             local: SocketAddrV4::new(local, id.source_port),
             peer: SocketAddrV4::new(peer, id.destination_port),
             bound_ifindex: id.interface_id,
@@ -62,11 +92,15 @@ impl UdpSocket {
     }
 
     fn id(&self) -> SocketId {
+        let address = |ip: &std::net::Ipv4Addr| match self.family {
+            Family::Inet => IpAddr::V4(*ip),
+            Family::Inet6Mapped => IpAddr::V6(ip.to_ipv6_mapped()),
+        };
         SocketId {
             source_port: self.local.port(),
             destination_port: self.peer.port(),
-            source_address: IpAddr::V4(*self.local.ip()),
-            destination_address: IpAddr::V4(*self.peer.ip()),
+            source_address: address(self.local.ip()),
+            destination_address: address(self.peer.ip()),
             interface_id: self.bound_ifindex,
             cookie: cookie_to_diag(self.cookie),
         }
@@ -149,13 +183,16 @@ impl SockDiag {
     }
 
     /// Connected (`TCP_ESTABLISHED`: what `connect()` leaves a UDP socket
-    /// in) IPv4 UDP sockets. With one port in `port_hint` the kernel skips
-    /// sockets connected to other ports.
-    fn connected_udp4(&mut self, port_hint: Option<u16>) -> Result<Vec<UdpSocket>> {
-        let mut socket_id = SocketId::new_v4();
+    /// in) UDP sockets of `family` with an IPv4 peer. With one port in
+    /// `port_hint` the kernel skips sockets connected to other ports.
+    fn connected_udp(&mut self, family: Family, port_hint: Option<u16>) -> Result<Vec<UdpSocket>> {
+        let mut socket_id = match family {
+            Family::Inet => SocketId::new_v4(),
+            Family::Inet6Mapped => SocketId::new_v6(),
+        };
         socket_id.destination_port = port_hint.unwrap_or(0);
         let request = SockDiagMessage::InetRequest(InetRequest {
-            family: AF_INET,
+            family: family.code(),
             protocol: IPPROTO_UDP,
             extensions: ExtensionFlags::empty(),
             states: StateFlags::ESTABLISHED,
@@ -174,7 +211,7 @@ impl SockDiag {
     /// Destroy one socket. `false`: it was gone already (closed meanwhile).
     fn destroy(&mut self, s: &UdpSocket) -> Result<bool> {
         let request = SockDiagDestroy::new(SockDiagMessage::InetRequest(InetRequest {
-            family: AF_INET,
+            family: s.family.code(),
             protocol: IPPROTO_UDP,
             extensions: ExtensionFlags::empty(),
             states: StateFlags::all(),
@@ -224,8 +261,8 @@ fn answers<R>(
     Ok(None)
 }
 
-/// One datagram of a dump answering request `seq`: its IPv4 sockets are
-/// added to `out`. `true` once the dump is done.
+/// One datagram of a dump answering request `seq`: its sockets with an
+/// IPv4 peer are added to `out`. `true` once the dump is done.
 fn parse_dump(buf: &[u8], seq: u32, out: &mut Vec<UdpSocket>) -> Result<bool> {
     let done = answers(buf, seq, |payload| match payload {
         NetlinkPayload::Done(_) => Some(Ok(())),
@@ -251,7 +288,8 @@ fn parse_ack(buf: &[u8], seq: u32) -> Result<Option<i32>> {
 }
 
 /// In the calling thread's network namespace: destroy the connected UDP
-/// sockets whose peer is one of `peers`, unless `keep` says otherwise.
+/// sockets (IPv4, and IPv6 ones connected v4-mapped) whose peer is one of
+/// `peers`, unless `keep` says otherwise.
 pub fn destroy_udp4_to(peers: &BTreeSet<SocketAddrV4>, keep: impl Fn(&UdpSocket) -> bool) -> Result<Destroyed> {
     if peers.is_empty() {
         return Ok(Destroyed::default());
@@ -259,7 +297,8 @@ pub fn destroy_udp4_to(peers: &BTreeSet<SocketAddrV4>, keep: impl Fn(&UdpSocket)
     let ports: BTreeSet<u16> = peers.iter().map(|p| p.port()).collect();
     let port_hint = (ports.len() == 1).then(|| *ports.first().expect("one port"));
     let mut diag = SockDiag::open()?;
-    let sockets = diag.connected_udp4(port_hint)?;
+    let mut sockets = diag.connected_udp(Family::Inet, port_hint)?;
+    sockets.extend(diag.connected_udp(Family::Inet6Mapped, port_hint)?);
     let mut done = Destroyed { connected: sockets.len(), destroyed: 0 };
     for s in doomed(&sockets, peers, keep) {
         if diag.destroy(s)? {
@@ -438,14 +477,20 @@ pub fn destroy_udp4_in_cgroup(
 
 #[cfg(test)]
 mod tests {
-    use std::net::Ipv4Addr;
+    use std::net::{Ipv4Addr, SocketAddrV6};
 
     use netlink_packet_core::NLMSG_DONE;
 
     use super::*;
 
     fn sock(peer: &str, cookie: u64) -> UdpSocket {
-        UdpSocket { local: "10.244.1.5:40000".parse().unwrap(), peer: peer.parse().unwrap(), bound_ifindex: 0, cookie }
+        UdpSocket {
+            family: Family::Inet,
+            local: "10.244.1.5:40000".parse().unwrap(),
+            peer: peer.parse().unwrap(),
+            bound_ifindex: 0,
+            cookie,
+        }
     }
 
     #[test]
@@ -506,16 +551,25 @@ mod tests {
     /// include/uapi/linux/inet_diag.h (not with the crate under test), and
     /// one attribute after it as the kernel adds (INET_DIAG_CGROUP_ID).
     fn inet_diag_msg(local: SocketAddrV4, peer: SocketAddrV4, cookie: [u32; 2]) -> Vec<u8> {
-        let mut m = vec![libc::AF_INET as u8, 1 /* TCP_ESTABLISHED */, 0, 0];
-        m.extend(local.port().to_be_bytes());
-        m.extend(peer.port().to_be_bytes());
         let addr = |ip: &Ipv4Addr| {
             let mut a = [0u8; 16];
             a[..4].copy_from_slice(&ip.octets());
             a
         };
-        m.extend(addr(local.ip()));
-        m.extend(addr(peer.ip()));
+        diag_msg(libc::AF_INET as u8, (addr(local.ip()), local.port()), (addr(peer.ip()), peer.port()), cookie)
+    }
+
+    /// The same for an IPv6 socket.
+    fn inet6_diag_msg(local: SocketAddrV6, peer: SocketAddrV6, cookie: [u32; 2]) -> Vec<u8> {
+        diag_msg(libc::AF_INET6 as u8, (local.ip().octets(), local.port()), (peer.ip().octets(), peer.port()), cookie)
+    }
+
+    fn diag_msg(family: u8, local: ([u8; 16], u16), peer: ([u8; 16], u16), cookie: [u32; 2]) -> Vec<u8> {
+        let mut m = vec![family, 1 /* TCP_ESTABLISHED */, 0, 0];
+        m.extend(local.1.to_be_bytes());
+        m.extend(peer.1.to_be_bytes());
+        m.extend(local.0);
+        m.extend(peer.0);
         m.extend(0u32.to_ne_bytes()); // idiag_if
         m.extend(cookie[0].to_ne_bytes());
         m.extend(cookie[1].to_ne_bytes());
@@ -538,13 +592,41 @@ mod tests {
         let mut out = Vec::new();
         assert!(!parse_dump(&buf, 7, &mut out).unwrap(), "no NLMSG_DONE yet");
         assert_eq!(out.len(), 2);
-        assert_eq!(out[0], UdpSocket { local: a, peer: b, bound_ifindex: 0, cookie: (1 << 32) | 5 });
+        assert_eq!(
+            out[0],
+            UdpSocket { family: Family::Inet, local: a, peer: b, bound_ifindex: 0, cookie: (1 << 32) | 5 }
+        );
         assert_eq!(out[1].peer, a);
         // Another request's messages are ignored; DONE ends the dump.
         let mut buf = nlmsg(20, 6, &inet_diag_msg(a, b, [9, 0]));
         buf.extend(nlmsg(NLMSG_DONE, 7, &0i32.to_ne_bytes()));
         assert!(parse_dump(&buf, 7, &mut out).unwrap());
         assert_eq!(out.len(), 2);
+    }
+
+    #[test]
+    fn ipv6_sockets_connected_v4_mapped_are_listed_by_their_ipv4_addresses_and_native_ones_skipped() {
+        let a: SocketAddrV6 = "[::ffff:10.244.1.5]:40000".parse().unwrap();
+        let b: SocketAddrV6 = "[::ffff:10.244.2.9]:5300".parse().unwrap();
+        let native: SocketAddrV6 = "[fd00::9]:5300".parse().unwrap();
+        let mut buf = nlmsg(20, 7, &inet6_diag_msg(a, b, [5, 0]));
+        buf.extend(nlmsg(20, 7, &inet6_diag_msg("[fd00::5]:40000".parse().unwrap(), native, [6, 0])));
+        let mut out = Vec::new();
+        parse_dump(&buf, 7, &mut out).unwrap();
+        let mapped = UdpSocket {
+            family: Family::Inet6Mapped,
+            local: "10.244.1.5:40000".parse().unwrap(),
+            peer: "10.244.2.9:5300".parse().unwrap(),
+            bound_ifindex: 0,
+            cookie: 5,
+        };
+        assert_eq!(out, vec![mapped]);
+        // SOCK_DESTROY names it as the kernel knows it: v4-mapped, AF_INET6.
+        let id = mapped.id();
+        assert_eq!((id.source_address, id.destination_address), (IpAddr::V6(*a.ip()), IpAddr::V6(*b.ip())));
+        assert_eq!((Family::Inet6Mapped.code(), Family::Inet.code()), (AF_INET6, AF_INET));
+        let v4 = UdpSocket { family: Family::Inet, ..mapped }.id();
+        assert_eq!(v4.destination_address, IpAddr::V4("10.244.2.9".parse().unwrap()));
     }
 
     #[test]

@@ -71,8 +71,12 @@ pub struct AgentConfig {
     /// with their own address, as ip-masq-agent's nonMasqueradeCIDRs.
     #[arg(long, env = "SLUICE_NON_MASQUERADE_CIDRS", value_delimiter = ',')]
     pub non_masquerade_cidr: Vec<Ipv4Network>,
-    /// Where to serve Prometheus metrics (`GET /metrics`); `off` for none.
-    #[arg(long, env = "SLUICE_METRICS_ADDR", default_value = "0.0.0.0:9962")]
+    /// Where to serve Prometheus metrics (`GET /metrics`): `node:PORT` (the
+    /// default, `node:9962`) binds the node's own address (the uplink's
+    /// IPv4, what Prometheus scrapes a host-network pod at), `ADDR:PORT` an
+    /// address of your choice (`0.0.0.0:9962` for every interface), `off`
+    /// for none.
+    #[arg(long, env = "SLUICE_METRICS_ADDR", default_value = "node:9962")]
     pub metrics_addr: String,
     /// Mount bpffs at --bpffs when none is there. Off by default: a bpffs
     /// the agent mounts itself lives only as long as its mount namespace
@@ -104,6 +108,25 @@ pub struct AgentConfig {
     pub netns_dir: Option<PathBuf>,
 }
 
+/// Where the metrics endpoint listens (`--metrics-addr`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum MetricsBind {
+    /// The node's own address (the uplink's IPv4), on this port.
+    NodeAddress(u16),
+    /// Exactly this address.
+    Socket(std::net::SocketAddr),
+}
+
+impl MetricsBind {
+    /// The address to bind, given the node's own.
+    pub fn socket(self, node_ip: std::net::Ipv4Addr) -> std::net::SocketAddr {
+        match self {
+            MetricsBind::NodeAddress(port) => std::net::SocketAddr::from((node_ip, port)),
+            MetricsBind::Socket(a) => a,
+        }
+    }
+}
+
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 pub enum ConfigError {
     #[error("pod CIDR {0} has host bits set: use {1}")]
@@ -118,7 +141,7 @@ pub enum ConfigError {
     OverlapsServices { what: &'static str, cidr: Ipv4Network, service: Ipv4Network },
     #[error("node name is empty")]
     EmptyNodeName,
-    #[error("--metrics-addr {0:?} is not ADDR:PORT or off")]
+    #[error("--metrics-addr {0:?} is not node:PORT, ADDR:PORT or off")]
     MetricsAddr(String),
     #[error(
         "pod CIDR {pod} holds {endpoints} pods and the health endpoint, more than the endpoint map's {max} entries: use a /{min_prefix} or smaller"
@@ -133,12 +156,16 @@ impl AgentConfig {
         self.health_netns.clone().unwrap_or_else(|| format!("{}-{}", paths::DEFAULT_HEALTH_NETNS, self.node_name))
     }
 
-    /// `--metrics-addr` as an address, `None` for `off`.
-    pub fn metrics_socket(&self) -> Result<Option<std::net::SocketAddr>, ConfigError> {
+    /// `--metrics-addr` parsed, `None` for `off`.
+    pub fn metrics_bind(&self) -> Result<Option<MetricsBind>, ConfigError> {
+        let bad = || ConfigError::MetricsAddr(self.metrics_addr.clone());
         if self.metrics_addr == "off" {
             return Ok(None);
         }
-        self.metrics_addr.parse().map(Some).map_err(|_| ConfigError::MetricsAddr(self.metrics_addr.clone()))
+        if let Some(port) = self.metrics_addr.strip_prefix("node:") {
+            return port.parse().map(|p| Some(MetricsBind::NodeAddress(p))).map_err(|_| bad());
+        }
+        self.metrics_addr.parse().map(|a| Some(MetricsBind::Socket(a))).map_err(|_| bad())
     }
 
     /// Checks that need nothing but the configuration.
@@ -167,7 +194,7 @@ impl AgentConfig {
         if self.node_name.is_empty() {
             return Err(ConfigError::EmptyNodeName);
         }
-        self.metrics_socket()?;
+        self.metrics_bind()?;
         if let Some(service) = self.service_cidr {
             if service.overlaps(self.cluster_cidr) {
                 return Err(ConfigError::OverlapsServices { what: "cluster CIDR", cidr: self.cluster_cidr, service });
@@ -274,5 +301,21 @@ mod tests {
             svc_inside.validate_pod_cidr(net("10.100.0.0/24"), lan),
             Err(ConfigError::OverlapsServices { what: "pod CIDR", .. })
         ));
+    }
+
+    #[test]
+    fn metrics_bind_defaults_to_the_node_address() {
+        let node: std::net::Ipv4Addr = "172.30.0.1".parse().unwrap();
+        let with = |a: &str| AgentConfig { metrics_addr: a.into(), ..cfg("10.244.0.0/16", None) };
+        let default = with("node:9962").metrics_bind().unwrap().unwrap();
+        assert_eq!(default, MetricsBind::NodeAddress(9962));
+        assert_eq!(default.socket(node).to_string(), "172.30.0.1:9962");
+        let any = with("0.0.0.0:9100").metrics_bind().unwrap().unwrap();
+        assert_eq!(any.socket(node).to_string(), "0.0.0.0:9100");
+        assert_eq!(with("off").metrics_bind(), Ok(None));
+        for bad in ["node:", "node:x", "9962", "localhost:9962", ""] {
+            assert_eq!(with(bad).metrics_bind(), Err(ConfigError::MetricsAddr(bad.into())), "{bad}");
+            assert!(with(bad).validate_static().is_err(), "{bad}");
+        }
     }
 }

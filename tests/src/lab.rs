@@ -510,8 +510,6 @@ impl Lab {
             Self::data_dir(node).display().to_string(),
             "--cni-conf-dir".into(),
             node.dir.join("cni").display().to_string(),
-            "--resync-ms".into(),
-            "200".into(),
             // Sweep often and soon, so tests of crash cleanup stay short.
             "--sweep-interval-ms".into(),
             "500".into(),
@@ -532,6 +530,10 @@ impl Lab {
         }
         if let Some(cgroup) = self.node_cgroup(node) {
             args.extend(["--kube-proxy-replacement=true".into(), "--cgroup-root".into(), cgroup.display().to_string()]);
+        }
+        // A test may ask for its own pace (clap refuses the flag twice).
+        if !self.state.extra_agent_args.iter().any(|a| a == "--resync-ms") {
+            args.extend(["--resync-ms".into(), "200".into()]);
         }
         args.extend(self.state.extra_agent_args.iter().cloned());
         args

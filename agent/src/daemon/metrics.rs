@@ -6,9 +6,20 @@
 //! figures are kept here: reconcile duration, membership problems,
 //! Kubernetes watch events and relists. Names follow Prometheus
 //! conventions: `sluice_` prefix, base units, `_total` counters.
+//!
+//! The endpoint stays off the agent's critical path: the agent runs one
+//! thread, and membership and Services share it. So a scrape's work (map
+//! reads, the CNI stats file) runs on a blocking thread, one at a time,
+//! and a second scrape within `RENDER_REUSE` gets the same text; the
+//! masquerade counter comes from the netfilter worker's last check, never
+//! from an `nft` run of its own. Connections are limited
+//! (`MAX_CONNECTIONS`), a request's headers must arrive within
+//! `HEADER_TIMEOUT` and a connection lives at most `CONNECTION_LIFETIME`,
+//! so stalled or slow clients cost a socket each for a bounded time.
 use std::{
     net::SocketAddr,
     sync::{Arc, Mutex},
+    time::{Duration, Instant},
 };
 
 use anyhow::{Context, Result};
@@ -36,7 +47,17 @@ use sluice_node::{
 };
 use tracing::{info, warn};
 
-use crate::membership::kubernetes::KubeState;
+use crate::{daemon::netfilter_worker::SharedCounter, membership::kubernetes::KubeState};
+
+/// Connections served at once; more are closed as soon as accepted.
+pub const MAX_CONNECTIONS: usize = 32;
+/// A request's headers must be in within this time (hyper's timer).
+pub const HEADER_TIMEOUT: Duration = Duration::from_secs(5);
+/// No connection, however busy, is kept longer (a client reading its
+/// answer slowly holds it no more than this).
+pub const CONNECTION_LIFETIME: Duration = Duration::from_secs(60);
+/// Scrapes this close together share one rendering.
+pub const RENDER_REUSE: Duration = Duration::from_secs(1);
 
 /// What the agent records as it runs.
 #[derive(Debug, Clone)]
@@ -91,6 +112,7 @@ struct DatapathCollector {
     pins: PinDir,
     data_dir: std::path::PathBuf,
     kube: Arc<Mutex<Option<KubeState>>>,
+    masquerade: SharedCounter,
 }
 
 /// The CNI plugin's calls (`sluice_node::cni_stats`): counts by verb and
@@ -210,20 +232,22 @@ impl Collector for DatapathCollector {
         family(&mut encoder, "sluice_map_entries", "Entries in each datapath map.", MetricType::Gauge, used)?;
         family(&mut encoder, "sluice_map_capacity_entries", "Capacity of each datapath map.", MetricType::Gauge, cap)?;
         encode_cni(&mut encoder, &cni_stats::read(&self.data_dir))?;
-        if let Some((packets, bytes)) = masquerade_counter() {
+        let masquerade = *self.masquerade.lock().expect("netfilter counter lock");
+        if let Some(counter) = masquerade {
             family(
                 &mut encoder,
                 "sluice_masquerade_packets",
-                "Connections' first packets masqueraded to the node's address (nft table ip sluice).",
+                "Connections' first packets masqueraded to the node's address (nft table ip sluice), \
+                 as of the agent's last netfilter check (every 10 s).",
                 MetricType::Counter,
-                [(vec![], ConstCounter::new(packets))],
+                [(vec![], ConstCounter::new(counter.packets))],
             )?;
             family(
                 &mut encoder,
                 "sluice_masquerade_bytes",
                 "Bytes of those packets.",
                 MetricType::Counter,
-                [(vec![], ConstCounter::new(bytes))],
+                [(vec![], ConstCounter::new(counter.bytes))],
             )?;
         }
         if let Some(k) = self.kube.lock().expect("metrics lock").clone() {
@@ -253,26 +277,9 @@ impl Collector for DatapathCollector {
     }
 }
 
-/// The masquerade rule's counter (`counter packets N bytes M`), if the table
-/// is there.
-fn masquerade_counter() -> Option<(u64, u64)> {
-    let out = std::process::Command::new("nft").args(["list", "table", "ip", "sluice"]).output().ok()?;
-    parse_nft_counter(&String::from_utf8_lossy(&out.stdout))
-}
-
-/// `... counter packets 12 bytes 840 masquerade` → (12, 840) (pure).
-pub fn parse_nft_counter(table: &str) -> Option<(u64, u64)> {
-    let line = table.lines().find(|l| l.contains("masquerade") && l.contains("counter packets"))?;
-    let mut words = line.split_whitespace();
-    words.find(|w| *w == "packets")?;
-    let packets = words.next()?.parse().ok()?;
-    words.find(|w| *w == "bytes")?;
-    let bytes = words.next()?.parse().ok()?;
-    Some((packets, bytes))
-}
-
-/// The registry: the agent's metrics and the datapath collector.
-pub fn registry(pins: &PinDir, data_dir: &std::path::Path, m: &AgentMetrics) -> Registry {
+/// The registry: the agent's metrics and the datapath collector
+/// (`masquerade`: the netfilter worker's counter).
+pub fn registry(pins: &PinDir, data_dir: &std::path::Path, m: &AgentMetrics, masquerade: SharedCounter) -> Registry {
     let mut r = Registry::default();
     r.register(
         "sluice_reconcile_duration_seconds",
@@ -308,6 +315,7 @@ pub fn registry(pins: &PinDir, data_dir: &std::path::Path, m: &AgentMetrics) -> 
         pins: pins.clone(),
         data_dir: data_dir.to_path_buf(),
         kube: m.kube.clone(),
+        masquerade,
     }));
     r
 }
@@ -319,40 +327,83 @@ pub fn render(registry: &Registry) -> Result<String> {
     Ok(out)
 }
 
+/// Renders the registry off the agent's thread, one rendering at a time,
+/// reused for scrapes within `RENDER_REUSE` of it.
+struct Renderer {
+    registry: Arc<Registry>,
+    last: tokio::sync::Mutex<Option<(Instant, Arc<String>)>>,
+}
+
+impl Renderer {
+    async fn text(&self) -> Result<Arc<String>> {
+        // Held across the rendering: scrapes queue here, not on the CPU.
+        let mut last = self.last.lock().await;
+        if let Some((at, text)) = last.as_ref() {
+            if at.elapsed() < RENDER_REUSE {
+                return Ok(text.clone());
+            }
+        }
+        let registry = self.registry.clone();
+        let text = Arc::new(tokio::task::spawn_blocking(move || render(&registry)).await.context("metrics render")??);
+        *last = Some((Instant::now(), text.clone()));
+        Ok(text)
+    }
+}
+
+async fn respond(renderer: &Renderer, req: Request<hyper::body::Incoming>) -> Response<Full<Bytes>> {
+    let response = if req.uri().path() == "/metrics" {
+        match renderer.text().await {
+            Ok(body) => Response::builder()
+                .header("content-type", "text/plain; version=0.0.4; charset=utf-8")
+                .body(Full::new(Bytes::from(body.as_bytes().to_vec()))),
+            Err(e) => Response::builder().status(500).body(Full::new(Bytes::from(format!("{e:#}")))),
+        }
+    } else {
+        Response::builder().status(404).body(Full::new(Bytes::from("try /metrics\n")))
+    };
+    response.expect("static response parts")
+}
+
 /// Serve `GET /metrics` on `addr` in the background.
 pub async fn serve(addr: SocketAddr, registry: Registry) -> Result<()> {
     let listener = tokio::net::TcpListener::bind(addr).await.with_context(|| format!("bind metrics on {addr}"))?;
     info!(%addr, "metrics served at /metrics");
-    let registry = Arc::new(registry);
+    let renderer = Arc::new(Renderer { registry: Arc::new(registry), last: Default::default() });
+    let slots = Arc::new(tokio::sync::Semaphore::new(MAX_CONNECTIONS));
     tokio::spawn(async move {
+        let mut refused: u64 = 0;
         loop {
-            let (stream, _) = match listener.accept().await {
+            let (stream, peer) = match listener.accept().await {
                 Ok(c) => c,
                 Err(e) => {
                     warn!(error = %e, "metrics accept failed");
+                    // EMFILE and the like: don't spin.
+                    tokio::time::sleep(Duration::from_millis(100)).await;
                     continue;
                 }
             };
-            let registry = registry.clone();
+            let Ok(slot) = slots.clone().try_acquire_owned() else {
+                // Closed at once: the client learns, and costs nothing.
+                refused += 1;
+                if refused.is_power_of_two() {
+                    warn!(%peer, refused, limit = MAX_CONNECTIONS, "metrics connection refused: too many open");
+                }
+                drop(stream);
+                continue;
+            };
+            let renderer = renderer.clone();
             tokio::spawn(async move {
-                let service = service_fn(move |req: Request<hyper::body::Incoming>| {
-                    let registry = registry.clone();
-                    async move {
-                        let response = if req.uri().path() == "/metrics" {
-                            match render(&registry) {
-                                Ok(body) => Response::builder()
-                                    .header("content-type", "text/plain; version=0.0.4; charset=utf-8")
-                                    .body(Full::new(Bytes::from(body))),
-                                Err(e) => Response::builder().status(500).body(Full::new(Bytes::from(e.to_string()))),
-                            }
-                        } else {
-                            Response::builder().status(404).body(Full::new(Bytes::from("try /metrics\n")))
-                        };
-                        Ok::<_, hyper::http::Error>(response.expect("static response parts"))
-                    }
+                let service = service_fn(move |req| {
+                    let renderer = renderer.clone();
+                    async move { Ok::<_, std::convert::Infallible>(respond(&renderer, req).await) }
                 });
                 let io = hyper_util::rt::TokioIo::new(stream);
-                let _ = hyper::server::conn::http1::Builder::new().serve_connection(io, service).await;
+                let conn = hyper::server::conn::http1::Builder::new()
+                    .timer(hyper_util::rt::TokioTimer::new())
+                    .header_read_timeout(HEADER_TIMEOUT)
+                    .serve_connection(io, service);
+                let _ = tokio::time::timeout(CONNECTION_LIFETIME, conn).await;
+                drop(slot);
             });
         }
     });
@@ -362,13 +413,7 @@ pub async fn serve(addr: SocketAddr, registry: Registry) -> Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn nft_counter_parses() {
-        let t = "table ip sluice {\n\tchain postrouting {\n\t\tip saddr 10.244.0.0/16 ip daddr != @no_masquerade counter packets 12 bytes 840 masquerade\n\t}\n}";
-        assert_eq!(parse_nft_counter(t), Some((12, 840)));
-        assert_eq!(parse_nft_counter("table ip sluice {}"), None);
-    }
+    use crate::reconcile::masquerade::MasqueradeCounter;
 
     #[test]
     fn agent_metrics_are_named_by_convention() {
@@ -384,7 +429,9 @@ mod tests {
         let dir = std::env::temp_dir().join(format!("sluice-metrics-test-{}", std::process::id()));
         cni_stats::record(&dir, "ADD", 0, 0.03, &[("attach-from_pod", 0.012)]).unwrap();
         cni_stats::record(&dir, "ADD", 103, 0.2, &[]).unwrap();
-        let text = render(&registry(&PinDir::new("/nonexistent"), &dir, &m)).unwrap();
+        let masquerade = SharedCounter::default();
+        *masquerade.lock().unwrap() = Some(MasqueradeCounter { packets: 12, bytes: 840 });
+        let text = render(&registry(&PinDir::new("/nonexistent"), &dir, &m, masquerade)).unwrap();
         std::fs::remove_dir_all(&dir).unwrap();
         for line in [
             "sluice_reconcile_duration_seconds_count 1",
@@ -403,6 +450,8 @@ mod tests {
             "sluice_cni_duration_seconds_count{verb=\"ADD\"} 2",
             "sluice_cni_step_duration_seconds_bucket{le=\"0.025\",verb=\"ADD\",step=\"attach-from_pod\"} 1",
             "sluice_cni_step_duration_seconds_count{verb=\"ADD\",step=\"attach-from_pod\"} 1",
+            "sluice_masquerade_packets_total 12",
+            "sluice_masquerade_bytes_total 840",
         ] {
             assert!(text.contains(line), "{line} missing from:\n{text}");
         }

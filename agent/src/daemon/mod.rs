@@ -139,6 +139,12 @@ impl Reconcilers {
         Ok(failed)
     }
 
+    /// The masquerade counter the netfilter worker keeps (empty before the
+    /// first pass).
+    fn masquerade_counter(&self) -> netfilter_worker::SharedCounter {
+        self.netfilter.as_ref().map(|w| w.masquerade_counter()).unwrap_or_default()
+    }
+
     /// The netfilter worker's last error, if its last run failed.
     fn netfilter_error(&self) -> Option<String> {
         self.netfilter.as_ref().and_then(|w| w.last_error())
@@ -325,8 +331,10 @@ pub async fn run(
             }
         });
     }
-    if let Some(addr) = node.metrics_socket()? {
-        metrics::serve(addr, metrics::registry(&pins, &node.data_dir, &agent_metrics)).await?;
+    if let Some(bind) = node.metrics_bind()? {
+        let masquerade = reconcilers.masquerade_counter();
+        let registry = metrics::registry(&pins, &node.data_dir, &agent_metrics, masquerade);
+        metrics::serve(bind.socket(node_ip), registry).await?;
     }
 
     if let Some(dir) = &node.cni_bin_dir {

@@ -10,7 +10,8 @@
 //! hands over what it wants, the worker applies the latest (a burst of
 //! changes costs one run), re-checks every `RECHECK` so a flushed rule
 //! heals, retries a failure after `RETRY`, and keeps its last error for
-//! `status`.
+//! `status` and the masquerade rule's counter from its last check for
+//! metrics (a scrape must not run `nft` on the agent's one thread).
 use std::{
     future::Future,
     sync::{Arc, Mutex},
@@ -21,7 +22,7 @@ use anyhow::{Context, Result};
 use tokio::sync::watch;
 use tracing::warn;
 
-use crate::reconcile::masquerade::{self, Desired, HostFirewall};
+use crate::reconcile::masquerade::{self, Desired, HostFirewall, MasqueradeCounter};
 
 const RECHECK: Duration = Duration::from_secs(10);
 const RETRY: Duration = Duration::from_secs(1);
@@ -29,30 +30,44 @@ const RETRY: Duration = Duration::from_secs(1);
 pub struct NetfilterWorker {
     want: watch::Sender<Desired>,
     last_error: Arc<Mutex<Option<String>>>,
+    counter: SharedCounter,
 }
 
+/// The masquerade rule's counter as the worker last read it (`None`: no
+/// table, masquerading off, or not read yet).
+pub type SharedCounter = Arc<Mutex<Option<MasqueradeCounter>>>;
+
 /// One run against the host's `nft` and `iptables`.
-async fn apply_to_host(desired: Desired) -> Result<()> {
-    masquerade::ensure(&HostFirewall, &desired).await.map(|_| ())
+async fn apply_to_host(desired: Desired) -> Result<Option<MasqueradeCounter>> {
+    masquerade::ensure_counted(&HostFirewall, &desired).await.map(|(_, counter)| counter)
 }
 
 impl NetfilterWorker {
     /// Apply `first` now (an error here stops the agent's start), then
     /// keep it in step in the background.
     pub async fn start(first: Desired) -> Result<Self> {
-        apply_to_host(first.clone()).await.context("netfilter")?;
-        Ok(Self::spawn(first, apply_to_host, RECHECK, RETRY))
+        let counter = apply_to_host(first.clone()).await.context("netfilter")?;
+        let worker = Self::spawn(first, apply_to_host, RECHECK, RETRY);
+        *worker.counter.lock().expect("netfilter counter lock") = counter;
+        Ok(worker)
     }
 
     fn spawn<F, Fut>(first: Desired, apply: F, recheck: Duration, retry: Duration) -> Self
     where
         F: Fn(Desired) -> Fut + Send + 'static,
-        Fut: Future<Output = Result<()>> + Send + 'static,
+        Fut: Future<Output = Result<Option<MasqueradeCounter>>> + Send + 'static,
     {
         let (want, rx) = watch::channel(first);
         let last_error = Arc::new(Mutex::new(None));
-        tokio::spawn(run(rx, last_error.clone(), apply, recheck, retry));
-        Self { want, last_error }
+        let counter = SharedCounter::default();
+        tokio::spawn(run(rx, last_error.clone(), counter.clone(), apply, recheck, retry));
+        Self { want, last_error, counter }
+    }
+
+    /// The masquerade counter as of the last check (at most `RECHECK` old),
+    /// shared: metrics read it.
+    pub fn masquerade_counter(&self) -> SharedCounter {
+        self.counter.clone()
     }
 
     /// The state the node's netfilter should hold from now on.
@@ -75,12 +90,13 @@ impl NetfilterWorker {
 async fn run<F, Fut>(
     mut rx: watch::Receiver<Desired>,
     last_error: Arc<Mutex<Option<String>>>,
+    counter: SharedCounter,
     apply: F,
     recheck: Duration,
     retry: Duration,
 ) where
     F: Fn(Desired) -> Fut,
-    Fut: Future<Output = Result<()>>,
+    Fut: Future<Output = Result<Option<MasqueradeCounter>>>,
 {
     let mut wait = recheck;
     loop {
@@ -92,7 +108,8 @@ async fn run<F, Fut>(
         let outcome = apply(desired).await;
         let mut slot = last_error.lock().expect("netfilter error lock");
         match outcome {
-            Ok(()) => {
+            Ok(now) => {
+                *counter.lock().expect("netfilter counter lock") = now;
                 *slot = None;
                 wait = recheck;
             }
@@ -128,12 +145,16 @@ mod tests {
     }
 
     impl Recorder {
-        fn apply(&self) -> impl Fn(Desired) -> std::future::Ready<Result<()>> + Send + 'static {
+        fn apply(&self) -> impl Fn(Desired) -> std::future::Ready<Result<Option<MasqueradeCounter>>> + Send + 'static {
             let me = self.clone();
             move |d| {
-                me.runs.lock().unwrap().push(d);
+                let mut runs = me.runs.lock().unwrap();
+                runs.push(d);
                 let fail = *me.failing.lock().unwrap();
-                std::future::ready(if fail { Err(anyhow::anyhow!("nft: no such file")) } else { Ok(()) })
+                // Each run "reads" a counter as large as the runs so far.
+                let n = runs.len() as u64;
+                let counter = MasqueradeCounter { packets: n, bytes: 60 * n };
+                std::future::ready(if fail { Err(anyhow::anyhow!("nft: no such file")) } else { Ok(Some(counter)) })
             }
         }
         fn runs(&self) -> Vec<Desired> {
@@ -155,6 +176,9 @@ mod tests {
         }
         settle(50).await;
         assert_eq!(rec.runs(), vec![desired(5)]);
+        // The run's counter is kept for metrics.
+        let counter = *w.masquerade_counter().lock().unwrap();
+        assert_eq!(counter, Some(MasqueradeCounter { packets: 1, bytes: 60 }));
         // Wanting what is already wanted wakes nothing.
         w.want(desired(5));
         settle(50).await;

@@ -149,15 +149,47 @@ pub struct Changes {
     pub forward_jump: bool,
 }
 
+/// The masquerade rule's counter: connections' first packets and their
+/// bytes since the table was (re)written.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct MasqueradeCounter {
+    pub packets: u64,
+    pub bytes: u64,
+}
+
+/// `... counter packets 12 bytes 840 masquerade` in `nft list table`
+/// output → 12 packets, 840 bytes (pure).
+pub fn parse_masquerade_counter(table: &str) -> Option<MasqueradeCounter> {
+    let line = table.lines().find(|l| l.contains("masquerade") && l.contains("counter packets"))?;
+    let mut words = line.split_whitespace();
+    words.find(|w| *w == "packets")?;
+    let packets = words.next()?.parse().ok()?;
+    words.find(|w| *w == "bytes")?;
+    let bytes = words.next()?.parse().ok()?;
+    Some(MasqueradeCounter { packets, bytes })
+}
+
 /// Bring the node's netfilter to `d`, touching only what differs.
 pub async fn ensure(fw: &impl Firewall, d: &Desired) -> Result<Changes> {
+    ensure_counted(fw, d).await.map(|(c, _)| c)
+}
+
+/// `ensure`, also returning the masquerade rule's counter as the table
+/// read for the check had it (zero when the table was just rewritten;
+/// `None` with masquerading off). Metrics show this figure, so a scrape
+/// never runs `nft` itself.
+pub async fn ensure_counted(fw: &impl Firewall, d: &Desired) -> Result<(Changes, Option<MasqueradeCounter>)> {
     let mut c = Changes::default();
     let table = fw.nft_table().await?;
+    let mut counter = None;
     if d.masquerade {
         let marker = revision_marker(d);
-        if !table.as_deref().is_some_and(|t| t.contains(&marker)) {
+        if table.as_deref().is_some_and(|t| t.contains(&marker)) {
+            counter = table.as_deref().and_then(parse_masquerade_counter);
+        } else {
             fw.nft_apply(&render_nft(d)).await?;
             c.nft_table = true;
+            counter = Some(MasqueradeCounter::default());
         }
     } else if table.is_some() {
         fw.nft_apply(&format!("delete table ip {NFT_TABLE}\n")).await?;
@@ -177,7 +209,7 @@ pub async fn ensure(fw: &impl Firewall, d: &Desired) -> Result<Changes> {
     if c != Changes::default() {
         info!(masquerade = d.masquerade, changes = ?c, "netfilter reconciled");
     }
-    Ok(c)
+    Ok((c, counter))
 }
 
 /// The node's own `nft` and `iptables`, run in the agent's network namespace.
@@ -379,6 +411,28 @@ mod tests {
         // Membership changed: a new table revision.
         let d2 = Desired::new(true, net("10.244.0.0/16"), ["172.30.0.9".parse().unwrap()], &[]);
         assert_eq!(block_on(ensure(&fw, &d2)).unwrap(), Changes { nft_table: true, ..Default::default() });
+    }
+
+    #[test]
+    fn masquerade_counter_parses() {
+        let t = "table ip sluice {\n\tchain postrouting {\n\t\tip saddr 10.244.0.0/16 ip daddr != @no_masquerade counter packets 12 bytes 840 masquerade\n\t}\n}";
+        assert_eq!(parse_masquerade_counter(t), Some(MasqueradeCounter { packets: 12, bytes: 840 }));
+        assert_eq!(parse_masquerade_counter("table ip sluice {}"), None);
+    }
+
+    #[test]
+    fn ensure_reports_the_counter_of_the_table_it_read() {
+        let fw = FakeFirewall::default();
+        let d = desired();
+        let (_, first) = block_on(ensure_counted(&fw, &d)).unwrap();
+        assert_eq!(first, Some(MasqueradeCounter::default()), "a table just written counts from zero");
+        // The kernel counted since: the next check reads it from the listing.
+        let counted = fw.table.borrow().clone().unwrap().replace("counter", "counter packets 7 bytes 420");
+        *fw.table.borrow_mut() = Some(counted);
+        let (changes, now) = block_on(ensure_counted(&fw, &d)).unwrap();
+        assert_eq!((changes, now), (Changes::default(), Some(MasqueradeCounter { packets: 7, bytes: 420 })));
+        let off = Desired { masquerade: false, ..d };
+        assert_eq!(block_on(ensure_counted(&fw, &off)).unwrap().1, None);
     }
 
     #[test]

@@ -10,9 +10,12 @@
 //!   (`common/src/policy.rs`).
 //! - `evaluate`: verdicts from those entries with the datapath's lookups;
 //!   `reachable(from, to, port, protocol)`.
+//! - `upstream_cases` (tests): the Kubernetes e2e suite's 48 cases.
 pub mod compile;
 pub mod entries;
 pub mod evaluate;
 pub mod identity;
 pub mod model;
 pub mod selector;
+#[cfg(test)]
+mod upstream_cases;

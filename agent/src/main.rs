@@ -63,6 +63,12 @@ enum Command {
         /// (`--kube-proxy-replacement=true`), read from the maps.
         #[arg(long)]
         services: bool,
+        /// The livenessProbe's question: exit non-zero only when restarting
+        /// the agent would help (it is not running, or its loop or its
+        /// Services loop stopped passing), not for a lost API server or
+        /// an unhealthy datapath. Prints that verdict alone.
+        #[arg(long)]
+        liveness: bool,
     },
     /// Probe every node's health endpoint (and local pods with --pods) from
     /// this node's, through the datapath; exits non-zero on any failure.
@@ -245,9 +251,13 @@ async fn dispatch(command: Command) -> Result<ExitCode> {
             daemon::run(node, source, services, bpffs, timing).await?;
             Ok(ExitCode::SUCCESS)
         }
-        Command::Status { pin_dir, data_dir, json, pods, services } => {
+        Command::Status { pin_dir, data_dir, json, pods, services, liveness } => {
             let pins = PinDir::new(pin_dir);
             let report = status::collect(&pins, &data_dir);
+            if liveness && !json {
+                print!("{}", report.render_liveness());
+                return Ok(if report.live() { ExitCode::SUCCESS } else { ExitCode::FAILURE });
+            }
             let services = if services { Some(service_table::rows(&pins)?) } else { None };
             let pods = if pods { Some(status::pods(&data_dir, &report).map_err(anyhow::Error::msg)?) } else { None };
             if json {
@@ -268,7 +278,8 @@ async fn dispatch(command: Command) -> Result<ExitCode> {
                     print!("{}", service_table::render(rows, &pins));
                 }
             }
-            Ok(if report.healthy() { ExitCode::SUCCESS } else { ExitCode::FAILURE })
+            let ok = if liveness { report.live() } else { report.healthy() };
+            Ok(if ok { ExitCode::SUCCESS } else { ExitCode::FAILURE })
         }
         Command::Monitor { pin_dir, types, ip, json, count, duration_ms } => {
             let opts = monitor::Options {

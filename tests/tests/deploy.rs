@@ -125,8 +125,19 @@ fn manifests_agree_with_the_code() {
         find(&d, "ClusterRoleBinding")["subjects"][0]["name"],
         ds["spec"]["template"]["spec"]["serviceAccountName"]
     );
-    // Probes and scheduling the issue asks for.
+    // Probes and scheduling the issue asks for: readiness is `status`;
+    // liveness only what a restart cures; a startup probe holds both back
+    // until the agent is up, for as long as it may wait for its Node.
     assert_eq!(agent["readinessProbe"]["exec"]["command"], serde_json::json!(["sluice-agent", "status"]));
+    let liveness = serde_json::json!(["sluice-agent", "status", "--liveness"]);
+    assert_eq!(agent["livenessProbe"]["exec"]["command"], liveness);
+    assert_eq!(agent["startupProbe"]["exec"]["command"], liveness);
+    let budget = |p: &Value| p["periodSeconds"].as_u64().unwrap() * p["failureThreshold"].as_u64().unwrap();
+    assert!(budget(&agent["startupProbe"]) >= 300, "the agent gets 5 minutes to come up");
+    assert!(budget(&agent["livenessProbe"]) >= 30, "a slow pass is not a wedge");
+    for probe in ["startupProbe", "readinessProbe", "livenessProbe"] {
+        assert!(agent[probe]["timeoutSeconds"].as_u64().unwrap() >= 5, "{probe}: status reads every pinned map");
+    }
     assert_eq!(spec["hostNetwork"], true);
     assert_eq!(spec["tolerations"][0]["operator"], "Exists");
     assert_eq!(ds["spec"]["updateStrategy"]["rollingUpdate"]["maxUnavailable"], 1);
@@ -217,18 +228,40 @@ fn agent_with_the_daemonsets_command_networks_pods_using_only_calls_rbac_allows(
     opts.kubernetes = true;
     opts.default_route = true;
     opts.agent_command = Some(Arc::new(daemonset_command));
-    let lab = Lab::up(&opts).unwrap();
+    let mut lab = Lab::up(&opts).unwrap();
     let m = lab.matrix();
     assert!(m.all_ok(), "{}", m.render());
     let s = lab.status(0).unwrap();
     assert_eq!(s["healthy"], true, "{s}");
     assert_eq!(s["agent"]["uplink"], "eth0", "uplink chosen from the default route");
     assert_eq!(s["agent"]["membership"], "kubernetes");
+    // The probes, run as the kubelet would (the container's environment):
+    // all pass on a running agent; with the agent gone, liveness fails.
+    for probe in ["startupProbe", "readinessProbe", "livenessProbe"] {
+        let out = run_probe(&lab, probe);
+        assert!(out.status.success(), "{probe}: {}", String::from_utf8_lossy(&out.stdout));
+    }
+    lab.kill_agent(0).unwrap();
+    let out = run_probe(&lab, "livenessProbe");
+    let text = String::from_utf8_lossy(&out.stdout).to_string();
+    assert!(!out.status.success() && text.starts_with("sluice agent: NOT LIVE: agent not running"), "{text}");
     // Every API call the agents made is allowed by the ClusterRole.
     let requests = lab.api.as_ref().unwrap().requests();
     assert!(!requests.is_empty());
     let denied = manifest::denied(&manifest::cluster_role_rules(), &requests);
     assert!(denied.is_empty(), "the agent made calls the ClusterRole does not allow: {denied:?}");
+}
+
+/// Run the agent container's `probe` (its exec command with the
+/// container's environment) for node 0 of `lab`.
+fn run_probe(lab: &Lab, probe: &str) -> std::process::Output {
+    let d = manifest::docs("sluice.yaml");
+    let spec = find(&d, "DaemonSet")["spec"]["template"]["spec"].clone();
+    let mut agent = manifest::container(&spec, "agent").clone();
+    agent["command"] = agent[probe]["exec"]["command"].clone();
+    agent["args"] = Value::Null;
+    let (argv, env) = manifest::command(&spec, &agent, &find(&d, "ConfigMap")["data"], &lab.state.nodes[0]);
+    Command::new(&argv[0]).args(&argv[1..]).envs(env).output().unwrap()
 }
 
 /// The Service and EndpointSlice watchers (and the Node watcher) against

@@ -460,3 +460,39 @@ fn connected_udp_socket_to_a_removed_backend(ipv6_socket: bool) {
         sleep(Duration::from_millis(100));
     }
 }
+
+/// `status` (the readiness probe) counts the Services loop: an agent whose
+/// Services never listed (here the API server forbids them) is unhealthy
+/// and says why, though its datapath and Nodes are fine; once they list it
+/// is healthy again. Before, it was "healthy" with frozen Service maps.
+#[test]
+fn an_agent_whose_services_never_synced_is_unhealthy_until_they_do() {
+    require_root();
+    let mut lab = services::lab(1, 0).unwrap();
+    lab.api.as_ref().unwrap().forbid(sluice_tests::apiserver::Kind::Service, true);
+    lab.kill_agent(0).unwrap();
+    lab.start_agent(0).unwrap();
+    lab.wait_agent_ready(0).unwrap();
+    let wait_status = |what: &str, pred: &dyn Fn(&serde_json::Value) -> bool| {
+        let start = Instant::now();
+        loop {
+            let s = lab.status(0).unwrap();
+            if pred(&s) {
+                return s;
+            }
+            assert!(start.elapsed() < Duration::from_secs(15), "{what}: {s:#}");
+            sleep(Duration::from_millis(100));
+        }
+    };
+    let s = wait_status("unhealthy, naming the Services", &|s| {
+        s["unhealthy"][0]
+            .as_str()
+            .is_some_and(|u| u.starts_with("Services not synced: services: ") && u.contains("403"))
+    });
+    assert_eq!(s["healthy"], false);
+    assert_eq!(s["unhealthy"].as_array().unwrap().len(), 1, "the rest of the node is fine: {s:#}");
+    assert_eq!(s["live"], true, "restarting the agent would not cure this: {s:#}");
+    assert_eq!(s["agent"]["serviceLb"]["synced"], false);
+    lab.api.as_ref().unwrap().forbid(sluice_tests::apiserver::Kind::Service, false);
+    wait_status("healthy once the Services list", &|s| s["healthy"] == true);
+}

@@ -18,6 +18,7 @@ use sluice_node::{
 };
 
 use crate::{
+    daemon::service_lb::{ServiceLbState, WEDGED_AFTER_SECS},
     reconcile::map_routes::{is_node_entry, Hop},
     state_file::{self, AgentState},
 };
@@ -27,6 +28,9 @@ use crate::{
 pub struct StatusReport {
     /// Why the node is unhealthy, most important first; empty when healthy.
     pub unhealthy: Vec<String>,
+    /// Why the agent is not live (restarting it would help); empty when
+    /// live. `status --liveness` exits on this alone.
+    pub not_live: Vec<String>,
     pub warnings: Vec<String>,
     pub pin_dir: String,
     pub agent: Option<AgentState>,
@@ -68,6 +72,10 @@ pub struct Verdict {
     pub unhealthy: Vec<String>,
     pub warnings: Vec<String>,
     pub agent_alive: bool,
+    /// The part of `unhealthy` a restart of the agent could cure (the
+    /// livenessProbe's): it is not running, its loop or its Services loop
+    /// stopped passing. A lost API server or datapath is not among them.
+    pub not_live: Vec<String>,
 }
 
 pub fn verdict(f: &HealthFacts) -> Verdict {
@@ -85,10 +93,12 @@ pub fn verdict(f: &HealthFacts) -> Verdict {
             let max_age = (3 * state.resync_ms / 1000).max(10);
             v.agent_alive = f.agent_pid_alive && age <= max_age;
             if !v.agent_alive {
-                v.unhealthy.push(format!(
+                let why = format!(
                     "agent not running (pid {} last reported {age}s ago); the datapath keeps forwarding with the last state",
                     state.pid
-                ));
+                );
+                v.unhealthy.push(why.clone());
+                v.not_live.push(why);
             }
             if let Some(k) = &state.kubernetes {
                 if !k.connected {
@@ -102,9 +112,15 @@ pub fn verdict(f: &HealthFacts) -> Verdict {
                 v.unhealthy.push(format!("membership not applied: {e}"));
             }
             v.unhealthy.extend(state.kernel_route_failures.iter().map(|f| format!("kernel route not applied: {f}")));
+            if let Some(lb) = &state.service_lb {
+                services_verdict(lb, f.now_unix, &mut v);
+            }
             v.warnings.extend(state.problems.iter().map(|p| p.to_string()));
         }
-        Err(e) => v.unhealthy.push(format!("agent has never run here: {e}")),
+        Err(e) => {
+            v.unhealthy.push(format!("agent has never run here: {e}"));
+            v.not_live.push(format!("agent has not started here: {e}"));
+        }
     }
     if f.datapath_error.is_none() {
         for (what, n, max) in [("endpoints", f.endpoints, MAX_ENDPOINTS), ("node routes", f.routes, MAX_NODE_ROUTES)] {
@@ -114,6 +130,31 @@ pub fn verdict(f: &HealthFacts) -> Verdict {
         }
     }
     v
+}
+
+/// The socket load balancer's part (`--kube-proxy-replacement=true`): its
+/// maps follow the cluster only while its loop runs and its watches are
+/// listed and connected.
+fn services_verdict(lb: &ServiceLbState, now_unix: u64, v: &mut Verdict) {
+    if let Some(why) = &lb.stopped {
+        v.unhealthy.push(format!(
+            "socket load balancer stopped: {why}; restarting (restarted {} times); the service maps keep their last state",
+            lb.restarts
+        ));
+    } else if !lb.synced {
+        v.unhealthy.push(format!(
+            "Services not synced: {}; the service maps do not follow the cluster",
+            lb.watch_error.as_deref().unwrap_or("not listed yet")
+        ));
+    } else if let Some(e) = &lb.watch_error {
+        v.unhealthy.push(format!("not connected to the Kubernetes API for Services: {e}"));
+    }
+    let age = now_unix.saturating_sub(lb.heartbeat_unix);
+    if lb.heartbeat_unix != 0 && age > WEDGED_AFTER_SECS {
+        let why = format!("socket load balancer loop wedged: its last pass was {age}s ago");
+        v.unhealthy.push(why.clone());
+        v.not_live.push(why);
+    }
 }
 
 pub fn collect(pins: &PinDir, data_dir: &Path) -> StatusReport {
@@ -159,7 +200,7 @@ pub fn collect(pins: &PinDir, data_dir: &Path) -> StatusReport {
         endpoints: endpoints.len(),
         routes: routes.len(),
     });
-    (r.unhealthy, r.warnings, r.agent_alive) = (v.unhealthy, v.warnings, v.agent_alive);
+    (r.unhealthy, r.warnings, r.agent_alive, r.not_live) = (v.unhealthy, v.warnings, v.agent_alive, v.not_live);
     r.agent = state.ok();
     if datapath_error.is_some() {
         return r;
@@ -191,10 +232,24 @@ impl StatusReport {
         self.unhealthy.is_empty()
     }
 
+    pub fn live(&self) -> bool {
+        self.not_live.is_empty()
+    }
+
+    /// `status --liveness`: one line, the verdict on liveness alone.
+    pub fn render_liveness(&self) -> String {
+        match self.not_live.first() {
+            None => "sluice agent: live\n".to_string(),
+            Some(first) => format!("sluice agent: NOT LIVE: {first}\n"),
+        }
+    }
+
     pub fn to_json(&self) -> Value {
         json!({
             "healthy": self.healthy(),
             "unhealthy": self.unhealthy,
+            "live": self.live(),
+            "notLive": self.not_live,
             "warnings": self.warnings,
             "pinDir": self.pin_dir,
             "agent": self.agent,
@@ -247,9 +302,9 @@ impl StatusReport {
             }
             if let Some(k) = &a.kubernetes {
                 o.push_str(&format!(
-                    "kubernetes: {} , synced {}, {} events, {} lists{}\n",
+                    "kubernetes: {}, {}, {} events, {} lists{}\n",
                     if k.connected { "connected" } else { "DISCONNECTED" },
-                    k.synced,
+                    if k.synced { "synced" } else { "NOT SYNCED" },
                     k.events,
                     k.relists,
                     k.last_error.as_ref().map(|e| format!(", last error: {e}")).unwrap_or_default()
@@ -261,7 +316,11 @@ impl StatusReport {
                 "services (socket LB on cgroup {}): {}, {} services, {} frontends, {} backends, \
                  {} stale UDP sockets destroyed{}\n",
                 lb.cgroup,
-                if lb.synced { "synced" } else { "NOT SYNCED" },
+                match (&lb.stopped, lb.synced) {
+                    (Some(_), _) => "STOPPED (restarting)",
+                    (None, true) => "synced",
+                    (None, false) => "NOT SYNCED",
+                },
                 lb.services,
                 lb.frontends,
                 lb.backends,
@@ -400,7 +459,7 @@ mod tests {
     fn healthy_when_everything_is_in_place() {
         let s = state(999);
         let v = verdict(&facts(Ok(&s)));
-        assert_eq!(v, Verdict { unhealthy: vec![], warnings: vec![], agent_alive: true });
+        assert_eq!(v, Verdict { unhealthy: vec![], warnings: vec![], agent_alive: true, not_live: vec![] });
     }
 
     #[test]
@@ -416,6 +475,10 @@ mod tests {
         assert!(verdict(&facts(Ok(&recent))).unhealthy.is_empty());
         let never = verdict(&facts(Err("no state file".into())));
         assert_eq!(never.unhealthy, vec!["agent has never run here: no state file"]);
+        // Each of these is one a restart could cure: the livenessProbe's.
+        assert_eq!(dead.not_live, dead.unhealthy);
+        assert_eq!(verdict(&facts(Ok(&stale))).not_live.len(), 1);
+        assert_eq!(never.not_live, vec!["agent has not started here: no state file"]);
     }
 
     #[test]
@@ -436,6 +499,7 @@ mod tests {
         };
         let v = verdict(&facts(Ok(&s)));
         assert_eq!(v.unhealthy, vec!["not connected to the Kubernetes API: refused"]);
+        assert!(v.not_live.is_empty(), "restarting the agent does not bring the API server back");
         let refused = AgentState {
             kernel_route_failures: vec!["replace 10.244.3.0/24 via 172.30.0.255 dev #2: invalid gateway".into()],
             ..state(999)
@@ -498,5 +562,71 @@ mod tests {
         assert!(RoutePath::new(false, Some(off), 1500).why.contains("wants vxlan"));
         assert_eq!(RoutePath::new(false, None, 0).path, "native");
         assert_eq!(RoutePath::new(true, None, 0).mtu, None, "an agent that did not say its uplink's MTU");
+    }
+
+    fn with_services(lb: ServiceLbState) -> AgentState {
+        AgentState { service_lb: Some(lb), ..state(999) }
+    }
+
+    #[test]
+    fn the_services_loop_is_part_of_the_verdict() {
+        let running = ServiceLbState { synced: true, heartbeat_unix: 995, ..Default::default() };
+        let s = with_services(running.clone());
+        assert_eq!(verdict(&facts(Ok(&s))).unhealthy, Vec::<String>::new());
+        let cases = [
+            (
+                ServiceLbState { synced: false, ..running.clone() },
+                "Services not synced: not listed yet; the service maps do not follow the cluster",
+            ),
+            (
+                ServiceLbState { synced: false, watch_error: Some("services: 403 Forbidden".into()), ..running.clone() },
+                "Services not synced: services: 403 Forbidden; the service maps do not follow the cluster",
+            ),
+            (
+                ServiceLbState { watch_error: Some("endpointslices: refused".into()), ..running.clone() },
+                "not connected to the Kubernetes API for Services: endpointslices: refused",
+            ),
+            (
+                ServiceLbState { stopped: Some("open maps: ENOENT".into()), restarts: 3, ..running.clone() },
+                "socket load balancer stopped: open maps: ENOENT; restarting (restarted 3 times); the service maps keep \
+                 their last state",
+            ),
+        ];
+        for (lb, want) in cases {
+            let s = with_services(lb);
+            let v = verdict(&facts(Ok(&s)));
+            assert_eq!(v.unhealthy, vec![want.to_string()]);
+            assert!(v.not_live.is_empty(), "{want}: a restart of the agent would not cure it");
+        }
+        // A loop that stopped passing is wedged: only a restart cures it.
+        let s = with_services(ServiceLbState { heartbeat_unix: 1000 - WEDGED_AFTER_SECS - 1, ..running.clone() });
+        let v = verdict(&facts(Ok(&s)));
+        let wedged = format!("socket load balancer loop wedged: its last pass was {}s ago", WEDGED_AFTER_SECS + 1);
+        assert_eq!((v.unhealthy.clone(), v.not_live), (vec![wedged.clone()], vec![wedged]));
+        let s = with_services(ServiceLbState { heartbeat_unix: 1000 - WEDGED_AFTER_SECS, ..running });
+        assert!(verdict(&facts(Ok(&s))).unhealthy.is_empty());
+    }
+
+    #[test]
+    fn kubernetes_line_reads_as_words() {
+        let agent = AgentState {
+            kubernetes: Some(KubeState { connected: true, synced: true, events: 5, relists: 1, ..Default::default() }),
+            ..state(999)
+        };
+        let r = StatusReport { agent: Some(agent), agent_alive: true, ..Default::default() };
+        let text = r.render_text();
+        assert!(text.contains("\nkubernetes: connected, synced, 5 events, 1 lists\n"), "{text}");
+        let agent = AgentState {
+            kubernetes: Some(KubeState { last_error: Some("refused".into()), ..Default::default() }),
+            ..state(999)
+        };
+        let text = StatusReport { agent: Some(agent), ..Default::default() }.render_text();
+        assert!(
+            text.contains("\nkubernetes: DISCONNECTED, NOT SYNCED, 0 events, 0 lists, last error: refused\n"),
+            "{text}"
+        );
+        assert_eq!(StatusReport::default().render_liveness(), "sluice agent: live\n");
+        let dead = StatusReport { not_live: vec!["agent not running".into()], ..Default::default() };
+        assert_eq!(dead.render_liveness(), "sluice agent: NOT LIVE: agent not running\n");
     }
 }

@@ -322,14 +322,15 @@ pub async fn run(
         let (pins, name, st) = (pins.clone(), node.node_name.clone(), service_lb_state.clone());
         let latency = agent_metrics.service_update_seconds.clone();
         let destroyed = agent_metrics.service_udp_sockets_destroyed.clone();
-        tokio::spawn(async move {
+        let start = move || {
+            let (latency, destroyed) = (latency.clone(), destroyed.clone());
+            let observe = move |s| latency.observe(s);
             let destroyed = move |n| {
                 destroyed.inc_by(n);
             };
-            if let Err(e) = service_lb::run(kube, pins, name, st, move |s| latency.observe(s), destroyed).await {
-                error!(error = %format!("{e:#}"), "socket load balancer loop stopped; the maps keep their last state");
-            }
-        });
+            service_lb::run(kube.clone(), pins.clone(), name.clone(), st.clone(), observe, destroyed)
+        };
+        tokio::spawn(service_lb::supervise(service_lb_state.clone(), start));
     }
     if let Some(bind) = node.metrics_bind()? {
         let masquerade = reconcilers.masquerade_counter();

@@ -6,16 +6,25 @@
 //!
 //! Nothing is applied before both kinds are listed: an empty view at start
 //! would wipe the maps an earlier agent left, and every Service with them.
+//!
+//! `supervise` keeps the loop running: one that stops (it can only fail,
+//! opening the maps at its start) is recorded for `status` and started
+//! again with backoff. Each pass beats `heartbeat_unix`, so `status
+//! --liveness` (the livenessProbe) tells a wedged loop from a quiet one.
 use std::{
+    future::Future,
     path::PathBuf,
     sync::{Arc, Mutex},
     time::{Duration, Instant},
 };
 
-use anyhow::Result;
+use anyhow::{anyhow, Result};
 use serde::{Deserialize, Serialize};
-use sluice_node::datapath::{pins::PinDir, service_maps::ServiceMaps};
-use tracing::{info, warn};
+use sluice_node::{
+    clock::now_unix,
+    datapath::{pins::PinDir, service_maps::ServiceMaps},
+};
+use tracing::{error, info, warn};
 
 use crate::{
     daemon::udp_sockets,
@@ -24,6 +33,14 @@ use crate::{
 };
 
 const RESYNC: Duration = Duration::from_secs(10);
+/// A loop whose last pass is older than this is wedged: it passes at
+/// least every `RESYNC`, and the supervisor beats before each restart
+/// wait (at most `RESTART_MAX`).
+pub const WEDGED_AFTER_SECS: u64 = 60;
+const RESTART_FIRST: Duration = Duration::from_secs(1);
+const RESTART_MAX: Duration = Duration::from_secs(30);
+/// A run that lasted this long starts the backoff over.
+const RESTART_RESET: Duration = Duration::from_secs(60);
 
 /// What `status` shows about the socket load balancer.
 #[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq)]
@@ -55,6 +72,20 @@ pub struct ServiceLbState {
     pub last_udp_sweep_ms: Option<f64>,
     #[serde(default)]
     pub last_udp_sweep_namespaces: usize,
+    /// The last pass of the loop (or restart of it): `status` calls the
+    /// loop wedged past `WEDGED_AFTER_SECS`. 0: an agent that predates it.
+    #[serde(default)]
+    pub heartbeat_unix: u64,
+    /// Why the loop stopped, while it waits to be started again.
+    #[serde(default)]
+    pub stopped: Option<String>,
+    /// Times the loop was started again.
+    #[serde(default)]
+    pub restarts: u64,
+    /// The Service or EndpointSlice watch's error, while it has not
+    /// recovered (the maps do not follow the cluster meanwhile).
+    #[serde(default)]
+    pub watch_error: Option<String>,
 }
 
 pub type SharedState = Arc<Mutex<ServiceLbState>>;
@@ -80,17 +111,23 @@ pub async fn run(
         // Every RESYNC, replan everything (a safety net: the incremental
         // path can then never drift for long).
         let full = last_full.elapsed() >= RESYNC;
-        let (changed, synced, last_change) = kube.with_changes(|view, s, touched| {
+        let (changed, synced, last_change, watch_error) = kube.with_changes(|view, s, touched| {
             if !s.synced {
-                return (None, false, None);
+                return (None, false, None, s.last_error.clone());
             }
             let touched = if full { Touched::All } else { touched };
             if touched.is_empty() {
-                return (Some(Some(Default::default())), true, s.last_change);
+                return (Some(Some(Default::default())), true, s.last_change, s.last_error.clone());
             }
-            (Some(planner.update(view, touched, &node_name)), true, s.last_change)
+            (Some(planner.update(view, touched, &node_name)), true, s.last_change, s.last_error.clone())
         });
-        let mut st = ServiceLbState { synced, ..state.lock().expect("service state lock").clone() };
+        let mut st = ServiceLbState {
+            synced,
+            watch_error,
+            heartbeat_unix: now_unix(),
+            stopped: None,
+            ..state.lock().expect("service state lock").clone()
+        };
         if let Some(changed) = changed {
             let result = match &changed {
                 None => {
@@ -146,6 +183,59 @@ pub async fn run(
     }
 }
 
+/// When to start a stopped loop again: 1 s, doubling to 30 s; from 1 s
+/// again after a run that lasted a minute.
+#[derive(Debug)]
+pub struct RestartBackoff {
+    next: Duration,
+}
+
+impl Default for RestartBackoff {
+    fn default() -> Self {
+        Self { next: RESTART_FIRST }
+    }
+}
+
+impl RestartBackoff {
+    /// The wait before the next start, after a run that lasted `ran_for`.
+    pub fn after_stop(&mut self, ran_for: Duration) -> Duration {
+        if ran_for >= RESTART_RESET {
+            self.next = RESTART_FIRST;
+        }
+        let wait = self.next;
+        self.next = (self.next * 2).min(RESTART_MAX);
+        wait
+    }
+}
+
+/// Run the loop `start` makes, forever: each time it stops, record why in
+/// `state` (for `status`) and start it again after `RestartBackoff`'s
+/// wait. The maps keep their last state meanwhile.
+pub async fn supervise<F, Fut>(state: SharedState, mut start: F)
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Result<()>>,
+{
+    let mut backoff = RestartBackoff::default();
+    loop {
+        let started = Instant::now();
+        let why = match start().await {
+            Ok(()) => anyhow!("the loop returned"),
+            Err(e) => e,
+        };
+        let wait = backoff.after_stop(started.elapsed());
+        let why = format!("{why:#}");
+        error!(error = %why, restart_in_ms = wait.as_millis() as u64, "socket load balancer loop stopped; the maps keep their last state");
+        {
+            let mut st = state.lock().expect("service state lock");
+            st.stopped = Some(why);
+            st.heartbeat_unix = now_unix();
+        }
+        tokio::time::sleep(wait).await;
+        state.lock().expect("service state lock").restarts += 1;
+    }
+}
+
 /// Destroy connected UDP sockets to the backends UDP frontends just lost,
 /// on a blocking thread (it enters every namespace of the cgroup). Awaited:
 /// bounded work (a fraction of a millisecond per namespace), and changes
@@ -186,5 +276,54 @@ async fn sweep_udp(pins: &PinDir, removed: Vec<RemovedBackend>, st: &mut Service
         }
         Ok(Err(e)) => warn!(error = %format!("{e:#}"), backends, "stale UDP sockets not destroyed"),
         Err(e) => warn!(error = %e, backends, "stale UDP socket sweep panicked"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::atomic::{AtomicU32, Ordering};
+
+    use super::*;
+
+    #[test]
+    fn restart_backoff_doubles_to_thirty_seconds_and_starts_over_after_a_long_run() {
+        let mut b = RestartBackoff::default();
+        let short = Duration::from_millis(5);
+        let waits: Vec<u64> = (0..7).map(|_| b.after_stop(short).as_secs()).collect();
+        assert_eq!(waits, [1, 2, 4, 8, 16, 30, 30]);
+        assert_eq!(b.after_stop(Duration::from_secs(61)), Duration::from_secs(1));
+        assert_eq!(b.after_stop(short), Duration::from_secs(2));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_loop_that_fails_at_start_is_reported_and_started_again() {
+        let state = SharedState::default();
+        let starts = Arc::new(AtomicU32::new(0));
+        let (st, n) = (state.clone(), starts.clone());
+        let task = tokio::spawn(supervise(st, move || {
+            let n = n.clone();
+            async move {
+                // Fails twice (as opening missing maps would), then runs.
+                if n.fetch_add(1, Ordering::SeqCst) < 2 {
+                    anyhow::bail!("open the service maps: no such pin");
+                }
+                std::future::pending::<Result<()>>().await
+            }
+        }));
+        let t0 = tokio::time::Instant::now();
+        tokio::time::sleep(Duration::from_millis(10)).await;
+        assert_eq!(starts.load(Ordering::SeqCst), 1);
+        let st = state.lock().unwrap().clone();
+        assert_eq!(st.stopped.as_deref(), Some("open the service maps: no such pin"));
+        assert!(st.heartbeat_unix > 0, "the supervisor beats while it waits");
+        // Started again after 1 s, then after 2 s more; it then runs.
+        tokio::time::sleep_until(t0 + Duration::from_millis(1005)).await;
+        assert_eq!(starts.load(Ordering::SeqCst), 2);
+        tokio::time::sleep_until(t0 + Duration::from_millis(3005)).await;
+        assert_eq!(starts.load(Ordering::SeqCst), 3);
+        tokio::time::sleep(Duration::from_secs(600)).await;
+        assert_eq!(starts.load(Ordering::SeqCst), 3, "a running loop is left alone");
+        assert_eq!(state.lock().unwrap().restarts, 2);
+        task.abort();
     }
 }

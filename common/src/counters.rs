@@ -88,6 +88,62 @@ impl DropReason {
     }
 }
 
+/// Where a program that dropped a packet runs: the TC hook's side of its
+/// device. `Ingress`: on a device's receive side (`from_pod` on a host
+/// veth, i.e. from the pod; `from_pod_netkit`, in a netkit pod's transmit
+/// path, i.e. also from the pod; `from_uplink`; `from_tunnel`). `Egress`:
+/// on its transmit side (`to_tunnel`, `to_pod`, `to_uplink`). Each entry
+/// point passes its own, as Cilium's `send_drop_notify(.., direction)`.
+/// Not `policy::Direction`, which is the pod's side (its ingress policy is
+/// checked on a hook of either kind).
+#[repr(u32)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum HookDirection {
+    Ingress = 0,
+    Egress = 1,
+}
+
+impl HookDirection {
+    pub const COUNT: u32 = 2;
+    pub const ALL: [HookDirection; Self::COUNT as usize] = [HookDirection::Ingress, HookDirection::Egress];
+
+    /// Stable name: the `direction` label in `status` and metrics.
+    pub const fn name(self) -> &'static str {
+        match self {
+            HookDirection::Ingress => "ingress",
+            HookDirection::Egress => "egress",
+        }
+    }
+}
+
+/// Packets and bytes dropped, one slot of `DROP_STATS` (per CPU). Bytes
+/// are `skb->len` where the program ran: the Ethernet header included, a
+/// GSO packet's whole length.
+///
+/// Written by the programs' one drop path (`ebpf/src/counters.rs`); read
+/// (summed over CPUs) by `status`, metrics and `connectivity-test`.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct DropCount {
+    pub packets: u64,
+    pub bytes: u64,
+}
+const _: () = assert!(core::mem::size_of::<DropCount>() == 16);
+
+#[cfg(feature = "user")]
+// SAFETY: plain `repr(C)` data with no padding and no invalid bit patterns.
+unsafe impl aya::Pod for DropCount {}
+
+/// `DROP_STATS`' slot for `reason` seen in `direction`: the directions of
+/// one reason side by side, so a new reason (appended) adds slots at the
+/// end and a migration that copies by index keeps every count in place.
+pub const fn drop_slot(reason: DropReason, direction: HookDirection) -> u32 {
+    reason as u32 * HookDirection::COUNT + direction as u32
+}
+
+/// Slots in `DROP_STATS`: every reason in every direction.
+pub const DROP_SLOTS: u32 = DropReason::COUNT * HookDirection::COUNT;
+
 /// Which way the datapath sent a packet it did not drop.
 #[repr(u32)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -196,6 +252,34 @@ mod tests {
     #[test]
     fn drop_reasons_match_the_golden_table() {
         check(DROP_REASONS, &DropReason::ALL, DropReason::COUNT, |r| r as u32, DropReason::name);
+    }
+
+    const DIRECTIONS: &[(HookDirection, u32, &str)] = &golden!(HookDirection {
+        Ingress = 0, "ingress";
+        Egress = 1, "egress";
+    });
+
+    #[test]
+    fn directions_match_the_golden_table() {
+        check(DIRECTIONS, &HookDirection::ALL, HookDirection::COUNT, |d| d as u32, HookDirection::name);
+    }
+
+    /// Slots are dense, unique, and a reason's slots do not move when
+    /// reasons are appended (a slot depends only on its own reason).
+    #[test]
+    fn drop_slots_cover_every_reason_and_direction_once() {
+        let mut seen = [false; DROP_SLOTS as usize];
+        for r in DropReason::ALL {
+            for d in HookDirection::ALL {
+                let slot = drop_slot(r, d);
+                assert!(slot < DROP_SLOTS, "{r:?} {d:?}: slot {slot}");
+                assert!(!seen[slot as usize], "{r:?} {d:?}: slot {slot} twice");
+                seen[slot as usize] = true;
+            }
+        }
+        assert!(seen.iter().all(|s| *s));
+        assert_eq!(drop_slot(DropReason::Truncated, HookDirection::Egress), 1);
+        assert_eq!(drop_slot(DropReason::SourceSpoofed, HookDirection::Ingress), 2);
     }
 
     #[test]

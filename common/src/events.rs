@@ -14,9 +14,10 @@ pub const EVENT_TRACE: u8 = 2;
 /// trace forwarded packets too (set by a monitor with `--type trace|all`).
 pub const MONITOR_TRACE: u32 = 1;
 
-/// Where in the datapath the event happened.
-pub const DIR_INGRESS: u8 = 0;
-pub const DIR_EGRESS: u8 = 1;
+/// `DatapathEvent::direction`: the `counters::HookDirection` of the program
+/// that reported it.
+pub const DIR_INGRESS: u8 = crate::counters::HookDirection::Ingress as u8;
+pub const DIR_EGRESS: u8 = crate::counters::HookDirection::Egress as u8;
 
 /// Bytes of the packet's start copied into an event.
 pub const HEADER_BYTES: usize = 48;

@@ -19,7 +19,13 @@ pub mod names {
     pub const NODE_CONFIG: &str = "NODE_CONFIG";
     /// `Array<TunnelConfig>` with one entry: this node's VXLAN device.
     pub const TUNNEL_CONFIG: &str = "TUNNEL_CONFIG";
-    /// `PerCpuArray<u64>` indexed by `DropReason`.
+    /// `PerCpuArray<DropCount>` indexed by `drop_slot(reason, direction)`:
+    /// packets and bytes dropped.
+    pub const DROP_STATS: &str = "DROP_STATS";
+    /// Retired: `PerCpuArray<u64>` indexed by `DropReason`, packets only,
+    /// with no direction (versions before `DROP_STATS`). No program uses it;
+    /// the agent carries a pin of it found at start into `DROP_STATS` and
+    /// removes it (`datapath::retired_maps`).
     pub const DROPS: &str = "DROPS";
     /// `PerCpuArray<u64>` indexed by `ForwardPath`.
     pub const FORWARDS: &str = "FORWARDS";

@@ -1,21 +1,26 @@
 //! The one drop path and the forward counters.
 use aya_ebpf::{bindings::TC_ACT_SHOT, programs::TcContext};
-use sluice_common::{events::DIR_INGRESS, DropReason, ForwardPath};
+use sluice_common::{drop_slot, events::DIR_INGRESS, DropReason, ForwardPath, HookDirection};
 
 use crate::{
     events,
-    maps::{DROPS, FORWARDS},
+    maps::{DROP_STATS, FORWARDS},
 };
 
-/// Count the drop under its reason, report it to the monitor, and tell TC
-/// to drop.
+/// Count the drop (a packet and its bytes) under its reason and the
+/// direction of the program that drops it, which each entry point passes
+/// (`HookDirection`: the side of its device its TC hook is on), report it to
+/// the monitor, and tell TC to drop.
 #[inline(always)]
-pub fn drop_packet(ctx: &TcContext, reason: DropReason) -> i32 {
-    if let Some(n) = DROPS.get_ptr_mut(reason as u32) {
+pub fn drop_packet(ctx: &TcContext, reason: DropReason, direction: HookDirection) -> i32 {
+    if let Some(count) = DROP_STATS.get_ptr_mut(drop_slot(reason, direction)) {
         // SAFETY: per-CPU slot, only this CPU writes it while we run.
-        unsafe { *n += 1 }
+        unsafe {
+            (*count).packets += 1;
+            (*count).bytes += ctx.len() as u64;
+        }
     }
-    events::drop(ctx, reason as u32, DIR_INGRESS);
+    events::drop(ctx, reason as u32, direction as u8);
     TC_ACT_SHOT as i32
 }
 

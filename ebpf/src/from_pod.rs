@@ -8,7 +8,7 @@ use aya_ebpf::{bindings::TC_ACT_OK, macros::classifier, maps::lpm_trie::Key, pro
 use sluice_common::{
     maps::REMOTE_NODE_VXLAN,
     verdict::{self, FromPodFacts, Verdict},
-    DropReason, ForwardPath,
+    DropReason, ForwardPath, HookDirection,
 };
 
 use crate::{
@@ -24,7 +24,8 @@ use crate::{
 pub fn from_pod(ctx: TcContext) -> i32 {
     match try_from_pod::<false>(&ctx) {
         Ok(action) => action,
-        Err(reason) => drop_packet(&ctx, reason),
+        // TC ingress of the host veth: from the pod.
+        Err(reason) => drop_packet(&ctx, reason, HookDirection::Ingress),
     }
 }
 
@@ -32,7 +33,9 @@ pub fn from_pod(ctx: TcContext) -> i32 {
 pub fn from_pod_netkit(ctx: TcContext) -> i32 {
     match try_from_pod::<true>(&ctx) {
         Ok(action) => action,
-        Err(reason) => drop_packet(&ctx, reason),
+        // The pod's transmit path, received by its host end: from the pod,
+        // as `from_pod`.
+        Err(reason) => drop_packet(&ctx, reason, HookDirection::Ingress),
     }
 }
 

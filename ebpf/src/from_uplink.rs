@@ -1,6 +1,6 @@
 //! `from_uplink`: ingress of the node's uplink.
 use aya_ebpf::{bindings::TC_ACT_OK, macros::classifier, programs::TcContext};
-use sluice_common::{DropReason, ForwardPath};
+use sluice_common::{DropReason, ForwardPath, HookDirection};
 
 use crate::{
     counters::{count_forward, drop_packet},
@@ -14,7 +14,7 @@ use crate::{
 pub fn from_uplink(ctx: TcContext) -> i32 {
     match try_from_uplink(&ctx) {
         Ok(action) => action,
-        Err(reason) => drop_packet(&ctx, reason),
+        Err(reason) => drop_packet(&ctx, reason, HookDirection::Ingress),
     }
 }
 

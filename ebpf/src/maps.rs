@@ -13,7 +13,7 @@ use sluice_common::{
         AffinityKey, AffinityValue, Backend, BackendMember, BackendSlot, ReverseKey, ServiceKey, ServiceValue,
         SockLbCounter,
     },
-    DropReason, EndpointInfo, FlowKey, ForwardPath, NodeConfig, RemoteNode, TunnelConfig,
+    DropCount, EndpointInfo, FlowKey, ForwardPath, NodeConfig, RemoteNode, TunnelConfig, DROP_SLOTS,
 };
 
 #[map]
@@ -29,7 +29,7 @@ pub static NODE_CONFIG: Array<NodeConfig> = Array::with_max_entries(1, 0);
 pub static TUNNEL_CONFIG: Array<TunnelConfig> = Array::with_max_entries(1, 0);
 
 #[map]
-pub static DROPS: PerCpuArray<u64> = PerCpuArray::with_max_entries(DropReason::COUNT, 0);
+pub static DROP_STATS: PerCpuArray<DropCount> = PerCpuArray::with_max_entries(DROP_SLOTS, 0);
 
 #[map]
 pub static FORWARDS: PerCpuArray<u64> = PerCpuArray::with_max_entries(ForwardPath::COUNT, 0);

@@ -12,7 +12,7 @@
 //! packet from a pod; the ingress programs send packets matching one to the
 //! stack. The kernel's conntrack is the state; this map only says "ask it".
 use aya_ebpf::{bindings::TC_ACT_UNSPEC, macros::classifier, maps::lpm_trie::Key, programs::TcContext};
-use sluice_common::{maps::FAST_PATH_MARK, DropReason, FlowKey};
+use sluice_common::{maps::FAST_PATH_MARK, DropReason, FlowKey, HookDirection};
 
 use crate::{
     counters::drop_packet,
@@ -69,7 +69,7 @@ pub fn flow_key(ctx: &TcContext) -> Option<FlowKey> {
 pub fn to_pod(ctx: TcContext) -> i32 {
     match try_to_pod(&ctx) {
         Ok(action) => action,
-        Err(reason) => drop_packet(&ctx, reason),
+        Err(reason) => drop_packet(&ctx, reason, HookDirection::Egress),
     }
 }
 

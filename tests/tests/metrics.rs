@@ -113,8 +113,13 @@ fn a_real_prometheus_scrapes_every_agent_and_sees_the_drops() {
     let mut seen = (Vec::new(), Vec::new());
     while start.elapsed() < Duration::from_secs(40) {
         let up = query(&lan, "up == 1");
-        let drops =
-            query(&lan, &format!("sluice_drops_total{{reason=\"source_spoofed\",instance=\"{}:9962\"}}", n1.ip));
+        let drops = query(
+            &lan,
+            &format!(
+                "sluice_drops_total{{reason=\"source_spoofed\",direction=\"ingress\",instance=\"{}:9962\"}}",
+                n1.ip
+            ),
+        );
         if up.len() == 2 && drops.first().is_some_and(|d| d["value"][1] == "3") {
             seen = (up, drops);
             break;

@@ -5,9 +5,11 @@
 //!
 //! "An earlier layout" is made from a running one: with the agents stopped,
 //! each node's `v1` pin tree is renamed to `v0` (the same kernel objects,
-//! still forwarding), and its `DROPS` pin replaced by a shorter array, as a
-//! version with fewer drop reasons had. The programs keep their own maps;
-//! only what a new agent finds at the pins changes.
+//! still forwarding), its `FORWARDS` pin replaced by a shorter array, as a
+//! version with fewer forwarding paths had, and its `DROP_STATS` by the
+//! `DROPS` of versions before it (packets per reason, fewer reasons). The
+//! programs keep their own maps; only what a new agent finds at the pins
+//! changes.
 use std::{
     io::{BufRead, BufReader, Write},
     net::{SocketAddr, TcpStream},
@@ -17,7 +19,10 @@ use std::{
 };
 
 use serde_json::Value;
-use sluice_common::maps::{names, LAYOUT_VERSION};
+use sluice_common::{
+    maps::{names, LAYOUT_VERSION},
+    DropReason, ForwardPath, DROP_SLOTS,
+};
 use sluice_node::datapath::pins::PinDir;
 use sluice_tests::{
     bin,
@@ -41,21 +46,54 @@ fn pin_names(dir: &Path) -> Vec<String> {
     v
 }
 
-/// Turn node `i`'s pins into "an earlier layout": `v1` → `v0`, and a
-/// `DROPS` of only 6 reasons.
+/// Turn node `i`'s pins into "an earlier layout": `v1` → `v0`, and the
+/// drop counters as versions before `DROP_STATS` had them: `DROPS`, packets
+/// per reason, here of only 6 reasons, with `OLD_SPOOFED` source_spoofed
+/// drops on every CPU.
 fn age_pins(lab: &Lab, i: usize) -> PathBuf {
     let root = &lab.state.nodes[i].pin_dir;
     let (new, old) = (root.join(format!("v{LAYOUT_VERSION}")), root.join("v0"));
     std::fs::rename(&new, &old).unwrap();
+    // FORWARDS of a version before the eBPF encapsulation (8 paths).
+    let forwards = old.join("maps").join(names::FORWARDS);
+    std::fs::remove_file(&forwards).unwrap();
+    let f = forwards.display().to_string();
+    sh(
+        "bpftool",
+        &["map", "create", &f, "type", "percpu_array", "key", "4", "value", "8", "entries", "8", "name", "FORWARDS"],
+    )
+    .unwrap();
+    let _ = std::fs::remove_file(old.join("maps").join(names::DROP_STATS));
     let drops = old.join("maps").join(names::DROPS);
-    std::fs::remove_file(&drops).unwrap();
     let d = drops.display().to_string();
     sh(
         "bpftool",
         &["map", "create", &d, "type", "percpu_array", "key", "4", "value", "8", "entries", "6", "name", "DROPS"],
     )
     .unwrap();
+    let key = (DropReason::SourceSpoofed as u32).to_le_bytes().map(|b| b.to_string());
+    let value = OLD_SPOOFED.to_le_bytes().map(|b| b.to_string());
+    let mut args = vec!["map", "update", "pinned", &d, "key"];
+    args.extend(key.iter().map(String::as_str));
+    args.push("value");
+    args.extend(value.iter().map(String::as_str));
+    sh("bpftool", &args).unwrap();
     old
+}
+
+/// source_spoofed drops per CPU in the old `DROPS` `age_pins` makes.
+const OLD_SPOOFED: u64 = 5;
+
+/// CPUs the kernel keeps per-CPU map values for (`/sys/.../possible`).
+fn possible_cpus() -> u64 {
+    let text = std::fs::read_to_string("/sys/devices/system/cpu/possible").unwrap();
+    text.trim()
+        .split(',')
+        .map(|range| match range.split_once('-') {
+            Some((a, b)) => b.parse::<u64>().unwrap() - a.parse::<u64>().unwrap() + 1,
+            None => 1,
+        })
+        .sum()
 }
 
 fn counter(lab: &Lab, i: usize, group: &str, name: &str) -> u64 {
@@ -131,16 +169,19 @@ fn an_agent_over_an_earlier_layout_takes_over_in_place_and_loses_nothing() {
     }
     assert_eq!(pin_names(&pins0.links_dir()).len(), links_before.len(), "no second attachment");
     assert_eq!(map_info(&pins0.map(names::ENDPOINTS))["id"], endpoints_id, "ENDPOINTS carried over, not rebuilt");
-    // DROPS was migrated to this version's size, and a reason the short
-    // map had no slot for is counted.
-    let drops = map_info(&pins0.map(names::DROPS));
-    assert_eq!(drops["max_entries"].as_u64().unwrap(), sluice_common::DropReason::COUNT as u64, "{drops}");
+    // The old DROPS was carried into DROP_STATS (its counts kept, as
+    // ingress, the direction those versions dropped source_spoofed in) and
+    // its pin removed; a reason the short map had no slot for is counted.
+    let forwards = map_info(&pins0.map(names::FORWARDS));
+    assert_eq!(forwards["max_entries"].as_u64().unwrap(), ForwardPath::COUNT as u64, "migrated: {forwards}");
+    assert!(!pins0.map(names::DROPS).exists(), "the retired DROPS pin is gone");
+    let stats = map_info(&pins0.map(names::DROP_STATS));
+    assert_eq!(stats["max_entries"].as_u64().unwrap(), DROP_SLOTS as u64, "{stats}");
     let status = lab.status(0).unwrap();
-    assert_eq!(
-        status["drops"].as_object().unwrap().len(),
-        sluice_common::DropReason::COUNT as usize,
-        "status lists every reason: {status:#}"
-    );
+    assert_eq!(status["drops"].as_object().unwrap().len(), DropReason::COUNT as usize, "every reason: {status:#}");
+    assert_eq!(status["drops"]["source_spoofed"], OLD_SPOOFED * possible_cpus(), "carried over: {status:#}");
+    let spoofed = status["dropsByDirection"].as_array().unwrap().iter().find(|r| r["reason"] == "source_spoofed");
+    assert_eq!(spoofed.map(|r| r["direction"].clone()), Some("ingress".into()), "{status:#}");
     // A host on the LAN claiming to be n1's second pod, to n1's first pod.
     let lan = lab.state.lan_netns.clone();
     let (n1, spoofed) = (lab.state.nodes[0].clone(), lab.state.nodes[0].pods[1].ip.clone());

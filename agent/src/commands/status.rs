@@ -4,15 +4,18 @@
 use std::{collections::BTreeMap, path::Path};
 
 use serde_json::{json, Value};
-use sluice_common::maps::{
-    limits::{MAX_ENDPOINTS, MAX_NODE_ROUTES},
-    programs,
+use sluice_common::{
+    maps::{
+        limits::{MAX_ENDPOINTS, MAX_NODE_ROUTES},
+        programs,
+    },
+    DropReason,
 };
 
 use sluice_node::{
     clock::now_unix,
     datapath::{
-        pinned_maps::{self, Endpoints, NodeRoutes},
+        pinned_maps::{self, DropRow, Endpoints, NodeRoutes},
         pins::{self, PinDir},
     },
 };
@@ -43,7 +46,10 @@ pub struct StatusReport {
     /// (`native` or `vxlan`), with the agent's reason.
     pub routes: Vec<(String, String, String, RoutePath)>,
     pub endpoints: Vec<(String, u32)>,
+    /// Packets dropped per reason, both directions together.
     pub drops: Vec<(String, u64)>,
+    /// Every reason in every direction, packets and bytes.
+    pub drop_stats: Vec<DropRow>,
     pub forwards: Vec<(String, u64)>,
 }
 
@@ -218,13 +224,27 @@ pub fn collect(pins: &PinDir, data_dir: &Path) -> StatusReport {
         })
         .collect();
     r.endpoints = endpoints.iter().map(|(ip, ep)| (ip.to_string(), ep.host_ifindex)).collect();
-    r.drops = pinned_maps::drops(pins)
-        .map(|v| v.iter().map(|(k, n)| (k.name().to_string(), *n)).collect())
-        .unwrap_or_default();
+    r.drop_stats = pinned_maps::drop_stats(pins).unwrap_or_default();
+    r.drops = drops_by_reason(&r.drop_stats);
     r.forwards = pinned_maps::forwards(pins)
         .map(|v| v.iter().map(|(k, n)| (k.name().to_string(), *n)).collect())
         .unwrap_or_default();
     r
+}
+
+/// Packets per reason, both directions together; nothing when the
+/// counters could not be read.
+fn drops_by_reason(stats: &[DropRow]) -> Vec<(String, u64)> {
+    if stats.is_empty() {
+        return Vec::new();
+    }
+    DropReason::ALL
+        .iter()
+        .map(|&reason| {
+            let packets = stats.iter().filter(|d| d.reason == reason).map(|d| d.packets).sum();
+            (reason.name().to_string(), packets)
+        })
+        .collect()
 }
 
 impl StatusReport {
@@ -268,6 +288,17 @@ impl StatusReport {
                 "nodeRoutes": {"used": self.routes.len(), "max": MAX_NODE_ROUTES},
             },
             "drops": self.drops.iter().map(|(k, n)| (k.clone(), json!(n))).collect::<serde_json::Map<_, _>>(),
+            "dropsByDirection": self
+                .drop_stats
+                .iter()
+                .filter(|d| d.packets != 0)
+                .map(|d| json!({
+                    "reason": d.reason.name(),
+                    "direction": d.direction.name(),
+                    "packets": d.packets,
+                    "bytes": d.bytes,
+                }))
+                .collect::<Vec<_>>(),
             "forwards": self.forwards.iter().map(|(k, n)| (k.clone(), json!(n))).collect::<serde_json::Map<_, _>>(),
         })
     }
@@ -345,11 +376,21 @@ impl StatusReport {
         for (ip, ifindex) in &self.endpoints {
             o.push_str(&format!("  {ip:<16} host ifindex {ifindex}\n"));
         }
-        for (title, counters) in [("drops by reason", &self.drops), ("forwarded by path", &self.forwards)] {
-            o.push_str(&format!("{title}:\n"));
-            for (k, n) in counters {
-                o.push_str(&format!("  {k:<18} {n}\n"));
-            }
+        o.push_str("drops by reason:\n");
+        for (k, n) in &self.drops {
+            // Where they were dropped: each direction's packets and bytes.
+            let sides: Vec<String> = self
+                .drop_stats
+                .iter()
+                .filter(|d| d.reason.name() == k && d.packets != 0)
+                .map(|d| format!("{} {} packets {} bytes", d.direction.name(), d.packets, d.bytes))
+                .collect();
+            let sides = if sides.is_empty() { String::new() } else { format!("  ({})", sides.join(", ")) };
+            o.push_str(&format!("  {k:<18} {n}{sides}\n"));
+        }
+        o.push_str("forwarded by path:\n");
+        for (k, n) in &self.forwards {
+            o.push_str(&format!("  {k:<18} {n}\n"));
         }
         o
     }
@@ -546,6 +587,34 @@ mod tests {
         let v = verdict(&HealthFacts { endpoints: ninety_percent, ..facts(Ok(&s)) });
         assert_eq!(v.warnings, vec![format!("endpoints map is {ninety_percent} of {max} full")]);
         assert!(verdict(&HealthFacts { endpoints: ninety_percent - 1, ..facts(Ok(&s)) }).warnings.is_empty());
+    }
+
+    #[test]
+    fn drops_show_each_direction_with_packets_and_bytes() {
+        use sluice_common::HookDirection;
+        let row = |reason, direction, packets, bytes| DropRow { reason, direction, packets, bytes };
+        let drop_stats = vec![
+            row(DropReason::TunnelNoRoute, HookDirection::Ingress, 0, 0),
+            row(DropReason::TunnelNoRoute, HookDirection::Egress, 2, 196),
+            row(DropReason::TunnelKey, HookDirection::Ingress, 1, 98),
+            row(DropReason::TunnelKey, HookDirection::Egress, 3, 300),
+        ];
+        let report = StatusReport { drops: drops_by_reason(&drop_stats), drop_stats, ..Default::default() };
+        let text = report.render_text();
+        assert!(text.contains("tunnel_no_route    2  (egress 2 packets 196 bytes)\n"), "{text}");
+        assert!(
+            text.contains("tunnel_key         4  (ingress 1 packets 98 bytes, egress 3 packets 300 bytes)\n"),
+            "{text}"
+        );
+        assert!(text.contains("source_spoofed     0\n"), "{text}");
+        let j = report.to_json();
+        assert_eq!(j["drops"]["tunnel_key"], 4);
+        assert_eq!(
+            j["dropsByDirection"][0],
+            serde_json::json!({"reason": "tunnel_no_route", "direction": "egress", "packets": 2, "bytes": 196})
+        );
+        assert_eq!(j["dropsByDirection"].as_array().unwrap().len(), 3, "{j}");
+        assert!(drops_by_reason(&[]).is_empty(), "unreadable counters: no rows, not zeros");
     }
 
     #[test]

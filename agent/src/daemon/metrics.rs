@@ -1,7 +1,8 @@
 //! Prometheus metrics on `--metrics-addr` (`GET /metrics`, text format).
 //!
 //! Datapath figures are read from the pinned maps at each scrape (the maps
-//! are the truth; nothing is copied or can drift): drops by reason,
+//! are the truth; nothing is copied or can drift): drops (packets and
+//! bytes) by reason and direction,
 //! forwarded packets by path, entries and capacity per map. The agent's own
 //! figures are kept here: reconcile duration, membership problems,
 //! Kubernetes watch events and relists. Names follow Prometheus
@@ -41,7 +42,7 @@ use sluice_common::maps::{limits, names};
 use sluice_node::{
     cni_stats,
     datapath::{
-        pinned_maps::{self, Endpoints, NodeRoutes},
+        pinned_maps::{self, DropRow, Endpoints, NodeRoutes},
         pins::PinDir,
     },
 };
@@ -162,6 +163,28 @@ fn encode_cni(encoder: &mut DescriptorEncoder, stats: &cni_stats::Stats) -> std:
     Ok(())
 }
 
+/// Drops by reason and by the direction of the program that dropped them
+/// (`sluice_common::HookDirection`: the side of its device its TC hook is on),
+/// packets and bytes.
+fn encode_drops(encoder: &mut DescriptorEncoder, rows: &[DropRow]) -> std::fmt::Result {
+    let labels =
+        |r: &DropRow| vec![("reason", r.reason.name().to_string()), ("direction", r.direction.name().to_string())];
+    family(
+        encoder,
+        "sluice_drops",
+        "Packets the datapath dropped, by reason and direction (the dropping program's TC hook).",
+        MetricType::Counter,
+        rows.iter().map(|r| (labels(r), ConstCounter::new(r.packets))),
+    )?;
+    family(
+        encoder,
+        "sluice_drop_bytes",
+        "Bytes of the packets the datapath dropped (skb length, Ethernet header included), by reason and direction.",
+        MetricType::Counter,
+        rows.iter().map(|r| (labels(r), ConstCounter::new(r.bytes))),
+    )
+}
+
 /// The file holds cumulative counts; the encoder wants them per bucket.
 fn per_bucket(bounds: &[f64], cumulative: &[u64], count: u64) -> Vec<(f64, u64)> {
     let mut buckets = Vec::new();
@@ -192,19 +215,8 @@ fn family<M: EncodeMetric>(
 impl Collector for DatapathCollector {
     fn encode(&self, mut encoder: DescriptorEncoder) -> std::fmt::Result {
         let pins = &self.pins;
-        if let Ok(drops) = pinned_maps::drops(pins) {
-            // Every drop happens on a program's ingress today (from_pod,
-            // from_uplink); the label is there for egress drops to come.
-            let rows = drops.into_iter().map(|(r, n)| {
-                (vec![("reason", r.name().to_string()), ("direction", "ingress".to_string())], ConstCounter::new(n))
-            });
-            family(
-                &mut encoder,
-                "sluice_drops",
-                "Packets the datapath dropped, by reason.",
-                MetricType::Counter,
-                rows,
-            )?;
+        if let Ok(drops) = pinned_maps::drop_stats(pins) {
+            encode_drops(&mut encoder, &drops)?;
         }
         if let Ok(fwd) = pinned_maps::forwards(pins) {
             let rows = fwd.into_iter().map(|(p, n)| (vec![("path", p.name().to_string())], ConstCounter::new(n)));
@@ -457,5 +469,38 @@ mod tests {
         }
         // No pinned maps: the datapath families are left out, not zeroed.
         assert!(!text.contains("sluice_drops_total"), "{text}");
+    }
+
+    /// The drop families as the collector writes them from `DROP_STATS`.
+    #[derive(Debug)]
+    struct Drops(Vec<DropRow>);
+
+    impl Collector for Drops {
+        fn encode(&self, mut encoder: DescriptorEncoder) -> std::fmt::Result {
+            encode_drops(&mut encoder, &self.0)
+        }
+    }
+
+    #[test]
+    fn drops_carry_their_direction_packets_and_bytes() {
+        use sluice_common::{DropReason, HookDirection};
+        let row = |reason, direction, packets, bytes| DropRow { reason, direction, packets, bytes };
+        let mut r = Registry::default();
+        r.register_collector(Box::new(Drops(vec![
+            row(DropReason::SourceSpoofed, HookDirection::Ingress, 3, 294),
+            row(DropReason::TunnelNoRoute, HookDirection::Egress, 2, 196),
+            row(DropReason::TunnelNoRoute, HookDirection::Ingress, 0, 0),
+        ])));
+        let text = render(&r).unwrap();
+        for line in [
+            "sluice_drops_total{reason=\"source_spoofed\",direction=\"ingress\"} 3",
+            "sluice_drops_total{reason=\"tunnel_no_route\",direction=\"egress\"} 2",
+            "sluice_drops_total{reason=\"tunnel_no_route\",direction=\"ingress\"} 0",
+            "sluice_drop_bytes_total{reason=\"source_spoofed\",direction=\"ingress\"} 294",
+            "sluice_drop_bytes_total{reason=\"tunnel_no_route\",direction=\"egress\"} 196",
+            "# TYPE sluice_drop_bytes counter",
+        ] {
+            assert!(text.contains(line), "{line} missing from:\n{text}");
+        }
     }
 }

@@ -12,7 +12,7 @@ use aya_ebpf::{
 };
 use sluice_common::{
     maps::{FAST_PATH_MARK, TUNNEL_VNI},
-    DropReason, ForwardPath,
+    DropReason, ForwardPath, HookDirection,
 };
 
 use super::wire::OUTER_TTL;
@@ -78,7 +78,7 @@ pub fn to_node(ctx: &TcContext, vxlan_ifindex: u32, node_ip_be: u32) -> Result<i
 pub fn from_tunnel(ctx: TcContext) -> i32 {
     match try_from_tunnel(&ctx) {
         Ok(action) => action,
-        Err(reason) => drop_packet(&ctx, reason),
+        Err(reason) => drop_packet(&ctx, reason, HookDirection::Ingress),
     }
 }
 
@@ -133,7 +133,7 @@ const PACKET_HOST: u32 = 0;
 pub fn to_tunnel(ctx: TcContext) -> i32 {
     match try_to_tunnel(&ctx) {
         Ok(action) => action,
-        Err(reason) => drop_packet(&ctx, reason),
+        Err(reason) => drop_packet(&ctx, reason, HookDirection::Egress),
     }
 }
 

@@ -23,6 +23,7 @@ use super::{
     links::{attach_and_pin, ignore_not_found, update_pinned_link},
     migrate,
     pins::PinDir,
+    retired_maps,
     sock_lb::{self, CGROUP_LINK, SOCK_PROGRAMS},
 };
 use crate::pod::device::PodDevice;
@@ -34,7 +35,7 @@ const ALL_MAPS: [&str; 16] = [
     names::ENDPOINTS,
     names::NODE_ROUTES,
     names::NODE_CONFIG,
-    names::DROPS,
+    names::DROP_STATS,
     names::FORWARDS,
     names::IFACE_PACKETS,
     names::STACK_FLOWS,
@@ -92,6 +93,9 @@ impl Datapath {
             let map = ebpf.map_mut(name).with_context(|| format!("map {name} missing from the eBPF object"))?;
             migrate::copy_into(pins, name, map)?;
         }
+        // A map this version replaced (e.g. `DROPS` by `DROP_STATS`):
+        // its pin's content carried into the successor, then removed.
+        retired_maps::carry_over(pins, &mut ebpf);
         for name in ALL_PROGRAMS {
             let prog: &mut SchedClassifier = program_mut(&mut ebpf, name)?;
             prog.load().with_context(|| format!("load program {name} (verifier)"))?;

@@ -16,7 +16,7 @@ use std::{
 
 use anyhow::{bail, Context, Result};
 use aya::maps::{lpm_trie::LpmTrie, Array, HashMap, Map, MapData, PerCpuArray, PerCpuHashMap, PerCpuValues};
-use sluice_common::{maps::names, EndpointInfo, FlowKey, NodeConfig, RemoteNode};
+use sluice_common::{maps::names, DropCount, EndpointInfo, FlowKey, NodeConfig, RemoteNode};
 use tracing::{info, warn};
 
 use super::{
@@ -177,6 +177,19 @@ fn copy_hash<K: aya::Pod, V: aya::Pod>(old: Map, new: &mut Map) -> Result<usize>
     Ok(n)
 }
 
+/// Every index of a per-CPU array (counters) into its new map, as far as
+/// both reach.
+fn copy_per_cpu_array<V: aya::Pod>(old: Map, new: &mut Map) -> Result<usize> {
+    let from: PerCpuArray<MapData, V> = old.try_into()?;
+    let mut to: PerCpuArray<&mut MapData, V> = new.try_into()?;
+    let n = from.len().min(to.len());
+    for i in 0..n {
+        let values: PerCpuValues<V> = from.get(&i, 0)?;
+        to.set(i, values, 0)?;
+    }
+    Ok(n as usize)
+}
+
 fn copy_entries(name: &str, old: Map, new: &mut Map) -> Result<usize> {
     let mut n = 0;
     match name {
@@ -198,17 +211,12 @@ fn copy_entries(name: &str, old: Map, new: &mut Map) -> Result<usize> {
                 n += 1;
             }
         }
-        // Counters indexed by an enum that grew at its end (a new drop
-        // reason, a new socket-LB counter): every old index keeps its count.
-        names::DROPS | names::FORWARDS | names::SOCK_LB_STATS => {
-            let from: PerCpuArray<MapData, u64> = old.try_into()?;
-            let mut to: PerCpuArray<&mut MapData, u64> = new.try_into()?;
-            for i in 0..from.len().min(to.len()) {
-                let values: PerCpuValues<u64> = from.get(&i, 0)?;
-                to.set(i, values, 0)?;
-                n += 1;
-            }
-        }
+        // Counters indexed by an enum that grew at its end (a new socket-LB
+        // counter, a new forwarding path): every old index keeps its count.
+        names::FORWARDS | names::SOCK_LB_STATS => n = copy_per_cpu_array::<u64>(old, new)?,
+        // Slots by `drop_slot`: a new reason's are appended, so copying by
+        // index keeps every count where it was.
+        names::DROP_STATS => n = copy_per_cpu_array::<DropCount>(old, new)?,
         names::IFACE_PACKETS => {
             let from: PerCpuHashMap<MapData, u32, u64> = old.try_into()?;
             let mut to: PerCpuHashMap<&mut MapData, u32, u64> = new.try_into()?;

@@ -1,8 +1,9 @@
 //! The datapath from user space: where it is pinned (`pins`), mounting
 //! bpffs (`bpffs`), loading the object (`loader`), TCX links (`links`),
 //! typed access to the pinned maps (`pinned_maps`), and upgrades: whether a
-//! pinned map fits (`map_compat`, pure) and taking over an earlier
-//! version's pins (`migrate`); the socket load balancer's cgroup links
+//! pinned map fits (`map_compat`, pure), taking over an earlier
+//! version's pins (`migrate`) and carrying a replaced map's content into
+//! its successor (`retired_maps`); the socket load balancer's cgroup links
 //! (`sock_lb`, with the raw `bpf()` calls aya lacks in `bpf_sys`).
 pub mod bpf_sys;
 pub mod bpffs;
@@ -12,6 +13,7 @@ pub mod map_compat;
 pub mod migrate;
 pub mod pinned_maps;
 pub mod pins;
+pub mod retired_maps;
 pub mod service_maps;
 pub mod sock_lb;
 

@@ -9,8 +9,9 @@ use aya::maps::{
 };
 use ipnetwork::Ipv4Network;
 use sluice_common::{
+    drop_slot,
     maps::{limits, names, REMOTE_NODE_VXLAN},
-    DropReason, EndpointInfo, ForwardPath, NodeConfig, RemoteNode, TunnelConfig,
+    DropCount, DropReason, EndpointInfo, ForwardPath, HookDirection, NodeConfig, RemoteNode, TunnelConfig, DROP_SLOTS,
 };
 
 use super::pins::PinDir;
@@ -173,10 +174,38 @@ fn sum_per_cpu_array(pins: &PinDir, name: &str, len: u32) -> Result<Vec<u64>> {
     (0..len).map(|i| Ok(arr.get(&i, 0).with_context(|| format!("read {name}[{i}]"))?.iter().sum())).collect()
 }
 
-/// Drops so far, summed over CPUs, per reason.
+/// Drops so far in one direction for one reason, summed over CPUs.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct DropRow {
+    pub reason: DropReason,
+    pub direction: HookDirection,
+    pub packets: u64,
+    pub bytes: u64,
+}
+
+/// Drops so far, summed over CPUs: every reason in every direction, in
+/// `DropReason` order, ingress before egress.
+pub fn drop_stats(pins: &PinDir) -> Result<Vec<DropRow>> {
+    let arr: PerCpuArray<MapData, DropCount> = open(pins, names::DROP_STATS)?.try_into()?;
+    let mut rows = Vec::with_capacity(DROP_SLOTS as usize);
+    for reason in DropReason::ALL {
+        for direction in HookDirection::ALL {
+            let slot = drop_slot(reason, direction);
+            let per_cpu = arr.get(&slot, 0).with_context(|| format!("read {}[{slot}]", names::DROP_STATS))?;
+            let (packets, bytes) = per_cpu.iter().fold((0, 0), |(p, b), c| (p + c.packets, b + c.bytes));
+            rows.push(DropRow { reason, direction, packets, bytes });
+        }
+    }
+    Ok(rows)
+}
+
+/// Packets dropped so far per reason, both directions together.
 pub fn drops(pins: &PinDir) -> Result<Vec<(DropReason, u64)>> {
-    let sums = sum_per_cpu_array(pins, names::DROPS, DropReason::COUNT)?;
-    Ok(DropReason::ALL.iter().copied().zip(sums).collect())
+    let rows = drop_stats(pins)?;
+    Ok(DropReason::ALL
+        .iter()
+        .map(|&r| (r, rows.iter().filter(|row| row.reason == r).map(|row| row.packets).sum()))
+        .collect())
 }
 
 /// Forwarded packets so far, summed over CPUs, per path.

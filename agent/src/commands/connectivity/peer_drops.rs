@@ -18,16 +18,23 @@ pub fn parse_forwards(text: &str) -> Vec<(String, u64)> {
     parse_family(text, "sluice_forwarded_packets_total{", "path")
 }
 
+/// `label → count`, rows that differ only in other labels (a reason's
+/// `direction`s) added together, in the order each label first appears.
 fn parse_family(text: &str, prefix: &str, label: &str) -> Vec<(String, u64)> {
     let needle = format!("{label}=\"");
-    text.lines()
-        .filter_map(|l| {
-            let rest = l.strip_prefix(prefix)?;
-            let reason = rest.split(needle.as_str()).nth(1)?.split('"').next()?;
-            let value = l.rsplit(' ').next()?.parse::<f64>().ok()?;
-            Some((reason.to_string(), value as u64))
-        })
-        .collect()
+    let mut out: Vec<(String, u64)> = Vec::new();
+    for (name, value) in text.lines().filter_map(|l| {
+        let rest = l.strip_prefix(prefix)?;
+        let name = rest.split(needle.as_str()).nth(1)?.split('"').next()?;
+        let value = l.rsplit(' ').next()?.parse::<f64>().ok()?;
+        Some((name, value as u64))
+    }) {
+        match out.iter_mut().find(|(n, _)| n == name) {
+            Some((_, total)) => *total += value,
+            None => out.push((name.to_string(), value)),
+        }
+    }
+    out
 }
 
 /// Reasons whose count grew from `before` to `after`, with by how much.
@@ -76,5 +83,19 @@ mod tests {
         assert_eq!(delta(&before, &after), vec![("source_spoofed".to_string(), 3)]);
         assert!(delta(&after, &after).is_empty());
         assert_eq!(parse_forwards(text), vec![("to_stack".to_string(), 9)]);
+    }
+
+    #[test]
+    fn a_reasons_directions_count_together() {
+        let at = |ingress: u64, egress: u64| {
+            format!(
+                "sluice_drops_total{{reason=\"tunnel_key\",direction=\"ingress\"}} {ingress}\n\
+                 sluice_drops_total{{reason=\"tunnel_key\",direction=\"egress\"}} {egress}\n\
+                 sluice_drop_bytes_total{{reason=\"tunnel_key\",direction=\"egress\"}} 999\n"
+            )
+        };
+        let (before, after) = (parse(&at(5, 0)), parse(&at(5, 2)));
+        assert_eq!(after, vec![("tunnel_key".to_string(), 7)]);
+        assert_eq!(delta(&before, &after), vec![("tunnel_key".to_string(), 2)], "the egress drops, once");
     }
 }

@@ -63,7 +63,13 @@ pub fn run(args: &BenchArgs) -> Result<()> {
         println!("wrote {}", json_path.display());
         return Ok(());
     }
-    if args.vxlan {
+    if args.vxlan || args.cross {
+        // A reduced run: only `plan.only`'s rows, their ratios and targets.
+        let (file, pairs) = if args.vxlan {
+            ("vxlan.json", &report::VXLAN_PAIRS[..])
+        } else {
+            ("cross.json", &report::CROSS_PAIRS[..])
+        };
         let spinners = bench::Spinners::start();
         let rounds = (0..plan.rounds).map(|r| paths::round(r, &bins, &plan)).collect::<Result<Vec<_>>>()?;
         drop(spinners);
@@ -71,13 +77,14 @@ pub fn run(args: &BenchArgs) -> Result<()> {
             "machine": machine(),
             "plan": {"rounds": plan.rounds, "rr_secs": plan.rr.as_secs_f64(), "throughput_secs": plan.tput_secs, "release": plan.release, "only": plan.only},
             "paths": report::path_medians(&rounds),
-            "ratios": report::ratios_of(&rounds, &report::pairs(&report::VXLAN_PAIRS)),
+            "ratios": report::ratios_of(&rounds, &report::pairs(pairs)),
         });
         report["vxlan_targets"] = vxlan_targets(&report);
+        report["node_targets"] = report::node_targets(&report);
         report["wall_clock_secs"] = json!(started.elapsed().as_secs_f64());
-        let json_path = out_dir.join("vxlan.json");
+        let json_path = out_dir.join(file);
         std::fs::write(&json_path, serde_json::to_vec_pretty(&report)?)?;
-        print!("{}", render_vxlan(&report));
+        print!("{}", if args.vxlan { render_vxlan(&report) } else { report::render_cross(&report) });
         println!("wrote {}", json_path.display());
         return Ok(());
     }
@@ -119,6 +126,7 @@ pub fn run(args: &BenchArgs) -> Result<()> {
     });
     report["services"]["targets"] = svc_targets(&report, &plan);
     report["vxlan_targets"] = vxlan_targets(&report);
+    report["node_targets"] = report::node_targets(&report);
     report["wall_clock_secs"] = json!(started.elapsed().as_secs_f64());
     let json_path = out_dir.join("bench.json");
     std::fs::write(&json_path, serde_json::to_vec_pretty(&report)?)?;

@@ -2,7 +2,7 @@
 //! durations, sizes; `--smoke` shrinks them for CI).
 use std::time::Duration;
 
-use super::report::VXLAN_PATHS;
+use super::report::{CROSS_PATHS, VXLAN_PATHS};
 
 #[derive(clap::Args, Clone, Debug)]
 pub struct BenchArgs {
@@ -24,6 +24,12 @@ pub struct BenchArgs {
     /// 3). Writes target/bench/vxlan.json.
     #[arg(long)]
     pub vxlan: bool,
+    /// Only the native cross-node rows (issue 24): S cross-node against
+    /// the sluice lab's own nodes (A), bare nodes (A-bare) and B
+    /// cross-node, with the sluice programs' cost per packet (release
+    /// build; --rounds, default 3). Writes target/bench/cross.json.
+    #[arg(long, conflicts_with_all = ["vxlan", "cni"])]
+    pub cross: bool,
     /// Internal: be one measurement's client (MODE rr|crr, ADDR, MILLIS)
     /// and print its figures as JSON; the bench starts it inside a node's
     /// cgroup, where the socket load balancer sees it.
@@ -59,7 +65,15 @@ impl Plan {
         if args.vxlan {
             plan.only = VXLAN_PATHS.to_vec();
         }
+        if args.cross {
+            plan.only = CROSS_PATHS.to_vec();
+        }
         plan
+    }
+
+    /// Whether this run measures path `name`.
+    pub(super) fn wants(&self, name: &str) -> bool {
+        self.only.is_empty() || self.only.contains(&name)
     }
 
     fn defaults(args: &BenchArgs) -> Self {

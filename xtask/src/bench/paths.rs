@@ -14,7 +14,7 @@ use anyhow::{bail, Context, Result};
 use sluice_node::datapath::pins::PinDir;
 use sluice_tests::{
     bench::{self, Latency, Throughput},
-    lab::ns_cmd,
+    lab::{ns_cmd, ns_exec, Lab, LabOptions},
 };
 
 use super::{
@@ -128,116 +128,129 @@ fn measure(p: &Path2, plan: &Plan, bins: &Path) -> Result<PathFigures> {
     Ok(figures)
 }
 
-/// One round: fresh labs, every path, in an order rotated by `round`.
+/// Two nodes on a bridge as the sluice labs' are, nothing else: no
+/// agent, no netfilter table or rule in either namespace (checked, so the
+/// row cannot silently measure something else).
+fn bare_nodes(bins: &Path) -> Result<Lab> {
+    let mut opts = LabOptions::new(2, 0, bins.to_path_buf());
+    opts.sluice = false;
+    let lab = Lab::up(&opts)?;
+    for n in &lab.state.nodes {
+        let rules = netfilter_rules(&n.netns)?;
+        if !rules.is_empty() {
+            bail!("bare node {} has netfilter rules, the A-bare row would not be bare:\n{}", n.name, rules.join("\n"));
+        }
+    }
+    Ok(lab)
+}
+
+/// Every netfilter table in `netns` (nftables, which iptables-nft also
+/// writes through), one line each.
+fn netfilter_rules(netns: &str) -> Result<Vec<String>> {
+    let out = ns_exec(netns, &["nft", "list", "tables"])?;
+    Ok(out.lines().map(str::trim).filter(|l| !l.is_empty()).map(str::to_string).collect())
+}
+
+/// A path with nothing traced, no tunnel to check and no program costs.
+fn path(name: &'static str, client_ns: &str, server_ns: &str, target: bench::Target) -> Path2 {
+    Path2 {
+        name,
+        client_ns: client_ns.to_string(),
+        server_ns: server_ns.to_string(),
+        target,
+        traced: vec![],
+        tunnel: None,
+    }
+}
+
+/// The rows measured on the native sluice lab (`S` and the lab's own
+/// nodes, `A`), on the tunneled one, on the bridge labs and on bare nodes.
+const NATIVE_ROWS: [&str; 5] = ["A node-node", "S same-node", "S cross-node", "S cross traced", "S cross-node svc"];
+const BARE_ROW: &str = "A-bare node-node";
+
+/// One round: fresh labs, every path (or those `plan.only` names), in an
+/// order rotated by `round`. Only the labs those paths need are built.
 pub(super) fn round(round: usize, bins: &Path, plan: &Plan) -> Result<BTreeMap<String, PathFigures>> {
+    let wants = |names: &[&str]| names.iter().any(|n| plan.wants(n));
     // Native, at the uplink's MTU, as before `--tunnel` existed: `auto`
     // gives pods MTU − 50 even when every peer is native.
-    let mut s = sluice_lab(bins, "never")?;
-    s.add_pod(0, "n1p1")?;
-    s.add_pod(0, "n1p2")?;
-    s.add_pod(1, "n2p1")?;
+    let s = if wants(&NATIVE_ROWS) {
+        let mut s = sluice_lab(bins, "never")?;
+        s.add_pod(0, "n1p1")?;
+        s.add_pod(0, "n1p2")?;
+        s.add_pod(1, "n2p1")?;
+        install_bench_service(&s, &s.state.nodes[1].pods[0], &s.state.nodes[1].name)?;
+        Some(s)
+    } else {
+        None
+    };
     // Issue 15: every peer tunneled, nodes on one LAN.
-    let mut sv = sluice_lab(bins, "always")?;
-    sv.add_pod(0, "n1p1")?;
-    sv.add_pod(1, "n2p1")?;
-    let b = BridgeNet::new(bins, &[0, 0, 1], Overlay::HostRoutes)?;
-    let k = BridgeNet::new(bins, &[0, 1], Overlay::KernelVxlan)?;
-    let l = VethPair::new()?;
-    let (n1, n2) = (&s.state.nodes[0], &s.state.nodes[1]);
-    let (sp1, sp2, sp3) = (&n1.pods[0], &n1.pods[1], &n2.pods[0]);
-    let (svn1, svn2) = (&sv.state.nodes[0], &sv.state.nodes[1]);
-    install_bench_service(&s, sp3, &n2.name)?;
-    let mut paths = vec![
-        Path2 {
-            name: "A node-node",
-            client_ns: n1.netns.clone(),
-            server_ns: n2.netns.clone(),
-            target: bench::Target::direct(n2.ip.parse()?),
-            traced: vec![],
-            tunnel: None,
-        },
-        Path2 {
-            name: "L veth pair",
-            client_ns: l.a.clone(),
-            server_ns: l.b.clone(),
-            target: bench::Target::direct("10.99.0.2".parse()?),
-            traced: vec![],
-            tunnel: None,
-        },
-        Path2 {
-            name: "B same-node",
-            client_ns: b.pods[0].1.clone(),
-            server_ns: b.pods[1].1.clone(),
-            target: bench::Target::direct(b.pods[1].2),
-            traced: vec![],
-            tunnel: None,
-        },
-        Path2 {
-            name: "B cross-node",
-            client_ns: b.pods[0].1.clone(),
-            server_ns: b.pods[2].1.clone(),
-            target: bench::Target::direct(b.pods[2].2),
-            traced: vec![],
-            tunnel: None,
-        },
-        Path2 {
-            name: "S same-node",
-            client_ns: sp1.netns.clone(),
-            server_ns: sp2.netns.clone(),
-            target: bench::Target::direct(pod_ip(sp2)),
-            traced: vec![],
-            tunnel: None,
-        },
-        Path2 {
-            name: "S cross-node",
-            client_ns: sp1.netns.clone(),
-            server_ns: sp3.netns.clone(),
-            target: bench::Target::direct(pod_ip(sp3)),
-            traced: vec![],
-            tunnel: None,
-        },
-        Path2 {
-            name: "S-vxlan cross-node",
-            client_ns: svn1.pods[0].netns.clone(),
-            server_ns: svn2.pods[0].netns.clone(),
-            target: bench::Target::direct(pod_ip(&svn2.pods[0])),
-            traced: vec![],
-            tunnel: Some(TunnelCheck::Sluice(svn1.pin_dir.clone())),
-        },
-        Path2 {
-            name: "K vxlan cross-node",
-            client_ns: k.pods[0].1.clone(),
-            server_ns: k.pods[1].1.clone(),
-            target: bench::Target::direct(k.pods[1].2),
-            traced: vec![],
-            tunnel: Some(TunnelCheck::Device(k.node_netns(0), vxlan::DEVICE)),
-        },
-        Path2 {
-            name: "S cross traced",
-            client_ns: sp1.netns.clone(),
-            server_ns: sp3.netns.clone(),
-            target: bench::Target::direct(pod_ip(sp3)),
-            traced: vec![(n1.netns.clone(), n1.pin_dir.clone()), (n2.netns.clone(), n2.pin_dir.clone())],
-            tunnel: None,
-        },
-        Path2 {
-            name: "S cross-node svc",
-            client_ns: sp1.netns.clone(),
-            server_ns: sp3.netns.clone(),
-            target: bench::Target {
-                server_ip: pod_ip(sp3),
-                server_port: BENCH_SERVER_PORT,
-                via: Some(std::net::SocketAddr::from((BENCH_SERVICE.0.parse::<Ipv4Addr>()?, BENCH_SERVICE.1))),
-            },
-            traced: vec![],
-            tunnel: None,
-        },
-    ];
-    if !plan.only.is_empty() {
-        paths.retain(|p| plan.only.contains(&p.name));
+    let sv = if wants(&["S-vxlan cross-node"]) {
+        let mut sv = sluice_lab(bins, "always")?;
+        sv.add_pod(0, "n1p1")?;
+        sv.add_pod(1, "n2p1")?;
+        Some(sv)
+    } else {
+        None
+    };
+    let b = wants(&["B same-node", "B cross-node"])
+        .then(|| BridgeNet::new(bins, &[0, 0, 1], Overlay::HostRoutes))
+        .transpose()?;
+    let k = wants(&["K vxlan cross-node"]).then(|| BridgeNet::new(bins, &[0, 1], Overlay::KernelVxlan)).transpose()?;
+    let l = wants(&["L veth pair"]).then(VethPair::new).transpose()?;
+    // Issue 24: the limit for cross-node traffic, nodes with no netfilter.
+    let bare = wants(&[BARE_ROW]).then(|| bare_nodes(bins)).transpose()?;
+    let mut paths = Vec::new();
+    if let Some(s) = &s {
+        let (n1, n2) = (&s.state.nodes[0], &s.state.nodes[1]);
+        paths.push(path("A node-node", &n1.netns, &n2.netns, bench::Target::direct(n2.ip.parse()?)));
     }
+    if let Some(bare) = &bare {
+        let (n1, n2) = (&bare.state.nodes[0], &bare.state.nodes[1]);
+        paths.push(path(BARE_ROW, &n1.netns, &n2.netns, bench::Target::direct(n2.ip.parse()?)));
+    }
+    if let Some(l) = &l {
+        paths.push(path("L veth pair", &l.a, &l.b, bench::Target::direct("10.99.0.2".parse()?)));
+    }
+    if let Some(b) = &b {
+        paths.push(path("B same-node", &b.pods[0].1, &b.pods[1].1, bench::Target::direct(b.pods[1].2)));
+        paths.push(path("B cross-node", &b.pods[0].1, &b.pods[2].1, bench::Target::direct(b.pods[2].2)));
+    }
+    if let Some(s) = &s {
+        let (n1, n2) = (&s.state.nodes[0], &s.state.nodes[1]);
+        let (sp1, sp2, sp3) = (&n1.pods[0], &n1.pods[1], &n2.pods[0]);
+        paths.push(path("S same-node", &sp1.netns, &sp2.netns, bench::Target::direct(pod_ip(sp2))));
+        paths.push(path("S cross-node", &sp1.netns, &sp3.netns, bench::Target::direct(pod_ip(sp3))));
+    }
+    if let Some(sv) = &sv {
+        let (svn1, svn2) = (&sv.state.nodes[0], &sv.state.nodes[1]);
+        let mut p = path(
+            "S-vxlan cross-node",
+            &svn1.pods[0].netns,
+            &svn2.pods[0].netns,
+            bench::Target::direct(pod_ip(&svn2.pods[0])),
+        );
+        p.tunnel = Some(TunnelCheck::Sluice(svn1.pin_dir.clone()));
+        paths.push(p);
+    }
+    if let Some(k) = &k {
+        let mut p = path("K vxlan cross-node", &k.pods[0].1, &k.pods[1].1, bench::Target::direct(k.pods[1].2));
+        p.tunnel = Some(TunnelCheck::Device(k.node_netns(0), vxlan::DEVICE));
+        paths.push(p);
+    }
+    if let Some(s) = &s {
+        let (n1, n2) = (&s.state.nodes[0], &s.state.nodes[1]);
+        let (sp1, sp3) = (&n1.pods[0], &n2.pods[0]);
+        let mut traced = path("S cross traced", &sp1.netns, &sp3.netns, bench::Target::direct(pod_ip(sp3)));
+        traced.traced = vec![(n1.netns.clone(), n1.pin_dir.clone()), (n2.netns.clone(), n2.pin_dir.clone())];
+        paths.push(traced);
+        let via = std::net::SocketAddr::from((BENCH_SERVICE.0.parse::<Ipv4Addr>()?, BENCH_SERVICE.1));
+        let target = bench::Target { server_ip: pod_ip(sp3), server_port: BENCH_SERVER_PORT, via: Some(via) };
+        paths.push(path("S cross-node svc", &sp1.netns, &sp3.netns, target));
+    }
+    paths.retain(|p| plan.wants(p.name));
     let n = paths.len();
-    paths.rotate_left(round % n);
+    paths.rotate_left(round % n.max(1));
     let mut out = BTreeMap::new();
     for p in &paths {
         eprintln!("bench: round {} {}", round + 1, p.name);

@@ -25,6 +25,7 @@ mod cni;
 mod control_plane;
 mod labs;
 mod paths;
+mod prog_cost;
 mod report;
 mod services;
 mod vxlan;
@@ -78,6 +79,7 @@ pub fn run(args: &BenchArgs) -> Result<()> {
             "plan": {"rounds": plan.rounds, "rr_secs": plan.rr.as_secs_f64(), "throughput_secs": plan.tput_secs, "release": plan.release, "only": plan.only},
             "paths": report::path_medians(&rounds),
             "ratios": report::ratios_of(&rounds, &report::pairs(pairs)),
+            "programs": report::program_costs(&rounds),
         });
         report["vxlan_targets"] = vxlan_targets(&report);
         report["node_targets"] = report::node_targets(&report);
@@ -114,6 +116,7 @@ pub fn run(args: &BenchArgs) -> Result<()> {
         "paths": report::path_medians(&rounds),
         "per_round": rounds.iter().map(|r| r.iter().map(|(n, p)| (n.clone(), json!({"rr": p.rr.per_sec, "crr": p.crr.per_sec}))).collect::<serde_json::Map<_, _>>()).collect::<Vec<_>>(),
         "ratios": report::ratios_of(&rounds, &pairs),
+        "programs": report::program_costs(&rounds),
         "cni": cni,
         "cni_p99_ratio_sluice_over_bridge": cni_ratio,
         "control_plane": control,

@@ -11,6 +11,7 @@ use std::{
 };
 
 use anyhow::{bail, Context, Result};
+use serde_json::Value;
 use sluice_node::datapath::pins::PinDir;
 use sluice_tests::{
     bench::{self, Latency, Throughput},
@@ -20,7 +21,7 @@ use sluice_tests::{
 use super::{
     args::Plan,
     labs::{install_bench_service, pod_ip, sluice_lab, BridgeNet, Overlay, VethPair, BENCH_SERVER_PORT, BENCH_SERVICE},
-    vxlan,
+    prog_cost, vxlan,
 };
 
 #[derive(Clone, Debug, Default)]
@@ -30,6 +31,10 @@ pub(super) struct PathFigures {
     /// Not measured for Service paths (the same packets as pod to pod once
     /// connected; RR and CRR show what the Service costs).
     pub(super) tput: Option<Throughput>,
+    /// The sluice programs' cost per packet and per transaction in a TCP_RR
+    /// and a TCP_CRR pass with BPF statistics on (`{"rr": .., "crr": ..}`,
+    /// see `prog_cost::to_json`); rows with `programs` only.
+    pub(super) programs: Option<Value>,
 }
 
 /// One side of a measured path: namespace and address of the server.
@@ -44,6 +49,9 @@ struct Path2 {
     /// How the client's packets must be seen to cross the tunnel, so a
     /// tunnel row that went native fails instead of being reported.
     tunnel: Option<TunnelCheck>,
+    /// Nodes (name, pin dir) whose programs' cost per packet is measured
+    /// in a pass of its own after the row's figures (`prog_cost`).
+    programs: Vec<(String, PathBuf)>,
 }
 
 /// Evidence that a path was tunneled.
@@ -113,6 +121,7 @@ fn measure(p: &Path2, plan: &Plan, bins: &Path) -> Result<PathFigures> {
             Some(_) => None,
             None => Some(bench::throughput(&p.server_ns, &p.client_ns, p.target.server_ip, plan.tput_secs)?),
         },
+        programs: None,
     };
     if let (Some(tunnel), Some(before)) = (&p.tunnel, tx_before) {
         // Every TCP_RR request alone is one packet out of the client's node.
@@ -125,8 +134,27 @@ fn measure(p: &Path2, plan: &Plan, bins: &Path) -> Result<PathFigures> {
             );
         }
     }
-    Ok(figures)
+    let programs = if p.programs.is_empty() { None } else { Some(program_costs(p, plan)?) };
+    Ok(PathFigures { programs, ..figures })
 }
+
+/// A TCP_RR and a TCP_CRR pass over `p` with BPF statistics on: each
+/// program's runs and run time per transaction.
+fn program_costs(p: &Path2, plan: &Plan) -> Result<Value> {
+    let programs = prog_cost::node_programs(&p.programs)?;
+    let _stats = prog_cost::StatsOn::enable()?;
+    let mut out = serde_json::Map::new();
+    for (mode, run) in [("rr", bench::tcp_rr_to as RrFn), ("crr", bench::tcp_crr_to as RrFn)] {
+        let before = prog_cost::sample(&programs)?;
+        let figures = run(&p.server_ns, &p.client_ns, p.target, plan.rr)?;
+        let after = prog_cost::sample(&programs)?;
+        let costs = prog_cost::costs(&before, &after, figures.samples);
+        out.insert(mode.into(), prog_cost::to_json(&costs, figures.samples, figures.per_sec));
+    }
+    Ok(Value::Object(out))
+}
+
+type RrFn = fn(&str, &str, bench::Target, Duration) -> Result<Latency>;
 
 /// Two nodes on a bridge as the sluice labs' are, nothing else: no
 /// agent, no netfilter table or rule in either namespace (checked, so the
@@ -160,7 +188,13 @@ fn path(name: &'static str, client_ns: &str, server_ns: &str, target: bench::Tar
         target,
         traced: vec![],
         tunnel: None,
+        programs: vec![],
     }
+}
+
+/// Node name and pin dir of every node of a sluice lab.
+fn lab_pins(lab: &Lab) -> Vec<(String, PathBuf)> {
+    lab.state.nodes.iter().map(|n| (n.name.clone(), n.pin_dir.clone())).collect()
 }
 
 /// The rows measured on the native sluice lab (`S` and the lab's own
@@ -219,8 +253,12 @@ pub(super) fn round(round: usize, bins: &Path, plan: &Plan) -> Result<BTreeMap<S
     if let Some(s) = &s {
         let (n1, n2) = (&s.state.nodes[0], &s.state.nodes[1]);
         let (sp1, sp2, sp3) = (&n1.pods[0], &n1.pods[1], &n2.pods[0]);
-        paths.push(path("S same-node", &sp1.netns, &sp2.netns, bench::Target::direct(pod_ip(sp2))));
-        paths.push(path("S cross-node", &sp1.netns, &sp3.netns, bench::Target::direct(pod_ip(sp3))));
+        let mut same = path("S same-node", &sp1.netns, &sp2.netns, bench::Target::direct(pod_ip(sp2)));
+        same.programs = lab_pins(s);
+        paths.push(same);
+        let mut cross = path("S cross-node", &sp1.netns, &sp3.netns, bench::Target::direct(pod_ip(sp3)));
+        cross.programs = lab_pins(s);
+        paths.push(cross);
     }
     if let Some(sv) = &sv {
         let (svn1, svn2) = (&sv.state.nodes[0], &sv.state.nodes[1]);
@@ -231,6 +269,7 @@ pub(super) fn round(round: usize, bins: &Path, plan: &Plan) -> Result<BTreeMap<S
             bench::Target::direct(pod_ip(&svn2.pods[0])),
         );
         p.tunnel = Some(TunnelCheck::Sluice(svn1.pin_dir.clone()));
+        p.programs = lab_pins(sv);
         paths.push(p);
     }
     if let Some(k) = &k {

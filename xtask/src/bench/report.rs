@@ -1,6 +1,9 @@
 //! The report: medians over rounds and of per-round ratios, the targets'
 //! verdicts (printed, never asserted), the machine, and the text table.
-use std::{collections::BTreeMap, process::Command};
+use std::{
+    collections::{BTreeMap, BTreeSet},
+    process::Command,
+};
 
 use serde_json::{json, Value};
 use sluice_tests::bench::median;
@@ -184,6 +187,7 @@ pub(super) fn render(r: &Value) -> String {
     o += &render_table(r);
     o += "targets (node to node; reported, not asserted):\n";
     o += &render_targets(&r["node_targets"]);
+    o += &render_program_costs(r);
     o += "targets (issue 15, the tunnel; reported, not asserted):\n";
     o += &render_targets(&r["vxlan_targets"]);
     o += &render_cni(&r["cni"]);
@@ -382,6 +386,82 @@ fn render_services(s: &Value) -> String {
     o
 }
 
+/// Medians over rounds of each row's program costs (`PathFigures::programs`):
+/// per row, per pass (rr, crr), the total per transaction, the rate with
+/// stats on, and per program its runs, ns per run and ns per transaction.
+pub(super) fn program_costs(rounds: &[BTreeMap<String, PathFigures>]) -> Value {
+    let finite_median = |v: Vec<f64>| median_or_null(v.into_iter().filter(|x| x.is_finite()).collect());
+    let mut rows = serde_json::Map::new();
+    for name in rounds.iter().flat_map(|r| r.keys()).collect::<BTreeSet<_>>() {
+        let passes: Vec<&Value> = rounds.iter().filter_map(|r| r.get(name)?.programs.as_ref()).collect();
+        if passes.is_empty() {
+            continue;
+        }
+        let mut row = serde_json::Map::new();
+        for mode in ["rr", "crr"] {
+            let of = |k: &str| finite_median(passes.iter().map(|p| f(&p[mode][k])).collect());
+            let labels: BTreeSet<&String> = passes
+                .iter()
+                .flat_map(|p| p[mode]["programs"].as_object().into_iter().flat_map(|m| m.keys()))
+                .collect();
+            let mut programs = serde_json::Map::new();
+            for label in labels {
+                let mut m = serde_json::Map::new();
+                for k in ["runs_per_txn", "ns_per_run", "ns_per_txn"] {
+                    m.insert(
+                        k.into(),
+                        finite_median(passes.iter().map(|p| f(&p[mode]["programs"][label][k])).collect()),
+                    );
+                }
+                programs.insert(label.clone(), Value::Object(m));
+            }
+            row.insert(
+                mode.into(),
+                json!({"ns_per_txn_total": of("ns_per_txn_total"), "per_sec_with_stats": of("per_sec_with_stats"), "programs": programs}),
+            );
+        }
+        rows.insert(name.clone(), Value::Object(row));
+    }
+    Value::Object(rows)
+}
+
+/// The program costs as text, with each row's TCP_RR p50 beside bare
+/// node-to-node's when both were measured (the gap the programs are
+/// part of).
+fn render_program_costs(r: &Value) -> String {
+    let Some(rows) = r["programs"].as_object().filter(|m| !m.is_empty()) else {
+        return String::new();
+    };
+    let mut o = String::from(
+        "sluice programs per transaction (a separate pass with BPF run-time stats on; medians over rounds):\n",
+    );
+    let bare_p50 = r["paths"]["A-bare node-node"]["rr_p50"].as_f64();
+    for (row, passes) in rows {
+        for (mode, title) in [("rr", "TCP_RR"), ("crr", "TCP_CRR")] {
+            let p = &passes[mode];
+            o += &format!(
+                "  {row} {title} ({:.0}/s with stats on): {:.0} ns of eBPF per transaction",
+                f(&p["per_sec_with_stats"]),
+                f(&p["ns_per_txn_total"])
+            );
+            if let (Some(bare), Some(own), "rr") = (bare_p50, r["paths"][row]["rr_p50"].as_f64(), mode) {
+                o += &format!("; TCP_RR p50 {own:.1} us vs A-bare {bare:.1} us ({:+.1} us)", own - bare);
+            }
+            o += &format!("\n    {:<28} {:>9} {:>8} {:>8}\n", "program", "runs/txn", "ns/run", "ns/txn");
+            for (label, m) in p["programs"].as_object().into_iter().flatten() {
+                o += &format!(
+                    "    {:<28} {} {} {}\n",
+                    label,
+                    cell(&m["runs_per_txn"], 9, 2),
+                    cell(&m["ns_per_run"], 8, 0),
+                    cell(&m["ns_per_txn"], 8, 0)
+                );
+            }
+        }
+    }
+    o
+}
+
 /// The node-to-node targets against this run's figures, against bare
 /// nodes (the limit) with the lab's own nodes in the note: printed, never
 /// asserted.
@@ -408,6 +488,7 @@ pub(super) fn render_cross(r: &Value) -> String {
     let mut o = render_table(r);
     o += "\ntargets (node to node; reported, not asserted):\n";
     o += &render_targets(&r["node_targets"]);
+    o += &render_program_costs(r);
     o
 }
 

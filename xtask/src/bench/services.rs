@@ -202,7 +202,7 @@ fn measure(
         let server = bench::crr_server(server_ns, target)?;
         client_process(lab, node, client_ns, "crr", server.connect_to, d)?
     };
-    Ok(PathFigures { rr, crr, tput: None })
+    Ok(PathFigures { rr, crr, tput: None, programs: None })
 }
 
 /// kube-proxy's view of the filler Services `0..scale - 1` plus the

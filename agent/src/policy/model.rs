@@ -335,6 +335,34 @@ impl NetworkPolicy {
     }
 }
 
+/// A policy [`NetworkPolicy::from_k8s`] refused, as enforced: it still
+/// isolates what it selects, in the directions it names, and allows
+/// nothing (fail closed; the error goes to the log, a metric and `status`).
+/// The API server validates policies, so this meets an old or broken API
+/// server or a gap here, never a user's typo. A selector that cannot be
+/// read selects the whole namespace; `policyTypes` that cannot be read
+/// isolate both ways. `None` without namespace/name (nothing to place).
+pub fn isolating_stand_in(policy: &networking::NetworkPolicy) -> Option<NetworkPolicy> {
+    let (Some(namespace), Some(name)) = (&policy.metadata.namespace, &policy.metadata.name) else {
+        return None;
+    };
+    let spec = policy.spec.clone().unwrap_or_default();
+    let pod_selector = spec
+        .pod_selector
+        .as_ref()
+        .map_or(Ok(LabelSelector::everything()), LabelSelector::from_k8s)
+        .unwrap_or_else(|_| LabelSelector::everything());
+    let has_egress_rules = spec.egress.as_ref().is_some_and(|e| !e.is_empty());
+    let types = match spec.policy_types.as_deref() {
+        None | Some([]) => default_policy_types(has_egress_rules),
+        Some(types) if types.iter().all(|t| t == "Ingress" || t == "Egress") => {
+            PolicyTypes { ingress: types.iter().any(|t| t == "Ingress"), egress: types.iter().any(|t| t == "Egress") }
+        }
+        Some(_) => PolicyTypes { ingress: true, egress: true },
+    };
+    Some(NetworkPolicy { name: PolicyName::new(namespace, name), pod_selector, types, ingress: vec![], egress: vec![] })
+}
+
 fn rule(
     peers: Option<&[networking::NetworkPolicyPeer]>,
     ports: Option<&[networking::NetworkPolicyPort]>,
@@ -570,6 +598,33 @@ mod tests {
         ));
         assert_eq!(bad(json!({"egress": [{"to": [{}]}]})), PolicyError::Peer);
         assert_eq!(bad(json!({"policyTypes": ["Sideways"]})), PolicyError::PolicyType("Sideways".into()));
+    }
+
+    #[test]
+    fn a_refused_policy_still_isolates_and_allows_nothing() {
+        let k8s = |spec: serde_json::Value| -> networking::NetworkPolicy {
+            serde_json::from_value(json!({"metadata": {"namespace": "x", "name": "p"}, "spec": spec})).unwrap()
+        };
+        let bad_port = k8s(json!({
+            "podSelector": {"matchLabels": {"pod": "a"}},
+            "policyTypes": ["Ingress", "Egress"],
+            "ingress": [{"ports": [{"port": 0}]}],
+            "egress": [{}]
+        }));
+        assert_eq!(NetworkPolicy::from_k8s(&bad_port), Err(PolicyError::Port(0)));
+        let p = isolating_stand_in(&bad_port).unwrap();
+        assert_eq!(p.pod_selector, LabelSelector::labels([("pod", "a")]));
+        assert_eq!(p.types, PolicyTypes { ingress: true, egress: true });
+        assert!(p.ingress.is_empty() && p.egress.is_empty(), "the egress rule that did convert is not kept either");
+        let bad_selector = k8s(json!({
+            "podSelector": {"matchExpressions": [{"key": "pod", "operator": "Gt", "values": ["1"]}]},
+            "policyTypes": ["Sideways"]
+        }));
+        let p = isolating_stand_in(&bad_selector).unwrap();
+        assert_eq!(p.pod_selector, LabelSelector::everything(), "the whole namespace");
+        assert_eq!(p.types, PolicyTypes { ingress: true, egress: true });
+        let defaulted = k8s(json!({"podSelector": {}, "ingress": [{"ports": [{"protocol": "ICMP"}]}]}));
+        assert_eq!(isolating_stand_in(&defaulted).unwrap().types, PolicyTypes { ingress: true, egress: false });
     }
 
     #[test]

@@ -343,3 +343,93 @@ fn a_peer_with_an_unusable_node_ip_is_reported_and_later_peers_still_route() {
     );
     assert_eq!(status["healthy"], true, "{status:#}");
 }
+
+/// Node `i`'s pods' endpoint entries (the health endpoint's left out).
+fn pod_entries(lab: &Lab, i: usize) -> std::collections::BTreeMap<std::net::Ipv4Addr, sluice_common::EndpointInfo> {
+    let pins = sluice_node::datapath::pins::PinDir::new(&lab.state.nodes[i].pin_dir);
+    let pods: Vec<std::net::Ipv4Addr> = lab.state.nodes[i].pods.iter().map(|p| p.ip.parse().unwrap()).collect();
+    let mut all = sluice_node::datapath::pinned_maps::Endpoints::open(&pins).unwrap().all().unwrap();
+    all.retain(|ip, _| pods.contains(ip));
+    all
+}
+
+/// The node's pod-side devices (`slc…`) with their indexes.
+fn pod_links(lab: &Lab, i: usize) -> Vec<String> {
+    let out = ns_exec(&lab.state.nodes[i].netns, &["ip", "-o", "link", "show"]).unwrap();
+    let mut v: Vec<String> = out
+        .lines()
+        .filter_map(|l| {
+            let mut parts = l.split(": ");
+            let index = parts.next()?;
+            let name = parts.next()?.split('@').next()?;
+            name.starts_with("slc").then(|| format!("{index}:{name}"))
+        })
+        .collect();
+    v.sort();
+    v
+}
+
+/// Wait (up to `secs`) until node `i`'s pod entries are `want` again.
+fn wait_entries(
+    lab: &Lab,
+    i: usize,
+    want: &std::collections::BTreeMap<std::net::Ipv4Addr, sluice_common::EndpointInfo>,
+    secs: u64,
+) -> Result<(), String> {
+    let start = Instant::now();
+    loop {
+        let now = pod_entries(lab, i);
+        if &now == want {
+            return Ok(());
+        }
+        if start.elapsed() > Duration::from_secs(secs) {
+            return Err(format!("entries now {now:?}, want {want:?}"));
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+/// A pod whose endpoint entry is lost while it runs (entries deleted behind
+/// the agent's back; then a recreated, empty `ENDPOINTS` pin across a
+/// restart) is repaired by the agent's sweep from its lease, its host veth
+/// and netlink: the same entries come back, nothing is torn down, the pods
+/// talk again. The old rule ("a lease without an entry is an ADD that never
+/// finished") tore down every pod on the node here.
+#[test]
+fn lost_endpoint_entries_are_repaired_and_no_pod_is_torn_down() {
+    require_root();
+    let mut lab = Lab::up(&LabOptions::new(2, 2, bin("sluice-agent").parent().unwrap().to_path_buf())).unwrap();
+    let pins0 = sluice_node::datapath::pins::PinDir::new(&lab.state.nodes[0].pin_dir);
+    let entries = pod_entries(&lab, 0);
+    assert_eq!(entries.len(), 2, "{entries:?}");
+    let links = pod_links(&lab, 0);
+    assert_eq!(links.len(), 2, "{links:?}");
+    let log = lab.state.nodes[0].dir.join("agent.log");
+    let repaired_lines =
+        || std::fs::read_to_string(&log).unwrap().lines().filter(|l| l.contains("endpoint entry re-derived")).count();
+
+    // 1. Deleted from the live map (what an ADD racing a map migration
+    // leaves: its entry in the map that was replaced).
+    let mut endpoints = sluice_node::datapath::pinned_maps::Endpoints::open(&pins0).unwrap();
+    for ip in entries.keys() {
+        endpoints.remove(*ip).unwrap();
+    }
+    assert!(pod_entries(&lab, 0).is_empty());
+    // Grace 4 s, sweep every 0.5 s (the lab's agent settings).
+    wait_entries(&lab, 0, &entries, 20).unwrap_or_else(|e| panic!("the sweep did not repair the entries: {e}"));
+    assert_eq!(pod_links(&lab, 0), links, "a pod was torn down and re-made instead of repaired");
+    assert_eq!(repaired_lines(), 2, "the agent says what it repaired");
+    let m = lab.matrix();
+    assert!(m.all_ok(), "pods after the repair:\n{}", m.render());
+
+    // 2. A recreated ENDPOINTS pin: the agent stopped, the pin removed, the
+    // agent started (it pins a new, empty map and points the programs at it).
+    lab.kill_agent(0).unwrap();
+    std::fs::remove_file(pins0.map(sluice_common::maps::names::ENDPOINTS)).unwrap();
+    lab.start_agent(0).unwrap();
+    lab.wait_agent_ready(0).unwrap();
+    wait_entries(&lab, 0, &entries, 20).unwrap_or_else(|e| panic!("the sweep did not refill a recreated map: {e}"));
+    assert_eq!(pod_links(&lab, 0), links, "a pod was torn down after the map was recreated");
+    let m = lab.matrix();
+    assert!(m.all_ok(), "pods after a recreated ENDPOINTS pin:\n{}", m.render());
+}

@@ -95,10 +95,11 @@ async fn sweep(netlink: &Netlink, node: &AgentConfig, pod_cidr: Ipv4Network, pin
     };
     match swept {
         Ok(plan) if !plan.is_empty() => info!(
+            repaired = plan.repairs.len(),
             attachments = plan.attachments.len(),
             endpoints = plan.endpoints.len(),
             links = plan.link_pins.len(),
-            "swept leftovers of pods that are gone"
+            "swept: entries of live pods repaired, leftovers of pods that are gone removed"
         ),
         Ok(_) => {}
         Err(e) => warn!(error = %format!("{e:#}"), "sweep failed; will retry"),

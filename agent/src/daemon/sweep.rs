@@ -1,13 +1,32 @@
-//! Cleaning up after pods whose CNI DEL never came (runtime crash, plugin
-//! killed mid-ADD, namespace deleted by hand). `plan` decides from facts
-//! (pure); `sweep` gathers the facts through `SweepTarget` and tears down
-//! what `plan` names.
+//! Keeping the node's per-pod state in sync with the pods that are really
+//! there, after a CNI DEL that never came (runtime crash, plugin killed
+//! mid-ADD, namespace deleted by hand) or an endpoint entry that went
+//! missing (a recreated `ENDPOINTS` pin, an ADD that raced a map
+//! migration). `plan` decides from facts (pure); `sweep` gathers the facts
+//! through `SweepTarget` and applies what `plan` names.
 //!
-//! A lease is stale when its host veth is gone (the pod namespace went, and
-//! the veth pair with it), its pod end never left the node (an ADD of an
-//! older version died before moving it), or it has no endpoint entry (the
-//! ADD died before finishing: every finished ADD has one) — and it is older
-//! than a grace period, so an ADD still in progress is never swept.
+//! In sync first, then clean (Calico's order; Cilium restores endpoints the
+//! same way): every lease whose pod is still there gets its endpoint entry
+//! re-derived — the host veth's name follows from the lease (container id,
+//! ifname), its index and MAC and the pod's MAC from netlink — and only what
+//! is really gone is torn down. A missing entry alone is never a reason to
+//! tear a pod down. Each lease, by `decide`:
+//!
+//! | host veth | temp peer on node | entry            | host side set up¹ | age    | verdict              |
+//! |-----------|-------------------|------------------|-------------------|--------|----------------------|
+//! | there     | –                 | points at it     | –                 | any    | in sync              |
+//! | –         | –                 | missing or stale | –                 | young  | leave (ADD may run)  |
+//! | gone      | –                 | –                | –                 | old    | tear down (pod gone) |
+//! | there     | there             | –                | –                 | old    | tear down (ADD died before the move) |
+//! | there     | gone              | missing or stale | yes               | old    | repair the entry     |
+//! | there     | gone              | missing or stale | no                | old    | tear down (ADD died before the host side) |
+//! | there     | gone              | missing or stale | unreadable        | old    | leave (ask again next tick) |
+//!
+//! ¹ ADD's `host-config` step: the `/32` route to the pod over its host
+//! veth and, on a device that resolves neighbours (veth), the pod's MAC as
+//! a permanent neighbour. It comes after the pod side is configured, so
+//! "set up" means the pod is complete but for its entry. A host veth that
+//! exists means the pod's namespace does (the pair dies with it).
 use std::{
     collections::{BTreeMap, BTreeSet},
     net::Ipv4Addr,
@@ -29,6 +48,9 @@ use sluice_node::{
 
 #[derive(Debug, Default, PartialEq, Eq)]
 pub struct SweepPlan {
+    /// Endpoint entries re-derived for pods that are still there (the entry
+    /// was missing or pointed at another interface).
+    pub repairs: Vec<(Ipv4Addr, EndpointInfo)>,
     /// (container id, ifname) attachments to tear down entirely.
     pub attachments: Vec<(String, String)>,
     /// Endpoint entries pointing at interfaces that no longer exist.
@@ -40,7 +62,110 @@ pub struct SweepPlan {
 
 impl SweepPlan {
     pub fn is_empty(&self) -> bool {
-        self.attachments.is_empty() && self.endpoints.is_empty() && self.link_pins.is_empty()
+        self.repairs.is_empty() && self.attachments.is_empty() && self.endpoints.is_empty() && self.link_pins.is_empty()
+    }
+}
+
+/// What netlink shows of a pod's host side: read for the leases whose
+/// entry is missing or stale (`needs_host_side`), enough to re-derive it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct HostSide {
+    pub ifindex: u32,
+    pub host_mac: [u8; 6],
+    /// The host veth resolves neighbours (veth); netkit's L3 mode does not.
+    pub arp: bool,
+    /// The `/32` route to the pod's address over this device.
+    pub route_to_pod: bool,
+    /// The pod's MAC, from the permanent neighbour entry of its address on
+    /// this device (none on a device without ARP).
+    pub pod_mac: Option<[u8; 6]>,
+}
+
+impl HostSide {
+    /// The entry ADD would have written, if ADD got as far as the host side.
+    fn endpoint(&self) -> Option<EndpointInfo> {
+        if !self.route_to_pod {
+            return None;
+        }
+        let pod_mac = match (self.arp, self.pod_mac) {
+            (true, Some(mac)) => mac,
+            (true, None) => return None,
+            // netkit L3: no MACs; ADD wrote the pod side's, which is zero.
+            (false, _) => [0; 6],
+        };
+        Some(EndpointInfo { host_ifindex: self.ifindex, pod_mac, host_mac: self.host_mac })
+    }
+}
+
+/// Why an attachment is torn down.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Gone {
+    /// The host veth is gone: so is the pod's namespace.
+    Pod,
+    /// The pod's end is still on the node under its temporary name.
+    AddDiedBeforeMove,
+    /// The devices are there but ADD never set up the host side.
+    AddDiedBeforeHostSide,
+}
+
+/// What happens to one lease (the table in the module docs).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Verdict {
+    InSync,
+    /// Young: an ADD may still be running. Nothing is touched.
+    AddInProgress,
+    /// The host side could not be read: ask again at the next tick.
+    Unknown,
+    Repair(EndpointInfo),
+    TearDown(Gone),
+}
+
+/// The facts about one lease.
+pub struct LeaseFacts<'a> {
+    pub lease: &'a Lease,
+    pub entry: Option<&'a EndpointInfo>,
+    /// The host veth's index, if it exists.
+    pub host_ifindex: Option<u32>,
+    pub temp_peer_on_node: bool,
+    /// `None`: not read (or unreadable).
+    pub host_side: Option<&'a HostSide>,
+    pub grace: Duration,
+}
+
+pub fn decide(f: &LeaseFacts) -> Verdict {
+    let in_sync = matches!((f.entry, f.host_ifindex), (Some(ep), Some(i)) if ep.host_ifindex == i);
+    if in_sync {
+        return Verdict::InSync;
+    }
+    if f.lease.age < f.grace {
+        return Verdict::AddInProgress;
+    }
+    if f.host_ifindex.is_none() {
+        return Verdict::TearDown(Gone::Pod);
+    }
+    if f.temp_peer_on_node {
+        return Verdict::TearDown(Gone::AddDiedBeforeMove);
+    }
+    match f.host_side {
+        None => Verdict::Unknown,
+        Some(side) => match side.endpoint() {
+            Some(ep) => Verdict::Repair(ep),
+            None => Verdict::TearDown(Gone::AddDiedBeforeHostSide),
+        },
+    }
+}
+
+/// Leases whose host side `decide` may need: the host veth is there and the
+/// entry is missing or points elsewhere.
+pub fn needs_host_side(
+    lease: &Lease,
+    endpoints: &BTreeMap<Ipv4Addr, EndpointInfo>,
+    links: &BTreeMap<String, u32>,
+) -> bool {
+    let host = pod_names::host_veth(&lease.container_id, &lease.ifname);
+    match links.get(&host) {
+        Some(i) => endpoints.get(&lease.ip).map(|ep| ep.host_ifindex) != Some(*i),
+        None => false,
     }
 }
 
@@ -51,6 +176,8 @@ pub struct Facts<'a> {
     pub pinned_ifnames: &'a [String],
     /// Links in the node namespace: name → ifindex.
     pub links: &'a BTreeMap<String, u32>,
+    /// The host side of the leases `needs_host_side` names, by address.
+    pub host_sides: &'a BTreeMap<Ipv4Addr, HostSide>,
     pub grace: Duration,
 }
 
@@ -61,14 +188,24 @@ pub fn plan(f: &Facts) -> SweepPlan {
     for lease in f.leases {
         let host = pod_names::host_veth(&lease.container_id, &lease.ifname);
         let peer = pod_names::temp_peer(&lease.container_id, &lease.ifname);
-        let pod_gone = !f.links.contains_key(&host);
-        let add_died_before_move = f.links.contains_key(&peer);
-        // Every finished ADD has its endpoint entry: a lease without one
-        // (past the grace period) is an ADD that died on the way.
-        let add_never_finished = !f.endpoints.contains_key(&lease.ip);
-        if (pod_gone || add_died_before_move || add_never_finished) && lease.age >= f.grace {
-            out.attachments.push((lease.container_id.clone(), lease.ifname.clone()));
-            covered.insert(lease.ip);
+        let verdict = decide(&LeaseFacts {
+            lease,
+            entry: f.endpoints.get(&lease.ip),
+            host_ifindex: f.links.get(&host).copied(),
+            temp_peer_on_node: f.links.contains_key(&peer),
+            host_side: f.host_sides.get(&lease.ip),
+            grace: f.grace,
+        });
+        match verdict {
+            Verdict::InSync | Verdict::AddInProgress | Verdict::Unknown => {}
+            Verdict::Repair(ep) => {
+                out.repairs.push((lease.ip, ep));
+                covered.insert(lease.ip);
+            }
+            Verdict::TearDown(_) => {
+                out.attachments.push((lease.container_id.clone(), lease.ifname.clone()));
+                covered.insert(lease.ip);
+            }
         }
     }
     for (ip, ep) in f.endpoints {
@@ -94,6 +231,10 @@ pub trait SweepTarget {
     fn pinned_pod_ifnames(&self) -> Result<Vec<String>>;
     /// Links in the node namespace: name → ifindex.
     async fn links(&self) -> Result<BTreeMap<String, u32>>;
+    /// What netlink shows of `lease`'s host side (`None`: its host veth is
+    /// gone by now).
+    async fn host_side(&self, lease: &Lease) -> Result<Option<HostSide>>;
+    fn insert_endpoint(&mut self, ip: Ipv4Addr, ep: EndpointInfo) -> Result<()>;
     /// Tear one attachment down; the problems met (empty: clean).
     async fn teardown(&mut self, container_id: &str, ifname: &str) -> Vec<String>;
     fn remove_endpoint(&mut self, ip: Ipv4Addr) -> Result<()>;
@@ -103,14 +244,39 @@ pub trait SweepTarget {
 /// Gather facts, plan, apply. Order matters: ADD creates the veth before
 /// the endpoint entry and the link pin, so reading entries and pins
 /// *before* the links means a missing link is really gone, never "not made
-/// yet". A teardown that meets problems is logged and the rest goes on.
+/// yet". Repairs come first; a teardown that meets problems is logged and
+/// the rest goes on.
 pub async fn sweep(target: &mut impl SweepTarget, grace: Duration) -> Result<SweepPlan> {
     let leases = target.leases()?;
     let endpoints = target.endpoints()?;
     let pinned_ifnames = target.pinned_pod_ifnames()?;
     let links = target.links().await?;
-    let plan =
-        plan(&Facts { leases: &leases, endpoints: &endpoints, pinned_ifnames: &pinned_ifnames, links: &links, grace });
+    let mut host_sides = BTreeMap::new();
+    for lease in leases.iter().filter(|l| needs_host_side(l, &endpoints, &links)) {
+        match target.host_side(lease).await {
+            Ok(Some(side)) => {
+                host_sides.insert(lease.ip, side);
+            }
+            Ok(None) => {}
+            Err(e) => warn!(ip = %lease.ip, error = %format!("{e:#}"), "cannot read the pod's host side; next tick"),
+        }
+    }
+    let plan = plan(&Facts {
+        leases: &leases,
+        endpoints: &endpoints,
+        pinned_ifnames: &pinned_ifnames,
+        links: &links,
+        host_sides: &host_sides,
+        grace,
+    });
+    for (ip, ep) in &plan.repairs {
+        match target.insert_endpoint(*ip, *ep) {
+            Ok(()) => {
+                info!(%ip, host_ifindex = ep.host_ifindex, "endpoint entry re-derived for a pod that is still there")
+            }
+            Err(e) => warn!(%ip, error = %format!("{e:#}"), "endpoint repair failed; next tick"),
+        }
+    }
     for (cid, ifname) in &plan.attachments {
         let errors = target.teardown(cid, ifname).await;
         if errors.is_empty() {
@@ -174,6 +340,20 @@ impl SweepTarget for NodeSweep<'_> {
     async fn links(&self) -> Result<BTreeMap<String, u32>> {
         Ok(self.netlink.links().await?.into_iter().map(|l| (l.name, l.index)).collect())
     }
+    async fn host_side(&self, lease: &Lease) -> Result<Option<HostSide>> {
+        let name = pod_names::host_veth(&lease.container_id, &lease.ifname);
+        let Some(link) = self.netlink.link_by_name(&name).await? else {
+            return Ok(None);
+        };
+        let pod_route = Ipv4Network::new(lease.ip, 32)?;
+        let route_to_pod =
+            self.netlink.main_routes(None).await?.iter().any(|r| r.dst == pod_route && r.oif == link.index);
+        let pod_mac = if link.arp { self.netlink.permanent_neighbour(link.index, lease.ip).await? } else { None };
+        Ok(Some(HostSide { ifindex: link.index, host_mac: link.mac, arp: link.arp, route_to_pod, pod_mac }))
+    }
+    fn insert_endpoint(&mut self, ip: Ipv4Addr, ep: EndpointInfo) -> Result<()> {
+        self.endpoints.insert(ip, ep)
+    }
     async fn teardown(&mut self, container_id: &str, ifname: &str) -> Vec<String> {
         teardown::teardown(self.netlink, self.pins, &self.store, container_id, ifname).await
     }
@@ -202,24 +382,92 @@ mod tests {
         EndpointInfo { host_ifindex: ifindex, pod_mac: [0; 6], host_mac: [0; 6] }
     }
 
+    const POD_MAC: [u8; 6] = [2, 0, 0, 0, 0, 1];
+    const HOST_MAC: [u8; 6] = [2, 0, 0, 0, 0, 2];
+
+    fn veth_side(ifindex: u32) -> HostSide {
+        HostSide { ifindex, host_mac: HOST_MAC, arp: true, route_to_pod: true, pod_mac: Some(POD_MAC) }
+    }
+
+    /// why, lease, entry, host veth index, temp peer on the node, host side, verdict.
+    type Row<'a> = (&'a str, &'a Lease, Option<EndpointInfo>, Option<u32>, bool, Option<&'a HostSide>, Verdict);
+
+    /// The table of the module docs, row by row.
     #[test]
-    fn table() {
+    fn decide_table() {
+        let grace = Duration::from_secs(30);
+        let (old, young) = (lease("10.0.0.2", "p", 100), lease("10.0.0.2", "p", 1));
+        let repaired = EndpointInfo { host_ifindex: 10, pod_mac: POD_MAC, host_mac: HOST_MAC };
+        let netkit = HostSide { ifindex: 10, host_mac: [0; 6], arp: false, route_to_pod: true, pod_mac: None };
+        let no_route = HostSide { route_to_pod: false, ..veth_side(10) };
+        let no_neighbour = HostSide { pod_mac: None, ..veth_side(10) };
+        let side = veth_side(10);
+        #[rustfmt::skip]
+        let rows: Vec<Row> = vec![
+            ("entry points at the host veth",      &old,   Some(ep(10)), Some(10), false, None,          Verdict::InSync),
+            ("young and in sync",                  &young, Some(ep(10)), Some(10), false, None,          Verdict::InSync),
+            ("young, entry missing: ADD running",  &young, None,         Some(10), false, Some(&side),   Verdict::AddInProgress),
+            ("young, veth gone: ADD running",      &young, None,         None,     false, None,          Verdict::AddInProgress),
+            ("veth gone: the pod is gone",         &old,   Some(ep(10)), None,     false, None,          Verdict::TearDown(Gone::Pod)),
+            ("veth gone, no entry",                &old,   None,         None,     false, None,          Verdict::TearDown(Gone::Pod)),
+            ("peer never left the node",           &old,   None,         Some(10), true,  Some(&side),   Verdict::TearDown(Gone::AddDiedBeforeMove)),
+            ("entry missing, pod complete: repair", &old,  None,         Some(10), false, Some(&side),   Verdict::Repair(repaired)),
+            ("entry stale, pod complete: repair",  &old,   Some(ep(99)), Some(10), false, Some(&side),   Verdict::Repair(repaired)),
+            ("netkit: no MACs needed",             &old,   None,         Some(10), false, Some(&netkit), Verdict::Repair(EndpointInfo { host_ifindex: 10, pod_mac: [0; 6], host_mac: [0; 6] })),
+            ("no route to the pod: ADD died",      &old,   None,         Some(10), false, Some(&no_route), Verdict::TearDown(Gone::AddDiedBeforeHostSide)),
+            ("veth without the pod's MAC: died",   &old,   None,         Some(10), false, Some(&no_neighbour), Verdict::TearDown(Gone::AddDiedBeforeHostSide)),
+            ("host side unreadable: ask again",    &old,   None,         Some(10), false, None,          Verdict::Unknown),
+        ];
+        for (why, lease, entry, host_ifindex, temp_peer_on_node, host_side, want) in rows {
+            let got =
+                decide(&LeaseFacts { lease, entry: entry.as_ref(), host_ifindex, temp_peer_on_node, host_side, grace });
+            assert_eq!(got, want, "{why}");
+        }
+    }
+
+    #[test]
+    fn host_side_is_read_only_where_the_entry_is_missing_or_stale() {
+        let links: BTreeMap<String, u32> =
+            [(pod_names::host_veth("a", "eth0"), 10), (pod_names::host_veth("b", "eth0"), 11)].into();
+        let endpoints: BTreeMap<Ipv4Addr, EndpointInfo> =
+            [("10.0.0.1".parse().unwrap(), ep(10)), ("10.0.0.2".parse().unwrap(), ep(99))].into();
+        assert!(!needs_host_side(&lease("10.0.0.1", "a", 100), &endpoints, &links), "in sync");
+        assert!(needs_host_side(&lease("10.0.0.2", "b", 100), &endpoints, &links), "stale entry");
+        assert!(needs_host_side(&lease("10.0.0.3", "a", 100), &endpoints, &links), "no entry");
+        assert!(!needs_host_side(&lease("10.0.0.4", "gone", 100), &endpoints, &links), "no veth: nothing to read");
+    }
+
+    #[test]
+    fn plan_repairs_tears_down_and_cleans() {
         let live = pod_names::host_veth("live", "eth0");
         let crashed = pod_names::temp_peer("crashed", "eth0");
         let unfinished = pod_names::host_veth("unfinished", "eth0");
-        let links: BTreeMap<String, u32> =
-            [(live.clone(), 10), (crashed.clone(), 11), (unfinished.clone(), 12), ("eth0".to_string(), 2)].into();
+        let lost = pod_names::host_veth("lost", "eth0");
+        let links: BTreeMap<String, u32> = [
+            (live.clone(), 10),
+            (crashed.clone(), 11),
+            (unfinished.clone(), 12),
+            (lost.clone(), 13),
+            ("eth0".to_string(), 2),
+        ]
+        .into();
         let leases = vec![
             lease("10.0.0.2", "live", 100),       // pod alive: keep
             lease("10.0.0.3", "gone", 100),       // veth gone: sweep
             lease("10.0.0.4", "young", 0),        // veth gone but ADD may be running: keep
             lease("10.0.0.5", "crashed", 100),    // ADD died before moving the peer: sweep
-            lease("10.0.0.6", "unfinished", 100), // veth there, no endpoint entry: sweep
+            lease("10.0.0.6", "unfinished", 100), // veth there, host side never set up: sweep
+            lease("10.0.0.7", "lost", 100),       // pod complete, entry lost: repair
         ];
         let endpoints: BTreeMap<Ipv4Addr, EndpointInfo> = [
             ("10.0.0.2".parse().unwrap(), ep(10)),
             ("10.0.0.3".parse().unwrap(), ep(99)), // covered by the lease teardown
             ("10.0.0.9".parse().unwrap(), ep(98)), // orphan entry
+        ]
+        .into();
+        let host_sides: BTreeMap<Ipv4Addr, HostSide> = [
+            ("10.0.0.6".parse().unwrap(), HostSide { route_to_pod: false, ..veth_side(12) }),
+            ("10.0.0.7".parse().unwrap(), veth_side(13)),
         ]
         .into();
         let pinned = vec![live.clone(), "slcdeadbeef000".to_string()];
@@ -228,8 +476,16 @@ mod tests {
             endpoints: &endpoints,
             pinned_ifnames: &pinned,
             links: &links,
+            host_sides: &host_sides,
             grace: Duration::from_secs(30),
         });
+        assert_eq!(
+            p.repairs,
+            vec![(
+                "10.0.0.7".parse().unwrap(),
+                EndpointInfo { host_ifindex: 13, pod_mac: POD_MAC, host_mac: HOST_MAC }
+            )]
+        );
         assert_eq!(
             p.attachments,
             vec![
@@ -240,6 +496,36 @@ mod tests {
         );
         assert_eq!(p.endpoints, vec!["10.0.0.9".parse::<Ipv4Addr>().unwrap()]);
         assert_eq!(p.link_pins, vec!["slcdeadbeef000".to_string()]);
+    }
+
+    /// A recreated `ENDPOINTS` pin: every entry gone, every pod still there.
+    /// The old rule ("no entry: the ADD never finished") tore down every
+    /// pod on the node; now each entry is re-derived and nothing is torn down.
+    #[test]
+    fn an_emptied_endpoint_map_is_repaired_not_a_node_wide_teardown() {
+        let leases: Vec<Lease> =
+            (0..20).map(|i| lease(&format!("10.0.0.{}", i + 2), &format!("pod{i}"), 600)).collect();
+        let links: BTreeMap<String, u32> = leases
+            .iter()
+            .enumerate()
+            .map(|(i, l)| (pod_names::host_veth(&l.container_id, "eth0"), 10 + i as u32))
+            .collect();
+        let host_sides: BTreeMap<Ipv4Addr, HostSide> =
+            leases.iter().enumerate().map(|(i, l)| (l.ip, veth_side(10 + i as u32))).collect();
+        let p = plan(&Facts {
+            leases: &leases,
+            endpoints: &BTreeMap::new(),
+            pinned_ifnames: &[],
+            links: &links,
+            host_sides: &host_sides,
+            grace: Duration::from_secs(30),
+        });
+        assert!(p.attachments.is_empty(), "{:?}", p.attachments);
+        assert_eq!(p.repairs.len(), 20);
+        for (i, (ip, entry)) in p.repairs.iter().enumerate() {
+            assert_eq!(*ip, leases[i].ip);
+            assert_eq!(entry.host_ifindex, 10 + i as u32);
+        }
     }
 
     #[test]
@@ -253,6 +539,7 @@ mod tests {
             endpoints: &endpoints,
             pinned_ifnames: &[live],
             links: &links,
+            host_sides: &BTreeMap::new(),
             grace: Duration::ZERO,
         });
         assert!(p.is_empty());
@@ -265,6 +552,7 @@ mod tests {
         endpoints: BTreeMap<Ipv4Addr, EndpointInfo>,
         pinned: Vec<String>,
         links: BTreeMap<String, u32>,
+        host_sides: BTreeMap<Ipv4Addr, HostSide>,
         failing_teardown: Option<String>,
         log: std::cell::RefCell<Vec<String>>,
     }
@@ -285,6 +573,14 @@ mod tests {
         async fn links(&self) -> Result<BTreeMap<String, u32>> {
             self.log.borrow_mut().push("read links".into());
             Ok(self.links.clone())
+        }
+        async fn host_side(&self, lease: &Lease) -> Result<Option<HostSide>> {
+            self.log.borrow_mut().push(format!("read host side {}", lease.ip));
+            Ok(self.host_sides.get(&lease.ip).copied())
+        }
+        fn insert_endpoint(&mut self, ip: Ipv4Addr, ep: EndpointInfo) -> Result<()> {
+            self.log.borrow_mut().push(format!("insert endpoint {ip} #{}", ep.host_ifindex));
+            Ok(())
         }
         async fn teardown(&mut self, container_id: &str, _ifname: &str) -> Vec<String> {
             self.log.borrow_mut().push(format!("teardown {container_id}"));
@@ -308,11 +604,18 @@ mod tests {
     }
 
     #[test]
-    fn reads_state_before_links_then_applies_the_plan_past_a_failure() {
+    fn reads_state_before_links_then_repairs_then_applies_the_rest_past_a_failure() {
+        let lost = pod_names::host_veth("lost", "eth0");
         let mut node = FakeNode {
-            leases: vec![lease("10.0.0.3", "gone", 100), lease("10.0.0.4", "gone-too", 100)],
+            leases: vec![
+                lease("10.0.0.3", "gone", 100),
+                lease("10.0.0.4", "gone-too", 100),
+                lease("10.0.0.5", "lost", 100),
+            ],
             endpoints: [("10.0.0.9".parse().unwrap(), ep(98))].into(),
-            pinned: vec!["slcdeadbeef000".into()],
+            pinned: vec!["slcdeadbeef000".into(), lost.clone()],
+            links: [(lost, 12)].into(),
+            host_sides: [("10.0.0.5".parse().unwrap(), veth_side(12))].into(),
             failing_teardown: Some("gone".into()),
             ..Default::default()
         };
@@ -325,6 +628,8 @@ mod tests {
                 "read endpoints",
                 "read pins",
                 "read links",
+                "read host side 10.0.0.5",
+                "insert endpoint 10.0.0.5 #12",
                 "teardown gone",
                 "teardown gone-too",
                 "remove endpoint 10.0.0.9",

@@ -30,6 +30,9 @@ pub struct LinkInfo {
     pub up: bool,
     /// Administratively up (`IFF_UP`), carrier or not.
     pub admin_up: bool,
+    /// Resolves neighbours (no `IFF_NOARP`): a veth does, netkit's L3 mode
+    /// does not.
+    pub arp: bool,
 }
 
 /// The main routing table's id.
@@ -61,7 +64,8 @@ pub(crate) fn link_info(msg: &LinkMessage) -> LinkInfo {
     let flags = &msg.header.flags;
     let up = flags.contains(LinkFlags::Up | LinkFlags::LowerUp);
     let admin_up = flags.contains(LinkFlags::Up);
-    let mut info = LinkInfo { index: msg.header.index, name: String::new(), mtu: 0, mac: [0; 6], up, admin_up };
+    let arp = !flags.contains(LinkFlags::Noarp);
+    let mut info = LinkInfo { index: msg.header.index, name: String::new(), mtu: 0, mac: [0; 6], up, admin_up, arp };
     for attr in &msg.attributes {
         match attr {
             LinkAttribute::IfName(n) => info.name = n.clone(),

@@ -14,7 +14,6 @@ mod config;
 mod del;
 mod env;
 mod error;
-mod fault;
 mod gc;
 mod rollback;
 mod status;
@@ -22,6 +21,7 @@ mod status;
 use config::{NetConf, SUPPORTED_VERSIONS};
 use env::{CniEnv, Command};
 use error::CniError;
+use sluice_cni::fault;
 
 fn main() -> ExitCode {
     // VERSION needs no configuration: answer without waiting on stdin (a

@@ -15,7 +15,7 @@ use sluice_tests::{
     require_root, Netns,
 };
 
-const ADD_STEPS: [&str; 7] = ["ipam", "veth", "move", "pod-config", "host-config", "endpoint", "attach"];
+use sluice_cni::fault::ADD_STEPS;
 
 fn lab(nodes: usize) -> Lab {
     require_root();

@@ -8,7 +8,7 @@ use anyhow::{anyhow, Context};
 use serde_json::{json, Value};
 use sluice_node::ipam::store::{Allocation, Exhausted, LeaseStore};
 use sluice_node::{
-    datapath::{pinned_maps::Endpoints, pins::PinDir},
+    datapath::pins::PinDir,
     net::{netlink::Netlink, netns},
     pod::{device::PodDevice, names as pod_names},
 };
@@ -106,7 +106,7 @@ async fn add_steps(conf: &NetConf, env: &CniEnv, rb: &mut Rollback) -> Result<Va
     })?;
     {
         let pins = pins.clone();
-        rb.push("remove endpoint", async move { Endpoints::open(&pins)?.remove(ip) });
+        rb.push("remove endpoint", async move { plumbing::remove_endpoint(&pins, ip) });
     }
     done("endpoint")?;
 

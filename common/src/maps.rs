@@ -4,9 +4,17 @@
 //! byte order (`_be` in the field name), exactly as it appears in the packet,
 //! so the datapath compares without swapping.
 
-/// Bumped whenever a map's type, key or value layout changes. It is part of
-/// the pin directory (`<pin root>/v1/...`): aya reuses a pinned map without
-/// checking its layout, so a new layout must never open an old pin.
+/// Bumped whenever a map's type, key or value layout changes in a way a
+/// migration cannot carry. It is part of the pin directory
+/// (`<pin root>/v1/...`): aya reuses a pinned map without checking its
+/// layout, so a new layout must never open an old pin.
+///
+/// What a migration carries without a bump (the agent checks every pinned
+/// map's shape at start and copies the entries into a new map): another
+/// `max_entries`, and a value grown by fields appended at its end whose zero
+/// means "not set" (the old bytes are kept, the new ones zero). A key that
+/// changes, a value that shrinks or whose fields move, or another map type
+/// is refused instead.
 pub const LAYOUT_VERSION: u32 = 1;
 
 /// Map names, as in the eBPF object and as pin file names under the pin dir.

@@ -345,3 +345,296 @@ fn soak_twenty_restarts_ten_across_a_layout_change() {
         }
     }
 }
+
+/// The eBPF object of an earlier version, kept as a fixture (see
+/// `tests/fixtures/README.md` for its commit and how to rebuild it).
+const OLD_OBJECT: &str = "fixtures/sluice-f7b75f2.bpf.o";
+
+/// Maps whose capacity the "old version" had at half of this one's: the
+/// new agent must migrate every one of them (a capacity change on upgrade).
+const SHRUNK: [&str; 8] = [
+    names::ENDPOINTS,
+    names::NODE_ROUTES,
+    names::SERVICES,
+    names::BACKENDS,
+    names::BACKEND_MEMBERS,
+    names::STACK_FLOWS,
+    names::SOCK_REVERSE,
+    names::AFFINITY,
+];
+
+/// Maps only the agent and the plugin write: after an upgrade their entries
+/// are exactly what they were.
+const AGENT_WRITTEN: [&str; 7] = [
+    names::ENDPOINTS,
+    names::NODE_ROUTES,
+    names::NODE_CONFIG,
+    names::TUNNEL_CONFIG,
+    names::SERVICES,
+    names::BACKENDS,
+    names::BACKEND_MEMBERS,
+];
+
+/// Every entry of a pinned map, as bytes (all CPUs' values of a per-CPU map).
+fn dump(path: &Path) -> std::collections::BTreeMap<Vec<u8>, Vec<u8>> {
+    use sluice_node::datapath::{bpf_sys, map_compat, migrate::pinned_shape};
+    use std::os::fd::AsFd;
+    let shape = pinned_shape(path).unwrap();
+    let map = aya::maps::MapData::from_pin(path).unwrap();
+    let fd = map.fd().as_fd();
+    let cpus = aya::util::nr_cpus().unwrap();
+    let mut out = std::collections::BTreeMap::new();
+    let mut value = vec![0u8; map_compat::value_buffer_len(shape, cpus)];
+    let mut keys = Vec::new();
+    match map_compat::entries_of(shape.map_type).unwrap() {
+        map_compat::Entries::Events => {}
+        map_compat::Entries::Indexed => keys.extend((0..shape.max_entries).map(|i| i.to_ne_bytes().to_vec())),
+        map_compat::Entries::Keyed => {
+            let mut key: Option<Vec<u8>> = None;
+            let mut next = vec![0u8; shape.key_size as usize];
+            while bpf_sys::map_next_key(fd, key.as_deref(), &mut next).unwrap() {
+                keys.push(next.clone());
+                key = Some(next.clone());
+            }
+        }
+    }
+    for k in keys {
+        if bpf_sys::map_lookup(fd, &k, &mut value).unwrap() {
+            out.insert(k, value.clone());
+        }
+    }
+    out
+}
+
+/// Node `i` (its agent stopped) as an earlier version left it: the old
+/// object's maps (half this version's capacity, `NODE_CONFIG` of the old 8
+/// bytes) holding every entry of the running ones, pinned in an earlier
+/// layout's tree (`v0`); the old object's programs swapped into every link
+/// in place (TCX and cgroup links alike: `BPF_LINK_UPDATE`), so the old
+/// programs forward from then on, on the old maps. Traffic never stops.
+fn run_old_object(lab: &Lab, i: usize) {
+    use aya::programs::Program;
+    use sluice_node::datapath::{bpf_sys, migrate};
+    use std::os::fd::AsFd;
+    let pins = PinDir::new(&lab.state.nodes[i].pin_dir);
+    let old = lab.state.nodes[i].pin_dir.join("v0");
+    for sub in ["maps", "progs", "links"] {
+        std::fs::create_dir_all(old.join(sub)).unwrap();
+    }
+    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join(OLD_OBJECT);
+    let object = std::fs::read(&path).unwrap_or_else(|e| panic!("the old object {}: {e}", path.display()));
+    let mut loader = aya::EbpfLoader::new();
+    for name in SHRUNK {
+        let now = migrate::pinned_shape(&pins.map(name)).unwrap().max_entries;
+        loader.map_max_entries(name, now / 2);
+    }
+    let mut ebpf = loader.load(&object).unwrap();
+    // The object's data sections (`.rodata`, `.bss`) are maps too, never pinned.
+    for (name, map) in ebpf.maps_mut().filter(|(name, _)| !name.starts_with('.')) {
+        let pin = old.join("maps").join(name);
+        map.pin(&pin).unwrap();
+        let (from, to) = (pins.map(name), pin);
+        // A map this version retired (`DROPS`, now `DROP_STATS`): the old
+        // node's starts empty; the new agent carries it over.
+        if !from.exists() {
+            continue;
+        }
+        let (from_map, to_map) =
+            (aya::maps::MapData::from_pin(&from).unwrap(), aya::maps::MapData::from_pin(&to).unwrap());
+        migrate::copy_entries(
+            from_map.fd().as_fd(),
+            migrate::pinned_shape(&from).unwrap(),
+            to_map.fd().as_fd(),
+            migrate::pinned_shape(&to).unwrap(),
+        )
+        .unwrap_or_else(|e| panic!("carry {name} down to the old object: {e:#}"));
+    }
+    let mut programs = std::collections::BTreeMap::new();
+    for (name, prog) in ebpf.programs_mut() {
+        match prog {
+            Program::SchedClassifier(p) => p.load().unwrap(),
+            Program::CgroupSockAddr(p) => p.load().unwrap(),
+            _ => panic!("program {name}: neither a TC classifier nor a cgroup sock_addr program"),
+        }
+        prog.pin(old.join("progs").join(name)).unwrap();
+        programs.insert(name.to_string(), prog.fd().unwrap().try_clone().unwrap());
+    }
+    for link in pin_names(&pins.links_dir()) {
+        let program = link.split("__").next().unwrap();
+        let pin = pins.links_dir().join(&link);
+        // A program the old version did not have (a later hook): its node
+        // had no such link. Unpinning detaches it; the new agent attaches
+        // it anew.
+        let Some(prog) = programs.get(program) else {
+            std::fs::remove_file(&pin).unwrap();
+            continue;
+        };
+        let fd = bpf_sys::obj_get(&pin).unwrap();
+        bpf_sys::link_update(fd.as_fd(), prog.as_fd())
+            .unwrap_or_else(|e| panic!("swap {link} to the old program: {e}"));
+        std::fs::rename(&pin, old.join("links").join(&link)).unwrap();
+    }
+    std::fs::remove_dir_all(pins.versioned()).unwrap();
+}
+
+/// An earlier version's node (its object, from an earlier commit, with half
+/// the capacity of most maps and `NODE_CONFIG` of the old size) upgraded
+/// under Service traffic: the new agent migrates every map, Services
+/// included, and ClusterIP connections succeed before, during and after,
+/// with the Services forbidden in the API server meanwhile, so nothing but
+/// the migration can have put them back. Every map the agent writes holds
+/// exactly the entries it held. Before, SERVICES, BACKENDS and
+/// BACKEND_MEMBERS "started empty" on a capacity change: every ClusterIP
+/// failed until the watchers relisted.
+#[test]
+fn an_earlier_versions_maps_are_all_carried_under_service_traffic() {
+    use sluice_tests::{apiserver::Kind, services};
+    require_root();
+    let mut lab = services::lab(2, 2).unwrap();
+    let backends: Vec<(String, String)> = lab.pods().iter().map(|(n, p)| (n.name.clone(), p.ip.clone())).collect();
+    let eps: Vec<(&str, &str)> = backends.iter().map(|(n, ip)| (n.as_str(), ip.as_str())).collect();
+    let api = lab.api.as_ref().unwrap();
+    api.upsert_service(services::service("web", "10.96.0.50", &[("http", 80, 7777, "TCP")]).build());
+    api.upsert_endpoint_slice(services::slice("web", &[("http", 7777, "TCP")], &services::ready(&eps)).build());
+    let want: Vec<String> = backends.iter().map(|(_, ip)| format!("{ip}:7777")).collect();
+    services::wait_backends(&lab, "10.96.0.50", 80, "TCP", &want).unwrap();
+    let (n1, pod) = (lab.state.nodes[0].clone(), lab.state.nodes[0].pods[0].clone());
+    let pins0 = PinDir::new(&n1.pin_dir);
+    let before: Vec<_> = AGENT_WRITTEN.iter().map(|m| (m.to_string(), dump(&pins0.map(m)))).collect();
+    let shapes_before: Vec<_> =
+        SHRUNK.iter().map(|m| sluice_node::datapath::migrate::pinned_shape(&pins0.map(m)).unwrap()).collect();
+    let forwards_before = dump(&pins0.map(names::FORWARDS));
+
+    // ClusterIP connections from a pod, every 10 ms, throughout.
+    let client = services::spawn_client(&lab, &n1, &pod.netns, &["tcp", "10.96.0.50", "80", "100000", "10"]).unwrap();
+    std::thread::sleep(Duration::from_millis(500));
+    lab.kill_agent(0).unwrap();
+    run_old_object(&lab, 0);
+    // The old object forwards on its own maps; nothing in v1 any more.
+    assert!(!pins0.versioned().exists());
+    lab.api.as_ref().unwrap().forbid(Kind::Service, true);
+    std::thread::sleep(Duration::from_millis(500));
+    lab.start_agent(0).unwrap();
+    lab.wait_agent_ready(0).unwrap();
+    std::thread::sleep(Duration::from_millis(1000));
+    let mut client = client;
+    let _ = client.kill();
+    let (outcomes, text) = services::finish(client).unwrap();
+    let failed: Vec<&services::Outcome> = outcomes.iter().filter(|o| o.answer().is_none()).collect();
+    assert!(outcomes.len() > 100, "the client ran throughout: {text}");
+    assert!(failed.is_empty(), "ClusterIP connections failed across the upgrade: {:?}", services::tally(&outcomes));
+
+    // Every shrunk map was migrated to this version's shape.
+    for (m, shape) in SHRUNK.iter().zip(&shapes_before) {
+        let now = sluice_node::datapath::migrate::pinned_shape(&pins0.map(m)).unwrap();
+        assert_eq!(&now, shape, "{m} is not back at this version's shape");
+    }
+    let log = std::fs::read_to_string(n1.dir.join("agent.log")).unwrap();
+    for m in SHRUNK.iter() {
+        assert!(
+            log.lines().any(|l| l.contains("map migrated") && l.contains(&format!("map=\"{m}\""))),
+            "{m} not migrated:\n{log}"
+        );
+    }
+    for (m, entries) in &before {
+        assert_eq!(&dump(&pins0.map(m)), entries, "{m}: the entries were not all carried over");
+    }
+    // Counters carried on (summed over CPUs, never lower).
+    let sum = |v: &Vec<u8>| v.chunks(8).map(|c| u64::from_ne_bytes(c.try_into().unwrap())).sum::<u64>();
+    let forwards_after = dump(&pins0.map(names::FORWARDS));
+    for (k, v) in &forwards_before {
+        assert!(sum(&forwards_after[k]) >= sum(v), "FORWARDS[{k:?}] went back");
+    }
+    // And after: still every backend, with the Services still forbidden.
+    let after = services::client(&lab, &n1, &pod.netns, &["tcp", "10.96.0.50", "80", "40"]).unwrap();
+    assert!(after.iter().all(|o| o.answer().is_some()), "{:?}", services::tally(&after));
+    lab.api.as_ref().unwrap().forbid(Kind::Service, false);
+}
+
+/// CNI ADDs and DELs racing a migration all land: while the agent migrates
+/// `ENDPOINTS` (an earlier version's, of another capacity and holding 1,500
+/// entries: the copy, then the rename over the pin), a writer inserts and
+/// removes entries in a loop the way ADD and DEL do
+/// (`plumbing::insert_endpoint`/`remove_endpoint`, under the pin
+/// directory's shared lock). Afterwards the pinned map holds exactly the
+/// writer's live entries and every old one. Without the lock, an entry
+/// written into the old map after its copy is lost with it, and one removed
+/// from it comes back.
+#[test]
+fn endpoint_writes_racing_a_migration_all_land() {
+    use sluice_node::{
+        datapath::{pinned_maps::Endpoints, Datapath},
+        net::netlink::LinkInfo,
+        pod::plumbing,
+    };
+    use std::{
+        collections::BTreeSet,
+        net::Ipv4Addr,
+        sync::{
+            atomic::{AtomicBool, Ordering},
+            Arc,
+        },
+    };
+    require_root();
+    let guard = sluice_tests::PinDirGuard::new().unwrap();
+    let pins = PinDir::new(&guard.path);
+    drop(Datapath::load(&pins).unwrap());
+    let path = pins.map(names::ENDPOINTS);
+    let wanted_max = sluice_node::datapath::migrate::pinned_shape(&path).unwrap().max_entries;
+    std::fs::remove_file(&path).unwrap();
+    let p = path.display().to_string();
+    sh(
+        "bpftool",
+        &["map", "create", &p, "type", "hash", "key", "4", "value", "16", "entries", "2048", "name", "ENDPOINTS"],
+    )
+    .unwrap();
+    let old_ip = |i: u32| Ipv4Addr::from(u32::from(Ipv4Addr::new(10, 100, 0, 0)) + i);
+    let ep = sluice_common::EndpointInfo { host_ifindex: 7, pod_mac: [2, 0, 0, 0, 0, 1], host_mac: [2, 0, 0, 0, 0, 2] };
+    let mut old = Endpoints::open(&pins).unwrap();
+    for i in 0..1500 {
+        old.insert(old_ip(i), ep).unwrap();
+    }
+    drop(old);
+
+    let stop = Arc::new(AtomicBool::new(false));
+    let writer = {
+        let (pins, stop) = (pins.clone(), stop.clone());
+        std::thread::spawn(move || {
+            let link = LinkInfo {
+                index: 9,
+                name: "slcwriter".into(),
+                mtu: 1500,
+                mac: [2, 0, 0, 0, 0, 3],
+                up: true,
+                admin_up: true,
+                arp: true,
+            };
+            let ip = |i: u32| Ipv4Addr::from(u32::from(Ipv4Addr::new(10, 200, 0, 0)) + i);
+            let mut live = BTreeSet::new();
+            let mut i = 0u32;
+            while !stop.load(Ordering::Relaxed) {
+                plumbing::insert_endpoint(&pins, ip(i), &link, [2, 0, 0, 0, 0, 4]).unwrap();
+                live.insert(ip(i));
+                if i >= 200 {
+                    plumbing::remove_endpoint(&pins, ip(i - 200)).unwrap();
+                    live.remove(&ip(i - 200));
+                }
+                i += 1;
+            }
+            (live, i)
+        })
+    };
+    std::thread::sleep(Duration::from_millis(100));
+    let datapath = Datapath::load(&pins).unwrap();
+    std::thread::sleep(Duration::from_millis(100));
+    stop.store(true, Ordering::Relaxed);
+    let (live, writes) = writer.join().unwrap();
+    drop(datapath);
+    assert_eq!(sluice_node::datapath::migrate::pinned_shape(&path).unwrap().max_entries, wanted_max, "migrated");
+    let all = Endpoints::open(&pins).unwrap().all().unwrap();
+    let written: BTreeSet<Ipv4Addr> = all.keys().filter(|ip| ip.octets()[1] == 200).copied().collect();
+    let lost: Vec<_> = live.difference(&written).collect();
+    let back: Vec<_> = written.difference(&live).collect();
+    assert!(lost.is_empty() && back.is_empty(), "{writes} writes: lost {lost:?}, came back {back:?}");
+    assert_eq!(all.keys().filter(|ip| ip.octets()[1] == 100).count(), 1500, "every old entry carried");
+}

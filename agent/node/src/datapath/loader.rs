@@ -22,6 +22,7 @@ use tracing::{info, warn};
 use super::{
     links::{attach_and_pin, ignore_not_found, update_pinned_link},
     migrate,
+    pin_lock::PinLock,
     pins::PinDir,
     retired_maps,
     sock_lb::{self, CGROUP_LINK, SOCK_PROGRAMS},
@@ -89,9 +90,13 @@ impl Datapath {
             }
         }
         let mut ebpf = loader.load(OBJECT).context("load the eBPF object (maps reused from pins)")?;
-        for name in &migrating {
-            let map = ebpf.map_mut(name).with_context(|| format!("map {name} missing from the eBPF object"))?;
-            migrate::copy_into(pins, name, map)?;
+        if !migrating.is_empty() {
+            // No plugin writes an entry into a map while it is replaced.
+            let _lock = PinLock::exclusive(pins)?;
+            for name in &migrating {
+                let map = ebpf.map_mut(name).with_context(|| format!("map {name} missing from the eBPF object"))?;
+                migrate::copy_into(pins, name, map)?;
+            }
         }
         // A map this version replaced (e.g. `DROPS` by `DROP_STATS`):
         // its pin's content carried into the successor, then removed.

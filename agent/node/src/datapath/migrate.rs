@@ -7,20 +7,25 @@
 //!   objects, so traffic never notices), then the loader swaps its
 //!   programs into those links in place (`BPF_LINK_UPDATE`) — no second,
 //!   shadowed attachment — and the old tree goes.
-//! - **Map shapes** (`map_compat`): a pinned map whose size changed is
-//!   migrated: a new map, its entries copied, the pin replaced.
+//! - **Map shapes** (`map_compat`): a pinned map whose size changed, or
+//!   whose value gained fields, is migrated: a new map, every entry copied
+//!   byte for byte (any map, whatever it holds), the pin replaced — under
+//!   the pin directory's lock (`pin_lock`), which the CNI plugin takes to
+//!   write endpoint entries, so none is written into a map being replaced.
 use std::{
     fs,
     path::{Path, PathBuf},
 };
 
+use std::os::fd::{AsFd, BorrowedFd};
+
 use anyhow::{bail, Context, Result};
-use aya::maps::{lpm_trie::LpmTrie, Array, HashMap, Map, MapData, PerCpuArray, PerCpuHashMap, PerCpuValues};
-use sluice_common::{maps::names, DropCount, EndpointInfo, FlowKey, NodeConfig, RemoteNode};
+use aya::maps::{Map, MapData};
 use tracing::{info, warn};
 
 use super::{
-    map_compat::{self, Decision, MapShape},
+    bpf_sys,
+    map_compat::{self, Decision, Entries, MapShape},
     pins::PinDir,
 };
 
@@ -145,90 +150,85 @@ pub fn plan(pins: &PinDir, object: &[u8], maps: &[&str]) -> Result<Vec<String>> 
     Ok(migrate)
 }
 
-fn open_pinned(path: &Path) -> Result<Map> {
-    let data = MapData::from_pin(path).with_context(|| format!("open {}", path.display()))?;
-    Ok(Map::from_map_data(data)?)
-}
-
 /// Copy every entry of the pinned map `name` into `new` (freshly loaded,
-/// unpinned), then pin `new` over the old pin (temp name, rename).
+/// unpinned, of the object's shape), then pin `new` over the old pin (temp
+/// name, rename). The caller holds the `PinLock` exclusively across every
+/// map it migrates, so no plugin writes into an old map after its copy.
 pub fn copy_into(pins: &PinDir, name: &str, new: &mut Map) -> Result<usize> {
     let path = pins.map(name);
-    let old = open_pinned(&path)?;
-    let copied = copy_entries(name, old, new).with_context(|| format!("copy the entries of map {name}"))?;
+    let old = MapData::from_pin(&path).with_context(|| format!("open {}", path.display()))?;
+    let from = pinned_shape(&path)?;
     let tmp = pins.map(&format!("{name}_new"));
     let _ = fs::remove_file(&tmp);
     new.pin(&tmp).with_context(|| format!("pin new {name}"))?;
+    let copied = (|| -> Result<usize> {
+        let to_path = MapData::from_pin(&tmp).with_context(|| format!("open new {name}"))?;
+        let to = pinned_shape(&tmp)?;
+        copy_entries(old.fd().as_fd(), from, to_path.fd().as_fd(), to)
+    })()
+    .with_context(|| format!("copy the entries of map {name}"));
+    let copied = match copied {
+        Ok(n) => n,
+        Err(e) => {
+            let _ = fs::remove_file(&tmp);
+            return Err(e);
+        }
+    };
     fs::rename(&tmp, &path).with_context(|| format!("move new {name} into place"))?;
-    info!(map = name, copied, "map migrated to its new shape");
+    info!(map = name, copied, from = %from, "map migrated to its new shape");
     Ok(copied)
 }
 
-/// Every key of a hash map (plain or LRU) into its new map.
-fn copy_hash<K: aya::Pod, V: aya::Pod>(old: Map, new: &mut Map) -> Result<usize> {
-    let from: HashMap<MapData, K, V> = old.try_into()?;
-    let mut to: HashMap<&mut MapData, K, V> = new.try_into()?;
+/// Every entry of `from` into `to`, byte for byte, each value widened to
+/// the new shape (`map_compat::widen`). Generic over what the map holds:
+/// only its type and shape matter. Returns the number of entries copied.
+pub fn copy_entries(
+    from: BorrowedFd<'_>,
+    from_shape: MapShape,
+    to: BorrowedFd<'_>,
+    to_shape: MapShape,
+) -> Result<usize> {
+    let cpus = aya::util::nr_cpus().map_err(|(what, e)| anyhow::anyhow!("{what}: {e}"))?;
+    let entries = map_compat::entries_of(from_shape.map_type)
+        .with_context(|| format!("no copy rule for map type {}", from_shape.map_type))?;
+    let mut value = vec![0u8; map_compat::value_buffer_len(from_shape, cpus)];
+    let put = |key: &[u8], value: &[u8]| -> Result<()> {
+        let widened = map_compat::widen(value, from_shape, to_shape, cpus);
+        bpf_sys::map_update(to, key, &widened).map_err(|e| {
+            if e.raw_os_error() == Some(libc::E2BIG) {
+                anyhow::anyhow!("the new map is full ({} entries): the old one holds more", to_shape.max_entries)
+            } else {
+                anyhow::Error::new(e).context("insert into the new map")
+            }
+        })
+    };
     let mut n = 0;
-    for kv in from.iter() {
-        let (k, v) = kv?;
-        to.insert(k, v, 0)?;
-        n += 1;
-    }
-    Ok(n)
-}
-
-/// Every index of a per-CPU array (counters) into its new map, as far as
-/// both reach.
-fn copy_per_cpu_array<V: aya::Pod>(old: Map, new: &mut Map) -> Result<usize> {
-    let from: PerCpuArray<MapData, V> = old.try_into()?;
-    let mut to: PerCpuArray<&mut MapData, V> = new.try_into()?;
-    let n = from.len().min(to.len());
-    for i in 0..n {
-        let values: PerCpuValues<V> = from.get(&i, 0)?;
-        to.set(i, values, 0)?;
-    }
-    Ok(n as usize)
-}
-
-fn copy_entries(name: &str, old: Map, new: &mut Map) -> Result<usize> {
-    let mut n = 0;
-    match name {
-        names::ENDPOINTS => n = copy_hash::<u32, EndpointInfo>(old, new)?,
-        names::NODE_ROUTES => {
-            let from: LpmTrie<MapData, u32, RemoteNode> = old.try_into()?;
-            let mut to: LpmTrie<&mut MapData, u32, RemoteNode> = new.try_into()?;
-            for kv in from.iter() {
-                let (k, v) = kv?;
-                to.insert(&k, v, 0)?;
-                n += 1;
+    match entries {
+        Entries::Events => {}
+        Entries::Indexed => {
+            for i in 0..from_shape.max_entries.min(to_shape.max_entries) {
+                let key = i.to_ne_bytes();
+                if bpf_sys::map_lookup(from, &key, &mut value).context("read the old map")? {
+                    put(&key, &value)?;
+                    n += 1;
+                }
             }
         }
-        names::NODE_CONFIG => {
-            let from: Array<MapData, NodeConfig> = old.try_into()?;
-            let mut to: Array<&mut MapData, NodeConfig> = new.try_into()?;
-            for i in 0..from.len().min(to.len()) {
-                to.set(i, from.get(&i, 0)?, 0)?;
-                n += 1;
+        Entries::Keyed => {
+            let mut key = vec![0u8; from_shape.key_size as usize];
+            let mut next = key.clone();
+            let mut first = true;
+            while bpf_sys::map_next_key(from, (!first).then_some(&key[..]), &mut next)
+                .context("walk the old map's keys")?
+            {
+                first = false;
+                std::mem::swap(&mut key, &mut next);
+                // Gone since it was listed (an LRU eviction, a delete): skip.
+                if bpf_sys::map_lookup(from, &key, &mut value).context("read the old map")? {
+                    put(&key, &value)?;
+                    n += 1;
+                }
             }
-        }
-        // Counters indexed by an enum that grew at its end (a new socket-LB
-        // counter, a new forwarding path): every old index keeps its count.
-        names::FORWARDS | names::SOCK_LB_STATS => n = copy_per_cpu_array::<u64>(old, new)?,
-        // Slots by `drop_slot`: a new reason's are appended, so copying by
-        // index keeps every count where it was.
-        names::DROP_STATS => n = copy_per_cpu_array::<DropCount>(old, new)?,
-        names::IFACE_PACKETS => {
-            let from: PerCpuHashMap<MapData, u32, u64> = old.try_into()?;
-            let mut to: PerCpuHashMap<&mut MapData, u32, u64> = new.try_into()?;
-            for kv in from.iter() {
-                let (k, v) = kv?;
-                to.insert(k, v, 0)?;
-                n += 1;
-            }
-        }
-        names::STACK_FLOWS => n = copy_hash::<FlowKey, u32>(old, new)?,
-        other => {
-            warn!(map = other, "no migration known for this map; starting it empty");
         }
     }
     Ok(n)

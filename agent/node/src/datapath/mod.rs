@@ -2,8 +2,9 @@
 //! bpffs (`bpffs`), loading the object (`loader`), TCX links (`links`),
 //! typed access to the pinned maps (`pinned_maps`), and upgrades: whether a
 //! pinned map fits (`map_compat`, pure), taking over an earlier
-//! version's pins (`migrate`) and carrying a replaced map's content into
-//! its successor (`retired_maps`); the socket load balancer's cgroup links
+//! version's pins (`migrate`, under `pin_lock` against the plugin's
+//! writes) and carrying a replaced map's content into its successor
+//! (`retired_maps`); the socket load balancer's cgroup links
 //! (`sock_lb`, with the raw `bpf()` calls aya lacks in `bpf_sys`).
 pub mod bpf_sys;
 pub mod bpffs;
@@ -11,6 +12,7 @@ pub mod links;
 pub mod loader;
 pub mod map_compat;
 pub mod migrate;
+pub mod pin_lock;
 pub mod pinned_maps;
 pub mod pins;
 pub mod retired_maps;

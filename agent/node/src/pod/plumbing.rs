@@ -14,7 +14,7 @@ use sluice_common::{maps::programs, EndpointInfo};
 
 use super::device::PodDevice;
 use crate::{
-    datapath::{links, pinned_maps::Endpoints, pins::PinDir},
+    datapath::{links, pin_lock::PinLock, pinned_maps::Endpoints, pins::PinDir},
     net::netlink::{LinkInfo, Netlink},
     step_timer,
 };
@@ -96,10 +96,21 @@ pub async fn configure_host_side(
     }
 }
 
-/// The endpoint entry: this address lives behind this host veth.
+/// The endpoint entry: this address lives behind this host veth. Under the
+/// pin directory's shared lock, taken before the map is opened: an agent
+/// migrating `ENDPOINTS` meanwhile would lose an entry written into the map
+/// it is replacing.
 pub fn insert_endpoint(pins: &PinDir, ip: Ipv4Addr, host_link: &LinkInfo, pod_mac: [u8; 6]) -> Result<()> {
     let ep = EndpointInfo { host_ifindex: host_link.index, pod_mac, host_mac: host_link.mac };
+    let _lock = PinLock::shared(pins)?;
     Endpoints::open(pins)?.insert(ip, ep)
+}
+
+/// Remove `ip`'s endpoint entry (an absent one counts as removed), under
+/// the pin directory's shared lock like `insert_endpoint`.
+pub fn remove_endpoint(pins: &PinDir, ip: Ipv4Addr) -> Result<()> {
+    let _lock = PinLock::shared(pins)?;
+    Endpoints::open(pins)?.remove(ip)
 }
 
 /// The device kind's programs (the pinned ones) on the host side, links

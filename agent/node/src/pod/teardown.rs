@@ -5,7 +5,7 @@
 //! the pod's address still belongs to this attachment.
 use super::names;
 use crate::{
-    datapath::{links, pinned_maps::Endpoints, pins::PinDir},
+    datapath::{links, pin_lock::PinLock, pinned_maps::Endpoints, pins::PinDir},
     ipam::store::Leases,
     net::netlink::Netlink,
     step_timer,
@@ -33,6 +33,9 @@ pub async fn teardown(
     step_timer::mark("lookup");
     // The endpoint entry, only if it is still this pod's (an address may
     // have moved on to another pod after a lost DEL).
+    // Under the pin directory's shared lock (no migration replaces the map
+    // between the read and the remove). No pin directory: no map either.
+    let lock = PinLock::shared(pins).ok();
     if let (Some(ip), Ok(mut endpoints)) = (ip, Endpoints::open(pins)) {
         if entry_is_ours(endpoints.get(ip).as_ref(), host_ifindex) {
             if let Err(e) = endpoints.remove(ip) {
@@ -40,6 +43,7 @@ pub async fn teardown(
             }
         }
     }
+    drop(lock);
     step_timer::mark("endpoint");
     for program in links::ANY_POD_PROGRAMS {
         if let Err(e) = links::unpin_link(&pins.link(program, &host_name)) {

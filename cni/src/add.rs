@@ -13,7 +13,8 @@ use sluice_node::{
     pod::{device::PodDevice, names as pod_names},
 };
 
-use crate::{config::NetConf, env::CniEnv, error::CniError, fault, rollback::Rollback};
+use crate::{config::NetConf, env::CniEnv, error::CniError, fault, node_cidr, rollback::Rollback};
+use sluice_node::datapath::pinned_maps::{node_pod_cidr, read_node_config};
 use sluice_node::pod::plumbing::{self, POD_GATEWAY};
 use sluice_node::step_timer;
 
@@ -49,6 +50,13 @@ async fn add_steps(conf: &NetConf, env: &CniEnv, rb: &mut Rollback) -> Result<Va
     let netns_path = env.netns.as_deref().ok_or_else(|| plugin(anyhow!("CNI_NETNS missing")))?;
     let pins = PinDir::new(&conf.pin_dir);
     plumbing::require_datapath(&pins).map_err(CniError::DatapathNotReady)?;
+    // Before anything is allocated: the conflist's pod CIDR is this node's.
+    let node_config = read_node_config(&pins).map_err(CniError::DatapathNotReady)?;
+    match node_cidr::check(conf.pod_cidr, node_pod_cidr(&node_config)) {
+        Ok(()) => {}
+        Err(e @ node_cidr::CidrMismatch::NotRecorded) => return Err(CniError::DatapathNotReady(e.into())),
+        Err(e) => return Err(CniError::StalePodCidr(e)),
+    }
     let host = Netlink::open().map_err(plugin)?;
     let ns_file = File::open(netns_path)
         .with_context(|| format!("open pod network namespace {}", netns_path.display()))

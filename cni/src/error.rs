@@ -19,6 +19,9 @@ pub enum CniError {
     NotAvailable(String),
     #[error("{0:#}")]
     Ipam(anyhow::Error),
+    /// The conflist's `podCIDR` is not this node's (a stale conflist).
+    #[error(transparent)]
+    StalePodCidr(crate::node_cidr::CidrMismatch),
     /// The node's `ENDPOINTS` map has no room for another pod.
     #[error("{0:#}")]
     EndpointsFull(anyhow::Error),
@@ -43,6 +46,8 @@ impl CniError {
             CniError::Env(_) => 4,
             CniError::Config(ConfigError::Decode(_)) => 6,
             CniError::Config(_) => 7,
+            // The spec's "invalid network config": this node's is another.
+            CniError::StalePodCidr(_) => 7,
             // The agent may still be starting: the runtime should retry.
             CniError::DatapathNotReady(_) => 11,
             CniError::NotAvailable(_) => 50,
@@ -59,6 +64,7 @@ impl CniError {
             CniError::Env(_) => "invalid environment variables",
             CniError::Config(ConfigError::Decode(_)) => "failed to decode network configuration",
             CniError::Config(_) => "invalid network configuration",
+            CniError::StalePodCidr(_) => "invalid network configuration: podCIDR is not this node's",
             CniError::PoolExhausted(_) => "no free pod addresses",
             CniError::DatapathNotReady(_) => "sluice datapath not ready on this node; try again later",
             CniError::NotAvailable(_) => "plugin not available",

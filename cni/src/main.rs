@@ -15,6 +15,7 @@ mod del;
 mod env;
 mod error;
 mod gc;
+mod node_cidr;
 mod rollback;
 mod status;
 

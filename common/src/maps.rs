@@ -178,8 +178,16 @@ pub struct NodeConfig {
     pub uplink_ifindex: u32,
     /// This node's own IPv4 address on the uplink (be).
     pub node_ip_be: u32,
+    /// This node's pod CIDR (network, be) and prefix length: what the CNI
+    /// plugin checks its conflist's `podCIDR` against (a stale conflist
+    /// would hand out addresses no node routes here). Appended to the
+    /// 8-byte value of earlier versions (a migration carries their entry
+    /// over with these zero, "not recorded", until the agent writes them);
+    /// the programs do not read them.
+    pub pod_cidr_be: u32,
+    pub pod_cidr_prefix_len: u32,
 }
-const _: () = assert!(core::mem::size_of::<NodeConfig>() == 8);
+const _: () = assert!(core::mem::size_of::<NodeConfig>() == 16);
 
 /// This node's VXLAN device, index 0 of `TUNNEL_CONFIG` (a map of its own
 /// rather than a field of `NodeConfig`, whose size a pinned map fixes).

@@ -430,3 +430,32 @@ fn check_verifies_what_add_left() {
     assert!(!broken.success);
     assert!(broken.json()["details"].as_str().unwrap().contains("ENDPOINTS"), "{}", broken.stdout);
 }
+
+/// A conflist whose `podCIDR` is not this node's (left from an earlier node
+/// configuration) is refused before anything is allocated: CNI code 7 with
+/// both CIDRs named, no lease, no device, no entry. Before, ADD handed out
+/// an address from it that no node routes here.
+#[test]
+fn a_stale_conflist_pod_cidr_is_refused_and_nothing_is_allocated() {
+    let lab = lab(1);
+    let node = lab.state.nodes[0].clone();
+    let pod = Netns::new("slpod").unwrap();
+    let before = snapshot(&lab, &node, Some(&pod));
+    for stale in ["10.244.9.0/24", "10.0.0.0/8"] {
+        let mut conf = conf(&node);
+        conf["podCIDR"] = json!(stale);
+        let out = lab.cni_call(&node, &CniCall::new("ADD", &pod.name, Some(&pod.name), conf)).unwrap();
+        assert!(!out.success, "ADD with a stale podCIDR {stale} succeeded: {}", out.stdout);
+        let err = out.json();
+        assert_eq!(err["code"], 7, "{}", out.stdout);
+        assert!(err["msg"].as_str().unwrap().contains("podCIDR"), "{}", out.stdout);
+        let details = err["details"].as_str().unwrap();
+        assert!(details.contains(stale) && details.contains(&node.pod_cidr) && details.contains("stale"), "{details}");
+        assert_eq!(before, snapshot(&lab, &node, Some(&pod)), "a refused ADD ({stale}) changed the node");
+        let stale_store = ipam_dir(&node).join(stale.replace('/', "_"));
+        assert!(!stale_store.exists(), "IPAM opened a store for {stale}");
+    }
+    // The node's own conflist still adds the pod.
+    add(&lab, &node, &pod);
+    assert!(ping(&pod.name, &node.ip));
+}

@@ -200,21 +200,22 @@ fn a_pinned_map_that_no_longer_fits_is_refused_and_traffic_carries_on() {
     let mut lab = Lab::up(&LabOptions::new(2, 1, bin("sluice-agent").parent().unwrap().to_path_buf())).unwrap();
     let (a, b) = (lab.state.nodes[0].pods[0].clone(), lab.state.nodes[1].pods[0].clone());
     lab.kill_agent(0).unwrap();
-    // NODE_CONFIG with a 16-byte value: entries that mean something else.
+    // NODE_CONFIG with a 24-byte value (this version's is 16): a value that
+    // would shrink, fields lost.
     let pins0 = PinDir::new(&lab.state.nodes[0].pin_dir);
     let cfg = pins0.map(names::NODE_CONFIG);
     std::fs::remove_file(&cfg).unwrap();
     let c = cfg.display().to_string();
     sh(
         "bpftool",
-        &["map", "create", &c, "type", "array", "key", "4", "value", "16", "entries", "1", "name", "NODE_CONFIG"],
+        &["map", "create", &c, "type", "array", "key", "4", "value", "24", "entries", "1", "name", "NODE_CONFIG"],
     )
     .unwrap();
     lab.start_agent(0).unwrap();
     let err = lab.wait_agent_ready(0).expect_err("the agent must refuse the map");
     let log = std::fs::read_to_string(lab.state.nodes[0].dir.join("agent.log")).unwrap();
     assert!(
-        log.contains("pinned map NODE_CONFIG") && log.contains("value 16 B") && log.contains("value 8 B"),
+        log.contains("pinned map NODE_CONFIG") && log.contains("value 24 B") && log.contains("value 16 B"),
         "{err:#}\n{log}"
     );
     // The programs already attached keep their own maps: pods still talk.
@@ -524,13 +525,13 @@ fn an_earlier_versions_maps_are_all_carried_under_service_traffic() {
     assert!(outcomes.len() > 100, "the client ran throughout: {text}");
     assert!(failed.is_empty(), "ClusterIP connections failed across the upgrade: {:?}", services::tally(&outcomes));
 
-    // Every shrunk map was migrated to this version's shape.
+    // Every shrunk map was migrated to this version's shape; NODE_CONFIG grew.
     for (m, shape) in SHRUNK.iter().zip(&shapes_before) {
         let now = sluice_node::datapath::migrate::pinned_shape(&pins0.map(m)).unwrap();
         assert_eq!(&now, shape, "{m} is not back at this version's shape");
     }
     let log = std::fs::read_to_string(n1.dir.join("agent.log")).unwrap();
-    for m in SHRUNK.iter() {
+    for m in SHRUNK.iter().chain([&names::NODE_CONFIG]) {
         assert!(
             log.lines().any(|l| l.contains("map migrated") && l.contains(&format!("map=\"{m}\""))),
             "{m} not migrated:\n{log}"

@@ -168,7 +168,12 @@ async fn follow_uplink_address(
         Err(e) => return warn!(error = %format!("{e:#}"), "cannot read the uplink's address; keeping the last"),
     };
     let Some(moved) = address.moved(now) else { return };
-    let config = sluice_common::NodeConfig { uplink_ifindex, node_ip_be: pinned_maps::ip_be(moved.ip) };
+    // The rest (the pod CIDR) as recorded at start.
+    let recorded = match pinned_maps::read_node_config(pins) {
+        Ok(c) => c,
+        Err(e) => return warn!(error = %format!("{e:#}"), "cannot read NODE_CONFIG; keeping the last address"),
+    };
+    let config = sluice_common::NodeConfig { uplink_ifindex, node_ip_be: pinned_maps::ip_be(moved.ip), ..recorded };
     if let Err(e) = pinned_maps::write_node_config(pins, config) {
         // Retried on the next pass: `address` still holds the old one.
         return warn!(error = %format!("{e:#}"), "cannot record the uplink's new address");
@@ -264,10 +269,13 @@ pub async fn run(
     let (pod_device, pod_device_why) = pod_device::decide(&netlink, node.device).await?;
     let pins = PinDir::new(&node.pin_dir);
     let mut datapath = Datapath::load(&pins)?;
-    pinned_maps::write_node_config(
-        &pins,
-        sluice_common::NodeConfig { uplink_ifindex: uplink.index, node_ip_be: pinned_maps::ip_be(node_ip) },
-    )?;
+    let node_config = sluice_common::NodeConfig {
+        uplink_ifindex: uplink.index,
+        node_ip_be: pinned_maps::ip_be(node_ip),
+        ..Default::default()
+    };
+    // The pod CIDR too: the CNI plugin refuses a conflist that disagrees.
+    pinned_maps::write_node_config(&pins, pinned_maps::with_pod_cidr(node_config, pod_cidr))?;
     datapath.attach(programs::FROM_UPLINK, &node.uplink)?;
     datapath.attach(programs::TO_UPLINK, &node.uplink)?;
     let vxlan_ifindex =

@@ -152,7 +152,11 @@ impl TestDatapath {
     /// a peer through VXLAN.
     pub fn node() -> Result<Self> {
         let dp = Self::load()?;
-        dp.node_config(NodeConfig { uplink_ifindex: dp.uplink.ifindex, node_ip_be: be(ip(NODE_IP)) })?;
+        dp.node_config(NodeConfig {
+            uplink_ifindex: dp.uplink.ifindex,
+            node_ip_be: be(ip(NODE_IP)),
+            ..Default::default()
+        })?;
         dp.tunnel_config(TunnelConfig { vxlan_ifindex: dp.vxlan.ifindex, mtu: VXLAN_MTU })?;
         dp.node_route(NATIVE_PEER_CIDR, ip(NATIVE_PEER_IP), false)?;
         dp.node_route(VXLAN_PEER_CIDR, ip(VXLAN_PEER_IP), true)?;

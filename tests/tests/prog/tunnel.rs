@@ -72,7 +72,7 @@ fn from_pod_hands_the_vxlan_device_what_it_cannot_encapsulate_itself() {
     let dp = TestDatapath::node().unwrap();
     // No node address known: no outer source for the program's own
     // encapsulation, so the device does it (tunnel key set, redirected).
-    dp.node_config(NodeConfig { uplink_ifindex: dp.uplink.ifindex, node_ip_be: 0 }).unwrap();
+    dp.node_config(NodeConfig { uplink_ifindex: dp.uplink.ifindex, node_ip_be: 0, ..Default::default() }).unwrap();
     let (a, _) = pods(&dp);
     let sent = Ipv4::icmp("10.244.1.2", "10.244.3.7");
     let run = dp.run(FROM_POD, a.host.ifindex, &sent.frame(a.sends())).unwrap();

@@ -159,6 +159,19 @@ pub fn read_node_config(pins: &PinDir) -> Result<NodeConfig> {
     arr.get(&0, 0).context("read NODE_CONFIG")
 }
 
+/// The pod CIDR the agent recorded in `NODE_CONFIG`; `None`: not yet.
+pub fn node_pod_cidr(config: &NodeConfig) -> Option<Ipv4Network> {
+    if config.pod_cidr_be == 0 && config.pod_cidr_prefix_len == 0 {
+        return None;
+    }
+    Ipv4Network::new(ip_from_be(config.pod_cidr_be), config.pod_cidr_prefix_len as u8).ok()
+}
+
+/// `NODE_CONFIG`'s pod CIDR fields for `cidr`.
+pub fn with_pod_cidr(config: NodeConfig, cidr: Ipv4Network) -> NodeConfig {
+    NodeConfig { pod_cidr_be: ip_be(cidr.network()), pod_cidr_prefix_len: cidr.prefix() as u32, ..config }
+}
+
 pub fn write_tunnel_config(pins: &PinDir, config: TunnelConfig) -> Result<()> {
     let mut arr: Array<MapData, TunnelConfig> = open(pins, names::TUNNEL_CONFIG)?.try_into()?;
     arr.set(0, config, 0).context("write TUNNEL_CONFIG")

@@ -1,0 +1,59 @@
+//! Is the conflist's `podCIDR` this node's? (pure)
+//!
+//! The agent writes the conflist, but a stale one (an earlier node
+//! configuration: the node rejoined with another pod CIDR, a conflist left
+//! from another install) would hand out addresses no node routes here: pods
+//! that start, get an address and never receive a packet. The agent records
+//! its pod CIDR in the pinned `NODE_CONFIG` each time it starts; ADD checks
+//! the conflist against it before allocating anything.
+use ipnetwork::Ipv4Network;
+
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum CidrMismatch {
+    #[error(
+        "the network config's podCIDR {conflist} is not within this node's pod CIDR {node} (the agent's, \
+         pinned in NODE_CONFIG): a stale conflist from an earlier node configuration? Addresses from it are \
+         routed to no pod here; restart the agent to rewrite the conflist"
+    )]
+    Outside { conflist: Ipv4Network, node: Ipv4Network },
+    #[error("the agent has not recorded this node's pod CIDR in NODE_CONFIG yet")]
+    NotRecorded,
+}
+
+/// The conflist's pod CIDR must lie within the node's (equal, or a part of
+/// it: every address is still routed here).
+pub fn check(conflist: Ipv4Network, node: Option<Ipv4Network>) -> Result<(), CidrMismatch> {
+    let node = node.ok_or(CidrMismatch::NotRecorded)?;
+    let within = node.prefix() <= conflist.prefix() && node.contains(conflist.network());
+    if within {
+        Ok(())
+    } else {
+        Err(CidrMismatch::Outside { conflist, node })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn net(s: &str) -> Ipv4Network {
+        s.parse().unwrap()
+    }
+
+    #[test]
+    fn table() {
+        let node = Some(net("10.244.1.0/24"));
+        assert_eq!(check(net("10.244.1.0/24"), node), Ok(()));
+        assert_eq!(check(net("10.244.1.0/30"), node), Ok(()), "a part of the node's CIDR is routed here");
+        for stale in ["10.244.2.0/24", "10.244.0.0/16", "10.245.1.0/24", "10.244.0.0/23"] {
+            assert_eq!(
+                check(net(stale), node),
+                Err(CidrMismatch::Outside { conflist: net(stale), node: net("10.244.1.0/24") }),
+                "{stale}"
+            );
+        }
+        assert_eq!(check(net("10.244.1.0/24"), None), Err(CidrMismatch::NotRecorded));
+        let msg = check(net("10.244.2.0/24"), node).unwrap_err().to_string();
+        assert!(msg.contains("10.244.2.0/24") && msg.contains("10.244.1.0/24") && msg.contains("stale"), "{msg}");
+    }
+}

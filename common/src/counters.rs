@@ -46,10 +46,14 @@ pub enum DropReason {
     /// as source, but sent by a node other than the one that owns that pod
     /// CIDR (the outer source is not its node IP).
     TunnelWrongNode = 13,
+    /// From a pod, a frame that is neither IPv4 nor ARP (IPv6, VLAN-tagged,
+    /// anything else): nothing checks its source on the way to the node's
+    /// stack, so it is dropped until sluice supports IPv6.
+    UnknownL3 = 14,
 }
 
 impl DropReason {
-    pub const COUNT: u32 = 14;
+    pub const COUNT: u32 = 15;
     pub const ALL: [DropReason; Self::COUNT as usize] = [
         DropReason::Truncated,
         DropReason::SourceSpoofed,
@@ -65,6 +69,7 @@ impl DropReason {
         DropReason::TunnelSourceSpoofed,
         DropReason::TunnelNoRoute,
         DropReason::TunnelWrongNode,
+        DropReason::UnknownL3,
     ];
 
     /// Stable name: the label in `status` and metrics.
@@ -84,6 +89,7 @@ impl DropReason {
             DropReason::TunnelSourceSpoofed => "tunnel_source_spoofed",
             DropReason::TunnelNoRoute => "tunnel_no_route",
             DropReason::TunnelWrongNode => "tunnel_wrong_node",
+            DropReason::UnknownL3 => "unknown_l3",
         }
     }
 }
@@ -234,6 +240,7 @@ mod tests {
         TunnelSourceSpoofed = 11, "tunnel_source_spoofed";
         TunnelNoRoute = 12, "tunnel_no_route";
         TunnelWrongNode = 13, "tunnel_wrong_node";
+        UnknownL3 = 14, "unknown_l3";
     });
 
     const FORWARD_PATHS: &[(ForwardPath, u32, &str)] = &golden!(ForwardPath {

@@ -102,6 +102,20 @@ pub fn from_pod(f: FromPodFacts) -> Verdict {
     Verdict::ToStack
 }
 
+/// Decide for a frame a pod sent that is not IPv4, by its EtherType (as in
+/// the frame: network byte order). ARP goes to the node's stack (which
+/// answers for the gateway if a pod ever asks). Anything else — IPv6 until
+/// sluice supports it, VLAN tags, other protocols — would reach the stack
+/// with no source check: dropped.
+pub fn from_pod_not_ipv4(ether_type_be: u16) -> Verdict {
+    const ETH_P_ARP: u16 = 0x0806;
+    if u16::from_be(ether_type_be) == ETH_P_ARP {
+        Verdict::ToStack
+    } else {
+        Verdict::Drop(DropReason::UnknownL3)
+    }
+}
+
 /// Is this a well-formed IPv4 header for a packet of `l3_len` bytes (from
 /// the IP header on)? Version 4, header length (IHL) at least 5 words and
 /// within the total length, total length within the packet. A total
@@ -366,6 +380,21 @@ mod tests {
         ];
         for (i, (f, want)) in cases.iter().enumerate() {
             assert_eq!(from_pod(*f), *want, "case {i}: {f:?}");
+        }
+    }
+
+    #[test]
+    fn from_pod_not_ipv4_table() {
+        for (ether_type, want) in [
+            (0x0806u16, Verdict::ToStack),
+            (0x86dd, Verdict::Drop(DropReason::UnknownL3)),
+            (0x8100, Verdict::Drop(DropReason::UnknownL3)),
+            (0x88a8, Verdict::Drop(DropReason::UnknownL3)),
+            (0x88b5, Verdict::Drop(DropReason::UnknownL3)),
+            // ARP's number in the wrong byte order is not ARP.
+            (0x0608, Verdict::Drop(DropReason::UnknownL3)),
+        ] {
+            assert_eq!(from_pod_not_ipv4(ether_type.to_be()), want, "EtherType {ether_type:#06x}");
         }
     }
 

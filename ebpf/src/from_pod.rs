@@ -42,10 +42,16 @@ pub fn from_pod_netkit(ctx: TcContext) -> i32 {
 #[inline(always)]
 fn try_from_pod<const NETKIT: bool>(ctx: &TcContext) -> Result<i32, DropReason> {
     let Some((_, ip)) = parse::ipv4(ctx)? else {
-        // ARP, IPv6: the node's stack answers (pods use a static neighbour
-        // for their gateway, so ARP is rare).
-        count_forward(ctx, ForwardPath::ToStack);
-        return Ok(TC_ACT_OK as i32);
+        // ARP goes to the node's stack (pods use a static neighbour for
+        // their gateway, so it is rare); anything else (IPv6 until sluice
+        // supports it) would reach the stack with no source check.
+        return match verdict::from_pod_not_ipv4(parse::ether_type_be(ctx)?) {
+            Verdict::Drop(reason) => Err(reason),
+            _ => {
+                count_forward(ctx, ForwardPath::ToStack);
+                Ok(TC_ACT_OK as i32)
+            }
+        };
     };
     // SAFETY: bounds checked by parse::ipv4.
     let (src_be, dst_be, ttl, version_ihl, tot_len_be) =

@@ -41,6 +41,14 @@ pub fn header_mut<T>(ctx: &TcContext, offset: usize) -> Result<*mut T, DropReaso
     Ok((start + offset) as *mut T)
 }
 
+/// The frame's EtherType, as in the packet (network byte order).
+#[inline(always)]
+pub fn ether_type_be(ctx: &TcContext) -> Result<u16, DropReason> {
+    let eth: *const EthHdr = header_mut(ctx, 0)?;
+    // SAFETY: bounds checked by header_mut.
+    Ok(unsafe { (*eth).ether_type_be })
+}
+
 /// The Ethernet and IPv4 headers, or `None` if this is not IPv4.
 #[inline(always)]
 pub fn ipv4(ctx: &TcContext) -> Result<Option<(*mut EthHdr, *mut Ipv4Hdr)>, DropReason> {

@@ -16,3 +16,4 @@ mod from_pod;
 mod from_uplink;
 mod malformed;
 mod tunnel;
+mod unknown_l3;

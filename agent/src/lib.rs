@@ -19,6 +19,7 @@
 pub mod commands;
 pub mod config;
 pub mod daemon;
+pub mod kube_watch;
 pub mod membership;
 pub mod policy;
 pub mod reconcile;

@@ -249,6 +249,21 @@ pub struct ApiServer {
     pub addr: SocketAddr,
     shared: Arc<(Mutex<Inner>, Condvar)>,
     stop: Arc<AtomicBool>,
+    /// `None` while stopped (`stop_serving`): connections are refused.
+    listener: Arc<Mutex<Option<TcpListener>>>,
+    netns: Option<String>,
+}
+
+fn bind(addr: SocketAddr, netns: Option<&str>) -> Result<TcpListener> {
+    let listener = match netns {
+        None => TcpListener::bind(addr)?,
+        Some(ns) => {
+            let path = Path::new("/run/netns").join(ns);
+            sluice_node::net::netns::run_in(&path, move || Ok(TcpListener::bind(addr)?))?
+        }
+    };
+    listener.set_nonblocking(true)?;
+    Ok(listener)
 }
 
 pub fn node_object(name: &str, ip: &str, pod_cidr: Option<&str>, rv: u64) -> Value {
@@ -591,21 +606,19 @@ impl ApiServer {
     /// lab's LAN, where the nodes can reach it).
     pub fn start(addr: &str, netns: Option<&str>) -> Result<Self> {
         let addr: SocketAddr = addr.parse()?;
-        let listener = match netns {
-            None => TcpListener::bind(addr)?,
-            Some(ns) => {
-                let path = Path::new("/run/netns").join(ns);
-                sluice_node::net::netns::run_in(&path, move || Ok(TcpListener::bind(addr)?))?
-            }
-        };
+        let listener = bind(addr, netns)?;
         let addr = listener.local_addr()?;
-        listener.set_nonblocking(true)?;
+        let listener = Arc::new(Mutex::new(Some(listener)));
         let shared: Arc<(Mutex<Inner>, Condvar)> = Arc::default();
         let stop = Arc::new(AtomicBool::new(false));
-        let (s2, stop2) = (shared.clone(), stop.clone());
+        let (s2, stop2, l2) = (shared.clone(), stop.clone(), listener.clone());
         thread::spawn(move || {
             while !stop2.load(Ordering::Relaxed) {
-                match listener.accept() {
+                let accepted = match &*l2.lock().unwrap() {
+                    Some(l) => l.accept(),
+                    None => Err(std::io::ErrorKind::NotConnected.into()),
+                };
+                match accepted {
                     Ok((conn, _)) => {
                         let s3 = s2.clone();
                         let stop3 = stop2.clone();
@@ -617,7 +630,25 @@ impl ApiServer {
                 }
             }
         });
-        Ok(Self { addr, shared, stop })
+        Ok(Self { addr, shared, stop, listener, netns: netns.map(str::to_string) })
+    }
+
+    /// Stop serving, as a stopped API server does: the listening socket
+    /// is closed (connections are refused) and open connections are cut.
+    /// The objects stay for `start_serving`.
+    pub fn stop_serving(&self) {
+        self.listener.lock().unwrap().take();
+        self.drop_connections();
+    }
+
+    /// Serve again on the same address, as the server restarted: its
+    /// watch history is gone (a watch from an older resourceVersion gets
+    /// 410 Expired, as from a real one whose watch cache was rebuilt).
+    pub fn start_serving(&self) -> Result<()> {
+        let listener = bind(self.addr, self.netns.as_deref())?;
+        self.expire_history();
+        *self.listener.lock().unwrap() = Some(listener);
+        Ok(())
     }
 
     /// A kubeconfig pointing at this server.

@@ -116,3 +116,61 @@ fn relist_after_410_gone_and_reconnect_after_dropped_connections() {
     assert_eq!(s["agent"]["kubernetes"]["synced"], true);
     assert_eq!(s["healthy"], true, "{s}");
 }
+
+/// `GET /metrics` from node `i`'s agent (its default address).
+fn metrics_text(lab: &Lab, i: usize) -> String {
+    use std::io::{Read, Write};
+    let node = &lab.state.nodes[i];
+    let addr = format!("{}:9962", node.ip);
+    let ns = std::path::Path::new("/run/netns").join(&node.netns);
+    sluice_node::net::netns::run_in(&ns, move || {
+        let mut s = std::net::TcpStream::connect(&addr)?;
+        s.set_read_timeout(Some(Duration::from_secs(3)))?;
+        write!(s, "GET /metrics HTTP/1.0\r\nHost: {addr}\r\n\r\n")?;
+        let mut out = String::new();
+        s.read_to_string(&mut out)?;
+        Ok(out)
+    })
+    .expect("metrics endpoint")
+}
+
+/// The API server stopped for 20 s — long enough that kube-rs' default
+/// backoff (0.8 s doubling to 30 s, jittered up to twice that) would have
+/// grown to 13–26 s, and backed off the 410 Expired after the return once
+/// more — and restarted with a Node added meanwhile: the route reaches the
+/// map within 5 s of the return, and `status` and the metrics say how long
+/// the watch took.
+#[test]
+fn back_in_step_within_seconds_of_the_api_servers_return() {
+    let lab = kube_lab(2, 0);
+    let api = lab.api.as_ref().unwrap();
+    api.stop_serving();
+    let start = Instant::now();
+    while lab.status(0).unwrap()["agent"]["kubernetes"]["connected"] != false {
+        assert!(start.elapsed() < Duration::from_secs(10), "the agent did not notice the API server stop");
+        sleep(Duration::from_millis(100));
+    }
+    // The outage itself (not a wait for anything): the backoff grows.
+    sleep(Duration::from_secs(20));
+    api.upsert_node("n5", "172.30.0.5", Some("10.244.5.0/24"));
+    api.start_serving().unwrap();
+    let took = wait_routes(&lab, "after the API server's return", Duration::from_secs(5), |r| {
+        has(r, "10.244.5.0/24", "172.30.0.5")
+    });
+    eprintln!("the Node made during the outage was routed {took:?} after the API server's return");
+    let s = lab.status(0).unwrap();
+    assert_eq!(s["healthy"], true, "{s:#}");
+    let recovery = &s["agent"]["kubernetes"]["lastRecovery"];
+    let (outage_ms, after_ms) =
+        (recovery["outageMs"].as_u64().unwrap(), recovery["syncedAfterReturnMs"].as_u64().unwrap());
+    eprintln!("status: outage {outage_ms} ms, synced {after_ms} ms after the API server's return");
+    assert!(outage_ms >= 20_000, "{recovery}");
+    assert!(after_ms <= took.as_millis() as u64 + 1500, "at most the retry interval before the return: {recovery}");
+    let metrics = metrics_text(&lab, 0);
+    let line = metrics
+        .lines()
+        .find(|l| l.starts_with("sluice_kubernetes_synced_after_return_seconds{watch=\"nodes\"}"))
+        .unwrap_or_else(|| panic!("no recovery metric:\n{metrics}"));
+    let secs: f64 = line.rsplit(' ').next().unwrap().parse().unwrap();
+    assert!((secs * 1000.0 - after_ms as f64).abs() < 1.0, "{line} vs status {after_ms} ms");
+}

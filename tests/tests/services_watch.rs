@@ -328,6 +328,31 @@ async fn relist_after_410_gone_replaces_the_view_and_reconnects_after_dropped_co
     assert!(state.connected && state.last_error.is_none(), "{state:?}");
 }
 
+/// The API server stopped for 10 s (kube-rs' default backoff would have
+/// grown to 6–13 s, then backed off the 410 Expired once more) and started
+/// again, a Service and a slice made meanwhile: both watches relist within
+/// 3 s of the return, and the state says how long they took.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn both_kinds_relist_within_seconds_of_the_api_servers_return() {
+    let mut cluster = Cluster::new();
+    cluster.populate();
+    let services = KubeServices::start(cluster.client());
+    wait_matches(&services, &cluster, "initial list", RECOVERY).await;
+    cluster.api.stop_serving();
+    wait_for(&services, "the watches notice", RECOVERY, |_, s| !s.connected).await;
+    // The outage itself (not a wait for anything): the backoff grows.
+    tokio::time::sleep(Duration::from_secs(10)).await;
+    cluster.service(service_object("default", "during", "10.96.0.60", &[("http", 80, 8080)]));
+    cluster.slice(endpoint_slice_object("default", "during-1", "during", &[("http", 8080)], &[("10.244.1.60", "n1")]));
+    cluster.api.start_serving().unwrap();
+    let back = Instant::now();
+    let state = wait_matches(&services, &cluster, "after the API server's return", 3 * SECOND).await;
+    eprintln!("both kinds as the server holds them {:?} after its return", back.elapsed());
+    let r = state.last_recovery.expect("the recovery is recorded");
+    assert!(r.outage_ms >= 10_000, "{r:?}");
+    assert!(r.synced_after_return_ms <= 3_000 + 1_000, "{r:?}");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_list_larger_than_a_page_is_read_page_by_page() {
     let mut cluster = Cluster::new();

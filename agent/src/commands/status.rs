@@ -340,6 +340,9 @@ impl StatusReport {
                     k.relists,
                     k.last_error.as_ref().map(|e| format!(", last error: {e}")).unwrap_or_default()
                 ));
+                if let Some(r) = &k.last_recovery {
+                    o.push_str(&format!("  {}\n", describe_recovery("Nodes", r)));
+                }
             }
         }
         if let Some(lb) = self.agent.as_ref().and_then(|a| a.service_lb.as_ref()) {
@@ -358,6 +361,9 @@ impl StatusReport {
                 lb.udp_sockets_destroyed,
                 lb.last_error.as_ref().map(|e| format!(", last error: {e}")).unwrap_or_default()
             ));
+            if let Some(r) = &lb.watch_recovery {
+                o.push_str(&format!("  {}\n", describe_recovery("Services", r)));
+            }
         }
         o.push_str(&format!(
             "datapath: pins {}, uplink ifindex {}, node IP {}\n",
@@ -394,6 +400,15 @@ impl StatusReport {
         }
         o
     }
+}
+
+/// A watch's last outage, for `status`.
+fn describe_recovery(what: &str, r: &crate::kube_watch::Recovery) -> String {
+    format!(
+        "last outage: {what} synced again {:.1} s after the API server returned ({:.1} s after the first error)",
+        r.synced_after_return_ms as f64 / 1000.0,
+        r.outage_ms as f64 / 1000.0
+    )
 }
 
 /// One row of `status --pods`: a lease on this node, the pod the runtime
@@ -685,6 +700,21 @@ mod tests {
         let r = StatusReport { agent: Some(agent), agent_alive: true, ..Default::default() };
         let text = r.render_text();
         assert!(text.contains("\nkubernetes: connected, synced, 5 events, 1 lists\n"), "{text}");
+        let recovery = crate::kube_watch::Recovery { outage_ms: 21_300, synced_after_return_ms: 640, synced_unix: 1 };
+        let agent = AgentState {
+            kubernetes: Some(KubeState {
+                connected: true,
+                synced: true,
+                last_recovery: Some(recovery),
+                ..Default::default()
+            }),
+            ..state(999)
+        };
+        let text = StatusReport { agent: Some(agent), ..Default::default() }.render_text();
+        assert!(
+            text.contains("\n  last outage: Nodes synced again 0.6 s after the API server returned (21.3 s after the first error)\n"),
+            "{text}"
+        );
         let agent = AgentState {
             kubernetes: Some(KubeState { last_error: Some("refused".into()), ..Default::default() }),
             ..state(999)

@@ -19,7 +19,7 @@
 //! so stalled or slow clients cost a socket each for a bounded time.
 use std::{
     net::SocketAddr,
-    sync::{Arc, Mutex},
+    sync::{atomic::AtomicU64, Arc, Mutex},
     time::{Duration, Instant},
 };
 
@@ -74,6 +74,11 @@ pub struct AgentMetrics {
     /// Connected UDP sockets destroyed because their backend left the
     /// Service (`daemon::udp_sockets`).
     pub service_udp_sockets_destroyed: Counter,
+    /// Per watch (`nodes`, `services`), its last outage: from the first
+    /// error to synced again, and from the API server's return (at most)
+    /// to synced again (`kube_watch::Recovery`).
+    pub kubernetes_outage_seconds: Family<[(&'static str, &'static str); 1], Gauge<f64, AtomicU64>>,
+    pub kubernetes_synced_after_return_seconds: Family<[(&'static str, &'static str); 1], Gauge<f64, AtomicU64>>,
     kube: Arc<Mutex<Option<KubeState>>>,
 }
 
@@ -86,6 +91,8 @@ impl Default for AgentMetrics {
             kernel_route_failures: Gauge::default(),
             service_update_seconds: Histogram::new(exponential_buckets(0.0001, 2.0, 16)),
             service_udp_sockets_destroyed: Counter::default(),
+            kubernetes_outage_seconds: Family::default(),
+            kubernetes_synced_after_return_seconds: Family::default(),
             kube: Arc::default(),
         }
     }
@@ -100,6 +107,15 @@ impl AgentMetrics {
             self.membership_problems_by_kind.get_or_create(&[("kind", p.kind())]).inc();
         }
         self.kernel_route_failures.set(kernel_route_failures as i64);
+    }
+
+    /// Watch `watch`'s last recovery, if it had one.
+    pub fn set_recovery(&self, watch: &'static str, recovery: Option<&crate::kube_watch::Recovery>) {
+        let Some(r) = recovery else { return };
+        self.kubernetes_outage_seconds.get_or_create(&[("watch", watch)]).set(r.outage_ms as f64 / 1000.0);
+        self.kubernetes_synced_after_return_seconds
+            .get_or_create(&[("watch", watch)])
+            .set(r.synced_after_return_ms as f64 / 1000.0);
     }
 
     pub fn set_kubernetes(&self, state: Option<KubeState>) {
@@ -319,6 +335,17 @@ pub fn registry(pins: &PinDir, data_dir: &std::path::Path, m: &AgentMetrics, mas
         m.membership_problems_by_kind.clone(),
     );
     r.register(
+        "sluice_kubernetes_outage_seconds",
+        "A watch's last outage: from its first error to a complete list again.",
+        m.kubernetes_outage_seconds.clone(),
+    );
+    r.register(
+        "sluice_kubernetes_synced_after_return_seconds",
+        "A watch's last outage: from its last attempt that found the API server unreachable (the server came back \
+         after it) to a complete list again.",
+        m.kubernetes_synced_after_return_seconds.clone(),
+    );
+    r.register(
         "sluice_kernel_route_failures",
         "Kernel routes to peers the last pass could not apply (every other route was applied; see `status`).",
         m.kernel_route_failures.clone(),
@@ -438,6 +465,9 @@ mod tests {
         };
         m.set_problems(&[broadcast.clone(), crate::membership::Problem::NoPodCidr { node: "n4".into() }], 1);
         m.set_kubernetes(Some(KubeState { events: 5, relists: 1, connected: true, ..Default::default() }));
+        let recovery = crate::kube_watch::Recovery { outage_ms: 20_500, synced_after_return_ms: 750, synced_unix: 1 };
+        m.set_recovery("nodes", Some(&recovery));
+        m.set_recovery("services", None);
         let dir = std::env::temp_dir().join(format!("sluice-metrics-test-{}", std::process::id()));
         cni_stats::record(&dir, "ADD", 0, 0.03, &[("attach-from_pod", 0.012)]).unwrap();
         cni_stats::record(&dir, "ADD", 103, 0.2, &[]).unwrap();
@@ -454,6 +484,8 @@ mod tests {
             "sluice_kubernetes_watch_events_total 5",
             "sluice_kubernetes_relists_total 1",
             "sluice_kubernetes_connected 1",
+            "sluice_kubernetes_outage_seconds{watch=\"nodes\"} 20.5",
+            "sluice_kubernetes_synced_after_return_seconds{watch=\"nodes\"} 0.75",
             "# TYPE sluice_reconcile_duration_seconds histogram",
             "sluice_cni_calls_total{verb=\"ADD\",code=\"0\"} 1",
             "sluice_cni_calls_total{verb=\"ADD\",code=\"103\"} 1",

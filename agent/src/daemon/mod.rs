@@ -440,6 +440,8 @@ pub async fn run(
         agent_metrics.set_kubernetes(state.kubernetes.clone());
         state.service_lb =
             sock_lb_cgroup.as_ref().map(|_| service_lb_state.lock().expect("service state lock").clone());
+        agent_metrics.set_recovery("nodes", state.kubernetes.as_ref().and_then(|k| k.last_recovery.as_ref()));
+        agent_metrics.set_recovery("services", state.service_lb.as_ref().and_then(|s| s.watch_recovery.as_ref()));
         state.updated_unix = now_unix();
         if let Err(e) = state_file::write(&node.data_dir, &state) {
             warn!(error = %format!("{e:#}"), "cannot write agent state");

@@ -86,6 +86,9 @@ pub struct ServiceLbState {
     /// recovered (the maps do not follow the cluster meanwhile).
     #[serde(default)]
     pub watch_error: Option<String>,
+    /// The watches' last return to synced after an outage (`kube_watch`).
+    #[serde(default)]
+    pub watch_recovery: Option<crate::kube_watch::Recovery>,
 }
 
 pub type SharedState = Arc<Mutex<ServiceLbState>>;
@@ -111,19 +114,21 @@ pub async fn run(
         // Every RESYNC, replan everything (a safety net: the incremental
         // path can then never drift for long).
         let full = last_full.elapsed() >= RESYNC;
-        let (changed, synced, last_change, watch_error) = kube.with_changes(|view, s, touched| {
+        let (changed, watch) = kube.with_changes(|view, s, touched| {
             if !s.synced {
-                return (None, false, None, s.last_error.clone());
+                return (None, s.clone());
             }
             let touched = if full { Touched::All } else { touched };
             if touched.is_empty() {
-                return (Some(Some(Default::default())), true, s.last_change, s.last_error.clone());
+                return (Some(Some(Default::default())), s.clone());
             }
-            (Some(planner.update(view, touched, &node_name)), true, s.last_change, s.last_error.clone())
+            (Some(planner.update(view, touched, &node_name)), s.clone())
         });
+        let last_change = watch.last_change;
         let mut st = ServiceLbState {
-            synced,
-            watch_error,
+            synced: watch.synced,
+            watch_error: watch.last_error,
+            watch_recovery: watch.last_recovery,
             heartbeat_unix: now_unix(),
             stopped: None,
             ..state.lock().expect("service state lock").clone()

@@ -2,7 +2,8 @@
 //!
 //! A background task keeps a complete view of the Nodes: the watcher lists,
 //! then watches from the list's resourceVersion, relists on 410 Gone and
-//! reconnects after a dropped connection (with backoff). Every change
+//! reconnects after a dropped connection, retrying as `kube_watch` says
+//! (within a second of the API server's return). Every change
 //! notifies the reconciler, which recomputes membership from the whole view
 //! (never from one event's payload) — the agent's timer does the same, so a
 //! missed notification heals at the next resync.
@@ -10,15 +11,13 @@ use std::{
     collections::BTreeMap,
     net::Ipv4Addr,
     sync::{Arc, Mutex},
+    time::Instant,
 };
 
 use futures::{StreamExt, TryStreamExt};
 use ipnetwork::Ipv4Network;
 use k8s_openapi::api::core::v1::Node;
-use kube::{
-    runtime::{watcher, WatchStreamExt},
-    Api, Client,
-};
+use kube::{runtime::watcher, Api, Client};
 use serde::Serialize;
 use tokio::sync::Notify;
 use tracing::{info, warn};
@@ -26,6 +25,7 @@ use tracing::{info, warn};
 use sluice_node::clock::now_unix;
 
 use super::NodeEntry;
+use crate::kube_watch::{self, OutageClock, Recovery, Retry};
 
 /// What `status` shows about the API connection.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, serde::Deserialize)]
@@ -39,6 +39,10 @@ pub struct KubeState {
     pub events: u64,
     pub relists: u64,
     pub last_event_unix: u64,
+    /// The last time the watch was synced again after errors (an API
+    /// server outage, a 410 Gone): how long it took.
+    #[serde(default)]
+    pub last_recovery: Option<Recovery>,
 }
 
 #[derive(Default)]
@@ -81,13 +85,31 @@ impl KubeNodes {
 
     async fn watch(self, client: Client) {
         let api: Api<Node> = Api::all(client);
-        let mut stream = watcher(api, watcher::Config::default()).default_backoff().boxed();
+        let mut stream = watcher(api, watcher::Config::default()).boxed();
         let mut buffer: BTreeMap<String, NodeEntry> = BTreeMap::new();
+        let (mut retry, mut outage) = (Retry::default(), OutageClock::default());
         loop {
-            let next = stream.try_next().await;
+            let next = match stream.try_next().await {
+                Ok(next) => next,
+                Err(e) => {
+                    // Keep the last view; the watcher retries when polled.
+                    let class = kube_watch::classify(&e);
+                    outage.failed(Instant::now(), class);
+                    {
+                        let mut shared = self.shared.lock().expect("kube state lock");
+                        shared.state.connected = false;
+                        shared.state.last_error = Some(e.to_string());
+                    }
+                    warn!(error = %e, ?class, "Kubernetes watch error; retrying");
+                    retry.wait(class).await;
+                    continue;
+                }
+            };
+            let at = Instant::now();
             let mut shared = self.shared.lock().expect("kube state lock");
             match next {
-                Ok(Some(event)) => {
+                Some(event) => {
+                    retry.reset();
                     shared.state.connected = true;
                     shared.state.last_error = None;
                     shared.state.events += 1;
@@ -107,6 +129,14 @@ impl KubeNodes {
                             shared.state.synced = true;
                             shared.state.relists += 1;
                             info!(nodes = shared.nodes.len(), "Kubernetes nodes listed");
+                            if let Some(r) = outage.synced(at) {
+                                info!(
+                                    outage_ms = r.outage_ms,
+                                    synced_after_return_ms = r.synced_after_return_ms,
+                                    "Kubernetes nodes synced again"
+                                );
+                                shared.state.last_recovery = Some(r);
+                            }
                             true
                         }
                         watcher::Event::Apply(node) => {
@@ -125,17 +155,11 @@ impl KubeNodes {
                         self.changed.notify_one();
                     }
                 }
-                Ok(None) => {
+                None => {
                     shared.state.connected = false;
                     shared.state.last_error = Some("watch stream ended".into());
                     warn!("Kubernetes watch stream ended");
                     return;
-                }
-                Err(e) => {
-                    // The watcher retries with backoff; keep the last view.
-                    shared.state.connected = false;
-                    shared.state.last_error = Some(e.to_string());
-                    warn!(error = %e, "Kubernetes watch error; retrying");
                 }
             }
         }

@@ -2,7 +2,7 @@
 //!
 //! Like `membership::kubernetes`: each watcher lists, then watches from the
 //! list's resourceVersion, relists on 410 Gone and reconnects after a
-//! dropped connection (with backoff). A relist replaces its kind whole:
+//! dropped connection, retrying as `kube_watch` says. A relist replaces its kind whole:
 //! when it ends, every object it did not show is gone (deleted while the
 //! watch was cut). Every change that alters the view notifies the planner,
 //! which replans from the whole view (never from one event); the changes a
@@ -28,15 +28,14 @@ use k8s_openapi::{
     api::{core::v1 as core, discovery::v1 as discovery},
     apimachinery::pkg::apis::meta::v1::ObjectMeta,
 };
-use kube::{
-    runtime::{watcher, WatchStreamExt},
-    Api, Client, Resource,
-};
+use kube::{runtime::watcher, Api, Client, Resource};
 use serde::{de::DeserializeOwned, Deserialize, Serialize};
 use tokio::sync::Notify;
 use tracing::{info, warn};
 
 use sluice_node::clock::now_unix;
+
+use crate::kube_watch::{self, OutageClock, Recovery, Retry};
 
 use super::model::{
     Endpoint, EndpointSlice, Protocol, Service, ServiceKind, ServiceName, ServicePort, ServiceView, SlicePort, Touched,
@@ -76,6 +75,11 @@ pub struct ServicesState {
     /// Complete lists received, both kinds (2 after the first sync).
     pub relists: u64,
     pub last_event_unix: u64,
+    /// The last time a kind's watch was synced again after errors (an API
+    /// server outage, a 410 Gone): the later of the two kinds when both
+    /// were out.
+    #[serde(default)]
+    pub last_recovery: Option<Recovery>,
     /// When the latest change to the view arrived (the watch event that
     /// carried it was read off the stream): where "event → maps updated"
     /// latency starts. In-process only.
@@ -340,7 +344,8 @@ impl KubeServices {
     async fn watch<K: Watched>(self, api: Api<K>) {
         let kind = K::KIND;
         let config = watcher::Config::default().page_size(LIST_PAGE_SIZE);
-        let mut stream = watcher(api, config).default_backoff().boxed();
+        let mut stream = watcher(api, config).boxed();
+        let (mut retry, mut outage) = (Retry::default(), OutageClock::default());
         // The keys a list in progress has shown; at its end every other key
         // goes (it was deleted while the watch was cut).
         let mut listed: BTreeSet<ServiceName> = BTreeSet::new();
@@ -350,6 +355,7 @@ impl KubeServices {
             let arrived = Instant::now();
             match next {
                 Ok(Some(event)) => {
+                    retry.reset();
                     // Convert before taking the lock; the object is dropped here.
                     let changed = match event {
                         watcher::Event::Init => {
@@ -373,7 +379,18 @@ impl KubeServices {
                         }
                         watcher::Event::InitDone => {
                             let keep = std::mem::take(&mut listed);
+                            let recovered = outage.synced(arrived);
                             self.record(kind, arrived, |shared| {
+                                if let Some(r) = recovered {
+                                    info!(
+                                        kind = kind.name(),
+                                        outage_ms = r.outage_ms,
+                                        synced_after_return_ms = r.synced_after_return_ms,
+                                        "Kubernetes {} synced again",
+                                        kind.name()
+                                    );
+                                    shared.state.last_recovery = Some(r);
+                                }
                                 shared.touched = Touched::All;
                                 let entries = K::entries(&mut shared.view);
                                 let before = entries.len();
@@ -428,13 +445,18 @@ impl KubeServices {
                     return;
                 }
                 Err(e) => {
-                    // The watcher retries with backoff; keep the last view.
-                    let mut shared = self.shared.lock().expect("services state lock");
-                    let s = shared.stream(kind);
-                    s.connected = false;
-                    s.error = Some(e.to_string());
-                    shared.summarize();
-                    warn!(kind = kind.name(), error = %e, "Kubernetes watch error; retrying");
+                    // Keep the last view; the watcher retries when polled.
+                    let class = kube_watch::classify(&e);
+                    outage.failed(arrived, class);
+                    {
+                        let mut shared = self.shared.lock().expect("services state lock");
+                        let s = shared.stream(kind);
+                        s.connected = false;
+                        s.error = Some(e.to_string());
+                        shared.summarize();
+                    }
+                    warn!(kind = kind.name(), error = %e, ?class, "Kubernetes watch error; retrying");
+                    retry.wait(class).await;
                 }
             }
         }

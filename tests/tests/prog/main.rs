@@ -15,5 +15,6 @@
 mod from_pod;
 mod from_uplink;
 mod malformed;
+mod stack_flows;
 mod tunnel;
 mod unknown_l3;

@@ -185,6 +185,86 @@ async fn follow_uplink_address(
     *address = moved;
 }
 
+/// The uplink: `--uplink`, or the interface of the IPv4 default route
+/// (then recorded in `node.uplink`).
+async fn choose_uplink(netlink: &Netlink, node: &mut AgentConfig) -> Result<sluice_node::net::netlink::LinkInfo> {
+    if !node.uplink.is_empty() {
+        return netlink.require_link(&node.uplink).await.context("uplink");
+    }
+    let found = netlink
+        .default_route_interface()
+        .await?
+        .context("no --uplink given and no IPv4 default route to pick one from")?;
+    info!(uplink = %found.name, "uplink chosen from the default route");
+    node.uplink = found.name.clone();
+    Ok(found)
+}
+
+/// The host's bpffs at `bpffs_mount` (mounted here with --mount-bpffs).
+fn require_bpffs(node: &AgentConfig, bpffs_mount: &std::path::Path) -> Result<()> {
+    if node.mount_bpffs {
+        bpffs::ensure_mounted(bpffs_mount)?;
+    } else if !bpffs::is_bpffs(bpffs_mount).unwrap_or(false) {
+        bail!(
+            "{} is not a bpffs: the host's bpffs must be mounted there (and, in a container, mounted in from the \
+             host) so pins outlive the agent; a bpffs mounted here would vanish with this mount namespace. \
+             Mount it on the host (`mount -t bpf bpf {}`), or pass --mount-bpffs on a host process",
+            bpffs_mount.display(),
+            bpffs_mount.display()
+        );
+    }
+    Ok(())
+}
+
+/// With Services in eBPF, attach the socket load balancer to the cgroup
+/// root (returned); without, detach an earlier run's.
+fn attach_or_detach_sock_lb(
+    node: &AgentConfig,
+    datapath: &mut Datapath,
+    pins: &PinDir,
+    services: bool,
+) -> Result<Option<PathBuf>> {
+    if services {
+        let cgroup = node.cgroup_root()?;
+        datapath.attach_sock_lb(&cgroup)?;
+        return Ok(Some(cgroup));
+    }
+    // Turned off (or never on): an earlier run's programs must not keep
+    // translating behind kube-proxy's back.
+    if sock_lb::detach(pins)? > 0 {
+        info!("socket load balancer detached (--kube-proxy-replacement=false)");
+    }
+    Ok(None)
+}
+
+/// Start the Services loop under its supervisor, in the background.
+fn start_services_loop(
+    kube: KubeServices,
+    cgroup: &std::path::Path,
+    node: &AgentConfig,
+    pins: &PinDir,
+    agent_metrics: &metrics::AgentMetrics,
+    service_lb_state: &service_lb::SharedState,
+) {
+    {
+        let mut st = service_lb_state.lock().expect("service state lock");
+        st.cgroup = cgroup.display().to_string();
+        st.netns_dir = node.netns_dir.as_ref().map(|d| d.display().to_string());
+    }
+    let (pins, name, st) = (pins.clone(), node.node_name.clone(), service_lb_state.clone());
+    let latency = agent_metrics.service_update_seconds.clone();
+    let destroyed = agent_metrics.service_udp_sockets_destroyed.clone();
+    let start = move || {
+        let (latency, destroyed) = (latency.clone(), destroyed.clone());
+        let observe = move |s| latency.observe(s);
+        let destroyed = move |n| {
+            destroyed.inc_by(n);
+        };
+        service_lb::run(kube.clone(), pins.clone(), name.clone(), st.clone(), observe, destroyed)
+    };
+    tokio::spawn(service_lb::supervise(service_lb_state.clone(), start));
+}
+
 /// Wait for the first complete membership that names this node's pod CIDR.
 async fn initial_membership(source: &Source, node: &AgentConfig, ranges: &Ranges) -> Result<Membership> {
     let mut waited = 0u32;
@@ -218,17 +298,7 @@ pub async fn run(
     // agent is pid 1. The file comes back once the datapath is up.
     state_file::remove(&node.data_dir)?;
     let netlink = Netlink::open()?;
-    let uplink = if node.uplink.is_empty() {
-        let found = netlink
-            .default_route_interface()
-            .await?
-            .context("no --uplink given and no IPv4 default route to pick one from")?;
-        info!(uplink = %found.name, "uplink chosen from the default route");
-        node.uplink = found.name.clone();
-        found
-    } else {
-        netlink.require_link(&node.uplink).await.context("uplink")?
-    };
+    let uplink = choose_uplink(&netlink, &mut node).await?;
     let mtu = tunnel::pod_mtu(node.mtu, uplink.mtu, node.tunnel);
     if mtu > uplink.mtu {
         bail!("--mtu {mtu} is larger than uplink {}'s MTU {}", node.uplink, uplink.mtu);
@@ -239,17 +309,7 @@ pub async fn run(
         .with_context(|| format!("uplink {} has no IPv4 address", node.uplink))?;
     let mut address = node_address::NodeAddress::new(node_ip, prefix)?;
     let node_network = address.network;
-    if node.mount_bpffs {
-        bpffs::ensure_mounted(&bpffs_mount)?;
-    } else if !bpffs::is_bpffs(&bpffs_mount).unwrap_or(false) {
-        bail!(
-            "{} is not a bpffs: the host's bpffs must be mounted there (and, in a container, mounted in from the \
-             host) so pins outlive the agent; a bpffs mounted here would vanish with this mount namespace. \
-             Mount it on the host (`mount -t bpf bpf {}`), or pass --mount-bpffs on a host process",
-            bpffs_mount.display(),
-            bpffs_mount.display()
-        );
-    }
+    require_bpffs(&node, &bpffs_mount)?;
 
     let mut ranges = Ranges {
         cluster: node.cluster_cidr,
@@ -281,21 +341,7 @@ pub async fn run(
     let vxlan_ifindex =
         tunnel::ensure(&netlink, &mut datapath, &pins, node.tunnel, uplink.index).await.context("VXLAN device")?;
     let pods = datapath.update_pod_links()?;
-    let sock_lb_cgroup = match &services {
-        Some(_) => {
-            let cgroup = node.cgroup_root()?;
-            datapath.attach_sock_lb(&cgroup)?;
-            Some(cgroup)
-        }
-        None => {
-            // Turned off (or never on): an earlier run's programs must not
-            // keep translating behind kube-proxy's back.
-            if sock_lb::detach(&pins)? > 0 {
-                info!("socket load balancer detached (--kube-proxy-replacement=false)");
-            }
-            None
-        }
-    };
+    let sock_lb_cgroup = attach_or_detach_sock_lb(&node, &mut datapath, &pins, services.is_some())?;
     // The node's stack forwards pods' traffic to the world, to other nodes'
     // host processes and through kube-proxy's DNAT.
     sysctl::ensure_ip_forward()?;
@@ -323,23 +369,7 @@ pub async fn run(
     let agent_metrics = metrics::AgentMetrics::default();
     let service_lb_state = service_lb::SharedState::default();
     if let (Some(kube), Some(cgroup)) = (services, &sock_lb_cgroup) {
-        {
-            let mut st = service_lb_state.lock().expect("service state lock");
-            st.cgroup = cgroup.display().to_string();
-            st.netns_dir = node.netns_dir.as_ref().map(|d| d.display().to_string());
-        }
-        let (pins, name, st) = (pins.clone(), node.node_name.clone(), service_lb_state.clone());
-        let latency = agent_metrics.service_update_seconds.clone();
-        let destroyed = agent_metrics.service_udp_sockets_destroyed.clone();
-        let start = move || {
-            let (latency, destroyed) = (latency.clone(), destroyed.clone());
-            let observe = move |s| latency.observe(s);
-            let destroyed = move |n| {
-                destroyed.inc_by(n);
-            };
-            service_lb::run(kube.clone(), pins.clone(), name.clone(), st.clone(), observe, destroyed)
-        };
-        tokio::spawn(service_lb::supervise(service_lb_state.clone(), start));
+        start_services_loop(kube, cgroup, &node, &pins, &agent_metrics, &service_lb_state);
     }
     if let Some(bind) = node.metrics_bind()? {
         let masquerade = reconcilers.masquerade_counter();

@@ -41,11 +41,17 @@ pub mod names {
     pub const IFACE_PACKETS: &str = "IFACE_PACKETS";
     /// `LruHashMap<FlowKey, u32>`: replies of flows the node's stack forwarded.
     pub const STACK_FLOWS: &str = "STACK_FLOWS";
-    /// `RingBuf` of `events::DatapathEvent`: drops, and traces on request.
-    pub const EVENTS: &str = "EVENTS";
-    /// `Array<u32>` with one entry: `events::MONITOR_TRACE` while a monitor
-    /// traces.
-    pub const MONITOR: &str = "MONITOR";
+    /// `RingBuf` of `events::DatapathEvent` per monitor slot: the drops and
+    /// traces that slot's monitor subscribed to.
+    pub const EVENTS: [&str; crate::events::MONITOR_SLOTS as usize] = ["EVENTS_0", "EVENTS_1", "EVENTS_2", "EVENTS_3"];
+    /// `Array<u32>` with one entry: which monitor slots want which events
+    /// (`events::drop_bit`, `events::trace_bit`); 0 while none runs.
+    pub const MONITORS: &str = "MONITORS";
+    /// Retired, with transient content (nothing to carry over): `EVENTS`,
+    /// the one ring buffer every monitor shared, and `MONITOR`, its trace
+    /// switch (versions before the per-monitor ring buffers). The agent
+    /// removes their pins at start (`datapath::retired_maps`).
+    pub const RETIRED_TRANSIENT: [&str; 2] = ["EVENTS", "MONITOR"];
     /// `HashMap<ServiceKey, ServiceValue>`: Services' frontends (socket LB).
     pub const SERVICES: &str = "SERVICES";
     /// `HashMap<BackendSlot, Backend>`: each backend set's backends.
@@ -116,7 +122,8 @@ pub mod limits {
     /// Flows the stack forwarded whose replies must return through it;
     /// least recently used entries make room.
     pub const MAX_STACK_FLOWS: u32 = 65536;
-    /// Bytes of the events ring buffer (a power of two, pages).
+    /// Bytes of each monitor slot's events ring buffer (a power of two,
+    /// pages): about 2,700 events of 96 bytes with its header.
     pub const EVENTS_BYTES: u32 = 256 * 1024;
     /// Service frontends (cluster IP × port × protocol).
     pub const MAX_SERVICES: u32 = 65536;

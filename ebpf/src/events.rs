@@ -1,36 +1,45 @@
-//! Reporting to `sluice-agent monitor` (`sluice_common::events`): every
-//! drop, and every forwarding decision while a monitor traces. Costs
-//! nothing on the fast path but one array read: drops are rare, traces are
-//! off unless asked for, and a full ring buffer just loses the event.
-use aya_ebpf::{helpers::bpf_skb_load_bytes, programs::TcContext};
-use sluice_common::events::{DatapathEvent, EVENT_DROP, EVENT_TRACE, HEADER_BYTES, MONITOR_TRACE};
+//! Reporting to `sluice-agent monitor` (`sluice_common::events`): drops and
+//! forwarding decisions, each written into the ring buffer of every monitor
+//! slot that subscribed to its kind. With no monitor running the cost is
+//! one array read; a full ring buffer just loses the event.
+use aya_ebpf::{
+    helpers::{bpf_ktime_get_ns, bpf_skb_load_bytes},
+    programs::TcContext,
+};
+use sluice_common::events::{subscribers, DatapathEvent, EVENT_DROP, EVENT_TRACE, HEADER_BYTES};
 
 use crate::{
-    maps::{EVENTS, MONITOR},
+    maps::{EVENTS_0, EVENTS_1, EVENTS_2, EVENTS_3, MONITORS},
     parse,
 };
 
-/// Is a monitor tracing forwarded packets right now?
+/// `MONITORS[0]`: who listens for what (0: nobody).
 #[inline(always)]
-pub fn tracing() -> bool {
-    MONITOR.get(0).is_some_and(|flags| flags & MONITOR_TRACE != 0)
+fn monitors() -> u32 {
+    MONITORS.get(0).copied().unwrap_or(0)
 }
 
 #[inline(always)]
 pub fn drop(ctx: &TcContext, reason: u32, direction: u8) {
-    report(ctx, EVENT_DROP, reason, direction);
-}
-
-#[inline(always)]
-pub fn trace(ctx: &TcContext, path: u32, direction: u8) {
-    if tracing() {
-        report(ctx, EVENT_TRACE, path, direction);
+    let slots = subscribers(monitors(), EVENT_DROP);
+    if slots != 0 {
+        report(ctx, slots, EVENT_DROP, reason, direction);
     }
 }
 
 #[inline(always)]
-fn report(ctx: &TcContext, kind: u8, code: u32, direction: u8) {
+pub fn trace(ctx: &TcContext, path: u32, direction: u8) {
+    let slots = subscribers(monitors(), EVENT_TRACE);
+    if slots != 0 {
+        report(ctx, slots, EVENT_TRACE, path, direction);
+    }
+}
+
+#[inline(always)]
+fn report(ctx: &TcContext, slots: u32, kind: u8, code: u32, direction: u8) {
     let mut ev = DatapathEvent {
+        // SAFETY: a plain helper, valid in every program type.
+        ts_ns: unsafe { bpf_ktime_get_ns() },
         kind,
         direction,
         protocol: 0,
@@ -64,5 +73,17 @@ fn report(ctx: &TcContext, kind: u8, code: u32, direction: u8) {
             ev.header_len = HEADER_BYTES as u32;
         }
     }
-    let _ = EVENTS.output::<DatapathEvent>(&ev, 0);
+    // One copy per subscribed slot: each monitor consumes its own buffer.
+    if slots & 1 != 0 {
+        let _ = EVENTS_0.output::<DatapathEvent>(&ev, 0);
+    }
+    if slots & 2 != 0 {
+        let _ = EVENTS_1.output::<DatapathEvent>(&ev, 0);
+    }
+    if slots & 4 != 0 {
+        let _ = EVENTS_2.output::<DatapathEvent>(&ev, 0);
+    }
+    if slots & 8 != 0 {
+        let _ = EVENTS_3.output::<DatapathEvent>(&ev, 0);
+    }
 }

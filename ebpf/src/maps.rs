@@ -40,11 +40,22 @@ pub static IFACE_PACKETS: PerCpuHashMap<u32, u64> = PerCpuHashMap::with_max_entr
 #[map]
 pub static STACK_FLOWS: LruHashMap<FlowKey, u32> = LruHashMap::with_max_entries(MAX_STACK_FLOWS, 0);
 
+// One ring buffer per monitor slot (`sluice_common::events`); the names
+// are `names::EVENTS`.
 #[map]
-pub static EVENTS: RingBuf = RingBuf::with_byte_size(EVENTS_BYTES, 0);
+pub static EVENTS_0: RingBuf = RingBuf::with_byte_size(EVENTS_BYTES, 0);
 
 #[map]
-pub static MONITOR: Array<u32> = Array::with_max_entries(1, 0);
+pub static EVENTS_1: RingBuf = RingBuf::with_byte_size(EVENTS_BYTES, 0);
+
+#[map]
+pub static EVENTS_2: RingBuf = RingBuf::with_byte_size(EVENTS_BYTES, 0);
+
+#[map]
+pub static EVENTS_3: RingBuf = RingBuf::with_byte_size(EVENTS_BYTES, 0);
+
+#[map]
+pub static MONITORS: Array<u32> = Array::with_max_entries(1, 0);
 
 #[map]
 pub static SERVICES: HashMap<ServiceKey, ServiceValue> = HashMap::with_max_entries(MAX_SERVICES, 0);

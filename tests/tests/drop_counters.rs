@@ -4,16 +4,15 @@
 //! on the VXLAN device's egress) says `egress`, a pod's spoofed packet
 //! (`from_pod`, on its host veth's ingress) says `ingress`.
 use std::{
+    io::{BufRead, BufReader},
     process::Stdio,
-    time::{Duration, Instant},
 };
 
 use serde_json::Value;
-use sluice_common::maps::{names, LAYOUT_VERSION};
 use sluice_tests::{
     bin,
     lab::{ns_cmd, ns_exec, Lab, LabOptions},
-    require_root, sh, try_run,
+    require_root, try_run,
 };
 
 /// `GET /metrics` of node `i`'s agent, from inside its namespace.
@@ -51,24 +50,26 @@ fn an_egress_programs_drop_is_labelled_egress_with_packets_and_bytes() {
     // its host veth's ingress (source_spoofed), 98 bytes a ping.
     ns_exec(&a.netns, &["ip", "addr", "add", "10.244.1.200/32", "dev", "eth0"]).unwrap();
 
-    // The monitor, for the egress drops. `--type all` switches tracing on
-    // in MONITOR once its ring buffer is open: that is when it is ready.
+    // The monitor, for the egress drops; ready once it says it listens.
     let agent = bin("sluice-agent").display().to_string();
     let pin_dir = n1.pin_dir.display().to_string();
     let argv =
         [&agent, "monitor", "--json", "--type", "all", "--ip", "10.99.0.1", "--pin-dir", &pin_dir, "--count", "3"];
-    let monitor = ns_cmd(&n1.netns, &argv[..]).stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().unwrap();
-    let flag = n1.pin_dir.join(format!("v{LAYOUT_VERSION}/maps/{}", names::MONITOR)).display().to_string();
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while !sh("bpftool", &["map", "dump", "pinned", &flag]).unwrap().contains("value: 01 00 00 00") {
-        assert!(Instant::now() < deadline, "the monitor never started tracing");
-        std::thread::sleep(Duration::from_millis(20));
+    let mut monitor = ns_cmd(&n1.netns, &argv[..]).stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().unwrap();
+    let (mut said, mut ready) = (Vec::new(), false);
+    for line in BufReader::new(monitor.stderr.take().unwrap()).lines().map_while(Result::ok) {
+        ready = line.starts_with("monitor: listening");
+        if ready {
+            break;
+        }
+        said.push(line);
     }
+    assert!(ready, "the monitor never listened: {said:?}");
     ns_exec(&n1.netns, &["python3", "-c", send]).unwrap();
     let b = lab.state.nodes[1].pods[0].ip.clone();
     let _ = try_run(&mut ns_cmd(&a.netns, &["ping", "-c", "3", "-i", "0.2", "-W", "1", "-I", "10.244.1.200", &b]));
     let out = monitor.wait_with_output().unwrap();
-    assert!(out.status.success(), "monitor: {}", String::from_utf8_lossy(&out.stderr));
+    assert!(out.status.success(), "monitor: {:?}", out.status);
 
     // Metrics: each drop under its direction, with its bytes; nothing
     // under the other direction.

@@ -46,10 +46,11 @@ fn pin_names(dir: &Path) -> Vec<String> {
     v
 }
 
-/// Turn node `i`'s pins into "an earlier layout": `v1` → `v0`, and the
-/// drop counters as versions before `DROP_STATS` had them: `DROPS`, packets
-/// per reason, here of only 6 reasons, with `OLD_SPOOFED` source_spoofed
-/// drops on every CPU.
+/// Turn node `i`'s pins into "an earlier layout": `v1` → `v0`, the drop
+/// counters as versions before `DROP_STATS` had them: `DROPS`, packets per
+/// reason, here of only 6 reasons, with `OLD_SPOOFED` source_spoofed drops
+/// on every CPU, and the monitor's maps before issue 24 (one shared `EVENTS`
+/// ring buffer and its `MONITOR` switch).
 fn age_pins(lab: &Lab, i: usize) -> PathBuf {
     let root = &lab.state.nodes[i].pin_dir;
     let (new, old) = (root.join(format!("v{LAYOUT_VERSION}")), root.join("v0"));
@@ -78,6 +79,16 @@ fn age_pins(lab: &Lab, i: usize) -> PathBuf {
     args.push("value");
     args.extend(value.iter().map(String::as_str));
     sh("bpftool", &args).unwrap();
+    for (name, shape) in [
+        ("EVENTS", ["ringbuf", "key", "0", "value", "0", "entries", "262144"]),
+        ("MONITOR", ["array", "key", "4", "value", "4", "entries", "1"]),
+    ] {
+        let pin = old.join("maps").join(name).display().to_string();
+        let mut args = vec!["map", "create", &pin, "type"];
+        args.extend(shape);
+        args.extend(["name", name]);
+        sh("bpftool", &args).unwrap();
+    }
     old
 }
 
@@ -177,6 +188,9 @@ fn an_agent_over_an_earlier_layout_takes_over_in_place_and_loses_nothing() {
     assert!(!pins0.map(names::DROPS).exists(), "the retired DROPS pin is gone");
     let stats = map_info(&pins0.map(names::DROP_STATS));
     assert_eq!(stats["max_entries"].as_u64().unwrap(), DROP_SLOTS as u64, "{stats}");
+    for retired in names::RETIRED_TRANSIENT {
+        assert!(!pins0.map(retired).exists(), "{retired}: a map this version replaced is unpinned");
+    }
     let status = lab.status(0).unwrap();
     assert_eq!(status["drops"].as_object().unwrap().len(), DropReason::COUNT as usize, "every reason: {status:#}");
     assert_eq!(status["drops"]["source_spoofed"], OLD_SPOOFED * possible_cpus(), "carried over: {status:#}");

@@ -1,20 +1,26 @@
 //! `sluice-agent monitor`: where did my packet go? One line (or one JSON
-//! object) per datapath event: every drop with its reason, and with
-//! `--type trace|all` every forwarding decision. Reads the pinned `EVENTS`
-//! ring buffer, so it works while the agent is down; tracing is switched on
-//! in `MONITOR` for as long as a monitor asks and off when it leaves.
-//! `decode`, `Filter::matches` and `render` are pure.
+//! object) per datapath event, with the time it happened: every drop with
+//! its reason, and with `--type trace|all` every forwarding decision.
+//! Reads the pinned maps, so it works while the agent is down. Several
+//! monitors run at once, each on a slot of its own (`subscription`), and
+//! each prints only what happened after it started. `decode`,
+//! `Filter::matches`, `render` and `to_json` are pure.
 use std::{net::Ipv4Addr, time::Duration};
 
-use anyhow::{Context, Result};
-use aya::maps::{Array, Map, MapData, RingBuf};
+use anyhow::Result;
+use jiff::Timestamp;
 use serde_json::{json, Value};
 use sluice_common::{
-    events::{DatapathEvent, DIR_EGRESS, EVENT_DROP, EVENT_TRACE, MONITOR_TRACE},
-    maps::names,
+    events::{drop_bit, trace_bit, DatapathEvent, DIR_EGRESS, EVENT_DROP, EVENT_TRACE},
     DropReason, ForwardPath,
 };
 use sluice_node::datapath::{pinned_maps::ip_from_be, pins::PinDir};
+
+mod clock;
+mod subscription;
+
+use clock::Clocks;
+use subscription::{is_stale, Subscription};
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
 pub enum EventType {
@@ -34,6 +40,15 @@ pub struct Filter {
 }
 
 impl Filter {
+    /// `MONITORS` bits of `slot` for these types.
+    fn subscription(&self, slot: u32) -> u32 {
+        match self.types {
+            EventType::Drop => drop_bit(slot),
+            EventType::Trace => trace_bit(slot),
+            EventType::All => drop_bit(slot) | trace_bit(slot),
+        }
+    }
+
     pub fn matches(&self, ev: &DatapathEvent) -> bool {
         let kind_ok = match self.types {
             EventType::Drop => ev.kind == EVENT_DROP,
@@ -81,12 +96,14 @@ fn endpoint(ip_be: u32, port_be: u16, protocol: u8) -> String {
     }
 }
 
-/// `DROP source_spoofed from slc… 10.244.1.9:1234 → 10.244.2.2:80 tcp len 60`.
-pub fn render(ev: &DatapathEvent, ifname: &str) -> String {
+/// `12:15:17.123456 DROP source_spoofed from slc… 10.244.1.9:1234 →
+/// 10.244.2.2:80 tcp len 60` (`at`: the event's wall time, shown in UTC).
+pub fn render(ev: &DatapathEvent, ifname: &str, at: Timestamp) -> String {
     let kind = if ev.kind == EVENT_DROP { "DROP" } else { "TRACE" };
     let side = if ev.direction == DIR_EGRESS { "to" } else { "from" };
     format!(
-        "{kind} {} {side} {ifname} {} → {} {} len {}",
+        "{} {kind} {} {side} {ifname} {} → {} {} len {}",
+        at.strftime("%H:%M:%S%.6f"),
         code_name(ev),
         endpoint(ev.src_be, ev.src_port_be, ev.protocol),
         endpoint(ev.dst_be, ev.dst_port_be, ev.protocol),
@@ -95,9 +112,14 @@ pub fn render(ev: &DatapathEvent, ifname: &str) -> String {
     )
 }
 
-pub fn to_json(ev: &DatapathEvent, ifname: &str) -> Value {
-    let hex: String = ev.header[..ev.header_len as usize].iter().map(|b| format!("{b:02x}")).collect();
+/// `time`: RFC 3339, UTC; `monotonicNs`: the stamp itself
+/// (`CLOCK_MONOTONIC`), to order or subtract exactly.
+pub fn to_json(ev: &DatapathEvent, ifname: &str, at: Timestamp) -> Value {
+    let hex: String =
+        ev.header[..(ev.header_len as usize).min(ev.header.len())].iter().map(|b| format!("{b:02x}")).collect();
     json!({
+        "time": at.to_string(),
+        "monotonicNs": ev.ts_ns,
         "type": if ev.kind == EVENT_DROP { "drop" } else { "trace" },
         (if ev.kind == EVENT_DROP { "reason" } else { "path" }): code_name(ev),
         "direction": if ev.direction == DIR_EGRESS { "egress" } else { "ingress" },
@@ -124,29 +146,6 @@ fn ifname(index: u32) -> String {
     unsafe { std::ffi::CStr::from_ptr(buf.as_ptr()) }.to_string_lossy().into_owned()
 }
 
-/// Switches tracing on in `MONITOR` while alive (only if asked).
-struct TraceGuard(Option<Array<MapData, u32>>);
-
-impl TraceGuard {
-    fn new(pins: &PinDir, on: bool) -> Result<Self> {
-        if !on {
-            return Ok(Self(None));
-        }
-        let data = MapData::from_pin(pins.map(names::MONITOR)).context("open MONITOR (is the datapath loaded?)")?;
-        let mut arr: Array<MapData, u32> = Map::from_map_data(data)?.try_into()?;
-        arr.set(0, MONITOR_TRACE, 0)?;
-        Ok(Self(Some(arr)))
-    }
-}
-
-impl Drop for TraceGuard {
-    fn drop(&mut self) {
-        if let Some(arr) = &mut self.0 {
-            let _ = arr.set(0, 0, 0);
-        }
-    }
-}
-
 pub struct Options {
     pub filter: Filter,
     pub json: bool,
@@ -158,25 +157,26 @@ pub struct Options {
 
 /// Print events until stopped (Ctrl-C, SIGTERM, `count`, `duration`).
 pub async fn run(pins: &PinDir, opts: &Options) -> Result<usize> {
-    let data = MapData::from_pin(pins.map(names::EVENTS)).with_context(|| {
-        format!("open the events ring buffer {} (is the datapath loaded?)", pins.map(names::EVENTS).display())
-    })?;
-    let mut ring: RingBuf<MapData> = Map::from_map_data(data)?.try_into()?;
-    let _trace = TraceGuard::new(pins, opts.filter.types != EventType::Drop)?;
+    let mut sub = Subscription::claim(pins, |slot| opts.filter.subscription(slot))?;
+    // The readiness line (on stderr, apart from the events): from here on
+    // every event is shown.
+    eprintln!("monitor: listening (slot {})", sub.slot);
     let deadline = opts.duration.map(|d| tokio::time::Instant::now() + d);
     let mut sigterm = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
     let mut shown = 0usize;
     loop {
-        while let Some(item) = ring.next() {
+        // Read both clocks once per batch: the offset follows NTP's steps.
+        let clocks = Clocks::now();
+        while let Some(item) = sub.ring.next() {
             let Some(ev) = decode(&item) else { continue };
-            if !opts.filter.matches(&ev) {
+            if is_stale(ev.ts_ns, sub.since_ns) || !opts.filter.matches(&ev) {
                 continue;
             }
-            let name = ifname(ev.ifindex);
+            let (name, at) = (ifname(ev.ifindex), clocks.wall(ev.ts_ns));
             if opts.json {
-                println!("{}", to_json(&ev, &name));
+                println!("{}", to_json(&ev, &name, at));
             } else {
-                println!("{}", render(&ev, &name));
+                println!("{}", render(&ev, &name, at));
             }
             shown += 1;
             if opts.count.is_some_and(|c| shown >= c) {
@@ -200,6 +200,7 @@ mod tests {
 
     fn ev(kind: u8, code: u32) -> DatapathEvent {
         DatapathEvent {
+            ts_ns: 5_000_000_000,
             kind,
             direction: 0,
             protocol: 6,
@@ -216,24 +217,43 @@ mod tests {
         }
     }
 
-    #[test]
-    fn renders_a_drop_as_one_line() {
-        let line = render(&ev(EVENT_DROP, DropReason::SourceSpoofed as u32), "slc1234");
-        assert_eq!(line, "DROP source_spoofed from slc1234 10.244.1.9:1234 → 10.244.2.2:80 tcp len 60");
-        let t = render(&ev(EVENT_TRACE, ForwardPath::PodToNode as u32), "slc1234");
-        assert!(t.starts_with("TRACE pod_to_node from slc1234"), "{t}");
-        let icmp = DatapathEvent { protocol: 1, ..ev(EVENT_DROP, DropReason::TtlExpired as u32) };
-        assert_eq!(render(&icmp, "eth0"), "DROP ttl_expired from eth0 10.244.1.9 → 10.244.2.2 icmp len 60");
-        let unknown = ev(EVENT_DROP, 99);
-        assert!(render(&unknown, "x").contains("#99"));
+    fn at() -> Timestamp {
+        "2026-12-06T12:15:17.123456789Z".parse().unwrap()
     }
 
     #[test]
-    fn json_has_the_reason_and_the_tuple() {
-        let j = to_json(&ev(EVENT_DROP, DropReason::TtlExpired as u32), "eth0");
+    fn renders_a_drop_as_one_line() {
+        let line = render(&ev(EVENT_DROP, DropReason::SourceSpoofed as u32), "slc1234", at());
+        assert_eq!(line, "12:15:17.123456 DROP source_spoofed from slc1234 10.244.1.9:1234 → 10.244.2.2:80 tcp len 60");
+        let t = render(&ev(EVENT_TRACE, ForwardPath::PodToNode as u32), "slc1234", at());
+        assert!(t.starts_with("12:15:17.123456 TRACE pod_to_node from slc1234"), "{t}");
+        let icmp = DatapathEvent { protocol: 1, ..ev(EVENT_DROP, DropReason::TtlExpired as u32) };
+        assert_eq!(
+            render(&icmp, "eth0", at()),
+            "12:15:17.123456 DROP ttl_expired from eth0 10.244.1.9 → 10.244.2.2 icmp len 60"
+        );
+        let unknown = ev(EVENT_DROP, 99);
+        assert!(render(&unknown, "x", at()).contains("#99"));
+    }
+
+    #[test]
+    fn json_has_the_time_the_reason_and_the_tuple() {
+        let j = to_json(&ev(EVENT_DROP, DropReason::TtlExpired as u32), "eth0", at());
+        assert_eq!(
+            (j["time"].as_str(), j["monotonicNs"].as_u64()),
+            (Some("2026-12-06T12:15:17.123456789Z"), Some(5_000_000_000))
+        );
         assert_eq!(j["reason"], "ttl_expired");
         assert_eq!((j["src"].as_str(), j["dstPort"].as_u64()), (Some("10.244.1.9"), Some(80)));
         assert_eq!(j["header"], "abab");
+    }
+
+    #[test]
+    fn each_type_subscribes_its_slot_to_its_kinds() {
+        let f = |types| Filter { types, ip: None, ifindex: None };
+        assert_eq!(f(EventType::Drop).subscription(2), drop_bit(2));
+        assert_eq!(f(EventType::Trace).subscription(2), trace_bit(2));
+        assert_eq!(f(EventType::All).subscription(3), drop_bit(3) | trace_bit(3));
     }
 
     #[test]

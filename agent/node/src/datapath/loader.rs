@@ -32,7 +32,7 @@ use crate::pod::device::PodDevice;
 /// The object built by `cargo xtask build-ebpf`, embedded at compile time.
 pub static OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/sluice.bpf.o"));
 
-const ALL_MAPS: [&str; 16] = [
+const ALL_MAPS: [&str; 19] = [
     names::ENDPOINTS,
     names::NODE_ROUTES,
     names::NODE_CONFIG,
@@ -40,8 +40,11 @@ const ALL_MAPS: [&str; 16] = [
     names::FORWARDS,
     names::IFACE_PACKETS,
     names::STACK_FLOWS,
-    names::EVENTS,
-    names::MONITOR,
+    names::EVENTS[0],
+    names::EVENTS[1],
+    names::EVENTS[2],
+    names::EVENTS[3],
+    names::MONITORS,
     names::SERVICES,
     names::BACKENDS,
     names::BACKEND_MEMBERS,
@@ -81,6 +84,7 @@ impl Datapath {
         // objects, renamed pins); then every pinned map is checked against
         // the object: reused, migrated, or refused.
         migrate::adopt_other_layouts(pins)?;
+        retired_maps::unpin_transient(pins)?;
         let migrating = migrate::plan(pins, OBJECT, &ALL_MAPS)?;
         let map_paths: Vec<_> = ALL_MAPS.iter().map(|m| (*m, pins.map(m))).collect();
         let mut loader = EbpfLoader::new();

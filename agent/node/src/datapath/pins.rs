@@ -5,6 +5,8 @@
 //! <root>/v<LAYOUT_VERSION>/progs/<program>      programs the CNI plugin attaches
 //! <root>/v<LAYOUT_VERSION>/links/<program>__<if> TCX links (keep programs attached
 //!                                                while no agent runs)
+//! <root>/v<LAYOUT_VERSION>/monitors/<slot>      directories `monitor` locks
+//!                                                (flock) to hold a slot
 //! ```
 //! The layout version is in the path because aya reuses a pinned map without
 //! checking its layout (see `sluice_common::maps::LAYOUT_VERSION`).
@@ -41,6 +43,17 @@ impl PinDir {
 
     pub fn links_dir(&self) -> PathBuf {
         self.versioned().join("links")
+    }
+
+    /// Where running monitors hold their slots (`monitor`): the directory
+    /// itself is locked while one changes `MONITORS`.
+    pub fn monitors_dir(&self) -> PathBuf {
+        self.versioned().join("monitors")
+    }
+
+    /// The directory a monitor holding `slot` keeps locked.
+    pub fn monitor_slot(&self, slot: u32) -> PathBuf {
+        self.monitors_dir().join(slot.to_string())
     }
 
     pub fn map(&self, name: &str) -> PathBuf {

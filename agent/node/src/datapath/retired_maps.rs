@@ -12,6 +12,11 @@
 //!   direction)`: packets and bytes). Each reason's packets go to the one
 //!   direction the programs of those versions dropped it in
 //!   (`drops_v1_direction`); bytes start at zero, as nothing counted them.
+//! - `EVENTS` (the one ring buffer every monitor shared) and `MONITOR` (its
+//!   trace switch) → a ring buffer per monitor slot and `MONITORS`
+//!   (`sluice_common::events`). Their content is transient: the pins are
+//!   just removed (`unpin_transient`); a program of the earlier version
+//!   still attached keeps its map until its link is updated a moment later.
 use std::{fs, path::Path};
 
 use anyhow::{bail, Context, Result};
@@ -50,6 +55,20 @@ pub fn drops_v1_into_stats(old: &[u64]) -> Vec<(u32, DropCount)> {
         .filter(|(_, &packets)| packets != 0)
         .map(|(&reason, &packets)| (drop_slot(reason, drops_v1_direction(reason)), DropCount { packets, bytes: 0 }))
         .collect()
+}
+
+/// Remove the pins of retired maps whose content is transient
+/// (`names::RETIRED_TRANSIENT`), where still pinned.
+pub fn unpin_transient(pins: &PinDir) -> Result<()> {
+    for name in names::RETIRED_TRANSIENT {
+        let path = pins.map(name);
+        match fs::remove_file(&path) {
+            Ok(()) => info!(map = name, "an earlier version's map unpinned: this version replaced it"),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => return Err(e).with_context(|| format!("unpin retired map {}", path.display())),
+        }
+    }
+    Ok(())
 }
 
 /// Carry every retired map's pin found in `pins` into its successor in

@@ -78,6 +78,16 @@ pub struct AgentConfig {
     /// for none.
     #[arg(long, env = "SLUICE_METRICS_ADDR", default_value = "node:9962")]
     pub metrics_addr: String,
+    /// Entries of `STACK_FLOWS`, the table of flows the node's stack
+    /// forwarded (kube-proxy's DNAT, hostPorts) whose replies must go back
+    /// through conntrack. Default: the node's `nf_conntrack_max` (at least
+    /// 65536, at most 2^20; 65536 when conntrack is not loaded). An LRU: a
+    /// connection idle while this many newer such flows pass loses its
+    /// entry (`status` warns; metrics count evictions). About 80 bytes of
+    /// kernel memory each, allocated whole. A new size migrates the pinned
+    /// table (entries copied).
+    #[arg(long, env = "SLUICE_STACK_FLOWS_MAX", value_parser = clap::value_parser!(u32).range(64..=(1 << 24)))]
+    pub stack_flows_max: Option<u32>,
     /// Mount bpffs at --bpffs when none is there. Off by default: a bpffs
     /// the agent mounts itself lives only as long as its mount namespace
     /// (a container, `ip netns exec`), and every pin with it; a host
@@ -263,6 +273,7 @@ mod tests {
             non_masquerade_cidr: vec![],
             mount_bpffs: false,
             metrics_addr: "off".into(),
+            stack_flows_max: None,
         }
     }
 

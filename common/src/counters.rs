@@ -216,6 +216,43 @@ impl ForwardPath {
     }
 }
 
+/// What happened to `STACK_FLOWS` entries; indexes the per-CPU array
+/// `STACK_FLOW_STATS`. Written by `to_pod`, `to_uplink` (remember) and
+/// `from_pod`, `from_uplink` (forget); read by `status` and metrics, which
+/// derive the evictions: remembered − forgotten − entries now.
+#[repr(u32)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum StackFlowEvent {
+    /// A reply tuple not yet in the table was inserted.
+    Remembered = 0,
+    /// An insert failed (the kernel found no room even by evicting): that
+    /// flow's replies take the fast path and skip conntrack's reverse NAT.
+    InsertFailed = 1,
+    /// An entry removed because a pod opened a new connection on its tuple.
+    Forgotten = 2,
+}
+
+impl StackFlowEvent {
+    pub const COUNT: u32 = 3;
+    pub const ALL: [StackFlowEvent; Self::COUNT as usize] =
+        [StackFlowEvent::Remembered, StackFlowEvent::InsertFailed, StackFlowEvent::Forgotten];
+
+    pub const fn name(self) -> &'static str {
+        match self {
+            StackFlowEvent::Remembered => "remembered",
+            StackFlowEvent::InsertFailed => "insert_failed",
+            StackFlowEvent::Forgotten => "forgotten",
+        }
+    }
+}
+
+/// Entries an LRU table lost to eviction since its counters began:
+/// inserted − removed − present, never below zero (the figures are read
+/// one after another while the datapath runs).
+pub const fn evicted(remembered: u64, forgotten: u64, entries: u64) -> u64 {
+    remembered.saturating_sub(forgotten).saturating_sub(entries)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -256,6 +293,12 @@ mod tests {
         TunnelDecap = 9, "tunnel_decap";
     });
 
+    const STACK_FLOW_EVENTS: &[(StackFlowEvent, u32, &str)] = &golden!(StackFlowEvent {
+        Remembered = 0, "remembered";
+        InsertFailed = 1, "insert_failed";
+        Forgotten = 2, "forgotten";
+    });
+
     #[test]
     fn drop_reasons_match_the_golden_table() {
         check(DROP_REASONS, &DropReason::ALL, DropReason::COUNT, |r| r as u32, DropReason::name);
@@ -292,5 +335,19 @@ mod tests {
     #[test]
     fn forward_paths_match_the_golden_table() {
         check(FORWARD_PATHS, &ForwardPath::ALL, ForwardPath::COUNT, |p| p as u32, ForwardPath::name);
+    }
+
+    #[test]
+    fn stack_flow_events_match_the_golden_table() {
+        check(STACK_FLOW_EVENTS, &StackFlowEvent::ALL, StackFlowEvent::COUNT, |e| e as u32, StackFlowEvent::name);
+    }
+
+    #[test]
+    fn evictions_are_what_went_in_and_neither_left_nor_stayed() {
+        assert_eq!(evicted(100, 10, 90), 0);
+        assert_eq!(evicted(5000, 10, 1024), 3966);
+        // Read while the datapath ran: never negative.
+        assert_eq!(evicted(100, 10, 95), 0);
+        assert_eq!(evicted(3, 5, 0), 0);
     }
 }

@@ -17,5 +17,5 @@ pub mod policy;
 pub mod services;
 pub mod verdict;
 
-pub use counters::{drop_slot, DropCount, DropReason, ForwardPath, HookDirection, DROP_SLOTS};
+pub use counters::{drop_slot, DropCount, DropReason, ForwardPath, HookDirection, StackFlowEvent, DROP_SLOTS};
 pub use maps::{EndpointInfo, FlowKey, NodeConfig, RemoteNode, TunnelConfig};

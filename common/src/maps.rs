@@ -39,8 +39,13 @@ pub mod names {
     pub const FORWARDS: &str = "FORWARDS";
     /// `PerCpuHashMap<u32 ifindex, u64>`: packets seen by `count_packets`.
     pub const IFACE_PACKETS: &str = "IFACE_PACKETS";
-    /// `LruHashMap<FlowKey, u32>`: replies of flows the node's stack forwarded.
+    /// `LruHashMap<FlowKey, u32>`: replies of flows the node's stack
+    /// forwarded. Sized at load (`--stack-flows-max`, by default the node's
+    /// `nf_conntrack_max`), not by the object.
     pub const STACK_FLOWS: &str = "STACK_FLOWS";
+    /// `PerCpuArray<u64>` indexed by `StackFlowEvent`: inserts, failed
+    /// inserts and removals of `STACK_FLOWS` entries.
+    pub const STACK_FLOW_STATS: &str = "STACK_FLOW_STATS";
     /// `RingBuf` of `events::DatapathEvent` per monitor slot: the drops and
     /// traces that slot's monitor subscribed to.
     pub const EVENTS: [&str; crate::events::MONITOR_SLOTS as usize] = ["EVENTS_0", "EVENTS_1", "EVENTS_2", "EVENTS_3"];
@@ -120,8 +125,15 @@ pub mod limits {
     pub const MAX_NODE_ROUTES: u32 = 16384;
     pub const MAX_IFACES: u32 = 1024;
     /// Flows the stack forwarded whose replies must return through it;
-    /// least recently used entries make room.
+    /// least recently used entries make room. The object's size; the agent
+    /// sizes the map at load (`--stack-flows-max`, or the node's
+    /// `nf_conntrack_max` clamped to `MIN_STACK_FLOWS..=MAX_STACK_FLOWS_CAP`).
     pub const MAX_STACK_FLOWS: u32 = 65536;
+    /// The least the agent sizes `STACK_FLOWS` from `nf_conntrack_max`.
+    pub const MIN_STACK_FLOWS: u32 = 65536;
+    /// The most: 2^20 entries, about 80 MB of kernel memory (an LRU hash
+    /// is preallocated whole).
+    pub const MAX_STACK_FLOWS_CAP: u32 = 1 << 20;
     /// Bytes of each monitor slot's events ring buffer (a power of two,
     /// pages): about 2,700 events of 96 bytes with its header.
     pub const EVENTS_BYTES: u32 = 256 * 1024;

@@ -13,7 +13,7 @@ use sluice_common::{
         AffinityKey, AffinityValue, Backend, BackendMember, BackendSlot, ReverseKey, ServiceKey, ServiceValue,
         SockLbCounter,
     },
-    DropCount, EndpointInfo, FlowKey, ForwardPath, NodeConfig, RemoteNode, TunnelConfig, DROP_SLOTS,
+    DropCount, EndpointInfo, FlowKey, ForwardPath, NodeConfig, RemoteNode, StackFlowEvent, TunnelConfig, DROP_SLOTS,
 };
 
 #[map]
@@ -39,6 +39,9 @@ pub static IFACE_PACKETS: PerCpuHashMap<u32, u64> = PerCpuHashMap::with_max_entr
 
 #[map]
 pub static STACK_FLOWS: LruHashMap<FlowKey, u32> = LruHashMap::with_max_entries(MAX_STACK_FLOWS, 0);
+
+#[map]
+pub static STACK_FLOW_STATS: PerCpuArray<u64> = PerCpuArray::with_max_entries(StackFlowEvent::COUNT, 0);
 
 // One ring buffer per monitor slot (`sluice_common::events`); the names
 // are `names::EVENTS`.

@@ -12,14 +12,23 @@
 //! packet from a pod; the ingress programs send packets matching one to the
 //! stack. The kernel's conntrack is the state; this map only says "ask it".
 use aya_ebpf::{bindings::TC_ACT_UNSPEC, macros::classifier, maps::lpm_trie::Key, programs::TcContext};
-use sluice_common::{maps::FAST_PATH_MARK, DropReason, FlowKey, HookDirection};
+use sluice_common::{maps::FAST_PATH_MARK, DropReason, FlowKey, HookDirection, StackFlowEvent};
 
 use crate::{
     counters::drop_packet,
     deliver::{deliver_to_local_pod, Origin},
-    maps::{ENDPOINTS, NODE_ROUTES, STACK_FLOWS},
+    maps::{ENDPOINTS, NODE_ROUTES, STACK_FLOWS, STACK_FLOW_STATS},
     parse,
 };
+
+/// Count a `STACK_FLOWS` event (user space derives evictions from these).
+#[inline(always)]
+fn count(event: StackFlowEvent) {
+    if let Some(n) = STACK_FLOW_STATS.get_ptr_mut(event as u32) {
+        // SAFETY: per-CPU slot, only this CPU writes it while we run.
+        unsafe { *n += 1 }
+    }
+}
 
 /// Is `key` the reply of a flow the stack forwarded?
 #[inline(always)]
@@ -37,8 +46,8 @@ pub fn is_reply(key: &FlowKey) -> bool {
 /// one).
 #[inline(always)]
 pub fn forget_on_new_connection<const L4_OFFSET: usize>(ctx: &TcContext, key: &FlowKey) {
-    if parse::is_tcp_syn_at::<L4_OFFSET>(ctx, key) {
-        let _ = STACK_FLOWS.remove(&key.reversed());
+    if parse::is_tcp_syn_at::<L4_OFFSET>(ctx, key) && STACK_FLOWS.remove(&key.reversed()).is_ok() {
+        count(StackFlowEvent::Forgotten);
     }
 }
 
@@ -48,7 +57,12 @@ pub fn remember(key: &FlowKey) {
     let reply = key.reversed();
     // SAFETY: only presence is read; a lookup also refreshes the LRU entry.
     if unsafe { STACK_FLOWS.get(&reply).is_none() } {
-        let _ = STACK_FLOWS.insert(&reply, &0, 0);
+        // A full LRU table evicts its least recently used entry to make
+        // room; a failure here means not even that worked.
+        match STACK_FLOWS.insert(&reply, &0, 0) {
+            Ok(()) => count(StackFlowEvent::Remembered),
+            Err(_) => count(StackFlowEvent::InsertFailed),
+        }
     }
 }
 

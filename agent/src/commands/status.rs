@@ -7,7 +7,7 @@ use serde_json::{json, Value};
 use sluice_common::{
     maps::{
         limits::{MAX_ENDPOINTS, MAX_NODE_ROUTES},
-        programs,
+        names, programs,
     },
     DropReason,
 };
@@ -15,6 +15,7 @@ use sluice_common::{
 use sluice_node::{
     clock::now_unix,
     datapath::{
+        map_fill::{self, FillKind, MapFill, StackFlows},
         pinned_maps::{self, DropRow, Endpoints, NodeRoutes},
         pins::{self, PinDir},
     },
@@ -51,6 +52,9 @@ pub struct StatusReport {
     /// Every reason in every direction, packets and bytes.
     pub drop_stats: Vec<DropRow>,
     pub forwards: Vec<(String, u64)>,
+    /// Every pinned map's fill.
+    pub maps: Vec<MapFill>,
+    pub stack_flows: Option<StackFlows>,
 }
 
 fn pid_alive(pid: u32) -> bool {
@@ -67,8 +71,9 @@ pub struct HealthFacts<'a> {
     /// Why the pinned maps could not be read, if they could not.
     pub datapath_error: Option<String>,
     pub uplink_attached: bool,
-    pub endpoints: usize,
-    pub routes: usize,
+    /// Every pinned map's fill.
+    pub maps: &'a [MapFill],
+    pub stack_flows: Option<StackFlows>,
 }
 
 /// The health policy (pure): what makes a node unhealthy, most important
@@ -129,11 +134,10 @@ pub fn verdict(f: &HealthFacts) -> Verdict {
         }
     }
     if f.datapath_error.is_none() {
-        for (what, n, max) in [("endpoints", f.endpoints, MAX_ENDPOINTS), ("node routes", f.routes, MAX_NODE_ROUTES)] {
-            if n as u64 * 10 >= max as u64 * 9 {
-                v.warnings.push(format!("{what} map is {n} of {max} full"));
-            }
+        for m in f.maps.iter().filter(|m| m.nearly_full()) {
+            v.warnings.push(format!("{} map is {} of {} full", m.name, m.entries.unwrap_or(0), m.max_entries));
         }
+        v.warnings.extend(f.stack_flows.iter().flat_map(StackFlows::warnings));
     }
     v
 }
@@ -197,14 +201,22 @@ pub fn collect(pins: &PinDir, data_dir: &Path) -> StatusReport {
     }
     let uplink_attached = r.attached.values().any(|progs| progs.iter().any(|p| p == programs::FROM_UPLINK));
     let (endpoints, routes) = (endpoints.unwrap_or_default(), routes.unwrap_or_default());
+    if datapath_error.is_none() {
+        r.maps = map_fill::read_all(pins);
+        r.stack_flows = r
+            .maps
+            .iter()
+            .find(|m| m.name == names::STACK_FLOWS)
+            .and_then(|fill| map_fill::stack_flows(pins, fill).ok());
+    }
     let v = verdict(&HealthFacts {
         agent: state.as_ref().map_err(Clone::clone),
         agent_pid_alive: state.as_ref().is_ok_and(|s| pid_alive(s.pid)),
         now_unix: now_unix(),
         datapath_error: datapath_error.clone(),
         uplink_attached,
-        endpoints: endpoints.len(),
-        routes: routes.len(),
+        maps: &r.maps,
+        stack_flows: r.stack_flows,
     });
     (r.unhealthy, r.warnings, r.agent_alive, r.not_live) = (v.unhealthy, v.warnings, v.agent_alive, v.not_live);
     r.agent = state.ok();
@@ -283,10 +295,19 @@ impl StatusReport {
                 .map(|(c, ip, n, p)| json!({"podCIDR": c, "nodeIP": ip, "node": n, "path": p.path, "why": p.why, "mtu": p.mtu}))
                 .collect::<Vec<_>>(),
             "endpoints": self.endpoints.iter().map(|(ip, i)| json!({"ip": ip, "hostIfindex": i})).collect::<Vec<_>>(),
-            "maps": {
-                "endpoints": {"used": self.endpoints.len(), "max": MAX_ENDPOINTS},
-                "nodeRoutes": {"used": self.routes.len(), "max": MAX_NODE_ROUTES},
-            },
+            "maps": self
+                .maps
+                .iter()
+                .map(|m| (m.name.clone(), json!({"kind": m.kind.name(), "entries": m.entries, "max": m.max_entries})))
+                .collect::<serde_json::Map<_, _>>(),
+            "stackFlows": self.stack_flows.map(|f| json!({
+                "entries": f.entries,
+                "max": f.max_entries,
+                "remembered": f.remembered,
+                "forgotten": f.forgotten,
+                "insertFailed": f.insert_failed,
+                "evicted": f.evicted,
+            })),
             "drops": self.drops.iter().map(|(k, n)| (k.clone(), json!(n))).collect::<serde_json::Map<_, _>>(),
             "dropsByDirection": self
                 .drop_stats
@@ -382,6 +403,7 @@ impl StatusReport {
         for (ip, ifindex) in &self.endpoints {
             o.push_str(&format!("  {ip:<16} host ifindex {ifindex}\n"));
         }
+        o.push_str(&render_maps(&self.maps, self.stack_flows.as_ref()));
         o.push_str("drops by reason:\n");
         for (k, n) in &self.drops {
             // Where they were dropped: each direction's packets and bytes.
@@ -409,6 +431,28 @@ fn describe_recovery(what: &str, r: &crate::kube_watch::Recovery) -> String {
         r.synced_after_return_ms as f64 / 1000.0,
         r.outage_ms as f64 / 1000.0
     )
+}
+
+/// The maps' fill, one line each (pure).
+pub fn render_maps(maps: &[MapFill], stack_flows: Option<&StackFlows>) -> String {
+    let mut o = String::from("maps:\n");
+    for m in maps {
+        let fill = match (m.kind, m.entries) {
+            (FillKind::Entries | FillKind::LruEntries, Some(n)) => format!("{n} of {}", m.max_entries),
+            (FillKind::Bytes, _) => format!("{} bytes", m.max_entries),
+            _ => format!("{} slots", m.max_entries),
+        };
+        let mut line = format!("  {:<16} {:<7} {fill}", m.name, m.kind.name());
+        if let (true, Some(f)) = (m.name == names::STACK_FLOWS, stack_flows) {
+            line.push_str(&format!(
+                " (remembered {}, forgotten {}, evicted {}, insert failures {})",
+                f.remembered, f.forgotten, f.evicted, f.insert_failed
+            ));
+        }
+        o.push_str(line.trim_end());
+        o.push('\n');
+    }
+    o
 }
 
 /// One row of `status --pods`: a lease on this node, the pod the runtime
@@ -506,8 +550,8 @@ mod tests {
             now_unix: 1000,
             datapath_error: None,
             uplink_attached: true,
-            endpoints: 3,
-            routes: 2,
+            maps: &[],
+            stack_flows: None,
         }
     }
 
@@ -594,14 +638,61 @@ mod tests {
         assert!(j[1]["pod"].is_null());
     }
 
+    fn endpoints_fill(entries: u64) -> MapFill {
+        MapFill {
+            name: "ENDPOINTS".into(),
+            kind: FillKind::Entries,
+            entries: Some(entries),
+            max_entries: MAX_ENDPOINTS,
+        }
+    }
+
     #[test]
     fn nearly_full_maps_warn() {
         let s = state(999);
-        let max = MAX_ENDPOINTS as usize;
+        let max = MAX_ENDPOINTS as u64;
         let ninety_percent = (max * 9).div_ceil(10);
-        let v = verdict(&HealthFacts { endpoints: ninety_percent, ..facts(Ok(&s)) });
-        assert_eq!(v.warnings, vec![format!("endpoints map is {ninety_percent} of {max} full")]);
-        assert!(verdict(&HealthFacts { endpoints: ninety_percent - 1, ..facts(Ok(&s)) }).warnings.is_empty());
+        let maps = [endpoints_fill(ninety_percent)];
+        let v = verdict(&HealthFacts { maps: &maps, ..facts(Ok(&s)) });
+        assert_eq!(v.warnings, vec![format!("ENDPOINTS map is {ninety_percent} of {max} full")]);
+        let maps = [endpoints_fill(ninety_percent - 1)];
+        assert!(verdict(&HealthFacts { maps: &maps, ..facts(Ok(&s)) }).warnings.is_empty());
+    }
+
+    #[test]
+    fn a_full_evicting_stack_flows_table_warns() {
+        let s = state(999);
+        let full =
+            StackFlows { entries: 1024, max_entries: 1024, remembered: 5000, evicted: 3976, ..Default::default() };
+        let v = verdict(&HealthFacts { stack_flows: Some(full), ..facts(Ok(&s)) });
+        assert_eq!(v.warnings.len(), 1, "{v:?}");
+        assert!(v.warnings[0].starts_with("STACK_FLOWS is at capacity (1024 of 1024) and has evicted 3976"), "{v:?}");
+        assert!(v.unhealthy.is_empty(), "a warning, not a failed readiness probe");
+    }
+
+    #[test]
+    fn maps_render_one_line_each() {
+        let maps = vec![
+            endpoints_fill(3),
+            MapFill { name: "DROPS".into(), kind: FillKind::Slots, entries: None, max_entries: 14 },
+            MapFill { name: "EVENTS".into(), kind: FillKind::Bytes, entries: None, max_entries: 262144 },
+            MapFill { name: "STACK_FLOWS".into(), kind: FillKind::LruEntries, entries: Some(12), max_entries: 262144 },
+        ];
+        let sf = StackFlows {
+            entries: 12,
+            max_entries: 262144,
+            remembered: 40,
+            forgotten: 3,
+            evicted: 25,
+            insert_failed: 0,
+        };
+        let text = render_maps(&maps, Some(&sf));
+        assert_eq!(
+            text,
+            "maps:\n  ENDPOINTS        hash    3 of 4096\n  DROPS            array   14 slots\n  \
+             EVENTS           ringbuf 262144 bytes\n  STACK_FLOWS      lru     12 of 262144 (remembered 40, forgotten 3, \
+             evicted 25, insert failures 0)\n"
+        );
     }
 
     #[test]

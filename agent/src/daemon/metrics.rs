@@ -38,11 +38,12 @@ use prometheus_client::{
     },
     registry::Registry,
 };
-use sluice_common::maps::{limits, names};
+use sluice_common::maps::names;
 use sluice_node::{
     cni_stats,
     datapath::{
-        pinned_maps::{self, DropRow, Endpoints, NodeRoutes},
+        map_fill::{self, FillKind, MapFill},
+        pinned_maps::{self, DropRow},
         pins::PinDir,
     },
 };
@@ -244,21 +245,48 @@ impl Collector for DatapathCollector {
                 rows,
             )?;
         }
-        let endpoints = Endpoints::open(pins).and_then(|m| m.all()).map(|m| m.len()).ok();
-        let routes = NodeRoutes::open(pins).and_then(|m| m.all()).map(|m| m.len()).ok();
-        let mut used = Vec::new();
-        let mut cap = Vec::new();
-        for (map, n, max) in [
-            (names::ENDPOINTS, endpoints, limits::MAX_ENDPOINTS),
-            (names::NODE_ROUTES, routes, limits::MAX_NODE_ROUTES),
-        ] {
-            if let Some(n) = n {
-                used.push((vec![("map", map.to_string())], ConstGauge::new(n as i64)));
-                cap.push((vec![("map", map.to_string())], ConstGauge::new(max as i64)));
-            }
-        }
+        let maps = map_fill::read_all(pins);
+        let label = |m: &MapFill| vec![("map", m.name.clone())];
+        let used = maps.iter().filter_map(|m| Some((label(m), ConstGauge::new(m.entries? as i64))));
         family(&mut encoder, "sluice_map_entries", "Entries in each datapath map.", MetricType::Gauge, used)?;
-        family(&mut encoder, "sluice_map_capacity_entries", "Capacity of each datapath map.", MetricType::Gauge, cap)?;
+        let cap = maps
+            .iter()
+            .filter(|m| m.kind != FillKind::Bytes)
+            .map(|m| (label(m), ConstGauge::new(i64::from(m.max_entries))));
+        family(
+            &mut encoder,
+            "sluice_map_capacity_entries",
+            "Capacity of each datapath map (an array's slots).",
+            MetricType::Gauge,
+            cap,
+        )?;
+        let bytes = maps
+            .iter()
+            .filter(|m| m.kind == FillKind::Bytes)
+            .map(|m| (label(m), ConstGauge::new(i64::from(m.max_entries))));
+        family(&mut encoder, "sluice_map_capacity_bytes", "Size of each ring buffer.", MetricType::Gauge, bytes)?;
+        let stack_flows =
+            maps.iter().find(|m| m.name == names::STACK_FLOWS).and_then(|fill| map_fill::stack_flows(pins, fill).ok());
+        if let Some(f) = stack_flows {
+            let rows = [("remembered", f.remembered), ("forgotten", f.forgotten), ("insert_failed", f.insert_failed)]
+                .map(|(event, n)| (vec![("event", event.to_string())], ConstCounter::new(n)));
+            family(
+                &mut encoder,
+                "sluice_stack_flows",
+                "STACK_FLOWS entries remembered (flows the stack forwarded), forgotten (a new connection on the \
+                 tuple) and inserts that failed (those replies skipped conntrack).",
+                MetricType::Counter,
+                rows,
+            )?;
+            family(
+                &mut encoder,
+                "sluice_stack_flows_evicted",
+                "STACK_FLOWS entries evicted to make room (remembered - forgotten - present): at capacity, an idle \
+                 NATed connection's entry goes too.",
+                MetricType::Counter,
+                [(vec![], ConstCounter::new(f.evicted))],
+            )?;
+        }
         encode_cni(&mut encoder, &cni_stats::read(&self.data_dir))?;
         let masquerade = *self.masquerade.lock().expect("netfilter counter lock");
         if let Some(counter) = masquerade {

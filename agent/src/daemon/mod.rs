@@ -9,6 +9,7 @@ use sluice_common::maps::programs;
 use tracing::{error, info, warn};
 
 pub mod cni_conf;
+pub mod map_sizes;
 pub mod metrics;
 pub mod netfilter_worker;
 pub mod node_address;
@@ -26,7 +27,7 @@ use sluice_node::{
         bpffs,
         pinned_maps::{self, NodeRoutes},
         pins::PinDir,
-        sock_lb, Datapath,
+        sock_lb, Datapath, MapSizes,
     },
     net::netlink::Netlink,
 };
@@ -328,7 +329,9 @@ pub async fn run(
 
     let (pod_device, pod_device_why) = pod_device::decide(&netlink, node.device).await?;
     let pins = PinDir::new(&node.pin_dir);
-    let mut datapath = Datapath::load(&pins)?;
+    let (stack_flows, stack_flows_why) = map_sizes::stack_flows(node.stack_flows_max, map_sizes::read_conntrack_max());
+    info!(stack_flows, from = %stack_flows_why, "STACK_FLOWS size");
+    let mut datapath = Datapath::load_sized(&pins, &MapSizes { stack_flows: Some(stack_flows) })?;
     let node_config = sluice_common::NodeConfig {
         uplink_ifindex: uplink.index,
         node_ip_be: pinned_maps::ip_be(node_ip),

@@ -162,3 +162,25 @@ pub fn map_next_key(map: BorrowedFd<'_>, key: Option<&[u8]>, next: &mut [u8]) ->
         Err(e) => Err(e),
     }
 }
+
+/// Keys in a hash-like map (hash, LRU, per-CPU hash, LPM trie) of
+/// `key_size`-byte keys, counted by walking them with
+/// `BPF_MAP_GET_NEXT_KEY`: one syscall a key, no values copied. Under
+/// concurrent deletes the walk may restart from the first key (the kernel's
+/// answer to a key gone), so it stops at `max_entries`.
+pub fn count_keys(map: BorrowedFd<'_>, key_size: u32, max_entries: u32) -> io::Result<u64> {
+    let mut key = vec![0u8; key_size as usize];
+    let mut next = vec![0u8; key_size as usize];
+    let mut n: u64 = 0;
+    loop {
+        let more = map_next_key(map, (n > 0).then_some(key.as_slice()), &mut next)?;
+        if !more {
+            return Ok(n);
+        }
+        n += 1;
+        if n >= u64::from(max_entries) {
+            return Ok(n);
+        }
+        std::mem::swap(&mut key, &mut next);
+    }
+}

@@ -32,7 +32,8 @@ use crate::pod::device::PodDevice;
 /// The object built by `cargo xtask build-ebpf`, embedded at compile time.
 pub static OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/sluice.bpf.o"));
 
-const ALL_MAPS: [&str; 19] = [
+/// Every map of the object, as pinned.
+pub const ALL_MAPS: [&str; 20] = [
     names::ENDPOINTS,
     names::NODE_ROUTES,
     names::NODE_CONFIG,
@@ -52,7 +53,22 @@ const ALL_MAPS: [&str; 19] = [
     names::AFFINITY,
     names::SOCK_LB_STATS,
     names::TUNNEL_CONFIG,
+    names::STACK_FLOW_STATS,
 ];
+
+/// Map sizes chosen at load rather than by the object (`None`: the
+/// object's). A pinned map of another size is migrated (`migrate`).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct MapSizes {
+    pub stack_flows: Option<u32>,
+}
+
+impl MapSizes {
+    /// `(map name, max_entries)` for each size set.
+    pub fn overrides(&self) -> Vec<(&'static str, u32)> {
+        self.stack_flows.map(|n| (names::STACK_FLOWS, n)).into_iter().collect()
+    }
+}
 
 const ALL_PROGRAMS: [&str; 8] = [
     programs::FROM_POD,
@@ -74,6 +90,11 @@ pub struct Datapath {
 impl Datapath {
     /// Load the object, reusing every pinned map, and pin the programs.
     pub fn load(pins: &PinDir) -> Result<Self> {
+        Self::load_sized(pins, &MapSizes::default())
+    }
+
+    /// `load`, with the maps `sizes` names sized as it says.
+    pub fn load_sized(pins: &PinDir, sizes: &MapSizes) -> Result<Self> {
         if OBJECT.is_empty() {
             bail!("this build has no eBPF object: run `cargo xtask build-ebpf`, then rebuild");
         }
@@ -85,9 +106,13 @@ impl Datapath {
         // the object: reused, migrated, or refused.
         migrate::adopt_other_layouts(pins)?;
         retired_maps::unpin_transient(pins)?;
-        let migrating = migrate::plan(pins, OBJECT, &ALL_MAPS)?;
+        let overrides = sizes.overrides();
+        let migrating = migrate::plan(pins, OBJECT, &ALL_MAPS, &overrides)?;
         let map_paths: Vec<_> = ALL_MAPS.iter().map(|m| (*m, pins.map(m))).collect();
         let mut loader = EbpfLoader::new();
+        for (name, max_entries) in &overrides {
+            loader.map_max_entries(name, *max_entries);
+        }
         for (name, path) in &map_paths {
             if !migrating.iter().any(|m| m == name) {
                 loader.map_pin_path(name, path.as_path());

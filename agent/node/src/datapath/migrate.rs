@@ -131,9 +131,15 @@ fn remove_tree(dir: &Path) -> Result<()> {
 }
 
 /// For every pinned map of ours: reuse, migrate (returned: load those
-/// unpinned, then `copy_into`), or refuse.
-pub fn plan(pins: &PinDir, object: &[u8], maps: &[&str]) -> Result<Vec<String>> {
-    let wanted = wanted_shapes(object)?;
+/// unpinned, then `copy_into`), or refuse. `sizes`: maps sized at load
+/// (`max_entries` other than the object's).
+pub fn plan(pins: &PinDir, object: &[u8], maps: &[&str], sizes: &[(&str, u32)]) -> Result<Vec<String>> {
+    let mut wanted = wanted_shapes(object)?;
+    for (name, max_entries) in sizes {
+        if let Some(shape) = wanted.get_mut(*name) {
+            shape.max_entries = *max_entries;
+        }
+    }
     let mut migrate = Vec::new();
     for name in maps {
         let path = pins.map(name);

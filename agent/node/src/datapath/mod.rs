@@ -1,6 +1,7 @@
 //! The datapath from user space: where it is pinned (`pins`), mounting
 //! bpffs (`bpffs`), loading the object (`loader`), TCX links (`links`),
-//! typed access to the pinned maps (`pinned_maps`), and upgrades: whether a
+//! typed access to the pinned maps (`pinned_maps`), how full they are
+//! (`map_fill`), and upgrades: whether a
 //! pinned map fits (`map_compat`, pure), taking over an earlier
 //! version's pins (`migrate`, under `pin_lock` against the plugin's
 //! writes) and carrying a replaced map's content into its successor
@@ -11,6 +12,7 @@ pub mod bpffs;
 pub mod links;
 pub mod loader;
 pub mod map_compat;
+pub mod map_fill;
 pub mod migrate;
 pub mod pin_lock;
 pub mod pinned_maps;
@@ -19,4 +21,4 @@ pub mod retired_maps;
 pub mod service_maps;
 pub mod sock_lb;
 
-pub use loader::{Datapath, OBJECT};
+pub use loader::{Datapath, MapSizes, OBJECT};

@@ -11,7 +11,8 @@ use ipnetwork::Ipv4Network;
 use sluice_common::{
     drop_slot,
     maps::{limits, names, REMOTE_NODE_VXLAN},
-    DropCount, DropReason, EndpointInfo, ForwardPath, HookDirection, NodeConfig, RemoteNode, TunnelConfig, DROP_SLOTS,
+    DropCount, DropReason, EndpointInfo, ForwardPath, HookDirection, NodeConfig, RemoteNode, StackFlowEvent,
+    TunnelConfig, DROP_SLOTS,
 };
 
 use super::pins::PinDir;
@@ -225,6 +226,12 @@ pub fn drops(pins: &PinDir) -> Result<Vec<(DropReason, u64)>> {
 pub fn forwards(pins: &PinDir) -> Result<Vec<(ForwardPath, u64)>> {
     let sums = sum_per_cpu_array(pins, names::FORWARDS, ForwardPath::COUNT)?;
     Ok(ForwardPath::ALL.iter().copied().zip(sums).collect())
+}
+
+/// `STACK_FLOWS` events so far, summed over CPUs.
+pub fn stack_flow_stats(pins: &PinDir) -> Result<Vec<(StackFlowEvent, u64)>> {
+    let sums = sum_per_cpu_array(pins, names::STACK_FLOW_STATS, StackFlowEvent::COUNT)?;
+    Ok(StackFlowEvent::ALL.iter().copied().zip(sums).collect())
 }
 
 /// Packets `count_packets` saw on `ifindex`, summed over CPUs.

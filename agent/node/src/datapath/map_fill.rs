@@ -1,0 +1,205 @@
+//! How full each pinned map is, for `status` and metrics: read from the
+//! kernel (its `max_entries`, so a map sized at load reports its real size)
+//! and, for maps whose entries come and go, counted by walking the keys in
+//! user space (`bpf_sys::count_keys`): one syscall a key, nothing on the
+//! datapath's side. Arrays report their size only (every slot exists), the
+//! ring buffer its bytes.
+use anyhow::{Context, Result};
+use aya::maps::MapData;
+use sluice_common::{counters::evicted, maps::names, StackFlowEvent};
+
+use super::{bpf_sys, loader::ALL_MAPS, pinned_maps, pins::PinDir};
+
+/// How a map's fill is told.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum FillKind {
+    /// Entries come and go (hash, LPM trie): counted. A full map refuses
+    /// inserts.
+    Entries,
+    /// The same, least recently used entries making room: a full map is
+    /// its normal state once busy; evictions are the figure to watch.
+    LruEntries,
+    /// An array: every slot exists; only its size says anything.
+    Slots,
+    /// A ring buffer: its size in bytes.
+    Bytes,
+}
+
+impl FillKind {
+    /// From the kernel's `enum bpf_map_type`.
+    pub fn of_map_type(map_type: u32) -> FillKind {
+        match map_type {
+            // HASH, PERCPU_HASH, LPM_TRIE
+            1 | 5 | 11 => FillKind::Entries,
+            // LRU_HASH, LRU_PERCPU_HASH
+            9 | 10 => FillKind::LruEntries,
+            // RINGBUF
+            27 => FillKind::Bytes,
+            _ => FillKind::Slots,
+        }
+    }
+
+    pub fn name(self) -> &'static str {
+        match self {
+            FillKind::Entries => "hash",
+            FillKind::LruEntries => "lru",
+            FillKind::Slots => "array",
+            FillKind::Bytes => "ringbuf",
+        }
+    }
+
+    fn counted(self) -> bool {
+        matches!(self, FillKind::Entries | FillKind::LruEntries)
+    }
+}
+
+/// One pinned map's fill.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct MapFill {
+    pub name: String,
+    pub kind: FillKind,
+    /// Entries now (counted kinds only).
+    pub entries: Option<u64>,
+    /// The kernel's `max_entries`: entries, slots, or bytes (`Bytes`).
+    pub max_entries: u32,
+}
+
+impl MapFill {
+    /// A map that refuses inserts when full has 90 % or more of its room
+    /// taken (LRU maps make room instead: see `StackFlows`).
+    pub fn nearly_full(&self) -> bool {
+        self.kind == FillKind::Entries && self.entries.is_some_and(|n| n * 10 >= u64::from(self.max_entries) * 9)
+    }
+}
+
+/// The fill of the pinned map `name`.
+pub fn read(pins: &PinDir, name: &str) -> Result<MapFill> {
+    let path = pins.map(name);
+    let data = MapData::from_pin(&path).with_context(|| format!("open pinned map {}", path.display()))?;
+    let info = data.info().with_context(|| format!("info of map {name}"))?;
+    let raw_type = info.map_type().with_context(|| format!("type of map {name}"))? as u32;
+    let kind = FillKind::of_map_type(raw_type);
+    let entries = if kind.counted() {
+        use std::os::fd::AsFd;
+        let n = bpf_sys::count_keys(data.fd().as_fd(), info.key_size(), info.max_entries())
+            .with_context(|| format!("count the entries of map {name}"))?;
+        Some(n)
+    } else {
+        None
+    };
+    Ok(MapFill { name: name.to_string(), kind, entries, max_entries: info.max_entries() })
+}
+
+/// Every map of the object that is pinned here, in `ALL_MAPS` order; a map
+/// that cannot be read is left out (an older layout may lack it).
+pub fn read_all(pins: &PinDir) -> Vec<MapFill> {
+    ALL_MAPS.iter().filter_map(|name| read(pins, name).ok()).collect()
+}
+
+/// `STACK_FLOWS` and what happened to its entries.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct StackFlows {
+    pub entries: u64,
+    pub max_entries: u32,
+    pub remembered: u64,
+    pub forgotten: u64,
+    pub insert_failed: u64,
+    /// Derived: remembered − forgotten − entries.
+    pub evicted: u64,
+}
+
+impl StackFlows {
+    /// From the table's fill and its counters (pure).
+    pub fn new(fill: &MapFill, counters: &[(StackFlowEvent, u64)]) -> Self {
+        let get = |e: StackFlowEvent| counters.iter().find(|(k, _)| *k == e).map_or(0, |(_, n)| *n);
+        let entries = fill.entries.unwrap_or(0);
+        let (remembered, forgotten) = (get(StackFlowEvent::Remembered), get(StackFlowEvent::Forgotten));
+        StackFlows {
+            entries,
+            max_entries: fill.max_entries,
+            remembered,
+            forgotten,
+            insert_failed: get(StackFlowEvent::InsertFailed),
+            evicted: evicted(remembered, forgotten, entries),
+        }
+    }
+
+    /// What an operator must hear about the table (pure).
+    pub fn warnings(&self) -> Vec<String> {
+        let mut w = Vec::new();
+        if self.insert_failed > 0 {
+            w.push(format!(
+                "{}: {} inserts failed: those flows' replies skipped conntrack (kube-proxy's or a hostPort's NAT \
+                 not reversed)",
+                names::STACK_FLOWS,
+                self.insert_failed
+            ));
+        }
+        // Evictions happen only in a full table. (A full LRU holds somewhat
+        // fewer than `max_entries`: each CPU keeps free entries of its own.)
+        if self.evicted > 0 {
+            w.push(format!(
+                "{} is at capacity ({} of {}) and has evicted {} flows: a connection through kube-proxy or a \
+                 hostPort that stays idle while {} newer such flows pass loses its replies' reverse NAT; raise \
+                 --stack-flows-max",
+                names::STACK_FLOWS,
+                self.entries,
+                self.max_entries,
+                self.evicted,
+                self.max_entries
+            ));
+        }
+        w
+    }
+}
+
+/// `STACK_FLOWS` now (`fill`: its entry in `read_all`'s answer).
+pub fn stack_flows(pins: &PinDir, fill: &MapFill) -> Result<StackFlows> {
+    Ok(StackFlows::new(fill, &pinned_maps::stack_flow_stats(pins)?))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn fill(kind: FillKind, entries: Option<u64>, max_entries: u32) -> MapFill {
+        MapFill { name: "M".into(), kind, entries, max_entries }
+    }
+
+    #[test]
+    fn kinds_from_the_kernel_map_type() {
+        assert_eq!(FillKind::of_map_type(1), FillKind::Entries);
+        assert_eq!(FillKind::of_map_type(11), FillKind::Entries);
+        assert_eq!(FillKind::of_map_type(9), FillKind::LruEntries);
+        assert_eq!(FillKind::of_map_type(6), FillKind::Slots);
+        assert_eq!(FillKind::of_map_type(2), FillKind::Slots);
+        assert_eq!(FillKind::of_map_type(27), FillKind::Bytes);
+    }
+
+    #[test]
+    fn only_maps_that_refuse_inserts_are_nearly_full() {
+        assert!(fill(FillKind::Entries, Some(3687), 4096).nearly_full());
+        assert!(!fill(FillKind::Entries, Some(3686), 4096).nearly_full());
+        assert!(!fill(FillKind::LruEntries, Some(4096), 4096).nearly_full(), "an LRU makes room");
+        assert!(!fill(FillKind::Slots, None, 14).nearly_full());
+    }
+
+    #[test]
+    fn stack_flows_warn_when_full_and_evicting_or_failing() {
+        let counters = |r, f, x| {
+            [(StackFlowEvent::Remembered, r), (StackFlowEvent::InsertFailed, x), (StackFlowEvent::Forgotten, f)]
+        };
+        let roomy = StackFlows::new(&fill(FillKind::LruEntries, Some(400), 1024), &counters(500, 100, 0));
+        assert_eq!((roomy.evicted, roomy.warnings()), (0, vec![]));
+        // What a 1,024-entry table on two CPUs held after 10,001 flows.
+        let full = StackFlows::new(&fill(FillKind::LruEntries, Some(785), 1024), &counters(10_001, 0, 0));
+        assert_eq!(full.evicted, 9216);
+        let w = full.warnings();
+        assert_eq!(w.len(), 1, "{w:?}");
+        assert!(w[0].contains("at capacity (785 of 1024) and has evicted 9216 flows"), "{w:?}");
+        assert!(w[0].contains("--stack-flows-max"), "{w:?}");
+        let failing = StackFlows::new(&fill(FillKind::LruEntries, Some(10), 1024), &counters(10, 0, 3));
+        assert_eq!(failing.warnings().len(), 1);
+        assert!(failing.warnings()[0].contains("3 inserts failed"));
+    }
+}

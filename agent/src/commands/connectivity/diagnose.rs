@@ -34,19 +34,28 @@ fn vxlan_hop(t: &Target) -> Option<String> {
     Some(format!("VXLAN device {DEVICE} -> {remote} UDP {TUNNEL_PORT}"))
 }
 
+/// Drop reasons no IPv4 probe can meet: counts that move beside a probe
+/// (a pod's IPv6 router solicitations, `unknown_l3`) and explain nothing.
+const NOT_AN_IPV4_PROBES_FATE: &[&str] = &["unknown_l3"];
+
+fn could_drop_the_probe(reason: &str) -> bool {
+    !NOT_AN_IPV4_PROBES_FATE.contains(&reason)
+}
+
 pub fn diagnose(t: &Target, f: &Facts, node_reaches: impl FnOnce(Ipv4Addr, Option<u16>) -> bool) -> String {
     let dropped: Vec<String> = f
         .drops_after
         .iter()
         .zip(f.drops_before)
-        .filter(|((_, a), (_, b))| a > b)
+        .filter(|((name, a), (_, b))| a > b && could_drop_the_probe(name))
         .map(|((name, a), (_, b))| format!("{name} x{}", a - b))
         .collect();
     if !dropped.is_empty() {
         return format!("dropped by the datapath: {}", dropped.join(", "));
     }
-    if !f.peer_dropped.is_empty() {
-        let what: Vec<String> = f.peer_dropped.iter().map(|(r, n)| format!("{r} x{n}")).collect();
+    let peer_dropped: Vec<&(String, u64)> = f.peer_dropped.iter().filter(|(r, _)| could_drop_the_probe(r)).collect();
+    if !peer_dropped.is_empty() {
+        let what: Vec<String> = peer_dropped.iter().map(|(r, n)| format!("{r} x{n}")).collect();
         let at = t.node_ip.map(|ip| format!(" ({ip})")).unwrap_or_default();
         return format!("dropped at node {}{at} by its datapath: {}", t.node, what.join(", "));
     }
@@ -196,6 +205,22 @@ mod tests {
         let f = Facts { peer_dropped: &peer, ..facts(&c, &c) };
         let r = diagnose(&target(Class::PodToPod, Kind::Health, false), &f, never_asked);
         assert_eq!(r, "dropped at node n2 (172.30.0.2) by its datapath: uplink_source_spoofed x2");
+    }
+
+    #[test]
+    fn ipv6_frames_dropped_beside_a_probe_are_not_its_fate() {
+        // A pod's IPv6 router solicitations are dropped (unknown_l3) while
+        // an IPv4 probe is lost elsewhere: the uplink, here, is the cause.
+        let b = vec![("source_spoofed".to_string(), 0), ("unknown_l3".to_string(), 1)];
+        let a = vec![("source_spoofed".to_string(), 0), ("unknown_l3".to_string(), 4)];
+        let peer = vec![("unknown_l3".to_string(), 2)];
+        let f = Facts { uplink_up: false, peer_dropped: &peer, ..facts(&b, &a) };
+        let r = diagnose(&target(Class::PodToPod, Kind::Health, false), &f, never_asked);
+        assert_eq!(r, "local uplink eth0 is down");
+        // Next to a drop that can be the probe's, only that one is named.
+        let a = vec![("source_spoofed".to_string(), 2), ("unknown_l3".to_string(), 4)];
+        let r = diagnose(&target(Class::PodToPod, Kind::Health, false), &facts(&b, &a), never_asked);
+        assert_eq!(r, "dropped by the datapath: source_spoofed x2");
     }
 
     #[test]

@@ -11,7 +11,7 @@
 //! The endpoint stays off the agent's critical path: the agent runs one
 //! thread, and membership and Services share it. So a scrape's work (map
 //! reads, the CNI stats file) runs on a blocking thread, one at a time,
-//! and a second scrape within `RENDER_REUSE` gets the same text; the
+//! and scrapes that queue behind a rendering share the next one; the
 //! masquerade counter comes from the netfilter worker's last check, never
 //! from an `nft` run of its own. Connections are limited
 //! (`MAX_CONNECTIONS`), a request's headers must arrive within
@@ -58,8 +58,6 @@ pub const HEADER_TIMEOUT: Duration = Duration::from_secs(5);
 /// No connection, however busy, is kept longer (a client reading its
 /// answer slowly holds it no more than this).
 pub const CONNECTION_LIFETIME: Duration = Duration::from_secs(60);
-/// Scrapes this close together share one rendering.
-pub const RENDER_REUSE: Duration = Duration::from_secs(1);
 
 /// What the agent records as it runs.
 #[derive(Debug, Clone)]
@@ -394,25 +392,32 @@ pub fn render(registry: &Registry) -> Result<String> {
     Ok(out)
 }
 
-/// Renders the registry off the agent's thread, one rendering at a time,
-/// reused for scrapes within `RENDER_REUSE` of it.
+/// Renders the registry off the agent's thread, one rendering at a time.
+/// Scrapes that queued while a rendering ran share the next one, which
+/// starts after all of them arrived: every answer is at least as new as its
+/// request (a reader comparing two scrapes, as connectivity-test does, never
+/// gets a copy from before its first one), and a storm of scrapes costs two
+/// renderings, not one each.
 struct Renderer {
     registry: Arc<Registry>,
+    /// The last rendering and when it started.
     last: tokio::sync::Mutex<Option<(Instant, Arc<String>)>>,
 }
 
 impl Renderer {
     async fn text(&self) -> Result<Arc<String>> {
+        let asked = Instant::now();
         // Held across the rendering: scrapes queue here, not on the CPU.
         let mut last = self.last.lock().await;
-        if let Some((at, text)) = last.as_ref() {
-            if at.elapsed() < RENDER_REUSE {
+        if let Some((started, text)) = last.as_ref() {
+            if *started >= asked {
                 return Ok(text.clone());
             }
         }
         let registry = self.registry.clone();
+        let started = Instant::now();
         let text = Arc::new(tokio::task::spawn_blocking(move || render(&registry)).await.context("metrics render")??);
-        *last = Some((Instant::now(), text.clone()));
+        *last = Some((started, text.clone()));
         Ok(text)
     }
 }

@@ -29,13 +29,14 @@ fn rss_kib(pid: u32) -> u64 {
 
 /// `count` peers (at most 8192) as the agent accepts them: /30 pod CIDRs
 /// inside the lab's cluster CIDR (10.244.128.0/17, clear of the lab nodes'
-/// own) and node IPs on the lab's node network (172.30.0.10-249, shared:
-/// the agent routes each CIDR on its own).
+/// own) and a node IP of its own each (the agent routes no node IP two
+/// nodes claim), 172.30.1.1 onwards: off the lab node's /24, so reached
+/// through VXLAN.
 fn synthetic_routes(count: usize) -> map_routes::Routes {
     (0..count)
         .map(|i| {
             let cidr = format!("10.244.{}.{}/30", 128 + i / 64, (i % 64) * 4).parse().expect("valid");
-            let ip = Ipv4Addr::new(172, 30, 0, 10 + (i % 240) as u8);
+            let ip = Ipv4Addr::new(172, 30, 1 + (i / 250) as u8, 1 + (i % 250) as u8);
             (cidr, ip)
         })
         .collect()

@@ -1,5 +1,5 @@
-//! A test Kubernetes API server for Nodes, Services and EndpointSlices: no
-//! real API server runs in these tests. It speaks the parts of the real
+//! A test Kubernetes API server for Nodes, Services, EndpointSlices, Pods,
+//! Namespaces and NetworkPolicies: no real API server runs in these tests. It speaks the parts of the real
 //! protocol a watcher uses — HTTP/1.1 with keep-alive, JSON,
 //! `resourceVersion` (one counter for every kind, as etcd's), a paged list
 //! (`limit` / `continue`), a get, a chunked watch stream of ADDED /
@@ -11,7 +11,10 @@
 //! `/api/v1/nodes`, `/api/v1/services`,
 //! `/api/v1/namespaces/<ns>/services`,
 //! `/apis/discovery.k8s.io/v1/endpointslices`,
-//! `/apis/discovery.k8s.io/v1/namespaces/<ns>/endpointslices`, each with
+//! `/apis/discovery.k8s.io/v1/namespaces/<ns>/endpointslices`,
+//! `/api/v1/pods`, `/api/v1/namespaces/<ns>/pods`, `/api/v1/namespaces`,
+//! `/apis/networking.k8s.io/v1/networkpolicies`,
+//! `/apis/networking.k8s.io/v1/namespaces/<ns>/networkpolicies`, each with
 //! `/<name>` for a get.
 //!
 //! Sized for benchmarks (10,000 Services, 10,000+ slices): objects are kept
@@ -41,10 +44,17 @@ pub enum Kind {
     Node,
     Service,
     EndpointSlice,
+    Pod,
+    Namespace,
+    NetworkPolicy,
 }
 
+/// How many kinds there are (`Kind::ALL.len()`).
+const KINDS: usize = 6;
+
 impl Kind {
-    pub const ALL: [Kind; 3] = [Kind::Node, Kind::Service, Kind::EndpointSlice];
+    pub const ALL: [Kind; KINDS] =
+        [Kind::Node, Kind::Service, Kind::EndpointSlice, Kind::Pod, Kind::Namespace, Kind::NetworkPolicy];
 
     fn index(self) -> usize {
         self as usize
@@ -56,6 +66,9 @@ impl Kind {
             Kind::Node => "Node",
             Kind::Service => "Service",
             Kind::EndpointSlice => "EndpointSlice",
+            Kind::Pod => "Pod",
+            Kind::Namespace => "Namespace",
+            Kind::NetworkPolicy => "NetworkPolicy",
         }
     }
 
@@ -65,21 +78,26 @@ impl Kind {
             Kind::Node => "NodeList",
             Kind::Service => "ServiceList",
             Kind::EndpointSlice => "EndpointSliceList",
+            Kind::Pod => "PodList",
+            Kind::Namespace => "NamespaceList",
+            Kind::NetworkPolicy => "NetworkPolicyList",
         }
     }
 
     pub fn api_version(self) -> &'static str {
         match self {
-            Kind::Node | Kind::Service => "v1",
+            Kind::Node | Kind::Service | Kind::Pod | Kind::Namespace => "v1",
             Kind::EndpointSlice => "discovery.k8s.io/v1",
+            Kind::NetworkPolicy => "networking.k8s.io/v1",
         }
     }
 
     /// API group, as RBAC names it ("" for core).
     pub fn group(self) -> &'static str {
         match self {
-            Kind::Node | Kind::Service => "",
+            Kind::Node | Kind::Service | Kind::Pod | Kind::Namespace => "",
             Kind::EndpointSlice => "discovery.k8s.io",
+            Kind::NetworkPolicy => "networking.k8s.io",
         }
     }
 
@@ -89,11 +107,14 @@ impl Kind {
             Kind::Node => "nodes",
             Kind::Service => "services",
             Kind::EndpointSlice => "endpointslices",
+            Kind::Pod => "pods",
+            Kind::Namespace => "namespaces",
+            Kind::NetworkPolicy => "networkpolicies",
         }
     }
 
     pub fn namespaced(self) -> bool {
-        self != Kind::Node
+        !matches!(self, Kind::Node | Kind::Namespace)
     }
 }
 
@@ -196,7 +217,7 @@ struct Store {
 #[derive(Default)]
 struct Inner {
     rv: u64,
-    stores: [Store; 3],
+    stores: [Store; KINDS],
     /// A watch (or a list continued) from an older resourceVersion than
     /// this gets 410 Gone.
     oldest_watchable: u64,
@@ -206,7 +227,7 @@ struct Inner {
     requests: Vec<(String, String)>,
     bookmarks_sent: u64,
     /// Kinds whose every request gets 403 Forbidden (RBAC says no).
-    forbidden: [bool; 3],
+    forbidden: [bool; KINDS],
 }
 
 impl Inner {
@@ -601,6 +622,175 @@ pub fn endpoint_slice_object(
     endpoints.iter().fold(s, |s, (a, node)| s.endpoint(a, node)).build()
 }
 
+/// A Pod as the API server returns it, scheduled or not. Build with `new`
+/// and chained setters, then `build()`.
+#[derive(Clone, Debug)]
+pub struct PodObject {
+    pub namespace: String,
+    pub name: String,
+    pub labels: BTreeMap<String, String>,
+    /// `spec.nodeName` (`None`: not scheduled yet).
+    pub node: Option<String>,
+    /// `status.podIPs` (the first is `status.podIP`).
+    pub ips: Vec<String>,
+    pub host_network: bool,
+    /// (container, port name, port, protocol) of `spec.containers`.
+    pub ports: Vec<(String, Option<String>, u16, String)>,
+    /// The same for restartable init containers (sidecars).
+    pub sidecar_ports: Vec<(String, Option<String>, u16, String)>,
+    /// `status.phase`.
+    pub phase: String,
+}
+
+impl PodObject {
+    /// A running pod on `node` with address `ip`, labelled `pod: <name>`.
+    pub fn new(namespace: &str, name: &str, node: &str, ip: &str) -> Self {
+        Self {
+            namespace: namespace.into(),
+            name: name.into(),
+            labels: [("pod".to_string(), name.to_string())].into(),
+            node: Some(node.into()),
+            ips: vec![ip.into()],
+            host_network: false,
+            ports: Vec::new(),
+            sidecar_ports: Vec::new(),
+            phase: "Running".into(),
+        }
+    }
+
+    /// Not scheduled and without an address (Pending).
+    pub fn pending(namespace: &str, name: &str) -> Self {
+        Self { node: None, ips: Vec::new(), phase: "Pending".into(), ..Self::new(namespace, name, "", "") }
+    }
+
+    pub fn label(mut self, key: &str, value: &str) -> Self {
+        self.labels.insert(key.into(), value.into());
+        self
+    }
+
+    pub fn without_labels(mut self) -> Self {
+        self.labels.clear();
+        self
+    }
+
+    pub fn node(mut self, node: &str) -> Self {
+        self.node = Some(node.into());
+        self
+    }
+
+    /// Every address (`[]`: none yet).
+    pub fn ips(mut self, ips: &[&str]) -> Self {
+        self.ips = ips.iter().map(|s| s.to_string()).collect();
+        self
+    }
+
+    pub fn host_network(mut self) -> Self {
+        self.host_network = true;
+        self
+    }
+
+    pub fn phase(mut self, phase: &str) -> Self {
+        self.phase = phase.into();
+        self
+    }
+
+    /// A container port (`name` may be `None`), protocol "TCP", "UDP", "SCTP".
+    pub fn port(mut self, name: Option<&str>, port: u16, protocol: &str) -> Self {
+        let container = format!("c{}", self.ports.len());
+        self.ports.push((container, name.map(str::to_string), port, protocol.into()));
+        self
+    }
+
+    /// A port of a restartable init container (`restartPolicy: Always`).
+    pub fn sidecar_port(mut self, name: Option<&str>, port: u16, protocol: &str) -> Self {
+        let container = format!("sidecar{}", self.sidecar_ports.len());
+        self.sidecar_ports.push((container, name.map(str::to_string), port, protocol.into()));
+        self
+    }
+
+    pub fn build(&self) -> Value {
+        let container = |(c, name, port, protocol): &(String, Option<String>, u16, String)| {
+            let mut p = json!({"containerPort": port, "protocol": protocol});
+            if let Some(n) = name {
+                p["name"] = json!(n);
+            }
+            json!({"name": c, "image": "registry.k8s.io/e2e-test-images/agnhost:2.53", "ports": [p]})
+        };
+        let mut containers: Vec<Value> = self.ports.iter().map(container).collect();
+        if containers.is_empty() {
+            containers.push(json!({"name": "main", "image": "registry.k8s.io/pause:3.10"}));
+        }
+        let mut spec = json!({"containers": containers, "restartPolicy": "Always"});
+        if !self.sidecar_ports.is_empty() {
+            let init: Vec<Value> = self
+                .sidecar_ports
+                .iter()
+                .map(|p| {
+                    let mut c = container(p);
+                    c["restartPolicy"] = json!("Always");
+                    c
+                })
+                .collect();
+            spec["initContainers"] = json!(init);
+        }
+        if let Some(n) = &self.node {
+            spec["nodeName"] = json!(n);
+        }
+        if self.host_network {
+            spec["hostNetwork"] = json!(true);
+        }
+        let mut status = json!({"phase": self.phase});
+        if let Some(first) = self.ips.first() {
+            status["podIP"] = json!(first);
+            status["podIPs"] = self.ips.iter().map(|ip| json!({"ip": ip})).collect();
+        }
+        json!({
+            "apiVersion": "v1",
+            "kind": "Pod",
+            "metadata": {
+                "namespace": self.namespace,
+                "name": self.name,
+                "uid": format!("uid-pod-{}-{}", self.namespace, self.name),
+                "resourceVersion": "0",
+                "creationTimestamp": "2025-01-01T00:00:00Z",
+                "labels": self.labels,
+            },
+            "spec": spec,
+            "status": status,
+        })
+    }
+}
+
+/// A Namespace as the API server returns it: with the
+/// `kubernetes.io/metadata.name` label it sets on every namespace, and
+/// `labels` beside it.
+pub fn namespace_object(name: &str, labels: &[(&str, &str)]) -> Value {
+    let mut l = json!({"kubernetes.io/metadata.name": name});
+    for (k, v) in labels {
+        l[*k] = json!(v);
+    }
+    json!({
+        "apiVersion": "v1",
+        "kind": "Namespace",
+        "metadata": {"name": name, "uid": format!("uid-ns-{name}"), "resourceVersion": "0",
+            "creationTimestamp": "2025-01-01T00:00:00Z", "labels": l},
+        "spec": {"finalizers": ["kubernetes"]},
+        "status": {"phase": "Active"},
+    })
+}
+
+/// A networking.k8s.io/v1 NetworkPolicy with `spec` as given (JSON, as in
+/// a manifest: `{"podSelector": {}, "policyTypes": ["Ingress"]}`).
+pub fn network_policy_object(namespace: &str, name: &str, spec: Value) -> Value {
+    json!({
+        "apiVersion": "networking.k8s.io/v1",
+        "kind": "NetworkPolicy",
+        "metadata": {"namespace": namespace, "name": name, "uid": format!("uid-netpol-{namespace}-{name}"),
+            "resourceVersion": "0", "generation": 1, "creationTimestamp": "2025-01-01T00:00:00Z"},
+        "spec": spec,
+    })
+}
+
 impl ApiServer {
     /// Listen on `addr`; with `netns`, inside that network namespace (the
     /// lab's LAN, where the nodes can reach it).
@@ -698,7 +888,8 @@ impl ApiServer {
     }
 
     /// Delete an object (DELETED to watchers, with a new resourceVersion,
-    /// returned). `namespace` is ignored for Nodes. `None`: no such object.
+    /// returned). `namespace` is ignored for Nodes and Namespaces. `None`: no
+    /// such object.
     pub fn delete(&self, kind: Kind, namespace: &str, name: &str) -> Option<u64> {
         self.change(|s| s.remove(kind, &object_key(kind, namespace, name)))
     }
@@ -720,6 +911,33 @@ impl ApiServer {
 
     pub fn delete_endpoint_slice(&self, namespace: &str, name: &str) -> Option<u64> {
         self.delete(Kind::EndpointSlice, namespace, name)
+    }
+
+    /// Create or update a Pod (see `PodObject`).
+    pub fn upsert_pod(&self, obj: Value) -> u64 {
+        self.upsert(Kind::Pod, obj)
+    }
+
+    pub fn delete_pod(&self, namespace: &str, name: &str) -> Option<u64> {
+        self.delete(Kind::Pod, namespace, name)
+    }
+
+    /// Create or update a Namespace (see `namespace_object`).
+    pub fn upsert_namespace(&self, obj: Value) -> u64 {
+        self.upsert(Kind::Namespace, obj)
+    }
+
+    pub fn delete_namespace(&self, name: &str) -> Option<u64> {
+        self.delete(Kind::Namespace, "", name)
+    }
+
+    /// Create or update a NetworkPolicy (see `network_policy_object`).
+    pub fn upsert_network_policy(&self, obj: Value) -> u64 {
+        self.upsert(Kind::NetworkPolicy, obj)
+    }
+
+    pub fn delete_network_policy(&self, namespace: &str, name: &str) -> Option<u64> {
+        self.delete(Kind::NetworkPolicy, namespace, name)
     }
 
     /// The current resourceVersion (of every kind: one counter).

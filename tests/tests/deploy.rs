@@ -104,7 +104,8 @@ fn manifests_agree_with_the_code() {
         .find(|m| bin_dir.starts_with(m["mountPath"].as_str().unwrap()))
         .unwrap();
     assert_eq!(host_path(im["name"].as_str().unwrap()), "/opt/cni/bin");
-    // RBAC: get/list/watch on nodes, services and endpointslices, nothing else.
+    // RBAC: get/list/watch on nodes, services, endpointslices, pods,
+    // namespaces and networkpolicies, nothing else.
     let role = find(&d, "ClusterRole");
     let rules: Vec<(Value, Value, Value)> = role["rules"]
         .as_array()
@@ -118,7 +119,10 @@ fn manifests_agree_with_the_code() {
         [
             (serde_json::json!([""]), serde_json::json!(["nodes"]), read.clone()),
             (serde_json::json!([""]), serde_json::json!(["services"]), read.clone()),
-            (serde_json::json!(["discovery.k8s.io"]), serde_json::json!(["endpointslices"]), read),
+            (serde_json::json!(["discovery.k8s.io"]), serde_json::json!(["endpointslices"]), read.clone()),
+            (serde_json::json!([""]), serde_json::json!(["pods"]), read.clone()),
+            (serde_json::json!([""]), serde_json::json!(["namespaces"]), read.clone()),
+            (serde_json::json!(["networking.k8s.io"]), serde_json::json!(["networkpolicies"]), read),
         ]
     );
     assert_eq!(
@@ -264,14 +268,18 @@ fn run_probe(lab: &Lab, probe: &str) -> std::process::Output {
     Command::new(&argv[0]).args(&argv[1..]).envs(env).output().unwrap()
 }
 
-/// The Service and EndpointSlice watchers (and the Node watcher) against
-/// the test API server, no root: every call they make is allowed by the
-/// ClusterRole, which grants exactly get, list and watch on them, and
-/// without its rule for either kind the check fails.
+/// The Service, EndpointSlice, Pod, Namespace and NetworkPolicy watchers
+/// (and the Node watcher) against the test API server, no root: every call
+/// they make is allowed by the ClusterRole, which grants exactly get, list
+/// and watch on them, and without its rule for any kind the check fails.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_clusterrole_allows_every_call_the_watchers_make() {
-    use sluice_agent::{membership::kubernetes::KubeNodes, services::kubernetes::KubeServices};
-    use sluice_tests::apiserver::{endpoint_slice_object, service_object, ApiServer};
+    use sluice_agent::{
+        membership::kubernetes::KubeNodes, policy::kubernetes::KubePolicy, services::kubernetes::KubeServices,
+    };
+    use sluice_tests::apiserver::{
+        endpoint_slice_object, namespace_object, network_policy_object, service_object, ApiServer, PodObject,
+    };
 
     let api = ApiServer::start("127.0.0.1:0", None).unwrap();
     api.upsert_node("n1", "172.30.0.1", Some("10.244.1.0/24"));
@@ -283,19 +291,36 @@ async fn the_clusterrole_allows_every_call_the_watchers_make() {
         &[("http", 8080)],
         &[("10.244.1.5", "n1")],
     ));
+    api.upsert_namespace(namespace_object("default", &[]));
+    api.upsert_pod(PodObject::new("default", "web-0", "n1", "10.244.1.5").build());
+    api.upsert_network_policy(network_policy_object("default", "deny", serde_json::json!({"podSelector": {}})));
     let client = kube::Client::try_from(kube::Config::new(format!("http://{}", api.addr).parse().unwrap())).unwrap();
     let nodes = KubeNodes::start(client.clone());
-    let services = KubeServices::start(client);
+    let services = KubeServices::start(client.clone());
+    let policy = KubePolicy::start(client);
     let start = std::time::Instant::now();
     // Listed, and watching: the watches are requests too.
-    while !(nodes.snapshot().1.synced && services.snapshot().1.synced && api.counters().1 >= 3) {
+    while !(nodes.snapshot().1.synced
+        && services.snapshot().1.synced
+        && policy.snapshot().1.synced
+        && api.counters().1 >= 6)
+    {
         assert!(start.elapsed() < std::time::Duration::from_secs(10), "not synced: {:?}", services.snapshot().1);
         tokio::time::sleep(std::time::Duration::from_millis(10)).await;
     }
     let requests = api.requests();
-    for (verb, resource) in
-        [("list", "services"), ("watch", "services"), ("list", "endpointslices"), ("watch", "endpointslices")]
-    {
+    for (verb, resource) in [
+        ("list", "services"),
+        ("watch", "services"),
+        ("list", "endpointslices"),
+        ("watch", "endpointslices"),
+        ("list", "pods"),
+        ("watch", "pods"),
+        ("list", "namespaces"),
+        ("watch", "namespaces"),
+        ("list", "networkpolicies"),
+        ("watch", "networkpolicies"),
+    ] {
         assert!(
             requests.iter().any(|(v, p)| v == verb && p.ends_with(resource)),
             "no {verb} of {resource} made: {requests:?}"
@@ -305,7 +330,14 @@ async fn the_clusterrole_allows_every_call_the_watchers_make() {
     let denied = manifest::denied(&rules, &requests);
     assert!(denied.is_empty(), "the watchers made calls the ClusterRole does not allow: {denied:?}");
     // Exactly get, list and watch on each kind the agent reads.
-    for (group, resource) in [("", "nodes"), ("", "services"), ("discovery.k8s.io", "endpointslices")] {
+    for (group, resource) in [
+        ("", "nodes"),
+        ("", "services"),
+        ("discovery.k8s.io", "endpointslices"),
+        ("", "pods"),
+        ("", "namespaces"),
+        ("networking.k8s.io", "networkpolicies"),
+    ] {
         let verbs: Vec<String> = rules
             .iter()
             .filter(|r| {
@@ -316,8 +348,8 @@ async fn the_clusterrole_allows_every_call_the_watchers_make() {
             .collect();
         assert_eq!(verbs, ["get", "list", "watch"], "{group}/{resource}");
     }
-    // The check can fail: without the rule for either kind, its calls are denied.
-    for resource in ["services", "endpointslices"] {
+    // The check can fail: without the rule for any kind, its calls are denied.
+    for resource in ["services", "endpointslices", "pods", "namespaces", "networkpolicies"] {
         let without: Vec<Value> =
             rules.iter().filter(|r| !strings(&r["resources"]).contains(&resource.to_string())).cloned().collect();
         let denied = manifest::denied(&without, &requests);

@@ -10,11 +10,13 @@
 //!   (`common/src/policy.rs`).
 //! - `evaluate`: verdicts from those entries with the datapath's lookups;
 //!   `reachable(from, to, port, protocol)`.
+//! - `kubernetes`: the Pod, Namespace and NetworkPolicy watchers.
 //! - `upstream_cases` (tests): the Kubernetes e2e suite's 48 cases.
 pub mod compile;
 pub mod entries;
 pub mod evaluate;
 pub mod identity;
+pub mod kubernetes;
 pub mod model;
 pub mod selector;
 #[cfg(test)]

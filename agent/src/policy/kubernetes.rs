@@ -1,0 +1,517 @@
+//! Pods, Namespaces and NetworkPolicies from Kubernetes (three kube-rs
+//! watchers), converted with `model.rs` into the view the policy loop
+//! compiles from.
+//!
+//! As `services::kubernetes`: each watcher lists in pages
+//! (`LIST_PAGE_SIZE`), then watches from the list's resourceVersion,
+//! relists on 410 Gone and reconnects after a dropped connection, retrying
+//! as `kube_watch` says. A relist replaces its kind whole: when it ends,
+//! every object it did not show is gone (deleted while the watch was cut).
+//! `synced` holds once all three kinds have been listed: nothing may be
+//! applied before (an empty view would make every pod unselected, and an
+//! empty pod list would make every peer unknown).
+//!
+//! Conversion never loses an object:
+//! - a NetworkPolicy `NetworkPolicy::from_k8s` refuses is kept as
+//!   `model::isolating_stand_in` (it isolates what it selects and allows
+//!   nothing), its error in `PolicyView::refused`;
+//! - a Pod whose container ports cannot be read is kept without its ports
+//!   (its labels, addresses and node still count), its error in
+//!   `PolicyView::refused` too;
+//! - a Pod that has finished (phase Succeeded or Failed) keeps no
+//!   address: the address may already be another pod's.
+use std::{
+    collections::{BTreeMap, BTreeSet},
+    fmt::Debug,
+    sync::{Arc, Mutex},
+    time::Instant,
+};
+
+use futures::{StreamExt, TryStreamExt};
+use k8s_openapi::{
+    api::{core::v1 as core, networking::v1 as networking},
+    apimachinery::pkg::apis::meta::v1::ObjectMeta,
+};
+use kube::{runtime::watcher, Api, Client, Resource};
+use serde::{de::DeserializeOwned, Deserialize, Serialize};
+use tokio::sync::Notify;
+use tracing::{info, warn};
+
+use sluice_node::clock::now_unix;
+
+use super::model::{isolating_stand_in, Namespace, NetworkPolicy, Pod, PodKey, PolicyModel, PolicyName};
+use crate::kube_watch::{self, OutageClock, Recovery, Retry};
+
+/// Objects per page of a list. Pods are the big kind (10,000 at the
+/// issue's scale, a few KiB of JSON each): a page is held whole while it
+/// is converted, so pages stay small, as for Services.
+pub const LIST_PAGE_SIZE: u32 = 100;
+
+/// What the watchers hold: the cluster as the compiler reads it (nodes and
+/// the cluster CIDR are left empty: the policy loop adds them).
+#[derive(Clone, Debug, Default)]
+pub struct PolicyView {
+    pub model: PolicyModel,
+    /// Objects kept in a degraded form, and why (`kind namespace/name` →
+    /// error): policies enforced as isolating stand-ins, pods without
+    /// ports.
+    pub refused: BTreeMap<String, String>,
+}
+
+/// What `status` shows about the three watches.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct PolicyWatchState {
+    /// Pods, Namespaces and NetworkPolicies have all been listed.
+    pub synced: bool,
+    /// The last thing on each of the three streams was not an error.
+    pub connected: bool,
+    /// The latest error of a stream that has not recovered, named by kind.
+    pub last_error: Option<String>,
+    /// Watch events received (list items included), all kinds.
+    pub events: u64,
+    /// Complete lists received, all kinds (3 after the first sync).
+    pub relists: u64,
+    pub last_event_unix: u64,
+    #[serde(default)]
+    pub last_recovery: Option<Recovery>,
+    /// Bumped on every change to the view (a relist's changes count once,
+    /// at its end): the policy loop recompiles when it moved.
+    pub generation: u64,
+    /// When the first change the loop has not applied yet arrived: where
+    /// "policy event → maps" latency starts. In-process only.
+    #[serde(skip)]
+    pub pending_since: Option<Instant>,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Kind {
+    Pods,
+    Namespaces,
+    Policies,
+}
+
+impl Kind {
+    pub const ALL: [Kind; 3] = [Kind::Pods, Kind::Namespaces, Kind::Policies];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Kind::Pods => "pods",
+            Kind::Namespaces => "namespaces",
+            Kind::Policies => "networkpolicies",
+        }
+    }
+
+    fn index(self) -> usize {
+        self as usize
+    }
+}
+
+#[derive(Default)]
+struct StreamState {
+    listed: bool,
+    connected: bool,
+    error: Option<String>,
+}
+
+#[derive(Default)]
+struct Shared {
+    view: PolicyView,
+    state: PolicyWatchState,
+    streams: [StreamState; 3],
+}
+
+impl Shared {
+    fn summarize(&mut self) {
+        self.state.synced = self.streams.iter().all(|s| s.listed);
+        self.state.connected = self.streams.iter().all(|s| s.connected);
+        self.state.last_error = Kind::ALL
+            .into_iter()
+            .find_map(|k| self.streams[k.index()].error.as_ref().map(|e| format!("{}: {e}", k.name())));
+    }
+
+    fn changed(&mut self, arrived: Instant) {
+        self.state.generation += 1;
+        self.state.pending_since.get_or_insert(arrived);
+    }
+}
+
+/// One object converted: its model, and the error that degraded it.
+pub struct Converted<M> {
+    pub model: Option<M>,
+    pub error: Option<String>,
+}
+
+/// A watched kind and the model it becomes.
+trait Watched: Resource<DynamicType = ()> + Clone + DeserializeOwned + Debug + Send + Sync + 'static {
+    type Key: Ord + Clone + Send + std::fmt::Display + 'static;
+    type Model: PartialEq + Send + 'static;
+    const KIND: Kind;
+    fn key(meta: &ObjectMeta) -> Option<Self::Key>;
+    fn convert(&self) -> Converted<Self::Model>;
+    fn entries(view: &mut PolicyView) -> &mut BTreeMap<Self::Key, Self::Model>;
+}
+
+fn namespaced(meta: &ObjectMeta) -> Option<(String, String)> {
+    match (meta.namespace.as_deref(), meta.name.as_deref()) {
+        (Some(ns), Some(name)) if !ns.is_empty() && !name.is_empty() => Some((ns.to_string(), name.to_string())),
+        _ => None,
+    }
+}
+
+impl Watched for core::Pod {
+    type Key = PodKey;
+    type Model = Pod;
+    const KIND: Kind = Kind::Pods;
+    fn key(meta: &ObjectMeta) -> Option<PodKey> {
+        namespaced(meta).map(|(ns, name)| PodKey { namespace: ns, name })
+    }
+    fn convert(&self) -> Converted<Pod> {
+        pod_from_k8s(self)
+    }
+    fn entries(view: &mut PolicyView) -> &mut BTreeMap<PodKey, Pod> {
+        &mut view.model.pods
+    }
+}
+
+impl Watched for core::Namespace {
+    type Key = String;
+    type Model = Namespace;
+    const KIND: Kind = Kind::Namespaces;
+    fn key(meta: &ObjectMeta) -> Option<String> {
+        meta.name.clone().filter(|n| !n.is_empty())
+    }
+    fn convert(&self) -> Converted<Namespace> {
+        match Namespace::from_k8s(self) {
+            Ok(ns) => Converted { model: Some(ns), error: None },
+            Err(e) => Converted { model: None, error: Some(e.to_string()) },
+        }
+    }
+    fn entries(view: &mut PolicyView) -> &mut BTreeMap<String, Namespace> {
+        &mut view.model.namespaces
+    }
+}
+
+impl Watched for networking::NetworkPolicy {
+    type Key = PolicyName;
+    type Model = NetworkPolicy;
+    const KIND: Kind = Kind::Policies;
+    fn key(meta: &ObjectMeta) -> Option<PolicyName> {
+        namespaced(meta).map(|(ns, name)| PolicyName { namespace: ns, name })
+    }
+    fn convert(&self) -> Converted<NetworkPolicy> {
+        policy_from_k8s(self)
+    }
+    fn entries(view: &mut PolicyView) -> &mut BTreeMap<PolicyName, NetworkPolicy> {
+        &mut view.model.policies
+    }
+}
+
+/// A Pod as the policy compiler reads it (see the module's comment).
+pub fn pod_from_k8s(pod: &core::Pod) -> Converted<Pod> {
+    let finished =
+        pod.status.as_ref().and_then(|s| s.phase.as_deref()).is_some_and(|p| p == "Succeeded" || p == "Failed");
+    let (converted, error) = match Pod::from_k8s(pod) {
+        Ok(p) => (Some(p), None),
+        Err(e) => {
+            // Keep the pod without its ports: its labels and addresses
+            // still decide what selects it and what it is as a peer.
+            let mut stripped = pod.clone();
+            if let Some(spec) = stripped.spec.as_mut() {
+                for c in spec.containers.iter_mut().chain(spec.init_containers.iter_mut().flatten()) {
+                    c.ports = None;
+                }
+            }
+            (Pod::from_k8s(&stripped).ok(), Some(format!("container ports not read: {e}")))
+        }
+    };
+    let model = converted.map(|mut p| {
+        if finished {
+            p.ips.clear();
+        }
+        p
+    });
+    Converted { model, error }
+}
+
+/// A NetworkPolicy as enforced: converted, or its isolating stand-in.
+pub fn policy_from_k8s(policy: &networking::NetworkPolicy) -> Converted<NetworkPolicy> {
+    match NetworkPolicy::from_k8s(policy) {
+        Ok(p) => Converted { model: Some(p), error: None },
+        Err(e) => Converted {
+            model: isolating_stand_in(policy),
+            error: Some(format!("{e}; enforced as isolating, allowing nothing")),
+        },
+    }
+}
+
+/// Put an object's model under its key (or remove the key). Whether the
+/// entries changed.
+fn apply<K: Ord, M: PartialEq>(entries: &mut BTreeMap<K, M>, key: K, model: Option<M>) -> bool {
+    match model {
+        Some(m) if entries.get(&key) == Some(&m) => false,
+        Some(m) => {
+            entries.insert(key, m);
+            true
+        }
+        None => entries.remove(&key).is_some(),
+    }
+}
+
+fn refused_key(kind: Kind, key: &impl std::fmt::Display) -> String {
+    format!("{} {key}", kind.name())
+}
+
+/// The cluster's Pods, Namespaces and NetworkPolicies, kept by three
+/// watchers.
+#[derive(Clone)]
+pub struct KubePolicy {
+    shared: Arc<Mutex<Shared>>,
+    /// Notified (one permit) after every change to the view.
+    pub changed: Arc<Notify>,
+}
+
+impl KubePolicy {
+    /// Start watching the three kinds in the background.
+    pub fn start(client: Client) -> Self {
+        let me = Self { shared: Arc::default(), changed: Arc::new(Notify::new()) };
+        tokio::spawn(me.clone().watch::<core::Pod>(Api::all(client.clone())));
+        tokio::spawn(me.clone().watch::<core::Namespace>(Api::all(client.clone())));
+        tokio::spawn(me.clone().watch::<networking::NetworkPolicy>(Api::all(client)));
+        me
+    }
+
+    async fn watch<K: Watched>(self, api: Api<K>) {
+        let kind = K::KIND;
+        let config = watcher::Config::default().page_size(LIST_PAGE_SIZE);
+        let mut stream = watcher(api, config).boxed();
+        let (mut retry, mut outage) = (Retry::default(), OutageClock::default());
+        let mut listed: BTreeSet<K::Key> = BTreeSet::new();
+        let mut list_changed = false;
+        loop {
+            let next = stream.try_next().await;
+            let arrived = Instant::now();
+            match next {
+                Ok(Some(event)) => {
+                    retry.reset();
+                    let changed = match event {
+                        watcher::Event::Init => {
+                            listed.clear();
+                            list_changed = false;
+                            self.record(kind, arrived, |_| false)
+                        }
+                        watcher::Event::InitApply(obj) => {
+                            let key = K::key(obj.meta());
+                            let converted = obj.convert();
+                            drop(obj);
+                            self.record(kind, arrived, |shared| {
+                                if let Some(key) = key {
+                                    note_refusal(shared, kind, &key, converted.error);
+                                    if converted.model.is_some() {
+                                        listed.insert(key.clone());
+                                    }
+                                    list_changed |= apply(K::entries(&mut shared.view), key, converted.model);
+                                }
+                                false // announced at InitDone
+                            })
+                        }
+                        watcher::Event::InitDone => {
+                            let keep = std::mem::take(&mut listed);
+                            let recovered = outage.synced(arrived);
+                            self.record(kind, arrived, |shared| {
+                                if let Some(r) = recovered {
+                                    info!(
+                                        kind = kind.name(),
+                                        outage_ms = r.outage_ms,
+                                        synced_after_return_ms = r.synced_after_return_ms,
+                                        "Kubernetes {} synced again",
+                                        kind.name()
+                                    );
+                                    shared.state.last_recovery = Some(r);
+                                }
+                                let entries = K::entries(&mut shared.view);
+                                let before = entries.len();
+                                entries.retain(|k, _| keep.contains(k));
+                                let removed = before - entries.len();
+                                let prefix = format!("{} ", kind.name());
+                                shared.view.refused.retain(|k, _| {
+                                    !k.starts_with(&prefix) || keep.iter().any(|key| refused_key(kind, key) == *k)
+                                });
+                                let first = !shared.streams[kind.index()].listed;
+                                shared.streams[kind.index()].listed = true;
+                                shared.state.relists += 1;
+                                info!(
+                                    kind = kind.name(),
+                                    objects = keep.len(),
+                                    removed,
+                                    "Kubernetes {} listed",
+                                    kind.name()
+                                );
+                                first || list_changed || removed > 0
+                            })
+                        }
+                        watcher::Event::Apply(obj) => {
+                            let key = K::key(obj.meta());
+                            let converted = obj.convert();
+                            drop(obj);
+                            self.record(kind, arrived, |shared| {
+                                key.is_some_and(|key| {
+                                    note_refusal(shared, kind, &key, converted.error);
+                                    apply(K::entries(&mut shared.view), key, converted.model)
+                                })
+                            })
+                        }
+                        watcher::Event::Delete(obj) => {
+                            let key = K::key(obj.meta());
+                            drop(obj);
+                            self.record(kind, arrived, |shared| {
+                                key.is_some_and(|key| {
+                                    note_refusal(shared, kind, &key, None);
+                                    K::entries(&mut shared.view).remove(&key).is_some()
+                                })
+                            })
+                        }
+                    };
+                    if changed {
+                        self.changed.notify_one();
+                    }
+                }
+                Ok(None) => {
+                    let mut shared = self.shared.lock().expect("policy watch lock");
+                    let s = &mut shared.streams[kind.index()];
+                    s.connected = false;
+                    s.error = Some("watch stream ended".into());
+                    shared.summarize();
+                    warn!(kind = kind.name(), "Kubernetes watch stream ended");
+                    return;
+                }
+                Err(e) => {
+                    let class = kube_watch::classify(&e);
+                    outage.failed(arrived, class);
+                    {
+                        let mut shared = self.shared.lock().expect("policy watch lock");
+                        let s = &mut shared.streams[kind.index()];
+                        s.connected = false;
+                        s.error = Some(e.to_string());
+                        shared.summarize();
+                    }
+                    warn!(kind = kind.name(), error = %e, ?class, "Kubernetes watch error; retrying");
+                    retry.wait(class).await;
+                }
+            }
+        }
+    }
+
+    /// Count an event and apply `change` under the lock; returns whether
+    /// the view changed (then the generation moves).
+    fn record(&self, kind: Kind, arrived: Instant, change: impl FnOnce(&mut Shared) -> bool) -> bool {
+        let mut shared = self.shared.lock().expect("policy watch lock");
+        let s = &mut shared.streams[kind.index()];
+        s.connected = true;
+        s.error = None;
+        shared.state.events += 1;
+        shared.state.last_event_unix = now_unix();
+        let changed = change(&mut shared);
+        if changed {
+            shared.changed(arrived);
+        }
+        shared.summarize();
+        changed
+    }
+
+    /// A copy of the view and the watches' state.
+    pub fn snapshot(&self) -> (PolicyView, PolicyWatchState) {
+        let shared = self.shared.lock().expect("policy watch lock");
+        (shared.view.clone(), shared.state.clone())
+    }
+
+    /// Read the view in place under the watchers' lock (keep `f` short).
+    pub fn with_view<R>(&self, f: impl FnOnce(&PolicyView, &PolicyWatchState) -> R) -> R {
+        let shared = self.shared.lock().expect("policy watch lock");
+        f(&shared.view, &shared.state)
+    }
+
+    /// As `with_view`, and take the pending change's start (under the same
+    /// lock: a change after this call starts a new pending period).
+    pub fn take_pending<R>(&self, f: impl FnOnce(&PolicyView, &PolicyWatchState) -> R) -> (R, Option<Instant>) {
+        let mut shared = self.shared.lock().expect("policy watch lock");
+        let r = f(&shared.view, &shared.state);
+        let since = if shared.state.synced { shared.state.pending_since.take() } else { None };
+        (r, since)
+    }
+}
+
+fn note_refusal(shared: &mut Shared, kind: Kind, key: &impl std::fmt::Display, error: Option<String>) {
+    let k = refused_key(kind, key);
+    match error {
+        Some(e) => {
+            if shared.view.refused.get(&k) != Some(&e) {
+                warn!(object = %k, error = %e, "Kubernetes object not fully understood");
+            }
+            shared.view.refused.insert(k, e);
+        }
+        None => {
+            shared.view.refused.remove(&k);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use serde_json::json;
+
+    use super::*;
+    use crate::policy::{model::Protocol, selector::LabelSelector};
+
+    fn pod(v: serde_json::Value) -> core::Pod {
+        serde_json::from_value(v).unwrap()
+    }
+
+    #[test]
+    fn a_pod_with_unreadable_ports_keeps_its_labels_and_addresses() {
+        let p = pod(json!({
+            "metadata": {"namespace": "x", "name": "a", "labels": {"pod": "a"}},
+            "spec": {"nodeName": "n1", "containers": [{"name": "c", "ports": [{"containerPort": 80, "protocol": "ICMP"}]}]},
+            "status": {"phase": "Running", "podIP": "10.244.1.5", "podIPs": [{"ip": "10.244.1.5"}]}
+        }));
+        let c = pod_from_k8s(&p);
+        let m = c.model.expect("kept");
+        assert_eq!(m.labels["pod"], "a");
+        assert_eq!(m.ips, vec!["10.244.1.5".parse::<std::net::Ipv4Addr>().unwrap()]);
+        assert!(m.ports.is_empty());
+        assert!(c.error.unwrap().contains("ICMP"));
+        // The same pod with a readable port: no error, the port kept.
+        let mut ok = p.clone();
+        ok.spec.as_mut().unwrap().containers[0].ports.as_mut().unwrap()[0].protocol = Some("UDP".into());
+        let c = pod_from_k8s(&ok);
+        assert!(c.error.is_none());
+        assert_eq!(c.model.unwrap().ports[0].protocol, Protocol::Udp);
+    }
+
+    #[test]
+    fn a_finished_pod_keeps_no_address() {
+        for (phase, kept) in [("Running", true), ("Pending", true), ("Succeeded", false), ("Failed", false)] {
+            let p = pod(json!({
+                "metadata": {"namespace": "x", "name": "a"},
+                "spec": {"nodeName": "n1", "containers": [{"name": "c"}]},
+                "status": {"phase": phase, "podIP": "10.244.1.5"}
+            }));
+            let m = pod_from_k8s(&p).model.unwrap();
+            assert_eq!(!m.ips.is_empty(), kept, "{phase}");
+        }
+    }
+
+    #[test]
+    fn a_refused_policy_is_kept_as_its_isolating_stand_in_with_its_error() {
+        let p: networking::NetworkPolicy = serde_json::from_value(json!({
+            "metadata": {"namespace": "x", "name": "p"},
+            "spec": {"podSelector": {"matchLabels": {"pod": "a"}}, "ingress": [{"ports": [{"protocol": "ICMP"}]}]}
+        }))
+        .unwrap();
+        let c = policy_from_k8s(&p);
+        let m = c.model.expect("a stand-in");
+        assert_eq!(m.pod_selector, LabelSelector::labels([("pod", "a")]));
+        assert!(m.types.ingress && m.ingress.is_empty());
+        assert!(c.error.unwrap().contains("ICMP"));
+    }
+}

@@ -9,8 +9,13 @@
 //!   membership (today `map_routes`, the BPF routes map).
 //! - `daemon/`: `sluice-agent run`: start-up, the loop, the sweep of dead
 //!   pods, installing the plugin and its conflist.
-//! - `commands/`: on-call: `status`, `connectivity-test`, `cleanup`, and the
-//!   health endpoint `connectivity-test` probes.
+//! - `commands/`: on-call, one module a command: `status`,
+//!   `connectivity-test`, `monitor`, `cleanup`, `node-init`.
+//! - `health_endpoint/`: the namespace wired like a pod that every node
+//!   keeps for `connectivity-test` to probe (the daemon makes and serves
+//!   it, `cleanup` removes it).
+//! - `privileges/`: the capabilities each command needs, and the hint
+//!   naming the missing ones when a call is refused.
 //! - `services/`: Services in eBPF: the model, its Kubernetes watchers, the
 //!   plan the socket load balancer's maps are kept in step with.
 //! - `policy/`: NetworkPolicy's pure core: model, selectors, identities,
@@ -19,9 +24,11 @@
 pub mod commands;
 pub mod config;
 pub mod daemon;
+pub mod health_endpoint;
 pub mod kube_watch;
 pub mod membership;
 pub mod policy;
+pub mod privileges;
 pub mod reconcile;
 pub mod services;
 pub mod state_file;

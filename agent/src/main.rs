@@ -4,10 +4,14 @@ use std::{path::PathBuf, process::ExitCode, time::Duration};
 use anyhow::{bail, Context, Result};
 use clap::{Parser, Subcommand};
 use sluice_agent::{
-    commands::{cleanup, connectivity, monitor, node_init, privileges, service_table, status},
+    commands::{
+        cleanup, connectivity, monitor, node_init,
+        status::{self, service_table},
+    },
     config::AgentConfig,
     daemon::{self, plugin_install, Source, Timing},
     membership::kubernetes::KubeNodes,
+    privileges,
     services::kubernetes::KubeServices,
 };
 use sluice_node::{datapath::pins::PinDir, paths};

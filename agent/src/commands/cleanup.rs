@@ -11,7 +11,7 @@ use tracing::info;
 
 use sluice_node::{datapath::pins::PinDir, net::netlink::Netlink, paths::PLUGIN_TYPE, pod::names};
 
-use super::health_endpoint;
+use crate::health_endpoint;
 use crate::{
     daemon::cni_conf,
     reconcile::{kernel_routes, masquerade},

@@ -1,12 +1,8 @@
-//! What an operator runs on a node (`status`, `connectivity-test`,
-//! `cleanup`), the health endpoint every node keeps for
-//! `connectivity-test` to probe, the init containers' node preparation
-//! (`node-init`), and the capabilities each command needs (`privileges`).
+//! What an operator runs on a node, one module a command: `status` (and
+//! `status --services`), `connectivity-test`, `monitor`, `cleanup`, and
+//! the init containers' node preparation (`node-init`).
 pub mod cleanup;
 pub mod connectivity;
-pub mod health_endpoint;
 pub mod monitor;
 pub mod node_init;
-pub mod privileges;
-pub mod service_table;
 pub mod status;

@@ -1,6 +1,8 @@
 //! `sluice-agent status`: what a person on call needs at a glance. Read from
 //! the pinned maps and the agent's state file only, so it works (and says
 //! so) while the agent is down.
+pub mod service_table;
+
 use std::{collections::BTreeMap, path::Path};
 
 use serde_json::{json, Value};

@@ -30,11 +30,12 @@ use sluice_node::{
         sock_lb, Datapath, MapSizes,
     },
     net::netlink::Netlink,
+    pod::device::PodDevice,
 };
 
 use crate::{
-    commands::health_endpoint,
     config::AgentConfig,
+    health_endpoint,
     membership::{self, kubernetes::KubeNodes, peers_file::PeersFile, Membership, Problem, Ranges},
     reconcile::{kernel_routes, map_routes, masquerade},
     services::kubernetes::KubeServices,
@@ -139,6 +140,34 @@ impl Reconcilers {
             None => self.netfilter = Some(netfilter_worker::NetfilterWorker::start(desired).await?),
         }
         Ok(failed)
+    }
+
+    /// The reconcilers, with membership's first pass applied: the netfilter
+    /// state (pods must never reach the world unmasqueraded) before
+    /// anything else goes on.
+    async fn start(
+        netlink: &Netlink,
+        node: &AgentConfig,
+        uplink: &Uplink,
+        datapath: &DatapathUp,
+        membership: &Membership,
+    ) -> Result<Self> {
+        let mut reconcilers = Reconcilers {
+            routes_map: NodeRoutes::open(&datapath.pins)?,
+            netlink: netlink.clone(),
+            uplink_ifindex: uplink.link.index,
+            vxlan_ifindex: datapath.vxlan_ifindex,
+            node_ip: uplink.address.ip,
+            masquerade: node.masquerade,
+            cluster_cidr: node.cluster_cidr,
+            non_masquerade: node.non_masquerade_cidr.clone(),
+            netfilter: None,
+        };
+        for failure in reconcilers.pass(membership).await? {
+            // Reported in `status` from the first pass of the loop on.
+            warn!(%failure, "kernel route not applied at start");
+        }
+        Ok(reconcilers)
     }
 
     /// The masquerade counter the netfilter worker keeps (empty before the
@@ -286,6 +315,291 @@ async fn initial_membership(source: &Source, node: &AgentConfig, ranges: &Ranges
     }
 }
 
+/// This node's uplink and what start-up learnt from it.
+struct Uplink {
+    link: sluice_node::net::netlink::LinkInfo,
+    /// The pods' MTU (`--mtu`, or the uplink's less the tunnel's overhead).
+    pod_mtu: u32,
+    address: node_address::NodeAddress,
+}
+
+/// The uplink (see `choose_uplink`), the pods' MTU and the node's address on it.
+async fn discover_uplink(netlink: &Netlink, node: &mut AgentConfig) -> Result<Uplink> {
+    let link = choose_uplink(netlink, node).await?;
+    let pod_mtu = tunnel::pod_mtu(node.mtu, link.mtu, node.tunnel);
+    if pod_mtu > link.mtu {
+        bail!("--mtu {pod_mtu} is larger than uplink {}'s MTU {}", node.uplink, link.mtu);
+    }
+    let (node_ip, prefix) =
+        netlink.first_ipv4(link.index).await?.with_context(|| format!("uplink {} has no IPv4 address", node.uplink))?;
+    let address = node_address::NodeAddress::new(node_ip, prefix)?;
+    Ok(Uplink { link, pod_mtu, address })
+}
+
+/// This node's pod CIDR from the first membership, checked against the
+/// flags and the node's network.
+fn own_pod_cidr(membership: &Membership, node: &AgentConfig, node_network: Ipv4Network) -> Result<Ipv4Network> {
+    let pod_cidr = membership.own_pod_cidr.expect("initial_membership waits for it");
+    node.validate_pod_cidr(pod_cidr, node_network).context("invalid pod CIDR")?;
+    if let Some(p) = membership.problems.iter().find(|p| p.involves_own_cidr()) {
+        bail!("invalid pod CIDR {pod_cidr}: {p}");
+    }
+    Ok(pod_cidr)
+}
+
+/// What `bring_up_datapath` attached, and how.
+struct DatapathUp {
+    pins: PinDir,
+    pod_device: PodDevice,
+    pod_device_why: String,
+    /// The VXLAN device (0: `--tunnel=never`).
+    vxlan_ifindex: u32,
+    /// Pods whose links were updated to this version's programs.
+    pods: usize,
+    /// The socket load balancer's cgroup, when Services are in eBPF.
+    sock_lb_cgroup: Option<PathBuf>,
+}
+
+/// Load (or take over) the datapath: the pinned maps, `NODE_CONFIG`, the
+/// uplink's programs, the VXLAN device, every pod's links, the socket load
+/// balancer; and IP forwarding.
+async fn bring_up_datapath(
+    netlink: &Netlink,
+    node: &AgentConfig,
+    uplink: &Uplink,
+    pod_cidr: Ipv4Network,
+    services: bool,
+) -> Result<DatapathUp> {
+    let (pod_device, pod_device_why) = pod_device::decide(netlink, node.device).await?;
+    let pins = PinDir::new(&node.pin_dir);
+    let (stack_flows, stack_flows_why) = map_sizes::stack_flows(node.stack_flows_max, map_sizes::read_conntrack_max());
+    info!(stack_flows, from = %stack_flows_why, "STACK_FLOWS size");
+    let mut datapath = Datapath::load_sized(&pins, &MapSizes { stack_flows: Some(stack_flows) })?;
+    let node_config = sluice_common::NodeConfig {
+        uplink_ifindex: uplink.link.index,
+        node_ip_be: pinned_maps::ip_be(uplink.address.ip),
+        ..Default::default()
+    };
+    // The pod CIDR too: the CNI plugin refuses a conflist that disagrees.
+    pinned_maps::write_node_config(&pins, pinned_maps::with_pod_cidr(node_config, pod_cidr))?;
+    datapath.attach(programs::FROM_UPLINK, &node.uplink)?;
+    datapath.attach(programs::TO_UPLINK, &node.uplink)?;
+    let vxlan_ifindex =
+        tunnel::ensure(netlink, &mut datapath, &pins, node.tunnel, uplink.link.index).await.context("VXLAN device")?;
+    let pods = datapath.update_pod_links()?;
+    let sock_lb_cgroup = attach_or_detach_sock_lb(node, &mut datapath, &pins, services)?;
+    // The node's stack forwards pods' traffic to the world, to other nodes'
+    // host processes and through kube-proxy's DNAT.
+    sysctl::ensure_ip_forward()?;
+    Ok(DatapathUp { pins, pod_device, pod_device_why, vxlan_ifindex, pods, sock_lb_cgroup })
+}
+
+/// What the node serves: the health endpoint (`connectivity-test` probes
+/// it), the Services loop (when Services are in eBPF) and metrics.
+async fn serve_node_endpoints(
+    netlink: &Netlink,
+    node: &AgentConfig,
+    uplink: &Uplink,
+    pod_cidr: Ipv4Network,
+    datapath: &DatapathUp,
+    services: Option<KubeServices>,
+    reconcilers: &Reconcilers,
+) -> Result<(PathBuf, metrics::AgentMetrics, service_lb::SharedState)> {
+    let pins = &datapath.pins;
+    let health_netns = health_endpoint::ensure(netlink, pins, &node.health_netns_name(), pod_cidr, uplink.pod_mtu)
+        .await
+        .context("health endpoint")?;
+    health_endpoint::responder::serve(&health_netns, &node.node_name)?;
+    let agent_metrics = metrics::AgentMetrics::default();
+    let service_lb_state = service_lb::SharedState::default();
+    if let (Some(kube), Some(cgroup)) = (services, &datapath.sock_lb_cgroup) {
+        start_services_loop(kube, cgroup, node, pins, &agent_metrics, &service_lb_state);
+    }
+    if let Some(bind) = node.metrics_bind()? {
+        let masquerade = reconcilers.masquerade_counter();
+        let registry = metrics::registry(pins, &node.data_dir, &agent_metrics, masquerade);
+        metrics::serve(bind.socket(uplink.address.ip), registry).await?;
+    }
+    Ok((health_netns, agent_metrics, service_lb_state))
+}
+
+/// Install the bundled CNI plugin into `--cni-bin-dir`, if given.
+fn install_plugin(node: &AgentConfig) -> Result<()> {
+    if let Some(dir) = &node.cni_bin_dir {
+        let dest = plugin_install::install_plugin(&plugin_install::bundled_plugin()?, dir)?;
+        info!(path = %dest.display(), "CNI plugin installed");
+    }
+    Ok(())
+}
+
+/// Write the conflist into `--cni-conf-dir`, if given: from then on the
+/// runtime sends this node's pods to the plugin.
+fn write_conflist(node: &AgentConfig, pod_cidr: Ipv4Network, mtu: u32, pod_device: PodDevice) -> Result<()> {
+    if let Some(dir) = &node.cni_conf_dir {
+        let mut conf = cni_conf::render(pod_cidr, mtu, pod_device, &node.pin_dir, &node.data_dir);
+        if node.host_ports {
+            cni_conf::chain_portmap(&mut conf);
+        }
+        let path = cni_conf::write(dir, &conf)?;
+        info!(path = %path.display(), "CNI config written");
+    }
+    Ok(())
+}
+
+/// What the daemon tells the commands before its first pass.
+fn initial_state(
+    node: &AgentConfig,
+    source: &Source,
+    timing: &Timing,
+    uplink: &Uplink,
+    pod_cidr: Ipv4Network,
+    datapath: &DatapathUp,
+    health_netns: &std::path::Path,
+) -> AgentState {
+    AgentState {
+        pid: std::process::id(),
+        version: env!("CARGO_PKG_VERSION").to_string(),
+        node_name: node.node_name.clone(),
+        uplink: node.uplink.clone(),
+        pod_cidr: pod_cidr.to_string(),
+        membership: source.name().to_string(),
+        started_unix: now_unix(),
+        resync_ms: timing.resync.as_millis() as u64,
+        health_netns: health_netns.display().to_string(),
+        health_ip: health_endpoint::health_ip(pod_cidr).to_string(),
+        pod_device: datapath.pod_device.to_string(),
+        pod_device_why: datapath.pod_device_why.clone(),
+        uplink_mtu: uplink.link.mtu,
+        pod_mtu: uplink.pod_mtu,
+        ..Default::default()
+    }
+}
+
+/// What the loop keeps from one pass to the next.
+struct Daemon {
+    node: AgentConfig,
+    source: Source,
+    netlink: Netlink,
+    pins: PinDir,
+    uplink_ifindex: u32,
+    address: node_address::NodeAddress,
+    ranges: Ranges,
+    pod_cidr: Ipv4Network,
+    reconcilers: Reconcilers,
+    metrics: metrics::AgentMetrics,
+    /// The Services loop's state, when Services are in eBPF.
+    service_lb: Option<service_lb::SharedState>,
+    state: AgentState,
+    last_error: Option<String>,
+    last_problems: Vec<Problem>,
+}
+
+impl Daemon {
+    /// Pass after pass, on each tick or membership change, sweeping on its
+    /// own timer, until SIGTERM or SIGINT.
+    async fn keep_in_step(mut self, timing: &Timing) -> Result<()> {
+        let mut tick = tokio::time::interval(timing.resync);
+        let mut sweep_tick = tokio::time::interval(timing.sweep_interval);
+        sweep_tick.tick().await; // the first tick is immediate; we just swept
+        let mut sigterm = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+        let changed = match &self.source {
+            Source::Kubernetes(k) => Some(k.changed.clone()),
+            Source::PeersFile(_) => None,
+        };
+        loop {
+            self.pass().await;
+            tokio::select! {
+                _ = tick.tick() => {}
+                _ = async { match &changed { Some(n) => n.notified().await, None => std::future::pending().await } } => {}
+                _ = sweep_tick.tick() => sweep(&self.netlink, &self.node, self.pod_cidr, &self.pins, timing.sweep_grace).await,
+                _ = sigterm.recv() => return Ok(()),
+                _ = tokio::signal::ctrl_c() => return Ok(()),
+            }
+        }
+    }
+
+    /// The loop's body: follow the uplink's address, apply membership,
+    /// and tell the commands (state file) and metrics how it went.
+    async fn pass(&mut self) {
+        follow_uplink_address(
+            &self.netlink,
+            &self.pins,
+            self.uplink_ifindex,
+            &mut self.address,
+            &mut self.ranges,
+            &mut self.reconcilers,
+        )
+        .await;
+        match self.apply_membership().await {
+            Ok((m, failed_routes)) => self.applied(m, failed_routes),
+            Err(e) => self.not_applied(e),
+        }
+        self.publish();
+    }
+
+    /// Desired state is read whole on every pass; the diff makes that
+    /// cheap and a missed change impossible.
+    async fn apply_membership(&mut self) -> Result<(Membership, Vec<kernel_routes::RouteFailure>)> {
+        let m = self
+            .source
+            .membership(&self.node, Some(self.pod_cidr), &self.ranges)
+            .and_then(|m| m.context("membership not known"))?;
+        let started = std::time::Instant::now();
+        let done = self.reconcilers.pass(&m).await;
+        self.metrics.reconcile_seconds.observe(started.elapsed().as_secs_f64());
+        done.map(|failed| (m, failed))
+    }
+
+    fn applied(&mut self, m: Membership, failed_routes: Vec<kernel_routes::RouteFailure>) {
+        if m.problems != self.last_problems {
+            for p in &m.problems {
+                warn!(problem = %p, "membership");
+            }
+            self.last_problems = m.problems.clone();
+        }
+        let state = &mut self.state;
+        state.route_nodes = m.route_nodes.iter().map(|(c, n)| (c.to_string(), n.clone())).collect();
+        state.route_paths = m.paths.iter().map(|(c, p)| (c.to_string(), *p)).collect();
+        self.metrics.set_problems(&m.problems, failed_routes.len());
+        state.problems = m.problems;
+        let failures: Vec<String> = failed_routes.iter().map(ToString::to_string).collect();
+        if failures != state.kernel_route_failures {
+            for f in &failures {
+                warn!(failure = %f, "kernel route not applied; every other one was");
+            }
+        }
+        state.kernel_route_failures = failures;
+        self.last_error = self.reconcilers.netfilter_error();
+    }
+
+    fn not_applied(&mut self, e: anyhow::Error) {
+        let msg = format!("{e:#}");
+        // Keep the routes we have: a bad edit must not cut traffic.
+        if self.last_error.as_deref() != Some(&msg) {
+            error!(error = %msg, "membership not applied; keeping current routes");
+        }
+        self.last_error = Some(msg);
+    }
+
+    /// The state file and the metrics that follow it.
+    fn publish(&mut self) {
+        let state = &mut self.state;
+        state.last_error = self.last_error.clone();
+        state.kubernetes = match &self.source {
+            Source::Kubernetes(k) => Some(k.snapshot().1),
+            Source::PeersFile(_) => None,
+        };
+        self.metrics.set_kubernetes(state.kubernetes.clone());
+        state.service_lb = self.service_lb.as_ref().map(|s| s.lock().expect("service state lock").clone());
+        self.metrics.set_recovery("nodes", state.kubernetes.as_ref().and_then(|k| k.last_recovery.as_ref()));
+        self.metrics.set_recovery("services", state.service_lb.as_ref().and_then(|s| s.watch_recovery.as_ref()));
+        state.updated_unix = now_unix();
+        if let Err(e) = state_file::write(&self.node.data_dir, state) {
+            warn!(error = %format!("{e:#}"), "cannot write agent state");
+        }
+    }
+}
+
 pub async fn run(
     mut node: AgentConfig,
     source: Source,
@@ -299,194 +613,51 @@ pub async fn run(
     // agent is pid 1. The file comes back once the datapath is up.
     state_file::remove(&node.data_dir)?;
     let netlink = Netlink::open()?;
-    let uplink = choose_uplink(&netlink, &mut node).await?;
-    let mtu = tunnel::pod_mtu(node.mtu, uplink.mtu, node.tunnel);
-    if mtu > uplink.mtu {
-        bail!("--mtu {mtu} is larger than uplink {}'s MTU {}", node.uplink, uplink.mtu);
-    }
-    let (node_ip, prefix) = netlink
-        .first_ipv4(uplink.index)
-        .await?
-        .with_context(|| format!("uplink {} has no IPv4 address", node.uplink))?;
-    let mut address = node_address::NodeAddress::new(node_ip, prefix)?;
-    let node_network = address.network;
+    let uplink = discover_uplink(&netlink, &mut node).await?;
+    let node_ip = uplink.address.ip;
     require_bpffs(&node, &bpffs_mount)?;
 
-    let mut ranges = Ranges {
+    let ranges = Ranges {
         cluster: node.cluster_cidr,
         service: node.service_cidr,
-        node_network: Some(node_network),
+        node_network: Some(uplink.address.network),
         tunnel: node.tunnel,
         own_ip: Some(node_ip),
     };
     let membership = initial_membership(&source, &node, &ranges).await?;
-    let pod_cidr = membership.own_pod_cidr.expect("initial_membership waits for it");
-    node.validate_pod_cidr(pod_cidr, node_network).context("invalid pod CIDR")?;
-    if let Some(p) = membership.problems.iter().find(|p| p.involves_own_cidr()) {
-        bail!("invalid pod CIDR {pod_cidr}: {p}");
-    }
+    let pod_cidr = own_pod_cidr(&membership, &node, uplink.address.network)?;
     info!(node = %node.node_name, %pod_cidr, source = source.name(), "membership known");
 
-    let (pod_device, pod_device_why) = pod_device::decide(&netlink, node.device).await?;
-    let pins = PinDir::new(&node.pin_dir);
-    let (stack_flows, stack_flows_why) = map_sizes::stack_flows(node.stack_flows_max, map_sizes::read_conntrack_max());
-    info!(stack_flows, from = %stack_flows_why, "STACK_FLOWS size");
-    let mut datapath = Datapath::load_sized(&pins, &MapSizes { stack_flows: Some(stack_flows) })?;
-    let node_config = sluice_common::NodeConfig {
-        uplink_ifindex: uplink.index,
-        node_ip_be: pinned_maps::ip_be(node_ip),
-        ..Default::default()
-    };
-    // The pod CIDR too: the CNI plugin refuses a conflist that disagrees.
-    pinned_maps::write_node_config(&pins, pinned_maps::with_pod_cidr(node_config, pod_cidr))?;
-    datapath.attach(programs::FROM_UPLINK, &node.uplink)?;
-    datapath.attach(programs::TO_UPLINK, &node.uplink)?;
-    let vxlan_ifindex =
-        tunnel::ensure(&netlink, &mut datapath, &pins, node.tunnel, uplink.index).await.context("VXLAN device")?;
-    let pods = datapath.update_pod_links()?;
-    let sock_lb_cgroup = attach_or_detach_sock_lb(&node, &mut datapath, &pins, services.is_some())?;
-    // The node's stack forwards pods' traffic to the world, to other nodes'
-    // host processes and through kube-proxy's DNAT.
-    sysctl::ensure_ip_forward()?;
-    let mut reconcilers = Reconcilers {
-        routes_map: NodeRoutes::open(&pins)?,
-        netlink: netlink.clone(),
-        uplink_ifindex: uplink.index,
-        vxlan_ifindex,
-        node_ip,
-        masquerade: node.masquerade,
-        cluster_cidr: node.cluster_cidr,
-        non_masquerade: node.non_masquerade_cidr.clone(),
-        netfilter: None,
-    };
-    for failure in reconcilers.pass(&membership).await? {
-        // Reported in `status` from the first pass of the loop on.
-        warn!(%failure, "kernel route not applied at start");
-    }
-    info!(node = %node.node_name, uplink = %node.uplink, %node_ip, mtu, pods, "datapath ready");
+    let datapath = bring_up_datapath(&netlink, &node, &uplink, pod_cidr, services.is_some()).await?;
+    let pins = datapath.pins.clone();
+    let reconcilers = Reconcilers::start(&netlink, &node, &uplink, &datapath, &membership).await?;
+    info!(node = %node.node_name, uplink = %node.uplink, %node_ip, mtu = uplink.pod_mtu, pods = datapath.pods, "datapath ready");
 
-    let health_netns = health_endpoint::ensure(&netlink, &pins, &node.health_netns_name(), pod_cidr, mtu)
-        .await
-        .context("health endpoint")?;
-    health_endpoint::serve(&health_netns, &node.node_name)?;
-    let agent_metrics = metrics::AgentMetrics::default();
-    let service_lb_state = service_lb::SharedState::default();
-    if let (Some(kube), Some(cgroup)) = (services, &sock_lb_cgroup) {
-        start_services_loop(kube, cgroup, &node, &pins, &agent_metrics, &service_lb_state);
-    }
-    if let Some(bind) = node.metrics_bind()? {
-        let masquerade = reconcilers.masquerade_counter();
-        let registry = metrics::registry(&pins, &node.data_dir, &agent_metrics, masquerade);
-        metrics::serve(bind.socket(node_ip), registry).await?;
-    }
+    let (health_netns, agent_metrics, service_lb_state) =
+        serve_node_endpoints(&netlink, &node, &uplink, pod_cidr, &datapath, services, &reconcilers).await?;
 
-    if let Some(dir) = &node.cni_bin_dir {
-        let dest = plugin_install::install_plugin(&plugin_install::bundled_plugin()?, dir)?;
-        info!(path = %dest.display(), "CNI plugin installed");
-    }
+    install_plugin(&node)?;
     sweep(&netlink, &node, pod_cidr, &pins, timing.sweep_grace).await;
-    if let Some(dir) = &node.cni_conf_dir {
-        let mut conf = cni_conf::render(pod_cidr, mtu, pod_device, &node.pin_dir, &node.data_dir);
-        if node.host_ports {
-            cni_conf::chain_portmap(&mut conf);
-        }
-        let path = cni_conf::write(dir, &conf)?;
-        info!(path = %path.display(), "CNI config written");
-    }
+    write_conflist(&node, pod_cidr, uplink.pod_mtu, datapath.pod_device)?;
 
-    let mut state = AgentState {
-        pid: std::process::id(),
-        version: env!("CARGO_PKG_VERSION").to_string(),
-        node_name: node.node_name.clone(),
-        uplink: node.uplink.clone(),
-        pod_cidr: pod_cidr.to_string(),
-        membership: source.name().to_string(),
-        started_unix: now_unix(),
-        resync_ms: timing.resync.as_millis() as u64,
-        health_netns: health_netns.display().to_string(),
-        health_ip: health_endpoint::health_ip(pod_cidr).to_string(),
-        pod_device: pod_device.to_string(),
-        pod_device_why,
-        uplink_mtu: uplink.mtu,
-        pod_mtu: mtu,
-        ..Default::default()
+    let state = initial_state(&node, &source, &timing, &uplink, pod_cidr, &datapath, &health_netns);
+    let daemon = Daemon {
+        service_lb: datapath.sock_lb_cgroup.as_ref().map(|_| service_lb_state),
+        node,
+        source,
+        netlink,
+        pins,
+        uplink_ifindex: uplink.link.index,
+        address: uplink.address,
+        ranges,
+        pod_cidr,
+        reconcilers,
+        metrics: agent_metrics,
+        state,
+        last_error: None,
+        last_problems: Vec::new(),
     };
-    let mut last_error: Option<String> = None;
-    let mut last_problems: Vec<Problem> = Vec::new();
-    let mut tick = tokio::time::interval(timing.resync);
-    let mut sweep_tick = tokio::time::interval(timing.sweep_interval);
-    sweep_tick.tick().await; // the first tick is immediate; we just swept
-    let mut sigterm = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
-    let changed = match &source {
-        Source::Kubernetes(k) => Some(k.changed.clone()),
-        Source::PeersFile(_) => None,
-    };
-    loop {
-        follow_uplink_address(&netlink, &pins, uplink.index, &mut address, &mut ranges, &mut reconcilers).await;
-        // Desired state is read whole on every pass; the diff makes that
-        // cheap and a missed change impossible.
-        let outcome =
-            match source.membership(&node, Some(pod_cidr), &ranges).and_then(|m| m.context("membership not known")) {
-                Ok(m) => {
-                    let started = std::time::Instant::now();
-                    let done = reconcilers.pass(&m).await;
-                    agent_metrics.reconcile_seconds.observe(started.elapsed().as_secs_f64());
-                    done.map(|failed| (m, failed))
-                }
-                Err(e) => Err(e),
-            };
-        match outcome {
-            Ok((m, failed_routes)) => {
-                if m.problems != last_problems {
-                    for p in &m.problems {
-                        warn!(problem = %p, "membership");
-                    }
-                    last_problems = m.problems.clone();
-                }
-                state.route_nodes = m.route_nodes.iter().map(|(c, n)| (c.to_string(), n.clone())).collect();
-                state.route_paths = m.paths.iter().map(|(c, p)| (c.to_string(), *p)).collect();
-                agent_metrics.set_problems(&m.problems, failed_routes.len());
-                state.problems = m.problems;
-                let failures: Vec<String> = failed_routes.iter().map(ToString::to_string).collect();
-                if failures != state.kernel_route_failures {
-                    for f in &failures {
-                        warn!(failure = %f, "kernel route not applied; every other one was");
-                    }
-                }
-                state.kernel_route_failures = failures;
-                last_error = reconcilers.netfilter_error();
-            }
-            Err(e) => {
-                let msg = format!("{e:#}");
-                // Keep the routes we have: a bad edit must not cut traffic.
-                if last_error.as_deref() != Some(&msg) {
-                    error!(error = %msg, "membership not applied; keeping current routes");
-                }
-                last_error = Some(msg);
-            }
-        }
-        state.last_error = last_error.clone();
-        state.kubernetes = match &source {
-            Source::Kubernetes(k) => Some(k.snapshot().1),
-            Source::PeersFile(_) => None,
-        };
-        agent_metrics.set_kubernetes(state.kubernetes.clone());
-        state.service_lb =
-            sock_lb_cgroup.as_ref().map(|_| service_lb_state.lock().expect("service state lock").clone());
-        agent_metrics.set_recovery("nodes", state.kubernetes.as_ref().and_then(|k| k.last_recovery.as_ref()));
-        agent_metrics.set_recovery("services", state.service_lb.as_ref().and_then(|s| s.watch_recovery.as_ref()));
-        state.updated_unix = now_unix();
-        if let Err(e) = state_file::write(&node.data_dir, &state) {
-            warn!(error = %format!("{e:#}"), "cannot write agent state");
-        }
-        tokio::select! {
-            _ = tick.tick() => {}
-            _ = async { match &changed { Some(n) => n.notified().await, None => std::future::pending().await } } => {}
-            _ = sweep_tick.tick() => sweep(&netlink, &node, pod_cidr, &pins, timing.sweep_grace).await,
-            _ = sigterm.recv() => break,
-            _ = tokio::signal::ctrl_c() => break,
-        }
-    }
+    daemon.keep_in_step(&timing).await?;
     warn!("stopping; the datapath stays attached and keeps forwarding");
     Ok(())
 }

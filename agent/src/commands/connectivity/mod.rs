@@ -35,7 +35,7 @@ use sluice_node::{
     net::{netlink::Netlink, netns, vxlan},
 };
 
-use super::health_endpoint as health;
+use crate::health_endpoint as health;
 use crate::{
     membership::PeerPath,
     reconcile::{

@@ -2,27 +2,30 @@
 //! the pod CIDR's first host address (which IPAM never hands out), with a
 //! TCP responder on `HEALTH_PORT`. Every agent keeps one, so
 //! `connectivity-test` can probe any node through the real pod datapath.
+//!
+//! The agent wires it at start (`ensure`) and serves it (`responder`);
+//! `cleanup` removes it; `connectivity-test` probes every node's.
 use std::{
     fs::File,
-    net::{Ipv4Addr, TcpListener},
+    net::Ipv4Addr,
     os::fd::AsRawFd,
     path::{Path, PathBuf},
 };
 
 use anyhow::{Context, Result};
 use ipnetwork::Ipv4Network;
-use nix::{
-    mount::{mount, MsFlags},
-    sched::{unshare, CloneFlags},
-};
-use tokio::io::AsyncWriteExt;
-use tracing::{info, warn};
+use tracing::info;
 
 use sluice_node::{
     datapath::{pinned_maps::Endpoints, pins::PinDir},
     net::{netlink::Netlink, netns},
     pod::{device::PodDevice, plumbing},
 };
+
+pub mod named_netns;
+pub mod responder;
+
+use named_netns::{ensure_named_netns, is_netns_file};
 
 pub const HEALTH_PORT: u16 = 4240;
 /// Host-side veth of the health endpoint (no container ID to derive from).
@@ -32,34 +35,6 @@ const PEER_TMP: &str = "slhealthp";
 /// The health endpoint's address: the pod CIDR's first host address.
 pub fn health_ip(pod_cidr: Ipv4Network) -> Ipv4Addr {
     Ipv4Addr::from(u32::from(pod_cidr.network()) + 1)
-}
-
-/// NSFS_MAGIC: a bind-mounted namespace file.
-fn is_netns_file(path: &Path) -> bool {
-    nix::sys::statfs::statfs(path).map(|s| s.filesystem_type().0 == 0x6e736673).unwrap_or(false)
-}
-
-/// A named network namespace under /run/netns (as `ip netns add` makes).
-pub fn ensure_named_netns(name: &str) -> Result<PathBuf> {
-    let dir = Path::new("/run/netns");
-    std::fs::create_dir_all(dir)?;
-    let path = dir.join(name);
-    if is_netns_file(&path) {
-        return Ok(path);
-    }
-    File::create(&path).with_context(|| format!("create {}", path.display()))?;
-    let target = path.clone();
-    std::thread::spawn(move || -> Result<()> {
-        // This thread gets a new network namespace, pinned by a bind mount;
-        // the thread then ends and the namespace stays.
-        unshare(CloneFlags::CLONE_NEWNET).context("unshare network namespace")?;
-        mount(Some("/proc/thread-self/ns/net"), &target, None::<&str>, MsFlags::MS_BIND, None::<&str>)
-            .with_context(|| format!("bind-mount namespace at {}", target.display()))?;
-        Ok(())
-    })
-    .join()
-    .map_err(|_| anyhow::anyhow!("netns thread panicked"))??;
-    Ok(path)
 }
 
 /// Make sure the endpoint is wired (idempotent: a restart reuses it).
@@ -87,34 +62,6 @@ pub async fn ensure(
     plumbing::attach_pod_programs(pins, PodDevice::Veth, HOST_VETH)?;
     info!(%ip, netns = %path.display(), "health endpoint ready");
     Ok(path)
-}
-
-/// Answer TCP on `HEALTH_PORT` inside the endpoint with "sluice-health <node>".
-pub fn serve(netns_path: &Path, node_name: &str) -> Result<()> {
-    let listener = netns::run_in(netns_path, || {
-        let l = TcpListener::bind(("0.0.0.0", HEALTH_PORT)).context("bind health port")?;
-        l.set_nonblocking(true)?;
-        Ok(l)
-    })?;
-    let listener = tokio::net::TcpListener::from_std(listener)?;
-    let banner = format!("sluice-health {node_name}\n");
-    tokio::spawn(async move {
-        loop {
-            match listener.accept().await {
-                Ok((mut conn, _)) => {
-                    let b = banner.clone();
-                    tokio::spawn(async move {
-                        let _ = conn.write_all(b.as_bytes()).await;
-                    });
-                }
-                Err(e) => {
-                    warn!(error = %e, "health accept failed");
-                    tokio::time::sleep(std::time::Duration::from_millis(100)).await;
-                }
-            }
-        }
-    });
-    Ok(())
 }
 
 /// Remove the endpoint (agent cleanup).

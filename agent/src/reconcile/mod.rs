@@ -6,9 +6,12 @@
 //! - `kernel_routes`: the same routes in the kernel, for the node's own stack.
 //! - `masquerade`: pods' egress NAT (nftables) and the forward accept
 //!   (iptables) for traffic the stack forwards for pods.
+//! - `policy_maps`: NetworkPolicy's maps, kept equal to the compiled policy
+//!   of this node's pods.
 //! - `service_maps`: the socket load balancer's maps, kept equal to the
 //!   Service plan (`services::plan`).
 pub mod kernel_routes;
 pub mod map_routes;
 pub mod masquerade;
+pub mod policy_maps;
 pub mod service_maps;

@@ -689,6 +689,12 @@ impl Lab {
 
     /// A pod on node `i`: its namespace, `sluice-cni` ADD, an echo listener.
     pub fn add_pod(&mut self, i: usize, name: &str) -> Result<Pod> {
+        self.add_pod_with_cni_env(i, name, &[])
+    }
+
+    /// `add_pod` with extra environment for the plugin, as a runtime sets
+    /// it (`CNI_ARGS` with `K8S_POD_NAMESPACE` and `K8S_POD_NAME`).
+    pub fn add_pod_with_cni_env(&mut self, i: usize, name: &str, env: &[(String, String)]) -> Result<Pod> {
         let node = self.state.nodes[i].clone();
         let netns = format!("sl{}{name}", self.state.id);
         add_netns(&netns)?;
@@ -696,7 +702,10 @@ impl Lab {
         self.state.nodes[i].pods.push(pod.clone());
         self.save()?;
         let conf = Self::plugin_config(&node)?;
-        let (ok, out) = self.cni(&node, "ADD", &netns, Some(&netns), &conf)?;
+        let mut call = CniCall::new("ADD", &netns, Some(&netns), conf);
+        call.env = env.to_vec();
+        let outcome = self.cni_call(&node, &call)?;
+        let (ok, out) = (outcome.success, outcome.stdout + &outcome.stderr);
         if !ok {
             bail!("sluice-cni ADD for {name} on {} failed: {out}", node.name);
         }

@@ -22,6 +22,7 @@ pub mod cri;
 pub mod kube_proxy;
 pub mod kubelet;
 pub mod lab;
+pub mod netpol;
 pub mod oci;
 pub mod process;
 pub mod prog_test;

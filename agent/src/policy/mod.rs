@@ -11,7 +11,9 @@
 //! - `evaluate`: verdicts from those entries with the datapath's lookups;
 //!   `reachable(from, to, port, protocol)`.
 //! - `kubernetes`: the Pod, Namespace and NetworkPolicy watchers.
-//! - `upstream_cases` (tests): the Kubernetes e2e suite's 48 cases.
+//! - `upstream_cases`: the Kubernetes e2e suite's 48 cases, written once
+//!   for two labs (`CaseLab`): the pure core's tests here and the truth-table
+//!   lab on real packets (`tests/src/netpol/`).
 pub mod compile;
 pub mod entries;
 pub mod evaluate;
@@ -19,5 +21,4 @@ pub mod identity;
 pub mod kubernetes;
 pub mod model;
 pub mod selector;
-#[cfg(test)]
-mod upstream_cases;
+pub mod upstream_cases;

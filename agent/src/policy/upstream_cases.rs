@@ -1,189 +1,355 @@
-//! The Kubernetes e2e NetworkPolicy suite's cases
-//! (`test/e2e/network/netpol/network_policy.go`), modelled on the pure core:
-//! namespaces x, y, z × pods a, b, c (label `pod: <name>`), every pod
-//! serving 80 and 81 over TCP, UDP and SCTP with named ports
-//! `serve-<port>-<proto>`, spread over two nodes (so each verdict is judged
+//! The Kubernetes e2e NetworkPolicy suite's 48 cases
+//! (`test/e2e/network/netpol/network_policy.go`), written once and run on
+//! two labs: the pure core here (`ModelLab` in the tests below: policies
+//! converted by `model.rs`, verdicts from `evaluate::reach`) and the real
+//! datapath in the truth-table lab (`tests/src/netpol/`: real pods, real
+//! packets). Both implement [`CaseLab`]; a case applies policies and edits
+//! labels as the upstream case does, builds the expected 9×9 matrix as
+//! upstream's reachability table does, and asks the lab to validate every
+//! ordered pair but loopback (upstream ignores it too), which prints both
+//! matrices on a mismatch.
+//!
+//! The world both labs model is upstream's: namespaces x, y, z × pods a, b,
+//! c (label `pod: <name>`), every pod serving 80 and 81 over TCP, UDP and
+//! SCTP with named ports `serve-<port>-<proto>` (containers
+//! `cont-<port>-<proto>`), spread over two nodes (so each verdict is judged
 //! by the source's node for egress and the destination's for ingress, with
-//! node-local identities). Each test builds the policies as the upstream
-//! case does (written here as API objects and converted by `model.rs`),
-//! builds the expected 9×9 matrix as upstream's reachability table does,
-//! and compares every ordered pair but loopback (upstream ignores it too)
-//! with `evaluate::reach`, printing both matrices on a mismatch.
+//! node-local identities).
 //!
 //! Upstream now starts each case with only the pods it needs; these use all
 //! nine in every case (the suite's earlier, full form), which only adds
-//! pairs. Policy updates, deletions and label changes are model edits
-//! between two matrices; what upstream checks with real traffic, and what
-//! stays for the datapath's tests, is how fast and for which connections a
-//! change takes effect, probing through Services, and SCTP on the wire.
+//! pairs. Policy updates, deletions and label changes are steps between two
+//! matrices; what only the lab can check is how fast and for which
+//! connections a change takes effect, probing through Services, and SCTP
+//! on the wire.
 use std::{collections::BTreeMap, fmt::Write as _, net::Ipv4Addr};
 
-use k8s_openapi::api::{core::v1 as core, networking::v1 as networking};
 use serde_json::{json, Value};
 
-use super::{
-    evaluate::{reach, ClusterMaps, Reach},
-    model::{Namespace, NetworkPolicy, Pod, PodKey, PolicyModel, PolicyName, Protocol, NAMESPACE_NAME_LABEL},
-};
+use super::model::{PodKey, Protocol, NAMESPACE_NAME_LABEL};
 
-const NAMESPACES: [&str; 3] = ["x", "y", "z"];
-const PODS: [&str; 3] = ["a", "b", "c"];
+pub const NAMESPACES: [&str; 3] = ["x", "y", "z"];
+pub const PODS: [&str; 3] = ["a", "b", "c"];
 
-/// Every upstream case (Ginkgo name) and the test here that models it.
-pub const UPSTREAM_CASES: [(&str, &str); 48] = [
-    ("should support a 'default-deny-ingress' policy", "should_support_a_default_deny_ingress_policy"),
-    ("should support a 'default-deny-all' policy", "should_support_a_default_deny_all_policy"),
-    ("should enforce policy to allow traffic from pods within server namespace based on PodSelector", "should_enforce_policy_to_allow_traffic_from_pods_within_server_namespace_based_on_pod_selector"),
-    ("should enforce policy to allow ingress traffic for a target", "should_enforce_policy_to_allow_ingress_traffic_for_a_target"),
-    ("should enforce policy to allow ingress traffic from pods in all namespaces", "should_enforce_policy_to_allow_ingress_traffic_from_pods_in_all_namespaces"),
-    ("should enforce policy to allow traffic only from a different namespace, based on NamespaceSelector", "should_enforce_policy_to_allow_traffic_only_from_a_different_namespace_based_on_namespace_selector"),
-    ("should enforce policy based on PodSelector with MatchExpressions", "should_enforce_policy_based_on_pod_selector_with_match_expressions"),
-    ("should enforce policy based on NamespaceSelector with MatchExpressions", "should_enforce_policy_based_on_namespace_selector_with_match_expressions"),
-    ("should enforce policy based on PodSelector or NamespaceSelector", "should_enforce_policy_based_on_pod_selector_or_namespace_selector"),
-    ("should enforce policy based on PodSelector and NamespaceSelector", "should_enforce_policy_based_on_pod_selector_and_namespace_selector"),
-    ("should enforce policy based on Multiple PodSelectors and NamespaceSelectors", "should_enforce_policy_based_on_multiple_pod_selectors_and_namespace_selectors"),
-    ("should enforce policy based on any PodSelectors", "should_enforce_policy_based_on_any_pod_selectors"),
-    ("should enforce policy to allow traffic only from a pod in a different namespace based on PodSelector and NamespaceSelector", "should_enforce_policy_to_allow_traffic_only_from_a_pod_in_a_different_namespace_based_on_pod_selector_and_namespace_selector"),
-    ("should enforce policy based on Ports", "should_enforce_policy_based_on_ports"),
-    ("should enforce multiple, stacked policies with overlapping podSelectors", "should_enforce_multiple_stacked_policies_with_overlapping_pod_selectors"),
-    ("should support allow-all policy", "should_support_allow_all_policy"),
-    ("should allow ingress access on one named port", "should_allow_ingress_access_on_one_named_port"),
-    ("should allow ingress access from namespace on one named port", "should_allow_ingress_access_from_namespace_on_one_named_port"),
-    ("should allow egress access on one named port", "should_allow_egress_access_on_one_named_port"),
-    ("should enforce updated policy", "should_enforce_updated_policy"),
-    ("should allow ingress access from updated namespace", "should_allow_ingress_access_from_updated_namespace"),
-    ("should allow ingress access from updated pod", "should_allow_ingress_access_from_updated_pod"),
-    ("should deny ingress from pods on other namespaces", "should_deny_ingress_from_pods_on_other_namespaces"),
-    ("should deny ingress access to updated pod", "should_deny_ingress_access_to_updated_pod"),
-    ("should deny egress from pods based on PodSelector", "should_deny_egress_from_pods_based_on_pod_selector"),
-    ("should deny egress from all pods in a namespace", "should_deny_egress_from_all_pods_in_a_namespace"),
-    ("should work with Ingress, Egress specified together", "should_work_with_ingress_egress_specified_together"),
-    ("should support denying of egress traffic on the client side (even if the server explicitly allows this traffic)", "should_support_denying_of_egress_traffic_on_the_client_side_even_if_the_server_explicitly_allows_this_traffic"),
-    ("should enforce egress policy allowing traffic to a server in a different namespace based on PodSelector and NamespaceSelector", "should_enforce_egress_policy_allowing_traffic_to_a_server_in_a_different_namespace_based_on_pod_selector_and_namespace_selector"),
-    ("should enforce ingress policy allowing any port traffic to a server on a specific protocol", "should_enforce_ingress_policy_allowing_any_port_traffic_to_a_server_on_a_specific_protocol"),
-    ("should enforce multiple ingress policies with ingress allow-all policy taking precedence", "should_enforce_multiple_ingress_policies_with_ingress_allow_all_policy_taking_precedence"),
-    ("should enforce multiple egress policies with egress allow-all policy taking precedence", "should_enforce_multiple_egress_policies_with_egress_allow_all_policy_taking_precedence"),
-    ("should stop enforcing policies after they are deleted", "should_stop_enforcing_policies_after_they_are_deleted"),
-    ("should allow egress access to server in CIDR block", "should_allow_egress_access_to_server_in_cidr_block"),
-    ("should enforce except clause while egress access to server in CIDR block", "should_enforce_except_clause_while_egress_access_to_server_in_cidr_block"),
-    ("should ensure an IP overlapping both IPBlock.CIDR and IPBlock.Except is allowed", "should_ensure_an_ip_overlapping_both_ip_block_cidr_and_ip_block_except_is_allowed"),
-    ("should enforce policies to check ingress and egress policies can be controlled independently based on PodSelector", "should_enforce_policies_to_check_ingress_and_egress_policies_can_be_controlled_independently_based_on_pod_selector"),
-    ("should not mistakenly treat 'protocol: SCTP' as 'protocol: TCP', even if the plugin doesn't support SCTP", "should_not_mistakenly_treat_protocol_sctp_as_protocol_tcp_even_if_the_plugin_doesnt_support_sctp"),
-    ("should properly isolate pods that are selected by a policy allowing SCTP, even if the plugin doesn't support SCTP", "should_properly_isolate_pods_that_are_selected_by_a_policy_allowing_sctp_even_if_the_plugin_doesnt_support_sctp"),
-    ("should not allow access by TCP when a policy specifies only UDP", "should_not_allow_access_by_tcp_when_a_policy_specifies_only_udp"),
-    ("should enforce policy to allow traffic based on NamespaceSelector with MatchLabels using default ns label", "should_enforce_policy_to_allow_traffic_based_on_namespace_selector_with_match_labels_using_default_ns_label"),
-    ("should enforce policy based on NamespaceSelector with MatchExpressions using default ns label", "should_enforce_policy_based_on_namespace_selector_with_match_expressions_using_default_ns_label"),
-    ("[UDP] should support a 'default-deny-ingress' policy", "udp::should_support_a_default_deny_ingress_policy"),
-    ("[UDP] should enforce policy based on Ports", "udp::should_enforce_policy_based_on_ports"),
-    ("[UDP] should enforce policy to allow traffic only from a pod in a different namespace based on PodSelector and NamespaceSelector", "udp::should_enforce_policy_to_allow_traffic_only_from_a_pod_in_a_different_namespace_based_on_pod_selector_and_namespace_selector"),
-    ("[SCTP] should support a 'default-deny-ingress' policy", "sctp::should_support_a_default_deny_ingress_policy"),
-    ("[SCTP] should enforce policy based on Ports", "sctp::should_enforce_policy_based_on_ports"),
-    ("[SCTP] should enforce policy to allow traffic only from a pod in a different namespace based on PodSelector and NamespaceSelector", "sctp::should_enforce_policy_to_allow_traffic_only_from_a_pod_in_a_different_namespace_based_on_pod_selector_and_namespace_selector"),
+/// Where a case runs: the pure model or the lab. Steps are the upstream
+/// case's; `validate` panics with both matrices when a pair differs.
+pub trait CaseLab {
+    /// Creates or updates (same name) a policy from its API form (`spec`).
+    fn apply(&mut self, namespace: &str, name: &str, spec: Value);
+    fn delete_all_policies(&mut self);
+    fn label_namespace(&mut self, namespace: &str, key: &str, value: &str);
+    fn label_pod(&mut self, namespace: &str, pod: &str, key: &str, value: &str);
+    /// The pod's IPv4 address (the ipBlock cases name them).
+    fn ip(&self, namespace: &str, pod: &str) -> Ipv4Addr;
+    /// Upstream's ValidateOrFail: every ordered pair but loopback, on
+    /// `protocol`/`port`.
+    fn validate(&mut self, protocol: Protocol, port: u16, expected: &Reachability);
+}
+
+/// One upstream case: its Ginkgo name, the name it has here (the model's
+/// test and the lab's trial), the protocol it probes, and its steps.
+#[derive(Clone, Copy)]
+pub struct Case {
+    pub upstream: &'static str,
+    pub name: &'static str,
+    pub protocol: Protocol,
+    pub run: fn(&mut dyn CaseLab),
+}
+
+/// Every upstream case, in upstream's order.
+pub const CASES: [Case; 48] = [
+    Case {
+        upstream: "should support a 'default-deny-ingress' policy",
+        name: "should_support_a_default_deny_ingress_policy",
+        protocol: Protocol::Tcp,
+        run: should_support_a_default_deny_ingress_policy,
+    },
+    Case {
+        upstream: "should support a 'default-deny-all' policy",
+        name: "should_support_a_default_deny_all_policy",
+        protocol: Protocol::Tcp,
+        run: should_support_a_default_deny_all_policy,
+    },
+    Case {
+        upstream: "should enforce policy to allow traffic from pods within server namespace based on PodSelector",
+        name: "should_enforce_policy_to_allow_traffic_from_pods_within_server_namespace_based_on_pod_selector",
+        protocol: Protocol::Tcp,
+        run: should_enforce_policy_to_allow_traffic_from_pods_within_server_namespace_based_on_pod_selector,
+    },
+    Case {
+        upstream: "should enforce policy to allow ingress traffic for a target",
+        name: "should_enforce_policy_to_allow_ingress_traffic_for_a_target",
+        protocol: Protocol::Tcp,
+        run: should_enforce_policy_to_allow_ingress_traffic_for_a_target,
+    },
+    Case {
+        upstream: "should enforce policy to allow ingress traffic from pods in all namespaces",
+        name: "should_enforce_policy_to_allow_ingress_traffic_from_pods_in_all_namespaces",
+        protocol: Protocol::Tcp,
+        run: should_enforce_policy_to_allow_ingress_traffic_from_pods_in_all_namespaces,
+    },
+    Case {
+        upstream: "should enforce policy to allow traffic only from a different namespace, based on NamespaceSelector",
+        name: "should_enforce_policy_to_allow_traffic_only_from_a_different_namespace_based_on_namespace_selector",
+        protocol: Protocol::Tcp,
+        run: should_enforce_policy_to_allow_traffic_only_from_a_different_namespace_based_on_namespace_selector,
+    },
+    Case {
+        upstream: "should enforce policy based on PodSelector with MatchExpressions",
+        name: "should_enforce_policy_based_on_pod_selector_with_match_expressions",
+        protocol: Protocol::Tcp,
+        run: should_enforce_policy_based_on_pod_selector_with_match_expressions,
+    },
+    Case {
+        upstream: "should enforce policy based on NamespaceSelector with MatchExpressions",
+        name: "should_enforce_policy_based_on_namespace_selector_with_match_expressions",
+        protocol: Protocol::Tcp,
+        run: should_enforce_policy_based_on_namespace_selector_with_match_expressions,
+    },
+    Case {
+        upstream: "should enforce policy based on PodSelector or NamespaceSelector",
+        name: "should_enforce_policy_based_on_pod_selector_or_namespace_selector",
+        protocol: Protocol::Tcp,
+        run: should_enforce_policy_based_on_pod_selector_or_namespace_selector,
+    },
+    Case {
+        upstream: "should enforce policy based on PodSelector and NamespaceSelector",
+        name: "should_enforce_policy_based_on_pod_selector_and_namespace_selector",
+        protocol: Protocol::Tcp,
+        run: should_enforce_policy_based_on_pod_selector_and_namespace_selector,
+    },
+    Case {
+        upstream: "should enforce policy based on Multiple PodSelectors and NamespaceSelectors",
+        name: "should_enforce_policy_based_on_multiple_pod_selectors_and_namespace_selectors",
+        protocol: Protocol::Tcp,
+        run: should_enforce_policy_based_on_multiple_pod_selectors_and_namespace_selectors,
+    },
+    Case {
+        upstream: "should enforce policy based on any PodSelectors",
+        name: "should_enforce_policy_based_on_any_pod_selectors",
+        protocol: Protocol::Tcp,
+        run: should_enforce_policy_based_on_any_pod_selectors,
+    },
+    Case {
+        upstream: "should enforce policy to allow traffic only from a pod in a different namespace based on PodSelector and NamespaceSelector",
+        name: "should_enforce_policy_to_allow_traffic_only_from_a_pod_in_a_different_namespace_based_on_pod_selector_and_namespace_selector",
+        protocol: Protocol::Tcp,
+        run: should_enforce_policy_to_allow_traffic_only_from_a_pod_in_a_different_namespace_based_on_pod_selector_and_namespace_selector,
+    },
+    Case {
+        upstream: "should enforce policy based on Ports",
+        name: "should_enforce_policy_based_on_ports",
+        protocol: Protocol::Tcp,
+        run: should_enforce_policy_based_on_ports,
+    },
+    Case {
+        upstream: "should enforce multiple, stacked policies with overlapping podSelectors",
+        name: "should_enforce_multiple_stacked_policies_with_overlapping_pod_selectors",
+        protocol: Protocol::Tcp,
+        run: should_enforce_multiple_stacked_policies_with_overlapping_pod_selectors,
+    },
+    Case {
+        upstream: "should support allow-all policy",
+        name: "should_support_allow_all_policy",
+        protocol: Protocol::Tcp,
+        run: should_support_allow_all_policy,
+    },
+    Case {
+        upstream: "should allow ingress access on one named port",
+        name: "should_allow_ingress_access_on_one_named_port",
+        protocol: Protocol::Tcp,
+        run: should_allow_ingress_access_on_one_named_port,
+    },
+    Case {
+        upstream: "should allow ingress access from namespace on one named port",
+        name: "should_allow_ingress_access_from_namespace_on_one_named_port",
+        protocol: Protocol::Tcp,
+        run: should_allow_ingress_access_from_namespace_on_one_named_port,
+    },
+    Case {
+        upstream: "should allow egress access on one named port",
+        name: "should_allow_egress_access_on_one_named_port",
+        protocol: Protocol::Tcp,
+        run: should_allow_egress_access_on_one_named_port,
+    },
+    Case {
+        upstream: "should enforce updated policy",
+        name: "should_enforce_updated_policy",
+        protocol: Protocol::Tcp,
+        run: should_enforce_updated_policy,
+    },
+    Case {
+        upstream: "should allow ingress access from updated namespace",
+        name: "should_allow_ingress_access_from_updated_namespace",
+        protocol: Protocol::Tcp,
+        run: should_allow_ingress_access_from_updated_namespace,
+    },
+    Case {
+        upstream: "should allow ingress access from updated pod",
+        name: "should_allow_ingress_access_from_updated_pod",
+        protocol: Protocol::Tcp,
+        run: should_allow_ingress_access_from_updated_pod,
+    },
+    Case {
+        upstream: "should deny ingress from pods on other namespaces",
+        name: "should_deny_ingress_from_pods_on_other_namespaces",
+        protocol: Protocol::Tcp,
+        run: should_deny_ingress_from_pods_on_other_namespaces,
+    },
+    Case {
+        upstream: "should deny ingress access to updated pod",
+        name: "should_deny_ingress_access_to_updated_pod",
+        protocol: Protocol::Tcp,
+        run: should_deny_ingress_access_to_updated_pod,
+    },
+    Case {
+        upstream: "should deny egress from pods based on PodSelector",
+        name: "should_deny_egress_from_pods_based_on_pod_selector",
+        protocol: Protocol::Tcp,
+        run: should_deny_egress_from_pods_based_on_pod_selector,
+    },
+    Case {
+        upstream: "should deny egress from all pods in a namespace",
+        name: "should_deny_egress_from_all_pods_in_a_namespace",
+        protocol: Protocol::Tcp,
+        run: should_deny_egress_from_all_pods_in_a_namespace,
+    },
+    Case {
+        upstream: "should work with Ingress, Egress specified together",
+        name: "should_work_with_ingress_egress_specified_together",
+        protocol: Protocol::Tcp,
+        run: should_work_with_ingress_egress_specified_together,
+    },
+    Case {
+        upstream: "should support denying of egress traffic on the client side (even if the server explicitly allows this traffic)",
+        name: "should_support_denying_of_egress_traffic_on_the_client_side_even_if_the_server_explicitly_allows_this_traffic",
+        protocol: Protocol::Tcp,
+        run: should_support_denying_of_egress_traffic_on_the_client_side_even_if_the_server_explicitly_allows_this_traffic,
+    },
+    Case {
+        upstream: "should enforce egress policy allowing traffic to a server in a different namespace based on PodSelector and NamespaceSelector",
+        name: "should_enforce_egress_policy_allowing_traffic_to_a_server_in_a_different_namespace_based_on_pod_selector_and_namespace_selector",
+        protocol: Protocol::Tcp,
+        run: should_enforce_egress_policy_allowing_traffic_to_a_server_in_a_different_namespace_based_on_pod_selector_and_namespace_selector,
+    },
+    Case {
+        upstream: "should enforce ingress policy allowing any port traffic to a server on a specific protocol",
+        name: "should_enforce_ingress_policy_allowing_any_port_traffic_to_a_server_on_a_specific_protocol",
+        protocol: Protocol::Tcp,
+        run: should_enforce_ingress_policy_allowing_any_port_traffic_to_a_server_on_a_specific_protocol,
+    },
+    Case {
+        upstream: "should enforce multiple ingress policies with ingress allow-all policy taking precedence",
+        name: "should_enforce_multiple_ingress_policies_with_ingress_allow_all_policy_taking_precedence",
+        protocol: Protocol::Tcp,
+        run: should_enforce_multiple_ingress_policies_with_ingress_allow_all_policy_taking_precedence,
+    },
+    Case {
+        upstream: "should enforce multiple egress policies with egress allow-all policy taking precedence",
+        name: "should_enforce_multiple_egress_policies_with_egress_allow_all_policy_taking_precedence",
+        protocol: Protocol::Tcp,
+        run: should_enforce_multiple_egress_policies_with_egress_allow_all_policy_taking_precedence,
+    },
+    Case {
+        upstream: "should stop enforcing policies after they are deleted",
+        name: "should_stop_enforcing_policies_after_they_are_deleted",
+        protocol: Protocol::Tcp,
+        run: should_stop_enforcing_policies_after_they_are_deleted,
+    },
+    Case {
+        upstream: "should allow egress access to server in CIDR block",
+        name: "should_allow_egress_access_to_server_in_cidr_block",
+        protocol: Protocol::Tcp,
+        run: should_allow_egress_access_to_server_in_cidr_block,
+    },
+    Case {
+        upstream: "should enforce except clause while egress access to server in CIDR block",
+        name: "should_enforce_except_clause_while_egress_access_to_server_in_cidr_block",
+        protocol: Protocol::Tcp,
+        run: should_enforce_except_clause_while_egress_access_to_server_in_cidr_block,
+    },
+    Case {
+        upstream: "should ensure an IP overlapping both IPBlock.CIDR and IPBlock.Except is allowed",
+        name: "should_ensure_an_ip_overlapping_both_ip_block_cidr_and_ip_block_except_is_allowed",
+        protocol: Protocol::Tcp,
+        run: should_ensure_an_ip_overlapping_both_ip_block_cidr_and_ip_block_except_is_allowed,
+    },
+    Case {
+        upstream: "should enforce policies to check ingress and egress policies can be controlled independently based on PodSelector",
+        name: "should_enforce_policies_to_check_ingress_and_egress_policies_can_be_controlled_independently_based_on_pod_selector",
+        protocol: Protocol::Tcp,
+        run: should_enforce_policies_to_check_ingress_and_egress_policies_can_be_controlled_independently_based_on_pod_selector,
+    },
+    Case {
+        upstream: "should not mistakenly treat 'protocol: SCTP' as 'protocol: TCP', even if the plugin doesn't support SCTP",
+        name: "should_not_mistakenly_treat_protocol_sctp_as_protocol_tcp_even_if_the_plugin_doesnt_support_sctp",
+        protocol: Protocol::Tcp,
+        run: should_not_mistakenly_treat_protocol_sctp_as_protocol_tcp_even_if_the_plugin_doesnt_support_sctp,
+    },
+    Case {
+        upstream: "should properly isolate pods that are selected by a policy allowing SCTP, even if the plugin doesn't support SCTP",
+        name: "should_properly_isolate_pods_that_are_selected_by_a_policy_allowing_sctp_even_if_the_plugin_doesnt_support_sctp",
+        protocol: Protocol::Tcp,
+        run: should_properly_isolate_pods_that_are_selected_by_a_policy_allowing_sctp_even_if_the_plugin_doesnt_support_sctp,
+    },
+    Case {
+        upstream: "should not allow access by TCP when a policy specifies only UDP",
+        name: "should_not_allow_access_by_tcp_when_a_policy_specifies_only_udp",
+        protocol: Protocol::Tcp,
+        run: should_not_allow_access_by_tcp_when_a_policy_specifies_only_udp,
+    },
+    Case {
+        upstream: "should enforce policy to allow traffic based on NamespaceSelector with MatchLabels using default ns label",
+        name: "should_enforce_policy_to_allow_traffic_based_on_namespace_selector_with_match_labels_using_default_ns_label",
+        protocol: Protocol::Tcp,
+        run: should_enforce_policy_to_allow_traffic_based_on_namespace_selector_with_match_labels_using_default_ns_label,
+    },
+    Case {
+        upstream: "should enforce policy based on NamespaceSelector with MatchExpressions using default ns label",
+        name: "should_enforce_policy_based_on_namespace_selector_with_match_expressions_using_default_ns_label",
+        protocol: Protocol::Tcp,
+        run: should_enforce_policy_based_on_namespace_selector_with_match_expressions_using_default_ns_label,
+    },
+    Case {
+        upstream: "[UDP] should support a 'default-deny-ingress' policy",
+        name: "udp::should_support_a_default_deny_ingress_policy",
+        protocol: Protocol::Udp,
+        run: udp::should_support_a_default_deny_ingress_policy,
+    },
+    Case {
+        upstream: "[UDP] should enforce policy based on Ports",
+        name: "udp::should_enforce_policy_based_on_ports",
+        protocol: Protocol::Udp,
+        run: udp::should_enforce_policy_based_on_ports,
+    },
+    Case {
+        upstream: "[UDP] should enforce policy to allow traffic only from a pod in a different namespace based on PodSelector and NamespaceSelector",
+        name: "udp::should_enforce_policy_to_allow_traffic_only_from_a_pod_in_a_different_namespace_based_on_pod_selector_and_namespace_selector",
+        protocol: Protocol::Udp,
+        run: udp::should_enforce_policy_to_allow_traffic_only_from_a_pod_in_a_different_namespace_based_on_pod_selector_and_namespace_selector,
+    },
+    Case {
+        upstream: "[SCTP] should support a 'default-deny-ingress' policy",
+        name: "sctp::should_support_a_default_deny_ingress_policy",
+        protocol: Protocol::Sctp,
+        run: sctp::should_support_a_default_deny_ingress_policy,
+    },
+    Case {
+        upstream: "[SCTP] should enforce policy based on Ports",
+        name: "sctp::should_enforce_policy_based_on_ports",
+        protocol: Protocol::Sctp,
+        run: sctp::should_enforce_policy_based_on_ports,
+    },
+    Case {
+        upstream: "[SCTP] should enforce policy to allow traffic only from a pod in a different namespace based on PodSelector and NamespaceSelector",
+        name: "sctp::should_enforce_policy_to_allow_traffic_only_from_a_pod_in_a_different_namespace_based_on_pod_selector_and_namespace_selector",
+        protocol: Protocol::Sctp,
+        run: sctp::should_enforce_policy_to_allow_traffic_only_from_a_pod_in_a_different_namespace_based_on_pod_selector_and_namespace_selector,
+    },
 ];
 
-/// The nine pods and their namespaces, and the policies of one case.
-struct Lab {
-    model: PolicyModel,
-}
-
-impl Lab {
-    fn new() -> Self {
-        let mut model = PolicyModel::default();
-        model.cluster_cidrs.push("10.244.0.0/16".parse().unwrap());
-        model.nodes.insert("n1".into(), Ipv4Addr::new(192, 168, 0, 1));
-        model.nodes.insert("n2".into(), Ipv4Addr::new(192, 168, 0, 2));
-        let mut ports = Vec::new();
-        for port in [80, 81] {
-            for (proto, api) in [("tcp", "TCP"), ("udp", "UDP"), ("sctp", "SCTP")] {
-                ports.push(json!({"name": format!("cont-{port}-{proto}"), "ports": [
-                    {"name": format!("serve-{port}-{proto}"), "containerPort": port, "protocol": api}
-                ]}));
-            }
-        }
-        for (n, ns) in NAMESPACES.iter().enumerate() {
-            let k8s: core::Namespace = serde_json::from_value(json!({"metadata": {"name": ns}})).unwrap();
-            model.add_namespace(Namespace::from_k8s(&k8s).unwrap());
-            for (p, pod) in PODS.iter().enumerate() {
-                let i = n * 3 + p;
-                let node = 1 + i % 2;
-                let k8s: core::Pod = serde_json::from_value(json!({
-                    "metadata": {"namespace": ns, "name": pod, "labels": {"pod": pod}},
-                    "spec": {"nodeName": format!("n{node}"), "containers": ports},
-                    "status": {"podIP": format!("10.244.{node}.{}", 10 + i)}
-                }))
-                .unwrap();
-                model.add_pod(Pod::from_k8s(&k8s).unwrap());
-            }
-        }
-        Lab { model }
-    }
-
-    /// Creates or updates (same name) a policy from its API form.
-    fn apply(&mut self, namespace: &str, name: &str, spec: Value) {
-        let k8s: networking::NetworkPolicy =
-            serde_json::from_value(json!({"metadata": {"namespace": namespace, "name": name}, "spec": spec}))
-                .unwrap_or_else(|e| panic!("policy {namespace}/{name}: {e}"));
-        let policy = NetworkPolicy::from_k8s(&k8s).unwrap_or_else(|e| panic!("policy {namespace}/{name}: {e}"));
-        self.model.add_policy(policy);
-    }
-
-    fn delete_all_policies(&mut self) {
-        let names: Vec<PolicyName> = self.model.policies.keys().cloned().collect();
-        for name in names {
-            self.model.remove_policy(&name);
-        }
-    }
-
-    fn label_namespace(&mut self, namespace: &str, key: &str, value: &str) {
-        let ns = self.model.namespaces.get_mut(namespace).unwrap();
-        ns.labels.insert(key.into(), value.into());
-    }
-
-    fn label_pod(&mut self, namespace: &str, pod: &str, key: &str, value: &str) {
-        let pod = self.model.pods.get_mut(&PodKey::new(namespace, pod)).unwrap();
-        pod.labels.insert(key.into(), value.into());
-    }
-
-    fn ip(&self, namespace: &str, pod: &str) -> Ipv4Addr {
-        self.model.pods[&PodKey::new(namespace, pod)].ips[0]
-    }
-
-    /// Upstream's ValidateOrFail: every ordered pair but loopback.
-    fn validate(&self, protocol: Protocol, port: u16, expected: &Reachability) {
-        let maps = ClusterMaps::compile(&self.model);
-        let mut observed = BTreeMap::new();
-        let mut wrong = Vec::new();
-        for from in all_pods() {
-            for to in all_pods() {
-                let r =
-                    reach(&maps, &self.model, &from, &to, protocol, port).expect("every pod has an address and a node");
-                let got = r.allowed();
-                if from != to && got != expected.get(&from, &to) {
-                    let why = match &r {
-                        Reach::Loopback => "loopback".to_string(),
-                        Reach::Judged { egress, ingress } => {
-                            format!("egress at {from}: {egress}; ingress at {to}: {ingress}")
-                        }
-                    };
-                    wrong.push(format!("  {from} -> {to}: expected {}, observed {} ({why})", word(!got), word(got)));
-                }
-                observed.insert((from.clone(), to), got);
-            }
-        }
-        if !wrong.is_empty() {
-            let observed = Reachability { connected: observed };
-            panic!(
-                "{protocol:?}/{port}: {} of 72 pairs wrong\nexpected:\n{}observed:\n{}{}",
-                wrong.len(),
-                expected.table(),
-                observed.table(),
-                wrong.join("\n")
-            );
-        }
-    }
-}
-
-fn word(connected: bool) -> &'static str {
+/// "connected" or "blocked".
+pub fn word(connected: bool) -> &'static str {
     if connected {
         "connected"
     } else {
@@ -191,13 +357,14 @@ fn word(connected: bool) -> &'static str {
     }
 }
 
-fn all_pods() -> impl Iterator<Item = PodKey> {
+/// The nine pods, namespace by namespace: the matrices' order.
+pub fn all_pods() -> impl Iterator<Item = PodKey> {
     NAMESPACES.iter().flat_map(|ns| PODS.iter().map(move |p| PodKey::new(ns, p)))
 }
 
 /// A side of `expect_peer`: every pod, a namespace's pods, or one pod.
 #[derive(Clone, Copy)]
-enum Sel {
+pub enum Sel {
     All,
     Ns(&'static str),
     Pod(&'static str, &'static str),
@@ -214,22 +381,40 @@ impl Sel {
 }
 
 /// Upstream's reachability table: (from, to) → connected.
-#[derive(Clone)]
-struct Reachability {
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Reachability {
     connected: BTreeMap<(PodKey, PodKey), bool>,
 }
 
 impl Reachability {
-    fn all(connected: bool) -> Self {
+    pub fn all(connected: bool) -> Self {
         let connected = all_pods().flat_map(|from| all_pods().map(move |to| ((from.clone(), to), connected))).collect();
         Reachability { connected }
     }
 
-    fn get(&self, from: &PodKey, to: &PodKey) -> bool {
+    /// An observed table: `connected(from, to)` for every ordered pair.
+    pub fn from_fn(mut connected: impl FnMut(&PodKey, &PodKey) -> bool) -> Self {
+        let mut r = Reachability::all(false);
+        for ((from, to), v) in r.connected.iter_mut() {
+            *v = connected(from, to);
+        }
+        r
+    }
+
+    pub fn get(&self, from: &PodKey, to: &PodKey) -> bool {
         self.connected[&(from.clone(), to.clone())]
     }
 
-    fn expect_peer(&mut self, from: Sel, to: Sel, connected: bool) {
+    /// Every ordered pair but loopback where `self` and `other` differ.
+    pub fn differences(&self, other: &Reachability) -> Vec<(PodKey, PodKey)> {
+        self.connected
+            .iter()
+            .filter(|((from, to), v)| from != to && other.connected.get(&(from.clone(), to.clone())) != Some(*v))
+            .map(|(pair, _)| pair.clone())
+            .collect()
+    }
+
+    pub fn expect_peer(&mut self, from: Sel, to: Sel, connected: bool) {
         for ((f, t), v) in self.connected.iter_mut() {
             if from.matches(f) && to.matches(t) {
                 *v = connected;
@@ -237,21 +422,26 @@ impl Reachability {
         }
     }
 
-    fn expect(&mut self, from: (&'static str, &'static str), to: (&'static str, &'static str), connected: bool) {
+    pub fn expect(&mut self, from: (&'static str, &'static str), to: (&'static str, &'static str), connected: bool) {
         self.expect_peer(Sel::Pod(from.0, from.1), Sel::Pod(to.0, to.1), connected);
     }
 
-    fn expect_all_ingress(&mut self, to: (&'static str, &'static str), connected: bool) {
+    pub fn expect_all_ingress(&mut self, to: (&'static str, &'static str), connected: bool) {
         self.expect_peer(Sel::All, Sel::Pod(to.0, to.1), connected);
     }
 
-    fn expect_all_egress(&mut self, from: (&'static str, &'static str), connected: bool) {
+    pub fn expect_all_egress(&mut self, from: (&'static str, &'static str), connected: bool) {
         self.expect_peer(Sel::Pod(from.0, from.1), Sel::All, connected);
+    }
+
+    /// How many ordered pairs but loopback are blocked.
+    pub fn blocked(&self) -> usize {
+        self.connected.iter().filter(|((f, t), v)| f != t && !**v).count()
     }
 
     /// Rows: from; columns: to; `.` connected, `X` blocked, `-` loopback
     /// (not compared).
-    fn table(&self) -> String {
+    pub fn table(&self) -> String {
         let mut s = String::from("      ");
         for to in all_pods() {
             let _ = write!(s, " {to}");
@@ -273,6 +463,65 @@ impl Reachability {
         }
         s
     }
+}
+
+/// The containers every pod of the nine runs, as upstream's model makes
+/// them: one per port and protocol, `cont-<port>-<proto>`, its port named
+/// `serve-<port>-<proto>`.
+pub fn pod_containers() -> Value {
+    let mut containers = Vec::new();
+    for port in [80, 81] {
+        for (proto, api) in [("tcp", "TCP"), ("udp", "UDP"), ("sctp", "SCTP")] {
+            containers.push(json!({"name": format!("cont-{port}-{proto}"), "image": "agnhost", "ports": [
+                {"name": format!("serve-{port}-{proto}"), "containerPort": port, "protocol": api}
+            ]}));
+        }
+    }
+    Value::Array(containers)
+}
+
+/// The node (0 or 1) pod `pod` of namespace `namespace` runs on: the nine
+/// alternate between two nodes (x/a on the first, x/b on the second, ...),
+/// so every case has same-node and cross-node pairs in both directions.
+pub fn pod_node(namespace: &str, pod: &str) -> usize {
+    let n = NAMESPACES.iter().position(|x| *x == namespace).expect("one of x, y, z");
+    let p = PODS.iter().position(|x| *x == pod).expect("one of a, b, c");
+    (n * 3 + p) % 2
+}
+
+/// Expected and observed side by side, the differing cells marked `!`
+/// on the observed side, then one line per differing pair.
+pub fn side_by_side(expected: &Reachability, observed: &Reachability) -> String {
+    let left: Vec<String> = expected.table().lines().map(str::to_string).collect();
+    let right = observed.table();
+    let mut s = format!("{:<44}   {}\n", "expected", "observed");
+    for (i, (l, r)) in left.iter().zip(right.lines()).enumerate() {
+        let mut marked = String::new();
+        if i == 0 {
+            marked.push_str(r);
+        } else {
+            let from = all_pods().nth(i - 1).expect("9 rows");
+            marked.push_str(&r[..5.min(r.len())]);
+            for to in all_pods() {
+                let c = if from == to {
+                    '-'
+                } else if observed.get(&from, &to) {
+                    '.'
+                } else {
+                    'X'
+                };
+                let differs = from != to && observed.get(&from, &to) != expected.get(&from, &to);
+                let _ = write!(marked, "  {}{c}", if differs { '!' } else { ' ' });
+            }
+        }
+        let _ = writeln!(s, "{l:<44}   {marked}");
+    }
+    s.push_str("(rows: from, columns: to; . connected, X blocked, - loopback not compared, ! differs)\n");
+    for (from, to) in expected.differences(observed) {
+        let want = expected.get(&from, &to);
+        let _ = writeln!(s, "  {from} -> {to}: expected {}, observed {}", word(want), word(!want));
+    }
+    s
 }
 
 const TCP: Protocol = Protocol::Tcp;
@@ -299,30 +548,14 @@ fn large_cidr(ip: Ipv4Addr) -> String {
 // Ingress-only policies are written without policyTypes, as most are: the
 // API defaults them to [Ingress]. Policies with egress say so.
 
-#[test]
-fn the_case_list_is_upstreams_48() {
-    let mut names: Vec<&str> = UPSTREAM_CASES.iter().map(|c| c.0).collect();
-    names.sort();
-    names.dedup();
-    assert_eq!(names.len(), 48);
-    let mut tests: Vec<&str> = UPSTREAM_CASES.iter().map(|c| c.1).collect();
-    tests.sort();
-    tests.dedup();
-    assert_eq!(tests.len(), 48);
-}
-
-#[test]
-fn should_support_a_default_deny_ingress_policy() {
-    let mut lab = Lab::new();
+pub fn should_support_a_default_deny_ingress_policy(lab: &mut dyn CaseLab) {
     lab.apply("x", "deny-ingress", json!({"podSelector": {}}));
     let mut r = Reachability::all(true);
     r.expect_peer(Sel::All, Sel::Ns("x"), false);
     lab.validate(TCP, 80, &r);
 }
 
-#[test]
-fn should_support_a_default_deny_all_policy() {
-    let mut lab = Lab::new();
+pub fn should_support_a_default_deny_all_policy(lab: &mut dyn CaseLab) {
     lab.apply("x", "deny-all", json!({"podSelector": {}, "policyTypes": ["Ingress", "Egress"]}));
     let mut r = Reachability::all(true);
     r.expect_peer(Sel::All, Sel::Ns("x"), false);
@@ -330,9 +563,9 @@ fn should_support_a_default_deny_all_policy() {
     lab.validate(TCP, 80, &r);
 }
 
-#[test]
-fn should_enforce_policy_to_allow_traffic_from_pods_within_server_namespace_based_on_pod_selector() {
-    let mut lab = Lab::new();
+pub fn should_enforce_policy_to_allow_traffic_from_pods_within_server_namespace_based_on_pod_selector(
+    lab: &mut dyn CaseLab,
+) {
     lab.apply(
         "x",
         "x-a-allows-x-b",
@@ -344,9 +577,7 @@ fn should_enforce_policy_to_allow_traffic_from_pods_within_server_namespace_base
     lab.validate(TCP, 80, &r);
 }
 
-#[test]
-fn should_enforce_policy_to_allow_ingress_traffic_for_a_target() {
-    let mut lab = Lab::new();
+pub fn should_enforce_policy_to_allow_ingress_traffic_for_a_target(lab: &mut dyn CaseLab) {
     lab.apply("x", "deny-all", json!({"podSelector": {}}));
     lab.apply(
         "x",
@@ -359,9 +590,7 @@ fn should_enforce_policy_to_allow_ingress_traffic_for_a_target() {
     lab.validate(TCP, 80, &r);
 }
 
-#[test]
-fn should_enforce_policy_to_allow_ingress_traffic_from_pods_in_all_namespaces() {
-    let mut lab = Lab::new();
+pub fn should_enforce_policy_to_allow_ingress_traffic_from_pods_in_all_namespaces(lab: &mut dyn CaseLab) {
     lab.apply(
         "x",
         "allow-from-another-ns",
@@ -370,9 +599,9 @@ fn should_enforce_policy_to_allow_ingress_traffic_from_pods_in_all_namespaces() 
     lab.validate(TCP, 80, &Reachability::all(true));
 }
 
-#[test]
-fn should_enforce_policy_to_allow_traffic_only_from_a_different_namespace_based_on_namespace_selector() {
-    let mut lab = Lab::new();
+pub fn should_enforce_policy_to_allow_traffic_only_from_a_different_namespace_based_on_namespace_selector(
+    lab: &mut dyn CaseLab,
+) {
     lab.apply(
         "x",
         "allow-client-a-via-ns-selector",
@@ -384,9 +613,7 @@ fn should_enforce_policy_to_allow_traffic_only_from_a_different_namespace_based_
     lab.validate(TCP, 80, &r);
 }
 
-#[test]
-fn should_enforce_policy_based_on_pod_selector_with_match_expressions() {
-    let mut lab = Lab::new();
+pub fn should_enforce_policy_based_on_pod_selector_with_match_expressions(lab: &mut dyn CaseLab) {
     let b = json!({"matchExpressions": [{"key": "pod", "operator": "In", "values": ["b"]}]});
     lab.apply(
         "x",
@@ -399,9 +626,7 @@ fn should_enforce_policy_based_on_pod_selector_with_match_expressions() {
     lab.validate(TCP, 80, &r);
 }
 
-#[test]
-fn should_enforce_policy_based_on_namespace_selector_with_match_expressions() {
-    let mut lab = Lab::new();
+pub fn should_enforce_policy_based_on_namespace_selector_with_match_expressions(lab: &mut dyn CaseLab) {
     lab.apply(
         "x",
         "allow-ns-y-match-selector",
@@ -413,9 +638,7 @@ fn should_enforce_policy_based_on_namespace_selector_with_match_expressions() {
     lab.validate(TCP, 80, &r);
 }
 
-#[test]
-fn should_enforce_policy_based_on_pod_selector_or_namespace_selector() {
-    let mut lab = Lab::new();
+pub fn should_enforce_policy_based_on_pod_selector_or_namespace_selector(lab: &mut dyn CaseLab) {
     lab.apply(
         "x",
         "allow-ns-y-match-selector",
@@ -430,9 +653,7 @@ fn should_enforce_policy_based_on_pod_selector_or_namespace_selector() {
     lab.validate(TCP, 80, &r);
 }
 
-#[test]
-fn should_enforce_policy_based_on_pod_selector_and_namespace_selector() {
-    let mut lab = Lab::new();
+pub fn should_enforce_policy_based_on_pod_selector_and_namespace_selector(lab: &mut dyn CaseLab) {
     lab.apply(
         "x",
         "allow-ns-y-podselector-and-nsselector",
@@ -447,9 +668,7 @@ fn should_enforce_policy_based_on_pod_selector_and_namespace_selector() {
     lab.validate(TCP, 80, &r);
 }
 
-#[test]
-fn should_enforce_policy_based_on_multiple_pod_selectors_and_namespace_selectors() {
-    let mut lab = Lab::new();
+pub fn should_enforce_policy_based_on_multiple_pod_selectors_and_namespace_selectors(lab: &mut dyn CaseLab) {
     let b_or_c = json!({"matchExpressions": [{"key": "pod", "operator": "In", "values": ["b", "c"]}]});
     lab.apply(
         "x",
@@ -465,9 +684,7 @@ fn should_enforce_policy_based_on_multiple_pod_selectors_and_namespace_selectors
     lab.validate(TCP, 80, &r);
 }
 
-#[test]
-fn should_enforce_policy_based_on_any_pod_selectors() {
-    let mut lab = Lab::new();
+pub fn should_enforce_policy_based_on_any_pod_selectors(lab: &mut dyn CaseLab) {
     lab.apply(
         "x",
         "allow-ns-x-pod-b-c",
@@ -483,7 +700,7 @@ fn should_enforce_policy_based_on_any_pod_selectors() {
     lab.validate(TCP, 80, &r);
 }
 
-fn from_y_a_only(lab: &mut Lab) -> Reachability {
+fn from_y_a_only(lab: &mut dyn CaseLab) -> Reachability {
     lab.apply(
         "x",
         "allow-ns-y-pod-a-via-namespace-pod-selector",
@@ -497,16 +714,15 @@ fn from_y_a_only(lab: &mut Lab) -> Reachability {
     r
 }
 
-#[test]
-fn should_enforce_policy_to_allow_traffic_only_from_a_pod_in_a_different_namespace_based_on_pod_selector_and_namespace_selector(
+pub fn should_enforce_policy_to_allow_traffic_only_from_a_pod_in_a_different_namespace_based_on_pod_selector_and_namespace_selector(
+    lab: &mut dyn CaseLab,
 ) {
-    let mut lab = Lab::new();
-    let r = from_y_a_only(&mut lab);
+    let r = from_y_a_only(lab);
     lab.validate(TCP, 80, &r);
 }
 
 /// x/a accepts `port`/`protocol` from namespace y only.
-fn port_from_y(lab: &mut Lab, name: &str, port: Value, protocol: &str) -> Reachability {
+fn port_from_y(lab: &mut dyn CaseLab, name: &str, port: Value, protocol: &str) -> Reachability {
     lab.apply(
         "x",
         name,
@@ -522,37 +738,29 @@ fn port_from_y(lab: &mut Lab, name: &str, port: Value, protocol: &str) -> Reacha
     r
 }
 
-#[test]
-fn should_enforce_policy_based_on_ports() {
-    let mut lab = Lab::new();
-    let r = port_from_y(&mut lab, "allow-client-a-via-ns-selector", json!(81), "TCP");
+pub fn should_enforce_policy_based_on_ports(lab: &mut dyn CaseLab) {
+    let r = port_from_y(lab, "allow-client-a-via-ns-selector", json!(81), "TCP");
     lab.validate(TCP, 81, &r);
 }
 
-#[test]
-fn should_enforce_multiple_stacked_policies_with_overlapping_pod_selectors() {
-    let mut lab = Lab::new();
-    let allow = port_from_y(&mut lab, "allow-client-a-via-ns-selector", json!(81), "TCP");
+pub fn should_enforce_multiple_stacked_policies_with_overlapping_pod_selectors(lab: &mut dyn CaseLab) {
+    let allow = port_from_y(lab, "allow-client-a-via-ns-selector", json!(81), "TCP");
     lab.validate(TCP, 81, &allow);
     let mut deny = Reachability::all(true);
     deny.expect_all_ingress(("x", "a"), false);
     lab.validate(TCP, 80, &deny);
-    let allow80 = port_from_y(&mut lab, "allow-client-a-via-ns-selector-80", json!(80), "TCP");
+    let allow80 = port_from_y(lab, "allow-client-a-via-ns-selector-80", json!(80), "TCP");
     lab.validate(TCP, 80, &allow80);
     lab.validate(TCP, 81, &allow);
 }
 
-#[test]
-fn should_support_allow_all_policy() {
-    let mut lab = Lab::new();
+pub fn should_support_allow_all_policy(lab: &mut dyn CaseLab) {
     lab.apply("x", "allow-all", json!({"podSelector": {}, "ingress": [{}]}));
     lab.validate(TCP, 80, &Reachability::all(true));
     lab.validate(TCP, 81, &Reachability::all(true));
 }
 
-#[test]
-fn should_allow_ingress_access_on_one_named_port() {
-    let mut lab = Lab::new();
+pub fn should_allow_ingress_access_on_one_named_port(lab: &mut dyn CaseLab) {
     lab.apply("x", "allow-all", json!({"podSelector": {}, "ingress": [{"ports": [{"port": "serve-81-tcp"}]}]}));
     lab.validate(TCP, 81, &Reachability::all(true));
     let mut r = Reachability::all(true);
@@ -560,19 +768,15 @@ fn should_allow_ingress_access_on_one_named_port() {
     lab.validate(TCP, 80, &r);
 }
 
-#[test]
-fn should_allow_ingress_access_from_namespace_on_one_named_port() {
-    let mut lab = Lab::new();
-    let r = port_from_y(&mut lab, "allow-client-a-via-ns-selector-80", json!("serve-80-tcp"), "TCP");
+pub fn should_allow_ingress_access_from_namespace_on_one_named_port(lab: &mut dyn CaseLab) {
+    let r = port_from_y(lab, "allow-client-a-via-ns-selector-80", json!("serve-80-tcp"), "TCP");
     lab.validate(TCP, 80, &r);
     let mut fail = Reachability::all(true);
     fail.expect_all_ingress(("x", "a"), false);
     lab.validate(TCP, 81, &fail);
 }
 
-#[test]
-fn should_allow_egress_access_on_one_named_port() {
-    let mut lab = Lab::new();
+pub fn should_allow_egress_access_on_one_named_port(lab: &mut dyn CaseLab) {
     lab.apply(
         "x",
         "allow-egress",
@@ -584,9 +788,7 @@ fn should_allow_egress_access_on_one_named_port() {
     lab.validate(TCP, 81, &r);
 }
 
-#[test]
-fn should_enforce_updated_policy() {
-    let mut lab = Lab::new();
+pub fn should_enforce_updated_policy(lab: &mut dyn CaseLab) {
     lab.apply("x", "allow-all-mutate-to-deny-all", json!({"podSelector": {}, "ingress": [{}]}));
     lab.validate(TCP, 81, &Reachability::all(true));
     lab.apply("x", "allow-all-mutate-to-deny-all", json!({"podSelector": {}, "ingress": []}));
@@ -595,9 +797,7 @@ fn should_enforce_updated_policy() {
     lab.validate(TCP, 81, &r);
 }
 
-#[test]
-fn should_allow_ingress_access_from_updated_namespace() {
-    let mut lab = Lab::new();
+pub fn should_allow_ingress_access_from_updated_namespace(lab: &mut dyn CaseLab) {
     lab.apply(
         "x",
         "allow-client-a-via-ns-selector",
@@ -611,9 +811,7 @@ fn should_allow_ingress_access_from_updated_namespace() {
     lab.validate(TCP, 80, &r);
 }
 
-#[test]
-fn should_allow_ingress_access_from_updated_pod() {
-    let mut lab = Lab::new();
+pub fn should_allow_ingress_access_from_updated_pod(lab: &mut dyn CaseLab) {
     lab.apply(
         "x",
         "allow-client-a-via-pod-selector",
@@ -627,9 +825,7 @@ fn should_allow_ingress_access_from_updated_pod() {
     lab.validate(TCP, 80, &r);
 }
 
-#[test]
-fn should_deny_ingress_from_pods_on_other_namespaces() {
-    let mut lab = Lab::new();
+pub fn should_deny_ingress_from_pods_on_other_namespaces(lab: &mut dyn CaseLab) {
     lab.apply(
         "x",
         "deny-empty-policy",
@@ -641,9 +837,7 @@ fn should_deny_ingress_from_pods_on_other_namespaces() {
     lab.validate(TCP, 80, &r);
 }
 
-#[test]
-fn should_deny_ingress_access_to_updated_pod() {
-    let mut lab = Lab::new();
+pub fn should_deny_ingress_access_to_updated_pod(lab: &mut dyn CaseLab) {
     lab.apply("x", "deny-ingress-via-label-selector", json!({"podSelector": {"matchLabels": {"target": "isolated"}}}));
     lab.validate(TCP, 80, &Reachability::all(true));
     lab.label_pod("x", "a", "target", "isolated");
@@ -652,27 +846,21 @@ fn should_deny_ingress_access_to_updated_pod() {
     lab.validate(TCP, 80, &r);
 }
 
-#[test]
-fn should_deny_egress_from_pods_based_on_pod_selector() {
-    let mut lab = Lab::new();
+pub fn should_deny_egress_from_pods_based_on_pod_selector(lab: &mut dyn CaseLab) {
     lab.apply("x", "deny-egress-pod-a", json!({"podSelector": pod_label("a"), "policyTypes": ["Egress"]}));
     let mut r = Reachability::all(true);
     r.expect_all_egress(("x", "a"), false);
     lab.validate(TCP, 80, &r);
 }
 
-#[test]
-fn should_deny_egress_from_all_pods_in_a_namespace() {
-    let mut lab = Lab::new();
+pub fn should_deny_egress_from_all_pods_in_a_namespace(lab: &mut dyn CaseLab) {
     lab.apply("x", "deny-egress-ns-x", json!({"podSelector": {}, "policyTypes": ["Egress"]}));
     let mut r = Reachability::all(true);
     r.expect_peer(Sel::Ns("x"), Sel::All, false);
     lab.validate(TCP, 80, &r);
 }
 
-#[test]
-fn should_work_with_ingress_egress_specified_together() {
-    let mut lab = Lab::new();
+pub fn should_work_with_ingress_egress_specified_together(lab: &mut dyn CaseLab) {
     lab.apply(
         "x",
         "allow-client-a-via-pod-selector",
@@ -694,9 +882,9 @@ fn should_work_with_ingress_egress_specified_together() {
     lab.validate(TCP, 81, &r81);
 }
 
-#[test]
-fn should_support_denying_of_egress_traffic_on_the_client_side_even_if_the_server_explicitly_allows_this_traffic() {
-    let mut lab = Lab::new();
+pub fn should_support_denying_of_egress_traffic_on_the_client_side_even_if_the_server_explicitly_allows_this_traffic(
+    lab: &mut dyn CaseLab,
+) {
     lab.apply(
         "x",
         "allow-to-ns-y-pod-a",
@@ -715,10 +903,9 @@ fn should_support_denying_of_egress_traffic_on_the_client_side_even_if_the_serve
     lab.validate(TCP, 80, &r);
 }
 
-#[test]
-fn should_enforce_egress_policy_allowing_traffic_to_a_server_in_a_different_namespace_based_on_pod_selector_and_namespace_selector(
+pub fn should_enforce_egress_policy_allowing_traffic_to_a_server_in_a_different_namespace_based_on_pod_selector_and_namespace_selector(
+    lab: &mut dyn CaseLab,
 ) {
-    let mut lab = Lab::new();
     lab.apply(
         "x",
         "allow-to-ns-y-pod-a",
@@ -732,9 +919,9 @@ fn should_enforce_egress_policy_allowing_traffic_to_a_server_in_a_different_name
     lab.validate(TCP, 80, &r);
 }
 
-#[test]
-fn should_enforce_ingress_policy_allowing_any_port_traffic_to_a_server_on_a_specific_protocol() {
-    let mut lab = Lab::new();
+pub fn should_enforce_ingress_policy_allowing_any_port_traffic_to_a_server_on_a_specific_protocol(
+    lab: &mut dyn CaseLab,
+) {
     lab.apply(
         "x",
         "allow-ingress-by-proto",
@@ -746,9 +933,7 @@ fn should_enforce_ingress_policy_allowing_any_port_traffic_to_a_server_on_a_spec
     lab.validate(UDP, 80, &r);
 }
 
-#[test]
-fn should_enforce_multiple_ingress_policies_with_ingress_allow_all_policy_taking_precedence() {
-    let mut lab = Lab::new();
+pub fn should_enforce_multiple_ingress_policies_with_ingress_allow_all_policy_taking_precedence(lab: &mut dyn CaseLab) {
     lab.apply("x", "allow-ingress-port-80", json!({"podSelector": {}, "ingress": [{"ports": [{"port": 80}]}]}));
     let mut r = Reachability::all(true);
     r.expect_peer(Sel::All, Sel::Ns("x"), false);
@@ -757,9 +942,7 @@ fn should_enforce_multiple_ingress_policies_with_ingress_allow_all_policy_taking
     lab.validate(TCP, 81, &Reachability::all(true));
 }
 
-#[test]
-fn should_enforce_multiple_egress_policies_with_egress_allow_all_policy_taking_precedence() {
-    let mut lab = Lab::new();
+pub fn should_enforce_multiple_egress_policies_with_egress_allow_all_policy_taking_precedence(lab: &mut dyn CaseLab) {
     lab.apply(
         "x",
         "allow-egress-port-80",
@@ -772,9 +955,7 @@ fn should_enforce_multiple_egress_policies_with_egress_allow_all_policy_taking_p
     lab.validate(TCP, 81, &Reachability::all(true));
 }
 
-#[test]
-fn should_stop_enforcing_policies_after_they_are_deleted() {
-    let mut lab = Lab::new();
+pub fn should_stop_enforcing_policies_after_they_are_deleted(lab: &mut dyn CaseLab) {
     lab.apply("x", "deny-all", json!({"podSelector": {}, "policyTypes": ["Ingress", "Egress"]}));
     let mut r = Reachability::all(true);
     r.expect_peer(Sel::Ns("x"), Sel::All, false);
@@ -784,7 +965,7 @@ fn should_stop_enforcing_policies_after_they_are_deleted() {
     lab.validate(TCP, 80, &Reachability::all(true));
 }
 
-fn egress_to_block(lab: &mut Lab, block: Value) {
+fn egress_to_block(lab: &mut dyn CaseLab, block: Value) {
     lab.apply(
         "x",
         "allow-client-a-via-cidr-egress-rule",
@@ -792,47 +973,40 @@ fn egress_to_block(lab: &mut Lab, block: Value) {
     );
 }
 
-#[test]
-fn should_allow_egress_access_to_server_in_cidr_block() {
-    let mut lab = Lab::new();
+pub fn should_allow_egress_access_to_server_in_cidr_block(lab: &mut dyn CaseLab) {
     let y_b = lab.ip("y", "b");
-    egress_to_block(&mut lab, json!({"cidr": format!("{y_b}/32")}));
+    egress_to_block(lab, json!({"cidr": format!("{y_b}/32")}));
     let mut r = Reachability::all(true);
     r.expect_all_egress(("x", "a"), false);
     r.expect(("x", "a"), ("y", "b"), true);
     lab.validate(TCP, 80, &r);
 }
 
-#[test]
-fn should_enforce_except_clause_while_egress_access_to_server_in_cidr_block() {
-    let mut lab = Lab::new();
+pub fn should_enforce_except_clause_while_egress_access_to_server_in_cidr_block(lab: &mut dyn CaseLab) {
     let x_b = lab.ip("x", "b");
-    egress_to_block(&mut lab, json!({"cidr": large_cidr(x_b), "except": [format!("{x_b}/32")]}));
+    egress_to_block(lab, json!({"cidr": large_cidr(x_b), "except": [format!("{x_b}/32")]}));
     let mut r = Reachability::all(true);
     r.expect(("x", "a"), ("x", "b"), false);
     lab.validate(TCP, 80, &r);
 }
 
-#[test]
-fn should_ensure_an_ip_overlapping_both_ip_block_cidr_and_ip_block_except_is_allowed() {
-    let mut lab = Lab::new();
+pub fn should_ensure_an_ip_overlapping_both_ip_block_cidr_and_ip_block_except_is_allowed(lab: &mut dyn CaseLab) {
     let x_b = lab.ip("x", "b");
-    egress_to_block(&mut lab, json!({"cidr": large_cidr(x_b), "except": [format!("{x_b}/32")]}));
+    egress_to_block(lab, json!({"cidr": large_cidr(x_b), "except": [format!("{x_b}/32")]}));
     let mut r = Reachability::all(true);
     r.expect(("x", "a"), ("x", "b"), false);
     lab.validate(TCP, 80, &r);
     // Same name: an update that replaces the except with x/b alone.
-    egress_to_block(&mut lab, json!({"cidr": format!("{x_b}/32")}));
+    egress_to_block(lab, json!({"cidr": format!("{x_b}/32")}));
     let mut allow = Reachability::all(true);
     allow.expect_all_egress(("x", "a"), false);
     allow.expect(("x", "a"), ("x", "b"), true);
     lab.validate(TCP, 80, &allow);
 }
 
-#[test]
-fn should_enforce_policies_to_check_ingress_and_egress_policies_can_be_controlled_independently_based_on_pod_selector()
-{
-    let mut lab = Lab::new();
+pub fn should_enforce_policies_to_check_ingress_and_egress_policies_can_be_controlled_independently_based_on_pod_selector(
+    lab: &mut dyn CaseLab,
+) {
     lab.apply(
         "x",
         "allow-egress-for-target",
@@ -845,9 +1019,9 @@ fn should_enforce_policies_to_check_ingress_and_egress_policies_can_be_controlle
     lab.validate(TCP, 80, &r);
 }
 
-#[test]
-fn should_not_mistakenly_treat_protocol_sctp_as_protocol_tcp_even_if_the_plugin_doesnt_support_sctp() {
-    let mut lab = Lab::new();
+pub fn should_not_mistakenly_treat_protocol_sctp_as_protocol_tcp_even_if_the_plugin_doesnt_support_sctp(
+    lab: &mut dyn CaseLab,
+) {
     lab.apply("x", "deny-ingress", json!({"podSelector": {}}));
     lab.apply(
         "x",
@@ -859,9 +1033,9 @@ fn should_not_mistakenly_treat_protocol_sctp_as_protocol_tcp_even_if_the_plugin_
     lab.validate(TCP, 81, &r);
 }
 
-#[test]
-fn should_properly_isolate_pods_that_are_selected_by_a_policy_allowing_sctp_even_if_the_plugin_doesnt_support_sctp() {
-    let mut lab = Lab::new();
+pub fn should_properly_isolate_pods_that_are_selected_by_a_policy_allowing_sctp_even_if_the_plugin_doesnt_support_sctp(
+    lab: &mut dyn CaseLab,
+) {
     lab.apply(
         "x",
         "allow-only-sctp-ingress-on-port-80",
@@ -872,9 +1046,7 @@ fn should_properly_isolate_pods_that_are_selected_by_a_policy_allowing_sctp_even
     lab.validate(TCP, 81, &r);
 }
 
-#[test]
-fn should_not_allow_access_by_tcp_when_a_policy_specifies_only_udp() {
-    let mut lab = Lab::new();
+pub fn should_not_allow_access_by_tcp_when_a_policy_specifies_only_udp(lab: &mut dyn CaseLab) {
     lab.apply(
         "x",
         "allow-only-udp-ingress-on-port-81",
@@ -885,9 +1057,9 @@ fn should_not_allow_access_by_tcp_when_a_policy_specifies_only_udp() {
     lab.validate(TCP, 81, &r);
 }
 
-#[test]
-fn should_enforce_policy_to_allow_traffic_based_on_namespace_selector_with_match_labels_using_default_ns_label() {
-    let mut lab = Lab::new();
+pub fn should_enforce_policy_to_allow_traffic_based_on_namespace_selector_with_match_labels_using_default_ns_label(
+    lab: &mut dyn CaseLab,
+) {
     lab.apply(
         "x",
         "allow-client-a-via-ns-selector-for-immutable-ns-label",
@@ -899,9 +1071,9 @@ fn should_enforce_policy_to_allow_traffic_based_on_namespace_selector_with_match
     lab.validate(TCP, 80, &r);
 }
 
-#[test]
-fn should_enforce_policy_based_on_namespace_selector_with_match_expressions_using_default_ns_label() {
-    let mut lab = Lab::new();
+pub fn should_enforce_policy_based_on_namespace_selector_with_match_expressions_using_default_ns_label(
+    lab: &mut dyn CaseLab,
+) {
     lab.apply(
         "x",
         "allow-ns-y-match-selector-for-immutable-ns-label",
@@ -917,17 +1089,15 @@ fn should_enforce_policy_based_on_namespace_selector_with_match_expressions_usin
 /// The three cases upstream repeats per protocol ("using UDP", "using
 /// SCTP"); upstream probes SCTP with real sockets, the datapath tests will
 /// use crafted packets (this kernel has no SCTP sockets).
-fn default_deny_ingress(protocol: Protocol) {
-    let mut lab = Lab::new();
+fn default_deny_ingress(lab: &mut dyn CaseLab, protocol: Protocol) {
     lab.apply("x", "deny-all", json!({"podSelector": {}}));
     let mut r = Reachability::all(true);
     r.expect_peer(Sel::All, Sel::Ns("x"), false);
     lab.validate(protocol, 80, &r);
 }
 
-fn ports_from_y(protocol: Protocol, api: &str) {
-    let mut lab = Lab::new();
-    let r = port_from_y(&mut lab, "allow-ingress-on-port-81-ns-x", json!(81), api);
+fn ports_from_y(lab: &mut dyn CaseLab, protocol: Protocol, api: &str) {
+    let r = port_from_y(lab, "allow-ingress-on-port-81-ns-x", json!(81), api);
     lab.validate(protocol, 81, &r);
     // the same port over TCP is not opened by a UDP or SCTP rule
     let mut tcp = Reachability::all(true);
@@ -935,48 +1105,266 @@ fn ports_from_y(protocol: Protocol, api: &str) {
     lab.validate(TCP, 81, &tcp);
 }
 
-fn pod_in_other_namespace(protocol: Protocol) {
-    let mut lab = Lab::new();
-    let r = from_y_a_only(&mut lab);
+fn pod_in_other_namespace(lab: &mut dyn CaseLab, protocol: Protocol) {
+    let r = from_y_a_only(lab);
     lab.validate(protocol, 80, &r);
 }
 
-mod udp {
+pub mod udp {
     use super::*;
 
-    #[test]
-    fn should_support_a_default_deny_ingress_policy() {
-        default_deny_ingress(UDP);
+    pub fn should_support_a_default_deny_ingress_policy(lab: &mut dyn CaseLab) {
+        default_deny_ingress(lab, UDP);
     }
 
-    #[test]
-    fn should_enforce_policy_based_on_ports() {
-        ports_from_y(UDP, "UDP");
+    pub fn should_enforce_policy_based_on_ports(lab: &mut dyn CaseLab) {
+        ports_from_y(lab, UDP, "UDP");
     }
 
-    #[test]
-    fn should_enforce_policy_to_allow_traffic_only_from_a_pod_in_a_different_namespace_based_on_pod_selector_and_namespace_selector(
+    pub fn should_enforce_policy_to_allow_traffic_only_from_a_pod_in_a_different_namespace_based_on_pod_selector_and_namespace_selector(
+        lab: &mut dyn CaseLab,
     ) {
-        pod_in_other_namespace(UDP);
+        pod_in_other_namespace(lab, UDP);
     }
 }
 
-mod sctp {
+pub mod sctp {
     use super::*;
 
-    #[test]
-    fn should_support_a_default_deny_ingress_policy() {
-        default_deny_ingress(SCTP);
+    pub fn should_support_a_default_deny_ingress_policy(lab: &mut dyn CaseLab) {
+        default_deny_ingress(lab, SCTP);
     }
 
-    #[test]
-    fn should_enforce_policy_based_on_ports() {
-        ports_from_y(SCTP, "SCTP");
+    pub fn should_enforce_policy_based_on_ports(lab: &mut dyn CaseLab) {
+        ports_from_y(lab, SCTP, "SCTP");
     }
 
-    #[test]
-    fn should_enforce_policy_to_allow_traffic_only_from_a_pod_in_a_different_namespace_based_on_pod_selector_and_namespace_selector(
+    pub fn should_enforce_policy_to_allow_traffic_only_from_a_pod_in_a_different_namespace_based_on_pod_selector_and_namespace_selector(
+        lab: &mut dyn CaseLab,
     ) {
-        pod_in_other_namespace(SCTP);
+        pod_in_other_namespace(lab, SCTP);
+    }
+}
+
+/// The cases on the pure core: the policies converted by `model.rs`, every
+/// pair judged by `evaluate::reach` with the datapath's lookups.
+#[cfg(test)]
+mod model_tests {
+    use std::{collections::BTreeSet, net::Ipv4Addr};
+
+    use k8s_openapi::api::{core::v1 as core, networking::v1 as networking};
+    use serde_json::{json, Value};
+
+    use super::*;
+    use crate::policy::{
+        evaluate::{reach, ClusterMaps, Reach},
+        model::{Namespace, NetworkPolicy, Pod, PolicyModel, PolicyName},
+    };
+
+    /// The nine pods and their namespaces, and the policies of one case.
+    struct ModelLab {
+        model: PolicyModel,
+    }
+
+    impl ModelLab {
+        fn new() -> Self {
+            let mut model = PolicyModel::default();
+            model.cluster_cidrs.push("10.244.0.0/16".parse().unwrap());
+            model.nodes.insert("n1".into(), Ipv4Addr::new(192, 168, 0, 1));
+            model.nodes.insert("n2".into(), Ipv4Addr::new(192, 168, 0, 2));
+            for (n, ns) in NAMESPACES.iter().enumerate() {
+                let k8s: core::Namespace =
+                    serde_json::from_value(json!({"metadata": {"name": ns, "labels": {"ns": ns}}})).unwrap();
+                model.add_namespace(Namespace::from_k8s(&k8s).unwrap());
+                for (p, pod) in PODS.iter().enumerate() {
+                    let node = 1 + pod_node(ns, pod);
+                    let k8s: core::Pod = serde_json::from_value(json!({
+                        "metadata": {"namespace": ns, "name": pod, "labels": {"pod": pod}},
+                        "spec": {"nodeName": format!("n{node}"), "containers": pod_containers()},
+                        "status": {"podIP": format!("10.244.{node}.{}", 10 + n * 3 + p)}
+                    }))
+                    .unwrap();
+                    model.add_pod(Pod::from_k8s(&k8s).unwrap());
+                }
+            }
+            ModelLab { model }
+        }
+    }
+
+    impl CaseLab for ModelLab {
+        fn apply(&mut self, namespace: &str, name: &str, spec: Value) {
+            let k8s: networking::NetworkPolicy =
+                serde_json::from_value(json!({"metadata": {"namespace": namespace, "name": name}, "spec": spec}))
+                    .unwrap_or_else(|e| panic!("policy {namespace}/{name}: {e}"));
+            let policy = NetworkPolicy::from_k8s(&k8s).unwrap_or_else(|e| panic!("policy {namespace}/{name}: {e}"));
+            self.model.add_policy(policy);
+        }
+
+        fn delete_all_policies(&mut self) {
+            let names: Vec<PolicyName> = self.model.policies.keys().cloned().collect();
+            for name in names {
+                self.model.remove_policy(&name);
+            }
+        }
+
+        fn label_namespace(&mut self, namespace: &str, key: &str, value: &str) {
+            let ns = self.model.namespaces.get_mut(namespace).unwrap();
+            ns.labels.insert(key.into(), value.into());
+        }
+
+        fn label_pod(&mut self, namespace: &str, pod: &str, key: &str, value: &str) {
+            let pod = self.model.pods.get_mut(&PodKey::new(namespace, pod)).unwrap();
+            pod.labels.insert(key.into(), value.into());
+        }
+
+        fn ip(&self, namespace: &str, pod: &str) -> Ipv4Addr {
+            self.model.pods[&PodKey::new(namespace, pod)].ips[0]
+        }
+
+        fn validate(&mut self, protocol: Protocol, port: u16, expected: &Reachability) {
+            let maps = ClusterMaps::compile(&self.model);
+            let mut why = Vec::new();
+            let observed = Reachability::from_fn(|from, to| {
+                let r =
+                    reach(&maps, &self.model, from, to, protocol, port).expect("every pod has an address and a node");
+                let got = r.allowed();
+                if from != to && got != expected.get(from, to) {
+                    if let Reach::Judged { egress, ingress } = &r {
+                        why.push(format!("  {from} -> {to}: egress at {from}: {egress}; ingress at {to}: {ingress}"));
+                    }
+                }
+                got
+            });
+            let wrong = expected.differences(&observed);
+            if !wrong.is_empty() {
+                panic!(
+                    "{protocol:?}/{port}: {} of 72 pairs wrong\n{}why:\n{}",
+                    wrong.len(),
+                    side_by_side(expected, &observed),
+                    why.join("\n")
+                );
+            }
+        }
+    }
+
+    fn run(case: fn(&mut dyn CaseLab)) {
+        case(&mut ModelLab::new());
+    }
+
+    /// One test per case, named as the case; `MODEL_TESTS` lists them.
+    macro_rules! model_tests {
+        ($prefix:literal, $($name:ident),* $(,)?) => {
+            $(
+                #[test]
+                fn $name() {
+                    run(cases::$name);
+                }
+            )*
+            const MODEL_TESTS: &[&str] = &[$(concat!($prefix, stringify!($name))),*];
+        };
+    }
+
+    mod tcp {
+        use super::{super as cases, run};
+        model_tests!(
+            "",
+            should_support_a_default_deny_ingress_policy,
+            should_support_a_default_deny_all_policy,
+            should_enforce_policy_to_allow_traffic_from_pods_within_server_namespace_based_on_pod_selector,
+            should_enforce_policy_to_allow_ingress_traffic_for_a_target,
+            should_enforce_policy_to_allow_ingress_traffic_from_pods_in_all_namespaces,
+            should_enforce_policy_to_allow_traffic_only_from_a_different_namespace_based_on_namespace_selector,
+            should_enforce_policy_based_on_pod_selector_with_match_expressions,
+            should_enforce_policy_based_on_namespace_selector_with_match_expressions,
+            should_enforce_policy_based_on_pod_selector_or_namespace_selector,
+            should_enforce_policy_based_on_pod_selector_and_namespace_selector,
+            should_enforce_policy_based_on_multiple_pod_selectors_and_namespace_selectors,
+            should_enforce_policy_based_on_any_pod_selectors,
+            should_enforce_policy_to_allow_traffic_only_from_a_pod_in_a_different_namespace_based_on_pod_selector_and_namespace_selector,
+            should_enforce_policy_based_on_ports,
+            should_enforce_multiple_stacked_policies_with_overlapping_pod_selectors,
+            should_support_allow_all_policy,
+            should_allow_ingress_access_on_one_named_port,
+            should_allow_ingress_access_from_namespace_on_one_named_port,
+            should_allow_egress_access_on_one_named_port,
+            should_enforce_updated_policy,
+            should_allow_ingress_access_from_updated_namespace,
+            should_allow_ingress_access_from_updated_pod,
+            should_deny_ingress_from_pods_on_other_namespaces,
+            should_deny_ingress_access_to_updated_pod,
+            should_deny_egress_from_pods_based_on_pod_selector,
+            should_deny_egress_from_all_pods_in_a_namespace,
+            should_work_with_ingress_egress_specified_together,
+            should_support_denying_of_egress_traffic_on_the_client_side_even_if_the_server_explicitly_allows_this_traffic,
+            should_enforce_egress_policy_allowing_traffic_to_a_server_in_a_different_namespace_based_on_pod_selector_and_namespace_selector,
+            should_enforce_ingress_policy_allowing_any_port_traffic_to_a_server_on_a_specific_protocol,
+            should_enforce_multiple_ingress_policies_with_ingress_allow_all_policy_taking_precedence,
+            should_enforce_multiple_egress_policies_with_egress_allow_all_policy_taking_precedence,
+            should_stop_enforcing_policies_after_they_are_deleted,
+            should_allow_egress_access_to_server_in_cidr_block,
+            should_enforce_except_clause_while_egress_access_to_server_in_cidr_block,
+            should_ensure_an_ip_overlapping_both_ip_block_cidr_and_ip_block_except_is_allowed,
+            should_enforce_policies_to_check_ingress_and_egress_policies_can_be_controlled_independently_based_on_pod_selector,
+            should_not_mistakenly_treat_protocol_sctp_as_protocol_tcp_even_if_the_plugin_doesnt_support_sctp,
+            should_properly_isolate_pods_that_are_selected_by_a_policy_allowing_sctp_even_if_the_plugin_doesnt_support_sctp,
+            should_not_allow_access_by_tcp_when_a_policy_specifies_only_udp,
+            should_enforce_policy_to_allow_traffic_based_on_namespace_selector_with_match_labels_using_default_ns_label,
+            should_enforce_policy_based_on_namespace_selector_with_match_expressions_using_default_ns_label,
+        );
+        pub(super) const NAMES: &[&str] = MODEL_TESTS;
+    }
+
+    mod udp {
+        use super::{super::udp as cases, run};
+        model_tests!(
+            "udp::",
+            should_support_a_default_deny_ingress_policy,
+            should_enforce_policy_based_on_ports,
+            should_enforce_policy_to_allow_traffic_only_from_a_pod_in_a_different_namespace_based_on_pod_selector_and_namespace_selector,
+        );
+        pub(super) const NAMES: &[&str] = MODEL_TESTS;
+    }
+
+    mod sctp {
+        use super::{super::sctp as cases, run};
+        model_tests!(
+            "sctp::",
+            should_support_a_default_deny_ingress_policy,
+            should_enforce_policy_based_on_ports,
+            should_enforce_policy_to_allow_traffic_only_from_a_pod_in_a_different_namespace_based_on_pod_selector_and_namespace_selector,
+        );
+        pub(super) const NAMES: &[&str] = MODEL_TESTS;
+    }
+
+    #[test]
+    fn the_case_list_is_upstreams_48_each_with_a_model_test() {
+        let upstream: BTreeSet<&str> = CASES.iter().map(|c| c.upstream).collect();
+        assert_eq!(upstream.len(), 48);
+        let names: BTreeSet<&str> = CASES.iter().map(|c| c.name).collect();
+        assert_eq!(names.len(), 48);
+        let tests: BTreeSet<&str> = tcp::NAMES.iter().chain(udp::NAMES).chain(sctp::NAMES).copied().collect();
+        assert_eq!(names, tests, "every case in CASES has its model test, and no other");
+        for case in CASES {
+            let family = if case.upstream.starts_with("[UDP]") {
+                Protocol::Udp
+            } else if case.upstream.starts_with("[SCTP]") {
+                Protocol::Sctp
+            } else {
+                Protocol::Tcp
+            };
+            assert_eq!(case.protocol, family, "{}", case.upstream);
+        }
+    }
+
+    #[test]
+    fn side_by_side_marks_the_pairs_that_differ() {
+        let expected = Reachability::all(true);
+        let mut observed = Reachability::all(true);
+        observed.expect(("x", "a"), ("y", "b"), false);
+        let s = side_by_side(&expected, &observed);
+        assert!(s.contains("x/a -> y/b: expected connected, observed blocked"), "{s}");
+        assert_eq!(s.matches('!').count(), 2, "one marked cell and the legend:\n{s}");
+        assert_eq!(expected.differences(&observed).len(), 1);
+        assert_eq!(observed.blocked(), 1);
     }
 }

@@ -1,0 +1,190 @@
+# One pod of the NetworkPolicy truth-table lab (tests/src/netpol/), run in
+# the pod's network namespace (and its node's cgroup, so the socket load
+# balancer sees its connects): `python3 -c <this> NAME`, NAME as "x/a".
+#
+# Serves what upstream's agnhost pods serve: TCP and UDP on 80 and 81, each
+# answering NAME (a TCP connection gets "NAME\n" and is closed; a datagram
+# gets NAME back). SCTP has no sockets on this kernel: a raw socket for IP
+# protocol 132 notes every SCTP packet delivered here (see "sctp" below).
+#
+# Prints "ready" once every socket is bound, then reads one JSON command a
+# line on stdin and answers each with one JSON line on stdout:
+#   {"probe": [[id, proto, ip, port], ...], "timeout_ms": T}
+#       every probe at once; proto "tcp": connect, read the answer;
+#       "udp": a connected socket sends one datagram, reads the answer;
+#       "sctp": a crafted SCTP INIT (RFC 9260 §3.3.2, CRC32c set) from a raw
+#       socket, its initiate tag = id + 1, nothing to read back.
+#       Answer {"results": {id: answer or "err <why>"}}
+#   {"sctp_seen": true}   SCTP INITs delivered here since the last ask:
+#       {"sctp_seen": [[source ip, destination port, initiate tag], ...]}
+import asyncio
+import errno
+import json
+import os
+import socket
+import struct
+import sys
+
+NAME = sys.argv[1]
+PORTS = (80, 81)
+ANSWER = (NAME + "\n").encode()
+sctp_seen = []
+
+
+def crc32c_table():
+    table = []
+    for i in range(256):
+        c = i
+        for _ in range(8):
+            c = (c >> 1) ^ 0x82F63B78 if c & 1 else c >> 1
+        table.append(c)
+    return table
+
+
+CRC32C = crc32c_table()
+
+
+def crc32c(data):
+    c = 0xFFFFFFFF
+    for b in data:
+        c = CRC32C[(c ^ b) & 0xFF] ^ (c >> 8)
+    return c ^ 0xFFFFFFFF
+
+
+def sctp_init(src_port, dst_port, tag):
+    # Common header (verification tag 0 for an INIT), then the INIT chunk:
+    # type 1, flags 0, length 20, initiate tag, a_rwnd, out/in streams, TSN.
+    chunk = struct.pack("!BBHIIHHI", 1, 0, 20, tag, 65536, 10, 10, tag)
+    header = struct.pack("!HHII", src_port, dst_port, 0, 0)
+    packet = header + chunk
+    checksum = crc32c(packet)
+    # The checksum field holds the CRC32c in little-endian byte order.
+    return packet[:8] + struct.pack("<I", checksum) + packet[12:]
+
+
+class TcpAnswer(asyncio.Protocol):
+    def connection_made(self, transport):
+        transport.write(ANSWER)
+        transport.close()
+
+
+class UdpAnswer(asyncio.DatagramProtocol):
+    def connection_made(self, transport):
+        self.transport = transport
+
+    def datagram_received(self, data, addr):
+        self.transport.sendto(ANSWER, addr)
+
+
+def why(e):
+    if isinstance(e, asyncio.TimeoutError):
+        return "err timeout"
+    code = getattr(e, "errno", None)
+    return "err " + (errno.errorcode.get(code, str(code)) if code else type(e).__name__)
+
+
+async def probe_tcp(ip, port):
+    reader, writer = await asyncio.open_connection(ip, port)
+    try:
+        data = await reader.readline()
+    finally:
+        writer.close()
+    return data.decode(errors="replace").strip() or "err empty"
+
+
+class UdpClient(asyncio.DatagramProtocol):
+    def __init__(self):
+        self.answer = asyncio.get_running_loop().create_future()
+
+    def datagram_received(self, data, addr):
+        if not self.answer.done():
+            self.answer.set_result(data.decode(errors="replace").strip())
+
+    def error_received(self, exc):
+        if not self.answer.done():
+            self.answer.set_exception(exc)
+
+
+async def probe_udp(ip, port):
+    loop = asyncio.get_running_loop()
+    transport, client = await loop.create_datagram_endpoint(UdpClient, remote_addr=(ip, port))
+    try:
+        transport.sendto(b"probe")
+        return await client.answer
+    finally:
+        transport.close()
+
+
+def probe_sctp(ip, port, tag):
+    s = socket.socket(socket.AF_INET, socket.SOCK_RAW, 132)
+    try:
+        src_port = 32768 + tag % 28000
+        s.sendto(sctp_init(src_port, port, tag), (ip, 0))
+    finally:
+        s.close()
+    return "sent"
+
+
+async def one(proto, ip, port, pid, timeout):
+    try:
+        if proto == "tcp":
+            return await asyncio.wait_for(probe_tcp(ip, port), timeout)
+        if proto == "udp":
+            return await asyncio.wait_for(probe_udp(ip, port), timeout)
+        if proto == "sctp":
+            return probe_sctp(ip, port, pid + 1)
+        return "err unknown protocol " + proto
+    except Exception as e:  # every failure is an outcome, named
+        return why(e)
+
+
+def sctp_received(raw):
+    while True:
+        try:
+            packet = raw.recv(2048)
+        except BlockingIOError:
+            return
+        ihl = (packet[0] & 0x0F) * 4
+        src = socket.inet_ntoa(packet[12:16])
+        sctp = packet[ihl:]
+        if len(sctp) >= 20 and sctp[12] == 1:
+            dst_port = struct.unpack("!H", sctp[2:4])[0]
+            tag = struct.unpack("!I", sctp[16:20])[0]
+            sctp_seen.append([src, dst_port, tag])
+
+
+async def main():
+    global sctp_seen
+    loop = asyncio.get_running_loop()
+    for port in PORTS:
+        await loop.create_server(TcpAnswer, "0.0.0.0", port, reuse_address=True, backlog=512)
+        await loop.create_datagram_endpoint(UdpAnswer, local_addr=("0.0.0.0", port))
+    raw = socket.socket(socket.AF_INET, socket.SOCK_RAW, 132)
+    raw.setblocking(False)
+    loop.add_reader(raw.fileno(), sctp_received, raw)
+    reader = asyncio.StreamReader(limit=1 << 20)
+    await loop.connect_read_pipe(lambda: asyncio.StreamReaderProtocol(reader), sys.stdin)
+    print("ready", flush=True)
+    while True:
+        line = await reader.readline()
+        if not line:
+            return
+        cmd = json.loads(line)
+        if "probe" in cmd:
+            timeout = cmd.get("timeout_ms", 1000) / 1000
+            probes = cmd["probe"]
+            outcomes = await asyncio.gather(*(one(p[1], p[2], p[3], p[0], timeout) for p in probes))
+            out = {"results": {str(p[0]): o for p, o in zip(probes, outcomes)}}
+        elif "sctp_seen" in cmd:
+            out = {"sctp_seen": sctp_seen}
+            sctp_seen = []
+        else:
+            out = {"error": "unknown command"}
+        sys.stdout.write(json.dumps(out) + "\n")
+        sys.stdout.flush()
+
+
+try:
+    asyncio.run(main())
+except KeyboardInterrupt:
+    os._exit(0)

@@ -50,10 +50,24 @@ pub enum DropReason {
     /// anything else): nothing checks its source on the way to the node's
     /// stack, so it is dropped until sluice supports IPv6.
     UnknownL3 = 14,
+    /// NetworkPolicy: the destination pod is isolated for ingress and no
+    /// rule of its policies allows this new connection.
+    PolicyDeniedIngress = 15,
+    /// NetworkPolicy: the source pod is isolated for egress and no rule
+    /// allows this new connection.
+    PolicyDeniedEgress = 16,
+    /// NetworkPolicy: the pod is isolated and the peer is an address in the
+    /// cluster CIDR this node does not know (yet); only a rule allowing
+    /// every peer lets it through.
+    PolicyPeerUnknown = 17,
+    /// NetworkPolicy: the pod's policy entry is the CNI plugin's fail-closed
+    /// stand-in (the agent had not written the pod's policy at ADD):
+    /// everything but its own node is dropped until it does.
+    PolicyPending = 18,
 }
 
 impl DropReason {
-    pub const COUNT: u32 = 15;
+    pub const COUNT: u32 = 19;
     pub const ALL: [DropReason; Self::COUNT as usize] = [
         DropReason::Truncated,
         DropReason::SourceSpoofed,
@@ -70,6 +84,10 @@ impl DropReason {
         DropReason::TunnelNoRoute,
         DropReason::TunnelWrongNode,
         DropReason::UnknownL3,
+        DropReason::PolicyDeniedIngress,
+        DropReason::PolicyDeniedEgress,
+        DropReason::PolicyPeerUnknown,
+        DropReason::PolicyPending,
     ];
 
     /// Stable name: the label in `status` and metrics.
@@ -90,6 +108,10 @@ impl DropReason {
             DropReason::TunnelNoRoute => "tunnel_no_route",
             DropReason::TunnelWrongNode => "tunnel_wrong_node",
             DropReason::UnknownL3 => "unknown_l3",
+            DropReason::PolicyDeniedIngress => "policy_denied_ingress",
+            DropReason::PolicyDeniedEgress => "policy_denied_egress",
+            DropReason::PolicyPeerUnknown => "policy_peer_unknown",
+            DropReason::PolicyPending => "policy_pending",
         }
     }
 }
@@ -278,6 +300,10 @@ mod tests {
         TunnelNoRoute = 12, "tunnel_no_route";
         TunnelWrongNode = 13, "tunnel_wrong_node";
         UnknownL3 = 14, "unknown_l3";
+        PolicyDeniedIngress = 15, "policy_denied_ingress";
+        PolicyDeniedEgress = 16, "policy_denied_egress";
+        PolicyPeerUnknown = 17, "policy_peer_unknown";
+        PolicyPending = 18, "policy_pending";
     });
 
     const FORWARD_PATHS: &[(ForwardPath, u32, &str)] = &golden!(ForwardPath {

@@ -17,6 +17,9 @@
 /// `DatapathEvent::kind`.
 pub const EVENT_DROP: u8 = 1;
 pub const EVENT_TRACE: u8 = 2;
+/// A NetworkPolicy verdict on a new connection: the record is a
+/// `policy::PolicyEvent` (32 bytes), not a `DatapathEvent`.
+pub const EVENT_POLICY: u8 = 3;
 
 /// How many monitors can run at once (ring buffers `EVENTS_0..3`).
 pub const MONITOR_SLOTS: u32 = 4;
@@ -31,9 +34,15 @@ pub const fn trace_bit(slot: u32) -> u32 {
     1 << (8 + slot)
 }
 
+/// `MONITORS[0]`: slot `slot` wants NetworkPolicy verdicts
+/// (`policy::PolicyEvent` records).
+pub const fn policy_bit(slot: u32) -> u32 {
+    1 << (16 + slot)
+}
+
 /// Every bit a slot may set in `MONITORS[0]`.
 pub const fn slot_bits(slot: u32) -> u32 {
-    drop_bit(slot) | trace_bit(slot)
+    drop_bit(slot) | trace_bit(slot) | policy_bit(slot)
 }
 
 /// The slots (bit `i` = slot `i`) an event of `kind` goes to, given
@@ -43,6 +52,7 @@ pub const fn subscribers(monitors: u32, kind: u8) -> u32 {
     match kind {
         EVENT_DROP => monitors & mask,
         EVENT_TRACE => (monitors >> 8) & mask,
+        EVENT_POLICY => (monitors >> 16) & mask,
         _ => 0,
     }
 }
@@ -96,16 +106,20 @@ mod tests {
         let m = drop_bit(0) | slot_bits(2) | trace_bit(3);
         assert_eq!(subscribers(m, EVENT_DROP), 0b0101);
         assert_eq!(subscribers(m, EVENT_TRACE), 0b1100);
+        assert_eq!(subscribers(m, EVENT_POLICY), 0b0100);
+        assert_eq!(subscribers(policy_bit(1), EVENT_POLICY), 0b0010);
+        assert_eq!(subscribers(policy_bit(1), EVENT_DROP), 0, "a policy monitor gets no drops");
         assert_eq!(subscribers(m, 0), 0, "an unknown kind goes nowhere");
         for slot in 0..MONITOR_SLOTS {
             assert_eq!(subscribers(slot_bits(slot), EVENT_DROP), 1 << slot);
             assert_eq!(subscribers(slot_bits(slot), EVENT_TRACE), 1 << slot);
+            assert_eq!(subscribers(slot_bits(slot), EVENT_POLICY), 1 << slot);
         }
         // The slots' bits never overlap.
         let all = (0..MONITOR_SLOTS).fold(0, |acc, s| {
             assert_eq!(acc & slot_bits(s), 0);
             acc | slot_bits(s)
         });
-        assert_eq!(all.count_ones(), 2 * MONITOR_SLOTS);
+        assert_eq!(all.count_ones(), 3 * MONITOR_SLOTS);
     }
 }

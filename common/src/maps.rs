@@ -70,6 +70,28 @@ pub mod names {
     pub const AFFINITY: &str = "AFFINITY";
     /// `PerCpuArray<u64>` indexed by `services::SockLbCounter`.
     pub const SOCK_LB_STATS: &str = "SOCK_LB_STATS";
+    /// `LpmTrie<u32 IPv4 (be), policy::PeerIdentity>`: what a peer address
+    /// is, for NetworkPolicy (agent writes; programs read per new
+    /// connection).
+    pub const POLICY_IDENTITIES: &str = "POLICY_IDENTITIES";
+    /// `HashMap<u32 local pod IPv4 (be), policy::EndpointPolicy>`: a local
+    /// pod's isolation and rule set (agent, CNI ADD write; programs read).
+    pub const POLICY_ENDPOINTS: &str = "POLICY_ENDPOINTS";
+    /// `LpmTrie<policy::PolicyKey, policy::PolicyValue>`: allow entries.
+    pub const POLICY_RULES: &str = "POLICY_RULES";
+    /// `Array<policy::PolicyState>` with one entry: epoch, service CIDR.
+    pub const POLICY_STATE: &str = "POLICY_STATE";
+    /// `LruHashMap<policy::CtKey, policy::CtEntry>`: allowed connections
+    /// (programs write; agent GC removes idle ones).
+    pub const POLICY_CT: &str = "POLICY_CT";
+    /// `HashMap<policy::PodNameKey, policy::PodPolicy>`: user space only
+    /// (agent writes, the CNI plugin reads at ADD). In the object (and
+    /// pinned, migrated) like every map: no program reads it, and
+    /// tests/tests/prog/policy_maps.rs checks the linker kept it.
+    pub const POLICY_PODS: &str = "POLICY_PODS";
+    /// `PerCpuArray<u64>` indexed by `policy::policy_stat_slot`: verdicts
+    /// by direction.
+    pub const POLICY_STATS: &str = "POLICY_STATS";
 }
 
 /// Program names in the eBPF object (also their pin names under `progs/`).
@@ -145,6 +167,14 @@ pub mod limits {
     pub const MAX_SOCK_REVERSE: u32 = 262144;
     /// (client namespace, Service) pairs with session affinity.
     pub const MAX_AFFINITY: u32 = 65536;
+    /// Prefixes in `POLICY_IDENTITIES`: pods, nodes, the cluster CIDR,
+    /// ipBlocks' CIDRs and excepts.
+    pub const MAX_POLICY_IDENTITIES: u32 = 65536;
+    /// Allow entries in `POLICY_RULES` over every local pod's rule set (a
+    /// change holds old and new set for a moment).
+    pub const MAX_POLICY_RULES: u32 = 262144;
+    /// Connections `POLICY_CT` remembers; least recently used make room.
+    pub const MAX_POLICY_CT: u32 = 262144;
 }
 
 /// A pod on this node. Key: the pod's IPv4 address (be).

@@ -1,10 +1,10 @@
 //! NetworkPolicy: the maps the datapath will enforce it from, and the pure
 //! verdict it computes from their lookups (issue 25).
 //!
-//! **Status: contract only.** No eBPF program reads these maps yet and no
-//! agent writes them; the agent's pure compiler (`agent/src/policy/`) already
-//! produces their entries and evaluates them with [`policy_verdict`], which is
-//! what the datapath will call. See docs/ARCHITECTURE.md, "NetworkPolicy".
+//! The programs enforce from these maps (`ebpf/src/policy/`); the agent's
+//! pure compiler (`agent/src/policy/`) produces their entries and evaluates
+//! them with [`policy_verdict`], the same function the datapath calls. See
+//! docs/ARCHITECTURE.md, "NetworkPolicy".
 //!
 //! The design is Cilium's (identities), with ipBlock folded into them:
 //!
@@ -31,6 +31,8 @@
 //! lookups (the peer's identity, then [`IDENTITY_ANY`]); then
 //! [`policy_verdict`]. The count is the same for 1 policy or 1,000.
 
+use crate::DropReason;
+
 /// Reserved identity in [`PolicyKey::identity_be`] only: the entry allows
 /// every peer (a rule with no `from`/`to`). Never assigned to an address.
 pub const IDENTITY_ANY: u32 = 0;
@@ -54,6 +56,11 @@ pub const IDENTITY_FIRST_ALLOCATED: u32 = 256;
 pub const ENDPOINT_INGRESS_ISOLATED: u32 = 1;
 /// [`EndpointPolicy::flags`]: the same for `Egress`.
 pub const ENDPOINT_EGRESS_ISOLATED: u32 = 2;
+/// [`EndpointPolicy::flags`]: the CNI plugin found no `POLICY_PODS` entry for
+/// the pod (agent down or behind) and wrote a fail-closed entry: everything
+/// to and from the pod is dropped (`policy_pending`) except its own node,
+/// until the agent writes the real one.
+pub const ENDPOINT_POLICY_PENDING: u32 = 4;
 
 /// [`PolicyKey::direction`]: the local pod receives (peer = source).
 pub const DIRECTION_INGRESS: u8 = 0;
@@ -216,9 +223,24 @@ pub enum PolicyVerdict {
     /// Isolated, the peer is an address in the cluster CIDR this node does
     /// not know, and no entry for every peer allows it.
     PeerUnknown = 6,
+    /// The local pod's entry is the CNI plugin's fail-closed stand-in
+    /// ([`ENDPOINT_POLICY_PENDING`]); the peer is not its node.
+    Pending = 7,
 }
 
 impl PolicyVerdict {
+    pub const COUNT: u32 = 8;
+    pub const ALL: [PolicyVerdict; Self::COUNT as usize] = [
+        PolicyVerdict::AllowedNotIsolated,
+        PolicyVerdict::AllowedHost,
+        PolicyVerdict::AllowedByPeerRule,
+        PolicyVerdict::AllowedByAnyPeerRule,
+        PolicyVerdict::DeniedIngress,
+        PolicyVerdict::DeniedEgress,
+        PolicyVerdict::PeerUnknown,
+        PolicyVerdict::Pending,
+    ];
+
     pub const fn allowed(self) -> bool {
         matches!(
             self,
@@ -239,6 +261,18 @@ impl PolicyVerdict {
             PolicyVerdict::DeniedIngress => "policy_denied_ingress",
             PolicyVerdict::DeniedEgress => "policy_denied_egress",
             PolicyVerdict::PeerUnknown => "policy_peer_unknown",
+            PolicyVerdict::Pending => "policy_pending",
+        }
+    }
+
+    /// The drop reason of a denial; `None` for an allow.
+    pub const fn drop_reason(self) -> Option<DropReason> {
+        match self {
+            PolicyVerdict::DeniedIngress => Some(DropReason::PolicyDeniedIngress),
+            PolicyVerdict::DeniedEgress => Some(DropReason::PolicyDeniedEgress),
+            PolicyVerdict::PeerUnknown => Some(DropReason::PolicyPeerUnknown),
+            PolicyVerdict::Pending => Some(DropReason::PolicyPending),
+            _ => None,
         }
     }
 }
@@ -248,8 +282,8 @@ impl PolicyVerdict {
 /// evaluator (`agent/src/policy/evaluate.rs`).
 ///
 /// - `endpoint_flags`: the local pod's [`EndpointPolicy::flags`] (0 when it
-///   has no entry). When the pod is not isolated in `direction`, the caller
-///   may skip the other lookups and pass `None`.
+///   has no entry). When the pod is not isolated in `direction` (nor
+///   pending), the caller may skip the other lookups and pass `None`.
 /// - `peer_identity`: `POLICY_IDENTITIES` for the peer's address
 ///   ([`IDENTITY_WORLD`] when no prefix matches).
 /// - `peer_entry`: `POLICY_RULES` probed with `peer_identity`.
@@ -263,6 +297,9 @@ pub fn policy_verdict(
 ) -> PolicyVerdict {
     if peer_identity == IDENTITY_HOST {
         return PolicyVerdict::AllowedHost;
+    }
+    if endpoint_flags & ENDPOINT_POLICY_PENDING != 0 {
+        return PolicyVerdict::Pending;
     }
     if endpoint_flags & direction.isolation_flag() == 0 {
         return PolicyVerdict::AllowedNotIsolated;
@@ -286,8 +323,223 @@ pub fn policy_verdict(
     }
 }
 
+/// Does the local pod's entry make a judgement in `direction` depend on the
+/// peer (isolated that way, or pending)? When not, the verdict is
+/// [`PolicyVerdict::AllowedNotIsolated`] without a lookup.
+pub const fn needs_judgement(endpoint_flags: u32, direction: Direction) -> bool {
+    endpoint_flags & (direction.isolation_flag() | ENDPOINT_POLICY_PENDING) != 0
+}
+
+/// `POLICY_STATS`' slot for `verdict` in `direction`: the directions of one
+/// verdict side by side (as `counters::drop_slot`), so a verdict appended
+/// later adds slots at the end and a migration copying by index keeps every
+/// count in place.
+pub const fn policy_stat_slot(direction: Direction, verdict: PolicyVerdict) -> u32 {
+    verdict as u32 * 2 + direction as u32
+}
+
+/// Slots in `POLICY_STATS`: every verdict in both directions.
+pub const POLICY_STAT_SLOTS: u32 = PolicyVerdict::COUNT * 2;
+
+/// `PolicyEvent::policy_ref` / `CtEntry::*_ref` when no rule decided
+/// (not isolated, the node, a denial, not judged here).
+pub const POLICY_REF_NONE: u32 = u32::MAX;
+
+/// Value of `POLICY_STATE` (array of one): what every judgement shares.
+///
+/// Written by the agent: `service_cidr_*` once at start (where it writes
+/// `NODE_CONFIG`), `epoch` bumped (wrapping) after each policy change it
+/// applied completely. Read by the programs: the epoch on every
+/// `POLICY_CT` hit, the service CIDR when judging a new connection.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub struct PolicyState {
+    /// A `POLICY_CT` entry judged at another epoch is judged again on its
+    /// next packet.
+    pub epoch: u32,
+    /// The Service CIDR (network, be) and its prefix length; 0/0: none
+    /// configured. A connection from a local pod to an address in it is
+    /// addressed to a ClusterIP that kube-proxy translates later, in the
+    /// stack: its egress is judged where the stack hands it back, after
+    /// DNAT (see docs/ARCHITECTURE.md).
+    pub service_cidr_be: u32,
+    pub service_prefix_len: u32,
+    /// Reserved (0).
+    pub flags: u32,
+}
+const _: () = assert!(core::mem::size_of::<PolicyState>() == 16);
+
+impl PolicyState {
+    /// Is `addr_be` inside the service CIDR? Never with none configured.
+    pub const fn in_service_cidr(&self, addr_be: u32) -> bool {
+        let len = self.service_prefix_len;
+        if len == 0 || len > 32 {
+            return false;
+        }
+        let mask_be = (u32::MAX << (32 - len)).to_be();
+        addr_be & mask_be == self.service_cidr_be & mask_be
+    }
+}
+
+/// Key of `POLICY_CT`: a connection in its original direction (client →
+/// server, as its first packet went). A packet looks up its own tuple,
+/// then the reversed one (a reply). Addresses and ports as in the packet.
+///
+/// Ports: TCP, UDP and SCTP their ports; ICMP echo request `src_port_be` =
+/// identifier, `dst_port_be` = 0 (a reply has them the other way round, so
+/// its reversed tuple is the request's); an ICMP error carries the tuple of
+/// the packet it quotes, reversed (it travels against that packet); 0 for
+/// anything else.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default, Hash)]
+pub struct CtKey {
+    pub src_be: u32,
+    pub dst_be: u32,
+    pub src_port_be: u16,
+    pub dst_port_be: u16,
+    pub protocol: u8,
+    pub _pad: [u8; 3],
+}
+const _: () = assert!(core::mem::size_of::<CtKey>() == 16);
+
+impl CtKey {
+    /// The tuple a reply to this packet carries.
+    pub const fn reversed(self) -> CtKey {
+        CtKey {
+            src_be: self.dst_be,
+            dst_be: self.src_be,
+            src_port_be: self.dst_port_be,
+            dst_port_be: self.src_port_be,
+            protocol: self.protocol,
+            _pad: [0; 3],
+        }
+    }
+}
+
+/// `CtEntry::flags`: the client's egress was judged (the client is a pod
+/// of this node).
+pub const CT_EGRESS_JUDGED: u32 = 1;
+/// `CtEntry::flags`: the server's ingress was judged (a pod of this node).
+pub const CT_INGRESS_JUDGED: u32 = 2;
+/// `CtEntry::flags`: the client's egress is judged elsewhere: the server
+/// address is in the service CIDR (judged after kube-proxy's DNAT).
+pub const CT_EGRESS_DEFERRED: u32 = 4;
+/// `CtEntry::flags`: a packet in the reply direction was seen (for TCP:
+/// established; the GC gives such entries the longer timeout).
+pub const CT_REPLY_SEEN: u32 = 8;
+
+/// Value of `POLICY_CT` (LRU hash, key [`CtKey`]): an allowed connection.
+///
+/// Written by the programs when they allow a new connection (or re-judge
+/// one at a new epoch); `last_seen_ns` refreshed by its packets (at most
+/// about once a second). Deleted by the programs when a re-judgement
+/// denies it, and by the agent's GC when idle past its protocol's timeout.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub struct CtEntry {
+    /// `PolicyState::epoch` when it was judged.
+    pub epoch: u32,
+    /// `CT_*` bits.
+    pub flags: u32,
+    /// `bpf_ktime_get_ns` (CLOCK_MONOTONIC) of its last packet.
+    pub last_seen_ns: u64,
+    /// The policy whose rule allowed the client's egress, or
+    /// [`POLICY_REF_NONE`].
+    pub egress_ref: u32,
+    /// The same for the server's ingress.
+    pub ingress_ref: u32,
+}
+const _: () = assert!(core::mem::size_of::<CtEntry>() == 24);
+
+/// Key of `POLICY_PODS`: "namespace/name" in UTF-8, zero padded (a
+/// namespace is at most 63 bytes, a pod name 253).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct PodNameKey {
+    pub bytes: [u8; POD_NAME_KEY_BYTES],
+}
+const _: () = assert!(core::mem::size_of::<PodNameKey>() == 320);
+
+/// Bytes of a [`PodNameKey`].
+pub const POD_NAME_KEY_BYTES: usize = 320;
+
+impl PodNameKey {
+    /// The key of `namespace/name`; `None` when it does not fit.
+    pub fn new(namespace: &str, name: &str) -> Option<Self> {
+        let (ns, n) = (namespace.as_bytes(), name.as_bytes());
+        if ns.len() + 1 + n.len() > POD_NAME_KEY_BYTES {
+            return None;
+        }
+        let mut bytes = [0u8; POD_NAME_KEY_BYTES];
+        bytes[..ns.len()].copy_from_slice(ns);
+        bytes[ns.len()] = b'/';
+        bytes[ns.len() + 1..ns.len() + 1 + n.len()].copy_from_slice(n);
+        Some(Self { bytes })
+    }
+
+    /// The "namespace/name" it holds (up to the first zero byte).
+    pub fn as_str(&self) -> Option<&str> {
+        let end = self.bytes.iter().position(|&b| b == 0).unwrap_or(POD_NAME_KEY_BYTES);
+        core::str::from_utf8(&self.bytes[..end]).ok()
+    }
+}
+
+/// Value of `POLICY_PODS` (hash, user space only): the policy entry a pod
+/// gets when it starts. Written by the agent for every pod of this node it
+/// knows (before the runtime asks for the pod's network); read by the CNI
+/// plugin at ADD, which copies `endpoint` into `POLICY_ENDPOINTS` under the
+/// pod's new address before it returns (no gap for a new pod).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub struct PodPolicy {
+    pub endpoint: EndpointPolicy,
+    /// The pod's identity (what `POLICY_IDENTITIES` gets for its address).
+    pub identity: u32,
+    pub _pad: u32,
+}
+const _: () = assert!(core::mem::size_of::<PodPolicy>() == 16);
+
+/// One verdict for `sluice-agent monitor --type policy`: written into
+/// the ring buffers of the monitor slots subscribed to policy events
+/// (`events::policy_bit`), once per judged direction of a new connection
+/// (and of a re-judged one). Its first 9 bytes are laid out as
+/// `events::DatapathEvent`'s (`ts_ns`, then `kind` = `events::EVENT_POLICY`),
+/// so a reader tells the records apart by `kind`.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub struct PolicyEvent {
+    /// `bpf_ktime_get_ns` (CLOCK_MONOTONIC).
+    pub ts_ns: u64,
+    /// `events::EVENT_POLICY`.
+    pub kind: u8,
+    /// `Direction`: the local pod's side the verdict is for.
+    pub direction: u8,
+    /// IANA protocol number.
+    pub protocol: u8,
+    /// `PolicyVerdict`.
+    pub verdict: u8,
+    /// The allowing entry's `PolicyValue::policy_ref`, or
+    /// [`POLICY_REF_NONE`].
+    pub policy_ref: u32,
+    /// The connection's client and server (original direction), as in the
+    /// packet (network order); ports as in [`CtKey`].
+    pub saddr_be: u32,
+    pub daddr_be: u32,
+    pub sport_be: u16,
+    pub dport_be: u16,
+    /// The interface the judging program runs on.
+    pub ifindex: u32,
+}
+const _: () = assert!(core::mem::size_of::<PolicyEvent>() == 32);
+
 #[cfg(feature = "user")]
 mod pod_impls {
+    unsafe impl aya::Pod for super::PolicyState {}
+    unsafe impl aya::Pod for super::CtKey {}
+    unsafe impl aya::Pod for super::CtEntry {}
+    unsafe impl aya::Pod for super::PodNameKey {}
+    unsafe impl aya::Pod for super::PodPolicy {}
+    unsafe impl aya::Pod for super::PolicyEvent {}
     unsafe impl aya::Pod for super::PeerIdentity {}
     unsafe impl aya::Pod for super::EndpointPolicy {}
     unsafe impl aya::Pod for super::PolicyKey {}
@@ -335,6 +587,11 @@ mod tests {
             (Egress, BOTH, IDENTITY_UNKNOWN_CLUSTER, V, None, PeerUnknown),
             (Ingress, BOTH, IDENTITY_UNKNOWN_CLUSTER, V, V, AllowedByAnyPeerRule),
             (Ingress, BOTH, IDENTITY_ANY, V, None, PeerUnknown),
+            // pending (the CNI plugin's fail-closed entry): only the node
+            (Ingress, ENDPOINT_POLICY_PENDING, POD, V, V, Pending),
+            (Egress, ENDPOINT_POLICY_PENDING, IDENTITY_WORLD, None, V, Pending),
+            (Egress, ENDPOINT_POLICY_PENDING | BOTH, IDENTITY_UNKNOWN_CLUSTER, None, None, Pending),
+            (Ingress, ENDPOINT_POLICY_PENDING, IDENTITY_HOST, None, None, AllowedHost),
         ];
         for (i, &(dir, flags, id, peer, any, want)) in rows.iter().enumerate() {
             let got = policy_verdict(dir, flags, id, peer, any);
@@ -347,10 +604,88 @@ mod tests {
     }
 
     #[test]
-    fn denial_names_are_the_drop_reasons_to_be() {
-        assert_eq!(PolicyVerdict::DeniedIngress.name(), "policy_denied_ingress");
-        assert_eq!(PolicyVerdict::DeniedEgress.name(), "policy_denied_egress");
-        assert_eq!(PolicyVerdict::PeerUnknown.name(), "policy_peer_unknown");
+    fn denial_names_are_their_drop_reasons() {
+        for v in PolicyVerdict::ALL {
+            match v.drop_reason() {
+                Some(reason) => {
+                    assert!(!v.allowed(), "{v:?}");
+                    assert_eq!(v.name(), reason.name(), "{v:?}");
+                }
+                None => assert!(v.allowed(), "{v:?} denies without a reason"),
+            }
+        }
+        assert_eq!(PolicyVerdict::Pending.drop_reason(), Some(DropReason::PolicyPending));
+    }
+
+    // `POLICY_STATS` is indexed by these numbers and the metrics carry
+    // the names: a row never changes, new verdicts go at the end.
+    const VERDICTS: &[(PolicyVerdict, u32, &str)] = &crate::golden::golden!(PolicyVerdict {
+        AllowedNotIsolated = 0, "allowed_not_isolated";
+        AllowedHost = 1, "allowed_host";
+        AllowedByPeerRule = 2, "allowed_by_peer_rule";
+        AllowedByAnyPeerRule = 3, "allowed_by_any_peer_rule";
+        DeniedIngress = 4, "policy_denied_ingress";
+        DeniedEgress = 5, "policy_denied_egress";
+        PeerUnknown = 6, "policy_peer_unknown";
+        Pending = 7, "policy_pending";
+    });
+
+    #[test]
+    fn verdicts_match_the_golden_table() {
+        crate::golden::check(VERDICTS, &PolicyVerdict::ALL, PolicyVerdict::COUNT, |v| v as u32, PolicyVerdict::name);
+    }
+
+    #[test]
+    fn stat_slots_cover_every_verdict_and_direction_once() {
+        let mut seen = [false; POLICY_STAT_SLOTS as usize];
+        for v in PolicyVerdict::ALL {
+            for d in [Direction::Ingress, Direction::Egress] {
+                let slot = policy_stat_slot(d, v) as usize;
+                assert!(!seen[slot], "{v:?} {d:?}");
+                seen[slot] = true;
+            }
+        }
+        assert!(seen.iter().all(|s| *s));
+        assert_eq!(policy_stat_slot(Direction::Egress, PolicyVerdict::AllowedNotIsolated), 1);
+    }
+
+    #[test]
+    fn service_cidr_membership() {
+        let be = |a: [u8; 4]| u32::from_ne_bytes(a);
+        let state = PolicyState { service_cidr_be: be([10, 96, 0, 0]), service_prefix_len: 12, ..Default::default() };
+        assert!(state.in_service_cidr(be([10, 96, 0, 10])));
+        assert!(state.in_service_cidr(be([10, 111, 255, 255])));
+        assert!(!state.in_service_cidr(be([10, 112, 0, 1])));
+        assert!(!state.in_service_cidr(be([10, 244, 1, 2])));
+        assert!(!PolicyState::default().in_service_cidr(be([10, 96, 0, 10])), "none configured");
+        let host = PolicyState { service_cidr_be: be([10, 96, 0, 10]), service_prefix_len: 32, ..Default::default() };
+        assert!(host.in_service_cidr(be([10, 96, 0, 10])) && !host.in_service_cidr(be([10, 96, 0, 11])));
+    }
+
+    #[test]
+    fn pending_needs_a_judgement_both_ways() {
+        assert!(!needs_judgement(0, Direction::Ingress));
+        assert!(!needs_judgement(ENDPOINT_EGRESS_ISOLATED, Direction::Ingress));
+        assert!(needs_judgement(ENDPOINT_EGRESS_ISOLATED, Direction::Egress));
+        assert!(needs_judgement(ENDPOINT_POLICY_PENDING, Direction::Ingress));
+        assert!(needs_judgement(ENDPOINT_POLICY_PENDING, Direction::Egress));
+    }
+
+    #[test]
+    fn ct_key_reversed_twice_is_itself() {
+        let k = CtKey { src_be: 1, dst_be: 2, src_port_be: 3, dst_port_be: 4, protocol: 6, _pad: [0; 3] };
+        assert_eq!(k.reversed(), CtKey { src_be: 2, dst_be: 1, src_port_be: 4, dst_port_be: 3, ..k });
+        assert_eq!(k.reversed().reversed(), k);
+    }
+
+    #[test]
+    fn pod_name_keys() {
+        let k = PodNameKey::new("x", "a").unwrap();
+        assert_eq!(&k.bytes[..4], b"x/a\0");
+        assert_eq!(k.as_str(), Some("x/a"));
+        let long = "n".repeat(253);
+        assert_eq!(PodNameKey::new(&"s".repeat(63), &long).unwrap().as_str().unwrap().len(), 317);
+        assert!(PodNameKey::new(&"s".repeat(67), &long).is_none(), "too long is refused, never cut");
     }
 
     #[test]

@@ -6,8 +6,12 @@ use aya_ebpf::{
 };
 use sluice_common::{
     maps::limits::{
-        EVENTS_BYTES, MAX_AFFINITY, MAX_BACKENDS, MAX_ENDPOINTS, MAX_IFACES, MAX_NODE_ROUTES, MAX_SERVICES,
-        MAX_SOCK_REVERSE, MAX_STACK_FLOWS,
+        EVENTS_BYTES, MAX_AFFINITY, MAX_BACKENDS, MAX_ENDPOINTS, MAX_IFACES, MAX_NODE_ROUTES, MAX_POLICY_CT,
+        MAX_POLICY_IDENTITIES, MAX_POLICY_RULES, MAX_SERVICES, MAX_SOCK_REVERSE, MAX_STACK_FLOWS,
+    },
+    policy::{
+        CtEntry, CtKey, EndpointPolicy, PeerIdentity, PodNameKey, PodPolicy, PolicyKey, PolicyState, PolicyValue,
+        POLICY_STAT_SLOTS,
     },
     services::{
         AffinityKey, AffinityValue, Backend, BackendMember, BackendSlot, ReverseKey, ServiceKey, ServiceValue,
@@ -77,3 +81,28 @@ pub static AFFINITY: LruHashMap<AffinityKey, AffinityValue> = LruHashMap::with_m
 
 #[map]
 pub static SOCK_LB_STATS: PerCpuArray<u64> = PerCpuArray::with_max_entries(SockLbCounter::COUNT, 0);
+
+// NetworkPolicy (`sluice_common::policy`; who writes and reads each is on
+// its name in `sluice_common::maps::names`).
+#[map]
+pub static POLICY_IDENTITIES: LpmTrie<u32, PeerIdentity> = LpmTrie::with_max_entries(MAX_POLICY_IDENTITIES, 0);
+
+#[map]
+pub static POLICY_ENDPOINTS: HashMap<u32, EndpointPolicy> = HashMap::with_max_entries(MAX_ENDPOINTS, 0);
+
+#[map]
+pub static POLICY_RULES: LpmTrie<PolicyKey, PolicyValue> = LpmTrie::with_max_entries(MAX_POLICY_RULES, 0);
+
+#[map]
+pub static POLICY_STATE: Array<PolicyState> = Array::with_max_entries(1, 0);
+
+#[map]
+pub static POLICY_CT: LruHashMap<CtKey, CtEntry> = LruHashMap::with_max_entries(MAX_POLICY_CT, 0);
+
+/// User space only: no program reads it. An exported `#[map]` static stays
+/// in the object all the same (tests/tests/prog/policy_maps.rs checks).
+#[map]
+pub static POLICY_PODS: HashMap<PodNameKey, PodPolicy> = HashMap::with_max_entries(MAX_ENDPOINTS, 0);
+
+#[map]
+pub static POLICY_STATS: PerCpuArray<u64> = PerCpuArray::with_max_entries(POLICY_STAT_SLOTS, 0);

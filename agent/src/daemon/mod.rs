@@ -27,7 +27,7 @@ use sluice_node::{
         bpffs,
         pinned_maps::{self, NodeRoutes},
         pins::PinDir,
-        sock_lb, Datapath, MapSizes,
+        policy_maps, sock_lb, Datapath, MapSizes,
     },
     net::netlink::Netlink,
     pod::device::PodDevice,
@@ -382,6 +382,9 @@ async fn bring_up_datapath(
     };
     // The pod CIDR too: the CNI plugin refuses a conflist that disagrees.
     pinned_maps::write_node_config(&pins, pinned_maps::with_pod_cidr(node_config, pod_cidr))?;
+    // NetworkPolicy judges a pod's egress to a ClusterIP after kube-proxy's
+    // DNAT: the programs must know which addresses those are.
+    policy_maps::PolicyState::open(&pins)?.set_service_cidr(node.service_cidr).context("write POLICY_STATE")?;
     datapath.attach(programs::FROM_UPLINK, &node.uplink)?;
     datapath.attach(programs::TO_UPLINK, &node.uplink)?;
     let vxlan_ifindex =

@@ -15,6 +15,7 @@
 mod from_pod;
 mod from_uplink;
 mod malformed;
+mod policy_maps;
 mod stack_flows;
 mod tunnel;
 mod unknown_l3;

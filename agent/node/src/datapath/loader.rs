@@ -33,7 +33,7 @@ use crate::pod::device::PodDevice;
 pub static OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/sluice.bpf.o"));
 
 /// Every map of the object, as pinned.
-pub const ALL_MAPS: [&str; 20] = [
+pub const ALL_MAPS: [&str; 27] = [
     names::ENDPOINTS,
     names::NODE_ROUTES,
     names::NODE_CONFIG,
@@ -54,6 +54,15 @@ pub const ALL_MAPS: [&str; 20] = [
     names::SOCK_LB_STATS,
     names::TUNNEL_CONFIG,
     names::STACK_FLOW_STATS,
+    // NetworkPolicy (issue 25). An older layout has none of them: their
+    // pins are simply created (nothing to migrate).
+    names::POLICY_IDENTITIES,
+    names::POLICY_ENDPOINTS,
+    names::POLICY_RULES,
+    names::POLICY_STATE,
+    names::POLICY_CT,
+    names::POLICY_PODS,
+    names::POLICY_STATS,
 ];
 
 /// Map sizes chosen at load rather than by the object (`None`: the

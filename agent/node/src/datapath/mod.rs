@@ -1,6 +1,7 @@
 //! The datapath from user space: where it is pinned (`pins`), mounting
 //! bpffs (`bpffs`), loading the object (`loader`), TCX links (`links`),
-//! typed access to the pinned maps (`pinned_maps`), how full they are
+//! typed access to the pinned maps (`pinned_maps`; NetworkPolicy's in
+//! `policy_maps`), how full they are
 //! (`map_fill`), and upgrades: whether a
 //! pinned map fits (`map_compat`, pure), taking over an earlier
 //! version's pins (`migrate`, under `pin_lock` against the plugin's
@@ -17,6 +18,7 @@ pub mod migrate;
 pub mod pin_lock;
 pub mod pinned_maps;
 pub mod pins;
+pub mod policy_maps;
 pub mod retired_maps;
 pub mod service_maps;
 pub mod sock_lb;

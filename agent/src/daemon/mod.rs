@@ -15,6 +15,7 @@ pub mod netfilter_worker;
 pub mod node_address;
 pub mod plugin_install;
 pub mod pod_device;
+pub mod policy_loop;
 pub mod service_lb;
 pub mod sweep;
 pub mod sysctl;

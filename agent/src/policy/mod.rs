@@ -20,5 +20,6 @@ pub mod evaluate;
 pub mod identity;
 pub mod kubernetes;
 pub mod model;
+pub mod names;
 pub mod selector;
 pub mod upstream_cases;

@@ -550,6 +550,54 @@ impl PolicyReconciler {
     }
 }
 
+/// Tables in memory, shared (clones see the same maps): for tests and
+/// measurements of the loop without root.
+#[derive(Clone, Debug, Default)]
+pub struct MemoryTables {
+    pub maps: std::sync::Arc<std::sync::Mutex<Actual>>,
+    pub epoch: std::sync::Arc<std::sync::atomic::AtomicU32>,
+}
+
+impl MemoryTables {
+    fn with<R>(&self, f: impl FnOnce(&mut Actual) -> R) -> Result<R, TableError> {
+        Ok(f(&mut self.maps.lock().expect("memory tables lock")))
+    }
+}
+
+impl PolicyTables for MemoryTables {
+    fn read(&mut self) -> anyhow::Result<Actual> {
+        Ok(self.maps.lock().expect("memory tables lock").clone())
+    }
+    fn put_identity(&mut self, prefix: Ipv4Network, identity: u32) -> Result<(), TableError> {
+        self.with(|m| m.identities.insert(prefix, identity)).map(drop)
+    }
+    fn del_identity(&mut self, prefix: Ipv4Network) -> Result<(), TableError> {
+        self.with(|m| m.identities.remove(&prefix)).map(drop)
+    }
+    fn put_rule(&mut self, key: RuleKey, value: PolicyValue) -> Result<(), TableError> {
+        self.with(|m| m.rules.insert(key, value)).map(drop)
+    }
+    fn del_rule(&mut self, key: RuleKey) -> Result<(), TableError> {
+        self.with(|m| m.rules.remove(&key)).map(drop)
+    }
+    fn put_endpoint(&mut self, ip: Ipv4Addr, entry: EndpointPolicy) -> Result<(), TableError> {
+        self.with(|m| m.endpoints.insert(ip, entry)).map(drop)
+    }
+    fn del_endpoint(&mut self, ip: Ipv4Addr) -> Result<(), TableError> {
+        self.with(|m| m.endpoints.remove(&ip)).map(drop)
+    }
+    fn put_pod(&mut self, name: &str, entry: PodEntry) -> Result<(), TableError> {
+        self.with(|m| m.pods.insert(name.to_string(), entry)).map(drop)
+    }
+    fn del_pod(&mut self, name: &str) -> Result<(), TableError> {
+        self.with(|m| m.pods.remove(name)).map(drop)
+    }
+    fn bump_epoch(&mut self) -> Result<(), TableError> {
+        self.epoch.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        Ok(())
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use sluice_common::policy::{ENDPOINT_EGRESS_ISOLATED, ENDPOINT_INGRESS_ISOLATED, IDENTITY_HOST};

@@ -1,0 +1,231 @@
+//! NetworkPolicy's loop: on every Pod, Namespace or NetworkPolicy change
+//! (gathered for `DEBOUNCE`), compile this node's policy from the whole
+//! view and apply the difference to the maps (`reconcile::policy_maps`);
+//! every `RESYNC`, read the maps back first (the CNI plugin writes them
+//! too) and compare everything.
+//!
+//! Nothing is applied before all three kinds are listed: an empty view
+//! would leave every pod unselected (open) and every peer unknown.
+//!
+//! Each pass writes the names table `monitor` and `status --policy` read
+//! (`policy_names::NamesTable`, a JSON file in the agent's data dir). A full
+//! map is logged once per change of who it affects, counted
+//! (`sluice_policy_map_full_total{map}`) and kept in the state until a pass
+//! fits again; `status` reports the agent unhealthy meanwhile.
+use std::{
+    collections::BTreeMap,
+    net::Ipv4Addr,
+    path::PathBuf,
+    sync::{Arc, Mutex},
+    time::{Duration, Instant},
+};
+
+use anyhow::Result;
+use ipnetwork::Ipv4Network;
+use serde::{Deserialize, Serialize};
+use sluice_node::{clock::now_unix, ipam::store::read_pod_leases};
+use tracing::{error, info, warn};
+
+use crate::{
+    policy::{identity::IdentityAllocator, kubernetes::KubePolicy, names::NamesTable},
+    reconcile::policy_maps::{desired, NodeFacts, PolicyReconciler, PolicyRefs, PolicyTables},
+};
+
+/// How long a change waits for the ones right behind it (a Deployment's
+/// pods, a namespace relabelled with its pods) before a pass.
+pub const DEBOUNCE: Duration = Duration::from_millis(10);
+const RESYNC: Duration = Duration::from_secs(10);
+
+/// What `status` shows about NetworkPolicy enforcement.
+#[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct PolicyLoopState {
+    /// Pods, Namespaces and NetworkPolicies all listed; the maps follow them.
+    pub synced: bool,
+    /// Local pods (this node's, not host network) and the isolated ones.
+    pub local_pods: usize,
+    pub isolated_pods: usize,
+    pub policies: usize,
+    pub identities: usize,
+    pub rule_sets: usize,
+    pub rules: usize,
+    /// Full maps and the pods each left isolated with no allow rule.
+    pub full: Vec<String>,
+    /// Objects kept in a degraded form (refused policies enforced as
+    /// isolating stand-ins, pods without readable ports).
+    pub refused: BTreeMap<String, String>,
+    pub last_error: Option<String>,
+    /// The last pass that changed the maps: from the first watch event it
+    /// carried to the maps holding it, and its compile + apply alone.
+    pub last_update_ms: Option<f64>,
+    pub last_pass_ms: Option<f64>,
+    /// Of the last pass: compiling the desired maps, and applying them.
+    pub last_compile_ms: Option<f64>,
+    pub last_apply_ms: Option<f64>,
+    pub heartbeat_unix: u64,
+    pub watch_error: Option<String>,
+    pub stopped: Option<String>,
+    pub restarts: u64,
+}
+
+impl PolicyLoopState {
+    /// Whether `status` must call the agent unhealthy: a full map (pods
+    /// isolated beyond what their policies say) or maps not written.
+    pub fn unhealthy(&self) -> Option<String> {
+        if !self.full.is_empty() {
+            return Some(format!("NetworkPolicy: {}", self.full.join("; ")));
+        }
+        if let Some(e) = &self.last_error {
+            return Some(format!("NetworkPolicy maps not updated: {e}"));
+        }
+        self.stopped.as_ref().map(|s| format!("NetworkPolicy loop stopped: {s}"))
+    }
+}
+
+pub type SharedState = Arc<Mutex<PolicyLoopState>>;
+
+/// What the loop needs besides the watchers and the maps.
+#[derive(Clone)]
+pub struct PolicyNode {
+    pub node_name: String,
+    pub cluster_cidrs: Vec<Ipv4Network>,
+    /// Where the IPAM leases and the names table are.
+    pub data_dir: PathBuf,
+    /// Every node's name → IPv4 address, now.
+    pub nodes: Arc<dyn Fn() -> BTreeMap<String, Ipv4Addr> + Send + Sync>,
+}
+
+/// Run until the process ends (or the maps fail to be read). `observe`
+/// gets each applied change's latency (first watch event → maps) in
+/// seconds; `full` each full map met, once per pass.
+pub async fn run<T: PolicyTables>(
+    kube: KubePolicy,
+    mut tables: T,
+    node: PolicyNode,
+    state: SharedState,
+    observe: impl Fn(f64),
+    full: impl Fn(&'static str),
+) -> Result<()> {
+    let names_path = NamesTable::path(&node.data_dir);
+    let mut names = NamesTable::read(&names_path).unwrap_or_default();
+    let mut refs = PolicyRefs::from_table(&names.policy_table());
+    let mut allocator = IdentityAllocator::default();
+    let mut reconciler = PolicyReconciler::resume(&mut tables)?;
+    info!(rule_sets = reconciler.rule_sets(), "NetworkPolicy: took over the policy maps");
+    let mut last_full = Instant::now();
+    let mut last_generation = None;
+    let mut last_full_msg: Vec<String> = Vec::new();
+    loop {
+        let resync = last_full.elapsed() >= RESYNC;
+        let ((view, watch), since) =
+            kube.take_pending(|v, s| (s.synced.then(|| (v.model.clone(), v.refused.clone())), s.clone()));
+        let mut st = PolicyLoopState {
+            synced: watch.synced,
+            watch_error: watch.last_error.clone(),
+            heartbeat_unix: now_unix(),
+            stopped: None,
+            ..state.lock().expect("policy state lock").clone()
+        };
+        let due = resync || last_generation != Some(watch.generation);
+        if let (Some((model, refused)), true) = (view, due) {
+            let started = Instant::now();
+            let pass = (|| -> Result<_> {
+                if resync {
+                    reconciler.refresh(&mut tables)?;
+                    last_full = Instant::now();
+                }
+                // After the maps: a lease the plugin wrote entries for is
+                // older than those entries, so it is seen here.
+                let leases: Vec<(Ipv4Addr, Option<String>)> =
+                    read_pod_leases(&node.data_dir)?.into_iter().map(|l| (l.ip, l.pod)).collect();
+                let nodes = (node.nodes)();
+                let facts = NodeFacts {
+                    node: &node.node_name,
+                    nodes: &nodes,
+                    cluster_cidrs: &node.cluster_cidrs,
+                    leases: &leases,
+                };
+                let policies = model.policies.len();
+                let pods_by_ip = NamesTable::pods_of(&model);
+                let compile_started = Instant::now();
+                let (desired, _) = desired(model, &facts, &mut allocator, &mut refs);
+                let apply_started = Instant::now();
+                let report = reconciler.apply(&mut tables, &desired)?;
+                let ms = |d: Duration| d.as_secs_f64() * 1000.0;
+                st.last_compile_ms = Some(ms(apply_started - compile_started));
+                st.last_apply_ms = Some(ms(apply_started.elapsed()));
+                Ok((desired, report, policies, pods_by_ip))
+            })();
+            match pass {
+                Ok((desired, report, policies, pods_by_ip)) => {
+                    last_generation = Some(watch.generation);
+                    let pass_ms = started.elapsed().as_secs_f64() * 1000.0;
+                    st.last_pass_ms = Some(pass_ms);
+                    if report.changed() {
+                        if let Some(at) = since {
+                            let secs = at.elapsed().as_secs_f64();
+                            observe(secs);
+                            st.last_update_ms = Some(secs * 1000.0);
+                        }
+                        info!(
+                            written = report.written,
+                            deleted = report.deleted,
+                            sets_added = report.sets_added,
+                            sets_removed = report.sets_removed,
+                            pass_ms,
+                            "policy maps updated"
+                        );
+                    }
+                    let msgs: Vec<String> = report.full.iter().map(ToString::to_string).collect();
+                    for f in &report.full {
+                        full(f.map);
+                    }
+                    if msgs != last_full_msg {
+                        for m in &msgs {
+                            error!(error = %m, "NetworkPolicy map full: failed closed");
+                        }
+                        if msgs.is_empty() && !last_full_msg.is_empty() {
+                            info!("NetworkPolicy maps fit again");
+                        }
+                        last_full_msg = msgs.clone();
+                    }
+                    st.full = msgs;
+                    st.last_error = None;
+                    st.refused = refused;
+                    st.local_pods = desired.pods.len();
+                    st.isolated_pods = desired.pods.values().filter(|p| p.flags != 0).count();
+                    st.policies = policies;
+                    st.identities = reconciler.actual().identities.len();
+                    st.rule_sets = reconciler.rule_sets();
+                    st.rules = reconciler.actual().rules.len();
+                    let table = NamesTable::new(refs.table(), pods_by_ip);
+                    if table != names {
+                        match table.write(&names_path) {
+                            Ok(()) => names = table,
+                            Err(e) => warn!(error = %format!("{e:#}"), "cannot write the policy names table"),
+                        }
+                    }
+                }
+                Err(e) => {
+                    let msg = format!("{e:#}");
+                    if st.last_error.as_deref() != Some(&msg) {
+                        warn!(error = %msg, "policy maps not fully updated; retrying");
+                    }
+                    st.last_error = Some(msg);
+                    // Read everything back at the next wake.
+                    last_full = Instant::now() - RESYNC;
+                }
+            }
+        }
+        *state.lock().expect("policy state lock") = st;
+        let wake = if state.lock().expect("policy state lock").last_error.is_some() {
+            Instant::now() + Duration::from_secs(1)
+        } else {
+            last_full + RESYNC
+        };
+        tokio::select! {
+            _ = kube.changed.notified() => tokio::time::sleep(DEBOUNCE).await,
+            _ = tokio::time::sleep_until(wake.into()) => {}
+        }
+    }
+}

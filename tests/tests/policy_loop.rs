@@ -1,0 +1,241 @@
+//! The agent's NetworkPolicy loop (`daemon::policy_loop`) with the real
+//! watchers against the test API server, writing to in-memory tables
+//! (`reconcile::policy_maps::MemoryTables`): no root. Nothing is applied
+//! before Pods, Namespaces and NetworkPolicies are all listed; changes
+//! reach the maps; and the issue's scale (10,000 pods, 1,000 policies, 500
+//! namespaces; 100 pods on this node) is measured: policy or label change
+//! → maps, per change.
+use std::{
+    collections::BTreeMap,
+    net::Ipv4Addr,
+    sync::{Arc, Mutex},
+    time::{Duration, Instant},
+};
+
+use serde_json::{json, Value};
+use sluice_agent::{
+    daemon::policy_loop::{self, PolicyNode, SharedState},
+    policy::{kubernetes::KubePolicy, names::NamesTable},
+    reconcile::policy_maps::MemoryTables,
+};
+use sluice_common::policy::{ENDPOINT_INGRESS_ISOLATED, IDENTITY_HOST};
+use sluice_tests::apiserver::{namespace_object, network_policy_object, ApiServer, Kind, PodObject};
+
+struct Running {
+    api: ApiServer,
+    tables: MemoryTables,
+    state: SharedState,
+    latencies: Arc<Mutex<Vec<f64>>>,
+    data_dir: std::path::PathBuf,
+}
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.data_dir);
+    }
+}
+
+fn start(api: ApiServer) -> Running {
+    static N: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+    let n = N.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let data_dir = std::env::temp_dir().join(format!("sluice-policy-loop-{}-{n}", std::process::id()));
+    std::fs::create_dir_all(&data_dir).unwrap();
+    let client = kube::Client::try_from(kube::Config::new(format!("http://{}", api.addr).parse().unwrap())).unwrap();
+    let kube = KubePolicy::start(client);
+    let tables = MemoryTables::default();
+    let state = SharedState::default();
+    let latencies = Arc::new(Mutex::new(Vec::new()));
+    let nodes: BTreeMap<String, Ipv4Addr> =
+        (0..100).map(|i| (format!("n{i}"), Ipv4Addr::new(172, 30, 0, i as u8 + 1))).collect();
+    let node = PolicyNode {
+        node_name: "n0".into(),
+        cluster_cidrs: vec!["10.244.0.0/16".parse().unwrap()],
+        data_dir: data_dir.clone(),
+        nodes: Arc::new(move || nodes.clone()),
+    };
+    let (t, st, l) = (tables.clone(), state.clone(), latencies.clone());
+    tokio::spawn(async move {
+        let observe = move |s| l.lock().unwrap().push(s);
+        if let Err(e) = policy_loop::run(kube, t, node, st, observe, |_| {}).await {
+            panic!("policy loop stopped: {e:#}");
+        }
+    });
+    Running { api, tables, state, latencies, data_dir }
+}
+
+async fn wait(what: &str, limit: Duration, mut pred: impl FnMut() -> bool) {
+    let start = Instant::now();
+    while !pred() {
+        assert!(start.elapsed() < limit, "{what}: not within {limit:?}");
+        tokio::time::sleep(Duration::from_millis(1)).await;
+    }
+}
+
+fn endpoint(r: &Running, ip: &str) -> Option<sluice_common::policy::EndpointPolicy> {
+    r.tables.maps.lock().unwrap().endpoints.get(&ip.parse().unwrap()).copied()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn nothing_is_applied_before_all_three_kinds_are_listed_then_changes_reach_the_maps() {
+    let api = ApiServer::start("127.0.0.1:0", None).unwrap();
+    api.upsert_namespace(namespace_object("x", &[]));
+    api.upsert_pod(PodObject::new("x", "a", "n0", "10.244.0.2").build());
+    api.upsert_pod(PodObject::new("x", "b", "n1", "10.244.1.2").build());
+    api.upsert_network_policy(network_policy_object("x", "deny-in", json!({"podSelector": {}})));
+    api.forbid(Kind::NetworkPolicy, true);
+    let r = start(api);
+    // The loop has seen the watches' state (pods and namespaces listed,
+    // policies refused) and wrote nothing.
+    wait("the loop sees policies refused", Duration::from_secs(10), || {
+        r.state.lock().unwrap().watch_error.as_deref().is_some_and(|e| e.starts_with("networkpolicies"))
+    })
+    .await;
+    assert!(!r.state.lock().unwrap().synced);
+    let epoch = r.tables.epoch.load(std::sync::atomic::Ordering::SeqCst);
+    assert_eq!(epoch, 0, "the maps were written before policies were listed");
+    assert_eq!(*r.tables.maps.lock().unwrap(), Default::default());
+
+    r.api.forbid(Kind::NetworkPolicy, false);
+    wait("a isolated", Duration::from_secs(10), || endpoint(&r, "10.244.0.2").is_some_and(|e| e.flags != 0)).await;
+    assert_eq!(endpoint(&r, "10.244.0.2").unwrap().flags, ENDPOINT_INGRESS_ISOLATED);
+    assert_eq!(endpoint(&r, "10.244.1.2"), None, "b is another node's");
+    {
+        let maps = r.tables.maps.lock().unwrap();
+        assert_eq!(maps.identities[&"172.30.0.1/32".parse().unwrap()], IDENTITY_HOST);
+        assert!(maps.identities.contains_key(&"10.244.1.2/32".parse().unwrap()), "remote pods are peers");
+        assert_eq!(maps.pods.keys().collect::<Vec<_>>(), ["x/a"]);
+    }
+    // Allow from b: a's endpoint moves to a rule set with an entry.
+    r.api.upsert_network_policy(network_policy_object(
+        "x",
+        "from-b",
+        json!({"podSelector": {}, "ingress": [{"from": [{"podSelector": {"matchLabels": {"pod": "b"}}}]}]}),
+    ));
+    wait("a has rules", Duration::from_secs(2), || endpoint(&r, "10.244.0.2").is_some_and(|e| e.rules_id != 0)).await;
+    let table = NamesTable::read(&NamesTable::path(&r.data_dir)).unwrap();
+    assert_eq!(table.policies.values().collect::<Vec<_>>(), ["x/from-b"]);
+    assert_eq!(table.pod("10.244.1.2".parse().unwrap()), Some("x/b"));
+    // Every policy gone: a is open again, its entries and sets go.
+    r.api.delete_network_policy("x", "from-b");
+    r.api.delete_network_policy("x", "deny-in");
+    wait("a open", Duration::from_secs(2), || endpoint(&r, "10.244.0.2").is_some_and(|e| e.flags == 0)).await;
+    wait("rules gone", Duration::from_secs(2), || r.tables.maps.lock().unwrap().rules.is_empty()).await;
+    assert!(!r.latencies.lock().unwrap().is_empty());
+}
+
+/// The issue's scale: 500 namespaces (team=t0..t9) of 20 pods (app=a0..a4),
+/// labelled as replicas are (no per-pod label), spread over 100 nodes
+/// (100 on this one), 2 policies per namespace: deny
+/// ingress to all, allow app=aK from namespaces of one team on port 80.
+fn scale_objects() -> (Vec<Value>, Vec<Value>, Vec<Value>) {
+    let namespaces =
+        (0..500).map(|i| namespace_object(&format!("ns{i}"), &[("team", &format!("t{}", i % 10))])).collect();
+    let mut pods = Vec::new();
+    for i in 0..10_000u32 {
+        let ns = format!("ns{}", i / 20);
+        let ip = format!("10.244.{}.{}", i / 200, i % 200 + 2);
+        pods.push(
+            PodObject::new(&ns, &format!("p{}", i % 20), &format!("n{}", i % 100), &ip)
+                .without_labels()
+                .label("app", &format!("a{}", i % 5))
+                .port(Some("http"), 80, "TCP")
+                .build(),
+        );
+    }
+    let mut policies = Vec::new();
+    for i in 0..500 {
+        let ns = format!("ns{i}");
+        policies.push(network_policy_object(&ns, "deny", json!({"podSelector": {}})));
+        policies.push(network_policy_object(
+            &ns,
+            "allow",
+            json!({
+                "podSelector": {"matchLabels": {"app": format!("a{}", i % 5)}},
+                "ingress": [{"from": [{"namespaceSelector": {"matchLabels": {"team": format!("t{}", i % 10)}},
+                                       "podSelector": {"matchLabels": {"app": format!("a{}", (i + 1) % 5)}}}],
+                             "ports": [{"port": 80}]}]
+            }),
+        ));
+    }
+    (namespaces, pods, policies)
+}
+
+fn p(v: &mut [f64], q: f64) -> f64 {
+    v.sort_by(|a, b| a.partial_cmp(b).unwrap());
+    v[((v.len() as f64 * q).ceil() as usize).clamp(1, v.len()) - 1]
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn policy_and_label_changes_reach_the_maps_at_ten_thousand_pods_and_a_thousand_policies() {
+    let api = ApiServer::start("127.0.0.1:0", None).unwrap();
+    let (namespaces, pods, policies) = scale_objects();
+    api.upsert_many(Kind::Namespace, namespaces);
+    api.upsert_many(Kind::Pod, pods);
+    api.upsert_many(Kind::NetworkPolicy, policies);
+    let started = Instant::now();
+    let r = start(api);
+    wait("first sync", Duration::from_secs(120), || r.tables.maps.lock().unwrap().pods.len() == 100).await;
+    wait("first pass done", Duration::from_secs(60), || r.state.lock().unwrap().last_pass_ms.is_some()).await;
+    let first = started.elapsed();
+    let st = r.state.lock().unwrap().clone();
+    assert_eq!((st.local_pods, st.policies), (100, 1000), "{st:?}");
+    assert_eq!(st.isolated_pods, 100);
+    r.latencies.lock().unwrap().clear();
+    // Local pod ns0/p0 (i = 0, node n0, app a0): changes that move it in
+    // and out of a selector, and policy edits that touch it.
+    let local = "10.244.0.2";
+    let before = endpoint(&r, local).unwrap();
+    let rounds = 20;
+    let (mut passes, mut compiles, mut applies) = (Vec::new(), Vec::new(), Vec::new());
+    for round in 0..rounds {
+        let rv_epoch = r.tables.epoch.load(std::sync::atomic::Ordering::SeqCst);
+        if round % 2 == 0 {
+            // A policy change: ns0's deny (selecting every pod there) now
+            // allows port 9999 from everywhere, or no longer.
+            let spec = if round % 4 == 0 {
+                json!({"podSelector": {}, "ingress": [{"ports": [{"port": 9999}]}]})
+            } else {
+                json!({"podSelector": {}})
+            };
+            r.api.upsert_network_policy(network_policy_object("ns0", "deny", spec));
+        } else {
+            // A label change: the local pod leaves (or rejoins) app=a0.
+            let app = if round % 4 == 1 { "other" } else { "a0" };
+            r.api.upsert_pod(
+                PodObject::new("ns0", "p0", "n0", local)
+                    .without_labels()
+                    .label("app", app)
+                    .port(Some("http"), 80, "TCP")
+                    .build(),
+            );
+        }
+        let t0 = Instant::now();
+        while r.tables.epoch.load(std::sync::atomic::Ordering::SeqCst) == rv_epoch {
+            assert!(
+                t0.elapsed() < Duration::from_secs(30),
+                "round {round}: the change never applied: {:?}",
+                r.state.lock().unwrap()
+            );
+            tokio::time::sleep(Duration::from_millis(1)).await;
+        }
+        let st = r.state.lock().unwrap().clone();
+        passes.push(st.last_pass_ms.unwrap());
+        compiles.push(st.last_compile_ms.unwrap());
+        applies.push(st.last_apply_ms.unwrap());
+    }
+    let after = endpoint(&r, local).unwrap();
+    assert_eq!(before.flags, after.flags);
+    let mut lat: Vec<f64> = r.latencies.lock().unwrap().iter().map(|s| s * 1000.0).collect();
+    assert!(lat.len() >= rounds, "{} changes, {} observations", rounds, lat.len());
+    let (p50, p99) = (p(&mut lat, 0.5), p(&mut lat, 0.99));
+    let pass_p50 = p(&mut passes, 0.5);
+    let (compile_p50, apply_p50) = (p(&mut compiles, 0.5), p(&mut applies, 0.5));
+    eprintln!(
+        "policy loop at 10,000 pods / 1,000 policies / 500 namespaces, 100 local pods ({} build): \
+         first sync {:.1} s; change -> maps p50 {p50:.0} ms, p99 {p99:.0} ms over {} changes; pass p50 {pass_p50:.0} ms \
+         (compile {compile_p50:.0} ms, diff + apply {apply_p50:.0} ms)",
+        if cfg!(debug_assertions) { "debug" } else { "release" },
+        first.as_secs_f64(),
+        lat.len()
+    );
+}

@@ -695,23 +695,9 @@ impl Lab {
     /// `add_pod` with extra environment for the plugin, as a runtime sets
     /// it (`CNI_ARGS` with `K8S_POD_NAMESPACE` and `K8S_POD_NAME`).
     pub fn add_pod_with_cni_env(&mut self, i: usize, name: &str, env: &[(String, String)]) -> Result<Pod> {
+        let mut pod = self.cni_add_pod(i, name, env)?;
         let node = self.state.nodes[i].clone();
-        let netns = format!("sl{}{name}", self.state.id);
-        add_netns(&netns)?;
-        let mut pod = Pod { name: name.to_string(), netns: netns.clone(), ip: String::new(), listener_pid: None };
-        self.state.nodes[i].pods.push(pod.clone());
-        self.save()?;
-        let conf = Self::plugin_config(&node)?;
-        let mut call = CniCall::new("ADD", &netns, Some(&netns), conf);
-        call.env = env.to_vec();
-        let outcome = self.cni_call(&node, &call)?;
-        let (ok, out) = (outcome.success, outcome.stdout + &outcome.stderr);
-        if !ok {
-            bail!("sluice-cni ADD for {name} on {} failed: {out}", node.name);
-        }
-        let result: Value = serde_json::from_str(&out).with_context(|| format!("ADD result: {out}"))?;
-        let addr = result["ips"][0]["address"].as_str().context("ADD result has no address")?;
-        pod.ip = addr.split('/').next().unwrap_or_default().to_string();
+        let netns = pod.netns.clone();
         let listen = format!("TCP-LISTEN:{ECHO_PORT},reuseaddr,fork");
         let cmd = self.node_cmd(&node, &netns, &["socat", &listen, &format!("SYSTEM:echo {name}")]);
         pod.listener_pid = Some(spawn_logged(cmd, &node.dir.join(format!("{name}-listener.log")))?);
@@ -727,6 +713,53 @@ impl Lab {
             std::thread::sleep(Duration::from_millis(20));
         }
         Ok(pod)
+    }
+
+    /// A pod on node `i` with nothing running in it: its namespace and the
+    /// plugin's ADD (with `env` added), returning as soon as ADD does.
+    pub fn cni_add_pod(&mut self, i: usize, name: &str, env: &[(String, String)]) -> Result<Pod> {
+        let node = self.state.nodes[i].clone();
+        let netns = format!("sl{}{name}", self.state.id);
+        add_netns(&netns)?;
+        let mut pod = Pod { name: name.to_string(), netns: netns.clone(), ip: String::new(), listener_pid: None };
+        self.state.nodes[i].pods.push(pod.clone());
+        self.save()?;
+        let conf = Self::plugin_config(&node)?;
+        let mut call = CniCall::new("ADD", &netns, Some(&netns), conf);
+        call.env = env.to_vec();
+        let outcome = self.cni_call(&node, &call)?;
+        if !outcome.success {
+            bail!("sluice-cni ADD for {name} on {} failed: {}{}", node.name, outcome.stdout, outcome.stderr);
+        }
+        let result: Value =
+            serde_json::from_str(&outcome.stdout).with_context(|| format!("ADD result: {}", outcome.stdout))?;
+        let addr = result["ips"][0]["address"].as_str().context("ADD result has no address")?;
+        pod.ip = addr.split('/').next().unwrap_or_default().to_string();
+        let slot = self.state.nodes[i].pods.iter_mut().find(|p| p.name == name).expect("pushed above");
+        *slot = pod.clone();
+        self.save()?;
+        Ok(pod)
+    }
+
+    /// Remove pod `name` of node `i`: its listener, the plugin's DEL, its
+    /// namespace, its place in the state.
+    pub fn remove_pod(&mut self, i: usize, name: &str) -> Result<()> {
+        let node = self.state.nodes[i].clone();
+        let pod =
+            node.pods.iter().find(|p| p.name == name).with_context(|| format!("no pod {name} on {}", node.name))?;
+        if let Some(pid) = pod.listener_pid {
+            kill(pid);
+            wait_gone(pid, Duration::from_secs(2));
+        }
+        let conf = Self::plugin_config(&node)?;
+        let (ok, out) = self.cni(&node, "DEL", &pod.netns, Some(&pod.netns), &conf)?;
+        del_netns(&pod.netns);
+        self.state.nodes[i].pods.retain(|p| p.name != name);
+        self.save()?;
+        if !ok {
+            bail!("sluice-cni DEL for {name} on {} failed: {out}", node.name);
+        }
+        Ok(())
     }
 
     pub fn pods(&self) -> Vec<(&Node, &Pod)> {

@@ -32,9 +32,18 @@ use sluice_agent::policy::{
 };
 use sluice_tests::netpol::{NetpolLab, NetpolOptions};
 
-/// The upstream cases switched on: their enforcement has landed and they
-/// were seen passing (and failing with it disabled). The others are ignored.
+#[path = "netpol/lifecycle.rs"]
+mod lifecycle;
+
+/// The trials switched on (by full name): the enforcement they check has
+/// landed and they were seen passing (and failing with it disabled). The
+/// other enforcement trials are ignored.
 const ENFORCED: &[&str] = &[];
+
+fn gated(t: Trial) -> Trial {
+    let on = ENFORCED.contains(&t.name());
+    t.with_ignored_flag(!on)
+}
 
 /// The lab every trial shares, built by the first trial that needs it (a
 /// trial on the other layout replaces it).
@@ -46,6 +55,9 @@ struct Shared {
 }
 
 type Body = Box<dyn FnOnce(&mut NetpolLab) + Send>;
+
+/// A trial's steps on the lab.
+type Step = fn(&mut NetpolLab);
 
 fn run_on_lab(shared: &Mutex<Shared>, subnets: usize, name: &str, body: Body) -> Result<(), Failed> {
     let mut shared = shared.lock().unwrap_or_else(|p| p.into_inner());
@@ -192,10 +204,7 @@ fn main() {
             lab.reset().expect("reset before the case");
             (case.run)(lab);
         });
-        trials.push(
-            trial(&shared, format!("upstream::{}", case.name), 1, body)
-                .with_ignored_flag(!ENFORCED.contains(&case.name)),
-        );
+        trials.push(gated(trial(&shared, format!("upstream::{}", case.name), 1, body)));
     }
     trials.push(trial(
         &shared,
@@ -203,21 +212,45 @@ fn main() {
         2,
         Box::new(no_policy),
     ));
+    trials.push(trial(
+        &shared,
+        "baseline::without_policy_the_lifecycle_probes_see_traffic".into(),
+        1,
+        Box::new(lifecycle::without_policy_the_lifecycle_probes_see_traffic),
+    ));
+    let lifecycle: [(&str, Step); 4] = [
+        (
+            "no_gap::a_new_pod_in_a_default_deny_namespace_has_its_first_packet_dropped",
+            lifecycle::a_new_pod_in_a_default_deny_namespace_has_its_first_packet_dropped,
+        ),
+        (
+            "open_connections::a_policy_change_reaches_open_connections",
+            lifecycle::a_policy_change_reaches_open_connections,
+        ),
+        (
+            "labels::pods_and_namespaces_move_into_and_out_of_selectors",
+            lifecycle::pods_and_namespaces_move_into_and_out_of_selectors,
+        ),
+        (
+            "restart::an_agent_killed_and_restarted_changes_no_verdict_and_breaks_no_open_connection",
+            lifecycle::an_agent_killed_and_restarted_changes_no_verdict_and_breaks_no_open_connection,
+        ),
+    ];
+    for (name, body) in lifecycle {
+        trials.push(gated(trial(&shared, name.into(), 1, Box::new(body))));
+    }
     // One case across the VXLAN router lab: the two nodes on different
     // LANs, so every cross-node pair goes through the tunnel.
     let vxlan_case = CASES[0];
-    trials.push(
-        trial(
-            &shared,
-            format!("vxlan::{}", vxlan_case.name),
-            2,
-            Box::new(move |lab: &mut NetpolLab| {
-                lab.reset().expect("reset before the case");
-                (vxlan_case.run)(lab);
-            }),
-        )
-        .with_ignored_flag(!ENFORCED.contains(&vxlan_case.name)),
-    );
+    trials.push(gated(trial(
+        &shared,
+        format!("vxlan::{}", vxlan_case.name),
+        2,
+        Box::new(move |lab: &mut NetpolLab| {
+            lab.reset().expect("reset before the case");
+            (vxlan_case.run)(lab);
+        }),
+    )));
     let conclusion = libtest_mimic::run(&args, trials);
     // Tear the lab down before exiting (exit() skips destructors).
     drop(shared.lock().unwrap_or_else(|p| p.into_inner()).lab.take());

@@ -701,7 +701,8 @@ impl NetpolLab {
         self.try_validate(Protocol::Tcp, 80, &Reachability::all(true)).context("after reset")
     }
 
-    fn try_apply(&mut self, namespace: &str, name: &str, spec: Value) -> Result<()> {
+    /// Create or replace (same name) a policy from its API form.
+    pub fn apply_policy(&mut self, namespace: &str, name: &str, spec: Value) -> Result<()> {
         self.api().upsert_network_policy(network_policy_object(namespace, name, spec));
         self.policies.insert((namespace.to_string(), name.to_string()));
         Ok(())
@@ -719,7 +720,7 @@ impl Drop for NetpolLab {
 
 impl CaseLab for NetpolLab {
     fn apply(&mut self, namespace: &str, name: &str, spec: Value) {
-        self.try_apply(namespace, name, spec).unwrap_or_else(|e| panic!("apply {namespace}/{name}: {e:#}"))
+        self.apply_policy(namespace, name, spec).unwrap_or_else(|e| panic!("apply {namespace}/{name}: {e:#}"))
     }
 
     fn delete_all_policies(&mut self) {
@@ -748,5 +749,191 @@ impl CaseLab for NetpolLab {
         if let Err(e) = self.try_validate(protocol, port, expected) {
             panic!("{e:#}");
         }
+    }
+}
+
+/// CLOCK_MONOTONIC in seconds: the clock pod.py stamps stream echoes with.
+pub fn monotonic_now() -> f64 {
+    let mut ts = libc::timespec { tv_sec: 0, tv_nsec: 0 };
+    // SAFETY: ts is a valid timespec to write into.
+    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
+    ts.tv_sec as f64 + ts.tv_nsec as f64 / 1e9
+}
+
+/// One TCP connect from inside network namespace `netns` (a name under
+/// /run/netns), made by a thread of this process that enters it: no
+/// process to start, so it can be the namespace's first packet. "connected"
+/// (the three-way handshake finished), or "err <why>" ("err timeout" when
+/// nothing answered the SYN).
+pub fn connect_from_netns(netns: &str, ip: Ipv4Addr, port: u16, timeout: Duration) -> String {
+    let path = format!("/run/netns/{netns}");
+    let handle = std::thread::spawn(move || -> Result<String> {
+        let f = std::fs::File::open(&path).with_context(|| format!("open {path}"))?;
+        nix::sched::setns(std::os::fd::AsFd::as_fd(&f), nix::sched::CloneFlags::CLONE_NEWNET).context("setns")?;
+        let addr = std::net::SocketAddr::from((ip, port));
+        Ok(match std::net::TcpStream::connect_timeout(&addr, timeout) {
+            Ok(_) => "connected".into(),
+            Err(e) if e.kind() == std::io::ErrorKind::TimedOut => "err timeout".into(),
+            Err(e) => format!("err {e}"),
+        })
+    });
+    match handle.join() {
+        Ok(Ok(s)) => s,
+        Ok(Err(e)) => format!("err {e:#}"),
+        Err(_) => "err the probing thread panicked".into(),
+    }
+}
+
+/// A long-lived TCP connection's record, from pod.py.
+#[derive(Clone, Debug, Default)]
+pub struct StreamState {
+    /// CLOCK_MONOTONIC seconds of every echoed line.
+    pub echoes: Vec<f64>,
+    pub sent: u64,
+    pub error: Option<String>,
+}
+
+impl StreamState {
+    /// The longest time without an echo between `from` and `to` (seconds,
+    /// CLOCK_MONOTONIC), counting the edges.
+    pub fn longest_silence(&self, from: f64, to: f64) -> f64 {
+        let mut last = from;
+        let mut longest: f64 = 0.0;
+        for &t in self.echoes.iter().filter(|t| **t >= from && **t <= to) {
+            longest = longest.max(t - last);
+            last = t;
+        }
+        longest.max(to - last)
+    }
+
+    pub fn echoes_after(&self, t: f64) -> usize {
+        self.echoes.iter().filter(|e| **e > t).count()
+    }
+}
+
+/// A pod beside the nine (same namespaces, its own labels).
+pub struct ExtraPod {
+    pub key: PodKey,
+    pub node: usize,
+    pub lab_name: String,
+    pub netns: String,
+    pub ip: Ipv4Addr,
+}
+
+impl NetpolLab {
+    /// The stream port of every pod (pod.py's line echo server; not an
+    /// upstream port).
+    pub const STREAM_PORT: u16 = 8090;
+
+    fn pod_process(&mut self, from: (&str, &str)) -> &mut PodProcess {
+        &mut self.pods.get_mut(&pod_key(from.0, from.1)).expect("one of the nine").process
+    }
+
+    fn ask(&mut self, from: (&str, &str), cmd: Value) -> Result<Value> {
+        let p = self.pod_process(from);
+        p.send(&cmd)?;
+        p.receive()
+    }
+
+    /// Open stream `sid` from pod `from` to `ip`:STREAM_PORT, a line every
+    /// `interval`.
+    pub fn stream_open(&mut self, from: (&str, &str), sid: &str, ip: Ipv4Addr, interval: Duration) -> Result<()> {
+        let cmd = json!({"stream_open": [sid, ip.to_string(), Self::STREAM_PORT, interval.as_millis() as u64]});
+        let answer = self.ask(from, cmd)?;
+        match answer["result"].as_str() {
+            Some("ok") => Ok(()),
+            other => bail!("stream {sid} from {}/{} to {ip}: {other:?}", from.0, from.1),
+        }
+    }
+
+    fn stream_state(answer: &Value) -> Result<StreamState> {
+        if let Some(e) = answer["error"].as_str().filter(|_| answer.get("echoes").is_none()) {
+            bail!("{e}");
+        }
+        Ok(StreamState {
+            echoes: answer["echoes"]
+                .as_array()
+                .map(|a| a.iter().filter_map(Value::as_f64).collect())
+                .unwrap_or_default(),
+            sent: answer["sent"].as_u64().unwrap_or_default(),
+            error: answer["error"].as_str().map(str::to_string),
+        })
+    }
+
+    pub fn stream_read(&mut self, from: (&str, &str), sid: &str) -> Result<StreamState> {
+        let answer = self.ask(from, json!({"stream_read": sid}))?;
+        Self::stream_state(&answer)
+    }
+
+    pub fn stream_close(&mut self, from: (&str, &str), sid: &str) -> Result<StreamState> {
+        let answer = self.ask(from, json!({"stream_close": sid}))?;
+        Self::stream_state(&answer)
+    }
+
+    /// A pod `namespace/name` on node `node` with `labels`: its Pod object
+    /// (scheduled, no address), the plugin's ADD, and nothing running in
+    /// it. Returns as soon as ADD does; `publish_extra_pod_ip` tells the API
+    /// server its address, as the kubelet would next.
+    pub fn add_extra_pod(
+        &mut self,
+        namespace: &str,
+        name: &str,
+        node: usize,
+        labels: &[(&str, &str)],
+    ) -> Result<ExtraPod> {
+        let key = pod_key(namespace, name);
+        self.pod_labels.insert(key.clone(), labels.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect());
+        self.publish_pod(&key, node, None)?;
+        let lab_name = format!("{namespace}-{name}");
+        let cni_args = format!("IgnoreUnknown=1;K8S_POD_NAMESPACE={namespace};K8S_POD_NAME={name}");
+        let pod = self.lab.cni_add_pod(node, &lab_name, &[("CNI_ARGS".into(), cni_args)])?;
+        let ip = Ipv4Addr::from_str(&pod.ip).with_context(|| format!("address {}", pod.ip))?;
+        Ok(ExtraPod { key, node, lab_name, netns: pod.netns, ip })
+    }
+
+    pub fn publish_extra_pod_ip(&mut self, pod: &ExtraPod) -> Result<()> {
+        self.publish_pod(&pod.key, pod.node, Some(pod.ip))
+    }
+
+    /// Remove an extra pod: the plugin's DEL, its namespace, its Pod object.
+    pub fn remove_extra_pod(&mut self, pod: ExtraPod) -> Result<()> {
+        self.api().delete_pod(&pod.key.namespace, &pod.key.name);
+        self.pod_labels.remove(&pod.key);
+        self.lab.remove_pod(pod.node, &pod.lab_name)
+    }
+
+    /// Pod `namespace/pod`'s labels become upstream's plus `extra` (a pod
+    /// moving into or out of a selector).
+    pub fn set_pod_labels(&mut self, namespace: &str, pod: &str, extra: &[(&str, &str)]) -> Result<()> {
+        let key = pod_key(namespace, pod);
+        let mut labels = base_pod_labels(pod);
+        labels.extend(extra.iter().map(|(k, v)| (k.to_string(), v.to_string())));
+        self.pod_labels.insert(key.clone(), labels);
+        let (node, ip) = (self.pods[&key].node, self.pods[&key].ip);
+        self.publish_pod(&key, node, Some(ip))
+    }
+
+    /// Namespace `ns`'s labels become upstream's plus `extra`.
+    pub fn set_namespace_labels(&mut self, ns: &str, extra: &[(&str, &str)]) -> Result<()> {
+        let mut labels = base_namespace_labels(ns);
+        labels.extend(extra.iter().map(|(k, v)| (k.to_string(), v.to_string())));
+        self.namespace_labels.insert(ns.to_string(), labels);
+        self.publish_namespace(ns)
+    }
+
+    /// Delete one policy.
+    pub fn delete_policy(&mut self, namespace: &str, name: &str) {
+        self.policies.remove(&(namespace.to_string(), name.to_string()));
+        self.api().delete_network_policy(namespace, name);
+    }
+
+    /// The index of the node pod `namespace/pod` of the nine runs on.
+    pub fn node_index(&self, namespace: &str, pod: &str) -> usize {
+        self.pods[&pod_key(namespace, pod)].node
+    }
+
+    /// One drop counter of node `i` (0 when absent).
+    pub fn drop_count(&self, i: usize, reason: &str) -> u64 {
+        self.lab.status(i).ok().and_then(|s| s["drops"][reason].as_u64()).unwrap_or(0)
     }
 }

@@ -17,6 +17,13 @@
 #       Answer {"results": {id: answer or "err <why>"}}
 #   {"sctp_seen": true}   SCTP INITs delivered here since the last ask:
 #       {"sctp_seen": [[source ip, destination port, initiate tag], ...]}
+#   {"stream_open": [sid, ip, port, interval_ms]}  one TCP connection kept
+#       open to a line echo server (every pod runs one on STREAM_PORT), a
+#       line sent every interval_ms: {"result": "ok" or "err <why>"}
+#   {"stream_read": sid}  {"echoes": [CLOCK_MONOTONIC s of each echoed
+#       line], "sent": n, "error": null or "err <why>"}; "stream_close"
+#       answers the same and closes it
+#   {"now": true}  {"now": CLOCK_MONOTONIC s}, to line up with the caller's
 import asyncio
 import errno
 import json
@@ -27,6 +34,8 @@ import sys
 
 NAME = sys.argv[1]
 PORTS = (80, 81)
+# Not an upstream port: the line echo server for long-lived connections.
+STREAM_PORT = 8090
 ANSWER = (NAME + "\n").encode()
 sctp_seen = []
 
@@ -74,6 +83,71 @@ class UdpAnswer(asyncio.DatagramProtocol):
 
     def datagram_received(self, data, addr):
         self.transport.sendto(ANSWER, addr)
+
+
+class Stream:
+    def __init__(self):
+        self.echoes = []
+        self.sent = 0
+        self.error = None
+        self.tasks = []
+        self.writer = None
+
+    def state(self):
+        return {"echoes": self.echoes, "sent": self.sent, "error": self.error}
+
+
+streams = {}
+
+
+async def echo_lines(reader, writer):
+    try:
+        while True:
+            line = await reader.readline()
+            if not line:
+                break
+            writer.write(line)
+            await writer.drain()
+    except OSError:
+        pass
+    finally:
+        writer.close()
+
+
+async def stream_open(sid, ip, port, interval):
+    stream = Stream()
+    streams[sid] = stream
+    try:
+        reader, writer = await asyncio.wait_for(asyncio.open_connection(ip, port), 2)
+    except Exception as e:
+        stream.error = why(e)
+        return stream.error
+    stream.writer = writer
+    loop = asyncio.get_running_loop()
+
+    async def send():
+        try:
+            while True:
+                writer.write(b"%d\n" % stream.sent)
+                await writer.drain()
+                stream.sent += 1
+                await asyncio.sleep(interval)
+        except Exception as e:
+            stream.error = stream.error or why(e)
+
+    async def receive():
+        try:
+            while True:
+                line = await reader.readline()
+                if not line:
+                    stream.error = stream.error or "err closed by peer"
+                    return
+                stream.echoes.append(loop.time())
+        except Exception as e:
+            stream.error = stream.error or why(e)
+
+    stream.tasks = [asyncio.ensure_future(send()), asyncio.ensure_future(receive())]
+    return "ok"
 
 
 def why(e):
@@ -159,6 +233,7 @@ async def main():
     for port in PORTS:
         await loop.create_server(TcpAnswer, "0.0.0.0", port, reuse_address=True, backlog=512)
         await loop.create_datagram_endpoint(UdpAnswer, local_addr=("0.0.0.0", port))
+    await asyncio.start_server(echo_lines, "0.0.0.0", STREAM_PORT, reuse_address=True)
     raw = socket.socket(socket.AF_INET, socket.SOCK_RAW, 132)
     raw.setblocking(False)
     loop.add_reader(raw.fileno(), sctp_received, raw)
@@ -175,6 +250,24 @@ async def main():
             probes = cmd["probe"]
             outcomes = await asyncio.gather(*(one(p[1], p[2], p[3], p[0], timeout) for p in probes))
             out = {"results": {str(p[0]): o for p, o in zip(probes, outcomes)}}
+        elif "stream_open" in cmd:
+            sid, ip, port, interval_ms = cmd["stream_open"]
+            out = {"result": await stream_open(sid, ip, port, interval_ms / 1000)}
+        elif "stream_read" in cmd or "stream_close" in cmd:
+            sid = cmd.get("stream_read", cmd.get("stream_close"))
+            stream = streams.get(sid)
+            if stream is None:
+                out = {"error": "no stream " + str(sid)}
+            else:
+                out = stream.state()
+                if "stream_close" in cmd:
+                    for t in stream.tasks:
+                        t.cancel()
+                    if stream.writer is not None:
+                        stream.writer.close()
+                    del streams[sid]
+        elif "now" in cmd:
+            out = {"now": loop.time()}
         elif "sctp_seen" in cmd:
             out = {"sctp_seen": sctp_seen}
             sctp_seen = []

@@ -218,7 +218,7 @@ fn main() {
         1,
         Box::new(lifecycle::without_policy_the_lifecycle_probes_see_traffic),
     ));
-    let lifecycle: [(&str, Step); 4] = [
+    let lifecycle: [(&str, Step); 5] = [
         (
             "no_gap::a_new_pod_in_a_default_deny_namespace_has_its_first_packet_dropped",
             lifecycle::a_new_pod_in_a_default_deny_namespace_has_its_first_packet_dropped,
@@ -234,6 +234,10 @@ fn main() {
         (
             "restart::an_agent_killed_and_restarted_changes_no_verdict_and_breaks_no_open_connection",
             lifecycle::an_agent_killed_and_restarted_changes_no_verdict_and_breaks_no_open_connection,
+        ),
+        (
+            "full_map::a_full_policy_map_fails_closed_named_and_counted",
+            lifecycle::a_full_policy_map_fails_closed_named_and_counted,
         ),
     ];
     for (name, body) in lifecycle {

@@ -328,3 +328,67 @@ pub fn without_policy_the_lifecycle_probes_see_traffic(lab: &mut NetpolLab) {
     assert!(state.error.is_none(), "{:?}", state.error);
     assert!(silence < 1.0, "the stream stalled {:.0} ms", silence * 1000.0);
 }
+
+/// How many prefixes overflow `POLICY_IDENTITIES` (65,536 entries): every
+/// except of an ipBlock is a prefix of its own there.
+const OVERFLOW_EXCEPTS: u32 = 66_000;
+
+/// A full policy map fails closed, named and counted: x/a accepts only
+/// namespace y (x/only-from-y); then z/a gets an egress policy whose ipBlock
+/// has 66,000 excepts (outside the cluster and the LANs), more prefixes
+/// than POLICY_IDENTITIES holds. Nothing may open: every isolated pod is
+/// left with no allow rule (y -> x/a now blocked, z/a reaches nobody), the
+/// others unchanged; every node's status is unhealthy naming the full map;
+/// x/a's node counts the denied probes. Deleting the policy heals it all.
+pub fn a_full_policy_map_fails_closed_named_and_counted(lab: &mut NetpolLab) {
+    lab.reset().expect("reset");
+    lab.apply_policy(
+        "x",
+        "only-from-y",
+        json!({"podSelector": {"matchLabels": {"pod": "a"}}, "ingress": [{"from": [
+            {"namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": "y"}}}
+        ]}]}),
+    )
+    .expect("apply");
+    let mut fits = Reachability::all(true);
+    fits.expect_all_ingress(("x", "a"), false);
+    fits.expect_peer(Sel::Ns("y"), Sel::Pod("x", "a"), true);
+    lab.validate(Protocol::Tcp, 80, &fits);
+
+    let except: Vec<String> = (0..OVERFLOW_EXCEPTS)
+        .map(|i| Ipv4Addr::from(u32::from(Ipv4Addr::new(200, 0, 0, 0)) + i).to_string() + "/32")
+        .collect();
+    lab.apply_policy(
+        "z",
+        "too-many-prefixes",
+        json!({"podSelector": {"matchLabels": {"pod": "a"}}, "policyTypes": ["Egress"], "egress": [
+            {"to": [{"ipBlock": {"cidr": "192.0.0.0/2", "except": except}}]}
+        ]}),
+    )
+    .expect("apply the oversized policy");
+    let mut closed = Reachability::all(true);
+    closed.expect_all_ingress(("x", "a"), false);
+    closed.expect_all_egress(("z", "a"), false);
+    let x_a_node = lab.node_index("x", "a");
+    let before = lab.drop_count(x_a_node, "policy_denied_ingress");
+    // Compiling 66,000 prefixes takes the agents a while: up to a minute.
+    lab.try_validate_within(Protocol::Tcp, 80, &closed, Duration::from_secs(60)).unwrap_or_else(|e| panic!("{e:#}"));
+    let counted = lab.drop_count(x_a_node, "policy_denied_ingress") - before;
+    assert!(counted >= 8, "x/a's node counted {counted} denied ingress probes (8 pairs blocked)");
+    for node in 0..lab.lab.state.nodes.len() {
+        let status = lab.lab.status(node).expect("status");
+        let text = status["unhealthy"].to_string();
+        assert!(
+            status["healthy"] == json!(false) && text.contains("POLICY_IDENTITIES"),
+            "n{}: status must be unhealthy naming the full map: {text}",
+            node + 1
+        );
+    }
+
+    lab.delete_policy("z", "too-many-prefixes");
+    lab.try_validate_within(Protocol::Tcp, 80, &fits, Duration::from_secs(60)).unwrap_or_else(|e| panic!("{e:#}"));
+    for node in 0..lab.lab.state.nodes.len() {
+        let status = lab.lab.status(node).expect("status");
+        assert_eq!(status["healthy"], json!(true), "n{} healed: {}", node + 1, status["unhealthy"]);
+    }
+}

@@ -218,7 +218,7 @@ fn main() {
         1,
         Box::new(lifecycle::without_policy_the_lifecycle_probes_see_traffic),
     ));
-    let lifecycle: [(&str, Step); 5] = [
+    let lifecycle: [(&str, Step); 6] = [
         (
             "no_gap::a_new_pod_in_a_default_deny_namespace_has_its_first_packet_dropped",
             lifecycle::a_new_pod_in_a_default_deny_namespace_has_its_first_packet_dropped,
@@ -239,6 +239,7 @@ fn main() {
             "full_map::a_full_policy_map_fails_closed_named_and_counted",
             lifecycle::a_full_policy_map_fails_closed_named_and_counted,
         ),
+        ("no_gap::other_nodes_learn_a_new_pod_within_a_second", lifecycle::other_nodes_learn_a_new_pod_within_a_second),
     ];
     for (name, body) in lifecycle {
         trials.push(gated(trial(&shared, name.into(), 1, Box::new(body))));

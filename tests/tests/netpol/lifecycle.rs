@@ -392,3 +392,59 @@ pub fn a_full_policy_map_fails_closed_named_and_counted(lab: &mut NetpolLab) {
         assert_eq!(status["healthy"], json!(true), "n{} healed: {}", node + 1, status["unhealthy"]);
     }
 }
+
+/// How long another node takes to learn a new pod (the target: p99
+/// <= 1 s). y/a (n2) accepts only pods labelled role=client; eight new
+/// client pods come up on n1, one after another. From each one's ADD
+/// returning (its address published to the API server right after, as a
+/// kubelet would) it connects to y/a every 150 ms until one gets through:
+/// until n2 knows the new address it drops the SYN (an unknown cluster
+/// address is never "world"). Every client must get through within 1 s.
+pub fn other_nodes_learn_a_new_pod_within_a_second(lab: &mut NetpolLab) {
+    lab.reset().expect("reset");
+    lab.apply_policy(
+        "y",
+        "only-clients",
+        json!({"podSelector": {"matchLabels": {"pod": "a"}}, "ingress": [{"from": [
+            {"namespaceSelector": {}, "podSelector": {"matchLabels": {"role": "client"}}}
+        ]}]}),
+    )
+    .expect("apply");
+    let mut r = Reachability::all(true);
+    r.expect_all_ingress(("y", "a"), false);
+    lab.validate(Protocol::Tcp, 80, &r);
+    let y_a = lab.ip("y", "a");
+    let remote = 1 - lab.node_index("y", "a");
+    let mut samples = Vec::new();
+    for i in 0..8 {
+        let pod = lab
+            .add_extra_pod("x", &format!("client{i}"), remote, &[("pod", "client"), ("role", "client")])
+            .expect("add a client");
+        let added = Instant::now();
+        lab.publish_extra_pod_ip(&pod).expect("publish the address");
+        let mut attempts = 0;
+        let learned = loop {
+            attempts += 1;
+            if connect_from_netns(&pod.netns, y_a, 80, Duration::from_millis(150)) == "connected" {
+                break Some(added.elapsed());
+            }
+            if added.elapsed() > Duration::from_secs(5) {
+                break None;
+            }
+        };
+        lab.remove_extra_pod(pod).expect("remove the client");
+        let took =
+            learned.unwrap_or_else(|| panic!("client{i}: y/a's node never let it in (5 s, {attempts} attempts)"));
+        samples.push(took);
+    }
+    samples.sort();
+    let ms: Vec<String> = samples.iter().map(|d| format!("{:.0}", d.as_secs_f64() * 1000.0)).collect();
+    eprintln!("  a new pod on n{} reaches y/a after (ms, sorted): {}", remote + 1, ms.join(" "));
+    let worst = samples.last().copied().unwrap_or_default();
+    assert!(
+        worst <= Duration::from_secs(1),
+        "slowest: {:.0} ms (target p99 <= 1 s): {}",
+        worst.as_secs_f64() * 1000.0,
+        ms.join(" ")
+    );
+}

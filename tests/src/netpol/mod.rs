@@ -651,6 +651,14 @@ impl NetpolLab {
                 .collect();
             let _ = writeln!(s, "  {node}: {}", if delta.is_empty() { "none".to_string() } else { delta.join(", ") });
         }
+        let _ = writeln!(s, "\neach agent's NetworkPolicy state (agent-state.json):");
+        for node in &self.lab.state.nodes {
+            let state: Option<Value> = std::fs::read(Lab::data_dir(node).join("agent-state.json"))
+                .ok()
+                .and_then(|b| serde_json::from_slice(&b).ok());
+            let policy = state.as_ref().map(|v| v["policy"].clone()).unwrap_or(Value::Null);
+            let _ = writeln!(s, "  {}: {policy}", node.name);
+        }
         s.push_str(&self.placement());
         s
     }

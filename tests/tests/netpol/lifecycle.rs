@@ -105,8 +105,8 @@ pub fn a_new_pod_in_a_default_deny_namespace_has_its_first_packet_dropped(lab: &
 /// x/b (n2), a line every 50 ms, allowed by x/allow-y-b. Replacing that
 /// policy with one allowing nothing must stop the echoes within 1 s of the
 /// change reaching the API server. Allowing again must let the next SYN
-/// through: once the agents apply it, one connect with a single SYN
-/// (shorter than the retransmit) succeeds, no stale verdict in the way.
+/// through: a connect whose first SYN was dropped completes on its next
+/// retransmission, and a new connection's first SYN passes.
 pub fn a_policy_change_reaches_open_connections(lab: &mut NetpolLab) {
     lab.reset().expect("reset");
     let allow = json!({"podSelector": {"matchLabels": {"pod": "b"}}, "ingress": [{"from": [
@@ -155,11 +155,29 @@ pub fn a_policy_change_reaches_open_connections(lab: &mut NetpolLab) {
     denied.expect_all_ingress(("x", "b"), false);
     lab.validate(Protocol::Tcp, 80, &denied);
 
-    lab.apply_policy("x", "allow-y-b", allow).expect("allow again");
-    lab.validate(Protocol::Tcp, 80, &allowed);
+    // deny -> allow: a connect already under way (its first SYN dropped,
+    // seen on the counter) completes on its next retransmitted SYN (1 s
+    // after the first) once the policy allows it: nothing remembers the
+    // denial.
+    let x_b_node = lab.node_index("x", "b");
+    let before = lab.drop_count(x_b_node, "policy_denied_ingress");
     let y_b = lab.netns("y", "b");
+    let started = Instant::now();
+    let pending = {
+        let y_b = y_b.clone();
+        std::thread::spawn(move || connect_from_netns(&y_b, x_b, NetpolLab::STREAM_PORT, Duration::from_secs(8)))
+    };
+    while lab.drop_count(x_b_node, "policy_denied_ingress") == before {
+        assert!(started.elapsed() < Duration::from_secs(3), "the first SYN of y/b's connect was not counted as denied");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    lab.apply_policy("x", "allow-y-b", allow).expect("allow again");
+    let outcome = pending.join().unwrap_or_else(|_| "err panicked".into());
+    eprintln!("  deny->allow: the pending connect {outcome} after {:.0} ms", started.elapsed().as_secs_f64() * 1000.0);
+    assert_eq!(outcome, "connected", "deny -> allow: the next SYN of the pending connect must pass");
+    lab.validate(Protocol::Tcp, 80, &allowed);
     let next = connect_from_netns(&y_b, x_b, NetpolLab::STREAM_PORT, FIRST_SYN);
-    assert_eq!(next, "connected", "deny -> allow: the next SYN from y/b to x/b must pass");
+    assert_eq!(next, "connected", "deny -> allow: a new connection's first SYN must pass");
 }
 
 fn wait_for_echoes(lab: &mut NetpolLab, from: (&str, &str), sid: &str, n: usize) {

@@ -11,6 +11,7 @@ use sluice_agent::{
     config::AgentConfig,
     daemon::{self, plugin_install, Source, Timing},
     membership::kubernetes::KubeNodes,
+    policy::kubernetes::KubePolicy,
     privileges,
     services::kubernetes::KubeServices,
 };
@@ -239,8 +240,8 @@ async fn dispatch(command: Command) -> Result<ExitCode> {
                     "--kube-proxy-replacement=true needs --kubernetes: Services and EndpointSlices come from the API"
                 );
             }
-            let (source, services) = match (peers_file, kubernetes) {
-                (Some(path), false) => (Source::PeersFile(path), None),
+            let (source, services, policy) = match (peers_file, kubernetes) {
+                (Some(path), false) => (Source::PeersFile(path), None, None),
                 (None, true) => {
                     // One TLS provider for the process (kube uses rustls).
                     let _ = rustls::crypto::ring::default_provider().install_default();
@@ -248,11 +249,13 @@ async fn dispatch(command: Command) -> Result<ExitCode> {
                         .await
                         .context("connect to Kubernetes (in-cluster config or KUBECONFIG)")?;
                     let services = node.kube_proxy_replacement.then(|| KubeServices::start(client.clone()));
-                    (Source::Kubernetes(KubeNodes::start(client)), services)
+                    // NetworkPolicy: Pods, Namespaces and NetworkPolicies.
+                    let policy = Some(KubePolicy::start(client.clone()));
+                    (Source::Kubernetes(KubeNodes::start(client)), services, policy)
                 }
                 _ => bail!("choose where membership comes from: --kubernetes or --peers-file FILE"),
             };
-            daemon::run(node, source, services, bpffs, timing).await?;
+            daemon::run(node, source, services, policy, bpffs, timing).await?;
             Ok(ExitCode::SUCCESS)
         }
         Command::Status { pin_dir, data_dir, json, pods, services, liveness } => {

@@ -54,6 +54,9 @@ pub struct AgentState {
     /// The socket load balancer, when `--kube-proxy-replacement=true`.
     #[serde(default)]
     pub service_lb: Option<crate::daemon::service_lb::ServiceLbState>,
+    /// NetworkPolicy enforcement, with `--kubernetes`.
+    #[serde(default)]
+    pub policy: Option<crate::daemon::policy_loop::PolicyLoopState>,
 }
 
 pub fn path(data_dir: &Path) -> PathBuf {

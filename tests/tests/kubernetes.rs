@@ -86,6 +86,9 @@ fn routes_follow_node_events_and_pods_talk_with_cidrs_from_nodes() {
     let s = lab.status(0).unwrap();
     assert_eq!(s["healthy"], true, "{s}");
     assert_eq!(s["agent"]["kubernetes"]["connected"], true);
+    // NetworkPolicy's loop runs beside membership, on the pinned maps.
+    assert_eq!(s["agent"]["policy"]["synced"], true, "{s}");
+    assert!(s["agent"]["policy"]["identities"].as_u64().unwrap() >= 3, "nodes and the cluster CIDR: {s}");
     sleep(Duration::from_millis(1500));
     let (_, _, _, bookmarks) = api.counters();
     assert!(bookmarks > 0, "no bookmarks sent");

@@ -128,6 +128,7 @@ pub fn verdict(f: &HealthFacts) -> Verdict {
             if let Some(lb) = &state.service_lb {
                 services_verdict(lb, f.now_unix, &mut v);
             }
+            v.unhealthy.extend(state.policy.as_ref().and_then(|p| p.unhealthy()));
             v.warnings.extend(state.problems.iter().map(|p| p.to_string()));
         }
         Err(e) => {
@@ -782,6 +783,20 @@ mod tests {
         assert_eq!((v.unhealthy.clone(), v.not_live), (vec![wedged.clone()], vec![wedged]));
         let s = with_services(ServiceLbState { heartbeat_unix: 1000 - WEDGED_AFTER_SECS, ..running });
         assert!(verdict(&facts(Ok(&s))).unhealthy.is_empty());
+    }
+
+    #[test]
+    fn a_full_policy_map_makes_the_node_unhealthy() {
+        use crate::daemon::policy_loop::PolicyLoopState;
+        let fine = PolicyLoopState { synced: true, ..Default::default() };
+        let s = AgentState { policy: Some(fine.clone()), ..state(999) };
+        assert!(verdict(&facts(Ok(&s))).unhealthy.is_empty());
+        let full = PolicyLoopState { full: vec!["policy map POLICY_RULES is full: x/a isolated".into()], ..fine };
+        let s = AgentState { policy: Some(full), ..state(999) };
+        assert_eq!(
+            verdict(&facts(Ok(&s))).unhealthy,
+            ["NetworkPolicy: policy map POLICY_RULES is full: x/a isolated".to_string()]
+        );
     }
 
     #[test]

@@ -45,6 +45,7 @@ use sluice_node::{
         map_fill::{self, FillKind, MapFill},
         pinned_maps::{self, DropRow},
         pins::PinDir,
+        policy_maps::{PolicyStats, VerdictCount},
     },
 };
 use tracing::{info, warn};
@@ -73,6 +74,10 @@ pub struct AgentMetrics {
     /// Connected UDP sockets destroyed because their backend left the
     /// Service (`daemon::udp_sockets`).
     pub service_udp_sockets_destroyed: Counter,
+    /// Pod, Namespace or NetworkPolicy watch event → policy maps updated.
+    pub policy_update_seconds: Histogram,
+    /// Passes that met a full policy map, by map (each failed closed).
+    pub policy_map_full: Family<[(&'static str, &'static str); 1], Counter>,
     /// Per watch (`nodes`, `services`), its last outage: from the first
     /// error to synced again, and from the API server's return (at most)
     /// to synced again (`kube_watch::Recovery`).
@@ -90,6 +95,8 @@ impl Default for AgentMetrics {
             kernel_route_failures: Gauge::default(),
             service_update_seconds: Histogram::new(exponential_buckets(0.0001, 2.0, 16)),
             service_udp_sockets_destroyed: Counter::default(),
+            policy_update_seconds: Histogram::new(exponential_buckets(0.001, 2.0, 14)),
+            policy_map_full: Family::default(),
             kubernetes_outage_seconds: Family::default(),
             kubernetes_synced_after_return_seconds: Family::default(),
             kube: Arc::default(),
@@ -200,6 +207,30 @@ fn encode_drops(encoder: &mut DescriptorEncoder, rows: &[DropRow]) -> std::fmt::
     )
 }
 
+/// NetworkPolicy's judgements of new (and re-judged) connections, from
+/// `POLICY_STATS`: by the local pod's direction, the action and the verdict
+/// (`allowed_by_peer_rule`, `policy_denied_ingress`, ...).
+fn encode_policy_verdicts(encoder: &mut DescriptorEncoder, rows: &[VerdictCount]) -> std::fmt::Result {
+    family(
+        encoder,
+        "sluice_policy_verdicts",
+        "NetworkPolicy verdicts on new connections (and open ones judged again after a policy change), by the local \
+         pod's direction, action (allow, deny) and verdict.",
+        MetricType::Counter,
+        rows.iter().map(|r| {
+            let action = if r.verdict.allowed() { "allow" } else { "deny" };
+            (
+                vec![
+                    ("direction", r.direction.name().to_string()),
+                    ("action", action.to_string()),
+                    ("verdict", r.verdict.name().to_string()),
+                ],
+                ConstCounter::new(r.count),
+            )
+        }),
+    )
+}
+
 /// The file holds cumulative counts; the encoder wants them per bucket.
 fn per_bucket(bounds: &[f64], cumulative: &[u64], count: u64) -> Vec<(f64, u64)> {
     let mut buckets = Vec::new();
@@ -285,6 +316,9 @@ impl Collector for DatapathCollector {
                 [(vec![], ConstCounter::new(f.evicted))],
             )?;
         }
+        if let Ok(verdicts) = PolicyStats::open(pins).and_then(|s| s.all()) {
+            encode_policy_verdicts(&mut encoder, &verdicts)?;
+        }
         encode_cni(&mut encoder, &cni_stats::read(&self.data_dir))?;
         let masquerade = *self.masquerade.lock().expect("netfilter counter lock");
         if let Some(counter) = masquerade {
@@ -349,6 +383,16 @@ pub fn registry(pins: &PinDir, data_dir: &std::path::Path, m: &AgentMetrics, mas
         "sluice_service_udp_sockets_destroyed",
         "Connected UDP sockets destroyed (SOCK_DESTROY) because the backend they were connected to left the Service.",
         m.service_udp_sockets_destroyed.clone(),
+    );
+    r.register(
+        "sluice_policy_update_seconds",
+        "Time from the first Pod, Namespace or NetworkPolicy watch event a pass carried to the policy maps holding it.",
+        m.policy_update_seconds.clone(),
+    );
+    r.register(
+        "sluice_policy_map_full",
+        "Policy passes that met a full map, by map: the pods affected were isolated with no allow rule (fail closed).",
+        m.policy_map_full.clone(),
     );
     r.register(
         "sluice_membership_problems",
@@ -543,6 +587,33 @@ mod tests {
     impl Collector for Drops {
         fn encode(&self, mut encoder: DescriptorEncoder) -> std::fmt::Result {
             encode_drops(&mut encoder, &self.0)
+        }
+    }
+
+    #[test]
+    fn policy_verdicts_carry_direction_action_and_verdict() {
+        use sluice_common::policy::{Direction, PolicyVerdict};
+        #[derive(Debug)]
+        struct Verdicts(Vec<VerdictCount>);
+        impl Collector for Verdicts {
+            fn encode(&self, mut encoder: DescriptorEncoder) -> std::fmt::Result {
+                encode_policy_verdicts(&mut encoder, &self.0)
+            }
+        }
+        let row = |direction, verdict, count| VerdictCount { direction, verdict, count };
+        let mut r = Registry::default();
+        r.register_collector(Box::new(Verdicts(vec![
+            row(Direction::Ingress, PolicyVerdict::AllowedByPeerRule, 7),
+            row(Direction::Egress, PolicyVerdict::DeniedEgress, 2),
+            row(Direction::Ingress, PolicyVerdict::PeerUnknown, 1),
+        ])));
+        let text = render(&r).unwrap();
+        for line in [
+            "sluice_policy_verdicts_total{direction=\"ingress\",action=\"allow\",verdict=\"allowed_by_peer_rule\"} 7",
+            "sluice_policy_verdicts_total{direction=\"egress\",action=\"deny\",verdict=\"policy_denied_egress\"} 2",
+            "sluice_policy_verdicts_total{direction=\"ingress\",action=\"deny\",verdict=\"policy_peer_unknown\"} 1",
+        ] {
+            assert!(text.contains(line), "{line} missing from:\n{text}");
         }
     }
 

@@ -16,6 +16,7 @@ pub mod node_address;
 pub mod plugin_install;
 pub mod pod_device;
 pub mod policy_loop;
+pub mod policy_tables;
 pub mod service_lb;
 pub mod sweep;
 pub mod sysctl;
@@ -38,6 +39,7 @@ use crate::{
     config::AgentConfig,
     health_endpoint,
     membership::{self, kubernetes::KubeNodes, peers_file::PeersFile, Membership, Problem, Ranges},
+    policy::kubernetes::KubePolicy,
     reconcile::{kernel_routes, map_routes, masquerade},
     services::kubernetes::KubeServices,
     state_file::{self, AgentState},
@@ -296,6 +298,47 @@ fn start_services_loop(
     tokio::spawn(service_lb::supervise(service_lb_state.clone(), start));
 }
 
+/// Start NetworkPolicy's loop under its supervisor, in the background.
+/// Node addresses come from the Node watch.
+fn start_policy_loop(
+    kube: KubePolicy,
+    nodes: KubeNodes,
+    node: &AgentConfig,
+    pins: &PinDir,
+    agent_metrics: &metrics::AgentMetrics,
+) -> policy_loop::SharedState {
+    let state = policy_loop::SharedState::default();
+    let node_ips = move || nodes.snapshot().0.into_iter().filter_map(|n| Some((n.name, n.node_ip?))).collect();
+    let policy_node = policy_loop::PolicyNode {
+        node_name: node.node_name.clone(),
+        cluster_cidrs: vec![node.cluster_cidr],
+        data_dir: node.data_dir.clone(),
+        nodes: std::sync::Arc::new(node_ips),
+    };
+    let (pins, st, m) = (pins.clone(), state.clone(), agent_metrics.clone());
+    let start = move || {
+        let (kube, pins, node, st, m) = (kube.clone(), pins.clone(), policy_node.clone(), st.clone(), m.clone());
+        async move {
+            let tables = policy_tables::PinnedPolicyTables::open(&pins)?;
+            let latency = m.policy_update_seconds.clone();
+            let full = m.policy_map_full.clone();
+            policy_loop::run(
+                kube,
+                tables,
+                node,
+                st,
+                move |s| latency.observe(s),
+                move |map| {
+                    full.get_or_create(&[("map", map)]).inc();
+                },
+            )
+            .await
+        }
+    };
+    tokio::spawn(policy_loop::supervise(state.clone(), start));
+    state
+}
+
 /// Wait for the first complete membership that names this node's pod CIDR.
 async fn initial_membership(source: &Source, node: &AgentConfig, ranges: &Ranges) -> Result<Membership> {
     let mut waited = 0u32;
@@ -493,6 +536,8 @@ struct Daemon {
     metrics: metrics::AgentMetrics,
     /// The Services loop's state, when Services are in eBPF.
     service_lb: Option<service_lb::SharedState>,
+    /// NetworkPolicy's loop's state, with `--kubernetes`.
+    policy: Option<policy_loop::SharedState>,
     state: AgentState,
     last_error: Option<String>,
     last_problems: Vec<Problem>,
@@ -595,6 +640,7 @@ impl Daemon {
         };
         self.metrics.set_kubernetes(state.kubernetes.clone());
         state.service_lb = self.service_lb.as_ref().map(|s| s.lock().expect("service state lock").clone());
+        state.policy = self.policy.as_ref().map(|s| s.lock().expect("policy state lock").clone());
         self.metrics.set_recovery("nodes", state.kubernetes.as_ref().and_then(|k| k.last_recovery.as_ref()));
         self.metrics.set_recovery("services", state.service_lb.as_ref().and_then(|s| s.watch_recovery.as_ref()));
         state.updated_unix = now_unix();
@@ -608,6 +654,7 @@ pub async fn run(
     mut node: AgentConfig,
     source: Source,
     services: Option<KubeServices>,
+    policy: Option<KubePolicy>,
     bpffs_mount: PathBuf,
     timing: Timing,
 ) -> Result<()> {
@@ -640,6 +687,13 @@ pub async fn run(
     let (health_netns, agent_metrics, service_lb_state) =
         serve_node_endpoints(&netlink, &node, &uplink, pod_cidr, &datapath, services, &reconcilers).await?;
 
+    // Before the conflist: ADD waits (briefly) for POLICY_PODS.
+    let policy_state = match (policy, &source) {
+        (Some(kube), Source::Kubernetes(nodes)) => {
+            Some(start_policy_loop(kube, nodes.clone(), &node, &pins, &agent_metrics))
+        }
+        _ => None,
+    };
     install_plugin(&node)?;
     sweep(&netlink, &node, pod_cidr, &pins, timing.sweep_grace).await;
     write_conflist(&node, pod_cidr, uplink.pod_mtu, datapath.pod_device)?;
@@ -647,6 +701,7 @@ pub async fn run(
     let state = initial_state(&node, &source, &timing, &uplink, pod_cidr, &datapath, &health_netns);
     let daemon = Daemon {
         service_lb: datapath.sock_lb_cgroup.as_ref().map(|_| service_lb_state),
+        policy: policy_state,
         node,
         source,
         netlink,

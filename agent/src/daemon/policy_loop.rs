@@ -72,13 +72,25 @@ impl PolicyLoopState {
     /// Whether `status` must call the agent unhealthy: a full map (pods
     /// isolated beyond what their policies say) or maps not written.
     pub fn unhealthy(&self) -> Option<String> {
+        if let Some(s) = &self.stopped {
+            return Some(format!(
+                "NetworkPolicy loop stopped: {s}; restarting (restarted {} times); the policy maps keep their last state",
+                self.restarts
+            ));
+        }
+        if !self.synced {
+            return Some(format!(
+                "NetworkPolicy not synced: {}; new pods wait for their policy (fail closed)",
+                self.watch_error.as_deref().unwrap_or("Pods, Namespaces and NetworkPolicies not listed yet")
+            ));
+        }
         if !self.full.is_empty() {
             return Some(format!("NetworkPolicy: {}", self.full.join("; ")));
         }
         if let Some(e) = &self.last_error {
             return Some(format!("NetworkPolicy maps not updated: {e}"));
         }
-        self.stopped.as_ref().map(|s| format!("NetworkPolicy loop stopped: {s}"))
+        None
     }
 }
 
@@ -227,5 +239,59 @@ pub async fn run<T: PolicyTables>(
             _ = kube.changed.notified() => tokio::time::sleep(DEBOUNCE).await,
             _ = tokio::time::sleep_until(wake.into()) => {}
         }
+    }
+}
+
+/// Run the loop `start` makes, forever: each time it stops (it can only
+/// fail opening or reading the maps), record why for `status` and start it
+/// again after `service_lb::RestartBackoff`'s wait. The maps keep their
+/// last state meanwhile (enforcement goes on, changes wait).
+pub async fn supervise<F, Fut>(state: SharedState, mut start: F)
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Result<()>>,
+{
+    let mut backoff = crate::daemon::service_lb::RestartBackoff::default();
+    loop {
+        let started = Instant::now();
+        let why = match start().await {
+            Ok(()) => anyhow::anyhow!("the loop returned"),
+            Err(e) => e,
+        };
+        let wait = backoff.after_stop(started.elapsed());
+        let why = format!("{why:#}");
+        error!(error = %why, restart_in_ms = wait.as_millis() as u64, "NetworkPolicy loop stopped; the maps keep their last state");
+        {
+            let mut st = state.lock().expect("policy state lock");
+            st.stopped = Some(why);
+            st.heartbeat_unix = now_unix();
+        }
+        tokio::time::sleep(wait).await;
+        state.lock().expect("policy state lock").restarts += 1;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_full_map_a_stopped_loop_or_no_sync_is_unhealthy() {
+        let fine = PolicyLoopState { synced: true, ..Default::default() };
+        assert_eq!(fine.unhealthy(), None);
+        let full = PolicyLoopState {
+            full: vec!["policy map POLICY_RULES is full: x/a isolated with no allow rule (failed closed)".into()],
+            ..fine.clone()
+        };
+        assert_eq!(
+            full.unhealthy().unwrap(),
+            "NetworkPolicy: policy map POLICY_RULES is full: x/a isolated with no allow rule (failed closed)"
+        );
+        let unsynced = PolicyLoopState { synced: false, watch_error: Some("pods: 403".into()), ..fine.clone() };
+        assert!(unsynced.unhealthy().unwrap().starts_with("NetworkPolicy not synced: pods: 403"));
+        let stopped = PolicyLoopState { stopped: Some("open POLICY_RULES".into()), ..fine.clone() };
+        assert!(stopped.unhealthy().unwrap().starts_with("NetworkPolicy loop stopped: open POLICY_RULES"));
+        let failed = PolicyLoopState { last_error: Some("EPERM".into()), ..fine };
+        assert_eq!(failed.unhealthy().unwrap(), "NetworkPolicy maps not updated: EPERM");
     }
 }

@@ -1,6 +1,7 @@
 //! ADD: a veth or netkit pair into the pod, an address from the node's pod CIDR, routes and
-//! a static gateway neighbour inside the pod, the endpoint map entry, and
-//! `from_pod` attached to the host side. Every step registers its undo; a
+//! a static gateway neighbour inside the pod, the endpoint map entry, its
+//! NetworkPolicy entries (`policy.rs`), and `from_pod` attached to the host
+//! side. Every step registers its undo; a
 //! failure anywhere leaves the node as it was.
 use std::{fs::File, net::Ipv4Addr, os::fd::AsRawFd};
 
@@ -13,8 +14,11 @@ use sluice_node::{
     pod::{device::PodDevice, names as pod_names},
 };
 
-use crate::{config::NetConf, env::CniEnv, error::CniError, fault, node_cidr, rollback::Rollback};
+use crate::{config::NetConf, env::CniEnv, error::CniError, fault, node_cidr, policy, rollback::Rollback};
+use ipnetwork::Ipv4Network;
+use sluice_common::policy::PodNameKey;
 use sluice_node::datapath::pinned_maps::{node_pod_cidr, read_node_config};
+use sluice_node::datapath::policy_maps::{PolicyEndpoints, PolicyIdentities, PolicyPods, PolicyState};
 use sluice_node::pod::plumbing::{self, POD_GATEWAY};
 use sluice_node::step_timer;
 
@@ -118,7 +122,12 @@ async fn add_steps(conf: &NetConf, env: &CniEnv, rb: &mut Rollback) -> Result<Va
     }
     done("endpoint")?;
 
-    // 6. `from_pod` on the host side's ingress (veth) or `from_pod_netkit`
+    // 6. NetworkPolicy: the address's entries before its first packet
+    // (`policy.rs`).
+    policy_step(&pins, env, ip, rb)?;
+    done("policy")?;
+
+    // 7. `from_pod` on the host side's ingress (veth) or `from_pod_netkit`
     // in the pod's transmit path (netkit), and `to_pod` on the host side's
     // egress, pinned to outlive us.
     {
@@ -130,6 +139,56 @@ async fn add_steps(conf: &NetConf, env: &CniEnv, rb: &mut Rollback) -> Result<Va
     fault::after("attach").map_err(plugin)?;
 
     Ok(result(conf, env, &host_name, host_link.mac, pod_link.mac, ip))
+}
+
+/// `POLICY_IDENTITIES[ip/32]` and `POLICY_ENDPOINTS[ip]` from the agent's
+/// `POLICY_PODS` entry for the pod, or failed closed (see `policy.rs`).
+fn policy_step(pins: &PinDir, env: &CniEnv, ip: Ipv4Addr, rb: &mut Rollback) -> Result<(), CniError> {
+    // A datapath without the policy maps enforces nothing either.
+    let Ok(state) = PolicyState::open(pins) else { return Ok(()) };
+    if !state.enforcing().map_err(plugin)? {
+        return Ok(());
+    }
+    let Some(pod) = &env.pod else {
+        eprintln!("sluice-cni: no pod name in CNI_ARGS: not a Kubernetes pod, no NetworkPolicy entry for {ip}");
+        return Ok(());
+    };
+    let pods = PolicyPods::open(pins).map_err(plugin)?;
+    // A name too long for a key is never in the map: fail closed at once.
+    let found = if PodNameKey::new(&pod.namespace, &pod.name).is_some() {
+        policy::wait_for(
+            || pods.get(&pod.namespace, &pod.name),
+            policy::POD_POLICY_WAIT,
+            policy::POD_POLICY_POLL,
+            std::thread::sleep,
+        )
+        .map_err(plugin)?
+    } else {
+        None
+    };
+    let entries = policy::entries(found);
+    if entries.pending {
+        eprintln!("{}", policy::pending_message(&pod.to_string(), ip, policy::POD_POLICY_WAIT));
+    }
+    let full = |e: anyhow::Error| {
+        if e.chain().any(|c| c.is::<sluice_node::datapath::pinned_maps::MapFull>()) {
+            CniError::PolicyMapFull(e)
+        } else {
+            CniError::Plugin(e)
+        }
+    };
+    let prefix = Ipv4Network::new(ip, 32).map_err(|e| plugin(e.into()))?;
+    PolicyIdentities::open(pins).and_then(|mut m| m.insert(prefix, entries.identity)).map_err(full)?;
+    {
+        let pins = pins.clone();
+        rb.push("remove policy identity", async move { PolicyIdentities::open(&pins)?.remove(prefix) });
+    }
+    PolicyEndpoints::open(pins).and_then(|mut m| m.insert(ip, entries.endpoint)).map_err(full)?;
+    {
+        let pins = pins.clone();
+        rb.push("remove policy endpoint", async move { PolicyEndpoints::open(&pins)?.remove(ip) });
+    }
+    Ok(())
 }
 
 fn allocate(conf: &NetConf, env: &CniEnv, rb: &mut Rollback) -> Result<Ipv4Addr, CniError> {

@@ -25,6 +25,10 @@ pub enum CniError {
     /// The node's `ENDPOINTS` map has no room for another pod.
     #[error("{0:#}")]
     EndpointsFull(anyhow::Error),
+    /// A NetworkPolicy map (`POLICY_IDENTITIES`, `POLICY_ENDPOINTS`) has no
+    /// room for the pod's entries: the pod is not made (fail closed).
+    #[error("{0:#}")]
+    PolicyMapFull(anyhow::Error),
     #[error("{0:#}")]
     Plugin(anyhow::Error),
 }
@@ -54,6 +58,7 @@ impl CniError {
             CniError::PoolExhausted(_) => 100,
             CniError::Ipam(_) => 101,
             CniError::EndpointsFull(_) => 103,
+            CniError::PolicyMapFull(_) => 104,
             CniError::Plugin(_) => 102,
         }
     }
@@ -70,6 +75,7 @@ impl CniError {
             CniError::NotAvailable(_) => "plugin not available",
             CniError::Ipam(_) => "IPAM failure",
             CniError::EndpointsFull(_) => "this node's endpoint map is full",
+            CniError::PolicyMapFull(_) => "this node's NetworkPolicy maps are full; the pod is not made (fail closed)",
             CniError::Plugin(_) => "sluice failed",
         }
     }

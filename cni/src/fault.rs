@@ -2,7 +2,7 @@
 //! with the `fault-injection` feature; otherwise `after` is a no-op.
 
 /// The ADD steps, in order, as named to `SLUICE_CNI_FAIL_AFTER`.
-pub const ADD_STEPS: [&str; 7] = ["ipam", "veth", "move", "pod-config", "host-config", "endpoint", "attach"];
+pub const ADD_STEPS: [&str; 8] = ["ipam", "veth", "move", "pod-config", "host-config", "endpoint", "policy", "attach"];
 
 /// Called right after each ADD step succeeds (its time is charged by
 /// `sluice_node::step_timer`, not here).

@@ -16,6 +16,7 @@ mod env;
 mod error;
 mod gc;
 mod node_cidr;
+mod policy;
 mod rollback;
 mod status;
 

@@ -364,9 +364,16 @@ pub struct PolicyState {
     /// DNAT (see docs/ARCHITECTURE.md).
     pub service_cidr_be: u32,
     pub service_prefix_len: u32,
-    /// Reserved (0).
+    /// `POLICY_STATE_*` bits.
     pub flags: u32,
 }
+
+/// [`PolicyState::flags`]: an agent enforces NetworkPolicy on this node
+/// (`run --kubernetes`; cleared without it). The CNI plugin's ADD then gives
+/// every Kubernetes pod its policy entries from `POLICY_PODS`, or a
+/// fail-closed [`ENDPOINT_POLICY_PENDING`] entry when it has none. Without
+/// it (a peers-file node) ADD writes no policy entry: nothing enforces.
+pub const POLICY_STATE_ENFORCING: u32 = 1;
 const _: () = assert!(core::mem::size_of::<PolicyState>() == 16);
 
 impl PolicyState {

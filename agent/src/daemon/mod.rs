@@ -687,12 +687,18 @@ pub async fn run(
     let (health_netns, agent_metrics, service_lb_state) =
         serve_node_endpoints(&netlink, &node, &uplink, pod_cidr, &datapath, services, &reconcilers).await?;
 
-    // Before the conflist: ADD waits (briefly) for POLICY_PODS.
+    // Before the conflist: ADD waits (briefly) for POLICY_PODS, and fails
+    // closed once the flag says an agent enforces NetworkPolicy here.
     let policy_state = match (policy, &source) {
         (Some(kube), Source::Kubernetes(nodes)) => {
+            policy_maps::PolicyState::open(&pins)?.set_enforcing(true)?;
             Some(start_policy_loop(kube, nodes.clone(), &node, &pins, &agent_metrics))
         }
-        _ => None,
+        _ => {
+            // Nothing enforces here (peers file): ADD writes no policy entry.
+            policy_maps::PolicyState::open(&pins)?.set_enforcing(false)?;
+            None
+        }
     };
     install_plugin(&node)?;
     sweep(&netlink, &node, pod_cidr, &pins, timing.sweep_grace).await;

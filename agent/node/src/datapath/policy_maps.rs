@@ -174,6 +174,23 @@ impl PolicyState {
         Ok(state.epoch)
     }
 
+    /// Say whether an agent enforces NetworkPolicy here
+    /// (`POLICY_STATE_ENFORCING`): the CNI plugin writes a new pod's policy
+    /// entries only then.
+    pub fn set_enforcing(&mut self, enforcing: bool) -> Result<()> {
+        let mut state = self.get()?;
+        state.flags = if enforcing {
+            state.flags | sluice_common::policy::POLICY_STATE_ENFORCING
+        } else {
+            state.flags & !sluice_common::policy::POLICY_STATE_ENFORCING
+        };
+        self.set(state)
+    }
+
+    pub fn enforcing(&self) -> Result<bool> {
+        Ok(self.get()?.flags & sluice_common::policy::POLICY_STATE_ENFORCING != 0)
+    }
+
     /// Record the Service CIDR (`None`: none configured, nothing deferred).
     pub fn set_service_cidr(&mut self, cidr: Option<Ipv4Network>) -> Result<()> {
         let mut state = self.get()?;

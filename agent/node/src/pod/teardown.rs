@@ -41,6 +41,9 @@ pub async fn teardown(
             if let Err(e) = endpoints.remove(ip) {
                 errors.push(format!("{e:#}"));
             }
+            // The NetworkPolicy entries ADD wrote for the address (a
+            // datapath without the policy maps has none).
+            errors.extend(remove_policy_entries(pins, ip).err().map(|e| format!("{e:#}")));
         }
     }
     drop(lock);
@@ -66,6 +69,19 @@ pub async fn teardown(
     }
     step_timer::mark("release");
     errors
+}
+
+/// Remove `POLICY_ENDPOINTS[ip]` and `POLICY_IDENTITIES[ip/32]`; absent
+/// entries (or maps) are removed already.
+fn remove_policy_entries(pins: &PinDir, ip: std::net::Ipv4Addr) -> anyhow::Result<()> {
+    use crate::datapath::policy_maps::{PolicyEndpoints, PolicyIdentities};
+    if let Ok(mut endpoints) = PolicyEndpoints::open(pins) {
+        endpoints.remove(ip)?;
+    }
+    if let Ok(mut identities) = PolicyIdentities::open(pins) {
+        identities.remove(ipnetwork::Ipv4Network::new(ip, 32)?)?;
+    }
+    Ok(())
 }
 
 /// Is the endpoint entry for the pod's address still this attachment's?

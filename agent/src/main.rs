@@ -11,7 +11,7 @@ use sluice_agent::{
     config::AgentConfig,
     daemon::{self, plugin_install, Source, Timing},
     membership::kubernetes::KubeNodes,
-    policy::kubernetes::KubePolicy,
+    policy::{kubernetes::KubePolicy, report::PolicyReport},
     privileges,
     services::kubernetes::KubeServices,
 };
@@ -74,6 +74,11 @@ enum Command {
         /// an unhealthy datapath. Prints that verdict alone.
         #[arg(long)]
         liveness: bool,
+        /// Also show one local pod's NetworkPolicy: its isolation per
+        /// direction, the policies that isolate it and its effective allow
+        /// rules (as the agent last compiled them).
+        #[arg(long, value_name = "NAMESPACE/POD")]
+        policy: Option<String>,
     },
     /// Probe every node's health endpoint (and local pods with --pods) from
     /// this node's, through the datapath; exits non-zero on any failure.
@@ -258,7 +263,7 @@ async fn dispatch(command: Command) -> Result<ExitCode> {
             daemon::run(node, source, services, policy, bpffs, timing).await?;
             Ok(ExitCode::SUCCESS)
         }
-        Command::Status { pin_dir, data_dir, json, pods, services, liveness } => {
+        Command::Status { pin_dir, data_dir, json, pods, services, liveness, policy } => {
             let pins = PinDir::new(pin_dir);
             let report = status::collect(&pins, &data_dir);
             if liveness && !json {
@@ -267,6 +272,18 @@ async fn dispatch(command: Command) -> Result<ExitCode> {
             }
             let services = if services { Some(service_table::rows(&pins)?) } else { None };
             let pods = if pods { Some(status::pods(&data_dir, &report).map_err(anyhow::Error::msg)?) } else { None };
+            let policy = match &policy {
+                Some(pod) => {
+                    let path = PolicyReport::path(&data_dir);
+                    let all = PolicyReport::read(&path)
+                        .context("no NetworkPolicy report: is the agent running with --kubernetes here?")?;
+                    let view = all.pods.get(pod).cloned().with_context(|| {
+                        format!("pod {pod} is not on this node, host-network, or not known to the agent yet")
+                    })?;
+                    Some((pod.clone(), view))
+                }
+                None => None,
+            };
             if json {
                 let mut v = report.to_json();
                 if let Some(rows) = &pods {
@@ -274,6 +291,9 @@ async fn dispatch(command: Command) -> Result<ExitCode> {
                 }
                 if let Some(rows) = &services {
                     v["services"] = service_table::to_json(rows, &pins);
+                }
+                if let Some((pod, view)) = &policy {
+                    v["policy"] = serde_json::json!({"pod": pod, "view": view});
                 }
                 println!("{}", serde_json::to_string_pretty(&v)?);
             } else {
@@ -283,6 +303,9 @@ async fn dispatch(command: Command) -> Result<ExitCode> {
                 }
                 if let Some(rows) = &services {
                     print!("{}", service_table::render(rows, &pins));
+                }
+                if let Some((pod, view)) = &policy {
+                    print!("{}", sluice_agent::policy::report::render(pod, view));
                 }
             }
             let ok = if liveness { report.live() } else { report.healthy() };

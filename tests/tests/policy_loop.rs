@@ -15,7 +15,7 @@ use std::{
 use serde_json::{json, Value};
 use sluice_agent::{
     daemon::policy_loop::{self, PolicyNode, SharedState},
-    policy::{kubernetes::KubePolicy, names::NamesTable},
+    policy::{kubernetes::KubePolicy, names::NamesTable, report::PolicyReport},
     reconcile::policy_maps::MemoryTables,
 };
 use sluice_common::policy::{ENDPOINT_INGRESS_ISOLATED, IDENTITY_HOST};
@@ -115,6 +115,16 @@ async fn nothing_is_applied_before_all_three_kinds_are_listed_then_changes_reach
     let table = NamesTable::read(&NamesTable::path(&r.data_dir)).unwrap();
     assert_eq!(table.policies.values().collect::<Vec<_>>(), ["x/from-b"]);
     assert_eq!(table.pod("10.244.1.2".parse().unwrap()), Some("x/b"));
+    // What `status --policy x/a` shows.
+    let report = PolicyReport::read(&PolicyReport::path(&r.data_dir)).unwrap();
+    let a = &report.pods["x/a"];
+    assert_eq!(a.ingress.isolated_by, ["x/deny-in", "x/from-b"]);
+    assert_eq!(a.ingress.allow.len(), 1, "{a:?}");
+    assert_eq!(
+        (a.ingress.allow[0].peers.as_slice(), a.ingress.allow[0].policy.as_str()),
+        (&["x/b".to_string()][..], "x/from-b")
+    );
+    assert!(a.egress.isolated_by.is_empty());
     // Every policy gone: a is open again, its entries and sets go.
     r.api.delete_network_policy("x", "from-b");
     r.api.delete_network_policy("x", "deny-in");

@@ -7,8 +7,9 @@
 //! Nothing is applied before all three kinds are listed: an empty view
 //! would leave every pod unselected (open) and every peer unknown.
 //!
-//! Each pass writes the names table `monitor` and `status --policy` read
-//! (`policy_names::NamesTable`, a JSON file in the agent's data dir). A full
+//! Each pass writes, when they changed, the names table `monitor` reads
+//! (`policy::names`) and the pods' policy `status --policy` shows
+//! (`policy::report`), JSON files in the agent's data dir. A full
 //! map is logged once per change of who it affects, counted
 //! (`sluice_policy_map_full_total{map}`) and kept in the state until a pass
 //! fits again; `status` reports the agent unhealthy meanwhile.
@@ -27,7 +28,7 @@ use sluice_node::{clock::now_unix, ipam::store::read_pod_leases};
 use tracing::{error, info, warn};
 
 use crate::{
-    policy::{identity::IdentityAllocator, kubernetes::KubePolicy, names::NamesTable},
+    policy::{identity::IdentityAllocator, kubernetes::KubePolicy, names::NamesTable, report::PolicyReport},
     reconcile::policy_maps::{desired, NodeFacts, PolicyReconciler, PolicyRefs, PolicyTables},
 };
 
@@ -127,6 +128,7 @@ pub async fn run<T: PolicyTables>(
     let mut last_full = Instant::now();
     let mut last_generation = None;
     let mut last_full_msg: Vec<String> = Vec::new();
+    let mut last_report = PolicyReport::default();
     loop {
         let resync = last_full.elapsed() >= RESYNC;
         let ((view, watch), since) =
@@ -160,16 +162,22 @@ pub async fn run<T: PolicyTables>(
                 let policies = model.policies.len();
                 let pods_by_ip = NamesTable::pods_of(&model);
                 let compile_started = Instant::now();
-                let (desired, _) = desired(model, &facts, &mut allocator, &mut refs);
+                let (desired, compiled) = desired(model, &facts, &mut allocator, &mut refs);
                 let apply_started = Instant::now();
                 let report = reconciler.apply(&mut tables, &desired)?;
                 let ms = |d: Duration| d.as_secs_f64() * 1000.0;
                 st.last_compile_ms = Some(ms(apply_started - compile_started));
                 st.last_apply_ms = Some(ms(apply_started.elapsed()));
-                Ok((desired, report, policies, pods_by_ip))
+                let local = desired
+                    .pods
+                    .iter()
+                    .map(|(k, p)| (k.clone(), (p.ips.iter().copied().collect(), p.identity)))
+                    .collect();
+                let pod_report = PolicyReport::build(&compiled, &pods_by_ip, &local);
+                Ok((desired, report, policies, pods_by_ip, pod_report))
             })();
             match pass {
-                Ok((desired, report, policies, pods_by_ip)) => {
+                Ok((desired, report, policies, pods_by_ip, pod_report)) => {
                     last_generation = Some(watch.generation);
                     let pass_ms = started.elapsed().as_secs_f64() * 1000.0;
                     st.last_pass_ms = Some(pass_ms);
@@ -210,6 +218,12 @@ pub async fn run<T: PolicyTables>(
                     st.identities = reconciler.actual().identities.len();
                     st.rule_sets = reconciler.rule_sets();
                     st.rules = reconciler.actual().rules.len();
+                    if pod_report != last_report {
+                        match pod_report.write(&PolicyReport::path(&node.data_dir)) {
+                            Ok(()) => last_report = pod_report,
+                            Err(e) => warn!(error = %format!("{e:#}"), "cannot write the pods' policy report"),
+                        }
+                    }
                     let table = NamesTable::new(refs.table(), pods_by_ip);
                     if table != names {
                         match table.write(&names_path) {

@@ -21,5 +21,6 @@ pub mod identity;
 pub mod kubernetes;
 pub mod model;
 pub mod names;
+pub mod report;
 pub mod selector;
 pub mod upstream_cases;

@@ -35,6 +35,12 @@ pub struct AgentConfig {
     /// its datapath has not run on a netkit kernel (docs/ARCHITECTURE.md).
     #[arg(long, env = "SLUICE_DEVICE", value_enum, default_value_t = crate::daemon::pod_device::DeviceChoice::Veth)]
     pub device: crate::daemon::pod_device::DeviceChoice,
+    /// How the TC programs attach to the uplink and each pod's device:
+    /// `auto` (TCX where the kernel has it, Linux 6.6+, else legacy tc),
+    /// `tcx`, or `tc` (a `clsact` qdisc and `cls_bpf` filters). Decided at
+    /// start; `status` says which and why.
+    #[arg(long, env = "SLUICE_ATTACH", value_enum, default_value_t = crate::daemon::attach_mode::AttachChoice::Auto)]
+    pub attach: crate::daemon::attach_mode::AttachChoice,
     /// Pod CIDR of this node. With --kubernetes it may be left out: the
     /// node's own `spec.podCIDR` is used.
     #[arg(long, env = "SLUICE_POD_CIDR")]
@@ -269,6 +275,7 @@ mod tests {
             mtu: None,
             tunnel: crate::membership::TunnelMode::Auto,
             device: crate::daemon::pod_device::DeviceChoice::Auto,
+            attach: crate::daemon::attach_mode::AttachChoice::Auto,
             masquerade: true,
             non_masquerade_cidr: vec![],
             mount_bpffs: false,

@@ -46,6 +46,12 @@ pub struct AgentState {
     pub pod_device: String,
     #[serde(default)]
     pub pod_device_why: String,
+    /// How the TC programs attach (`tcx`, `tc`) and why (`--attach`); empty:
+    /// an agent that predates the choice (TCX).
+    #[serde(default)]
+    pub attach_mode: String,
+    #[serde(default)]
+    pub attach_mode_why: String,
     /// The uplink's MTU and the pods' (0: an agent that predates them).
     #[serde(default)]
     pub uplink_mtu: u32,

@@ -1,11 +1,12 @@
 //! CHECK: is the pod still as ADD left it? On the node: the host veth, the
-//! lease, the endpoint entry, both programs attached, `prevResult`. Inside
+//! lease, the endpoint entry, both programs attached (a legacy tc filter
+//! as the kernel lists it), `prevResult`. Inside
 //! the pod's namespace: the interface (up, with the configured MTU), its
 //! `/32`, the route to the gateway and the default route via it, and (veth)
 //! the gateway's permanent neighbour at the host veth's MAC.
 use anyhow::anyhow;
 use sluice_node::{
-    datapath::{pinned_maps::Endpoints, pins::PinDir},
+    datapath::{links, pinned_maps::Endpoints, pins::PinDir},
     net::netlink::Netlink,
     pod::{device::PodDevice, names as pod_names},
 };
@@ -43,8 +44,9 @@ pub async fn check(conf: &NetConf, env: &CniEnv) -> Result<(), CniError> {
         return fail(format!("{} is not attached to {host_name}", conf.device.marker()));
     };
     for program in device.programs() {
-        if !pins.link(program, &host_name).exists() {
-            return fail(format!("{program} is not attached to {host_name}"));
+        // TCX: the link pin; tc: the filter the kernel lists (`check_attached`).
+        if let Err(why) = links::check_attached(&host, &pins.link(program, &host_name), program, link.index).await {
+            return fail(format!("{program} is not attached to {host_name}: {why}"));
         }
     }
     let Some(netns) = &env.netns else {

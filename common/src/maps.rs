@@ -235,8 +235,21 @@ pub struct NodeConfig {
     /// the programs do not read them.
     pub pod_cidr_be: u32,
     pub pod_cidr_prefix_len: u32,
+    /// How this node attaches its TC programs, decided once at start
+    /// (`--attach`): `ATTACH_TCX` (0, also what a migrated entry of an
+    /// earlier version reads: those attached with TCX only) or `ATTACH_TC`
+    /// (legacy tc, `clsact` + `cls_bpf`, for kernels before 6.6). The CNI
+    /// plugin attaches each new pod's programs the same way; the programs
+    /// do not read it. Appended like the pod CIDR.
+    pub attach_mode: u32,
 }
-const _: () = assert!(core::mem::size_of::<NodeConfig>() == 16);
+const _: () = assert!(core::mem::size_of::<NodeConfig>() == 20);
+
+/// `NodeConfig::attach_mode`: TCX links (Linux 6.6+).
+pub const ATTACH_TCX: u32 = 0;
+/// `NodeConfig::attach_mode`: legacy tc filters (`clsact` + `cls_bpf`
+/// direct-action), where TCX is missing.
+pub const ATTACH_TC: u32 = 1;
 
 /// This node's VXLAN device, index 0 of `TUNNEL_CONFIG` (a map of its own
 /// rather than a field of `NodeConfig`, whose size a pinned map fixes).

@@ -629,7 +629,17 @@ impl Lab {
         let node = &self.state.nodes[i];
         let pid = node.agent_pid.with_context(|| format!("no agent started on {}", node.name))?;
         wait_ready(pid, &Self::data_dir(node), &Self::conflist_path(node), Duration::from_secs(30))
-            .with_context(|| format!("agent on {}", node.name))
+            .with_context(|| format!("agent on {}", node.name))?;
+        // A suite run with SLUICE_ATTACH (the agents' `--attach`) must run
+        // in that mode, never fall back unseen.
+        if let Ok(want) = std::env::var("SLUICE_ATTACH") {
+            let state: Value = serde_json::from_slice(&fs::read(Self::data_dir(node).join("agent-state.json"))?)?;
+            let got = state["attachMode"].as_str().unwrap_or_default();
+            if want != "auto" && got != want {
+                bail!("SLUICE_ATTACH={want}, but the agent on {} attaches with '{got}'", node.name);
+            }
+        }
+        Ok(())
     }
 
     /// The plugin config a runtime would pass for this node: the conflist's
@@ -781,6 +791,25 @@ impl Lab {
             }
         }
         Matrix { pods: pods.iter().map(|(n, p)| (n.name.clone(), p.name.clone(), p.ip.clone())).collect(), cells }
+    }
+
+    /// `sluice-agent cleanup` on node `i` (its agent stopped first by the caller).
+    pub fn cleanup(&self, i: usize) -> Result<String> {
+        let node = &self.state.nodes[i];
+        let agent = self.state.bin_dir.join("sluice-agent").display().to_string();
+        ns_exec(
+            &node.netns,
+            &[
+                &agent,
+                "cleanup",
+                "--pin-dir",
+                &node.pin_dir.display().to_string(),
+                "--data-dir",
+                &Self::data_dir(node).display().to_string(),
+                "--health-netns",
+                &Self::health_netns(node),
+            ],
+        )
     }
 
     /// `sluice-agent status --json` for node `i` (whatever its health: the
@@ -982,6 +1011,38 @@ pub fn tcp_probe(netns: &str, ip: &str, expect: &str) -> bool {
 /// A counter from `status --json` of node `node` (`group`: drops or forwards).
 pub fn counter(lab: &Lab, node: usize, group: &str, name: &str) -> u64 {
     lab.status(node).unwrap()[group][name].as_u64().unwrap()
+}
+
+/// The comment that marks the tests' FORWARD rule in a node's iptables.
+pub const FORWARD_DROP: &str = "sluice-test-forward-drop";
+
+/// Forwarding on, as on a Kubernetes node, and a rule first in `node`'s
+/// FORWARD chain that drops and counts whatever the node's stack forwards:
+/// a pod packet no program took is seen there even when the stack would
+/// have delivered it.
+pub fn drop_stack_forwarding(node: &Node) -> Result<()> {
+    ns_exec(&node.netns, &["sysctl", "-qw", "net.ipv4.ip_forward=1"])?;
+    let rule = ["-m", "comment", "--comment", FORWARD_DROP, "-j", "DROP"];
+    ns_exec(&node.netns, &[&["iptables", "-I", "FORWARD", "1"][..], &rule].concat())?;
+    Ok(())
+}
+
+/// Packets node `node`'s FORWARD drop rule (the first rule, `FORWARD_DROP`)
+/// has counted: every packet the node's stack forwarded.
+pub fn forward_drops(node: &Node) -> u64 {
+    let rules = ns_exec(&node.netns, &["iptables", "-L", "FORWARD", "1", "-v", "-n", "-x"]).unwrap();
+    assert!(rules.contains(FORWARD_DROP), "rule 1 of {}'s FORWARD chain is not the test's: {rules}", node.name);
+    rules.split_whitespace().next().unwrap().parse().unwrap()
+}
+
+/// Wait (10 s at most) until forward counter `name` of node `node` grew by `by`.
+pub fn wait_forwards_grow(lab: &Lab, node: usize, name: &str, by: u64) {
+    let base = counter(lab, node, "forwards", name);
+    let start = Instant::now();
+    while counter(lab, node, "forwards", name) < base + by {
+        assert!(start.elapsed() < Duration::from_secs(10), "forwards.{name} on node {node} stayed near {base}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
 }
 
 /// Send one UDP datagram from `src` to `dst` and check it arrives.

@@ -304,21 +304,7 @@ fn cleanup_leaves_no_route_rule_or_table() {
     assert!(ns_exec(&n1.netns, &["nft", "list", "tables"]).unwrap().contains("ip sluice"));
     assert!(ns_exec(&n1.netns, &["iptables", "-S", "FORWARD"]).unwrap().contains("SLUICE-FORWARD"));
     lab.kill_agent(0).unwrap();
-    let agent = bin("sluice-agent").display().to_string();
-    ns_exec(
-        &n1.netns,
-        &[
-            &agent,
-            "cleanup",
-            "--pin-dir",
-            &n1.pin_dir.display().to_string(),
-            "--data-dir",
-            &Lab::data_dir(&n1).display().to_string(),
-            "--health-netns",
-            &Lab::health_netns(&n1),
-        ],
-    )
-    .unwrap();
+    lab.cleanup(0).unwrap();
     assert_eq!(kernel_routes(&n1.netns).trim(), "", "no proto 83 route left");
     assert!(!ns_exec(&n1.netns, &["nft", "list", "tables"]).unwrap().contains("ip sluice"));
     let forward = ns_exec(&n1.netns, &["iptables", "-S"]).unwrap();

@@ -11,7 +11,8 @@ use sluice_tests::{
     bin,
     capture::Capture,
     lab::{
-        counter, ns_cmd, ns_exec, ping, tcp_probe, udp_reaches, wait_listening, Lab, LabOptions, Node, Pod, LAN_PREFIX,
+        counter, drop_stack_forwarding, forward_drops, ns_cmd, ns_exec, ping, tcp_probe, udp_reaches,
+        wait_forwards_grow, wait_listening, Lab, LabOptions, Node, Pod, LAN_PREFIX,
     },
     require_root, try_run,
 };
@@ -66,17 +67,6 @@ fn cross_node_packets_carry_pod_addresses_unencapsulated() {
     }
 }
 
-/// The comment that marks the test's FORWARD rule in a node's iptables.
-const FORWARD_DROP: &str = "sluice-test-forward-drop";
-
-/// Packets node `node`'s FORWARD drop rule (the first rule, `FORWARD_DROP`)
-/// has counted: every packet the node's stack forwarded.
-fn forward_drops(node: &Node) -> u64 {
-    let rules = ns_exec(&node.netns, &["iptables", "-L", "FORWARD", "1", "-v", "-n", "-x"]).unwrap();
-    assert!(rules.contains(FORWARD_DROP), "rule 1 of {}'s FORWARD chain is not the test's: {rules}", node.name);
-    rules.split_whitespace().next().unwrap().parse().unwrap()
-}
-
 #[test]
 fn pod_traffic_bypasses_the_nodes_forwarding_path_even_with_forwarding_on() {
     let lab = lab(2, 2, 1500);
@@ -84,9 +74,7 @@ fn pod_traffic_bypasses_the_nodes_forwarding_path_even_with_forwarding_on() {
     // Forwarding on, as on a Kubernetes node, and a rule that counts and
     // drops whatever the stack forwards.
     for n in nodes {
-        ns_exec(&n.netns, &["sysctl", "-qw", "net.ipv4.ip_forward=1"]).unwrap();
-        let rule = ["-m", "comment", "--comment", FORWARD_DROP, "-j", "DROP"];
-        ns_exec(&n.netns, &[&["iptables", "-I", "FORWARD", "1"][..], &rule].concat()).unwrap();
+        drop_stack_forwarding(n).unwrap();
     }
     let (a1, a2, b1) = (pod(&lab, 0, 0), pod(&lab, 0, 1), pod(&lab, 1, 0));
     let reaches = |s: &Pod, d: &Pod| ping(&s.netns, &d.ip) && tcp_probe(&s.netns, &d.ip, &d.name);
@@ -180,18 +168,15 @@ fn mtu_follows_the_lan_full_size_crosses_one_byte_more_is_refused() {
 
 /// Wait until node `node`'s forward counter `name` has grown by `by`
 /// packets (at most 10 s): traffic is flowing through that path now.
-fn wait_counter_grows(lab: &Lab, node: usize, name: &str, by: u64) {
-    let base = counter(lab, node, "forwards", name);
-    let start = Instant::now();
-    while counter(lab, node, "forwards", name) < base + by {
-        assert!(start.elapsed() < Duration::from_secs(10), "forwards.{name} on node {node} stayed near {base}");
-        sleep(Duration::from_millis(50));
-    }
-}
-
-/// (link id, program id) of a pinned link, from bpftool.
+/// (link id, program id) of a pinned link, from bpftool. A legacy tc
+/// filter (`SLUICE_ATTACH=tc`) has no link: (0, the pinned program's id);
+/// that its filter stays the same one is `attach_tc.rs`'s to show.
 fn link_ids(pin: &std::path::Path) -> (u64, u64) {
-    sluice_tests::link_ids(pin).unwrap()
+    use sluice_node::datapath::links::{pinned, Pinned};
+    match pinned(pin).unwrap() {
+        Some(Pinned::TcProgram) => (0, u64::from(aya::programs::ProgramInfo::from_pin(pin).unwrap().id())),
+        _ => sluice_tests::link_ids(pin).unwrap(),
+    }
 }
 
 #[test]
@@ -217,7 +202,7 @@ fn agent_killed_and_restarted_loses_nothing() {
         .spawn()
         .unwrap();
     // The flow is on before the agents go: node 1 delivers its packets.
-    wait_counter_grows(&lab, 1, "uplink_to_pod", 100);
+    wait_forwards_grow(&lab, 1, "uplink_to_pod", 100);
     lab.kill_agent(0).unwrap();
     lab.kill_agent(1).unwrap();
     // Agents gone: traffic still flows on pinned maps and links, and status
@@ -226,7 +211,7 @@ fn agent_killed_and_restarted_loses_nothing() {
     assert_eq!(down["healthy"], false);
     assert!(down["unhealthy"][0].as_str().unwrap().contains("agent not running"), "{down}");
     // With no agent on either node, the pinned programs keep delivering.
-    wait_counter_grows(&lab, 1, "uplink_to_pod", 200);
+    wait_forwards_grow(&lab, 1, "uplink_to_pod", 200);
     assert!(tcp_probe(&a.netns, &b.ip, &b.name), "traffic with no agent running");
     for i in 0..2 {
         lab.start_agent(i).unwrap();

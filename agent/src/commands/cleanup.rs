@@ -1,6 +1,7 @@
 //! `sluice-agent cleanup`: undo everything sluice did to a node, for
 //! uninstalling. Programs are detached by removing their link pins (a pin
-//! holds the last reference), then the health endpoint, pod veths, kernel
+//! holds the last reference; a legacy tc filter is removed from its device
+//! first), then the health endpoint, pod veths, kernel
 //! routes, the netfilter table and chain, pins, the conflist, the plugin
 //! binary and IPAM state go. Every step runs; what is
 //! already gone counts as done.
@@ -9,7 +10,16 @@ use std::path::{Path, PathBuf};
 use anyhow::{bail, Result};
 use tracing::info;
 
-use sluice_node::{datapath::pins::PinDir, net::netlink::Netlink, paths::PLUGIN_TYPE, pod::names};
+use sluice_node::{
+    datapath::{
+        links,
+        loader::ALL_PROGRAMS,
+        pins::{link_pin_name, PinDir},
+    },
+    net::netlink::Netlink,
+    paths::PLUGIN_TYPE,
+    pod::names,
+};
 
 use crate::health_endpoint;
 use crate::{
@@ -38,10 +48,24 @@ pub async fn run(plan: &CleanupPlan) -> Result<()> {
     let mut errors = Vec::new();
     let pins = PinDir::new(&plan.pin_dir);
     let netlink = Netlink::open()?;
-    // 1. Detach: every pinned link.
+    // 1. Detach: every pinned attachment (a tc filter's device found by
+    //    the pin's name: the uplink's outlive its pins otherwise).
+    let ifnames: Vec<String> =
+        netlink.links().await.map(|l| l.into_iter().map(|l| l.name).collect()).unwrap_or_default();
     if let Ok(dir) = std::fs::read_dir(pins.links_dir()) {
         for e in dir.flatten() {
-            remove_file(&e.path(), &mut errors);
+            let name = e.file_name().to_string_lossy().into_owned();
+            let attached = ALL_PROGRAMS
+                .iter()
+                .find_map(|p| ifnames.iter().find(|i| link_pin_name(p, i) == name).map(|i| (*p, i.as_str())));
+            match attached {
+                Some((program, ifname)) => {
+                    if let Err(e) = links::detach(&e.path(), program, ifname) {
+                        errors.push(format!("{e:#}"));
+                    }
+                }
+                None => remove_file(&e.path(), &mut errors),
+            }
         }
     }
     // 2. The health endpoint.

@@ -355,6 +355,9 @@ impl StatusReport {
             if !a.pod_device.is_empty() {
                 o.push_str(&format!("pod device: {} ({})\n", a.pod_device, a.pod_device_why));
             }
+            if !a.attach_mode.is_empty() {
+                o.push_str(&format!("attach: {} ({})\n", a.attach_mode, a.attach_mode_why));
+            }
             if let Some(k) = &a.kubernetes {
                 o.push_str(&format!(
                     "kubernetes: {}, {}, {} events, {} lists{}\n",

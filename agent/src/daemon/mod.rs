@@ -8,6 +8,7 @@ use ipnetwork::Ipv4Network;
 use sluice_common::maps::programs;
 use tracing::{error, info, warn};
 
+pub mod attach_mode;
 pub mod cni_conf;
 pub mod map_sizes;
 pub mod metrics;
@@ -23,6 +24,7 @@ pub mod sysctl;
 pub mod tunnel;
 pub mod udp_sockets;
 
+use sluice_node::datapath::attach_mode::AttachMode;
 use sluice_node::{
     clock::now_unix,
     datapath::{
@@ -394,6 +396,8 @@ fn own_pod_cidr(membership: &Membership, node: &AgentConfig, node_network: Ipv4N
 /// What `bring_up_datapath` attached, and how.
 struct DatapathUp {
     pins: PinDir,
+    attach_mode: AttachMode,
+    attach_mode_why: String,
     pod_device: PodDevice,
     pod_device_why: String,
     /// The VXLAN device (0: `--tunnel=never`).
@@ -415,6 +419,7 @@ async fn bring_up_datapath(
     services: bool,
 ) -> Result<DatapathUp> {
     let (pod_device, pod_device_why) = pod_device::decide(netlink, node.device).await?;
+    let (attach_mode, attach_mode_why) = attach_mode::decide(node.attach, &node.uplink)?;
     let pins = PinDir::new(&node.pin_dir);
     let (stack_flows, stack_flows_why) = map_sizes::stack_flows(node.stack_flows_max, map_sizes::read_conntrack_max());
     info!(stack_flows, from = %stack_flows_why, "STACK_FLOWS size");
@@ -422,8 +427,11 @@ async fn bring_up_datapath(
     let node_config = sluice_common::NodeConfig {
         uplink_ifindex: uplink.link.index,
         node_ip_be: pinned_maps::ip_be(uplink.address.ip),
+        // The CNI plugin attaches new pods' programs the same way.
+        attach_mode: attach_mode.recorded(),
         ..Default::default()
     };
+    datapath.set_attach_mode(attach_mode);
     // The pod CIDR too: the CNI plugin refuses a conflist that disagrees.
     pinned_maps::write_node_config(&pins, pinned_maps::with_pod_cidr(node_config, pod_cidr))?;
     // NetworkPolicy judges a pod's egress to a ClusterIP after kube-proxy's
@@ -438,7 +446,16 @@ async fn bring_up_datapath(
     // The node's stack forwards pods' traffic to the world, to other nodes'
     // host processes and through kube-proxy's DNAT.
     sysctl::ensure_ip_forward()?;
-    Ok(DatapathUp { pins, pod_device, pod_device_why, vxlan_ifindex, pods, sock_lb_cgroup })
+    Ok(DatapathUp {
+        pins,
+        attach_mode,
+        attach_mode_why,
+        pod_device,
+        pod_device_why,
+        vxlan_ifindex,
+        pods,
+        sock_lb_cgroup,
+    })
 }
 
 /// What the node serves: the health endpoint (`connectivity-test` probes
@@ -516,6 +533,8 @@ fn initial_state(
         health_ip: health_endpoint::health_ip(pod_cidr).to_string(),
         pod_device: datapath.pod_device.to_string(),
         pod_device_why: datapath.pod_device_why.clone(),
+        attach_mode: datapath.attach_mode.to_string(),
+        attach_mode_why: datapath.attach_mode_why.clone(),
         uplink_mtu: uplink.link.mtu,
         pod_mtu: uplink.pod_mtu,
         ..Default::default()

@@ -6,7 +6,7 @@
 use anyhow::Result;
 use sluice_common::{maps::programs, TunnelConfig};
 use sluice_node::{
-    datapath::{links::unpin_link, pinned_maps, pins::PinDir, Datapath},
+    datapath::{links, pinned_maps, pins::PinDir, Datapath},
     net::{netlink::Netlink, vxlan},
 };
 use tracing::info;
@@ -37,7 +37,7 @@ pub async fn ensure(
         for program in [programs::FROM_TUNNEL, programs::TO_TUNNEL] {
             let pin = pins.link(program, vxlan::DEVICE);
             if pin.exists() {
-                unpin_link(&pin)?;
+                links::detach(&pin, program, vxlan::DEVICE)?;
             }
         }
         if netlink.link_by_name(vxlan::DEVICE).await?.is_some() {

@@ -6,9 +6,11 @@
 //! - Programs: the freshly loaded programs are pinned over the old pins
 //!   (pin under a temporary name, then `rename`), so the CNI plugin always
 //!   finds a complete program.
-//! - Links: an existing pinned TCX link is updated in place to the new
-//!   program (`BPF_LINK_UPDATE`, atomic: no packet sees no program). Only a
-//!   link whose interface is gone is replaced by a fresh attachment.
+//! - Links: an existing pinned attachment is updated in place to the new
+//!   program as it was made (a TCX link with `BPF_LINK_UPDATE`, a tc filter
+//!   replaced at its priority and handle; atomic either way: no packet sees
+//!   no program). Only one whose interface is gone is replaced by a fresh
+//!   attachment, made in the node's `AttachMode`.
 use std::{fs, path::Path};
 
 use anyhow::{anyhow, bail, Context, Result};
@@ -20,7 +22,8 @@ use sluice_common::maps::{names, programs};
 use tracing::{info, warn};
 
 use super::{
-    links::{attach_and_pin, ignore_not_found, update_pinned_link},
+    attach_mode::AttachMode,
+    links::{self, attach_and_pin, interface_exists, update_pinned},
     migrate,
     pin_lock::PinLock,
     pins::PinDir,
@@ -79,7 +82,8 @@ impl MapSizes {
     }
 }
 
-const ALL_PROGRAMS: [&str; 8] = [
+/// Every TC program of the object (pinned under `progs/`).
+pub const ALL_PROGRAMS: [&str; 8] = [
     programs::FROM_POD,
     programs::FROM_POD_NETKIT,
     programs::TO_POD,
@@ -94,6 +98,8 @@ const ALL_PROGRAMS: [&str; 8] = [
 pub struct Datapath {
     ebpf: Ebpf,
     pins: PinDir,
+    /// How fresh attachments are made (TCX unless the agent says otherwise).
+    attach_mode: AttachMode,
 }
 
 impl Datapath {
@@ -154,11 +160,17 @@ impl Datapath {
             prog.load().with_context(|| format!("load program {name} (verifier)"))?;
         }
         info!(pin_dir = %pins.root().display(), "datapath loaded");
-        Ok(Self { ebpf, pins: pins.clone() })
+        Ok(Self { ebpf, pins: pins.clone(), attach_mode: AttachMode::Tcx })
     }
 
     pub fn pins(&self) -> &PinDir {
         &self.pins
+    }
+
+    /// Make fresh attachments (`attach`, pods' missing programs) in `mode`
+    /// from now on; pinned ones are updated as they were made.
+    pub fn set_attach_mode(&mut self, mode: AttachMode) {
+        self.attach_mode = mode;
     }
 
     /// Attach `program` to `ifname` (ingress or egress by its name) and pin
@@ -166,7 +178,7 @@ impl Datapath {
     pub fn attach(&mut self, program: &str, ifname: &str) -> Result<()> {
         let pin = self.pins.link(program, ifname);
         let prog: &mut SchedClassifier = program_mut(&mut self.ebpf, program)?;
-        attach_or_update(prog, program, ifname, &pin)
+        attach_or_update(prog, program, ifname, &pin, self.attach_mode)
     }
 
     /// Attach the socket load balancer to the cgroup v2 directory `cgroup`
@@ -208,9 +220,9 @@ impl Datapath {
                 let pin = self.pins.link(program, ifname);
                 let prog: &mut SchedClassifier = program_mut(&mut self.ebpf, program)?;
                 let result = if pin.exists() {
-                    update_pinned_link(prog, &pin)
+                    update_pinned(prog, program, ifname, &pin)
                 } else {
-                    attach_and_pin(prog, program, ifname, &pin)
+                    attach_and_pin(prog, program, ifname, &pin, self.attach_mode)
                 };
                 if let Err(e) = result {
                     ok = false;
@@ -231,11 +243,6 @@ impl Datapath {
     }
 }
 
-/// Is there an interface of this name in the calling thread's namespace?
-fn interface_exists(ifname: &str) -> bool {
-    nix::net::if_::if_nametoindex(ifname).is_ok()
-}
-
 fn program_mut<'a>(ebpf: &'a mut Ebpf, name: &str) -> Result<&'a mut SchedClassifier> {
     ebpf.program_mut(name)
         .ok_or_else(|| anyhow!("program {name} missing from the eBPF object"))?
@@ -250,22 +257,28 @@ fn sock_program_mut<'a>(ebpf: &'a mut Ebpf, name: &str) -> Result<&'a mut Cgroup
         .with_context(|| format!("program {name} is not a cgroup sock_addr program"))
 }
 
-fn attach_or_update(prog: &mut SchedClassifier, program: &str, ifname: &str, pin: &Path) -> Result<()> {
+fn attach_or_update(
+    prog: &mut SchedClassifier,
+    program: &str,
+    ifname: &str,
+    pin: &Path,
+    mode: AttachMode,
+) -> Result<()> {
     if pin.exists() {
-        match update_pinned_link(prog, pin) {
+        match update_pinned(prog, program, ifname, pin) {
             Ok(()) => {
-                info!(ifname, pin = %pin.display(), "updated pinned link in place");
+                info!(ifname, pin = %pin.display(), "updated pinned attachment in place");
                 return Ok(());
             }
             Err(e) => {
                 // The interface was deleted (and maybe re-created): the old
-                // link is defunct, so a fresh attachment loses nothing.
-                warn!(ifname, error = %e, "pinned link unusable; attaching anew");
-                fs::remove_file(pin).or_else(ignore_not_found)?;
+                // attachment is defunct, so a fresh one loses nothing.
+                warn!(ifname, error = %format!("{e:#}"), "pinned attachment unusable; attaching anew");
+                links::detach(pin, program, ifname)?;
             }
         }
     }
-    attach_and_pin(prog, program, ifname, pin)?;
-    info!(ifname, pin = %pin.display(), "attached");
+    attach_and_pin(prog, program, ifname, pin, mode)?;
+    info!(ifname, pin = %pin.display(), %mode, "attached");
     Ok(())
 }

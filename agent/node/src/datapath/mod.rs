@@ -1,5 +1,7 @@
 //! The datapath from user space: where it is pinned (`pins`), mounting
-//! bpffs (`bpffs`), loading the object (`loader`), TCX links (`links`),
+//! bpffs (`bpffs`), loading the object (`loader`), attaching programs to
+//! interfaces (`links`: TCX links, or legacy tc filters, `tc_filter`, as
+//! the node's `attach_mode` says),
 //! typed access to the pinned maps (`pinned_maps`; NetworkPolicy's in
 //! `policy_maps`), how full they are
 //! (`map_fill`), and upgrades: whether a
@@ -8,6 +10,7 @@
 //! writes) and carrying a replaced map's content into its successor
 //! (`retired_maps`); the socket load balancer's cgroup links
 //! (`sock_lb`, with the raw `bpf()` calls aya lacks in `bpf_sys`).
+pub mod attach_mode;
 pub mod bpf_sys;
 pub mod bpffs;
 pub mod links;
@@ -22,5 +25,6 @@ pub mod policy_maps;
 pub mod retired_maps;
 pub mod service_maps;
 pub mod sock_lb;
+pub mod tc_filter;
 
 pub use loader::{Datapath, MapSizes, OBJECT};

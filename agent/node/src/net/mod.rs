@@ -7,4 +7,5 @@ pub mod netkit;
 pub mod netlink;
 pub mod netns;
 pub mod sockets;
+pub mod tc_filters;
 pub mod vxlan;

@@ -14,7 +14,7 @@ use sluice_common::{maps::programs, EndpointInfo};
 
 use super::device::PodDevice;
 use crate::{
-    datapath::{links, pin_lock::PinLock, pinned_maps::Endpoints, pins::PinDir},
+    datapath::{attach_mode::AttachMode, links, pin_lock::PinLock, pinned_maps::Endpoints, pins::PinDir},
     net::netlink::{LinkInfo, Netlink},
     step_timer,
 };
@@ -113,11 +113,13 @@ pub fn remove_endpoint(pins: &PinDir, ip: Ipv4Addr) -> Result<()> {
     Endpoints::open(pins)?.remove(ip)
 }
 
-/// The device kind's programs (the pinned ones) on the host side, links
-/// pinned: `from_pod` on TCX ingress (veth) or `from_pod_netkit` as the
-/// netkit peer program, `to_pod` on TCX egress. Charges `step_timer` steps
-/// `attach-open` (the programs from their pins) and one per link.
+/// The device kind's programs (the pinned ones) on the host side, made
+/// the node's way (`AttachMode`, from `NODE_CONFIG`) and pinned: `from_pod`
+/// on ingress (veth) or `from_pod_netkit` as the netkit peer program,
+/// `to_pod` on egress. Charges `step_timer` steps `attach-open` (the mode
+/// and the programs from their pins) and one per attachment.
 pub fn attach_pod_programs(pins: &PinDir, device: PodDevice, host_name: &str) -> Result<()> {
+    let mode = AttachMode::of_node(pins)?;
     let mut progs = Vec::new();
     for program in device.programs() {
         let prog_pin = pins.prog(program);
@@ -127,7 +129,7 @@ pub fn attach_pod_programs(pins: &PinDir, device: PodDevice, host_name: &str) ->
     for (program, mut prog) in device.programs().into_iter().zip(progs) {
         let link_pin = pins.link(program, host_name);
         links::unpin_link(&link_pin)?;
-        links::attach_and_pin(&mut prog, program, host_name, &link_pin)?;
+        links::attach_and_pin(&mut prog, program, host_name, &link_pin, mode)?;
         step_timer::mark(attach_step(program));
     }
     Ok(())
@@ -143,10 +145,11 @@ fn attach_step(program: &str) -> &'static str {
     }
 }
 
-/// Detach every pod program from the host side (remove their link pins).
+/// Detach every pod program from the host side (their filters, if tc, and
+/// their pins).
 pub fn detach_pod_programs(pins: &PinDir, host_name: &str) -> Result<()> {
     for program in links::ANY_POD_PROGRAMS {
-        links::unpin_link(&pins.link(program, host_name))?;
+        links::detach(&pins.link(program, host_name), program, host_name)?;
     }
     Ok(())
 }

@@ -111,6 +111,9 @@ enum Command {
         pin_dir: PathBuf,
         #[arg(long = "type", value_enum, default_value = "drop")]
         types: monitor::EventType,
+        /// Where the agent writes pod and policy names (`--type policy`).
+        #[arg(long, env = "SLUICE_DATA_DIR", default_value = paths::DEFAULT_DATA_DIR)]
+        data_dir: PathBuf,
         /// Only packets from or to this address (a pod's IP).
         #[arg(long)]
         ip: Option<std::net::Ipv4Addr>,
@@ -311,12 +314,13 @@ async fn dispatch(command: Command) -> Result<ExitCode> {
             let ok = if liveness { report.live() } else { report.healthy() };
             Ok(if ok { ExitCode::SUCCESS } else { ExitCode::FAILURE })
         }
-        Command::Monitor { pin_dir, types, ip, json, count, duration_ms } => {
+        Command::Monitor { pin_dir, types, ip, json, count, duration_ms, data_dir } => {
             let opts = monitor::Options {
                 filter: monitor::Filter { types, ip, ifindex: None },
                 json,
                 count,
                 duration: duration_ms.map(Duration::from_millis),
+                data_dir,
             };
             monitor::run(&PinDir::new(pin_dir), &opts).await?;
             Ok(ExitCode::SUCCESS)

@@ -4,19 +4,21 @@
 //! Reads the pinned maps, so it works while the agent is down. Several
 //! monitors run at once, each on a slot of its own (`subscription`), and
 //! each prints only what happened after it started. `decode`,
-//! `Filter::matches`, `render` and `to_json` are pure.
+//! `Filter::matches`, `render` and `to_json` are pure. `--type policy`
+//! prints NetworkPolicy's verdicts (`policy.rs`).
 use std::{net::Ipv4Addr, time::Duration};
 
 use anyhow::Result;
 use jiff::Timestamp;
 use serde_json::{json, Value};
 use sluice_common::{
-    events::{drop_bit, trace_bit, DatapathEvent, DIR_EGRESS, EVENT_DROP, EVENT_TRACE},
+    events::{drop_bit, policy_bit, trace_bit, DatapathEvent, DIR_EGRESS, EVENT_DROP, EVENT_POLICY, EVENT_TRACE},
     DropReason, ForwardPath,
 };
 use sluice_node::datapath::{pinned_maps::ip_from_be, pins::PinDir};
 
 mod clock;
+pub mod policy;
 mod subscription;
 
 use clock::Clocks;
@@ -26,6 +28,8 @@ use subscription::{is_stale, Subscription};
 pub enum EventType {
     Drop,
     Trace,
+    /// NetworkPolicy verdicts on new (and re-judged) connections.
+    Policy,
     All,
 }
 
@@ -45,15 +49,24 @@ impl Filter {
         match self.types {
             EventType::Drop => drop_bit(slot),
             EventType::Trace => trace_bit(slot),
-            EventType::All => drop_bit(slot) | trace_bit(slot),
+            EventType::Policy => policy_bit(slot),
+            EventType::All => drop_bit(slot) | trace_bit(slot) | policy_bit(slot),
         }
+    }
+
+    /// A policy event passes the filter.
+    pub fn matches_policy(&self, ev: &sluice_common::policy::PolicyEvent) -> bool {
+        let kind_ok = matches!(self.types, EventType::Policy | EventType::All);
+        let ip_ok = self.ip.is_none_or(|ip| ip_from_be(ev.saddr_be) == ip || ip_from_be(ev.daddr_be) == ip);
+        kind_ok && ip_ok && self.ifindex.is_none_or(|i| i == ev.ifindex)
     }
 
     pub fn matches(&self, ev: &DatapathEvent) -> bool {
         let kind_ok = match self.types {
             EventType::Drop => ev.kind == EVENT_DROP,
             EventType::Trace => ev.kind == EVENT_TRACE,
-            EventType::All => true,
+            EventType::Policy => false,
+            EventType::All => ev.kind != EVENT_POLICY,
         };
         let ip_ok = self.ip.is_none_or(|ip| ip_from_be(ev.src_be) == ip || ip_from_be(ev.dst_be) == ip);
         kind_ok && ip_ok && self.ifindex.is_none_or(|i| i == ev.ifindex)
@@ -153,6 +166,35 @@ pub struct Options {
     pub count: Option<usize>,
     /// Stop after this long.
     pub duration: Option<Duration>,
+    /// Where the agent writes the names policy events are shown with.
+    pub data_dir: std::path::PathBuf,
+}
+
+/// The agent's name tables, re-read when their files change.
+#[derive(Default)]
+struct PolicyTables {
+    names: crate::policy::names::NamesTable,
+    report: crate::policy::report::PolicyReport,
+    seen: (Option<std::time::SystemTime>, Option<std::time::SystemTime>),
+}
+
+impl PolicyTables {
+    fn refresh(&mut self, data_dir: &std::path::Path) {
+        use crate::policy::{names::NamesTable, report::PolicyReport};
+        let mtime = |p: &std::path::Path| std::fs::metadata(p).and_then(|m| m.modified()).ok();
+        let (names_path, report_path) = (NamesTable::path(data_dir), PolicyReport::path(data_dir));
+        let now = (mtime(&names_path), mtime(&report_path));
+        if now == self.seen {
+            return;
+        }
+        if let Ok(n) = NamesTable::read(&names_path) {
+            self.names = n;
+        }
+        if let Ok(r) = PolicyReport::read(&report_path) {
+            self.report = r;
+        }
+        self.seen = now;
+    }
 }
 
 /// Print events until stopped (Ctrl-C, SIGTERM, `count`, `duration`).
@@ -164,10 +206,32 @@ pub async fn run(pins: &PinDir, opts: &Options) -> Result<usize> {
     let deadline = opts.duration.map(|d| tokio::time::Instant::now() + d);
     let mut sigterm = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
     let mut shown = 0usize;
+    let mut tables = PolicyTables::default();
     loop {
         // Read both clocks once per batch: the offset follows NTP's steps.
         let clocks = Clocks::now();
+        let mut tables_fresh = false;
         while let Some(item) = sub.ring.next() {
+            if let Some(ev) = policy::decode(&item) {
+                if is_stale(ev.ts_ns, sub.since_ns) || !opts.filter.matches_policy(&ev) {
+                    continue;
+                }
+                if !tables_fresh {
+                    tables.refresh(&opts.data_dir);
+                    tables_fresh = true;
+                }
+                let at = clocks.wall(ev.ts_ns);
+                if opts.json {
+                    println!("{}", policy::to_json(&ev, &tables.names, &tables.report, at));
+                } else {
+                    println!("{}", policy::render(&ev, &tables.names, &tables.report, at));
+                }
+                shown += 1;
+                if opts.count.is_some_and(|c| shown >= c) {
+                    return Ok(shown);
+                }
+                continue;
+            }
             let Some(ev) = decode(&item) else { continue };
             if is_stale(ev.ts_ns, sub.since_ns) || !opts.filter.matches(&ev) {
                 continue;
@@ -253,7 +317,8 @@ mod tests {
         let f = |types| Filter { types, ip: None, ifindex: None };
         assert_eq!(f(EventType::Drop).subscription(2), drop_bit(2));
         assert_eq!(f(EventType::Trace).subscription(2), trace_bit(2));
-        assert_eq!(f(EventType::All).subscription(3), drop_bit(3) | trace_bit(3));
+        assert_eq!(f(EventType::Policy).subscription(2), policy_bit(2));
+        assert_eq!(f(EventType::All).subscription(3), drop_bit(3) | trace_bit(3) | policy_bit(3));
     }
 
     #[test]

@@ -651,6 +651,22 @@ impl NetpolLab {
                 .collect();
             let _ = writeln!(s, "  {node}: {}", if delta.is_empty() { "none".to_string() } else { delta.join(", ") });
         }
+        // The agents' own view of the pods involved (`status --policy`):
+        // isolation, the policies isolating them, their allow rules.
+        let mut involved: BTreeSet<PodKey> = BTreeSet::new();
+        for o in observed.values() {
+            for (from, to) in expected.differences(&o.matrix) {
+                involved.insert(to);
+                involved.insert(from);
+            }
+        }
+        let _ = writeln!(s, "\nthe agents' view of the pods involved (`status --policy`, on each pod's node):");
+        for key in involved.iter().take(6) {
+            let _ = writeln!(s, "  {key} ({}): {}", self.node_of(key), self.policy_view(key));
+        }
+        if involved.len() > 6 {
+            let _ = writeln!(s, "  ({} more pods involved)", involved.len() - 6);
+        }
         let _ = writeln!(s, "\neach agent's NetworkPolicy state (agent-state.json):");
         for node in &self.lab.state.nodes {
             let state: Option<Value> = std::fs::read(Lab::data_dir(node).join("agent-state.json"))
@@ -669,6 +685,24 @@ impl NetpolLab {
         let node = &self.lab.state.nodes[self.pods[&key].node];
         let name = format!("{namespace}-{pod}");
         node.pods.iter().find(|p| p.name == name).map(|p| p.netns.clone()).expect("one of the nine")
+    }
+
+    /// The pod's entry in `sluice-agent status --policy <pod> --json` on
+    /// its node (isolation per direction, allow rules by name).
+    pub fn policy_view(&self, key: &PodKey) -> String {
+        let node = &self.lab.state.nodes[self.pods[key].node];
+        let out = crate::try_run(
+            std::process::Command::new(self.lab.state.bin_dir.join("sluice-agent"))
+                .args(["status", "--json", "--policy", &key.to_string(), "--pin-dir"])
+                .arg(&node.pin_dir)
+                .arg("--data-dir")
+                .arg(Lab::data_dir(node)),
+        );
+        match out.map(|o| serde_json::from_slice::<Value>(&o.stdout).map_err(|e| (e, o))) {
+            Ok(Ok(v)) => v["policy"]["view"].to_string(),
+            Ok(Err((e, o))) => format!("(status --policy: {e}: {})", String::from_utf8_lossy(&o.stderr)),
+            Err(e) => format!("(status --policy failed: {e:#})"),
+        }
     }
 
     fn node_of(&self, key: &PodKey) -> String {

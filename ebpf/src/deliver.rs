@@ -9,10 +9,12 @@
 //! writes a pod's MACs or redirects into a pod (`into_pod` and
 //! `to_pods_host_end` are private to this module).
 //!
-//! **NetworkPolicy's ingress check sits here** (the next issue): first in
-//! `deliver_to_local_pod`, before a byte of the packet changes, with the
+//! **NetworkPolicy's ingress check sits here** (`policy::enforce`): first
+//! in `deliver_to_local_pod`, before a byte of the packet changes (a
+//! decapsulating caller has only removed the outer headers), with the
 //! destination endpoint and the origin in hand; a denied packet returns
-//! `Err(reason)`, which every caller already turns into a counted drop.
+//! `Err(reason)`, which every caller turns into a counted drop under its
+//! own hook's direction.
 //! The stack path (`Origin::Stack`) passes through it too, so a packet
 //! the stack forwarded (kube-proxy's DNAT, a node's own connection) is
 //! judged like one the fast path delivered. Cilium's model is the same:
@@ -29,10 +31,11 @@ use crate::{
     counters::count_forward,
     forward,
     parse::{self, EthHdr, Ipv4Hdr, ETH_HLEN},
+    policy,
 };
 
 /// Which way the packet reached the pod's door: how it goes through, and
-/// (for the policy check to come) where it came from.
+/// (for the policy check) whether its source can be a pod of this node.
 #[derive(Clone, Copy, PartialEq, Eq)]
 pub enum Origin {
     /// `from_pod`: another pod on this node, at its host veth's ingress.
@@ -51,15 +54,19 @@ pub enum Origin {
 }
 
 /// Deliver an IPv4 packet into the local pod `ep`: the check every
-/// delivery passes (NetworkPolicy's ingress, next issue: see the module
-/// doc), then, for the fast path's origins, the router's hop (TTL−1,
+/// delivery passes (NetworkPolicy: the pod's ingress, and a local
+/// sender's egress; see the module doc), then, for the fast path's origins, the router's hop (TTL−1,
 /// MACs as from the pod's gateway) and the redirect, counted under the
 /// origin's `ForwardPath`. The caller has decided the packet goes to this
 /// pod (its verdict said `ToLocalPod`; TTL > 1 checked). `Err`: a drop,
 /// with its reason.
 #[inline(always)]
 pub fn deliver_to_local_pod(ctx: &TcContext, ep: &EndpointInfo, origin: Origin) -> Result<i32, DropReason> {
-    // NetworkPolicy's ingress check goes here, ahead of any change.
+    // NetworkPolicy, ahead of any change. From another node the source is
+    // no pod of this node (anti-spoofing saw to it); from a local pod or
+    // the stack (kube-proxy's DNAT of a local pod's connection) it may be.
+    let src_may_be_local = !matches!(origin, Origin::Uplink | Origin::Tunnel);
+    policy::enforce_delivery(ctx, src_may_be_local)?;
     let path = match origin {
         Origin::LocalPod | Origin::LocalPodNetkit => ForwardPath::PodToLocalPod,
         Origin::Uplink => ForwardPath::UplinkToPod,

@@ -1,12 +1,15 @@
-//! Reporting to `sluice-agent monitor` (`sluice_common::events`): drops and
-//! forwarding decisions, each written into the ring buffer of every monitor
+//! Reporting to `sluice-agent monitor` (`sluice_common::events`): drops,
+//! forwarding decisions and NetworkPolicy verdicts, each written into the ring buffer of every monitor
 //! slot that subscribed to its kind. With no monitor running the cost is
 //! one array read; a full ring buffer just loses the event.
 use aya_ebpf::{
     helpers::{bpf_ktime_get_ns, bpf_skb_load_bytes},
     programs::TcContext,
 };
-use sluice_common::events::{subscribers, DatapathEvent, EVENT_DROP, EVENT_TRACE, HEADER_BYTES};
+use sluice_common::{
+    events::{subscribers, DatapathEvent, EVENT_DROP, EVENT_POLICY, EVENT_TRACE, HEADER_BYTES},
+    policy::{CtKey, PolicyEvent},
+};
 
 use crate::{
     maps::{EVENTS_0, EVENTS_1, EVENTS_2, EVENTS_3, MONITORS},
@@ -32,6 +35,42 @@ pub fn trace(ctx: &TcContext, path: u32, direction: u8) {
     let slots = subscribers(monitors(), EVENT_TRACE);
     if slots != 0 {
         report(ctx, slots, EVENT_TRACE, path, direction);
+    }
+}
+
+/// A NetworkPolicy verdict on a connection (`key`: client → server),
+/// for the monitors subscribed to policy events.
+#[inline(always)]
+pub fn policy(ctx: &TcContext, key: &CtKey, direction: u8, verdict: u8, policy_ref: u32) {
+    let slots = subscribers(monitors(), EVENT_POLICY);
+    if slots == 0 {
+        return;
+    }
+    let ev = PolicyEvent {
+        // SAFETY: a plain helper, valid in every program type.
+        ts_ns: unsafe { bpf_ktime_get_ns() },
+        kind: EVENT_POLICY,
+        direction,
+        protocol: key.protocol,
+        verdict,
+        policy_ref,
+        saddr_be: key.src_be,
+        daddr_be: key.dst_be,
+        sport_be: key.src_port_be,
+        dport_be: key.dst_port_be,
+        ifindex: parse::ifindex(ctx),
+    };
+    if slots & 1 != 0 {
+        let _ = EVENTS_0.output::<PolicyEvent>(&ev, 0);
+    }
+    if slots & 2 != 0 {
+        let _ = EVENTS_1.output::<PolicyEvent>(&ev, 0);
+    }
+    if slots & 4 != 0 {
+        let _ = EVENTS_2.output::<PolicyEvent>(&ev, 0);
+    }
+    if slots & 8 != 0 {
+        let _ = EVENTS_3.output::<PolicyEvent>(&ev, 0);
     }
 }
 

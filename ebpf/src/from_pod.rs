@@ -17,7 +17,7 @@ use crate::{
     forward,
     maps::{ENDPOINTS, NODE_CONFIG, NODE_ROUTES, TUNNEL_CONFIG},
     parse::{self, L4_OFF},
-    stack_flows, tunnel,
+    policy, stack_flows, tunnel,
 };
 
 #[classifier]
@@ -111,6 +111,12 @@ fn try_from_pod<const NETKIT: bool>(ctx: &TcContext) -> Result<i32, DropReason> 
         && !is_fragment
     {
         stack_flows::forget_on_new_connection::<L4_OFF>(ctx, &key);
+    }
+    // NetworkPolicy: the pod's egress (and a local destination's ingress,
+    // when the stack is to deliver it). Into a local pod, the door judges
+    // both. To the world it must be here: the stack masquerades it next.
+    if !matches!(decision, Verdict::Drop(_) | Verdict::ToLocalPod) {
+        policy::enforce(ctx, ip, true, local.is_some())?;
     }
     match decision {
         Verdict::Drop(reason) => Err(reason),

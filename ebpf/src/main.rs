@@ -21,7 +21,7 @@
 //!
 //! Every delivery into a local pod, whichever program makes it, goes
 //! through `deliver::deliver_to_local_pod`: the one place a check on what
-//! enters a pod (NetworkPolicy's ingress, next) sits. What arrives from
+//! enters a pod sits (NetworkPolicy's ingress: `policy`). What arrives from
 //! another node is judged by `from_peer`, once for the three ways it comes.
 //! - `count_packets`: a diagnostic that counts packets per interface.
 //!
@@ -40,6 +40,7 @@ mod from_pod;
 mod from_uplink;
 mod maps;
 mod parse;
+mod policy;
 mod sock_lb;
 mod stack_flows;
 mod tunnel;

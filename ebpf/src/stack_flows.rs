@@ -18,7 +18,7 @@ use crate::{
     counters::drop_packet,
     deliver::{deliver_to_local_pod, Origin},
     maps::{ENDPOINTS, NODE_ROUTES, STACK_FLOWS, STACK_FLOW_STATS},
-    parse,
+    parse, policy,
 };
 
 /// Count a `STACK_FLOWS` event (user space derives evictions from these).
@@ -116,7 +116,7 @@ fn try_to_pod(ctx: &TcContext) -> Result<i32, DropReason> {
 
 /// What leaves through the uplink. The fast path's own packets carry the
 /// mark (cleared here); anything else from a local pod went through the
-/// stack: remember it.
+/// stack: its egress judged (`local_pod_via_stack`), then remembered.
 #[classifier]
 pub fn to_uplink(ctx: TcContext) -> i32 {
     let mark = parse::mark(&ctx);
@@ -124,11 +124,29 @@ pub fn to_uplink(ctx: TcContext) -> i32 {
         ctx.set_mark(mark & !FAST_PATH_MARK);
         return TC_ACT_UNSPEC;
     }
-    if let Some(key) = flow_key(&ctx) {
-        // SAFETY: only presence is read.
-        if unsafe { ENDPOINTS.get(&key.src_be).is_some() } {
-            remember(&key);
-        }
+    match local_pod_via_stack(&ctx) {
+        Ok(()) => TC_ACT_UNSPEC,
+        Err(reason) => drop_packet(&ctx, reason, HookDirection::Egress),
     }
-    TC_ACT_UNSPEC
+}
+
+/// A packet the stack sends out towards another node (`to_uplink`,
+/// `to_tunnel`): if it is from a local pod, its egress is judged here
+/// (NetworkPolicy: a connection to a ClusterIP is judged after kube-proxy's
+/// DNAT, to the backend it chose), and it is remembered as a stack flow.
+#[inline(always)]
+pub fn local_pod_via_stack(ctx: &TcContext) -> Result<(), DropReason> {
+    let Some((_, ip)) = parse::ipv4(ctx)? else {
+        return Ok(());
+    };
+    let Ok((key, _)) = parse::flow(ctx, ip) else {
+        return Ok(());
+    };
+    // SAFETY: only presence is read.
+    if unsafe { ENDPOINTS.get(&key.src_be).is_none() } {
+        return Ok(());
+    }
+    policy::enforce(ctx, ip, true, false)?;
+    remember(&key);
+    Ok(())
 }

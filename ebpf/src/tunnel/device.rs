@@ -20,7 +20,7 @@ use crate::{
     counters::{count_forward, drop_packet},
     deliver::Origin,
     from_peer,
-    maps::{ENDPOINTS, NODE_ROUTES},
+    maps::NODE_ROUTES,
     parse::{self, ETH_HLEN, L4_OFF},
     stack_flows,
 };
@@ -127,8 +127,9 @@ const PACKET_HOST: u32 = 0;
 /// Egress of the VXLAN device. The fast path's packets (marked) already
 /// carry their tunnel key; what the node's stack routes here (host
 /// traffic, kube-proxy's DNAT to a remote backend) gets one from
-/// `NODE_ROUTES`, and a pod's packet is remembered as a stack flow, as
-/// `to_uplink` does, so its reply returns through the stack.
+/// `NODE_ROUTES`, and a pod's packet is judged (NetworkPolicy egress) and
+/// remembered as a stack flow, as `to_uplink` does, so its reply returns
+/// through the stack.
 #[classifier]
 pub fn to_tunnel(ctx: TcContext) -> i32 {
     match try_to_tunnel(&ctx) {
@@ -153,11 +154,6 @@ fn try_to_tunnel(ctx: &TcContext) -> Result<i32, DropReason> {
         None => return Err(DropReason::TunnelNoRoute),
     };
     set_key(ctx, node_ip_be)?;
-    if let Some(key) = stack_flows::flow_key(ctx) {
-        // SAFETY: only presence is read.
-        if unsafe { ENDPOINTS.get(&key.src_be).is_some() } {
-            stack_flows::remember(&key);
-        }
-    }
+    stack_flows::local_pod_via_stack(ctx)?;
     Ok(TC_ACT_UNSPEC)
 }

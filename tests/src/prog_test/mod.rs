@@ -22,6 +22,7 @@
 //! it. There is no tunnel metadata on the skb, as on a packet that did not
 //! come through a VXLAN device.
 pub mod packet;
+pub mod policy;
 pub mod skb;
 
 use std::{fs::File, net::Ipv4Addr, os::fd::AsFd};

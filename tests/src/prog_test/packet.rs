@@ -44,6 +44,21 @@ pub enum L4 {
         src_port: u16,
         dst_port: u16,
     },
+    /// TCP with ACK alone (a connection's later packet).
+    TcpAck {
+        src_port: u16,
+        dst_port: u16,
+    },
+    /// ICMP echo reply, id 0x1234, sequence 1.
+    IcmpEchoReply,
+    /// SCTP: its 12-byte common header (ports at TCP's and UDP's offsets,
+    /// verification tag, checksum 0: nothing here checks it) and the
+    /// payload as its chunks. etherparse builds no SCTP, and this kernel
+    /// has no SCTP sockets: crafted by hand.
+    Sctp {
+        src_port: u16,
+        dst_port: u16,
+    },
 }
 
 /// An IPv4 packet to build: TTL 64, DF set, no options, not a fragment,
@@ -82,6 +97,18 @@ impl Ipv4 {
 
     pub fn udp(src: &str, dst: &str, src_port: u16, dst_port: u16) -> Self {
         Self::new(ip(src), ip(dst), L4::Udp { src_port, dst_port })
+    }
+
+    pub fn tcp_ack(src: &str, dst: &str, src_port: u16, dst_port: u16) -> Self {
+        Self::new(ip(src), ip(dst), L4::TcpAck { src_port, dst_port })
+    }
+
+    pub fn icmp_reply(src: &str, dst: &str) -> Self {
+        Self::new(ip(src), ip(dst), L4::IcmpEchoReply)
+    }
+
+    pub fn sctp(src: &str, dst: &str, src_port: u16, dst_port: u16) -> Self {
+        Self::new(ip(src), ip(dst), L4::Sctp { src_port, dst_port })
     }
 
     pub fn tcp_syn(src: &str, dst: &str, src_port: u16, dst_port: u16) -> Self {
@@ -129,6 +156,19 @@ impl Ipv4 {
             L4::Udp { src_port, dst_port } => ip.udp(src_port, dst_port).write(&mut out, &self.payload),
             L4::TcpSyn { src_port, dst_port } => {
                 ip.tcp(src_port, dst_port, 1000, 64240).syn().write(&mut out, &self.payload)
+            }
+            L4::TcpAck { src_port, dst_port } => {
+                ip.tcp(src_port, dst_port, 1001, 64240).ack(2001).write(&mut out, &self.payload)
+            }
+            L4::IcmpEchoReply => ip.icmpv4_echo_reply(0x1234, 1).write(&mut out, &self.payload),
+            L4::Sctp { src_port, dst_port } => {
+                let mut sctp = Vec::with_capacity(12 + self.payload.len());
+                sctp.extend_from_slice(&src_port.to_be_bytes());
+                sctp.extend_from_slice(&dst_port.to_be_bytes());
+                sctp.extend_from_slice(&0x5c7e_0001u32.to_be_bytes());
+                sctp.extend_from_slice(&[0; 4]);
+                sctp.extend_from_slice(&self.payload);
+                ip.write(&mut out, IpNumber(132), &sctp)
             }
         };
         written.expect("write a crafted packet");

@@ -15,7 +15,15 @@
 mod from_pod;
 mod from_uplink;
 mod malformed;
+mod policy_ct;
+mod policy_egress;
+mod policy_events;
+mod policy_ingress;
 mod policy_maps;
+mod policy_not_isolated;
+mod policy_pending;
+mod policy_ports;
 mod stack_flows;
 mod tunnel;
 mod unknown_l3;
+mod verifier_cost;

@@ -1,0 +1,261 @@
+//! NetworkPolicy enforcement (issue 25; design in docs/ARCHITECTURE.md,
+//! "NetworkPolicy"): fixed code, policy as data in the `POLICY_*` maps.
+//!
+//! One entry point, [`enforce`], called by every hook that judges:
+//! - `from_pod` / `from_pod_netkit`: what a local pod sends anywhere but
+//!   into a local pod (that goes through the door below) — its egress.
+//! - `deliver::deliver_to_local_pod`, for every origin: what enters a local
+//!   pod — its ingress, and the sender's egress when the sender is a pod of
+//!   this node (fast path, or handed back by the stack after kube-proxy's
+//!   DNAT).
+//! - `to_uplink`, `to_tunnel`: what the stack sends out for a local pod
+//!   (kube-proxy's DNAT to a remote backend) — its egress.
+//!
+//! A connection is judged once, on a packet that finds no `POLICY_CT`
+//! entry, by the judgements this node makes for it (the client's egress if
+//! the client is a pod here, the server's ingress if the server is); an
+//! allowed one is remembered, and its replies match the reversed tuple. An
+//! entry judged at an older `POLICY_STATE.epoch` is judged again on its
+//! next packet: allowed, it takes the new epoch; denied, it is deleted and
+//! the packet dropped.
+//!
+//! The fast path for pods no policy selects: one `POLICY_ENDPOINTS` lookup
+//! per local end, nothing else, no `POLICY_CT` entry. A connection needs
+//! one only when an end is isolated (either way) or pending: an end
+//! isolated for ingress only must still know its own connections' replies
+//! from new connections towards it.
+mod judge;
+mod tuple;
+
+use aya_ebpf::{bindings::__sk_buff, helpers::bpf_ktime_get_ns, programs::TcContext};
+use sluice_common::{
+    policy::{CtEntry, CtKey, EndpointPolicy, PolicyState, CT_REPLY_SEEN},
+    DropReason,
+};
+
+use crate::{
+    maps::{POLICY_CT, POLICY_ENDPOINTS, POLICY_STATE},
+    parse::{self, Ipv4Hdr, ETH_HLEN},
+};
+use tuple::Tracking;
+
+/// `last_seen_ns` is refreshed at most this often (a write per packet to a
+/// value every CPU shares costs more than the GC's precision is worth).
+const LAST_SEEN_REFRESH_NS: u64 = 1_000_000_000;
+
+/// Judge the IPv4 packet whose header is `ip` (at `ETH_HLEN`, transport
+/// header at `L4_OFF`). `src_may_be_local` / `dst_may_be_local`: whether
+/// its source / destination can be a pod of this node; `false` only where
+/// the caller knows it is not (from another node; not an `ENDPOINTS`
+/// address), which saves the lookup. Every hook a connection passes on
+/// this node must look up every end that is local, so that each judges
+/// the same ends. `Err`: drop, with its reason.
+#[inline(always)]
+pub fn enforce(
+    ctx: &TcContext,
+    ip: *const Ipv4Hdr,
+    src_may_be_local: bool,
+    dst_may_be_local: bool,
+) -> Result<(), DropReason> {
+    // SAFETY: `ip` was bounds checked by the caller.
+    let (src_be, dst_be) = unsafe { ((*ip).src_be, (*ip).dst_be) };
+    // A pod can always reach itself (hairpin through a Service).
+    if src_be == dst_be {
+        return Ok(());
+    }
+    let src = if src_may_be_local { endpoint(src_be) } else { None };
+    let dst = if dst_may_be_local { endpoint(dst_be) } else { None };
+    if src.is_none() && dst.is_none() {
+        return Ok(());
+    }
+    let (src_rules, src_flags) = match src {
+        Some(ep) => (ep.rules_id, ep.flags),
+        None => (0, 0),
+    };
+    let (dst_rules, dst_flags) = match dst {
+        Some(ep) => (ep.rules_id, ep.flags),
+        None => (0, 0),
+    };
+    match sluice_policy_judge_packet(ctx.skb.skb, src_rules, src_flags, dst_rules, dst_flags) {
+        0 => Ok(()),
+        code => Err(reason_from(code)),
+    }
+}
+
+/// `judge_packet` as a BPF *global* function: the verifier checks it once,
+/// on its own, instead of once for every path of every program that
+/// reaches it (see `judge::sluice_policy_direction`). Its arguments are
+/// the context and scalars: the ends' `EndpointPolicy` as rules id and
+/// flags (flags 0: not a local pod that any policy selects). Returns 0 to
+/// let the packet go, else its drop reason + 1.
+#[unsafe(no_mangle)]
+#[inline(never)]
+pub extern "C" fn sluice_policy_judge_packet(
+    skb: *mut __sk_buff,
+    src_rules: u32,
+    src_flags: u32,
+    dst_rules: u32,
+    dst_flags: u32,
+) -> u32 {
+    let ctx = TcContext::new(skb);
+    let ip: *const Ipv4Hdr = match parse::header_mut(&ctx, ETH_HLEN) {
+        Ok(ip) => ip,
+        Err(reason) => return reason as u32 + 1,
+    };
+    let src = (src_flags != 0).then_some(EndpointPolicy { rules_id: src_rules, flags: src_flags });
+    let dst = (dst_flags != 0).then_some(EndpointPolicy { rules_id: dst_rules, flags: dst_flags });
+    match judge_packet(&ctx, ip, src, dst) {
+        Ok(()) => 0,
+        Err(reason) => reason as u32 + 1,
+    }
+}
+
+/// The drop reason `sluice_policy_judge_packet` returned (+ 1). The
+/// verifier cannot know the set it returns; a code that names no reason
+/// of it (none is returned) is still a drop: fail closed.
+#[inline(always)]
+fn reason_from(code: u32) -> DropReason {
+    const TRUNCATED: u32 = DropReason::Truncated as u32;
+    const DENIED_EGRESS: u32 = DropReason::PolicyDeniedEgress as u32;
+    const PEER_UNKNOWN: u32 = DropReason::PolicyPeerUnknown as u32;
+    const PENDING: u32 = DropReason::PolicyPending as u32;
+    match code.wrapping_sub(1) {
+        TRUNCATED => DropReason::Truncated,
+        DENIED_EGRESS => DropReason::PolicyDeniedEgress,
+        PEER_UNKNOWN => DropReason::PolicyPeerUnknown,
+        PENDING => DropReason::PolicyPending,
+        _ => DropReason::PolicyDeniedIngress,
+    }
+}
+
+/// `enforce` for a packet about to enter a local pod: parsed afresh (a
+/// caller may have decapsulated it).
+#[inline(always)]
+pub fn enforce_delivery(ctx: &TcContext, src_may_be_local: bool) -> Result<(), DropReason> {
+    let ip: *const Ipv4Hdr = parse::header_mut(ctx, ETH_HLEN)?;
+    enforce(ctx, ip, src_may_be_local, true)
+}
+
+/// A local pod's policy entry, if it has one that can make a difference
+/// (isolated either way, or pending).
+#[inline(always)]
+fn endpoint(addr_be: u32) -> Option<EndpointPolicy> {
+    // SAFETY: copied out at once.
+    match unsafe { POLICY_ENDPOINTS.get(&addr_be) } {
+        Some(ep) if ep.flags != 0 => Some(*ep),
+        _ => None,
+    }
+}
+
+/// The slow path: some end is isolated or pending.
+#[inline(always)]
+fn judge_packet(
+    ctx: &TcContext,
+    ip: *const Ipv4Hdr,
+    src: Option<EndpointPolicy>,
+    dst: Option<EndpointPolicy>,
+) -> Result<(), DropReason> {
+    let state = match POLICY_STATE.get(0) {
+        Some(s) => *s,
+        None => PolicyState::default(),
+    };
+    let tuple = tuple::of_packet(ctx, ip)?;
+    let key = tuple.key;
+    match tuple.tracking {
+        Tracking::Tracked => {}
+        Tracking::Untracked => return untracked(ctx, &key, src, dst, &state),
+        Tracking::Related => {
+            // SAFETY: only presence is read.
+            let known = unsafe { POLICY_CT.get(&key).is_some() || POLICY_CT.get(&key.reversed()).is_some() };
+            if known {
+                return Ok(());
+            }
+            // SAFETY: `ip` was bounds checked by the caller.
+            let (src_be, dst_be, protocol) = unsafe { ((*ip).src_be, (*ip).dst_be, (*ip).protocol) };
+            let outer = CtKey { src_be, dst_be, src_port_be: 0, dst_port_be: 0, protocol, _pad: [0; 3] };
+            return untracked(ctx, &outer, src, dst, &state);
+        }
+    }
+    if let Some(entry) = POLICY_CT.get_ptr_mut(&key) {
+        return on_hit(ctx, entry, &key, src, dst, &state, false);
+    }
+    let reply = key.reversed();
+    if let Some(entry) = POLICY_CT.get_ptr_mut(&reply) {
+        // A reply: the connection's client is this packet's destination.
+        return on_hit(ctx, entry, &reply, dst, src, &state, true);
+    }
+    let judged = judge::connection(ctx, &key, src, dst, &state, true);
+    if let Some(reason) = judged.denied {
+        return Err(reason);
+    }
+    let entry = CtEntry {
+        epoch: state.epoch,
+        flags: judged.flags,
+        // SAFETY: a plain helper.
+        last_seen_ns: unsafe { bpf_ktime_get_ns() },
+        egress_ref: judged.egress_ref,
+        ingress_ref: judged.ingress_ref,
+    };
+    // An LRU map makes room by evicting; should even that fail, this packet
+    // still goes (it was allowed) and the next one is judged again.
+    let _ = POLICY_CT.insert(&key, &entry, 0);
+    Ok(())
+}
+
+/// A packet judged on its own, every time, never remembered.
+#[inline(always)]
+fn untracked(
+    ctx: &TcContext,
+    key: &CtKey,
+    src: Option<EndpointPolicy>,
+    dst: Option<EndpointPolicy>,
+    state: &PolicyState,
+) -> Result<(), DropReason> {
+    match judge::connection(ctx, key, src, dst, state, false).denied {
+        Some(reason) => Err(reason),
+        None => Ok(()),
+    }
+}
+
+/// A packet of a known connection (`key`: its original direction; `client`
+/// and `server`: its ends' entries). Judged at the current epoch: passes.
+/// Judged at another: judged again now.
+#[inline(always)]
+fn on_hit(
+    ctx: &TcContext,
+    entry: *mut CtEntry,
+    key: &CtKey,
+    client: Option<EndpointPolicy>,
+    server: Option<EndpointPolicy>,
+    state: &PolicyState,
+    is_reply: bool,
+) -> Result<(), DropReason> {
+    // SAFETY: a pointer into the map's value, valid during this program
+    // run (an LRU entry evicted meanwhile is not freed under us: RCU).
+    let (epoch, flags, last_seen_ns) = unsafe { ((*entry).epoch, (*entry).flags, (*entry).last_seen_ns) };
+    // SAFETY: a plain helper.
+    let now = unsafe { bpf_ktime_get_ns() };
+    if epoch != state.epoch {
+        let judged = judge::connection(ctx, key, client, server, state, true);
+        if let Some(reason) = judged.denied {
+            let _ = POLICY_CT.remove(key);
+            return Err(reason);
+        }
+        // SAFETY: as above.
+        unsafe {
+            (*entry).epoch = state.epoch;
+            (*entry).flags = judged.flags | (flags & CT_REPLY_SEEN);
+            (*entry).egress_ref = judged.egress_ref;
+            (*entry).ingress_ref = judged.ingress_ref;
+        }
+    }
+    if is_reply && flags & CT_REPLY_SEEN == 0 {
+        // SAFETY: as above.
+        unsafe { (*entry).flags |= CT_REPLY_SEEN };
+    }
+    if now.wrapping_sub(last_seen_ns) > LAST_SEEN_REFRESH_NS {
+        // SAFETY: as above.
+        unsafe { (*entry).last_seen_ns = now };
+    }
+    Ok(())
+}

@@ -29,7 +29,7 @@ use tracing::{error, info, warn};
 
 use crate::{
     policy::{identity::IdentityAllocator, kubernetes::KubePolicy, names::NamesTable, report::PolicyReport},
-    reconcile::policy_maps::{desired, NodeFacts, PolicyReconciler, PolicyRefs, PolicyTables},
+    reconcile::policy_maps::{desired, IdentityCache, NodeFacts, PolicyReconciler, PolicyRefs, PolicyTables},
 };
 
 /// How long a change waits for the ones right behind it (a Deployment's
@@ -123,6 +123,7 @@ pub async fn run<T: PolicyTables>(
     let mut names = NamesTable::read(&names_path).unwrap_or_default();
     let mut refs = PolicyRefs::from_table(&names.policy_table());
     let mut allocator = IdentityAllocator::default();
+    let mut identity_cache = IdentityCache::default();
     let mut reconciler = PolicyReconciler::resume(&mut tables)?;
     info!(rule_sets = reconciler.rule_sets(), "NetworkPolicy: took over the policy maps");
     let mut last_full = Instant::now();
@@ -158,11 +159,12 @@ pub async fn run<T: PolicyTables>(
                     nodes: &nodes,
                     cluster_cidrs: &node.cluster_cidrs,
                     leases: &leases,
+                    generations: Some((watch.generations[0], watch.generations[1])),
                 };
                 let policies = model.policies.len();
                 let pods_by_ip = NamesTable::pods_of(&model);
                 let compile_started = Instant::now();
-                let (desired, compiled) = desired(model, &facts, &mut allocator, &mut refs);
+                let (desired, compiled) = desired(model, &facts, &mut allocator, &mut identity_cache, &mut refs);
                 let apply_started = Instant::now();
                 let report = reconciler.apply(&mut tables, &desired)?;
                 let ms = |d: Duration| d.as_secs_f64() * 1000.0;

@@ -78,6 +78,11 @@ pub struct PolicyWatchState {
     /// Bumped on every change to the view (a relist's changes count once,
     /// at its end): the policy loop recompiles when it moved.
     pub generation: u64,
+    /// The same per kind (`Kind::ALL`'s order: pods, namespaces,
+    /// policies): what a change touched, so the loop can keep what did not
+    /// change (the identity table, when only policies did).
+    #[serde(default)]
+    pub generations: [u64; 3],
     /// When the first change the loop has not applied yet arrived: where
     /// "policy event → maps" latency starts. In-process only.
     #[serde(skip)]
@@ -414,6 +419,7 @@ impl KubePolicy {
         let changed = change(&mut shared);
         if changed {
             shared.changed(arrived);
+            shared.state.generations[kind.index()] += 1;
         }
         shared.summarize();
         changed

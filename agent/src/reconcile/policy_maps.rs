@@ -44,10 +44,10 @@ use sluice_common::policy::{
 };
 
 use crate::policy::{
-    compile::{compile_node, CompiledNode, Peers, PodPolicy},
+    compile::{compile_pods, CompiledNode, Peers, PodPolicy},
     entries::{rule_keys, RuleKey},
-    identity::IdentityAllocator,
-    model::{PodKey, PolicyModel, PolicyName},
+    identity::{IdentityAllocator, IdentityTable},
+    model::{IpBlock, PodKey, PolicyModel, PolicyName},
 };
 
 /// A pod's allow entries, with `rules_id` 0 in every key (the set's id is
@@ -117,6 +117,28 @@ impl PolicyRefs {
     }
 }
 
+/// What the identity table was built from, besides the pods and
+/// namespaces (named by their watch generations).
+#[derive(Clone, Debug, PartialEq, Eq)]
+struct IdentityInputs {
+    generations: (u64, u64),
+    ip_blocks: BTreeSet<IpBlock>,
+    nodes: BTreeMap<String, Ipv4Addr>,
+    cluster_cidrs: Vec<Ipv4Network>,
+    leases: Vec<(Ipv4Addr, Option<String>)>,
+}
+
+/// The last identity table, kept while its inputs stay the same: a change
+/// to policies alone (not to their ipBlocks) compiles the local pods
+/// against it instead of classifying every pod of the cluster again.
+#[derive(Debug, Default)]
+pub struct IdentityCache {
+    inputs: Option<IdentityInputs>,
+    table: IdentityTable,
+    /// Passes that reused the table (for tests and logs).
+    pub reused: u64,
+}
+
 /// The inputs of `desired` besides the watchers' model.
 pub struct NodeFacts<'a> {
     pub node: &'a str,
@@ -126,6 +148,9 @@ pub struct NodeFacts<'a> {
     /// This node's IPAM leases: address → `namespace/name` when the
     /// runtime named the pod.
     pub leases: &'a [(Ipv4Addr, Option<String>)],
+    /// The watch generations of pods and namespaces the model is at
+    /// (`None`: unknown, never reuse an identity table).
+    pub generations: Option<(u64, u64)>,
 }
 
 /// What the maps must hold. `model` is the watchers' view (a copy: this
@@ -134,6 +159,7 @@ pub fn desired(
     mut model: PolicyModel,
     facts: &NodeFacts,
     allocator: &mut IdentityAllocator,
+    cache: &mut IdentityCache,
     refs: &mut PolicyRefs,
 ) -> (Desired, CompiledNode) {
     model.nodes = facts.nodes.clone();
@@ -154,7 +180,27 @@ pub fn desired(
             }
         }
     }
-    let compiled = compile_node(&model, facts.node, allocator);
+    let inputs = facts.generations.map(|generations| IdentityInputs {
+        generations,
+        ip_blocks: model.ip_blocks(),
+        nodes: facts.nodes.clone(),
+        cluster_cidrs: facts.cluster_cidrs.to_vec(),
+        leases: facts.leases.to_vec(),
+    });
+    let identities = match (&inputs, &cache.inputs) {
+        (Some(now), Some(then)) if now == then => {
+            cache.reused += 1;
+            cache.table.clone()
+        }
+        _ => {
+            let table = IdentityTable::build(&model, facts.node, allocator);
+            cache.inputs = inputs;
+            cache.table = table.clone();
+            table
+        }
+    };
+    let pods = compile_pods(&model, facts.node, &identities);
+    let compiled = CompiledNode { node: facts.node.to_string(), identities, pods };
     let live: BTreeSet<PolicyName> = compiled
         .pods
         .values()
@@ -775,8 +821,14 @@ mod tests {
         }
 
         fn desired(&mut self, m: &PolicyModel) -> Desired {
-            let facts = NodeFacts { node: "n1", nodes: &self.nodes, cluster_cidrs: &self.cidrs, leases: &self.leases };
-            desired(m.clone(), &facts, &mut self.allocator, &mut self.refs).0
+            let facts = NodeFacts {
+                node: "n1",
+                nodes: &self.nodes,
+                cluster_cidrs: &self.cidrs,
+                leases: &self.leases,
+                generations: None,
+            };
+            desired(m.clone(), &facts, &mut self.allocator, &mut IdentityCache::default(), &mut self.refs).0
         }
     }
 
@@ -941,6 +993,58 @@ mod tests {
         assert!(report.full.is_empty());
         assert_ne!(ep(&t, "10.244.1.3").rules_id, 0);
         t.check_switches();
+    }
+
+    #[test]
+    fn the_identity_table_is_reused_only_while_pods_namespaces_and_ip_blocks_stay() {
+        let node = Node::new();
+        let mut cache = IdentityCache::default();
+        let (mut allocator, mut refs) = (IdentityAllocator::default(), PolicyRefs::default());
+        let mut run = |m: &PolicyModel, generations, cache: &mut IdentityCache| {
+            let facts = NodeFacts {
+                node: "n1",
+                nodes: &node.nodes,
+                cluster_cidrs: &node.cidrs,
+                leases: &node.leases,
+                generations,
+            };
+            desired(m.clone(), &facts, &mut allocator, cache, &mut refs).0
+        };
+        let uncached = |m: &PolicyModel| {
+            let facts = NodeFacts {
+                node: "n1",
+                nodes: &node.nodes,
+                cluster_cidrs: &node.cidrs,
+                leases: &node.leases,
+                generations: None,
+            };
+            let (mut a, mut r) = (IdentityAllocator::default(), PolicyRefs::default());
+            desired(m.clone(), &facts, &mut a, &mut IdentityCache::default(), &mut r).0
+        };
+        let mut m = model();
+        m.add_policy(allow_from("p", &[("app", "db")]));
+        run(&m, Some((1, 1)), &mut cache);
+        // A policy change alone: the table is reused, the result is the same
+        // as compiling from scratch.
+        m.add_policy(allow_from("p", &[("app", "web")]));
+        let reused = run(&m, Some((1, 1)), &mut cache);
+        assert_eq!(cache.reused, 1);
+        assert_eq!(reused, uncached(&m));
+        // A relabelled pod (the pods' generation moved): built again.
+        m.pods.get_mut(&PodKey::new("x", "b")).unwrap().labels.insert("app".into(), "db".into());
+        let rebuilt = run(&m, Some((2, 1)), &mut cache);
+        assert_eq!(cache.reused, 1, "a pod change must not reuse the table");
+        assert_eq!(rebuilt, uncached(&m));
+        // An ipBlock appears (policies only, but the table depends on it).
+        let mut p = allow_from("cidr", &[]);
+        p.ingress[0].peers = vec![Peer::IpBlock(crate::policy::model::IpBlock {
+            cidr: "192.0.2.0/24".parse().unwrap(),
+            except: vec![],
+        })];
+        m.add_policy(p);
+        let with_block = run(&m, Some((2, 1)), &mut cache);
+        assert_eq!(cache.reused, 1, "a new ipBlock must not reuse the table");
+        assert!(with_block.identities.contains_key(&"192.0.2.0/24".parse().unwrap()));
     }
 
     #[test]

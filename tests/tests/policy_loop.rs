@@ -112,7 +112,13 @@ async fn nothing_is_applied_before_all_three_kinds_are_listed_then_changes_reach
         json!({"podSelector": {}, "ingress": [{"from": [{"podSelector": {"matchLabels": {"pod": "b"}}}]}]}),
     ));
     wait("a has rules", Duration::from_secs(2), || endpoint(&r, "10.244.0.2").is_some_and(|e| e.rules_id != 0)).await;
-    let table = NamesTable::read(&NamesTable::path(&r.data_dir)).unwrap();
+    // The tables are written after the maps, in the same pass.
+    let names_path = NamesTable::path(&r.data_dir);
+    wait("the names table names x/from-b", Duration::from_secs(2), || {
+        NamesTable::read(&names_path).is_ok_and(|t| !t.policies.is_empty())
+    })
+    .await;
+    let table = NamesTable::read(&names_path).unwrap();
     assert_eq!(table.policies.values().collect::<Vec<_>>(), ["x/from-b"]);
     assert_eq!(table.pod("10.244.1.2".parse().unwrap()), Some("x/b"));
     // What `status --policy x/a` shows.

@@ -130,6 +130,10 @@ pub async fn run<T: PolicyTables>(
     let mut last_generation = None;
     let mut last_full_msg: Vec<String> = Vec::new();
     let mut last_report = PolicyReport::default();
+    // The pods' addresses by name, and what the names table was last made
+    // from (pods' generation, policy refs).
+    let mut pods_by_ip: (Option<u64>, BTreeMap<Ipv4Addr, crate::policy::model::PodKey>) = (None, BTreeMap::new());
+    let mut last_names_key = (None, BTreeMap::new());
     loop {
         let resync = last_full.elapsed() >= RESYNC;
         let ((view, watch), since) =
@@ -162,7 +166,10 @@ pub async fn run<T: PolicyTables>(
                     generations: Some((watch.generations[0], watch.generations[1])),
                 };
                 let policies = model.policies.len();
-                let pods_by_ip = NamesTable::pods_of(&model);
+                // Pod names by address change only with pods.
+                if pods_by_ip.0 != Some(watch.generations[0]) {
+                    pods_by_ip = (Some(watch.generations[0]), NamesTable::pods_of(&model));
+                }
                 let compile_started = Instant::now();
                 let (desired, compiled) = desired(model, &facts, &mut allocator, &mut identity_cache, &mut refs);
                 let apply_started = Instant::now();
@@ -175,11 +182,11 @@ pub async fn run<T: PolicyTables>(
                     .iter()
                     .map(|(k, p)| (k.clone(), (p.ips.iter().copied().collect(), p.identity)))
                     .collect();
-                let pod_report = PolicyReport::build(&compiled, &pods_by_ip, &local);
-                Ok((desired, report, policies, pods_by_ip, pod_report))
+                let pod_report = PolicyReport::build(&compiled, &pods_by_ip.1, &local);
+                Ok((desired, report, policies, pod_report))
             })();
             match pass {
-                Ok((desired, report, policies, pods_by_ip, pod_report)) => {
+                Ok((desired, report, policies, pod_report)) => {
                     last_generation = Some(watch.generation);
                     let pass_ms = started.elapsed().as_secs_f64() * 1000.0;
                     st.last_pass_ms = Some(pass_ms);
@@ -226,11 +233,20 @@ pub async fn run<T: PolicyTables>(
                             Err(e) => warn!(error = %format!("{e:#}"), "cannot write the pods' policy report"),
                         }
                     }
-                    let table = NamesTable::new(refs.table(), pods_by_ip);
-                    if table != names {
-                        match table.write(&names_path) {
-                            Ok(()) => names = table,
-                            Err(e) => warn!(error = %format!("{e:#}"), "cannot write the policy names table"),
+                    let refs_now = refs.table();
+                    let names_key = (pods_by_ip.0, refs_now.clone());
+                    if names_key != last_names_key {
+                        last_names_key = names_key;
+                        let table = NamesTable::new(refs_now, pods_by_ip.1.clone());
+                        if table != names {
+                            match table.write(&names_path) {
+                                Ok(()) => names = table,
+                                Err(e) => {
+                                    // Written again at the next pass.
+                                    last_names_key = (None, BTreeMap::new());
+                                    warn!(error = %format!("{e:#}"), "cannot write the policy names table")
+                                }
+                            }
                         }
                     }
                 }

@@ -14,7 +14,7 @@
 //! ([`IdentityAllocator`]), so a pod added to a Deployment changes no
 //! policy entry, only one `POLICY_IDENTITIES` element.
 use std::{
-    collections::{BTreeMap, BTreeSet},
+    collections::{BTreeMap, BTreeSet, HashMap},
     net::Ipv4Addr,
 };
 
@@ -146,7 +146,14 @@ impl IdentityTable {
                 table.classes.insert(id, class.clone());
             }
             live.insert(class);
+            id
         };
+        // Pods that look alike (a Deployment's replicas: same namespace,
+        // labels, ports, ipBlocks) make their class once: at 10,000 pods
+        // building and comparing classes was most of a rebuild. The first
+        // pod of each class still allocates it, in the same order as before.
+        type Alike<'m> = (&'m str, &'m Labels, &'m [super::model::ContainerPort], Vec<&'m IpBlock>);
+        let mut seen: HashMap<Alike, u32> = HashMap::new();
         for pod in model.pods.values().filter(|p| !p.host_network) {
             let Some(ns) = model.namespaces.get(&pod.key.namespace) else {
                 for &ip in &pod.ips {
@@ -154,20 +161,31 @@ impl IdentityTable {
                 }
                 continue;
             };
-            let named_ports = pod
-                .ports
-                .iter()
-                .filter_map(|p| p.name.as_ref().map(|n| (n.clone(), p.protocol, p.port)))
-                .collect::<BTreeSet<_>>();
             for &ip in &pod.ips {
+                let alike: Alike = (
+                    ns.name.as_str(),
+                    &pod.labels,
+                    pod.ports.as_slice(),
+                    blocks.iter().filter(|b| b.contains(ip)).collect(),
+                );
+                if let Some(&id) = seen.get(&alike) {
+                    table.prefixes.entry(host(ip)).or_insert(id);
+                    continue;
+                }
+                let named_ports = pod
+                    .ports
+                    .iter()
+                    .filter_map(|p| p.name.as_ref().map(|n| (n.clone(), p.protocol, p.port)))
+                    .collect::<BTreeSet<_>>();
                 let class = IdentityClass::Pod {
                     namespace: ns.name.clone(),
                     namespace_labels: ns.labels.clone(),
                     labels: pod.labels.clone(),
-                    named_ports: named_ports.clone(),
+                    named_ports,
                     blocks: blocks_of(ip),
                 };
-                add(&mut table, host(ip), class);
+                let id = add(&mut table, host(ip), class);
+                seen.insert(alike, id);
             }
         }
         for (name, &ip) in &model.nodes {

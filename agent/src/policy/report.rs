@@ -80,9 +80,20 @@ impl PolicyReport {
         pods_by_ip: &BTreeMap<Ipv4Addr, PodKey>,
         local: &BTreeMap<PodKey, (Vec<Ipv4Addr>, u32)>,
     ) -> Self {
-        // Identity → what carries it: pod names, or prefixes.
+        // Identity → what carries it: pod names, or prefixes; only for the
+        // identities some local pod's rule names.
+        let named: BTreeSet<u32> = compiled
+            .pods
+            .values()
+            .flat_map(|p| p.ingress.rules.iter().chain(&p.egress.rules))
+            .filter_map(|r| match &r.peers {
+                Peers::Identities(ids) => Some(ids.iter().copied()),
+                Peers::Any => None,
+            })
+            .flatten()
+            .collect();
         let mut holders: BTreeMap<u32, BTreeSet<String>> = BTreeMap::new();
-        for (prefix, &id) in &compiled.identities.prefixes {
+        for (prefix, &id) in compiled.identities.prefixes.iter().filter(|(_, id)| named.contains(id)) {
             let name = match (prefix.prefix(), pods_by_ip.get(&prefix.ip())) {
                 (32, Some(pod)) => pod.to_string(),
                 _ => prefix.to_string(),

@@ -212,7 +212,11 @@ pub fn desired(
     for (key, policy) in &compiled.pods {
         let Some(pod) = model.pods.get(key) else { continue };
         let ips: BTreeSet<Ipv4Addr> = pod.ips.iter().copied().collect();
-        let identity = pod.ips.first().map_or(IDENTITY_UNKNOWN_CLUSTER, |&ip| compiled.identities.lookup(ip));
+        // A pod's address has its own /32 (an exact lookup, not a scan).
+        let identity = pod.ips.first().map_or(IDENTITY_UNKNOWN_CLUSTER, |&ip| {
+            let host = Ipv4Network::new(ip, 32).expect("/32 is a valid prefix");
+            compiled.identities.prefixes.get(&host).copied().unwrap_or_else(|| compiled.identities.lookup(ip))
+        });
         let (flags, rules) = pod_rules(policy, refs);
         pods.insert(key.clone(), DesiredPod { ips, flags, rules, identity });
     }

@@ -25,6 +25,7 @@ mod cni;
 mod control_plane;
 mod labs;
 mod paths;
+mod policy;
 mod prog_cost;
 mod report;
 mod services;
@@ -64,6 +65,35 @@ pub fn run(args: &BenchArgs) -> Result<()> {
         println!("wrote {}", json_path.display());
         return Ok(());
     }
+    if args.policy {
+        // A reduced run: only the NetworkPolicy rows and control plane.
+        let spinners = bench::Spinners::start();
+        let mut rounds = Vec::new();
+        let mut control = serde_json::Value::Null;
+        for r in 0..plan.rounds {
+            let mut figures = BTreeMap::new();
+            if let Some(c) = policy::round(r, &bins, &plan, r == 0, &mut figures).context("NetworkPolicy rows")? {
+                control = c;
+            }
+            rounds.push(figures);
+        }
+        drop(spinners);
+        let mut report = json!({
+            "machine": machine(),
+            "plan": {"rounds": plan.rounds, "rr_secs": plan.rr.as_secs_f64(), "release": plan.release, "smoke": args.smoke},
+            "paths": report::path_medians(&rounds),
+            "ratios": report::ratios_of(&rounds, &policy::ratio_pairs(plan.policies)),
+            "programs": report::program_costs(&rounds),
+            "policy": {"control_plane": control},
+        });
+        report["policy"]["targets"] = report::policy_targets(&report, &plan);
+        report["wall_clock_secs"] = json!(started.elapsed().as_secs_f64());
+        let json_path = out_dir.join("policy.json");
+        std::fs::write(&json_path, serde_json::to_vec_pretty(&report)?)?;
+        print!("{}", report::render_policy_run(&report));
+        println!("wrote {}", json_path.display());
+        return Ok(());
+    }
     if args.vxlan || args.cross {
         // A reduced run: only `plan.only`'s rows, their ratios and targets.
         let (file, pairs) = if args.vxlan {
@@ -93,10 +123,16 @@ pub fn run(args: &BenchArgs) -> Result<()> {
     let spinners = bench::Spinners::start();
     let mut rounds = Vec::new();
     let mut svc_times = Vec::new();
+    let mut policy_control = serde_json::Value::Null;
     for r in 0..plan.rounds.max(plan.svc_rounds) {
         let mut figures = if r < plan.rounds { paths::round(r, &bins, &plan)? } else { BTreeMap::new() };
         if r < plan.svc_rounds {
             svc_times.push(services::round(r, &bins, &plan, &mut figures).context("Service paths")?);
+        }
+        if r < plan.rounds {
+            if let Some(c) = policy::round(r, &bins, &plan, r == 0, &mut figures).context("NetworkPolicy rows")? {
+                policy_control = c;
+            }
         }
         rounds.push(figures);
     }
@@ -108,6 +144,7 @@ pub fn run(args: &BenchArgs) -> Result<()> {
     // Medians over rounds, and medians of per-round ratios.
     let mut pairs = report::pairs(&report::PAIRS);
     pairs.extend(report::svc_ratio_pairs(&plan.scales));
+    pairs.extend(policy::ratio_pairs(plan.policies));
     let cni_ratio =
         report::f(&cni["sluice"]["add_del_p99_ms"]) / report::f(&cni["bridge_host_local"]["add_del_p99_ms"]);
     let mut report = json!({
@@ -128,6 +165,8 @@ pub fn run(args: &BenchArgs) -> Result<()> {
         },
     });
     report["services"]["targets"] = svc_targets(&report, &plan);
+    report["policy"] = json!({"control_plane": policy_control});
+    report["policy"]["targets"] = report::policy_targets(&report, &plan);
     report["vxlan_targets"] = vxlan_targets(&report);
     report["node_targets"] = report::node_targets(&report);
     report["wall_clock_secs"] = json!(started.elapsed().as_secs_f64());

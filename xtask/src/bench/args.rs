@@ -30,6 +30,12 @@ pub struct BenchArgs {
     /// build; --rounds, default 3). Writes target/bench/cross.json.
     #[arg(long, conflicts_with_all = ["vxlan", "cni"])]
     pub cross: bool,
+    /// Only the NetworkPolicy rows (issue 25): cross-node TCP_RR/TCP_CRR
+    /// with no policy, one allow policy and N policies over made-up pods,
+    /// their program costs, the agent's RSS and change → maps latency
+    /// (release build; --rounds, default 3). Writes target/bench/policy.json.
+    #[arg(long, conflicts_with_all = ["vxlan", "cni", "cross"])]
+    pub policy: bool,
     /// Internal: be one measurement's client (MODE rr|crr, ADDR, MILLIS)
     /// and print its figures as JSON; the bench starts it inside a node's
     /// cgroup, where the socket load balancer sees it.
@@ -56,6 +62,13 @@ pub(super) struct Plan {
     /// Services control plane, and single changes timed there.
     pub(super) svc_control: usize,
     pub(super) changes: usize,
+    /// NetworkPolicy scale (issue 25): policies, made-up pods and
+    /// namespaces served by the test API server, and single policy
+    /// changes (and as many label changes) timed to the maps.
+    pub(super) policies: usize,
+    pub(super) policy_pods: usize,
+    pub(super) policy_namespaces: usize,
+    pub(super) policy_changes: usize,
 }
 
 impl Plan {
@@ -91,6 +104,10 @@ impl Plan {
                 svc_rounds: args.rounds.unwrap_or(1),
                 svc_control: 100,
                 changes: 20,
+                policies: 20,
+                policy_pods: 200,
+                policy_namespaces: 10,
+                policy_changes: 6,
             }
         } else {
             Plan {
@@ -106,6 +123,10 @@ impl Plan {
                 svc_rounds: args.rounds.unwrap_or(5),
                 svc_control: 10_000,
                 changes: 200,
+                policies: 1_000,
+                policy_pods: 10_000,
+                policy_namespaces: 500,
+                policy_changes: 100,
             }
         }
     }

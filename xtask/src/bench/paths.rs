@@ -38,8 +38,8 @@ pub(super) struct PathFigures {
 }
 
 /// One side of a measured path: namespace and address of the server.
-struct Path2 {
-    name: &'static str,
+pub(super) struct Path2 {
+    name: String,
     client_ns: String,
     server_ns: String,
     target: bench::Target,
@@ -51,7 +51,10 @@ struct Path2 {
     tunnel: Option<TunnelCheck>,
     /// Nodes (name, pin dir) whose programs' cost per packet is measured
     /// in a pass of its own after the row's figures (`prog_cost`).
-    programs: Vec<(String, PathBuf)>,
+    pub(super) programs: Vec<(String, PathBuf)>,
+    /// Measure single-stream throughput too (rows whose targets are
+    /// TCP_RR and TCP_CRR only leave it out).
+    pub(super) throughput: bool,
 }
 
 /// Evidence that a path was tunneled.
@@ -111,7 +114,7 @@ impl Drop for Tracers {
     }
 }
 
-fn measure(p: &Path2, plan: &Plan, bins: &Path) -> Result<PathFigures> {
+pub(super) fn measure(p: &Path2, plan: &Plan, bins: &Path) -> Result<PathFigures> {
     let _tracers = Tracers::start(bins, &p.traced)?;
     let tx_before = p.tunnel.as_ref().map(TunnelCheck::sent).transpose()?;
     let figures = PathFigures {
@@ -119,6 +122,7 @@ fn measure(p: &Path2, plan: &Plan, bins: &Path) -> Result<PathFigures> {
         crr: bench::tcp_crr_to(&p.server_ns, &p.client_ns, p.target, plan.rr)?,
         tput: match p.target.via {
             Some(_) => None,
+            None if !p.throughput => None,
             None => Some(bench::throughput(&p.server_ns, &p.client_ns, p.target.server_ip, plan.tput_secs)?),
         },
         programs: None,
@@ -180,20 +184,21 @@ fn netfilter_rules(netns: &str) -> Result<Vec<String>> {
 }
 
 /// A path with nothing traced, no tunnel to check and no program costs.
-fn path(name: &'static str, client_ns: &str, server_ns: &str, target: bench::Target) -> Path2 {
+pub(super) fn path(name: &str, client_ns: &str, server_ns: &str, target: bench::Target) -> Path2 {
     Path2 {
-        name,
+        name: name.to_string(),
         client_ns: client_ns.to_string(),
         server_ns: server_ns.to_string(),
         target,
         traced: vec![],
         tunnel: None,
         programs: vec![],
+        throughput: true,
     }
 }
 
 /// Node name and pin dir of every node of a sluice lab.
-fn lab_pins(lab: &Lab) -> Vec<(String, PathBuf)> {
+pub(super) fn lab_pins(lab: &Lab) -> Vec<(String, PathBuf)> {
     lab.state.nodes.iter().map(|n| (n.name.clone(), n.pin_dir.clone())).collect()
 }
 
@@ -287,7 +292,7 @@ pub(super) fn round(round: usize, bins: &Path, plan: &Plan) -> Result<BTreeMap<S
         let target = bench::Target { server_ip: pod_ip(sp3), server_port: BENCH_SERVER_PORT, via: Some(via) };
         paths.push(path("S cross-node svc", &sp1.netns, &sp3.netns, target));
     }
-    paths.retain(|p| plan.wants(p.name));
+    paths.retain(|p| plan.wants(&p.name));
     let n = paths.len();
     paths.rotate_left(round % n.max(1));
     let mut out = BTreeMap::new();

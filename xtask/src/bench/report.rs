@@ -198,6 +198,7 @@ pub(super) fn render(r: &Value) -> String {
         f(&c["peers_file_to_map_ms"]), f(&c["node_change_to_map_p50_ms"]), f(&c["node_change_to_map_p99_ms"])
     );
     o += &render_services(&r["services"]);
+    o += &render_policy(r);
     if let Some(secs) = r["wall_clock_secs"].as_f64() {
         o += &format!("bench took {:.0} s\n", secs);
     }
@@ -492,6 +493,80 @@ pub(super) fn render_cross(r: &Value) -> String {
     o
 }
 
+/// Issue 25's targets against this run's figures: printed, never asserted.
+pub(super) fn policy_targets(r: &Value, plan: &Plan) -> Value {
+    let n = plan.policies;
+    let ratios = &r["ratios"];
+    let (allow, scale) = (&ratios["P allow/none"], &ratios[format!("P {n}/1 policies")]);
+    let cp = &r["policy"]["control_plane"];
+    let scale_note = format!("{} pods, {} namespaces", cp["pods"], cp["namespaces"]);
+    vec![
+        target("cross-node TCP_RR allow policy/none".into(), &allow["rr"], true, 0.97, "", String::new()),
+        target("cross-node TCP_CRR allow policy/none".into(), &allow["crr"], true, 0.95, "", String::new()),
+        target(format!("cross-node TCP_RR {n}/1 policies"), &scale["rr"], true, 0.95, "", scale_note.clone()),
+        target(format!("cross-node TCP_CRR {n}/1 policies"), &scale["crr"], true, 0.95, "", scale_note.clone()),
+        target(
+            format!("agent RSS, {n} policies"),
+            &cp["agent_rss_mib"],
+            false,
+            128.0,
+            " MiB",
+            format!("peak {:.1} MiB; {scale_note}", f(&cp["agent_rss_peak_mib"])),
+        ),
+        target(
+            "policy or label change to maps p99".into(),
+            &cp["change_p99_ms"],
+            false,
+            100.0,
+            " ms",
+            format!(
+                "policy p99 {:.1} ms, label p99 {:.1} ms, max {:.1} ms",
+                f(&cp["policy_change_p99_ms"]),
+                f(&cp["label_change_p99_ms"]),
+                f(&cp["change_max_ms"])
+            ),
+        ),
+    ]
+    .into()
+}
+
+fn render_policy(r: &Value) -> String {
+    let c = &r["policy"]["control_plane"];
+    let h = &c["agent_histogram"];
+    let mut o = format!(
+        "NetworkPolicy control plane ({} policies, {} pods, {} namespaces; the server's node): published to maps \
+         in {:.0} ms; agent RSS {:.1} MiB (peak {:.1}); {} policy changes to map p50 {:.2} ms p99 {:.2} ms; \
+         {} label changes p50 {:.2} ms p99 {:.2} ms; agent's sluice_policy_update_seconds over them: {} \
+         observations, p50 <= {} ms, p99 <= {} ms\n",
+        c["policies"],
+        c["pods"],
+        c["namespaces"],
+        f(&c["publish_to_maps_ms"]),
+        f(&c["agent_rss_mib"]),
+        f(&c["agent_rss_peak_mib"]),
+        c["changes_each"],
+        f(&c["policy_change_p50_ms"]),
+        f(&c["policy_change_p99_ms"]),
+        c["changes_each"],
+        f(&c["label_change_p50_ms"]),
+        f(&c["label_change_p99_ms"]),
+        h["count"],
+        h["p50_le_ms"],
+        h["p99_le_ms"]
+    );
+    o += "targets (issue 25, NetworkPolicy; reported, not asserted):\n";
+    o += &render_targets(&r["policy"]["targets"]);
+    o
+}
+
+/// The `--policy` report: the rows, their ratios, program costs, targets.
+pub(super) fn render_policy_run(r: &Value) -> String {
+    let mut o = render_table(r);
+    o += &render_program_costs(r);
+    o += &render_policy(r);
+    o
+}
+
 fn render_targets(targets: &Value) -> String {
     let mut o = String::new();
     for t in targets.as_array().into_iter().flatten() {
@@ -537,6 +612,33 @@ mod tests {
         assert_eq!(t[2]["met"], true);
         // Not measured (a run without the bare row): no verdict.
         assert_eq!(node_targets(&json!({"ratios": {}}))[0]["met"], Value::Null);
+    }
+
+    #[test]
+    fn policy_targets_judge_the_ratios_rss_and_change_latency() {
+        let plan = Plan::from(&args_smoke());
+        let n = plan.policies;
+        let r = json!({
+            "ratios": {"P allow/none": {"rr": 0.98, "crr": 0.93}, format!("P {n}/1 policies"): {"rr": 0.99, "crr": 0.96}},
+            "policy": {"control_plane": {"agent_rss_mib": 140.0, "change_p99_ms": 40.0, "pods": 200, "namespaces": 10}},
+        });
+        let t = policy_targets(&r, &plan);
+        let met: Vec<Value> = t.as_array().unwrap().iter().map(|t| t["met"].clone()).collect();
+        assert_eq!(met, [json!(true), json!(false), json!(true), json!(true), json!(false), json!(true)]);
+        assert_eq!(t[4]["limit"], 128.0);
+        // A run that measured no policy rows: no verdicts.
+        let empty = policy_targets(&json!({}), &plan);
+        assert!(empty.as_array().unwrap().iter().all(|t| t["met"].is_null()));
+    }
+
+    fn args_smoke() -> super::super::BenchArgs {
+        use clap::Parser;
+        #[derive(clap::Parser)]
+        struct Cli {
+            #[command(flatten)]
+            args: super::super::BenchArgs,
+        }
+        Cli::parse_from(["bench", "--smoke"]).args
     }
 
     #[test]

@@ -420,7 +420,7 @@ pub fn median_times(rounds: &[Value], plan: &Plan) -> Value {
 }
 
 /// VmRSS and VmHWM of a process, in KiB.
-fn rss_hwm_kib(pid: u32) -> (u64, u64) {
+pub(super) fn rss_hwm_kib(pid: u32) -> (u64, u64) {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
     let field = |name: &str| {
         status
@@ -433,7 +433,7 @@ fn rss_hwm_kib(pid: u32) -> (u64, u64) {
 }
 
 /// `GET /metrics` of a node's agent (inside the node's namespace).
-fn scrape(node: &Node) -> Result<String> {
+pub(super) fn scrape(node: &Node) -> Result<String> {
     let addr = format!("{}:9962", node.ip);
     sluice_node::net::netns::run_in(&Path::new("/run/netns").join(&node.netns), move || {
         let mut s = TcpStream::connect(&addr)?;
@@ -461,7 +461,7 @@ fn buckets(text: &str, name: &str) -> Vec<(f64, f64)> {
 
 /// The histogram's observations between two scrapes: count and the bucket
 /// bounds p50 and p99 fall under (ms).
-fn histogram_between(before: &str, after: &str, name: &str) -> Value {
+pub(super) fn histogram_between(before: &str, after: &str, name: &str) -> Value {
     let (b, a) = (buckets(before, name), buckets(after, name));
     let delta: Vec<(f64, f64)> =
         a.iter().map(|(le, n)| (*le, n - b.iter().find(|(l, _)| l == le).map_or(0.0, |(_, m)| *m))).collect();

@@ -16,9 +16,9 @@
 //! command line (`-- <filter>`, `--list`, `--include-ignored`), output and
 //! summary line. Trials run one at a time.
 //!
-//! Cases whose enforcement has not landed yet are *ignored* (listed,
-//! reported as ignored, never counted as passed); `--include-ignored` runs
-//! them, and a case whose expected matrix blocks anything fails today.
+//! Trials whose enforcement is not there yet are *ignored* (`NOT_YET`:
+//! listed, reported as ignored, never counted as passed);
+//! `--include-ignored` runs them.
 use std::{
     panic::{catch_unwind, AssertUnwindSafe},
     sync::{Arc, Mutex},
@@ -35,14 +35,22 @@ use sluice_tests::netpol::{NetpolLab, NetpolOptions};
 #[path = "netpol/lifecycle.rs"]
 mod lifecycle;
 
-/// The trials switched on (by full name): the enforcement they check has
-/// landed and they were seen passing (and failing with it disabled). The
-/// other enforcement trials are ignored.
-const ENFORCED: &[&str] = &[];
+/// Trials whose enforcement is not there yet, by full name: ignored
+/// (listed, reported as ignored, never counted as passed; run them with
+/// `--include-ignored`). Every other trial runs. With the datapath's policy
+/// check disabled (policy::enforce allowing everything), all of them fail
+/// but the baselines and the two upstream cases whose every matrix is all
+/// connected (they guard against over-blocking).
+const NOT_YET: &[&str] = &[
+    // The agents stall on the 66,000-except ipBlock that overflows
+    // POLICY_IDENTITIES (seen: no pass finished within 60 s, and the next
+    // trial's reset timed out), so the map never fills this way.
+    "full_map::a_full_policy_map_fails_closed_named_and_counted",
+];
 
 fn gated(t: Trial) -> Trial {
-    let on = ENFORCED.contains(&t.name());
-    t.with_ignored_flag(!on)
+    let off = NOT_YET.contains(&t.name());
+    t.with_ignored_flag(off)
 }
 
 /// The lab every trial shares, built by the first trial that needs it (a
@@ -229,11 +237,12 @@ fn main() {
             "restart::an_agent_killed_and_restarted_changes_no_verdict_and_breaks_no_open_connection",
             lifecycle::an_agent_killed_and_restarted_changes_no_verdict_and_breaks_no_open_connection,
         ),
+        ("no_gap::other_nodes_learn_a_new_pod_within_a_second", lifecycle::other_nodes_learn_a_new_pod_within_a_second),
+        // Last of its layout: when it fails, agents may stay busy for a while.
         (
             "full_map::a_full_policy_map_fails_closed_named_and_counted",
             lifecycle::a_full_policy_map_fails_closed_named_and_counted,
         ),
-        ("no_gap::other_nodes_learn_a_new_pod_within_a_second", lifecycle::other_nodes_learn_a_new_pod_within_a_second),
     ];
     for (name, body) in lifecycle {
         trials.push(gated(trial(&shared, name.into(), 1, Box::new(body))));

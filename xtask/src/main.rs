@@ -4,6 +4,8 @@
 //! - `build-ebpf`: build the eBPF object with Debian's toolchain.
 //! - `test`: setup, build, lint, and every test (unit and end to end).
 //! - `lab up|status|down`: a multi-node lab in network namespaces.
+//! - `guest <kernel> -- <command>`: a command on Debian's 6.1 or 6.12 kernel
+//!   in a qemu guest.
 use std::path::{Path, PathBuf};
 
 use anyhow::Result;
@@ -11,6 +13,7 @@ use clap::{Parser, Subcommand};
 
 mod bench;
 mod build_ebpf;
+mod guest;
 mod image;
 mod lab;
 mod setup;
@@ -47,6 +50,12 @@ enum Command {
         #[command(flatten)]
         args: bench::BenchArgs,
     },
+    /// Run a command on another kernel: Debian's 6.1 or 6.12 in a qemu
+    /// guest (TCG) sharing this machine's root read-only (root; slow).
+    Guest {
+        #[command(flatten)]
+        args: guest::GuestArgs,
+    },
     /// Build sluice's container image as an OCI archive (target/image/image.tar).
     Image,
     /// A local multi-node lab built from network namespaces.
@@ -68,6 +77,7 @@ fn main() -> Result<()> {
         Command::Test { args } => test::run(&args),
         Command::Lab { command } => lab::run(command),
         Command::Image => image::run(),
+        Command::Guest { args } => guest::run(&args),
         Command::Bench { args } => bench::run(&args),
     }
 }

@@ -19,11 +19,23 @@
 //!   server that is up but struggling.
 //!
 //! Any event resets both.
-use std::time::{Duration, Instant};
+//!
+//! `keep` is the loop the Service and policy watchers share: a paged
+//! watcher whose objects are kept, converted, in a keyed store.
+use std::{
+    collections::{BTreeMap, BTreeSet},
+    fmt::Debug,
+    sync::{Arc, Mutex},
+    time::{Duration, Instant},
+};
 
 use backon::{BackoffBuilder, ExponentialBackoff, ExponentialBuilder};
-use kube::runtime::watcher;
-use serde::{Deserialize, Serialize};
+use futures::{StreamExt, TryStreamExt};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
+use kube::{runtime::watcher, Api, Resource};
+use serde::{de::DeserializeOwned, Deserialize, Serialize};
+use tokio::sync::Notify;
+use tracing::{info, warn};
 
 use sluice_node::clock::now_unix;
 
@@ -174,6 +186,188 @@ impl OutageClock {
     /// Whether an error has come since the last complete list.
     pub fn in_outage(&self) -> bool {
         self.started.is_some()
+    }
+}
+
+/// One watcher's own condition, among the watchers sharing a store.
+#[derive(Debug, Default)]
+pub struct StreamState {
+    /// A complete list has been received.
+    pub listed: bool,
+    /// The last thing on the stream was not an error.
+    pub connected: bool,
+    /// The latest error, until the stream recovers.
+    pub error: Option<String>,
+}
+
+/// What a group of watchers keeps behind one lock (`S` below): the
+/// counters every one of its watchers moves.
+pub trait Store: Send + 'static {
+    /// An event arrived (list items included).
+    fn counted(&mut self);
+    /// A complete list arrived; `recovered`: it ended an outage.
+    fn relisted(&mut self, recovered: Option<Recovery>);
+    /// Recompute the group's summary from its streams.
+    fn summarize(&mut self);
+}
+
+/// A Kubernetes kind kept, converted, under its key in the store `S`.
+pub trait KeyedKind<S>: Resource<DynamicType = ()> + Clone + DeserializeOwned + Debug + Send + Sync + 'static {
+    type Key: Ord + Clone + Send + 'static;
+    /// What `convert` makes of an object.
+    type Converted: Send + 'static;
+    /// The kind's name in logs and errors.
+    const NAME: &'static str;
+    fn key(meta: &ObjectMeta) -> Option<Self::Key>;
+    fn convert(&self) -> Self::Converted;
+    /// Whether a converted object is kept (a list that shows it keeps its key).
+    fn kept(converted: &Self::Converted) -> bool;
+    /// This kind's stream in the store.
+    fn stream(store: &mut S) -> &mut StreamState;
+    /// An object a list shows: put it under `key` (or remove the key).
+    /// Whether the store changed.
+    fn listed(store: &mut S, key: Self::Key, converted: Self::Converted) -> bool;
+    /// An object a watch event brings: as `listed`.
+    fn applied(store: &mut S, key: Self::Key, converted: Self::Converted) -> bool;
+    /// An object deleted. Whether the store changed.
+    fn deleted(store: &mut S, key: &Self::Key) -> bool;
+    /// A list ended: drop every key it did not show. How many went.
+    fn retain(store: &mut S, keep: &BTreeSet<Self::Key>) -> usize;
+    /// The store changed; the event that changed it arrived at `arrived`.
+    fn changed(store: &mut S, arrived: Instant);
+}
+
+/// Put a model under its key, or remove the key when there is none.
+/// Whether the entries changed: an object whose model is the one kept
+/// already (only status, annotations or resourceVersion moved) is no change.
+pub fn put<K: Ord, M: PartialEq>(entries: &mut BTreeMap<K, M>, key: K, model: Option<M>) -> bool {
+    match model {
+        Some(m) if entries.get(&key) == Some(&m) => false,
+        Some(m) => {
+            entries.insert(key, m);
+            true
+        }
+        None => entries.remove(&key).is_some(),
+    }
+}
+
+/// Watch kind `K` into `store` for ever: list in pages of `page_size`, then
+/// watch; relist on 410 Gone and retry errors as `Retry` says. A relist
+/// updates the store in place and remembers only the keys it has seen; at
+/// its end every other key goes (deleted while the watch was cut). Its
+/// changes are announced once, at its end; every other change notifies
+/// `changed` (one permit) at once.
+pub async fn keep<K: KeyedKind<S>, S: Store>(api: Api<K>, page_size: u32, store: Arc<Mutex<S>>, changed: Arc<Notify>) {
+    let name = K::NAME;
+    let config = watcher::Config::default().page_size(page_size);
+    let mut stream = watcher(api, config).boxed();
+    let (mut retry, mut outage) = (Retry::default(), OutageClock::default());
+    // The keys a list in progress has shown.
+    let mut listed: BTreeSet<K::Key> = BTreeSet::new();
+    let mut list_changed = false;
+    // Count an event and apply `change` under the lock; whether the store changed.
+    let record = |arrived: Instant, change: &mut dyn FnMut(&mut S) -> bool| {
+        let mut store = store.lock().expect("kube watch lock");
+        let s = K::stream(&mut store);
+        s.connected = true;
+        s.error = None;
+        store.counted();
+        let changed = change(&mut store);
+        if changed {
+            K::changed(&mut store, arrived);
+        }
+        store.summarize();
+        changed
+    };
+    let failed = |error: String| {
+        let mut store = store.lock().expect("kube watch lock");
+        let s = K::stream(&mut store);
+        s.connected = false;
+        s.error = Some(error);
+        store.summarize();
+    };
+    loop {
+        let next = stream.try_next().await;
+        let arrived = Instant::now();
+        match next {
+            Ok(Some(event)) => {
+                retry.reset();
+                // Convert before taking the lock; the object is dropped here.
+                let changed_now = match event {
+                    watcher::Event::Init => {
+                        listed.clear();
+                        list_changed = false;
+                        record(arrived, &mut |_| false)
+                    }
+                    watcher::Event::InitApply(obj) => {
+                        let key = K::key(obj.meta());
+                        let converted = obj.convert();
+                        drop(obj);
+                        let mut item = key.map(|key| (key, converted));
+                        record(arrived, &mut |store| {
+                            if let Some((key, converted)) = item.take() {
+                                if K::kept(&converted) {
+                                    listed.insert(key.clone());
+                                }
+                                list_changed |= K::listed(store, key, converted);
+                            }
+                            false // announced at InitDone
+                        })
+                    }
+                    watcher::Event::InitDone => {
+                        let keep = std::mem::take(&mut listed);
+                        let mut recovered = outage.synced(arrived);
+                        record(arrived, &mut |store| {
+                            if let Some(r) = &recovered {
+                                info!(
+                                    kind = name,
+                                    outage_ms = r.outage_ms,
+                                    synced_after_return_ms = r.synced_after_return_ms,
+                                    "Kubernetes {name} synced again"
+                                );
+                            }
+                            let removed = K::retain(store, &keep);
+                            let s = K::stream(store);
+                            let first = !s.listed;
+                            s.listed = true;
+                            store.relisted(recovered.take());
+                            info!(kind = name, objects = keep.len(), removed, "Kubernetes {name} listed");
+                            first || list_changed || removed > 0
+                        })
+                    }
+                    watcher::Event::Apply(obj) => {
+                        let key = K::key(obj.meta());
+                        let converted = obj.convert();
+                        drop(obj);
+                        let mut item = key.map(|key| (key, converted));
+                        record(arrived, &mut |store| {
+                            item.take().is_some_and(|(key, converted)| K::applied(store, key, converted))
+                        })
+                    }
+                    watcher::Event::Delete(obj) => {
+                        let key = K::key(obj.meta());
+                        drop(obj);
+                        record(arrived, &mut |store| key.as_ref().is_some_and(|key| K::deleted(store, key)))
+                    }
+                };
+                if changed_now {
+                    changed.notify_one();
+                }
+            }
+            Ok(None) => {
+                failed("watch stream ended".into());
+                warn!(kind = name, "Kubernetes watch stream ended");
+                return;
+            }
+            Err(e) => {
+                // Keep the last view; the watcher retries when polled.
+                let class = classify(&e);
+                outage.failed(arrived, class);
+                failed(e.to_string());
+                warn!(kind = name, error = %e, ?class, "Kubernetes watch error; retrying");
+                retry.wait(class).await;
+            }
+        }
     }
 }
 

@@ -27,20 +27,19 @@ use std::{
     time::Instant,
 };
 
-use futures::{StreamExt, TryStreamExt};
 use k8s_openapi::{
     api::{core::v1 as core, networking::v1 as networking},
     apimachinery::pkg::apis::meta::v1::ObjectMeta,
 };
-use kube::{runtime::watcher, Api, Client, Resource};
+use kube::{Api, Client, Resource};
 use serde::{de::DeserializeOwned, Deserialize, Serialize};
 use tokio::sync::Notify;
-use tracing::{info, warn};
+use tracing::warn;
 
 use sluice_node::clock::now_unix;
 
 use super::model::{isolating_stand_in, Namespace, NetworkPolicy, Pod, PodKey, PolicyModel, PolicyName};
-use crate::kube_watch::{self, OutageClock, Recovery, Retry};
+use crate::kube_watch::{self, KeyedKind, Recovery, Store, StreamState};
 
 /// Objects per page of a list. Pods are the big kind (10,000 at the
 /// issue's scale, a few KiB of JSON each): a page is held whole while it
@@ -99,7 +98,7 @@ pub enum Kind {
 impl Kind {
     pub const ALL: [Kind; 3] = [Kind::Pods, Kind::Namespaces, Kind::Policies];
 
-    pub fn name(self) -> &'static str {
+    pub const fn name(self) -> &'static str {
         match self {
             Kind::Pods => "pods",
             Kind::Namespaces => "namespaces",
@@ -110,13 +109,6 @@ impl Kind {
     fn index(self) -> usize {
         self as usize
     }
-}
-
-#[derive(Default)]
-struct StreamState {
-    listed: bool,
-    connected: bool,
-    error: Option<String>,
 }
 
 #[derive(Default)]
@@ -138,6 +130,24 @@ impl Shared {
     fn changed(&mut self, arrived: Instant) {
         self.state.generation += 1;
         self.state.pending_since.get_or_insert(arrived);
+    }
+}
+
+impl Store for Shared {
+    fn counted(&mut self) {
+        self.state.events += 1;
+        self.state.last_event_unix = now_unix();
+    }
+
+    fn relisted(&mut self, recovered: Option<Recovery>) {
+        self.state.relists += 1;
+        if recovered.is_some() {
+            self.state.last_recovery = recovered;
+        }
+    }
+
+    fn summarize(&mut self) {
+        Shared::summarize(self)
     }
 }
 
@@ -212,6 +222,52 @@ impl Watched for networking::NetworkPolicy {
     }
 }
 
+impl<K: Watched> KeyedKind<Shared> for K {
+    type Key = K::Key;
+    type Converted = Converted<K::Model>;
+    const NAME: &'static str = K::KIND.name();
+    fn key(meta: &ObjectMeta) -> Option<K::Key> {
+        K::key(meta)
+    }
+    fn convert(&self) -> Converted<K::Model> {
+        K::convert(self)
+    }
+    fn kept(converted: &Converted<K::Model>) -> bool {
+        converted.model.is_some()
+    }
+    fn stream(shared: &mut Shared) -> &mut StreamState {
+        &mut shared.streams[K::KIND.index()]
+    }
+    fn listed(shared: &mut Shared, key: K::Key, converted: Converted<K::Model>) -> bool {
+        note_refusal(shared, K::KIND, &key, converted.error);
+        kube_watch::put(K::entries(&mut shared.view), key, converted.model)
+    }
+    fn applied(shared: &mut Shared, key: K::Key, converted: Converted<K::Model>) -> bool {
+        Self::listed(shared, key, converted)
+    }
+    fn deleted(shared: &mut Shared, key: &K::Key) -> bool {
+        note_refusal(shared, K::KIND, key, None);
+        K::entries(&mut shared.view).remove(key).is_some()
+    }
+    fn retain(shared: &mut Shared, keep: &BTreeSet<K::Key>) -> usize {
+        let kind = K::KIND;
+        let entries = K::entries(&mut shared.view);
+        let before = entries.len();
+        entries.retain(|k, _| keep.contains(k));
+        let removed = before - entries.len();
+        let prefix = format!("{} ", kind.name());
+        shared
+            .view
+            .refused
+            .retain(|k, _| !k.starts_with(&prefix) || keep.iter().any(|key| refused_key(kind, key) == *k));
+        removed
+    }
+    fn changed(shared: &mut Shared, arrived: Instant) {
+        shared.changed(arrived);
+        shared.state.generations[K::KIND.index()] += 1;
+    }
+}
+
 /// A Pod as the policy compiler reads it (see the module's comment).
 pub fn pod_from_k8s(pod: &core::Pod) -> Converted<Pod> {
     let finished =
@@ -250,19 +306,6 @@ pub fn policy_from_k8s(policy: &networking::NetworkPolicy) -> Converted<NetworkP
     }
 }
 
-/// Put an object's model under its key (or remove the key). Whether the
-/// entries changed.
-fn apply<K: Ord, M: PartialEq>(entries: &mut BTreeMap<K, M>, key: K, model: Option<M>) -> bool {
-    match model {
-        Some(m) if entries.get(&key) == Some(&m) => false,
-        Some(m) => {
-            entries.insert(key, m);
-            true
-        }
-        None => entries.remove(&key).is_some(),
-    }
-}
-
 fn refused_key(kind: Kind, key: &impl std::fmt::Display) -> String {
     format!("{} {key}", kind.name())
 }
@@ -280,149 +323,14 @@ impl KubePolicy {
     /// Start watching the three kinds in the background.
     pub fn start(client: Client) -> Self {
         let me = Self { shared: Arc::default(), changed: Arc::new(Notify::new()) };
-        tokio::spawn(me.clone().watch::<core::Pod>(Api::all(client.clone())));
-        tokio::spawn(me.clone().watch::<core::Namespace>(Api::all(client.clone())));
-        tokio::spawn(me.clone().watch::<networking::NetworkPolicy>(Api::all(client)));
+        tokio::spawn(me.watch::<core::Pod>(Api::all(client.clone())));
+        tokio::spawn(me.watch::<core::Namespace>(Api::all(client.clone())));
+        tokio::spawn(me.watch::<networking::NetworkPolicy>(Api::all(client)));
         me
     }
 
-    async fn watch<K: Watched>(self, api: Api<K>) {
-        let kind = K::KIND;
-        let config = watcher::Config::default().page_size(LIST_PAGE_SIZE);
-        let mut stream = watcher(api, config).boxed();
-        let (mut retry, mut outage) = (Retry::default(), OutageClock::default());
-        let mut listed: BTreeSet<K::Key> = BTreeSet::new();
-        let mut list_changed = false;
-        loop {
-            let next = stream.try_next().await;
-            let arrived = Instant::now();
-            match next {
-                Ok(Some(event)) => {
-                    retry.reset();
-                    let changed = match event {
-                        watcher::Event::Init => {
-                            listed.clear();
-                            list_changed = false;
-                            self.record(kind, arrived, |_| false)
-                        }
-                        watcher::Event::InitApply(obj) => {
-                            let key = K::key(obj.meta());
-                            let converted = obj.convert();
-                            drop(obj);
-                            self.record(kind, arrived, |shared| {
-                                if let Some(key) = key {
-                                    note_refusal(shared, kind, &key, converted.error);
-                                    if converted.model.is_some() {
-                                        listed.insert(key.clone());
-                                    }
-                                    list_changed |= apply(K::entries(&mut shared.view), key, converted.model);
-                                }
-                                false // announced at InitDone
-                            })
-                        }
-                        watcher::Event::InitDone => {
-                            let keep = std::mem::take(&mut listed);
-                            let recovered = outage.synced(arrived);
-                            self.record(kind, arrived, |shared| {
-                                if let Some(r) = recovered {
-                                    info!(
-                                        kind = kind.name(),
-                                        outage_ms = r.outage_ms,
-                                        synced_after_return_ms = r.synced_after_return_ms,
-                                        "Kubernetes {} synced again",
-                                        kind.name()
-                                    );
-                                    shared.state.last_recovery = Some(r);
-                                }
-                                let entries = K::entries(&mut shared.view);
-                                let before = entries.len();
-                                entries.retain(|k, _| keep.contains(k));
-                                let removed = before - entries.len();
-                                let prefix = format!("{} ", kind.name());
-                                shared.view.refused.retain(|k, _| {
-                                    !k.starts_with(&prefix) || keep.iter().any(|key| refused_key(kind, key) == *k)
-                                });
-                                let first = !shared.streams[kind.index()].listed;
-                                shared.streams[kind.index()].listed = true;
-                                shared.state.relists += 1;
-                                info!(
-                                    kind = kind.name(),
-                                    objects = keep.len(),
-                                    removed,
-                                    "Kubernetes {} listed",
-                                    kind.name()
-                                );
-                                first || list_changed || removed > 0
-                            })
-                        }
-                        watcher::Event::Apply(obj) => {
-                            let key = K::key(obj.meta());
-                            let converted = obj.convert();
-                            drop(obj);
-                            self.record(kind, arrived, |shared| {
-                                key.is_some_and(|key| {
-                                    note_refusal(shared, kind, &key, converted.error);
-                                    apply(K::entries(&mut shared.view), key, converted.model)
-                                })
-                            })
-                        }
-                        watcher::Event::Delete(obj) => {
-                            let key = K::key(obj.meta());
-                            drop(obj);
-                            self.record(kind, arrived, |shared| {
-                                key.is_some_and(|key| {
-                                    note_refusal(shared, kind, &key, None);
-                                    K::entries(&mut shared.view).remove(&key).is_some()
-                                })
-                            })
-                        }
-                    };
-                    if changed {
-                        self.changed.notify_one();
-                    }
-                }
-                Ok(None) => {
-                    let mut shared = self.shared.lock().expect("policy watch lock");
-                    let s = &mut shared.streams[kind.index()];
-                    s.connected = false;
-                    s.error = Some("watch stream ended".into());
-                    shared.summarize();
-                    warn!(kind = kind.name(), "Kubernetes watch stream ended");
-                    return;
-                }
-                Err(e) => {
-                    let class = kube_watch::classify(&e);
-                    outage.failed(arrived, class);
-                    {
-                        let mut shared = self.shared.lock().expect("policy watch lock");
-                        let s = &mut shared.streams[kind.index()];
-                        s.connected = false;
-                        s.error = Some(e.to_string());
-                        shared.summarize();
-                    }
-                    warn!(kind = kind.name(), error = %e, ?class, "Kubernetes watch error; retrying");
-                    retry.wait(class).await;
-                }
-            }
-        }
-    }
-
-    /// Count an event and apply `change` under the lock; returns whether
-    /// the view changed (then the generation moves).
-    fn record(&self, kind: Kind, arrived: Instant, change: impl FnOnce(&mut Shared) -> bool) -> bool {
-        let mut shared = self.shared.lock().expect("policy watch lock");
-        let s = &mut shared.streams[kind.index()];
-        s.connected = true;
-        s.error = None;
-        shared.state.events += 1;
-        shared.state.last_event_unix = now_unix();
-        let changed = change(&mut shared);
-        if changed {
-            shared.changed(arrived);
-            shared.state.generations[kind.index()] += 1;
-        }
-        shared.summarize();
-        changed
+    fn watch<K: Watched>(&self, api: Api<K>) -> impl std::future::Future<Output = ()> + Send + 'static {
+        kube_watch::keep(api, LIST_PAGE_SIZE, self.shared.clone(), self.changed.clone())
     }
 
     /// A copy of the view and the watches' state.

@@ -23,19 +23,17 @@ use std::{
     time::Instant,
 };
 
-use futures::{StreamExt, TryStreamExt};
 use k8s_openapi::{
     api::{core::v1 as core, discovery::v1 as discovery},
     apimachinery::pkg::apis::meta::v1::ObjectMeta,
 };
-use kube::{runtime::watcher, Api, Client, Resource};
+use kube::{Api, Client, Resource};
 use serde::{de::DeserializeOwned, Deserialize, Serialize};
 use tokio::sync::Notify;
-use tracing::{info, warn};
 
 use sluice_node::clock::now_unix;
 
-use crate::kube_watch::{self, OutageClock, Recovery, Retry};
+use crate::kube_watch::{self, KeyedKind, Recovery, Store, StreamState};
 
 use super::model::{
     Endpoint, EndpointSlice, Protocol, Service, ServiceKind, ServiceName, ServicePort, ServiceView, SlicePort, Touched,
@@ -87,14 +85,6 @@ pub struct ServicesState {
     pub last_change: Option<Instant>,
 }
 
-/// One watcher's own condition.
-#[derive(Default)]
-struct StreamState {
-    listed: bool,
-    connected: bool,
-    error: Option<String>,
-}
-
 #[derive(Default)]
 struct Shared {
     view: ServiceView,
@@ -123,6 +113,24 @@ impl Shared {
     }
 }
 
+impl Store for Shared {
+    fn counted(&mut self) {
+        self.state.events += 1;
+        self.state.last_event_unix = now_unix();
+    }
+
+    fn relisted(&mut self, recovered: Option<Recovery>) {
+        self.state.relists += 1;
+        if recovered.is_some() {
+            self.state.last_recovery = recovered;
+        }
+    }
+
+    fn summarize(&mut self) {
+        Shared::summarize(self)
+    }
+}
+
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum Kind {
     Services,
@@ -130,7 +138,7 @@ enum Kind {
 }
 
 impl Kind {
-    fn name(self) -> &'static str {
+    const fn name(self) -> &'static str {
         match self {
             Kind::Services => "services",
             Kind::Slices => "endpointslices",
@@ -138,30 +146,22 @@ impl Kind {
     }
 }
 
-/// A watched Kubernetes kind and the model it becomes.
+/// A watched Kubernetes kind and the model it becomes; `KeyedKind` is
+/// the same for both.
 trait Watched: Resource<DynamicType = ()> + Clone + DeserializeOwned + Debug + Send + Sync + 'static {
     type Model: PartialEq + Send + 'static;
     const KIND: Kind;
-    fn convert(&self) -> Option<Self::Model>;
+    /// `None`: not one of ours.
+    fn model(&self) -> Option<Self::Model>;
     fn entries(view: &mut ServiceView) -> &mut BTreeMap<ServiceName, Self::Model>;
     /// The Service an object of this kind (under `key`) belongs to.
     fn service_of(key: &ServiceName, model: &Self::Model) -> ServiceName;
 }
 
-/// Mark the Services an event touches: the one the stored version names
-/// and the one the new version names (a slice may be relabelled).
-fn touch<K: Watched>(shared: &mut Shared, key: &ServiceName, model: Option<&K::Model>) {
-    let old = K::entries(&mut shared.view).get(key).map(|m| K::service_of(key, m));
-    let new = model.map(|m| K::service_of(key, m));
-    for name in old.into_iter().chain(new) {
-        shared.touched.add(name);
-    }
-}
-
 impl Watched for core::Service {
     type Model = Service;
     const KIND: Kind = Kind::Services;
-    fn convert(&self) -> Option<Service> {
+    fn model(&self) -> Option<Service> {
         service_from_k8s(self)
     }
     fn entries(view: &mut ServiceView) -> &mut BTreeMap<ServiceName, Service> {
@@ -175,7 +175,7 @@ impl Watched for core::Service {
 impl Watched for discovery::EndpointSlice {
     type Model = EndpointSlice;
     const KIND: Kind = Kind::Slices;
-    fn convert(&self) -> Option<EndpointSlice> {
+    fn model(&self) -> Option<EndpointSlice> {
         slice_from_k8s(self)
     }
     fn entries(view: &mut ServiceView) -> &mut BTreeMap<ServiceName, EndpointSlice> {
@@ -186,18 +186,53 @@ impl Watched for discovery::EndpointSlice {
     }
 }
 
-/// Put an object's model under its key, or remove the key when the object
-/// is not (or no longer, e.g. relabelled) one of ours. Returns whether the
-/// entries changed: an event that changes nothing sluice keeps (status,
-/// annotations, resourceVersion alone) is no change.
-fn apply<M: PartialEq>(entries: &mut BTreeMap<ServiceName, M>, key: ServiceName, model: Option<M>) -> bool {
-    match model {
-        Some(m) if entries.get(&key) == Some(&m) => false,
-        Some(m) => {
-            entries.insert(key, m);
-            true
-        }
-        None => entries.remove(&key).is_some(),
+/// Mark the Services an event touches: the one the stored version names
+/// and the one the new version names (a slice may be relabelled).
+fn touch<K: Watched>(shared: &mut Shared, key: &ServiceName, model: Option<&K::Model>) {
+    let old = K::entries(&mut shared.view).get(key).map(|m| K::service_of(key, m));
+    let new = model.map(|m| K::service_of(key, m));
+    for name in old.into_iter().chain(new) {
+        shared.touched.add(name);
+    }
+}
+
+impl<K: Watched> KeyedKind<Shared> for K {
+    type Key = ServiceName;
+    type Converted = Option<K::Model>;
+    const NAME: &'static str = K::KIND.name();
+    fn key(meta: &ObjectMeta) -> Option<ServiceName> {
+        object_name(meta)
+    }
+    fn convert(&self) -> Option<K::Model> {
+        K::model(self)
+    }
+    fn kept(model: &Option<K::Model>) -> bool {
+        model.is_some()
+    }
+    fn stream(shared: &mut Shared) -> &mut StreamState {
+        shared.stream(K::KIND)
+    }
+    fn listed(shared: &mut Shared, key: ServiceName, model: Option<K::Model>) -> bool {
+        // The planner hears of it at the list's end, as of every Service.
+        kube_watch::put(K::entries(&mut shared.view), key, model)
+    }
+    fn applied(shared: &mut Shared, key: ServiceName, model: Option<K::Model>) -> bool {
+        touch::<K>(shared, &key, model.as_ref());
+        kube_watch::put(K::entries(&mut shared.view), key, model)
+    }
+    fn deleted(shared: &mut Shared, key: &ServiceName) -> bool {
+        touch::<K>(shared, key, None);
+        K::entries(&mut shared.view).remove(key).is_some()
+    }
+    fn retain(shared: &mut Shared, keep: &BTreeSet<ServiceName>) -> usize {
+        shared.touched = Touched::All;
+        let entries = K::entries(&mut shared.view);
+        let before = entries.len();
+        entries.retain(|k, _| keep.contains(k));
+        before - entries.len()
+    }
+    fn changed(shared: &mut Shared, arrived: Instant) {
+        shared.state.last_change = Some(arrived);
     }
 }
 
@@ -336,148 +371,13 @@ impl KubeServices {
     /// Start watching Services and EndpointSlices in the background.
     pub fn start(client: Client) -> Self {
         let me = Self { shared: Arc::default(), changed: Arc::new(Notify::new()) };
-        tokio::spawn(me.clone().watch::<core::Service>(Api::all(client.clone())));
-        tokio::spawn(me.clone().watch::<discovery::EndpointSlice>(Api::all(client)));
+        tokio::spawn(me.watch::<core::Service>(Api::all(client.clone())));
+        tokio::spawn(me.watch::<discovery::EndpointSlice>(Api::all(client)));
         me
     }
 
-    async fn watch<K: Watched>(self, api: Api<K>) {
-        let kind = K::KIND;
-        let config = watcher::Config::default().page_size(LIST_PAGE_SIZE);
-        let mut stream = watcher(api, config).boxed();
-        let (mut retry, mut outage) = (Retry::default(), OutageClock::default());
-        // The keys a list in progress has shown; at its end every other key
-        // goes (it was deleted while the watch was cut).
-        let mut listed: BTreeSet<ServiceName> = BTreeSet::new();
-        let mut list_changed = false;
-        loop {
-            let next = stream.try_next().await;
-            let arrived = Instant::now();
-            match next {
-                Ok(Some(event)) => {
-                    retry.reset();
-                    // Convert before taking the lock; the object is dropped here.
-                    let changed = match event {
-                        watcher::Event::Init => {
-                            listed.clear();
-                            list_changed = false;
-                            self.record(kind, arrived, |_| false)
-                        }
-                        watcher::Event::InitApply(obj) => {
-                            let key = object_name(obj.meta());
-                            let model = obj.convert();
-                            drop(obj);
-                            self.record(kind, arrived, |shared| {
-                                if let Some(key) = key {
-                                    if model.is_some() {
-                                        listed.insert(key.clone());
-                                    }
-                                    list_changed |= apply(K::entries(&mut shared.view), key, model);
-                                }
-                                false // the planner hears of it at InitDone
-                            })
-                        }
-                        watcher::Event::InitDone => {
-                            let keep = std::mem::take(&mut listed);
-                            let recovered = outage.synced(arrived);
-                            self.record(kind, arrived, |shared| {
-                                if let Some(r) = recovered {
-                                    info!(
-                                        kind = kind.name(),
-                                        outage_ms = r.outage_ms,
-                                        synced_after_return_ms = r.synced_after_return_ms,
-                                        "Kubernetes {} synced again",
-                                        kind.name()
-                                    );
-                                    shared.state.last_recovery = Some(r);
-                                }
-                                shared.touched = Touched::All;
-                                let entries = K::entries(&mut shared.view);
-                                let before = entries.len();
-                                entries.retain(|k, _| keep.contains(k));
-                                let removed = before - entries.len();
-                                let first = !shared.stream(kind).listed;
-                                shared.stream(kind).listed = true;
-                                shared.state.relists += 1;
-                                info!(
-                                    kind = kind.name(),
-                                    objects = keep.len(),
-                                    removed,
-                                    "Kubernetes {} listed",
-                                    kind.name()
-                                );
-                                first || list_changed || removed > 0
-                            })
-                        }
-                        watcher::Event::Apply(obj) => {
-                            let key = object_name(obj.meta());
-                            let model = obj.convert();
-                            drop(obj);
-                            self.record(kind, arrived, |shared| {
-                                key.is_some_and(|key| {
-                                    touch::<K>(shared, &key, model.as_ref());
-                                    apply(K::entries(&mut shared.view), key, model)
-                                })
-                            })
-                        }
-                        watcher::Event::Delete(obj) => {
-                            let key = object_name(obj.meta());
-                            drop(obj);
-                            self.record(kind, arrived, |shared| {
-                                key.is_some_and(|key| {
-                                    touch::<K>(shared, &key, None);
-                                    K::entries(&mut shared.view).remove(&key).is_some()
-                                })
-                            })
-                        }
-                    };
-                    if changed {
-                        self.changed.notify_one();
-                    }
-                }
-                Ok(None) => {
-                    let mut shared = self.shared.lock().expect("services state lock");
-                    let s = shared.stream(kind);
-                    s.connected = false;
-                    s.error = Some("watch stream ended".into());
-                    shared.summarize();
-                    warn!(kind = kind.name(), "Kubernetes watch stream ended");
-                    return;
-                }
-                Err(e) => {
-                    // Keep the last view; the watcher retries when polled.
-                    let class = kube_watch::classify(&e);
-                    outage.failed(arrived, class);
-                    {
-                        let mut shared = self.shared.lock().expect("services state lock");
-                        let s = shared.stream(kind);
-                        s.connected = false;
-                        s.error = Some(e.to_string());
-                        shared.summarize();
-                    }
-                    warn!(kind = kind.name(), error = %e, ?class, "Kubernetes watch error; retrying");
-                    retry.wait(class).await;
-                }
-            }
-        }
-    }
-
-    /// Count an event of `kind`'s stream and apply `change` to the view,
-    /// under the lock. Returns what `change` returned: the view changed (then
-    /// `arrived` is the latest change's time).
-    fn record(&self, kind: Kind, arrived: Instant, change: impl FnOnce(&mut Shared) -> bool) -> bool {
-        let mut shared = self.shared.lock().expect("services state lock");
-        let s = shared.stream(kind);
-        s.connected = true;
-        s.error = None;
-        shared.state.events += 1;
-        shared.state.last_event_unix = now_unix();
-        let changed = change(&mut shared);
-        if changed {
-            shared.state.last_change = Some(arrived);
-        }
-        shared.summarize();
-        changed
+    fn watch<K: Watched>(&self, api: Api<K>) -> impl std::future::Future<Output = ()> + Send + 'static {
+        kube_watch::keep(api, LIST_PAGE_SIZE, self.shared.clone(), self.changed.clone())
     }
 
     /// The current view (a copy) and the watches' state.

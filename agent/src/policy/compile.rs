@@ -420,7 +420,7 @@ mod tests {
             ports: vec![],
         };
         let block = Rule {
-            peers: vec![Peer::IpBlock(IpBlock { cidr: "192.0.2.0/24".parse().unwrap(), except: vec![] })],
+            peers: vec![Peer::IpBlock(IpBlock::new("192.0.2.0/24".parse().unwrap(), []))],
             ports: vec![PortSpec { protocol: Protocol::Udp, port: Some(PortRef::Number(53)), end_port: Some(60) }],
         };
         m.add_policy(policy("p1", LabelSelector::labels([("pod", "a")]), Some(vec![from_b]), None));

@@ -250,10 +250,8 @@ mod tests {
     #[test]
     fn unknown_cluster_addresses_are_their_own_denial_and_ip_blocks_never_match_them() {
         let mut m = model();
-        let outside_and_cluster = Rule {
-            peers: vec![Peer::IpBlock(IpBlock { cidr: "0.0.0.0/0".parse().unwrap(), except: vec![] })],
-            ports: vec![],
-        };
+        let outside_and_cluster =
+            Rule { peers: vec![Peer::IpBlock(IpBlock::new("0.0.0.0/0".parse().unwrap(), []))], ports: vec![] };
         m.add_policy(ingress_policy("from-anywhere-by-cidr", vec![outside_and_cluster]));
         let maps = ClusterMaps::compile(&m);
         let n1 = &maps.nodes["n1"];

@@ -134,9 +134,12 @@ impl IdentityTable {
     ///   longest match it is; inside the cluster CIDR: unknown-cluster, so
     ///   an ipBlock never lets an unknown pod address through.
     pub fn build(model: &PolicyModel, node: &str, allocator: &mut IdentityAllocator) -> Self {
-        let blocks = model.ip_blocks();
+        let blocks: Vec<IpBlock> = model.ip_blocks().into_iter().collect();
+        // The blocks `ip` is in, by index into `blocks`.
+        let block_indices =
+            |ip: Ipv4Addr| -> Vec<usize> { (0..blocks.len()).filter(|&i| blocks[i].contains(ip)).collect() };
         let blocks_of =
-            |ip: Ipv4Addr| -> BTreeSet<IpBlock> { blocks.iter().filter(|b| b.contains(ip)).cloned().collect() };
+            |indices: &[usize]| -> BTreeSet<IpBlock> { indices.iter().map(|&i| blocks[i].clone()).collect() };
         let mut table = IdentityTable::default();
         let mut live = BTreeSet::new();
         let mut add = |table: &mut IdentityTable, net: Ipv4Network, class: IdentityClass| {
@@ -152,7 +155,9 @@ impl IdentityTable {
         // labels, ports, ipBlocks) make their class once: at 10,000 pods
         // building and comparing classes was most of a rebuild. The first
         // pod of each class still allocates it, in the same order as before.
-        type Alike<'m> = (&'m str, &'m Labels, &'m [super::model::ContainerPort], Vec<&'m IpBlock>);
+        // Blocks by index: hashing a block would hash all its excepts, for
+        // every pod.
+        type Alike<'m> = (&'m str, &'m Labels, &'m [super::model::ContainerPort], Vec<usize>);
         let mut seen: HashMap<Alike, u32> = HashMap::new();
         for pod in model.pods.values().filter(|p| !p.host_network) {
             let Some(ns) = model.namespaces.get(&pod.key.namespace) else {
@@ -162,12 +167,7 @@ impl IdentityTable {
                 continue;
             };
             for &ip in &pod.ips {
-                let alike: Alike = (
-                    ns.name.as_str(),
-                    &pod.labels,
-                    pod.ports.as_slice(),
-                    blocks.iter().filter(|b| b.contains(ip)).collect(),
-                );
+                let alike: Alike = (ns.name.as_str(), &pod.labels, pod.ports.as_slice(), block_indices(ip));
                 if let Some(&id) = seen.get(&alike) {
                     table.prefixes.entry(host(ip)).or_insert(id);
                     continue;
@@ -182,7 +182,7 @@ impl IdentityTable {
                     namespace_labels: ns.labels.clone(),
                     labels: pod.labels.clone(),
                     named_ports,
-                    blocks: blocks_of(ip),
+                    blocks: blocks_of(&alike.3),
                 };
                 let id = add(&mut table, host(ip), class);
                 seen.insert(alike, id);
@@ -192,14 +192,14 @@ impl IdentityTable {
             if name == node {
                 table.prefixes.insert(host(ip), IDENTITY_HOST);
             } else {
-                add(&mut table, host(ip), IdentityClass::RemoteNode { blocks: blocks_of(ip) });
+                add(&mut table, host(ip), IdentityClass::RemoteNode { blocks: blocks_of(&block_indices(ip)) });
             }
         }
         for &cidr in &model.cluster_cidrs {
             table.prefixes.entry(cidr).or_insert(IDENTITY_UNKNOWN_CLUSTER);
         }
         let named: BTreeSet<Ipv4Network> =
-            blocks.iter().flat_map(|b| std::iter::once(b.cidr).chain(b.except.iter().copied())).collect();
+            blocks.iter().flat_map(|b| std::iter::once(b.cidr).chain(b.except().iter().copied())).collect();
         for prefix in named {
             if table.prefixes.contains_key(&prefix) {
                 continue;
@@ -244,10 +244,10 @@ mod tests {
             types: PolicyTypes { ingress: false, egress: true },
             ingress: vec![],
             egress: vec![Rule {
-                peers: vec![Peer::IpBlock(IpBlock {
-                    cidr: cidr.parse().unwrap(),
-                    except: except.iter().map(|e| e.parse().unwrap()).collect(),
-                })],
+                peers: vec![Peer::IpBlock(IpBlock::new(
+                    cidr.parse().unwrap(),
+                    except.iter().map(|e| e.parse().unwrap()),
+                ))],
                 ports: vec![],
             }],
         }

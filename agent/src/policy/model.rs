@@ -200,23 +200,80 @@ impl Namespace {
     }
 }
 
-/// An ipBlock: `cidr` minus `except`.
+/// An ipBlock: `cidr` minus `except`. Built by [`IpBlock::new`], which
+/// keeps `except` sorted and deduplicated: every question about it is a few
+/// binary searches, never a scan. A policy may name tens of thousands of
+/// excepts, and each of them is asked about (`identity.rs` classifies every
+/// named prefix): a scan per question made that quadratic (issue 25: 66,000
+/// excepts never finished a pass).
 #[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub struct IpBlock {
     pub cidr: Ipv4Network,
-    pub except: Vec<Ipv4Network>,
+    except: Vec<Ipv4Network>,
+    /// The excepts no other except holds, as sorted, disjoint address
+    /// ranges (first, last): what "is this excepted" searches (derived
+    /// from `except`).
+    outermost: Vec<(u32, u32)>,
 }
 
 impl IpBlock {
+    /// `cidr` minus `except`; every prefix normalized (host bits cleared),
+    /// the excepts sorted and deduplicated.
+    pub fn new(cidr: Ipv4Network, except: impl IntoIterator<Item = Ipv4Network>) -> Self {
+        let mut except: Vec<Ipv4Network> = except.into_iter().map(normalized).collect();
+        except.sort_unstable();
+        except.dedup();
+        // Sorted by address, the wider first at one address: an except
+        // inside another comes after it, and after no disjoint one between
+        // (prefixes nest or are disjoint), so comparing with the last kept
+        // range is enough.
+        let mut by_address: Vec<(u32, u32)> = except.iter().map(|&e| range(e)).collect();
+        by_address.sort_unstable_by_key(|&(first, last)| (first, std::cmp::Reverse(last)));
+        let mut outermost: Vec<(u32, u32)> = Vec::with_capacity(by_address.len());
+        for r in by_address {
+            if outermost.last().is_none_or(|&(_, last)| r.0 > last) {
+                outermost.push(r);
+            }
+        }
+        IpBlock { cidr: normalized(cidr), except, outermost }
+    }
+
+    /// The excepts, sorted.
+    pub fn except(&self) -> &[Ipv4Network] {
+        &self.except
+    }
+
     pub fn contains(&self, ip: Ipv4Addr) -> bool {
-        self.cidr.contains(ip) && !self.except.iter().any(|e| e.contains(ip))
+        self.cidr.contains(ip) && !self.excepted(host_prefix(ip))
     }
 
     /// Whether every address of `prefix` is in the block (prefixes are
     /// nested or disjoint, so this is exact for the prefixes policies name).
     pub fn covers_prefix(&self, prefix: Ipv4Network) -> bool {
-        is_subnet(prefix, self.cidr) && !self.except.iter().any(|&e| is_subnet(prefix, e))
+        is_subnet(prefix, self.cidr) && !self.excepted(prefix)
     }
+
+    /// Whether one except holds all of `prefix`: the outermost except
+    /// starting at or before it ends at or after it. One binary search.
+    fn excepted(&self, prefix: Ipv4Network) -> bool {
+        let (first, last) = range(prefix);
+        let i = self.outermost.partition_point(|&(start, _)| start <= first);
+        i > 0 && self.outermost[i - 1].1 >= last
+    }
+}
+
+/// `net` with its host bits cleared.
+fn normalized(net: Ipv4Network) -> Ipv4Network {
+    Ipv4Network::new(net.network(), net.prefix()).expect("a valid prefix stays valid")
+}
+
+/// The first and last address of `net`.
+fn range(net: Ipv4Network) -> (u32, u32) {
+    (u32::from(net.network()), u32::from(net.broadcast()))
+}
+
+fn host_prefix(ip: Ipv4Addr) -> Ipv4Network {
+    Ipv4Network::new(ip, 32).expect("/32 is a valid prefix")
 }
 
 /// `inner` ⊆ `outer`.
@@ -410,9 +467,7 @@ fn ip_block(block: &networking::IPBlock) -> Result<Peer, PolicyError> {
             IpNetwork::V6(_) => return Err(bad("IPv6 except in an IPv4 block")),
         }
     }
-    except.sort();
-    except.dedup();
-    Ok(Peer::IpBlock(IpBlock { cidr, except }))
+    Ok(Peer::IpBlock(IpBlock::new(cidr, except)))
 }
 
 fn port_spec(p: &networking::NetworkPolicyPort) -> Result<PortSpec, PolicyError> {
@@ -557,10 +612,7 @@ mod tests {
         );
         assert_eq!(
             r.peers[3],
-            Peer::IpBlock(IpBlock {
-                cidr: "10.0.0.0/8".parse().unwrap(),
-                except: vec!["10.1.0.0/16".parse().unwrap()]
-            })
+            Peer::IpBlock(IpBlock::new("10.0.0.0/8".parse().unwrap(), ["10.1.0.0/16".parse().unwrap()]))
         );
         assert_eq!(r.peers[4], Peer::Ipv6Block("fd00::/8".into()));
         assert_eq!(r.ports[0], PortSpec { protocol: Protocol::Tcp, port: Some(PortRef::Number(80)), end_port: None });
@@ -654,8 +706,70 @@ mod tests {
     }
 
     #[test]
+    fn ip_block_excepts_nested_unsorted_or_with_host_bits_answer_as_a_scan_would() {
+        let nets = |v: &[&str]| -> Vec<Ipv4Network> { v.iter().map(|s| s.parse().unwrap()).collect() };
+        // Unsorted, a duplicate, one with host bits set, excepts nested in
+        // excepts, and many /32s after a wide except (the search must still
+        // find the /16 that holds 10.1.200.7).
+        let except = nets(&[
+            "10.9.0.0/24",
+            "10.1.0.0/16",
+            "10.1.2.0/24",
+            "10.1.2.3/32",
+            "10.9.0.0/24",
+            "10.5.7.9/16",
+            "10.1.0.1/32",
+            "10.1.255.255/32",
+            "10.2.0.0/32",
+        ]);
+        let b = IpBlock::new("10.0.0.0/8".parse().unwrap(), except.clone());
+        assert_eq!(b.except().len(), 8, "sorted and deduplicated: {:?}", b.except());
+        assert!(b.except().windows(2).all(|w| w[0] < w[1]));
+        let scan_contains = |ip: Ipv4Addr| {
+            "10.0.0.0/8".parse::<Ipv4Network>().unwrap().contains(ip) && !except.iter().any(|e| e.contains(ip))
+        };
+        for ip in [
+            "10.1.200.7",
+            "10.1.2.3",
+            "10.1.0.0",
+            "10.1.255.255",
+            "10.2.0.0",
+            "10.2.0.1",
+            "10.5.0.0",
+            "10.5.255.255",
+            "10.6.0.0",
+            "10.9.0.255",
+            "10.9.1.0",
+            "10.0.0.0",
+            "10.255.255.255",
+            "11.0.0.0",
+            "9.255.255.255",
+        ] {
+            let ip: Ipv4Addr = ip.parse().unwrap();
+            assert_eq!(b.contains(ip), scan_contains(ip), "{ip}");
+        }
+        for (prefix, covered) in [
+            ("10.1.2.0/24", false),
+            ("10.1.0.0/16", false),
+            ("10.0.0.0/15", true),
+            ("10.5.0.0/16", false),
+            ("10.5.0.0/15", true),
+            ("10.9.0.0/23", true),
+            ("10.9.0.128/25", false),
+            ("10.2.0.0/32", false),
+            ("10.2.0.0/31", true),
+            ("10.0.0.0/8", true),
+            ("0.0.0.0/0", false),
+        ] {
+            assert_eq!(b.covers_prefix(prefix.parse().unwrap()), covered, "{prefix}");
+        }
+        assert!(IpBlock::new("0.0.0.0/0".parse().unwrap(), []).contains(Ipv4Addr::new(1, 2, 3, 4)));
+        assert_eq!(IpBlock::new("10.1.2.3/8".parse().unwrap(), []).cidr, "10.0.0.0/8".parse().unwrap());
+    }
+
+    #[test]
     fn ip_block_containment() {
-        let b = IpBlock { cidr: "10.0.0.0/8".parse().unwrap(), except: vec!["10.1.0.0/16".parse().unwrap()] };
+        let b = IpBlock::new("10.0.0.0/8".parse().unwrap(), ["10.1.0.0/16".parse().unwrap()]);
         assert!(b.contains(Ipv4Addr::new(10, 2, 0, 1)));
         assert!(!b.contains(Ipv4Addr::new(10, 1, 0, 1)));
         assert!(!b.contains(Ipv4Addr::new(11, 0, 0, 1)));

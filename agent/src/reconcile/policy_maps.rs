@@ -1041,14 +1041,59 @@ mod tests {
         assert_eq!(rebuilt, uncached(&m));
         // An ipBlock appears (policies only, but the table depends on it).
         let mut p = allow_from("cidr", &[]);
-        p.ingress[0].peers = vec![Peer::IpBlock(crate::policy::model::IpBlock {
-            cidr: "192.0.2.0/24".parse().unwrap(),
-            except: vec![],
-        })];
+        p.ingress[0].peers =
+            vec![Peer::IpBlock(crate::policy::model::IpBlock::new("192.0.2.0/24".parse().unwrap(), []))];
         m.add_policy(p);
         let with_block = run(&m, Some((2, 1)), &mut cache);
         assert_eq!(cache.reused, 1, "a new ipBlock must not reuse the table");
         assert!(with_block.identities.contains_key(&"192.0.2.0/24".parse().unwrap()));
+    }
+
+    /// Issue 25: one ipBlock with 66,000 excepts (more prefixes than
+    /// `POLICY_IDENTITIES` holds) must not stall the pass: it completes and
+    /// reports the full map, every isolated pod failed closed. Classifying
+    /// each except scanned every except (quadratic): this pass took minutes
+    /// in a debug build, so the guard below fails it instead of hanging.
+    #[test]
+    fn an_ip_block_with_more_excepts_than_the_identities_map_holds_fails_closed_quickly() {
+        use std::sync::mpsc;
+        use std::time::{Duration, Instant};
+
+        use sluice_common::maps::limits::MAX_POLICY_IDENTITIES;
+
+        const EXCEPTS: u32 = 66_000;
+        let (done, finished) = mpsc::channel();
+        std::thread::spawn(move || {
+            let mut node = Node::new();
+            let mut m = model();
+            m.add_policy(allow_from("p", &[("app", "db")]));
+            let first = u32::from(ip("200.0.0.0"));
+            let except = (0..EXCEPTS).map(|i| Ipv4Network::new(Ipv4Addr::from(first + i), 32).unwrap());
+            let mut big = allow_from("too-many-prefixes", &[]);
+            big.types = PolicyTypes { ingress: false, egress: true };
+            big.egress = std::mem::take(&mut big.ingress);
+            big.egress[0].peers = vec![Peer::IpBlock(IpBlock::new("192.0.0.0/2".parse().unwrap(), except))];
+            m.add_policy(big);
+            let started = Instant::now();
+            let desired = node.desired(&m);
+            let compiled = started.elapsed();
+            let mut t = FakeTables { max_identities: Some(MAX_POLICY_IDENTITIES as usize), ..Default::default() };
+            let mut r = PolicyReconciler::resume(&mut t).unwrap();
+            let report = r.apply(&mut t, &desired).unwrap();
+            let _ = done.send((desired, report, t, compiled, started.elapsed()));
+        });
+        let (desired, report, t, compiled, pass) = finished
+            .recv_timeout(Duration::from_secs(60))
+            .expect("the pass did not finish within 60 s (debug build; it takes about a second)");
+        eprintln!("compile {compiled:?}, compile and apply {pass:?}");
+        assert!(desired.identities.len() > EXCEPTS as usize, "every except is a prefix of its own");
+        assert_eq!(report.full.len(), 1, "{report:?}");
+        assert_eq!(report.full[0].map, "POLICY_IDENTITIES");
+        assert_eq!(report.full[0].pods, [PodKey::new("x", "a"), PodKey::new("x", "b"), PodKey::new("x", "d")]);
+        assert_eq!(t.t.identities.len(), MAX_POLICY_IDENTITIES as usize);
+        let closed = EndpointPolicy { rules_id: 0, flags: ENDPOINT_INGRESS_ISOLATED | ENDPOINT_EGRESS_ISOLATED };
+        assert_eq!(ep(&t, "10.244.1.2"), closed, "isolated both ways with no allow rule");
+        assert!(t.t.rules.is_empty());
     }
 
     #[test]

@@ -31,7 +31,7 @@ use sluice_node::{
         bpffs,
         pinned_maps::{self, NodeRoutes},
         pins::PinDir,
-        policy_maps, sock_lb, Datapath, MapSizes,
+        policy_ct_gc, policy_maps, sock_lb, Datapath, MapSizes,
     },
     net::netlink::Netlink,
     pod::device::PodDevice,
@@ -339,6 +339,37 @@ fn start_policy_loop(
     };
     tokio::spawn(policy_loop::supervise(state.clone(), start));
     state
+}
+
+/// How often `POLICY_CT`'s idle entries are collected.
+const POLICY_CT_GC_INTERVAL: Duration = Duration::from_secs(30);
+
+/// Collect `POLICY_CT`'s idle entries every `POLICY_CT_GC_INTERVAL`, in the
+/// background (a pass walks the map with a syscall per entry: off the
+/// runtime's threads). A failed pass is logged and the next one tried.
+fn start_policy_ct_gc(pins: &PinDir) {
+    let pins = pins.clone();
+    tokio::spawn(async move {
+        let mut tick = tokio::time::interval(POLICY_CT_GC_INTERVAL);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tick.tick().await;
+            let pins = pins.clone();
+            let pass = tokio::task::spawn_blocking(move || -> Result<policy_ct_gc::GcPass> {
+                let mut ct = policy_maps::PolicyCt::open(&pins)?;
+                policy_ct_gc::collect(&mut ct, policy_ct_gc::monotonic_now_ns()?, &Default::default())
+            })
+            .await;
+            match pass {
+                Ok(Ok(pass)) if pass.removed > 0 => {
+                    info!(scanned = pass.scanned, removed = pass.removed, "POLICY_CT idle entries collected")
+                }
+                Ok(Ok(_)) => {}
+                Ok(Err(e)) => warn!(error = %format!("{e:#}"), "POLICY_CT collection failed"),
+                Err(e) => warn!(error = %e, "POLICY_CT collection panicked"),
+            }
+        }
+    });
 }
 
 /// Wait for the first complete membership that names this node's pod CIDR.
@@ -706,6 +737,7 @@ pub async fn run(
     let (health_netns, agent_metrics, service_lb_state) =
         serve_node_endpoints(&netlink, &node, &uplink, pod_cidr, &datapath, services, &reconcilers).await?;
 
+    start_policy_ct_gc(&pins);
     // Before the conflist: ADD waits (briefly) for POLICY_PODS, and fails
     // closed once the flag says an agent enforces NetworkPolicy here.
     let policy_state = match (policy, &source) {

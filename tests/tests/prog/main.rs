@@ -16,6 +16,7 @@ mod from_pod;
 mod from_uplink;
 mod malformed;
 mod policy_ct;
+mod policy_ct_gc;
 mod policy_egress;
 mod policy_events;
 mod policy_ingress;

@@ -21,6 +21,7 @@ pub mod migrate;
 pub mod pin_lock;
 pub mod pinned_maps;
 pub mod pins;
+pub mod policy_ct_gc;
 pub mod policy_maps;
 pub mod retired_maps;
 pub mod service_maps;

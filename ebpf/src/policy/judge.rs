@@ -86,24 +86,16 @@ fn direction(dir: Direction, ep: &EndpointPolicy, peer_be: u32, protocol: u8, po
     (verdict_from((packed >> 32) as u32), packed as u32)
 }
 
-/// The lookups and `policy_verdict` of `direction`, as a BPF *global*
-/// function (exported, not inlined: BTF gives it global linkage). The
-/// verifier checks a global function once, on its own, and at each call
-/// takes its result as any value of its type; inlined, the paths of the
-/// lookups (identity found or not, which entry matched, which verdict)
-/// multiplied with every path of the program that calls it (`from_pod`
-/// took 324,276 verified instructions, 16,292 without policy). Scalars
-/// in, one scalar out: the verdict in the high 32 bits, the policy ref in
-/// the low ones; `protocol_port`: protocol << 16 | destination port.
-#[unsafe(no_mangle)]
-#[inline(never)]
-pub extern "C" fn sluice_policy_direction(
-    dir: u32,
-    rules_id: u32,
-    flags: u32,
-    peer_be: u32,
-    protocol_port: u32,
-) -> u64 {
+/// The lookups and `policy_verdict` of `direction`. Inlined into
+/// `sluice_policy_judge_packet` (a global function, checked once per
+/// program): a global function of its own here would add a frame, and
+/// Linux 6.1 counts every frame of the call chain against its 512-byte
+/// stack (`from_pod` 272 + judge 192 + this 40, each rounded up to 32:
+/// 544, refused), where 6.18 accepts it. Scalars in, one scalar out: the
+/// verdict in the high 32 bits, the policy ref in the low ones;
+/// `protocol_port`: protocol << 16 | destination port.
+#[inline(always)]
+fn sluice_policy_direction(dir: u32, rules_id: u32, flags: u32, peer_be: u32, protocol_port: u32) -> u64 {
     let dir = if dir == Direction::Egress as u32 { Direction::Egress } else { Direction::Ingress };
     let (protocol, port) = ((protocol_port >> 16) as u8, protocol_port as u16);
     let identity = match POLICY_IDENTITIES.get(Key::new(32, peer_be)) {
@@ -127,8 +119,8 @@ pub extern "C" fn sluice_policy_direction(
     ((verdict as u64) << 32) | policy_ref as u64
 }
 
-/// The verdict numbered `n` (a global function's result, which the
-/// verifier knows nothing about): an unknown number is a denial.
+/// The verdict numbered `n` (the packed result): an unknown number is a
+/// denial.
 #[inline(always)]
 fn verdict_from(n: u32) -> PolicyVerdict {
     const NOT_ISOLATED: u32 = PolicyVerdict::AllowedNotIsolated as u32;

@@ -29,20 +29,27 @@ fn idle_entries_go_after_their_timeout_and_live_ones_stay() {
     let mut ct = PolicyCt::open(n.dp.pins()).unwrap();
     let live = ct.get(&ct_key(A, B, 40000, 80, TCP)).unwrap().expect("the program's entry");
     assert!(now.abs_diff(live.last_seen_ns) < 5_000_000_000, "one clock: {now} vs {}", live.last_seen_ns);
-    let minutes = |m: u64| now - m * 60_000_000_000;
+    // A pass now leaves the live connection.
+    assert_eq!(collect(&mut ct, now, &CtTimeouts::default()).unwrap(), GcPass { scanned: 1, removed: 0 });
+    ct.remove(&ct_key(A, B, 40000, 80, TCP)).unwrap();
+    // Crafted stamps on a clock of their own (a guest booted seconds ago
+    // has no "two hours ago" on CLOCK_MONOTONIC): a UDP flow idle 2
+    // minutes, a TCP attempt never answered idle 2 minutes, an established
+    // TCP connection idle 2 hours, one just used.
+    let at = 10 * 3600 * 1_000_000_000u64;
+    let minutes = |m: u64| at - m * 60_000_000_000;
     let stale = |last_seen_ns, flags| CtEntry { epoch: 0, flags, last_seen_ns, egress_ref: 1, ingress_ref: 1 };
-    // A UDP flow idle 2 minutes, a TCP attempt never answered idle 2
-    // minutes, an established TCP connection idle 2 hours.
     ct.insert(ct_key(A, B, 40001, 53, UDP), stale(minutes(2), CT_REPLY_SEEN)).unwrap();
     ct.insert(ct_key(A, B, 40002, 80, TCP), stale(minutes(2), 0)).unwrap();
     ct.insert(ct_key(A, B, 40003, 80, TCP), stale(minutes(120), CT_REPLY_SEEN)).unwrap();
-    let pass = collect(&mut ct, monotonic_now_ns().unwrap(), &CtTimeouts::default()).unwrap();
+    ct.insert(ct_key(A, B, 40004, 80, TCP), stale(at, 0)).unwrap();
+    let pass = collect(&mut ct, at, &CtTimeouts::default()).unwrap();
     assert_eq!(pass, GcPass { scanned: 4, removed: 2 });
     let mut left: Vec<_> = ct.all().unwrap().into_iter().map(|(k, _)| u16::from_be(k.src_port_be)).collect();
     left.sort();
-    assert_eq!(left, [40000, 40003]);
+    assert_eq!(left, [40003, 40004]);
     // Past the established timeout too.
     let short = CtTimeouts { tcp_established: Duration::from_secs(3600), other: Duration::from_secs(60) };
-    assert_eq!(collect(&mut ct, monotonic_now_ns().unwrap(), &short).unwrap().removed, 1);
-    assert_eq!(ct.all().unwrap().len(), 1, "the live connection stays");
+    assert_eq!(collect(&mut ct, at, &short).unwrap().removed, 1);
+    assert_eq!(ct.all().unwrap().len(), 1, "the one just used stays");
 }

@@ -584,8 +584,12 @@ impl Lab {
     /// SIGKILL node `i`'s agent (the datapath must carry on without it).
     pub fn kill_agent(&mut self, i: usize) -> Result<()> {
         if let Some(pid) = self.state.nodes[i].agent_pid.take() {
-            let _ = Command::new("kill").args(["-KILL", &pid.to_string()]).output();
-            wait_gone(pid, Duration::from_secs(5));
+            // The whole process group (the agent was started as its
+            // leader): whatever the command forked goes too.
+            let _ = Command::new("kill").args(["-KILL", "--", &format!("-{pid}")]).output();
+            if let Err(left) = crate::process::wait_group_gone(pid, Duration::from_secs(10)) {
+                bail!("node {i}'s agent (process group {pid}) still runs 10 s after SIGKILL: {left:?}");
+            }
         }
         self.save()
     }

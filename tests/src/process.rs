@@ -33,14 +33,60 @@ pub fn exited(pid: u32) -> bool {
     }
 }
 
+/// Reap `pid` if it is our child and has exited (any thread's child:
+/// `__WALL`).
+fn reap(pid: u32) {
+    use nix::sys::wait::{waitpid, WaitPidFlag};
+    let _ = waitpid(nix::unistd::Pid::from_raw(pid as i32), Some(WaitPidFlag::WNOHANG | WaitPidFlag::__WALL));
+}
+
+/// The processes of process group `pgid` that still run (zombies do not).
+pub fn group_members(pgid: u32) -> Vec<u32> {
+    let Ok(dir) = fs::read_dir("/proc") else { return Vec::new() };
+    dir.filter_map(|e| e.ok()?.file_name().to_str()?.parse::<u32>().ok())
+        .filter(|&pid| {
+            let Ok(stat) = fs::read_to_string(format!("/proc/{pid}/stat")) else { return false };
+            // After the command name: state, ppid, pgrp.
+            let fields: Vec<&str> =
+                stat.rfind(')').map(|i| stat[i + 1..].split_whitespace().collect()).unwrap_or_default();
+            fields.get(2).and_then(|g| g.parse::<u32>().ok()) == Some(pgid) && !stat_says_exited(&stat)
+        })
+        .collect()
+}
+
+/// Wait up to `timeout` until no process of group `pgid` runs, reaping
+/// those that are our children. `Err` names the ones left.
+pub fn wait_group_gone(pgid: u32, timeout: Duration) -> Result<(), Vec<u32>> {
+    let start = Instant::now();
+    loop {
+        let left = group_members(pgid);
+        for &pid in &left {
+            reap(pid);
+        }
+        reap(pgid);
+        if left.is_empty() {
+            return Ok(());
+        }
+        if start.elapsed() >= timeout {
+            return Err(left);
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
 /// Wait up to `timeout` for `pid` to exit, reaping it if it is our child.
 pub fn wait_gone(pid: u32, timeout: Duration) {
     let start = Instant::now();
     loop {
         // Reap if it is our child (then /proc/<pid> goes away too).
-        let _ =
-            nix::sys::wait::waitpid(nix::unistd::Pid::from_raw(pid as i32), Some(nix::sys::wait::WaitPidFlag::WNOHANG));
-        if exited(pid) || start.elapsed() >= timeout {
+        reap(pid);
+        if exited(pid) {
+            // It may have exited just after the wait above: reap it now if
+            // it is ours, so nothing (a `status` run) still sees its pid.
+            reap(pid);
+            return;
+        }
+        if start.elapsed() >= timeout {
             return;
         }
         std::thread::sleep(Duration::from_millis(20));

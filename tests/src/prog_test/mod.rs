@@ -144,7 +144,8 @@ impl TestDatapath {
         let vxlan = iface(&netns, "sluice_vxlan")?;
         let pin_dir = PinDirGuard::new()?;
         let pins = PinDir::new(&pin_dir.path);
-        let datapath = load_retrying(&pins).context("load the eBPF object with the agent's loader")?;
+        // The loader loads a program again when its verifier was interrupted.
+        let datapath = Datapath::load(&pins).context("load the eBPF object with the agent's loader")?;
         Ok(Self { _datapath: datapath, netns, pins, _pin_dir: pin_dir, uplink, vxlan, next_pod: 0.into() })
     }
 
@@ -266,28 +267,6 @@ impl TestDatapath {
     pub fn forwards(&self) -> Result<Vec<(ForwardPath, u64)>> {
         Ok(pinned_maps::forwards(&self.pins)?.into_iter().filter(|(_, n)| *n != 0).collect())
     }
-}
-
-/// `Datapath::load`, again when the verifier was interrupted. Since Linux
-/// 4.20 the verifier stops with EAGAIN when a signal is pending for the
-/// loading thread; libbpf retries such a load (5 attempts), cilium/ebpf
-/// until it succeeds, aya 0.14 not at all. Seen here about once in three
-/// runs of this binary (tests load in parallel). A second load reuses the
-/// first one's pins.
-fn load_retrying(pins: &PinDir) -> Result<Datapath> {
-    const ATTEMPTS: u32 = 5;
-    let mut attempt = 1;
-    loop {
-        match Datapath::load(pins) {
-            Err(e) if attempt < ATTEMPTS && interrupted(&e) => attempt += 1,
-            result => return result,
-        }
-    }
-}
-
-/// Did this fail with EAGAIN (a verifier interrupted by a signal)?
-fn interrupted(e: &anyhow::Error) -> bool {
-    e.chain().any(|c| c.downcast_ref::<std::io::Error>().is_some_and(|io| io.raw_os_error() == Some(libc::EAGAIN)))
 }
 
 /// An address as the maps store it (network byte order in a `u32`).

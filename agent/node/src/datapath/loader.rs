@@ -147,7 +147,7 @@ impl Datapath {
         retired_maps::carry_over(pins, &mut ebpf);
         for name in ALL_PROGRAMS {
             let prog: &mut SchedClassifier = program_mut(&mut ebpf, name)?;
-            prog.load().with_context(|| format!("load program {name} (verifier)"))?;
+            load_retrying(name, || prog.load())?;
             let tmp = pins.prog(&format!("{name}_new"));
             let _ = fs::remove_file(&tmp);
             prog.pin(&tmp).with_context(|| format!("pin program {name} at {}", tmp.display()))?;
@@ -157,7 +157,7 @@ impl Datapath {
         // them (to a cgroup, not an interface), so they are not pinned.
         for name in SOCK_PROGRAMS {
             let prog = sock_program_mut(&mut ebpf, name)?;
-            prog.load().with_context(|| format!("load program {name} (verifier)"))?;
+            load_retrying(name, || prog.load())?;
         }
         info!(pin_dir = %pins.root().display(), "datapath loaded");
         Ok(Self { ebpf, pins: pins.clone(), attach_mode: AttachMode::Tcx })
@@ -281,4 +281,82 @@ fn attach_or_update(
     attach_and_pin(prog, program, ifname, pin, mode)?;
     info!(ifname, pin = %pin.display(), %mode, "attached");
     Ok(())
+}
+
+/// How often a program's load is tried when the verifier was interrupted.
+const LOAD_ATTEMPTS: u32 = 5;
+
+/// Load one program, again when the verifier was interrupted: since Linux
+/// 4.20 it stops with EAGAIN when a signal is pending for the loading
+/// thread (a tokio runtime's SIGCHLD, a test harness's), and the bigger the
+/// program the likelier (NetworkPolicy's judge made `from_pod` ~40,000
+/// verified instructions). libbpf retries such a load 5 times, aya 0.14 not
+/// at all; a failed load leaves the program unloaded, so it can be retried.
+fn load_retrying(name: &str, mut load: impl FnMut() -> Result<(), aya::programs::ProgramError>) -> Result<()> {
+    let mut attempt = 1;
+    loop {
+        match load() {
+            Err(e) if attempt < LOAD_ATTEMPTS && verifier_interrupted(&e) => {
+                warn!(program = name, attempt, "verifier interrupted by a signal (EAGAIN): loading again");
+                attempt += 1;
+            }
+            result => return result.with_context(|| format!("load program {name} (verifier)")),
+        }
+    }
+}
+
+/// Whether a load failed because the verifier was interrupted (EAGAIN).
+fn verifier_interrupted(e: &aya::programs::ProgramError) -> bool {
+    matches!(e, aya::programs::ProgramError::LoadError { io_error, .. } if io_error.raw_os_error() == Some(libc::EAGAIN))
+}
+
+#[cfg(test)]
+mod load_retry_tests {
+    use std::{cell::Cell, io};
+
+    use aya::programs::ProgramError;
+
+    use super::*;
+
+    fn failed(errno: i32) -> ProgramError {
+        ProgramError::LoadError {
+            io_error: io::Error::from_raw_os_error(errno),
+            verifier_log: aya_obj::VerifierLog::new(String::new()),
+        }
+    }
+
+    #[test]
+    fn an_interrupted_verifier_is_tried_again_until_it_loads() {
+        let calls = Cell::new(0);
+        let result = load_retrying("from_pod", || {
+            calls.set(calls.get() + 1);
+            if calls.get() < 3 {
+                Err(failed(libc::EAGAIN))
+            } else {
+                Ok(())
+            }
+        });
+        assert!(result.is_ok(), "{result:?}");
+        assert_eq!(calls.get(), 3);
+    }
+
+    #[test]
+    fn retries_are_bounded_and_other_errors_are_not_retried() {
+        let calls = Cell::new(0);
+        let e = load_retrying("from_pod", || {
+            calls.set(calls.get() + 1);
+            Err(failed(libc::EAGAIN))
+        })
+        .unwrap_err();
+        assert_eq!(calls.get(), LOAD_ATTEMPTS);
+        assert!(format!("{e:#}").contains("load program from_pod (verifier)"), "{e:#}");
+
+        calls.set(0);
+        let e = load_retrying("to_pod", || {
+            calls.set(calls.get() + 1);
+            Err(failed(libc::EINVAL))
+        })
+        .unwrap_err();
+        assert_eq!(calls.get(), 1, "a refusal is final: {e:#}");
+    }
 }

@@ -41,12 +41,7 @@ mod lifecycle;
 /// check disabled (policy::enforce allowing everything), all of them fail
 /// but the baselines and the two upstream cases whose every matrix is all
 /// connected (they guard against over-blocking).
-const NOT_YET: &[&str] = &[
-    // The agents stall on the 66,000-except ipBlock that overflows
-    // POLICY_IDENTITIES (seen: no pass finished within 60 s, and the next
-    // trial's reset timed out), so the map never fills this way.
-    "full_map::a_full_policy_map_fails_closed_named_and_counted",
-];
+const NOT_YET: &[&str] = &[];
 
 fn gated(t: Trial) -> Trial {
     let off = NOT_YET.contains(&t.name());

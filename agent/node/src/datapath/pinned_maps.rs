@@ -33,9 +33,11 @@ pub(crate) fn removed_or_absent(result: Result<(), aya::maps::MapError>) -> Resu
     }
 }
 
-/// True when an insert failed because the map has no room (`E2BIG`).
+/// True when an insert failed because the map has no room: hash and LRU
+/// maps say `E2BIG`, an LPM trie says `ENOSPC` (`trie_update_elem`).
 fn is_full(e: &aya::maps::MapError) -> bool {
-    matches!(e, aya::maps::MapError::SyscallError(s) if s.io_error.raw_os_error() == Some(libc::E2BIG))
+    matches!(e, aya::maps::MapError::SyscallError(s)
+        if matches!(s.io_error.raw_os_error(), Some(libc::E2BIG) | Some(libc::ENOSPC)))
 }
 
 /// The error of a failed insert: a full map is named, with its size.
@@ -241,5 +243,32 @@ pub fn iface_packets(pins: &PinDir, ifindex: u32) -> Result<u64> {
         Ok(values) => Ok(values.iter().sum()),
         Err(aya::maps::MapError::KeyNotFound) => Ok(0),
         Err(e) => Err(e).context("read IFACE_PACKETS"),
+    }
+}
+
+#[cfg(test)]
+mod full_map_tests {
+    use aya::{maps::MapError, sys::SyscallError};
+
+    use super::*;
+
+    fn update_failed(errno: i32) -> MapError {
+        MapError::SyscallError(SyscallError {
+            call: "bpf_map_update_elem",
+            io_error: std::io::Error::from_raw_os_error(errno),
+        })
+    }
+
+    #[test]
+    fn a_full_hash_map_and_a_full_lpm_trie_are_both_named_full() {
+        // Seen in the netpol lab: a full POLICY_IDENTITIES (LPM trie)
+        // answered ENOSPC, which was taken for an ordinary error, so the
+        // reconciler did not fail closed.
+        for errno in [libc::E2BIG, libc::ENOSPC] {
+            let e = insert_error(update_failed(errno), "POLICY_IDENTITIES", 65536, "insert".into());
+            assert!(e.chain().any(|c| c.is::<MapFull>()), "errno {errno}: {e:#}");
+        }
+        let e = insert_error(update_failed(libc::EINVAL), "POLICY_IDENTITIES", 65536, "insert".into());
+        assert!(!e.chain().any(|c| c.is::<MapFull>()), "EINVAL is no full map: {e:#}");
     }
 }

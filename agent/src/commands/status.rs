@@ -59,8 +59,21 @@ pub struct StatusReport {
     pub stack_flows: Option<StackFlows>,
 }
 
+/// The agent's process runs: it exists and is no zombie. A killed agent
+/// whose parent died too is reparented to pid 1, which on some nodes never
+/// reaps it: its `/proc/<pid>` stays, but it is not live.
 fn pid_alive(pid: u32) -> bool {
-    pid != 0 && Path::new(&format!("/proc/{pid}")).exists()
+    if pid == 0 {
+        return false;
+    }
+    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
+        // The state follows the command name, which is in parentheses and
+        // may hold spaces and parentheses itself.
+        Ok(stat) => {
+            !matches!(stat.rfind(')').and_then(|i| stat[i + 1..].split_whitespace().next()), Some("Z" | "X" | "x"))
+        }
+        Err(_) => false,
+    }
 }
 
 /// What the verdict is decided from: gathered by `collect`, built by hand
@@ -542,6 +555,23 @@ impl RoutePath {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn a_killed_agent_nobody_reaped_is_not_alive() {
+        let mut child = std::process::Command::new("sleep").arg("30").spawn().expect("spawn sleep");
+        let pid = child.id();
+        assert!(super::pid_alive(pid), "a running process is alive");
+        child.kill().expect("kill");
+        let start = std::time::Instant::now();
+        while !std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default().contains(") Z") {
+            assert!(start.elapsed() < std::time::Duration::from_secs(5), "pid {pid} not a zombie after 5 s");
+            std::thread::sleep(std::time::Duration::from_millis(5));
+        }
+        assert!(!super::pid_alive(pid), "a zombie is not a live agent");
+        child.wait().expect("reap");
+        assert!(!super::pid_alive(pid));
+        assert!(!super::pid_alive(0));
+    }
+
     use super::*;
     use crate::membership::{kubernetes::KubeState, Problem};
 

@@ -3,7 +3,7 @@
 //! makes a program's paths multiply. The kernel refuses a program past one
 //! million verified instructions (and 6.1-era kernels take long on the way
 //! there); the budget here leaves room under that.
-use sluice_common::maps::programs;
+use sluice_node::datapath::loader::ALL_PROGRAMS;
 use sluice_tests::prog_test::TestDatapath;
 
 /// Verified instructions a program may take before this test calls it a
@@ -14,15 +14,7 @@ const VERIFIED_BUDGET: u32 = 400_000;
 fn every_tc_program_verifies_within_budget() {
     let dp = TestDatapath::load().unwrap();
     let mut report = Vec::new();
-    for name in [
-        programs::FROM_POD,
-        programs::FROM_POD_NETKIT,
-        programs::TO_POD,
-        programs::FROM_UPLINK,
-        programs::TO_UPLINK,
-        programs::FROM_TUNNEL,
-        programs::TO_TUNNEL,
-    ] {
+    for name in ALL_PROGRAMS {
         let prog = aya::programs::SchedClassifier::from_pin(dp.pins().prog(name)).unwrap();
         let info = prog.info().unwrap();
         let verified = info.verified_instruction_count().unwrap_or(0);

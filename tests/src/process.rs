@@ -14,16 +14,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-/// Whether a `/proc/<pid>/stat` line says the process has exited (zombie
-/// `Z` or dead `X`). The state is the first field after the command name,
-/// which is in parentheses and may itself hold spaces and parentheses: look
-/// after the last `)`.
-pub fn stat_says_exited(stat: &str) -> bool {
-    let Some(after_comm) = stat.rfind(')').map(|i| &stat[i + 1..]) else {
-        return false;
-    };
-    matches!(after_comm.split_whitespace().next(), Some("Z" | "X" | "x"))
-}
+pub use sluice_agent::commands::status::stat_says_exited;
 
 /// Whether `pid` no longer runs: no such process, or only its zombie.
 pub fn exited(pid: u32) -> bool {

@@ -67,13 +67,20 @@ fn pid_alive(pid: u32) -> bool {
         return false;
     }
     match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
-        // The state follows the command name, which is in parentheses and
-        // may hold spaces and parentheses itself.
-        Ok(stat) => {
-            !matches!(stat.rfind(')').and_then(|i| stat[i + 1..].split_whitespace().next()), Some("Z" | "X" | "x"))
-        }
+        Ok(stat) => !stat_says_exited(&stat),
         Err(_) => false,
     }
+}
+
+/// Whether a `/proc/<pid>/stat` line says the process has exited (zombie
+/// `Z` or dead `X`). The state is the first field after the command name,
+/// which is in parentheses and may itself hold spaces and parentheses: look
+/// after the last `)`.
+pub fn stat_says_exited(stat: &str) -> bool {
+    let Some(after_comm) = stat.rfind(')').map(|i| &stat[i + 1..]) else {
+        return false;
+    };
+    matches!(after_comm.split_whitespace().next(), Some("Z" | "X" | "x"))
 }
 
 /// What the verdict is decided from: gathered by `collect`, built by hand

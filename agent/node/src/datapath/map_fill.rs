@@ -124,6 +124,14 @@ impl StackFlows {
         }
     }
 
+    /// Whether the table may still be evicting: at least half full. (A
+    /// full LRU on many CPUs holds well below `max_entries`, so "full" is
+    /// not a fixed fraction; a table that evicted and then fell below half
+    /// is not evicting now.)
+    fn still_full(&self) -> bool {
+        self.entries * 2 >= u64::from(self.max_entries)
+    }
+
     /// What an operator must hear about the table (pure).
     pub fn warnings(&self) -> Vec<String> {
         let mut w = Vec::new();
@@ -137,7 +145,10 @@ impl StackFlows {
         }
         // Evictions happen only in a full table. (A full LRU holds somewhat
         // fewer than `max_entries`: each CPU keeps free entries of its own.)
-        if self.evicted > 0 {
+        // The counter never goes down, so the warning is for a table that
+        // is still full: once it has drained, the evictions are history
+        // (status' line and the metric keep the count).
+        if self.evicted > 0 && self.still_full() {
             w.push(format!(
                 "{} is at capacity ({} of {}) and has evicted {} flows: a connection through kube-proxy or a \
                  hostPort that stays idle while {} newer such flows pass loses its replies' reverse NAT; raise \
@@ -198,6 +209,10 @@ mod tests {
         assert_eq!(w.len(), 1, "{w:?}");
         assert!(w[0].contains("at capacity (785 of 1024) and has evicted 9216 flows"), "{w:?}");
         assert!(w[0].contains("--stack-flows-max"), "{w:?}");
+        // The same table after its flows ended: the evictions are history.
+        let drained = StackFlows::new(&fill(FillKind::LruEntries, Some(300), 1024), &counters(10_001, 485, 0));
+        assert_eq!(drained.evicted, 9216);
+        assert_eq!(drained.warnings(), Vec::<String>::new(), "a drained table does not warn forever");
         let failing = StackFlows::new(&fill(FillKind::LruEntries, Some(10), 1024), &counters(10, 0, 3));
         assert_eq!(failing.warnings().len(), 1);
         assert!(failing.warnings()[0].contains("3 inserts failed"));

@@ -833,6 +833,16 @@ impl Lab {
             .with_context(|| format!("status output: {}", String::from_utf8_lossy(&out.stdout)))
     }
 
+    /// The device pair node `i`'s agent gives new pods (its `status`:
+    /// `--device`, or what `auto` found), so a test can guard what it
+    /// guards on each kind.
+    pub fn pod_device(&self, i: usize) -> Result<sluice_node::pod::device::PodDevice> {
+        let s = self.status(i)?;
+        let name = s["agent"]["podDevice"].as_str().unwrap_or_default().to_string();
+        sluice_node::pod::device::PodDevice::parse(&name)
+            .with_context(|| format!("node {i}'s status names no pod device: {:?}", s["agent"]))
+    }
+
     /// Addresses in node `i`'s endpoint map, less its own health endpoint:
     /// the pods.
     pub fn pod_endpoints(&self, i: usize) -> Result<Vec<String>> {

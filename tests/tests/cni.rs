@@ -8,7 +8,7 @@ use std::{
 };
 
 use serde_json::{json, Value};
-use sluice_node::datapath::pins::PinDir;
+use sluice_node::{datapath::pins::PinDir, pod::device::PodDevice};
 use sluice_tests::{
     bin, faulty_cni_bin,
     lab::{ns_exec, ping, CniCall, Lab, LabOptions, Node},
@@ -379,7 +379,10 @@ fn check_verifies_what_add_left() {
     // The MTU the conflist gives pods (the agent's choice, e.g. less the
     // tunnel's overhead).
     let mtu = check_conf["mtu"].as_u64().map(|m| m.to_string()).unwrap_or_else(|| lab.state.mtu.to_string());
-    for (break_it, restore, needle) in [
+    let device =
+        PodDevice::parse(check_conf["device"].as_str().unwrap_or("veth")).expect("a pod device in the conflist");
+    let neighbour = ["ip", "neigh", "replace", "169.254.1.1", "lladdr", &host_mac, "dev", "eth0", "nud", "permanent"];
+    let mut breakages = vec![
         (
             vec!["ip", "link", "set", "eth0", "mtu", "1280"],
             vec!["ip", "link", "set", "eth0", "mtu", mtu.as_str()],
@@ -391,11 +394,17 @@ fn check_verifies_what_add_left() {
             "default route",
         ),
         (
-            vec!["ip", "neigh", "del", "169.254.1.1", "dev", "eth0"],
-            vec!["ip", "neigh", "replace", "169.254.1.1", "lladdr", &host_mac, "dev", "eth0", "nud", "permanent"],
-            "neighbour",
+            vec!["ip", "route", "del", "169.254.1.1", "dev", "eth0"],
+            vec!["ip", "route", "add", "169.254.1.1", "dev", "eth0", "scope", "link"],
+            "route to the gateway",
         ),
-    ] {
+    ];
+    // A veth pod reaches its gateway through a permanent neighbour entry; a
+    // netkit (L3, NOARP) pod has none to break.
+    if device == PodDevice::Veth {
+        breakages.push((vec!["ip", "neigh", "del", "169.254.1.1", "dev", "eth0"], neighbour.to_vec(), "neighbour"));
+    }
+    for (break_it, restore, needle) in breakages {
         ns_exec(&pod.name, &break_it).unwrap();
         let out = check(&check_conf);
         assert!(!out.success, "CHECK missed: {break_it:?}");
@@ -412,11 +421,9 @@ fn check_verifies_what_add_left() {
     // put them back too.
     ns_exec(&pod.name, &["ip", "route", "add", "169.254.1.1", "dev", "eth0", "scope", "link"]).unwrap();
     ns_exec(&pod.name, &["ip", "route", "replace", "default", "via", "169.254.1.1", "dev", "eth0"]).unwrap();
-    ns_exec(
-        &pod.name,
-        &["ip", "neigh", "replace", "169.254.1.1", "lladdr", &host_mac, "dev", "eth0", "nud", "permanent"],
-    )
-    .unwrap();
+    if device == PodDevice::Veth {
+        ns_exec(&pod.name, &neighbour).unwrap();
+    }
     assert!(check(&check_conf).success, "{}", check(&check_conf).stdout);
     // A prevResult that does not list our address fails.
     let mut wrong = check_conf.clone();

@@ -24,18 +24,39 @@ pub const DEVICE: &str = "sluice_vxlan";
 
 /// The create request: name, kind vxlan, collect metadata, destination
 /// port, lower device, no `IFLA_VXLAN_ID` (iproute2 refuses `external`
-/// with `id`, and the kernel would take it as a fixed-VNI device), and
+/// with `id`, and the kernel would take it as a fixed-VNI device),
 /// `NOARP`: the kernel routes to tunneled peers' pod CIDRs point at the
 /// device without a gateway; with ARP off their neighbours need no
 /// resolution (the datapath names the remote end, and the receiving node
-/// rewrites the inner MACs).
+/// rewrites the inner MACs), and **no learning**, as iproute2's `external`
+/// sets it (the kernel's default is on): a learning device snoops each
+/// decapsulated frame's inner source MAC and drops the frame when that is
+/// not a valid unicast address (`vxlan_snoop`: `MAC_INVALID_SOURCE`), and a
+/// netkit L3 pod's frames carry all-zero MACs, so every packet such a pod
+/// sent through the tunnel to a node's stack (a reply to the remote node)
+/// was dropped there, uncounted by sluice (issue 26). The datapath names
+/// the remote end of each packet: there is nothing to learn.
 pub fn request(name: &str, uplink_ifindex: u32) -> LinkMessage {
     LinkMessageBuilder::<LinkVxlan>::new(name)
         .collect_metadata(true)
         .port(TUNNEL_PORT)
         .dev(uplink_ifindex)
+        .learning(false)
         .arp(false)
         .build()
+}
+
+/// The change that turns learning off on an existing device (`ip link set
+/// <name> type vxlan nolearning`): the one difference `ensure` repairs in
+/// place, so an upgraded node keeps its device (and the links on it).
+pub fn no_learning_change(index: u32) -> LinkMessage {
+    let mut msg = LinkMessage::default();
+    msg.header.index = index;
+    msg.attributes.push(LinkAttribute::LinkInfo(vec![
+        Info::Kind(InfoKind::Vxlan),
+        Info::Data(InfoData::Vxlan(vec![InfoVxlan::Learning(false)])),
+    ]));
+    msg
 }
 
 /// How an existing link differs from the device wanted.
@@ -46,6 +67,8 @@ pub enum Mismatch {
     Port(u16),
     Lower(u32),
     Arp,
+    /// Learning on (devices made before issue 26's fix): repaired in place.
+    Learning,
 }
 
 /// A VXLAN link's own attributes (`None`: not a VXLAN link; empty when
@@ -87,6 +110,11 @@ pub fn check(msg: &LinkMessage, uplink_ifindex: u32) -> Vec<Mismatch> {
     let lower = data.iter().find_map(|d| if let InfoVxlan::Link(l) = d { Some(*l) } else { None }).unwrap_or(0);
     if lower != uplink_ifindex {
         out.push(Mismatch::Lower(lower));
+    }
+    // The kernel always reports it; a message without it is taken as on
+    // (the kernel's default).
+    if !data.iter().any(|d| matches!(d, InfoVxlan::Learning(false))) {
+        out.push(Mismatch::Learning);
     }
     out
 }
@@ -193,7 +221,15 @@ impl Netlink {
     /// again when it differs (an older or foreign device of that name).
     pub async fn ensure_vxlan(&self, name: &str, uplink_ifindex: u32) -> Result<LinkInfo> {
         if let Some(msg) = self.link_message(name).await? {
-            let wrong = check(&msg, uplink_ifindex);
+            let mut wrong = check(&msg, uplink_ifindex);
+            if wrong.contains(&Mismatch::Learning) {
+                let index = link_info(&msg).index;
+                self.handle.link().change(no_learning_change(index)).execute().await.with_context(|| {
+                    format!("turn learning off on VXLAN device {name} (inner frames with no valid source MAC)")
+                })?;
+                info!(device = name, "VXLAN device: learning turned off");
+                wrong.retain(|m| *m != Mismatch::Learning);
+            }
             if wrong.is_empty() {
                 let link = link_info(&msg);
                 if !link.up {
@@ -240,6 +276,7 @@ mod tests {
         assert!(data.contains(&InfoVxlan::CollectMetadata(true)));
         assert!(data.contains(&InfoVxlan::Port(8472)));
         assert!(data.contains(&InfoVxlan::Link(7)));
+        assert!(data.contains(&InfoVxlan::Learning(false)), "no learning, as iproute2's external: {data:?}");
         assert!(DEVICE.len() <= 15 && !DEVICE.contains('.'));
     }
 
@@ -295,5 +332,21 @@ mod tests {
         let mut arp = request(DEVICE, 7);
         arp.header.flags = LinkFlags::empty();
         assert_eq!(check(&arp, 7), vec![Mismatch::Arp]);
+        let mut learning = request(DEVICE, 7);
+        learning.attributes = vec![LinkAttribute::LinkInfo(vec![
+            Info::Kind(InfoKind::Vxlan),
+            Info::Data(InfoData::Vxlan(vec![
+                InfoVxlan::CollectMetadata(true),
+                InfoVxlan::Port(8472),
+                InfoVxlan::Link(7),
+                InfoVxlan::Learning(true),
+            ])),
+        ])];
+        assert_eq!(check(&learning, 7), vec![Mismatch::Learning]);
+        // The repair names only learning (the kernel refuses to change
+        // collect_metadata on an existing device).
+        let change = no_learning_change(9);
+        assert_eq!(change.header.index, 9);
+        assert_eq!(vxlan_data(&change), Some(&[InfoVxlan::Learning(false)][..]));
     }
 }

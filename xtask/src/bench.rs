@@ -23,6 +23,7 @@ use crate::{build_ebpf, repo_root, setup, shell};
 mod args;
 mod cni;
 mod control_plane;
+mod devices;
 mod labs;
 mod paths;
 mod policy;
@@ -42,18 +43,32 @@ pub fn run(args: &BenchArgs) -> Result<()> {
     let started = Instant::now();
     shell::require_root("cargo xtask bench")?;
     let plan = Plan::from(args);
-    setup::run()?;
-    build_ebpf::run()?;
     let root = repo_root();
-    let mut build = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()));
-    build.current_dir(&root).args(["build", "-p", "sluice-agent", "-p", "sluice-cni", "--bins"]);
-    if plan.release {
-        build.arg("--release");
+    if !args.prebuilt {
+        setup::run()?;
+        build_ebpf::run()?;
+        let mut build = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()));
+        build.current_dir(&root).args(["build", "-p", "sluice-agent", "-p", "sluice-cni", "--bins"]);
+        if plan.release {
+            build.arg("--release");
+        }
+        shell::run(&mut build)?;
     }
-    shell::run(&mut build)?;
     let bins: PathBuf = root.join(if plan.release { "target/release" } else { "target/debug" });
     let out_dir = root.join("target/bench");
     std::fs::create_dir_all(&out_dir)?;
+
+    if args.devices {
+        // No spinners: in a TCG guest an idle vCPU costs nothing, a
+        // spinning one a host core.
+        let mut report = devices::run(&bins, &plan)?;
+        report["wall_clock_secs"] = json!(started.elapsed().as_secs_f64());
+        let json_path = out_dir.join("devices.json");
+        std::fs::write(&json_path, serde_json::to_vec_pretty(&report)?)?;
+        print!("{}", devices::render(&report));
+        println!("wrote {}", json_path.display());
+        return Ok(());
+    }
 
     if args.cni {
         let spinners = bench::Spinners::start();

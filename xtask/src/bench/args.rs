@@ -36,6 +36,19 @@ pub struct BenchArgs {
     /// (release build; --rounds, default 3). Writes target/bench/policy.json.
     #[arg(long, conflicts_with_all = ["vxlan", "cni", "cross"])]
     pub policy: bool,
+    /// Only veth against netkit pods (issues 17, 26): same-node and
+    /// cross-node TCP_RR, TCP_CRR and eBPF ns per transaction on one lab per
+    /// device, rounds alternating the order; ratios netkit/veth with their
+    /// spread, no targets (debug build; --rounds, default 5). Needs a kernel
+    /// with netkit: run it in `cargo xtask guest 6.12 -- target/debug/xtask
+    /// bench --devices --prebuilt`. Writes target/bench/devices.json.
+    #[arg(long, conflicts_with_all = ["vxlan", "cni", "cross", "policy"])]
+    pub devices: bool,
+    /// Use the binaries and eBPF object already built (no setup, no
+    /// build): for a run inside `cargo xtask guest`, where the tree is
+    /// read-only and a build would crawl.
+    #[arg(long)]
+    pub prebuilt: bool,
     /// Internal: be one measurement's client (MODE rr|crr, ADDR, MILLIS)
     /// and print its figures as JSON; the bench starts it inside a node's
     /// cgroup, where the socket load balancer sees it.
@@ -80,6 +93,15 @@ impl Plan {
         }
         if args.cross {
             plan.only = CROSS_PATHS.to_vec();
+        }
+        if args.devices {
+            // Debug binaries: the guest runs what the host built, and the
+            // ratio compares two kernel paths driven by the same agent.
+            plan.release = false;
+            plan.rounds = args.rounds.unwrap_or(5);
+            if !args.smoke {
+                plan.rr = Duration::from_secs(1);
+            }
         }
         plan
     }

@@ -237,6 +237,12 @@ async fn policy_and_label_changes_reach_the_maps_at_ten_thousand_pods_and_a_thou
             );
             tokio::time::sleep(Duration::from_millis(1)).await;
         }
+        // The epoch is bumped by the pass's last write; the latency and the
+        // state are recorded right after, when the pass returns.
+        while r.latencies.lock().unwrap().is_empty() {
+            assert!(t0.elapsed() < Duration::from_secs(30), "round {round}: no latency observed");
+            tokio::time::sleep(Duration::from_millis(1)).await;
+        }
         let st = r.state.lock().unwrap().clone();
         let latency = r.latencies.lock().unwrap().iter().copied().fold(0.0, f64::max) * 1000.0;
         assert!(latency > 0.0, "round {round}: no latency observed");

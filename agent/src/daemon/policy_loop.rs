@@ -21,15 +21,18 @@ use std::{
     time::{Duration, Instant},
 };
 
-use anyhow::Result;
+use anyhow::{Context, Result};
 use ipnetwork::Ipv4Network;
 use serde::{Deserialize, Serialize};
 use sluice_node::{clock::now_unix, ipam::store::read_pod_leases};
 use tracing::{error, info, warn};
 
 use crate::{
-    policy::{identity::IdentityAllocator, kubernetes::KubePolicy, names::NamesTable, report::PolicyReport},
-    reconcile::policy_maps::{desired, IdentityCache, NodeFacts, PolicyReconciler, PolicyRefs, PolicyTables},
+    policy::{kubernetes::KubePolicy, model::PodKey, names::NamesTable, report::PolicyReport},
+    reconcile::{
+        policy_desired::{IncrementalDesired, NodeInputs, UpdateSummary},
+        policy_maps::{ApplyReport, PolicyReconciler, PolicyRefs, PolicyTables},
+    },
 };
 
 /// How long a change waits for the ones right behind it (a Deployment's
@@ -108,10 +111,79 @@ pub struct PolicyNode {
     pub nodes: Arc<dyn Fn() -> BTreeMap<String, Ipv4Addr> + Send + Sync>,
 }
 
+/// What a pass needs and keeps between passes: moved onto a blocking
+/// thread for each pass (compiling and writing thousands of map entries
+/// must not hold a runtime worker), and back.
+struct PassState<T> {
+    kube: KubePolicy,
+    tables: T,
+    reconciler: PolicyReconciler,
+    desired: IncrementalDesired,
+    /// Every pod's address → name, rebuilt when some pod's addresses
+    /// changed (for the names table).
+    pods_by_ip: BTreeMap<Ipv4Addr, PodKey>,
+}
+
+/// What one pass found and did.
+struct PassOutcome {
+    report: ApplyReport,
+    summary: UpdateSummary,
+    generation: u64,
+    policies: usize,
+    refused: BTreeMap<String, String>,
+    since: Option<Instant>,
+    compile_ms: f64,
+    apply_ms: f64,
+    /// The pods' policy for `status --policy`, when anything changed.
+    pod_report: Option<PolicyReport>,
+}
+
+impl<T: PolicyTables> PassState<T> {
+    fn pass(&mut self, node: &PolicyNode, resync: bool) -> Result<PassOutcome> {
+        if resync {
+            self.reconciler.refresh(&mut self.tables)?;
+        }
+        // After the maps: a lease the plugin wrote entries for is older
+        // than those entries, so it is seen here.
+        let leases: Vec<(Ipv4Addr, Option<String>)> =
+            read_pod_leases(&node.data_dir)?.into_iter().map(|l| (l.ip, l.pod)).collect();
+        let nodes = (node.nodes)();
+        let inputs =
+            NodeInputs { node: &node.node_name, nodes: &nodes, cluster_cidrs: &node.cluster_cidrs, leases: &leases };
+        let compile_started = Instant::now();
+        // Under the watchers' lock, reading their model in place: only what
+        // changed since the last pass is compiled again.
+        let desired = &mut self.desired;
+        let pods_by_ip = &mut self.pods_by_ip;
+        let ((summary, generation, policies, refused), since) = self.kube.with_changes(|view, watch, touched| {
+            let summary = desired.update(&view.model, &touched, &inputs);
+            if summary.addresses_changed {
+                *pods_by_ip = NamesTable::pods_of(&view.model);
+            }
+            (summary, watch.generation, view.model.policies.len(), view.refused.clone())
+        });
+        let apply_started = Instant::now();
+        let report = self.reconciler.apply(&mut self.tables, self.desired.view())?;
+        let ms = |d: Duration| d.as_secs_f64() * 1000.0;
+        let compile_ms = ms(apply_started - compile_started);
+        let apply_ms = ms(apply_started.elapsed());
+        let pod_report = (summary.changed() || report.changed() || resync).then(|| {
+            let local = self
+                .desired
+                .pods()
+                .iter()
+                .map(|(k, p)| (k.clone(), (p.ips.iter().copied().collect(), p.identity)))
+                .collect();
+            PolicyReport::build(self.desired.identities(), self.desired.compiled(), &self.pods_by_ip, &local)
+        });
+        Ok(PassOutcome { report, summary, generation, policies, refused, since, compile_ms, apply_ms, pod_report })
+    }
+}
+
 /// Run until the process ends (or the maps fail to be read). `observe`
 /// gets each applied change's latency (first watch event → maps) in
 /// seconds; `full` each full map met, once per pass.
-pub async fn run<T: PolicyTables>(
+pub async fn run<T: PolicyTables + Send + 'static>(
     kube: KubePolicy,
     mut tables: T,
     node: PolicyNode,
@@ -121,23 +193,25 @@ pub async fn run<T: PolicyTables>(
 ) -> Result<()> {
     let names_path = NamesTable::path(&node.data_dir);
     let mut names = NamesTable::read(&names_path).unwrap_or_default();
-    let mut refs = PolicyRefs::from_table(&names.policy_table());
-    let mut allocator = IdentityAllocator::default();
-    let mut identity_cache = IdentityCache::default();
-    let mut reconciler = PolicyReconciler::resume(&mut tables)?;
+    let refs = PolicyRefs::from_table(&names.policy_table());
+    let reconciler = PolicyReconciler::resume(&mut tables)?;
     info!(rule_sets = reconciler.rule_sets(), "NetworkPolicy: took over the policy maps");
+    let mut pass_state = Some(PassState {
+        kube: kube.clone(),
+        tables,
+        reconciler,
+        desired: IncrementalDesired::new(&node.node_name, refs),
+        pods_by_ip: BTreeMap::new(),
+    });
     let mut last_full = Instant::now();
     let mut last_generation = None;
     let mut last_full_msg: Vec<String> = Vec::new();
     let mut last_report = PolicyReport::default();
-    // The pods' addresses by name, and what the names table was last made
-    // from (pods' generation, policy refs).
-    let mut pods_by_ip: (Option<u64>, BTreeMap<Ipv4Addr, crate::policy::model::PodKey>) = (None, BTreeMap::new());
-    let mut last_names_key = (None, BTreeMap::new());
+    // What the names table was last made from (pods' addresses, policy refs).
+    let mut last_names_key = None;
     loop {
         let resync = last_full.elapsed() >= RESYNC;
-        let ((view, watch), since) =
-            kube.take_pending(|v, s| (s.synced.then(|| (v.model.clone(), v.refused.clone())), s.clone()));
+        let watch = kube.with_view(|_, s| s.clone());
         let mut st = PolicyLoopState {
             synced: watch.synced,
             watch_error: watch.last_error.clone(),
@@ -146,52 +220,29 @@ pub async fn run<T: PolicyTables>(
             ..state.lock().expect("policy state lock").clone()
         };
         let due = resync || last_generation != Some(watch.generation);
-        if let (Some((model, refused)), true) = (view, due) {
+        if watch.synced && due {
             let started = Instant::now();
-            let pass = (|| -> Result<_> {
-                if resync {
-                    reconciler.refresh(&mut tables)?;
-                    last_full = Instant::now();
-                }
-                // After the maps: a lease the plugin wrote entries for is
-                // older than those entries, so it is seen here.
-                let leases: Vec<(Ipv4Addr, Option<String>)> =
-                    read_pod_leases(&node.data_dir)?.into_iter().map(|l| (l.ip, l.pod)).collect();
-                let nodes = (node.nodes)();
-                let facts = NodeFacts {
-                    node: &node.node_name,
-                    nodes: &nodes,
-                    cluster_cidrs: &node.cluster_cidrs,
-                    leases: &leases,
-                    generations: Some((watch.generations[0], watch.generations[1])),
-                };
-                let policies = model.policies.len();
-                // Pod names by address change only with pods.
-                if pods_by_ip.0 != Some(watch.generations[0]) {
-                    pods_by_ip = (Some(watch.generations[0]), NamesTable::pods_of(&model));
-                }
-                let compile_started = Instant::now();
-                let (desired, compiled) = desired(model, &facts, &mut allocator, &mut identity_cache, &mut refs);
-                let apply_started = Instant::now();
-                let report = reconciler.apply(&mut tables, &desired)?;
-                let ms = |d: Duration| d.as_secs_f64() * 1000.0;
-                st.last_compile_ms = Some(ms(apply_started - compile_started));
-                st.last_apply_ms = Some(ms(apply_started.elapsed()));
-                let local = desired
-                    .pods
-                    .iter()
-                    .map(|(k, p)| (k.clone(), (p.ips.iter().copied().collect(), p.identity)))
-                    .collect();
-                let pod_report = PolicyReport::build(&compiled, &pods_by_ip.1, &local);
-                Ok((desired, report, policies, pod_report))
-            })();
+            let mut ps = pass_state.take().expect("the pass state is back after every pass");
+            let n = node.clone();
+            let (ps, pass) = tokio::task::spawn_blocking(move || {
+                let pass = ps.pass(&n, resync);
+                (ps, pass)
+            })
+            .await
+            .context("the policy pass panicked")?;
+            if resync {
+                last_full = Instant::now();
+            }
             match pass {
-                Ok((desired, report, policies, pod_report)) => {
-                    last_generation = Some(watch.generation);
+                Ok(out) => {
+                    last_generation = Some(out.generation);
+                    let report = &out.report;
                     let pass_ms = started.elapsed().as_secs_f64() * 1000.0;
                     st.last_pass_ms = Some(pass_ms);
+                    st.last_compile_ms = Some(out.compile_ms);
+                    st.last_apply_ms = Some(out.apply_ms);
                     if report.changed() {
-                        if let Some(at) = since {
+                        if let Some(at) = out.since {
                             let secs = at.elapsed().as_secs_f64();
                             observe(secs);
                             st.last_update_ms = Some(secs * 1000.0);
@@ -201,6 +252,9 @@ pub async fn run<T: PolicyTables>(
                             deleted = report.deleted,
                             sets_added = report.sets_added,
                             sets_removed = report.sets_removed,
+                            rebuilt = out.summary.rebuilt,
+                            pods_reclassified = out.summary.pods_reclassified,
+                            pods_recompiled = out.summary.pods_recompiled,
                             pass_ms,
                             "policy maps updated"
                         );
@@ -220,30 +274,34 @@ pub async fn run<T: PolicyTables>(
                     }
                     st.full = msgs;
                     st.last_error = None;
-                    st.refused = refused;
-                    st.local_pods = desired.pods.len();
-                    st.isolated_pods = desired.pods.values().filter(|p| p.flags != 0).count();
-                    st.policies = policies;
-                    st.identities = reconciler.actual().identities.len();
-                    st.rule_sets = reconciler.rule_sets();
-                    st.rules = reconciler.actual().rules.len();
-                    if pod_report != last_report {
+                    st.refused = out.refused;
+                    st.local_pods = ps.desired.pods().len();
+                    st.isolated_pods = ps.desired.pods().values().filter(|p| p.flags != 0).count();
+                    st.policies = out.policies;
+                    st.identities = ps.reconciler.actual().identities.len();
+                    st.rule_sets = ps.reconciler.rule_sets();
+                    st.rules = ps.reconciler.actual().rules.len();
+                    if let Some(pod_report) = out.pod_report.filter(|r| *r != last_report) {
                         match pod_report.write(&PolicyReport::path(&node.data_dir)) {
                             Ok(()) => last_report = pod_report,
                             Err(e) => warn!(error = %format!("{e:#}"), "cannot write the pods' policy report"),
                         }
                     }
-                    let refs_now = refs.table();
-                    let names_key = (pods_by_ip.0, refs_now.clone());
-                    if names_key != last_names_key {
-                        last_names_key = names_key;
-                        let table = NamesTable::new(refs_now, pods_by_ip.1.clone());
-                        if table != names {
+                    let refs_now = ps.desired.refs().table();
+                    let names_key = (out.summary.addresses_changed, refs_now.clone());
+                    if names_key.0 || last_names_key.as_ref() != Some(&names_key.1) {
+                        let table = NamesTable::new(refs_now, ps.pods_by_ip.clone());
+                        if table == names {
+                            last_names_key = Some(names_key.1);
+                        } else {
                             match table.write(&names_path) {
-                                Ok(()) => names = table,
+                                Ok(()) => {
+                                    names = table;
+                                    last_names_key = Some(names_key.1);
+                                }
+                                // Written again at the next pass.
                                 Err(e) => {
-                                    // Written again at the next pass.
-                                    last_names_key = (None, BTreeMap::new());
+                                    last_names_key = None;
                                     warn!(error = %format!("{e:#}"), "cannot write the policy names table")
                                 }
                             }
@@ -260,6 +318,7 @@ pub async fn run<T: PolicyTables>(
                     last_full = Instant::now() - RESYNC;
                 }
             }
+            pass_state = Some(ps);
         }
         *state.lock().expect("policy state lock") = st;
         let wake = if state.lock().expect("policy state lock").last_error.is_some() {

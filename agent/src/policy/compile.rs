@@ -125,7 +125,7 @@ pub fn compile_pods(model: &PolicyModel, node: &str, identities: &IdentityTable)
 /// the namespaces it can match (its own, or those its namespaceSelector
 /// selects) instead of every class of the cluster: at 10,000 pods and
 /// 1,000 policies that is most of a compile's time.
-struct ClassIndex<'a> {
+pub struct ClassIndex<'a> {
     /// Namespace → its labels and its pods' classes.
     by_namespace: BTreeMap<&'a str, NamespaceClasses<'a>>,
 }
@@ -134,7 +134,7 @@ struct ClassIndex<'a> {
 type NamespaceClasses<'a> = (&'a super::model::Labels, Vec<(u32, &'a IdentityClass)>);
 
 impl<'a> ClassIndex<'a> {
-    fn new(identities: &'a IdentityTable) -> Self {
+    pub fn new(identities: &'a IdentityTable) -> Self {
         let mut by_namespace: BTreeMap<&str, NamespaceClasses> = BTreeMap::new();
         for (&id, class) in &identities.classes {
             if let IdentityClass::Pod { namespace, namespace_labels, .. } = class {
@@ -187,10 +187,27 @@ pub fn compile_pod(model: &PolicyModel, pod: &Pod, identities: &IdentityTable) -
     compile_pod_indexed(model, pod, identities, &ClassIndex::new(identities))
 }
 
-fn compile_pod_indexed(model: &PolicyModel, pod: &Pod, identities: &IdentityTable, index: &ClassIndex) -> PodPolicy {
+/// The policies of `namespace` (the only ones that can select its pods):
+/// a range of the name-ordered map, not a scan of every policy.
+pub fn policies_in<'m>(model: &'m PolicyModel, namespace: &str) -> impl Iterator<Item = &'m NetworkPolicy> + 'm {
+    let namespace = namespace.to_string();
+    model
+        .policies
+        .range(PolicyName { namespace: namespace.clone(), name: String::new() }..)
+        .take_while(move |(name, _)| name.namespace == namespace)
+        .map(|(_, p)| p)
+}
+
+/// [`compile_pod`] with the class index built once for many pods.
+pub fn compile_pod_indexed(
+    model: &PolicyModel,
+    pod: &Pod,
+    identities: &IdentityTable,
+    index: &ClassIndex,
+) -> PodPolicy {
     let mut ingress = DirectionPolicy::default();
     let mut egress = DirectionPolicy::default();
-    for policy in model.policies.values().filter(|p| selects(p, pod)) {
+    for policy in policies_in(model, &pod.key.namespace).filter(|p| selects(p, pod)) {
         if policy.types.ingress {
             ingress.isolated_by.insert(policy.name.clone());
             for rule in &policy.ingress {
@@ -286,6 +303,27 @@ fn numeric_ports(spec: &PortSpec) -> Option<Ports> {
 
 fn single(protocol: Protocol, port: u16) -> Ports {
     Ports::Range { protocol, first: port, last: port }
+}
+
+/// Whether `policy`'s rules for `pod` (which it selects) could resolve
+/// differently when identity `class` comes or goes: one of its peers
+/// matches the class, or an egress rule to every peer names a port the
+/// class has. What decides which local pods an identity change recompiles.
+pub fn rules_may_match(policy: &NetworkPolicy, class: &IdentityClass) -> bool {
+    let directions = [(policy.types.ingress, &policy.ingress, false), (policy.types.egress, &policy.egress, true)];
+    directions
+        .into_iter()
+        .filter(|(isolates, _, _)| *isolates)
+        .flat_map(|(_, rules, egress)| rules.iter().map(move |r| (r, egress)))
+        .any(|(rule, egress)| {
+            rule.peers.iter().any(|peer| peer_matches(peer, &policy.name.namespace, class))
+                || (egress
+                    && rule.peers.is_empty()
+                    && rule.ports.iter().any(|spec| match &spec.port {
+                        Some(PortRef::Name(name)) => class.named_port(name, spec.protocol).is_some(),
+                        _ => false,
+                    }))
+        })
 }
 
 /// Everything a node's maps will hold, plus the explanation behind it.

@@ -64,7 +64,7 @@ impl IdentityClass {
 }
 
 /// Hands out identity numbers; keeps a class's number while it is in use.
-#[derive(Debug, Default)]
+#[derive(Clone, Debug, Default)]
 pub struct IdentityAllocator {
     by_class: BTreeMap<IdentityClass, u32>,
     next: u32,
@@ -91,6 +91,16 @@ impl IdentityAllocator {
     /// Forgets every class not in `live` (numbers are not reused).
     pub fn retain(&mut self, live: &BTreeSet<IdentityClass>) {
         self.by_class.retain(|class, _| live.contains(class));
+    }
+
+    /// Forgets one class (its number is not reused).
+    pub fn forget(&mut self, class: &IdentityClass) {
+        self.by_class.remove(class);
+    }
+
+    /// Forgets every class whose number `live` does not hold.
+    pub fn retain_ids(&mut self, live: impl Fn(u32) -> bool) {
+        self.by_class.retain(|_, id| live(*id));
     }
 
     pub fn len(&self) -> usize {

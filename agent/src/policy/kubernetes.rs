@@ -38,7 +38,7 @@ use tracing::warn;
 
 use sluice_node::clock::now_unix;
 
-use super::model::{isolating_stand_in, Namespace, NetworkPolicy, Pod, PodKey, PolicyModel, PolicyName};
+use super::model::{isolating_stand_in, Namespace, NetworkPolicy, Pod, PodKey, PolicyModel, PolicyName, Touched};
 use crate::kube_watch::{self, KeyedKind, Recovery, Store, StreamState};
 
 /// Objects per page of a list. Pods are the big kind (10,000 at the
@@ -111,11 +111,23 @@ impl Kind {
     }
 }
 
-#[derive(Default)]
 struct Shared {
     view: PolicyView,
     state: PolicyWatchState,
     streams: [StreamState; 3],
+    /// The objects changed since the policy loop last took them.
+    touched: Touched,
+}
+
+impl Default for Shared {
+    fn default() -> Self {
+        Shared {
+            view: PolicyView::default(),
+            state: PolicyWatchState::default(),
+            streams: Default::default(),
+            touched: Touched::everything(),
+        }
+    }
 }
 
 impl Shared {
@@ -165,6 +177,8 @@ trait Watched: Resource<DynamicType = ()> + Clone + DeserializeOwned + Debug + S
     fn key(meta: &ObjectMeta) -> Option<Self::Key>;
     fn convert(&self) -> Converted<Self::Model>;
     fn entries(view: &mut PolicyView) -> &mut BTreeMap<Self::Key, Self::Model>;
+    /// Record that the object under `key` changed.
+    fn touch(touched: &mut Touched, key: &Self::Key);
 }
 
 fn namespaced(meta: &ObjectMeta) -> Option<(String, String)> {
@@ -187,6 +201,9 @@ impl Watched for core::Pod {
     fn entries(view: &mut PolicyView) -> &mut BTreeMap<PodKey, Pod> {
         &mut view.model.pods
     }
+    fn touch(touched: &mut Touched, key: &PodKey) {
+        touched.pods.insert(key.clone());
+    }
 }
 
 impl Watched for core::Namespace {
@@ -205,6 +222,9 @@ impl Watched for core::Namespace {
     fn entries(view: &mut PolicyView) -> &mut BTreeMap<String, Namespace> {
         &mut view.model.namespaces
     }
+    fn touch(touched: &mut Touched, key: &String) {
+        touched.namespaces.insert(key.clone());
+    }
 }
 
 impl Watched for networking::NetworkPolicy {
@@ -219,6 +239,9 @@ impl Watched for networking::NetworkPolicy {
     }
     fn entries(view: &mut PolicyView) -> &mut BTreeMap<PolicyName, NetworkPolicy> {
         &mut view.model.policies
+    }
+    fn touch(touched: &mut Touched, key: &PolicyName) {
+        touched.policies.insert(key.clone());
     }
 }
 
@@ -240,21 +263,34 @@ impl<K: Watched> KeyedKind<Shared> for K {
     }
     fn listed(shared: &mut Shared, key: K::Key, converted: Converted<K::Model>) -> bool {
         note_refusal(shared, K::KIND, &key, converted.error);
-        kube_watch::put(K::entries(&mut shared.view), key, converted.model)
+        let changed = kube_watch::put(K::entries(&mut shared.view), key.clone(), converted.model);
+        if changed {
+            K::touch(&mut shared.touched, &key);
+        }
+        changed
     }
     fn applied(shared: &mut Shared, key: K::Key, converted: Converted<K::Model>) -> bool {
         Self::listed(shared, key, converted)
     }
     fn deleted(shared: &mut Shared, key: &K::Key) -> bool {
         note_refusal(shared, K::KIND, key, None);
-        K::entries(&mut shared.view).remove(key).is_some()
+        let changed = K::entries(&mut shared.view).remove(key).is_some();
+        if changed {
+            K::touch(&mut shared.touched, key);
+        }
+        changed
     }
     fn retain(shared: &mut Shared, keep: &BTreeSet<K::Key>) -> usize {
         let kind = K::KIND;
         let entries = K::entries(&mut shared.view);
-        let before = entries.len();
-        entries.retain(|k, _| keep.contains(k));
-        let removed = before - entries.len();
+        let gone: Vec<K::Key> = entries.keys().filter(|k| !keep.contains(*k)).cloned().collect();
+        for k in &gone {
+            entries.remove(k);
+        }
+        let removed = gone.len();
+        for k in &gone {
+            K::touch(&mut shared.touched, k);
+        }
         let prefix = format!("{} ", kind.name());
         shared
             .view
@@ -343,6 +379,24 @@ impl KubePolicy {
     pub fn with_view<R>(&self, f: impl FnOnce(&PolicyView, &PolicyWatchState) -> R) -> R {
         let shared = self.shared.lock().expect("policy watch lock");
         f(&shared.view, &shared.state)
+    }
+
+    /// As `with_view`, and take what changed since the last call and the
+    /// pending change's start (under the same lock: no change falls
+    /// between the two; a change after this call starts a new pending
+    /// period). Until all three kinds are listed nothing is taken (the
+    /// first compile must be a whole one).
+    pub fn with_changes<R>(
+        &self,
+        f: impl FnOnce(&PolicyView, &PolicyWatchState, Touched) -> R,
+    ) -> (R, Option<Instant>) {
+        let mut shared = self.shared.lock().expect("policy watch lock");
+        let (touched, since) = if shared.state.synced {
+            (std::mem::take(&mut shared.touched), shared.state.pending_since.take())
+        } else {
+            (Touched::everything(), None)
+        };
+        (f(&shared.view, &shared.state, touched), since)
     }
 
     /// As `with_view`, and take the pending change's start (under the same

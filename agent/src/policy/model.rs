@@ -495,6 +495,28 @@ fn port_spec(p: &networking::NetworkPolicyPort) -> Result<PortSpec, PolicyError>
     Ok(PortSpec { protocol, port, end_port })
 }
 
+/// Which objects of a [`PolicyModel`] changed since the last look (the
+/// watchers record them; the policy loop recompiles only what they touch).
+/// `all`: everything may have changed (a start, a relist the loop did not
+/// follow): compile from scratch.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Touched {
+    pub all: bool,
+    pub pods: BTreeSet<PodKey>,
+    pub namespaces: BTreeSet<String>,
+    pub policies: BTreeSet<PolicyName>,
+}
+
+impl Touched {
+    pub fn everything() -> Self {
+        Touched { all: true, ..Touched::default() }
+    }
+
+    pub fn is_empty(&self) -> bool {
+        !self.all && self.pods.is_empty() && self.namespaces.is_empty() && self.policies.is_empty()
+    }
+}
+
 /// Everything the compiler reads. Maps are keyed so that iteration (and so
 /// identity allocation and rule order) is deterministic.
 #[derive(Clone, Debug, Default)]

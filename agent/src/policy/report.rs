@@ -13,7 +13,8 @@ use anyhow::{Context, Result};
 use serde::{Deserialize, Serialize};
 
 use super::{
-    compile::{CompiledNode, DirectionPolicy, Peers, Ports},
+    compile::{DirectionPolicy, Peers, PodPolicy, Ports},
+    identity::IdentityTable,
     model::{PodKey, Protocol},
 };
 
@@ -76,14 +77,14 @@ impl PolicyReport {
     /// From a compiled node: `pods_by_ip` names the pods behind identities;
     /// `ips` and `identity` are each local pod's as the maps hold them.
     pub fn build(
-        compiled: &CompiledNode,
+        identities: &IdentityTable,
+        compiled: &BTreeMap<PodKey, PodPolicy>,
         pods_by_ip: &BTreeMap<Ipv4Addr, PodKey>,
         local: &BTreeMap<PodKey, (Vec<Ipv4Addr>, u32)>,
     ) -> Self {
         // Identity → what carries it: pod names, or prefixes; only for the
         // identities some local pod's rule names.
         let named: BTreeSet<u32> = compiled
-            .pods
             .values()
             .flat_map(|p| p.ingress.rules.iter().chain(&p.egress.rules))
             .filter_map(|r| match &r.peers {
@@ -93,7 +94,7 @@ impl PolicyReport {
             .flatten()
             .collect();
         let mut holders: BTreeMap<u32, BTreeSet<String>> = BTreeMap::new();
-        for (prefix, &id) in compiled.identities.prefixes.iter().filter(|(_, id)| named.contains(id)) {
+        for (prefix, &id) in identities.prefixes.iter().filter(|(_, id)| named.contains(id)) {
             let name = match (prefix.prefix(), pods_by_ip.get(&prefix.ip())) {
                 (32, Some(pod)) => pod.to_string(),
                 _ => prefix.to_string(),
@@ -123,7 +124,6 @@ impl PolicyReport {
                 .collect(),
         };
         let pods = compiled
-            .pods
             .iter()
             .map(|(key, p)| {
                 let (ips, identity) = local.get(key).cloned().unwrap_or_default();
@@ -226,7 +226,7 @@ mod tests {
         });
         let compiled = compile_node(&m, "n1", &mut IdentityAllocator::default());
         let local = [(PodKey::new("x", "a"), (vec![Ipv4Addr::new(10, 244, 1, 2)], 256))].into();
-        let report = PolicyReport::build(&compiled, &NamesTable::pods_of(&m), &local);
+        let report = PolicyReport::build(&compiled.identities, &compiled.pods, &NamesTable::pods_of(&m), &local);
         let a = &report.pods["x/a"];
         assert_eq!(a.ingress.isolated_by, ["x/allow-b"]);
         assert_eq!(

@@ -8,10 +8,13 @@
 //!   (iptables) for traffic the stack forwards for pods.
 //! - `policy_maps`: NetworkPolicy's maps, kept equal to the compiled policy
 //!   of this node's pods.
+//! - `policy_desired`: what those maps must hold, kept up to date change by
+//!   change (only what a change touches is compiled again).
 //! - `service_maps`: the socket load balancer's maps, kept equal to the
 //!   Service plan (`services::plan`).
 pub mod kernel_routes;
 pub mod map_routes;
 pub mod masquerade;
+pub mod policy_desired;
 pub mod policy_maps;
 pub mod service_maps;

@@ -84,6 +84,21 @@ pub struct Desired {
     pub unknown_leased: BTreeSet<Ipv4Addr>,
 }
 
+/// [`Desired`], borrowed: what [`PolicyReconciler::apply`] reads (the
+/// incremental compiler keeps its parts in place).
+#[derive(Clone, Copy, Debug)]
+pub struct DesiredView<'a> {
+    pub identities: &'a BTreeMap<Ipv4Network, u32>,
+    pub pods: &'a BTreeMap<PodKey, DesiredPod>,
+    pub unknown_leased: &'a BTreeSet<Ipv4Addr>,
+}
+
+impl<'a> From<&'a Desired> for DesiredView<'a> {
+    fn from(d: &'a Desired) -> Self {
+        DesiredView { identities: &d.identities, pods: &d.pods, unknown_leased: &d.unknown_leased }
+    }
+}
+
 /// Policy names ↔ the `policy_ref` numbers in `POLICY_RULES` values. A
 /// name keeps its number while any rule names it, so adding a policy does
 /// not renumber (and rewrite) every other's entries.
@@ -102,7 +117,7 @@ impl PolicyRefs {
         self.by_name.iter().map(|(n, &r)| (r, n.clone())).collect()
     }
 
-    fn get_or_add(&mut self, name: &PolicyName) -> u32 {
+    pub(crate) fn get_or_add(&mut self, name: &PolicyName) -> u32 {
         if let Some(&r) = self.by_name.get(name) {
             return r;
         }
@@ -112,7 +127,7 @@ impl PolicyRefs {
         r
     }
 
-    fn retain(&mut self, live: &BTreeSet<PolicyName>) {
+    pub(crate) fn retain(&mut self, live: &BTreeSet<PolicyName>) {
         self.by_name.retain(|n, _| live.contains(n));
     }
 }
@@ -435,7 +450,12 @@ impl PolicyReconciler {
     }
 
     /// One pass: make the maps hold `desired`.
-    pub fn apply(&mut self, tables: &mut impl PolicyTables, desired: &Desired) -> anyhow::Result<ApplyReport> {
+    pub fn apply<'d>(
+        &mut self,
+        tables: &mut impl PolicyTables,
+        desired: impl Into<DesiredView<'d>>,
+    ) -> anyhow::Result<ApplyReport> {
+        let desired: DesiredView<'d> = desired.into();
         let mut report = ApplyReport::default();
 
         // 1. New and changed identities, wide prefixes first (the cluster
@@ -461,7 +481,7 @@ impl PolicyReconciler {
         // 2. Each pod's rule set: an existing one, or written now.
         let mut rules_full = Vec::new();
         let mut chosen: BTreeMap<&PodKey, EndpointPolicy> = BTreeMap::new();
-        for (key, pod) in &desired.pods {
+        for (key, pod) in desired.pods {
             let rules_id = if pod.rules.is_empty() || identities_full {
                 0
             } else if let Some(&id) = self.by_content.get(&pod.rules) {
@@ -487,13 +507,13 @@ impl PolicyReconciler {
 
         // 3. Endpoints: one update per address switches its pod's rules.
         let mut desired_endpoints: BTreeMap<Ipv4Addr, EndpointPolicy> = BTreeMap::new();
-        for (key, pod) in &desired.pods {
+        for (key, pod) in desired.pods {
             for &ip in &pod.ips {
                 desired_endpoints.insert(ip, chosen[key]);
             }
         }
         let mut endpoints_full = Vec::new();
-        for (key, pod) in &desired.pods {
+        for (key, pod) in desired.pods {
             for &ip in &pod.ips {
                 let entry = chosen[key];
                 if self.actual.endpoints.get(&ip) == Some(&entry) {
@@ -516,7 +536,7 @@ impl PolicyReconciler {
 
         // 4. POLICY_PODS, for the CNI plugin.
         let mut pods_full = Vec::new();
-        for (key, pod) in &desired.pods {
+        for (key, pod) in desired.pods {
             let name = key.to_string();
             let entry = PodEntry { endpoint: chosen[key], identity: pod.identity };
             if self.actual.pods.get(&name) == Some(&entry) {

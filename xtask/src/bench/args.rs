@@ -49,6 +49,12 @@ pub struct BenchArgs {
     /// read-only and a build would crawl.
     #[arg(long)]
     pub prebuilt: bool,
+    /// With --policy: only its control plane (the agent's RSS, the time
+    /// from publishing every object to the maps, single changes → maps),
+    /// without the TCP_RR/TCP_CRR rows: minutes instead of the rows' half
+    /// hour at the scale, for iterating on the agent.
+    #[arg(long, requires = "policy")]
+    pub policy_control_only: bool,
     /// Internal: be one measurement's client (MODE rr|crr, ADDR, MILLIS)
     /// and print its figures as JSON; the bench starts it inside a node's
     /// cgroup, where the socket load balancer sees it.
@@ -82,6 +88,9 @@ pub(super) struct Plan {
     pub(super) policy_pods: usize,
     pub(super) policy_namespaces: usize,
     pub(super) policy_changes: usize,
+    /// Measure the NetworkPolicy TCP_RR/TCP_CRR rows (not with
+    /// `--policy-control-only`).
+    pub(super) policy_rows: bool,
 }
 
 impl Plan {
@@ -103,6 +112,7 @@ impl Plan {
                 plan.rr = Duration::from_secs(1);
             }
         }
+        plan.policy_rows = !args.policy_control_only;
         plan
     }
 
@@ -130,6 +140,7 @@ impl Plan {
                 policy_pods: 200,
                 policy_namespaces: 10,
                 policy_changes: 6,
+                policy_rows: true,
             }
         } else {
             Plan {
@@ -149,6 +160,7 @@ impl Plan {
                 policy_pods: 10_000,
                 policy_namespaces: 500,
                 policy_changes: 100,
+                policy_rows: true,
             }
         }
     }

@@ -350,6 +350,12 @@ pub(super) fn round(
     let lab = PolicyLab::up(bins).context("NetworkPolicy lab")?;
     let mut order = [ROW_NONE, ROW_ALLOW];
     order.rotate_left(round % 2);
+    if !plan.policy_rows {
+        // The control plane only (`--policy-control-only`).
+        lab.set_allow()?;
+        let to_maps = lab.set_scale(plan)?;
+        return if control { Ok(Some(control_plane(&lab, plan, to_maps)?)) } else { Ok(None) };
+    }
     for name in order {
         if name == ROW_NONE {
             lab.set_no_policy()?;

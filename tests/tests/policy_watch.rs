@@ -14,7 +14,7 @@ use k8s_openapi::api::{core::v1 as core, networking::v1 as networking};
 use serde_json::{json, Value};
 use sluice_agent::policy::{
     kubernetes::{pod_from_k8s, policy_from_k8s, KubePolicy, PolicyView, PolicyWatchState, LIST_PAGE_SIZE},
-    model::{Namespace, PodKey, PolicyName},
+    model::{Namespace, PodKey, PolicyName, Touched},
 };
 use sluice_tests::apiserver::{namespace_object, network_policy_object, ApiServer, Kind, PodObject};
 
@@ -235,27 +235,33 @@ async fn added_modified_and_deleted_objects_of_each_kind_reach_the_view_within_a
     let policy = KubePolicy::start(cluster.client());
     let mut generation = wait_matches(&policy, &cluster, "initial list", RECOVERY).await.generation;
     policy.take_pending(|_, _| ());
+    policy.with_changes(|_, _, _| ());
     let mut step = async |cluster: &Cluster, what: &str, rv: u64| {
         let state = wait_matches(&policy, cluster, what, SECOND).await;
         assert!(state.generation > generation, "{what}: the generation did not move");
         generation = state.generation;
         let written = cluster.api.written_at(rv).unwrap_or_else(|| panic!("{what}: rv {rv} never written"));
-        let (_, since) = policy.take_pending(|_, _| ());
+        let (touched, since) = policy.with_changes(|_, _, t| t);
         let since = since.unwrap_or_else(|| panic!("{what}: no pending change"));
         assert!(since >= written, "{what}: the change arrived before it was written");
+        touched
     };
+    let pod = |ns: &str, name: &str| Touched { pods: [PodKey::new(ns, name)].into(), ..Touched::default() };
+    let namespace = |ns: &str| Touched { namespaces: [ns.to_string()].into(), ..Touched::default() };
+    let policy_named =
+        |ns: &str, name: &str| Touched { policies: [PolicyName::new(ns, name)].into(), ..Touched::default() };
     let rv = cluster.pod(PodObject::new("x", "d", "n1", "10.244.1.7").build());
-    step(&cluster, "Pod ADDED", rv).await;
+    assert_eq!(step(&cluster, "Pod ADDED", rv).await, pod("x", "d"), "only what changed is reported");
     let rv = cluster.pod(PodObject::new("x", "d", "n1", "10.244.1.7").label("role", "db").build());
-    step(&cluster, "Pod relabelled", rv).await;
+    assert_eq!(step(&cluster, "Pod relabelled", rv).await, pod("x", "d"), "only what changed is reported");
     let rv = cluster.delete_pod("x", "d");
-    step(&cluster, "Pod DELETED", rv).await;
+    assert_eq!(step(&cluster, "Pod DELETED", rv).await, pod("x", "d"), "only what changed is reported");
     let rv = cluster.namespace(namespace_object("z", &[("team", "b")]));
-    step(&cluster, "Namespace ADDED", rv).await;
+    assert_eq!(step(&cluster, "Namespace ADDED", rv).await, namespace("z"), "only what changed is reported");
     let rv = cluster.namespace(namespace_object("z", &[("team", "c")]));
-    step(&cluster, "Namespace relabelled", rv).await;
+    assert_eq!(step(&cluster, "Namespace relabelled", rv).await, namespace("z"), "only what changed is reported");
     let rv = cluster.delete_namespace("z");
-    step(&cluster, "Namespace DELETED", rv).await;
+    assert_eq!(step(&cluster, "Namespace DELETED", rv).await, namespace("z"), "only what changed is reported");
     let rv = cluster.policy(network_policy_object(
         "y",
         "allow-80",
@@ -264,11 +270,23 @@ async fn added_modified_and_deleted_objects_of_each_kind_reach_the_view_within_a
             "ingress": [{"from": [{"namespaceSelector": {"matchLabels": {"team": "a"}}}], "ports": [{"port": 80}]}]
         }),
     ));
-    step(&cluster, "NetworkPolicy ADDED", rv).await;
+    assert_eq!(
+        step(&cluster, "NetworkPolicy ADDED", rv).await,
+        policy_named("y", "allow-80"),
+        "only what changed is reported"
+    );
     let rv = cluster.policy(network_policy_object("y", "allow-80", json!({"podSelector": {}, "ingress": [{}]})));
-    step(&cluster, "NetworkPolicy MODIFIED", rv).await;
+    assert_eq!(
+        step(&cluster, "NetworkPolicy MODIFIED", rv).await,
+        policy_named("y", "allow-80"),
+        "only what changed is reported"
+    );
     let rv = cluster.delete_policy("x", "bad");
-    step(&cluster, "NetworkPolicy DELETED", rv).await;
+    assert_eq!(
+        step(&cluster, "NetworkPolicy DELETED", rv).await,
+        policy_named("x", "bad"),
+        "only what changed is reported"
+    );
     let (view, _) = policy.snapshot();
     assert!(view.refused.is_empty(), "the refused policy's error left with it: {:?}", view.refused);
     // An event that changes nothing the compiler reads is no change.
@@ -291,6 +309,7 @@ async fn relist_after_410_gone_replaces_the_view_and_reconnects_after_dropped_co
     let policy = KubePolicy::start(cluster.client());
     wait_matches(&policy, &cluster, "initial list", RECOVERY).await;
     let lists_before = [Kind::Pod, Kind::Namespace, Kind::NetworkPolicy].map(|k| cluster.api.counters_of(k).0);
+    policy.with_changes(|_, _, _| ());
     // History expires (the watches get 410 and relist); meanwhile objects
     // are deleted and added that the watches never see as events.
     cluster.api.stop_serving();
@@ -302,6 +321,14 @@ async fn relist_after_410_gone_replaces_the_view_and_reconnects_after_dropped_co
     cluster.api.start_serving().unwrap();
     let state = wait_matches(&policy, &cluster, "after 410 and relist", RECOVERY).await;
     assert!(state.relists >= 6, "{state:?}");
+    // What the relists removed and added is what the loop recompiles.
+    let (touched, _) = policy.with_changes(|_, _, t| t);
+    assert!(!touched.all, "{touched:?}");
+    for pod in [PodKey::new("x", "a"), PodKey::new("x", "e")] {
+        assert!(touched.pods.contains(&pod), "{pod} not reported changed: {touched:?}");
+    }
+    assert!(touched.policies.contains(&PolicyName::new("x", "deny-all")), "{touched:?}");
+    assert!(touched.namespaces.contains("y"), "{touched:?}");
     for (kind, before) in [Kind::Pod, Kind::Namespace, Kind::NetworkPolicy].into_iter().zip(lists_before) {
         assert!(cluster.api.counters_of(kind).0 > before, "{kind:?} not relisted");
     }

@@ -70,6 +70,14 @@ pub mod names {
     pub const AFFINITY: &str = "AFFINITY";
     /// `PerCpuArray<u64>` indexed by `services::SockLbCounter`.
     pub const SOCK_LB_STATS: &str = "SOCK_LB_STATS";
+    /// `HashMap<u32 IPv4 (be), u32>`: the node addresses a NodePort answers
+    /// on, this node's (`services::NODE_ADDRESS_LOCAL`) and the other
+    /// nodes' (`NODE_ADDRESS_REMOTE`). The Services loop writes it; the
+    /// socket programs read it when an address missed in `SERVICES`.
+    pub const NODE_ADDRESSES: &str = "NODE_ADDRESSES";
+    /// `Array<services::SockLbConfig>` with one entry: the node's network
+    /// namespace (loopback NodePorts). The Services loop writes it.
+    pub const SOCK_LB_CONFIG: &str = "SOCK_LB_CONFIG";
     /// `LpmTrie<u32 IPv4 (be), policy::PeerIdentity>`: what a peer address
     /// is, for NetworkPolicy (agent writes; programs read per new
     /// connection).
@@ -167,6 +175,9 @@ pub mod limits {
     pub const MAX_SOCK_REVERSE: u32 = 262144;
     /// (client namespace, Service) pairs with session affinity.
     pub const MAX_AFFINITY: u32 = 65536;
+    /// Node addresses NodePorts answer on (every node's InternalIP and
+    /// this node's own addresses).
+    pub const MAX_NODE_ADDRESSES: u32 = 16384;
     /// Prefixes in `POLICY_IDENTITIES`: pods, nodes, the cluster CIDR,
     /// ipBlocks' CIDRs and excepts.
     pub const MAX_POLICY_IDENTITIES: u32 = 65536;

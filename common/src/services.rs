@@ -9,7 +9,17 @@
 //! never a mix, and established connections (already translated) are
 //! never touched.
 
-/// Key of `SERVICES`: a Service's cluster IP, port and protocol.
+/// Key of `SERVICES`: a frontend's address, port and protocol.
+///
+/// Two scopes share the map (`scope`, the byte that was padding before
+/// NodePorts: every older entry is `SCOPE_ADDRESS`):
+/// - `SCOPE_ADDRESS`: one address (`vip_be`): a cluster IP, an external IP
+///   or a LoadBalancer ingress IP (which one: `ServiceValue::flags`);
+/// - `SCOPE_NODE_PORT`: a NodePort, on every node address at once
+///   (`vip_be` is 0): one entry per port, not per node address. A caller
+///   looks it up only after the exact address missed and the address is
+///   one of the node addresses (`NODE_ADDRESSES`, or loopback from the
+///   node's own network namespace): `nodeport_lookup`.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Default)]
 pub struct ServiceKey {
@@ -17,13 +27,119 @@ pub struct ServiceKey {
     pub port_be: u16,
     /// IANA number: 6 TCP, 17 UDP.
     pub protocol: u8,
-    pub _pad: u8,
+    /// `SCOPE_ADDRESS` or `SCOPE_NODE_PORT`.
+    pub scope: u8,
 }
 const _: () = assert!(core::mem::size_of::<ServiceKey>() == 8);
+
+/// `ServiceKey::scope`: the frontend is the address in `vip_be`.
+pub const SCOPE_ADDRESS: u8 = 0;
+/// `ServiceKey::scope`: the frontend is a NodePort on every node address
+/// (`vip_be` 0).
+pub const SCOPE_NODE_PORT: u8 = 1;
+
+impl ServiceKey {
+    /// The NodePort entry that serves `port_be`/`protocol` on any node
+    /// address.
+    pub const fn node_port(port_be: u16, protocol: u8) -> Self {
+        ServiceKey { vip_be: 0, port_be, protocol, scope: SCOPE_NODE_PORT }
+    }
+
+    /// The `SERVICES` key of a frontend as `SOCK_REVERSE` remembers it: a
+    /// NodePort translation remembers the node address the socket named
+    /// (`recvmsg()` must show it), its map entry has none.
+    pub const fn entry_key(self) -> Self {
+        if self.scope == SCOPE_NODE_PORT {
+            ServiceKey { vip_be: 0, ..self }
+        } else {
+            self
+        }
+    }
+}
 
 /// `ServiceValue::flags`: the Service has endpoints, none on this node, and
 /// `internalTrafficPolicy: Local`: a connect fails with `EHOSTUNREACH`.
 pub const SERVICE_NO_LOCAL_ENDPOINTS: u32 = 1;
+/// `ServiceValue::flags`: the address is one of `spec.externalIPs`.
+pub const SERVICE_EXTERNAL_IP: u32 = 1 << 1;
+/// `ServiceValue::flags`: the address is a `status.loadBalancer.ingress`
+/// IP.
+pub const SERVICE_LOAD_BALANCER: u32 = 1 << 2;
+
+/// What kind of frontend an entry of `SERVICES` is: its scope and flags
+/// say. The uplink (world → Service) path will accept every kind but
+/// `ClusterIp` from outside.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum FrontendKind {
+    ClusterIp,
+    NodePort,
+    ExternalIp,
+    LoadBalancer,
+}
+
+impl FrontendKind {
+    /// As Kubernetes spells the Service type (and `status` shows it).
+    pub const fn name(self) -> &'static str {
+        match self {
+            FrontendKind::ClusterIp => "ClusterIP",
+            FrontendKind::NodePort => "NodePort",
+            FrontendKind::ExternalIp => "ExternalIP",
+            FrontendKind::LoadBalancer => "LoadBalancer",
+        }
+    }
+
+    /// The `ServiceValue::flags` bits that name this kind (the NodePort
+    /// kind is in the key's scope).
+    pub const fn flags(self) -> u32 {
+        match self {
+            FrontendKind::ClusterIp | FrontendKind::NodePort => 0,
+            FrontendKind::ExternalIp => SERVICE_EXTERNAL_IP,
+            FrontendKind::LoadBalancer => SERVICE_LOAD_BALANCER,
+        }
+    }
+}
+
+pub const fn frontend_kind(key: &ServiceKey, value: &ServiceValue) -> FrontendKind {
+    if key.scope == SCOPE_NODE_PORT {
+        FrontendKind::NodePort
+    } else if value.flags & SERVICE_LOAD_BALANCER != 0 {
+        FrontendKind::LoadBalancer
+    } else if value.flags & SERVICE_EXTERNAL_IP != 0 {
+        FrontendKind::ExternalIp
+    } else {
+        FrontendKind::ClusterIp
+    }
+}
+
+/// Value of `NODE_ADDRESSES` (key: an IPv4 address, network order): an
+/// address of this node (any interface of its network namespace).
+pub const NODE_ADDRESS_LOCAL: u32 = 1;
+/// Value of `NODE_ADDRESSES`: another node's InternalIP.
+pub const NODE_ADDRESS_REMOTE: u32 = 2;
+
+/// Is `ip_be` (network order, as `user_ip4`) in 127.0.0.0/8?
+pub const fn is_loopback_be(ip_be: u32) -> bool {
+    ip_be.to_ne_bytes()[0] == 127
+}
+
+/// Does a socket call to `ip_be` get the NodePort entry once the exact
+/// address missed: the address is a node's (this one's or another's:
+/// `node_address`, the `NODE_ADDRESSES` lookup), or loopback named from
+/// the node's own network namespace (a pod's 127.0.0.1 is the pod's).
+pub const fn nodeport_candidate(ip_be: u32, node_address: bool, in_host_netns: bool) -> bool {
+    node_address || (in_host_netns && is_loopback_be(ip_be))
+}
+
+/// Value of `SOCK_LB_CONFIG` (one entry), written by the agent when the
+/// Services loop starts; read by the socket programs.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub struct SockLbConfig {
+    /// `SO_NETNS_COOKIE` of the node's own network namespace (where the
+    /// agent runs); 0 until written: then loopback NodePorts are off.
+    pub host_netns_cookie: u64,
+}
+const _: () = assert!(core::mem::size_of::<SockLbConfig>() == 8);
 
 /// Value of `SERVICES`.
 #[repr(C)]
@@ -166,10 +282,13 @@ pub enum SockLbCounter {
     /// Of `Connected`: an IPv6 socket's `connect()` to a v4-mapped cluster
     /// IP (`::ffff:10.96.0.10`), translated by `sock_connect6`.
     V4Mapped = 6,
+    /// Of `Connected` and `Sent`: through a NodePort entry (a node
+    /// address, or loopback from the node, and a NodePort).
+    NodePort = 7,
 }
 
 impl SockLbCounter {
-    pub const COUNT: u32 = 7;
+    pub const COUNT: u32 = 8;
     pub const ALL: [SockLbCounter; Self::COUNT as usize] = [
         SockLbCounter::Connected,
         SockLbCounter::Sent,
@@ -178,6 +297,7 @@ impl SockLbCounter {
         SockLbCounter::Reversed,
         SockLbCounter::SlotMissing,
         SockLbCounter::V4Mapped,
+        SockLbCounter::NodePort,
     ];
 
     /// Name in `status` and metrics.
@@ -190,6 +310,7 @@ impl SockLbCounter {
             SockLbCounter::Reversed => "reversed",
             SockLbCounter::SlotMissing => "slot_missing",
             SockLbCounter::V4Mapped => "v4_mapped",
+            SockLbCounter::NodePort => "node_port",
         }
     }
 }
@@ -206,6 +327,7 @@ mod pod_impls {
     unsafe impl aya::Pod for super::ReverseKey {}
     unsafe impl aya::Pod for super::AffinityKey {}
     unsafe impl aya::Pod for super::AffinityValue {}
+    unsafe impl aya::Pod for super::SockLbConfig {}
 }
 
 #[cfg(test)]
@@ -233,6 +355,7 @@ mod tests {
         Reversed = 4, "reversed";
         SlotMissing = 5, "slot_missing";
         V4Mapped = 6, "v4_mapped";
+        NodePort = 7, "node_port";
     });
 
     #[test]
@@ -255,6 +378,38 @@ mod tests {
         for other in ["fd00::a60:a", "::10.96.0.10", "::ffff:0:10.96.0.10", "64:ff9b::10.96.0.10", "::1", "::"] {
             assert_eq!(v4_mapped_be(words(other)), None, "{other}");
         }
+    }
+
+    fn be(ip: &str) -> u32 {
+        u32::from_ne_bytes(ip.parse::<core::net::Ipv4Addr>().unwrap().octets())
+    }
+
+    #[test]
+    fn loopback_is_a_node_address_only_from_the_node_itself() {
+        assert!(is_loopback_be(be("127.0.0.1")));
+        assert!(is_loopback_be(be("127.3.2.1")));
+        assert!(!is_loopback_be(be("128.0.0.1")));
+        assert!(!is_loopback_be(be("10.0.0.127")));
+        assert!(nodeport_candidate(be("127.0.0.1"), false, true));
+        assert!(!nodeport_candidate(be("127.0.0.1"), false, false), "a pod's loopback is the pod's");
+        assert!(nodeport_candidate(be("172.30.0.2"), true, false), "a node address from a pod");
+        assert!(!nodeport_candidate(be("172.30.0.99"), false, true), "not a node address");
+    }
+
+    #[test]
+    fn the_kind_comes_from_the_scope_and_the_flags_and_reverse_keys_find_their_entry() {
+        let v = |flags| ServiceValue { flags, ..Default::default() };
+        let addr = ServiceKey { vip_be: be("10.96.0.1"), port_be: 80u16.to_be(), protocol: 6, scope: SCOPE_ADDRESS };
+        assert_eq!(frontend_kind(&addr, &v(0)), FrontendKind::ClusterIp);
+        assert_eq!(frontend_kind(&addr, &v(SERVICE_NO_LOCAL_ENDPOINTS)), FrontendKind::ClusterIp);
+        assert_eq!(frontend_kind(&addr, &v(FrontendKind::ExternalIp.flags())), FrontendKind::ExternalIp);
+        assert_eq!(frontend_kind(&addr, &v(FrontendKind::LoadBalancer.flags())), FrontendKind::LoadBalancer);
+        let np = ServiceKey::node_port(30080u16.to_be(), 17);
+        assert_eq!(frontend_kind(&np, &v(0)), FrontendKind::NodePort);
+        // A NodePort translation remembers the address the socket named.
+        let remembered = ServiceKey { vip_be: be("172.30.0.2"), ..np };
+        assert_eq!(remembered.entry_key(), np);
+        assert_eq!(addr.entry_key(), addr);
     }
 
     #[test]

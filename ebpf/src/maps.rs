@@ -6,8 +6,8 @@ use aya_ebpf::{
 };
 use sluice_common::{
     maps::limits::{
-        EVENTS_BYTES, MAX_AFFINITY, MAX_BACKENDS, MAX_ENDPOINTS, MAX_IFACES, MAX_NODE_ROUTES, MAX_POLICY_CT,
-        MAX_POLICY_IDENTITIES, MAX_POLICY_RULES, MAX_SERVICES, MAX_SOCK_REVERSE, MAX_STACK_FLOWS,
+        EVENTS_BYTES, MAX_AFFINITY, MAX_BACKENDS, MAX_ENDPOINTS, MAX_IFACES, MAX_NODE_ADDRESSES, MAX_NODE_ROUTES,
+        MAX_POLICY_CT, MAX_POLICY_IDENTITIES, MAX_POLICY_RULES, MAX_SERVICES, MAX_SOCK_REVERSE, MAX_STACK_FLOWS,
     },
     policy::{
         CtEntry, CtKey, EndpointPolicy, PeerIdentity, PodNameKey, PodPolicy, PolicyKey, PolicyState, PolicyValue,
@@ -15,7 +15,7 @@ use sluice_common::{
     },
     services::{
         AffinityKey, AffinityValue, Backend, BackendMember, BackendSlot, ReverseKey, ServiceKey, ServiceValue,
-        SockLbCounter,
+        SockLbConfig, SockLbCounter,
     },
     DropCount, EndpointInfo, FlowKey, ForwardPath, NodeConfig, RemoteNode, StackFlowEvent, TunnelConfig, DROP_SLOTS,
 };
@@ -81,6 +81,12 @@ pub static AFFINITY: LruHashMap<AffinityKey, AffinityValue> = LruHashMap::with_m
 
 #[map]
 pub static SOCK_LB_STATS: PerCpuArray<u64> = PerCpuArray::with_max_entries(SockLbCounter::COUNT, 0);
+
+#[map]
+pub static NODE_ADDRESSES: HashMap<u32, u32> = HashMap::with_max_entries(MAX_NODE_ADDRESSES, 0);
+
+#[map]
+pub static SOCK_LB_CONFIG: Array<SockLbConfig> = Array::with_max_entries(1, 0);
 
 // NetworkPolicy (`sluice_common::policy`; who writes and reads each is on
 // its name in `sluice_common::maps::names`).

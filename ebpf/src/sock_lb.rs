@@ -25,6 +25,13 @@
 //! with `ENOTSUPP`). The unsuffixed names are the IPv4 programs: pinned
 //! links carry them, so they keep them.
 //!
+//! NodePorts (`SCOPE_NODE_PORT` entries, one per port for every node
+//! address): a destination that is not itself a frontend, but is a node
+//! address (`NODE_ADDRESSES`: this node's and the other nodes') or, from the
+//! node's own network namespace, loopback, is looked up again as a
+//! NodePort. The socket still remembers the address it named, so
+//! `recvmsg()` / `getpeername()` show `nodeIP:nodePort`.
+//!
 //! Every program returns 1 (carry on) except a refusal: 0 with the error
 //! set by `bpf_set_retval` (`ECONNREFUSED` when a Service has no
 //! endpoints, as kube-proxy's REJECT; `EHOSTUNREACH` when only other
@@ -40,11 +47,13 @@ use aya_ebpf::{
     EbpfContext,
 };
 use sluice_common::services::{
-    admission, affinity_fresh, v4_mapped_be, Admission, AffinityKey, AffinityValue, Backend, BackendMember,
-    BackendSlot, ReverseKey, ServiceKey, ServiceValue, SockLbCounter,
+    admission, affinity_fresh, is_loopback_be, nodeport_candidate, v4_mapped_be, Admission, AffinityKey, AffinityValue,
+    Backend, BackendMember, BackendSlot, ReverseKey, ServiceKey, ServiceValue, SockLbCounter, SCOPE_ADDRESS,
 };
 
-use crate::maps::{AFFINITY, BACKENDS, BACKEND_MEMBERS, SERVICES, SOCK_LB_STATS, SOCK_REVERSE};
+use crate::maps::{
+    AFFINITY, BACKENDS, BACKEND_MEMBERS, NODE_ADDRESSES, SERVICES, SOCK_LB_CONFIG, SOCK_LB_STATS, SOCK_REVERSE,
+};
 
 const ALLOW: i32 = 1;
 const REJECT: i32 = 0;
@@ -121,7 +130,37 @@ fn frontend(ctx: &SockAddrContext, family: Family) -> Option<ServiceKey> {
     }
     let ip = address(ctx, family)?;
     // `user_port` holds the port in network byte order in its low 16 bits.
-    Some(ServiceKey { vip_be: ip, port_be: port as u16, protocol: protocol as u8, _pad: 0 })
+    Some(ServiceKey { vip_be: ip, port_be: port as u16, protocol: protocol as u8, scope: SCOPE_ADDRESS })
+}
+
+/// Is the call made from the node's own network namespace (not a pod's)?
+#[inline(always)]
+fn in_host_netns(ctx: &SockAddrContext) -> bool {
+    let Some(config) = SOCK_LB_CONFIG.get(0) else { return false };
+    // SAFETY: a plain helper valid in sock_addr programs.
+    config.host_netns_cookie != 0 && unsafe { bpf_get_netns_cookie(ctx.as_ptr()) } == config.host_netns_cookie
+}
+
+/// The `SERVICES` entry for the address the call names, and the key it was
+/// found under: the address itself, else the NodePort entry when the
+/// address is a node's (`nodeport_candidate`).
+#[inline(always)]
+fn lookup(ctx: &SockAddrContext, key: &ServiceKey) -> Option<(ServiceKey, ServiceValue)> {
+    // SAFETY: the value is copied out at once.
+    if let Some(v) = unsafe { SERVICES.get(key) }.copied() {
+        return Some((*key, v));
+    }
+    // SAFETY: only presence is read.
+    let node_address = unsafe { NODE_ADDRESSES.get(&key.vip_be) }.is_some();
+    // The netns cookie only for loopback: most misses are neither.
+    let from_host = !node_address && is_loopback_be(key.vip_be) && in_host_netns(ctx);
+    if !nodeport_candidate(key.vip_be, node_address, from_host) {
+        return None;
+    }
+    let np = ServiceKey::node_port(key.port_be, key.protocol);
+    // SAFETY: as above.
+    let v = unsafe { SERVICES.get(&np) }.copied()?;
+    Some((np, v))
 }
 
 /// The backend remembered for this client, if still fresh and still in
@@ -171,9 +210,8 @@ fn pick(ctx: &SockAddrContext, key: &ServiceKey, service: &ServiceValue) -> Opti
 /// verdict.
 #[inline(always)]
 fn translate(ctx: &SockAddrContext, family: Family, done: SockLbCounter) -> i32 {
-    let Some(key) = frontend(ctx, family) else { return ALLOW };
-    // SAFETY: the value is copied out at once.
-    let Some(service) = (unsafe { SERVICES.get(&key) }).copied() else { return ALLOW };
+    let Some(named) = frontend(ctx, family) else { return ALLOW };
+    let Some((key, service)) = lookup(ctx, &named) else { return ALLOW };
     match admission(&service) {
         Admission::Balance => {}
         Admission::Refuse => {
@@ -196,10 +234,16 @@ fn translate(ctx: &SockAddrContext, family: Family, done: SockLbCounter) -> i32 
     set_address(ctx, family, backend.ip_be, backend.port_be);
     // SAFETY: a plain helper valid in sock_addr programs.
     let cookie = unsafe { bpf_get_socket_cookie(ctx.as_ptr()) };
-    let _ = SOCK_REVERSE.insert(&ReverseKey { cookie, backend }, &key, 0);
+    // What the socket named (a NodePort: the node address it used), with
+    // the entry's scope: `entry_key()` finds the entry again.
+    let remembered = ServiceKey { scope: key.scope, ..named };
+    let _ = SOCK_REVERSE.insert(&ReverseKey { cookie, backend }, &remembered, 0);
     count(done);
     if family == Family::V6 {
         count(SockLbCounter::V4Mapped);
+    }
+    if key.scope != SCOPE_ADDRESS {
+        count(SockLbCounter::NodePort);
     }
     ALLOW
 }

@@ -328,6 +328,13 @@ pub struct ServiceObject {
     pub client_ip_affinity: Option<Option<u32>>,
     pub internal_traffic_local: bool,
     pub labels: BTreeMap<String, String>,
+    /// `spec.externalIPs`.
+    pub external_ips: Vec<String>,
+    /// `status.loadBalancer.ingress[].ip`.
+    pub load_balancer_ips: Vec<String>,
+    /// `externalTrafficPolicy: Local` (with `healthCheckNodePort` for a
+    /// LoadBalancer, as the API server allocates it).
+    pub external_traffic_local: bool,
 }
 
 impl ServiceObject {
@@ -343,7 +350,39 @@ impl ServiceObject {
             client_ip_affinity: None,
             internal_traffic_local: false,
             labels: BTreeMap::new(),
+            external_ips: Vec::new(),
+            load_balancer_ips: Vec::new(),
+            external_traffic_local: false,
         }
+    }
+
+    /// The `nodePort` `build()` gives port `i` (NodePort and LoadBalancer
+    /// types), as the API server's allocator would: in 30000-32767.
+    pub fn node_port(&self, i: usize) -> u16 {
+        30000 + ((u32::from(self.ports[i].port) * 7 + i as u32) % 2768) as u16
+    }
+
+    /// `spec.healthCheckNodePort` `build()` gives a LoadBalancer Service
+    /// with `externalTrafficPolicy: Local`.
+    pub fn health_check_node_port(&self) -> Option<u16> {
+        (self.type_ == "LoadBalancer" && self.external_traffic_local)
+            .then(|| 32000 + (self.name.bytes().map(u16::from).sum::<u16>() % 700))
+    }
+
+    pub fn external_ips(mut self, ips: &[&str]) -> Self {
+        self.external_ips = ips.iter().map(|s| s.to_string()).collect();
+        self
+    }
+
+    /// `status.loadBalancer.ingress` IPs (a load balancer controller's).
+    pub fn load_balancer_ips(mut self, ips: &[&str]) -> Self {
+        self.load_balancer_ips = ips.iter().map(|s| s.to_string()).collect();
+        self
+    }
+
+    pub fn external_traffic_local(mut self) -> Self {
+        self.external_traffic_local = true;
+        self
     }
 
     /// `clusterIP: None`.
@@ -432,7 +471,7 @@ impl ServiceObject {
                     let mut port =
                         json!({"name": p.name, "port": p.port, "targetPort": p.target_port, "protocol": p.protocol});
                     if self.type_ == "NodePort" || self.type_ == "LoadBalancer" {
-                        port["nodePort"] = json!(30000 + (u32::from(p.port) * 7 + i as u32) % 2768);
+                        port["nodePort"] = json!(self.node_port(i));
                     }
                     port
                 })
@@ -441,6 +480,16 @@ impl ServiceObject {
         if let Some(timeout) = self.client_ip_affinity.flatten() {
             spec["sessionAffinityConfig"] = json!({"clientIP": {"timeoutSeconds": timeout}});
         }
+        if !self.external_ips.is_empty() {
+            spec["externalIPs"] = json!(self.external_ips);
+        }
+        if self.type_ == "NodePort" || self.type_ == "LoadBalancer" {
+            spec["externalTrafficPolicy"] = json!(if self.external_traffic_local { "Local" } else { "Cluster" });
+        }
+        if let Some(port) = self.health_check_node_port() {
+            spec["healthCheckNodePort"] = json!(port);
+        }
+        let ingress: Vec<Value> = self.load_balancer_ips.iter().map(|ip| json!({"ip": ip, "ipMode": "VIP"})).collect();
         let mut labels = json!({"app": self.name});
         for (k, v) in &self.labels {
             labels[k] = json!(v);
@@ -457,7 +506,7 @@ impl ServiceObject {
                 "labels": labels,
             },
             "spec": spec,
-            "status": {"loadBalancer": {}},
+            "status": {"loadBalancer": if ingress.is_empty() { json!({}) } else { json!({"ingress": ingress}) }},
         })
     }
 }

@@ -412,7 +412,7 @@ impl ServiceProbe {
 
     /// The `SERVICES` entry of a TCP frontend.
     pub fn frontend(&self, ip: Ipv4Addr, port: u16) -> Result<Option<ServiceValue>> {
-        let key = ServiceKey { vip_be: u32::from_ne_bytes(ip.octets()), port_be: port.to_be(), protocol: 6, _pad: 0 };
+        let key = ServiceKey { vip_be: u32::from_ne_bytes(ip.octets()), port_be: port.to_be(), protocol: 6, scope: 0 };
         lookup(&self.services, &key).context("look up SERVICES")
     }
 

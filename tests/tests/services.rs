@@ -496,3 +496,156 @@ fn an_agent_whose_services_never_synced_is_unhealthy_until_they_do() {
     lab.api.as_ref().unwrap().forbid(sluice_tests::apiserver::Kind::Service, false);
     wait_status("healthy once the Services list", &|s| s["healthy"] == true);
 }
+
+/// `node` is one of the lab's nodes: its LAN address.
+fn node_ip(lab: &Lab, i: usize) -> String {
+    lab.state.nodes[i].ip.split('/').next().unwrap().to_string()
+}
+
+/// Wait until every node's `status --services` lists `want` among the
+/// addresses NodePorts answer on.
+fn wait_node_addresses(lab: &Lab, want: &[String]) {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    for i in 0..lab.state.nodes.len() {
+        loop {
+            let v = services::service_status(lab, i).unwrap();
+            let got: BTreeSet<String> = v["services"]["nodeAddresses"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .filter_map(|a| a["ip"].as_str().map(String::from))
+                .collect();
+            if want.iter().all(|w| got.contains(w)) {
+                break;
+            }
+            assert!(Instant::now() < deadline, "node {i}: NodePort addresses {got:?}, want {want:?}");
+            sleep(Duration::from_millis(100));
+        }
+    }
+}
+
+/// Issue 27, NodePorts at the socket, no kube-proxy rules in the lab: a
+/// pod reaches the NodePort on another node's address, a node its own on
+/// 127.0.0.1 and on its address, over TCP and UDP; each answer comes from
+/// a backend and the socket still shows the address it named. A pod's
+/// 127.0.0.1 is its own: never translated.
+#[test]
+fn node_ports_from_pods_and_nodes_on_every_node_address_and_loopback() {
+    require_root();
+    let lab = services::lab(2, 2).unwrap();
+    let api = lab.api.as_ref().unwrap();
+    let backends = all_pods(&lab);
+    let svc = service("np", "10.96.0.70", &[("http", 80, 7777, "TCP"), ("dns", 53, services::UDP_PORT, "UDP")])
+        .type_("NodePort");
+    let (tcp_np, udp_np) = (svc.node_port(0), svc.node_port(1));
+    api.upsert_service(svc.build());
+    api.upsert_endpoint_slice(
+        slice("np", &[("http", 7777, "TCP"), ("dns", services::UDP_PORT, "UDP")], &endpoints(&backends)).build(),
+    );
+    wait_backends(&lab, "*", tcp_np, "TCP", &targets(&backends, 7777)).unwrap();
+    wait_backends(&lab, "*", udp_np, "UDP", &targets(&backends, services::UDP_PORT)).unwrap();
+    let (ip1, ip2) = (node_ip(&lab, 0), node_ip(&lab, 1));
+    wait_node_addresses(&lab, &[ip1.clone(), ip2.clone()]);
+    let v = services::service_status(&lab, 0).unwrap();
+    let np = v["services"]["frontends"].as_array().unwrap().iter().find(|f| f["port"] == tcp_np).cloned().unwrap();
+    assert_eq!(np["kind"], "NodePort", "{np}");
+    let names: BTreeSet<String> = lab.pods().iter().map(|(_, p)| p.name.clone()).collect();
+    let (n1, pod) = (lab.state.nodes[0].clone(), lab.state.nodes[0].pods[0].clone());
+    let (tcp_s, udp_s) = (tcp_np.to_string(), udp_np.to_string());
+
+    // A pod on n1 → n2's address: every backend, the peer is n2:nodePort.
+    let out = client(&lab, &n1, &pod.netns, &["tcp", &ip2, &tcp_s, "80"]).unwrap();
+    assert_eq!(oks(&out), 80, "{:?}", tally(&out));
+    assert!(out.iter().all(|o| matches!(o, Outcome::Ok { peer, .. } if peer == &format!("{ip2}:{tcp_np}"))));
+    assert_eq!(tally(&out).keys().cloned().collect::<BTreeSet<_>>(), names, "{:?}", tally(&out));
+    let out = client(&lab, &n1, &pod.netns, &["udp", &ip2, &udp_s, "20"]).unwrap();
+    assert_eq!(oks(&out), 20, "{:?}", tally(&out));
+    assert!(out.iter().all(|o| matches!(o, Outcome::Ok { peer, .. } if peer == &format!("{ip2}:{udp_np}"))));
+    // ... and its own node's address.
+    let out = client(&lab, &n1, &pod.netns, &["tcp", &ip1, &tcp_s, "20"]).unwrap();
+    assert_eq!(oks(&out), 20, "{:?}", tally(&out));
+
+    // n1 itself: on 127.0.0.1 and on its address, TCP and UDP (sendto too).
+    for ip in ["127.0.0.1", ip1.as_str()] {
+        let out = client(&lab, &n1, &n1.netns, &["tcp", ip, &tcp_s, "20"]).unwrap();
+        assert_eq!(oks(&out), 20, "n1 → {ip}: {:?}", tally(&out));
+        assert!(tally(&out).len() >= 3, "spread: {:?}", tally(&out));
+        let out = client(&lab, &n1, &n1.netns, &["udp", ip, &udp_s, "10"]).unwrap();
+        assert_eq!(oks(&out), 10, "n1 → {ip} UDP: {:?}", tally(&out));
+        let out = client(&lab, &n1, &n1.netns, &["sendto", ip, &udp_s, "10"]).unwrap();
+        assert_eq!(oks(&out), 10, "n1 → {ip} sendto: {:?}", tally(&out));
+        assert!(out.iter().all(|o| matches!(o, Outcome::Ok { peer, .. } if peer == &format!("{ip}:{udp_np}"))));
+    }
+
+    // A pod's loopback is the pod's: nothing listens there.
+    let out = client(&lab, &n1, &pod.netns, &["tcp", "127.0.0.1", &tcp_s, "2"]).unwrap();
+    assert_eq!(out, vec![Outcome::Err("ECONNREFUSED".into()); 2]);
+
+    let v = services::service_status(&lab, 0).unwrap();
+    assert!(v["services"]["counters"]["node_port"].as_u64().unwrap() >= 190, "{}", v["services"]["counters"]);
+}
+
+/// Issue 27: `externalIPs` and LoadBalancer ingress IPs from pods and the
+/// node, and a NodePort without endpoints refused at once (as kube-proxy's
+/// REJECT), with no kube-proxy rules in the lab.
+#[test]
+fn external_ips_and_load_balancer_ingress_ips_reach_backends_and_empty_node_ports_are_refused() {
+    require_root();
+    let lab = services::lab(2, 1).unwrap();
+    let api = lab.api.as_ref().unwrap();
+    let backends = all_pods(&lab);
+    const EXTERNAL: &str = "192.0.2.10";
+    const INGRESS: &str = "198.51.100.7";
+    api.upsert_service(
+        service("lb", "10.96.0.71", &[("http", 80, 7777, "TCP"), ("dns", 53, services::UDP_PORT, "UDP")])
+            .type_("LoadBalancer")
+            .external_ips(&[EXTERNAL])
+            .load_balancer_ips(&[INGRESS])
+            .build(),
+    );
+    api.upsert_endpoint_slice(
+        slice("lb", &[("http", 7777, "TCP"), ("dns", services::UDP_PORT, "UDP")], &endpoints(&backends)).build(),
+    );
+    let empty = service("empty-np", "10.96.0.72", &[("http", 81, 7777, "TCP")]).type_("NodePort");
+    let empty_np = empty.node_port(0);
+    api.upsert_service(empty.build());
+    for ip in [EXTERNAL, INGRESS] {
+        wait_backends(&lab, ip, 80, "TCP", &targets(&backends, 7777)).unwrap();
+        wait_backends(&lab, ip, 53, "UDP", &targets(&backends, services::UDP_PORT)).unwrap();
+    }
+    wait_backends(&lab, "*", empty_np, "TCP", &[]).unwrap();
+    let v = services::service_status(&lab, 0).unwrap();
+    let kind_of = |ip: &str| {
+        v["services"]["frontends"].as_array().unwrap().iter().find(|f| f["ip"] == ip && f["port"] == 80).unwrap()
+            ["kind"]
+            .clone()
+    };
+    assert_eq!(kind_of(EXTERNAL), "ExternalIP");
+    assert_eq!(kind_of(INGRESS), "LoadBalancer");
+    assert_eq!(kind_of("10.96.0.71"), "ClusterIP");
+
+    let names: BTreeSet<String> = lab.pods().iter().map(|(_, p)| p.name.clone()).collect();
+    let n1 = lab.state.nodes[0].clone();
+    let pod = n1.pods[0].clone();
+    for ip in [EXTERNAL, INGRESS] {
+        let out = client(&lab, &n1, &pod.netns, &["tcp", ip, "80", "40"]).unwrap();
+        assert_eq!(oks(&out), 40, "pod → {ip}: {:?}", tally(&out));
+        assert_eq!(tally(&out).keys().cloned().collect::<BTreeSet<_>>(), names, "{:?}", tally(&out));
+        assert!(out.iter().all(|o| matches!(o, Outcome::Ok { peer, .. } if peer == &format!("{ip}:80"))));
+        let out = client(&lab, &n1, &pod.netns, &["udp", ip, "53", "10"]).unwrap();
+        assert_eq!(oks(&out), 10, "pod → {ip} UDP: {:?}", tally(&out));
+        let out = client(&lab, &n1, &n1.netns, &["tcp", ip, "80", "10"]).unwrap();
+        assert_eq!(oks(&out), 10, "node → {ip}: {:?}", tally(&out));
+    }
+
+    // No endpoints: refused at once, from a pod and from the node.
+    wait_node_addresses(&lab, &[node_ip(&lab, 1)]);
+    let start = Instant::now();
+    let out = client(&lab, &n1, &pod.netns, &["tcp", &node_ip(&lab, 1), &empty_np.to_string(), "2"]).unwrap();
+    assert_eq!(out, vec![Outcome::Err("ECONNREFUSED".into()); 2]);
+    let out = client(&lab, &n1, &n1.netns, &["tcp", "127.0.0.1", &empty_np.to_string(), "2"]).unwrap();
+    assert_eq!(out, vec![Outcome::Err("ECONNREFUSED".into()); 2]);
+    assert!(start.elapsed() < Duration::from_secs(3), "refused at once: {:?}", start.elapsed());
+    let v = services::service_status(&lab, 0).unwrap();
+    assert!(v["services"]["counters"]["refused_no_endpoints"].as_u64().unwrap() >= 4, "{}", v["services"]["counters"]);
+}

@@ -280,6 +280,7 @@ fn start_services_loop(
     pins: &PinDir,
     agent_metrics: &metrics::AgentMetrics,
     service_lb_state: &service_lb::SharedState,
+    node_ips: service_lb::NodeIps,
 ) {
     {
         let mut st = service_lb_state.lock().expect("service state lock");
@@ -295,7 +296,7 @@ fn start_services_loop(
         let destroyed = move |n| {
             destroyed.inc_by(n);
         };
-        service_lb::run(kube.clone(), pins.clone(), name.clone(), st.clone(), observe, destroyed)
+        service_lb::run(kube.clone(), pins.clone(), name.clone(), node_ips.clone(), st.clone(), observe, destroyed)
     };
     tokio::spawn(service_lb::supervise(service_lb_state.clone(), start));
 }
@@ -489,6 +490,18 @@ async fn bring_up_datapath(
     })
 }
 
+/// Every node's InternalIP, for NodePorts at the socket: from the Node
+/// watch (Services in eBPF need Kubernetes; a peers file gives none).
+fn node_ips(source: &Source) -> service_lb::NodeIps {
+    match source {
+        Source::Kubernetes(nodes) => {
+            let nodes = nodes.clone();
+            std::sync::Arc::new(move || nodes.snapshot().0.into_iter().filter_map(|n| n.node_ip).collect())
+        }
+        _ => std::sync::Arc::new(Vec::new),
+    }
+}
+
 /// What the node serves: the health endpoint (`connectivity-test` probes
 /// it), the Services loop (when Services are in eBPF) and metrics.
 async fn serve_node_endpoints(
@@ -497,7 +510,7 @@ async fn serve_node_endpoints(
     uplink: &Uplink,
     pod_cidr: Ipv4Network,
     datapath: &DatapathUp,
-    services: Option<KubeServices>,
+    services: Option<(KubeServices, service_lb::NodeIps)>,
     reconcilers: &Reconcilers,
 ) -> Result<(PathBuf, metrics::AgentMetrics, service_lb::SharedState)> {
     let pins = &datapath.pins;
@@ -507,8 +520,8 @@ async fn serve_node_endpoints(
     health_endpoint::responder::serve(&health_netns, &node.node_name)?;
     let agent_metrics = metrics::AgentMetrics::default();
     let service_lb_state = service_lb::SharedState::default();
-    if let (Some(kube), Some(cgroup)) = (services, &datapath.sock_lb_cgroup) {
-        start_services_loop(kube, cgroup, node, pins, &agent_metrics, &service_lb_state);
+    if let (Some((kube, node_ips)), Some(cgroup)) = (services, &datapath.sock_lb_cgroup) {
+        start_services_loop(kube, cgroup, node, pins, &agent_metrics, &service_lb_state, node_ips);
     }
     if let Some(bind) = node.metrics_bind()? {
         let masquerade = reconcilers.masquerade_counter();
@@ -734,6 +747,7 @@ pub async fn run(
     let reconcilers = Reconcilers::start(&netlink, &node, &uplink, &datapath, &membership).await?;
     info!(node = %node.node_name, uplink = %node.uplink, %node_ip, mtu = uplink.pod_mtu, pods = datapath.pods, "datapath ready");
 
+    let services = services.map(|kube| (kube, node_ips(&source)));
     let (health_netns, agent_metrics, service_lb_state) =
         serve_node_endpoints(&netlink, &node, &uplink, pod_cidr, &datapath, services, &reconcilers).await?;
 

@@ -12,7 +12,9 @@
 //! again with backoff. Each pass beats `heartbeat_unix`, so `status
 //! --liveness` (the livenessProbe) tells a wedged loop from a quiet one.
 use std::{
+    collections::BTreeMap,
     future::Future,
+    net::Ipv4Addr,
     path::PathBuf,
     sync::{Arc, Mutex},
     time::{Duration, Instant},
@@ -20,17 +22,26 @@ use std::{
 
 use anyhow::{anyhow, Result};
 use serde::{Deserialize, Serialize};
+use sluice_common::services::SockLbConfig;
 use sluice_node::{
     clock::now_unix,
-    datapath::{pins::PinDir, service_maps::ServiceMaps},
+    datapath::{
+        pinned_maps::{ip_be, ip_from_be},
+        pins::PinDir,
+        service_maps::{own_netns_cookie, set_sock_lb_config, NodeAddressMap, ServiceMaps},
+    },
+    net::netlink::Netlink,
 };
 use tracing::{error, info, warn};
 
 use crate::{
     daemon::udp_sockets,
     reconcile::service_maps::{RemovedBackend, ServiceReconciler},
-    services::{kubernetes::KubeServices, model::Touched, plan},
+    services::{kubernetes::KubeServices, model::Touched, node_addresses, plan},
 };
+
+/// Every node's InternalIP (the Node watch's current view).
+pub type NodeIps = Arc<dyn Fn() -> Vec<Ipv4Addr> + Send + Sync>;
 
 const RESYNC: Duration = Duration::from_secs(10);
 /// A loop whose last pass is older than this is wedged: it passes at
@@ -59,6 +70,10 @@ pub struct ServiceLbState {
     pub backends: usize,
     /// Balanced Services (with at least one frontend).
     pub services: usize,
+    /// Addresses NodePorts answer on (`NODE_ADDRESSES`: this node's and the
+    /// other nodes'), besides loopback from the node itself.
+    #[serde(default)]
+    pub node_addresses: Vec<String>,
     pub last_error: Option<String>,
     /// The last pass that changed something: how long from the watch
     /// event to the maps holding it.
@@ -97,10 +112,12 @@ pub type SharedState = Arc<Mutex<ServiceLbState>>;
 /// (watch event → maps updated) in seconds, `destroyed` the count of each
 /// sweep of stale UDP sockets. `state.cgroup` names the cgroup whose
 /// processes' sockets are swept.
+#[allow(clippy::too_many_arguments)]
 pub async fn run(
     kube: KubeServices,
     pins: PinDir,
     node_name: String,
+    node_ips: NodeIps,
     state: SharedState,
     observe: impl Fn(f64) + Send + 'static,
     destroyed: impl Fn(u64) + Send + 'static,
@@ -108,12 +125,26 @@ pub async fn run(
     let mut maps = ServiceMaps::open(&pins)?;
     let mut reconciler = ServiceReconciler::resume(&mut maps)?;
     info!(frontends = reconciler.len(), "socket load balancer: took over the service maps");
+    // Loopback NodePorts: from this namespace only (the agent runs in the
+    // node's).
+    let host_netns_cookie = own_netns_cookie()?;
+    set_sock_lb_config(&pins, SockLbConfig { host_netns_cookie })?;
+    let mut addresses = NodeAddressMap::open(&pins)?;
+    let netlink = Netlink::open()?;
     let mut planner = plan::Planner::default();
     let mut last_full = Instant::now();
+    let mut first = true;
     loop {
         // Every RESYNC, replan everything (a safety net: the incremental
         // path can then never drift for long).
         let full = last_full.elapsed() >= RESYNC;
+        // Node addresses change seldom: at start and with every full pass.
+        let node_addresses = if full || first {
+            first = false;
+            Some(sync_node_addresses(&netlink, &mut addresses, &node_ips).await)
+        } else {
+            None
+        };
         let (changed, watch) = kube.with_changes(|view, s, touched| {
             if !s.synced {
                 return (None, s.clone());
@@ -133,6 +164,15 @@ pub async fn run(
             stopped: None,
             ..state.lock().expect("service state lock").clone()
         };
+        match node_addresses {
+            Some(Ok(list)) => st.node_addresses = list.iter().map(Ipv4Addr::to_string).collect(),
+            Some(Err(e)) => {
+                let msg = format!("node addresses: {e:#}");
+                warn!(error = %msg, "NodePort addresses not updated; retrying");
+                st.last_error = Some(msg);
+            }
+            None => {}
+        }
         if let Some(changed) = changed {
             let result = match &changed {
                 None => {
@@ -186,6 +226,25 @@ pub async fn run(
             _ = tokio::time::sleep_until(wake.into()) => {}
         }
     }
+}
+
+/// Make `NODE_ADDRESSES` hold this namespace's addresses and the nodes'
+/// InternalIPs. Returns the addresses it holds.
+async fn sync_node_addresses(netlink: &Netlink, map: &mut NodeAddressMap, node_ips: &NodeIps) -> Result<Vec<Ipv4Addr>> {
+    let local = netlink.all_ipv4_addresses().await?;
+    let want = node_addresses::desired(&local, &node_ips());
+    let actual: BTreeMap<Ipv4Addr, u32> = map.entries()?.into_iter().map(|(ip, k)| (ip_from_be(ip), k)).collect();
+    let diff = node_addresses::diff(&want, &actual);
+    if !diff.is_empty() {
+        info!(put = diff.put.len(), removed = diff.remove.len(), "NodePort addresses updated");
+    }
+    for ip in diff.remove {
+        map.remove(ip_be(ip))?;
+    }
+    for (ip, kind) in diff.put {
+        map.put(ip_be(ip), kind)?;
+    }
+    Ok(want.into_keys().collect())
 }
 
 /// When to start a stopped loop again: 1 s, doubling to 30 s; from 1 s

@@ -64,7 +64,9 @@ impl Stale {
     /// that did not lose `peer`.
     pub fn keep(&self, peer: &SocketAddrV4, via: Option<ServiceKey>) -> bool {
         match via {
-            Some(f) => !self.by_peer.get(peer).is_some_and(|lost| lost.contains(&f)),
+            // A NodePort translation remembers the node address it was
+            // named by; the frontend that lost the backend is its entry.
+            Some(f) => !self.by_peer.get(peer).is_some_and(|lost| lost.contains(&f.entry_key())),
             None => false,
         }
     }
@@ -96,7 +98,7 @@ mod tests {
     use super::*;
 
     fn frontend(port: u16) -> ServiceKey {
-        ServiceKey { vip_be: ip_be("10.96.0.10".parse().unwrap()), port_be: port.to_be(), protocol: 17, _pad: 0 }
+        ServiceKey { vip_be: ip_be("10.96.0.10".parse().unwrap()), port_be: port.to_be(), protocol: 17, scope: 0 }
     }
 
     fn lost(port: u16, peer: &str) -> RemovedBackend {

@@ -9,7 +9,9 @@
 use std::collections::{BTreeMap, BTreeSet};
 
 use anyhow::{Context, Result};
-use sluice_common::services::{Backend, BackendSlot, ServiceKey, ServiceValue, SERVICE_NO_LOCAL_ENDPOINTS};
+use sluice_common::services::{
+    Backend, BackendSlot, ServiceKey, ServiceValue, SCOPE_ADDRESS, SERVICE_NO_LOCAL_ENDPOINTS,
+};
 use sluice_node::datapath::{pinned_maps::ip_be, service_maps::ServiceMaps};
 use tracing::warn;
 
@@ -50,8 +52,13 @@ impl ServiceTable for ServiceMaps {
     }
 }
 
+/// A frontend's `SERVICES` key: a NodePort is the wildcard entry of its
+/// port, every other frontend its address.
 pub fn service_key(f: &Frontend) -> ServiceKey {
-    ServiceKey { vip_be: ip_be(f.ip), port_be: f.port.to_be(), protocol: f.protocol.number(), _pad: 0 }
+    if f.is_node_port() {
+        return ServiceKey::node_port(f.port.to_be(), f.protocol.number());
+    }
+    ServiceKey { vip_be: ip_be(f.ip), port_be: f.port.to_be(), protocol: f.protocol.number(), scope: SCOPE_ADDRESS }
 }
 
 /// One frontend as the maps hold it.
@@ -77,7 +84,7 @@ fn entry_of(plan: &FrontendPlan) -> Entry {
             backend_set: 0,
             count: backends.len() as u32,
             affinity_timeout_secs: plan.affinity_timeout_secs,
-            flags: if plan.no_local_endpoints { SERVICE_NO_LOCAL_ENDPOINTS } else { 0 },
+            flags: plan.kind.flags() | if plan.no_local_endpoints { SERVICE_NO_LOCAL_ENDPOINTS } else { 0 },
         },
         backends,
     }
@@ -364,6 +371,7 @@ mod tests {
                         backends: ips.iter().map(|ip| BackendAddr { ip: ip.parse().unwrap(), port: 8080 }).collect(),
                         affinity_timeout_secs: 0,
                         no_local_endpoints: false,
+                        kind: sluice_common::services::FrontendKind::ClusterIp,
                     },
                 )
             })

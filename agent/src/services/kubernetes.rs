@@ -280,6 +280,8 @@ pub fn service_from_k8s(svc: &core::Service) -> Option<Service> {
     } else {
         Vec::new()
     };
+    let type_ = spec.type_.as_deref().unwrap_or("ClusterIP");
+    let has_node_ports = type_ == "NodePort" || type_ == "LoadBalancer";
     let ports = spec
         .ports
         .iter()
@@ -289,9 +291,26 @@ pub fn service_from_k8s(svc: &core::Service) -> Option<Service> {
                 name: p.name.clone().unwrap_or_default(),
                 port: port_number(p.port)?,
                 protocol: Protocol::from_kubernetes(p.protocol.as_deref())?,
+                node_port: p.node_port.filter(|_| has_node_ports).and_then(port_number),
             })
         })
         .collect();
+    let ipv4s = |ips: &mut dyn Iterator<Item = &str>| -> Vec<Ipv4Addr> {
+        ips.filter_map(|ip| ip.parse::<Ipv4Addr>().ok()).filter(|ip| !ip.is_unspecified()).collect()
+    };
+    let external_ips = ipv4s(&mut spec.external_ips.iter().flatten().map(String::as_str));
+    let load_balancer_ips = if type_ == "LoadBalancer" {
+        let ingress = svc.status.as_ref().and_then(|s| s.load_balancer.as_ref()).and_then(|l| l.ingress.as_ref());
+        ipv4s(
+            &mut ingress
+                .into_iter()
+                .flatten()
+                .filter(|i| i.ip_mode.as_deref().unwrap_or("VIP") == "VIP")
+                .filter_map(|i| i.ip.as_deref()),
+        )
+    } else {
+        Vec::new()
+    };
     let affinity_timeout_secs = (spec.session_affinity.as_deref() == Some("ClientIP")).then(|| {
         spec.session_affinity_config
             .as_ref()
@@ -308,6 +327,10 @@ pub fn service_from_k8s(svc: &core::Service) -> Option<Service> {
         ports,
         affinity_timeout_secs,
         internal_traffic_local: spec.internal_traffic_policy.as_deref() == Some("Local"),
+        external_ips,
+        load_balancer_ips,
+        external_traffic_local: spec.external_traffic_policy.as_deref() == Some("Local"),
+        health_check_node_port: spec.health_check_node_port.and_then(port_number),
     })
 }
 
@@ -425,12 +448,18 @@ mod tests {
     }
 
     fn tcp(name: &str, port: u16) -> ServicePort {
-        ServicePort { name: name.into(), port, protocol: Protocol::Tcp }
+        ServicePort { name: name.into(), port, protocol: Protocol::Tcp, node_port: None }
+    }
+
+    fn with_status(spec: Value, status: Value) -> Service {
+        let mut s = service(spec);
+        s.status = Some(serde_json::from_value(status).unwrap());
+        service_from_k8s(&s).expect("a Service")
     }
 
     #[test]
     fn cluster_ip_node_port_and_load_balancer_services_have_cluster_ips() {
-        for type_ in ["ClusterIP", "NodePort", "LoadBalancer"] {
+        for (type_, node_port) in [("ClusterIP", None), ("NodePort", Some(30080)), ("LoadBalancer", Some(30080))] {
             let s = converted(json!({
                 "type": type_, "clusterIP": "10.96.0.10", "clusterIPs": ["10.96.0.10"],
                 "ports": [{"name": "http", "port": 80, "targetPort": 8080, "protocol": "TCP", "nodePort": 30080}],
@@ -441,18 +470,22 @@ mod tests {
                     name: ServiceName::new("default", "web"),
                     kind: ServiceKind::ClusterIp,
                     cluster_ips: vec![Ipv4Addr::new(10, 96, 0, 10)],
-                    ports: vec![tcp("http", 80)],
+                    ports: vec![ServicePort { node_port, ..tcp("http", 80) }],
                     affinity_timeout_secs: None,
                     internal_traffic_local: false,
+                    external_ips: Vec::new(),
+                    load_balancer_ips: Vec::new(),
+                    external_traffic_local: false,
+                    health_check_node_port: None,
                 },
-                "{type_}"
+                "{type_}: a nodePort only where the type has one"
             );
         }
         // No type: ClusterIP; only clusterIP (older objects): still read.
         let s = converted(json!({"clusterIP": "10.96.0.11", "ports": [{"port": 53, "protocol": "UDP"}]}));
         assert_eq!(s.kind, ServiceKind::ClusterIp);
         assert_eq!(s.cluster_ips, vec![Ipv4Addr::new(10, 96, 0, 11)]);
-        assert_eq!(s.ports, vec![ServicePort { name: "".into(), port: 53, protocol: Protocol::Udp }]);
+        assert_eq!(s.ports, vec![ServicePort { name: "".into(), port: 53, protocol: Protocol::Udp, node_port: None }]);
     }
 
     #[test]
@@ -475,7 +508,10 @@ mod tests {
                 {"name": "c", "port": 53, "protocol": "UDP"},
             ],
         }));
-        assert_eq!(s.ports, vec![tcp("a", 80), ServicePort { name: "c".into(), port: 53, protocol: Protocol::Udp }]);
+        assert_eq!(
+            s.ports,
+            vec![tcp("a", 80), ServicePort { name: "c".into(), port: 53, protocol: Protocol::Udp, node_port: None }]
+        );
     }
 
     #[test]
@@ -505,6 +541,38 @@ mod tests {
             "sessionAffinityConfig": {"clientIP": {"timeoutSeconds": 60}}}));
         assert_eq!(s.affinity_timeout_secs, None);
         assert_eq!(converted(json!({"clusterIP": "10.96.0.14"})).affinity_timeout_secs, None);
+    }
+
+    #[test]
+    fn external_ips_load_balancer_ingress_and_external_policy_are_read() {
+        let spec = json!({
+            "type": "LoadBalancer", "clusterIP": "10.96.0.16",
+            "externalIPs": ["192.0.2.10", "2001:db8::1", "0.0.0.0"],
+            "externalTrafficPolicy": "Local", "healthCheckNodePort": 32000,
+            "ports": [{"port": 80, "nodePort": 30080}],
+        });
+        let status = json!({"loadBalancer": {"ingress": [
+            {"ip": "198.51.100.7"}, {"ip": "198.51.100.8", "ipMode": "VIP"},
+            {"ip": "198.51.100.9", "ipMode": "Proxy"}, {"hostname": "lb.example.com"}, {"ip": "2001:db8::2"},
+        ]}});
+        let s = with_status(spec.clone(), status.clone());
+        assert_eq!(s.external_ips, vec![Ipv4Addr::new(192, 0, 2, 10)], "IPv4 only, never 0.0.0.0");
+        assert_eq!(
+            s.load_balancer_ips,
+            vec![Ipv4Addr::new(198, 51, 100, 7), Ipv4Addr::new(198, 51, 100, 8)],
+            "ipMode Proxy is the load balancer's to answer, as kube-proxy leaves it"
+        );
+        assert!(s.external_traffic_local);
+        assert_eq!(s.health_check_node_port, Some(32000));
+        assert_eq!(s.ports[0].node_port, Some(30080));
+        // An ingress IP on a Service that is no longer a LoadBalancer is
+        // not captured (kube-proxy reads it only for that type).
+        let mut spec = spec;
+        spec["type"] = json!("NodePort");
+        let s = with_status(spec, status);
+        assert!(s.load_balancer_ips.is_empty());
+        assert_eq!(s.external_ips, vec![Ipv4Addr::new(192, 0, 2, 10)]);
+        assert!(!converted(json!({"clusterIP": "10.96.0.16"})).external_traffic_local);
     }
 
     #[test]

@@ -4,7 +4,10 @@
 //! - `model`: Services and EndpointSlices as sluice reads them (pure).
 //! - `kubernetes`: the kube-rs watchers that keep a `ServiceView`.
 //! - `plan`: the view → the frontends and backends the maps must hold
-//!   (kube-proxy's semantics, pure).
+//!   (kube-proxy's semantics, pure): cluster IPs, NodePorts, external IPs
+//!   and LoadBalancer ingress IPs.
+//! - `node_addresses`: the addresses NodePorts answer on (pure).
 pub mod kubernetes;
 pub mod model;
+pub mod node_addresses;
 pub mod plan;

@@ -74,6 +74,9 @@ pub struct ServicePort {
     pub name: String,
     pub port: u16,
     pub protocol: Protocol,
+    /// `spec.ports[].nodePort` of a NodePort or LoadBalancer Service.
+    #[serde(default)]
+    pub node_port: Option<u16>,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -88,6 +91,21 @@ pub struct Service {
     pub affinity_timeout_secs: Option<u32>,
     /// `internalTrafficPolicy: Local`: only endpoints on this node.
     pub internal_traffic_local: bool,
+    /// IPv4 entries of `spec.externalIPs`.
+    #[serde(default)]
+    pub external_ips: Vec<Ipv4Addr>,
+    /// IPv4 `status.loadBalancer.ingress[].ip` of a LoadBalancer Service
+    /// whose `ipMode` is `VIP` (or unset): kube-proxy captures those, and
+    /// leaves `Proxy` ones to the load balancer.
+    #[serde(default)]
+    pub load_balancer_ips: Vec<Ipv4Addr>,
+    /// `externalTrafficPolicy: Local`.
+    #[serde(default)]
+    pub external_traffic_local: bool,
+    /// `spec.healthCheckNodePort` (set by the API server for a
+    /// LoadBalancer Service with `externalTrafficPolicy: Local`).
+    #[serde(default)]
+    pub health_check_node_port: Option<u16>,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]

@@ -10,6 +10,19 @@
 //!   name and protocol (its number is the resolved, maybe named, targetPort);
 //! - headless and ExternalName Services are not balanced; topology hints
 //!   are not read.
+//!
+//! Besides the cluster IPs, each Service's external frontends: its
+//! NodePorts (one wildcard entry per port, `Frontend::node_port`: every
+//! node address), `externalIPs` and LoadBalancer ingress IPs. Clients of
+//! the socket LB are pods and host processes, in-cluster clients for which
+//! kube-proxy short-circuits `externalTrafficPolicy: Local` to the
+//! Service's cluster-wide endpoints (its `KUBE-EXT-*` chain jumps pod and
+//! local-host sources to `KUBE-SVC-*`), and `internalTrafficPolicy` is
+//! about cluster IPs only: external frontends get every usable endpoint
+//! (ready, else serving-and-terminating), and none is a refusal. An
+//! external address that is also a cluster IP (or another Service's
+//! external address) on the same port keeps the first: cluster IPs before
+//! external ones, then Services in name order.
 use std::{
     collections::{BTreeMap, BTreeSet},
     net::Ipv4Addr,
@@ -17,14 +30,28 @@ use std::{
 
 use serde::Serialize;
 
+use sluice_common::services::FrontendKind;
+
 use super::model::{Endpoint, EndpointSlice, Protocol, Service, ServiceKind, ServiceName, ServiceView, Touched};
 
-/// A Service's address as clients name it.
+/// A Service's address as clients name it. A NodePort's `ip` is
+/// `0.0.0.0`: every node address (`Frontend::node_port`).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize)]
 pub struct Frontend {
     pub ip: Ipv4Addr,
     pub port: u16,
     pub protocol: Protocol,
+}
+
+impl Frontend {
+    /// A NodePort: `port` on every node address.
+    pub const fn node_port(port: u16, protocol: Protocol) -> Self {
+        Frontend { ip: Ipv4Addr::UNSPECIFIED, port, protocol }
+    }
+
+    pub fn is_node_port(&self) -> bool {
+        self.ip.is_unspecified()
+    }
 }
 
 /// A backend pod's address.
@@ -44,25 +71,58 @@ pub struct FrontendPlan {
     pub affinity_timeout_secs: u32,
     /// Endpoints exist, none on this node, policy Local.
     pub no_local_endpoints: bool,
+    /// ClusterIP, NodePort, ExternalIP or LoadBalancer (ingress IP).
+    #[serde(serialize_with = "kind_name")]
+    pub kind: FrontendKind,
+}
+
+fn kind_name<S: serde::Serializer>(kind: &FrontendKind, s: S) -> Result<S::Ok, S::Error> {
+    s.serialize_str(kind.name())
 }
 
 pub type Plan = BTreeMap<Frontend, FrontendPlan>;
 
 /// Every frontend of every balanced Service in `view`, seen from `node`.
 pub fn desired(view: &ServiceView, node: &str) -> Plan {
+    desired_and_contested(view, node).0
+}
+
+/// `desired`, and the frontends more than one Service claims (all but the
+/// first claim lost).
+fn desired_and_contested(view: &ServiceView, node: &str) -> (Plan, BTreeSet<Frontend>) {
+    let mut contested = BTreeSet::new();
     let mut slices: BTreeMap<&ServiceName, Vec<&EndpointSlice>> = BTreeMap::new();
     for slice in view.slices.values() {
         slices.entry(&slice.service).or_default().push(slice);
     }
     let mut plan = Plan::new();
-    for service in view.services.values() {
-        let its_slices = slices.get(&service.name).map(Vec::as_slice).unwrap_or(&[]);
-        plan_service(&mut plan, service, its_slices, node);
+    // Cluster IPs of every Service first: an external address never
+    // shadows one (`plan_service` keeps what is there).
+    for external in [false, true] {
+        for service in view.services.values() {
+            let its_slices = slices.get(&service.name).map(Vec::as_slice).unwrap_or(&[]);
+            let mut fresh = Plan::new();
+            plan_service(&mut fresh, service, its_slices, node);
+            for (f, p) in fresh {
+                if (p.kind != FrontendKind::ClusterIp) == external {
+                    match plan.entry(f) {
+                        std::collections::btree_map::Entry::Vacant(v) => {
+                            v.insert(p);
+                        }
+                        std::collections::btree_map::Entry::Occupied(_) => {
+                            contested.insert(f);
+                        }
+                    }
+                }
+            }
+        }
     }
-    plan
+    (plan, contested)
 }
 
-/// The frontends of one Service (nothing for headless or ExternalName).
+/// The frontends of one Service (nothing for headless or ExternalName):
+/// its cluster IPs, NodePorts, external IPs and LoadBalancer ingress IPs.
+/// A frontend already in `plan` is kept (the first claim wins).
 pub fn plan_service(plan: &mut Plan, service: &Service, slices: &[&EndpointSlice], node: &str) {
     if service.kind != ServiceKind::ClusterIp {
         return;
@@ -78,17 +138,33 @@ pub fn plan_service(plan: &mut Plan, service: &Service, slices: &[&EndpointSlice
                     .flat_map(move |t| slice.endpoints.iter().map(move |e| (BackendAddr { ip: e.address, port: t }, e)))
             })
             .collect();
-        let (backends, no_local_endpoints) = choose(&candidates, service.internal_traffic_local, node);
+        let entry = |kind, (backends, no_local_endpoints): (Vec<BackendAddr>, bool)| FrontendPlan {
+            service: service.name.clone(),
+            backends,
+            affinity_timeout_secs: service.affinity_timeout_secs.unwrap_or(0),
+            no_local_endpoints,
+            kind,
+        };
+        let internal = choose(&candidates, service.internal_traffic_local, node);
         for ip in &service.cluster_ips {
-            plan.insert(
-                Frontend { ip: *ip, port: port.port, protocol: port.protocol },
-                FrontendPlan {
-                    service: service.name.clone(),
-                    backends: backends.clone(),
-                    affinity_timeout_secs: service.affinity_timeout_secs.unwrap_or(0),
-                    no_local_endpoints,
-                },
-            );
+            let f = Frontend { ip: *ip, port: port.port, protocol: port.protocol };
+            plan.entry(f).or_insert_with(|| entry(FrontendKind::ClusterIp, internal.clone()));
+        }
+        // In-cluster clients of an external frontend: every endpoint.
+        let external = choose(&candidates, false, node);
+        let mut externals: Vec<(Frontend, FrontendKind)> = Vec::new();
+        if let Some(node_port) = port.node_port {
+            externals.push((Frontend::node_port(node_port, port.protocol), FrontendKind::NodePort));
+        }
+        for ip in &service.external_ips {
+            externals.push((Frontend { ip: *ip, port: port.port, protocol: port.protocol }, FrontendKind::ExternalIp));
+        }
+        for ip in &service.load_balancer_ips {
+            externals
+                .push((Frontend { ip: *ip, port: port.port, protocol: port.protocol }, FrontendKind::LoadBalancer));
+        }
+        for (f, kind) in externals {
+            plan.entry(f).or_insert_with(|| entry(kind, external.clone()));
         }
     }
 }
@@ -122,6 +198,10 @@ const REPLAN_ALL_ABOVE: usize = 64;
 pub struct Planner {
     plan: Plan,
     by_service: BTreeMap<ServiceName, Vec<Frontend>>,
+    /// Frontends two Services claim (an external IP on another's address
+    /// and port): a touched Service that has one, or would claim one, is
+    /// not replanned alone, since the claim that wins depends on all.
+    contested: BTreeSet<Frontend>,
 }
 
 impl Planner {
@@ -139,25 +219,30 @@ impl Planner {
     pub fn update(&mut self, view: &ServiceView, touched: Touched, node: &str) -> Option<BTreeSet<Frontend>> {
         let names = match touched {
             Touched::Services(names) if names.len() <= REPLAN_ALL_ABOVE => names,
-            _ => {
-                self.plan = desired(view, node);
-                self.by_service.clear();
-                for (f, p) in &self.plan {
-                    self.by_service.entry(p.service.clone()).or_default().push(*f);
-                }
-                return None;
-            }
+            _ => return self.replan_all(view, node),
         };
+        let mut fresh_plans = Vec::new();
+        let mut claimed_now = BTreeSet::new();
+        for name in &names {
+            let mut fresh = Plan::new();
+            if let Some(service) = view.services.get(name) {
+                let slices: Vec<&EndpointSlice> = view.slices.values().filter(|s| &s.service == name).collect();
+                plan_service(&mut fresh, service, &slices, node);
+            }
+            let old = self.by_service.get(name).map(Vec::as_slice).unwrap_or(&[]);
+            let claims_anothers = fresh.keys().any(|f| self.plan.get(f).is_some_and(|p| &p.service != name));
+            let claimed_twice = fresh.keys().any(|f| !claimed_now.insert(*f));
+            if claims_anothers || claimed_twice || fresh.keys().chain(old).any(|f| self.contested.contains(f)) {
+                return self.replan_all(view, node);
+            }
+            fresh_plans.push((name.clone(), fresh));
+        }
         let mut out = BTreeSet::new();
-        for name in names {
+        for (name, fresh) in fresh_plans {
             for f in self.by_service.remove(&name).unwrap_or_default() {
                 self.plan.remove(&f);
                 out.insert(f);
             }
-            let Some(service) = view.services.get(&name) else { continue };
-            let slices: Vec<&EndpointSlice> = view.slices.values().filter(|s| s.service == name).collect();
-            let mut fresh = Plan::new();
-            plan_service(&mut fresh, service, &slices, node);
             if !fresh.is_empty() {
                 self.by_service.insert(name, fresh.keys().copied().collect());
             }
@@ -165,6 +250,15 @@ impl Planner {
             self.plan.extend(fresh);
         }
         Some(out)
+    }
+
+    fn replan_all(&mut self, view: &ServiceView, node: &str) -> Option<BTreeSet<Frontend>> {
+        (self.plan, self.contested) = desired_and_contested(view, node);
+        self.by_service.clear();
+        for (f, p) in &self.plan {
+            self.by_service.entry(p.service.clone()).or_default().push(*f);
+        }
+        None
     }
 }
 
@@ -190,10 +284,14 @@ mod tests {
             cluster_ips: vec![ip.parse().unwrap()],
             ports: ports
                 .iter()
-                .map(|(n, p, pr)| ServicePort { name: n.to_string(), port: *p, protocol: *pr })
+                .map(|(n, p, pr)| ServicePort { name: n.to_string(), port: *p, protocol: *pr, node_port: None })
                 .collect(),
             affinity_timeout_secs: None,
             internal_traffic_local: false,
+            external_ips: Vec::new(),
+            load_balancer_ips: Vec::new(),
+            external_traffic_local: false,
+            health_check_node_port: None,
         }
     }
 
@@ -396,6 +494,112 @@ mod tests {
         t.add(ServiceName::new("default", "b"));
         p.update(&v, t, NODE);
         assert_eq!(p.plan(), &desired(&v, NODE));
+    }
+
+    fn external(mut s: Service, node_port: u16, external_ips: &[&str], lb: &[&str]) -> Service {
+        for p in &mut s.ports {
+            p.node_port = Some(node_port);
+        }
+        s.external_ips = external_ips.iter().map(|ip| ip.parse().unwrap()).collect();
+        s.load_balancer_ips = lb.iter().map(|ip| ip.parse().unwrap()).collect();
+        s
+    }
+
+    #[test]
+    fn node_ports_external_ips_and_ingress_ips_are_frontends_of_their_kind() {
+        let s = external(
+            svc("web", "10.96.0.10", &[("http", 80, Protocol::Tcp), ("dns", 53, Protocol::Udp)]),
+            30080,
+            &["192.0.2.10"],
+            &["198.51.100.7"],
+        );
+        let eps = [("10.244.1.5", true, true, false, "node-a"), ("10.244.2.5", true, true, false, "node-b")];
+        let v = view(
+            vec![s],
+            vec![slice("web-1", "web", &[("http", 8080, Protocol::Tcp), ("dns", 5353, Protocol::Udp)], &eps)],
+        );
+        let p = desired(&v, NODE);
+        let kinds: Vec<(Frontend, FrontendKind)> = p.iter().map(|(f, e)| (*f, e.kind)).collect();
+        assert_eq!(
+            kinds,
+            vec![
+                (Frontend::node_port(30080, Protocol::Tcp), FrontendKind::NodePort),
+                (Frontend::node_port(30080, Protocol::Udp), FrontendKind::NodePort),
+                (fe("10.96.0.10", 53, Protocol::Udp), FrontendKind::ClusterIp),
+                (fe("10.96.0.10", 80, Protocol::Tcp), FrontendKind::ClusterIp),
+                (fe("192.0.2.10", 53, Protocol::Udp), FrontendKind::ExternalIp),
+                (fe("192.0.2.10", 80, Protocol::Tcp), FrontendKind::ExternalIp),
+                (fe("198.51.100.7", 53, Protocol::Udp), FrontendKind::LoadBalancer),
+                (fe("198.51.100.7", 80, Protocol::Tcp), FrontendKind::LoadBalancer),
+            ]
+        );
+        assert!(Frontend::node_port(30080, Protocol::Tcp).is_node_port());
+        for (f, e) in &p {
+            let port = if f.protocol == Protocol::Tcp { 8080 } else { 5353 };
+            assert_eq!(e.backends, vec![be("10.244.1.5", port), be("10.244.2.5", port)], "{f:?}");
+        }
+    }
+
+    #[test]
+    fn external_frontends_use_every_endpoint_whatever_the_traffic_policies() {
+        // Pods and host processes are in-cluster clients: kube-proxy sends
+        // them to the cluster-wide endpoints even with
+        // externalTrafficPolicy: Local, and internalTrafficPolicy is about
+        // the cluster IP only.
+        let mut s = external(svc("s", "10.96.0.1", &[("", 80, Protocol::Tcp)]), 30001, &["192.0.2.1"], &[]);
+        s.internal_traffic_local = true;
+        s.external_traffic_local = true;
+        let eps = [("10.244.2.1", true, true, false, "node-b"), ("10.244.3.1", false, true, true, "node-c")];
+        let v = view(vec![s.clone()], vec![slice("s-1", "s", &[("", 8080, Protocol::Tcp)], &eps)]);
+        let p = desired(&v, NODE);
+        let cluster = &p[&fe("10.96.0.1", 80, Protocol::Tcp)];
+        assert!(cluster.backends.is_empty() && cluster.no_local_endpoints, "the cluster IP keeps ITP Local");
+        for f in [Frontend::node_port(30001, Protocol::Tcp), fe("192.0.2.1", 80, Protocol::Tcp)] {
+            assert_eq!(p[&f].backends, vec![be("10.244.2.1", 8080)], "ready ones: {f:?}");
+            assert!(!p[&f].no_local_endpoints);
+        }
+        // None ready: the terminating one is the fallback; none at all:
+        // refused (count 0), not unreachable.
+        let eps = [("10.244.3.1", false, true, true, "node-c")];
+        let v = view(vec![s.clone()], vec![slice("s-1", "s", &[("", 8080, Protocol::Tcp)], &eps)]);
+        assert_eq!(
+            desired(&v, NODE)[&Frontend::node_port(30001, Protocol::Tcp)].backends,
+            vec![be("10.244.3.1", 8080)]
+        );
+        let p = desired(&view(vec![s], vec![]), NODE);
+        let np = &p[&Frontend::node_port(30001, Protocol::Tcp)];
+        assert!(np.backends.is_empty() && !np.no_local_endpoints);
+    }
+
+    #[test]
+    fn a_cluster_ip_is_never_shadowed_and_the_first_external_claim_wins_incrementally_too() {
+        let a = svc("a", "10.96.0.1", &[("", 80, Protocol::Tcp)]);
+        // b names a's cluster IP and c's address as external IPs.
+        let b = external(svc("b", "10.96.0.2", &[("", 80, Protocol::Tcp)]), 30002, &["10.96.0.1", "192.0.2.9"], &[]);
+        let c = external(svc("c", "10.96.0.3", &[("", 80, Protocol::Tcp)]), 30003, &[], &["192.0.2.9"]);
+        let slices = vec![
+            slice("a-1", "a", &[("", 8080, Protocol::Tcp)], &[("10.244.1.1", true, true, false, "a")]),
+            slice("b-1", "b", &[("", 8080, Protocol::Tcp)], &[("10.244.1.2", true, true, false, "a")]),
+            slice("c-1", "c", &[("", 8080, Protocol::Tcp)], &[("10.244.1.3", true, true, false, "a")]),
+        ];
+        let mut v = view(vec![a, b, c], slices);
+        let p = desired(&v, NODE);
+        assert_eq!(p[&fe("10.96.0.1", 80, Protocol::Tcp)].service.name, "a");
+        assert_eq!(p[&fe("10.96.0.1", 80, Protocol::Tcp)].kind, FrontendKind::ClusterIp);
+        assert_eq!(p[&fe("192.0.2.9", 80, Protocol::Tcp)].service.name, "b", "b before c by name");
+        let mut planner = Planner::default();
+        planner.update(&v, Touched::All, NODE);
+        // a goes: b's external IP takes the address; then b goes: c's
+        // ingress IP takes 192.0.2.9. Each touched alone.
+        for gone in ["a", "b"] {
+            v.services.remove(&ServiceName::new("default", gone));
+            let mut t = Touched::none();
+            t.add(ServiceName::new("default", gone));
+            planner.update(&v, t, NODE);
+            assert_eq!(planner.plan(), &desired(&v, NODE), "after {gone} went");
+        }
+        assert_eq!(planner.plan()[&fe("192.0.2.9", 80, Protocol::Tcp)].service.name, "c");
+        assert!(!planner.plan().contains_key(&fe("10.96.0.1", 80, Protocol::Tcp)));
     }
 
     #[test]

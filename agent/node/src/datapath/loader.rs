@@ -36,7 +36,7 @@ use crate::pod::device::PodDevice;
 pub static OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/sluice.bpf.o"));
 
 /// Every map of the object, as pinned.
-pub const ALL_MAPS: [&str; 27] = [
+pub const ALL_MAPS: [&str; 29] = [
     names::ENDPOINTS,
     names::NODE_ROUTES,
     names::NODE_CONFIG,
@@ -66,6 +66,9 @@ pub const ALL_MAPS: [&str; 27] = [
     names::POLICY_CT,
     names::POLICY_PODS,
     names::POLICY_STATS,
+    // NodePorts at the socket (issue 27): created where absent.
+    names::NODE_ADDRESSES,
+    names::SOCK_LB_CONFIG,
 ];
 
 /// Map sizes chosen at load rather than by the object (`None`: the

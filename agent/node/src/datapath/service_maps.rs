@@ -1,10 +1,12 @@
 //! Typed access to the socket load balancer's pinned maps: `SERVICES`,
 //! `BACKENDS` and `BACKEND_MEMBERS` (written together), and its counters.
 use anyhow::{Context, Result};
-use aya::maps::{HashMap, MapData, PerCpuArray};
+use aya::maps::{Array, HashMap, MapData, PerCpuArray};
 use sluice_common::{
     maps::{limits, names},
-    services::{Backend, BackendMember, BackendSlot, ReverseKey, ServiceKey, ServiceValue, SockLbCounter},
+    services::{
+        Backend, BackendMember, BackendSlot, ReverseKey, ServiceKey, ServiceValue, SockLbConfig, SockLbCounter,
+    },
 };
 
 use super::{
@@ -93,4 +95,70 @@ pub fn sock_lb_counters(pins: &PinDir) -> Result<Vec<(SockLbCounter, u64)>> {
         .iter()
         .map(|c| Ok((*c, map.get(&(*c as u32), 0).context("read SOCK_LB_STATS")?.iter().sum())))
         .collect()
+}
+
+/// `NODE_ADDRESSES`: the addresses a NodePort answers on (address, network
+/// order → `NODE_ADDRESS_LOCAL` / `NODE_ADDRESS_REMOTE`).
+pub struct NodeAddressMap {
+    map: HashMap<MapData, u32, u32>,
+}
+
+impl NodeAddressMap {
+    pub fn open(pins: &PinDir) -> Result<Self> {
+        Ok(Self { map: open(pins, names::NODE_ADDRESSES)?.try_into()? })
+    }
+
+    pub fn entries(&self) -> Result<Vec<(u32, u32)>> {
+        self.map.iter().collect::<Result<_, _>>().context("read NODE_ADDRESSES")
+    }
+
+    pub fn put(&mut self, ip_be: u32, kind: u32) -> Result<()> {
+        self.map.insert(ip_be, kind, 0).map_err(|e| {
+            insert_error(
+                e,
+                names::NODE_ADDRESSES,
+                limits::MAX_NODE_ADDRESSES,
+                format!("insert node address {ip_be:#x}"),
+            )
+        })
+    }
+
+    pub fn remove(&mut self, ip_be: u32) -> Result<()> {
+        removed_or_absent(self.map.remove(&ip_be)).with_context(|| format!("remove node address {ip_be:#x}"))
+    }
+}
+
+/// Write `SOCK_LB_CONFIG`'s one entry.
+pub fn set_sock_lb_config(pins: &PinDir, config: SockLbConfig) -> Result<()> {
+    let mut map: Array<MapData, SockLbConfig> = open(pins, names::SOCK_LB_CONFIG)?.try_into()?;
+    map.set(0, config, 0).context("write SOCK_LB_CONFIG")
+}
+
+/// `SO_NETNS_COOKIE` of the calling thread's network namespace: what
+/// `bpf_get_netns_cookie` returns for a socket there.
+pub fn own_netns_cookie() -> Result<u64> {
+    use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+    // SAFETY: plain socket(2); the fd is owned at once.
+    let fd = unsafe { libc::socket(libc::AF_INET, libc::SOCK_DGRAM | libc::SOCK_CLOEXEC, 0) };
+    if fd < 0 {
+        return Err(std::io::Error::last_os_error()).context("open a socket for SO_NETNS_COOKIE");
+    }
+    // SAFETY: a fresh fd nobody else owns.
+    let fd = unsafe { OwnedFd::from_raw_fd(fd) };
+    let mut cookie = 0u64;
+    let mut len = std::mem::size_of::<u64>() as libc::socklen_t;
+    // SAFETY: `cookie` is a u64 and `len` says so.
+    let rc = unsafe {
+        libc::getsockopt(
+            fd.as_raw_fd(),
+            libc::SOL_SOCKET,
+            libc::SO_NETNS_COOKIE,
+            (&mut cookie as *mut u64).cast(),
+            &mut len,
+        )
+    };
+    if rc != 0 {
+        return Err(std::io::Error::last_os_error()).context("getsockopt SO_NETNS_COOKIE (Linux 5.14+)");
+    }
+    Ok(cookie)
 }

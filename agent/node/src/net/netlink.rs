@@ -151,6 +151,20 @@ impl Netlink {
         Ok(out)
     }
 
+    /// Every IPv4 address of every interface in this namespace.
+    pub async fn all_ipv4_addresses(&self) -> Result<Vec<Ipv4Addr>> {
+        let mut out = Vec::new();
+        let mut addrs = self.handle.address().get().execute();
+        while let Some(msg) = addrs.try_next().await.context("list addresses")? {
+            for attr in &msg.attributes {
+                if let AddressAttribute::Address(IpAddr::V4(ip)) = attr {
+                    out.push(*ip);
+                }
+            }
+        }
+        Ok(out)
+    }
+
     /// The MAC of `ip`'s permanent neighbour entry on interface `index`.
     pub async fn permanent_neighbour(&self, index: u32, ip: Ipv4Addr) -> Result<Option<[u8; 6]>> {
         use netlink_packet_route::neighbour::{NeighbourAddress, NeighbourAttribute};

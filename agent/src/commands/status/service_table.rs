@@ -1,20 +1,26 @@
 //! `sluice-agent status --services`: the socket load balancer's frontends
-//! and their backends, read from the pinned maps (so it shows what the
-//! datapath does, whether or not an agent runs).
+//! (cluster IPs, NodePorts, external IPs, LoadBalancer ingress IPs) and
+//! their backends, and the node addresses NodePorts answer on, read from
+//! the pinned maps (so it shows what the datapath does, whether or not an
+//! agent runs).
 use std::net::Ipv4Addr;
 
 use anyhow::Result;
 use serde_json::{json, Value};
-use sluice_common::services::{admission, Admission, BackendSlot};
+use sluice_common::services::{
+    admission, frontend_kind, Admission, BackendSlot, FrontendKind, NODE_ADDRESS_LOCAL, SCOPE_NODE_PORT,
+};
 use sluice_node::datapath::{
     pinned_maps::ip_from_be,
     pins::PinDir,
-    service_maps::{sock_lb_counters, ServiceMaps},
+    service_maps::{sock_lb_counters, NodeAddressMap, ServiceMaps},
 };
 
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
 pub struct ServiceRow {
-    pub ip: Ipv4Addr,
+    pub kind: FrontendKind,
+    /// `None`: a NodePort, on every node address.
+    pub ip: Option<Ipv4Addr>,
     pub port: u16,
     pub protocol: &'static str,
     /// "balanced", "refused" (no endpoints), "unreachable" (none local).
@@ -41,7 +47,8 @@ pub fn rows(pins: &PinDir) -> Result<Vec<ServiceRow>> {
         .services()?
         .into_iter()
         .map(|(k, v)| ServiceRow {
-            ip: ip_from_be(k.vip_be),
+            kind: frontend_kind(&k, &v),
+            ip: (k.scope != SCOPE_NODE_PORT).then(|| ip_from_be(k.vip_be)),
             port: u16::from_be(k.port_be),
             protocol: protocol_name(k.protocol),
             state: match admission(&v) {
@@ -60,12 +67,32 @@ pub fn rows(pins: &PinDir) -> Result<Vec<ServiceRow>> {
     Ok(rows)
 }
 
+/// `NODE_ADDRESSES`: (address, "local" or "remote"), sorted. Empty when
+/// the map is absent (an agent older than NodePorts at the socket).
+pub fn node_addresses(pins: &PinDir) -> Vec<(Ipv4Addr, &'static str)> {
+    let mut out: Vec<_> = NodeAddressMap::open(pins)
+        .and_then(|m| m.entries())
+        .unwrap_or_default()
+        .into_iter()
+        .map(|(ip, kind)| (ip_from_be(ip), if kind == NODE_ADDRESS_LOCAL { "local" } else { "remote" }))
+        .collect();
+    out.sort();
+    out
+}
+
+/// A row's address as shown: a NodePort's is every node address, `*`.
+fn address(r: &ServiceRow) -> String {
+    r.ip.map_or_else(|| "*".to_string(), |ip| ip.to_string())
+}
+
 pub fn to_json(rows: &[ServiceRow], pins: &PinDir) -> Value {
     let counters: serde_json::Map<String, Value> =
         sock_lb_counters(pins).unwrap_or_default().into_iter().map(|(c, n)| (c.name().to_string(), json!(n))).collect();
     json!({
+        "nodeAddresses": node_addresses(pins).iter().map(|(ip, kind)| json!({"ip": ip.to_string(), "kind": kind})).collect::<Vec<_>>(),
         "frontends": rows.iter().map(|r| json!({
-            "ip": r.ip.to_string(), "port": r.port, "protocol": r.protocol, "state": r.state,
+            "kind": r.kind.name(),
+            "ip": address(r), "port": r.port, "protocol": r.protocol, "state": r.state,
             "affinityTimeoutSeconds": r.affinity_timeout_secs,
             "backends": r.backends.iter().map(|(ip, p)| format!("{ip}:{p}")).collect::<Vec<_>>(),
         })).collect::<Vec<_>>(),
@@ -80,13 +107,16 @@ pub fn render(rows: &[ServiceRow], pins: &PinDir) -> String {
         let affinity =
             if r.affinity_timeout_secs > 0 { format!(" affinity {}s", r.affinity_timeout_secs) } else { String::new() };
         o.push_str(&format!(
-            "  {:<22} {:<11} {} backends{affinity}: {}\n",
-            format!("{}:{}/{}", r.ip, r.port, r.protocol),
+            "  {:<12} {:<22} {:<11} {} backends{affinity}: {}\n",
+            r.kind.name(),
+            format!("{}:{}/{}", address(r), r.port, r.protocol),
             r.state,
             r.backends.len(),
             backends.join(" ")
         ));
     }
+    let addresses: Vec<String> = node_addresses(pins).iter().map(|(ip, kind)| format!("{ip} ({kind})")).collect();
+    o.push_str(&format!("NodePorts answer on: loopback from the node, {}\n", addresses.join(", ")));
     if let Ok(counters) = sock_lb_counters(pins) {
         o.push_str("socket load balancer:\n");
         for (c, n) in counters {

@@ -28,12 +28,12 @@ pub struct AgentConfig {
     /// off the subnet are reported and left out).
     #[arg(long, env = "SLUICE_TUNNEL", value_enum, default_value_t = crate::membership::TunnelMode::Auto)]
     pub tunnel: crate::membership::TunnelMode,
-    /// The device pair joining each new pod to the node: `veth` (the
-    /// default), `netkit` (the program runs in the pod's transmit path;
-    /// Linux 6.7+ built with CONFIG_NETKIT), or `auto`: netkit when the
-    /// kernel can make one, veth otherwise. netkit is not yet the default:
-    /// its datapath has not run on a netkit kernel (docs/ARCHITECTURE.md).
-    #[arg(long, env = "SLUICE_DEVICE", value_enum, default_value_t = crate::daemon::pod_device::DeviceChoice::Veth)]
+    /// The device pair joining each new pod to the node: `auto` (the
+    /// default): netkit when the kernel can make one (probed at start),
+    /// veth otherwise; `netkit` (the program runs in the pod's transmit
+    /// path; Linux 6.7+ built with CONFIG_NETKIT) or `veth` force it.
+    /// `status` says which and why.
+    #[arg(long, env = "SLUICE_DEVICE", value_enum, default_value_t = crate::daemon::pod_device::DeviceChoice::Auto)]
     pub device: crate::daemon::pod_device::DeviceChoice,
     /// How the TC programs attach to the uplink and each pod's device:
     /// `auto` (TCX where the kernel has it, Linux 6.6+, else legacy tc),
@@ -282,6 +282,33 @@ mod tests {
             metrics_addr: "off".into(),
             stack_flows_max: None,
         }
+    }
+
+    #[test]
+    fn the_pod_device_defaults_to_auto() {
+        #[derive(clap::Parser)]
+        struct Cli {
+            #[command(flatten)]
+            agent: AgentConfig,
+        }
+        use clap::Parser;
+        // What a node gets with no --device (SLUICE_DEVICE unset: clap reads
+        // the environment, and `cargo test` is not run with it).
+        if std::env::var_os("SLUICE_DEVICE").is_none() {
+            let cli =
+                Cli::try_parse_from(["sluice-agent", "--node-name", "n1", "--cluster-cidr", "10.244.0.0/16"]).unwrap();
+            assert_eq!(cli.agent.device, crate::daemon::pod_device::DeviceChoice::Auto);
+        }
+        let forced = Cli::try_parse_from([
+            "sluice-agent",
+            "--node-name",
+            "n1",
+            "--cluster-cidr",
+            "10.244.0.0/16",
+            "--device",
+            "veth",
+        ]);
+        assert_eq!(forced.unwrap().agent.device, crate::daemon::pod_device::DeviceChoice::Veth);
     }
 
     fn net(s: &str) -> Ipv4Network {

@@ -285,9 +285,21 @@ fn pod_device_auto_takes_what_the_kernel_has_and_a_forced_netkit_it_lacks_is_ref
         let links = ns_exec(&lab.state.nodes[0].netns, &["ip", "-o", "link"]).unwrap();
         assert!(!links.contains("sluice_nkprobe"), "{links}");
     }
-    // The default is veth, whatever the kernel has.
+    // The default is auto. A lab's agents inherit SLUICE_DEVICE (the guest
+    // runs set it to pick the device under test), which then decides
+    // instead; the flag's default is also unit-tested (config.rs).
     drop(lab);
-    let lab = Lab::up(&LabOptions::new(1, 1, bins)).unwrap();
+    if std::env::var_os("SLUICE_DEVICE").is_none() {
+        let lab = Lab::up(&LabOptions::new(1, 1, bins.clone())).unwrap();
+        let agent = lab.status(0).unwrap()["agent"].clone();
+        let want = if kernel_has_netkit() { "netkit" } else { "veth" };
+        assert_eq!(agent["podDevice"], want, "{agent}");
+        assert!(agent["podDeviceWhy"].as_str().unwrap_or_default().starts_with("auto: "), "{agent}");
+        drop(lab);
+    }
+    let mut opts = LabOptions::new(1, 1, bins);
+    opts.extra_agent_args = vec!["--device=veth".into()];
+    let lab = Lab::up(&opts).unwrap();
     assert_eq!(lab.status(0).unwrap()["agent"]["podDevice"], "veth");
     assert_eq!(lab.status(0).unwrap()["agent"]["podDeviceWhy"], "--device=veth");
 }

@@ -649,3 +649,63 @@ fn external_ips_and_load_balancer_ingress_ips_reach_backends_and_empty_node_port
     let v = services::service_status(&lab, 0).unwrap();
     assert!(v["services"]["counters"]["refused_no_endpoints"].as_u64().unwrap() >= 4, "{}", v["services"]["counters"]);
 }
+
+/// GET http://ip:port/healthz from `netns` of `node`: (status, Content-Type, body).
+fn http_get(lab: &Lab, i: usize, ip: &str, port: u16) -> Option<(u16, String, String)> {
+    const GET: &str = "import sys, urllib.request, urllib.error\n\
+        try:\n    r = urllib.request.urlopen(sys.argv[1], timeout=3)\n\
+        except urllib.error.HTTPError as e:\n    r = e\n\
+        except OSError as e:\n    print('unreachable', e); sys.exit(0)\n\
+        print(r.status); print(r.headers['Content-Type'], r.headers['X-Content-Type-Options']); print(r.read().decode())\n";
+    let node = &lab.state.nodes[i];
+    let url = format!("http://{ip}:{port}/healthz");
+    let out = lab.node_cmd(node, &node.netns, &["python3", "-c", GET, &url]).output().unwrap();
+    let text = String::from_utf8_lossy(&out.stdout).to_string();
+    let mut lines = text.splitn(3, '\n');
+    let status = lines.next()?.trim().parse().ok()?;
+    Some((status, lines.next()?.to_string(), lines.next()?.trim_end().to_string()))
+}
+
+/// Issue 27: a LoadBalancer Service with `externalTrafficPolicy: Local`
+/// and its one endpoint on n2: the agents answer its healthCheckNodePort
+/// as kube-proxy does, 200 with the local count on n2, 503 on n1 (asked
+/// from n1, over the LAN for n2, as a load balancer would).
+#[test]
+fn health_check_node_port_answers_200_with_local_endpoints_and_503_without() {
+    require_root();
+    let lab = services::lab(2, 1).unwrap();
+    let api = lab.api.as_ref().unwrap();
+    let n2_pod = lab.state.nodes[1].pods[0].clone();
+    let svc = service("etp", "10.96.0.73", &[("http", 80, 7777, "TCP")]).type_("LoadBalancer").external_traffic_local();
+    let port = svc.health_check_node_port().unwrap();
+    api.upsert_service(svc.build());
+    api.upsert_endpoint_slice(
+        slice("etp", &[("http", 7777, "TCP")], &ready(&[(&lab.state.nodes[1].name, &n2_pod.ip)])).build(),
+    );
+    wait_backends(&lab, "10.96.0.73", 80, "TCP", &[format!("{}:7777", n2_pod.ip)]).unwrap();
+    let body = |n: usize| {
+        format!(
+            "{{\n\t\"service\": {{\n\t\t\"namespace\": \"default\",\n\t\t\"name\": \"etp\"\n\t}},\n\t\"localEndpoints\": {n},\n\t\"serviceProxyHealthy\": true\n}}"
+        )
+    };
+    let headers = "application/json nosniff".to_string();
+    for (i, want) in [(0, (503, headers.clone(), body(0))), (1, (200, headers.clone(), body(1)))] {
+        let ip = node_ip(&lab, i);
+        let deadline = Instant::now() + Duration::from_secs(15);
+        loop {
+            let got = http_get(&lab, 0, &ip, port);
+            if got.as_ref() == Some(&want) {
+                break;
+            }
+            assert!(Instant::now() < deadline, "node {i} {ip}:{port}: {got:?}, want {want:?}");
+            sleep(Duration::from_millis(200));
+        }
+    }
+    // The endpoint leaves n2: its check turns 503 too.
+    api.upsert_endpoint_slice(slice("etp", &[("http", 7777, "TCP")], &[]).build());
+    let deadline = Instant::now() + Duration::from_secs(15);
+    while http_get(&lab, 0, &node_ip(&lab, 1), port) != Some((503, headers.clone(), body(0))) {
+        assert!(Instant::now() < deadline, "{:?}", http_get(&lab, 0, &node_ip(&lab, 1), port));
+        sleep(Duration::from_millis(200));
+    }
+}

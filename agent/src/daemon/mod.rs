@@ -10,6 +10,7 @@ use tracing::{error, info, warn};
 
 pub mod attach_mode;
 pub mod cni_conf;
+pub mod health_check_ports;
 pub mod map_sizes;
 pub mod metrics;
 pub mod netfilter_worker;

@@ -35,9 +35,9 @@ use sluice_node::{
 use tracing::{error, info, warn};
 
 use crate::{
-    daemon::udp_sockets,
+    daemon::{health_check_ports::HealthCheckPorts, udp_sockets},
     reconcile::service_maps::{RemovedBackend, ServiceReconciler},
-    services::{kubernetes::KubeServices, model::Touched, node_addresses, plan},
+    services::{health_check, kubernetes::KubeServices, model::Touched, node_addresses, plan},
 };
 
 /// Every node's InternalIP (the Node watch's current view).
@@ -74,6 +74,9 @@ pub struct ServiceLbState {
     /// other nodes'), besides loopback from the node itself.
     #[serde(default)]
     pub node_addresses: Vec<String>,
+    /// healthCheckNodePorts served (`externalTrafficPolicy: Local`).
+    #[serde(default)]
+    pub health_check_ports: Vec<u16>,
     pub last_error: Option<String>,
     /// The last pass that changed something: how long from the watch
     /// event to the maps holding it.
@@ -132,6 +135,7 @@ pub async fn run(
     let mut addresses = NodeAddressMap::open(&pins)?;
     let netlink = Netlink::open()?;
     let mut planner = plan::Planner::default();
+    let mut health_ports = HealthCheckPorts::default();
     let mut last_full = Instant::now();
     let mut first = true;
     loop {
@@ -145,15 +149,16 @@ pub async fn run(
         } else {
             None
         };
-        let (changed, watch) = kube.with_changes(|view, s, touched| {
+        let (changed, watch, checks) = kube.with_changes(|view, s, touched| {
             if !s.synced {
-                return (None, s.clone());
+                return (None, s.clone(), None);
             }
+            let checks = Some(health_check::desired(view, &node_name));
             let touched = if full { Touched::All } else { touched };
             if touched.is_empty() {
-                return (Some(Some(Default::default())), s.clone());
+                return (Some(Some(Default::default())), s.clone(), checks);
             }
-            (Some(planner.update(view, touched, &node_name)), s.clone())
+            (Some(planner.update(view, touched, &node_name)), s.clone(), checks)
         });
         let last_change = watch.last_change;
         let mut st = ServiceLbState {
@@ -215,6 +220,14 @@ pub async fn run(
             let removed = reconciler.take_removed_udp_backends();
             if !removed.is_empty() {
                 sweep_udp(&pins, removed, &mut st, &destroyed).await;
+            }
+        }
+        if let Some(checks) = checks {
+            // kube-proxy's "healthy": its rules are in sync.
+            let healthy = st.last_error.is_none();
+            st.health_check_ports = checks.keys().copied().collect();
+            if !health_ports.update(checks, healthy).is_empty() && st.last_error.is_none() {
+                st.last_error = Some("a healthCheckNodePort could not be bound".into());
             }
         }
         st.frontends = reconciler.len();

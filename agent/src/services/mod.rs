@@ -7,6 +7,9 @@
 //!   (kube-proxy's semantics, pure): cluster IPs, NodePorts, external IPs
 //!   and LoadBalancer ingress IPs.
 //! - `node_addresses`: the addresses NodePorts answer on (pure).
+//! - `health_check`: `healthCheckNodePort` ports and kube-proxy's answer
+//!   there (pure; `daemon::health_check_ports` serves them).
+pub mod health_check;
 pub mod kubernetes;
 pub mod model;
 pub mod node_addresses;

@@ -388,9 +388,15 @@ impl PolicyState {
     }
 }
 
-/// Key of `POLICY_CT`: a connection in its original direction (client →
-/// server, as its first packet went). A packet looks up its own tuple,
-/// then the reversed one (a reply). Addresses and ports as in the packet.
+/// Key of `POLICY_CT`: a connection, stored under its **canonical** tuple
+/// ([`CtKey::canonical`]: the lower address first), so a packet finds its
+/// connection with one lookup whichever way it travels. The entry's
+/// [`CT_CLIENT_IS_DST`] says which end opened it
+/// ([`CtKey::original_direction`]). Entries written before the canonical
+/// layout (up to 2026-12-06) are stored in the original direction (client
+/// → server) without that flag, which reads the same: the programs look
+/// the other orientation up on a miss, so such connections survive an
+/// upgrade. Addresses and ports as in the packet.
 ///
 /// Ports: TCP, UDP and SCTP their ports; ICMP echo request `src_port_be` =
 /// identifier, `dst_port_be` = 0 (a reply has them the other way round, so
@@ -421,6 +427,30 @@ impl CtKey {
             _pad: [0; 3],
         }
     }
+
+    /// The key a connection carrying this packet is stored under: its
+    /// tuple with the lower endpoint (address, then port, as numbers)
+    /// first, and whether that is this tuple reversed (the packet travels
+    /// from the key's `dst` to its `src`).
+    pub const fn canonical(self) -> (CtKey, bool) {
+        let (src, dst) = (u32::from_be(self.src_be), u32::from_be(self.dst_be));
+        let swap = src > dst || (src == dst && u16::from_be(self.src_port_be) > u16::from_be(self.dst_port_be));
+        if swap {
+            (self.reversed(), true)
+        } else {
+            (self, false)
+        }
+    }
+
+    /// The connection's original direction (client → server) of an entry
+    /// stored under this key with `flags`.
+    pub const fn original_direction(self, flags: u32) -> CtKey {
+        if flags & CT_CLIENT_IS_DST != 0 {
+            self.reversed()
+        } else {
+            self
+        }
+    }
 }
 
 /// `CtEntry::flags`: the client's egress was judged (the client is a pod
@@ -434,6 +464,11 @@ pub const CT_EGRESS_DEFERRED: u32 = 4;
 /// `CtEntry::flags`: a packet in the reply direction was seen (for TCP:
 /// established; the GC gives such entries the longer timeout).
 pub const CT_REPLY_SEEN: u32 = 8;
+/// `CtEntry::flags`: the connection's client is its key's `dst` end (the
+/// client had the higher address: see [`CtKey::canonical`]). Without it the
+/// client is the key's `src`, which is also what an entry written before
+/// the canonical layout means.
+pub const CT_CLIENT_IS_DST: u32 = 16;
 
 /// Value of `POLICY_CT` (LRU hash, key [`CtKey`]): an allowed connection.
 ///
@@ -448,7 +483,9 @@ pub struct CtEntry {
     pub epoch: u32,
     /// `CT_*` bits.
     pub flags: u32,
-    /// `bpf_ktime_get_ns` (CLOCK_MONOTONIC) of its last packet.
+    /// CLOCK_MONOTONIC of its last packet, as `bpf_ktime_get_coarse_ns`
+    /// reads it (the clock's value at the last tick: at most a tick behind
+    /// `bpf_ktime_get_ns`, for a fraction of its cost).
     pub last_seen_ns: u64,
     /// The policy whose rule allowed the client's egress, or
     /// [`POLICY_REF_NONE`].
@@ -683,6 +720,32 @@ mod tests {
         let k = CtKey { src_be: 1, dst_be: 2, src_port_be: 3, dst_port_be: 4, protocol: 6, _pad: [0; 3] };
         assert_eq!(k.reversed(), CtKey { src_be: 2, dst_be: 1, src_port_be: 4, dst_port_be: 3, ..k });
         assert_eq!(k.reversed().reversed(), k);
+    }
+
+    #[test]
+    fn a_connection_has_one_canonical_key_whichever_way_its_packets_go() {
+        let be = |a: [u8; 4]| u32::from_ne_bytes(a);
+        let low = be([10, 244, 1, 200]);
+        let high = be([10, 244, 2, 3]); // higher as a number, not as the be u32 bytes read natively
+        let up = CtKey {
+            src_be: low,
+            dst_be: high,
+            src_port_be: 40000u16.to_be(),
+            dst_port_be: 80u16.to_be(),
+            protocol: 6,
+            _pad: [0; 3],
+        };
+        assert_eq!(up.canonical(), (up, false));
+        assert_eq!(up.reversed().canonical(), (up, true));
+        // Same address: the lower port first.
+        let hairpin = CtKey { dst_be: low, ..up };
+        assert_eq!(hairpin.canonical(), (hairpin.reversed(), true));
+        assert_eq!(hairpin.reversed().canonical(), (hairpin.reversed(), false));
+        // The client recorded in the flags gives the original direction back.
+        let (stored, client_is_dst) = up.reversed().canonical();
+        assert!(client_is_dst);
+        assert_eq!(stored.original_direction(CT_CLIENT_IS_DST | CT_REPLY_SEEN), up.reversed());
+        assert_eq!(stored.original_direction(CT_REPLY_SEEN), up);
     }
 
     #[test]

@@ -14,7 +14,9 @@
 //! A connection is judged once, on a packet that finds no `POLICY_CT`
 //! entry, by the judgements this node makes for it (the client's egress if
 //! the client is a pod here, the server's ingress if the server is); an
-//! allowed one is remembered, and its replies match the reversed tuple. An
+//! allowed one is remembered under its canonical tuple (lower address
+//! first, the client's end in its flags), so every packet of it, either
+//! way, finds it with one lookup. An
 //! entry judged at an older `POLICY_STATE.epoch` is judged again on its
 //! next packet: allowed, it takes the new epoch; denied, it is deleted and
 //! the packet dropped.
@@ -27,9 +29,9 @@
 mod judge;
 mod tuple;
 
-use aya_ebpf::{bindings::__sk_buff, helpers::bpf_ktime_get_ns, programs::TcContext};
+use aya_ebpf::{bindings::__sk_buff, helpers::bpf_ktime_get_coarse_ns, programs::TcContext};
 use sluice_common::{
-    policy::{CtEntry, CtKey, EndpointPolicy, PolicyState, CT_REPLY_SEEN},
+    policy::{CtEntry, CtKey, EndpointPolicy, PolicyState, CT_CLIENT_IS_DST, CT_REPLY_SEEN},
     DropReason,
 };
 
@@ -160,11 +162,13 @@ fn judge_packet(
         None => PolicyState::default(),
     };
     let tuple = tuple::of_packet(ctx, ip)?;
-    let key = tuple.key;
+    let mut key = tuple.key;
     match tuple.tracking {
         Tracking::Tracked => {}
         Tracking::Untracked => return untracked(ctx, &key, src, dst, &state),
         Tracking::Related => {
+            // Both orientations: the quoted packet may have gone either
+            // way, and the entry may predate the canonical layout.
             // SAFETY: only presence is read.
             let known = unsafe { POLICY_CT.get(&key).is_some() || POLICY_CT.get(&key.reversed()).is_some() };
             if known {
@@ -176,29 +180,92 @@ fn judge_packet(
             return untracked(ctx, &outer, src, dst, &state);
         }
     }
-    if let Some(entry) = POLICY_CT.get_ptr_mut(&key) {
-        return on_hit(ctx, entry, &key, src, dst, &state, false);
+    // One lookup finds the connection whichever way this packet travels:
+    // it is stored under its canonical tuple (see `CtKey`). `stored` ends
+    // as the key of the entry found, if any. (Keys are reused in place:
+    // the judge's frame shares Linux 6.1's 512 bytes with its caller's.)
+    let (mut stored, swapped) = key.canonical();
+    // Whether `stored` is this packet's own tuple (else its reverse).
+    let mut stored_is_key = !swapped;
+    let mut found = POLICY_CT.get_ptr_mut(&stored);
+    if found.is_none() {
+        // An entry written before the canonical layout sits under the
+        // original direction, which may be the other orientation. Only a
+        // packet without a canonical entry pays this lookup: a new
+        // connection (which pays the judgement anyway) or one opened before
+        // an upgrade.
+        stored = stored.reversed();
+        stored_is_key = swapped;
+        found = POLICY_CT.get_ptr_mut(&stored);
     }
-    let reply = key.reversed();
-    if let Some(entry) = POLICY_CT.get_ptr_mut(&reply) {
-        // A reply: the connection's client is this packet's destination.
-        return on_hit(ctx, entry, &reply, dst, src, &state, true);
+    let mut is_reply = false;
+    if let Some(entry) = found {
+        // SAFETY: a pointer into the map's value, valid during this program
+        // run (an LRU entry evicted meanwhile is not freed under us: RCU).
+        let (epoch, flags, last_seen_ns) = unsafe { ((*entry).epoch, (*entry).flags, (*entry).last_seen_ns) };
+        // The client is the stored key's source unless the flags say its
+        // destination; this packet comes from the stored key's source when
+        // it is stored under its own tuple.
+        is_reply = stored_is_key == (flags & CT_CLIENT_IS_DST != 0);
+        if is_reply && flags & CT_REPLY_SEEN == 0 {
+            // SAFETY: as above.
+            unsafe { (*entry).flags = flags | CT_REPLY_SEEN };
+        }
+        // SAFETY: a plain helper (the clock at the last tick: no clock
+        // source read per packet).
+        let now = unsafe { bpf_ktime_get_coarse_ns() };
+        if now.wrapping_sub(last_seen_ns) > LAST_SEEN_REFRESH_NS {
+            // SAFETY: as above.
+            unsafe { (*entry).last_seen_ns = now };
+        }
+        if epoch == state.epoch {
+            return Ok(());
+        }
     }
-    let judged = judge::connection(ctx, &key, src, dst, &state, true);
-    if let Some(reason) = judged.denied {
-        return Err(reason);
-    }
-    let entry = CtEntry {
-        epoch: state.epoch,
-        flags: judged.flags,
-        // SAFETY: a plain helper.
-        last_seen_ns: unsafe { bpf_ktime_get_ns() },
-        egress_ref: judged.egress_ref,
-        ingress_ref: judged.ingress_ref,
+    // A new connection, or a known one judged at another epoch: judged
+    // now, in its original direction (a reply's client is its destination).
+    let (client, server) = if is_reply {
+        key = key.reversed();
+        (dst, src)
+    } else {
+        (src, dst)
     };
-    // An LRU map makes room by evicting; should even that fail, this packet
-    // still goes (it was allowed) and the next one is judged again.
-    let _ = POLICY_CT.insert(&key, &entry, 0);
+    let judged = judge::connection(ctx, &key, client, server, &state, true);
+    match found {
+        Some(entry) => {
+            if let Some(reason) = judged.denied {
+                let _ = POLICY_CT.remove(&stored);
+                return Err(reason);
+            }
+            // SAFETY: as above; the entry takes the new epoch, keeping what
+            // it knows of its packets.
+            unsafe {
+                (*entry).epoch = state.epoch;
+                (*entry).flags = judged.flags | ((*entry).flags & (CT_REPLY_SEEN | CT_CLIENT_IS_DST));
+                (*entry).egress_ref = judged.egress_ref;
+                (*entry).ingress_ref = judged.ingress_ref;
+            }
+        }
+        None => {
+            if let Some(reason) = judged.denied {
+                return Err(reason);
+            }
+            let entry = CtEntry {
+                epoch: state.epoch,
+                flags: judged.flags | if swapped { CT_CLIENT_IS_DST } else { 0 },
+                // SAFETY: a plain helper.
+                last_seen_ns: unsafe { bpf_ktime_get_coarse_ns() },
+                egress_ref: judged.egress_ref,
+                ingress_ref: judged.ingress_ref,
+            };
+            // Neither lookup found it: `stored` is the canonical tuple
+            // reversed; the entry goes under the canonical one. An LRU map
+            // makes room by evicting; should even that fail, this packet
+            // still goes (it was allowed) and the next one is judged again.
+            stored = stored.reversed();
+            let _ = POLICY_CT.insert(&stored, &entry, 0);
+        }
+    }
     Ok(())
 }
 
@@ -215,47 +282,4 @@ fn untracked(
         Some(reason) => Err(reason),
         None => Ok(()),
     }
-}
-
-/// A packet of a known connection (`key`: its original direction; `client`
-/// and `server`: its ends' entries). Judged at the current epoch: passes.
-/// Judged at another: judged again now.
-#[inline(always)]
-fn on_hit(
-    ctx: &TcContext,
-    entry: *mut CtEntry,
-    key: &CtKey,
-    client: Option<EndpointPolicy>,
-    server: Option<EndpointPolicy>,
-    state: &PolicyState,
-    is_reply: bool,
-) -> Result<(), DropReason> {
-    // SAFETY: a pointer into the map's value, valid during this program
-    // run (an LRU entry evicted meanwhile is not freed under us: RCU).
-    let (epoch, flags, last_seen_ns) = unsafe { ((*entry).epoch, (*entry).flags, (*entry).last_seen_ns) };
-    // SAFETY: a plain helper.
-    let now = unsafe { bpf_ktime_get_ns() };
-    if epoch != state.epoch {
-        let judged = judge::connection(ctx, key, client, server, state, true);
-        if let Some(reason) = judged.denied {
-            let _ = POLICY_CT.remove(key);
-            return Err(reason);
-        }
-        // SAFETY: as above.
-        unsafe {
-            (*entry).epoch = state.epoch;
-            (*entry).flags = judged.flags | (flags & CT_REPLY_SEEN);
-            (*entry).egress_ref = judged.egress_ref;
-            (*entry).ingress_ref = judged.ingress_ref;
-        }
-    }
-    if is_reply && flags & CT_REPLY_SEEN == 0 {
-        // SAFETY: as above.
-        unsafe { (*entry).flags |= CT_REPLY_SEEN };
-    }
-    if now.wrapping_sub(last_seen_ns) > LAST_SEEN_REFRESH_NS {
-        // SAFETY: as above.
-        unsafe { (*entry).last_seen_ns = now };
-    }
-    Ok(())
 }

@@ -103,13 +103,20 @@ impl TestDatapath {
             .collect())
     }
 
-    /// Every `POLICY_CT` entry.
+    /// Every `POLICY_CT` entry, keyed by its connection's original
+    /// direction (client → server), whatever key it is stored under.
     pub fn connections(&self) -> Result<Vec<(CtKey, CtEntry)>> {
+        Ok(self.stored_connections()?.into_iter().map(|(k, e)| (k.original_direction(e.flags), e)).collect())
+    }
+
+    /// Every `POLICY_CT` entry under the key it is stored under.
+    pub fn stored_connections(&self) -> Result<Vec<(CtKey, CtEntry)>> {
         PolicyCt::open(self.pins())?.all()
     }
 }
 
-/// A `CtKey` as the programs write it.
+/// A `CtKey` in a packet's direction (the programs store a connection
+/// under `CtKey::canonical` of its first packet's).
 pub fn ct_key(src: &str, dst: &str, src_port: u16, dst_port: u16, protocol: u8) -> CtKey {
     CtKey {
         src_be: be(super::ip(src)),

@@ -1,5 +1,5 @@
 //! The agent's collection of idle `POLICY_CT` entries: what the programs
-//! stamp (`bpf_ktime_get_ns`) and what the agent reads (its
+//! stamp (`bpf_ktime_get_coarse_ns`) and what the agent reads (its
 //! CLOCK_MONOTONIC) are one clock; an idle entry goes after its protocol's
 //! timeout, an established TCP one lasts hours, a live one stays.
 use std::time::Duration;

@@ -8,8 +8,8 @@
 use sluice_common::{
     maps::programs::{FROM_POD, TO_POD, TO_TUNNEL, TO_UPLINK},
     policy::{
-        Direction, PolicyVerdict, CT_EGRESS_DEFERRED, ENDPOINT_EGRESS_ISOLATED, ENDPOINT_INGRESS_ISOLATED,
-        IDENTITY_WORLD,
+        Direction, PolicyVerdict, CT_CLIENT_IS_DST, CT_EGRESS_DEFERRED, ENDPOINT_EGRESS_ISOLATED,
+        ENDPOINT_INGRESS_ISOLATED, IDENTITY_WORLD,
     },
     DropReason, HookDirection,
 };
@@ -52,7 +52,10 @@ fn egress_to_a_cluster_ip_is_judged_after_kube_proxys_dnat() {
     assert_eq!(n.dp.run(FROM_POD, a.host.ifindex, &syn).unwrap().action, TC_ACT_OK);
     let conns = n.dp.connections().unwrap();
     assert_eq!(conns.len(), 1);
-    assert_eq!((conns[0].0, conns[0].1.flags), (ct_key(A, CLUSTER_IP, 40000, 80, TCP), CT_EGRESS_DEFERRED));
+    // Stored under the ClusterIP's end first (the lower address), the
+    // client's end in the flags.
+    let flags = conns[0].1.flags;
+    assert_eq!((conns[0].0, flags), (ct_key(A, CLUSTER_IP, 40000, 80, TCP), CT_EGRESS_DEFERRED | CT_CLIENT_IS_DST));
     assert_eq!(n.dp.verdicts().unwrap(), [], "nothing judged yet: the backend is not chosen");
     // kube-proxy chose local b:8080: the stack hands it to b's host end.
     let dnat = Ipv4::tcp_syn(A, B, 40000, 8080).frame(n.from_stack(b));

@@ -11,9 +11,10 @@
 //! Cilium's 6 h), short for the rest (a connection attempt that got no
 //! answer, UDP, ICMP: conntrack's and Cilium's minute).
 //!
-//! `last_seen_ns` is the programs' `bpf_ktime_get_ns` (CLOCK_MONOTONIC),
+//! `last_seen_ns` is the programs' `bpf_ktime_get_coarse_ns`
+//! (CLOCK_MONOTONIC at the last tick; older entries `bpf_ktime_get_ns`),
 //! refreshed at most once a second; the agent compares it with its own
-//! CLOCK_MONOTONIC. `decide` is pure; `collect` walks the pinned map.
+//! CLOCK_MONOTONIC (a tick ahead at most: nothing against its timeouts). `decide` is pure; `collect` walks the pinned map.
 use std::time::Duration;
 
 use anyhow::{Context, Result};

@@ -202,7 +202,9 @@ impl PolicyState {
     }
 }
 
-/// `POLICY_CT`: allowed connections (original direction).
+/// `POLICY_CT`: allowed connections, each under the key the programs
+/// stored it (canonical, or an older layout's original direction:
+/// `CtKey::original_direction` gives the client → server tuple).
 pub struct PolicyCt(HashMap<MapData, CtKey, CtEntry>);
 
 impl PolicyCt {

@@ -293,13 +293,26 @@ impl Netlink {
         }
     }
 
+    /// Rename a link, up or not. Linux before 6.2 refuses to rename a
+    /// device that is up (`EBUSY`; a pod's end is made up, see
+    /// `veth_into_message`): there it is taken down, renamed and brought
+    /// up again, before anything uses it.
     pub async fn set_name(&self, index: u32, name: &str) -> Result<()> {
-        self.handle
-            .link()
-            .set(LinkUnspec::new_with_index(index).name(name.to_string()).build())
-            .execute()
-            .await
-            .with_context(|| format!("rename link to {name}"))
+        let rename =
+            || self.handle.link().set(LinkUnspec::new_with_index(index).name(name.to_string()).build()).execute();
+        match rename().await {
+            Err(e) if is_errno(&e, libc::EBUSY) => {
+                self.handle
+                    .link()
+                    .set(LinkUnspec::new_with_index(index).down().build())
+                    .execute()
+                    .await
+                    .with_context(|| format!("set link down to rename it to {name} (Linux before 6.2)"))?;
+                rename().await.with_context(|| format!("rename link to {name} (taken down first)"))?;
+                self.set_up(index).await.with_context(|| format!("set {name} up again after renaming it"))
+            }
+            other => other.with_context(|| format!("rename link to {name}")),
+        }
     }
 
     pub async fn set_mtu(&self, index: u32, mtu: u32) -> Result<()> {

@@ -58,7 +58,7 @@ fn whoami_server(lab: &mut Lab, netns: &str, bind: &str, port: u16, who: &str) -
 fn wait_tcp(netns: &str, ip: &str, port: u16) -> Result<()> {
     let start = std::time::Instant::now();
     while tcp_text(netns, ip, port).is_none() {
-        if start.elapsed() > std::time::Duration::from_secs(5) {
+        if start.elapsed() > crate::patience(std::time::Duration::from_secs(5)) {
             anyhow::bail!("server {ip}:{port} in {netns} did not start");
         }
         std::thread::sleep(std::time::Duration::from_millis(20));
@@ -115,7 +115,7 @@ fn stream_server(lab: &mut Lab, netns: &str, who: &str) -> Result<()> {
     ))
     .is_ok_and(|o| o.status.success())
     {
-        if start.elapsed() > std::time::Duration::from_secs(5) {
+        if start.elapsed() > crate::patience(std::time::Duration::from_secs(5)) {
             anyhow::bail!("stream server in {netns} did not start");
         }
         std::thread::sleep(std::time::Duration::from_millis(20));
@@ -141,7 +141,7 @@ fn udp_server(lab: &mut Lab, netns: &str, name: &str) -> Result<()> {
     // with port-unreachable: ECONNREFUSED on a connected socket).
     let start = std::time::Instant::now();
     while ns_exec(netns, &["ss", "-H", "-uln", &format!("sport = :{port}")])?.trim().is_empty() {
-        if start.elapsed() > std::time::Duration::from_secs(5) {
+        if start.elapsed() > crate::patience(std::time::Duration::from_secs(5)) {
             anyhow::bail!("UDP server in {netns} did not bind :{port}");
         }
         std::thread::sleep(std::time::Duration::from_millis(20));

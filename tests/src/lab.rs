@@ -587,7 +587,7 @@ impl Lab {
             // The whole process group (the agent was started as its
             // leader): whatever the command forked goes too.
             let _ = Command::new("kill").args(["-KILL", "--", &format!("-{pid}")]).output();
-            if let Err(left) = crate::process::wait_group_gone(pid, Duration::from_secs(10)) {
+            if let Err(left) = crate::process::wait_group_gone(pid, crate::patience(Duration::from_secs(10))) {
                 bail!("node {i}'s agent (process group {pid}) still runs 10 s after SIGKILL: {left:?}");
             }
         }
@@ -632,7 +632,7 @@ impl Lab {
     pub fn wait_agent_ready(&self, i: usize) -> Result<()> {
         let node = &self.state.nodes[i];
         let pid = node.agent_pid.with_context(|| format!("no agent started on {}", node.name))?;
-        wait_ready(pid, &Self::data_dir(node), &Self::conflist_path(node), Duration::from_secs(30))
+        wait_ready(pid, &Self::data_dir(node), &Self::conflist_path(node), crate::patience(Duration::from_secs(30)))
             .with_context(|| format!("agent on {}", node.name))?;
         // A suite run with SLUICE_ATTACH (the agents' `--attach`) must run
         // in that mode, never fall back unseen.
@@ -721,7 +721,7 @@ impl Lab {
         // The listener is ready once it accepts.
         let start = Instant::now();
         while !tcp_probe(&netns, "127.0.0.1", name) {
-            if start.elapsed() > Duration::from_secs(5) {
+            if start.elapsed() > crate::patience(Duration::from_secs(5)) {
                 bail!("echo listener in {name} did not start");
             }
             std::thread::sleep(Duration::from_millis(20));
@@ -998,8 +998,8 @@ pub fn wait_listening(netns: &str, proto: &str, port: u16) -> Result<()> {
         if !out.trim().is_empty() {
             return Ok(());
         }
-        if start.elapsed() > Duration::from_secs(10) {
-            bail!("nothing listens on {proto}/{port} in {netns} after 10 s");
+        if start.elapsed() > crate::patience(Duration::from_secs(10)) {
+            bail!("nothing listens on {proto}/{port} in {netns} after {:?}", start.elapsed());
         }
         std::thread::sleep(Duration::from_millis(20));
     }
@@ -1054,7 +1054,10 @@ pub fn wait_forwards_grow(lab: &Lab, node: usize, name: &str, by: u64) {
     let base = counter(lab, node, "forwards", name);
     let start = Instant::now();
     while counter(lab, node, "forwards", name) < base + by {
-        assert!(start.elapsed() < Duration::from_secs(10), "forwards.{name} on node {node} stayed near {base}");
+        assert!(
+            start.elapsed() < crate::patience(Duration::from_secs(10)),
+            "forwards.{name} on node {node} stayed near {base}"
+        );
         std::thread::sleep(Duration::from_millis(50));
     }
 }

@@ -32,6 +32,26 @@ pub mod services;
 static COUNTER: AtomicU32 = AtomicU32::new(0);
 
 /// A short name unique to this process and call: `<prefix><pid>x<n>`.
+/// A readiness wait's limit, stretched by `SLUICE_TEST_PATIENCE` (a whole
+/// factor; `cargo xtask test` sets it in the guest kernels, where TCG makes
+/// an agent's start take 20-30 s). Only limits stretch: a wait still ends
+/// as soon as its condition holds.
+pub fn patience(limit: std::time::Duration) -> std::time::Duration {
+    limit * patience_factor(std::env::var("SLUICE_TEST_PATIENCE").ok().as_deref())
+}
+
+/// The factor from `SLUICE_TEST_PATIENCE`'s value (unset: 1). Anything but
+/// a positive whole number is a mistake to stop at, not to guess around.
+pub fn patience_factor(value: Option<&str>) -> u32 {
+    match value {
+        None => 1,
+        Some(v) => match v.trim().parse::<u32>() {
+            Ok(n) if n >= 1 => n,
+            _ => panic!("SLUICE_TEST_PATIENCE={v:?}: expected a whole factor of at least 1"),
+        },
+    }
+}
+
 pub fn unique(prefix: &str) -> String {
     format!("{prefix}{}x{}", std::process::id(), COUNTER.fetch_add(1, Ordering::Relaxed))
 }
@@ -186,4 +206,18 @@ pub fn bpftool_json(args: &[&str]) -> Result<serde_json::Value> {
 pub fn link_ids(pin: &Path) -> Result<(u64, u64)> {
     let v = bpftool_json(&["link", "show", "pinned", &pin.display().to_string()])?;
     Ok((v["id"].as_u64().context("link id")?, v["prog_id"].as_u64().context("prog id")?))
+}
+
+#[cfg(test)]
+mod patience_tests {
+    use super::patience_factor;
+
+    #[test]
+    fn patience_is_a_whole_factor_and_nonsense_stops_the_run() {
+        assert_eq!(patience_factor(None), 1);
+        assert_eq!(patience_factor(Some("6")), 6);
+        for bad in ["0", "1.5", "slow", ""] {
+            assert!(std::panic::catch_unwind(|| patience_factor(Some(bad))).is_err(), "{bad:?}");
+        }
+    }
 }

@@ -86,6 +86,21 @@ fn services_through_kube_proxy_from_pods_and_nodes() {
     assert!(m.all_ok(), "{}", m.render());
 }
 
+/// What `cargo xtask lab up` proves, on its own and smaller (the guest
+/// kernels run it, issue 26, where each probe takes seconds): two nodes, a
+/// pod each, the cluster model; every pod and node reaches every pod,
+/// every node's host server, the demo Service over TCP and UDP, and the
+/// world.
+#[test]
+fn lab_up_reaches_every_path_of_the_matrix() {
+    let lab = cluster_lab(2, 1);
+    let m = cluster::ClusterMatrix::probe(&lab);
+    eprint!("{}", m.render());
+    assert_eq!(m.rows.len(), 4, "two pods and two nodes");
+    assert_eq!(m.cells.len(), 4 * (4 - 1 + 2), "every source to every other pod and node, the Service and the world");
+    assert!(m.all_ok(), "{}", m.render());
+}
+
 /// The first line a TCP server at `ip:port` sends, asked from `netns` out
 /// of source port `from`.
 fn tcp_text_from_port(netns: &str, ip: &str, port: u16, from: u16) -> Option<String> {

@@ -23,6 +23,10 @@ use anyhow::{bail, Context, Result};
 
 use crate::{repo_root, shell};
 
+pub mod jobs;
+pub mod results;
+pub mod suite;
+
 /// Modules the first stage needs (each only if the kernel has it as a
 /// module; with what they depend on, from `modules.dep`).
 const BOOT_MODULES: [&str; 4] = ["virtio_pci", "9pnet_virtio", "9p", "overlay"];
@@ -41,15 +45,33 @@ pub struct GuestArgs {
 }
 
 pub fn run(args: &GuestArgs) -> Result<()> {
-    shell::require_root("the guest runner (apt-get download, a 9p share of /)")?;
-    let package = resolve_package(&args.kernel)?;
-    let root = repo_root().join("target/guest");
-    let kernel = prepare(&root.join(&package), &package)?;
-    let status = boot(&root, &kernel, args)?;
-    if status != 0 {
-        bail!("the command exited with status {status} in the {} guest", kernel.version);
+    let run = run_command(&args.kernel, args.memory, &args.command, &mut |line| println!("{line}"))?;
+    if run.status != 0 {
+        bail!("the command exited with status {} in the {} guest", run.status, run.version);
     }
     Ok(())
+}
+
+/// What a guest run came back with.
+#[derive(Debug)]
+pub struct GuestRun {
+    /// The command's exit status in the guest.
+    pub status: i32,
+    /// The kernel the guest reported (`uname -r`), the one it names.
+    pub version: String,
+    /// Wall-clock time from qemu's start to its end.
+    pub seconds: f64,
+}
+
+/// Boot `kernel` (`6.1`, `6.12` or a package name), run `command` there
+/// and hand each line of the guest's console to `on_line`. Fails unless
+/// the guest reports the kernel it names and the command's status.
+pub fn run_command(kernel: &str, memory: u32, command: &[String], on_line: &mut dyn FnMut(&str)) -> Result<GuestRun> {
+    shell::require_root("the guest runner (apt-get download, a 9p share of /)")?;
+    let package = resolve_package(kernel)?;
+    let root = repo_root().join("target/guest");
+    let kernel = prepare(&root.join(&package), &package)?;
+    boot(&root, &kernel, memory, command, on_line)
 }
 
 /// The newest amd64 kernel package of a series (`6.1`, `6.12`), or the
@@ -210,13 +232,19 @@ exec switch_root /newroot /bin/sh "$R/stage2"
 }
 
 /// Boot the guest, run the command, return its status.
-fn boot(root: &Path, kernel: &Kernel, args: &GuestArgs) -> Result<i32> {
+fn boot(
+    root: &Path,
+    kernel: &Kernel,
+    memory: u32,
+    command: &[String],
+    on_line: &mut dyn FnMut(&str),
+) -> Result<GuestRun> {
     let share = root.join(format!("run-{}", std::process::id()));
     let _ = fs::remove_dir_all(&share);
     fs::create_dir_all(share.join("bin"))?;
     std::os::unix::fs::symlink("/usr/bin/busybox", share.join("bin/modprobe"))?;
     let cwd = std::env::current_dir()?;
-    let quoted: Vec<String> = args.command.iter().map(|a| format!("'{}'", a.replace('\'', r"'\''"))).collect();
+    let quoted: Vec<String> = command.iter().map(|a| format!("'{}'", a.replace('\'', r"'\''"))).collect();
     let stage2 = format!(
         r#"#!/bin/sh
 R={share}
@@ -251,8 +279,8 @@ busybox poweroff -f
     fs::write(share.join("stage2"), stage2)?;
     let append = format!("console=ttyS0 panic=-1 quiet guest_result={}", share.display());
     let started = Instant::now();
-    let status = Command::new("qemu-system-x86_64")
-        .args(["-accel", "tcg,thread=multi", "-cpu", "max", "-smp", "2", "-m", &args.memory.to_string()])
+    let mut qemu = Command::new("qemu-system-x86_64");
+    qemu.args(["-accel", "tcg,thread=multi", "-cpu", "max", "-smp", "2", "-m", &memory.to_string()])
         .args(["-nographic", "-no-reboot", "-nic", "none"])
         .arg("-kernel")
         .arg(&kernel.vmlinuz)
@@ -262,9 +290,21 @@ busybox poweroff -f
         .args(["-virtfs", "local,path=/,mount_tag=host,security_model=none,readonly=on,multidevs=remap"])
         .arg("-virtfs")
         .arg(format!("local,path={},mount_tag=result,security_model=none", share.display()))
-        .status()
-        .context("qemu-system-x86_64 (apt-get install -t bookworm-backports qemu-system-x86)")?;
-    eprintln!("guest {}: {:.0} s (qemu {status})", kernel.version, started.elapsed().as_secs_f64());
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::piped());
+    let mut child =
+        qemu.spawn().context("qemu-system-x86_64 (cargo xtask setup installs it from bookworm-backports)")?;
+    // The serial console: the kernel's and the command's output, with the
+    // terminal's carriage returns.
+    let mut console = std::io::BufReader::new(child.stdout.take().expect("piped"));
+    let mut raw = Vec::new();
+    while std::io::BufRead::read_until(&mut console, b'\n', &mut raw)? > 0 {
+        on_line(String::from_utf8_lossy(&raw).trim_end_matches(['\r', '\n']));
+        raw.clear();
+    }
+    let status = child.wait()?;
+    let seconds = started.elapsed().as_secs_f64();
+    eprintln!("guest {}: {seconds:.0} s (qemu {status})", kernel.version);
     let uname = fs::read_to_string(share.join("uname")).unwrap_or_default();
     if uname.trim() != kernel.version {
         bail!(
@@ -278,5 +318,5 @@ busybox poweroff -f
         .and_then(|s| s.trim().parse().ok())
         .context("the guest wrote no status: the command did not finish")?;
     let _ = fs::remove_dir_all(&share);
-    Ok(code)
+    Ok(GuestRun { status: code, version: kernel.version.clone(), seconds })
 }

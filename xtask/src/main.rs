@@ -6,6 +6,7 @@
 //! - `lab up|status|down`: a multi-node lab in network namespaces.
 //! - `guest <kernel> -- <command>`: a command on Debian's 6.1 or 6.12 kernel
 //!   in a qemu guest.
+//! - `guest-suite [--job NAME]`: the guest jobs `test` ends with, alone.
 use std::path::{Path, PathBuf};
 
 use anyhow::Result;
@@ -56,6 +57,18 @@ enum Command {
         #[command(flatten)]
         args: guest::GuestArgs,
     },
+    /// The guest jobs `cargo xtask test` runs after the native tests
+    /// (xtask/src/guest/jobs.rs), alone: Debian's 6.1 (tc) and 6.12 (TCX)
+    /// kernels in qemu, each running its named tests (root; slow).
+    GuestSuite {
+        /// Only this job (`6.1 tc`, `6.12 tcx`, ...).
+        #[arg(long)]
+        job: Option<String>,
+        /// Only build what the jobs need (then run them under the machine
+        /// lock without compiling there).
+        #[arg(long)]
+        build_only: bool,
+    },
     /// Build sluice's container image as an OCI archive (target/image/image.tar).
     Image,
     /// A local multi-node lab built from network namespaces.
@@ -78,6 +91,7 @@ fn main() -> Result<()> {
         Command::Lab { command } => lab::run(command),
         Command::Image => image::run(),
         Command::Guest { args } => guest::run(&args),
+        Command::GuestSuite { job, build_only } => guest::suite::run(job.as_deref(), build_only),
         Command::Bench { args } => bench::run(&args),
     }
 }

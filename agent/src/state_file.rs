@@ -52,6 +52,9 @@ pub struct AgentState {
     pub attach_mode: String,
     #[serde(default)]
     pub attach_mode_why: String,
+    /// What this kernel's missing features degrade (empty: nothing).
+    #[serde(default)]
+    pub kernel_degraded: Vec<String>,
     /// The uplink's MTU and the pods' (0: an agent that predates them).
     #[serde(default)]
     pub uplink_mtu: u32,

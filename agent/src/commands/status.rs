@@ -378,6 +378,9 @@ impl StatusReport {
             if !a.attach_mode.is_empty() {
                 o.push_str(&format!("attach: {} ({})\n", a.attach_mode, a.attach_mode_why));
             }
+            for degraded in &a.kernel_degraded {
+                o.push_str(&format!("kernel: {degraded}\n"));
+            }
             if let Some(k) = &a.kubernetes {
                 o.push_str(&format!(
                     "kubernetes: {}, {}, {} events, {} lists{}\n",

@@ -29,7 +29,7 @@ use sluice_node::datapath::attach_mode::AttachMode;
 use sluice_node::{
     clock::now_unix,
     datapath::{
-        bpffs,
+        bpffs, kernel_features,
         pinned_maps::{self, NodeRoutes},
         pins::PinDir,
         policy_ct_gc, policy_maps, sock_lb, Datapath, MapSizes,
@@ -439,6 +439,8 @@ struct DatapathUp {
     pods: usize,
     /// The socket load balancer's cgroup, when Services are in eBPF.
     sock_lb_cgroup: Option<PathBuf>,
+    /// What this kernel's missing features degrade (`kernel_features`).
+    kernel_degraded: Vec<String>,
 }
 
 /// Load (or take over) the datapath: the pinned maps, `NODE_CONFIG`, the
@@ -456,7 +458,12 @@ async fn bring_up_datapath(
     let pins = PinDir::new(&node.pin_dir);
     let (stack_flows, stack_flows_why) = map_sizes::stack_flows(node.stack_flows_max, map_sizes::read_conntrack_max());
     info!(stack_flows, from = %stack_flows_why, "STACK_FLOWS size");
-    let mut datapath = Datapath::load_sized(&pins, &MapSizes { stack_flows: Some(stack_flows) })?;
+    // What this kernel lacks: refused by name, or degraded with a warning.
+    let kernel = kernel_features::check(services).map_err(anyhow::Error::msg)?;
+    for degraded in &kernel.degraded {
+        warn!(%degraded, "kernel");
+    }
+    let mut datapath = Datapath::load_sized(&pins, &MapSizes { stack_flows: Some(stack_flows) }, kernel.socket_lb)?;
     let node_config = sluice_common::NodeConfig {
         uplink_ifindex: uplink.link.index,
         node_ip_be: pinned_maps::ip_be(uplink.address.ip),
@@ -488,6 +495,7 @@ async fn bring_up_datapath(
         vxlan_ifindex,
         pods,
         sock_lb_cgroup,
+        kernel_degraded: kernel.degraded,
     })
 }
 
@@ -580,6 +588,7 @@ fn initial_state(
         pod_device_why: datapath.pod_device_why.clone(),
         attach_mode: datapath.attach_mode.to_string(),
         attach_mode_why: datapath.attach_mode_why.clone(),
+        kernel_degraded: datapath.kernel_degraded.clone(),
         uplink_mtu: uplink.link.mtu,
         pod_mtu: uplink.pod_mtu,
         ..Default::default()

@@ -108,11 +108,13 @@ pub struct Datapath {
 impl Datapath {
     /// Load the object, reusing every pinned map, and pin the programs.
     pub fn load(pins: &PinDir) -> Result<Self> {
-        Self::load_sized(pins, &MapSizes::default())
+        Self::load_sized(pins, &MapSizes::default(), true)
     }
 
-    /// `load`, with the maps `sizes` names sized as it says.
-    pub fn load_sized(pins: &PinDir, sizes: &MapSizes) -> Result<Self> {
+    /// `load`, with the maps `sizes` names sized as it says; the socket
+    /// load balancer's programs only with `socket_lb` (a kernel without
+    /// their helpers refuses them: `kernel_features`).
+    pub fn load_sized(pins: &PinDir, sizes: &MapSizes, socket_lb: bool) -> Result<Self> {
         if OBJECT.is_empty() {
             bail!("this build has no eBPF object: run `cargo xtask build-ebpf`, then rebuild");
         }
@@ -158,7 +160,7 @@ impl Datapath {
         }
         // The socket load balancer's programs: only the agent attaches
         // them (to a cgroup, not an interface), so they are not pinned.
-        for name in SOCK_PROGRAMS {
+        for name in SOCK_PROGRAMS.iter().filter(|_| socket_lb) {
             let prog = sock_program_mut(&mut ebpf, name)?;
             load_retrying(name, || prog.load())?;
         }

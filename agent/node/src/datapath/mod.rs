@@ -13,6 +13,7 @@
 pub mod attach_mode;
 pub mod bpf_sys;
 pub mod bpffs;
+pub mod kernel_features;
 pub mod links;
 pub mod loader;
 pub mod map_compat;

@@ -204,8 +204,12 @@ pub fn apply_services(lab: &Lab) -> Result<()> {
 
 /// The first line a TCP server at `ip:port` sends, asked from `netns`.
 pub fn tcp_text(netns: &str, ip: &str, port: u16) -> Option<String> {
-    let target = format!("TCP:{ip}:{port},connect-timeout=1");
-    let out = try_run(&mut ns_cmd(netns, &["timeout", "3", "socat", "-T1", "-", &target])).ok()?;
+    // In a TCG guest a socat can take more than a second to connect: the
+    // limits stretch with the tests' patience (1 s and 3 s natively).
+    let one = crate::patience(std::time::Duration::from_secs(1)).as_secs().to_string();
+    let all = crate::patience(std::time::Duration::from_secs(3)).as_secs().to_string();
+    let target = format!("TCP:{ip}:{port},connect-timeout={one}");
+    let out = try_run(&mut ns_cmd(netns, &["timeout", &all, "socat", &format!("-T{one}"), "-", &target])).ok()?;
     let text = String::from_utf8_lossy(&out.stdout).trim().to_string();
     (out.status.success() && !text.is_empty()).then_some(text)
 }

@@ -89,6 +89,49 @@ pub const JOBS: &[GuestJob] = &[
             MATRIX,
         ],
     },
+    // The same kernel with netkit pods (issue 26): the paths netkit changes.
+    // Each test run in the 6.12 guest with netkit pods: about 450 s in all.
+    GuestJob {
+        name: "6.12 netkit",
+        kernel: "6.12",
+        attach: "tcx",
+        device: "netkit",
+        tests: &[
+            // Services through kube-proxy's rules from pods and nodes, pod to pod, the world
+            MATRIX,
+            GuestTests {
+                binary: "datapath",
+                names: &[
+                    // pod to pod same node (redirect to the host end) and cross node
+                    "pods_reach_each_other_same_node_and_across_nodes_icmp_tcp_udp",
+                    // SIGKILL + restart under a flow: netkit links updated in place, nothing lost
+                    "agent_killed_and_restarted_loses_nothing",
+                    // drops in the sender's transmit path: nothing arrives, every attempt counted
+                    "spoofed_source_is_dropped_and_counted",
+                ],
+            },
+            // node <-> remote pod across VXLAN (inner frames with no MACs: the device must not learn)
+            GuestTests { binary: "tunnel", names: &["tunnel_always_on_one_lan_tunnels_every_peer_and_works_the_same"] },
+            // ClusterIP through the socket load balancer from pods and nodes
+            GuestTests {
+                binary: "services",
+                names: &["cluster_ip_from_pods_and_nodes_reaches_every_backend_over_tcp_and_udp"],
+            },
+            GuestTests {
+                binary: "cni",
+                names: &[
+                    // ADD, CHECK (an L3 pod's routes), DEL: nothing left
+                    "check_verifies_what_add_left",
+                    "gc_releases_every_attachment_not_listed",
+                ],
+            },
+            // --device=auto takes netkit on this kernel
+            GuestTests {
+                binary: "agent",
+                names: &["pod_device_auto_takes_what_the_kernel_has_and_a_forced_netkit_it_lacks_is_refused"],
+            },
+        ],
+    },
 ];
 
 impl GuestJob {

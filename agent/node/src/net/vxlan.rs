@@ -328,7 +328,8 @@ mod tests {
             Info::Kind(InfoKind::Vxlan),
             Info::Data(InfoData::Vxlan(vec![InfoVxlan::Id(42), InfoVxlan::Port(4789), InfoVxlan::Link(7)])),
         ])]);
-        assert_eq!(check(&fixed_vni, 7), vec![Mismatch::NotExternal, Mismatch::Port(4789)]);
+        // No IFLA_VXLAN_LEARNING: the kernel's default, learning on.
+        assert_eq!(check(&fixed_vni, 7), vec![Mismatch::NotExternal, Mismatch::Port(4789), Mismatch::Learning]);
         let mut arp = request(DEVICE, 7);
         arp.header.flags = LinkFlags::empty();
         assert_eq!(check(&arp, 7), vec![Mismatch::Arp]);

@@ -31,13 +31,19 @@ pub mod services;
 
 static COUNTER: AtomicU32 = AtomicU32::new(0);
 
-/// A short name unique to this process and call: `<prefix><pid>x<n>`.
 /// A readiness wait's limit, stretched by `SLUICE_TEST_PATIENCE` (a whole
 /// factor; `cargo xtask test` sets it in the guest kernels, where TCG makes
 /// an agent's start take 20-30 s). Only limits stretch: a wait still ends
 /// as soon as its condition holds.
 pub fn patience(limit: std::time::Duration) -> std::time::Duration {
     limit * patience_factor(std::env::var("SLUICE_TEST_PATIENCE").ok().as_deref())
+}
+
+/// A count that must outlast readiness waits (a flow spanning agent
+/// restarts), stretched by `SLUICE_TEST_PATIENCE` as [`patience`] stretches
+/// limits.
+pub fn patience_count(count: u32) -> u32 {
+    count * patience_factor(std::env::var("SLUICE_TEST_PATIENCE").ok().as_deref())
 }
 
 /// The factor from `SLUICE_TEST_PATIENCE`'s value (unset: 1). Anything but
@@ -52,6 +58,7 @@ pub fn patience_factor(value: Option<&str>) -> u32 {
     }
 }
 
+/// A short name unique to this process and call: `<prefix><pid>x<n>`.
 pub fn unique(prefix: &str) -> String {
     format!("{prefix}{}x{}", std::process::id(), COUNTER.fetch_add(1, Ordering::Relaxed))
 }

@@ -23,7 +23,7 @@ use sluice_tests::{
         counter, drop_stack_forwarding, forward_drops, ns_cmd, ns_exec, ping, wait_forwards_grow, CniCall, Lab,
         LabOptions, Node, Pod,
     },
-    ping_received, require_root, Netns,
+    patience_count, ping_received, require_root, Netns,
 };
 
 fn tc_lab(nodes: usize, pods: usize) -> Lab {
@@ -147,9 +147,12 @@ fn agent_restarts_under_a_flow_swap_tc_filters_in_place_and_lose_nothing() {
     }
     // Echo requests back to back (ping -i 0.0005 as root: ~16,000 a second
     // here) across nodes while both agents are
-    // killed (SIGKILL) and started again, CYCLES times.
-    const FLOW: u32 = 150_000;
-    let flow = ns_cmd(&a.netns, &["ping", "-q", "-c", &FLOW.to_string(), "-i", "0.0005", "-W", "1", &b.ip])
+    // killed (SIGKILL) and started again, CYCLES times. The flow must
+    // outlast the restarts: under TCG (the guest jobs) an agent's start
+    // takes 15-20 s and ping sends a quarter as fast, so the count grows
+    // with the tests' patience.
+    let flow_len = patience_count(150_000);
+    let flow = ns_cmd(&a.netns, &["ping", "-q", "-c", &flow_len.to_string(), "-i", "0.0005", "-W", "1", &b.ip])
         .stdout(Stdio::piped())
         .spawn()
         .unwrap();
@@ -183,7 +186,7 @@ fn agent_restarts_under_a_flow_swap_tc_filters_in_place_and_lose_nothing() {
     }
     let out = flow.wait_with_output().unwrap();
     let text = String::from_utf8_lossy(&out.stdout);
-    assert_eq!(ping_received(&text), Some(FLOW), "echo replies lost across {CYCLES} restarts: {text}");
+    assert_eq!(ping_received(&text), Some(flow_len), "echo replies lost across {CYCLES} restarts: {text}");
     let counted: Vec<u64> = nodes.iter().map(forward_drops).collect();
     assert_eq!(counted, [0, 0], "packets reached a node's stack while its filters were swapped (n1, n2)");
 }

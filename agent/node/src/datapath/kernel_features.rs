@@ -135,22 +135,64 @@ pub fn decide(probes: &[(Feature, Result<bool, String>)], want_socket_lb: bool) 
     Ok(KernelSupport { socket_lb: no_socket_lb.is_empty(), degraded })
 }
 
-/// Probe one feature on this kernel.
-pub fn probe(feature: Feature) -> Result<bool, String> {
-    let helper =
-        |program: ProgramType, helper: BpfHelper| is_helper_supported(program, helper).map_err(|e| e.to_string());
+/// Probe one feature on this kernel. `Ok(None)`: the kernel refused the
+/// probe itself for want of privilege (EPERM, EACCES), which says nothing
+/// about the kernel; the object's own load that follows fails the same way
+/// and names the missing capability (`privileges`).
+pub fn probe(feature: Feature) -> Result<Option<bool>, String> {
+    let helper = |program: ProgramType, helper: BpfHelper| probe_outcome(is_helper_supported(program, helper));
     match feature {
         Feature::RedirectPeer => helper(ProgramType::SchedClassifier, BpfHelper::BPF_FUNC_redirect_peer),
         Feature::RedirectNeigh => helper(ProgramType::SchedClassifier, BpfHelper::BPF_FUNC_redirect_neigh),
-        Feature::RingBuf => is_map_supported(MapType::RingBuf).map_err(|e| e.to_string()),
+        Feature::RingBuf => probe_outcome(is_map_supported(MapType::RingBuf)),
         Feature::SockAddrSetRetval => helper(ProgramType::CgroupSockAddr, BpfHelper::BPF_FUNC_set_retval),
         Feature::SockAddrNetnsCookie => helper(ProgramType::CgroupSockAddr, BpfHelper::BPF_FUNC_get_netns_cookie),
     }
 }
 
-/// Probe every need and decide.
+/// A probe's answer: present or not, not permitted to ask (`None`), or its
+/// error with the whole chain (aya's top error names only the syscall).
+fn probe_outcome<E: std::error::Error + 'static>(r: Result<bool, E>) -> Result<Option<bool>, String> {
+    match r {
+        Ok(present) => Ok(Some(present)),
+        Err(e) => {
+            let mut errno = None;
+            let mut chain = e.to_string();
+            let mut source: Option<&(dyn std::error::Error + 'static)> = Some(&e);
+            while let Some(err) = source {
+                if let Some(io) = err.downcast_ref::<std::io::Error>() {
+                    errno = errno.or(io.raw_os_error());
+                }
+                source = err.source();
+                if let Some(next) = source {
+                    chain = format!("{chain}: {next}");
+                }
+            }
+            if not_permitted(errno) {
+                Ok(None)
+            } else {
+                Err(chain)
+            }
+        }
+    }
+}
+
+/// Whether a probe's errno means "not allowed to ask", not "not there" (pure).
+fn not_permitted(errno: Option<i32>) -> bool {
+    matches!(errno, Some(libc::EPERM) | Some(libc::EACCES))
+}
+
+/// Probe every need and decide. A need the agent was not permitted to
+/// probe is left to the object's load, which fails naming the capability.
 pub fn check(want_socket_lb: bool) -> Result<KernelSupport, String> {
-    let probes: Vec<_> = NEEDS.iter().map(|n| (n.feature, probe(n.feature))).collect();
+    let mut probes = Vec::new();
+    for need in &NEEDS {
+        match probe(need.feature) {
+            Ok(Some(present)) => probes.push((need.feature, Ok(present))),
+            Ok(None) => return Ok(KernelSupport { socket_lb: true, degraded: Vec::new() }),
+            Err(e) => probes.push((need.feature, Err(e))),
+        }
+    }
     decide(&probes, want_socket_lb)
 }
 
@@ -179,6 +221,18 @@ mod tests {
         let e = decide(&probes, true).unwrap_err();
         assert!(e.contains("--kube-proxy-replacement=true needs bpf_set_retval"), "{e}");
         assert!(e.contains("Linux 5.18+"), "{e}");
+    }
+
+    #[test]
+    fn a_probe_refused_for_privilege_is_not_a_missing_feature() {
+        let denied = std::io::Error::from_raw_os_error(libc::EPERM);
+        assert_eq!(probe_outcome::<std::io::Error>(Err(denied)), Ok(None));
+        let denied = std::io::Error::from_raw_os_error(libc::EACCES);
+        assert_eq!(probe_outcome::<std::io::Error>(Err(denied)), Ok(None));
+        let other = std::io::Error::from_raw_os_error(libc::ENOMEM);
+        let e = probe_outcome::<std::io::Error>(Err(other)).unwrap_err();
+        assert!(e.contains("Cannot allocate memory"), "the error keeps the kernel's answer: {e}");
+        assert_eq!(probe_outcome::<std::io::Error>(Ok(false)), Ok(Some(false)));
     }
 
     #[test]

@@ -58,12 +58,17 @@ pub fn run(args: &BenchArgs) -> Result<()> {
     let out_dir = root.join("target/bench");
     std::fs::create_dir_all(&out_dir)?;
 
-    if args.devices {
+    if args.devices || args.attach_modes {
         // No spinners: in a TCG guest an idle vCPU costs nothing, a
         // spinning one a host core.
-        let mut report = devices::run(&bins, &plan)?;
+        let (compared, file) = if args.devices {
+            (&devices::DEVICES, "devices.json")
+        } else {
+            (&devices::ATTACH_MODES, "attach_modes.json")
+        };
+        let mut report = devices::run(&bins, &plan, compared)?;
         report["wall_clock_secs"] = json!(started.elapsed().as_secs_f64());
-        let json_path = out_dir.join("devices.json");
+        let json_path = out_dir.join(file);
         std::fs::write(&json_path, serde_json::to_vec_pretty(&report)?)?;
         print!("{}", devices::render(&report));
         println!("wrote {}", json_path.display());

@@ -44,6 +44,12 @@ pub struct BenchArgs {
     /// bench --devices --prebuilt`. Writes target/bench/devices.json.
     #[arg(long, conflicts_with_all = ["vxlan", "cni", "cross", "policy"])]
     pub devices: bool,
+    /// TCX links against legacy tc filters (issue 26), natively: the same
+    /// rows, labs and rounds as --devices, one lab with `--attach=tcx` and
+    /// one with `--attach=tc`; ratios tc/tcx with their spread (debug
+    /// build; --rounds, default 5). Writes target/bench/attach_modes.json.
+    #[arg(long, conflicts_with_all = ["vxlan", "cni", "cross", "policy", "devices"])]
+    pub attach_modes: bool,
     /// Use the binaries and eBPF object already built (no setup, no
     /// build): for a run inside `cargo xtask guest`, where the tree is
     /// read-only and a build would crawl.
@@ -103,7 +109,7 @@ impl Plan {
         if args.cross {
             plan.only = CROSS_PATHS.to_vec();
         }
-        if args.devices {
+        if args.devices || args.attach_modes {
             // Debug binaries: the guest runs what the host built, and the
             // ratio compares two kernel paths driven by the same agent.
             plan.release = false;

@@ -1,14 +1,16 @@
-//! veth against netkit pods (issues 17 and 26), `cargo xtask bench
-//! --devices`: one sluice lab per pod device (two nodes, native, two pods
-//! on the first node and one on the second), both up at once, then rounds
-//! that measure the same four rows on both labs, the order alternating
-//! (veth first in even rounds, netkit first in odd ones), so drift in the
-//! machine falls on both devices alike. Each row: TCP_RR, TCP_CRR and the
-//! sluice programs' cost per transaction (BPF run-time stats, a pass of
-//! its own). Reported: the per-round ratios netkit/veth, their median and
-//! their spread (min..max), never a target: the kernels that have netkit
-//! here run in a TCG guest (`cargo xtask guest 6.12`), where the same
-//! path's ratio scatters from 0.5 to 1.2 between rounds.
+//! Two ways of running the agents side by side (issues 17 and 26):
+//! `cargo xtask bench --devices`, veth against netkit pods, and `cargo
+//! xtask bench --attach-modes`, TCX against legacy tc filters. One sluice
+//! lab per variant (two nodes, native, two pods on the first node and one
+//! on the second), both up at once, then rounds that measure the same four
+//! rows on both labs, the order alternating (the first variant first in
+//! even rounds, the second in odd ones), so drift in the machine falls on
+//! both alike. Each row: TCP_RR, TCP_CRR and the sluice programs' cost per
+//! transaction (BPF run-time stats, a pass of its own). Reported: the
+//! per-round ratios second/first, their median and their spread
+//! (min..max), never a target: the kernels that have netkit here run in a
+//! TCG guest (`cargo xtask guest 6.12`), where the same path's ratio
+//! scatters from 0.5 to 1.2 between rounds.
 use std::{collections::BTreeMap, path::Path};
 
 use anyhow::{bail, Context, Result};
@@ -25,8 +27,30 @@ use super::{
     report::{f, machine},
 };
 
-/// The pod devices compared, in the order of an even round.
-pub(super) const DEVICES: [&str; 2] = ["veth", "netkit"];
+/// What is compared: the agent flag that picks it, its two values (in
+/// the order of an even round; ratios are second/first), and how a lab
+/// says which one its agents really took.
+pub(super) struct Comparison {
+    pub(super) what: &'static str,
+    pub(super) flag: &'static str,
+    pub(super) variants: [&'static str; 2],
+    pub(super) chosen: fn(&Lab, usize) -> Result<String>,
+}
+
+/// veth against netkit pods.
+pub(super) const DEVICES: Comparison =
+    Comparison { what: "pod device", flag: "--device", variants: ["veth", "netkit"], chosen: pod_device };
+/// TCX links against legacy tc filters.
+pub(super) const ATTACH_MODES: Comparison =
+    Comparison { what: "attach mode", flag: "--attach", variants: ["tcx", "tc"], chosen: attach_mode };
+
+fn pod_device(lab: &Lab, node: usize) -> Result<String> {
+    Ok(lab.pod_device(node)?.name().to_string())
+}
+
+fn attach_mode(lab: &Lab, node: usize) -> Result<String> {
+    Ok(lab.status(node)?["agent"]["attachMode"].as_str().unwrap_or_default().to_string())
+}
 /// The rows measured on each device's lab.
 pub(super) const ROWS: [&str; 2] = ["same-node", "cross-node"];
 
@@ -34,42 +58,43 @@ fn row_name(row: &str, device: &str) -> String {
     format!("S {row} {device}")
 }
 
-/// A two-node native lab whose agents give pods `device`, with three pods;
-/// refused unless the agents really chose it (a `netkit` the kernel lacks
-/// stops them at start anyway).
-fn device_lab(bins: &Path, device: &str) -> Result<Lab> {
+/// A two-node native lab whose agents run with `flag=value`, with three
+/// pods; refused unless the agents really took it (a `netkit` the kernel
+/// lacks stops them at start anyway).
+fn variant_lab(bins: &Path, c: &Comparison, value: &str) -> Result<Lab> {
     let mut opts = LabOptions::new(2, 0, bins.to_path_buf());
-    opts.extra_agent_args = vec!["--tunnel=never".into(), format!("--device={device}")];
-    let mut lab = Lab::up(&opts).with_context(|| format!("the {device} lab"))?;
+    opts.extra_agent_args = vec!["--tunnel=never".into(), format!("{}={value}", c.flag)];
+    let mut lab = Lab::up(&opts).with_context(|| format!("the {value} lab"))?;
     lab.add_pod(0, "n1p1")?;
     lab.add_pod(0, "n1p2")?;
     lab.add_pod(1, "n2p1")?;
     for i in 0..2 {
-        let chosen = lab.pod_device(i)?;
-        if chosen.name() != device {
-            bail!("node {i} of the {device} lab gives pods {chosen}");
+        let chosen = (c.chosen)(&lab, i)?;
+        if chosen != value {
+            bail!("node {i} of the {value} lab runs with {} {chosen}", c.what);
         }
     }
     Ok(lab)
 }
 
-/// Which device goes first in round `round`.
-pub(super) fn order(round: usize) -> [&'static str; 2] {
+/// Which variant goes first in round `round`.
+pub(super) fn order(c: &Comparison, round: usize) -> [&'static str; 2] {
+    let [a, b] = c.variants;
     if round.is_multiple_of(2) {
-        DEVICES
+        [a, b]
     } else {
-        [DEVICES[1], DEVICES[0]]
+        [b, a]
     }
 }
 
 /// Both labs, then `plan.rounds` rounds over the four rows.
-pub(super) fn run(bins: &Path, plan: &Plan) -> Result<Value> {
+pub(super) fn run(bins: &Path, plan: &Plan, c: &Comparison) -> Result<Value> {
     let labs: BTreeMap<&str, Lab> =
-        DEVICES.iter().map(|d| device_lab(bins, d).map(|l| (*d, l))).collect::<Result<_>>()?;
+        c.variants.iter().map(|v| variant_lab(bins, c, v).map(|l| (*v, l))).collect::<Result<_>>()?;
     let mut rounds: Vec<BTreeMap<String, PathFigures>> = Vec::new();
     for r in 0..plan.rounds {
         let mut figures = BTreeMap::new();
-        for device in order(r) {
+        for device in order(c, r) {
             let lab = &labs[device];
             let (n1, n2) = (&lab.state.nodes[0], &lab.state.nodes[1]);
             let (p1, p2, p3) = (&n1.pods[0], &n1.pods[1], &n2.pods[0]);
@@ -84,11 +109,11 @@ pub(super) fn run(bins: &Path, plan: &Plan) -> Result<Value> {
         }
         rounds.push(figures);
     }
-    Ok(report(&rounds, plan))
+    Ok(report(&rounds, plan, c))
 }
 
-/// The per-round ratio netkit/veth of one metric of one row.
-fn per_round_ratios(rounds: &[BTreeMap<String, PathFigures>], row: &str, metric: &str) -> Vec<f64> {
+/// The per-round ratio second/first variant of one metric of one row.
+fn per_round_ratios(rounds: &[BTreeMap<String, PathFigures>], c: &Comparison, row: &str, metric: &str) -> Vec<f64> {
     let of = |r: &BTreeMap<String, PathFigures>, device: &str| -> f64 {
         let Some(p) = r.get(&row_name(row, device)) else { return f64::NAN };
         match metric {
@@ -100,7 +125,7 @@ fn per_round_ratios(rounds: &[BTreeMap<String, PathFigures>], row: &str, metric:
             _ => f64::NAN,
         }
     };
-    rounds.iter().map(|r| of(r, "netkit") / of(r, "veth")).collect()
+    rounds.iter().map(|r| of(r, c.variants[1]) / of(r, c.variants[0])).collect()
 }
 
 /// Median and spread of a list of ratios (non-finite ones left out).
@@ -121,12 +146,12 @@ pub(super) const METRICS: [(&str, &str); 4] = [
     ("ebpf_ns_crr", "eBPF ns per TCP_CRR"),
 ];
 
-fn report(rounds: &[BTreeMap<String, PathFigures>], plan: &Plan) -> Value {
+fn report(rounds: &[BTreeMap<String, PathFigures>], plan: &Plan, c: &Comparison) -> Value {
     let mut ratios = serde_json::Map::new();
     for row in ROWS {
         let mut m = serde_json::Map::new();
         for (metric, _) in METRICS {
-            m.insert(metric.into(), spread(&per_round_ratios(rounds, row, metric)));
+            m.insert(metric.into(), spread(&per_round_ratios(rounds, c, row, metric)));
         }
         ratios.insert(row.into(), Value::Object(m));
     }
@@ -145,21 +170,31 @@ fn report(rounds: &[BTreeMap<String, PathFigures>], plan: &Plan) -> Value {
     json!({
         "machine": machine(),
         "plan": {"rounds": plan.rounds, "rr_secs": plan.rr.as_secs_f64(), "release": plan.release},
+        "compared": {"what": c.what, "first": c.variants[0], "second": c.variants[1]},
         "per_round": per_round,
-        "ratios_netkit_over_veth": ratios,
+        "ratios": ratios,
     })
 }
 
 pub(super) fn render(r: &Value) -> String {
+    let (first, second) =
+        (r["compared"]["first"].as_str().unwrap_or("?"), r["compared"]["second"].as_str().unwrap_or("?"));
     let mut o = format!(
-        "veth vs netkit pods, kernel {}, {} rounds, order alternating (indicative: no targets)\n",
+        "{first} vs {second} ({}), kernel {}, {} rounds, order alternating (indicative: no targets)\n",
+        r["compared"]["what"].as_str().unwrap_or("?"),
         r["machine"]["kernel"].as_str().unwrap_or("?"),
         r["plan"]["rounds"]
     );
-    o += &format!("  {:<11} {:<22} {:>7} {:>15}   per round\n", "row", "netkit/veth", "median", "min..max");
+    o += &format!(
+        "  {:<11} {:<22} {:>7} {:>15}   per round\n",
+        "row",
+        format!("{second}/{first}"),
+        "median",
+        "min..max"
+    );
     for row in ROWS {
         for (metric, title) in METRICS {
-            let s = &r["ratios_netkit_over_veth"][row][metric];
+            let s = &r["ratios"][row][metric];
             if s.is_null() {
                 continue;
             }
@@ -188,10 +223,12 @@ mod tests {
     use super::*;
 
     #[test]
-    fn rounds_alternate_which_device_goes_first() {
-        assert_eq!(order(0), ["veth", "netkit"]);
-        assert_eq!(order(1), ["netkit", "veth"]);
-        assert_eq!(order(2), order(0));
+    fn rounds_alternate_which_variant_goes_first() {
+        assert_eq!(order(&DEVICES, 0), ["veth", "netkit"]);
+        assert_eq!(order(&DEVICES, 1), ["netkit", "veth"]);
+        assert_eq!(order(&DEVICES, 2), order(&DEVICES, 0));
+        assert_eq!(order(&ATTACH_MODES, 0), ["tcx", "tc"]);
+        assert_eq!(order(&ATTACH_MODES, 1), ["tc", "tcx"]);
     }
 
     #[test]

@@ -943,6 +943,18 @@ impl ApiServer {
         self.change(|s| s.remove(kind, &object_key(kind, namespace, name)))
     }
 
+    /// Delete many objects of `kind` at once (namespace, name): one
+    /// resourceVersion each, one wake-up for the watchers. Returns the last
+    /// resourceVersion.
+    pub fn delete_many(&self, kind: Kind, keys: impl IntoIterator<Item = (String, String)>) -> u64 {
+        self.change(|s| {
+            for (namespace, name) in keys {
+                s.remove(kind, &object_key(kind, &namespace, &name));
+            }
+            s.rv
+        })
+    }
+
     /// Create or update a Service (see `ServiceObject`, `service_object`).
     pub fn upsert_service(&self, obj: Value) -> u64 {
         self.upsert(Kind::Service, obj)

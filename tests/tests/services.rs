@@ -709,3 +709,42 @@ fn health_check_node_port_answers_200_with_local_endpoints_and_503_without() {
         sleep(Duration::from_millis(200));
     }
 }
+
+/// Issue 27, hairpin as kube-proxy's: a pod that is its Service's only
+/// backend reaches itself through the Service's ClusterIP and through the
+/// NodePort on its own node's address and on another node's, TCP and UDP,
+/// with no kube-proxy rules in the lab. The answer is the pod's own (its
+/// servers answer with its name), and the socket still shows the
+/// frontend it named.
+#[test]
+fn hairpin_a_pod_reaches_itself_through_its_own_cluster_ip_and_node_port() {
+    require_root();
+    let lab = services::lab(2, 1).unwrap();
+    let api = lab.api.as_ref().unwrap();
+    let (n1, pod) = (lab.state.nodes[0].clone(), lab.state.nodes[0].pods[0].clone());
+    let me = vec![(n1.name.clone(), pod.ip.clone())];
+    const HAIRPIN_IP: &str = "10.96.0.72";
+    let svc = service("self", HAIRPIN_IP, &[("http", 80, 7777, "TCP"), ("dns", 53, services::UDP_PORT, "UDP")])
+        .type_("NodePort");
+    let (tcp_np, udp_np) = (svc.node_port(0), svc.node_port(1));
+    api.upsert_service(svc.build());
+    api.upsert_endpoint_slice(
+        slice("self", &[("http", 7777, "TCP"), ("dns", services::UDP_PORT, "UDP")], &endpoints(&me)).build(),
+    );
+    wait_backends(&lab, HAIRPIN_IP, 80, "TCP", &targets(&me, 7777)).unwrap();
+    wait_backends(&lab, "*", udp_np, "UDP", &targets(&me, services::UDP_PORT)).unwrap();
+    let (ip1, ip2) = (node_ip(&lab, 0), node_ip(&lab, 1));
+    wait_node_addresses(&lab, &[ip1.clone(), ip2.clone()]);
+    let only_me = BTreeSet::from([pod.name.clone()]);
+    for (ip, tcp, udp) in [(HAIRPIN_IP, 80u16, 53u16), (ip1.as_str(), tcp_np, udp_np), (ip2.as_str(), tcp_np, udp_np)] {
+        let (tcp_s, udp_s) = (tcp.to_string(), udp.to_string());
+        let out = client(&lab, &n1, &pod.netns, &["tcp", ip, &tcp_s, "10"]).unwrap();
+        assert_eq!(oks(&out), 10, "{} → {ip}:{tcp}: {:?}", pod.name, tally(&out));
+        assert_eq!(tally(&out).keys().cloned().collect::<BTreeSet<_>>(), only_me, "{:?}", tally(&out));
+        assert!(out.iter().all(|o| matches!(o, Outcome::Ok { peer, .. } if peer == &format!("{ip}:{tcp}"))));
+        let out = client(&lab, &n1, &pod.netns, &["udp", ip, &udp_s, "10"]).unwrap();
+        assert_eq!(oks(&out), 10, "{} → {ip}:{udp} UDP: {:?}", pod.name, tally(&out));
+        assert_eq!(tally(&out).keys().cloned().collect::<BTreeSet<_>>(), only_me, "{:?}", tally(&out));
+        assert!(out.iter().all(|o| matches!(o, Outcome::Ok { peer, .. } if peer == &format!("{ip}:{udp}"))));
+    }
+}

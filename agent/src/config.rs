@@ -122,6 +122,13 @@ pub struct AgentConfig {
     /// namespaces too, not only in those of processes the agent can see.
     #[arg(long, env = "SLUICE_NETNS_DIR")]
     pub netns_dir: Option<PathBuf>,
+    /// The NodePort range, FIRST-LAST: the API server's
+    /// `--service-node-port-range` (its default is this one). With
+    /// --kube-proxy-replacement=true it is added to
+    /// `net.ipv4.ip_local_reserved_ports` (so no host process gets a
+    /// NodePort as its ephemeral port) and host sockets in it are reported.
+    #[arg(long, env = "SLUICE_NODE_PORT_RANGE", default_value = "30000-32767")]
+    pub node_port_range: crate::port_ownership::ranges::PortRange,
 }
 
 /// Where the metrics endpoint listens (`--metrics-addr`).
@@ -281,11 +288,12 @@ mod tests {
             mount_bpffs: false,
             metrics_addr: "off".into(),
             stack_flows_max: None,
+            node_port_range: crate::port_ownership::ranges::DEFAULT_NODE_PORT_RANGE,
         }
     }
 
     #[test]
-    fn the_pod_device_defaults_to_auto() {
+    fn the_pod_device_and_the_node_port_range_default_and_parse() {
         #[derive(clap::Parser)]
         struct Cli {
             #[command(flatten)]
@@ -309,6 +317,18 @@ mod tests {
             "veth",
         ]);
         assert_eq!(forced.unwrap().agent.device, crate::daemon::pod_device::DeviceChoice::Veth);
+        let base = ["sluice-agent", "--node-name", "n1", "--cluster-cidr", "10.244.0.0/16"];
+        if std::env::var_os("SLUICE_NODE_PORT_RANGE").is_none() {
+            let cli = Cli::try_parse_from(base).unwrap();
+            assert_eq!(cli.agent.node_port_range, crate::port_ownership::ranges::DEFAULT_NODE_PORT_RANGE);
+        }
+        let narrow = Cli::try_parse_from(base.iter().copied().chain(["--node-port-range", "20000-20999"]));
+        assert_eq!(narrow.unwrap().agent.node_port_range.to_string(), "20000-20999");
+        let bad = Cli::try_parse_from(base.iter().copied().chain(["--node-port-range", "32767-30000"]))
+            .err()
+            .unwrap()
+            .to_string();
+        assert!(bad.contains("--node-port-range") && bad.contains("the first port is above the last"), "{bad}");
     }
 
     fn net(s: &str) -> Ipv4Network {

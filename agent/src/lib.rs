@@ -20,6 +20,9 @@
 //!   plan the socket load balancer's maps are kept in step with.
 //! - `policy/`: NetworkPolicy's pure core: model, selectors, identities,
 //!   the compiler and an evaluator (no watcher or datapath yet).
+//! - `port_ownership/`: the ports sluice owns on a node (NodePort range,
+//!   hostPorts) reserved from ephemeral use, and host sockets on them
+//!   found (pure; `daemon::port_ownership` does the syscalls).
 //! - `state_file`: what the daemon tells the commands (another process).
 pub mod commands;
 pub mod config;
@@ -28,6 +31,7 @@ pub mod health_endpoint;
 pub mod kube_watch;
 pub mod membership;
 pub mod policy;
+pub mod port_ownership;
 pub mod privileges;
 pub mod reconcile;
 pub mod services;

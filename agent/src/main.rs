@@ -171,6 +171,17 @@ enum NodeInitStep {
     },
     /// Set net.ipv4.ip_forward=1 (the agent's /proc/sys is read-only).
     IpForward,
+    /// With --kube-proxy-replacement=true, add the NodePort range to
+    /// net.ipv4.ip_local_reserved_ports (what sluice adds is recorded in the
+    /// data directory); otherwise give back what an earlier run added.
+    ReservePorts {
+        #[arg(long, env = "SLUICE_DATA_DIR", default_value = paths::DEFAULT_DATA_DIR)]
+        data_dir: PathBuf,
+        #[arg(long, env = "SLUICE_KUBE_PROXY_REPLACEMENT", default_value_t = false, action = clap::ArgAction::Set)]
+        kube_proxy_replacement: bool,
+        #[arg(long, env = "SLUICE_NODE_PORT_RANGE", default_value = "30000-32767")]
+        node_port_range: sluice_agent::port_ownership::ranges::PortRange,
+    },
 }
 
 impl Command {
@@ -358,6 +369,9 @@ async fn dispatch(command: Command) -> Result<ExitCode> {
                 NodeInitStep::MountBpffs { path } => node_init::mount_bpffs(&path)?,
                 NodeInitStep::ShareNetnsDir { path } => node_init::share_netns_dir(&path)?,
                 NodeInitStep::IpForward => node_init::ip_forward()?,
+                NodeInitStep::ReservePorts { data_dir, kube_proxy_replacement, node_port_range } => {
+                    node_init::reserve_ports(&data_dir, kube_proxy_replacement, node_port_range)?
+                }
             };
             println!("{done}");
             Ok(ExitCode::SUCCESS)

@@ -66,6 +66,10 @@ pub struct AgentState {
     /// NetworkPolicy enforcement, with `--kubernetes`.
     #[serde(default)]
     pub policy: Option<crate::daemon::policy_loop::PolicyLoopState>,
+    /// Port ownership (reserved ports, host sockets on them), when
+    /// `--kube-proxy-replacement=true`.
+    #[serde(default)]
+    pub port_ownership: Option<crate::daemon::port_ownership::PortOwnershipState>,
 }
 
 pub fn path(data_dir: &Path) -> PathBuf {

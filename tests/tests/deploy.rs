@@ -180,6 +180,7 @@ fn only_init_containers_are_privileged_and_the_agent_has_named_capabilities() {
         ("mount-bpffs", "node-init mount-bpffs --path /sys/fs/bpf", true),
         ("share-netns-dir", "node-init share-netns-dir --path /host/run/netns", true),
         ("ip-forward", "node-init ip-forward", true),
+        ("reserve-ports", "node-init reserve-ports", true),
         ("install-cni", "install-cni --bin-dir /host/opt/cni/bin", false),
     ];
     assert_eq!(inits.len(), expected.len(), "init containers: {steps:?}");

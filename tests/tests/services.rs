@@ -748,3 +748,115 @@ fn hairpin_a_pod_reaches_itself_through_its_own_cluster_ip_and_node_port() {
         assert!(out.iter().all(|o| matches!(o, Outcome::Ok { peer, .. } if peer == &format!("{ip}:{udp}"))));
     }
 }
+
+/// A process this test started, killed when the test ends (pass or panic).
+struct Killed(std::process::Child);
+
+impl Drop for Killed {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// Node `i`'s `net.ipv4.ip_local_reserved_ports` (its network namespace's).
+fn reserved_ports(lab: &Lab, i: usize) -> String {
+    let netns = &lab.state.nodes[i].netns;
+    sluice_tests::lab::ns_exec(netns, &["cat", "/proc/sys/net/ipv4/ip_local_reserved_ports"])
+        .unwrap()
+        .trim()
+        .to_string()
+}
+
+/// Issue 27, port ownership: with `--kube-proxy-replacement=true` the
+/// NodePort range is reserved from ephemeral use in the node's namespace
+/// (merged with what others reserved), a host process listening (TCP) or
+/// bound (UDP) in it is reported (`status` warning and its ports line,
+/// metrics), and `cleanup` gives back only what sluice added.
+#[test]
+fn a_host_socket_in_the_node_port_range_is_reported_and_the_range_is_reserved_until_cleanup() {
+    require_root();
+    let mut lab = services::lab(1, 1).unwrap();
+    let n1 = lab.state.nodes[0].clone();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while reserved_ports(&lab, 0) != "30000-32767" {
+        assert!(Instant::now() < deadline, "the NodePort range is not reserved: {:?}", reserved_ports(&lab, 0));
+        sleep(Duration::from_millis(100));
+    }
+    // Someone else reserves 8080 beside sluice's range.
+    sluice_tests::lab::ns_exec(
+        &n1.netns,
+        &["sh", "-c", "echo 8080,30000-32767 > /proc/sys/net/ipv4/ip_local_reserved_ports"],
+    )
+    .unwrap();
+
+    const LISTEN: &str = "import socket, sys, time\n\
+        t = socket.socket(); t.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)\n\
+        t.bind(('0.0.0.0', 30555)); t.listen()\n\
+        u = socket.socket(socket.AF_INET, socket.SOCK_DGRAM); u.bind(('127.0.0.1', 30556))\n\
+        print('up', flush=True); time.sleep(300)\n";
+    let mut child =
+        lab.node_cmd(&n1, &n1.netns, &["python3", "-c", LISTEN]).stdout(std::process::Stdio::piped()).spawn().unwrap();
+    let mut up = String::new();
+    std::io::BufRead::read_line(&mut std::io::BufReader::new(child.stdout.take().unwrap()), &mut up).unwrap();
+    assert_eq!(up.trim(), "up");
+    let listener = Killed(child);
+
+    let want = ["port collision: tcp 0.0.0.0:30555 (uid 0, inode", "port collision: udp 127.0.0.1:30556 (uid 0, inode"];
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let status = loop {
+        let s = lab.status(0).unwrap();
+        let warnings: Vec<String> =
+            s["warnings"].as_array().unwrap().iter().map(|w| w.as_str().unwrap().to_string()).collect();
+        if want.iter().all(|w| warnings.iter().any(|got| got.starts_with(w))) {
+            break s;
+        }
+        assert!(Instant::now() < deadline, "collisions not reported: {warnings:?}");
+        sleep(Duration::from_millis(200));
+    };
+    let ports = &status["agent"]["portOwnership"];
+    assert_eq!(ports["nodePortRange"], "30000-32767", "{ports}");
+    assert_eq!(ports["added"], "30000-32767", "{ports}");
+    let collisions = ports["collisions"].as_array().unwrap();
+    assert_eq!(collisions.len(), 2, "the agent's own sockets are not collisions: {ports}");
+    assert!(collisions.iter().all(|c| c["owner"] == "nodePortRange"), "{ports}");
+    // The text form has the line, the metrics the gauge and the counter.
+    let text = std::process::Command::new(lab.state.bin_dir.join("sluice-agent"))
+        .arg("status")
+        .arg("--pin-dir")
+        .arg(&n1.pin_dir)
+        .arg("--data-dir")
+        .arg(Lab::data_dir(&n1))
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&text.stdout);
+    assert!(text.contains("ports: NodePort range 30000-32767, reserved 30000-32767 (sluice added 30000-32767), 2 host sockets on them"), "{text}");
+    assert!(text.contains("  collision: tcp 0.0.0.0:30555 (uid 0, inode "), "{text}");
+    let metrics = lab
+        .node_cmd(
+            &n1,
+            &n1.netns,
+            &[
+                "python3",
+                "-c",
+                "import sys, urllib.request; print(urllib.request.urlopen(sys.argv[1], timeout=5).read().decode())",
+                &format!("http://{}:9962/metrics", node_ip(&lab, 0)),
+            ],
+        )
+        .output()
+        .unwrap();
+    let metrics = String::from_utf8_lossy(&metrics.stdout);
+    for line in [
+        "sluice_port_collisions{protocol=\"tcp\",owner=\"node_port_range\"} 1",
+        "sluice_port_collisions{protocol=\"udp\",owner=\"node_port_range\"} 1",
+        "sluice_port_collisions_detected_total 2",
+    ] {
+        assert!(metrics.lines().any(|l| l == line), "no {line:?} in:\n{metrics}");
+    }
+    drop(listener);
+
+    // Cleanup gives back sluice's ports, and only those.
+    lab.kill_agent(0).unwrap();
+    lab.cleanup(0).unwrap();
+    assert_eq!(reserved_ports(&lab, 0), "8080", "others' reservations stay");
+}

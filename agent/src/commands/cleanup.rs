@@ -23,7 +23,7 @@ use sluice_node::{
 
 use crate::health_endpoint;
 use crate::{
-    daemon::cni_conf,
+    daemon::{cni_conf, port_ownership},
     reconcile::{kernel_routes, masquerade},
     state_file,
 };
@@ -129,6 +129,10 @@ pub async fn run(plan: &CleanupPlan) -> Result<()> {
         }
     }
     remove_file(&state_file::path(&plan.data_dir), &mut errors);
+    // 8. The ports sluice added to ip_local_reserved_ports (others' stay).
+    if let Err(e) = port_ownership::release(&plan.data_dir) {
+        errors.push(format!("reserved ports: {e:#}"));
+    }
     for name in [sluice_node::cni_stats::FILE_NAME, sluice_node::cni_stats::LOCK_NAME] {
         remove_file(&plan.data_dir.join(name), &mut errors);
     }

@@ -8,7 +8,10 @@ use anyhow::{Context, Result};
 use nix::mount::{mount, MsFlags};
 use sluice_node::datapath::bpffs;
 
-use crate::daemon::sysctl;
+use crate::{
+    daemon::{port_ownership, sysctl},
+    port_ownership::ranges::{self, PortRange},
+};
 
 /// Mount bpffs at `path` unless one is already there; a new mount is made
 /// shared, so (through the init container's Bidirectional volume) it is the
@@ -60,6 +63,24 @@ pub fn share_netns_dir(path: &Path) -> Result<String> {
 pub fn ip_forward() -> Result<String> {
     sysctl::ensure_ip_forward()?;
     Ok("net.ipv4.ip_forward=1".to_string())
+}
+
+/// With Services in eBPF, reserve the NodePort range in
+/// `net.ipv4.ip_local_reserved_ports` of this network namespace (the
+/// node's), recording what sluice added under `data_dir`; without, give
+/// back what an earlier run added. The agent does the same at start, but
+/// in an unprivileged container its /proc/sys is read-only.
+pub fn reserve_ports(data_dir: &Path, kube_proxy_replacement: bool, node_port_range: PortRange) -> Result<String> {
+    if !kube_proxy_replacement {
+        let released = port_ownership::release(data_dir)?;
+        return Ok(if released.is_empty() {
+            "no reserved ports to give back (kube-proxy-replacement is off)".to_string()
+        } else {
+            format!("reserved ports given back: {released}")
+        });
+    }
+    let added = port_ownership::reserve(data_dir, &ranges::owned(node_port_range, &[]))?;
+    Ok(format!("NodePort range {node_port_range} reserved (sluice added: {added})"))
 }
 
 /// Is `path` the mount point of some mount in `mountinfo` (the format of

@@ -149,6 +149,10 @@ pub fn verdict(f: &HealthFacts) -> Verdict {
                 services_verdict(lb, f.now_unix, &mut v);
             }
             v.unhealthy.extend(state.policy.as_ref().and_then(|p| p.unhealthy()));
+            if let Some(ports) = &state.port_ownership {
+                v.warnings.extend(ports.collisions.iter().map(|c| format!("port collision: {c}")));
+                v.warnings.extend(ports.reserve_error.iter().map(|e| format!("owned ports not reserved: {e}")));
+            }
             v.warnings.extend(state.problems.iter().map(|p| p.to_string()));
         }
         Err(e) => {
@@ -413,6 +417,19 @@ impl StatusReport {
             ));
             if let Some(r) = &lb.watch_recovery {
                 o.push_str(&format!("  {}\n", describe_recovery("Services", r)));
+            }
+        }
+        if let Some(p) = self.agent.as_ref().and_then(|a| a.port_ownership.as_ref()) {
+            o.push_str(&format!(
+                "ports: NodePort range {}, reserved {} (sluice added {}), {} host sockets on them{}\n",
+                p.node_port_range,
+                p.owned,
+                if p.added.is_empty() { "none" } else { &p.added },
+                p.collisions.len(),
+                p.reserve_error.as_ref().map(|e| format!(", NOT RESERVED: {e}")).unwrap_or_default()
+            ));
+            for c in &p.collisions {
+                o.push_str(&format!("  collision: {c}\n"));
             }
         }
         o.push_str(&format!(

@@ -83,6 +83,8 @@ pub struct AgentMetrics {
     /// to synced again (`kube_watch::Recovery`).
     pub kubernetes_outage_seconds: Family<[(&'static str, &'static str); 1], Gauge<f64, AtomicU64>>,
     pub kubernetes_synced_after_return_seconds: Family<[(&'static str, &'static str); 1], Gauge<f64, AtomicU64>>,
+    /// Host sockets on ports sluice owns (`daemon::port_ownership`).
+    pub ports: crate::daemon::port_ownership::PortMetrics,
     kube: Arc<Mutex<Option<KubeState>>>,
 }
 
@@ -99,6 +101,7 @@ impl Default for AgentMetrics {
             policy_map_full: Family::default(),
             kubernetes_outage_seconds: Family::default(),
             kubernetes_synced_after_return_seconds: Family::default(),
+            ports: Default::default(),
             kube: Arc::default(),
         }
     }
@@ -419,6 +422,17 @@ pub fn registry(pins: &PinDir, data_dir: &std::path::Path, m: &AgentMetrics, mas
         "sluice_kernel_route_failures",
         "Kernel routes to peers the last pass could not apply (every other route was applied; see `status`).",
         m.kernel_route_failures.clone(),
+    );
+    r.register(
+        "sluice_port_collisions",
+        "Host sockets (listening TCP, bound UDP) on ports sluice answers for, by protocol and owner \
+         (node_port_range, host_port): Services' and pods' traffic never reaches them (see `status`).",
+        m.ports.collisions.clone(),
+    );
+    r.register(
+        "sluice_port_collisions_detected",
+        "Host sockets seen appear on ports sluice answers for (each counted once while it stays).",
+        m.ports.collisions_detected.clone(),
     );
     r.register_collector(Box::new(DatapathCollector {
         pins: pins.clone(),

@@ -19,6 +19,7 @@ pub mod plugin_install;
 pub mod pod_device;
 pub mod policy_loop;
 pub mod policy_tables;
+pub mod port_ownership;
 pub mod service_lb;
 pub mod sweep;
 pub mod sysctl;
@@ -540,6 +541,35 @@ async fn serve_node_endpoints(
     Ok((health_netns, agent_metrics, service_lb_state))
 }
 
+/// With Services in eBPF, sluice answers for the NodePort range (and
+/// hostPorts): reserve it and watch for host sockets on it
+/// (`port_ownership`). Without, give back what an earlier run reserved.
+fn own_ports(
+    node: &AgentConfig,
+    services: bool,
+    agent_metrics: &metrics::AgentMetrics,
+) -> Option<port_ownership::SharedState> {
+    if !services {
+        match port_ownership::release(&node.data_dir) {
+            Ok(released) if !released.is_empty() => {
+                info!(%released, "reserved ports given back (--kube-proxy-replacement=false)")
+            }
+            Ok(_) => {}
+            Err(e) => warn!(error = %format!("{e:#}"), "reserved ports not given back"),
+        }
+        return None;
+    }
+    let owned = crate::port_ownership::ranges::owned(node.node_port_range, &[]);
+    let host_ports: port_ownership::HostPorts = std::sync::Arc::new(Vec::new);
+    Some(port_ownership::start(
+        node.data_dir.clone(),
+        node.node_port_range,
+        owned,
+        host_ports,
+        agent_metrics.ports.clone(),
+    ))
+}
+
 /// Install the bundled CNI plugin into `--cni-bin-dir`, if given.
 fn install_plugin(node: &AgentConfig) -> Result<()> {
     if let Some(dir) = &node.cni_bin_dir {
@@ -611,6 +641,8 @@ struct Daemon {
     service_lb: Option<service_lb::SharedState>,
     /// NetworkPolicy's loop's state, with `--kubernetes`.
     policy: Option<policy_loop::SharedState>,
+    /// Port ownership's state, when Services are in eBPF.
+    ports: Option<port_ownership::SharedState>,
     state: AgentState,
     last_error: Option<String>,
     last_problems: Vec<Problem>,
@@ -714,6 +746,7 @@ impl Daemon {
         self.metrics.set_kubernetes(state.kubernetes.clone());
         state.service_lb = self.service_lb.as_ref().map(|s| s.lock().expect("service state lock").clone());
         state.policy = self.policy.as_ref().map(|s| s.lock().expect("policy state lock").clone());
+        state.port_ownership = self.ports.as_ref().map(|s| s.lock().expect("port ownership lock").clone());
         self.metrics.set_recovery("nodes", state.kubernetes.as_ref().and_then(|k| k.last_recovery.as_ref()));
         self.metrics.set_recovery("services", state.service_lb.as_ref().and_then(|s| s.watch_recovery.as_ref()));
         state.updated_unix = now_unix();
@@ -762,6 +795,7 @@ pub async fn run(
         serve_node_endpoints(&netlink, &node, &uplink, pod_cidr, &datapath, services, &reconcilers).await?;
 
     start_policy_ct_gc(&pins);
+    let ports = own_ports(&node, datapath.sock_lb_cgroup.is_some(), &agent_metrics);
     // Before the conflist: ADD waits (briefly) for POLICY_PODS, and fails
     // closed once the flag says an agent enforces NetworkPolicy here.
     let policy_state = match (policy, &source) {
@@ -783,6 +817,7 @@ pub async fn run(
     let daemon = Daemon {
         service_lb: datapath.sock_lb_cgroup.as_ref().map(|_| service_lb_state),
         policy: policy_state,
+        ports,
         node,
         source,
         netlink,

@@ -3,8 +3,27 @@
 //! `NODE_CONFIG` map value the datapath reads.
 use std::path::PathBuf;
 
-use ipnetwork::Ipv4Network;
+use ipnetwork::{Ipv4Network, Ipv6Network};
 use sluice_node::paths;
+
+/// `--ip-family`: which address families pods get.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, clap::ValueEnum, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub enum IpFamily {
+    /// IPv4 only (sluice's behaviour before dual-stack).
+    #[default]
+    Ipv4,
+    /// IPv6 only: not supported yet (the agent refuses it, naming why).
+    Ipv6,
+    /// An address of each family for every pod.
+    Dual,
+}
+
+impl IpFamily {
+    pub fn has_ipv6(self) -> bool {
+        matches!(self, IpFamily::Ipv6 | IpFamily::Dual)
+    }
+}
 
 /// What the agent needs to know about its node.
 #[derive(Clone, Debug, clap::Args)]
@@ -45,6 +64,20 @@ pub struct AgentConfig {
     /// node's own `spec.podCIDR` is used.
     #[arg(long, env = "SLUICE_POD_CIDR")]
     pub pod_cidr: Option<Ipv4Network>,
+    /// Which address families pods get: `ipv4` (the default), `dual` (an
+    /// IPv4 and an IPv6 address each; the node's IPv6 pod CIDR from
+    /// --pod-cidr6 or its Node's `spec.podCIDRs`), or `ipv6` (IPv6-only:
+    /// not supported yet, refused at start).
+    #[arg(long, env = "SLUICE_IP_FAMILY", value_enum, default_value_t = IpFamily::Ipv4)]
+    pub ip_family: IpFamily,
+    /// IPv6 pod CIDR of this node (`--ip-family dual`). With --kubernetes it
+    /// may be left out: the IPv6 entry of the Node's `spec.podCIDRs` is used.
+    #[arg(long, env = "SLUICE_POD_CIDR6")]
+    pub pod_cidr6: Option<Ipv6Network>,
+    /// The cluster's whole IPv6 pod range (`--ip-family dual`); every
+    /// node's IPv6 pod CIDR lies inside it.
+    #[arg(long, env = "SLUICE_CLUSTER_CIDR6")]
+    pub cluster_cidr6: Option<Ipv6Network>,
     /// The cluster's whole pod range; every node's pod CIDR lies inside it.
     #[arg(long, env = "SLUICE_CLUSTER_CIDR")]
     pub cluster_cidr: Ipv4Network,
@@ -164,6 +197,19 @@ pub enum ConfigError {
     OverlapsServices { what: &'static str, cidr: Ipv4Network, service: Ipv4Network },
     #[error("node name is empty")]
     EmptyNodeName,
+    #[error(
+        "--ip-family ipv6 (IPv6-only) is not supported yet: the node's address, NODE_CONFIG, the health endpoint, \
+         masquerade and Services are IPv4 in this version; use --ip-family dual"
+    )]
+    Ipv6OnlyUnsupported,
+    #[error("{flag} needs --ip-family dual")]
+    NeedsDualStack { flag: &'static str },
+    #[error("IPv6 pod CIDR {0} has host bits set: use {1}")]
+    PodCidr6NotNetwork(Ipv6Network, Ipv6Network),
+    #[error("IPv6 pod CIDR {0} is too small: it needs room for at least one pod (/126 or larger)")]
+    PodCidr6TooSmall(Ipv6Network),
+    #[error("IPv6 pod CIDR {pod} is not inside the IPv6 cluster CIDR {cluster}")]
+    PodCidr6OutsideCluster { pod: Ipv6Network, cluster: Ipv6Network },
     #[error("--metrics-addr {0:?} is not node:PORT, ADDR:PORT or off")]
     MetricsAddr(String),
     #[error(
@@ -223,6 +269,34 @@ impl AgentConfig {
                 return Err(ConfigError::OverlapsServices { what: "cluster CIDR", cidr: self.cluster_cidr, service });
             }
         }
+        match self.ip_family {
+            IpFamily::Ipv6 => return Err(ConfigError::Ipv6OnlyUnsupported),
+            IpFamily::Ipv4 if self.pod_cidr6.is_some() => {
+                return Err(ConfigError::NeedsDualStack { flag: "--pod-cidr6" })
+            }
+            IpFamily::Ipv4 if self.cluster_cidr6.is_some() => {
+                return Err(ConfigError::NeedsDualStack { flag: "--cluster-cidr6" })
+            }
+            _ => {}
+        }
+        Ok(())
+    }
+
+    /// Checks of this node's IPv6 pod CIDR (from the flag or from
+    /// Kubernetes) against the IPv6 cluster CIDR, when given.
+    pub fn validate_pod_cidr6(&self, pod: Ipv6Network) -> Result<(), ConfigError> {
+        let network = Ipv6Network::new(pod.network(), pod.prefix()).expect("prefix came from a valid network");
+        if network.ip() != pod.ip() {
+            return Err(ConfigError::PodCidr6NotNetwork(pod, network));
+        }
+        if pod.prefix() > 126 {
+            return Err(ConfigError::PodCidr6TooSmall(pod));
+        }
+        if let Some(cluster) = self.cluster_cidr6 {
+            if !(cluster.contains(pod.network()) && cluster.prefix() <= pod.prefix()) {
+                return Err(ConfigError::PodCidr6OutsideCluster { pod, cluster });
+            }
+        }
         Ok(())
     }
 
@@ -268,6 +342,9 @@ mod tests {
             node_name: "n1".into(),
             uplink: "eth0".into(),
             pod_cidr: None,
+            ip_family: IpFamily::Ipv4,
+            pod_cidr6: None,
+            cluster_cidr6: None,
             cluster_cidr: cluster.parse().unwrap(),
             service_cidr: service.map(|s| s.parse().unwrap()),
             pin_dir: "/sys/fs/bpf/x".into(),
@@ -366,6 +443,33 @@ mod tests {
             svc_inside.validate_pod_cidr(net("10.100.0.0/24"), lan),
             Err(ConfigError::OverlapsServices { what: "pod CIDR", .. })
         ));
+    }
+
+    #[test]
+    fn ip_family_validation() {
+        let base = cfg("10.244.0.0/16", None);
+        assert_eq!(base.ip_family, IpFamily::Ipv4);
+        let net6 = |s: &str| s.parse::<Ipv6Network>().unwrap();
+        let dual = AgentConfig {
+            ip_family: IpFamily::Dual,
+            cluster_cidr6: Some(net6("fd00:244::/56")),
+            ..cfg("10.244.0.0/16", None)
+        };
+        assert_eq!(dual.validate_static(), Ok(()));
+        assert_eq!(dual.validate_pod_cidr6(net6("fd00:244:0:1::/64")), Ok(()));
+        assert!(matches!(
+            dual.validate_pod_cidr6(net6("fd00:244:0:1::5/64")),
+            Err(ConfigError::PodCidr6NotNetwork(..))
+        ));
+        assert!(matches!(
+            dual.validate_pod_cidr6(net6("fd00:245::/64")),
+            Err(ConfigError::PodCidr6OutsideCluster { .. })
+        ));
+        assert!(matches!(dual.validate_pod_cidr6(net6("fd00:244::/127")), Err(ConfigError::PodCidr6TooSmall(_))));
+        let ipv6_only = AgentConfig { ip_family: IpFamily::Ipv6, ..cfg("10.244.0.0/16", None) };
+        assert_eq!(ipv6_only.validate_static(), Err(ConfigError::Ipv6OnlyUnsupported));
+        let stray = AgentConfig { pod_cidr6: Some(net6("fd00:244::/64")), ..cfg("10.244.0.0/16", None) };
+        assert_eq!(stray.validate_static(), Err(ConfigError::NeedsDualStack { flag: "--pod-cidr6" }));
     }
 
     #[test]

@@ -21,6 +21,15 @@ pub struct AgentState {
     pub node_name: String,
     pub uplink: String,
     pub pod_cidr: String,
+    /// The IPv6 pod CIDR, on a dual-stack node (`--ip-family dual`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pod_cidr6: Option<String>,
+    /// IPv6 route CIDR → the node it leads to (dual-stack).
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub route_nodes6: BTreeMap<String, String>,
+    /// Nodes left out of the IPv6 routes, and why (dual-stack).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub problems6: Vec<crate::membership::family6::Problem6>,
     /// "peers-file" or "kubernetes".
     pub membership: String,
     pub started_unix: u64,

@@ -3,11 +3,23 @@
 //! NetworkPolicy entries (`policy.rs`), and `from_pod` attached to the host
 //! side. Every step registers its undo; a
 //! failure anywhere leaves the node as it was.
-use std::{fs::File, net::Ipv4Addr, os::fd::AsRawFd};
+//!
+//! With `podCIDR6` (a dual-stack node) the pod gets an IPv6 address too,
+//! allocated right after the IPv4 one (whose release is already
+//! registered: an exhausted IPv6 pool gives the IPv4 address back), and
+//! its IPv6 plumbing after the IPv4 one's, in the same steps.
+use std::{
+    fs::File,
+    net::{Ipv4Addr, Ipv6Addr},
+    os::fd::AsRawFd,
+};
 
 use anyhow::{anyhow, Context};
 use serde_json::{json, Value};
-use sluice_node::ipam::store::{Allocation, Exhausted, LeaseStore};
+use sluice_node::ipam::{
+    allocator::PodCidr,
+    store::{Allocation, Exhausted, LeaseStore},
+};
 use sluice_node::{
     datapath::pins::PinDir,
     net::{netlink::Netlink, netns},
@@ -19,7 +31,7 @@ use ipnetwork::Ipv4Network;
 use sluice_common::policy::PodNameKey;
 use sluice_node::datapath::pinned_maps::{node_pod_cidr, read_node_config};
 use sluice_node::datapath::policy_maps::{PolicyEndpoints, PolicyIdentities, PolicyPods, PolicyState};
-use sluice_node::pod::plumbing::{self, POD_GATEWAY};
+use sluice_node::pod::plumbing::{self, POD_GATEWAY, POD_GATEWAY6};
 use sluice_node::step_timer;
 
 /// `step` is done: charge its time, then the fault point after it.
@@ -68,8 +80,12 @@ async fn add_steps(conf: &NetConf, env: &CniEnv, rb: &mut Rollback) -> Result<Va
     let pod = netns::netlink_in(netns_path).map_err(plugin)?;
     step_timer::mark("setup");
 
-    // 1. An address.
-    let ip = allocate(conf, env, rb)?;
+    // 1. An address (of each family).
+    let ip = allocate(conf.pod_cidr, conf, env, rb)?;
+    let ip6 = match conf.pod_cidr6 {
+        Some(cidr6) => Some(allocate(cidr6, conf, env, rb)?),
+        None => None,
+    };
     done("ipam")?;
 
     // 2. The veth pair, starting clean if an earlier ADD left one behind.
@@ -101,11 +117,17 @@ async fn add_steps(conf: &NetConf, env: &CniEnv, rb: &mut Rollback) -> Result<Va
     let gateway_mac = has_arp.then_some(host_link.mac);
     let pod_link =
         plumbing::configure_pod_side(&pod, &peer_tmp, &env.ifname, conf.mtu, ip, gateway_mac).await.map_err(plugin)?;
+    if let Some(ip6) = ip6 {
+        plumbing::configure_pod_side6(&pod, netns_path, &pod_link, ip6, gateway_mac).await.map_err(plugin)?;
+    }
     done("pod-config")?;
 
     // 4. On the node.
     let pod_mac = has_arp.then_some(pod_link.mac);
     plumbing::configure_host_side(&host, &host_link, ip, pod_mac).await.map_err(plugin)?;
+    if let Some(ip6) = ip6 {
+        plumbing::configure_host_side6(&host, &host_link, ip6, pod_mac).await.map_err(plugin)?;
+    }
     done("host-config")?;
 
     // 5. The endpoint entry, before the program that checks it is attached.
@@ -138,7 +160,7 @@ async fn add_steps(conf: &NetConf, env: &CniEnv, rb: &mut Rollback) -> Result<Va
     plumbing::attach_pod_programs(&pins, conf.device, &host_name).map_err(plugin)?;
     fault::after("attach").map_err(plugin)?;
 
-    Ok(result(conf, env, &host_name, host_link.mac, pod_link.mac, ip))
+    Ok(result(conf, env, &host_name, host_link.mac, pod_link.mac, ip, ip6))
 }
 
 /// `POLICY_IDENTITIES[ip/32]` and `POLICY_ENDPOINTS[ip]` from the agent's
@@ -191,14 +213,18 @@ fn policy_step(pins: &PinDir, env: &CniEnv, ip: Ipv4Addr, rb: &mut Rollback) -> 
     Ok(())
 }
 
-fn allocate(conf: &NetConf, env: &CniEnv, rb: &mut Rollback) -> Result<Ipv4Addr, CniError> {
-    let store = LeaseStore::lock(&conf.data_dir, conf.pod_cidr).map_err(CniError::Ipam)?;
+/// An address from `cidr`'s store (either family), its release registered
+/// when it is new. The store's lock is held only here: the second family's
+/// allocation takes its own.
+fn allocate<C: PodCidr>(cidr: C, conf: &NetConf, env: &CniEnv, rb: &mut Rollback) -> Result<C::Addr, CniError> {
+    let store = LeaseStore::lock(&conf.data_dir, cidr).map_err(CniError::Ipam)?;
     let pod = env.pod.as_ref().map(|p| p.to_string());
     match store.allocate_for_pod(&env.container_id, &env.ifname, pod.as_deref()) {
         Ok(Allocation::Existing(ip)) => Ok(ip),
         Ok(Allocation::New(ip)) => {
-            let (dir, cidr) = (conf.data_dir.clone(), conf.pod_cidr);
-            rb.push("release address", async move { LeaseStore::lock(&dir, cidr)?.release_ip(ip) });
+            let dir = conf.data_dir.clone();
+            let step = if C::FAMILY == 6 { "release IPv6 address" } else { "release address" };
+            rb.push(step, async move { LeaseStore::lock(&dir, cidr)?.release_ip(ip) });
             Ok(ip)
         }
         Err(e) if e.is::<Exhausted>() => Err(CniError::PoolExhausted(e.to_string())),
@@ -206,8 +232,17 @@ fn allocate(conf: &NetConf, env: &CniEnv, rb: &mut Rollback) -> Result<Ipv4Addr,
     }
 }
 
-/// Our result, appended to `prevResult`'s when chained after other plugins.
-fn result(conf: &NetConf, env: &CniEnv, host_name: &str, host_mac: [u8; 6], pod_mac: [u8; 6], ip: Ipv4Addr) -> Value {
+/// Our result, appended to `prevResult`'s when chained after other plugins:
+/// one `ips` entry and one default route per family.
+fn result(
+    conf: &NetConf,
+    env: &CniEnv,
+    host_name: &str,
+    host_mac: [u8; 6],
+    pod_mac: [u8; 6],
+    ip: Ipv4Addr,
+    ip6: Option<Ipv6Addr>,
+) -> Value {
     let prev = conf.prev_result.clone().unwrap_or_else(|| json!({}));
     let list = |key: &str| prev[key].as_array().cloned().unwrap_or_default();
     let mut interfaces = list("interfaces");
@@ -226,6 +261,18 @@ fn result(conf: &NetConf, env: &CniEnv, host_name: &str, host_mac: [u8; 6], pod_
     ips.push(ip_entry);
     let mut routes = list("routes");
     routes.push(json!({"dst": "0.0.0.0/0", "gw": POD_GATEWAY.to_string()}));
+    if let Some(ip6) = ip6 {
+        let mut ip6_entry = json!({
+            "address": format!("{ip6}/128"),
+            "gateway": POD_GATEWAY6.to_string(),
+            "interface": pod_if_index,
+        });
+        if conf.cni_version.starts_with("0.") {
+            ip6_entry["version"] = json!("6");
+        }
+        ips.push(ip6_entry);
+        routes.push(json!({"dst": "::/0", "gw": POD_GATEWAY6.to_string()}));
+    }
     json!({
         "cniVersion": conf.cni_version,
         "interfaces": interfaces,

@@ -3,7 +3,9 @@
 //! as the kernel lists it), `prevResult`. Inside
 //! the pod's namespace: the interface (up, with the configured MTU), its
 //! `/32`, the route to the gateway and the default route via it, and (veth)
-//! the gateway's permanent neighbour at the host veth's MAC.
+//! the gateway's permanent neighbour at the host veth's MAC. On a
+//! dual-stack node (`podCIDR6`) the same for IPv6: the lease, the
+//! `/128`, the default route via fe80::1 and its neighbour.
 use anyhow::anyhow;
 use sluice_node::{
     datapath::{links, pinned_maps::Endpoints, pins::PinDir},
@@ -12,7 +14,10 @@ use sluice_node::{
 };
 
 use crate::{config::NetConf, env::CniEnv, error::CniError};
-use sluice_node::{ipam::store::LeaseStore, pod::plumbing::POD_GATEWAY};
+use sluice_node::{
+    ipam::store::{LeaseStore, LeaseStore6},
+    pod::plumbing::{POD_GATEWAY, POD_GATEWAY6},
+};
 
 pub async fn check(conf: &NetConf, env: &CniEnv) -> Result<(), CniError> {
     let fail = |m: String| Err(CniError::Plugin(anyhow!(m)));
@@ -26,6 +31,17 @@ pub async fn check(conf: &NetConf, env: &CniEnv) -> Result<(), CniError> {
     let Some(ip) = store.find(&env.container_id, &env.ifname).map_err(CniError::Ipam)? else {
         return fail(format!("no address leased to {} {}", env.container_id, env.ifname));
     };
+    drop(store);
+    let ip6 = match conf.pod_cidr6 {
+        Some(cidr6) => {
+            let store6 = LeaseStore6::lock(&conf.data_dir, cidr6).map_err(CniError::Ipam)?;
+            match store6.find(&env.container_id, &env.ifname).map_err(CniError::Ipam)? {
+                Some(ip6) => Some(ip6),
+                None => return fail(format!("no IPv6 address leased to {} {}", env.container_id, env.ifname)),
+            }
+        }
+        None => None,
+    };
     let endpoints = Endpoints::open(&pins).map_err(CniError::DatapathNotReady)?;
     match endpoints.get(ip) {
         Some(ep) if ep.host_ifindex == link.index => {}
@@ -37,6 +53,13 @@ pub async fn check(conf: &NetConf, env: &CniEnv) -> Result<(), CniError> {
         let listed = prev["ips"].as_array().is_some_and(|ips| ips.iter().any(|i| i["address"] == want.as_str()));
         if !listed {
             return fail(format!("prevResult does not list this pod's address {want}"));
+        }
+        if let Some(ip6) = ip6 {
+            let want = format!("{ip6}/128");
+            let listed = prev["ips"].as_array().is_some_and(|ips| ips.iter().any(|i| i["address"] == want.as_str()));
+            if !listed {
+                return fail(format!("prevResult does not list this pod's IPv6 address {want}"));
+            }
         }
     }
     // The pod's kind is the one whose marker program is pinned.
@@ -53,7 +76,10 @@ pub async fn check(conf: &NetConf, env: &CniEnv) -> Result<(), CniError> {
         return fail("CNI_NETNS is needed for CHECK: the pod's side is checked too".into());
     };
     let gateway_mac = (device == PodDevice::Veth).then_some(link.mac);
-    let problems = check_pod_side(netns, &env.ifname, conf.mtu, ip, gateway_mac).await.map_err(CniError::Plugin)?;
+    let mut problems = check_pod_side(netns, &env.ifname, conf.mtu, ip, gateway_mac).await.map_err(CniError::Plugin)?;
+    if let Some(ip6) = ip6 {
+        problems.extend(check_pod_side6(netns, &env.ifname, ip6, gateway_mac).await.map_err(CniError::Plugin)?);
+    }
     if !problems.is_empty() {
         return fail(format!("in the pod: {}", problems.join("; ")));
     }
@@ -90,6 +116,36 @@ async fn check_pod_side(
     // A NOARP device (netkit) needs no neighbour entry.
     if let Some(host_mac) = host_mac {
         match pod.permanent_neighbour(link.index, gw).await? {
+            Some(mac) if mac == host_mac => {}
+            Some(_) => problems.push(format!("the gateway {gw}'s neighbour entry points at another MAC")),
+            None => problems.push(format!("the gateway {gw} has no permanent neighbour entry")),
+        }
+    }
+    Ok(problems)
+}
+
+/// What is wrong with the pod's IPv6 (empty: as ADD left it).
+async fn check_pod_side6(
+    netns: &std::path::Path,
+    ifname: &str,
+    ip6: std::net::Ipv6Addr,
+    host_mac: Option<[u8; 6]>,
+) -> anyhow::Result<Vec<String>> {
+    let pod = sluice_node::net::netns::netlink_in(netns)?;
+    let Some(link) = pod.link_by_name(ifname).await? else {
+        return Ok(vec![format!("interface {ifname} is missing")]);
+    };
+    let mut problems = Vec::new();
+    if !pod.ipv6_addresses(link.index).await?.contains(&(ip6, 128)) {
+        problems.push(format!("{ifname} lacks its IPv6 address {ip6}/128"));
+    }
+    let gw = POD_GATEWAY6;
+    let routes = pod.main_routes6(None).await?;
+    if !routes.iter().any(|r| r.dst.prefix() == 0 && r.gateway == Some(gw) && r.oif == link.index) {
+        problems.push(format!("the IPv6 default route via {gw} is missing"));
+    }
+    if let Some(host_mac) = host_mac {
+        match pod.permanent_neighbour6(link.index, gw).await? {
             Some(mac) if mac == host_mac => {}
             Some(_) => problems.push(format!("the gateway {gw}'s neighbour entry points at another MAC")),
             None => problems.push(format!("the gateway {gw} has no permanent neighbour entry")),

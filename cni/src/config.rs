@@ -2,7 +2,7 @@
 //! validated field by field (pure: bytes in, `NetConf` or a named error out).
 use std::path::PathBuf;
 
-use ipnetwork::Ipv4Network;
+use ipnetwork::{Ipv4Network, Ipv6Network};
 use serde::Deserialize;
 use sluice_node::{paths, pod::device::PodDevice};
 
@@ -14,6 +14,9 @@ pub struct NetConf {
     pub cni_version: String,
     pub name: String,
     pub pod_cidr: Ipv4Network,
+    /// The node's IPv6 pod CIDR (`"podCIDR6"`), on a dual-stack node: each
+    /// pod gets an address of each family.
+    pub pod_cidr6: Option<Ipv6Network>,
     pub mtu: u32,
     /// The pod's device pair (`"device"`: `veth`, the default, or `netkit`).
     pub device: PodDevice,
@@ -52,6 +55,8 @@ struct Raw {
     kind: Option<String>,
     #[serde(rename = "podCIDR")]
     pod_cidr: Option<serde_json::Value>,
+    #[serde(rename = "podCIDR6")]
+    pod_cidr6: Option<serde_json::Value>,
     mtu: Option<serde_json::Value>,
     device: Option<serde_json::Value>,
     pin_dir: Option<String>,
@@ -96,6 +101,23 @@ impl NetConf {
         if pod_cidr.prefix() > 30 {
             return Err(field("podCIDR", format!("{pod_cidr} is too small (needs /30 or larger)")));
         }
+        let pod_cidr6 = match raw.pod_cidr6 {
+            None | Some(serde_json::Value::Null) => None,
+            Some(serde_json::Value::String(s)) => Some(
+                s.parse::<Ipv6Network>().map_err(|e| field("podCIDR6", format!("{s:?} is not an IPv6 CIDR: {e}")))?,
+            ),
+            Some(other) => {
+                return Err(field("podCIDR6", format!("must be a string like \"fd00:244:1::/64\", got {other}")))
+            }
+        };
+        if let Some(c) = pod_cidr6 {
+            if c.network() != c.ip() {
+                return Err(field("podCIDR6", format!("{c} has host bits set")));
+            }
+            if c.prefix() > 126 {
+                return Err(field("podCIDR6", format!("{c} is too small (needs /126 or larger)")));
+            }
+        }
         let mtu = match raw.mtu {
             None => 1500,
             Some(v) => match v.as_u64() {
@@ -133,7 +155,18 @@ impl NetConf {
                 field("cni.dev/valid-attachments", format!("must be a list of {{containerID, ifname}}: {e}"))
             })?),
         };
-        Ok(Self { cni_version, name, pod_cidr, mtu, device, pin_dir, data_dir, prev_result, valid_attachments })
+        Ok(Self {
+            cni_version,
+            name,
+            pod_cidr,
+            pod_cidr6,
+            mtu,
+            device,
+            pin_dir,
+            data_dir,
+            prev_result,
+            valid_attachments,
+        })
     }
 }
 
@@ -151,6 +184,9 @@ mod tests {
         assert_eq!(c.pod_cidr, "10.244.1.0/24".parse().unwrap());
         assert_eq!(c.pin_dir, PathBuf::from("/sys/fs/bpf/x"));
         assert_eq!(c.device, PodDevice::Veth, "veth unless asked");
+        assert_eq!(c.pod_cidr6, None, "IPv4 only unless asked");
+        let c = NetConf::parse(&with("podCIDR6", serde_json::json!("fd00:244:1::/64"))).unwrap();
+        assert_eq!(c.pod_cidr6, Some("fd00:244:1::/64".parse().unwrap()));
         let c = NetConf::parse(&with("device", serde_json::json!("netkit"))).unwrap();
         assert_eq!(c.device, PodDevice::Netkit);
     }
@@ -176,6 +212,10 @@ mod tests {
             ("podCIDR", json!("nonsense"), "podCIDR"),
             ("podCIDR", json!(5), "podCIDR"),
             ("podCIDR", json!("10.0.0.0/31"), "podCIDR"),
+            ("podCIDR6", json!("fd00:244:1::1/64"), "podCIDR6"),
+            ("podCIDR6", json!("10.244.1.0/24"), "podCIDR6"),
+            ("podCIDR6", json!("fd00::/127"), "podCIDR6"),
+            ("podCIDR6", json!(6), "podCIDR6"),
             ("mtu", json!(10), "mtu"),
             ("mtu", json!("1500"), "mtu"),
             ("device", json!("tap"), "device"),

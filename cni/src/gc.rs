@@ -3,7 +3,14 @@
 //! without that list is a configuration error (code 7), never a wipe: an
 //! empty list would mean "no pod is valid".
 use anyhow::anyhow;
-use sluice_node::{datapath::pins::PinDir, ipam::store::LeaseStore, net::netlink::Netlink};
+use std::collections::BTreeSet;
+
+use ipnetwork::Ipv6Network;
+use sluice_node::{
+    datapath::pins::PinDir,
+    ipam::store::{LeaseStore, LeaseStore6, Leases},
+    net::netlink::Netlink,
+};
 
 use crate::{config::NetConf, error::CniError};
 use sluice_node::pod::teardown::teardown;
@@ -18,12 +25,24 @@ pub async fn gc(conf: &NetConf) -> Result<(), CniError> {
     let host = Netlink::open().map_err(CniError::Plugin)?;
     let pins = PinDir::new(&conf.pin_dir);
     let store = LeaseStore::lock(&conf.data_dir, conf.pod_cidr).map_err(CniError::Ipam)?;
+    let store6 = match conf.pod_cidr6 {
+        Some(cidr) => Some(LeaseStore6::lock(&conf.data_dir, cidr).map_err(CniError::Ipam)?),
+        None => None,
+    };
     let mut errors = Vec::new();
-    for lease in store.leases().map_err(CniError::Ipam)? {
-        if valid.iter().any(|a| a.container_id == lease.container_id && a.ifname == lease.ifname) {
+    // Every attachment holding an address of either family (an IPv6 lease
+    // whose IPv4 twin is gone still goes).
+    let mut owners: BTreeSet<(String, String)> =
+        store.leases().map_err(CniError::Ipam)?.into_iter().map(|l| (l.container_id, l.ifname)).collect();
+    if let Some(s6) = &store6 {
+        owners.extend(s6.leases().map_err(CniError::Ipam)?.into_iter().map(|l| (l.container_id, l.ifname)));
+    }
+    let leases6 = store6.as_ref().map(|s| s as &dyn Leases<Ipv6Network>);
+    for (container_id, ifname) in owners {
+        if valid.iter().any(|a| a.container_id == container_id && a.ifname == ifname) {
             continue;
         }
-        errors.extend(teardown(&host, &pins, &store, &lease.container_id, &lease.ifname).await);
+        errors.extend(teardown(&host, &pins, &store, leases6, &container_id, &ifname).await);
     }
     if errors.is_empty() {
         Ok(())

@@ -34,6 +34,11 @@ use serde_json::{json, Value};
 use crate::{run, try_run, unique};
 
 pub const CLUSTER_CIDR: &str = "10.244.0.0/16";
+/// Dual-stack labs (`LabOptions::dual_stack`): the IPv6 cluster range (node
+/// `i`'s pod CIDR is `fd00:244:0:<i>::/64`) and the LAN's IPv6 prefix (node
+/// `i` is `fd00:30::<i>`).
+pub const CLUSTER_CIDR6: &str = "fd00:244::/56";
+pub const LAN6_PREFIX: &str = "fd00:30::";
 pub const LAN_PREFIX: &str = "172.30.0";
 /// The second node network, with `LabOptions::subnets = 2`.
 pub const LAN2_PREFIX: &str = "172.31.0";
@@ -84,6 +89,10 @@ pub struct LabOptions {
     /// router between them; the first half of the nodes on `LAN_PREFIX`,
     /// the rest on `LAN2_PREFIX`).
     pub subnets: usize,
+    /// Dual-stack (`cargo xtask lab up --ip-family dual`): IPv6 on the LAN,
+    /// the nodes and the pods, agents with `--ip-family dual`, every pod
+    /// with an IPv6 address too. One node network only.
+    pub dual_stack: bool,
 }
 
 /// Builds a node's agent command: (argv, extra environment).
@@ -109,6 +118,7 @@ impl LabOptions {
             extra_agent_args: Vec::new(),
             kube_proxy_replacement: false,
             subnets: 1,
+            dual_stack: false,
         }
     }
 }
@@ -119,6 +129,9 @@ pub struct Pod {
     pub netns: String,
     pub ip: String,
     pub listener_pid: Option<u32>,
+    /// Its IPv6 address, in a dual-stack lab.
+    #[serde(default)]
+    pub ip6: Option<String>,
 }
 
 #[derive(Clone, Debug, serde::Serialize, serde::Deserialize)]
@@ -127,6 +140,11 @@ pub struct Node {
     pub netns: String,
     pub ip: String,
     pub pod_cidr: String,
+    /// Its IPv6 address and pod CIDR, in a dual-stack lab.
+    #[serde(default)]
+    pub ip6: Option<String>,
+    #[serde(default)]
+    pub pod_cidr6: Option<String>,
     pub pin_dir: PathBuf,
     pub dir: PathBuf,
     pub agent_pid: Option<u32>,
@@ -167,6 +185,9 @@ pub struct LabState {
     /// Node networks (1 or 2).
     #[serde(default = "one")]
     pub subnets: usize,
+    /// `LabOptions::dual_stack`.
+    #[serde(default)]
+    pub dual_stack: bool,
 }
 
 fn one() -> usize {
@@ -220,6 +241,14 @@ pub fn add_netns(name: &str) -> Result<()> {
         Ok(())
     };
     configure().inspect_err(|_| del_netns(name))
+}
+
+/// Turn IPv6 on in namespace `name` (made by `add_netns` with it off):
+/// for every interface there and every one made later.
+pub fn enable_ipv6_in(name: &str) -> Result<()> {
+    ns_exec(name, &["sysctl", "-qw", "net.ipv6.conf.all.disable_ipv6=0"])?;
+    ns_exec(name, &["sysctl", "-qw", "net.ipv6.conf.default.disable_ipv6=0"])?;
+    Ok(())
 }
 
 /// SIGKILL every process whose network namespace is `name` (an agent
@@ -295,6 +324,7 @@ impl Lab {
                 cgroup_root: None,
                 router_netns: None,
                 subnets: opts.subnets,
+                dual_stack: opts.dual_stack,
             },
             api: None,
             agent_command: opts.agent_command.clone(),
@@ -308,6 +338,9 @@ impl Lab {
         }
         if !(1..=2).contains(&opts.subnets) || opts.nodes < opts.subnets {
             bail!("--subnets must be 1 or 2, and no more than the nodes");
+        }
+        if opts.dual_stack && (opts.subnets > 1 || opts.kubernetes) {
+            bail!("a dual-stack lab has one node network and a peers file (IPv6 through VXLAN and the test API server's IPv6 Nodes are not built yet)");
         }
         lab.save()?;
         lab.build_lan()?;
@@ -414,6 +447,9 @@ impl Lab {
         add_netns(lan)?;
         ns_exec(lan, &["ip", "link", "add", "br0", "type", "bridge"])?;
         ns_exec(lan, &["ip", "link", "set", "br0", "mtu", &self.state.mtu.to_string(), "up"])?;
+        if self.state.dual_stack {
+            enable_ipv6_in(lan)?;
+        }
         if self.state.subnets > 1 {
             ns_exec(lan, &["ip", "link", "add", "br1", "type", "bridge"])?;
             ns_exec(lan, &["ip", "link", "set", "br1", "mtu", &self.state.mtu.to_string(), "up"])?;
@@ -453,6 +489,8 @@ impl Lab {
             netns: netns.clone(),
             ip: format!("{}.{i}", subnet_prefix(subnet)),
             pod_cidr: format!("10.244.{i}.0/24"),
+            ip6: self.state.dual_stack.then(|| format!("{LAN6_PREFIX}{i:x}")),
+            pod_cidr6: self.state.dual_stack.then(|| format!("fd00:244:0:{i:x}::/64")),
             pin_dir: self.state.pin_root.join(&name),
             dir,
             agent_pid: None,
@@ -461,6 +499,9 @@ impl Lab {
         add_netns(&netns)?;
         self.state.nodes.push(node.clone());
         self.save()?;
+        if self.state.dual_stack {
+            enable_ipv6_in(&netns)?;
+        }
         if let Some(cgroup) = self.node_cgroup(&node) {
             fs::create_dir_all(&cgroup).with_context(|| format!("create cgroup {}", cgroup.display()))?;
         }
@@ -471,6 +512,9 @@ impl Lab {
         ns_exec(lan, &["ip", "link", "set", &name, "master", &format!("br{subnet}"), "mtu", &mtu, "up"])?;
         ns_exec(&netns, &["ip", "link", "set", "eth0", "mtu", &mtu, "up"])?;
         ns_exec(&netns, &["ip", "addr", "add", &format!("{}/24", node.ip), "dev", "eth0"])?;
+        if let Some(ip6) = &node.ip6 {
+            ns_exec(&netns, &["ip", "-6", "addr", "add", &format!("{ip6}/64"), "dev", "eth0", "nodad"])?;
+        }
         Ok(())
     }
 
@@ -480,8 +524,17 @@ impl Lab {
 
     /// Write the peers file from `nodes` (all by default).
     pub fn write_peers_of(&self, nodes: &[&Node]) -> Result<()> {
-        let peers: Vec<Value> =
-            nodes.iter().map(|n| json!({"name": n.name, "nodeIP": n.ip, "podCIDR": n.pod_cidr})).collect();
+        let peers: Vec<Value> = nodes
+            .iter()
+            .map(|n| {
+                let mut peer = json!({"name": n.name, "nodeIP": n.ip, "podCIDR": n.pod_cidr});
+                if let (Some(ip6), Some(cidr6)) = (&n.ip6, &n.pod_cidr6) {
+                    peer["nodeIP6"] = json!(ip6);
+                    peer["podCIDR6"] = json!(cidr6);
+                }
+                peer
+            })
+            .collect();
         let tmp = self.state.dir.join("peers.json.tmp");
         fs::write(&tmp, serde_json::to_vec_pretty(&json!({ "peers": peers }))?)?;
         fs::rename(&tmp, self.peers_file())?;
@@ -522,6 +575,16 @@ impl Lab {
         ];
         if !(self.state.kubeconfig.is_some() && self.state.pod_cidr_from_node) {
             args.extend(["--pod-cidr".into(), node.pod_cidr.clone()]);
+        }
+        if let Some(cidr6) = &node.pod_cidr6 {
+            args.extend([
+                "--ip-family".into(),
+                "dual".into(),
+                "--pod-cidr6".into(),
+                cidr6.clone(),
+                "--cluster-cidr6".into(),
+                CLUSTER_CIDR6.into(),
+            ]);
         }
         if self.state.kubeconfig.is_some() {
             args.push("--kubernetes".into());
@@ -712,7 +775,13 @@ impl Lab {
         let mut pod = self.cni_add_pod(i, name, env)?;
         let node = self.state.nodes[i].clone();
         let netns = pod.netns.clone();
-        let listen = format!("TCP-LISTEN:{ECHO_PORT},reuseaddr,fork");
+        // Dual-stack: one listener for both families (IPv4 as mapped
+        // addresses).
+        let listen = if self.state.dual_stack {
+            format!("TCP6-LISTEN:{ECHO_PORT},ipv6only=0,reuseaddr,fork")
+        } else {
+            format!("TCP-LISTEN:{ECHO_PORT},reuseaddr,fork")
+        };
         let cmd = self.node_cmd(&node, &netns, &["socat", &listen, &format!("SYSTEM:echo {name}")]);
         pod.listener_pid = Some(spawn_logged(cmd, &node.dir.join(format!("{name}-listener.log")))?);
         let slot = self.state.nodes[i].pods.iter_mut().find(|p| p.name == name).expect("pushed above");
@@ -735,7 +804,8 @@ impl Lab {
         let node = self.state.nodes[i].clone();
         let netns = format!("sl{}{name}", self.state.id);
         add_netns(&netns)?;
-        let mut pod = Pod { name: name.to_string(), netns: netns.clone(), ip: String::new(), listener_pid: None };
+        let mut pod =
+            Pod { name: name.to_string(), netns: netns.clone(), ip: String::new(), listener_pid: None, ip6: None };
         self.state.nodes[i].pods.push(pod.clone());
         self.save()?;
         let conf = Self::plugin_config(&node)?;
@@ -749,6 +819,13 @@ impl Lab {
             serde_json::from_str(&outcome.stdout).with_context(|| format!("ADD result: {}", outcome.stdout))?;
         let addr = result["ips"][0]["address"].as_str().context("ADD result has no address")?;
         pod.ip = addr.split('/').next().unwrap_or_default().to_string();
+        if self.state.dual_stack {
+            // Like a Kubernetes pod: IPv6 on in its namespace (the plugin
+            // turned it on for the pod's interface only).
+            enable_ipv6_in(&netns)?;
+            let addr6 = result["ips"][1]["address"].as_str().context("dual-stack ADD result has no IPv6 address")?;
+            pod.ip6 = Some(addr6.split('/').next().unwrap_or_default().to_string());
+        }
         let slot = self.state.nodes[i].pods.iter_mut().find(|p| p.name == name).expect("pushed above");
         *slot = pod.clone();
         self.save()?;
@@ -795,6 +872,23 @@ impl Lab {
             }
         }
         Matrix { pods: pods.iter().map(|(n, p)| (n.name.clone(), p.name.clone(), p.ip.clone())).collect(), cells }
+    }
+
+    /// The IPv6 twin of `matrix` (dual-stack labs): every pod to every
+    /// other's IPv6 address, ICMPv6 and TCP.
+    pub fn matrix6(&self) -> Matrix {
+        let pods = self.pods();
+        let mut cells = BTreeMap::new();
+        for (_, src) in &pods {
+            for (_, dst) in &pods {
+                let Some(dst_ip6) = dst.ip6.as_deref().filter(|_| src.name != dst.name) else { continue };
+                let icmp = ping(&src.netns, dst_ip6);
+                let tcp = tcp_probe(&src.netns, dst_ip6, &dst.name);
+                cells.insert((src.name.clone(), dst.name.clone()), (icmp, tcp));
+            }
+        }
+        let pods = pods.iter().map(|(n, p)| (n.name.clone(), p.name.clone(), p.ip6.clone().unwrap_or_default()));
+        Matrix { pods: pods.collect(), cells }
     }
 
     /// `sluice-agent cleanup` on node `i` (its agent stopped first by the caller).
@@ -1015,7 +1109,12 @@ pub fn ping(netns: &str, ip: &str) -> bool {
 
 /// Connect to the echo listener on `ip` and expect `expect` back.
 pub fn tcp_probe(netns: &str, ip: &str, expect: &str) -> bool {
-    let target = format!("TCP:{ip}:{ECHO_PORT},connect-timeout=1");
+    // An IPv6 address in brackets (socat's syntax).
+    let target = if ip.contains(':') {
+        format!("TCP:[{ip}]:{ECHO_PORT},connect-timeout=1")
+    } else {
+        format!("TCP:{ip}:{ECHO_PORT},connect-timeout=1")
+    };
     match try_run(&mut ns_cmd(netns, &["timeout", "3", "socat", "-T1", "-", &target])) {
         Ok(o) => o.status.success() && String::from_utf8_lossy(&o.stdout).trim() == expect,
         Err(_) => false,

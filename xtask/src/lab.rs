@@ -29,6 +29,11 @@ pub enum LabCommand {
         /// that knows nothing of pod CIDRs (peers across it use VXLAN).
         #[arg(long, default_value_t = 1)]
         subnets: usize,
+        /// `ipv4` (the default) or `dual`: every pod also gets an IPv6
+        /// address, and the IPv6 pod matrix is printed too. (`ipv6`,
+        /// IPv6-only, is not supported yet.)
+        #[arg(long, default_value = "ipv4", value_parser = ["ipv4", "dual", "ipv6"])]
+        ip_family: String,
     },
     /// Reprint the matrix and each node's datapath counters.
     Status,
@@ -40,7 +45,10 @@ pub fn run(command: LabCommand) -> Result<()> {
     shell::require_root("cargo xtask lab")?;
     let dir = PathBuf::from(LAB_DIR);
     match command {
-        LabCommand::Up { nodes, pods_per_node, mtu, subnets } => {
+        LabCommand::Up { nodes, pods_per_node, mtu, subnets, ip_family } => {
+            if ip_family == "ipv6" {
+                bail!("--ip-family ipv6 (IPv6-only) is not supported yet: the agent refuses it; use dual");
+            }
             if Lab::state_file(&dir).exists() {
                 bail!("a lab is already up (state in {LAB_DIR}); run `cargo xtask lab down` first");
             }
@@ -58,6 +66,8 @@ pub fn run(command: LabCommand) -> Result<()> {
             opts.dir = dir;
             opts.mtu = mtu;
             opts.subnets = subnets;
+            opts.dual_stack = ip_family == "dual";
+            // The cluster model (world, kube-proxy's Services) stays IPv4.
             opts.cluster_model = true;
             eprintln!("lab: bringing up {nodes} nodes with {pods_per_node} pods each (LAN MTU {mtu})");
             let lab = Lab::up(&opts)?;
@@ -65,11 +75,19 @@ pub fn run(command: LabCommand) -> Result<()> {
             let matrix = ClusterMatrix::probe(&lab);
             print!("{}", matrix.render());
             print_node_paths(&lab);
-            let all_ok = matrix.all_ok();
+            let mut all_ok = matrix.all_ok();
+            let mut failures = matrix.failures.clone();
+            if lab.state.dual_stack {
+                let matrix6 = lab.matrix6();
+                println!("IPv6:");
+                print!("{}", matrix6.render());
+                all_ok &= matrix6.all_ok();
+                failures.extend(matrix6.failures().into_iter().map(|f| format!("IPv6 {f}")));
+            }
             lab.persist()?;
             eprintln!("lab is up: `cargo xtask lab status` to look again, `cargo xtask lab down` to remove it");
             if !all_ok {
-                bail!("some paths failed: {}", matrix.failures.join(", "));
+                bail!("some paths failed: {}", failures.join(", "));
             }
             Ok(())
         }
@@ -77,6 +95,10 @@ pub fn run(command: LabCommand) -> Result<()> {
             let lab = Lab::load(&dir)?;
             print_nodes(&lab);
             print!("{}", ClusterMatrix::probe(&lab).render());
+            if lab.state.dual_stack {
+                println!("IPv6:");
+                print!("{}", lab.matrix6().render());
+            }
             print_node_paths(&lab);
             for (i, node) in lab.state.nodes.iter().enumerate() {
                 match lab.status(i) {

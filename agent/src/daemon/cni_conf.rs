@@ -37,6 +37,14 @@ pub fn render(
     })
 }
 
+/// A dual-stack node's IPv6 pod CIDR for sluice's plugin (`podCIDR6`):
+/// every pod then gets an address of each family.
+pub fn set_pod_cidr6(conflist: &mut serde_json::Value, pod_cidr6: ipnetwork::Ipv6Network) {
+    if let Some(sluice) = conflist["plugins"].as_array_mut().and_then(|p| p.first_mut()) {
+        sluice["podCIDR6"] = json!(pod_cidr6.to_string());
+    }
+}
+
 /// `--host-ports`: the reference `portmap` plugin after sluice, taking the
 /// pod's hostPorts (`runtimeConfig.portMappings`) and DNATing them to the
 /// pod in the node's stack; `snat` so a hostPort reached from the node itself
@@ -77,6 +85,16 @@ mod tests {
         assert_eq!(c["plugins"][0]["device"], "netkit");
         assert_eq!(c["plugins"][0]["podCIDR"], "10.244.1.0/24");
         assert_eq!(c["name"], NETWORK_NAME);
+    }
+
+    #[test]
+    fn dual_stack_adds_the_ipv6_pod_cidr() {
+        let mut c = render("10.244.1.0/24".parse().unwrap(), 1500, PodDevice::Veth, Path::new("/p"), Path::new("/d"));
+        assert!(c["plugins"][0].get("podCIDR6").is_none(), "IPv4-only conflists stay as they were");
+        set_pod_cidr6(&mut c, "fd00:244:1::/64".parse().unwrap());
+        chain_portmap(&mut c);
+        assert_eq!(c["plugins"][0]["podCIDR6"], "fd00:244:1::/64");
+        assert_eq!(c["plugins"][0]["podCIDR"], "10.244.1.0/24");
     }
 
     #[test]

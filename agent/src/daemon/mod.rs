@@ -4,7 +4,7 @@
 use std::{path::PathBuf, time::Duration};
 
 use anyhow::{bail, Context, Result};
-use ipnetwork::Ipv4Network;
+use ipnetwork::{Ipv4Network, Ipv6Network};
 use sluice_common::maps::programs;
 use tracing::{error, info, warn};
 
@@ -44,7 +44,7 @@ use crate::{
     health_endpoint,
     membership::{self, kubernetes::KubeNodes, peers_file::PeersFile, Membership, Problem, Ranges},
     policy::kubernetes::KubePolicy,
-    reconcile::{kernel_routes, map_routes, masquerade},
+    reconcile::{kernel_routes, kernel_routes6, map_routes, masquerade},
     services::kubernetes::KubeServices,
     state_file::{self, AgentState},
 };
@@ -70,32 +70,57 @@ impl Source {
     }
 
     /// The membership now. `Ok(None)`: not known yet (Kubernetes not listed).
+    /// On a dual-stack node its IPv6 half too (`membership::family6`), with
+    /// `own_ip6` (the uplink's IPv6 address) never a peer's next hop.
     fn membership(
         &self,
         node: &AgentConfig,
         own_cidr: Option<Ipv4Network>,
         ranges: &Ranges,
+        own_ip6: Option<std::net::Ipv6Addr>,
     ) -> Result<Option<Membership>> {
-        match self {
+        let (mut m, entries) = match self {
             Source::PeersFile(path) => {
                 let own = own_cidr.context("--pod-cidr is required with --peers-file")?;
                 let bytes = std::fs::read(path).with_context(|| format!("read peers file {}", path.display()))?;
-                Ok(Some(PeersFile::parse(&bytes)?.membership(&node.node_name, own, ranges)?))
+                let file = PeersFile::parse(&bytes)?;
+                (file.membership(&node.node_name, own, ranges)?, file.entries())
             }
             Source::Kubernetes(kube) => {
                 let (entries, state) = kube.snapshot();
                 if !state.synced {
                     return Ok(None);
                 }
-                Ok(Some(membership::from_entries(&entries, &node.node_name, own_cidr, ranges)))
+                (membership::from_entries(&entries, &node.node_name, own_cidr, ranges), entries)
             }
+        };
+        if node.ip_family.has_ipv6() {
+            let name = &node.node_name;
+            membership::family6::fill(&mut m, &entries, name, node.pod_cidr6, node.cluster_cidr6, own_ip6);
         }
+        Ok(Some(m))
     }
 }
 
-async fn sweep(netlink: &Netlink, node: &AgentConfig, pod_cidr: Ipv4Network, pins: &PinDir, grace: Duration) {
-    let swept = match sweep::NodeSweep::open(netlink, pins, &node.data_dir, pod_cidr) {
-        Ok(Some(mut target)) => sweep::sweep(&mut target, grace).await,
+async fn sweep(
+    netlink: &Netlink,
+    node: &AgentConfig,
+    pod_cidr: Ipv4Network,
+    pod_cidr6: Option<Ipv6Network>,
+    pins: &PinDir,
+    grace: Duration,
+) {
+    let swept = match sweep::NodeSweep::open(netlink, pins, &node.data_dir, pod_cidr, pod_cidr6) {
+        Ok(Some(mut target)) => {
+            match target.release_orphans6(grace) {
+                Ok(released) if !released.is_empty() => {
+                    info!(count = released.len(), "released IPv6 leases whose IPv4 twin was gone")
+                }
+                Ok(_) => {}
+                Err(e) => warn!(error = %format!("{e:#}"), "IPv6 lease sweep failed; will retry"),
+            }
+            sweep::sweep(&mut target, grace).await
+        }
         Ok(None) => {
             info!("a CNI call holds the IPAM lock; sweeping at the next tick");
             return;
@@ -130,6 +155,8 @@ struct Reconcilers {
     non_masquerade: Vec<Ipv4Network>,
     /// Started by the first pass.
     netfilter: Option<netfilter_worker::NetfilterWorker>,
+    /// Dual-stack: the IPv6 kernel routes are reconciled too.
+    ipv6: bool,
 }
 
 impl Reconcilers {
@@ -140,6 +167,12 @@ impl Reconcilers {
         map_routes::reconcile_hops(&mut self.routes_map, &m.map_hops())?;
         let kernel = kernel_routes::desired_hops(&m.hops(), self.uplink_ifindex, self.vxlan_ifindex);
         let failed = kernel_routes::reconcile(&self.netlink, &kernel).await?.failed;
+        if self.ipv6 {
+            let kernel6 = kernel_routes6::desired6(&m.routes6, self.uplink_ifindex);
+            for failure in kernel_routes6::reconcile6(&self.netlink, &kernel6).await? {
+                warn!(%failure, "IPv6 kernel route not applied; every other one was");
+            }
+        }
         let node_ips = std::iter::once(self.node_ip).chain(m.routes.values().copied());
         let desired = masquerade::Desired::new(self.masquerade, self.cluster_cidr, node_ips, &self.non_masquerade);
         match &self.netfilter {
@@ -169,6 +202,7 @@ impl Reconcilers {
             cluster_cidr: node.cluster_cidr,
             non_masquerade: node.non_masquerade_cidr.clone(),
             netfilter: None,
+            ipv6: node.ip_family.has_ipv6(),
         };
         for failure in reconcilers.pass(membership).await? {
             // Reported in `status` from the first pass of the loop on.
@@ -380,12 +414,20 @@ async fn initial_membership(source: &Source, node: &AgentConfig, ranges: &Ranges
     let mut waited = 0u32;
     loop {
         // A bad peers file at start is fatal: nothing is running yet to keep.
-        if let Some(m) = source.membership(node, node.pod_cidr, ranges)? {
-            if m.own_pod_cidr.is_some() {
+        // The uplink's IPv6 address is not looked up yet: this membership
+        // gives the pod CIDRs; the loop's first pass recomputes the routes.
+        if let Some(m) = source.membership(node, node.pod_cidr, ranges, None)? {
+            let own6_known = !node.ip_family.has_ipv6() || m.own_pod_cidr6.is_some();
+            if m.own_pod_cidr.is_some() && own6_known {
                 return Ok(m);
             }
-            if waited.is_multiple_of(10) {
+            if waited.is_multiple_of(10) && m.own_pod_cidr.is_none() {
                 warn!(node = %node.node_name, "this node has no pod CIDR yet (spec.podCIDR); waiting");
+            } else if waited.is_multiple_of(10) {
+                warn!(
+                    node = %node.node_name,
+                    "--ip-family dual: this node has no IPv6 pod CIDR yet (--pod-cidr6 or spec.podCIDRs); waiting"
+                );
             }
         } else if waited.is_multiple_of(10) {
             info!("waiting for the first list of Kubernetes nodes");
@@ -414,6 +456,17 @@ async fn discover_uplink(netlink: &Netlink, node: &mut AgentConfig) -> Result<Up
         netlink.first_ipv4(link.index).await?.with_context(|| format!("uplink {} has no IPv4 address", node.uplink))?;
     let address = node_address::NodeAddress::new(node_ip, prefix)?;
     Ok(Uplink { link, pod_mtu, address })
+}
+
+/// This node's IPv6 pod CIDR from the first membership (dual-stack),
+/// checked against the flags.
+fn own_pod_cidr6(membership: &Membership, node: &AgentConfig) -> Result<Option<Ipv6Network>> {
+    if !node.ip_family.has_ipv6() {
+        return Ok(None);
+    }
+    let pod_cidr6 = membership.own_pod_cidr6.expect("initial_membership waits for it");
+    node.validate_pod_cidr6(pod_cidr6).context("invalid IPv6 pod CIDR")?;
+    Ok(Some(pod_cidr6))
 }
 
 /// This node's pod CIDR from the first membership, checked against the
@@ -487,6 +540,9 @@ async fn bring_up_datapath(
     // The node's stack forwards pods' traffic to the world, to other nodes'
     // host processes and through kube-proxy's DNAT.
     sysctl::ensure_ip_forward()?;
+    if node.ip_family.has_ipv6() {
+        sysctl::ensure_ipv6_forwarding()?;
+    }
     Ok(DatapathUp {
         pins,
         attach_mode,
@@ -581,9 +637,18 @@ fn install_plugin(node: &AgentConfig) -> Result<()> {
 
 /// Write the conflist into `--cni-conf-dir`, if given: from then on the
 /// runtime sends this node's pods to the plugin.
-fn write_conflist(node: &AgentConfig, pod_cidr: Ipv4Network, mtu: u32, pod_device: PodDevice) -> Result<()> {
+fn write_conflist(
+    node: &AgentConfig,
+    pod_cidr: Ipv4Network,
+    pod_cidr6: Option<Ipv6Network>,
+    mtu: u32,
+    pod_device: PodDevice,
+) -> Result<()> {
     if let Some(dir) = &node.cni_conf_dir {
         let mut conf = cni_conf::render(pod_cidr, mtu, pod_device, &node.pin_dir, &node.data_dir);
+        if let Some(pod_cidr6) = pod_cidr6 {
+            cni_conf::set_pod_cidr6(&mut conf, pod_cidr6);
+        }
         if node.host_ports {
             cni_conf::chain_portmap(&mut conf);
         }
@@ -635,6 +700,10 @@ struct Daemon {
     address: node_address::NodeAddress,
     ranges: Ranges,
     pod_cidr: Ipv4Network,
+    /// Dual-stack: the IPv6 pod CIDR.
+    pod_cidr6: Option<Ipv6Network>,
+    /// Dual-stack: the uplink's IPv6 address (never a peer's next hop).
+    own_ip6: Option<std::net::Ipv6Addr>,
     reconcilers: Reconcilers,
     metrics: metrics::AgentMetrics,
     /// The Services loop's state, when Services are in eBPF.
@@ -665,7 +734,9 @@ impl Daemon {
             tokio::select! {
                 _ = tick.tick() => {}
                 _ = async { match &changed { Some(n) => n.notified().await, None => std::future::pending().await } } => {}
-                _ = sweep_tick.tick() => sweep(&self.netlink, &self.node, self.pod_cidr, &self.pins, timing.sweep_grace).await,
+                _ = sweep_tick.tick() => {
+                    sweep(&self.netlink, &self.node, self.pod_cidr, self.pod_cidr6, &self.pins, timing.sweep_grace).await
+                }
                 _ = sigterm.recv() => return Ok(()),
                 _ = tokio::signal::ctrl_c() => return Ok(()),
             }
@@ -696,7 +767,7 @@ impl Daemon {
     async fn apply_membership(&mut self) -> Result<(Membership, Vec<kernel_routes::RouteFailure>)> {
         let m = self
             .source
-            .membership(&self.node, Some(self.pod_cidr), &self.ranges)
+            .membership(&self.node, Some(self.pod_cidr), &self.ranges, self.own_ip6)
             .and_then(|m| m.context("membership not known"))?;
         let started = std::time::Instant::now();
         let done = self.reconcilers.pass(&m).await;
@@ -714,6 +785,13 @@ impl Daemon {
         let state = &mut self.state;
         state.route_nodes = m.route_nodes.iter().map(|(c, n)| (c.to_string(), n.clone())).collect();
         state.route_paths = m.paths.iter().map(|(c, p)| (c.to_string(), *p)).collect();
+        state.route_nodes6 = m.route_nodes6.iter().map(|(c, n)| (c.to_string(), n.clone())).collect();
+        if m.problems6 != state.problems6 {
+            for p in &m.problems6 {
+                warn!(problem = %p, "membership (IPv6)");
+            }
+        }
+        state.problems6 = m.problems6;
         self.metrics.set_problems(&m.problems, failed_routes.len());
         state.problems = m.problems;
         let failures: Vec<String> = failed_routes.iter().map(ToString::to_string).collect();
@@ -783,7 +861,18 @@ pub async fn run(
     };
     let membership = initial_membership(&source, &node, &ranges).await?;
     let pod_cidr = own_pod_cidr(&membership, &node, uplink.address.network)?;
-    info!(node = %node.node_name, %pod_cidr, source = source.name(), "membership known");
+    let pod_cidr6 = own_pod_cidr6(&membership, &node)?;
+    let own_ip6 = match pod_cidr6 {
+        Some(_) => {
+            let found = netlink.first_global_ipv6(uplink.link.index).await?.map(|(ip, _)| ip);
+            if found.is_none() {
+                warn!(uplink = %node.uplink, "--ip-family dual: the uplink has no global IPv6 address; other nodes' pods are reachable over IPv6 only if they route to this node's pods some other way");
+            }
+            found
+        }
+        None => None,
+    };
+    info!(node = %node.node_name, %pod_cidr, pod_cidr6 = ?pod_cidr6, source = source.name(), "membership known");
 
     let datapath = bring_up_datapath(&netlink, &node, &uplink, pod_cidr, services.is_some()).await?;
     let pins = datapath.pins.clone();
@@ -810,10 +899,11 @@ pub async fn run(
         }
     };
     install_plugin(&node)?;
-    sweep(&netlink, &node, pod_cidr, &pins, timing.sweep_grace).await;
-    write_conflist(&node, pod_cidr, uplink.pod_mtu, datapath.pod_device)?;
+    sweep(&netlink, &node, pod_cidr, pod_cidr6, &pins, timing.sweep_grace).await;
+    write_conflist(&node, pod_cidr, pod_cidr6, uplink.pod_mtu, datapath.pod_device)?;
 
-    let state = initial_state(&node, &source, &timing, &uplink, pod_cidr, &datapath, &health_netns);
+    let mut state = initial_state(&node, &source, &timing, &uplink, pod_cidr, &datapath, &health_netns);
+    state.pod_cidr6 = pod_cidr6.map(|c| c.to_string());
     let daemon = Daemon {
         service_lb: datapath.sock_lb_cgroup.as_ref().map(|_| service_lb_state),
         policy: policy_state,
@@ -826,6 +916,8 @@ pub async fn run(
         address: uplink.address,
         ranges,
         pod_cidr,
+        pod_cidr6,
+        own_ip6,
         reconcilers,
         metrics: agent_metrics,
         state,

@@ -27,6 +27,11 @@
 //! a permanent neighbour. It comes after the pod side is configured, so
 //! "set up" means the pod is complete but for its entry. A host veth that
 //! exists means the pod's namespace does (the pair dies with it).
+//!
+//! On a dual-stack node the IPv4 lease leads: tearing an attachment down
+//! releases its IPv6 lease too, and an IPv6 lease left without an IPv4
+//! twin (a release that failed half-way) is released once older than the
+//! grace period (`orphans6`).
 use std::{
     collections::{BTreeMap, BTreeSet},
     net::Ipv4Addr,
@@ -35,13 +40,13 @@ use std::{
 };
 
 use anyhow::Result;
-use ipnetwork::Ipv4Network;
+use ipnetwork::{Ipv4Network, Ipv6Network};
 use sluice_common::EndpointInfo;
 use tracing::{info, warn};
 
 use sluice_node::{
     datapath::{pinned_maps::Endpoints, pins::PinDir},
-    ipam::store::{Lease, LeaseStore},
+    ipam::store::{Lease, LeaseStore, LeaseStore6, Leases},
     net::netlink::Netlink,
     pod::{device::PodDevice, names as pod_names, plumbing, teardown},
 };
@@ -301,6 +306,8 @@ pub struct NodeSweep<'a> {
     netlink: &'a Netlink,
     pins: &'a PinDir,
     store: LeaseStore,
+    /// The IPv6 leases, on a dual-stack node (locked too).
+    store6: Option<LeaseStore6>,
     endpoints: Endpoints,
 }
 
@@ -313,13 +320,44 @@ impl<'a> NodeSweep<'a> {
         pins: &'a PinDir,
         data_dir: &Path,
         pod_cidr: Ipv4Network,
+        pod_cidr6: Option<Ipv6Network>,
     ) -> Result<Option<Self>> {
         let Some(store) = LeaseStore::try_lock(data_dir, pod_cidr)? else {
             return Ok(None);
         };
+        let store6 = match pod_cidr6 {
+            Some(cidr) => match LeaseStore6::try_lock(data_dir, cidr)? {
+                Some(s) => Some(s),
+                None => return Ok(None),
+            },
+            None => None,
+        };
         let endpoints = Endpoints::open(pins)?;
-        Ok(Some(Self { netlink, pins, store, endpoints }))
+        Ok(Some(Self { netlink, pins, store, store6, endpoints }))
     }
+
+    /// Release the IPv6 leases older than `grace` whose attachment holds
+    /// no IPv4 lease (`orphans6`); the addresses released.
+    pub fn release_orphans6(&self, grace: Duration) -> Result<Vec<std::net::Ipv6Addr>> {
+        let Some(store6) = &self.store6 else { return Ok(Vec::new()) };
+        let orphans = orphans6(&self.store.leases()?, &store6.leases()?, grace);
+        for ip in &orphans {
+            store6.release_ip(*ip)?;
+        }
+        Ok(orphans)
+    }
+}
+
+/// The IPv6 leases older than `grace` whose attachment (container id,
+/// ifname) holds no IPv4 lease: ADD allocates IPv4 first and DEL releases
+/// both, so such a lease is what a failed release left (pure).
+pub fn orphans6(leases4: &[Lease], leases6: &[Lease<std::net::Ipv6Addr>], grace: Duration) -> Vec<std::net::Ipv6Addr> {
+    let owners: BTreeSet<(&str, &str)> = leases4.iter().map(|l| (l.container_id.as_str(), l.ifname.as_str())).collect();
+    leases6
+        .iter()
+        .filter(|l| l.age >= grace && !owners.contains(&(l.container_id.as_str(), l.ifname.as_str())))
+        .map(|l| l.ip)
+        .collect()
 }
 
 impl SweepTarget for NodeSweep<'_> {
@@ -355,7 +393,8 @@ impl SweepTarget for NodeSweep<'_> {
         self.endpoints.insert(ip, ep)
     }
     async fn teardown(&mut self, container_id: &str, ifname: &str) -> Vec<String> {
-        teardown::teardown(self.netlink, self.pins, &self.store, container_id, ifname).await
+        let store6 = self.store6.as_ref().map(|s| s as &dyn Leases<Ipv6Network>);
+        teardown::teardown(self.netlink, self.pins, &self.store, store6, container_id, ifname).await
     }
     fn remove_endpoint(&mut self, ip: Ipv4Addr) -> Result<()> {
         self.endpoints.remove(ip)
@@ -387,6 +426,23 @@ mod tests {
 
     fn veth_side(ifindex: u32) -> HostSide {
         HostSide { ifindex, host_mac: HOST_MAC, arp: true, route_to_pod: true, pod_mac: Some(POD_MAC) }
+    }
+
+    #[test]
+    fn orphans6_are_ipv6_leases_without_an_ipv4_twin_past_the_grace() {
+        let grace = Duration::from_secs(30);
+        let l6 = |ip: &str, cid: &str, age_s: u64| Lease::<std::net::Ipv6Addr> {
+            ip: ip.parse().unwrap(),
+            container_id: cid.into(),
+            ifname: "eth0".into(),
+            age: Duration::from_secs(age_s),
+        };
+        let leases4 = [lease("10.0.0.2", "both", 100)];
+        let leases6 = [l6("fd00::2", "both", 100), l6("fd00::3", "alone", 100), l6("fd00::4", "adding", 1)];
+        assert_eq!(orphans6(&leases4, &leases6, grace), ["fd00::3".parse::<std::net::Ipv6Addr>().unwrap()]);
+        // Another ifname of the same container is another attachment.
+        let other_if = [Lease { ifname: "net1".into(), ..lease("10.0.0.2", "alone", 100) }];
+        assert_eq!(orphans6(&other_if, &leases6[1..2], grace).len(), 1);
     }
 
     /// why, lease, entry, host veth index, temp peer on the node, host side, verdict.

@@ -9,13 +9,13 @@
 //! missed notification heals at the next resync.
 use std::{
     collections::BTreeMap,
-    net::Ipv4Addr,
+    net::{Ipv4Addr, Ipv6Addr},
     sync::{Arc, Mutex},
     time::Instant,
 };
 
 use futures::{StreamExt, TryStreamExt};
-use ipnetwork::Ipv4Network;
+use ipnetwork::{Ipv4Network, Ipv6Network};
 use k8s_openapi::api::core::v1::Node;
 use kube::{runtime::watcher, Api, Client};
 use serde::Serialize;
@@ -57,8 +57,9 @@ pub struct KubeNodes {
     pub changed: Arc<Notify>,
 }
 
-/// The pieces of a Node sluice routes by: its first IPv4 pod CIDR and its
-/// IPv4 InternalIP.
+/// The pieces of a Node sluice routes by: its first pod CIDR and its first
+/// InternalIP of each family (`spec.podCIDRs` holds one per family on a
+/// dual-stack cluster; `spec.podCIDR` is the first).
 pub fn entry_from_node(node: &Node) -> NodeEntry {
     let name = node.metadata.name.clone().unwrap_or_default();
     let spec = node.spec.as_ref();
@@ -68,10 +69,16 @@ pub fn entry_from_node(node: &Node) -> NodeEntry {
         .or_else(|| spec.and_then(|s| s.pod_cidr.clone()).map(|c| vec![c]))
         .unwrap_or_default();
     let pod_cidr = cidrs.iter().find_map(|c| c.parse::<Ipv4Network>().ok());
-    let node_ip = node.status.as_ref().and_then(|s| s.addresses.as_ref()).and_then(|addrs| {
-        addrs.iter().filter(|a| a.type_ == "InternalIP").find_map(|a| a.address.parse::<Ipv4Addr>().ok())
-    });
-    NodeEntry { name, node_ip, pod_cidr }
+    let pod_cidr6 = cidrs.iter().find_map(|c| c.parse::<Ipv6Network>().ok());
+    let internal = node
+        .status
+        .as_ref()
+        .and_then(|s| s.addresses.as_ref())
+        .map(|addrs| addrs.iter().filter(|a| a.type_ == "InternalIP").collect::<Vec<_>>())
+        .unwrap_or_default();
+    let node_ip = internal.iter().find_map(|a| a.address.parse::<Ipv4Addr>().ok());
+    let node_ip6 = internal.iter().find_map(|a| a.address.parse::<Ipv6Addr>().ok());
+    NodeEntry { name, node_ip, pod_cidr, node_ip6, pod_cidr6 }
 }
 
 impl KubeNodes {

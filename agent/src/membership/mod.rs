@@ -3,13 +3,18 @@
 //! CIDR lives behind which node IP, this node's own pod CIDR, and which
 //! nodes could not be used and why (`Problem`, typed, so the daemon,
 //! `status` and `connectivity-test` match on it rather than on text).
+pub mod family6;
 pub mod kubernetes;
 pub mod node_ip;
 pub mod peers_file;
 
-use std::{collections::BTreeMap, fmt, net::Ipv4Addr};
+use std::{
+    collections::BTreeMap,
+    fmt,
+    net::{Ipv4Addr, Ipv6Addr},
+};
 
-use ipnetwork::Ipv4Network;
+use ipnetwork::{Ipv4Network, Ipv6Network};
 use serde::{Deserialize, Serialize};
 
 pub use self::node_ip::NodeIpFault;
@@ -223,6 +228,16 @@ pub struct Membership {
     pub own_pod_cidr: Option<Ipv4Network>,
     /// Nodes left out, and why.
     pub problems: Vec<Problem>,
+    /// This node's IPv6 pod CIDR, if the source knows it (dual-stack).
+    pub own_pod_cidr6: Option<Ipv6Network>,
+    /// Other nodes' IPv6 pod CIDRs → their IPv6 node addresses (the
+    /// kernel's IPv6 routes; `family6`). Empty unless dual-stack.
+    pub routes6: BTreeMap<Ipv6Network, Ipv6Addr>,
+    /// Which node each IPv6 route came from (for `status`).
+    pub route_nodes6: BTreeMap<Ipv6Network, String>,
+    /// Nodes left out of the IPv6 routes, and why (the IPv4 ones may
+    /// still be routed).
+    pub problems6: Vec<family6::Problem6>,
 }
 
 /// One node as the sources describe it.
@@ -231,6 +246,10 @@ pub struct NodeEntry {
     pub name: String,
     pub node_ip: Option<Ipv4Addr>,
     pub pod_cidr: Option<Ipv4Network>,
+    /// The node's IPv6 InternalIP (dual-stack).
+    pub node_ip6: Option<Ipv6Addr>,
+    /// The IPv6 entry of the node's pod CIDRs (dual-stack).
+    pub pod_cidr6: Option<Ipv6Network>,
 }
 
 /// The address ranges other nodes' pod CIDRs are checked against, as this
@@ -385,6 +404,8 @@ mod tests {
             name: name.into(),
             node_ip: ip.map(|s| s.parse().unwrap()),
             pod_cidr: cidr.map(|s| s.parse().unwrap()),
+            node_ip6: None,
+            pod_cidr6: None,
         }
     }
 

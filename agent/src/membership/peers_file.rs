@@ -1,8 +1,10 @@
 //! The peers file: cluster membership for clusters without Kubernetes.
 //!
 //! ```json
-//! {"peers": [{"name": "node2", "nodeIP": "192.168.50.2", "podCIDR": "10.244.2.0/24"}]}
+//! {"peers": [{"name": "node2", "nodeIP": "192.168.50.2", "podCIDR": "10.244.2.0/24",
+//!             "nodeIP6": "fd00:50::2", "podCIDR6": "fd00:244:2::/64"}]}
 //! ```
+//! `nodeIP6` and `podCIDR6` (dual-stack) are optional.
 //! The same file may go to every node: a node skips its own entry by name.
 use std::{collections::BTreeMap, net::Ipv4Addr};
 
@@ -16,6 +18,10 @@ pub struct Peer {
     pub node_ip: Ipv4Addr,
     #[serde(rename = "podCIDR")]
     pub pod_cidr: Ipv4Network,
+    #[serde(rename = "nodeIP6", default, skip_serializing_if = "Option::is_none")]
+    pub node_ip6: Option<std::net::Ipv6Addr>,
+    #[serde(rename = "podCIDR6", default, skip_serializing_if = "Option::is_none")]
+    pub pod_cidr6: Option<ipnetwork::Ipv6Network>,
 }
 
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -89,12 +95,21 @@ impl PeersFile {
         ranges: &super::Ranges,
     ) -> Result<super::Membership, PeersError> {
         self.desired_routes(own_name, own_cidr)?;
-        let entries: Vec<super::NodeEntry> = self
-            .peers
+        Ok(super::from_entries(&self.entries(), own_name, Some(own_cidr), ranges))
+    }
+
+    /// Every peer as a node entry (both families).
+    pub fn entries(&self) -> Vec<super::NodeEntry> {
+        self.peers
             .iter()
-            .map(|p| super::NodeEntry { name: p.name.clone(), node_ip: Some(p.node_ip), pod_cidr: Some(p.pod_cidr) })
-            .collect();
-        Ok(super::from_entries(&entries, own_name, Some(own_cidr), ranges))
+            .map(|p| super::NodeEntry {
+                name: p.name.clone(),
+                node_ip: Some(p.node_ip),
+                pod_cidr: Some(p.pod_cidr),
+                node_ip6: p.node_ip6,
+                pod_cidr6: p.pod_cidr6,
+            })
+            .collect()
     }
 }
 

@@ -13,6 +13,7 @@
 //! - `service_maps`: the socket load balancer's maps, kept equal to the
 //!   Service plan (`services::plan`).
 pub mod kernel_routes;
+pub mod kernel_routes6;
 pub mod map_routes;
 pub mod masquerade;
 pub mod policy_desired;

@@ -2,6 +2,12 @@
 //! and a third line "<namespace>/<name>" when the runtime named the pod
 //! (`CNI_ARGS`); readers that know only two lines ignore it.
 //!
+//! One store per pod CIDR, so per family: a dual-stack node has an IPv4
+//! store (`ipam/10.244.1.0_24/`) and an IPv6 one beside it
+//! (`ipam/fd00:244:1::_64/`), each with its own lock and its own
+//! `last_reserved_ip`. The IPv4 store's layout is the one sluice always
+//! wrote, so turning dual-stack on migrates nothing and loses no lease.
+//!
 //! Every operation holds an exclusive `flock` on `<dir>/lock`, so concurrent
 //! plugin processes never hand out one address twice. A lease file is
 //! created with `O_EXCL` and written in full before the lock is dropped; a
@@ -11,7 +17,7 @@ use std::{
     collections::BTreeSet,
     fs::{self, File, OpenOptions},
     io::Write,
-    net::Ipv4Addr,
+    net::{IpAddr, Ipv4Addr},
     os::fd::AsRawFd,
     path::{Path, PathBuf},
 };
@@ -19,21 +25,26 @@ use std::{
 use anyhow::{bail, Context, Result};
 use ipnetwork::Ipv4Network;
 
-use super::allocator;
+use super::allocator::{self, PodCidr};
 
 const LAST_RESERVED: &str = "last_reserved_ip";
 const LOCK: &str = "lock";
 
-pub struct LeaseStore {
+/// The leases of one pod CIDR (`Ipv4Network`, the default, or
+/// `Ipv6Network`), locked.
+pub struct LeaseStore<C: PodCidr = Ipv4Network> {
     dir: PathBuf,
-    cidr: Ipv4Network,
+    cidr: C,
     _lock: File,
 }
 
+/// The IPv6 twin of `LeaseStore`.
+pub type LeaseStore6 = LeaseStore<ipnetwork::Ipv6Network>;
+
 /// One leased address.
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Lease {
-    pub ip: Ipv4Addr,
+pub struct Lease<A = Ipv4Addr> {
+    pub ip: A,
     pub container_id: String,
     pub ifname: String,
     /// How long ago the lease was written (an ADD may still be running on a
@@ -42,33 +53,42 @@ pub struct Lease {
 }
 
 #[derive(Debug, PartialEq, Eq)]
-pub enum Allocation {
+pub enum Allocation<A = Ipv4Addr> {
     /// A new lease.
-    New(Ipv4Addr),
+    New(A),
     /// This container and interface already held this address (a repeated ADD).
-    Existing(Ipv4Addr),
+    Existing(A),
+}
+
+impl<A: Copy> Allocation<A> {
+    pub fn ip(&self) -> A {
+        match self {
+            Allocation::New(ip) | Allocation::Existing(ip) => *ip,
+        }
+    }
 }
 
 #[derive(Debug, thiserror::Error)]
 #[error("pod CIDR {cidr} is exhausted: {in_use} of {capacity} addresses in use")]
 pub struct Exhausted {
-    pub cidr: Ipv4Network,
+    /// Either family's, as text.
+    pub cidr: String,
     pub in_use: usize,
-    pub capacity: u32,
+    pub capacity: u128,
 }
 
-impl LeaseStore {
-    /// Open the store for `cidr` and take its lock (blocks until free).
+impl<C: PodCidr> LeaseStore<C> {
     /// Like `lock`, but `None` at once if someone (a CNI call) holds it.
-    pub fn try_lock(data_dir: &Path, cidr: Ipv4Network) -> Result<Option<Self>> {
+    pub fn try_lock(data_dir: &Path, cidr: C) -> Result<Option<Self>> {
         Self::open(data_dir, cidr, libc::LOCK_EX | libc::LOCK_NB)
     }
 
-    pub fn lock(data_dir: &Path, cidr: Ipv4Network) -> Result<Self> {
+    /// Open the store for `cidr` and take its lock (blocks until free).
+    pub fn lock(data_dir: &Path, cidr: C) -> Result<Self> {
         Self::open(data_dir, cidr, libc::LOCK_EX)?.context("lock IPAM store")
     }
 
-    fn open(data_dir: &Path, cidr: Ipv4Network, how: libc::c_int) -> Result<Option<Self>> {
+    fn open(data_dir: &Path, cidr: C, how: libc::c_int) -> Result<Option<Self>> {
         let dir = data_dir.join("ipam").join(cidr.to_string().replace('/', "_"));
         fs::create_dir_all(&dir).with_context(|| format!("create IPAM directory {}", dir.display()))?;
         let lock = OpenOptions::new()
@@ -96,11 +116,11 @@ impl LeaseStore {
     }
 
     /// Every lease in the store.
-    pub fn leases(&self) -> Result<Vec<Lease>> {
+    pub fn leases(&self) -> Result<Vec<Lease<C::Addr>>> {
         let mut out = Vec::new();
         for entry in fs::read_dir(&self.dir).with_context(|| format!("list {}", self.dir.display()))? {
             let entry = entry?;
-            let Ok(ip) = entry.file_name().to_string_lossy().parse::<Ipv4Addr>() else {
+            let Ok(ip) = entry.file_name().to_string_lossy().parse::<C::Addr>() else {
                 continue;
             };
             let text = fs::read_to_string(entry.path()).unwrap_or_default();
@@ -114,16 +134,16 @@ impl LeaseStore {
         Ok(out)
     }
 
-    pub fn find(&self, container_id: &str, ifname: &str) -> Result<Option<Ipv4Addr>> {
+    pub fn find(&self, container_id: &str, ifname: &str) -> Result<Option<C::Addr>> {
         Ok(self.leases()?.into_iter().find(|l| l.container_id == container_id && l.ifname == ifname).map(|l| l.ip))
     }
 
-    pub fn allocate(&self, container_id: &str, ifname: &str) -> Result<Allocation> {
+    pub fn allocate(&self, container_id: &str, ifname: &str) -> Result<Allocation<C::Addr>> {
         self.allocate_for_pod(container_id, ifname, None)
     }
 
     /// `allocate`, recording the pod (`<namespace>/<name>`, one line) in the lease.
-    pub fn allocate_for_pod(&self, container_id: &str, ifname: &str, pod: Option<&str>) -> Result<Allocation> {
+    pub fn allocate_for_pod(&self, container_id: &str, ifname: &str, pod: Option<&str>) -> Result<Allocation<C::Addr>> {
         if pod.is_some_and(|p| p.contains('\n')) {
             bail!("pod name {pod:?} has a newline");
         }
@@ -131,12 +151,15 @@ impl LeaseStore {
         if let Some(l) = leases.iter().find(|l| l.container_id == container_id && l.ifname == ifname) {
             return Ok(Allocation::Existing(l.ip));
         }
-        let in_use: BTreeSet<Ipv4Addr> = leases.iter().map(|l| l.ip).collect();
+        let in_use: BTreeSet<C::Addr> = leases.iter().map(|l| l.ip).collect();
         let last = fs::read_to_string(self.dir.join(LAST_RESERVED)).ok().and_then(|s| s.trim().parse().ok());
         let Some(ip) = allocator::next_free(self.cidr, &in_use, last) else {
-            return Err(
-                Exhausted { cidr: self.cidr, in_use: in_use.len(), capacity: allocator::capacity(self.cidr) }.into()
-            );
+            return Err(Exhausted {
+                cidr: self.cidr.to_string(),
+                in_use: in_use.len(),
+                capacity: allocator::capacity(self.cidr),
+            }
+            .into());
         };
         let path = self.dir.join(ip.to_string());
         let mut f = OpenOptions::new()
@@ -151,7 +174,7 @@ impl LeaseStore {
     }
 
     /// Release the lease of this container and interface; none is fine.
-    pub fn release(&self, container_id: &str, ifname: &str) -> Result<Option<Ipv4Addr>> {
+    pub fn release(&self, container_id: &str, ifname: &str) -> Result<Option<C::Addr>> {
         let Some(ip) = self.find(container_id, ifname)? else {
             return Ok(None);
         };
@@ -159,7 +182,7 @@ impl LeaseStore {
         Ok(Some(ip))
     }
 
-    pub fn release_ip(&self, ip: Ipv4Addr) -> Result<()> {
+    pub fn release_ip(&self, ip: C::Addr) -> Result<()> {
         match fs::remove_file(self.dir.join(ip.to_string())) {
             Ok(()) => Ok(()),
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
@@ -170,17 +193,18 @@ impl LeaseStore {
 
 /// What tearing down one attachment needs of the leases (`pod::teardown`):
 /// a store already locked by the caller (GC, the agent's sweep), or
-/// `LockEach`.
-pub trait Leases {
-    fn find(&self, container_id: &str, ifname: &str) -> Result<Option<Ipv4Addr>>;
-    fn release(&self, container_id: &str, ifname: &str) -> Result<Option<Ipv4Addr>>;
+/// `LockEach`. One per family: `Leases` (IPv4) and
+/// `Leases<Ipv6Network>`.
+pub trait Leases<C: PodCidr = Ipv4Network> {
+    fn find(&self, container_id: &str, ifname: &str) -> Result<Option<C::Addr>>;
+    fn release(&self, container_id: &str, ifname: &str) -> Result<Option<C::Addr>>;
 }
 
-impl Leases for LeaseStore {
-    fn find(&self, container_id: &str, ifname: &str) -> Result<Option<Ipv4Addr>> {
+impl<C: PodCidr> Leases<C> for LeaseStore<C> {
+    fn find(&self, container_id: &str, ifname: &str) -> Result<Option<C::Addr>> {
         LeaseStore::find(self, container_id, ifname)
     }
-    fn release(&self, container_id: &str, ifname: &str) -> Result<Option<Ipv4Addr>> {
+    fn release(&self, container_id: &str, ifname: &str) -> Result<Option<C::Addr>> {
         LeaseStore::release(self, container_id, ifname)
     }
 }
@@ -188,17 +212,31 @@ impl Leases for LeaseStore {
 /// The store of `cidr` under `data_dir`, locked for each operation only:
 /// for CNI DEL, whose device deletion waits on the kernel (RCU, tens of ms)
 /// and must not hold every concurrent ADD's address allocation meanwhile.
-pub struct LockEach<'a> {
+pub struct LockEach<'a, C: PodCidr = Ipv4Network> {
     pub data_dir: &'a Path,
-    pub cidr: Ipv4Network,
+    pub cidr: C,
 }
 
-impl Leases for LockEach<'_> {
-    fn find(&self, container_id: &str, ifname: &str) -> Result<Option<Ipv4Addr>> {
+impl<C: PodCidr> Leases<C> for LockEach<'_, C> {
+    fn find(&self, container_id: &str, ifname: &str) -> Result<Option<C::Addr>> {
         LeaseStore::lock(self.data_dir, self.cidr)?.find(container_id, ifname)
     }
-    fn release(&self, container_id: &str, ifname: &str) -> Result<Option<Ipv4Addr>> {
+    fn release(&self, container_id: &str, ifname: &str) -> Result<Option<C::Addr>> {
         LeaseStore::lock(self.data_dir, self.cidr)?.release(container_id, ifname)
+    }
+}
+
+/// A pod's addresses, one per family it has (what `pod::teardown` finds
+/// and releases).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct PodAddrs {
+    pub ip4: Option<Ipv4Addr>,
+    pub ip6: Option<std::net::Ipv6Addr>,
+}
+
+impl PodAddrs {
+    pub fn all(&self) -> impl Iterator<Item = IpAddr> {
+        self.ip4.map(IpAddr::V4).into_iter().chain(self.ip6.map(IpAddr::V6))
     }
 }
 
@@ -323,6 +361,51 @@ mod tests {
             .collect();
         let ips: BTreeSet<Ipv4Addr> = handles.into_iter().map(|h| h.join().unwrap()).collect();
         assert_eq!(ips.len(), 16);
+        fs::remove_dir_all(dir).unwrap();
+    }
+
+    #[test]
+    fn allocate_repeat_release_exhaust6() {
+        let dir = tmp();
+        let cidr: ipnetwork::Ipv6Network = "fd00:1::/125".parse().unwrap();
+        let s = LeaseStore6::lock(&dir, cidr).unwrap();
+        assert_eq!(s.allocate("c1", "eth0").unwrap(), Allocation::New("fd00:1::2".parse().unwrap()));
+        assert_eq!(s.allocate("c1", "eth0").unwrap(), Allocation::Existing("fd00:1::2".parse().unwrap()));
+        assert_eq!(s.release("c1", "eth0").unwrap(), Some("fd00:1::2".parse().unwrap()));
+        for c in ["c2", "c3", "c4", "c5", "c6", "c7"] {
+            s.allocate(c, "eth0").unwrap();
+        }
+        let err = s.allocate("c8", "eth0").unwrap_err();
+        assert!(err.is::<Exhausted>(), "{err:#}");
+        let err = err.to_string();
+        assert!(err.contains("fd00:1::/125") && err.contains("6 of 6"), "{err}");
+        drop(s);
+        fs::remove_dir_all(dir).unwrap();
+    }
+
+    #[test]
+    fn the_ipv4_store_is_untouched_by_a_dual_stack_node() {
+        // A node that ran IPv4-only has leases; dual-stack adds a store
+        // beside them and each family keeps its own lock and round-robin.
+        let dir = tmp();
+        let cidr4: Ipv4Network = "10.5.0.0/29".parse().unwrap();
+        let cidr6: ipnetwork::Ipv6Network = "fd00:5::/64".parse().unwrap();
+        LeaseStore::lock(&dir, cidr4).unwrap().allocate_for_pod("old", "eth0", Some("default/old")).unwrap();
+        let before: Vec<_> =
+            fs::read_dir(dir.join("ipam/10.5.0.0_29")).unwrap().map(|e| e.unwrap().file_name()).collect();
+        let s4 = LeaseStore::lock(&dir, cidr4).unwrap();
+        // The IPv6 store's lock is its own: taken while the IPv4 one is held.
+        let s6 = LeaseStore6::try_lock(&dir, cidr6).unwrap().expect("a lock of its own");
+        assert_eq!(s6.allocate("new", "eth0").unwrap(), Allocation::New("fd00:5::2".parse().unwrap()));
+        assert_eq!(s4.allocate("new", "eth0").unwrap(), Allocation::New("10.5.0.3".parse().unwrap()));
+        assert_eq!(s4.find("old", "eth0").unwrap(), Some("10.5.0.2".parse().unwrap()), "the old lease is kept");
+        assert_eq!(s6.find("old", "eth0").unwrap(), None);
+        drop((s4, s6));
+        // Readers of IPv4 leases (status, NetworkPolicy) see only IPv4 ones.
+        let all = read_pod_leases(&dir).unwrap();
+        assert_eq!(all.iter().map(|l| l.ip.to_string()).collect::<Vec<_>>(), ["10.5.0.2", "10.5.0.3"]);
+        assert!(dir.join("ipam/fd00:5::_64").is_dir());
+        assert_eq!(before.len(), 3, "lease, lock and last_reserved_ip: {before:?}");
         fs::remove_dir_all(dir).unwrap();
     }
 }

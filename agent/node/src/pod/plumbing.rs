@@ -6,7 +6,18 @@
 //! route via it, and `POD_GATEWAY` as a permanent neighbour at the host veth's
 //! MAC (so the pod never ARPs). Node side: a `/32` route to the pod and a
 //! permanent neighbour for it (node → pod traffic, kubelet probes).
-use std::{net::Ipv4Addr, os::fd::RawFd, path::Path};
+//!
+//! IPv6 (a dual-stack node), the twins with a `6`: the pod's `/128`
+//! without DAD, a default route via `POD_GATEWAY6` (fe80::1) and a
+//! permanent neighbour for it; on the node, IPv6 on for the host end,
+//! fe80::1 as its address (so the node answers neighbour solicitations
+//! for the gateway on this link, and only on pods' links), a `/128` route
+//! and a permanent neighbour for the pod.
+use std::{
+    net::{Ipv4Addr, Ipv6Addr},
+    os::fd::RawFd,
+    path::Path,
+};
 
 use anyhow::{anyhow, Context, Result};
 use aya::programs::SchedClassifier;
@@ -15,13 +26,20 @@ use sluice_common::{maps::programs, EndpointInfo};
 use super::device::PodDevice;
 use crate::{
     datapath::{attach_mode::AttachMode, links, pin_lock::PinLock, pinned_maps::Endpoints, pins::PinDir},
-    net::netlink::{LinkInfo, Netlink},
+    net::{
+        netlink::{LinkInfo, Netlink},
+        netlink6,
+    },
     step_timer,
 };
 
 /// Pods route everything via this link-local address: no pod-CIDR address
 /// is spent on a gateway.
 pub const POD_GATEWAY: Ipv4Addr = Ipv4Addr::new(169, 254, 1, 1);
+
+/// The IPv6 twin of `POD_GATEWAY`: link-local, so it is the same on every
+/// pod's link and never routed; the host end of each pod's pair holds it.
+pub const POD_GATEWAY6: Ipv6Addr = Ipv6Addr::new(0xfe80, 0, 0, 0, 0, 0, 0, 1);
 
 /// The pod's device pair (`device`) with its pod end created directly in
 /// the namespace open as `ns_fd`, both ends with `mtu` (removing leftovers
@@ -92,6 +110,45 @@ pub async fn configure_host_side(
     host.add_link_route(host_link.index, ip, 32).await?;
     match pod_mac {
         Some(mac) => host.add_permanent_neighbour(host_link.index, ip, mac).await,
+        None => Ok(()),
+    }
+}
+
+/// Inside the pod, IPv6 (after `configure_pod_side`, which named the
+/// interface `ifname`): IPv6 on for it, the `/128` without DAD, the default
+/// route via `POD_GATEWAY6` and (veth) the gateway's permanent neighbour at
+/// `host_mac`. `pod_ns` is the pod's namespace, for the sysctl.
+pub async fn configure_pod_side6(
+    pod: &Netlink,
+    pod_ns: &Path,
+    link: &LinkInfo,
+    ip6: Ipv6Addr,
+    host_mac: Option<[u8; 6]>,
+) -> Result<()> {
+    let ifname = link.name.clone();
+    crate::net::netns::run_in(pod_ns, move || netlink6::enable_ipv6_on(&ifname))?;
+    pod.add_address6_nodad(link.index, ip6, 128).await?;
+    pod.add_default_route6(link.index, POD_GATEWAY6).await?;
+    if let Some(mac) = host_mac {
+        pod.add_permanent_neighbour6(link.index, POD_GATEWAY6, mac).await?;
+    }
+    Ok(())
+}
+
+/// On the node, IPv6 (after `configure_host_side`, which set the host end
+/// up): IPv6 on for the host end, `POD_GATEWAY6` on it, the route and (veth)
+/// the neighbour to the pod.
+pub async fn configure_host_side6(
+    host: &Netlink,
+    host_link: &LinkInfo,
+    ip6: Ipv6Addr,
+    pod_mac: Option<[u8; 6]>,
+) -> Result<()> {
+    netlink6::enable_ipv6_on(&host_link.name)?;
+    host.add_address6_nodad(host_link.index, POD_GATEWAY6, 64).await?;
+    host.add_link_route6(host_link.index, ip6, 128).await?;
+    match pod_mac {
+        Some(mac) => host.add_permanent_neighbour6(host_link.index, ip6, mac).await,
         None => Ok(()),
     }
 }

@@ -10,13 +10,17 @@ use crate::{
     net::netlink::Netlink,
     step_timer,
 };
+use ipnetwork::Ipv6Network;
 use sluice_common::EndpointInfo;
 
-/// Tear down and return the problems met (empty: all clean).
+/// Tear down and return the problems met (empty: all clean). `store6`:
+/// the IPv6 leases, on a dual-stack node (the pod's IPv6 address is
+/// released too).
 pub async fn teardown(
     host: &Netlink,
     pins: &PinDir,
     store: &impl Leases,
+    store6: Option<&dyn Leases<Ipv6Network>>,
     container_id: &str,
     ifname: &str,
 ) -> Vec<String> {
@@ -66,6 +70,11 @@ pub async fn teardown(
     step_timer::mark("delete-veth");
     if let Err(e) = store.release(container_id, ifname) {
         errors.push(format!("{e:#}"));
+    }
+    if let Some(store6) = store6 {
+        if let Err(e) = store6.release(container_id, ifname) {
+            errors.push(format!("{e:#}"));
+        }
     }
     step_timer::mark("release");
     errors

@@ -1,0 +1,225 @@
+//! The IPv6 twins of `netlink`'s IPv4 operations (addresses, routes,
+//! neighbours), beside them on the same `Netlink`, plus the per-interface
+//! IPv6 switches that live in sysctl rather than netlink.
+use std::net::{IpAddr, Ipv6Addr};
+
+use anyhow::{Context, Result};
+use futures::TryStreamExt;
+use ipnetwork::Ipv6Network;
+use netlink_packet_route::{
+    address::{AddressAttribute, AddressFlags, AddressHeaderFlags},
+    neighbour::NeighbourState,
+    route::{RouteAddress, RouteAttribute, RouteProtocol},
+    AddressFamily,
+};
+use rtnetlink::RouteMessageBuilder;
+
+use super::netlink::{is_errno, Netlink};
+
+/// The main routing table's id.
+const RT_TABLE_MAIN: u8 = 254;
+
+/// A kernel IPv6 route as sluice makes them: `dst [via gateway] dev oif`
+/// (the twin of `KernelRoute`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub struct KernelRoute6 {
+    pub dst: Ipv6Network,
+    pub gateway: Option<Ipv6Addr>,
+    pub oif: u32,
+}
+
+impl KernelRoute6 {
+    pub fn describe(&self) -> String {
+        match self.gateway {
+            Some(gw) => format!("{} via {gw} dev #{}", self.dst, self.oif),
+            None => format!("{} dev #{}", self.dst, self.oif),
+        }
+    }
+}
+
+/// Is `ip` link-local (`fe80::/10`)?
+pub fn is_link_local6(ip: Ipv6Addr) -> bool {
+    ip.segments()[0] & 0xffc0 == 0xfe80
+}
+
+impl Netlink {
+    /// Add an IPv6 address without duplicate address detection
+    /// (`nodad`): usable at once, as a pod's address must be when its
+    /// first packet leaves (DAD would hold it tentative for a second or
+    /// more, and the address is the pod's alone by IPAM). Present already
+    /// counts as added.
+    pub async fn add_address6_nodad(&self, index: u32, ip: Ipv6Addr, prefix_len: u8) -> Result<()> {
+        let mut req = self.handle.address().add(index, IpAddr::V6(ip), prefix_len);
+        let msg = req.message_mut();
+        msg.header.flags |= AddressHeaderFlags::Nodad;
+        msg.attributes.push(AddressAttribute::Flags(AddressFlags::Nodad));
+        match req.execute().await {
+            Ok(()) => Ok(()),
+            Err(e) if is_errno(&e, libc::EEXIST) => Ok(()),
+            Err(e) => Err(e).with_context(|| format!("add address {ip}/{prefix_len} nodad")),
+        }
+    }
+
+    /// Every IPv6 address on interface `index`, with its prefix length.
+    pub async fn ipv6_addresses(&self, index: u32) -> Result<Vec<(Ipv6Addr, u8)>> {
+        let mut out = Vec::new();
+        let mut addrs = self.handle.address().get().set_link_index_filter(index).execute();
+        while let Some(msg) = addrs.try_next().await.context("list addresses")? {
+            if msg.header.family != AddressFamily::Inet6 {
+                continue;
+            }
+            for attr in &msg.attributes {
+                if let AddressAttribute::Address(IpAddr::V6(ip)) = attr {
+                    out.push((*ip, msg.header.prefix_len));
+                }
+            }
+        }
+        Ok(out)
+    }
+
+    /// The first global (not link-local) IPv6 address on interface `index`.
+    pub async fn first_global_ipv6(&self, index: u32) -> Result<Option<(Ipv6Addr, u8)>> {
+        Ok(self.ipv6_addresses(index).await?.into_iter().find(|(ip, _)| !is_link_local6(*ip) && !ip.is_loopback()))
+    }
+
+    /// A route to `dst/prefix` out of interface `index` (IPv6 has no
+    /// scope-link routes: a route without a gateway is on-link).
+    pub async fn add_link_route6(&self, index: u32, dst: Ipv6Addr, prefix_len: u8) -> Result<()> {
+        let msg =
+            RouteMessageBuilder::<Ipv6Addr>::new().destination_prefix(dst, prefix_len).output_interface(index).build();
+        match self.handle.route().add(msg).execute().await {
+            Ok(()) => Ok(()),
+            Err(e) if is_errno(&e, libc::EEXIST) => Ok(()),
+            Err(e) => Err(e).with_context(|| format!("add route {dst}/{prefix_len} dev #{index}")),
+        }
+    }
+
+    /// `default via <gw> dev <index>` (IPv6; `gw` may be link-local, as
+    /// the pods' fe80::1 is).
+    pub async fn add_default_route6(&self, index: u32, gw: Ipv6Addr) -> Result<()> {
+        let msg = RouteMessageBuilder::<Ipv6Addr>::new().gateway(gw).output_interface(index).build();
+        match self.handle.route().add(msg).execute().await {
+            Ok(()) => Ok(()),
+            Err(e) if is_errno(&e, libc::EEXIST) => Ok(()),
+            Err(e) => Err(e).with_context(|| format!("add default route via {gw}")),
+        }
+    }
+
+    /// A permanent IPv6 neighbour entry: `ip` is at `mac` on `index`.
+    pub async fn add_permanent_neighbour6(&self, index: u32, ip: Ipv6Addr, mac: [u8; 6]) -> Result<()> {
+        self.handle
+            .neighbours()
+            .add(index, IpAddr::V6(ip))
+            .link_layer_address(&mac)
+            .state(NeighbourState::Permanent)
+            .replace()
+            .execute()
+            .await
+            .with_context(|| format!("add neighbour {ip}"))
+    }
+
+    /// The MAC of `ip`'s permanent IPv6 neighbour entry on interface `index`.
+    pub async fn permanent_neighbour6(&self, index: u32, ip: Ipv6Addr) -> Result<Option<[u8; 6]>> {
+        use netlink_packet_route::neighbour::{NeighbourAddress, NeighbourAttribute};
+        let mut neighbours = self.handle.neighbours().get().set_address_family(AddressFamily::Inet6).execute();
+        while let Some(msg) = neighbours.try_next().await.context("list neighbours")? {
+            if msg.header.ifindex != index || msg.header.state != NeighbourState::Permanent {
+                continue;
+            }
+            let mut is_ip = false;
+            let mut mac = None;
+            for attr in &msg.attributes {
+                match attr {
+                    NeighbourAttribute::Destination(NeighbourAddress::Inet6(a)) => is_ip = *a == ip,
+                    NeighbourAttribute::LinkLayerAddress(m) if m.len() == 6 => {
+                        mac = Some([m[0], m[1], m[2], m[3], m[4], m[5]]);
+                    }
+                    _ => {}
+                }
+            }
+            if is_ip {
+                return Ok(mac);
+            }
+        }
+        Ok(None)
+    }
+
+    /// IPv6 routes of the main table (of one protocol, or all).
+    pub async fn main_routes6(&self, protocol: Option<u8>) -> Result<Vec<KernelRoute6>> {
+        let mut out = Vec::new();
+        let mut routes = self.handle.route().get(RouteMessageBuilder::<Ipv6Addr>::new().build()).execute();
+        while let Some(msg) = routes.try_next().await.context("list routes")? {
+            let wrong_protocol = protocol.is_some_and(|p| msg.header.protocol != RouteProtocol::Other(p));
+            if msg.header.table != RT_TABLE_MAIN || wrong_protocol {
+                continue;
+            }
+            let (mut dst, mut gateway, mut oif) = (Ipv6Addr::UNSPECIFIED, None, 0);
+            for attr in &msg.attributes {
+                match attr {
+                    RouteAttribute::Destination(RouteAddress::Inet6(ip)) => dst = *ip,
+                    RouteAttribute::Gateway(RouteAddress::Inet6(ip)) => gateway = Some(*ip),
+                    RouteAttribute::Oif(i) => oif = *i,
+                    _ => {}
+                }
+            }
+            let Ok(dst) = Ipv6Network::new(dst, msg.header.destination_prefix_length) else {
+                continue;
+            };
+            out.push(KernelRoute6 { dst, gateway, oif });
+        }
+        Ok(out)
+    }
+
+    fn route_message6(route: &KernelRoute6, protocol: u8) -> netlink_packet_route::route::RouteMessage {
+        let msg = RouteMessageBuilder::<Ipv6Addr>::new()
+            .destination_prefix(route.dst.network(), route.dst.prefix())
+            .output_interface(route.oif)
+            .protocol(RouteProtocol::Other(protocol));
+        match route.gateway {
+            Some(gw) => msg.gateway(gw).build(),
+            None => msg.build(),
+        }
+    }
+
+    /// `ip -6 route replace <dst> via <gw> dev <oif> proto <protocol>`.
+    pub async fn replace_route6(&self, route: &KernelRoute6, protocol: u8) -> Result<()> {
+        let req = self.handle.route().add(Self::route_message6(route, protocol)).replace();
+        req.execute().await.with_context(|| format!("replace route {}", route.describe()))
+    }
+
+    /// Delete an IPv6 route; one already gone counts as deleted.
+    pub async fn delete_route6(&self, route: &KernelRoute6, protocol: u8) -> Result<()> {
+        match self.handle.route().del(Self::route_message6(route, protocol)).execute().await {
+            Ok(()) => Ok(()),
+            Err(e) if is_errno(&e, libc::ESRCH) || is_errno(&e, libc::ENOENT) => Ok(()),
+            Err(e) => Err(e).with_context(|| format!("delete route {}", route.describe())),
+        }
+    }
+}
+
+/// Turn IPv6 on for interface `ifname` of the calling thread's network
+/// namespace (`net.ipv6.conf.<if>.disable_ipv6=0`): a runtime or image
+/// may have turned it off by default, and an address cannot be added to
+/// an interface without IPv6 (as the reference plugins' `ipam.ConfigureIface`
+/// does). Netlink has no request for it.
+pub fn enable_ipv6_on(ifname: &str) -> Result<()> {
+    let path = format!("/proc/sys/net/ipv6/conf/{ifname}/disable_ipv6");
+    match std::fs::read_to_string(&path) {
+        Ok(v) if v.trim() == "0" => Ok(()),
+        Ok(_) => std::fs::write(&path, "0").with_context(|| format!("write {path}")),
+        Err(e) => Err(e).with_context(|| format!("read {path} (is IPv6 built into this kernel?)")),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn link_local6() {
+        for (ip, want) in [("fe80::1", true), ("febf::1", true), ("fec0::1", false), ("fd00::1", false), ("::", false)]
+        {
+            assert_eq!(is_link_local6(ip.parse().unwrap()), want, "{ip}");
+        }
+    }
+}

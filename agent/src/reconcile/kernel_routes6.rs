@@ -1,0 +1,172 @@
+//! The IPv6 twin of `kernel_routes`: on a dual-stack node, a kernel route
+//! per peer's IPv6 pod CIDR via its IPv6 node address, out of the uplink
+//! (`<pod CIDR6> via <node IP6> dev <uplink> proto 83`), kept equal to
+//! membership's `routes6`. Native only: IPv6 through VXLAN is not built
+//! yet. Like the IPv4 reconcile, only routes with sluice's protocol number
+//! are read or removed, and a route the kernel refuses is reported while
+//! every other one is applied.
+use std::{
+    collections::{BTreeMap, BTreeSet},
+    net::Ipv6Addr,
+};
+
+use anyhow::Result;
+use ipnetwork::Ipv6Network;
+use sluice_node::net::{netlink::Netlink, netlink6::KernelRoute6};
+use tracing::info;
+
+use super::kernel_routes::ROUTE_PROTOCOL;
+
+/// Every peer's IPv6 pod CIDR via its IPv6 node address, out of the uplink.
+pub fn desired6(routes6: &BTreeMap<Ipv6Network, Ipv6Addr>, uplink_ifindex: u32) -> BTreeMap<Ipv6Network, KernelRoute6> {
+    routes6
+        .iter()
+        .map(|(cidr, ip)| (*cidr, KernelRoute6 { dst: *cidr, gateway: Some(*ip), oif: uplink_ifindex }))
+        .collect()
+}
+
+#[derive(Debug, Default, PartialEq, Eq)]
+pub struct KernelRouteDiff6 {
+    /// Missing, or pointing elsewhere (a replace overwrites in place).
+    pub replace: Vec<KernelRoute6>,
+    /// Ours, but no longer wanted.
+    pub delete: Vec<KernelRoute6>,
+}
+
+pub fn diff6(desired: &BTreeMap<Ipv6Network, KernelRoute6>, actual: &[KernelRoute6]) -> KernelRouteDiff6 {
+    let mut d = KernelRouteDiff6::default();
+    let mut seen: BTreeSet<Ipv6Network> = BTreeSet::new();
+    for route in actual {
+        match desired.get(&route.dst) {
+            Some(want) if want == route && !seen.contains(&route.dst) => {
+                seen.insert(route.dst);
+            }
+            Some(_) => {}
+            None => d.delete.push(*route),
+        }
+    }
+    d.replace = desired.values().filter(|r| !seen.contains(&r.dst)).copied().collect();
+    d
+}
+
+/// The operations the reconcile needs; `Netlink` is the real one.
+#[allow(async_fn_in_trait)] // awaited in place on the agent's one thread
+pub trait KernelRouteTable6 {
+    async fn list6(&self) -> Result<Vec<KernelRoute6>>;
+    async fn replace6(&self, route: &KernelRoute6) -> Result<()>;
+    async fn delete6(&self, route: &KernelRoute6) -> Result<()>;
+}
+
+impl KernelRouteTable6 for Netlink {
+    async fn list6(&self) -> Result<Vec<KernelRoute6>> {
+        self.main_routes6(Some(ROUTE_PROTOCOL)).await
+    }
+    async fn replace6(&self, route: &KernelRoute6) -> Result<()> {
+        self.replace_route6(route, ROUTE_PROTOCOL).await
+    }
+    async fn delete6(&self, route: &KernelRoute6) -> Result<()> {
+        self.delete_route6(route, ROUTE_PROTOCOL).await
+    }
+}
+
+/// Read, diff, apply (replaces first, then deletions); the steps the
+/// kernel refused, described. Only a failed read stops it.
+pub async fn reconcile6(
+    table: &impl KernelRouteTable6,
+    desired: &BTreeMap<Ipv6Network, KernelRoute6>,
+) -> Result<Vec<String>> {
+    let actual = table.list6().await?;
+    let d = diff6(desired, &actual);
+    let mut failed = Vec::new();
+    for route in &d.replace {
+        if let Err(e) = table.replace6(route).await {
+            failed.push(format!("replace {}: {e:#}", route.describe()));
+        }
+    }
+    for route in &d.delete {
+        if let Err(e) = table.delete6(route).await {
+            failed.push(format!("delete {}: {e:#}", route.describe()));
+        }
+    }
+    if !(d.replace.is_empty() && d.delete.is_empty()) {
+        info!(
+            replaced = d.replace.len(),
+            deleted = d.delete.len(),
+            failed = failed.len(),
+            total = desired.len(),
+            "IPv6 kernel routes reconciled"
+        );
+    }
+    Ok(failed)
+}
+
+#[cfg(test)]
+mod tests {
+    use std::cell::RefCell;
+
+    use super::*;
+
+    fn route6(dst: &str, gw: &str, oif: u32) -> KernelRoute6 {
+        KernelRoute6 { dst: dst.parse().unwrap(), gateway: Some(gw.parse().unwrap()), oif }
+    }
+
+    fn want(entries: &[(&str, &str)]) -> BTreeMap<Ipv6Network, KernelRoute6> {
+        let routes6 = entries.iter().map(|(c, ip)| (c.parse().unwrap(), ip.parse().unwrap())).collect();
+        desired6(&routes6, 2)
+    }
+
+    #[test]
+    fn diff6_table() {
+        let w = want(&[("fd00:244:2::/64", "fd00:30::2"), ("fd00:244:3::/64", "fd00:30::3")]);
+        let same: Vec<_> = w.values().copied().collect();
+        assert_eq!(diff6(&w, &same), KernelRouteDiff6::default());
+        assert_eq!(diff6(&w, &[]).replace.len(), 2);
+        let actual = vec![route6("fd00:244:2::/64", "fd00:30::9", 2), route6("fd00:244:4::/64", "fd00:30::4", 2)];
+        let d = diff6(&w, &actual);
+        assert_eq!(
+            d.replace,
+            vec![route6("fd00:244:2::/64", "fd00:30::2", 2), route6("fd00:244:3::/64", "fd00:30::3", 2)]
+        );
+        assert_eq!(d.delete, vec![route6("fd00:244:4::/64", "fd00:30::4", 2)]);
+    }
+
+    #[derive(Default)]
+    struct FakeTable6 {
+        routes: RefCell<Vec<KernelRoute6>>,
+        refuse: Option<Ipv6Network>,
+    }
+
+    impl KernelRouteTable6 for FakeTable6 {
+        async fn list6(&self) -> Result<Vec<KernelRoute6>> {
+            Ok(self.routes.borrow().clone())
+        }
+        async fn replace6(&self, r: &KernelRoute6) -> Result<()> {
+            if self.refuse == Some(r.dst) {
+                anyhow::bail!("Nexthop has invalid gateway");
+            }
+            let mut routes = self.routes.borrow_mut();
+            routes.retain(|x| x.dst != r.dst);
+            routes.push(*r);
+            Ok(())
+        }
+        async fn delete6(&self, r: &KernelRoute6) -> Result<()> {
+            self.routes.borrow_mut().retain(|x| x != r);
+            Ok(())
+        }
+    }
+
+    #[test]
+    fn reconcile6_converges_and_reports_a_refused_route() {
+        let refused: Ipv6Network = "fd00:244:3::/64".parse().unwrap();
+        let t = FakeTable6 {
+            routes: RefCell::new(vec![route6("fd00:244:8::/64", "fd00:30::8", 2)]),
+            refuse: Some(refused),
+        };
+        let w = want(&[("fd00:244:2::/64", "fd00:30::2"), ("fd00:244:3::/64", "fd00:30::3")]);
+        let rt = tokio::runtime::Builder::new_current_thread().build().unwrap();
+        let failed = rt.block_on(reconcile6(&t, &w)).unwrap();
+        assert_eq!(failed, ["replace fd00:244:3::/64 via fd00:30::3 dev #2: Nexthop has invalid gateway"]);
+        let now: Vec<String> = t.routes.borrow().iter().map(|r| r.describe()).collect();
+        assert_eq!(now, ["fd00:244:2::/64 via fd00:30::2 dev #2"]);
+    }
+}

@@ -19,7 +19,12 @@
 ///   (`vip_be` is 0): one entry per port, not per node address. A caller
 ///   looks it up only after the exact address missed and the address is
 ///   one of the node addresses (`NODE_ADDRESSES`, or loopback from the
-///   node's own network namespace): `nodeport_lookup`.
+///   node's own network namespace): `nodeport_lookup`;
+/// - `SCOPE_HOST_PORT`: a hostPort of a pod on this node, on every address
+///   of this node (`vip_be` 0), and `SCOPE_HOST_PORT_ADDRESS`: one with a
+///   `hostIP` (`vip_be`). Looked up only for this node's own addresses
+///   (`NODE_ADDRESS_LOCAL`, or loopback from the node), never a remote
+///   node's: the pod is here (`host_port_candidate`).
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Default)]
 pub struct ServiceKey {
@@ -27,7 +32,8 @@ pub struct ServiceKey {
     pub port_be: u16,
     /// IANA number: 6 TCP, 17 UDP.
     pub protocol: u8,
-    /// `SCOPE_ADDRESS` or `SCOPE_NODE_PORT`.
+    /// `SCOPE_ADDRESS`, `SCOPE_NODE_PORT`, `SCOPE_HOST_PORT` or
+    /// `SCOPE_HOST_PORT_ADDRESS`.
     pub scope: u8,
 }
 const _: () = assert!(core::mem::size_of::<ServiceKey>() == 8);
@@ -37,6 +43,17 @@ pub const SCOPE_ADDRESS: u8 = 0;
 /// `ServiceKey::scope`: the frontend is a NodePort on every node address
 /// (`vip_be` 0).
 pub const SCOPE_NODE_PORT: u8 = 1;
+/// `ServiceKey::scope`: a hostPort of a pod on this node, on every address
+/// of this node (`vip_be` 0).
+pub const SCOPE_HOST_PORT: u8 = 2;
+/// `ServiceKey::scope`: a hostPort with a `hostIP`, on that address only
+/// (`vip_be`).
+pub const SCOPE_HOST_PORT_ADDRESS: u8 = 3;
+
+/// Is `scope` one of the hostPort scopes?
+pub const fn is_host_port_scope(scope: u8) -> bool {
+    scope == SCOPE_HOST_PORT || scope == SCOPE_HOST_PORT_ADDRESS
+}
 
 impl ServiceKey {
     /// The NodePort entry that serves `port_be`/`protocol` on any node
@@ -45,11 +62,23 @@ impl ServiceKey {
         ServiceKey { vip_be: 0, port_be, protocol, scope: SCOPE_NODE_PORT }
     }
 
+    /// The hostPort entry that serves `port_be`/`protocol` on every
+    /// address of this node.
+    pub const fn host_port(port_be: u16, protocol: u8) -> Self {
+        ServiceKey { vip_be: 0, port_be, protocol, scope: SCOPE_HOST_PORT }
+    }
+
+    /// The hostPort entry of a pod whose `hostIP` is `ip_be`.
+    pub const fn host_port_on(ip_be: u32, port_be: u16, protocol: u8) -> Self {
+        ServiceKey { vip_be: ip_be, port_be, protocol, scope: SCOPE_HOST_PORT_ADDRESS }
+    }
+
     /// The `SERVICES` key of a frontend as `SOCK_REVERSE` remembers it: a
-    /// NodePort translation remembers the node address the socket named
-    /// (`recvmsg()` must show it), its map entry has none.
+    /// NodePort or hostPort translation remembers the node address the
+    /// socket named (`recvmsg()` must show it), its map entry has none (a
+    /// `hostIP` entry's address is the one named).
     pub const fn entry_key(self) -> Self {
-        if self.scope == SCOPE_NODE_PORT {
+        if self.scope == SCOPE_NODE_PORT || self.scope == SCOPE_HOST_PORT {
             ServiceKey { vip_be: 0, ..self }
         } else {
             self
@@ -75,6 +104,8 @@ pub enum FrontendKind {
     NodePort,
     ExternalIp,
     LoadBalancer,
+    /// A container port's `hostPort`, of a pod on this node.
+    HostPort,
 }
 
 impl FrontendKind {
@@ -85,14 +116,15 @@ impl FrontendKind {
             FrontendKind::NodePort => "NodePort",
             FrontendKind::ExternalIp => "ExternalIP",
             FrontendKind::LoadBalancer => "LoadBalancer",
+            FrontendKind::HostPort => "HostPort",
         }
     }
 
     /// The `ServiceValue::flags` bits that name this kind (the NodePort
-    /// kind is in the key's scope).
+    /// and hostPort kinds are in the key's scope).
     pub const fn flags(self) -> u32 {
         match self {
-            FrontendKind::ClusterIp | FrontendKind::NodePort => 0,
+            FrontendKind::ClusterIp | FrontendKind::NodePort | FrontendKind::HostPort => 0,
             FrontendKind::ExternalIp => SERVICE_EXTERNAL_IP,
             FrontendKind::LoadBalancer => SERVICE_LOAD_BALANCER,
         }
@@ -102,6 +134,8 @@ impl FrontendKind {
 pub const fn frontend_kind(key: &ServiceKey, value: &ServiceValue) -> FrontendKind {
     if key.scope == SCOPE_NODE_PORT {
         FrontendKind::NodePort
+    } else if is_host_port_scope(key.scope) {
+        FrontendKind::HostPort
     } else if value.flags & SERVICE_LOAD_BALANCER != 0 {
         FrontendKind::LoadBalancer
     } else if value.flags & SERVICE_EXTERNAL_IP != 0 {
@@ -128,6 +162,15 @@ pub const fn is_loopback_be(ip_be: u32) -> bool {
 /// the node's own network namespace (a pod's 127.0.0.1 is the pod's).
 pub const fn nodeport_candidate(ip_be: u32, node_address: bool, in_host_netns: bool) -> bool {
     node_address || (in_host_netns && is_loopback_be(ip_be))
+}
+
+/// Does a socket call to a destination that is not itself a frontend get
+/// the hostPort entries: the address is one of this node's own
+/// (`local_address`: `NODE_ADDRESSES` says `NODE_ADDRESS_LOCAL`), or
+/// loopback named from the node's own network namespace. Another node's
+/// address never: its pods' hostPorts are its own, reached over the wire.
+pub const fn host_port_candidate(ip_be: u32, local_address: bool, in_host_netns: bool) -> bool {
+    local_address || (in_host_netns && is_loopback_be(ip_be))
 }
 
 /// Value of `SOCK_LB_CONFIG` (one entry), written by the agent when the
@@ -285,10 +328,13 @@ pub enum SockLbCounter {
     /// Of `Connected` and `Sent`: through a NodePort entry (a node
     /// address, or loopback from the node, and a NodePort).
     NodePort = 7,
+    /// Of `Connected` and `Sent`: through a hostPort entry (this node's
+    /// address, or loopback from the node, and a local pod's hostPort).
+    HostPort = 8,
 }
 
 impl SockLbCounter {
-    pub const COUNT: u32 = 8;
+    pub const COUNT: u32 = 9;
     pub const ALL: [SockLbCounter; Self::COUNT as usize] = [
         SockLbCounter::Connected,
         SockLbCounter::Sent,
@@ -298,6 +344,7 @@ impl SockLbCounter {
         SockLbCounter::SlotMissing,
         SockLbCounter::V4Mapped,
         SockLbCounter::NodePort,
+        SockLbCounter::HostPort,
     ];
 
     /// Name in `status` and metrics.
@@ -311,6 +358,7 @@ impl SockLbCounter {
             SockLbCounter::SlotMissing => "slot_missing",
             SockLbCounter::V4Mapped => "v4_mapped",
             SockLbCounter::NodePort => "node_port",
+            SockLbCounter::HostPort => "host_port",
         }
     }
 }
@@ -356,6 +404,7 @@ mod tests {
         SlotMissing = 5, "slot_missing";
         V4Mapped = 6, "v4_mapped";
         NodePort = 7, "node_port";
+        HostPort = 8, "host_port";
     });
 
     #[test]
@@ -410,6 +459,41 @@ mod tests {
         let remembered = ServiceKey { vip_be: be("172.30.0.2"), ..np };
         assert_eq!(remembered.entry_key(), np);
         assert_eq!(addr.entry_key(), addr);
+    }
+
+    /// The scopes are the key's last byte in pinned maps an upgraded
+    /// agent takes over: numbers never change, new ones are appended.
+    #[test]
+    fn scopes_and_frontend_kinds_keep_their_numbers_and_names() {
+        assert_eq!([SCOPE_ADDRESS, SCOPE_NODE_PORT, SCOPE_HOST_PORT, SCOPE_HOST_PORT_ADDRESS], [0, 1, 2, 3]);
+        assert_eq!(core::mem::size_of::<ServiceKey>(), 8);
+        let kinds = [
+            (FrontendKind::ClusterIp, "ClusterIP", 0),
+            (FrontendKind::NodePort, "NodePort", 0),
+            (FrontendKind::ExternalIp, "ExternalIP", SERVICE_EXTERNAL_IP),
+            (FrontendKind::LoadBalancer, "LoadBalancer", SERVICE_LOAD_BALANCER),
+            (FrontendKind::HostPort, "HostPort", 0),
+        ];
+        for (kind, name, flags) in kinds {
+            assert_eq!((kind.name(), kind.flags()), (name, flags), "{kind:?}");
+        }
+        assert_eq!([SERVICE_NO_LOCAL_ENDPOINTS, SERVICE_EXTERNAL_IP, SERVICE_LOAD_BALANCER], [1, 2, 4]);
+    }
+
+    #[test]
+    fn host_ports_answer_only_on_this_nodes_addresses_and_remember_the_address_named() {
+        let v = ServiceValue::default();
+        let any = ServiceKey::host_port(8080u16.to_be(), 6);
+        let on = ServiceKey::host_port_on(be("172.30.0.1"), 8080u16.to_be(), 6);
+        assert_eq!(frontend_kind(&any, &v), FrontendKind::HostPort);
+        assert_eq!(frontend_kind(&on, &v), FrontendKind::HostPort);
+        assert_eq!(ServiceKey { vip_be: be("172.30.0.1"), ..any }.entry_key(), any);
+        assert_eq!(on.entry_key(), on, "a hostIP entry is the address named");
+        assert!(host_port_candidate(be("172.30.0.1"), true, false), "this node's address, from a pod");
+        assert!(!host_port_candidate(be("172.30.0.2"), false, false), "another node's address: never");
+        assert!(host_port_candidate(be("127.0.0.1"), false, true), "loopback from the node");
+        assert!(!host_port_candidate(be("127.0.0.1"), false, false), "a pod's loopback is the pod's");
+        assert!(!is_host_port_scope(SCOPE_NODE_PORT) && is_host_port_scope(SCOPE_HOST_PORT_ADDRESS));
     }
 
     #[test]

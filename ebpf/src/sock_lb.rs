@@ -32,6 +32,13 @@
 //! NodePort. The socket still remembers the address it named, so
 //! `recvmsg()` / `getpeername()` show `nodeIP:nodePort`.
 //!
+//! hostPorts (`SCOPE_HOST_PORT*` entries, pods of this node only): a
+//! destination that is not itself a frontend but is one of *this* node's
+//! addresses (`NODE_ADDRESS_LOCAL`), or loopback from the node, is looked
+//! up as a hostPort with that address (`hostIP`), then on every address,
+//! before the NodePort entry. Another node's address never matches one:
+//! its pods' hostPorts are its own.
+//!
 //! Every program returns 1 (carry on) except a refusal: 0 with the error
 //! set by `bpf_set_retval` (`ECONNREFUSED` when a Service has no
 //! endpoints, as kube-proxy's REJECT; `EHOSTUNREACH` when only other
@@ -47,8 +54,9 @@ use aya_ebpf::{
     EbpfContext,
 };
 use sluice_common::services::{
-    admission, affinity_fresh, is_loopback_be, nodeport_candidate, v4_mapped_be, Admission, AffinityKey, AffinityValue,
-    Backend, BackendMember, BackendSlot, ReverseKey, ServiceKey, ServiceValue, SockLbCounter, SCOPE_ADDRESS,
+    admission, affinity_fresh, host_port_candidate, is_host_port_scope, is_loopback_be, nodeport_candidate,
+    v4_mapped_be, Admission, AffinityKey, AffinityValue, Backend, BackendMember, BackendSlot, ReverseKey, ServiceKey,
+    ServiceValue, SockLbCounter, NODE_ADDRESS_LOCAL, SCOPE_ADDRESS, SCOPE_NODE_PORT,
 };
 
 use crate::maps::{
@@ -142,19 +150,32 @@ fn in_host_netns(ctx: &SockAddrContext) -> bool {
 }
 
 /// The `SERVICES` entry for the address the call names, and the key it was
-/// found under: the address itself, else the NodePort entry when the
-/// address is a node's (`nodeport_candidate`).
+/// found under: the address itself; else, when the address is this
+/// node's (`host_port_candidate`), a hostPort entry (with that address,
+/// then on every address); else the NodePort entry when the address is a
+/// node's (`nodeport_candidate`).
 #[inline(always)]
 fn lookup(ctx: &SockAddrContext, key: &ServiceKey) -> Option<(ServiceKey, ServiceValue)> {
     // SAFETY: the value is copied out at once.
     if let Some(v) = unsafe { SERVICES.get(key) }.copied() {
         return Some((*key, v));
     }
-    // SAFETY: only presence is read.
-    let node_address = unsafe { NODE_ADDRESSES.get(&key.vip_be) }.is_some();
+    // SAFETY: the value is copied out at once.
+    let node_address = unsafe { NODE_ADDRESSES.get(&key.vip_be) }.copied();
     // The netns cookie only for loopback: most misses are neither.
-    let from_host = !node_address && is_loopback_be(key.vip_be) && in_host_netns(ctx);
-    if !nodeport_candidate(key.vip_be, node_address, from_host) {
+    let from_host = node_address.is_none() && is_loopback_be(key.vip_be) && in_host_netns(ctx);
+    if host_port_candidate(key.vip_be, node_address == Some(NODE_ADDRESS_LOCAL), from_host) {
+        for hp in [
+            ServiceKey::host_port_on(key.vip_be, key.port_be, key.protocol),
+            ServiceKey::host_port(key.port_be, key.protocol),
+        ] {
+            // SAFETY: as above.
+            if let Some(v) = unsafe { SERVICES.get(&hp) }.copied() {
+                return Some((hp, v));
+            }
+        }
+    }
+    if !nodeport_candidate(key.vip_be, node_address.is_some(), from_host) {
         return None;
     }
     let np = ServiceKey::node_port(key.port_be, key.protocol);
@@ -242,8 +263,10 @@ fn translate(ctx: &SockAddrContext, family: Family, done: SockLbCounter) -> i32 
     if family == Family::V6 {
         count(SockLbCounter::V4Mapped);
     }
-    if key.scope != SCOPE_ADDRESS {
+    if key.scope == SCOPE_NODE_PORT {
         count(SockLbCounter::NodePort);
+    } else if is_host_port_scope(key.scope) {
+        count(SockLbCounter::HostPort);
     }
     ALLOW
 }

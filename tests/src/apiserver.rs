@@ -687,6 +687,8 @@ pub struct PodObject {
     pub ports: Vec<(String, Option<String>, u16, String)>,
     /// The same for restartable init containers (sidecars).
     pub sidecar_ports: Vec<(String, Option<String>, u16, String)>,
+    /// (container port, hostPort, protocol, hostIP) of `spec.containers`.
+    pub host_ports: Vec<(u16, u16, String, Option<String>)>,
     /// `status.phase`.
     pub phase: String,
 }
@@ -703,6 +705,7 @@ impl PodObject {
             host_network: false,
             ports: Vec::new(),
             sidecar_ports: Vec::new(),
+            host_ports: Vec::new(),
             phase: "Running".into(),
         }
     }
@@ -750,6 +753,12 @@ impl PodObject {
         self
     }
 
+    /// A container port with a `hostPort` (and a `hostIP`, if given).
+    pub fn host_port(mut self, port: u16, host_port: u16, protocol: &str, host_ip: Option<&str>) -> Self {
+        self.host_ports.push((port, host_port, protocol.into(), host_ip.map(str::to_string)));
+        self
+    }
+
     /// A port of a restartable init container (`restartPolicy: Always`).
     pub fn sidecar_port(mut self, name: Option<&str>, port: u16, protocol: &str) -> Self {
         let container = format!("sidecar{}", self.sidecar_ports.len());
@@ -766,6 +775,13 @@ impl PodObject {
             json!({"name": c, "image": "registry.k8s.io/e2e-test-images/agnhost:2.53", "ports": [p]})
         };
         let mut containers: Vec<Value> = self.ports.iter().map(container).collect();
+        for (i, (port, host_port, protocol, host_ip)) in self.host_ports.iter().enumerate() {
+            let mut p = json!({"containerPort": port, "hostPort": host_port, "protocol": protocol});
+            if let Some(ip) = host_ip {
+                p["hostIP"] = json!(ip);
+            }
+            containers.push(json!({"name": format!("hp{i}"), "image": "registry.k8s.io/pause:3.10", "ports": [p]}));
+        }
         if containers.is_empty() {
             containers.push(json!({"name": "main", "image": "registry.k8s.io/pause:3.10"}));
         }

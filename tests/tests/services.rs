@@ -860,3 +860,93 @@ fn a_host_socket_in_the_node_port_range_is_reported_and_the_range_is_reserved_un
     lab.cleanup(0).unwrap();
     assert_eq!(reserved_ports(&lab, 0), "8080", "others' reservations stay");
 }
+
+/// The backends node `i`'s maps give the hostPort `ip:port/protocol`
+/// (`*`: on every local address), once they are `want`.
+fn wait_host_port(lab: &Lab, i: usize, ip: &str, port: u16, protocol: &str, want: Option<Vec<String>>) {
+    let deadline = Instant::now() + Duration::from_secs(15);
+    loop {
+        let v = services::service_status(lab, i).unwrap();
+        let got: Option<Vec<String>> = v["services"]["frontends"].as_array().unwrap().iter().find_map(|f| {
+            (f["kind"] == "HostPort" && f["ip"] == ip && f["port"] == port && f["protocol"] == protocol)
+                .then(|| f["backends"].as_array().unwrap().iter().map(|b| b.as_str().unwrap().to_string()).collect())
+        });
+        if got == want {
+            return;
+        }
+        assert!(Instant::now() < deadline, "node {i}: hostPort {ip}:{port}/{protocol} has {got:?}, want {want:?}");
+        sleep(Duration::from_millis(100));
+    }
+}
+
+/// Issue 27, hostPort without portmap (no portmap, no kube-proxy rules in
+/// the lab): a container port's hostPort, read from the pod's Pod object,
+/// is a frontend of its own node's socket LB. A pod of that node and the
+/// node itself reach it on the node's address (and the node on
+/// 127.0.0.1), TCP and UDP, and get the pod's containerPort; one with a
+/// `hostIP` answers on that address only. Another node's address on the
+/// same port is never taken for it, and the other node has no such
+/// frontend. The Pod gone, its hostPort goes.
+#[test]
+fn host_ports_from_a_pod_and_from_the_node_reach_the_pod_without_portmap() {
+    require_root();
+    let lab = services::lab(2, 2).unwrap();
+    let api = lab.api.as_ref().unwrap();
+    let n1 = lab.state.nodes[0].clone();
+    let (target, client_pod) = (n1.pods[0].clone(), n1.pods[1].clone());
+    let (ip1, ip2) = (node_ip(&lab, 0), node_ip(&lab, 1));
+    let udp = services::UDP_PORT;
+    api.upsert_pod(
+        sluice_tests::apiserver::PodObject::new("default", &target.name, &n1.name, &target.ip)
+            .host_port(7777, 8080, "TCP", None)
+            .host_port(udp, 8053, "UDP", None)
+            .build(),
+    );
+    api.upsert_pod(
+        sluice_tests::apiserver::PodObject::new("default", &client_pod.name, &n1.name, &client_pod.ip)
+            .host_port(7777, 8081, "TCP", Some(&ip1))
+            .build(),
+    );
+    wait_host_port(&lab, 0, "*", 8080, "TCP", Some(vec![format!("{}:7777", target.ip)]));
+    wait_host_port(&lab, 0, "*", 8053, "UDP", Some(vec![format!("{}:{udp}", target.ip)]));
+    wait_host_port(&lab, 0, &ip1, 8081, "TCP", Some(vec![format!("{}:7777", client_pod.ip)]));
+    wait_node_addresses(&lab, &[ip1.clone(), ip2.clone()]);
+    // n2 serves no pod of n1's.
+    wait_host_port(&lab, 1, "*", 8080, "TCP", None);
+    let only = |name: &str| BTreeSet::from([name.to_string()]);
+
+    // From a pod of n1 to n1's address.
+    let out = client(&lab, &n1, &client_pod.netns, &["tcp", &ip1, "8080", "10"]).unwrap();
+    assert_eq!(tally(&out).keys().cloned().collect::<BTreeSet<_>>(), only(&target.name), "{:?}", tally(&out));
+    assert!(out.iter().all(|o| matches!(o, Outcome::Ok { peer, .. } if peer == &format!("{ip1}:8080"))));
+    let out = client(&lab, &n1, &client_pod.netns, &["udp", &ip1, "8053", "5"]).unwrap();
+    assert_eq!(tally(&out).keys().cloned().collect::<BTreeSet<_>>(), only(&target.name), "{:?}", tally(&out));
+    // From the node: its address and 127.0.0.1, TCP, UDP and sendto.
+    for ip in [ip1.as_str(), "127.0.0.1"] {
+        for (mode, port) in [("tcp", "8080"), ("udp", "8053"), ("sendto", "8053")] {
+            let out = client(&lab, &n1, &n1.netns, &[mode, ip, port, "5"]).unwrap();
+            assert_eq!(oks(&out), 5, "n1 → {ip}:{port} {mode}: {:?}", tally(&out));
+            assert_eq!(tally(&out).keys().cloned().collect::<BTreeSet<_>>(), only(&target.name));
+        }
+    }
+    // A hostIP: that address only.
+    let out = client(&lab, &n1, &n1.netns, &["tcp", &ip1, "8081", "5"]).unwrap();
+    assert_eq!(tally(&out).keys().cloned().collect::<BTreeSet<_>>(), only(&client_pod.name), "{:?}", tally(&out));
+    let out = client(&lab, &n1, &n1.netns, &["tcp", "127.0.0.1", "8081", "2"]).unwrap();
+    assert_eq!(out, vec![Outcome::Err("ECONNREFUSED".into()); 2], "hostIP {ip1} only");
+    // Another node's address is that node's: not n1's pod (nothing
+    // listens on n2:8080 and no portmap is there).
+    let out = client(&lab, &n1, &client_pod.netns, &["tcp", &ip2, "8080", "2"]).unwrap();
+    assert_eq!(out, vec![Outcome::Err("ECONNREFUSED".into()); 2], "n2's address is not a hostPort of n1");
+
+    let v = services::service_status(&lab, 0).unwrap();
+    assert!(v["services"]["counters"]["host_port"].as_u64().unwrap() >= 45, "{}", v["services"]["counters"]);
+    let st = lab.status(0).unwrap();
+    assert_eq!(st["agent"]["serviceLb"]["hostPorts"], 3, "{}", st["agent"]["serviceLb"]);
+
+    // The pod goes: so does its hostPort.
+    api.delete_pod("default", &target.name);
+    wait_host_port(&lab, 0, "*", 8080, "TCP", None);
+    let out = client(&lab, &n1, &n1.netns, &["tcp", "127.0.0.1", "8080", "2"]).unwrap();
+    assert_eq!(out, vec![Outcome::Err("ECONNREFUSED".into()); 2]);
+}

@@ -149,6 +149,9 @@ pub fn verdict(f: &HealthFacts) -> Verdict {
                 services_verdict(lb, f.now_unix, &mut v);
             }
             v.unhealthy.extend(state.policy.as_ref().and_then(|p| p.unhealthy()));
+            if let Some(lb) = &state.service_lb {
+                v.warnings.extend(lb.host_port_conflicts.iter().map(|c| format!("hostPort claimed twice: {c}")));
+            }
             if let Some(ports) = &state.port_ownership {
                 v.warnings.extend(ports.collisions.iter().map(|c| format!("port collision: {c}")));
                 v.warnings.extend(ports.reserve_error.iter().map(|e| format!("owned ports not reserved: {e}")));
@@ -401,7 +404,7 @@ impl StatusReport {
         }
         if let Some(lb) = self.agent.as_ref().and_then(|a| a.service_lb.as_ref()) {
             o.push_str(&format!(
-                "services (socket LB on cgroup {}): {}, {} services, {} frontends, {} backends, \
+                "services (socket LB on cgroup {}): {}, {} services, {} frontends ({} hostPorts), {} backends, \
                  {} stale UDP sockets destroyed{}\n",
                 lb.cgroup,
                 match (&lb.stopped, lb.synced) {
@@ -411,6 +414,7 @@ impl StatusReport {
                 },
                 lb.services,
                 lb.frontends,
+                lb.host_ports,
                 lb.backends,
                 lb.udp_sockets_destroyed,
                 lb.last_error.as_ref().map(|e| format!(", last error: {e}")).unwrap_or_default()

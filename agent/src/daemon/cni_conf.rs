@@ -55,6 +55,26 @@ pub fn chain_portmap(conflist: &mut serde_json::Value) {
     }
 }
 
+/// Who serves pods' hostPorts on this node.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum HostPortsBy {
+    /// Nobody (`--host-ports` off, Services left to kube-proxy).
+    Nobody,
+    /// The reference portmap plugin, chained after sluice (`--host-ports`).
+    Portmap,
+    /// sluice's socket load balancer (`--kube-proxy-replacement=true`):
+    /// portmap's iptables rules would only duplicate it.
+    SocketLb,
+}
+
+pub fn host_ports_by(host_ports_flag: bool, kube_proxy_replacement: bool) -> HostPortsBy {
+    match (kube_proxy_replacement, host_ports_flag) {
+        (true, _) => HostPortsBy::SocketLb,
+        (false, true) => HostPortsBy::Portmap,
+        (false, false) => HostPortsBy::Nobody,
+    }
+}
+
 /// Write atomically (temp file, then rename), so a runtime never reads half.
 pub fn write(dir: &Path, conflist: &serde_json::Value) -> Result<PathBuf> {
     fs::create_dir_all(dir).with_context(|| format!("create {}", dir.display()))?;
@@ -104,6 +124,14 @@ mod tests {
         assert_eq!(c["plugins"][0]["type"], "sluice");
         assert_eq!(c["plugins"][1]["type"], "portmap");
         assert_eq!(c["plugins"][1]["capabilities"]["portMappings"], true);
+    }
+
+    #[test]
+    fn portmap_is_chained_only_while_the_socket_lb_does_not_serve_host_ports() {
+        assert_eq!(host_ports_by(true, false), HostPortsBy::Portmap);
+        assert_eq!(host_ports_by(false, false), HostPortsBy::Nobody);
+        assert_eq!(host_ports_by(true, true), HostPortsBy::SocketLb);
+        assert_eq!(host_ports_by(false, true), HostPortsBy::SocketLb);
     }
 
     #[test]

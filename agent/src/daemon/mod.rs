@@ -310,14 +310,14 @@ fn attach_or_detach_sock_lb(
 
 /// Start the Services loop under its supervisor, in the background.
 fn start_services_loop(
-    kube: KubeServices,
+    sources: ServiceSources,
     cgroup: &std::path::Path,
     node: &AgentConfig,
     pins: &PinDir,
     agent_metrics: &metrics::AgentMetrics,
     service_lb_state: &service_lb::SharedState,
-    node_ips: service_lb::NodeIps,
 ) {
+    let ServiceSources { kube, node_ips, host_ports } = sources;
     {
         let mut st = service_lb_state.lock().expect("service state lock");
         st.cgroup = cgroup.display().to_string();
@@ -332,9 +332,26 @@ fn start_services_loop(
         let destroyed = move |n| {
             destroyed.inc_by(n);
         };
-        service_lb::run(kube.clone(), pins.clone(), name.clone(), node_ips.clone(), st.clone(), observe, destroyed)
+        service_lb::run(
+            kube.clone(),
+            pins.clone(),
+            name.clone(),
+            node_ips.clone(),
+            host_ports.clone(),
+            st.clone(),
+            observe,
+            destroyed,
+        )
     };
     tokio::spawn(service_lb::supervise(service_lb_state.clone(), start));
+}
+
+/// What the Services loop reads: Services and EndpointSlices, every
+/// node's InternalIP, and (from the Pods) this node's hostPorts.
+struct ServiceSources {
+    kube: KubeServices,
+    node_ips: service_lb::NodeIps,
+    host_ports: Option<service_lb::HostPortSource>,
 }
 
 /// Start NetworkPolicy's loop under its supervisor, in the background.
@@ -576,7 +593,7 @@ async fn serve_node_endpoints(
     uplink: &Uplink,
     pod_cidr: Ipv4Network,
     datapath: &DatapathUp,
-    services: Option<(KubeServices, service_lb::NodeIps)>,
+    services: Option<ServiceSources>,
     reconcilers: &Reconcilers,
 ) -> Result<(PathBuf, metrics::AgentMetrics, service_lb::SharedState)> {
     let pins = &datapath.pins;
@@ -586,8 +603,8 @@ async fn serve_node_endpoints(
     health_endpoint::responder::serve(&health_netns, &node.node_name)?;
     let agent_metrics = metrics::AgentMetrics::default();
     let service_lb_state = service_lb::SharedState::default();
-    if let (Some((kube, node_ips)), Some(cgroup)) = (services, &datapath.sock_lb_cgroup) {
-        start_services_loop(kube, cgroup, node, pins, &agent_metrics, &service_lb_state, node_ips);
+    if let (Some(sources), Some(cgroup)) = (services, &datapath.sock_lb_cgroup) {
+        start_services_loop(sources, cgroup, node, pins, &agent_metrics, &service_lb_state);
     }
     if let Some(bind) = node.metrics_bind()? {
         let masquerade = reconcilers.masquerade_counter();
@@ -604,6 +621,7 @@ fn own_ports(
     node: &AgentConfig,
     services: bool,
     agent_metrics: &metrics::AgentMetrics,
+    host_port_claims: service_lb::HostPortClaims,
 ) -> Option<port_ownership::SharedState> {
     if !services {
         match port_ownership::release(&node.data_dir) {
@@ -616,7 +634,8 @@ fn own_ports(
         return None;
     }
     let owned = crate::port_ownership::ranges::owned(node.node_port_range, &[]);
-    let host_ports: port_ownership::HostPorts = std::sync::Arc::new(Vec::new);
+    let host_ports: port_ownership::HostPorts =
+        std::sync::Arc::new(move || host_port_claims.lock().expect("host port claims").clone());
     Some(port_ownership::start(
         node.data_dir.clone(),
         node.node_port_range,
@@ -637,20 +656,27 @@ fn install_plugin(node: &AgentConfig) -> Result<()> {
 
 /// Write the conflist into `--cni-conf-dir`, if given: from then on the
 /// runtime sends this node's pods to the plugin.
+/// With Services in eBPF (`services`), hostPorts are the socket LB's:
+/// portmap is not chained even with --host-ports.
 fn write_conflist(
     node: &AgentConfig,
     pod_cidr: Ipv4Network,
     pod_cidr6: Option<Ipv6Network>,
     mtu: u32,
     pod_device: PodDevice,
+    services: bool,
 ) -> Result<()> {
     if let Some(dir) = &node.cni_conf_dir {
         let mut conf = cni_conf::render(pod_cidr, mtu, pod_device, &node.pin_dir, &node.data_dir);
         if let Some(pod_cidr6) = pod_cidr6 {
             cni_conf::set_pod_cidr6(&mut conf, pod_cidr6);
         }
-        if node.host_ports {
-            cni_conf::chain_portmap(&mut conf);
+        match cni_conf::host_ports_by(node.host_ports, services) {
+            cni_conf::HostPortsBy::Portmap => cni_conf::chain_portmap(&mut conf),
+            cni_conf::HostPortsBy::SocketLb if node.host_ports => {
+                info!("hostPorts served by the socket load balancer: portmap not chained (--host-ports ignored)")
+            }
+            _ => {}
         }
         let path = cni_conf::write(dir, &conf)?;
         info!(path = %path.display(), "CNI config written");
@@ -879,12 +905,19 @@ pub async fn run(
     let reconcilers = Reconcilers::start(&netlink, &node, &uplink, &datapath, &membership).await?;
     info!(node = %node.node_name, uplink = %node.uplink, %node_ip, mtu = uplink.pod_mtu, pods = datapath.pods, "datapath ready");
 
-    let services = services.map(|kube| (kube, node_ips(&source)));
+    // hostPorts: this node's pods' (the Pods NetworkPolicy watches), served
+    // by the socket LB when Services are in eBPF.
+    let host_port_claims = service_lb::HostPortClaims::default();
+    let services = services.map(|kube| ServiceSources {
+        kube,
+        node_ips: node_ips(&source),
+        host_ports: policy.clone().map(|pods| service_lb::HostPortSource { pods, claims: host_port_claims.clone() }),
+    });
     let (health_netns, agent_metrics, service_lb_state) =
         serve_node_endpoints(&netlink, &node, &uplink, pod_cidr, &datapath, services, &reconcilers).await?;
 
     start_policy_ct_gc(&pins);
-    let ports = own_ports(&node, datapath.sock_lb_cgroup.is_some(), &agent_metrics);
+    let ports = own_ports(&node, datapath.sock_lb_cgroup.is_some(), &agent_metrics, host_port_claims);
     // Before the conflist: ADD waits (briefly) for POLICY_PODS, and fails
     // closed once the flag says an agent enforces NetworkPolicy here.
     let policy_state = match (policy, &source) {
@@ -900,7 +933,7 @@ pub async fn run(
     };
     install_plugin(&node)?;
     sweep(&netlink, &node, pod_cidr, pod_cidr6, &pins, timing.sweep_grace).await;
-    write_conflist(&node, pod_cidr, pod_cidr6, uplink.pod_mtu, datapath.pod_device)?;
+    write_conflist(&node, pod_cidr, pod_cidr6, uplink.pod_mtu, datapath.pod_device, datapath.sock_lb_cgroup.is_some())?;
 
     let mut state = initial_state(&node, &source, &timing, &uplink, pod_cidr, &datapath, &health_netns);
     state.pod_cidr6 = pod_cidr6.map(|c| c.to_string());

@@ -36,9 +36,22 @@ use tracing::{error, info, warn};
 
 use crate::{
     daemon::{health_check_ports::HealthCheckPorts, udp_sockets},
+    policy::kubernetes::KubePolicy,
+    port_ownership::listeners::HostPortClaim,
     reconcile::service_maps::{RemovedBackend, ServiceReconciler},
-    services::{health_check, kubernetes::KubeServices, model::Touched, node_addresses, plan},
+    services::{health_check, host_ports, kubernetes::KubeServices, model::Touched, node_addresses, plan},
 };
+
+/// This node's hostPorts as port ownership checks host sockets against
+/// them (the Services loop keeps it).
+pub type HostPortClaims = Arc<Mutex<Vec<HostPortClaim>>>;
+
+/// Where hostPorts come from: the Pods the NetworkPolicy watch keeps.
+#[derive(Clone)]
+pub struct HostPortSource {
+    pub pods: KubePolicy,
+    pub claims: HostPortClaims,
+}
 
 /// Every node's InternalIP (the Node watch's current view).
 pub type NodeIps = Arc<dyn Fn() -> Vec<Ipv4Addr> + Send + Sync>;
@@ -70,6 +83,12 @@ pub struct ServiceLbState {
     pub backends: usize,
     /// Balanced Services (with at least one frontend).
     pub services: usize,
+    /// hostPort frontends (pods of this node) in the maps.
+    #[serde(default)]
+    pub host_ports: usize,
+    /// hostPorts two pods here claim: `frontend: kept pod, refused pod`.
+    #[serde(default)]
+    pub host_port_conflicts: Vec<String>,
     /// Addresses NodePorts answer on (`NODE_ADDRESSES`: this node's and the
     /// other nodes'), besides loopback from the node itself.
     #[serde(default)]
@@ -121,6 +140,7 @@ pub async fn run(
     pins: PinDir,
     node_name: String,
     node_ips: NodeIps,
+    host_port_source: Option<HostPortSource>,
     state: SharedState,
     observe: impl Fn(f64) + Send + 'static,
     destroyed: impl Fn(u64) + Send + 'static,
@@ -138,6 +158,9 @@ pub async fn run(
     let mut health_ports = HealthCheckPorts::default();
     let mut last_full = Instant::now();
     let mut first = true;
+    // hostPorts are replanned when Pods changed (or on a full pass).
+    let mut host_ports_due = true;
+    let mut last_host_ports: Option<host_ports::HostPortPlan> = None;
     loop {
         // Every RESYNC, replan everything (a safety net: the incremental
         // path can then never drift for long).
@@ -222,6 +245,49 @@ pub async fn run(
                 sweep_udp(&pins, removed, &mut st, &destroyed).await;
             }
         }
+        if let Some(source) = host_port_source.as_ref().filter(|_| host_ports_due || full) {
+            let planned = source.pods.with_view(|view, watch| {
+                watch.synced.then(|| host_ports::desired(view.model.pods.values(), &node_name))
+            });
+            // Nothing before the Pods are listed: an empty list would
+            // remove every hostPort an earlier agent left.
+            if let Some((wanted, conflicts)) = planned {
+                let conflicts: Vec<String> =
+                    conflicts.iter().map(|c| format!("{}: {}, not {}", c.frontend, c.kept, c.refused)).collect();
+                if conflicts != st.host_port_conflicts {
+                    for c in &conflicts {
+                        warn!(conflict = %c, "two pods here claim one hostPort; the first by name keeps it");
+                    }
+                }
+                st.host_port_conflicts = conflicts;
+                if last_host_ports.as_ref() == Some(&wanted) && !full {
+                    host_ports_due = false;
+                } else {
+                    match reconciler.apply_host_ports(&mut maps, &wanted) {
+                        Ok(stats) => {
+                            if stats.added + stats.changed + stats.removed > 0 {
+                                info!(
+                                    added = stats.added,
+                                    changed = stats.changed,
+                                    removed = stats.removed,
+                                    "hostPort frontends updated"
+                                );
+                            }
+                            *source.claims.lock().expect("host port claims") = host_ports::claims(&wanted);
+                            last_host_ports = Some(wanted);
+                            host_ports_due = false;
+                        }
+                        Err(e) => {
+                            let msg = format!("hostPorts: {e:#}");
+                            warn!(error = %msg, "hostPort frontends not fully updated; retrying");
+                            st.last_error = Some(msg);
+                            last_full = Instant::now() - RESYNC;
+                        }
+                    }
+                }
+            }
+            st.host_ports = reconciler.host_port_count();
+        }
         if let Some(checks) = checks {
             // kube-proxy's "healthy": its rules are in sync.
             let healthy = st.last_error.is_none();
@@ -234,8 +300,15 @@ pub async fn run(
         st.backends = reconciler.backend_count();
         *state.lock().expect("service state lock") = st;
         let wake = last_full + RESYNC;
+        let pods_changed = async {
+            match &host_port_source {
+                Some(s) => s.pods.pods_changed.notified().await,
+                None => std::future::pending().await,
+            }
+        };
         tokio::select! {
             _ = kube.changed.notified() => {}
+            _ = pods_changed => host_ports_due = true,
             _ = tokio::time::sleep_until(wake.into()) => {}
         }
     }

@@ -364,7 +364,13 @@ mod tests {
             host_network: false,
             ports: ports
                 .iter()
-                .map(|&(n, port)| ContainerPort { name: Some(n.into()), port, protocol: Protocol::Tcp })
+                .map(|&(n, port)| ContainerPort {
+                    name: Some(n.into()),
+                    port,
+                    protocol: Protocol::Tcp,
+                    host_port: None,
+                    host_ip: None,
+                })
                 .collect(),
         }
     }

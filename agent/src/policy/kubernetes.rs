@@ -353,13 +353,32 @@ pub struct KubePolicy {
     shared: Arc<Mutex<Shared>>,
     /// Notified (one permit) after every change to the view.
     pub changed: Arc<Notify>,
+    /// Notified (one permit) after every change to the Pods: the Services
+    /// loop follows hostPorts (`services::host_ports`).
+    pub pods_changed: Arc<Notify>,
 }
 
 impl KubePolicy {
     /// Start watching the three kinds in the background.
     pub fn start(client: Client) -> Self {
-        let me = Self { shared: Arc::default(), changed: Arc::new(Notify::new()) };
-        tokio::spawn(me.watch::<core::Pod>(Api::all(client.clone())));
+        let me =
+            Self { shared: Arc::default(), changed: Arc::new(Notify::new()), pods_changed: Arc::new(Notify::new()) };
+        // Pods have two readers, each with its own permit.
+        let pods = Arc::new(Notify::new());
+        tokio::spawn(kube_watch::keep(
+            Api::<core::Pod>::all(client.clone()),
+            LIST_PAGE_SIZE,
+            me.shared.clone(),
+            pods.clone(),
+        ));
+        let (changed, pods_changed) = (me.changed.clone(), me.pods_changed.clone());
+        tokio::spawn(async move {
+            loop {
+                pods.notified().await;
+                changed.notify_one();
+                pods_changed.notify_one();
+            }
+        });
         tokio::spawn(me.watch::<core::Namespace>(Api::all(client.clone())));
         tokio::spawn(me.watch::<networking::NetworkPolicy>(Api::all(client)));
         me

@@ -32,6 +32,8 @@ pub enum PolicyError {
     Protocol(String),
     #[error("port {0}: not 1..=65535")]
     Port(i64),
+    #[error("hostIP {0:?}: not an IP address")]
+    HostIp(String),
     #[error("endPort {end} below port {start:?}, or without a numeric port")]
     EndPort { start: Option<i32>, end: i32 },
     #[error("ipBlock {cidr:?}: {reason}")]
@@ -108,12 +110,18 @@ impl fmt::Display for PolicyName {
     }
 }
 
-/// A container port a named policy port can resolve to.
+/// A container port: what a named policy port can resolve to, and (with
+/// `hostPort`) a frontend on the pod's node (`services::host_ports`).
 #[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub struct ContainerPort {
     pub name: Option<String>,
     pub port: u16,
     pub protocol: Protocol,
+    /// `hostPort`: the node's port that reaches this one.
+    pub host_port: Option<u16>,
+    /// `hostIP`: the node address the hostPort is on (`None`: every one;
+    /// "0.0.0.0" and "::" say the same).
+    pub host_ip: Option<std::net::IpAddr>,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -161,10 +169,21 @@ impl Pod {
                     .ok()
                     .filter(|&p| p != 0)
                     .ok_or(PolicyError::Port(p.container_port.into()))?;
+                let host_port = match p.host_port {
+                    None | Some(0) => None,
+                    Some(h) => Some(u16::try_from(h).map_err(|_| PolicyError::Port(h.into()))?),
+                };
+                let host_ip = match p.host_ip.as_deref().map(str::trim) {
+                    None | Some("") => None,
+                    Some(ip) => Some(ip.parse::<std::net::IpAddr>().map_err(|_| PolicyError::HostIp(ip.to_string()))?)
+                        .filter(|ip| !ip.is_unspecified()),
+                };
                 ports.push(ContainerPort {
                     name: p.name.clone(),
                     port,
                     protocol: Protocol::from_kubernetes(p.protocol.as_deref())?,
+                    host_port,
+                    host_ip,
                 });
             }
         }

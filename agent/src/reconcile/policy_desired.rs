@@ -632,7 +632,13 @@ mod tests {
             _ => vec![random_ip(rng)],
         };
         let ports = if rng.chance(60) {
-            vec![ContainerPort { name: Some("http".into()), port: *rng.pick(&[80, 8080]), protocol: Protocol::Tcp }]
+            vec![ContainerPort {
+                name: Some("http".into()),
+                port: *rng.pick(&[80, 8080]),
+                protocol: Protocol::Tcp,
+                host_port: None,
+                host_ip: None,
+            }]
         } else {
             vec![]
         };

@@ -10,12 +10,13 @@ use std::collections::{BTreeMap, BTreeSet};
 
 use anyhow::{Context, Result};
 use sluice_common::services::{
-    Backend, BackendSlot, ServiceKey, ServiceValue, SCOPE_ADDRESS, SERVICE_NO_LOCAL_ENDPOINTS,
+    is_host_port_scope, Backend, BackendSlot, ServiceKey, ServiceValue, SCOPE_ADDRESS, SERVICE_NO_LOCAL_ENDPOINTS,
 };
 use sluice_node::datapath::{pinned_maps::ip_be, service_maps::ServiceMaps};
 use tracing::warn;
 
 use crate::services::{
+    host_ports::{HostPortFrontend, HostPortPlan, HostPortTarget},
     model::Protocol,
     plan::{Frontend, FrontendPlan, Plan},
 };
@@ -59,6 +60,23 @@ pub fn service_key(f: &Frontend) -> ServiceKey {
         return ServiceKey::node_port(f.port.to_be(), f.protocol.number());
     }
     ServiceKey { vip_be: ip_be(f.ip), port_be: f.port.to_be(), protocol: f.protocol.number(), scope: SCOPE_ADDRESS }
+}
+
+/// A hostPort's `SERVICES` key: on its `hostIP`, or on every address of
+/// this node.
+pub fn host_port_key(f: &HostPortFrontend) -> ServiceKey {
+    match f.host_ip {
+        Some(ip) => ServiceKey::host_port_on(ip_be(ip), f.port.to_be(), f.protocol.number()),
+        None => ServiceKey::host_port(f.port.to_be(), f.protocol.number()),
+    }
+}
+
+fn host_port_entry(target: &HostPortTarget) -> Entry {
+    let b = &target.backend;
+    Entry {
+        value: ServiceValue { backend_set: 0, count: 1, affinity_timeout_secs: 0, flags: 0 },
+        backends: vec![Backend { ip_be: ip_be(b.ip), port_be: b.port.to_be(), _pad: 0 }],
+    }
 }
 
 /// One frontend as the maps hold it.
@@ -178,11 +196,31 @@ impl ServiceReconciler {
     /// Make the maps hold `plan`. Removals first (they free room); a
     /// frontend that fails (a full map) keeps what it had and is retried
     /// on the next pass; the others go on.
+    /// hostPort entries are not the Service plan's: `apply_host_ports`
+    /// keeps them.
     pub fn apply(&mut self, table: &mut impl ServiceTable, plan: &Plan) -> Result<PassStats> {
-        let mut keys: BTreeSet<ServiceKey> = self.applied.keys().copied().collect();
+        let mut keys: BTreeSet<ServiceKey> =
+            self.applied.keys().filter(|k| !is_host_port_scope(k.scope)).copied().collect();
         let desired: BTreeMap<ServiceKey, Entry> = plan.iter().map(|(f, p)| (service_key(f), entry_of(p))).collect();
         keys.extend(desired.keys().copied());
         self.apply_changes(table, keys.into_iter().map(|k| (k, desired.get(&k).cloned())))
+    }
+
+    /// Make the maps' hostPort entries those of `plan` (and leave every
+    /// Service frontend alone): each a one-backend set, switched as any
+    /// other frontend.
+    pub fn apply_host_ports(&mut self, table: &mut impl ServiceTable, plan: &HostPortPlan) -> Result<PassStats> {
+        let desired: BTreeMap<ServiceKey, Entry> =
+            plan.iter().map(|(f, t)| (host_port_key(f), host_port_entry(t))).collect();
+        let mut keys: BTreeSet<ServiceKey> =
+            self.applied.keys().filter(|k| is_host_port_scope(k.scope)).copied().collect();
+        keys.extend(desired.keys().copied());
+        self.apply_changes(table, keys.into_iter().map(|k| (k, desired.get(&k).cloned())))
+    }
+
+    /// hostPort frontends in the maps now.
+    pub fn host_port_count(&self) -> usize {
+        self.applied.keys().filter(|k| is_host_port_scope(k.scope)).count()
     }
 
     /// Make the maps hold `plan` for `frontends` only (the planner named
@@ -565,6 +603,59 @@ mod tests {
         r.apply(&mut t, &plan(&[(81, &["10.244.1.2"])])).unwrap();
         assert!(lookup(&t, 80).is_none(), "the removal is retried");
         assert_eq!(t.backends.len(), 1, "and the leftover sets are deleted: nothing leaks");
+    }
+
+    fn host_plan(entries: &[(Option<&str>, u16, &str)]) -> HostPortPlan {
+        entries
+            .iter()
+            .map(|(ip, port, backend)| {
+                (
+                    HostPortFrontend { host_ip: ip.map(|i| i.parse().unwrap()), port: *port, protocol: Protocol::Tcp },
+                    HostPortTarget {
+                        pod: "default/a".into(),
+                        backend: BackendAddr { ip: backend.parse().unwrap(), port: 7777 },
+                    },
+                )
+            })
+            .collect()
+    }
+
+    #[test]
+    fn host_ports_and_services_are_kept_apart_and_neither_removes_the_others() {
+        let mut t = Fake::default();
+        let mut r = ServiceReconciler::resume(&mut t).unwrap();
+        r.apply(&mut t, &plan(&[(80, &["10.244.1.1"])])).unwrap();
+        let hp = host_plan(&[(None, 8080, "10.244.1.5"), (Some("172.30.0.1"), 8081, "10.244.1.6")]);
+        assert_eq!(r.apply_host_ports(&mut t, &hp).unwrap().added, 2);
+        let any = ServiceKey::host_port(8080u16.to_be(), 6);
+        let on = ServiceKey::host_port_on(ip_be("172.30.0.1".parse().unwrap()), 8081u16.to_be(), 6);
+        let backend_of = |t: &Fake, k: &ServiceKey| {
+            let v = t.services[k];
+            assert_eq!(v.count, 1);
+            let b = t.backends[&BackendSlot { set: v.backend_set, slot: 0 }];
+            (ip_from_be(b.ip_be).to_string(), u16::from_be(b.port_be))
+        };
+        assert_eq!(backend_of(&t, &any), ("10.244.1.5".into(), 7777));
+        assert_eq!(backend_of(&t, &on), ("10.244.1.6".into(), 7777));
+        assert_eq!(r.host_port_count(), 2);
+        // A full Service pass does not touch hostPorts...
+        t.log.clear();
+        assert_eq!(r.apply(&mut t, &plan(&[(81, &["10.244.1.1"])])).unwrap().removed, 1);
+        assert!(t.services.contains_key(&any) && t.services.contains_key(&on), "{:?}", t.log);
+        // ... nor a hostPort pass Services; a pod gone takes its hostPort.
+        let stats = r.apply_host_ports(&mut t, &host_plan(&[(None, 8080, "10.244.1.9")])).unwrap();
+        assert_eq!((stats.changed, stats.removed), (1, 1));
+        assert!(!t.services.contains_key(&on));
+        assert_eq!(backend_of(&t, &any), ("10.244.1.9".into(), 7777));
+        assert_eq!(lookup(&t, 81).unwrap().len(), 1);
+        // Taken over at a restart as any other entry.
+        let mut again = ServiceReconciler::resume(&mut t).unwrap();
+        t.log.clear();
+        assert_eq!(
+            again.apply_host_ports(&mut t, &host_plan(&[(None, 8080, "10.244.1.9")])).unwrap(),
+            PassStats::default()
+        );
+        assert!(t.log.is_empty());
     }
 
     #[test]

@@ -7,9 +7,12 @@
 //!   (kube-proxy's semantics, pure): cluster IPs, NodePorts, external IPs
 //!   and LoadBalancer ingress IPs.
 //! - `node_addresses`: the addresses NodePorts answer on (pure).
+//! - `host_ports`: container ports' `hostPort`s of this node's pods, as
+//!   frontends (pure).
 //! - `health_check`: `healthCheckNodePort` ports and kube-proxy's answer
 //!   there (pure; `daemon::health_check_ports` serves them).
 pub mod health_check;
+pub mod host_ports;
 pub mod kubernetes;
 pub mod model;
 pub mod node_addresses;

@@ -1,5 +1,6 @@
 //! `sluice-agent status --services`: the socket load balancer's frontends
-//! (cluster IPs, NodePorts, external IPs, LoadBalancer ingress IPs) and
+//! (cluster IPs, NodePorts, external IPs, LoadBalancer ingress IPs,
+//! hostPorts of this node's pods) and
 //! their backends, and the node addresses NodePorts answer on, read from
 //! the pinned maps (so it shows what the datapath does, whether or not an
 //! agent runs).
@@ -8,7 +9,8 @@ use std::net::Ipv4Addr;
 use anyhow::Result;
 use serde_json::{json, Value};
 use sluice_common::services::{
-    admission, frontend_kind, Admission, BackendSlot, FrontendKind, NODE_ADDRESS_LOCAL, SCOPE_NODE_PORT,
+    admission, frontend_kind, Admission, BackendSlot, FrontendKind, NODE_ADDRESS_LOCAL, SCOPE_HOST_PORT,
+    SCOPE_NODE_PORT,
 };
 use sluice_node::datapath::{
     pinned_maps::ip_from_be,
@@ -19,7 +21,8 @@ use sluice_node::datapath::{
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
 pub struct ServiceRow {
     pub kind: FrontendKind,
-    /// `None`: a NodePort, on every node address.
+    /// `None`: a NodePort, on every node address, or a hostPort on every
+    /// address of this node.
     pub ip: Option<Ipv4Addr>,
     pub port: u16,
     pub protocol: &'static str,
@@ -48,7 +51,7 @@ pub fn rows(pins: &PinDir) -> Result<Vec<ServiceRow>> {
         .into_iter()
         .map(|(k, v)| ServiceRow {
             kind: frontend_kind(&k, &v),
-            ip: (k.scope != SCOPE_NODE_PORT).then(|| ip_from_be(k.vip_be)),
+            ip: (k.scope != SCOPE_NODE_PORT && k.scope != SCOPE_HOST_PORT).then(|| ip_from_be(k.vip_be)),
             port: u16::from_be(k.port_be),
             protocol: protocol_name(k.protocol),
             state: match admission(&v) {
@@ -80,7 +83,8 @@ pub fn node_addresses(pins: &PinDir) -> Vec<(Ipv4Addr, &'static str)> {
     out
 }
 
-/// A row's address as shown: a NodePort's is every node address, `*`.
+/// A row's address as shown: a NodePort's is every node address, `*`, a
+/// hostPort's without `hostIP` every local one, `*` too.
 fn address(r: &ServiceRow) -> String {
     r.ip.map_or_else(|| "*".to_string(), |ip| ip.to_string())
 }
@@ -117,6 +121,7 @@ pub fn render(rows: &[ServiceRow], pins: &PinDir) -> String {
     }
     let addresses: Vec<String> = node_addresses(pins).iter().map(|(ip, kind)| format!("{ip} ({kind})")).collect();
     o.push_str(&format!("NodePorts answer on: loopback from the node, {}\n", addresses.join(", ")));
+    o.push_str("hostPorts answer on: loopback from the node and this node's (local) addresses\n");
     if let Ok(counters) = sock_lb_counters(pins) {
         o.push_str("socket load balancer:\n");
         for (c, n) in counters {

@@ -41,6 +41,7 @@ pub fn desired(view: &ServiceView, node: &str) -> BTreeMap<u16, HealthCheck> {
         slices.entry(&slice.service).or_default().push(slice);
     }
     for (service, port) in checked {
+        let service_is_ipv4 = !service.cluster_ips.is_empty();
         // Endpoints of the Service's ports (a slice port matched by name
         // and protocol), ready and on this node, by address.
         let local: BTreeSet<_> = slices
@@ -52,6 +53,9 @@ pub fn desired(view: &ServiceView, node: &str) -> BTreeMap<u16, HealthCheck> {
             })
             .flat_map(|s| s.endpoints.iter())
             .filter(|e| e.ready && e.node_name.as_deref() == Some(node))
+            // One family's: a dual-stack pod is in an IPv4 and an IPv6
+            // slice, and counts once (IPv4 unless the Service has none).
+            .filter(|e| e.address.is_ipv4() == service_is_ipv4)
             .map(|e| e.address)
             .collect();
         out.entry(port).or_insert(HealthCheck { service: service.name.clone(), local_endpoints: local.len() });
@@ -95,6 +99,9 @@ mod tests {
             internal_traffic_local: false,
             external_ips: vec![],
             load_balancer_ips: vec![],
+            load_balancer_ips6: Vec::new(),
+            external_ips6: Vec::new(),
+            cluster_ips6: Vec::new(),
             external_traffic_local: etp_local,
             health_check_node_port: port,
         }
@@ -138,6 +145,23 @@ mod tests {
         );
         assert_eq!(desired(&v, "c")[&32000].local_endpoints, 0);
         assert!(desired(&view(vec![service("lb", true, None)], vec![]), "a").is_empty());
+    }
+
+    #[test]
+    fn a_dual_stack_pod_counts_once_and_an_ipv6_only_service_counts_its_ipv6_endpoints() {
+        let dual = |mut s: Service| {
+            s.cluster_ips6 = vec!["fd00:10:96::a".parse().unwrap()];
+            s
+        };
+        let mut v = view(vec![dual(service("lb", true, Some(32000)))], vec![ep("10.244.1.2", true, "a")]);
+        let mut v6 = v.slices.values().next().unwrap().clone();
+        v6.name = ServiceName::new("default", "lb-v6");
+        v6.endpoints = vec![ep("fd00:10:244:1::2", true, "a")];
+        v.slices.insert(v6.name.clone(), v6);
+        assert_eq!(desired(&v, "a")[&32000].local_endpoints, 1, "its IPv4 and IPv6 addresses are one pod");
+        v.services.values_mut().for_each(|s| s.cluster_ips.clear());
+        v.slices.retain(|n, _| n.name == "lb-v6");
+        assert_eq!(desired(&v, "a")[&32000].local_endpoints, 1, "an IPv6 SingleStack Service");
     }
 
     #[test]

@@ -18,7 +18,7 @@
 use std::{
     collections::{BTreeMap, BTreeSet},
     fmt::Debug,
-    net::Ipv4Addr,
+    net::{IpAddr, Ipv4Addr, Ipv6Addr},
     sync::{Arc, Mutex},
     time::Instant,
 };
@@ -36,7 +36,8 @@ use sluice_node::clock::now_unix;
 use crate::kube_watch::{self, KeyedKind, Recovery, Store, StreamState};
 
 use super::model::{
-    Endpoint, EndpointSlice, Protocol, Service, ServiceKind, ServiceName, ServicePort, ServiceView, SlicePort, Touched,
+    Endpoint, EndpointSlice, Family, Protocol, Service, ServiceKind, ServiceName, ServicePort, ServiceView, SlicePort,
+    Touched,
 };
 
 /// The label naming a slice's Service (set by the EndpointSlice controller).
@@ -253,6 +254,16 @@ fn port_number(p: i32) -> Option<u16> {
     u16::try_from(p).ok().filter(|&p| p != 0)
 }
 
+/// The addresses of `ips` of family `A`, in order; what does not parse is
+/// skipped, and so is `0.0.0.0`/`::` with `no_unspecified`.
+fn of_family<A: Family>(ips: &[&str], no_unspecified: bool) -> Vec<A> {
+    ips.iter()
+        .filter_map(|ip| ip.parse::<IpAddr>().ok())
+        .filter(|ip| !(no_unspecified && ip.is_unspecified()))
+        .filter_map(A::of)
+        .collect()
+}
+
 /// A Service as sluice balances it. `None`: not one of ours (no
 /// namespace/name, or labelled for another proxy).
 pub fn service_from_k8s(svc: &core::Service) -> Option<Service> {
@@ -269,17 +280,18 @@ pub fn service_from_k8s(svc: &core::Service) -> Option<Service> {
     } else {
         ServiceKind::ClusterIp
     };
-    let cluster_ips = if kind == ServiceKind::ClusterIp {
-        // clusterIPs[0] is clusterIP; a dual-stack Service has one of each
-        // family, and only the IPv4 one is kept.
-        let all: Vec<&str> = match spec.cluster_ips.as_deref() {
-            Some(ips) if !ips.is_empty() => ips.iter().map(String::as_str).collect(),
-            _ => spec.cluster_ip.as_deref().into_iter().collect(),
-        };
-        all.into_iter().filter_map(|ip| ip.parse::<Ipv4Addr>().ok()).collect()
-    } else {
-        Vec::new()
+    // clusterIPs[0] is clusterIP; a dual-stack Service (PreferDualStack
+    // with both families allocated, RequireDualStack) has one of each
+    // family, a SingleStack one only `ipFamilies[0]`'s: what the API server
+    // allocated is what `clusterIPs` lists, whatever the policy, so it is
+    // read per family as kube-proxy reads it (GetClusterIPByFamily).
+    let cluster: Vec<&str> = match spec.cluster_ips.as_deref() {
+        _ if kind != ServiceKind::ClusterIp => Vec::new(),
+        Some(ips) if !ips.is_empty() => ips.iter().map(String::as_str).collect(),
+        _ => spec.cluster_ip.as_deref().into_iter().collect(),
     };
+    let cluster_ips = of_family(&cluster, false);
+    let cluster_ips6 = of_family(&cluster, false);
     let type_ = spec.type_.as_deref().unwrap_or("ClusterIP");
     let has_node_ports = type_ == "NodePort" || type_ == "LoadBalancer";
     let ports = spec
@@ -295,19 +307,15 @@ pub fn service_from_k8s(svc: &core::Service) -> Option<Service> {
             })
         })
         .collect();
-    let ipv4s = |ips: &mut dyn Iterator<Item = &str>| -> Vec<Ipv4Addr> {
-        ips.filter_map(|ip| ip.parse::<Ipv4Addr>().ok()).filter(|ip| !ip.is_unspecified()).collect()
-    };
-    let external_ips = ipv4s(&mut spec.external_ips.iter().flatten().map(String::as_str));
-    let load_balancer_ips = if type_ == "LoadBalancer" {
+    let external: Vec<&str> = spec.external_ips.iter().flatten().map(String::as_str).collect();
+    let ingress: Vec<&str> = if type_ == "LoadBalancer" {
         let ingress = svc.status.as_ref().and_then(|s| s.load_balancer.as_ref()).and_then(|l| l.ingress.as_ref());
-        ipv4s(
-            &mut ingress
-                .into_iter()
-                .flatten()
-                .filter(|i| i.ip_mode.as_deref().unwrap_or("VIP") == "VIP")
-                .filter_map(|i| i.ip.as_deref()),
-        )
+        ingress
+            .into_iter()
+            .flatten()
+            .filter(|i| i.ip_mode.as_deref().unwrap_or("VIP") == "VIP")
+            .filter_map(|i| i.ip.as_deref())
+            .collect()
     } else {
         Vec::new()
     };
@@ -324,23 +332,29 @@ pub fn service_from_k8s(svc: &core::Service) -> Option<Service> {
         name,
         kind,
         cluster_ips,
+        cluster_ips6,
         ports,
         affinity_timeout_secs,
         internal_traffic_local: spec.internal_traffic_policy.as_deref() == Some("Local"),
-        external_ips,
-        load_balancer_ips,
+        external_ips: of_family(&external, true),
+        external_ips6: of_family(&external, true),
+        load_balancer_ips: of_family(&ingress, true),
+        load_balancer_ips6: of_family(&ingress, true),
         external_traffic_local: spec.external_traffic_policy.as_deref() == Some("Local"),
         health_check_node_port: spec.health_check_node_port.and_then(port_number),
     })
 }
 
-/// An IPv4 EndpointSlice as sluice balances to it. `None`: another address
-/// type, no `kubernetes.io/service-name` label, a headless Service's slice,
-/// or labelled for another proxy.
+/// An IPv4 or IPv6 EndpointSlice as sluice balances to it. `None`: another
+/// address type (FQDN), no `kubernetes.io/service-name` label, a headless
+/// Service's slice, or labelled for another proxy.
 pub fn slice_from_k8s(slice: &discovery::EndpointSlice) -> Option<EndpointSlice> {
-    if slice.address_type != "IPv4" {
-        return None;
-    }
+    // Each endpoint's first address of the slice's type.
+    let address: fn(&str) -> Option<IpAddr> = match slice.address_type.as_str() {
+        "IPv4" => |a| a.parse::<IpAddr>().ok().and_then(Ipv4Addr::of).map(IpAddr::V4),
+        "IPv6" => |a| a.parse::<IpAddr>().ok().and_then(Ipv6Addr::of).map(IpAddr::V6),
+        _ => return None,
+    };
     let name = object_name(&slice.metadata)?;
     let meta = &slice.metadata;
     if has_label(meta, SERVICE_PROXY_NAME_LABEL) || has_label(meta, HEADLESS_LABEL) {
@@ -364,7 +378,7 @@ pub fn slice_from_k8s(slice: &discovery::EndpointSlice) -> Option<EndpointSlice>
         .endpoints
         .iter()
         .filter_map(|e| {
-            let address = e.addresses.iter().find_map(|a| a.parse::<Ipv4Addr>().ok())?;
+            let address = e.addresses.iter().find_map(|a| address(a))?;
             let c = e.conditions.as_ref();
             // The API's defaults (discovery/v1 EndpointConditions), as
             // kube-proxy's endpointslicecache reads them: ready nil → true,
@@ -475,6 +489,9 @@ mod tests {
                     internal_traffic_local: false,
                     external_ips: Vec::new(),
                     load_balancer_ips: Vec::new(),
+                    load_balancer_ips6: Vec::new(),
+                    external_ips6: Vec::new(),
+                    cluster_ips6: Vec::new(),
                     external_traffic_local: false,
                     health_check_node_port: None,
                 },
@@ -514,16 +531,57 @@ mod tests {
         );
     }
 
+    /// What the API server allocates for each `ipFamilyPolicy`
+    /// (clusterIPs in the order of ipFamilies), read per family.
     #[test]
-    fn ipv6_cluster_ips_are_dropped_and_dual_stack_keeps_the_ipv4_one() {
-        let s = converted(json!({"clusterIP": "fd00::10", "clusterIPs": ["fd00::10"], "ipFamilies": ["IPv6"]}));
-        assert_eq!(s.kind, ServiceKind::ClusterIp);
-        assert!(s.cluster_ips.is_empty());
-        for ips in [json!(["fd00::10", "10.96.0.13"]), json!(["10.96.0.13", "fd00::10"])] {
-            let first = ips[0].clone();
-            let s = converted(json!({"clusterIP": first, "clusterIPs": ips, "ipFamilyPolicy": "PreferDualStack"}));
-            assert_eq!(s.cluster_ips, vec![Ipv4Addr::new(10, 96, 0, 13)], "{ips}");
+    fn cluster_ips_are_read_per_family_for_every_ip_family_policy() {
+        let v4 = Ipv4Addr::new(10, 96, 0, 13);
+        let v6: Ipv6Addr = "fd00:10:96::13".parse().unwrap();
+        let cases = [
+            (
+                json!({"clusterIP": "10.96.0.13", "clusterIPs": ["10.96.0.13"], "ipFamilies": ["IPv4"],
+                "ipFamilyPolicy": "SingleStack"}),
+                vec![v4],
+                vec![],
+            ),
+            (
+                json!({"clusterIP": "fd00:10:96::13", "clusterIPs": ["fd00:10:96::13"], "ipFamilies": ["IPv6"],
+                "ipFamilyPolicy": "SingleStack"}),
+                vec![],
+                vec![v6],
+            ),
+            // PreferDualStack on a single-stack cluster gets one family.
+            (
+                json!({"clusterIP": "10.96.0.13", "clusterIPs": ["10.96.0.13"], "ipFamilies": ["IPv4"],
+                "ipFamilyPolicy": "PreferDualStack"}),
+                vec![v4],
+                vec![],
+            ),
+            (
+                json!({"clusterIP": "10.96.0.13", "clusterIPs": ["10.96.0.13", "fd00:10:96::13"],
+                "ipFamilies": ["IPv4", "IPv6"], "ipFamilyPolicy": "PreferDualStack"}),
+                vec![v4],
+                vec![v6],
+            ),
+            (
+                json!({"clusterIP": "fd00:10:96::13", "clusterIPs": ["fd00:10:96::13", "10.96.0.13"],
+                "ipFamilies": ["IPv6", "IPv4"], "ipFamilyPolicy": "RequireDualStack"}),
+                vec![v4],
+                vec![v6],
+            ),
+            // An object from before clusterIPs existed.
+            (json!({"clusterIP": "fd00:10:96::13"}), vec![], vec![v6]),
+            // A v4-mapped address is not an IPv6 cluster IP.
+            (json!({"clusterIP": "::ffff:10.96.0.13"}), vec![], vec![]),
+        ];
+        for (spec, want4, want6) in cases {
+            let s = converted(spec.clone());
+            assert_eq!(s.kind, ServiceKind::ClusterIp);
+            assert_eq!((s.cluster_ips, s.cluster_ips6), (want4, want6), "{spec}");
         }
+        let headless = converted(json!({"clusterIP": "None", "clusterIPs": ["None"], "ipFamilies": ["IPv4", "IPv6"],
+            "ipFamilyPolicy": "RequireDualStack"}));
+        assert_eq!((headless.kind, headless.cluster_ips6), (ServiceKind::Headless, vec![]));
     }
 
     #[test]
@@ -556,7 +614,9 @@ mod tests {
             {"ip": "198.51.100.9", "ipMode": "Proxy"}, {"hostname": "lb.example.com"}, {"ip": "2001:db8::2"},
         ]}});
         let s = with_status(spec.clone(), status.clone());
-        assert_eq!(s.external_ips, vec![Ipv4Addr::new(192, 0, 2, 10)], "IPv4 only, never 0.0.0.0");
+        assert_eq!(s.external_ips, vec![Ipv4Addr::new(192, 0, 2, 10)], "IPv4 ones, never 0.0.0.0");
+        assert_eq!(s.external_ips6, vec!["2001:db8::1".parse::<Ipv6Addr>().unwrap()], "IPv6 ones apart");
+        assert_eq!(s.load_balancer_ips6, vec!["2001:db8::2".parse::<Ipv6Addr>().unwrap()]);
         assert_eq!(
             s.load_balancer_ips,
             vec![Ipv4Addr::new(198, 51, 100, 7), Ipv4Addr::new(198, 51, 100, 8)],
@@ -570,7 +630,7 @@ mod tests {
         let mut spec = spec;
         spec["type"] = json!("NodePort");
         let s = with_status(spec, status);
-        assert!(s.load_balancer_ips.is_empty());
+        assert!(s.load_balancer_ips.is_empty() && s.load_balancer_ips6.is_empty());
         assert_eq!(s.external_ips, vec![Ipv4Addr::new(192, 0, 2, 10)]);
         assert!(!converted(json!({"clusterIP": "10.96.0.16"})).external_traffic_local);
     }
@@ -674,9 +734,26 @@ mod tests {
     }
 
     #[test]
+    fn ipv6_slices_keep_each_endpoints_first_ipv6_address() {
+        let s = slice_from_k8s(&slice(json!({"addressType": "IPv6", "endpoints": [
+            {"addresses": ["10.244.1.7", "fd00:10:244:1::7", "fd00:10:244:1::8"], "nodeName": "n1"},
+            {"addresses": ["::ffff:10.244.1.9"]},
+            {"addresses": ["not-an-ip"]},
+        ]})))
+        .unwrap();
+        let address: IpAddr = "fd00:10:244:1::7".parse().unwrap();
+        assert_eq!(
+            s.endpoints,
+            vec![Endpoint { address, ready: true, serving: true, terminating: false, node_name: Some("n1".into()) }],
+            "an IPv4 address in an IPv6 slice, and a v4-mapped one, are not the slice's family"
+        );
+    }
+
+    #[test]
     fn slices_that_are_not_ours_are_none() {
         assert!(slice_from_k8s(&slice(json!({}))).is_some());
-        for t in ["IPv6", "FQDN"] {
+        assert!(slice_from_k8s(&slice(json!({"addressType": "IPv6"}))).is_some());
+        for t in ["FQDN", "ipv6", ""] {
             assert_eq!(slice_from_k8s(&slice(json!({"addressType": t}))), None, "{t}");
         }
         let mut s = slice(json!({}));

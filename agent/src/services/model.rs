@@ -1,11 +1,15 @@
 //! Services and their endpoints, as sluice needs them: the pure input of
 //! the service plan (`plan.rs`). Filled from Kubernetes (`kubernetes.rs`,
 //! Service and discovery.k8s.io/v1 EndpointSlice objects) or built by tests.
-//! Only IPv4 is kept; SCTP ports are dropped.
+//! Both families are kept, each in fields of its own (`cluster_ips` and
+//! `cluster_ips6` side by side), so the plan of one family
+//! (`plan::desired::<Ipv4Addr>` / `<Ipv6Addr>`) reads only its own; SCTP
+//! ports are dropped.
 use std::{
     collections::{BTreeMap, BTreeSet},
     fmt,
-    net::Ipv4Addr,
+    hash::Hash,
+    net::{IpAddr, Ipv4Addr, Ipv6Addr},
 };
 
 use serde::{Deserialize, Serialize};
@@ -85,6 +89,12 @@ pub struct Service {
     pub kind: ServiceKind,
     /// IPv4 entries of `spec.clusterIPs` (or `spec.clusterIP`).
     pub cluster_ips: Vec<Ipv4Addr>,
+    /// IPv6 entries of `spec.clusterIPs` (or `spec.clusterIP`): a
+    /// dual-stack Service (`ipFamilyPolicy` PreferDualStack or
+    /// RequireDualStack) has one of each family, a SingleStack one only
+    /// the family of `ipFamilies[0]`.
+    #[serde(default)]
+    pub cluster_ips6: Vec<Ipv6Addr>,
     pub ports: Vec<ServicePort>,
     /// `sessionAffinity: ClientIP`: its timeout in seconds
     /// (`sessionAffinityConfig.clientIP.timeoutSeconds`, default 10800).
@@ -94,11 +104,17 @@ pub struct Service {
     /// IPv4 entries of `spec.externalIPs`.
     #[serde(default)]
     pub external_ips: Vec<Ipv4Addr>,
+    /// IPv6 entries of `spec.externalIPs`.
+    #[serde(default)]
+    pub external_ips6: Vec<Ipv6Addr>,
     /// IPv4 `status.loadBalancer.ingress[].ip` of a LoadBalancer Service
     /// whose `ipMode` is `VIP` (or unset): kube-proxy captures those, and
     /// leaves `Proxy` ones to the load balancer.
     #[serde(default)]
     pub load_balancer_ips: Vec<Ipv4Addr>,
+    /// The IPv6 ones of those.
+    #[serde(default)]
+    pub load_balancer_ips6: Vec<Ipv6Addr>,
     /// `externalTrafficPolicy: Local`.
     #[serde(default)]
     pub external_traffic_local: bool,
@@ -121,9 +137,11 @@ pub struct SlicePort {
 /// (the API's defaults, as kube-proxy's endpointslicecache reads them).
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Endpoint {
-    /// The endpoint's first IPv4 address (all addresses of one endpoint
-    /// are the same pod; kube-proxy uses the first).
-    pub address: Ipv4Addr,
+    /// The endpoint's first address of its slice's `addressType` (all
+    /// addresses of one endpoint are the same pod; kube-proxy uses the
+    /// first). A slice holds one family: IPv4 and IPv6 slices of a
+    /// dual-stack Service are separate objects.
+    pub address: IpAddr,
     pub ready: bool,
     pub serving: bool,
     pub terminating: bool,
@@ -178,5 +196,58 @@ impl Touched {
 
     pub fn is_empty(&self) -> bool {
         matches!(self, Touched::Services(s) if s.is_empty())
+    }
+}
+
+/// An address family of Services: what the plan of one family reads from
+/// the model. Implemented by `Ipv4Addr` and `Ipv6Addr`; the IPv4 plan is
+/// `Plan<Ipv4Addr>` (the default), the IPv6 one `Plan<Ipv6Addr>`.
+pub trait Family: Copy + Ord + Hash + fmt::Debug + fmt::Display + Serialize + 'static {
+    /// `0.0.0.0` / `::`: a NodePort frontend's address (every node address).
+    const UNSPECIFIED: Self;
+    /// `ip` if it is of this family (an IPv4-mapped IPv6 address is not
+    /// IPv6: the API server never allocates one, and the socket LB treats
+    /// it as the IPv4 address it maps).
+    fn of(ip: IpAddr) -> Option<Self>;
+    fn cluster_ips(service: &Service) -> &[Self];
+    fn external_ips(service: &Service) -> &[Self];
+    fn load_balancer_ips(service: &Service) -> &[Self];
+}
+
+impl Family for Ipv4Addr {
+    const UNSPECIFIED: Self = Ipv4Addr::UNSPECIFIED;
+    fn of(ip: IpAddr) -> Option<Self> {
+        match ip {
+            IpAddr::V4(ip) => Some(ip),
+            IpAddr::V6(_) => None,
+        }
+    }
+    fn cluster_ips(service: &Service) -> &[Self] {
+        &service.cluster_ips
+    }
+    fn external_ips(service: &Service) -> &[Self] {
+        &service.external_ips
+    }
+    fn load_balancer_ips(service: &Service) -> &[Self] {
+        &service.load_balancer_ips
+    }
+}
+
+impl Family for Ipv6Addr {
+    const UNSPECIFIED: Self = Ipv6Addr::UNSPECIFIED;
+    fn of(ip: IpAddr) -> Option<Self> {
+        match ip {
+            IpAddr::V6(ip) if ip.to_ipv4_mapped().is_none() => Some(ip),
+            _ => None,
+        }
+    }
+    fn cluster_ips(service: &Service) -> &[Self] {
+        &service.cluster_ips6
+    }
+    fn external_ips(service: &Service) -> &[Self] {
+        &service.external_ips6
+    }
+    fn load_balancer_ips(service: &Service) -> &[Self] {
+        &service.load_balancer_ips6
     }
 }

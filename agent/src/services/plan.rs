@@ -23,6 +23,14 @@
 //! external address that is also a cluster IP (or another Service's
 //! external address) on the same port keeps the first: cluster IPs before
 //! external ones, then Services in name order.
+//!
+//! One plan per address family, each from the model's fields of its family
+//! (`Family`): `Plan` (= `Plan<Ipv4Addr>`) for the IPv4 maps, exactly as
+//! before dual-stack, and `Plan<Ipv6Addr>` for the IPv6 ones. As kube-proxy
+//! runs one proxier per family and each skips a Service without a cluster
+//! IP of its family, a Service is planned in a family only if it has a
+//! cluster IP of it (a SingleStack IPv4 Service has no IPv6 NodePort); its
+//! backends come from the slices of that family (`addressType`).
 use std::{
     collections::{BTreeMap, BTreeSet},
     net::Ipv4Addr,
@@ -32,41 +40,43 @@ use serde::Serialize;
 
 use sluice_common::services::FrontendKind;
 
-use super::model::{Endpoint, EndpointSlice, Protocol, Service, ServiceKind, ServiceName, ServiceView, Touched};
+use super::model::{
+    Endpoint, EndpointSlice, Family, Protocol, Service, ServiceKind, ServiceName, ServiceView, Touched,
+};
 
 /// A Service's address as clients name it. A NodePort's `ip` is
-/// `0.0.0.0`: every node address (`Frontend::node_port`).
+/// `0.0.0.0` (`::`): every node address (`Frontend::node_port`).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize)]
-pub struct Frontend {
-    pub ip: Ipv4Addr,
+pub struct Frontend<A = Ipv4Addr> {
+    pub ip: A,
     pub port: u16,
     pub protocol: Protocol,
 }
 
-impl Frontend {
+impl<A: Family> Frontend<A> {
     /// A NodePort: `port` on every node address.
     pub const fn node_port(port: u16, protocol: Protocol) -> Self {
-        Frontend { ip: Ipv4Addr::UNSPECIFIED, port, protocol }
+        Frontend { ip: A::UNSPECIFIED, port, protocol }
     }
 
     pub fn is_node_port(&self) -> bool {
-        self.ip.is_unspecified()
+        self.ip == A::UNSPECIFIED
     }
 }
 
 /// A backend pod's address.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize)]
-pub struct BackendAddr {
-    pub ip: Ipv4Addr,
+pub struct BackendAddr<A = Ipv4Addr> {
+    pub ip: A,
     pub port: u16,
 }
 
 /// What happens to a connection to a frontend.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
-pub struct FrontendPlan {
+pub struct FrontendPlan<A = Ipv4Addr> {
     pub service: ServiceName,
     /// Sorted, no duplicates (one pod listed by two slices counts once).
-    pub backends: Vec<BackendAddr>,
+    pub backends: Vec<BackendAddr<A>>,
     /// 0: no session affinity.
     pub affinity_timeout_secs: u32,
     /// Endpoints exist, none on this node, policy Local.
@@ -80,16 +90,17 @@ fn kind_name<S: serde::Serializer>(kind: &FrontendKind, s: S) -> Result<S::Ok, S
     s.serialize_str(kind.name())
 }
 
-pub type Plan = BTreeMap<Frontend, FrontendPlan>;
+pub type Plan<A = Ipv4Addr> = BTreeMap<Frontend<A>, FrontendPlan<A>>;
 
-/// Every frontend of every balanced Service in `view`, seen from `node`.
-pub fn desired(view: &ServiceView, node: &str) -> Plan {
+/// Every frontend of family `A` of every balanced Service in `view`, seen
+/// from `node`.
+pub fn desired<A: Family>(view: &ServiceView, node: &str) -> Plan<A> {
     desired_and_contested(view, node).0
 }
 
 /// `desired`, and the frontends more than one Service claims (all but the
 /// first claim lost).
-fn desired_and_contested(view: &ServiceView, node: &str) -> (Plan, BTreeSet<Frontend>) {
+fn desired_and_contested<A: Family>(view: &ServiceView, node: &str) -> (Plan<A>, BTreeSet<Frontend<A>>) {
     let mut contested = BTreeSet::new();
     let mut slices: BTreeMap<&ServiceName, Vec<&EndpointSlice>> = BTreeMap::new();
     for slice in view.slices.values() {
@@ -120,25 +131,29 @@ fn desired_and_contested(view: &ServiceView, node: &str) -> (Plan, BTreeSet<Fron
     (plan, contested)
 }
 
-/// The frontends of one Service (nothing for headless or ExternalName):
-/// its cluster IPs, NodePorts, external IPs and LoadBalancer ingress IPs.
-/// A frontend already in `plan` is kept (the first claim wins).
-pub fn plan_service(plan: &mut Plan, service: &Service, slices: &[&EndpointSlice], node: &str) {
-    if service.kind != ServiceKind::ClusterIp {
+/// The frontends of family `A` of one Service (nothing for headless or
+/// ExternalName, nor without a cluster IP of `A`): its cluster IPs,
+/// NodePorts, external IPs and LoadBalancer ingress IPs. A frontend already
+/// in `plan` is kept (the first claim wins).
+pub fn plan_service<A: Family>(plan: &mut Plan<A>, service: &Service, slices: &[&EndpointSlice], node: &str) {
+    if service.kind != ServiceKind::ClusterIp || A::cluster_ips(service).is_empty() {
         return;
     }
     for port in &service.ports {
-        let candidates: BTreeMap<BackendAddr, &Endpoint> = slices
+        let candidates: BTreeMap<BackendAddr<A>, &Endpoint> = slices
             .iter()
             .flat_map(|slice| {
                 let target =
                     slice.ports.iter().find(|p| p.name == port.name && p.protocol == port.protocol).map(|p| p.port);
-                target
-                    .into_iter()
-                    .flat_map(move |t| slice.endpoints.iter().map(move |e| (BackendAddr { ip: e.address, port: t }, e)))
+                target.into_iter().flat_map(move |t| {
+                    slice
+                        .endpoints
+                        .iter()
+                        .filter_map(move |e| Some((BackendAddr { ip: A::of(e.address)?, port: t }, e)))
+                })
             })
             .collect();
-        let entry = |kind, (backends, no_local_endpoints): (Vec<BackendAddr>, bool)| FrontendPlan {
+        let entry = |kind, (backends, no_local_endpoints): (Vec<BackendAddr<A>>, bool)| FrontendPlan {
             service: service.name.clone(),
             backends,
             affinity_timeout_secs: service.affinity_timeout_secs.unwrap_or(0),
@@ -146,20 +161,20 @@ pub fn plan_service(plan: &mut Plan, service: &Service, slices: &[&EndpointSlice
             kind,
         };
         let internal = choose(&candidates, service.internal_traffic_local, node);
-        for ip in &service.cluster_ips {
+        for ip in A::cluster_ips(service) {
             let f = Frontend { ip: *ip, port: port.port, protocol: port.protocol };
             plan.entry(f).or_insert_with(|| entry(FrontendKind::ClusterIp, internal.clone()));
         }
         // In-cluster clients of an external frontend: every endpoint.
         let external = choose(&candidates, false, node);
-        let mut externals: Vec<(Frontend, FrontendKind)> = Vec::new();
+        let mut externals: Vec<(Frontend<A>, FrontendKind)> = Vec::new();
         if let Some(node_port) = port.node_port {
             externals.push((Frontend::node_port(node_port, port.protocol), FrontendKind::NodePort));
         }
-        for ip in &service.external_ips {
+        for ip in A::external_ips(service) {
             externals.push((Frontend { ip: *ip, port: port.port, protocol: port.protocol }, FrontendKind::ExternalIp));
         }
-        for ip in &service.load_balancer_ips {
+        for ip in A::load_balancer_ips(service) {
             externals
                 .push((Frontend { ip: *ip, port: port.port, protocol: port.protocol }, FrontendKind::LoadBalancer));
         }
@@ -171,8 +186,12 @@ pub fn plan_service(plan: &mut Plan, service: &Service, slices: &[&EndpointSlice
 
 /// Ready ones, else serving-and-terminating ones; with `local`, among this
 /// node's only. Returns the backends and "endpoints exist but none here".
-fn choose(candidates: &BTreeMap<BackendAddr, &Endpoint>, local: bool, node: &str) -> (Vec<BackendAddr>, bool) {
-    let usable = |only_here: bool| -> Vec<BackendAddr> {
+fn choose<A: Family>(
+    candidates: &BTreeMap<BackendAddr<A>, &Endpoint>,
+    local: bool,
+    node: &str,
+) -> (Vec<BackendAddr<A>>, bool) {
+    let usable = |only_here: bool| -> Vec<BackendAddr<A>> {
         let here = |e: &Endpoint| !only_here || e.node_name.as_deref() == Some(node);
         let ready: Vec<_> = candidates.iter().filter(|(_, e)| here(e) && e.ready).map(|(b, _)| *b).collect();
         if !ready.is_empty() {
@@ -194,18 +213,24 @@ const REPLAN_ALL_ABOVE: usize = 64;
 
 /// The plan, kept up to date one touched Service at a time: a change to one
 /// of 10,000 Services replans that one, not all.
-#[derive(Debug, Default)]
-pub struct Planner {
-    plan: Plan,
-    by_service: BTreeMap<ServiceName, Vec<Frontend>>,
+#[derive(Debug)]
+pub struct Planner<A = Ipv4Addr> {
+    plan: Plan<A>,
+    by_service: BTreeMap<ServiceName, Vec<Frontend<A>>>,
     /// Frontends two Services claim (an external IP on another's address
     /// and port): a touched Service that has one, or would claim one, is
     /// not replanned alone, since the claim that wins depends on all.
-    contested: BTreeSet<Frontend>,
+    contested: BTreeSet<Frontend<A>>,
 }
 
-impl Planner {
-    pub fn plan(&self) -> &Plan {
+impl<A> Default for Planner<A> {
+    fn default() -> Self {
+        Planner { plan: Plan::new(), by_service: BTreeMap::new(), contested: BTreeSet::new() }
+    }
+}
+
+impl<A: Family> Planner<A> {
+    pub fn plan(&self) -> &Plan<A> {
         &self.plan
     }
 
@@ -216,7 +241,7 @@ impl Planner {
 
     /// Bring the plan up to date with `view`. Returns the frontends whose
     /// entries may have changed, or `None` when everything was replanned.
-    pub fn update(&mut self, view: &ServiceView, touched: Touched, node: &str) -> Option<BTreeSet<Frontend>> {
+    pub fn update(&mut self, view: &ServiceView, touched: Touched, node: &str) -> Option<BTreeSet<Frontend<A>>> {
         let names = match touched {
             Touched::Services(names) if names.len() <= REPLAN_ALL_ABOVE => names,
             _ => return self.replan_all(view, node),
@@ -252,7 +277,7 @@ impl Planner {
         Some(out)
     }
 
-    fn replan_all(&mut self, view: &ServiceView, node: &str) -> Option<BTreeSet<Frontend>> {
+    fn replan_all(&mut self, view: &ServiceView, node: &str) -> Option<BTreeSet<Frontend<A>>> {
         (self.plan, self.contested) = desired_and_contested(view, node);
         self.by_service.clear();
         for (f, p) in &self.plan {
@@ -264,8 +289,8 @@ impl Planner {
 
 /// Frontends whose plan differs between two plans (added, changed or
 /// removed): what a reconcile pass must touch.
-pub fn changed<'a>(old: &'a Plan, new: &'a Plan) -> BTreeSet<&'a Frontend> {
-    let mut out: BTreeSet<&Frontend> = old.keys().filter(|k| !new.contains_key(*k)).collect();
+pub fn changed<'a, A: Family>(old: &'a Plan<A>, new: &'a Plan<A>) -> BTreeSet<&'a Frontend<A>> {
+    let mut out: BTreeSet<&Frontend<A>> = old.keys().filter(|k| !new.contains_key(*k)).collect();
     out.extend(new.iter().filter(|(k, v)| old.get(*k) != Some(*v)).map(|(k, _)| k));
     out
 }
@@ -276,6 +301,12 @@ mod tests {
     use crate::services::model::{ServicePort, SlicePort};
 
     const NODE: &str = "node-a";
+
+    /// The IPv4 plan: every test below written before dual-stack reads it
+    /// unchanged (the IPv4 maps hold what they held).
+    fn desired(view: &ServiceView, node: &str) -> Plan {
+        super::desired(view, node)
+    }
 
     fn svc(name: &str, ip: &str, ports: &[(&str, u16, Protocol)]) -> Service {
         Service {
@@ -290,6 +321,9 @@ mod tests {
             internal_traffic_local: false,
             external_ips: Vec::new(),
             load_balancer_ips: Vec::new(),
+            load_balancer_ips6: Vec::new(),
+            external_ips6: Vec::new(),
+            cluster_ips6: Vec::new(),
             external_traffic_local: false,
             health_check_node_port: None,
         }
@@ -533,7 +567,7 @@ mod tests {
                 (fe("198.51.100.7", 80, Protocol::Tcp), FrontendKind::LoadBalancer),
             ]
         );
-        assert!(Frontend::node_port(30080, Protocol::Tcp).is_node_port());
+        assert!(Frontend::<Ipv4Addr>::node_port(30080, Protocol::Tcp).is_node_port());
         for (f, e) in &p {
             let port = if f.protocol == Protocol::Tcp { 8080 } else { 5353 };
             assert_eq!(e.backends, vec![be("10.244.1.5", port), be("10.244.2.5", port)], "{f:?}");
@@ -613,5 +647,172 @@ mod tests {
         let b = desired(&view(vec![s], vec![]), NODE);
         assert_eq!(changed(&a, &b).into_iter().collect::<Vec<_>>(), vec![&fe("10.96.0.1", 80, Protocol::Tcp)]);
         assert_eq!(changed(&a, &Plan::new()).len(), 1);
+    }
+}
+
+#[cfg(test)]
+mod family_tests {
+    //! The plan per family of dual-stack Services (issue 28): each family
+    //! from its own cluster IPs, external addresses and slices.
+    use std::net::{IpAddr, Ipv6Addr};
+
+    use super::*;
+    use crate::services::model::{ServicePort, SlicePort};
+
+    const NODE: &str = "node-a";
+
+    /// A Service with these cluster IPs (both families mixed, as
+    /// `clusterIPs` lists them), one TCP port 80 with this NodePort.
+    fn svc(name: &str, cluster_ips: &[&str], node_port: u16) -> Service {
+        let ips: Vec<IpAddr> = cluster_ips.iter().map(|ip| ip.parse().unwrap()).collect();
+        Service {
+            name: ServiceName::new("default", name),
+            kind: ServiceKind::ClusterIp,
+            cluster_ips: ips.iter().filter_map(|ip| Ipv4Addr::of(*ip)).collect(),
+            cluster_ips6: ips.iter().filter_map(|ip| Ipv6Addr::of(*ip)).collect(),
+            ports: vec![ServicePort {
+                name: "http".into(),
+                port: 80,
+                protocol: Protocol::Tcp,
+                node_port: Some(node_port),
+            }],
+            affinity_timeout_secs: None,
+            internal_traffic_local: false,
+            external_ips: Vec::new(),
+            external_ips6: Vec::new(),
+            load_balancer_ips: Vec::new(),
+            load_balancer_ips6: Vec::new(),
+            external_traffic_local: false,
+            health_check_node_port: None,
+        }
+    }
+
+    /// A slice of `service` with ready endpoints at these addresses.
+    fn slice(name: &str, service: &str, addresses: &[&str]) -> EndpointSlice {
+        EndpointSlice {
+            name: ServiceName::new("default", name),
+            service: ServiceName::new("default", service),
+            ports: vec![SlicePort { name: "http".into(), port: 8080, protocol: Protocol::Tcp }],
+            endpoints: addresses
+                .iter()
+                .map(|a| Endpoint {
+                    address: a.parse().unwrap(),
+                    ready: true,
+                    serving: true,
+                    terminating: false,
+                    node_name: Some(NODE.into()),
+                })
+                .collect(),
+        }
+    }
+
+    fn view(services: Vec<Service>, slices: Vec<EndpointSlice>) -> ServiceView {
+        ServiceView {
+            services: services.into_iter().map(|s| (s.name.clone(), s)).collect(),
+            slices: slices.into_iter().map(|s| (s.name.clone(), s)).collect(),
+        }
+    }
+
+    fn fe6(ip: &str, port: u16) -> Frontend<Ipv6Addr> {
+        Frontend { ip: ip.parse().unwrap(), port, protocol: Protocol::Tcp }
+    }
+
+    fn be6(ip: &str) -> BackendAddr<Ipv6Addr> {
+        BackendAddr { ip: ip.parse().unwrap(), port: 8080 }
+    }
+
+    /// Everything IPv6 taken out of a view: what the view was before
+    /// dual-stack was read.
+    fn without_ipv6(v: &ServiceView) -> ServiceView {
+        let mut v = v.clone();
+        for s in v.services.values_mut() {
+            s.cluster_ips6.clear();
+            s.external_ips6.clear();
+            s.load_balancer_ips6.clear();
+        }
+        v.slices.retain(|_, s| s.endpoints.iter().all(|e| e.address.is_ipv4()));
+        v
+    }
+
+    fn mixed_view() -> ServiceView {
+        let mut dual = svc("dual", &["10.96.0.10", "fd00:10:96::10"], 30080);
+        dual.external_ips = vec!["192.0.2.10".parse().unwrap()];
+        dual.external_ips6 = vec!["2001:db8::10".parse().unwrap()];
+        dual.load_balancer_ips6 = vec!["2001:db8::11".parse().unwrap()];
+        view(
+            vec![dual, svc("v4-only", &["10.96.0.11"], 30081), svc("v6-only", &["fd00:10:96::12"], 30082)],
+            vec![
+                slice("dual-v4", "dual", &["10.244.1.5", "10.244.2.5"]),
+                slice("dual-v6", "dual", &["fd00:10:244:1::5", "fd00:10:244:2::5"]),
+                slice("v4-only-1", "v4-only", &["10.244.1.6"]),
+                slice("v6-only-1", "v6-only", &["fd00:10:244:1::7"]),
+            ],
+        )
+    }
+
+    /// Golden: reading IPv6 changes nothing in the IPv4 plan (so nothing in
+    /// the IPv4 maps) for IPv4 and dual-stack Services.
+    #[test]
+    fn the_ipv4_plan_is_what_it_was_before_ipv6_was_read() {
+        let v = mixed_view();
+        let with: Plan = desired(&v, NODE);
+        let before: Plan = desired(&without_ipv6(&v), NODE);
+        // The IPv6 SingleStack Service had IPv4 NodePort entries before
+        // (it has no IPv4 cluster IP: kube-proxy's IPv4 proxier skips it).
+        let before: Plan = before.into_iter().filter(|(_, p)| p.service.name != "v6-only").collect();
+        assert_eq!(with, before);
+        let s = serde_json::to_value(
+            &with[&Frontend { ip: "10.96.0.10".parse().unwrap(), port: 80, protocol: Protocol::Tcp }],
+        )
+        .unwrap();
+        assert_eq!(
+            s["backends"],
+            serde_json::json!([{"ip": "10.244.1.5", "port": 8080}, {"ip": "10.244.2.5", "port": 8080}])
+        );
+    }
+
+    #[test]
+    fn the_ipv6_plan_has_each_services_ipv6_frontends_with_ipv6_backends() {
+        let p: Plan<Ipv6Addr> = desired(&mixed_view(), NODE);
+        let dual = [be6("fd00:10:244:1::5"), be6("fd00:10:244:2::5")];
+        let v6_only = [be6("fd00:10:244:1::7")];
+        let want = [
+            (fe6("::", 30080), FrontendKind::NodePort, "dual", &dual[..]),
+            (fe6("::", 30082), FrontendKind::NodePort, "v6-only", &v6_only[..]),
+            (fe6("2001:db8::10", 80), FrontendKind::ExternalIp, "dual", &dual[..]),
+            (fe6("2001:db8::11", 80), FrontendKind::LoadBalancer, "dual", &dual[..]),
+            (fe6("fd00:10:96::10", 80), FrontendKind::ClusterIp, "dual", &dual[..]),
+            (fe6("fd00:10:96::12", 80), FrontendKind::ClusterIp, "v6-only", &v6_only[..]),
+        ];
+        let got: Vec<_> = p.iter().map(|(f, p)| (*f, p.kind, p.service.name.as_str(), p.backends.as_slice())).collect();
+        assert_eq!(got, want.to_vec(), "no IPv4 address anywhere, no frontend of the SingleStack IPv4 Service");
+        assert!(Frontend::<Ipv6Addr>::node_port(30080, Protocol::Tcp).is_node_port());
+    }
+
+    #[test]
+    fn a_dual_stack_service_without_ipv6_endpoints_refuses_on_ipv6_only() {
+        let v = view(
+            vec![svc("dual", &["10.96.0.10", "fd00:10:96::10"], 30080)],
+            vec![slice("d4", "dual", &["10.244.1.5"])],
+        );
+        let p6: Plan<Ipv6Addr> = desired(&v, NODE);
+        assert!(p6[&fe6("fd00:10:96::10", 80)].backends.is_empty(), "an empty frontend: refused");
+        let p4: Plan = desired(&v, NODE);
+        assert_eq!(p4.values().map(|p| p.backends.len()).collect::<Vec<_>>(), vec![1, 1], "its ClusterIP and NodePort");
+    }
+
+    #[test]
+    fn the_ipv6_planner_replans_touched_services_and_matches_a_full_plan() {
+        let mut v = mixed_view();
+        let mut p = Planner::<Ipv6Addr>::default();
+        assert_eq!(p.update(&v, Touched::All, NODE), None);
+        assert_eq!(p.plan(), &desired::<Ipv6Addr>(&v, NODE));
+        v.slices.insert(ServiceName::new("default", "v6-only-1"), slice("v6-only-1", "v6-only", &["fd00:10:244:2::9"]));
+        let mut t = Touched::none();
+        t.add(ServiceName::new("default", "v6-only"));
+        let changed = p.update(&v, t, NODE).expect("one Service replanned alone");
+        assert_eq!(changed.into_iter().collect::<Vec<_>>(), vec![fe6("::", 30082), fe6("fd00:10:96::12", 80)]);
+        assert_eq!(p.plan(), &desired::<Ipv6Addr>(&v, NODE), "incremental equals full");
+        assert_eq!(p.plan()[&fe6("fd00:10:96::12", 80)].backends, vec![be6("fd00:10:244:2::9")]);
     }
 }

@@ -101,6 +101,11 @@ enum Command {
         /// ADDR (ICMP) or ADDR:PORT (TCP connect).
         #[arg(long, value_parser = connectivity::parse_addr)]
         world: Option<(std::net::Ipv4Addr, Option<u16>)>,
+        /// Also probe this NodePort on every other node's address from the
+        /// health endpoint (TCP connect). Default: the lowest TCP NodePort
+        /// with backends in the socket load balancer's maps, if any.
+        #[arg(long)]
+        node_port: Option<u16>,
         #[arg(long)]
         json: bool,
     },
@@ -336,8 +341,8 @@ async fn dispatch(command: Command) -> Result<ExitCode> {
             monitor::run(&PinDir::new(pin_dir), &opts).await?;
             Ok(ExitCode::SUCCESS)
         }
-        Command::ConnectivityTest { pin_dir, data_dir, pods, peer_metrics_port, service, world, json } => {
-            let extra = connectivity::Extra { peer_metrics_port, pods, service, world };
+        Command::ConnectivityTest { pin_dir, data_dir, pods, peer_metrics_port, service, world, node_port, json } => {
+            let extra = connectivity::Extra { peer_metrics_port, pods, service, world, node_port };
             let results = connectivity::run(&PinDir::new(pin_dir), &data_dir, &extra).await?;
             let refused = results.iter().flat_map(|r| [&r.icmp_error, &r.tcp_error]).flatten();
             if refused.into_iter().any(|e| privileges::mentions_permission(e)) {

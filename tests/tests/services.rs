@@ -950,3 +950,57 @@ fn host_ports_from_a_pod_and_from_the_node_reach_the_pod_without_portmap() {
     let out = client(&lab, &n1, &n1.netns, &["tcp", "127.0.0.1", "8080", "2"]).unwrap();
     assert_eq!(out, vec![Outcome::Err("ECONNREFUSED".into()); 2]);
 }
+
+/// `connectivity-test --json` on node `i`, run as a process of the node
+/// (its cgroup: the socket LB covers it, as the cgroup root does on a
+/// real node).
+fn connectivity_as_node(lab: &Lab, i: usize, extra: &[&str]) -> serde_json::Value {
+    let node = &lab.state.nodes[i];
+    let bin = lab.state.bin_dir.join("sluice-agent").display().to_string();
+    let (pins, data) = (node.pin_dir.display().to_string(), Lab::data_dir(node).display().to_string());
+    let mut args = vec![bin.as_str(), "connectivity-test", "--json", "--pin-dir", &pins, "--data-dir", &data];
+    args.extend(extra);
+    let out = lab.node_cmd(node, &node.netns, &args).output().unwrap();
+    serde_json::from_slice(&out.stdout).unwrap_or_else(|e| {
+        panic!("{e}: {}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr))
+    })
+}
+
+/// Issue 27, `connectivity-test`'s `pod-to-nodeport` class: from the
+/// health endpoint (a pod) to another node's address on a NodePort, the
+/// lowest TCP NodePort with backends picked from the maps when none is
+/// named; a NodePort without endpoints fails and says where to look.
+#[test]
+fn connectivity_test_probes_pod_to_nodeport_on_every_other_node() {
+    require_root();
+    let lab = services::lab(2, 1).unwrap();
+    let api = lab.api.as_ref().unwrap();
+    let backends = all_pods(&lab);
+    let svc = service("np", "10.96.0.74", &[("http", 80, 7777, "TCP")]).type_("NodePort");
+    let np = svc.node_port(0);
+    api.upsert_service(svc.build());
+    api.upsert_endpoint_slice(slice("np", &[("http", 7777, "TCP")], &endpoints(&backends)).build());
+    let empty = service("empty", "10.96.0.75", &[("http", 81, 7777, "TCP")]).type_("NodePort");
+    let empty_np = empty.node_port(0);
+    api.upsert_service(empty.build());
+    wait_backends(&lab, "*", np, "TCP", &targets(&backends, 7777)).unwrap();
+    wait_backends(&lab, "*", empty_np, "TCP", &[]).unwrap();
+    let ip2 = node_ip(&lab, 1);
+
+    let v = connectivity_as_node(&lab, 0, &[]);
+    let rows: Vec<&serde_json::Value> =
+        v.as_array().unwrap().iter().filter(|r| r["target"]["class"] == "pod-to-nodeport").collect();
+    assert_eq!(rows.len(), 1, "one other node: {v:#}");
+    let r = rows[0];
+    assert_eq!((r["target"]["ip"].as_str().unwrap(), r["target"]["port"].as_u64()), (ip2.as_str(), Some(np as u64)));
+    assert_eq!(r["target"]["node"], lab.state.nodes[1].name.as_str());
+    assert_eq!(r["ok"], true, "{r}");
+    assert!(r["tcpMs"].is_number(), "{r}");
+
+    let port = empty_np.to_string();
+    let v = connectivity_as_node(&lab, 0, &["--node-port", &port]);
+    let r = v.as_array().unwrap().iter().find(|r| r["target"]["class"] == "pod-to-nodeport").unwrap();
+    assert_eq!(r["ok"], false, "{r}");
+    assert_eq!(r["tcpError"].as_str().unwrap(), "Connection refused (os error 111)", "{r}");
+    assert!(r["reason"].as_str().unwrap().contains(&format!("NodePort {empty_np} on node")), "{r}");
+}

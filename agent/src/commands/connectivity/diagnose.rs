@@ -136,6 +136,23 @@ pub fn diagnose(t: &Target, f: &Facts, node_reaches: impl FnOnce(Ipv4Addr, Optio
             "the service does not answer from this node either: no kube-proxy rules for it here, or no ready backend"
                 .into()
         }
+        (Class::PodToNodePort, _) => {
+            let port = t.port.unwrap_or_default();
+            if node_reaches(t.ip, t.port) {
+                return format!(
+                    "node {}'s NodePort {port} answers this node but not its pods: the pods' connection is \
+                     not translated (socket load balancer not attached to their cgroup?) or its replies do \
+                     not come back (FORWARD chain, stack_flow_reply)",
+                    t.node
+                );
+            }
+            format!(
+                "NodePort {port} on node {} does not answer this node either: the node is unreachable, no \
+                 Service has the port, its backends are not ready, or (Services left to kube-proxy) no \
+                 kube-proxy rule for it there",
+                t.node
+            )
+        }
         (Class::PodToWorld, _) => {
             if node_reaches(t.ip, t.port) {
                 return format!(

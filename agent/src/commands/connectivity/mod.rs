@@ -10,6 +10,12 @@
 //!   health endpoint (kube-proxy's DNAT, replies back through the stack).
 //! - `pod-to-world`: with `--world ADDR[:PORT]`, ICMP (or a TCP connect)
 //!   from the health endpoint (masquerade).
+//! - `pod-to-nodeport`: a TCP connect from the health endpoint to every
+//!   other node's address on a NodePort: `--node-port PORT`, or, when the
+//!   socket load balancer holds one, its lowest TCP NodePort with
+//!   backends (translated at the socket with
+//!   `--kube-proxy-replacement=true`, else kube-proxy's DNAT on the other
+//!   node).
 //!
 //! `targets` decides who to probe (pure), `run` probes, `diagnose` decides
 //! why a probe failed from the evidence gathered.
@@ -56,6 +62,8 @@ pub enum Class {
     HostToPod,
     PodToService,
     PodToWorld,
+    #[serde(rename = "pod-to-nodeport")]
+    PodToNodePort,
 }
 
 impl Class {
@@ -66,6 +74,7 @@ impl Class {
             Class::HostToPod => "host-to-pod",
             Class::PodToService => "pod-to-service",
             Class::PodToWorld => "pod-to-world",
+            Class::PodToNodePort => "pod-to-nodeport",
         }
     }
 
@@ -87,6 +96,8 @@ pub enum Kind {
     Host,
     Service,
     World,
+    /// Another node's address on a NodePort.
+    NodePort,
 }
 
 #[derive(Clone, Debug, Serialize)]
@@ -135,6 +146,22 @@ pub struct Extra {
     pub pods: bool,
     pub service: Option<SocketAddrV4>,
     pub world: Option<(Ipv4Addr, Option<u16>)>,
+    /// The NodePort `pod-to-nodeport` probes (see `pick_node_port`).
+    pub node_port: Option<u16>,
+}
+
+/// The NodePort to probe when none is given: the lowest TCP NodePort the
+/// socket load balancer holds with backends (`None`: no such entry, or
+/// Services are kube-proxy's: then only `--node-port` names one).
+pub fn pick_node_port(
+    entries: &[(sluice_common::services::ServiceKey, sluice_common::services::ServiceValue)],
+) -> Option<u16> {
+    use sluice_common::services::{admission, Admission, SCOPE_NODE_PORT};
+    entries
+        .iter()
+        .filter(|(k, v)| k.scope == SCOPE_NODE_PORT && k.protocol == 6 && admission(v) == Admission::Balance)
+        .map(|(k, _)| u16::from_be(k.port_be))
+        .min()
 }
 
 /// Parse `ADDR` or `ADDR:PORT`.
@@ -248,6 +275,19 @@ pub fn targets(
             ..base(Class::PodToService, Kind::Service, "-".into(), *svc.ip(), false)
         });
     }
+    if let Some(port) = extra.node_port {
+        for (node, _, node_ip, local, path) in nodes.iter().filter(|n| !n.3) {
+            if let Some(ip) = node_ip {
+                out.push(Target {
+                    port: Some(port),
+                    icmp: false,
+                    node_ip: Some(*ip),
+                    path: *path,
+                    ..base(Class::PodToNodePort, Kind::NodePort, node.clone(), *ip, *local)
+                });
+            }
+        }
+    }
     if let Some((ip, port)) = extra.world {
         out.push(Target { port, icmp: port.is_none(), ..base(Class::PodToWorld, Kind::World, "-".into(), ip, false) });
     }
@@ -277,7 +317,15 @@ pub async fn run(pins: &PinDir, data_dir: &Path, extra: &Extra) -> Result<Vec<Pr
         .map(|(cidr, (ip, vxlan))| (cidr, ip, vxlan))
         .collect();
     let local_pods: Vec<Ipv4Addr> = Endpoints::open(pins)?.all()?.into_keys().collect();
-    let targets = targets(&state, own_node_ip, &routes, &local_pods, extra)?;
+    let mut extra = extra.clone();
+    if extra.node_port.is_none() {
+        // Absent maps (Services left to kube-proxy): nothing to pick.
+        extra.node_port = sluice_node::datapath::service_maps::ServiceMaps::open(pins)
+            .and_then(|m| m.services())
+            .ok()
+            .and_then(|entries| pick_node_port(&entries));
+    }
+    let targets = targets(&state, own_node_ip, &routes, &local_pods, &extra)?;
     let netlink = Netlink::open()?;
     let uplink_up = netlink.link_by_name(&state.uplink).await?.map(|l| l.up).unwrap_or(false);
     let tunnel_up = netlink.link_by_name(vxlan::DEVICE).await?.map(|l| l.up).unwrap_or(false);
@@ -422,6 +470,7 @@ mod tests {
             pods: true,
             service: Some("10.96.0.10:53".parse().unwrap()),
             world: Some(("198.51.100.1".parse().unwrap(), None)),
+            node_port: Some(30080),
         };
         let t = targets(&state(), Some("172.30.0.1".parse().unwrap()), &routes, &pods, &extra).unwrap();
         let summary: Vec<(String, &str, String)> =
@@ -436,6 +485,7 @@ mod tests {
             ("host-to-pod", "n1", "10.244.1.1"),
             ("host-to-pod", "n2", "10.244.2.1"),
             ("pod-to-service", "-", "10.96.0.10"),
+            ("pod-to-nodeport", "n2", "172.30.0.2"),
             ("pod-to-world", "-", "198.51.100.1"),
         ]
         .iter()
@@ -445,7 +495,14 @@ mod tests {
         assert!(t[2].known_problem.as_deref().unwrap().contains("n4 has no pod CIDR"));
         let svc = &t[8];
         assert_eq!((svc.port, svc.icmp), (Some(53), false), "services answer TCP, not ping");
-        assert_eq!((t[9].port, t[9].icmp), (None, true));
+        let np = &t[9];
+        assert_eq!(
+            (np.port, np.icmp, np.local, np.kind),
+            (Some(30080), false, false, Kind::NodePort),
+            "another node's"
+        );
+        assert_eq!(serde_json::to_value(np.class).unwrap(), "pod-to-nodeport");
+        assert_eq!((t[10].port, t[10].icmp), (None, true));
         assert!(!Class::HostToPod.from_pod() && Class::PodToWorld.from_pod());
     }
 
@@ -477,6 +534,22 @@ mod tests {
             reason: None,
         }]);
         assert!(text.lines().nth(1).unwrap().contains("10.244.3.1            vxlan"), "{text}");
+    }
+
+    #[test]
+    fn the_node_port_probed_is_the_lowest_balanced_tcp_one() {
+        use sluice_common::services::{ServiceKey, ServiceValue, SCOPE_ADDRESS};
+        let v = |count| ServiceValue { backend_set: 1, count, ..Default::default() };
+        let np = |port: u16, protocol| ServiceKey::node_port(port.to_be(), protocol);
+        let entries = [
+            (np(30001, 6), v(0)),
+            (np(30002, 17), v(1)),
+            (ServiceKey { vip_be: 1, port_be: 80u16.to_be(), protocol: 6, scope: SCOPE_ADDRESS }, v(1)),
+            (np(30400, 6), v(2)),
+            (np(30300, 6), v(1)),
+        ];
+        assert_eq!(pick_node_port(&entries), Some(30300), "no endpoints, UDP and cluster IPs are not probed");
+        assert_eq!(pick_node_port(&entries[..3]), None);
     }
 
     #[test]

@@ -150,6 +150,39 @@ fn manifests_agree_with_the_code() {
 /// Least privilege (issue 19): only init containers that do one thing and
 /// exit are privileged; the agent runs with named capabilities, each one
 /// exercised by tests/tests/privileges.rs; nothing writes into the image.
+/// Without kube-proxy (README "Without kube-proxy"): the NodePort range
+/// reaches the init container that reserves it and the agent, with
+/// kube-apiserver's default; the API server address is a knob that, left
+/// unset, leaves the variables Kubernetes injects.
+#[test]
+fn the_node_port_range_and_the_api_server_address_are_config_map_knobs() {
+    let d = docs("sluice.yaml");
+    let config = find(&d, "ConfigMap");
+    assert_eq!(config["data"]["node-port-range"], "30000-32767", "kube-apiserver's default");
+    for key in ["api-server-host", "api-server-port"] {
+        assert!(config["data"][key].is_null(), "{key}: unset by default (kube-proxy's ClusterIP then works)");
+    }
+    let spec = &find(&d, "DaemonSet")["spec"]["template"]["spec"];
+    let from_config = |container: &str, var: &str| -> (String, bool) {
+        let c = manifest::container(spec, container);
+        let e = c["env"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|e| e["name"] == var)
+            .unwrap_or_else(|| panic!("{container}: no {var}"));
+        let r = &e["valueFrom"]["configMapKeyRef"];
+        assert_eq!(r["name"], "sluice-config", "{container} {var}");
+        (r["key"].as_str().unwrap().to_string(), r["optional"] == true)
+    };
+    for c in ["agent", "reserve-ports"] {
+        assert_eq!(from_config(c, "SLUICE_NODE_PORT_RANGE"), ("node-port-range".into(), true));
+        assert_eq!(from_config(c, "SLUICE_KUBE_PROXY_REPLACEMENT"), ("kube-proxy-replacement".into(), true));
+    }
+    assert_eq!(from_config("agent", "KUBERNETES_SERVICE_HOST"), ("api-server-host".into(), true));
+    assert_eq!(from_config("agent", "KUBERNETES_SERVICE_PORT"), ("api-server-port".into(), true));
+}
+
 #[test]
 fn only_init_containers_are_privileged_and_the_agent_has_named_capabilities() {
     let spec = manifest::pod_spec("sluice.yaml");

@@ -29,7 +29,7 @@ use sluice_node::{
 use crate::{config::NetConf, env::CniEnv, error::CniError, fault, node_cidr, policy, rollback::Rollback};
 use ipnetwork::Ipv4Network;
 use sluice_common::policy::PodNameKey;
-use sluice_node::datapath::pinned_maps::{node_pod_cidr, read_node_config};
+use sluice_node::datapath::pinned_maps::{node_pod_cidr, node_pod_cidr6, read_node_config};
 use sluice_node::datapath::policy_maps::{PolicyEndpoints, PolicyIdentities, PolicyPods, PolicyState};
 use sluice_node::pod::plumbing::{self, POD_GATEWAY, POD_GATEWAY6};
 use sluice_node::step_timer;
@@ -72,6 +72,9 @@ async fn add_steps(conf: &NetConf, env: &CniEnv, rb: &mut Rollback) -> Result<Va
         Ok(()) => {}
         Err(e @ node_cidr::CidrMismatch::NotRecorded) => return Err(CniError::DatapathNotReady(e.into())),
         Err(e) => return Err(CniError::StalePodCidr(e)),
+    }
+    if let Some(cidr6) = conf.pod_cidr6 {
+        node_cidr::check6(cidr6, node_pod_cidr6(&node_config)).map_err(CniError::StalePodCidr)?;
     }
     let host = Netlink::open().map_err(plugin)?;
     let ns_file = File::open(netns_path)
@@ -141,6 +144,17 @@ async fn add_steps(conf: &NetConf, env: &CniEnv, rb: &mut Rollback) -> Result<Va
     {
         let pins = pins.clone();
         rb.push("remove endpoint", async move { plumbing::remove_endpoint(&pins, ip) });
+    }
+    if let Some(ip6) = ip6 {
+        plumbing::insert_endpoint6(&pins, ip6, &host_link, pod_link.mac).map_err(|e| {
+            if e.chain().any(|c| c.is::<sluice_node::datapath::pinned_maps::MapFull>()) {
+                CniError::EndpointsFull(e)
+            } else {
+                CniError::Plugin(e)
+            }
+        })?;
+        let pins = pins.clone();
+        rb.push("remove IPv6 endpoint", async move { plumbing::remove_endpoint6(&pins, ip6) });
     }
     done("endpoint")?;
 

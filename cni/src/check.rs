@@ -8,7 +8,11 @@
 //! `/128`, the default route via fe80::1 and its neighbour.
 use anyhow::anyhow;
 use sluice_node::{
-    datapath::{links, pinned_maps::Endpoints, pins::PinDir},
+    datapath::{
+        links,
+        pinned_maps::{Endpoints, Endpoints6},
+        pins::PinDir,
+    },
     net::netlink::Netlink,
     pod::{device::PodDevice, names as pod_names},
 };
@@ -47,6 +51,16 @@ pub async fn check(conf: &NetConf, env: &CniEnv) -> Result<(), CniError> {
         Some(ep) if ep.host_ifindex == link.index => {}
         Some(ep) => return fail(format!("endpoint {ip} points at ifindex {} not {}", ep.host_ifindex, link.index)),
         None => return fail(format!("endpoint {ip} missing from the ENDPOINTS map")),
+    }
+    if let Some(ip6) = ip6 {
+        let endpoints6 = Endpoints6::open(&pins).map_err(CniError::DatapathNotReady)?;
+        match endpoints6.get(ip6) {
+            Some(ep) if ep.host_ifindex == link.index => {}
+            Some(ep) => {
+                return fail(format!("endpoint {ip6} points at ifindex {} not {}", ep.host_ifindex, link.index))
+            }
+            None => return fail(format!("endpoint {ip6} missing from the ENDPOINTS6 map")),
+        }
     }
     if let Some(prev) = &conf.prev_result {
         let want = format!("{ip}/32");

@@ -6,7 +6,7 @@
 //! that start, get an address and never receive a packet. The agent records
 //! its pod CIDR in the pinned `NODE_CONFIG` each time it starts; ADD checks
 //! the conflist against it before allocating anything.
-use ipnetwork::Ipv4Network;
+use ipnetwork::{Ipv4Network, Ipv6Network};
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 pub enum CidrMismatch {
@@ -18,6 +18,27 @@ pub enum CidrMismatch {
     Outside { conflist: Ipv4Network, node: Ipv4Network },
     #[error("the agent has not recorded this node's pod CIDR in NODE_CONFIG yet")]
     NotRecorded,
+    #[error(
+        "the network config's podCIDR6 {conflist} is not within this node's IPv6 pod CIDR {node} (the agent's, \
+         pinned in NODE_CONFIG): a stale conflist? restart the agent to rewrite the conflist"
+    )]
+    Outside6 { conflist: Ipv6Network, node: Ipv6Network },
+    #[error(
+        "the network config has podCIDR6 {0} but the agent runs this node IPv4-only (no IPv6 pod CIDR in \
+         NODE_CONFIG): a stale conflist, or an agent without --ip-family dual"
+    )]
+    NotDualStack(Ipv6Network),
+}
+
+/// The IPv6 twin of `check`: the conflist's `podCIDR6` must lie within the
+/// node's, and the node must be dual-stack.
+pub fn check6(conflist: Ipv6Network, node: Option<Ipv6Network>) -> Result<(), CidrMismatch> {
+    let node = node.ok_or(CidrMismatch::NotDualStack(conflist))?;
+    if node.prefix() <= conflist.prefix() && node.contains(conflist.network()) {
+        Ok(())
+    } else {
+        Err(CidrMismatch::Outside6 { conflist, node })
+    }
 }
 
 /// The conflist's pod CIDR must lie within the node's (equal, or a part of
@@ -53,6 +74,12 @@ mod tests {
             );
         }
         assert_eq!(check(net("10.244.1.0/24"), None), Err(CidrMismatch::NotRecorded));
+        let net6 = |s: &str| s.parse::<Ipv6Network>().unwrap();
+        let node6 = Some(net6("fd00:244:0:1::/64"));
+        assert_eq!(check6(net6("fd00:244:0:1::/64"), node6), Ok(()));
+        assert_eq!(check6(net6("fd00:244:0:1::/126"), node6), Ok(()));
+        assert!(matches!(check6(net6("fd00:244:0:2::/64"), node6), Err(CidrMismatch::Outside6 { .. })));
+        assert_eq!(check6(net6("fd00:244:0:1::/64"), None), Err(CidrMismatch::NotDualStack(net6("fd00:244:0:1::/64"))));
         let msg = check(net("10.244.2.0/24"), node).unwrap_err().to_string();
         assert!(msg.contains("10.244.2.0/24") && msg.contains("10.244.1.0/24") && msg.contains("stale"), "{msg}");
     }

@@ -205,10 +205,14 @@ pub enum ForwardPath {
     /// Of `TunnelToPod`: decapsulated by `from_uplink` itself, never seen by
     /// the VXLAN device.
     TunnelDecap = 9,
+    /// A pod's IPv6 packet, its source checked (`ENDPOINTS6`, or link-local
+    /// / unspecified to a link-scope destination: neighbour discovery,
+    /// MLD), handed to the node's stack, which routes it (dual-stack).
+    PodIpv6ToStack = 10,
 }
 
 impl ForwardPath {
-    pub const COUNT: u32 = 10;
+    pub const COUNT: u32 = 11;
     pub const ALL: [ForwardPath; Self::COUNT as usize] = [
         ForwardPath::PodToLocalPod,
         ForwardPath::PodToNode,
@@ -220,6 +224,7 @@ impl ForwardPath {
         ForwardPath::TunnelTooBig,
         ForwardPath::TunnelEncap,
         ForwardPath::TunnelDecap,
+        ForwardPath::PodIpv6ToStack,
     ];
 
     pub const fn name(self) -> &'static str {
@@ -234,6 +239,7 @@ impl ForwardPath {
             ForwardPath::TunnelTooBig => "tunnel_too_big",
             ForwardPath::TunnelEncap => "tunnel_encap",
             ForwardPath::TunnelDecap => "tunnel_decap",
+            ForwardPath::PodIpv6ToStack => "pod_ipv6_to_stack",
         }
     }
 }
@@ -317,6 +323,7 @@ mod tests {
         TunnelTooBig = 7, "tunnel_too_big";
         TunnelEncap = 8, "tunnel_encap";
         TunnelDecap = 9, "tunnel_decap";
+        PodIpv6ToStack = 10, "pod_ipv6_to_stack";
     });
 
     const STACK_FLOW_EVENTS: &[(StackFlowEvent, u32, &str)] = &golden!(StackFlowEvent {

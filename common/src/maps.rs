@@ -21,6 +21,11 @@ pub const LAYOUT_VERSION: u32 = 1;
 pub mod names {
     /// `HashMap<u32 pod IPv4 (be), EndpointInfo>`: the pods on this node.
     pub const ENDPOINTS: &str = "ENDPOINTS";
+    /// `HashMap<[u8; 16] pod IPv6, EndpointInfo>`: the pods' IPv6
+    /// addresses on a dual-stack node, the twin of `ENDPOINTS` (the same
+    /// value as the pod's IPv4 entry). Written by the CNI plugin (ADD, DEL)
+    /// and the agent's sweep; read by `from_pod`'s IPv6 source check.
+    pub const ENDPOINTS6: &str = "ENDPOINTS6";
     /// `LpmTrie<u32 IPv4 (be), RemoteNode>`: other nodes' pod CIDRs.
     pub const NODE_ROUTES: &str = "NODE_ROUTES";
     /// `Array<NodeConfig>` with one entry: this node's uplink.
@@ -253,8 +258,24 @@ pub struct NodeConfig {
     /// plugin attaches each new pod's programs the same way; the programs
     /// do not read it. Appended like the pod CIDR.
     pub attach_mode: u32,
+    /// This node's IPv6 pod CIDR (network, network byte order) and prefix
+    /// length, on a dual-stack node (`--ip-family dual`); prefix 0 (also
+    /// what a migrated entry of an earlier version reads) means IPv4-only.
+    /// The CNI plugin checks its conflist's `podCIDR6` against it; the
+    /// programs read only whether it is set (`dual_stack`): then a pod's
+    /// IPv6 is source-checked against `ENDPOINTS6` and handed to the
+    /// stack, otherwise it is dropped as `unknown_l3` as before. Appended.
+    pub pod_cidr6: [u8; 16],
+    pub pod_cidr6_prefix_len: u32,
 }
-const _: () = assert!(core::mem::size_of::<NodeConfig>() == 20);
+const _: () = assert!(core::mem::size_of::<NodeConfig>() == 40);
+
+impl NodeConfig {
+    /// Is this a dual-stack node (an IPv6 pod CIDR recorded)?
+    pub const fn dual_stack(&self) -> bool {
+        self.pod_cidr6_prefix_len != 0
+    }
+}
 
 /// `NodeConfig::attach_mode`: TCX links (Linux 6.6+).
 pub const ATTACH_TCX: u32 = 0;

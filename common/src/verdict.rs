@@ -116,6 +116,58 @@ pub fn from_pod_not_ipv4(ether_type_be: u16) -> Verdict {
     }
 }
 
+/// Facts `from_pod` gathered for one IPv6 packet on a dual-stack node.
+#[derive(Clone, Copy, Debug)]
+pub struct FromPod6Facts {
+    /// The version nibble says 6.
+    pub version_ok: bool,
+    /// The source is the address `ENDPOINTS6` gives the endpoint behind
+    /// this very interface.
+    pub source_is_own: bool,
+    /// The source is link-local (fe80::/10) or unspecified (`::`, duplicate
+    /// address detection and MLD before an address exists).
+    pub source_is_link_local_or_unspecified: bool,
+    /// The destination is on the link only: link-local unicast or
+    /// link-local-scope multicast (ff02::/16: neighbour and router
+    /// solicitations, MLD reports).
+    pub dest_is_link_scope: bool,
+}
+
+/// What `from_pod` does with a pod's IPv6 packet (dual-stack): its own
+/// address goes to the node's stack, which routes it; link-local or
+/// unspecified sources only to link-scope destinations (neighbour
+/// discovery for the gateway, MLD, DAD: the kernel never forwards those
+/// off the link); any other source is forged.
+pub fn from_pod6(f: FromPod6Facts) -> Verdict {
+    if !f.version_ok {
+        return Verdict::Drop(DropReason::BadIpHeader);
+    }
+    if f.source_is_own || (f.source_is_link_local_or_unspecified && f.dest_is_link_scope) {
+        return Verdict::ToStack;
+    }
+    Verdict::Drop(DropReason::SourceSpoofed)
+}
+
+/// fe80::/10 or `::`.
+pub fn ipv6_link_local_or_unspecified(addr: &[u8; 16]) -> bool {
+    let link_local = addr[0] == 0xfe && addr[1] & 0xc0 == 0x80;
+    let mut unspecified = true;
+    let mut i = 0;
+    while i < 16 {
+        unspecified &= addr[i] == 0;
+        i += 1;
+    }
+    link_local || unspecified
+}
+
+/// fe80::/10 unicast or link-local-scope multicast (ff02::/16, any flags:
+/// ff02, ff12, ...).
+pub fn ipv6_link_scope(addr: &[u8; 16]) -> bool {
+    let link_local = addr[0] == 0xfe && addr[1] & 0xc0 == 0x80;
+    let link_multicast = addr[0] == 0xff && addr[1] & 0x0f == 0x02;
+    link_local || link_multicast
+}
+
 /// Is this a well-formed IPv4 header for a packet of `l3_len` bytes (from
 /// the IP header on)? Version 4, header length (IHL) at least 5 words and
 /// within the total length, total length within the packet. A total
@@ -380,6 +432,45 @@ mod tests {
         ];
         for (i, (f, want)) in cases.iter().enumerate() {
             assert_eq!(from_pod(*f), *want, "case {i}: {f:?}");
+        }
+    }
+
+    #[test]
+    fn from_pod6_table() {
+        let f = |version_ok, own, ll, link_dst| {
+            from_pod6(FromPod6Facts {
+                version_ok,
+                source_is_own: own,
+                source_is_link_local_or_unspecified: ll,
+                dest_is_link_scope: link_dst,
+            })
+        };
+        assert_eq!(f(true, true, false, false), Verdict::ToStack, "its own address, anywhere");
+        assert_eq!(f(true, true, false, true), Verdict::ToStack);
+        assert_eq!(f(true, false, true, true), Verdict::ToStack, "neighbour discovery, MLD, DAD");
+        assert_eq!(f(true, false, true, false), Verdict::Drop(DropReason::SourceSpoofed), "link-local off the link");
+        assert_eq!(f(true, false, false, true), Verdict::Drop(DropReason::SourceSpoofed), "forged, even on the link");
+        assert_eq!(f(true, false, false, false), Verdict::Drop(DropReason::SourceSpoofed));
+        assert_eq!(f(false, true, false, false), Verdict::Drop(DropReason::BadIpHeader));
+    }
+
+    #[test]
+    fn ipv6_scopes() {
+        let a = |s: &str| s.parse::<core::net::Ipv6Addr>().unwrap().octets();
+        for (addr, ll_or_unspec, link_scope) in [
+            ("fe80::1", true, true),
+            ("febf::1", true, true),
+            ("fec0::1", false, false),
+            ("::", true, false),
+            ("::1", false, false),
+            ("fd00::1", false, false),
+            ("ff02::1:ff00:1", false, true),
+            ("ff12::16", false, true),
+            ("ff05::2", false, false),
+            ("ff0e::1", false, false),
+        ] {
+            assert_eq!(ipv6_link_local_or_unspecified(&a(addr)), ll_or_unspec, "{addr}");
+            assert_eq!(ipv6_link_scope(&a(addr)), link_scope, "{addr}");
         }
     }
 

@@ -14,9 +14,9 @@ use sluice_common::{
 use crate::{
     counters::{count_detail, count_forward, drop_packet},
     deliver::{deliver_to_local_pod, Origin},
-    forward,
+    forward, from_pod6,
     maps::{ENDPOINTS, NODE_CONFIG, NODE_ROUTES, TUNNEL_CONFIG},
-    parse::{self, L4_OFF},
+    parse::{self, ETH_P_IPV6, L4_OFF},
     policy, stack_flows, tunnel,
 };
 
@@ -42,10 +42,16 @@ pub fn from_pod_netkit(ctx: TcContext) -> i32 {
 #[inline(always)]
 fn try_from_pod<const NETKIT: bool>(ctx: &TcContext) -> Result<i32, DropReason> {
     let Some((_, ip)) = parse::ipv4(ctx)? else {
+        let ether_type_be = parse::ether_type_be(ctx)?;
+        // IPv6 on a dual-stack node: its own path (`from_pod6`), source
+        // checked. On an IPv4-only node it is dropped below, as before.
+        if ether_type_be == ETH_P_IPV6.to_be() && NODE_CONFIG.get(0).is_some_and(|c| c.dual_stack()) {
+            return from_pod6::try_from_pod6(ctx);
+        }
         // ARP goes to the node's stack (pods use a static neighbour for
-        // their gateway, so it is rare); anything else (IPv6 until sluice
-        // supports it) would reach the stack with no source check.
-        return match verdict::from_pod_not_ipv4(parse::ether_type_be(ctx)?) {
+        // their gateway, so it is rare); anything else (IPv6 on an
+        // IPv4-only node) would reach the stack with no source check.
+        return match verdict::from_pod_not_ipv4(ether_type_be) {
             Verdict::Drop(reason) => Err(reason),
             _ => {
                 count_forward(ctx, ForwardPath::ToStack);

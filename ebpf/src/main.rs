@@ -5,6 +5,8 @@
 //!   a netkit pod's peer program (its transmit path). Anti-spoofing, then
 //!   local delivery straight into the destination pod, cross-node forwarding
 //!   out of the uplink (pod IPs untouched, no encapsulation), or the stack.
+//!   On a dual-stack node a pod's IPv6 is source-checked and handed to the
+//!   stack (`from_pod6`).
 //! - `from_uplink`: ingress of the node's uplink. Packets for a local pod go
 //!   straight into it; everything else goes to the node's stack.
 //! - `to_pod` / `to_uplink`: egress of the host veths and the uplink: remember
@@ -37,6 +39,7 @@ mod events;
 mod forward;
 mod from_peer;
 mod from_pod;
+mod from_pod6;
 mod from_uplink;
 mod maps;
 mod parse;

@@ -23,6 +23,10 @@ use sluice_common::{
 #[map]
 pub static ENDPOINTS: HashMap<u32, EndpointInfo> = HashMap::with_max_entries(MAX_ENDPOINTS, 0);
 
+/// The IPv6 twin of `ENDPOINTS` (dual-stack): key the address's 16 bytes.
+#[map]
+pub static ENDPOINTS6: HashMap<[u8; 16], EndpointInfo> = HashMap::with_max_entries(MAX_ENDPOINTS, 0);
+
 #[map]
 pub static NODE_ROUTES: LpmTrie<u32, RemoteNode> = LpmTrie::with_max_entries(MAX_NODE_ROUTES, 0);
 

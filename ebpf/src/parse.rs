@@ -8,6 +8,7 @@ pub const ETH_HLEN: usize = 14;
 /// IPv4 header without options (the only kind the fast path reads ports of).
 pub const L4_OFF: usize = ETH_HLEN + core::mem::size_of::<Ipv4Hdr>();
 pub const ETH_P_IP: u16 = 0x0800;
+pub const ETH_P_IPV6: u16 = 0x86dd;
 
 #[repr(C)]
 pub struct EthHdr {
@@ -29,6 +30,18 @@ pub struct Ipv4Hdr {
     pub check_be: u16,
     pub src_be: u32,
     pub dst_be: u32,
+}
+
+/// The fixed IPv6 header (RFC 8200 3).
+#[repr(C)]
+pub struct Ipv6Hdr {
+    /// Version (4 bits), traffic class, flow label.
+    pub version_class_flow: [u8; 4],
+    pub payload_len_be: u16,
+    pub next_header: u8,
+    pub hop_limit: u8,
+    pub src: [u8; 16],
+    pub dst: [u8; 16],
 }
 
 /// A pointer to a `T` at `offset`, or `Truncated` if the packet is shorter.

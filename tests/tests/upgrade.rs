@@ -214,15 +214,16 @@ fn a_pinned_map_that_no_longer_fits_is_refused_and_traffic_carries_on() {
     let mut lab = Lab::up(&LabOptions::new(2, 1, bin("sluice-agent").parent().unwrap().to_path_buf())).unwrap();
     let (a, b) = (lab.state.nodes[0].pods[0].clone(), lab.state.nodes[1].pods[0].clone());
     lab.kill_agent(0).unwrap();
-    // NODE_CONFIG with a 24-byte value (this version's is 20): a value that
-    // would shrink, fields lost.
+    // NODE_CONFIG with a value 4 bytes longer than this version's: a value
+    // that would shrink, fields lost.
     let pins0 = PinDir::new(&lab.state.nodes[0].pin_dir);
     let cfg = pins0.map(names::NODE_CONFIG);
     std::fs::remove_file(&cfg).unwrap();
     let c = cfg.display().to_string();
+    let longer = (std::mem::size_of::<sluice_common::NodeConfig>() + 4).to_string();
     sh(
         "bpftool",
-        &["map", "create", &c, "type", "array", "key", "4", "value", "24", "entries", "1", "name", "NODE_CONFIG"],
+        &["map", "create", &c, "type", "array", "key", "4", "value", &longer, "entries", "1", "name", "NODE_CONFIG"],
     )
     .unwrap();
     lab.start_agent(0).unwrap();
@@ -230,7 +231,7 @@ fn a_pinned_map_that_no_longer_fits_is_refused_and_traffic_carries_on() {
     let log = std::fs::read_to_string(lab.state.nodes[0].dir.join("agent.log")).unwrap();
     assert!(
         log.contains("pinned map NODE_CONFIG")
-            && log.contains("value 24 B")
+            && log.contains(&format!("value {longer} B"))
             && log.contains(&format!("value {} B", std::mem::size_of::<sluice_common::NodeConfig>())),
         "{err:#}\n{log}"
     );

@@ -119,7 +119,16 @@ async fn sweep(
                 Ok(_) => {}
                 Err(e) => warn!(error = %format!("{e:#}"), "IPv6 lease sweep failed; will retry"),
             }
-            sweep::sweep(&mut target, grace).await
+            let swept = sweep::sweep(&mut target, grace).await;
+            // After the IPv4 repairs: the IPv6 entries copy them.
+            match target.repair_endpoints6(grace) {
+                Ok(repaired) if !repaired.is_empty() => {
+                    info!(count = repaired.len(), "IPv6 endpoint entries re-derived for pods that are still there")
+                }
+                Ok(_) => {}
+                Err(e) => warn!(error = %format!("{e:#}"), "IPv6 endpoint repair failed; will retry"),
+            }
+            swept
         }
         Ok(None) => {
             info!("a CNI call holds the IPAM lock; sweeping at the next tick");
@@ -522,6 +531,7 @@ async fn bring_up_datapath(
     node: &AgentConfig,
     uplink: &Uplink,
     pod_cidr: Ipv4Network,
+    pod_cidr6: Option<Ipv6Network>,
     services: bool,
 ) -> Result<DatapathUp> {
     let (pod_device, pod_device_why) = pod_device::decide(netlink, node.device).await?;
@@ -544,7 +554,13 @@ async fn bring_up_datapath(
     };
     datapath.set_attach_mode(attach_mode);
     // The pod CIDR too: the CNI plugin refuses a conflist that disagrees.
-    pinned_maps::write_node_config(&pins, pinned_maps::with_pod_cidr(node_config, pod_cidr))?;
+    let mut node_config = pinned_maps::with_pod_cidr(node_config, pod_cidr);
+    if let Some(pod_cidr6) = pod_cidr6 {
+        // Marks the node dual-stack for the programs (pods' IPv6 checked
+        // and passed) and gives the plugin the IPv6 pod CIDR to check.
+        node_config = pinned_maps::with_pod_cidr6(node_config, pod_cidr6);
+    }
+    pinned_maps::write_node_config(&pins, node_config)?;
     // NetworkPolicy judges a pod's egress to a ClusterIP after kube-proxy's
     // DNAT: the programs must know which addresses those are.
     policy_maps::PolicyState::open(&pins)?.set_service_cidr(node.service_cidr).context("write POLICY_STATE")?;
@@ -557,7 +573,7 @@ async fn bring_up_datapath(
     // The node's stack forwards pods' traffic to the world, to other nodes'
     // host processes and through kube-proxy's DNAT.
     sysctl::ensure_ip_forward()?;
-    if node.ip_family.has_ipv6() {
+    if pod_cidr6.is_some() {
         sysctl::ensure_ipv6_forwarding()?;
     }
     Ok(DatapathUp {
@@ -900,7 +916,7 @@ pub async fn run(
     };
     info!(node = %node.node_name, %pod_cidr, pod_cidr6 = ?pod_cidr6, source = source.name(), "membership known");
 
-    let datapath = bring_up_datapath(&netlink, &node, &uplink, pod_cidr, services.is_some()).await?;
+    let datapath = bring_up_datapath(&netlink, &node, &uplink, pod_cidr, pod_cidr6, services.is_some()).await?;
     let pins = datapath.pins.clone();
     let reconcilers = Reconcilers::start(&netlink, &node, &uplink, &datapath, &membership).await?;
     info!(node = %node.node_name, uplink = %node.uplink, %node_ip, mtu = uplink.pod_mtu, pods = datapath.pods, "datapath ready");

@@ -45,7 +45,11 @@ use sluice_common::EndpointInfo;
 use tracing::{info, warn};
 
 use sluice_node::{
-    datapath::{pinned_maps::Endpoints, pins::PinDir},
+    datapath::{
+        pin_lock::PinLock,
+        pinned_maps::{Endpoints, Endpoints6},
+        pins::PinDir,
+    },
     ipam::store::{Lease, LeaseStore, LeaseStore6, Leases},
     net::netlink::Netlink,
     pod::{device::PodDevice, names as pod_names, plumbing, teardown},
@@ -336,6 +340,20 @@ impl<'a> NodeSweep<'a> {
         Ok(Some(Self { netlink, pins, store, store6, endpoints }))
     }
 
+    /// Re-derive `ENDPOINTS6` entries from the IPv4 ones (`repairs6`); the
+    /// addresses written.
+    pub fn repair_endpoints6(&self, grace: Duration) -> Result<Vec<std::net::Ipv6Addr>> {
+        let Some(store6) = &self.store6 else { return Ok(Vec::new()) };
+        let _lock = PinLock::shared(self.pins)?;
+        let mut endpoints6 = Endpoints6::open(self.pins)?;
+        let repairs =
+            repairs6(&self.store.leases()?, &store6.leases()?, &self.endpoints.all()?, &endpoints6.all()?, grace);
+        for (ip6, ep) in &repairs {
+            endpoints6.insert(*ip6, *ep)?;
+        }
+        Ok(repairs.into_iter().map(|(ip6, _)| ip6).collect())
+    }
+
     /// Release the IPv6 leases older than `grace` whose attachment holds
     /// no IPv4 lease (`orphans6`); the addresses released.
     pub fn release_orphans6(&self, grace: Duration) -> Result<Vec<std::net::Ipv6Addr>> {
@@ -346,6 +364,33 @@ impl<'a> NodeSweep<'a> {
         }
         Ok(orphans)
     }
+}
+
+/// `ENDPOINTS6` entries to (re)write: a pod's IPv6 entry is its IPv4
+/// entry's value (the same interface), so for every IPv6 lease whose
+/// attachment's IPv4 address has an entry, the IPv6 entry must equal it
+/// (pure). Run after the IPv4 repairs; a pod whose IPv4 entry is missing
+/// is the IPv4 sweep's to decide. Leases younger than `grace` are left
+/// alone, as in `decide`: their ADD may still be writing (or rolling back)
+/// its entries.
+pub fn repairs6(
+    leases4: &[Lease],
+    leases6: &[Lease<std::net::Ipv6Addr>],
+    endpoints4: &BTreeMap<Ipv4Addr, EndpointInfo>,
+    endpoints6: &BTreeMap<std::net::Ipv6Addr, EndpointInfo>,
+    grace: Duration,
+) -> Vec<(std::net::Ipv6Addr, EndpointInfo)> {
+    let ip4_of: BTreeMap<(&str, &str), Ipv4Addr> =
+        leases4.iter().map(|l| ((l.container_id.as_str(), l.ifname.as_str()), l.ip)).collect();
+    leases6
+        .iter()
+        .filter(|l6| l6.age >= grace)
+        .filter_map(|l6| {
+            let ip4 = ip4_of.get(&(l6.container_id.as_str(), l6.ifname.as_str()))?;
+            let want = endpoints4.get(ip4)?;
+            (endpoints6.get(&l6.ip) != Some(want)).then_some((l6.ip, *want))
+        })
+        .collect()
 }
 
 /// The IPv6 leases older than `grace` whose attachment (container id,
@@ -443,6 +488,36 @@ mod tests {
         // Another ifname of the same container is another attachment.
         let other_if = [Lease { ifname: "net1".into(), ..lease("10.0.0.2", "alone", 100) }];
         assert_eq!(orphans6(&other_if, &leases6[1..2], grace).len(), 1);
+    }
+
+    #[test]
+    fn repairs6_copy_the_ipv4_entry_of_the_same_attachment() {
+        let l6 = |ip: &str, cid: &str| Lease::<std::net::Ipv6Addr> {
+            ip: ip.parse().unwrap(),
+            container_id: cid.into(),
+            ifname: "eth0".into(),
+            age: Duration::from_secs(100),
+        };
+        let leases4 = [lease("10.0.0.2", "a", 100), lease("10.0.0.3", "b", 100), lease("10.0.0.4", "c", 100)];
+        let leases6 = [l6("fd00::2", "a"), l6("fd00::3", "b"), l6("fd00::4", "c"), l6("fd00::5", "d")];
+        let endpoints4: BTreeMap<Ipv4Addr, EndpointInfo> =
+            [("10.0.0.2".parse().unwrap(), ep(10)), ("10.0.0.3".parse().unwrap(), ep(11))].into();
+        // a: in sync; b: missing; c: no IPv4 entry (the IPv4 sweep's call);
+        // d: no IPv4 lease.
+        let endpoints6: BTreeMap<std::net::Ipv6Addr, EndpointInfo> =
+            [("fd00::2".parse().unwrap(), ep(10)), ("fd00::4".parse().unwrap(), ep(99))].into();
+        let grace = Duration::from_secs(30);
+        assert_eq!(
+            repairs6(&leases4, &leases6, &endpoints4, &endpoints6, grace),
+            [("fd00::3".parse().unwrap(), ep(11))]
+        );
+        // A young lease: its ADD may be running.
+        let young = [Lease { age: Duration::from_secs(1), ..leases6[1].clone() }];
+        assert!(repairs6(&leases4, &young, &endpoints4, &endpoints6, grace).is_empty());
+        // A stale entry (another interface) is rewritten.
+        let stale: BTreeMap<std::net::Ipv6Addr, EndpointInfo> =
+            [("fd00::2".parse().unwrap(), ep(77)), ("fd00::3".parse().unwrap(), ep(11))].into();
+        assert_eq!(repairs6(&leases4, &leases6, &endpoints4, &stale, grace), [("fd00::2".parse().unwrap(), ep(10))]);
     }
 
     /// why, lease, entry, host veth index, temp peer on the node, host side, verdict.

@@ -217,6 +217,21 @@ impl TestDatapath {
         Ok(pod)
     }
 
+    /// Make the node dual-stack (`NODE_CONFIG`'s IPv6 pod CIDR, as the
+    /// agent records it with `--ip-family dual`).
+    pub fn dual_stack(&self, pod_cidr6: &str) -> Result<()> {
+        let cidr6: ipnetwork::Ipv6Network = pod_cidr6.parse().with_context(|| format!("CIDR {pod_cidr6}"))?;
+        let config = pinned_maps::read_node_config(&self.pins)?;
+        pinned_maps::write_node_config(&self.pins, pinned_maps::with_pod_cidr6(config, cidr6))
+    }
+
+    /// `ENDPOINTS6[ip6]` = `pod`'s endpoint (as CNI ADD writes on a
+    /// dual-stack node: the same value as its IPv4 entry).
+    pub fn endpoint6(&self, pod: &Pod, ip6: std::net::Ipv6Addr) -> Result<()> {
+        let ep = EndpointInfo { host_ifindex: pod.host.ifindex, pod_mac: pod.mac, host_mac: pod.host.mac };
+        pinned_maps::Endpoints6::open(&self.pins)?.insert(ip6, ep)
+    }
+
     /// Run `program` once on `packet` as if it arrived on `ifindex`.
     pub fn run(&self, program: &str, ifindex: u32, packet: &[u8]) -> Result<Run> {
         self.run_with(program, SkBuff::on(ifindex), packet)

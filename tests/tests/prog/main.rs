@@ -13,6 +13,7 @@
 //! under the machine's lock:
 //! `flock /tmp/sluice-e2e.lock cargo test -p sluice-tests --test prog`.
 mod from_pod;
+mod from_pod6;
 mod from_uplink;
 mod malformed;
 mod policy_ct;

@@ -36,7 +36,7 @@ use crate::pod::device::PodDevice;
 pub static OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/sluice.bpf.o"));
 
 /// Every map of the object, as pinned.
-pub const ALL_MAPS: [&str; 29] = [
+pub const ALL_MAPS: [&str; 30] = [
     names::ENDPOINTS,
     names::NODE_ROUTES,
     names::NODE_CONFIG,
@@ -69,6 +69,8 @@ pub const ALL_MAPS: [&str; 29] = [
     // NodePorts at the socket (issue 27): created where absent.
     names::NODE_ADDRESSES,
     names::SOCK_LB_CONFIG,
+    // Dual-stack (issue 28): created where absent.
+    names::ENDPOINTS6,
 ];
 
 /// Map sizes chosen at load rather than by the object (`None`: the

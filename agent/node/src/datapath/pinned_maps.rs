@@ -98,6 +98,40 @@ impl Endpoints {
     }
 }
 
+/// `ENDPOINTS6`: pod IPv6 → where the pod is (dual-stack; the twin of
+/// `Endpoints`, the same value as the pod's IPv4 entry).
+pub struct Endpoints6(HashMap<MapData, [u8; 16], EndpointInfo>);
+
+impl Endpoints6 {
+    pub fn open(pins: &PinDir) -> Result<Self> {
+        Ok(Self(open(pins, names::ENDPOINTS6)?.try_into()?))
+    }
+
+    pub fn insert(&mut self, ip: std::net::Ipv6Addr, ep: EndpointInfo) -> Result<()> {
+        self.0
+            .insert(ip.octets(), ep, 0)
+            .map_err(|e| insert_error(e, names::ENDPOINTS6, limits::MAX_ENDPOINTS, format!("insert endpoint {ip}")))
+    }
+
+    /// Remove; an absent entry counts as removed.
+    pub fn remove(&mut self, ip: std::net::Ipv6Addr) -> Result<()> {
+        removed_or_absent(self.0.remove(&ip.octets())).with_context(|| format!("remove endpoint {ip}"))
+    }
+
+    pub fn get(&self, ip: std::net::Ipv6Addr) -> Option<EndpointInfo> {
+        self.0.get(&ip.octets(), 0).ok()
+    }
+
+    pub fn all(&self) -> Result<BTreeMap<std::net::Ipv6Addr, EndpointInfo>> {
+        let mut out = BTreeMap::new();
+        for kv in self.0.iter() {
+            let (k, v) = kv.context("read ENDPOINTS6")?;
+            out.insert(std::net::Ipv6Addr::from(k), v);
+        }
+        Ok(out)
+    }
+}
+
 /// `NODE_ROUTES`: other nodes' pod CIDRs → node IP.
 pub struct NodeRoutes(LpmTrie<MapData, u32, RemoteNode>);
 
@@ -173,6 +207,20 @@ pub fn node_pod_cidr(config: &NodeConfig) -> Option<Ipv4Network> {
 /// `NODE_CONFIG`'s pod CIDR fields for `cidr`.
 pub fn with_pod_cidr(config: NodeConfig, cidr: Ipv4Network) -> NodeConfig {
     NodeConfig { pod_cidr_be: ip_be(cidr.network()), pod_cidr_prefix_len: cidr.prefix() as u32, ..config }
+}
+
+/// The IPv6 pod CIDR recorded in `NODE_CONFIG` (dual-stack), if any.
+pub fn node_pod_cidr6(config: &NodeConfig) -> Option<ipnetwork::Ipv6Network> {
+    if !config.dual_stack() {
+        return None;
+    }
+    ipnetwork::Ipv6Network::new(config.pod_cidr6.into(), config.pod_cidr6_prefix_len as u8).ok()
+}
+
+/// `NODE_CONFIG`'s IPv6 pod CIDR fields for `cidr` (marks the node
+/// dual-stack for the programs).
+pub fn with_pod_cidr6(config: NodeConfig, cidr: ipnetwork::Ipv6Network) -> NodeConfig {
+    NodeConfig { pod_cidr6: cidr.network().octets(), pod_cidr6_prefix_len: cidr.prefix() as u32, ..config }
 }
 
 pub fn write_tunnel_config(pins: &PinDir, config: TunnelConfig) -> Result<()> {

@@ -25,7 +25,13 @@ use sluice_common::{maps::programs, EndpointInfo};
 
 use super::device::PodDevice;
 use crate::{
-    datapath::{attach_mode::AttachMode, links, pin_lock::PinLock, pinned_maps::Endpoints, pins::PinDir},
+    datapath::{
+        attach_mode::AttachMode,
+        links,
+        pin_lock::PinLock,
+        pinned_maps::{Endpoints, Endpoints6},
+        pins::PinDir,
+    },
     net::{
         netlink::{LinkInfo, Netlink},
         netlink6,
@@ -161,6 +167,19 @@ pub fn insert_endpoint(pins: &PinDir, ip: Ipv4Addr, host_link: &LinkInfo, pod_ma
     let ep = EndpointInfo { host_ifindex: host_link.index, pod_mac, host_mac: host_link.mac };
     let _lock = PinLock::shared(pins)?;
     Endpoints::open(pins)?.insert(ip, ep)
+}
+
+/// The IPv6 twin of `insert_endpoint` (`ENDPOINTS6`, the same value).
+pub fn insert_endpoint6(pins: &PinDir, ip6: Ipv6Addr, host_link: &LinkInfo, pod_mac: [u8; 6]) -> Result<()> {
+    let ep = EndpointInfo { host_ifindex: host_link.index, pod_mac, host_mac: host_link.mac };
+    let _lock = PinLock::shared(pins)?;
+    Endpoints6::open(pins)?.insert(ip6, ep)
+}
+
+/// The IPv6 twin of `remove_endpoint`.
+pub fn remove_endpoint6(pins: &PinDir, ip6: Ipv6Addr) -> Result<()> {
+    let _lock = PinLock::shared(pins)?;
+    Endpoints6::open(pins)?.remove(ip6)
 }
 
 /// Remove `ip`'s endpoint entry (an absent one counts as removed), under

@@ -5,7 +5,12 @@
 //! the pod's address still belongs to this attachment.
 use super::names;
 use crate::{
-    datapath::{links, pin_lock::PinLock, pinned_maps::Endpoints, pins::PinDir},
+    datapath::{
+        links,
+        pin_lock::PinLock,
+        pinned_maps::{Endpoints, Endpoints6},
+        pins::PinDir,
+    },
     ipam::store::Leases,
     net::netlink::Netlink,
     step_timer,
@@ -34,6 +39,14 @@ pub async fn teardown(
             None
         }
     };
+    let ip6 = match store6.map(|s| s.find(container_id, ifname)) {
+        Some(Ok(ip6)) => ip6,
+        Some(Err(e)) => {
+            errors.push(format!("{e:#}"));
+            None
+        }
+        None => None,
+    };
     step_timer::mark("lookup");
     // The endpoint entry, only if it is still this pod's (an address may
     // have moved on to another pod after a lost DEL).
@@ -48,6 +61,14 @@ pub async fn teardown(
             // The NetworkPolicy entries ADD wrote for the address (a
             // datapath without the policy maps has none).
             errors.extend(remove_policy_entries(pins, ip).err().map(|e| format!("{e:#}")));
+        }
+    }
+    // The IPv6 twin, by the same rule.
+    if let (Some(ip6), Ok(mut endpoints6)) = (ip6, Endpoints6::open(pins)) {
+        if entry_is_ours(endpoints6.get(ip6).as_ref(), host_ifindex) {
+            if let Err(e) = endpoints6.remove(ip6) {
+                errors.push(format!("{e:#}"));
+            }
         }
     }
     drop(lock);

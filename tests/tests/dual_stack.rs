@@ -296,6 +296,10 @@ fn the_ipv6_endpoint_entry_is_written_checked_repaired_and_removed() {
     let a = pod(&lab, 0, 0);
     let a_ip6: std::net::Ipv6Addr = ip6(&a).parse().unwrap();
     let entry = endpoints6(&n1).get(a_ip6).expect("ADD wrote the pod's ENDPOINTS6 entry");
+    // `status` lists it beside the IPv4 ones.
+    let status = lab.status(0).unwrap();
+    let listed6: Vec<&str> = status["endpoints6"].as_array().unwrap().iter().filter_map(|e| e["ip"].as_str()).collect();
+    assert_eq!(listed6, [ip6(&a)], "{status}");
     let a_ip4: std::net::Ipv4Addr = a.ip.parse().unwrap();
     let pins = sluice_node::datapath::pins::PinDir::new(&n1.pin_dir);
     let entry4 = sluice_node::datapath::pinned_maps::Endpoints::open(&pins).unwrap().get(a_ip4).unwrap();

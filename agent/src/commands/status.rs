@@ -49,6 +49,8 @@ pub struct StatusReport {
     /// (`native` or `vxlan`), with the agent's reason.
     pub routes: Vec<(String, String, String, RoutePath)>,
     pub endpoints: Vec<(String, u32)>,
+    /// Dual-stack: the pods' IPv6 addresses (`ENDPOINTS6`) → host ifindex.
+    pub endpoints6: Vec<(String, u32)>,
     /// Packets dropped per reason, both directions together.
     pub drops: Vec<(String, u64)>,
     /// Every reason in every direction, packets and bytes.
@@ -157,6 +159,7 @@ pub fn verdict(f: &HealthFacts) -> Verdict {
                 v.warnings.extend(ports.reserve_error.iter().map(|e| format!("owned ports not reserved: {e}")));
             }
             v.warnings.extend(state.problems.iter().map(|p| p.to_string()));
+            v.warnings.extend(state.problems6.iter().map(|p| p.to_string()));
         }
         Err(e) => {
             v.unhealthy.push(format!("agent has never run here: {e}"));
@@ -266,6 +269,11 @@ pub fn collect(pins: &PinDir, data_dir: &Path) -> StatusReport {
         })
         .collect();
     r.endpoints = endpoints.iter().map(|(ip, ep)| (ip.to_string(), ep.host_ifindex)).collect();
+    // An older datapath, or an IPv4-only one never given IPv6 entries: none.
+    r.endpoints6 = pinned_maps::Endpoints6::open(pins)
+        .and_then(|m| m.all())
+        .map(|all| all.iter().map(|(ip, ep)| (ip.to_string(), ep.host_ifindex)).collect())
+        .unwrap_or_default();
     r.drop_stats = pinned_maps::drop_stats(pins).unwrap_or_default();
     r.drops = drops_by_reason(&r.drop_stats);
     r.forwards = pinned_maps::forwards(pins)
@@ -325,6 +333,7 @@ impl StatusReport {
                 .map(|(c, ip, n, p)| json!({"podCIDR": c, "nodeIP": ip, "node": n, "path": p.path, "why": p.why, "mtu": p.mtu}))
                 .collect::<Vec<_>>(),
             "endpoints": self.endpoints.iter().map(|(ip, i)| json!({"ip": ip, "hostIfindex": i})).collect::<Vec<_>>(),
+            "endpoints6": self.endpoints6.iter().map(|(ip, i)| json!({"ip": ip, "hostIfindex": i})).collect::<Vec<_>>(),
             "maps": self
                 .maps
                 .iter()
@@ -352,6 +361,28 @@ impl StatusReport {
                 .collect::<Vec<_>>(),
             "forwards": self.forwards.iter().map(|(k, n)| (k.clone(), json!(n))).collect::<serde_json::Map<_, _>>(),
         })
+    }
+
+    /// The IPv6 half of a dual-stack node (nothing on an IPv4-only one):
+    /// its pod CIDR, the IPv6 routes to other nodes, the pods' IPv6
+    /// endpoints.
+    fn render_ipv6(&self) -> String {
+        let Some(a) = self.agent.as_ref().filter(|a| a.pod_cidr6.is_some()) else {
+            return String::new();
+        };
+        let mut o = format!(
+            "IPv6 (dual-stack): pod CIDR {}, through the node's stack (no eBPF fast path yet)\n",
+            a.pod_cidr6.as_deref().unwrap_or_default()
+        );
+        o.push_str(&format!("IPv6 node routes ({}):\n", a.route_nodes6.len()));
+        for (cidr, node) in &a.route_nodes6 {
+            o.push_str(&format!("  {cidr:<24} node {node}\n"));
+        }
+        o.push_str(&format!("local IPv6 endpoints ({} of {}):\n", self.endpoints6.len(), MAX_ENDPOINTS));
+        for (ip, ifindex) in &self.endpoints6 {
+            o.push_str(&format!("  {ip:<24} host ifindex {ifindex}\n"));
+        }
+        o
     }
 
     pub fn render_text(&self) -> String {
@@ -453,6 +484,7 @@ impl StatusReport {
         for (ip, ifindex) in &self.endpoints {
             o.push_str(&format!("  {ip:<16} host ifindex {ifindex}\n"));
         }
+        o.push_str(&self.render_ipv6());
         o.push_str(&render_maps(&self.maps, self.stack_flows.as_ref()));
         o.push_str("drops by reason:\n");
         for (k, n) in &self.drops {
@@ -899,5 +931,31 @@ mod tests {
         assert_eq!(StatusReport::default().render_liveness(), "sluice agent: live\n");
         let dead = StatusReport { not_live: vec!["agent not running".into()], ..Default::default() };
         assert_eq!(dead.render_liveness(), "sluice agent: NOT LIVE: agent not running\n");
+    }
+
+    #[test]
+    fn a_dual_stack_node_shows_both_families() {
+        let agent = AgentState {
+            pod_cidr: "10.244.1.0/24".into(),
+            pod_cidr6: Some("fd00:244:0:1::/64".into()),
+            route_nodes6: [("fd00:244:0:2::/64".to_string(), "n2".to_string())].into(),
+            ..Default::default()
+        };
+        let r = StatusReport {
+            agent: Some(agent),
+            endpoints: vec![("10.244.1.2".into(), 7)],
+            endpoints6: vec![("fd00:244:0:1::2".into(), 7)],
+            ..Default::default()
+        };
+        let text = r.render_text();
+        for want in
+            ["pod CIDR 10.244.1.0/24", "pod CIDR fd00:244:0:1::/64", "fd00:244:0:2::/64", "node n2", "fd00:244:0:1::2"]
+        {
+            assert!(text.contains(want), "{want} missing:\n{text}");
+        }
+        assert_eq!(r.to_json()["endpoints6"][0]["ip"], "fd00:244:0:1::2");
+        // An IPv4-only node prints no IPv6 section.
+        let v4 = StatusReport { agent: Some(AgentState::default()), ..Default::default() };
+        assert!(!v4.render_text().contains("IPv6"), "{}", v4.render_text());
     }
 }

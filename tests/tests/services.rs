@@ -915,6 +915,36 @@ fn host_ports_from_a_pod_and_from_the_node_reach_the_pod_without_portmap() {
     wait_host_port(&lab, 1, "*", 8080, "TCP", None);
     let only = |name: &str| BTreeSet::from([name.to_string()]);
 
+    // A host process holds 8080 on every address of n1 (the port is the
+    // pod's): reported as a collision, and never answers for the hostPort.
+    const SQUATTER: &str = "import socket, time\n\
+        t = socket.socket(); t.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)\n\
+        t.bind(('0.0.0.0', 8080)); t.listen()\n\
+        print('up', flush=True)\n\
+        while True:\n    c, _ = t.accept(); c.sendall(b'squatter\\n'); c.close()\n";
+    let mut child = lab
+        .node_cmd(&n1, &n1.netns, &["python3", "-c", SQUATTER])
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut up = String::new();
+    std::io::BufRead::read_line(&mut std::io::BufReader::new(child.stdout.take().unwrap()), &mut up).unwrap();
+    assert_eq!(up.trim(), "up");
+    let squatter = Killed(child);
+    let want = "port collision: tcp 0.0.0.0:8080 (uid 0, inode";
+    let deadline = Instant::now() + Duration::from_secs(15);
+    loop {
+        let s = lab.status(0).unwrap();
+        let warnings: Vec<String> =
+            s["warnings"].as_array().unwrap().iter().map(|w| w.as_str().unwrap().to_string()).collect();
+        if let Some(w) = warnings.iter().find(|w| w.starts_with(want)) {
+            assert!(w.ends_with(&format!("on a hostPort of default/{}", target.name)), "{w}");
+            break;
+        }
+        assert!(Instant::now() < deadline, "hostPort collision not reported: {warnings:?}");
+        sleep(Duration::from_millis(200));
+    }
+
     // From a pod of n1 to n1's address.
     let out = client(&lab, &n1, &client_pod.netns, &["tcp", &ip1, "8080", "10"]).unwrap();
     assert_eq!(tally(&out).keys().cloned().collect::<BTreeSet<_>>(), only(&target.name), "{:?}", tally(&out));
@@ -944,6 +974,7 @@ fn host_ports_from_a_pod_and_from_the_node_reach_the_pod_without_portmap() {
     let st = lab.status(0).unwrap();
     assert_eq!(st["agent"]["serviceLb"]["hostPorts"], 3, "{}", st["agent"]["serviceLb"]);
 
+    drop(squatter);
     // The pod goes: so does its hostPort.
     api.delete_pod("default", &target.name);
     wait_host_port(&lab, 0, "*", 8080, "TCP", None);

@@ -141,9 +141,17 @@ pub struct AgentConfig {
     /// Balance Services' cluster IPs in eBPF, at the socket (cgroup
     /// connect/sendmsg programs), instead of leaving them to kube-proxy.
     /// Needs --kubernetes (Services and EndpointSlices are watched).
-    /// NodePort, hostPort and externalIPs stay with kube-proxy's rules.
+    /// From outside the cluster, NodePorts, externalIPs and LoadBalancer
+    /// IPs are translated per packet at the uplink (`NAT4`).
     #[arg(long, env = "SLUICE_KUBE_PROXY_REPLACEMENT", default_value_t = false, action = clap::ArgAction::Set)]
     pub kube_proxy_replacement: bool,
+    /// With --kube-proxy-replacement: the ports the datapath allocates when
+    /// it SNATs a connection from outside the cluster to a backend on
+    /// another node (MIN-MAX). Must not overlap the kernel's ephemeral
+    /// ports (net.ipv4.ip_local_port_range, checked at start) nor the
+    /// NodePort range.
+    #[arg(long, env = "SLUICE_SNAT_PORT_RANGE", default_value_t = crate::services::snat_ports::DEFAULT_SNAT_PORT_RANGE)]
+    pub snat_port_range: crate::port_ownership::ranges::PortRange,
     /// The cgroup v2 directory the socket load balancer attaches to: every
     /// process below it is covered. Default: the host's cgroup2 mount (its
     /// root, so host-network processes are covered too).
@@ -354,6 +362,7 @@ mod tests {
             host_ports: false,
             health_netns: None,
             kube_proxy_replacement: false,
+            snat_port_range: crate::services::snat_ports::DEFAULT_SNAT_PORT_RANGE,
             cgroup_root: None,
             netns_dir: None,
             mtu: None,

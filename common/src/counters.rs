@@ -64,10 +64,21 @@ pub enum DropReason {
     /// stand-in (the agent had not written the pod's policy at ADD):
     /// everything but its own node is dropped until it does.
     PolicyPending = 18,
+    /// A new connection from outside to a Service (`from_uplink`): `NAT4`
+    /// is full, so it is refused rather than evicting a live one.
+    Nat4TableFull = 19,
+    /// A new connection from outside to a backend on another node: every
+    /// SNAT port tried is held by another connection to that backend.
+    Nat4PortExhausted = 20,
+    /// A new connection from outside to a Service without endpoints.
+    ServiceNoEndpoints = 21,
+    /// A new connection from outside to an `externalTrafficPolicy: Local`
+    /// Service on a node without one of its backends.
+    ServiceNoLocalEndpoints = 22,
 }
 
 impl DropReason {
-    pub const COUNT: u32 = 19;
+    pub const COUNT: u32 = 23;
     pub const ALL: [DropReason; Self::COUNT as usize] = [
         DropReason::Truncated,
         DropReason::SourceSpoofed,
@@ -88,6 +99,10 @@ impl DropReason {
         DropReason::PolicyDeniedEgress,
         DropReason::PolicyPeerUnknown,
         DropReason::PolicyPending,
+        DropReason::Nat4TableFull,
+        DropReason::Nat4PortExhausted,
+        DropReason::ServiceNoEndpoints,
+        DropReason::ServiceNoLocalEndpoints,
     ];
 
     /// Stable name: the label in `status` and metrics.
@@ -112,6 +127,10 @@ impl DropReason {
             DropReason::PolicyDeniedEgress => "policy_denied_egress",
             DropReason::PolicyPeerUnknown => "policy_peer_unknown",
             DropReason::PolicyPending => "policy_pending",
+            DropReason::Nat4TableFull => "nat4_table_full",
+            DropReason::Nat4PortExhausted => "nat4_port_exhausted",
+            DropReason::ServiceNoEndpoints => "service_no_endpoints",
+            DropReason::ServiceNoLocalEndpoints => "service_no_local_endpoints",
         }
     }
 }
@@ -209,10 +228,16 @@ pub enum ForwardPath {
     /// / unspecified to a link-scope destination: neighbour discovery,
     /// MLD), handed to the node's stack, which routes it (dual-stack).
     PodIpv6ToStack = 10,
+    /// From outside to a Service (`from_uplink`), translated by `NAT4`:
+    /// into a local backend, or on to the backend's node.
+    UplinkToService = 11,
+    /// A Service backend's answer to an outside client, translated back by
+    /// `NAT4` and sent out of the uplink.
+    ServiceReply = 12,
 }
 
 impl ForwardPath {
-    pub const COUNT: u32 = 11;
+    pub const COUNT: u32 = 13;
     pub const ALL: [ForwardPath; Self::COUNT as usize] = [
         ForwardPath::PodToLocalPod,
         ForwardPath::PodToNode,
@@ -225,6 +250,8 @@ impl ForwardPath {
         ForwardPath::TunnelEncap,
         ForwardPath::TunnelDecap,
         ForwardPath::PodIpv6ToStack,
+        ForwardPath::UplinkToService,
+        ForwardPath::ServiceReply,
     ];
 
     pub const fn name(self) -> &'static str {
@@ -240,6 +267,8 @@ impl ForwardPath {
             ForwardPath::TunnelEncap => "tunnel_encap",
             ForwardPath::TunnelDecap => "tunnel_decap",
             ForwardPath::PodIpv6ToStack => "pod_ipv6_to_stack",
+            ForwardPath::UplinkToService => "uplink_to_service",
+            ForwardPath::ServiceReply => "service_reply",
         }
     }
 }
@@ -310,6 +339,10 @@ mod tests {
         PolicyDeniedEgress = 16, "policy_denied_egress";
         PolicyPeerUnknown = 17, "policy_peer_unknown";
         PolicyPending = 18, "policy_pending";
+        Nat4TableFull = 19, "nat4_table_full";
+        Nat4PortExhausted = 20, "nat4_port_exhausted";
+        ServiceNoEndpoints = 21, "service_no_endpoints";
+        ServiceNoLocalEndpoints = 22, "service_no_local_endpoints";
     });
 
     const FORWARD_PATHS: &[(ForwardPath, u32, &str)] = &golden!(ForwardPath {
@@ -324,6 +357,8 @@ mod tests {
         TunnelEncap = 8, "tunnel_encap";
         TunnelDecap = 9, "tunnel_decap";
         PodIpv6ToStack = 10, "pod_ipv6_to_stack";
+        UplinkToService = 11, "uplink_to_service";
+        ServiceReply = 12, "service_reply";
     });
 
     const STACK_FLOW_EVENTS: &[(StackFlowEvent, u32, &str)] = &golden!(StackFlowEvent {

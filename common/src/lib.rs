@@ -13,6 +13,7 @@ pub mod events;
 #[cfg(test)]
 mod golden;
 pub mod maps;
+pub mod nat;
 pub mod policy;
 pub mod services;
 pub mod verdict;

@@ -105,6 +105,15 @@ pub mod names {
     /// `PerCpuArray<u64>` indexed by `policy::policy_stat_slot`: verdicts
     /// by direction.
     pub const POLICY_STATS: &str = "POLICY_STATS";
+    /// `HashMap<nat::Nat4Key, nat::Nat4Entry>`: connections from outside
+    /// to Services, both halves (`from_uplink` writes; `from_pod` and
+    /// `from_uplink` read; the agent's GC removes idle pairs).
+    pub const NAT4: &str = "NAT4";
+    /// `Array<nat::Lb4Config>` with one entry: on/off and the SNAT port
+    /// range (agent writes at start).
+    pub const LB4_CONFIG: &str = "LB4_CONFIG";
+    /// `PerCpuArray<u64>` indexed by `nat::Nat4Counter`.
+    pub const NAT4_STATS: &str = "NAT4_STATS";
 }
 
 /// Program names in the eBPF object (also their pin names under `progs/`).
@@ -191,6 +200,9 @@ pub mod limits {
     pub const MAX_POLICY_RULES: u32 = 262144;
     /// Connections `POLICY_CT` remembers; least recently used make room.
     pub const MAX_POLICY_CT: u32 = 262144;
+    /// `NAT4` entries: two per connection from outside to a Service. A
+    /// plain hash: full, it refuses new connections (never evicts).
+    pub const MAX_NAT4: u32 = 262144;
 }
 
 /// A pod on this node. Key: the pod's IPv4 address (be).

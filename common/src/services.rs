@@ -94,6 +94,29 @@ pub const SERVICE_EXTERNAL_IP: u32 = 1 << 1;
 /// `ServiceValue::flags`: the address is a `status.loadBalancer.ingress`
 /// IP.
 pub const SERVICE_LOAD_BALANCER: u32 = 1 << 2;
+/// `ServiceValue::flags`: an external frontend (NodePort, external IP,
+/// LoadBalancer IP) of a Service with `externalTrafficPolicy: Local`. The
+/// socket programs ignore it (in-cluster clients get every endpoint); the
+/// uplink sends a client from outside only to a backend on this node,
+/// with its address kept, and drops it where there is none.
+pub const SERVICE_EXTERNAL_LOCAL: u32 = 1 << 3;
+/// With `SERVICE_EXTERNAL_LOCAL`: the top 16 bits of `ServiceValue::flags`
+/// count this node's backends, which the agent puts first in the set
+/// (slots `0..n`): the uplink picks among those alone, in O(1).
+pub const SERVICE_LOCAL_COUNT_SHIFT: u32 = 16;
+
+/// The flags of an `externalTrafficPolicy: Local` external frontend whose
+/// set begins with `local` backends of this node (at most 65,535 counted).
+pub const fn external_local_flags(local: usize) -> u32 {
+    let n = if local > 0xffff { 0xffff } else { local as u32 };
+    SERVICE_EXTERNAL_LOCAL | n << SERVICE_LOCAL_COUNT_SHIFT
+}
+
+/// How many of the set's first slots are this node's backends (see
+/// `external_local_flags`).
+pub const fn local_backend_count(flags: u32) -> u32 {
+    flags >> SERVICE_LOCAL_COUNT_SHIFT
+}
 
 /// What kind of frontend an entry of `SERVICES` is: its scope and flags
 /// say. The uplink (world → Service) path will accept every kind but
@@ -382,6 +405,15 @@ mod pod_impls {
 mod tests {
     use super::*;
     use crate::golden::{check, golden};
+
+    #[test]
+    fn the_local_backend_count_rides_in_the_flags_top_bits() {
+        let f = external_local_flags(3) | SERVICE_LOAD_BALANCER;
+        assert_eq!(local_backend_count(f), 3);
+        assert!(f & SERVICE_EXTERNAL_LOCAL != 0 && f & SERVICE_LOAD_BALANCER != 0);
+        assert_eq!(local_backend_count(external_local_flags(70_000)), 0xffff);
+        assert_eq!(local_backend_count(SERVICE_EXTERNAL_IP | SERVICE_NO_LOCAL_ENDPOINTS), 0);
+    }
 
     #[test]
     fn admission_refuses_empty_and_unreachable_local_only() {

@@ -4,7 +4,12 @@
 //! local delivery: `bpf_redirect_peer` works only at TC ingress, so from
 //! netkit the packet is redirected to the destination's host end (whose
 //! transmit hands it to the pod).
-use aya_ebpf::{bindings::TC_ACT_OK, macros::classifier, maps::lpm_trie::Key, programs::TcContext};
+use aya_ebpf::{
+    bindings::{TC_ACT_OK, TC_ACT_REDIRECT},
+    macros::classifier,
+    maps::lpm_trie::Key,
+    programs::TcContext,
+};
 use sluice_common::{
     maps::REMOTE_NODE_VXLAN,
     verdict::{self, FromPodFacts, Verdict},
@@ -15,6 +20,7 @@ use crate::{
     counters::{count_detail, count_forward, drop_packet},
     deliver::{deliver_to_local_pod, Origin},
     forward, from_pod6,
+    lb4::{self, Lb4},
     maps::{ENDPOINTS, NODE_CONFIG, NODE_ROUTES, TUNNEL_CONFIG},
     parse::{self, ETH_P_IPV6, L4_OFF},
     policy, stack_flows, tunnel,
@@ -127,6 +133,11 @@ fn try_from_pod<const NETKIT: bool>(ctx: &TcContext) -> Result<i32, DropReason> 
     match decision {
         Verdict::Drop(reason) => Err(reason),
         Verdict::ToStack => {
+            // A Service backend's answer to a client outside the cluster
+            // (`lb4`): translated back and sent out of the uplink.
+            if let Lb4::Sent = lb4::reply_from_pod(ctx)? {
+                return Ok(TC_ACT_REDIRECT as i32);
+            }
             count_forward(ctx, ForwardPath::ToStack);
             Ok(TC_ACT_OK as i32)
         }

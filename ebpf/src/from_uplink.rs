@@ -1,12 +1,18 @@
 //! `from_uplink`: ingress of the node's uplink.
-use aya_ebpf::{bindings::TC_ACT_OK, macros::classifier, programs::TcContext};
+use aya_ebpf::{
+    bindings::{TC_ACT_OK, TC_ACT_REDIRECT},
+    macros::classifier,
+    programs::TcContext,
+};
 use sluice_common::{DropReason, ForwardPath, HookDirection};
 
 use crate::{
-    counters::{count_forward, drop_packet},
-    deliver::Origin,
+    counters::{count_detail, count_forward, drop_packet},
+    deliver::{deliver_to_local_pod, Origin},
     from_peer,
-    parse::{self, ETH_HLEN, L4_OFF},
+    lb4::{self, Lb4},
+    maps::ENDPOINTS,
+    parse::{self, Ipv4Hdr, ETH_HLEN, L4_OFF},
     tunnel,
 };
 
@@ -26,6 +32,13 @@ fn try_from_uplink(ctx: &TcContext) -> Result<i32, DropReason> {
     if let Some(action) = tunnel::decap::decap_to_pod(ctx)? {
         return Ok(action);
     }
+    // Services from outside (`lb4`): a frontend's packet translated, or a
+    // backend's answer sent back. Before the rest: it changes the packet.
+    match lb4::from_uplink(ctx)? {
+        Lb4::Pass => {}
+        Lb4::Sent => return Ok(TC_ACT_REDIRECT as i32),
+        Lb4::ToLocalPod => return to_service_backend(ctx),
+    }
     let Some((_, ip)) = parse::ipv4(ctx)? else {
         count_forward(ctx, ForwardPath::ToStack);
         return Ok(TC_ACT_OK as i32);
@@ -33,4 +46,20 @@ fn try_from_uplink(ctx: &TcContext) -> Result<i32, DropReason> {
     // Natively routed: nothing on the wire says which node sent it.
     let judged = from_peer::judge::<ETH_HLEN, L4_OFF>(ctx, ip, None::<fn() -> u32>)?;
     from_peer::carry_out(ctx, judged, Origin::Uplink)
+}
+
+/// A Service's packet `lb4` translated for a backend on this node: into it
+/// through the one door, as from another node.
+#[inline(always)]
+fn to_service_backend(ctx: &TcContext) -> Result<i32, DropReason> {
+    let ip: *const Ipv4Hdr = parse::header_mut(ctx, ETH_HLEN)?;
+    // SAFETY: bounds checked by header_mut.
+    let dst_be = unsafe { (*ip).dst_be };
+    // SAFETY: copied out at once.
+    let Some(ep) = (unsafe { ENDPOINTS.get(&dst_be) }).copied() else {
+        return Err(DropReason::LookupMismatch);
+    };
+    let action = deliver_to_local_pod(ctx, &ep, Origin::Uplink)?;
+    count_detail(ForwardPath::UplinkToService);
+    Ok(action)
 }

@@ -41,6 +41,7 @@ mod from_peer;
 mod from_pod;
 mod from_pod6;
 mod from_uplink;
+mod lb4;
 mod maps;
 mod parse;
 mod policy;

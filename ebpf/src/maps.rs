@@ -6,9 +6,11 @@ use aya_ebpf::{
 };
 use sluice_common::{
     maps::limits::{
-        EVENTS_BYTES, MAX_AFFINITY, MAX_BACKENDS, MAX_ENDPOINTS, MAX_IFACES, MAX_NODE_ADDRESSES, MAX_NODE_ROUTES,
-        MAX_POLICY_CT, MAX_POLICY_IDENTITIES, MAX_POLICY_RULES, MAX_SERVICES, MAX_SOCK_REVERSE, MAX_STACK_FLOWS,
+        EVENTS_BYTES, MAX_AFFINITY, MAX_BACKENDS, MAX_ENDPOINTS, MAX_IFACES, MAX_NAT4, MAX_NODE_ADDRESSES,
+        MAX_NODE_ROUTES, MAX_POLICY_CT, MAX_POLICY_IDENTITIES, MAX_POLICY_RULES, MAX_SERVICES, MAX_SOCK_REVERSE,
+        MAX_STACK_FLOWS,
     },
+    nat::{Lb4Config, Nat4Counter, Nat4Entry, Nat4Key},
     policy::{
         CtEntry, CtKey, EndpointPolicy, PeerIdentity, PodNameKey, PodPolicy, PolicyKey, PolicyState, PolicyValue,
         POLICY_STAT_SLOTS,
@@ -116,3 +118,13 @@ pub static POLICY_PODS: HashMap<PodNameKey, PodPolicy> = HashMap::with_max_entri
 
 #[map]
 pub static POLICY_STATS: PerCpuArray<u64> = PerCpuArray::with_max_entries(POLICY_STAT_SLOTS, 0);
+
+// Services from outside the cluster (`sluice_common::nat`, `lb4`).
+#[map]
+pub static NAT4: HashMap<Nat4Key, Nat4Entry> = HashMap::with_max_entries(MAX_NAT4, 0);
+
+#[map]
+pub static LB4_CONFIG: Array<Lb4Config> = Array::with_max_entries(1, 0);
+
+#[map]
+pub static NAT4_STATS: PerCpuArray<u64> = PerCpuArray::with_max_entries(Nat4Counter::COUNT, 0);

@@ -69,18 +69,7 @@ fn wait_tcp(netns: &str, ip: &str, port: u16) -> Result<()> {
 /// Add the world, the nodes' default route through it, host servers, the
 /// pods' extra servers and kube-proxy's rules.
 pub fn install(lab: &mut Lab) -> Result<()> {
-    let world = world_netns(&lab.state.id);
-    lab.add_helper_netns(&world)?;
-    let lan = lab.state.lan_netns.clone();
-    crate::run(
-        std::process::Command::new("ip")
-            .args(["link", "add", "eth0", "netns", &world, "type", "veth", "peer", "name", "world", "netns", &lan]),
-    )?;
-    let mtu = lab.state.mtu.to_string();
-    ns_exec(&lan, &["ip", "link", "set", "world", "master", "br0", "mtu", &mtu, "up"])?;
-    ns_exec(&world, &["ip", "link", "set", "eth0", "mtu", &mtu, "up"])?;
-    ns_exec(&world, &["ip", "link", "set", "lo", "up"])?;
-    ns_exec(&world, &["ip", "addr", "add", &format!("{WORLD_IP}/24"), "dev", "eth0"])?;
+    let world = add_world(lab)?;
     whoami_server(lab, &world, "0.0.0.0", WORLD_PORT, "world")?;
     stream_server(lab, &world, "world")?;
     if let Some(router) = lab.state.router_netns.clone() {
@@ -102,6 +91,25 @@ pub fn install(lab: &mut Lab) -> Result<()> {
         }
     }
     apply_services(lab)
+}
+
+/// The world: a namespace on the LAN at `WORLD_IP`, not a node (no
+/// routes to pod CIDRs, no agent). Returns its name. The lab removes it
+/// with the rest.
+pub fn add_world(lab: &mut Lab) -> Result<String> {
+    let world = world_netns(&lab.state.id);
+    lab.add_helper_netns(&world)?;
+    let lan = lab.state.lan_netns.clone();
+    crate::run(
+        std::process::Command::new("ip")
+            .args(["link", "add", "eth0", "netns", &world, "type", "veth", "peer", "name", "world", "netns", &lan]),
+    )?;
+    let mtu = lab.state.mtu.to_string();
+    ns_exec(&lan, &["ip", "link", "set", "world", "master", "br0", "mtu", &mtu, "up"])?;
+    ns_exec(&world, &["ip", "link", "set", "eth0", "mtu", &mtu, "up"])?;
+    ns_exec(&world, &["ip", "link", "set", "lo", "up"])?;
+    ns_exec(&world, &["ip", "addr", "add", &format!("{WORLD_IP}/24"), "dev", "eth0"])?;
+    Ok(world)
 }
 
 /// A TCP server echoing every line back, connection after connection.

@@ -43,6 +43,7 @@ use sluice_node::{
     cni_stats,
     datapath::{
         map_fill::{self, FillKind, MapFill},
+        nat4_maps,
         pinned_maps::{self, DropRow},
         pins::PinDir,
         policy_maps::{PolicyStats, VerdictCount},
@@ -317,6 +318,17 @@ impl Collector for DatapathCollector {
                  NATed connection's entry goes too.",
                 MetricType::Counter,
                 [(vec![], ConstCounter::new(f.evicted))],
+            )?;
+        }
+        if let Ok(counters) = nat4_maps::nat4_counters(pins) {
+            let rows = counters.into_iter().map(|(c, n)| (vec![("event", c.name().to_string())], ConstCounter::new(n)));
+            family(
+                &mut encoder,
+                "sluice_nat4_events",
+                "Connections from outside to Services at the uplink (NAT4): new ones by backend place, SNAT port \
+                 collisions and exhaustion, inserts the full table refused, packets translated each way.",
+                MetricType::Counter,
+                rows,
             )?;
         }
         if let Ok(verdicts) = PolicyStats::open(pins).and_then(|s| s.all()) {

@@ -30,7 +30,7 @@ use sluice_node::datapath::attach_mode::AttachMode;
 use sluice_node::{
     clock::now_unix,
     datapath::{
-        bpffs, kernel_features,
+        bpffs, kernel_features, nat4_gc, nat4_maps,
         pinned_maps::{self, NodeRoutes},
         pins::PinDir,
         policy_ct_gc, policy_maps, sock_lb, Datapath, MapSizes,
@@ -430,6 +430,52 @@ fn start_policy_ct_gc(pins: &PinDir) {
                 Ok(Ok(_)) => {}
                 Ok(Err(e)) => warn!(error = %format!("{e:#}"), "POLICY_CT collection failed"),
                 Err(e) => warn!(error = %e, "POLICY_CT collection panicked"),
+            }
+        }
+    });
+}
+
+/// Services from outside at the uplink (`LB4_CONFIG`): on with
+/// `--kube-proxy-replacement`, with the SNAT port range checked against
+/// the node's ephemeral ports first; off otherwise (kube-proxy's rules
+/// take them, as before).
+fn configure_uplink_services(pins: &PinDir, node: &AgentConfig, on: bool) -> Result<()> {
+    use crate::services::snat_ports;
+    if on {
+        const SYSCTL: &str = "/proc/sys/net/ipv4/ip_local_port_range";
+        let text = std::fs::read_to_string(SYSCTL).with_context(|| format!("read {SYSCTL}"))?;
+        let ephemeral = snat_ports::parse_ephemeral(&text).map_err(|e| anyhow::anyhow!(e))?;
+        snat_ports::check(node.snat_port_range, ephemeral, node.node_port_range).map_err(|e| anyhow::anyhow!(e))?;
+        info!(snat_ports = %node.snat_port_range, "Services from outside translated at the uplink");
+    }
+    nat4_maps::set_lb4_config(pins, snat_ports::lb4_config(on, node.snat_port_range))
+}
+
+/// How often `NAT4`'s idle connections are collected.
+const NAT4_GC_INTERVAL: Duration = Duration::from_secs(30);
+
+/// Collect `NAT4`'s idle connections every `NAT4_GC_INTERVAL`, as
+/// `start_policy_ct_gc` does `POLICY_CT`'s.
+fn start_nat4_gc(pins: &PinDir) {
+    let pins = pins.clone();
+    tokio::spawn(async move {
+        let mut tick = tokio::time::interval(NAT4_GC_INTERVAL);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tick.tick().await;
+            let pins = pins.clone();
+            let pass = tokio::task::spawn_blocking(move || -> Result<policy_ct_gc::GcPass> {
+                let mut nat = nat4_maps::Nat4Table::open(&pins)?;
+                nat4_gc::collect(&mut nat, policy_ct_gc::monotonic_now_ns()?, &Default::default())
+            })
+            .await;
+            match pass {
+                Ok(Ok(pass)) if pass.removed > 0 => {
+                    info!(scanned = pass.scanned, removed = pass.removed, "NAT4 idle connections collected")
+                }
+                Ok(Ok(_)) => {}
+                Ok(Err(e)) => warn!(error = %format!("{e:#}"), "NAT4 collection failed"),
+                Err(e) => warn!(error = %e, "NAT4 collection panicked"),
             }
         }
     });
@@ -921,6 +967,7 @@ pub async fn run(
     let reconcilers = Reconcilers::start(&netlink, &node, &uplink, &datapath, &membership).await?;
     info!(node = %node.node_name, uplink = %node.uplink, %node_ip, mtu = uplink.pod_mtu, pods = datapath.pods, "datapath ready");
 
+    let services_on = services.is_some();
     // hostPorts: this node's pods' (the Pods NetworkPolicy watches), served
     // by the socket LB when Services are in eBPF.
     let host_port_claims = service_lb::HostPortClaims::default();
@@ -933,6 +980,8 @@ pub async fn run(
         serve_node_endpoints(&netlink, &node, &uplink, pod_cidr, &datapath, services, &reconcilers).await?;
 
     start_policy_ct_gc(&pins);
+    configure_uplink_services(&pins, &node, services_on)?;
+    start_nat4_gc(&pins);
     let ports = own_ports(&node, datapath.sock_lb_cgroup.is_some(), &agent_metrics, host_port_claims);
     // Before the conflist: ADD waits (briefly) for POLICY_PODS, and fails
     // closed once the flag says an agent enforces NetworkPolicy here.

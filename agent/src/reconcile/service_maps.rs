@@ -10,7 +10,8 @@ use std::collections::{BTreeMap, BTreeSet};
 
 use anyhow::{Context, Result};
 use sluice_common::services::{
-    is_host_port_scope, Backend, BackendSlot, ServiceKey, ServiceValue, SCOPE_ADDRESS, SERVICE_NO_LOCAL_ENDPOINTS,
+    external_local_flags, is_host_port_scope, Backend, BackendSlot, ServiceKey, ServiceValue, SCOPE_ADDRESS,
+    SERVICE_NO_LOCAL_ENDPOINTS,
 };
 use sluice_node::datapath::{pinned_maps::ip_be, service_maps::ServiceMaps};
 use tracing::warn;
@@ -102,7 +103,9 @@ fn entry_of(plan: &FrontendPlan) -> Entry {
             backend_set: 0,
             count: backends.len() as u32,
             affinity_timeout_secs: plan.affinity_timeout_secs,
-            flags: plan.kind.flags() | if plan.no_local_endpoints { SERVICE_NO_LOCAL_ENDPOINTS } else { 0 },
+            flags: plan.kind.flags()
+                | if plan.no_local_endpoints { SERVICE_NO_LOCAL_ENDPOINTS } else { 0 }
+                | if plan.external_local { external_local_flags(plan.local_backends) } else { 0 },
         },
         backends,
     }
@@ -409,6 +412,8 @@ mod tests {
                         backends: ips.iter().map(|ip| BackendAddr { ip: ip.parse().unwrap(), port: 8080 }).collect(),
                         affinity_timeout_secs: 0,
                         no_local_endpoints: false,
+                        external_local: false,
+                        local_backends: 0,
                         kind: sluice_common::services::FrontendKind::ClusterIp,
                     },
                 )

@@ -11,9 +11,12 @@
 //!   frontends (pure).
 //! - `health_check`: `healthCheckNodePort` ports and kube-proxy's answer
 //!   there (pure; `daemon::health_check_ports` serves them).
+//! - `snat_ports`: `--snat-port-range`, checked against the node's own
+//!   ports (pure): the uplink's SNAT for remote backends.
 pub mod health_check;
 pub mod host_ports;
 pub mod kubernetes;
 pub mod model;
 pub mod node_addresses;
 pub mod plan;
+pub mod snat_ports;

@@ -81,6 +81,11 @@ pub struct FrontendPlan<A = Ipv4Addr> {
     pub affinity_timeout_secs: u32,
     /// Endpoints exist, none on this node, policy Local.
     pub no_local_endpoints: bool,
+    /// An external frontend of an `externalTrafficPolicy: Local` Service:
+    /// clients from outside (the uplink) get this node's backends only,
+    /// the first `local_backends` of `backends`.
+    pub external_local: bool,
+    pub local_backends: usize,
     /// ClusterIP, NodePort, ExternalIP or LoadBalancer (ingress IP).
     #[serde(serialize_with = "kind_name")]
     pub kind: FrontendKind,
@@ -153,20 +158,31 @@ pub fn plan_service<A: Family>(plan: &mut Plan<A>, service: &Service, slices: &[
                 })
             })
             .collect();
-        let entry = |kind, (backends, no_local_endpoints): (Vec<BackendAddr<A>>, bool)| FrontendPlan {
+        let entry = |kind, (backends, no_local_endpoints): (Vec<BackendAddr<A>>, bool), local_backends| FrontendPlan {
             service: service.name.clone(),
             backends,
             affinity_timeout_secs: service.affinity_timeout_secs.unwrap_or(0),
             no_local_endpoints,
+            external_local: kind != FrontendKind::ClusterIp && service.external_traffic_local,
+            local_backends,
             kind,
         };
         let internal = choose(&candidates, service.internal_traffic_local, node);
         for ip in A::cluster_ips(service) {
             let f = Frontend { ip: *ip, port: port.port, protocol: port.protocol };
-            plan.entry(f).or_insert_with(|| entry(FrontendKind::ClusterIp, internal.clone()));
+            plan.entry(f).or_insert_with(|| entry(FrontendKind::ClusterIp, internal.clone(), 0));
         }
         // In-cluster clients of an external frontend: every endpoint.
-        let external = choose(&candidates, false, node);
+        // With externalTrafficPolicy: Local, this node's (ready, else
+        // serving-terminating) come first: the uplink's clients from
+        // outside take those alone.
+        let (mut external, mut local_backends) = (choose(&candidates, false, node), 0);
+        if service.external_traffic_local {
+            let (local, _) = choose(&candidates, true, node);
+            local_backends = local.len();
+            let rest = external.0.iter().filter(|b| !local.contains(b)).copied().collect::<Vec<_>>();
+            external.0 = local.into_iter().chain(rest).collect();
+        }
         let mut externals: Vec<(Frontend<A>, FrontendKind)> = Vec::new();
         if let Some(node_port) = port.node_port {
             externals.push((Frontend::node_port(node_port, port.protocol), FrontendKind::NodePort));
@@ -179,7 +195,7 @@ pub fn plan_service<A: Family>(plan: &mut Plan<A>, service: &Service, slices: &[
                 .push((Frontend { ip: *ip, port: port.port, protocol: port.protocol }, FrontendKind::LoadBalancer));
         }
         for (f, kind) in externals {
-            plan.entry(f).or_insert_with(|| entry(kind, external.clone()));
+            plan.entry(f).or_insert_with(|| entry(kind, external.clone(), local_backends));
         }
     }
 }
@@ -588,10 +604,17 @@ mod tests {
         let p = desired(&v, NODE);
         let cluster = &p[&fe("10.96.0.1", 80, Protocol::Tcp)];
         assert!(cluster.backends.is_empty() && cluster.no_local_endpoints, "the cluster IP keeps ITP Local");
+        assert!(!cluster.external_local, "a cluster IP is never reached from outside");
         for f in [Frontend::node_port(30001, Protocol::Tcp), fe("192.0.2.1", 80, Protocol::Tcp)] {
             assert_eq!(p[&f].backends, vec![be("10.244.2.1", 8080)], "ready ones: {f:?}");
             assert!(!p[&f].no_local_endpoints);
+            // Clients from outside: the uplink takes this node's only.
+            assert!(p[&f].external_local, "{f:?}");
         }
+        s.external_traffic_local = false;
+        let v = view(vec![s.clone()], vec![slice("s-1", "s", &[("", 8080, Protocol::Tcp)], &eps)]);
+        assert!(!desired(&v, NODE)[&Frontend::node_port(30001, Protocol::Tcp)].external_local, "Cluster policy");
+        s.external_traffic_local = true;
         // None ready: the terminating one is the fallback; none at all:
         // refused (count 0), not unreachable.
         let eps = [("10.244.3.1", false, true, true, "node-c")];
@@ -603,6 +626,33 @@ mod tests {
         let p = desired(&view(vec![s], vec![]), NODE);
         let np = &p[&Frontend::node_port(30001, Protocol::Tcp)];
         assert!(np.backends.is_empty() && !np.no_local_endpoints);
+    }
+
+    #[test]
+    fn external_traffic_policy_local_puts_this_nodes_backends_first_and_counts_them() {
+        let mut s = external(svc("s", "10.96.0.1", &[("", 80, Protocol::Tcp)]), 30001, &[], &["198.51.100.1"]);
+        s.external_traffic_local = true;
+        // Two here (one sorting after the others), two elsewhere.
+        let eps = [
+            ("10.244.2.1", true, true, false, "node-b"),
+            ("10.244.1.9", true, true, false, NODE),
+            ("10.244.1.2", true, true, false, NODE),
+            ("10.244.3.1", true, true, false, "node-c"),
+        ];
+        let v = view(vec![s.clone()], vec![slice("s-1", "s", &[("", 8080, Protocol::Tcp)], &eps)]);
+        let p = desired(&v, NODE);
+        for f in [Frontend::node_port(30001, Protocol::Tcp), fe("198.51.100.1", 80, Protocol::Tcp)] {
+            let want = ["10.244.1.2", "10.244.1.9", "10.244.2.1", "10.244.3.1"].map(|ip| be(ip, 8080));
+            assert_eq!(p[&f].backends, want, "{f:?}: local ones first, then the rest");
+            assert_eq!((p[&f].external_local, p[&f].local_backends), (true, 2), "{f:?}");
+        }
+        assert_eq!(p[&fe("10.96.0.1", 80, Protocol::Tcp)].local_backends, 0);
+        // Cluster policy: sorted as ever, nothing counted.
+        s.external_traffic_local = false;
+        let v = view(vec![s], vec![slice("s-1", "s", &[("", 8080, Protocol::Tcp)], &eps)]);
+        let np = &desired(&v, NODE)[&Frontend::node_port(30001, Protocol::Tcp)];
+        assert_eq!(np.backends[0], be("10.244.1.2", 8080));
+        assert_eq!((np.external_local, np.local_backends), (false, 0));
     }
 
     #[test]

@@ -36,7 +36,7 @@ use crate::pod::device::PodDevice;
 pub static OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/sluice.bpf.o"));
 
 /// Every map of the object, as pinned.
-pub const ALL_MAPS: [&str; 30] = [
+pub const ALL_MAPS: [&str; 33] = [
     names::ENDPOINTS,
     names::NODE_ROUTES,
     names::NODE_CONFIG,
@@ -71,6 +71,10 @@ pub const ALL_MAPS: [&str; 30] = [
     names::SOCK_LB_CONFIG,
     // Dual-stack (issue 28): created where absent.
     names::ENDPOINTS6,
+    // Services from outside at the uplink (issue 27): created where absent.
+    names::NAT4,
+    names::LB4_CONFIG,
+    names::NAT4_STATS,
 ];
 
 /// Map sizes chosen at load rather than by the object (`None`: the

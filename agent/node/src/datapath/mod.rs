@@ -19,6 +19,8 @@ pub mod loader;
 pub mod map_compat;
 pub mod map_fill;
 pub mod migrate;
+pub mod nat4_gc;
+pub mod nat4_maps;
 pub mod pin_lock;
 pub mod pinned_maps;
 pub mod pins;

@@ -13,6 +13,7 @@ use sluice_common::services::{
     SCOPE_NODE_PORT,
 };
 use sluice_node::datapath::{
+    nat4_maps::nat4_counters,
     pinned_maps::ip_from_be,
     pins::PinDir,
     service_maps::{sock_lb_counters, NodeAddressMap, ServiceMaps},
@@ -92,7 +93,10 @@ fn address(r: &ServiceRow) -> String {
 pub fn to_json(rows: &[ServiceRow], pins: &PinDir) -> Value {
     let counters: serde_json::Map<String, Value> =
         sock_lb_counters(pins).unwrap_or_default().into_iter().map(|(c, n)| (c.name().to_string(), json!(n))).collect();
+    let nat4: serde_json::Map<String, Value> =
+        nat4_counters(pins).unwrap_or_default().into_iter().map(|(c, n)| (c.name().to_string(), json!(n))).collect();
     json!({
+        "uplink": {"nat4": nat4},
         "nodeAddresses": node_addresses(pins).iter().map(|(ip, kind)| json!({"ip": ip.to_string(), "kind": kind})).collect::<Vec<_>>(),
         "frontends": rows.iter().map(|r| json!({
             "kind": r.kind.name(),
@@ -124,6 +128,12 @@ pub fn render(rows: &[ServiceRow], pins: &PinDir) -> String {
     o.push_str("hostPorts answer on: loopback from the node and this node's (local) addresses\n");
     if let Ok(counters) = sock_lb_counters(pins) {
         o.push_str("socket load balancer:\n");
+        for (c, n) in counters {
+            o.push_str(&format!("  {:<28} {n}\n", c.name()));
+        }
+    }
+    if let Ok(counters) = nat4_counters(pins) {
+        o.push_str("from outside, at the uplink (NAT4):\n");
         for (c, n) in counters {
             o.push_str(&format!("  {:<28} {n}\n", c.name()));
         }

@@ -1,0 +1,549 @@
+//! Services from outside the cluster, per packet (issue 27; the tables are
+//! described in `sluice_common::nat`): the kube-proxy replacement at the
+//! uplink.
+//!
+//! - `from_uplink`, a client's packet: through its `NAT4` forward entry,
+//!   or, new, to a frontend reachable from outside (`nodeIP:nodePort` on
+//!   one of this node's addresses, an external IP, a LoadBalancer ingress
+//!   IP): a backend picked, the pair of entries written, the packet DNATed
+//!   into the local backend (through the one door, `deliver`) or DNATed
+//!   and SNATed (the node's address, a port from the SNAT range) to the
+//!   backend's node.
+//! - `from_uplink`, a remote backend's answer to a SNAT port: through its
+//!   reply entry, back to the client, out of the uplink.
+//! - `from_pod`, a local backend's answer to an outside client: the same.
+//!
+//! The work is in BPF global functions (`sluice_lb4_*`): the verifier
+//! checks each once, on its own, instead of once per path of the program
+//! calling it. They return `LB4_PASS` (not a Service packet: carry on),
+//! `LB4_TO_LOCAL_POD` (translated: the caller delivers it), `LB4_SENT`
+//! (translated and redirected) or a drop reason + `LB4_DROP`.
+use aya_ebpf::{
+    bindings::{__sk_buff, bpf_redir_neigh, BPF_F_MARK_MANGLED_0, BPF_F_PSEUDO_HDR, BPF_NOEXIST, TC_ACT_REDIRECT},
+    helpers::{bpf_get_prandom_u32, bpf_ktime_get_coarse_ns, bpf_redirect_neigh},
+    maps::lpm_trie::Key,
+    programs::TcContext,
+};
+use sluice_common::{
+    maps::{FAST_PATH_MARK, REMOTE_NODE_VXLAN},
+    nat::{
+        reachable_from_outside, Lb4Config, Nat4Counter, Nat4Entry, Nat4Key, LB4_ENABLED, NAT4_FORWARD, NAT4_REPLY,
+        NAT4_REPLY_SEEN, NAT4_SNAT, NAT4_VIA_TUNNEL, SNAT_PORT_TRIES,
+    },
+    services::{
+        frontend_kind, local_backend_count, BackendSlot, ServiceKey, ServiceValue, NODE_ADDRESS_LOCAL, SCOPE_ADDRESS,
+        SERVICE_EXTERNAL_LOCAL, SERVICE_NO_LOCAL_ENDPOINTS,
+    },
+    DropReason, ForwardPath,
+};
+
+use crate::{
+    counters::count_forward,
+    forward,
+    maps::{BACKENDS, ENDPOINTS, LB4_CONFIG, NAT4, NAT4_STATS, NODE_ADDRESSES, NODE_CONFIG, NODE_ROUTES, SERVICES},
+    parse::{self, Ipv4Hdr, Ports, ETH_HLEN, L4_OFF},
+};
+
+/// Not a Service packet: the caller carries on as before.
+pub const LB4_PASS: u32 = 0;
+/// Translated for a backend on this node: the caller delivers it.
+pub const LB4_TO_LOCAL_POD: u32 = 1;
+/// Translated and redirected: the caller returns `TC_ACT_REDIRECT`.
+pub const LB4_SENT: u32 = 2;
+/// Added to a `DropReason`: drop it.
+pub const LB4_DROP: u32 = 0x100;
+
+const IPPROTO_TCP: u8 = 6;
+const IPPROTO_UDP: u8 = 17;
+const IP_MF_OFFSET: u16 = 0x3fff;
+const IP_CSUM_OFF: usize = ETH_HLEN + 10;
+const IP_SRC_OFF: usize = ETH_HLEN + 12;
+const IP_DST_OFF: usize = ETH_HLEN + 16;
+const TCP_CSUM_OFF: usize = L4_OFF + 16;
+const UDP_CSUM_OFF: usize = L4_OFF + 6;
+/// A `last_seen_ns` is refreshed at most this often.
+const LAST_SEEN_REFRESH_NS: u64 = 1_000_000_000;
+
+/// What the caller does with the global function's answer.
+pub enum Lb4 {
+    Pass,
+    ToLocalPod,
+    Sent,
+}
+
+#[inline(always)]
+fn outcome(code: u32) -> Result<Lb4, DropReason> {
+    match code {
+        LB4_PASS => Ok(Lb4::Pass),
+        LB4_TO_LOCAL_POD => Ok(Lb4::ToLocalPod),
+        LB4_SENT => Ok(Lb4::Sent),
+        _ => Err(reason_from(code)),
+    }
+}
+
+/// The drop reason a global function returned (+ `LB4_DROP`); one it
+/// cannot name is still a drop: fail closed.
+#[inline(always)]
+fn reason_from(code: u32) -> DropReason {
+    const TRUNCATED: u32 = DropReason::Truncated as u32;
+    const TTL: u32 = DropReason::TtlExpired as u32;
+    const REWRITE: u32 = DropReason::HeaderRewrite as u32;
+    const REDIRECT: u32 = DropReason::RedirectFailed as u32;
+    const NO_UPLINK: u32 = DropReason::NoUplink as u32;
+    const NO_TUNNEL: u32 = DropReason::NoTunnel as u32;
+    const TUNNEL_KEY: u32 = DropReason::TunnelKey as u32;
+    const MISMATCH: u32 = DropReason::LookupMismatch as u32;
+    const FULL: u32 = DropReason::Nat4TableFull as u32;
+    const PORTS: u32 = DropReason::Nat4PortExhausted as u32;
+    const NO_LOCAL: u32 = DropReason::ServiceNoLocalEndpoints as u32;
+    match code.wrapping_sub(LB4_DROP) {
+        TRUNCATED => DropReason::Truncated,
+        TTL => DropReason::TtlExpired,
+        REWRITE => DropReason::HeaderRewrite,
+        REDIRECT => DropReason::RedirectFailed,
+        NO_UPLINK => DropReason::NoUplink,
+        NO_TUNNEL => DropReason::NoTunnel,
+        TUNNEL_KEY => DropReason::TunnelKey,
+        MISMATCH => DropReason::LookupMismatch,
+        FULL => DropReason::Nat4TableFull,
+        PORTS => DropReason::Nat4PortExhausted,
+        NO_LOCAL => DropReason::ServiceNoLocalEndpoints,
+        _ => DropReason::ServiceNoEndpoints,
+    }
+}
+
+#[inline(always)]
+fn code(result: Result<u32, DropReason>) -> u32 {
+    match result {
+        Ok(c) => c,
+        Err(reason) => reason as u32 + LB4_DROP,
+    }
+}
+
+#[inline(always)]
+fn count(counter: Nat4Counter) {
+    if let Some(n) = NAT4_STATS.get_ptr_mut(counter as u32) {
+        // SAFETY: per-CPU slot, only this CPU writes it while we run.
+        unsafe { *n += 1 }
+    }
+}
+
+/// `from_uplink`'s step: see the module doc.
+#[inline(always)]
+pub fn from_uplink(ctx: &TcContext) -> Result<Lb4, DropReason> {
+    outcome(sluice_lb4_from_uplink(ctx.skb.skb))
+}
+
+/// `from_pod`'s step, for a packet its verdict sends to the stack.
+#[inline(always)]
+pub fn reply_from_pod(ctx: &TcContext) -> Result<Lb4, DropReason> {
+    outcome(sluice_lb4_reply_from_pod(ctx.skb.skb))
+}
+
+#[unsafe(no_mangle)]
+#[inline(never)]
+pub extern "C" fn sluice_lb4_from_uplink(skb: *mut __sk_buff) -> u32 {
+    let ctx = TcContext::new(skb);
+    code(try_from_uplink(&ctx))
+}
+
+#[unsafe(no_mangle)]
+#[inline(never)]
+pub extern "C" fn sluice_lb4_reply_from_pod(skb: *mut __sk_buff) -> u32 {
+    let ctx = TcContext::new(skb);
+    code(try_reply_from_pod(&ctx))
+}
+
+/// The uplink's settings, when the translation is on.
+#[inline(always)]
+fn config() -> Option<Lb4Config> {
+    match LB4_CONFIG.get(0) {
+        Some(c) if c.flags & LB4_ENABLED != 0 => Some(*c),
+        _ => None,
+    }
+}
+
+/// The tuple of a TCP or UDP IPv4 packet without options, not a fragment,
+/// and its TTL; `None` for anything else (the stack's).
+#[inline(always)]
+fn tuple(ctx: &TcContext) -> Result<Option<(Nat4Key, u8)>, DropReason> {
+    let Some((_, ip)) = parse::ipv4(ctx)? else { return Ok(None) };
+    // SAFETY: bounds checked by parse::ipv4.
+    let (version_ihl, frag_off_be, protocol, ttl, src_be, dst_be) =
+        unsafe { ((*ip).version_ihl, (*ip).frag_off_be, (*ip).protocol, (*ip).ttl, (*ip).src_be, (*ip).dst_be) };
+    if version_ihl != 0x45 || u16::from_be(frag_off_be) & IP_MF_OFFSET != 0 {
+        return Ok(None);
+    }
+    if protocol != IPPROTO_TCP && protocol != IPPROTO_UDP {
+        return Ok(None);
+    }
+    let ports: *const Ports = parse::header_mut(ctx, L4_OFF)?;
+    // SAFETY: bounds checked by header_mut.
+    let (src_port_be, dst_port_be) = unsafe { ((*ports).src_be, (*ports).dst_be) };
+    Ok(Some((
+        Nat4Key { src_be, dst_be, src_port_be, dst_port_be, protocol, direction: NAT4_FORWARD, _pad: [0; 2] },
+        ttl,
+    )))
+}
+
+#[inline(always)]
+fn try_from_uplink(ctx: &TcContext) -> Result<u32, DropReason> {
+    let Some(config) = config() else { return Ok(LB4_PASS) };
+    let Some((mut key, ttl)) = tuple(ctx)? else { return Ok(LB4_PASS) };
+    // For a pod of this node: pod traffic, never a frontend (one lookup,
+    // which spares cross-node pod traffic the rest).
+    // SAFETY: only presence is read.
+    if unsafe { ENDPOINTS.get(&key.dst_be) }.is_some() {
+        return Ok(LB4_PASS);
+    }
+    // A remote backend's answer to one of our SNAT ports.
+    if config.in_snat_range(u16::from_be(key.dst_port_be)) {
+        key.direction = NAT4_REPLY;
+        if let Some(entry) = NAT4.get_ptr_mut(&key) {
+            return reverse(ctx, &key, entry, ttl);
+        }
+        key.direction = NAT4_FORWARD;
+    }
+    // A client's packet of a connection already translated.
+    if let Some(entry) = NAT4.get_ptr_mut(&key) {
+        touch(entry, false);
+        // SAFETY: copied out at once.
+        let e = unsafe { *entry };
+        count(Nat4Counter::Forwarded);
+        return send_forward(ctx, &key, &e, ttl);
+    }
+    let Some((service_key, service)) = frontend(&key) else { return Ok(LB4_PASS) };
+    if !reachable_from_outside(frontend_kind(&service_key, &service)) {
+        return Ok(LB4_PASS);
+    }
+    // A TCP segment of no connection we know (this node's table lost it,
+    // or it never was one): the stack answers it (RST), no backend does.
+    if key.protocol == IPPROTO_TCP && !is_syn(ctx) {
+        return Ok(LB4_PASS);
+    }
+    if service.count == 0 || service.flags & SERVICE_NO_LOCAL_ENDPOINTS != 0 {
+        return Err(DropReason::ServiceNoEndpoints);
+    }
+    if ttl <= 1 {
+        return Err(DropReason::TtlExpired);
+    }
+    let entry = new_connection(&key, &service, &config)?;
+    send_forward(ctx, &key, &entry, ttl)
+}
+
+/// The `SERVICES` entry for a packet's destination: the address itself
+/// (external IPs, LoadBalancer IPs; a ClusterIP too, which the caller
+/// refuses), else, when the address is this node's own, a hostPort of a
+/// pod here, then a NodePort.
+#[inline(always)]
+fn frontend(key: &Nat4Key) -> Option<(ServiceKey, ServiceValue)> {
+    let exact =
+        ServiceKey { vip_be: key.dst_be, port_be: key.dst_port_be, protocol: key.protocol, scope: SCOPE_ADDRESS };
+    // SAFETY: copied out at once.
+    if let Some(v) = unsafe { SERVICES.get(&exact) }.copied() {
+        return Some((exact, v));
+    }
+    // SAFETY: copied out at once.
+    match unsafe { NODE_ADDRESSES.get(&key.dst_be) }.copied() {
+        Some(NODE_ADDRESS_LOCAL) => {}
+        _ => return None,
+    }
+    // A hostPort of a pod here (on this address, else on every one), as
+    // the socket programs look it up: before the NodePort.
+    for hp in [
+        ServiceKey::host_port_on(key.dst_be, key.dst_port_be, key.protocol),
+        ServiceKey::host_port(key.dst_port_be, key.protocol),
+    ] {
+        // SAFETY: copied out at once.
+        if let Some(v) = unsafe { SERVICES.get(&hp) }.copied() {
+            return Some((hp, v));
+        }
+    }
+    let np = ServiceKey::node_port(key.dst_port_be, key.protocol);
+    // SAFETY: as above.
+    let v = unsafe { SERVICES.get(&np) }.copied()?;
+    Some((np, v))
+}
+
+/// Is this TCP segment a SYN without ACK?
+#[inline(always)]
+fn is_syn(ctx: &TcContext) -> bool {
+    const SYN: u8 = 0x02;
+    const ACK: u8 = 0x10;
+    match parse::header_mut::<u8>(ctx, L4_OFF + 13) {
+        // SAFETY: bounds checked by header_mut.
+        Ok(flags) => unsafe { *flags & (SYN | ACK) == SYN },
+        Err(_) => false,
+    }
+}
+
+/// A backend picked, the pair of entries written: the forward entry for
+/// `key` (returned). A backend on another node gets a SNAT port, reserved
+/// by its reply entry before anything else is written.
+#[inline(always)]
+fn new_connection(key: &Nat4Key, service: &ServiceValue, config: &Lb4Config) -> Result<Nat4Entry, DropReason> {
+    let backend = if service.flags & SERVICE_EXTERNAL_LOCAL != 0 {
+        // externalTrafficPolicy: Local: this node's backends only, the
+        // client's address kept (no SNAT: the backend is here).
+        // The agent puts this node's backends first in the set.
+        let local = local_backend_count(service.flags);
+        if local == 0 {
+            return Err(DropReason::ServiceNoLocalEndpoints);
+        }
+        // SAFETY: a plain helper.
+        let slot = unsafe { bpf_get_prandom_u32() } % local;
+        // SAFETY: copied out at once.
+        match unsafe { BACKENDS.get(&BackendSlot { set: service.backend_set, slot }) } {
+            Some(b) => *b,
+            None => return Err(DropReason::LookupMismatch),
+        }
+    } else {
+        // SAFETY: a plain helper.
+        let slot = unsafe { bpf_get_prandom_u32() } % service.count;
+        // SAFETY: copied out at once.
+        match unsafe { BACKENDS.get(&BackendSlot { set: service.backend_set, slot }) } {
+            Some(b) => *b,
+            None => return Err(DropReason::LookupMismatch),
+        }
+    };
+    // SAFETY: a plain helper.
+    let now = unsafe { bpf_ktime_get_coarse_ns() };
+    // The answer leaves as from the frontend the client named.
+    let reply = Nat4Entry {
+        src_be: key.dst_be,
+        dst_be: key.src_be,
+        src_port_be: key.dst_port_be,
+        dst_port_be: key.src_port_be,
+        next_hop_be: 0,
+        flags: 0,
+        _pad: 0,
+        last_seen_ns: now,
+    };
+    // SAFETY: only presence is read.
+    let local = unsafe { ENDPOINTS.get(&backend.ip_be) }.is_some();
+    let mut forward = Nat4Entry {
+        src_be: key.src_be,
+        dst_be: backend.ip_be,
+        src_port_be: key.src_port_be,
+        dst_port_be: backend.port_be,
+        next_hop_be: 0,
+        flags: 0,
+        _pad: 0,
+        last_seen_ns: now,
+    };
+    let mut reply_key = Nat4Key {
+        src_be: backend.ip_be,
+        dst_be: key.src_be,
+        src_port_be: backend.port_be,
+        dst_port_be: key.src_port_be,
+        protocol: key.protocol,
+        direction: NAT4_REPLY,
+        _pad: [0; 2],
+    };
+    if local {
+        // The client's own tuple: unique towards this frontend, but two
+        // frontends of one backend could share it.
+        if NAT4.insert(&reply_key, &reply, BPF_NOEXIST as u64).is_err() {
+            return Err(insert_refused(&reply_key));
+        }
+        count(Nat4Counter::NewLocal);
+    } else {
+        let Some(node) = NODE_ROUTES.get(Key::new(32, backend.ip_be)) else {
+            // Neither here nor on a node we know: nothing to send it to.
+            return Err(DropReason::LookupMismatch);
+        };
+        let next_hop_be = node.node_ip_be;
+        let vxlan = node.flags & REMOTE_NODE_VXLAN != 0;
+        // The address the client used when it is this node's (a
+        // NodePort); else (an external or LoadBalancer IP) the node's own,
+        // which the backend's node routes back here.
+        let snat_ip_be = match unsafe { NODE_ADDRESSES.get(&key.dst_be) }.copied() {
+            Some(NODE_ADDRESS_LOCAL) => key.dst_be,
+            _ => match NODE_CONFIG.get(0) {
+                Some(c) if c.node_ip_be != 0 => c.node_ip_be,
+                _ => return Err(DropReason::NoUplink),
+            },
+        };
+        reply_key.dst_be = snat_ip_be;
+        // SAFETY: a plain helper.
+        let seed = unsafe { bpf_get_prandom_u32() };
+        let mut reserved = false;
+        let mut attempt = 0;
+        while attempt < SNAT_PORT_TRIES {
+            reply_key.dst_port_be = config.snat_port(seed, attempt).to_be();
+            match NAT4.insert(&reply_key, &reply, BPF_NOEXIST as u64) {
+                Ok(()) => {
+                    reserved = true;
+                    break;
+                }
+                Err(_) if unsafe { NAT4.get(&reply_key) }.is_some() => count(Nat4Counter::PortCollision),
+                Err(_) => return Err(insert_refused(&reply_key)),
+            }
+            attempt += 1;
+        }
+        if !reserved {
+            count(Nat4Counter::PortExhausted);
+            return Err(DropReason::Nat4PortExhausted);
+        }
+        forward.src_be = snat_ip_be;
+        forward.src_port_be = reply_key.dst_port_be;
+        forward.next_hop_be = next_hop_be;
+        forward.flags = NAT4_SNAT | if vxlan { NAT4_VIA_TUNNEL } else { 0 };
+        count(Nat4Counter::NewRemote);
+    }
+    if NAT4.insert(key, &forward, BPF_NOEXIST as u64).is_err() {
+        // Another CPU wrote this connection first (its first packets sent
+        // twice at once): ours goes, its entry is the connection's.
+        let _ = NAT4.remove(&reply_key);
+        // SAFETY: copied out at once.
+        return match unsafe { NAT4.get(key) }.copied() {
+            Some(theirs) => {
+                count(Nat4Counter::Raced);
+                Ok(theirs)
+            }
+            None => {
+                count(Nat4Counter::InsertFailed);
+                Err(DropReason::Nat4TableFull)
+            }
+        };
+    }
+    Ok(forward)
+}
+
+/// Why a `BPF_NOEXIST` insert of a reply key failed: the key is taken (a
+/// collision: never another connection's answers) or the table is full.
+#[inline(always)]
+fn insert_refused(key: &Nat4Key) -> DropReason {
+    // SAFETY: only presence is read.
+    if unsafe { NAT4.get(key) }.is_some() {
+        count(Nat4Counter::PortExhausted);
+        DropReason::Nat4PortExhausted
+    } else {
+        count(Nat4Counter::InsertFailed);
+        DropReason::Nat4TableFull
+    }
+}
+
+/// Refresh a half's `last_seen_ns` (at most about once a second) and, for
+/// an answer, mark it seen.
+#[inline(always)]
+fn touch(entry: *mut Nat4Entry, answered: bool) {
+    // SAFETY: a valid map value pointer; racing writers only store times
+    // and flags, any of which is right.
+    unsafe {
+        let now = bpf_ktime_get_coarse_ns();
+        if now.wrapping_sub((*entry).last_seen_ns) > LAST_SEEN_REFRESH_NS {
+            (*entry).last_seen_ns = now;
+        }
+        if answered && (*entry).flags & NAT4_REPLY_SEEN == 0 {
+            (*entry).flags |= NAT4_REPLY_SEEN;
+        }
+    }
+}
+
+/// Rewrite the client's packet to `entry`'s tuple and send it on: into the
+/// local backend (the caller's door), or to the backend's node.
+#[inline(always)]
+fn send_forward(ctx: &TcContext, key: &Nat4Key, entry: &Nat4Entry, ttl: u8) -> Result<u32, DropReason> {
+    if ttl <= 1 {
+        return Err(DropReason::TtlExpired);
+    }
+    rewrite(ctx, key, entry)?;
+    if entry.next_hop_be == 0 {
+        return Ok(LB4_TO_LOCAL_POD);
+    }
+    let ip: *mut Ipv4Hdr = parse::header_mut(ctx, ETH_HLEN)?;
+    forward::decrement_ttl(ip);
+    let (uplink_ifindex, vxlan_ifindex) = match (NODE_CONFIG.get(0), crate::maps::TUNNEL_CONFIG.get(0)) {
+        (Some(c), t) => (c.uplink_ifindex, t.map(|t| t.vxlan_ifindex).unwrap_or(0)),
+        (None, _) => (0, 0),
+    };
+    if entry.flags & NAT4_VIA_TUNNEL != 0 {
+        if vxlan_ifindex == 0 {
+            return Err(DropReason::NoTunnel);
+        }
+        crate::tunnel::device::to_node(ctx, vxlan_ifindex, entry.next_hop_be)?;
+    } else {
+        if uplink_ifindex == 0 {
+            return Err(DropReason::NoUplink);
+        }
+        forward::to_node(ctx, uplink_ifindex, entry.next_hop_be)?;
+    }
+    count_forward(ctx, ForwardPath::UplinkToService);
+    Ok(LB4_SENT)
+}
+
+/// An answer through its reply entry: back to the client as from the
+/// frontend, out of the uplink (the FIB picks the next hop).
+#[inline(always)]
+fn reverse(ctx: &TcContext, key: &Nat4Key, entry: *mut Nat4Entry, ttl: u8) -> Result<u32, DropReason> {
+    touch(entry, true);
+    // SAFETY: copied out at once.
+    let e = unsafe { *entry };
+    if ttl <= 1 {
+        return Err(DropReason::TtlExpired);
+    }
+    rewrite(ctx, key, &e)?;
+    let ip: *mut Ipv4Hdr = parse::header_mut(ctx, ETH_HLEN)?;
+    forward::decrement_ttl(ip);
+    let uplink_ifindex = match NODE_CONFIG.get(0) {
+        Some(c) if c.uplink_ifindex != 0 => c.uplink_ifindex,
+        _ => return Err(DropReason::NoUplink),
+    };
+    count(Nat4Counter::Reversed);
+    ctx.set_mark(parse::mark(ctx) | FAST_PATH_MARK);
+    // SAFETY: helper call; no next hop given: the kernel's FIB lookup on
+    // the packet's destination picks it.
+    let rc = unsafe { bpf_redirect_neigh(uplink_ifindex, core::ptr::null_mut::<bpf_redir_neigh>(), 0, 0) };
+    if rc as i32 != TC_ACT_REDIRECT as i32 {
+        return Err(DropReason::RedirectFailed);
+    }
+    count_forward(ctx, ForwardPath::ServiceReply);
+    Ok(LB4_SENT)
+}
+
+#[inline(always)]
+fn try_reply_from_pod(ctx: &TcContext) -> Result<u32, DropReason> {
+    if config().is_none() {
+        return Ok(LB4_PASS);
+    }
+    let Some((mut key, ttl)) = tuple(ctx)? else { return Ok(LB4_PASS) };
+    key.direction = NAT4_REPLY;
+    match NAT4.get_ptr_mut(&key) {
+        Some(entry) => reverse(ctx, &key, entry, ttl),
+        None => Ok(LB4_PASS),
+    }
+}
+
+/// Rewrite the packet's addresses and ports from `from`'s to `to`'s,
+/// checksums updated incrementally (the TCP/UDP one over the pseudo
+/// header too; a UDP checksum of 0 stays 0).
+#[inline(always)]
+fn rewrite(ctx: &TcContext, from: &Nat4Key, to: &Nat4Entry) -> Result<(), DropReason> {
+    let (l4_csum, mangled) =
+        if from.protocol == IPPROTO_TCP { (TCP_CSUM_OFF, 0) } else { (UDP_CSUM_OFF, BPF_F_MARK_MANGLED_0 as u64) };
+    let addr_flags = BPF_F_PSEUDO_HDR as u64 | mangled | 4;
+    if from.src_be != to.src_be {
+        ctx.l4_csum_replace(l4_csum, from.src_be as u64, to.src_be as u64, addr_flags)
+            .and_then(|_| ctx.l3_csum_replace(IP_CSUM_OFF, from.src_be as u64, to.src_be as u64, 4))
+            .and_then(|_| ctx.store(IP_SRC_OFF, &to.src_be, 0))
+            .map_err(|_| DropReason::HeaderRewrite)?;
+    }
+    if from.dst_be != to.dst_be {
+        ctx.l4_csum_replace(l4_csum, from.dst_be as u64, to.dst_be as u64, addr_flags)
+            .and_then(|_| ctx.l3_csum_replace(IP_CSUM_OFF, from.dst_be as u64, to.dst_be as u64, 4))
+            .and_then(|_| ctx.store(IP_DST_OFF, &to.dst_be, 0))
+            .map_err(|_| DropReason::HeaderRewrite)?;
+    }
+    if from.src_port_be != to.src_port_be {
+        ctx.l4_csum_replace(l4_csum, from.src_port_be as u64, to.src_port_be as u64, mangled | 2)
+            .and_then(|_| ctx.store(L4_OFF, &to.src_port_be, 0))
+            .map_err(|_| DropReason::HeaderRewrite)?;
+    }
+    if from.dst_port_be != to.dst_port_be {
+        ctx.l4_csum_replace(l4_csum, from.dst_port_be as u64, to.dst_port_be as u64, mangled | 2)
+            .and_then(|_| ctx.store(L4_OFF + 2, &to.dst_port_be, 0))
+            .map_err(|_| DropReason::HeaderRewrite)?;
+    }
+    Ok(())
+}

@@ -1,0 +1,218 @@
+//! Services from outside the cluster, translated per packet at the uplink
+//! (issue 27, `from_uplink` / `NAT4`): a lab with
+//! `--kube-proxy-replacement=true` and no kube-proxy rules at all, and a
+//! world namespace on the node network that is not a node. A NodePort, an
+//! external IP or a LoadBalancer IP works from the world only if the
+//! datapath translates it, and the answer reaches the client only if it
+//! comes back from the address the client used (the TCP handshake and a
+//! connected UDP socket take nothing else).
+use std::{collections::BTreeMap, process::Command};
+
+use sluice_tests::{
+    cluster,
+    lab::{ns_cmd, Lab},
+    require_root,
+    services::{self, ready, service, slice, tally, wait_backends, Outcome},
+};
+
+/// `python3 svc_client.py args..` in the world (no node's cgroup: the
+/// world is no node, and its sockets see no socket load balancer).
+fn world_client(world: &str, args: &[&str]) -> Vec<Outcome> {
+    let mut all = vec!["python3", "-c", services::CLIENT];
+    all.extend_from_slice(args);
+    let out: std::process::Output = ns_cmd(world, &all).output().expect("run the client in the world");
+    String::from_utf8_lossy(&out.stdout).lines().filter_map(Outcome::parse).collect()
+}
+
+fn node_ip(lab: &Lab, i: usize) -> String {
+    lab.state.nodes[i].ip.split('/').next().unwrap().to_string()
+}
+
+fn oks(outcomes: &[Outcome]) -> usize {
+    outcomes.iter().filter(|o| matches!(o, Outcome::Ok { .. })).count()
+}
+
+/// The uplink's NAT4 counters of node `i` (`status --services`).
+fn nat4(lab: &Lab, i: usize) -> BTreeMap<String, u64> {
+    let v = services::service_status(lab, i).unwrap();
+    v["services"]["uplink"]["nat4"]
+        .as_object()
+        .map(|m| m.iter().map(|(k, v)| (k.clone(), v.as_u64().unwrap_or(0))).collect())
+        .unwrap_or_default()
+}
+
+/// No kube-proxy here: not one of its chains on any node, so whatever
+/// answers from the world is sluice's doing.
+fn assert_no_kube_proxy_rules(lab: &Lab) {
+    for node in &lab.state.nodes {
+        let out =
+            Command::new("nsenter").arg(format!("--net=/run/netns/{}", node.netns)).args(["iptables-save"]).output();
+        let text = out.map(|o| String::from_utf8_lossy(&o.stdout).to_string()).unwrap_or_default();
+        assert!(!text.contains("KUBE-"), "{}: kube-proxy rules present:\n{text}", node.name);
+    }
+}
+
+/// A NodePort Service `np` (80/TCP → 7777, the pods' name; 53/UDP → the
+/// pods' UDP server), backed by `backends` (node name, pod IP). Returns
+/// (TCP node port, UDP node port).
+fn publish_node_port(lab: &Lab, backends: &[(&str, &str)]) -> (u16, u16) {
+    let api = lab.api.as_ref().expect("kubernetes lab");
+    let svc = service("np", "10.96.0.80", &[("http", 80, 7777, "TCP"), ("dns", 53, services::UDP_PORT, "UDP")])
+        .type_("NodePort");
+    let ports = (svc.node_port(0), svc.node_port(1));
+    api.upsert_service(svc.build());
+    api.upsert_endpoint_slice(
+        slice("np", &[("http", 7777, "TCP"), ("dns", services::UDP_PORT, "UDP")], &ready(backends)).build(),
+    );
+    let tcp: Vec<String> = backends.iter().map(|(_, ip)| format!("{ip}:7777")).collect();
+    let udp: Vec<String> = backends.iter().map(|(_, ip)| format!("{ip}:{}", services::UDP_PORT)).collect();
+    wait_backends(lab, "*", ports.0, "TCP", &tcp).unwrap();
+    wait_backends(lab, "*", ports.1, "UDP", &udp).unwrap();
+    ports
+}
+
+/// Slice 1: the world reaches a NodePort on the node that has its one
+/// backend, over TCP and UDP; the backend sees the world's own address
+/// (DNAT only), and every answer comes back from `nodeIP:nodePort`.
+#[test]
+fn world_to_a_node_port_reaches_the_local_backend_over_tcp_and_udp() {
+    require_root();
+    let mut lab = services::lab(2, 1).unwrap();
+    let world = cluster::add_world(&mut lab).unwrap();
+    assert_no_kube_proxy_rules(&lab);
+    let (n1, pod) = (lab.state.nodes[0].clone(), lab.state.nodes[0].pods[0].clone());
+    let (tcp_np, udp_np) = publish_node_port(&lab, &[(&n1.name, &pod.ip)]);
+    let ip1 = node_ip(&lab, 0);
+
+    let out = world_client(&world, &["tcp", &ip1, &tcp_np.to_string(), "20"]);
+    assert_eq!(oks(&out), 20, "world → {ip1}:{tcp_np}: {:?}", tally(&out));
+    assert!(
+        out.iter().all(|o| matches!(o, Outcome::Ok { peer, answer, .. }
+        if peer == &format!("{ip1}:{tcp_np}") && answer == &pod.name)),
+        "{out:?}"
+    );
+    let out = world_client(&world, &["udp", &ip1, &udp_np.to_string(), "20"]);
+    assert_eq!(oks(&out), 20, "world → {ip1}:{udp_np}/UDP: {:?}", tally(&out));
+    assert!(out.iter().all(|o| o.answer() == Some(pod.name.as_str())), "{out:?}");
+
+    // The backend saw the world's address: the whoami server on 7778.
+    let api = lab.api.as_ref().unwrap();
+    let who = service("who", "10.96.0.81", &[("http", 81, 7778, "TCP")]).type_("NodePort");
+    let who_np = who.node_port(0);
+    api.upsert_service(who.build());
+    api.upsert_endpoint_slice(slice("who", &[("http", 7778, "TCP")], &ready(&[(&n1.name, &pod.ip)])).build());
+    wait_backends(&lab, "*", who_np, "TCP", &[format!("{}:7778", pod.ip)]).unwrap();
+    let text = cluster::tcp_text(&world, &ip1, who_np).expect("whoami through the NodePort");
+    assert_eq!(
+        cluster::parse_whoami(&text).map(|(_, ip)| ip.to_string()),
+        Some(cluster::WORLD_IP.to_string()),
+        "{text}"
+    );
+
+    let c = nat4(&lab, 0);
+    assert!(c["new_local"] >= 41 && c["reversed"] >= 41, "{c:?}");
+}
+
+/// Slice 2: 200 connections from the world, 100 to each node's address,
+/// spread over backends on both nodes: a node SNATs what it sends to the
+/// other node's backend (its own address and a port of the SNAT range)
+/// and sends the answer back from the address the client used. Node 3
+/// has no backend at all: everything it takes in goes to the others.
+#[test]
+fn world_to_node_ports_spreads_200_connections_over_backends_on_two_nodes() {
+    require_root();
+    let mut lab = services::lab(3, 1).unwrap();
+    let world = cluster::add_world(&mut lab).unwrap();
+    assert_no_kube_proxy_rules(&lab);
+    let backends: Vec<(String, String)> =
+        lab.state.nodes.iter().take(2).map(|n| (n.name.clone(), n.pods[0].ip.clone())).collect();
+    let refs: Vec<(&str, &str)> = backends.iter().map(|(n, ip)| (n.as_str(), ip.as_str())).collect();
+    let (tcp_np, udp_np) = publish_node_port(&lab, &refs);
+    let names: Vec<String> = lab.state.nodes.iter().take(2).map(|n| n.pods[0].name.clone()).collect();
+
+    let mut total = 0;
+    for i in [0, 2] {
+        // Node 1 has a local backend, node 3 none.
+        let ip = node_ip(&lab, i);
+        let out = world_client(&world, &["tcp", &ip, &tcp_np.to_string(), "100"]);
+        assert_eq!(oks(&out), 100, "world → {ip}:{tcp_np}: {:?}", tally(&out));
+        assert!(out.iter().all(|o| matches!(o, Outcome::Ok { peer, .. } if peer == &format!("{ip}:{tcp_np}"))));
+        let t = tally(&out);
+        assert!(names.iter().all(|n| t.get(n).copied().unwrap_or(0) >= 15), "through {ip}: {t:?}");
+        total += oks(&out);
+        let out = world_client(&world, &["udp", &ip, &udp_np.to_string(), "20"]);
+        assert_eq!(oks(&out), 20, "world → {ip}:{udp_np}/UDP: {:?}", tally(&out));
+    }
+    assert_eq!(total, 200);
+    let (c1, c3) = (nat4(&lab, 0), nat4(&lab, 2));
+    assert!(c1["new_remote"] >= 15 && c1["new_local"] >= 15, "node 1: {c1:?}");
+    assert!(c3["new_remote"] >= 120 && c3["new_local"] == 0, "node 3: {c3:?}");
+    assert_eq!(c3["port_exhausted"] + c3["insert_failed"], 0, "{c3:?}");
+}
+
+/// Slice 3, `externalTrafficPolicy: Local`: from the world, the node with
+/// a backend sends the client to it with the client's own address kept;
+/// the node without one drops the connection (counted), never sends it
+/// to the other node. In-cluster clients of the same NodePort still get
+/// every endpoint (the socket load balancer's, unchanged).
+#[test]
+fn external_traffic_policy_local_keeps_the_client_address_and_a_node_without_a_backend_drops() {
+    require_root();
+    let mut lab = services::lab(2, 1).unwrap();
+    let world = cluster::add_world(&mut lab).unwrap();
+    assert_no_kube_proxy_rules(&lab);
+    let api = lab.api.as_ref().unwrap();
+    let (n1, pod) = (lab.state.nodes[0].clone(), lab.state.nodes[0].pods[0].clone());
+    let svc = service("local", "10.96.0.82", &[("http", 82, 7778, "TCP")]).type_("NodePort").external_traffic_local();
+    let np = svc.node_port(0);
+    api.upsert_service(svc.build());
+    api.upsert_endpoint_slice(slice("local", &[("http", 7778, "TCP")], &ready(&[(&n1.name, &pod.ip)])).build());
+    wait_backends(&lab, "*", np, "TCP", &[format!("{}:7778", pod.ip)]).unwrap();
+    let (ip1, ip2) = (node_ip(&lab, 0), node_ip(&lab, 1));
+
+    for _ in 0..5 {
+        let text = cluster::tcp_text(&world, &ip1, np).expect("whoami through the ETP Local NodePort");
+        let (who, saw) = cluster::parse_whoami(&text).unwrap();
+        assert_eq!((who.as_str(), saw.to_string().as_str()), (pod.name.as_str(), cluster::WORLD_IP), "{text}");
+    }
+    let out = world_client(&world, &["tcp", &ip2, &np.to_string(), "3"]);
+    assert_eq!(oks(&out), 0, "node 2 has no backend: {out:?}");
+    // Each connection's SYN and its retransmissions, all dropped.
+    let drops = sluice_tests::lab::counter(&lab, 1, "drops", "service_no_local_endpoints");
+    assert!(drops >= 3, "{drops}");
+    let c2 = nat4(&lab, 1);
+    assert_eq!(c2["new_remote"] + c2["new_local"], 0, "{c2:?}");
+}
+
+/// hostPort from the world (issue 27, with portmap not chained and no
+/// kube-proxy rules): a pod's hostPort on its node's address reaches the
+/// pod over TCP and UDP, the pod sees the world's address; the same port
+/// on the other node's address is no hostPort of this pod.
+#[test]
+fn world_to_a_host_port_reaches_the_pod_on_its_own_node_only() {
+    require_root();
+    let mut lab = services::lab(2, 1).unwrap();
+    let world = cluster::add_world(&mut lab).unwrap();
+    let api = lab.api.as_ref().unwrap();
+    let (n1, pod) = (lab.state.nodes[0].clone(), lab.state.nodes[0].pods[0].clone());
+    api.upsert_pod(
+        sluice_tests::apiserver::PodObject::new("default", &pod.name, &n1.name, &pod.ip)
+            .host_port(7778, 8080, "TCP", None)
+            .host_port(services::UDP_PORT, 8053, "UDP", None)
+            .build(),
+    );
+    let (ip1, ip2) = (node_ip(&lab, 0), node_ip(&lab, 1));
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    let text = loop {
+        if let Some(t) = cluster::tcp_text(&world, &ip1, 8080) {
+            break t;
+        }
+        assert!(std::time::Instant::now() < deadline, "world → {ip1}:8080 (hostPort) never answered");
+        std::thread::sleep(std::time::Duration::from_millis(200));
+    };
+    let (who, saw) = cluster::parse_whoami(&text).unwrap();
+    assert_eq!((who.as_str(), saw.to_string().as_str()), (pod.name.as_str(), cluster::WORLD_IP), "{text}");
+    let out = world_client(&world, &["udp", &ip1, "8053", "10"]);
+    assert_eq!(oks(&out), 10, "world → {ip1}:8053/UDP: {:?}", tally(&out));
+    assert!(cluster::tcp_text(&world, &ip2, 8080).is_none(), "{ip2}:8080 is not the hostPort of n1's pod");
+}

@@ -1,0 +1,259 @@
+//! Services from outside the cluster at the uplink (issue 27, `lb4`):
+//! `from_uplink` DNATs a world client's packet for a NodePort or an
+//! external IP into a local backend, or DNATs and SNATs it towards a
+//! backend on another node; the answers are translated back (`from_pod`
+//! for a local backend, `from_uplink` for a remote one). Checksums are
+//! checked by comparing with packets built whole (etherparse).
+use sluice_common::{
+    maps::programs::{FROM_POD, FROM_UPLINK},
+    nat::{Lb4Config, Nat4Counter, Nat4Entry, Nat4Key, LB4_ENABLED, NAT4_FORWARD, NAT4_REPLY},
+    services::{
+        Backend, BackendSlot, ServiceKey, ServiceValue, NODE_ADDRESS_LOCAL, SCOPE_ADDRESS, SERVICE_EXTERNAL_IP,
+    },
+    DropReason, ForwardPath,
+};
+use sluice_node::datapath::{
+    nat4_maps::{nat4_counters, set_lb4_config, Nat4Table},
+    service_maps::{NodeAddressMap, ServiceMaps},
+};
+use sluice_tests::prog_test::{
+    be, ip,
+    packet::{be16, hex},
+    Ipv4, TestDatapath, L2, NODE_IP, TC_ACT_OK, TC_ACT_REDIRECT, TC_ACT_SHOT,
+};
+
+const WORLD: &str = "192.0.2.1";
+const NODE_PORT: u16 = 30080;
+const TCP: u8 = 6;
+const UDP: u8 = 17;
+
+fn from_world(dp: &TestDatapath) -> L2 {
+    L2::new([0x02, 0, 0, 0, 0, 0xfe], dp.uplink.mac)
+}
+
+/// A node translating Services at its uplink, with NodePort `NODE_PORT`
+/// (TCP and UDP) on its address, backed by `backend:7777`.
+fn node_with_node_port(backend: &str) -> TestDatapath {
+    let dp = TestDatapath::node().unwrap();
+    set_lb4_config(dp.pins(), Lb4Config { flags: LB4_ENABLED, snat_port_min: 61000, snat_port_max: 65535 }).unwrap();
+    NodeAddressMap::open(dp.pins()).unwrap().put(be(ip(NODE_IP)), NODE_ADDRESS_LOCAL).unwrap();
+    let mut maps = ServiceMaps::open(dp.pins()).unwrap();
+    maps.put_backend(
+        BackendSlot { set: 1, slot: 0 },
+        Backend { ip_be: be(ip(backend)), port_be: 7777u16.to_be(), _pad: 0 },
+    )
+    .unwrap();
+    for protocol in [TCP, UDP] {
+        let value = ServiceValue { backend_set: 1, count: 1, affinity_timeout_secs: 0, flags: 0 };
+        maps.put_service(ServiceKey::node_port(NODE_PORT.to_be(), protocol), value).unwrap();
+    }
+    dp
+}
+
+fn counter(dp: &TestDatapath, c: Nat4Counter) -> u64 {
+    nat4_counters(dp.pins()).unwrap().into_iter().find(|(k, _)| *k == c).unwrap().1
+}
+
+/// The IPv4 packet of a frame (its Ethernet header left out: a redirect
+/// through the FIB writes the MACs after the program).
+fn l3(frame: &[u8]) -> String {
+    hex(&frame[14..])
+}
+
+#[test]
+fn a_world_connection_to_a_node_port_reaches_the_local_backend_and_its_answer_comes_from_the_node_port() {
+    let dp = node_with_node_port("10.244.1.3");
+    let b = dp.add_pod("10.244.1.3").unwrap();
+    for (syn, dnated, answer, reversed) in [
+        (
+            Ipv4::tcp_syn(WORLD, NODE_IP, 40000, NODE_PORT),
+            Ipv4::tcp_syn(WORLD, "10.244.1.3", 40000, 7777),
+            Ipv4::tcp_ack("10.244.1.3", WORLD, 7777, 40000),
+            Ipv4::tcp_ack(NODE_IP, WORLD, NODE_PORT, 40000),
+        ),
+        (
+            Ipv4::udp(WORLD, NODE_IP, 40001, NODE_PORT),
+            Ipv4::udp(WORLD, "10.244.1.3", 40001, 7777),
+            Ipv4::udp("10.244.1.3", WORLD, 7777, 40001),
+            Ipv4::udp(NODE_IP, WORLD, NODE_PORT, 40001),
+        ),
+    ] {
+        let run = dp.run(FROM_UPLINK, dp.uplink.ifindex, &syn.frame(from_world(&dp))).unwrap();
+        assert_eq!(run.action, TC_ACT_REDIRECT);
+        assert_eq!(hex(&run.packet), hex(&dnated.ttl(63).frame(b.receives())), "DNATed into the backend");
+        let run = dp.run(FROM_POD, b.host.ifindex, &answer.frame(b.sends())).unwrap();
+        assert_eq!(run.action, TC_ACT_REDIRECT, "the answer goes straight out of the uplink");
+        assert_eq!(l3(&run.packet), l3(&reversed.ttl(63).frame(b.sends())), "as from the NodePort");
+    }
+    // Later packets of the connection use its entry.
+    let run =
+        dp.run(FROM_UPLINK, dp.uplink.ifindex, &Ipv4::tcp_ack(WORLD, NODE_IP, 40000, NODE_PORT).frame(from_world(&dp)));
+    assert_eq!(run.unwrap().action, TC_ACT_REDIRECT);
+    assert_eq!(counter(&dp, Nat4Counter::NewLocal), 2);
+    assert_eq!(counter(&dp, Nat4Counter::Forwarded), 1);
+    assert_eq!(counter(&dp, Nat4Counter::Reversed), 2);
+    assert_eq!(dp.drops().unwrap(), []);
+    let fwd = dp.forwards().unwrap();
+    assert!(
+        fwd.contains(&(ForwardPath::UplinkToService, 3)) && fwd.contains(&(ForwardPath::ServiceReply, 2)),
+        "{fwd:?}"
+    );
+}
+
+#[test]
+fn a_remote_backend_gets_the_node_address_and_a_snat_port_and_its_answer_goes_back_to_the_client() {
+    // 10.244.2.0/24 is the native peer's (172.30.0.2).
+    let dp = node_with_node_port("10.244.2.9");
+    let syn = Ipv4::tcp_syn(WORLD, NODE_IP, 40000, NODE_PORT);
+    let run = dp.run(FROM_UPLINK, dp.uplink.ifindex, &syn.frame(from_world(&dp))).unwrap();
+    assert_eq!(run.action, TC_ACT_REDIRECT);
+    let snat_port = be16(&run.packet, 14 + 20);
+    assert!((61000..=65535).contains(&snat_port), "SNAT port {snat_port}");
+    let want = Ipv4::tcp_syn(NODE_IP, "10.244.2.9", snat_port, 7777).ttl(63).frame(from_world(&dp));
+    assert_eq!(l3(&run.packet), l3(&want), "DNAT and SNAT to the node's address");
+    // Both halves are in NAT4.
+    let nat = Nat4Table::open(dp.pins()).unwrap();
+    let reply_key = Nat4Key {
+        src_be: be(ip("10.244.2.9")),
+        dst_be: be(ip(NODE_IP)),
+        src_port_be: 7777u16.to_be(),
+        dst_port_be: snat_port.to_be(),
+        protocol: TCP,
+        direction: NAT4_REPLY,
+        _pad: [0; 2],
+    };
+    let reply = nat.get(&reply_key).unwrap().expect("the reply half reserves the SNAT port");
+    assert_eq!((reply.src_be, reply.dst_be), (be(ip(NODE_IP)), be(ip(WORLD))));
+
+    // The backend's answer, from its node.
+    let answer =
+        Ipv4::tcp_ack("10.244.2.9", NODE_IP, 7777, snat_port).frame(L2::new([2, 0, 0, 0, 0, 2], dp.uplink.mac));
+    let run = dp.run(FROM_UPLINK, dp.uplink.ifindex, &answer).unwrap();
+    assert_eq!(run.action, TC_ACT_REDIRECT);
+    let back = Ipv4::tcp_ack(NODE_IP, WORLD, NODE_PORT, 40000).ttl(63).frame(from_world(&dp));
+    assert_eq!(l3(&run.packet), l3(&back), "back to the client as from the NodePort");
+    assert_eq!(counter(&dp, Nat4Counter::NewRemote), 1);
+    assert_eq!(counter(&dp, Nat4Counter::Reversed), 1);
+    assert_eq!(dp.drops().unwrap(), []);
+}
+
+#[test]
+fn a_snat_port_held_by_another_connection_is_never_reused() {
+    let dp = node_with_node_port("10.244.2.9");
+    // One SNAT port only, and it is taken (by a connection to the same
+    // backend from another client).
+    set_lb4_config(dp.pins(), Lb4Config { flags: LB4_ENABLED, snat_port_min: 61000, snat_port_max: 61000 }).unwrap();
+    let held_key = Nat4Key {
+        src_be: be(ip("10.244.2.9")),
+        dst_be: be(ip(NODE_IP)),
+        src_port_be: 7777u16.to_be(),
+        dst_port_be: 61000u16.to_be(),
+        protocol: TCP,
+        direction: NAT4_REPLY,
+        _pad: [0; 2],
+    };
+    let held = Nat4Entry {
+        src_be: be(ip(NODE_IP)),
+        dst_be: be(ip("198.51.100.1")),
+        src_port_be: NODE_PORT.to_be(),
+        dst_port_be: 50000u16.to_be(),
+        ..Default::default()
+    };
+    Nat4Table::open(dp.pins()).unwrap().insert(held_key, held).unwrap();
+    let run =
+        dp.run(FROM_UPLINK, dp.uplink.ifindex, &Ipv4::tcp_syn(WORLD, NODE_IP, 40000, NODE_PORT).frame(from_world(&dp)));
+    assert_eq!(run.unwrap().action, TC_ACT_SHOT);
+    assert_eq!(dp.drops().unwrap(), [(DropReason::Nat4PortExhausted, 1)]);
+    assert!(counter(&dp, Nat4Counter::PortCollision) >= 1);
+    assert_eq!(counter(&dp, Nat4Counter::PortExhausted), 1);
+    let nat = Nat4Table::open(dp.pins()).unwrap();
+    assert_eq!(nat.get(&held_key).unwrap(), Some(held), "the other connection's entry is untouched");
+    assert_eq!(nat.all().unwrap().len(), 1, "nothing half-written");
+    // Its answers still go to its own client.
+    let answer = Ipv4::tcp_ack("10.244.2.9", NODE_IP, 7777, 61000).frame(L2::new([2, 0, 0, 0, 0, 2], dp.uplink.mac));
+    let run = dp.run(FROM_UPLINK, dp.uplink.ifindex, &answer).unwrap();
+    assert_eq!(
+        l3(&run.packet),
+        l3(&Ipv4::tcp_ack(NODE_IP, "198.51.100.1", NODE_PORT, 50000).ttl(63).frame(from_world(&dp)))
+    );
+}
+
+#[test]
+fn external_ips_are_translated_and_cluster_ips_and_a_switched_off_node_are_left_to_the_stack() {
+    let dp = node_with_node_port("10.244.1.3");
+    let b = dp.add_pod("10.244.1.3").unwrap();
+    let mut maps = ServiceMaps::open(dp.pins()).unwrap();
+    let addr = |ip_s: &str, flags| {
+        (ServiceKey { vip_be: be(ip(ip_s)), port_be: 80u16.to_be(), protocol: TCP, scope: SCOPE_ADDRESS }, flags)
+    };
+    for (key, flags) in [addr("192.0.2.10", SERVICE_EXTERNAL_IP), addr("10.96.0.10", 0)] {
+        maps.put_service(key, ServiceValue { backend_set: 1, count: 1, affinity_timeout_secs: 0, flags }).unwrap();
+    }
+    let run =
+        dp.run(FROM_UPLINK, dp.uplink.ifindex, &Ipv4::tcp_syn(WORLD, "192.0.2.10", 40000, 80).frame(from_world(&dp)));
+    let run = run.unwrap();
+    assert_eq!(run.action, TC_ACT_REDIRECT);
+    assert_eq!(hex(&run.packet), hex(&Ipv4::tcp_syn(WORLD, "10.244.1.3", 40000, 7777).ttl(63).frame(b.receives())));
+    // A ClusterIP is the cluster's: not from outside.
+    let cluster_ip = Ipv4::tcp_syn(WORLD, "10.96.0.10", 40000, 80).frame(from_world(&dp));
+    let run = dp.run(FROM_UPLINK, dp.uplink.ifindex, &cluster_ip).unwrap();
+    assert_eq!((run.action, hex(&run.packet)), (TC_ACT_OK, hex(&cluster_ip)));
+    // Switched off (--kube-proxy-replacement=false): kube-proxy's rules.
+    set_lb4_config(dp.pins(), Lb4Config { flags: 0, snat_port_min: 61000, snat_port_max: 65535 }).unwrap();
+    let np = Ipv4::tcp_syn(WORLD, NODE_IP, 40002, NODE_PORT).frame(from_world(&dp));
+    let run = dp.run(FROM_UPLINK, dp.uplink.ifindex, &np).unwrap();
+    assert_eq!((run.action, hex(&run.packet)), (TC_ACT_OK, hex(&np)));
+    assert_eq!(counter(&dp, Nat4Counter::NewLocal), 1);
+    let _ = NAT4_FORWARD;
+}
+
+#[test]
+fn a_service_without_endpoints_is_dropped_counted_and_a_stray_segment_is_left_to_the_stack() {
+    let dp = node_with_node_port("10.244.1.3");
+    let mut maps = ServiceMaps::open(dp.pins()).unwrap();
+    maps.put_service(
+        ServiceKey::node_port(30090u16.to_be(), TCP),
+        ServiceValue { backend_set: 2, count: 0, affinity_timeout_secs: 0, flags: 0 },
+    )
+    .unwrap();
+    let run =
+        dp.run(FROM_UPLINK, dp.uplink.ifindex, &Ipv4::tcp_syn(WORLD, NODE_IP, 40000, 30090).frame(from_world(&dp)));
+    assert_eq!(run.unwrap().action, TC_ACT_SHOT);
+    assert_eq!(dp.drops().unwrap(), [(DropReason::ServiceNoEndpoints, 1)]);
+    // An ACK of no connection this node knows: the stack answers (RST).
+    let stray = Ipv4::tcp_ack(WORLD, NODE_IP, 40003, NODE_PORT).frame(from_world(&dp));
+    let run = dp.run(FROM_UPLINK, dp.uplink.ifindex, &stray).unwrap();
+    assert_eq!((run.action, hex(&run.packet)), (TC_ACT_OK, hex(&stray)));
+    assert_eq!(Nat4Table::open(dp.pins()).unwrap().all().unwrap().len(), 0);
+}
+
+#[test]
+fn external_traffic_policy_local_sends_outside_clients_to_local_backends_only_and_keeps_their_address() {
+    use sluice_common::services::external_local_flags;
+    let dp = node_with_node_port("10.244.1.3");
+    let b = dp.add_pod("10.244.1.3").unwrap();
+    let mut maps = ServiceMaps::open(dp.pins()).unwrap();
+    // The agent puts this node's backends first: one here, then one on
+    // the native peer and one on the tunneled peer.
+    for (slot, ip_s) in ["10.244.1.3", "10.244.2.9", "10.244.3.4"].iter().enumerate() {
+        let backend = Backend { ip_be: be(ip(ip_s)), port_be: 7778u16.to_be(), _pad: 0 };
+        maps.put_backend(BackendSlot { set: 5, slot: slot as u32 }, backend).unwrap();
+    }
+    let local = ServiceValue { backend_set: 5, count: 3, affinity_timeout_secs: 0, flags: external_local_flags(1) };
+    maps.put_service(ServiceKey::node_port(30081u16.to_be(), TCP), local).unwrap();
+    for client_port in 41000..41020 {
+        let syn = Ipv4::tcp_syn(WORLD, NODE_IP, client_port, 30081).frame(from_world(&dp));
+        let run = dp.run(FROM_UPLINK, dp.uplink.ifindex, &syn).unwrap();
+        assert_eq!(run.action, TC_ACT_REDIRECT);
+        let want = Ipv4::tcp_syn(WORLD, "10.244.1.3", client_port, 7778).ttl(63).frame(b.receives());
+        assert_eq!(hex(&run.packet), hex(&want), "the local backend, the world's own address");
+    }
+    assert_eq!(counter(&dp, Nat4Counter::NewLocal), 20);
+    assert_eq!(counter(&dp, Nat4Counter::NewRemote), 0);
+    // No local backend (endpoints elsewhere only): dropped, counted.
+    let none_here = ServiceValue { flags: external_local_flags(0), ..local };
+    maps.put_service(ServiceKey::node_port(30081u16.to_be(), TCP), none_here).unwrap();
+    let syn = Ipv4::tcp_syn(WORLD, NODE_IP, 42000, 30081).frame(from_world(&dp));
+    assert_eq!(dp.run(FROM_UPLINK, dp.uplink.ifindex, &syn).unwrap().action, TC_ACT_SHOT);
+    assert_eq!(dp.drops().unwrap(), [(DropReason::ServiceNoLocalEndpoints, 1)]);
+}

@@ -216,3 +216,46 @@ fn world_to_a_host_port_reaches_the_pod_on_its_own_node_only() {
     assert_eq!(oks(&out), 10, "world → {ip1}:8053/UDP: {:?}", tally(&out));
     assert!(cluster::tcp_text(&world, &ip2, 8080).is_none(), "{ip2}:8080 is not the hostPort of n1's pod");
 }
+
+/// Slice 4: the agent of the node that SNATs (no local backend) is
+/// SIGKILLed and restarted under 20 open NodePort connections from the
+/// world and a stream of new ones: `NAT4` and the programs are pinned, so
+/// none breaks and none is refused.
+#[test]
+fn agent_sigkill_and_restart_breaks_no_node_port_connection_and_refuses_none() {
+    require_root();
+    let mut lab = services::lab(2, 1).unwrap();
+    let world = cluster::add_world(&mut lab).unwrap();
+    let api = lab.api.as_ref().unwrap();
+    let (n1, pod) = (lab.state.nodes[0].clone(), lab.state.nodes[0].pods[0].clone());
+    let svc =
+        service("st", "10.96.0.83", &[("stream", 7779, 7779, "TCP"), ("http", 80, 7777, "TCP")]).type_("NodePort");
+    let (stream_np, http_np) = (svc.node_port(0), svc.node_port(1));
+    api.upsert_service(svc.build());
+    api.upsert_endpoint_slice(
+        slice("st", &[("stream", 7779, "TCP"), ("http", 7777, "TCP")], &ready(&[(&n1.name, &pod.ip)])).build(),
+    );
+    wait_backends(&lab, "*", stream_np, "TCP", &[format!("{}:7779", pod.ip)]).unwrap();
+    wait_backends(&lab, "*", http_np, "TCP", &[format!("{}:7777", pod.ip)]).unwrap();
+    // Through node 2: SNATed to node 1's pod.
+    let ip2 = node_ip(&lab, 1);
+    let spawn = |args: &[&str]| {
+        let mut all = vec!["python3", "-c", services::CLIENT];
+        all.extend_from_slice(args);
+        ns_cmd(&world, &all).stdout(std::process::Stdio::piped()).stderr(std::process::Stdio::null()).spawn().unwrap()
+    };
+    let streams: Vec<_> = (0..20).map(|_| spawn(&["stream", &ip2, &stream_np.to_string(), "8"])).collect();
+    let fresh = spawn(&["tcp", &ip2, &http_np.to_string(), "150", "30"]);
+    std::thread::sleep(std::time::Duration::from_millis(1000));
+    lab.kill_agent(1).unwrap();
+    std::thread::sleep(std::time::Duration::from_millis(500));
+    lab.start_agent(1).unwrap();
+    lab.wait_agent_ready(1).unwrap();
+    let (outcomes, _) = services::finish(fresh).unwrap();
+    assert_eq!((outcomes.len(), oks(&outcomes)), (150, 150), "{:?}", tally(&outcomes));
+    for s in streams {
+        let (_, text) = services::finish(s).unwrap();
+        assert!(text.trim_end().ends_with("done") && !text.contains("err"), "an open connection broke:\n{text}");
+    }
+    assert!(nat4(&lab, 1)["new_remote"] >= 170, "{:?}", nat4(&lab, 1));
+}

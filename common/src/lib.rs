@@ -16,6 +16,7 @@ pub mod maps;
 pub mod nat;
 pub mod policy;
 pub mod services;
+pub mod services6;
 pub mod verdict;
 
 pub use counters::{drop_slot, DropCount, DropReason, ForwardPath, HookDirection, StackFlowEvent, DROP_SLOTS};

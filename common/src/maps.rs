@@ -83,6 +83,19 @@ pub mod names {
     /// `Array<services::SockLbConfig>` with one entry: the node's network
     /// namespace (loopback NodePorts). The Services loop writes it.
     pub const SOCK_LB_CONFIG: &str = "SOCK_LB_CONFIG";
+    /// `HashMap<ServiceKey6, ServiceValue>`: IPv6 Services' frontends
+    /// (the twin of `SERVICES`, `services6`).
+    pub const SERVICES6: &str = "SERVICES6";
+    /// `HashMap<BackendSlot, Backend6>`: each IPv6 backend set's backends.
+    pub const BACKENDS6: &str = "BACKENDS6";
+    /// `HashMap<BackendMember6, u32 slot>`: membership test for affinity.
+    pub const BACKEND_MEMBERS6: &str = "BACKEND_MEMBERS6";
+    /// `LruHashMap<ReverseKey6, ServiceKey6>`: what a translated IPv6
+    /// socket asked for.
+    pub const SOCK_REVERSE6: &str = "SOCK_REVERSE6";
+    /// `LruHashMap<AffinityKey6, AffinityValue6>`: `sessionAffinity:
+    /// ClientIP` on IPv6 frontends.
+    pub const AFFINITY6: &str = "AFFINITY6";
     /// `LpmTrie<u32 IPv4 (be), policy::PeerIdentity>`: what a peer address
     /// is, for NetworkPolicy (agent writes; programs read per new
     /// connection).
@@ -146,8 +159,10 @@ pub mod programs {
     pub const SOCK_CONNECT6: &str = "sock_connect6";
     /// cgroup `sendmsg4`: an unconnected UDP datagram to a cluster IP.
     pub const SOCK_SENDMSG: &str = "sock_sendmsg";
-    // No `sendmsg6` twin: the kernel hands an IPv6 socket's datagram to a
-    // v4-mapped address to the IPv4 path, where `sock_sendmsg` runs.
+    /// cgroup `sendmsg6`: the same to a native IPv6 Service address (the
+    /// kernel hands an IPv6 socket's datagram to a v4-mapped address to
+    /// the IPv4 path, where `sock_sendmsg` runs).
+    pub const SOCK_SENDMSG6: &str = "sock_sendmsg6";
     /// cgroup `recvmsg4`: a reply's source shown as the cluster IP.
     pub const SOCK_RECVMSG: &str = "sock_recvmsg";
     /// cgroup `recvmsg6`: the same, v4-mapped.

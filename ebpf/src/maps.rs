@@ -19,6 +19,7 @@ use sluice_common::{
         AffinityKey, AffinityValue, Backend, BackendMember, BackendSlot, ReverseKey, ServiceKey, ServiceValue,
         SockLbConfig, SockLbCounter,
     },
+    services6::{AffinityKey6, AffinityValue6, Backend6, BackendMember6, ReverseKey6, ServiceKey6},
     DropCount, EndpointInfo, FlowKey, ForwardPath, NodeConfig, RemoteNode, StackFlowEvent, TunnelConfig, DROP_SLOTS,
 };
 
@@ -93,6 +94,22 @@ pub static NODE_ADDRESSES: HashMap<u32, u32> = HashMap::with_max_entries(MAX_NOD
 
 #[map]
 pub static SOCK_LB_CONFIG: Array<SockLbConfig> = Array::with_max_entries(1, 0);
+
+// The IPv6 twins of the socket LB's maps (`sluice_common::services6`).
+#[map]
+pub static SERVICES6: HashMap<ServiceKey6, ServiceValue> = HashMap::with_max_entries(MAX_SERVICES, 0);
+
+#[map]
+pub static BACKENDS6: HashMap<BackendSlot, Backend6> = HashMap::with_max_entries(MAX_BACKENDS, 0);
+
+#[map]
+pub static BACKEND_MEMBERS6: HashMap<BackendMember6, u32> = HashMap::with_max_entries(MAX_BACKENDS, 0);
+
+#[map]
+pub static SOCK_REVERSE6: LruHashMap<ReverseKey6, ServiceKey6> = LruHashMap::with_max_entries(MAX_SOCK_REVERSE, 0);
+
+#[map]
+pub static AFFINITY6: LruHashMap<AffinityKey6, AffinityValue6> = LruHashMap::with_max_entries(MAX_AFFINITY, 0);
 
 // NetworkPolicy (`sluice_common::policy`; who writes and reads each is on
 // its name in `sluice_common::maps::names`).

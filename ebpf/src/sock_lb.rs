@@ -17,13 +17,21 @@
 //! `getpeername()`: those programs have IPv6 twins (`sock_connect6`,
 //! `sock_recvmsg6`, `sock_getpeername6`) that translate v4-mapped addresses
 //! and only those, writing the backend (or the cluster IP) back v4-mapped;
-//! a native IPv6 address passes untouched (IPv6 Services are not supported
-//! yet). An unconnected datagram to a v4-mapped address needs no twin:
+//! a native IPv6 address is an IPv6 Service's (below). An unconnected
+//! datagram to a v4-mapped address needs no twin:
 //! `udpv6_sendmsg` hands it to `udp_sendmsg` with the IPv4 address before
 //! any hook, so `sock_sendmsg` translates it (a `sendmsg6` program never
 //! sees a v4-mapped destination, and the kernel refuses one written there
 //! with `ENOTSUPP`). The unsuffixed names are the IPv4 programs: pinned
 //! links carry them, so they keep them.
+//!
+//! IPv6 Services (issue 28): a native IPv6 destination is looked up in the
+//! IPv6 twins of the maps (`SERVICES6`, `BACKENDS6`, `BACKEND_MEMBERS6`,
+//! `SOCK_REVERSE6`, `AFFINITY6`; `sluice_common::services6`) by
+//! `translate6`/`reverse6`, on `sock_connect6`, `sock_sendmsg6` (unconnected
+//! UDP over IPv6), `sock_recvmsg6` and `sock_getpeername6`; refusals as in
+//! IPv4. Cluster, external and LoadBalancer IPs only: IPv6 NodePorts need
+//! the node's IPv6 addresses (a `NODE_ADDRESSES6`), not there yet.
 //!
 //! NodePorts (`SCOPE_NODE_PORT` entries, one per port for every node
 //! address): a destination that is not itself a frontend, but is a node
@@ -53,14 +61,20 @@ use aya_ebpf::{
     programs::SockAddrContext,
     EbpfContext,
 };
-use sluice_common::services::{
-    admission, affinity_fresh, host_port_candidate, is_host_port_scope, is_loopback_be, nodeport_candidate,
-    v4_mapped_be, Admission, AffinityKey, AffinityValue, Backend, BackendMember, BackendSlot, ReverseKey, ServiceKey,
-    ServiceValue, SockLbCounter, NODE_ADDRESS_LOCAL, SCOPE_ADDRESS, SCOPE_NODE_PORT,
+use sluice_common::{
+    services::{
+        admission, affinity_fresh, host_port_candidate, is_host_port_scope, is_loopback_be, nodeport_candidate,
+        v4_mapped_be, Admission, AffinityKey, AffinityValue, Backend, BackendMember, BackendSlot, ReverseKey,
+        ServiceKey, ServiceValue, SockLbCounter, NODE_ADDRESS_LOCAL, SCOPE_ADDRESS, SCOPE_NODE_PORT,
+    },
+    services6::{
+        native_ipv6, AffinityKey6, AffinityValue6, Backend6, BackendMember6, Ip6Words, ReverseKey6, ServiceKey6,
+    },
 };
 
 use crate::maps::{
-    AFFINITY, BACKENDS, BACKEND_MEMBERS, NODE_ADDRESSES, SERVICES, SOCK_LB_CONFIG, SOCK_LB_STATS, SOCK_REVERSE,
+    AFFINITY, AFFINITY6, BACKENDS, BACKENDS6, BACKEND_MEMBERS, BACKEND_MEMBERS6, NODE_ADDRESSES, SERVICES, SERVICES6,
+    SOCK_LB_CONFIG, SOCK_LB_STATS, SOCK_REVERSE, SOCK_REVERSE6,
 };
 
 const ALLOW: i32 = 1;
@@ -227,26 +241,35 @@ fn pick(ctx: &SockAddrContext, key: &ServiceKey, service: &ServiceValue) -> Opti
     Some(backend)
 }
 
+/// `Some(verdict)` when the call is refused (no endpoints, or none this
+/// node may use), with the error set; `None`: balance it.
+#[inline(always)]
+fn refused(service: &ServiceValue) -> Option<i32> {
+    match admission(service) {
+        Admission::Balance => None,
+        Admission::Refuse => {
+            count(SockLbCounter::RefusedNoEndpoints);
+            // SAFETY: a cgroup program's own return value.
+            unsafe { bpf_set_retval(-ECONNREFUSED) };
+            Some(REJECT)
+        }
+        Admission::Unreachable => {
+            count(SockLbCounter::RefusedNoLocalEndpoints);
+            // SAFETY: as above.
+            unsafe { bpf_set_retval(-EHOSTUNREACH) };
+            Some(REJECT)
+        }
+    }
+}
+
 /// Translate a cluster IP destination to a backend. Returns the program's
 /// verdict.
 #[inline(always)]
 fn translate(ctx: &SockAddrContext, family: Family, done: SockLbCounter) -> i32 {
     let Some(named) = frontend(ctx, family) else { return ALLOW };
     let Some((key, service)) = lookup(ctx, &named) else { return ALLOW };
-    match admission(&service) {
-        Admission::Balance => {}
-        Admission::Refuse => {
-            count(SockLbCounter::RefusedNoEndpoints);
-            // SAFETY: a cgroup program's own return value.
-            unsafe { bpf_set_retval(-ECONNREFUSED) };
-            return REJECT;
-        }
-        Admission::Unreachable => {
-            count(SockLbCounter::RefusedNoLocalEndpoints);
-            // SAFETY: as above.
-            unsafe { bpf_set_retval(-EHOSTUNREACH) };
-            return REJECT;
-        }
+    if let Some(verdict) = refused(&service) {
+        return verdict;
     }
     let Some(backend) = pick(ctx, &key, &service) else {
         count(SockLbCounter::SlotMissing);
@@ -288,6 +311,140 @@ fn reverse(ctx: &SockAddrContext, family: Family) -> i32 {
     ALLOW
 }
 
+/// The four words of `user_ip6` (each in network order).
+#[inline(always)]
+fn address6(ctx: &SockAddrContext) -> Ip6Words {
+    // SAFETY: `user_ip6` is readable on the IPv6 hooks; one 4-byte volatile
+    // load per word (see `address`).
+    unsafe {
+        let sa = ctx.sock_addr;
+        [
+            read_volatile(&(*sa).user_ip6[0]),
+            read_volatile(&(*sa).user_ip6[1]),
+            read_volatile(&(*sa).user_ip6[2]),
+            read_volatile(&(*sa).user_ip6[3]),
+        ]
+    }
+}
+
+/// Write `ip:port_be` as the call's IPv6 address.
+#[inline(always)]
+fn set_address6(ctx: &SockAddrContext, ip: &Ip6Words, port_be: u16) {
+    // SAFETY: `user_ip6` and `user_port` are writable (4-byte stores) on
+    // the IPv6 hooks these programs sit on.
+    unsafe {
+        let sa = ctx.sock_addr;
+        write_volatile(&mut (*sa).user_ip6[0], ip[0]);
+        write_volatile(&mut (*sa).user_ip6[1], ip[1]);
+        write_volatile(&mut (*sa).user_ip6[2], ip[2]);
+        write_volatile(&mut (*sa).user_ip6[3], ip[3]);
+        (*sa).user_port = port_be as u32;
+    }
+}
+
+/// The IPv6 frontend the call names, if native IPv6 TCP or UDP (a
+/// v4-mapped address is the IPv4 path's).
+#[inline(always)]
+fn frontend6(ctx: &SockAddrContext) -> Option<ServiceKey6> {
+    // SAFETY: readable in every sock_addr program.
+    let (port, protocol) = unsafe { ((*ctx.sock_addr).user_port, (*ctx.sock_addr).protocol) };
+    if protocol != IPPROTO_TCP && protocol != IPPROTO_UDP {
+        return None;
+    }
+    let ip = address6(ctx);
+    if !native_ipv6(ip) {
+        return None;
+    }
+    Some(ServiceKey6::address(ip, port as u16, protocol as u8))
+}
+
+/// `remembered` for IPv6 frontends.
+#[inline(always)]
+fn remembered6(key: &AffinityKey6, service: &ServiceValue, now: u64) -> Option<Backend6> {
+    let entry = AFFINITY6.get_ptr_mut(key)?;
+    // SAFETY: a valid map value pointer; a racing writer can only leave
+    // another valid backend and time.
+    let (backend, last_used) = unsafe { ((*entry).backend, (*entry).last_used_ns) };
+    if !affinity_fresh(last_used, now, service.affinity_timeout_secs) {
+        return None;
+    }
+    let member = BackendMember6 { set: service.backend_set, backend };
+    // SAFETY: only presence is read.
+    unsafe { BACKEND_MEMBERS6.get(&member) }?;
+    unsafe { (*entry).last_used_ns = now };
+    Some(backend)
+}
+
+/// `pick` for IPv6 frontends.
+#[inline(always)]
+fn pick6(ctx: &SockAddrContext, key: &ServiceKey6, service: &ServiceValue) -> Option<Backend6> {
+    let affinity = service.affinity_timeout_secs != 0;
+    let mut akey = AffinityKey6::default();
+    let mut now = 0;
+    if affinity {
+        // SAFETY: plain helpers valid in sock_addr programs.
+        akey = AffinityKey6 { netns_cookie: unsafe { bpf_get_netns_cookie(ctx.as_ptr()) }, service: *key, _pad: 0 };
+        now = unsafe { bpf_ktime_get_ns() };
+        if let Some(b) = remembered6(&akey, service, now) {
+            return Some(b);
+        }
+    }
+    // SAFETY: as above.
+    let slot = unsafe { bpf_get_prandom_u32() } % service.count;
+    // SAFETY: the value is copied out at once.
+    let backend = *unsafe { BACKENDS6.get(&BackendSlot { set: service.backend_set, slot }) }?;
+    if affinity {
+        let _ = AFFINITY6.insert(&akey, &AffinityValue6 { backend, _pad: 0, last_used_ns: now }, 0);
+    }
+    Some(backend)
+}
+
+/// Translate a native IPv6 Service address to a backend (`translate`'s
+/// twin). Returns the program's verdict.
+#[inline(always)]
+fn translate6(ctx: &SockAddrContext, done: SockLbCounter) -> i32 {
+    let Some(key) = frontend6(ctx) else { return ALLOW };
+    // SAFETY: the value is copied out at once.
+    let Some(service) = unsafe { SERVICES6.get(&key) }.copied() else { return ALLOW };
+    if let Some(verdict) = refused(&service) {
+        return verdict;
+    }
+    let Some(backend) = pick6(ctx, &key, &service) else {
+        count(SockLbCounter::SlotMissing);
+        return ALLOW;
+    };
+    set_address6(ctx, &backend.ip, backend.port_be);
+    // SAFETY: a plain helper valid in sock_addr programs.
+    let cookie = unsafe { bpf_get_socket_cookie(ctx.as_ptr()) };
+    let _ = SOCK_REVERSE6.insert(&ReverseKey6 { cookie, backend, _pad: 0 }, &key, 0);
+    count(done);
+    ALLOW
+}
+
+/// Show an IPv6 backend source or peer as the Service address the socket
+/// asked for (`reverse`'s twin).
+#[inline(always)]
+fn reverse6(ctx: &SockAddrContext) -> i32 {
+    let ip = address6(ctx);
+    // SAFETY: readable in every sock_addr program.
+    let port = unsafe { (*ctx.sock_addr).user_port };
+    // SAFETY: a plain helper valid in sock_addr programs.
+    let cookie = unsafe { bpf_get_socket_cookie(ctx.as_ptr()) };
+    let key = ReverseKey6 { cookie, backend: Backend6 { ip, port_be: port as u16, _pad: 0 }, _pad: 0 };
+    // SAFETY: the value is copied out at once.
+    if let Some(frontend) = unsafe { SOCK_REVERSE6.get(&key) }.copied() {
+        set_address6(ctx, &frontend.vip, frontend.port_be);
+        count(SockLbCounter::Reversed);
+    }
+    ALLOW
+}
+
+/// Is the IPv6 call's address v4-mapped (the IPv4 path's)?
+#[inline(always)]
+fn v4_mapped(ctx: &SockAddrContext) -> bool {
+    address(ctx, Family::V6).is_some()
+}
+
 #[cgroup_sock_addr(connect4)]
 pub fn sock_connect(ctx: SockAddrContext) -> i32 {
     translate(&ctx, Family::V4, SockLbCounter::Connected)
@@ -295,7 +452,18 @@ pub fn sock_connect(ctx: SockAddrContext) -> i32 {
 
 #[cgroup_sock_addr(connect6)]
 pub fn sock_connect6(ctx: SockAddrContext) -> i32 {
-    translate(&ctx, Family::V6, SockLbCounter::Connected)
+    if v4_mapped(&ctx) {
+        translate(&ctx, Family::V6, SockLbCounter::Connected)
+    } else {
+        translate6(&ctx, SockLbCounter::Connected)
+    }
+}
+
+/// Unconnected UDP over IPv6 to a native IPv6 Service address (a
+/// v4-mapped one never reaches this hook).
+#[cgroup_sock_addr(sendmsg6)]
+pub fn sock_sendmsg6(ctx: SockAddrContext) -> i32 {
+    translate6(&ctx, SockLbCounter::Sent)
 }
 
 #[cgroup_sock_addr(sendmsg4)]
@@ -310,7 +478,11 @@ pub fn sock_recvmsg(ctx: SockAddrContext) -> i32 {
 
 #[cgroup_sock_addr(recvmsg6)]
 pub fn sock_recvmsg6(ctx: SockAddrContext) -> i32 {
-    reverse(&ctx, Family::V6)
+    if v4_mapped(&ctx) {
+        reverse(&ctx, Family::V6)
+    } else {
+        reverse6(&ctx)
+    }
 }
 
 #[cgroup_sock_addr(getpeername4)]
@@ -320,5 +492,9 @@ pub fn sock_getpeername(ctx: SockAddrContext) -> i32 {
 
 #[cgroup_sock_addr(getpeername6)]
 pub fn sock_getpeername6(ctx: SockAddrContext) -> i32 {
-    reverse(&ctx, Family::V6)
+    if v4_mapped(&ctx) {
+        reverse(&ctx, Family::V6)
+    } else {
+        reverse6(&ctx)
+    }
 }

@@ -78,7 +78,7 @@ elif mode == "sendto":
         except OSError as e:
             err(e)
 elif mode == "udp-serve":
-    s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    s = socket.socket(family, socket.SOCK_DGRAM)
     s.bind((ip, port))
     while True:
         _, src = s.recvfrom(200)

@@ -14,7 +14,7 @@
 use std::{
     collections::BTreeMap,
     future::Future,
-    net::Ipv4Addr,
+    net::{Ipv4Addr, Ipv6Addr},
     path::PathBuf,
     sync::{Arc, Mutex},
     time::{Duration, Instant},
@@ -28,7 +28,7 @@ use sluice_node::{
     datapath::{
         pinned_maps::{ip_be, ip_from_be},
         pins::PinDir,
-        service_maps::{own_netns_cookie, set_sock_lb_config, NodeAddressMap, ServiceMaps},
+        service_maps::{own_netns_cookie, set_sock_lb_config, NodeAddressMap, ServiceMaps, ServiceMaps6},
     },
     net::netlink::Netlink,
 };
@@ -38,7 +38,7 @@ use crate::{
     daemon::{health_check_ports::HealthCheckPorts, udp_sockets},
     policy::kubernetes::KubePolicy,
     port_ownership::listeners::HostPortClaim,
-    reconcile::service_maps::{RemovedBackend, ServiceReconciler},
+    reconcile::service_maps::{PassStats, RemovedBackend, ServiceReconciler, V6},
     services::{health_check, host_ports, kubernetes::KubeServices, model::Touched, node_addresses, plan},
 };
 
@@ -147,7 +147,14 @@ pub async fn run(
 ) -> Result<()> {
     let mut maps = ServiceMaps::open(&pins)?;
     let mut reconciler = ServiceReconciler::resume(&mut maps)?;
-    info!(frontends = reconciler.len(), "socket load balancer: took over the service maps");
+    // IPv6 Services: the twin maps, planned and applied beside IPv4's.
+    let mut maps6 = ServiceMaps6::open(&pins)?;
+    let mut reconciler6 = ServiceReconciler::<V6>::resume(&mut maps6)?;
+    info!(
+        frontends = reconciler.len(),
+        ipv6_frontends = reconciler6.len(),
+        "socket load balancer: took over the service maps"
+    );
     // Loopback NodePorts: from this namespace only (the agent runs in the
     // node's).
     let host_netns_cookie = own_netns_cookie()?;
@@ -155,6 +162,7 @@ pub async fn run(
     let mut addresses = NodeAddressMap::open(&pins)?;
     let netlink = Netlink::open()?;
     let mut planner = plan::Planner::default();
+    let mut planner6 = plan::Planner::<Ipv6Addr>::default();
     let mut health_ports = HealthCheckPorts::default();
     let mut last_full = Instant::now();
     let mut first = true;
@@ -179,9 +187,10 @@ pub async fn run(
             let checks = Some(health_check::desired(view, &node_name));
             let touched = if full { Touched::All } else { touched };
             if touched.is_empty() {
-                return (Some(Some(Default::default())), s.clone(), checks);
+                return (Some((Some(Default::default()), Some(Default::default()))), s.clone(), checks);
             }
-            (Some(planner.update(view, touched, &node_name)), s.clone(), checks)
+            let changed6 = planner6.update(view, touched.clone(), &node_name);
+            (Some((planner.update(view, touched, &node_name), changed6)), s.clone(), checks)
         });
         let last_change = watch.last_change;
         let mut st = ServiceLbState {
@@ -201,13 +210,29 @@ pub async fn run(
             }
             None => {}
         }
-        if let Some(changed) = changed {
-            let result = match &changed {
+        if let Some((changed, changed6)) = changed {
+            let result4 = match &changed {
                 None => {
                     last_full = Instant::now();
                     reconciler.apply(&mut maps, planner.plan())
                 }
                 Some(frontends) => reconciler.apply_some(&mut maps, planner.plan(), frontends),
+            };
+            let result6 = match &changed6 {
+                None => reconciler6.apply(&mut maps6, planner6.plan()),
+                Some(frontends) => reconciler6.apply_some(&mut maps6, planner6.plan(), frontends),
+            };
+            // One pass over both families: counted together, the first
+            // error reported (IPv4's, then IPv6's).
+            let result = match (result4, result6) {
+                (Ok(a), Ok(b)) => Ok(PassStats {
+                    added: a.added + b.added,
+                    changed: a.changed + b.changed,
+                    removed: a.removed + b.removed,
+                    failed: 0,
+                }),
+                (Err(e), _) => Err(e),
+                (Ok(_), Err(e)) => Err(e.context("IPv6")),
             };
             match result {
                 Ok(stats) => {
@@ -296,8 +321,8 @@ pub async fn run(
                 st.last_error = Some("a healthCheckNodePort could not be bound".into());
             }
         }
-        st.frontends = reconciler.len();
-        st.backends = reconciler.backend_count();
+        st.frontends = reconciler.len() + reconciler6.len();
+        st.backends = reconciler.backend_count() + reconciler6.backend_count();
         *state.lock().expect("service state lock") = st;
         let wake = last_full + RESYNC;
         let pods_changed = async {

@@ -6,31 +6,128 @@
 //! set or the new one, never a half-written one, and a frontend that did
 //! not change is not touched at all. What was applied is kept in memory
 //! (read back from the maps at start), so a pass costs only its changes.
-use std::collections::{BTreeMap, BTreeSet};
+//!
+//! One reconciler per address family (`MapFamily`): `ServiceReconciler`
+//! (= `<V4>`) keeps `SERVICES`/`BACKENDS` equal to the IPv4 plan (and the
+//! hostPorts), `ServiceReconciler<V6>` keeps `SERVICES6`/`BACKENDS6` equal
+//! to the IPv6 plan, by the same steps.
+use std::{
+    collections::{BTreeMap, BTreeSet},
+    fmt::Debug,
+    net::{Ipv4Addr, Ipv6Addr},
+};
 
 use anyhow::{Context, Result};
-use sluice_common::services::{
-    external_local_flags, is_host_port_scope, Backend, BackendSlot, ServiceKey, ServiceValue, SCOPE_ADDRESS,
-    SERVICE_NO_LOCAL_ENDPOINTS,
+use sluice_common::{
+    services::{
+        external_local_flags, is_host_port_scope, Backend, BackendSlot, ServiceKey, ServiceValue, SCOPE_ADDRESS,
+        SERVICE_NO_LOCAL_ENDPOINTS,
+    },
+    services6::{ip6_words, Backend6, ServiceKey6},
 };
-use sluice_node::datapath::{pinned_maps::ip_be, service_maps::ServiceMaps};
+use sluice_node::datapath::{
+    pinned_maps::ip_be,
+    service_maps::{ServiceMaps, ServiceMaps6},
+};
 use tracing::warn;
 
 use crate::services::{
     host_ports::{HostPortFrontend, HostPortPlan, HostPortTarget},
-    model::Protocol,
-    plan::{Frontend, FrontendPlan, Plan},
+    model::{Family, Protocol},
+    plan::{BackendAddr, Frontend, FrontendPlan, Plan},
 };
+
+/// An address family's maps: their key and backend types, and how a plan's
+/// frontends and backends become them.
+pub trait MapFamily {
+    type Addr: Family;
+    type Key: Copy + Ord + Debug;
+    type Backend: Copy + Eq + Debug;
+    fn service_key(f: &Frontend<Self::Addr>) -> Self::Key;
+    fn backend(b: &BackendAddr<Self::Addr>) -> Self::Backend;
+    fn protocol(key: &Self::Key) -> u8;
+    /// A hostPort entry (IPv4 only), kept by `apply_host_ports`.
+    fn is_host_port(key: &Self::Key) -> bool;
+    /// Are the backends UDP frontends lose collected for the sweep of
+    /// stale sockets (`daemon::udp_sockets`, IPv4 only so far)?
+    const SWEEPS_UDP: bool;
+}
+
+/// `SERVICES`, `BACKENDS`, `BACKEND_MEMBERS`.
+#[derive(Debug)]
+pub struct V4;
+/// `SERVICES6`, `BACKENDS6`, `BACKEND_MEMBERS6`.
+#[derive(Debug)]
+pub struct V6;
+
+impl MapFamily for V4 {
+    type Addr = Ipv4Addr;
+    type Key = ServiceKey;
+    type Backend = Backend;
+    fn service_key(f: &Frontend) -> ServiceKey {
+        service_key(f)
+    }
+    fn backend(b: &BackendAddr) -> Backend {
+        Backend { ip_be: ip_be(b.ip), port_be: b.port.to_be(), _pad: 0 }
+    }
+    fn protocol(key: &ServiceKey) -> u8 {
+        key.protocol
+    }
+    fn is_host_port(key: &ServiceKey) -> bool {
+        is_host_port_scope(key.scope)
+    }
+    const SWEEPS_UDP: bool = true;
+}
+
+impl MapFamily for V6 {
+    type Addr = Ipv6Addr;
+    type Key = ServiceKey6;
+    type Backend = Backend6;
+    fn service_key(f: &Frontend<Ipv6Addr>) -> ServiceKey6 {
+        service_key6(f)
+    }
+    fn backend(b: &BackendAddr<Ipv6Addr>) -> Backend6 {
+        Backend6 { ip: ip6_words(b.ip.octets()), port_be: b.port.to_be(), _pad: 0 }
+    }
+    fn protocol(key: &ServiceKey6) -> u8 {
+        key.protocol
+    }
+    fn is_host_port(_: &ServiceKey6) -> bool {
+        false
+    }
+    const SWEEPS_UDP: bool = false;
+}
 
 /// What the reconcile needs from the maps; the pinned maps implement it,
 /// the tests fake it.
-pub trait ServiceTable {
-    fn services(&self) -> Result<Vec<(ServiceKey, ServiceValue)>>;
-    fn backends(&self) -> Result<Vec<(BackendSlot, Backend)>>;
-    fn put_service(&mut self, key: ServiceKey, value: ServiceValue) -> Result<()>;
-    fn remove_service(&mut self, key: ServiceKey) -> Result<()>;
-    fn put_backend(&mut self, slot: BackendSlot, backend: Backend) -> Result<()>;
-    fn remove_backend(&mut self, slot: BackendSlot, backend: Backend) -> Result<()>;
+pub trait ServiceTable<F: MapFamily = V4> {
+    fn services(&self) -> Result<Vec<(F::Key, ServiceValue)>>;
+    fn backends(&self) -> Result<Vec<(BackendSlot, F::Backend)>>;
+    fn put_service(&mut self, key: F::Key, value: ServiceValue) -> Result<()>;
+    fn remove_service(&mut self, key: F::Key) -> Result<()>;
+    fn put_backend(&mut self, slot: BackendSlot, backend: F::Backend) -> Result<()>;
+    fn remove_backend(&mut self, slot: BackendSlot, backend: F::Backend) -> Result<()>;
+}
+
+impl ServiceTable<V6> for ServiceMaps6 {
+    fn services(&self) -> Result<Vec<(ServiceKey6, ServiceValue)>> {
+        ServiceMaps6::services(self)
+    }
+    fn backends(&self) -> Result<Vec<(BackendSlot, Backend6)>> {
+        ServiceMaps6::backends(self)
+    }
+    fn put_service(&mut self, key: ServiceKey6, value: ServiceValue) -> Result<()> {
+        ServiceMaps6::put_service(self, key, value)
+    }
+    fn remove_service(&mut self, key: ServiceKey6) -> Result<()> {
+        ServiceMaps6::remove_service(self, key)
+    }
+    fn put_backend(&mut self, slot: BackendSlot, backend: Backend6) -> Result<()> {
+        ServiceMaps6::put_backend(self, slot, backend)
+    }
+    fn remove_backend(&mut self, slot: BackendSlot, backend: Backend6) -> Result<()> {
+        ServiceMaps6::remove_backend(self, slot, backend)
+    }
 }
 
 impl ServiceTable for ServiceMaps {
@@ -63,6 +160,14 @@ pub fn service_key(f: &Frontend) -> ServiceKey {
     ServiceKey { vip_be: ip_be(f.ip), port_be: f.port.to_be(), protocol: f.protocol.number(), scope: SCOPE_ADDRESS }
 }
 
+/// An IPv6 frontend's `SERVICES6` key (a NodePort: the wildcard entry).
+pub fn service_key6(f: &Frontend<Ipv6Addr>) -> ServiceKey6 {
+    if f.is_node_port() {
+        return ServiceKey6::node_port(f.port.to_be(), f.protocol.number());
+    }
+    ServiceKey6::address(ip6_words(f.ip.octets()), f.port.to_be(), f.protocol.number())
+}
+
 /// A hostPort's `SERVICES` key: on its `hostIP`, or on every address of
 /// this node.
 pub fn host_port_key(f: &HostPortFrontend) -> ServiceKey {
@@ -72,7 +177,7 @@ pub fn host_port_key(f: &HostPortFrontend) -> ServiceKey {
     }
 }
 
-fn host_port_entry(target: &HostPortTarget) -> Entry {
+fn host_port_entry(target: &HostPortTarget) -> Entry<Backend> {
     let b = &target.backend;
     Entry {
         value: ServiceValue { backend_set: 0, count: 1, affinity_timeout_secs: 0, flags: 0 },
@@ -82,22 +187,21 @@ fn host_port_entry(target: &HostPortTarget) -> Entry {
 
 /// One frontend as the maps hold it.
 #[derive(Clone, Debug, PartialEq, Eq)]
-struct Entry {
+struct Entry<B> {
     value: ServiceValue,
-    backends: Vec<Backend>,
+    backends: Vec<B>,
 }
 
-impl Entry {
+impl<B: PartialEq> Entry<B> {
     /// Same backends and settings (the set id aside).
-    fn same_as(&self, other: &Entry) -> bool {
+    fn same_as(&self, other: &Entry<B>) -> bool {
         let strip = |v: &ServiceValue| ServiceValue { backend_set: 0, ..*v };
         self.backends == other.backends && strip(&self.value) == strip(&other.value)
     }
 }
 
-fn entry_of(plan: &FrontendPlan) -> Entry {
-    let backends: Vec<Backend> =
-        plan.backends.iter().map(|b| Backend { ip_be: ip_be(b.ip), port_be: b.port.to_be(), _pad: 0 }).collect();
+fn entry_of<F: MapFamily>(plan: &FrontendPlan<F::Addr>) -> Entry<F::Backend> {
+    let backends: Vec<F::Backend> = plan.backends.iter().map(F::backend).collect();
     Entry {
         value: ServiceValue {
             backend_set: 0,
@@ -124,28 +228,28 @@ pub struct PassStats {
 /// that backend are stale: nothing else moves them (see
 /// `daemon::udp_sockets`).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
-pub struct RemovedBackend {
-    pub frontend: ServiceKey,
-    pub backend: Backend,
+pub struct RemovedBackend<K = ServiceKey, B = Backend> {
+    pub frontend: K,
+    pub backend: B,
 }
 
-pub struct ServiceReconciler {
-    applied: BTreeMap<ServiceKey, Entry>,
+pub struct ServiceReconciler<F: MapFamily = V4> {
+    applied: BTreeMap<F::Key, Entry<F::Backend>>,
     next_set: u32,
     /// Since the last `take_removed_udp_backends`, in the order the maps
     /// switched.
-    removed_udp: Vec<RemovedBackend>,
+    removed_udp: Vec<RemovedBackend<F::Key, F::Backend>>,
     /// Old backend sets whose delete failed: retried at every pass.
-    orphans: Vec<Entry>,
+    orphans: Vec<Entry<F::Backend>>,
 }
 
-impl ServiceReconciler {
+impl<F: MapFamily> ServiceReconciler<F> {
     /// Take over what the maps hold (an earlier agent's work: it keeps
     /// serving while we start), and delete backend sets no frontend names
     /// (a pass that died between writing a set and switching to it).
-    pub fn resume(table: &mut impl ServiceTable) -> Result<Self> {
+    pub fn resume(table: &mut impl ServiceTable<F>) -> Result<Self> {
         let services = table.services()?;
-        let mut sets: BTreeMap<u32, Vec<(u32, Backend)>> = BTreeMap::new();
+        let mut sets: BTreeMap<u32, Vec<(u32, F::Backend)>> = BTreeMap::new();
         for (slot, backend) in table.backends()? {
             sets.entry(slot.set).or_default().push((slot.slot, backend));
         }
@@ -153,7 +257,7 @@ impl ServiceReconciler {
         let mut next_set = 1;
         for (key, value) in services {
             let mut slots = sets.remove(&value.backend_set).unwrap_or_default();
-            slots.sort();
+            slots.sort_by_key(|(slot, _)| *slot);
             next_set = next_set.max(value.backend_set.wrapping_add(1));
             applied.insert(key, Entry { value, backends: slots.into_iter().map(|(_, b)| b).collect() });
         }
@@ -166,20 +270,13 @@ impl ServiceReconciler {
         Ok(Self { applied, next_set, removed_udp: Vec::new(), orphans: Vec::new() })
     }
 
-    /// The backends UDP frontends lost since the last call: only once the
-    /// maps no longer offer them (a failed frontend keeps its old set and
-    /// loses nothing), whether or not the rest of its pass succeeded.
-    pub fn take_removed_udp_backends(&mut self) -> Vec<RemovedBackend> {
-        std::mem::take(&mut self.removed_udp)
-    }
-
-    fn note_removed(&mut self, frontend: ServiceKey, old: &Entry, kept: &[Backend]) {
-        if frontend.protocol != Protocol::Udp.number() {
+    fn note_removed(&mut self, frontend: F::Key, old: &Entry<F::Backend>, kept: &[F::Backend]) {
+        if !F::SWEEPS_UDP || F::protocol(&frontend) != Protocol::Udp.number() {
             return;
         }
-        for b in old.backends.iter().filter(|b| !kept.contains(b)) {
-            self.removed_udp.push(RemovedBackend { frontend, backend: *b });
-        }
+        self.removed_udp.extend(
+            old.backends.iter().filter(|b| !kept.contains(b)).map(|b| RemovedBackend { frontend, backend: *b }),
+        );
     }
 
     /// Frontends in the maps now.
@@ -201,46 +298,29 @@ impl ServiceReconciler {
     /// on the next pass; the others go on.
     /// hostPort entries are not the Service plan's: `apply_host_ports`
     /// keeps them.
-    pub fn apply(&mut self, table: &mut impl ServiceTable, plan: &Plan) -> Result<PassStats> {
-        let mut keys: BTreeSet<ServiceKey> =
-            self.applied.keys().filter(|k| !is_host_port_scope(k.scope)).copied().collect();
-        let desired: BTreeMap<ServiceKey, Entry> = plan.iter().map(|(f, p)| (service_key(f), entry_of(p))).collect();
+    pub fn apply(&mut self, table: &mut impl ServiceTable<F>, plan: &Plan<F::Addr>) -> Result<PassStats> {
+        let mut keys: BTreeSet<F::Key> = self.applied.keys().filter(|k| !F::is_host_port(k)).copied().collect();
+        let desired: BTreeMap<F::Key, Entry<F::Backend>> =
+            plan.iter().map(|(f, p)| (F::service_key(f), entry_of::<F>(p))).collect();
         keys.extend(desired.keys().copied());
         self.apply_changes(table, keys.into_iter().map(|k| (k, desired.get(&k).cloned())))
-    }
-
-    /// Make the maps' hostPort entries those of `plan` (and leave every
-    /// Service frontend alone): each a one-backend set, switched as any
-    /// other frontend.
-    pub fn apply_host_ports(&mut self, table: &mut impl ServiceTable, plan: &HostPortPlan) -> Result<PassStats> {
-        let desired: BTreeMap<ServiceKey, Entry> =
-            plan.iter().map(|(f, t)| (host_port_key(f), host_port_entry(t))).collect();
-        let mut keys: BTreeSet<ServiceKey> =
-            self.applied.keys().filter(|k| is_host_port_scope(k.scope)).copied().collect();
-        keys.extend(desired.keys().copied());
-        self.apply_changes(table, keys.into_iter().map(|k| (k, desired.get(&k).cloned())))
-    }
-
-    /// hostPort frontends in the maps now.
-    pub fn host_port_count(&self) -> usize {
-        self.applied.keys().filter(|k| is_host_port_scope(k.scope)).count()
     }
 
     /// Make the maps hold `plan` for `frontends` only (the planner named
     /// them as possibly changed); the rest is left as it is.
     pub fn apply_some(
         &mut self,
-        table: &mut impl ServiceTable,
-        plan: &Plan,
-        frontends: &BTreeSet<Frontend>,
+        table: &mut impl ServiceTable<F>,
+        plan: &Plan<F::Addr>,
+        frontends: &BTreeSet<Frontend<F::Addr>>,
     ) -> Result<PassStats> {
-        self.apply_changes(table, frontends.iter().map(|f| (service_key(f), plan.get(f).map(entry_of))))
+        self.apply_changes(table, frontends.iter().map(|f| (F::service_key(f), plan.get(f).map(entry_of::<F>))))
     }
 
     fn apply_changes(
         &mut self,
-        table: &mut impl ServiceTable,
-        changes: impl Iterator<Item = (ServiceKey, Option<Entry>)>,
+        table: &mut impl ServiceTable<F>,
+        changes: impl Iterator<Item = (F::Key, Option<Entry<F::Backend>>)>,
     ) -> Result<PassStats> {
         let mut stats = PassStats::default();
         let mut first_error = None;
@@ -291,10 +371,10 @@ impl ServiceReconciler {
     /// removed again and the frontend keeps its old one.
     fn replace(
         &mut self,
-        table: &mut impl ServiceTable,
-        key: ServiceKey,
-        mut want: Entry,
-        old: Option<Entry>,
+        table: &mut impl ServiceTable<F>,
+        key: F::Key,
+        mut want: Entry<F::Backend>,
+        old: Option<Entry<F::Backend>>,
     ) -> Result<()> {
         let set = self.next_set;
         self.next_set = self.next_set.wrapping_add(1).max(1);
@@ -321,7 +401,7 @@ impl ServiceReconciler {
 
     /// Delete a set no frontend uses any more; if that fails, keep it to
     /// retry on the next pass rather than leak it.
-    fn delete_or_keep(&mut self, table: &mut impl ServiceTable, set: Entry) {
+    fn delete_or_keep(&mut self, table: &mut impl ServiceTable<F>, set: Entry<F::Backend>) {
         if let Err(e) = delete_set(table, &set) {
             warn!(error = %format!("{e:#}"), set = set.value.backend_set, "old backend set not deleted; retrying");
             self.orphans.push(set);
@@ -329,7 +409,33 @@ impl ServiceReconciler {
     }
 }
 
-fn delete_set(table: &mut impl ServiceTable, entry: &Entry) -> Result<()> {
+impl ServiceReconciler<V4> {
+    /// The backends UDP frontends lost since the last call: only once the
+    /// maps no longer offer them (a failed frontend keeps its old set and
+    /// loses nothing), whether or not the rest of its pass succeeded.
+    pub fn take_removed_udp_backends(&mut self) -> Vec<RemovedBackend> {
+        std::mem::take(&mut self.removed_udp)
+    }
+
+    /// Make the maps' hostPort entries those of `plan` (and leave every
+    /// Service frontend alone): each a one-backend set, switched as any
+    /// other frontend.
+    pub fn apply_host_ports(&mut self, table: &mut impl ServiceTable, plan: &HostPortPlan) -> Result<PassStats> {
+        let desired: BTreeMap<ServiceKey, Entry<Backend>> =
+            plan.iter().map(|(f, t)| (host_port_key(f), host_port_entry(t))).collect();
+        let mut keys: BTreeSet<ServiceKey> =
+            self.applied.keys().filter(|k| is_host_port_scope(k.scope)).copied().collect();
+        keys.extend(desired.keys().copied());
+        self.apply_changes(table, keys.into_iter().map(|k| (k, desired.get(&k).cloned())))
+    }
+
+    /// hostPort frontends in the maps now.
+    pub fn host_port_count(&self) -> usize {
+        self.applied.keys().filter(|k| is_host_port_scope(k.scope)).count()
+    }
+}
+
+fn delete_set<F: MapFamily>(table: &mut impl ServiceTable<F>, entry: &Entry<F::Backend>) -> Result<()> {
     for (i, b) in entry.backends.iter().enumerate() {
         table.remove_backend(BackendSlot { set: entry.value.backend_set, slot: i as u32 }, *b)?;
     }
@@ -673,5 +779,94 @@ mod tests {
         assert_eq!(r.apply(&mut t, &p).unwrap().changed, 1);
         assert_eq!(t.services.values().next().unwrap().affinity_timeout_secs, 30);
         assert_eq!(lookup(&t, 80).unwrap().len(), 1);
+    }
+}
+
+#[cfg(test)]
+mod ipv6_tests {
+    //! The IPv6 reconciler: the same steps over `SERVICES6`/`BACKENDS6`.
+    use std::collections::BTreeMap;
+
+    use sluice_common::services::FrontendKind;
+
+    use super::*;
+    use crate::services::model::ServiceName;
+
+    #[derive(Default)]
+    struct Fake6 {
+        services: BTreeMap<ServiceKey6, ServiceValue>,
+        backends: BTreeMap<BackendSlot, Backend6>,
+    }
+
+    impl ServiceTable<V6> for Fake6 {
+        fn services(&self) -> Result<Vec<(ServiceKey6, ServiceValue)>> {
+            Ok(self.services.iter().map(|(k, v)| (*k, *v)).collect())
+        }
+        fn backends(&self) -> Result<Vec<(BackendSlot, Backend6)>> {
+            Ok(self.backends.iter().map(|(k, v)| (*k, *v)).collect())
+        }
+        fn put_service(&mut self, key: ServiceKey6, value: ServiceValue) -> Result<()> {
+            self.services.insert(key, value);
+            Ok(())
+        }
+        fn remove_service(&mut self, key: ServiceKey6) -> Result<()> {
+            self.services.remove(&key);
+            Ok(())
+        }
+        fn put_backend(&mut self, slot: BackendSlot, backend: Backend6) -> Result<()> {
+            self.backends.insert(slot, backend);
+            Ok(())
+        }
+        fn remove_backend(&mut self, slot: BackendSlot, _: Backend6) -> Result<()> {
+            self.backends.remove(&slot);
+            Ok(())
+        }
+    }
+
+    fn plan6(backends: &[&str]) -> Plan<Ipv6Addr> {
+        let f = Frontend { ip: "fd00:96::50".parse().unwrap(), port: 80, protocol: Protocol::Tcp };
+        let p = FrontendPlan {
+            service: ServiceName::new("default", "web6"),
+            backends: backends.iter().map(|ip| BackendAddr { ip: ip.parse().unwrap(), port: 8080 }).collect(),
+            affinity_timeout_secs: 0,
+            no_local_endpoints: false,
+            kind: FrontendKind::ClusterIp,
+            external_local: false,
+            local_backends: 0,
+        };
+        [(f, p)].into()
+    }
+
+    /// What a program finds for the frontend: its backends' addresses.
+    fn lookup(t: &Fake6) -> Option<Vec<Ipv6Addr>> {
+        let words = ip6_words("fd00:96::50".parse::<Ipv6Addr>().unwrap().octets());
+        let v = t.services.get(&ServiceKey6::address(words, 80u16.to_be(), 6))?;
+        Some(
+            (0..v.count)
+                .map(|slot| {
+                    let b = t.backends[&BackendSlot { set: v.backend_set, slot }];
+                    assert_eq!(u16::from_be(b.port_be), 8080);
+                    Ipv6Addr::from(sluice_common::services6::ip6_octets(b.ip))
+                })
+                .collect(),
+        )
+    }
+
+    #[test]
+    fn the_ipv6_plan_is_written_switched_and_removed_in_the_ipv6_maps() {
+        let mut t = Fake6::default();
+        let mut r = ServiceReconciler::<V6>::resume(&mut t).unwrap();
+        r.apply(&mut t, &plan6(&["fd00:244::5", "fd00:244::6"])).unwrap();
+        let ips = |s: &[&str]| s.iter().map(|ip| ip.parse::<Ipv6Addr>().unwrap()).collect::<Vec<_>>();
+        assert_eq!(lookup(&t), Some(ips(&["fd00:244::5", "fd00:244::6"])));
+        let stats = r.apply(&mut t, &plan6(&["fd00:244::7"])).unwrap();
+        assert_eq!(stats, PassStats { changed: 1, ..Default::default() });
+        assert_eq!(lookup(&t), Some(ips(&["fd00:244::7"])));
+        assert_eq!(t.backends.len(), 1, "the old set is gone");
+        // A restarted agent takes the IPv6 maps over as they are.
+        let mut again = ServiceReconciler::<V6>::resume(&mut t).unwrap();
+        assert_eq!(again.apply(&mut t, &plan6(&["fd00:244::7"])).unwrap(), PassStats::default());
+        again.apply(&mut t, &Plan::new()).unwrap();
+        assert!(t.services.is_empty() && t.backends.is_empty());
     }
 }

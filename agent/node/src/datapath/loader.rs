@@ -36,7 +36,7 @@ use crate::pod::device::PodDevice;
 pub static OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/sluice.bpf.o"));
 
 /// Every map of the object, as pinned.
-pub const ALL_MAPS: [&str; 33] = [
+pub const ALL_MAPS: [&str; 38] = [
     names::ENDPOINTS,
     names::NODE_ROUTES,
     names::NODE_CONFIG,
@@ -75,6 +75,12 @@ pub const ALL_MAPS: [&str; 33] = [
     names::NAT4,
     names::LB4_CONFIG,
     names::NAT4_STATS,
+    // IPv6 Services at the socket (issue 28): created where absent.
+    names::SERVICES6,
+    names::BACKENDS6,
+    names::BACKEND_MEMBERS6,
+    names::SOCK_REVERSE6,
+    names::AFFINITY6,
 ];
 
 /// Map sizes chosen at load rather than by the object (`None`: the

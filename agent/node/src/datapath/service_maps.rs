@@ -7,6 +7,7 @@ use sluice_common::{
     services::{
         Backend, BackendMember, BackendSlot, ReverseKey, ServiceKey, ServiceValue, SockLbConfig, SockLbCounter,
     },
+    services6::{Backend6, BackendMember6, ServiceKey6},
 };
 
 use super::{
@@ -62,6 +63,61 @@ impl ServiceMaps {
     /// Remove a backend from its slot and the index; absent counts as done.
     pub fn remove_backend(&mut self, slot: BackendSlot, backend: Backend) -> Result<()> {
         removed_or_absent(self.members.remove(&BackendMember { set: slot.set, backend }))
+            .and_then(|_| removed_or_absent(self.backends.remove(&slot)))
+            .with_context(|| format!("remove backend {backend:?} at {slot:?}"))
+    }
+}
+
+/// `SERVICES6`, `BACKENDS6` and `BACKEND_MEMBERS6`: `ServiceMaps`' IPv6
+/// twin, written the same way.
+pub struct ServiceMaps6 {
+    services: HashMap<MapData, ServiceKey6, ServiceValue>,
+    backends: HashMap<MapData, BackendSlot, Backend6>,
+    members: HashMap<MapData, BackendMember6, u32>,
+}
+
+impl ServiceMaps6 {
+    pub fn open(pins: &PinDir) -> Result<Self> {
+        Ok(Self {
+            services: open(pins, names::SERVICES6)?.try_into()?,
+            backends: open(pins, names::BACKENDS6)?.try_into()?,
+            members: open(pins, names::BACKEND_MEMBERS6)?.try_into()?,
+        })
+    }
+
+    pub fn services(&self) -> Result<Vec<(ServiceKey6, ServiceValue)>> {
+        self.services.iter().collect::<Result<_, _>>().context("read SERVICES6")
+    }
+
+    pub fn backends(&self) -> Result<Vec<(BackendSlot, Backend6)>> {
+        self.backends.iter().collect::<Result<_, _>>().context("read BACKENDS6")
+    }
+
+    pub fn put_service(&mut self, key: ServiceKey6, value: ServiceValue) -> Result<()> {
+        self.services
+            .insert(key, value, 0)
+            .map_err(|e| insert_error(e, names::SERVICES6, limits::MAX_SERVICES, format!("insert service {key:?}")))
+    }
+
+    pub fn remove_service(&mut self, key: ServiceKey6) -> Result<()> {
+        removed_or_absent(self.services.remove(&key)).with_context(|| format!("remove service {key:?}"))
+    }
+
+    /// A backend in its slot, and in the set's membership index.
+    pub fn put_backend(&mut self, slot: BackendSlot, backend: Backend6) -> Result<()> {
+        let what = || format!("insert backend {backend:?} at {slot:?}");
+        self.backends
+            .insert(slot, backend, 0)
+            .map_err(|e| insert_error(e, names::BACKENDS6, limits::MAX_BACKENDS, what()))?;
+        let member = BackendMember6 { set: slot.set, backend };
+        self.members
+            .insert(member, slot.slot, 0)
+            .map_err(|e| insert_error(e, names::BACKEND_MEMBERS6, limits::MAX_BACKENDS, what()))
+    }
+
+    /// Remove a backend from its slot and the index; absent counts as done.
+    pub fn remove_backend(&mut self, slot: BackendSlot, backend: Backend6) -> Result<()> {
+        removed_or_absent(self.members.remove(&BackendMember6 { set: slot.set, backend }))
             .and_then(|_| removed_or_absent(self.backends.remove(&slot)))
             .with_context(|| format!("remove backend {backend:?} at {slot:?}"))
     }

@@ -13,14 +13,15 @@ use sluice_common::maps::programs;
 use super::{bpf_sys, links::ignore_not_found, pins::PinDir};
 
 /// The cgroup programs, in attach order: each IPv4 program beside its IPv6
-/// twin for v4-mapped cluster IPs (`sendmsg` has none: see
-/// `ebpf/src/sock_lb.rs`). An agent upgraded from a version without the
-/// twins finds only the IPv4 links pinned: those are swapped in place, the
-/// twins attached anew.
-pub const SOCK_PROGRAMS: [&str; 7] = [
+/// twin (v4-mapped cluster IPs and IPv6 Services; `sendmsg6` only for the
+/// latter: see `ebpf/src/sock_lb.rs`). An agent upgraded from a version
+/// without a twin finds only the others' links pinned: those are swapped in
+/// place, the twin attached anew.
+pub const SOCK_PROGRAMS: [&str; 8] = [
     programs::SOCK_CONNECT,
     programs::SOCK_CONNECT6,
     programs::SOCK_SENDMSG,
+    programs::SOCK_SENDMSG6,
     programs::SOCK_RECVMSG,
     programs::SOCK_RECVMSG6,
     programs::SOCK_GETPEERNAME,

@@ -1,22 +1,23 @@
 //! `sluice-agent status --services`: the socket load balancer's frontends
 //! (cluster IPs, NodePorts, external IPs, LoadBalancer ingress IPs,
-//! hostPorts of this node's pods) and
-//! their backends, and the node addresses NodePorts answer on, read from
+//! hostPorts of this node's pods) of both families (`SERVICES` and
+//! `SERVICES6`) and their backends, and the node addresses NodePorts answer on, read from
 //! the pinned maps (so it shows what the datapath does, whether or not an
 //! agent runs).
-use std::net::Ipv4Addr;
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
 use anyhow::Result;
 use serde_json::{json, Value};
 use sluice_common::services::{
-    admission, frontend_kind, Admission, BackendSlot, FrontendKind, NODE_ADDRESS_LOCAL, SCOPE_HOST_PORT,
-    SCOPE_NODE_PORT,
+    admission, frontend_kind, Admission, BackendSlot, FrontendKind, ServiceKey, ServiceValue, NODE_ADDRESS_LOCAL,
+    SCOPE_HOST_PORT, SCOPE_NODE_PORT,
 };
+use sluice_common::services6::ip6_octets;
 use sluice_node::datapath::{
     nat4_maps::nat4_counters,
     pinned_maps::ip_from_be,
     pins::PinDir,
-    service_maps::{sock_lb_counters, NodeAddressMap, ServiceMaps},
+    service_maps::{sock_lb_counters, NodeAddressMap, ServiceMaps, ServiceMaps6},
 };
 
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
@@ -24,13 +25,13 @@ pub struct ServiceRow {
     pub kind: FrontendKind,
     /// `None`: a NodePort, on every node address, or a hostPort on every
     /// address of this node.
-    pub ip: Option<Ipv4Addr>,
+    pub ip: Option<IpAddr>,
     pub port: u16,
     pub protocol: &'static str,
     /// "balanced", "refused" (no endpoints), "unreachable" (none local).
     pub state: &'static str,
     pub affinity_timeout_secs: u32,
-    pub backends: Vec<(Ipv4Addr, u16)>,
+    pub backends: Vec<(IpAddr, u16)>,
 }
 
 fn protocol_name(n: u8) -> &'static str {
@@ -52,7 +53,7 @@ pub fn rows(pins: &PinDir) -> Result<Vec<ServiceRow>> {
         .into_iter()
         .map(|(k, v)| ServiceRow {
             kind: frontend_kind(&k, &v),
-            ip: (k.scope != SCOPE_NODE_PORT && k.scope != SCOPE_HOST_PORT).then(|| ip_from_be(k.vip_be)),
+            ip: (k.scope != SCOPE_NODE_PORT && k.scope != SCOPE_HOST_PORT).then(|| ip_from_be(k.vip_be).into()),
             port: u16::from_be(k.port_be),
             protocol: protocol_name(k.protocol),
             state: match admission(&v) {
@@ -63,12 +64,49 @@ pub fn rows(pins: &PinDir) -> Result<Vec<ServiceRow>> {
             affinity_timeout_secs: v.affinity_timeout_secs,
             backends: (0..v.count)
                 .filter_map(|slot| by_slot.get(&BackendSlot { set: v.backend_set, slot }))
-                .map(|b| (ip_from_be(b.ip_be), u16::from_be(b.port_be)))
+                .map(|b| (ip_from_be(b.ip_be).into(), u16::from_be(b.port_be)))
                 .collect(),
         })
         .collect();
+    // IPv6 frontends; none when the maps are absent (an agent older than
+    // IPv6 Services).
+    if let Ok(maps6) = ServiceMaps6::open(pins) {
+        let by_slot6: std::collections::BTreeMap<_, _> = maps6.backends()?.into_iter().collect();
+        rows.extend(maps6.services()?.into_iter().map(|(k, v)| {
+            let ip6 = |w| IpAddr::V6(Ipv6Addr::from(ip6_octets(w)));
+            ServiceRow {
+                kind: frontend_kind(
+                    &ServiceKey { vip_be: 0, port_be: k.port_be, protocol: k.protocol, scope: k.scope },
+                    &v,
+                ),
+                ip: (k.scope != SCOPE_NODE_PORT).then(|| ip6(k.vip)),
+                port: u16::from_be(k.port_be),
+                protocol: protocol_name(k.protocol),
+                state: state(&v),
+                affinity_timeout_secs: v.affinity_timeout_secs,
+                backends: (0..v.count)
+                    .filter_map(|slot| by_slot6.get(&BackendSlot { set: v.backend_set, slot }))
+                    .map(|b| (ip6(b.ip), u16::from_be(b.port_be)))
+                    .collect(),
+            }
+        }));
+    }
     rows.sort();
     Ok(rows)
+}
+
+/// "balanced", "refused" (no endpoints) or "unreachable" (none local).
+fn state(v: &ServiceValue) -> &'static str {
+    match admission(v) {
+        Admission::Balance => "balanced",
+        Admission::Refuse => "refused",
+        Admission::Unreachable => "unreachable",
+    }
+}
+
+/// `ip:port` with an IPv6 address in brackets.
+fn host_port(ip: &IpAddr, port: u16) -> String {
+    std::net::SocketAddr::new(*ip, port).to_string()
 }
 
 /// `NODE_ADDRESSES`: (address, "local" or "remote"), sorted. Empty when
@@ -90,6 +128,14 @@ fn address(r: &ServiceRow) -> String {
     r.ip.map_or_else(|| "*".to_string(), |ip| ip.to_string())
 }
 
+/// A row's `address:port` as shown (`[fd00::a]:80` for IPv6).
+fn frontend(r: &ServiceRow) -> String {
+    match r.ip {
+        Some(ip) => host_port(&ip, r.port),
+        None => format!("*:{}", r.port),
+    }
+}
+
 pub fn to_json(rows: &[ServiceRow], pins: &PinDir) -> Value {
     let counters: serde_json::Map<String, Value> =
         sock_lb_counters(pins).unwrap_or_default().into_iter().map(|(c, n)| (c.name().to_string(), json!(n))).collect();
@@ -102,7 +148,7 @@ pub fn to_json(rows: &[ServiceRow], pins: &PinDir) -> Value {
             "kind": r.kind.name(),
             "ip": address(r), "port": r.port, "protocol": r.protocol, "state": r.state,
             "affinityTimeoutSeconds": r.affinity_timeout_secs,
-            "backends": r.backends.iter().map(|(ip, p)| format!("{ip}:{p}")).collect::<Vec<_>>(),
+            "backends": r.backends.iter().map(|(ip, p)| host_port(ip, *p)).collect::<Vec<_>>(),
         })).collect::<Vec<_>>(),
         "counters": counters,
     })
@@ -111,13 +157,13 @@ pub fn to_json(rows: &[ServiceRow], pins: &PinDir) -> Value {
 pub fn render(rows: &[ServiceRow], pins: &PinDir) -> String {
     let mut o = format!("service frontends ({}):\n", rows.len());
     for r in rows {
-        let backends: Vec<String> = r.backends.iter().map(|(ip, p)| format!("{ip}:{p}")).collect();
+        let backends: Vec<String> = r.backends.iter().map(|(ip, p)| host_port(ip, *p)).collect();
         let affinity =
             if r.affinity_timeout_secs > 0 { format!(" affinity {}s", r.affinity_timeout_secs) } else { String::new() };
         o.push_str(&format!(
             "  {:<12} {:<22} {:<11} {} backends{affinity}: {}\n",
             r.kind.name(),
-            format!("{}:{}/{}", address(r), r.port, r.protocol),
+            format!("{}/{}", frontend(r), r.protocol),
             r.state,
             r.backends.len(),
             backends.join(" ")

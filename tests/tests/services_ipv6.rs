@@ -1,0 +1,161 @@
+//! IPv6 Services in the socket load balancer (issue 28): native IPv6
+//! cluster IPs translated at `connect()` (`sock_connect6`), per datagram
+//! (`sock_sendmsg6`), and shown back by `getpeername()`/`recvfrom()`
+//! (`sock_getpeername6`/`sock_recvmsg6`), from the `SERVICES6`/`BACKENDS6`
+//! maps the agent fills from IPv6 ClusterIPs and `addressType: IPv6`
+//! EndpointSlices. No kube-proxy rules: an IPv6 ClusterIP works only if
+//! the socket LB translates it.
+//!
+//! Cases named after upstream's test/e2e/network/dual_stack.go where they
+//! correspond. The clients are host processes of the node ("node-Service"):
+//! the lab's pods have no IPv6 path yet (a dual-stack lab has no API server
+//! and pods' IPv6 packets don't leave them yet), so the backends are
+//! host-network endpoints, two IPv6 addresses of the node itself, as a
+//! hostNetwork pod's endpoint is its node's address.
+use std::collections::BTreeSet;
+
+use sluice_tests::{
+    apiserver::{EndpointObject, ServiceObject},
+    lab::{enable_ipv6_in, ns_cmd, ns_exec, Lab},
+    require_root,
+    services::{self, client, service, slice, tally, wait_backends, Outcome},
+};
+
+const BACKENDS6: [(&str, &str); 2] = [("fd00:99::1", "backend-1"), ("fd00:99::2", "backend-2")];
+const WEB6: &str = "fd00:96::50";
+const DUAL4: &str = "10.96.0.60";
+const DUAL6: &str = "fd00:96::60";
+const EMPTY6: &str = "fd00:96::70";
+const TCP_PORT: u16 = 7777;
+
+fn oks(outcomes: &[Outcome]) -> usize {
+    outcomes.iter().filter(|o| matches!(o, Outcome::Ok { .. })).count()
+}
+
+/// The node's two IPv6 backend addresses, each with a TCP server answering
+/// its name and a UDP server answering its name.
+fn start_ipv6_backends(lab: &mut Lab, netns: &str) {
+    enable_ipv6_in(netns).unwrap();
+    for (ip, name) in BACKENDS6 {
+        ns_exec(netns, &["ip", "-6", "addr", "add", &format!("{ip}/128"), "dev", "lo", "nodad"]).unwrap();
+        let listen = format!("TCP6-LISTEN:{TCP_PORT},bind=[{ip}],reuseaddr,fork");
+        lab.spawn_helper(ns_cmd(netns, &["socat", &listen, &format!("SYSTEM:echo {name}")]), &format!("{name}-tcp"))
+            .unwrap();
+        let port = services::UDP_PORT.to_string();
+        let serve = ["python3", "-c", services::CLIENT, "udp-serve", ip, &port, name];
+        lab.spawn_helper(ns_cmd(netns, &serve), &format!("{name}-udp")).unwrap();
+    }
+    // Bound before anyone connects (a readiness wait, not a sleep).
+    let start = std::time::Instant::now();
+    loop {
+        let tcp = ns_exec(netns, &["ss", "-H", "-6tln", &format!("sport = :{TCP_PORT}")]).unwrap();
+        let udp = ns_exec(netns, &["ss", "-H", "-6uln", &format!("sport = :{}", services::UDP_PORT)]).unwrap();
+        if tcp.lines().count() == 2 && udp.lines().count() == 2 {
+            break;
+        }
+        assert!(start.elapsed() < std::time::Duration::from_secs(10), "IPv6 backends did not bind: {tcp} {udp}");
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+}
+
+fn ipv6_slice(service_name: &str, node: &str) -> serde_json::Value {
+    let endpoints: Vec<EndpointObject> = BACKENDS6.iter().map(|(ip, _)| EndpointObject::ready(ip, node)).collect();
+    let mut s = slice(service_name, &[("http", TCP_PORT, "TCP"), ("dns", services::UDP_PORT, "UDP")], &endpoints);
+    s.name = format!("{service_name}-v6");
+    s.address_type = "IPv6".into();
+    s.build()
+}
+
+fn ports() -> [(&'static str, u16, u16, &'static str); 2] {
+    [("http", 80, TCP_PORT, "TCP"), ("dns", 53, services::UDP_PORT, "UDP")]
+}
+
+#[test]
+fn ipv6_cluster_ips_from_the_node_over_tcp_and_udp() {
+    require_root();
+    let mut lab = services::lab(1, 1).unwrap();
+    let n1 = lab.state.nodes[0].clone();
+    let pod = n1.pods[0].clone();
+    start_ipv6_backends(&mut lab, &n1.netns);
+    let api = lab.api.as_ref().expect("kubernetes lab");
+
+    // "should create service with ipv6 cluster ip": SingleStack IPv6.
+    let mut web6 = service("web6", WEB6, &ports());
+    web6.cluster_ips = vec![WEB6.into()];
+    api.upsert_service(web6.build());
+    api.upsert_endpoint_slice(ipv6_slice("web6", &n1.name));
+    // "should create service with ipv4,v6 cluster ip": both families, the
+    // IPv4 one backed by the pod, the IPv6 one by the node's addresses.
+    let mut dual: ServiceObject = service("dual", DUAL4, &ports());
+    dual.cluster_ips = vec![DUAL4.into(), DUAL6.into()];
+    api.upsert_service(dual.build());
+    api.upsert_endpoint_slice(
+        slice(
+            "dual",
+            &[("http", TCP_PORT, "TCP"), ("dns", services::UDP_PORT, "UDP")],
+            &services::ready(&[(&n1.name, &pod.ip)]),
+        )
+        .build(),
+    );
+    api.upsert_endpoint_slice(ipv6_slice("dual", &n1.name));
+    // No endpoints at all: refused, as in IPv4.
+    api.upsert_service(service("empty6", EMPTY6, &ports()).build());
+
+    let want6: Vec<String> = BACKENDS6.iter().map(|(ip, _)| format!("[{ip}]:{TCP_PORT}")).collect();
+    let want6_udp: Vec<String> = BACKENDS6.iter().map(|(ip, _)| format!("[{ip}]:{}", services::UDP_PORT)).collect();
+    wait_backends(&lab, WEB6, 80, "TCP", &want6).unwrap();
+    wait_backends(&lab, WEB6, 53, "UDP", &want6_udp).unwrap();
+    wait_backends(&lab, DUAL6, 80, "TCP", &want6).unwrap();
+    wait_backends(&lab, DUAL4, 80, "TCP", &[format!("{}:{TCP_PORT}", pod.ip)]).unwrap();
+    wait_backends(&lab, EMPTY6, 80, "TCP", &[]).unwrap();
+    let names: BTreeSet<String> = BACKENDS6.iter().map(|(_, n)| n.to_string()).collect();
+
+    // "should function for node-Service: http" (IPv6): every connection
+    // answered, by every backend, with the ClusterIP as the peer.
+    let tcp = client(&lab, &n1, &n1.netns, &["tcp", WEB6, "80", "40"]).unwrap();
+    assert_eq!(oks(&tcp), 40, "{:?}", tally(&tcp));
+    for o in &tcp {
+        let Outcome::Ok { peer, .. } = o else { unreachable!() };
+        assert_eq!(peer, &format!("[{WEB6}]:80"), "getpeername() must show the IPv6 ClusterIP");
+    }
+    assert_eq!(tally(&tcp).keys().cloned().collect::<BTreeSet<_>>(), names, "{:?}", tally(&tcp));
+
+    // "should function for node-Service: udp" (IPv6): connected sockets,
+    // the reply's source and the peer are the ClusterIP.
+    let udp = client(&lab, &n1, &n1.netns, &["udp", WEB6, "53", "40"]).unwrap();
+    assert_eq!(oks(&udp), 40, "{:?}", tally(&udp));
+    for o in &udp {
+        let Outcome::Ok { peer, line, .. } = o else { unreachable!() };
+        assert_eq!(peer, &format!("[{WEB6}]:53"), "recvfrom() shows the ClusterIP: {line}");
+        assert!(line.contains(&format!("getpeername=[{WEB6}]:53")), "{line}");
+    }
+    assert_eq!(tally(&udp).keys().cloned().collect::<BTreeSet<_>>(), names, "{:?}", tally(&udp));
+    // Unconnected: each datagram balanced by sock_sendmsg6.
+    let sendto = client(&lab, &n1, &n1.netns, &["sendto", WEB6, "53", "40"]).unwrap();
+    assert_eq!(oks(&sendto), 40, "{:?}", tally(&sendto));
+    assert!(sendto.iter().all(|o| matches!(o, Outcome::Ok { peer, .. } if peer == &format!("[{WEB6}]:53"))));
+    assert_eq!(tally(&sendto).keys().cloned().collect::<BTreeSet<_>>(), names, "{:?}", tally(&sendto));
+
+    // The dual-stack Service on both families.
+    let dual6 = client(&lab, &n1, &n1.netns, &["tcp", DUAL6, "80", "20"]).unwrap();
+    assert_eq!(oks(&dual6), 20, "{:?}", tally(&dual6));
+    assert!(tally(&dual6).keys().all(|n| names.contains(n)), "IPv6 ClusterIP → IPv6 endpoints: {:?}", tally(&dual6));
+    let dual4 = client(&lab, &n1, &n1.netns, &["tcp", DUAL4, "80", "20"]).unwrap();
+    assert_eq!(oks(&dual4), 20, "{:?}", tally(&dual4));
+    for o in &dual4 {
+        let Outcome::Ok { peer, .. } = o else { unreachable!() };
+        assert_eq!(peer, &format!("{DUAL4}:80"), "the IPv4 side is unchanged");
+    }
+
+    // No endpoints: ECONNREFUSED at once, TCP and connected UDP.
+    for mode in ["tcp", "udp"] {
+        let port = if mode == "tcp" { "80" } else { "53" };
+        let refused = client(&lab, &n1, &n1.netns, &[mode, EMPTY6, port, "3"]).unwrap();
+        assert_eq!(refused, vec![Outcome::Err("ECONNREFUSED".into()); 3], "{mode}");
+    }
+
+    // `status --services` shows the IPv6 frontends as written.
+    let status = services::service_status(&lab, 0).unwrap();
+    let text = status["services"]["frontends"].to_string();
+    assert!(text.contains(&format!("\"ip\":\"{WEB6}\"")), "{text}");
+}

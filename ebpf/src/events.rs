@@ -76,23 +76,22 @@ pub fn policy(ctx: &TcContext, key: &CtKey, direction: u8, verdict: u8, policy_r
 
 #[inline(always)]
 fn report(ctx: &TcContext, slots: u32, kind: u8, code: u32, direction: u8) {
-    let mut ev = DatapathEvent {
-        // SAFETY: a plain helper, valid in every program type.
-        ts_ns: unsafe { bpf_ktime_get_ns() },
-        kind,
-        direction,
-        protocol: 0,
-        _pad: 0,
-        code,
-        ifindex: parse::ifindex(ctx),
-        len: ctx.len(),
-        src_be: 0,
-        dst_be: 0,
-        src_port_be: 0,
-        dst_port_be: 0,
-        header_len: 0,
-        header: [0; HEADER_BYTES],
+    let mut ev = core::mem::MaybeUninit::<DatapathEvent>::uninit();
+    // SAFETY: all zero is a valid event (plain integers); word by word,
+    // so no `memset` call (see `stack`).
+    // Written in place through the pointer, never moved: a move is a copy
+    // LLVM may turn back into `memset`.
+    let ev = unsafe {
+        crate::stack::zero_words(ev.as_mut_ptr());
+        &mut *ev.as_mut_ptr()
     };
+    // SAFETY: a plain helper, valid in every program type.
+    ev.ts_ns = unsafe { bpf_ktime_get_ns() };
+    ev.kind = kind;
+    ev.direction = direction;
+    ev.code = code;
+    ev.ifindex = parse::ifindex(ctx);
+    ev.len = ctx.len();
     if let Ok(Some((_, ip))) = parse::ipv4(ctx) {
         if let Ok((key, _)) = parse::flow(ctx, ip) {
             ev.src_be = key.src_be;
@@ -114,15 +113,15 @@ fn report(ctx: &TcContext, slots: u32, kind: u8, code: u32, direction: u8) {
     }
     // One copy per subscribed slot: each monitor consumes its own buffer.
     if slots & 1 != 0 {
-        let _ = EVENTS_0.output::<DatapathEvent>(&ev, 0);
+        let _ = EVENTS_0.output::<DatapathEvent>(&*ev, 0);
     }
     if slots & 2 != 0 {
-        let _ = EVENTS_1.output::<DatapathEvent>(&ev, 0);
+        let _ = EVENTS_1.output::<DatapathEvent>(&*ev, 0);
     }
     if slots & 4 != 0 {
-        let _ = EVENTS_2.output::<DatapathEvent>(&ev, 0);
+        let _ = EVENTS_2.output::<DatapathEvent>(&*ev, 0);
     }
     if slots & 8 != 0 {
-        let _ = EVENTS_3.output::<DatapathEvent>(&ev, 0);
+        let _ = EVENTS_3.output::<DatapathEvent>(&*ev, 0);
     }
 }

@@ -46,6 +46,7 @@ mod maps;
 mod parse;
 mod policy;
 mod sock_lb;
+mod stack;
 mod stack_flows;
 mod tunnel;
 

@@ -29,10 +29,17 @@ use crate::{
 /// VXLAN device.
 #[inline(always)]
 fn set_key(ctx: &TcContext, node_ip_be: u32) -> Result<(), DropReason> {
+    let mut key = core::mem::MaybeUninit::<bpf_tunnel_key>::uninit();
     // SAFETY: an all-zero bpf_tunnel_key is valid (plain integers and
     // unions of integers); zeroing also initialises every stack byte the
-    // helper reads, as the verifier wants.
-    let mut key: bpf_tunnel_key = unsafe { core::mem::zeroed() };
+    // helper reads, as the verifier wants. Word by word: no `memset` call
+    // (see `stack`).
+    // Written in place through the pointer, never moved (a move is a copy
+    // LLVM may turn back into `memset`).
+    let key = unsafe {
+        crate::stack::zero_words(key.as_mut_ptr());
+        &mut *key.as_mut_ptr()
+    };
     key.tunnel_id = TUNNEL_VNI;
     // The helper takes the remote IPv4 address in host byte order (Cilium's
     // encap.h passes `bpf_ntohl(ip)`); local 0: the route decides.
@@ -42,7 +49,7 @@ fn set_key(ctx: &TcContext, node_ip_be: u32) -> Result<(), DropReason> {
     let rc = unsafe {
         bpf_skb_set_tunnel_key(
             ctx.skb.skb,
-            &mut key as *mut bpf_tunnel_key,
+            key as *mut bpf_tunnel_key,
             core::mem::size_of::<bpf_tunnel_key>() as u32,
             BPF_F_ZERO_CSUM_TX as u64,
         )

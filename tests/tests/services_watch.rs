@@ -120,7 +120,8 @@ impl Cluster {
                 .build(),
         );
         self.slice(endpoint_slice_object("shop", "cart-q9", "cart", &[("", 8080)], &[("10.244.3.4", "n3")]));
-        // Not ours: an IPv6 slice and one without its Service's label.
+        // An IPv6 slice (kept since issue 28: the IPv6 plan reads it) and
+        // one without its Service's label (not ours).
         self.slice(
             EndpointSliceObject::new("default", "web-v6", "web").address_type("IPv6").endpoint("fd00::5", "n1").build(),
         );
@@ -210,7 +211,10 @@ async fn initial_list_gives_the_whole_view_and_synced_waits_for_both_kinds() {
     assert!(dns.internal_traffic_local);
     assert_eq!(view.services[&ServiceName::new("shop", "db")].kind, ServiceKind::Headless);
     assert_eq!(view.services[&ServiceName::new("shop", "upstream")].kind, ServiceKind::ExternalName);
-    assert_eq!(view.slices.len(), 3, "the IPv6 slice and the unlabelled one are left out: {:?}", view.slices.keys());
+    assert_eq!(view.slices.len(), 4, "the unlabelled slice is left out, the IPv6 one kept: {:?}", view.slices.keys());
+    let v6 = &view.slices[&ServiceName::new("default", "web-v6")];
+    assert_eq!(v6.service, ServiceName::new("default", "web"));
+    assert_eq!(v6.endpoints[0].address, "fd00::5".parse::<std::net::IpAddr>().unwrap());
     let slice = &view.slices[&ServiceName::new("default", "web-abc12")];
     assert_eq!(slice.service, ServiceName::new("default", "web"));
     assert_eq!(slice.endpoints.len(), 3);

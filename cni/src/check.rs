@@ -129,13 +129,20 @@ async fn check_pod_side(
     }
     // A NOARP device (netkit) needs no neighbour entry.
     if let Some(host_mac) = host_mac {
-        match pod.permanent_neighbour(link.index, gw).await? {
-            Some(mac) if mac == host_mac => {}
-            Some(_) => problems.push(format!("the gateway {gw}'s neighbour entry points at another MAC")),
-            None => problems.push(format!("the gateway {gw} has no permanent neighbour entry")),
-        }
+        problems.extend(gateway_neighbour_problem(gw, pod.permanent_neighbour(link.index, gw).await?, host_mac));
     }
     Ok(problems)
+}
+
+/// What is wrong with the pod's permanent neighbour entry for its gateway
+/// `gw` (either family), found pointing at `found`, when it must point at
+/// the host end's `host_mac`.
+fn gateway_neighbour_problem(gw: impl std::fmt::Display, found: Option<[u8; 6]>, host_mac: [u8; 6]) -> Option<String> {
+    match found {
+        Some(mac) if mac == host_mac => None,
+        Some(_) => Some(format!("the gateway {gw}'s neighbour entry points at another MAC")),
+        None => Some(format!("the gateway {gw} has no permanent neighbour entry")),
+    }
 }
 
 /// What is wrong with the pod's IPv6 (empty: as ADD left it).
@@ -159,11 +166,7 @@ async fn check_pod_side6(
         problems.push(format!("the IPv6 default route via {gw} is missing"));
     }
     if let Some(host_mac) = host_mac {
-        match pod.permanent_neighbour6(link.index, gw).await? {
-            Some(mac) if mac == host_mac => {}
-            Some(_) => problems.push(format!("the gateway {gw}'s neighbour entry points at another MAC")),
-            None => problems.push(format!("the gateway {gw} has no permanent neighbour entry")),
-        }
+        problems.extend(gateway_neighbour_problem(gw, pod.permanent_neighbour6(link.index, gw).await?, host_mac));
     }
     Ok(problems)
 }

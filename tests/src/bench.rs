@@ -95,6 +95,28 @@ pub struct Latency {
     pub samples: usize,
 }
 
+impl Latency {
+    /// Slices of one measurement as one: the rate over the slices' summed
+    /// time; each percentile as the slices' own, weighted by their
+    /// samples (a slice keeps only its percentiles, not its samples).
+    pub fn merge(parts: &[Latency]) -> Latency {
+        let samples: usize = parts.iter().map(|p| p.samples).sum();
+        let secs: f64 = parts.iter().filter(|p| p.per_sec > 0.0).map(|p| p.samples as f64 / p.per_sec).sum();
+        let weighted = |f: fn(&Latency) -> f64| {
+            if samples == 0 {
+                return 0.0;
+            }
+            parts.iter().map(|p| f(p) * p.samples as f64).sum::<f64>() / samples as f64
+        };
+        Latency {
+            per_sec: if secs > 0.0 { samples as f64 / secs } else { 0.0 },
+            p50_us: weighted(|p| p.p50_us),
+            p99_us: weighted(|p| p.p99_us),
+            samples,
+        }
+    }
+}
+
 fn summarize(mut samples: Vec<Duration>, elapsed: Duration) -> Latency {
     samples.sort();
     let pick = |q: f64| {
@@ -489,5 +511,21 @@ mod tests {
         let l = summarize((1..=10).map(Duration::from_micros).collect(), Duration::from_secs(1));
         assert_eq!(l.samples, 10);
         assert_eq!(l.per_sec, 10.0);
+    }
+
+    #[test]
+    fn merged_slices_give_the_rate_over_their_summed_time() {
+        let slice = |samples: usize, secs: f64, p50_us: f64| Latency {
+            per_sec: samples as f64 / secs,
+            p50_us,
+            p99_us: 2.0 * p50_us,
+            samples,
+        };
+        // 100 in 1 s and 300 in 0.5 s: 400 in 1.5 s, not the mean of 100 and 600.
+        let m = Latency::merge(&[slice(100, 1.0, 10.0), slice(300, 0.5, 20.0)]);
+        assert_eq!(m.samples, 400);
+        assert!((m.per_sec - 400.0 / 1.5).abs() < 1e-9, "{}", m.per_sec);
+        assert!((m.p50_us - 17.5).abs() < 1e-9 && (m.p99_us - 35.0).abs() < 1e-9, "{m:?}");
+        assert_eq!(Latency::merge(&[]).per_sec, 0.0);
     }
 }

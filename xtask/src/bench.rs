@@ -103,6 +103,7 @@ pub fn run(args: &BenchArgs) -> Result<()> {
             "plan": {"rounds": plan.rounds, "rr_secs": plan.rr.as_secs_f64(), "release": plan.release, "smoke": args.smoke},
             "paths": report::path_medians(&rounds),
             "ratios": report::ratios_of(&rounds, &policy::ratio_pairs(plan.policies)),
+            "rounds": report::per_round(&rounds),
             "programs": report::program_costs(&rounds),
             "policy": {"control_plane": control},
         });

@@ -142,6 +142,52 @@ pub(super) fn measure(p: &Path2, plan: &Plan, bins: &Path) -> Result<PathFigures
     Ok(PathFigures { programs, ..figures })
 }
 
+/// The order of the paths in slice `slice` of round `round`: rotated by
+/// one each slice (and each round), so over `n` consecutive slices every
+/// path is measured once in every position.
+pub(super) fn slice_order(n: usize, slice: usize, round: usize) -> Vec<usize> {
+    (0..n).map(|k| (k + slice + round) % n).collect()
+}
+
+/// Paths compared with each other, measured in turns: each path's TCP_RR
+/// time (then its TCP_CRR time) is cut into `slices` slices, and each
+/// slice measures every path once, in the order `slice_order` gives. A
+/// drift of the machine within the round (this VM's RR rate moves by
+/// ±10 % from one minute to the next) then falls on every path alike,
+/// where measuring one path after the other put it between them. Each
+/// path's figures are its slices merged (`Latency::merge`); then its
+/// programs' cost in a pass of its own, as `measure`. Only for paths
+/// without tracers, tunnel check or throughput.
+pub(super) fn measure_interleaved(
+    ps: &[Path2],
+    plan: &Plan,
+    slices: usize,
+    round: usize,
+) -> Result<BTreeMap<String, PathFigures>> {
+    if let Some(p) = ps.iter().find(|p| !p.traced.is_empty() || p.tunnel.is_some() || p.throughput) {
+        bail!("{}: interleaved measurement has no tracers, tunnel check or throughput", p.name);
+    }
+    let slice = plan.rr / slices as u32;
+    let turns = |run: RrFn| -> Result<Vec<Latency>> {
+        let mut parts: Vec<Vec<Latency>> = vec![Vec::new(); ps.len()];
+        for s in 0..slices {
+            for i in slice_order(ps.len(), s, round) {
+                let p = &ps[i];
+                parts[i].push(run(&p.server_ns, &p.client_ns, p.target, slice).with_context(|| p.name.clone())?);
+            }
+        }
+        Ok(parts.iter().map(|v| Latency::merge(v)).collect())
+    };
+    let rr = turns(bench::tcp_rr_to)?;
+    let crr = turns(bench::tcp_crr_to)?;
+    let mut out = BTreeMap::new();
+    for ((p, rr), crr) in ps.iter().zip(rr).zip(crr) {
+        let programs = if p.programs.is_empty() { None } else { Some(program_costs(p, plan)?) };
+        out.insert(p.name.clone(), PathFigures { rr, crr, tput: None, programs });
+    }
+    Ok(out)
+}
+
 /// A TCP_RR and a TCP_CRR pass over `p` with BPF statistics on: each
 /// program's runs and run time per transaction.
 fn program_costs(p: &Path2, plan: &Plan) -> Result<Value> {
@@ -301,4 +347,28 @@ pub(super) fn round(round: usize, bins: &Path, plan: &Plan) -> Result<BTreeMap<S
         out.insert(p.name.to_string(), measure(p, plan, bins).with_context(|| format!("measure {}", p.name))?);
     }
     Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn over_as_many_slices_as_paths_each_path_takes_every_position_once() {
+        for round in 0..4 {
+            for n in 1..5 {
+                let orders: Vec<Vec<usize>> = (0..n).map(|s| slice_order(n, s, round)).collect();
+                for o in &orders {
+                    let mut sorted = o.clone();
+                    sorted.sort();
+                    assert_eq!(sorted, (0..n).collect::<Vec<_>>(), "every path once per slice");
+                }
+                for pos in 0..n {
+                    let mut at: Vec<usize> = orders.iter().map(|o| o[pos]).collect();
+                    at.sort();
+                    assert_eq!(at, (0..n).collect::<Vec<_>>(), "position {pos} over {n} slices");
+                }
+            }
+        }
+    }
 }

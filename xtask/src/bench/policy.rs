@@ -1,11 +1,11 @@
 //! NetworkPolicy in `cargo xtask bench` (issue 25).
 //!
-//! One Kubernetes lab per round (two nodes, the test API server): a client
-//! pod `bench/client` on n1 and a server pod `bench/server` on n2, made by
-//! the real CNI plugin with their Pod objects published before the ADD (as
-//! the scheduler leaves them) and after (with the address). Cross-node
-//! TCP_RR and TCP_CRR between them, three ways, the first two in an order
-//! rotated by the round:
+//! Three Kubernetes labs per round, one per row, all up at once (two
+//! nodes each, the test API server): a client pod `bench/client` on n1
+//! and a server pod `bench/server` on n2, made by the real CNI plugin with
+//! their Pod objects published before the ADD (as the scheduler leaves
+//! them) and after (with the address). Cross-node TCP_RR and TCP_CRR
+//! between them:
 //! - "P no policy": no NetworkPolicy; neither pod isolated.
 //! - "P allow, 1 policy": one policy selecting both pods, `Ingress` and
 //!   `Egress` isolated, its rules allowing exactly the pair (client egress
@@ -17,10 +17,15 @@
 //!   namespaces; `REAL_SELECTING` of them select the real pods too (their
 //!   rules allow other ports from other namespaces and labelled pods), so
 //!   the real pods' rule sets and the identity map are what a busy cluster
-//!   gives them. Measured after the other two in odd rounds (round 1's
-//!   objects stay for the control plane) and before them in even ones,
-//!   the objects then removed again (`scale_first`): the rows' positions
-//!   on a lab that has carried traffic longer are balanced over rounds.
+//!   gives them.
+//!
+//! The rows take turns: each row's measuring time is cut into `SLICES`
+//! slices and every slice measures the three labs once, in an order
+//! rotated slice by slice (`paths::measure_interleaved`). This VM's
+//! request/response rate drifts by ±10 % over a minute; rows measured one
+//! after the other (as this bench first did, one lab per round) put that
+//! drift into their ratios, and a 1000/1 ratio read anything from 0.90 to
+//! 1.06 between rounds of one run. In turns, the drift falls on all rows.
 //!
 //! Before each row the maps are awaited, never slept for: the server's and
 //! the client's `POLICY_ENDPOINTS` entries isolated (or not) as the row
@@ -307,12 +312,6 @@ impl PolicyLab {
         Ok(start.elapsed())
     }
 
-    fn set_no_policy(&self) -> Result<()> {
-        self.api().delete(Kind::NetworkPolicy, NS, ALLOW);
-        self.await_maps(false, None)?;
-        Ok(())
-    }
-
     fn set_allow(&self) -> Result<()> {
         self.api().upsert(Kind::NetworkPolicy, allow_policy());
         self.await_maps(true, None)?;
@@ -339,62 +338,15 @@ impl PolicyLab {
         self.await_maps(true, Some(fake_ip(plan.policy_pods - 1)))?;
         Ok(t.elapsed())
     }
-
-    /// Remove what `set_scale` published (the pair's allow policy stays):
-    /// done when the last made-up pod's identity is gone from both nodes
-    /// and the maps settled.
-    fn clear_scale(&self, plan: &Plan) -> Result<()> {
-        let api = self.api();
-        let last = fake_ip(plan.policy_pods - 1);
-        let before: Vec<Option<u32>> = [self.client().0, self.server().0]
-            .iter()
-            .map(|n| PolicyIdentities::open(&PinDir::new(&n.pin_dir))?.lookup(last))
-            .collect::<Result<_>>()?;
-        let fillers = plan.policies.saturating_sub(1 + REAL_SELECTING);
-        let policies: Vec<(String, String)> = real_selecting(9001)
-            .iter()
-            .chain((0..fillers).map(|p| fake_policy(p, plan.policy_namespaces)).collect::<Vec<_>>().iter())
-            .map(|p| (json_str(&p["metadata"]["namespace"]), json_str(&p["metadata"]["name"])))
-            .collect();
-        api.delete_many(Kind::NetworkPolicy, policies);
-        api.delete_many(
-            Kind::Pod,
-            (0..plan.policy_pods).map(|i| (fake_namespace(i, plan.policy_namespaces), format!("p{i}"))),
-        );
-        api.delete_many(Kind::Namespace, (0..plan.policy_namespaces).map(|j| (String::new(), format!("pns-{j}"))));
-        let start = Instant::now();
-        for (node, was) in [self.client().0, self.server().0].into_iter().zip(before) {
-            let identities = PolicyIdentities::open(&PinDir::new(&node.pin_dir))?;
-            while identities.lookup(last)? == was {
-                if start.elapsed() > APPLY_TIMEOUT {
-                    bail!("{}: the made-up pod {last} still has identity {was:?} after {APPLY_TIMEOUT:?}", node.name);
-                }
-                sleep(Duration::from_millis(5));
-            }
-        }
-        self.await_maps(true, None)?;
-        Ok(())
-    }
 }
 
-fn json_str(v: &Value) -> String {
-    v.as_str().unwrap_or_default().to_string()
-}
-
-/// Where a round measures the N-policies row: after the other two (on
-/// the objects published for it, which stay for the control plane) or
-/// before them (the objects then removed again). Alternating by round, so
-/// no row is always measured on a lab that has carried traffic longest
-/// (the client's TIME_WAIT sockets and `POLICY_CT` entries of the rows
-/// before it): the 1000/1 ratio otherwise compares positions as well as
-/// policies.
-pub(super) fn scale_first(round: usize) -> bool {
-    round % 2 == 1
-}
+/// Slices each row's TCP_RR (and TCP_CRR) time is cut into: the three
+/// rows take turns slice by slice (`paths::measure_interleaved`), each in
+/// every position twice a round.
+const SLICES: usize = 6;
 
 /// One round's rows into `figures`; with `control`, the control-plane
-/// figures too (returned; `control` rounds measure the N-policies row
-/// last, as the control plane needs its objects).
+/// figures too (returned, measured on the N-policies lab after its rows).
 pub(super) fn round(
     round: usize,
     bins: &Path,
@@ -402,58 +354,36 @@ pub(super) fn round(
     control: bool,
     figures: &mut BTreeMap<String, PathFigures>,
 ) -> Result<Option<Value>> {
-    let lab = PolicyLab::up(bins).context("NetworkPolicy lab")?;
-    let mut order = [ROW_NONE, ROW_ALLOW];
-    order.rotate_left(round % 2);
     if !plan.policy_rows {
         // The control plane only (`--policy-control-only`).
+        let lab = PolicyLab::up(bins)?;
         lab.set_allow()?;
         let to_maps = lab.set_scale(plan)?;
         return if control { Ok(Some(control_plane(&lab, plan, to_maps)?)) } else { Ok(None) };
     }
     let scale = scale_row(plan.policies);
-    let measure_scale = |figures: &mut BTreeMap<String, PathFigures>| -> Result<Duration> {
-        lab.set_allow()?;
-        eprintln!(
-            "bench: round {} {} policies over {} pods in {} namespaces",
-            round + 1,
-            plan.policies,
-            plan.policy_pods,
-            plan.policy_namespaces
-        );
-        let to_maps = lab.set_scale(plan)?;
-        eprintln!("bench: round {} {scale}", round + 1);
-        figures.insert(
-            scale.clone(),
-            paths::measure(&lab.path(&scale), plan, bins).with_context(|| format!("measure {scale}"))?,
-        );
-        Ok(to_maps)
-    };
-    let first = scale_first(round) && !control;
-    if first {
-        measure_scale(figures)?;
-        lab.clear_scale(plan)?;
-    }
-    for name in order {
-        if name == ROW_NONE {
-            lab.set_no_policy()?;
-        } else {
-            lab.set_allow()?;
-        }
-        eprintln!("bench: round {} {name}", round + 1);
-        figures.insert(
-            name.into(),
-            paths::measure(&lab.path(name), plan, bins).with_context(|| format!("measure {name}"))?,
-        );
-    }
-    if first {
-        return Ok(None);
-    }
-    let to_maps = measure_scale(figures)?;
+    eprintln!("bench: round {} three labs: {ROW_NONE}, {ROW_ALLOW}, {scale}", round + 1);
+    let none = PolicyLab::up(bins).context("the lab without policy")?;
+    none.await_maps(false, None)?;
+    let allow = PolicyLab::up(bins).context("the lab with one policy")?;
+    allow.set_allow()?;
+    let big = PolicyLab::up(bins).with_context(|| format!("the lab with {} policies", plan.policies))?;
+    big.set_allow()?;
+    eprintln!(
+        "bench: round {} {} policies over {} pods in {} namespaces",
+        round + 1,
+        plan.policies,
+        plan.policy_pods,
+        plan.policy_namespaces
+    );
+    let to_maps = big.set_scale(plan)?;
+    eprintln!("bench: round {} rows in turns, {SLICES} slices each", round + 1);
+    let rows = [none.path(ROW_NONE), allow.path(ROW_ALLOW), big.path(&scale)];
+    figures.extend(paths::measure_interleaved(&rows, plan, SLICES, round).context("the NetworkPolicy rows")?);
     if !control {
         return Ok(None);
     }
-    Ok(Some(control_plane(&lab, plan, to_maps)?))
+    Ok(Some(control_plane(&big, plan, to_maps)?))
 }
 
 fn control_plane(lab: &PolicyLab, plan: &Plan, to_maps: Duration) -> Result<Value> {
@@ -555,14 +485,6 @@ mod tests {
     use std::collections::BTreeSet;
 
     use super::*;
-
-    #[test]
-    fn the_scale_row_comes_first_in_every_other_round_and_never_in_the_control_round() {
-        let firsts: Vec<bool> = (0..4).map(scale_first).collect();
-        assert_eq!(firsts, [false, true, false, true]);
-        // Round 0 measures the control plane on the scale objects: last.
-        assert!(!scale_first(0));
-    }
 
     #[test]
     fn made_up_pods_have_distinct_addresses_in_the_cluster_cidr_clear_of_the_lab_nodes() {

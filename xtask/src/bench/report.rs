@@ -105,6 +105,18 @@ pub(super) fn path_medians(rounds: &[BTreeMap<String, PathFigures>]) -> Value {
     Value::Object(paths)
 }
 
+/// Every round's RR and CRR per path, in the order measured: the spread
+/// behind the medians (a median of 4 rounds hides whether one round or
+/// all of them read low).
+pub(super) fn per_round(rounds: &[BTreeMap<String, PathFigures>]) -> Value {
+    let rows = rounds.iter().map(|r| {
+        let paths =
+            r.keys().map(|n| (n.clone(), json!({"rr": path_metric(r, n, "rr"), "crr": path_metric(r, n, "crr")})));
+        Value::Object(paths.collect())
+    });
+    Value::Array(rows.collect())
+}
+
 /// Medians of per-round ratios, per (label, numerator, denominator).
 pub(super) fn ratios_of(rounds: &[BTreeMap<String, PathFigures>], pairs: &[(String, String, String)]) -> Value {
     let mut ratios = serde_json::Map::new();

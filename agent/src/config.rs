@@ -3,7 +3,7 @@
 //! `NODE_CONFIG` map value the datapath reads.
 use std::path::PathBuf;
 
-use ipnetwork::{Ipv4Network, Ipv6Network};
+use ipnetwork::{IpNetwork, Ipv4Network, Ipv6Network};
 use sluice_node::paths;
 
 /// `--ip-family`: which address families pods get.
@@ -107,9 +107,10 @@ pub struct AgentConfig {
     #[arg(long, env = "SLUICE_MASQUERADE", default_value_t = true, action = clap::ArgAction::Set)]
     pub masquerade: bool,
     /// Destinations (besides the cluster CIDR and the nodes) that pods reach
-    /// with their own address, as ip-masq-agent's nonMasqueradeCIDRs.
+    /// with their own address, as ip-masq-agent's nonMasqueradeCIDRs; IPv4
+    /// and (with `--ip-family dual`) IPv6 ranges, each in its family's table.
     #[arg(long, env = "SLUICE_NON_MASQUERADE_CIDRS", value_delimiter = ',')]
-    pub non_masquerade_cidr: Vec<Ipv4Network>,
+    pub non_masquerade_cidr: Vec<IpNetwork>,
     /// Where to serve Prometheus metrics (`GET /metrics`): `node:PORT` (the
     /// default, `node:9962`) binds the node's own address (the uplink's
     /// IPv4, what Prometheus scrapes a host-network pod at), `ADDR:PORT` an
@@ -284,6 +285,9 @@ impl AgentConfig {
             }
             IpFamily::Ipv4 if self.cluster_cidr6.is_some() => {
                 return Err(ConfigError::NeedsDualStack { flag: "--cluster-cidr6" })
+            }
+            IpFamily::Ipv4 if self.non_masquerade_cidr.iter().any(IpNetwork::is_ipv6) => {
+                return Err(ConfigError::NeedsDualStack { flag: "an IPv6 --non-masquerade-cidr" })
             }
             _ => {}
         }
@@ -479,6 +483,11 @@ mod tests {
         assert_eq!(ipv6_only.validate_static(), Err(ConfigError::Ipv6OnlyUnsupported));
         let stray = AgentConfig { pod_cidr6: Some(net6("fd00:244::/64")), ..cfg("10.244.0.0/16", None) };
         assert_eq!(stray.validate_static(), Err(ConfigError::NeedsDualStack { flag: "--pod-cidr6" }));
+        let v6_exception = vec!["fd00:99::/64".parse().unwrap()];
+        let stray = AgentConfig { non_masquerade_cidr: v6_exception.clone(), ..cfg("10.244.0.0/16", None) };
+        let want = Err(ConfigError::NeedsDualStack { flag: "an IPv6 --non-masquerade-cidr" });
+        assert_eq!(stray.validate_static(), want);
+        assert_eq!(AgentConfig { non_masquerade_cidr: v6_exception, ..dual }.validate_static(), Ok(()));
     }
 
     #[test]

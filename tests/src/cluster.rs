@@ -31,6 +31,9 @@ use crate::{
 };
 
 pub const WORLD_IP: &str = "172.30.0.250";
+/// The world's IPv6 address on a dual-stack lab's LAN (nodes are
+/// `fd00:30::<i>`).
+pub const WORLD_IP6: &str = "fd00:30::fe";
 pub const WORLD_PORT: u16 = 80;
 pub const HOST_PORT: u16 = 8080;
 pub const WHOAMI_PORT: u16 = 7778;
@@ -85,6 +88,9 @@ pub fn install(lab: &mut Lab) -> Result<()> {
             format!("{}.{}", crate::lab::LAN2_PREFIX, crate::lab::ROUTER_HOST)
         };
         ns_exec(&node.netns, &["ip", "route", "replace", "default", "via", &gateway, "dev", "eth0"])?;
+        if lab.state.dual_stack {
+            ns_exec(&node.netns, &["ip", "-6", "route", "replace", "default", "via", WORLD_IP6, "dev", "eth0"])?;
+        }
         whoami_server(lab, &node.netns, &node.ip, HOST_PORT, &format!("host-{}", node.name))?;
         for pod in &node.pods {
             start_pod_servers(lab, &pod.netns, &pod.name)?;
@@ -93,7 +99,8 @@ pub fn install(lab: &mut Lab) -> Result<()> {
     apply_services(lab)
 }
 
-/// The world: a namespace on the LAN at `WORLD_IP`, not a node (no
+/// The world: a namespace on the LAN at `WORLD_IP` (and `WORLD_IP6` in a
+/// dual-stack lab), not a node (no
 /// routes to pod CIDRs, no agent). Returns its name. The lab removes it
 /// with the rest.
 pub fn add_world(lab: &mut Lab) -> Result<String> {
@@ -109,6 +116,10 @@ pub fn add_world(lab: &mut Lab) -> Result<String> {
     ns_exec(&world, &["ip", "link", "set", "eth0", "mtu", &mtu, "up"])?;
     ns_exec(&world, &["ip", "link", "set", "lo", "up"])?;
     ns_exec(&world, &["ip", "addr", "add", &format!("{WORLD_IP}/24"), "dev", "eth0"])?;
+    if lab.state.dual_stack {
+        crate::lab::enable_ipv6_in(&world)?;
+        ns_exec(&world, &["ip", "-6", "addr", "add", &format!("{WORLD_IP6}/64"), "dev", "eth0", "nodad"])?;
+    }
     Ok(world)
 }
 

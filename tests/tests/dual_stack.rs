@@ -7,8 +7,9 @@ use serde_json::Value;
 use sluice_tests::{
     bin,
     capture::Capture,
-    lab::{counter, ns_exec, ping, tcp_probe, CniCall, Lab, LabOptions, Node, Pod},
-    require_root, try_run, Netns,
+    cluster::{add_world, tcp_text, WORLD_IP6},
+    lab::{counter, ns_cmd, ns_exec, ping, tcp_probe, CniCall, Lab, LabOptions, Node, Pod},
+    patience, require_root, try_run, Netns,
 };
 
 fn dual_lab(nodes: usize, pods_per_node: usize) -> Lab {
@@ -324,4 +325,64 @@ fn the_ipv6_endpoint_entry_is_written_checked_repaired_and_removed() {
     // DEL takes it away with the rest.
     lab.remove_pod(0, &a.name).unwrap();
     assert_eq!(endpoints6(&n1).get(a_ip6), None);
+}
+
+const WHOAMI6_PORT: u16 = 8086;
+
+/// A server in `netns` answering each IPv6 connection with the client's
+/// address as it arrived.
+fn whoami6(lab: &mut Lab, netns: &str, who: &str) {
+    let listen = format!("TCP6-LISTEN:{WHOAMI6_PORT},reuseaddr,fork");
+    lab.spawn_helper(ns_cmd(netns, &["socat", &listen, "SYSTEM:echo $SOCAT_PEERADDR"]), &format!("{who}-whoami6"))
+        .unwrap();
+    let start = std::time::Instant::now();
+    while tcp_text(netns, "[::1]", WHOAMI6_PORT).is_none() {
+        assert!(start.elapsed() < patience(std::time::Duration::from_secs(5)), "whoami6 in {netns} did not start");
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+}
+
+/// The client address `netns`'s connection to `[ip]` arrived from.
+fn seen_from(netns: &str, ip: &str) -> Option<std::net::Ipv6Addr> {
+    let text = tcp_text(netns, &format!("[{ip}]"), WHOAMI6_PORT)?;
+    Some(text.trim_matches(['[', ']']).parse().unwrap_or_else(|e| panic!("{text:?}: {e}")))
+}
+
+fn addr6(s: &str) -> Option<std::net::Ipv6Addr> {
+    Some(s.parse().unwrap())
+}
+
+/// A pod reaches the world over IPv6 with its node's IPv6 address (the
+/// `ip6 sluice` table, the twin of the IPv4 masquerade), also with
+/// ip6tables' FORWARD policy DROP (sluice's ip6tables chain accepts pods'
+/// traffic); pod to pod over IPv6 keeps the pods' own addresses; with
+/// `--masquerade=false` the world, which routes nothing to pod CIDRs,
+/// cannot answer.
+#[test]
+fn pods_reach_the_world_over_ipv6_masqueraded_and_pod_to_pod_stays_unnated() {
+    let mut lab = dual_lab(2, 1);
+    let world = add_world(&mut lab).unwrap();
+    for n in &lab.state.nodes {
+        ns_exec(&n.netns, &["ip", "-6", "route", "replace", "default", "via", WORLD_IP6, "dev", "eth0"]).unwrap();
+        ns_exec(&n.netns, &["ip6tables", "-P", "FORWARD", "DROP"]).unwrap();
+    }
+    whoami6(&mut lab, &world, "world");
+    let (a, b) = (pod(&lab, 0, 0), pod(&lab, 1, 0));
+    whoami6(&mut lab, &b.netns, "b");
+    let n1 = lab.state.nodes[0].clone();
+    let n1_ip6 = n1.ip6.clone().unwrap();
+
+    assert_eq!(seen_from(&a.netns, WORLD_IP6), addr6(&n1_ip6), "the world sees the node's IPv6");
+    assert_eq!(seen_from(&a.netns, ip6(&b)), addr6(ip6(&a)), "pod to pod keeps the pod's IPv6");
+    let tables = ns_exec(&n1.netns, &["nft", "list", "tables"]).unwrap();
+    assert!(tables.contains("table ip6 sluice") && tables.contains("table ip sluice"), "{tables}");
+
+    lab.state.extra_agent_args = vec!["--masquerade=false".into()];
+    lab.kill_agent(0).unwrap();
+    lab.start_agent(0).unwrap();
+    lab.wait_agent_ready(0).unwrap();
+    let tables = ns_exec(&n1.netns, &["nft", "list", "tables"]).unwrap();
+    assert!(!tables.contains("ip6 sluice"), "{tables}");
+    assert_eq!(seen_from(&a.netns, WORLD_IP6), None, "unmasqueraded, the world cannot answer");
+    assert_eq!(seen_from(&a.netns, ip6(&b)), addr6(ip6(&a)), "pods still reach pods");
 }

@@ -4,7 +4,7 @@
 use std::{path::PathBuf, time::Duration};
 
 use anyhow::{bail, Context, Result};
-use ipnetwork::{Ipv4Network, Ipv6Network};
+use ipnetwork::{IpNetwork, Ipv4Network, Ipv6Network};
 use sluice_common::maps::programs;
 use tracing::{error, info, warn};
 
@@ -161,7 +161,12 @@ struct Reconcilers {
     node_ip: std::net::Ipv4Addr,
     masquerade: bool,
     cluster_cidr: Ipv4Network,
-    non_masquerade: Vec<Ipv4Network>,
+    /// Dual-stack: the IPv6 cluster range, if given (else the pod CIDRs
+    /// membership knows stand for it).
+    cluster_cidr6: Option<Ipv6Network>,
+    /// Dual-stack: the uplink's IPv6 address.
+    node_ip6: Option<std::net::Ipv6Addr>,
+    non_masquerade: Vec<IpNetwork>,
     /// Started by the first pass.
     netfilter: Option<netfilter_worker::NetfilterWorker>,
     /// Dual-stack: the IPv6 kernel routes are reconciled too.
@@ -183,7 +188,18 @@ impl Reconcilers {
             }
         }
         let node_ips = std::iter::once(self.node_ip).chain(m.routes.values().copied());
-        let desired = masquerade::Desired::new(self.masquerade, self.cluster_cidr, node_ips, &self.non_masquerade);
+        let mut desired = masquerade::Desired::new(self.masquerade, self.cluster_cidr, node_ips, &self.non_masquerade);
+        if let (true, Some(own6)) = (self.ipv6, m.own_pod_cidr6) {
+            // Pods' IPv6 leaves masqueraded too (`ip6 sluice`): the
+            // cluster's IPv6 range (or, without --cluster-cidr6, every
+            // IPv6 pod CIDR membership knows) and the nodes' IPv6 stay
+            // un-NATed.
+            let pods6: Vec<IpNetwork> =
+                std::iter::once(own6).chain(m.routes6.keys().copied()).map(IpNetwork::V6).collect();
+            let extra: Vec<IpNetwork> = self.non_masquerade.iter().copied().chain(pods6).collect();
+            let node_ips6 = self.node_ip6.into_iter().chain(m.routes6.values().copied());
+            desired = desired.with_ipv6(self.cluster_cidr6.unwrap_or(own6), node_ips6, &extra);
+        }
         match &self.netfilter {
             Some(worker) => worker.want(desired),
             None => self.netfilter = Some(netfilter_worker::NetfilterWorker::start(desired).await?),
@@ -200,6 +216,7 @@ impl Reconcilers {
         uplink: &Uplink,
         datapath: &DatapathUp,
         membership: &Membership,
+        own_ip6: Option<std::net::Ipv6Addr>,
     ) -> Result<Self> {
         let mut reconcilers = Reconcilers {
             routes_map: NodeRoutes::open(&datapath.pins)?,
@@ -209,6 +226,8 @@ impl Reconcilers {
             node_ip: uplink.address.ip,
             masquerade: node.masquerade,
             cluster_cidr: node.cluster_cidr,
+            cluster_cidr6: node.cluster_cidr6,
+            node_ip6: own_ip6,
             non_masquerade: node.non_masquerade_cidr.clone(),
             netfilter: None,
             ipv6: node.ip_family.has_ipv6(),
@@ -964,7 +983,7 @@ pub async fn run(
 
     let datapath = bring_up_datapath(&netlink, &node, &uplink, pod_cidr, pod_cidr6, services.is_some()).await?;
     let pins = datapath.pins.clone();
-    let reconcilers = Reconcilers::start(&netlink, &node, &uplink, &datapath, &membership).await?;
+    let reconcilers = Reconcilers::start(&netlink, &node, &uplink, &datapath, &membership, own_ip6).await?;
     info!(node = %node.node_name, uplink = %node.uplink, %node_ip, mtu = uplink.pod_mtu, pods = datapath.pods, "datapath ready");
 
     let services_on = services.is_some();

@@ -130,11 +130,7 @@ mod tests {
     use super::*;
 
     fn desired(n: u8) -> Desired {
-        Desired {
-            masquerade: true,
-            cluster_cidr: "10.244.0.0/16".parse().unwrap(),
-            no_masquerade: vec![format!("172.30.0.{n}/32").parse().unwrap()],
-        }
+        Desired::new(true, "10.244.0.0/16".parse().unwrap(), [std::net::Ipv4Addr::new(172, 30, 0, n)], &[])
     }
 
     /// Records every run; fails while `failing` is set.

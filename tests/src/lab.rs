@@ -95,6 +95,19 @@ pub struct LabOptions {
     pub dual_stack: bool,
 }
 
+/// A lab node's Node object as the API server holds it: its pod CIDR(s)
+/// in `spec.podCIDRs` and its InternalIP(s), IPv4 first, as a dual-stack
+/// kubelet and the node IPAM controller leave them.
+pub fn node_object_of(n: &Node) -> serde_json::Value {
+    let mut obj = crate::apiserver::node_object(&n.name, &n.ip, Some(&n.pod_cidr), 0);
+    if let (Some(ip6), Some(cidr6)) = (&n.ip6, &n.pod_cidr6) {
+        obj["spec"]["podCIDRs"] = serde_json::json!([n.pod_cidr, cidr6]);
+        let addresses = obj["status"]["addresses"].as_array_mut().expect("node_object has addresses");
+        addresses.insert(1, serde_json::json!({"type": "InternalIP", "address": ip6}));
+    }
+    obj
+}
+
 /// Builds a node's agent command: (argv, extra environment).
 pub type AgentCommandFn =
     std::sync::Arc<dyn Fn(&LabState, &Node) -> (Vec<String>, Vec<(String, String)>) + Send + Sync>;
@@ -339,8 +352,8 @@ impl Lab {
         if !(1..=2).contains(&opts.subnets) || opts.nodes < opts.subnets {
             bail!("--subnets must be 1 or 2, and no more than the nodes");
         }
-        if opts.dual_stack && (opts.subnets > 1 || opts.kubernetes) {
-            bail!("a dual-stack lab has one node network and a peers file (IPv6 through VXLAN and the test API server's IPv6 Nodes are not built yet)");
+        if opts.dual_stack && opts.subnets > 1 {
+            bail!("a dual-stack lab has one node network (IPv6 through VXLAN is not built yet)");
         }
         lab.save()?;
         lab.build_lan()?;
@@ -379,7 +392,7 @@ impl Lab {
             }
             let api = crate::apiserver::ApiServer::start(LAN_API_ADDR, Some(&lab.state.lan_netns))?;
             for n in &lab.state.nodes {
-                api.upsert_node(&n.name, &n.ip, Some(&n.pod_cidr));
+                api.upsert(crate::apiserver::Kind::Node, node_object_of(n));
             }
             let kubeconfig = lab.state.dir.join("kubeconfig");
             api.write_kubeconfig(&kubeconfig)?;

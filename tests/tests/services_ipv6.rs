@@ -7,16 +7,19 @@
 //! the socket LB translates it.
 //!
 //! Cases named after upstream's test/e2e/network/dual_stack.go where they
-//! correspond. The clients are host processes of the node ("node-Service"):
-//! the lab's pods have no IPv6 path yet (a dual-stack lab has no API server
-//! and pods' IPv6 packets don't leave them yet), so the backends are
-//! host-network endpoints, two IPv6 addresses of the node itself, as a
-//! hostNetwork pod's endpoint is its node's address.
+//! correspond. In the first case the clients are host processes of the
+//! node ("node-Service") and the backends host-network endpoints, two IPv6
+//! addresses of the node itself, as a hostNetwork pod's endpoint is its
+//! node's address; in the second, on a dual-stack Kubernetes lab (Node
+//! objects with both pod CIDRs and both InternalIPs), pods on two nodes are
+//! the clients and the IPv6 endpoints ("pod-Service", and a pod reaching
+//! its own Service).
 use std::collections::BTreeSet;
 
 use sluice_tests::{
     apiserver::{EndpointObject, ServiceObject},
-    lab::{enable_ipv6_in, ns_cmd, ns_exec, Lab},
+    bin,
+    lab::{enable_ipv6_in, ns_cmd, ns_exec, Lab, LabOptions},
     require_root,
     services::{self, client, service, slice, tally, wait_backends, Outcome},
 };
@@ -158,4 +161,73 @@ fn ipv6_cluster_ips_from_the_node_over_tcp_and_udp() {
     let status = services::service_status(&lab, 0).unwrap();
     let text = status["services"]["frontends"].to_string();
     assert!(text.contains(&format!("\"ip\":\"{WEB6}\"")), "{text}");
+}
+
+/// Each pod's IPv6 serves TCP (`TCP_PORT`) and UDP (`services::UDP_PORT`)
+/// answering its name.
+fn start_pod_ipv6_backends(lab: &mut Lab) {
+    let pods: Vec<_> = lab.pods().iter().map(|(_, p)| (*p).clone()).collect();
+    for pod in pods {
+        let (netns, name, ip6) = (pod.netns, pod.name, pod.ip6.expect("dual-stack pod"));
+        let listen = format!("TCP6-LISTEN:{TCP_PORT},bind=[{ip6}],reuseaddr,fork");
+        lab.spawn_helper(ns_cmd(&netns, &["socat", &listen, &format!("SYSTEM:echo {name}")]), &format!("{name}-tcp6"))
+            .unwrap();
+        let port = services::UDP_PORT.to_string();
+        let serve = ["python3", "-c", services::CLIENT, "udp-serve", &ip6, &port, &name];
+        lab.spawn_helper(ns_cmd(&netns, &serve), &format!("{name}-udp6")).unwrap();
+        let start = std::time::Instant::now();
+        loop {
+            let tcp = ns_exec(&netns, &["ss", "-H", "-6tln", &format!("sport = :{TCP_PORT}")]).unwrap();
+            let udp = ns_exec(&netns, &["ss", "-H", "-6uln", &format!("sport = :{}", services::UDP_PORT)]).unwrap();
+            if tcp.lines().count() == 1 && udp.lines().count() == 1 {
+                break;
+            }
+            assert!(start.elapsed() < std::time::Duration::from_secs(10), "{name}: IPv6 servers did not bind");
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        }
+    }
+}
+
+/// "should function for pod-Service: http" and "...: udp" over IPv6, and
+/// "should function for endpoint-Service" (a backend pod reaching its own
+/// Service, hairpin): pods on a dual-stack node are the clients, pods on
+/// both nodes the IPv6 endpoints; every connection and datagram answered,
+/// every backend used, and the socket shows the IPv6 ClusterIP as its peer.
+#[test]
+fn should_function_for_pod_service_http_and_udp_over_ipv6() {
+    require_root();
+    let mut opts = LabOptions::new(2, 1, bin("sluice-agent").parent().unwrap().to_path_buf());
+    opts.kubernetes = true;
+    opts.kube_proxy_replacement = true;
+    opts.dual_stack = true;
+    let mut lab = Lab::up(&opts).expect("dual-stack Kubernetes lab");
+    start_pod_ipv6_backends(&mut lab);
+    let pods: Vec<(String, sluice_tests::lab::Pod)> =
+        lab.pods().iter().map(|(n, p)| (n.name.clone(), (*p).clone())).collect();
+    let api = lab.api.as_ref().expect("kubernetes lab");
+    let mut web6 = service("web6", WEB6, &ports());
+    web6.cluster_ips = vec![WEB6.into()];
+    api.upsert_service(web6.build());
+    let endpoints: Vec<EndpointObject> =
+        pods.iter().map(|(node, p)| EndpointObject::ready(p.ip6.as_deref().unwrap(), node)).collect();
+    let mut s = slice("web6", &[("http", TCP_PORT, "TCP"), ("dns", services::UDP_PORT, "UDP")], &endpoints);
+    s.name = "web6-v6".into();
+    s.address_type = "IPv6".into();
+    api.upsert_endpoint_slice(s.build());
+    let want: Vec<String> = pods.iter().map(|(_, p)| format!("[{}]:{TCP_PORT}", p.ip6.as_deref().unwrap())).collect();
+    wait_backends(&lab, WEB6, 80, "TCP", &want).unwrap();
+    let names: BTreeSet<String> = pods.iter().map(|(_, p)| p.name.clone()).collect();
+
+    for node in lab.state.nodes.clone() {
+        // Node n1's pod is also a backend: its own Service (hairpin).
+        let client_pod = &node.pods[0];
+        let tcp = client(&lab, &node, &client_pod.netns, &["tcp", WEB6, "80", "30"]).unwrap();
+        assert_eq!(oks(&tcp), 30, "{}: {:?}", client_pod.name, tally(&tcp));
+        assert!(tcp.iter().all(|o| matches!(o, Outcome::Ok { peer, .. } if peer == &format!("[{WEB6}]:80"))));
+        assert_eq!(tally(&tcp).keys().cloned().collect::<BTreeSet<_>>(), names, "{:?}", tally(&tcp));
+        let udp = client(&lab, &node, &client_pod.netns, &["udp", WEB6, "53", "30"]).unwrap();
+        assert_eq!(oks(&udp), 30, "{}: {:?}", client_pod.name, tally(&udp));
+        assert!(udp.iter().all(|o| matches!(o, Outcome::Ok { peer, .. } if peer == &format!("[{WEB6}]:53"))));
+        assert_eq!(tally(&udp).keys().cloned().collect::<BTreeSet<_>>(), names, "{:?}", tally(&udp));
+    }
 }

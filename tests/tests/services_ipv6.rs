@@ -29,6 +29,7 @@ const WEB6: &str = "fd00:96::50";
 const DUAL4: &str = "10.96.0.60";
 const DUAL6: &str = "fd00:96::60";
 const EMPTY6: &str = "fd00:96::70";
+const STICKY6: &str = "fd00:96::80";
 const TCP_PORT: u16 = 7777;
 
 fn oks(outcomes: &[Outcome]) -> usize {
@@ -193,6 +194,9 @@ fn start_pod_ipv6_backends(lab: &mut Lab) {
 /// Service, hairpin): pods on a dual-stack node are the clients, pods on
 /// both nodes the IPv6 endpoints; every connection and datagram answered,
 /// every backend used, and the socket shows the IPv6 ClusterIP as its peer.
+/// With ClientIP affinity ("should function for client IP based session
+/// affinity: http/udp") on a Service whose clusterIPs list IPv6 first
+/// ("should create service with ipv6,v4 cluster ip"), one backend each.
 #[test]
 fn should_function_for_pod_service_http_and_udp_over_ipv6() {
     require_root();
@@ -214,8 +218,19 @@ fn should_function_for_pod_service_http_and_udp_over_ipv6() {
     s.name = "web6-v6".into();
     s.address_type = "IPv6".into();
     api.upsert_endpoint_slice(s.build());
+    // "should function for client IP based session affinity: http/udp":
+    // the same endpoints behind a ClientIP-affinity Service; and "should
+    // create service with ipv6,v4 cluster ip": IPv6 first in clusterIPs.
+    let mut sticky = service("sticky6", STICKY6, &ports()).client_ip_affinity(Some(60));
+    sticky.cluster_ips = vec![STICKY6.into(), DUAL4.into()];
+    api.upsert_service(sticky.build());
+    let mut s = slice("sticky6", &[("http", TCP_PORT, "TCP"), ("dns", services::UDP_PORT, "UDP")], &endpoints);
+    s.name = "sticky6-v6".into();
+    s.address_type = "IPv6".into();
+    api.upsert_endpoint_slice(s.build());
     let want: Vec<String> = pods.iter().map(|(_, p)| format!("[{}]:{TCP_PORT}", p.ip6.as_deref().unwrap())).collect();
     wait_backends(&lab, WEB6, 80, "TCP", &want).unwrap();
+    wait_backends(&lab, STICKY6, 80, "TCP", &want).unwrap();
     let names: BTreeSet<String> = pods.iter().map(|(_, p)| p.name.clone()).collect();
 
     for node in lab.state.nodes.clone() {
@@ -229,5 +244,11 @@ fn should_function_for_pod_service_http_and_udp_over_ipv6() {
         assert_eq!(oks(&udp), 30, "{}: {:?}", client_pod.name, tally(&udp));
         assert!(udp.iter().all(|o| matches!(o, Outcome::Ok { peer, .. } if peer == &format!("[{WEB6}]:53"))));
         assert_eq!(tally(&udp).keys().cloned().collect::<BTreeSet<_>>(), names, "{:?}", tally(&udp));
+        // Affinity: every connection and datagram of this client to one backend.
+        for (mode, port) in [("tcp", "80"), ("udp", "53")] {
+            let stuck = client(&lab, &node, &client_pod.netns, &[mode, STICKY6, port, "20"]).unwrap();
+            assert_eq!(oks(&stuck), 20, "{mode}: {:?}", tally(&stuck));
+            assert_eq!(tally(&stuck).len(), 1, "{mode}: affinity keeps one backend: {:?}", tally(&stuck));
+        }
     }
 }

@@ -289,7 +289,8 @@ fn endpoints6(node: &Node) -> sluice_node::datapath::pinned_maps::Endpoints6 {
 
 /// A pod's `ENDPOINTS6` entry is what lets its IPv6 out: written by ADD
 /// (CHECK misses it when gone), removed by DEL, and re-derived by the
-/// agent's sweep from the pod's IPv4 entry when lost behind its back.
+/// agent's sweep from the pod's IPv4 entry when lost behind its back;
+/// entries no pod stands behind are swept away.
 #[test]
 fn the_ipv6_endpoint_entry_is_written_checked_repaired_and_removed() {
     let mut lab = dual_lab(2, 1);
@@ -321,6 +322,22 @@ fn the_ipv6_endpoint_entry_is_written_checked_repaired_and_removed() {
         std::thread::sleep(std::time::Duration::from_millis(100));
     }
     assert!(ping(&a.netns, ip6(&b)), "the pod's IPv6 works again");
+
+    // Entries no pod stands behind, as a DEL that died half-way leaves
+    // them: an unleased address on a live pod's interface (which would let
+    // that pod send from it) and one on an interface that is gone. The
+    // sweep removes both and leaves the pod's own.
+    let cidr6: ipnetwork::Ipv6Network = n1.pod_cidr6.as_deref().unwrap().parse().unwrap();
+    let ghost = |k: u128| std::net::Ipv6Addr::from(u128::from(cidr6.network()) + k);
+    endpoints6(&n1).insert(ghost(0x99), entry).unwrap();
+    let gone = sluice_common::EndpointInfo { host_ifindex: 0x7fff_fff0, ..entry };
+    endpoints6(&n1).insert(ghost(0x9a), gone).unwrap();
+    let start = std::time::Instant::now();
+    while endpoints6(&n1).get(ghost(0x99)).is_some() || endpoints6(&n1).get(ghost(0x9a)).is_some() {
+        assert!(start.elapsed() < std::time::Duration::from_secs(20), "the sweep left the stale entries");
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    assert_eq!(endpoints6(&n1).get(a_ip6), Some(entry), "the pod's own entry stays");
 
     // DEL takes it away with the rest.
     lab.remove_pod(0, &a.name).unwrap();

@@ -128,6 +128,13 @@ async fn sweep(
                 Ok(_) => {}
                 Err(e) => warn!(error = %format!("{e:#}"), "IPv6 endpoint repair failed; will retry"),
             }
+            match target.remove_stale_endpoints6().await {
+                Ok(removed) if !removed.is_empty() => {
+                    info!(addresses = ?removed, "IPv6 endpoint entries removed: no pod behind them")
+                }
+                Ok(_) => {}
+                Err(e) => warn!(error = %format!("{e:#}"), "IPv6 endpoint cleanup failed; will retry"),
+            }
             swept
         }
         Ok(None) => {

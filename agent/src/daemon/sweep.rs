@@ -31,7 +31,9 @@
 //! On a dual-stack node the IPv4 lease leads: tearing an attachment down
 //! releases its IPv6 lease too, and an IPv6 lease left without an IPv4
 //! twin (a release that failed half-way) is released once older than the
-//! grace period (`orphans6`).
+//! grace period (`orphans6`). `ENDPOINTS6` entries are re-derived from the
+//! IPv4 ones (`repairs6`), and an entry no pod stands behind (its
+//! interface gone, or its address unleased) is removed (`stale6`).
 use std::{
     collections::{BTreeMap, BTreeSet},
     net::Ipv4Addr,
@@ -354,6 +356,20 @@ impl<'a> NodeSweep<'a> {
         Ok(repairs.into_iter().map(|(ip6, _)| ip6).collect())
     }
 
+    /// Remove the `ENDPOINTS6` entries `stale6` names; the addresses
+    /// removed. Run after the repairs (which only write entries of leased
+    /// addresses on live links).
+    pub async fn remove_stale_endpoints6(&self) -> Result<Vec<std::net::Ipv6Addr>> {
+        let Some(store6) = &self.store6 else { return Ok(Vec::new()) };
+        let mut endpoints6 = Endpoints6::open(self.pins)?;
+        let live: BTreeSet<u32> = self.links().await?.into_values().collect();
+        let stale = stale6(&store6.leases()?, &endpoints6.all()?, &live);
+        for ip in &stale {
+            endpoints6.remove(*ip)?;
+        }
+        Ok(stale)
+    }
+
     /// Release the IPv6 leases older than `grace` whose attachment holds
     /// no IPv4 lease (`orphans6`); the addresses released.
     pub fn release_orphans6(&self, grace: Duration) -> Result<Vec<std::net::Ipv6Addr>> {
@@ -390,6 +406,25 @@ pub fn repairs6(
             let want = endpoints4.get(ip4)?;
             (endpoints6.get(&l6.ip) != Some(want)).then_some((l6.ip, *want))
         })
+        .collect()
+}
+
+/// `ENDPOINTS6` entries no pod stands behind (pure): their host
+/// interface is gone, or no IPv6 lease holds their address — what a DEL
+/// that died between its steps, or a lost release, leaves. Such an entry
+/// would let whichever pod's interface later gets that index send from the
+/// address. ADD leases the address before it writes the entry on the new
+/// interface, so an ADD in progress never matches.
+pub fn stale6(
+    leases6: &[Lease<std::net::Ipv6Addr>],
+    endpoints6: &BTreeMap<std::net::Ipv6Addr, EndpointInfo>,
+    live_ifindexes: &BTreeSet<u32>,
+) -> Vec<std::net::Ipv6Addr> {
+    let leased: BTreeSet<std::net::Ipv6Addr> = leases6.iter().map(|l| l.ip).collect();
+    endpoints6
+        .iter()
+        .filter(|(ip, ep)| !live_ifindexes.contains(&ep.host_ifindex) || !leased.contains(ip))
+        .map(|(ip, _)| *ip)
         .collect()
 }
 
@@ -488,6 +523,27 @@ mod tests {
         // Another ifname of the same container is another attachment.
         let other_if = [Lease { ifname: "net1".into(), ..lease("10.0.0.2", "alone", 100) }];
         assert_eq!(orphans6(&other_if, &leases6[1..2], grace).len(), 1);
+    }
+
+    #[test]
+    fn stale6_entries_have_no_live_interface_or_no_lease() {
+        let l6 = |ip: &str| Lease::<std::net::Ipv6Addr> {
+            ip: ip.parse().unwrap(),
+            container_id: "c".into(),
+            ifname: "eth0".into(),
+            age: Duration::from_secs(1),
+        };
+        let a = |s: &str| s.parse::<std::net::Ipv6Addr>().unwrap();
+        let leases6 = [l6("fd00::2"), l6("fd00::3")];
+        let endpoints6: BTreeMap<std::net::Ipv6Addr, EndpointInfo> = [
+            (a("fd00::2"), ep(10)), // leased, its link up: a pod (even one just added)
+            (a("fd00::3"), ep(11)), // leased, its link gone
+            (a("fd00::4"), ep(10)), // no lease, on a live link (another pod's)
+        ]
+        .into();
+        let live: BTreeSet<u32> = [10].into();
+        assert_eq!(stale6(&leases6, &endpoints6, &live), [a("fd00::3"), a("fd00::4")]);
+        assert!(stale6(&leases6, &endpoints6, &[10, 11].into()).len() == 1, "only the unleased one");
     }
 
     #[test]

@@ -197,6 +197,8 @@ fn start_pod_ipv6_backends(lab: &mut Lab) {
 /// With ClientIP affinity ("should function for client IP based session
 /// affinity: http/udp") on a Service whose clusterIPs list IPv6 first
 /// ("should create service with ipv6,v4 cluster ip"), one backend each.
+/// Then "should update endpoints": an endpoint leaves, and only the other
+/// answers.
 #[test]
 fn should_function_for_pod_service_http_and_udp_over_ipv6() {
     require_root();
@@ -250,5 +252,24 @@ fn should_function_for_pod_service_http_and_udp_over_ipv6() {
             assert_eq!(oks(&stuck), 20, "{mode}: {:?}", tally(&stuck));
             assert_eq!(tally(&stuck).len(), 1, "{mode}: affinity keeps one backend: {:?}", tally(&stuck));
         }
+    }
+
+    // "should update endpoints: http/udp": one endpoint leaves the IPv6
+    // slice; from then on only the other answers.
+    let (kept_node, kept) = &pods[0];
+    let mut s = slice(
+        "web6",
+        &[("http", TCP_PORT, "TCP"), ("dns", services::UDP_PORT, "UDP")],
+        &[EndpointObject::ready(kept.ip6.as_deref().unwrap(), kept_node)],
+    );
+    s.name = "web6-v6".into();
+    s.address_type = "IPv6".into();
+    lab.api.as_ref().unwrap().upsert_endpoint_slice(s.build());
+    wait_backends(&lab, WEB6, 80, "TCP", &[format!("[{}]:{TCP_PORT}", kept.ip6.as_deref().unwrap())]).unwrap();
+    let n2 = lab.state.nodes[1].clone();
+    for (mode, port) in [("tcp", "80"), ("udp", "53")] {
+        let after = client(&lab, &n2, &n2.pods[0].netns, &[mode, WEB6, port, "20"]).unwrap();
+        assert_eq!(oks(&after), 20, "{mode}: {:?}", tally(&after));
+        assert_eq!(tally(&after).keys().collect::<Vec<_>>(), [&kept.name], "{mode}: {:?}", tally(&after));
     }
 }

@@ -15,7 +15,7 @@
 //! balancer maps, to time a Service change until the map holds it.
 use std::{
     io::{self, Read, Write},
-    net::{Ipv4Addr, SocketAddr, SocketAddrV4, TcpListener, TcpStream},
+    net::{IpAddr, Ipv4Addr, SocketAddr, SocketAddrV4, TcpListener, TcpStream},
     os::fd::{AsRawFd, OwnedFd},
     path::Path,
     sync::{
@@ -144,7 +144,7 @@ fn enter(ns: &str) -> Result<()> {
 /// measurement's server on the same port stops asynchronously (its
 /// `Server` only raises `stop`), and on a busy machine its thread may
 /// not have closed its listener yet (seen as EADDRINUSE in a full bench).
-fn bind_when_free(ip: Ipv4Addr, port: u16) -> Result<TcpListener> {
+fn bind_when_free(ip: IpAddr, port: u16) -> Result<TcpListener> {
     let start = Instant::now();
     loop {
         match TcpListener::bind((ip, port)) {
@@ -157,7 +157,7 @@ fn bind_when_free(ip: Ipv4Addr, port: u16) -> Result<TcpListener> {
 }
 
 /// A listener in `ns` on `ip:port` (0: ephemeral), served by `serve` per connection.
-fn server(ns: &str, ip: Ipv4Addr, port: u16, serve: fn(TcpStream)) -> Result<(SocketAddr, Arc<AtomicBool>)> {
+fn server(ns: &str, ip: IpAddr, port: u16, serve: fn(TcpStream)) -> Result<(SocketAddr, Arc<AtomicBool>)> {
     let ns = ns.to_string();
     let (tx, rx) = std::sync::mpsc::channel();
     let stop = Arc::new(AtomicBool::new(false));
@@ -227,14 +227,15 @@ fn client<T: Send + 'static>(ns: &str, f: impl FnOnce() -> Result<T> + Send + 's
 /// on a fixed port the rules name).
 #[derive(Clone, Copy, Debug)]
 pub struct Target {
-    pub server_ip: Ipv4Addr,
+    /// IPv4 or IPv6: the server binds it, the client connects to it.
+    pub server_ip: IpAddr,
     pub server_port: u16,
     pub via: Option<SocketAddr>,
 }
 
 impl Target {
-    pub fn direct(server_ip: Ipv4Addr) -> Self {
-        Self { server_ip, server_port: 0, via: None }
+    pub fn direct(server_ip: impl Into<IpAddr>) -> Self {
+        Self { server_ip: server_ip.into(), server_port: 0, via: None }
     }
 }
 
@@ -347,7 +348,7 @@ pub struct Throughput {
 }
 
 /// Single-stream TCP throughput with iperf3 (cubic, both ends on CPU 0... and 1).
-pub fn throughput(server_ns: &str, client_ns: &str, server_ip: Ipv4Addr, secs: u32) -> Result<Throughput> {
+pub fn throughput(server_ns: &str, client_ns: &str, server_ip: IpAddr, secs: u32) -> Result<Throughput> {
     let port = 5201 + (std::process::id() % 1000) as u16;
     let port_arg = port.to_string();
     let mut server = crate::lab::ns_cmd(server_ns, &["iperf3", "-s", "-1", "-p", &port_arg, "-A", "1"])

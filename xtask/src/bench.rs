@@ -24,6 +24,7 @@ mod args;
 mod cni;
 mod control_plane;
 mod devices;
+mod ipv6;
 mod labs;
 mod paths;
 mod policy;
@@ -82,6 +83,27 @@ pub fn run(args: &BenchArgs) -> Result<()> {
         let json_path = out_dir.join("cni.json");
         std::fs::write(&json_path, serde_json::to_vec_pretty(&json!({"machine": machine(), "cni": cni}))?)?;
         print!("{}", cni::render_cni(&cni));
+        println!("wrote {}", json_path.display());
+        return Ok(());
+    }
+    if args.ipv6 {
+        // A reduced run: IPv6 beside IPv4 on a dual-stack lab.
+        let spinners = bench::Spinners::start();
+        let rounds = (0..plan.rounds).map(|r| ipv6::round(r, &bins, &plan)).collect::<Result<Vec<_>>>()?;
+        drop(spinners);
+        let mut report = json!({
+            "machine": machine(),
+            "plan": {"rounds": plan.rounds, "rr_secs": plan.rr.as_secs_f64(), "release": plan.release, "smoke": args.smoke},
+            "paths": report::path_medians(&rounds),
+            "ratios": report::ratios_of(&rounds, &report::pairs(&ipv6::IPV6_PAIRS)),
+            "rounds": report::per_round(&rounds),
+            "programs": report::program_costs(&rounds),
+        });
+        report["ipv6_targets"] = ipv6::targets(&report);
+        report["wall_clock_secs"] = json!(started.elapsed().as_secs_f64());
+        let json_path = out_dir.join("ipv6.json");
+        std::fs::write(&json_path, serde_json::to_vec_pretty(&report)?)?;
+        print!("{}", report::render_ipv6_run(&report));
         println!("wrote {}", json_path.display());
         return Ok(());
     }

@@ -36,6 +36,12 @@ pub struct BenchArgs {
     /// (release build; --rounds, default 3). Writes target/bench/policy.json.
     #[arg(long, conflicts_with_all = ["vxlan", "cni", "cross"])]
     pub policy: bool,
+    /// Only IPv6 beside IPv4 (issue 28): node-node, cross-node and
+    /// same-node TCP_RR/TCP_CRR over both families on one dual-stack lab
+    /// per round, the paths in turns, with the sluice programs' cost
+    /// (release build; --rounds, default 3). Writes target/bench/ipv6.json.
+    #[arg(long, conflicts_with_all = ["vxlan", "cni", "cross", "policy"])]
+    pub ipv6: bool,
     /// Only veth against netkit pods (issues 17, 26): same-node and
     /// cross-node TCP_RR, TCP_CRR and eBPF ns per transaction on one lab per
     /// device, rounds alternating the order; ratios netkit/veth with their

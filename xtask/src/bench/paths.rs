@@ -288,14 +288,14 @@ pub(super) fn round(round: usize, bins: &Path, plan: &Plan) -> Result<BTreeMap<S
     let mut paths = Vec::new();
     if let Some(s) = &s {
         let (n1, n2) = (&s.state.nodes[0], &s.state.nodes[1]);
-        paths.push(path("A node-node", &n1.netns, &n2.netns, bench::Target::direct(n2.ip.parse()?)));
+        paths.push(path("A node-node", &n1.netns, &n2.netns, bench::Target::direct(n2.ip.parse::<Ipv4Addr>()?)));
     }
     if let Some(bare) = &bare {
         let (n1, n2) = (&bare.state.nodes[0], &bare.state.nodes[1]);
-        paths.push(path(BARE_ROW, &n1.netns, &n2.netns, bench::Target::direct(n2.ip.parse()?)));
+        paths.push(path(BARE_ROW, &n1.netns, &n2.netns, bench::Target::direct(n2.ip.parse::<Ipv4Addr>()?)));
     }
     if let Some(l) = &l {
-        paths.push(path("L veth pair", &l.a, &l.b, bench::Target::direct("10.99.0.2".parse()?)));
+        paths.push(path("L veth pair", &l.a, &l.b, bench::Target::direct("10.99.0.2".parse::<Ipv4Addr>()?)));
     }
     if let Some(b) = &b {
         paths.push(path("B same-node", &b.pods[0].1, &b.pods[1].1, bench::Target::direct(b.pods[1].2)));
@@ -335,7 +335,7 @@ pub(super) fn round(round: usize, bins: &Path, plan: &Plan) -> Result<BTreeMap<S
         traced.traced = vec![(n1.netns.clone(), n1.pin_dir.clone()), (n2.netns.clone(), n2.pin_dir.clone())];
         paths.push(traced);
         let via = std::net::SocketAddr::from((BENCH_SERVICE.0.parse::<Ipv4Addr>()?, BENCH_SERVICE.1));
-        let target = bench::Target { server_ip: pod_ip(sp3), server_port: BENCH_SERVER_PORT, via: Some(via) };
+        let target = bench::Target { server_ip: pod_ip(sp3).into(), server_port: BENCH_SERVER_PORT, via: Some(via) };
         paths.push(path("S cross-node svc", &sp1.netns, &sp3.netns, target));
     }
     paths.retain(|p| plan.wants(&p.name));

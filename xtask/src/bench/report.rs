@@ -243,7 +243,7 @@ pub(super) fn svc_ratio_pairs(scales: &[usize]) -> Vec<(String, String, String)>
 
 /// One target's verdict for the report: `value` against `limit` (at
 /// least, or at most); `met` is null when the value was not measured.
-fn target(what: String, value: &Value, at_least: bool, limit: f64, unit: &str, note: String) -> Value {
+pub(super) fn target(what: String, value: &Value, at_least: bool, limit: f64, unit: &str, note: String) -> Value {
     let met = value.as_f64().map(|v| if at_least { v >= limit } else { v <= limit });
     json!({"target": what, "value": value, "at_least": at_least, "limit": limit, "unit": unit, "met": met, "note": note})
 }
@@ -568,6 +568,15 @@ fn render_policy(r: &Value) -> String {
     );
     o += "targets (issue 25, NetworkPolicy; reported, not asserted):\n";
     o += &render_targets(&r["policy"]["targets"]);
+    o
+}
+
+/// The `--ipv6` report: the table, the programs, issue 28's targets.
+pub(super) fn render_ipv6_run(r: &Value) -> String {
+    let mut o = render_table(r);
+    o += &render_program_costs(r);
+    o += "\ntargets (issue 28, IPv6 beside IPv4; reported, not asserted):\n";
+    o += &render_targets(&r["ipv6_targets"]);
     o
 }
 

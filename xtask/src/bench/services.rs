@@ -348,7 +348,7 @@ pub fn round(round: usize, bins: &Path, plan: &Plan, out: &mut BTreeMap<String, 
                 }
                 Way::SockLb => {
                     let target = Target {
-                        server_ip,
+                        server_ip: server_ip.into(),
                         server_port: BENCH_SERVER_PORT,
                         via: Some(SocketAddr::from((LB_VIP, VIP_PORT))),
                     };
@@ -367,7 +367,7 @@ pub fn round(round: usize, bins: &Path, plan: &Plan, out: &mut BTreeMap<String, 
                     }
                     sync = apply_iptables(&n1, &services)?;
                     let target = Target {
-                        server_ip,
+                        server_ip: server_ip.into(),
                         server_port: IPTABLES_SERVER_PORT,
                         via: Some(SocketAddr::from((IPTABLES_VIP, VIP_PORT))),
                     };

@@ -15,6 +15,7 @@ mod golden;
 pub mod maps;
 pub mod nat;
 pub mod policy;
+pub mod reject;
 pub mod services;
 pub mod services6;
 pub mod verdict;

@@ -13,6 +13,15 @@ use crate::{
 /// the monitor, and tell TC to drop.
 #[inline(always)]
 pub fn drop_packet(ctx: &TcContext, reason: DropReason, direction: HookDirection) -> i32 {
+    count_drop(ctx, reason, direction);
+    TC_ACT_SHOT as i32
+}
+
+/// `drop_packet`'s counting and report alone: for a packet the program
+/// consumes by turning it into an answer (a refusal, `lb4::refuse`), which
+/// the request's sender sees as refused and the counters as dropped.
+#[inline(always)]
+pub fn count_drop(ctx: &TcContext, reason: DropReason, direction: HookDirection) {
     if let Some(count) = DROP_STATS.get_ptr_mut(drop_slot(reason, direction)) {
         // SAFETY: per-CPU slot, only this CPU writes it while we run.
         unsafe {
@@ -21,7 +30,6 @@ pub fn drop_packet(ctx: &TcContext, reason: DropReason, direction: HookDirection
         }
     }
     events::drop(ctx, reason as u32, direction as u8);
-    TC_ACT_SHOT as i32
 }
 
 /// Count a forwarding decision (and trace it while a monitor asks).

@@ -38,6 +38,7 @@ fn try_from_uplink(ctx: &TcContext) -> Result<i32, DropReason> {
         Lb4::Pass => {}
         Lb4::Sent => return Ok(TC_ACT_REDIRECT as i32),
         Lb4::ToLocalPod => return to_service_backend(ctx),
+        Lb4::Refuse => return Ok(lb4::refuse(ctx)),
     }
     let Some((_, ip)) = parse::ipv4(ctx)? else {
         count_forward(ctx, ForwardPath::ToStack);

@@ -13,14 +13,25 @@
 //!   reply entry, back to the client, out of the uplink.
 //! - `from_pod`, a local backend's answer to an outside client: the same.
 //!
+//! - `from_uplink`, a new connection to a frontend of a Service without
+//!   endpoints: refused as kube-proxy's `REJECT` does (a TCP RST, an ICMP
+//!   port unreachable; `sluice_common::reject`), the request rewritten into
+//!   the answer and sent back out of the uplink, counted as a drop
+//!   (`service_no_endpoints`).
+//!
 //! The work is in BPF global functions (`sluice_lb4_*`): the verifier
 //! checks each once, on its own, instead of once per path of the program
 //! calling it. They return `LB4_PASS` (not a Service packet: carry on),
 //! `LB4_TO_LOCAL_POD` (translated: the caller delivers it), `LB4_SENT`
 //! (translated and redirected) or a drop reason + `LB4_DROP`.
 use aya_ebpf::{
-    bindings::{__sk_buff, bpf_redir_neigh, BPF_F_MARK_MANGLED_0, BPF_F_PSEUDO_HDR, BPF_NOEXIST, TC_ACT_REDIRECT},
-    helpers::{bpf_get_prandom_u32, bpf_ktime_get_coarse_ns, bpf_redirect_neigh},
+    bindings::{
+        __sk_buff, bpf_redir_neigh, BPF_F_MARK_MANGLED_0, BPF_F_PSEUDO_HDR, BPF_NOEXIST, TC_ACT_REDIRECT, TC_ACT_SHOT,
+    },
+    helpers::{
+        bpf_get_prandom_u32, bpf_ktime_get_coarse_ns, bpf_redirect, bpf_redirect_neigh, bpf_skb_change_tail,
+        bpf_skb_load_bytes, bpf_skb_store_bytes,
+    },
     maps::lpm_trie::Key,
     programs::TcContext,
 };
@@ -30,15 +41,16 @@ use sluice_common::{
         reachable_from_outside, Lb4Config, Nat4Counter, Nat4Entry, Nat4Key, LB4_ENABLED, NAT4_FORWARD, NAT4_REPLY,
         NAT4_REPLY_SEEN, NAT4_SNAT, NAT4_VIA_TUNNEL, SNAT_PORT_TRIES,
     },
+    reject,
     services::{
         frontend_kind, local_backend_count, BackendSlot, ServiceKey, ServiceValue, NODE_ADDRESS_LOCAL, SCOPE_ADDRESS,
         SERVICE_EXTERNAL_LOCAL, SERVICE_NO_LOCAL_ENDPOINTS,
     },
-    DropReason, ForwardPath,
+    DropReason, ForwardPath, HookDirection,
 };
 
 use crate::{
-    counters::count_forward,
+    counters::{count_drop, count_forward},
     forward,
     maps::{BACKENDS, ENDPOINTS, LB4_CONFIG, NAT4, NAT4_STATS, NODE_ADDRESSES, NODE_CONFIG, NODE_ROUTES, SERVICES},
     parse::{self, Ipv4Hdr, Ports, ETH_HLEN, L4_OFF},
@@ -50,6 +62,9 @@ pub const LB4_PASS: u32 = 0;
 pub const LB4_TO_LOCAL_POD: u32 = 1;
 /// Translated and redirected: the caller returns `TC_ACT_REDIRECT`.
 pub const LB4_SENT: u32 = 2;
+/// A new connection to a Service without endpoints: the caller refuses it
+/// (`refuse`).
+pub const LB4_REFUSE: u32 = 3;
 /// Added to a `DropReason`: drop it.
 pub const LB4_DROP: u32 = 0x100;
 
@@ -69,6 +84,7 @@ pub enum Lb4 {
     Pass,
     ToLocalPod,
     Sent,
+    Refuse,
 }
 
 #[inline(always)]
@@ -77,6 +93,7 @@ fn outcome(code: u32) -> Result<Lb4, DropReason> {
         LB4_PASS => Ok(Lb4::Pass),
         LB4_TO_LOCAL_POD => Ok(Lb4::ToLocalPod),
         LB4_SENT => Ok(Lb4::Sent),
+        LB4_REFUSE => Ok(Lb4::Refuse),
         _ => Err(reason_from(code)),
     }
 }
@@ -145,6 +162,80 @@ pub fn reply_from_pod(ctx: &TcContext) -> Result<Lb4, DropReason> {
 pub extern "C" fn sluice_lb4_from_uplink(skb: *mut __sk_buff) -> u32 {
     let ctx = TcContext::new(skb);
     code(try_from_uplink(&ctx))
+}
+
+/// Refuse a new connection `from_uplink` found for a Service without
+/// endpoints: counted as a drop (`service_no_endpoints`, the request's
+/// bytes), answered as kube-proxy's `REJECT` (see
+/// `sluice_common::reject`) back out of the interface it came in on. An
+/// answer that cannot be built or sent leaves a plain drop. Returns the TC
+/// action.
+///
+/// Its own global function, called by the program itself rather than from
+/// `sluice_lb4_from_uplink`: the two frames together would not fit the 512
+/// bytes of stack Linux 6.1 allows a call chain.
+#[inline(always)]
+pub fn refuse(ctx: &TcContext) -> i32 {
+    count_drop(ctx, DropReason::ServiceNoEndpoints, HookDirection::Ingress);
+    match sluice_lb4_refuse(ctx.skb.skb) {
+        LB4_SENT => TC_ACT_REDIRECT as i32,
+        _ => TC_ACT_SHOT as i32,
+    }
+}
+
+#[unsafe(no_mangle)]
+#[inline(never)]
+pub extern "C" fn sluice_lb4_refuse(skb: *mut __sk_buff) -> u32 {
+    let ctx = TcContext::new(skb);
+    code(try_refuse(&ctx))
+}
+
+#[inline(always)]
+fn try_refuse(ctx: &TcContext) -> Result<u32, DropReason> {
+    let ifindex = parse::ifindex(ctx);
+    let protocol: u8 = ctx.load(ETH_HLEN + 9).map_err(|_| DropReason::Truncated)?;
+    let tcp = protocol == IPPROTO_TCP;
+    let len = if tcp { reject::TCP_RESET_LEN } else { reject::ICMP_UNREACHABLE_LEN };
+    // `bpf_skb_change_tail` (made for such answers) trims what the answer
+    // does not use, or grows the packet by zeros; every byte is then
+    // written. One buffer for both answers, read and written whole by one
+    // helper call each: copies of it would not fit Linux 6.1's stack.
+    resize(ctx, len)?;
+    let mut frame = core::mem::MaybeUninit::<[u8; reject::ICMP_UNREACHABLE_LEN]>::uninit();
+    let buf = frame.as_mut_ptr() as *mut u8;
+    // SAFETY: `len` bytes fit `frame`; the packet is `len` long now.
+    if unsafe { bpf_skb_load_bytes(ctx.skb.skb as *const _, 0, buf as *mut _, len as u32) } != 0 {
+        return Err(DropReason::Truncated);
+    }
+    // SAFETY: the first `len` bytes were written by the helper above.
+    unsafe {
+        if tcp {
+            reject::tcp_reset(&mut *(buf as *mut [u8; reject::TCP_RESET_LEN]));
+        } else {
+            reject::icmp_port_unreachable(&mut *(buf as *mut [u8; reject::ICMP_UNREACHABLE_LEN]));
+        }
+    }
+    // SAFETY: as above.
+    if unsafe { bpf_skb_store_bytes(ctx.skb.skb, 0, buf as *const _, len as u32, 0) } != 0 {
+        return Err(DropReason::HeaderRewrite);
+    }
+    ctx.set_mark(parse::mark(ctx) | FAST_PATH_MARK);
+    // SAFETY: helper call; back out of the device it came in on, to the
+    // MAC it came from.
+    let rc = unsafe { bpf_redirect(ifindex, 0) };
+    if rc as i32 != TC_ACT_REDIRECT as i32 {
+        return Err(DropReason::RedirectFailed);
+    }
+    Ok(LB4_SENT)
+}
+
+#[inline(always)]
+fn resize(ctx: &TcContext, len: usize) -> Result<(), DropReason> {
+    // SAFETY: helper call on the program's own packet.
+    match unsafe { bpf_skb_change_tail(ctx.skb.skb, len as u32, 0) } {
+        0 => Ok(()),
+        _ => Err(DropReason::HeaderRewrite),
+    }
 }
 
 #[unsafe(no_mangle)]
@@ -221,7 +312,10 @@ fn try_from_uplink(ctx: &TcContext) -> Result<u32, DropReason> {
     if key.protocol == IPPROTO_TCP && !is_syn(ctx) {
         return Ok(LB4_PASS);
     }
-    if service.count == 0 || service.flags & SERVICE_NO_LOCAL_ENDPOINTS != 0 {
+    if service.count == 0 {
+        return Ok(LB4_REFUSE);
+    }
+    if service.flags & SERVICE_NO_LOCAL_ENDPOINTS != 0 {
         return Err(DropReason::ServiceNoEndpoints);
     }
     if ttl <= 1 {

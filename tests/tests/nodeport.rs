@@ -184,6 +184,46 @@ fn external_traffic_policy_local_keeps_the_client_address_and_a_node_without_a_b
     assert_eq!(c2["new_remote"] + c2["new_local"], 0, "{c2:?}");
 }
 
+/// A Service without endpoints, from the world, is refused at once as by
+/// kube-proxy's REJECT: `connect()` fails with `ECONNREFUSED` (the
+/// uplink's TCP RST) and a connected UDP socket gets `ECONNREFUSED` (its
+/// ICMP port unreachable), each well within one client timeout, and every
+/// refusal is counted (`service_no_endpoints`). Dropped instead, each
+/// attempt waits out the client's 2 s timeout.
+#[test]
+fn world_to_a_node_port_without_endpoints_is_refused_at_once_over_tcp_and_udp() {
+    require_root();
+    let mut lab = services::lab(1, 1).unwrap();
+    let world = cluster::add_world(&mut lab).unwrap();
+    assert_no_kube_proxy_rules(&lab);
+    let api = lab.api.as_ref().unwrap();
+    let svc = service("none", "10.96.0.84", &[("http", 84, 7777, "TCP"), ("dns", 53, services::UDP_PORT, "UDP")])
+        .type_("NodePort");
+    let (tcp_np, udp_np) = (svc.node_port(0), svc.node_port(1));
+    api.upsert_service(svc.build());
+    api.upsert_endpoint_slice(slice("none", &[("http", 7777, "TCP"), ("dns", services::UDP_PORT, "UDP")], &[]).build());
+    wait_backends(&lab, "*", tcp_np, "TCP", &[]).unwrap();
+    wait_backends(&lab, "*", udp_np, "UDP", &[]).unwrap();
+    let ip1 = node_ip(&lab, 0);
+    let before = sluice_tests::lab::counter(&lab, 0, "drops", "service_no_endpoints");
+
+    for (mode, port) in [("tcp", tcp_np), ("udp", udp_np)] {
+        let start = std::time::Instant::now();
+        let out = world_client(&world, &[mode, &ip1, &port.to_string(), "5"]);
+        let took = start.elapsed();
+        assert_eq!(out.len(), 5, "{mode}: {out:?}");
+        assert!(
+            out.iter().all(|o| matches!(o, Outcome::Err(e) if e == "ECONNREFUSED")),
+            "world → {ip1}:{port}/{mode} without endpoints: {out:?}"
+        );
+        // Five attempts, each with a 2 s timeout: refused, not timed out
+        // (python's start is most of this).
+        assert!(took < std::time::Duration::from_secs(2), "{mode}: 5 refusals took {took:?}");
+    }
+    let refused = sluice_tests::lab::counter(&lab, 0, "drops", "service_no_endpoints") - before;
+    assert!(refused >= 10, "refusals counted: {refused}");
+}
+
 /// hostPort from the world (issue 27, with portmap not chained and no
 /// kube-proxy rules): a pod's hostPort on its node's address reaches the
 /// pod over TCP and UDP, the pod sees the world's address; the same port

@@ -4,6 +4,9 @@
 //! backend on another node; the answers are translated back (`from_pod`
 //! for a local backend, `from_uplink` for a remote one). Checksums are
 //! checked by comparing with packets built whole (etherparse).
+use etherparse::{
+    icmpv4::DestUnreachableHeader, Icmpv4Type, IpHeaders, IpNumber, Ipv4Header, PacketBuilder, PacketBuilderStep,
+};
 use sluice_common::{
     maps::programs::{FROM_POD, FROM_UPLINK},
     nat::{Lb4Config, Nat4Counter, Nat4Entry, Nat4Key, LB4_ENABLED, NAT4_FORWARD, NAT4_REPLY},
@@ -207,19 +210,56 @@ fn external_ips_are_translated_and_cluster_ips_and_a_switched_off_node_are_left_
     let _ = NAT4_FORWARD;
 }
 
+/// What kube-proxy's REJECT would answer, built whole by etherparse: from
+/// `frontend` to the world client, Ethernet back to the MAC it came from,
+/// TTL 64, DF, identification 0.
+fn refusal(dp: &TestDatapath, frontend: &str, l4: impl FnOnce(PacketBuilderStep<IpHeaders>, &mut Vec<u8>)) -> Vec<u8> {
+    let world = from_world(dp);
+    let mut h = Ipv4Header::new(0, 64, IpNumber::TCP, ip(frontend).octets(), ip(WORLD).octets()).unwrap();
+    h.identification = 0;
+    h.dont_fragment = true;
+    let mut out = Vec::new();
+    l4(PacketBuilder::ethernet2(world.dst, world.src).ip(IpHeaders::Ipv4(h, Default::default())), &mut out);
+    out
+}
+
 #[test]
-fn a_service_without_endpoints_is_dropped_counted_and_a_stray_segment_is_left_to_the_stack() {
+fn a_service_without_endpoints_is_refused_with_a_reset_or_port_unreachable_counted_and_a_stray_segment_is_left_to_the_stack(
+) {
     let dp = node_with_node_port("10.244.1.3");
     let mut maps = ServiceMaps::open(dp.pins()).unwrap();
+    for protocol in [TCP, UDP] {
+        maps.put_service(
+            ServiceKey::node_port(30090u16.to_be(), protocol),
+            ServiceValue { backend_set: 2, count: 0, affinity_timeout_secs: 0, flags: 0 },
+        )
+        .unwrap();
+    }
+    // A SYN (16 bytes of data, seq 1000): RST, ACK 1017, from the NodePort.
+    let syn = Ipv4::tcp_syn(WORLD, NODE_IP, 40000, 30090).frame(from_world(&dp));
+    let run = dp.run(FROM_UPLINK, dp.uplink.ifindex, &syn).unwrap();
+    assert_eq!(run.action, TC_ACT_REDIRECT, "sent back, not dropped");
+    let rst = refusal(&dp, NODE_IP, |b, out| b.tcp(30090, 40000, 0, 0).rst().ack(1017).write(out, &[]).unwrap());
+    assert_eq!(hex(&run.packet), hex(&rst), "TCP RST, every checksum etherparse's");
+    // A datagram: ICMP port unreachable quoting its IPv4 and UDP headers.
+    let datagram = Ipv4::udp(WORLD, NODE_IP, 40001, 30090).frame(from_world(&dp));
+    let run = dp.run(FROM_UPLINK, dp.uplink.ifindex, &datagram).unwrap();
+    assert_eq!(run.action, TC_ACT_REDIRECT);
+    let unreachable = refusal(&dp, NODE_IP, |b, out| {
+        b.icmpv4(Icmpv4Type::DestinationUnreachable(DestUnreachableHeader::Port)).write(out, &datagram[14..42]).unwrap()
+    });
+    assert_eq!(hex(&run.packet), hex(&unreachable), "ICMP port unreachable");
+    assert_eq!(dp.drops().unwrap(), [(DropReason::ServiceNoEndpoints, 2)], "still counted");
+    // An external IP of such a Service: from that address.
     maps.put_service(
-        ServiceKey::node_port(30090u16.to_be(), TCP),
-        ServiceValue { backend_set: 2, count: 0, affinity_timeout_secs: 0, flags: 0 },
+        ServiceKey { vip_be: be(ip("192.0.2.10")), port_be: 80u16.to_be(), protocol: TCP, scope: SCOPE_ADDRESS },
+        ServiceValue { backend_set: 2, count: 0, affinity_timeout_secs: 0, flags: SERVICE_EXTERNAL_IP },
     )
     .unwrap();
-    let run =
-        dp.run(FROM_UPLINK, dp.uplink.ifindex, &Ipv4::tcp_syn(WORLD, NODE_IP, 40000, 30090).frame(from_world(&dp)));
-    assert_eq!(run.unwrap().action, TC_ACT_SHOT);
-    assert_eq!(dp.drops().unwrap(), [(DropReason::ServiceNoEndpoints, 1)]);
+    let syn = Ipv4::tcp_syn(WORLD, "192.0.2.10", 40002, 80).frame(from_world(&dp));
+    let run = dp.run(FROM_UPLINK, dp.uplink.ifindex, &syn).unwrap();
+    let rst = refusal(&dp, "192.0.2.10", |b, out| b.tcp(80, 40002, 0, 0).rst().ack(1017).write(out, &[]).unwrap());
+    assert_eq!((run.action, hex(&run.packet)), (TC_ACT_REDIRECT, hex(&rst)));
     // An ACK of no connection this node knows: the stack answers (RST).
     let stray = Ipv4::tcp_ack(WORLD, NODE_IP, 40003, NODE_PORT).frame(from_world(&dp));
     let run = dp.run(FROM_UPLINK, dp.uplink.ifindex, &stray).unwrap();

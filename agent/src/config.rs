@@ -171,6 +171,12 @@ pub struct AgentConfig {
     /// NodePort as its ephemeral port) and host sockets in it are reported.
     #[arg(long, env = "SLUICE_NODE_PORT_RANGE", default_value = "30000-32767")]
     pub node_port_range: crate::port_ownership::ranges::PortRange,
+    /// Seconds between garbage-collection passes over the connection
+    /// tables (`NAT4`, `POLICY_CT`); each pass's time is the metric
+    /// `sluice_conntrack_gc_seconds`.
+    #[arg(long, env = "SLUICE_CONNTRACK_GC_INTERVAL_SECS", default_value_t = 30,
+          value_parser = clap::value_parser!(u64).range(1..=3600))]
+    pub conntrack_gc_interval_secs: u64,
 }
 
 /// Where the metrics endpoint listens (`--metrics-addr`).
@@ -379,6 +385,7 @@ mod tests {
             metrics_addr: "off".into(),
             stack_flows_max: None,
             node_port_range: crate::port_ownership::ranges::DEFAULT_NODE_PORT_RANGE,
+            conntrack_gc_interval_secs: 30,
         }
     }
 
@@ -419,6 +426,13 @@ mod tests {
             .unwrap()
             .to_string();
         assert!(bad.contains("--node-port-range") && bad.contains("the first port is above the last"), "{bad}");
+        // The connection tables' GC interval: 30 s unless set, never 0.
+        if std::env::var_os("SLUICE_CONNTRACK_GC_INTERVAL_SECS").is_none() {
+            assert_eq!(Cli::try_parse_from(base).unwrap().agent.conntrack_gc_interval_secs, 30);
+        }
+        let every = Cli::try_parse_from(base.iter().copied().chain(["--conntrack-gc-interval-secs", "5"]));
+        assert_eq!(every.unwrap().agent.conntrack_gc_interval_secs, 5);
+        assert!(Cli::try_parse_from(base.iter().copied().chain(["--conntrack-gc-interval-secs", "0"])).is_err());
     }
 
     fn net(s: &str) -> Ipv4Network {

@@ -61,6 +61,9 @@ pub const HEADER_TIMEOUT: Duration = Duration::from_secs(5);
 /// answer slowly holds it no more than this).
 pub const CONNECTION_LIFETIME: Duration = Duration::from_secs(60);
 
+/// A metric family by one label (`[(name, value)]`).
+type ByLabel<M, C = fn() -> M> = Family<[(&'static str, &'static str); 1], M, C>;
+
 /// What the agent records as it runs.
 #[derive(Debug, Clone)]
 pub struct AgentMetrics {
@@ -86,6 +89,12 @@ pub struct AgentMetrics {
     pub kubernetes_synced_after_return_seconds: Family<[(&'static str, &'static str); 1], Gauge<f64, AtomicU64>>,
     /// Host sockets on ports sluice owns (`daemon::port_ownership`).
     pub ports: crate::daemon::port_ownership::PortMetrics,
+    /// Connection-table GC passes by table (`nat4`, `policy_ct`): each
+    /// pass's time, and what the last one walked and removed.
+    pub conntrack_gc_seconds: ByLabel<Histogram>,
+    pub conntrack_gc_last_seconds: ByLabel<Gauge<f64, AtomicU64>>,
+    pub conntrack_gc_last_scanned: ByLabel<Gauge>,
+    pub conntrack_gc_last_removed: ByLabel<Gauge>,
     kube: Arc<Mutex<Option<KubeState>>>,
 }
 
@@ -103,12 +112,31 @@ impl Default for AgentMetrics {
             kubernetes_outage_seconds: Family::default(),
             kubernetes_synced_after_return_seconds: Family::default(),
             ports: Default::default(),
+            conntrack_gc_seconds: Family::new_with_constructor(gc_histogram),
+            conntrack_gc_last_seconds: Family::default(),
+            conntrack_gc_last_scanned: Family::default(),
+            conntrack_gc_last_removed: Family::default(),
             kube: Arc::default(),
         }
     }
 }
 
+/// 1 ms to 33 s: a pass walks the table with syscalls per entry (about
+/// a second per 100,000 entries).
+fn gc_histogram() -> Histogram {
+    Histogram::new(exponential_buckets(0.001, 2.0, 16))
+}
+
 impl AgentMetrics {
+    /// One GC pass over `table` (`nat4`, `policy_ct`): how long it took,
+    /// what it walked and removed.
+    pub fn record_gc_pass(&self, table: &'static str, took: Duration, scanned: u64, removed: u64) {
+        self.conntrack_gc_seconds.get_or_create(&[("table", table)]).observe(took.as_secs_f64());
+        self.conntrack_gc_last_seconds.get_or_create(&[("table", table)]).set(took.as_secs_f64());
+        self.conntrack_gc_last_scanned.get_or_create(&[("table", table)]).set(scanned as i64);
+        self.conntrack_gc_last_removed.get_or_create(&[("table", table)]).set(removed as i64);
+    }
+
     /// The last pass's problems and its kernel routes not applied.
     pub fn set_problems(&self, problems: &[crate::membership::Problem], kernel_route_failures: usize) {
         self.membership_problems.set(problems.len() as i64);
@@ -446,6 +474,26 @@ pub fn registry(pins: &PinDir, data_dir: &std::path::Path, m: &AgentMetrics, mas
         "Host sockets seen appear on ports sluice answers for (each counted once while it stays).",
         m.ports.collisions_detected.clone(),
     );
+    r.register(
+        "sluice_conntrack_gc_seconds",
+        "Time of one garbage-collection pass over a connection table (NAT4, POLICY_CT), by table.",
+        m.conntrack_gc_seconds.clone(),
+    );
+    r.register(
+        "sluice_conntrack_gc_last_seconds",
+        "Time of the last garbage-collection pass over a connection table, by table.",
+        m.conntrack_gc_last_seconds.clone(),
+    );
+    r.register(
+        "sluice_conntrack_gc_last_scanned",
+        "Entries the last garbage-collection pass over a connection table walked, by table.",
+        m.conntrack_gc_last_scanned.clone(),
+    );
+    r.register(
+        "sluice_conntrack_gc_last_removed",
+        "Entries the last garbage-collection pass over a connection table removed as idle, by table.",
+        m.conntrack_gc_last_removed.clone(),
+    );
     r.register_collector(Box::new(DatapathCollector {
         pins: pins.clone(),
         data_dir: data_dir.to_path_buf(),
@@ -571,6 +619,7 @@ mod tests {
         let recovery = crate::kube_watch::Recovery { outage_ms: 20_500, synced_after_return_ms: 750, synced_unix: 1 };
         m.set_recovery("nodes", Some(&recovery));
         m.set_recovery("services", None);
+        m.record_gc_pass("nat4", Duration::from_millis(1500), 250_000, 2);
         let dir = std::env::temp_dir().join(format!("sluice-metrics-test-{}", std::process::id()));
         cni_stats::record(&dir, "ADD", 0, 0.03, &[("attach-from_pod", 0.012)]).unwrap();
         cni_stats::record(&dir, "ADD", 103, 0.2, &[]).unwrap();
@@ -599,6 +648,11 @@ mod tests {
             "sluice_cni_step_duration_seconds_count{verb=\"ADD\",step=\"attach-from_pod\"} 1",
             "sluice_masquerade_packets_total 12",
             "sluice_masquerade_bytes_total 840",
+            "sluice_conntrack_gc_seconds_count{table=\"nat4\"} 1",
+            "sluice_conntrack_gc_seconds_bucket{le=\"2.048\",table=\"nat4\"} 1",
+            "sluice_conntrack_gc_last_seconds{table=\"nat4\"} 1.5",
+            "sluice_conntrack_gc_last_scanned{table=\"nat4\"} 250000",
+            "sluice_conntrack_gc_last_removed{table=\"nat4\"} 2",
         ] {
             assert!(text.contains(line), "{line} missing from:\n{text}");
         }

@@ -430,32 +430,53 @@ fn start_policy_loop(
     state
 }
 
-/// How often `POLICY_CT`'s idle entries are collected.
-const POLICY_CT_GC_INTERVAL: Duration = Duration::from_secs(30);
+/// Collect `POLICY_CT`'s idle entries every `interval`, in the background
+/// (a pass walks the map with a syscall per entry: off the runtime's
+/// threads). A failed pass is logged and the next one tried.
+fn start_policy_ct_gc(pins: &PinDir, interval: Duration, metrics: &metrics::AgentMetrics) {
+    start_gc("policy_ct", "POLICY_CT idle entries collected", interval, pins, metrics, |pins| {
+        let mut ct = policy_maps::PolicyCt::open(pins)?;
+        policy_ct_gc::collect(&mut ct, policy_ct_gc::monotonic_now_ns()?, &Default::default())
+    });
+}
 
-/// Collect `POLICY_CT`'s idle entries every `POLICY_CT_GC_INTERVAL`, in the
-/// background (a pass walks the map with a syscall per entry: off the
-/// runtime's threads). A failed pass is logged and the next one tried.
-fn start_policy_ct_gc(pins: &PinDir) {
-    let pins = pins.clone();
+/// A connection table's GC every `interval`: each pass timed and recorded
+/// (`sluice_conntrack_gc_*{table}`), one that removed entries logged.
+fn start_gc(
+    table: &'static str,
+    collected: &'static str,
+    interval: Duration,
+    pins: &PinDir,
+    metrics: &metrics::AgentMetrics,
+    pass: fn(&PinDir) -> Result<policy_ct_gc::GcPass>,
+) {
+    let (pins, metrics) = (pins.clone(), metrics.clone());
     tokio::spawn(async move {
-        let mut tick = tokio::time::interval(POLICY_CT_GC_INTERVAL);
+        let mut tick = tokio::time::interval(interval);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             tick.tick().await;
             let pins = pins.clone();
-            let pass = tokio::task::spawn_blocking(move || -> Result<policy_ct_gc::GcPass> {
-                let mut ct = policy_maps::PolicyCt::open(&pins)?;
-                policy_ct_gc::collect(&mut ct, policy_ct_gc::monotonic_now_ns()?, &Default::default())
+            let outcome = tokio::task::spawn_blocking(move || {
+                let start = std::time::Instant::now();
+                pass(&pins).map(|p| (p, start.elapsed()))
             })
             .await;
-            match pass {
-                Ok(Ok(pass)) if pass.removed > 0 => {
-                    info!(scanned = pass.scanned, removed = pass.removed, "POLICY_CT idle entries collected")
+            match outcome {
+                Ok(Ok((p, took))) => {
+                    metrics.record_gc_pass(table, took, p.scanned, p.removed);
+                    if p.removed > 0 {
+                        info!(
+                            table,
+                            scanned = p.scanned,
+                            removed = p.removed,
+                            ms = took.as_millis() as u64,
+                            "{collected}"
+                        )
+                    }
                 }
-                Ok(Ok(_)) => {}
-                Ok(Err(e)) => warn!(error = %format!("{e:#}"), "POLICY_CT collection failed"),
-                Err(e) => warn!(error = %e, "POLICY_CT collection panicked"),
+                Ok(Err(e)) => warn!(table, error = %format!("{e:#}"), "connection table collection failed"),
+                Err(e) => warn!(table, error = %e, "connection table collection panicked"),
             }
         }
     });
@@ -477,33 +498,12 @@ fn configure_uplink_services(pins: &PinDir, node: &AgentConfig, on: bool) -> Res
     nat4_maps::set_lb4_config(pins, snat_ports::lb4_config(on, node.snat_port_range))
 }
 
-/// How often `NAT4`'s idle connections are collected.
-const NAT4_GC_INTERVAL: Duration = Duration::from_secs(30);
-
-/// Collect `NAT4`'s idle connections every `NAT4_GC_INTERVAL`, as
+/// Collect `NAT4`'s idle connections every `interval`, as
 /// `start_policy_ct_gc` does `POLICY_CT`'s.
-fn start_nat4_gc(pins: &PinDir) {
-    let pins = pins.clone();
-    tokio::spawn(async move {
-        let mut tick = tokio::time::interval(NAT4_GC_INTERVAL);
-        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        loop {
-            tick.tick().await;
-            let pins = pins.clone();
-            let pass = tokio::task::spawn_blocking(move || -> Result<policy_ct_gc::GcPass> {
-                let mut nat = nat4_maps::Nat4Table::open(&pins)?;
-                nat4_gc::collect(&mut nat, policy_ct_gc::monotonic_now_ns()?, &Default::default())
-            })
-            .await;
-            match pass {
-                Ok(Ok(pass)) if pass.removed > 0 => {
-                    info!(scanned = pass.scanned, removed = pass.removed, "NAT4 idle connections collected")
-                }
-                Ok(Ok(_)) => {}
-                Ok(Err(e)) => warn!(error = %format!("{e:#}"), "NAT4 collection failed"),
-                Err(e) => warn!(error = %e, "NAT4 collection panicked"),
-            }
-        }
+fn start_nat4_gc(pins: &PinDir, interval: Duration, metrics: &metrics::AgentMetrics) {
+    start_gc("nat4", "NAT4 idle connections collected", interval, pins, metrics, |pins| {
+        let mut nat = nat4_maps::Nat4Table::open(pins)?;
+        nat4_gc::collect(&mut nat, policy_ct_gc::monotonic_now_ns()?, &Default::default())
     });
 }
 
@@ -1005,9 +1005,10 @@ pub async fn run(
     let (health_netns, agent_metrics, service_lb_state) =
         serve_node_endpoints(&netlink, &node, &uplink, pod_cidr, &datapath, services, &reconcilers).await?;
 
-    start_policy_ct_gc(&pins);
+    let gc_interval = Duration::from_secs(node.conntrack_gc_interval_secs);
+    start_policy_ct_gc(&pins, gc_interval, &agent_metrics);
     configure_uplink_services(&pins, &node, services_on)?;
-    start_nat4_gc(&pins);
+    start_nat4_gc(&pins, gc_interval, &agent_metrics);
     let ports = own_ports(&node, datapath.sock_lb_cgroup.is_some(), &agent_metrics, host_port_claims);
     // Before the conflist: ADD waits (briefly) for POLICY_PODS, and fails
     // closed once the flag says an agent enforces NetworkPolicy here.

@@ -335,6 +335,9 @@ pub struct ServiceObject {
     /// `externalTrafficPolicy: Local` (with `healthCheckNodePort` for a
     /// LoadBalancer, as the API server allocates it).
     pub external_traffic_local: bool,
+    /// `nodePort`s set by hand, by port index (`node_ports`); the others
+    /// are the allocator's (`node_port`).
+    pub fixed_node_ports: Vec<u16>,
 }
 
 impl ServiceObject {
@@ -353,13 +356,25 @@ impl ServiceObject {
             external_ips: Vec::new(),
             load_balancer_ips: Vec::new(),
             external_traffic_local: false,
+            fixed_node_ports: Vec::new(),
         }
     }
 
     /// The `nodePort` `build()` gives port `i` (NodePort and LoadBalancer
-    /// types), as the API server's allocator would: in 30000-32767.
+    /// types): the one set with `node_ports`, else as the API server's
+    /// allocator would, in 30000-32767.
     pub fn node_port(&self, i: usize) -> u16 {
-        30000 + ((u32::from(self.ports[i].port) * 7 + i as u32) % 2768) as u16
+        match self.fixed_node_ports.get(i) {
+            Some(&p) => p,
+            None => 30000 + ((u32::from(self.ports[i].port) * 7 + i as u32) % 2768) as u16,
+        }
+    }
+
+    /// The `nodePort`s of the first ports, in order (an API server with a
+    /// wider `--service-node-port-range`, or a user's choice).
+    pub fn node_ports(mut self, ports: &[u16]) -> Self {
+        self.fixed_node_ports = ports.to_vec();
+        self
     }
 
     /// `spec.healthCheckNodePort` `build()` gives a LoadBalancer Service

@@ -22,10 +22,12 @@ use crate::{build_ebpf, repo_root, setup, shell};
 
 mod args;
 mod cni;
+mod conntrack_table;
 mod control_plane;
 mod devices;
 mod ipv6;
 mod labs;
+mod nodeport;
 mod paths;
 mod policy;
 mod prog_cost;
@@ -134,6 +136,45 @@ pub fn run(args: &BenchArgs) -> Result<()> {
         let json_path = out_dir.join("policy.json");
         std::fs::write(&json_path, serde_json::to_vec_pretty(&report)?)?;
         print!("{}", report::render_policy_run(&report));
+        println!("wrote {}", json_path.display());
+        return Ok(());
+    }
+    if args.nodeport {
+        // A reduced run: the NodePort rows, then the connection tables.
+        let spinners = bench::Spinners::start();
+        let mut rounds = Vec::new();
+        let mut times = Vec::new();
+        for r in 0..plan.rounds {
+            let mut figures = BTreeMap::new();
+            times.push(nodeport::round(r, &bins, &plan, &mut figures).context("NodePort rows")?);
+            rounds.push(figures);
+        }
+        drop(spinners);
+        // No spinners: the agent's GC pass is timed, not a transaction.
+        let tables = conntrack_table::run(&bins, &plan).context("connection tables")?;
+        let (lo, hi) = (plan.scales[0], plan.scales[plan.scales.len() - 1]);
+        let mut report = json!({
+            "machine": machine(),
+            "plan": {"rounds": plan.rounds, "rr_secs": plan.rr.as_secs_f64(), "release": plan.release, "smoke": args.smoke,
+                     "scales": plan.scales, "endpoints_per_service": services::PER_SERVICE,
+                     "node_port_range": nodeport::NODE_PORT_RANGE, "dsr": "not measured: --lb-mode=dsr does not exist yet"},
+            "paths": report::path_medians(&rounds),
+            "per_round": rounds.iter().map(|r| r.iter().map(|(n, p)| (n.clone(), json!({"rr": p.rr.per_sec, "crr": p.crr.per_sec}))).collect::<serde_json::Map<_, _>>()).collect::<Vec<_>>(),
+            "ratios": report::ratios_of(&rounds, &nodeport::ratio_pairs(&plan.scales)),
+            "drift_free": {
+                "snat_rr": nodeport::drift_free(&rounds, nodeport::snat_name, hi, lo, "rr"),
+                "snat_crr": nodeport::drift_free(&rounds, nodeport::snat_name, hi, lo, "crr"),
+                "kube_proxy_rr": nodeport::drift_free(&rounds, nodeport::iptables_name, hi, lo, "rr"),
+                "kube_proxy_crr": nodeport::drift_free(&rounds, nodeport::iptables_name, hi, lo, "crr"),
+            },
+            "times": nodeport::median_times(&times, &plan.scales),
+            "connection_tables": tables,
+        });
+        report["targets"] = nodeport::targets(&report, &plan.scales);
+        report["wall_clock_secs"] = json!(started.elapsed().as_secs_f64());
+        let json_path = out_dir.join("nodeport.json");
+        std::fs::write(&json_path, serde_json::to_vec_pretty(&report)?)?;
+        print!("{}", report::render_nodeport(&report));
         println!("wrote {}", json_path.display());
         return Ok(());
     }

@@ -56,6 +56,14 @@ pub struct BenchArgs {
     /// build; --rounds, default 5). Writes target/bench/attach_modes.json.
     #[arg(long, conflicts_with_all = ["vxlan", "cni", "cross", "policy", "devices"])]
     pub attach_modes: bool,
+    /// Only the NodePort rows (issue 27): the world → NodePort on node 1
+    /// → the backend on node 2, TCP_RR and TCP_CRR, through sluice's SNAT
+    /// and through kube-proxy's iptables rules, with 10, 1,000 and 10,000
+    /// NodePort Services; then the connection tables at 500,000 entries:
+    /// agent RSS and GC pass time (release build; --rounds, default 3).
+    /// Writes target/bench/nodeport.json.
+    #[arg(long, conflicts_with_all = ["vxlan", "cni", "cross", "policy", "devices", "attach_modes"])]
+    pub nodeport: bool,
     /// Use the binaries and eBPF object already built (no setup, no
     /// build): for a run inside `cargo xtask guest`, where the tree is
     /// read-only and a build would crawl.
@@ -103,6 +111,9 @@ pub(super) struct Plan {
     /// Measure the NetworkPolicy TCP_RR/TCP_CRR rows (not with
     /// `--policy-control-only`).
     pub(super) policy_rows: bool,
+    /// Entries written into the connection tables (`NAT4` and
+    /// `POLICY_CT` together) for their RSS and GC figures (`--nodeport`).
+    pub(super) ct_entries: usize,
 }
 
 impl Plan {
@@ -153,6 +164,7 @@ impl Plan {
                 policy_namespaces: 10,
                 policy_changes: 6,
                 policy_rows: true,
+                ct_entries: 20_000,
             }
         } else {
             Plan {
@@ -173,6 +185,7 @@ impl Plan {
                 policy_namespaces: 500,
                 policy_changes: 100,
                 policy_rows: true,
+                ct_entries: 500_000,
             }
         }
     }

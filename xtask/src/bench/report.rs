@@ -581,6 +581,49 @@ pub(super) fn render_ipv6_run(r: &Value) -> String {
 }
 
 /// The `--policy` report: the rows, their ratios, program costs, targets.
+/// The `--nodeport` run: the rows and ratios, the per-scale times, the
+/// targets, and the connection tables.
+pub(super) fn render_nodeport(r: &Value) -> String {
+    let mut o = format!(
+        "machine: {} CPUs, {}, kernel {}\n",
+        r["machine"]["cpus"],
+        r["machine"]["cpu"].as_str().unwrap_or(""),
+        r["machine"]["kernel"].as_str().unwrap_or("")
+    );
+    o += "NodePort rows: the world -> node 1:nodePort -> the pod on node 2 (NP world-node: the world -> node 2, untranslated); no DSR row (--lb-mode=dsr does not exist yet)\n";
+    o += &render_table(r);
+    o += &format!(
+        "drift-free (each over world-node beside it) {}: SNAT TCP_RR {:.2} TCP_CRR {:.2}; kube-proxy TCP_RR {:.2} TCP_CRR {:.2}\n",
+        "largest/smallest scale",
+        f(&r["drift_free"]["snat_rr"]),
+        f(&r["drift_free"]["snat_crr"]),
+        f(&r["drift_free"]["kube_proxy_rr"]),
+        f(&r["drift_free"]["kube_proxy_crr"]),
+    );
+    if let Some(times) = r["times"].as_object() {
+        let mut scales: Vec<(&String, &Value)> = times.iter().collect();
+        scales.sort_by_key(|(k, _)| k.parse::<usize>().unwrap_or(0));
+        for (scale, t) in scales {
+            o += &format!(
+                "{scale:>6} Services: maps synced {:.0} ms, kube-proxy rules restored (legacy) {:.0} ms; SNAT rows' NAT4 counters {}\n",
+                f(&t["maps_synced_ms"]),
+                f(&t["iptables_restore_ms"]),
+                t["snat_row_nat4_stats"]
+            );
+            for e in t["snat_row_errors"].as_array().into_iter().flatten() {
+                o += &format!("{scale:>6} Services: sluice SNAT row FAILED: {}\n", e.as_str().unwrap_or_default());
+            }
+        }
+    }
+    o += "targets (issue 27; reported, not asserted):\n";
+    o += &render_targets(&r["targets"]);
+    o += &super::conntrack_table::render(&r["connection_tables"]);
+    if let Some(secs) = r["wall_clock_secs"].as_f64() {
+        o += &format!("bench took {:.0} s\n", secs);
+    }
+    o
+}
+
 pub(super) fn render_policy_run(r: &Value) -> String {
     let mut o = render_table(r);
     o += &render_program_costs(r);

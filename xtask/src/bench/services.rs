@@ -63,7 +63,7 @@ pub const PER_SERVICE: usize = 5;
 const LB_VIP: Ipv4Addr = Ipv4Addr::new(10, 96, 0, 200);
 /// The measured Service through kube-proxy's rules (not in the API server).
 const IPTABLES_VIP: Ipv4Addr = Ipv4Addr::new(10, 96, 0, 201);
-const VIP_PORT: u16 = 80;
+pub(super) const VIP_PORT: u16 = 80;
 /// The backend port of the kube-proxy path: not the socket load
 /// balancer's (`BENCH_SERVER_PORT`). Its DNATed flows leave their reply
 /// tuples in node 1's `STACK_FLOWS` (LRU, no expiry); a later fast-path
@@ -72,7 +72,7 @@ const VIP_PORT: u16 = 80;
 /// (docs/BENCHMARKS.md, Services in eBPF).
 const IPTABLES_SERVER_PORT: u16 = BENCH_SERVER_PORT + 1;
 const FILL_NS: &str = "bench-fill";
-const FILL_TARGET_PORT: u16 = 8080;
+pub(super) const FILL_TARGET_PORT: u16 = 8080;
 
 pub fn direct_name(scale: usize) -> String {
     format!("S cross-node direct {scale}")
@@ -88,7 +88,7 @@ pub fn iptables_name(scale: usize) -> String {
 
 /// Cluster IP of filler Service `i` (10.100.0.0/14 is inside the lab's
 /// 10.96.0.0/12 Service CIDR and clear of the measured ones).
-fn fill_ip(i: usize) -> Ipv4Addr {
+pub(super) fn fill_ip(i: usize) -> Ipv4Addr {
     Ipv4Addr::new(10, 100 + (i / 65_536) as u8, (i / 256 % 256) as u8, (i % 256) as u8)
 }
 
@@ -97,11 +97,11 @@ fn fill_endpoint(n: usize) -> Ipv4Addr {
     Ipv4Addr::new(10, 128 + (n / 65_536) as u8, (n / 256 % 256) as u8, (n % 256) as u8)
 }
 
-fn fill_endpoints(i: usize) -> Vec<Ipv4Addr> {
+pub(super) fn fill_endpoints(i: usize) -> Vec<Ipv4Addr> {
     (0..PER_SERVICE).map(|j| fill_endpoint(i * PER_SERVICE + j)).collect()
 }
 
-fn fill_node(ip: Ipv4Addr) -> String {
+pub(super) fn fill_node(ip: Ipv4Addr) -> String {
     format!("node-{}", ip.octets()[3] % 100)
 }
 
@@ -245,7 +245,7 @@ fn iptables_services(scale: usize, backend: Ipv4Addr, backend_node: &str) -> Vec
 /// Only node 1's rules are on the measured path (node 2's `from_uplink`
 /// takes the packets from the uplink straight into the pod), so only node
 /// 1 gets them.
-fn apply_iptables(node: &Node, services: &[kube_proxy::Service]) -> Result<Duration> {
+pub(super) fn apply_iptables(node: &Node, services: &[kube_proxy::Service]) -> Result<Duration> {
     let input = kube_proxy::render(services, &node.name, CLUSTER_CIDR.parse()?);
     let start = Instant::now();
     let mut child = ns_cmd(&node.netns, &["iptables-legacy-restore", "--noflush"])
@@ -264,7 +264,7 @@ fn apply_iptables(node: &Node, services: &[kube_proxy::Service]) -> Result<Durat
 
 /// Every legacy iptables rule and chain of `node` gone (only kube-proxy's
 /// are there: the agent's own are in nftables and iptables-nft).
-fn remove_iptables(node: &Node) -> Result<Duration> {
+pub(super) fn remove_iptables(node: &Node) -> Result<Duration> {
     let start = Instant::now();
     for table in ["nat", "filter"] {
         for verb in ["-F", "-X"] {

@@ -224,6 +224,50 @@ fn world_to_a_node_port_without_endpoints_is_refused_at_once_over_tcp_and_udp() 
     assert!(refused >= 10, "refusals counted: {refused}");
 }
 
+/// A backend leaving a UDP NodePort takes its `NAT4` connections with it
+/// (kube-proxy's conntrack cleanup for UDP): a world client's connected
+/// socket, sending every 50 ms, which would keep its pair alive forever
+/// and so keep reaching the removed backend (still running, still
+/// answering), gets the remaining backend's answers from its next
+/// datagrams on.
+#[test]
+fn a_backend_removed_from_a_udp_node_port_takes_its_world_connections_with_it() {
+    require_root();
+    let mut lab = services::lab(2, 1).unwrap();
+    let world = cluster::add_world(&mut lab).unwrap();
+    let api = lab.api.as_ref().unwrap();
+    let (n1, a) = (lab.state.nodes[0].clone(), lab.state.nodes[0].pods[0].clone());
+    let (n2, b) = (lab.state.nodes[1].clone(), lab.state.nodes[1].pods[0].clone());
+    let svc = service("moving", "10.96.0.85", &[("dns", 53, services::UDP_PORT, "UDP")]).type_("NodePort");
+    let np = svc.node_port(0);
+    api.upsert_service(svc.build());
+    let ports = [("dns", services::UDP_PORT, "UDP")];
+    api.upsert_endpoint_slice(slice("moving", &ports, &ready(&[(&n1.name, &a.ip)])).build());
+    wait_backends(&lab, "*", np, "UDP", &[format!("{}:{}", a.ip, services::UDP_PORT)]).unwrap();
+    let ip1 = node_ip(&lab, 0);
+    let mut all = vec!["python3", "-c", services::CLIENT];
+    let np_s = np.to_string();
+    all.extend_from_slice(&["udp-stream", &ip1, &np_s, "6"]);
+    let stream = ns_cmd(&world, &all).stdout(std::process::Stdio::piped()).spawn().unwrap();
+    // The stream is through (its pair written) once a's answers come.
+    std::thread::sleep(std::time::Duration::from_millis(1500));
+    api.upsert_endpoint_slice(slice("moving", &ports, &ready(&[(&n2.name, &b.ip)])).build());
+    wait_backends(&lab, "*", np, "UDP", &[format!("{}:{}", b.ip, services::UDP_PORT)]).unwrap();
+    let (outcomes, text) = services::finish(stream).unwrap();
+    let answers: Vec<&str> = outcomes.iter().filter_map(|o| o.answer()).collect();
+    assert!(answers.first() == Some(&a.name.as_str()), "the stream began at a: {text}");
+    // From the first answer of b on, b only; and most of the stream's
+    // last 3 s (about 60 datagrams) came after the switch.
+    let switched = answers.iter().position(|n| *n == b.name).unwrap_or_else(|| panic!("never reached b: {text}"));
+    assert!(answers[switched..].iter().all(|n| *n == b.name), "{text}");
+    assert!(
+        answers.len() - switched >= 30,
+        "b answered only {} of {}: {text}",
+        answers.len() - switched,
+        answers.len()
+    );
+}
+
 /// hostPort from the world (issue 27, with portmap not chained and no
 /// kube-proxy rules): a pod's hostPort on its node's address reaches the
 /// pod over TCP and UDP, the pod sees the world's address; the same port

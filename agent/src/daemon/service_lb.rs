@@ -26,6 +26,8 @@ use sluice_common::services::SockLbConfig;
 use sluice_node::{
     clock::now_unix,
     datapath::{
+        nat4_gc,
+        nat4_maps::Nat4Table,
         pinned_maps::{ip_be, ip_from_be},
         pins::PinDir,
         service_maps::{own_netns_cookie, set_sock_lb_config, NodeAddressMap, ServiceMaps, ServiceMaps6},
@@ -416,6 +418,14 @@ where
 /// bounded work (a fraction of a millisecond per namespace), and changes
 /// that arrive meanwhile are taken together at the next pass.
 async fn sweep_udp(pins: &PinDir, removed: Vec<RemovedBackend>, st: &mut ServiceLbState, destroyed: &impl Fn(u64)) {
+    // Connections from outside the uplink translated to those backends
+    // (`NAT4`): gone too, so the client's next datagram picks a live one.
+    let lost: Vec<_> = removed.iter().map(|r| (r.frontend, r.backend)).collect();
+    match Nat4Table::open(pins).and_then(|mut nat| nat4_gc::purge_removed_backends(&mut nat, &lost)) {
+        Ok(0) => {}
+        Ok(entries) => info!(entries, backends = lost.len(), "NAT4 connections to removed UDP backends purged"),
+        Err(e) => warn!(error = %format!("{e:#}"), "NAT4 connections to removed UDP backends not purged"),
+    }
     let (cgroup, pins) = (PathBuf::from(&st.cgroup), pins.clone());
     let netns_dir = st.netns_dir.as_ref().map(PathBuf::from);
     let backends = removed.len();

@@ -8,8 +8,19 @@
 //! the backend answered, hours; everything else a minute. An entry whose
 //! twin is gone (a pass interrupted between the two removals, or a
 //! program's insert that lost a race) is removed once idle on its own.
+//!
+//! Besides the timeouts, `purge_removed_backends`: when a UDP frontend
+//! loses a backend, the connections it translated to that backend are
+//! removed at once (kube-proxy's conntrack cleanup for UDP), so a
+//! client's next datagram picks a live backend instead of going to the
+//! gone one until the pair idles out. TCP is left alone, as kube-proxy
+//! does: an established connection ends with its pod, and a terminating
+//! pod may still be finishing it.
 use anyhow::Result;
-use sluice_common::nat::{Nat4Entry, Nat4Key, NAT4_REPLY_SEEN};
+use sluice_common::{
+    nat::{Nat4Entry, Nat4Key, NAT4_FORWARD, NAT4_REPLY_SEEN},
+    services::{Backend, ServiceKey, SCOPE_HOST_PORT, SCOPE_NODE_PORT},
+};
 
 use super::{nat4_maps::Nat4Table, policy_ct_gc::CtTimeouts, policy_ct_gc::GcPass};
 
@@ -61,10 +72,103 @@ pub fn collect(nat: &mut Nat4Table, now_ns: u64, timeouts: &CtTimeouts) -> Resul
     Ok(pass)
 }
 
+const IPPROTO_UDP: u8 = 17;
+
+/// Did `frontend` translate the connection whose forward half is `key`?
+/// A NodePort or an every-address hostPort answers on each of this node's
+/// addresses: its port and protocol say; any other frontend is one
+/// address.
+pub fn translated_by(frontend: &ServiceKey, key: &Nat4Key) -> bool {
+    let any_address = frontend.scope == SCOPE_NODE_PORT || frontend.scope == SCOPE_HOST_PORT;
+    key.direction == NAT4_FORWARD
+        && key.protocol == frontend.protocol
+        && key.dst_port_be == frontend.port_be
+        && (any_address || key.dst_be == frontend.vip_be)
+}
+
+/// Is `key` → `entry` the forward half of a UDP connection one of
+/// `removed` (a frontend and the backend it lost) translated to that
+/// backend?
+pub fn to_removed_backend(key: &Nat4Key, entry: &Nat4Entry, removed: &[(ServiceKey, Backend)]) -> bool {
+    key.protocol == IPPROTO_UDP
+        && removed.iter().any(|(frontend, backend)| {
+            translated_by(frontend, key) && entry.dst_be == backend.ip_be && entry.dst_port_be == backend.port_be
+        })
+}
+
+/// Remove both halves of every UDP connection translated to a backend its
+/// frontend lost (`removed`), the reply half first (it holds the SNAT
+/// port). Returns the entries removed.
+pub fn purge_removed_backends(nat: &mut Nat4Table, removed: &[(ServiceKey, Backend)]) -> Result<usize> {
+    let mut gone = 0;
+    for (key, entry) in nat.all()? {
+        if !to_removed_backend(&key, &entry, removed) {
+            continue;
+        }
+        let twin_key = key.twin(&entry);
+        if nat.get(&twin_key)?.is_some() {
+            nat.remove(&twin_key)?;
+            gone += 1;
+        }
+        nat.remove(&key)?;
+        gone += 1;
+    }
+    Ok(gone)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
-    use sluice_common::nat::{NAT4_FORWARD, NAT4_REPLY};
+    use sluice_common::{
+        nat::NAT4_REPLY,
+        services::{SCOPE_ADDRESS, SCOPE_HOST_PORT_ADDRESS},
+    };
+
+    #[test]
+    fn a_removed_backend_takes_the_udp_connections_its_frontend_sent_there_and_nothing_else() {
+        let fwd = |dst_be: u32, dst_port: u16, protocol: u8| Nat4Key {
+            src_be: 9,
+            dst_be,
+            src_port_be: 40000u16.to_be(),
+            dst_port_be: dst_port.to_be(),
+            protocol,
+            direction: NAT4_FORWARD,
+            _pad: [0; 2],
+        };
+        let to = |ip_be: u32, port: u16| Nat4Entry { dst_be: ip_be, dst_port_be: port.to_be(), ..Default::default() };
+        let backend = Backend { ip_be: 77, port_be: 53u16.to_be(), _pad: 0 };
+        let node_port = ServiceKey::node_port(30053u16.to_be(), IPPROTO_UDP);
+        let lb_ip = ServiceKey { vip_be: 5, port_be: 53u16.to_be(), protocol: IPPROTO_UDP, scope: SCOPE_ADDRESS };
+        let removed = [(node_port, backend), (lb_ip, backend)];
+        // Through the NodePort on any node address, or the LB IP: gone.
+        assert!(to_removed_backend(&fwd(1, 30053, 17), &to(77, 53), &removed));
+        assert!(to_removed_backend(&fwd(2, 30053, 17), &to(77, 53), &removed));
+        assert!(to_removed_backend(&fwd(5, 53, 17), &to(77, 53), &removed));
+        // Another backend, port, frontend, protocol or half: kept.
+        assert!(!to_removed_backend(&fwd(1, 30053, 17), &to(78, 53), &removed));
+        assert!(!to_removed_backend(&fwd(1, 30053, 17), &to(77, 54), &removed));
+        assert!(!to_removed_backend(&fwd(6, 53, 17), &to(77, 53), &removed), "another address's port 53");
+        assert!(!to_removed_backend(&fwd(1, 30054, 17), &to(77, 53), &removed));
+        assert!(
+            !to_removed_backend(
+                &fwd(1, 30053, 6),
+                &to(77, 53),
+                &[(ServiceKey::node_port(30053u16.to_be(), 6), backend)]
+            ),
+            "TCP is left alone"
+        );
+        let mut reply = fwd(1, 30053, 17);
+        reply.direction = NAT4_REPLY;
+        assert!(!to_removed_backend(&reply, &to(77, 53), &removed));
+        // hostPorts: on every address, or on their hostIP only.
+        let hp = ServiceKey::host_port(8053u16.to_be(), IPPROTO_UDP);
+        assert_eq!(hp.scope, SCOPE_HOST_PORT);
+        assert!(to_removed_backend(&fwd(3, 8053, 17), &to(77, 53), &[(hp, backend)]));
+        let hp_on = ServiceKey::host_port_on(4, 8053u16.to_be(), IPPROTO_UDP);
+        assert_eq!(hp_on.scope, SCOPE_HOST_PORT_ADDRESS);
+        assert!(to_removed_backend(&fwd(4, 8053, 17), &to(77, 53), &[(hp_on, backend)]));
+        assert!(!to_removed_backend(&fwd(3, 8053, 17), &to(77, 53), &[(hp_on, backend)]));
+    }
 
     const S: u64 = 1_000_000_000;
 

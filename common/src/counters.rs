@@ -75,10 +75,13 @@ pub enum DropReason {
     /// A new connection from outside to an `externalTrafficPolicy: Local`
     /// Service on a node without one of its backends.
     ServiceNoLocalEndpoints = 22,
+    /// A new connection from outside to a LoadBalancer ingress IP from a
+    /// client outside the Service's `loadBalancerSourceRanges`.
+    LoadBalancerSourceRange = 23,
 }
 
 impl DropReason {
-    pub const COUNT: u32 = 23;
+    pub const COUNT: u32 = 24;
     pub const ALL: [DropReason; Self::COUNT as usize] = [
         DropReason::Truncated,
         DropReason::SourceSpoofed,
@@ -103,6 +106,7 @@ impl DropReason {
         DropReason::Nat4PortExhausted,
         DropReason::ServiceNoEndpoints,
         DropReason::ServiceNoLocalEndpoints,
+        DropReason::LoadBalancerSourceRange,
     ];
 
     /// Stable name: the label in `status` and metrics.
@@ -131,6 +135,7 @@ impl DropReason {
             DropReason::Nat4PortExhausted => "nat4_port_exhausted",
             DropReason::ServiceNoEndpoints => "service_no_endpoints",
             DropReason::ServiceNoLocalEndpoints => "service_no_local_endpoints",
+            DropReason::LoadBalancerSourceRange => "load_balancer_source_range",
         }
     }
 }
@@ -343,6 +348,7 @@ mod tests {
         Nat4PortExhausted = 20, "nat4_port_exhausted";
         ServiceNoEndpoints = 21, "service_no_endpoints";
         ServiceNoLocalEndpoints = 22, "service_no_local_endpoints";
+        LoadBalancerSourceRange = 23, "load_balancer_source_range";
     });
 
     const FORWARD_PATHS: &[(ForwardPath, u32, &str)] = &golden!(ForwardPath {

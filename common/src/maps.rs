@@ -127,6 +127,9 @@ pub mod names {
     pub const LB4_CONFIG: &str = "LB4_CONFIG";
     /// `PerCpuArray<u64>` indexed by `nat::Nat4Counter`.
     pub const NAT4_STATS: &str = "NAT4_STATS";
+    /// `LpmTrie<nat::SourceRangeKey, u32>`: LoadBalancer ingress IPs'
+    /// `loadBalancerSourceRanges` (agent writes; `from_uplink` reads).
+    pub const LB4_SOURCE_RANGES: &str = "LB4_SOURCE_RANGES";
 }
 
 /// Program names in the eBPF object (also their pin names under `progs/`).
@@ -196,6 +199,8 @@ pub mod limits {
     /// Bytes of each monitor slot's events ring buffer (a power of two,
     /// pages): about 2,700 events of 96 bytes with its header.
     pub const EVENTS_BYTES: u32 = 256 * 1024;
+    /// `loadBalancerSourceRanges` entries (frontend × range).
+    pub const MAX_LB4_SOURCE_RANGES: u32 = 16384;
     /// Service frontends (cluster IP × port × protocol).
     pub const MAX_SERVICES: u32 = 65536;
     /// Backends over all sets; a change holds old and new set for a moment.

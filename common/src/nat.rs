@@ -94,6 +94,30 @@ impl Nat4Key {
     }
 }
 
+/// Key data of `LB4_SOURCE_RANGES`, an LPM trie: a frontend (a
+/// LoadBalancer ingress IP's `SERVICES` key fields) and a client address.
+/// An entry's prefix length is `SOURCE_RANGE_FRONTEND_BITS` plus its
+/// range's, so a lookup with the full length matches only that
+/// frontend's ranges. Written by the agent (from
+/// `spec.loadBalancerSourceRanges`), read by `from_uplink` for a frontend
+/// with `SERVICE_SOURCE_RANGES`. Value: unused (1).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Default)]
+pub struct SourceRangeKey {
+    pub vip_be: u32,
+    pub port_be: u16,
+    pub protocol: u8,
+    pub _pad: u8,
+    /// The range's address (an entry) or the client's (a lookup).
+    pub src_be: u32,
+}
+const _: () = assert!(core::mem::size_of::<SourceRangeKey>() == 12);
+#[cfg(feature = "user")]
+unsafe impl aya::Pod for SourceRangeKey {}
+
+/// Bits of `SourceRangeKey` before the client address: always matched.
+pub const SOURCE_RANGE_FRONTEND_BITS: u32 = 64;
+
 /// `Lb4Config::flags`: translate Services at the uplink
 /// (`--kube-proxy-replacement=true`). Without it `from_uplink` leaves
 /// every packet to the stack (kube-proxy's rules), as before.

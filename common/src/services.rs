@@ -100,6 +100,10 @@ pub const SERVICE_LOAD_BALANCER: u32 = 1 << 2;
 /// uplink sends a client from outside only to a backend on this node,
 /// with its address kept, and drops it where there is none.
 pub const SERVICE_EXTERNAL_LOCAL: u32 = 1 << 3;
+/// `ServiceValue::flags`: a LoadBalancer ingress IP with
+/// `loadBalancerSourceRanges`: the uplink admits only clients in one of
+/// its ranges (`LB4_SOURCE_RANGES`, `nat::SourceRangeKey`).
+pub const SERVICE_SOURCE_RANGES: u32 = 1 << 4;
 /// With `SERVICE_EXTERNAL_LOCAL`: the top 16 bits of `ServiceValue::flags`
 /// count this node's backends, which the agent puts first in the set
 /// (slots `0..n`): the uplink picks among those alone, in O(1).

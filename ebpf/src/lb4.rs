@@ -38,13 +38,13 @@ use aya_ebpf::{
 use sluice_common::{
     maps::{FAST_PATH_MARK, REMOTE_NODE_VXLAN},
     nat::{
-        reachable_from_outside, Lb4Config, Nat4Counter, Nat4Entry, Nat4Key, LB4_ENABLED, NAT4_FORWARD, NAT4_REPLY,
-        NAT4_REPLY_SEEN, NAT4_SNAT, NAT4_VIA_TUNNEL, SNAT_PORT_TRIES,
+        reachable_from_outside, Lb4Config, Nat4Counter, Nat4Entry, Nat4Key, SourceRangeKey, LB4_ENABLED, NAT4_FORWARD,
+        NAT4_REPLY, NAT4_REPLY_SEEN, NAT4_SNAT, NAT4_VIA_TUNNEL, SNAT_PORT_TRIES, SOURCE_RANGE_FRONTEND_BITS,
     },
     reject,
     services::{
         frontend_kind, local_backend_count, BackendSlot, ServiceKey, ServiceValue, NODE_ADDRESS_LOCAL, SCOPE_ADDRESS,
-        SERVICE_EXTERNAL_LOCAL, SERVICE_NO_LOCAL_ENDPOINTS,
+        SERVICE_EXTERNAL_LOCAL, SERVICE_NO_LOCAL_ENDPOINTS, SERVICE_SOURCE_RANGES,
     },
     DropReason, ForwardPath, HookDirection,
 };
@@ -52,7 +52,10 @@ use sluice_common::{
 use crate::{
     counters::{count_drop, count_forward},
     forward,
-    maps::{BACKENDS, ENDPOINTS, LB4_CONFIG, NAT4, NAT4_STATS, NODE_ADDRESSES, NODE_CONFIG, NODE_ROUTES, SERVICES},
+    maps::{
+        BACKENDS, ENDPOINTS, LB4_CONFIG, LB4_SOURCE_RANGES, NAT4, NAT4_STATS, NODE_ADDRESSES, NODE_CONFIG, NODE_ROUTES,
+        SERVICES,
+    },
     parse::{self, Ipv4Hdr, Ports, ETH_HLEN, L4_OFF},
 };
 
@@ -113,6 +116,7 @@ fn reason_from(code: u32) -> DropReason {
     const FULL: u32 = DropReason::Nat4TableFull as u32;
     const PORTS: u32 = DropReason::Nat4PortExhausted as u32;
     const NO_LOCAL: u32 = DropReason::ServiceNoLocalEndpoints as u32;
+    const SOURCE_RANGE: u32 = DropReason::LoadBalancerSourceRange as u32;
     match code.wrapping_sub(LB4_DROP) {
         TRUNCATED => DropReason::Truncated,
         TTL => DropReason::TtlExpired,
@@ -125,6 +129,7 @@ fn reason_from(code: u32) -> DropReason {
         FULL => DropReason::Nat4TableFull,
         PORTS => DropReason::Nat4PortExhausted,
         NO_LOCAL => DropReason::ServiceNoLocalEndpoints,
+        SOURCE_RANGE => DropReason::LoadBalancerSourceRange,
         _ => DropReason::ServiceNoEndpoints,
     }
 }
@@ -307,6 +312,12 @@ fn try_from_uplink(ctx: &TcContext) -> Result<u32, DropReason> {
     if !reachable_from_outside(frontend_kind(&service_key, &service)) {
         return Ok(LB4_PASS);
     }
+    // loadBalancerSourceRanges: a client outside them is dropped, as
+    // kube-proxy's firewall chain does (before its REJECT of a Service
+    // without endpoints), whatever segment it sends.
+    if service.flags & SERVICE_SOURCE_RANGES != 0 && !in_source_ranges(&service_key, key.src_be) {
+        return Err(DropReason::LoadBalancerSourceRange);
+    }
     // A TCP segment of no connection we know (this node's table lost it,
     // or it never was one): the stack answers it (RST), no backend does.
     if key.protocol == IPPROTO_TCP && !is_syn(ctx) {
@@ -357,6 +368,19 @@ fn frontend(key: &Nat4Key) -> Option<(ServiceKey, ServiceValue)> {
     // SAFETY: as above.
     let v = unsafe { SERVICES.get(&np) }.copied()?;
     Some((np, v))
+}
+
+/// Is `src_be` in one of the `loadBalancerSourceRanges` of `frontend`?
+#[inline(always)]
+fn in_source_ranges(frontend: &ServiceKey, src_be: u32) -> bool {
+    let data = SourceRangeKey {
+        vip_be: frontend.vip_be,
+        port_be: frontend.port_be,
+        protocol: frontend.protocol,
+        _pad: 0,
+        src_be,
+    };
+    LB4_SOURCE_RANGES.get(Key::new(SOURCE_RANGE_FRONTEND_BITS + 32, data)).is_some()
 }
 
 /// Is this TCP segment a SYN without ACK?

@@ -6,11 +6,11 @@ use aya_ebpf::{
 };
 use sluice_common::{
     maps::limits::{
-        EVENTS_BYTES, MAX_AFFINITY, MAX_BACKENDS, MAX_ENDPOINTS, MAX_IFACES, MAX_NAT4, MAX_NODE_ADDRESSES,
-        MAX_NODE_ROUTES, MAX_POLICY_CT, MAX_POLICY_IDENTITIES, MAX_POLICY_RULES, MAX_SERVICES, MAX_SOCK_REVERSE,
-        MAX_STACK_FLOWS,
+        EVENTS_BYTES, MAX_AFFINITY, MAX_BACKENDS, MAX_ENDPOINTS, MAX_IFACES, MAX_LB4_SOURCE_RANGES, MAX_NAT4,
+        MAX_NODE_ADDRESSES, MAX_NODE_ROUTES, MAX_POLICY_CT, MAX_POLICY_IDENTITIES, MAX_POLICY_RULES, MAX_SERVICES,
+        MAX_SOCK_REVERSE, MAX_STACK_FLOWS,
     },
-    nat::{Lb4Config, Nat4Counter, Nat4Entry, Nat4Key},
+    nat::{Lb4Config, Nat4Counter, Nat4Entry, Nat4Key, SourceRangeKey},
     policy::{
         CtEntry, CtKey, EndpointPolicy, PeerIdentity, PodNameKey, PodPolicy, PolicyKey, PolicyState, PolicyValue,
         POLICY_STAT_SLOTS,
@@ -145,3 +145,6 @@ pub static LB4_CONFIG: Array<Lb4Config> = Array::with_max_entries(1, 0);
 
 #[map]
 pub static NAT4_STATS: PerCpuArray<u64> = PerCpuArray::with_max_entries(Nat4Counter::COUNT, 0);
+
+#[map]
+pub static LB4_SOURCE_RANGES: LpmTrie<SourceRangeKey, u32> = LpmTrie::with_max_entries(MAX_LB4_SOURCE_RANGES, 0);

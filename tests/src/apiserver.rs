@@ -332,6 +332,8 @@ pub struct ServiceObject {
     pub external_ips: Vec<String>,
     /// `status.loadBalancer.ingress[].ip`.
     pub load_balancer_ips: Vec<String>,
+    /// `spec.loadBalancerSourceRanges`.
+    pub load_balancer_source_ranges: Vec<String>,
     /// `externalTrafficPolicy: Local` (with `healthCheckNodePort` for a
     /// LoadBalancer, as the API server allocates it).
     pub external_traffic_local: bool,
@@ -355,6 +357,7 @@ impl ServiceObject {
             labels: BTreeMap::new(),
             external_ips: Vec::new(),
             load_balancer_ips: Vec::new(),
+            load_balancer_source_ranges: Vec::new(),
             external_traffic_local: false,
             fixed_node_ports: Vec::new(),
         }
@@ -386,6 +389,12 @@ impl ServiceObject {
 
     pub fn external_ips(mut self, ips: &[&str]) -> Self {
         self.external_ips = ips.iter().map(|s| s.to_string()).collect();
+        self
+    }
+
+    /// `spec.loadBalancerSourceRanges`.
+    pub fn source_ranges(mut self, ranges: &[&str]) -> Self {
+        self.load_balancer_source_ranges = ranges.iter().map(|s| s.to_string()).collect();
         self
     }
 
@@ -497,6 +506,9 @@ impl ServiceObject {
         }
         if !self.external_ips.is_empty() {
             spec["externalIPs"] = json!(self.external_ips);
+        }
+        if !self.load_balancer_source_ranges.is_empty() {
+            spec["loadBalancerSourceRanges"] = json!(self.load_balancer_source_ranges);
         }
         if self.type_ == "NodePort" || self.type_ == "LoadBalancer" {
             spec["externalTrafficPolicy"] = json!(if self.external_traffic_local { "Local" } else { "Cluster" });

@@ -268,6 +268,50 @@ fn a_backend_removed_from_a_udp_node_port_takes_its_world_connections_with_it() 
     );
 }
 
+/// `loadBalancerSourceRanges`: from the world (172.30.0.250), the
+/// LoadBalancer IP of a Service whose ranges hold the world answers; that
+/// of a Service whose ranges do not is dropped (counted
+/// `load_balancer_source_range`), while its NodePort still answers the
+/// world (kube-proxy's iptables mode checks the ingress IPs only).
+#[test]
+fn load_balancer_source_ranges_admit_the_world_only_where_they_hold_it() {
+    require_root();
+    let mut lab = services::lab(1, 1).unwrap();
+    let world = cluster::add_world(&mut lab).unwrap();
+    assert_no_kube_proxy_rules(&lab);
+    let api = lab.api.as_ref().unwrap();
+    let (n1, pod) = (lab.state.nodes[0].clone(), lab.state.nodes[0].pods[0].clone());
+    let ip1 = node_ip(&lab, 0);
+    let mut node_ports = Vec::new();
+    for (name, cluster_ip, lb_ip, ranges) in [
+        ("open", "10.96.0.86", "198.51.100.86", [format!("{}/32", cluster::WORLD_IP), "203.0.113.0/24".into()]),
+        ("closed", "10.96.0.87", "198.51.100.87", ["203.0.113.0/24".into(), "10.0.0.0/8".into()]),
+    ] {
+        let ranges: Vec<&str> = ranges.iter().map(String::as_str).collect();
+        let svc = service(name, cluster_ip, &[("http", 80, 7777, "TCP")])
+            .type_("LoadBalancer")
+            .load_balancer_ips(&[lb_ip])
+            .source_ranges(&ranges);
+        node_ports.push(svc.node_port(0));
+        api.upsert_service(svc.build());
+        api.upsert_endpoint_slice(slice(name, &[("http", 7777, "TCP")], &ready(&[(&n1.name, &pod.ip)])).build());
+        wait_backends(&lab, lb_ip, 80, "TCP", &[format!("{}:7777", pod.ip)]).unwrap();
+        // The world reaches the ingress IP through the node, as a load
+        // balancer would send it.
+        sluice_tests::lab::ns_exec(&world, &["ip", "route", "replace", &format!("{lb_ip}/32"), "via", &ip1]).unwrap();
+    }
+    let before = sluice_tests::lab::counter(&lab, 0, "drops", "load_balancer_source_range");
+    let out = world_client(&world, &["tcp", "198.51.100.86", "80", "5"]);
+    assert_eq!(oks(&out), 5, "inside the ranges: {out:?}");
+    assert!(out.iter().all(|o| o.answer() == Some(pod.name.as_str())), "{out:?}");
+    let out = world_client(&world, &["tcp", "198.51.100.87", "80", "2"]);
+    assert_eq!(oks(&out), 0, "outside the ranges: {out:?}");
+    let dropped = sluice_tests::lab::counter(&lab, 0, "drops", "load_balancer_source_range") - before;
+    assert!(dropped >= 2, "refused SYNs counted: {dropped}");
+    let out = world_client(&world, &["tcp", &ip1, &node_ports[1].to_string(), "3"]);
+    assert_eq!(oks(&out), 3, "the closed Service's NodePort: {out:?}");
+}
+
 /// hostPort from the world (issue 27, with portmap not chained and no
 /// kube-proxy rules): a pod's hostPort on its node's address reaches the
 /// pod over TCP and UDP, the pod sees the world's address; the same port

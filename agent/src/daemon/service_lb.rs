@@ -27,7 +27,7 @@ use sluice_node::{
     clock::now_unix,
     datapath::{
         nat4_gc,
-        nat4_maps::Nat4Table,
+        nat4_maps::{Nat4Table, SourceRanges},
         pinned_maps::{ip_be, ip_from_be},
         pins::PinDir,
         service_maps::{own_netns_cookie, set_sock_lb_config, NodeAddressMap, ServiceMaps, ServiceMaps6},
@@ -40,7 +40,10 @@ use crate::{
     daemon::{health_check_ports::HealthCheckPorts, udp_sockets},
     policy::kubernetes::KubePolicy,
     port_ownership::listeners::HostPortClaim,
-    reconcile::service_maps::{PassStats, RemovedBackend, ServiceReconciler, V6},
+    reconcile::{
+        service_maps::{PassStats, RemovedBackend, ServiceReconciler, V6},
+        source_ranges,
+    },
     services::{health_check, host_ports, kubernetes::KubeServices, model::Touched, node_addresses, plan},
 };
 
@@ -162,6 +165,7 @@ pub async fn run(
     let host_netns_cookie = own_netns_cookie()?;
     set_sock_lb_config(&pins, SockLbConfig { host_netns_cookie })?;
     let mut addresses = NodeAddressMap::open(&pins)?;
+    let mut ranges = SourceRanges::open(&pins)?;
     let netlink = Netlink::open()?;
     let mut planner = plan::Planner::default();
     let mut planner6 = plan::Planner::<Ipv6Addr>::default();
@@ -213,6 +217,9 @@ pub async fn run(
             None => {}
         }
         if let Some((changed, changed6)) = changed {
+            // loadBalancerSourceRanges: new ones before the frontends that
+            // need them are flagged, old ones after (`source_ranges`).
+            let ranges_added = source_ranges::add_new(&mut ranges, planner.plan());
             let result4 = match &changed {
                 None => {
                     last_full = Instant::now();
@@ -223,6 +230,12 @@ pub async fn run(
             let result6 = match &changed6 {
                 None => reconciler6.apply(&mut maps6, planner6.plan()),
                 Some(frontends) => reconciler6.apply_some(&mut maps6, planner6.plan(), frontends),
+            };
+            let ranges_removed = source_ranges::remove_old(&mut ranges, planner.plan());
+            let result4 = match (result4, ranges_added, ranges_removed) {
+                (Ok(stats), Ok(_), Ok(_)) => Ok(stats),
+                (Err(e), _, _) => Err(e),
+                (_, Err(e), _) | (_, _, Err(e)) => Err(e.context("loadBalancerSourceRanges not fully updated")),
             };
             // One pass over both families: counted together, the first
             // error reported (IPv4's, then IPv6's).

@@ -19,3 +19,4 @@ pub mod masquerade;
 pub mod policy_desired;
 pub mod policy_maps;
 pub mod service_maps;
+pub mod source_ranges;

@@ -21,7 +21,7 @@ use anyhow::{Context, Result};
 use sluice_common::{
     services::{
         external_local_flags, is_host_port_scope, Backend, BackendSlot, ServiceKey, ServiceValue, SCOPE_ADDRESS,
-        SERVICE_NO_LOCAL_ENDPOINTS,
+        SERVICE_NO_LOCAL_ENDPOINTS, SERVICE_SOURCE_RANGES,
     },
     services6::{ip6_words, Backend6, ServiceKey6},
 };
@@ -209,7 +209,8 @@ fn entry_of<F: MapFamily>(plan: &FrontendPlan<F::Addr>) -> Entry<F::Backend> {
             affinity_timeout_secs: plan.affinity_timeout_secs,
             flags: plan.kind.flags()
                 | if plan.no_local_endpoints { SERVICE_NO_LOCAL_ENDPOINTS } else { 0 }
-                | if plan.external_local { external_local_flags(plan.local_backends) } else { 0 },
+                | if plan.external_local { external_local_flags(plan.local_backends) } else { 0 }
+                | if plan.source_ranges.is_empty() { 0 } else { SERVICE_SOURCE_RANGES },
         },
         backends,
     }
@@ -520,6 +521,7 @@ mod tests {
                         no_local_endpoints: false,
                         external_local: false,
                         local_backends: 0,
+                        source_ranges: Vec::new(),
                         kind: sluice_common::services::FrontendKind::ClusterIp,
                     },
                 )
@@ -833,6 +835,7 @@ mod ipv6_tests {
             kind: FrontendKind::ClusterIp,
             external_local: false,
             local_backends: 0,
+            source_ranges: Vec::new(),
         };
         [(f, p)].into()
     }

@@ -104,6 +104,7 @@ mod tests {
             cluster_ips6: Vec::new(),
             external_traffic_local: etp_local,
             health_check_node_port: port,
+            load_balancer_source_ranges: Vec::new(),
         }
     }
 

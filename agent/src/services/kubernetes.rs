@@ -342,7 +342,27 @@ pub fn service_from_k8s(svc: &core::Service) -> Option<Service> {
         load_balancer_ips6: of_family(&ingress, true),
         external_traffic_local: spec.external_traffic_policy.as_deref() == Some("Local"),
         health_check_node_port: spec.health_check_node_port.and_then(port_number),
+        load_balancer_source_ranges: if type_ == "LoadBalancer" {
+            source_ranges(spec.load_balancer_source_ranges.iter().flatten())
+        } else {
+            Vec::new()
+        },
     })
+}
+
+/// `loadBalancerSourceRanges` as kube-proxy reads them: spaces trimmed; a
+/// range that does not parse (the API server validates them, so only an
+/// old object) is left out with a warning, as kube-proxy does.
+fn source_ranges<'a>(ranges: impl Iterator<Item = &'a String>) -> Vec<ipnetwork::IpNetwork> {
+    ranges
+        .filter_map(|r| match r.trim().parse::<ipnetwork::IpNetwork>() {
+            Ok(net) => Some(net),
+            Err(e) => {
+                tracing::warn!(range = %r, error = %e, "loadBalancerSourceRanges entry ignored");
+                None
+            }
+        })
+        .collect()
 }
 
 /// An IPv4 or IPv6 EndpointSlice as sluice balances to it. `None`: another
@@ -494,6 +514,7 @@ mod tests {
                     cluster_ips6: Vec::new(),
                     external_traffic_local: false,
                     health_check_node_port: None,
+                    load_balancer_source_ranges: Vec::new(),
                 },
                 "{type_}: a nodePort only where the type has one"
             );
@@ -633,6 +654,22 @@ mod tests {
         assert!(s.load_balancer_ips.is_empty() && s.load_balancer_ips6.is_empty());
         assert_eq!(s.external_ips, vec![Ipv4Addr::new(192, 0, 2, 10)]);
         assert!(!converted(json!({"clusterIP": "10.96.0.16"})).external_traffic_local);
+    }
+
+    #[test]
+    fn load_balancer_source_ranges_are_read_for_load_balancers_only() {
+        let spec = json!({
+            "type": "LoadBalancer", "clusterIP": "10.96.0.17",
+            "loadBalancerSourceRanges": ["203.0.113.0/24", " 192.0.2.1/32 ", "2001:db8::/64", "not-a-cidr"],
+            "ports": [{"port": 80, "nodePort": 30081}],
+        });
+        let s = converted(spec.clone());
+        let want: Vec<ipnetwork::IpNetwork> =
+            ["203.0.113.0/24", "192.0.2.1/32", "2001:db8::/64"].iter().map(|r| r.parse().unwrap()).collect();
+        assert_eq!(s.load_balancer_source_ranges, want, "trimmed; a bad one left out");
+        let mut spec = spec;
+        spec["type"] = json!("NodePort");
+        assert!(converted(spec).load_balancer_source_ranges.is_empty());
     }
 
     #[test]

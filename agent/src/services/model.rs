@@ -118,6 +118,11 @@ pub struct Service {
     /// `externalTrafficPolicy: Local`.
     #[serde(default)]
     pub external_traffic_local: bool,
+    /// `spec.loadBalancerSourceRanges` of a LoadBalancer Service (both
+    /// families; each plan reads its own): only clients in one of them
+    /// reach its ingress IPs from outside.
+    #[serde(default)]
+    pub load_balancer_source_ranges: Vec<ipnetwork::IpNetwork>,
     /// `spec.healthCheckNodePort` (set by the API server for a
     /// LoadBalancer Service with `externalTrafficPolicy: Local`).
     #[serde(default)]

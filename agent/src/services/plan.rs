@@ -86,6 +86,13 @@ pub struct FrontendPlan<A = Ipv4Addr> {
     /// the first `local_backends` of `backends`.
     pub external_local: bool,
     pub local_backends: usize,
+    /// A LoadBalancer ingress IP's `loadBalancerSourceRanges` of this
+    /// family (address, prefix length): clients from outside must be in
+    /// one. Empty: everyone, and for every other kind of frontend (as
+    /// kube-proxy's iptables mode, whose `KUBE-PROXY-FIREWALL` rules match
+    /// the ingress IPs only, never the NodePort).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub source_ranges: Vec<(A, u8)>,
     /// ClusterIP, NodePort, ExternalIP or LoadBalancer (ingress IP).
     #[serde(serialize_with = "kind_name")]
     pub kind: FrontendKind,
@@ -158,6 +165,11 @@ pub fn plan_service<A: Family>(plan: &mut Plan<A>, service: &Service, slices: &[
                 })
             })
             .collect();
+        let source_ranges: Vec<(A, u8)> = service
+            .load_balancer_source_ranges
+            .iter()
+            .filter_map(|net| Some((A::of(net.network())?, net.prefix())))
+            .collect();
         let entry = |kind, (backends, no_local_endpoints): (Vec<BackendAddr<A>>, bool), local_backends| FrontendPlan {
             service: service.name.clone(),
             backends,
@@ -165,6 +177,7 @@ pub fn plan_service<A: Family>(plan: &mut Plan<A>, service: &Service, slices: &[
             no_local_endpoints,
             external_local: kind != FrontendKind::ClusterIp && service.external_traffic_local,
             local_backends,
+            source_ranges: if kind == FrontendKind::LoadBalancer { source_ranges.clone() } else { Vec::new() },
             kind,
         };
         let internal = choose(&candidates, service.internal_traffic_local, node);
@@ -342,6 +355,7 @@ mod tests {
             cluster_ips6: Vec::new(),
             external_traffic_local: false,
             health_check_node_port: None,
+            load_balancer_source_ranges: Vec::new(),
         }
     }
 
@@ -591,6 +605,30 @@ mod tests {
     }
 
     #[test]
+    fn source_ranges_guard_the_ingress_ips_only_in_their_family() {
+        let mut s = external(
+            svc("web", "10.96.0.10", &[("http", 80, Protocol::Tcp)]),
+            30080,
+            &["192.0.2.10"],
+            &["198.51.100.7"],
+        );
+        s.load_balancer_source_ranges = vec!["203.0.113.0/24".parse().unwrap(), "2001:db8::/64".parse().unwrap()];
+        let v = view(vec![s], vec![]);
+        let p = desired(&v, NODE);
+        let ranges: Vec<(FrontendKind, Vec<(Ipv4Addr, u8)>)> =
+            p.values().map(|e| (e.kind, e.source_ranges.clone())).collect();
+        assert_eq!(
+            ranges,
+            vec![
+                (FrontendKind::NodePort, vec![]),
+                (FrontendKind::ClusterIp, vec![]),
+                (FrontendKind::ExternalIp, vec![]),
+                (FrontendKind::LoadBalancer, vec![(Ipv4Addr::new(203, 0, 113, 0), 24)]),
+            ]
+        );
+    }
+
+    #[test]
     fn external_frontends_use_every_endpoint_whatever_the_traffic_policies() {
         // Pods and host processes are in-cluster clients: kube-proxy sends
         // them to the cluster-wide endpoints even with
@@ -734,6 +772,7 @@ mod family_tests {
             load_balancer_ips6: Vec::new(),
             external_traffic_local: false,
             health_check_node_port: None,
+            load_balancer_source_ranges: Vec::new(),
         }
     }
 

@@ -9,14 +9,15 @@ use etherparse::{
 };
 use sluice_common::{
     maps::programs::{FROM_POD, FROM_UPLINK},
-    nat::{Lb4Config, Nat4Counter, Nat4Entry, Nat4Key, LB4_ENABLED, NAT4_FORWARD, NAT4_REPLY},
+    nat::{Lb4Config, Nat4Counter, Nat4Entry, Nat4Key, SourceRangeKey, LB4_ENABLED, NAT4_FORWARD, NAT4_REPLY},
     services::{
         Backend, BackendSlot, ServiceKey, ServiceValue, NODE_ADDRESS_LOCAL, SCOPE_ADDRESS, SERVICE_EXTERNAL_IP,
+        SERVICE_LOAD_BALANCER, SERVICE_SOURCE_RANGES,
     },
     DropReason, ForwardPath,
 };
 use sluice_node::datapath::{
-    nat4_maps::{nat4_counters, set_lb4_config, Nat4Table},
+    nat4_maps::{nat4_counters, set_lb4_config, Nat4Table, SourceRanges},
     service_maps::{NodeAddressMap, ServiceMaps},
 };
 use sluice_tests::prog_test::{
@@ -296,4 +297,49 @@ fn external_traffic_policy_local_sends_outside_clients_to_local_backends_only_an
     let syn = Ipv4::tcp_syn(WORLD, NODE_IP, 42000, 30081).frame(from_world(&dp));
     assert_eq!(dp.run(FROM_UPLINK, dp.uplink.ifindex, &syn).unwrap().action, TC_ACT_SHOT);
     assert_eq!(dp.drops().unwrap(), [(DropReason::ServiceNoLocalEndpoints, 1)]);
+}
+
+#[test]
+fn a_load_balancer_ip_with_source_ranges_admits_clients_in_them_only_and_its_node_port_everyone() {
+    let dp = node_with_node_port("10.244.1.3");
+    let b = dp.add_pod("10.244.1.3").unwrap();
+    let lb = ServiceKey { vip_be: be(ip("198.51.100.7")), port_be: 80u16.to_be(), protocol: TCP, scope: SCOPE_ADDRESS };
+    let flags = SERVICE_LOAD_BALANCER | SERVICE_SOURCE_RANGES;
+    ServiceMaps::open(dp.pins())
+        .unwrap()
+        .put_service(lb, ServiceValue { backend_set: 1, count: 1, affinity_timeout_secs: 0, flags })
+        .unwrap();
+    let range = SourceRangeKey {
+        vip_be: lb.vip_be,
+        port_be: lb.port_be,
+        protocol: TCP,
+        _pad: 0,
+        src_be: be(ip("203.0.113.0")),
+    };
+    SourceRanges::open(dp.pins()).unwrap().insert(range, 24).unwrap();
+    // Inside 203.0.113.0/24: translated into the backend.
+    let syn = Ipv4::tcp_syn("203.0.113.9", "198.51.100.7", 40000, 80).frame(from_world(&dp));
+    let run = dp.run(FROM_UPLINK, dp.uplink.ifindex, &syn).unwrap();
+    assert_eq!(run.action, TC_ACT_REDIRECT);
+    let want = Ipv4::tcp_syn("203.0.113.9", "10.244.1.3", 40000, 7777).ttl(63).frame(b.receives());
+    assert_eq!(hex(&run.packet), hex(&want));
+    // Outside it (the world, and the range's neighbour): dropped, counted.
+    for client in [WORLD, "203.0.114.1"] {
+        let syn = Ipv4::tcp_syn(client, "198.51.100.7", 40001, 80).frame(from_world(&dp));
+        assert_eq!(dp.run(FROM_UPLINK, dp.uplink.ifindex, &syn).unwrap().action, TC_ACT_SHOT, "{client}");
+    }
+    assert_eq!(dp.drops().unwrap(), [(DropReason::LoadBalancerSourceRange, 2)]);
+    // Another frontend's ranges are not this one's: a range on port 81
+    // admits nobody on 80.
+    let mut other = range;
+    other.port_be = 81u16.to_be();
+    other.src_be = be(ip("192.0.2.0"));
+    SourceRanges::open(dp.pins()).unwrap().insert(other, 24).unwrap();
+    let syn = Ipv4::tcp_syn(WORLD, "198.51.100.7", 40002, 80).frame(from_world(&dp));
+    assert_eq!(dp.run(FROM_UPLINK, dp.uplink.ifindex, &syn).unwrap().action, TC_ACT_SHOT);
+    // The NodePort (no ranges: kube-proxy's iptables mode checks the
+    // ingress IPs only) admits the world.
+    let syn = Ipv4::tcp_syn(WORLD, NODE_IP, 40003, NODE_PORT).frame(from_world(&dp));
+    assert_eq!(dp.run(FROM_UPLINK, dp.uplink.ifindex, &syn).unwrap().action, TC_ACT_REDIRECT);
+    assert_eq!(dp.drops().unwrap(), [(DropReason::LoadBalancerSourceRange, 3)]);
 }

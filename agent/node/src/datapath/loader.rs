@@ -36,7 +36,7 @@ use crate::pod::device::PodDevice;
 pub static OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/sluice.bpf.o"));
 
 /// Every map of the object, as pinned.
-pub const ALL_MAPS: [&str; 38] = [
+pub const ALL_MAPS: [&str; 39] = [
     names::ENDPOINTS,
     names::NODE_ROUTES,
     names::NODE_CONFIG,
@@ -81,6 +81,9 @@ pub const ALL_MAPS: [&str; 38] = [
     names::BACKEND_MEMBERS6,
     names::SOCK_REVERSE6,
     names::AFFINITY6,
+    // loadBalancerSourceRanges at the uplink (issue 27): created where
+    // absent.
+    names::LB4_SOURCE_RANGES,
 ];
 
 /// Map sizes chosen at load rather than by the object (`None`: the

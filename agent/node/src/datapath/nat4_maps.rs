@@ -2,10 +2,10 @@
 //! types in `sluice_common::nat`): `NAT4`, read and collected by the
 //! agent, `LB4_CONFIG`, written at start, and `NAT4_STATS`.
 use anyhow::{Context, Result};
-use aya::maps::{Array, HashMap, MapData, PerCpuArray};
+use aya::maps::{lpm_trie::Key, Array, HashMap, LpmTrie, MapData, PerCpuArray};
 use sluice_common::{
     maps::{limits, names},
-    nat::{Lb4Config, Nat4Counter, Nat4Entry, Nat4Key},
+    nat::{Lb4Config, Nat4Counter, Nat4Entry, Nat4Key, SourceRangeKey, SOURCE_RANGE_FRONTEND_BITS},
 };
 
 use super::{
@@ -51,6 +51,46 @@ impl Nat4Table {
             }
         }
         Ok(out)
+    }
+}
+
+/// `LB4_SOURCE_RANGES`: the `loadBalancerSourceRanges` of LoadBalancer
+/// ingress IPs, each entry a frontend and a range (`SourceRangeKey` with
+/// the range's address and its prefix length, without the frontend's
+/// `SOURCE_RANGE_FRONTEND_BITS`).
+pub struct SourceRanges(LpmTrie<MapData, SourceRangeKey, u32>);
+
+impl SourceRanges {
+    pub fn open(pins: &PinDir) -> Result<Self> {
+        Ok(Self(open(pins, names::LB4_SOURCE_RANGES)?.try_into()?))
+    }
+
+    /// Every entry: (key, range prefix length).
+    pub fn all(&self) -> Result<Vec<(SourceRangeKey, u8)>> {
+        let mut out = Vec::new();
+        for k in self.0.keys() {
+            let k = k.context("walk LB4_SOURCE_RANGES")?;
+            let bits = k.prefix_len().saturating_sub(SOURCE_RANGE_FRONTEND_BITS);
+            out.push((k.data(), bits as u8));
+        }
+        Ok(out)
+    }
+
+    pub fn insert(&mut self, key: SourceRangeKey, range_len: u8) -> Result<()> {
+        let k = Key::new(SOURCE_RANGE_FRONTEND_BITS + u32::from(range_len), key);
+        self.0.insert(&k, 1, 0).map_err(|e| {
+            insert_error(
+                e,
+                names::LB4_SOURCE_RANGES,
+                limits::MAX_LB4_SOURCE_RANGES,
+                format!("insert LB4_SOURCE_RANGES {key:?}/{range_len}"),
+            )
+        })
+    }
+
+    pub fn remove(&mut self, key: SourceRangeKey, range_len: u8) -> Result<()> {
+        let k = Key::new(SOURCE_RANGE_FRONTEND_BITS + u32::from(range_len), key);
+        removed_or_absent(self.0.remove(&k)).with_context(|| format!("remove LB4_SOURCE_RANGES {key:?}/{range_len}"))
     }
 }
 

@@ -20,6 +20,9 @@ pub const EVENT_TRACE: u8 = 2;
 /// A NetworkPolicy verdict on a new connection: the record is a
 /// `policy::PolicyEvent` (32 bytes), not a `DatapathEvent`.
 pub const EVENT_POLICY: u8 = 3;
+/// The IPv6 twin of `EVENT_POLICY`: the record is a
+/// `policy::PolicyEvent6` (56 bytes). Same subscription (`policy_bit`).
+pub const EVENT_POLICY6: u8 = 4;
 
 /// How many monitors can run at once (ring buffers `EVENTS_0..3`).
 pub const MONITOR_SLOTS: u32 = 4;
@@ -52,7 +55,7 @@ pub const fn subscribers(monitors: u32, kind: u8) -> u32 {
     match kind {
         EVENT_DROP => monitors & mask,
         EVENT_TRACE => (monitors >> 8) & mask,
-        EVENT_POLICY => (monitors >> 16) & mask,
+        EVENT_POLICY | EVENT_POLICY6 => (monitors >> 16) & mask,
         _ => 0,
     }
 }

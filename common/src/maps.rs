@@ -110,6 +110,18 @@ pub mod names {
     /// `LruHashMap<policy::CtKey, policy::CtEntry>`: allowed connections
     /// (programs write; agent GC removes idle ones).
     pub const POLICY_CT: &str = "POLICY_CT";
+    /// The IPv6 twins (dual-stack, issue 28): `LpmTrie<[u8; 16] IPv6,
+    /// policy::PeerIdentity>` (the same identities: a pod's IPv6 carries
+    /// its IPv4's), `HashMap<[u8; 16] local pod IPv6, policy::EndpointPolicy>`
+    /// (the same entry as its IPv4's), `LruHashMap<policy::CtKey6,
+    /// policy::CtEntry>`. `POLICY_RULES`, `POLICY_STATE` and `POLICY_STATS`
+    /// serve both families.
+    pub const POLICY_IDENTITIES6: &str = "POLICY_IDENTITIES6";
+    pub const POLICY_ENDPOINTS6: &str = "POLICY_ENDPOINTS6";
+    pub const POLICY_CT6: &str = "POLICY_CT6";
+    /// `PerCpuArray<policy::PolicyScratch6>` of one: the IPv6 judgement's
+    /// working memory (programs only).
+    pub const POLICY_SCRATCH6: &str = "POLICY_SCRATCH6";
     /// `HashMap<policy::PodNameKey, policy::PodPolicy>`: user space only
     /// (agent writes, the CNI plugin reads at ADD). In the object (and
     /// pinned, migrated) like every map: no program reads it, and

@@ -453,6 +453,105 @@ impl CtKey {
     }
 }
 
+/// The IPv6 twin of [`CtKey`], key of `POLICY_CT6`: the same canonical
+/// layout (lower address first, as 128-bit numbers: the bytes compared in
+/// order, since they are big-endian), the same ports. ICMPv6: an echo
+/// request (128) keyed by its identifier as `src_port_be`, a reply (129)
+/// as `dst_port_be`; an error (1 to 4) carries the quoted packet's tuple,
+/// reversed.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default, Hash)]
+pub struct CtKey6 {
+    pub src: [u8; 16],
+    pub dst: [u8; 16],
+    pub src_port_be: u16,
+    pub dst_port_be: u16,
+    pub protocol: u8,
+    pub _pad: [u8; 3],
+}
+const _: () = assert!(core::mem::size_of::<CtKey6>() == 40);
+
+impl CtKey6 {
+    /// The tuple a reply to this packet carries.
+    pub const fn reversed(self) -> CtKey6 {
+        CtKey6 {
+            src: self.dst,
+            dst: self.src,
+            src_port_be: self.dst_port_be,
+            dst_port_be: self.src_port_be,
+            protocol: self.protocol,
+            _pad: [0; 3],
+        }
+    }
+
+    /// As [`CtKey::canonical`].
+    pub const fn canonical(self) -> (CtKey6, bool) {
+        let order = compare6(&self.src, &self.dst);
+        let swap = order > 0 || (order == 0 && u16::from_be(self.src_port_be) > u16::from_be(self.dst_port_be));
+        if swap {
+            (self.reversed(), true)
+        } else {
+            (self, false)
+        }
+    }
+
+    /// As [`CtKey::original_direction`].
+    pub const fn original_direction(self, flags: u32) -> CtKey6 {
+        if flags & CT_CLIENT_IS_DST != 0 {
+            self.reversed()
+        } else {
+            self
+        }
+    }
+}
+
+/// -1, 0, 1: `a` below, equal to, above `b` as 128-bit big-endian numbers.
+/// A bounded loop the verifier accepts (16 steps, unrolled).
+#[inline(always)]
+pub const fn compare6(a: &[u8; 16], b: &[u8; 16]) -> i32 {
+    let mut i = 0;
+    while i < 16 {
+        if a[i] != b[i] {
+            return if a[i] < b[i] { -1 } else { 1 };
+        }
+        i += 1;
+    }
+    0
+}
+
+/// ICMPv6 types (RFC 4443, RFC 4861).
+pub const ICMP6_DEST_UNREACH: u8 = 1;
+pub const ICMP6_PACKET_TOO_BIG: u8 = 2;
+pub const ICMP6_TIME_EXCEEDED: u8 = 3;
+pub const ICMP6_PARAMETER_PROBLEM: u8 = 4;
+pub const ICMP6_ECHO_REQUEST: u8 = 128;
+pub const ICMP6_ECHO_REPLY: u8 = 129;
+/// Router solicitation; router advert, neighbour solicitation and advert,
+/// redirect follow (134..=137).
+pub const ICMP6_ROUTER_SOLICIT: u8 = 133;
+pub const ICMP6_REDIRECT: u8 = 137;
+/// IANA protocol number of ICMPv6.
+pub const IPPROTO_ICMPV6: u8 = 58;
+
+/// Is this IPv6 packet outside NetworkPolicy altogether? Link-scope
+/// traffic (either address link-local `fe80::/10`, link-local-scope
+/// multicast `ff02::/16`, or the unspecified source of duplicate address
+/// detection) never leaves the link and is how a pod keeps its IPv6 at all:
+/// neighbour discovery for its gateway, MLD. Neighbour discovery between
+/// global addresses (a unicast neighbour solicitation confirming
+/// reachability) is exempt too (`icmp6_type` 133..=137, only read when
+/// `next_header` is ICMPv6). The Kubernetes API has no way to name any of
+/// it: blocking it would cut the pod off, not apply a policy.
+pub fn policy_exempt6(src: &[u8; 16], dst: &[u8; 16], next_header: u8, icmp6_type: u8) -> bool {
+    if crate::verdict::ipv6_link_local_or_unspecified(src)
+        || crate::verdict::ipv6_link_scope(src)
+        || crate::verdict::ipv6_link_scope(dst)
+    {
+        return true;
+    }
+    next_header == IPPROTO_ICMPV6 && (ICMP6_ROUTER_SOLICIT..=ICMP6_REDIRECT).contains(&icmp6_type)
+}
+
 /// `CtEntry::flags`: the client's egress was judged (the client is a pod
 /// of this node).
 pub const CT_EGRESS_JUDGED: u32 = 1;
@@ -576,10 +675,53 @@ pub struct PolicyEvent {
 }
 const _: () = assert!(core::mem::size_of::<PolicyEvent>() == 32);
 
+/// The IPv6 twin of [`PolicyEvent`] (`kind` = `events::EVENT_POLICY6`),
+/// written to the same subscribers; first 9 bytes laid out alike.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub struct PolicyEvent6 {
+    pub ts_ns: u64,
+    /// `events::EVENT_POLICY6`.
+    pub kind: u8,
+    pub direction: u8,
+    pub protocol: u8,
+    pub verdict: u8,
+    pub policy_ref: u32,
+    /// Client and server (original direction); ports as in [`CtKey6`].
+    pub saddr: [u8; 16],
+    pub daddr: [u8; 16],
+    pub sport_be: u16,
+    pub dport_be: u16,
+    pub ifindex: u32,
+}
+const _: () = assert!(core::mem::size_of::<PolicyEvent6>() == 56);
+
+/// Value of `POLICY_SCRATCH6` (per-CPU array of one): the IPv6 judgement's
+/// working memory. An IPv6 tuple is 40 bytes and the judgement needs two
+/// of them, a 56-byte monitor record and a new entry; on the stack they would not fit
+/// Linux's 512 bytes beside the calling program's frame. Only the program
+/// running on this CPU uses it, for the duration of one run. User space
+/// never reads it (pinned like every map).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub struct PolicyScratch6 {
+    /// The packet's tuple (then the connection's original direction).
+    pub key: CtKey6,
+    /// The key the connection is (to be) stored under.
+    pub stored: CtKey6,
+    pub event: PolicyEvent6,
+    /// A new connection's entry, before it is inserted.
+    pub entry: CtEntry,
+}
+const _: () = assert!(core::mem::size_of::<PolicyScratch6>() == 160);
+
 #[cfg(feature = "user")]
 mod pod_impls {
     unsafe impl aya::Pod for super::PolicyState {}
     unsafe impl aya::Pod for super::CtKey {}
+    unsafe impl aya::Pod for super::CtKey6 {}
+    unsafe impl aya::Pod for super::PolicyEvent6 {}
+    unsafe impl aya::Pod for super::PolicyScratch6 {}
     unsafe impl aya::Pod for super::CtEntry {}
     unsafe impl aya::Pod for super::PodNameKey {}
     unsafe impl aya::Pod for super::PodPolicy {}
@@ -785,5 +927,46 @@ mod tests {
         assert!(!other_set.covers(POLICY_PREFIX_ANY_PROTOCOL, &probe));
         assert!(range.covers(POLICY_PREFIX_ANY_PORT + 11, &probe));
         assert!(!range.covers(POLICY_PREFIX_ANY_PORT + 12, &PolicyKey::probe(9, POD, Direction::Ingress, 6, 8080)));
+    }
+
+    fn a6(s: &str) -> [u8; 16] {
+        s.parse::<core::net::Ipv6Addr>().unwrap().octets()
+    }
+
+    #[test]
+    fn an_ipv6_connection_is_stored_under_one_key_whichever_way_a_packet_goes() {
+        let key = CtKey6 {
+            src: a6("fd00::9"),
+            dst: a6("fd00::1:2"),
+            src_port_be: 40000u16.to_be(),
+            dst_port_be: 80u16.to_be(),
+            protocol: 6,
+            _pad: [0; 3],
+        };
+        let (stored, swapped) = key.canonical();
+        assert!(!swapped, "fd00::9 is below fd00::1:2 as a number");
+        assert_eq!(key.reversed().canonical(), (stored, true));
+        assert_eq!(stored.original_direction(CT_CLIENT_IS_DST), key.reversed());
+        // Same address: the lower port first.
+        let hairpin = CtKey6 { dst: key.src, ..key };
+        assert!(hairpin.canonical().1, "40000 > 80");
+        assert_eq!(compare6(&a6("fd00::1"), &a6("fd00::2")), -1);
+        assert_eq!(compare6(&a6("fe00::"), &a6("fd00::ffff")), 1);
+    }
+
+    #[test]
+    fn link_scope_and_neighbour_discovery_are_outside_policy() {
+        let (pod, peer) = (a6("fd00:244:0:1::3"), a6("fd00:244:0:2::7"));
+        assert!(policy_exempt6(&a6("fe80::1"), &pod, 6, 0), "from the gateway's link-local");
+        assert!(policy_exempt6(&pod, &a6("fe80::1"), 17, 0), "to it");
+        assert!(policy_exempt6(&pod, &a6("ff02::1:ff00:1"), IPPROTO_ICMPV6, 135), "multicast solicitation");
+        assert!(policy_exempt6(&a6("::"), &a6("ff02::1:ff00:3"), IPPROTO_ICMPV6, 135), "DAD");
+        for nd in 133..=137 {
+            assert!(policy_exempt6(&peer, &pod, IPPROTO_ICMPV6, nd), "ND type {nd} between global addresses");
+        }
+        assert!(!policy_exempt6(&peer, &pod, IPPROTO_ICMPV6, ICMP6_ECHO_REQUEST));
+        assert!(!policy_exempt6(&peer, &pod, IPPROTO_ICMPV6, ICMP6_PACKET_TOO_BIG));
+        assert!(!policy_exempt6(&peer, &pod, 6, 135), "135 means ND only in ICMPv6");
+        assert!(!policy_exempt6(&peer, &a6("ff05::2"), 17, 0), "site-scope multicast is judged");
     }
 }

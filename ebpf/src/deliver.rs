@@ -30,7 +30,8 @@ use sluice_common::{maps::FAST_PATH_MARK, DropReason, EndpointInfo, ForwardPath}
 use crate::{
     counters::count_forward,
     forward,
-    parse::{self, EthHdr, Ipv4Hdr, ETH_HLEN},
+    maps::ENDPOINTS6,
+    parse::{self, EthHdr, Ipv4Hdr, Ipv6Hdr, ETH_HLEN},
     policy,
 };
 
@@ -83,6 +84,28 @@ pub fn deliver_to_local_pod(ctx: &TcContext, ep: &EndpointInfo, origin: Origin) 
     let action = if origin == Origin::LocalPodNetkit { to_pods_host_end(ctx, eth, ep)? } else { into_pod(eth, ep)? };
     count_forward(ctx, path);
     Ok(action)
+}
+
+/// The IPv6 twin of `deliver_to_local_pod` for its one origin today: the
+/// node's stack sending an IPv6 packet out of a pod's host end (`to_pod`;
+/// IPv6 has no fast path yet, so every IPv6 packet into a pod, from a pod
+/// of this node, another node or the node itself, comes this way).
+/// NetworkPolicy: the pod's ingress, and the sender's egress when the
+/// sender is a pod here (`from_pod6` judged it already: the connection is
+/// found in `POLICY_CT6`). An address that is no pod of this device passes,
+/// as in `to_pod`'s IPv4 path.
+#[inline(always)]
+pub fn deliver6_from_stack(ctx: &TcContext) -> Result<i32, DropReason> {
+    let ip6: *const Ipv6Hdr = parse::header_mut(ctx, ETH_HLEN)?;
+    // SAFETY: bounds checked by header_mut; the key is read in place.
+    let this_pods = match unsafe { ENDPOINTS6.get(&(*ip6).dst) } {
+        Some(ep) => ep.host_ifindex == parse::ifindex(ctx),
+        None => false,
+    };
+    if this_pods {
+        policy::enforce6(ctx, true, true)?;
+    }
+    Ok(TC_ACT_UNSPEC)
 }
 
 /// Rewrite MACs as if the packet came from the pod's gateway, and deliver it

@@ -17,6 +17,7 @@ use crate::{
     counters::count_forward,
     maps::ENDPOINTS6,
     parse::{self, Ipv6Hdr, ETH_HLEN},
+    policy,
 };
 
 #[inline(always)]
@@ -38,6 +39,10 @@ pub fn try_from_pod6(ctx: &TcContext) -> Result<i32, DropReason> {
     match decision {
         Verdict::Drop(reason) => Err(reason),
         _ => {
+            // NetworkPolicy: the pod's egress, and a local destination's
+            // ingress (the stack delivers it next, through `to_pod`, which
+            // then finds the connection judged for both ends).
+            policy::enforce6(ctx, true, true)?;
             count_forward(ctx, ForwardPath::PodIpv6ToStack);
             Ok(TC_ACT_OK as i32)
         }

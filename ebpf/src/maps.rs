@@ -12,8 +12,8 @@ use sluice_common::{
     },
     nat::{Lb4Config, Nat4Counter, Nat4Entry, Nat4Key, SourceRangeKey},
     policy::{
-        CtEntry, CtKey, EndpointPolicy, PeerIdentity, PodNameKey, PodPolicy, PolicyKey, PolicyState, PolicyValue,
-        POLICY_STAT_SLOTS,
+        CtEntry, CtKey, CtKey6, EndpointPolicy, PeerIdentity, PodNameKey, PodPolicy, PolicyKey, PolicyScratch6,
+        PolicyState, PolicyValue, POLICY_STAT_SLOTS,
     },
     services::{
         AffinityKey, AffinityValue, Backend, BackendMember, BackendSlot, ReverseKey, ServiceKey, ServiceValue,
@@ -127,6 +127,20 @@ pub static POLICY_STATE: Array<PolicyState> = Array::with_max_entries(1, 0);
 
 #[map]
 pub static POLICY_CT: LruHashMap<CtKey, CtEntry> = LruHashMap::with_max_entries(MAX_POLICY_CT, 0);
+
+// Their IPv6 twins (dual-stack): what differs between the families is
+// only the address; identities, rules, epoch and counters are shared.
+#[map]
+pub static POLICY_IDENTITIES6: LpmTrie<[u8; 16], PeerIdentity> = LpmTrie::with_max_entries(MAX_POLICY_IDENTITIES, 0);
+
+#[map]
+pub static POLICY_ENDPOINTS6: HashMap<[u8; 16], EndpointPolicy> = HashMap::with_max_entries(MAX_ENDPOINTS, 0);
+
+#[map]
+pub static POLICY_CT6: LruHashMap<CtKey6, CtEntry> = LruHashMap::with_max_entries(MAX_POLICY_CT, 0);
+
+#[map]
+pub static POLICY_SCRATCH6: PerCpuArray<PolicyScratch6> = PerCpuArray::with_max_entries(1, 0);
 
 /// User space only: no program reads it. An exported `#[map]` static stays
 /// in the object all the same (tests/tests/prog/policy_maps.rs checks).

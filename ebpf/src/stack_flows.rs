@@ -16,9 +16,10 @@ use sluice_common::{maps::FAST_PATH_MARK, DropReason, FlowKey, HookDirection, St
 
 use crate::{
     counters::drop_packet,
-    deliver::{deliver_to_local_pod, Origin},
+    deliver::{deliver6_from_stack, deliver_to_local_pod, Origin},
     maps::{ENDPOINTS, NODE_ROUTES, STACK_FLOWS, STACK_FLOW_STATS},
-    parse, policy,
+    parse::{self, ETH_P_IPV6},
+    policy,
 };
 
 /// Count a `STACK_FLOWS` event (user space derives evictions from these).
@@ -95,7 +96,11 @@ fn try_to_pod(ctx: &TcContext) -> Result<i32, DropReason> {
         return Ok(TC_ACT_UNSPEC);
     }
     let Some(key) = flow_key(ctx) else {
-        // ARP, IPv6: not for the door (IPv4 only).
+        // IPv6 (dual-stack): the stack is its one way into a pod, and
+        // this its door. ARP: not for the door.
+        if parse::ether_type_be(ctx).ok() == Some(ETH_P_IPV6.to_be()) {
+            return deliver6_from_stack(ctx);
+        }
         return Ok(TC_ACT_UNSPEC);
     };
     // SAFETY: only presence is read.

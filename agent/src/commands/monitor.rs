@@ -12,7 +12,10 @@ use anyhow::Result;
 use jiff::Timestamp;
 use serde_json::{json, Value};
 use sluice_common::{
-    events::{drop_bit, policy_bit, trace_bit, DatapathEvent, DIR_EGRESS, EVENT_DROP, EVENT_POLICY, EVENT_TRACE},
+    events::{
+        drop_bit, policy_bit, trace_bit, DatapathEvent, DIR_EGRESS, EVENT_DROP, EVENT_POLICY, EVENT_POLICY6,
+        EVENT_TRACE,
+    },
     DropReason, ForwardPath,
 };
 use sluice_node::datapath::{pinned_maps::ip_from_be, pins::PinDir};
@@ -55,9 +58,9 @@ impl Filter {
     }
 
     /// A policy event passes the filter.
-    pub fn matches_policy(&self, ev: &sluice_common::policy::PolicyEvent) -> bool {
+    pub fn matches_policy(&self, ev: &policy::PolicyRecord) -> bool {
         let kind_ok = matches!(self.types, EventType::Policy | EventType::All);
-        let ip_ok = self.ip.is_none_or(|ip| ip_from_be(ev.saddr_be) == ip || ip_from_be(ev.daddr_be) == ip);
+        let ip_ok = self.ip.is_none_or(|ip| ev.client == ip || ev.server == ip);
         kind_ok && ip_ok && self.ifindex.is_none_or(|i| i == ev.ifindex)
     }
 
@@ -66,7 +69,7 @@ impl Filter {
             EventType::Drop => ev.kind == EVENT_DROP,
             EventType::Trace => ev.kind == EVENT_TRACE,
             EventType::Policy => false,
-            EventType::All => ev.kind != EVENT_POLICY,
+            EventType::All => ev.kind != EVENT_POLICY && ev.kind != EVENT_POLICY6,
         };
         let ip_ok = self.ip.is_none_or(|ip| ip_from_be(ev.src_be) == ip || ip_from_be(ev.dst_be) == ip);
         kind_ok && ip_ok && self.ifindex.is_none_or(|i| i == ev.ifindex)
@@ -230,6 +233,10 @@ pub async fn run(pins: &PinDir, opts: &Options) -> Result<usize> {
                 if opts.count.is_some_and(|c| shown >= c) {
                     return Ok(shown);
                 }
+                continue;
+            }
+            // A policy record too short for its kind is no DatapathEvent.
+            if policy::is_policy_kind(&item) {
                 continue;
             }
             let Some(ev) = decode(&item) else { continue };

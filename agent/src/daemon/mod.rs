@@ -438,6 +438,11 @@ fn start_policy_ct_gc(pins: &PinDir, interval: Duration, metrics: &metrics::Agen
         let mut ct = policy_maps::PolicyCt::open(pins)?;
         policy_ct_gc::collect(&mut ct, policy_ct_gc::monotonic_now_ns()?, &Default::default())
     });
+    // Its IPv6 twin, the same timeouts.
+    start_gc("policy_ct6", "POLICY_CT6 idle entries collected", interval, pins, metrics, |pins| {
+        let mut ct = policy_maps::PolicyCt6::open(pins)?;
+        policy_ct_gc::collect(&mut ct, policy_ct_gc::monotonic_now_ns()?, &Default::default())
+    });
 }
 
 /// A connection table's GC every `interval`: each pass timed and recorded

@@ -1,21 +1,20 @@
 //! Judging a connection: the bounded lookups of docs/ARCHITECTURE.md
 //! ("NetworkPolicy"), then `sluice_common::policy::policy_verdict`. At most,
-//! per direction: one `POLICY_IDENTITIES` lookup and two `POLICY_RULES`
-//! lookups, whatever the number of policies.
+//! per direction: one `POLICY_IDENTITIES` (`POLICY_IDENTITIES6`) lookup and
+//! two `POLICY_RULES` lookups, whatever the number of policies. One code
+//! for both families (`Family`).
 use aya_ebpf::{maps::lpm_trie::Key, programs::TcContext};
 use sluice_common::{
     policy::{
-        needs_judgement, policy_stat_slot, policy_verdict, CtKey, Direction, EndpointPolicy, PolicyKey, PolicyState,
-        PolicyValue, PolicyVerdict, CT_EGRESS_DEFERRED, CT_EGRESS_JUDGED, CT_INGRESS_JUDGED, IDENTITY_ANY,
-        IDENTITY_UNKNOWN_CLUSTER, IDENTITY_WORLD, POLICY_PREFIX_EXACT_PORT, POLICY_REF_NONE,
+        needs_judgement, policy_stat_slot, policy_verdict, Direction, EndpointPolicy, PolicyKey, PolicyValue,
+        PolicyVerdict, CT_EGRESS_DEFERRED, CT_EGRESS_JUDGED, CT_INGRESS_JUDGED, IDENTITY_ANY, IDENTITY_UNKNOWN_CLUSTER,
+        POLICY_PREFIX_EXACT_PORT, POLICY_REF_NONE,
     },
     DropReason,
 };
 
-use crate::{
-    events,
-    maps::{POLICY_IDENTITIES, POLICY_RULES, POLICY_STATS},
-};
+use super::family::Family;
+use crate::maps::{POLICY_RULES, POLICY_STATS};
 
 /// What judging a connection found.
 pub struct Judged {
@@ -36,24 +35,24 @@ pub struct Judged {
 /// server's ingress always. Each judged direction is counted in
 /// `POLICY_STATS` and reported to subscribed monitors.
 #[inline(always)]
-pub fn connection(
+pub fn connection<F: Family>(
     ctx: &TcContext,
-    key: &CtKey,
+    key: &F::Key,
     client: Option<EndpointPolicy>,
     server: Option<EndpointPolicy>,
-    state: &PolicyState,
     port_known: bool,
 ) -> Judged {
     let mut judged = Judged { denied: None, flags: 0, egress_ref: POLICY_REF_NONE, ingress_ref: POLICY_REF_NONE };
     // The destination port, for the rules: 0 when it is not known (an
     // untracked packet), which only a rule without ports matches.
-    let port = if port_known { u16::from_be(key.dst_port_be) } else { 0 };
+    let port = if port_known { F::dst_port(key) } else { 0 };
+    let protocol = F::protocol(key);
     if let Some(ep) = client {
-        if state.in_service_cidr(key.dst_be) {
+        if F::dst_in_service_cidr(key) {
             judged.flags |= CT_EGRESS_DEFERRED;
         } else {
-            let (verdict, policy_ref) = direction(Direction::Egress, &ep, key.dst_be, key.protocol, port);
-            record(ctx, key, Direction::Egress, verdict, policy_ref);
+            let (verdict, policy_ref) = direction::<F>(Direction::Egress, &ep, key, protocol, port);
+            record::<F>(ctx, key, Direction::Egress, verdict, policy_ref);
             judged.flags |= CT_EGRESS_JUDGED;
             judged.egress_ref = policy_ref;
             if judged.denied.is_none() {
@@ -62,8 +61,8 @@ pub fn connection(
         }
     }
     if let Some(ep) = server {
-        let (verdict, policy_ref) = direction(Direction::Ingress, &ep, key.src_be, key.protocol, port);
-        record(ctx, key, Direction::Ingress, verdict, policy_ref);
+        let (verdict, policy_ref) = direction::<F>(Direction::Ingress, &ep, key, protocol, port);
+        record::<F>(ctx, key, Direction::Ingress, verdict, policy_ref);
         judged.flags |= CT_INGRESS_JUDGED;
         judged.ingress_ref = policy_ref;
         if judged.denied.is_none() {
@@ -73,16 +72,23 @@ pub fn connection(
     judged
 }
 
-/// The verdict for the local pod `ep` in `dir` against the peer address
-/// `peer_be`, and the allowing entry's policy (`POLICY_REF_NONE` when no
-/// rule decided).
+/// The verdict for the local pod `ep` in `dir` against its peer in `key`
+/// (the server for egress, the client for ingress), and the allowing
+/// entry's policy (`POLICY_REF_NONE` when no rule decided).
 #[inline(always)]
-fn direction(dir: Direction, ep: &EndpointPolicy, peer_be: u32, protocol: u8, port: u16) -> (PolicyVerdict, u32) {
+fn direction<F: Family>(
+    dir: Direction,
+    ep: &EndpointPolicy,
+    key: &F::Key,
+    protocol: u8,
+    port: u16,
+) -> (PolicyVerdict, u32) {
     if !needs_judgement(ep.flags, dir) {
         return (PolicyVerdict::AllowedNotIsolated, POLICY_REF_NONE);
     }
+    let identity = F::peer_identity(key, dir);
     let packed =
-        sluice_policy_direction(dir as u32, ep.rules_id, ep.flags, peer_be, (protocol as u32) << 16 | port as u32);
+        sluice_policy_direction(dir as u32, ep.rules_id, ep.flags, identity, (protocol as u32) << 16 | port as u32);
     (verdict_from((packed >> 32) as u32), packed as u32)
 }
 
@@ -93,15 +99,12 @@ fn direction(dir: Direction, ep: &EndpointPolicy, peer_be: u32, protocol: u8, po
 /// stack (`from_pod` 272 + judge 192 + this 40, each rounded up to 32:
 /// 544, refused), where 6.18 accepts it. Scalars in, one scalar out: the
 /// verdict in the high 32 bits, the policy ref in the low ones;
+/// `identity`: the peer's (its family's `POLICY_IDENTITIES*` lookup);
 /// `protocol_port`: protocol << 16 | destination port.
 #[inline(always)]
-fn sluice_policy_direction(dir: u32, rules_id: u32, flags: u32, peer_be: u32, protocol_port: u32) -> u64 {
+fn sluice_policy_direction(dir: u32, rules_id: u32, flags: u32, identity: u32, protocol_port: u32) -> u64 {
     let dir = if dir == Direction::Egress as u32 { Direction::Egress } else { Direction::Ingress };
     let (protocol, port) = ((protocol_port >> 16) as u8, protocol_port as u16);
-    let identity = match POLICY_IDENTITIES.get(Key::new(32, peer_be)) {
-        Some(id) => id.identity,
-        None => IDENTITY_WORLD,
-    };
     // `policy_verdict` ignores an entry for an identity-less peer; not
     // looking it up saves the lookup.
     let peer_entry = if identity != IDENTITY_UNKNOWN_CLUSTER && identity != IDENTITY_ANY {
@@ -152,10 +155,10 @@ fn rule(rules_id: u32, identity: u32, dir: Direction, protocol: u8, port: u16) -
 
 /// Count a verdict and report it to the monitors that want it.
 #[inline(always)]
-fn record(ctx: &TcContext, key: &CtKey, dir: Direction, verdict: PolicyVerdict, policy_ref: u32) {
+fn record<F: Family>(ctx: &TcContext, key: &F::Key, dir: Direction, verdict: PolicyVerdict, policy_ref: u32) {
     if let Some(n) = POLICY_STATS.get_ptr_mut(policy_stat_slot(dir, verdict)) {
         // SAFETY: per-CPU slot, only this CPU writes it while we run.
         unsafe { *n += 1 }
     }
-    events::policy(ctx, key, dir as u8, verdict as u8, policy_ref);
+    F::event(ctx, key, dir as u8, verdict as u8, policy_ref);
 }

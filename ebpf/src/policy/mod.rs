@@ -26,19 +26,21 @@
 //! one only when an end is isolated (either way) or pending: an end
 //! isolated for ingress only must still know its own connections' replies
 //! from new connections towards it.
+mod family;
 mod judge;
 mod tuple;
 
 use aya_ebpf::{bindings::__sk_buff, helpers::bpf_ktime_get_coarse_ns, programs::TcContext};
 use sluice_common::{
-    policy::{CtEntry, CtKey, EndpointPolicy, PolicyState, CT_CLIENT_IS_DST, CT_REPLY_SEEN},
+    policy::{policy_exempt6, CtKey, EndpointPolicy, CT_CLIENT_IS_DST, CT_REPLY_SEEN, IPPROTO_ICMPV6},
     DropReason,
 };
 
 use crate::{
-    maps::{POLICY_CT, POLICY_ENDPOINTS, POLICY_STATE},
-    parse::{self, Ipv4Hdr, ETH_HLEN},
+    maps::{POLICY_ENDPOINTS, POLICY_ENDPOINTS6, POLICY_SCRATCH6, POLICY_STATE},
+    parse::{self, Ipv4Hdr, Ipv6Hdr, ETH_HLEN},
 };
+use family::{Family, V4, V6};
 use tuple::Tracking;
 
 /// `last_seen_ns` is refreshed at most this often (a write per packet to a
@@ -100,15 +102,96 @@ pub extern "C" fn sluice_policy_judge_packet(
     dst_flags: u32,
 ) -> u32 {
     let ctx = TcContext::new(skb);
-    let ip: *const Ipv4Hdr = match parse::header_mut(&ctx, ETH_HLEN) {
-        Ok(ip) => ip,
-        Err(reason) => return reason as u32 + 1,
-    };
     let src = (src_flags != 0).then_some(EndpointPolicy { rules_id: src_rules, flags: src_flags });
     let dst = (dst_flags != 0).then_some(EndpointPolicy { rules_id: dst_rules, flags: dst_flags });
-    match judge_packet(&ctx, ip, src, dst) {
+    let (mut key, mut stored) = (CtKey::default(), CtKey::default());
+    match judge_packet::<V4>(&ctx, &mut key, &mut stored, src, dst) {
         Ok(()) => 0,
         Err(reason) => reason as u32 + 1,
+    }
+}
+
+/// The IPv6 twin of `sluice_policy_judge_packet` (the packet's IPv6
+/// header at `ETH_HLEN`), a global function of its own for the same
+/// reason.
+#[unsafe(no_mangle)]
+#[inline(never)]
+pub extern "C" fn sluice_policy_judge_packet6(
+    skb: *mut __sk_buff,
+    src_rules: u32,
+    src_flags: u32,
+    dst_rules: u32,
+    dst_flags: u32,
+) -> u32 {
+    let ctx = TcContext::new(skb);
+    let src = (src_flags != 0).then_some(EndpointPolicy { rules_id: src_rules, flags: src_flags });
+    let dst = (dst_flags != 0).then_some(EndpointPolicy { rules_id: dst_rules, flags: dst_flags });
+    // The tuples live in `POLICY_SCRATCH6` (see `PolicyScratch6`); without
+    // it, fail closed.
+    let Some(scratch) = POLICY_SCRATCH6.get_ptr_mut(0) else {
+        return DropReason::PolicyDeniedIngress as u32 + 1;
+    };
+    // SAFETY: this CPU's slot, used by this program run alone.
+    let (key, stored) = unsafe { (&mut (*scratch).key, &mut (*scratch).stored) };
+    match judge_packet::<V6>(&ctx, key, stored, src, dst) {
+        Ok(()) => 0,
+        Err(reason) => reason as u32 + 1,
+    }
+}
+
+/// The IPv6 twin of `enforce`, for the IPv6 packet at `ETH_HLEN` (a pod's,
+/// on a dual-stack node). The same judgement, maps keyed by the IPv6
+/// address (`POLICY_ENDPOINTS6`, `POLICY_IDENTITIES6`, `POLICY_CT6`), the
+/// same rules. Link-scope traffic and neighbour discovery are never judged
+/// (`policy_exempt6`): without them the pod has no IPv6 at all.
+#[inline(always)]
+pub fn enforce6(ctx: &TcContext, src_may_be_local: bool, dst_may_be_local: bool) -> Result<(), DropReason> {
+    let ip6: *const Ipv6Hdr = parse::header_mut(ctx, ETH_HLEN)?;
+    // SAFETY: bounds checked by header_mut; the addresses are looked up
+    // in place (a map key may live in the packet), never copied here.
+    let (src, dst, next_header) = unsafe { (&(*ip6).src, &(*ip6).dst, (*ip6).next_header) };
+    // A pod can always reach itself.
+    if src == dst {
+        return Ok(());
+    }
+    let icmp6_type = if next_header == IPPROTO_ICMPV6 {
+        match parse::header_mut::<u8>(ctx, ETH_HLEN + core::mem::size_of::<Ipv6Hdr>()) {
+            // SAFETY: bounds checked by header_mut.
+            Ok(t) => unsafe { *t },
+            Err(_) => 0,
+        }
+    } else {
+        0
+    };
+    if policy_exempt6(src, dst, next_header, icmp6_type) {
+        return Ok(());
+    }
+    let src = if src_may_be_local { endpoint6(src) } else { None };
+    let dst = if dst_may_be_local { endpoint6(dst) } else { None };
+    if src.is_none() && dst.is_none() {
+        return Ok(());
+    }
+    let (src_rules, src_flags) = match src {
+        Some(ep) => (ep.rules_id, ep.flags),
+        None => (0, 0),
+    };
+    let (dst_rules, dst_flags) = match dst {
+        Some(ep) => (ep.rules_id, ep.flags),
+        None => (0, 0),
+    };
+    match sluice_policy_judge_packet6(ctx.skb.skb, src_rules, src_flags, dst_rules, dst_flags) {
+        0 => Ok(()),
+        code => Err(reason_from(code)),
+    }
+}
+
+/// `endpoint`'s IPv6 twin.
+#[inline(always)]
+fn endpoint6(addr: &[u8; 16]) -> Option<EndpointPolicy> {
+    // SAFETY: copied out at once.
+    match unsafe { POLICY_ENDPOINTS6.get(addr) } {
+        Some(ep) if ep.flags != 0 => Some(*ep),
+        _ => None,
     }
 }
 
@@ -149,60 +232,63 @@ fn endpoint(addr_be: u32) -> Option<EndpointPolicy> {
     }
 }
 
-/// The slow path: some end is isolated or pending.
+/// The slow path: some end is isolated or pending. One code for both
+/// families (`F`: `V4` over `POLICY_CT`, `V6` over `POLICY_CT6`). `key`
+/// and `stored`: the caller's memory for the packet's tuple and the key
+/// its connection is stored under (worked on in place: see `Family`).
 #[inline(always)]
-fn judge_packet(
+fn judge_packet<F: Family>(
     ctx: &TcContext,
-    ip: *const Ipv4Hdr,
+    key: &mut F::Key,
+    stored: &mut F::Key,
     src: Option<EndpointPolicy>,
     dst: Option<EndpointPolicy>,
 ) -> Result<(), DropReason> {
-    let state = match POLICY_STATE.get(0) {
-        Some(s) => *s,
-        None => PolicyState::default(),
+    // Only the epoch is copied (the stack is short: see `PolicyScratch6`).
+    let epoch = match POLICY_STATE.get(0) {
+        Some(s) => s.epoch,
+        None => 0,
     };
-    let tuple = tuple::of_packet(ctx, ip)?;
-    let mut key = tuple.key;
-    match tuple.tracking {
+    match F::tuple(ctx, key)? {
         Tracking::Tracked => {}
-        Tracking::Untracked => return untracked(ctx, &key, src, dst, &state),
+        Tracking::Untracked => return untracked::<F>(ctx, key, src, dst),
         Tracking::Related => {
             // Both orientations: the quoted packet may have gone either
             // way, and the entry may predate the canonical layout.
-            // SAFETY: only presence is read.
-            let known = unsafe { POLICY_CT.get(&key).is_some() || POLICY_CT.get(&key.reversed()).is_some() };
-            if known {
+            if F::ct_contains(key) {
                 return Ok(());
             }
-            // SAFETY: `ip` was bounds checked by the caller.
-            let (src_be, dst_be, protocol) = unsafe { ((*ip).src_be, (*ip).dst_be, (*ip).protocol) };
-            let outer = CtKey { src_be, dst_be, src_port_be: 0, dst_port_be: 0, protocol, _pad: [0; 3] };
-            return untracked(ctx, &outer, src, dst, &state);
+            F::reverse(key);
+            if F::ct_contains(key) {
+                return Ok(());
+            }
+            F::outer(ctx, key)?;
+            return untracked::<F>(ctx, key, src, dst);
         }
     }
     // One lookup finds the connection whichever way this packet travels:
     // it is stored under its canonical tuple (see `CtKey`). `stored` ends
     // as the key of the entry found, if any. (Keys are reused in place:
     // the judge's frame shares Linux 6.1's 512 bytes with its caller's.)
-    let (mut stored, swapped) = key.canonical();
+    let swapped = F::canonical_into(key, stored);
     // Whether `stored` is this packet's own tuple (else its reverse).
     let mut stored_is_key = !swapped;
-    let mut found = POLICY_CT.get_ptr_mut(&stored);
+    let mut found = F::ct_get_ptr_mut(stored);
     if found.is_none() {
         // An entry written before the canonical layout sits under the
         // original direction, which may be the other orientation. Only a
         // packet without a canonical entry pays this lookup: a new
         // connection (which pays the judgement anyway) or one opened before
         // an upgrade.
-        stored = stored.reversed();
+        F::reverse(stored);
         stored_is_key = swapped;
-        found = POLICY_CT.get_ptr_mut(&stored);
+        found = F::ct_get_ptr_mut(stored);
     }
     let mut is_reply = false;
     if let Some(entry) = found {
         // SAFETY: a pointer into the map's value, valid during this program
         // run (an LRU entry evicted meanwhile is not freed under us: RCU).
-        let (epoch, flags, last_seen_ns) = unsafe { ((*entry).epoch, (*entry).flags, (*entry).last_seen_ns) };
+        let (entry_epoch, flags, last_seen_ns) = unsafe { ((*entry).epoch, (*entry).flags, (*entry).last_seen_ns) };
         // The client is the stored key's source unless the flags say its
         // destination; this packet comes from the stored key's source when
         // it is stored under its own tuple.
@@ -218,29 +304,29 @@ fn judge_packet(
             // SAFETY: as above.
             unsafe { (*entry).last_seen_ns = now };
         }
-        if epoch == state.epoch {
+        if entry_epoch == epoch {
             return Ok(());
         }
     }
     // A new connection, or a known one judged at another epoch: judged
     // now, in its original direction (a reply's client is its destination).
     let (client, server) = if is_reply {
-        key = key.reversed();
+        F::reverse(key);
         (dst, src)
     } else {
         (src, dst)
     };
-    let judged = judge::connection(ctx, &key, client, server, &state, true);
+    let judged = judge::connection::<F>(ctx, key, client, server, true);
     match found {
         Some(entry) => {
             if let Some(reason) = judged.denied {
-                let _ = POLICY_CT.remove(&stored);
+                F::ct_remove(stored);
                 return Err(reason);
             }
             // SAFETY: as above; the entry takes the new epoch, keeping what
             // it knows of its packets.
             unsafe {
-                (*entry).epoch = state.epoch;
+                (*entry).epoch = epoch;
                 (*entry).flags = judged.flags | ((*entry).flags & (CT_REPLY_SEEN | CT_CLIENT_IS_DST));
                 (*entry).egress_ref = judged.egress_ref;
                 (*entry).ingress_ref = judged.ingress_ref;
@@ -250,20 +336,15 @@ fn judge_packet(
             if let Some(reason) = judged.denied {
                 return Err(reason);
             }
-            let entry = CtEntry {
-                epoch: state.epoch,
-                flags: judged.flags | if swapped { CT_CLIENT_IS_DST } else { 0 },
-                // SAFETY: a plain helper.
-                last_seen_ns: unsafe { bpf_ktime_get_coarse_ns() },
-                egress_ref: judged.egress_ref,
-                ingress_ref: judged.ingress_ref,
-            };
+            let flags = judged.flags | if swapped { CT_CLIENT_IS_DST } else { 0 };
             // Neither lookup found it: `stored` is the canonical tuple
             // reversed; the entry goes under the canonical one. An LRU map
             // makes room by evicting; should even that fail, this packet
             // still goes (it was allowed) and the next one is judged again.
-            stored = stored.reversed();
-            let _ = POLICY_CT.insert(&stored, &entry, 0);
+            F::reverse(stored);
+            // SAFETY: a plain helper.
+            let now = unsafe { bpf_ktime_get_coarse_ns() };
+            F::ct_insert(stored, epoch, flags, now, judged.egress_ref, judged.ingress_ref);
         }
     }
     Ok(())
@@ -271,14 +352,13 @@ fn judge_packet(
 
 /// A packet judged on its own, every time, never remembered.
 #[inline(always)]
-fn untracked(
+fn untracked<F: Family>(
     ctx: &TcContext,
-    key: &CtKey,
+    key: &F::Key,
     src: Option<EndpointPolicy>,
     dst: Option<EndpointPolicy>,
-    state: &PolicyState,
 ) -> Result<(), DropReason> {
-    match judge::connection(ctx, key, src, dst, state, false).denied {
+    match judge::connection::<F>(ctx, key, src, dst, false).denied {
         Some(reason) => Err(reason),
         None => Ok(()),
     }

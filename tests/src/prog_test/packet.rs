@@ -204,6 +204,117 @@ pub fn icmp6_echo(l2: L2, src: Ipv6Addr, dst: Ipv6Addr) -> Vec<u8> {
     out
 }
 
+/// What an IPv6 packet carries (`Ipv6`).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum L4v6 {
+    /// Transport right after the fixed header, as `L4`.
+    Plain(L4),
+    /// A neighbour solicitation (ICMPv6 135) for `target`.
+    NeighbourSolicitation { target: Ipv6Addr },
+    /// Packet Too Big (ICMPv6 2) quoting `quoted` (an IPv6 packet, no
+    /// Ethernet header).
+    PacketTooBig { mtu: u32, quoted: Vec<u8> },
+    /// A fragment header (next header 44) in front of a TCP header's
+    /// first bytes: the transport is not where a program reads it.
+    FragmentOfTcp { src_port: u16, dst_port: u16 },
+}
+
+/// An IPv6 packet to craft (hop limit 64, payload "sluice prog test").
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Ipv6 {
+    pub src: Ipv6Addr,
+    pub dst: Ipv6Addr,
+    pub l4: L4v6,
+}
+
+/// An IPv6 address from its text.
+pub fn ip6(s: &str) -> Ipv6Addr {
+    s.parse().unwrap_or_else(|e| panic!("bad IPv6 address {s:?} in a test: {e}"))
+}
+
+impl Ipv6 {
+    pub fn new(src: &str, dst: &str, l4: L4v6) -> Self {
+        Self { src: ip6(src), dst: ip6(dst), l4 }
+    }
+
+    pub fn tcp_syn(src: &str, dst: &str, src_port: u16, dst_port: u16) -> Self {
+        Self::new(src, dst, L4v6::Plain(L4::TcpSyn { src_port, dst_port }))
+    }
+
+    pub fn tcp_ack(src: &str, dst: &str, src_port: u16, dst_port: u16) -> Self {
+        Self::new(src, dst, L4v6::Plain(L4::TcpAck { src_port, dst_port }))
+    }
+
+    pub fn udp(src: &str, dst: &str, src_port: u16, dst_port: u16) -> Self {
+        Self::new(src, dst, L4v6::Plain(L4::Udp { src_port, dst_port }))
+    }
+
+    pub fn sctp(src: &str, dst: &str, src_port: u16, dst_port: u16) -> Self {
+        Self::new(src, dst, L4v6::Plain(L4::Sctp { src_port, dst_port }))
+    }
+
+    pub fn icmp(src: &str, dst: &str) -> Self {
+        Self::new(src, dst, L4v6::Plain(L4::IcmpEcho))
+    }
+
+    pub fn icmp_reply(src: &str, dst: &str) -> Self {
+        Self::new(src, dst, L4v6::Plain(L4::IcmpEchoReply))
+    }
+
+    /// The packet without its Ethernet header (what an ICMPv6 error quotes).
+    pub fn bytes(&self) -> Vec<u8> {
+        self.frame(L2::new([0; 6], [0; 6]))[14..].to_vec()
+    }
+
+    /// The packet in an Ethernet frame, every length and checksum right.
+    pub fn frame(&self, l2: L2) -> Vec<u8> {
+        use etherparse::{IcmpEchoHeader, Icmpv6Type};
+        const PAYLOAD: &[u8] = b"sluice prog test";
+        let ip = PacketBuilder::ethernet2(l2.src, l2.dst).ipv6(self.src.octets(), self.dst.octets(), 64);
+        let mut out = Vec::new();
+        let echo = IcmpEchoHeader { id: 0x1234, seq: 1 };
+        let written = match &self.l4 {
+            L4v6::Plain(L4::IcmpEcho) => ip.icmpv6(Icmpv6Type::EchoRequest(echo)).write(&mut out, PAYLOAD),
+            L4v6::Plain(L4::IcmpEchoReply) => ip.icmpv6(Icmpv6Type::EchoReply(echo)).write(&mut out, PAYLOAD),
+            L4v6::Plain(L4::Udp { src_port, dst_port }) => ip.udp(*src_port, *dst_port).write(&mut out, PAYLOAD),
+            L4v6::Plain(L4::TcpSyn { src_port, dst_port }) => {
+                ip.tcp(*src_port, *dst_port, 1000, 64240).syn().write(&mut out, PAYLOAD)
+            }
+            L4v6::Plain(L4::TcpAck { src_port, dst_port }) => {
+                ip.tcp(*src_port, *dst_port, 1001, 64240).ack(2001).write(&mut out, PAYLOAD)
+            }
+            L4v6::Plain(L4::Sctp { src_port, dst_port }) => {
+                let mut sctp = Vec::new();
+                sctp.extend_from_slice(&src_port.to_be_bytes());
+                sctp.extend_from_slice(&dst_port.to_be_bytes());
+                sctp.extend_from_slice(&0x5c7e_0001u32.to_be_bytes());
+                sctp.extend_from_slice(&[0; 4]);
+                sctp.extend_from_slice(PAYLOAD);
+                ip.write(&mut out, IpNumber(132), &sctp)
+            }
+            L4v6::NeighbourSolicitation { target } => {
+                let mut body = vec![0; 4];
+                body.extend_from_slice(&target.octets());
+                ip.icmpv6(Icmpv6Type::NeighborSolicitation).write(&mut out, &body)
+            }
+            L4v6::PacketTooBig { mtu, quoted } => {
+                ip.icmpv6(Icmpv6Type::PacketTooBig { mtu: *mtu }).write(&mut out, quoted)
+            }
+            L4v6::FragmentOfTcp { src_port, dst_port } => {
+                // Next header TCP, offset 0, more fragments, id 0x4242;
+                // then the TCP ports as a first fragment carries them.
+                let mut body = vec![6, 0, 0, 1, 0, 0, 0x42, 0x42];
+                body.extend_from_slice(&src_port.to_be_bytes());
+                body.extend_from_slice(&dst_port.to_be_bytes());
+                body.extend_from_slice(&[0; 16]);
+                ip.write(&mut out, IpNumber(44), &body)
+            }
+        };
+        written.expect("write a crafted IPv6 packet");
+        out
+    }
+}
+
 /// The 8 bytes of a VXLAN header: the I flag and `vni`.
 pub fn vxlan_header(vni: u32) -> [u8; 8] {
     let v = vni.to_be_bytes();

@@ -1,15 +1,16 @@
 //! NetworkPolicy set-up and read-back for the program-level tests: what the
 //! agent's reconciler would write into the `POLICY_*` maps, written through
 //! the agent's own typed wrappers (`sluice_node::datapath::policy_maps`).
-use std::net::Ipv4Addr;
+use std::net::{Ipv4Addr, Ipv6Addr};
 
 use anyhow::Result;
 use sluice_common::policy::{
-    CtEntry, CtKey, Direction, EndpointPolicy, PolicyKey, PolicyValue, PolicyVerdict, IDENTITY_HOST,
+    CtEntry, CtKey, CtKey6, Direction, EndpointPolicy, PolicyKey, PolicyValue, PolicyVerdict, IDENTITY_HOST,
     IDENTITY_UNKNOWN_CLUSTER, POLICY_PREFIX_ANY_PORT, POLICY_PREFIX_ANY_PROTOCOL, POLICY_PREFIX_EXACT_PORT,
 };
 use sluice_node::datapath::policy_maps::{
-    PolicyCt, PolicyEndpoints, PolicyIdentities, PolicyRules, PolicyState, PolicyStats,
+    PolicyCt, PolicyCt6, PolicyEndpoints, PolicyEndpoints6, PolicyIdentities, PolicyIdentities6, PolicyRules,
+    PolicyState, PolicyStats,
 };
 
 use super::{be, TestDatapath, NODE_IP};
@@ -109,6 +110,22 @@ impl TestDatapath {
         Ok(self.stored_connections()?.into_iter().map(|(k, e)| (k.original_direction(e.flags), e)).collect())
     }
 
+    /// `POLICY_IDENTITIES6[prefix]` = `identity` (an address: `/128`).
+    pub fn identity6(&self, prefix: &str, identity: u32) -> Result<()> {
+        let prefix = if prefix.contains('/') { prefix.to_string() } else { format!("{prefix}/128") };
+        PolicyIdentities6::open(self.pins())?.insert(prefix.parse()?, identity)
+    }
+
+    /// `POLICY_ENDPOINTS6[pod]` = rule set `rules_id`, `flags`.
+    pub fn isolate6(&self, pod: Ipv6Addr, rules_id: u32, flags: u32) -> Result<()> {
+        PolicyEndpoints6::open(self.pins())?.insert(pod, EndpointPolicy { rules_id, flags })
+    }
+
+    /// Every `POLICY_CT6` entry in its original direction.
+    pub fn connections6(&self) -> Result<Vec<(CtKey6, CtEntry)>> {
+        Ok(PolicyCt6::open(self.pins())?.all()?.into_iter().map(|(k, e)| (k.original_direction(e.flags), e)).collect())
+    }
+
     /// Every `POLICY_CT` entry under the key it is stored under.
     pub fn stored_connections(&self) -> Result<Vec<(CtKey, CtEntry)>> {
         PolicyCt::open(self.pins())?.all()
@@ -127,6 +144,28 @@ pub fn ct_key(src: &str, dst: &str, src_port: u16, dst_port: u16, protocol: u8) 
         _pad: [0; 3],
     }
 }
+
+/// A `CtKey6` in a packet's direction.
+pub fn ct_key6(src: &str, dst: &str, src_port: u16, dst_port: u16, protocol: u8) -> CtKey6 {
+    CtKey6 {
+        src: super::packet::ip6(src).octets(),
+        dst: super::packet::ip6(dst).octets(),
+        src_port_be: src_port.to_be(),
+        dst_port_be: dst_port.to_be(),
+        protocol,
+        _pad: [0; 3],
+    }
+}
+
+/// The dual-stack twins: pods a and b's IPv6 addresses (same identities
+/// and rule sets as their IPv4), the remote pod's, the node's, the
+/// cluster's and this node's IPv6 pod CIDRs.
+pub const A6: &str = "fd00:244:0:1::2";
+pub const B6: &str = "fd00:244:0:1::3";
+pub const REMOTE6: &str = "fd00:244:0:2::7";
+pub const NODE_IP6: &str = "fd00:30::1";
+pub const CLUSTER_CIDR6: &str = "fd00:244::/48";
+pub const POD_CIDR6: &str = "fd00:244:0:1::/64";
 
 /// Local pod a, its identity and rule set.
 pub const A: &str = "10.244.1.2";
@@ -161,6 +200,23 @@ impl PolicyNode {
         dp.identity(super::ip(B), B_ID)?;
         dp.identity(super::ip(REMOTE), REMOTE_ID)?;
         Ok(Self { dp, a, b })
+    }
+
+    /// `new`, dual-stack: the node's IPv6 pod CIDR, a and b's IPv6
+    /// endpoints, and the agent's IPv6 policy state: the node's IPv6 is
+    /// `IDENTITY_HOST`, the cluster's IPv6 CIDR `IDENTITY_UNKNOWN_CLUSTER`,
+    /// each pod's IPv6 its IPv4's identity.
+    pub fn dual() -> Result<Self> {
+        let n = Self::new()?;
+        n.dp.dual_stack(POD_CIDR6)?;
+        n.dp.endpoint6(&n.a, super::packet::ip6(A6))?;
+        n.dp.endpoint6(&n.b, super::packet::ip6(B6))?;
+        n.dp.identity6(NODE_IP6, IDENTITY_HOST)?;
+        n.dp.identity6(CLUSTER_CIDR6, IDENTITY_UNKNOWN_CLUSTER)?;
+        n.dp.identity6(A6, A_ID)?;
+        n.dp.identity6(B6, B_ID)?;
+        n.dp.identity6(REMOTE6, REMOTE_ID)?;
+        Ok(n)
     }
 
     /// Ethernet addresses of a frame from the native peer to the uplink.

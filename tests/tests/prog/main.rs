@@ -17,6 +17,7 @@ mod from_pod6;
 mod from_uplink;
 mod malformed;
 mod nodeport;
+mod policy6;
 mod policy_ct;
 mod policy_ct_gc;
 mod policy_egress;

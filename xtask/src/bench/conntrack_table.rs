@@ -348,9 +348,9 @@ mod tests {
         let [(k, e), (_, twin)] = nat4_pair(3, Ipv4Addr::new(172, 30, 0, 1), 0, false);
         assert!(nat4_gc::expired(&k, &e, Some(&twin), now, &t));
         let (k, e) = ct_entry(3, now, true);
-        assert!(!policy_ct_gc::expired(&k, &e, now, &t));
+        assert!(!policy_ct_gc::expired(k.protocol, &e, now, &t));
         let (k, e) = ct_entry(3, 0, false);
-        assert!(policy_ct_gc::expired(&k, &e, now, &t));
+        assert!(policy_ct_gc::expired(k.protocol, &e, now, &t));
     }
 
     #[test]

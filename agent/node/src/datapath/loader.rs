@@ -36,7 +36,7 @@ use crate::pod::device::PodDevice;
 pub static OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/sluice.bpf.o"));
 
 /// Every map of the object, as pinned.
-pub const ALL_MAPS: [&str; 39] = [
+pub const ALL_MAPS: [&str; 43] = [
     names::ENDPOINTS,
     names::NODE_ROUTES,
     names::NODE_CONFIG,
@@ -84,6 +84,11 @@ pub const ALL_MAPS: [&str; 39] = [
     // loadBalancerSourceRanges at the uplink (issue 27): created where
     // absent.
     names::LB4_SOURCE_RANGES,
+    // NetworkPolicy for IPv6 (issue 28): created where absent.
+    names::POLICY_IDENTITIES6,
+    names::POLICY_ENDPOINTS6,
+    names::POLICY_CT6,
+    names::POLICY_SCRATCH6,
 ];
 
 /// Map sizes chosen at load rather than by the object (`None`: the

@@ -1,4 +1,5 @@
-//! Garbage collection of `POLICY_CT`: entries idle longer than their
+//! Garbage collection of `POLICY_CT` and its IPv6 twin `POLICY_CT6` (one
+//! code for both, over [`CtTable`]): entries idle longer than their
 //! protocol's timeout are removed, so the table's fill (in `status` and
 //! metrics) counts live connections and the LRU rarely has to evict one.
 //!
@@ -18,9 +19,9 @@
 use std::time::Duration;
 
 use anyhow::{Context, Result};
-use sluice_common::policy::{CtEntry, CtKey, CT_REPLY_SEEN};
+use sluice_common::policy::{CtEntry, CtKey, CtKey6, CT_REPLY_SEEN};
 
-use super::policy_maps::PolicyCt;
+use super::policy_maps::{PolicyCt, PolicyCt6};
 
 const IPPROTO_TCP: u8 = 6;
 
@@ -41,8 +42,9 @@ impl Default for CtTimeouts {
 
 /// Is the entry idle past its timeout at `now_ns` (CLOCK_MONOTONIC)? An
 /// entry stamped after `now_ns` (refreshed while the walk ran) is not.
-pub fn expired(key: &CtKey, entry: &CtEntry, now_ns: u64, timeouts: &CtTimeouts) -> bool {
-    let timeout = if key.protocol == IPPROTO_TCP && entry.flags & CT_REPLY_SEEN != 0 {
+/// `protocol`: the connection's (its key's) IANA number.
+pub fn expired(protocol: u8, entry: &CtEntry, now_ns: u64, timeouts: &CtTimeouts) -> bool {
+    let timeout = if protocol == IPPROTO_TCP && entry.flags & CT_REPLY_SEEN != 0 {
         timeouts.tcp_established
     } else {
         timeouts.other
@@ -70,19 +72,61 @@ pub fn monotonic_now_ns() -> Result<u64> {
     Ok(ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64)
 }
 
-/// One pass over `POLICY_CT`: every expired entry removed. Each is read
-/// again just before its removal, so one its connection used since the
-/// walk listed it stays.
-pub fn collect(ct: &mut PolicyCt, now_ns: u64, timeouts: &CtTimeouts) -> Result<GcPass> {
+/// A connection table the GC walks: `POLICY_CT` or `POLICY_CT6`.
+pub trait CtTable {
+    type Key: Copy;
+    fn protocol(key: &Self::Key) -> u8;
+    fn entries(&self) -> Result<Vec<(Self::Key, CtEntry)>>;
+    fn entry(&self, key: &Self::Key) -> Result<Option<CtEntry>>;
+    fn delete(&mut self, key: &Self::Key) -> Result<()>;
+}
+
+impl CtTable for PolicyCt {
+    type Key = CtKey;
+    fn protocol(key: &CtKey) -> u8 {
+        key.protocol
+    }
+    fn entries(&self) -> Result<Vec<(CtKey, CtEntry)>> {
+        self.all()
+    }
+    fn entry(&self, key: &CtKey) -> Result<Option<CtEntry>> {
+        self.get(key)
+    }
+    fn delete(&mut self, key: &CtKey) -> Result<()> {
+        self.remove(key)
+    }
+}
+
+impl CtTable for PolicyCt6 {
+    type Key = CtKey6;
+    fn protocol(key: &CtKey6) -> u8 {
+        key.protocol
+    }
+    fn entries(&self) -> Result<Vec<(CtKey6, CtEntry)>> {
+        self.all()
+    }
+    fn entry(&self, key: &CtKey6) -> Result<Option<CtEntry>> {
+        self.get(key)
+    }
+    fn delete(&mut self, key: &CtKey6) -> Result<()> {
+        self.remove(key)
+    }
+}
+
+/// One pass over a connection table: every expired entry removed. Each is
+/// read again just before its removal, so one its connection used since
+/// the walk listed it stays.
+pub fn collect<T: CtTable>(ct: &mut T, now_ns: u64, timeouts: &CtTimeouts) -> Result<GcPass> {
     let mut pass = GcPass::default();
-    for (key, entry) in ct.all()? {
+    for (key, entry) in ct.entries()? {
         pass.scanned += 1;
-        if !expired(&key, &entry, now_ns, timeouts) {
+        let protocol = T::protocol(&key);
+        if !expired(protocol, &entry, now_ns, timeouts) {
             continue;
         }
-        match ct.get(&key)? {
-            Some(fresh) if expired(&key, &fresh, now_ns, timeouts) => {
-                ct.remove(&key)?;
+        match ct.entry(&key)? {
+            Some(fresh) if expired(protocol, &fresh, now_ns, timeouts) => {
+                ct.delete(&key)?;
                 pass.removed += 1;
             }
             _ => {}
@@ -97,10 +141,6 @@ mod tests {
 
     const S: u64 = 1_000_000_000;
 
-    fn key(protocol: u8) -> CtKey {
-        CtKey { src_be: 1, dst_be: 2, src_port_be: 3, dst_port_be: 4, protocol, _pad: [0; 3] }
-    }
-
     fn entry(last_seen_ns: u64, flags: u32) -> CtEntry {
         CtEntry { epoch: 0, flags, last_seen_ns, egress_ref: 0, ingress_ref: 0 }
     }
@@ -110,14 +150,14 @@ mod tests {
         let t = CtTimeouts::default();
         let now = 100_000 * S;
         // TCP established: hours.
-        assert!(!expired(&key(6), &entry(now - 3600 * S, CT_REPLY_SEEN), now, &t));
-        assert!(expired(&key(6), &entry(now - 6 * 3600 * S - 1, CT_REPLY_SEEN), now, &t));
+        assert!(!expired(6, &entry(now - 3600 * S, CT_REPLY_SEEN), now, &t));
+        assert!(expired(6, &entry(now - 6 * 3600 * S - 1, CT_REPLY_SEEN), now, &t));
         // TCP never answered, UDP, ICMP: a minute.
-        assert!(!expired(&key(6), &entry(now - 60 * S, 0), now, &t));
-        assert!(expired(&key(6), &entry(now - 61 * S, 0), now, &t));
-        assert!(expired(&key(17), &entry(now - 61 * S, CT_REPLY_SEEN), now, &t), "UDP replies do not extend it");
-        assert!(!expired(&key(1), &entry(now - 30 * S, 0), now, &t));
+        assert!(!expired(6, &entry(now - 60 * S, 0), now, &t));
+        assert!(expired(6, &entry(now - 61 * S, 0), now, &t));
+        assert!(expired(17, &entry(now - 61 * S, CT_REPLY_SEEN), now, &t), "UDP replies do not extend it");
+        assert!(!expired(1, &entry(now - 30 * S, 0), now, &t));
         // Refreshed after `now` was read: not idle.
-        assert!(!expired(&key(17), &entry(now + S, 0), now, &t));
+        assert!(!expired(17, &entry(now + S, 0), now, &t));
     }
 }

@@ -5,19 +5,22 @@
 //!
 //! Every insert maps a full map (`E2BIG`) to [`MapFull`](super::pinned_maps::MapFull),
 //! naming the map and its size, so a caller fails closed and loudly.
-use std::{collections::BTreeMap, net::Ipv4Addr};
+use std::{
+    collections::BTreeMap,
+    net::{Ipv4Addr, Ipv6Addr},
+};
 
 use anyhow::{Context, Result};
 use aya::maps::{
     lpm_trie::{Key, LpmTrie},
     Array, HashMap, MapData, PerCpuArray,
 };
-use ipnetwork::Ipv4Network;
+use ipnetwork::{Ipv4Network, Ipv6Network};
 use sluice_common::{
     maps::{limits, names},
     policy::{
-        policy_stat_slot, CtEntry, CtKey, Direction, EndpointPolicy, PeerIdentity, PodNameKey, PodPolicy, PolicyKey,
-        PolicyState as PolicyStateValue, PolicyValue, PolicyVerdict,
+        policy_stat_slot, CtEntry, CtKey, CtKey6, Direction, EndpointPolicy, PeerIdentity, PodNameKey, PodPolicy,
+        PolicyKey, PolicyState as PolicyStateValue, PolicyValue, PolicyVerdict,
     },
 };
 
@@ -83,6 +86,53 @@ impl PolicyIdentities {
     }
 }
 
+/// `POLICY_IDENTITIES6`: the IPv6 twin of [`PolicyIdentities`] (the same
+/// identities: a pod's IPv6 carries its IPv4's).
+pub struct PolicyIdentities6(LpmTrie<MapData, [u8; 16], PeerIdentity>);
+
+impl PolicyIdentities6 {
+    pub fn open(pins: &PinDir) -> Result<Self> {
+        Ok(Self(open(pins, names::POLICY_IDENTITIES6)?.try_into()?))
+    }
+
+    fn key(prefix: Ipv6Network) -> Key<[u8; 16]> {
+        Key::new(u32::from(prefix.prefix()), prefix.network().octets())
+    }
+
+    pub fn insert(&mut self, prefix: Ipv6Network, identity: u32) -> Result<()> {
+        self.0.insert(&Self::key(prefix), PeerIdentity { identity }, 0).map_err(|e| {
+            insert_error(
+                e,
+                names::POLICY_IDENTITIES6,
+                limits::MAX_POLICY_IDENTITIES,
+                format!("insert identity {identity} for {prefix}"),
+            )
+        })
+    }
+
+    /// Remove; an absent entry counts as removed.
+    pub fn remove(&mut self, prefix: Ipv6Network) -> Result<()> {
+        removed_or_absent(self.0.remove(&Self::key(prefix))).with_context(|| format!("remove identity of {prefix}"))
+    }
+
+    /// As [`PolicyIdentities::lookup`].
+    pub fn lookup(&self, addr: Ipv6Addr) -> Result<Option<u32>> {
+        let key = Key::new(128, addr.octets());
+        Ok(found(self.0.get(&key, 0), || format!("look up the identity of {addr}"))?.map(|v| v.identity))
+    }
+
+    pub fn all(&self) -> Result<BTreeMap<Ipv6Network, u32>> {
+        let mut out = BTreeMap::new();
+        for kv in self.0.iter() {
+            let (k, v) = kv.context("read POLICY_IDENTITIES6")?;
+            let prefix = Ipv6Network::new(Ipv6Addr::from(k.data()), k.prefix_len() as u8)
+                .context("POLICY_IDENTITIES6 holds an invalid prefix")?;
+            out.insert(prefix, v.identity);
+        }
+        Ok(out)
+    }
+}
+
 /// `POLICY_ENDPOINTS`: local pod IPv4 → its isolation and rule set.
 pub struct PolicyEndpoints(HashMap<MapData, u32, EndpointPolicy>);
 
@@ -110,6 +160,38 @@ impl PolicyEndpoints {
         for kv in self.0.iter() {
             let (k, v) = kv.context("read POLICY_ENDPOINTS")?;
             out.insert(ip_from_be(k), v);
+        }
+        Ok(out)
+    }
+}
+
+/// `POLICY_ENDPOINTS6`: local pod IPv6 → the same entry as its IPv4's.
+pub struct PolicyEndpoints6(HashMap<MapData, [u8; 16], EndpointPolicy>);
+
+impl PolicyEndpoints6 {
+    pub fn open(pins: &PinDir) -> Result<Self> {
+        Ok(Self(open(pins, names::POLICY_ENDPOINTS6)?.try_into()?))
+    }
+
+    pub fn insert(&mut self, pod: Ipv6Addr, policy: EndpointPolicy) -> Result<()> {
+        self.0.insert(pod.octets(), policy, 0).map_err(|e| {
+            insert_error(e, names::POLICY_ENDPOINTS6, limits::MAX_ENDPOINTS, format!("insert policy endpoint {pod}"))
+        })
+    }
+
+    pub fn remove(&mut self, pod: Ipv6Addr) -> Result<()> {
+        removed_or_absent(self.0.remove(&pod.octets())).with_context(|| format!("remove policy endpoint {pod}"))
+    }
+
+    pub fn get(&self, pod: Ipv6Addr) -> Result<Option<EndpointPolicy>> {
+        found(self.0.get(&pod.octets(), 0), || format!("read policy endpoint {pod}"))
+    }
+
+    pub fn all(&self) -> Result<BTreeMap<Ipv6Addr, EndpointPolicy>> {
+        let mut out = BTreeMap::new();
+        for kv in self.0.iter() {
+            let (k, v) = kv.context("read POLICY_ENDPOINTS6")?;
+            out.insert(Ipv6Addr::from(k), v);
         }
         Ok(out)
     }
@@ -233,6 +315,42 @@ impl PolicyCt {
         let mut out = Vec::new();
         for k in self.0.keys() {
             let k = k.context("walk POLICY_CT")?;
+            if let Some(v) = self.get(&k)? {
+                out.push((k, v));
+            }
+        }
+        Ok(out)
+    }
+}
+
+/// `POLICY_CT6`: the IPv6 twin of [`PolicyCt`].
+pub struct PolicyCt6(HashMap<MapData, CtKey6, CtEntry>);
+
+impl PolicyCt6 {
+    pub fn open(pins: &PinDir) -> Result<Self> {
+        Ok(Self(open(pins, names::POLICY_CT6)?.try_into()?))
+    }
+
+    pub fn get(&self, key: &CtKey6) -> Result<Option<CtEntry>> {
+        found(self.0.get(key, 0), || format!("read POLICY_CT6 {key:?}"))
+    }
+
+    /// For tests and tools; the programs make entries.
+    pub fn insert(&mut self, key: CtKey6, entry: CtEntry) -> Result<()> {
+        self.0.insert(key, entry, 0).map_err(|e| {
+            insert_error(e, names::POLICY_CT6, limits::MAX_POLICY_CT, format!("insert connection {key:?}"))
+        })
+    }
+
+    pub fn remove(&mut self, key: &CtKey6) -> Result<()> {
+        removed_or_absent(self.0.remove(key)).with_context(|| format!("remove connection {key:?}"))
+    }
+
+    /// Every entry; one that vanishes during the walk is skipped.
+    pub fn all(&self) -> Result<Vec<(CtKey6, CtEntry)>> {
+        let mut out = Vec::new();
+        for k in self.0.keys() {
+            let k = k.context("walk POLICY_CT6")?;
             if let Some(v) = self.get(&k)? {
                 out.push((k, v));
             }

@@ -49,22 +49,37 @@ fn start_ipv6_backends(lab: &mut Lab, netns: &str) {
         let serve = ["python3", "-c", services::CLIENT, "udp-serve", ip, &port, name];
         lab.spawn_helper(ns_cmd(netns, &serve), &format!("{name}-udp")).unwrap();
     }
-    // Bound before anyone connects (a readiness wait, not a sleep).
+    wait_bound6(netns, BACKENDS6.len());
+}
+
+/// Wait until `n` IPv6 TCP listeners on `TCP_PORT` and `n` IPv6 UDP
+/// sockets on `services::UDP_PORT` are bound in `netns`: bound before
+/// anyone connects (a readiness wait, not a sleep).
+fn wait_bound6(netns: &str, n: usize) {
     let start = std::time::Instant::now();
     loop {
         let tcp = ns_exec(netns, &["ss", "-H", "-6tln", &format!("sport = :{TCP_PORT}")]).unwrap();
         let udp = ns_exec(netns, &["ss", "-H", "-6uln", &format!("sport = :{}", services::UDP_PORT)]).unwrap();
-        if tcp.lines().count() == 2 && udp.lines().count() == 2 {
+        if tcp.lines().count() == n && udp.lines().count() == n {
             break;
         }
-        assert!(start.elapsed() < std::time::Duration::from_secs(10), "IPv6 backends did not bind: {tcp} {udp}");
+        assert!(
+            start.elapsed() < std::time::Duration::from_secs(10),
+            "IPv6 servers in {netns} did not bind: {tcp} {udp}"
+        );
         std::thread::sleep(std::time::Duration::from_millis(20));
     }
 }
 
+/// The node's two IPv6 backend addresses as `service_name`'s IPv6 slice.
 fn ipv6_slice(service_name: &str, node: &str) -> serde_json::Value {
     let endpoints: Vec<EndpointObject> = BACKENDS6.iter().map(|(ip, _)| EndpointObject::ready(ip, node)).collect();
-    let mut s = slice(service_name, &[("http", TCP_PORT, "TCP"), ("dns", services::UDP_PORT, "UDP")], &endpoints);
+    ipv6_slice_of(service_name, &endpoints)
+}
+
+/// `service_name`'s IPv6 EndpointSlice (`<name>-v6`, both ports) holding `endpoints`.
+fn ipv6_slice_of(service_name: &str, endpoints: &[EndpointObject]) -> serde_json::Value {
+    let mut s = slice(service_name, &[("http", TCP_PORT, "TCP"), ("dns", services::UDP_PORT, "UDP")], endpoints);
     s.name = format!("{service_name}-v6");
     s.address_type = "IPv6".into();
     s.build()
@@ -176,16 +191,7 @@ fn start_pod_ipv6_backends(lab: &mut Lab) {
         let port = services::UDP_PORT.to_string();
         let serve = ["python3", "-c", services::CLIENT, "udp-serve", &ip6, &port, &name];
         lab.spawn_helper(ns_cmd(&netns, &serve), &format!("{name}-udp6")).unwrap();
-        let start = std::time::Instant::now();
-        loop {
-            let tcp = ns_exec(&netns, &["ss", "-H", "-6tln", &format!("sport = :{TCP_PORT}")]).unwrap();
-            let udp = ns_exec(&netns, &["ss", "-H", "-6uln", &format!("sport = :{}", services::UDP_PORT)]).unwrap();
-            if tcp.lines().count() == 1 && udp.lines().count() == 1 {
-                break;
-            }
-            assert!(start.elapsed() < std::time::Duration::from_secs(10), "{name}: IPv6 servers did not bind");
-            std::thread::sleep(std::time::Duration::from_millis(20));
-        }
+        wait_bound6(&netns, 1);
     }
 }
 
@@ -216,20 +222,14 @@ fn should_function_for_pod_service_http_and_udp_over_ipv6() {
     api.upsert_service(web6.build());
     let endpoints: Vec<EndpointObject> =
         pods.iter().map(|(node, p)| EndpointObject::ready(p.ip6.as_deref().unwrap(), node)).collect();
-    let mut s = slice("web6", &[("http", TCP_PORT, "TCP"), ("dns", services::UDP_PORT, "UDP")], &endpoints);
-    s.name = "web6-v6".into();
-    s.address_type = "IPv6".into();
-    api.upsert_endpoint_slice(s.build());
+    api.upsert_endpoint_slice(ipv6_slice_of("web6", &endpoints));
     // "should function for client IP based session affinity: http/udp":
     // the same endpoints behind a ClientIP-affinity Service; and "should
     // create service with ipv6,v4 cluster ip": IPv6 first in clusterIPs.
     let mut sticky = service("sticky6", STICKY6, &ports()).client_ip_affinity(Some(60));
     sticky.cluster_ips = vec![STICKY6.into(), DUAL4.into()];
     api.upsert_service(sticky.build());
-    let mut s = slice("sticky6", &[("http", TCP_PORT, "TCP"), ("dns", services::UDP_PORT, "UDP")], &endpoints);
-    s.name = "sticky6-v6".into();
-    s.address_type = "IPv6".into();
-    api.upsert_endpoint_slice(s.build());
+    api.upsert_endpoint_slice(ipv6_slice_of("sticky6", &endpoints));
     let want: Vec<String> = pods.iter().map(|(_, p)| format!("[{}]:{TCP_PORT}", p.ip6.as_deref().unwrap())).collect();
     wait_backends(&lab, WEB6, 80, "TCP", &want).unwrap();
     wait_backends(&lab, STICKY6, 80, "TCP", &want).unwrap();
@@ -257,14 +257,8 @@ fn should_function_for_pod_service_http_and_udp_over_ipv6() {
     // "should update endpoints: http/udp": one endpoint leaves the IPv6
     // slice; from then on only the other answers.
     let (kept_node, kept) = &pods[0];
-    let mut s = slice(
-        "web6",
-        &[("http", TCP_PORT, "TCP"), ("dns", services::UDP_PORT, "UDP")],
-        &[EndpointObject::ready(kept.ip6.as_deref().unwrap(), kept_node)],
-    );
-    s.name = "web6-v6".into();
-    s.address_type = "IPv6".into();
-    lab.api.as_ref().unwrap().upsert_endpoint_slice(s.build());
+    let kept_endpoint = [EndpointObject::ready(kept.ip6.as_deref().unwrap(), kept_node)];
+    lab.api.as_ref().unwrap().upsert_endpoint_slice(ipv6_slice_of("web6", &kept_endpoint));
     wait_backends(&lab, WEB6, 80, "TCP", &[format!("[{}]:{TCP_PORT}", kept.ip6.as_deref().unwrap())]).unwrap();
     let n2 = lab.state.nodes[1].clone();
     for (mode, port) in [("tcp", "80"), ("udp", "53")] {

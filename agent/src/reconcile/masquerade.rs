@@ -94,7 +94,7 @@ impl Rules {
         let mine = |n: &IpNetwork| (family == Family::Ipv4) == n.is_ipv4();
         let mut all = vec![cluster_cidr];
         all.extend(node_ips.into_iter().map(IpNetwork::from));
-        all.extend(extra.iter().filter(|n| mine(n)).map(|n| IpNetwork::new(n.network(), n.prefix()).expect("valid")));
+        all.extend(extra.iter().map(|n| IpNetwork::new(n.network(), n.prefix()).expect("valid")));
         Self { family, cluster_cidr, no_masquerade: minimal_cover(all.into_iter().filter(mine).collect()) }
     }
 }

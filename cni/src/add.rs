@@ -27,10 +27,12 @@ use sluice_node::{
 };
 
 use crate::{config::NetConf, env::CniEnv, error::CniError, fault, node_cidr, policy, rollback::Rollback};
-use ipnetwork::Ipv4Network;
+use ipnetwork::{Ipv4Network, Ipv6Network};
 use sluice_common::policy::PodNameKey;
 use sluice_node::datapath::pinned_maps::{node_pod_cidr, node_pod_cidr6, read_node_config};
-use sluice_node::datapath::policy_maps::{PolicyEndpoints, PolicyIdentities, PolicyPods, PolicyState};
+use sluice_node::datapath::policy_maps::{
+    PolicyEndpoints, PolicyEndpoints6, PolicyIdentities, PolicyIdentities6, PolicyPods, PolicyState,
+};
 use sluice_node::pod::plumbing::{self, POD_GATEWAY, POD_GATEWAY6};
 use sluice_node::step_timer;
 
@@ -160,7 +162,7 @@ async fn add_steps(conf: &NetConf, env: &CniEnv, rb: &mut Rollback) -> Result<Va
 
     // 6. NetworkPolicy: the address's entries before its first packet
     // (`policy.rs`).
-    policy_step(&pins, env, ip, rb)?;
+    policy_step(&pins, env, ip, ip6, rb)?;
     done("policy")?;
 
     // 7. `from_pod` on the host side's ingress (veth) or `from_pod_netkit`
@@ -178,8 +180,17 @@ async fn add_steps(conf: &NetConf, env: &CniEnv, rb: &mut Rollback) -> Result<Va
 }
 
 /// `POLICY_IDENTITIES[ip/32]` and `POLICY_ENDPOINTS[ip]` from the agent's
-/// `POLICY_PODS` entry for the pod, or failed closed (see `policy.rs`).
-fn policy_step(pins: &PinDir, env: &CniEnv, ip: Ipv4Addr, rb: &mut Rollback) -> Result<(), CniError> {
+/// `POLICY_PODS` entry for the pod, or failed closed (see `policy.rs`);
+/// on a dual-stack pod `POLICY_IDENTITIES6[ip6/128]` and
+/// `POLICY_ENDPOINTS6[ip6]` from the same entry, in the same step: the pod
+/// is isolated from its first packet of either family.
+fn policy_step(
+    pins: &PinDir,
+    env: &CniEnv,
+    ip: Ipv4Addr,
+    ip6: Option<Ipv6Addr>,
+    rb: &mut Rollback,
+) -> Result<(), CniError> {
     // A datapath without the policy maps enforces nothing either.
     let Ok(state) = PolicyState::open(pins) else { return Ok(()) };
     if !state.enforcing().map_err(plugin)? {
@@ -223,6 +234,19 @@ fn policy_step(pins: &PinDir, env: &CniEnv, ip: Ipv4Addr, rb: &mut Rollback) -> 
     {
         let pins = pins.clone();
         rb.push("remove policy endpoint", async move { PolicyEndpoints::open(&pins)?.remove(ip) });
+    }
+    if let Some(ip6) = ip6 {
+        let prefix6 = Ipv6Network::new(ip6, 128).map_err(|e| plugin(e.into()))?;
+        PolicyIdentities6::open(pins).and_then(|mut m| m.insert(prefix6, entries.identity6)).map_err(full)?;
+        {
+            let pins = pins.clone();
+            rb.push("remove IPv6 policy identity", async move { PolicyIdentities6::open(&pins)?.remove(prefix6) });
+        }
+        PolicyEndpoints6::open(pins).and_then(|mut m| m.insert(ip6, entries.endpoint)).map_err(full)?;
+        {
+            let pins = pins.clone();
+            rb.push("remove IPv6 policy endpoint", async move { PolicyEndpoints6::open(&pins)?.remove(ip6) });
+        }
     }
     Ok(())
 }

@@ -1,7 +1,9 @@
 //! ADD's NetworkPolicy step (issue 25): before the pod's programs are
 //! attached (and so before its first packet), its address gets its policy
 //! entries: `POLICY_IDENTITIES[ip/32]` and `POLICY_ENDPOINTS[ip]`, copied
-//! from what the agent compiled for the pod by name (`POLICY_PODS`).
+//! from what the agent compiled for the pod by name (`POLICY_PODS`); its
+//! IPv6 address (dual-stack) the same endpoint entry and its IPv6 identity
+//! in `POLICY_ENDPOINTS6` / `POLICY_IDENTITIES6`.
 //!
 //! - No agent enforces NetworkPolicy here (`POLICY_STATE_ENFORCING` clear:
 //!   a peers-file node): nothing is written.
@@ -24,8 +26,11 @@ pub const POD_POLICY_POLL: Duration = Duration::from_millis(10);
 /// What ADD writes for a pod's address.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct PolicyEntries {
+    /// For both addresses.
     pub endpoint: EndpointPolicy,
     pub identity: u32,
+    /// For the IPv6 address.
+    pub identity6: u32,
     /// No entry from the agent: failed closed.
     pub pending: bool,
 }
@@ -33,12 +38,18 @@ pub struct PolicyEntries {
 /// The entries for a pod, from the agent's `POLICY_PODS` entry if found.
 pub fn entries(found: Option<PodPolicy>) -> PolicyEntries {
     match found {
-        Some(p) => PolicyEntries { endpoint: p.endpoint, identity: p.identity, pending: false },
+        Some(p) => PolicyEntries {
+            endpoint: p.endpoint,
+            identity: p.identity,
+            identity6: p.identity_for_ipv6(),
+            pending: false,
+        },
         None => PolicyEntries {
             endpoint: EndpointPolicy { rules_id: 0, flags: ENDPOINT_POLICY_PENDING },
             // Peers see an address they cannot place: only "every peer"
             // rules admit it, as for any cluster address not known yet.
             identity: IDENTITY_UNKNOWN_CLUSTER,
+            identity6: IDENTITY_UNKNOWN_CLUSTER,
             pending: true,
         },
     }
@@ -81,19 +92,29 @@ mod tests {
     use super::*;
 
     fn policy(rules_id: u32) -> PodPolicy {
-        PodPolicy { endpoint: EndpointPolicy { rules_id, flags: 1 }, identity: 300, _pad: 0 }
+        PodPolicy { endpoint: EndpointPolicy { rules_id, flags: 1 }, identity: 300, identity6: 301 }
     }
 
     #[test]
     fn a_pod_the_agent_knows_gets_its_entries_and_an_unknown_one_fails_closed() {
         assert_eq!(
             entries(Some(policy(7))),
-            PolicyEntries { endpoint: EndpointPolicy { rules_id: 7, flags: 1 }, identity: 300, pending: false }
+            PolicyEntries {
+                endpoint: EndpointPolicy { rules_id: 7, flags: 1 },
+                identity: 300,
+                identity6: 301,
+                pending: false
+            }
         );
+        // An entry from an agent before IPv6 policy (identity6 0): the
+        // IPv6 address takes the IPv4 one's identity.
+        let old = PodPolicy { identity6: 0, ..policy(7) };
+        assert_eq!(entries(Some(old)).identity6, 300);
         let pending = entries(None);
         assert!(pending.pending);
         assert_eq!(pending.endpoint.flags, ENDPOINT_POLICY_PENDING, "never open");
         assert_eq!(pending.identity, IDENTITY_UNKNOWN_CLUSTER);
+        assert_eq!(pending.identity6, IDENTITY_UNKNOWN_CLUSTER, "never a guess for the IPv6 address either");
     }
 
     #[test]

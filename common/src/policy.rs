@@ -636,11 +636,27 @@ impl PodNameKey {
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
 pub struct PodPolicy {
     pub endpoint: EndpointPolicy,
-    /// The pod's identity (what `POLICY_IDENTITIES` gets for its address).
+    /// The pod's identity (what `POLICY_IDENTITIES` gets for its IPv4
+    /// address).
     pub identity: u32,
-    pub _pad: u32,
+    /// What `POLICY_IDENTITIES6` gets for its IPv6 address: the same as
+    /// `identity` unless an ipBlock holds one of its addresses and not the
+    /// other. `IDENTITY_ANY` (0, what an agent before IPv6 policy left in
+    /// this word): take `identity`.
+    pub identity6: u32,
 }
 const _: () = assert!(core::mem::size_of::<PodPolicy>() == 16);
+
+impl PodPolicy {
+    /// The identity for the pod's IPv6 address (see `identity6`).
+    pub const fn identity_for_ipv6(&self) -> u32 {
+        if self.identity6 == IDENTITY_ANY {
+            self.identity
+        } else {
+            self.identity6
+        }
+    }
+}
 
 /// One verdict for `sluice-agent monitor --type policy`: written into
 /// the ring buffers of the monitor slots subscribed to policy events

@@ -4,11 +4,14 @@
 //! without an entry it waits briefly, then fails closed
 //! (`ENDPOINT_POLICY_PENDING`) and says so; a failure after the step takes
 //! the entries back; DEL removes them; on a node where no agent enforces
-//! NetworkPolicy (`POLICY_STATE_ENFORCING` clear) it writes nothing. The
+//! NetworkPolicy (`POLICY_STATE_ENFORCING` clear) it writes nothing. On a
+//! dual-stack node the pod's IPv6 address gets its entries in the same step
+//! (`POLICY_ENDPOINTS6`, `POLICY_IDENTITIES6`), taken back and removed
+//! alike. The
 //! agent here runs from a peers file, so the test plays the agent's part in
 //! the maps.
 use std::{
-    net::Ipv4Addr,
+    net::{Ipv4Addr, Ipv6Addr},
     time::{Duration, Instant},
 };
 
@@ -18,7 +21,7 @@ use sluice_common::policy::{
 };
 use sluice_node::datapath::{
     pins::PinDir,
-    policy_maps::{PolicyEndpoints, PolicyIdentities, PolicyPods, PolicyState},
+    policy_maps::{PolicyEndpoints, PolicyEndpoints6, PolicyIdentities, PolicyIdentities6, PolicyPods, PolicyState},
 };
 use sluice_tests::{
     bin, faulty_cni_bin,
@@ -30,6 +33,31 @@ fn lab() -> Lab {
     require_root();
     let opts = LabOptions::new(1, 0, bin("sluice-agent").parent().unwrap().to_path_buf());
     Lab::up(&opts).expect("lab up")
+}
+
+fn dual_stack_lab() -> Lab {
+    require_root();
+    let mut opts = LabOptions::new(1, 0, bin("sluice-agent").parent().unwrap().to_path_buf());
+    opts.dual_stack = true;
+    Lab::up(&opts).expect("dual-stack lab up")
+}
+
+fn ip6_of(result: &Value) -> Ipv6Addr {
+    let ips = result["ips"].as_array().unwrap();
+    let v6 = ips.iter().filter_map(|i| i["address"].as_str()).find(|a| a.contains(':'));
+    v6.unwrap_or_else(|| panic!("no IPv6 address in {result}")).split('/').next().unwrap().parse().unwrap()
+}
+
+/// (POLICY_ENDPOINTS6[ip], POLICY_IDENTITIES6' exact /128 for ip).
+fn entries6(pins: &PinDir, ip: Ipv6Addr) -> (Option<EndpointPolicy>, Option<u32>) {
+    let endpoint = PolicyEndpoints6::open(pins).unwrap().get(ip).unwrap();
+    let identity = PolicyIdentities6::open(pins)
+        .unwrap()
+        .all()
+        .unwrap()
+        .get(&ipnetwork::Ipv6Network::new(ip, 128).unwrap())
+        .copied();
+    (endpoint, identity)
 }
 
 fn call(node: &Node, verb: &str, pod: &Netns, k8s: Option<(&str, &str)>) -> CniCall {
@@ -66,7 +94,7 @@ fn add_copies_the_agents_entry_fails_closed_without_one_and_del_removes_them() {
     let compiled = PodPolicy {
         endpoint: EndpointPolicy { rules_id: 42, flags: ENDPOINT_INGRESS_ISOLATED },
         identity: 300,
-        _pad: 0,
+        identity6: 0,
     };
     PolicyPods::open(&pins).unwrap().insert("x", "a", compiled).unwrap();
 
@@ -124,7 +152,7 @@ fn a_failure_after_the_policy_step_takes_its_entries_back() {
     let compiled = PodPolicy {
         endpoint: EndpointPolicy { rules_id: 7, flags: ENDPOINT_INGRESS_ISOLATED },
         identity: 301,
-        _pad: 0,
+        identity6: 0,
     };
     PolicyPods::open(&pins).unwrap().insert("x", "a", compiled).unwrap();
     let before =
@@ -142,4 +170,66 @@ fn a_failure_after_the_policy_step_takes_its_entries_back() {
         );
         assert_eq!(before, after, "a failure after {step} left policy entries");
     }
+}
+
+#[test]
+fn dual_stack_add_writes_the_ipv6_entries_in_the_same_step_and_a_failure_or_del_removes_them() {
+    let lab = dual_stack_lab();
+    let node = lab.state.nodes[0].clone();
+    let pins = PinDir::new(&node.pin_dir);
+    PolicyState::open(&pins).unwrap().set_enforcing(true).unwrap();
+    // An ipBlock told x/a's addresses apart: its IPv6 has an identity of
+    // its own.
+    let compiled = PodPolicy {
+        endpoint: EndpointPolicy { rules_id: 42, flags: ENDPOINT_INGRESS_ISOLATED },
+        identity: 300,
+        identity6: 302,
+    };
+    PolicyPods::open(&pins).unwrap().insert("x", "a", compiled).unwrap();
+
+    let a = Netns::new("slpod").unwrap();
+    let out = lab.cni_call(&node, &call(&node, "ADD", &a, Some(("x", "a")))).unwrap();
+    assert!(out.success, "ADD x/a: {} {}", out.stdout, out.stderr);
+    let (ip_a, ip6_a) = (ip_of(&out.json()), ip6_of(&out.json()));
+    assert_eq!(entries(&pins, ip_a), (Some(compiled.endpoint), Some(300)));
+    assert_eq!(
+        entries6(&pins, ip6_a),
+        (Some(compiled.endpoint), Some(302)),
+        "x/a's IPv6 is isolated as its IPv4 from its first packet, with its IPv6 identity"
+    );
+
+    // No entry from the agent: both addresses fail closed.
+    let b = Netns::new("slpod").unwrap();
+    let out = lab.cni_call(&node, &call(&node, "ADD", &b, Some(("x", "b")))).unwrap();
+    assert!(out.success, "ADD x/b: {} {}", out.stdout, out.stderr);
+    let ip6_b = ip6_of(&out.json());
+    let (endpoint, identity) = entries6(&pins, ip6_b);
+    assert_eq!(endpoint.map(|e| e.flags), Some(ENDPOINT_POLICY_PENDING), "never open over IPv6 either");
+    assert_eq!(identity, Some(IDENTITY_UNKNOWN_CLUSTER));
+
+    // A failure after the policy step (or after attaching) takes both
+    // families' entries back.
+    let before =
+        (PolicyEndpoints6::open(&pins).unwrap().all().unwrap(), PolicyIdentities6::open(&pins).unwrap().all().unwrap());
+    for step in ["policy", "attach"] {
+        let pod = Netns::new("slpod").unwrap();
+        let mut c = call(&node, "ADD", &pod, Some(("x", "a")));
+        c.bin = Some(faulty_cni_bin());
+        c.env.push(("SLUICE_CNI_FAIL_AFTER".into(), step.into()));
+        let out = lab.cni_call(&node, &c).unwrap();
+        assert!(!out.success, "ADD failing after {step} succeeded");
+        let after = (
+            PolicyEndpoints6::open(&pins).unwrap().all().unwrap(),
+            PolicyIdentities6::open(&pins).unwrap().all().unwrap(),
+        );
+        assert_eq!(before, after, "a failure after {step} left IPv6 policy entries");
+    }
+
+    // DEL removes both families' entries.
+    for (pod, k8s, ip6) in [(&a, ("x", "a"), ip6_a), (&b, ("x", "b"), ip6_b)] {
+        let out = lab.cni_call(&node, &call(&node, "DEL", pod, Some(k8s))).unwrap();
+        assert!(out.success, "DEL: {}", out.stdout);
+        assert_eq!(entries6(&pins, ip6), (None, None), "DEL of {k8s:?} left its IPv6 policy entries");
+    }
+    assert_eq!(entries(&pins, ip_a), (None, None));
 }

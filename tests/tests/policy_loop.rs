@@ -45,8 +45,8 @@ fn start(api: ApiServer) -> Running {
     let tables = MemoryTables::default();
     let state = SharedState::default();
     let latencies = Arc::new(Mutex::new(Vec::new()));
-    let nodes: BTreeMap<String, Ipv4Addr> =
-        (0..100).map(|i| (format!("n{i}"), Ipv4Addr::new(172, 30, 0, i as u8 + 1))).collect();
+    let nodes: BTreeMap<String, Vec<std::net::IpAddr>> =
+        (0..100).map(|i| (format!("n{i}"), vec![Ipv4Addr::new(172, 30, 0, i as u8 + 1).into()])).collect();
     let node = PolicyNode {
         node_name: "n0".into(),
         cluster_cidrs: vec!["10.244.0.0/16".parse().unwrap()],
@@ -120,7 +120,7 @@ async fn nothing_is_applied_before_all_three_kinds_are_listed_then_changes_reach
     .await;
     let table = NamesTable::read(&names_path).unwrap();
     assert_eq!(table.policies.values().collect::<Vec<_>>(), ["x/from-b"]);
-    assert_eq!(table.pod("10.244.1.2".parse().unwrap()), Some("x/b"));
+    assert_eq!(table.pod("10.244.1.2".parse::<Ipv4Addr>().unwrap()), Some("x/b"));
     // What `status --policy x/a` shows.
     let report = PolicyReport::read(&PolicyReport::path(&r.data_dir)).unwrap();
     let a = &report.pods["x/a"];

@@ -399,10 +399,19 @@ fn start_policy_loop(
     agent_metrics: &metrics::AgentMetrics,
 ) -> policy_loop::SharedState {
     let state = policy_loop::SharedState::default();
-    let node_ips = move || nodes.snapshot().0.into_iter().filter_map(|n| Some((n.name, n.node_ip?))).collect();
+    // Both families of every node: a node's IPv6 is its host (or
+    // remote-node) identity as its IPv4 is.
+    let node_ips = move || {
+        let node_addresses = |n: membership::NodeEntry| {
+            let ips: Vec<std::net::IpAddr> =
+                n.node_ip.map(Into::into).into_iter().chain(n.node_ip6.map(Into::into)).collect();
+            (!ips.is_empty()).then_some((n.name, ips))
+        };
+        nodes.snapshot().0.into_iter().filter_map(node_addresses).collect()
+    };
     let policy_node = policy_loop::PolicyNode {
         node_name: node.node_name.clone(),
-        cluster_cidrs: vec![node.cluster_cidr],
+        cluster_cidrs: std::iter::once(node.cluster_cidr.into()).chain(node.cluster_cidr6.map(Into::into)).collect(),
         data_dir: node.data_dir.clone(),
         nodes: std::sync::Arc::new(node_ips),
     };

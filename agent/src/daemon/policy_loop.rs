@@ -15,20 +15,28 @@
 //! fits again; `status` reports the agent unhealthy meanwhile.
 use std::{
     collections::BTreeMap,
-    net::Ipv4Addr,
+    net::IpAddr,
     path::PathBuf,
     sync::{Arc, Mutex},
     time::{Duration, Instant},
 };
 
 use anyhow::{Context, Result};
-use ipnetwork::Ipv4Network;
+use ipnetwork::IpNetwork;
 use serde::{Deserialize, Serialize};
-use sluice_node::{clock::now_unix, ipam::store::read_pod_leases};
+use sluice_node::{
+    clock::now_unix,
+    ipam::store::{read_pod_leases, read_pod_leases6},
+};
 use tracing::{error, info, warn};
 
 use crate::{
-    policy::{kubernetes::KubePolicy, model::PodKey, names::NamesTable, report::PolicyReport},
+    policy::{
+        kubernetes::KubePolicy,
+        model::{NodeAddresses, PodKey},
+        names::NamesTable,
+        report::{LocalPod, PolicyReport},
+    },
     reconcile::{
         policy_desired::{IncrementalDesired, NodeInputs, UpdateSummary},
         policy_maps::{ApplyReport, PolicyReconciler, PolicyRefs, PolicyTables},
@@ -104,11 +112,13 @@ pub type SharedState = Arc<Mutex<PolicyLoopState>>;
 #[derive(Clone)]
 pub struct PolicyNode {
     pub node_name: String,
-    pub cluster_cidrs: Vec<Ipv4Network>,
+    /// The pod cluster CIDRs of both families.
+    pub cluster_cidrs: Vec<IpNetwork>,
     /// Where the IPAM leases and the names table are.
     pub data_dir: PathBuf,
-    /// Every node's name → IPv4 address, now.
-    pub nodes: Arc<dyn Fn() -> BTreeMap<String, Ipv4Addr> + Send + Sync>,
+    /// Every node's name → its addresses (IPv4, and IPv6 on a dual-stack
+    /// node), now.
+    pub nodes: Arc<dyn Fn() -> NodeAddresses + Send + Sync>,
 }
 
 /// What a pass needs and keeps between passes: moved onto a blocking
@@ -121,7 +131,7 @@ struct PassState<T> {
     desired: IncrementalDesired,
     /// Every pod's address → name, rebuilt when some pod's addresses
     /// changed (for the names table).
-    pods_by_ip: BTreeMap<Ipv4Addr, PodKey>,
+    pods_by_ip: BTreeMap<IpAddr, PodKey>,
 }
 
 /// What one pass found and did.
@@ -145,8 +155,11 @@ impl<T: PolicyTables> PassState<T> {
         }
         // After the maps: a lease the plugin wrote entries for is older
         // than those entries, so it is seen here.
-        let leases: Vec<(Ipv4Addr, Option<String>)> =
-            read_pod_leases(&node.data_dir)?.into_iter().map(|l| (l.ip, l.pod)).collect();
+        // Both families' (an IPv6 lease beside each IPv4 one, dual-stack).
+        let leases: Vec<(IpAddr, Option<String>)> = (read_pod_leases(&node.data_dir)?.into_iter())
+            .map(|l| (IpAddr::V4(l.ip), l.pod))
+            .chain(read_pod_leases6(&node.data_dir)?.into_iter().map(|l| (IpAddr::V6(l.ip), l.pod)))
+            .collect();
         let nodes = (node.nodes)();
         let inputs =
             NodeInputs { node: &node.node_name, nodes: &nodes, cluster_cidrs: &node.cluster_cidrs, leases: &leases };
@@ -172,7 +185,10 @@ impl<T: PolicyTables> PassState<T> {
                 .desired
                 .pods()
                 .iter()
-                .map(|(k, p)| (k.clone(), (p.ips.iter().copied().collect(), p.identity)))
+                .map(|(k, p)| {
+                    let ips = p.ips.iter().copied().collect();
+                    (k.clone(), LocalPod { ips, identity: p.identity, identity6: p.identity6 })
+                })
                 .collect();
             PolicyReport::build(self.desired.identities(), self.desired.compiled(), &self.pods_by_ip, &local)
         });

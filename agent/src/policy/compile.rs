@@ -106,7 +106,6 @@ pub fn peer_matches(peer: &Peer, policy_namespace: &str, class: &IdentityClass) 
             _ => false,
         },
         Peer::IpBlock(block) => class.blocks().contains(block),
-        Peer::Ipv6Block(_) => false,
     }
 }
 
@@ -172,7 +171,7 @@ impl<'a> ClassIndex<'a> {
                     }
                 }
             }
-            Peer::IpBlock(_) | Peer::Ipv6Block(_) => out.extend(
+            Peer::IpBlock(_) => out.extend(
                 identities
                     .classes
                     .iter()
@@ -359,7 +358,7 @@ mod tests {
         Pod {
             key: PodKey::new(ns, name),
             labels: labels(&[("pod", name)]),
-            ips: vec![Ipv4Addr::from(ip)],
+            ips: vec![Ipv4Addr::from(ip).into()],
             node: "n1".into(),
             host_network: false,
             ports: ports

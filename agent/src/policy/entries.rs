@@ -4,10 +4,10 @@
 //! what `evaluate.rs` looks up exactly as the datapath will.
 use std::{
     collections::{BTreeMap, BTreeSet},
-    net::Ipv4Addr,
+    net::IpAddr,
 };
 
-use ipnetwork::Ipv4Network;
+use ipnetwork::IpNetwork;
 use sluice_common::policy::{
     Direction, EndpointPolicy, PolicyKey, PolicyValue, IDENTITY_ANY, POLICY_PREFIX_ANY_PORT, POLICY_PREFIX_ANY_PROTOCOL,
 };
@@ -24,16 +24,16 @@ pub type RuleKey = (PolicyKey, u32);
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct NodeMaps {
     /// `POLICY_IDENTITIES`.
-    pub identities: BTreeMap<Ipv4Network, u32>,
+    pub identities: BTreeMap<IpNetwork, u32>,
     /// `POLICY_ENDPOINTS`: only pods some policy isolates.
-    pub endpoints: BTreeMap<Ipv4Addr, EndpointPolicy>,
+    pub endpoints: BTreeMap<IpAddr, EndpointPolicy>,
     /// `POLICY_RULES`.
     pub rules: BTreeMap<RuleKey, PolicyValue>,
     /// `PolicyValue::policy_ref` → policy.
     pub policy_names: Vec<PolicyName>,
     /// Which local pod an endpoint address is, and its policy (for
     /// explanations; not in any map).
-    pub pods_by_ip: BTreeMap<Ipv4Addr, PodPolicy>,
+    pub pods_by_ip: BTreeMap<IpAddr, PodPolicy>,
 }
 
 /// Lowers `compiled`. Rule set ids are handed out 1, 2, ... in pod order;
@@ -119,12 +119,12 @@ pub fn port_prefixes(first: u16, last: u16) -> Vec<(u16, u32)> {
 }
 
 /// Longest-prefix lookup over IPv4 prefixes, as the kernel's LPM trie.
-pub fn lpm<V: Copy>(table: &BTreeMap<Ipv4Network, V>, ip: Ipv4Addr) -> Option<V> {
+pub fn lpm<V: Copy>(table: &BTreeMap<IpNetwork, V>, ip: IpAddr) -> Option<V> {
     table.iter().filter(|(net, _)| net.contains(ip)).max_by_key(|(net, _)| net.prefix()).map(|(_, &v)| v)
 }
 
 /// The `PodKey` an endpoint address belongs to, if it is a local pod.
-pub fn local_pod(maps: &NodeMaps, ip: Ipv4Addr) -> Option<&PodKey> {
+pub fn local_pod(maps: &NodeMaps, ip: IpAddr) -> Option<&PodKey> {
     maps.pods_by_ip.get(&ip).map(|p| &p.pod)
 }
 

@@ -7,7 +7,7 @@
 use std::{
     collections::{BTreeMap, BTreeSet},
     fmt,
-    net::Ipv4Addr,
+    net::IpAddr,
 };
 
 use sluice_common::policy::{
@@ -37,11 +37,12 @@ impl NodeMaps {
     pub fn judge(
         &self,
         direction: Direction,
-        local_ip: Ipv4Addr,
-        peer_ip: Ipv4Addr,
+        local_ip: impl Into<IpAddr>,
+        peer_ip: impl Into<IpAddr>,
         protocol: Protocol,
         port: u16,
     ) -> Judgement {
+        let (local_ip, peer_ip) = (local_ip.into(), peer_ip.into());
         let endpoint = self.endpoints.get(&local_ip).copied().unwrap_or_default();
         let peer_identity = lpm(&self.identities, peer_ip).unwrap_or(IDENTITY_WORLD);
         let probe = |identity| PolicyKey::probe(endpoint.rules_id, identity, direction, protocol.number(), port);
@@ -175,6 +176,8 @@ pub fn reachable(
 
 #[cfg(test)]
 mod tests {
+    use std::net::Ipv4Addr;
+
     use super::*;
     use crate::policy::{
         model::{IpBlock, Labels, Namespace, NetworkPolicy, Peer, Pod, PolicyTypes, PortRef, PortSpec, Rule},
@@ -185,7 +188,7 @@ mod tests {
         Pod {
             key: PodKey::new("x", name),
             labels: [("pod".to_string(), name.to_string())].into(),
-            ips: vec![Ipv4Addr::new(10, 244, 0, last)],
+            ips: vec![Ipv4Addr::new(10, 244, 0, last).into()],
             node: node.into(),
             host_network: false,
             ports: vec![],
@@ -197,8 +200,8 @@ mod tests {
         m.add_namespace(Namespace::new("x", Labels::new()));
         m.add_pod(pod("a", 1, "n1"));
         m.add_pod(pod("b", 2, "n2"));
-        m.nodes.insert("n1".into(), Ipv4Addr::new(192, 168, 0, 1));
-        m.nodes.insert("n2".into(), Ipv4Addr::new(192, 168, 0, 2));
+        m.nodes.insert("n1".into(), vec![Ipv4Addr::new(192, 168, 0, 1).into()]);
+        m.nodes.insert("n2".into(), vec![Ipv4Addr::new(192, 168, 0, 2).into()]);
         m.cluster_cidrs.push("10.244.0.0/16".parse().unwrap());
         m
     }

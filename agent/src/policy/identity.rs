@@ -1,5 +1,14 @@
 //! Identities: a number per class of peer address, and the table from
-//! address prefixes to them (`POLICY_IDENTITIES`).
+//! address prefixes to them (`POLICY_IDENTITIES` for the IPv4 prefixes,
+//! `POLICY_IDENTITIES6` for the IPv6 ones: one table, split by family
+//! when written).
+//!
+//! A pod's IPv6 address is classed as its IPv4 one (same namespace,
+//! labels, ports), so it gets the same identity unless an ipBlock holds
+//! one of its addresses and not the other (an ipBlock is of one family):
+//! one `POLICY_RULES` entry serves both families. This node's addresses of
+//! both families are `IDENTITY_HOST`, other nodes' a remote-node class, and
+//! both pod cluster CIDRs `IDENTITY_UNKNOWN_CLUSTER`.
 //!
 //! A pod's class is what any policy could tell it apart by: its namespace
 //! and the namespace's labels, its labels, its named container ports
@@ -15,15 +24,15 @@
 //! policy entry, only one `POLICY_IDENTITIES` element.
 use std::{
     collections::{BTreeMap, BTreeSet, HashMap},
-    net::Ipv4Addr,
+    net::IpAddr,
 };
 
-use ipnetwork::Ipv4Network;
+use ipnetwork::IpNetwork;
 use sluice_common::policy::{
     IDENTITY_FIRST_ALLOCATED, IDENTITY_HOST, IDENTITY_REMOTE_NODE, IDENTITY_UNKNOWN_CLUSTER, IDENTITY_WORLD,
 };
 
-use super::model::{IpBlock, Labels, PolicyModel, Protocol};
+use super::model::{host_prefix as host, IpBlock, Labels, PolicyModel, Protocol};
 
 /// What an identity stands for.
 #[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
@@ -112,18 +121,20 @@ impl IdentityAllocator {
     }
 }
 
-/// `POLICY_IDENTITIES` as the compiler wants it: prefix → identity, and what
-/// each allocated identity stands for.
+/// `POLICY_IDENTITIES` and `POLICY_IDENTITIES6` as the compiler wants
+/// them: prefix (of either family) → identity, and what each allocated
+/// identity stands for.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct IdentityTable {
-    pub prefixes: BTreeMap<Ipv4Network, u32>,
+    pub prefixes: BTreeMap<IpNetwork, u32>,
     pub classes: BTreeMap<u32, IdentityClass>,
 }
 
 impl IdentityTable {
     /// The identity of `ip`, as the LPM trie answers (longest prefix;
-    /// `IDENTITY_WORLD` when none matches).
-    pub fn lookup(&self, ip: Ipv4Addr) -> u32 {
+    /// `IDENTITY_WORLD` when none matches; only prefixes of `ip`'s family).
+    pub fn lookup(&self, ip: impl Into<IpAddr>) -> u32 {
+        let ip = ip.into();
         self.prefixes
             .iter()
             .filter(|(net, _)| net.contains(ip))
@@ -133,11 +144,13 @@ impl IdentityTable {
 
     /// Builds the table for `node` (its own address is `IDENTITY_HOST`).
     ///
-    /// - every known, non-host-network pod's IPv4 /32: its pod class (a pod
+    /// - every known, non-host-network pod's address (/32, /128): its pod
+    ///   class, the same for both families unless an ipBlock tells them
+    ///   apart (a pod
     ///   whose namespace is not known yet: `IDENTITY_UNKNOWN_CLUSTER`, since
     ///   namespace selectors cannot be judged for it);
-    /// - node addresses /32: `IDENTITY_HOST` for `node`, the others a
-    ///   remote-node class;
+    /// - node addresses (both families): `IDENTITY_HOST` for `node`, the
+    ///   others a remote-node class;
     /// - the cluster CIDRs: `IDENTITY_UNKNOWN_CLUSTER`;
     /// - every prefix a policy ipBlock names (cidr or except) that is not
     ///   inside the cluster CIDR: the external class of the addresses whose
@@ -147,12 +160,12 @@ impl IdentityTable {
         let blocks: Vec<IpBlock> = model.ip_blocks().into_iter().collect();
         // The blocks `ip` is in, by index into `blocks`.
         let block_indices =
-            |ip: Ipv4Addr| -> Vec<usize> { (0..blocks.len()).filter(|&i| blocks[i].contains(ip)).collect() };
+            |ip: IpAddr| -> Vec<usize> { (0..blocks.len()).filter(|&i| blocks[i].contains(ip)).collect() };
         let blocks_of =
             |indices: &[usize]| -> BTreeSet<IpBlock> { indices.iter().map(|&i| blocks[i].clone()).collect() };
         let mut table = IdentityTable::default();
         let mut live = BTreeSet::new();
-        let mut add = |table: &mut IdentityTable, net: Ipv4Network, class: IdentityClass| {
+        let mut add = |table: &mut IdentityTable, net: IpNetwork, class: IdentityClass| {
             let id = allocator.identity(&class);
             table.prefixes.entry(net).or_insert(id);
             if id >= IDENTITY_FIRST_ALLOCATED {
@@ -198,17 +211,19 @@ impl IdentityTable {
                 seen.insert(alike, id);
             }
         }
-        for (name, &ip) in &model.nodes {
-            if name == node {
-                table.prefixes.insert(host(ip), IDENTITY_HOST);
-            } else {
-                add(&mut table, host(ip), IdentityClass::RemoteNode { blocks: blocks_of(&block_indices(ip)) });
+        for (name, ips) in &model.nodes {
+            for &ip in ips {
+                if name == node {
+                    table.prefixes.insert(host(ip), IDENTITY_HOST);
+                } else {
+                    add(&mut table, host(ip), IdentityClass::RemoteNode { blocks: blocks_of(&block_indices(ip)) });
+                }
             }
         }
         for &cidr in &model.cluster_cidrs {
             table.prefixes.entry(cidr).or_insert(IDENTITY_UNKNOWN_CLUSTER);
         }
-        let named: BTreeSet<Ipv4Network> =
+        let named: BTreeSet<IpNetwork> =
             blocks.iter().flat_map(|b| std::iter::once(b.cidr).chain(b.except().iter().copied())).collect();
         for prefix in named {
             if table.prefixes.contains_key(&prefix) {
@@ -226,12 +241,10 @@ impl IdentityTable {
     }
 }
 
-fn host(ip: Ipv4Addr) -> Ipv4Network {
-    Ipv4Network::new(ip, 32).expect("/32 is a valid prefix")
-}
-
 #[cfg(test)]
 mod tests {
+    use std::net::{Ipv4Addr, Ipv6Addr};
+
     use super::*;
     use crate::policy::model::{Namespace, NetworkPolicy, Peer, PodKey, PolicyName, PolicyTypes, Rule};
     use crate::policy::{model::Pod, selector::LabelSelector};
@@ -240,7 +253,7 @@ mod tests {
         Pod {
             key: PodKey::new(ns, name),
             labels: labels.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect(),
-            ips: vec![Ipv4Addr::from(ip)],
+            ips: vec![Ipv4Addr::from(ip).into()],
             node: "n1".into(),
             host_network: false,
             ports: vec![],
@@ -269,8 +282,8 @@ mod tests {
         m.add_pod(pod("x", "a", [10, 244, 1, 2], &[("app", "web")]));
         m.add_pod(pod("x", "b", [10, 244, 2, 2], &[("app", "web")]));
         m.add_pod(pod("y", "c", [10, 244, 2, 3], &[("app", "web")]));
-        m.nodes.insert("n1".into(), Ipv4Addr::new(192, 168, 1, 1));
-        m.nodes.insert("n2".into(), Ipv4Addr::new(192, 168, 1, 2));
+        m.nodes.insert("n1".into(), vec![Ipv4Addr::new(192, 168, 1, 1).into()]);
+        m.nodes.insert("n2".into(), vec![Ipv4Addr::new(192, 168, 1, 2).into()]);
         m.cluster_cidrs.push("10.244.0.0/16".parse().unwrap());
         m
     }
@@ -333,5 +346,86 @@ mod tests {
         let t3 = IdentityTable::build(&m, "n1", &mut alloc);
         assert_ne!(t3.lookup(Ipv4Addr::new(10, 244, 3, 3)), db, "a released number is not handed out again");
         assert_eq!(t3.lookup(Ipv4Addr::new(10, 244, 1, 2)), web);
+    }
+
+    fn ip6(s: &str) -> Ipv6Addr {
+        s.parse().unwrap()
+    }
+
+    /// `model()` on a dual-stack cluster: every pod and node has an IPv6
+    /// address too, and the IPv6 pod cluster CIDR is known.
+    fn dual_stack_model() -> PolicyModel {
+        let mut m = model();
+        for (name, v6) in [("a", "fd00:244:1::2"), ("b", "fd00:244:2::2"), ("c", "fd00:244:2::3")] {
+            let ns = if name == "c" { "y" } else { "x" };
+            m.pods.get_mut(&PodKey::new(ns, name)).unwrap().ips.push(ip6(v6).into());
+        }
+        m.nodes.get_mut("n1").unwrap().push(ip6("fd00:168::1").into());
+        m.nodes.get_mut("n2").unwrap().push(ip6("fd00:168::2").into());
+        m.cluster_cidrs.push("fd00:244::/32".parse().unwrap());
+        m
+    }
+
+    #[test]
+    fn a_pods_ipv6_address_carries_its_ipv4_identity_and_nodes_and_cluster_cidrs_classify_alike() {
+        let m = dual_stack_model();
+        let mut alloc = IdentityAllocator::default();
+        let t = IdentityTable::build(&m, "n1", &mut alloc);
+        let a4 = t.lookup(Ipv4Addr::new(10, 244, 1, 2));
+        assert!(a4 >= IDENTITY_FIRST_ALLOCATED);
+        assert_eq!(t.lookup(ip6("fd00:244:1::2")), a4, "x/a's IPv6 is x/a: one identity, one rule for both");
+        assert_eq!(t.lookup(ip6("fd00:244:2::2")), a4, "x/b (same labels) over IPv6 too");
+        assert_eq!(t.prefixes[&"fd00:244:1::2/128".parse().unwrap()], a4, "a /128 of its own");
+        assert_eq!(t.lookup(ip6("fd00:244:2::3")), IDENTITY_UNKNOWN_CLUSTER, "namespace y not known yet");
+        assert_eq!(t.lookup(ip6("fd00:244:9::9")), IDENTITY_UNKNOWN_CLUSTER, "IPv6 cluster CIDR, no pod known");
+        assert_eq!(t.lookup(ip6("fd00:168::1")), IDENTITY_HOST, "this node's IPv6");
+        assert_eq!(t.lookup(ip6("fd00:168::2")), IDENTITY_REMOTE_NODE, "another node's IPv6");
+        assert_eq!(t.lookup(ip6("2001:db8::1")), IDENTITY_WORLD);
+        // An IPv4 prefix never answers for an IPv6 address, nor the reverse.
+        assert_eq!(t.lookup(ip6("::a0f4:102")), IDENTITY_WORLD, "10.244.1.2's bits in IPv6 are not x/a");
+        let t2 = IdentityTable::build(&m, "n2", &mut alloc);
+        assert_eq!(t2.lookup(ip6("fd00:168::2")), IDENTITY_HOST);
+        assert_eq!(t2.lookup(ip6("fd00:168::1")), IDENTITY_REMOTE_NODE);
+        // Without the IPv6 cluster CIDR an unknown IPv6 pod address would
+        // be the world, which an ipBlock for outside could let in.
+        let mut no6 = m.clone();
+        no6.cluster_cidrs.retain(|c| c.is_ipv4());
+        let t3 = IdentityTable::build(&no6, "n1", &mut alloc);
+        assert_eq!(t3.lookup(ip6("fd00:244:9::9")), IDENTITY_WORLD);
+    }
+
+    #[test]
+    fn ipv6_ip_blocks_with_except_split_ipv6_addresses_and_never_touch_ipv4_ones() {
+        let mut m = dual_stack_model();
+        // ::/0 except x/b's IPv6 and an outside /64.
+        m.add_policy(egress_to_block("::/0", &["fd00:244:2::2/128", "2001:db8:0:7::/64"]));
+        let mut alloc = IdentityAllocator::default();
+        let t = IdentityTable::build(&m, "n1", &mut alloc);
+        let a6 = t.lookup(ip6("fd00:244:1::2"));
+        let b6 = t.lookup(ip6("fd00:244:2::2"));
+        let a4 = t.lookup(Ipv4Addr::new(10, 244, 1, 2));
+        let b4 = t.lookup(Ipv4Addr::new(10, 244, 2, 2));
+        assert_eq!(t.classes[&a6].blocks().len(), 1, "x/a's IPv6 is in ::/0");
+        assert!(t.classes[&b6].blocks().is_empty(), "x/b's IPv6 is excepted");
+        assert_ne!(a6, b6);
+        assert!(t.classes[&a4].blocks().is_empty(), "an IPv6 block holds no IPv4 address");
+        assert_eq!(a4, b4, "their IPv4 addresses are alike");
+        assert_eq!(b6, a4, "x/b's IPv6 (no block) is the plain x/app=web class, as the IPv4s");
+        let outside = t.lookup(ip6("2001:db8::1"));
+        assert_eq!(t.classes[&outside].blocks().len(), 1, "outside, in the block");
+        assert_eq!(t.lookup(ip6("2001:db8:0:7::1")), IDENTITY_WORLD, "excepted outside: plain world");
+        assert_eq!(t.lookup(ip6("fd00:244:9::9")), IDENTITY_UNKNOWN_CLUSTER, "cluster CIDR beats ::/0");
+        assert_eq!(t.lookup(Ipv4Addr::new(8, 8, 8, 8)), IDENTITY_WORLD, "::/0 is no IPv4 block");
+        let n2 = t.lookup(ip6("fd00:168::2"));
+        assert_eq!(t.classes[&n2].blocks().len(), 1, "another node's IPv6 is in ::/0");
+        // And an IPv4 block classes no IPv6 address.
+        let mut m4 = dual_stack_model();
+        m4.add_policy(egress_to_block("0.0.0.0/0", &[]));
+        let t4 = IdentityTable::build(&m4, "n1", &mut alloc);
+        let a4 = t4.lookup(Ipv4Addr::new(10, 244, 1, 2));
+        let a6 = t4.lookup(ip6("fd00:244:1::2"));
+        assert_eq!(t4.classes[&a4].blocks().len(), 1);
+        assert!(t4.classes[&a6].blocks().is_empty(), "0.0.0.0/0 holds no IPv6 address");
+        assert_eq!(t4.lookup(ip6("2001:db8::1")), IDENTITY_WORLD);
     }
 }

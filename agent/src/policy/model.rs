@@ -2,14 +2,16 @@
 //! (namespace, name, labels, IPs, node, container ports), namespaces
 //! (labels), NetworkPolicies, the nodes' addresses and the cluster CIDR.
 //! The pure input of the compiler (`compile.rs`); filled from Kubernetes
-//! by watchers (not built yet) or by tests. IPv4 only, as the datapath.
+//! by watchers or by tests. Both families: a pod's IPv4 and IPv6 addresses
+//! are the same pod to every selector; an ipBlock holds addresses of its
+//! own family only.
 use std::{
     collections::{BTreeMap, BTreeSet},
     fmt,
-    net::Ipv4Addr,
+    net::IpAddr,
 };
 
-use ipnetwork::{IpNetwork, Ipv4Network};
+use ipnetwork::IpNetwork;
 use k8s_openapi::{
     api::{core::v1 as core, networking::v1 as networking},
     apimachinery::pkg::util::intstr::IntOrString,
@@ -18,6 +20,10 @@ use k8s_openapi::{
 use super::selector::LabelSelector;
 
 pub type Labels = BTreeMap<String, String>;
+
+/// Node name → its addresses (an IPv4 one, and an IPv6 one where the node
+/// has it), in the order the node lists them.
+pub type NodeAddresses = BTreeMap<String, Vec<IpAddr>>;
 
 /// The label the API server puts on every namespace, holding its name.
 pub const NAMESPACE_NAME_LABEL: &str = "kubernetes.io/metadata.name";
@@ -128,8 +134,9 @@ pub struct ContainerPort {
 pub struct Pod {
     pub key: PodKey,
     pub labels: Labels,
-    /// IPv4 addresses (`status.podIPs`); empty until the pod has one.
-    pub ips: Vec<Ipv4Addr>,
+    /// Its addresses of both families (`status.podIPs`); empty until the
+    /// pod has one.
+    pub ips: Vec<IpAddr>,
     pub node: String,
     /// Host-network pods are never selected by a policy; their address is
     /// their node's.
@@ -150,10 +157,10 @@ impl Pod {
         };
         let spec = pod.spec.as_ref();
         let status = pod.status.as_ref();
-        let mut ips: Vec<Ipv4Addr> =
+        let mut ips: Vec<IpAddr> =
             status.and_then(|s| s.pod_ips.as_ref()).into_iter().flatten().filter_map(|ip| ip.ip.parse().ok()).collect();
         if ips.is_empty() {
-            ips.extend(status.and_then(|s| s.pod_ip.as_deref()).and_then(|ip| ip.parse::<Ipv4Addr>().ok()));
+            ips.extend(status.and_then(|s| s.pod_ip.as_deref()).and_then(|ip| ip.parse::<IpAddr>().ok()));
         }
         // Restartable init containers (sidecars, restartPolicy: Always)
         // serve for the pod's life: their ports are named ports too.
@@ -219,7 +226,8 @@ impl Namespace {
     }
 }
 
-/// An ipBlock: `cidr` minus `except`. Built by [`IpBlock::new`], which
+/// An ipBlock: `cidr` minus `except`, of one family (an IPv4 block never
+/// holds an IPv6 address, nor the reverse). Built by [`IpBlock::new`], which
 /// keeps `except` sorted and deduplicated: every question about it is a few
 /// binary searches, never a scan. A policy may name tens of thousands of
 /// excepts, and each of them is asked about (`identity.rs` classifies every
@@ -227,28 +235,30 @@ impl Namespace {
 /// excepts never finished a pass).
 #[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub struct IpBlock {
-    pub cidr: Ipv4Network,
-    except: Vec<Ipv4Network>,
+    pub cidr: IpNetwork,
+    except: Vec<IpNetwork>,
     /// The excepts no other except holds, as sorted, disjoint address
-    /// ranges (first, last): what "is this excepted" searches (derived
-    /// from `except`).
-    outermost: Vec<(u32, u32)>,
+    /// ranges (first, last) within `cidr`'s family: what "is this
+    /// excepted" searches (derived from `except`).
+    outermost: Vec<(u128, u128)>,
 }
 
 impl IpBlock {
     /// `cidr` minus `except`; every prefix normalized (host bits cleared),
-    /// the excepts sorted and deduplicated.
-    pub fn new(cidr: Ipv4Network, except: impl IntoIterator<Item = Ipv4Network>) -> Self {
-        let mut except: Vec<Ipv4Network> = except.into_iter().map(normalized).collect();
+    /// the excepts sorted and deduplicated. An except of the other family
+    /// excepts nothing (`from_k8s` refuses one).
+    pub fn new(cidr: IpNetwork, except: impl IntoIterator<Item = IpNetwork>) -> Self {
+        let mut except: Vec<IpNetwork> =
+            except.into_iter().filter(|e| e.is_ipv4() == cidr.is_ipv4()).map(normalized).collect();
         except.sort_unstable();
         except.dedup();
         // Sorted by address, the wider first at one address: an except
         // inside another comes after it, and after no disjoint one between
         // (prefixes nest or are disjoint), so comparing with the last kept
         // range is enough.
-        let mut by_address: Vec<(u32, u32)> = except.iter().map(|&e| range(e)).collect();
+        let mut by_address: Vec<(u128, u128)> = except.iter().map(|&e| range(e)).collect();
         by_address.sort_unstable_by_key(|&(first, last)| (first, std::cmp::Reverse(last)));
-        let mut outermost: Vec<(u32, u32)> = Vec::with_capacity(by_address.len());
+        let mut outermost: Vec<(u128, u128)> = Vec::with_capacity(by_address.len());
         for r in by_address {
             if outermost.last().is_none_or(|&(_, last)| r.0 > last) {
                 outermost.push(r);
@@ -258,23 +268,25 @@ impl IpBlock {
     }
 
     /// The excepts, sorted.
-    pub fn except(&self) -> &[Ipv4Network] {
+    pub fn except(&self) -> &[IpNetwork] {
         &self.except
     }
 
-    pub fn contains(&self, ip: Ipv4Addr) -> bool {
+    /// Whether `ip` is in the block (never for the other family).
+    pub fn contains(&self, ip: impl Into<IpAddr>) -> bool {
+        let ip = ip.into();
         self.cidr.contains(ip) && !self.excepted(host_prefix(ip))
     }
 
     /// Whether every address of `prefix` is in the block (prefixes are
     /// nested or disjoint, so this is exact for the prefixes policies name).
-    pub fn covers_prefix(&self, prefix: Ipv4Network) -> bool {
+    pub fn covers_prefix(&self, prefix: IpNetwork) -> bool {
         is_subnet(prefix, self.cidr) && !self.excepted(prefix)
     }
 
     /// Whether one except holds all of `prefix`: the outermost except
     /// starting at or before it ends at or after it. One binary search.
-    fn excepted(&self, prefix: Ipv4Network) -> bool {
+    fn excepted(&self, prefix: IpNetwork) -> bool {
         let (first, last) = range(prefix);
         let i = self.outermost.partition_point(|&(start, _)| start <= first);
         i > 0 && self.outermost[i - 1].1 >= last
@@ -282,22 +294,38 @@ impl IpBlock {
 }
 
 /// `net` with its host bits cleared.
-fn normalized(net: Ipv4Network) -> Ipv4Network {
-    Ipv4Network::new(net.network(), net.prefix()).expect("a valid prefix stays valid")
+fn normalized(net: IpNetwork) -> IpNetwork {
+    IpNetwork::new(net.network(), net.prefix()).expect("a valid prefix stays valid")
+}
+
+/// An address as a number (IPv4 in the low 32 bits; the caller keeps the
+/// families apart).
+fn number(ip: IpAddr) -> u128 {
+    match ip {
+        IpAddr::V4(a) => u128::from(u32::from(a)),
+        IpAddr::V6(a) => u128::from(a),
+    }
 }
 
 /// The first and last address of `net`.
-fn range(net: Ipv4Network) -> (u32, u32) {
-    (u32::from(net.network()), u32::from(net.broadcast()))
+fn range(net: IpNetwork) -> (u128, u128) {
+    (number(net.network()), number(net.broadcast()))
 }
 
-fn host_prefix(ip: Ipv4Addr) -> Ipv4Network {
-    Ipv4Network::new(ip, 32).expect("/32 is a valid prefix")
+/// `ip`/32 or `ip`/128: the prefix of one address.
+pub fn host_prefix(ip: IpAddr) -> IpNetwork {
+    let bits = if ip.is_ipv4() { 32 } else { 128 };
+    IpNetwork::new(ip, bits).expect("a host prefix is valid")
 }
 
-/// `inner` ⊆ `outer`.
-pub fn is_subnet(inner: Ipv4Network, outer: Ipv4Network) -> bool {
-    outer.prefix() <= inner.prefix() && outer.contains(inner.network())
+/// Whether `net` is one address (/32, /128).
+pub fn is_host_prefix(net: IpNetwork) -> bool {
+    net.prefix() == if net.is_ipv4() { 32 } else { 128 }
+}
+
+/// `inner` ⊆ `outer` (never across families).
+pub fn is_subnet(inner: IpNetwork, outer: IpNetwork) -> bool {
+    inner.is_ipv4() == outer.is_ipv4() && outer.prefix() <= inner.prefix() && outer.contains(inner.network())
 }
 
 /// Which namespaces a pod peer is looked for in.
@@ -312,14 +340,9 @@ pub enum NamespaceScope {
 #[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub enum Peer {
     /// `podSelector` and/or `namespaceSelector` (both: ANDed).
-    Pods {
-        namespaces: NamespaceScope,
-        pods: LabelSelector,
-    },
+    Pods { namespaces: NamespaceScope, pods: LabelSelector },
+    /// An ipBlock of either family.
     IpBlock(IpBlock),
-    /// An IPv6 ipBlock: matches no IPv4 address, but keeps its rule from
-    /// becoming "every peer".
-    Ipv6Block(String),
 }
 
 /// A policy port's port.
@@ -468,23 +491,22 @@ fn peer(p: &networking::NetworkPolicyPeer) -> Result<Peer, PolicyError> {
 
 fn ip_block(block: &networking::IPBlock) -> Result<Peer, PolicyError> {
     let bad = |reason: &str| PolicyError::IpBlock { cidr: block.cidr.clone(), reason: reason.to_string() };
-    let parse = |s: &str| -> Result<IpNetwork, PolicyError> { s.parse::<IpNetwork>().map_err(|e| bad(&e.to_string())) };
-    let cidr = match parse(&block.cidr)? {
-        IpNetwork::V6(_) => return Ok(Peer::Ipv6Block(block.cidr.clone())),
-        IpNetwork::V4(net) => Ipv4Network::new(net.network(), net.prefix()).map_err(|e| bad(&e.to_string()))?,
+    let parse = |s: &str| -> Result<IpNetwork, PolicyError> {
+        let net = s.parse::<IpNetwork>().map_err(|e| bad(&e.to_string()))?;
+        Ok(normalized(net))
     };
+    let cidr = parse(&block.cidr)?;
     let mut except = Vec::new();
     for e in block.except.iter().flatten() {
-        match parse(e)? {
-            IpNetwork::V4(net) => {
-                let net = Ipv4Network::new(net.network(), net.prefix()).map_err(|e| bad(&e.to_string()))?;
-                if !is_subnet(net, cidr) {
-                    return Err(bad(&format!("except {net} is not inside the cidr")));
-                }
-                except.push(net);
-            }
-            IpNetwork::V6(_) => return Err(bad("IPv6 except in an IPv4 block")),
+        let net = parse(e)?;
+        if net.is_ipv4() != cidr.is_ipv4() {
+            let (theirs, ours) = if cidr.is_ipv4() { ("IPv6", "IPv4") } else { ("IPv4", "IPv6") };
+            return Err(bad(&format!("{theirs} except {net} in an {ours} block")));
         }
+        if !is_subnet(net, cidr) {
+            return Err(bad(&format!("except {net} is not inside the cidr")));
+        }
+        except.push(net);
     }
     Ok(Peer::IpBlock(IpBlock::new(cidr, except)))
 }
@@ -543,11 +565,11 @@ pub struct PolicyModel {
     pub namespaces: BTreeMap<String, Namespace>,
     pub pods: BTreeMap<PodKey, Pod>,
     pub policies: BTreeMap<PolicyName, NetworkPolicy>,
-    /// Node name → its IPv4 address.
-    pub nodes: BTreeMap<String, Ipv4Addr>,
-    /// Addresses that belong to pods: one not known as a pod is
-    /// `IDENTITY_UNKNOWN_CLUSTER`, never world.
-    pub cluster_cidrs: Vec<Ipv4Network>,
+    /// Node name → its addresses (IPv4, and IPv6 on a dual-stack node).
+    pub nodes: NodeAddresses,
+    /// Addresses that belong to pods, of both families: one not known as a
+    /// pod is `IDENTITY_UNKNOWN_CLUSTER`, never world.
+    pub cluster_cidrs: Vec<IpNetwork>,
 }
 
 impl PolicyModel {
@@ -568,7 +590,7 @@ impl PolicyModel {
         self.policies.remove(name)
     }
 
-    /// Every distinct IPv4 ipBlock any policy names.
+    /// Every distinct ipBlock (of either family) any policy names.
     pub fn ip_blocks(&self) -> BTreeSet<IpBlock> {
         self.policies
             .values()
@@ -576,12 +598,12 @@ impl PolicyModel {
             .flat_map(|r| &r.peers)
             .filter_map(|peer| match peer {
                 Peer::IpBlock(b) => Some(b.clone()),
-                _ => None,
+                Peer::Pods { .. } => None,
             })
             .collect()
     }
 
-    pub fn in_cluster_cidr(&self, prefix: Ipv4Network) -> bool {
+    pub fn in_cluster_cidr(&self, prefix: IpNetwork) -> bool {
         self.cluster_cidrs.iter().any(|&c| is_subnet(prefix, c))
     }
 }
@@ -655,7 +677,7 @@ mod tests {
             r.peers[3],
             Peer::IpBlock(IpBlock::new("10.0.0.0/8".parse().unwrap(), ["10.1.0.0/16".parse().unwrap()]))
         );
-        assert_eq!(r.peers[4], Peer::Ipv6Block("fd00::/8".into()));
+        assert_eq!(r.peers[4], Peer::IpBlock(IpBlock::new("fd00::/8".parse().unwrap(), [])));
         assert_eq!(r.ports[0], PortSpec { protocol: Protocol::Tcp, port: Some(PortRef::Number(80)), end_port: None });
         assert_eq!(
             r.ports[1],
@@ -736,7 +758,8 @@ mod tests {
         }))
         .unwrap();
         let pod = Pod::from_k8s(&pod).unwrap();
-        assert_eq!(pod.ips, vec![Ipv4Addr::new(10, 244, 1, 5)]);
+        let both: Vec<IpAddr> = vec!["10.244.1.5".parse().unwrap(), "fd00::5".parse().unwrap()];
+        assert_eq!(pod.ips, both, "both families, in status order");
         assert_eq!(pod.node, "n1");
         assert_eq!(pod.named_port("serve-80-tcp", Protocol::Tcp), Some(80));
         assert_eq!(pod.named_port("serve-81-udp", Protocol::Udp), Some(81));
@@ -748,7 +771,7 @@ mod tests {
 
     #[test]
     fn ip_block_excepts_nested_unsorted_or_with_host_bits_answer_as_a_scan_would() {
-        let nets = |v: &[&str]| -> Vec<Ipv4Network> { v.iter().map(|s| s.parse().unwrap()).collect() };
+        let nets = |v: &[&str]| -> Vec<IpNetwork> { v.iter().map(|s| s.parse().unwrap()).collect() };
         // Unsorted, a duplicate, one with host bits set, excepts nested in
         // excepts, and many /32s after a wide except (the search must still
         // find the /16 that holds 10.1.200.7).
@@ -766,8 +789,8 @@ mod tests {
         let b = IpBlock::new("10.0.0.0/8".parse().unwrap(), except.clone());
         assert_eq!(b.except().len(), 8, "sorted and deduplicated: {:?}", b.except());
         assert!(b.except().windows(2).all(|w| w[0] < w[1]));
-        let scan_contains = |ip: Ipv4Addr| {
-            "10.0.0.0/8".parse::<Ipv4Network>().unwrap().contains(ip) && !except.iter().any(|e| e.contains(ip))
+        let scan_contains = |ip: IpAddr| {
+            "10.0.0.0/8".parse::<IpNetwork>().unwrap().contains(ip) && !except.iter().any(|e| e.contains(ip))
         };
         for ip in [
             "10.1.200.7",
@@ -786,7 +809,7 @@ mod tests {
             "11.0.0.0",
             "9.255.255.255",
         ] {
-            let ip: Ipv4Addr = ip.parse().unwrap();
+            let ip: IpAddr = ip.parse().unwrap();
             assert_eq!(b.contains(ip), scan_contains(ip), "{ip}");
         }
         for (prefix, covered) in [
@@ -804,18 +827,51 @@ mod tests {
         ] {
             assert_eq!(b.covers_prefix(prefix.parse().unwrap()), covered, "{prefix}");
         }
-        assert!(IpBlock::new("0.0.0.0/0".parse().unwrap(), []).contains(Ipv4Addr::new(1, 2, 3, 4)));
+        assert!(IpBlock::new("0.0.0.0/0".parse().unwrap(), []).contains(std::net::Ipv4Addr::new(1, 2, 3, 4)));
         assert_eq!(IpBlock::new("10.1.2.3/8".parse().unwrap(), []).cidr, "10.0.0.0/8".parse().unwrap());
     }
 
     #[test]
     fn ip_block_containment() {
         let b = IpBlock::new("10.0.0.0/8".parse().unwrap(), ["10.1.0.0/16".parse().unwrap()]);
-        assert!(b.contains(Ipv4Addr::new(10, 2, 0, 1)));
-        assert!(!b.contains(Ipv4Addr::new(10, 1, 0, 1)));
-        assert!(!b.contains(Ipv4Addr::new(11, 0, 0, 1)));
+        assert!(b.contains(std::net::Ipv4Addr::new(10, 2, 0, 1)));
+        assert!(!b.contains(std::net::Ipv4Addr::new(10, 1, 0, 1)));
+        assert!(!b.contains(std::net::Ipv4Addr::new(11, 0, 0, 1)));
         assert!(b.covers_prefix("10.2.0.0/16".parse().unwrap()));
         assert!(!b.covers_prefix("10.1.2.0/24".parse().unwrap()));
         assert!(!b.covers_prefix("0.0.0.0/4".parse().unwrap()));
+    }
+
+    #[test]
+    fn ipv6_blocks_hold_ipv6_addresses_only_and_ipv4_blocks_ipv4_only() {
+        let ip = |s: &str| -> IpAddr { s.parse().unwrap() };
+        let v6 = IpBlock::new("fd00:10::/32".parse().unwrap(), ["fd00:10:0:7::/64".parse().unwrap()]);
+        assert!(v6.contains(ip("fd00:10::1")));
+        assert!(!v6.contains(ip("fd00:10:0:7::1")), "excepted");
+        assert!(!v6.contains(ip("fd00:11::1")));
+        assert!(v6.covers_prefix("fd00:10:0:8::/64".parse().unwrap()));
+        assert!(!v6.covers_prefix("fd00:10:0:7::/80".parse().unwrap()));
+        // The widest blocks of each family never reach into the other.
+        let all4 = IpBlock::new("0.0.0.0/0".parse().unwrap(), []);
+        let all6 = IpBlock::new("::/0".parse().unwrap(), []);
+        for a in ["10.244.1.5", "0.0.0.0", "255.255.255.255"] {
+            assert!(all4.contains(ip(a)) && !all6.contains(ip(a)), "{a}");
+        }
+        // IPv4 numbers inside ::/96 (and mapped ones) are still IPv6.
+        for a in ["::a0f4:105", "::ffff:10.244.1.5", "fd00::5"] {
+            assert!(all6.contains(ip(a)) && !all4.contains(ip(a)), "{a}");
+        }
+        assert!(!all4.covers_prefix("::/96".parse().unwrap()));
+        assert!(!all6.covers_prefix("10.0.0.0/8".parse().unwrap()));
+        // An except of the other family is refused by name.
+        let bad = policy(json!({"egress": [{"to": [{"ipBlock": {"cidr": "fd00::/8", "except": ["10.0.0.0/8"]}}]}]}));
+        assert!(matches!(&bad, Err(PolicyError::IpBlock { reason, .. }) if reason.contains("IPv4 except")), "{bad:?}");
+        let bad = policy(json!({"egress": [{"to": [{"ipBlock": {"cidr": "fd00::/8", "except": ["fe00::/16"]}}]}]}));
+        assert!(matches!(bad, Err(PolicyError::IpBlock { .. })), "{bad:?}");
+        let p = policy(json!({"egress": [{"to": [{"ipBlock": {"cidr": "fd00::1/8", "except": ["fd00:1::/32"]}}]}]}));
+        assert_eq!(
+            p.unwrap().egress[0].peers[0],
+            Peer::IpBlock(IpBlock::new("fd00::/8".parse().unwrap(), ["fd00:1::/32".parse().unwrap()]))
+        );
     }
 }

@@ -6,7 +6,7 @@
 //! (and the maps their entries) across restarts.
 use std::{
     collections::BTreeMap,
-    net::Ipv4Addr,
+    net::IpAddr,
     path::{Path, PathBuf},
 };
 
@@ -22,7 +22,7 @@ pub struct NamesTable {
     /// `policy_ref` → "namespace/name".
     pub policies: BTreeMap<u32, String>,
     /// Every known pod's address (all nodes) → "namespace/name".
-    pub pods: BTreeMap<Ipv4Addr, String>,
+    pub pods: BTreeMap<IpAddr, String>,
 }
 
 impl NamesTable {
@@ -30,7 +30,7 @@ impl NamesTable {
         data_dir.join(FILE_NAME)
     }
 
-    pub fn new(policies: BTreeMap<u32, PolicyName>, pods: BTreeMap<Ipv4Addr, PodKey>) -> Self {
+    pub fn new(policies: BTreeMap<u32, PolicyName>, pods: BTreeMap<IpAddr, PodKey>) -> Self {
         Self {
             policies: policies.into_iter().map(|(r, n)| (r, n.to_string())).collect(),
             pods: pods.into_iter().map(|(ip, k)| (ip, k.to_string())).collect(),
@@ -38,7 +38,7 @@ impl NamesTable {
     }
 
     /// Every pod's addresses (host-network pods are their node, not a pod).
-    pub fn pods_of(model: &PolicyModel) -> BTreeMap<Ipv4Addr, PodKey> {
+    pub fn pods_of(model: &PolicyModel) -> BTreeMap<IpAddr, PodKey> {
         model
             .pods
             .values()
@@ -59,8 +59,9 @@ impl NamesTable {
         self.policies.get(&policy_ref).map(String::as_str)
     }
 
-    pub fn pod(&self, ip: Ipv4Addr) -> Option<&str> {
-        self.pods.get(&ip).map(String::as_str)
+    /// The pod at `ip` (either family).
+    pub fn pod(&self, ip: impl Into<IpAddr>) -> Option<&str> {
+        self.pods.get(&ip.into()).map(String::as_str)
     }
 
     pub fn read(path: &Path) -> Result<Self> {
@@ -79,6 +80,8 @@ impl NamesTable {
 
 #[cfg(test)]
 mod tests {
+    use std::net::Ipv4Addr;
+
     use super::*;
 
     #[test]
@@ -87,7 +90,11 @@ mod tests {
         std::fs::create_dir_all(&dir).unwrap();
         let t = NamesTable::new(
             [(0, PolicyName::new("x", "allow-80")), (7, PolicyName::new("y", "deny"))].into(),
-            [(Ipv4Addr::new(10, 244, 1, 5), PodKey::new("x", "a"))].into(),
+            [
+                (Ipv4Addr::new(10, 244, 1, 5).into(), PodKey::new("x", "a")),
+                ("fd00:244:1::5".parse().unwrap(), PodKey::new("x", "a")),
+            ]
+            .into(),
         );
         let path = NamesTable::path(&dir);
         t.write(&path).unwrap();
@@ -95,6 +102,7 @@ mod tests {
         assert_eq!(back, t);
         assert_eq!(back.policy(7), Some("y/deny"));
         assert_eq!(back.pod(Ipv4Addr::new(10, 244, 1, 5)), Some("x/a"));
+        assert_eq!(back.pod("fd00:244:1::5".parse::<IpAddr>().unwrap()), Some("x/a"), "IPv6 addresses name pods too");
         assert_eq!(back.policy_table()[&0], PolicyName::new("x", "allow-80"));
         std::fs::remove_dir_all(&dir).unwrap();
     }

@@ -5,7 +5,7 @@
 //! it (`<data dir>/policy-pods.json`) after each pass that changed it.
 use std::{
     collections::{BTreeMap, BTreeSet},
-    net::Ipv4Addr,
+    net::IpAddr,
     path::{Path, PathBuf},
 };
 
@@ -15,7 +15,7 @@ use serde::{Deserialize, Serialize};
 use super::{
     compile::{DirectionPolicy, Peers, PodPolicy, Ports},
     identity::IdentityTable,
-    model::{PodKey, Protocol},
+    model::{is_host_prefix, PodKey, Protocol},
 };
 
 pub const FILE_NAME: &str = "policy-pods.json";
@@ -43,10 +43,25 @@ pub struct DirectionView {
 
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct PodPolicyView {
-    pub ips: Vec<Ipv4Addr>,
+    /// Both families' addresses.
+    pub ips: Vec<IpAddr>,
+    /// Of its IPv4 address.
     pub identity: u32,
+    /// Of its IPv6 address (the IPv4 one's unless an ipBlock tells them
+    /// apart; 0 in a report from before IPv6 policy).
+    #[serde(default)]
+    pub identity6: u32,
     pub ingress: DirectionView,
     pub egress: DirectionView,
+}
+
+/// A local pod's addresses and identities, as the maps hold them (the
+/// input of [`PolicyReport::build`]).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct LocalPod {
+    pub ips: Vec<IpAddr>,
+    pub identity: u32,
+    pub identity6: u32,
 }
 
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -74,13 +89,14 @@ impl PolicyReport {
         data_dir.join(FILE_NAME)
     }
 
-    /// From a compiled node: `pods_by_ip` names the pods behind identities;
-    /// `ips` and `identity` are each local pod's as the maps hold them.
+    /// From a compiled node: `pods_by_ip` names the pods behind identities
+    /// (by either family's address); `local` holds each local pod's
+    /// addresses and identities (IPv4, IPv6) as the maps hold them.
     pub fn build(
         identities: &IdentityTable,
         compiled: &BTreeMap<PodKey, PodPolicy>,
-        pods_by_ip: &BTreeMap<Ipv4Addr, PodKey>,
-        local: &BTreeMap<PodKey, (Vec<Ipv4Addr>, u32)>,
+        pods_by_ip: &BTreeMap<IpAddr, PodKey>,
+        local: &BTreeMap<PodKey, LocalPod>,
     ) -> Self {
         // Identity → what carries it: pod names, or prefixes; only for the
         // identities some local pod's rule names.
@@ -95,8 +111,8 @@ impl PolicyReport {
             .collect();
         let mut holders: BTreeMap<u32, BTreeSet<String>> = BTreeMap::new();
         for (prefix, &id) in identities.prefixes.iter().filter(|(_, id)| named.contains(id)) {
-            let name = match (prefix.prefix(), pods_by_ip.get(&prefix.ip())) {
-                (32, Some(pod)) => pod.to_string(),
+            let name = match (is_host_prefix(*prefix), pods_by_ip.get(&prefix.ip())) {
+                (true, Some(pod)) => pod.to_string(),
                 _ => prefix.to_string(),
             };
             holders.entry(id).or_default().insert(name);
@@ -126,9 +142,14 @@ impl PolicyReport {
         let pods = compiled
             .iter()
             .map(|(key, p)| {
-                let (ips, identity) = local.get(key).cloned().unwrap_or_default();
-                let view =
-                    PodPolicyView { ips, identity, ingress: direction(&p.ingress), egress: direction(&p.egress) };
+                let LocalPod { ips, identity, identity6 } = local.get(key).cloned().unwrap_or_default();
+                let view = PodPolicyView {
+                    ips,
+                    identity,
+                    identity6,
+                    ingress: direction(&p.ingress),
+                    egress: direction(&p.egress),
+                };
                 (key.to_string(), view)
             })
             .collect();
@@ -150,8 +171,15 @@ impl PolicyReport {
 /// `status --policy` as text.
 pub fn render(pod: &str, view: &PodPolicyView) -> String {
     let ips: Vec<String> = view.ips.iter().map(ToString::to_string).collect();
+    // The IPv6 address's identity, where an ipBlock gave it its own.
+    let identity6 = match view.identity6 {
+        id6 if id6 != 0 && id6 != view.identity && view.ips.iter().any(IpAddr::is_ipv6) => {
+            format!(" (IPv6: {id6})")
+        }
+        _ => String::new(),
+    };
     let mut out = format!(
-        "pod {pod} ({}), identity {}\n",
+        "pod {pod} ({}), identity {}{identity6}\n",
         if ips.is_empty() { "no address yet".to_string() } else { ips.join(", ") },
         view.identity
     );
@@ -198,7 +226,7 @@ mod tests {
         Pod {
             key: PodKey::new("x", name),
             labels: [("pod".to_string(), name.to_string())].into(),
-            ips: vec![Ipv4Addr::from(ip)],
+            ips: vec![Ipv4Addr::from(ip).into()],
             node: "n1".into(),
             host_network: false,
             ports: vec![],
@@ -225,7 +253,8 @@ mod tests {
             egress: vec![],
         });
         let compiled = compile_node(&m, "n1", &mut IdentityAllocator::default());
-        let local = [(PodKey::new("x", "a"), (vec![Ipv4Addr::new(10, 244, 1, 2)], 256))].into();
+        let a = LocalPod { ips: vec![Ipv4Addr::new(10, 244, 1, 2).into()], identity: 256, identity6: 256 };
+        let local = [(PodKey::new("x", "a"), a)].into();
         let report = PolicyReport::build(&compiled.identities, &compiled.pods, &NamesTable::pods_of(&m), &local);
         let a = &report.pods["x/a"];
         assert_eq!(a.ingress.isolated_by, ["x/allow-b"]);
@@ -244,5 +273,44 @@ mod tests {
         assert!(text.contains("egress: isolated by x/allow-b\n    no rule allows anything"), "{text}");
         let b = render("x/b", &report.pods["x/b"]);
         assert!(b.contains("ingress: not isolated"), "{b}");
+    }
+
+    #[test]
+    fn a_dual_stack_pod_shows_both_addresses_and_its_peers_by_name_over_either_family() {
+        let mut m = PolicyModel::default();
+        m.add_namespace(Namespace::new("x", Labels::new()));
+        let mut a = pod("a", [10, 244, 1, 2]);
+        a.ips.push("fd00:244:1::2".parse().unwrap());
+        let mut b = pod("b", [10, 244, 1, 3]);
+        b.ips.push("fd00:244:1::3".parse().unwrap());
+        m.add_pod(a.clone());
+        m.add_pod(b);
+        m.add_policy(NetworkPolicy {
+            name: PolicyName::new("x", "allow-b"),
+            pod_selector: LabelSelector::labels([("pod", "a")]),
+            types: PolicyTypes { ingress: true, egress: false },
+            ingress: vec![Rule {
+                peers: vec![Peer::Pods {
+                    namespaces: NamespaceScope::PolicyNamespace,
+                    pods: LabelSelector::labels([("pod", "b")]),
+                }],
+                ports: vec![],
+            }],
+            egress: vec![],
+        });
+        let compiled = compile_node(&m, "n1", &mut IdentityAllocator::default());
+        let local = [(PodKey::new("x", "a"), LocalPod { ips: a.ips.clone(), identity: 256, identity6: 256 })].into();
+        let report = PolicyReport::build(&compiled.identities, &compiled.pods, &NamesTable::pods_of(&m), &local);
+        let view = &report.pods["x/a"];
+        assert_eq!(view.ingress.allow[0].peers, ["x/b"], "x/b by name, once, though it has a /32 and a /128");
+        let text = render("x/a", view);
+        assert!(text.starts_with("pod x/a (10.244.1.2, fd00:244:1::2), identity 256\n"), "{text}");
+        // An ipBlock gave the IPv6 address an identity of its own: shown.
+        let split = PodPolicyView { identity6: 300, ..view.clone() };
+        assert!(render("x/a", &split).starts_with("pod x/a (10.244.1.2, fd00:244:1::2), identity 256 (IPv6: 300)\n"));
+        // A report written before IPv6 policy still reads.
+        let old: PodPolicyView =
+            serde_json::from_value(serde_json::json!({"ips": ["10.244.1.2"], "identity": 256, "ingress": {"isolated_by": [], "allow": []}, "egress": {"isolated_by": [], "allow": []}})).unwrap();
+        assert_eq!(old.identity6, 0);
     }
 }

@@ -1170,8 +1170,8 @@ mod model_tests {
         fn new() -> Self {
             let mut model = PolicyModel::default();
             model.cluster_cidrs.push("10.244.0.0/16".parse().unwrap());
-            model.nodes.insert("n1".into(), Ipv4Addr::new(192, 168, 0, 1));
-            model.nodes.insert("n2".into(), Ipv4Addr::new(192, 168, 0, 2));
+            model.nodes.insert("n1".into(), vec![Ipv4Addr::new(192, 168, 0, 1).into()]);
+            model.nodes.insert("n2".into(), vec![Ipv4Addr::new(192, 168, 0, 2).into()]);
             for (n, ns) in NAMESPACES.iter().enumerate() {
                 let k8s: core::Namespace =
                     serde_json::from_value(json!({"metadata": {"name": ns, "labels": {"ns": ns}}})).unwrap();
@@ -1218,7 +1218,13 @@ mod model_tests {
         }
 
         fn ip(&self, namespace: &str, pod: &str) -> Ipv4Addr {
-            self.model.pods[&PodKey::new(namespace, pod)].ips[0]
+            let ips = &self.model.pods[&PodKey::new(namespace, pod)].ips;
+            ips.iter()
+                .find_map(|ip| match ip {
+                    std::net::IpAddr::V4(v4) => Some(*v4),
+                    std::net::IpAddr::V6(_) => None,
+                })
+                .expect("every pod of the lab has an IPv4 address")
         }
 
         fn validate(&mut self, protocol: Protocol, port: u16, expected: &Reachability) {

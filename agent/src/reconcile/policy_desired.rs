@@ -26,17 +26,20 @@
 //! pass) and holds per pod only its addresses and their identities.
 use std::{
     collections::{BTreeMap, BTreeSet, HashMap},
-    net::Ipv4Addr,
+    net::IpAddr,
 };
 
-use ipnetwork::Ipv4Network;
+use ipnetwork::IpNetwork;
 use sluice_common::policy::{IDENTITY_FIRST_ALLOCATED, IDENTITY_HOST, IDENTITY_UNKNOWN_CLUSTER};
 
-use super::policy_maps::{pod_rules, Desired, DesiredPod, DesiredView, PolicyRefs};
+use super::policy_maps::{pod_identities, pod_rules, Desired, DesiredPod, DesiredView, PolicyRefs};
 use crate::policy::{
     compile::{compile_pod_indexed, policies_in, rules_may_match, selects, ClassIndex, PodPolicy},
     identity::{IdentityAllocator, IdentityClass, IdentityTable},
-    model::{is_subnet, IpBlock, Namespace, Pod, PodKey, PolicyModel, PolicyName, Touched},
+    model::{
+        host_prefix, is_host_prefix, is_subnet, IpBlock, Namespace, NodeAddresses, Pod, PodKey, PolicyModel,
+        PolicyName, Touched,
+    },
 };
 
 /// The inputs besides the watchers' model.
@@ -44,11 +47,11 @@ use crate::policy::{
 pub struct NodeInputs<'a> {
     pub node: &'a str,
     /// Node name → IPv4 address, every node (this one included).
-    pub nodes: &'a BTreeMap<String, Ipv4Addr>,
-    pub cluster_cidrs: &'a [Ipv4Network],
+    pub nodes: &'a NodeAddresses,
+    pub cluster_cidrs: &'a [IpNetwork],
     /// This node's IPAM leases: address → `namespace/name` when the
     /// runtime named the pod.
-    pub leases: &'a [(Ipv4Addr, Option<String>)],
+    pub leases: &'a [(IpAddr, Option<String>)],
 }
 
 /// A prefix some ipBlock names (its cidr or an except).
@@ -92,12 +95,12 @@ impl UpdateSummary {
 pub struct IncrementalDesired {
     node: String,
     built: bool,
-    nodes: BTreeMap<String, Ipv4Addr>,
-    cluster_cidrs: Vec<Ipv4Network>,
+    nodes: NodeAddresses,
+    cluster_cidrs: Vec<IpNetwork>,
     /// Every ipBlock the policies name (`PolicyModel::ip_blocks`).
     blocks: Vec<IpBlock>,
     /// The leases naming a pod, by pod, in lease order.
-    leased: BTreeMap<PodKey, Vec<Ipv4Addr>>,
+    leased: BTreeMap<PodKey, Vec<IpAddr>>,
     allocator: IdentityAllocator,
     refs: PolicyRefs,
     /// How many holders (pod addresses, nodes, named prefixes) each
@@ -105,25 +108,21 @@ pub struct IncrementalDesired {
     holders: HashMap<u32, usize>,
     /// Each pod's addresses (status and leases) and their identity (`None`:
     /// its namespace is not known).
-    held: BTreeMap<PodKey, Vec<(Ipv4Addr, Option<u32>)>>,
+    held: BTreeMap<PodKey, Vec<(IpAddr, Option<u32>)>>,
     /// The same by address, for who holds a `/32`.
-    by_address: BTreeMap<(Ipv4Addr, PodKey), Option<u32>>,
-    /// This node's address.
-    host: Option<Ipv4Addr>,
+    by_address: BTreeMap<(IpAddr, PodKey), Option<u32>>,
+    /// This node's addresses (both families).
+    host: BTreeSet<IpAddr>,
     /// Other nodes' addresses → their identity (the first node by name).
-    remote_nodes: BTreeMap<Ipv4Addr, u32>,
-    named: BTreeMap<Ipv4Network, NamedPrefix>,
+    remote_nodes: BTreeMap<IpAddr, u32>,
+    named: BTreeMap<IpNetwork, NamedPrefix>,
     table: IdentityTable,
     /// Local pods' compiled policy.
     compiled: BTreeMap<PodKey, PodPolicy>,
     pods: BTreeMap<PodKey, DesiredPod>,
-    unknown_leased: BTreeSet<Ipv4Addr>,
+    unknown_leased: BTreeSet<IpAddr>,
     /// Classes that appeared in the update under way.
     appeared: BTreeSet<u32>,
-}
-
-fn host_prefix(ip: Ipv4Addr) -> Ipv4Network {
-    Ipv4Network::new(ip, 32).expect("/32 is a valid prefix")
 }
 
 fn parse_owner(owner: Option<&str>) -> Option<PodKey> {
@@ -146,7 +145,7 @@ impl IncrementalDesired {
             holders: HashMap::new(),
             held: BTreeMap::new(),
             by_address: BTreeMap::new(),
-            host: None,
+            host: BTreeSet::new(),
             remote_nodes: BTreeMap::new(),
             named: BTreeMap::new(),
             table: IdentityTable::default(),
@@ -229,7 +228,7 @@ impl IncrementalDesired {
         self.unknown_leased = self.unknown_leased(model, inputs.leases);
 
         // Their classes and `/32`s again.
-        let mut addresses: BTreeSet<Ipv4Addr> = BTreeSet::new();
+        let mut addresses: BTreeSet<IpAddr> = BTreeSet::new();
         let mut released = Vec::new();
         for key in &dirty {
             let old = self.held.remove(key).unwrap_or_default();
@@ -321,17 +320,19 @@ impl IncrementalDesired {
         for key in &keys {
             self.hold_pod(model, key);
         }
-        self.host = self.nodes.get(&self.node).copied();
+        self.host = self.nodes.get(&self.node).into_iter().flatten().copied().collect();
         let nodes = self.nodes.clone();
-        for (name, &ip) in &nodes {
+        for (name, ips) in &nodes {
             if *name == self.node {
                 continue;
             }
-            let class = IdentityClass::RemoteNode { blocks: self.blocks_holding(ip) };
-            let id = self.hold(&class);
-            self.remote_nodes.entry(ip).or_insert(id);
+            for &ip in ips {
+                let class = IdentityClass::RemoteNode { blocks: self.blocks_holding(ip) };
+                let id = self.hold(&class);
+                self.remote_nodes.entry(ip).or_insert(id);
+            }
         }
-        let named: BTreeSet<Ipv4Network> =
+        let named: BTreeSet<IpNetwork> =
             self.blocks.iter().flat_map(|b| std::iter::once(b.cidr).chain(b.except().iter().copied())).collect();
         for prefix in named {
             let in_cluster = self.cluster_cidrs.iter().any(|&c| is_subnet(prefix, c));
@@ -343,8 +344,8 @@ impl IncrementalDesired {
             self.named
                 .insert(prefix, NamedPrefix { in_cluster, class: IdentityClass::External { blocks }, held: None });
         }
-        let mut prefixes: BTreeSet<Ipv4Network> = self.by_address.keys().map(|(ip, _)| host_prefix(*ip)).collect();
-        prefixes.extend(self.nodes.values().map(|&ip| host_prefix(ip)));
+        let mut prefixes: BTreeSet<IpNetwork> = self.by_address.keys().map(|(ip, _)| host_prefix(*ip)).collect();
+        prefixes.extend(self.nodes.values().flatten().map(|&ip| host_prefix(ip)));
         prefixes.extend(self.cluster_cidrs.iter().copied());
         prefixes.extend(self.named.keys().copied());
         for prefix in prefixes {
@@ -389,15 +390,17 @@ impl IncrementalDesired {
             for key in &keys {
                 let (flags, rules) = pod_rules(&self.compiled[key], &mut self.refs);
                 let ips = self.held.get(key).into_iter().flatten().map(|&(ip, _)| ip).collect();
-                self.pods.insert(key.clone(), DesiredPod { ips, flags, rules, identity: IDENTITY_UNKNOWN_CLUSTER });
+                let unknown = IDENTITY_UNKNOWN_CLUSTER;
+                let pod = DesiredPod { ips, flags, rules, identity: unknown, identity6: unknown };
+                self.pods.insert(key.clone(), pod);
             }
         }
-        // A pod's identity is its first address's entry, which other pods
-        // and nodes holding the address decide too: every local pod's.
+        // A pod's identities are its first address's entry of each family,
+        // which other pods and nodes holding the address decide too: every
+        // local pod's.
         for (key, pod) in self.pods.iter_mut() {
-            pod.identity = self.held.get(key).and_then(|h| h.first()).map_or(IDENTITY_UNKNOWN_CLUSTER, |&(ip, _)| {
-                self.table.prefixes.get(&host_prefix(ip)).copied().unwrap_or_else(|| self.table.lookup(ip))
-            });
+            let ips = self.held.get(key).into_iter().flatten().map(|&(ip, _)| ip);
+            (pod.identity, pod.identity6) = pod_identities(ips, &self.table);
         }
     }
 
@@ -406,8 +409,8 @@ impl IncrementalDesired {
     }
 
     /// The leases naming a local pod the model has, by pod.
-    fn leases(&self, model: &PolicyModel, leases: &[(Ipv4Addr, Option<String>)]) -> BTreeMap<PodKey, Vec<Ipv4Addr>> {
-        let mut out: BTreeMap<PodKey, Vec<Ipv4Addr>> = BTreeMap::new();
+    fn leases(&self, model: &PolicyModel, leases: &[(IpAddr, Option<String>)]) -> BTreeMap<PodKey, Vec<IpAddr>> {
+        let mut out: BTreeMap<PodKey, Vec<IpAddr>> = BTreeMap::new();
         for (ip, owner) in leases {
             if let Some(key) = parse_owner(owner.as_deref()).filter(|k| self.is_local(model, k)) {
                 out.entry(key).or_default().push(*ip);
@@ -417,7 +420,7 @@ impl IncrementalDesired {
     }
 
     /// Leased addresses of pods the model does not show here: left alone.
-    fn unknown_leased(&self, model: &PolicyModel, leases: &[(Ipv4Addr, Option<String>)]) -> BTreeSet<Ipv4Addr> {
+    fn unknown_leased(&self, model: &PolicyModel, leases: &[(IpAddr, Option<String>)]) -> BTreeSet<IpAddr> {
         leases
             .iter()
             .filter(|(_, owner)| !parse_owner(owner.as_deref()).is_some_and(|k| self.is_local(model, &k)))
@@ -426,11 +429,11 @@ impl IncrementalDesired {
     }
 
     /// The ipBlocks holding `ip`.
-    fn blocks_holding(&self, ip: Ipv4Addr) -> BTreeSet<IpBlock> {
+    fn blocks_holding(&self, ip: IpAddr) -> BTreeSet<IpBlock> {
         self.blocks.iter().filter(|b| b.contains(ip)).cloned().collect()
     }
 
-    fn pod_class(&self, ns: &Namespace, pod: &Pod, ip: Ipv4Addr) -> IdentityClass {
+    fn pod_class(&self, ns: &Namespace, pod: &Pod, ip: IpAddr) -> IdentityClass {
         IdentityClass::Pod {
             namespace: ns.name.clone(),
             namespace_labels: ns.labels.clone(),
@@ -508,10 +511,10 @@ impl IncrementalDesired {
     /// `IdentityTable::build`'s order: this node, pods — any of them with
     /// an unknown namespace makes the address unknown, else the first —,
     /// other nodes, cluster CIDRs).
-    fn occupant(&self, prefix: Ipv4Network) -> Option<u32> {
-        if prefix.prefix() == 32 {
+    fn occupant(&self, prefix: IpNetwork) -> Option<u32> {
+        if is_host_prefix(prefix) {
             let ip = prefix.ip();
-            if self.host == Some(ip) {
+            if self.host.contains(&ip) {
                 return Some(IDENTITY_HOST);
             }
             let mut holders = self
@@ -531,7 +534,7 @@ impl IncrementalDesired {
     }
 
     /// Set `prefix`'s entry as the table must hold it; whether it changed.
-    fn resolve_prefix(&mut self, prefix: Ipv4Network) -> bool {
+    fn resolve_prefix(&mut self, prefix: IpNetwork) -> bool {
         let occupant = self.occupant(prefix);
         let value = match self.named.get(&prefix).cloned() {
             None => occupant,
@@ -565,6 +568,8 @@ impl IncrementalDesired {
 
 #[cfg(test)]
 mod tests {
+    use std::net::{Ipv4Addr, Ipv6Addr};
+
     use super::*;
     use crate::{
         policy::{
@@ -607,11 +612,11 @@ mod tests {
         pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect()
     }
 
-    fn net(s: &str) -> Ipv4Network {
+    fn net(s: &str) -> IpNetwork {
         s.parse().unwrap()
     }
 
-    fn random_ip(rng: &mut Rng) -> Ipv4Addr {
+    fn random_ip4(rng: &mut Rng) -> IpAddr {
         match rng.below(20) {
             // Addresses repeat: two pods may hold one for a while.
             0..=15 => Ipv4Addr::new(10, 244, 1 + rng.below(2) as u8, 1 + rng.below(8) as u8),
@@ -619,6 +624,19 @@ mod tests {
             18 => Ipv4Addr::new(172, 30, 0, 1 + rng.below(3) as u8),
             _ => Ipv4Addr::new(10, 99, 0, 1),
         }
+        .into()
+    }
+
+    /// The IPv6 twin of `random_ip4` (dual-stack pods and nodes).
+    fn random_ip6(rng: &mut Rng) -> IpAddr {
+        let seg = |n: usize| n as u16;
+        match rng.below(20) {
+            0..=15 => Ipv6Addr::new(0xfd00, 0x244, seg(1 + rng.below(2)), 0, 0, 0, 0, seg(1 + rng.below(8))),
+            16 | 17 => Ipv6Addr::new(0x2001, 0xdb8, 0, 0, 0, 0, 0, seg(1 + rng.below(3))),
+            18 => Ipv6Addr::new(0xfd00, 0x30, 0, 0, 0, 0, 0, seg(1 + rng.below(3))),
+            _ => Ipv6Addr::new(0xfd00, 0x99, 0, 0, 0, 0, 0, 1),
+        }
+        .into()
     }
 
     fn random_pod(rng: &mut Rng, namespace: &str, name: &str) -> Pod {
@@ -626,10 +644,14 @@ mod tests {
         if rng.chance(30) {
             l.insert("tier".into(), "frontend".into());
         }
-        let ips = match rng.below(10) {
+        let ips = match rng.below(12) {
             0 => vec![],
-            1 => vec![random_ip(rng), random_ip(rng)],
-            _ => vec![random_ip(rng)],
+            1 => vec![random_ip4(rng), random_ip4(rng)],
+            // Dual-stack, either order; IPv6 only.
+            2..=4 => vec![random_ip4(rng), random_ip6(rng)],
+            5 => vec![random_ip6(rng), random_ip4(rng)],
+            6 => vec![random_ip6(rng)],
+            _ => vec![random_ip4(rng)],
         };
         let ports = if rng.chance(60) {
             vec![ContainerPort {
@@ -655,7 +677,7 @@ mod tests {
     fn random_peer(rng: &mut Rng) -> Peer {
         let app = LabelSelector::labels([("app", *rng.pick(&APPS))]);
         let team = LabelSelector::labels([("team", *rng.pick(&["a", "b"]))]);
-        match rng.below(7) {
+        match rng.below(10) {
             0 => Peer::Pods { namespaces: NamespaceScope::PolicyNamespace, pods: app },
             1 => Peer::Pods { namespaces: NamespaceScope::Selected(team), pods: LabelSelector::everything() },
             2 => Peer::Pods { namespaces: NamespaceScope::Selected(team), pods: app },
@@ -672,6 +694,10 @@ mod tests {
             },
             4 => Peer::IpBlock(IpBlock::new(net("10.244.1.0/24"), [net("10.244.1.4/32")])),
             5 => Peer::IpBlock(IpBlock::new(net("192.0.2.0/24"), [net("192.0.2.2/32")])),
+            // IPv6 blocks: inside the IPv6 cluster CIDR, outside, everything.
+            6 => Peer::IpBlock(IpBlock::new(net("fd00:244:1::/64"), [net("fd00:244:1::4/128")])),
+            7 => Peer::IpBlock(IpBlock::new(net("2001:db8::/32"), [net("2001:db8::2/128")])),
+            8 => Peer::IpBlock(IpBlock::new(net("::/0"), [net("fd00::/8")])),
             _ => Peer::IpBlock(IpBlock::new(net("0.0.0.0/0"), [net("10.0.0.0/8")])),
         }
     }
@@ -706,9 +732,9 @@ mod tests {
     /// The cluster a sequence starts from, and the node's other inputs.
     struct World {
         model: PolicyModel,
-        nodes: BTreeMap<String, Ipv4Addr>,
-        cidrs: Vec<Ipv4Network>,
-        leases: Vec<(Ipv4Addr, Option<String>)>,
+        nodes: NodeAddresses,
+        cidrs: Vec<IpNetwork>,
+        leases: Vec<(IpAddr, Option<String>)>,
     }
 
     impl World {
@@ -725,11 +751,16 @@ mod tests {
                 let ns = *rng.pick(&NAMESPACES);
                 model.add_policy(random_policy(rng, ns, &format!("pol{i}")));
             }
-            let nodes = [("n1", "172.30.0.1"), ("n2", "172.30.0.2"), ("n3", "172.30.0.3")]
-                .iter()
-                .map(|(n, ip)| (n.to_string(), ip.parse().unwrap()))
+            // Dual-stack nodes, one IPv4 only.
+            let nodes = [("n1", "172.30.0.1", Some("fd00:30::1")), ("n2", "172.30.0.2", Some("fd00:30::2"))]
+                .into_iter()
+                .chain([("n3", "172.30.0.3", None)])
+                .map(|(n, ip, ip6)| {
+                    let ips = std::iter::once(ip).chain(ip6).map(|a| a.parse().unwrap()).collect();
+                    (n.to_string(), ips)
+                })
                 .collect();
-            World { model, nodes, cidrs: vec![net("10.244.0.0/16")], leases: vec![] }
+            World { model, nodes, cidrs: vec![net("10.244.0.0/16"), net("fd00:244::/32")], leases: vec![] }
         }
 
         fn inputs(&self) -> NodeInputs<'_> {
@@ -795,7 +826,11 @@ mod tests {
                 }
                 88..=96 => {
                     // The IPAM leases change (an ADD or a DEL on this node).
-                    let ip = Ipv4Addr::new(10, 244, 1, 1 + rng.below(8) as u8);
+                    let ip: IpAddr = if rng.chance(30) {
+                        Ipv6Addr::new(0xfd00, 0x244, 1, 0, 0, 0, 0, 1 + rng.below(8) as u16).into()
+                    } else {
+                        Ipv4Addr::new(10, 244, 1, 1 + rng.below(8) as u8).into()
+                    };
                     if rng.chance(40) && !self.leases.is_empty() {
                         let i = rng.below(self.leases.len());
                         self.leases.remove(i);
@@ -810,10 +845,14 @@ mod tests {
                     format!("leases {:?}", self.leases)
                 }
                 _ => {
-                    // A node's address changes.
-                    let ip = Ipv4Addr::new(172, 30, 0, 1 + rng.below(4) as u8);
-                    self.nodes.insert("n3".into(), ip);
-                    format!("n3 at {ip}")
+                    // A node's addresses change (it gains or loses IPv6).
+                    let mut ips = vec![IpAddr::from(Ipv4Addr::new(172, 30, 0, 1 + rng.below(4) as u8))];
+                    if rng.chance(50) {
+                        ips.push(Ipv6Addr::new(0xfd00, 0x30, 0, 0, 0, 0, 0, 1 + rng.below(4) as u16).into());
+                    }
+                    let what = format!("n3 at {ips:?}");
+                    self.nodes.insert("n3".into(), ips);
+                    what
                 }
             };
             (t, what)
@@ -899,14 +938,15 @@ mod tests {
             model.add_pod(Pod {
                 key: PodKey::new(&format!("ns{}", i % namespaces), &format!("p{i}")),
                 labels: labels(&[("app", &format!("a{}", i % 4))]),
-                ips: vec![Ipv4Addr::from(u32::from(Ipv4Addr::new(10, 244, 0, 0)) + 1 + i as u32)],
+                ips: vec![Ipv4Addr::from(u32::from(Ipv4Addr::new(10, 244, 0, 0)) + 1 + i as u32).into()],
                 node: if i % (pods / 10) == 0 { NODE.into() } else { "n2".into() },
                 host_network: false,
                 ports: vec![],
             });
         }
-        let nodes =
-            [("n1".to_string(), Ipv4Addr::new(172, 30, 0, 1)), ("n2".to_string(), Ipv4Addr::new(172, 30, 0, 2))].into();
+        let nodes = [("n1", Ipv4Addr::new(172, 30, 0, 1)), ("n2", Ipv4Addr::new(172, 30, 0, 2))]
+            .map(|(n, ip)| (n.into(), vec![ip.into()]))
+            .into();
         World { model, nodes, cidrs: vec![net("10.244.0.0/16")], leases: vec![] }
     }
 

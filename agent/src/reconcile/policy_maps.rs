@@ -1,7 +1,10 @@
 //! NetworkPolicy's maps kept equal to the compiled policy of this node's
 //! pods (issue 25): `POLICY_IDENTITIES`, `POLICY_RULES`,
 //! `POLICY_ENDPOINTS` and `POLICY_PODS` (the CNI plugin's copy, by pod
-//! name), then `POLICY_STATE.epoch`.
+//! name), then `POLICY_STATE.epoch`. Both families (issue 28): identities
+//! and endpoints are keyed by `IpNetwork` / `IpAddr` here, and the tables
+//! write an IPv6 key into the IPv6 twin (`POLICY_IDENTITIES6`,
+//! `POLICY_ENDPOINTS6`); a pod's IPv6 endpoint entry is its IPv4 one.
 //!
 //! - `desired` (pure): from the watchers' model, the node's IPAM leases and
 //!   the node list, what the four maps must hold.
@@ -35,10 +38,10 @@
 use std::{
     collections::{BTreeMap, BTreeSet, HashMap},
     fmt,
-    net::Ipv4Addr,
+    net::IpAddr,
 };
 
-use ipnetwork::Ipv4Network;
+use ipnetwork::IpNetwork;
 use sluice_common::policy::{
     Direction, EndpointPolicy, PolicyKey, PolicyValue, IDENTITY_ANY, IDENTITY_UNKNOWN_CLUSTER,
 };
@@ -47,7 +50,7 @@ use crate::policy::{
     compile::{compile_pods, CompiledNode, Peers, PodPolicy},
     entries::{rule_keys, RuleKey},
     identity::{IdentityAllocator, IdentityTable},
-    model::{IpBlock, PodKey, PolicyModel, PolicyName},
+    model::{host_prefix, is_host_prefix, IpBlock, NodeAddresses, PodKey, PolicyModel, PolicyName},
 };
 
 /// A pod's allow entries, with `rules_id` 0 in every key (the set's id is
@@ -55,42 +58,61 @@ use crate::policy::{
 pub type RuleSet = BTreeMap<RuleKey, PolicyValue>;
 
 /// What `POLICY_PODS` holds for a pod (`PodPolicy` in the contract): its
-/// endpoint entry and identity, for the CNI plugin to copy at ADD.
+/// endpoint entry and identities, for the CNI plugin to copy at ADD.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct PodEntry {
     pub endpoint: EndpointPolicy,
+    /// For its IPv4 address.
     pub identity: u32,
+    /// For its IPv6 address.
+    pub identity6: u32,
 }
 
 /// One local pod as the maps must show it.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct DesiredPod {
     /// Its addresses: `status.podIPs` and the IPAM leases naming it.
-    pub ips: BTreeSet<Ipv4Addr>,
+    pub ips: BTreeSet<IpAddr>,
     /// `ENDPOINT_*_ISOLATED`.
     pub flags: u32,
     pub rules: RuleSet,
-    /// Its identity (of its first address; `IDENTITY_UNKNOWN_CLUSTER`
+    /// Its identity (of its first IPv4 address; `IDENTITY_UNKNOWN_CLUSTER`
     /// before it has one).
     pub identity: u32,
+    /// The same of its first IPv6 address.
+    pub identity6: u32,
+}
+
+/// A pod's identities (IPv4, IPv6): each its first address of that
+/// family's entry (its own host prefix: an exact lookup, not a scan);
+/// `IDENTITY_UNKNOWN_CLUSTER` without one.
+pub fn pod_identities(ips: impl IntoIterator<Item = IpAddr>, table: &IdentityTable) -> (u32, u32) {
+    let (mut v4, mut v6) = (None, None);
+    for ip in ips {
+        let slot = if ip.is_ipv4() { &mut v4 } else { &mut v6 };
+        if slot.is_none() {
+            *slot = Some(table.prefixes.get(&host_prefix(ip)).copied().unwrap_or_else(|| table.lookup(ip)));
+        }
+    }
+    (v4.unwrap_or(IDENTITY_UNKNOWN_CLUSTER), v6.unwrap_or(IDENTITY_UNKNOWN_CLUSTER))
 }
 
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Desired {
-    pub identities: BTreeMap<Ipv4Network, u32>,
+    pub identities: BTreeMap<IpNetwork, u32>,
     pub pods: BTreeMap<PodKey, DesiredPod>,
     /// Leased addresses of pods the agent does not know: their entries are
     /// left alone.
-    pub unknown_leased: BTreeSet<Ipv4Addr>,
+    pub unknown_leased: BTreeSet<IpAddr>,
 }
 
 /// [`Desired`], borrowed: what [`PolicyReconciler::apply`] reads (the
 /// incremental compiler keeps its parts in place).
 #[derive(Clone, Copy, Debug)]
 pub struct DesiredView<'a> {
-    pub identities: &'a BTreeMap<Ipv4Network, u32>,
+    pub identities: &'a BTreeMap<IpNetwork, u32>,
     pub pods: &'a BTreeMap<PodKey, DesiredPod>,
-    pub unknown_leased: &'a BTreeSet<Ipv4Addr>,
+    pub unknown_leased: &'a BTreeSet<IpAddr>,
 }
 
 impl<'a> From<&'a Desired> for DesiredView<'a> {
@@ -138,9 +160,9 @@ impl PolicyRefs {
 struct IdentityInputs {
     generations: (u64, u64),
     ip_blocks: BTreeSet<IpBlock>,
-    nodes: BTreeMap<String, Ipv4Addr>,
-    cluster_cidrs: Vec<Ipv4Network>,
-    leases: Vec<(Ipv4Addr, Option<String>)>,
+    nodes: NodeAddresses,
+    cluster_cidrs: Vec<IpNetwork>,
+    leases: Vec<(IpAddr, Option<String>)>,
 }
 
 /// The last identity table, kept while its inputs stay the same: a change
@@ -157,12 +179,12 @@ pub struct IdentityCache {
 /// The inputs of `desired` besides the watchers' model.
 pub struct NodeFacts<'a> {
     pub node: &'a str,
-    /// Node name → IPv4 address, every node (this one included).
-    pub nodes: &'a BTreeMap<String, Ipv4Addr>,
-    pub cluster_cidrs: &'a [Ipv4Network],
+    /// Node name → its addresses, every node (this one included).
+    pub nodes: &'a NodeAddresses,
+    pub cluster_cidrs: &'a [IpNetwork],
     /// This node's IPAM leases: address → `namespace/name` when the
     /// runtime named the pod.
-    pub leases: &'a [(Ipv4Addr, Option<String>)],
+    pub leases: &'a [(IpAddr, Option<String>)],
     /// The watch generations of pods and namespaces the model is at
     /// (`None`: unknown, never reuse an identity table).
     pub generations: Option<(u64, u64)>,
@@ -226,14 +248,10 @@ pub fn desired(
     let mut pods = BTreeMap::new();
     for (key, policy) in &compiled.pods {
         let Some(pod) = model.pods.get(key) else { continue };
-        let ips: BTreeSet<Ipv4Addr> = pod.ips.iter().copied().collect();
-        // A pod's address has its own /32 (an exact lookup, not a scan).
-        let identity = pod.ips.first().map_or(IDENTITY_UNKNOWN_CLUSTER, |&ip| {
-            let host = Ipv4Network::new(ip, 32).expect("/32 is a valid prefix");
-            compiled.identities.prefixes.get(&host).copied().unwrap_or_else(|| compiled.identities.lookup(ip))
-        });
+        let ips: BTreeSet<IpAddr> = pod.ips.iter().copied().collect();
+        let (identity, identity6) = pod_identities(pod.ips.iter().copied(), &compiled.identities);
         let (flags, rules) = pod_rules(policy, refs);
-        pods.insert(key.clone(), DesiredPod { ips, flags, rules, identity });
+        pods.insert(key.clone(), DesiredPod { ips, flags, rules, identity, identity6 });
     }
     let desired = Desired { identities: compiled.identities.prefixes.clone(), pods, unknown_leased };
     (desired, compiled)
@@ -269,8 +287,8 @@ pub fn pod_rules(policy: &PodPolicy, refs: &mut PolicyRefs) -> (u32, RuleSet) {
 /// The four maps' contents as read back (or as last written).
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Actual {
-    pub identities: BTreeMap<Ipv4Network, u32>,
-    pub endpoints: BTreeMap<Ipv4Addr, EndpointPolicy>,
+    pub identities: BTreeMap<IpNetwork, u32>,
+    pub endpoints: BTreeMap<IpAddr, EndpointPolicy>,
     /// Keys carry their `rules_id`.
     pub rules: BTreeMap<RuleKey, PolicyValue>,
     pub pods: BTreeMap<String, PodEntry>,
@@ -290,12 +308,12 @@ pub enum TableError {
 /// success.
 pub trait PolicyTables {
     fn read(&mut self) -> anyhow::Result<Actual>;
-    fn put_identity(&mut self, prefix: Ipv4Network, identity: u32) -> Result<(), TableError>;
-    fn del_identity(&mut self, prefix: Ipv4Network) -> Result<(), TableError>;
+    fn put_identity(&mut self, prefix: IpNetwork, identity: u32) -> Result<(), TableError>;
+    fn del_identity(&mut self, prefix: IpNetwork) -> Result<(), TableError>;
     fn put_rule(&mut self, key: RuleKey, value: PolicyValue) -> Result<(), TableError>;
     fn del_rule(&mut self, key: RuleKey) -> Result<(), TableError>;
-    fn put_endpoint(&mut self, ip: Ipv4Addr, entry: EndpointPolicy) -> Result<(), TableError>;
-    fn del_endpoint(&mut self, ip: Ipv4Addr) -> Result<(), TableError>;
+    fn put_endpoint(&mut self, ip: IpAddr, entry: EndpointPolicy) -> Result<(), TableError>;
+    fn del_endpoint(&mut self, ip: IpAddr) -> Result<(), TableError>;
     fn put_pod(&mut self, name: &str, entry: PodEntry) -> Result<(), TableError>;
     fn del_pod(&mut self, name: &str) -> Result<(), TableError>;
     fn bump_epoch(&mut self) -> Result<(), TableError>;
@@ -460,8 +478,9 @@ impl PolicyReconciler {
 
         // 1. New and changed identities, wide prefixes first (the cluster
         // CIDR before the pods in it).
-        let mut identities_full = false;
-        let mut new_identities: Vec<(&Ipv4Network, &u32)> =
+        // The map (IPv4's or IPv6's) that had no room.
+        let mut identities_full: Option<&'static str> = None;
+        let mut new_identities: Vec<(&IpNetwork, &u32)> =
             desired.identities.iter().filter(|(p, id)| self.actual.identities.get(p) != Some(id)).collect();
         new_identities.sort_by_key(|(p, _)| (p.prefix(), **p));
         for (&prefix, &id) in new_identities {
@@ -470,11 +489,11 @@ impl PolicyReconciler {
                     self.actual.identities.insert(prefix, id);
                     report.written += 1;
                 }
-                Err(TableError::Full(_)) => {
-                    identities_full = true;
+                Err(TableError::Full(map)) => {
+                    identities_full = Some(map);
                     break;
                 }
-                Err(TableError::Other(e)) => return Err(e.context(format!("POLICY_IDENTITIES {prefix} → {id}"))),
+                Err(TableError::Other(e)) => return Err(e.context(format!("policy identity {prefix} → {id}"))),
             }
         }
 
@@ -482,7 +501,7 @@ impl PolicyReconciler {
         let mut rules_full = Vec::new();
         let mut chosen: BTreeMap<&PodKey, EndpointPolicy> = BTreeMap::new();
         for (key, pod) in desired.pods {
-            let rules_id = if pod.rules.is_empty() || identities_full {
+            let rules_id = if pod.rules.is_empty() || identities_full.is_some() {
                 0
             } else if let Some(&id) = self.by_content.get(&pod.rules) {
                 id
@@ -497,22 +516,23 @@ impl PolicyReconciler {
             };
             chosen.insert(key, EndpointPolicy { rules_id, flags: pod.flags });
         }
-        if identities_full {
+        if let Some(map) = identities_full {
             let isolated = desired.pods.iter().filter(|(_, p)| p.flags != 0).map(|(k, _)| k.clone()).collect();
-            report.full.push(PolicyMapFull { map: "POLICY_IDENTITIES", pods: isolated });
+            report.full.push(PolicyMapFull { map, pods: isolated });
         }
         if !rules_full.is_empty() {
             report.full.push(PolicyMapFull { map: "POLICY_RULES", pods: rules_full });
         }
 
         // 3. Endpoints: one update per address switches its pod's rules.
-        let mut desired_endpoints: BTreeMap<Ipv4Addr, EndpointPolicy> = BTreeMap::new();
+        let mut desired_endpoints: BTreeMap<IpAddr, EndpointPolicy> = BTreeMap::new();
         for (key, pod) in desired.pods {
             for &ip in &pod.ips {
                 desired_endpoints.insert(ip, chosen[key]);
             }
         }
-        let mut endpoints_full = Vec::new();
+        // By map: POLICY_ENDPOINTS or POLICY_ENDPOINTS6.
+        let mut endpoints_full: BTreeMap<&'static str, Vec<PodKey>> = BTreeMap::new();
         for (key, pod) in desired.pods {
             for &ip in &pod.ips {
                 let entry = chosen[key];
@@ -524,21 +544,21 @@ impl PolicyReconciler {
                         self.actual.endpoints.insert(ip, entry);
                         report.written += 1;
                     }
-                    Err(TableError::Full(_)) => endpoints_full.push(key.clone()),
-                    Err(TableError::Other(e)) => return Err(e.context(format!("POLICY_ENDPOINTS {ip}"))),
+                    Err(TableError::Full(map)) => endpoints_full.entry(map).or_default().push(key.clone()),
+                    Err(TableError::Other(e)) => return Err(e.context(format!("policy endpoint {ip}"))),
                 }
             }
         }
-        if !endpoints_full.is_empty() {
-            endpoints_full.dedup();
-            report.full.push(PolicyMapFull { map: "POLICY_ENDPOINTS", pods: endpoints_full });
+        for (map, mut pods) in endpoints_full {
+            pods.dedup();
+            report.full.push(PolicyMapFull { map, pods });
         }
 
         // 4. POLICY_PODS, for the CNI plugin.
         let mut pods_full = Vec::new();
         for (key, pod) in desired.pods {
             let name = key.to_string();
-            let entry = PodEntry { endpoint: chosen[key], identity: pod.identity };
+            let entry = PodEntry { endpoint: chosen[key], identity: pod.identity, identity6: pod.identity6 };
             if self.actual.pods.get(&name) == Some(&entry) {
                 continue;
             }
@@ -557,8 +577,8 @@ impl PolicyReconciler {
 
         // 5. What is gone. Endpoints first decide which sets are still used:
         // the desired ones and those of entries left alone.
-        let keep_endpoint = |ip: &Ipv4Addr| desired_endpoints.contains_key(ip) || desired.unknown_leased.contains(ip);
-        let stale_endpoints: Vec<Ipv4Addr> =
+        let keep_endpoint = |ip: &IpAddr| desired_endpoints.contains_key(ip) || desired.unknown_leased.contains(ip);
+        let stale_endpoints: Vec<IpAddr> =
             self.actual.endpoints.keys().filter(|ip| !keep_endpoint(ip)).copied().collect();
         let used: BTreeSet<u32> = self
             .actual
@@ -588,10 +608,10 @@ impl PolicyReconciler {
             report.deleted += set.len();
             report.sets_removed += 1;
         }
-        let keep_identity = |p: &Ipv4Network| {
-            desired.identities.contains_key(p) || (p.prefix() == 32 && desired.unknown_leased.contains(&p.ip()))
+        let keep_identity = |p: &IpNetwork| {
+            desired.identities.contains_key(p) || (is_host_prefix(*p) && desired.unknown_leased.contains(&p.ip()))
         };
-        let stale_identities: Vec<Ipv4Network> =
+        let stale_identities: Vec<IpNetwork> =
             self.actual.identities.keys().filter(|p| !keep_identity(p)).copied().collect();
         for p in stale_identities {
             ignore_missing(tables.del_identity(p))?;
@@ -638,10 +658,10 @@ impl PolicyTables for MemoryTables {
     fn read(&mut self) -> anyhow::Result<Actual> {
         Ok(self.maps.lock().expect("memory tables lock").clone())
     }
-    fn put_identity(&mut self, prefix: Ipv4Network, identity: u32) -> Result<(), TableError> {
+    fn put_identity(&mut self, prefix: IpNetwork, identity: u32) -> Result<(), TableError> {
         self.with(|m| m.identities.insert(prefix, identity)).map(drop)
     }
-    fn del_identity(&mut self, prefix: Ipv4Network) -> Result<(), TableError> {
+    fn del_identity(&mut self, prefix: IpNetwork) -> Result<(), TableError> {
         self.with(|m| m.identities.remove(&prefix)).map(drop)
     }
     fn put_rule(&mut self, key: RuleKey, value: PolicyValue) -> Result<(), TableError> {
@@ -650,10 +670,10 @@ impl PolicyTables for MemoryTables {
     fn del_rule(&mut self, key: RuleKey) -> Result<(), TableError> {
         self.with(|m| m.rules.remove(&key)).map(drop)
     }
-    fn put_endpoint(&mut self, ip: Ipv4Addr, entry: EndpointPolicy) -> Result<(), TableError> {
+    fn put_endpoint(&mut self, ip: IpAddr, entry: EndpointPolicy) -> Result<(), TableError> {
         self.with(|m| m.endpoints.insert(ip, entry)).map(drop)
     }
-    fn del_endpoint(&mut self, ip: Ipv4Addr) -> Result<(), TableError> {
+    fn del_endpoint(&mut self, ip: IpAddr) -> Result<(), TableError> {
         self.with(|m| m.endpoints.remove(&ip)).map(drop)
     }
     fn put_pod(&mut self, name: &str, entry: PodEntry) -> Result<(), TableError> {
@@ -687,6 +707,10 @@ mod tests {
         /// Capacity per map (`None`: unbounded).
         max_rules: Option<usize>,
         max_identities: Option<usize>,
+        /// Capacity of the IPv6 twins (their entries only), as the real
+        /// maps are separate: `POLICY_IDENTITIES6`, `POLICY_ENDPOINTS6`.
+        max_identities6: Option<usize>,
+        max_endpoints6: Option<usize>,
         epoch: u32,
         /// Every write, in order: ("put_rule", ..) etc.
         log: Vec<String>,
@@ -713,17 +737,23 @@ mod tests {
         fn read(&mut self) -> anyhow::Result<Actual> {
             Ok(self.t.clone())
         }
-        fn put_identity(&mut self, prefix: Ipv4Network, identity: u32) -> Result<(), TableError> {
-            if !self.t.identities.contains_key(&prefix)
-                && self.max_identities.is_some_and(|m| self.t.identities.len() >= m)
-            {
-                return Err(TableError::Full("POLICY_IDENTITIES"));
+        fn put_identity(&mut self, prefix: IpNetwork, identity: u32) -> Result<(), TableError> {
+            // IPv6 keys sort after every IPv4 one: count only them.
+            let first6: IpNetwork = "::/0".parse().expect("a valid prefix");
+            let v6 = self.t.identities.range(first6..).count();
+            if !self.t.identities.contains_key(&prefix) {
+                if prefix.is_ipv4() && self.max_identities.is_some_and(|m| self.t.identities.len() - v6 >= m) {
+                    return Err(TableError::Full("POLICY_IDENTITIES"));
+                }
+                if prefix.is_ipv6() && self.max_identities6.is_some_and(|m| v6 >= m) {
+                    return Err(TableError::Full("POLICY_IDENTITIES6"));
+                }
             }
             self.log.push(format!("put_identity {prefix}"));
             self.t.identities.insert(prefix, identity);
             Ok(())
         }
-        fn del_identity(&mut self, prefix: Ipv4Network) -> Result<(), TableError> {
+        fn del_identity(&mut self, prefix: IpNetwork) -> Result<(), TableError> {
             self.log.push(format!("del_identity {prefix}"));
             self.t.identities.remove(&prefix);
             Ok(())
@@ -751,13 +781,18 @@ mod tests {
             self.t.rules.remove(&key);
             Ok(())
         }
-        fn put_endpoint(&mut self, ip: Ipv4Addr, entry: EndpointPolicy) -> Result<(), TableError> {
+        fn put_endpoint(&mut self, ip: IpAddr, entry: EndpointPolicy) -> Result<(), TableError> {
+            let first6 = IpAddr::V6(std::net::Ipv6Addr::UNSPECIFIED);
+            let v6 = self.t.endpoints.range(first6..).count();
+            if ip.is_ipv6() && !self.t.endpoints.contains_key(&ip) && self.max_endpoints6.is_some_and(|m| v6 >= m) {
+                return Err(TableError::Full("POLICY_ENDPOINTS6"));
+            }
             self.log.push(format!("put_endpoint {ip} {}", entry.rules_id));
             self.switched_to.push((entry.rules_id, self.set(entry.rules_id)));
             self.t.endpoints.insert(ip, entry);
             Ok(())
         }
-        fn del_endpoint(&mut self, ip: Ipv4Addr) -> Result<(), TableError> {
+        fn del_endpoint(&mut self, ip: IpAddr) -> Result<(), TableError> {
             self.log.push(format!("del_endpoint {ip}"));
             self.t.endpoints.remove(&ip);
             Ok(())
@@ -779,7 +814,7 @@ mod tests {
         }
     }
 
-    fn ip(s: &str) -> Ipv4Addr {
+    fn ip(s: &str) -> IpAddr {
         s.parse().unwrap()
     }
 
@@ -828,9 +863,9 @@ mod tests {
     struct Node {
         allocator: IdentityAllocator,
         refs: PolicyRefs,
-        nodes: BTreeMap<String, Ipv4Addr>,
-        cidrs: Vec<Ipv4Network>,
-        leases: Vec<(Ipv4Addr, Option<String>)>,
+        nodes: NodeAddresses,
+        cidrs: Vec<IpNetwork>,
+        leases: Vec<(IpAddr, Option<String>)>,
     }
 
     impl Node {
@@ -838,7 +873,7 @@ mod tests {
             Node {
                 allocator: IdentityAllocator::default(),
                 refs: PolicyRefs::default(),
-                nodes: [("n1".to_string(), ip("172.30.0.1")), ("n2".to_string(), ip("172.30.0.2"))].into(),
+                nodes: [("n1".to_string(), vec![ip("172.30.0.1")]), ("n2".to_string(), vec![ip("172.30.0.2")])].into(),
                 cidrs: vec!["10.244.0.0/16".parse().unwrap()],
                 leases: vec![],
             }
@@ -1087,8 +1122,8 @@ mod tests {
             let mut node = Node::new();
             let mut m = model();
             m.add_policy(allow_from("p", &[("app", "db")]));
-            let first = u32::from(ip("200.0.0.0"));
-            let except = (0..EXCEPTS).map(|i| Ipv4Network::new(Ipv4Addr::from(first + i), 32).unwrap());
+            let first = u32::from(std::net::Ipv4Addr::new(200, 0, 0, 0));
+            let except = (0..EXCEPTS).map(|i| host_prefix(std::net::Ipv4Addr::from(first + i).into()));
             let mut big = allow_from("too-many-prefixes", &[]);
             big.types = PolicyTypes { ingress: false, egress: true };
             big.egress = std::mem::take(&mut big.ingress);
@@ -1129,5 +1164,154 @@ mod tests {
         assert!(t.t.identities.contains_key(&"10.244.0.0/16".parse().unwrap()), "the cluster CIDR went first");
         assert_eq!(ep(&t, "10.244.1.2"), EndpointPolicy { rules_id: 0, flags: ENDPOINT_INGRESS_ISOLATED });
         assert!(t.t.rules.is_empty());
+    }
+
+    /// `model()` on a dual-stack node: x/a, x/b (n1) and x/c (n2) have an
+    /// IPv6 address too, the nodes theirs, and the IPv6 cluster CIDR.
+    fn dual_stack() -> (Node, PolicyModel) {
+        let mut node = Node::new();
+        node.nodes.get_mut("n1").unwrap().push(ip("fd00:30::1"));
+        node.nodes.get_mut("n2").unwrap().push(ip("fd00:30::2"));
+        node.cidrs.push("fd00:244::/32".parse().unwrap());
+        let mut m = model();
+        for (name, v6) in [("a", "fd00:244:1::2"), ("b", "fd00:244:1::3"), ("c", "fd00:244:2::2")] {
+            m.pods.get_mut(&PodKey::new("x", name)).unwrap().ips.push(ip(v6));
+        }
+        (node, m)
+    }
+
+    #[test]
+    fn every_local_pods_ipv6_address_gets_its_ipv4_entry_and_identity_and_a_resync_repairs_them() {
+        let (mut node, mut m) = dual_stack();
+        m.add_policy(allow_from("p", &[("app", "db")]));
+        let mut t = FakeTables::default();
+        let mut r = PolicyReconciler::resume(&mut t).unwrap();
+        let report = r.apply(&mut t, &node.desired(&m)).unwrap();
+        assert!(report.full.is_empty(), "{report:?}");
+        t.check_switches();
+        for (v4, v6) in [("10.244.1.2", "fd00:244:1::2"), ("10.244.1.3", "fd00:244:1::3")] {
+            assert_eq!(ep(&t, v6), ep(&t, v4), "{v6}: the same isolation and rule set as {v4}");
+            assert_eq!(ep(&t, v6).flags, ENDPOINT_INGRESS_ISOLATED);
+            let id4 = t.t.identities[&format!("{v4}/32").parse().unwrap()];
+            assert_eq!(t.t.identities[&format!("{v6}/128").parse().unwrap()], id4, "{v6}: its IPv4's identity");
+        }
+        assert!(!t.t.endpoints.contains_key(&ip("fd00:244:2::2")), "x/c is on n2");
+        let c = t.t.identities[&"fd00:244:2::2/128".parse().unwrap()];
+        assert_eq!(c, t.t.identities[&"10.244.2.2/32".parse().unwrap()], "a remote pod's IPv6 too");
+        assert_eq!(t.t.identities[&"fd00:30::1/128".parse().unwrap()], IDENTITY_HOST, "this node's IPv6");
+        assert_eq!(t.t.identities[&"fd00:244::/32".parse().unwrap()], IDENTITY_UNKNOWN_CLUSTER);
+        let a = t.t.pods["x/a"];
+        assert_eq!((a.identity6, a.endpoint), (a.identity, ep(&t, "10.244.1.2")), "POLICY_PODS for the plugin");
+
+        // Damage: a's IPv6 entry lost, b's wrong, a stale one for an
+        // address nobody holds, an IPv6 identity gone. A resync repairs.
+        t.t.endpoints.remove(&ip("fd00:244:1::2"));
+        t.t.endpoints.insert(ip("fd00:244:1::3"), EndpointPolicy::default());
+        t.t.endpoints.insert(ip("fd00:244:1::99"), EndpointPolicy { rules_id: 0, flags: ENDPOINT_INGRESS_ISOLATED });
+        t.t.identities.remove(&"fd00:244:1::2/128".parse().unwrap());
+        r.refresh(&mut t).unwrap();
+        let report = r.apply(&mut t, &node.desired(&m)).unwrap();
+        assert!(report.epoch_bumped, "{report:?}");
+        assert_eq!(ep(&t, "fd00:244:1::2"), ep(&t, "10.244.1.2"), "restored");
+        assert_eq!(ep(&t, "fd00:244:1::3"), ep(&t, "10.244.1.3"), "corrected");
+        assert!(!t.t.endpoints.contains_key(&ip("fd00:244:1::99")), "stale: removed");
+        assert!(t.t.identities.contains_key(&"fd00:244:1::2/128".parse().unwrap()));
+
+        // What the plugin wrote for a pod the watch has not shown stays
+        // while its IPv6 lease does (never destroyed on an inference).
+        let pending = EndpointPolicy { rules_id: 0, flags: ENDPOINT_INGRESS_ISOLATED | ENDPOINT_EGRESS_ISOLATED | 4 };
+        t.t.endpoints.insert(ip("fd00:244:1::50"), pending);
+        t.t.identities.insert("fd00:244:1::50/128".parse().unwrap(), IDENTITY_UNKNOWN_CLUSTER);
+        node.leases.push((ip("fd00:244:1::50"), Some("x/new".into())));
+        r.refresh(&mut t).unwrap();
+        r.apply(&mut t, &node.desired(&m)).unwrap();
+        assert_eq!(ep(&t, "fd00:244:1::50"), pending);
+        node.leases.clear();
+        r.refresh(&mut t).unwrap();
+        r.apply(&mut t, &node.desired(&m)).unwrap();
+        assert!(!t.t.endpoints.contains_key(&ip("fd00:244:1::50")), "its lease went: so do its entries");
+        assert!(!t.t.identities.contains_key(&"fd00:244:1::50/128".parse().unwrap()));
+
+        // A pod whose IPv6 comes by its lease (before its status shows it).
+        m.pods.get_mut(&PodKey::new("x", "d")).unwrap().ips.clear();
+        node.leases.push((ip("10.244.1.9"), Some("x/d".into())));
+        node.leases.push((ip("fd00:244:1::9"), Some("x/d".into())));
+        r.apply(&mut t, &node.desired(&m)).unwrap();
+        assert_eq!(ep(&t, "fd00:244:1::9"), ep(&t, "10.244.1.2"), "x/d is selected like x/a, over IPv6 too");
+        // It leaves: both families' entries go.
+        node.leases.clear();
+        m.pods.remove(&PodKey::new("x", "d"));
+        r.apply(&mut t, &node.desired(&m)).unwrap();
+        assert!(!t.t.endpoints.contains_key(&ip("fd00:244:1::9")));
+        assert!(!t.t.identities.contains_key(&"fd00:244:1::9/128".parse().unwrap()));
+    }
+
+    #[test]
+    fn an_ipv6_ip_block_gives_a_pods_ipv6_its_own_identity_for_the_plugin() {
+        let (mut node, mut m) = dual_stack();
+        // Egress from x/c's app=db to every IPv6 address but x/b's.
+        let mut p = allow_from("to-v6", &[]);
+        p.pod_selector = LabelSelector::labels([("app", "db")]);
+        p.types = PolicyTypes { ingress: false, egress: true };
+        p.egress = vec![Rule {
+            peers: vec![Peer::IpBlock(IpBlock::new("::/0".parse().unwrap(), ["fd00:244:1::3/128".parse().unwrap()]))],
+            ports: vec![],
+        }];
+        p.ingress.clear();
+        m.add_policy(p);
+        let mut t = FakeTables::default();
+        let mut r = PolicyReconciler::resume(&mut t).unwrap();
+        r.apply(&mut t, &node.desired(&m)).unwrap();
+        let (a, b) = (t.t.pods["x/a"], t.t.pods["x/b"]);
+        assert_ne!(a.identity6, a.identity, "x/a's IPv6 is in ::/0, its IPv4 in no block");
+        assert_eq!(b.identity6, b.identity, "x/b's IPv6 is excepted: no block on either");
+        assert_eq!(t.t.identities[&"fd00:244:1::2/128".parse().unwrap()], a.identity6);
+        // On n2, x/c (the isolated one) gets its entries for both families.
+        node.nodes.clear();
+        let (n2, _) = dual_stack();
+        node.nodes = n2.nodes;
+        let facts =
+            NodeFacts { node: "n2", nodes: &node.nodes, cluster_cidrs: &node.cidrs, leases: &[], generations: None };
+        let (d, _) = desired(m.clone(), &facts, &mut node.allocator, &mut IdentityCache::default(), &mut node.refs);
+        let c = &d.pods[&PodKey::new("x", "c")];
+        assert_eq!(c.ips, [ip("10.244.2.2"), ip("fd00:244:2::2")].into());
+        assert_eq!(c.flags, ENDPOINT_EGRESS_ISOLATED);
+    }
+
+    #[test]
+    fn full_ipv6_maps_fail_closed_and_are_named() {
+        let (mut node, mut m) = dual_stack();
+        m.add_policy(allow_from("p", &[("app", "db")]));
+        // POLICY_IDENTITIES6 has room for 2: every isolated pod is left
+        // with no allow rule, in both families, and the map is named.
+        let mut t = FakeTables { max_identities6: Some(2), ..Default::default() };
+        let mut r = PolicyReconciler::resume(&mut t).unwrap();
+        let report = r.apply(&mut t, &node.desired(&m)).unwrap();
+        assert_eq!(report.full.len(), 1, "{report:?}");
+        assert_eq!(report.full[0].map, "POLICY_IDENTITIES6");
+        assert_eq!(report.full[0].pods, [PodKey::new("x", "a"), PodKey::new("x", "b"), PodKey::new("x", "d")]);
+        let closed = EndpointPolicy { rules_id: 0, flags: ENDPOINT_INGRESS_ISOLATED };
+        for a in ["10.244.1.2", "fd00:244:1::2", "10.244.1.3", "fd00:244:1::3"] {
+            assert_eq!(ep(&t, a), closed, "{a}: isolated, nothing allowed");
+        }
+        assert!(t.t.rules.is_empty());
+        assert!(report.full[0].to_string().contains("POLICY_IDENTITIES6 is full"), "{}", report.full[0]);
+
+        // POLICY_ENDPOINTS6 has room for 1: named with the pod it failed.
+        let mut t = FakeTables { max_endpoints6: Some(1), ..Default::default() };
+        let mut r = PolicyReconciler::resume(&mut t).unwrap();
+        let report = r.apply(&mut t, &node.desired(&m)).unwrap();
+        assert_eq!(report.full.len(), 1, "{report:?}");
+        assert_eq!(
+            (report.full[0].map, report.full[0].pods.as_slice()),
+            ("POLICY_ENDPOINTS6", &[PodKey::new("x", "b")][..])
+        );
+        assert!(t.t.endpoints.contains_key(&ip("10.244.1.3")), "its IPv4 entry is written");
+        // Room again: the next pass writes it.
+        t.max_endpoints6 = None;
+        node.leases.clear();
+        let report = r.apply(&mut t, &node.desired(&m)).unwrap();
+        assert!(report.full.is_empty(), "{report:?}");
+        assert_eq!(ep(&t, "fd00:244:1::3"), ep(&t, "10.244.1.3"));
     }
 }

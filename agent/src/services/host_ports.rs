@@ -57,13 +57,22 @@ pub struct Conflict {
 }
 
 /// The hostPorts of `pods` that are on `node`, and the conflicts.
+/// A pod's first IPv4 address (the hostPort backends are IPv4).
+fn first_ipv4(pod: &Pod) -> Option<std::net::Ipv4Addr> {
+    pod.ips.iter().find_map(|ip| match ip {
+        std::net::IpAddr::V4(v4) => Some(*v4),
+        std::net::IpAddr::V6(_) => None,
+    })
+}
+
 pub fn desired<'a>(pods: impl IntoIterator<Item = &'a Pod>, node: &str) -> (HostPortPlan, Vec<Conflict>) {
     let mut mine: Vec<&Pod> =
-        pods.into_iter().filter(|p| p.node == node && !p.host_network && !p.ips.is_empty()).collect();
+        pods.into_iter().filter(|p| p.node == node && !p.host_network && first_ipv4(p).is_some()).collect();
     mine.sort_by(|a, b| a.key.cmp(&b.key));
     let mut plan = HostPortPlan::new();
     let mut conflicts = Vec::new();
     for pod in mine {
+        let Some(pod_ip) = first_ipv4(pod) else { continue };
         let name = pod.key.to_string();
         for port in &pod.ports {
             let Some(host_port) = port.host_port else { continue };
@@ -78,7 +87,7 @@ pub fn desired<'a>(pods: impl IntoIterator<Item = &'a Pod>, node: &str) -> (Host
                 Some(std::net::IpAddr::V6(_)) => continue,
             };
             let frontend = HostPortFrontend { host_ip, port: host_port, protocol };
-            let target = HostPortTarget { pod: name.clone(), backend: BackendAddr { ip: pod.ips[0], port: port.port } };
+            let target = HostPortTarget { pod: name.clone(), backend: BackendAddr { ip: pod_ip, port: port.port } };
             match plan.get(&frontend) {
                 Some(kept) if kept.pod != name => {
                     conflicts.push(Conflict { frontend, kept: kept.pod.clone(), refused: name.clone() })

@@ -2,10 +2,13 @@
 //! object pinned (`POLICY_PODS` too, which no program reads: a map the
 //! linker dropped would be missing here), and the typed wrappers reading
 //! back what they wrote, a full map named as such.
-use std::net::Ipv4Addr;
+use std::net::{Ipv4Addr, Ipv6Addr};
 
 use sluice_common::{
-    maps::{limits::MAX_ENDPOINTS, names},
+    maps::{
+        limits::{MAX_ENDPOINTS, MAX_POLICY_IDENTITIES},
+        names,
+    },
     policy::{
         Direction, EndpointPolicy, PodPolicy, PolicyKey, PolicyValue, PolicyVerdict, ENDPOINT_INGRESS_ISOLATED,
         POLICY_PREFIX_ANY_PORT,
@@ -15,7 +18,10 @@ use sluice_node::datapath::{
     loader::ALL_MAPS,
     map_fill,
     pinned_maps::MapFull,
-    policy_maps::{PolicyEndpoints, PolicyIdentities, PolicyPods, PolicyRules, PolicyState, PolicyStats},
+    policy_maps::{
+        PolicyEndpoints, PolicyEndpoints6, PolicyIdentities, PolicyIdentities6, PolicyPods, PolicyRules, PolicyState,
+        PolicyStats,
+    },
 };
 use sluice_tests::prog_test::TestDatapath;
 
@@ -34,6 +40,10 @@ fn every_map_of_the_object_is_pinned_and_reports_its_fill() {
         names::POLICY_CT,
         names::POLICY_PODS,
         names::POLICY_STATS,
+        // The IPv6 twins' fill is exported as their IPv4 maps' is.
+        names::POLICY_IDENTITIES6,
+        names::POLICY_ENDPOINTS6,
+        names::POLICY_CT6,
     ] {
         let fill = fills.iter().find(|f| f.name == name).unwrap_or_else(|| panic!("no fill for {name}: {fills:?}"));
         assert!(fill.max_entries > 0, "{fill:?}");
@@ -72,7 +82,7 @@ fn the_wrappers_read_back_what_they_wrote() {
     let policy = PodPolicy {
         endpoint: EndpointPolicy { rules_id: 7, flags: ENDPOINT_INGRESS_ISOLATED },
         identity: 300,
-        _pad: 0,
+        identity6: 301,
     };
     pods.insert("x", "a", policy).unwrap();
     assert_eq!(pods.get("x", "a").unwrap(), Some(policy));
@@ -95,4 +105,31 @@ fn a_full_policy_endpoints_map_is_named() {
     let err = eps.insert(Ipv4Addr::new(11, 0, 0, 1), EndpointPolicy::default()).unwrap_err();
     let full = err.downcast_ref::<MapFull>().unwrap_or_else(|| panic!("not MapFull: {err:#}"));
     assert_eq!((full.map.as_str(), full.max), (names::POLICY_ENDPOINTS, MAX_ENDPOINTS));
+}
+
+#[test]
+fn a_full_policy_endpoints6_map_is_named() {
+    let dp = TestDatapath::load().unwrap();
+    let mut eps = PolicyEndpoints6::open(dp.pins()).unwrap();
+    let first = u128::from("fd00:244::".parse::<Ipv6Addr>().unwrap());
+    for i in 0..MAX_ENDPOINTS {
+        eps.insert(Ipv6Addr::from(first + u128::from(i)), EndpointPolicy::default()).unwrap();
+    }
+    let err = eps.insert("fd00:245::1".parse().unwrap(), EndpointPolicy::default()).unwrap_err();
+    let full = err.downcast_ref::<MapFull>().unwrap_or_else(|| panic!("not MapFull: {err:#}"));
+    assert_eq!((full.map.as_str(), full.max), (names::POLICY_ENDPOINTS6, MAX_ENDPOINTS));
+}
+
+#[test]
+fn a_full_policy_identities6_map_is_named() {
+    let dp = TestDatapath::load().unwrap();
+    let mut ids = PolicyIdentities6::open(dp.pins()).unwrap();
+    let first = u128::from("fd00:244::".parse::<Ipv6Addr>().unwrap());
+    for i in 0..MAX_POLICY_IDENTITIES {
+        let prefix = ipnetwork::Ipv6Network::new(Ipv6Addr::from(first + u128::from(i)), 128).unwrap();
+        ids.insert(prefix, 300).unwrap();
+    }
+    let err = ids.insert("fd00:245::1/128".parse().unwrap(), 300).unwrap_err();
+    let full = err.downcast_ref::<MapFull>().unwrap_or_else(|| panic!("not MapFull: {err:#}"));
+    assert_eq!((full.map.as_str(), full.max), (names::POLICY_IDENTITIES6, MAX_POLICY_IDENTITIES));
 }

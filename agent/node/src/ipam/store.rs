@@ -240,10 +240,11 @@ impl PodAddrs {
     }
 }
 
-/// A lease as `status --pods` shows it.
+/// A lease as `status --pods` shows it (`PodLease<Ipv6Addr>`: an IPv6
+/// one, `read_pod_leases6`).
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub struct PodLease {
-    pub ip: Ipv4Addr,
+pub struct PodLease<A = Ipv4Addr> {
+    pub ip: A,
     pub container_id: String,
     pub ifname: String,
     /// `<namespace>/<name>`, when the runtime passed them.
@@ -254,6 +255,17 @@ pub struct PodLease {
 /// lock: `status` never waits on a CNI call (a lease being written may show
 /// without its owner for that moment).
 pub fn read_pod_leases(data_dir: &Path) -> Result<Vec<PodLease>> {
+    read_leases_of(data_dir)
+}
+
+/// The IPv6 twin of [`read_pod_leases`]: every IPv6 lease (dual-stack).
+pub fn read_pod_leases6(data_dir: &Path) -> Result<Vec<PodLease<std::net::Ipv6Addr>>> {
+    read_leases_of(data_dir)
+}
+
+/// The leases whose file names parse as an `A` (the other family's are
+/// skipped: each store holds one family).
+fn read_leases_of<A: std::str::FromStr + Ord + Copy>(data_dir: &Path) -> Result<Vec<PodLease<A>>> {
     let root = data_dir.join("ipam");
     let mut out = Vec::new();
     let cidrs = match fs::read_dir(&root) {
@@ -264,7 +276,7 @@ pub fn read_pod_leases(data_dir: &Path) -> Result<Vec<PodLease>> {
     for cidr in cidrs.flatten() {
         let Ok(files) = fs::read_dir(cidr.path()) else { continue };
         for f in files.flatten() {
-            let Ok(ip) = f.file_name().to_string_lossy().parse::<Ipv4Addr>() else { continue };
+            let Ok(ip) = f.file_name().to_string_lossy().parse::<A>() else { continue };
             let text = fs::read_to_string(f.path()).unwrap_or_default();
             let mut lines = text.lines();
             let container_id = lines.next().unwrap_or_default().to_string();
@@ -404,6 +416,10 @@ mod tests {
         // Readers of IPv4 leases (status, NetworkPolicy) see only IPv4 ones.
         let all = read_pod_leases(&dir).unwrap();
         assert_eq!(all.iter().map(|l| l.ip.to_string()).collect::<Vec<_>>(), ["10.5.0.2", "10.5.0.3"]);
+        // The IPv6 reader (NetworkPolicy, dual-stack) sees only IPv6 ones.
+        let all6 = read_pod_leases6(&dir).unwrap();
+        assert_eq!(all6.iter().map(|l| l.ip.to_string()).collect::<Vec<_>>(), ["fd00:5::2"]);
+        assert_eq!((all6[0].container_id.as_str(), all6[0].ifname.as_str()), ("new", "eth0"));
         assert!(dir.join("ipam/fd00:5::_64").is_dir());
         assert_eq!(before.len(), 3, "lease, lock and last_reserved_ip: {before:?}");
         fs::remove_dir_all(dir).unwrap();

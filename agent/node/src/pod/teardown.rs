@@ -69,6 +69,8 @@ pub async fn teardown(
             if let Err(e) = endpoints6.remove(ip6) {
                 errors.push(format!("{e:#}"));
             }
+            // The NetworkPolicy entries ADD wrote for the IPv6 address.
+            errors.extend(remove_policy_entries6(pins, ip6).err().map(|e| format!("{e:#}")));
         }
     }
     drop(lock);
@@ -110,6 +112,19 @@ fn remove_policy_entries(pins: &PinDir, ip: std::net::Ipv4Addr) -> anyhow::Resul
     }
     if let Ok(mut identities) = PolicyIdentities::open(pins) {
         identities.remove(ipnetwork::Ipv4Network::new(ip, 32)?)?;
+    }
+    Ok(())
+}
+
+/// The IPv6 twin of [`remove_policy_entries`]: `POLICY_ENDPOINTS6[ip]` and
+/// `POLICY_IDENTITIES6[ip/128]`.
+fn remove_policy_entries6(pins: &PinDir, ip: std::net::Ipv6Addr) -> anyhow::Result<()> {
+    use crate::datapath::policy_maps::{PolicyEndpoints6, PolicyIdentities6};
+    if let Ok(mut endpoints) = PolicyEndpoints6::open(pins) {
+        endpoints.remove(ip)?;
+    }
+    if let Ok(mut identities) = PolicyIdentities6::open(pins) {
+        identities.remove(Ipv6Network::new(ip, 128)?)?;
     }
     Ok(())
 }

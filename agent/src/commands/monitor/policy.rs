@@ -107,13 +107,9 @@ struct Explained {
     reason: String,
 }
 
-/// The pod at `ip`, as the agent's names table has it (IPv4 addresses
-/// only: it names pods by their IPv4 today).
+/// The pod at `ip` (either family), as the agent's names table has it.
 fn pod_name(names: &NamesTable, ip: IpAddr) -> Option<&str> {
-    match ip {
-        IpAddr::V4(v4) => names.pod(v4),
-        IpAddr::V6(_) => None,
-    }
+    names.pod(ip)
 }
 
 fn name(names: &NamesTable, ip: IpAddr) -> String {
@@ -242,8 +238,9 @@ mod tests {
         let names = NamesTable::new(
             [(3, PolicyName::new("x", "allow-b"))].into(),
             [
-                (Ipv4Addr::new(10, 244, 1, 2), PodKey::new("x", "a")),
-                (Ipv4Addr::new(10, 244, 2, 3), PodKey::new("y", "b")),
+                (Ipv4Addr::new(10, 244, 1, 2).into(), PodKey::new("x", "a")),
+                (Ipv4Addr::new(10, 244, 2, 3).into(), PodKey::new("y", "b")),
+                ("fd00:244:0:1::2".parse().unwrap(), PodKey::new("x", "a")),
             ]
             .into(),
         );
@@ -347,11 +344,12 @@ mod tests {
         assert!(is_policy_kind(bytes));
         assert_eq!(decode(&bytes[..40]), None, "cut short");
         let line = render(&rec, &names, &report, at());
+        // x/a by its IPv6 address (the names table holds both families);
+        // the peer's IPv6 is not in the table: printed as itself.
         assert_eq!(
             line,
-            "12:15:17.123456 POLICY deny ingress fd00:244:0:2::3 ([fd00:244:0:2::3]:41234) → fd00:244:0:1::2 \
-             ([fd00:244:0:1::2]:80) tcp: fd00:244:0:1::2 is isolated by a policy (not in the agent's report yet), no \
-             rule allows"
+            "12:15:17.123456 POLICY deny ingress fd00:244:0:2::3 ([fd00:244:0:2::3]:41234) → x/a \
+             ([fd00:244:0:1::2]:80) tcp: x/a is isolated by x/allow-b, x/deny-all, no rule allows"
         );
         let j = to_json(&rec, &names, &report, at());
         assert_eq!((j["src"].as_str(), j["dstPort"].as_u64()), (Some("fd00:244:0:2::3"), Some(80)));

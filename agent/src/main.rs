@@ -106,6 +106,11 @@ enum Command {
         /// with backends in the socket load balancer's maps, if any.
         #[arg(long)]
         node_port: Option<u16>,
+        /// Also probe that NodePort on every node's address from this
+        /// network namespace (a path such as /run/netns/NAME): one outside
+        /// the cluster, so its connections arrive as the world's do.
+        #[arg(long)]
+        world_netns: Option<std::path::PathBuf>,
         #[arg(long)]
         json: bool,
     },
@@ -341,8 +346,18 @@ async fn dispatch(command: Command) -> Result<ExitCode> {
             monitor::run(&PinDir::new(pin_dir), &opts).await?;
             Ok(ExitCode::SUCCESS)
         }
-        Command::ConnectivityTest { pin_dir, data_dir, pods, peer_metrics_port, service, world, node_port, json } => {
-            let extra = connectivity::Extra { peer_metrics_port, pods, service, world, node_port };
+        Command::ConnectivityTest {
+            pin_dir,
+            data_dir,
+            pods,
+            peer_metrics_port,
+            service,
+            world,
+            node_port,
+            world_netns,
+            json,
+        } => {
+            let extra = connectivity::Extra { peer_metrics_port, pods, service, world, node_port, world_netns };
             let results = connectivity::run(&PinDir::new(pin_dir), &data_dir, &extra).await?;
             let refused = results.iter().flat_map(|r| [&r.icmp_error, &r.tcp_error]).flatten();
             if refused.into_iter().any(|e| privileges::mentions_permission(e)) {

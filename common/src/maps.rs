@@ -193,6 +193,15 @@ pub mod programs {
 /// clears it). Clear of kube-proxy's 0x4000/0x8000 and Docker's marks.
 pub const FAST_PATH_MARK: u32 = 0x0020_0000;
 
+/// Socket mark (`SO_MARK`, which takes `CAP_NET_ADMIN`) of a socket the
+/// socket load balancer leaves alone: `connect()`/`sendmsg()` go where
+/// they name, as from a client outside the cluster. `connectivity-test`'s
+/// `world-to-nodeport` probe sets it, so its connection reaches the node
+/// on the wire and the uplink's NodePort path answers, though the probing
+/// process sits in a cgroup the socket programs cover. Clear of
+/// `FAST_PATH_MARK`, kube-proxy's 0x4000/0x8000 and Docker's marks.
+pub const SOCK_LB_BYPASS_MARK: u32 = 0x0040_0000;
+
 /// Capacity of each map; `status` reports fill levels against these.
 pub mod limits {
     pub const MAX_ENDPOINTS: u32 = 4096;

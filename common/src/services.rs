@@ -358,10 +358,13 @@ pub enum SockLbCounter {
     /// Of `Connected` and `Sent`: through a hostPort entry (this node's
     /// address, or loopback from the node, and a local pod's hostPort).
     HostPort = 8,
+    /// A `connect()` or datagram from a socket marked
+    /// `SOCK_LB_BYPASS_MARK`: left untranslated, as an outside client's.
+    Bypassed = 9,
 }
 
 impl SockLbCounter {
-    pub const COUNT: u32 = 9;
+    pub const COUNT: u32 = 10;
     pub const ALL: [SockLbCounter; Self::COUNT as usize] = [
         SockLbCounter::Connected,
         SockLbCounter::Sent,
@@ -372,6 +375,7 @@ impl SockLbCounter {
         SockLbCounter::V4Mapped,
         SockLbCounter::NodePort,
         SockLbCounter::HostPort,
+        SockLbCounter::Bypassed,
     ];
 
     /// Name in `status` and metrics.
@@ -386,6 +390,7 @@ impl SockLbCounter {
             SockLbCounter::V4Mapped => "v4_mapped",
             SockLbCounter::NodePort => "node_port",
             SockLbCounter::HostPort => "host_port",
+            SockLbCounter::Bypassed => "bypassed",
         }
     }
 }
@@ -441,6 +446,7 @@ mod tests {
         V4Mapped = 6, "v4_mapped";
         NodePort = 7, "node_port";
         HostPort = 8, "host_port";
+        Bypassed = 9, "bypassed";
     });
 
     #[test]

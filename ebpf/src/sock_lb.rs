@@ -62,6 +62,7 @@ use aya_ebpf::{
     EbpfContext,
 };
 use sluice_common::{
+    maps::SOCK_LB_BYPASS_MARK,
     services::{
         admission, affinity_fresh, host_port_candidate, is_host_port_scope, is_loopback_be, nodeport_candidate,
         v4_mapped_be, Admission, AffinityKey, AffinityValue, Backend, BackendMember, BackendSlot, ReverseKey,
@@ -90,6 +91,24 @@ fn count(counter: SockLbCounter) {
         // SAFETY: per-CPU slot, only this CPU writes it while we run.
         unsafe { *n += 1 }
     }
+}
+
+/// Is the socket marked to be left alone (`SOCK_LB_BYPASS_MARK`: an
+/// outside client's probe)? Counted as `Bypassed`.
+#[inline(always)]
+fn bypassed(ctx: &SockAddrContext) -> bool {
+    // SAFETY: in every sock_addr program `sk` is the calling socket, never
+    // null (the verifier types it as a socket), and its `mark` readable.
+    // Volatile keeps each a single load of the width the verifier allows.
+    let mark = unsafe {
+        let sk = read_volatile(&(*ctx.sock_addr).__bindgen_anon_1.sk);
+        read_volatile(&(*sk).mark)
+    };
+    if mark & SOCK_LB_BYPASS_MARK == 0 {
+        return false;
+    }
+    count(SockLbCounter::Bypassed);
+    true
 }
 
 /// Which hook a program sits on: it decides where the address is.
@@ -266,6 +285,9 @@ fn refused(service: &ServiceValue) -> Option<i32> {
 /// verdict.
 #[inline(always)]
 fn translate(ctx: &SockAddrContext, family: Family, done: SockLbCounter) -> i32 {
+    if bypassed(ctx) {
+        return ALLOW;
+    }
     let Some(named) = frontend(ctx, family) else { return ALLOW };
     let Some((key, service)) = lookup(ctx, &named) else { return ALLOW };
     if let Some(verdict) = refused(&service) {
@@ -403,6 +425,9 @@ fn pick6(ctx: &SockAddrContext, key: &ServiceKey6, service: &ServiceValue) -> Op
 /// twin). Returns the program's verdict.
 #[inline(always)]
 fn translate6(ctx: &SockAddrContext, done: SockLbCounter) -> i32 {
+    if bypassed(ctx) {
+        return ALLOW;
+    }
     let Some(key) = frontend6(ctx) else { return ALLOW };
     // SAFETY: the value is copied out at once.
     let Some(service) = unsafe { SERVICES6.get(&key) }.copied() else { return ALLOW };

@@ -1035,3 +1035,47 @@ fn connectivity_test_probes_pod_to_nodeport_on_every_other_node() {
     assert_eq!(r["tcpError"].as_str().unwrap(), "Connection refused (os error 111)", "{r}");
     assert!(r["reason"].as_str().unwrap().contains(&format!("NodePort {empty_np} on node")), "{r}");
 }
+
+/// Issue 27, `connectivity-test`'s `world-to-nodeport` class: with
+/// `--world-netns`, from a namespace outside the cluster (the lab's
+/// world) to every node's address, this node's included, on the NodePort:
+/// the uplinks' translation. A NodePort without endpoints fails, refused
+/// at once (the uplink's RST), and says where to look.
+#[test]
+fn connectivity_test_probes_world_to_nodeport_on_every_node() {
+    require_root();
+    let mut lab = services::lab(2, 1).unwrap();
+    let world = sluice_tests::cluster::add_world(&mut lab).unwrap();
+    let world_netns = format!("/run/netns/{world}");
+    let api = lab.api.as_ref().unwrap();
+    let backends = all_pods(&lab);
+    let svc = service("wnp", "10.96.0.76", &[("http", 80, 7777, "TCP")]).type_("NodePort");
+    let np = svc.node_port(0);
+    api.upsert_service(svc.build());
+    api.upsert_endpoint_slice(slice("wnp", &[("http", 7777, "TCP")], &endpoints(&backends)).build());
+    let empty = service("wempty", "10.96.0.77", &[("http", 82, 7777, "TCP")]).type_("NodePort");
+    let empty_np = empty.node_port(0);
+    api.upsert_service(empty.build());
+    wait_backends(&lab, "*", np, "TCP", &targets(&backends, 7777)).unwrap();
+    wait_backends(&lab, "*", empty_np, "TCP", &[]).unwrap();
+
+    let port = np.to_string();
+    let v = connectivity_as_node(&lab, 0, &["--node-port", &port, "--world-netns", &world_netns]);
+    let rows: Vec<&serde_json::Value> =
+        v.as_array().unwrap().iter().filter(|r| r["target"]["class"] == "world-to-nodeport").collect();
+    let probed: Vec<(&str, Option<u64>)> =
+        rows.iter().map(|r| (r["target"]["ip"].as_str().unwrap(), r["target"]["port"].as_u64())).collect();
+    let (ip1, ip2) = (node_ip(&lab, 0), node_ip(&lab, 1));
+    assert_eq!(probed, vec![(ip1.as_str(), Some(np as u64)), (ip2.as_str(), Some(np as u64))], "{v:#}");
+    assert!(rows.iter().all(|r| r["ok"] == true && r["tcpMs"].is_number()), "{rows:#?}");
+    // Past the socket load balancer (its mark), not translated by it.
+    let v = services::service_status(&lab, 0).unwrap();
+    assert!(v["services"]["counters"]["bypassed"].as_u64().unwrap() >= 2, "{}", v["services"]["counters"]);
+
+    let port = empty_np.to_string();
+    let v = connectivity_as_node(&lab, 0, &["--node-port", &port, "--world-netns", &world_netns]);
+    let r = v.as_array().unwrap().iter().find(|r| r["target"]["class"] == "world-to-nodeport").unwrap();
+    assert_eq!(r["ok"], false, "{r}");
+    assert_eq!(r["tcpError"].as_str().unwrap(), "Connection refused (os error 111)", "{r}");
+    assert!(r["reason"].as_str().unwrap().contains(&format!("NodePort {empty_np} on node")), "{r}");
+}

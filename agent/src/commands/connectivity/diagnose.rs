@@ -42,14 +42,36 @@ fn could_drop_the_probe(reason: &str) -> bool {
     !NOT_AN_IPV4_PROBES_FATE.contains(&reason)
 }
 
+/// The uplink's refusal of a Service without endpoints (an RST, counted
+/// under this reason), on this node or the target's, during the probe.
+const REFUSED_NO_ENDPOINTS: &str = "service_no_endpoints";
+
 pub fn diagnose(t: &Target, f: &Facts, node_reaches: impl FnOnce(Ipv4Addr, Option<u16>) -> bool) -> String {
-    let dropped: Vec<String> = f
+    let local: Vec<(&str, u64)> = f
         .drops_after
         .iter()
         .zip(f.drops_before)
         .filter(|((name, a), (_, b))| a > b && could_drop_the_probe(name))
-        .map(|((name, a), (_, b))| format!("{name} x{}", a - b))
+        .map(|((name, a), (_, b))| (name.as_str(), a - b))
         .collect();
+    if t.class == Class::WorldToNodePort {
+        let refused: u64 = local
+            .iter()
+            .copied()
+            .chain(f.peer_dropped.iter().map(|(name, n)| (name.as_str(), *n)))
+            .filter(|(name, _)| *name == REFUSED_NO_ENDPOINTS)
+            .map(|(_, n)| n)
+            .sum();
+        if refused > 0 {
+            return format!(
+                "NodePort {} on node {} has no ready endpoints: refused at the node's uplink \
+                 ({REFUSED_NO_ENDPOINTS} x{refused})",
+                t.port.unwrap_or_default(),
+                t.node
+            );
+        }
+    }
+    let dropped: Vec<String> = local.iter().map(|(name, n)| format!("{name} x{n}")).collect();
     if !dropped.is_empty() {
         return format!("dropped by the datapath: {}", dropped.join(", "));
     }
@@ -150,6 +172,16 @@ pub fn diagnose(t: &Target, f: &Facts, node_reaches: impl FnOnce(Ipv4Addr, Optio
                 "NodePort {port} on node {} does not answer this node either: the node is unreachable, no \
                  Service has the port, its backends are not ready, or (Services left to kube-proxy) no \
                  kube-proxy rule for it there",
+                t.node
+            )
+        }
+        (Class::WorldToNodePort, _) => {
+            let port = t.port.unwrap_or_default();
+            format!(
+                "NodePort {port} on node {} does not answer from outside: the world has no route to the node, \
+                 the node does not translate it at its uplink (--kube-proxy-replacement off and no kube-proxy \
+                 rule), its backends are not ready (a refusal: no endpoints), or the answers leave from \
+                 another address than the one asked (see that node's drop counters)",
                 t.node
             )
         }
@@ -340,5 +372,25 @@ mod tests {
         assert!(health.starts_with("local health endpoint does not answer"), "{health}");
         let host = diagnose(&target(Class::HostToPod, Kind::Health, true), &facts(&c, &c), never_asked);
         assert!(host.starts_with("this node cannot reach its own health endpoint"), "{host}");
+    }
+
+    #[test]
+    fn a_world_probe_refused_for_no_endpoints_names_the_nodeport() {
+        let before = vec![("service_no_endpoints".to_string(), 4)];
+        let after = vec![("service_no_endpoints".to_string(), 5)];
+        let t = Target { port: Some(30080), ..target(Class::WorldToNodePort, Kind::NodePort, true) };
+        let r = diagnose(&t, &facts(&before, &after), never_asked);
+        assert_eq!(
+            r,
+            "NodePort 30080 on node n2 has no ready endpoints: refused at the node's uplink (service_no_endpoints x1)"
+        );
+        // On another node: its counters say so.
+        let peer = vec![("service_no_endpoints".to_string(), 2)];
+        let f = Facts { peer_dropped: &peer, ..facts(&before, &before) };
+        let r = diagnose(&Target { local: false, ..t.clone() }, &f, never_asked);
+        assert!(r.ends_with("(service_no_endpoints x2)"), "{r}");
+        // Any other probe's drops stay drops.
+        let pod = diagnose(&target(Class::PodToPod, Kind::Pod, true), &facts(&before, &after), never_asked);
+        assert_eq!(pod, "dropped by the datapath: service_no_endpoints x1");
     }
 }

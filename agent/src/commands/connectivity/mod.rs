@@ -16,6 +16,15 @@
 //!   backends (translated at the socket with
 //!   `--kube-proxy-replacement=true`, else kube-proxy's DNAT on the other
 //!   node).
+//! - `world-to-nodeport`: with `--world-netns PATH` (a network namespace
+//!   outside the cluster whose traffic reaches the nodes as the world's
+//!   does, not through any node's stack or socket load balancer), a TCP
+//!   connect from there to every node's address, this one's too, on the
+//!   same NodePort: the uplink's translation (`from_uplink`) with
+//!   `--kube-proxy-replacement=true`, else kube-proxy's DNAT. The probing
+//!   process sits in a cgroup the socket load balancer covers, so its
+//!   socket carries `SOCK_LB_BYPASS_MARK`: left untranslated, the
+//!   connection goes out on the wire as an outside client's would.
 //!
 //! `targets` decides who to probe (pure), `run` probes, `diagnose` decides
 //! why a probe failed from the evidence gathered.
@@ -64,6 +73,8 @@ pub enum Class {
     PodToWorld,
     #[serde(rename = "pod-to-nodeport")]
     PodToNodePort,
+    #[serde(rename = "world-to-nodeport")]
+    WorldToNodePort,
 }
 
 impl Class {
@@ -75,12 +86,14 @@ impl Class {
             Class::PodToService => "pod-to-service",
             Class::PodToWorld => "pod-to-world",
             Class::PodToNodePort => "pod-to-nodeport",
+            Class::WorldToNodePort => "world-to-nodeport",
         }
     }
 
-    /// Probed from the health endpoint (a pod), or from the node's stack.
+    /// Probed from the health endpoint (a pod), or from the node's stack
+    /// (or, `world-to-nodeport`, the world's namespace).
     pub fn from_pod(self) -> bool {
-        self != Class::HostToPod
+        !matches!(self, Class::HostToPod | Class::WorldToNodePort)
     }
 }
 
@@ -148,6 +161,9 @@ pub struct Extra {
     pub world: Option<(Ipv4Addr, Option<u16>)>,
     /// The NodePort `pod-to-nodeport` probes (see `pick_node_port`).
     pub node_port: Option<u16>,
+    /// A network namespace outside the cluster: `world-to-nodeport` probes
+    /// the NodePort on every node from there.
+    pub world_netns: Option<PathBuf>,
 }
 
 /// The NodePort to probe when none is given: the lowest TCP NodePort the
@@ -174,10 +190,12 @@ pub fn parse_addr(s: &str) -> Result<(Ipv4Addr, Option<u16>), String> {
 
 /// A health endpoint's answer must name its node; a service or the world
 /// only has to accept the connection.
-fn tcp_probe(ip: Ipv4Addr, port: u16, expect_health: bool) -> Result<Duration, String> {
+/// `mark`: the socket's `SO_MARK` (the world probe's
+/// `SOCK_LB_BYPASS_MARK`, so the socket load balancer leaves it alone).
+fn tcp_probe(ip: Ipv4Addr, port: u16, expect_health: bool, mark: Option<u32>) -> Result<Duration, String> {
     use std::io::Read;
     let start = Instant::now();
-    let mut s = TcpStream::connect_timeout(&SocketAddr::from((ip, port)), TIMEOUT).map_err(|e| e.to_string())?;
+    let mut s = connect_marked(SocketAddr::from((ip, port)), mark).map_err(|e| e.to_string())?;
     if !expect_health {
         return Ok(start.elapsed());
     }
@@ -188,6 +206,14 @@ fn tcp_probe(ip: Ipv4Addr, port: u16, expect_health: bool) -> Result<Duration, S
         return Err(format!("unexpected answer {buf:?}"));
     }
     Ok(start.elapsed())
+}
+
+fn connect_marked(to: SocketAddr, mark: Option<u32>) -> std::io::Result<TcpStream> {
+    let Some(mark) = mark else { return TcpStream::connect_timeout(&to, TIMEOUT) };
+    let socket = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, Some(socket2::Protocol::TCP))?;
+    socket.set_mark(mark)?;
+    socket.connect_timeout(&to.into(), TIMEOUT)?;
+    Ok(socket.into())
 }
 
 fn ms(d: Duration) -> f64 {
@@ -288,6 +314,20 @@ pub fn targets(
             }
         }
     }
+    // From outside: every node's address, this one's included.
+    if let (Some(port), Some(_)) = (extra.node_port, &extra.world_netns) {
+        for (node, _, node_ip, local, path) in &nodes {
+            if let Some(ip) = node_ip {
+                out.push(Target {
+                    port: Some(port),
+                    icmp: false,
+                    node_ip: Some(*ip),
+                    path: *path,
+                    ..base(Class::WorldToNodePort, Kind::NodePort, node.clone(), *ip, *local)
+                });
+            }
+        }
+    }
     if let Some((ip, port)) = extra.world {
         out.push(Target { port, icmp: port.is_none(), ..base(Class::PodToWorld, Kind::World, "-".into(), ip, false) });
     }
@@ -303,7 +343,9 @@ type Probe = (Option<Result<Duration, String>>, Option<Result<Duration, String>>
 /// ICMP and/or TCP to `t`, from the calling thread's namespace.
 fn probe(t: &Target, seq: u16) -> Probe {
     let icmp_r = t.icmp.then(|| icmp::ping(t.ip, TIMEOUT, seq));
-    let tcp_r = t.port.map(|port| tcp_probe(t.ip, port, t.kind == Kind::Health));
+    // From the world: past the socket load balancer, onto the wire.
+    let mark = (t.class == Class::WorldToNodePort).then_some(sluice_common::maps::SOCK_LB_BYPASS_MARK);
+    let tcp_r = t.port.map(|port| tcp_probe(t.ip, port, t.kind == Kind::Health, mark));
     (icmp_r, tcp_r)
 }
 
@@ -351,7 +393,11 @@ pub async fn run(pins: &PinDir, data_dir: &Path, extra: &Extra) -> Result<Vec<Pr
         let peer = t.node_ip.filter(|_| !t.local);
         let peer_before = peer.and_then(|ip| peer_drops::fetch(ip, extra.peer_metrics_port));
         let seq = seq as u16 + 1;
-        let (icmp_r, tcp_r) = if t.class.from_pod() {
+        let (icmp_r, tcp_r) = if let (Class::WorldToNodePort, Some(world)) = (t.class, &extra.world_netns) {
+            let target = t.clone();
+            netns::run_in(world, move || Ok(probe(&target, seq)))
+                .with_context(|| format!("enter the world's namespace {}", world.display()))?
+        } else if t.class.from_pod() {
             // From inside the local health endpoint: through from_pod.
             let target = t.clone();
             netns::run_in(&health_ns, move || Ok(probe(&target, seq)))?
@@ -387,7 +433,7 @@ pub async fn run(pins: &PinDir, data_dir: &Path, extra: &Extra) -> Result<Vec<Pr
             diagnose::diagnose(&t, &facts, |ip, port| {
                 // Asked from the node's own namespace, the same way.
                 match port {
-                    Some(p) => tcp_probe(ip, p, false).is_ok(),
+                    Some(p) => tcp_probe(ip, p, false, None).is_ok(),
                     None => icmp::ping(ip, TIMEOUT, 60000).is_ok(),
                 }
             })
@@ -471,6 +517,7 @@ mod tests {
             service: Some("10.96.0.10:53".parse().unwrap()),
             world: Some(("198.51.100.1".parse().unwrap(), None)),
             node_port: Some(30080),
+            world_netns: Some("/run/netns/world".into()),
         };
         let t = targets(&state(), Some("172.30.0.1".parse().unwrap()), &routes, &pods, &extra).unwrap();
         let summary: Vec<(String, &str, String)> =
@@ -486,6 +533,8 @@ mod tests {
             ("host-to-pod", "n2", "10.244.2.1"),
             ("pod-to-service", "-", "10.96.0.10"),
             ("pod-to-nodeport", "n2", "172.30.0.2"),
+            ("world-to-nodeport", "n1", "172.30.0.1"),
+            ("world-to-nodeport", "n2", "172.30.0.2"),
             ("pod-to-world", "-", "198.51.100.1"),
         ]
         .iter()
@@ -502,8 +551,11 @@ mod tests {
             "another node's"
         );
         assert_eq!(serde_json::to_value(np.class).unwrap(), "pod-to-nodeport");
-        assert_eq!((t[10].port, t[10].icmp), (None, true));
-        assert!(!Class::HostToPod.from_pod() && Class::PodToWorld.from_pod());
+        let world = &t[10];
+        assert_eq!((world.port, world.icmp, world.local, world.kind), (Some(30080), false, true, Kind::NodePort));
+        assert_eq!(serde_json::to_value(world.class).unwrap(), "world-to-nodeport");
+        assert_eq!((t[12].port, t[12].icmp), (None, true));
+        assert!(!Class::HostToPod.from_pod() && Class::PodToWorld.from_pod() && !Class::WorldToNodePort.from_pod());
     }
 
     #[test]

@@ -49,6 +49,9 @@ pub struct AgentState {
     /// The health endpoint's namespace (path) and address.
     pub health_netns: String,
     pub health_ip: String,
+    /// Its IPv6 address (dual-stack).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub health_ip6: Option<String>,
     pub resync_ms: u64,
     /// The device pair new pods get (`veth`, `netkit`) and why (`--device`).
     #[serde(default)]

@@ -71,13 +71,14 @@ pub async fn run(plan: &CleanupPlan) -> Result<()> {
     // 2. The health endpoint.
     let state = state_file::read(&plan.data_dir).ok();
     let pod_cidr = state.as_ref().and_then(|s| s.pod_cidr.parse().ok());
+    let pod_cidr6 = state.as_ref().and_then(|s| s.pod_cidr6.as_deref()).and_then(|c| c.parse().ok());
     // The namespace the agent says it made, else the one named by the flag.
     let health_netns = state
         .as_ref()
         .and_then(|s| Path::new(&s.health_netns).file_name().map(|n| n.to_string_lossy().into_owned()))
         .filter(|n| !n.is_empty())
         .unwrap_or_else(|| plan.health_netns.clone());
-    if let Err(e) = health_endpoint::remove(&netlink, &pins, &health_netns, pod_cidr).await {
+    if let Err(e) = health_endpoint::remove(&netlink, &pins, &health_netns, pod_cidr, pod_cidr6).await {
         errors.push(format!("health endpoint: {e:#}"));
     }
     // 3. Pod veths sluice made (their routes and neighbours go with them).

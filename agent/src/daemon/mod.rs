@@ -31,7 +31,7 @@ use sluice_node::{
     clock::now_unix,
     datapath::{
         bpffs, kernel_features, nat4_gc, nat4_maps,
-        pinned_maps::{self, NodeRoutes, NodeRoutes6},
+        pinned_maps::{self, NodeRoutes},
         pins::PinDir,
         policy_ct_gc, policy_maps, sock_lb, Datapath, MapSizes,
     },
@@ -44,7 +44,7 @@ use crate::{
     health_endpoint,
     membership::{self, kubernetes::KubeNodes, peers_file::PeersFile, Membership, Problem, Ranges},
     policy::kubernetes::KubePolicy,
-    reconcile::{kernel_routes, kernel_routes6, map_routes, map_routes6, masquerade},
+    reconcile::{kernel_routes, kernel_routes6, map_routes, masquerade},
     services::kubernetes::KubeServices,
     state_file::{self, AgentState},
 };
@@ -161,8 +161,6 @@ async fn sweep(
 /// worker, which applies it beside the pass (`netfilter_worker`).
 struct Reconcilers {
     routes_map: NodeRoutes,
-    /// `NODE_ROUTES6`: membership's `routes6` (empty unless dual-stack).
-    routes_map6: NodeRoutes6,
     netlink: Netlink,
     uplink_ifindex: u32,
     /// The VXLAN device (0: `--tunnel=never`).
@@ -190,18 +188,12 @@ impl Reconcilers {
         map_routes::reconcile_hops(&mut self.routes_map, &m.map_hops())?;
         let kernel = kernel_routes::desired_hops(&m.hops(), self.uplink_ifindex, self.vxlan_ifindex);
         let failed = kernel_routes::reconcile(&self.netlink, &kernel).await?.failed;
-        let mut map6 = map_routes6::Routes6::new();
         if self.ipv6 {
             let kernel6 = kernel_routes6::desired6(&m.routes6, self.uplink_ifindex);
             for failure in kernel_routes6::reconcile6(&self.netlink, &kernel6).await? {
                 warn!(%failure, "IPv6 kernel route not applied; every other one was");
             }
-            // The IPv6 fast path follows the kernel's routes: a peer whose
-            // route the kernel refused stays on the stack's path.
-            let installed = kernel_routes6::installed6(&self.netlink).await?;
-            map6 = map_routes6::desired6(&m.routes6, &installed, self.uplink_ifindex);
         }
-        map_routes6::reconcile6(&mut self.routes_map6, &map6)?;
         let node_ips = std::iter::once(self.node_ip).chain(m.routes.values().copied());
         let mut desired = masquerade::Desired::new(self.masquerade, self.cluster_cidr, node_ips, &self.non_masquerade);
         if let (true, Some(own6)) = (self.ipv6, m.own_pod_cidr6) {
@@ -235,7 +227,6 @@ impl Reconcilers {
     ) -> Result<Self> {
         let mut reconcilers = Reconcilers {
             routes_map: NodeRoutes::open(&datapath.pins)?,
-            routes_map6: NodeRoutes6::open(&datapath.pins)?,
             netlink: netlink.clone(),
             uplink_ifindex: uplink.link.index,
             vxlan_ifindex: datapath.vxlan_ifindex,
@@ -696,22 +687,31 @@ fn node_ips(source: &Source) -> service_lb::NodeIps {
     }
 }
 
+/// The node's pod CIDRs: IPv4's, and IPv6's on a dual-stack node.
+#[derive(Clone, Copy)]
+struct PodCidrs {
+    v4: Ipv4Network,
+    v6: Option<Ipv6Network>,
+}
+
 /// What the node serves: the health endpoint (`connectivity-test` probes
-/// it), the Services loop (when Services are in eBPF) and metrics.
+/// it, on each family the node has), the Services loop (when Services are
+/// in eBPF) and metrics.
 async fn serve_node_endpoints(
     netlink: &Netlink,
     node: &AgentConfig,
     uplink: &Uplink,
-    pod_cidr: Ipv4Network,
+    cidrs: PodCidrs,
     datapath: &DatapathUp,
     services: Option<ServiceSources>,
     reconcilers: &Reconcilers,
 ) -> Result<(PathBuf, metrics::AgentMetrics, service_lb::SharedState)> {
     let pins = &datapath.pins;
-    let health_netns = health_endpoint::ensure(netlink, pins, &node.health_netns_name(), pod_cidr, uplink.pod_mtu)
-        .await
-        .context("health endpoint")?;
-    health_endpoint::responder::serve(&health_netns, &node.node_name)?;
+    let health_netns =
+        health_endpoint::ensure(netlink, pins, &node.health_netns_name(), cidrs.v4, cidrs.v6, uplink.pod_mtu)
+            .await
+            .context("health endpoint")?;
+    health_endpoint::responder::serve(&health_netns, &node.node_name, cidrs.v6.is_some())?;
     let agent_metrics = metrics::AgentMetrics::default();
     let service_lb_state = service_lb::SharedState::default();
     if let (Some(sources), Some(cgroup)) = (services, &datapath.sock_lb_cgroup) {
@@ -1025,8 +1025,16 @@ pub async fn run(
         node_ips: node_ips(&source),
         host_ports: policy.clone().map(|pods| service_lb::HostPortSource { pods, claims: host_port_claims.clone() }),
     });
-    let (health_netns, agent_metrics, service_lb_state) =
-        serve_node_endpoints(&netlink, &node, &uplink, pod_cidr, &datapath, services, &reconcilers).await?;
+    let (health_netns, agent_metrics, service_lb_state) = serve_node_endpoints(
+        &netlink,
+        &node,
+        &uplink,
+        PodCidrs { v4: pod_cidr, v6: pod_cidr6 },
+        &datapath,
+        services,
+        &reconcilers,
+    )
+    .await?;
 
     let gc_interval = Duration::from_secs(node.conntrack_gc_interval_secs);
     start_policy_ct_gc(&pins, gc_interval, &agent_metrics);
@@ -1052,6 +1060,7 @@ pub async fn run(
 
     let mut state = initial_state(&node, &source, &timing, &uplink, pod_cidr, &datapath, &health_netns);
     state.pod_cidr6 = pod_cidr6.map(|c| c.to_string());
+    state.health_ip6 = pod_cidr6.map(|c| health_endpoint::health_ip6(c).to_string());
     let daemon = Daemon {
         service_lb: datapath.sock_lb_cgroup.as_ref().map(|_| service_lb_state),
         policy: policy_state,

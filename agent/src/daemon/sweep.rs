@@ -314,6 +314,8 @@ pub struct NodeSweep<'a> {
     store: LeaseStore,
     /// The IPv6 leases, on a dual-stack node (locked too).
     store6: Option<LeaseStore6>,
+    /// The health endpoint's IPv6 address: the agent's own, no lease.
+    health6: Option<std::net::Ipv6Addr>,
     endpoints: Endpoints,
 }
 
@@ -339,7 +341,8 @@ impl<'a> NodeSweep<'a> {
             None => None,
         };
         let endpoints = Endpoints::open(pins)?;
-        Ok(Some(Self { netlink, pins, store, store6, endpoints }))
+        let health6 = pod_cidr6.map(crate::health_endpoint::health_ip6);
+        Ok(Some(Self { netlink, pins, store, store6, health6, endpoints }))
     }
 
     /// Re-derive `ENDPOINTS6` entries from the IPv4 ones (`repairs6`); the
@@ -363,7 +366,7 @@ impl<'a> NodeSweep<'a> {
         let Some(store6) = &self.store6 else { return Ok(Vec::new()) };
         let mut endpoints6 = Endpoints6::open(self.pins)?;
         let live: BTreeSet<u32> = self.links().await?.into_values().collect();
-        let stale = stale6(&store6.leases()?, &endpoints6.all()?, &live);
+        let stale = stale6(&store6.leases()?, &endpoints6.all()?, &live, self.health6);
         for ip in &stale {
             endpoints6.remove(*ip)?;
         }
@@ -415,12 +418,15 @@ pub fn repairs6(
 /// would let whichever pod's interface later gets that index send from the
 /// address. ADD leases the address before it writes the entry on the new
 /// interface, so an ADD in progress never matches.
+/// `health6`, the health endpoint's address, is held by the agent, not a
+/// lease: it goes only with its interface.
 pub fn stale6(
     leases6: &[Lease<std::net::Ipv6Addr>],
     endpoints6: &BTreeMap<std::net::Ipv6Addr, EndpointInfo>,
     live_ifindexes: &BTreeSet<u32>,
+    health6: Option<std::net::Ipv6Addr>,
 ) -> Vec<std::net::Ipv6Addr> {
-    let leased: BTreeSet<std::net::Ipv6Addr> = leases6.iter().map(|l| l.ip).collect();
+    let leased: BTreeSet<std::net::Ipv6Addr> = leases6.iter().map(|l| l.ip).chain(health6).collect();
     endpoints6
         .iter()
         .filter(|(ip, ep)| !live_ifindexes.contains(&ep.host_ifindex) || !leased.contains(ip))
@@ -542,8 +548,12 @@ mod tests {
         ]
         .into();
         let live: BTreeSet<u32> = [10].into();
-        assert_eq!(stale6(&leases6, &endpoints6, &live), [a("fd00::3"), a("fd00::4")]);
-        assert!(stale6(&leases6, &endpoints6, &[10, 11].into()).len() == 1, "only the unleased one");
+        assert_eq!(stale6(&leases6, &endpoints6, &live, None), [a("fd00::3"), a("fd00::4")]);
+        assert!(stale6(&leases6, &endpoints6, &[10, 11].into(), None).len() == 1, "only the unleased one");
+        // The health endpoint's address has no lease: kept while its link is.
+        assert_eq!(stale6(&leases6, &endpoints6, &live, Some(a("fd00::4"))), [a("fd00::3")]);
+        let gone = stale6(&leases6, &endpoints6, &[10].into(), Some(a("fd00::3")));
+        assert_eq!(gone, [a("fd00::3"), a("fd00::4")], "its link gone, it goes");
     }
 
     #[test]

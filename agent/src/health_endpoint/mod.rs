@@ -1,23 +1,27 @@
 //! The node's health endpoint: a small namespace wired like a pod, holding
-//! the pod CIDR's first host address (which IPAM never hands out), with a
-//! TCP responder on `HEALTH_PORT`. Every agent keeps one, so
+//! the pod CIDR's first host address (which IPAM never hands out; on a
+//! dual-stack node the IPv6 pod CIDR's `::1` too), with a TCP responder on
+//! `HEALTH_PORT` for each family. Every agent keeps one, so
 //! `connectivity-test` can probe any node through the real pod datapath.
 //!
 //! The agent wires it at start (`ensure`) and serves it (`responder`);
 //! `cleanup` removes it; `connectivity-test` probes every node's.
 use std::{
     fs::File,
-    net::Ipv4Addr,
+    net::{Ipv4Addr, Ipv6Addr},
     os::fd::AsRawFd,
     path::{Path, PathBuf},
 };
 
 use anyhow::{Context, Result};
-use ipnetwork::Ipv4Network;
+use ipnetwork::{Ipv4Network, Ipv6Network};
 use tracing::info;
 
 use sluice_node::{
-    datapath::{pinned_maps::Endpoints, pins::PinDir},
+    datapath::{
+        pinned_maps::{Endpoints, Endpoints6},
+        pins::PinDir,
+    },
     net::{netlink::Netlink, netns},
     pod::{device::PodDevice, plumbing},
 };
@@ -37,20 +41,33 @@ pub fn health_ip(pod_cidr: Ipv4Network) -> Ipv4Addr {
     Ipv4Addr::from(u32::from(pod_cidr.network()) + 1)
 }
 
-/// Make sure the endpoint is wired (idempotent: a restart reuses it).
+/// The health endpoint's IPv6 address (dual-stack): the IPv6 pod CIDR's
+/// `::1`, which IPAM never hands out either.
+pub fn health_ip6(pod_cidr6: Ipv6Network) -> Ipv6Addr {
+    Ipv6Addr::from(u128::from(pod_cidr6.network()) + 1)
+}
+
+/// Make sure the endpoint is wired (idempotent: a restart reuses it), with
+/// an IPv6 address too when the node has an IPv6 pod CIDR.
 pub async fn ensure(
     host: &Netlink,
     pins: &PinDir,
     netns_name: &str,
     pod_cidr: Ipv4Network,
+    pod_cidr6: Option<Ipv6Network>,
     mtu: u32,
 ) -> Result<PathBuf> {
     let path = ensure_named_netns(netns_name)?;
     let ip = health_ip(pod_cidr);
+    let ip6 = pod_cidr6.map(health_ip6);
     let pod = netns::netlink_in(&path)?;
     if let (Some(host_link), Some(_)) = (host.link_by_name(HOST_VETH).await?, pod.link_by_name("eth0").await?) {
         let ours = Endpoints::open(pins)?.get(ip).map(|e| e.host_ifindex) == Some(host_link.index);
-        if ours && PodDevice::Veth.programs().iter().all(|p| pins.link(p, HOST_VETH).exists()) {
+        let ours6 = match ip6 {
+            Some(ip6) => Endpoints6::open(pins)?.get(ip6).map(|e| e.host_ifindex) == Some(host_link.index),
+            None => true,
+        };
+        if ours && ours6 && PodDevice::Veth.programs().iter().all(|p| pins.link(p, HOST_VETH).exists()) {
             return Ok(path);
         }
     }
@@ -59,17 +76,31 @@ pub async fn ensure(
     let pod_link = plumbing::configure_pod_side(&pod, PEER_TMP, "eth0", mtu, ip, Some(host_link.mac)).await?;
     plumbing::configure_host_side(host, &host_link, ip, Some(pod_link.mac)).await?;
     plumbing::insert_endpoint(pins, ip, &host_link, pod_link.mac)?;
+    if let Some(ip6) = ip6 {
+        plumbing::configure_pod_side6(&pod, &path, &pod_link, ip6, Some(host_link.mac)).await?;
+        plumbing::configure_host_side6(host, &host_link, ip6, Some(pod_link.mac)).await?;
+        plumbing::insert_endpoint6(pins, ip6, &host_link, pod_link.mac)?;
+    }
     plumbing::attach_pod_programs(pins, PodDevice::Veth, HOST_VETH)?;
-    info!(%ip, netns = %path.display(), "health endpoint ready");
+    info!(%ip, ip6 = ?ip6, netns = %path.display(), "health endpoint ready");
     Ok(path)
 }
 
 /// Remove the endpoint (agent cleanup).
-pub async fn remove(host: &Netlink, pins: &PinDir, netns_name: &str, pod_cidr: Option<Ipv4Network>) -> Result<()> {
+pub async fn remove(
+    host: &Netlink,
+    pins: &PinDir,
+    netns_name: &str,
+    pod_cidr: Option<Ipv4Network>,
+    pod_cidr6: Option<Ipv6Network>,
+) -> Result<()> {
     if let Some(cidr) = pod_cidr {
         if let Ok(mut eps) = Endpoints::open(pins) {
             eps.remove(health_ip(cidr))?;
         }
+    }
+    if let Some(cidr6) = pod_cidr6 {
+        plumbing::remove_endpoint6(pins, health_ip6(cidr6))?;
     }
     plumbing::detach_pod_programs(pins, HOST_VETH)?;
     host.delete_link(HOST_VETH).await?;

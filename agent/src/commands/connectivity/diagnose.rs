@@ -2,7 +2,7 @@
 //! reason. Pure, but for `node_reaches`, which repeats the probe (or pings
 //! a node) from the node's own namespace, so "the node can, its pods
 //! cannot" and "nobody can" are told apart.
-use std::net::Ipv4Addr;
+use std::net::IpAddr;
 
 use sluice_common::maps::TUNNEL_PORT;
 use sluice_node::net::vxlan::DEVICE;
@@ -46,7 +46,7 @@ fn could_drop_the_probe(reason: &str) -> bool {
 /// under this reason), on this node or the target's, during the probe.
 const REFUSED_NO_ENDPOINTS: &str = "service_no_endpoints";
 
-pub fn diagnose(t: &Target, f: &Facts, node_reaches: impl FnOnce(Ipv4Addr, Option<u16>) -> bool) -> String {
+pub fn diagnose(t: &Target, f: &Facts, node_reaches: impl FnOnce(IpAddr, Option<u16>) -> bool) -> String {
     let local: Vec<(&str, u64)> = f
         .drops_after
         .iter()
@@ -235,7 +235,7 @@ mod tests {
         }
     }
 
-    fn never_asked(_: Ipv4Addr, _: Option<u16>) -> bool {
+    fn never_asked(_: IpAddr, _: Option<u16>) -> bool {
         panic!("nothing should be asked of the node when a closer cause is known")
     }
 

@@ -1,10 +1,64 @@
 //! One ICMP echo, on a raw socket (root), in whatever network namespace the
-//! calling thread is in. Used by `connectivity-test`; no `ping` binary.
+//! calling thread is in: ICMP for IPv4, ICMPv6 for IPv6 (`ping_any` picks).
+//! Used by `connectivity-test`; no `ping` binary.
 use std::{
     mem::size_of,
-    net::Ipv4Addr,
+    net::{IpAddr, Ipv4Addr, Ipv6Addr},
     time::{Duration, Instant},
 };
+
+/// One echo to `dst`, ICMP or ICMPv6 by its family.
+pub fn ping_any(dst: IpAddr, timeout: Duration, seq: u16) -> Result<Duration, String> {
+    match dst {
+        IpAddr::V4(ip) => ping(ip, timeout, seq),
+        IpAddr::V6(ip) => ping6(ip, timeout, seq),
+    }
+}
+
+const ICMPV6_ECHO_REQUEST: u8 = 128;
+const ICMPV6_ECHO_REPLY: u8 = 129;
+
+/// An ICMPv6 echo request. Its checksum stays zero: on a raw ICMPv6 socket
+/// the kernel always fills it in (RFC 3542 3.1), pseudo-header included.
+pub fn echo_request6(id: u16, seq: u16) -> Vec<u8> {
+    let mut p = vec![ICMPV6_ECHO_REQUEST, 0, 0, 0];
+    p.extend_from_slice(&id.to_be_bytes());
+    p.extend_from_slice(&seq.to_be_bytes());
+    p.extend_from_slice(b"sluice-probe-0123");
+    p
+}
+
+/// Is `icmp6` (an ICMPv6 message: a raw ICMPv6 socket delivers no IPv6
+/// header), received from `src`, the echo reply to our request to `dst`?
+pub fn is_reply6(icmp6: &[u8], src: Ipv6Addr, dst: Ipv6Addr, id: u16, seq: u16) -> bool {
+    icmp6.len() >= 8
+        && src == dst
+        && icmp6[0] == ICMPV6_ECHO_REPLY
+        && icmp6[4..6] == id.to_be_bytes()
+        && icmp6[6..8] == seq.to_be_bytes()
+}
+
+/// `ping`'s IPv6 twin.
+pub fn ping6(dst: Ipv6Addr, timeout: Duration, seq: u16) -> Result<Duration, String> {
+    let id = (std::process::id() & 0xffff) as u16;
+    let socket = socket2::Socket::new(socket2::Domain::IPV6, socket2::Type::RAW, Some(socket2::Protocol::ICMPV6))
+        .map_err(|e| format!("raw ICMPv6 socket: {e}"))?;
+    socket.set_read_timeout(Some(Duration::from_millis(50))).map_err(|e| e.to_string())?;
+    let to = std::net::SocketAddr::from((dst, 0));
+    let start = Instant::now();
+    socket.send_to(&echo_request6(id, seq), &to.into()).map_err(|e| format!("send: {e}"))?;
+    let mut buf = [std::mem::MaybeUninit::<u8>::uninit(); 1500];
+    while start.elapsed() < timeout {
+        let Ok((n, from)) = socket.recv_from(&mut buf) else { continue };
+        // SAFETY: recv_from initialised the first `n` bytes.
+        let got: Vec<u8> = buf[..n].iter().map(|b| unsafe { b.assume_init() }).collect();
+        let src = from.as_socket_ipv6().map(|a| *a.ip());
+        if src.is_some_and(|src| is_reply6(&got, src, dst, id, seq)) {
+            return Ok(start.elapsed());
+        }
+    }
+    Err("no reply".to_string())
+}
 
 /// Internet checksum (RFC 1071) over `data`.
 pub fn checksum(data: &[u8]) -> u16 {
@@ -118,5 +172,19 @@ mod tests {
         assert!(!is_reply(&pkt, "10.0.0.3".parse().unwrap(), 0x1234, 7));
         pkt[20] = 8; // a request, not a reply
         assert!(!is_reply(&pkt, from, 0x1234, 7));
+    }
+
+    #[test]
+    fn reply_matching6() {
+        let dst: Ipv6Addr = "fd00:244:0:2::1".parse().unwrap();
+        let req = echo_request6(0x1234, 7);
+        assert_eq!(req[0], 128);
+        let mut reply = req.clone();
+        reply[0] = 129;
+        assert!(is_reply6(&reply, dst, dst, 0x1234, 7));
+        assert!(!is_reply6(&reply, "fd00::9".parse().unwrap(), dst, 0x1234, 7), "from another address");
+        assert!(!is_reply6(&reply, dst, dst, 0x1234, 8), "another sequence");
+        assert!(!is_reply6(&req, dst, dst, 0x1234, 7), "a request, not a reply");
+        assert!(!is_reply6(&reply[..6], dst, dst, 0x1234, 7), "truncated");
     }
 }

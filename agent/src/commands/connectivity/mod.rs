@@ -34,13 +34,13 @@ pub mod peer_drops;
 
 use std::{
     collections::BTreeSet,
-    net::{Ipv4Addr, SocketAddr, SocketAddrV4, TcpStream},
+    net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, SocketAddrV4, TcpStream},
     path::{Path, PathBuf},
     time::{Duration, Instant},
 };
 
 use anyhow::{Context, Result};
-use ipnetwork::Ipv4Network;
+use ipnetwork::{IpNetwork, Ipv4Network, Ipv6Network};
 use serde::Serialize;
 use sluice_node::{
     datapath::{
@@ -120,16 +120,16 @@ pub struct Target {
     pub kind: Kind,
     /// Node the target lives on ("-" for services and the world).
     pub node: String,
-    pub ip: Ipv4Addr,
+    pub ip: IpAddr,
     /// TCP port probed: `HEALTH_PORT` for health endpoints, the given one
     /// for services and the world; `None`: ICMP only.
     pub port: Option<u16>,
     /// Probe ICMP (services do not answer it under kube-proxy).
     pub icmp: bool,
     /// The node's own address, for telling "peer down" from "endpoint down".
-    pub node_ip: Option<Ipv4Addr>,
+    pub node_ip: Option<IpAddr>,
     /// The pod CIDR the target's node owns (health endpoints of peers).
-    pub pod_cidr: Option<Ipv4Network>,
+    pub pod_cidr: Option<IpNetwork>,
     pub local: bool,
     /// How this node's packets reach the target's pod CIDR (peers' health
     /// endpoints, from a pod and from the node): native or VXLAN.
@@ -192,7 +192,7 @@ pub fn parse_addr(s: &str) -> Result<(Ipv4Addr, Option<u16>), String> {
 /// only has to accept the connection.
 /// `mark`: the socket's `SO_MARK` (the world probe's
 /// `SOCK_LB_BYPASS_MARK`, so the socket load balancer leaves it alone).
-fn tcp_probe(ip: Ipv4Addr, port: u16, expect_health: bool, mark: Option<u32>) -> Result<Duration, String> {
+fn tcp_probe(ip: IpAddr, port: u16, expect_health: bool, mark: Option<u32>) -> Result<Duration, String> {
     use std::io::Read;
     let start = Instant::now();
     let mut s = connect_marked(SocketAddr::from((ip, port)), mark).map_err(|e| e.to_string())?;
@@ -210,7 +210,8 @@ fn tcp_probe(ip: Ipv4Addr, port: u16, expect_health: bool, mark: Option<u32>) ->
 
 fn connect_marked(to: SocketAddr, mark: Option<u32>) -> std::io::Result<TcpStream> {
     let Some(mark) = mark else { return TcpStream::connect_timeout(&to, TIMEOUT) };
-    let socket = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, Some(socket2::Protocol::TCP))?;
+    let socket =
+        socket2::Socket::new(socket2::Domain::for_address(to), socket2::Type::STREAM, Some(socket2::Protocol::TCP))?;
     socket.set_mark(mark)?;
     socket.connect_timeout(&to.into(), TIMEOUT)?;
     Ok(socket.into())
@@ -224,18 +225,29 @@ fn ms(d: Duration) -> f64 {
 /// it is tunneled.
 pub type RouteHop = (Ipv4Network, Ipv4Addr, bool);
 
+/// A dual-stack node's IPv6 facts: its own IPv6 address, and the kernel's
+/// IPv6 routes to other nodes' IPv6 pod CIDRs (via their IPv6 addresses).
+#[derive(Clone, Debug, Default)]
+pub struct Ipv6Facts {
+    pub own_node_ip6: Option<Ipv6Addr>,
+    pub routes6: Vec<(Ipv6Network, Ipv6Addr)>,
+}
+
 /// Who to probe (pure): from the routes map's CIDRs, node IPs and paths,
-/// this node's own facts, the agent's membership problems and local pods.
+/// this node's own facts, the agent's membership problems and local pods;
+/// on a dual-stack node (the state names an IPv6 pod CIDR) the same
+/// node-level classes over IPv6 too, from `six`.
 pub fn targets(
     state: &AgentState,
     own_node_ip: Option<Ipv4Addr>,
     routes: &[RouteHop],
     local_pods: &[Ipv4Addr],
     extra: &Extra,
+    six: &Ipv6Facts,
 ) -> Result<Vec<Target>> {
     let own_cidr: Ipv4Network = state.pod_cidr.parse().context("agent state pod CIDR")?;
     let own_health = health::health_ip(own_cidr);
-    let base = |class, kind, node: String, ip, local| Target {
+    let base = |class, kind, node: String, ip: IpAddr, local| Target {
         class,
         kind,
         node,
@@ -261,24 +273,24 @@ pub fn targets(
     let health_endpoints = |class| {
         nodes.iter().map(move |(node, cidr, node_ip, local, path)| Target {
             port: health_port,
-            node_ip: *node_ip,
-            pod_cidr: Some(*cidr),
+            node_ip: node_ip.map(IpAddr::V4),
+            pod_cidr: Some(IpNetwork::V4(*cidr)),
             path: *path,
-            ..base(class, Kind::Health, node.clone(), health::health_ip(*cidr), *local)
+            ..base(class, Kind::Health, node.clone(), health::health_ip(*cidr).into(), *local)
         })
     };
     let mut out: Vec<Target> = health_endpoints(Class::PodToPod).collect();
     for problem in &state.problems {
         out.push(Target {
             known_problem: Some(format!("no route: {problem}")),
-            ..base(Class::PodToPod, Kind::Health, problem.node().to_string(), Ipv4Addr::UNSPECIFIED, false)
+            ..base(Class::PodToPod, Kind::Health, problem.node().to_string(), Ipv4Addr::UNSPECIFIED.into(), false)
         });
     }
     if extra.pods {
         for ip in local_pods.iter().filter(|ip| **ip != own_health) {
             out.push(Target {
-                node_ip: own_node_ip,
-                ..base(Class::PodToPod, Kind::Pod, state.node_name.clone(), *ip, true)
+                node_ip: own_node_ip.map(IpAddr::V4),
+                ..base(Class::PodToPod, Kind::Pod, state.node_name.clone(), (*ip).into(), true)
             });
         }
     }
@@ -287,18 +299,19 @@ pub fn targets(
     for (node, _, node_ip, local, path) in &nodes {
         if let Some(ip) = node_ip {
             out.push(Target {
-                node_ip: Some(*ip),
+                node_ip: Some((*ip).into()),
                 path: *path,
-                ..base(Class::PodToHost, Kind::Host, node.clone(), *ip, *local)
+                ..base(Class::PodToHost, Kind::Host, node.clone(), (*ip).into(), *local)
             });
         }
     }
     out.extend(health_endpoints(Class::HostToPod));
+    out.extend(targets6(state, six)?);
     if let Some(svc) = extra.service {
         out.push(Target {
             port: Some(svc.port()),
             icmp: false,
-            ..base(Class::PodToService, Kind::Service, "-".into(), *svc.ip(), false)
+            ..base(Class::PodToService, Kind::Service, "-".into(), (*svc.ip()).into(), false)
         });
     }
     if let Some(port) = extra.node_port {
@@ -307,9 +320,9 @@ pub fn targets(
                 out.push(Target {
                     port: Some(port),
                     icmp: false,
-                    node_ip: Some(*ip),
+                    node_ip: Some((*ip).into()),
                     path: *path,
-                    ..base(Class::PodToNodePort, Kind::NodePort, node.clone(), *ip, *local)
+                    ..base(Class::PodToNodePort, Kind::NodePort, node.clone(), (*ip).into(), *local)
                 });
             }
         }
@@ -321,16 +334,70 @@ pub fn targets(
                 out.push(Target {
                     port: Some(port),
                     icmp: false,
-                    node_ip: Some(*ip),
+                    node_ip: Some((*ip).into()),
                     path: *path,
-                    ..base(Class::WorldToNodePort, Kind::NodePort, node.clone(), *ip, *local)
+                    ..base(Class::WorldToNodePort, Kind::NodePort, node.clone(), (*ip).into(), *local)
                 });
             }
         }
     }
     if let Some((ip, port)) = extra.world {
-        out.push(Target { port, icmp: port.is_none(), ..base(Class::PodToWorld, Kind::World, "-".into(), ip, false) });
+        out.push(Target {
+            port,
+            icmp: port.is_none(),
+            ..base(Class::PodToWorld, Kind::World, "-".into(), ip.into(), false)
+        });
     }
+    Ok(out)
+}
+
+/// The IPv6 rows (dual-stack): every node's health endpoint from the local
+/// one (`pod-to-pod`) and from the node (`host-to-pod`), and every node's
+/// IPv6 address from the health endpoint (`pod-to-host`), natively routed
+/// (there is no IPv6 over VXLAN). Nodes left out of the IPv6 routes are
+/// rows with their reason, not tried. None on an IPv4-only node.
+fn targets6(state: &AgentState, six: &Ipv6Facts) -> Result<Vec<Target>> {
+    let Some(own_cidr6) = &state.pod_cidr6 else { return Ok(Vec::new()) };
+    let own_cidr6: Ipv6Network = own_cidr6.parse().context("agent state IPv6 pod CIDR")?;
+    // (name, IPv6 pod CIDR, node IPv6, local)
+    let mut nodes: Vec<(String, Ipv6Network, Option<Ipv6Addr>, bool)> =
+        vec![(state.node_name.clone(), own_cidr6, six.own_node_ip6, true)];
+    for (cidr, ip) in &six.routes6 {
+        let name = state.route_nodes6.get(&cidr.to_string()).cloned().unwrap_or_else(|| format!("node at {ip}"));
+        nodes.push((name, *cidr, Some(*ip), false));
+    }
+    let target =
+        |class, kind, node: &str, ip: Ipv6Addr, node_ip: Option<Ipv6Addr>, cidr: Option<Ipv6Network>, local| Target {
+            class,
+            kind,
+            node: node.to_string(),
+            ip: ip.into(),
+            port: (kind == Kind::Health).then_some(health::HEALTH_PORT),
+            icmp: true,
+            node_ip: node_ip.map(IpAddr::V6),
+            pod_cidr: cidr.map(IpNetwork::V6),
+            local,
+            path: (!local).then_some(PeerPath::Native),
+            known_problem: None,
+        };
+    let health = |class| {
+        nodes.iter().map(move |(node, cidr, node_ip, local)| {
+            target(class, Kind::Health, node, health::health_ip6(*cidr), *node_ip, Some(*cidr), *local)
+        })
+    };
+    let mut out: Vec<Target> = health(Class::PodToPod).collect();
+    for problem in &state.problems6 {
+        out.push(Target {
+            known_problem: Some(format!("no IPv6 route: {problem}")),
+            ..target(Class::PodToPod, Kind::Health, problem.node(), Ipv6Addr::UNSPECIFIED, None, None, false)
+        });
+    }
+    for (node, _, node_ip, local) in &nodes {
+        if let Some(ip) = node_ip {
+            out.push(target(Class::PodToHost, Kind::Host, node, *ip, Some(*ip), None, *local));
+        }
+    }
+    out.extend(health(Class::HostToPod));
     Ok(out)
 }
 
@@ -342,7 +409,7 @@ type Probe = (Option<Result<Duration, String>>, Option<Result<Duration, String>>
 
 /// ICMP and/or TCP to `t`, from the calling thread's namespace.
 fn probe(t: &Target, seq: u16) -> Probe {
-    let icmp_r = t.icmp.then(|| icmp::ping(t.ip, TIMEOUT, seq));
+    let icmp_r = t.icmp.then(|| icmp::ping_any(t.ip, TIMEOUT, seq));
     // From the world: past the socket load balancer, onto the wire.
     let mark = (t.class == Class::WorldToNodePort).then_some(sluice_common::maps::SOCK_LB_BYPASS_MARK);
     let tcp_r = t.port.map(|port| tcp_probe(t.ip, port, t.kind == Kind::Health, mark));
@@ -367,12 +434,26 @@ pub async fn run(pins: &PinDir, data_dir: &Path, extra: &Extra) -> Result<Vec<Pr
             .ok()
             .and_then(|entries| pick_node_port(&entries));
     }
-    let targets = targets(&state, own_node_ip, &routes, &local_pods, &extra)?;
     let netlink = Netlink::open()?;
-    let uplink_up = netlink.link_by_name(&state.uplink).await?.map(|l| l.up).unwrap_or(false);
+    let uplink = netlink.link_by_name(&state.uplink).await?;
+    let uplink_up = uplink.as_ref().map(|l| l.up).unwrap_or(false);
     let tunnel_up = netlink.link_by_name(vxlan::DEVICE).await?.map(|l| l.up).unwrap_or(false);
-    let kernel_routes: BTreeSet<Ipv4Network> =
-        netlink.routes_of_protocol(kernel_routes::ROUTE_PROTOCOL).await?.into_iter().map(|r| r.dst).collect();
+    let mut kernel_routes: BTreeSet<IpNetwork> = netlink
+        .routes_of_protocol(kernel_routes::ROUTE_PROTOCOL)
+        .await?
+        .into_iter()
+        .map(|r| IpNetwork::V4(r.dst))
+        .collect();
+    let mut six = Ipv6Facts::default();
+    if state.pod_cidr6.is_some() {
+        let routes6 = netlink.main_routes6(Some(kernel_routes::ROUTE_PROTOCOL)).await?;
+        kernel_routes.extend(routes6.iter().map(|r| IpNetwork::V6(r.dst)));
+        six.routes6 = routes6.iter().filter_map(|r| Some((r.dst, r.gateway?))).collect();
+        if let Some(l) = &uplink {
+            six.own_node_ip6 = netlink.first_global_ipv6(l.index).await?.map(|(ip, _)| ip);
+        }
+    }
+    let targets = targets(&state, own_node_ip, &routes, &local_pods, &extra, &six)?;
     let health_ns = PathBuf::from(&state.health_netns);
 
     let mut results = Vec::new();
@@ -390,7 +471,11 @@ pub async fn run(pins: &PinDir, data_dir: &Path, extra: &Extra) -> Result<Vec<Pr
             continue;
         }
         let before = drops_total(pins);
-        let peer = t.node_ip.filter(|_| !t.local);
+        // The peer's metrics answer on its IPv4 address.
+        let peer = match t.node_ip {
+            Some(IpAddr::V4(ip)) if !t.local => Some(ip),
+            _ => None,
+        };
         let peer_before = peer.and_then(|ip| peer_drops::fetch(ip, extra.peer_metrics_port));
         let seq = seq as u16 + 1;
         let (icmp_r, tcp_r) = if let (Class::WorldToNodePort, Some(world)) = (t.class, &extra.world_netns) {
@@ -434,7 +519,7 @@ pub async fn run(pins: &PinDir, data_dir: &Path, extra: &Extra) -> Result<Vec<Pr
                 // Asked from the node's own namespace, the same way.
                 match port {
                     Some(p) => tcp_probe(ip, p, false, None).is_ok(),
-                    None => icmp::ping(ip, TIMEOUT, 60000).is_ok(),
+                    None => icmp::ping_any(ip, TIMEOUT, 60000).is_ok(),
                 }
             })
         });
@@ -466,7 +551,7 @@ pub fn render(results: &[ProbeResult]) -> String {
         let t = &r.target;
         let addr = match (t.ip.is_unspecified(), t.port) {
             (true, _) => "-".to_string(),
-            (false, Some(p)) if t.kind != Kind::Health => format!("{}:{p}", t.ip),
+            (false, Some(p)) if t.kind != Kind::Health => SocketAddr::from((t.ip, p)).to_string(),
             _ => t.ip.to_string(),
         };
         let kind = serde_json::to_value(t.kind).ok().and_then(|v| v.as_str().map(str::to_string)).unwrap_or_default();
@@ -519,7 +604,8 @@ mod tests {
             node_port: Some(30080),
             world_netns: Some("/run/netns/world".into()),
         };
-        let t = targets(&state(), Some("172.30.0.1".parse().unwrap()), &routes, &pods, &extra).unwrap();
+        let t = targets(&state(), Some("172.30.0.1".parse().unwrap()), &routes, &pods, &extra, &Ipv6Facts::default())
+            .unwrap();
         let summary: Vec<(String, &str, String)> =
             t.iter().map(|t| (t.class.name().to_string(), t.node.as_str(), t.ip.to_string())).collect();
         let want: Vec<(String, &str, String)> = [
@@ -559,12 +645,71 @@ mod tests {
     }
 
     #[test]
+    fn a_dual_stack_node_probes_the_node_classes_over_ipv6_too() {
+        use crate::membership::family6::Problem6;
+        let dual = AgentState {
+            pod_cidr6: Some("fd00:244:0:1::/64".into()),
+            route_nodes6: [("fd00:244:0:2::/64".to_string(), "n2".to_string())].into(),
+            problems6: vec![Problem6::NoNodeIp6 { node: "n3".into() }],
+            ..state()
+        };
+        let routes = vec![("10.244.2.0/24".parse().unwrap(), "172.30.0.2".parse().unwrap(), false)];
+        let six = Ipv6Facts {
+            own_node_ip6: Some("fd00:30::1".parse().unwrap()),
+            routes6: vec![("fd00:244:0:2::/64".parse().unwrap(), "fd00:30::2".parse().unwrap())],
+        };
+        let t = targets(&dual, Some("172.30.0.1".parse().unwrap()), &routes, &[], &Extra::default(), &six).unwrap();
+        let v6: Vec<(&str, &str, String, Option<u16>)> = t
+            .iter()
+            .filter(|t| t.ip.is_ipv6())
+            .map(|t| (t.class.name(), t.node.as_str(), t.ip.to_string(), t.port))
+            .collect();
+        assert_eq!(
+            v6,
+            vec![
+                ("pod-to-pod", "n1", "fd00:244:0:1::1".to_string(), Some(health::HEALTH_PORT)),
+                ("pod-to-pod", "n2", "fd00:244:0:2::1".into(), Some(health::HEALTH_PORT)),
+                ("pod-to-pod", "n3", "::".into(), Some(health::HEALTH_PORT)),
+                ("pod-to-host", "n1", "fd00:30::1".into(), None),
+                ("pod-to-host", "n2", "fd00:30::2".into(), None),
+                ("host-to-pod", "n1", "fd00:244:0:1::1".into(), Some(health::HEALTH_PORT)),
+                ("host-to-pod", "n2", "fd00:244:0:2::1".into(), Some(health::HEALTH_PORT)),
+            ]
+        );
+        let n3 = t.iter().find(|t| t.node == "n3" && t.ip.is_ipv6()).unwrap();
+        assert!(n3.known_problem.as_deref().unwrap().starts_with("no IPv6 route: "), "{n3:?}");
+        let n2 = t.iter().find(|t| t.node == "n2" && t.ip.is_ipv6() && t.class == Class::PodToPod).unwrap();
+        assert_eq!(
+            (n2.node_ip, n2.pod_cidr, n2.path, n2.local),
+            (
+                Some("fd00:30::2".parse().unwrap()),
+                Some("fd00:244:0:2::/64".parse().unwrap()),
+                Some(PeerPath::Native),
+                false
+            )
+        );
+        // The IPv4 rows are all still there, first.
+        assert_eq!(t.iter().filter(|t| t.ip.is_ipv4()).count(), 7, "{t:#?}");
+        // An IPv4-only node has no IPv6 rows, whatever the kernel holds.
+        let t4 = targets(&state(), None, &routes, &[], &Extra::default(), &six).unwrap();
+        assert!(t4.iter().all(|t| t.ip.is_ipv4()), "{t4:#?}");
+    }
+
+    #[test]
     fn peers_health_endpoints_carry_their_path() {
         let routes = vec![
             ("10.244.2.0/24".parse().unwrap(), "172.30.0.2".parse().unwrap(), false),
             ("10.244.3.0/24".parse().unwrap(), "172.31.0.3".parse().unwrap(), true),
         ];
-        let t = targets(&state(), Some("172.30.0.1".parse().unwrap()), &routes, &[], &Extra::default()).unwrap();
+        let t = targets(
+            &state(),
+            Some("172.30.0.1".parse().unwrap()),
+            &routes,
+            &[],
+            &Extra::default(),
+            &Ipv6Facts::default(),
+        )
+        .unwrap();
         let paths: Vec<(&str, String, Option<PeerPath>)> = t
             .iter()
             .filter(|t| t.kind == Kind::Health && !t.ip.is_unspecified())

@@ -215,7 +215,7 @@ const STREAM_PORT: u16 = 7780;
 
 #[test]
 fn network_policy_over_ipv6_across_nodes_and_on_one_node_beside_ipv4() {
-    let lab = PolicyLab::up();
+    let mut lab = PolicyLab::up();
     // Clients x/a (n1) and z/d (n2); servers y/b (n1: same node as x/a),
     // y/c (n2: across nodes from x/a, same node as z/d).
     let everything = [
@@ -312,15 +312,12 @@ fn network_policy_over_ipv6_across_nodes_and_on_one_node_beside_ipv4() {
     // open_connections case for IPv4): x/a → y/c across nodes, echoing
     // every 50 ms; a default-deny-ingress in y cuts it within a second.
     let node = lab.lab.state.nodes[1].clone();
-    let yc = &lab.pods["y/c"];
+    let yc_netns = lab.pods["y/c"].netns.clone();
     let listen = format!("TCP6-LISTEN:{STREAM_PORT},ipv6only=0,reuseaddr,fork");
-    let mut server = lab
-        .lab
-        .node_cmd(&node, &yc.netns, &["socat", &listen, "EXEC:cat"])
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("stream server in y/c");
+    // A lab helper: killed by the lab's teardown also when an assertion
+    // below fails (a server left running keeps the e2e lock's fd open).
+    let server = lab.lab.node_cmd(&node, &yc_netns, &["socat", &listen, "EXEC:cat"]);
+    lab.lab.spawn_helper(server, "yc-stream6").expect("stream server in y/c");
     let server_up = Instant::now() + patience(Duration::from_secs(10));
     let stream = loop {
         let s = Stream::open(&lab, "x/a", "y/c");
@@ -358,7 +355,5 @@ fn network_policy_over_ipv6_across_nodes_and_on_one_node_beside_ipv4() {
         &[("x/a", "y/c", Family::V4, false), ("x/a", "y/c", Family::V6, false), ("y/b", "x/a", Family::V6, true)],
     );
     drop(stream);
-    let _ = server.kill();
-    let _ = server.wait();
     lab.delete_all();
 }

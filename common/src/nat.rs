@@ -19,6 +19,12 @@
 //! `SNAT_PORT_TRIES` a new connection is dropped (`DropReason::
 //! Nat4PortExhausted`), never given another connection's replies.
 //!
+//! A TCP connection's closing is tracked (`Nat4Closing`): a FIN or an RST
+//! marks both halves, the GC then removes the pair after a short idle
+//! lifetime, a new connection may take a closed one's SNAT port
+//! (`may_take_over`) and a client's SYN on a closed tuple starts a new
+//! connection (`syn_reopens`).
+//!
 //! `NAT4` is a plain hash, not an LRU: a full table refuses the insert, so
 //! a new connection is dropped (counted, `DropReason::Nat4TableFull`) and
 //! no live connection is ever evicted to make room. The agent's GC removes
@@ -56,6 +62,109 @@ pub const NAT4_REPLY_SEEN: u32 = 2;
 /// device (`next_hop_be` is its outer destination).
 pub const NAT4_VIA_TUNNEL: u32 = 4;
 
+/// `Nat4Entry::flags`: the client sent a FIN (TCP). Set on both halves.
+pub const NAT4_FIN_CLIENT: u32 = 8;
+/// `Nat4Entry::flags`: the backend sent a FIN (TCP). Set on both halves.
+pub const NAT4_FIN_BACKEND: u32 = 16;
+/// `Nat4Entry::flags`: either side sent an RST (TCP). Set on both halves.
+pub const NAT4_RST: u32 = 32;
+
+/// TCP header flags (byte 13 of the header).
+pub const TCP_FIN: u8 = 0x01;
+pub const TCP_SYN: u8 = 0x02;
+pub const TCP_RST: u8 = 0x04;
+pub const TCP_ACK: u8 = 0x10;
+
+/// Where a TCP connection of `NAT4` is in its closing, from the flags of
+/// its halves (either half's: the datapath sets the closing bits on both;
+/// the GC ORs the two).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Nat4Closing {
+    /// No FIN, no RST (or not TCP).
+    Open,
+    /// One side sent its FIN: the other may still send (a half-close).
+    HalfClosed,
+    /// An RST, or a FIN each way: nothing more but the last ACK and
+    /// retransmissions of the FINs.
+    Closed,
+}
+
+/// The closing state `flags` record.
+pub const fn closing(flags: u32) -> Nat4Closing {
+    if flags & NAT4_RST != 0 || flags & (NAT4_FIN_CLIENT | NAT4_FIN_BACKEND) == NAT4_FIN_CLIENT | NAT4_FIN_BACKEND {
+        Nat4Closing::Closed
+    } else if flags & (NAT4_FIN_CLIENT | NAT4_FIN_BACKEND) != 0 {
+        Nat4Closing::HalfClosed
+    } else {
+        Nat4Closing::Open
+    }
+}
+
+/// The closing bits a TCP segment with `tcp_flags` adds to its
+/// connection, arriving on the half `direction` (`NAT4_FORWARD`: the
+/// client's). 0: the segment closes nothing.
+pub const fn close_bits(direction: u8, tcp_flags: u8) -> u32 {
+    let mut bits = 0;
+    if tcp_flags & TCP_RST != 0 {
+        bits |= NAT4_RST;
+    }
+    if tcp_flags & TCP_FIN != 0 {
+        bits |= if direction == NAT4_FORWARD { NAT4_FIN_CLIENT } else { NAT4_FIN_BACKEND };
+    }
+    bits
+}
+
+/// How long a half-closed connection lives once idle: conntrack's
+/// `nf_conntrack_tcp_timeout_fin_wait` (120 s; its `close_wait` is 60 s).
+/// The side still open may go on sending; each packet refreshes it.
+pub const NAT4_HALF_CLOSED_SECS: u64 = 120;
+/// How long a closed connection's entries stay once idle: conntrack's
+/// `nf_conntrack_tcp_timeout_close` (10 s, after an RST). Not its
+/// `time_wait` (120 s): that keeps a tuple from being reused, and here a
+/// new connection may take a closed one's SNAT port at once
+/// (`may_take_over`) and a client's new SYN on its old tuple starts a new
+/// connection (`syn_reopens`), so the entries only need to outlive the
+/// last ACK and retransmitted FINs (the RTO starts at 200 ms–1 s: 10 s
+/// covers several).
+pub const NAT4_CLOSED_SECS: u64 = 10;
+/// A connection closed by FINs gives its SNAT port up only once idle this
+/// long: between the second FIN and the last ACK the backend's socket is
+/// still in LAST_ACK, and a new connection's SYN from the same port would
+/// meet it (a challenge ACK, a second's stall). An RST leaves nothing
+/// behind at either end: its port is free at once.
+pub const NAT4_FIN_REUSE_SECS: u64 = 2;
+
+/// The idle lifetime of a connection in `state`, when its closing
+/// shortens it (`None`: the protocol's own timeout).
+pub const fn closing_lifetime_secs(state: Nat4Closing) -> Option<u64> {
+    match state {
+        Nat4Closing::Open => None,
+        Nat4Closing::HalfClosed => Some(NAT4_HALF_CLOSED_SECS),
+        Nat4Closing::Closed => Some(NAT4_CLOSED_SECS),
+    }
+}
+
+/// May a new connection take the SNAT port (the reply key) held by a
+/// connection with `holder_flags`, idle for `idle_ns`? Only a closed one:
+/// at once after an RST, `NAT4_FIN_REUSE_SECS` after its FINs. An open or
+/// half-closed connection's port is never taken (its answers would reach
+/// the wrong client).
+pub const fn may_take_over(holder_flags: u32, idle_ns: u64) -> bool {
+    match closing(holder_flags) {
+        Nat4Closing::Closed => holder_flags & NAT4_RST != 0 || idle_ns >= NAT4_FIN_REUSE_SECS * 1_000_000_000,
+        _ => false,
+    }
+}
+
+/// Does a client's segment with `tcp_flags`, arriving on a forward entry
+/// with `entry_flags`, start a new connection on the old tuple? A SYN
+/// (without ACK) on a closed connection does, as conntrack treats a SYN in
+/// CLOSE or TIME_WAIT: the old pair goes, the SYN is balanced afresh. On
+/// an open or half-closed connection it is a retransmission: kept.
+pub const fn syn_reopens(entry_flags: u32, tcp_flags: u8) -> bool {
+    tcp_flags & (TCP_SYN | TCP_ACK) == TCP_SYN && matches!(closing(entry_flags), Nat4Closing::Closed)
+}
+
 /// Value of `NAT4`: the tuple the packet leaves with, where it goes, and
 /// when the half was last used.
 #[repr(C)]
@@ -91,6 +200,19 @@ impl Nat4Key {
             direction: if self.direction == NAT4_FORWARD { NAT4_REPLY } else { NAT4_FORWARD },
             _pad: [0; 2],
         }
+    }
+
+    /// Is `twin` (found under `self.twin(..)`) this connection's other
+    /// half, translating back to this key's tuple? Not when the key was
+    /// reused since: a closed connection's SNAT port taken over by a new
+    /// connection (`may_take_over`) leaves the old forward half pointing
+    /// at the new connection's reply half, which must never be marked or
+    /// removed for it.
+    pub const fn pairs_with(&self, twin: &Nat4Entry) -> bool {
+        twin.src_be == self.dst_be
+            && twin.dst_be == self.src_be
+            && twin.src_port_be == self.dst_port_be
+            && twin.dst_port_be == self.src_port_be
     }
 }
 
@@ -189,10 +311,16 @@ pub enum Nat4Counter {
     Forwarded = 6,
     /// An answer translated back (frontend → client).
     Reversed = 7,
+    /// A new connection took the SNAT port of a closed one
+    /// (`may_take_over`), whose pair was removed.
+    PortTakenOver = 8,
+    /// A client's SYN on the tuple of a closed connection: the old pair
+    /// removed, a new connection balanced (`syn_reopens`).
+    Reopened = 9,
 }
 
 impl Nat4Counter {
-    pub const COUNT: u32 = 8;
+    pub const COUNT: u32 = 10;
     pub const ALL: [Nat4Counter; Self::COUNT as usize] = [
         Nat4Counter::NewLocal,
         Nat4Counter::NewRemote,
@@ -202,6 +330,8 @@ impl Nat4Counter {
         Nat4Counter::Raced,
         Nat4Counter::Forwarded,
         Nat4Counter::Reversed,
+        Nat4Counter::PortTakenOver,
+        Nat4Counter::Reopened,
     ];
 
     /// Name in `status` and metrics.
@@ -215,6 +345,8 @@ impl Nat4Counter {
             Nat4Counter::Raced => "raced",
             Nat4Counter::Forwarded => "forwarded",
             Nat4Counter::Reversed => "reversed",
+            Nat4Counter::PortTakenOver => "port_taken_over",
+            Nat4Counter::Reopened => "reopened",
         }
     }
 }
@@ -243,6 +375,8 @@ mod tests {
         Raced = 5, "raced";
         Forwarded = 6, "forwarded";
         Reversed = 7, "reversed";
+        PortTakenOver = 8, "port_taken_over";
+        Reopened = 9, "reopened";
     });
 
     #[test]
@@ -281,6 +415,12 @@ mod tests {
         let rev_entry =
             Nat4Entry { src_be: 1, dst_be: 5, src_port_be: 30080, dst_port_be: 40000, ..Default::default() };
         assert_eq!(rev.twin(&rev_entry), fwd);
+        assert!(fwd.pairs_with(&rev_entry) && rev.pairs_with(&fwd_entry));
+        // The SNAT port taken over by a client 203.0.113.9:41000: the old
+        // forward half's twin key now holds the new connection's reply.
+        let taken = Nat4Entry { dst_be: 9, dst_port_be: 41000, ..rev_entry };
+        assert!(!fwd.pairs_with(&taken));
+        assert!(!fwd.pairs_with(&Nat4Entry { src_port_be: 30081, ..rev_entry }));
     }
 
     #[test]
@@ -299,6 +439,61 @@ mod tests {
         }
         assert!(!full.in_snat_range(60999));
         assert!(!Lb4Config::default().in_snat_range(0), "no range configured: no SNAT port");
+    }
+
+    const SEC: u64 = 1_000_000_000;
+
+    #[test]
+    fn fins_and_rsts_move_a_connection_to_closing() {
+        assert_eq!(closing(0), Nat4Closing::Open);
+        assert_eq!(closing(NAT4_SNAT | NAT4_REPLY_SEEN | NAT4_VIA_TUNNEL), Nat4Closing::Open);
+        let client_fin = close_bits(NAT4_FORWARD, TCP_FIN | TCP_ACK);
+        let backend_fin = close_bits(NAT4_REPLY, TCP_FIN | TCP_ACK);
+        assert_eq!((client_fin, backend_fin), (NAT4_FIN_CLIENT, NAT4_FIN_BACKEND));
+        assert_eq!(closing(client_fin), Nat4Closing::HalfClosed);
+        assert_eq!(closing(backend_fin), Nat4Closing::HalfClosed);
+        // The same side's FIN twice (a retransmission) is still half.
+        assert_eq!(closing(client_fin | close_bits(NAT4_FORWARD, TCP_FIN)), Nat4Closing::HalfClosed);
+        assert_eq!(closing(client_fin | backend_fin), Nat4Closing::Closed);
+        for direction in [NAT4_FORWARD, NAT4_REPLY] {
+            assert_eq!(close_bits(direction, TCP_RST), NAT4_RST);
+            assert_eq!(closing(close_bits(direction, TCP_RST | TCP_ACK)), Nat4Closing::Closed);
+            for plain in [TCP_ACK, TCP_SYN, TCP_SYN | TCP_ACK, 0x08 | TCP_ACK] {
+                assert_eq!(close_bits(direction, plain), 0, "{plain:#x} closes nothing");
+            }
+        }
+        assert_eq!(closing_lifetime_secs(Nat4Closing::Open), None);
+        assert_eq!(closing_lifetime_secs(Nat4Closing::HalfClosed), Some(120));
+        assert_eq!(closing_lifetime_secs(Nat4Closing::Closed), Some(10));
+    }
+
+    #[test]
+    fn only_a_closed_connections_snat_port_is_taken_over() {
+        let both_fins = NAT4_FIN_CLIENT | NAT4_FIN_BACKEND | NAT4_REPLY_SEEN | NAT4_SNAT;
+        // An open or half-closed holder: never, however idle.
+        for open in [0, NAT4_SNAT | NAT4_REPLY_SEEN, NAT4_FIN_CLIENT, NAT4_FIN_BACKEND | NAT4_SNAT] {
+            assert!(!may_take_over(open, 0), "{open:#x}");
+            assert!(!may_take_over(open, 3600 * SEC), "{open:#x}");
+        }
+        // An RST: at once.
+        assert!(may_take_over(NAT4_RST | NAT4_SNAT, 0));
+        // FINs both ways: once the last ACK has had its time.
+        assert!(!may_take_over(both_fins, 0));
+        assert!(!may_take_over(both_fins, NAT4_FIN_REUSE_SECS * SEC - 1));
+        assert!(may_take_over(both_fins, NAT4_FIN_REUSE_SECS * SEC));
+    }
+
+    #[test]
+    fn a_syn_on_a_closed_tuple_starts_a_new_connection() {
+        assert!(syn_reopens(NAT4_RST, TCP_SYN));
+        assert!(syn_reopens(NAT4_FIN_CLIENT | NAT4_FIN_BACKEND, TCP_SYN));
+        // A retransmitted SYN of a live or half-closed connection is its own.
+        assert!(!syn_reopens(0, TCP_SYN));
+        assert!(!syn_reopens(NAT4_REPLY_SEEN, TCP_SYN));
+        assert!(!syn_reopens(NAT4_FIN_CLIENT, TCP_SYN));
+        // Only a bare SYN: not a SYN-ACK, not a plain segment.
+        assert!(!syn_reopens(NAT4_RST, TCP_SYN | TCP_ACK));
+        assert!(!syn_reopens(NAT4_RST, TCP_ACK));
     }
 
     #[test]

@@ -38,8 +38,9 @@ use aya_ebpf::{
 use sluice_common::{
     maps::{FAST_PATH_MARK, REMOTE_NODE_VXLAN},
     nat::{
-        reachable_from_outside, Lb4Config, Nat4Counter, Nat4Entry, Nat4Key, SourceRangeKey, LB4_ENABLED, NAT4_FORWARD,
-        NAT4_REPLY, NAT4_REPLY_SEEN, NAT4_SNAT, NAT4_VIA_TUNNEL, SNAT_PORT_TRIES, SOURCE_RANGE_FRONTEND_BITS,
+        close_bits, may_take_over, reachable_from_outside, syn_reopens, Lb4Config, Nat4Counter, Nat4Entry, Nat4Key,
+        SourceRangeKey, LB4_ENABLED, NAT4_FORWARD, NAT4_REPLY, NAT4_REPLY_SEEN, NAT4_SNAT, NAT4_VIA_TUNNEL,
+        SNAT_PORT_TRIES, SOURCE_RANGE_FRONTEND_BITS, TCP_FIN, TCP_RST, TCP_SYN,
     },
     reject,
     services::{
@@ -153,13 +154,101 @@ fn count(counter: Nat4Counter) {
 /// `from_uplink`'s step: see the module doc.
 #[inline(always)]
 pub fn from_uplink(ctx: &TcContext) -> Result<Lb4, DropReason> {
+    sluice_lb4_track_close(ctx.skb.skb, 0);
     outcome(sluice_lb4_from_uplink(ctx.skb.skb))
 }
 
 /// `from_pod`'s step, for a packet its verdict sends to the stack.
 #[inline(always)]
 pub fn reply_from_pod(ctx: &TcContext) -> Result<Lb4, DropReason> {
+    sluice_lb4_track_close(ctx.skb.skb, 1);
     outcome(sluice_lb4_reply_from_pod(ctx.skb.skb))
+}
+
+/// A TCP connection's closing, before its packet is translated
+/// (`sluice_common::nat::Nat4Closing`): a FIN or an RST marks both halves
+/// (and restamps them: their short lifetime counts from the close); a
+/// client's SYN on a closed connection's tuple removes the old pair, so
+/// the translation that follows balances it as a new connection. `from_pod`
+/// is 1 for a local backend's answer (a reply half only), 0 for the
+/// uplink.
+///
+/// Its own global function, called by the programs rather than from the
+/// translation: `sluice_lb4_from_uplink`'s frame alone fills what Linux
+/// 6.1 allows beside `from_uplink`'s (`stack`).
+#[unsafe(no_mangle)]
+#[inline(never)]
+pub extern "C" fn sluice_lb4_track_close(skb: *mut __sk_buff, from_pod: u32) -> u32 {
+    let ctx = TcContext::new(skb);
+    match try_track_close(&ctx, from_pod != 0) {
+        Ok(()) => 0,
+        Err(_) => 1,
+    }
+}
+
+#[inline(always)]
+fn try_track_close(ctx: &TcContext, from_pod: bool) -> Result<(), DropReason> {
+    let Some((mut key, _)) = tuple(ctx)? else { return Ok(()) };
+    if key.protocol != IPPROTO_TCP {
+        return Ok(());
+    }
+    let flags_at: *const u8 = parse::header_mut(ctx, L4_OFF + 13)?;
+    // SAFETY: bounds checked by header_mut.
+    let tcp_flags = unsafe { *flags_at };
+    if tcp_flags & (TCP_FIN | TCP_RST | TCP_SYN) == 0 {
+        return Ok(());
+    }
+    let Some(config) = config() else { return Ok(()) };
+    // The half this packet arrives on, as the translation will find it.
+    let mut entry = None;
+    if from_pod || config.in_snat_range(u16::from_be(key.dst_port_be)) {
+        key.direction = NAT4_REPLY;
+        entry = NAT4.get_ptr_mut(&key);
+    }
+    if entry.is_none() && !from_pod {
+        key.direction = NAT4_FORWARD;
+        entry = NAT4.get_ptr_mut(&key);
+    }
+    let Some(entry) = entry else { return Ok(()) };
+    // SAFETY: a valid map value pointer; copied out at once.
+    let e = unsafe { *entry };
+    let twin_key = key.twin(&e);
+    if key.direction == NAT4_FORWARD && syn_reopens(e.flags, tcp_flags) {
+        // The reply half only if it is still this connection's (its port
+        // may have gone to another connection since).
+        // SAFETY: copied out at once.
+        if let Some(twin) = unsafe { NAT4.get(&twin_key) }.copied() {
+            if key.pairs_with(&twin) {
+                let _ = NAT4.remove(&twin_key);
+            }
+        }
+        let _ = NAT4.remove(&key);
+        count(Nat4Counter::Reopened);
+        return Ok(());
+    }
+    let bits = close_bits(key.direction, tcp_flags);
+    if bits == 0 || e.flags & bits == bits {
+        return Ok(());
+    }
+    // SAFETY: a plain helper.
+    let now = unsafe { bpf_ktime_get_coarse_ns() };
+    // SAFETY: valid map value pointers; a racing writer only adds bits or
+    // a time.
+    unsafe {
+        (*entry).flags |= bits;
+        (*entry).last_seen_ns = now;
+    }
+    if let Some(twin) = NAT4.get_ptr_mut(&twin_key) {
+        // Only this connection's other half (see `pairs_with`).
+        // SAFETY: as above.
+        unsafe {
+            if key.pairs_with(&*twin) {
+                (*twin).flags |= bits;
+                (*twin).last_seen_ns = now;
+            }
+        }
+    }
+    Ok(())
 }
 
 #[unsafe(no_mangle)]
@@ -494,8 +583,26 @@ fn new_connection(key: &Nat4Key, service: &ServiceValue, config: &Lb4Config) -> 
                     reserved = true;
                     break;
                 }
-                Err(_) if unsafe { NAT4.get(&reply_key) }.is_some() => count(Nat4Counter::PortCollision),
-                Err(_) => return Err(insert_refused(&reply_key)),
+                Err(_) => match NAT4.get_ptr(&reply_key) {
+                    // SAFETY: a valid map value pointer, read at once.
+                    Some(holder)
+                        if unsafe { may_take_over((*holder).flags, now.wrapping_sub((*holder).last_seen_ns)) } =>
+                    {
+                        // A closed connection's port: its reply half goes
+                        // (its forward half, left alone, sends nothing
+                        // anyone answers; the GC removes it), then the
+                        // port is ours if no other CPU took it first.
+                        let _ = NAT4.remove(&reply_key);
+                        if NAT4.insert(&reply_key, &reply, BPF_NOEXIST as u64).is_ok() {
+                            count(Nat4Counter::PortTakenOver);
+                            reserved = true;
+                            break;
+                        }
+                        count(Nat4Counter::PortCollision);
+                    }
+                    Some(_) => count(Nat4Counter::PortCollision),
+                    None => return Err(insert_refused(&reply_key)),
+                },
             }
             attempt += 1;
         }

@@ -54,9 +54,15 @@ pub const UDP_PORT: u16 = crate::cluster::UDP_PORT;
 /// servers (echo :7777 answers the pod's name, stream :7779) and a UDP
 /// server on `UDP_PORT`.
 pub fn lab(nodes: usize, pods_per_node: usize) -> Result<Lab> {
+    lab_with_agent_args(nodes, pods_per_node, &[])
+}
+
+/// `lab`, every agent started with `agent_args` besides.
+pub fn lab_with_agent_args(nodes: usize, pods_per_node: usize, agent_args: &[&str]) -> Result<Lab> {
     let mut opts = LabOptions::new(nodes, pods_per_node, crate::bin("sluice-agent").parent().unwrap().to_path_buf());
     opts.kubernetes = true;
     opts.kube_proxy_replacement = true;
+    opts.extra_agent_args = agent_args.iter().map(|a| a.to_string()).collect();
     let mut lab = Lab::up(&opts)?;
     let pods: Vec<(String, String)> = lab.pods().iter().map(|(_, p)| (p.netns.clone(), p.name.clone())).collect();
     for (netns, name) in pods {

@@ -9,6 +9,11 @@
 //! Pods: x/a and y/b on n1 (same node), y/c and z/d on n2 (across nodes
 //! from x/a). Each answers its name on the lab's echo port over both
 //! families.
+//!
+//! Seen failing with the agent's IPv6 endpoint writes disabled
+//! (`PinnedPolicyTables::put_endpoint` a no-op for IPv6): the first case
+//! reports every denied pair open over IPv6 only ("x/a -> y/b over V6:
+//! expected blocked, observed connected", 4 pairs wrong), IPv4 right.
 use std::{
     collections::BTreeMap,
     io::{BufRead, BufReader},

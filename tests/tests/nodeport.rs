@@ -150,6 +150,32 @@ fn world_to_node_ports_spreads_200_connections_over_backends_on_two_nodes() {
     assert_eq!(c3["port_exhausted"] + c3["insert_failed"], 0, "{c3:?}");
 }
 
+/// Closed connections give their SNAT ports back: 80 short connections
+/// from the world (each closed by FINs, one every 150 ms) through node 1
+/// to the one backend on node 2, with a SNAT range of 40 ports. Every one
+/// succeeds: a closed connection's port goes to a new one
+/// (`port_taken_over`), an open one's never. Before FIN/RST were
+/// tracked, the 41st and every later connection was dropped
+/// (`port_exhausted`) until the GC's hours-long timeout.
+#[test]
+fn many_short_connections_through_a_small_snat_range_are_none_refused() {
+    require_root();
+    let mut lab = services::lab_with_agent_args(2, 1, &["--snat-port-range=61000-61039"]).unwrap();
+    let world = cluster::add_world(&mut lab).unwrap();
+    let (n2, pod) = (lab.state.nodes[1].clone(), lab.state.nodes[1].pods[0].clone());
+    let (tcp_np, _) = publish_node_port(&lab, &[(&n2.name, &pod.ip)]);
+    let ip1 = node_ip(&lab, 0);
+    let out = world_client(&world, &["tcp", &ip1, &tcp_np.to_string(), "80", "150"]);
+    assert_eq!(oks(&out), 80, "world → {ip1}:{tcp_np} SNATed to node 2: {:?}", tally(&out));
+    assert!(out.iter().all(|o| o.answer() == Some(pod.name.as_str())), "{out:?}");
+    let c = nat4(&lab, 0);
+    assert!(c["new_remote"] >= 80, "{c:?}");
+    // 80 connections, 40 ports: at least 40 took a closed one's, less
+    // what a GC pass (every 30 s, closed pairs idle 10 s) freed meanwhile.
+    assert!(c["port_taken_over"] >= 20, "{c:?}");
+    assert_eq!(c["port_exhausted"], 0, "{c:?}");
+}
+
 /// Slice 3, `externalTrafficPolicy: Local`: from the world, the node with
 /// a backend sends the client to it with the client's own address kept;
 /// the node without one drops the connection (counted), never sends it

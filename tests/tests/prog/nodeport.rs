@@ -343,3 +343,130 @@ fn a_load_balancer_ip_with_source_ranges_admits_clients_in_them_only_and_its_nod
     assert_eq!(dp.run(FROM_UPLINK, dp.uplink.ifindex, &syn).unwrap().action, TC_ACT_REDIRECT);
     assert_eq!(dp.drops().unwrap(), [(DropReason::LoadBalancerSourceRange, 3)]);
 }
+
+/// `frame` (a TCP segment) with its flags byte set to `flags` (the
+/// checksum is not fixed: nothing here compares it).
+fn with_tcp_flags(mut frame: Vec<u8>, flags: u8) -> Vec<u8> {
+    frame[14 + 20 + 13] = flags;
+    frame
+}
+
+const FIN_ACK: u8 = 0x11;
+const RST_ACK: u8 = 0x14;
+
+/// The reply key of a connection SNATed to `NODE_IP:snat_port` towards
+/// the backend 10.244.2.9:7777.
+fn snat_reply_key(snat_port: u16) -> Nat4Key {
+    Nat4Key {
+        src_be: be(ip("10.244.2.9")),
+        dst_be: be(ip(NODE_IP)),
+        src_port_be: 7777u16.to_be(),
+        dst_port_be: snat_port.to_be(),
+        protocol: TCP,
+        direction: NAT4_REPLY,
+        _pad: [0; 2],
+    }
+}
+
+fn from_backend_node(dp: &TestDatapath) -> L2 {
+    L2::new([2, 0, 0, 0, 0, 2], dp.uplink.mac)
+}
+
+#[test]
+fn a_closed_connections_snat_port_goes_to_a_new_connection_and_an_open_or_half_closed_ones_never() {
+    use sluice_common::nat::{NAT4_FIN_BACKEND, NAT4_FIN_CLIENT, NAT4_RST};
+    use sluice_node::datapath::{nat4_gc, policy_ct_gc};
+    let dp = node_with_node_port("10.244.2.9");
+    // One SNAT port: every connection to the backend wants 61000.
+    set_lb4_config(dp.pins(), Lb4Config { flags: LB4_ENABLED, snat_port_min: 61000, snat_port_max: 61000 }).unwrap();
+    let syn = |client_port: u16| {
+        let frame = Ipv4::tcp_syn(WORLD, NODE_IP, client_port, NODE_PORT).frame(from_world(&dp));
+        dp.run(FROM_UPLINK, dp.uplink.ifindex, &frame).unwrap()
+    };
+    let client = |client_port: u16, flags: u8| {
+        let frame = with_tcp_flags(Ipv4::tcp_ack(WORLD, NODE_IP, client_port, NODE_PORT).frame(from_world(&dp)), flags);
+        dp.run(FROM_UPLINK, dp.uplink.ifindex, &frame).unwrap()
+    };
+    let backend = |flags: u8| {
+        let frame =
+            with_tcp_flags(Ipv4::tcp_ack("10.244.2.9", NODE_IP, 7777, 61000).frame(from_backend_node(&dp)), flags);
+        dp.run(FROM_UPLINK, dp.uplink.ifindex, &frame).unwrap()
+    };
+    let holder = || Nat4Table::open(dp.pins()).unwrap().get(&snat_reply_key(61000)).unwrap().unwrap();
+    // A (client port 40000) holds the port; B (40001) is refused while A
+    // is open, after A's FIN (half-closed: the backend may still send),
+    // and just after the backend's FIN too (the last ACK's time).
+    assert_eq!(syn(40000).action, TC_ACT_REDIRECT);
+    assert_eq!(backend(0x10).action, TC_ACT_REDIRECT, "A answered");
+    assert_eq!(syn(40001).action, TC_ACT_SHOT, "an open connection's port is never taken");
+    assert_eq!(client(40000, FIN_ACK).action, TC_ACT_REDIRECT, "A's FIN is translated as any segment");
+    assert_eq!(holder().flags & (NAT4_FIN_CLIENT | NAT4_FIN_BACKEND), NAT4_FIN_CLIENT);
+    assert_eq!(syn(40001).action, TC_ACT_SHOT, "half-closed: never taken");
+    let run = backend(FIN_ACK);
+    assert_eq!(run.action, TC_ACT_REDIRECT);
+    assert_eq!(be16(&run.packet, 14 + 22), 40000, "the backend's FIN reaches A");
+    assert_eq!(holder().flags & (NAT4_FIN_CLIENT | NAT4_FIN_BACKEND), NAT4_FIN_CLIENT | NAT4_FIN_BACKEND);
+    assert_eq!(syn(40001).action, TC_ACT_SHOT, "closed by FINs a moment ago: not yet");
+    assert_eq!(counter(&dp, Nat4Counter::PortTakenOver), 0);
+    // Three seconds later (A's entries aged through the pin): B takes it.
+    let mut nat = Nat4Table::open(dp.pins()).unwrap();
+    for (k, mut e) in nat.all().unwrap() {
+        e.last_seen_ns -= 3_000_000_000;
+        nat.insert(k, e).unwrap();
+    }
+    let run = syn(40001);
+    assert_eq!(run.action, TC_ACT_REDIRECT, "{:?}", dp.drops().unwrap());
+    assert_eq!(be16(&run.packet, 14 + 20), 61000, "B got A's port");
+    assert_eq!(counter(&dp, Nat4Counter::PortTakenOver), 1);
+    let run = backend(0x10);
+    assert_eq!(be16(&run.packet, 14 + 22), 40001, "the port's answers are B's now, never A's");
+    assert_eq!(holder().flags & (NAT4_FIN_CLIENT | NAT4_FIN_BACKEND | NAT4_RST), 0, "B's pair is open");
+    // A's late segment (its forward half, left for the GC) marks nothing
+    // of B's.
+    client(40000, FIN_ACK);
+    client(40000, RST_ACK);
+    assert_eq!(holder().flags & (NAT4_FIN_CLIENT | NAT4_FIN_BACKEND | NAT4_RST), 0, "A's segments close nothing of B");
+    assert_eq!(syn(40002).action, TC_ACT_SHOT, "B's port stays B's");
+    // An RST frees the port at once: C (40002) takes it from B.
+    assert_eq!(client(40001, RST_ACK).action, TC_ACT_REDIRECT);
+    let run = syn(40002);
+    assert_eq!(run.action, TC_ACT_REDIRECT, "{:?}", dp.drops().unwrap());
+    assert_eq!(counter(&dp, Nat4Counter::PortTakenOver), 2);
+    assert_eq!(dp.drops().unwrap(), [(DropReason::Nat4PortExhausted, 4)]);
+    // The GC, 11 s on: A's and B's left-over forward halves (closed) go;
+    // C's pair (open) stays, though the twin key of each left-over half
+    // is C's reply half.
+    let later = policy_ct_gc::monotonic_now_ns().unwrap() + 11_000_000_000;
+    nat4_gc::collect(&mut nat, later, &Default::default()).unwrap();
+    let mut left: Vec<(u16, u8)> =
+        nat.all().unwrap().into_iter().map(|(k, _)| (u16::from_be(k.src_port_be), k.direction)).collect();
+    left.sort();
+    assert_eq!(left, [(7777, NAT4_REPLY), (40002, NAT4_FORWARD)], "C's pair, and only it");
+}
+
+#[test]
+fn a_syn_on_a_closed_connections_tuple_is_balanced_afresh_and_on_an_open_one_is_a_retransmission() {
+    let dp = node_with_node_port("10.244.1.3");
+    let b = dp.add_pod("10.244.1.3").unwrap();
+    let syn = Ipv4::tcp_syn(WORLD, NODE_IP, 40000, NODE_PORT).frame(from_world(&dp));
+    let dnated = hex(&Ipv4::tcp_syn(WORLD, "10.244.1.3", 40000, 7777).ttl(63).frame(b.receives()));
+    let run = dp.run(FROM_UPLINK, dp.uplink.ifindex, &syn).unwrap();
+    assert_eq!((run.action, hex(&run.packet)), (TC_ACT_REDIRECT, dnated.clone()));
+    // Retransmitted while open: the same connection.
+    let run = dp.run(FROM_UPLINK, dp.uplink.ifindex, &syn).unwrap();
+    assert_eq!((run.action, hex(&run.packet)), (TC_ACT_REDIRECT, dnated.clone()));
+    assert_eq!((counter(&dp, Nat4Counter::NewLocal), counter(&dp, Nat4Counter::Reopened)), (1, 0));
+    // The backend resets it (its answer through from_pod), then the client
+    // reuses its port: a new connection, with an open pair.
+    let rst = with_tcp_flags(Ipv4::tcp_ack("10.244.1.3", WORLD, 7777, 40000).frame(b.sends()), RST_ACK);
+    assert_eq!(dp.run(FROM_POD, b.host.ifindex, &rst).unwrap().action, TC_ACT_REDIRECT);
+    let nat = Nat4Table::open(dp.pins()).unwrap();
+    assert!(nat.all().unwrap().iter().all(|(_, e)| e.flags & sluice_common::nat::NAT4_RST != 0), "both halves marked");
+    let run = dp.run(FROM_UPLINK, dp.uplink.ifindex, &syn).unwrap();
+    assert_eq!((run.action, hex(&run.packet)), (TC_ACT_REDIRECT, dnated));
+    assert_eq!((counter(&dp, Nat4Counter::NewLocal), counter(&dp, Nat4Counter::Reopened)), (2, 1));
+    let all = nat.all().unwrap();
+    assert_eq!(all.len(), 2);
+    assert!(all.iter().all(|(_, e)| e.flags == 0), "a fresh pair: {all:?}");
+    assert_eq!(dp.drops().unwrap(), []);
+}

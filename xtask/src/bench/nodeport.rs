@@ -321,22 +321,6 @@ fn failed_latency() -> Latency {
     Latency { per_sec: f64::NAN, p50_us: f64::NAN, p99_us: f64::NAN, samples: 0 }
 }
 
-/// Empty node 1's `NAT4` through its pin; how many entries were there.
-/// The SNAT rows' connections are short and many (TCP_CRR: thousands a
-/// second), and a pair of entries lives until the agent's GC finds it idle
-/// past its timeout (hours for an answered TCP connection: closing is not
-/// tracked), holding its SNAT port: one backend has the SNAT range's
-/// 4,536 ports. Without this, a row would meet the one before's
-/// connections (docs/BENCHMARKS.md, NodePort).
-fn clear_nat4(pins: &PinDir) -> Result<usize> {
-    let mut table = nat4_maps::Nat4Table::open(pins)?;
-    let all = table.all()?;
-    for (k, _) in &all {
-        table.remove(k)?;
-    }
-    Ok(all.len())
-}
-
 fn measure(server_ns: &str, world: &str, target: Target, d: Duration) -> Result<PathFigures> {
     Ok(PathFigures {
         rr: bench::tcp_rr_to(server_ns, world, target, d)?,
@@ -388,15 +372,14 @@ pub fn round(round: usize, bins: &Path, plan: &Plan, out: &mut BTreeMap<String, 
         let mut restore = Duration::ZERO;
         let mut snat_stats = Value::Null;
         let mut snat_errors: Vec<String> = Vec::new();
-        let mut cleared = 0;
         for way in ways_in_round(round) {
             eprintln!("bench: round {} NodePort {way:?} with {scale} Services", round + 1);
             let new_before = nat4_new(&pins1)?;
             match way {
                 Way::SluiceSnat => {
-                    // A clean table: the connections of the row before
-                    // still hold their SNAT ports (see `clear_nat4`).
-                    cleared = clear_nat4(&pins1)?;
+                    // No emptying of NAT4 before the row: the closed
+                    // connections of the rows before give their SNAT
+                    // ports up (`port_taken_over` in the row's counters).
                     let target = Target {
                         server_ip: server_ip.into(),
                         server_port: BENCH_SERVER_PORT,
@@ -456,7 +439,6 @@ pub fn round(round: usize, bins: &Path, plan: &Plan, out: &mut BTreeMap<String, 
                 "iptables_restore_ms": restore.as_secs_f64() * 1e3,
                 "snat_row_nat4_stats": snat_stats,
                 "snat_row_errors": snat_errors,
-                "nat4_entries_cleared_before_snat_row": cleared,
             }),
         );
     }

@@ -5,9 +5,14 @@
 //! (a full one refuses new connections): without this pass it would fill.
 //!
 //! The timeouts are `POLICY_CT`'s (`policy_ct_gc::CtTimeouts`): TCP once
-//! the backend answered, hours; everything else a minute. An entry whose
-//! twin is gone (a pass interrupted between the two removals, or a
-//! program's insert that lost a race) is removed once idle on its own.
+//! the backend answered, hours; everything else a minute. A TCP
+//! connection the datapath saw closing lives shorter, as in conntrack:
+//! 120 s once idle after one FIN, 10 s after an RST or a FIN each way
+//! (`sluice_common::nat::Nat4Closing`). An entry whose twin is gone (a
+//! pass interrupted between the two removals, a program's insert that
+//! lost a race, a closed connection whose SNAT port a new one took over)
+//! is removed once idle on its own; a twin key holding another
+//! connection's half (`Nat4Key::pairs_with`) is not its twin.
 //!
 //! Besides the timeouts, `purge_removed_backends`: when a UDP frontend
 //! loses a backend, the connections it translated to that backend are
@@ -18,7 +23,7 @@
 //! pod may still be finishing it.
 use anyhow::Result;
 use sluice_common::{
-    nat::{Nat4Entry, Nat4Key, NAT4_FORWARD, NAT4_REPLY_SEEN},
+    nat::{closing, closing_lifetime_secs, Nat4Entry, Nat4Key, NAT4_FORWARD, NAT4_REPLY_SEEN},
     services::{Backend, ServiceKey, SCOPE_HOST_PORT, SCOPE_NODE_PORT},
 };
 
@@ -26,13 +31,16 @@ use super::{nat4_maps::Nat4Table, policy_ct_gc::CtTimeouts, policy_ct_gc::GcPass
 
 const IPPROTO_TCP: u8 = 6;
 
-/// The timeout of a connection whose halves are `a` and `b` (if found).
+/// The timeout of a connection whose halves are `a` and `b` (if found):
+/// its protocol's, shortened once a TCP connection is closing (a FIN, an
+/// RST: `sluice_common::nat::closing_lifetime_secs`).
 fn timeout_of(key: &Nat4Key, a: &Nat4Entry, b: Option<&Nat4Entry>, timeouts: &CtTimeouts) -> std::time::Duration {
-    let answered = (a.flags | b.map_or(0, |b| b.flags)) & NAT4_REPLY_SEEN != 0;
-    if key.protocol == IPPROTO_TCP && answered {
-        timeouts.tcp_established
-    } else {
-        timeouts.other
+    let flags = a.flags | b.map_or(0, |b| b.flags);
+    let answered = flags & NAT4_REPLY_SEEN != 0;
+    let timeout = if key.protocol == IPPROTO_TCP && answered { timeouts.tcp_established } else { timeouts.other };
+    match closing_lifetime_secs(closing(flags)) {
+        Some(secs) if key.protocol == IPPROTO_TCP => timeout.min(std::time::Duration::from_secs(secs)),
+        _ => timeout,
     }
 }
 
@@ -56,7 +64,9 @@ pub fn collect(nat: &mut Nat4Table, now_ns: u64, timeouts: &CtTimeouts) -> Resul
         pass.scanned += 1;
         let twin_key = key.twin(&entry);
         let Some(fresh) = nat.get(&key)? else { continue };
-        let twin = nat.get(&twin_key)?;
+        // The twin key may hold another connection's half by now (a
+        // closed connection's SNAT port taken over): not this one's.
+        let twin = nat.get(&twin_key)?.filter(|t| key.pairs_with(t));
         if !expired(&key, &fresh, twin.as_ref(), now_ns, timeouts) {
             continue;
         }
@@ -120,7 +130,7 @@ pub fn purge_removed_backends(nat: &mut Nat4Table, removed: &[(ServiceKey, Backe
 mod tests {
     use super::*;
     use sluice_common::{
-        nat::NAT4_REPLY,
+        nat::{NAT4_FIN_BACKEND, NAT4_FIN_CLIENT, NAT4_REPLY, NAT4_RST},
         services::{SCOPE_ADDRESS, SCOPE_HOST_PORT_ADDRESS},
     };
 
@@ -204,5 +214,33 @@ mod tests {
         // An orphan half goes once idle; refreshed after `now`, it stays.
         assert!(expired(&tcp, &entry(now - 61 * S, 0), None, now, &t));
         assert!(!expired(&tcp, &entry(now + S, 0), None, now, &t));
+    }
+
+    #[test]
+    fn a_closing_tcp_connection_goes_early() {
+        let t = CtTimeouts::default();
+        let now = 100_000 * S;
+        let tcp = key(6, NAT4_FORWARD);
+        let answered = NAT4_REPLY_SEEN;
+        let pair =
+            |idle: u64, flags: u32| (entry(now - idle * S, answered | flags), entry(now - idle * S, answered | flags));
+        // Closed (an RST, or a FIN each way): 10 s.
+        for closed in [NAT4_RST, NAT4_FIN_CLIENT | NAT4_FIN_BACKEND] {
+            let (a, b) = pair(11, closed);
+            assert!(expired(&tcp, &a, Some(&b), now, &t), "{closed:#x}");
+            let (a, b) = pair(9, closed);
+            assert!(!expired(&tcp, &a, Some(&b), now, &t), "{closed:#x}");
+        }
+        // Half-closed: 120 s, not hours.
+        let (a, b) = pair(121, NAT4_FIN_CLIENT);
+        assert!(expired(&tcp, &a, Some(&b), now, &t));
+        let (a, b) = pair(119, NAT4_FIN_BACKEND);
+        assert!(!expired(&tcp, &a, Some(&b), now, &t));
+        // The mark on one half is enough (the GC ORs both).
+        assert!(expired(&tcp, &entry(now - 11 * S, NAT4_RST), Some(&entry(now - 11 * S, answered)), now, &t));
+        // Never longer than the protocol's own: unanswered stays a minute.
+        assert!(expired(&tcp, &entry(now - 61 * S, NAT4_FIN_CLIENT), None, now, &t));
+        // UDP has no FIN: bits there (never set by the datapath) change nothing.
+        assert!(!expired(&key(17, NAT4_FORWARD), &entry(now - 11 * S, NAT4_RST), None, now, &t));
     }
 }

@@ -145,13 +145,15 @@ fn agent_restarts_under_a_flow_swap_tc_filters_in_place_and_lose_nothing() {
     for n in &nodes {
         drop_stack_forwarding(n).unwrap();
     }
-    // Echo requests back to back (ping -i 0.0005 as root: ~16,000 a second
-    // here) across nodes while both agents are
+    // Echo requests back to back (ping -i 0.0005 as root: 16,000 to 39,000
+    // a second on this machine) across nodes while both agents are
     // killed (SIGKILL) and started again, CYCLES times. The flow must
-    // outlast the restarts: under TCG (the guest jobs) an agent's start
-    // takes 15-20 s and ping sends a quarter as fast, so the count grows
-    // with the tests' patience.
-    let flow_len = patience_count(150_000);
+    // outlast the restarts: natively 150,000 did not once (3.9 s at 39,000
+    // a second, before a loaded suite's third restart was over), so at
+    // least 600,000 (15 s at the fastest rate seen); under TCG (the guest
+    // jobs) an agent's start takes 15-20 s and ping sends a quarter as
+    // fast, so the count grows with the tests' patience (900,000 at 6).
+    let flow_len = patience_count(150_000).max(600_000);
     let flow = ns_cmd(&a.netns, &["ping", "-q", "-c", &flow_len.to_string(), "-i", "0.0005", "-W", "1", &b.ip])
         .stdout(Stdio::piped())
         .spawn()

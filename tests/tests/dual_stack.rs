@@ -304,7 +304,9 @@ fn the_ipv6_endpoint_entry_is_written_checked_repaired_and_removed() {
     // `status` lists it beside the IPv4 ones.
     let status = lab.status(0).unwrap();
     let listed6: Vec<&str> = status["endpoints6"].as_array().unwrap().iter().filter_map(|e| e["ip"].as_str()).collect();
-    assert_eq!(listed6, [ip6(&a)], "{status}");
+    // The health endpoint's IPv6 (the pod CIDR's ::1) and the pod's.
+    let health6 = status["agent"]["healthIp6"].as_str().expect("the health endpoint's IPv6");
+    assert_eq!(listed6, [health6, ip6(&a)], "{status}");
     let a_ip4: std::net::Ipv4Addr = a.ip.parse().unwrap();
     let pins = sluice_node::datapath::pins::PinDir::new(&n1.pin_dir);
     let entry4 = sluice_node::datapath::pinned_maps::Endpoints::open(&pins).unwrap().get(a_ip4).unwrap();
@@ -341,6 +343,8 @@ fn the_ipv6_endpoint_entry_is_written_checked_repaired_and_removed() {
         std::thread::sleep(std::time::Duration::from_millis(100));
     }
     assert_eq!(endpoints6(&n1).get(a_ip6), Some(entry), "the pod's own entry stays");
+    let health_ip6: std::net::Ipv6Addr = health6.parse().unwrap();
+    assert!(endpoints6(&n1).get(health_ip6).is_some(), "the health endpoint's entry (it has no lease) stays");
 
     // DEL takes it away with the rest.
     lab.remove_pod(0, &a.name).unwrap();

@@ -407,9 +407,15 @@ fn drops_total(pins: &PinDir) -> Vec<(String, u64)> {
 
 type Probe = (Option<Result<Duration, String>>, Option<Result<Duration, String>>);
 
+/// ICMP is best effort (a lost echo is no broken path): a second echo,
+/// its own sequence number, when the first gets no reply within `TIMEOUT`.
+fn echo(ip: IpAddr, seq: u16) -> Result<Duration, String> {
+    icmp::ping_any(ip, TIMEOUT, seq).or_else(|_| icmp::ping_any(ip, TIMEOUT, seq | 0x8000))
+}
+
 /// ICMP and/or TCP to `t`, from the calling thread's namespace.
 fn probe(t: &Target, seq: u16) -> Probe {
-    let icmp_r = t.icmp.then(|| icmp::ping_any(t.ip, TIMEOUT, seq));
+    let icmp_r = t.icmp.then(|| echo(t.ip, seq));
     // From the world: past the socket load balancer, onto the wire.
     let mark = (t.class == Class::WorldToNodePort).then_some(sluice_common::maps::SOCK_LB_BYPASS_MARK);
     let tcp_r = t.port.map(|port| tcp_probe(t.ip, port, t.kind == Kind::Health, mark));

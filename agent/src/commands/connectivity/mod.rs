@@ -314,31 +314,24 @@ pub fn targets(
             ..base(Class::PodToService, Kind::Service, "-".into(), (*svc.ip()).into(), false)
         });
     }
+    // A NodePort on every node's address that has one, as `class` sees it.
+    let node_ports = |class, port, with_this_node: bool| {
+        nodes.iter().filter(move |n| with_this_node || !n.3).filter_map(move |(node, _, node_ip, local, path)| {
+            node_ip.map(|ip| Target {
+                port: Some(port),
+                icmp: false,
+                node_ip: Some(ip.into()),
+                path: *path,
+                ..base(class, Kind::NodePort, node.clone(), ip.into(), *local)
+            })
+        })
+    };
     if let Some(port) = extra.node_port {
-        for (node, _, node_ip, local, path) in nodes.iter().filter(|n| !n.3) {
-            if let Some(ip) = node_ip {
-                out.push(Target {
-                    port: Some(port),
-                    icmp: false,
-                    node_ip: Some((*ip).into()),
-                    path: *path,
-                    ..base(Class::PodToNodePort, Kind::NodePort, node.clone(), (*ip).into(), *local)
-                });
-            }
-        }
-    }
-    // From outside: every node's address, this one's included.
-    if let (Some(port), Some(_)) = (extra.node_port, &extra.world_netns) {
-        for (node, _, node_ip, local, path) in &nodes {
-            if let Some(ip) = node_ip {
-                out.push(Target {
-                    port: Some(port),
-                    icmp: false,
-                    node_ip: Some((*ip).into()),
-                    path: *path,
-                    ..base(Class::WorldToNodePort, Kind::NodePort, node.clone(), (*ip).into(), *local)
-                });
-            }
+        // From this node's pods: the other nodes'.
+        out.extend(node_ports(Class::PodToNodePort, port, false));
+        // From outside: every node's, this one's included.
+        if extra.world_netns.is_some() {
+            out.extend(node_ports(Class::WorldToNodePort, port, true));
         }
     }
     if let Some((ip, port)) = extra.world {

@@ -128,6 +128,15 @@ pub struct AgentConfig {
     /// table (entries copied).
     #[arg(long, env = "SLUICE_STACK_FLOWS_MAX", value_parser = clap::value_parser!(u32).range(64..=(1 << 24)))]
     pub stack_flows_max: Option<u32>,
+    /// Entries of `NAT4`, the table of connections from outside translated
+    /// at the uplink (two per connection). Default 262144. A plain hash,
+    /// never evicting: when full, new connections from outside are dropped
+    /// (`nat4_table_full`). About 100 bytes of kernel memory each,
+    /// allocated whole. A new size migrates the pinned table under open
+    /// connections: new ones from outside are held back (dropped, then
+    /// retransmitted by their clients) for the moments the programs swap.
+    #[arg(long, env = "SLUICE_NAT4_MAX", value_parser = clap::value_parser!(u32).range(1024..=(1 << 24)))]
+    pub nat4_max: Option<u32>,
     /// Mount bpffs at --bpffs when none is there. Off by default: a bpffs
     /// the agent mounts itself lives only as long as its mount namespace
     /// (a container, `ip netns exec`), and every pin with it; a host
@@ -384,6 +393,7 @@ mod tests {
             mount_bpffs: false,
             metrics_addr: "off".into(),
             stack_flows_max: None,
+            nat4_max: None,
             node_port_range: crate::port_ownership::ranges::DEFAULT_NODE_PORT_RANGE,
             conntrack_gc_interval_secs: 30,
         }

@@ -78,10 +78,15 @@ pub enum DropReason {
     /// A new connection from outside to a LoadBalancer ingress IP from a
     /// client outside the Service's `loadBalancerSourceRanges`.
     LoadBalancerSourceRange = 23,
+    /// A new connection from outside to a Service while the agent carries
+    /// `NAT4` over to a new layout (`LB4_PAUSED`): dropped, so that no
+    /// connection is written into a table about to be left behind; the
+    /// client's retransmission (a second later) finds the new one.
+    Nat4Migrating = 24,
 }
 
 impl DropReason {
-    pub const COUNT: u32 = 24;
+    pub const COUNT: u32 = 25;
     pub const ALL: [DropReason; Self::COUNT as usize] = [
         DropReason::Truncated,
         DropReason::SourceSpoofed,
@@ -107,6 +112,7 @@ impl DropReason {
         DropReason::ServiceNoEndpoints,
         DropReason::ServiceNoLocalEndpoints,
         DropReason::LoadBalancerSourceRange,
+        DropReason::Nat4Migrating,
     ];
 
     /// Stable name: the label in `status` and metrics.
@@ -136,6 +142,7 @@ impl DropReason {
             DropReason::ServiceNoEndpoints => "service_no_endpoints",
             DropReason::ServiceNoLocalEndpoints => "service_no_local_endpoints",
             DropReason::LoadBalancerSourceRange => "load_balancer_source_range",
+            DropReason::Nat4Migrating => "nat4_migrating",
         }
     }
 }
@@ -349,6 +356,7 @@ mod tests {
         ServiceNoEndpoints = 21, "service_no_endpoints";
         ServiceNoLocalEndpoints = 22, "service_no_local_endpoints";
         LoadBalancerSourceRange = 23, "load_balancer_source_range";
+        Nat4Migrating = 24, "nat4_migrating";
     });
 
     const FORWARD_PATHS: &[(ForwardPath, u32, &str)] = &golden!(ForwardPath {

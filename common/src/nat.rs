@@ -245,6 +245,15 @@ pub const SOURCE_RANGE_FRONTEND_BITS: u32 = 64;
 /// every packet to the stack (kube-proxy's rules), as before.
 pub const LB4_ENABLED: u32 = 1;
 
+/// `Lb4Config::flags`: new connections from outside are dropped
+/// (`DropReason::Nat4Migrating`) while existing ones carry on. Set by an
+/// agent carrying `NAT4` over to a new layout, from just before it copies
+/// the entries until every link runs its programs and the entries the old
+/// programs wrote meanwhile are copied too (`migrate`), so that no new
+/// connection lives in the table being left behind. Cleared at the end,
+/// and by every agent start (`LB4_CONFIG` is rewritten whole).
+pub const LB4_PAUSED: u32 = 2;
+
 /// Value of `LB4_CONFIG` (one entry): the uplink's Service settings,
 /// written by the agent at start; read by `from_uplink` and `from_pod`.
 #[repr(C)]

@@ -40,7 +40,7 @@ use sluice_common::{
     nat::{
         close_bits, may_take_over, reachable_from_outside, syn_reopens, Lb4Config, Nat4Counter, Nat4Entry, Nat4Key,
         SourceRangeKey, LB4_ENABLED, NAT4_FORWARD, NAT4_REPLY, NAT4_REPLY_SEEN, NAT4_SNAT, NAT4_VIA_TUNNEL,
-        SNAT_PORT_TRIES, SOURCE_RANGE_FRONTEND_BITS, TCP_FIN, TCP_RST, TCP_SYN,
+        SNAT_PORT_TRIES, SOURCE_RANGE_FRONTEND_BITS, LB4_PAUSED, TCP_FIN, TCP_RST, TCP_SYN,
     },
     reject,
     services::{
@@ -118,6 +118,7 @@ fn reason_from(code: u32) -> DropReason {
     const PORTS: u32 = DropReason::Nat4PortExhausted as u32;
     const NO_LOCAL: u32 = DropReason::ServiceNoLocalEndpoints as u32;
     const SOURCE_RANGE: u32 = DropReason::LoadBalancerSourceRange as u32;
+    const MIGRATING: u32 = DropReason::Nat4Migrating as u32;
     match code.wrapping_sub(LB4_DROP) {
         TRUNCATED => DropReason::Truncated,
         TTL => DropReason::TtlExpired,
@@ -131,6 +132,7 @@ fn reason_from(code: u32) -> DropReason {
         PORTS => DropReason::Nat4PortExhausted,
         NO_LOCAL => DropReason::ServiceNoLocalEndpoints,
         SOURCE_RANGE => DropReason::LoadBalancerSourceRange,
+        MIGRATING => DropReason::Nat4Migrating,
         _ => DropReason::ServiceNoEndpoints,
     }
 }
@@ -348,6 +350,13 @@ fn config() -> Option<Lb4Config> {
     }
 }
 
+/// Are new connections held back (`LB4_PAUSED`)? Read apart from
+/// `config()`'s copy, which would cost the caller's frame.
+#[inline(always)]
+fn paused() -> bool {
+    matches!(LB4_CONFIG.get(0), Some(c) if c.flags & LB4_PAUSED != 0)
+}
+
 /// The tuple of a TCP or UDP IPv4 packet without options, not a fragment,
 /// and its TTL; `None` for anything else (the stack's).
 #[inline(always)]
@@ -489,6 +498,12 @@ fn is_syn(ctx: &TcContext) -> bool {
 /// by its reply entry before anything else is written.
 #[inline(always)]
 fn new_connection(key: &Nat4Key, service: &ServiceValue, config: &Lb4Config) -> Result<Nat4Entry, DropReason> {
+    // The agent is carrying NAT4 over to a new layout: a connection
+    // written now could land in the table being left behind. The client
+    // retransmits; by then the new table serves it.
+    if paused() {
+        return Err(DropReason::Nat4Migrating);
+    }
     let backend = if service.flags & SERVICE_EXTERNAL_LOCAL != 0 {
         // externalTrafficPolicy: Local: this node's backends only, the
         // client's address kept (no SNAT: the backend is here).

@@ -39,6 +39,20 @@ pub fn patience(limit: std::time::Duration) -> std::time::Duration {
     limit * patience_factor(std::env::var("SLUICE_TEST_PATIENCE").ok().as_deref())
 }
 
+/// Poll `ready` every 50 ms until it holds; an error naming `what` when it
+/// still does not after `limit` (stretched by `SLUICE_TEST_PATIENCE`).
+pub fn wait_until(limit: std::time::Duration, what: &str, mut ready: impl FnMut() -> bool) -> anyhow::Result<()> {
+    let limit = patience(limit);
+    let start = std::time::Instant::now();
+    while !ready() {
+        if start.elapsed() > limit {
+            anyhow::bail!("waited {limit:?} for: {what}");
+        }
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    Ok(())
+}
+
 /// A count that must outlast readiness waits (a flow spanning agent
 /// restarts), stretched by `SLUICE_TEST_PATIENCE` as [`patience`] stretches
 /// limits.

@@ -6,7 +6,17 @@
 //! datapath translates it, and the answer reaches the client only if it
 //! comes back from the address the client used (the TCP handshake and a
 //! connected UDP socket take nothing else).
-use std::{collections::BTreeMap, process::Command};
+use std::{
+    collections::BTreeMap,
+    io::{BufRead, BufReader, Write},
+    net::{SocketAddr, TcpStream},
+    process::Command,
+    sync::{
+        atomic::{AtomicBool, Ordering},
+        Arc,
+    },
+    time::Duration,
+};
 
 use sluice_tests::{
     cluster,
@@ -379,7 +389,42 @@ fn world_to_a_host_port_reaches_the_pod_on_its_own_node_only() {
 fn agent_sigkill_and_restart_breaks_no_node_port_connection_and_refuses_none() {
     require_root();
     let mut lab = services::lab(2, 1).unwrap();
-    let world = cluster::add_world(&mut lab).unwrap();
+    restart_under_node_port_traffic(&mut lab, 150, 30, |_| {});
+}
+
+/// A layout migration of `NAT4` (its size changed: a new table, every
+/// entry copied, the programs swapped) under 20 open streams and a run of
+/// new connections through the SNAT node: none broken, none refused. The
+/// old programs keep writing into the old table until their links are
+/// swapped, so the agent holds new connections back meanwhile and copies
+/// what was written since (`migrate::Pause`, `Carried::catch_up`).
+#[test]
+fn nat4_layout_migration_under_node_port_traffic_breaks_none_and_refuses_none() {
+    use sluice_common::maps::names;
+    require_root();
+    let mut lab = services::lab(2, 1).unwrap();
+    let pin = sluice_node::datapath::pins::PinDir::new(&lab.state.nodes[1].pin_dir).map(names::NAT4);
+    let max_entries = || {
+        let info = sluice_tests::bpftool_json(&["map", "show", "pinned", &pin.display().to_string()]).unwrap();
+        info["max_entries"].as_u64().unwrap()
+    };
+    assert_eq!(max_entries(), u64::from(sluice_common::maps::limits::MAX_NAT4));
+    // As fast as the client goes: connections opened while the tables
+    // swap are what a lossy migration breaks.
+    restart_under_node_port_traffic(&mut lab, 400, 0, |lab| {
+        lab.state.extra_agent_args.extend(["--nat4-max".to_string(), "131072".to_string()]);
+    });
+    assert_eq!(max_entries(), 131072, "NAT4 was not migrated to its new size");
+    let drops = services::service_status(&lab, 1).unwrap();
+    println!("held back while migrating: {}", drops["drops"]["nat4_migrating"]);
+}
+
+/// 20 open streams from the world and `fresh` new connections (`gap_ms`
+/// apart) through node 2, SNATed to a pod on node 1; node 2's agent
+/// SIGKILLed and started again (after `before_start`) meanwhile. Every
+/// stream carries on and every new connection is answered.
+fn restart_under_node_port_traffic(lab: &mut Lab, fresh: u32, gap_ms: u32, before_start: impl FnOnce(&mut Lab)) {
+    let world = cluster::add_world(lab).unwrap();
     let api = lab.api.as_ref().unwrap();
     let (n1, pod) = (lab.state.nodes[0].clone(), lab.state.nodes[0].pods[0].clone());
     let svc =
@@ -389,27 +434,74 @@ fn agent_sigkill_and_restart_breaks_no_node_port_connection_and_refuses_none() {
     api.upsert_endpoint_slice(
         slice("st", &[("stream", 7779, "TCP"), ("http", 7777, "TCP")], &ready(&[(&n1.name, &pod.ip)])).build(),
     );
-    wait_backends(&lab, "*", stream_np, "TCP", &[format!("{}:7779", pod.ip)]).unwrap();
-    wait_backends(&lab, "*", http_np, "TCP", &[format!("{}:7777", pod.ip)]).unwrap();
+    wait_backends(lab, "*", stream_np, "TCP", &[format!("{}:7779", pod.ip)]).unwrap();
+    wait_backends(lab, "*", http_np, "TCP", &[format!("{}:7777", pod.ip)]).unwrap();
     // Through node 2: SNATed to node 1's pod.
-    let ip2 = node_ip(&lab, 1);
+    let ip2 = node_ip(lab, 1);
     let spawn = |args: &[&str]| {
         let mut all = vec!["python3", "-c", services::CLIENT];
         all.extend_from_slice(args);
         ns_cmd(&world, &all).stdout(std::process::Stdio::piped()).stderr(std::process::Stdio::null()).spawn().unwrap()
     };
     let streams: Vec<_> = (0..20).map(|_| spawn(&["stream", &ip2, &stream_np.to_string(), "8"])).collect();
-    let fresh = spawn(&["tcp", &ip2, &http_np.to_string(), "150", "30"]);
-    std::thread::sleep(std::time::Duration::from_millis(1000));
+    let fresh_client = spawn(&["tcp", &ip2, &http_np.to_string(), &fresh.to_string(), &gap_ms.to_string()]);
+    // Every stream and the first new connections through node 2's table.
+    sluice_tests::wait_until(std::time::Duration::from_secs(10), "20 streams and new connections translated", || {
+        nat4(lab, 1).get("new_remote").copied().unwrap_or(0) >= 25
+    })
+    .unwrap();
+    // Connections opened every 10 ms while the agent is down and starting,
+    // each kept open until it is up: any connection written into a table
+    // the new programs do not read breaks once they run. (Threads of this
+    // process, not clients: hundreds of processes would slow the start.)
+    let stop = Arc::new(AtomicBool::new(false));
+    let opener = {
+        let (stop, world, ip2) = (stop.clone(), world.clone(), ip2.clone());
+        std::thread::spawn(move || {
+            let addr = SocketAddr::new(ip2.parse().unwrap(), stream_np);
+            let mut opening = Vec::new();
+            while !stop.load(Ordering::Relaxed) {
+                let netns = std::path::Path::new("/run/netns").join(&world);
+                opening.push(std::thread::spawn(move || {
+                    sluice_node::net::netns::run_in(&netns, move || {
+                        // A SYN held back during the migration is sent
+                        // again after a second.
+                        Ok(TcpStream::connect_timeout(&addr, Duration::from_secs(4))?)
+                    })
+                }));
+                std::thread::sleep(Duration::from_millis(10));
+            }
+            opening.into_iter().map(|t| t.join().unwrap()).collect::<Vec<_>>()
+        })
+    };
+    let restart = std::time::Instant::now();
     lab.kill_agent(1).unwrap();
-    std::thread::sleep(std::time::Duration::from_millis(500));
+    before_start(lab);
     lab.start_agent(1).unwrap();
     lab.wait_agent_ready(1).unwrap();
-    let (outcomes, _) = services::finish(fresh).unwrap();
-    assert_eq!((outcomes.len(), oks(&outcomes)), (150, 150), "{:?}", tally(&outcomes));
+    println!("agent restarted in {:?}", restart.elapsed());
+    std::thread::sleep(Duration::from_millis(300));
+    stop.store(true, Ordering::Relaxed);
+    let opened = opener.join().unwrap();
+    let during = opened.len();
+    for (i, stream) in opened.into_iter().enumerate() {
+        let answered = stream.and_then(|mut s| {
+            s.set_read_timeout(Some(Duration::from_secs(3)))?;
+            s.write_all(format!("during {i}\n").as_bytes())?;
+            let mut back = String::new();
+            BufReader::new(s).read_line(&mut back)?;
+            Ok(back)
+        });
+        match answered {
+            Ok(back) if back.trim() == format!("during {i}") => {}
+            other => panic!("connection {i} of {during} opened during the restart: {other:?}"),
+        }
+    }
+    let (outcomes, _) = services::finish(fresh_client).unwrap();
+    assert_eq!((outcomes.len(), oks(&outcomes)), (fresh as usize, fresh as usize), "{:?}", tally(&outcomes));
     for s in streams {
         let (_, text) = services::finish(s).unwrap();
         assert!(text.trim_end().ends_with("done") && !text.contains("err"), "an open connection broke:\n{text}");
     }
-    assert!(nat4(&lab, 1)["new_remote"] >= 170, "{:?}", nat4(&lab, 1));
+    assert!(nat4(lab, 1)["new_remote"] >= u64::from(fresh) + 20, "{:?}", nat4(lab, 1));
 }

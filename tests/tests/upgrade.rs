@@ -464,6 +464,7 @@ fn run_old_object(lab: &Lab, i: usize) {
             migrate::pinned_shape(&from).unwrap(),
             to_map.fd().as_fd(),
             migrate::pinned_shape(&to).unwrap(),
+            migrate::CopyScope::Every,
         )
         .unwrap_or_else(|e| panic!("carry {name} down to the old object: {e:#}"));
     }

@@ -630,7 +630,11 @@ async fn bring_up_datapath(
     for degraded in &kernel.degraded {
         warn!(%degraded, "kernel");
     }
-    let mut datapath = Datapath::load_sized(&pins, &MapSizes { stack_flows: Some(stack_flows) }, kernel.socket_lb)?;
+    let mut datapath = Datapath::load_sized(
+        &pins,
+        &MapSizes { stack_flows: Some(stack_flows), nat4: node.nat4_max },
+        kernel.socket_lb,
+    )?;
     let node_config = sluice_common::NodeConfig {
         uplink_ifindex: uplink.link.index,
         node_ip_be: pinned_maps::ip_be(uplink.address.ip),
@@ -656,6 +660,8 @@ async fn bring_up_datapath(
         tunnel::ensure(netlink, &mut datapath, &pins, node.tunnel, uplink.link.index).await.context("VXLAN device")?;
     let pods = datapath.update_pod_links()?;
     let sock_lb_cgroup = attach_or_detach_sock_lb(node, &mut datapath, &pins, services)?;
+    // Every link runs this version's programs now.
+    datapath.finish_migration().context("finish carrying the pinned maps over")?;
     // The node's stack forwards pods' traffic to the world, to other nodes'
     // host processes and through kube-proxy's DNAT.
     sysctl::ensure_ip_forward()?;

@@ -470,3 +470,30 @@ fn a_syn_on_a_closed_connections_tuple_is_balanced_afresh_and_on_an_open_one_is_
     assert!(all.iter().all(|(_, e)| e.flags == 0), "a fresh pair: {all:?}");
     assert_eq!(dp.drops().unwrap(), []);
 }
+
+/// While the agent carries `NAT4` over to a new layout (`LB4_PAUSED`), a
+/// new connection from outside is dropped (`nat4_migrating`), nothing
+/// written for it; a connection already in the table carries on; lifted,
+/// the client's retransmission is translated.
+#[test]
+fn while_nat4_migrates_new_connections_from_outside_are_held_back_and_open_ones_carry_on() {
+    use sluice_common::nat::LB4_PAUSED;
+    let dp = node_with_node_port("10.244.2.9");
+    let open = Ipv4::tcp_syn(WORLD, NODE_IP, 40000, NODE_PORT);
+    assert_eq!(dp.run(FROM_UPLINK, dp.uplink.ifindex, &open.frame(from_world(&dp))).unwrap().action, TC_ACT_REDIRECT);
+    let config = |flags| Lb4Config { flags, snat_port_min: 61000, snat_port_max: 65535 };
+    set_lb4_config(dp.pins(), config(LB4_ENABLED | LB4_PAUSED)).unwrap();
+
+    let new = Ipv4::tcp_syn(WORLD, NODE_IP, 40001, NODE_PORT).frame(from_world(&dp));
+    assert_eq!(dp.run(FROM_UPLINK, dp.uplink.ifindex, &new).unwrap().action, TC_ACT_SHOT);
+    let udp = Ipv4::udp(WORLD, NODE_IP, 40002, NODE_PORT).frame(from_world(&dp));
+    assert_eq!(dp.run(FROM_UPLINK, dp.uplink.ifindex, &udp).unwrap().action, TC_ACT_SHOT);
+    assert_eq!(dp.drops().unwrap(), [(DropReason::Nat4Migrating, 2)]);
+    assert_eq!(counter(&dp, Nat4Counter::NewRemote), 1, "nothing written for a held-back connection");
+    let ack = Ipv4::tcp_ack(WORLD, NODE_IP, 40000, NODE_PORT).frame(from_world(&dp));
+    assert_eq!(dp.run(FROM_UPLINK, dp.uplink.ifindex, &ack).unwrap().action, TC_ACT_REDIRECT, "the open one");
+
+    set_lb4_config(dp.pins(), config(LB4_ENABLED)).unwrap();
+    assert_eq!(dp.run(FROM_UPLINK, dp.uplink.ifindex, &new).unwrap().action, TC_ACT_REDIRECT, "retransmitted");
+    assert_eq!(counter(&dp, Nat4Counter::NewRemote), 2);
+}

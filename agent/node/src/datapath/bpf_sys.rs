@@ -147,6 +147,23 @@ pub fn map_update(map: BorrowedFd<'_>, key: &[u8], value: &[u8]) -> io::Result<(
     bpf(BPF_MAP_UPDATE_ELEM, &mut attr).map(|_| ())
 }
 
+/// Insert `key` only if absent (`BPF_NOEXIST`). `Ok(false)`: it was there.
+pub fn map_insert_new(map: BorrowedFd<'_>, key: &[u8], value: &[u8]) -> io::Result<bool> {
+    const BPF_NOEXIST: u64 = 1;
+    let mut attr = MapElemAttr {
+        map_fd: map.as_raw_fd() as u32,
+        key: key.as_ptr() as u64,
+        value: value.as_ptr() as u64,
+        flags: BPF_NOEXIST,
+        ..Default::default()
+    };
+    match bpf(BPF_MAP_UPDATE_ELEM, &mut attr) {
+        Ok(_) => Ok(true),
+        Err(e) if e.raw_os_error() == Some(libc::EEXIST) => Ok(false),
+        Err(e) => Err(e),
+    }
+}
+
 /// The key after `key` (the first with `None`) into `next`. `Ok(false)`:
 /// no more keys.
 pub fn map_next_key(map: BorrowedFd<'_>, key: Option<&[u8]>, next: &mut [u8]) -> io::Result<bool> {

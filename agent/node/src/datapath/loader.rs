@@ -96,12 +96,16 @@ pub const ALL_MAPS: [&str; 43] = [
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct MapSizes {
     pub stack_flows: Option<u32>,
+    pub nat4: Option<u32>,
 }
 
 impl MapSizes {
     /// `(map name, max_entries)` for each size set.
     pub fn overrides(&self) -> Vec<(&'static str, u32)> {
-        self.stack_flows.map(|n| (names::STACK_FLOWS, n)).into_iter().collect()
+        [(names::STACK_FLOWS, self.stack_flows), (names::NAT4, self.nat4)]
+            .into_iter()
+            .filter_map(|(name, n)| Some((name, n?)))
+            .collect()
     }
 }
 
@@ -123,6 +127,8 @@ pub struct Datapath {
     pins: PinDir,
     /// How fresh attachments are made (TCX unless the agent says otherwise).
     attach_mode: AttachMode,
+    /// Maps this load migrated, until `finish_migration`.
+    migration: Option<migrate::Migration>,
 }
 
 impl Datapath {
@@ -159,24 +165,11 @@ impl Datapath {
             }
         }
         let mut ebpf = loader.load(OBJECT).context("load the eBPF object (maps reused from pins)")?;
-        if !migrating.is_empty() {
-            // No plugin writes an entry into a map while it is replaced.
-            let _lock = PinLock::exclusive(pins)?;
-            for name in &migrating {
-                let map = ebpf.map_mut(name).with_context(|| format!("map {name} missing from the eBPF object"))?;
-                migrate::copy_into(pins, name, map)?;
-            }
-        }
-        // A map this version replaced (e.g. `DROPS` by `DROP_STATS`):
-        // its pin's content carried into the successor, then removed.
-        retired_maps::carry_over(pins, &mut ebpf);
+        // Every program verified first, so that what follows, while the
+        // old programs still run, is short.
         for name in ALL_PROGRAMS {
             let prog: &mut SchedClassifier = program_mut(&mut ebpf, name)?;
             load_retrying(name, || prog.load())?;
-            let tmp = pins.prog(&format!("{name}_new"));
-            let _ = fs::remove_file(&tmp);
-            prog.pin(&tmp).with_context(|| format!("pin program {name} at {}", tmp.display()))?;
-            fs::rename(&tmp, pins.prog(name)).with_context(|| format!("move pin of {name} into place"))?;
         }
         // The socket load balancer's programs: only the agent attaches
         // them (to a cgroup, not an interface), so they are not pinned.
@@ -184,8 +177,45 @@ impl Datapath {
             let prog = sock_program_mut(&mut ebpf, name)?;
             load_retrying(name, || prog.load())?;
         }
+        let migration = if migrating.is_empty() {
+            None
+        } else {
+            // A connection from outside written into the old NAT4 from now
+            // on would be lost with it: new ones wait (`migrate::Pause`)
+            // until `finish_migration`.
+            let pause = if migrating.iter().any(|m| m == names::NAT4) { migrate::Pause::start(pins)? } else { None };
+            // No plugin writes an entry into a map while it is replaced.
+            let _lock = PinLock::exclusive(pins)?;
+            let mut carried = Vec::new();
+            for name in &migrating {
+                let map = ebpf.map_mut(name).with_context(|| format!("map {name} missing from the eBPF object"))?;
+                carried.push(migrate::copy_into(pins, name, map)?);
+            }
+            Some(migrate::Migration { carried, pause })
+        };
+        // A map this version replaced (e.g. `DROPS` by `DROP_STATS`):
+        // its pin's content carried into the successor, then removed.
+        retired_maps::carry_over(pins, &mut ebpf);
+        for name in ALL_PROGRAMS {
+            let prog: &mut SchedClassifier = program_mut(&mut ebpf, name)?;
+            let tmp = pins.prog(&format!("{name}_new"));
+            let _ = fs::remove_file(&tmp);
+            prog.pin(&tmp).with_context(|| format!("pin program {name} at {}", tmp.display()))?;
+            fs::rename(&tmp, pins.prog(name)).with_context(|| format!("move pin of {name} into place"))?;
+        }
         info!(pin_dir = %pins.root().display(), "datapath loaded");
-        Ok(Self { ebpf, pins: pins.clone(), attach_mode: AttachMode::Tcx })
+        Ok(Self { ebpf, pins: pins.clone(), attach_mode: AttachMode::Tcx, migration })
+    }
+
+    /// Every link now runs this load's programs: copy into the migrated
+    /// maps what the old programs wrote since their entries were copied,
+    /// and let new connections from outside in again. Nothing to do when
+    /// no map was migrated.
+    pub fn finish_migration(&mut self) -> Result<()> {
+        match self.migration.take() {
+            Some(m) => m.finish(&self.pins),
+            None => Ok(()),
+        }
     }
 
     pub fn pins(&self) -> &PinDir {

@@ -156,11 +156,22 @@ pub fn plan(pins: &PinDir, object: &[u8], maps: &[&str], sizes: &[(&str, u32)]) 
     Ok(migrate)
 }
 
+/// A map migrated by `copy_into`: the old kernel map, kept open so that
+/// what the old programs write into it until every link runs the new ones
+/// can be copied too (`Carried::catch_up`).
+pub struct Carried {
+    pub name: String,
+    old: MapData,
+    from: MapShape,
+}
+
 /// Copy every entry of the pinned map `name` into `new` (freshly loaded,
 /// unpinned, of the object's shape), then pin `new` over the old pin (temp
 /// name, rename). The caller holds the `PinLock` exclusively across every
 /// map it migrates, so no plugin writes into an old map after its copy.
-pub fn copy_into(pins: &PinDir, name: &str, new: &mut Map) -> Result<usize> {
+/// The old map is returned, still open: programs attached before the swap
+/// keep writing into it (`Carried::catch_up`).
+pub fn copy_into(pins: &PinDir, name: &str, new: &mut Map) -> Result<Carried> {
     let path = pins.map(name);
     let old = MapData::from_pin(&path).with_context(|| format!("open {}", path.display()))?;
     let from = pinned_shape(&path)?;
@@ -170,7 +181,7 @@ pub fn copy_into(pins: &PinDir, name: &str, new: &mut Map) -> Result<usize> {
     let copied = (|| -> Result<usize> {
         let to_path = MapData::from_pin(&tmp).with_context(|| format!("open new {name}"))?;
         let to = pinned_shape(&tmp)?;
-        copy_entries(old.fd().as_fd(), from, to_path.fd().as_fd(), to)
+        copy_entries(old.fd().as_fd(), from, to_path.fd().as_fd(), to, CopyScope::Every)
     })()
     .with_context(|| format!("copy the entries of map {name}"));
     let copied = match copied {
@@ -182,7 +193,108 @@ pub fn copy_into(pins: &PinDir, name: &str, new: &mut Map) -> Result<usize> {
     };
     fs::rename(&tmp, &path).with_context(|| format!("move new {name} into place"))?;
     info!(map = name, copied, from = %from, "map migrated to its new shape");
-    Ok(copied)
+    Ok(Carried { name: name.to_string(), old, from })
+}
+
+impl Carried {
+    /// Copy the keys the old map holds and the new one (pinned at the
+    /// map's pin) lacks: what the old programs wrote between `copy_into`
+    /// and the last link's swap. Keys already in the new map are the new
+    /// programs' and stay. Arrays (counters, settings) are not copied
+    /// again. Returns the number copied.
+    pub fn catch_up(&self, pins: &PinDir) -> Result<usize> {
+        let path = pins.map(&self.name);
+        let new = MapData::from_pin(&path).with_context(|| format!("open {}", path.display()))?;
+        let to = pinned_shape(&path)?;
+        let n = copy_entries(self.old.fd().as_fd(), self.from, new.fd().as_fd(), to, CopyScope::Missing)
+            .with_context(|| format!("copy what map {}'s old programs wrote since", self.name))?;
+        if n > 0 {
+            info!(map = %self.name, copied = n, "entries written during the migration carried over");
+        }
+        Ok(n)
+    }
+}
+
+/// Which entries `copy_entries` copies.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum CopyScope {
+    /// Every one, replacing what the new map holds.
+    Every,
+    /// Keyed maps' keys the new map lacks; arrays not at all.
+    Missing,
+}
+
+/// New connections from outside held back (`LB4_PAUSED`) while `NAT4`
+/// moves to a new map: from before its entries are copied until every
+/// link runs the new programs and the stragglers are copied
+/// (`Migration::finish`). Dropped unfinished (an error on the way), it
+/// lifts the pause all the same: connections from outside must not stay
+/// refused because an upgrade failed.
+pub struct Pause {
+    pins: PinDir,
+    lifted: bool,
+}
+
+impl Pause {
+    /// Pause when `LB4_CONFIG` is pinned and translation is on; `None`
+    /// otherwise (nothing from outside is translated: nothing to hold).
+    pub fn start(pins: &PinDir) -> Result<Option<Self>> {
+        use sluice_common::nat::{LB4_ENABLED, LB4_PAUSED};
+        if !pins.map(sluice_common::maps::names::LB4_CONFIG).exists() {
+            return Ok(None);
+        }
+        let mut config = super::nat4_maps::lb4_config(pins)?;
+        if config.flags & LB4_ENABLED == 0 {
+            return Ok(None);
+        }
+        config.flags |= LB4_PAUSED;
+        super::nat4_maps::set_lb4_config(pins, config).context("pause new connections from outside")?;
+        info!("new connections from outside held back while NAT4 moves to its new layout");
+        Ok(Some(Self { pins: pins.clone(), lifted: false }))
+    }
+
+    fn lift(&mut self) -> Result<()> {
+        if self.lifted {
+            return Ok(());
+        }
+        self.lifted = true;
+        let mut config = super::nat4_maps::lb4_config(&self.pins)?;
+        config.flags &= !sluice_common::nat::LB4_PAUSED;
+        super::nat4_maps::set_lb4_config(&self.pins, config).context("let new connections from outside in again")?;
+        info!("new connections from outside let in again");
+        Ok(())
+    }
+}
+
+impl Drop for Pause {
+    fn drop(&mut self) {
+        if let Err(e) = self.lift() {
+            warn!(error = %format!("{e:#}"), "cannot lift the pause on new connections from outside");
+        }
+    }
+}
+
+/// The maps a load migrated, until every link runs the new programs.
+pub struct Migration {
+    pub carried: Vec<Carried>,
+    pub pause: Option<Pause>,
+}
+
+impl Migration {
+    /// Every link runs the new programs: copy what the old ones wrote
+    /// since the copy, then lift the pause.
+    pub fn finish(mut self, pins: &PinDir) -> Result<()> {
+        let mut result = Ok(());
+        for carried in &self.carried {
+            if let Err(e) = carried.catch_up(pins) {
+                result = Err(e);
+            }
+        }
+        if let Some(mut pause) = self.pause.take() {
+            pause.lift()?;
+        }
+        result
+    }
 }
 
 /// Every entry of `from` into `to`, byte for byte, each value widened to
@@ -193,6 +305,7 @@ pub fn copy_entries(
     from_shape: MapShape,
     to: BorrowedFd<'_>,
     to_shape: MapShape,
+    which: CopyScope,
 ) -> Result<usize> {
     let cpus = aya::util::nr_cpus().map_err(|(what, e)| anyhow::anyhow!("{what}: {e}"))?;
     let entries = map_compat::entries_of(from_shape.map_type)
@@ -211,6 +324,7 @@ pub fn copy_entries(
     let mut n = 0;
     match entries {
         Entries::Events => {}
+        Entries::Indexed if which == CopyScope::Missing => {}
         Entries::Indexed => {
             for i in 0..from_shape.max_entries.min(to_shape.max_entries) {
                 let key = i.to_ne_bytes();
@@ -230,7 +344,15 @@ pub fn copy_entries(
                 first = false;
                 std::mem::swap(&mut key, &mut next);
                 // Gone since it was listed (an LRU eviction, a delete): skip.
-                if bpf_sys::map_lookup(from, &key, &mut value).context("read the old map")? {
+                if !bpf_sys::map_lookup(from, &key, &mut value).context("read the old map")? {
+                    continue;
+                }
+                if which == CopyScope::Missing {
+                    let widened = map_compat::widen(&value, from_shape, to_shape, cpus);
+                    if bpf_sys::map_insert_new(to, &key, &widened).context("insert into the new map")? {
+                        n += 1;
+                    }
+                } else {
                     put(&key, &value)?;
                     n += 1;
                 }

@@ -39,8 +39,8 @@ use sluice_common::{
     maps::{FAST_PATH_MARK, REMOTE_NODE_VXLAN},
     nat::{
         close_bits, may_take_over, reachable_from_outside, syn_reopens, Lb4Config, Nat4Counter, Nat4Entry, Nat4Key,
-        SourceRangeKey, LB4_ENABLED, NAT4_FORWARD, NAT4_REPLY, NAT4_REPLY_SEEN, NAT4_SNAT, NAT4_VIA_TUNNEL,
-        SNAT_PORT_TRIES, SOURCE_RANGE_FRONTEND_BITS, LB4_PAUSED, TCP_FIN, TCP_RST, TCP_SYN,
+        SourceRangeKey, LB4_ENABLED, LB4_PAUSED, NAT4_FORWARD, NAT4_REPLY, NAT4_REPLY_SEEN, NAT4_SNAT, NAT4_VIA_TUNNEL,
+        SNAT_PORT_TRIES, SOURCE_RANGE_FRONTEND_BITS, TCP_FIN, TCP_RST, TCP_SYN,
     },
     reject,
     services::{

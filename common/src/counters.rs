@@ -246,10 +246,25 @@ pub enum ForwardPath {
     /// A Service backend's answer to an outside client, translated back by
     /// `NAT4` and sent out of the uplink.
     ServiceReply = 12,
+    /// A pod's IPv6 packet to a pod on the same node (`bpf_redirect_peer`,
+    /// hop limit decremented): the twin of `PodToLocalPod`.
+    PodToLocalPod6 = 13,
+    /// A pod's IPv6 packet to another node's pod, out of the uplink with
+    /// `bpf_redirect_neigh` to that node's IPv6 address (`NODE_ROUTES6`):
+    /// the twin of `PodToNode`.
+    PodToNode6 = 14,
+    /// An IPv6 packet from another node's pod, arrived on the uplink, into
+    /// a local pod (`bpf_redirect_peer`): the twin of `UplinkToPod`.
+    UplinkToPod6 = 15,
+    /// Of `PodIpv6ToStack`: for a pod (this node's or another's) but left
+    /// to the stack, which answers what a router must: hop limit 1 (time
+    /// exceeded), larger than the egress MTU (Packet Too Big), extension
+    /// headers or fragments.
+    Ipv6RouterToStack = 16,
 }
 
 impl ForwardPath {
-    pub const COUNT: u32 = 13;
+    pub const COUNT: u32 = 17;
     pub const ALL: [ForwardPath; Self::COUNT as usize] = [
         ForwardPath::PodToLocalPod,
         ForwardPath::PodToNode,
@@ -264,6 +279,10 @@ impl ForwardPath {
         ForwardPath::PodIpv6ToStack,
         ForwardPath::UplinkToService,
         ForwardPath::ServiceReply,
+        ForwardPath::PodToLocalPod6,
+        ForwardPath::PodToNode6,
+        ForwardPath::UplinkToPod6,
+        ForwardPath::Ipv6RouterToStack,
     ];
 
     pub const fn name(self) -> &'static str {
@@ -281,6 +300,10 @@ impl ForwardPath {
             ForwardPath::PodIpv6ToStack => "pod_ipv6_to_stack",
             ForwardPath::UplinkToService => "uplink_to_service",
             ForwardPath::ServiceReply => "service_reply",
+            ForwardPath::PodToLocalPod6 => "pod_to_local_pod6",
+            ForwardPath::PodToNode6 => "pod_to_node6",
+            ForwardPath::UplinkToPod6 => "uplink_to_pod6",
+            ForwardPath::Ipv6RouterToStack => "ipv6_router_to_stack",
         }
     }
 }
@@ -373,6 +396,10 @@ mod tests {
         PodIpv6ToStack = 10, "pod_ipv6_to_stack";
         UplinkToService = 11, "uplink_to_service";
         ServiceReply = 12, "service_reply";
+        PodToLocalPod6 = 13, "pod_to_local_pod6";
+        PodToNode6 = 14, "pod_to_node6";
+        UplinkToPod6 = 15, "uplink_to_pod6";
+        Ipv6RouterToStack = 16, "ipv6_router_to_stack";
     });
 
     const STACK_FLOW_EVENTS: &[(StackFlowEvent, u32, &str)] = &golden!(StackFlowEvent {

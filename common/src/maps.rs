@@ -28,6 +28,16 @@ pub mod names {
     pub const ENDPOINTS6: &str = "ENDPOINTS6";
     /// `LpmTrie<u32 IPv4 (be), RemoteNode>`: other nodes' pod CIDRs.
     pub const NODE_ROUTES: &str = "NODE_ROUTES";
+    /// `LpmTrie<[u8; 16] IPv6, RemoteNode6>`: other nodes' IPv6 pod CIDRs
+    /// (dual-stack, native routing), the twin of `NODE_ROUTES`. Written by
+    /// the agent's route reconciler from membership's `routes6` (the same
+    /// set as its IPv6 kernel routes); read by `from_pod`'s IPv6 path
+    /// (cross-node fast path) and `from_uplink`'s (is the source another
+    /// node's pod).
+    pub const NODE_ROUTES6: &str = "NODE_ROUTES6";
+    /// `PerCpuArray` of one: the IPv6 fast path's working memory
+    /// (programs only; its layout is the eBPF crate's `fast6::Fast6Scratch`).
+    pub const FAST6_SCRATCH: &str = "FAST6_SCRATCH";
     /// `Array<NodeConfig>` with one entry: this node's uplink.
     pub const NODE_CONFIG: &str = "NODE_CONFIG";
     /// `Array<TunnelConfig>` with one entry: this node's VXLAN device.
@@ -280,6 +290,24 @@ pub struct RemoteNode {
 }
 const _: () = assert!(core::mem::size_of::<RemoteNode>() == 8);
 
+/// Another node's IPv6 pod CIDR leads here: the value of `NODE_ROUTES6`
+/// (key: LPM key over the CIDR's 16 bytes), the twin of `RemoteNode`.
+///
+/// Written by the agent's route reconciler (membership's `routes6`); read
+/// by `from_pod`'s IPv6 path and `from_uplink`'s. Native routing only: a
+/// peer reached through VXLAN has no entry (IPv6 over VXLAN is not built),
+/// so its pods' IPv6 stays on the stack's path.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct RemoteNode6 {
+    /// The node's IPv6 address on the uplink network: the next hop
+    /// `bpf_redirect_neigh` resolves (neighbour discovery).
+    pub node_ip6: [u8; 16],
+    /// Reserved, 0 (room for `REMOTE_NODE_*` bits, as `RemoteNode` has).
+    pub flags: u32,
+}
+const _: () = assert!(core::mem::size_of::<RemoteNode6>() == 20);
+
 /// `RemoteNode::flags`: reach this node through the VXLAN device
 /// (`NODE_CONFIG` says which), encapsulated to `node_ip_be`, instead of
 /// routing natively out of the uplink.
@@ -405,6 +433,7 @@ mod pod_impls {
     // SAFETY: plain `repr(C)` data with no padding and no invalid bit patterns.
     unsafe impl aya::Pod for super::EndpointInfo {}
     unsafe impl aya::Pod for super::RemoteNode {}
+    unsafe impl aya::Pod for super::RemoteNode6 {}
     unsafe impl aya::Pod for super::NodeConfig {}
     unsafe impl aya::Pod for super::FlowKey {}
     unsafe impl aya::Pod for super::TunnelConfig {}

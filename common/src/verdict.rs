@@ -28,6 +28,12 @@ pub enum Verdict {
     /// Hand to the node's stack: for a tunneled peer, but too large for the
     /// VXLAN device (the stack fragments it or refuses it with ICMP).
     TunnelTooBig,
+    /// IPv6 (`from_pod6`, `from_uplink6`): for a pod, but the node's stack
+    /// must be the router for it: hop limit 1 (it answers time exceeded),
+    /// larger than the egress MTU (it answers Packet Too Big: IPv6 routers
+    /// never fragment, RFC 8200 5), extension headers or a fragment (the
+    /// fast path reads no header chain).
+    RouterToStack,
     Drop(DropReason),
 }
 
@@ -117,7 +123,7 @@ pub fn from_pod_not_ipv4(ether_type_be: u16) -> Verdict {
 }
 
 /// Facts `from_pod` gathered for one IPv6 packet on a dual-stack node.
-#[derive(Clone, Copy, Debug)]
+#[derive(Clone, Copy, Debug, Default)]
 pub struct FromPod6Facts {
     /// The version nibble says 6.
     pub version_ok: bool,
@@ -131,21 +137,97 @@ pub struct FromPod6Facts {
     /// link-local-scope multicast (ff02::/16: neighbour and router
     /// solicitations, MLD reports).
     pub dest_is_link_scope: bool,
+    /// The destination is a pod of this node (`ENDPOINTS6`).
+    pub dest_is_local_pod: bool,
+    /// The destination is in another node's IPv6 pod CIDR (`NODE_ROUTES6`).
+    pub dest_is_remote_pod: bool,
+    pub uplink_configured: bool,
+    /// The fixed header is followed directly by TCP, UDP, ICMPv6 or SCTP:
+    /// no extension header, no fragment header.
+    pub plain_transport: bool,
+    pub hop_limit: u8,
+    /// Fits the MTU of the device it would leave by (each segment, for a
+    /// GSO packet): the destination pod's host end, or the uplink.
+    pub fits_mtu: bool,
 }
 
-/// What `from_pod` does with a pod's IPv6 packet (dual-stack): its own
-/// address goes to the node's stack, which routes it; link-local or
-/// unspecified sources only to link-scope destinations (neighbour
-/// discovery for the gateway, MLD, DAD: the kernel never forwards those
-/// off the link); any other source is forged.
+/// What `from_pod` does with a pod's IPv6 packet (dual-stack). First the
+/// source: its own address may go anywhere; link-local or unspecified
+/// sources only to link-scope destinations (neighbour discovery for the
+/// gateway, MLD, DAD: the kernel never forwards those off the link); any
+/// other source is forged. Then, for its own address, the fast path as
+/// IPv4's: a pod of this node (`ToLocalPod`), another node's pod routed
+/// natively (`ToRemoteNode`), unless a router's answer is due
+/// (`RouterToStack`); everything else to the node's stack, which routes
+/// (and masquerades) it.
 pub fn from_pod6(f: FromPod6Facts) -> Verdict {
     if !f.version_ok {
         return Verdict::Drop(DropReason::BadIpHeader);
     }
-    if f.source_is_own || (f.source_is_link_local_or_unspecified && f.dest_is_link_scope) {
+    if !f.source_is_own {
+        if f.source_is_link_local_or_unspecified && f.dest_is_link_scope {
+            return Verdict::ToStack;
+        }
+        return Verdict::Drop(DropReason::SourceSpoofed);
+    }
+    let remote = f.dest_is_remote_pod && f.uplink_configured;
+    if !f.dest_is_local_pod && !remote {
         return Verdict::ToStack;
     }
-    Verdict::Drop(DropReason::SourceSpoofed)
+    if !f.plain_transport || f.hop_limit <= 1 || !f.fits_mtu {
+        return Verdict::RouterToStack;
+    }
+    if f.dest_is_local_pod {
+        Verdict::ToLocalPod
+    } else {
+        Verdict::ToRemoteNode
+    }
+}
+
+/// Facts `from_uplink` gathered for one IPv6 packet.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct FromUplink6Facts {
+    pub version_ok: bool,
+    /// The destination is a pod of this node (`ENDPOINTS6`).
+    pub dest_is_local_pod: bool,
+    /// The source is in another node's IPv6 pod CIDR (`NODE_ROUTES6`).
+    pub source_is_remote_pod: bool,
+    /// The source is one of this node's own pods: it cannot come from the
+    /// node network.
+    pub source_is_local_pod: bool,
+    /// As `FromPod6Facts`.
+    pub plain_transport: bool,
+    pub hop_limit: u8,
+    /// Fits the destination pod's host end's MTU.
+    pub fits_mtu: bool,
+}
+
+/// The IPv6 twin of `from_uplink`: only pod-to-pod traffic takes the fast
+/// path (a packet from anything else goes through the stack, as the pod's
+/// reply to it does: conntrack sees both directions, masquerade is
+/// undone); a packet claiming one of this node's pods as source is
+/// dropped; a router's answer is the stack's to give.
+pub fn from_uplink6(f: FromUplink6Facts) -> Verdict {
+    if f.source_is_local_pod {
+        return Verdict::Drop(DropReason::UplinkSourceSpoofed);
+    }
+    if !f.dest_is_local_pod || !f.source_is_remote_pod {
+        return Verdict::ToStack;
+    }
+    if !f.version_ok {
+        return Verdict::Drop(DropReason::BadIpHeader);
+    }
+    if !f.plain_transport || f.hop_limit <= 1 || !f.fits_mtu {
+        return Verdict::RouterToStack;
+    }
+    Verdict::ToLocalPod
+}
+
+/// Next headers the IPv6 fast path carries: a transport right after the
+/// fixed header (TCP, UDP, ICMPv6, SCTP). Anything else (hop-by-hop,
+/// routing, fragment, destination options, AH, ESP, ...) goes to the stack.
+pub fn ipv6_plain_transport(next_header: u8) -> bool {
+    matches!(next_header, 6 | 17 | 58 | 132)
 }
 
 /// fe80::/10 or `::`.
@@ -443,6 +525,7 @@ mod tests {
                 source_is_own: own,
                 source_is_link_local_or_unspecified: ll,
                 dest_is_link_scope: link_dst,
+                ..FromPod6Facts::default()
             })
         };
         assert_eq!(f(true, true, false, false), Verdict::ToStack, "its own address, anywhere");
@@ -452,6 +535,77 @@ mod tests {
         assert_eq!(f(true, false, false, true), Verdict::Drop(DropReason::SourceSpoofed), "forged, even on the link");
         assert_eq!(f(true, false, false, false), Verdict::Drop(DropReason::SourceSpoofed));
         assert_eq!(f(false, true, false, false), Verdict::Drop(DropReason::BadIpHeader));
+    }
+
+    #[test]
+    fn from_pod6_fast_path_table() {
+        let fast = FromPod6Facts {
+            version_ok: true,
+            source_is_own: true,
+            dest_is_local_pod: true,
+            uplink_configured: true,
+            plain_transport: true,
+            hop_limit: 64,
+            fits_mtu: true,
+            ..FromPod6Facts::default()
+        };
+        let remote = FromPod6Facts { dest_is_local_pod: false, dest_is_remote_pod: true, ..fast };
+        assert_eq!(from_pod6(fast), Verdict::ToLocalPod);
+        assert_eq!(from_pod6(remote), Verdict::ToRemoteNode);
+        for base in [fast, remote] {
+            assert_eq!(from_pod6(FromPod6Facts { hop_limit: 1, ..base }), Verdict::RouterToStack, "time exceeded");
+            assert_eq!(from_pod6(FromPod6Facts { hop_limit: 0, ..base }), Verdict::RouterToStack);
+            assert_eq!(from_pod6(FromPod6Facts { hop_limit: 2, ..base }), from_pod6(base));
+            assert_eq!(from_pod6(FromPod6Facts { fits_mtu: false, ..base }), Verdict::RouterToStack, "too big");
+            assert_eq!(from_pod6(FromPod6Facts { plain_transport: false, ..base }), Verdict::RouterToStack);
+            // The source check comes first, whatever the destination.
+            assert_eq!(
+                from_pod6(FromPod6Facts { source_is_own: false, ..base }),
+                Verdict::Drop(DropReason::SourceSpoofed)
+            );
+            assert_eq!(from_pod6(FromPod6Facts { version_ok: false, ..base }), Verdict::Drop(DropReason::BadIpHeader));
+        }
+        // No uplink yet: another node's pod is the stack's to route.
+        assert_eq!(from_pod6(FromPod6Facts { uplink_configured: false, ..remote }), Verdict::ToStack);
+        // Not a pod: the stack routes (and masquerades) it, even at hop limit 1.
+        let world = FromPod6Facts { dest_is_local_pod: false, ..fast };
+        assert_eq!(from_pod6(world), Verdict::ToStack);
+        assert_eq!(from_pod6(FromPod6Facts { hop_limit: 1, ..world }), Verdict::ToStack);
+    }
+
+    #[test]
+    fn from_uplink6_table() {
+        let fast = FromUplink6Facts {
+            version_ok: true,
+            dest_is_local_pod: true,
+            source_is_remote_pod: true,
+            source_is_local_pod: false,
+            plain_transport: true,
+            hop_limit: 64,
+            fits_mtu: true,
+        };
+        assert_eq!(from_uplink6(fast), Verdict::ToLocalPod);
+        assert_eq!(
+            from_uplink6(FromUplink6Facts { source_is_local_pod: true, ..fast }),
+            Verdict::Drop(DropReason::UplinkSourceSpoofed)
+        );
+        assert_eq!(from_uplink6(FromUplink6Facts { source_is_remote_pod: false, ..fast }), Verdict::ToStack);
+        assert_eq!(from_uplink6(FromUplink6Facts { dest_is_local_pod: false, ..fast }), Verdict::ToStack);
+        assert_eq!(from_uplink6(FromUplink6Facts { hop_limit: 1, ..fast }), Verdict::RouterToStack);
+        assert_eq!(from_uplink6(FromUplink6Facts { fits_mtu: false, ..fast }), Verdict::RouterToStack);
+        assert_eq!(from_uplink6(FromUplink6Facts { plain_transport: false, ..fast }), Verdict::RouterToStack);
+        assert_eq!(
+            from_uplink6(FromUplink6Facts { version_ok: false, ..fast }),
+            Verdict::Drop(DropReason::BadIpHeader)
+        );
+    }
+
+    #[test]
+    fn ipv6_plain_transports() {
+        for (nh, plain) in [(6, true), (17, true), (58, true), (132, true), (0, false), (43, false), (44, false)] {
+            assert_eq!(ipv6_plain_transport(nh), plain, "next header {nh}");
+        }
+        assert!(!ipv6_plain_transport(60) && !ipv6_plain_transport(51) && !ipv6_plain_transport(50));
     }
 
     #[test]

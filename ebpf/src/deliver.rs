@@ -86,14 +86,53 @@ pub fn deliver_to_local_pod(ctx: &TcContext, ep: &EndpointInfo, origin: Origin) 
     Ok(action)
 }
 
-/// The IPv6 twin of `deliver_to_local_pod` for its one origin today: the
-/// node's stack sending an IPv6 packet out of a pod's host end (`to_pod`;
-/// IPv6 has no fast path yet, so every IPv6 packet into a pod, from a pod
-/// of this node, another node or the node itself, comes this way).
-/// NetworkPolicy: the pod's ingress, and the sender's egress when the
-/// sender is a pod here (`from_pod6` judged it already: the connection is
-/// found in `POLICY_CT6`). An address that is no pod of this device passes,
-/// as in `to_pod`'s IPv4 path.
+/// The IPv6 twin of `deliver_to_local_pod`, for the fast path's origins
+/// (`LocalPod`, `LocalPodNetkit`, `Uplink`; IPv6 has no tunnel): the same
+/// check first (NetworkPolicy, `policy::enforce6`: the pod's ingress, and a
+/// local sender's egress), then the router's hop (hop limit − 1, MACs as
+/// from the pod's gateway) and the redirect, counted as
+/// `PodToLocalPod6` / `UplinkToPod6`. The caller has decided the packet
+/// goes to this pod (hop limit > 1, fits the MTU, no extension header).
+/// What the stack delivers comes through `deliver6_from_stack`.
+#[inline(always)]
+pub fn deliver_to_local_pod6(ctx: &TcContext, ep: &EndpointInfo, origin: Origin) -> Result<i32, DropReason> {
+    let (action, path) = enter_pod6(ctx, ep, origin)?;
+    if let Some(path) = path {
+        count_forward(ctx, path);
+    }
+    Ok(action)
+}
+
+/// `deliver_to_local_pod6` but for the counting: the action, and the path
+/// the caller counts (`None` for `Origin::Stack`). For a caller whose own
+/// frame cannot hold the trace event's (`from_uplink6`, see `fast6`).
+#[inline(always)]
+pub fn enter_pod6(
+    ctx: &TcContext,
+    ep: &EndpointInfo,
+    origin: Origin,
+) -> Result<(i32, Option<ForwardPath>), DropReason> {
+    let src_may_be_local = !matches!(origin, Origin::Uplink | Origin::Tunnel);
+    policy::enforce6(ctx, src_may_be_local, true)?;
+    let path = match origin {
+        Origin::LocalPod | Origin::LocalPodNetkit => ForwardPath::PodToLocalPod6,
+        Origin::Uplink | Origin::Tunnel => ForwardPath::UplinkToPod6,
+        Origin::Stack => return Ok((TC_ACT_UNSPEC, None)),
+    };
+    let eth: *mut EthHdr = parse::header_mut(ctx, 0)?;
+    let ip6: *mut Ipv6Hdr = parse::header_mut(ctx, ETH_HLEN)?;
+    forward::decrement_hop_limit(ip6);
+    let action = if origin == Origin::LocalPodNetkit { to_pods_host_end(ctx, eth, ep)? } else { into_pod(eth, ep)? };
+    Ok((action, Some(path)))
+}
+
+/// The door for the node's stack sending an IPv6 packet out of a pod's
+/// host end (`to_pod`): from the node itself, from the world, or what the
+/// fast path left to the stack (`Verdict::RouterToStack`, a peer over
+/// VXLAN). NetworkPolicy: the pod's ingress, and the sender's egress when
+/// the sender is a pod here (`from_pod6` judged it already: the
+/// connection is found in `POLICY_CT6`). An address that is no pod of this
+/// device passes, as in `to_pod`'s IPv4 path.
 #[inline(always)]
 pub fn deliver6_from_stack(ctx: &TcContext) -> Result<i32, DropReason> {
     let ip6: *const Ipv6Hdr = parse::header_mut(ctx, ETH_HLEN)?;

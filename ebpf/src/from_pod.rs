@@ -52,7 +52,7 @@ fn try_from_pod<const NETKIT: bool>(ctx: &TcContext) -> Result<i32, DropReason> 
         // IPv6 on a dual-stack node: its own path (`from_pod6`), source
         // checked. On an IPv4-only node it is dropped below, as before.
         if ether_type_be == ETH_P_IPV6.to_be() && NODE_CONFIG.get(0).is_some_and(|c| c.dual_stack()) {
-            return from_pod6::try_from_pod6(ctx);
+            return from_pod6::try_from_pod6::<NETKIT>(ctx);
         }
         // ARP goes to the node's stack (pods use a static neighbour for
         // their gateway, so it is rare); anything else (IPv6 on an
@@ -147,6 +147,11 @@ fn try_from_pod<const NETKIT: bool>(ctx: &TcContext) -> Result<i32, DropReason> 
         }
         Verdict::TunnelTooBig => {
             count_forward(ctx, ForwardPath::TunnelTooBig);
+            Ok(TC_ACT_OK as i32)
+        }
+        // IPv6 only (`from_pod6`).
+        Verdict::RouterToStack => {
+            count_forward(ctx, ForwardPath::ToStack);
             Ok(TC_ACT_OK as i32)
         }
         Verdict::ToLocalPod => {

@@ -1,4 +1,4 @@
-//! `from_uplink`: ingress of the node's uplink.
+//! `from_uplink`: ingress of the node's uplink (IPv6: `from_uplink6`).
 use aya_ebpf::{
     bindings::{TC_ACT_OK, TC_ACT_REDIRECT},
     macros::classifier,
@@ -9,10 +9,10 @@ use sluice_common::{DropReason, ForwardPath, HookDirection};
 use crate::{
     counters::{count_detail, count_forward, drop_packet},
     deliver::{deliver_to_local_pod, Origin},
-    from_peer,
+    from_peer, from_uplink6,
     lb4::{self, Lb4},
     maps::ENDPOINTS,
-    parse::{self, Ipv4Hdr, ETH_HLEN, L4_OFF},
+    parse::{self, Ipv4Hdr, ETH_HLEN, ETH_P_IPV6, L4_OFF},
     tunnel,
 };
 
@@ -41,6 +41,12 @@ fn try_from_uplink(ctx: &TcContext) -> Result<i32, DropReason> {
         Lb4::Refuse => return Ok(lb4::refuse(ctx)),
     }
     let Some((_, ip)) = parse::ipv4(ctx)? else {
+        // IPv6 from another node's pod: its own path (`from_uplink6`).
+        // Without a dual-stack node's `ENDPOINTS6` it finds no pod and
+        // leaves everything to the stack, as before.
+        if parse::ether_type_be(ctx)? == ETH_P_IPV6.to_be() {
+            return from_uplink6::try_from_uplink6(ctx);
+        }
         count_forward(ctx, ForwardPath::ToStack);
         return Ok(TC_ACT_OK as i32);
     };

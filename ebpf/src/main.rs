@@ -5,10 +5,12 @@
 //!   a netkit pod's peer program (its transmit path). Anti-spoofing, then
 //!   local delivery straight into the destination pod, cross-node forwarding
 //!   out of the uplink (pod IPs untouched, no encapsulation), or the stack.
-//!   On a dual-stack node a pod's IPv6 is source-checked and handed to the
-//!   stack (`from_pod6`).
+//!   On a dual-stack node a pod's IPv6 takes the twin path (`from_pod6`):
+//!   source-checked, then into a local pod or out of the uplink to another
+//!   node's (native), or the stack.
 //! - `from_uplink`: ingress of the node's uplink. Packets for a local pod go
-//!   straight into it; everything else goes to the node's stack.
+//!   straight into it (IPv6: `from_uplink6`); everything else goes to the
+//!   node's stack.
 //! - `to_pod` / `to_uplink`: egress of the host veths and the uplink: remember
 //!   flows the node's stack forwarded, so their replies go back through it
 //!   (`stack_flows`: kube-proxy's Services, NodePorts, hostPorts).
@@ -36,11 +38,13 @@ mod count;
 mod counters;
 mod deliver;
 mod events;
+mod fast6;
 mod forward;
 mod from_peer;
 mod from_pod;
 mod from_pod6;
 mod from_uplink;
+mod from_uplink6;
 mod lb4;
 mod maps;
 mod parse;

@@ -1,5 +1,6 @@
 //! The maps shared with user space. Names, layouts and who writes what are
 //! documented on the types in `sluice_common::maps`.
+use crate::fast6::Fast6Scratch;
 use aya_ebpf::{
     macros::map,
     maps::{Array, HashMap, LpmTrie, LruHashMap, PerCpuArray, PerCpuHashMap, RingBuf},
@@ -20,8 +21,24 @@ use sluice_common::{
         SockLbConfig, SockLbCounter,
     },
     services6::{AffinityKey6, AffinityValue6, Backend6, BackendMember6, ReverseKey6, ServiceKey6},
-    DropCount, EndpointInfo, FlowKey, ForwardPath, NodeConfig, RemoteNode, StackFlowEvent, TunnelConfig, DROP_SLOTS,
+    DropCount, EndpointInfo, FlowKey, ForwardPath, NodeConfig, RemoteNode, RemoteNode6, StackFlowEvent, TunnelConfig,
+    DROP_SLOTS,
 };
+
+/// Whether a lookup found its entry, as a plain scalar. Two presence
+/// tests combined (`a.is_none() && b.is_none()`) otherwise compile to an
+/// OR of the two map-value pointers, which the verifier refuses (`pointer
+/// |= pointer prohibited`); the flag passes through the stack with a
+/// volatile store, which the optimiser cannot see through.
+#[inline(always)]
+pub fn found<T>(entry: Option<&T>) -> bool {
+    let mut flag: u8 = entry.is_some() as u8;
+    // SAFETY: a local of this frame.
+    unsafe {
+        core::ptr::write_volatile(&mut flag, flag);
+        core::ptr::read_volatile(&flag) != 0
+    }
+}
 
 #[map]
 pub static ENDPOINTS: HashMap<u32, EndpointInfo> = HashMap::with_max_entries(MAX_ENDPOINTS, 0);
@@ -32,6 +49,14 @@ pub static ENDPOINTS6: HashMap<[u8; 16], EndpointInfo> = HashMap::with_max_entri
 
 #[map]
 pub static NODE_ROUTES: LpmTrie<u32, RemoteNode> = LpmTrie::with_max_entries(MAX_NODE_ROUTES, 0);
+
+/// The IPv6 twin of `NODE_ROUTES` (dual-stack, native peers only).
+#[map]
+pub static NODE_ROUTES6: LpmTrie<[u8; 16], RemoteNode6> = LpmTrie::with_max_entries(MAX_NODE_ROUTES, 0);
+
+/// The IPv6 fast path's working memory (`fast6`), programs only.
+#[map]
+pub static FAST6_SCRATCH: PerCpuArray<Fast6Scratch> = PerCpuArray::with_max_entries(1, 0);
 
 #[map]
 pub static NODE_CONFIG: Array<NodeConfig> = Array::with_max_entries(1, 0);

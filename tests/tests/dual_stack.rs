@@ -206,8 +206,11 @@ fn should_be_able_to_reach_pod_on_ipv4_and_ipv6_ip() {
     let routes = ns_exec(&n1.netns, &["ip", "-6", "route", "show", "proto", "83"]).unwrap();
     let want = format!("{} via fd00:30::2 dev eth0", lab.state.nodes[1].pod_cidr6.as_deref().unwrap());
     assert!(routes.contains(&want), "{routes}");
-    // Taken from the stack's path, counted as such.
-    assert!(counter(&lab, 0, "forwards", "pod_ipv6_to_stack") > 0);
+    // Taken by the IPv6 fast path, on the node and across (from node 1's
+    // pods into node 0's as well).
+    for (node, path) in [(0, "pod_to_local_pod6"), (0, "pod_to_node6"), (0, "uplink_to_pod6")] {
+        assert!(counter(&lab, node, "forwards", path) > 0, "node {node}: {path}");
+    }
 }
 
 /// A pod reaches its node and the other node on their IPv6 addresses, and
@@ -409,6 +412,110 @@ fn pods_reach_the_world_over_ipv6_masqueraded_and_pod_to_pod_stays_unnated() {
     assert!(!tables.contains("ip6 sluice"), "{tables}");
     assert_eq!(seen_from(&a.netns, WORLD_IP6), None, "unmasqueraded, the world cannot answer");
     assert_eq!(seen_from(&a.netns, ip6(&b)), addr6(ip6(&a)), "pods still reach pods");
+}
+
+/// The sum of node `node`'s forward counters `names`.
+fn forwards(lab: &Lab, node: usize, names: &[&str]) -> u64 {
+    let status = lab.status(node).unwrap();
+    names.iter().map(|n| status["forwards"][*n].as_u64().unwrap_or_else(|| panic!("no counter {n}"))).sum()
+}
+
+/// The sum of node `node`'s NetworkPolicy drop counters.
+fn policy_drops(lab: &Lab, node: usize) -> u64 {
+    let status = lab.status(node).unwrap();
+    ["policy_denied_ingress", "policy_denied_egress", "policy_peer_unknown", "policy_pending"]
+        .iter()
+        .map(|n| status["drops"][*n].as_u64().unwrap_or(0))
+        .sum()
+}
+
+/// Pods' IPv6 takes the eBPF fast path like their IPv4 (issue 28): into a
+/// pod of the same node by `bpf_redirect_peer`, to another node's pod by
+/// `bpf_redirect_neigh` to that node's IPv6 address (`NODE_ROUTES6`, which
+/// the agent fills from membership), and from the uplink into the pod;
+/// the counters say which path each took, and NetworkPolicy still holds
+/// on it.
+#[test]
+fn ipv6_between_pods_takes_the_fast_path_on_the_node_and_across_nodes_and_policy_holds() {
+    let lab = dual_lab(2, 2);
+    let (a1, a2, b1) = (pod(&lab, 0, 0), pod(&lab, 0, 1), pod(&lab, 1, 0));
+    let (n1, n2) = (&lab.state.nodes[0], &lab.state.nodes[1]);
+    // The agent routes the other node's IPv6 pod CIDR in the map, as in
+    // the kernel.
+    let pins = sluice_node::datapath::pins::PinDir::new(&n1.pin_dir);
+    let routes6 = sluice_node::datapath::pinned_maps::NodeRoutes6::open(&pins).unwrap().all().unwrap();
+    let cidr6: ipnetwork::Ipv6Network = n2.pod_cidr6.as_deref().unwrap().parse().unwrap();
+    let n2_ip6: std::net::Ipv6Addr = n2.ip6.as_deref().unwrap().parse().unwrap();
+    assert_eq!(routes6.get(&cidr6), Some(&n2_ip6), "NODE_ROUTES6 on {}: {routes6:?}", n1.name);
+
+    let local = forwards(&lab, 0, &["pod_to_local_pod6"]);
+    let out = forwards(&lab, 0, &["pod_to_node6"]);
+    let into = forwards(&lab, 1, &["uplink_to_pod6"]);
+    assert!(tcp_probe(&a1.netns, ip6(&a2), &a2.name), "a1 -> a2 over IPv6 on the node");
+    assert!(tcp_probe(&a1.netns, ip6(&b1), &b1.name), "a1 -> b1 over IPv6 across nodes");
+    assert!(ping(&a1.netns, ip6(&b1)), "a1 -> b1 ping over IPv6");
+    // A TCP exchange is several packets each way: each counted on its path.
+    let grew = |now: u64, before: u64, what: &str| assert!(now >= before + 3, "{what}: {before} -> {now}");
+    grew(forwards(&lab, 0, &["pod_to_local_pod6"]), local, "node 0 pod_to_local_pod6");
+    grew(forwards(&lab, 0, &["pod_to_node6"]), out, "node 0 pod_to_node6");
+    grew(forwards(&lab, 1, &["uplink_to_pod6"]), into, "node 1 uplink_to_pod6");
+
+    // NetworkPolicy on the fast path: a2 isolated for ingress with no rule
+    // allowing anything (what the agent writes for a pod a policy selects).
+    let a2_ip6: std::net::Ipv6Addr = ip6(&a2).parse().unwrap();
+    let mut endpoints = sluice_node::datapath::policy_maps::PolicyEndpoints6::open(&pins).unwrap();
+    let isolated = sluice_common::policy::EndpointPolicy {
+        rules_id: 0x5eed,
+        flags: sluice_common::policy::ENDPOINT_INGRESS_ISOLATED,
+    };
+    endpoints.insert(a2_ip6, isolated).unwrap();
+    let denied = policy_drops(&lab, 0);
+    let reached = tcp_probe(&a1.netns, ip6(&a2), &a2.name);
+    endpoints.remove(a2_ip6).unwrap();
+    assert!(!reached, "a1 reached a2 over IPv6 although a2 is isolated with no rule");
+    assert!(policy_drops(&lab, 0) > denied, "the refusal counted under a policy drop reason");
+    assert!(tcp_probe(&a1.netns, ip6(&a2), &a2.name), "a1 -> a2 again once a2 is no longer isolated");
+}
+
+/// A full-size IPv6 packet crosses nodes on the fast path; one byte more
+/// than the egress MTU gets Packet Too Big at the sender (IPv6 routers
+/// never fragment): the fast path leaves it to the node's stack, which
+/// answers. The uplink's MTU is lowered below the pods' so the node, not
+/// the pod's own link, is where the packet does not fit.
+#[test]
+fn a_full_size_ipv6_packet_crosses_nodes_and_one_byte_more_gets_packet_too_big() {
+    const UPLINK_MTU: u32 = 1400;
+    let lab = dual_lab(2, 1);
+    let (a, b) = (pod(&lab, 0, 0), pod(&lab, 1, 0));
+    let n1 = &lab.state.nodes[0];
+    ns_exec(&n1.netns, &["ip", "link", "set", "dev", "eth0", "mtu", &UPLINK_MTU.to_string()]).unwrap();
+    let link = ns_exec(&a.netns, &["ip", "-j", "link", "show", "dev", "eth0"]).unwrap();
+    let pod_mtu = serde_json::from_str::<Value>(&link).unwrap()[0]["mtu"].as_u64().unwrap();
+    assert!(pod_mtu > u64::from(UPLINK_MTU), "the pod's MTU ({pod_mtu}) must exceed the uplink's for this test");
+    // IPv6 (40) + ICMPv6 echo (8) around the payload.
+    let payload = UPLINK_MTU - 48;
+    let fast = forwards(&lab, 0, &["pod_to_node6"]);
+    let full = try_run(&mut ns_cmd(
+        &a.netns,
+        &["ping", "-c", "2", "-W", "2", "-M", "do", "-s", &payload.to_string(), ip6(&b)],
+    ))
+    .unwrap();
+    let text = String::from_utf8_lossy(&full.stdout).to_string();
+    assert!(text.contains("2 received"), "a full-size IPv6 packet across nodes: {text}");
+    assert!(forwards(&lab, 0, &["pod_to_node6"]) >= fast + 2, "the full-size packets took the fast path");
+    let router = forwards(&lab, 0, &["ipv6_router_to_stack"]);
+    let over = try_run(&mut ns_cmd(
+        &a.netns,
+        &["ping", "-c", "1", "-W", "2", "-M", "do", "-s", &(payload + 1).to_string(), ip6(&b)],
+    ))
+    .unwrap();
+    let text = String::from_utf8_lossy(&over.stdout).to_string() + &String::from_utf8_lossy(&over.stderr);
+    assert!(!over.status.success(), "one byte more must not cross: {text}");
+    assert!(
+        text.contains("Packet too big") && text.contains(&format!("mtu={UPLINK_MTU}")),
+        "Packet Too Big from the node, naming its MTU, at the sender: {text}"
+    );
+    assert!(forwards(&lab, 0, &["ipv6_router_to_stack"]) > router, "left to the stack as the router");
 }
 
 /// `connectivity-test` on a dual-stack node probes the node-level classes

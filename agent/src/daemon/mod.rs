@@ -31,7 +31,7 @@ use sluice_node::{
     clock::now_unix,
     datapath::{
         bpffs, kernel_features, nat4_gc, nat4_maps,
-        pinned_maps::{self, NodeRoutes},
+        pinned_maps::{self, NodeRoutes, NodeRoutes6},
         pins::PinDir,
         policy_ct_gc, policy_maps, sock_lb, Datapath, MapSizes,
     },
@@ -44,7 +44,7 @@ use crate::{
     health_endpoint,
     membership::{self, kubernetes::KubeNodes, peers_file::PeersFile, Membership, Problem, Ranges},
     policy::kubernetes::KubePolicy,
-    reconcile::{kernel_routes, kernel_routes6, map_routes, masquerade},
+    reconcile::{kernel_routes, kernel_routes6, map_routes, map_routes6, masquerade},
     services::kubernetes::KubeServices,
     state_file::{self, AgentState},
 };
@@ -161,6 +161,8 @@ async fn sweep(
 /// worker, which applies it beside the pass (`netfilter_worker`).
 struct Reconcilers {
     routes_map: NodeRoutes,
+    /// `NODE_ROUTES6`: membership's `routes6` (empty unless dual-stack).
+    routes_map6: NodeRoutes6,
     netlink: Netlink,
     uplink_ifindex: u32,
     /// The VXLAN device (0: `--tunnel=never`).
@@ -188,12 +190,18 @@ impl Reconcilers {
         map_routes::reconcile_hops(&mut self.routes_map, &m.map_hops())?;
         let kernel = kernel_routes::desired_hops(&m.hops(), self.uplink_ifindex, self.vxlan_ifindex);
         let failed = kernel_routes::reconcile(&self.netlink, &kernel).await?.failed;
+        let mut map6 = map_routes6::Routes6::new();
         if self.ipv6 {
             let kernel6 = kernel_routes6::desired6(&m.routes6, self.uplink_ifindex);
             for failure in kernel_routes6::reconcile6(&self.netlink, &kernel6).await? {
                 warn!(%failure, "IPv6 kernel route not applied; every other one was");
             }
+            // The IPv6 fast path follows the kernel's routes: a peer whose
+            // route the kernel refused stays on the stack's path.
+            let installed = kernel_routes6::installed6(&self.netlink).await?;
+            map6 = map_routes6::desired6(&m.routes6, &installed, self.uplink_ifindex);
         }
+        map_routes6::reconcile6(&mut self.routes_map6, &map6)?;
         let node_ips = std::iter::once(self.node_ip).chain(m.routes.values().copied());
         let mut desired = masquerade::Desired::new(self.masquerade, self.cluster_cidr, node_ips, &self.non_masquerade);
         if let (true, Some(own6)) = (self.ipv6, m.own_pod_cidr6) {
@@ -227,6 +235,7 @@ impl Reconcilers {
     ) -> Result<Self> {
         let mut reconcilers = Reconcilers {
             routes_map: NodeRoutes::open(&datapath.pins)?,
+            routes_map6: NodeRoutes6::open(&datapath.pins)?,
             netlink: netlink.clone(),
             uplink_ifindex: uplink.link.index,
             vxlan_ifindex: datapath.vxlan_ifindex,
@@ -667,6 +676,14 @@ async fn bring_up_datapath(
     sysctl::ensure_ip_forward()?;
     if pod_cidr6.is_some() {
         sysctl::ensure_ipv6_forwarding()?;
+        if sock_lb_cgroup.is_none() {
+            // Known gap (no `STACK_FLOWS6` yet): say so at every start.
+            warn!(
+                "dual-stack with Services left to kube-proxy: a pod-to-pod reply to a connection kube-proxy's \
+                 ip6tables DNATed (an IPv6 ClusterIP) takes the IPv6 fast path and misses conntrack's reverse \
+                 NAT, so IPv6 ClusterIPs may not answer; set --kube-proxy-replacement=true on dual-stack nodes"
+            );
+        }
     }
     Ok(DatapathUp {
         pins,

@@ -69,6 +69,11 @@ impl KernelRouteTable6 for Netlink {
     }
 }
 
+/// sluice's IPv6 kernel routes as the kernel holds them now.
+pub async fn installed6(table: &impl KernelRouteTable6) -> Result<Vec<KernelRoute6>> {
+    table.list6().await
+}
+
 /// Read, diff, apply (replaces first, then deletions); the steps the
 /// kernel refused, described. Only a failed read stops it.
 pub async fn reconcile6(

@@ -2,7 +2,8 @@
 //! membership. Each has a pure `diff` and an `apply` behind a small trait,
 //! so order and failure behaviour are unit-tested without root.
 //!
-//! - `map_routes`: the BPF routes map `NODE_ROUTES` (pod CIDR → node IP).
+//! - `map_routes`: the BPF routes map `NODE_ROUTES` (pod CIDR → node IP);
+//!   `map_routes6`, its IPv6 twin `NODE_ROUTES6` (dual-stack).
 //! - `kernel_routes`: the same routes in the kernel, for the node's own stack.
 //! - `masquerade`: pods' egress NAT (nftables) and the forward accept
 //!   (iptables) for traffic the stack forwards for pods.
@@ -15,6 +16,7 @@
 pub mod kernel_routes;
 pub mod kernel_routes6;
 pub mod map_routes;
+pub mod map_routes6;
 pub mod masquerade;
 pub mod policy_desired;
 pub mod policy_maps;

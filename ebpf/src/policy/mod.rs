@@ -113,7 +113,12 @@ pub extern "C" fn sluice_policy_judge_packet(
 
 /// The IPv6 twin of `sluice_policy_judge_packet` (the packet's IPv6
 /// header at `ETH_HLEN`), a global function of its own for the same
-/// reason.
+/// reason. It also makes `enforce6`'s exemptions (a pod to itself,
+/// link-scope traffic and neighbour discovery: `policy_exempt6`): they
+/// read both addresses byte by byte, whose registers spill into the frame
+/// of whatever inlines them; here they are paid only when an end is
+/// isolated, and in this function's frame, which no caller's holds (the
+/// IPv6 fast path's callers have no room for them: `fast6`).
 #[unsafe(no_mangle)]
 #[inline(never)]
 pub extern "C" fn sluice_policy_judge_packet6(
@@ -124,6 +129,11 @@ pub extern "C" fn sluice_policy_judge_packet6(
     dst_flags: u32,
 ) -> u32 {
     let ctx = TcContext::new(skb);
+    match exempt6(&ctx) {
+        Ok(true) => return 0,
+        Ok(false) => {}
+        Err(reason) => return reason as u32 + 1,
+    }
     let src = (src_flags != 0).then_some(EndpointPolicy { rules_id: src_rules, flags: src_flags });
     let dst = (dst_flags != 0).then_some(EndpointPolicy { rules_id: dst_rules, flags: dst_flags });
     // The tuples live in `POLICY_SCRATCH6` (see `PolicyScratch6`); without
@@ -139,20 +149,16 @@ pub extern "C" fn sluice_policy_judge_packet6(
     }
 }
 
-/// The IPv6 twin of `enforce`, for the IPv6 packet at `ETH_HLEN` (a pod's,
-/// on a dual-stack node). The same judgement, maps keyed by the IPv6
-/// address (`POLICY_ENDPOINTS6`, `POLICY_IDENTITIES6`, `POLICY_CT6`), the
-/// same rules. Link-scope traffic and neighbour discovery are never judged
-/// (`policy_exempt6`): without them the pod has no IPv6 at all.
+/// Is the IPv6 packet at `ETH_HLEN` never judged: a pod to itself,
+/// link-scope traffic, neighbour discovery (`policy_exempt6`)? Without
+/// them the pod has no IPv6 at all.
 #[inline(always)]
-pub fn enforce6(ctx: &TcContext, src_may_be_local: bool, dst_may_be_local: bool) -> Result<(), DropReason> {
+fn exempt6(ctx: &TcContext) -> Result<bool, DropReason> {
     let ip6: *const Ipv6Hdr = parse::header_mut(ctx, ETH_HLEN)?;
-    // SAFETY: bounds checked by header_mut; the addresses are looked up
-    // in place (a map key may live in the packet), never copied here.
+    // SAFETY: bounds checked by header_mut; read in place.
     let (src, dst, next_header) = unsafe { (&(*ip6).src, &(*ip6).dst, (*ip6).next_header) };
-    // A pod can always reach itself.
     if src == dst {
-        return Ok(());
+        return Ok(true);
     }
     let icmp6_type = if next_header == IPPROTO_ICMPV6 {
         match parse::header_mut::<u8>(ctx, ETH_HLEN + core::mem::size_of::<Ipv6Hdr>()) {
@@ -163,9 +169,21 @@ pub fn enforce6(ctx: &TcContext, src_may_be_local: bool, dst_may_be_local: bool)
     } else {
         0
     };
-    if policy_exempt6(src, dst, next_header, icmp6_type) {
-        return Ok(());
-    }
+    Ok(policy_exempt6(src, dst, next_header, icmp6_type))
+}
+
+/// The IPv6 twin of `enforce`, for the IPv6 packet at `ETH_HLEN` (a pod's,
+/// on a dual-stack node). The same judgement, maps keyed by the IPv6
+/// address (`POLICY_ENDPOINTS6`, `POLICY_IDENTITIES6`, `POLICY_CT6`), the
+/// same rules. Link-scope traffic and neighbour discovery are never judged
+/// (`policy_exempt6`, checked in `sluice_policy_judge_packet6` once an end
+/// is found isolated): without them the pod has no IPv6 at all.
+#[inline(always)]
+pub fn enforce6(ctx: &TcContext, src_may_be_local: bool, dst_may_be_local: bool) -> Result<(), DropReason> {
+    let ip6: *const Ipv6Hdr = parse::header_mut(ctx, ETH_HLEN)?;
+    // SAFETY: bounds checked by header_mut; the addresses are looked up
+    // in place (a map key may live in the packet), never copied here.
+    let (src, dst) = unsafe { (&(*ip6).src, &(*ip6).dst) };
     let src = if src_may_be_local { endpoint6(src) } else { None };
     let dst = if dst_may_be_local { endpoint6(dst) } else { None };
     if src.is_none() && dst.is_none() {

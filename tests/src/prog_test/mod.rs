@@ -183,6 +183,19 @@ impl TestDatapath {
         NodeRoutes::open(&self.pins)?.upsert_hop(cidr, node_ip, vxlan)
     }
 
+    /// `NODE_ROUTES6[cidr]` = `node_ip6` (a native IPv6 peer).
+    pub fn node_route6(&self, cidr: &str, node_ip6: std::net::Ipv6Addr) -> Result<()> {
+        let cidr: ipnetwork::Ipv6Network = cidr.parse().with_context(|| format!("CIDR {cidr}"))?;
+        pinned_maps::NodeRoutes6::open(&self.pins)?.upsert(cidr, node_ip6)
+    }
+
+    /// Set `dev`'s MTU in the node's namespace (the device a packet would
+    /// leave by: a pod's host end, the uplink).
+    pub fn set_mtu(&self, dev: &Iface, mtu: u32) -> Result<()> {
+        self.netns.exec(&["ip", "link", "set", &dev.name, "mtu", &mtu.to_string()])?;
+        Ok(())
+    }
+
     pub fn endpoint(&self, pod_ip: Ipv4Addr, ep: EndpointInfo) -> Result<()> {
         Endpoints::open(&self.pins)?.insert(pod_ip, ep)
     }

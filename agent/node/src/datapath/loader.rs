@@ -36,7 +36,7 @@ use crate::pod::device::PodDevice;
 pub static OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/sluice.bpf.o"));
 
 /// Every map of the object, as pinned.
-pub const ALL_MAPS: [&str; 43] = [
+pub const ALL_MAPS: [&str; 45] = [
     names::ENDPOINTS,
     names::NODE_ROUTES,
     names::NODE_CONFIG,
@@ -89,6 +89,9 @@ pub const ALL_MAPS: [&str; 43] = [
     names::POLICY_ENDPOINTS6,
     names::POLICY_CT6,
     names::POLICY_SCRATCH6,
+    // The IPv6 fast path's node routes (issue 28): created where absent.
+    names::NODE_ROUTES6,
+    names::FAST6_SCRATCH,
 ];
 
 /// Map sizes chosen at load rather than by the object (`None`: the

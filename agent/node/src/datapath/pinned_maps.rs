@@ -1,18 +1,21 @@
 //! Typed access to the pinned maps, for the agent, the CNI plugin and tests.
 //! Opening by pin means any process (a CNI call, `status`) sees the live maps.
-use std::{collections::BTreeMap, net::Ipv4Addr};
+use std::{
+    collections::BTreeMap,
+    net::{Ipv4Addr, Ipv6Addr},
+};
 
 use anyhow::{Context, Result};
 use aya::maps::{
     lpm_trie::{Key, LpmTrie},
     Array, HashMap, Map, MapData, PerCpuArray, PerCpuHashMap,
 };
-use ipnetwork::Ipv4Network;
+use ipnetwork::{Ipv4Network, Ipv6Network};
 use sluice_common::{
     drop_slot,
     maps::{limits, names, REMOTE_NODE_VXLAN},
-    DropCount, DropReason, EndpointInfo, ForwardPath, HookDirection, NodeConfig, RemoteNode, StackFlowEvent,
-    TunnelConfig, DROP_SLOTS,
+    DropCount, DropReason, EndpointInfo, ForwardPath, HookDirection, NodeConfig, RemoteNode, RemoteNode6,
+    StackFlowEvent, TunnelConfig, DROP_SLOTS,
 };
 
 use super::pins::PinDir;
@@ -182,6 +185,42 @@ impl NodeRoutes {
     }
 
     pub fn remove(&mut self, cidr: Ipv4Network) -> Result<()> {
+        removed_or_absent(self.0.remove(&Self::key(cidr))).with_context(|| format!("remove route {cidr}"))
+    }
+}
+
+/// `NODE_ROUTES6`: other nodes' IPv6 pod CIDRs → their IPv6 node address
+/// (dual-stack, native peers), the twin of `NodeRoutes`.
+pub struct NodeRoutes6(LpmTrie<MapData, [u8; 16], RemoteNode6>);
+
+impl NodeRoutes6 {
+    pub fn open(pins: &PinDir) -> Result<Self> {
+        Ok(Self(open(pins, names::NODE_ROUTES6)?.try_into()?))
+    }
+
+    fn key(cidr: Ipv6Network) -> Key<[u8; 16]> {
+        Key::new(u32::from(cidr.prefix()), cidr.network().octets())
+    }
+
+    pub fn all(&self) -> Result<BTreeMap<Ipv6Network, Ipv6Addr>> {
+        let mut out = BTreeMap::new();
+        for kv in self.0.iter() {
+            let (k, v) = kv.context("read NODE_ROUTES6")?;
+            let cidr = Ipv6Network::new(Ipv6Addr::from(k.data()), k.prefix_len() as u8)
+                .context("NODE_ROUTES6 holds an invalid prefix")?;
+            out.insert(cidr, Ipv6Addr::from(v.node_ip6));
+        }
+        Ok(out)
+    }
+
+    pub fn upsert(&mut self, cidr: Ipv6Network, node_ip6: Ipv6Addr) -> Result<()> {
+        let value = RemoteNode6 { node_ip6: node_ip6.octets(), flags: 0 };
+        self.0.insert(&Self::key(cidr), value, 0).map_err(|e| {
+            insert_error(e, names::NODE_ROUTES6, limits::MAX_NODE_ROUTES, format!("insert route {cidr} via {node_ip6}"))
+        })
+    }
+
+    pub fn remove(&mut self, cidr: Ipv6Network) -> Result<()> {
         removed_or_absent(self.0.remove(&Self::key(cidr))).with_context(|| format!("remove route {cidr}"))
     }
 }

@@ -1,0 +1,194 @@
+//! The IPv6 twin of `map_routes`: the BPF routes map `NODE_ROUTES6`
+//! (other nodes' IPv6 pod CIDRs → their IPv6 node address), kept equal to
+//! membership's `routes6` — the same set the IPv6 kernel routes are made
+//! from (`kernel_routes6`), so the fast path and the stack agree on where
+//! a pod CIDR is. Native only: IPv6 through VXLAN is not built, and a
+//! peer `routes6` leaves out has no entry (its pods' IPv6 stays on the
+//! stack's path). `diff6` decides (pure); `reconcile6` reads the map,
+//! diffs and applies through `RouteTable6`, which the pinned map
+//! implements and the tests fake.
+use std::{collections::BTreeMap, net::Ipv6Addr};
+
+use anyhow::Result;
+use ipnetwork::Ipv6Network;
+use sluice_node::{datapath::pinned_maps::NodeRoutes6, net::netlink6::KernelRoute6};
+use tracing::info;
+
+/// IPv6 pod CIDR → node IPv6 address.
+pub type Routes6 = BTreeMap<Ipv6Network, Ipv6Addr>;
+
+/// What `NODE_ROUTES6` must hold: the routes of `routes6` the kernel has
+/// too, as wanted (`installed`: sluice's IPv6 kernel routes after their
+/// reconcile; the uplink's `uplink_ifindex`). The fast path sends a pod's
+/// packet to the peer's IPv6 address with `bpf_redirect_neigh` out of the
+/// uplink; a route the kernel refused (the peer's address is not on the
+/// uplink's link) would have it resolve a neighbour that never answers,
+/// so such a peer stays on the stack's path, where the refusal is
+/// reported.
+pub fn desired6(routes6: &Routes6, installed: &[KernelRoute6], uplink_ifindex: u32) -> Routes6 {
+    routes6
+        .iter()
+        .filter(|(cidr, ip)| {
+            installed.iter().any(|r| r.dst == **cidr && r.gateway == Some(**ip) && r.oif == uplink_ifindex)
+        })
+        .map(|(c, ip)| (*c, *ip))
+        .collect()
+}
+
+#[derive(Debug, Default, PartialEq, Eq)]
+pub struct RouteDiff6 {
+    /// New CIDRs, and CIDRs whose node changed (an upsert replaces).
+    pub upsert: Vec<(Ipv6Network, Ipv6Addr)>,
+    pub remove: Vec<Ipv6Network>,
+}
+
+impl RouteDiff6 {
+    pub fn is_empty(&self) -> bool {
+        self.upsert.is_empty() && self.remove.is_empty()
+    }
+}
+
+pub fn diff6(desired: &Routes6, actual: &Routes6) -> RouteDiff6 {
+    RouteDiff6 {
+        upsert: desired.iter().filter(|(cidr, ip)| actual.get(cidr) != Some(ip)).map(|(c, ip)| (*c, *ip)).collect(),
+        remove: actual.keys().filter(|c| !desired.contains_key(c)).copied().collect(),
+    }
+}
+
+/// The few operations the reconcile needs from the routes map.
+pub trait RouteTable6 {
+    fn all(&self) -> Result<Routes6>;
+    fn upsert(&mut self, cidr: Ipv6Network, node_ip6: Ipv6Addr) -> Result<()>;
+    fn remove(&mut self, cidr: Ipv6Network) -> Result<()>;
+}
+
+impl RouteTable6 for NodeRoutes6 {
+    fn all(&self) -> Result<Routes6> {
+        NodeRoutes6::all(self)
+    }
+    fn upsert(&mut self, cidr: Ipv6Network, node_ip6: Ipv6Addr) -> Result<()> {
+        NodeRoutes6::upsert(self, cidr, node_ip6)
+    }
+    fn remove(&mut self, cidr: Ipv6Network) -> Result<()> {
+        NodeRoutes6::remove(self, cidr)
+    }
+}
+
+/// Read the table, diff against `desired`, apply: removals first (a full
+/// map makes room), a CIDR that moves to another node upserted in place.
+/// The first failure stops the pass; the next starts from what the table
+/// then holds.
+pub fn reconcile6(table: &mut impl RouteTable6, desired: &Routes6) -> Result<RouteDiff6> {
+    let actual = table.all()?;
+    let diff = diff6(desired, &actual);
+    for cidr in &diff.remove {
+        table.remove(*cidr)?;
+    }
+    for (cidr, ip) in &diff.upsert {
+        table.upsert(*cidr, *ip)?;
+    }
+    if !diff.is_empty() {
+        info!(
+            upserted = diff.upsert.len(),
+            removed = diff.remove.len(),
+            total = desired.len(),
+            "IPv6 map routes reconciled"
+        );
+    }
+    Ok(diff)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn routes(entries: &[(&str, &str)]) -> Routes6 {
+        entries.iter().map(|(c, ip)| (c.parse().unwrap(), ip.parse().unwrap())).collect()
+    }
+
+    #[test]
+    fn diff6_table() {
+        let a = routes(&[("fd00:244:0:2::/64", "fd00:30::2"), ("fd00:244:0:3::/64", "fd00:30::3")]);
+        assert!(diff6(&a, &a).is_empty(), "equal: nothing to do");
+        assert_eq!(diff6(&a, &Routes6::new()).upsert.len(), 2);
+        assert_eq!(diff6(&Routes6::new(), &a).remove.len(), 2);
+        let b = routes(&[("fd00:244:0:2::/64", "fd00:30::9"), ("fd00:244:0:4::/64", "fd00:30::4")]);
+        let d = diff6(&b, &a);
+        assert_eq!(
+            d.upsert,
+            vec![
+                ("fd00:244:0:2::/64".parse().unwrap(), "fd00:30::9".parse().unwrap()),
+                ("fd00:244:0:4::/64".parse().unwrap(), "fd00:30::4".parse().unwrap())
+            ]
+        );
+        assert_eq!(d.remove, vec!["fd00:244:0:3::/64".parse().unwrap()]);
+    }
+
+    #[test]
+    fn only_routes_the_kernel_holds_as_wanted_take_the_fast_path() {
+        let want = routes(&[
+            ("fd00:244:0:2::/64", "fd00:30::2"),
+            ("fd00:244:0:3::/64", "fd00:31::3"),
+            ("fd00:244:0:4::/64", "fd00:30::4"),
+        ]);
+        let k = |dst: &str, gw: &str, oif| KernelRoute6 {
+            dst: dst.parse().unwrap(),
+            gateway: Some(gw.parse().unwrap()),
+            oif,
+        };
+        let installed = [
+            k("fd00:244:0:2::/64", "fd00:30::2", 2),
+            // Refused (not on the link): absent. Another gateway, another device: stale.
+            k("fd00:244:0:4::/64", "fd00:30::9", 2),
+            k("fd00:244:0:9::/64", "fd00:30::9", 2),
+        ];
+        assert_eq!(desired6(&want, &installed, 2), routes(&[("fd00:244:0:2::/64", "fd00:30::2")]));
+        assert!(desired6(&want, &installed, 3).is_empty(), "not out of the uplink");
+    }
+
+    /// A table that refuses inserts once it holds `cap` entries.
+    struct Fake {
+        rows: Routes6,
+        cap: usize,
+        ops: Vec<String>,
+    }
+
+    impl RouteTable6 for Fake {
+        fn all(&self) -> Result<Routes6> {
+            Ok(self.rows.clone())
+        }
+        fn upsert(&mut self, cidr: Ipv6Network, ip: Ipv6Addr) -> Result<()> {
+            if !self.rows.contains_key(&cidr) && self.rows.len() >= self.cap {
+                anyhow::bail!("NODE_ROUTES6 is full");
+            }
+            self.ops.push(format!("upsert {cidr}"));
+            self.rows.insert(cidr, ip);
+            Ok(())
+        }
+        fn remove(&mut self, cidr: Ipv6Network) -> Result<()> {
+            self.ops.push(format!("remove {cidr}"));
+            self.rows.remove(&cidr);
+            Ok(())
+        }
+    }
+
+    #[test]
+    fn reconcile6_removes_first_so_a_full_map_takes_a_replacement() {
+        let mut t = Fake { rows: routes(&[("fd00:244:0:2::/64", "fd00:30::2")]), cap: 1, ops: vec![] };
+        let want = routes(&[("fd00:244:0:3::/64", "fd00:30::3")]);
+        reconcile6(&mut t, &want).unwrap();
+        assert_eq!(t.rows, want);
+        assert_eq!(t.ops, ["remove fd00:244:0:2::/64", "upsert fd00:244:0:3::/64"]);
+        // Idempotent: a second pass does nothing.
+        t.ops.clear();
+        assert!(reconcile6(&mut t, &want).unwrap().is_empty());
+        assert!(t.ops.is_empty());
+    }
+
+    #[test]
+    fn reconcile6_reports_a_full_map() {
+        let mut t = Fake { rows: Routes6::new(), cap: 0, ops: vec![] };
+        let err = reconcile6(&mut t, &routes(&[("fd00:244:0:3::/64", "fd00:30::3")])).unwrap_err();
+        assert!(format!("{err:#}").contains("full"), "{err:#}");
+    }
+}

@@ -24,7 +24,8 @@ pub mod names {
     /// `HashMap<[u8; 16] pod IPv6, EndpointInfo>`: the pods' IPv6
     /// addresses on a dual-stack node, the twin of `ENDPOINTS` (the same
     /// value as the pod's IPv4 entry). Written by the CNI plugin (ADD, DEL)
-    /// and the agent's sweep; read by `from_pod`'s IPv6 source check.
+    /// and the agent's sweep; read by `from_pod`'s IPv6 path (source
+    /// check, same-node fast path), `from_uplink`'s and `to_pod`.
     pub const ENDPOINTS6: &str = "ENDPOINTS6";
     /// `LpmTrie<u32 IPv4 (be), RemoteNode>`: other nodes' pod CIDRs.
     pub const NODE_ROUTES: &str = "NODE_ROUTES";

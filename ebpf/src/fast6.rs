@@ -3,16 +3,18 @@
 //! scratch the decision leaves its lookups in.
 //!
 //! Why global functions: Linux 6.1 allows 512 bytes of stack for a whole
-//! call chain, and `from_pod` (288 bytes) already calls
-//! `sluice_policy_judge_packet` (192), `from_uplink` (224)
-//! `sluice_lb4_from_uplink` (288). The IPv6 decisions (two addresses, an
-//! LPM key, the lookups) inlined into those programs grew their frames
-//! past that (`from_pod` 400 + the IPv6 judgement's 160 = 560). So each
-//! decision is a global function of its own (`sluice_from_pod6_decide`,
+//! call chain, and `from_pod` already calls `sluice_policy_judge_packet`
+//! (192), `from_uplink` (224) `sluice_lb4_from_uplink` (288). Inlined, the
+//! IPv6 decisions (two addresses, an LPM key, the lookups) grew those
+//! frames past it (`from_pod` 400 + the IPv6 judgement's 160 = 560). So
+//! each decision is a global function of its own (`sluice_from_pod6_decide`,
 //! `sluice_from_uplink6_decide`, verified once on its own), called first;
-//! it returns a `Verdict6` code and leaves what carrying it out needs in
-//! `FAST6_SCRATCH` (map memory, not stack). The program then carries it
-//! out, calling the policy judgement at its own level, never nested.
+//! it returns a verdict code and leaves what carrying it out needs in
+//! `FAST6_SCRATCH` (map memory, not stack). `from_pod` carries it out
+//! itself; `from_uplink`, which has no room to spare, through one more
+//! global function (`sluice_from_uplink6`). The addresses are read in place
+//! in the packet: copied out, each byte spilled a register of its own.
+//! See docs/ARCHITECTURE.md, "Dual-stack".
 use aya_ebpf::{bindings::bpf_redir_neigh, maps::lpm_trie::Key};
 use sluice_common::{verdict::Verdict, DropReason, EndpointInfo};
 

@@ -453,7 +453,6 @@ fn ipv6_between_pods_takes_the_fast_path_on_the_node_and_across_nodes_and_policy
     let into = forwards(&lab, 1, &["uplink_to_pod6"]);
     assert!(tcp_probe(&a1.netns, ip6(&a2), &a2.name), "a1 -> a2 over IPv6 on the node");
     assert!(tcp_probe(&a1.netns, ip6(&b1), &b1.name), "a1 -> b1 over IPv6 across nodes");
-    assert!(ping(&a1.netns, ip6(&b1)), "a1 -> b1 ping over IPv6");
     // A TCP exchange is several packets each way: each counted on its path.
     let grew = |now: u64, before: u64, what: &str| assert!(now >= before + 3, "{what}: {before} -> {now}");
     grew(forwards(&lab, 0, &["pod_to_local_pod6"]), local, "node 0 pod_to_local_pod6");

@@ -10,10 +10,10 @@
 //!
 //! The six paths take turns slice by slice (`paths::measure_interleaved`),
 //! so the machine's drift falls on both families alike; the S rows also get
-//! the sluice programs' cost per transaction. IPv4 pod traffic takes the
-//! eBPF fast path (`bpf_redirect_peer`/`bpf_redirect_neigh`); IPv6 is
-//! source-checked by `from_pod` and then forwarded by the node's stack, so
-//! the S6/S ratios measure what the missing IPv6 fast path costs.
+//! the sluice programs' cost per transaction. Both families' pod traffic
+//! takes the eBPF fast path (`bpf_redirect_peer`/`bpf_redirect_neigh`;
+//! IPv6 through `from_pod6`/`from_uplink6` since issue 28's fast path), so
+//! the S6/S ratios measure what IPv6 costs beside IPv4 on it.
 use std::{collections::BTreeMap, net::Ipv4Addr, path::Path};
 
 use anyhow::{Context, Result};

@@ -264,6 +264,34 @@ pub fn enable_ipv6_in(name: &str) -> Result<()> {
     Ok(())
 }
 
+/// Wait until no IPv6 address on `dev` in `netns` is tentative: duplicate
+/// address detection is over for its link-local address too (the node's
+/// global one is added `nodad`). Until then Linux sends no neighbour
+/// solicitation for a packet whose source is not one of the device's own
+/// addresses (`ndisc_send_ns` takes a non-tentative link-local as the
+/// source or sends nothing): every pod packet the node forwards to a
+/// neighbour not yet resolved, by the stack or by `bpf_redirect_neigh`,
+/// waits in the neighbour's queue, and is dropped with it if the three
+/// solicitations (1 s apart) all fall inside DAD. A real node's uplink came
+/// up at boot; a lab's came up a second before its first pod's traffic.
+/// An address that failed DAD is an error.
+pub fn wait_dad_done(netns: &str, dev: &str, limit: Duration) -> Result<()> {
+    let start = Instant::now();
+    loop {
+        let addrs = ns_exec(netns, &["ip", "-6", "-o", "addr", "show", "dev", dev])?;
+        if let Some(failed) = addrs.lines().find(|l| l.contains("dadfailed")) {
+            bail!("{netns}: duplicate address detection failed on {dev}: {failed}");
+        }
+        if !addrs.lines().any(|l| l.contains("tentative")) {
+            return Ok(());
+        }
+        if start.elapsed() > limit {
+            bail!("{netns}: {dev} still has a tentative address after {limit:?}: {addrs}");
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
 /// SIGKILL every process whose network namespace is `name` (an agent
 /// someone restarted by hand, a server a test forgot), and wait for them.
 pub fn kill_processes_in(name: &str) {
@@ -409,6 +437,11 @@ impl Lab {
         for i in 0..opts.nodes {
             for p in 1..=opts.pods_per_node {
                 lab.add_pod(i, &format!("{}p{p}", lab.state.nodes[i].name))?;
+            }
+        }
+        if opts.dual_stack {
+            for node in &lab.state.nodes {
+                wait_dad_done(&node.netns, "eth0", crate::patience(Duration::from_secs(10)))?;
             }
         }
         if opts.cluster_model {

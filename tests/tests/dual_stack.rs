@@ -476,6 +476,29 @@ fn ipv6_between_pods_takes_the_fast_path_on_the_node_and_across_nodes_and_policy
     assert!(tcp_probe(&a1.netns, ip6(&a2), &a2.name), "a1 -> a2 again once a2 is no longer isolated");
 }
 
+/// A fresh lab's first cross-node IPv6 exchanges are answered at once, one
+/// try each, in both directions. Linux sends no neighbour solicitation for
+/// a forwarded packet (the stack's or `bpf_redirect_neigh`'s) while the
+/// uplink's link-local address is still tentative, so a first packet sent
+/// within a second or two of the node's link coming up waited in the
+/// neighbour's queue past the probe's timeout (seen in 8 of 40 fresh labs
+/// on the fast path, 10 of 40 on the stack path). The lab now returns
+/// once duplicate address detection is over on every node's uplink, as a
+/// real node's uplink is long up before its first pod.
+#[test]
+fn a_fresh_labs_first_cross_node_ipv6_exchanges_are_answered_at_once() {
+    let lab = dual_lab(2, 1);
+    for node in &lab.state.nodes {
+        let addrs = ns_exec(&node.netns, &["ip", "-6", "-o", "addr", "show", "dev", "eth0"]).unwrap();
+        assert!(!addrs.contains("tentative"), "{}'s uplink: {addrs}", node.name);
+    }
+    let (a, b) = (pod(&lab, 0, 0), pod(&lab, 1, 0));
+    assert!(tcp_probe(&a.netns, ip6(&b), &b.name), "the first TCP connection {} -> {}", a.name, b.name);
+    let echo = try_run(&mut ns_cmd(&b.netns, &["ping", "-c", "1", "-W", "1", ip6(&a)])).unwrap();
+    let text = String::from_utf8_lossy(&echo.stdout).to_string();
+    assert!(text.contains("1 received"), "the first echo {} -> {}: {text}", b.name, a.name);
+}
+
 /// A full-size IPv6 packet crosses nodes on the fast path; one byte more
 /// than the egress MTU gets Packet Too Big at the sender (IPv6 routers
 /// never fragment): the fast path leaves it to the node's stack, which

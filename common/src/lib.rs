@@ -21,4 +21,4 @@ pub mod services6;
 pub mod verdict;
 
 pub use counters::{drop_slot, DropCount, DropReason, ForwardPath, HookDirection, StackFlowEvent, DROP_SLOTS};
-pub use maps::{EndpointInfo, FlowKey, NodeConfig, RemoteNode, RemoteNode6, TunnelConfig};
+pub use maps::{EndpointInfo, FlowKey, FlowKey6, NodeConfig, RemoteNode, RemoteNode6, TunnelConfig};

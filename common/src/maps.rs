@@ -59,8 +59,18 @@ pub mod names {
     /// forwarded. Sized at load (`--stack-flows-max`, by default the node's
     /// `nf_conntrack_max`), not by the object.
     pub const STACK_FLOWS: &str = "STACK_FLOWS";
+    /// `LruHashMap<FlowKey6, u32>`: the IPv6 twin of `STACK_FLOWS` (a
+    /// dual-stack node): replies of IPv6 flows the node's stack forwarded
+    /// from a pod, written by `to_pod` and `to_uplink`, read by the IPv6
+    /// fast path (`from_pod6`, `from_uplink6`). Sized as `STACK_FLOWS`.
+    pub const STACK_FLOWS6: &str = "STACK_FLOWS6";
+    /// `PerCpuArray` of one: where the IPv6 programs build a `FlowKey6`
+    /// (and the `NODE_ROUTES6` key beside it) out of the stack's 512 bytes
+    /// (programs only; its layout is the eBPF crate's
+    /// `stack_flows::Flow6Scratch`).
+    pub const FLOW6_SCRATCH: &str = "FLOW6_SCRATCH";
     /// `PerCpuArray<u64>` indexed by `StackFlowEvent`: inserts, failed
-    /// inserts and removals of `STACK_FLOWS` entries.
+    /// inserts and removals of `STACK_FLOWS` and `STACK_FLOWS6` entries.
     pub const STACK_FLOW_STATS: &str = "STACK_FLOW_STATS";
     /// `RingBuf` of `events::DatapathEvent` per monitor slot: the drops and
     /// traces that slot's monitor subscribed to.
@@ -429,6 +439,35 @@ impl FlowKey {
     }
 }
 
+/// The IPv6 twin of `FlowKey`: one direction of an IPv6 flow, the key of
+/// `STACK_FLOWS6`, written and read as `FlowKey` is (addresses as in the
+/// packet; ports 0 for protocols without them).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub struct FlowKey6 {
+    pub src: [u8; 16],
+    pub dst: [u8; 16],
+    pub src_port_be: u16,
+    pub dst_port_be: u16,
+    pub protocol: u8,
+    pub _pad: [u8; 3],
+}
+const _: () = assert!(core::mem::size_of::<FlowKey6>() == 40);
+
+impl FlowKey6 {
+    /// The tuple a reply to this packet carries.
+    pub const fn reversed(self) -> FlowKey6 {
+        FlowKey6 {
+            src: self.dst,
+            dst: self.src,
+            src_port_be: self.dst_port_be,
+            dst_port_be: self.src_port_be,
+            protocol: self.protocol,
+            _pad: [0; 3],
+        }
+    }
+}
+
 #[cfg(feature = "user")]
 mod pod_impls {
     // SAFETY: plain `repr(C)` data with no padding and no invalid bit patterns.
@@ -437,5 +476,6 @@ mod pod_impls {
     unsafe impl aya::Pod for super::RemoteNode6 {}
     unsafe impl aya::Pod for super::NodeConfig {}
     unsafe impl aya::Pod for super::FlowKey {}
+    unsafe impl aya::Pod for super::FlowKey6 {}
     unsafe impl aya::Pod for super::TunnelConfig {}
 }

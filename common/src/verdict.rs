@@ -149,6 +149,10 @@ pub struct FromPod6Facts {
     /// Fits the MTU of the device it would leave by (each segment, for a
     /// GSO packet): the destination pod's host end, or the uplink.
     pub fits_mtu: bool,
+    /// The packet's tuple is in `STACK_FLOWS6`: it answers a flow the
+    /// node's stack forwarded (kube-proxy's DNAT of an IPv6 ClusterIP,
+    /// portmap's hostPort), whose translation conntrack must undo.
+    pub replies_to_stack_flow: bool,
 }
 
 /// What `from_pod` does with a pod's IPv6 packet (dual-stack). First the
@@ -173,6 +177,9 @@ pub fn from_pod6(f: FromPod6Facts) -> Verdict {
     let remote = f.dest_is_remote_pod && f.uplink_configured;
     if !f.dest_is_local_pod && !remote {
         return Verdict::ToStack;
+    }
+    if f.replies_to_stack_flow {
+        return Verdict::StackFlowReply;
     }
     if !f.plain_transport || f.hop_limit <= 1 || !f.fits_mtu {
         return Verdict::RouterToStack;
@@ -200,6 +207,8 @@ pub struct FromUplink6Facts {
     pub hop_limit: u8,
     /// Fits the destination pod's host end's MTU.
     pub fits_mtu: bool,
+    /// As `FromPod6Facts`.
+    pub replies_to_stack_flow: bool,
 }
 
 /// The IPv6 twin of `from_uplink`: only pod-to-pod traffic takes the fast
@@ -216,6 +225,9 @@ pub fn from_uplink6(f: FromUplink6Facts) -> Verdict {
     }
     if !f.version_ok {
         return Verdict::Drop(DropReason::BadIpHeader);
+    }
+    if f.replies_to_stack_flow {
+        return Verdict::StackFlowReply;
     }
     if !f.plain_transport || f.hop_limit <= 1 || !f.fits_mtu {
         return Verdict::RouterToStack;
@@ -565,6 +577,17 @@ mod tests {
             );
             assert_eq!(from_pod6(FromPod6Facts { version_ok: false, ..base }), Verdict::Drop(DropReason::BadIpHeader));
         }
+        // The reply of a flow the stack translated (STACK_FLOWS6): the stack
+        // takes it, so conntrack undoes the translation.
+        for base in [fast, remote] {
+            let reply = FromPod6Facts { replies_to_stack_flow: true, ..base };
+            assert_eq!(from_pod6(reply), Verdict::StackFlowReply);
+            assert_eq!(
+                from_pod6(FromPod6Facts { source_is_own: false, ..reply }),
+                Verdict::Drop(DropReason::SourceSpoofed),
+                "the source check still first"
+            );
+        }
         // No uplink yet: another node's pod is the stack's to route.
         assert_eq!(from_pod6(FromPod6Facts { uplink_configured: false, ..remote }), Verdict::ToStack);
         // Not a pod: the stack routes (and masquerades) it, even at hop limit 1.
@@ -583,8 +606,15 @@ mod tests {
             plain_transport: true,
             hop_limit: 64,
             fits_mtu: true,
+            replies_to_stack_flow: false,
         };
         assert_eq!(from_uplink6(fast), Verdict::ToLocalPod);
+        let reply = FromUplink6Facts { replies_to_stack_flow: true, ..fast };
+        assert_eq!(from_uplink6(reply), Verdict::StackFlowReply, "conntrack undoes the stack's translation");
+        assert_eq!(
+            from_uplink6(FromUplink6Facts { source_is_local_pod: true, ..reply }),
+            Verdict::Drop(DropReason::UplinkSourceSpoofed)
+        );
         assert_eq!(
             from_uplink6(FromUplink6Facts { source_is_local_pod: true, ..fast }),
             Verdict::Drop(DropReason::UplinkSourceSpoofed)

@@ -37,6 +37,8 @@ pub const V6_TO_STACK: u32 = 0;
 pub const V6_ROUTER_TO_STACK: u32 = 1;
 pub const V6_TO_LOCAL_POD: u32 = 2;
 pub const V6_TO_REMOTE_NODE: u32 = 3;
+/// The reply of a flow the stack forwarded (`STACK_FLOWS6`): to the stack.
+pub const V6_STACK_FLOW_REPLY: u32 = 4;
 /// `V6_DROP + reason`.
 pub const V6_DROP: u32 = 0x100;
 
@@ -47,6 +49,7 @@ pub fn encode(v: Verdict) -> u32 {
         Verdict::ToLocalPod => V6_TO_LOCAL_POD,
         Verdict::ToRemoteNode => V6_TO_REMOTE_NODE,
         Verdict::RouterToStack => V6_ROUTER_TO_STACK,
+        Verdict::StackFlowReply => V6_STACK_FLOW_REPLY,
         Verdict::Drop(reason) => V6_DROP + reason as u32,
         _ => V6_TO_STACK,
     }

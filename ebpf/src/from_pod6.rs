@@ -30,11 +30,11 @@ use sluice_common::{
 use crate::{
     counters::{count_detail, count_forward},
     deliver::{deliver_to_local_pod6, Origin},
-    fast6::{self, V6_ROUTER_TO_STACK, V6_TO_LOCAL_POD, V6_TO_REMOTE_NODE, V6_TO_STACK},
+    fast6::{self, V6_ROUTER_TO_STACK, V6_STACK_FLOW_REPLY, V6_TO_LOCAL_POD, V6_TO_REMOTE_NODE, V6_TO_STACK},
     forward,
     maps::{found, ENDPOINTS6, FAST6_SCRATCH, NODE_CONFIG, NODE_ROUTES6},
     parse::{self, Ipv6Hdr, ETH_HLEN},
-    policy,
+    policy, stack_flows,
 };
 
 const AF_INET6: u32 = 10;
@@ -67,7 +67,7 @@ pub fn try_from_pod6<const NETKIT: bool>(ctx: &TcContext) -> Result<i32, DropRea
             count_forward(ctx, ForwardPath::PodToNode6);
             Ok(action)
         }
-        V6_TO_STACK | V6_ROUTER_TO_STACK => {
+        V6_TO_STACK | V6_ROUTER_TO_STACK | V6_STACK_FLOW_REPLY => {
             // NetworkPolicy: the pod's egress, and a local destination's
             // ingress (the stack delivers it next, through `to_pod`, which
             // then finds the connection judged for both ends).
@@ -75,7 +75,11 @@ pub fn try_from_pod6<const NETKIT: bool>(ctx: &TcContext) -> Result<i32, DropRea
             if code == V6_ROUTER_TO_STACK {
                 count_detail(ForwardPath::Ipv6RouterToStack);
             }
-            count_forward(ctx, ForwardPath::PodIpv6ToStack);
+            if code == V6_STACK_FLOW_REPLY {
+                count_forward(ctx, ForwardPath::StackFlowReply);
+            } else {
+                count_forward(ctx, ForwardPath::PodIpv6ToStack);
+            }
             Ok(TC_ACT_OK as i32)
         }
         code => Err(fast6::drop_reason(code)),
@@ -138,6 +142,8 @@ fn decide(ctx: &TcContext) -> Result<u32, DropReason> {
         0
     };
     let fits_mtu = egress_ifindex != 0 && forward::fits_mtu(ctx, egress_ifindex);
+    // Only for a packet the fast path would carry (a pod's own, to a pod).
+    let replies_to_stack_flow = source_is_own && egress_ifindex != 0 && stack_flows::is_reply6_or_forget(ctx, ip6);
     let code = fast6::encode(verdict::from_pod6(FromPod6Facts {
         version_ok: version == 6,
         source_is_own,
@@ -149,6 +155,7 @@ fn decide(ctx: &TcContext) -> Result<u32, DropReason> {
         plain_transport: verdict::ipv6_plain_transport(next_header),
         hop_limit,
         fits_mtu,
+        replies_to_stack_flow,
     }));
     if code == V6_TO_LOCAL_POD || code == V6_TO_REMOTE_NODE {
         if code == V6_TO_LOCAL_POD {

@@ -21,10 +21,11 @@ use sluice_common::{
 use crate::{
     counters::{count_detail, count_forward},
     deliver::{enter_pod6, Origin},
-    fast6::{self, V6_ROUTER_TO_STACK, V6_TO_LOCAL_POD, V6_TO_STACK},
+    fast6::{self, V6_ROUTER_TO_STACK, V6_STACK_FLOW_REPLY, V6_TO_LOCAL_POD, V6_TO_STACK},
     forward,
     maps::{found, ENDPOINTS6, FAST6_SCRATCH, NODE_ROUTES6},
     parse::{self, Ipv6Hdr, ETH_HLEN},
+    stack_flows,
 };
 
 /// The IPv6 path, for `from_uplink`: decided and carried out by a global
@@ -44,6 +45,8 @@ pub fn try_from_uplink6(ctx: &TcContext) -> Result<i32, DropReason> {
     }
     if result & RESULT_DELIVERED != 0 {
         count_forward(ctx, ForwardPath::UplinkToPod6);
+    } else if result & RESULT_STACK_FLOW != 0 {
+        count_forward(ctx, ForwardPath::StackFlowReply);
     } else {
         count_forward(ctx, ForwardPath::ToStack);
     }
@@ -57,6 +60,8 @@ const RESULT_DROP: u32 = 1 << 31;
 const RESULT_DELIVERED: u32 = 1 << 8;
 /// To the stack as the router (`Ipv6RouterToStack`).
 const RESULT_ROUTER: u32 = 1 << 9;
+/// To the stack as the reply of a flow it forwarded (`StackFlowReply`).
+const RESULT_STACK_FLOW: u32 = 1 << 10;
 
 #[unsafe(no_mangle)]
 #[inline(never)]
@@ -82,6 +87,7 @@ fn carry_out(ctx: &TcContext) -> Result<u32, DropReason> {
         }
         V6_TO_STACK => Ok(TC_ACT_OK as u32),
         V6_ROUTER_TO_STACK => Ok(TC_ACT_OK as u32 | RESULT_ROUTER),
+        V6_STACK_FLOW_REPLY => Ok(TC_ACT_OK as u32 | RESULT_STACK_FLOW),
         code => Err(fast6::drop_reason(code)),
     }
 }
@@ -131,6 +137,8 @@ fn decide(ctx: &TcContext) -> Result<u32, DropReason> {
             NODE_ROUTES6.get(&(*scratch).key)
         });
         facts.fits_mtu = forward::fits_mtu(ctx, ep.host_ifindex);
+        // Only pod-to-pod traffic could take the fast path.
+        facts.replies_to_stack_flow = facts.source_is_remote_pod && stack_flows::is_reply6_or_forget(ctx, ip6);
     }
     let code = fast6::encode(verdict::from_uplink6(facts));
     if code == V6_TO_LOCAL_POD {

@@ -1,6 +1,6 @@
 //! The maps shared with user space. Names, layouts and who writes what are
 //! documented on the types in `sluice_common::maps`.
-use crate::fast6::Fast6Scratch;
+use crate::{fast6::Fast6Scratch, stack_flows::Flow6Scratch};
 use aya_ebpf::{
     macros::map,
     maps::{Array, HashMap, LpmTrie, LruHashMap, PerCpuArray, PerCpuHashMap, RingBuf},
@@ -21,8 +21,8 @@ use sluice_common::{
         SockLbConfig, SockLbCounter,
     },
     services6::{AffinityKey6, AffinityValue6, Backend6, BackendMember6, ReverseKey6, ServiceKey6},
-    DropCount, EndpointInfo, FlowKey, ForwardPath, NodeConfig, RemoteNode, RemoteNode6, StackFlowEvent, TunnelConfig,
-    DROP_SLOTS,
+    DropCount, EndpointInfo, FlowKey, FlowKey6, ForwardPath, NodeConfig, RemoteNode, RemoteNode6, StackFlowEvent,
+    TunnelConfig, DROP_SLOTS,
 };
 
 /// Whether a lookup found its entry, as a plain scalar. Two presence
@@ -75,6 +75,15 @@ pub static IFACE_PACKETS: PerCpuHashMap<u32, u64> = PerCpuHashMap::with_max_entr
 
 #[map]
 pub static STACK_FLOWS: LruHashMap<FlowKey, u32> = LruHashMap::with_max_entries(MAX_STACK_FLOWS, 0);
+
+/// The IPv6 twin of `STACK_FLOWS` (`stack_flows`), sized with it.
+#[map]
+pub static STACK_FLOWS6: LruHashMap<FlowKey6, u32> = LruHashMap::with_max_entries(MAX_STACK_FLOWS, 0);
+
+/// Where the IPv6 programs build a `STACK_FLOWS6` key (`stack_flows`),
+/// programs only.
+#[map]
+pub static FLOW6_SCRATCH: PerCpuArray<Flow6Scratch> = PerCpuArray::with_max_entries(1, 0);
 
 #[map]
 pub static STACK_FLOW_STATS: PerCpuArray<u64> = PerCpuArray::with_max_entries(StackFlowEvent::COUNT, 0);

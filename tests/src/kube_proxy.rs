@@ -23,16 +23,27 @@
 //!   and ports come in the order given. Endpoints are sorted by `ip:port`
 //!   text, as kube-proxy's endpoints map sorts them.
 //! - No `KUBE-PROXY-CANARY` chains (kube-proxy's monitor for flushed tables).
+//!
+//! IPv6 (a dual-stack node runs one proxier per family): the same rules,
+//! written by [`render`] for `Service<Ipv6Addr>` and applied by [`apply`]
+//! with `ip6tables`, and what kube-proxy's IPv6 proxier does differently:
+//! endpoints as `[ip]:port` (Go's `net.JoinHostPort`, in DNAT targets,
+//! comments and the hashed `KUBE-SEP-` names), no "block incoming localnet
+//! connections" rule (IPv4 only; the `KUBE-FIREWALL` chain its jumps lead
+//! to is there, empty), and `! -d ::1/128` on the NodePorts jump (localhost
+//! NodePorts never work over IPv6).
 use std::{
     collections::BTreeSet,
+    fmt::{Debug, Display},
+    hash::Hash,
     io::Write as _,
-    net::Ipv4Addr,
+    net::{Ipv4Addr, Ipv6Addr},
     process::{Output, Stdio},
 };
 
 use anyhow::{bail, Context, Result};
 use data_encoding::BASE32;
-use ipnetwork::Ipv4Network;
+use ipnetwork::{Ipv4Network, Ipv6Network};
 use sha2::{Digest, Sha256};
 
 use crate::lab::ns_cmd;
@@ -58,6 +69,36 @@ const SERVICE_CHAIN_PREFIXES: [&str; 5] = ["KUBE-SVC-", "KUBE-SVL-", "KUBE-SEP-"
 /// per-endpoint rules.
 const LARGE_CLUSTER_ENDPOINTS: usize = 1000;
 
+/// The address family of one kube-proxy proxier: `Ipv4Addr` (iptables)
+/// or `Ipv6Addr` (ip6tables).
+pub trait Family: Copy + Ord + Hash + Debug + Display {
+    /// Its CIDRs (`--cluster-cidr`).
+    type Network: Copy + Display;
+    const IPV6: bool;
+    /// `iptables` or `ip6tables` (and their `-save`, `-restore`).
+    const IPTABLES: &'static str;
+    /// `ip:port` as Go's `net.JoinHostPort` writes it.
+    fn host_port(self, port: u16) -> String;
+}
+
+impl Family for Ipv4Addr {
+    type Network = Ipv4Network;
+    const IPV6: bool = false;
+    const IPTABLES: &'static str = "iptables";
+    fn host_port(self, port: u16) -> String {
+        format!("{self}:{port}")
+    }
+}
+
+impl Family for Ipv6Addr {
+    type Network = Ipv6Network;
+    const IPV6: bool = true;
+    const IPTABLES: &'static str = "ip6tables";
+    fn host_port(self, port: u16) -> String {
+        format!("[{self}]:{port}")
+    }
+}
+
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum Protocol {
     Tcp,
@@ -76,8 +117,8 @@ impl Protocol {
 
 /// A ready endpoint of a service.
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Endpoint {
-    pub ip: Ipv4Addr,
+pub struct Endpoint<A: Family = Ipv4Addr> {
+    pub ip: A,
     /// The node the endpoint pod runs on.
     pub node: String,
 }
@@ -94,18 +135,20 @@ pub struct ServicePort {
     pub node_port: Option<u16>,
 }
 
+/// A service of one family (a dual-stack service is one of each, as
+/// kube-proxy's two proxiers see it).
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Service {
+pub struct Service<A: Family = Ipv4Addr> {
     pub namespace: String,
     pub name: String,
-    pub cluster_ip: Ipv4Addr,
+    pub cluster_ip: A,
     pub ports: Vec<ServicePort>,
     /// `externalTrafficPolicy: Local` (only takes effect on NodePort ports).
     pub external_traffic_policy_local: bool,
-    pub endpoints: Vec<Endpoint>,
+    pub endpoints: Vec<Endpoint<A>>,
 }
 
-impl Service {
+impl<A: Family> Service<A> {
     /// kube-proxy's name for a service port, used in comments and hashed into
     /// chain names: `ns/name:port`, or `ns/name` for an unnamed port.
     pub fn port_name(&self, port: &ServicePort) -> String {
@@ -132,8 +175,8 @@ impl Service {
     }
 
     /// The `KUBE-SEP-…` chain of the endpoint at `ip` for a port.
-    pub fn sep_chain(&self, port: &ServicePort, ip: Ipv4Addr) -> String {
-        endpoint_chain_name(&self.port_name(port), port.protocol, &format!("{ip}:{}", port.target_port))
+    pub fn sep_chain(&self, port: &ServicePort, ip: A) -> String {
+        endpoint_chain_name(&self.port_name(port), port.protocol, &ip.host_port(port.target_port))
     }
 }
 
@@ -282,11 +325,16 @@ struct Ep {
 /// iptables-restore input (both `*filter` and `*nat` sections, each ending in
 /// COMMIT) for node `this_node`, exactly what kube-proxy would sync on that
 /// node, plus `-I` lines for kube-proxy's jumps from the built-in chains.
-pub fn render(services: &[Service], this_node: &str, cluster_cidr: Ipv4Network) -> String {
+pub fn render<A: Family>(services: &[Service<A>], this_node: &str, cluster_cidr: A::Network) -> String {
     render_with(services, this_node, cluster_cidr, &NodeState::fresh())
 }
 
-fn render_with(services: &[Service], this_node: &str, cluster_cidr: Ipv4Network, node: &NodeState) -> String {
+fn render_with<A: Family>(
+    services: &[Service<A>],
+    this_node: &str,
+    cluster_cidr: A::Network,
+    node: &NodeState,
+) -> String {
     let mark = MASQUERADE_MARK;
     let mut filter = Section::default();
     let mut nat = Section::default();
@@ -307,12 +355,16 @@ fn render_with(services: &[Service], this_node: &str, cluster_cidr: Ipv4Network,
     ));
     nat.rule(format!("-A {KUBE_MARK_MASQ} -j MARK --or-mark {mark}"));
 
-    // localhostNodePorts sets route_localnet, and this closes the hole it opens.
+    // localhostNodePorts sets route_localnet, and this closes the hole it
+    // opens (IPv4 only: kube-proxy's IPv6 proxier writes neither; the
+    // chain its jumps lead to exists, empty, as kube-proxy ensures it).
     filter.chain(KUBE_FIREWALL);
-    filter.rule(format!(
-        "-A {KUBE_FIREWALL} -m comment --comment \"block incoming localnet connections\" -d 127.0.0.0/8 \
-         ! -s 127.0.0.0/8 -m conntrack ! --ctstate RELATED,ESTABLISHED,DNAT -j DROP"
-    ));
+    if !A::IPV6 {
+        filter.rule(format!(
+            "-A {KUBE_FIREWALL} -m comment --comment \"block incoming localnet connections\" -d 127.0.0.0/8 \
+             ! -s 127.0.0.0/8 -m conntrack ! --ctstate RELATED,ESTABLISHED,DNAT -j DROP"
+        ));
+    }
 
     let total_endpoints: usize = services.iter().map(|s| s.ports.len() * endpoint_ips(s).len()).sum();
     let ctx =
@@ -338,9 +390,11 @@ fn render_with(services: &[Service], this_node: &str, cluster_cidr: Ipv4Network,
         nat.rule(format!("-X {chain}"));
     }
 
+    // Localhost NodePorts never work over IPv6: kube-proxy leaves ::1 out.
+    let not_localhost = if A::IPV6 { " ! -d ::1/128" } else { "" };
     nat.rule(format!(
         "-A {KUBE_SERVICES} -m comment --comment \"kubernetes service nodeports; NOTE: this must be the last rule \
-         in this chain\" -m addrtype --dst-type LOCAL -j {KUBE_NODEPORTS}"
+         in this chain\" -m addrtype --dst-type LOCAL{not_localhost} -j {KUBE_NODEPORTS}"
     ));
 
     // Drop INVALID packets, which could otherwise reset connections; let
@@ -393,17 +447,17 @@ impl Ctx<'_> {
 }
 
 /// A service's endpoint IPs, each once, with the node it runs on.
-fn endpoint_ips(svc: &Service) -> Vec<&Endpoint> {
+fn endpoint_ips<A: Family>(svc: &Service<A>) -> Vec<&Endpoint<A>> {
     let mut seen = BTreeSet::new();
     svc.endpoints.iter().filter(|e| seen.insert(e.ip)).collect()
 }
 
-fn write_service_port(
+fn write_service_port<A: Family>(
     filter: &mut Section,
     nat: &mut Section,
     active: &mut BTreeSet<String>,
     ctx: &Ctx,
-    svc: &Service,
+    svc: &Service<A>,
     port: &ServicePort,
 ) {
     let name = svc.port_name(port);
@@ -423,7 +477,7 @@ fn write_service_port(
         .into_iter()
         .map(|e| Ep {
             ip: e.ip.to_string(),
-            addr: format!("{}:{}", e.ip, port.target_port),
+            addr: e.ip.host_port(port.target_port),
             local: e.node == ctx.this_node,
             chain: svc.sep_chain(port, e.ip),
         })
@@ -558,13 +612,15 @@ fn write_load_balancing(nat: &mut Section, ctx: &Ctx, name: &str, chain: &str, e
 /// nat`), everything else in one `iptables-restore --noflush --counters`,
 /// with kube-proxy's wait flags when the iptables version has them. Fails
 /// with the tool's stderr.
-pub fn apply(netns: &str, services: &[Service], this_node: &str, cluster_cidr: Ipv4Network) -> Result<()> {
+pub fn apply<A: Family>(netns: &str, services: &[Service<A>], this_node: &str, cluster_cidr: A::Network) -> Result<()> {
+    let iptables = A::IPTABLES;
+    let (save, restore_tool) = (format!("{iptables}-save"), format!("{iptables}-restore"));
     let version = iptables_version(netns)?;
     let (wait, restore_wait) = wait_flags(version);
 
     let mut jump_present = [false; JUMPS.len()];
     for (present, j) in jump_present.iter_mut().zip(&JUMPS) {
-        let mut args: Vec<&str> = vec!["iptables"];
+        let mut args: Vec<&str> = vec![iptables];
         args.extend(&wait);
         args.extend(["-C", j.src, "-t", j.table.as_str()]);
         args.extend(j.args());
@@ -572,7 +628,7 @@ pub fn apply(netns: &str, services: &[Service], this_node: &str, cluster_cidr: I
     }
 
     // As kube-proxy: if the nat table can't be read, stale chains stay.
-    let nat_chains = match crate::try_run(&mut ns_cmd(netns, &["iptables-save", "-t", "nat"])) {
+    let nat_chains = match crate::try_run(&mut ns_cmd(netns, &[&save, "-t", "nat"])) {
         Ok(out) if out.status.success() => chains_in_save(&String::from_utf8_lossy(&out.stdout)),
         _ => Vec::new(),
     };
@@ -580,7 +636,7 @@ pub fn apply(netns: &str, services: &[Service], this_node: &str, cluster_cidr: I
     let state = NodeState { jump_present, nat_chains: &nat_chains };
     let input = render_with(services, this_node, cluster_cidr, &state);
 
-    let mut args: Vec<&str> = vec!["iptables-restore"];
+    let mut args: Vec<&str> = vec![&restore_tool];
     args.extend(&restore_wait);
     args.extend(["--noflush", "--counters"]);
     let out = restore(netns, &args, &input)?;
@@ -764,7 +820,7 @@ COMMIT
 -A KUBE-SERVICES -m comment --comment \"kubernetes service nodeports; NOTE: this must be the last rule in this chain\" -m addrtype --dst-type LOCAL -j KUBE-NODEPORTS
 COMMIT
 ";
-        assert_eq!(render(&[], NODE, cidr()), want);
+        assert_eq!(render::<Ipv4Addr>(&[], NODE, cidr()), want);
     }
 
     #[test]
@@ -1023,5 +1079,67 @@ COMMIT
             "(input line: -A BAD)"
         );
         assert_eq!(failed_line("something else\n", input), "");
+    }
+    /// An IPv6 ClusterIP as kube-proxy's IPv6 proxier writes it: the same
+    /// chains, endpoints as `[ip]:port` (DNAT target, comments, the hashed
+    /// SEP name), no localnet rule, `! -d ::1/128` on the NodePorts jump.
+    #[test]
+    fn ipv6_cluster_ip_as_the_ipv6_proxier_writes_it() {
+        let ep6 = |ip: &str, node: &str| Endpoint { ip: ip.parse::<Ipv6Addr>().unwrap(), node: node.to_string() };
+        let s = Service {
+            namespace: "ns1".into(),
+            name: "svc1".into(),
+            cluster_ip: "fd00:96::10".parse::<Ipv6Addr>().unwrap(),
+            ports: vec![tcp("p80", 80, 8080, None)],
+            external_traffic_policy_local: false,
+            endpoints: vec![ep6("fd00:244:0:2::5", "node-b"), ep6("fd00:244:0:1::5", NODE)],
+        };
+        let cidr6: Ipv6Network = "fd00:244::/48".parse().unwrap();
+        let out = render(std::slice::from_ref(&s), NODE, cidr6);
+        let port = &s.ports[0];
+        let svc = s.svc_chain(port);
+        // The chain names hash the port name as for IPv4; the endpoints'
+        // hash `[ip]:port`.
+        assert_eq!(svc, format!("KUBE-SVC-{}", port_proto_hash("ns1/svc1:p80", Protocol::Tcp)));
+        let sep = endpoint_chain_name("ns1/svc1:p80", Protocol::Tcp, "[fd00:244:0:1::5]:8080");
+        assert_eq!(s.sep_chain(port, "fd00:244:0:1::5".parse().unwrap()), sep);
+        assert_eq!(
+            grep(&out, "nat", "-A KUBE-SERVICES"),
+            [
+                "-A KUBE-SERVICES -m comment --comment \"ns1/svc1:p80 cluster IP\" -m tcp -p tcp -d fd00:96::10 \
+                 --dport 80 -j KUBE-SVC-XPGD46QRK7WJZT7O",
+                "-A KUBE-SERVICES -m comment --comment \"kubernetes service nodeports; NOTE: this must be the last \
+                 rule in this chain\" -m addrtype --dst-type LOCAL ! -d ::1/128 -j KUBE-NODEPORTS",
+            ]
+        );
+        assert_eq!(
+            grep(&out, "nat", &format!("-A {svc} ")),
+            [
+                "-A KUBE-SVC-XPGD46QRK7WJZT7O -m comment --comment \"ns1/svc1:p80 cluster IP\" -m tcp -p tcp \
+                 -d fd00:96::10 --dport 80 ! -s fd00:244::/48 -j KUBE-MARK-MASQ"
+                    .to_string(),
+                format!(
+                    "-A {svc} -m comment --comment \"ns1/svc1:p80 -> [fd00:244:0:1::5]:8080\" -m statistic \
+                     --mode random --probability 0.5000000000 -j {sep}"
+                ),
+                format!(
+                    "-A {svc} -m comment --comment \"ns1/svc1:p80 -> [fd00:244:0:2::5]:8080\" -j {}",
+                    s.sep_chain(port, "fd00:244:0:2::5".parse().unwrap())
+                ),
+            ]
+        );
+        assert_eq!(
+            grep(&out, "nat", &format!("-A {sep} ")),
+            [
+                format!("-A {sep} -m comment --comment ns1/svc1:p80 -s fd00:244:0:1::5 -j KUBE-MARK-MASQ"),
+                format!(
+                    "-A {sep} -m comment --comment ns1/svc1:p80 -m tcp -p tcp -j DNAT --to-destination \
+                     [fd00:244:0:1::5]:8080"
+                ),
+            ]
+        );
+        // No localnet rule over IPv6; the chain its jumps lead to is there.
+        assert!(!out.contains("127.0.0.0/8"), "{out}");
+        assert_eq!(grep(&out, "filter", "KUBE-FIREWALL - [0:0]").len(), 1);
     }
 }

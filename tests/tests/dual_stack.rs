@@ -8,7 +8,7 @@ use sluice_tests::{
     bin,
     capture::Capture,
     cluster::{add_world, tcp_text, WORLD_IP6},
-    lab::{counter, ns_cmd, ns_exec, ping, tcp_probe, CniCall, Lab, LabOptions, Node, Pod},
+    lab::{counter, ns_cmd, ns_exec, ping, tcp_probe, CniCall, Lab, LabOptions, Node, Pod, CLUSTER_CIDR6, ECHO_PORT},
     patience, require_root, try_run, Netns,
 };
 
@@ -497,6 +497,62 @@ fn a_fresh_labs_first_cross_node_ipv6_exchanges_are_answered_at_once() {
     let echo = try_run(&mut ns_cmd(&b.netns, &["ping", "-c", "1", "-W", "1", ip6(&a)])).unwrap();
     let text = String::from_utf8_lossy(&echo.stdout).to_string();
     assert!(text.contains("1 received"), "the first echo {} -> {}: {text}", b.name, a.name);
+}
+
+/// `STACK_FLOWS6`, the IPv6 twin of `STACK_FLOWS`: with Services left to
+/// kube-proxy (no `--kube-proxy-replacement`), a pod reaching an IPv6
+/// ClusterIP whose one backend is a pod on the other node gets its answers
+/// from the ClusterIP. kube-proxy's ip6tables DNAT the connection on the
+/// client's node, which remembers the flow at `to_uplink`; the backend's
+/// replies arrive pod-to-pod by the fast path and must go to the stack
+/// there (`stack_flow_reply`), where conntrack puts the ClusterIP back as
+/// their source. Taken on the fast path, they reach the client from the
+/// backend's own address and its kernel resets the connection.
+#[test]
+fn ipv6_cluster_ip_through_kube_proxy_answers_from_the_cluster_ip_with_the_backend_on_another_node() {
+    use sluice_tests::kube_proxy::{self, Endpoint, Protocol, Service, ServicePort};
+    use std::net::Ipv6Addr;
+    const VIP6: &str = "fd00:96::28";
+    let lab = dual_lab(2, 1);
+    let (a, b) = (pod(&lab, 0, 0), pod(&lab, 1, 0));
+    let service = Service::<Ipv6Addr> {
+        namespace: "default".into(),
+        name: "echo6".into(),
+        cluster_ip: VIP6.parse().unwrap(),
+        ports: vec![ServicePort {
+            name: String::new(),
+            protocol: Protocol::Tcp,
+            port: ECHO_PORT,
+            target_port: ECHO_PORT,
+            node_port: None,
+        }],
+        external_traffic_policy_local: false,
+        endpoints: vec![Endpoint { ip: ip6(&b).parse().unwrap(), node: lab.state.nodes[1].name.clone() }],
+    };
+    let cidr6: ipnetwork::Ipv6Network = CLUSTER_CIDR6.parse().unwrap();
+    for node in &lab.state.nodes {
+        kube_proxy::apply(&node.netns, std::slice::from_ref(&service), &node.name, cidr6).unwrap();
+    }
+    let replies = forwards(&lab, 0, &["stack_flow_reply"]);
+    let into_b = forwards(&lab, 1, &["uplink_to_pod6"]);
+    assert!(
+        tcp_probe(&a.netns, VIP6, &b.name),
+        "{} -> [{VIP6}]:{ECHO_PORT} (backend {} on the other node) through kube-proxy's DNAT: no answer from the ClusterIP",
+        a.name,
+        b.name
+    );
+    let (replies_now, into_b_now) = (forwards(&lab, 0, &["stack_flow_reply"]), forwards(&lab, 1, &["uplink_to_pod6"]));
+    assert!(replies_now >= replies + 2, "the backend's replies went to node 0's stack: {replies} -> {replies_now}");
+    assert!(
+        into_b_now >= into_b + 2,
+        "the DNATed packets entered the backend by the fast path: {into_b} -> {into_b_now}"
+    );
+    // Pod to pod, untranslated, still takes the fast path both ways.
+    let (fast_out, fast_in) = (forwards(&lab, 0, &["pod_to_node6"]), forwards(&lab, 0, &["uplink_to_pod6"]));
+    assert!(tcp_probe(&a.netns, ip6(&b), &b.name), "a -> b directly");
+    assert!(
+        forwards(&lab, 0, &["pod_to_node6"]) >= fast_out + 2 && forwards(&lab, 0, &["uplink_to_pod6"]) >= fast_in + 2
+    );
 }
 
 /// A full-size IPv6 packet crosses nodes on the fast path; one byte more

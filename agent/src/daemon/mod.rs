@@ -676,14 +676,6 @@ async fn bring_up_datapath(
     sysctl::ensure_ip_forward()?;
     if pod_cidr6.is_some() {
         sysctl::ensure_ipv6_forwarding()?;
-        if sock_lb_cgroup.is_none() {
-            // Known gap (no `STACK_FLOWS6` yet): say so at every start.
-            warn!(
-                "dual-stack with Services left to kube-proxy: a pod-to-pod reply to a connection kube-proxy's \
-                 ip6tables DNATed (an IPv6 ClusterIP) takes the IPv6 fast path and misses conntrack's reverse \
-                 NAT, so IPv6 ClusterIPs may not answer; set --kube-proxy-replacement=true on dual-stack nodes"
-            );
-        }
     }
     Ok(DatapathUp {
         pins,

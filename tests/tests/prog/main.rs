@@ -28,6 +28,7 @@ mod policy_not_isolated;
 mod policy_pending;
 mod policy_ports;
 mod stack_flows;
+mod stack_flows6;
 mod tunnel;
 mod unknown_l3;
 mod verifier_cost;

@@ -229,9 +229,10 @@ fn between_two_local_pods_both_ends_are_judged_where_the_packet_leaves() {
     let e = conns[0].1;
     assert_eq!((e.flags & (CT_EGRESS_JUDGED | CT_INGRESS_JUDGED), e.egress_ref, e.ingress_ref), (3, 5, 6));
     // Should the stack hand it to b instead (a router's answer was due),
-    // the connection is known there too; b's reply takes the fast path.
+    // the connection is known there too; b's reply is allowed, and goes
+    // back through the stack that delivered the SYN (`STACK_FLOWS6`).
     assert_eq!(into_b(&n, &Ipv6::tcp_syn(A6, B6, 40000, 80)), TC_ACT_UNSPEC);
-    assert_eq!(from_b(&n, &Ipv6::tcp_ack(B6, A6, 80, 40000)), TC_ACT_REDIRECT);
+    assert_eq!(from_b(&n, &Ipv6::tcp_ack(B6, A6, 80, 40000)), TC_ACT_OK);
     assert_eq!(into_a(&n, &Ipv6::tcp_ack(B6, A6, 80, 40000)), TC_ACT_UNSPEC);
 }
 

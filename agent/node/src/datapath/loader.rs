@@ -36,7 +36,7 @@ use crate::pod::device::PodDevice;
 pub static OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/sluice.bpf.o"));
 
 /// Every map of the object, as pinned.
-pub const ALL_MAPS: [&str; 45] = [
+pub const ALL_MAPS: [&str; 47] = [
     names::ENDPOINTS,
     names::NODE_ROUTES,
     names::NODE_CONFIG,
@@ -92,6 +92,9 @@ pub const ALL_MAPS: [&str; 45] = [
     // The IPv6 fast path's node routes (issue 28): created where absent.
     names::NODE_ROUTES6,
     names::FAST6_SCRATCH,
+    // STACK_FLOWS' IPv6 twin (issue 28): created where absent.
+    names::STACK_FLOWS6,
+    names::FLOW6_SCRATCH,
 ];
 
 /// Map sizes chosen at load rather than by the object (`None`: the
@@ -105,7 +108,8 @@ pub struct MapSizes {
 impl MapSizes {
     /// `(map name, max_entries)` for each size set.
     pub fn overrides(&self) -> Vec<(&'static str, u32)> {
-        [(names::STACK_FLOWS, self.stack_flows), (names::NAT4, self.nat4)]
+        // STACK_FLOWS' twins are sized alike.
+        [(names::STACK_FLOWS, self.stack_flows), (names::STACK_FLOWS6, self.stack_flows), (names::NAT4, self.nat4)]
             .into_iter()
             .filter_map(|(name, n)| Some((name, n?)))
             .collect()

@@ -12,6 +12,8 @@ pub mod counters;
 pub mod events;
 #[cfg(test)]
 mod golden;
+pub mod lb4_affinity;
+pub mod lb4_scratch;
 pub mod maps;
 pub mod nat;
 pub mod policy;

@@ -163,6 +163,14 @@ pub mod names {
     /// `LpmTrie<nat::SourceRangeKey, u32>`: LoadBalancer ingress IPs'
     /// `loadBalancerSourceRanges` (agent writes; `from_uplink` reads).
     pub const LB4_SOURCE_RANGES: &str = "LB4_SOURCE_RANGES";
+    /// `LruHashMap<lb4_affinity::Lb4AffinityKey, services::AffinityValue>`:
+    /// `sessionAffinity: ClientIP` for clients from outside, the backend
+    /// each (client address, frontend) last got (`from_uplink` writes and
+    /// reads; least recently used entries make room).
+    pub const LB4_AFFINITY: &str = "LB4_AFFINITY";
+    /// `PerCpuArray<lb4_scratch::Lb4Scratch>` of one: the uplink
+    /// translation's working memory (programs only).
+    pub const LB4_SCRATCH: &str = "LB4_SCRATCH";
 }
 
 /// Program names in the eBPF object (also their pin names under `progs/`).
@@ -251,6 +259,9 @@ pub mod limits {
     pub const MAX_SOCK_REVERSE: u32 = 262144;
     /// (client namespace, Service) pairs with session affinity.
     pub const MAX_AFFINITY: u32 = 65536;
+    /// (outside client address, frontend) pairs with session affinity at
+    /// the uplink; least recently used make room.
+    pub const MAX_LB4_AFFINITY: u32 = 65536;
     /// Node addresses NodePorts answer on (every node's InternalIP and
     /// this node's own addresses).
     pub const MAX_NODE_ADDRESSES: u32 = 16384;

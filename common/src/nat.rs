@@ -326,10 +326,17 @@ pub enum Nat4Counter {
     /// A client's SYN on the tuple of a closed connection: the old pair
     /// removed, a new connection balanced (`syn_reopens`).
     Reopened = 9,
+    /// A new connection of a Service with `sessionAffinity: ClientIP` sent
+    /// to the backend remembered for its client (`LB4_AFFINITY`).
+    AffinityReused = 10,
+    /// A new connection of a Service with affinity whose client had no
+    /// usable choice (none, expired, or its backend gone): picked at
+    /// random and remembered.
+    AffinityPicked = 11,
 }
 
 impl Nat4Counter {
-    pub const COUNT: u32 = 10;
+    pub const COUNT: u32 = 12;
     pub const ALL: [Nat4Counter; Self::COUNT as usize] = [
         Nat4Counter::NewLocal,
         Nat4Counter::NewRemote,
@@ -341,6 +348,8 @@ impl Nat4Counter {
         Nat4Counter::Reversed,
         Nat4Counter::PortTakenOver,
         Nat4Counter::Reopened,
+        Nat4Counter::AffinityReused,
+        Nat4Counter::AffinityPicked,
     ];
 
     /// Name in `status` and metrics.
@@ -356,6 +365,8 @@ impl Nat4Counter {
             Nat4Counter::Reversed => "reversed",
             Nat4Counter::PortTakenOver => "port_taken_over",
             Nat4Counter::Reopened => "reopened",
+            Nat4Counter::AffinityReused => "affinity_reused",
+            Nat4Counter::AffinityPicked => "affinity_picked",
         }
     }
 }
@@ -386,6 +397,8 @@ mod tests {
         Reversed = 7, "reversed";
         PortTakenOver = 8, "port_taken_over";
         Reopened = 9, "reopened";
+        AffinityReused = 10, "affinity_reused";
+        AffinityPicked = 11, "affinity_picked";
     });
 
     #[test]

@@ -44,8 +44,8 @@ use sluice_common::{
     },
     reject,
     services::{
-        frontend_kind, local_backend_count, BackendSlot, ServiceKey, ServiceValue, NODE_ADDRESS_LOCAL, SCOPE_ADDRESS,
-        SERVICE_EXTERNAL_LOCAL, SERVICE_NO_LOCAL_ENDPOINTS, SERVICE_SOURCE_RANGES,
+        frontend_kind, Backend, ServiceKey, ServiceValue, NODE_ADDRESS_LOCAL, SCOPE_ADDRESS, SERVICE_NO_LOCAL_ENDPOINTS,
+        SERVICE_SOURCE_RANGES,
     },
     DropReason, ForwardPath, HookDirection,
 };
@@ -54,7 +54,7 @@ use crate::{
     counters::{count_drop, count_forward},
     forward,
     maps::{
-        BACKENDS, ENDPOINTS, LB4_CONFIG, LB4_SOURCE_RANGES, NAT4, NAT4_STATS, NODE_ADDRESSES, NODE_CONFIG, NODE_ROUTES,
+        ENDPOINTS, LB4_CONFIG, LB4_SCRATCH, LB4_SOURCE_RANGES, NAT4, NAT4_STATS, NODE_ADDRESSES, NODE_CONFIG, NODE_ROUTES,
         SERVICES,
     },
     parse::{self, Ipv4Hdr, Ports, ETH_HLEN, L4_OFF},
@@ -69,6 +69,12 @@ pub const LB4_SENT: u32 = 2;
 /// A new connection to a Service without endpoints: the caller refuses it
 /// (`refuse`).
 pub const LB4_REFUSE: u32 = 3;
+/// Admitted as a new connection: `sluice_lb4_new_connection` goes on
+/// (never seen by the programs).
+pub const LB4_NEW_CONNECTION: u32 = 4;
+/// Its pair written: `sluice_lb4_send_new` sends the packet (never seen
+/// by the programs).
+pub const LB4_SEND_NEW: u32 = 5;
 /// Added to a `DropReason`: drop it.
 pub const LB4_DROP: u32 = 0x100;
 
@@ -146,7 +152,7 @@ fn code(result: Result<u32, DropReason>) -> u32 {
 }
 
 #[inline(always)]
-fn count(counter: Nat4Counter) {
+pub(crate) fn count(counter: Nat4Counter) {
     if let Some(n) = NAT4_STATS.get_ptr_mut(counter as u32) {
         // SAFETY: per-CPU slot, only this CPU writes it while we run.
         unsafe { *n += 1 }
@@ -157,7 +163,13 @@ fn count(counter: Nat4Counter) {
 #[inline(always)]
 pub fn from_uplink(ctx: &TcContext) -> Result<Lb4, DropReason> {
     sluice_lb4_track_close(ctx.skb.skb, 0);
-    outcome(sluice_lb4_from_uplink(ctx.skb.skb))
+    match sluice_lb4_from_uplink(ctx.skb.skb) {
+        LB4_NEW_CONNECTION => match sluice_lb4_new_connection() {
+            LB4_SEND_NEW => outcome(sluice_lb4_send_new(ctx.skb.skb)),
+            code => outcome(code),
+        },
+        code => outcome(code),
+    }
 }
 
 /// `from_pod`'s step, for a packet its verdict sends to the stack.
@@ -430,8 +442,66 @@ fn try_from_uplink(ctx: &TcContext) -> Result<u32, DropReason> {
     if ttl <= 1 {
         return Err(DropReason::TtlExpired);
     }
-    let entry = new_connection(&key, &service, &config)?;
-    send_forward(ctx, &key, &entry, ttl)
+    // Balanced by `sluice_lb4_new_connection`, called next by the program.
+    let Some(scratch) = LB4_SCRATCH.get_ptr_mut(0) else { return Err(DropReason::LookupMismatch) };
+    // SAFETY: this CPU's slot, used by this program run alone.
+    unsafe {
+        (*scratch).new_key = key;
+        (*scratch).frontend = service_key;
+        (*scratch).service = service;
+        (*scratch).ttl = ttl as u32;
+    }
+    Ok(LB4_NEW_CONNECTION)
+}
+
+/// A new connection `sluice_lb4_from_uplink` admitted (its tuple, frontend
+/// and Service in `LB4_SCRATCH`): a backend picked, the pair written
+/// (the forward entry left in `LB4_SCRATCH` for `sluice_lb4_send_new`). A
+/// global function of its own, called by the program after the other
+/// returned, so the frames never stack: any two of them together would
+/// not fit Linux 6.1's 512 bytes beside `from_uplink`'s.
+#[unsafe(no_mangle)]
+#[inline(never)]
+pub extern "C" fn sluice_lb4_new_connection() -> u32 {
+    code(try_new_connection())
+}
+
+#[inline(always)]
+fn try_new_connection() -> Result<u32, DropReason> {
+    let Some(config) = config() else { return Ok(LB4_PASS) };
+    // The agent is carrying NAT4 over to a new layout: a connection
+    // written now could land in the table being left behind. The client
+    // retransmits; by then the new table serves it. (Before the pick: a
+    // held-back SYN leaves no affinity behind.)
+    if paused() {
+        return Err(DropReason::Nat4Migrating);
+    }
+    let Some(scratch) = LB4_SCRATCH.get_ptr_mut(0) else { return Err(DropReason::LookupMismatch) };
+    // SAFETY: this CPU's slot, written by `sluice_lb4_from_uplink` in this
+    // program run; read in place (copies would fill the frame). `pick`
+    // writes only its other fields.
+    let (key, frontend, service) = unsafe { (&(*scratch).new_key, &(*scratch).frontend, &(*scratch).service) };
+    // externalTrafficPolicy: Local: this node's backends only, the
+    // client's address kept (no SNAT: the backend is here). Session
+    // affinity: the client's remembered backend.
+    let backend = crate::lb4_affinity::pick(scratch, key.src_be, frontend, service)?;
+    let entry = new_connection(key, backend, &config)?;
+    // SAFETY: as above; a field no reference is held to.
+    unsafe { (*scratch).entry = entry };
+    Ok(LB4_SEND_NEW)
+}
+
+/// The first packet of the new connection `sluice_lb4_new_connection`
+/// wrote (tuple and forward entry in `LB4_SCRATCH`), sent: its own global
+/// function for the same reason.
+#[unsafe(no_mangle)]
+#[inline(never)]
+pub extern "C" fn sluice_lb4_send_new(skb: *mut __sk_buff) -> u32 {
+    let ctx = TcContext::new(skb);
+    let Some(scratch) = LB4_SCRATCH.get_ptr_mut(0) else { return code(Err(DropReason::LookupMismatch)) };
+    // SAFETY: this CPU's slot, written earlier in this program run.
+    let (key, entry, ttl) = unsafe { (&(*scratch).new_key, &(*scratch).entry, (*scratch).ttl as u8) };
+    code(send_forward(&ctx, key, entry, ttl))
 }
 
 /// The `SERVICES` entry for a packet's destination: the address itself
@@ -497,37 +567,7 @@ fn is_syn(ctx: &TcContext) -> bool {
 /// `key` (returned). A backend on another node gets a SNAT port, reserved
 /// by its reply entry before anything else is written.
 #[inline(always)]
-fn new_connection(key: &Nat4Key, service: &ServiceValue, config: &Lb4Config) -> Result<Nat4Entry, DropReason> {
-    // The agent is carrying NAT4 over to a new layout: a connection
-    // written now could land in the table being left behind. The client
-    // retransmits; by then the new table serves it.
-    if paused() {
-        return Err(DropReason::Nat4Migrating);
-    }
-    let backend = if service.flags & SERVICE_EXTERNAL_LOCAL != 0 {
-        // externalTrafficPolicy: Local: this node's backends only, the
-        // client's address kept (no SNAT: the backend is here).
-        // The agent puts this node's backends first in the set.
-        let local = local_backend_count(service.flags);
-        if local == 0 {
-            return Err(DropReason::ServiceNoLocalEndpoints);
-        }
-        // SAFETY: a plain helper.
-        let slot = unsafe { bpf_get_prandom_u32() } % local;
-        // SAFETY: copied out at once.
-        match unsafe { BACKENDS.get(&BackendSlot { set: service.backend_set, slot }) } {
-            Some(b) => *b,
-            None => return Err(DropReason::LookupMismatch),
-        }
-    } else {
-        // SAFETY: a plain helper.
-        let slot = unsafe { bpf_get_prandom_u32() } % service.count;
-        // SAFETY: copied out at once.
-        match unsafe { BACKENDS.get(&BackendSlot { set: service.backend_set, slot }) } {
-            Some(b) => *b,
-            None => return Err(DropReason::LookupMismatch),
-        }
-    };
+fn new_connection(key: &Nat4Key, backend: Backend, config: &Lb4Config) -> Result<Nat4Entry, DropReason> {
     // SAFETY: a plain helper.
     let now = unsafe { bpf_ktime_get_coarse_ns() };
     // The answer leaves as from the frontend the client named.

@@ -46,6 +46,7 @@ mod from_pod6;
 mod from_uplink;
 mod from_uplink6;
 mod lb4;
+mod lb4_affinity;
 mod maps;
 mod parse;
 mod policy;

@@ -7,10 +7,12 @@ use aya_ebpf::{
 };
 use sluice_common::{
     maps::limits::{
-        EVENTS_BYTES, MAX_AFFINITY, MAX_BACKENDS, MAX_ENDPOINTS, MAX_IFACES, MAX_LB4_SOURCE_RANGES, MAX_NAT4,
+        EVENTS_BYTES, MAX_AFFINITY, MAX_BACKENDS, MAX_ENDPOINTS, MAX_IFACES, MAX_LB4_AFFINITY, MAX_LB4_SOURCE_RANGES, MAX_NAT4,
         MAX_NODE_ADDRESSES, MAX_NODE_ROUTES, MAX_POLICY_CT, MAX_POLICY_IDENTITIES, MAX_POLICY_RULES, MAX_SERVICES,
         MAX_SOCK_REVERSE, MAX_STACK_FLOWS,
     },
+    lb4_affinity::Lb4AffinityKey,
+    lb4_scratch::Lb4Scratch,
     nat::{Lb4Config, Nat4Counter, Nat4Entry, Nat4Key, SourceRangeKey},
     policy::{
         CtEntry, CtKey, CtKey6, EndpointPolicy, PeerIdentity, PodNameKey, PodPolicy, PolicyKey, PolicyScratch6,
@@ -196,3 +198,12 @@ pub static NAT4_STATS: PerCpuArray<u64> = PerCpuArray::with_max_entries(Nat4Coun
 
 #[map]
 pub static LB4_SOURCE_RANGES: LpmTrie<SourceRangeKey, u32> = LpmTrie::with_max_entries(MAX_LB4_SOURCE_RANGES, 0);
+
+/// `sessionAffinity: ClientIP` for clients from outside (`lb4_affinity`).
+#[map]
+pub static LB4_AFFINITY: LruHashMap<Lb4AffinityKey, AffinityValue> =
+    LruHashMap::with_max_entries(MAX_LB4_AFFINITY, 0);
+
+/// The uplink translation's working memory (`Lb4Scratch`).
+#[map]
+pub static LB4_SCRATCH: PerCpuArray<Lb4Scratch> = PerCpuArray::with_max_entries(1, 0);

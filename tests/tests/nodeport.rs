@@ -220,6 +220,51 @@ fn external_traffic_policy_local_keeps_the_client_address_and_a_node_without_a_b
     assert_eq!(c2["new_remote"] + c2["new_local"], 0, "{c2:?}");
 }
 
+/// `sessionAffinity: ClientIP` from outside (`LB4_AFFINITY`): backends on
+/// two nodes; 30 connections of the world through node 1's NodePort all
+/// reach one backend (the server names its pod), and the same through node
+/// 2's address, whose choice is its own. The same backends behind a
+/// Service without affinity: both answer.
+#[test]
+fn client_ip_affinity_sends_every_world_connection_to_one_backend() {
+    require_root();
+    let mut lab = services::lab(2, 1).unwrap();
+    let world = cluster::add_world(&mut lab).unwrap();
+    assert_no_kube_proxy_rules(&lab);
+    let api = lab.api.as_ref().unwrap();
+    let pods: Vec<(String, String, String)> =
+        lab.state.nodes.iter().map(|n| (n.name.clone(), n.pods[0].ip.clone(), n.pods[0].name.clone())).collect();
+    let endpoints: Vec<(&str, &str)> = pods.iter().map(|(n, ip, _)| (n.as_str(), ip.as_str())).collect();
+    let want: Vec<String> = pods.iter().map(|(_, ip, _)| format!("{ip}:7777")).collect();
+    let mut node_ports = Vec::new();
+    // Ports 88 and 89: the lab's API server derives the NodePort from it.
+    for (name, cluster_ip, port, affinity) in [("sticky", "10.96.0.88", 88, true), ("spread", "10.96.0.89", 89, false)]
+    {
+        let mut svc = service(name, cluster_ip, &[("http", port, 7777, "TCP")]).type_("NodePort");
+        if affinity {
+            svc = svc.client_ip_affinity(Some(600));
+        }
+        let np = svc.node_port(0);
+        node_ports.push(np);
+        api.upsert_service(svc.build());
+        api.upsert_endpoint_slice(slice(name, &[("http", 7777, "TCP")], &ready(&endpoints)).build());
+        wait_backends(&lab, "*", np, "TCP", &want).unwrap();
+    }
+    for i in [0, 1] {
+        let ip = node_ip(&lab, i);
+        let out = world_client(&world, &["tcp", &ip, &node_ports[0].to_string(), "30"]);
+        assert_eq!(oks(&out), 30, "world → {ip}:{} (affinity): {:?}", node_ports[0], tally(&out));
+        let (t, c) = (tally(&out), nat4(&lab, i));
+        assert_eq!(t.len(), 1, "with ClientIP affinity through {ip}, one backend: {t:?} (NAT4 counters {c:?})");
+        assert!(c["affinity_reused"] >= 29 && c["affinity_picked"] >= 1, "node {}: {c:?}", i + 1);
+    }
+    let ip1 = node_ip(&lab, 0);
+    let out = world_client(&world, &["tcp", &ip1, &node_ports[1].to_string(), "30"]);
+    assert_eq!(oks(&out), 30, "world → {ip1}:{} (no affinity): {:?}", node_ports[1], tally(&out));
+    let t = tally(&out);
+    assert!(pods.iter().all(|(_, _, pod)| t.get(pod).copied().unwrap_or(0) >= 3), "without affinity both: {t:?}");
+}
+
 /// A Service without endpoints, from the world, is refused at once as by
 /// kube-proxy's REJECT: `connect()` fails with `ECONNREFUSED` (the
 /// uplink's TCP RST) and a connected UDP socket gets `ECONNREFUSED` (its

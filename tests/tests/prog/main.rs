@@ -15,6 +15,7 @@
 mod from_pod;
 mod from_pod6;
 mod from_uplink;
+mod lb4_affinity;
 mod malformed;
 mod nodeport;
 mod policy6;

@@ -36,7 +36,7 @@ use crate::pod::device::PodDevice;
 pub static OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/sluice.bpf.o"));
 
 /// Every map of the object, as pinned.
-pub const ALL_MAPS: [&str; 47] = [
+pub const ALL_MAPS: [&str; 49] = [
     names::ENDPOINTS,
     names::NODE_ROUTES,
     names::NODE_CONFIG,
@@ -95,6 +95,10 @@ pub const ALL_MAPS: [&str; 47] = [
     // STACK_FLOWS' IPv6 twin (issue 28): created where absent.
     names::STACK_FLOWS6,
     names::FLOW6_SCRATCH,
+    // Session affinity for outside clients at the uplink (issue 27):
+    // created where absent.
+    names::LB4_AFFINITY,
+    names::LB4_SCRATCH,
 ];
 
 /// Map sizes chosen at load rather than by the object (`None`: the

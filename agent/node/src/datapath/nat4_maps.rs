@@ -1,17 +1,51 @@
 //! Typed access to the uplink's Service maps (issue 27; layouts on the
 //! types in `sluice_common::nat`): `NAT4`, read and collected by the
-//! agent, `LB4_CONFIG`, written at start, and `NAT4_STATS`.
+//! agent, `LB4_CONFIG`, written at start, `NAT4_STATS`, and
+//! `LB4_AFFINITY` (the programs' alone; read by tests and tools).
 use anyhow::{Context, Result};
 use aya::maps::{lpm_trie::Key, Array, HashMap, LpmTrie, MapData, PerCpuArray};
 use sluice_common::{
+    lb4_affinity::Lb4AffinityKey,
     maps::{limits, names},
     nat::{Lb4Config, Nat4Counter, Nat4Entry, Nat4Key, SourceRangeKey, SOURCE_RANGE_FRONTEND_BITS},
+    services::AffinityValue,
 };
 
 use super::{
     pinned_maps::{insert_error, open, removed_or_absent},
     pins::PinDir,
 };
+
+/// `LB4_AFFINITY`: the backend each outside client last got from a
+/// frontend with `sessionAffinity: ClientIP` (`sluice_common::lb4_affinity`).
+pub struct Lb4AffinityTable(HashMap<MapData, Lb4AffinityKey, AffinityValue>);
+
+impl Lb4AffinityTable {
+    pub fn open(pins: &PinDir) -> Result<Self> {
+        Ok(Self(open(pins, names::LB4_AFFINITY)?.try_into()?))
+    }
+
+    /// Every entry; one that vanishes during the walk is skipped.
+    pub fn all(&self) -> Result<Vec<(Lb4AffinityKey, AffinityValue)>> {
+        let mut out = Vec::new();
+        for k in self.0.keys() {
+            let k = k.context("walk LB4_AFFINITY")?;
+            match self.0.get(&k, 0) {
+                Ok(v) => out.push((k, v)),
+                Err(aya::maps::MapError::KeyNotFound) => {}
+                Err(e) => return Err(anyhow::Error::new(e).context(format!("read LB4_AFFINITY {k:?}"))),
+            }
+        }
+        Ok(out)
+    }
+
+    /// For tests and tools (an entry aged by hand); the programs make them.
+    pub fn insert(&mut self, key: Lb4AffinityKey, value: AffinityValue) -> Result<()> {
+        self.0
+            .insert(key, value, 0)
+            .map_err(|e| insert_error(e, names::LB4_AFFINITY, limits::MAX_LB4_AFFINITY, format!("{key:?}")))
+    }
+}
 
 /// `NAT4`: both halves of every connection from outside to a Service.
 pub struct Nat4Table(HashMap<MapData, Nat4Key, Nat4Entry>);

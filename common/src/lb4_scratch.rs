@@ -1,0 +1,38 @@
+//! The uplink translation's working memory (`ebpf/src/lb4*.rs`).
+use crate::{
+    lb4_affinity::Lb4AffinityKey,
+    nat::{Nat4Entry, Nat4Key},
+    services::{AffinityValue, BackendMember, ServiceKey, ServiceValue},
+};
+
+/// Value of `LB4_SCRATCH` (per-CPU array of one): keys and values the
+/// uplink's translation builds off the stack, and what
+/// `sluice_lb4_from_uplink` hands `sluice_lb4_new_connection` (two global
+/// functions, each with a frame of its own beside `from_uplink`'s: one
+/// frame holding both would not fit the 512 bytes Linux 6.1 allows a call
+/// chain). Only the program running on this CPU uses it, for the duration
+/// of one run. User space never reads it (pinned like every map).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub struct Lb4Scratch {
+    /// A new connection: the client's tuple, the frontend it reached and
+    /// its `SERVICES` value, the packet's TTL.
+    pub new_key: Nat4Key,
+    pub frontend: ServiceKey,
+    pub service: ServiceValue,
+    pub ttl: u32,
+    pub _pad: u32,
+    /// Its forward entry, once written (`sluice_lb4_send_new` sends it).
+    pub entry: Nat4Entry,
+    /// Session affinity's lookups (`lb4_affinity`).
+    pub affinity_key: Lb4AffinityKey,
+    /// The remembered backend's membership key.
+    pub member: BackendMember,
+    /// The remembered choice, copied out; then the new one.
+    pub affinity: AffinityValue,
+}
+const _: () = assert!(core::mem::size_of::<Lb4Scratch>() == 120);
+
+#[cfg(feature = "user")]
+// SAFETY: plain `repr(C)` data, explicit padding, no invalid bit patterns.
+unsafe impl aya::Pod for Lb4Scratch {}

@@ -1,6 +1,7 @@
 //! The uplink translation's working memory (`ebpf/src/lb4*.rs`).
 use crate::{
     lb4_affinity::Lb4AffinityKey,
+    lb4_frag::{Frag4Entry, Frag4Key},
     nat::{Nat4Entry, Nat4Key},
     services::{AffinityValue, BackendMember, ServiceKey, ServiceValue},
 };
@@ -30,8 +31,13 @@ pub struct Lb4Scratch {
     pub member: BackendMember,
     /// The remembered choice, copied out; then the new one.
     pub affinity: AffinityValue,
+    /// A first fragment's translation, before it is remembered
+    /// (`lb4_frag`).
+    pub frag_key: Frag4Key,
+    pub frag: Frag4Entry,
+    pub _pad2: u32,
 }
-const _: () = assert!(core::mem::size_of::<Lb4Scratch>() == 120);
+const _: () = assert!(core::mem::size_of::<Lb4Scratch>() == 152);
 
 #[cfg(feature = "user")]
 // SAFETY: plain `repr(C)` data, explicit padding, no invalid bit patterns.

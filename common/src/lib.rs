@@ -13,6 +13,7 @@ pub mod events;
 #[cfg(test)]
 mod golden;
 pub mod lb4_affinity;
+pub mod lb4_frag;
 pub mod lb4_scratch;
 pub mod maps;
 pub mod nat;

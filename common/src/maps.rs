@@ -171,6 +171,10 @@ pub mod names {
     /// `PerCpuArray<lb4_scratch::Lb4Scratch>` of one: the uplink
     /// translation's working memory (programs only).
     pub const LB4_SCRATCH: &str = "LB4_SCRATCH";
+    /// `LruHashMap<lb4_frag::Frag4Key, lb4_frag::Frag4Entry>`: how the
+    /// first fragment of a datagram was translated at the uplink, for its
+    /// later fragments (`from_uplink` and `from_pod` write and read).
+    pub const LB4_FRAGS: &str = "LB4_FRAGS";
 }
 
 /// Program names in the eBPF object (also their pin names under `progs/`).
@@ -262,6 +266,9 @@ pub mod limits {
     /// (outside client address, frontend) pairs with session affinity at
     /// the uplink; least recently used make room.
     pub const MAX_LB4_AFFINITY: u32 = 65536;
+    /// Fragmented datagrams in flight through the uplink's translation;
+    /// least recently used make room.
+    pub const MAX_LB4_FRAGS: u32 = 16384;
     /// Node addresses NodePorts answer on (every node's InternalIP and
     /// this node's own addresses).
     pub const MAX_NODE_ADDRESSES: u32 = 16384;

@@ -333,10 +333,19 @@ pub enum Nat4Counter {
     /// usable choice (none, expired, or its backend gone): picked at
     /// random and remembered.
     AffinityPicked = 11,
+    /// A first fragment (offset 0, more to come) translated; its
+    /// translation remembered in `LB4_FRAGS` for the later ones.
+    FragmentFirst = 12,
+    /// A later fragment translated through `LB4_FRAGS` and sent where its
+    /// first went.
+    FragmentForwarded = 13,
+    /// A later fragment with no `LB4_FRAGS` entry (not a Service's, or it
+    /// arrived before its first): left to the stack.
+    FragmentPassed = 14,
 }
 
 impl Nat4Counter {
-    pub const COUNT: u32 = 12;
+    pub const COUNT: u32 = 15;
     pub const ALL: [Nat4Counter; Self::COUNT as usize] = [
         Nat4Counter::NewLocal,
         Nat4Counter::NewRemote,
@@ -350,6 +359,9 @@ impl Nat4Counter {
         Nat4Counter::Reopened,
         Nat4Counter::AffinityReused,
         Nat4Counter::AffinityPicked,
+        Nat4Counter::FragmentFirst,
+        Nat4Counter::FragmentForwarded,
+        Nat4Counter::FragmentPassed,
     ];
 
     /// Name in `status` and metrics.
@@ -367,6 +379,9 @@ impl Nat4Counter {
             Nat4Counter::Reopened => "reopened",
             Nat4Counter::AffinityReused => "affinity_reused",
             Nat4Counter::AffinityPicked => "affinity_picked",
+            Nat4Counter::FragmentFirst => "fragment_first",
+            Nat4Counter::FragmentForwarded => "fragment_forwarded",
+            Nat4Counter::FragmentPassed => "fragment_passed",
         }
     }
 }
@@ -399,6 +414,9 @@ mod tests {
         Reopened = 9, "reopened";
         AffinityReused = 10, "affinity_reused";
         AffinityPicked = 11, "affinity_picked";
+        FragmentFirst = 12, "fragment_first";
+        FragmentForwarded = 13, "fragment_forwarded";
+        FragmentPassed = 14, "fragment_passed";
     });
 
     #[test]

@@ -36,6 +36,7 @@ use aya_ebpf::{
     programs::TcContext,
 };
 use sluice_common::{
+    lb4_frag::{FRAG4_LOCAL, FRAG4_REMOTE, FRAG4_REPLY, FRAG4_VIA_TUNNEL},
     maps::{FAST_PATH_MARK, REMOTE_NODE_VXLAN},
     nat::{
         close_bits, may_take_over, reachable_from_outside, syn_reopens, Lb4Config, Nat4Counter, Nat4Entry, Nat4Key,
@@ -75,12 +76,15 @@ pub const LB4_NEW_CONNECTION: u32 = 4;
 /// Its pair written: `sluice_lb4_send_new` sends the packet (never seen
 /// by the programs).
 pub const LB4_SEND_NEW: u32 = 5;
+/// A later fragment of an IPv4 datagram: `sluice_lb4_fragment` goes on
+/// (never seen by the programs).
+pub const LB4_FRAGMENT: u32 = 6;
 /// Added to a `DropReason`: drop it.
 pub const LB4_DROP: u32 = 0x100;
 
 const IPPROTO_TCP: u8 = 6;
 const IPPROTO_UDP: u8 = 17;
-const IP_MF_OFFSET: u16 = 0x3fff;
+const IP_OFFSET: u16 = 0x1fff;
 const IP_CSUM_OFF: usize = ETH_HLEN + 10;
 const IP_SRC_OFF: usize = ETH_HLEN + 12;
 const IP_DST_OFF: usize = ETH_HLEN + 16;
@@ -144,7 +148,7 @@ fn reason_from(code: u32) -> DropReason {
 }
 
 #[inline(always)]
-fn code(result: Result<u32, DropReason>) -> u32 {
+pub(crate) fn code(result: Result<u32, DropReason>) -> u32 {
     match result {
         Ok(c) => c,
         Err(reason) => reason as u32 + LB4_DROP,
@@ -168,6 +172,7 @@ pub fn from_uplink(ctx: &TcContext) -> Result<Lb4, DropReason> {
             LB4_SEND_NEW => outcome(sluice_lb4_send_new(ctx.skb.skb)),
             code => outcome(code),
         },
+        LB4_FRAGMENT => outcome(crate::lb4_frag::sluice_lb4_fragment(ctx.skb.skb)),
         code => outcome(code),
     }
 }
@@ -176,7 +181,10 @@ pub fn from_uplink(ctx: &TcContext) -> Result<Lb4, DropReason> {
 #[inline(always)]
 pub fn reply_from_pod(ctx: &TcContext) -> Result<Lb4, DropReason> {
     sluice_lb4_track_close(ctx.skb.skb, 1);
-    outcome(sluice_lb4_reply_from_pod(ctx.skb.skb))
+    match sluice_lb4_reply_from_pod(ctx.skb.skb) {
+        LB4_FRAGMENT => outcome(crate::lb4_frag::sluice_lb4_fragment(ctx.skb.skb)),
+        code => outcome(code),
+    }
 }
 
 /// A TCP connection's closing, before its packet is translated
@@ -353,6 +361,17 @@ pub extern "C" fn sluice_lb4_reply_from_pod(skb: *mut __sk_buff) -> u32 {
     code(try_reply_from_pod(&ctx))
 }
 
+/// `LB4_FRAGMENT` for a later fragment a Service's first may have gone
+/// before (`lb4_frag`), else `LB4_PASS`.
+#[inline(always)]
+fn later_fragment(ctx: &TcContext) -> u32 {
+    if crate::lb4_frag::later_fragment(ctx) {
+        LB4_FRAGMENT
+    } else {
+        LB4_PASS
+    }
+}
+
 /// The uplink's settings, when the translation is on.
 #[inline(always)]
 fn config() -> Option<Lb4Config> {
@@ -369,15 +388,16 @@ fn paused() -> bool {
     matches!(LB4_CONFIG.get(0), Some(c) if c.flags & LB4_PAUSED != 0)
 }
 
-/// The tuple of a TCP or UDP IPv4 packet without options, not a fragment,
-/// and its TTL; `None` for anything else (the stack's).
+/// The tuple of a TCP or UDP IPv4 packet without options, whole or the
+/// first fragment of its datagram (its ports are there; the later ones
+/// follow it: `lb4_frag`), and its TTL; `None` for anything else.
 #[inline(always)]
 fn tuple(ctx: &TcContext) -> Result<Option<(Nat4Key, u8)>, DropReason> {
     let Some((_, ip)) = parse::ipv4(ctx)? else { return Ok(None) };
     // SAFETY: bounds checked by parse::ipv4.
     let (version_ihl, frag_off_be, protocol, ttl, src_be, dst_be) =
         unsafe { ((*ip).version_ihl, (*ip).frag_off_be, (*ip).protocol, (*ip).ttl, (*ip).src_be, (*ip).dst_be) };
-    if version_ihl != 0x45 || u16::from_be(frag_off_be) & IP_MF_OFFSET != 0 {
+    if version_ihl != 0x45 || u16::from_be(frag_off_be) & IP_OFFSET != 0 {
         return Ok(None);
     }
     if protocol != IPPROTO_TCP && protocol != IPPROTO_UDP {
@@ -395,7 +415,7 @@ fn tuple(ctx: &TcContext) -> Result<Option<(Nat4Key, u8)>, DropReason> {
 #[inline(always)]
 fn try_from_uplink(ctx: &TcContext) -> Result<u32, DropReason> {
     let Some(config) = config() else { return Ok(LB4_PASS) };
-    let Some((mut key, ttl)) = tuple(ctx)? else { return Ok(LB4_PASS) };
+    let Some((mut key, ttl)) = tuple(ctx)? else { return Ok(later_fragment(ctx)) };
     // For a pod of this node: pod traffic, never a frontend (one lookup,
     // which spares cross-node pod traffic the rest).
     // SAFETY: only presence is read.
@@ -728,6 +748,12 @@ fn send_forward(ctx: &TcContext, key: &Nat4Key, entry: &Nat4Entry, ttl: u8) -> R
     if ttl <= 1 {
         return Err(DropReason::TtlExpired);
     }
+    let how = match (entry.next_hop_be, entry.flags & NAT4_VIA_TUNNEL) {
+        (0, _) => FRAG4_LOCAL,
+        (_, 0) => FRAG4_REMOTE,
+        _ => FRAG4_REMOTE | FRAG4_VIA_TUNNEL,
+    };
+    crate::lb4_frag::remember(ctx, key, entry.src_be, entry.dst_be, entry.next_hop_be, how);
     rewrite(ctx, key, entry)?;
     if entry.next_hop_be == 0 {
         return Ok(LB4_TO_LOCAL_POD);
@@ -763,6 +789,7 @@ fn reverse(ctx: &TcContext, key: &Nat4Key, entry: *mut Nat4Entry, ttl: u8) -> Re
     if ttl <= 1 {
         return Err(DropReason::TtlExpired);
     }
+    crate::lb4_frag::remember(ctx, key, e.src_be, e.dst_be, 0, FRAG4_REPLY);
     rewrite(ctx, key, &e)?;
     let ip: *mut Ipv4Hdr = parse::header_mut(ctx, ETH_HLEN)?;
     forward::decrement_ttl(ip);
@@ -787,7 +814,7 @@ fn try_reply_from_pod(ctx: &TcContext) -> Result<u32, DropReason> {
     if config().is_none() {
         return Ok(LB4_PASS);
     }
-    let Some((mut key, ttl)) = tuple(ctx)? else { return Ok(LB4_PASS) };
+    let Some((mut key, ttl)) = tuple(ctx)? else { return Ok(later_fragment(ctx)) };
     key.direction = NAT4_REPLY;
     match NAT4.get_ptr_mut(&key) {
         Some(entry) => reverse(ctx, &key, entry, ttl),

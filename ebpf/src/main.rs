@@ -47,6 +47,7 @@ mod from_uplink;
 mod from_uplink6;
 mod lb4;
 mod lb4_affinity;
+mod lb4_frag;
 mod maps;
 mod parse;
 mod policy;

@@ -7,11 +7,12 @@ use aya_ebpf::{
 };
 use sluice_common::{
     maps::limits::{
-        EVENTS_BYTES, MAX_AFFINITY, MAX_BACKENDS, MAX_ENDPOINTS, MAX_IFACES, MAX_LB4_AFFINITY, MAX_LB4_SOURCE_RANGES, MAX_NAT4,
+        EVENTS_BYTES, MAX_AFFINITY, MAX_BACKENDS, MAX_ENDPOINTS, MAX_IFACES, MAX_LB4_AFFINITY, MAX_LB4_FRAGS, MAX_LB4_SOURCE_RANGES, MAX_NAT4,
         MAX_NODE_ADDRESSES, MAX_NODE_ROUTES, MAX_POLICY_CT, MAX_POLICY_IDENTITIES, MAX_POLICY_RULES, MAX_SERVICES,
         MAX_SOCK_REVERSE, MAX_STACK_FLOWS,
     },
     lb4_affinity::Lb4AffinityKey,
+    lb4_frag::{Frag4Entry, Frag4Key},
     lb4_scratch::Lb4Scratch,
     nat::{Lb4Config, Nat4Counter, Nat4Entry, Nat4Key, SourceRangeKey},
     policy::{
@@ -207,3 +208,8 @@ pub static LB4_AFFINITY: LruHashMap<Lb4AffinityKey, AffinityValue> =
 /// The uplink translation's working memory (`Lb4Scratch`).
 #[map]
 pub static LB4_SCRATCH: PerCpuArray<Lb4Scratch> = PerCpuArray::with_max_entries(1, 0);
+
+/// How each fragmented datagram's first fragment was translated
+/// (`lb4_frag`).
+#[map]
+pub static LB4_FRAGS: LruHashMap<Frag4Key, Frag4Entry> = LruHashMap::with_max_entries(MAX_LB4_FRAGS, 0);

@@ -9,6 +9,10 @@
 #   stream IP PORT SECONDS   one TCP connection kept open, a line each 50 ms;
 #                            prints each echoed line's round trip, then "done"
 #   udp-serve IP PORT NAME   a UDP server answering every datagram with NAME
+#                            (a datagram over 200 bytes: NAME, a newline and
+#                            the datagram itself, an echo)
+#   udp-big IP PORT N SIZE   N connected UDP sockets, one SIZE-byte datagram
+#                            each; ok only if the echo comes back whole
 #   udp-stream IP PORT SECONDS  one connected UDP socket, a datagram each 50 ms
 #                            (waiting on the socket, so an error wakes it); on
 #                            an error prints it (the socket's pending error
@@ -81,8 +85,26 @@ elif mode == "udp-serve":
     s = socket.socket(family, socket.SOCK_DGRAM)
     s.bind((ip, port))
     while True:
-        _, src = s.recvfrom(200)
-        s.sendto(n.encode() + b"\n", src)
+        data, src = s.recvfrom(65535)
+        s.sendto(n.encode() + b"\n" + (data if len(data) > 200 else b""), src)
+elif mode == "udp-big":
+    size = int(sys.argv[5])
+    for i in range(int(n)):
+        try:
+            s = socket.socket(family, socket.SOCK_DGRAM)
+            s.settimeout(2)
+            s.connect((ip, port))
+            data = bytes((i + j) % 251 for j in range(size))
+            s.send(data)
+            reply, src = s.recvfrom(65535)
+            s.close()
+            name, _, echoed = reply.partition(b"\n")
+            if echoed == data:
+                print("ok peer=%s answer=%s" % (addr(src), name.decode(errors="replace")), flush=True)
+            else:
+                print("err ECHO_%d_OF_%d_BYTES" % (len(echoed), size), flush=True)
+        except OSError as e:
+            err(e)
 elif mode == "udp-stream":
     end = time.time() + float(n)
     s = None

@@ -265,6 +265,36 @@ fn client_ip_affinity_sends_every_world_connection_to_one_backend() {
     assert!(pods.iter().all(|(_, _, pod)| t.get(pod).copied().unwrap_or(0) >= 3), "without affinity both: {t:?}");
 }
 
+/// Fragments of a UDP datagram through a NodePort (`LB4_FRAGS`): the world
+/// sends 50 datagrams of 3,000 bytes (its kernel cuts each into three
+/// fragments at MTU 1500) through node 1's address, to UDP echo servers in
+/// pods on node 1 (DNAT) and node 2 (DNAT and SNAT); each backend's answer
+/// (name and the datagram, fragmented by the pod's kernel) comes back
+/// whole, and both backends answer. Without the fragment path only the
+/// first fragment of each reaches a backend: every datagram times out.
+#[test]
+fn fragmented_udp_datagrams_through_a_node_port_reach_one_backend_and_come_back_whole() {
+    require_root();
+    let mut lab = services::lab(2, 1).unwrap();
+    let world = cluster::add_world(&mut lab).unwrap();
+    assert_no_kube_proxy_rules(&lab);
+    let backends: Vec<(String, String)> =
+        lab.state.nodes.iter().map(|n| (n.name.clone(), n.pods[0].ip.clone())).collect();
+    let refs: Vec<(&str, &str)> = backends.iter().map(|(n, ip)| (n.as_str(), ip.as_str())).collect();
+    let (_, udp_np) = publish_node_port(&lab, &refs);
+    let ip1 = node_ip(&lab, 0);
+    let out = world_client(&world, &["udp-big", &ip1, &udp_np.to_string(), "50", "3000"]);
+    let t = tally(&out);
+    assert_eq!(oks(&out), 50, "world → {ip1}:{udp_np}/UDP, 3,000-byte datagrams: {t:?} {:?}", nat4(&lab, 0));
+    let names: Vec<&str> = lab.state.nodes.iter().map(|n| n.pods[0].name.as_str()).collect();
+    assert!(names.iter().all(|n| t.get(*n).copied().unwrap_or(0) >= 5), "both backends: {t:?}");
+    let c = nat4(&lab, 0);
+    // Per datagram: the request's first fragment and the answer's, the
+    // request's two later ones and the answer's (at least two: the pod's
+    // MTU is below the uplink's).
+    assert!(c["fragment_first"] >= 100 && c["fragment_forwarded"] >= 200, "{c:?}");
+}
+
 /// A Service without endpoints, from the world, is refused at once as by
 /// kube-proxy's REJECT: `connect()` fails with `ECONNREFUSED` (the
 /// uplink's TCP RST) and a connected UDP socket gets `ECONNREFUSED` (its

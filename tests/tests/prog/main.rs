@@ -16,6 +16,7 @@ mod from_pod;
 mod from_pod6;
 mod from_uplink;
 mod lb4_affinity;
+mod lb4_frag;
 mod malformed;
 mod nodeport;
 mod policy6;

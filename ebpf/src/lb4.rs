@@ -45,8 +45,8 @@ use sluice_common::{
     },
     reject,
     services::{
-        frontend_kind, Backend, ServiceKey, ServiceValue, NODE_ADDRESS_LOCAL, SCOPE_ADDRESS, SERVICE_NO_LOCAL_ENDPOINTS,
-        SERVICE_SOURCE_RANGES,
+        frontend_kind, Backend, ServiceKey, ServiceValue, NODE_ADDRESS_LOCAL, SCOPE_ADDRESS,
+        SERVICE_NO_LOCAL_ENDPOINTS, SERVICE_SOURCE_RANGES,
     },
     DropReason, ForwardPath, HookDirection,
 };
@@ -55,8 +55,8 @@ use crate::{
     counters::{count_drop, count_forward},
     forward,
     maps::{
-        ENDPOINTS, LB4_CONFIG, LB4_SCRATCH, LB4_SOURCE_RANGES, NAT4, NAT4_STATS, NODE_ADDRESSES, NODE_CONFIG, NODE_ROUTES,
-        SERVICES,
+        ENDPOINTS, LB4_CONFIG, LB4_SCRATCH, LB4_SOURCE_RANGES, NAT4, NAT4_STATS, NODE_ADDRESSES, NODE_CONFIG,
+        NODE_ROUTES, SERVICES,
     },
     parse::{self, Ipv4Hdr, Ports, ETH_HLEN, L4_OFF},
 };

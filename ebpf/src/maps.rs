@@ -6,14 +6,14 @@ use aya_ebpf::{
     maps::{Array, HashMap, LpmTrie, LruHashMap, PerCpuArray, PerCpuHashMap, RingBuf},
 };
 use sluice_common::{
-    maps::limits::{
-        EVENTS_BYTES, MAX_AFFINITY, MAX_BACKENDS, MAX_ENDPOINTS, MAX_IFACES, MAX_LB4_AFFINITY, MAX_LB4_FRAGS, MAX_LB4_SOURCE_RANGES, MAX_NAT4,
-        MAX_NODE_ADDRESSES, MAX_NODE_ROUTES, MAX_POLICY_CT, MAX_POLICY_IDENTITIES, MAX_POLICY_RULES, MAX_SERVICES,
-        MAX_SOCK_REVERSE, MAX_STACK_FLOWS,
-    },
     lb4_affinity::Lb4AffinityKey,
     lb4_frag::{Frag4Entry, Frag4Key},
     lb4_scratch::Lb4Scratch,
+    maps::limits::{
+        EVENTS_BYTES, MAX_AFFINITY, MAX_BACKENDS, MAX_ENDPOINTS, MAX_IFACES, MAX_LB4_AFFINITY, MAX_LB4_FRAGS,
+        MAX_LB4_SOURCE_RANGES, MAX_NAT4, MAX_NODE_ADDRESSES, MAX_NODE_ROUTES, MAX_POLICY_CT, MAX_POLICY_IDENTITIES,
+        MAX_POLICY_RULES, MAX_SERVICES, MAX_SOCK_REVERSE, MAX_STACK_FLOWS,
+    },
     nat::{Lb4Config, Nat4Counter, Nat4Entry, Nat4Key, SourceRangeKey},
     policy::{
         CtEntry, CtKey, CtKey6, EndpointPolicy, PeerIdentity, PodNameKey, PodPolicy, PolicyKey, PolicyScratch6,
@@ -202,8 +202,7 @@ pub static LB4_SOURCE_RANGES: LpmTrie<SourceRangeKey, u32> = LpmTrie::with_max_e
 
 /// `sessionAffinity: ClientIP` for clients from outside (`lb4_affinity`).
 #[map]
-pub static LB4_AFFINITY: LruHashMap<Lb4AffinityKey, AffinityValue> =
-    LruHashMap::with_max_entries(MAX_LB4_AFFINITY, 0);
+pub static LB4_AFFINITY: LruHashMap<Lb4AffinityKey, AffinityValue> = LruHashMap::with_max_entries(MAX_LB4_AFFINITY, 0);
 
 /// The uplink translation's working memory (`Lb4Scratch`).
 #[map]

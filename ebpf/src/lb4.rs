@@ -758,22 +758,31 @@ fn send_forward(ctx: &TcContext, key: &Nat4Key, entry: &Nat4Entry, ttl: u8) -> R
     if entry.next_hop_be == 0 {
         return Ok(LB4_TO_LOCAL_POD);
     }
+    to_backend_node(ctx, entry.next_hop_be, entry.flags & NAT4_VIA_TUNNEL != 0)
+}
+
+/// A translated packet (a connection's first, or a later fragment of its
+/// datagram) to its backend's node `next_hop_be`: TTL decremented, out of
+/// the uplink natively or through the VXLAN device.
+#[inline(always)]
+pub(crate) fn to_backend_node(ctx: &TcContext, next_hop_be: u32, via_tunnel: bool) -> Result<u32, DropReason> {
+    // The rewrite's helpers invalidated packet pointers: parse again.
     let ip: *mut Ipv4Hdr = parse::header_mut(ctx, ETH_HLEN)?;
     forward::decrement_ttl(ip);
     let (uplink_ifindex, vxlan_ifindex) = match (NODE_CONFIG.get(0), crate::maps::TUNNEL_CONFIG.get(0)) {
         (Some(c), t) => (c.uplink_ifindex, t.map(|t| t.vxlan_ifindex).unwrap_or(0)),
         (None, _) => (0, 0),
     };
-    if entry.flags & NAT4_VIA_TUNNEL != 0 {
+    if via_tunnel {
         if vxlan_ifindex == 0 {
             return Err(DropReason::NoTunnel);
         }
-        crate::tunnel::device::to_node(ctx, vxlan_ifindex, entry.next_hop_be)?;
+        crate::tunnel::device::to_node(ctx, vxlan_ifindex, next_hop_be)?;
     } else {
         if uplink_ifindex == 0 {
             return Err(DropReason::NoUplink);
         }
-        forward::to_node(ctx, uplink_ifindex, entry.next_hop_be)?;
+        forward::to_node(ctx, uplink_ifindex, next_hop_be)?;
     }
     count_forward(ctx, ForwardPath::UplinkToService);
     Ok(LB4_SENT)

@@ -119,28 +119,13 @@ fn try_fragment(ctx: &TcContext) -> Result<u32, DropReason> {
         // Into the backend through the caller's door (TTL there).
         return Ok(LB4_TO_LOCAL_POD);
     }
+    if e.flags & FRAG4_REMOTE != 0 {
+        return crate::lb4::to_backend_node(ctx, e.next_hop_be, e.flags & FRAG4_VIA_TUNNEL != 0);
+    }
     // The helpers above invalidated packet pointers: parse again.
     let ip: *mut Ipv4Hdr = parse::header_mut(ctx, ETH_HLEN)?;
     forward::decrement_ttl(ip);
-    let (uplink_ifindex, vxlan_ifindex) = match (NODE_CONFIG.get(0), crate::maps::TUNNEL_CONFIG.get(0)) {
-        (Some(c), t) => (c.uplink_ifindex, t.map(|t| t.vxlan_ifindex).unwrap_or(0)),
-        (None, _) => (0, 0),
-    };
-    if e.flags & FRAG4_REMOTE != 0 {
-        if e.flags & FRAG4_VIA_TUNNEL != 0 {
-            if vxlan_ifindex == 0 {
-                return Err(DropReason::NoTunnel);
-            }
-            crate::tunnel::device::to_node(ctx, vxlan_ifindex, e.next_hop_be)?;
-        } else {
-            if uplink_ifindex == 0 {
-                return Err(DropReason::NoUplink);
-            }
-            forward::to_node(ctx, uplink_ifindex, e.next_hop_be)?;
-        }
-        count_forward(ctx, ForwardPath::UplinkToService);
-        return Ok(LB4_SENT);
-    }
+    let uplink_ifindex = NODE_CONFIG.get(0).map(|c| c.uplink_ifindex).unwrap_or(0);
     if e.flags & FRAG4_REPLY == 0 || uplink_ifindex == 0 {
         return Err(DropReason::NoUplink);
     }

@@ -355,13 +355,19 @@ fn attach_or_update(
 /// How often a program's load is tried when the verifier was interrupted.
 const LOAD_ATTEMPTS: u32 = 5;
 
-/// Load one program, again when the verifier was interrupted: since Linux
-/// 4.20 it stops with EAGAIN when a signal is pending for the loading
-/// thread (a tokio runtime's SIGCHLD, a test harness's), and the bigger the
-/// program the likelier (NetworkPolicy's judge made `from_pod` ~40,000
-/// verified instructions). libbpf retries such a load 5 times, aya 0.14 not
-/// at all; a failed load leaves the program unloaded, so it can be retried.
+/// Load one program, with the loading thread's signals held back and again
+/// when the verifier was interrupted anyway. Since Linux 4.20 the verifier
+/// stops with EAGAIN when a signal is pending for the loading thread (a
+/// tokio runtime's SIGCHLD whenever any thread's child exits), and the
+/// bigger the program the likelier (NetworkPolicy's judge made `from_pod`
+/// ~40,000 verified instructions): with children exiting all the time,
+/// five tries in a row were interrupted (CI, a test binary running 100
+/// loads in parallel). A signal the thread blocks is delivered to another
+/// thread, or to this one once the load is done, and never interrupts it.
+/// libbpf retries such a load 5 times, aya 0.14 not at all; a failed load
+/// leaves the program unloaded, so it can be retried.
 fn load_retrying(name: &str, mut load: impl FnMut() -> Result<(), aya::programs::ProgramError>) -> Result<()> {
+    let _held = SignalsHeld::new().context("hold back signals while the verifier runs")?;
     let mut attempt = 1;
     loop {
         match load() {
@@ -371,6 +377,25 @@ fn load_retrying(name: &str, mut load: impl FnMut() -> Result<(), aya::programs:
             }
             result => return result.with_context(|| format!("load program {name} (verifier)")),
         }
+    }
+}
+
+/// Every blockable signal blocked in this thread until dropped, then the
+/// thread's earlier mask again.
+struct SignalsHeld(nix::sys::signal::SigSet);
+
+impl SignalsHeld {
+    fn new() -> nix::Result<Self> {
+        use nix::sys::signal::{pthread_sigmask, SigSet, SigmaskHow};
+        let mut before = SigSet::empty();
+        pthread_sigmask(SigmaskHow::SIG_BLOCK, Some(&SigSet::all()), Some(&mut before))?;
+        Ok(Self(before))
+    }
+}
+
+impl Drop for SignalsHeld {
+    fn drop(&mut self) {
+        let _ = nix::sys::signal::pthread_sigmask(nix::sys::signal::SigmaskHow::SIG_SETMASK, Some(&self.0), None);
     }
 }
 
@@ -407,6 +432,34 @@ mod load_retry_tests {
         });
         assert!(result.is_ok(), "{result:?}");
         assert_eq!(calls.get(), 3);
+    }
+
+    fn this_threads_mask() -> nix::sys::signal::SigSet {
+        nix::sys::signal::SigSet::thread_get_mask().unwrap()
+    }
+
+    #[test]
+    fn signals_are_held_back_while_a_program_loads_and_let_through_after() {
+        use nix::sys::signal::Signal;
+        // On a thread of its own: the harness's threads keep their masks.
+        std::thread::spawn(|| {
+            assert!(!this_threads_mask().contains(Signal::SIGCHLD));
+            let mut during = None;
+            load_retrying("from_pod", || {
+                during = Some(this_threads_mask());
+                Ok(())
+            })
+            .unwrap();
+            let during = during.unwrap();
+            for signal in [Signal::SIGCHLD, Signal::SIGTERM, Signal::SIGINT, Signal::SIGUSR1, Signal::SIGALRM] {
+                assert!(during.contains(signal), "{signal} not blocked while loading");
+            }
+            assert!(!this_threads_mask().contains(Signal::SIGCHLD), "the mask is restored after the load");
+            let _ = load_retrying("to_pod", || Err(failed(libc::EINVAL)));
+            assert!(!this_threads_mask().contains(Signal::SIGTERM), "and after a refused load");
+        })
+        .join()
+        .unwrap();
     }
 
     #[test]

@@ -25,6 +25,21 @@ impl IpFamily {
     }
 }
 
+/// `--lb-mode`: how a connection from outside the cluster (NodePort,
+/// externalIP, LoadBalancer IP) reaches a backend on another node.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, clap::ValueEnum)]
+pub enum LbMode {
+    /// The entry node SNATs it to its own address and a port of
+    /// --snat-port-range; the answer comes back through it.
+    #[default]
+    Snat,
+    /// Direct server return: the entry node DNATs only (the backend sees
+    /// the client's address) and carries the frontend to the backend's
+    /// node in an IPv4 option; that node answers the client directly, as
+    /// from the frontend. Natively and over sluice's VXLAN.
+    Dsr,
+}
+
 /// What the agent needs to know about its node.
 #[derive(Clone, Debug, clap::Args)]
 pub struct AgentConfig {
@@ -162,6 +177,12 @@ pub struct AgentConfig {
     /// NodePort range.
     #[arg(long, env = "SLUICE_SNAT_PORT_RANGE", default_value_t = crate::services::snat_ports::DEFAULT_SNAT_PORT_RANGE)]
     pub snat_port_range: crate::port_ownership::ranges::PortRange,
+    /// With --kube-proxy-replacement: `snat` (default) or `dsr` (direct
+    /// server return: a backend on another node answers the client itself;
+    /// every node of the cluster must run with the same mode, as each one
+    /// strips the option for its own backends).
+    #[arg(long, env = "SLUICE_LB_MODE", value_enum, default_value_t = LbMode::Snat)]
+    pub lb_mode: LbMode,
     /// The cgroup v2 directory the socket load balancer attaches to: every
     /// process below it is covered. Default: the host's cgroup2 mount (its
     /// root, so host-network processes are covered too).
@@ -382,6 +403,7 @@ mod tests {
             health_netns: None,
             kube_proxy_replacement: false,
             snat_port_range: crate::services::snat_ports::DEFAULT_SNAT_PORT_RANGE,
+            lb_mode: LbMode::Snat,
             cgroup_root: None,
             netns_dir: None,
             mtu: None,

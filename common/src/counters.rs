@@ -83,10 +83,19 @@ pub enum DropReason {
     /// connection is written into a table about to be left behind; the
     /// client's retransmission (a second later) finds the new one.
     Nat4Migrating = 24,
+    /// `--lb-mode=dsr`: a packet for a backend on another node that the
+    /// DSR option would take past the egress MTU. Not silent: the client
+    /// is answered with an ICMP fragmentation needed carrying the MTU
+    /// less the option (`sluice_common::reject::icmp_frag_needed`).
+    DsrFragNeeded = 25,
+    /// A packet for a local pod carrying sluice's DSR IPv4 option whose
+    /// frontend is no Service frontend of this cluster (or is malformed):
+    /// never delivered, so no reply entry is written for it.
+    DsrOptionRefused = 26,
 }
 
 impl DropReason {
-    pub const COUNT: u32 = 25;
+    pub const COUNT: u32 = 27;
     pub const ALL: [DropReason; Self::COUNT as usize] = [
         DropReason::Truncated,
         DropReason::SourceSpoofed,
@@ -113,6 +122,8 @@ impl DropReason {
         DropReason::ServiceNoLocalEndpoints,
         DropReason::LoadBalancerSourceRange,
         DropReason::Nat4Migrating,
+        DropReason::DsrFragNeeded,
+        DropReason::DsrOptionRefused,
     ];
 
     /// Stable name: the label in `status` and metrics.
@@ -143,6 +154,8 @@ impl DropReason {
             DropReason::ServiceNoLocalEndpoints => "service_no_local_endpoints",
             DropReason::LoadBalancerSourceRange => "load_balancer_source_range",
             DropReason::Nat4Migrating => "nat4_migrating",
+            DropReason::DsrFragNeeded => "dsr_frag_needed",
+            DropReason::DsrOptionRefused => "dsr_option_refused",
         }
     }
 }
@@ -380,6 +393,8 @@ mod tests {
         ServiceNoLocalEndpoints = 22, "service_no_local_endpoints";
         LoadBalancerSourceRange = 23, "load_balancer_source_range";
         Nat4Migrating = 24, "nat4_migrating";
+        DsrFragNeeded = 25, "dsr_frag_needed";
+        DsrOptionRefused = 26, "dsr_option_refused";
     });
 
     const FORWARD_PATHS: &[(ForwardPath, u32, &str)] = &golden!(ForwardPath {

@@ -68,6 +68,13 @@ pub const NAT4_FIN_CLIENT: u32 = 8;
 pub const NAT4_FIN_BACKEND: u32 = 16;
 /// `Nat4Entry::flags`: either side sent an RST (TCP). Set on both halves.
 pub const NAT4_RST: u32 = 32;
+/// `Nat4Entry::flags`: a half of a direct server return connection
+/// (`--lb-mode=dsr`), which has no twin on its node. On the entry node, a
+/// forward entry: DNAT only (the client's address and port kept), the
+/// frontend carried to the backend's node in the DSR IPv4 option. On the
+/// backend's node, a reply entry written from that option: the local
+/// backend's answers leave as from the frontend, straight to the client.
+pub const NAT4_DSR: u32 = 64;
 
 /// TCP header flags (byte 13 of the header).
 pub const TCP_FIN: u8 = 0x01;
@@ -244,6 +251,10 @@ pub const SOURCE_RANGE_FRONTEND_BITS: u32 = 64;
 /// (`--kube-proxy-replacement=true`). Without it `from_uplink` leaves
 /// every packet to the stack (kube-proxy's rules), as before.
 pub const LB4_ENABLED: u32 = 1;
+/// `Lb4Config::flags`: `--lb-mode=dsr`: a backend on another node answers
+/// the client directly (direct server return) instead of through this
+/// node's SNAT.
+pub const LB4_DSR: u32 = 4;
 
 /// `Lb4Config::flags`: new connections from outside are dropped
 /// (`DropReason::Nat4Migrating`) while existing ones carry on. Set by an
@@ -290,6 +301,105 @@ impl Lb4Config {
         let offset = seed.wrapping_add(attempt.wrapping_mul(7919)) % span;
         (self.snat_port_min as u32 + offset) as u16
     }
+}
+
+/// Direct server return (`--lb-mode=dsr`): the entry node DNATs a
+/// client's packet for a backend on another node and keeps the client's
+/// address and port; the frontend the client named travels to the
+/// backend's node in an IPv4 option inserted right after the fixed
+/// header, which that node strips, recording a reply entry from it.
+///
+/// The option, 8 bytes: type `DSR_OPTION_TYPE`, length 8, the frontend's
+/// port, then its address (both network order). Type 30 with the copy
+/// flag and class 0 is the number RFC 4727 sets aside for experiments
+/// (`0x1e`): no standard option is taken, and a Linux host that receives
+/// it unstripped ignores it (`ip_options_compile` skips unknown types).
+pub const DSR_OPTION_TYPE: u8 = 0x1e;
+/// Bytes the option adds to the packet (and to its IPv4 header).
+pub const DSR_OPTION_LEN: usize = 8;
+/// The IPv4 header with the option: 20 bytes + the option.
+pub const DSR_IPV4_HEADER_LEN: usize = 20 + DSR_OPTION_LEN;
+/// `version_ihl` of such a header (IHL 7 words).
+pub const DSR_VERSION_IHL: u8 = 0x40 | (DSR_IPV4_HEADER_LEN / 4) as u8;
+
+/// The option's bytes for a frontend (`frontend_be`, `port_be` as in the
+/// packet: their memory bytes are the wire's).
+pub const fn dsr_option(frontend_be: u32, port_be: u16) -> [u8; DSR_OPTION_LEN] {
+    let a = frontend_be.to_ne_bytes();
+    let p = port_be.to_ne_bytes();
+    [DSR_OPTION_TYPE, DSR_OPTION_LEN as u8, p[0], p[1], a[0], a[1], a[2], a[3]]
+}
+
+/// The frontend in an option's bytes (as `dsr_option` takes it), or
+/// `None` when they are not sluice's DSR option.
+pub const fn dsr_frontend(option: &[u8; DSR_OPTION_LEN]) -> Option<(u32, u16)> {
+    if option[0] != DSR_OPTION_TYPE || option[1] != DSR_OPTION_LEN as u8 {
+        return None;
+    }
+    let port_be = u16::from_ne_bytes([option[2], option[3]]);
+    let frontend_be = u32::from_ne_bytes([option[4], option[5], option[6], option[7]]);
+    if frontend_be == 0 || port_be == 0 {
+        return None;
+    }
+    Some((frontend_be, port_be))
+}
+
+/// Does a packet of `l3_len` bytes (IPv4 header and on) still fit
+/// `egress_mtu` once the option is in? A GSO packet is measured per
+/// segment by the caller (`bpf_check_mtu` does both).
+pub const fn dsr_fits(l3_len: u32, egress_mtu: u32) -> bool {
+    l3_len + DSR_OPTION_LEN as u32 <= egress_mtu
+}
+
+/// The MTU a too-big client is told (ICMP fragmentation needed): the
+/// egress path's, less the option, so its next packet fits with it.
+pub const fn dsr_client_mtu(egress_mtu: u32) -> u16 {
+    let m = egress_mtu.saturating_sub(DSR_OPTION_LEN as u32);
+    if m > u16::MAX as u32 {
+        u16::MAX
+    } else {
+        m as u16
+    }
+}
+
+/// The IPv4 header checksum (RFC 791, RFC 1071) of `header`, whose
+/// checksum field (bytes 10–11) is taken as zero. Network order.
+pub fn ipv4_header_checksum(header: &[u8]) -> u16 {
+    let mut sum: u32 = 0;
+    let mut i = 0;
+    while i + 1 < header.len() {
+        if i != 10 {
+            sum += u16::from_be_bytes([header[i], header[i + 1]]) as u32;
+        }
+        i += 2;
+    }
+    sum = (sum & 0xffff) + (sum >> 16);
+    sum = (sum & 0xffff) + (sum >> 16);
+    !(sum as u16)
+}
+
+/// Turn `header`, an IPv4 header without options followed by 8 bytes of
+/// room, into one carrying the DSR option for the frontend: IHL 7, total
+/// length + 8, the option, the checksum. `tot_len` stays as is if it
+/// would overflow (the caller refuses such a packet first).
+pub fn dsr_insert_option(header: &mut [u8; DSR_IPV4_HEADER_LEN], frontend_be: u32, port_be: u16) {
+    header[0] = DSR_VERSION_IHL;
+    let tot = u16::from_be_bytes([header[2], header[3]]).saturating_add(DSR_OPTION_LEN as u16);
+    header[2..4].copy_from_slice(&tot.to_be_bytes());
+    header[20..].copy_from_slice(&dsr_option(frontend_be, port_be));
+    let c = ipv4_header_checksum(header);
+    header[10..12].copy_from_slice(&c.to_be_bytes());
+}
+
+/// The other way: `header` (its first 20 bytes, once the option's 8 are
+/// gone) back to an IPv4 header without options: IHL 5, total length − 8,
+/// the checksum.
+pub fn dsr_strip_option(header: &mut [u8; 20]) {
+    header[0] = 0x45;
+    let tot = u16::from_be_bytes([header[2], header[3]]).saturating_sub(DSR_OPTION_LEN as u16);
+    header[2..4].copy_from_slice(&tot.to_be_bytes());
+    let c = ipv4_header_checksum(header);
+    header[10..12].copy_from_slice(&c.to_be_bytes());
 }
 
 /// Does a packet from outside the cluster to this kind of frontend get
@@ -342,10 +452,19 @@ pub enum Nat4Counter {
     /// A later fragment with no `LB4_FRAGS` entry (not a Service's, or it
     /// arrived before its first): left to the stack.
     FragmentPassed = 14,
+    /// `--lb-mode=dsr`, the entry node: a packet sent to a backend's node
+    /// with the DSR option (a TCP SYN, every UDP datagram).
+    DsrOptionSent = 15,
+    /// `--lb-mode=dsr`, the backend's node: a packet with the DSR option
+    /// for a local pod: its reply entry written, the option stripped.
+    DsrReplyRecorded = 16,
+    /// `--lb-mode=dsr`, the entry node: a packet the option would take
+    /// past the egress MTU, answered with ICMP fragmentation needed.
+    DsrFragNeeded = 17,
 }
 
 impl Nat4Counter {
-    pub const COUNT: u32 = 15;
+    pub const COUNT: u32 = 18;
     pub const ALL: [Nat4Counter; Self::COUNT as usize] = [
         Nat4Counter::NewLocal,
         Nat4Counter::NewRemote,
@@ -362,6 +481,9 @@ impl Nat4Counter {
         Nat4Counter::FragmentFirst,
         Nat4Counter::FragmentForwarded,
         Nat4Counter::FragmentPassed,
+        Nat4Counter::DsrOptionSent,
+        Nat4Counter::DsrReplyRecorded,
+        Nat4Counter::DsrFragNeeded,
     ];
 
     /// Name in `status` and metrics.
@@ -382,6 +504,9 @@ impl Nat4Counter {
             Nat4Counter::FragmentFirst => "fragment_first",
             Nat4Counter::FragmentForwarded => "fragment_forwarded",
             Nat4Counter::FragmentPassed => "fragment_passed",
+            Nat4Counter::DsrOptionSent => "dsr_option_sent",
+            Nat4Counter::DsrReplyRecorded => "dsr_reply_recorded",
+            Nat4Counter::DsrFragNeeded => "dsr_frag_needed",
         }
     }
 }
@@ -417,6 +542,9 @@ mod tests {
         FragmentFirst = 12, "fragment_first";
         FragmentForwarded = 13, "fragment_forwarded";
         FragmentPassed = 14, "fragment_passed";
+        DsrOptionSent = 15, "dsr_option_sent";
+        DsrReplyRecorded = 16, "dsr_reply_recorded";
+        DsrFragNeeded = 17, "dsr_frag_needed";
     });
 
     #[test]
@@ -534,6 +662,53 @@ mod tests {
         // Only a bare SYN: not a SYN-ACK, not a plain segment.
         assert!(!syn_reopens(NAT4_RST, TCP_SYN | TCP_ACK));
         assert!(!syn_reopens(NAT4_RST, TCP_ACK));
+    }
+
+    #[test]
+    fn the_dsr_option_carries_the_frontend_and_the_header_stays_valid() {
+        let frontend_be = u32::from_ne_bytes([172, 30, 0, 1]);
+        let port_be = 30080u16.to_be();
+        let opt = dsr_option(frontend_be, port_be);
+        assert_eq!(opt, [0x1e, 8, 0x75, 0x80, 172, 30, 0, 1], "type, length, port, address: wire order");
+        assert_eq!(dsr_frontend(&opt), Some((frontend_be, port_be)));
+        for bad in [
+            [0x1f, 8, 1, 1, 1, 1, 1, 1],
+            [0x1e, 4, 1, 1, 1, 1, 1, 1],
+            [0x1e, 8, 0, 0, 1, 1, 1, 1],
+            [0x1e, 8, 1, 1, 0, 0, 0, 0],
+        ] {
+            assert_eq!(dsr_frontend(&bad), None, "{bad:?}");
+        }
+        // A UDP datagram's header, 192.0.2.1 → 10.244.2.9, 1400 bytes.
+        let mut h = [0u8; DSR_IPV4_HEADER_LEN];
+        h[..20].copy_from_slice(&[0x45, 0, 0x05, 0x78, 0x12, 0x34, 0x40, 0, 63, 17, 0, 0, 192, 0, 2, 1, 10, 244, 2, 9]);
+        let c = ipv4_header_checksum(&h[..20]);
+        h[10..12].copy_from_slice(&c.to_be_bytes());
+        let plain: [u8; 20] = h[..20].try_into().unwrap();
+        dsr_insert_option(&mut h, frontend_be, port_be);
+        assert_eq!((h[0], u16::from_be_bytes([h[2], h[3]])), (0x47, 1408));
+        assert_eq!(&h[20..], &opt);
+        // A header that checks out sums (checksum included) to 0xffff.
+        let sum = |b: &[u8]| {
+            let mut s: u32 = b.chunks(2).map(|w| u16::from_be_bytes([w[0], w[1]]) as u32).sum();
+            s = (s & 0xffff) + (s >> 16);
+            (s & 0xffff) + (s >> 16)
+        };
+        assert_eq!(sum(&h), 0xffff, "checksum over the 28 bytes");
+        let mut back: [u8; 20] = h[..20].try_into().unwrap();
+        dsr_strip_option(&mut back);
+        assert_eq!(back, plain, "stripped: the header as it was");
+    }
+
+    #[test]
+    fn the_dsr_mtu_rule_counts_the_option() {
+        assert!(dsr_fits(1492, 1500));
+        assert!(!dsr_fits(1493, 1500));
+        assert_eq!(dsr_client_mtu(1500), 1492);
+        // Over VXLAN the device's MTU (the uplink's less 50) is the egress.
+        assert!(dsr_fits(1442, 1450) && !dsr_fits(1443, 1450));
+        assert_eq!(dsr_client_mtu(1450), 1442);
+        assert_eq!(dsr_client_mtu(4), 0);
     }
 
     #[test]

@@ -40,6 +40,7 @@ const TCP_FIN: u8 = 0x01;
 const TCP_ACK: u8 = 0x10;
 const ICMP_DEST_UNREACH: u8 = 3;
 const ICMP_PORT_UNREACH: u8 = 3;
+const ICMP_FRAG_NEEDED: u8 = 4;
 
 /// The one's complement sum (RFC 1071) of `bytes` as big-endian 16-bit
 /// words, added to `sum`, not folded. `bytes` has an even length.
@@ -132,13 +133,33 @@ pub fn tcp_reset(frame: &mut [u8; TCP_RESET_LEN]) {
 /// `ICMP_UNREACHABLE_LEN` first.
 #[inline(always)]
 pub fn icmp_port_unreachable(frame: &mut [u8; ICMP_UNREACHABLE_LEN]) {
+    icmp_unreachable(frame, ICMP_PORT_UNREACH, 0);
+}
+
+/// Rewrite `frame`, whose first `UDP_REQUEST_LEN` bytes are a packet's
+/// Ethernet, IPv4 (no options) and first 8 transport bytes, into the ICMP
+/// destination unreachable, fragmentation needed (RFC 792, RFC 1191: the
+/// next-hop MTU in the second half of the ICMP header) that tells the
+/// client `mtu`, quoting its IPv4 header and 8 bytes: the client's stack
+/// lowers its path MTU to the address it sent to (`--lb-mode=dsr`: a
+/// packet the DSR option would take past the egress MTU). The caller
+/// sizes the packet to `ICMP_UNREACHABLE_LEN` first.
+#[inline(always)]
+pub fn icmp_frag_needed(frame: &mut [u8; ICMP_UNREACHABLE_LEN], mtu: u16) {
+    icmp_unreachable(frame, ICMP_FRAG_NEEDED, mtu);
+}
+
+#[inline(always)]
+fn icmp_unreachable(frame: &mut [u8; ICMP_UNREACHABLE_LEN], code: u8, mtu: u16) {
     frame.copy_within(IP..IP + 28, L4 + 8);
     answer_headers(frame, IPPROTO_ICMP, 8 + 28);
     let icmp = &mut frame[L4..L4 + 8];
     icmp[0] = ICMP_DEST_UNREACH;
-    icmp[1] = ICMP_PORT_UNREACH;
-    // Checksum, then 4 unused bytes.
-    icmp[2..8].copy_from_slice(&[0; 6]);
+    icmp[1] = code;
+    // Checksum, 2 unused bytes, then the next-hop MTU (RFC 1191; unused,
+    // 0, for every other code).
+    icmp[2..6].copy_from_slice(&[0; 4]);
+    icmp[6..8].copy_from_slice(&mtu.to_be_bytes());
     let check = finish(sum16(&frame[L4..], 0));
     frame[L4 + 2..L4 + 4].copy_from_slice(&check.to_be_bytes());
 }
@@ -236,6 +257,25 @@ mod tests {
         assert_eq!((icmp[0], icmp[1]), (3, 3), "destination unreachable, port");
         assert_eq!(&icmp[4..8], &[0; 4]);
         assert_eq!(&icmp[8..], &r[IP..IP + 28], "the request's IPv4 header and first 8 bytes");
+        assert!(verifies(icmp, 0), "ICMP checksum");
+    }
+
+    #[test]
+    fn a_frag_needed_carries_the_mtu_and_quotes_the_packet() {
+        let mut r = [0x55u8; ICMP_UNREACHABLE_LEN];
+        eth(&mut r);
+        r[IP..IP + 20].copy_from_slice(&ipv4(1500, 17));
+        r[L4..L4 + 8].copy_from_slice(&[0x9c, 0x40, 0x75, 0x80, 0x05, 0xc8, 0xab, 0xcd]);
+        let mut out = r;
+        icmp_frag_needed(&mut out, 1492);
+        let ip = &out[IP..IP + 20];
+        assert_eq!((&ip[12..16], &ip[16..20]), (&NODE[..], &CLIENT[..]));
+        assert!(verifies(ip, 0), "IPv4 checksum");
+        let icmp = &out[L4..];
+        assert_eq!((icmp[0], icmp[1]), (3, 4), "destination unreachable, fragmentation needed");
+        assert_eq!(&icmp[4..6], &[0, 0], "unused");
+        assert_eq!(u16::from_be_bytes([icmp[6], icmp[7]]), 1492, "the next-hop MTU (RFC 1191)");
+        assert_eq!(&icmp[8..], &r[IP..IP + 28]);
         assert!(verifies(icmp, 0), "ICMP checksum");
     }
 }

@@ -39,6 +39,10 @@ fn try_from_uplink(ctx: &TcContext) -> Result<i32, DropReason> {
         Lb4::Sent => return Ok(TC_ACT_REDIRECT as i32),
         Lb4::ToLocalPod => return to_service_backend(ctx),
         Lb4::Refuse => return Ok(lb4::refuse(ctx)),
+        Lb4::FragNeeded(mtu) => return Ok(lb4::frag_needed(ctx, mtu)),
+        // `lb4::from_uplink` carries these on itself (`dsr_new`,
+        // `dsr_forward`).
+        Lb4::Dsr => return Err(DropReason::LookupMismatch),
     }
     let Some((_, ip)) = parse::ipv4(ctx)? else {
         // IPv6 from another node's pod: its own path (`from_uplink6`).

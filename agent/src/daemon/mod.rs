@@ -516,9 +516,9 @@ fn configure_uplink_services(pins: &PinDir, node: &AgentConfig, on: bool) -> Res
         let text = std::fs::read_to_string(SYSCTL).with_context(|| format!("read {SYSCTL}"))?;
         let ephemeral = snat_ports::parse_ephemeral(&text).map_err(|e| anyhow::anyhow!(e))?;
         snat_ports::check(node.snat_port_range, ephemeral, node.node_port_range).map_err(|e| anyhow::anyhow!(e))?;
-        info!(snat_ports = %node.snat_port_range, "Services from outside translated at the uplink");
+        info!(snat_ports = %node.snat_port_range, lb_mode = ?node.lb_mode, "Services from outside translated at the uplink");
     }
-    nat4_maps::set_lb4_config(pins, snat_ports::lb4_config(on, node.snat_port_range))
+    nat4_maps::set_lb4_config(pins, snat_ports::lb4_config(on, node.snat_port_range, node.lb_mode))
 }
 
 /// Collect `NAT4`'s idle connections every `interval`, as

@@ -7,7 +7,7 @@
 //! start, so no reservation in `ip_local_reserved_ports` is needed for it
 //! (not yet one of `port_ownership::ranges::owned`). Pure: the caller
 //! reads the sysctl.
-use sluice_common::nat::{Lb4Config, DEFAULT_SNAT_PORT_MAX, DEFAULT_SNAT_PORT_MIN, LB4_ENABLED};
+use sluice_common::nat::{Lb4Config, DEFAULT_SNAT_PORT_MAX, DEFAULT_SNAT_PORT_MIN, LB4_DSR, LB4_ENABLED};
 
 use crate::port_ownership::ranges::PortRange;
 
@@ -43,9 +43,15 @@ pub fn check(snat: PortRange, ephemeral: PortRange, node_ports: PortRange) -> Re
     Ok(())
 }
 
-/// The datapath's configuration: on with `range`, or off.
-pub fn lb4_config(enabled: bool, range: PortRange) -> Lb4Config {
-    Lb4Config { flags: if enabled { LB4_ENABLED } else { 0 }, snat_port_min: range.first, snat_port_max: range.last }
+/// The datapath's configuration: on with `range` (and direct server
+/// return with `mode` dsr), or off.
+pub fn lb4_config(enabled: bool, range: PortRange, mode: crate::config::LbMode) -> Lb4Config {
+    let flags = match (enabled, mode) {
+        (false, _) => 0,
+        (true, crate::config::LbMode::Snat) => LB4_ENABLED,
+        (true, crate::config::LbMode::Dsr) => LB4_ENABLED | LB4_DSR,
+    };
+    Lb4Config { flags, snat_port_min: range.first, snat_port_max: range.last }
 }
 
 #[cfg(test)]
@@ -82,8 +88,11 @@ mod tests {
 
     #[test]
     fn the_datapath_gets_the_range_and_the_switch() {
-        let c = lb4_config(true, r("61000-61099"));
+        use crate::config::LbMode;
+        let c = lb4_config(true, r("61000-61099"), LbMode::Snat);
         assert_eq!((c.flags, c.snat_port_min, c.snat_port_max), (LB4_ENABLED, 61000, 61099));
-        assert_eq!(lb4_config(false, DEFAULT_SNAT_PORT_RANGE).flags, 0);
+        assert_eq!(lb4_config(false, DEFAULT_SNAT_PORT_RANGE, LbMode::Snat).flags, 0);
+        assert_eq!(lb4_config(true, DEFAULT_SNAT_PORT_RANGE, LbMode::Dsr).flags, LB4_ENABLED | LB4_DSR);
+        assert_eq!(lb4_config(false, DEFAULT_SNAT_PORT_RANGE, LbMode::Dsr).flags, 0, "off is off");
     }
 }

@@ -72,6 +72,7 @@ pub struct Iface {
     pub name: String,
     pub ifindex: u32,
     pub mac: Mac,
+    pub mtu: u32,
 }
 
 /// A pod of the test node: its address, the host end of its veth pair (the
@@ -306,7 +307,8 @@ fn iface(ns: &Netns, name: &str) -> Result<Iface> {
     let v = link_json(ns, name)?;
     let ifindex = v["ifindex"].as_u64().with_context(|| format!("ifindex of {name}"))? as u32;
     let text = v["address"].as_str().with_context(|| format!("MAC of {name}"))?;
-    Ok(Iface { name: name.to_string(), ifindex, mac: parse_mac(text)? })
+    let mtu = v["mtu"].as_u64().with_context(|| format!("MTU of {name}"))? as u32;
+    Ok(Iface { name: name.to_string(), ifindex, mac: parse_mac(text)?, mtu })
 }
 
 fn parse_mac(text: &str) -> Result<Mac> {

@@ -12,6 +12,7 @@
 //! Needs root (bpffs, loading programs, a network namespace per test); run
 //! under the machine's lock:
 //! `flock /tmp/sluice-e2e.lock cargo test -p sluice-tests --test prog`.
+mod dsr;
 mod from_pod;
 mod from_pod6;
 mod from_uplink;

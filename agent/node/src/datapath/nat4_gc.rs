@@ -14,6 +14,15 @@
 //! is removed once idle on its own; a twin key holding another
 //! connection's half (`Nat4Key::pairs_with`) is not its twin.
 //!
+//! A direct server return connection (`--lb-mode=dsr`, `NAT4_DSR`) has
+//! one half on each node it touches, never a twin: the entry node's
+//! forward half, the backend's node's reply half. Each lives on its own
+//! as any half whose twin is gone, by its own flags and last use: the
+//! forward half is marked answered by the client's first segment after
+//! its SYN (the handshake went through), the reply half by the backend's
+//! answers, so an established TCP connection keeps TCP's established
+//! timeout on both nodes, not the minute of an unanswered one.
+//!
 //! Besides the timeouts, `purge_removed_backends`: when a UDP frontend
 //! loses a backend, the connections it translated to that backend are
 //! removed at once (kube-proxy's conntrack cleanup for UDP), so a
@@ -214,6 +223,32 @@ mod tests {
         // An orphan half goes once idle; refreshed after `now`, it stays.
         assert!(expired(&tcp, &entry(now - 61 * S, 0), None, now, &t));
         assert!(!expired(&tcp, &entry(now + S, 0), None, now, &t));
+    }
+
+    #[test]
+    fn a_dsr_half_without_a_twin_lives_by_its_own_flags() {
+        use sluice_common::nat::NAT4_DSR;
+        let t = CtTimeouts::default();
+        let now = 100_000 * S;
+        // The entry node's forward half, answered (the client's ACK), and
+        // the backend's node's reply half, answered (the pod's answers):
+        // an hour idle is no reason to go.
+        for direction in [NAT4_FORWARD, NAT4_REPLY] {
+            let half = entry(now - 3600 * S, NAT4_DSR | NAT4_REPLY_SEEN);
+            assert!(!expired(&key(6, direction), &half, None, now, &t), "{direction}");
+            assert!(expired(&key(6, direction), &entry(now - 7 * 3600 * S, half.flags), None, now, &t));
+        }
+        // A SYN the backend never answered: a minute, as any.
+        assert!(expired(&key(6, NAT4_FORWARD), &entry(now - 61 * S, NAT4_DSR), None, now, &t));
+        assert!(!expired(&key(6, NAT4_FORWARD), &entry(now - 59 * S, NAT4_DSR), None, now, &t));
+        // Closed by the backend's RST: 10 s, on its own too.
+        assert!(expired(
+            &key(6, NAT4_REPLY),
+            &entry(now - 11 * S, NAT4_DSR | NAT4_REPLY_SEEN | NAT4_RST),
+            None,
+            now,
+            &t
+        ));
     }
 
     #[test]

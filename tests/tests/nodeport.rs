@@ -580,3 +580,143 @@ fn restart_under_node_port_traffic(lab: &mut Lab, fresh: u32, gap_ms: u32, befor
     }
     assert!(nat4(lab, 1)["new_remote"] >= u64::from(fresh) + 20, "{:?}", nat4(lab, 1));
 }
+
+/// World-side probes for direct server return: a large TCP echo through
+/// the stream server, and one UDP datagram of a given size with DF set
+/// (`IP_PMTUDISC_DO`) on a connected socket, then the socket's path MTU.
+const DSR_PROBE: &str = r#"
+import errno, os, socket, sys, threading
+mode, ip, port, n = sys.argv[1], sys.argv[2], int(sys.argv[3]), int(sys.argv[4])
+if mode == "bulk":
+    s = socket.create_connection((ip, port), timeout=10)
+    data = os.urandom(n)
+    got = bytearray()
+    def read():
+        while len(got) < n:
+            b = s.recv(65536)
+            if not b:
+                break
+            got.extend(b)
+    t = threading.Thread(target=read)
+    t.start()
+    s.sendall(data)
+    t.join(30)
+    print("bulk", "same" if bytes(got) == data else "differs after %d" % len(got), "%s:%d" % s.getpeername())
+elif mode == "udp-size":
+    s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    s.setsockopt(socket.IPPROTO_IP, 10, 2)  # IP_MTU_DISCOVER = IP_PMTUDISC_DO
+    s.settimeout(2)
+    s.connect((ip, port))
+    try:
+        s.send(b"x" * n)
+        print("answer", s.recv(200).decode().strip())
+    except socket.timeout:
+        print("timeout")
+    except OSError as e:
+        print("error", errno.errorcode.get(e.errno, e.errno))
+    print("mtu", s.getsockopt(socket.IPPROTO_IP, 14))  # IP_MTU
+"#;
+
+fn dsr_probe(world: &str, args: &[&str]) -> String {
+    let mut all = vec!["python3", "-c", DSR_PROBE];
+    all.extend_from_slice(args);
+    let out = ns_cmd(world, &all).output().expect("run the DSR probe in the world");
+    String::from_utf8_lossy(&out.stdout).to_string() + &String::from_utf8_lossy(&out.stderr)
+}
+
+/// What every DSR lab checks, the world → `entry`'s NodePort → the one
+/// backend `pod` on node `backend`: TCP and UDP answered from the
+/// address and port the world used; the backend saw the world's address;
+/// the answers came straight from the backend's node (its NAT4 reversed
+/// them, the entry node's reversed none); a 4 MB TCP echo comes back
+/// whole; a UDP datagram exactly at the limit (`egress_mtu` less the
+/// option) is answered, one byte more gets ICMP fragmentation needed at
+/// the client: its socket fails with EMSGSIZE and its path MTU to the
+/// NodePort's address drops to the limit.
+fn dsr_world_to_node_port(lab: &Lab, world: &str, entry: usize, backend: usize, egress_mtu: usize) {
+    let (nb, pod) = (lab.state.nodes[backend].clone(), lab.state.nodes[backend].pods[0].clone());
+    let (tcp_np, udp_np) = publish_node_port(lab, &[(&nb.name, &pod.ip)]);
+    let api = lab.api.as_ref().unwrap();
+    let who =
+        service("who", "10.96.0.81", &[("http", 81, 7778, "TCP"), ("stream", 7779, 7779, "TCP")]).type_("NodePort");
+    let (who_np, stream_np) = (who.node_port(0), who.node_port(1));
+    api.upsert_service(who.build());
+    api.upsert_endpoint_slice(
+        slice("who", &[("http", 7778, "TCP"), ("stream", 7779, "TCP")], &ready(&[(&nb.name, &pod.ip)])).build(),
+    );
+    wait_backends(lab, "*", who_np, "TCP", &[format!("{}:7778", pod.ip)]).unwrap();
+    wait_backends(lab, "*", stream_np, "TCP", &[format!("{}:7779", pod.ip)]).unwrap();
+    let ip = node_ip(lab, entry);
+
+    let out = world_client(world, &["tcp", &ip, &tcp_np.to_string(), "20"]);
+    assert_eq!(oks(&out), 20, "world → {ip}:{tcp_np}: {:?}", tally(&out));
+    assert!(
+        out.iter().all(|o| matches!(o, Outcome::Ok { peer, answer, .. }
+        if peer == &format!("{ip}:{tcp_np}") && answer == &pod.name)),
+        "{out:?}"
+    );
+    let out = world_client(world, &["udp", &ip, &udp_np.to_string(), "20"]);
+    assert_eq!(oks(&out), 20, "world → {ip}:{udp_np}/UDP: {:?}", tally(&out));
+    let text = cluster::tcp_text(world, &ip, who_np).expect("whoami through the NodePort");
+    assert_eq!(
+        cluster::parse_whoami(&text).map(|(_, ip)| ip.to_string()),
+        Some(cluster::WORLD_IP.to_string()),
+        "the backend sees the world's address: {text}"
+    );
+    let (ce, cb) = (nat4(lab, entry), nat4(lab, backend));
+    assert_eq!(ce["reversed"], 0, "no answer passed the entry node: {ce:?}");
+    assert!(ce["dsr_option_sent"] >= 41 && ce["new_remote"] >= 41, "entry: {ce:?}");
+    assert!(cb["reversed"] >= 41 && cb["dsr_reply_recorded"] >= 41, "backend's node: {cb:?}");
+
+    // Full size both ways.
+    let bulk = dsr_probe(world, &["bulk", &ip, &stream_np.to_string(), "4000000"]);
+    assert!(bulk.starts_with(&format!("bulk same {ip}:{stream_np}")), "{bulk}");
+    let limit = egress_mtu - 8;
+    let at = dsr_probe(world, &["udp-size", &ip, &udp_np.to_string(), &(limit - 28).to_string()]);
+    assert!(at.contains(&format!("answer {}", pod.name)), "a datagram of {limit} bytes: {at}");
+    let before = sluice_tests::lab::counter(lab, entry, "drops", "dsr_frag_needed");
+    let over = dsr_probe(world, &["udp-size", &ip, &udp_np.to_string(), &(limit + 1 - 28).to_string()]);
+    assert!(over.contains("error EMSGSIZE") && over.contains(&format!("mtu {limit}")), "one byte more: {over}");
+    assert_eq!(sluice_tests::lab::counter(lab, entry, "drops", "dsr_frag_needed") - before, 1);
+    assert_eq!(nat4(lab, entry)["reversed"], 0, "{:?}", nat4(lab, entry));
+}
+
+/// `--lb-mode=dsr`, natively (issue 27): the world → node 1's NodePort →
+/// the backend on node 2, answered by node 2 directly (see
+/// `dsr_world_to_node_port`). The egress is node 1's uplink (the lab's
+/// MTU, 1500).
+#[test]
+fn dsr_world_to_a_node_port_is_answered_by_the_backends_node_directly() {
+    require_root();
+    let mut lab = services::lab_with_agent_args(2, 1, &["--lb-mode=dsr"]).unwrap();
+    let world = cluster::add_world(&mut lab).unwrap();
+    assert_no_kube_proxy_rules(&lab);
+    let mtu = lab.state.mtu as usize;
+    dsr_world_to_node_port(&lab, &world, 0, 1, mtu);
+}
+
+/// `--lb-mode=dsr` across the VXLAN router lab: node 1 (on the world's
+/// network) sends to the backend on node 3 (behind the router) through
+/// VXLAN, the option in the inner packet; node 3 answers the world
+/// straight out of its uplink, through the router, as from node 1's
+/// NodePort. The egress is node 1's VXLAN device (its MTU: the lab's
+/// less 50).
+#[test]
+fn dsr_across_the_vxlan_router_lab_is_answered_by_the_backends_node_directly() {
+    require_root();
+    let mut opts =
+        sluice_tests::lab::LabOptions::new(3, 1, sluice_tests::bin("sluice-agent").parent().unwrap().to_path_buf());
+    opts.kubernetes = true;
+    opts.kube_proxy_replacement = true;
+    opts.subnets = 2;
+    opts.extra_agent_args = vec!["--lb-mode=dsr".into()];
+    let mut lab = Lab::up(&opts).unwrap();
+    let pods: Vec<(String, String)> = lab.pods().iter().map(|(_, p)| (p.netns.clone(), p.name.clone())).collect();
+    for (netns, name) in pods {
+        cluster::start_pod_servers(&mut lab, &netns, &name).unwrap();
+    }
+    let world = cluster::add_world(&mut lab).unwrap();
+    assert!(lab.state.nodes[2].ip.starts_with(sluice_tests::lab::LAN2_PREFIX), "node 3 behind the router");
+    let mtu = lab.state.mtu as usize - 50;
+    dsr_world_to_node_port(&lab, &world, 0, 2, mtu);
+}

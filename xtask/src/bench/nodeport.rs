@@ -9,7 +9,7 @@
 //!   address and a port of the SNAT range, the answer reversed back.
 //!   The API server holds N NodePort Services, N − 1 with
 //!   `services::PER_SERVICE` made-up endpoints and the measured one with
-//!   the real pod. Checked: node 1 translated back (`reversed`) at
+//!   the real pod (and the DSR row's, below: N + 1 in the maps). Checked: node 1 translated back (`reversed`) at
 //!   least one answer per transaction.
 //! - "NP kube-proxy N": kube-proxy's iptables rules for the same N
 //!   Services (`kube_proxy::render`: `KUBE-SERVICES` then `KUBE-NODEPORTS`,
@@ -18,6 +18,15 @@
 //!   (the one node whose netfilter hooks the packets cross), through
 //!   iptables-legacy as in `services`, removed again after the row.
 //!   Checked: node 1's `NAT4` counts no new connection meanwhile.
+//! - "NP sluice DSR N": direct server return (`--lb-mode=dsr`), its own
+//!   measured Service (`DSR_NODE_PORT`, backend port `DSR_SERVER_PORT`):
+//!   node 1 DNATs only and carries the frontend to node 2 in the DSR
+//!   option, node 2 answers the world itself. Both agents run with
+//!   `--lb-mode=snat`; for this row only, both nodes' `LB4_CONFIG` is
+//!   switched to DSR (what `--lb-mode=dsr` writes at start) and back
+//!   after: one lab, both modes, the same round. Checked: node 1
+//!   translated back no answer (`reversed`), node 2 at least one per
+//!   transaction.
 //! - "NP world-node N": the world → node 2's own address, nothing
 //!   translated: the reference each row is divided by in the same round
 //!   (the machine drifts between scales; the ratios of a row to the one
@@ -25,8 +34,7 @@
 //!
 //! The node ports: the agents run with `--node-port-range`
 //! `NODE_PORT_RANGE` (10,000 NodePorts do not fit in the default 2,768);
-//! filler `i` has `FILL_NODE_PORT + i`. DSR (`--lb-mode=dsr`) does not
-//! exist yet: no row.
+//! filler `i` has `FILL_NODE_PORT + i`.
 //!
 //! The client runs in the world's namespace (a thread pinned to CPU 0
 //! beside the server, as the other rows'): the world is no node, so no
@@ -41,7 +49,10 @@ use std::{
 
 use anyhow::{bail, Context, Result};
 use serde_json::{json, Value};
-use sluice_common::{nat::Nat4Counter, services::SCOPE_NODE_PORT};
+use sluice_common::{
+    nat::{Lb4Config, Nat4Counter, LB4_DSR},
+    services::SCOPE_NODE_PORT,
+};
 use sluice_node::datapath::{nat4_maps, pins::PinDir, service_maps::ServiceMaps};
 use sluice_tests::{
     apiserver::{ApiServer, EndpointSliceObject, Kind, ServiceObject},
@@ -71,10 +82,19 @@ const IPTABLES_NODE_PORT: u16 = 31001;
 /// The kube-proxy row's backend port: not the sluice row's, so no tuple
 /// one of them left in a node's tables can meet the other's.
 const IPTABLES_SERVER_PORT: u16 = BENCH_SERVER_PORT + 1;
+/// The measured Service through sluice in DSR mode (in the API server),
+/// with a backend port of its own for the same reason.
+const DSR_VIP: Ipv4Addr = Ipv4Addr::new(10, 96, 0, 212);
+const DSR_NODE_PORT: u16 = 31002;
+const DSR_SERVER_PORT: u16 = BENCH_SERVER_PORT + 2;
 const FILL_NS: &str = "bench-np";
 
 pub fn snat_name(scale: usize) -> String {
     format!("NP sluice SNAT {scale}")
+}
+
+pub fn dsr_name(scale: usize) -> String {
+    format!("NP sluice DSR {scale}")
 }
 
 pub fn iptables_name(scale: usize) -> String {
@@ -94,15 +114,16 @@ fn fill_node_port(i: usize) -> u16 {
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(super) enum Way {
     SluiceSnat,
+    SluiceDsr,
     KubeProxy,
     WorldNode,
 }
 
 /// The ways in the order round `round` measures them: rotated each
 /// round, so none is always first or last.
-pub(super) fn ways_in_round(round: usize) -> [Way; 3] {
-    let mut ways = [Way::SluiceSnat, Way::KubeProxy, Way::WorldNode];
-    ways.rotate_left(round % 3);
+pub(super) fn ways_in_round(round: usize) -> [Way; 4] {
+    let mut ways = [Way::SluiceSnat, Way::SluiceDsr, Way::KubeProxy, Way::WorldNode];
+    ways.rotate_left(round % 4);
     ways
 }
 
@@ -127,12 +148,15 @@ pub(super) fn ratio_pairs(scales: &[usize]) -> Vec<(String, String, String)> {
         v.push((format!("NP SNAT/kube-proxy {n}"), snat_name(n), iptables_name(n)));
         v.push((format!("NP SNAT/world-node {n}"), snat_name(n), world_node_name(n)));
         v.push((format!("NP kube-proxy/world-node {n}"), iptables_name(n), world_node_name(n)));
+        v.push((format!("NP DSR/SNAT {n}"), dsr_name(n), snat_name(n)));
+        v.push((format!("NP DSR/world-node {n}"), dsr_name(n), world_node_name(n)));
     }
     let lo = scales[0];
     for &n in &scales[1..] {
         v.push((format!("NP SNAT {n}/{lo}"), snat_name(n), snat_name(lo)));
         v.push((format!("NP kube-proxy {n}/{lo}"), iptables_name(n), iptables_name(lo)));
         v.push((format!("NP world-node {n}/{lo}"), world_node_name(n), world_node_name(lo)));
+        v.push((format!("NP DSR {n}/{lo}"), dsr_name(n), dsr_name(lo)));
     }
     v
 }
@@ -191,6 +215,18 @@ pub(super) fn targets(r: &Value, scales: &[usize]) -> Value {
             1.2,
             "",
             String::new(),
+        ),
+        super::report::target(
+            format!("NodePort TCP_RR sluice DSR/SNAT, {lo} Services"),
+            &ratios[format!("NP DSR/SNAT {lo}")]["rr"],
+            true,
+            1.1,
+            "",
+            format!(
+                "TCP_CRR {:.2}; with {hi}: TCP_RR {:.2}",
+                f(&ratios[format!("NP DSR/SNAT {lo}")]["crr"]),
+                f(&ratios[format!("NP DSR/SNAT {hi}")]["rr"]),
+            ),
         ),
         super::report::target(
             format!("NodePort TCP_RR sluice SNAT {hi}/{lo} Services"),
@@ -360,14 +396,28 @@ pub fn round(round: usize, bins: &Path, plan: &Plan, out: &mut BTreeMap<String, 
             .endpoint(&server.ip, &n2.name)
             .build(),
     );
+    api.upsert_service(
+        ServiceObject::new("bench", "np-dsr", &DSR_VIP.to_string())
+            .type_("NodePort")
+            .port("tcp", VIP_PORT, DSR_SERVER_PORT, "TCP")
+            .node_ports(&[DSR_NODE_PORT])
+            .build(),
+    );
+    api.upsert_endpoint_slice(
+        EndpointSliceObject::new("bench", "np-dsr-bench", "np-dsr")
+            .port("tcp", DSR_SERVER_PORT, "TCP")
+            .endpoint(&server.ip, &n2.name)
+            .build(),
+    );
     let pins1 = PinDir::new(&n1.pin_dir);
+    let pins2 = PinDir::new(&n2.pin_dir);
     let mut fill = 0;
     let mut times = serde_json::Map::new();
     for &scale in &plan.scales {
         let t = Instant::now();
         publish(api, fill, scale - 1);
         fill = scale - 1;
-        wait_node_ports(&lab, scale, Duration::from_secs(300))?;
+        wait_node_ports(&lab, scale + 1, Duration::from_secs(300))?;
         let synced = t.elapsed();
         let mut restore = Duration::ZERO;
         let mut snat_stats = Value::Null;
@@ -408,6 +458,34 @@ pub fn round(round: usize, bins: &Path, plan: &Plan, out: &mut BTreeMap<String, 
                         bail!("{scale} Services: node 1 translated {reversed} answers back, fewer than {transactions} transactions");
                     }
                     out.insert(snat_name(scale), f);
+                }
+                Way::SluiceDsr => {
+                    let target = Target {
+                        server_ip: server_ip.into(),
+                        server_port: DSR_SERVER_PORT,
+                        via: Some(SocketAddr::from((n1_ip, DSR_NODE_PORT))),
+                    };
+                    let (before1, before2) = (nat4_stats(&pins1)?, nat4_stats(&pins2)?);
+                    let snat_config = nat4_maps::lb4_config(&pins1)?;
+                    let dsr_config = Lb4Config { flags: snat_config.flags | LB4_DSR, ..snat_config };
+                    for pins in [&pins1, &pins2] {
+                        nat4_maps::set_lb4_config(pins, dsr_config)?;
+                    }
+                    let f = measure(&server.netns, &world, target, plan.rr);
+                    for pins in [&pins1, &pins2] {
+                        nat4_maps::set_lb4_config(pins, snat_config)?;
+                    }
+                    let f = f.with_context(|| format!("sluice DSR with {scale} Services"))?;
+                    let reversed1 = nat4_stats(&pins1)?["reversed"] - before1["reversed"];
+                    let reversed2 = nat4_stats(&pins2)?["reversed"] - before2["reversed"];
+                    let transactions = (f.rr.samples + f.crr.samples) as u64;
+                    if reversed1 > 0 || reversed2 < transactions {
+                        bail!(
+                            "{scale} Services, DSR: node 1 translated {reversed1} answers back (want 0), node 2 \
+                             {reversed2} (want at least {transactions} transactions)"
+                        );
+                    }
+                    out.insert(dsr_name(scale), f);
                 }
                 Way::KubeProxy => {
                     let rules = iptables_services(scale, server_ip, &n2.name);
@@ -481,14 +559,14 @@ mod tests {
     use sluice_tests::bench::Latency;
 
     #[test]
-    fn every_way_leads_one_round_in_three() {
-        let firsts: BTreeSet<String> = (0..3).map(|r| format!("{:?}", ways_in_round(r)[0])).collect();
-        assert_eq!(firsts.len(), 3);
-        for r in 0..6 {
+    fn every_way_leads_one_round_in_four() {
+        let firsts: BTreeSet<String> = (0..4).map(|r| format!("{:?}", ways_in_round(r)[0])).collect();
+        assert_eq!(firsts.len(), 4);
+        for r in 0..8 {
             let ways: BTreeSet<String> = ways_in_round(r).iter().map(|w| format!("{w:?}")).collect();
-            assert_eq!(ways.len(), 3, "round {r} measures every way once");
+            assert_eq!(ways.len(), 4, "round {r} measures every way once");
         }
-        assert_eq!(ways_in_round(0), ways_in_round(3));
+        assert_eq!(ways_in_round(0), ways_in_round(4));
     }
 
     #[test]
@@ -502,8 +580,9 @@ mod tests {
         let ports: BTreeSet<u16> = (0..9_999).map(fill_node_port).collect();
         assert_eq!(ports.len(), 9_999);
         assert!(ports.iter().all(|p| range.contains(p)));
-        assert!(range.contains(&SNAT_NODE_PORT) && range.contains(&IPTABLES_NODE_PORT));
-        assert!(!ports.contains(&SNAT_NODE_PORT) && !ports.contains(&IPTABLES_NODE_PORT));
+        for measured in [SNAT_NODE_PORT, IPTABLES_NODE_PORT, DSR_NODE_PORT] {
+            assert!(range.contains(&measured) && !ports.contains(&measured), "{measured}");
+        }
         // The built objects carry them.
         assert_eq!(fill_service(7)["spec"]["ports"][0]["nodePort"], 20_007);
     }
@@ -527,7 +606,9 @@ mod tests {
         assert_eq!(find("NP SNAT 10000/10").1, snat_name(10_000));
         assert_eq!(find("NP SNAT 10000/10").2, snat_name(10));
         assert_eq!(find("NP kube-proxy 1000/10").1, iptables_name(1_000));
-        assert_eq!(pairs.len(), 3 * 3 + 2 * 3);
+        assert_eq!(find("NP DSR/SNAT 10"), ("NP DSR/SNAT 10".into(), dsr_name(10), snat_name(10)));
+        assert_eq!(find("NP DSR 10000/10").1, dsr_name(10_000));
+        assert_eq!(pairs.len(), 3 * 5 + 2 * 4);
     }
 
     fn figures(rr: f64, crr: f64) -> PathFigures {
@@ -559,6 +640,7 @@ mod tests {
         let r = json!({
             "ratios": {
                 "NP SNAT/kube-proxy 10": {"rr": 1.3, "crr": 1.1},
+                "NP DSR/SNAT 10": {"rr": 1.05, "crr": 1.2},
                 "NP SNAT/kube-proxy 10000": {"rr": 2.0, "crr": 1.9},
                 "NP SNAT 10000/10": {"rr": 0.97, "crr": 0.9},
                 "NP kube-proxy 10000/10": {"rr": 0.5, "crr": 0.5},
@@ -567,9 +649,10 @@ mod tests {
         });
         let t = targets(&r, &[10, 1_000, 10_000]);
         let met: Vec<Value> = t.as_array().unwrap().iter().map(|t| t["met"].clone()).collect();
-        assert_eq!(met, vec![json!(true), json!(false), json!(true), json!(false)]);
+        assert_eq!(met, vec![json!(true), json!(false), json!(false), json!(true), json!(false)]);
         assert_eq!(t[0]["limit"], 1.2);
-        assert_eq!(t[2]["limit"], 0.95);
+        assert_eq!(t[2]["limit"], 1.1, "DSR RR over SNAT");
+        assert_eq!(t[3]["limit"], 0.95);
         // Not measured: no verdict rather than a failed one.
         let none = targets(&json!({}), &[10, 100]);
         assert!(none.as_array().unwrap().iter().all(|t| t["met"].is_null()));

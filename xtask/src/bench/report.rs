@@ -590,7 +590,7 @@ pub(super) fn render_nodeport(r: &Value) -> String {
         r["machine"]["cpu"].as_str().unwrap_or(""),
         r["machine"]["kernel"].as_str().unwrap_or("")
     );
-    o += "NodePort rows: the world -> node 1:nodePort -> the pod on node 2 (NP world-node: the world -> node 2, untranslated); no DSR row (--lb-mode=dsr does not exist yet)\n";
+    o += "NodePort rows: the world -> node 1:nodePort -> the pod on node 2 (NP world-node: the world -> node 2, untranslated; NP sluice DSR: answered by node 2 directly)\n";
     o += &render_table(r);
     o += &format!(
         "drift-free (each over world-node beside it) {}: SNAT TCP_RR {:.2} TCP_CRR {:.2}; kube-proxy TCP_RR {:.2} TCP_CRR {:.2}\n",

@@ -43,8 +43,8 @@ use sluice_common::{
         close_bits, dsr_client_mtu, dsr_frontend, dsr_insert_option, dsr_strip_option, may_take_over,
         reachable_from_outside, syn_reopens, Lb4Config, Nat4Counter, Nat4Entry, Nat4Key, SourceRangeKey,
         DSR_IPV4_HEADER_LEN, DSR_OPTION_LEN, DSR_VERSION_IHL, LB4_DSR, LB4_ENABLED, LB4_PAUSED, NAT4_DSR, NAT4_FORWARD,
-        NAT4_REPLY, NAT4_REPLY_SEEN, NAT4_SNAT, NAT4_VIA_TUNNEL, SNAT_PORT_TRIES, SOURCE_RANGE_FRONTEND_BITS,
-        TCP_FIN, TCP_RST, TCP_SYN,
+        NAT4_REPLY, NAT4_REPLY_SEEN, NAT4_SNAT, NAT4_VIA_TUNNEL, SNAT_PORT_TRIES, SOURCE_RANGE_FRONTEND_BITS, TCP_FIN,
+        TCP_RST, TCP_SYN,
     },
     reject,
     services::{
@@ -97,6 +97,9 @@ pub const LB4_FRAG_NEEDED: u32 = 0x1_0000;
 const IPPROTO_TCP: u8 = 6;
 const IPPROTO_UDP: u8 = 17;
 const IP_OFFSET: u16 = 0x1fff;
+/// More fragments or an offset: any fragment (the DSR option is read from
+/// whole datagrams only).
+const IP_MF_OFFSET: u16 = 0x3fff;
 const IP_CSUM_OFF: usize = ETH_HLEN + 10;
 const IP_SRC_OFF: usize = ETH_HLEN + 12;
 const IP_DST_OFF: usize = ETH_HLEN + 16;
@@ -665,7 +668,11 @@ fn is_syn(ctx: &TcContext) -> bool {
 /// `DSR` (`--lb-mode=dsr`, from `dsr_forward` only): a backend on another
 /// node gets DNAT only, and no reply entry here.
 #[inline(always)]
-fn new_connection<const DSR: bool>(key: &Nat4Key, backend: Backend, config: &Lb4Config) -> Result<Nat4Entry, DropReason> {
+fn new_connection<const DSR: bool>(
+    key: &Nat4Key,
+    backend: Backend,
+    config: &Lb4Config,
+) -> Result<Nat4Entry, DropReason> {
     // SAFETY: a plain helper.
     let now = unsafe { bpf_ktime_get_coarse_ns() };
     // The answer leaves as from the frontend the client named.
@@ -1059,9 +1066,7 @@ fn insert_dsr_option(ctx: &TcContext, frontend_be: u32, port_be: u16, ttl: u8) -
     };
     dsr_insert_option(header, frontend_be, port_be);
     // SAFETY: as above.
-    if unsafe {
-        bpf_skb_store_bytes(ctx.skb.skb, ETH_HLEN as u32, buf as *const _, DSR_IPV4_HEADER_LEN as u32, 0)
-    } != 0
+    if unsafe { bpf_skb_store_bytes(ctx.skb.skb, ETH_HLEN as u32, buf as *const _, DSR_IPV4_HEADER_LEN as u32, 0) } != 0
     {
         return Err(DropReason::HeaderRewrite);
     }

@@ -646,7 +646,7 @@ mod tests {
         // A third of the range taken (what 40 ports at a connection every
         // 150 ms, each held 2 s after its FINs, leave), scattered: every
         // try taken for at most 1 seed in 10,000.
-        let scattered = |p: u16| p % 3 == 0;
+        let scattered = |p: u16| p.is_multiple_of(3);
         let trapped = (0..10_000u32)
             .map(|i| i.wrapping_mul(2_654_435_761))
             .filter(|seed| (0..SNAT_PORT_TRIES).all(|attempt| scattered(c.snat_port(*seed, attempt))))

@@ -169,6 +169,7 @@ pub fn run(args: &BenchArgs) -> Result<()> {
                 "dsr_rr": nodeport::drift_free(&rounds, nodeport::dsr_name, hi, lo, "rr"),
             },
             "times": nodeport::median_times(&times, &plan.scales),
+            "programs": report::program_costs(&rounds),
             "connection_tables": tables,
         });
         report["targets"] = nodeport::targets(&report, &plan.scales);

@@ -65,6 +65,7 @@ use super::{
     args::Plan,
     labs::BENCH_SERVER_PORT,
     paths::PathFigures,
+    prog_cost,
     services::{self, fill_endpoints, fill_ip, fill_node, FILL_TARGET_PORT, VIP_PORT},
 };
 
@@ -409,6 +410,9 @@ pub fn round(round: usize, bins: &Path, plan: &Plan, out: &mut BTreeMap<String, 
             .endpoint(&server.ip, &n2.name)
             .build(),
     );
+    // The two nodes' programs, whose cost per transaction the SNAT and DSR
+    // rows report (a pass of their own with BPF statistics on).
+    let nodes = [(n1.name.clone(), n1.pin_dir.clone()), (n2.name.clone(), n2.pin_dir.clone())];
     let pins1 = PinDir::new(&n1.pin_dir);
     let pins2 = PinDir::new(&n2.pin_dir);
     let mut fill = 0;
@@ -448,8 +452,8 @@ pub fn round(round: usize, bins: &Path, plan: &Plan, out: &mut BTreeMap<String, 
                             failed_latency()
                         }
                     };
-                    let f =
-                        PathFigures { rr: kept("TCP_RR", rr), crr: kept("TCP_CRR", crr), tput: None, programs: None };
+                    let programs = prog_cost::pass(&nodes, &server.netns, &world, target, plan.rr).ok();
+                    let f = PathFigures { rr: kept("TCP_RR", rr), crr: kept("TCP_CRR", crr), tput: None, programs };
                     // Every transaction's answer came back through node 1's
                     // NAT4 (a new connection's may reuse a closed one's
                     // entries: the client's ports come round again).
@@ -472,10 +476,11 @@ pub fn round(round: usize, bins: &Path, plan: &Plan, out: &mut BTreeMap<String, 
                         nat4_maps::set_lb4_config(pins, dsr_config)?;
                     }
                     let f = measure(&server.netns, &world, target, plan.rr);
+                    let programs = prog_cost::pass(&nodes, &server.netns, &world, target, plan.rr).ok();
                     for pins in [&pins1, &pins2] {
                         nat4_maps::set_lb4_config(pins, snat_config)?;
                     }
-                    let f = f.with_context(|| format!("sluice DSR with {scale} Services"))?;
+                    let f = PathFigures { programs, ..f.with_context(|| format!("sluice DSR with {scale} Services"))? };
                     let reversed1 = nat4_stats(&pins1)?["reversed"] - before1["reversed"];
                     let reversed2 = nat4_stats(&pins2)?["reversed"] - before2["reversed"];
                     let transactions = (f.rr.samples + f.crr.samples) as u64;

@@ -188,20 +188,9 @@ pub(super) fn measure_interleaved(
     Ok(out)
 }
 
-/// A TCP_RR and a TCP_CRR pass over `p` with BPF statistics on: each
-/// program's runs and run time per transaction.
+/// `prog_cost::pass` over `p`'s nodes.
 fn program_costs(p: &Path2, plan: &Plan) -> Result<Value> {
-    let programs = prog_cost::node_programs(&p.programs)?;
-    let _stats = prog_cost::StatsOn::enable()?;
-    let mut out = serde_json::Map::new();
-    for (mode, run) in [("rr", bench::tcp_rr_to as RrFn), ("crr", bench::tcp_crr_to as RrFn)] {
-        let before = prog_cost::sample(&programs)?;
-        let figures = run(&p.server_ns, &p.client_ns, p.target, plan.rr)?;
-        let after = prog_cost::sample(&programs)?;
-        let costs = prog_cost::costs(&before, &after, figures.samples);
-        out.insert(mode.into(), prog_cost::to_json(&costs, figures.samples, figures.per_sec));
-    }
-    Ok(Value::Object(out))
+    prog_cost::pass(&p.programs, &p.server_ns, &p.client_ns, p.target, plan.rr)
 }
 
 type RrFn = fn(&str, &str, bench::Target, Duration) -> Result<Latency>;

@@ -124,6 +124,33 @@ pub(super) fn sample(programs: &BTreeMap<u32, String>) -> Result<Vec<Sample>> {
     Ok(out)
 }
 
+/// A TCP_RR and a TCP_CRR pass from `client_ns` to `target` (served in
+/// `server_ns`) with BPF statistics on: the programs of `nodes`, each
+/// one's runs and run time per transaction.
+pub(super) fn pass(
+    nodes: &[(String, PathBuf)],
+    server_ns: &str,
+    client_ns: &str,
+    target: sluice_tests::bench::Target,
+    d: std::time::Duration,
+) -> Result<Value> {
+    type RrFn =
+        fn(&str, &str, sluice_tests::bench::Target, std::time::Duration) -> Result<sluice_tests::bench::Latency>;
+    let programs = node_programs(nodes)?;
+    let _stats = StatsOn::enable()?;
+    let mut out = serde_json::Map::new();
+    for (mode, run) in
+        [("rr", sluice_tests::bench::tcp_rr_to as RrFn), ("crr", sluice_tests::bench::tcp_crr_to as RrFn)]
+    {
+        let before = sample(&programs)?;
+        let figures = run(server_ns, client_ns, target, d)?;
+        let after = sample(&programs)?;
+        let costs = costs(&before, &after, figures.samples);
+        out.insert(mode.into(), to_json(&costs, figures.samples, figures.per_sec));
+    }
+    Ok(Value::Object(out))
+}
+
 /// A pass's costs as JSON: per program, and the sum per transaction.
 pub(super) fn to_json(costs: &[Cost], transactions: usize, per_sec: f64) -> Value {
     json!({

@@ -615,6 +615,7 @@ pub(super) fn render_nodeport(r: &Value) -> String {
             }
         }
     }
+    o += &render_program_costs(r);
     o += "targets (issue 27; reported, not asserted):\n";
     o += &render_targets(&r["targets"]);
     o += &super::conntrack_table::render(&r["connection_tables"]);

@@ -323,16 +323,21 @@ const _: () = assert!(core::mem::size_of::<RemoteNode>() == 8);
 /// (key: LPM key over the CIDR's 16 bytes), the twin of `RemoteNode`.
 ///
 /// Written by the agent's route reconciler (membership's `routes6`); read
-/// by `from_pod`'s IPv6 path and `from_uplink`'s. Native routing only: a
-/// peer reached through VXLAN has no entry (IPv6 over VXLAN is not built),
-/// so its pods' IPv6 stays on the stack's path.
+/// by `from_pod`'s IPv6 path and `from_uplink`'s. A peer reached through
+/// VXLAN (issue 28: IPv6 inside the IPv4 underlay) has its entry flagged
+/// `REMOTE_NODE_VXLAN`, with its IPv4 node address IPv4-mapped
+/// (`::ffff:a.b.c.d`) in `node_ip6`: `from_pod6` leaves its pods' IPv6 to
+/// the stack (the kernel route encapsulates it), and `from_tunnel` checks
+/// that IPv6 coming out of the tunnel was sent by that address.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub struct RemoteNode6 {
     /// The node's IPv6 address on the uplink network: the next hop
-    /// `bpf_redirect_neigh` resolves (neighbour discovery).
+    /// `bpf_redirect_neigh` resolves (neighbour discovery); with
+    /// `REMOTE_NODE_VXLAN`, its IPv4 address, IPv4-mapped.
     pub node_ip6: [u8; 16],
-    /// Reserved, 0 (room for `REMOTE_NODE_*` bits, as `RemoteNode` has).
+    /// `REMOTE_NODE_*` bits (0 before issue 28's IPv6 over VXLAN: same
+    /// size, 0 keeps meaning native, so no `LAYOUT_VERSION` bump).
     pub flags: u32,
 }
 const _: () = assert!(core::mem::size_of::<RemoteNode6>() == 20);

@@ -336,6 +336,37 @@ pub fn from_tunnel(f: FromUplinkFacts, sent_by_owner: bool) -> Verdict {
     }
 }
 
+/// Does the node that sent an IPv6 packet through the tunnel (its outer
+/// IPv4 source, `sender_be`; 0 when the device gave no tunnel metadata)
+/// own the inner source's IPv6 pod CIDR? `flags` and `node_ip6` are the
+/// `NODE_ROUTES6` entry covering the inner source: a peer reached through
+/// VXLAN (`REMOTE_NODE_VXLAN`) holds its IPv4 node address there,
+/// IPv4-mapped (`::ffff:a.b.c.d`). A natively routed peer's pods never come
+/// through the tunnel.
+pub fn tunnel6_sent_by_owner(flags: u32, node_ip6: &[u8; 16], sender_be: u32) -> bool {
+    let mut mapped = [0u8; 16];
+    mapped[10] = 0xff;
+    mapped[11] = 0xff;
+    mapped[12..].copy_from_slice(&sender_be.to_ne_bytes());
+    sender_be != 0 && flags & crate::maps::REMOTE_NODE_VXLAN != 0 && *node_ip6 == mapped
+}
+
+/// Decide for an IPv6 packet the VXLAN device decapsulated (issue 28: IPv6
+/// inside the IPv4 underlay). Only pods' IPv6 crosses the tunnel, so its
+/// inner source must be in the IPv6 pod CIDR of the node that sent it
+/// (`tunnel6_sent_by_owner`); one of this node's own pods as source is
+/// spoofed, as for IPv4. What passes goes to the node's stack, which
+/// routes it into the pod (hop limit, Packet Too Big: the stack's).
+pub fn from_tunnel6(source_is_local_pod: bool, sent_by_owner: bool) -> Verdict {
+    if source_is_local_pod {
+        return Verdict::Drop(DropReason::TunnelSourceSpoofed);
+    }
+    if !sent_by_owner {
+        return Verdict::Drop(DropReason::TunnelWrongNode);
+    }
+    Verdict::ToStack
+}
+
 /// Can `from_pod` encapsulate a packet itself? It needs this node's own
 /// address (the outer source), must not be running as a netkit peer
 /// program (`bpf_skb_adjust_room` is only used from veth ingress), and
@@ -437,6 +468,24 @@ pub fn checksum_after_ttl_decrement(check_be: u16) -> u16 {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn ipv6_through_the_tunnel_only_from_the_owner_of_its_pod_cidr() {
+        let sender_be = u32::from_ne_bytes([172, 31, 0, 3]);
+        let mapped = core::net::Ipv4Addr::new(172, 31, 0, 3).to_ipv6_mapped().octets();
+        let vxlan = crate::maps::REMOTE_NODE_VXLAN;
+        assert!(tunnel6_sent_by_owner(vxlan, &mapped, sender_be));
+        // Another node sent it, no metadata, a native peer's CIDR, a
+        // native next hop that happens to hold the same bytes unflagged.
+        assert!(!tunnel6_sent_by_owner(vxlan, &mapped, u32::from_ne_bytes([172, 30, 0, 2])));
+        assert!(!tunnel6_sent_by_owner(vxlan, &mapped, 0));
+        assert!(!tunnel6_sent_by_owner(0, &mapped, sender_be));
+        let native: [u8; 16] = "fd00:30::3".parse::<core::net::Ipv6Addr>().unwrap().octets();
+        assert!(!tunnel6_sent_by_owner(vxlan, &native, sender_be));
+        assert_eq!(from_tunnel6(false, true), Verdict::ToStack);
+        assert_eq!(from_tunnel6(false, false), Verdict::Drop(DropReason::TunnelWrongNode));
+        assert_eq!(from_tunnel6(true, true), Verdict::Drop(DropReason::TunnelSourceSpoofed));
+    }
 
     fn facts() -> FromPodFacts {
         FromPodFacts {

@@ -13,8 +13,9 @@
 //! - pod-bound but a router's answer is due (hop limit 1, larger than the
 //!   egress MTU, extension headers or a fragment): to the stack, which
 //!   sends time exceeded / Packet Too Big or walks the header chain;
-//! - anything else (the node, the world, a peer over VXLAN: no IPv6 VXLAN
-//!   yet, so no `NODE_ROUTES6` entry): to the stack, which routes it.
+//! - anything else (the node, the world, a peer over VXLAN: its
+//!   `NODE_ROUTES6` entry is flagged `REMOTE_NODE_VXLAN`, and the kernel
+//!   route encapsulates it): to the stack, which routes it.
 //!
 //! Decided by a global function of its own (`fast6` says why), carried out
 //! here.
@@ -23,6 +24,7 @@ use aya_ebpf::{
     programs::TcContext,
 };
 use sluice_common::{
+    maps::REMOTE_NODE_VXLAN,
     verdict::{self, FromPod6Facts},
     DropReason, ForwardPath,
 };
@@ -123,6 +125,10 @@ fn decide(ctx: &TcContext) -> Result<u32, DropReason> {
         (*scratch).key.data = *dst;
         NODE_ROUTES6.get(&(*scratch).key)
     };
+    // A peer reached through VXLAN (`REMOTE_NODE_VXLAN`, its IPv4 node
+    // address IPv4-mapped) is not for the native fast path: the stack
+    // routes it into the VXLAN device (`kernel_routes6`).
+    let remote = remote.filter(|node| node.flags & REMOTE_NODE_VXLAN == 0);
     // Their presence as scalars (see `maps::found`): combined below.
     let (is_local, is_remote) = (found(local), found(remote));
     let uplink_ifindex = match NODE_CONFIG.get(0) {

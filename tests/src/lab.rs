@@ -36,9 +36,13 @@ use crate::{run, try_run, unique};
 pub const CLUSTER_CIDR: &str = "10.244.0.0/16";
 /// Dual-stack labs (`LabOptions::dual_stack`): the IPv6 cluster range (node
 /// `i`'s pod CIDR is `fd00:244:0:<i>::/64`) and the LAN's IPv6 prefix (node
-/// `i` is `fd00:30::<i>`).
+/// `i` is `fd00:30::<i>`; on the second node network, `fd00:31::<i>`).
 pub const CLUSTER_CIDR6: &str = "fd00:244::/56";
 pub const LAN6_PREFIX: &str = "fd00:30::";
+/// The second node network's IPv6 prefix (`subnets = 2` and dual-stack).
+/// The router between the node networks has no IPv6: the underlay between
+/// them is IPv4 only, and pods' IPv6 crosses it inside VXLAN.
+pub const LAN2_6_PREFIX: &str = "fd00:31::";
 pub const LAN_PREFIX: &str = "172.30.0";
 /// The second node network, with `LabOptions::subnets = 2`.
 pub const LAN2_PREFIX: &str = "172.31.0";
@@ -91,7 +95,8 @@ pub struct LabOptions {
     pub subnets: usize,
     /// Dual-stack (`cargo xtask lab up --ip-family dual`): IPv6 on the LAN,
     /// the nodes and the pods, agents with `--ip-family dual`, every pod
-    /// with an IPv6 address too. One node network only.
+    /// with an IPv6 address too. With `subnets = 2`, each node network has
+    /// its own IPv6 prefix and the router forwards IPv4 only.
     pub dual_stack: bool,
 }
 
@@ -380,9 +385,6 @@ impl Lab {
         if !(1..=2).contains(&opts.subnets) || opts.nodes < opts.subnets {
             bail!("--subnets must be 1 or 2, and no more than the nodes");
         }
-        if opts.dual_stack && opts.subnets > 1 {
-            bail!("a dual-stack lab has one node network (IPv6 through VXLAN is not built yet)");
-        }
         lab.save()?;
         lab.build_lan()?;
         if opts.subnets > 1 {
@@ -535,7 +537,10 @@ impl Lab {
             netns: netns.clone(),
             ip: format!("{}.{i}", subnet_prefix(subnet)),
             pod_cidr: format!("10.244.{i}.0/24"),
-            ip6: self.state.dual_stack.then(|| format!("{LAN6_PREFIX}{i:x}")),
+            ip6: self
+                .state
+                .dual_stack
+                .then(|| format!("{}{i:x}", if subnet == 0 { LAN6_PREFIX } else { LAN2_6_PREFIX })),
             pod_cidr6: self.state.dual_stack.then(|| format!("fd00:244:0:{i:x}::/64")),
             pin_dir: self.state.pin_root.join(&name),
             dir,

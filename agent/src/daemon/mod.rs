@@ -192,7 +192,7 @@ impl Reconcilers {
         let failed = kernel_routes::reconcile(&self.netlink, &kernel).await?.failed;
         let mut map6 = map_routes6::Routes6::new();
         if self.ipv6 {
-            let kernel6 = kernel_routes6::desired6(&m.routes6, self.uplink_ifindex);
+            let kernel6 = kernel_routes6::desired6(&m.routes6, &m.vxlan6(), self.uplink_ifindex, self.vxlan_ifindex);
             for failure in kernel_routes6::reconcile6(&self.netlink, &kernel6).await? {
                 warn!(%failure, "IPv6 kernel route not applied; every other one was");
             }
@@ -676,6 +676,13 @@ async fn bring_up_datapath(
     sysctl::ensure_ip_forward()?;
     if pod_cidr6.is_some() {
         sysctl::ensure_ipv6_forwarding()?;
+        if vxlan_ifindex != 0 {
+            // Pods' IPv6 to tunneled peers goes into the device, and
+            // theirs comes out of it (`kernel_routes6`): the kernel takes
+            // neither on an interface with IPv6 off (a runtime's default).
+            sluice_node::net::netlink6::enable_ipv6_on(sluice_node::net::vxlan::DEVICE)
+                .context("IPv6 on the VXLAN device")?;
+        }
     }
     Ok(DatapathUp {
         pins,

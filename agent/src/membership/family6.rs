@@ -2,7 +2,8 @@
 //! pod CIDR via its IPv6 InternalIP, routed natively by the kernel
 //! (`reconcile::kernel_routes::desired6`). The IPv4 routes are decided
 //! apart (`from_entries`); a node may be routed for one family and left
-//! out of the other, each with its reason. No VXLAN for IPv6 yet: a peer
+//! out of the other, each with its reason. A peer whose IPv4 is tunneled
+//! has its pods' IPv6 tunneled too (`Membership::vxlan6`); a native peer
 //! whose IPv6 address is not on the uplink's link gets a route the kernel
 //! refuses, which the reconcile reports.
 use std::{collections::BTreeMap, fmt, net::Ipv6Addr};
@@ -82,6 +83,8 @@ pub fn node_ip6_fault(ip: Ipv6Addr, own: Option<Ipv6Addr>) -> Option<&'static st
         Some("is loopback")
     } else if ip.is_multicast() {
         Some("is multicast")
+    } else if ip.to_ipv4_mapped().is_some() {
+        Some("is IPv4-mapped (NODE_ROUTES6 marks a peer through VXLAN so)")
     } else if sluice_node::net::netlink6::is_link_local6(ip) {
         Some("is link-local (a next hop on another node's link cannot be named by it)")
     } else {

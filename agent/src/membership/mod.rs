@@ -381,6 +381,20 @@ impl Membership {
         hops
     }
 
+    /// The IPv6 routes (`routes6`) of nodes whose IPv4 is reached through
+    /// VXLAN, each with that node's IPv4 address: their pods' IPv6 goes
+    /// inside the same tunnel (IPv6 inside the IPv4 underlay; a router
+    /// between the node networks may forward no IPv6 at all).
+    pub fn vxlan6(&self) -> BTreeMap<Ipv6Network, Ipv4Addr> {
+        let tunneled: BTreeMap<&str, Ipv4Addr> = self
+            .route_nodes
+            .iter()
+            .filter(|(cidr, _)| self.paths.get(*cidr).is_some_and(|p| p.path == PeerPath::Vxlan))
+            .filter_map(|(cidr, node)| Some((node.as_str(), *self.routes.get(cidr)?)))
+            .collect();
+        self.route_nodes6.iter().filter_map(|(cidr6, node)| Some((*cidr6, *tunneled.get(node.as_str())?))).collect()
+    }
+
     /// True when some peer is reached through VXLAN.
     pub fn any_tunneled(&self) -> bool {
         self.paths.values().any(|p| p.path == PeerPath::Vxlan)
@@ -611,6 +625,30 @@ mod tests {
         assert!(!never.any_tunneled());
         assert!(matches!(never.problems[..], [Problem::OffSubnet { .. }]), "{:?}", never.problems);
         assert!(never.problems[0].to_string().contains("--tunnel=never"));
+    }
+
+    #[test]
+    fn a_tunneled_peers_ipv6_pod_cidr_goes_through_the_tunnel_to_its_ipv4_address() {
+        let mut m = Membership::default();
+        let (near, far): (Ipv4Network, Ipv4Network) =
+            ("10.244.2.0/24".parse().unwrap(), "10.244.3.0/24".parse().unwrap());
+        m.routes.insert(near, "172.30.0.2".parse().unwrap());
+        m.routes.insert(far, "172.31.0.3".parse().unwrap());
+        m.route_nodes.insert(near, "n2".into());
+        m.route_nodes.insert(far, "n3".into());
+        m.paths.insert(near, PathChoice { path: PeerPath::Native, reason: PathReason::SameSubnet });
+        m.paths.insert(far, PathChoice { path: PeerPath::Vxlan, reason: PathReason::OffSubnet });
+        for (cidr6, ip6, node) in [
+            ("fd00:244:0:2::/64", "fd00:30::2", "n2"),
+            ("fd00:244:0:3::/64", "fd00:31::3", "n3"),
+            // Routed over IPv6 only (its IPv4 was left out): native.
+            ("fd00:244:0:4::/64", "fd00:30::4", "n4"),
+        ] {
+            m.routes6.insert(cidr6.parse().unwrap(), ip6.parse().unwrap());
+            m.route_nodes6.insert(cidr6.parse().unwrap(), node.into());
+        }
+        let v: Vec<String> = m.vxlan6().iter().map(|(c, ip)| format!("{c} -> {ip}")).collect();
+        assert_eq!(v, ["fd00:244:0:3::/64 -> 172.31.0.3"]);
     }
 
     #[test]

@@ -1,29 +1,62 @@
 //! The IPv6 twin of `kernel_routes`: on a dual-stack node, a kernel route
 //! per peer's IPv6 pod CIDR via its IPv6 node address, out of the uplink
-//! (`<pod CIDR6> via <node IP6> dev <uplink> proto 83`), kept equal to
-//! membership's `routes6`. Native only: IPv6 through VXLAN is not built
-//! yet. Like the IPv4 reconcile, only routes with sluice's protocol number
+//! (`<pod CIDR6> via <node IP6> dev <uplink> proto 83`), or, for a peer
+//! whose IPv4 is tunneled, into the VXLAN device with an IPv4 encap
+//! (`<pod CIDR6> encap ip id 1 dst <node IP4> ttl 64 dev sluice_vxlan
+//! proto 83`: IPv6 inside the IPv4 underlay), kept equal to membership's
+//! `routes6`. Like the IPv4 reconcile, only routes with sluice's protocol number
 //! are read or removed, and a route the kernel refuses is reported while
 //! every other one is applied.
 use std::{
     collections::{BTreeMap, BTreeSet},
-    net::Ipv6Addr,
+    net::{Ipv4Addr, Ipv6Addr},
 };
 
 use anyhow::Result;
 use ipnetwork::Ipv6Network;
-use sluice_node::net::{netlink::Netlink, netlink6::KernelRoute6};
+use sluice_common::maps::TUNNEL_VNI;
+use sluice_node::net::{
+    netlink::Netlink,
+    netlink6::{Encap4, KernelRoute6},
+};
 use tracing::info;
 
 use super::kernel_routes::ROUTE_PROTOCOL;
 
-/// Every peer's IPv6 pod CIDR via its IPv6 node address, out of the uplink.
-pub fn desired6(routes6: &BTreeMap<Ipv6Network, Ipv6Addr>, uplink_ifindex: u32) -> BTreeMap<Ipv6Network, KernelRoute6> {
+/// Every peer's IPv6 pod CIDR via its IPv6 node address, out of the
+/// uplink; a peer whose IPv4 is tunneled (`vxlan6`: its IPv4 node
+/// address) into the VXLAN device instead, with an IP encap naming that
+/// address (`encap ip id VNI dst PEER4`: the external device takes its
+/// tunnel key from the route, as `to_tunnel` gives IPv4 packets theirs).
+/// A tunneled peer while there is no device (`vxlan_ifindex` 0) gets no
+/// route.
+pub fn desired6(
+    routes6: &BTreeMap<Ipv6Network, Ipv6Addr>,
+    vxlan6: &BTreeMap<Ipv6Network, Ipv4Addr>,
+    uplink_ifindex: u32,
+    vxlan_ifindex: u32,
+) -> BTreeMap<Ipv6Network, KernelRoute6> {
     routes6
         .iter()
-        .map(|(cidr, ip)| (*cidr, KernelRoute6 { dst: *cidr, gateway: Some(*ip), oif: uplink_ifindex }))
+        .filter_map(|(cidr, ip)| {
+            let route = match vxlan6.get(cidr) {
+                None => KernelRoute6 { dst: *cidr, gateway: Some(*ip), oif: uplink_ifindex, encap: None },
+                Some(_) if vxlan_ifindex == 0 => return None,
+                Some(peer4) => KernelRoute6 {
+                    dst: *cidr,
+                    gateway: None,
+                    oif: vxlan_ifindex,
+                    encap: Some(Encap4 { vni: TUNNEL_VNI, dst: *peer4, ttl: OUTER_TTL }),
+                },
+            };
+            Some((*cidr, route))
+        })
         .collect()
 }
+
+/// The outer header's TTL, as the eBPF encapsulation writes it (the
+/// kernel's IPDEFTTL).
+pub const OUTER_TTL: u8 = 64;
 
 #[derive(Debug, Default, PartialEq, Eq)]
 pub struct KernelRouteDiff6 {
@@ -112,12 +145,12 @@ mod tests {
     use super::*;
 
     fn route6(dst: &str, gw: &str, oif: u32) -> KernelRoute6 {
-        KernelRoute6 { dst: dst.parse().unwrap(), gateway: Some(gw.parse().unwrap()), oif }
+        KernelRoute6 { dst: dst.parse().unwrap(), gateway: Some(gw.parse().unwrap()), oif, encap: None }
     }
 
     fn want(entries: &[(&str, &str)]) -> BTreeMap<Ipv6Network, KernelRoute6> {
         let routes6 = entries.iter().map(|(c, ip)| (c.parse().unwrap(), ip.parse().unwrap())).collect();
-        desired6(&routes6, 2)
+        desired6(&routes6, &BTreeMap::new(), 2, 7)
     }
 
     #[test]
@@ -133,6 +166,23 @@ mod tests {
             vec![route6("fd00:244:2::/64", "fd00:30::2", 2), route6("fd00:244:3::/64", "fd00:30::3", 2)]
         );
         assert_eq!(d.delete, vec![route6("fd00:244:4::/64", "fd00:30::4", 2)]);
+    }
+
+    #[test]
+    fn a_tunneled_peer_goes_into_the_vxlan_device_with_an_ipv4_encap() {
+        let routes6 = [("fd00:244:0:2::/64", "fd00:30::2"), ("fd00:244:0:3::/64", "fd00:31::3")]
+            .iter()
+            .map(|(c, ip)| (c.parse().unwrap(), ip.parse().unwrap()))
+            .collect();
+        let vxlan6 = [("fd00:244:0:3::/64".parse().unwrap(), "172.31.0.3".parse().unwrap())].into();
+        let d: Vec<String> = desired6(&routes6, &vxlan6, 2, 7).values().map(|r| r.describe()).collect();
+        assert_eq!(
+            d,
+            ["fd00:244:0:2::/64 via fd00:30::2 dev #2", "fd00:244:0:3::/64 encap ip id 1 dst 172.31.0.3 ttl 64 dev #7"]
+        );
+        // No device yet: no route for the tunneled peer.
+        let d: Vec<String> = desired6(&routes6, &vxlan6, 2, 0).values().map(|r| r.describe()).collect();
+        assert_eq!(d, ["fd00:244:0:2::/64 via fd00:30::2 dev #2"]);
     }
 
     #[derive(Default)]

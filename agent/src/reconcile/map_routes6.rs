@@ -2,9 +2,10 @@
 //! (other nodes' IPv6 pod CIDRs → their IPv6 node address), kept equal to
 //! membership's `routes6` — the same set the IPv6 kernel routes are made
 //! from (`kernel_routes6`), so the fast path and the stack agree on where
-//! a pod CIDR is. Native only: IPv6 through VXLAN is not built, and a
-//! peer `routes6` leaves out has no entry (its pods' IPv6 stays on the
-//! stack's path). `diff6` decides (pure); `reconcile6` reads the map,
+//! a pod CIDR is. A peer reached through VXLAN has an entry flagged
+//! `REMOTE_NODE_VXLAN` holding its IPv4 node address (`desired6`); a peer
+//! `routes6` leaves out has none (its pods' IPv6 stays on the stack's
+//! path). `diff6` decides (pure); `reconcile6` reads the map,
 //! diffs and applies through `RouteTable6`, which the pinned map
 //! implements and the tests fake.
 use std::{collections::BTreeMap, net::Ipv6Addr};
@@ -25,13 +26,23 @@ pub type Routes6 = BTreeMap<Ipv6Network, Ipv6Addr>;
 /// uplink's link) would have it resolve a neighbour that never answers,
 /// so such a peer stays on the stack's path, where the refusal is
 /// reported.
+///
+/// A peer reached through VXLAN (its kernel route into the VXLAN device
+/// with an IP encap, `kernel_routes6`) gets an entry too, holding its IPv4
+/// node address IPv4-mapped (`::ffff:a.b.c.d`; `NodeRoutes6` flags such an
+/// entry `REMOTE_NODE_VXLAN`): `from_pod6` leaves its pods to the stack
+/// and the kernel route, and `from_tunnel` lets through the tunnel only
+/// IPv6 whose source is in the pod CIDR of the node that sent it.
 pub fn desired6(routes6: &Routes6, installed: &[KernelRoute6], uplink_ifindex: u32) -> Routes6 {
     routes6
         .iter()
-        .filter(|(cidr, ip)| {
-            installed.iter().any(|r| r.dst == **cidr && r.gateway == Some(**ip) && r.oif == uplink_ifindex)
+        .filter_map(|(cidr, ip)| {
+            installed.iter().filter(|r| r.dst == *cidr).find_map(|r| match r.encap {
+                None if r.gateway == Some(*ip) && r.oif == uplink_ifindex => Some((*cidr, *ip)),
+                Some(e) if r.gateway.is_none() && r.oif != uplink_ifindex => Some((*cidr, e.dst.to_ipv6_mapped())),
+                _ => None,
+            })
         })
-        .map(|(c, ip)| (*c, *ip))
         .collect()
 }
 
@@ -135,6 +146,7 @@ mod tests {
             dst: dst.parse().unwrap(),
             gateway: Some(gw.parse().unwrap()),
             oif,
+            encap: None,
         };
         let installed = [
             k("fd00:244:0:2::/64", "fd00:30::2", 2),
@@ -144,6 +156,16 @@ mod tests {
         ];
         assert_eq!(desired6(&want, &installed, 2), routes(&[("fd00:244:0:2::/64", "fd00:30::2")]));
         assert!(desired6(&want, &installed, 3).is_empty(), "not out of the uplink");
+        // Through the VXLAN device (#7) with an encap: its IPv4 node
+        // address, IPv4-mapped.
+        let encap = sluice_node::net::netlink6::Encap4 { vni: 1, dst: "172.31.0.3".parse().unwrap(), ttl: 64 };
+        let tunneled =
+            KernelRoute6 { dst: "fd00:244:0:3::/64".parse().unwrap(), gateway: None, oif: 7, encap: Some(encap) };
+        let installed = [installed[0], tunneled];
+        assert_eq!(
+            desired6(&want, &installed, 2),
+            routes(&[("fd00:244:0:2::/64", "fd00:30::2"), ("fd00:244:0:3::/64", "::ffff:172.31.0.3")])
+        );
     }
 
     /// A table that refuses inserts once it holds `cap` entries.

@@ -12,6 +12,7 @@ use aya_ebpf::{
 };
 use sluice_common::{
     maps::{FAST_PATH_MARK, TUNNEL_VNI},
+    verdict::{self, Verdict},
     DropReason, ForwardPath, HookDirection,
 };
 
@@ -20,8 +21,8 @@ use crate::{
     counters::{count_forward, drop_packet},
     deliver::Origin,
     from_peer,
-    maps::NODE_ROUTES,
-    parse::{self, ETH_HLEN, L4_OFF},
+    maps::{found, ENDPOINTS6, FAST6_SCRATCH, NODE_ROUTES, NODE_ROUTES6},
+    parse::{self, Ipv6Hdr, ETH_HLEN, ETH_P_IPV6, L4_OFF},
     stack_flows,
 };
 
@@ -92,6 +93,9 @@ pub fn from_tunnel(ctx: TcContext) -> i32 {
 #[inline(always)]
 fn try_from_tunnel(ctx: &TcContext) -> Result<i32, DropReason> {
     let Some((_, ip)) = parse::ipv4(ctx)? else {
+        if parse::ether_type_be(ctx)? == ETH_P_IPV6.to_be() {
+            return from_tunnel6(ctx);
+        }
         count_forward(ctx, ForwardPath::ToStack);
         return Ok(TC_ACT_OK as i32);
     };
@@ -103,6 +107,42 @@ fn try_from_tunnel(ctx: &TcContext) -> Result<i32, DropReason> {
     // The sending node is the tunnel key's remote end.
     let judged = from_peer::judge::<ETH_HLEN, L4_OFF>(ctx, ip, Some(|| outer_source_be(ctx)))?;
     from_peer::carry_out(ctx, judged, Origin::Tunnel)
+}
+
+/// A pod's IPv6 packet that came through the tunnel (issue 28: IPv6
+/// inside the IPv4 underlay; the sending node's kernel route for this
+/// node's IPv6 pod CIDR encapsulates it, `kernel_routes6`). Its inner
+/// source must be in the IPv6 pod CIDR of the node that sent it
+/// (`verdict::from_tunnel6`); then it goes to the node's stack, which
+/// routes it into the pod (hop limit decremented, `to_pod` judging its
+/// NetworkPolicy), marked for this host as for IPv4.
+#[inline(always)]
+fn from_tunnel6(ctx: &TcContext) -> Result<i32, DropReason> {
+    let ip6: *const Ipv6Hdr = parse::header_mut(ctx, ETH_HLEN)?;
+    let Some(scratch) = FAST6_SCRATCH.get_ptr_mut(0) else {
+        return Err(DropReason::LookupMismatch);
+    };
+    // SAFETY: bounds checked by header_mut; only presence is read.
+    let source_is_local_pod = found(unsafe { ENDPOINTS6.get(&(*ip6).src) });
+    // SAFETY: this CPU's slot, used by this program run alone; the map
+    // value is read at once.
+    let sent_by_owner = unsafe {
+        (*scratch).key.prefix_len = 128;
+        (*scratch).key.data = (*ip6).src;
+        match NODE_ROUTES6.get(&(*scratch).key) {
+            Some(node) => verdict::tunnel6_sent_by_owner(node.flags, &node.node_ip6, outer_source_be(ctx)),
+            None => false,
+        }
+    };
+    match verdict::from_tunnel6(source_is_local_pod, sent_by_owner) {
+        Verdict::Drop(reason) => Err(reason),
+        _ => {
+            // SAFETY: helper call on our skb; PACKET_HOST is always allowed.
+            unsafe { bpf_skb_change_type(ctx.skb.skb, PACKET_HOST) };
+            count_forward(ctx, ForwardPath::ToStack);
+            Ok(TC_ACT_OK as i32)
+        }
+    }
 }
 
 /// The outer IPv4 source of a decapsulated packet (be); 0 if the device

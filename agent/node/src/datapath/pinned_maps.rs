@@ -213,8 +213,11 @@ impl NodeRoutes6 {
         Ok(out)
     }
 
+    /// An IPv4-mapped `node_ip6` (`::ffff:a.b.c.d`) is a peer reached
+    /// through VXLAN at that IPv4 address: flagged `REMOTE_NODE_VXLAN`.
     pub fn upsert(&mut self, cidr: Ipv6Network, node_ip6: Ipv6Addr) -> Result<()> {
-        let value = RemoteNode6 { node_ip6: node_ip6.octets(), flags: 0 };
+        let flags = if node_ip6.to_ipv4_mapped().is_some() { REMOTE_NODE_VXLAN } else { 0 };
+        let value = RemoteNode6 { node_ip6: node_ip6.octets(), flags };
         self.0.insert(&Self::key(cidr), value, 0).map_err(|e| {
             insert_error(e, names::NODE_ROUTES6, limits::MAX_NODE_ROUTES, format!("insert route {cidr} via {node_ip6}"))
         })

@@ -1,7 +1,7 @@
 //! The IPv6 twins of `netlink`'s IPv4 operations (addresses, routes,
 //! neighbours), beside them on the same `Netlink`, plus the per-interface
 //! IPv6 switches that live in sysctl rather than netlink.
-use std::net::{IpAddr, Ipv6Addr};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
 use anyhow::{Context, Result};
 use futures::TryStreamExt;
@@ -9,7 +9,7 @@ use ipnetwork::Ipv6Network;
 use netlink_packet_route::{
     address::{AddressAttribute, AddressFlags, AddressHeaderFlags},
     neighbour::NeighbourState,
-    route::{RouteAddress, RouteAttribute, RouteProtocol},
+    route::{RouteAddress, RouteAttribute, RouteIpTunnel, RouteLwEnCapType, RouteLwTunnelEncap, RouteProtocol},
     AddressFamily,
 };
 use rtnetlink::RouteMessageBuilder;
@@ -20,21 +20,53 @@ use super::netlink::{is_errno, Netlink};
 const RT_TABLE_MAIN: u8 = 254;
 
 /// A kernel IPv6 route as sluice makes them: `dst [via gateway] dev oif`
-/// (the twin of `KernelRoute`).
+/// (the twin of `KernelRoute`), or `dst encap ip id VNI dst PEER4 dev
+/// sluice_vxlan` for a peer reached through VXLAN (`encap`).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
 pub struct KernelRoute6 {
     pub dst: Ipv6Network,
     pub gateway: Option<Ipv6Addr>,
     pub oif: u32,
+    /// A lightweight-tunnel IP encap: the external (collect_md) VXLAN
+    /// device takes the tunnel key from it.
+    pub encap: Option<Encap4>,
+}
+
+/// `encap ip id <vni> dst <dst> ttl <ttl>`: the IPv4 tunnel key a route
+/// gives each packet it carries into an external VXLAN device.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub struct Encap4 {
+    pub vni: u32,
+    pub dst: Ipv4Addr,
+    pub ttl: u8,
 }
 
 impl KernelRoute6 {
     pub fn describe(&self) -> String {
+        let encap = match self.encap {
+            Some(e) => format!(" encap ip id {} dst {} ttl {}", e.vni, e.dst, e.ttl),
+            None => String::new(),
+        };
         match self.gateway {
-            Some(gw) => format!("{} via {gw} dev #{}", self.dst, self.oif),
-            None => format!("{} dev #{}", self.dst, self.oif),
+            Some(gw) => format!("{}{encap} via {gw} dev #{}", self.dst, self.oif),
+            None => format!("{}{encap} dev #{}", self.dst, self.oif),
         }
     }
+}
+
+/// The `Encap4` of a route's `RTA_ENCAP` attributes (`None` if they name
+/// no IPv4 destination).
+fn encap4_of(attrs: &[RouteLwTunnelEncap]) -> Option<Encap4> {
+    let (mut vni, mut dst, mut ttl) = (0, None, 0);
+    for attr in attrs {
+        match attr {
+            RouteLwTunnelEncap::Ip(RouteIpTunnel::Id(id)) => vni = *id as u32,
+            RouteLwTunnelEncap::Ip(RouteIpTunnel::Destination(ip)) => dst = Some(*ip),
+            RouteLwTunnelEncap::Ip(RouteIpTunnel::Ttl(t)) => ttl = *t,
+            _ => {}
+        }
+    }
+    Some(Encap4 { vni, dst: dst?, ttl })
 }
 
 /// Is `ip` link-local (`fe80::/10`)?
@@ -153,19 +185,22 @@ impl Netlink {
             if msg.header.table != RT_TABLE_MAIN || wrong_protocol {
                 continue;
             }
-            let (mut dst, mut gateway, mut oif) = (Ipv6Addr::UNSPECIFIED, None, 0);
+            let (mut dst, mut gateway, mut oif, mut encap) = (Ipv6Addr::UNSPECIFIED, None, 0, None);
+            let mut encap_ip = false;
             for attr in &msg.attributes {
                 match attr {
                     RouteAttribute::Destination(RouteAddress::Inet6(ip)) => dst = *ip,
                     RouteAttribute::Gateway(RouteAddress::Inet6(ip)) => gateway = Some(*ip),
                     RouteAttribute::Oif(i) => oif = *i,
+                    RouteAttribute::EncapType(RouteLwEnCapType::Ip) => encap_ip = true,
+                    RouteAttribute::Encap(attrs) => encap = encap4_of(attrs),
                     _ => {}
                 }
             }
             let Ok(dst) = Ipv6Network::new(dst, msg.header.destination_prefix_length) else {
                 continue;
             };
-            out.push(KernelRoute6 { dst, gateway, oif });
+            out.push(KernelRoute6 { dst, gateway, oif, encap: encap.filter(|_| encap_ip) });
         }
         Ok(out)
     }
@@ -175,13 +210,23 @@ impl Netlink {
             .destination_prefix(route.dst.network(), route.dst.prefix())
             .output_interface(route.oif)
             .protocol(RouteProtocol::Other(protocol));
-        match route.gateway {
+        let mut msg = match route.gateway {
             Some(gw) => msg.gateway(gw).build(),
             None => msg.build(),
+        };
+        if let Some(e) = route.encap {
+            msg.attributes.push(RouteAttribute::EncapType(RouteLwEnCapType::Ip));
+            msg.attributes.push(RouteAttribute::Encap(vec![
+                RouteLwTunnelEncap::Ip(RouteIpTunnel::Id(u64::from(e.vni))),
+                RouteLwTunnelEncap::Ip(RouteIpTunnel::Destination(e.dst)),
+                RouteLwTunnelEncap::Ip(RouteIpTunnel::Ttl(e.ttl)),
+            ]));
         }
+        msg
     }
 
-    /// `ip -6 route replace <dst> via <gw> dev <oif> proto <protocol>`.
+    /// `ip -6 route replace <dst> [encap ip ...] [via <gw>] dev <oif> proto
+    /// <protocol>`.
     pub async fn replace_route6(&self, route: &KernelRoute6, protocol: u8) -> Result<()> {
         let req = self.handle.route().add(Self::route_message6(route, protocol)).replace();
         req.execute().await.with_context(|| format!("replace route {}", route.describe()))

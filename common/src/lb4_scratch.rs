@@ -27,17 +27,30 @@ pub struct Lb4Scratch {
     pub entry: Nat4Entry,
     /// Session affinity's lookups (`lb4_affinity`).
     pub affinity_key: Lb4AffinityKey,
-    /// The remembered backend's membership key.
-    pub member: BackendMember,
     /// The remembered choice, copied out; then the new one.
     pub affinity: AffinityValue,
+    /// The remembered backend's membership key.
+    pub member: BackendMember,
     /// A first fragment's translation, before it is remembered
     /// (`lb4_frag`).
     pub frag_key: Frag4Key,
     pub frag: Frag4Entry,
-    pub _pad2: u32,
 }
-const _: () = assert!(core::mem::size_of::<Lb4Scratch>() == 152);
+const _: () = assert!(core::mem::size_of::<Lb4Scratch>() == 160);
+// No padding the compiler put in: the fields' sizes add up to the whole.
+const _: () = assert!(
+    core::mem::size_of::<Nat4Key>()
+        + core::mem::size_of::<ServiceKey>()
+        + core::mem::size_of::<ServiceValue>()
+        + 2 * core::mem::size_of::<u32>() // ttl, _pad
+        + core::mem::size_of::<Nat4Entry>()
+        + core::mem::size_of::<Lb4AffinityKey>()
+        + core::mem::size_of::<AffinityValue>()
+        + core::mem::size_of::<BackendMember>()
+        + core::mem::size_of::<Frag4Key>()
+        + core::mem::size_of::<Frag4Entry>()
+        == core::mem::size_of::<Lb4Scratch>()
+);
 
 #[cfg(feature = "user")]
 // SAFETY: plain `repr(C)` data, explicit padding, no invalid bit patterns.

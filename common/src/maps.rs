@@ -80,9 +80,12 @@ pub mod names {
     pub const MONITORS: &str = "MONITORS";
     /// Retired, with transient content (nothing to carry over): `EVENTS`,
     /// the one ring buffer every monitor shared, and `MONITOR`, its trace
-    /// switch (versions before the per-monitor ring buffers). The agent
-    /// removes their pins at start (`datapath::retired_maps`).
-    pub const RETIRED_TRANSIENT: [&str; 2] = ["EVENTS", "MONITOR"];
+    /// switch (versions before the per-monitor ring buffers);
+    /// `LB4_AFFINITY`, outside clients' backends per frontend (before
+    /// `LB4_SVC_AFFINITY`: soft state, each client's next new connection
+    /// picks afresh). The agent removes their pins at start
+    /// (`datapath::retired_maps`).
+    pub const RETIRED_TRANSIENT: [&str; 3] = ["EVENTS", "MONITOR", "LB4_AFFINITY"];
     /// `HashMap<ServiceKey, ServiceValue>`: Services' frontends (socket LB).
     pub const SERVICES: &str = "SERVICES";
     /// `HashMap<BackendSlot, Backend>`: each backend set's backends.
@@ -165,9 +168,11 @@ pub mod names {
     pub const LB4_SOURCE_RANGES: &str = "LB4_SOURCE_RANGES";
     /// `LruHashMap<lb4_affinity::Lb4AffinityKey, services::AffinityValue>`:
     /// `sessionAffinity: ClientIP` for clients from outside, the backend
-    /// each (client address, frontend) last got (`from_uplink` writes and
-    /// reads; least recently used entries make room).
-    pub const LB4_AFFINITY: &str = "LB4_AFFINITY";
+    /// each (client address, Service port) last got (`from_uplink` writes
+    /// and reads; least recently used entries make room). It replaced
+    /// `LB4_AFFINITY`, keyed by (client address, frontend): another key,
+    /// so another name (`RETIRED_TRANSIENT`).
+    pub const LB4_SVC_AFFINITY: &str = "LB4_SVC_AFFINITY";
     /// `PerCpuArray<lb4_scratch::Lb4Scratch>` of one: the uplink
     /// translation's working memory (programs only).
     pub const LB4_SCRATCH: &str = "LB4_SCRATCH";
@@ -263,8 +268,8 @@ pub mod limits {
     pub const MAX_SOCK_REVERSE: u32 = 262144;
     /// (client namespace, Service) pairs with session affinity.
     pub const MAX_AFFINITY: u32 = 65536;
-    /// (outside client address, frontend) pairs with session affinity at
-    /// the uplink; least recently used make room.
+    /// (outside client address, Service port) pairs with session affinity
+    /// at the uplink; least recently used make room.
     pub const MAX_LB4_AFFINITY: u32 = 65536;
     /// Fragmented datagrams in flight through the uplink's translation;
     /// least recently used make room.

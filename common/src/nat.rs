@@ -453,7 +453,7 @@ pub enum Nat4Counter {
     /// removed, a new connection balanced (`syn_reopens`).
     Reopened = 9,
     /// A new connection of a Service with `sessionAffinity: ClientIP` sent
-    /// to the backend remembered for its client (`LB4_AFFINITY`).
+    /// to the backend remembered for its client (`LB4_SVC_AFFINITY`).
     AffinityReused = 10,
     /// A new connection of a Service with affinity whose client had no
     /// usable choice (none, expired, or its backend gone): picked at

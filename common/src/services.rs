@@ -211,11 +211,12 @@ pub struct SockLbConfig {
 }
 const _: () = assert!(core::mem::size_of::<SockLbConfig>() == 8);
 
-/// Value of `SERVICES`.
+/// Value of `SERVICES` (and `SERVICES6`).
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
 pub struct ServiceValue {
-    /// The backend set this frontend uses now.
+    /// The backend set this frontend uses now. Not an identity: every
+    /// change of the endpoints moves the frontend to a fresh set.
     pub backend_set: u32,
     /// Backends in the set; 0: the Service has no endpoints and a connect
     /// is refused (`ECONNREFUSED`, as kube-proxy's REJECT).
@@ -223,8 +224,48 @@ pub struct ServiceValue {
     /// `sessionAffinity: ClientIP` timeout; 0: no affinity.
     pub affinity_timeout_secs: u32,
     pub flags: u32,
+    /// The Service port this frontend belongs to (`service_port_id`): the
+    /// same on every frontend of one Service port (its NodePort, external
+    /// IPs, LoadBalancer IPs, cluster IPs), stable across endpoint changes
+    /// and agent restarts. The uplink's session affinity is keyed by it
+    /// (`lb4_affinity`). Appended (the value was 16 bytes): 0 is "not set",
+    /// an entry an earlier version wrote, until the agent rewrites it.
+    pub service_port_id: u64,
 }
-const _: () = assert!(core::mem::size_of::<ServiceValue>() == 16);
+const _: () = assert!(core::mem::size_of::<ServiceValue>() == 24);
+
+/// Set in every `service_port_id`: the ids the agent derives never collide
+/// with the stand-in the uplink uses for an entry without one (its
+/// frontend key, whose top byte is the scope, 0..=3: `lb4_affinity`).
+pub const SERVICE_PORT_ID_TAG: u64 = 1 << 63;
+
+/// The id of a Service port, as kube-proxy names one (`ServicePortName`:
+/// namespace, name, the port's name, protocol): FNV-1a (64 bits) of the
+/// four, each string followed by a 0 byte (no name holds one), with
+/// `SERVICE_PORT_ID_TAG` set. Derived, never stored: an agent after a
+/// restart or an upgrade computes the same ids, so the pinned
+/// `LB4_SVC_AFFINITY` keeps its meaning. The port's number is left out,
+/// as kube-proxy leaves it out: a port renumbered keeps its clients'
+/// backends. Two Service ports share an id only by a 64-bit hash
+/// collision (about 3 in 10^12 for 10,000 ports in a cluster), which
+/// would only let one client's choice for one be tried for the other,
+/// and the uplink still takes a remembered backend only from the current
+/// set of the frontend reached.
+pub const fn service_port_id(namespace: &[u8], name: &[u8], port_name: &[u8], protocol: u8) -> u64 {
+    const OFFSET: u64 = 0xcbf2_9ce4_8422_2325;
+    const PRIME: u64 = 0x0000_0100_0000_01b3;
+    const fn mix(mut h: u64, bytes: &[u8]) -> u64 {
+        let mut i = 0;
+        while i < bytes.len() {
+            h = (h ^ bytes[i] as u64).wrapping_mul(PRIME);
+            i += 1;
+        }
+        // The 0 byte after it (`h ^ 0` is `h`).
+        h.wrapping_mul(PRIME)
+    }
+    let h = mix(mix(mix(OFFSET, namespace), name), port_name);
+    (h ^ protocol as u64).wrapping_mul(PRIME) | SERVICE_PORT_ID_TAG
+}
 
 /// Key of `BACKENDS`: slot `slot` of backend set `set`.
 #[repr(C)]
@@ -424,9 +465,32 @@ mod tests {
         assert_eq!(local_backend_count(SERVICE_EXTERNAL_IP | SERVICE_NO_LOCAL_ENDPOINTS), 0);
     }
 
+    /// The ids are a contract with the pinned `LB4_SVC_AFFINITY`: an
+    /// agent of another version (or after a restart) must derive the same
+    /// id for the same Service port. Golden values; never change them.
+    #[test]
+    fn service_port_ids_are_fixed_and_tell_service_ports_apart() {
+        let web = service_port_id(b"default", b"web", b"http", 6);
+        assert_eq!(web, 0xa2fb_8112_bddd_70be);
+        assert_eq!(service_port_id(b"default", b"web", b"", 17), 0xcb0a_eec3_186e_1477);
+        assert!(web & SERVICE_PORT_ID_TAG != 0);
+        let others = [
+            service_port_id(b"default", b"web", b"http", 17),
+            service_port_id(b"default", b"web", b"https", 6),
+            service_port_id(b"default", b"web2", b"http", 6),
+            service_port_id(b"prod", b"web", b"http", 6),
+            // The separators: the same bytes cut elsewhere.
+            service_port_id(b"default", b"we", b"bhttp", 6),
+            service_port_id(b"defaultweb", b"", b"http", 6),
+        ];
+        for (i, o) in others.iter().enumerate() {
+            assert_ne!(*o, web, "case {i}");
+        }
+    }
+
     #[test]
     fn admission_refuses_empty_and_unreachable_local_only() {
-        let mut v = ServiceValue { backend_set: 1, count: 2, affinity_timeout_secs: 0, flags: 0 };
+        let mut v = ServiceValue { backend_set: 1, count: 2, affinity_timeout_secs: 0, flags: 0, service_port_id: 0 };
         assert_eq!(admission(&v), Admission::Balance);
         v.count = 0;
         assert_eq!(admission(&v), Admission::Refuse);

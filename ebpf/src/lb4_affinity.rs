@@ -1,10 +1,10 @@
 //! `sessionAffinity: ClientIP` for clients from outside the cluster
 //! (`sluice_common::lb4_affinity`): the backend of a new connection at the
-//! uplink, the client's remembered one while it is fresh and still the
-//! frontend's, else one at random, remembered.
+//! uplink, the one remembered for the client and the Service port while it
+//! is fresh and one of the frontend's, else one at random, remembered.
 use aya_ebpf::helpers::{bpf_get_prandom_u32, bpf_ktime_get_coarse_ns};
 use sluice_common::{
-    lb4_affinity::reuse_remembered,
+    lb4_affinity::{affinity_scope, reuse_remembered},
     lb4_scratch::Lb4Scratch,
     nat::Nat4Counter,
     services::{local_backend_count, Backend, BackendSlot, ServiceKey, ServiceValue, SERVICE_EXTERNAL_LOCAL},
@@ -13,7 +13,7 @@ use sluice_common::{
 
 use crate::{
     lb4::count,
-    maps::{BACKENDS, BACKEND_MEMBERS, LB4_AFFINITY},
+    maps::{BACKENDS, BACKEND_MEMBERS, LB4_SVC_AFFINITY},
 };
 
 /// The backend for a new connection from `client_be` to `frontend` (its
@@ -41,10 +41,13 @@ pub fn pick(
     let (key, member, chosen) =
         unsafe { (&mut (*scratch).affinity_key, &mut (*scratch).member, &mut (*scratch).affinity) };
     key.client_be = client_be;
-    key.frontend = *frontend;
+    key._pad = 0;
+    // One choice per Service port, whichever of its frontends the client
+    // reached (the remembered backend is checked against this one's set).
+    key.service_port = affinity_scope(frontend, service);
     // SAFETY: a plain helper.
     let now = unsafe { bpf_ktime_get_coarse_ns() };
-    if let Some(entry) = LB4_AFFINITY.get_ptr_mut(&*key) {
+    if let Some(entry) = LB4_SVC_AFFINITY.get_ptr_mut(&*key) {
         // SAFETY: a valid map value pointer, copied out at once; a racing
         // writer leaves another valid backend and time.
         *chosen = unsafe { *entry };
@@ -64,7 +67,7 @@ pub fn pick(
     chosen.last_used_ns = now;
     // An LRU map makes room: a failed insert (no memory) only costs the
     // client its affinity, never the connection.
-    let _ = LB4_AFFINITY.insert(&*key, &*chosen, 0);
+    let _ = LB4_SVC_AFFINITY.insert(&*key, &*chosen, 0);
     count(Nat4Counter::AffinityPicked);
     Ok(backend)
 }

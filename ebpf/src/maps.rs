@@ -200,9 +200,11 @@ pub static NAT4_STATS: PerCpuArray<u64> = PerCpuArray::with_max_entries(Nat4Coun
 #[map]
 pub static LB4_SOURCE_RANGES: LpmTrie<SourceRangeKey, u32> = LpmTrie::with_max_entries(MAX_LB4_SOURCE_RANGES, 0);
 
-/// `sessionAffinity: ClientIP` for clients from outside (`lb4_affinity`).
+/// `sessionAffinity: ClientIP` for clients from outside, per Service port
+/// (`lb4_affinity`).
 #[map]
-pub static LB4_AFFINITY: LruHashMap<Lb4AffinityKey, AffinityValue> = LruHashMap::with_max_entries(MAX_LB4_AFFINITY, 0);
+pub static LB4_SVC_AFFINITY: LruHashMap<Lb4AffinityKey, AffinityValue> =
+    LruHashMap::with_max_entries(MAX_LB4_AFFINITY, 0);
 
 /// The uplink translation's working memory (`Lb4Scratch`).
 #[map]

@@ -220,11 +220,14 @@ fn external_traffic_policy_local_keeps_the_client_address_and_a_node_without_a_b
     assert_eq!(c2["new_remote"] + c2["new_local"], 0, "{c2:?}");
 }
 
-/// `sessionAffinity: ClientIP` from outside (`LB4_AFFINITY`): backends on
-/// two nodes; 30 connections of the world through node 1's NodePort all
-/// reach one backend (the server names its pod), and the same through node
-/// 2's address, whose choice is its own. The same backends behind a
-/// Service without affinity: both answer.
+/// `sessionAffinity: ClientIP` from outside (`LB4_SVC_AFFINITY`), per
+/// Service port as kube-proxy keeps it: backends on two nodes; 40
+/// connections of the world to node 1 (through the NodePort on its
+/// address, the LoadBalancer IP and the external IP, both routed to that
+/// node, and the NodePort again) all reach one backend (the server names
+/// its pod), picked once; 30 through node 2's NodePort reach one backend
+/// too, node 2's own choice. The same backends behind a Service without
+/// affinity: both answer.
 #[test]
 fn client_ip_affinity_sends_every_world_connection_to_one_backend() {
     require_root();
@@ -237,12 +240,18 @@ fn client_ip_affinity_sends_every_world_connection_to_one_backend() {
     let endpoints: Vec<(&str, &str)> = pods.iter().map(|(n, ip, _)| (n.as_str(), ip.as_str())).collect();
     let want: Vec<String> = pods.iter().map(|(_, ip, _)| format!("{ip}:7777")).collect();
     let mut node_ports = Vec::new();
+    // The sticky Service's LoadBalancer ingress IP and external IP.
+    let (lb_ip, external_ip) = ("198.51.100.88", "192.0.2.88");
     // Ports 88 and 89: the lab's API server derives the NodePort from it.
     for (name, cluster_ip, port, affinity) in [("sticky", "10.96.0.88", 88, true), ("spread", "10.96.0.89", 89, false)]
     {
         let mut svc = service(name, cluster_ip, &[("http", port, 7777, "TCP")]).type_("NodePort");
         if affinity {
-            svc = svc.client_ip_affinity(Some(600));
+            svc = svc
+                .client_ip_affinity(Some(600))
+                .type_("LoadBalancer")
+                .load_balancer_ips(&[lb_ip])
+                .external_ips(&[external_ip]);
         }
         let np = svc.node_port(0);
         node_ports.push(np);
@@ -250,15 +259,40 @@ fn client_ip_affinity_sends_every_world_connection_to_one_backend() {
         api.upsert_endpoint_slice(slice(name, &[("http", 7777, "TCP")], &ready(&endpoints)).build());
         wait_backends(&lab, "*", np, "TCP", &want).unwrap();
     }
-    for i in [0, 1] {
-        let ip = node_ip(&lab, i);
-        let out = world_client(&world, &["tcp", &ip, &node_ports[0].to_string(), "30"]);
-        assert_eq!(oks(&out), 30, "world → {ip}:{} (affinity): {:?}", node_ports[0], tally(&out));
-        let (t, c) = (tally(&out), nat4(&lab, i));
-        assert_eq!(t.len(), 1, "with ClientIP affinity through {ip}, one backend: {t:?} (NAT4 counters {c:?})");
-        assert!(c["affinity_reused"] >= 29 && c["affinity_picked"] >= 1, "node {}: {c:?}", i + 1);
-    }
     let ip1 = node_ip(&lab, 0);
+    for addr in [lb_ip, external_ip] {
+        wait_backends(&lab, addr, 88, "TCP", &want).unwrap();
+        // The world reaches them through node 1, as a load balancer (or
+        // the network, for an external IP) would send them.
+        sluice_tests::lab::ns_exec(&world, &["ip", "route", "replace", &format!("{addr}/32"), "via", &ip1]).unwrap();
+    }
+    let np = node_ports[0].to_string();
+    let mut through_node1: BTreeMap<String, usize> = BTreeMap::new();
+    for (what, dst, port) in [
+        ("NodePort", ip1.as_str(), np.as_str()),
+        ("LB IP", lb_ip, "88"),
+        ("external IP", external_ip, "88"),
+        ("NodePort", &ip1, &np),
+    ] {
+        let out = world_client(&world, &["tcp", dst, port, "10"]);
+        assert_eq!(oks(&out), 10, "world → {what} {dst}:{port} (affinity): {:?}", tally(&out));
+        for (pod, n) in tally(&out) {
+            *through_node1.entry(pod).or_default() += n;
+        }
+    }
+    let c = nat4(&lab, 0);
+    assert_eq!(
+        (through_node1.len(), c["affinity_picked"], c["affinity_reused"]),
+        (1, 1, 39),
+        "with ClientIP affinity, one backend for the Service port through the NodePort, the LB IP and the external IP, \
+         picked once: {through_node1:?} (NAT4 counters of node 1 {c:?})"
+    );
+    let ip2 = node_ip(&lab, 1);
+    let out = world_client(&world, &["tcp", &ip2, &np, "30"]);
+    assert_eq!(oks(&out), 30, "world → {ip2}:{np} (affinity): {:?}", tally(&out));
+    let (t, c) = (tally(&out), nat4(&lab, 1));
+    assert_eq!(t.len(), 1, "with ClientIP affinity through {ip2}, one backend: {t:?} (NAT4 counters {c:?})");
+    assert!(c["affinity_reused"] >= 29 && c["affinity_picked"] >= 1, "node 2: {c:?}");
     let out = world_client(&world, &["tcp", &ip1, &node_ports[1].to_string(), "30"]);
     assert_eq!(oks(&out), 30, "world → {ip1}:{} (no affinity): {:?}", node_ports[1], tally(&out));
     let t = tally(&out);

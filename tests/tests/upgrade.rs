@@ -49,8 +49,9 @@ fn pin_names(dir: &Path) -> Vec<String> {
 /// Turn node `i`'s pins into "an earlier layout": `v1` → `v0`, the drop
 /// counters as versions before `DROP_STATS` had them: `DROPS`, packets per
 /// reason, here of only 6 reasons, with `OLD_SPOOFED` source_spoofed drops
-/// on every CPU, and the monitor's maps before issue 24 (one shared `EVENTS`
-/// ring buffer and its `MONITOR` switch).
+/// on every CPU, the monitor's maps before issue 24 (one shared `EVENTS`
+/// ring buffer and its `MONITOR` switch), and the uplink's session affinity
+/// per frontend (`LB4_AFFINITY`, before `LB4_SVC_AFFINITY`).
 fn age_pins(lab: &Lab, i: usize) -> PathBuf {
     let root = &lab.state.nodes[i].pin_dir;
     let (new, old) = (root.join(format!("v{LAYOUT_VERSION}")), root.join("v0"));
@@ -82,6 +83,7 @@ fn age_pins(lab: &Lab, i: usize) -> PathBuf {
     for (name, shape) in [
         ("EVENTS", ["ringbuf", "key", "0", "value", "0", "entries", "262144"]),
         ("MONITOR", ["array", "key", "4", "value", "4", "entries", "1"]),
+        ("LB4_AFFINITY", ["lru_hash", "key", "12", "value", "16", "entries", "65536"]),
     ] {
         let pin = old.join("maps").join(name).display().to_string();
         let mut args = vec!["map", "create", &pin, "type"];
@@ -191,6 +193,10 @@ fn an_agent_over_an_earlier_layout_takes_over_in_place_and_loses_nothing() {
     for retired in names::RETIRED_TRANSIENT {
         assert!(!pins0.map(retired).exists(), "{retired}: a map this version replaced is unpinned");
     }
+    // By name too (`age_pins` made one): the per-frontend affinity map
+    // must not linger beside `LB4_SVC_AFFINITY`.
+    assert!(!pins0.map("LB4_AFFINITY").exists(), "the retired LB4_AFFINITY pin is still there");
+    assert!(pins0.map(names::LB4_SVC_AFFINITY).exists());
     let status = lab.status(0).unwrap();
     assert_eq!(status["drops"].as_object().unwrap().len(), DropReason::COUNT as usize, "every reason: {status:#}");
     assert_eq!(status["drops"]["source_spoofed"], OLD_SPOOFED * possible_cpus(), "carried over: {status:#}");
@@ -556,6 +562,17 @@ fn an_earlier_versions_maps_are_all_carried_under_service_traffic() {
         );
     }
     for (m, entries) in &before {
+        if *m == names::SERVICES {
+            // The old version's values had no Service port id (the 8
+            // bytes appended since): it comes back zero, and only the
+            // agent's next plan writes it again (below).
+            let (now, then) = (dump(&pins0.map(m)), entries.clone());
+            let cut = |d: &std::collections::BTreeMap<Vec<u8>, Vec<u8>>| -> Vec<(Vec<u8>, Vec<u8>)> {
+                d.iter().map(|(k, v)| (k.clone(), v[..SERVICE_VALUE_V1_BYTES].to_vec())).collect()
+            };
+            assert_eq!(cut(&now), cut(&then), "{m}: the entries were not all carried over");
+            continue;
+        }
         assert_eq!(&dump(&pins0.map(m)), entries, "{m}: the entries were not all carried over");
     }
     // Counters carried on (summed over CPUs, never lower).
@@ -568,7 +585,22 @@ fn an_earlier_versions_maps_are_all_carried_under_service_traffic() {
     let after = services::client(&lab, &n1, &pod.netns, &["tcp", "10.96.0.50", "80", "40"]).unwrap();
     assert!(after.iter().all(|o| o.answer().is_some()), "{:?}", services::tally(&after));
     lab.api.as_ref().unwrap().forbid(Kind::Service, false);
+    // The Services readable again: the agent's plan puts every frontend's
+    // Service port id back (on a new backend set: the rest of the value
+    // is what it was).
+    let but_the_set = |d: &std::collections::BTreeMap<Vec<u8>, Vec<u8>>| -> Vec<(Vec<u8>, Vec<u8>)> {
+        d.iter().map(|(k, v)| (k.clone(), v[4..].to_vec())).collect()
+    };
+    let services_before = but_the_set(&before.iter().find(|(m, _)| m == names::SERVICES).unwrap().1);
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    while but_the_set(&dump(&pins0.map(names::SERVICES))) != services_before {
+        assert!(std::time::Instant::now() < deadline, "the Service port ids were not written again within 60 s");
+        std::thread::sleep(Duration::from_millis(200));
+    }
 }
+
+/// Bytes of a `SERVICES` value before the Service port id was appended.
+const SERVICE_VALUE_V1_BYTES: usize = 16;
 
 /// CNI ADDs and DELs racing a migration all land: while the agent migrates
 /// `ENDPOINTS` (an earlier version's, of another capacity and holding 1,500

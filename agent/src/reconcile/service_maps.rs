@@ -180,7 +180,8 @@ pub fn host_port_key(f: &HostPortFrontend) -> ServiceKey {
 fn host_port_entry(target: &HostPortTarget) -> Entry<Backend> {
     let b = &target.backend;
     Entry {
-        value: ServiceValue { backend_set: 0, count: 1, affinity_timeout_secs: 0, flags: 0 },
+        // No affinity, no Service port.
+        value: ServiceValue { backend_set: 0, count: 1, affinity_timeout_secs: 0, flags: 0, service_port_id: 0 },
         backends: vec![Backend { ip_be: ip_be(b.ip), port_be: b.port.to_be(), _pad: 0 }],
     }
 }
@@ -211,6 +212,7 @@ fn entry_of<F: MapFamily>(plan: &FrontendPlan<F::Addr>) -> Entry<F::Backend> {
                 | if plan.no_local_endpoints { SERVICE_NO_LOCAL_ENDPOINTS } else { 0 }
                 | if plan.external_local { external_local_flags(plan.local_backends) } else { 0 }
                 | if plan.source_ranges.is_empty() { 0 } else { SERVICE_SOURCE_RANGES },
+            service_port_id: plan.service_port_id,
         },
         backends,
     }
@@ -508,6 +510,11 @@ mod tests {
         Frontend { ip: "10.96.0.10".parse().unwrap(), port, protocol: Protocol::Tcp }
     }
 
+    /// The id the planner gives port `port` of default/web.
+    fn port_id(port: u16) -> u64 {
+        sluice_common::services::service_port_id(b"default", b"web", port.to_string().as_bytes(), 6)
+    }
+
     fn plan(entries: &[(u16, &[&str])]) -> Plan {
         entries
             .iter()
@@ -523,6 +530,7 @@ mod tests {
                         local_backends: 0,
                         source_ranges: Vec::new(),
                         kind: sluice_common::services::FrontendKind::ClusterIp,
+                        service_port_id: port_id(*port),
                     },
                 )
             })
@@ -556,6 +564,32 @@ mod tests {
         );
         assert_eq!(lookup(&t, 80).unwrap().len(), 3);
         assert_eq!(t.backends.len(), 3, "the old set is gone");
+    }
+
+    /// The Service port's id rides in every value written for its
+    /// frontend and stays when the endpoints move it to a new set; an entry
+    /// an earlier version wrote (no id: 0) is rewritten with it.
+    #[test]
+    fn the_service_port_id_is_written_kept_across_sets_and_filled_in_after_an_upgrade() {
+        let mut t = Fake::default();
+        let mut r = ServiceReconciler::resume(&mut t).unwrap();
+        r.apply(&mut t, &plan(&[(80, &["10.244.1.1"]), (81, &["10.244.1.1"])])).unwrap();
+        let value = |t: &Fake, port| t.services[&service_key(&frontend(port))];
+        assert_eq!(value(&t, 80).service_port_id, port_id(80));
+        assert_ne!(port_id(80), port_id(81));
+        let first_set = value(&t, 80).backend_set;
+        r.apply(&mut t, &plan(&[(80, &["10.244.1.2"]), (81, &["10.244.1.1"])])).unwrap();
+        assert_ne!(value(&t, 80).backend_set, first_set, "a new set");
+        assert_eq!(value(&t, 80).service_port_id, port_id(80), "the same Service port");
+        // An earlier version's entries (the value migrated: the id zero).
+        for v in t.services.values_mut() {
+            v.service_port_id = 0;
+        }
+        let mut r = ServiceReconciler::resume(&mut t).unwrap();
+        let p = plan(&[(80, &["10.244.1.2"]), (81, &["10.244.1.1"])]);
+        assert_eq!(r.apply(&mut t, &p).unwrap(), PassStats { changed: 2, ..Default::default() });
+        assert_eq!((value(&t, 80).service_port_id, value(&t, 81).service_port_id), (port_id(80), port_id(81)));
+        assert_eq!(r.apply(&mut t, &p).unwrap(), PassStats::default());
     }
 
     #[test]
@@ -836,6 +870,7 @@ mod ipv6_tests {
             external_local: false,
             local_backends: 0,
             source_ranges: Vec::new(),
+            service_port_id: 0,
         };
         [(f, p)].into()
     }

@@ -136,6 +136,7 @@ mod tests {
             local_backends: 0,
             source_ranges: ranges.iter().map(|(ip, len)| (ip.parse().unwrap(), *len)).collect(),
             kind: FrontendKind::LoadBalancer,
+            service_port_id: 0,
         };
         [(f, p)].into()
     }

@@ -38,7 +38,7 @@ use std::{
 
 use serde::Serialize;
 
-use sluice_common::services::FrontendKind;
+use sluice_common::services::{service_port_id, FrontendKind};
 
 use super::model::{
     Endpoint, EndpointSlice, Family, Protocol, Service, ServiceKind, ServiceName, ServiceView, Touched,
@@ -96,6 +96,12 @@ pub struct FrontendPlan<A = Ipv4Addr> {
     /// ClusterIP, NodePort, ExternalIP or LoadBalancer (ingress IP).
     #[serde(serialize_with = "kind_name")]
     pub kind: FrontendKind,
+    /// The Service port this frontend belongs to
+    /// (`sluice_common::services::service_port_id`): the same on all its
+    /// frontends, whatever its endpoints; the uplink's session affinity
+    /// is kept per Service port by it.
+    #[serde(skip)]
+    pub service_port_id: u64,
 }
 
 fn kind_name<S: serde::Serializer>(kind: &FrontendKind, s: S) -> Result<S::Ok, S::Error> {
@@ -170,6 +176,14 @@ pub fn plan_service<A: Family>(plan: &mut Plan<A>, service: &Service, slices: &[
             .iter()
             .filter_map(|net| Some((A::of(net.network())?, net.prefix())))
             .collect();
+        // As kube-proxy names a Service port: namespace, name, port name
+        // and protocol (not its number).
+        let id = service_port_id(
+            service.name.namespace.as_bytes(),
+            service.name.name.as_bytes(),
+            port.name.as_bytes(),
+            port.protocol.number(),
+        );
         let entry = |kind, (backends, no_local_endpoints): (Vec<BackendAddr<A>>, bool), local_backends| FrontendPlan {
             service: service.name.clone(),
             backends,
@@ -179,6 +193,7 @@ pub fn plan_service<A: Family>(plan: &mut Plan<A>, service: &Service, slices: &[
             local_backends,
             source_ranges: if kind == FrontendKind::LoadBalancer { source_ranges.clone() } else { Vec::new() },
             kind,
+            service_port_id: id,
         };
         let internal = choose(&candidates, service.internal_traffic_local, node);
         for ip in A::cluster_ips(service) {
@@ -722,6 +737,60 @@ mod tests {
         }
         assert_eq!(planner.plan()[&fe("192.0.2.9", 80, Protocol::Tcp)].service.name, "c");
         assert!(!planner.plan().contains_key(&fe("10.96.0.1", 80, Protocol::Tcp)));
+    }
+
+    /// Session affinity from outside is kept per Service port (as
+    /// kube-proxy's): every frontend of one port carries one id, whatever
+    /// its kind or endpoints; another port, another Service, another
+    /// namespace: another id.
+    #[test]
+    fn every_frontend_of_a_service_port_carries_one_id_stable_across_endpoint_changes() {
+        let web = external(
+            svc("web", "10.96.0.10", &[("http", 80, Protocol::Tcp), ("dns", 53, Protocol::Udp)]),
+            30080,
+            &["192.0.2.10"],
+            &["198.51.100.10"],
+        );
+        let mut api =
+            external(svc("api", "10.96.0.11", &[("http", 80, Protocol::Tcp)]), 30081, &[], &["198.51.100.11"]);
+        api.name = ServiceName::new("prod", "api");
+        let eps = [("10.244.1.5", true, true, false, "node-a")];
+        let slices = |eps: &[Ep]| {
+            vec![
+                slice("web-1", "web", &[("http", 8080, Protocol::Tcp), ("dns", 5353, Protocol::Udp)], eps),
+                EndpointSlice {
+                    name: ServiceName::new("prod", "api-1"),
+                    service: ServiceName::new("prod", "api"),
+                    ..slice("api-1", "api", &[("http", 8080, Protocol::Tcp)], eps)
+                },
+            ]
+        };
+        let p = desired(&view(vec![web.clone(), api.clone()], slices(&eps)), NODE);
+        let web_http = service_port_id(b"default", b"web", b"http", 6);
+        let web_http_frontends = [
+            fe("10.96.0.10", 80, Protocol::Tcp),
+            Frontend::node_port(30080, Protocol::Tcp),
+            fe("192.0.2.10", 80, Protocol::Tcp),
+            fe("198.51.100.10", 80, Protocol::Tcp),
+        ];
+        for f in &web_http_frontends {
+            assert_eq!(p[f].service_port_id, web_http, "{f:?} ({:?})", p[f].kind);
+        }
+        let web_dns = p[&Frontend::node_port(30080, Protocol::Udp)].service_port_id;
+        assert_eq!(web_dns, service_port_id(b"default", b"web", b"dns", 17));
+        assert_eq!(p[&fe("198.51.100.10", 53, Protocol::Udp)].service_port_id, web_dns);
+        let api_http = p[&fe("198.51.100.11", 80, Protocol::Tcp)].service_port_id;
+        assert_eq!(p[&Frontend::node_port(30081, Protocol::Tcp)].service_port_id, api_http);
+        let ids: BTreeSet<u64> = [web_http, web_dns, api_http].into();
+        assert_eq!(ids.len(), 3, "another port, another Service: another id");
+        // The endpoints change (another backend, so another backend set
+        // in the maps): the ids stay.
+        let moved = [("10.244.2.9", true, true, false, "node-b")];
+        let q = desired(&view(vec![web, api], slices(&moved)), NODE);
+        for f in &web_http_frontends {
+            assert_ne!(q[f].backends, p[f].backends);
+            assert_eq!(q[f].service_port_id, web_http, "{f:?}");
+        }
     }
 
     #[test]

@@ -58,7 +58,7 @@ fn dsr_node(backend: &str) -> TestDatapath {
     )
     .unwrap();
     for protocol in [TCP, UDP] {
-        let value = ServiceValue { backend_set: 1, count: 1, affinity_timeout_secs: 0, flags: 0 };
+        let value = ServiceValue { backend_set: 1, count: 1, affinity_timeout_secs: 0, flags: 0, service_port_id: 0 };
         maps.put_service(ServiceKey::node_port(NODE_PORT.to_be(), protocol), value).unwrap();
     }
     dp

@@ -38,7 +38,7 @@ fn node_with_node_port(backend: &str) -> TestDatapath {
     let mut maps = ServiceMaps::open(dp.pins()).unwrap();
     let b = Backend { ip_be: be(ip(backend)), port_be: 5353u16.to_be(), _pad: 0 };
     maps.put_backend(BackendSlot { set: 1, slot: 0 }, b).unwrap();
-    let value = ServiceValue { backend_set: 1, count: 1, affinity_timeout_secs: 0, flags: 0 };
+    let value = ServiceValue { backend_set: 1, count: 1, affinity_timeout_secs: 0, flags: 0, service_port_id: 0 };
     maps.put_service(ServiceKey::node_port(NODE_PORT.to_be(), UDP), value).unwrap();
     dp
 }

@@ -48,7 +48,7 @@ fn node_with_node_port(backend: &str) -> TestDatapath {
     )
     .unwrap();
     for protocol in [TCP, UDP] {
-        let value = ServiceValue { backend_set: 1, count: 1, affinity_timeout_secs: 0, flags: 0 };
+        let value = ServiceValue { backend_set: 1, count: 1, affinity_timeout_secs: 0, flags: 0, service_port_id: 0 };
         maps.put_service(ServiceKey::node_port(NODE_PORT.to_be(), protocol), value).unwrap();
     }
     dp
@@ -191,7 +191,11 @@ fn external_ips_are_translated_and_cluster_ips_and_a_switched_off_node_are_left_
         (ServiceKey { vip_be: be(ip(ip_s)), port_be: 80u16.to_be(), protocol: TCP, scope: SCOPE_ADDRESS }, flags)
     };
     for (key, flags) in [addr("192.0.2.10", SERVICE_EXTERNAL_IP), addr("10.96.0.10", 0)] {
-        maps.put_service(key, ServiceValue { backend_set: 1, count: 1, affinity_timeout_secs: 0, flags }).unwrap();
+        maps.put_service(
+            key,
+            ServiceValue { backend_set: 1, count: 1, affinity_timeout_secs: 0, flags, service_port_id: 0 },
+        )
+        .unwrap();
     }
     let run =
         dp.run(FROM_UPLINK, dp.uplink.ifindex, &Ipv4::tcp_syn(WORLD, "192.0.2.10", 40000, 80).frame(from_world(&dp)));
@@ -232,7 +236,7 @@ fn a_service_without_endpoints_is_refused_with_a_reset_or_port_unreachable_count
     for protocol in [TCP, UDP] {
         maps.put_service(
             ServiceKey::node_port(30090u16.to_be(), protocol),
-            ServiceValue { backend_set: 2, count: 0, affinity_timeout_secs: 0, flags: 0 },
+            ServiceValue { backend_set: 2, count: 0, affinity_timeout_secs: 0, flags: 0, service_port_id: 0 },
         )
         .unwrap();
     }
@@ -254,7 +258,13 @@ fn a_service_without_endpoints_is_refused_with_a_reset_or_port_unreachable_count
     // An external IP of such a Service: from that address.
     maps.put_service(
         ServiceKey { vip_be: be(ip("192.0.2.10")), port_be: 80u16.to_be(), protocol: TCP, scope: SCOPE_ADDRESS },
-        ServiceValue { backend_set: 2, count: 0, affinity_timeout_secs: 0, flags: SERVICE_EXTERNAL_IP },
+        ServiceValue {
+            backend_set: 2,
+            count: 0,
+            affinity_timeout_secs: 0,
+            flags: SERVICE_EXTERNAL_IP,
+            service_port_id: 0,
+        },
     )
     .unwrap();
     let syn = Ipv4::tcp_syn(WORLD, "192.0.2.10", 40002, 80).frame(from_world(&dp));
@@ -280,7 +290,13 @@ fn external_traffic_policy_local_sends_outside_clients_to_local_backends_only_an
         let backend = Backend { ip_be: be(ip(ip_s)), port_be: 7778u16.to_be(), _pad: 0 };
         maps.put_backend(BackendSlot { set: 5, slot: slot as u32 }, backend).unwrap();
     }
-    let local = ServiceValue { backend_set: 5, count: 3, affinity_timeout_secs: 0, flags: external_local_flags(1) };
+    let local = ServiceValue {
+        backend_set: 5,
+        count: 3,
+        affinity_timeout_secs: 0,
+        flags: external_local_flags(1),
+        service_port_id: 0,
+    };
     maps.put_service(ServiceKey::node_port(30081u16.to_be(), TCP), local).unwrap();
     for client_port in 41000..41020 {
         let syn = Ipv4::tcp_syn(WORLD, NODE_IP, client_port, 30081).frame(from_world(&dp));
@@ -307,7 +323,7 @@ fn a_load_balancer_ip_with_source_ranges_admits_clients_in_them_only_and_its_nod
     let flags = SERVICE_LOAD_BALANCER | SERVICE_SOURCE_RANGES;
     ServiceMaps::open(dp.pins())
         .unwrap()
-        .put_service(lb, ServiceValue { backend_set: 1, count: 1, affinity_timeout_secs: 0, flags })
+        .put_service(lb, ServiceValue { backend_set: 1, count: 1, affinity_timeout_secs: 0, flags, service_port_id: 0 })
         .unwrap();
     let range = SourceRangeKey {
         vip_be: lb.vip_be,

@@ -97,7 +97,7 @@ pub const ALL_MAPS: [&str; 50] = [
     names::FLOW6_SCRATCH,
     // Session affinity for outside clients at the uplink (issue 27):
     // created where absent.
-    names::LB4_AFFINITY,
+    names::LB4_SVC_AFFINITY,
     names::LB4_SCRATCH,
     // Fragments through the uplink's translation (issue 27): created
     // where absent.

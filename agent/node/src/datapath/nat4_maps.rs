@@ -1,7 +1,7 @@
 //! Typed access to the uplink's Service maps (issue 27; layouts on the
 //! types in `sluice_common::nat`): `NAT4`, read and collected by the
 //! agent, `LB4_CONFIG`, written at start, `NAT4_STATS`, and
-//! `LB4_AFFINITY` (the programs' alone; read by tests and tools).
+//! `LB4_SVC_AFFINITY` (the programs' alone; read by tests and tools).
 use anyhow::{Context, Result};
 use aya::maps::{lpm_trie::Key, Array, HashMap, LpmTrie, MapData, PerCpuArray};
 use sluice_common::{
@@ -16,24 +16,25 @@ use super::{
     pins::PinDir,
 };
 
-/// `LB4_AFFINITY`: the backend each outside client last got from a
-/// frontend with `sessionAffinity: ClientIP` (`sluice_common::lb4_affinity`).
+/// `LB4_SVC_AFFINITY`: the backend each outside client last got from a
+/// Service port with `sessionAffinity: ClientIP`
+/// (`sluice_common::lb4_affinity`).
 pub struct Lb4AffinityTable(HashMap<MapData, Lb4AffinityKey, AffinityValue>);
 
 impl Lb4AffinityTable {
     pub fn open(pins: &PinDir) -> Result<Self> {
-        Ok(Self(open(pins, names::LB4_AFFINITY)?.try_into()?))
+        Ok(Self(open(pins, names::LB4_SVC_AFFINITY)?.try_into()?))
     }
 
     /// Every entry; one that vanishes during the walk is skipped.
     pub fn all(&self) -> Result<Vec<(Lb4AffinityKey, AffinityValue)>> {
         let mut out = Vec::new();
         for k in self.0.keys() {
-            let k = k.context("walk LB4_AFFINITY")?;
+            let k = k.context("walk LB4_SVC_AFFINITY")?;
             match self.0.get(&k, 0) {
                 Ok(v) => out.push((k, v)),
                 Err(aya::maps::MapError::KeyNotFound) => {}
-                Err(e) => return Err(anyhow::Error::new(e).context(format!("read LB4_AFFINITY {k:?}"))),
+                Err(e) => return Err(anyhow::Error::new(e).context(format!("read LB4_SVC_AFFINITY {k:?}"))),
             }
         }
         Ok(out)
@@ -43,7 +44,7 @@ impl Lb4AffinityTable {
     pub fn insert(&mut self, key: Lb4AffinityKey, value: AffinityValue) -> Result<()> {
         self.0
             .insert(key, value, 0)
-            .map_err(|e| insert_error(e, names::LB4_AFFINITY, limits::MAX_LB4_AFFINITY, format!("{key:?}")))
+            .map_err(|e| insert_error(e, names::LB4_SVC_AFFINITY, limits::MAX_LB4_AFFINITY, format!("{key:?}")))
     }
 }
 

@@ -21,6 +21,7 @@
 //! redirect returns `TC_ACT_REDIRECT` and the packet as the program wrote
 //! it. There is no tunnel metadata on the skb, as on a packet that did not
 //! come through a VXLAN device.
+pub mod lb4;
 pub mod packet;
 pub mod policy;
 pub mod skb;

@@ -15,30 +15,22 @@ use etherparse::{icmpv4::DestUnreachableHeader, Icmpv4Type, Ipv4Header};
 use sluice_common::{
     maps::programs::{FROM_POD, FROM_UPLINK},
     nat::{
-        dsr_option, Lb4Config, Nat4Counter, Nat4Entry, Nat4Key, LB4_DSR, LB4_ENABLED, NAT4_DSR, NAT4_FORWARD,
-        NAT4_REPLY, NAT4_REPLY_SEEN, NAT4_VIA_TUNNEL,
+        dsr_option, Nat4Counter, Nat4Entry, Nat4Key, LB4_DSR, LB4_ENABLED, NAT4_DSR, NAT4_FORWARD, NAT4_REPLY,
+        NAT4_REPLY_SEEN, NAT4_VIA_TUNNEL,
     },
-    services::{Backend, BackendSlot, ServiceKey, ServiceValue, NODE_ADDRESS_LOCAL},
     DropReason,
 };
-use sluice_node::datapath::{
-    nat4_maps::{nat4_counters, set_lb4_config, Nat4Table},
-    service_maps::{NodeAddressMap, ServiceMaps},
-};
+use sluice_node::datapath::nat4_maps::Nat4Table;
 use sluice_tests::prog_test::{
     be, ip,
+    lb4::{self, from_world, nat4_counter, WORLD},
     packet::{hex, vxlan},
     Ipv4, TestDatapath, L2, NATIVE_PEER_IP, NODE_IP, TC_ACT_REDIRECT, TC_ACT_SHOT, VXLAN_PEER_IP,
 };
 
-const WORLD: &str = "192.0.2.1";
 const NODE_PORT: u16 = 30080;
 const TCP: u8 = 6;
 const UDP: u8 = 17;
-
-fn from_world(dp: &TestDatapath) -> L2 {
-    L2::new([0x02, 0, 0, 0, 0, 0xfe], dp.uplink.mac)
-}
 
 fn from_peer(dp: &TestDatapath) -> L2 {
     L2::new([0x02, 0, 0, 0, 0, 0x02], dp.uplink.mac)
@@ -47,30 +39,12 @@ fn from_peer(dp: &TestDatapath) -> L2 {
 /// A node in DSR mode with NodePort `NODE_PORT` (TCP and UDP) on its
 /// address, backed by `backend:7777`.
 fn dsr_node(backend: &str) -> TestDatapath {
-    let dp = TestDatapath::node().unwrap();
-    set_lb4_config(dp.pins(), Lb4Config { flags: LB4_ENABLED | LB4_DSR, snat_port_min: 61000, snat_port_max: 65535 })
-        .unwrap();
-    NodeAddressMap::open(dp.pins()).unwrap().put(be(ip(NODE_IP)), NODE_ADDRESS_LOCAL).unwrap();
-    let mut maps = ServiceMaps::open(dp.pins()).unwrap();
-    maps.put_backend(
-        BackendSlot { set: 1, slot: 0 },
-        Backend { ip_be: be(ip(backend)), port_be: 7777u16.to_be(), _pad: 0 },
-    )
-    .unwrap();
-    for protocol in [TCP, UDP] {
-        let value = ServiceValue { backend_set: 1, count: 1, affinity_timeout_secs: 0, flags: 0, service_port_id: 0 };
-        maps.put_service(ServiceKey::node_port(NODE_PORT.to_be(), protocol), value).unwrap();
-    }
-    dp
+    lb4::node_with_node_port(LB4_ENABLED | LB4_DSR, NODE_PORT, &[TCP, UDP], backend, 7777)
 }
 
 /// The option for `frontend:port`, as it is on the wire.
 fn option(frontend: &str, port: u16) -> [u8; 8] {
     dsr_option(be(ip(frontend)), port.to_be())
-}
-
-fn counter(dp: &TestDatapath, c: Nat4Counter) -> u64 {
-    nat4_counters(dp.pins()).unwrap().into_iter().find(|(k, _)| *k == c).unwrap().1
 }
 
 fn l3(frame: &[u8]) -> String {
@@ -113,9 +87,9 @@ fn the_entry_node_puts_the_option_on_the_syn_only_and_keeps_the_client_address()
     assert_eq!((e.src_be, e.src_port_be), (be(ip(WORLD)), 40000u16.to_be()), "the client's own address and port");
     assert_eq!(e.next_hop_be, be(ip(NATIVE_PEER_IP)));
     assert_eq!(e.flags, NAT4_DSR | NAT4_REPLY_SEEN);
-    assert_eq!(counter(&dp, Nat4Counter::NewRemote), 1);
-    assert_eq!(counter(&dp, Nat4Counter::DsrOptionSent), 1);
-    assert_eq!(counter(&dp, Nat4Counter::Forwarded), 1);
+    assert_eq!(nat4_counter(&dp, Nat4Counter::NewRemote), 1);
+    assert_eq!(nat4_counter(&dp, Nat4Counter::DsrOptionSent), 1);
+    assert_eq!(nat4_counter(&dp, Nat4Counter::Forwarded), 1);
     assert_eq!(dp.drops().unwrap(), []);
 }
 
@@ -131,8 +105,8 @@ fn every_udp_datagram_carries_the_option_natively_and_over_vxlan() {
             let want = Ipv4::udp(WORLD, backend, 40001, 7777).ttl(63).options(&option(NODE_IP, NODE_PORT));
             assert_eq!(l3(&run.packet), l3(&want.frame(from_world(&dp))), "{backend}");
         }
-        assert_eq!(counter(&dp, Nat4Counter::DsrOptionSent), 3, "{backend}");
-        assert_eq!(counter(&dp, Nat4Counter::NewRemote), 1, "{backend}");
+        assert_eq!(nat4_counter(&dp, Nat4Counter::DsrOptionSent), 3, "{backend}");
+        assert_eq!(nat4_counter(&dp, Nat4Counter::NewRemote), 1, "{backend}");
         let all = Nat4Table::open(dp.pins()).unwrap().all().unwrap();
         assert_eq!(all.len(), 1, "{all:?}");
         assert_eq!(all[0].1.flags & NAT4_VIA_TUNNEL != 0, via_tunnel, "{backend}");
@@ -167,8 +141,8 @@ fn a_datagram_too_big_for_the_option_gets_frag_needed_with_the_mtu_less_the_opti
     );
     assert_eq!(quoted, &request[14..14 + 28], "the datagram's IPv4 header and UDP header");
     assert_eq!(dp.drops().unwrap(), [(DropReason::DsrFragNeeded, 1)]);
-    assert_eq!(counter(&dp, Nat4Counter::DsrFragNeeded), 1);
-    assert_eq!(counter(&dp, Nat4Counter::DsrOptionSent), 1);
+    assert_eq!(nat4_counter(&dp, Nat4Counter::DsrFragNeeded), 1);
+    assert_eq!(nat4_counter(&dp, Nat4Counter::DsrOptionSent), 1);
 }
 
 /// Over VXLAN the VXLAN device's MTU is the egress: its overhead counted.
@@ -248,8 +222,8 @@ fn the_backends_node_strips_the_option_records_the_reply_and_answers_from_the_fr
     let run = dp.run(FROM_UPLINK, dp.uplink.ifindex, &ack.frame(from_peer(&dp))).unwrap();
     assert_eq!(run.action, TC_ACT_REDIRECT);
     assert_eq!(hex(&run.packet), hex(&ack.clone().ttl(62).frame(b.receives())));
-    assert_eq!(counter(&dp, Nat4Counter::DsrReplyRecorded), 2);
-    assert_eq!(counter(&dp, Nat4Counter::Reversed), 2);
+    assert_eq!(nat4_counter(&dp, Nat4Counter::DsrReplyRecorded), 2);
+    assert_eq!(nat4_counter(&dp, Nat4Counter::Reversed), 2);
     assert_eq!(dp.drops().unwrap(), []);
 }
 
@@ -269,7 +243,7 @@ fn the_backends_node_takes_the_option_out_of_vxlan_too() {
         .get(&key("10.244.1.3", WORLD, 7777, 40005, UDP, NAT4_REPLY))
         .unwrap()
         .is_some());
-    assert_eq!(counter(&dp, Nat4Counter::DsrReplyRecorded), 1);
+    assert_eq!(nat4_counter(&dp, Nat4Counter::DsrReplyRecorded), 1);
     assert_eq!(dp.drops().unwrap(), []);
 }
 

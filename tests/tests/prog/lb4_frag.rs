@@ -7,40 +7,22 @@
 //! checksum, updated incrementally, must be the whole datagram's.
 use sluice_common::{
     maps::programs::{FROM_POD, FROM_UPLINK},
-    nat::{Lb4Config, Nat4Counter, LB4_ENABLED},
-    services::{Backend, BackendSlot, ServiceKey, ServiceValue, NODE_ADDRESS_LOCAL},
-};
-use sluice_node::datapath::{
-    nat4_maps::{nat4_counters, set_lb4_config},
-    service_maps::{NodeAddressMap, ServiceMaps},
+    nat::{Nat4Counter, LB4_ENABLED},
 };
 use sluice_tests::prog_test::{
-    be, ip,
+    lb4::{self, from_world, nat4_counter, WORLD},
     packet::{be16, edit_ipv4, hex},
     Ipv4, TestDatapath, L2, NODE_IP, TC_ACT_OK, TC_ACT_REDIRECT,
 };
 
-const WORLD: &str = "192.0.2.1";
 const NODE_PORT: u16 = 30053;
 const UDP: u8 = 17;
 /// Bytes of IP payload per fragment but the last (a 1500-byte MTU).
 const CHUNK: usize = 1480;
 
-fn from_world(dp: &TestDatapath) -> L2 {
-    L2::new([0x02, 0, 0, 0, 0, 0xfe], dp.uplink.mac)
-}
-
 /// A node translating UDP NodePort `NODE_PORT` to `backend:5353`.
 fn node_with_node_port(backend: &str) -> TestDatapath {
-    let dp = TestDatapath::node().unwrap();
-    set_lb4_config(dp.pins(), Lb4Config { flags: LB4_ENABLED, snat_port_min: 61000, snat_port_max: 65535 }).unwrap();
-    NodeAddressMap::open(dp.pins()).unwrap().put(be(ip(NODE_IP)), NODE_ADDRESS_LOCAL).unwrap();
-    let mut maps = ServiceMaps::open(dp.pins()).unwrap();
-    let b = Backend { ip_be: be(ip(backend)), port_be: 5353u16.to_be(), _pad: 0 };
-    maps.put_backend(BackendSlot { set: 1, slot: 0 }, b).unwrap();
-    let value = ServiceValue { backend_set: 1, count: 1, affinity_timeout_secs: 0, flags: 0, service_port_id: 0 };
-    maps.put_service(ServiceKey::node_port(NODE_PORT.to_be(), UDP), value).unwrap();
-    dp
+    lb4::node_with_node_port(LB4_ENABLED, NODE_PORT, &[UDP], backend, 5353)
 }
 
 /// A 3,000-byte payload, every byte telling its place.
@@ -76,10 +58,6 @@ fn l3(frame: &[u8]) -> String {
     hex(&frame[14..])
 }
 
-fn counter(dp: &TestDatapath, c: Nat4Counter) -> u64 {
-    nat4_counters(dp.pins()).unwrap().into_iter().find(|(k, _)| *k == c).unwrap().1
-}
-
 /// Run each of `sent` through `prog` on `ifindex`; each must be redirected
 /// and leave as the matching fragment of `want`.
 fn train(dp: &TestDatapath, prog: &str, ifindex: u32, sent: &[Vec<u8>], want: &[Vec<u8>]) {
@@ -104,9 +82,9 @@ fn every_fragment_reaches_the_local_backend_and_every_fragment_of_its_answer_com
     let answer = Ipv4::udp("10.244.1.3", WORLD, 5353, 40000).payload(&big());
     let reversed = Ipv4::udp(NODE_IP, WORLD, NODE_PORT, 40000).payload(&big()).ttl(63);
     train(&dp, FROM_POD, b.host.ifindex, &fragments(&answer.frame(b.sends())), &fragments(&reversed.frame(b.sends())));
-    assert_eq!(counter(&dp, Nat4Counter::FragmentFirst), 2);
-    assert_eq!(counter(&dp, Nat4Counter::FragmentForwarded), 4);
-    assert_eq!(counter(&dp, Nat4Counter::FragmentPassed), 0);
+    assert_eq!(nat4_counter(&dp, Nat4Counter::FragmentFirst), 2);
+    assert_eq!(nat4_counter(&dp, Nat4Counter::FragmentForwarded), 4);
+    assert_eq!(nat4_counter(&dp, Nat4Counter::FragmentPassed), 0);
     assert_eq!(dp.drops().unwrap(), []);
 }
 
@@ -129,8 +107,8 @@ fn every_fragment_reaches_a_remote_backend_snated_and_its_answer_comes_back() {
     let answer = Ipv4::udp("10.244.2.9", NODE_IP, 5353, snat_port).payload(&big());
     let reversed = Ipv4::udp(NODE_IP, WORLD, NODE_PORT, 40000).payload(&big()).ttl(63);
     train(&dp, FROM_UPLINK, dp.uplink.ifindex, &fragments(&answer.frame(peer)), &fragments(&reversed.frame(peer)));
-    assert_eq!(counter(&dp, Nat4Counter::FragmentFirst), 2);
-    assert_eq!(counter(&dp, Nat4Counter::FragmentForwarded), 4);
+    assert_eq!(nat4_counter(&dp, Nat4Counter::FragmentFirst), 2);
+    assert_eq!(nat4_counter(&dp, Nat4Counter::FragmentForwarded), 4);
     assert_eq!(dp.drops().unwrap(), []);
 }
 
@@ -145,7 +123,7 @@ fn a_later_fragment_without_its_first_goes_to_the_stack_untouched() {
         assert_eq!(run.action, TC_ACT_OK);
         assert_eq!(hex(&run.packet), hex(f), "untouched");
     }
-    assert_eq!(counter(&dp, Nat4Counter::FragmentPassed), 2);
-    assert_eq!(counter(&dp, Nat4Counter::FragmentForwarded), 0);
+    assert_eq!(nat4_counter(&dp, Nat4Counter::FragmentPassed), 2);
+    assert_eq!(nat4_counter(&dp, Nat4Counter::FragmentForwarded), 0);
     assert_eq!(dp.drops().unwrap(), []);
 }

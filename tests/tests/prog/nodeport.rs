@@ -11,51 +11,30 @@ use sluice_common::{
     maps::programs::{FROM_POD, FROM_UPLINK},
     nat::{Lb4Config, Nat4Counter, Nat4Entry, Nat4Key, SourceRangeKey, LB4_ENABLED, NAT4_FORWARD, NAT4_REPLY},
     services::{
-        Backend, BackendSlot, ServiceKey, ServiceValue, NODE_ADDRESS_LOCAL, SCOPE_ADDRESS, SERVICE_EXTERNAL_IP,
-        SERVICE_LOAD_BALANCER, SERVICE_SOURCE_RANGES,
+        Backend, BackendSlot, ServiceKey, ServiceValue, SCOPE_ADDRESS, SERVICE_EXTERNAL_IP, SERVICE_LOAD_BALANCER,
+        SERVICE_SOURCE_RANGES,
     },
     DropReason, ForwardPath,
 };
 use sluice_node::datapath::{
-    nat4_maps::{nat4_counters, set_lb4_config, Nat4Table, SourceRanges},
-    service_maps::{NodeAddressMap, ServiceMaps},
+    nat4_maps::{set_lb4_config, Nat4Table, SourceRanges},
+    service_maps::ServiceMaps,
 };
 use sluice_tests::prog_test::{
     be, ip,
+    lb4::{self, from_world, nat4_counter, WORLD},
     packet::{be16, hex},
     Ipv4, TestDatapath, L2, NODE_IP, TC_ACT_OK, TC_ACT_REDIRECT, TC_ACT_SHOT,
 };
 
-const WORLD: &str = "192.0.2.1";
 const NODE_PORT: u16 = 30080;
 const TCP: u8 = 6;
 const UDP: u8 = 17;
 
-fn from_world(dp: &TestDatapath) -> L2 {
-    L2::new([0x02, 0, 0, 0, 0, 0xfe], dp.uplink.mac)
-}
-
 /// A node translating Services at its uplink, with NodePort `NODE_PORT`
 /// (TCP and UDP) on its address, backed by `backend:7777`.
 fn node_with_node_port(backend: &str) -> TestDatapath {
-    let dp = TestDatapath::node().unwrap();
-    set_lb4_config(dp.pins(), Lb4Config { flags: LB4_ENABLED, snat_port_min: 61000, snat_port_max: 65535 }).unwrap();
-    NodeAddressMap::open(dp.pins()).unwrap().put(be(ip(NODE_IP)), NODE_ADDRESS_LOCAL).unwrap();
-    let mut maps = ServiceMaps::open(dp.pins()).unwrap();
-    maps.put_backend(
-        BackendSlot { set: 1, slot: 0 },
-        Backend { ip_be: be(ip(backend)), port_be: 7777u16.to_be(), _pad: 0 },
-    )
-    .unwrap();
-    for protocol in [TCP, UDP] {
-        let value = ServiceValue { backend_set: 1, count: 1, affinity_timeout_secs: 0, flags: 0, service_port_id: 0 };
-        maps.put_service(ServiceKey::node_port(NODE_PORT.to_be(), protocol), value).unwrap();
-    }
-    dp
-}
-
-fn counter(dp: &TestDatapath, c: Nat4Counter) -> u64 {
-    nat4_counters(dp.pins()).unwrap().into_iter().find(|(k, _)| *k == c).unwrap().1
+    lb4::node_with_node_port(LB4_ENABLED, NODE_PORT, &[TCP, UDP], backend, 7777)
 }
 
 /// The IPv4 packet of a frame (its Ethernet header left out: a redirect
@@ -93,9 +72,9 @@ fn a_world_connection_to_a_node_port_reaches_the_local_backend_and_its_answer_co
     let run =
         dp.run(FROM_UPLINK, dp.uplink.ifindex, &Ipv4::tcp_ack(WORLD, NODE_IP, 40000, NODE_PORT).frame(from_world(&dp)));
     assert_eq!(run.unwrap().action, TC_ACT_REDIRECT);
-    assert_eq!(counter(&dp, Nat4Counter::NewLocal), 2);
-    assert_eq!(counter(&dp, Nat4Counter::Forwarded), 1);
-    assert_eq!(counter(&dp, Nat4Counter::Reversed), 2);
+    assert_eq!(nat4_counter(&dp, Nat4Counter::NewLocal), 2);
+    assert_eq!(nat4_counter(&dp, Nat4Counter::Forwarded), 1);
+    assert_eq!(nat4_counter(&dp, Nat4Counter::Reversed), 2);
     assert_eq!(dp.drops().unwrap(), []);
     let fwd = dp.forwards().unwrap();
     assert!(
@@ -136,8 +115,8 @@ fn a_remote_backend_gets_the_node_address_and_a_snat_port_and_its_answer_goes_ba
     assert_eq!(run.action, TC_ACT_REDIRECT);
     let back = Ipv4::tcp_ack(NODE_IP, WORLD, NODE_PORT, 40000).ttl(63).frame(from_world(&dp));
     assert_eq!(l3(&run.packet), l3(&back), "back to the client as from the NodePort");
-    assert_eq!(counter(&dp, Nat4Counter::NewRemote), 1);
-    assert_eq!(counter(&dp, Nat4Counter::Reversed), 1);
+    assert_eq!(nat4_counter(&dp, Nat4Counter::NewRemote), 1);
+    assert_eq!(nat4_counter(&dp, Nat4Counter::Reversed), 1);
     assert_eq!(dp.drops().unwrap(), []);
 }
 
@@ -168,8 +147,8 @@ fn a_snat_port_held_by_another_connection_is_never_reused() {
         dp.run(FROM_UPLINK, dp.uplink.ifindex, &Ipv4::tcp_syn(WORLD, NODE_IP, 40000, NODE_PORT).frame(from_world(&dp)));
     assert_eq!(run.unwrap().action, TC_ACT_SHOT);
     assert_eq!(dp.drops().unwrap(), [(DropReason::Nat4PortExhausted, 1)]);
-    assert!(counter(&dp, Nat4Counter::PortCollision) >= 1);
-    assert_eq!(counter(&dp, Nat4Counter::PortExhausted), 1);
+    assert!(nat4_counter(&dp, Nat4Counter::PortCollision) >= 1);
+    assert_eq!(nat4_counter(&dp, Nat4Counter::PortExhausted), 1);
     let nat = Nat4Table::open(dp.pins()).unwrap();
     assert_eq!(nat.get(&held_key).unwrap(), Some(held), "the other connection's entry is untouched");
     assert_eq!(nat.all().unwrap().len(), 1, "nothing half-written");
@@ -211,7 +190,7 @@ fn external_ips_are_translated_and_cluster_ips_and_a_switched_off_node_are_left_
     let np = Ipv4::tcp_syn(WORLD, NODE_IP, 40002, NODE_PORT).frame(from_world(&dp));
     let run = dp.run(FROM_UPLINK, dp.uplink.ifindex, &np).unwrap();
     assert_eq!((run.action, hex(&run.packet)), (TC_ACT_OK, hex(&np)));
-    assert_eq!(counter(&dp, Nat4Counter::NewLocal), 1);
+    assert_eq!(nat4_counter(&dp, Nat4Counter::NewLocal), 1);
     let _ = NAT4_FORWARD;
 }
 
@@ -305,8 +284,8 @@ fn external_traffic_policy_local_sends_outside_clients_to_local_backends_only_an
         let want = Ipv4::tcp_syn(WORLD, "10.244.1.3", client_port, 7778).ttl(63).frame(b.receives());
         assert_eq!(hex(&run.packet), hex(&want), "the local backend, the world's own address");
     }
-    assert_eq!(counter(&dp, Nat4Counter::NewLocal), 20);
-    assert_eq!(counter(&dp, Nat4Counter::NewRemote), 0);
+    assert_eq!(nat4_counter(&dp, Nat4Counter::NewLocal), 20);
+    assert_eq!(nat4_counter(&dp, Nat4Counter::NewRemote), 0);
     // No local backend (endpoints elsewhere only): dropped, counted.
     let none_here = ServiceValue { flags: external_local_flags(0), ..local };
     maps.put_service(ServiceKey::node_port(30081u16.to_be(), TCP), none_here).unwrap();
@@ -423,7 +402,7 @@ fn a_closed_connections_snat_port_goes_to_a_new_connection_and_an_open_or_half_c
     assert_eq!(be16(&run.packet, 14 + 22), 40000, "the backend's FIN reaches A");
     assert_eq!(holder().flags & (NAT4_FIN_CLIENT | NAT4_FIN_BACKEND), NAT4_FIN_CLIENT | NAT4_FIN_BACKEND);
     assert_eq!(syn(40001).action, TC_ACT_SHOT, "closed by FINs a moment ago: not yet");
-    assert_eq!(counter(&dp, Nat4Counter::PortTakenOver), 0);
+    assert_eq!(nat4_counter(&dp, Nat4Counter::PortTakenOver), 0);
     // Three seconds later (A's entries aged through the pin): B takes it.
     let mut nat = Nat4Table::open(dp.pins()).unwrap();
     for (k, mut e) in nat.all().unwrap() {
@@ -433,7 +412,7 @@ fn a_closed_connections_snat_port_goes_to_a_new_connection_and_an_open_or_half_c
     let run = syn(40001);
     assert_eq!(run.action, TC_ACT_REDIRECT, "{:?}", dp.drops().unwrap());
     assert_eq!(be16(&run.packet, 14 + 20), 61000, "B got A's port");
-    assert_eq!(counter(&dp, Nat4Counter::PortTakenOver), 1);
+    assert_eq!(nat4_counter(&dp, Nat4Counter::PortTakenOver), 1);
     let run = backend(0x10);
     assert_eq!(be16(&run.packet, 14 + 22), 40001, "the port's answers are B's now, never A's");
     assert_eq!(holder().flags & (NAT4_FIN_CLIENT | NAT4_FIN_BACKEND | NAT4_RST), 0, "B's pair is open");
@@ -447,7 +426,7 @@ fn a_closed_connections_snat_port_goes_to_a_new_connection_and_an_open_or_half_c
     assert_eq!(client(40001, RST_ACK).action, TC_ACT_REDIRECT);
     let run = syn(40002);
     assert_eq!(run.action, TC_ACT_REDIRECT, "{:?}", dp.drops().unwrap());
-    assert_eq!(counter(&dp, Nat4Counter::PortTakenOver), 2);
+    assert_eq!(nat4_counter(&dp, Nat4Counter::PortTakenOver), 2);
     assert_eq!(dp.drops().unwrap(), [(DropReason::Nat4PortExhausted, 4)]);
     // The GC, 11 s on: A's and B's left-over forward halves (closed) go;
     // C's pair (open) stays, though the twin key of each left-over half
@@ -471,7 +450,7 @@ fn a_syn_on_a_closed_connections_tuple_is_balanced_afresh_and_on_an_open_one_is_
     // Retransmitted while open: the same connection.
     let run = dp.run(FROM_UPLINK, dp.uplink.ifindex, &syn).unwrap();
     assert_eq!((run.action, hex(&run.packet)), (TC_ACT_REDIRECT, dnated.clone()));
-    assert_eq!((counter(&dp, Nat4Counter::NewLocal), counter(&dp, Nat4Counter::Reopened)), (1, 0));
+    assert_eq!((nat4_counter(&dp, Nat4Counter::NewLocal), nat4_counter(&dp, Nat4Counter::Reopened)), (1, 0));
     // The backend resets it (its answer through from_pod), then the client
     // reuses its port: a new connection, with an open pair.
     let rst = with_tcp_flags(Ipv4::tcp_ack("10.244.1.3", WORLD, 7777, 40000).frame(b.sends()), RST_ACK);
@@ -480,7 +459,7 @@ fn a_syn_on_a_closed_connections_tuple_is_balanced_afresh_and_on_an_open_one_is_
     assert!(nat.all().unwrap().iter().all(|(_, e)| e.flags & sluice_common::nat::NAT4_RST != 0), "both halves marked");
     let run = dp.run(FROM_UPLINK, dp.uplink.ifindex, &syn).unwrap();
     assert_eq!((run.action, hex(&run.packet)), (TC_ACT_REDIRECT, dnated));
-    assert_eq!((counter(&dp, Nat4Counter::NewLocal), counter(&dp, Nat4Counter::Reopened)), (2, 1));
+    assert_eq!((nat4_counter(&dp, Nat4Counter::NewLocal), nat4_counter(&dp, Nat4Counter::Reopened)), (2, 1));
     let all = nat.all().unwrap();
     assert_eq!(all.len(), 2);
     assert!(all.iter().all(|(_, e)| e.flags == 0), "a fresh pair: {all:?}");
@@ -505,11 +484,11 @@ fn while_nat4_migrates_new_connections_from_outside_are_held_back_and_open_ones_
     let udp = Ipv4::udp(WORLD, NODE_IP, 40002, NODE_PORT).frame(from_world(&dp));
     assert_eq!(dp.run(FROM_UPLINK, dp.uplink.ifindex, &udp).unwrap().action, TC_ACT_SHOT);
     assert_eq!(dp.drops().unwrap(), [(DropReason::Nat4Migrating, 2)]);
-    assert_eq!(counter(&dp, Nat4Counter::NewRemote), 1, "nothing written for a held-back connection");
+    assert_eq!(nat4_counter(&dp, Nat4Counter::NewRemote), 1, "nothing written for a held-back connection");
     let ack = Ipv4::tcp_ack(WORLD, NODE_IP, 40000, NODE_PORT).frame(from_world(&dp));
     assert_eq!(dp.run(FROM_UPLINK, dp.uplink.ifindex, &ack).unwrap().action, TC_ACT_REDIRECT, "the open one");
 
     set_lb4_config(dp.pins(), config(LB4_ENABLED)).unwrap();
     assert_eq!(dp.run(FROM_UPLINK, dp.uplink.ifindex, &new).unwrap().action, TC_ACT_REDIRECT, "retransmitted");
-    assert_eq!(counter(&dp, Nat4Counter::NewRemote), 2);
+    assert_eq!(nat4_counter(&dp, Nat4Counter::NewRemote), 2);
 }

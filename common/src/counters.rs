@@ -274,10 +274,19 @@ pub enum ForwardPath {
     /// exceeded), larger than the egress MTU (Packet Too Big), extension
     /// headers or fragments.
     Ipv6RouterToStack = 16,
+    /// Of `UplinkToPod`: from another node's own address (not one of its
+    /// pods: a NodePort that node translated and SNATed to its address, or
+    /// its host network), into a local pod without this node's stack; its
+    /// answers remembered in `NODE_FLOWS`.
+    NodeToPod = 17,
+    /// A local pod's answer to a connection `NodeToPod` carried in
+    /// (`NODE_FLOWS`), sent out of the uplink (`bpf_redirect_neigh`, next
+    /// hop from the FIB) without this node's stack.
+    PodAnswerToNode = 18,
 }
 
 impl ForwardPath {
-    pub const COUNT: u32 = 17;
+    pub const COUNT: u32 = 19;
     pub const ALL: [ForwardPath; Self::COUNT as usize] = [
         ForwardPath::PodToLocalPod,
         ForwardPath::PodToNode,
@@ -296,6 +305,8 @@ impl ForwardPath {
         ForwardPath::PodToNode6,
         ForwardPath::UplinkToPod6,
         ForwardPath::Ipv6RouterToStack,
+        ForwardPath::NodeToPod,
+        ForwardPath::PodAnswerToNode,
     ];
 
     pub const fn name(self) -> &'static str {
@@ -317,6 +328,8 @@ impl ForwardPath {
             ForwardPath::PodToNode6 => "pod_to_node6",
             ForwardPath::UplinkToPod6 => "uplink_to_pod6",
             ForwardPath::Ipv6RouterToStack => "ipv6_router_to_stack",
+            ForwardPath::NodeToPod => "node_to_pod",
+            ForwardPath::PodAnswerToNode => "pod_answer_to_node",
         }
     }
 }
@@ -415,6 +428,8 @@ mod tests {
         PodToNode6 = 14, "pod_to_node6";
         UplinkToPod6 = 15, "uplink_to_pod6";
         Ipv6RouterToStack = 16, "ipv6_router_to_stack";
+        NodeToPod = 17, "node_to_pod";
+        PodAnswerToNode = 18, "pod_answer_to_node";
     });
 
     const STACK_FLOW_EVENTS: &[(StackFlowEvent, u32, &str)] = &golden!(StackFlowEvent {

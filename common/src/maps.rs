@@ -69,6 +69,12 @@ pub mod names {
     /// (programs only; its layout is the eBPF crate's
     /// `stack_flows::Flow6Scratch`).
     pub const FLOW6_SCRATCH: &str = "FLOW6_SCRATCH";
+    /// `LruHashMap<FlowKey, u32>`: the answer tuples (local pod → another
+    /// node's address) of connections `from_uplink` carried from another
+    /// node's own address into a local pod without the stack
+    /// (`node_path`); `from_pod` sends only those answers back without the
+    /// stack. Written and read by the programs alone.
+    pub const NODE_FLOWS: &str = "NODE_FLOWS";
     /// `PerCpuArray<u64>` indexed by `StackFlowEvent`: inserts, failed
     /// inserts and removals of `STACK_FLOWS` and `STACK_FLOWS6` entries.
     pub const STACK_FLOW_STATS: &str = "STACK_FLOW_STATS";
@@ -255,6 +261,11 @@ pub mod limits {
     /// The most: 2^20 entries, about 80 MB of kernel memory (an LRU hash
     /// is preallocated whole).
     pub const MAX_STACK_FLOWS_CAP: u32 = 1 << 20;
+    /// Connections from other nodes' addresses into local pods whose
+    /// answers skip the stack (`NODE_FLOWS`); least recently used entries
+    /// make room (an evicted connection's answers go through the stack,
+    /// which picks the TCP connection up mid-stream).
+    pub const MAX_NODE_FLOWS: u32 = 65536;
     /// Bytes of each monitor slot's events ring buffer (a power of two,
     /// pages): about 2,700 events of 96 bytes with its header.
     pub const EVENTS_BYTES: u32 = 256 * 1024;

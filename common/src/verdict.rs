@@ -295,11 +295,12 @@ pub struct FromUplinkFacts {
 }
 
 /// Decide for a packet arriving on the uplink. Only pod-to-pod traffic
-/// takes the fast path: a packet from anything else (another node's stack,
-/// a NodePort forwarded and SNATed by another node) goes through this
+/// takes the fast path here: a packet from anything else goes to this
 /// node's stack, because the pod's reply to a non-pod address does too,
 /// and conntrack must see both directions of a flow (it drops a reply to a
-/// connection it never saw as invalid).
+/// connection it never saw as invalid). One exception is decided after
+/// this verdict: another node's own address (a NodePort it SNATed), whose
+/// answers skip the stack as well (`from_node_fast`, `node_path`).
 pub fn from_uplink(f: FromUplinkFacts) -> Verdict {
     if f.source_is_local_pod {
         return Verdict::Drop(DropReason::UplinkSourceSpoofed);
@@ -463,6 +464,70 @@ pub fn checksum_after_ttl_decrement(check_be: u16) -> u16 {
     let check = u16::from_be(check_be) as u32 + 0x0100;
     let folded = (check & 0xffff) + (check >> 16);
     (folded as u16).to_be()
+}
+
+/// What `from_uplink` knows of an IPv4 packet for a local pod whose source
+/// is no pod at all (`from_uplink` gave `ToStack`), to decide whether it
+/// skips this node's stack (`node_path`, issue 27): a NodePort another node
+/// translated and SNATed to its own address, or that node's host network.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct FromNodeFacts {
+    /// The source is another node's address (`NODE_ADDRESSES` says
+    /// `NODE_ADDRESS_REMOTE`): not the world, not this node.
+    pub source_is_remote_node: bool,
+    /// IP options or a fragment (`parse::flow`'s `stack_only`).
+    pub stack_only: bool,
+    /// The reply of a flow the stack forwarded (`STACK_FLOWS`): a
+    /// connection the pod opened towards that node through the stack.
+    pub replies_to_stack_flow: bool,
+    pub ttl: u8,
+    /// Fits the pod's device (`bpf_check_mtu`, GSO segments included).
+    pub fits_mtu: bool,
+}
+
+/// Does a packet from another node's address go into the local pod without
+/// this node's stack? Only a plain one (no options, not a fragment), not
+/// the reply of a connection the stack carries (its answers went through
+/// the stack: conntrack must see both halves), with a TTL the hop leaves
+/// above 0 and a size the pod's device takes. Everything else goes to the
+/// stack as before, which answers what a router must (time exceeded,
+/// fragmentation needed) and reassembles.
+pub fn from_node_fast(f: FromNodeFacts) -> bool {
+    f.source_is_remote_node && !f.stack_only && !f.replies_to_stack_flow && f.ttl > 1 && f.fits_mtu
+}
+
+/// What `from_pod` knows of a local pod's IPv4 packet its verdict sends to
+/// the stack, to decide whether it is an answer `node_path` sends back
+/// without it.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct AnswerToNodeFacts {
+    /// The destination is another node's address (`NODE_ADDRESSES`).
+    pub dest_is_remote_node: bool,
+    /// Its tuple is in `NODE_FLOWS`: the answer of a connection
+    /// `from_uplink` carried in without the stack.
+    pub answers_node_flow: bool,
+    /// A TCP SYN without ACK: the pod opens a connection (kube-proxy's
+    /// NodePort DNAT, masquerade: the stack's), whatever the tuple once was.
+    pub opens_connection: bool,
+    pub stack_only: bool,
+    pub ttl: u8,
+    /// Fits the uplink (`bpf_check_mtu`, GSO segments included).
+    pub fits_mtu: bool,
+    pub uplink_configured: bool,
+}
+
+/// Does a local pod's packet to another node's address leave without this
+/// node's stack? Only the answer of a connection that came in that way
+/// (`NODE_FLOWS`), never a connection the pod opens, and only a packet the
+/// stack would forward unchanged: plain, TTL above 1, fitting the uplink.
+pub fn answer_to_node_fast(f: AnswerToNodeFacts) -> bool {
+    f.dest_is_remote_node
+        && f.answers_node_flow
+        && !f.opens_connection
+        && !f.stack_only
+        && f.ttl > 1
+        && f.fits_mtu
+        && f.uplink_configured
 }
 
 #[cfg(test)]
@@ -959,6 +1024,55 @@ mod tests {
             VxlanOuter { inner_ether_type_be: 0x86ddu16.to_be(), ..ok },
         ] {
             assert!(!vxlan_for_this_node(bad), "{bad:?}");
+        }
+    }
+
+    fn node_in() -> FromNodeFacts {
+        FromNodeFacts { source_is_remote_node: true, ttl: 64, fits_mtu: true, ..Default::default() }
+    }
+
+    #[test]
+    fn another_nodes_address_into_a_local_pod_skips_the_stack_only_when_plain() {
+        assert!(from_node_fast(node_in()));
+        assert!(from_node_fast(FromNodeFacts { ttl: 2, ..node_in() }), "TTL 2 leaves 1 in the pod");
+        let stack = [
+            ("the world", FromNodeFacts { source_is_remote_node: false, ..node_in() }),
+            ("options or a fragment", FromNodeFacts { stack_only: true, ..node_in() }),
+            ("a stack flow's reply", FromNodeFacts { replies_to_stack_flow: true, ..node_in() }),
+            ("TTL 1: time exceeded is the stack's", FromNodeFacts { ttl: 1, ..node_in() }),
+            ("TTL 0", FromNodeFacts { ttl: 0, ..node_in() }),
+            ("too big: fragmentation needed is the stack's", FromNodeFacts { fits_mtu: false, ..node_in() }),
+        ];
+        for (what, f) in stack {
+            assert!(!from_node_fast(f), "{what}");
+        }
+    }
+
+    fn answer() -> AnswerToNodeFacts {
+        AnswerToNodeFacts {
+            dest_is_remote_node: true,
+            answers_node_flow: true,
+            ttl: 64,
+            fits_mtu: true,
+            uplink_configured: true,
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn only_answers_of_connections_that_came_in_without_the_stack_leave_without_it() {
+        assert!(answer_to_node_fast(answer()));
+        let stack = [
+            ("not another node", AnswerToNodeFacts { dest_is_remote_node: false, ..answer() }),
+            ("a connection the pod opened", AnswerToNodeFacts { answers_node_flow: false, ..answer() }),
+            ("a SYN on an old tuple", AnswerToNodeFacts { opens_connection: true, ..answer() }),
+            ("options or a fragment", AnswerToNodeFacts { stack_only: true, ..answer() }),
+            ("TTL 1", AnswerToNodeFacts { ttl: 1, ..answer() }),
+            ("too big for the uplink", AnswerToNodeFacts { fits_mtu: false, ..answer() }),
+            ("no uplink", AnswerToNodeFacts { uplink_configured: false, ..answer() }),
+        ];
+        for (what, f) in stack {
+            assert!(!answer_to_node_fast(f), "{what}");
         }
     }
 }

@@ -22,6 +22,7 @@ use crate::{
     forward, from_pod6,
     lb4::{self, Lb4},
     maps::{ENDPOINTS, NODE_CONFIG, NODE_ROUTES, TUNNEL_CONFIG},
+    node_path::{self, NODE_PATH_FAST, NODE_PATH_STACK},
     parse::{self, ETH_P_IPV6, L4_OFF},
     policy, stack_flows, tunnel,
 };
@@ -137,6 +138,16 @@ fn try_from_pod<const NETKIT: bool>(ctx: &TcContext) -> Result<i32, DropReason> 
             // (`lb4`): translated back and sent out of the uplink.
             if let Lb4::Sent = lb4::reply_from_pod(ctx)? {
                 return Ok(TC_ACT_REDIRECT as i32);
+            }
+            // The answer of a connection another node's address opened
+            // without the stack (`node_path`): back the same way.
+            match node_path::sluice_answer_to_node(ctx.skb.skb) {
+                NODE_PATH_STACK => {}
+                NODE_PATH_FAST => {
+                    count_forward(ctx, ForwardPath::PodAnswerToNode);
+                    return Ok(TC_ACT_REDIRECT as i32);
+                }
+                _ => return Err(DropReason::RedirectFailed),
             }
             count_forward(ctx, ForwardPath::ToStack);
             Ok(TC_ACT_OK as i32)

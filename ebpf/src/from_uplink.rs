@@ -4,7 +4,7 @@ use aya_ebpf::{
     macros::classifier,
     programs::TcContext,
 };
-use sluice_common::{DropReason, ForwardPath, HookDirection};
+use sluice_common::{verdict::Verdict, DropReason, EndpointInfo, ForwardPath, HookDirection};
 
 use crate::{
     counters::{count_detail, count_forward, drop_packet},
@@ -12,6 +12,7 @@ use crate::{
     from_peer, from_uplink6,
     lb4::{self, Lb4},
     maps::ENDPOINTS,
+    node_path::{self, NODE_PATH_FAST},
     parse::{self, Ipv4Hdr, ETH_HLEN, ETH_P_IPV6, L4_OFF},
     tunnel,
 };
@@ -56,7 +57,25 @@ fn try_from_uplink(ctx: &TcContext) -> Result<i32, DropReason> {
     };
     // Natively routed: nothing on the wire says which node sent it.
     let judged = from_peer::judge::<ETH_HLEN, L4_OFF>(ctx, ip, None::<fn() -> u32>)?;
+    // For a local pod from no pod: another node's own address may skip
+    // the stack (`node_path`).
+    if let (Verdict::ToStack, Some(ep)) = (judged.verdict, judged.dest) {
+        if node_path::sluice_from_node_decide(ctx.skb.skb) == NODE_PATH_FAST {
+            return from_node(ctx, &ep);
+        }
+    }
     from_peer::carry_out(ctx, judged, Origin::Uplink)
+}
+
+/// From another node's address into the local pod `ep` through the one
+/// door, as from another node's pod; then its answers are remembered
+/// (`NODE_FLOWS`), so they leave the same way.
+#[inline(always)]
+fn from_node(ctx: &TcContext, ep: &EndpointInfo) -> Result<i32, DropReason> {
+    let action = deliver_to_local_pod(ctx, ep, Origin::Uplink)?;
+    node_path::sluice_node_flows_remember(ctx.skb.skb);
+    count_detail(ForwardPath::NodeToPod);
+    Ok(action)
 }
 
 /// A Service's packet `lb4` translated for a backend on this node: into it

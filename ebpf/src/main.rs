@@ -49,6 +49,7 @@ mod lb4;
 mod lb4_affinity;
 mod lb4_frag;
 mod maps;
+mod node_path;
 mod parse;
 mod policy;
 mod sock_lb;

@@ -11,8 +11,8 @@ use sluice_common::{
     lb4_scratch::Lb4Scratch,
     maps::limits::{
         EVENTS_BYTES, MAX_AFFINITY, MAX_BACKENDS, MAX_ENDPOINTS, MAX_IFACES, MAX_LB4_AFFINITY, MAX_LB4_FRAGS,
-        MAX_LB4_SOURCE_RANGES, MAX_NAT4, MAX_NODE_ADDRESSES, MAX_NODE_ROUTES, MAX_POLICY_CT, MAX_POLICY_IDENTITIES,
-        MAX_POLICY_RULES, MAX_SERVICES, MAX_SOCK_REVERSE, MAX_STACK_FLOWS,
+        MAX_LB4_SOURCE_RANGES, MAX_NAT4, MAX_NODE_ADDRESSES, MAX_NODE_FLOWS, MAX_NODE_ROUTES, MAX_POLICY_CT,
+        MAX_POLICY_IDENTITIES, MAX_POLICY_RULES, MAX_SERVICES, MAX_SOCK_REVERSE, MAX_STACK_FLOWS,
     },
     nat::{Lb4Config, Nat4Counter, Nat4Entry, Nat4Key, SourceRangeKey},
     policy::{
@@ -78,6 +78,11 @@ pub static IFACE_PACKETS: PerCpuHashMap<u32, u64> = PerCpuHashMap::with_max_entr
 
 #[map]
 pub static STACK_FLOWS: LruHashMap<FlowKey, u32> = LruHashMap::with_max_entries(MAX_STACK_FLOWS, 0);
+
+/// Answers of connections from other nodes' addresses that skipped the
+/// stack (`node_path`).
+#[map]
+pub static NODE_FLOWS: LruHashMap<FlowKey, u32> = LruHashMap::with_max_entries(MAX_NODE_FLOWS, 0);
 
 /// The IPv6 twin of `STACK_FLOWS` (`stack_flows`), sized with it.
 #[map]

@@ -211,6 +211,35 @@ impl TestDatapath {
         map.insert(key, 0, 0).context("insert into STACK_FLOWS")
     }
 
+    /// `NODE_ADDRESSES[addr]` = `kind` (`services::NODE_ADDRESS_LOCAL` /
+    /// `NODE_ADDRESS_REMOTE`), as the Services loop writes it.
+    pub fn node_address(&self, addr: &str, kind: u32) -> Result<()> {
+        let path = self.pins.map(names::NODE_ADDRESSES);
+        let data = MapData::from_pin(&path).with_context(|| format!("open {}", path.display()))?;
+        let mut map: HashMap<MapData, u32, u32> = Map::from_map_data(data)?.try_into()?;
+        map.insert(be(ip(addr)), kind, 0).context("insert into NODE_ADDRESSES")
+    }
+
+    /// The keys of `NODE_FLOWS` (answers of connections from other nodes'
+    /// addresses that skipped the stack), sorted.
+    pub fn node_flows(&self) -> Result<Vec<FlowKey>> {
+        let path = self.pins.map(names::NODE_FLOWS);
+        let data = MapData::from_pin(&path).with_context(|| format!("open {}", path.display()))?;
+        let map: HashMap<MapData, FlowKey, u32> = Map::from_map_data(data)?.try_into()?;
+        let mut keys: Vec<FlowKey> = map.keys().collect::<Result<_, _>>().context("read NODE_FLOWS")?;
+        keys.sort_by_key(|k| (k.src_be, k.dst_be, k.src_port_be, k.dst_port_be, k.protocol));
+        Ok(keys)
+    }
+
+    /// Put `key` into `NODE_FLOWS`, as `from_uplink` does for a connection
+    /// it carried in from another node's address.
+    pub fn node_flow(&self, key: FlowKey) -> Result<()> {
+        let path = self.pins.map(names::NODE_FLOWS);
+        let data = MapData::from_pin(&path).with_context(|| format!("open {}", path.display()))?;
+        let mut map: HashMap<MapData, FlowKey, u32> = Map::from_map_data(data)?.try_into()?;
+        map.insert(key, 0, 0).context("insert into NODE_FLOWS")
+    }
+
     /// A pod at `pod_ip`: a veth pair in the node's namespace (the host end
     /// is what `from_pod` runs on) and its `ENDPOINTS` entry.
     pub fn add_pod(&self, pod_ip: &str) -> Result<Pod> {

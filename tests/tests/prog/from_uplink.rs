@@ -27,8 +27,10 @@ fn a_remote_pods_packet_for_a_local_pod_is_redirected_into_it() {
 fn a_non_pod_source_goes_through_the_stack() {
     let dp = TestDatapath::node().unwrap();
     dp.add_pod("10.244.1.3").unwrap();
-    // Another node's own address, and a client out in the world: the pod's
-    // reply to them crosses the stack, so conntrack must see this too.
+    // An address no `NODE_ADDRESSES` entry names another node's (as with a
+    // peers file), and a client out in the world: the pod's reply to them
+    // crosses the stack, so conntrack must see this too. (Known nodes'
+    // addresses: `node_path.rs`.)
     for src in ["172.30.0.2", "192.0.2.1"] {
         let frame = Ipv4::icmp(src, "10.244.1.3").frame(from_peer(&dp));
         let run = dp.run(FROM_UPLINK, dp.uplink.ifindex, &frame).unwrap();

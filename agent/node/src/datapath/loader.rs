@@ -36,7 +36,7 @@ use crate::pod::device::PodDevice;
 pub static OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/sluice.bpf.o"));
 
 /// Every map of the object, as pinned.
-pub const ALL_MAPS: [&str; 50] = [
+pub const ALL_MAPS: [&str; 51] = [
     names::ENDPOINTS,
     names::NODE_ROUTES,
     names::NODE_CONFIG,
@@ -102,6 +102,9 @@ pub const ALL_MAPS: [&str; 50] = [
     // Fragments through the uplink's translation (issue 27): created
     // where absent.
     names::LB4_FRAGS,
+    // Answers to other nodes' addresses without the stack (issue 27):
+    // created where absent.
+    names::NODE_FLOWS,
 ];
 
 /// Map sizes chosen at load rather than by the object (`None`: the

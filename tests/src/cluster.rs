@@ -51,7 +51,7 @@ pub fn world_netns(lab_id: &str) -> String {
 }
 
 /// A TCP server in `netns` answering "<who> saw <client address>".
-fn whoami_server(lab: &mut Lab, netns: &str, bind: &str, port: u16, who: &str) -> Result<()> {
+pub fn whoami_server(lab: &mut Lab, netns: &str, bind: &str, port: u16, who: &str) -> Result<()> {
     let listen = format!("TCP-LISTEN:{port},bind={bind},reuseaddr,fork");
     let answer = format!("SYSTEM:echo {who} saw $SOCAT_PEERADDR");
     lab.spawn_helper(ns_cmd(netns, &["socat", &listen, &answer]), &format!("{who}-{port}"))?;

@@ -754,3 +754,74 @@ fn dsr_across_the_vxlan_router_lab_is_answered_by_the_backends_node_directly() {
     let mtu = lab.state.mtu as usize - 50;
     dsr_world_to_node_port(&lab, &world, 0, 2, mtu);
 }
+
+/// Node `i`'s forward counters named `names`, summed (`status --json`).
+fn forwards(lab: &Lab, i: usize, names: &[&str]) -> u64 {
+    let status = lab.status(i).unwrap();
+    names.iter().map(|n| status["forwards"][*n].as_u64().unwrap_or_else(|| panic!("no counter {n}"))).sum()
+}
+
+/// Wait until node `i`'s `NODE_ADDRESSES` names `ip` another node's (the
+/// Services loop writes it from the Node watch, on its next full pass).
+fn wait_remote_node_address(lab: &Lab, i: usize, ip: &str) {
+    let start = std::time::Instant::now();
+    loop {
+        let v = services::service_status(lab, i).unwrap();
+        let known = v["services"]["nodeAddresses"]
+            .as_array()
+            .is_some_and(|a| a.iter().any(|e| e["ip"] == ip && e["kind"] == "remote"));
+        if known {
+            return;
+        }
+        assert!(
+            start.elapsed() < sluice_tests::patience(Duration::from_secs(30)),
+            "node {i} never listed {ip} as a remote node address: {}",
+            v["services"]["nodeAddresses"]
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
+/// Issue 27's fast path on the backend's node (`node_path`): the world →
+/// node 1's NodePort → the backend on node 2, SNATed to node 1's address.
+/// Node 2 carries each packet into the pod and the pod's answers back out
+/// without its stack (`node_to_pod`, `pod_answer_to_node`), and the world
+/// gets every answer. A connection node 2's pod opens itself to node 1's
+/// address (its host server) still goes through node 2's stack both ways:
+/// not a packet of it counted on the fast path.
+#[test]
+fn a_snated_node_port_connection_skips_the_backends_node_stack_but_a_pods_own_connection_to_a_node_does_not() {
+    require_root();
+    let mut lab = services::lab(2, 1).unwrap();
+    let world = cluster::add_world(&mut lab).unwrap();
+    let (n1, n2, pod2) = (lab.state.nodes[0].clone(), lab.state.nodes[1].clone(), lab.state.nodes[1].pods[0].clone());
+    let (tcp_np, udp_np) = publish_node_port(&lab, &[(&n2.name, &pod2.ip)]);
+    let ip1 = node_ip(&lab, 0);
+    wait_remote_node_address(&lab, 1, &ip1);
+    let fast = ["node_to_pod", "pod_answer_to_node"];
+    let before = (forwards(&lab, 1, &fast[..1]), forwards(&lab, 1, &fast[1..]));
+
+    let out = world_client(&world, &["tcp", &ip1, &tcp_np.to_string(), "20"]);
+    assert_eq!(oks(&out), 20, "world → {ip1}:{tcp_np}: {:?}", tally(&out));
+    assert!(out.iter().all(|o| o.answer() == Some(pod2.name.as_str())), "{out:?}");
+    let out = world_client(&world, &["udp", &ip1, &udp_np.to_string(), "20"]);
+    assert_eq!(oks(&out), 20, "world → {ip1}:{udp_np}/UDP: {:?}", tally(&out));
+    assert!(nat4(&lab, 0)["new_remote"] >= 40, "{:?}", nat4(&lab, 0));
+    // Per TCP connection at least SYN, ACK and the request in, SYN-ACK and
+    // the answer out; per UDP exchange one each way.
+    let (into_pod, answers) = (forwards(&lab, 1, &fast[..1]) - before.0, forwards(&lab, 1, &fast[1..]) - before.1);
+    assert!(into_pod >= 20 * 3 + 20 && answers >= 20 * 2 + 20, "node 2: node_to_pod {into_pod}, answers {answers}");
+
+    // The pod's own connection to node 1's address: node 1's host server.
+    cluster::whoami_server(&mut lab, &n1.netns, &ip1, cluster::HOST_PORT, "host-1").unwrap();
+    let before = forwards(&lab, 1, &fast);
+    for _ in 0..5 {
+        let text = cluster::tcp_text(&pod2.netns, &ip1, cluster::HOST_PORT).expect("pod → node 1's host server");
+        assert_eq!(
+            cluster::parse_whoami(&text).map(|(_, ip)| ip.to_string()),
+            Some(pod2.ip.clone()),
+            "node 1 saw the pod's own address: {text}"
+        );
+    }
+    assert_eq!(forwards(&lab, 1, &fast), before, "a pod's own connection to a node took the fast path");
+}

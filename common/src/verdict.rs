@@ -530,6 +530,21 @@ pub fn answer_to_node_fast(f: AnswerToNodeFacts) -> bool {
         && f.uplink_configured
 }
 
+/// ICMP (IPv4) types that report an error about a packet they quote
+/// (destination unreachable, time exceeded, parameter problem): a pod's
+/// such message about a connection belongs to that connection, and leaves
+/// the way its answers do (`node_path`).
+pub fn icmp4_error(icmp_type: u8) -> bool {
+    matches!(icmp_type, 3 | 11 | 12)
+}
+
+/// The tuple of the answer an ICMP error stands for: the error quotes the
+/// packet it is about (`quoted`, as that packet was sent: from the peer to
+/// the error's sender), and answers go the other way.
+pub fn icmp4_error_answer(quoted: crate::FlowKey) -> crate::FlowKey {
+    quoted.reversed()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -1074,5 +1089,33 @@ mod tests {
         for (what, f) in stack {
             assert!(!answer_to_node_fast(f), "{what}");
         }
+    }
+
+    #[test]
+    fn an_icmp_error_stands_for_an_answer_of_the_connection_it_quotes() {
+        let mut errors = [0u8; 3];
+        let mut n = 0;
+        for t in 0..=255u8 {
+            if icmp4_error(t) {
+                assert!(n < 3, "type {t} is no error");
+                errors[n] = t;
+                n += 1;
+            }
+        }
+        assert_eq!(errors[..n], [3, 11, 12], "echo (0, 8) and the rest are no errors");
+        let quoted = crate::FlowKey {
+            src_be: u32::from_be_bytes([172, 30, 0, 2]).to_be(),
+            dst_be: u32::from_be_bytes([10, 244, 1, 3]).to_be(),
+            src_port_be: 40000u16.to_be(),
+            dst_port_be: 53u16.to_be(),
+            protocol: 17,
+            _pad: [0; 3],
+        };
+        let answer = icmp4_error_answer(quoted);
+        assert_eq!((answer.src_be, answer.dst_be), (quoted.dst_be, quoted.src_be));
+        assert_eq!(
+            (answer.src_port_be, answer.dst_port_be, answer.protocol),
+            (quoted.dst_port_be, quoted.src_port_be, 17)
+        );
     }
 }

@@ -30,6 +30,10 @@
 //! address never gets an entry (its first packet goes to the stack, which
 //! remembers it in `STACK_FLOWS`, so node's replies return through the
 //! stack too); a TCP SYN from the pod forgets an old entry of its tuple.
+//! An ICMP error the pod sends about such a connection is looked up by the
+//! answer it stands for (the quoted packet, reversed) and leaves the same
+//! way: this node's conntrack never saw the connection and would find the
+//! error INVALID.
 //!
 //! What still goes to the stack, both ways: IP options and fragments, TTL
 //! 1 (time exceeded is the stack's), packets larger than the egress
@@ -153,8 +157,12 @@ pub extern "C" fn sluice_answer_to_node(skb: *mut __sk_buff) -> u32 {
     if !remote_node(key.dst_be) {
         return NODE_PATH_STACK;
     }
+    // An ICMP error the pod sends about such a connection is looked up by
+    // the tuple of the answer it stands for (the packet it quotes,
+    // reversed).
+    let lookup = if key.protocol == IPPROTO_ICMP && !stack_only { icmp_error_answer(&ctx).unwrap_or(key) } else { key };
     // SAFETY: only presence is read (refreshing the LRU entry).
-    let mut answers_node_flow = !stack_only && unsafe { NODE_FLOWS.get(&key).is_some() };
+    let mut answers_node_flow = !stack_only && unsafe { NODE_FLOWS.get(&lookup).is_some() };
     let opens_connection = !stack_only && parse::is_tcp_syn_at::<L4_OFF>(&ctx, &key);
     if answers_node_flow && opens_connection {
         let _ = NODE_FLOWS.remove(&key);
@@ -178,6 +186,43 @@ pub extern "C" fn sluice_answer_to_node(skb: *mut __sk_buff) -> u32 {
         Ok(()) => NODE_PATH_FAST,
         Err(reason) => NODE_PATH_FAST + 1 + reason as u32,
     }
+}
+
+const IPPROTO_ICMP: u8 = 1;
+/// ICMP's header before the quoted packet: type, code, checksum, 4 unused.
+const ICMP_HLEN: usize = 8;
+/// The quoted IPv4 header, when it has no options.
+const QUOTED_IP_OFF: usize = L4_OFF + ICMP_HLEN;
+const QUOTED_L4_OFF: usize = QUOTED_IP_OFF + core::mem::size_of::<Ipv4Hdr>();
+
+/// For an ICMP error (`verdict::icmp4_error`) at `L4_OFF` whose quoted
+/// packet has no options: the tuple of the answer it stands for
+/// (`verdict::icmp4_error_answer`; ports when the quote is TCP, UDP or
+/// SCTP and holds them). `None`: no error, or not quoted so.
+#[inline(always)]
+fn icmp_error_answer(ctx: &TcContext) -> Option<FlowKey> {
+    let icmp_type: *const u8 = parse::header_mut(ctx, L4_OFF).ok()?;
+    // SAFETY: bounds checked by header_mut.
+    if !verdict::icmp4_error(unsafe { *icmp_type }) {
+        return None;
+    }
+    let quoted: *const Ipv4Hdr = parse::header_mut(ctx, QUOTED_IP_OFF).ok()?;
+    // SAFETY: bounds checked by header_mut.
+    let (version_ihl, protocol, src_be, dst_be) =
+        unsafe { ((*quoted).version_ihl, (*quoted).protocol, (*quoted).src_be, (*quoted).dst_be) };
+    if version_ihl != 0x45 {
+        return None;
+    }
+    let mut key = FlowKey { src_be, dst_be, src_port_be: 0, dst_port_be: 0, protocol, _pad: [0; 3] };
+    if matches!(protocol, 6 | 17 | 132) {
+        let ports: *const parse::Ports = parse::header_mut(ctx, QUOTED_L4_OFF).ok()?;
+        // SAFETY: bounds checked by header_mut.
+        unsafe {
+            key.src_port_be = (*ports).src_be;
+            key.dst_port_be = (*ports).dst_be;
+        }
+    }
+    Some(verdict::icmp4_error_answer(key))
 }
 
 /// The router's hop, then out of the uplink to the packet's destination:

@@ -2,6 +2,7 @@
 //! that node SNATed, its host network) and a local pod, without this
 //! node's stack: in through the door from `from_uplink`, the answer out of
 //! the uplink from `from_pod` — only for connections that came in that way.
+use etherparse::{icmpv4::DestUnreachableHeader, Icmpv4Type, IpHeaders, Ipv4Header, PacketBuilder};
 use sluice_common::{
     maps::{
         programs::{FROM_POD, FROM_UPLINK},
@@ -136,4 +137,42 @@ fn a_nodes_connection_is_judged_by_the_pods_ingress_policy_as_the_remote_node() 
     let run = n.dp.run(FROM_UPLINK, n.dp.uplink.ifindex, &syn).unwrap();
     assert_eq!(run.action, TC_ACT_REDIRECT);
     assert_eq!(n.dp.node_flows().unwrap(), [key(B, PEER, 8080, 40000, TCP)]);
+}
+
+/// A pod's ICMP port unreachable quoting `quoted` (a frame: its IPv4 and
+/// UDP headers), from the pod to `dst`, in a frame from the pod.
+fn port_unreachable(pod: &sluice_tests::prog_test::Pod, dst: &str, quoted: &[u8]) -> Vec<u8> {
+    let l2 = pod.sends();
+    let ip_header = Ipv4Header::new(0, 64, etherparse::IpNumber::ICMP, pod.ip.octets(), ip(dst).octets()).unwrap();
+    let b = PacketBuilder::ethernet2(l2.src, l2.dst).ip(IpHeaders::Ipv4(ip_header, Default::default()));
+    let mut out = Vec::new();
+    b.icmpv4(Icmpv4Type::DestinationUnreachable(DestUnreachableHeader::Port)).write(&mut out, &quoted[14..42]).unwrap();
+    out
+}
+
+#[test]
+fn a_pods_icmp_error_about_such_a_connection_leaves_as_its_answers_do() {
+    let dp = TestDatapath::node().unwrap();
+    let b = dp.add_pod(POD).unwrap();
+    dp.node_address(PEER, NODE_ADDRESS_REMOTE).unwrap();
+    // The node's datagram in (remembered), and one of a connection the
+    // stack carried (never remembered).
+    let datagram = Ipv4::udp(PEER, POD, 40000, 53).frame(from_peer(&dp));
+    assert_eq!(dp.run(FROM_UPLINK, dp.uplink.ifindex, &datagram).unwrap().action, TC_ACT_REDIRECT);
+    let error = port_unreachable(&b, PEER, &datagram);
+    let run = dp.run(FROM_POD, b.host.ifindex, &error).unwrap();
+    assert_eq!(run.action, TC_ACT_REDIRECT, "about a connection that came in without the stack");
+    assert_ne!(run.ctx.mark & FAST_PATH_MARK, 0);
+    let other = Ipv4::udp(PEER, POD, 40001, 53).frame(from_peer(&dp));
+    let run = dp.run(FROM_POD, b.host.ifindex, &port_unreachable(&b, PEER, &other)).unwrap();
+    assert_eq!(run.action, TC_ACT_OK, "about anything else: the stack's");
+    assert_eq!(
+        dp.forwards().unwrap(),
+        [
+            (ForwardPath::UplinkToPod, 1),
+            (ForwardPath::ToStack, 1),
+            (ForwardPath::NodeToPod, 1),
+            (ForwardPath::PodAnswerToNode, 1)
+        ]
+    );
 }

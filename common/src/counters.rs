@@ -334,10 +334,13 @@ impl ForwardPath {
     }
 }
 
-/// What happened to `STACK_FLOWS` entries; indexes the per-CPU array
-/// `STACK_FLOW_STATS`. Written by `to_pod`, `to_uplink` (remember) and
-/// `from_pod`, `from_uplink` (forget); read by `status` and metrics, which
-/// derive the evictions: remembered − forgotten − entries now.
+/// What happened to `STACK_FLOWS` and `STACK_FLOWS6` entries; indexes the
+/// per-CPU array `STACK_FLOW_STATS`. Written by `to_pod`, `to_uplink`
+/// (remember) and `from_pod`, `from_uplink` (forget), and their IPv6 twins;
+/// read by `status` and metrics, which derive each table's evictions:
+/// remembered − forgotten − entries now. Each table has its own three
+/// events (the `*6` ones are `STACK_FLOWS6`'s): evictions derived from one
+/// table's entries against both tables' counts would be wrong.
 #[repr(u32)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum StackFlowEvent {
@@ -348,18 +351,38 @@ pub enum StackFlowEvent {
     InsertFailed = 1,
     /// An entry removed because a pod opened a new connection on its tuple.
     Forgotten = 2,
+    /// `Remembered` in `STACK_FLOWS6`.
+    Remembered6 = 3,
+    /// `InsertFailed` in `STACK_FLOWS6`.
+    InsertFailed6 = 4,
+    /// `Forgotten` in `STACK_FLOWS6`.
+    Forgotten6 = 5,
 }
 
 impl StackFlowEvent {
-    pub const COUNT: u32 = 3;
-    pub const ALL: [StackFlowEvent; Self::COUNT as usize] =
+    pub const COUNT: u32 = 6;
+    pub const ALL: [StackFlowEvent; Self::COUNT as usize] = [
+        StackFlowEvent::Remembered,
+        StackFlowEvent::InsertFailed,
+        StackFlowEvent::Forgotten,
+        StackFlowEvent::Remembered6,
+        StackFlowEvent::InsertFailed6,
+        StackFlowEvent::Forgotten6,
+    ];
+    /// One table's events, in the order remembered, insert failed, forgotten.
+    pub const IPV4: [StackFlowEvent; 3] =
         [StackFlowEvent::Remembered, StackFlowEvent::InsertFailed, StackFlowEvent::Forgotten];
+    pub const IPV6: [StackFlowEvent; 3] =
+        [StackFlowEvent::Remembered6, StackFlowEvent::InsertFailed6, StackFlowEvent::Forgotten6];
 
     pub const fn name(self) -> &'static str {
         match self {
             StackFlowEvent::Remembered => "remembered",
             StackFlowEvent::InsertFailed => "insert_failed",
             StackFlowEvent::Forgotten => "forgotten",
+            StackFlowEvent::Remembered6 => "remembered6",
+            StackFlowEvent::InsertFailed6 => "insert_failed6",
+            StackFlowEvent::Forgotten6 => "forgotten6",
         }
     }
 }
@@ -436,6 +459,9 @@ mod tests {
         Remembered = 0, "remembered";
         InsertFailed = 1, "insert_failed";
         Forgotten = 2, "forgotten";
+        Remembered6 = 3, "remembered6";
+        InsertFailed6 = 4, "insert_failed6";
+        Forgotten6 = 5, "forgotten6";
     });
 
     #[test]

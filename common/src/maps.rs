@@ -76,7 +76,7 @@ pub mod names {
     /// stack. Written and read by the programs alone.
     pub const NODE_FLOWS: &str = "NODE_FLOWS";
     /// `PerCpuArray<u64>` indexed by `StackFlowEvent`: inserts, failed
-    /// inserts and removals of `STACK_FLOWS` and `STACK_FLOWS6` entries.
+    /// inserts and removals of `STACK_FLOWS` entries, and their `*6` twins for `STACK_FLOWS6`.
     pub const STACK_FLOW_STATS: &str = "STACK_FLOW_STATS";
     /// `RingBuf` of `events::DatapathEvent` per monitor slot: the drops and
     /// traces that slot's monitor subscribed to.

@@ -56,7 +56,8 @@ pub struct Flow6Scratch {
     pub route: Key<[u8; 16]>,
 }
 
-/// Count a `STACK_FLOWS` event (user space derives evictions from these).
+/// Count a `STACK_FLOWS` or `STACK_FLOWS6` event (user space derives each
+/// table's evictions from its own).
 #[inline(always)]
 fn count(event: StackFlowEvent) {
     if let Some(n) = STACK_FLOW_STATS.get_ptr_mut(event as u32) {
@@ -260,7 +261,7 @@ pub fn is_reply6_or_forget(ctx: &TcContext, ip6: *const Ipv6Hdr) -> bool {
         reverse6(key);
         // SAFETY: as above.
         if STACK_FLOWS6.remove(unsafe { &*key }).is_ok() {
-            count(StackFlowEvent::Forgotten);
+            count(StackFlowEvent::Forgotten6);
         }
     }
     false
@@ -317,8 +318,8 @@ pub extern "C" fn sluice_stack_flows_remember6(skb: *mut __sk_buff, from_remote_
     // SAFETY: only presence is read; a lookup also refreshes the LRU entry.
     if unsafe { STACK_FLOWS6.get(reply).is_none() } {
         match STACK_FLOWS6.insert(reply, &0, 0) {
-            Ok(()) => count(StackFlowEvent::Remembered),
-            Err(_) => count(StackFlowEvent::InsertFailed),
+            Ok(()) => count(StackFlowEvent::Remembered6),
+            Err(_) => count(StackFlowEvent::InsertFailed6),
         }
     }
     1

@@ -155,8 +155,8 @@ fn an_idle_natted_connection_at_capacity_is_lost_and_reported_and_the_default_si
     let text = metrics(&lab);
     for line in [
         format!("sluice_map_capacity_entries{{map=\"STACK_FLOWS\"}} {SMALL}"),
-        "sluice_stack_flows_evicted_total ".to_string(),
-        "sluice_stack_flows_total{event=\"remembered\"}".to_string(),
+        "sluice_stack_flows_evicted_total{family=\"ipv4\"} ".to_string(),
+        "sluice_stack_flows_total{event=\"remembered\",family=\"ipv4\"}".to_string(),
         "sluice_map_entries{map=\"SOCK_REVERSE\"}".to_string(),
         "sluice_map_capacity_entries{map=\"FORWARDS\"}".to_string(),
         "sluice_map_capacity_bytes{map=\"EVENTS_0\"}".to_string(),
@@ -165,7 +165,7 @@ fn an_idle_natted_connection_at_capacity_is_lost_and_reported_and_the_default_si
     }
     let exported: u64 = text
         .lines()
-        .find_map(|l| l.strip_prefix("sluice_stack_flows_evicted_total "))
+        .find_map(|l| l.strip_prefix("sluice_stack_flows_evicted_total{family=\"ipv4\"} "))
         .and_then(|v| v.trim().parse().ok())
         .unwrap();
     assert!(exported >= evicted, "metrics {exported} evictions, status {evicted}");

@@ -58,7 +58,8 @@ pub struct StatusReport {
     pub forwards: Vec<(String, u64)>,
     /// Every pinned map's fill.
     pub maps: Vec<MapFill>,
-    pub stack_flows: Option<StackFlows>,
+    /// `STACK_FLOWS` and, dual-stack, `STACK_FLOWS6`.
+    pub stack_flows: Vec<StackFlows>,
 }
 
 /// The agent's process runs: it exists and is no zombie. A killed agent
@@ -97,7 +98,7 @@ pub struct HealthFacts<'a> {
     pub uplink_attached: bool,
     /// Every pinned map's fill.
     pub maps: &'a [MapFill],
-    pub stack_flows: Option<StackFlows>,
+    pub stack_flows: &'a [StackFlows],
 }
 
 /// The health policy (pure): what makes a node unhealthy, most important
@@ -236,11 +237,7 @@ pub fn collect(pins: &PinDir, data_dir: &Path) -> StatusReport {
     let (endpoints, routes) = (endpoints.unwrap_or_default(), routes.unwrap_or_default());
     if datapath_error.is_none() {
         r.maps = map_fill::read_all(pins);
-        r.stack_flows = r
-            .maps
-            .iter()
-            .find(|m| m.name == names::STACK_FLOWS)
-            .and_then(|fill| map_fill::stack_flows(pins, fill).ok());
+        r.stack_flows = map_fill::stack_flows(pins, &r.maps).unwrap_or_default();
     }
     let v = verdict(&HealthFacts {
         agent: state.as_ref().map_err(Clone::clone),
@@ -249,7 +246,7 @@ pub fn collect(pins: &PinDir, data_dir: &Path) -> StatusReport {
         datapath_error: datapath_error.clone(),
         uplink_attached,
         maps: &r.maps,
-        stack_flows: r.stack_flows,
+        stack_flows: &r.stack_flows,
     });
     (r.unhealthy, r.warnings, r.agent_alive, r.not_live) = (v.unhealthy, v.warnings, v.agent_alive, v.not_live);
     r.agent = state.ok();
@@ -298,6 +295,21 @@ fn drops_by_reason(stats: &[DropRow]) -> Vec<(String, u64)> {
 }
 
 impl StatusReport {
+    /// One `STACK_FLOWS` table's figures for `to_json`; null where the
+    /// node has no such table (`STACK_FLOWS6` on an IPv4-only node).
+    fn stack_flows_json(&self, table: &str) -> Value {
+        self.stack_flows.iter().find(|f| f.table == table).map_or(Value::Null, |f| {
+            json!({
+                "entries": f.entries,
+                "max": f.max_entries,
+                "remembered": f.remembered,
+                "forgotten": f.forgotten,
+                "insertFailed": f.insert_failed,
+                "evicted": f.evicted,
+            })
+        })
+    }
+
     pub fn healthy(&self) -> bool {
         self.unhealthy.is_empty()
     }
@@ -339,14 +351,8 @@ impl StatusReport {
                 .iter()
                 .map(|m| (m.name.clone(), json!({"kind": m.kind.name(), "entries": m.entries, "max": m.max_entries})))
                 .collect::<serde_json::Map<_, _>>(),
-            "stackFlows": self.stack_flows.map(|f| json!({
-                "entries": f.entries,
-                "max": f.max_entries,
-                "remembered": f.remembered,
-                "forgotten": f.forgotten,
-                "insertFailed": f.insert_failed,
-                "evicted": f.evicted,
-            })),
+            "stackFlows": self.stack_flows_json(names::STACK_FLOWS),
+            "stackFlows6": self.stack_flows_json(names::STACK_FLOWS6),
             "drops": self.drops.iter().map(|(k, n)| (k.clone(), json!(n))).collect::<serde_json::Map<_, _>>(),
             "dropsByDirection": self
                 .drop_stats
@@ -485,7 +491,7 @@ impl StatusReport {
             o.push_str(&format!("  {ip:<16} host ifindex {ifindex}\n"));
         }
         o.push_str(&self.render_ipv6());
-        o.push_str(&render_maps(&self.maps, self.stack_flows.as_ref()));
+        o.push_str(&render_maps(&self.maps, &self.stack_flows));
         o.push_str("drops by reason:\n");
         for (k, n) in &self.drops {
             // Where they were dropped: each direction's packets and bytes.
@@ -516,7 +522,7 @@ fn describe_recovery(what: &str, r: &crate::kube_watch::Recovery) -> String {
 }
 
 /// The maps' fill, one line each (pure).
-pub fn render_maps(maps: &[MapFill], stack_flows: Option<&StackFlows>) -> String {
+pub fn render_maps(maps: &[MapFill], stack_flows: &[StackFlows]) -> String {
     let mut o = String::from("maps:\n");
     for m in maps {
         let fill = match (m.kind, m.entries) {
@@ -525,7 +531,7 @@ pub fn render_maps(maps: &[MapFill], stack_flows: Option<&StackFlows>) -> String
             _ => format!("{} slots", m.max_entries),
         };
         let mut line = format!("  {:<16} {:<7} {fill}", m.name, m.kind.name());
-        if let (true, Some(f)) = (m.name == names::STACK_FLOWS, stack_flows) {
+        if let Some(f) = stack_flows.iter().find(|f| f.table == m.name) {
             line.push_str(&format!(
                 " (remembered {}, forgotten {}, evicted {}, insert failures {})",
                 f.remembered, f.forgotten, f.evicted, f.insert_failed
@@ -650,7 +656,7 @@ mod tests {
             datapath_error: None,
             uplink_attached: true,
             maps: &[],
-            stack_flows: None,
+            stack_flows: &[],
         }
     }
 
@@ -761,11 +767,18 @@ mod tests {
     #[test]
     fn a_full_evicting_stack_flows_table_warns() {
         let s = state(999);
-        let full =
-            StackFlows { entries: 1024, max_entries: 1024, remembered: 5000, evicted: 3976, ..Default::default() };
-        let v = verdict(&HealthFacts { stack_flows: Some(full), ..facts(Ok(&s)) });
+        let full = StackFlows {
+            table: names::STACK_FLOWS6,
+            entries: 1024,
+            max_entries: 1024,
+            remembered: 5000,
+            evicted: 3976,
+            ..Default::default()
+        };
+        let roomy = StackFlows { table: names::STACK_FLOWS, entries: 10, max_entries: 1024, ..Default::default() };
+        let v = verdict(&HealthFacts { stack_flows: &[roomy, full], ..facts(Ok(&s)) });
         assert_eq!(v.warnings.len(), 1, "{v:?}");
-        assert!(v.warnings[0].starts_with("STACK_FLOWS is at capacity (1024 of 1024) and has evicted 3976"), "{v:?}");
+        assert!(v.warnings[0].starts_with("STACK_FLOWS6 is at capacity (1024 of 1024) and has evicted 3976"), "{v:?}");
         assert!(v.unhealthy.is_empty(), "a warning, not a failed readiness probe");
     }
 
@@ -778,6 +791,7 @@ mod tests {
             MapFill { name: "STACK_FLOWS".into(), kind: FillKind::LruEntries, entries: Some(12), max_entries: 262144 },
         ];
         let sf = StackFlows {
+            table: names::STACK_FLOWS,
             entries: 12,
             max_entries: 262144,
             remembered: 40,
@@ -785,7 +799,7 @@ mod tests {
             evicted: 25,
             insert_failed: 0,
         };
-        let text = render_maps(&maps, Some(&sf));
+        let text = render_maps(&maps, &[sf]);
         assert_eq!(
             text,
             "maps:\n  ENDPOINTS        hash    3 of 4096\n  DROPS            array   14 slots\n  \

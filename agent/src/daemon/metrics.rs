@@ -38,7 +38,6 @@ use prometheus_client::{
     },
     registry::Registry,
 };
-use sluice_common::maps::names;
 use sluice_node::{
     cni_stats,
     datapath::{
@@ -326,26 +325,30 @@ impl Collector for DatapathCollector {
             .filter(|m| m.kind == FillKind::Bytes)
             .map(|m| (label(m), ConstGauge::new(i64::from(m.max_entries))));
         family(&mut encoder, "sluice_map_capacity_bytes", "Size of each ring buffer.", MetricType::Gauge, bytes)?;
-        let stack_flows =
-            maps.iter().find(|m| m.name == names::STACK_FLOWS).and_then(|fill| map_fill::stack_flows(pins, fill).ok());
-        if let Some(f) = stack_flows {
-            let rows = [("remembered", f.remembered), ("forgotten", f.forgotten), ("insert_failed", f.insert_failed)]
-                .map(|(event, n)| (vec![("event", event.to_string())], ConstCounter::new(n)));
+        let stack_flows = map_fill::stack_flows(pins, &maps).unwrap_or_default();
+        if !stack_flows.is_empty() {
+            let rows = stack_flows.iter().flat_map(|f| {
+                [("remembered", f.remembered), ("forgotten", f.forgotten), ("insert_failed", f.insert_failed)].map(
+                    |(event, n)| {
+                        (vec![("event", event.to_string()), ("family", f.family().to_string())], ConstCounter::new(n))
+                    },
+                )
+            });
             family(
                 &mut encoder,
                 "sluice_stack_flows",
-                "STACK_FLOWS entries remembered (flows the stack forwarded), forgotten (a new connection on the \
-                 tuple) and inserts that failed (those replies skipped conntrack).",
+                "STACK_FLOWS (family ipv4) and STACK_FLOWS6 (ipv6) entries remembered (flows the stack forwarded), \
+                 forgotten (a new connection on the tuple) and inserts that failed (those replies skipped conntrack).",
                 MetricType::Counter,
                 rows,
             )?;
             family(
                 &mut encoder,
                 "sluice_stack_flows_evicted",
-                "STACK_FLOWS entries evicted to make room (remembered - forgotten - present): at capacity, an idle \
-                 NATed connection's entry goes too.",
+                "STACK_FLOWS / STACK_FLOWS6 entries evicted to make room (remembered - forgotten - present): at \
+                 capacity, an idle NATed connection's entry goes too.",
                 MetricType::Counter,
-                [(vec![], ConstCounter::new(f.evicted))],
+                stack_flows.iter().map(|f| (vec![("family", f.family().to_string())], ConstCounter::new(f.evicted))),
             )?;
         }
         if let Ok(counters) = nat4_maps::nat4_counters(pins) {

@@ -326,6 +326,11 @@ impl TestDatapath {
     pub fn forwards(&self) -> Result<Vec<(ForwardPath, u64)>> {
         Ok(pinned_maps::forwards(&self.pins)?.into_iter().filter(|(_, n)| *n != 0).collect())
     }
+
+    /// Every `STACK_FLOWS` / `STACK_FLOWS6` event counted so far, with its count.
+    pub fn stack_flow_events(&self) -> Result<Vec<(sluice_common::StackFlowEvent, u64)>> {
+        Ok(pinned_maps::stack_flow_stats(&self.pins)?.into_iter().filter(|(_, n)| *n != 0).collect())
+    }
 }
 
 /// An address as the maps store it (network byte order in a `u32`).

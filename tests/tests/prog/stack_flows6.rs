@@ -11,7 +11,7 @@ use sluice_common::{
         names,
         programs::{FROM_POD, FROM_UPLINK, TO_POD, TO_UPLINK},
     },
-    FlowKey6, ForwardPath,
+    FlowKey6, ForwardPath, StackFlowEvent,
 };
 use sluice_tests::prog_test::{
     packet::{ip6, Ipv6, L2},
@@ -78,6 +78,9 @@ fn a_local_pods_ipv6_the_stack_sent_out_is_remembered_and_its_reply_goes_to_the_
     let other = Ipv6::tcp_ack(PEER_POD6, A6, 8080, 40001).frame(from_peer(&dp));
     assert_eq!(dp.run(FROM_UPLINK, dp.uplink.ifindex, &other).unwrap().action, TC_ACT_REDIRECT, "into {}", a.ip);
     assert_eq!(dp.forwards().unwrap(), [(ForwardPath::StackFlowReply, 1), (ForwardPath::UplinkToPod6, 1)]);
+    // Counted as STACK_FLOWS6's own event, never as STACK_FLOWS' (status
+    // derives each table's evictions from its own counts).
+    assert_eq!(dp.stack_flow_events().unwrap(), [(StackFlowEvent::Remembered6, 1)]);
 }
 
 #[test]
@@ -118,4 +121,5 @@ fn a_syn_on_the_ipv6_fast_path_forgets_the_stale_stack_flow() {
     let syn = Ipv6::tcp_syn(PEER_POD6, A6, 40000, 8080).frame(from_peer(&dp));
     assert_eq!(dp.run(FROM_UPLINK, dp.uplink.ifindex, &syn).unwrap().action, TC_ACT_REDIRECT);
     assert!(!remembered(&dp, stale), "forgotten by the SYN from_uplink6 carried");
+    assert_eq!(dp.stack_flow_events().unwrap(), [(StackFlowEvent::Forgotten6, 2)]);
 }

@@ -96,9 +96,11 @@ pub fn read_all(pins: &PinDir) -> Vec<MapFill> {
     ALL_MAPS.iter().filter_map(|name| read(pins, name).ok()).collect()
 }
 
-/// `STACK_FLOWS` and what happened to its entries.
+/// `STACK_FLOWS` or `STACK_FLOWS6` and what happened to its entries.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct StackFlows {
+    /// `names::STACK_FLOWS` or `names::STACK_FLOWS6`.
+    pub table: &'static str,
     pub entries: u64,
     pub max_entries: u32,
     pub remembered: u64,
@@ -109,18 +111,34 @@ pub struct StackFlows {
 }
 
 impl StackFlows {
-    /// From the table's fill and its counters (pure).
-    pub fn new(fill: &MapFill, counters: &[(StackFlowEvent, u64)]) -> Self {
+    /// From the table's fill and the counters of both tables (pure): the
+    /// table's own events, `*6` for `STACK_FLOWS6`. `None` for another map.
+    pub fn new(fill: &MapFill, counters: &[(StackFlowEvent, u64)]) -> Option<Self> {
+        let (table, [remembered, insert_failed, forgotten]) = match fill.name.as_str() {
+            names::STACK_FLOWS => (names::STACK_FLOWS, StackFlowEvent::IPV4),
+            names::STACK_FLOWS6 => (names::STACK_FLOWS6, StackFlowEvent::IPV6),
+            _ => return None,
+        };
         let get = |e: StackFlowEvent| counters.iter().find(|(k, _)| *k == e).map_or(0, |(_, n)| *n);
         let entries = fill.entries.unwrap_or(0);
-        let (remembered, forgotten) = (get(StackFlowEvent::Remembered), get(StackFlowEvent::Forgotten));
-        StackFlows {
+        let (remembered, forgotten) = (get(remembered), get(forgotten));
+        Some(StackFlows {
+            table,
             entries,
             max_entries: fill.max_entries,
             remembered,
             forgotten,
-            insert_failed: get(StackFlowEvent::InsertFailed),
+            insert_failed: get(insert_failed),
             evicted: evicted(remembered, forgotten, entries),
+        })
+    }
+
+    /// The address family the table serves, for metrics' labels.
+    pub fn family(&self) -> &'static str {
+        if self.table == names::STACK_FLOWS6 {
+            "ipv6"
+        } else {
+            "ipv4"
         }
     }
 
@@ -139,8 +157,7 @@ impl StackFlows {
             w.push(format!(
                 "{}: {} inserts failed: those flows' replies skipped conntrack (kube-proxy's or a hostPort's NAT \
                  not reversed)",
-                names::STACK_FLOWS,
-                self.insert_failed
+                self.table, self.insert_failed
             ));
         }
         // Evictions happen only in a full table. (A full LRU holds somewhat
@@ -153,20 +170,18 @@ impl StackFlows {
                 "{} is at capacity ({} of {}) and has evicted {} flows: a connection through kube-proxy or a \
                  hostPort that stays idle while {} newer such flows pass loses its replies' reverse NAT; raise \
                  --stack-flows-max",
-                names::STACK_FLOWS,
-                self.entries,
-                self.max_entries,
-                self.evicted,
-                self.max_entries
+                self.table, self.entries, self.max_entries, self.evicted, self.max_entries
             ));
         }
         w
     }
 }
 
-/// `STACK_FLOWS` now (`fill`: its entry in `read_all`'s answer).
-pub fn stack_flows(pins: &PinDir, fill: &MapFill) -> Result<StackFlows> {
-    Ok(StackFlows::new(fill, &pinned_maps::stack_flow_stats(pins)?))
+/// `STACK_FLOWS` and, on a dual-stack node, `STACK_FLOWS6` now (`maps`:
+/// `read_all`'s answer).
+pub fn stack_flows(pins: &PinDir, maps: &[MapFill]) -> Result<Vec<StackFlows>> {
+    let counters = pinned_maps::stack_flow_stats(pins)?;
+    Ok(maps.iter().filter_map(|fill| StackFlows::new(fill, &counters)).collect())
 }
 
 #[cfg(test)]
@@ -200,21 +215,50 @@ mod tests {
         let counters = |r, f, x| {
             [(StackFlowEvent::Remembered, r), (StackFlowEvent::InsertFailed, x), (StackFlowEvent::Forgotten, f)]
         };
-        let roomy = StackFlows::new(&fill(FillKind::LruEntries, Some(400), 1024), &counters(500, 100, 0));
+        let table = |entries, counters: &[(StackFlowEvent, u64)]| {
+            let fill = MapFill { name: names::STACK_FLOWS.into(), ..fill(FillKind::LruEntries, Some(entries), 1024) };
+            StackFlows::new(&fill, counters).unwrap()
+        };
+        let roomy = table(400, &counters(500, 100, 0));
         assert_eq!((roomy.evicted, roomy.warnings()), (0, vec![]));
         // What a 1,024-entry table on two CPUs held after 10,001 flows.
-        let full = StackFlows::new(&fill(FillKind::LruEntries, Some(785), 1024), &counters(10_001, 0, 0));
+        let full = table(785, &counters(10_001, 0, 0));
         assert_eq!(full.evicted, 9216);
         let w = full.warnings();
         assert_eq!(w.len(), 1, "{w:?}");
-        assert!(w[0].contains("at capacity (785 of 1024) and has evicted 9216 flows"), "{w:?}");
+        assert!(w[0].contains("STACK_FLOWS is at capacity (785 of 1024) and has evicted 9216 flows"), "{w:?}");
         assert!(w[0].contains("--stack-flows-max"), "{w:?}");
         // The same table after its flows ended: the evictions are history.
-        let drained = StackFlows::new(&fill(FillKind::LruEntries, Some(300), 1024), &counters(10_001, 485, 0));
+        let drained = table(300, &counters(10_001, 485, 0));
         assert_eq!(drained.evicted, 9216);
         assert_eq!(drained.warnings(), Vec::<String>::new(), "a drained table does not warn forever");
-        let failing = StackFlows::new(&fill(FillKind::LruEntries, Some(10), 1024), &counters(10, 0, 3));
+        let failing = table(10, &counters(10, 0, 3));
         assert_eq!(failing.warnings().len(), 1);
         assert!(failing.warnings()[0].contains("3 inserts failed"));
+    }
+
+    /// Each table is judged by its own events: IPv6 flows remembered in
+    /// `STACK_FLOWS6` are no evictions of a half-full `STACK_FLOWS`.
+    #[test]
+    fn each_stack_flows_table_counts_its_own_family() {
+        let counters = [
+            (StackFlowEvent::Remembered, 600),
+            (StackFlowEvent::Forgotten, 0),
+            (StackFlowEvent::Remembered6, 5000),
+            (StackFlowEvent::Forgotten6, 10),
+            (StackFlowEvent::InsertFailed6, 2),
+        ];
+        let named =
+            |name: &str, entries| MapFill { name: name.into(), ..fill(FillKind::LruEntries, Some(entries), 1024) };
+        let v4 = StackFlows::new(&named(names::STACK_FLOWS, 600), &counters).unwrap();
+        assert_eq!((v4.remembered, v4.evicted, v4.family()), (600, 0, "ipv4"));
+        assert_eq!(v4.warnings(), Vec::<String>::new(), "IPv6 flows are no IPv4 evictions");
+        let v6 = StackFlows::new(&named(names::STACK_FLOWS6, 900), &counters).unwrap();
+        assert_eq!((v6.remembered, v6.forgotten, v6.evicted, v6.insert_failed), (5000, 10, 4090, 2));
+        let w = v6.warnings();
+        assert_eq!(w.len(), 2, "{w:?}");
+        assert!(w[0].starts_with("STACK_FLOWS6: 2 inserts failed"), "{w:?}");
+        assert!(w[1].starts_with("STACK_FLOWS6 is at capacity (900 of 1024) and has evicted 4090"), "{w:?}");
+        assert_eq!(StackFlows::new(&named("NAT4", 900), &counters), None);
     }
 }

@@ -692,3 +692,96 @@ fn endpoint_writes_racing_a_migration_all_land() {
     assert!(lost.is_empty() && back.is_empty(), "{writes} writes: lost {lost:?}, came back {back:?}");
     assert_eq!(all.keys().filter(|ip| ip.octets()[1] == 100).count(), 1500, "every old entry carried");
 }
+
+/// Issue 28: "restart and layout migration under IPv6 traffic lose
+/// nothing". On a dual-stack lab, two long-lived IPv6 TCP connections (to a
+/// pod on the other node, the cross-node fast path, and to a pod on the
+/// same node, the same-node one) and a steady ICMPv6 echo flow across nodes
+/// run while both agents are killed, their pins aged into an earlier layout
+/// and new agents take over: every echo is answered and both connections
+/// carry on.
+#[test]
+fn an_agent_restart_across_a_layout_change_under_ipv6_traffic_loses_nothing() {
+    require_root();
+    let mut opts = LabOptions::new(2, 2, bin("sluice-agent").parent().unwrap().to_path_buf());
+    opts.dual_stack = true;
+    let mut lab = Lab::up(&opts).unwrap();
+    let (a, same, other) =
+        (lab.state.nodes[0].pods[0].clone(), lab.state.nodes[0].pods[1].clone(), lab.state.nodes[1].pods[0].clone());
+    let ip6 = |p: &sluice_tests::lab::Pod| -> std::net::Ipv6Addr {
+        p.ip6.as_deref().expect("a dual-stack lab's pod has an IPv6 address").parse().unwrap()
+    };
+    const ECHO6_PORT: u16 = 7790;
+    for server in [&same, &other] {
+        let listen = format!("TCP6-LISTEN:{ECHO6_PORT},reuseaddr,fork");
+        lab.spawn_helper(ns_cmd(&server.netns, &["socat", &listen, "EXEC:cat"]), &format!("{}-echo6", server.name))
+            .unwrap();
+    }
+    let path = Path::new("/run/netns").join(&a.netns);
+    let connect = |to: std::net::Ipv6Addr| {
+        let addr = SocketAddr::from((to, ECHO6_PORT));
+        let start = std::time::Instant::now();
+        let conn = loop {
+            match sluice_node::net::netns::run_in(&path, move || {
+                Ok(TcpStream::connect_timeout(&addr, Duration::from_secs(2))?)
+            }) {
+                Ok(c) => break c,
+                // The server's socat may still be starting.
+                Err(_) if start.elapsed() < sluice_tests::patience(Duration::from_secs(5)) => {
+                    std::thread::sleep(Duration::from_millis(50));
+                }
+                Err(e) => panic!("connect to [{to}]:{ECHO6_PORT}: {e:#}"),
+            }
+        };
+        conn.set_read_timeout(Some(Duration::from_secs(3))).unwrap();
+        let reader = BufReader::new(conn.try_clone().unwrap());
+        (conn, reader)
+    };
+    let mut conns = [(same.name.clone(), connect(ip6(&same))), (other.name.clone(), connect(ip6(&other)))];
+    let mut round_trip = |n: u32| {
+        for (to, (conn, reader)) in conns.iter_mut() {
+            conn.write_all(format!("line {n}\n").as_bytes()).unwrap_or_else(|e| panic!("to {to}: {e}"));
+            let mut back = String::new();
+            reader.read_line(&mut back).unwrap_or_else(|e| panic!("to {to}: {e}"));
+            assert_eq!(back, format!("line {n}\n"), "the IPv6 TCP connection to {to} broke");
+        }
+    };
+    round_trip(1);
+    const FLOW: u32 = 3000;
+    let flow = ns_cmd(
+        &a.netns,
+        &["ping", "-6", "-q", "-c", &FLOW.to_string(), "-i", "0.002", "-W", "1", &ip6(&other).to_string()],
+    )
+    .stdout(Stdio::piped())
+    .spawn()
+    .unwrap();
+    std::thread::sleep(Duration::from_millis(500));
+
+    let mut old_trees = Vec::new();
+    for i in 0..2 {
+        lab.kill_agent(i).unwrap();
+        old_trees.push(age_pins(&lab, i));
+    }
+    std::thread::sleep(Duration::from_millis(300));
+    for i in 0..2 {
+        lab.start_agent(i).unwrap();
+    }
+    for i in 0..2 {
+        lab.wait_agent_ready(i).unwrap();
+    }
+    round_trip(2);
+    let out = flow.wait_with_output().unwrap();
+    let received = ping_received(&String::from_utf8_lossy(&out.stdout)).unwrap();
+    assert_eq!(received, FLOW, "ICMPv6 echoes lost across the restart and layout change");
+    round_trip(3);
+    for old in &old_trees {
+        assert!(!old.exists(), "{} left behind", old.display());
+    }
+    // The IPv6 state was carried, not rebuilt empty: the endpoints of both
+    // pods of node 1 are still in ENDPOINTS6.
+    let pins0 = PinDir::new(&lab.state.nodes[0].pin_dir);
+    let endpoints6 = sluice_node::datapath::pinned_maps::Endpoints6::open(&pins0).unwrap();
+    for p in [&a, &same] {
+        assert!(endpoints6.get(ip6(p)).is_some(), "{}'s ENDPOINTS6 entry", p.name);
+    }
+}

@@ -8,7 +8,11 @@
 //! `CASES`), with the expected matrices from there, so this lab asserts
 //! exactly what the pure core's tests assert. Pods are probed by pod IP and
 //! through a ClusterIP both with the socket load balancer and with
-//! kube-proxy's rules; SCTP with crafted packets.
+//! kube-proxy's rules; SCTP with crafted packets. The lab is dual-stack
+//! (issue 28): every round also probes every pair by its IPv6 pod address
+//! (TCP, UDP and SCTP), against the same expected matrix, so each case runs
+//! over both families in one pass; a failure names the family
+//! ("x/a -> y/b over V6").
 //!
 //! One lab serves every trial of the binary (a lab costs tens of seconds,
 //! a case a few): each trial resets policies and labels first. The binary
@@ -106,8 +110,9 @@ fn trial(shared: &Arc<Mutex<Shared>>, name: String, subnets: usize, body: Body) 
 }
 
 /// Every pair reaches every other over TCP, UDP and SCTP on 80 and 81, by
-/// pod IP and through both ClusterIPs: the harness itself works (servers,
-/// probes, Services, crafted SCTP) before any policy is applied.
+/// pod IP (both families) and through both ClusterIPs: the harness itself
+/// works (servers, probes, Services, crafted SCTP) before any policy is
+/// applied.
 fn no_policy(lab: &mut NetpolLab) {
     lab.reset().expect("reset");
     let all = Reachability::all(true);
@@ -118,19 +123,22 @@ fn no_policy(lab: &mut NetpolLab) {
     }
 }
 
-/// The harness sees a block, on every path, and says where: x/a drops
-/// TCP/80 and UDP/80 arriving at it (iptables in its own namespace, a
-/// stand-in for an ingress policy). "All connected" must fail within one
-/// round with a report naming the pairs; the matrix with x/a's ingress
-/// blocked must pass, on 80 only (81 stays open). Then the same for SCTP's
-/// crafted INITs with every SCTP packet to x/a dropped.
+/// The harness sees a block, on every path and both families, and says
+/// where: x/a drops TCP/80 and UDP/80 arriving at it (iptables and
+/// ip6tables in its own namespace, a stand-in for an ingress policy). "All
+/// connected" must fail within one round with a report naming the pairs
+/// and the family; the matrix with x/a's ingress blocked must pass, on 80
+/// only (81 stays open). Then the same for SCTP's crafted INITs with every
+/// SCTP packet to x/a dropped.
 fn harness_sees_a_block(lab: &mut NetpolLab) {
     lab.reset().expect("reset");
     let netns = lab.netns("x", "a");
     let rules = |op: &str| {
-        for proto in ["tcp", "udp"] {
-            sluice_tests::lab::ns_exec(&netns, &["iptables", op, "INPUT", "-p", proto, "--dport", "80", "-j", "DROP"])
-                .expect("iptables in x/a");
+        for tables in ["iptables", "ip6tables"] {
+            for proto in ["tcp", "udp"] {
+                let rule = [tables, op, "INPUT", "-p", proto, "--dport", "80", "-j", "DROP"];
+                sluice_tests::lab::ns_exec(&netns, &rule).expect("iptables in x/a");
+            }
         }
     };
     rules("-I");
@@ -146,10 +154,13 @@ fn harness_sees_a_block(lab: &mut NetpolLab) {
             if std::env::var_os("SLUICE_NETPOL_SHOW").is_some() {
                 eprintln!("{report}");
             }
-            for path in ["by pod IP", "socket load balancer", "kube-proxy"] {
+            for path in ["by pod IP over V4", "socket load balancer", "kube-proxy", "by pod IP over V6"] {
                 assert!(report.contains(path), "{protocol:?}: the report covers {path}:\n{report}");
             }
-            assert!(report.contains("y/b -> x/a: expected connected, observed blocked"), "{report}");
+            for family in ["V4", "V6"] {
+                let line = format!("y/b -> x/a over {family}: expected connected, observed blocked");
+                assert!(report.contains(&line), "{report}");
+            }
             assert!(report.contains("8 of 72 pairs wrong"), "{report}");
             lab.try_validate(protocol, 80, &blocked).unwrap_or_else(|e| panic!("{e:#}"));
             lab.try_validate(protocol, 81, &all).unwrap_or_else(|e| panic!("{e:#}"));
@@ -161,14 +172,18 @@ fn harness_sees_a_block(lab: &mut NetpolLab) {
     }
     // SCTP (crafted INITs, by pod IP): every SCTP packet to x/a dropped.
     let sctp = |op: &str| {
-        sluice_tests::lab::ns_exec(&netns, &["iptables", op, "INPUT", "-p", "sctp", "-j", "DROP"]).expect("iptables");
+        for tables in ["iptables", "ip6tables"] {
+            sluice_tests::lab::ns_exec(&netns, &[tables, op, "INPUT", "-p", "sctp", "-j", "DROP"]).expect("iptables");
+        }
     };
     sctp("-I");
     let result = catch_unwind(AssertUnwindSafe(|| {
         let err = lab
             .try_validate_within(Protocol::Sctp, 80, &all, std::time::Duration::ZERO)
             .expect_err("an SCTP block must fail the all-connected matrix");
-        assert!(format!("{err:#}").contains("err not delivered"), "{err:#}");
+        let report = format!("{err:#}");
+        assert!(report.contains("err not delivered"), "{report}");
+        assert!(report.contains("y/b -> x/a over V6: expected connected, observed blocked"), "{report}");
         lab.try_validate(Protocol::Sctp, 80, &blocked).unwrap_or_else(|e| panic!("{e:#}"));
     }));
     sctp("-D");

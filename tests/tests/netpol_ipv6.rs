@@ -4,7 +4,10 @@
 //! the same answer on both families, except for ipBlocks, which are of one
 //! family). Cases are named after the upstream e2e suite's
 //! (`test/e2e/network/netpol/network_policy.go`), as `netpol.rs` names
-//! them.
+//! them. All 48 of those run over both families in `netpol.rs`'s
+//! truth-table lab; what is here and not there: an IPv6 ipBlock with no
+//! IPv4 block beside it (IPv4 then reaches nothing) and an open IPv6 TCP
+//! stream cut by a policy change.
 //!
 //! Pods: x/a and y/b on n1 (same node), y/c and z/d on n2 (across nodes
 //! from x/a). Each answers its name on the lab's echo port over both

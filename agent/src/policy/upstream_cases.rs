@@ -9,6 +9,15 @@
 //! ordered pair but loopback (upstream ignores it too), which prints both
 //! matrices on a mismatch.
 //!
+//! Both labs are dual-stack (issue 28): `validate` checks the matrix over
+//! IPv4 and over IPv6, the same expected matrix for both. The three ipBlock
+//! cases write each block twice, the upstream block around the pod's IPv4
+//! address and its IPv6 twin around the pod's IPv6 address (what upstream
+//! writes on an IPv6 cluster: `/128` for a host, the `/4` around it for
+//! makeLargeCIDRForIP), as two peers of one rule; an IPv4 block never
+//! matches an IPv6 peer nor the other way round, so each family's verdicts
+//! are those of its own block and the matrix is the same.
+//!
 //! The world both labs model is upstream's: namespaces x, y, z × pods a, b,
 //! c (label `pod: <name>`), every pod serving 80 and 81 over TCP, UDP and
 //! SCTP with named ports `serve-<port>-<proto>` (containers
@@ -22,7 +31,11 @@
 //! matrices; what only the lab can check is how fast and for which
 //! connections a change takes effect, probing through Services, and SCTP
 //! on the wire.
-use std::{collections::BTreeMap, fmt::Write as _, net::Ipv4Addr};
+use std::{
+    collections::BTreeMap,
+    fmt::{self, Write as _},
+    net::{Ipv4Addr, Ipv6Addr},
+};
 
 use serde_json::{json, Value};
 
@@ -41,9 +54,33 @@ pub trait CaseLab {
     fn label_pod(&mut self, namespace: &str, pod: &str, key: &str, value: &str);
     /// The pod's IPv4 address (the ipBlock cases name them).
     fn ip(&self, namespace: &str, pod: &str) -> Ipv4Addr;
+    /// The pod's IPv6 address (the ipBlock cases' IPv6 twins name them).
+    fn ip6(&self, namespace: &str, pod: &str) -> Ipv6Addr;
     /// Upstream's ValidateOrFail: every ordered pair but loopback, on
-    /// `protocol`/`port`.
+    /// `protocol`/`port`, over both families (`Family`), each with
+    /// `expected`.
     fn validate(&mut self, protocol: Protocol, port: u16, expected: &Reachability);
+}
+
+/// An address family a matrix is probed over; failure messages name it
+/// ("x/a -> y/b over V6").
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum Family {
+    V4,
+    V6,
+}
+
+impl Family {
+    pub const BOTH: [Family; 2] = [Family::V4, Family::V6];
+}
+
+impl fmt::Display for Family {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Family::V4 => "V4",
+            Family::V6 => "V6",
+        })
+    }
 }
 
 /// One upstream case: its Ginkgo name, the name it has here (the model's
@@ -492,6 +529,12 @@ pub fn pod_node(namespace: &str, pod: &str) -> usize {
 /// Expected and observed side by side, the differing cells marked `!`
 /// on the observed side, then one line per differing pair.
 pub fn side_by_side(expected: &Reachability, observed: &Reachability) -> String {
+    side_by_side_over(expected, observed, None)
+}
+
+/// [`side_by_side`] with the family in each differing pair's line
+/// ("x/a -> y/b over V6: expected connected, observed blocked").
+pub fn side_by_side_over(expected: &Reachability, observed: &Reachability, family: Option<Family>) -> String {
     let left: Vec<String> = expected.table().lines().map(str::to_string).collect();
     let right = observed.table();
     let mut s = format!("{:<44}   {}\n", "expected", "observed");
@@ -519,7 +562,8 @@ pub fn side_by_side(expected: &Reachability, observed: &Reachability) -> String 
     s.push_str("(rows: from, columns: to; . connected, X blocked, - loopback not compared, ! differs)\n");
     for (from, to) in expected.differences(observed) {
         let want = expected.get(&from, &to);
-        let _ = writeln!(s, "  {from} -> {to}: expected {}, observed {}", word(want), word(!want));
+        let over = family.map(|f| format!(" over {f}")).unwrap_or_default();
+        let _ = writeln!(s, "  {from} -> {to}{over}: expected {}, observed {}", word(want), word(!want));
     }
     s
 }
@@ -543,6 +587,12 @@ fn ns_expression(op: &str, ns: &str) -> Value {
 /// `cidr/4` around `ip`, as upstream's makeLargeCIDRForIP.
 fn large_cidr(ip: Ipv4Addr) -> String {
     format!("{}/4", Ipv4Addr::from(u32::from(ip) & 0xf000_0000))
+}
+
+/// The IPv6 twin of [`large_cidr`]: the `/4` around `ip` (upstream's
+/// makeLargeCIDRForIP masks an IPv6 address to `/4` too).
+fn large_cidr6(ip: Ipv6Addr) -> String {
+    format!("{}/4", Ipv6Addr::from(u128::from(ip) & (0xf << 124)))
 }
 
 // Ingress-only policies are written without policyTypes, as most are: the
@@ -965,17 +1015,37 @@ pub fn should_stop_enforcing_policies_after_they_are_deleted(lab: &mut dyn CaseL
     lab.validate(TCP, 80, &Reachability::all(true));
 }
 
-fn egress_to_block(lab: &mut dyn CaseLab, block: Value) {
+/// x/a's egress only to `blocks`: one rule, one ipBlock peer per block
+/// (an upstream block and its IPv6 twin).
+fn egress_to_blocks(lab: &mut dyn CaseLab, blocks: [Value; 2]) {
+    let to: Vec<Value> = blocks.into_iter().map(|b| json!({"ipBlock": b})).collect();
     lab.apply(
         "x",
         "allow-client-a-via-cidr-egress-rule",
-        json!({"podSelector": pod_label("a"), "policyTypes": ["Egress"], "egress": [{"to": [{"ipBlock": block}]}]}),
+        json!({"podSelector": pod_label("a"), "policyTypes": ["Egress"], "egress": [{"to": to}]}),
     );
 }
 
+/// `ip/32` and its IPv6 twin `ip6/128`: pod `namespace/pod` alone.
+fn host_blocks(lab: &dyn CaseLab, namespace: &str, pod: &str) -> [Value; 2] {
+    [
+        json!({"cidr": format!("{}/32", lab.ip(namespace, pod))}),
+        json!({"cidr": format!("{}/128", lab.ip6(namespace, pod))}),
+    ]
+}
+
+/// The `/4` around pod `namespace/pod` but the pod itself, per family.
+fn large_blocks_but(lab: &dyn CaseLab, namespace: &str, pod: &str) -> [Value; 2] {
+    let (ip, ip6) = (lab.ip(namespace, pod), lab.ip6(namespace, pod));
+    [
+        json!({"cidr": large_cidr(ip), "except": [format!("{ip}/32")]}),
+        json!({"cidr": large_cidr6(ip6), "except": [format!("{ip6}/128")]}),
+    ]
+}
+
 pub fn should_allow_egress_access_to_server_in_cidr_block(lab: &mut dyn CaseLab) {
-    let y_b = lab.ip("y", "b");
-    egress_to_block(lab, json!({"cidr": format!("{y_b}/32")}));
+    let blocks = host_blocks(lab, "y", "b");
+    egress_to_blocks(lab, blocks);
     let mut r = Reachability::all(true);
     r.expect_all_egress(("x", "a"), false);
     r.expect(("x", "a"), ("y", "b"), true);
@@ -983,21 +1053,22 @@ pub fn should_allow_egress_access_to_server_in_cidr_block(lab: &mut dyn CaseLab)
 }
 
 pub fn should_enforce_except_clause_while_egress_access_to_server_in_cidr_block(lab: &mut dyn CaseLab) {
-    let x_b = lab.ip("x", "b");
-    egress_to_block(lab, json!({"cidr": large_cidr(x_b), "except": [format!("{x_b}/32")]}));
+    let blocks = large_blocks_but(lab, "x", "b");
+    egress_to_blocks(lab, blocks);
     let mut r = Reachability::all(true);
     r.expect(("x", "a"), ("x", "b"), false);
     lab.validate(TCP, 80, &r);
 }
 
 pub fn should_ensure_an_ip_overlapping_both_ip_block_cidr_and_ip_block_except_is_allowed(lab: &mut dyn CaseLab) {
-    let x_b = lab.ip("x", "b");
-    egress_to_block(lab, json!({"cidr": large_cidr(x_b), "except": [format!("{x_b}/32")]}));
+    let blocks = large_blocks_but(lab, "x", "b");
+    egress_to_blocks(lab, blocks);
     let mut r = Reachability::all(true);
     r.expect(("x", "a"), ("x", "b"), false);
     lab.validate(TCP, 80, &r);
     // Same name: an update that replaces the except with x/b alone.
-    egress_to_block(lab, json!({"cidr": format!("{x_b}/32")}));
+    let blocks = host_blocks(lab, "x", "b");
+    egress_to_blocks(lab, blocks);
     let mut allow = Reachability::all(true);
     allow.expect_all_egress(("x", "a"), false);
     allow.expect(("x", "a"), ("x", "b"), true);
@@ -1150,18 +1221,23 @@ pub mod sctp {
 /// pair judged by `evaluate::reach` with the datapath's lookups.
 #[cfg(test)]
 mod model_tests {
-    use std::{collections::BTreeSet, net::Ipv4Addr};
+    use std::{
+        collections::BTreeSet,
+        net::{IpAddr, Ipv4Addr, Ipv6Addr},
+    };
 
     use k8s_openapi::api::{core::v1 as core, networking::v1 as networking};
     use serde_json::{json, Value};
+    use sluice_common::policy::Direction;
 
     use super::*;
     use crate::policy::{
-        evaluate::{reach, ClusterMaps, Reach},
+        evaluate::ClusterMaps,
         model::{Namespace, NetworkPolicy, Pod, PolicyModel, PolicyName},
     };
 
-    /// The nine pods and their namespaces, and the policies of one case.
+    /// The nine pods (dual-stack, as the truth-table lab's) and their
+    /// namespaces, and the policies of one case.
     struct ModelLab {
         model: PolicyModel,
     }
@@ -1170,24 +1246,39 @@ mod model_tests {
         fn new() -> Self {
             let mut model = PolicyModel::default();
             model.cluster_cidrs.push("10.244.0.0/16".parse().unwrap());
-            model.nodes.insert("n1".into(), vec![Ipv4Addr::new(192, 168, 0, 1).into()]);
-            model.nodes.insert("n2".into(), vec![Ipv4Addr::new(192, 168, 0, 2).into()]);
+            model.cluster_cidrs.push("fd00:244::/56".parse().unwrap());
+            for n in 1..=2u8 {
+                let v6: Ipv6Addr = format!("fd00:30::{n}").parse().unwrap();
+                model.nodes.insert(format!("n{n}"), vec![Ipv4Addr::new(192, 168, 0, n).into(), v6.into()]);
+            }
             for (n, ns) in NAMESPACES.iter().enumerate() {
                 let k8s: core::Namespace =
                     serde_json::from_value(json!({"metadata": {"name": ns, "labels": {"ns": ns}}})).unwrap();
                 model.add_namespace(Namespace::from_k8s(&k8s).unwrap());
                 for (p, pod) in PODS.iter().enumerate() {
                     let node = 1 + pod_node(ns, pod);
+                    let (v4, v6) = (
+                        format!("10.244.{node}.{}", 10 + n * 3 + p),
+                        format!("fd00:244:0:{node}::{:x}", 10 + n * 3 + p),
+                    );
                     let k8s: core::Pod = serde_json::from_value(json!({
                         "metadata": {"namespace": ns, "name": pod, "labels": {"pod": pod}},
                         "spec": {"nodeName": format!("n{node}"), "containers": pod_containers()},
-                        "status": {"podIP": format!("10.244.{node}.{}", 10 + n * 3 + p)}
+                        "status": {"podIP": v4, "podIPs": [{"ip": v4}, {"ip": v6}]}
                     }))
                     .unwrap();
                     model.add_pod(Pod::from_k8s(&k8s).unwrap());
                 }
             }
             ModelLab { model }
+        }
+
+        /// Pod `key`'s address of `family`.
+        fn address(&self, key: &PodKey, family: Family) -> IpAddr {
+            let ips = &self.model.pods[key].ips;
+            *ips.iter()
+                .find(|ip| ip.is_ipv4() == (family == Family::V4))
+                .unwrap_or_else(|| panic!("{key} has an address of each family: {ips:?}"))
         }
     }
 
@@ -1218,37 +1309,51 @@ mod model_tests {
         }
 
         fn ip(&self, namespace: &str, pod: &str) -> Ipv4Addr {
-            let ips = &self.model.pods[&PodKey::new(namespace, pod)].ips;
-            ips.iter()
-                .find_map(|ip| match ip {
-                    std::net::IpAddr::V4(v4) => Some(*v4),
-                    std::net::IpAddr::V6(_) => None,
-                })
-                .expect("every pod of the lab has an IPv4 address")
+            match self.address(&PodKey::new(namespace, pod), Family::V4) {
+                IpAddr::V4(v4) => v4,
+                IpAddr::V6(_) => unreachable!("an IPv4 address"),
+            }
         }
 
+        fn ip6(&self, namespace: &str, pod: &str) -> Ipv6Addr {
+            match self.address(&PodKey::new(namespace, pod), Family::V6) {
+                IpAddr::V6(v6) => v6,
+                IpAddr::V4(_) => unreachable!("an IPv6 address"),
+            }
+        }
+
+        /// Each pair judged as `evaluate::reach` does (the source node's
+        /// egress lookups, then the destination node's ingress ones), with
+        /// the pods' addresses of each family in turn.
         fn validate(&mut self, protocol: Protocol, port: u16, expected: &Reachability) {
             let maps = ClusterMaps::compile(&self.model);
-            let mut why = Vec::new();
-            let observed = Reachability::from_fn(|from, to| {
-                let r =
-                    reach(&maps, &self.model, from, to, protocol, port).expect("every pod has an address and a node");
-                let got = r.allowed();
-                if from != to && got != expected.get(from, to) {
-                    if let Reach::Judged { egress, ingress } = &r {
-                        why.push(format!("  {from} -> {to}: egress at {from}: {egress}; ingress at {to}: {ingress}"));
+            for family in Family::BOTH {
+                let mut why = Vec::new();
+                let observed = Reachability::from_fn(|from, to| {
+                    if from == to {
+                        return true;
                     }
+                    let (src, dst) = (&self.model.pods[from], &self.model.pods[to]);
+                    let (src_ip, dst_ip) = (self.address(from, family), self.address(to, family));
+                    let egress = maps.nodes[&src.node].judge(Direction::Egress, src_ip, dst_ip, protocol, port);
+                    let ingress = maps.nodes[&dst.node].judge(Direction::Ingress, dst_ip, src_ip, protocol, port);
+                    let got = egress.verdict.allowed() && ingress.verdict.allowed();
+                    if got != expected.get(from, to) {
+                        why.push(format!(
+                            "  {from} -> {to} over {family}: egress at {from}: {egress}; ingress at {to}: {ingress}"
+                        ));
+                    }
+                    got
+                });
+                let wrong = expected.differences(&observed);
+                if !wrong.is_empty() {
+                    panic!(
+                        "{protocol:?}/{port} over {family}: {} of 72 pairs wrong\n{}why:\n{}",
+                        wrong.len(),
+                        side_by_side_over(expected, &observed, Some(family)),
+                        why.join("\n")
+                    );
                 }
-                got
-            });
-            let wrong = expected.differences(&observed);
-            if !wrong.is_empty() {
-                panic!(
-                    "{protocol:?}/{port}: {} of 72 pairs wrong\n{}why:\n{}",
-                    wrong.len(),
-                    side_by_side(expected, &observed),
-                    why.join("\n")
-                );
             }
         }
     }

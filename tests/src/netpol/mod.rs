@@ -31,6 +31,12 @@
 //!   (`crate::kube_proxy`, installed on every node), so the packet leaves the
 //!   pod addressed to the Service and is DNATed in the node's stack.
 //!
+//! Over IPv6 (issue 28): the lab is dual-stack and every round probes each
+//! pair by its IPv6 pod address too ([`Path::PodIpV6`], TCP, UDP and SCTP),
+//! with the same expected matrix (the cases' ipBlocks have IPv6 twins, see
+//! `upstream_cases`); a failure names the family ("x/a -> y/b over V6").
+//! The Service paths are IPv4 only (the Services are single-stack).
+//!
 //! SCTP has no sockets on this kernel: its probes are crafted SCTP INITs
 //! sent from a raw socket in the source pod, and "connected" means the INIT
 //! was delivered in the destination pod (its raw socket saw it). They go to
@@ -47,7 +53,7 @@ use std::{
     collections::{BTreeMap, BTreeSet},
     fmt::Write as _,
     io::{BufRead, BufReader, Write},
-    net::Ipv4Addr,
+    net::{IpAddr, Ipv4Addr, Ipv6Addr},
     process::{Child, ChildStdin, ChildStdout, Stdio},
     str::FromStr,
     time::{Duration, Instant},
@@ -57,7 +63,9 @@ use anyhow::{bail, Context, Result};
 use serde_json::{json, Value};
 use sluice_agent::policy::{
     model::{PodKey, Protocol},
-    upstream_cases::{all_pods, pod_containers, pod_node, side_by_side, CaseLab, Reachability, NAMESPACES},
+    upstream_cases::{
+        all_pods, pod_containers, pod_node, side_by_side_over, CaseLab, Family, Reachability, NAMESPACES,
+    },
 };
 
 use crate::{
@@ -77,25 +85,36 @@ pub enum Path {
     ServiceSocketLb,
     /// The pod's ClusterIP in kube-proxy's iptables rules only.
     ServiceKubeProxy,
+    /// Its IPv6 pod address.
+    PodIpV6,
 }
 
 impl Path {
-    pub const ALL: [Path; 3] = [Path::PodIp, Path::ServiceSocketLb, Path::ServiceKubeProxy];
+    pub const ALL: [Path; 4] = [Path::PodIp, Path::ServiceSocketLb, Path::ServiceKubeProxy, Path::PodIpV6];
 
     pub fn describe(self) -> &'static str {
         match self {
-            Path::PodIp => "by pod IP",
-            Path::ServiceSocketLb => "through a ClusterIP (socket load balancer)",
-            Path::ServiceKubeProxy => "through a ClusterIP (kube-proxy's iptables rules)",
+            Path::PodIp => "by pod IP over V4",
+            Path::ServiceSocketLb => "through a ClusterIP (socket load balancer) over V4",
+            Path::ServiceKubeProxy => "through a ClusterIP (kube-proxy's iptables rules) over V4",
+            Path::PodIpV6 => "by pod IP over V6",
+        }
+    }
+
+    pub fn family(self) -> Family {
+        match self {
+            Path::PodIpV6 => Family::V6,
+            _ => Family::V4,
         }
     }
 }
 
-/// The paths a protocol is probed on.
+/// The paths a protocol is probed on: both families by pod IP, and for
+/// TCP and UDP through both ClusterIPs (IPv4).
 pub fn paths_for(protocol: Protocol) -> &'static [Path] {
     match protocol {
         Protocol::Tcp | Protocol::Udp => &Path::ALL,
-        Protocol::Sctp => &[Path::PodIp],
+        Protocol::Sctp => &[Path::PodIp, Path::PodIpV6],
     }
 }
 
@@ -151,6 +170,7 @@ impl PodProcess {
 struct LabPod {
     node: usize,
     ip: Ipv4Addr,
+    ip6: Ipv6Addr,
     /// ClusterIP of `s-<ns>-<pod>` (the API server's, socket LB).
     service_ip: Ipv4Addr,
     /// ClusterIP in kube-proxy's rules only.
@@ -207,6 +227,7 @@ impl NetpolLab {
         opts.kubernetes = true;
         opts.kube_proxy_replacement = true;
         opts.subnets = options.subnets;
+        opts.dual_stack = true;
         let lab = Lab::up(&opts).context("lab up")?;
         let mut this = NetpolLab {
             pods: BTreeMap::new(),
@@ -227,7 +248,7 @@ impl NetpolLab {
             let node = pod_node(&key.namespace, &key.name);
             // Scheduled, no address yet: what the agent's watch has before
             // the runtime calls the plugin.
-            this.publish_pod(&key, node, None)?;
+            this.publish_pod(&key, node, None, None)?;
             let name = format!("{}-{}", key.namespace, key.name);
             let cni_args = format!("IgnoreUnknown=1;K8S_POD_NAMESPACE={};K8S_POD_NAME={}", key.namespace, key.name);
             let pod = this
@@ -235,7 +256,9 @@ impl NetpolLab {
                 .add_pod_with_cni_env(node, &name, &[("CNI_ARGS".into(), cni_args)])
                 .with_context(|| format!("pod {key}"))?;
             let ip = Ipv4Addr::from_str(&pod.ip).with_context(|| format!("pod {key} address {}", pod.ip))?;
-            this.publish_pod(&key, node, Some(ip))?;
+            let ip6 = pod.ip6.as_deref().with_context(|| format!("pod {key} has no IPv6 address"))?;
+            let ip6 = Ipv6Addr::from_str(ip6).with_context(|| format!("pod {key} address {ip6}"))?;
+            this.publish_pod(&key, node, Some(ip), Some(ip6))?;
             let node_state = this.lab.state.nodes[node].clone();
             let mut child = this
                 .lab
@@ -257,6 +280,7 @@ impl NetpolLab {
                 LabPod {
                     node,
                     ip,
+                    ip6,
                     service_ip: Ipv4Addr::new(10, 96, 1, i),
                     kube_proxy_ip: Ipv4Addr::new(10, 96, 2, i),
                     process,
@@ -280,7 +304,7 @@ impl NetpolLab {
             options.subnets,
             this.pods
                 .iter()
-                .map(|(k, p)| format!("{k} {} on {}", p.ip, this.lab.state.nodes[p.node].name))
+                .map(|(k, p)| format!("{k} {} {} on {}", p.ip, p.ip6, this.lab.state.nodes[p.node].name))
                 .collect::<Vec<_>>()
                 .join(", ")
         );
@@ -298,13 +322,20 @@ impl NetpolLab {
         Ok(())
     }
 
-    fn pod_object(&self, key: &PodKey, node: usize, ip: Option<Ipv4Addr>) -> Value {
+    /// The Pod object: scheduled (no address) or running with its
+    /// address(es), IPv4 first as a dual-stack cluster with IPv4 as its
+    /// primary family lists them.
+    fn pod_object(&self, key: &PodKey, node: usize, ip: Option<Ipv4Addr>, ip6: Option<Ipv6Addr>) -> Value {
         let node = &self.lab.state.nodes[node];
-        let mut status = json!({"phase": "Pending", "hostIP": node.ip, "hostIPs": [{"ip": node.ip}]});
+        let mut host_ips = vec![json!({"ip": node.ip})];
+        host_ips.extend(node.ip6.iter().map(|ip| json!({"ip": ip})));
+        let mut status = json!({"phase": "Pending", "hostIP": node.ip, "hostIPs": host_ips});
         if let Some(ip) = ip {
             status["phase"] = json!("Running");
             status["podIP"] = json!(ip.to_string());
-            status["podIPs"] = json!([{"ip": ip.to_string()}]);
+            let mut ips = vec![json!({"ip": ip.to_string()})];
+            ips.extend(ip6.map(|ip| json!({"ip": ip.to_string()})));
+            status["podIPs"] = json!(ips);
         }
         json!({
             "metadata": {
@@ -318,8 +349,8 @@ impl NetpolLab {
         })
     }
 
-    fn publish_pod(&self, key: &PodKey, node: usize, ip: Option<Ipv4Addr>) -> Result<()> {
-        self.api().upsert_pod(self.pod_object(key, node, ip));
+    fn publish_pod(&self, key: &PodKey, node: usize, ip: Option<Ipv4Addr>, ip6: Option<Ipv6Addr>) -> Result<()> {
+        self.api().upsert_pod(self.pod_object(key, node, ip, ip6));
         Ok(())
     }
 
@@ -414,12 +445,22 @@ impl NetpolLab {
         Ok(())
     }
 
-    fn target_ip(&self, to: &PodKey, path: Path) -> Ipv4Addr {
+    fn target_ip(&self, to: &PodKey, path: Path) -> IpAddr {
         let pod = &self.pods[to];
         match path {
-            Path::PodIp => pod.ip,
-            Path::ServiceSocketLb => pod.service_ip,
-            Path::ServiceKubeProxy => pod.kube_proxy_ip,
+            Path::PodIp => pod.ip.into(),
+            Path::ServiceSocketLb => pod.service_ip.into(),
+            Path::ServiceKubeProxy => pod.kube_proxy_ip.into(),
+            Path::PodIpV6 => pod.ip6.into(),
+        }
+    }
+
+    /// The source address pod `key`'s probes on `path` leave with.
+    fn source_ip(&self, key: &PodKey, path: Path) -> IpAddr {
+        let pod = &self.pods[key];
+        match path.family() {
+            Family::V4 => pod.ip.into(),
+            Family::V6 => pod.ip6.into(),
         }
     }
 
@@ -485,13 +526,13 @@ impl NetpolLab {
 
     /// SCTP INITs seen by each pod since the last ask: (receiver, source
     /// address, destination port, initiate tag).
-    fn sctp_seen(&mut self) -> Result<Vec<(PodKey, Ipv4Addr, u16, u64)>> {
+    fn sctp_seen(&mut self) -> Result<Vec<(PodKey, IpAddr, u16, u64)>> {
         let mut seen = Vec::new();
         for (key, pod) in self.pods.iter_mut() {
             pod.process.send(&json!({"sctp_seen": true}))?;
             let answer = pod.process.receive()?;
             for s in answer["sctp_seen"].as_array().cloned().unwrap_or_default() {
-                let src = Ipv4Addr::from_str(s[0].as_str().unwrap_or_default())?;
+                let src = IpAddr::from_str(s[0].as_str().unwrap_or_default())?;
                 seen.push((
                     key.clone(),
                     src,
@@ -519,8 +560,8 @@ impl NetpolLab {
         loop {
             for (receiver, src, dst_port, tag) in self.sctp_seen()? {
                 let Some(id) = (tag as usize).checked_sub(1) else { continue };
-                let Some((from, to, _)) = jobs.get(id) else { continue };
-                if pending.contains(&id) && &receiver == to && self.pods[from].ip == src && dst_port == port {
+                let Some((from, to, path)) = jobs.get(id) else { continue };
+                if pending.contains(&id) && &receiver == to && self.source_ip(from, *path) == src && dst_port == port {
                     pending.remove(&id);
                     outcomes.insert(id, receiver.to_string());
                 }
@@ -613,12 +654,14 @@ impl NetpolLab {
                 continue;
             }
             wrong_pairs.extend(wrong.iter().cloned());
-            if let Some((same, _)) = shown.iter().find(|(_, m)| **m == o.matrix) {
+            // Each family shows its own matrix (and names itself in each
+            // pair's line); paths of one family may repeat each other.
+            if let Some((same, _)) = shown.iter().find(|(p, m)| **m == o.matrix && p.family() == path.family()) {
                 let _ = writeln!(s, "\n{what} {}: the same matrix as {}", path.describe(), same.describe());
                 continue;
             }
             let _ = writeln!(s, "\n{what} {}: {} of 72 pairs wrong", path.describe(), wrong.len());
-            s.push_str(&side_by_side(expected, &o.matrix));
+            s.push_str(&side_by_side_over(expected, &o.matrix, Some(path.family())));
             shown.push((*path, &o.matrix));
         }
         let paths: Vec<&Path> = observed.keys().collect();
@@ -715,8 +758,8 @@ impl NetpolLab {
         for (key, pod) in &self.pods {
             let _ = write!(
                 s,
-                " {key}={} on {} (svc {}, kube-proxy {});",
-                pod.ip, self.lab.state.nodes[pod.node].name, pod.service_ip, pod.kube_proxy_ip
+                " {key}={} {} on {} (svc {}, kube-proxy {});",
+                pod.ip, pod.ip6, self.lab.state.nodes[pod.node].name, pod.service_ip, pod.kube_proxy_ip
             );
         }
         s.push('\n');
@@ -736,8 +779,7 @@ impl NetpolLab {
         for key in all_pods() {
             if self.pod_labels[&key] != base_pod_labels(&key.name) {
                 self.pod_labels.insert(key.clone(), base_pod_labels(&key.name));
-                let (node, ip) = (self.pods[&key].node, self.pods[&key].ip);
-                self.publish_pod(&key, node, Some(ip))?;
+                self.publish_running(&key)?;
             }
         }
         self.try_validate(Protocol::Tcp, 80, &Reachability::all(true)).context("after reset")
@@ -779,12 +821,15 @@ impl CaseLab for NetpolLab {
     fn label_pod(&mut self, namespace: &str, pod: &str, key: &str, value: &str) {
         let k = pod_key(namespace, pod);
         self.pod_labels.get_mut(&k).expect("one of the nine").insert(key.into(), value.into());
-        let (node, ip) = (self.pods[&k].node, self.pods[&k].ip);
-        self.publish_pod(&k, node, Some(ip)).unwrap_or_else(|e| panic!("label pod {k}: {e:#}"));
+        self.publish_running(&k).unwrap_or_else(|e| panic!("label pod {k}: {e:#}"));
     }
 
     fn ip(&self, namespace: &str, pod: &str) -> Ipv4Addr {
         self.pods[&pod_key(namespace, pod)].ip
+    }
+
+    fn ip6(&self, namespace: &str, pod: &str) -> Ipv6Addr {
+        self.pods[&pod_key(namespace, pod)].ip6
     }
 
     fn validate(&mut self, protocol: Protocol, port: u16, expected: &Reachability) {
@@ -860,6 +905,7 @@ pub struct ExtraPod {
     pub lab_name: String,
     pub netns: String,
     pub ip: Ipv4Addr,
+    pub ip6: Option<Ipv6Addr>,
 }
 
 impl NetpolLab {
@@ -925,16 +971,17 @@ impl NetpolLab {
     ) -> Result<ExtraPod> {
         let key = pod_key(namespace, name);
         self.pod_labels.insert(key.clone(), labels.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect());
-        self.publish_pod(&key, node, None)?;
+        self.publish_pod(&key, node, None, None)?;
         let lab_name = format!("{namespace}-{name}");
         let cni_args = format!("IgnoreUnknown=1;K8S_POD_NAMESPACE={namespace};K8S_POD_NAME={name}");
         let pod = self.lab.cni_add_pod(node, &lab_name, &[("CNI_ARGS".into(), cni_args)])?;
         let ip = Ipv4Addr::from_str(&pod.ip).with_context(|| format!("address {}", pod.ip))?;
-        Ok(ExtraPod { key, node, lab_name, netns: pod.netns, ip })
+        let ip6 = pod.ip6.as_deref().map(Ipv6Addr::from_str).transpose().context("IPv6 address")?;
+        Ok(ExtraPod { key, node, lab_name, netns: pod.netns, ip, ip6 })
     }
 
     pub fn publish_extra_pod_ip(&mut self, pod: &ExtraPod) -> Result<()> {
-        self.publish_pod(&pod.key, pod.node, Some(pod.ip))
+        self.publish_pod(&pod.key, pod.node, Some(pod.ip), pod.ip6)
     }
 
     /// Remove an extra pod: the plugin's DEL, its namespace, its Pod object.
@@ -951,8 +998,13 @@ impl NetpolLab {
         let mut labels = base_pod_labels(pod);
         labels.extend(extra.iter().map(|(k, v)| (k.to_string(), v.to_string())));
         self.pod_labels.insert(key.clone(), labels);
-        let (node, ip) = (self.pods[&key].node, self.pods[&key].ip);
-        self.publish_pod(&key, node, Some(ip))
+        self.publish_running(&key)
+    }
+
+    /// Publish pod `key` of the nine, running with both addresses.
+    fn publish_running(&self, key: &PodKey) -> Result<()> {
+        let pod = &self.pods[key];
+        self.publish_pod(key, pod.node, Some(pod.ip), Some(pod.ip6))
     }
 
     /// Namespace `ns`'s labels become upstream's plus `extra`.

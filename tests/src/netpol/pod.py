@@ -4,8 +4,9 @@
 #
 # Serves what upstream's agnhost pods serve: TCP and UDP on 80 and 81, each
 # answering NAME (a TCP connection gets "NAME\n" and is closed; a datagram
-# gets NAME back). SCTP has no sockets on this kernel: a raw socket for IP
-# protocol 132 notes every SCTP packet delivered here (see "sctp" below).
+# gets NAME back), over IPv4 and IPv6 (a socket per family). SCTP has no
+# sockets on this kernel: a raw socket per family for IP protocol 132 notes
+# every SCTP packet delivered here (see "sctp" below).
 #
 # Prints "ready" once every socket is bound, then reads one JSON command a
 # line on stdin and answers each with one JSON line on stdout:
@@ -13,7 +14,9 @@
 #       every probe at once; proto "tcp": connect, read the answer;
 #       "udp": a connected socket sends one datagram, reads the answer;
 #       "sctp": a crafted SCTP INIT (RFC 9260 §3.3.2, CRC32c set) from a raw
-#       socket, its initiate tag = id + 1, nothing to read back.
+#       socket of ip's family, its initiate tag = id + 1, nothing to read
+#       back (the CRC32c covers no pseudo-header: the same bytes for both).
+#       ip may be IPv4 or IPv6.
 #       Answer {"results": {id: answer or "err <why>"}}
 #   {"sctp_seen": true}   SCTP INITs delivered here since the last ask:
 #       {"sctp_seen": [[source ip, destination port, initiate tag], ...]}
@@ -189,8 +192,12 @@ async def probe_udp(ip, port):
         transport.close()
 
 
+def family_of(ip):
+    return socket.AF_INET6 if ":" in ip else socket.AF_INET
+
+
 def probe_sctp(ip, port, tag):
-    s = socket.socket(socket.AF_INET, socket.SOCK_RAW, 132)
+    s = socket.socket(family_of(ip), socket.SOCK_RAW, 132)
     try:
         src_port = 32768 + tag % 28000
         s.sendto(sctp_init(src_port, port, tag), (ip, 0))
@@ -213,14 +220,20 @@ async def one(proto, ip, port, pid, timeout):
 
 
 def sctp_received(raw):
+    # An IPv4 raw socket reads the IP header too; an IPv6 one only the
+    # payload, the source address coming from recvfrom.
     while True:
         try:
-            packet = raw.recv(2048)
+            packet, addr = raw.recvfrom(2048)
         except BlockingIOError:
             return
-        ihl = (packet[0] & 0x0F) * 4
-        src = socket.inet_ntoa(packet[12:16])
-        sctp = packet[ihl:]
+        if raw.family == socket.AF_INET:
+            ihl = (packet[0] & 0x0F) * 4
+            src = socket.inet_ntoa(packet[12:16])
+            sctp = packet[ihl:]
+        else:
+            src = addr[0]
+            sctp = packet
         if len(sctp) >= 20 and sctp[12] == 1:
             dst_port = struct.unpack("!H", sctp[2:4])[0]
             tag = struct.unpack("!I", sctp[16:20])[0]
@@ -231,12 +244,18 @@ async def main():
     global sctp_seen
     loop = asyncio.get_running_loop()
     for port in PORTS:
-        await loop.create_server(TcpAnswer, "0.0.0.0", port, reuse_address=True, backlog=512)
+        # A TCP server per family (asyncio makes the IPv6 one IPv6-only).
+        await loop.create_server(TcpAnswer, ["0.0.0.0", "::"], port, reuse_address=True, backlog=512)
         await loop.create_datagram_endpoint(UdpAnswer, local_addr=("0.0.0.0", port))
-    await asyncio.start_server(echo_lines, "0.0.0.0", STREAM_PORT, reuse_address=True)
-    raw = socket.socket(socket.AF_INET, socket.SOCK_RAW, 132)
-    raw.setblocking(False)
-    loop.add_reader(raw.fileno(), sctp_received, raw)
+        udp6 = socket.socket(socket.AF_INET6, socket.SOCK_DGRAM)
+        udp6.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
+        udp6.bind(("::", port))
+        await loop.create_datagram_endpoint(UdpAnswer, sock=udp6)
+    await asyncio.start_server(echo_lines, ["0.0.0.0", "::"], STREAM_PORT, reuse_address=True)
+    for family in (socket.AF_INET, socket.AF_INET6):
+        raw = socket.socket(family, socket.SOCK_RAW, 132)
+        raw.setblocking(False)
+        loop.add_reader(raw.fileno(), sctp_received, raw)
     reader = asyncio.StreamReader(limit=1 << 20)
     await loop.connect_read_pipe(lambda: asyncio.StreamReaderProtocol(reader), sys.stdin)
     print("ready", flush=True)

@@ -6,7 +6,7 @@ use std::process::Stdio;
 use serde_json::{json, Value};
 use sluice_tests::{
     bin,
-    lab::{ns_cmd, ns_exec, Lab, LabOptions, ECHO_PORT},
+    lab::{ns_cmd, ns_exec, Lab, LabOptions, Node, ECHO_PORT},
     require_root,
     runtime::{chained_conflist, cni_bin_dir, ipv4_only_tools, Attachment, ChainRuntime},
     try_run, Netns,
@@ -24,14 +24,8 @@ fn hostport_through_portmap_reaches_the_pod_and_the_chain_checks_and_deletes() {
     // portmap DNATs in the node's stack, which forwards to the pod: Kubernetes
     // nodes run with forwarding on.
     ns_exec(&n1.netns, &["sysctl", "-qw", "net.ipv4.ip_forward=1"]).unwrap();
-    let sluice_conflist: Value = serde_json::from_slice(&std::fs::read(Lab::conflist_path(&n1)).unwrap()).unwrap();
-    let rt = ChainRuntime {
-        cni_path: cni_bin_dir(&lab.state.dir.join("cni-bin"), &bin("sluice-cni"), &["portmap", "bandwidth"]).unwrap(),
-        conflist: chained_conflist(&sluice_conflist),
-        node_netns: n1.netns.clone(),
-        // See `ipv4_only_tools`: works around a CHECK bug in Debian's portmap 1.1.1.
-        path: ipv4_only_tools(&lab.state.dir.join("v4tools")).unwrap(),
-    };
+    // See `ipv4_only_tools`: works around a CHECK bug in Debian's portmap 1.1.1.
+    let rt = chain_on(&lab, &n1, ipv4_only_tools(&lab.state.dir.join("v4tools")).unwrap());
     let pod_ns = Netns::new("slcp").unwrap();
     let pod = pod_ns.name.clone();
     let att = Attachment {
@@ -92,15 +86,9 @@ fn hostport_through_portmap_over_ipv6_reaches_the_pod_from_a_node_and_a_pod() {
     let (n1, n2) = (lab.state.nodes[0].clone(), lab.state.nodes[1].clone());
     let n1_ip6 = n1.ip6.clone().expect("a dual-stack lab's node has an IPv6 address");
     ns_exec(&n1.netns, &["sysctl", "-qw", "net.ipv6.conf.all.forwarding=1"]).unwrap();
-    let sluice_conflist: Value = serde_json::from_slice(&std::fs::read(Lab::conflist_path(&n1)).unwrap()).unwrap();
-    let rt = ChainRuntime {
-        cni_path: cni_bin_dir(&lab.state.dir.join("cni-bin"), &bin("sluice-cni"), &["portmap", "bandwidth"]).unwrap(),
-        conflist: chained_conflist(&sluice_conflist),
-        node_netns: n1.netns.clone(),
-        // Both families' tools: the pod has an IPv6 address for portmap's
-        // ip6tables rules.
-        path: "/usr/sbin:/sbin:/usr/bin:/bin".into(),
-    };
+    // Both families' tools: the pod has an IPv6 address for portmap's
+    // ip6tables rules.
+    let rt = chain_on(&lab, &n1, "/usr/sbin:/sbin:/usr/bin:/bin".into());
     let pod_ns = Netns::new("slcp6").unwrap();
     let pod = pod_ns.name.clone();
     let att = Attachment {
@@ -139,6 +127,18 @@ fn hostport_through_portmap_over_ipv6_reaches_the_pod_from_a_node_and_a_pod() {
     let nat = ns_exec(&n1.netns, &["ip6tables-save", "-t", "nat"]).unwrap();
     assert!(!nat.contains(&HOST_PORT.to_string()), "portmap's IPv6 rules left after DEL:\n{nat}");
     drop(lab);
+}
+
+/// sluice's conflist of `node` with portmap and bandwidth chained after it,
+/// run in the node's namespace with the tools on `path`.
+fn chain_on(lab: &Lab, node: &Node, path: String) -> ChainRuntime {
+    let sluice_conflist: Value = serde_json::from_slice(&std::fs::read(Lab::conflist_path(node)).unwrap()).unwrap();
+    ChainRuntime {
+        cni_path: cni_bin_dir(&lab.state.dir.join("cni-bin"), &bin("sluice-cni"), &["portmap", "bandwidth"]).unwrap(),
+        conflist: chained_conflist(&sluice_conflist),
+        node_netns: node.netns.clone(),
+        path,
+    }
 }
 
 fn tcp_probe_port(netns: &str, ip: &str, port: u16) -> Option<String> {

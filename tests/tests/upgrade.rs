@@ -94,6 +94,25 @@ fn age_pins(lab: &Lab, i: usize) -> PathBuf {
     old
 }
 
+/// Both agents of a two-node lab stop; their pins become an earlier
+/// layout's (`age_pins`); new agents start and take over. Returns the old
+/// trees, which the new agents must have removed.
+fn restart_both_agents_over_an_earlier_layout(lab: &mut Lab) -> Vec<PathBuf> {
+    let mut old_trees = Vec::new();
+    for i in 0..2 {
+        lab.kill_agent(i).unwrap();
+        old_trees.push(age_pins(lab, i));
+    }
+    std::thread::sleep(Duration::from_millis(300));
+    for i in 0..2 {
+        lab.start_agent(i).unwrap();
+    }
+    for i in 0..2 {
+        lab.wait_agent_ready(i).unwrap();
+    }
+    old_trees
+}
+
 /// source_spoofed drops per CPU in the old `DROPS` `age_pins` makes.
 const OLD_SPOOFED: u64 = 5;
 
@@ -152,19 +171,7 @@ fn an_agent_over_an_earlier_layout_takes_over_in_place_and_loses_nothing() {
         .unwrap();
     std::thread::sleep(Duration::from_millis(500));
 
-    // Both agents stop; their pins become an earlier layout's; new agents start.
-    let mut old_trees = Vec::new();
-    for i in 0..2 {
-        lab.kill_agent(i).unwrap();
-        old_trees.push(age_pins(&lab, i));
-    }
-    std::thread::sleep(Duration::from_millis(300));
-    for i in 0..2 {
-        lab.start_agent(i).unwrap();
-    }
-    for i in 0..2 {
-        lab.wait_agent_ready(i).unwrap();
-    }
+    let old_trees = restart_both_agents_over_an_earlier_layout(&mut lab);
     let out = flow.wait_with_output().unwrap();
     let received = ping_received(&String::from_utf8_lossy(&out.stdout)).unwrap();
     assert_eq!(received, FLOW, "packets lost across the layout change");
@@ -757,18 +764,7 @@ fn an_agent_restart_across_a_layout_change_under_ipv6_traffic_loses_nothing() {
     .unwrap();
     std::thread::sleep(Duration::from_millis(500));
 
-    let mut old_trees = Vec::new();
-    for i in 0..2 {
-        lab.kill_agent(i).unwrap();
-        old_trees.push(age_pins(&lab, i));
-    }
-    std::thread::sleep(Duration::from_millis(300));
-    for i in 0..2 {
-        lab.start_agent(i).unwrap();
-    }
-    for i in 0..2 {
-        lab.wait_agent_ready(i).unwrap();
-    }
+    let old_trees = restart_both_agents_over_an_earlier_layout(&mut lab);
     round_trip(2);
     let out = flow.wait_with_output().unwrap();
     let received = ping_received(&String::from_utf8_lossy(&out.stdout)).unwrap();

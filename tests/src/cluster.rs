@@ -20,7 +20,11 @@
 //!
 //! kube-proxy's rules are what `kube_proxy::render` writes, exactly as its
 //! iptables proxier lays them out; no kube-proxy runs here.
-use std::{collections::BTreeMap, net::Ipv4Addr, str::FromStr};
+use std::{
+    collections::BTreeMap,
+    net::{IpAddr, Ipv6Addr},
+    str::FromStr,
+};
 
 use anyhow::{Context, Result};
 
@@ -44,18 +48,108 @@ pub const DEMO_IP: &str = "10.96.0.100";
 pub const DEMO_NODE_PORT: u16 = 30080;
 pub const DEMO_LOCAL_IP: &str = "10.96.0.101";
 pub const DEMO_LOCAL_NODE_PORT: u16 = 30081;
+/// Dual-stack labs: the demo Services are dual-stack too (as with
+/// `ipFamilyPolicy: PreferDualStack`), each with an IPv6 ClusterIP from
+/// `SERVICE_CIDR6` and the same pods' IPv6 addresses as endpoints,
+/// through kube-proxy's ip6tables rules.
+pub const SERVICE_CIDR6: &str = "fd00:96::/112";
+pub const DEMO_IP6: &str = "fd00:96::64";
+pub const DEMO_LOCAL_IP6: &str = "fd00:96::65";
+
+/// An address family of the lab: which addresses of pods, nodes, the
+/// demo Service and the world a probe uses.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum IpFamily {
+    V4,
+    V6,
+}
+
+impl IpFamily {
+    pub fn name(self) -> &'static str {
+        match self {
+            IpFamily::V4 => "IPv4",
+            IpFamily::V6 => "IPv6",
+        }
+    }
+
+    /// A pod's address of this family (IPv6 only in a dual-stack lab).
+    pub fn pod_ip(self, p: &lab::Pod) -> Option<&str> {
+        match self {
+            IpFamily::V4 => Some(&p.ip),
+            IpFamily::V6 => p.ip6.as_deref(),
+        }
+    }
+
+    pub fn node_ip(self, n: &lab::Node) -> Option<&str> {
+        match self {
+            IpFamily::V4 => Some(&n.ip),
+            IpFamily::V6 => n.ip6.as_deref(),
+        }
+    }
+
+    pub fn demo_ip(self) -> &'static str {
+        match self {
+            IpFamily::V4 => DEMO_IP,
+            IpFamily::V6 => DEMO_IP6,
+        }
+    }
+
+    pub fn world_ip(self) -> &'static str {
+        match self {
+            IpFamily::V4 => WORLD_IP,
+            IpFamily::V6 => WORLD_IP6,
+        }
+    }
+
+    /// What a server binds to take every address of this family.
+    fn any(self) -> &'static str {
+        match self {
+            IpFamily::V4 => "0.0.0.0",
+            IpFamily::V6 => "::",
+        }
+    }
+}
+
+/// The families a lab has: IPv4, and IPv6 in a dual-stack lab.
+pub fn families(lab: &Lab) -> Vec<IpFamily> {
+    if lab.state.dual_stack {
+        vec![IpFamily::V4, IpFamily::V6]
+    } else {
+        vec![IpFamily::V4]
+    }
+}
+
+/// `ip` as a socat address takes it: an IPv6 address in brackets.
+fn socat_host(ip: &str) -> String {
+    if ip.contains(':') && !ip.starts_with('[') {
+        format!("[{ip}]")
+    } else {
+        ip.to_string()
+    }
+}
 
 /// The namespace of the world, by lab id.
 pub fn world_netns(lab_id: &str) -> String {
     format!("sl{lab_id}world")
 }
 
-/// A TCP server in `netns` answering "<who> saw <client address>".
+/// A TCP server in `netns` answering "<who> saw <client address>". An
+/// IPv6 `bind` takes IPv6 only, beside the IPv4 server on the same port.
 pub fn whoami_server(lab: &mut Lab, netns: &str, bind: &str, port: u16, who: &str) -> Result<()> {
-    let listen = format!("TCP-LISTEN:{port},bind={bind},reuseaddr,fork");
+    let (listen, log) = if bind.contains(':') {
+        (format!("TCP6-LISTEN:{port},bind=[{bind}],ipv6only=1,reuseaddr,fork"), format!("{who}-{port}-6"))
+    } else {
+        (format!("TCP-LISTEN:{port},bind={bind},reuseaddr,fork"), format!("{who}-{port}"))
+    };
     let answer = format!("SYSTEM:echo {who} saw $SOCAT_PEERADDR");
-    lab.spawn_helper(ns_cmd(netns, &["socat", &listen, &answer]), &format!("{who}-{port}"))?;
-    wait_tcp(netns, bind, port)
+    lab.spawn_helper(ns_cmd(netns, &["socat", &listen, &answer]), &log)?;
+    // A server on "any" is asked on loopback.
+    let ask = match bind {
+        "0.0.0.0" => "127.0.0.1",
+        "::" => "::1",
+        ip => ip,
+    };
+    wait_tcp(netns, ask, port)
 }
 
 fn wait_tcp(netns: &str, ip: &str, port: u16) -> Result<()> {
@@ -73,7 +167,9 @@ fn wait_tcp(netns: &str, ip: &str, port: u16) -> Result<()> {
 /// pods' extra servers and kube-proxy's rules.
 pub fn install(lab: &mut Lab) -> Result<()> {
     let world = add_world(lab)?;
-    whoami_server(lab, &world, "0.0.0.0", WORLD_PORT, "world")?;
+    for family in families(lab) {
+        whoami_server(lab, &world, family.any(), WORLD_PORT, "world")?;
+    }
     stream_server(lab, &world, "world")?;
     if let Some(router) = lab.state.router_netns.clone() {
         // Two node networks: the second reaches the world through the router.
@@ -88,12 +184,20 @@ pub fn install(lab: &mut Lab) -> Result<()> {
             format!("{}.{}", crate::lab::LAN2_PREFIX, crate::lab::ROUTER_HOST)
         };
         ns_exec(&node.netns, &["ip", "route", "replace", "default", "via", &gateway, "dev", "eth0"])?;
-        if lab.state.dual_stack {
+        // IPv6 to the world from the world's own network only: the router
+        // between the node networks forwards IPv4 alone (`lab`).
+        if node.ip6.as_deref().is_some_and(|ip| ip.starts_with(crate::lab::LAN6_PREFIX)) {
             ns_exec(&node.netns, &["ip", "-6", "route", "replace", "default", "via", WORLD_IP6, "dev", "eth0"])?;
         }
-        whoami_server(lab, &node.netns, &node.ip, HOST_PORT, &format!("host-{}", node.name))?;
+        for family in families(lab) {
+            let ip = family.node_ip(&node).context("a dual-stack node has an IPv6 address")?;
+            whoami_server(lab, &node.netns, ip, HOST_PORT, &format!("host-{}", node.name))?;
+        }
         for pod in &node.pods {
             start_pod_servers(lab, &pod.netns, &pod.name)?;
+            if lab.state.dual_stack {
+                udp_server(lab, &pod.netns, &pod.name, IpFamily::V6)?;
+            }
         }
     }
     apply_services(lab)
@@ -146,20 +250,25 @@ fn stream_server(lab: &mut Lab, netns: &str, who: &str) -> Result<()> {
 pub fn start_pod_servers(lab: &mut Lab, netns: &str, name: &str) -> Result<()> {
     whoami_server(lab, netns, "0.0.0.0", WHOAMI_PORT, name)?;
     stream_server(lab, netns, name)?;
-    udp_server(lab, netns, name)
+    udp_server(lab, netns, name, IpFamily::V4)
 }
 
 /// A UDP server answering every datagram with the pod's name, one process
 /// (`svc_client.py udp-serve`): socat's forking UDP server drops datagrams
 /// when the machine is busy (the request reaches the pod, no answer leaves).
-fn udp_server(lab: &mut Lab, netns: &str, name: &str) -> Result<()> {
+/// One per family: the IPv6 one takes IPv6 only.
+fn udp_server(lab: &mut Lab, netns: &str, name: &str, family: IpFamily) -> Result<()> {
     let port = UDP_PORT.to_string();
-    let serve = ["python3", "-c", crate::services::CLIENT, "udp-serve", "0.0.0.0", &port, name];
-    lab.spawn_helper(ns_cmd(netns, &serve), &format!("{name}-udp"))?;
+    let serve = ["python3", "-c", crate::services::CLIENT, "udp-serve", family.any(), &port, name];
+    let (log, ss_family) = match family {
+        IpFamily::V4 => (format!("{name}-udp"), "-4"),
+        IpFamily::V6 => (format!("{name}-udp6"), "-6"),
+    };
+    lab.spawn_helper(ns_cmd(netns, &serve), &log)?;
     // Bound before anyone sends (a datagram to an unbound port is answered
     // with port-unreachable: ECONNREFUSED on a connected socket).
     let start = std::time::Instant::now();
-    while ns_exec(netns, &["ss", "-H", "-uln", &format!("sport = :{port}")])?.trim().is_empty() {
+    while ns_exec(netns, &["ss", "-H", ss_family, "-uln", &format!("sport = :{port}")])?.trim().is_empty() {
         if start.elapsed() > crate::patience(std::time::Duration::from_secs(5)) {
             anyhow::bail!("UDP server in {netns} did not bind :{port}");
         }
@@ -171,14 +280,34 @@ fn udp_server(lab: &mut Lab, netns: &str, name: &str) -> Result<()> {
 /// The demo Services as the API server would hold them: backends are the
 /// first pod of each of the first two nodes.
 pub fn services(lab: &Lab) -> Vec<Service> {
-    let endpoints: Vec<Endpoint> = lab
+    demo_services(lab, IpFamily::V4)
+}
+
+/// The IPv6 side of the dual-stack demo Services (kube-proxy's IPv6
+/// proxier sees only it): IPv6 ClusterIPs, the same pods' IPv6 addresses.
+pub fn services6(lab: &Lab) -> Vec<Service<Ipv6Addr>> {
+    demo_services(lab, IpFamily::V6)
+}
+
+fn demo_services<A>(lab: &Lab, family: IpFamily) -> Vec<Service<A>>
+where
+    A: kube_proxy::Family + FromStr,
+    A::Err: std::fmt::Debug,
+{
+    let endpoints: Vec<Endpoint<A>> = lab
         .state
         .nodes
         .iter()
         .take(2)
         .filter_map(|n| n.pods.first().map(|p| (n, p)))
-        .map(|(n, p)| Endpoint { ip: p.ip.parse().expect("pod IP"), node: n.name.clone() })
+        .filter_map(|(n, p)| {
+            family.pod_ip(p).map(|ip| Endpoint { ip: ip.parse().expect("pod IP"), node: n.name.clone() })
+        })
         .collect();
+    let (demo_ip, local_ip) = match family {
+        IpFamily::V4 => (DEMO_IP, DEMO_LOCAL_IP),
+        IpFamily::V6 => (DEMO_IP6, DEMO_LOCAL_IP6),
+    };
     let port = |name: &str, protocol, port, target_port, node_port| ServicePort {
         name: name.into(),
         protocol,
@@ -190,7 +319,7 @@ pub fn services(lab: &Lab) -> Vec<Service> {
         Service {
             namespace: "default".into(),
             name: "demo".into(),
-            cluster_ip: DEMO_IP.parse().expect("constant"),
+            cluster_ip: demo_ip.parse().expect("constant"),
             ports: vec![
                 port("http", Protocol::Tcp, 80, ECHO_PORT, Some(DEMO_NODE_PORT)),
                 port("dns", Protocol::Udp, 53, UDP_PORT, None),
@@ -202,7 +331,7 @@ pub fn services(lab: &Lab) -> Vec<Service> {
         Service {
             namespace: "default".into(),
             name: "demo-local".into(),
-            cluster_ip: DEMO_LOCAL_IP.parse().expect("constant"),
+            cluster_ip: local_ip.parse().expect("constant"),
             ports: vec![port("http", Protocol::Tcp, 80, WHOAMI_PORT, Some(DEMO_LOCAL_NODE_PORT))],
             external_traffic_policy_local: true,
             endpoints,
@@ -210,13 +339,20 @@ pub fn services(lab: &Lab) -> Vec<Service> {
     ]
 }
 
-/// kube-proxy's sync on every node (again after pods change).
+/// kube-proxy's sync on every node (again after pods change); in a
+/// dual-stack lab its IPv6 proxier's too (ip6tables).
 pub fn apply_services(lab: &Lab) -> Result<()> {
     let services = services(lab);
     let cidr = ipnetwork::Ipv4Network::from_str(CLUSTER_CIDR).expect("constant");
+    let services6 = services6(lab);
+    let cidr6 = ipnetwork::Ipv6Network::from_str(lab::CLUSTER_CIDR6).expect("constant");
     for node in &lab.state.nodes {
         kube_proxy::apply(&node.netns, &services, &node.name, cidr)
             .with_context(|| format!("kube-proxy rules on {}", node.name))?;
+        if lab.state.dual_stack {
+            kube_proxy::apply(&node.netns, &services6, &node.name, cidr6)
+                .with_context(|| format!("kube-proxy's IPv6 rules on {}", node.name))?;
+        }
     }
     Ok(())
 }
@@ -227,7 +363,7 @@ pub fn tcp_text(netns: &str, ip: &str, port: u16) -> Option<String> {
     // limits stretch with the tests' patience (1 s and 3 s natively).
     let one = crate::patience(std::time::Duration::from_secs(1)).as_secs().to_string();
     let all = crate::patience(std::time::Duration::from_secs(3)).as_secs().to_string();
-    let target = format!("TCP:{ip}:{port},connect-timeout={one}");
+    let target = format!("TCP:{}:{port},connect-timeout={one}", socat_host(ip));
     let out = try_run(&mut ns_cmd(netns, &["timeout", &all, "socat", &format!("-T{one}"), "-", &target])).ok()?;
     let text = String::from_utf8_lossy(&out.stdout).trim().to_string();
     (out.status.success() && !text.is_empty()).then_some(text)
@@ -239,7 +375,7 @@ pub fn tcp_text(netns: &str, ip: &str, port: u16) -> Option<String> {
 /// UDP may lose a datagram (socat's forking UDP server drops one now and
 /// then on a busy machine): up to three tries, each a fresh socket.
 pub fn udp_text(netns: &str, ip: &str, port: u16) -> Option<String> {
-    let script = format!("echo q | timeout 3 socat -T1 - UDP:{ip}:{port}");
+    let script = format!("echo q | timeout 3 socat -T1 - UDP:{}:{port}", socat_host(ip));
     (0..3).find_map(|_| {
         let out = try_run(&mut ns_cmd(netns, &["sh", "-c", &script])).ok()?;
         let text = String::from_utf8_lossy(&out.stdout).trim().to_string();
@@ -247,10 +383,15 @@ pub fn udp_text(netns: &str, ip: &str, port: u16) -> Option<String> {
     })
 }
 
-/// Who answered and whom they saw: "x saw 1.2.3.4:5678" → ("x", "1.2.3.4").
-pub fn parse_whoami(text: &str) -> Option<(String, Ipv4Addr)> {
+/// Who answered and whom they saw: "x saw 1.2.3.4:5678" → ("x", "1.2.3.4");
+/// an IPv6 client comes in brackets ("x saw [fd00::2]:5678").
+pub fn parse_whoami(text: &str) -> Option<(String, IpAddr)> {
     let (who, rest) = text.split_once(" saw ")?;
-    let ip = rest.trim().rsplit_once(':').map(|(ip, _)| ip).unwrap_or(rest.trim());
+    let rest = rest.trim();
+    let ip = match rest.strip_prefix('[') {
+        Some(v6) => v6.split_once(']').map(|(ip, _)| ip)?,
+        None => rest.rsplit_once(':').map(|(ip, _)| ip).unwrap_or(rest),
+    };
     Some((who.to_string(), ip.parse().ok()?))
 }
 
@@ -265,9 +406,12 @@ pub struct Source {
 }
 
 /// Rows: every pod and every node; columns: every pod, every node's host
-/// server, the demo Service (TCP and UDP) and the world.
-#[derive(Debug, Default)]
+/// server, the demo Service (TCP and UDP) and the world; all over one
+/// address family (`probe` IPv4, `probe6` the IPv6 twin of a dual-stack
+/// lab).
+#[derive(Debug)]
 pub struct ClusterMatrix {
+    pub family: IpFamily,
     pub rows: Vec<Source>,
     pub columns: Vec<String>,
     /// (row label, column label) → cell text ("I/T", "T/U", "i!/T", ...).
@@ -284,66 +428,73 @@ fn mark(ok: bool, good: &'static str, bad: &'static str) -> &'static str {
 }
 
 impl ClusterMatrix {
+    /// Every path over IPv4.
     pub fn probe(lab: &Lab) -> Self {
-        let mut m = ClusterMatrix::default();
-        let pods = lab.pods();
-        for (n, p) in &pods {
-            m.rows.push(Source {
-                label: p.name.clone(),
-                netns: p.netns.clone(),
-                ip: p.ip.clone(),
-                node: n.name.clone(),
-            });
+        Self::probe_family(lab, IpFamily::V4)
+    }
+
+    /// Every path over IPv6 (a dual-stack lab): pods' and nodes' IPv6
+    /// addresses, the demo Service's IPv6 ClusterIP, the world's IPv6.
+    pub fn probe6(lab: &Lab) -> Self {
+        Self::probe_family(lab, IpFamily::V6)
+    }
+
+    pub fn probe_family(lab: &Lab, family: IpFamily) -> Self {
+        let mut m = ClusterMatrix {
+            family,
+            rows: Vec::new(),
+            columns: Vec::new(),
+            cells: BTreeMap::new(),
+            failures: Vec::new(),
+        };
+        // (pod, its address of the family); pods without one are left out.
+        let pods: Vec<(&lab::Node, &lab::Pod, String)> =
+            lab.pods().into_iter().filter_map(|(n, p)| family.pod_ip(p).map(|ip| (n, p, ip.to_string()))).collect();
+        let nodes: Vec<(&lab::Node, String)> =
+            lab.state.nodes.iter().filter_map(|n| family.node_ip(n).map(|ip| (n, ip.to_string()))).collect();
+        for (n, p, ip) in &pods {
+            m.rows.push(Source { label: p.name.clone(), netns: p.netns.clone(), ip: ip.clone(), node: n.name.clone() });
         }
-        for n in &lab.state.nodes {
-            m.rows.push(Source {
-                label: n.name.clone(),
-                netns: n.netns.clone(),
-                ip: n.ip.clone(),
-                node: n.name.clone(),
-            });
+        for (n, ip) in &nodes {
+            m.rows.push(Source { label: n.name.clone(), netns: n.netns.clone(), ip: ip.clone(), node: n.name.clone() });
         }
-        m.columns = pods.iter().map(|(_, p)| p.name.clone()).collect();
-        m.columns.extend(lab.state.nodes.iter().map(|n| n.name.clone()));
+        m.columns = pods.iter().map(|(_, p, _)| p.name.clone()).collect();
+        m.columns.extend(nodes.iter().map(|(n, _)| n.name.clone()));
         m.columns.extend(["svc".to_string(), "world".to_string()]);
         let backends: Vec<String> = services(lab)[0]
             .endpoints
             .iter()
-            .filter_map(|e| pods.iter().find(|(_, p)| p.ip == e.ip.to_string()).map(|(_, p)| p.name.clone()))
+            .filter_map(|e| pods.iter().find(|(_, p, _)| p.ip == e.ip.to_string()).map(|(_, p, _)| p.name.clone()))
             .collect();
-        let is_pod = |s: &Source| pods.iter().any(|(_, p)| p.name == s.label);
+        let (demo, world) = (family.demo_ip(), family.world_ip());
         for src in m.rows.clone() {
-            for (_, dst) in &pods {
+            for (_, dst, dst_ip) in &pods {
                 if dst.name == src.label {
                     continue;
                 }
-                let icmp = lab::ping(&src.netns, &dst.ip);
-                let tcp = lab::tcp_probe(&src.netns, &dst.ip, &dst.name);
+                let icmp = lab::ping(&src.netns, dst_ip);
+                let tcp = lab::tcp_probe(&src.netns, dst_ip, &dst.name);
                 m.record(&src, &dst.name, icmp, tcp, "I", "T");
             }
-            for n in &lab.state.nodes {
+            for (n, node_ip) in &nodes {
                 if n.name == src.label {
                     continue;
                 }
-                let icmp = lab::ping(&src.netns, &n.ip);
+                let icmp = lab::ping(&src.netns, node_ip);
                 // The host server sees the source's own address: no NAT
                 // between pods and nodes.
-                let tcp = tcp_text(&src.netns, &n.ip, HOST_PORT)
-                    .and_then(|t| parse_whoami(&t))
-                    .is_some_and(|(who, saw)| who == format!("host-{}", n.name) && saw.to_string() == src.ip);
+                let tcp = saw(&src.netns, node_ip, HOST_PORT)
+                    .is_some_and(|(who, saw)| who == format!("host-{}", n.name) && saw == src.ip);
                 m.record(&src, &n.name, icmp, tcp, "I", "T");
             }
-            let tcp = tcp_text(&src.netns, DEMO_IP, 80).is_some_and(|t| backends.contains(&t));
-            let udp = udp_text(&src.netns, DEMO_IP, 53).is_some_and(|t| backends.contains(&t));
+            let tcp = tcp_text(&src.netns, demo, 80).is_some_and(|t| backends.contains(&t));
+            let udp = udp_text(&src.netns, demo, 53).is_some_and(|t| backends.contains(&t));
             m.record(&src, "svc", tcp, udp, "T", "U");
-            let icmp = lab::ping(&src.netns, WORLD_IP);
+            let icmp = lab::ping(&src.netns, world);
             // The world sees the node's address for pods (masquerade) and
             // for nodes alike.
-            let node_ip = lab.state.nodes.iter().find(|n| n.name == src.node).map(|n| n.ip.clone()).unwrap_or_default();
-            let tcp = tcp_text(&src.netns, WORLD_IP, WORLD_PORT)
-                .and_then(|t| parse_whoami(&t))
-                .is_some_and(|(_, saw)| saw.to_string() == node_ip);
-            let _ = is_pod(&src);
+            let node_ip = nodes.iter().find(|(n, _)| n.name == src.node).map(|(_, ip)| ip.clone()).unwrap_or_default();
+            let tcp = saw(&src.netns, world, WORLD_PORT).is_some_and(|(_, saw)| saw == node_ip);
             m.record(&src, "world", icmp, tcp, "I", "T");
         }
         m
@@ -372,13 +523,14 @@ impl ClusterMatrix {
 
     pub fn render(&self) -> String {
         let width = self.columns.iter().map(|c| c.len()).max().unwrap_or(4).max(5) + 2;
-        let mut o = format!("{:<22}", "from \\ to");
+        let label = self.rows.iter().map(|r| r.label.len() + r.ip.len() + 2).max().unwrap_or(0).max(22);
+        let mut o = format!("{:<label$}", "from \\ to");
         for c in &self.columns {
             o.push_str(&format!("{c:>width$}"));
         }
         o.push('\n');
         for r in &self.rows {
-            o.push_str(&format!("{:<22}", format!("{} {}", r.label, r.ip)));
+            o.push_str(&format!("{:<label$}", format!("{} {}", r.label, r.ip)));
             for c in &self.columns {
                 let cell = self.cells.get(&(r.label.clone(), c.clone())).map(String::as_str).unwrap_or("-");
                 o.push_str(&format!("{cell:>width$}"));
@@ -386,9 +538,11 @@ impl ClusterMatrix {
             o.push('\n');
         }
         o.push_str(&format!(
-            "I/T = ICMP/TCP reached (TCP to a node: its host-network server, which must see the pod's own address; \
-             to the world: it must see the node's address), svc = the demo Service {DEMO_IP} over T(CP :80) and \
+            "{}: I/T = ICMP/TCP reached (TCP to a node: its host-network server, which must see the source's own \
+             address; to the world: it must see the node's address), svc = the demo Service {} over T(CP :80) and \
              U(DP :53); lower case with ! = failed.\n{}\n",
+            self.family.name(),
+            self.family.demo_ip(),
             if self.all_ok() {
                 format!("all {} paths reached", self.cells.len())
             } else {
@@ -397,6 +551,12 @@ impl ClusterMatrix {
         ));
         o
     }
+}
+
+/// Who a whoami server at `ip:port` says answered, and the client address
+/// it saw (as text, IPv6 without brackets), asked from `netns`.
+fn saw(netns: &str, ip: &str, port: u16) -> Option<(String, String)> {
+    tcp_text(netns, ip, port).and_then(|t| parse_whoami(&t)).map(|(who, ip)| (who, ip.to_string()))
 }
 
 /// How each node reaches each other node's pods, from its agent's `status`

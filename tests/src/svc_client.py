@@ -83,6 +83,10 @@ elif mode == "sendto":
             err(e)
 elif mode == "udp-serve":
     s = socket.socket(family, socket.SOCK_DGRAM)
+    if family == socket.AF_INET6:
+        # IPv6 only, so "::" and "0.0.0.0" can both be bound on one port
+        # (a dual-stack pod's two servers).
+        s.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
     s.bind((ip, port))
     while True:
         data, src = s.recvfrom(65535)

@@ -4,7 +4,7 @@ use std::{path::PathBuf, process::Command};
 
 use anyhow::{bail, Result};
 use sluice_tests::{
-    cluster::{node_paths, ClusterMatrix, DEMO_IP, WORLD_IP},
+    cluster::{families, node_paths, ClusterMatrix, DEMO_IP, DEMO_IP6, WORLD_IP, WORLD_IP6},
     lab::{Lab, LabOptions},
 };
 
@@ -29,9 +29,9 @@ pub enum LabCommand {
         /// that knows nothing of pod CIDRs (peers across it use VXLAN).
         #[arg(long, default_value_t = 1)]
         subnets: usize,
-        /// `ipv4` (the default) or `dual`: every pod also gets an IPv6
-        /// address, and the IPv6 pod matrix is printed too. (`ipv6`,
-        /// IPv6-only, is not supported yet.)
+        /// `ipv4` (the default) or `dual`: pods, nodes, the demo Service
+        /// and the world get IPv6 addresses too, and the matrix is printed
+        /// for both families. (`ipv6`, IPv6-only, is not supported yet.)
         #[arg(long, default_value = "ipv4", value_parser = ["ipv4", "dual", "ipv6"])]
         ip_family: String,
     },
@@ -67,26 +67,17 @@ pub fn run(command: LabCommand) -> Result<()> {
             opts.mtu = mtu;
             opts.subnets = subnets;
             opts.dual_stack = ip_family == "dual";
-            // The cluster model (world, kube-proxy's Services) stays IPv4.
+            // The cluster model (world, host servers, kube-proxy's
+            // Services), in both families of a dual-stack lab.
             opts.cluster_model = true;
             eprintln!("lab: bringing up {nodes} nodes with {pods_per_node} pods each (LAN MTU {mtu})");
             let lab = Lab::up(&opts)?;
             print_nodes(&lab);
-            let matrix = ClusterMatrix::probe(&lab);
-            print!("{}", matrix.render());
+            let failures = print_matrices(&lab);
             print_node_paths(&lab);
-            let mut all_ok = matrix.all_ok();
-            let mut failures = matrix.failures.clone();
-            if lab.state.dual_stack {
-                let matrix6 = lab.matrix6();
-                println!("IPv6:");
-                print!("{}", matrix6.render());
-                all_ok &= matrix6.all_ok();
-                failures.extend(matrix6.failures().into_iter().map(|f| format!("IPv6 {f}")));
-            }
             lab.persist()?;
             eprintln!("lab is up: `cargo xtask lab status` to look again, `cargo xtask lab down` to remove it");
-            if !all_ok {
+            if !failures.is_empty() {
                 bail!("some paths failed: {}", failures.join(", "));
             }
             Ok(())
@@ -94,11 +85,7 @@ pub fn run(command: LabCommand) -> Result<()> {
         LabCommand::Status => {
             let lab = Lab::load(&dir)?;
             print_nodes(&lab);
-            print!("{}", ClusterMatrix::probe(&lab).render());
-            if lab.state.dual_stack {
-                println!("IPv6:");
-                print!("{}", lab.matrix6().render());
-            }
+            let failures = print_matrices(&lab);
             print_node_paths(&lab);
             for (i, node) in lab.state.nodes.iter().enumerate() {
                 match lab.status(i) {
@@ -115,6 +102,9 @@ pub fn run(command: LabCommand) -> Result<()> {
                     Err(e) => println!("{}: status failed: {e:#}", node.name),
                 }
             }
+            if !failures.is_empty() {
+                bail!("some paths failed: {}", failures.join(", "));
+            }
             Ok(())
         }
         LabCommand::Down => {
@@ -128,6 +118,18 @@ pub fn run(command: LabCommand) -> Result<()> {
     }
 }
 
+/// The cluster matrix of each of the lab's families (IPv4, then IPv6 in
+/// a dual-stack lab); the failed paths, each named with its family.
+fn print_matrices(lab: &Lab) -> Vec<String> {
+    let mut failures = Vec::new();
+    for family in families(lab) {
+        let matrix = ClusterMatrix::probe_family(lab, family);
+        print!("{}", matrix.render());
+        failures.extend(matrix.failures.iter().map(|f| format!("{} {f}", family.name())));
+    }
+    failures
+}
+
 /// Per node pair: native or VXLAN, and why.
 fn print_node_paths(lab: &Lab) {
     println!("paths between nodes (each agent's choice):");
@@ -138,11 +140,23 @@ fn print_node_paths(lab: &Lab) {
 
 fn print_nodes(lab: &Lab) {
     for n in &lab.state.nodes {
-        let pods: Vec<String> = n.pods.iter().map(|p| format!("{} {}", p.name, p.ip)).collect();
-        println!("{} {} pod CIDR {} (netns {}): {}", n.name, n.ip, n.pod_cidr, n.netns, pods.join(", "));
+        let with6 = |v4: &str, v6: &Option<String>| match v6 {
+            Some(v6) => format!("{v4} {v6}"),
+            None => v4.to_string(),
+        };
+        let pods: Vec<String> = n.pods.iter().map(|p| format!("{} {}", p.name, with6(&p.ip, &p.ip6))).collect();
+        let (ip, cidr) = (with6(&n.ip, &n.ip6), with6(&n.pod_cidr, &n.pod_cidr6));
+        println!("{} {ip} pod CIDR {cidr} (netns {}): {}", n.name, n.netns, pods.join(", "));
     }
-    println!(
-        "world {WORLD_IP} (netns {}), demo Service {DEMO_IP} (kube-proxy's iptables rules on every node)",
-        sluice_tests::cluster::world_netns(&lab.state.id)
-    );
+    let world = sluice_tests::cluster::world_netns(&lab.state.id);
+    if lab.state.dual_stack {
+        println!(
+            "world {WORLD_IP} {WORLD_IP6} (netns {world}), demo Service {DEMO_IP} {DEMO_IP6} (kube-proxy's iptables \
+             and ip6tables rules on every node)"
+        );
+    } else {
+        println!(
+            "world {WORLD_IP} (netns {world}), demo Service {DEMO_IP} (kube-proxy's iptables rules on every node)"
+        );
+    }
 }

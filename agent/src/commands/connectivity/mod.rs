@@ -226,11 +226,14 @@ fn ms(d: Duration) -> f64 {
 pub type RouteHop = (Ipv4Network, Ipv4Addr, bool);
 
 /// A dual-stack node's IPv6 facts: its own IPv6 address, and the kernel's
-/// IPv6 routes to other nodes' IPv6 pod CIDRs (via their IPv6 addresses).
+/// IPv6 routes to other nodes' IPv6 pod CIDRs: via their IPv6 addresses
+/// (`routes6`), or into the VXLAN device with an encap naming their IPv4
+/// node address (`tunneled6`: peers behind a router).
 #[derive(Clone, Debug, Default)]
 pub struct Ipv6Facts {
     pub own_node_ip6: Option<Ipv6Addr>,
     pub routes6: Vec<(Ipv6Network, Ipv6Addr)>,
+    pub tunneled6: Vec<(Ipv6Network, Ipv4Addr)>,
 }
 
 /// Who to probe (pure): from the routes map's CIDRs, node IPs and paths,
@@ -344,50 +347,99 @@ pub fn targets(
     Ok(out)
 }
 
+/// One node as the IPv6 rows see it.
+struct Node6 {
+    name: String,
+    cidr6: Ipv6Network,
+    /// The address a failure names (its IPv6; a tunneled peer's IPv4, the
+    /// tunnel's far end).
+    node_ip: Option<IpAddr>,
+    /// Its IPv6 address, probed as `pod-to-host` (unknown for a tunneled
+    /// peer: its route names only the IPv4 end).
+    host6: Option<Ipv6Addr>,
+    local: bool,
+    path: Option<PeerPath>,
+}
+
 /// The IPv6 rows (dual-stack): every node's health endpoint from the local
 /// one (`pod-to-pod`) and from the node (`host-to-pod`), and every node's
-/// IPv6 address from the health endpoint (`pod-to-host`), natively routed
-/// (there is no IPv6 over VXLAN). Nodes left out of the IPv6 routes are
-/// rows with their reason, not tried. None on an IPv4-only node.
+/// IPv6 address from the health endpoint (`pod-to-host`). Peers natively
+/// routed first, then peers whose IPv6 pod CIDR goes into the VXLAN device
+/// (path `vxlan`, named by their IPv4 node address; no `pod-to-host` row:
+/// their IPv6 node address is not sluice's to route). Nodes left out of
+/// the IPv6 routes are rows with their reason, not tried. None on an
+/// IPv4-only node.
 fn targets6(state: &AgentState, six: &Ipv6Facts) -> Result<Vec<Target>> {
     let Some(own_cidr6) = &state.pod_cidr6 else { return Ok(Vec::new()) };
     let own_cidr6: Ipv6Network = own_cidr6.parse().context("agent state IPv6 pod CIDR")?;
-    // (name, IPv6 pod CIDR, node IPv6, local)
-    let mut nodes: Vec<(String, Ipv6Network, Option<Ipv6Addr>, bool)> =
-        vec![(state.node_name.clone(), own_cidr6, six.own_node_ip6, true)];
-    for (cidr, ip) in &six.routes6 {
-        let name = state.route_nodes6.get(&cidr.to_string()).cloned().unwrap_or_else(|| format!("node at {ip}"));
-        nodes.push((name, *cidr, Some(*ip), false));
-    }
-    let target =
-        |class, kind, node: &str, ip: Ipv6Addr, node_ip: Option<Ipv6Addr>, cidr: Option<Ipv6Network>, local| Target {
-            class,
-            kind,
-            node: node.to_string(),
-            ip: ip.into(),
-            port: (kind == Kind::Health).then_some(health::HEALTH_PORT),
-            icmp: true,
-            node_ip: node_ip.map(IpAddr::V6),
-            pod_cidr: cidr.map(IpNetwork::V6),
-            local,
-            path: (!local).then_some(PeerPath::Native),
-            known_problem: None,
-        };
-    let health = |class| {
-        nodes.iter().map(move |(node, cidr, node_ip, local)| {
-            target(class, Kind::Health, node, health::health_ip6(*cidr), *node_ip, Some(*cidr), *local)
-        })
+    let name_of = |cidr: &Ipv6Network, ip: IpAddr| {
+        state.route_nodes6.get(&cidr.to_string()).cloned().unwrap_or_else(|| format!("node at {ip}"))
     };
-    let mut out: Vec<Target> = health(Class::PodToPod).collect();
-    for problem in &state.problems6 {
-        out.push(Target {
-            known_problem: Some(format!("no IPv6 route: {problem}")),
-            ..target(Class::PodToPod, Kind::Health, problem.node(), Ipv6Addr::UNSPECIFIED, None, None, false)
+    let mut nodes = vec![Node6 {
+        name: state.node_name.clone(),
+        cidr6: own_cidr6,
+        node_ip: six.own_node_ip6.map(IpAddr::V6),
+        host6: six.own_node_ip6,
+        local: true,
+        path: None,
+    }];
+    for (cidr, ip) in &six.routes6 {
+        let node_ip = IpAddr::V6(*ip);
+        let (host6, path) = (Some(*ip), Some(PeerPath::Native));
+        nodes.push(Node6 {
+            name: name_of(cidr, node_ip),
+            cidr6: *cidr,
+            node_ip: Some(node_ip),
+            host6,
+            local: false,
+            path,
         });
     }
-    for (node, _, node_ip, local) in &nodes {
-        if let Some(ip) = node_ip {
-            out.push(target(Class::PodToHost, Kind::Host, node, *ip, Some(*ip), None, *local));
+    for (cidr, ip4) in &six.tunneled6 {
+        let node_ip = IpAddr::V4(*ip4);
+        let path = Some(PeerPath::Vxlan);
+        nodes.push(Node6 {
+            name: name_of(cidr, node_ip),
+            cidr6: *cidr,
+            node_ip: Some(node_ip),
+            host6: None,
+            local: false,
+            path,
+        });
+    }
+    let target = |class, kind, n: &Node6, ip: Ipv6Addr, cidr: Option<Ipv6Network>| Target {
+        class,
+        kind,
+        node: n.name.clone(),
+        ip: ip.into(),
+        port: (kind == Kind::Health).then_some(health::HEALTH_PORT),
+        icmp: true,
+        node_ip: n.node_ip,
+        pod_cidr: cidr.map(IpNetwork::V6),
+        local: n.local,
+        path: n.path,
+        known_problem: None,
+    };
+    let health =
+        |class| nodes.iter().map(move |n| target(class, Kind::Health, n, health::health_ip6(n.cidr6), Some(n.cidr6)));
+    let mut out: Vec<Target> = health(Class::PodToPod).collect();
+    for problem in &state.problems6 {
+        let unknown = Node6 {
+            name: problem.node().to_string(),
+            cidr6: own_cidr6,
+            node_ip: None,
+            host6: None,
+            local: false,
+            path: Some(PeerPath::Native),
+        };
+        out.push(Target {
+            known_problem: Some(format!("no IPv6 route: {problem}")),
+            ..target(Class::PodToPod, Kind::Health, &unknown, Ipv6Addr::UNSPECIFIED, None)
+        });
+    }
+    for n in &nodes {
+        if let Some(ip) = n.host6 {
+            out.push(target(Class::PodToHost, Kind::Host, n, ip, None));
         }
     }
     out.extend(health(Class::HostToPod));
@@ -448,6 +500,9 @@ pub async fn run(pins: &PinDir, data_dir: &Path, extra: &Extra) -> Result<Vec<Pr
         let routes6 = netlink.main_routes6(Some(kernel_routes::ROUTE_PROTOCOL)).await?;
         kernel_routes.extend(routes6.iter().map(|r| IpNetwork::V6(r.dst)));
         six.routes6 = routes6.iter().filter_map(|r| Some((r.dst, r.gateway?))).collect();
+        // Peers behind a router: their IPv6 pod CIDR goes into the VXLAN
+        // device, the encap naming their IPv4 node address.
+        six.tunneled6 = routes6.iter().filter_map(|r| Some((r.dst, r.encap?.dst))).collect();
         if let Some(l) = &uplink {
             six.own_node_ip6 = netlink.first_global_ipv6(l.index).await?.map(|(ip, _)| ip);
         }
@@ -656,6 +711,7 @@ mod tests {
         let six = Ipv6Facts {
             own_node_ip6: Some("fd00:30::1".parse().unwrap()),
             routes6: vec![("fd00:244:0:2::/64".parse().unwrap(), "fd00:30::2".parse().unwrap())],
+            tunneled6: Vec::new(),
         };
         let t = targets(&dual, Some("172.30.0.1".parse().unwrap()), &routes, &[], &Extra::default(), &six).unwrap();
         let v6: Vec<(&str, &str, String, Option<u16>)> = t
@@ -692,6 +748,63 @@ mod tests {
         // An IPv4-only node has no IPv6 rows, whatever the kernel holds.
         let t4 = targets(&state(), None, &routes, &[], &Extra::default(), &six).unwrap();
         assert!(t4.iter().all(|t| t.ip.is_ipv4()), "{t4:#?}");
+    }
+
+    /// A peer behind a router: its IPv6 pod CIDR's kernel route goes into
+    /// the VXLAN device (an encap, no gateway); its health endpoint is
+    /// probed over IPv6 too, on the `vxlan` path named by its IPv4 node
+    /// address, with no `pod-to-host` row (its IPv6 node address is not
+    /// known from the route, nor sluice's to route).
+    #[test]
+    fn a_dual_stack_node_probes_peers_behind_a_router_over_ipv6_through_the_tunnel() {
+        let dual = AgentState {
+            pod_cidr6: Some("fd00:244:0:1::/64".into()),
+            route_nodes6: [
+                ("fd00:244:0:2::/64".to_string(), "n2".to_string()),
+                ("fd00:244:0:3::/64".to_string(), "n3".to_string()),
+            ]
+            .into(),
+            ..state()
+        };
+        let routes = vec![
+            ("10.244.2.0/24".parse().unwrap(), "172.30.0.2".parse().unwrap(), false),
+            ("10.244.3.0/24".parse().unwrap(), "172.31.0.3".parse().unwrap(), true),
+        ];
+        let six = Ipv6Facts {
+            own_node_ip6: Some("fd00:30::1".parse().unwrap()),
+            routes6: vec![("fd00:244:0:2::/64".parse().unwrap(), "fd00:30::2".parse().unwrap())],
+            tunneled6: vec![("fd00:244:0:3::/64".parse().unwrap(), "172.31.0.3".parse().unwrap())],
+        };
+        let t = targets(&dual, Some("172.30.0.1".parse().unwrap()), &routes, &[], &Extra::default(), &six).unwrap();
+        let v6: Vec<(&str, &str, String, Option<PeerPath>)> = t
+            .iter()
+            .filter(|t| t.ip.is_ipv6())
+            .map(|t| (t.class.name(), t.node.as_str(), t.ip.to_string(), t.path))
+            .collect();
+        let (native, vxlan) = (Some(PeerPath::Native), Some(PeerPath::Vxlan));
+        assert_eq!(
+            v6,
+            vec![
+                ("pod-to-pod", "n1", "fd00:244:0:1::1".to_string(), None),
+                ("pod-to-pod", "n2", "fd00:244:0:2::1".into(), native),
+                ("pod-to-pod", "n3", "fd00:244:0:3::1".into(), vxlan),
+                ("pod-to-host", "n1", "fd00:30::1".into(), None),
+                ("pod-to-host", "n2", "fd00:30::2".into(), native),
+                ("host-to-pod", "n1", "fd00:244:0:1::1".into(), None),
+                ("host-to-pod", "n2", "fd00:244:0:2::1".into(), native),
+                ("host-to-pod", "n3", "fd00:244:0:3::1".into(), vxlan),
+            ]
+        );
+        let n3 = t.iter().find(|t| t.node == "n3" && t.ip.is_ipv6()).unwrap();
+        assert_eq!(
+            (n3.node_ip, n3.pod_cidr, n3.local, n3.port),
+            (
+                Some("172.31.0.3".parse().unwrap()),
+                Some("fd00:244:0:3::/64".parse().unwrap()),
+                false,
+                Some(health::HEALTH_PORT)
+            )
+        );
     }
 
     #[test]

@@ -183,6 +183,29 @@ struct Reconcilers {
 }
 
 impl Reconcilers {
+    /// The node's own IPv6 source through the tunnel
+    /// (`kernel_routes6::tunnel_source6`), put on the VXLAN device (a /128,
+    /// no DAD, deprecated so that only the tunneled routes' `src` picks it;
+    /// present already is fine). None without a device or an IPv6
+    /// pod CIDR, or if the kernel refused the address (then the tunneled
+    /// routes go without `src`, which the kernel would refuse too).
+    async fn ensure_tunnel_source6(&self, m: &Membership) -> Option<std::net::Ipv6Addr> {
+        let cidr6 = m.own_pod_cidr6.filter(|_| self.vxlan_ifindex != 0)?;
+        let src = kernel_routes6::tunnel_source6(cidr6);
+        // Read first: most passes find it there and write nothing.
+        let present = self.netlink.ipv6_addresses(self.vxlan_ifindex).await;
+        if present.as_ref().is_ok_and(|addrs| addrs.contains(&(src, 128))) {
+            return Some(src);
+        }
+        match self.netlink.add_route_source6(self.vxlan_ifindex, src).await {
+            Ok(()) => Some(src),
+            Err(e) => {
+                warn!(error = %format!("{e:#}"), %src, "IPv6 tunnel source not added to the VXLAN device");
+                None
+            }
+        }
+    }
+
     /// One pass. The kernel routes it could not apply are returned (every
     /// other route, and the netfilter state, were still applied); an
     /// error means the pass stopped.
@@ -192,7 +215,9 @@ impl Reconcilers {
         let failed = kernel_routes::reconcile(&self.netlink, &kernel).await?.failed;
         let mut map6 = map_routes6::Routes6::new();
         if self.ipv6 {
-            let kernel6 = kernel_routes6::desired6(&m.routes6, &m.vxlan6(), self.uplink_ifindex, self.vxlan_ifindex);
+            let tunnel_src6 = self.ensure_tunnel_source6(m).await;
+            let kernel6 =
+                kernel_routes6::desired6(&m.routes6, &m.vxlan6(), self.uplink_ifindex, self.vxlan_ifindex, tunnel_src6);
             for failure in kernel_routes6::reconcile6(&self.netlink, &kernel6).await? {
                 warn!(%failure, "IPv6 kernel route not applied; every other one was");
             }

@@ -3,7 +3,8 @@
 //! (`<pod CIDR6> via <node IP6> dev <uplink> proto 83`), or, for a peer
 //! whose IPv4 is tunneled, into the VXLAN device with an IPv4 encap
 //! (`<pod CIDR6> encap ip id 1 dst <node IP4> ttl 64 dev sluice_vxlan
-//! proto 83`: IPv6 inside the IPv4 underlay), kept equal to membership's
+//! proto 83 src <tunnel source>`: IPv6 inside the IPv4 underlay), kept
+//! equal to membership's
 //! `routes6`. Like the IPv4 reconcile, only routes with sluice's protocol number
 //! are read or removed, and a route the kernel refuses is reported while
 //! every other one is applied.
@@ -29,29 +30,46 @@ use super::kernel_routes::ROUTE_PROTOCOL;
 /// address (`encap ip id VNI dst PEER4`: the external device takes its
 /// tunnel key from the route, as `to_tunnel` gives IPv4 packets theirs).
 /// A tunneled peer while there is no device (`vxlan_ifindex` 0) gets no
-/// route.
+/// route. Its route names `tunnel_src6` (`tunnel_source6`, held by the
+/// VXLAN device) as the source of the node's own packets, when given.
 pub fn desired6(
     routes6: &BTreeMap<Ipv6Network, Ipv6Addr>,
     vxlan6: &BTreeMap<Ipv6Network, Ipv4Addr>,
     uplink_ifindex: u32,
     vxlan_ifindex: u32,
+    tunnel_src6: Option<Ipv6Addr>,
 ) -> BTreeMap<Ipv6Network, KernelRoute6> {
     routes6
         .iter()
         .filter_map(|(cidr, ip)| {
             let route = match vxlan6.get(cidr) {
-                None => KernelRoute6 { dst: *cidr, gateway: Some(*ip), oif: uplink_ifindex, encap: None },
+                None => KernelRoute6 { dst: *cidr, gateway: Some(*ip), oif: uplink_ifindex, encap: None, src: None },
                 Some(_) if vxlan_ifindex == 0 => return None,
                 Some(peer4) => KernelRoute6 {
                     dst: *cidr,
                     gateway: None,
                     oif: vxlan_ifindex,
                     encap: Some(Encap4 { vni: TUNNEL_VNI, dst: *peer4, ttl: OUTER_TTL }),
+                    src: tunnel_src6,
                 },
             };
             Some((*cidr, route))
         })
         .collect()
+}
+
+/// The node's own IPv6 source toward peers behind a router: its IPv6 pod
+/// CIDR's network address (`<CIDR6>::`, which IPAM never hands out: pods
+/// start at `::2`, the health endpoint is `::1`), held by the VXLAN device
+/// as a /128. The node's own packets through the tunnel leave from it (the
+/// tunneled routes' `src`), so the receiving node's `from_tunnel6` takes
+/// them as the sender's pod CIDR, and the answer comes back through the
+/// tunnel by the peer's route for this node's pod CIDR. With the uplink's
+/// address instead, the peer drops them (`tunnel_wrong_node`), and an
+/// underlay that forwards no IPv6 between the node networks could not
+/// carry the answer anyway. Cilium's `cilium_host` router IP does the same.
+pub fn tunnel_source6(own_cidr6: Ipv6Network) -> Ipv6Addr {
+    own_cidr6.network()
 }
 
 /// The outer header's TTL, as the eBPF encapsulation writes it (the
@@ -145,12 +163,12 @@ mod tests {
     use super::*;
 
     fn route6(dst: &str, gw: &str, oif: u32) -> KernelRoute6 {
-        KernelRoute6 { dst: dst.parse().unwrap(), gateway: Some(gw.parse().unwrap()), oif, encap: None }
+        KernelRoute6 { dst: dst.parse().unwrap(), gateway: Some(gw.parse().unwrap()), oif, encap: None, src: None }
     }
 
     fn want(entries: &[(&str, &str)]) -> BTreeMap<Ipv6Network, KernelRoute6> {
         let routes6 = entries.iter().map(|(c, ip)| (c.parse().unwrap(), ip.parse().unwrap())).collect();
-        desired6(&routes6, &BTreeMap::new(), 2, 7)
+        desired6(&routes6, &BTreeMap::new(), 2, 7, None)
     }
 
     #[test]
@@ -175,13 +193,19 @@ mod tests {
             .map(|(c, ip)| (c.parse().unwrap(), ip.parse().unwrap()))
             .collect();
         let vxlan6 = [("fd00:244:0:3::/64".parse().unwrap(), "172.31.0.3".parse().unwrap())].into();
-        let d: Vec<String> = desired6(&routes6, &vxlan6, 2, 7).values().map(|r| r.describe()).collect();
+        let src = tunnel_source6("fd00:244:0:1::/64".parse().unwrap());
+        assert_eq!(src.to_string(), "fd00:244:0:1::", "the node's pod CIDR's network address");
+        let d: Vec<String> = desired6(&routes6, &vxlan6, 2, 7, Some(src)).values().map(|r| r.describe()).collect();
+        // Only the tunneled route names the node's tunnel source.
         assert_eq!(
             d,
-            ["fd00:244:0:2::/64 via fd00:30::2 dev #2", "fd00:244:0:3::/64 encap ip id 1 dst 172.31.0.3 ttl 64 dev #7"]
+            [
+                "fd00:244:0:2::/64 via fd00:30::2 dev #2",
+                "fd00:244:0:3::/64 encap ip id 1 dst 172.31.0.3 ttl 64 dev #7 src fd00:244:0:1::"
+            ]
         );
         // No device yet: no route for the tunneled peer.
-        let d: Vec<String> = desired6(&routes6, &vxlan6, 2, 0).values().map(|r| r.describe()).collect();
+        let d: Vec<String> = desired6(&routes6, &vxlan6, 2, 0, Some(src)).values().map(|r| r.describe()).collect();
         assert_eq!(d, ["fd00:244:0:2::/64 via fd00:30::2 dev #2"]);
     }
 

@@ -147,6 +147,7 @@ mod tests {
             gateway: Some(gw.parse().unwrap()),
             oif,
             encap: None,
+            src: None,
         };
         let installed = [
             k("fd00:244:0:2::/64", "fd00:30::2", 2),
@@ -159,8 +160,13 @@ mod tests {
         // Through the VXLAN device (#7) with an encap: its IPv4 node
         // address, IPv4-mapped.
         let encap = sluice_node::net::netlink6::Encap4 { vni: 1, dst: "172.31.0.3".parse().unwrap(), ttl: 64 };
-        let tunneled =
-            KernelRoute6 { dst: "fd00:244:0:3::/64".parse().unwrap(), gateway: None, oif: 7, encap: Some(encap) };
+        let tunneled = KernelRoute6 {
+            dst: "fd00:244:0:3::/64".parse().unwrap(),
+            gateway: None,
+            oif: 7,
+            encap: Some(encap),
+            src: None,
+        };
         let installed = [installed[0], tunneled];
         assert_eq!(
             desired6(&want, &installed, 2),

@@ -30,6 +30,9 @@ pub struct KernelRoute6 {
     /// A lightweight-tunnel IP encap: the external (collect_md) VXLAN
     /// device takes the tunnel key from it.
     pub encap: Option<Encap4>,
+    /// The preferred source (`src`, `RTA_PREFSRC`): the node's own packets
+    /// along the route leave from it.
+    pub src: Option<Ipv6Addr>,
 }
 
 /// `encap ip id <vni> dst <dst> ttl <ttl>`: the IPv4 tunnel key a route
@@ -47,9 +50,10 @@ impl KernelRoute6 {
             Some(e) => format!(" encap ip id {} dst {} ttl {}", e.vni, e.dst, e.ttl),
             None => String::new(),
         };
+        let src = self.src.map(|s| format!(" src {s}")).unwrap_or_default();
         match self.gateway {
-            Some(gw) => format!("{}{encap} via {gw} dev #{}", self.dst, self.oif),
-            None => format!("{}{encap} dev #{}", self.dst, self.oif),
+            Some(gw) => format!("{}{encap} via {gw} dev #{}{src}", self.dst, self.oif),
+            None => format!("{}{encap} dev #{}{src}", self.dst, self.oif),
         }
     }
 }
@@ -89,6 +93,27 @@ impl Netlink {
             Ok(()) => Ok(()),
             Err(e) if is_errno(&e, libc::EEXIST) => Ok(()),
             Err(e) => Err(e).with_context(|| format!("add address {ip}/{prefix_len} nodad")),
+        }
+    }
+
+    /// Add an IPv6 /128 that only a route's `src` makes a packet's source:
+    /// no DAD, and deprecated (preferred lifetime 0, valid forever), so the
+    /// kernel's source address selection never picks it on its own (RFC
+    /// 6724 rule 3), while a route naming it as `src` still does. Present
+    /// already counts as added (`replace`: the lifetimes are set again).
+    pub async fn add_route_source6(&self, index: u32, ip: Ipv6Addr) -> Result<()> {
+        let mut req = self.handle.address().add(index, IpAddr::V6(ip), 128).replace();
+        let msg = req.message_mut();
+        msg.header.flags |= AddressHeaderFlags::Nodad;
+        msg.attributes.push(AddressAttribute::Flags(AddressFlags::Nodad));
+        let mut lifetimes = netlink_packet_route::address::CacheInfo::default();
+        lifetimes.ifa_preferred = 0;
+        lifetimes.ifa_valid = u32::MAX;
+        msg.attributes.push(AddressAttribute::CacheInfo(lifetimes));
+        match req.execute().await {
+            Ok(()) => Ok(()),
+            Err(e) if is_errno(&e, libc::EEXIST) => Ok(()),
+            Err(e) => Err(e).with_context(|| format!("add address {ip}/128 nodad preferred_lft 0")),
         }
     }
 
@@ -185,13 +210,14 @@ impl Netlink {
             if msg.header.table != RT_TABLE_MAIN || wrong_protocol {
                 continue;
             }
-            let (mut dst, mut gateway, mut oif, mut encap) = (Ipv6Addr::UNSPECIFIED, None, 0, None);
+            let (mut dst, mut gateway, mut oif, mut encap, mut src) = (Ipv6Addr::UNSPECIFIED, None, 0, None, None);
             let mut encap_ip = false;
             for attr in &msg.attributes {
                 match attr {
                     RouteAttribute::Destination(RouteAddress::Inet6(ip)) => dst = *ip,
                     RouteAttribute::Gateway(RouteAddress::Inet6(ip)) => gateway = Some(*ip),
                     RouteAttribute::Oif(i) => oif = *i,
+                    RouteAttribute::PrefSource(RouteAddress::Inet6(ip)) => src = Some(*ip),
                     RouteAttribute::EncapType(RouteLwEnCapType::Ip) => encap_ip = true,
                     RouteAttribute::Encap(attrs) => encap = encap4_of(attrs),
                     _ => {}
@@ -200,7 +226,7 @@ impl Netlink {
             let Ok(dst) = Ipv6Network::new(dst, msg.header.destination_prefix_length) else {
                 continue;
             };
-            out.push(KernelRoute6 { dst, gateway, oif, encap: encap.filter(|_| encap_ip) });
+            out.push(KernelRoute6 { dst, gateway, oif, encap: encap.filter(|_| encap_ip), src });
         }
         Ok(out)
     }
@@ -221,6 +247,9 @@ impl Netlink {
                 RouteLwTunnelEncap::Ip(RouteIpTunnel::Destination(e.dst)),
                 RouteLwTunnelEncap::Ip(RouteIpTunnel::Ttl(e.ttl)),
             ]));
+        }
+        if let Some(src) = route.src {
+            msg.attributes.push(RouteAttribute::PrefSource(RouteAddress::Inet6(src)));
         }
         msg
     }

@@ -92,10 +92,18 @@ pub enum DropReason {
     /// frontend is no Service frontend of this cluster (or is malformed):
     /// never delivered, so no reply entry is written for it.
     DsrOptionRefused = 26,
+    /// A new connection from outside to an IPv6 Service (`from_uplink`,
+    /// `lb6`): `NAT6` is full, so it is refused rather than evicting a live
+    /// one.
+    Nat6TableFull = 27,
+    /// A new connection from outside to an IPv6 Service's backend on
+    /// another node: every SNAT port tried is held by another connection
+    /// to that backend.
+    Nat6PortExhausted = 28,
 }
 
 impl DropReason {
-    pub const COUNT: u32 = 27;
+    pub const COUNT: u32 = 29;
     pub const ALL: [DropReason; Self::COUNT as usize] = [
         DropReason::Truncated,
         DropReason::SourceSpoofed,
@@ -124,6 +132,8 @@ impl DropReason {
         DropReason::Nat4Migrating,
         DropReason::DsrFragNeeded,
         DropReason::DsrOptionRefused,
+        DropReason::Nat6TableFull,
+        DropReason::Nat6PortExhausted,
     ];
 
     /// Stable name: the label in `status` and metrics.
@@ -156,6 +166,8 @@ impl DropReason {
             DropReason::Nat4Migrating => "nat4_migrating",
             DropReason::DsrFragNeeded => "dsr_frag_needed",
             DropReason::DsrOptionRefused => "dsr_option_refused",
+            DropReason::Nat6TableFull => "nat6_table_full",
+            DropReason::Nat6PortExhausted => "nat6_port_exhausted",
         }
     }
 }
@@ -431,6 +443,8 @@ mod tests {
         Nat4Migrating = 24, "nat4_migrating";
         DsrFragNeeded = 25, "dsr_frag_needed";
         DsrOptionRefused = 26, "dsr_option_refused";
+        Nat6TableFull = 27, "nat6_table_full";
+        Nat6PortExhausted = 28, "nat6_port_exhausted";
     });
 
     const FORWARD_PATHS: &[(ForwardPath, u32, &str)] = &golden!(ForwardPath {

@@ -17,6 +17,7 @@ pub mod lb4_frag;
 pub mod lb4_scratch;
 pub mod maps;
 pub mod nat;
+pub mod nat6;
 pub mod policy;
 pub mod reject;
 pub mod services;

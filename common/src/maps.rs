@@ -169,6 +169,20 @@ pub mod names {
     pub const LB4_CONFIG: &str = "LB4_CONFIG";
     /// `PerCpuArray<u64>` indexed by `nat::Nat4Counter`.
     pub const NAT4_STATS: &str = "NAT4_STATS";
+    /// `HashMap<nat6::Nat6Key, nat6::Nat6Entry>`: `NAT4`'s twin for IPv6
+    /// Services from outside on a dual-stack node (`from_uplink` writes;
+    /// `from_pod` and `from_uplink` read; the agent's GC removes idle
+    /// pairs). Sized as `NAT4`.
+    pub const NAT6: &str = "NAT6";
+    /// `PerCpuArray<u64>` indexed by `nat::Nat4Counter`: `NAT6`'s counts.
+    pub const NAT6_STATS: &str = "NAT6_STATS";
+    /// `HashMap<[u8; 16], u32>`: `NODE_ADDRESSES`' IPv6 twin, this node's
+    /// own IPv6 addresses (`services::NODE_ADDRESS_LOCAL`), on which
+    /// `from_uplink` answers an IPv6 NodePort (agent writes).
+    pub const NODE_ADDRESSES6: &str = "NODE_ADDRESSES6";
+    /// `PerCpuArray` of one: the IPv6 uplink translation's working memory
+    /// (programs only; its layout is the eBPF crate's `lb6::Lb6Scratch`).
+    pub const LB6_SCRATCH: &str = "LB6_SCRATCH";
     /// `LpmTrie<nat::SourceRangeKey, u32>`: LoadBalancer ingress IPs'
     /// `loadBalancerSourceRanges` (agent writes; `from_uplink` reads).
     pub const LB4_SOURCE_RANGES: &str = "LB4_SOURCE_RANGES";
@@ -299,6 +313,8 @@ pub mod limits {
     /// `NAT4` entries: two per connection from outside to a Service. A
     /// plain hash: full, it refuses new connections (never evicts).
     pub const MAX_NAT4: u32 = 262144;
+    /// `NAT6` entries: as `NAT4` (and sized with it by `--nat4-entries`).
+    pub const MAX_NAT6: u32 = MAX_NAT4;
 }
 
 /// A pod on this node. Key: the pod's IPv4 address (be).

@@ -164,6 +164,106 @@ fn icmp_unreachable(frame: &mut [u8; ICMP_UNREACHABLE_LEN], code: u8, mtu: u16) 
     frame[L4 + 2..L4 + 4].copy_from_slice(&check.to_be_bytes());
 }
 
+/// Bytes of the IPv6 RST frame: Ethernet, IPv6, TCP without options.
+pub const TCP_RESET6_LEN: usize = 14 + 40 + 20;
+/// Bytes of a UDP request's headers over IPv6: Ethernet, IPv6 (no
+/// extension header), UDP.
+pub const UDP6_REQUEST_LEN: usize = 14 + 40 + 8;
+/// Bytes of the ICMPv6 error frame: Ethernet, IPv6, ICMPv6 header, the
+/// quoted IPv6 header and 8 bytes.
+pub const ICMP6_UNREACHABLE_LEN: usize = 14 + 40 + 8 + 40 + 8;
+
+const L4_6: usize = ETH + 40;
+/// Where an ICMPv6 error's quote of the request starts.
+pub const ICMP6_QUOTE_OFF: usize = L4_6 + 8;
+const IPPROTO_ICMPV6: u8 = 58;
+const ICMPV6_DEST_UNREACH: u8 = 1;
+const ICMPV6_PORT_UNREACH: u8 = 4;
+
+/// The IPv6 twin of `answer_headers`: Ethernet back to the sender, IPv6
+/// from the request's destination to its source, `payload_len` bytes of
+/// `next_header`, hop limit 64, no traffic class or flow label. Returns
+/// the pseudo header's sum (addresses, length, next header: RFC 8200 8.1)
+/// for the transport checksum.
+#[inline(always)]
+fn answer_headers6(frame: &mut [u8], next_header: u8, payload_len: u16) -> u32 {
+    let mut mac = [0u8; 6];
+    mac.copy_from_slice(&frame[0..6]);
+    frame.copy_within(6..12, 0);
+    frame[6..12].copy_from_slice(&mac);
+    frame[12] = 0x86;
+    frame[13] = 0xdd;
+    let ip = &mut frame[IP..IP + 40];
+    // Source and destination swapped in place, a byte at a time: no
+    // temporary (the datapath builds this with little stack to spare).
+    let mut i = 8;
+    while i < 24 {
+        ip.swap(i, i + 16);
+        i += 1;
+    }
+    ip[0..4].copy_from_slice(&[0x60, 0, 0, 0]);
+    ip[4..6].copy_from_slice(&payload_len.to_be_bytes());
+    ip[6] = next_header;
+    ip[7] = TTL;
+    sum16(&ip[8..40], payload_len as u32 + next_header as u32)
+}
+
+/// The IPv6 twin of `tcp_reset`: `frame`'s first `TCP_RESET6_LEN` bytes
+/// are Ethernet, IPv6 without extension headers and the fixed TCP header
+/// of a segment without ACK; they become the RST that refuses it. The
+/// caller trims the packet to `TCP_RESET6_LEN`.
+#[inline(always)]
+pub fn tcp_reset6(frame: &mut [u8; TCP_RESET6_LEN]) {
+    let payload_len = u16::from_be_bytes([frame[IP + 4], frame[IP + 5]]) as u32;
+    // The TCP header first, in place (ports swapped), then the IPv6 one:
+    // few values live at once (the datapath builds this with little stack
+    // to spare).
+    let tcp = &mut frame[L4_6..L4_6 + 20];
+    let header_len = ((tcp[12] >> 4) as u32) * 4;
+    let flags_in = tcp[13];
+    let seq = u32::from_be_bytes([tcp[4], tcp[5], tcp[6], tcp[7]]);
+    let ack = seq
+        .wrapping_add(payload_len.saturating_sub(header_len))
+        .wrapping_add((flags_in & TCP_SYN != 0) as u32)
+        .wrapping_add((flags_in & TCP_FIN != 0) as u32);
+    tcp.swap(0, 2);
+    tcp.swap(1, 3);
+    tcp[4..8].copy_from_slice(&[0; 4]);
+    tcp[8..12].copy_from_slice(&ack.to_be_bytes());
+    tcp[12] = 5 << 4;
+    tcp[13] = TCP_RST | TCP_ACK;
+    tcp[14..20].copy_from_slice(&[0; 6]);
+    let pseudo = answer_headers6(frame, IPPROTO_TCP, 20);
+    let sum = sum16(&frame[L4_6..L4_6 + 20], pseudo);
+    frame[L4_6 + 16..L4_6 + 18].copy_from_slice(&finish(sum).to_be_bytes());
+}
+
+/// The IPv6 twin of `icmp_port_unreachable`: `frame`'s first
+/// `UDP6_REQUEST_LEN` bytes are a UDP datagram's Ethernet, IPv6 (no
+/// extension header) and UDP headers; it becomes the ICMPv6 destination
+/// unreachable, port unreachable (RFC 4443 3.1: type 1, code 4) quoting
+/// them. The caller sizes the packet to `ICMP6_UNREACHABLE_LEN` first.
+#[inline(always)]
+pub fn icmp6_port_unreachable(frame: &mut [u8; ICMP6_UNREACHABLE_LEN]) {
+    frame.copy_within(IP..IP + 48, L4_6 + 8);
+    icmp6_port_unreachable_quoted(frame);
+}
+
+/// `icmp6_port_unreachable` for a `frame` whose quote (the request's IPv6
+/// header and 8 bytes, `ICMP6_QUOTE_OFF`) is already in place: the
+/// datapath loads it there from the packet, sparing an overlapping copy's
+/// stack.
+#[inline(always)]
+pub fn icmp6_port_unreachable_quoted(frame: &mut [u8; ICMP6_UNREACHABLE_LEN]) {
+    let pseudo = answer_headers6(frame, IPPROTO_ICMPV6, 8 + 48);
+    let icmp = &mut frame[L4_6..L4_6 + 8];
+    icmp[0] = ICMPV6_DEST_UNREACH;
+    icmp[1] = ICMPV6_PORT_UNREACH;
+    icmp[2..8].copy_from_slice(&[0; 6]);
+    let check = finish(sum16(&frame[L4_6..], pseudo));
+    frame[L4_6 + 2..L4_6 + 4].copy_from_slice(&check.to_be_bytes());
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -277,5 +377,81 @@ mod tests {
         assert_eq!(u16::from_be_bytes([icmp[6], icmp[7]]), 1492, "the next-hop MTU (RFC 1191)");
         assert_eq!(&icmp[8..], &r[IP..IP + 28]);
         assert!(verifies(icmp, 0), "ICMP checksum");
+    }
+
+    const CLIENT6: [u8; 16] = [0x20, 0x01, 0xd, 0xb8, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 1];
+    const NODE6: [u8; 16] = [0xfd, 0, 0, 0x30, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 1];
+
+    fn ipv6(payload_len: u16, next_header: u8) -> [u8; 40] {
+        let mut h = [0u8; 40];
+        h[0..4].copy_from_slice(&[0x60, 0x0a, 0xbc, 0xde]);
+        h[4..6].copy_from_slice(&payload_len.to_be_bytes());
+        h[6] = next_header;
+        h[7] = 61;
+        h[8..24].copy_from_slice(&CLIENT6);
+        h[24..40].copy_from_slice(&NODE6);
+        h
+    }
+
+    fn eth6(out: &mut [u8]) {
+        out[0..6].copy_from_slice(&NODE_MAC);
+        out[6..12].copy_from_slice(&CLIENT_MAC);
+        out[12..14].copy_from_slice(&[0x86, 0xdd]);
+    }
+
+    fn pseudo6(ip: &[u8], len: u32, next_header: u8) -> u32 {
+        sum16(&ip[8..40], len + next_header as u32)
+    }
+
+    #[test]
+    fn an_ipv6_reset_answers_the_syn_from_the_address_it_was_sent_to() {
+        for (seq, data, flags, ack) in [(1000u32, 0u16, TCP_SYN, 1001u32), (7, 3, TCP_SYN | TCP_FIN, 12)] {
+            let mut r = [0u8; TCP_RESET6_LEN];
+            eth6(&mut r);
+            r[IP..IP + 40].copy_from_slice(&ipv6(20 + data, IPPROTO_TCP));
+            let t = L4_6;
+            r[t..t + 2].copy_from_slice(&40000u16.to_be_bytes());
+            r[t + 2..t + 4].copy_from_slice(&30080u16.to_be_bytes());
+            r[t + 4..t + 8].copy_from_slice(&seq.to_be_bytes());
+            r[t + 12] = 5 << 4;
+            r[t + 13] = flags;
+            let mut out = r;
+            tcp_reset6(&mut out);
+            assert_eq!((&out[0..6], &out[6..12], &out[12..14]), (&CLIENT_MAC[..], &NODE_MAC[..], &[0x86, 0xdd][..]));
+            let ip = &out[IP..IP + 40];
+            assert_eq!(&ip[0..4], &[0x60, 0, 0, 0], "no traffic class, no flow label");
+            assert_eq!((u16::from_be_bytes([ip[4], ip[5]]), ip[6], ip[7]), (20, 6, 64));
+            assert_eq!((&ip[8..24], &ip[24..40]), (&NODE6[..], &CLIENT6[..]));
+            let tcp = &out[L4_6..];
+            assert_eq!((u16::from_be_bytes([tcp[0], tcp[1]]), u16::from_be_bytes([tcp[2], tcp[3]])), (30080, 40000));
+            assert_eq!(u32::from_be_bytes([tcp[8], tcp[9], tcp[10], tcp[11]]), ack, "seq {seq} data {data}");
+            assert_eq!((tcp[12], tcp[13]), (0x50, TCP_RST | TCP_ACK));
+            assert!(verifies(tcp, pseudo6(ip, 20, 6)), "TCP checksum over the IPv6 pseudo header");
+        }
+    }
+
+    #[test]
+    fn an_icmpv6_port_unreachable_quotes_the_datagram_and_checks_out() {
+        let mut r = [0x55u8; ICMP6_UNREACHABLE_LEN];
+        eth6(&mut r);
+        r[IP..IP + 40].copy_from_slice(&ipv6(8 + 5, 17));
+        r[L4_6..L4_6 + 8].copy_from_slice(&[0x9c, 0x40, 0x75, 0x80, 0, 13, 0xab, 0xcd]);
+        let mut out = r;
+        icmp6_port_unreachable(&mut out);
+        assert_eq!((&out[0..6], &out[6..12]), (&CLIENT_MAC[..], &NODE_MAC[..]));
+        let ip = &out[IP..IP + 40];
+        assert_eq!((u16::from_be_bytes([ip[4], ip[5]]), ip[6], ip[7]), (56, 58, 64));
+        assert_eq!((&ip[8..24], &ip[24..40]), (&NODE6[..], &CLIENT6[..]));
+        let icmp = &out[L4_6..];
+        assert_eq!((icmp[0], icmp[1]), (1, 4), "destination unreachable, port unreachable");
+        assert_eq!(&icmp[4..8], &[0; 4]);
+        assert_eq!(&icmp[8..], &r[IP..IP + 48], "the request's IPv6 header and first 8 bytes");
+        assert!(verifies(icmp, pseudo6(ip, 56, 58)), "ICMPv6 checksum over the pseudo header");
+        // The datapath's way (the quote loaded in place first) builds the
+        // same answer.
+        let mut quoted = r;
+        quoted[ICMP6_QUOTE_OFF..].copy_from_slice(&r[IP..IP + 48]);
+        icmp6_port_unreachable_quoted(&mut quoted);
+        assert_eq!(quoted, out);
     }
 }

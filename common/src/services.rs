@@ -159,9 +159,15 @@ impl FrontendKind {
 }
 
 pub const fn frontend_kind(key: &ServiceKey, value: &ServiceValue) -> FrontendKind {
-    if key.scope == SCOPE_NODE_PORT {
+    frontend_kind_of(key.scope, value)
+}
+
+/// `frontend_kind` from a key's scope alone: for either family's key
+/// (`ServiceKey`, `services6::ServiceKey6`).
+pub const fn frontend_kind_of(scope: u8, value: &ServiceValue) -> FrontendKind {
+    if scope == SCOPE_NODE_PORT {
         FrontendKind::NodePort
-    } else if is_host_port_scope(key.scope) {
+    } else if is_host_port_scope(scope) {
         FrontendKind::HostPort
     } else if value.flags & SERVICE_LOAD_BALANCER != 0 {
         FrontendKind::LoadBalancer

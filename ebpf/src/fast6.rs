@@ -70,6 +70,16 @@ pub fn drop_reason(code: u32) -> DropReason {
     const DENIED_EGRESS: u32 = DropReason::PolicyDeniedEgress as u32;
     const PEER_UNKNOWN: u32 = DropReason::PolicyPeerUnknown as u32;
     const PENDING: u32 = DropReason::PolicyPending as u32;
+    // `lb6`'s, through `from_uplink6`.
+    const TTL: u32 = DropReason::TtlExpired as u32;
+    const REWRITE: u32 = DropReason::HeaderRewrite as u32;
+    const NO_UPLINK: u32 = DropReason::NoUplink as u32;
+    const NO_TUNNEL: u32 = DropReason::NoTunnel as u32;
+    const NO_ENDPOINTS: u32 = DropReason::ServiceNoEndpoints as u32;
+    const NO_LOCAL: u32 = DropReason::ServiceNoLocalEndpoints as u32;
+    const SOURCE_RANGE: u32 = DropReason::LoadBalancerSourceRange as u32;
+    const FULL6: u32 = DropReason::Nat6TableFull as u32;
+    const PORTS6: u32 = DropReason::Nat6PortExhausted as u32;
     match code.wrapping_sub(V6_DROP) {
         TRUNCATED => DropReason::Truncated,
         SPOOFED => DropReason::SourceSpoofed,
@@ -80,6 +90,15 @@ pub fn drop_reason(code: u32) -> DropReason {
         DENIED_EGRESS => DropReason::PolicyDeniedEgress,
         PEER_UNKNOWN => DropReason::PolicyPeerUnknown,
         PENDING => DropReason::PolicyPending,
+        TTL => DropReason::TtlExpired,
+        REWRITE => DropReason::HeaderRewrite,
+        NO_UPLINK => DropReason::NoUplink,
+        NO_TUNNEL => DropReason::NoTunnel,
+        NO_ENDPOINTS => DropReason::ServiceNoEndpoints,
+        NO_LOCAL => DropReason::ServiceNoLocalEndpoints,
+        SOURCE_RANGE => DropReason::LoadBalancerSourceRange,
+        FULL6 => DropReason::Nat6TableFull,
+        PORTS6 => DropReason::Nat6PortExhausted,
         _ => DropReason::LookupMismatch,
     }
 }

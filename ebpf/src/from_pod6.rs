@@ -20,7 +20,7 @@
 //! Decided by a global function of its own (`fast6` says why), carried out
 //! here.
 use aya_ebpf::{
-    bindings::{__sk_buff, TC_ACT_OK},
+    bindings::{__sk_buff, TC_ACT_OK, TC_ACT_REDIRECT},
     programs::TcContext,
 };
 use sluice_common::{
@@ -34,6 +34,7 @@ use crate::{
     deliver::{deliver_to_local_pod6, Origin},
     fast6::{self, V6_ROUTER_TO_STACK, V6_STACK_FLOW_REPLY, V6_TO_LOCAL_POD, V6_TO_REMOTE_NODE, V6_TO_STACK},
     forward,
+    lb6::{self, Lb6},
     maps::{found, ENDPOINTS6, FAST6_SCRATCH, NODE_CONFIG, NODE_ROUTES6},
     parse::{self, Ipv6Hdr, ETH_HLEN},
     policy, stack_flows,
@@ -74,6 +75,13 @@ pub fn try_from_pod6<const NETKIT: bool>(ctx: &TcContext) -> Result<i32, DropRea
             // ingress (the stack delivers it next, through `to_pod`, which
             // then finds the connection judged for both ends).
             policy::enforce6(ctx, true, true)?;
+            // A Service backend's answer to a client outside the cluster
+            // (`lb6`): translated back and sent out of the uplink.
+            if code == V6_TO_STACK {
+                if let Lb6::Sent = lb6::reply_from_pod(ctx)? {
+                    return Ok(TC_ACT_REDIRECT as i32);
+                }
+            }
             if code == V6_ROUTER_TO_STACK {
                 count_detail(ForwardPath::Ipv6RouterToStack);
             }

@@ -10,7 +10,7 @@
 //! is dropped as `uplink_source_spoofed`. Decided by a global function of
 //! its own (`fast6` says why), carried out here.
 use aya_ebpf::{
-    bindings::{__sk_buff, TC_ACT_OK},
+    bindings::{__sk_buff, TC_ACT_OK, TC_ACT_REDIRECT},
     programs::TcContext,
 };
 use sluice_common::{
@@ -23,6 +23,7 @@ use crate::{
     deliver::{enter_pod6, Origin},
     fast6::{self, V6_ROUTER_TO_STACK, V6_STACK_FLOW_REPLY, V6_TO_LOCAL_POD, V6_TO_STACK},
     forward,
+    lb6::{self, Lb6},
     maps::{found, ENDPOINTS6, FAST6_SCRATCH, NODE_ROUTES6},
     parse::{self, Ipv6Hdr, ETH_HLEN},
     stack_flows,
@@ -38,6 +39,10 @@ pub fn try_from_uplink6(ctx: &TcContext) -> Result<i32, DropReason> {
     let result = sluice_from_uplink6(ctx.skb.skb);
     if result & RESULT_DROP != 0 {
         return Err(fast6::drop_reason(fast6::V6_DROP + (result & 0xffff)));
+    }
+    // An IPv6 Service's packet (`lb6`): counted where it went.
+    if result & RESULT_SERVICE != 0 {
+        return Ok((result & 0xff) as i32);
     }
     let router = result & RESULT_ROUTER != 0;
     if router {
@@ -62,6 +67,9 @@ const RESULT_DELIVERED: u32 = 1 << 8;
 const RESULT_ROUTER: u32 = 1 << 9;
 /// To the stack as the reply of a flow it forwarded (`StackFlowReply`).
 const RESULT_STACK_FLOW: u32 = 1 << 10;
+/// An IPv6 Service's packet `lb6` translated and sent, or refused
+/// (counted there).
+const RESULT_SERVICE: u32 = 1 << 11;
 
 #[unsafe(no_mangle)]
 #[inline(never)]
@@ -75,6 +83,16 @@ pub extern "C" fn sluice_from_uplink6(skb: *mut __sk_buff) -> u32 {
 
 #[inline(always)]
 fn carry_out(ctx: &TcContext) -> Result<u32, DropReason> {
+    // IPv6 Services from outside first (`lb6`): it may change the packet.
+    match lb6::from_uplink(ctx)? {
+        Lb6::Pass => {}
+        Lb6::Sent => return Ok(TC_ACT_REDIRECT as u32 | RESULT_SERVICE),
+        Lb6::ToLocalPod => {
+            let action = lb6::to_local_backend(ctx)?;
+            return Ok(action as u32 | RESULT_SERVICE);
+        }
+        Lb6::Refuse => return Ok(lb6::refuse(ctx) as u32 | RESULT_SERVICE),
+    }
     let code = sluice_from_uplink6_decide(ctx.skb.skb);
     match code {
         V6_TO_LOCAL_POD => {

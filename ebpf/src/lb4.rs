@@ -137,7 +137,7 @@ fn outcome(code: u32) -> Result<Lb4, DropReason> {
 /// The drop reason a global function returned (+ `LB4_DROP`); one it
 /// cannot name is still a drop: fail closed.
 #[inline(always)]
-fn reason_from(code: u32) -> DropReason {
+pub(crate) fn reason_from(code: u32) -> DropReason {
     const TRUNCATED: u32 = DropReason::Truncated as u32;
     const TTL: u32 = DropReason::TtlExpired as u32;
     const REWRITE: u32 = DropReason::HeaderRewrite as u32;
@@ -153,6 +153,8 @@ fn reason_from(code: u32) -> DropReason {
     const MIGRATING: u32 = DropReason::Nat4Migrating as u32;
     const DSR_REFUSED: u32 = DropReason::DsrOptionRefused as u32;
     const BAD_HEADER: u32 = DropReason::BadIpHeader as u32;
+    const FULL6: u32 = DropReason::Nat6TableFull as u32;
+    const PORTS6: u32 = DropReason::Nat6PortExhausted as u32;
     match code.wrapping_sub(LB4_DROP) {
         TRUNCATED => DropReason::Truncated,
         TTL => DropReason::TtlExpired,
@@ -169,6 +171,8 @@ fn reason_from(code: u32) -> DropReason {
         MIGRATING => DropReason::Nat4Migrating,
         DSR_REFUSED => DropReason::DsrOptionRefused,
         BAD_HEADER => DropReason::BadIpHeader,
+        FULL6 => DropReason::Nat6TableFull,
+        PORTS6 => DropReason::Nat6PortExhausted,
         _ => DropReason::ServiceNoEndpoints,
     }
 }

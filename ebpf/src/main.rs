@@ -48,6 +48,7 @@ mod from_uplink6;
 mod lb4;
 mod lb4_affinity;
 mod lb4_frag;
+mod lb6;
 mod maps;
 mod node_path;
 mod parse;

@@ -1,6 +1,6 @@
 //! The maps shared with user space. Names, layouts and who writes what are
 //! documented on the types in `sluice_common::maps`.
-use crate::{fast6::Fast6Scratch, stack_flows::Flow6Scratch};
+use crate::{fast6::Fast6Scratch, lb6::Lb6Scratch, stack_flows::Flow6Scratch};
 use aya_ebpf::{
     macros::map,
     maps::{Array, HashMap, LpmTrie, LruHashMap, PerCpuArray, PerCpuHashMap, RingBuf},
@@ -11,10 +11,11 @@ use sluice_common::{
     lb4_scratch::Lb4Scratch,
     maps::limits::{
         EVENTS_BYTES, MAX_AFFINITY, MAX_BACKENDS, MAX_ENDPOINTS, MAX_IFACES, MAX_LB4_AFFINITY, MAX_LB4_FRAGS,
-        MAX_LB4_SOURCE_RANGES, MAX_NAT4, MAX_NODE_ADDRESSES, MAX_NODE_FLOWS, MAX_NODE_ROUTES, MAX_POLICY_CT,
+        MAX_LB4_SOURCE_RANGES, MAX_NAT4, MAX_NAT6, MAX_NODE_ADDRESSES, MAX_NODE_FLOWS, MAX_NODE_ROUTES, MAX_POLICY_CT,
         MAX_POLICY_IDENTITIES, MAX_POLICY_RULES, MAX_SERVICES, MAX_SOCK_REVERSE, MAX_STACK_FLOWS,
     },
     nat::{Lb4Config, Nat4Counter, Nat4Entry, Nat4Key, SourceRangeKey},
+    nat6::{Nat6Entry, Nat6Key},
     policy::{
         CtEntry, CtKey, CtKey6, EndpointPolicy, PeerIdentity, PodNameKey, PodPolicy, PolicyKey, PolicyScratch6,
         PolicyState, PolicyValue, POLICY_STAT_SLOTS,
@@ -219,3 +220,18 @@ pub static LB4_SCRATCH: PerCpuArray<Lb4Scratch> = PerCpuArray::with_max_entries(
 /// (`lb4_frag`).
 #[map]
 pub static LB4_FRAGS: LruHashMap<Frag4Key, Frag4Entry> = LruHashMap::with_max_entries(MAX_LB4_FRAGS, 0);
+
+// IPv6 Services from outside the cluster (`sluice_common::nat6`, `lb6`).
+#[map]
+pub static NAT6: HashMap<Nat6Key, Nat6Entry> = HashMap::with_max_entries(MAX_NAT6, 0);
+
+#[map]
+pub static NAT6_STATS: PerCpuArray<u64> = PerCpuArray::with_max_entries(Nat4Counter::COUNT, 0);
+
+/// This node's own IPv6 addresses (`NODE_ADDRESSES`' twin).
+#[map]
+pub static NODE_ADDRESSES6: HashMap<[u8; 16], u32> = HashMap::with_max_entries(MAX_NODE_ADDRESSES, 0);
+
+/// The IPv6 uplink translation's working memory (`Lb6Scratch`).
+#[map]
+pub static LB6_SCRATCH: PerCpuArray<Lb6Scratch> = PerCpuArray::with_max_entries(1, 0);

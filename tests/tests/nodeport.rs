@@ -825,3 +825,121 @@ fn a_snated_node_port_connection_skips_the_backends_node_stack_but_a_pods_own_co
     }
     assert_eq!(forwards(&lab, 1, &fast), before, "a pod's own connection to a node took the fast path");
 }
+
+/// In each pod of a dual-stack lab, on its IPv6 address: a TCP server on
+/// 7777 answering the pod's name, one on 7778 answering the peer's
+/// address (who the pod saw), a UDP server answering the pod's name; bound
+/// before anyone connects.
+fn start_pod_ipv6_servers(lab: &mut Lab) {
+    let pods: Vec<_> = lab.pods().iter().map(|(_, p)| (*p).clone()).collect();
+    for pod in pods {
+        let (netns, name, ip6) = (pod.netns, pod.name, pod.ip6.expect("dual-stack pod"));
+        for (port, answer, tag) in
+            [(7777, format!("echo {name}"), "tcp6"), (7778, "echo $SOCAT_PEERADDR".into(), "who6")]
+        {
+            let listen = format!("TCP6-LISTEN:{port},bind=[{ip6}],reuseaddr,fork");
+            lab.spawn_helper(
+                ns_cmd(&netns, &["socat", &listen, &format!("SYSTEM:{answer}")]),
+                &format!("{name}-{tag}"),
+            )
+            .unwrap();
+        }
+        let port = services::UDP_PORT.to_string();
+        let serve = ["python3", "-c", services::CLIENT, "udp-serve", &ip6, &port, &name];
+        lab.spawn_helper(ns_cmd(&netns, &serve), &format!("{name}-udp6")).unwrap();
+        let start = std::time::Instant::now();
+        loop {
+            let tcp = sluice_tests::lab::ns_exec(&netns, &["ss", "-H", "-6tln"]).unwrap();
+            let udp = sluice_tests::lab::ns_exec(&netns, &["ss", "-H", "-6uln"]).unwrap();
+            if tcp.lines().count() >= 2 && udp.lines().count() >= 1 {
+                break;
+            }
+            assert!(start.elapsed() < Duration::from_secs(10), "IPv6 servers in {netns} did not bind: {tcp} {udp}");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+}
+
+/// Wait until the world's first connection to `[ip]:port` is answered:
+/// the agents have planned the Service (a readiness wait; a datapath that
+/// never answers fails it).
+fn wait_world_answer(world: &str, ip: &str, port: u16) {
+    let start = std::time::Instant::now();
+    loop {
+        let out = world_client(world, &["tcp", ip, &port.to_string(), "1"]);
+        if oks(&out) == 1 {
+            return;
+        }
+        assert!(start.elapsed() < Duration::from_secs(20), "world → [{ip}]:{port} never answered: {out:?}");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+/// IPv6 NodePorts from outside (issues 27 × 28, `lb6`): on a dual-stack
+/// lab without kube-proxy, the world reaches node 1's IPv6 NodePort over
+/// TCP and UDP; backends on both nodes answer (node 2's SNATed to node
+/// 1's IPv6 and a SNAT port), and every answer comes from the address the
+/// client used. With `externalTrafficPolicy: Local` the backend sees the
+/// world's own IPv6 address.
+#[test]
+fn world_to_an_ipv6_node_port_reaches_backends_on_both_nodes_and_local_policy_keeps_its_address() {
+    require_root();
+    let mut opts = sluice_tests::lab::LabOptions::new(2, 1, sluice_tests::bin("sluice-agent").parent().unwrap().into());
+    opts.kubernetes = true;
+    opts.kube_proxy_replacement = true;
+    opts.dual_stack = true;
+    let mut lab = Lab::up(&opts).expect("dual-stack Kubernetes lab");
+    let world = cluster::add_world(&mut lab).unwrap();
+    assert_no_kube_proxy_rules(&lab);
+    start_pod_ipv6_servers(&mut lab);
+    let api = lab.api.as_ref().expect("kubernetes lab");
+    let pods: Vec<(String, sluice_tests::lab::Pod)> =
+        lab.pods().iter().map(|(n, p)| (n.name.clone(), (*p).clone())).collect();
+    let endpoints: Vec<sluice_tests::apiserver::EndpointObject> = pods
+        .iter()
+        .map(|(node, p)| sluice_tests::apiserver::EndpointObject::ready(p.ip6.as_deref().unwrap(), node))
+        .collect();
+    let ipv6_slice = |name: &str, ports: &[(&str, u16, &str)]| {
+        let mut s = slice(name, ports, &endpoints);
+        s.name = format!("{name}-v6");
+        s.address_type = "IPv6".into();
+        s.build()
+    };
+    let np6 = service("np6", "10.96.0.90", &[("http", 80, 7777, "TCP"), ("dns", 53, services::UDP_PORT, "UDP")])
+        .type_("NodePort")
+        .cluster_ips(&["10.96.0.90", "fd00:96::90"]);
+    let (tcp_np, udp_np) = (np6.node_port(0), np6.node_port(1));
+    api.upsert_service(np6.build());
+    api.upsert_endpoint_slice(ipv6_slice("np6", &[("http", 7777, "TCP"), ("dns", services::UDP_PORT, "UDP")]));
+    let who6 = service("who6", "10.96.0.91", &[("http", 81, 7778, "TCP")])
+        .type_("NodePort")
+        .cluster_ips(&["10.96.0.91", "fd00:96::91"])
+        .external_traffic_local();
+    let who_np = who6.node_port(0);
+    api.upsert_service(who6.build());
+    api.upsert_endpoint_slice(ipv6_slice("who6", &[("http", 7778, "TCP")]));
+    let ip6 = lab.state.nodes[0].ip6.clone().expect("dual-stack node");
+    wait_world_answer(&world, &ip6, tcp_np);
+
+    let names: std::collections::BTreeSet<String> = pods.iter().map(|(_, p)| p.name.clone()).collect();
+    let out = world_client(&world, &["tcp", &ip6, &tcp_np.to_string(), "40"]);
+    assert_eq!(oks(&out), 40, "world → [{ip6}]:{tcp_np}: {:?}", tally(&out));
+    assert!(
+        out.iter().all(|o| matches!(o, Outcome::Ok { peer, .. } if peer == &format!("[{ip6}]:{tcp_np}"))),
+        "every answer from the address the client used: {out:?}"
+    );
+    assert_eq!(tally(&out).keys().cloned().collect::<std::collections::BTreeSet<_>>(), names, "{:?}", tally(&out));
+    let out = world_client(&world, &["udp", &ip6, &udp_np.to_string(), "40"]);
+    assert_eq!(oks(&out), 40, "world → [{ip6}]:{udp_np}/UDP: {:?}", tally(&out));
+    assert_eq!(tally(&out).keys().cloned().collect::<std::collections::BTreeSet<_>>(), names, "{:?}", tally(&out));
+
+    // externalTrafficPolicy: Local: node 1's own backend, which sees the
+    // world's IPv6 address.
+    let out = world_client(&world, &["tcp", &ip6, &who_np.to_string(), "10"]);
+    assert_eq!(oks(&out), 10, "world → [{ip6}]:{who_np} (Local): {:?}", tally(&out));
+    assert!(
+        out.iter().all(|o| o.answer().and_then(|a| a.trim_matches(['[', ']']).parse::<std::net::Ipv6Addr>().ok())
+            == cluster::WORLD_IP6.parse().ok()),
+        "the backend saw the world's address: {out:?}"
+    );
+}

@@ -553,6 +553,11 @@ fn start_nat4_gc(pins: &PinDir, interval: Duration, metrics: &metrics::AgentMetr
         let mut nat = nat4_maps::Nat4Table::open(pins)?;
         nat4_gc::collect(&mut nat, policy_ct_gc::monotonic_now_ns()?, &Default::default())
     });
+    // Its IPv6 twin, by the same rules (`nat4_gc::collect` over `NAT6`).
+    start_gc("nat6", "NAT6 idle connections collected", interval, pins, metrics, |pins| {
+        let mut nat = nat4_maps::Nat6Table::open(pins)?;
+        nat4_gc::collect(&mut nat, policy_ct_gc::monotonic_now_ns()?, &Default::default())
+    });
 }
 
 /// Wait for the first complete membership that names this node's pod CIDR.

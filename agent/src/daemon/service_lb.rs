@@ -27,7 +27,7 @@ use sluice_node::{
     clock::now_unix,
     datapath::{
         nat4_gc,
-        nat4_maps::{Nat4Table, SourceRanges},
+        nat4_maps::{Nat4Table, NodeAddressMap6, SourceRanges},
         pinned_maps::{ip_be, ip_from_be},
         pins::PinDir,
         service_maps::{own_netns_cookie, set_sock_lb_config, NodeAddressMap, ServiceMaps, ServiceMaps6},
@@ -165,6 +165,7 @@ pub async fn run(
     let host_netns_cookie = own_netns_cookie()?;
     set_sock_lb_config(&pins, SockLbConfig { host_netns_cookie })?;
     let mut addresses = NodeAddressMap::open(&pins)?;
+    let mut addresses6 = NodeAddressMap6::open(&pins)?;
     let mut ranges = SourceRanges::open(&pins)?;
     let netlink = Netlink::open()?;
     let mut planner = plan::Planner::default();
@@ -182,6 +183,9 @@ pub async fn run(
         // Node addresses change seldom: at start and with every full pass.
         let node_addresses = if full || first {
             first = false;
+            if let Err(e) = sync_node_addresses6(&netlink, &mut addresses6).await {
+                warn!(error = %format!("{e:#}"), "IPv6 NodePort addresses not updated");
+            }
             Some(sync_node_addresses(&netlink, &mut addresses, &node_ips).await)
         } else {
             None
@@ -371,6 +375,24 @@ async fn sync_node_addresses(netlink: &Netlink, map: &mut NodeAddressMap, node_i
         map.put(ip_be(ip), kind)?;
     }
     Ok(want.into_keys().collect())
+}
+
+/// Make `NODE_ADDRESSES6` hold this namespace's own IPv6 addresses (the
+/// uplink's IPv6 NodePorts, `lb6`).
+async fn sync_node_addresses6(netlink: &Netlink, map: &mut NodeAddressMap6) -> Result<()> {
+    let want = node_addresses::desired6(&netlink.all_ipv6_addresses().await?);
+    let actual: BTreeMap<Ipv6Addr, u32> = map.entries()?.into_iter().map(|(ip, k)| (Ipv6Addr::from(ip), k)).collect();
+    let diff = node_addresses::diff(&want, &actual);
+    if !diff.is_empty() {
+        info!(put = diff.put.len(), removed = diff.remove.len(), "IPv6 NodePort addresses updated");
+    }
+    for ip in diff.remove {
+        map.remove(ip)?;
+    }
+    for (ip, kind) in diff.put {
+        map.put(ip, kind)?;
+    }
+    Ok(())
 }
 
 /// When to start a stopped loop again: 1 s, doubling to 30 s; from 1 s

@@ -4,8 +4,12 @@
 //! that node would answer it. Loopback is not listed: it is a node
 //! address only from the node's own namespace, which the programs check
 //! per socket (`SOCK_LB_CONFIG`). Pure: the loop reads the addresses and
-//! applies the diff.
-use std::{collections::BTreeMap, net::Ipv4Addr};
+//! applies the diff. `NODE_ADDRESSES6` (`desired6`): this node's own IPv6
+//! addresses, on which the uplink answers an IPv6 NodePort from outside.
+use std::{
+    collections::BTreeMap,
+    net::{Ipv4Addr, Ipv6Addr},
+};
 
 use sluice_common::services::{NODE_ADDRESS_LOCAL, NODE_ADDRESS_REMOTE};
 
@@ -18,20 +22,38 @@ pub fn desired(local: &[Ipv4Addr], nodes: &[Ipv4Addr]) -> BTreeMap<Ipv4Addr, u32
     out
 }
 
-#[derive(Debug, Default, PartialEq, Eq)]
-pub struct Diff {
-    /// New or changed entries.
-    pub put: Vec<(Ipv4Addr, u32)>,
-    pub remove: Vec<Ipv4Addr>,
+/// `NODE_ADDRESSES6`: this node's own IPv6 addresses a NodePort answers on
+/// from outside (`from_uplink`'s `lb6`), each `NODE_ADDRESS_LOCAL`. Not
+/// loopback, not link-local (scoped to one link: never a Service's
+/// address), not multicast.
+pub fn desired6(local: &[Ipv6Addr]) -> BTreeMap<Ipv6Addr, u32> {
+    let usable = |ip: &&Ipv6Addr| {
+        !ip.is_loopback() && !ip.is_unspecified() && !ip.is_multicast() && (ip.segments()[0] & 0xffc0) != 0xfe80
+    };
+    local.iter().filter(usable).map(|ip| (*ip, NODE_ADDRESS_LOCAL)).collect()
 }
 
-impl Diff {
+#[derive(Debug, PartialEq, Eq)]
+pub struct Diff<A = Ipv4Addr> {
+    /// New or changed entries.
+    pub put: Vec<(A, u32)>,
+    pub remove: Vec<A>,
+}
+
+impl<A> Default for Diff<A> {
+    fn default() -> Self {
+        Self { put: Vec::new(), remove: Vec::new() }
+    }
+}
+
+impl<A> Diff<A> {
     pub fn is_empty(&self) -> bool {
         self.put.is_empty() && self.remove.is_empty()
     }
 }
 
-pub fn diff(desired: &BTreeMap<Ipv4Addr, u32>, actual: &BTreeMap<Ipv4Addr, u32>) -> Diff {
+/// What turns `actual` into `desired`; either family.
+pub fn diff<A: Ord + Copy>(desired: &BTreeMap<A, u32>, actual: &BTreeMap<A, u32>) -> Diff<A> {
     Diff {
         put: desired.iter().filter(|(ip, kind)| actual.get(ip) != Some(kind)).map(|(ip, k)| (*ip, *k)).collect(),
         remove: actual.keys().filter(|ip| !desired.contains_key(ip)).copied().collect(),
@@ -74,5 +96,23 @@ mod tests {
         );
         assert_eq!(d.remove, ips(&["172.30.0.3"]));
         assert!(diff(&want, &want).is_empty());
+    }
+
+    #[test]
+    fn ipv6_node_addresses_are_the_global_and_unique_local_ones() {
+        let local: Vec<Ipv6Addr> = ["fd00:30::1", "::1", "fe80::1", "2001:db8::5", "ff02::1", "::"]
+            .iter()
+            .map(|s| s.parse().unwrap())
+            .collect();
+        let d = desired6(&local);
+        assert_eq!(
+            d.into_iter().collect::<Vec<_>>(),
+            vec![
+                ("2001:db8::5".parse().unwrap(), NODE_ADDRESS_LOCAL),
+                ("fd00:30::1".parse().unwrap(), NODE_ADDRESS_LOCAL)
+            ]
+        );
+        let gone = desired6(&["2001:db8::5".parse().unwrap()]);
+        assert_eq!(diff(&gone, &desired6(&local)).remove, vec!["fd00:30::1".parse::<Ipv6Addr>().unwrap()]);
     }
 }

@@ -21,6 +21,7 @@ mod lb4_frag;
 mod malformed;
 mod node_path;
 mod nodeport;
+mod nodeport6;
 mod policy6;
 mod policy_ct;
 mod policy_ct_gc;

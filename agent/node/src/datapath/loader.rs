@@ -36,7 +36,7 @@ use crate::pod::device::PodDevice;
 pub static OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/sluice.bpf.o"));
 
 /// Every map of the object, as pinned.
-pub const ALL_MAPS: [&str; 51] = [
+pub const ALL_MAPS: [&str; 55] = [
     names::ENDPOINTS,
     names::NODE_ROUTES,
     names::NODE_CONFIG,
@@ -105,6 +105,12 @@ pub const ALL_MAPS: [&str; 51] = [
     // Answers to other nodes' addresses without the stack (issue 27):
     // created where absent.
     names::NODE_FLOWS,
+    // IPv6 Services from outside at the uplink (issues 27 × 28): created
+    // where absent.
+    names::NAT6,
+    names::NAT6_STATS,
+    names::NODE_ADDRESSES6,
+    names::LB6_SCRATCH,
 ];
 
 /// Map sizes chosen at load rather than by the object (`None`: the
@@ -118,11 +124,16 @@ pub struct MapSizes {
 impl MapSizes {
     /// `(map name, max_entries)` for each size set.
     pub fn overrides(&self) -> Vec<(&'static str, u32)> {
-        // STACK_FLOWS' twins are sized alike.
-        [(names::STACK_FLOWS, self.stack_flows), (names::STACK_FLOWS6, self.stack_flows), (names::NAT4, self.nat4)]
-            .into_iter()
-            .filter_map(|(name, n)| Some((name, n?)))
-            .collect()
+        // STACK_FLOWS' twins are sized alike, and NAT4's.
+        [
+            (names::STACK_FLOWS, self.stack_flows),
+            (names::STACK_FLOWS6, self.stack_flows),
+            (names::NAT4, self.nat4),
+            (names::NAT6, self.nat4),
+        ]
+        .into_iter()
+        .filter_map(|(name, n)| Some((name, n?)))
+        .collect()
     }
 }
 

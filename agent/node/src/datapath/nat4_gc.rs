@@ -1,4 +1,5 @@
-//! Garbage collection of `NAT4`: a connection from outside whose two
+//! Garbage collection of `NAT4` (and of its IPv6 twin `NAT6`, the same
+//! pass over the same rules: `NatKey`): a connection from outside whose two
 //! halves have both been idle past its protocol's timeout is removed,
 //! both entries together (`Nat4Key::twin`), so the table's fill counts
 //! live connections and a SNAT port is free again. `NAT4` is a plain hash
@@ -36,38 +37,48 @@ use sluice_common::{
     services::{Backend, ServiceKey, SCOPE_HOST_PORT, SCOPE_NODE_PORT},
 };
 
-use super::{nat4_maps::Nat4Table, policy_ct_gc::CtTimeouts, policy_ct_gc::GcPass};
+use super::{
+    nat4_maps::{Nat4Table, NatKey, NatTable},
+    policy_ct_gc::CtTimeouts,
+    policy_ct_gc::GcPass,
+};
 
 const IPPROTO_TCP: u8 = 6;
 
 /// The timeout of a connection whose halves are `a` and `b` (if found):
 /// its protocol's, shortened once a TCP connection is closing (a FIN, an
 /// RST: `sluice_common::nat::closing_lifetime_secs`).
-fn timeout_of(key: &Nat4Key, a: &Nat4Entry, b: Option<&Nat4Entry>, timeouts: &CtTimeouts) -> std::time::Duration {
-    let flags = a.flags | b.map_or(0, |b| b.flags);
+fn timeout_of<K: NatKey>(key: &K, a: &K::Entry, b: Option<&K::Entry>, timeouts: &CtTimeouts) -> std::time::Duration {
+    let flags = K::flags(a) | b.map_or(0, K::flags);
     let answered = flags & NAT4_REPLY_SEEN != 0;
-    let timeout = if key.protocol == IPPROTO_TCP && answered { timeouts.tcp_established } else { timeouts.other };
+    let timeout = if key.protocol() == IPPROTO_TCP && answered { timeouts.tcp_established } else { timeouts.other };
     match closing_lifetime_secs(closing(flags)) {
-        Some(secs) if key.protocol == IPPROTO_TCP => timeout.min(std::time::Duration::from_secs(secs)),
+        Some(secs) if key.protocol() == IPPROTO_TCP => timeout.min(std::time::Duration::from_secs(secs)),
         _ => timeout,
     }
 }
 
-fn idle(entry: &Nat4Entry, now_ns: u64, timeout: std::time::Duration) -> bool {
-    u128::from(now_ns.saturating_sub(entry.last_seen_ns)) > timeout.as_nanos()
+fn idle<K: NatKey>(entry: &K::Entry, now_ns: u64, timeout: std::time::Duration) -> bool {
+    u128::from(now_ns.saturating_sub(K::last_seen_ns(entry))) > timeout.as_nanos()
 }
 
 /// Is the connection of `key` → `entry`, whose other half is `twin` (if
 /// any), idle past its timeout at `now_ns` (CLOCK_MONOTONIC)?
-pub fn expired(key: &Nat4Key, entry: &Nat4Entry, twin: Option<&Nat4Entry>, now_ns: u64, timeouts: &CtTimeouts) -> bool {
+pub fn expired<K: NatKey>(
+    key: &K,
+    entry: &K::Entry,
+    twin: Option<&K::Entry>,
+    now_ns: u64,
+    timeouts: &CtTimeouts,
+) -> bool {
     let timeout = timeout_of(key, entry, twin, timeouts);
-    idle(entry, now_ns, timeout) && twin.is_none_or(|t| idle(t, now_ns, timeout))
+    idle::<K>(entry, now_ns, timeout) && twin.is_none_or(|t| idle::<K>(t, now_ns, timeout))
 }
 
-/// One pass over `NAT4`: every expired connection's entries removed. Both
-/// halves are read again just before their removal, so a connection used
-/// since the walk listed it stays.
-pub fn collect(nat: &mut Nat4Table, now_ns: u64, timeouts: &CtTimeouts) -> Result<GcPass> {
+/// One pass over `NAT4` or `NAT6`: every expired connection's entries
+/// removed. Both halves are read again just before their removal, so a
+/// connection used since the walk listed it stays.
+pub fn collect<K: NatKey>(nat: &mut NatTable<K>, now_ns: u64, timeouts: &CtTimeouts) -> Result<GcPass> {
     let mut pass = GcPass::default();
     for (key, entry) in nat.all()? {
         pass.scanned += 1;

@@ -165,6 +165,20 @@ impl Netlink {
         Ok(out)
     }
 
+    /// Every IPv6 address of every interface of this namespace.
+    pub async fn all_ipv6_addresses(&self) -> Result<Vec<std::net::Ipv6Addr>> {
+        let mut out = Vec::new();
+        let mut addrs = self.handle.address().get().execute();
+        while let Some(msg) = addrs.try_next().await.context("list addresses")? {
+            for attr in &msg.attributes {
+                if let AddressAttribute::Address(IpAddr::V6(ip)) = attr {
+                    out.push(*ip);
+                }
+            }
+        }
+        Ok(out)
+    }
+
     /// The MAC of `ip`'s permanent neighbour entry on interface `index`.
     pub async fn permanent_neighbour(&self, index: u32, ip: Ipv4Addr) -> Result<Option<[u8; 6]>> {
         use netlink_packet_route::neighbour::{NeighbourAddress, NeighbourAttribute};

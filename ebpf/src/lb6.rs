@@ -62,11 +62,11 @@ use crate::{
     counters::{count_detail, count_drop, count_forward},
     deliver::{enter_pod6, Origin},
     forward,
-    lb4::{
-        code, reason_from, LB4_NEW_CONNECTION, LB4_PASS, LB4_REFUSE, LB4_SEND_NEW, LB4_SENT, LB4_TO_LOCAL_POD,
+    lb4::{code, reason_from, LB4_NEW_CONNECTION, LB4_PASS, LB4_REFUSE, LB4_SEND_NEW, LB4_SENT, LB4_TO_LOCAL_POD},
+    maps::{
+        BACKENDS6, ENDPOINTS6, LB4_CONFIG, LB6_SCRATCH, NAT6, NAT6_STATS, NODE_ADDRESSES6, NODE_CONFIG, NODE_ROUTES6,
+        SERVICES6,
     },
-    maps::{BACKENDS6, ENDPOINTS6, LB4_CONFIG, LB6_SCRATCH, NAT6, NAT6_STATS, NODE_ADDRESSES6, NODE_CONFIG,
-        NODE_ROUTES6, SERVICES6},
     parse::{self, Ipv6Hdr, ETH_HLEN},
 };
 
@@ -406,8 +406,7 @@ fn admit(ctx: &TcContext, scratch: *mut Lb6Scratch) -> Result<u32, DropReason> {
 #[inline(always)]
 fn frontend(scratch: *mut Lb6Scratch) -> bool {
     // SAFETY: this CPU's slot; fields no other reference is held to.
-    let (key, frontend, service) =
-        unsafe { (&(*scratch).key, &mut (*scratch).frontend, &mut (*scratch).service) };
+    let (key, frontend, service) = unsafe { (&(*scratch).key, &mut (*scratch).frontend, &mut (*scratch).service) };
     frontend.vip = key.dst;
     frontend.port_be = key.dst_port_be;
     frontend.protocol = key.protocol;
@@ -495,13 +494,7 @@ fn pick(scratch: *mut Lb6Scratch) -> Result<(), DropReason> {
 fn new_connection(scratch: *mut Lb6Scratch, config: &Lb4Config) -> Result<(), DropReason> {
     // SAFETY: this CPU's slot; distinct fields.
     let (key, backend, entry, reply_key, reply) = unsafe {
-        (
-            &(*scratch).key,
-            &(*scratch).backend,
-            &mut (*scratch).entry,
-            &mut (*scratch).reply_key,
-            &mut (*scratch).reply,
-        )
+        (&(*scratch).key, &(*scratch).backend, &mut (*scratch).entry, &mut (*scratch).reply_key, &mut (*scratch).reply)
     };
     // SAFETY: a plain helper.
     let now = unsafe { bpf_ktime_get_coarse_ns() };

@@ -126,3 +126,86 @@ mod tests {
         child.wait().expect("reap");
     }
 }
+
+/// The CPU time `pid` (all its threads) has used so far, user and system
+/// (`/proc/<pid>/stat` fields 14 and 15); `None` when it is gone.
+pub fn cpu_time(pid: u32) -> Option<Duration> {
+    let stat = fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    cpu_time_of_stat(&stat, clock_ticks_per_sec())
+}
+
+/// `cpu_time` of one `/proc/<pid>/stat` line, at `ticks` per second.
+pub fn cpu_time_of_stat(stat: &str, ticks: u64) -> Option<Duration> {
+    // After the command name (which may hold spaces): state is field 3,
+    // utime field 14, stime field 15.
+    let fields: Vec<&str> = stat[stat.rfind(')')? + 1..].split_whitespace().collect();
+    let utime: u64 = fields.get(11)?.parse().ok()?;
+    let stime: u64 = fields.get(12)?.parse().ok()?;
+    (ticks > 0).then(|| Duration::from_secs_f64((utime + stime) as f64 / ticks as f64))
+}
+
+fn clock_ticks_per_sec() -> u64 {
+    // SAFETY: sysconf reads a constant.
+    let t = unsafe { libc::sysconf(libc::_SC_CLK_TCK) };
+    if t > 0 {
+        t as u64
+    } else {
+        100
+    }
+}
+
+/// Keep every thread of `pid` off CPU `cpu` (on all the others), so its
+/// work never preempts what is measured there. Threads started later
+/// inherit the mask of the thread that starts them. Returns the threads
+/// moved; an error when none could be (one CPU only, or `pid` gone).
+pub fn keep_off_cpu(pid: u32, cpu: usize) -> anyhow::Result<usize> {
+    let cpus = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1);
+    if cpus < 2 {
+        anyhow::bail!("one CPU only: nothing to keep pid {pid} off CPU {cpu} onto");
+    }
+    // SAFETY: a zeroed cpu_set_t with every CPU but `cpu` set.
+    let mut set: libc::cpu_set_t = unsafe { std::mem::zeroed() };
+    for c in (0..cpus).filter(|&c| c != cpu) {
+        // SAFETY: c < CPU_SETSIZE (available_parallelism is far below it).
+        unsafe { libc::CPU_SET(c, &mut set) };
+    }
+    let mut moved = 0;
+    for task in fs::read_dir(format!("/proc/{pid}/task"))? {
+        let Some(tid) = task?.file_name().to_str().and_then(|s| s.parse::<i32>().ok()) else { continue };
+        // SAFETY: sched_setaffinity on a thread id with a valid set.
+        if unsafe { libc::sched_setaffinity(tid, std::mem::size_of::<libc::cpu_set_t>(), &set) } == 0 {
+            moved += 1;
+        }
+    }
+    if moved == 0 {
+        anyhow::bail!("no thread of pid {pid} could be moved off CPU {cpu}");
+    }
+    Ok(moved)
+}
+
+#[cfg(test)]
+mod cpu_tests {
+    use super::*;
+
+    #[test]
+    fn cpu_time_reads_utime_and_stime_after_a_command_name_with_spaces() {
+        // pid (comm) state ppid pgrp session tty tpgid flags minflt cminflt majflt cmajflt utime stime ...
+        let stat = "42 (sluice agent) S 1 42 42 0 -1 4194560 100 0 0 0 250 130 0 0 20 0 9 0";
+        assert_eq!(cpu_time_of_stat(stat, 100), Some(Duration::from_millis(3800)));
+        assert_eq!(cpu_time_of_stat("42 (x) S 1", 100), None);
+    }
+
+    #[test]
+    fn own_cpu_time_grows_with_work() {
+        let pid = std::process::id();
+        let before = cpu_time(pid).expect("own stat");
+        let start = Instant::now();
+        let mut x = 0u64;
+        while start.elapsed() < Duration::from_millis(200) {
+            x = x.wrapping_add(std::hint::black_box(1));
+        }
+        std::hint::black_box(x);
+        let after = cpu_time(pid).expect("own stat");
+        assert!(after > before, "{before:?} then {after:?} after 200 ms of spinning");
+    }
+}

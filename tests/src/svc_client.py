@@ -13,6 +13,11 @@
 #                            the datagram itself, an echo)
 #   udp-big IP PORT N SIZE   N connected UDP sockets, one SIZE-byte datagram
 #                            each; ok only if the echo comes back whole
+#   tcp-echo-serve IP PORT NAME  a TCP server: per connection, reads to the
+#                            end, answers NAME, a newline and what it read
+#   tcp-big IP PORT N SIZE   N TCP connections, SIZE bytes each then the
+#                            write side shut; ok only if the echo comes
+#                            back whole (to a tcp-echo-serve)
 #   udp-stream IP PORT SECONDS  one connected UDP socket, a datagram each 50 ms
 #                            (waiting on the socket, so an error wakes it); on
 #                            an error prints it (the socket's pending error
@@ -105,6 +110,52 @@ elif mode == "udp-big":
             name, _, echoed = reply.partition(b"\n")
             if echoed == data:
                 print("ok peer=%s answer=%s" % (addr(src), name.decode(errors="replace")), flush=True)
+            else:
+                print("err ECHO_%d_OF_%d_BYTES" % (len(echoed), size), flush=True)
+        except OSError as e:
+            err(e)
+elif mode == "tcp-echo-serve":
+    s = socket.socket(family, socket.SOCK_STREAM)
+    s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    if family == socket.AF_INET6:
+        s.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
+    s.bind((ip, port))
+    s.listen(64)
+    while True:
+        c, _ = s.accept()
+        try:
+            c.settimeout(5)
+            got = b""
+            while True:
+                chunk = c.recv(65536)
+                if not chunk:
+                    break
+                got += chunk
+            c.sendall(n.encode() + b"\n" + got)
+        except OSError:
+            pass
+        c.close()
+elif mode == "tcp-big":
+    size = int(sys.argv[5])
+    for i in range(int(n)):
+        try:
+            s = socket.socket(family, socket.SOCK_STREAM)
+            s.settimeout(3)
+            s.connect((ip, port))
+            peer = addr(s.getpeername())
+            data = bytes((i + j) % 251 for j in range(size))
+            s.sendall(data)
+            s.shutdown(socket.SHUT_WR)
+            reply = b""
+            while True:
+                chunk = s.recv(65536)
+                if not chunk:
+                    break
+                reply += chunk
+            s.close()
+            name, _, echoed = reply.partition(b"\n")
+            if echoed == data:
+                print("ok peer=%s answer=%s" % (peer, name.decode(errors="replace")), flush=True)
             else:
                 print("err ECHO_%d_OF_%d_BYTES" % (len(echoed), size), flush=True)
         except OSError as e:

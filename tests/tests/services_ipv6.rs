@@ -267,3 +267,159 @@ fn should_function_for_pod_service_http_and_udp_over_ipv6() {
         assert_eq!(tally(&after).keys().collect::<Vec<_>>(), [&kept.name], "{mode}: {:?}", tally(&after));
     }
 }
+
+/// `tcp-echo-serve`'s port: it answers only once the client has shut its
+/// side, so it cannot share a port with a server that speaks first.
+const ECHO_PORT: u16 = 7778;
+/// `start_servers6`' TCP server answering its name: not `TCP_PORT`, which
+/// the lab's own pod listener holds on every address.
+const NAME_PORT: u16 = 7779;
+/// Upstream's sizes: "42" a thousand times over HTTP, and a 2,000-byte
+/// datagram, more than the lab's 1,500-byte MTU (fragmented by the
+/// sending pod: IPv6 routers never fragment).
+const LARGE_REQUEST: &str = "2000";
+const LARGE_SERVICE6: &str = "fd00:96::90";
+const HOST_SERVICE6: &str = "fd00:96::91";
+
+/// On `ip` in `netns`: `NAME_PORT` answering `name`, `services::UDP_PORT`
+/// answering `name` (and echoing datagrams over 200 bytes), `ECHO_PORT`
+/// echoing whatever a connection sends; bound before this returns.
+fn start_servers6(lab: &mut Lab, netns: &str, ip: &str, name: &str) {
+    let listen = format!("TCP6-LISTEN:{NAME_PORT},bind=[{ip}],reuseaddr,fork");
+    lab.spawn_helper(ns_cmd(netns, &["socat", &listen, &format!("SYSTEM:echo {name}")]), &format!("{name}-tcp6"))
+        .unwrap();
+    let udp = services::UDP_PORT.to_string();
+    let serve = ["python3", "-c", services::CLIENT, "udp-serve", ip, &udp, name];
+    lab.spawn_helper(ns_cmd(netns, &serve), &format!("{name}-udp6")).unwrap();
+    let echo = ECHO_PORT.to_string();
+    let serve = ["python3", "-c", services::CLIENT, "tcp-echo-serve", ip, &echo, name];
+    lab.spawn_helper(ns_cmd(netns, &serve), &format!("{name}-echo6")).unwrap();
+    let start = std::time::Instant::now();
+    loop {
+        let listening = |port: u16, what: &str| {
+            ns_exec(netns, &["ss", "-H", what, &format!("src [{ip}]:{port}")]).unwrap().lines().count() == 1
+        };
+        if listening(NAME_PORT, "-6tln") && listening(ECHO_PORT, "-6tln") && listening(services::UDP_PORT, "-6uln") {
+            return;
+        }
+        if start.elapsed() > std::time::Duration::from_secs(10) {
+            let sockets = ns_exec(netns, &["ss", "-H", "-6tuln"]).unwrap_or_default();
+            let addrs = ns_exec(netns, &["ip", "-6", "addr"]).unwrap_or_default();
+            panic!("servers on [{ip}] in {netns} did not bind; bound: {sockets}; addresses: {addrs}");
+        }
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+}
+
+/// The three ports `start_servers6` serves, as a Service's and as its
+/// EndpointSlice's.
+fn echo_ports() -> [(&'static str, u16, u16, &'static str); 3] {
+    [("http", 80, NAME_PORT, "TCP"), ("dns", 53, services::UDP_PORT, "UDP"), ("echo", 81, ECHO_PORT, "TCP")]
+}
+
+/// `name`'s IPv6-only Service on `cluster_ip6` over `addresses`
+/// (node name, IPv6 address), every backend waited for in the maps.
+fn echo_service6(lab: &Lab, name: &str, cluster_ip6: &str, addresses: &[(String, String)]) {
+    let api = lab.api.as_ref().expect("kubernetes lab");
+    let mut svc = service(name, cluster_ip6, &echo_ports());
+    svc.cluster_ips = vec![cluster_ip6.into()];
+    api.upsert_service(svc.build());
+    let endpoints: Vec<EndpointObject> = addresses.iter().map(|(node, ip)| EndpointObject::ready(ip, node)).collect();
+    let ports: Vec<(&str, u16, &str)> = echo_ports().iter().map(|&(n, _, target, proto)| (n, target, proto)).collect();
+    let mut s = slice(name, &ports, &endpoints);
+    s.name = format!("{name}-v6");
+    s.address_type = "IPv6".into();
+    api.upsert_endpoint_slice(s.build());
+    let want = |port: u16| addresses.iter().map(|(_, ip)| format!("[{ip}]:{port}")).collect::<Vec<_>>();
+    wait_backends(lab, cluster_ip6, 80, "TCP", &want(NAME_PORT)).unwrap();
+    wait_backends(lab, cluster_ip6, 53, "UDP", &want(services::UDP_PORT)).unwrap();
+    wait_backends(lab, cluster_ip6, 81, "TCP", &want(ECHO_PORT)).unwrap();
+}
+
+/// From `netns` on `node`: 20 large requests to `cluster_ip6` over TCP
+/// (port 81, echoed) and 20 over UDP (port 53, one 2,000-byte datagram
+/// each), every one echoed whole, and every backend in `names` among the
+/// answerers.
+fn large_requests_answered(
+    lab: &Lab,
+    node: &sluice_tests::lab::Node,
+    netns: &str,
+    cluster_ip6: &str,
+    names: &BTreeSet<String>,
+) {
+    for (mode, port) in [("tcp-big", "81"), ("udp-big", "53")] {
+        let got = client(lab, node, netns, &[mode, cluster_ip6, port, "20", LARGE_REQUEST]).unwrap();
+        assert_eq!(oks(&got), 20, "{mode} from {netns} to [{cluster_ip6}]:{port}, in order: {got:?}");
+        assert_eq!(
+            tally(&got).keys().cloned().collect::<BTreeSet<_>>(),
+            *names,
+            "{mode} from {netns}: {:?}",
+            tally(&got)
+        );
+    }
+}
+
+fn dual_stack_kubernetes_lab(pods_per_node: usize) -> Lab {
+    let mut opts = LabOptions::new(2, pods_per_node, bin("sluice-agent").parent().unwrap().to_path_buf());
+    opts.kubernetes = true;
+    opts.kube_proxy_replacement = true;
+    opts.dual_stack = true;
+    Lab::up(&opts).expect("dual-stack Kubernetes lab")
+}
+
+/// "should be able to handle large requests: http" and "...: udp" on the
+/// secondary family (IPv6): a pod on each node sends 2,000 bytes to an
+/// IPv6 ClusterIP whose endpoints are pods on both nodes, over a TCP
+/// connection and as one UDP datagram, and gets them back whole. The
+/// datagram exceeds the 1,500-byte link MTU, so its fragments cross the
+/// datapath (to the node's stack, `from_pod6`/`from_uplink6`) both ways.
+#[test]
+fn should_be_able_to_handle_large_requests_http_and_udp_over_ipv6() {
+    require_root();
+    let mut lab = dual_stack_kubernetes_lab(1);
+    let pods: Vec<(String, sluice_tests::lab::Pod)> =
+        lab.pods().iter().map(|(n, p)| (n.name.clone(), (*p).clone())).collect();
+    for (_, p) in &pods {
+        start_servers6(&mut lab, &p.netns, p.ip6.as_deref().expect("dual-stack pod"), &p.name);
+    }
+    let addresses: Vec<(String, String)> = pods.iter().map(|(n, p)| (n.clone(), p.ip6.clone().unwrap())).collect();
+    echo_service6(&lab, "large6", LARGE_SERVICE6, &addresses);
+    let names: BTreeSet<String> = pods.iter().map(|(_, p)| p.name.clone()).collect();
+    for node in lab.state.nodes.clone() {
+        large_requests_answered(&lab, &node, &node.pods[0].netns, LARGE_SERVICE6, &names);
+    }
+}
+
+/// "should function for service endpoints using hostNetwork" on the
+/// secondary family (IPv6): the endpoints are the two nodes' own IPv6
+/// addresses (a hostNetwork pod's endpoint is its node's address).
+/// Upstream's ClusterIP steps: pod-Service(hostNetwork) http and udp from
+/// a pod on each node, node-Service(hostNetwork) http and udp from each
+/// node, and large requests http and udp. (Its dials of the node's IPv6
+/// NodePort are not modelled here.)
+#[test]
+fn should_function_for_service_endpoints_using_host_network_over_ipv6() {
+    require_root();
+    let mut lab = dual_stack_kubernetes_lab(1);
+    let nodes = lab.state.nodes.clone();
+    for n in &nodes {
+        start_servers6(&mut lab, &n.netns, n.ip6.as_deref().expect("dual-stack node"), &n.name);
+    }
+    let addresses: Vec<(String, String)> = nodes.iter().map(|n| (n.name.clone(), n.ip6.clone().unwrap())).collect();
+    echo_service6(&lab, "hostnet6", HOST_SERVICE6, &addresses);
+    let names: BTreeSet<String> = nodes.iter().map(|n| n.name.clone()).collect();
+    for node in &nodes {
+        for (who, netns) in [("pod", node.pods[0].netns.as_str()), ("node", node.netns.as_str())] {
+            let tcp = client(&lab, node, netns, &["tcp", HOST_SERVICE6, "80", "30"]).unwrap();
+            assert_eq!(oks(&tcp), 30, "{who} {netns}: {:?}", tally(&tcp));
+            assert!(tcp
+                .iter()
+                .all(|o| matches!(o, Outcome::Ok { peer, .. } if peer == &format!("[{HOST_SERVICE6}]:80"))));
+            assert_eq!(tally(&tcp).keys().cloned().collect::<BTreeSet<_>>(), names, "{who}: {:?}", tally(&tcp));
+            let udp = client(&lab, node, netns, &["udp", HOST_SERVICE6, "53", "30"]).unwrap();
+            assert_eq!(oks(&udp), 30, "{who} {netns}: {:?}", tally(&udp));
+            assert_eq!(tally(&udp).keys().cloned().collect::<BTreeSet<_>>(), names, "{who}: {:?}", tally(&udp));
+        }
+        large_requests_answered(&lab, node, &node.pods[0].netns, HOST_SERVICE6, &names);
+    }
+}

@@ -167,6 +167,9 @@ struct Reconcilers {
     uplink_ifindex: u32,
     /// The VXLAN device (0: `--tunnel=never`).
     vxlan_ifindex: u32,
+    /// The MTU metric of native routes to peers' pods
+    /// (`kernel_routes::native_route_mtu`).
+    native_route_mtu: Option<u32>,
     node_ip: std::net::Ipv4Addr,
     masquerade: bool,
     cluster_cidr: Ipv4Network,
@@ -211,13 +214,20 @@ impl Reconcilers {
     /// error means the pass stopped.
     async fn pass(&mut self, m: &Membership) -> Result<Vec<kernel_routes::RouteFailure>> {
         map_routes::reconcile_hops(&mut self.routes_map, &m.map_hops())?;
-        let kernel = kernel_routes::desired_hops(&m.hops(), self.uplink_ifindex, self.vxlan_ifindex);
+        let kernel =
+            kernel_routes::desired_hops(&m.hops(), self.uplink_ifindex, self.vxlan_ifindex, self.native_route_mtu);
         let failed = kernel_routes::reconcile(&self.netlink, &kernel).await?.failed;
         let mut map6 = map_routes6::Routes6::new();
         if self.ipv6 {
             let tunnel_src6 = self.ensure_tunnel_source6(m).await;
-            let kernel6 =
-                kernel_routes6::desired6(&m.routes6, &m.vxlan6(), self.uplink_ifindex, self.vxlan_ifindex, tunnel_src6);
+            let kernel6 = kernel_routes6::desired6(
+                &m.routes6,
+                &m.vxlan6(),
+                self.uplink_ifindex,
+                self.vxlan_ifindex,
+                tunnel_src6,
+                self.native_route_mtu,
+            );
             for failure in kernel_routes6::reconcile6(&self.netlink, &kernel6).await? {
                 warn!(%failure, "IPv6 kernel route not applied; every other one was");
             }
@@ -264,6 +274,7 @@ impl Reconcilers {
             netlink: netlink.clone(),
             uplink_ifindex: uplink.link.index,
             vxlan_ifindex: datapath.vxlan_ifindex,
+            native_route_mtu: kernel_routes::native_route_mtu(uplink.pod_mtu, uplink.link.mtu),
             node_ip: uplink.address.ip,
             masquerade: node.masquerade,
             cluster_cidr: node.cluster_cidr,

@@ -21,20 +21,39 @@ pub const ROUTE_PROTOCOL: u8 = 83;
 
 /// Every peer's pod CIDR via its node IP, out of the uplink.
 pub fn desired(routes: &Routes, uplink_ifindex: u32) -> BTreeMap<Ipv4Network, KernelRoute> {
-    desired_hops(&native(routes), uplink_ifindex, 0)
+    desired_hops(&native(routes), uplink_ifindex, 0, None)
 }
 
-/// Native peers via their node IP out of the uplink; tunneled ones into
-/// the VXLAN device (no gateway: the device is NOARP). A tunneled peer
-/// while there is no device (`vxlan_ifindex` 0) gets no route.
-pub fn desired_hops(hops: &Hops, uplink_ifindex: u32, vxlan_ifindex: u32) -> BTreeMap<Ipv4Network, KernelRoute> {
+/// The MTU metric a native route to a peer's pods carries: the pods' MTU,
+/// when it is below the uplink's (VXLAN's 50 bytes kept free with
+/// `--tunnel=auto|always`, or a smaller `--mtu`). The node's own packets
+/// to a pod are then sized for the pod's link from the start: without it
+/// a datagram sized for the uplink reaches the pod's node and cannot enter
+/// the pod's link; IPv6 (and IPv4 with DF) gets Packet Too Big back and
+/// the datagram is lost, a DNS answer from a hostNetwork server among them.
+/// `None` when the pods' MTU is the uplink's.
+pub fn native_route_mtu(pod_mtu: u32, uplink_mtu: u32) -> Option<u32> {
+    (pod_mtu < uplink_mtu).then_some(pod_mtu)
+}
+
+/// Native peers via their node IP out of the uplink, with `native_mtu`
+/// (`native_route_mtu`); tunneled ones into the VXLAN device (no gateway:
+/// the device is NOARP; its own MTU already leaves room for VXLAN). A
+/// tunneled peer while there is no device (`vxlan_ifindex` 0) gets no
+/// route.
+pub fn desired_hops(
+    hops: &Hops,
+    uplink_ifindex: u32,
+    vxlan_ifindex: u32,
+    native_mtu: Option<u32>,
+) -> BTreeMap<Ipv4Network, KernelRoute> {
     hops.iter()
         .filter(|(_, hop)| !hop.vxlan || vxlan_ifindex != 0)
         .map(|(cidr, hop)| {
             let route = if hop.vxlan {
-                KernelRoute { dst: *cidr, gateway: None, oif: vxlan_ifindex }
+                KernelRoute { dst: *cidr, gateway: None, oif: vxlan_ifindex, mtu: None }
             } else {
-                KernelRoute { dst: *cidr, gateway: Some(hop.node_ip), oif: uplink_ifindex }
+                KernelRoute { dst: *cidr, gateway: Some(hop.node_ip), oif: uplink_ifindex, mtu: native_mtu }
             };
             (*cidr, route)
         })
@@ -154,7 +173,7 @@ mod tests {
     use super::*;
 
     fn route(dst: &str, gw: &str, oif: u32) -> KernelRoute {
-        KernelRoute { dst: dst.parse().unwrap(), gateway: Some(gw.parse().unwrap()), oif }
+        KernelRoute { dst: dst.parse().unwrap(), gateway: Some(gw.parse().unwrap()), oif, mtu: None }
     }
 
     fn routes(entries: &[(&str, &str)]) -> Routes {
@@ -176,16 +195,35 @@ mod tests {
         ]
         .into_iter()
         .collect();
-        let d = desired_hops(&hops, 2, 9);
+        let d = desired_hops(&hops, 2, 9, None);
         assert_eq!(
             d.values().copied().collect::<Vec<_>>(),
             vec![
                 route("10.244.2.0/24", "172.30.0.2", 2),
-                KernelRoute { dst: "10.244.3.0/24".parse().unwrap(), gateway: None, oif: 9 }
+                KernelRoute { dst: "10.244.3.0/24".parse().unwrap(), gateway: None, oif: 9, mtu: None }
             ]
         );
         // No device: the tunneled peer gets no route rather than a wrong one.
-        assert_eq!(desired_hops(&hops, 2, 0).len(), 1);
+        assert_eq!(desired_hops(&hops, 2, 0, None).len(), 1);
+        // With pods smaller than the uplink: native routes carry the pods'
+        // MTU, the tunnel's route none (its device's MTU is already less).
+        let d: Vec<String> = desired_hops(&hops, 2, 9, Some(1450)).values().map(KernelRoute::describe).collect();
+        assert_eq!(d, ["10.244.2.0/24 via 172.30.0.2 dev #2 mtu 1450", "10.244.3.0/24 dev #9"]);
+    }
+
+    #[test]
+    fn native_routes_carry_the_pods_mtu_only_when_it_is_below_the_uplinks() {
+        assert_eq!(native_route_mtu(1450, 1500), Some(1450), "VXLAN's room kept (--tunnel=auto)");
+        assert_eq!(native_route_mtu(1500, 1500), None, "--tunnel=never: pods as large as the uplink");
+        assert_eq!(native_route_mtu(8950, 9000), Some(8950));
+        // A route whose metric differs is replaced (an agent upgraded over
+        // routes without one).
+        let want =
+            desired_hops(&native(&routes(&[("10.244.2.0/24", "172.30.0.2")])), 2, 0, native_route_mtu(1450, 1500));
+        let old = [route("10.244.2.0/24", "172.30.0.2", 2)];
+        assert_eq!(diff(&want, &old).replace.len(), 1);
+        let current: Vec<KernelRoute> = want.values().copied().collect();
+        assert!(diff(&want, &current).is_empty());
     }
 
     #[test]

@@ -32,18 +32,29 @@ use super::kernel_routes::ROUTE_PROTOCOL;
 /// A tunneled peer while there is no device (`vxlan_ifindex` 0) gets no
 /// route. Its route names `tunnel_src6` (`tunnel_source6`, held by the
 /// VXLAN device) as the source of the node's own packets, when given.
+/// Native routes carry `native_mtu` (`kernel_routes::native_route_mtu`):
+/// no router fragments IPv6, so a packet the node sized for its uplink
+/// would be lost at the pod's link.
 pub fn desired6(
     routes6: &BTreeMap<Ipv6Network, Ipv6Addr>,
     vxlan6: &BTreeMap<Ipv6Network, Ipv4Addr>,
     uplink_ifindex: u32,
     vxlan_ifindex: u32,
     tunnel_src6: Option<Ipv6Addr>,
+    native_mtu: Option<u32>,
 ) -> BTreeMap<Ipv6Network, KernelRoute6> {
     routes6
         .iter()
         .filter_map(|(cidr, ip)| {
             let route = match vxlan6.get(cidr) {
-                None => KernelRoute6 { dst: *cidr, gateway: Some(*ip), oif: uplink_ifindex, encap: None, src: None },
+                None => KernelRoute6 {
+                    dst: *cidr,
+                    gateway: Some(*ip),
+                    oif: uplink_ifindex,
+                    encap: None,
+                    src: None,
+                    mtu: native_mtu,
+                },
                 Some(_) if vxlan_ifindex == 0 => return None,
                 Some(peer4) => KernelRoute6 {
                     dst: *cidr,
@@ -51,6 +62,7 @@ pub fn desired6(
                     oif: vxlan_ifindex,
                     encap: Some(Encap4 { vni: TUNNEL_VNI, dst: *peer4, ttl: OUTER_TTL }),
                     src: tunnel_src6,
+                    mtu: None,
                 },
             };
             Some((*cidr, route))
@@ -163,12 +175,19 @@ mod tests {
     use super::*;
 
     fn route6(dst: &str, gw: &str, oif: u32) -> KernelRoute6 {
-        KernelRoute6 { dst: dst.parse().unwrap(), gateway: Some(gw.parse().unwrap()), oif, encap: None, src: None }
+        KernelRoute6 {
+            dst: dst.parse().unwrap(),
+            gateway: Some(gw.parse().unwrap()),
+            oif,
+            encap: None,
+            src: None,
+            mtu: None,
+        }
     }
 
     fn want(entries: &[(&str, &str)]) -> BTreeMap<Ipv6Network, KernelRoute6> {
         let routes6 = entries.iter().map(|(c, ip)| (c.parse().unwrap(), ip.parse().unwrap())).collect();
-        desired6(&routes6, &BTreeMap::new(), 2, 7, None)
+        desired6(&routes6, &BTreeMap::new(), 2, 7, None, None)
     }
 
     #[test]
@@ -195,17 +214,21 @@ mod tests {
         let vxlan6 = [("fd00:244:0:3::/64".parse().unwrap(), "172.31.0.3".parse().unwrap())].into();
         let src = tunnel_source6("fd00:244:0:1::/64".parse().unwrap());
         assert_eq!(src.to_string(), "fd00:244:0:1::", "the node's pod CIDR's network address");
-        let d: Vec<String> = desired6(&routes6, &vxlan6, 2, 7, Some(src)).values().map(|r| r.describe()).collect();
-        // Only the tunneled route names the node's tunnel source.
+        let d: Vec<String> =
+            desired6(&routes6, &vxlan6, 2, 7, Some(src), Some(1450)).values().map(|r| r.describe()).collect();
+        // Only the tunneled route names the node's tunnel source; only the
+        // native one carries the pods' MTU (the device's own MTU already
+        // leaves VXLAN's room).
         assert_eq!(
             d,
             [
-                "fd00:244:0:2::/64 via fd00:30::2 dev #2",
+                "fd00:244:0:2::/64 via fd00:30::2 dev #2 mtu 1450",
                 "fd00:244:0:3::/64 encap ip id 1 dst 172.31.0.3 ttl 64 dev #7 src fd00:244:0:1::"
             ]
         );
         // No device yet: no route for the tunneled peer.
-        let d: Vec<String> = desired6(&routes6, &vxlan6, 2, 0, Some(src)).values().map(|r| r.describe()).collect();
+        let d: Vec<String> =
+            desired6(&routes6, &vxlan6, 2, 0, Some(src), None).values().map(|r| r.describe()).collect();
         assert_eq!(d, ["fd00:244:0:2::/64 via fd00:30::2 dev #2"]);
     }
 

@@ -148,6 +148,7 @@ mod tests {
             oif,
             encap: None,
             src: None,
+            mtu: None,
         };
         let installed = [
             k("fd00:244:0:2::/64", "fd00:30::2", 2),
@@ -166,6 +167,7 @@ mod tests {
             oif: 7,
             encap: Some(encap),
             src: None,
+            mtu: None,
         };
         let installed = [installed[0], tunneled];
         assert_eq!(

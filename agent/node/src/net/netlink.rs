@@ -38,21 +38,49 @@ pub struct LinkInfo {
 /// The main routing table's id.
 const RT_TABLE_MAIN: u8 = 254;
 
-/// A kernel IPv4 route as sluice makes them: `dst [via gateway] dev oif`.
+/// A kernel IPv4 route as sluice makes them: `dst [via gateway] dev oif
+/// [mtu N]`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
 pub struct KernelRoute {
     pub dst: ipnetwork::Ipv4Network,
     pub gateway: Option<Ipv4Addr>,
     pub oif: u32,
+    /// The route's MTU metric (`RTAX_MTU`): the node's own packets along
+    /// it are sized for it (fragments, TCP's MSS) rather than for the
+    /// device's MTU.
+    pub mtu: Option<u32>,
 }
 
 impl KernelRoute {
     pub fn describe(&self) -> String {
+        let mtu = self.mtu.map(|m| format!(" mtu {m}")).unwrap_or_default();
         match self.gateway {
-            Some(gw) => format!("{} via {gw} dev #{}", self.dst, self.oif),
-            None => format!("{} dev #{}", self.dst, self.oif),
+            Some(gw) => format!("{} via {gw} dev #{}{mtu}", self.dst, self.oif),
+            None => format!("{} dev #{}{mtu}", self.dst, self.oif),
         }
     }
+}
+
+/// The MTU metric among a route's `RTA_METRICS`, if it has one.
+pub fn route_mtu(attributes: &[RouteAttribute]) -> Option<u32> {
+    attributes.iter().find_map(|a| match a {
+        RouteAttribute::Metrics(metrics) => metrics.iter().find_map(|m| match m {
+            netlink_packet_route::route::RouteMetric::Mtu(mtu) => Some(*mtu),
+            _ => None,
+        }),
+        _ => None,
+    })
+}
+
+/// `route`'s message with its MTU metric added, when it has one.
+pub fn with_route_mtu(
+    mut msg: netlink_packet_route::route::RouteMessage,
+    mtu: Option<u32>,
+) -> netlink_packet_route::route::RouteMessage {
+    if let Some(mtu) = mtu {
+        msg.attributes.push(RouteAttribute::Metrics(vec![netlink_packet_route::route::RouteMetric::Mtu(mtu)]));
+    }
+    msg
 }
 
 /// True if `e` is the kernel answering with `errno`.
@@ -248,7 +276,7 @@ impl Netlink {
             let Ok(dst) = ipnetwork::Ipv4Network::new(dst, msg.header.destination_prefix_length) else {
                 continue;
             };
-            out.push(KernelRoute { dst, gateway, oif });
+            out.push(KernelRoute { dst, gateway, oif, mtu: route_mtu(&msg.attributes) });
         }
         Ok(out)
     }
@@ -259,10 +287,11 @@ impl Netlink {
             .destination_prefix(route.dst.network(), route.dst.prefix())
             .output_interface(route.oif)
             .protocol(RouteProtocol::Other(protocol));
-        match route.gateway {
+        let msg = match route.gateway {
             Some(gw) => msg.gateway(gw).build(),
             None => msg.build(),
-        }
+        };
+        with_route_mtu(msg, route.mtu)
     }
 
     /// `ip route replace <dst> via <gw> dev <oif> proto <protocol>`.

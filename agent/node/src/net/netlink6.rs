@@ -33,6 +33,8 @@ pub struct KernelRoute6 {
     /// The preferred source (`src`, `RTA_PREFSRC`): the node's own packets
     /// along the route leave from it.
     pub src: Option<Ipv6Addr>,
+    /// The route's MTU metric (`RTAX_MTU`), as `KernelRoute`'s.
+    pub mtu: Option<u32>,
 }
 
 /// `encap ip id <vni> dst <dst> ttl <ttl>`: the IPv4 tunnel key a route
@@ -50,7 +52,8 @@ impl KernelRoute6 {
             Some(e) => format!(" encap ip id {} dst {} ttl {}", e.vni, e.dst, e.ttl),
             None => String::new(),
         };
-        let src = self.src.map(|s| format!(" src {s}")).unwrap_or_default();
+        let src = self.src.map(|s| format!(" src {s}")).unwrap_or_default()
+            + &self.mtu.map(|m| format!(" mtu {m}")).unwrap_or_default();
         match self.gateway {
             Some(gw) => format!("{}{encap} via {gw} dev #{}{src}", self.dst, self.oif),
             None => format!("{}{encap} dev #{}{src}", self.dst, self.oif),
@@ -226,7 +229,8 @@ impl Netlink {
             let Ok(dst) = Ipv6Network::new(dst, msg.header.destination_prefix_length) else {
                 continue;
             };
-            out.push(KernelRoute6 { dst, gateway, oif, encap: encap.filter(|_| encap_ip), src });
+            let mtu = super::netlink::route_mtu(&msg.attributes);
+            out.push(KernelRoute6 { dst, gateway, oif, encap: encap.filter(|_| encap_ip), src, mtu });
         }
         Ok(out)
     }
@@ -251,7 +255,7 @@ impl Netlink {
         if let Some(src) = route.src {
             msg.attributes.push(RouteAttribute::PrefSource(RouteAddress::Inet6(src)));
         }
-        msg
+        super::netlink::with_route_mtu(msg, route.mtu)
     }
 
     /// `ip -6 route replace <dst> [encap ip ...] [via <gw>] dev <oif> proto

@@ -353,16 +353,20 @@ pub fn tunnel6_sent_by_owner(flags: u32, node_ip6: &[u8; 16], sender_be: u32) ->
 }
 
 /// Decide for an IPv6 packet the VXLAN device decapsulated (issue 28: IPv6
-/// inside the IPv4 underlay). Only pods' IPv6 crosses the tunnel, so its
-/// inner source must be in the IPv6 pod CIDR of the node that sent it
-/// (`tunnel6_sent_by_owner`); one of this node's own pods as source is
-/// spoofed, as for IPv4. What passes goes to the node's stack, which
-/// routes it into the pod (hop limit, Packet Too Big: the stack's).
-pub fn from_tunnel6(source_is_local_pod: bool, sent_by_owner: bool) -> Verdict {
+/// inside the IPv4 underlay), by `from_tunnel`'s rules: a packet claiming
+/// one of this node's pods as source is spoofed; one from a remote pod
+/// (its source in a peer's IPv6 pod CIDR, `source_is_remote_pod`) must
+/// come from the node that owns that CIDR (`tunnel6_sent_by_owner`); any
+/// other source (a peer node's own address answering a pod of this node
+/// that reached it natively, the peer's kube-proxy DNATing its own packet
+/// to a pod here) is no pod's and goes to the stack, as the same packet
+/// arriving on the uplink would. What passes goes to the node's stack,
+/// which routes it into the pod (hop limit, Packet Too Big: the stack's).
+pub fn from_tunnel6(source_is_local_pod: bool, source_is_remote_pod: bool, sent_by_owner: bool) -> Verdict {
     if source_is_local_pod {
         return Verdict::Drop(DropReason::TunnelSourceSpoofed);
     }
-    if !sent_by_owner {
+    if source_is_remote_pod && !sent_by_owner {
         return Verdict::Drop(DropReason::TunnelWrongNode);
     }
     Verdict::ToStack
@@ -562,9 +566,12 @@ mod tests {
         assert!(!tunnel6_sent_by_owner(0, &mapped, sender_be));
         let native: [u8; 16] = "fd00:30::3".parse::<core::net::Ipv6Addr>().unwrap().octets();
         assert!(!tunnel6_sent_by_owner(vxlan, &native, sender_be));
-        assert_eq!(from_tunnel6(false, true), Verdict::ToStack);
-        assert_eq!(from_tunnel6(false, false), Verdict::Drop(DropReason::TunnelWrongNode));
-        assert_eq!(from_tunnel6(true, true), Verdict::Drop(DropReason::TunnelSourceSpoofed));
+        assert_eq!(from_tunnel6(false, true, true), Verdict::ToStack);
+        assert_eq!(from_tunnel6(false, true, false), Verdict::Drop(DropReason::TunnelWrongNode));
+        assert_eq!(from_tunnel6(true, false, false), Verdict::Drop(DropReason::TunnelSourceSpoofed));
+        // No pod's source (a peer node's own address): the stack's, as on
+        // the uplink, whoever sent it.
+        assert_eq!(from_tunnel6(false, false, false), Verdict::ToStack);
     }
 
     fn facts() -> FromPodFacts {

@@ -176,6 +176,12 @@ pub fn install(lab: &mut Lab) -> Result<()> {
         let via = format!("{}.{}", crate::lab::LAN_PREFIX, crate::lab::ROUTER_HOST);
         ns_exec(&router, &["ip", "route", "add", "default", "via", WORLD_IP])?;
         ns_exec(&world, &["ip", "route", "add", &format!("{}.0/24", crate::lab::LAN2_PREFIX), "via", &via])?;
+        if lab.state.router6 {
+            // IPv6 too, when the router forwards it.
+            ns_exec(&router, &["ip", "-6", "route", "add", "default", "via", WORLD_IP6])?;
+            let lan2 = format!("{}/64", crate::lab::LAN2_6_PREFIX);
+            ns_exec(&world, &["ip", "-6", "route", "add", &lan2, "via", &crate::lab::router_ip6(0)])?;
+        }
     }
     for node in lab.state.nodes.clone() {
         let gateway = if node.ip.starts_with(&format!("{}.", crate::lab::LAN_PREFIX)) {
@@ -184,10 +190,17 @@ pub fn install(lab: &mut Lab) -> Result<()> {
             format!("{}.{}", crate::lab::LAN2_PREFIX, crate::lab::ROUTER_HOST)
         };
         ns_exec(&node.netns, &["ip", "route", "replace", "default", "via", &gateway, "dev", "eth0"])?;
-        // IPv6 to the world from the world's own network only: the router
-        // between the node networks forwards IPv4 alone (`lab`).
-        if node.ip6.as_deref().is_some_and(|ip| ip.starts_with(crate::lab::LAN6_PREFIX)) {
-            ns_exec(&node.netns, &["ip", "-6", "route", "replace", "default", "via", WORLD_IP6, "dev", "eth0"])?;
+        // IPv6 to the world: from the second network through the router,
+        // when it forwards IPv6 (`LabOptions::router_ipv4_only`: it does not).
+        if let Some(ip6) = &node.ip6 {
+            let gateway6 = if ip6.starts_with(crate::lab::LAN6_PREFIX) {
+                Some(WORLD_IP6.to_string())
+            } else {
+                lab.state.router6.then(|| crate::lab::router_ip6(1))
+            };
+            if let Some(gateway6) = gateway6 {
+                ns_exec(&node.netns, &["ip", "-6", "route", "replace", "default", "via", &gateway6, "dev", "eth0"])?;
+            }
         }
         for family in families(lab) {
             let ip = family.node_ip(&node).context("a dual-stack node has an IPv6 address")?;

@@ -15,7 +15,12 @@
 //!
 //! ```text
 //!   br0 172.30.0.0/24: n1, n2, ...  ── router (r0 .253 | r1 .253) ──  br1 172.31.0.0/24: ..., nN
+//!       fd00:30::/64                          (::fd  |  ::fd)                fd00:31::/64
 //! ```
+//! In a dual-stack lab the router forwards IPv6 too (a dual-stack
+//! underlay: every node reaches every other node's IPv6 address), unless
+//! `LabOptions::router_ipv4_only` leaves the underlay between the node
+//! networks IPv4 only; either way pods' IPv6 crosses inside VXLAN.
 //! Every namespace name carries the lab id (pid + counter), so labs run side
 //! by side. Each node's agent pins under its own directory of the root bpffs.
 //! `Lab` tears everything down on drop unless `persist()`ed (xtask's
@@ -40,8 +45,9 @@ pub const CLUSTER_CIDR: &str = "10.244.0.0/16";
 pub const CLUSTER_CIDR6: &str = "fd00:244::/56";
 pub const LAN6_PREFIX: &str = "fd00:30::";
 /// The second node network's IPv6 prefix (`subnets = 2` and dual-stack).
-/// The router between the node networks has no IPv6: the underlay between
-/// them is IPv4 only, and pods' IPv6 crosses it inside VXLAN.
+/// The router between the node networks forwards IPv6 between the two
+/// prefixes (node addresses), not pods' IPv6, which crosses it inside
+/// VXLAN over IPv4; with `LabOptions::router_ipv4_only` it has no IPv6.
 pub const LAN2_6_PREFIX: &str = "fd00:31::";
 pub const LAN_PREFIX: &str = "172.30.0";
 /// The second node network, with `LabOptions::subnets = 2`.
@@ -96,8 +102,14 @@ pub struct LabOptions {
     /// Dual-stack (`cargo xtask lab up --ip-family dual`): IPv6 on the LAN,
     /// the nodes and the pods, agents with `--ip-family dual`, every pod
     /// with an IPv6 address too. With `subnets = 2`, each node network has
-    /// its own IPv6 prefix and the router forwards IPv4 only.
+    /// its own IPv6 prefix and the router forwards both families (`::fd`
+    /// on each; every node has an IPv6 route to the other network
+    /// through it).
     pub dual_stack: bool,
+    /// With `subnets = 2` and `dual_stack`: the router forwards IPv4 only
+    /// (no IPv6 between the node networks at all: an IPv4-only underlay,
+    /// which pods' IPv6 still crosses inside VXLAN).
+    pub router_ipv4_only: bool,
 }
 
 /// A lab node's Node object as the API server holds it: its pod CIDR(s)
@@ -137,6 +149,7 @@ impl LabOptions {
             kube_proxy_replacement: false,
             subnets: 1,
             dual_stack: false,
+            router_ipv4_only: false,
         }
     }
 }
@@ -206,6 +219,10 @@ pub struct LabState {
     /// `LabOptions::dual_stack`.
     #[serde(default)]
     pub dual_stack: bool,
+    /// The router forwards IPv6 (dual-stack labs with two node networks,
+    /// unless `LabOptions::router_ipv4_only`).
+    #[serde(default)]
+    pub router6: bool,
 }
 
 fn one() -> usize {
@@ -219,6 +236,21 @@ pub fn subnet_prefix(subnet: usize) -> &'static str {
     } else {
         LAN2_PREFIX
     }
+}
+
+/// The IPv6 prefix of node network `subnet` (dual-stack labs).
+pub fn subnet_prefix6(subnet: usize) -> &'static str {
+    if subnet == 0 {
+        LAN6_PREFIX
+    } else {
+        LAN2_6_PREFIX
+    }
+}
+
+/// The router's IPv6 address on node network `subnet` (`<prefix>fd`, its
+/// IPv4 host number), when it forwards IPv6.
+pub fn router_ip6(subnet: usize) -> String {
+    format!("{}{ROUTER_HOST:x}", subnet_prefix6(subnet))
 }
 
 /// Where the test API server listens: the LAN bridge's own address.
@@ -371,6 +403,7 @@ impl Lab {
                 router_netns: None,
                 subnets: opts.subnets,
                 dual_stack: opts.dual_stack,
+                router6: opts.dual_stack && opts.subnets > 1 && !opts.router_ipv4_only,
             },
             api: None,
             agent_command: opts.agent_command.clone(),
@@ -402,6 +435,11 @@ impl Lab {
                 ns_exec(&netns, &["ip", "route", "add", &other, "via", &router, "dev", "eth0"])?;
                 if opts.default_route {
                     ns_exec(&netns, &["ip", "route", "add", "default", "via", &router, "dev", "eth0"])?;
+                }
+                if lab.state.router6 {
+                    // The other network's IPv6 through the router too.
+                    let other6 = format!("{}/64", subnet_prefix6(1 - subnet));
+                    ns_exec(&netns, &["ip", "-6", "route", "add", &other6, "via", &router_ip6(subnet), "dev", "eth0"])?;
                 }
             } else if opts.default_route {
                 ns_exec(&netns, &["ip", "route", "add", "default", "dev", "eth0"])?;
@@ -444,6 +482,13 @@ impl Lab {
         if opts.dual_stack {
             for node in &lab.state.nodes {
                 wait_dad_done(&node.netns, "eth0", crate::patience(Duration::from_secs(10)))?;
+            }
+            // The router solicits neighbours for what it forwards, as the
+            // nodes do (see `wait_dad_done`).
+            if let Some(router) = lab.state.router_netns.as_ref().filter(|_| lab.state.router6) {
+                for subnet in 0..lab.state.subnets {
+                    wait_dad_done(router, &format!("r{subnet}"), crate::patience(Duration::from_secs(10)))?;
+                }
             }
         }
         if opts.cluster_model {
@@ -506,11 +551,15 @@ impl Lab {
     }
 
     /// The router between the node networks: `r<s>` on bridge `br<s>` with
-    /// `<prefix>.253`, forwarding on, no route to any pod CIDR.
+    /// `<prefix>.253` (and `<prefix6>fd` when it forwards IPv6), forwarding
+    /// on, no route to any pod CIDR.
     fn build_router(&mut self) -> Result<()> {
         let router = format!("sl{}rt", self.state.id);
         self.state.router_netns = Some(router.clone());
         self.add_helper_netns(&router)?;
+        if self.state.router6 {
+            enable_ipv6_in(&router)?;
+        }
         let lan = self.state.lan_netns.clone();
         let mtu = self.state.mtu.to_string();
         for subnet in 0..self.state.subnets {
@@ -522,8 +571,15 @@ impl Lab {
             ns_exec(&router, &["ip", "link", "set", &inner, "mtu", &mtu, "up"])?;
             let addr = format!("{}.{ROUTER_HOST}/24", subnet_prefix(subnet));
             ns_exec(&router, &["ip", "addr", "add", &addr, "dev", &inner])?;
+            if self.state.router6 {
+                let addr6 = format!("{}/64", router_ip6(subnet));
+                ns_exec(&router, &["ip", "-6", "addr", "add", &addr6, "dev", &inner, "nodad"])?;
+            }
         }
         ns_exec(&router, &["sysctl", "-qw", "net.ipv4.ip_forward=1"])?;
+        if self.state.router6 {
+            ns_exec(&router, &["sysctl", "-qw", "net.ipv6.conf.all.forwarding=1"])?;
+        }
         Ok(())
     }
 

@@ -13,12 +13,15 @@ use sluice_tests::{
 };
 
 /// n1, n2 on 172.30.0.0/24 (fd00:30::/64); n3 on 172.31.0.0/24
-/// (fd00:31::/64); one pod each; dual-stack.
+/// (fd00:31::/64); one pod each; dual-stack; the router IPv4 only.
 fn lab_with(nodes: usize, agent_args: &[&str]) -> Lab {
     require_root();
     let mut opts = LabOptions::new(nodes, 1, bin("sluice-agent").parent().unwrap().to_path_buf());
     opts.subnets = 2;
     opts.dual_stack = true;
+    // An underlay with no IPv6 between the node networks: only VXLAN over
+    // IPv4 can carry the pods' IPv6 across.
+    opts.router_ipv4_only = true;
     opts.extra_agent_args = agent_args.iter().map(|s| s.to_string()).collect();
     Lab::up(&opts).expect("dual-stack router lab up")
 }

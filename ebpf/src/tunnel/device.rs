@@ -109,10 +109,11 @@ fn try_from_tunnel(ctx: &TcContext) -> Result<i32, DropReason> {
     from_peer::carry_out(ctx, judged, Origin::Tunnel)
 }
 
-/// A pod's IPv6 packet that came through the tunnel (issue 28: IPv6
-/// inside the IPv4 underlay; the sending node's kernel route for this
-/// node's IPv6 pod CIDR encapsulates it, `kernel_routes6`). Its inner
-/// source must be in the IPv6 pod CIDR of the node that sent it
+/// An IPv6 packet that came through the tunnel (issue 28: IPv6 inside the
+/// IPv4 underlay; the sending node's kernel route for this node's IPv6 pod
+/// CIDR encapsulates it, `kernel_routes6`). An inner source in a peer's
+/// IPv6 pod CIDR must be in the CIDR of the node that sent it; a source
+/// in no pod CIDR (a peer node's own address) passes, as IPv4's does
 /// (`verdict::from_tunnel6`); then it goes to the node's stack, which
 /// routes it into the pod (hop limit decremented, `to_pod` judging its
 /// NetworkPolicy), marked for this host as for IPv4.
@@ -126,15 +127,15 @@ fn from_tunnel6(ctx: &TcContext) -> Result<i32, DropReason> {
     let source_is_local_pod = found(unsafe { ENDPOINTS6.get(&(*ip6).src) });
     // SAFETY: this CPU's slot, used by this program run alone; the map
     // value is read at once.
-    let sent_by_owner = unsafe {
+    let (source_is_remote_pod, sent_by_owner) = unsafe {
         (*scratch).key.prefix_len = 128;
         (*scratch).key.data = (*ip6).src;
         match NODE_ROUTES6.get(&(*scratch).key) {
-            Some(node) => verdict::tunnel6_sent_by_owner(node.flags, &node.node_ip6, outer_source_be(ctx)),
-            None => false,
+            Some(node) => (true, verdict::tunnel6_sent_by_owner(node.flags, &node.node_ip6, outer_source_be(ctx))),
+            None => (false, false),
         }
     };
-    match verdict::from_tunnel6(source_is_local_pod, sent_by_owner) {
+    match verdict::from_tunnel6(source_is_local_pod, source_is_remote_pod, sent_by_owner) {
         Verdict::Drop(reason) => Err(reason),
         _ => {
             // SAFETY: helper call on our skb; PACKET_HOST is always allowed.

@@ -94,16 +94,20 @@ enum Command {
         /// counters say where a failed probe died.
         #[arg(long, default_value_t = 9962)]
         peer_metrics_port: u16,
-        /// Also probe a Service from the health endpoint (TCP connect), e.g. 10.96.0.10:53.
+        /// Also probe a Service from the health endpoint (TCP connect), e.g.
+        /// 10.96.0.10:53 or [fd00:96::a]:53; once per family on a
+        /// dual-stack node (the flag may be given again).
         #[arg(long, value_parser = parse_service)]
-        service: Option<std::net::SocketAddrV4>,
+        service: Vec<std::net::SocketAddr>,
         /// Also probe an address outside the cluster from the health endpoint:
-        /// ADDR (ICMP) or ADDR:PORT (TCP connect).
+        /// ADDR (ICMP) or ADDR:PORT (TCP connect), IPv4 or IPv6 ([ADDR]:PORT);
+        /// the flag may be given again (one per family).
         #[arg(long, value_parser = connectivity::parse_addr)]
-        world: Option<(std::net::Ipv4Addr, Option<u16>)>,
+        world: Vec<(std::net::IpAddr, Option<u16>)>,
         /// Also probe this NodePort on every other node's address from the
-        /// health endpoint (TCP connect). Default: the lowest TCP NodePort
-        /// with backends in the socket load balancer's maps, if any.
+        /// health endpoint (TCP connect), on a dual-stack node on their IPv6
+        /// addresses too. Default: the lowest TCP NodePort with backends in
+        /// the socket load balancer's maps, if any.
         #[arg(long)]
         node_port: Option<u16>,
         /// Also probe that NodePort on every node's address from this
@@ -217,8 +221,8 @@ fn print_privilege_hint(command: &str) {
     }
 }
 
-fn parse_service(s: &str) -> Result<std::net::SocketAddrV4, String> {
-    s.parse().map_err(|_| format!("{s:?} is not ADDR:PORT (IPv4)"))
+fn parse_service(s: &str) -> Result<std::net::SocketAddr, String> {
+    s.parse().map_err(|_| format!("{s:?} is not ADDR:PORT (IPv4) or [ADDR]:PORT (IPv6)"))
 }
 
 fn main() -> ExitCode {

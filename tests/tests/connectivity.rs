@@ -5,7 +5,7 @@
 use serde_json::Value;
 use sluice_tests::{
     bin,
-    cluster::{DEMO_IP, WORLD_IP, WORLD_PORT},
+    cluster::{world_netns, DEMO_IP, DEMO_IP6, DEMO_NODE_PORT, WORLD_IP, WORLD_IP6, WORLD_PORT},
     lab::{ns_exec, Lab, LabOptions},
     require_root,
 };
@@ -150,5 +150,47 @@ fn every_class_is_reached_and_failures_name_the_hop() {
     assert!(!remote.is_empty());
     for x in remote {
         assert!(x["reason"].as_str().unwrap().contains("local uplink eth0 is down"), "{x}");
+    }
+}
+
+/// On a dual-stack node (issue 28) the Service, NodePort and world classes
+/// are probed per family, as rows of their own: the demo Service's IPv4
+/// and IPv6 ClusterIPs (kube-proxy's iptables and ip6tables DNAT), the
+/// world's IPv4 and IPv6 addresses (masquerade, nft tables `ip sluice` and
+/// `ip6 sluice`), the NodePort on the other node's IPv4 and IPv6 address
+/// from the health endpoint and on every node's from the world. Every row
+/// reached, with a TCP time.
+#[test]
+fn service_nodeport_and_world_are_reached_over_both_families_on_a_dual_stack_node() {
+    require_root();
+    let mut opts = LabOptions::new(2, 1, bin("sluice-agent").parent().unwrap().to_path_buf());
+    opts.cluster_model = true;
+    opts.dual_stack = true;
+    let lab = Lab::up(&opts).unwrap();
+    let (service, service6) = (format!("{DEMO_IP}:80"), format!("[{DEMO_IP6}]:80"));
+    let (world, world6) = (format!("{WORLD_IP}:{WORLD_PORT}"), format!("[{WORLD_IP6}]:{WORLD_PORT}"));
+    let outside = format!("/run/netns/{}", world_netns(&lab.state.id));
+    let node_port = DEMO_NODE_PORT.to_string();
+    #[rustfmt::skip]
+    let args = [
+        "--service", &service6, "--service", &service, "--world", &world, "--world", &world6,
+        "--node-port", &node_port, "--world-netns", &outside,
+    ];
+    for i in 0..2 {
+        let (ok, v) = lab.connectivity_test(i, &args).unwrap();
+        let r = rows(&v);
+        let failed: Vec<&Value> = r.iter().filter(|x| x["ok"] != true).collect();
+        assert!(ok && failed.is_empty(), "node {i}: failed rows {failed:#?}");
+        // Per class: (IPv4 rows, IPv6 rows), each with a TCP time.
+        for (class, per_family) in
+            [("pod-to-service", 1), ("pod-to-world", 1), ("pod-to-nodeport", 1), ("world-to-nodeport", 2)]
+        {
+            let of = of_class(&r, class);
+            let v6 = of.iter().filter(|x| x["target"]["ip"].as_str().unwrap().contains(':')).count();
+            assert_eq!((of.len() - v6, v6), (per_family, per_family), "node {i}, {class}: {of:#?}");
+            assert!(of.iter().all(|x| x["tcpMs"].is_number()), "node {i}, {class}: {of:#?}");
+        }
+        let svc6 = of_class(&r, "pod-to-service")[1];
+        assert_eq!(svc6["target"]["ip"], DEMO_IP6, "IPv4 first, then IPv6: {svc6}");
     }
 }

@@ -189,8 +189,9 @@ pub fn diagnose(t: &Target, f: &Facts, node_reaches: impl FnOnce(IpAddr, Option<
             if node_reaches(t.ip, t.port) {
                 return format!(
                     "this node reaches {} but its pods do not: masquerade is off or not applied \
-                     (nft table ip sluice), or the FORWARD chain drops pod traffic",
-                    t.ip
+                     (nft table {} sluice), or the FORWARD chain drops pod traffic",
+                    t.ip,
+                    if t.ip.is_ipv6() { "ip6" } else { "ip" }
                 );
             }
             format!("{} is unreachable from this node itself (no route, or the destination is down)", t.ip)

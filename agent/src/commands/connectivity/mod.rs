@@ -10,6 +10,11 @@
 //!   health endpoint (kube-proxy's DNAT, replies back through the stack).
 //! - `pod-to-world`: with `--world ADDR[:PORT]`, ICMP (or a TCP connect)
 //!   from the health endpoint (masquerade).
+//!
+//! On a dual-stack node every class is probed over IPv6 too, as rows of
+//! their own: the health endpoints' and nodes' IPv6 addresses, the
+//! NodePort on every node's IPv6 address, and `--service`/`--world` given
+//! once more with an IPv6 address (`[fd00:96::a]:80`).
 //! - `pod-to-nodeport`: a TCP connect from the health endpoint to every
 //!   other node's address on a NodePort: `--node-port PORT`, or, when the
 //!   socket load balancer holds one, its lowest TCP NodePort with
@@ -34,7 +39,7 @@ pub mod peer_drops;
 
 use std::{
     collections::BTreeSet,
-    net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, SocketAddrV4, TcpStream},
+    net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, TcpStream},
     path::{Path, PathBuf},
     time::{Duration, Instant},
 };
@@ -157,8 +162,10 @@ pub struct Extra {
     /// Where peers' agents serve metrics (their drop counters name the hop).
     pub peer_metrics_port: u16,
     pub pods: bool,
-    pub service: Option<SocketAddrV4>,
-    pub world: Option<(Ipv4Addr, Option<u16>)>,
+    /// Services to probe, one per family on a dual-stack node.
+    pub service: Vec<SocketAddr>,
+    /// Addresses outside the cluster, one per family on a dual-stack node.
+    pub world: Vec<(IpAddr, Option<u16>)>,
     /// The NodePort `pod-to-nodeport` probes (see `pick_node_port`).
     pub node_port: Option<u16>,
     /// A network namespace outside the cluster: `world-to-nodeport` probes
@@ -180,12 +187,15 @@ pub fn pick_node_port(
         .min()
 }
 
-/// Parse `ADDR` or `ADDR:PORT`.
-pub fn parse_addr(s: &str) -> Result<(Ipv4Addr, Option<u16>), String> {
-    if let Ok(a) = s.parse::<SocketAddrV4>() {
-        return Ok((*a.ip(), Some(a.port())));
+/// Parse `ADDR` or `ADDR:PORT` (an IPv6 address with a port in brackets:
+/// `[fd00::1]:80`).
+pub fn parse_addr(s: &str) -> Result<(IpAddr, Option<u16>), String> {
+    if let Ok(a) = s.parse::<SocketAddr>() {
+        return Ok((a.ip(), Some(a.port())));
     }
-    s.parse::<Ipv4Addr>().map(|ip| (ip, None)).map_err(|_| format!("{s:?} is not ADDR or ADDR:PORT (IPv4)"))
+    s.parse::<IpAddr>()
+        .map(|ip| (ip, None))
+        .map_err(|_| format!("{s:?} is not ADDR or ADDR:PORT (IPv4), ADDR or [ADDR]:PORT (IPv6)"))
 }
 
 /// A health endpoint's answer must name its node; a service or the world
@@ -309,12 +319,16 @@ pub fn targets(
         }
     }
     out.extend(health_endpoints(Class::HostToPod));
-    out.extend(targets6(state, six)?);
-    if let Some(svc) = extra.service {
+    let nodes6 = nodes6(state, six)?;
+    out.extend(targets6(state, &nodes6));
+    // IPv4 first, then IPv6, for the classes given by address.
+    let mut services = extra.service.clone();
+    services.sort_by_key(|a| a.is_ipv6());
+    for svc in services {
         out.push(Target {
             port: Some(svc.port()),
             icmp: false,
-            ..base(Class::PodToService, Kind::Service, "-".into(), (*svc.ip()).into(), false)
+            ..base(Class::PodToService, Kind::Service, "-".into(), svc.ip(), false)
         });
     }
     // A NodePort on every node's address that has one, as `class` sees it.
@@ -329,20 +343,32 @@ pub fn targets(
             })
         })
     };
+    // The same over IPv6: every node whose IPv6 address is known.
+    let node_ports6 = |class, port, with_this_node: bool| {
+        nodes6.iter().filter(move |n| with_this_node || !n.local).filter_map(move |n| {
+            n.host6.map(|ip| Target {
+                port: Some(port),
+                icmp: false,
+                node_ip: Some(ip.into()),
+                path: n.path,
+                ..base(class, Kind::NodePort, n.name.clone(), ip.into(), n.local)
+            })
+        })
+    };
     if let Some(port) = extra.node_port {
         // From this node's pods: the other nodes'.
         out.extend(node_ports(Class::PodToNodePort, port, false));
+        out.extend(node_ports6(Class::PodToNodePort, port, false));
         // From outside: every node's, this one's included.
         if extra.world_netns.is_some() {
             out.extend(node_ports(Class::WorldToNodePort, port, true));
+            out.extend(node_ports6(Class::WorldToNodePort, port, true));
         }
     }
-    if let Some((ip, port)) = extra.world {
-        out.push(Target {
-            port,
-            icmp: port.is_none(),
-            ..base(Class::PodToWorld, Kind::World, "-".into(), ip.into(), false)
-        });
+    let mut world = extra.world.clone();
+    world.sort_by_key(|(ip, _)| ip.is_ipv6());
+    for (ip, port) in world {
+        out.push(Target { port, icmp: port.is_none(), ..base(Class::PodToWorld, Kind::World, "-".into(), ip, false) });
     }
     Ok(out)
 }
@@ -361,15 +387,12 @@ struct Node6 {
     path: Option<PeerPath>,
 }
 
-/// The IPv6 rows (dual-stack): every node's health endpoint from the local
-/// one (`pod-to-pod`) and from the node (`host-to-pod`), and every node's
-/// IPv6 address from the health endpoint (`pod-to-host`). Peers natively
-/// routed first, then peers whose IPv6 pod CIDR goes into the VXLAN device
-/// (path `vxlan`, named by their IPv4 node address; no `pod-to-host` row:
-/// their IPv6 node address is not sluice's to route). Nodes left out of
-/// the IPv6 routes are rows with their reason, not tried. None on an
+/// The nodes of the IPv6 rows (dual-stack): this one, peers natively
+/// routed, then peers whose IPv6 pod CIDR goes into the VXLAN device
+/// (path `vxlan`, named by their IPv4 node address; no IPv6 address to
+/// probe: their IPv6 node address is not sluice's to route). None on an
 /// IPv4-only node.
-fn targets6(state: &AgentState, six: &Ipv6Facts) -> Result<Vec<Target>> {
+fn nodes6(state: &AgentState, six: &Ipv6Facts) -> Result<Vec<Node6>> {
     let Some(own_cidr6) = &state.pod_cidr6 else { return Ok(Vec::new()) };
     let own_cidr6: Ipv6Network = own_cidr6.parse().context("agent state IPv6 pod CIDR")?;
     let name_of = |cidr: &Ipv6Network, ip: IpAddr| {
@@ -407,6 +430,16 @@ fn targets6(state: &AgentState, six: &Ipv6Facts) -> Result<Vec<Target>> {
             path,
         });
     }
+    Ok(nodes)
+}
+
+/// The IPv6 rows of `nodes6` (dual-stack): every node's health endpoint
+/// from the local one (`pod-to-pod`) and from the node (`host-to-pod`),
+/// and every node's IPv6 address from the health endpoint (`pod-to-host`).
+/// Nodes left out of the IPv6 routes are rows with their reason, not
+/// tried. None on an IPv4-only node.
+fn targets6(state: &AgentState, nodes: &[Node6]) -> Vec<Target> {
+    let Some(own_cidr6) = nodes.first().filter(|n| n.local).map(|n| n.cidr6) else { return Vec::new() };
     let target = |class, kind, n: &Node6, ip: Ipv6Addr, cidr: Option<Ipv6Network>| Target {
         class,
         kind,
@@ -437,13 +470,13 @@ fn targets6(state: &AgentState, six: &Ipv6Facts) -> Result<Vec<Target>> {
             ..target(Class::PodToPod, Kind::Health, &unknown, Ipv6Addr::UNSPECIFIED, None)
         });
     }
-    for n in &nodes {
+    for n in nodes {
         if let Some(ip) = n.host6 {
             out.push(target(Class::PodToHost, Kind::Host, n, ip, None));
         }
     }
     out.extend(health(Class::HostToPod));
-    Ok(out)
+    out
 }
 
 fn drops_total(pins: &PinDir) -> Vec<(String, u64)> {
@@ -653,8 +686,8 @@ mod tests {
         let extra = Extra {
             peer_metrics_port: 9962,
             pods: true,
-            service: Some("10.96.0.10:53".parse().unwrap()),
-            world: Some(("198.51.100.1".parse().unwrap(), None)),
+            service: vec!["10.96.0.10:53".parse().unwrap()],
+            world: vec![("198.51.100.1".parse().unwrap(), None)],
             node_port: Some(30080),
             world_netns: Some("/run/netns/world".into()),
         };
@@ -807,6 +840,65 @@ mod tests {
         );
     }
 
+    /// The classes given by address and the NodePort, over IPv6 on a
+    /// dual-stack node: a row per family, IPv4 first whatever the order of
+    /// the flags; the NodePort on every node's IPv6 address that is known
+    /// (this node's, natively routed peers'), from the pods the others',
+    /// from the world every one.
+    #[test]
+    fn a_dual_stack_node_probes_service_nodeport_and_world_per_family() {
+        let dual = AgentState {
+            pod_cidr6: Some("fd00:244:0:1::/64".into()),
+            route_nodes6: [("fd00:244:0:2::/64".to_string(), "n2".to_string())].into(),
+            ..state()
+        };
+        let routes = vec![("10.244.2.0/24".parse().unwrap(), "172.30.0.2".parse().unwrap(), false)];
+        let six = Ipv6Facts {
+            own_node_ip6: Some("fd00:30::1".parse().unwrap()),
+            routes6: vec![("fd00:244:0:2::/64".parse().unwrap(), "fd00:30::2".parse().unwrap())],
+            tunneled6: Vec::new(),
+        };
+        let extra = Extra {
+            service: vec!["[fd00:96::64]:80".parse().unwrap(), "10.96.0.100:80".parse().unwrap()],
+            world: vec![parse_addr("[fd00:30::fe]:80").unwrap(), parse_addr("172.30.0.250:80").unwrap()],
+            node_port: Some(30080),
+            world_netns: Some("/run/netns/world".into()),
+            ..Extra::default()
+        };
+        let t = targets(&dual, Some("172.30.0.1".parse().unwrap()), &routes, &[], &extra, &six).unwrap();
+        let rows: Vec<(&str, &str, String, Option<u16>, bool)> = t
+            .iter()
+            .filter(|t| !matches!(t.class, Class::PodToPod | Class::PodToHost | Class::HostToPod))
+            .map(|t| (t.class.name(), t.node.as_str(), t.ip.to_string(), t.port, t.icmp))
+            .collect();
+        let row = |c, n, ip: &str, port| (c, n, ip.to_string(), Some(port), false);
+        assert_eq!(
+            rows,
+            [
+                row("pod-to-service", "-", "10.96.0.100", 80),
+                row("pod-to-service", "-", "fd00:96::64", 80),
+                row("pod-to-nodeport", "n2", "172.30.0.2", 30080),
+                row("pod-to-nodeport", "n2", "fd00:30::2", 30080),
+                row("world-to-nodeport", "n1", "172.30.0.1", 30080),
+                row("world-to-nodeport", "n2", "172.30.0.2", 30080),
+                row("world-to-nodeport", "n1", "fd00:30::1", 30080),
+                row("world-to-nodeport", "n2", "fd00:30::2", 30080),
+                row("pod-to-world", "-", "172.30.0.250", 80),
+                row("pod-to-world", "-", "fd00:30::fe", 80),
+            ]
+        );
+        let np6 = t.iter().find(|t| t.class == Class::PodToNodePort && t.ip.is_ipv6()).unwrap();
+        assert_eq!(
+            (np6.node_ip, np6.path, np6.local),
+            (Some("fd00:30::2".parse().unwrap()), Some(PeerPath::Native), false)
+        );
+        // An IPv4-only node: no IPv6 NodePort rows, whatever the kernel holds.
+        let t4 =
+            targets(&state(), None, &routes, &[], &Extra { world: Vec::new(), service: Vec::new(), ..extra }, &six)
+                .unwrap();
+        assert!(t4.iter().all(|t| t.ip.is_ipv4()), "{t4:#?}");
+    }
+
     #[test]
     fn peers_health_endpoints_carry_their_path() {
         let routes = vec![
@@ -865,6 +957,9 @@ mod tests {
     fn addresses_parse_with_and_without_port() {
         assert_eq!(parse_addr("10.0.0.1:80"), Ok(("10.0.0.1".parse().unwrap(), Some(80))));
         assert_eq!(parse_addr("10.0.0.1"), Ok(("10.0.0.1".parse().unwrap(), None)));
+        assert_eq!(parse_addr("[fd00::1]:80"), Ok(("fd00::1".parse().unwrap(), Some(80))));
+        assert_eq!(parse_addr("fd00::1"), Ok(("fd00::1".parse().unwrap(), None)));
         assert!(parse_addr("example.com").is_err());
+        assert!(parse_addr("fd00::1:80:").is_err());
     }
 }

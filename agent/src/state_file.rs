@@ -27,6 +27,11 @@ pub struct AgentState {
     /// IPv6 route CIDR → the node it leads to (dual-stack).
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub route_nodes6: BTreeMap<String, String>,
+    /// IPv6 route CIDR → the IPv6 address of the node it leads to
+    /// (dual-stack), peers behind a router too, whose kernel route names
+    /// only their IPv4 address (`connectivity-test` probes it).
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub route_node_ips6: BTreeMap<String, String>,
     /// Nodes left out of the IPv6 routes, and why (dual-stack).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub problems6: Vec<crate::membership::family6::Problem6>,

@@ -120,20 +120,29 @@ fn should_function_for_node_pod_communication_over_ipv6_across_the_vxlan_router(
     assert_eq!(source_to(&pod_ip6(1)), n1_ip6, "n1 -> n2p1 (natively)");
     assert_eq!(source_to(sluice_tests::cluster::WORLD_IP6), n1_ip6, "n1 -> the world");
 
-    // connectivity-test on n1 probes n3's health endpoint over IPv6 too,
-    // through the tunnel (its IPv6 route is an encap route, no gateway),
-    // from n1's health endpoint and from n1 itself.
-    let (_, v) = lab.connectivity_test(0, &[]).unwrap();
-    let n3_health6 = v
+    // connectivity-test on n1 probes n3 over IPv6 too: its health
+    // endpoint through the tunnel (its IPv6 route is an encap route, no
+    // gateway), from n1's health endpoint and from n1 itself, and n3's own
+    // IPv6 address (from the agent's state: the route names only n3's
+    // IPv4) from the health endpoint, as a host and on the demo NodePort.
+    let node_port = sluice_tests::cluster::DEMO_NODE_PORT.to_string();
+    let (_, v) = lab.connectivity_test(0, &["--node-port", &node_port]).unwrap();
+    let n3_rows6 = v
         .as_array()
         .unwrap()
         .iter()
         .filter(|r| r["target"]["node"] == "n3" && r["target"]["ip"].as_str().unwrap().contains(':'))
         .map(|r| (r["target"]["class"].as_str().unwrap(), r["target"]["path"].as_str(), r["ok"] == true))
         .collect::<Vec<_>>();
+    let vxlan = Some("vxlan");
     assert_eq!(
-        n3_health6,
-        [("pod-to-pod", Some("vxlan"), true), ("host-to-pod", Some("vxlan"), true)],
+        n3_rows6,
+        [
+            ("pod-to-pod", vxlan, true),
+            ("pod-to-host", vxlan, true),
+            ("host-to-pod", vxlan, true),
+            ("pod-to-nodeport", vxlan, true)
+        ],
         "n3's IPv6 rows: {v:#}"
     );
 }

@@ -986,6 +986,7 @@ impl Daemon {
         state.route_nodes = m.route_nodes.iter().map(|(c, n)| (c.to_string(), n.clone())).collect();
         state.route_paths = m.paths.iter().map(|(c, p)| (c.to_string(), *p)).collect();
         state.route_nodes6 = m.route_nodes6.iter().map(|(c, n)| (c.to_string(), n.clone())).collect();
+        state.route_node_ips6 = m.routes6.iter().map(|(c, ip)| (c.to_string(), ip.to_string())).collect();
         if m.problems6 != state.problems6 {
             for p in &m.problems6 {
                 warn!(problem = %p, "membership (IPv6)");

@@ -380,8 +380,9 @@ struct Node6 {
     /// The address a failure names (its IPv6; a tunneled peer's IPv4, the
     /// tunnel's far end).
     node_ip: Option<IpAddr>,
-    /// Its IPv6 address, probed as `pod-to-host` (unknown for a tunneled
-    /// peer: its route names only the IPv4 end).
+    /// Its IPv6 address, probed as `pod-to-host` and on the NodePort (a
+    /// tunneled peer's from the state file: its route names only the
+    /// IPv4 end).
     host6: Option<Ipv6Addr>,
     local: bool,
     path: Option<PeerPath>,
@@ -389,9 +390,10 @@ struct Node6 {
 
 /// The nodes of the IPv6 rows (dual-stack): this one, peers natively
 /// routed, then peers whose IPv6 pod CIDR goes into the VXLAN device
-/// (path `vxlan`, named by their IPv4 node address; no IPv6 address to
-/// probe: their IPv6 node address is not sluice's to route). None on an
-/// IPv4-only node.
+/// (path `vxlan`, named by their IPv4 node address; their IPv6 address,
+/// which the underlay routes, not sluice, from the agent's state:
+/// `routeNodeIps6`, absent from an older agent's). None on an IPv4-only
+/// node.
 fn nodes6(state: &AgentState, six: &Ipv6Facts) -> Result<Vec<Node6>> {
     let Some(own_cidr6) = &state.pod_cidr6 else { return Ok(Vec::new()) };
     let own_cidr6: Ipv6Network = own_cidr6.parse().context("agent state IPv6 pod CIDR")?;
@@ -421,11 +423,12 @@ fn nodes6(state: &AgentState, six: &Ipv6Facts) -> Result<Vec<Node6>> {
     for (cidr, ip4) in &six.tunneled6 {
         let node_ip = IpAddr::V4(*ip4);
         let path = Some(PeerPath::Vxlan);
+        let host6 = state.route_node_ips6.get(&cidr.to_string()).and_then(|ip| ip.parse().ok());
         nodes.push(Node6 {
             name: name_of(cidr, node_ip),
             cidr6: *cidr,
             node_ip: Some(node_ip),
-            host6: None,
+            host6,
             local: false,
             path,
         });
@@ -786,8 +789,9 @@ mod tests {
     /// A peer behind a router: its IPv6 pod CIDR's kernel route goes into
     /// the VXLAN device (an encap, no gateway); its health endpoint is
     /// probed over IPv6 too, on the `vxlan` path named by its IPv4 node
-    /// address, with no `pod-to-host` row (its IPv6 node address is not
-    /// known from the route, nor sluice's to route).
+    /// address, and its IPv6 node address (from the state file: the route
+    /// names only the IPv4 end) as `pod-to-host` and on the NodePort;
+    /// without it in the state (an older agent's), no such rows.
     #[test]
     fn a_dual_stack_node_probes_peers_behind_a_router_over_ipv6_through_the_tunnel() {
         let dual = AgentState {
@@ -795,6 +799,11 @@ mod tests {
             route_nodes6: [
                 ("fd00:244:0:2::/64".to_string(), "n2".to_string()),
                 ("fd00:244:0:3::/64".to_string(), "n3".to_string()),
+            ]
+            .into(),
+            route_node_ips6: [
+                ("fd00:244:0:2::/64".to_string(), "fd00:30::2".to_string()),
+                ("fd00:244:0:3::/64".to_string(), "fd00:31::3".to_string()),
             ]
             .into(),
             ..state()
@@ -823,11 +832,27 @@ mod tests {
                 ("pod-to-pod", "n3", "fd00:244:0:3::1".into(), vxlan),
                 ("pod-to-host", "n1", "fd00:30::1".into(), None),
                 ("pod-to-host", "n2", "fd00:30::2".into(), native),
+                ("pod-to-host", "n3", "fd00:31::3".into(), vxlan),
                 ("host-to-pod", "n1", "fd00:244:0:1::1".into(), None),
                 ("host-to-pod", "n2", "fd00:244:0:2::1".into(), native),
                 ("host-to-pod", "n3", "fd00:244:0:3::1".into(), vxlan),
             ]
         );
+        let with_node_port = Extra { node_port: Some(30080), ..Extra::default() };
+        let t_np = targets(&dual, Some("172.30.0.1".parse().unwrap()), &routes, &[], &with_node_port, &six).unwrap();
+        let np6: Vec<(&str, String, Option<PeerPath>)> = t_np
+            .iter()
+            .filter(|t| t.class == Class::PodToNodePort && t.ip.is_ipv6())
+            .map(|t| (t.node.as_str(), t.ip.to_string(), t.path))
+            .collect();
+        assert_eq!(np6, [("n2", "fd00:30::2".to_string(), native), ("n3", "fd00:31::3".into(), vxlan)]);
+        // An older agent's state without the peer's IPv6 address: no
+        // pod-to-host row for it, the rest as before.
+        let older = AgentState { route_node_ips6: Default::default(), ..dual.clone() };
+        let t_old =
+            targets(&older, Some("172.30.0.1".parse().unwrap()), &routes, &[], &Extra::default(), &six).unwrap();
+        assert!(!t_old.iter().any(|t| t.class == Class::PodToHost && t.node == "n3" && t.ip.is_ipv6()), "{t_old:#?}");
+        assert_eq!(t_old.iter().filter(|t| t.ip.is_ipv6()).count(), v6.len() - 1);
         let n3 = t.iter().find(|t| t.node == "n3" && t.ip.is_ipv6()).unwrap();
         assert_eq!(
             (n3.node_ip, n3.pod_cidr, n3.local, n3.port),

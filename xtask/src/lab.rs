@@ -26,7 +26,8 @@ pub enum LabCommand {
         #[arg(long, default_value_t = 1500)]
         mtu: u32,
         /// Node networks: 2 puts the nodes on two LANs joined by a router
-        /// that knows nothing of pod CIDRs (peers across it use VXLAN).
+        /// that knows nothing of pod CIDRs (peers across it use VXLAN);
+        /// with `--ip-family dual` it forwards the nodes' IPv6 too.
         #[arg(long, default_value_t = 1)]
         subnets: usize,
         /// `ipv4` (the default) or `dual`: pods, nodes, the demo Service

@@ -115,6 +115,13 @@ pub const fn native_ipv6(ip: Ip6Words) -> bool {
     crate::services::v4_mapped_be(ip).is_none() && !(ip[0] == 0 && ip[1] == 0 && ip[2] == 0 && ip[3] == 0)
 }
 
+/// Is `ip` the IPv6 loopback `::1`? From the node's own network namespace
+/// it names the node, as `127.0.0.1` does (`services::is_loopback_be`):
+/// a NodePort answers there (`services::nodeport_candidate`).
+pub const fn is_loopback6(ip: Ip6Words) -> bool {
+    ip[0] == 0 && ip[1] == 0 && ip[2] == 0 && ip[3] == u32::from_ne_bytes([0, 0, 0, 1])
+}
+
 /// `SERVICES6`'s value is IPv4's: the same backend sets, counts and flags.
 pub type ServiceValue6 = ServiceValue;
 
@@ -151,5 +158,14 @@ mod tests {
         assert!(native_ipv6(ip6_words([0xfd, 0, 0, 0x10, 0, 0x96, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0x0a])));
         // v4-compatible (deprecated) ::10.96.0.10 is an IPv6 address.
         assert!(native_ipv6(ip6_words([0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 10, 96, 0, 10])));
+    }
+
+    #[test]
+    fn only_colon_colon_one_is_ipv6_loopback() {
+        let w = |s: &str| ip6_words(s.parse::<core::net::Ipv6Addr>().unwrap().octets());
+        assert!(is_loopback6(w("::1")));
+        for other in ["::", "::2", "1::1", "::ffff:127.0.0.1", "fd00:30::1"] {
+            assert!(!is_loopback6(w(other)), "{other}");
+        }
     }
 }

@@ -80,6 +80,7 @@ pub fn drop_reason(code: u32) -> DropReason {
     const SOURCE_RANGE: u32 = DropReason::LoadBalancerSourceRange as u32;
     const FULL6: u32 = DropReason::Nat6TableFull as u32;
     const PORTS6: u32 = DropReason::Nat6PortExhausted as u32;
+    const MIGRATING: u32 = DropReason::Nat4Migrating as u32;
     match code.wrapping_sub(V6_DROP) {
         TRUNCATED => DropReason::Truncated,
         SPOOFED => DropReason::SourceSpoofed,
@@ -99,6 +100,7 @@ pub fn drop_reason(code: u32) -> DropReason {
         SOURCE_RANGE => DropReason::LoadBalancerSourceRange,
         FULL6 => DropReason::Nat6TableFull,
         PORTS6 => DropReason::Nat6PortExhausted,
+        MIGRATING => DropReason::Nat4Migrating,
         _ => DropReason::LookupMismatch,
     }
 }

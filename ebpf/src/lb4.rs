@@ -443,7 +443,7 @@ fn config() -> Option<Lb4Config> {
 /// Are new connections held back (`LB4_PAUSED`)? Read apart from
 /// `config()`'s copy, which would cost the caller's frame.
 #[inline(always)]
-fn paused() -> bool {
+pub(crate) fn paused() -> bool {
     matches!(LB4_CONFIG.get(0), Some(c) if c.flags & LB4_PAUSED != 0)
 }
 

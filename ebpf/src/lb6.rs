@@ -273,7 +273,7 @@ fn config() -> Option<Lb4Config> {
 /// An address of the scratch's keys as the `[u8; 16]` the address maps
 /// are keyed by (the same bytes).
 #[inline(always)]
-fn bytes(words: &[u32; 4]) -> &[u8; 16] {
+pub(crate) fn bytes(words: &[u32; 4]) -> &[u8; 16] {
     // SAFETY: 16 bytes either way, and u8's alignment is 1.
     unsafe { &*(words as *const [u32; 4] as *const [u8; 16]) }
 }
@@ -457,6 +457,12 @@ pub extern "C" fn sluice_lb6_new_connection() -> u32 {
 #[inline(always)]
 fn try_new_connection() -> Result<u32, DropReason> {
     let Some(config) = config() else { return Ok(LB4_PASS) };
+    // The agent is carrying NAT4 or NAT6 over to a new layout
+    // (`LB4_PAUSED`, one flag for both tables): held back as `lb4` does,
+    // the client retransmits into the new table.
+    if crate::lb4::paused() {
+        return Err(DropReason::Nat4Migrating);
+    }
     let Some(scratch) = LB6_SCRATCH.get_ptr_mut(0) else { return Err(DropReason::LookupMismatch) };
     pick(scratch)?;
     new_connection(scratch, &config)?;

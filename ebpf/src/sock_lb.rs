@@ -30,8 +30,11 @@
 //! `SOCK_REVERSE6`, `AFFINITY6`; `sluice_common::services6`) by
 //! `translate6`/`reverse6`, on `sock_connect6`, `sock_sendmsg6` (unconnected
 //! UDP over IPv6), `sock_recvmsg6` and `sock_getpeername6`; refusals as in
-//! IPv4. Cluster, external and LoadBalancer IPs only: IPv6 NodePorts need
-//! the node's IPv6 addresses (a `NODE_ADDRESSES6`), not there yet.
+//! IPv4. Cluster, external and LoadBalancer IPs, and IPv6 NodePorts as
+//! IPv4's below (`lookup6`): on a node IPv6 address (`NODE_ADDRESSES6`:
+//! this node's and the other nodes' IPv6 InternalIPs) or, from the node's
+//! own network namespace, on `[::1]`. No IPv6 hostPorts (yet): those are
+//! IPv4's only.
 //!
 //! NodePorts (`SCOPE_NODE_PORT` entries, one per port for every node
 //! address): a destination that is not itself a frontend, but is a node
@@ -69,13 +72,17 @@ use sluice_common::{
         ServiceKey, ServiceValue, SockLbCounter, NODE_ADDRESS_LOCAL, SCOPE_ADDRESS, SCOPE_NODE_PORT,
     },
     services6::{
-        native_ipv6, AffinityKey6, AffinityValue6, Backend6, BackendMember6, Ip6Words, ReverseKey6, ServiceKey6,
+        is_loopback6, native_ipv6, AffinityKey6, AffinityValue6, Backend6, BackendMember6, Ip6Words, ReverseKey6,
+        ServiceKey6,
     },
 };
 
-use crate::maps::{
-    AFFINITY, AFFINITY6, BACKENDS, BACKENDS6, BACKEND_MEMBERS, BACKEND_MEMBERS6, NODE_ADDRESSES, SERVICES, SERVICES6,
-    SOCK_LB_CONFIG, SOCK_LB_STATS, SOCK_REVERSE, SOCK_REVERSE6,
+use crate::{
+    lb6::bytes,
+    maps::{
+        AFFINITY, AFFINITY6, BACKENDS, BACKENDS6, BACKEND_MEMBERS, BACKEND_MEMBERS6, NODE_ADDRESSES, NODE_ADDRESSES6,
+        SERVICES, SERVICES6, SOCK_LB_CONFIG, SOCK_LB_STATS, SOCK_REVERSE, SOCK_REVERSE6,
+    },
 };
 
 const ALLOW: i32 = 1;
@@ -380,6 +387,30 @@ fn frontend6(ctx: &SockAddrContext) -> Option<ServiceKey6> {
     Some(ServiceKey6::address(ip, port as u16, protocol as u8))
 }
 
+/// `lookup`'s IPv6 twin: the `SERVICES6` entry for the address the call
+/// names, and the key it was found under: the address itself; else the
+/// NodePort entry when the address is a node's IPv6 (`NODE_ADDRESSES6`,
+/// this node's or another's) or, from the node's own network namespace,
+/// `::1` (`services::nodeport_candidate`'s rule).
+#[inline(always)]
+fn lookup6(ctx: &SockAddrContext, key: &ServiceKey6) -> Option<(ServiceKey6, ServiceValue)> {
+    // SAFETY: the value is copied out at once.
+    if let Some(v) = unsafe { SERVICES6.get(key) }.copied() {
+        return Some((*key, v));
+    }
+    // SAFETY: only presence is read.
+    let node_address = unsafe { NODE_ADDRESSES6.get(bytes(&key.vip)) }.is_some();
+    // The netns cookie only for loopback: most misses are neither.
+    let from_host = !node_address && is_loopback6(key.vip) && in_host_netns(ctx);
+    if !node_address && !from_host {
+        return None;
+    }
+    let np = ServiceKey6::node_port(key.port_be, key.protocol);
+    // SAFETY: as above.
+    let v = unsafe { SERVICES6.get(&np) }.copied()?;
+    Some((np, v))
+}
+
 /// `remembered` for IPv6 frontends.
 #[inline(always)]
 fn remembered6(key: &AffinityKey6, service: &ServiceValue, now: u64) -> Option<Backend6> {
@@ -428,9 +459,8 @@ fn translate6(ctx: &SockAddrContext, done: SockLbCounter) -> i32 {
     if bypassed(ctx) {
         return ALLOW;
     }
-    let Some(key) = frontend6(ctx) else { return ALLOW };
-    // SAFETY: the value is copied out at once.
-    let Some(service) = unsafe { SERVICES6.get(&key) }.copied() else { return ALLOW };
+    let Some(named) = frontend6(ctx) else { return ALLOW };
+    let Some((key, service)) = lookup6(ctx, &named) else { return ALLOW };
     if let Some(verdict) = refused(&service) {
         return verdict;
     }
@@ -441,8 +471,14 @@ fn translate6(ctx: &SockAddrContext, done: SockLbCounter) -> i32 {
     set_address6(ctx, &backend.ip, backend.port_be);
     // SAFETY: a plain helper valid in sock_addr programs.
     let cookie = unsafe { bpf_get_socket_cookie(ctx.as_ptr()) };
-    let _ = SOCK_REVERSE6.insert(&ReverseKey6 { cookie, backend, _pad: 0 }, &key, 0);
+    // What the socket named (a NodePort: the node address it used), with
+    // the entry's scope, as `translate` remembers it.
+    let remembered = ServiceKey6 { scope: key.scope, ..named };
+    let _ = SOCK_REVERSE6.insert(&ReverseKey6 { cookie, backend, _pad: 0 }, &remembered, 0);
     count(done);
+    if key.scope == SCOPE_NODE_PORT {
+        count(SockLbCounter::NodePort);
+    }
     ALLOW
 }
 

@@ -423,3 +423,95 @@ fn should_function_for_service_endpoints_using_host_network_over_ipv6() {
         large_requests_answered(&lab, node, &node.pods[0].netns, HOST_SERVICE6, &names);
     }
 }
+
+/// Wait until every node's `status --services` lists each of `want` (an
+/// address, its kind from that node: "local" on the node `i` it belongs
+/// to, "remote" elsewhere) among the addresses NodePorts answer on.
+fn wait_node_addresses6(lab: &Lab, want: &[String]) {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    for i in 0..lab.state.nodes.len() {
+        loop {
+            let v = services::service_status(lab, i).unwrap();
+            let got: BTreeSet<(String, String)> = v["services"]["nodeAddresses"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .filter_map(|a| Some((a["ip"].as_str()?.to_string(), a["kind"].as_str()?.to_string())))
+                .collect();
+            let kind = |j: usize| if i == j { "local" } else { "remote" };
+            if want.iter().enumerate().all(|(j, ip)| got.contains(&(ip.clone(), kind(j).to_string()))) {
+                break;
+            }
+            assert!(std::time::Instant::now() < deadline, "node {i}: NodePort addresses {got:?}, want {want:?}");
+            std::thread::sleep(std::time::Duration::from_millis(100));
+        }
+    }
+}
+
+/// IPv6 NodePorts at the socket (issues 27 × 28): on a dual-stack lab
+/// without kube-proxy, a pod reaches an IPv6 NodePort on another node's
+/// IPv6 InternalIP and on its own node's; the node itself reaches it on
+/// `[::1]` and on its own IPv6, over TCP, connected UDP and unconnected
+/// UDP (`sock_sendmsg6`). Every backend answers and the socket still
+/// shows the address it named. A pod's `[::1]` is the pod's own.
+#[test]
+fn ipv6_node_ports_from_pods_and_nodes_on_every_node_ipv6_and_loopback() {
+    require_root();
+    let mut opts = LabOptions::new(2, 1, bin("sluice-agent").parent().unwrap().to_path_buf());
+    opts.kubernetes = true;
+    opts.kube_proxy_replacement = true;
+    opts.dual_stack = true;
+    let mut lab = Lab::up(&opts).expect("dual-stack Kubernetes lab");
+    start_pod_ipv6_backends(&mut lab);
+    let pods: Vec<(String, sluice_tests::lab::Pod)> =
+        lab.pods().iter().map(|(n, p)| (n.name.clone(), (*p).clone())).collect();
+    let api = lab.api.as_ref().expect("kubernetes lab");
+    // SingleStack IPv6: its NodePort entries are IPv6's alone.
+    let mut np6 = service("np6", WEB6, &ports()).type_("NodePort");
+    np6.cluster_ips = vec![WEB6.into()];
+    let (tcp_np, udp_np) = (np6.node_port(0), np6.node_port(1));
+    api.upsert_service(np6.build());
+    let endpoints: Vec<EndpointObject> =
+        pods.iter().map(|(node, p)| EndpointObject::ready(p.ip6.as_deref().unwrap(), node)).collect();
+    api.upsert_endpoint_slice(ipv6_slice_of("np6", &endpoints));
+    let want: Vec<String> = pods.iter().map(|(_, p)| format!("[{}]:{TCP_PORT}", p.ip6.as_deref().unwrap())).collect();
+    wait_backends(&lab, "*", tcp_np, "TCP", &want).unwrap();
+    let node_ips6: Vec<String> = lab.state.nodes.iter().map(|n| n.ip6.clone().expect("dual-stack node")).collect();
+    wait_node_addresses6(&lab, &node_ips6);
+    let names: BTreeSet<String> = pods.iter().map(|(_, p)| p.name.clone()).collect();
+    let (n1, pod) = (lab.state.nodes[0].clone(), lab.state.nodes[0].pods[0].clone());
+    let (ip1, ip2) = (node_ips6[0].as_str(), node_ips6[1].as_str());
+    let (tcp_s, udp_s) = (tcp_np.to_string(), udp_np.to_string());
+
+    // A pod on n1 → n2's IPv6, then its own node's: every backend, the
+    // peer the address it named.
+    for ip in [ip2, ip1] {
+        let out = client(&lab, &n1, &pod.netns, &["tcp", ip, &tcp_s, "30"]).unwrap();
+        assert_eq!(oks(&out), 30, "pod → [{ip}]:{tcp_np}: {:?}", tally(&out));
+        assert!(out.iter().all(|o| matches!(o, Outcome::Ok { peer, .. } if peer == &format!("[{ip}]:{tcp_np}"))));
+        assert_eq!(tally(&out).keys().cloned().collect::<BTreeSet<_>>(), names, "{:?}", tally(&out));
+        let out = client(&lab, &n1, &pod.netns, &["udp", ip, &udp_s, "20"]).unwrap();
+        assert_eq!(oks(&out), 20, "pod → [{ip}]:{udp_np}/UDP: {:?}", tally(&out));
+        assert!(out.iter().all(|o| matches!(o, Outcome::Ok { peer, .. } if peer == &format!("[{ip}]:{udp_np}"))));
+    }
+
+    // n1 itself: on [::1] and on its own IPv6, TCP, UDP and sendto.
+    for ip in ["::1", ip1] {
+        let out = client(&lab, &n1, &n1.netns, &["tcp", ip, &tcp_s, "20"]).unwrap();
+        assert_eq!(oks(&out), 20, "n1 → [{ip}]:{tcp_np}: {:?}", tally(&out));
+        assert!(out.iter().all(|o| matches!(o, Outcome::Ok { peer, .. } if peer == &format!("[{ip}]:{tcp_np}"))));
+        assert_eq!(tally(&out).keys().cloned().collect::<BTreeSet<_>>(), names, "{:?}", tally(&out));
+        for mode in ["udp", "sendto"] {
+            let out = client(&lab, &n1, &n1.netns, &[mode, ip, &udp_s, "10"]).unwrap();
+            assert_eq!(oks(&out), 10, "n1 → [{ip}]:{udp_np} {mode}: {:?}", tally(&out));
+            assert!(out.iter().all(|o| matches!(o, Outcome::Ok { peer, .. } if peer == &format!("[{ip}]:{udp_np}"))));
+        }
+    }
+
+    // A pod's [::1] is the pod's: never translated, nothing listens there.
+    let out = client(&lab, &n1, &pod.netns, &["tcp", "::1", &tcp_s, "2"]).unwrap();
+    assert_eq!(oks(&out), 0, "a pod's loopback was translated: {out:?}");
+
+    let v = services::service_status(&lab, 0).unwrap();
+    assert!(v["services"]["counters"]["node_port"].as_u64().unwrap() >= 180, "{}", v["services"]["counters"]);
+}

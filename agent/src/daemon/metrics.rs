@@ -351,13 +351,24 @@ impl Collector for DatapathCollector {
                 stack_flows.iter().map(|f| (vec![("family", f.family().to_string())], ConstCounter::new(f.evicted))),
             )?;
         }
-        if let Ok(counters) = nat4_maps::nat4_counters(pins) {
-            let rows = counters.into_iter().map(|(c, n)| (vec![("event", c.name().to_string())], ConstCounter::new(n)));
+        // NAT4 (family ipv4) and NAT6 (ipv6), numbered alike; a table
+        // whose counters are absent (an older datapath) is left out.
+        let nat: Vec<_> = [("ipv4", nat4_maps::nat4_counters(pins)), ("ipv6", nat4_maps::nat6_counters(pins))]
+            .into_iter()
+            .filter_map(|(fam, counters)| Some((fam, counters.ok()?)))
+            .collect();
+        if !nat.is_empty() {
+            let rows = nat.into_iter().flat_map(|(fam, counters)| {
+                counters.into_iter().map(move |(c, n)| {
+                    (vec![("event", c.name().to_string()), ("family", fam.to_string())], ConstCounter::new(n))
+                })
+            });
             family(
                 &mut encoder,
                 "sluice_nat4_events",
-                "Connections from outside to Services at the uplink (NAT4): new ones by backend place, SNAT port \
-                 collisions and exhaustion, inserts the full table refused, packets translated each way.",
+                "Connections from outside to Services at the uplink, NAT4 (family ipv4) and NAT6 (ipv6): new ones \
+                 by backend place, SNAT port collisions and exhaustion, inserts the full table refused, packets \
+                 translated each way.",
                 MetricType::Counter,
                 rows,
             )?;

@@ -738,13 +738,19 @@ async fn bring_up_datapath(
     })
 }
 
-/// Every node's InternalIP, for NodePorts at the socket: from the Node
-/// watch (Services in eBPF need Kubernetes; a peers file gives none).
+/// Every node's InternalIPs (IPv4 and IPv6), for NodePorts at the socket:
+/// from the Node watch (Services in eBPF need Kubernetes; a peers file
+/// gives none).
 fn node_ips(source: &Source) -> service_lb::NodeIps {
     match source {
         Source::Kubernetes(nodes) => {
             let nodes = nodes.clone();
-            std::sync::Arc::new(move || nodes.snapshot().0.into_iter().filter_map(|n| n.node_ip).collect())
+            std::sync::Arc::new(move || {
+                let both = |n: membership::NodeEntry| {
+                    n.node_ip.map(std::net::IpAddr::from).into_iter().chain(n.node_ip6.map(Into::into))
+                };
+                nodes.snapshot().0.into_iter().flat_map(both).collect()
+            })
         }
         _ => std::sync::Arc::new(Vec::new),
     }

@@ -14,7 +14,7 @@
 use std::{
     collections::BTreeMap,
     future::Future,
-    net::{Ipv4Addr, Ipv6Addr},
+    net::{IpAddr, Ipv4Addr, Ipv6Addr},
     path::PathBuf,
     sync::{Arc, Mutex},
     time::{Duration, Instant},
@@ -58,8 +58,9 @@ pub struct HostPortSource {
     pub claims: HostPortClaims,
 }
 
-/// Every node's InternalIP (the Node watch's current view).
-pub type NodeIps = Arc<dyn Fn() -> Vec<Ipv4Addr> + Send + Sync>;
+/// Every node's InternalIPs, both families (the Node watch's current
+/// view).
+pub type NodeIps = Arc<dyn Fn() -> Vec<IpAddr> + Send + Sync>;
 
 const RESYNC: Duration = Duration::from_secs(10);
 /// A loop whose last pass is older than this is wedged: it passes at
@@ -183,7 +184,7 @@ pub async fn run(
         // Node addresses change seldom: at start and with every full pass.
         let node_addresses = if full || first {
             first = false;
-            if let Err(e) = sync_node_addresses6(&netlink, &mut addresses6).await {
+            if let Err(e) = sync_node_addresses6(&netlink, &mut addresses6, &node_ips).await {
                 warn!(error = %format!("{e:#}"), "IPv6 NodePort addresses not updated");
             }
             Some(sync_node_addresses(&netlink, &mut addresses, &node_ips).await)
@@ -362,7 +363,9 @@ pub async fn run(
 /// InternalIPs. Returns the addresses it holds.
 async fn sync_node_addresses(netlink: &Netlink, map: &mut NodeAddressMap, node_ips: &NodeIps) -> Result<Vec<Ipv4Addr>> {
     let local = netlink.all_ipv4_addresses().await?;
-    let want = node_addresses::desired(&local, &node_ips());
+    let nodes: Vec<Ipv4Addr> =
+        node_ips().into_iter().filter_map(|ip| if let IpAddr::V4(v4) = ip { Some(v4) } else { None }).collect();
+    let want = node_addresses::desired(&local, &nodes);
     let actual: BTreeMap<Ipv4Addr, u32> = map.entries()?.into_iter().map(|(ip, k)| (ip_from_be(ip), k)).collect();
     let diff = node_addresses::diff(&want, &actual);
     if !diff.is_empty() {
@@ -378,9 +381,12 @@ async fn sync_node_addresses(netlink: &Netlink, map: &mut NodeAddressMap, node_i
 }
 
 /// Make `NODE_ADDRESSES6` hold this namespace's own IPv6 addresses (the
-/// uplink's IPv6 NodePorts, `lb6`).
-async fn sync_node_addresses6(netlink: &Netlink, map: &mut NodeAddressMap6) -> Result<()> {
-    let want = node_addresses::desired6(&netlink.all_ipv6_addresses().await?);
+/// uplink's IPv6 NodePorts, `lb6`, and the socket's) and the other nodes'
+/// IPv6 InternalIPs (the socket's).
+async fn sync_node_addresses6(netlink: &Netlink, map: &mut NodeAddressMap6, node_ips: &NodeIps) -> Result<()> {
+    let nodes: Vec<Ipv6Addr> =
+        node_ips().into_iter().filter_map(|ip| if let IpAddr::V6(v6) = ip { Some(v6) } else { None }).collect();
+    let want = node_addresses::desired6(&netlink.all_ipv6_addresses().await?, &nodes);
     let actual: BTreeMap<Ipv6Addr, u32> = map.entries()?.into_iter().map(|(ip, k)| (Ipv6Addr::from(ip), k)).collect();
     let diff = node_addresses::diff(&want, &actual);
     if !diff.is_empty() {

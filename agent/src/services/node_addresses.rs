@@ -4,8 +4,10 @@
 //! that node would answer it. Loopback is not listed: it is a node
 //! address only from the node's own namespace, which the programs check
 //! per socket (`SOCK_LB_CONFIG`). Pure: the loop reads the addresses and
-//! applies the diff. `NODE_ADDRESSES6` (`desired6`): this node's own IPv6
-//! addresses, on which the uplink answers an IPv6 NodePort from outside.
+//! applies the diff. `NODE_ADDRESSES6` (`desired6`), the IPv6 twin: this
+//! node's own IPv6 addresses (local: the uplink answers an IPv6 NodePort
+//! from outside on them, `lb6`) and every other node's IPv6 InternalIP
+//! (remote: the socket programs only, as IPv4's).
 use std::{
     collections::BTreeMap,
     net::{Ipv4Addr, Ipv6Addr},
@@ -16,21 +18,25 @@ use sluice_common::services::{NODE_ADDRESS_LOCAL, NODE_ADDRESS_REMOTE};
 /// Address → `NODE_ADDRESS_LOCAL` / `NODE_ADDRESS_REMOTE`. An address that
 /// is both (this node's InternalIP) is local.
 pub fn desired(local: &[Ipv4Addr], nodes: &[Ipv4Addr]) -> BTreeMap<Ipv4Addr, u32> {
-    let usable = |ip: &&Ipv4Addr| !ip.is_loopback() && !ip.is_unspecified() && !ip.is_broadcast();
-    let mut out: BTreeMap<Ipv4Addr, u32> = nodes.iter().filter(usable).map(|ip| (*ip, NODE_ADDRESS_REMOTE)).collect();
-    out.extend(local.iter().filter(usable).map(|ip| (*ip, NODE_ADDRESS_LOCAL)));
-    out
+    classify(local, nodes, |ip| !ip.is_loopback() && !ip.is_unspecified() && !ip.is_broadcast())
 }
 
-/// `NODE_ADDRESSES6`: this node's own IPv6 addresses a NodePort answers on
-/// from outside (`from_uplink`'s `lb6`), each `NODE_ADDRESS_LOCAL`. Not
-/// loopback, not link-local (scoped to one link: never a Service's
-/// address), not multicast.
-pub fn desired6(local: &[Ipv6Addr]) -> BTreeMap<Ipv6Addr, u32> {
-    let usable = |ip: &&Ipv6Addr| {
+/// `NODE_ADDRESSES6`, the same for IPv6: this node's own addresses (local;
+/// `from_uplink`'s `lb6` answers only on those) and the other nodes' IPv6
+/// InternalIPs (remote). Not loopback, not link-local (scoped to one link:
+/// never a Service's address), not multicast.
+pub fn desired6(local: &[Ipv6Addr], nodes: &[Ipv6Addr]) -> BTreeMap<Ipv6Addr, u32> {
+    classify(local, nodes, |ip| {
         !ip.is_loopback() && !ip.is_unspecified() && !ip.is_multicast() && (ip.segments()[0] & 0xffc0) != 0xfe80
-    };
-    local.iter().filter(usable).map(|ip| (*ip, NODE_ADDRESS_LOCAL)).collect()
+    })
+}
+
+/// Either family: the `usable` nodes' addresses remote, then the `usable`
+/// local ones local (a local address wins).
+fn classify<A: Ord + Copy>(local: &[A], nodes: &[A], usable: impl Fn(&A) -> bool) -> BTreeMap<A, u32> {
+    let mut out: BTreeMap<A, u32> = nodes.iter().filter(|ip| usable(ip)).map(|ip| (*ip, NODE_ADDRESS_REMOTE)).collect();
+    out.extend(local.iter().filter(|ip| usable(ip)).map(|ip| (*ip, NODE_ADDRESS_LOCAL)));
+    out
 }
 
 #[derive(Debug, PartialEq, Eq)]
@@ -104,7 +110,7 @@ mod tests {
             .iter()
             .map(|s| s.parse().unwrap())
             .collect();
-        let d = desired6(&local);
+        let d = desired6(&local, &[]);
         assert_eq!(
             d.into_iter().collect::<Vec<_>>(),
             vec![
@@ -112,7 +118,20 @@ mod tests {
                 ("fd00:30::1".parse().unwrap(), NODE_ADDRESS_LOCAL)
             ]
         );
-        let gone = desired6(&["2001:db8::5".parse().unwrap()]);
-        assert_eq!(diff(&gone, &desired6(&local)).remove, vec!["fd00:30::1".parse::<Ipv6Addr>().unwrap()]);
+        let gone = desired6(&["2001:db8::5".parse().unwrap()], &[]);
+        assert_eq!(diff(&gone, &desired6(&local, &[])).remove, vec!["fd00:30::1".parse::<Ipv6Addr>().unwrap()]);
+    }
+
+    #[test]
+    fn other_nodes_ipv6_internal_ips_are_remote_and_this_nodes_own_stays_local() {
+        let v6 = |list: &[&str]| list.iter().map(|s| s.parse().unwrap()).collect::<Vec<Ipv6Addr>>();
+        let d = desired6(&v6(&["fd00:30::1"]), &v6(&["fd00:30::1", "fd00:30::2", "fe80::2", "::1"]));
+        assert_eq!(
+            d.into_iter().collect::<Vec<_>>(),
+            vec![
+                ("fd00:30::1".parse().unwrap(), NODE_ADDRESS_LOCAL),
+                ("fd00:30::2".parse().unwrap(), NODE_ADDRESS_REMOTE)
+            ]
+        );
     }
 }

@@ -171,6 +171,34 @@ fn a_remote_ipv6_backend_gets_the_node_address_and_a_snat_port_and_its_answer_go
     assert_eq!(dp.drops().unwrap(), []);
 }
 
+/// While the agent carries `NAT4` or `NAT6` over to a new layout
+/// (`LB4_PAUSED`), a new IPv6 connection from outside is dropped
+/// (`nat4_migrating`, as IPv4's), nothing written for it; one already in
+/// `NAT6` carries on; lifted, the client's retransmission is translated.
+#[test]
+fn while_the_tables_migrate_new_ipv6_connections_from_outside_are_held_back_and_open_ones_carry_on() {
+    use sluice_common::nat::LB4_PAUSED;
+    let dp = node_with_node_port6(REMOTE6, 1, 0);
+    let open = Ipv6::tcp_syn(WORLD6, NODE6, 40000, NODE_PORT).frame(from_world(&dp));
+    assert_eq!(dp.run(FROM_UPLINK, dp.uplink.ifindex, &open).unwrap().action, TC_ACT_REDIRECT);
+    let config = |flags| Lb4Config { flags, snat_port_min: 61000, snat_port_max: 65535 };
+    set_lb4_config(dp.pins(), config(LB4_ENABLED | LB4_PAUSED)).unwrap();
+
+    let new = Ipv6::tcp_syn(WORLD6, NODE6, 40001, NODE_PORT).frame(from_world(&dp));
+    assert_eq!(dp.run(FROM_UPLINK, dp.uplink.ifindex, &new).unwrap().action, TC_ACT_SHOT);
+    let udp = Ipv6::udp(WORLD6, NODE6, 40002, NODE_PORT).frame(from_world(&dp));
+    assert_eq!(dp.run(FROM_UPLINK, dp.uplink.ifindex, &udp).unwrap().action, TC_ACT_SHOT);
+    assert_eq!(dp.drops().unwrap(), [(DropReason::Nat4Migrating, 2)]);
+    assert_eq!(counter(&dp, Nat4Counter::NewRemote), 1, "nothing written for a held-back connection");
+    assert_eq!(Nat6Table::open(dp.pins()).unwrap().all().unwrap().len(), 2, "the open connection's pair alone");
+    let ack = Ipv6::tcp_ack(WORLD6, NODE6, 40000, NODE_PORT).frame(from_world(&dp));
+    assert_eq!(dp.run(FROM_UPLINK, dp.uplink.ifindex, &ack).unwrap().action, TC_ACT_REDIRECT, "the open one");
+
+    set_lb4_config(dp.pins(), config(LB4_ENABLED)).unwrap();
+    assert_eq!(dp.run(FROM_UPLINK, dp.uplink.ifindex, &new).unwrap().action, TC_ACT_REDIRECT, "retransmitted");
+    assert_eq!(counter(&dp, Nat4Counter::NewRemote), 2);
+}
+
 #[test]
 fn external_traffic_policy_local_keeps_the_client_address_and_drops_where_no_backend_is_local() {
     // One backend, this node's: the client's address kept (DNAT only).

@@ -208,10 +208,14 @@ impl Datapath {
         let migration = if migrating.is_empty() {
             None
         } else {
-            // A connection from outside written into the old NAT4 from now
-            // on would be lost with it: new ones wait (`migrate::Pause`)
-            // until `finish_migration`.
-            let pause = if migrating.iter().any(|m| m == names::NAT4) { migrate::Pause::start(pins)? } else { None };
+            // A connection from outside written into the old NAT4 (or
+            // NAT6) from now on would be lost with it: new ones of both
+            // families wait (`migrate::Pause`) until `finish_migration`.
+            let pause = if migrating.iter().any(|m| migrate::pauses_new_connections(m)) {
+                migrate::Pause::start(pins)?
+            } else {
+                None
+            };
             // No plugin writes an entry into a map while it is replaced.
             let _lock = PinLock::exclusive(pins)?;
             let mut carried = Vec::new();

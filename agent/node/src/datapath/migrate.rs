@@ -224,8 +224,16 @@ pub enum CopyScope {
     Missing,
 }
 
-/// New connections from outside held back (`LB4_PAUSED`) while `NAT4`
-/// moves to a new map: from before its entries are copied until every
+/// Does moving map `name` to a new layout hold new connections from
+/// outside back (`Pause`)? The uplink's connection tables, `NAT4` and its
+/// IPv6 twin `NAT6`: an entry written into the old one is lost with it.
+pub fn pauses_new_connections(name: &str) -> bool {
+    name == sluice_common::maps::names::NAT4 || name == sluice_common::maps::names::NAT6
+}
+
+/// New connections from outside held back (`LB4_PAUSED`, both families)
+/// while `NAT4` or `NAT6` moves to a new map: from before its entries are
+/// copied until every
 /// link runs the new programs and the stragglers are copied
 /// (`Migration::finish`). Dropped unfinished (an error on the way), it
 /// lifts the pause all the same: connections from outside must not stay
@@ -249,7 +257,7 @@ impl Pause {
         }
         config.flags |= LB4_PAUSED;
         super::nat4_maps::set_lb4_config(pins, config).context("pause new connections from outside")?;
-        info!("new connections from outside held back while NAT4 moves to its new layout");
+        info!("new connections from outside held back while NAT4/NAT6 move to their new layout");
         Ok(Some(Self { pins: pins.clone(), lifted: false }))
     }
 
@@ -360,4 +368,17 @@ pub fn copy_entries(
         }
     }
     Ok(n)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn either_uplink_connection_table_moving_holds_new_connections_back() {
+        use sluice_common::maps::names;
+        assert!(pauses_new_connections(names::NAT4));
+        assert!(pauses_new_connections(names::NAT6), "an IPv6 connection written into the old NAT6 is lost");
+        assert!(!pauses_new_connections(names::SERVICES6));
+    }
 }

@@ -4,7 +4,7 @@
 //! `SERVICES6`) and their backends, and the node addresses NodePorts answer on, read from
 //! the pinned maps (so it shows what the datapath does, whether or not an
 //! agent runs).
-use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+use std::net::{IpAddr, Ipv6Addr};
 
 use anyhow::Result;
 use serde_json::{json, Value};
@@ -12,9 +12,9 @@ use sluice_common::services::{
     admission, frontend_kind, Admission, BackendSlot, FrontendKind, ServiceKey, ServiceValue, NODE_ADDRESS_LOCAL,
     SCOPE_HOST_PORT, SCOPE_NODE_PORT,
 };
-use sluice_common::services6::ip6_octets;
+use sluice_common::{nat::Nat4Counter, services6::ip6_octets};
 use sluice_node::datapath::{
-    nat4_maps::nat4_counters,
+    nat4_maps::{nat4_counters, nat6_counters, NodeAddressMap6},
     pinned_maps::ip_from_be,
     pins::PinDir,
     service_maps::{sock_lb_counters, NodeAddressMap, ServiceMaps, ServiceMaps6},
@@ -109,14 +109,18 @@ fn host_port(ip: &IpAddr, port: u16) -> String {
     std::net::SocketAddr::new(*ip, port).to_string()
 }
 
-/// `NODE_ADDRESSES`: (address, "local" or "remote"), sorted. Empty when
-/// the map is absent (an agent older than NodePorts at the socket).
-pub fn node_addresses(pins: &PinDir) -> Vec<(Ipv4Addr, &'static str)> {
-    let mut out: Vec<_> = NodeAddressMap::open(pins)
-        .and_then(|m| m.entries())
-        .unwrap_or_default()
+/// `NODE_ADDRESSES` and `NODE_ADDRESSES6`: (address, "local" or
+/// "remote"), IPv4 first, sorted. A family is left out when its map is
+/// absent (an agent older than NodePorts at the socket, or than IPv6
+/// NodePorts).
+pub fn node_addresses(pins: &PinDir) -> Vec<(IpAddr, &'static str)> {
+    let kind = |k: u32| if k == NODE_ADDRESS_LOCAL { "local" } else { "remote" };
+    let v4 = NodeAddressMap::open(pins).and_then(|m| m.entries()).unwrap_or_default();
+    let v6 = NodeAddressMap6::open(pins).and_then(|m| m.entries()).unwrap_or_default();
+    let mut out: Vec<(IpAddr, &'static str)> = v4
         .into_iter()
-        .map(|(ip, kind)| (ip_from_be(ip), if kind == NODE_ADDRESS_LOCAL { "local" } else { "remote" }))
+        .map(|(ip, k)| (IpAddr::V4(ip_from_be(ip)), kind(k)))
+        .chain(v6.into_iter().map(|(ip, k)| (IpAddr::V6(Ipv6Addr::from(ip)), kind(k))))
         .collect();
     out.sort();
     out
@@ -139,10 +143,11 @@ fn frontend(r: &ServiceRow) -> String {
 pub fn to_json(rows: &[ServiceRow], pins: &PinDir) -> Value {
     let counters: serde_json::Map<String, Value> =
         sock_lb_counters(pins).unwrap_or_default().into_iter().map(|(c, n)| (c.name().to_string(), json!(n))).collect();
-    let nat4: serde_json::Map<String, Value> =
-        nat4_counters(pins).unwrap_or_default().into_iter().map(|(c, n)| (c.name().to_string(), json!(n))).collect();
+    let named = |counters: Result<Vec<(Nat4Counter, u64)>>| -> serde_json::Map<String, Value> {
+        counters.unwrap_or_default().into_iter().map(|(c, n)| (c.name().to_string(), json!(n))).collect()
+    };
     json!({
-        "uplink": {"nat4": nat4},
+        "uplink": {"nat4": named(nat4_counters(pins)), "nat6": named(nat6_counters(pins))},
         "nodeAddresses": node_addresses(pins).iter().map(|(ip, kind)| json!({"ip": ip.to_string(), "kind": kind})).collect::<Vec<_>>(),
         "frontends": rows.iter().map(|r| json!({
             "kind": r.kind.name(),
@@ -178,8 +183,9 @@ pub fn render(rows: &[ServiceRow], pins: &PinDir) -> String {
             o.push_str(&format!("  {:<28} {n}\n", c.name()));
         }
     }
-    if let Ok(counters) = nat4_counters(pins) {
-        o.push_str("from outside, at the uplink (NAT4):\n");
+    for (table, counters) in [("NAT4", nat4_counters(pins)), ("NAT6", nat6_counters(pins))] {
+        let Ok(counters) = counters else { continue };
+        o.push_str(&format!("from outside, at the uplink ({table}):\n"));
         for (c, n) in counters {
             o.push_str(&format!("  {:<28} {n}\n", c.name()));
         }

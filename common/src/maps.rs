@@ -186,6 +186,10 @@ pub mod names {
     /// `LpmTrie<nat::SourceRangeKey, u32>`: LoadBalancer ingress IPs'
     /// `loadBalancerSourceRanges` (agent writes; `from_uplink` reads).
     pub const LB4_SOURCE_RANGES: &str = "LB4_SOURCE_RANGES";
+    /// `LpmTrie<nat6::SourceRangeKey6, u32>`: its IPv6 twin, the IPv6
+    /// ranges of IPv6 LoadBalancer ingress IPs (agent writes;
+    /// `from_uplink`'s `lb6` reads).
+    pub const LB6_SOURCE_RANGES: &str = "LB6_SOURCE_RANGES";
     /// `LruHashMap<lb4_affinity::Lb4AffinityKey, services::AffinityValue>`:
     /// `sessionAffinity: ClientIP` for clients from outside, the backend
     /// each (client address, Service port) last got (`from_uplink` writes

@@ -81,12 +81,35 @@ impl Nat6Key {
     }
 }
 
+/// Key data of `LB6_SOURCE_RANGES`, an LPM trie (`nat::SourceRangeKey`'s
+/// IPv6 twin): an IPv6 frontend (a LoadBalancer ingress IP, port and
+/// protocol), always matched whole (`SOURCE_RANGE6_FRONTEND_BITS`), then
+/// a client address matched on the range's prefix. Written by the agent
+/// for each IPv6 range of each ingress IP frontend with
+/// `SERVICE_SOURCE_RANGES`. Value: unused (1).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Default)]
+pub struct SourceRangeKey6 {
+    pub vip: Ip6Words,
+    pub port_be: u16,
+    pub protocol: u8,
+    pub _pad: u8,
+    /// The range's address (an entry) or the client's (a lookup).
+    pub src: Ip6Words,
+}
+const _: () = assert!(core::mem::size_of::<SourceRangeKey6>() == 36);
+
+/// Bits of `SourceRangeKey6` before the client address: always matched.
+pub const SOURCE_RANGE6_FRONTEND_BITS: u32 = 160;
+const _: () = assert!(SOURCE_RANGE6_FRONTEND_BITS as usize == core::mem::offset_of!(SourceRangeKey6, src) * 8);
+
 #[cfg(feature = "user")]
 mod pod {
     use super::*;
     // SAFETY: `#[repr(C)]`, fixed size, explicit padding, no pointers.
     unsafe impl aya::Pod for Nat6Key {}
     unsafe impl aya::Pod for Nat6Entry {}
+    unsafe impl aya::Pod for SourceRangeKey6 {}
 }
 
 #[cfg(test)]

@@ -20,8 +20,7 @@
 //!
 //! Not (yet) for IPv6: direct server return (a remote backend is always
 //! SNATed), session affinity (every new connection is balanced at
-//! random), `loadBalancerSourceRanges` (such a frontend is refused to
-//! every client: fail closed), a backend's node reached over VXLAN
+//! random), a backend's node reached over VXLAN
 //! (`no_tunnel`), TCP close tracking (the GC keeps a closed connection
 //! for its protocol's timeout), fragments (to the stack, counted as
 //! `fragment_passed` in `NAT6_STATS`). A packet with extension headers
@@ -48,7 +47,7 @@ use sluice_common::{
         may_take_over, reachable_from_outside, Lb4Config, Nat4Counter, LB4_ENABLED, NAT4_FORWARD, NAT4_REPLY,
         NAT4_REPLY_SEEN, NAT4_SNAT, SNAT_PORT_TRIES,
     },
-    nat6::{Nat6Entry, Nat6Key},
+    nat6::{Nat6Entry, Nat6Key, SourceRangeKey6, SOURCE_RANGE6_FRONTEND_BITS},
     reject,
     services::{
         frontend_kind_of, local_backend_count, BackendSlot, ServiceValue, NODE_ADDRESS_LOCAL, SCOPE_ADDRESS,
@@ -64,8 +63,8 @@ use crate::{
     forward,
     lb4::{code, reason_from, LB4_NEW_CONNECTION, LB4_PASS, LB4_REFUSE, LB4_SEND_NEW, LB4_SENT, LB4_TO_LOCAL_POD},
     maps::{
-        BACKENDS6, ENDPOINTS6, LB4_CONFIG, LB6_SCRATCH, NAT6, NAT6_STATS, NODE_ADDRESSES6, NODE_CONFIG, NODE_ROUTES6,
-        SERVICES6,
+        BACKENDS6, ENDPOINTS6, LB4_CONFIG, LB6_SCRATCH, LB6_SOURCE_RANGES, NAT6, NAT6_STATS, NODE_ADDRESSES6,
+        NODE_CONFIG, NODE_ROUTES6, SERVICES6,
     },
     parse::{self, Ipv6Hdr, ETH_HLEN},
 };
@@ -105,6 +104,8 @@ pub struct Lb6Scratch {
     pub backend: Backend6,
     /// A `NODE_ROUTES6` lookup.
     pub route: Key<[u8; 16]>,
+    /// A `LB6_SOURCE_RANGES` lookup.
+    pub range: Key<SourceRangeKey6>,
     /// The next hop of a packet to a backend's node.
     pub nh: bpf_redir_neigh,
     /// A refusal being built (`sluice_lb6_refuse`): in map memory, as the
@@ -379,8 +380,10 @@ fn admit(ctx: &TcContext, scratch: *mut Lb6Scratch) -> Result<u32, DropReason> {
     if !reachable_from_outside(frontend_kind_of(frontend.scope, service)) {
         return Ok(LB4_PASS);
     }
-    // loadBalancerSourceRanges are IPv4's alone so far: fail closed.
-    if service.flags & SERVICE_SOURCE_RANGES != 0 {
+    // loadBalancerSourceRanges: the client must be in one of the
+    // frontend's (`LB6_SOURCE_RANGES`), else dropped, as `lb4` does.
+    let ranged = service.flags & SERVICE_SOURCE_RANGES != 0;
+    if ranged && !in_source_ranges(scratch) {
         return Err(DropReason::LoadBalancerSourceRange);
     }
     if key.protocol == IPPROTO_TCP && !is_syn(ctx) {
@@ -431,6 +434,22 @@ fn frontend(scratch: *mut Lb6Scratch) -> bool {
         }
         None => false,
     }
+}
+
+/// Is the client in one of the `loadBalancerSourceRanges` of the
+/// scratch's frontend (`lb4::in_source_ranges`' twin)? The lookup key is
+/// built in the scratch.
+#[inline(always)]
+fn in_source_ranges(scratch: *mut Lb6Scratch) -> bool {
+    // SAFETY: this CPU's slot; distinct fields.
+    let (key, frontend, range) = unsafe { (&(*scratch).key, &(*scratch).frontend, &mut (*scratch).range) };
+    range.prefix_len = SOURCE_RANGE6_FRONTEND_BITS + 128;
+    range.data.vip = frontend.vip;
+    range.data.port_be = frontend.port_be;
+    range.data.protocol = frontend.protocol;
+    range.data._pad = 0;
+    range.data.src = key.src;
+    LB6_SOURCE_RANGES.get(&*range).is_some()
 }
 
 /// Is this TCP segment a SYN without ACK?

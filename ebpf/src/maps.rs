@@ -15,7 +15,7 @@ use sluice_common::{
         MAX_POLICY_IDENTITIES, MAX_POLICY_RULES, MAX_SERVICES, MAX_SOCK_REVERSE, MAX_STACK_FLOWS,
     },
     nat::{Lb4Config, Nat4Counter, Nat4Entry, Nat4Key, SourceRangeKey},
-    nat6::{Nat6Entry, Nat6Key},
+    nat6::{Nat6Entry, Nat6Key, SourceRangeKey6},
     policy::{
         CtEntry, CtKey, CtKey6, EndpointPolicy, PeerIdentity, PodNameKey, PodPolicy, PolicyKey, PolicyScratch6,
         PolicyState, PolicyValue, POLICY_STAT_SLOTS,
@@ -227,6 +227,10 @@ pub static NAT6: HashMap<Nat6Key, Nat6Entry> = HashMap::with_max_entries(MAX_NAT
 
 #[map]
 pub static NAT6_STATS: PerCpuArray<u64> = PerCpuArray::with_max_entries(Nat4Counter::COUNT, 0);
+
+/// `LB4_SOURCE_RANGES`' IPv6 twin (`lb6`).
+#[map]
+pub static LB6_SOURCE_RANGES: LpmTrie<SourceRangeKey6, u32> = LpmTrie::with_max_entries(MAX_LB4_SOURCE_RANGES, 0);
 
 /// This node's own IPv6 addresses (`NODE_ADDRESSES`' twin).
 #[map]

@@ -943,3 +943,65 @@ fn world_to_an_ipv6_node_port_reaches_backends_on_both_nodes_and_local_policy_ke
         "the backend saw the world's address: {out:?}"
     );
 }
+
+/// `loadBalancerSourceRanges` over IPv6 (issues 27 × 28, `lb6` and
+/// `LB6_SOURCE_RANGES`): on a dual-stack node without kube-proxy, the
+/// world (fd00:30::fe) reaches the IPv6 LoadBalancer IP of a Service whose
+/// IPv6 ranges hold it; that of a Service whose ranges do not is dropped,
+/// counted `load_balancer_source_range`. Each Service's IPv4 range is
+/// IPv4's and plays no part.
+#[test]
+fn ipv6_load_balancer_source_ranges_admit_the_world_only_where_they_hold_it() {
+    require_root();
+    let mut opts = sluice_tests::lab::LabOptions::new(1, 1, sluice_tests::bin("sluice-agent").parent().unwrap().into());
+    opts.kubernetes = true;
+    opts.kube_proxy_replacement = true;
+    opts.dual_stack = true;
+    let mut lab = Lab::up(&opts).expect("dual-stack Kubernetes lab");
+    let world = cluster::add_world(&mut lab).unwrap();
+    assert_no_kube_proxy_rules(&lab);
+    start_pod_ipv6_servers(&mut lab);
+    let api = lab.api.as_ref().expect("kubernetes lab");
+    let (n1, pod) = (lab.state.nodes[0].clone(), lab.state.nodes[0].pods[0].clone());
+    let (pod6, node6) = (pod.ip6.clone().expect("dual-stack pod"), n1.ip6.clone().expect("dual-stack node"));
+    let world_range = format!("{}/128", cluster::WORLD_IP6);
+    for (name, cluster_ip, lb_ip, ranges) in [
+        ("open6", "fd00:96::86", "2001:db8:5::86", [world_range.as_str(), "2001:db8:ff::/48", "203.0.113.0/24"]),
+        ("closed6", "fd00:96::87", "2001:db8:5::87", ["2001:db8:ff::/48", "fd00:99::/64", "0.0.0.0/0"]),
+    ] {
+        let mut svc = service(name, cluster_ip, &[("http", 80, 7777, "TCP")])
+            .type_("LoadBalancer")
+            .load_balancer_ips(&[lb_ip])
+            .source_ranges(&ranges);
+        svc.cluster_ips = vec![cluster_ip.into()];
+        api.upsert_service(svc.build());
+        let mut s = slice(name, &[("http", 7777, "TCP")], &ready(&[(&n1.name, &pod6)]));
+        s.name = format!("{name}-v6");
+        s.address_type = "IPv6".into();
+        api.upsert_endpoint_slice(s.build());
+        wait_backends(&lab, lb_ip, 80, "TCP", &[format!("[{pod6}]:7777")]).unwrap();
+        // The world reaches the ingress IP through the node, as a load
+        // balancer would send it.
+        let route = ["ip", "-6", "route", "replace", &format!("{lb_ip}/128"), "via", &node6];
+        sluice_tests::lab::ns_exec(&world, &route).unwrap();
+    }
+    let before = sluice_tests::lab::counter(&lab, 0, "drops", "load_balancer_source_range");
+    let out = world_client(&world, &["tcp", "2001:db8:5::86", "80", "5"]);
+    assert_eq!(oks(&out), 5, "inside the ranges: {out:?}");
+    assert!(out.iter().all(|o| o.answer() == Some(pod.name.as_str())), "{out:?}");
+    let out = world_client(&world, &["tcp", "2001:db8:5::87", "80", "2"]);
+    assert_eq!(oks(&out), 0, "outside the ranges: {out:?}");
+    let dropped = sluice_tests::lab::counter(&lab, 0, "drops", "load_balancer_source_range") - before;
+    assert!(dropped >= 2, "refused SYNs counted: {dropped}");
+
+    // NAT6's counters, in `status --services` and the metrics beside NAT4's.
+    let v = services::service_status(&lab, 0).unwrap();
+    let new_local = v["services"]["uplink"]["nat6"]["new_local"].as_u64().unwrap_or(0);
+    assert!(new_local >= 5, "status uplink.nat6: {}", v["services"]["uplink"]);
+    let url = format!("http://{}:9962/metrics", node_ip(&lab, 0));
+    let get = "import sys, urllib.request; print(urllib.request.urlopen(sys.argv[1], timeout=5).read().decode())";
+    let text = sluice_tests::lab::ns_exec(&n1.netns, &["python3", "-c", get, &url]).unwrap();
+    let line = format!("sluice_nat4_events_total{{event=\"new_local\",family=\"ipv6\"}} {new_local}");
+    assert!(text.contains(&line), "{line} missing from the metrics:\n{text}");
+    assert!(text.contains("sluice_nat4_events_total{event=\"new_local\",family=\"ipv4\"} 0"), "{text}");
+}

@@ -27,7 +27,7 @@ use sluice_node::{
     clock::now_unix,
     datapath::{
         nat4_gc,
-        nat4_maps::{Nat4Table, NodeAddressMap6, SourceRanges},
+        nat4_maps::{Nat4Table, NodeAddressMap6, SourceRanges, SourceRanges6},
         pinned_maps::{ip_be, ip_from_be},
         pins::PinDir,
         service_maps::{own_netns_cookie, set_sock_lb_config, NodeAddressMap, ServiceMaps, ServiceMaps6},
@@ -168,6 +168,7 @@ pub async fn run(
     let mut addresses = NodeAddressMap::open(&pins)?;
     let mut addresses6 = NodeAddressMap6::open(&pins)?;
     let mut ranges = SourceRanges::open(&pins)?;
+    let mut ranges6 = SourceRanges6::open(&pins)?;
     let netlink = Netlink::open()?;
     let mut planner = plan::Planner::default();
     let mut planner6 = plan::Planner::<Ipv6Addr>::default();
@@ -225,6 +226,7 @@ pub async fn run(
             // loadBalancerSourceRanges: new ones before the frontends that
             // need them are flagged, old ones after (`source_ranges`).
             let ranges_added = source_ranges::add_new(&mut ranges, planner.plan());
+            let ranges6_added = source_ranges::add_new(&mut ranges6, planner6.plan());
             let result4 = match &changed {
                 None => {
                     last_full = Instant::now();
@@ -237,11 +239,9 @@ pub async fn run(
                 Some(frontends) => reconciler6.apply_some(&mut maps6, planner6.plan(), frontends),
             };
             let ranges_removed = source_ranges::remove_old(&mut ranges, planner.plan());
-            let result4 = match (result4, ranges_added, ranges_removed) {
-                (Ok(stats), Ok(_), Ok(_)) => Ok(stats),
-                (Err(e), _, _) => Err(e),
-                (_, Err(e), _) | (_, _, Err(e)) => Err(e.context("loadBalancerSourceRanges not fully updated")),
-            };
+            let ranges6_removed = source_ranges::remove_old(&mut ranges6, planner6.plan());
+            let result4 = with_ranges(result4, ranges_added, ranges_removed);
+            let result6 = with_ranges(result6, ranges6_added, ranges6_removed);
             // One pass over both families: counted together, the first
             // error reported (IPv4's, then IPv6's).
             let result = match (result4, result6) {
@@ -356,6 +356,16 @@ pub async fn run(
             _ = pods_changed => host_ports_due = true,
             _ = tokio::time::sleep_until(wake.into()) => {}
         }
+    }
+}
+
+/// A family's pass with its `loadBalancerSourceRanges` updates: the
+/// pass's error first, then the ranges'.
+fn with_ranges(pass: Result<PassStats>, added: Result<usize>, removed: Result<usize>) -> Result<PassStats> {
+    match (pass, added, removed) {
+        (Ok(stats), Ok(_), Ok(_)) => Ok(stats),
+        (Err(e), _, _) => Err(e),
+        (_, Err(e), _) | (_, _, Err(e)) => Err(e.context("loadBalancerSourceRanges not fully updated")),
     }
 }
 

@@ -12,14 +12,17 @@ use etherparse::{Icmpv6Type, PacketBuilder};
 use sluice_common::{
     maps::programs::{FROM_POD, FROM_UPLINK},
     nat::{Lb4Config, Nat4Counter, LB4_ENABLED, NAT4_FORWARD, NAT4_REPLY},
-    nat6::{Nat6Entry, Nat6Key},
-    services::{external_local_flags, BackendSlot, ServiceValue, NODE_ADDRESS_LOCAL, SERVICE_EXTERNAL_IP},
+    nat6::{Nat6Entry, Nat6Key, SourceRangeKey6},
+    services::{
+        external_local_flags, BackendSlot, ServiceValue, NODE_ADDRESS_LOCAL, SERVICE_EXTERNAL_IP,
+        SERVICE_LOAD_BALANCER, SERVICE_SOURCE_RANGES,
+    },
     services6::{ip6_words, Backend6, ServiceKey6},
     DropReason, ForwardPath,
 };
 use sluice_node::datapath::{
     nat4_gc,
-    nat4_maps::{nat6_counters, set_lb4_config, Nat6Table, NodeAddressMap6},
+    nat4_maps::{nat6_counters, set_lb4_config, Nat6Table, NodeAddressMap6, SourceRanges6},
     policy_ct_gc,
     service_maps::ServiceMaps6,
 };
@@ -345,4 +348,46 @@ fn the_agents_gc_removes_an_idle_ipv6_connection_both_halves_and_keeps_a_live_on
         let client_port = if k.direction == NAT4_FORWARD { k.src_port_be } else { e.dst_port_be };
         u16::from_be(client_port) == 40001
     }));
+}
+
+/// `loadBalancerSourceRanges` over IPv6 (`LB6_SOURCE_RANGES`): a world
+/// client inside one of an IPv6 LoadBalancer ingress IP's ranges is
+/// translated; one outside is dropped (`load_balancer_source_range`),
+/// nothing written for it; the range gone (the flag still set), every
+/// client is refused: fail closed.
+#[test]
+fn ipv6_load_balancer_source_ranges_admit_only_the_clients_inside_them() {
+    const LB6: &str = "2001:db8:5::7";
+    const OUTSIDE6: &str = "2001:db9::1";
+    let dp = node_with_node_port6(LOCAL6, 1, 0);
+    let b = local_backend(&dp);
+    let vip = ip6_words(ip6(LB6).octets());
+    let flags = SERVICE_LOAD_BALANCER | SERVICE_SOURCE_RANGES;
+    let value = ServiceValue { backend_set: 1, count: 1, affinity_timeout_secs: 0, flags, service_port_id: 0 };
+    ServiceMaps6::open(dp.pins()).unwrap().put_service(ServiceKey6::address(vip, 80u16.to_be(), TCP), value).unwrap();
+    let mut ranges = SourceRanges6::open(dp.pins()).unwrap();
+    // WORLD6 (2001:db8::1) is inside 2001:db8::/64.
+    let range = SourceRangeKey6 {
+        vip,
+        port_be: 80u16.to_be(),
+        protocol: TCP,
+        _pad: 0,
+        src: ip6_words(ip6("2001:db8::").octets()),
+    };
+    ranges.insert(range, 64).unwrap();
+
+    let inside = Ipv6::tcp_syn(WORLD6, LB6, 40000, 80).frame(from_world(&dp));
+    let run = dp.run(FROM_UPLINK, dp.uplink.ifindex, &inside).unwrap();
+    assert_eq!(run.action, TC_ACT_REDIRECT, "inside the range: {:?}", dp.drops().unwrap());
+    let dnated = Ipv6::tcp_syn(WORLD6, LOCAL6, 40000, 7777);
+    assert_eq!(hex(&run.packet), hex(&hop(&dnated, 63, b.receives())), "DNATed into the backend");
+    let outside = Ipv6::tcp_syn(OUTSIDE6, LB6, 40001, 80).frame(from_world(&dp));
+    assert_eq!(dp.run(FROM_UPLINK, dp.uplink.ifindex, &outside).unwrap().action, TC_ACT_SHOT);
+    assert_eq!(dp.drops().unwrap(), [(DropReason::LoadBalancerSourceRange, 1)]);
+    assert_eq!(Nat6Table::open(dp.pins()).unwrap().all().unwrap().len(), 2, "the admitted connection's pair alone");
+
+    ranges.remove(range, 64).unwrap();
+    let again = Ipv6::tcp_syn(WORLD6, LB6, 40002, 80).frame(from_world(&dp));
+    assert_eq!(dp.run(FROM_UPLINK, dp.uplink.ifindex, &again).unwrap().action, TC_ACT_SHOT, "no range: refused");
+    assert_eq!(dp.drops().unwrap(), [(DropReason::LoadBalancerSourceRange, 2)]);
 }

@@ -36,7 +36,7 @@ use crate::pod::device::PodDevice;
 pub static OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/sluice.bpf.o"));
 
 /// Every map of the object, as pinned.
-pub const ALL_MAPS: [&str; 55] = [
+pub const ALL_MAPS: [&str; 56] = [
     names::ENDPOINTS,
     names::NODE_ROUTES,
     names::NODE_CONFIG,
@@ -84,6 +84,8 @@ pub const ALL_MAPS: [&str; 55] = [
     // loadBalancerSourceRanges at the uplink (issue 27): created where
     // absent.
     names::LB4_SOURCE_RANGES,
+    // Its IPv6 twin (issues 27 x 28): created where absent.
+    names::LB6_SOURCE_RANGES,
     // NetworkPolicy for IPv6 (issue 28): created where absent.
     names::POLICY_IDENTITIES6,
     names::POLICY_ENDPOINTS6,

@@ -2,14 +2,15 @@
 //! types in `sluice_common::nat`): `NAT4`, read and collected by the
 //! agent, `LB4_CONFIG`, written at start, `NAT4_STATS`, and
 //! `LB4_SVC_AFFINITY` (the programs' alone; read by tests and tools);
-//! their IPv6 twins `NAT6`, `NAT6_STATS` and `NODE_ADDRESSES6`.
+//! their IPv6 twins `NAT6`, `NAT6_STATS` and `NODE_ADDRESSES6`; the
+//! `loadBalancerSourceRanges` tries of both families.
 use anyhow::{Context, Result};
 use aya::maps::{lpm_trie::Key, Array, HashMap, LpmTrie, MapData, PerCpuArray};
 use sluice_common::{
     lb4_affinity::Lb4AffinityKey,
     maps::{limits, names},
     nat::{Lb4Config, Nat4Counter, Nat4Entry, Nat4Key, SourceRangeKey, SOURCE_RANGE_FRONTEND_BITS},
-    nat6::{Nat6Entry, Nat6Key},
+    nat6::{Nat6Entry, Nat6Key, SourceRangeKey6, SOURCE_RANGE6_FRONTEND_BITS},
     services::AffinityValue,
 };
 
@@ -152,43 +153,57 @@ impl<K: NatKey> NatTable<K> {
     }
 }
 
-/// `LB4_SOURCE_RANGES`: the `loadBalancerSourceRanges` of LoadBalancer
-/// ingress IPs, each entry a frontend and a range (`SourceRangeKey` with
-/// the range's address and its prefix length, without the frontend's
-/// `SOURCE_RANGE_FRONTEND_BITS`).
-pub struct SourceRanges(LpmTrie<MapData, SourceRangeKey, u32>);
+/// The key of a `loadBalancerSourceRanges` trie, either family: its map
+/// and how many of its bits name the frontend (always matched whole).
+pub trait SourceRangeKind: aya::Pod + std::fmt::Debug {
+    const MAP: &'static str;
+    const FRONTEND_BITS: u32;
+}
 
-impl SourceRanges {
+impl SourceRangeKind for SourceRangeKey {
+    const MAP: &'static str = names::LB4_SOURCE_RANGES;
+    const FRONTEND_BITS: u32 = SOURCE_RANGE_FRONTEND_BITS;
+}
+
+impl SourceRangeKind for SourceRangeKey6 {
+    const MAP: &'static str = names::LB6_SOURCE_RANGES;
+    const FRONTEND_BITS: u32 = SOURCE_RANGE6_FRONTEND_BITS;
+}
+
+/// `LB4_SOURCE_RANGES` (`SourceRanges`) or `LB6_SOURCE_RANGES`
+/// (`SourceRanges6`): the `loadBalancerSourceRanges` of LoadBalancer
+/// ingress IPs, each entry a frontend and a range (the key with the
+/// range's address, and its prefix length without the frontend's bits).
+pub struct SourceRangeTable<K: SourceRangeKind>(LpmTrie<MapData, K, u32>);
+pub type SourceRanges = SourceRangeTable<SourceRangeKey>;
+pub type SourceRanges6 = SourceRangeTable<SourceRangeKey6>;
+
+impl<K: SourceRangeKind> SourceRangeTable<K> {
     pub fn open(pins: &PinDir) -> Result<Self> {
-        Ok(Self(open(pins, names::LB4_SOURCE_RANGES)?.try_into()?))
+        Ok(Self(open(pins, K::MAP)?.try_into()?))
     }
 
     /// Every entry: (key, range prefix length).
-    pub fn all(&self) -> Result<Vec<(SourceRangeKey, u8)>> {
+    pub fn all(&self) -> Result<Vec<(K, u8)>> {
         let mut out = Vec::new();
         for k in self.0.keys() {
-            let k = k.context("walk LB4_SOURCE_RANGES")?;
-            let bits = k.prefix_len().saturating_sub(SOURCE_RANGE_FRONTEND_BITS);
+            let k = k.with_context(|| format!("walk {}", K::MAP))?;
+            let bits = k.prefix_len().saturating_sub(K::FRONTEND_BITS);
             out.push((k.data(), bits as u8));
         }
         Ok(out)
     }
 
-    pub fn insert(&mut self, key: SourceRangeKey, range_len: u8) -> Result<()> {
-        let k = Key::new(SOURCE_RANGE_FRONTEND_BITS + u32::from(range_len), key);
+    pub fn insert(&mut self, key: K, range_len: u8) -> Result<()> {
+        let k = Key::new(K::FRONTEND_BITS + u32::from(range_len), key);
         self.0.insert(&k, 1, 0).map_err(|e| {
-            insert_error(
-                e,
-                names::LB4_SOURCE_RANGES,
-                limits::MAX_LB4_SOURCE_RANGES,
-                format!("insert LB4_SOURCE_RANGES {key:?}/{range_len}"),
-            )
+            insert_error(e, K::MAP, limits::MAX_LB4_SOURCE_RANGES, format!("insert {} {key:?}/{range_len}", K::MAP))
         })
     }
 
-    pub fn remove(&mut self, key: SourceRangeKey, range_len: u8) -> Result<()> {
-        let k = Key::new(SOURCE_RANGE_FRONTEND_BITS + u32::from(range_len), key);
-        removed_or_absent(self.0.remove(&k)).with_context(|| format!("remove LB4_SOURCE_RANGES {key:?}/{range_len}"))
+    pub fn remove(&mut self, key: K, range_len: u8) -> Result<()> {
+        let k = Key::new(K::FRONTEND_BITS + u32::from(range_len), key);
+        removed_or_absent(self.0.remove(&k)).with_context(|| format!("remove {} {key:?}/{range_len}", K::MAP))
     }
 }
 

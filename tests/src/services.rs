@@ -71,6 +71,17 @@ pub fn lab_with_agent_args(nodes: usize, pods_per_node: usize, agent_args: &[&st
     Ok(lab)
 }
 
+/// A dual-stack Kubernetes lab (both pod CIDRs and InternalIPs) with
+/// Services in eBPF and no kube-proxy; no servers started (IPv6 tests
+/// start their own on the pods' IPv6).
+pub fn dual_stack_lab(nodes: usize, pods_per_node: usize) -> Result<Lab> {
+    let mut opts = LabOptions::new(nodes, pods_per_node, crate::bin("sluice-agent").parent().unwrap().to_path_buf());
+    opts.kubernetes = true;
+    opts.kube_proxy_replacement = true;
+    opts.dual_stack = true;
+    Lab::up(&opts)
+}
+
 /// Run the client as a process of `node` in `netns` (a pod's, or the
 /// node's own for a host client). `args`: mode, ip, port, n.
 pub fn client_cmd(lab: &Lab, node: &Node, netns: &str, args: &[&str]) -> Command {

@@ -884,11 +884,7 @@ fn wait_world_answer(world: &str, ip: &str, port: u16) {
 #[test]
 fn world_to_an_ipv6_node_port_reaches_backends_on_both_nodes_and_local_policy_keeps_its_address() {
     require_root();
-    let mut opts = sluice_tests::lab::LabOptions::new(2, 1, sluice_tests::bin("sluice-agent").parent().unwrap().into());
-    opts.kubernetes = true;
-    opts.kube_proxy_replacement = true;
-    opts.dual_stack = true;
-    let mut lab = Lab::up(&opts).expect("dual-stack Kubernetes lab");
+    let mut lab = services::dual_stack_lab(2, 1).expect("dual-stack Kubernetes lab");
     let world = cluster::add_world(&mut lab).unwrap();
     assert_no_kube_proxy_rules(&lab);
     start_pod_ipv6_servers(&mut lab);
@@ -953,11 +949,7 @@ fn world_to_an_ipv6_node_port_reaches_backends_on_both_nodes_and_local_policy_ke
 #[test]
 fn ipv6_load_balancer_source_ranges_admit_the_world_only_where_they_hold_it() {
     require_root();
-    let mut opts = sluice_tests::lab::LabOptions::new(1, 1, sluice_tests::bin("sluice-agent").parent().unwrap().into());
-    opts.kubernetes = true;
-    opts.kube_proxy_replacement = true;
-    opts.dual_stack = true;
-    let mut lab = Lab::up(&opts).expect("dual-stack Kubernetes lab");
+    let mut lab = services::dual_stack_lab(1, 1).expect("dual-stack Kubernetes lab");
     let world = cluster::add_world(&mut lab).unwrap();
     assert_no_kube_proxy_rules(&lab);
     start_pod_ipv6_servers(&mut lab);

@@ -18,8 +18,7 @@ use std::collections::BTreeSet;
 
 use sluice_tests::{
     apiserver::{EndpointObject, ServiceObject},
-    bin,
-    lab::{enable_ipv6_in, ns_cmd, ns_exec, Lab, LabOptions},
+    lab::{enable_ipv6_in, ns_cmd, ns_exec, Lab},
     require_root,
     services::{self, client, service, slice, tally, wait_backends, Outcome},
 };
@@ -208,11 +207,7 @@ fn start_pod_ipv6_backends(lab: &mut Lab) {
 #[test]
 fn should_function_for_pod_service_http_and_udp_over_ipv6() {
     require_root();
-    let mut opts = LabOptions::new(2, 1, bin("sluice-agent").parent().unwrap().to_path_buf());
-    opts.kubernetes = true;
-    opts.kube_proxy_replacement = true;
-    opts.dual_stack = true;
-    let mut lab = Lab::up(&opts).expect("dual-stack Kubernetes lab");
+    let mut lab = services::dual_stack_lab(2, 1).expect("dual-stack Kubernetes lab");
     start_pod_ipv6_backends(&mut lab);
     let pods: Vec<(String, sluice_tests::lab::Pod)> =
         lab.pods().iter().map(|(n, p)| (n.name.clone(), (*p).clone())).collect();
@@ -360,11 +355,7 @@ fn large_requests_answered(
 }
 
 fn dual_stack_kubernetes_lab(pods_per_node: usize) -> Lab {
-    let mut opts = LabOptions::new(2, pods_per_node, bin("sluice-agent").parent().unwrap().to_path_buf());
-    opts.kubernetes = true;
-    opts.kube_proxy_replacement = true;
-    opts.dual_stack = true;
-    Lab::up(&opts).expect("dual-stack Kubernetes lab")
+    services::dual_stack_lab(2, pods_per_node).expect("dual-stack Kubernetes lab")
 }
 
 /// "should be able to handle large requests: http" and "...: udp" on the
@@ -457,11 +448,7 @@ fn wait_node_addresses6(lab: &Lab, want: &[String]) {
 #[test]
 fn ipv6_node_ports_from_pods_and_nodes_on_every_node_ipv6_and_loopback() {
     require_root();
-    let mut opts = LabOptions::new(2, 1, bin("sluice-agent").parent().unwrap().to_path_buf());
-    opts.kubernetes = true;
-    opts.kube_proxy_replacement = true;
-    opts.dual_stack = true;
-    let mut lab = Lab::up(&opts).expect("dual-stack Kubernetes lab");
+    let mut lab = services::dual_stack_lab(2, 1).expect("dual-stack Kubernetes lab");
     start_pod_ipv6_backends(&mut lab);
     let pods: Vec<(String, sluice_tests::lab::Pod)> =
         lab.pods().iter().map(|(n, p)| (n.name.clone(), (*p).clone())).collect();

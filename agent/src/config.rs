@@ -13,7 +13,8 @@ pub enum IpFamily {
     /// IPv4 only (sluice's behaviour before dual-stack).
     #[default]
     Ipv4,
-    /// IPv6 only: not supported yet (the agent refuses it, naming why).
+    /// IPv6 only: pods get an IPv6 address and no IPv4 one; the node's
+    /// IPv6 pod CIDR from --pod-cidr6 or its Node's `spec.podCIDRs`.
     Ipv6,
     /// An address of each family for every pod.
     Dual,
@@ -22,6 +23,11 @@ pub enum IpFamily {
 impl IpFamily {
     pub fn has_ipv6(self) -> bool {
         matches!(self, IpFamily::Ipv6 | IpFamily::Dual)
+    }
+
+    /// Do pods get an IPv4 address (an IPv4 pod CIDR, IPv4 routes)?
+    pub fn has_ipv4(self) -> bool {
+        matches!(self, IpFamily::Ipv4 | IpFamily::Dual)
     }
 }
 
@@ -82,14 +88,15 @@ pub struct AgentConfig {
     /// Which address families pods get: `ipv4` (the default), `dual` (an
     /// IPv4 and an IPv6 address each; the node's IPv6 pod CIDR from
     /// --pod-cidr6 or its Node's `spec.podCIDRs`), or `ipv6` (IPv6-only:
-    /// not supported yet, refused at start).
+    /// pods get only an IPv6 address, from --pod-cidr6 or `spec.podCIDRs`;
+    /// no --pod-cidr; Services left to kube-proxy; no VXLAN).
     #[arg(long, env = "SLUICE_IP_FAMILY", value_enum, default_value_t = IpFamily::Ipv4)]
     pub ip_family: IpFamily,
-    /// IPv6 pod CIDR of this node (`--ip-family dual`). With --kubernetes it
+    /// IPv6 pod CIDR of this node (`--ip-family dual` or `ipv6`). With --kubernetes it
     /// may be left out: the IPv6 entry of the Node's `spec.podCIDRs` is used.
     #[arg(long, env = "SLUICE_POD_CIDR6")]
     pub pod_cidr6: Option<Ipv6Network>,
-    /// The cluster's whole IPv6 pod range (`--ip-family dual`); every
+    /// The cluster's whole IPv6 pod range (`--ip-family dual` or `ipv6`); every
     /// node's IPv6 pod CIDR lies inside it.
     #[arg(long, env = "SLUICE_CLUSTER_CIDR6")]
     pub cluster_cidr6: Option<Ipv6Network>,
@@ -242,13 +249,10 @@ pub enum ConfigError {
     OverlapsServices { what: &'static str, cidr: Ipv4Network, service: Ipv4Network },
     #[error("node name is empty")]
     EmptyNodeName,
-    #[error(
-        "--ip-family ipv6 (IPv6-only) is not supported yet: the node's address, NODE_CONFIG, the health endpoint, \
-         masquerade and Services are IPv4 in this version; use --ip-family dual"
-    )]
-    Ipv6OnlyUnsupported,
-    #[error("{flag} needs --ip-family dual")]
+    #[error("{flag} needs --ip-family dual or ipv6")]
     NeedsDualStack { flag: &'static str },
+    #[error("{flag} is not for --ip-family ipv6: an IPv6-only node's pods get no IPv4 address{hint}")]
+    NotForIpv6Only { flag: &'static str, hint: &'static str },
     #[error("IPv6 pod CIDR {0} has host bits set: use {1}")]
     PodCidr6NotNetwork(Ipv6Network, Ipv6Network),
     #[error("IPv6 pod CIDR {0} is too small: it needs room for at least one pod (/126 or larger)")]
@@ -315,7 +319,21 @@ impl AgentConfig {
             }
         }
         match self.ip_family {
-            IpFamily::Ipv6 => return Err(ConfigError::Ipv6OnlyUnsupported),
+            IpFamily::Ipv6 if self.pod_cidr.is_some() => {
+                return Err(ConfigError::NotForIpv6Only { flag: "--pod-cidr", hint: " (give --pod-cidr6)" })
+            }
+            IpFamily::Ipv6 if self.kube_proxy_replacement => {
+                return Err(ConfigError::NotForIpv6Only {
+                    flag: "--kube-proxy-replacement",
+                    hint: ": Services in eBPF need the node's IPv4 in this version; leave Services to kube-proxy",
+                })
+            }
+            IpFamily::Ipv6 if self.tunnel == crate::membership::TunnelMode::Always => {
+                return Err(ConfigError::NotForIpv6Only {
+                    flag: "--tunnel=always",
+                    hint: ": VXLAN runs over an IPv4 underlay in this version; IPv6-only peers are routed natively",
+                })
+            }
             IpFamily::Ipv4 if self.pod_cidr6.is_some() => {
                 return Err(ConfigError::NeedsDualStack { flag: "--pod-cidr6" })
             }
@@ -525,8 +543,25 @@ mod tests {
             Err(ConfigError::PodCidr6OutsideCluster { .. })
         ));
         assert!(matches!(dual.validate_pod_cidr6(net6("fd00:244::/127")), Err(ConfigError::PodCidr6TooSmall(_))));
-        let ipv6_only = AgentConfig { ip_family: IpFamily::Ipv6, ..cfg("10.244.0.0/16", None) };
-        assert_eq!(ipv6_only.validate_static(), Err(ConfigError::Ipv6OnlyUnsupported));
+        // IPv6-only: accepted without an IPv4 pod CIDR; refused with one,
+        // with Services in eBPF and with every peer tunneled, by name.
+        let ipv6_only = AgentConfig {
+            ip_family: IpFamily::Ipv6,
+            pod_cidr6: Some(net6("fd00:244:0:1::/64")),
+            ..cfg("10.244.0.0/16", None)
+        };
+        assert_eq!(ipv6_only.validate_static(), Ok(()));
+        assert!(!ipv6_only.ip_family.has_ipv4() && ipv6_only.ip_family.has_ipv6());
+        let with_v4 = AgentConfig { pod_cidr: Some(net("10.244.1.0/24")), ..ipv6_only.clone() };
+        let err = with_v4.validate_static().unwrap_err();
+        assert!(matches!(err, ConfigError::NotForIpv6Only { flag: "--pod-cidr", .. }), "{err}");
+        assert!(err.to_string().contains("--pod-cidr6"), "{err}");
+        let kpr = AgentConfig { kube_proxy_replacement: true, ..ipv6_only.clone() };
+        let err = kpr.validate_static().unwrap_err();
+        assert!(matches!(err, ConfigError::NotForIpv6Only { flag: "--kube-proxy-replacement", .. }), "{err}");
+        assert!(err.to_string().contains("kube-proxy"), "{err}");
+        let always = AgentConfig { tunnel: crate::membership::TunnelMode::Always, ..ipv6_only.clone() };
+        assert!(matches!(always.validate_static(), Err(ConfigError::NotForIpv6Only { flag: "--tunnel=always", .. })));
         let stray = AgentConfig { pod_cidr6: Some(net6("fd00:244::/64")), ..cfg("10.244.0.0/16", None) };
         assert_eq!(stray.validate_static(), Err(ConfigError::NeedsDualStack { flag: "--pod-cidr6" }));
         let v6_exception = vec!["fd00:99::/64".parse().unwrap()];

@@ -7,7 +7,9 @@
 //! With `podCIDR6` (a dual-stack node) the pod gets an IPv6 address too,
 //! allocated right after the IPv4 one (whose release is already
 //! registered: an exhausted IPv6 pool gives the IPv4 address back), and
-//! its IPv6 plumbing after the IPv4 one's, in the same steps.
+//! its IPv6 plumbing after the IPv4 one's, in the same steps. With
+//! `podCIDR6` alone (an IPv6-only node) the IPv4 steps are skipped: the
+//! pod gets its IPv6 address, `ENDPOINTS6` entry and default route only.
 use std::{
     fs::File,
     net::{Ipv4Addr, Ipv6Addr},
@@ -70,13 +72,19 @@ async fn add_steps(conf: &NetConf, env: &CniEnv, rb: &mut Rollback) -> Result<Va
     plumbing::require_datapath(&pins).map_err(CniError::DatapathNotReady)?;
     // Before anything is allocated: the conflist's pod CIDR is this node's.
     let node_config = read_node_config(&pins).map_err(CniError::DatapathNotReady)?;
-    match node_cidr::check(conf.pod_cidr, node_pod_cidr(&node_config)) {
+    match node_cidr::check4(conf.pod_cidr, node_pod_cidr(&node_config)) {
         Ok(()) => {}
         Err(e @ node_cidr::CidrMismatch::NotRecorded) => return Err(CniError::DatapathNotReady(e.into())),
         Err(e) => return Err(CniError::StalePodCidr(e)),
     }
     if let Some(cidr6) = conf.pod_cidr6 {
-        node_cidr::check6(cidr6, node_pod_cidr6(&node_config)).map_err(CniError::StalePodCidr)?;
+        match node_cidr::check6(cidr6, node_pod_cidr6(&node_config)) {
+            // IPv6-only: no IPv6 pod CIDR recorded is the agent not there yet.
+            Err(e @ node_cidr::CidrMismatch::NotDualStack(_)) if conf.pod_cidr.is_none() => {
+                return Err(CniError::DatapathNotReady(e.into()))
+            }
+            r => r.map_err(CniError::StalePodCidr)?,
+        }
     }
     let host = Netlink::open().map_err(plugin)?;
     let ns_file = File::open(netns_path)
@@ -86,7 +94,10 @@ async fn add_steps(conf: &NetConf, env: &CniEnv, rb: &mut Rollback) -> Result<Va
     step_timer::mark("setup");
 
     // 1. An address (of each family).
-    let ip = allocate(conf.pod_cidr, conf, env, rb)?;
+    let ip = match conf.pod_cidr {
+        Some(cidr) => Some(allocate(cidr, conf, env, rb)?),
+        None => None,
+    };
     let ip6 = match conf.pod_cidr6 {
         Some(cidr6) => Some(allocate(cidr6, conf, env, rb)?),
         None => None,
@@ -136,14 +147,14 @@ async fn add_steps(conf: &NetConf, env: &CniEnv, rb: &mut Rollback) -> Result<Va
     done("host-config")?;
 
     // 5. The endpoint entry, before the program that checks it is attached.
-    plumbing::insert_endpoint(&pins, ip, &host_link, pod_link.mac).map_err(|e| {
-        if e.chain().any(|c| c.is::<sluice_node::datapath::pinned_maps::MapFull>()) {
-            CniError::EndpointsFull(e)
-        } else {
-            CniError::Plugin(e)
-        }
-    })?;
-    {
+    if let Some(ip) = ip {
+        plumbing::insert_endpoint(&pins, ip, &host_link, pod_link.mac).map_err(|e| {
+            if e.chain().any(|c| c.is::<sluice_node::datapath::pinned_maps::MapFull>()) {
+                CniError::EndpointsFull(e)
+            } else {
+                CniError::Plugin(e)
+            }
+        })?;
         let pins = pins.clone();
         rb.push("remove endpoint", async move { plumbing::remove_endpoint(&pins, ip) });
     }
@@ -187,7 +198,7 @@ async fn add_steps(conf: &NetConf, env: &CniEnv, rb: &mut Rollback) -> Result<Va
 fn policy_step(
     pins: &PinDir,
     env: &CniEnv,
-    ip: Ipv4Addr,
+    ip: Option<Ipv4Addr>,
     ip6: Option<Ipv6Addr>,
     rb: &mut Rollback,
 ) -> Result<(), CniError> {
@@ -197,7 +208,11 @@ fn policy_step(
         return Ok(());
     }
     let Some(pod) = &env.pod else {
-        eprintln!("sluice-cni: no pod name in CNI_ARGS: not a Kubernetes pod, no NetworkPolicy entry for {ip}");
+        let addrs: Vec<String> = ip.map(|a| a.to_string()).into_iter().chain(ip6.map(|a| a.to_string())).collect();
+        eprintln!(
+            "sluice-cni: no pod name in CNI_ARGS: not a Kubernetes pod, no NetworkPolicy entry for {}",
+            addrs.join(", ")
+        );
         return Ok(());
     };
     let pods = PolicyPods::open(pins).map_err(plugin)?;
@@ -215,7 +230,12 @@ fn policy_step(
     };
     let entries = policy::entries(found);
     if entries.pending {
-        eprintln!("{}", policy::pending_message(&pod.to_string(), ip, policy::POD_POLICY_WAIT));
+        let first: std::net::IpAddr = match (ip, ip6) {
+            (Some(ip), _) => ip.into(),
+            (None, Some(ip6)) => ip6.into(),
+            (None, None) => return Err(plugin(anyhow!("no address to write NetworkPolicy entries for"))),
+        };
+        eprintln!("{}", policy::pending_message(&pod.to_string(), first, policy::POD_POLICY_WAIT));
     }
     let full = |e: anyhow::Error| {
         if e.chain().any(|c| c.is::<sluice_node::datapath::pinned_maps::MapFull>()) {
@@ -224,16 +244,18 @@ fn policy_step(
             CniError::Plugin(e)
         }
     };
-    let prefix = Ipv4Network::new(ip, 32).map_err(|e| plugin(e.into()))?;
-    PolicyIdentities::open(pins).and_then(|mut m| m.insert(prefix, entries.identity)).map_err(full)?;
-    {
-        let pins = pins.clone();
-        rb.push("remove policy identity", async move { PolicyIdentities::open(&pins)?.remove(prefix) });
-    }
-    PolicyEndpoints::open(pins).and_then(|mut m| m.insert(ip, entries.endpoint)).map_err(full)?;
-    {
-        let pins = pins.clone();
-        rb.push("remove policy endpoint", async move { PolicyEndpoints::open(&pins)?.remove(ip) });
+    if let Some(ip) = ip {
+        let prefix = Ipv4Network::new(ip, 32).map_err(|e| plugin(e.into()))?;
+        PolicyIdentities::open(pins).and_then(|mut m| m.insert(prefix, entries.identity)).map_err(full)?;
+        {
+            let pins = pins.clone();
+            rb.push("remove policy identity", async move { PolicyIdentities::open(&pins)?.remove(prefix) });
+        }
+        PolicyEndpoints::open(pins).and_then(|mut m| m.insert(ip, entries.endpoint)).map_err(full)?;
+        {
+            let pins = pins.clone();
+            rb.push("remove policy endpoint", async move { PolicyEndpoints::open(&pins)?.remove(ip) });
+        }
     }
     if let Some(ip6) = ip6 {
         let prefix6 = Ipv6Network::new(ip6, 128).map_err(|e| plugin(e.into()))?;
@@ -271,34 +293,37 @@ fn allocate<C: PodCidr>(cidr: C, conf: &NetConf, env: &CniEnv, rb: &mut Rollback
 }
 
 /// Our result, appended to `prevResult`'s when chained after other plugins:
-/// one `ips` entry and one default route per family.
-fn result(
+/// one `ips` entry and one default route per family the pod has (IPv4
+/// first; an IPv6-only pod's only entry is its IPv6 one). Pure.
+pub fn result(
     conf: &NetConf,
     env: &CniEnv,
     host_name: &str,
     host_mac: [u8; 6],
     pod_mac: [u8; 6],
-    ip: Ipv4Addr,
+    ip: Option<Ipv4Addr>,
     ip6: Option<Ipv6Addr>,
 ) -> Value {
     let prev = conf.prev_result.clone().unwrap_or_else(|| json!({}));
     let list = |key: &str| prev[key].as_array().cloned().unwrap_or_default();
     let mut interfaces = list("interfaces");
     let pod_if_index = interfaces.len() + 1;
-    let mut ip_entry = json!({
-        "address": format!("{ip}/32"),
-        "gateway": POD_GATEWAY.to_string(),
-        "interface": pod_if_index,
-    });
-    if conf.cni_version.starts_with("0.") {
-        ip_entry["version"] = json!("4");
-    }
     interfaces.push(json!({"name": host_name, "mac": fmt_mac(host_mac)}));
     interfaces.push(json!({"name": env.ifname, "mac": fmt_mac(pod_mac), "sandbox": env.netns}));
     let mut ips = list("ips");
-    ips.push(ip_entry);
     let mut routes = list("routes");
-    routes.push(json!({"dst": "0.0.0.0/0", "gw": POD_GATEWAY.to_string()}));
+    if let Some(ip) = ip {
+        let mut ip_entry = json!({
+            "address": format!("{ip}/32"),
+            "gateway": POD_GATEWAY.to_string(),
+            "interface": pod_if_index,
+        });
+        if conf.cni_version.starts_with("0.") {
+            ip_entry["version"] = json!("4");
+        }
+        ips.push(ip_entry);
+        routes.push(json!({"dst": "0.0.0.0/0", "gw": POD_GATEWAY.to_string()}));
+    }
     if let Some(ip6) = ip6 {
         let mut ip6_entry = json!({
             "address": format!("{ip6}/128"),

@@ -5,7 +5,9 @@
 //! `/32`, the route to the gateway and the default route via it, and (veth)
 //! the gateway's permanent neighbour at the host veth's MAC. On a
 //! dual-stack node (`podCIDR6`) the same for IPv6: the lease, the
-//! `/128`, the default route via fe80::1 and its neighbour.
+//! `/128`, the default route via fe80::1 and its neighbour. On an
+//! IPv6-only node (no `podCIDR`) only the IPv6 half, and no IPv4 address
+//! may be in the pod.
 use anyhow::anyhow;
 use sluice_node::{
     datapath::{
@@ -31,11 +33,16 @@ pub async fn check(conf: &NetConf, env: &CniEnv) -> Result<(), CniError> {
     let Some(link) = host.link_by_name(&host_name).await.map_err(CniError::Plugin)? else {
         return fail(format!("host veth {host_name} is missing"));
     };
-    let store = LeaseStore::lock(&conf.data_dir, conf.pod_cidr).map_err(CniError::Ipam)?;
-    let Some(ip) = store.find(&env.container_id, &env.ifname).map_err(CniError::Ipam)? else {
-        return fail(format!("no address leased to {} {}", env.container_id, env.ifname));
+    let ip = match conf.pod_cidr {
+        Some(cidr) => {
+            let store = LeaseStore::lock(&conf.data_dir, cidr).map_err(CniError::Ipam)?;
+            let Some(ip) = store.find(&env.container_id, &env.ifname).map_err(CniError::Ipam)? else {
+                return fail(format!("no address leased to {} {}", env.container_id, env.ifname));
+            };
+            Some(ip)
+        }
+        None => None,
     };
-    drop(store);
     let ip6 = match conf.pod_cidr6 {
         Some(cidr6) => {
             let store6 = LeaseStore6::lock(&conf.data_dir, cidr6).map_err(CniError::Ipam)?;
@@ -46,11 +53,13 @@ pub async fn check(conf: &NetConf, env: &CniEnv) -> Result<(), CniError> {
         }
         None => None,
     };
-    let endpoints = Endpoints::open(&pins).map_err(CniError::DatapathNotReady)?;
-    match endpoints.get(ip) {
-        Some(ep) if ep.host_ifindex == link.index => {}
-        Some(ep) => return fail(format!("endpoint {ip} points at ifindex {} not {}", ep.host_ifindex, link.index)),
-        None => return fail(format!("endpoint {ip} missing from the ENDPOINTS map")),
+    if let Some(ip) = ip {
+        let endpoints = Endpoints::open(&pins).map_err(CniError::DatapathNotReady)?;
+        match endpoints.get(ip) {
+            Some(ep) if ep.host_ifindex == link.index => {}
+            Some(ep) => return fail(format!("endpoint {ip} points at ifindex {} not {}", ep.host_ifindex, link.index)),
+            None => return fail(format!("endpoint {ip} missing from the ENDPOINTS map")),
+        }
     }
     if let Some(ip6) = ip6 {
         let endpoints6 = Endpoints6::open(&pins).map_err(CniError::DatapathNotReady)?;
@@ -63,10 +72,12 @@ pub async fn check(conf: &NetConf, env: &CniEnv) -> Result<(), CniError> {
         }
     }
     if let Some(prev) = &conf.prev_result {
-        let want = format!("{ip}/32");
-        let listed = prev["ips"].as_array().is_some_and(|ips| ips.iter().any(|i| i["address"] == want.as_str()));
-        if !listed {
-            return fail(format!("prevResult does not list this pod's address {want}"));
+        if let Some(ip) = ip {
+            let want = format!("{ip}/32");
+            let listed = prev["ips"].as_array().is_some_and(|ips| ips.iter().any(|i| i["address"] == want.as_str()));
+            if !listed {
+                return fail(format!("prevResult does not list this pod's address {want}"));
+            }
         }
         if let Some(ip6) = ip6 {
             let want = format!("{ip6}/128");
@@ -105,7 +116,7 @@ async fn check_pod_side(
     netns: &std::path::Path,
     ifname: &str,
     mtu: u32,
-    ip: std::net::Ipv4Addr,
+    ip: Option<std::net::Ipv4Addr>,
     host_mac: Option<[u8; 6]>,
 ) -> anyhow::Result<Vec<String>> {
     let pod = sluice_node::net::netns::netlink_in(netns)?;
@@ -116,7 +127,15 @@ async fn check_pod_side(
     if link.mtu != mtu {
         problems.push(format!("{ifname} has MTU {} (configured {mtu})", link.mtu));
     }
-    if !pod.ipv4_addresses(link.index).await?.contains(&(ip, 32)) {
+    let addresses = pod.ipv4_addresses(link.index).await?;
+    let Some(ip) = ip else {
+        // IPv6-only: the pod must have no IPv4 at all.
+        problems.extend(
+            addresses.iter().map(|(a, p)| format!("{ifname} has an IPv4 address {a}/{p} on an IPv6-only node")),
+        );
+        return Ok(problems);
+    };
+    if !addresses.contains(&(ip, 32)) {
         problems.push(format!("{ifname} lacks its address {ip}/32"));
     }
     let routes = pod.main_routes(None).await?;

@@ -13,9 +13,11 @@ pub const SUPPORTED_VERSIONS: &[&str] = &["0.3.0", "0.3.1", "0.4.0", "1.0.0", "1
 pub struct NetConf {
     pub cni_version: String,
     pub name: String,
-    pub pod_cidr: Ipv4Network,
-    /// The node's IPv6 pod CIDR (`"podCIDR6"`), on a dual-stack node: each
-    /// pod gets an address of each family.
+    /// The node's IPv4 pod CIDR (`"podCIDR"`); absent on an IPv6-only node
+    /// (`--ip-family ipv6`), whose pods get no IPv4 address at all.
+    pub pod_cidr: Option<Ipv4Network>,
+    /// The node's IPv6 pod CIDR (`"podCIDR6"`), on a dual-stack node (each
+    /// pod gets an address of each family) or an IPv6-only one.
     pub pod_cidr6: Option<Ipv6Network>,
     pub mtu: u32,
     /// The pod's device pair (`"device"`: `veth`, the default, or `netkit`).
@@ -87,19 +89,21 @@ impl NetConf {
             None => return Err(field("type", "missing")),
         }
         let pod_cidr = match raw.pod_cidr {
-            Some(serde_json::Value::String(s)) => {
-                s.parse::<Ipv4Network>().map_err(|e| field("podCIDR", format!("{s:?} is not an IPv4 CIDR: {e}")))?
-            }
+            Some(serde_json::Value::String(s)) => Some(
+                s.parse::<Ipv4Network>().map_err(|e| field("podCIDR", format!("{s:?} is not an IPv4 CIDR: {e}")))?,
+            ),
+            None | Some(serde_json::Value::Null) => None,
             Some(other) => {
                 return Err(field("podCIDR", format!("must be a string like \"10.244.1.0/24\", got {other}")))
             }
-            None => return Err(field("podCIDR", "missing")),
         };
-        if pod_cidr.network() != pod_cidr.ip() {
-            return Err(field("podCIDR", format!("{pod_cidr} has host bits set")));
-        }
-        if pod_cidr.prefix() > 30 {
-            return Err(field("podCIDR", format!("{pod_cidr} is too small (needs /30 or larger)")));
+        if let Some(pod_cidr) = pod_cidr {
+            if pod_cidr.network() != pod_cidr.ip() {
+                return Err(field("podCIDR", format!("{pod_cidr} has host bits set")));
+            }
+            if pod_cidr.prefix() > 30 {
+                return Err(field("podCIDR", format!("{pod_cidr} is too small (needs /30 or larger)")));
+            }
         }
         let pod_cidr6 = match raw.pod_cidr6 {
             None | Some(serde_json::Value::Null) => None,
@@ -117,6 +121,11 @@ impl NetConf {
             if c.prefix() > 126 {
                 return Err(field("podCIDR6", format!("{c} is too small (needs /126 or larger)")));
             }
+        }
+        if pod_cidr.is_none() && pod_cidr6.is_none() {
+            // Without either a pod gets no address: "missing" names the
+            // IPv4 one, which every node but an IPv6-only one has.
+            return Err(field("podCIDR", "missing (an IPv6-only node's config has podCIDR6 instead)"));
         }
         let mtu = match raw.mtu {
             None => 1500,
@@ -181,12 +190,18 @@ mod tests {
     fn good() {
         let c = NetConf::parse(GOOD.as_bytes()).unwrap();
         assert_eq!(c.mtu, 1400);
-        assert_eq!(c.pod_cidr, "10.244.1.0/24".parse().unwrap());
+        assert_eq!(c.pod_cidr, Some("10.244.1.0/24".parse().unwrap()));
         assert_eq!(c.pin_dir, PathBuf::from("/sys/fs/bpf/x"));
         assert_eq!(c.device, PodDevice::Veth, "veth unless asked");
         assert_eq!(c.pod_cidr6, None, "IPv4 only unless asked");
         let c = NetConf::parse(&with("podCIDR6", serde_json::json!("fd00:244:1::/64"))).unwrap();
         assert_eq!(c.pod_cidr6, Some("fd00:244:1::/64".parse().unwrap()));
+        // IPv6-only: podCIDR6 alone.
+        let mut v6only: serde_json::Value =
+            serde_json::from_slice(&with("podCIDR6", serde_json::json!("fd00:244:1::/64"))).unwrap();
+        v6only.as_object_mut().unwrap().remove("podCIDR");
+        let c = NetConf::parse(&serde_json::to_vec(&v6only).unwrap()).unwrap();
+        assert_eq!((c.pod_cidr, c.pod_cidr6), (None, Some("fd00:244:1::/64".parse().unwrap())));
         let c = NetConf::parse(&with("device", serde_json::json!("netkit"))).unwrap();
         assert_eq!(c.device, PodDevice::Netkit);
     }
@@ -211,6 +226,8 @@ mod tests {
             ("podCIDR", json!("10.244.1.1/24"), "podCIDR"),
             ("podCIDR", json!("nonsense"), "podCIDR"),
             ("podCIDR", json!(5), "podCIDR"),
+            // Neither family's CIDR: no address to give.
+            ("podCIDR", json!(null), "podCIDR"),
             ("podCIDR", json!("10.0.0.0/31"), "podCIDR"),
             ("podCIDR6", json!("fd00:244:1::1/64"), "podCIDR6"),
             ("podCIDR6", json!("10.244.1.0/24"), "podCIDR6"),

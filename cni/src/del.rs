@@ -16,11 +16,12 @@ pub async fn del(conf: &NetConf, env: &CniEnv) -> Result<(), CniError> {
     // The IPAM lock only around finding and releasing the lease, not across
     // the device deletion (tens of ms of kernel waits): concurrent ADDs
     // allocate meanwhile.
-    let store = LockEach { data_dir: &conf.data_dir, cidr: conf.pod_cidr };
+    let store = conf.pod_cidr.map(|cidr| LockEach { data_dir: &conf.data_dir, cidr });
+    let store = store.as_ref().map(|s| s as &dyn Leases);
     let store6 = conf.pod_cidr6.map(|cidr| LockEach { data_dir: &conf.data_dir, cidr });
     let store6 = store6.as_ref().map(|s| s as &dyn Leases<Ipv6Network>);
     let pins = PinDir::new(&conf.pin_dir);
-    let errors = teardown(&host, &pins, &store, store6, &env.container_id, &env.ifname).await;
+    let errors = teardown(&host, &pins, store, store6, &env.container_id, &env.ifname).await;
     if errors.is_empty() {
         Ok(())
     } else {

@@ -24,7 +24,10 @@ pub async fn gc(conf: &NetConf) -> Result<(), CniError> {
     };
     let host = Netlink::open().map_err(CniError::Plugin)?;
     let pins = PinDir::new(&conf.pin_dir);
-    let store = LeaseStore::lock(&conf.data_dir, conf.pod_cidr).map_err(CniError::Ipam)?;
+    let store = match conf.pod_cidr {
+        Some(cidr) => Some(LeaseStore::lock(&conf.data_dir, cidr).map_err(CniError::Ipam)?),
+        None => None,
+    };
     let store6 = match conf.pod_cidr6 {
         Some(cidr) => Some(LeaseStore6::lock(&conf.data_dir, cidr).map_err(CniError::Ipam)?),
         None => None,
@@ -32,17 +35,20 @@ pub async fn gc(conf: &NetConf) -> Result<(), CniError> {
     let mut errors = Vec::new();
     // Every attachment holding an address of either family (an IPv6 lease
     // whose IPv4 twin is gone still goes).
-    let mut owners: BTreeSet<(String, String)> =
-        store.leases().map_err(CniError::Ipam)?.into_iter().map(|l| (l.container_id, l.ifname)).collect();
+    let mut owners: BTreeSet<(String, String)> = BTreeSet::new();
+    if let Some(s4) = &store {
+        owners.extend(s4.leases().map_err(CniError::Ipam)?.into_iter().map(|l| (l.container_id, l.ifname)));
+    }
     if let Some(s6) = &store6 {
         owners.extend(s6.leases().map_err(CniError::Ipam)?.into_iter().map(|l| (l.container_id, l.ifname)));
     }
     let leases6 = store6.as_ref().map(|s| s as &dyn Leases<Ipv6Network>);
+    let leases4 = store.as_ref().map(|s| s as &dyn Leases);
     for (container_id, ifname) in owners {
         if valid.iter().any(|a| a.container_id == container_id && a.ifname == ifname) {
             continue;
         }
-        errors.extend(teardown(&host, &pins, &store, leases6, &container_id, &ifname).await);
+        errors.extend(teardown(&host, &pins, leases4, leases6, &container_id, &ifname).await);
     }
     if errors.is_empty() {
         Ok(())

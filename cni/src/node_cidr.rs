@@ -25,9 +25,25 @@ pub enum CidrMismatch {
     Outside6 { conflist: Ipv6Network, node: Ipv6Network },
     #[error(
         "the network config has podCIDR6 {0} but the agent runs this node IPv4-only (no IPv6 pod CIDR in \
-         NODE_CONFIG): a stale conflist, or an agent without --ip-family dual"
+         NODE_CONFIG): a stale conflist, or an agent without --ip-family dual or ipv6"
     )]
     NotDualStack(Ipv6Network),
+    #[error(
+        "the network config has no podCIDR (an IPv6-only node's) but the agent runs this node with the IPv4 pod \
+         CIDR {node} (pinned in NODE_CONFIG): a stale conflist? restart the agent to rewrite the conflist"
+    )]
+    NotIpv6Only { node: Ipv4Network },
+}
+
+/// The conflist's IPv4 side against the node's: with a `podCIDR`, `check`;
+/// without one (an IPv6-only node's conflist) the node must have no IPv4
+/// pod CIDR either (pure). The IPv6 side is `check6`'s.
+pub fn check4(conflist: Option<Ipv4Network>, node: Option<Ipv4Network>) -> Result<(), CidrMismatch> {
+    match (conflist, node) {
+        (Some(conflist), node) => check(conflist, node),
+        (None, Some(node)) => Err(CidrMismatch::NotIpv6Only { node }),
+        (None, None) => Ok(()),
+    }
 }
 
 /// The IPv6 twin of `check`: the conflist's `podCIDR6` must lie within the
@@ -80,6 +96,11 @@ mod tests {
         assert_eq!(check6(net6("fd00:244:0:1::/126"), node6), Ok(()));
         assert!(matches!(check6(net6("fd00:244:0:2::/64"), node6), Err(CidrMismatch::Outside6 { .. })));
         assert_eq!(check6(net6("fd00:244:0:1::/64"), None), Err(CidrMismatch::NotDualStack(net6("fd00:244:0:1::/64"))));
+        // IPv6-only: no podCIDR in the conflist, none in NODE_CONFIG.
+        assert_eq!(check4(None, None), Ok(()));
+        assert_eq!(check4(None, node), Err(CidrMismatch::NotIpv6Only { node: net("10.244.1.0/24") }));
+        assert_eq!(check4(Some(net("10.244.1.0/24")), node), Ok(()));
+        assert_eq!(check4(Some(net("10.244.1.0/24")), None), Err(CidrMismatch::NotRecorded));
         let msg = check(net("10.244.2.0/24"), node).unwrap_err().to_string();
         assert!(msg.contains("10.244.2.0/24") && msg.contains("10.244.1.0/24") && msg.contains("stale"), "{msg}");
     }

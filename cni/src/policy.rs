@@ -14,7 +14,7 @@
 //!   fail-closed entry (`ENDPOINT_POLICY_PENDING`: the datapath drops
 //!   everything but the pod's own node, reason `policy_pending`) and says so
 //!   on stderr. Never open. The agent replaces it once it knows the pod.
-use std::{net::Ipv4Addr, time::Duration};
+use std::time::Duration;
 
 use sluice_common::policy::{EndpointPolicy, PodPolicy, ENDPOINT_POLICY_PENDING, IDENTITY_UNKNOWN_CLUSTER};
 
@@ -77,7 +77,7 @@ pub fn wait_for<E>(
 }
 
 /// The stderr line for a pod that failed closed.
-pub fn pending_message(pod: &str, ip: Ipv4Addr, wait: Duration) -> String {
+pub fn pending_message(pod: &str, ip: std::net::IpAddr, wait: Duration) -> String {
     format!(
         "sluice-cni: no NetworkPolicy entry for pod {pod} from the agent within {} ms (agent down or behind): \
          {ip} isolated until the agent writes it (drops counted as policy_pending)",

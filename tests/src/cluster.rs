@@ -75,7 +75,8 @@ impl IpFamily {
     /// A pod's address of this family (IPv6 only in a dual-stack lab).
     pub fn pod_ip(self, p: &lab::Pod) -> Option<&str> {
         match self {
-            IpFamily::V4 => Some(&p.ip),
+            // An IPv6-only lab's pods have none.
+            IpFamily::V4 => Some(p.ip.as_str()).filter(|ip| !ip.is_empty()),
             IpFamily::V6 => p.ip6.as_deref(),
         }
     }
@@ -110,9 +111,12 @@ impl IpFamily {
     }
 }
 
-/// The families a lab has: IPv4, and IPv6 in a dual-stack lab.
+/// The families a lab has: IPv4, and IPv6 in a dual-stack lab; IPv6 alone
+/// in an IPv6-only one (its nodes' IPv4 is the lab's plumbing, not probed).
 pub fn families(lab: &Lab) -> Vec<IpFamily> {
-    if lab.state.dual_stack {
+    if lab.state.ipv6_only {
+        vec![IpFamily::V6]
+    } else if lab.state.dual_stack {
         vec![IpFamily::V4, IpFamily::V6]
     } else {
         vec![IpFamily::V4]
@@ -208,7 +212,7 @@ pub fn install(lab: &mut Lab) -> Result<()> {
         }
         for pod in &node.pods {
             start_pod_servers(lab, &pod.netns, &pod.name)?;
-            if lab.state.dual_stack {
+            if lab.state.has_ipv6() {
                 udp_server(lab, &pod.netns, &pod.name, IpFamily::V6)?;
             }
         }
@@ -233,7 +237,7 @@ pub fn add_world(lab: &mut Lab) -> Result<String> {
     ns_exec(&world, &["ip", "link", "set", "eth0", "mtu", &mtu, "up"])?;
     ns_exec(&world, &["ip", "link", "set", "lo", "up"])?;
     ns_exec(&world, &["ip", "addr", "add", &format!("{WORLD_IP}/24"), "dev", "eth0"])?;
-    if lab.state.dual_stack {
+    if lab.state.has_ipv6() {
         crate::lab::enable_ipv6_in(&world)?;
         ns_exec(&world, &["ip", "-6", "addr", "add", &format!("{WORLD_IP6}/64"), "dev", "eth0", "nodad"])?;
     }
@@ -360,9 +364,12 @@ pub fn apply_services(lab: &Lab) -> Result<()> {
     let services6 = services6(lab);
     let cidr6 = ipnetwork::Ipv6Network::from_str(lab::CLUSTER_CIDR6).expect("constant");
     for node in &lab.state.nodes {
-        kube_proxy::apply(&node.netns, &services, &node.name, cidr)
-            .with_context(|| format!("kube-proxy rules on {}", node.name))?;
-        if lab.state.dual_stack {
+        // An IPv6-only lab's Services are IPv6 alone.
+        if !lab.state.ipv6_only {
+            kube_proxy::apply(&node.netns, &services, &node.name, cidr)
+                .with_context(|| format!("kube-proxy rules on {}", node.name))?;
+        }
+        if lab.state.has_ipv6() {
             kube_proxy::apply(&node.netns, &services6, &node.name, cidr6)
                 .with_context(|| format!("kube-proxy's IPv6 rules on {}", node.name))?;
         }
@@ -474,11 +481,9 @@ impl ClusterMatrix {
         m.columns = pods.iter().map(|(_, p, _)| p.name.clone()).collect();
         m.columns.extend(nodes.iter().map(|(n, _)| n.name.clone()));
         m.columns.extend(["svc".to_string(), "world".to_string()]);
-        let backends: Vec<String> = services(lab)[0]
-            .endpoints
-            .iter()
-            .filter_map(|e| pods.iter().find(|(_, p, _)| p.ip == e.ip.to_string()).map(|(_, p, _)| p.name.clone()))
-            .collect();
+        // The demo Service's backends (`demo_services`), by name.
+        let backends: Vec<String> =
+            lab.state.nodes.iter().take(2).filter_map(|n| n.pods.first()).map(|p| p.name.clone()).collect();
         let (demo, world) = (family.demo_ip(), family.world_ip());
         for src in m.rows.clone() {
             for (_, dst, dst_ip) in &pods {

@@ -110,6 +110,12 @@ pub struct LabOptions {
     /// (no IPv6 between the node networks at all: an IPv4-only underlay,
     /// which pods' IPv6 still crosses inside VXLAN).
     pub router_ipv4_only: bool,
+    /// IPv6-only pods (`cargo xtask lab up --ip-family ipv6`): as
+    /// `dual_stack`, but agents with `--ip-family ipv6` and no `--pod-cidr`,
+    /// no `podCIDR` in the peers file, and pods with an IPv6 address only.
+    /// The nodes keep their IPv4 LAN addresses (the lab's own plumbing:
+    /// the world, the API server); nothing of a pod's is IPv4.
+    pub ipv6_only: bool,
 }
 
 /// A lab node's Node object as the API server holds it: its pod CIDR(s)
@@ -150,6 +156,7 @@ impl LabOptions {
             subnets: 1,
             dual_stack: false,
             router_ipv4_only: false,
+            ipv6_only: false,
         }
     }
 }
@@ -223,6 +230,16 @@ pub struct LabState {
     /// unless `LabOptions::router_ipv4_only`).
     #[serde(default)]
     pub router6: bool,
+    /// `LabOptions::ipv6_only`.
+    #[serde(default)]
+    pub ipv6_only: bool,
+}
+
+impl LabState {
+    /// Do the lab's pods and nodes have IPv6 (dual-stack or IPv6-only)?
+    pub fn has_ipv6(&self) -> bool {
+        self.dual_stack || self.ipv6_only
+    }
 }
 
 fn one() -> usize {
@@ -404,6 +421,7 @@ impl Lab {
                 subnets: opts.subnets,
                 dual_stack: opts.dual_stack,
                 router6: opts.dual_stack && opts.subnets > 1 && !opts.router_ipv4_only,
+                ipv6_only: opts.ipv6_only,
             },
             api: None,
             agent_command: opts.agent_command.clone(),
@@ -479,7 +497,7 @@ impl Lab {
                 lab.add_pod(i, &format!("{}p{p}", lab.state.nodes[i].name))?;
             }
         }
-        if opts.dual_stack {
+        if lab.state.has_ipv6() {
             for node in &lab.state.nodes {
                 wait_dad_done(&node.netns, "eth0", crate::patience(Duration::from_secs(10)))?;
             }
@@ -540,7 +558,7 @@ impl Lab {
         add_netns(lan)?;
         ns_exec(lan, &["ip", "link", "add", "br0", "type", "bridge"])?;
         ns_exec(lan, &["ip", "link", "set", "br0", "mtu", &self.state.mtu.to_string(), "up"])?;
-        if self.state.dual_stack {
+        if self.state.has_ipv6() {
             enable_ipv6_in(lan)?;
         }
         if self.state.subnets > 1 {
@@ -595,9 +613,9 @@ impl Lab {
             pod_cidr: format!("10.244.{i}.0/24"),
             ip6: self
                 .state
-                .dual_stack
+                .has_ipv6()
                 .then(|| format!("{}{i:x}", if subnet == 0 { LAN6_PREFIX } else { LAN2_6_PREFIX })),
-            pod_cidr6: self.state.dual_stack.then(|| format!("fd00:244:0:{i:x}::/64")),
+            pod_cidr6: self.state.has_ipv6().then(|| format!("fd00:244:0:{i:x}::/64")),
             pin_dir: self.state.pin_root.join(&name),
             dir,
             agent_pid: None,
@@ -606,7 +624,7 @@ impl Lab {
         add_netns(&netns)?;
         self.state.nodes.push(node.clone());
         self.save()?;
-        if self.state.dual_stack {
+        if self.state.has_ipv6() {
             enable_ipv6_in(&netns)?;
         }
         if let Some(cgroup) = self.node_cgroup(&node) {
@@ -634,7 +652,10 @@ impl Lab {
         let peers: Vec<Value> = nodes
             .iter()
             .map(|n| {
-                let mut peer = json!({"name": n.name, "nodeIP": n.ip, "podCIDR": n.pod_cidr});
+                let mut peer = json!({"name": n.name, "nodeIP": n.ip});
+                if !self.state.ipv6_only {
+                    peer["podCIDR"] = json!(n.pod_cidr);
+                }
                 if let (Some(ip6), Some(cidr6)) = (&n.ip6, &n.pod_cidr6) {
                     peer["nodeIP6"] = json!(ip6);
                     peer["podCIDR6"] = json!(cidr6);
@@ -680,13 +701,15 @@ impl Lab {
             "--service-cidr".into(),
             crate::cluster::SERVICE_CIDR.into(),
         ];
-        if !(self.state.kubeconfig.is_some() && self.state.pod_cidr_from_node) {
+        let cidr_from_node = self.state.kubeconfig.is_some() && self.state.pod_cidr_from_node;
+        if !cidr_from_node && !self.state.ipv6_only {
             args.extend(["--pod-cidr".into(), node.pod_cidr.clone()]);
         }
         if let Some(cidr6) = &node.pod_cidr6 {
+            let family = if self.state.ipv6_only { "ipv6" } else { "dual" };
             args.extend([
                 "--ip-family".into(),
-                "dual".into(),
+                family.into(),
                 "--pod-cidr6".into(),
                 cidr6.clone(),
                 "--cluster-cidr6".into(),
@@ -884,7 +907,7 @@ impl Lab {
         let netns = pod.netns.clone();
         // Dual-stack: one listener for both families (IPv4 as mapped
         // addresses).
-        let listen = if self.state.dual_stack {
+        let listen = if self.state.has_ipv6() {
             format!("TCP6-LISTEN:{ECHO_PORT},ipv6only=0,reuseaddr,fork")
         } else {
             format!("TCP-LISTEN:{ECHO_PORT},reuseaddr,fork")
@@ -925,7 +948,17 @@ impl Lab {
         let result: Value =
             serde_json::from_str(&outcome.stdout).with_context(|| format!("ADD result: {}", outcome.stdout))?;
         let addr = result["ips"][0]["address"].as_str().context("ADD result has no address")?;
-        pod.ip = addr.split('/').next().unwrap_or_default().to_string();
+        if self.state.ipv6_only {
+            // IPv6-only: the one address is the IPv6 one; `ip` stays empty
+            // (no IPv4), and the pod must have no other.
+            if result["ips"].as_array().map(Vec::len) != Some(1) || !addr.contains(':') {
+                bail!("IPv6-only ADD result for {name} is not one IPv6 address: {result}");
+            }
+            enable_ipv6_in(&netns)?;
+            pod.ip6 = Some(addr.split('/').next().unwrap_or_default().to_string());
+        } else {
+            pod.ip = addr.split('/').next().unwrap_or_default().to_string();
+        }
         if self.state.dual_stack {
             // Like a Kubernetes pod: IPv6 on in its namespace (the plugin
             // turned it on for the pod's interface only).

@@ -30,9 +30,11 @@ pub enum LabCommand {
         /// with `--ip-family dual` it forwards the nodes' IPv6 too.
         #[arg(long, default_value_t = 1)]
         subnets: usize,
-        /// `ipv4` (the default) or `dual`: pods, nodes, the demo Service
-        /// and the world get IPv6 addresses too, and the matrix is printed
-        /// for both families. (`ipv6`, IPv6-only, is not supported yet.)
+        /// `ipv4` (the default), `dual` (pods, nodes, the demo Service and
+        /// the world get IPv6 addresses too, and the matrix is printed for
+        /// both families) or `ipv6` (IPv6-only pods and Services; the nodes
+        /// keep IPv4 LAN addresses for the lab's own plumbing; the IPv6
+        /// matrix alone; one subnet: VXLAN needs IPv4 between pods).
         #[arg(long, default_value = "ipv4", value_parser = ["ipv4", "dual", "ipv6"])]
         ip_family: String,
     },
@@ -47,8 +49,8 @@ pub fn run(command: LabCommand) -> Result<()> {
     let dir = PathBuf::from(LAB_DIR);
     match command {
         LabCommand::Up { nodes, pods_per_node, mtu, subnets, ip_family } => {
-            if ip_family == "ipv6" {
-                bail!("--ip-family ipv6 (IPv6-only) is not supported yet: the agent refuses it; use dual");
+            if ip_family == "ipv6" && subnets > 1 {
+                bail!("--ip-family ipv6 takes one subnet: IPv6-only nodes are routed natively (no VXLAN yet)");
             }
             if Lab::state_file(&dir).exists() {
                 bail!("a lab is already up (state in {LAB_DIR}); run `cargo xtask lab down` first");
@@ -68,6 +70,7 @@ pub fn run(command: LabCommand) -> Result<()> {
             opts.mtu = mtu;
             opts.subnets = subnets;
             opts.dual_stack = ip_family == "dual";
+            opts.ipv6_only = ip_family == "ipv6";
             // The cluster model (world, host servers, kube-proxy's
             // Services), in both families of a dual-stack lab.
             opts.cluster_model = true;
@@ -150,7 +153,12 @@ fn print_nodes(lab: &Lab) {
         println!("{} {ip} pod CIDR {cidr} (netns {}): {}", n.name, n.netns, pods.join(", "));
     }
     let world = sluice_tests::cluster::world_netns(&lab.state.id);
-    if lab.state.dual_stack {
+    if lab.state.ipv6_only {
+        println!(
+            "world {WORLD_IP6} (netns {world}), demo Service {DEMO_IP6} (kube-proxy's ip6tables rules on every node); \
+             pods are IPv6-only, the nodes' IPv4 on the LAN is the lab's plumbing"
+        );
+    } else if lab.state.dual_stack {
         println!(
             "world {WORLD_IP} {WORLD_IP6} (netns {world}), demo Service {DEMO_IP} {DEMO_IP6} (kube-proxy's iptables \
              and ip6tables rules on every node)"

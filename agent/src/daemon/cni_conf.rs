@@ -15,26 +15,30 @@ pub const NETWORK_NAME: &str = "sluice";
 
 /// The conflist for this node. `mtu` is the pods' MTU: the uplink's, less the
 /// VXLAN overhead when a peer is or may become tunneled (`--tunnel`);
-/// `device` the pair new pods get (`--device`).
+/// `device` the pair new pods get (`--device`). `pod_cidr` is None on an
+/// IPv6-only node: no `podCIDR` then (`set_pod_cidr6` gives the one).
 pub fn render(
-    pod_cidr: Ipv4Network,
+    pod_cidr: Option<Ipv4Network>,
     mtu: u32,
     device: PodDevice,
     pin_dir: &Path,
     data_dir: &Path,
 ) -> serde_json::Value {
-    json!({
+    let mut conf = json!({
         "cniVersion": "1.0.0",
         "name": NETWORK_NAME,
         "plugins": [{
             "type": PLUGIN_TYPE,
-            "podCIDR": pod_cidr.to_string(),
             "mtu": mtu,
             "device": device,
             "pinDir": pin_dir,
             "dataDir": data_dir,
         }]
-    })
+    });
+    if let Some(pod_cidr) = pod_cidr {
+        conf["plugins"][0]["podCIDR"] = json!(pod_cidr.to_string());
+    }
+    conf
 }
 
 /// A dual-stack node's IPv6 pod CIDR for sluice's plugin (`podCIDR6`):
@@ -94,7 +98,7 @@ mod tests {
     #[test]
     fn conflist_shape() {
         let c = render(
-            "10.244.1.0/24".parse().unwrap(),
+            Some("10.244.1.0/24".parse().unwrap()),
             1400,
             PodDevice::Netkit,
             Path::new("/sys/fs/bpf/s"),
@@ -105,11 +109,18 @@ mod tests {
         assert_eq!(c["plugins"][0]["device"], "netkit");
         assert_eq!(c["plugins"][0]["podCIDR"], "10.244.1.0/24");
         assert_eq!(c["name"], NETWORK_NAME);
+        // IPv6-only: no podCIDR, podCIDR6 alone (what the plugin parses as
+        // an IPv6-only node's config).
+        let mut c = render(None, 1400, PodDevice::Veth, Path::new("/p"), Path::new("/d"));
+        set_pod_cidr6(&mut c, "fd00:244:0:1::/64".parse().unwrap());
+        assert!(c["plugins"][0].get("podCIDR").is_none(), "{c}");
+        assert_eq!(c["plugins"][0]["podCIDR6"], "fd00:244:0:1::/64");
     }
 
     #[test]
     fn dual_stack_adds_the_ipv6_pod_cidr() {
-        let mut c = render("10.244.1.0/24".parse().unwrap(), 1500, PodDevice::Veth, Path::new("/p"), Path::new("/d"));
+        let mut c =
+            render(Some("10.244.1.0/24".parse().unwrap()), 1500, PodDevice::Veth, Path::new("/p"), Path::new("/d"));
         assert!(c["plugins"][0].get("podCIDR6").is_none(), "IPv4-only conflists stay as they were");
         set_pod_cidr6(&mut c, "fd00:244:1::/64".parse().unwrap());
         chain_portmap(&mut c);
@@ -119,7 +130,8 @@ mod tests {
 
     #[test]
     fn portmap_comes_after_sluice() {
-        let mut c = render("10.244.1.0/24".parse().unwrap(), 1500, PodDevice::Veth, Path::new("/p"), Path::new("/d"));
+        let mut c =
+            render(Some("10.244.1.0/24".parse().unwrap()), 1500, PodDevice::Veth, Path::new("/p"), Path::new("/d"));
         chain_portmap(&mut c);
         assert_eq!(c["plugins"][0]["type"], "sluice");
         assert_eq!(c["plugins"][1]["type"], "portmap");
@@ -137,7 +149,7 @@ mod tests {
     #[test]
     fn write_is_whole() {
         let dir = std::env::temp_dir().join(format!("sluice-conf-test-{}", std::process::id()));
-        let c = render("10.244.1.0/24".parse().unwrap(), 1500, PodDevice::Veth, Path::new("/p"), Path::new("/d"));
+        let c = render(Some("10.244.1.0/24".parse().unwrap()), 1500, PodDevice::Veth, Path::new("/p"), Path::new("/d"));
         let path = write(&dir, &c).unwrap();
         let back: serde_json::Value = serde_json::from_slice(&fs::read(&path).unwrap()).unwrap();
         assert_eq!(back, c);

@@ -81,17 +81,27 @@ impl Source {
     ) -> Result<Option<Membership>> {
         let (mut m, entries) = match self {
             Source::PeersFile(path) => {
-                let own = own_cidr.context("--pod-cidr is required with --peers-file")?;
                 let bytes = std::fs::read(path).with_context(|| format!("read peers file {}", path.display()))?;
                 let file = PeersFile::parse(&bytes)?;
-                (file.membership(&node.node_name, own, ranges)?, file.entries())
+                if node.ip_family.has_ipv4() {
+                    let own = own_cidr.context("--pod-cidr is required with --peers-file")?;
+                    (file.membership(&node.node_name, own, ranges)?, file.entries())
+                } else {
+                    // IPv6-only: no IPv4 half at all (`family6::fill` below).
+                    (Membership::default(), file.entries())
+                }
             }
             Source::Kubernetes(kube) => {
                 let (entries, state) = kube.snapshot();
                 if !state.synced {
                     return Ok(None);
                 }
-                (membership::from_entries(&entries, &node.node_name, own_cidr, ranges), entries)
+                let m = if node.ip_family.has_ipv4() {
+                    membership::from_entries(&entries, &node.node_name, own_cidr, ranges)
+                } else {
+                    Membership::default()
+                };
+                (m, entries)
             }
         };
         if node.ip_family.has_ipv6() {
@@ -105,11 +115,18 @@ impl Source {
 async fn sweep(
     netlink: &Netlink,
     node: &AgentConfig,
-    pod_cidr: Ipv4Network,
+    pod_cidr: Option<Ipv4Network>,
     pod_cidr6: Option<Ipv6Network>,
     pins: &PinDir,
     grace: Duration,
 ) {
+    let Some(pod_cidr) = pod_cidr else {
+        // IPv6-only: the IPv6 leases lead (`sweep::sweep_ipv6_only`).
+        if let Some(pod_cidr6) = pod_cidr6 {
+            sweep::sweep_ipv6_only(netlink, pins, &node.data_dir, pod_cidr6, grace).await;
+        }
+        return;
+    };
     let swept = match sweep::NodeSweep::open(netlink, pins, &node.data_dir, pod_cidr, pod_cidr6) {
         Ok(Some(mut target)) => {
             match target.release_orphans6(grace) {
@@ -580,15 +597,16 @@ async fn initial_membership(source: &Source, node: &AgentConfig, ranges: &Ranges
         // gives the pod CIDRs; the loop's first pass recomputes the routes.
         if let Some(m) = source.membership(node, node.pod_cidr, ranges, None)? {
             let own6_known = !node.ip_family.has_ipv6() || m.own_pod_cidr6.is_some();
-            if m.own_pod_cidr.is_some() && own6_known {
+            let own4_known = !node.ip_family.has_ipv4() || m.own_pod_cidr.is_some();
+            if own4_known && own6_known {
                 return Ok(m);
             }
-            if waited.is_multiple_of(10) && m.own_pod_cidr.is_none() {
+            if waited.is_multiple_of(10) && !own4_known {
                 warn!(node = %node.node_name, "this node has no pod CIDR yet (spec.podCIDR); waiting");
             } else if waited.is_multiple_of(10) {
                 warn!(
                     node = %node.node_name,
-                    "--ip-family dual: this node has no IPv6 pod CIDR yet (--pod-cidr6 or spec.podCIDRs); waiting"
+                    "--ip-family dual or ipv6: this node has no IPv6 pod CIDR yet (--pod-cidr6 or spec.podCIDRs); waiting"
                 );
             }
         } else if waited.is_multiple_of(10) {
@@ -632,14 +650,17 @@ fn own_pod_cidr6(membership: &Membership, node: &AgentConfig) -> Result<Option<I
 }
 
 /// This node's pod CIDR from the first membership, checked against the
-/// flags and the node's network.
-fn own_pod_cidr(membership: &Membership, node: &AgentConfig, node_network: Ipv4Network) -> Result<Ipv4Network> {
+/// flags and the node's network (`None` on an IPv6-only node).
+fn own_pod_cidr(membership: &Membership, node: &AgentConfig, node_network: Ipv4Network) -> Result<Option<Ipv4Network>> {
+    if !node.ip_family.has_ipv4() {
+        return Ok(None);
+    }
     let pod_cidr = membership.own_pod_cidr.expect("initial_membership waits for it");
     node.validate_pod_cidr(pod_cidr, node_network).context("invalid pod CIDR")?;
     if let Some(p) = membership.problems.iter().find(|p| p.involves_own_cidr()) {
         bail!("invalid pod CIDR {pod_cidr}: {p}");
     }
-    Ok(pod_cidr)
+    Ok(Some(pod_cidr))
 }
 
 /// What `bring_up_datapath` attached, and how.
@@ -666,7 +687,7 @@ async fn bring_up_datapath(
     netlink: &Netlink,
     node: &AgentConfig,
     uplink: &Uplink,
-    pod_cidr: Ipv4Network,
+    pod_cidr: Option<Ipv4Network>,
     pod_cidr6: Option<Ipv6Network>,
     services: bool,
 ) -> Result<DatapathUp> {
@@ -694,10 +715,15 @@ async fn bring_up_datapath(
     };
     datapath.set_attach_mode(attach_mode);
     // The pod CIDR too: the CNI plugin refuses a conflist that disagrees.
-    let mut node_config = pinned_maps::with_pod_cidr(node_config, pod_cidr);
+    // None (prefix 0) on an IPv6-only node: the plugin then refuses a
+    // conflist with a `podCIDR`.
+    let mut node_config = match pod_cidr {
+        Some(pod_cidr) => pinned_maps::with_pod_cidr(node_config, pod_cidr),
+        None => node_config,
+    };
     if let Some(pod_cidr6) = pod_cidr6 {
-        // Marks the node dual-stack for the programs (pods' IPv6 checked
-        // and passed) and gives the plugin the IPv6 pod CIDR to check.
+        // Marks the node as having IPv6 pods for the programs (pods' IPv6
+        // checked and passed) and gives the plugin the IPv6 pod CIDR to check.
         node_config = pinned_maps::with_pod_cidr6(node_config, pod_cidr6);
     }
     pinned_maps::write_node_config(&pins, node_config)?;
@@ -756,10 +782,11 @@ fn node_ips(source: &Source) -> service_lb::NodeIps {
     }
 }
 
-/// The node's pod CIDRs: IPv4's, and IPv6's on a dual-stack node.
+/// The node's pod CIDRs: IPv4's (none on an IPv6-only node), and IPv6's on
+/// a dual-stack or IPv6-only node.
 #[derive(Clone, Copy)]
 struct PodCidrs {
-    v4: Ipv4Network,
+    v4: Option<Ipv4Network>,
     v6: Option<Ipv6Network>,
 }
 
@@ -840,7 +867,7 @@ fn install_plugin(node: &AgentConfig) -> Result<()> {
 /// portmap is not chained even with --host-ports.
 fn write_conflist(
     node: &AgentConfig,
-    pod_cidr: Ipv4Network,
+    pod_cidr: Option<Ipv4Network>,
     pod_cidr6: Option<Ipv6Network>,
     mtu: u32,
     pod_device: PodDevice,
@@ -870,7 +897,7 @@ fn initial_state(
     source: &Source,
     timing: &Timing,
     uplink: &Uplink,
-    pod_cidr: Ipv4Network,
+    pod_cidr: Option<Ipv4Network>,
     datapath: &DatapathUp,
     health_netns: &std::path::Path,
 ) -> AgentState {
@@ -879,12 +906,13 @@ fn initial_state(
         version: env!("CARGO_PKG_VERSION").to_string(),
         node_name: node.node_name.clone(),
         uplink: node.uplink.clone(),
-        pod_cidr: pod_cidr.to_string(),
+        // Empty on an IPv6-only node (`podCidr6` names its one).
+        pod_cidr: pod_cidr.map(|c| c.to_string()).unwrap_or_default(),
         membership: source.name().to_string(),
         started_unix: now_unix(),
         resync_ms: timing.resync.as_millis() as u64,
         health_netns: health_netns.display().to_string(),
-        health_ip: health_endpoint::health_ip(pod_cidr).to_string(),
+        health_ip: pod_cidr.map(|c| health_endpoint::health_ip(c).to_string()).unwrap_or_default(),
         pod_device: datapath.pod_device.to_string(),
         pod_device_why: datapath.pod_device_why.clone(),
         attach_mode: datapath.attach_mode.to_string(),
@@ -905,8 +933,9 @@ struct Daemon {
     uplink_ifindex: u32,
     address: node_address::NodeAddress,
     ranges: Ranges,
-    pod_cidr: Ipv4Network,
-    /// Dual-stack: the IPv6 pod CIDR.
+    /// None on an IPv6-only node.
+    pod_cidr: Option<Ipv4Network>,
+    /// Dual-stack or IPv6-only: the IPv6 pod CIDR.
     pod_cidr6: Option<Ipv6Network>,
     /// Dual-stack: the uplink's IPv6 address (never a peer's next hop).
     own_ip6: Option<std::net::Ipv6Addr>,
@@ -973,7 +1002,7 @@ impl Daemon {
     async fn apply_membership(&mut self) -> Result<(Membership, Vec<kernel_routes::RouteFailure>)> {
         let m = self
             .source
-            .membership(&self.node, Some(self.pod_cidr), &self.ranges, self.own_ip6)
+            .membership(&self.node, self.pod_cidr, &self.ranges, self.own_ip6)
             .and_then(|m| m.context("membership not known"))?;
         let started = std::time::Instant::now();
         let done = self.reconcilers.pass(&m).await;
@@ -1079,7 +1108,7 @@ pub async fn run(
         }
         None => None,
     };
-    info!(node = %node.node_name, %pod_cidr, pod_cidr6 = ?pod_cidr6, source = source.name(), "membership known");
+    info!(node = %node.node_name, pod_cidr = ?pod_cidr, pod_cidr6 = ?pod_cidr6, source = source.name(), "membership known");
 
     let datapath = bring_up_datapath(&netlink, &node, &uplink, pod_cidr, pod_cidr6, services.is_some()).await?;
     let pins = datapath.pins.clone();

@@ -446,6 +446,81 @@ pub fn orphans6(leases4: &[Lease], leases6: &[Lease<std::net::Ipv6Addr>], grace:
         .collect()
 }
 
+/// The attachments an IPv6-only node's sweep tears down (pure): the IPv6
+/// leases lead there, as the IPv4 ones do elsewhere. A lease older than
+/// `grace` whose host end is gone (the pod is), or whose temporary peer is
+/// still on the node (ADD died before the move into the pod). A lease whose
+/// pod is complete but for a missing `ENDPOINTS6` entry is left alone (it
+/// is not re-derived on an IPv6-only node yet; the pod is not torn down
+/// for it either).
+pub fn gone6(
+    leases6: &[Lease<std::net::Ipv6Addr>],
+    links: &BTreeMap<String, u32>,
+    grace: Duration,
+) -> Vec<(String, String)> {
+    leases6
+        .iter()
+        .filter(|l| l.age >= grace)
+        .filter(|l| {
+            let host = pod_names::host_veth(&l.container_id, &l.ifname);
+            let peer = pod_names::temp_peer(&l.container_id, &l.ifname);
+            !links.contains_key(&host) || links.contains_key(&peer)
+        })
+        .map(|l| (l.container_id.clone(), l.ifname.clone()))
+        .collect()
+}
+
+/// An IPv6-only node's sweep: attachments whose pod is gone (`gone6`) torn
+/// down, `ENDPOINTS6` entries no pod stands behind removed (`stale6`), and
+/// link pins of interfaces that are gone unpinned. Pins and entries are
+/// read before the links (ADD makes the device first). Skipped for this
+/// tick when a CNI call holds the IPAM lock.
+pub async fn sweep_ipv6_only(
+    netlink: &Netlink,
+    pins: &PinDir,
+    data_dir: &Path,
+    pod_cidr6: Ipv6Network,
+    grace: Duration,
+) {
+    let store6 = match LeaseStore6::try_lock(data_dir, pod_cidr6) {
+        Ok(Some(s)) => s,
+        Ok(None) => return info!("a CNI call holds the IPAM lock; sweeping at the next tick"),
+        Err(e) => return warn!(error = %format!("{e:#}"), "sweep failed; will retry"),
+    };
+    let done: Result<()> = async {
+        let leases6 = store6.leases()?;
+        let pinned: Vec<String> = std::fs::read_dir(pins.links_dir())?
+            .filter_map(|e| e.ok())
+            .filter_map(|e| PodDevice::of_link_pin(&e.file_name().to_string_lossy()).map(|(i, _)| i.to_string()))
+            .collect();
+        let mut endpoints6 = Endpoints6::open(pins)?;
+        let entries6 = endpoints6.all()?;
+        let links: BTreeMap<String, u32> = netlink.links().await?.into_iter().map(|l| (l.name, l.index)).collect();
+        for (cid, ifname) in gone6(&leases6, &links, grace) {
+            let errors = teardown::teardown(netlink, pins, None, Some(&store6), &cid, &ifname).await;
+            if errors.is_empty() {
+                info!(container = %cid, ifname = %ifname, "released attachment of a pod that is gone");
+            } else {
+                warn!(container = %cid, ifname = %ifname, errors = %errors.join("; "), "sweep incomplete");
+            }
+        }
+        let live: BTreeSet<u32> = links.values().copied().collect();
+        let health6 = Some(crate::health_endpoint::health_ip6(pod_cidr6));
+        for ip in stale6(&store6.leases()?, &entries6, &live, health6) {
+            endpoints6.remove(ip)?;
+            info!(%ip, "IPv6 endpoint entry removed: no pod behind it");
+        }
+        for ifname in pinned.iter().filter(|i| !links.contains_key(*i)) {
+            plumbing::detach_pod_programs(pins, ifname)?;
+        }
+        Ok(())
+    }
+    .await;
+    if let Err(e) = done {
+        warn!(error = %format!("{e:#}"), "sweep failed; will retry");
+    }
+}
+
 impl SweepTarget for NodeSweep<'_> {
     fn leases(&self) -> Result<Vec<Lease>> {
         self.store.leases()
@@ -480,7 +555,7 @@ impl SweepTarget for NodeSweep<'_> {
     }
     async fn teardown(&mut self, container_id: &str, ifname: &str) -> Vec<String> {
         let store6 = self.store6.as_ref().map(|s| s as &dyn Leases<Ipv6Network>);
-        teardown::teardown(self.netlink, self.pins, &self.store, store6, container_id, ifname).await
+        teardown::teardown(self.netlink, self.pins, Some(&self.store), store6, container_id, ifname).await
     }
     fn remove_endpoint(&mut self, ip: Ipv4Addr) -> Result<()> {
         self.endpoints.remove(ip)
@@ -529,6 +604,25 @@ mod tests {
         // Another ifname of the same container is another attachment.
         let other_if = [Lease { ifname: "net1".into(), ..lease("10.0.0.2", "alone", 100) }];
         assert_eq!(orphans6(&other_if, &leases6[1..2], grace).len(), 1);
+    }
+
+    #[test]
+    fn gone6_is_an_old_lease_whose_host_end_is_gone_or_whose_peer_never_moved() {
+        let grace = Duration::from_secs(5);
+        let l6 = |cid: &str, age_s: u64| Lease {
+            ip: "fd00:244::2".parse::<std::net::Ipv6Addr>().unwrap(),
+            container_id: cid.into(),
+            ifname: "eth0".into(),
+            age: Duration::from_secs(age_s),
+        };
+        let mut links = BTreeMap::new();
+        links.insert(pod_names::host_veth("alive", "eth0"), 7);
+        links.insert(pod_names::host_veth("stuck", "eth0"), 8);
+        links.insert(pod_names::temp_peer("stuck", "eth0"), 9);
+        let leases = [l6("alive", 60), l6("gone", 60), l6("stuck", 60), l6("young", 1)];
+        let want: Vec<(String, String)> =
+            ["gone", "stuck"].iter().map(|c| (c.to_string(), "eth0".to_string())).collect();
+        assert_eq!(gone6(&leases, &links, grace), want);
     }
 
     #[test]

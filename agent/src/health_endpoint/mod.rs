@@ -48,21 +48,25 @@ pub fn health_ip6(pod_cidr6: Ipv6Network) -> Ipv6Addr {
 }
 
 /// Make sure the endpoint is wired (idempotent: a restart reuses it), with
-/// an IPv6 address too when the node has an IPv6 pod CIDR.
+/// an IPv6 address too when the node has an IPv6 pod CIDR (and only that
+/// one on an IPv6-only node, `pod_cidr` None).
 pub async fn ensure(
     host: &Netlink,
     pins: &PinDir,
     netns_name: &str,
-    pod_cidr: Ipv4Network,
+    pod_cidr: Option<Ipv4Network>,
     pod_cidr6: Option<Ipv6Network>,
     mtu: u32,
 ) -> Result<PathBuf> {
     let path = ensure_named_netns(netns_name)?;
-    let ip = health_ip(pod_cidr);
+    let ip = pod_cidr.map(health_ip);
     let ip6 = pod_cidr6.map(health_ip6);
     let pod = netns::netlink_in(&path)?;
     if let (Some(host_link), Some(_)) = (host.link_by_name(HOST_VETH).await?, pod.link_by_name("eth0").await?) {
-        let ours = Endpoints::open(pins)?.get(ip).map(|e| e.host_ifindex) == Some(host_link.index);
+        let ours = match ip {
+            Some(ip) => Endpoints::open(pins)?.get(ip).map(|e| e.host_ifindex) == Some(host_link.index),
+            None => true,
+        };
         let ours6 = match ip6 {
             Some(ip6) => Endpoints6::open(pins)?.get(ip6).map(|e| e.host_ifindex) == Some(host_link.index),
             None => true,
@@ -75,14 +79,16 @@ pub async fn ensure(
     let host_link = plumbing::create_pair_into(host, PodDevice::Veth, HOST_VETH, PEER_TMP, ns.as_raw_fd(), mtu).await?;
     let pod_link = plumbing::configure_pod_side(&pod, PEER_TMP, "eth0", mtu, ip, Some(host_link.mac)).await?;
     plumbing::configure_host_side(host, &host_link, ip, Some(pod_link.mac)).await?;
-    plumbing::insert_endpoint(pins, ip, &host_link, pod_link.mac)?;
+    if let Some(ip) = ip {
+        plumbing::insert_endpoint(pins, ip, &host_link, pod_link.mac)?;
+    }
     if let Some(ip6) = ip6 {
         plumbing::configure_pod_side6(&pod, &path, &pod_link, ip6, Some(host_link.mac)).await?;
         plumbing::configure_host_side6(host, &host_link, ip6, Some(pod_link.mac)).await?;
         plumbing::insert_endpoint6(pins, ip6, &host_link, pod_link.mac)?;
     }
     plumbing::attach_pod_programs(pins, PodDevice::Veth, HOST_VETH)?;
-    info!(%ip, ip6 = ?ip6, netns = %path.display(), "health endpoint ready");
+    info!(ip = ?ip, ip6 = ?ip6, netns = %path.display(), "health endpoint ready");
     Ok(path)
 }
 

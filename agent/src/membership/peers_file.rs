@@ -4,7 +4,9 @@
 //! {"peers": [{"name": "node2", "nodeIP": "192.168.50.2", "podCIDR": "10.244.2.0/24",
 //!             "nodeIP6": "fd00:50::2", "podCIDR6": "fd00:244:2::/64"}]}
 //! ```
-//! `nodeIP6` and `podCIDR6` (dual-stack) are optional.
+//! `nodeIP6` and `podCIDR6` (dual-stack) are optional; an IPv6-only
+//! cluster's entries (`--ip-family ipv6`) may leave `podCIDR` out (such a
+//! peer has no IPv4 route).
 //! The same file may go to every node: a node skips its own entry by name.
 use std::{collections::BTreeMap, net::Ipv4Addr};
 
@@ -16,8 +18,8 @@ pub struct Peer {
     pub name: String,
     #[serde(rename = "nodeIP")]
     pub node_ip: Ipv4Addr,
-    #[serde(rename = "podCIDR")]
-    pub pod_cidr: Ipv4Network,
+    #[serde(rename = "podCIDR", default, skip_serializing_if = "Option::is_none")]
+    pub pod_cidr: Option<Ipv4Network>,
     #[serde(rename = "nodeIP6", default, skip_serializing_if = "Option::is_none")]
     pub node_ip6: Option<std::net::Ipv6Addr>,
     #[serde(rename = "podCIDR6", default, skip_serializing_if = "Option::is_none")]
@@ -56,33 +58,32 @@ impl PeersFile {
         own_name: &str,
         own_cidr: Ipv4Network,
     ) -> Result<BTreeMap<Ipv4Network, Ipv4Addr>, PeersError> {
-        let mut seen: Vec<&Peer> = Vec::new();
+        let mut seen: Vec<(&str, Ipv4Network)> = Vec::new();
+        let mut names: Vec<&str> = Vec::new();
         for p in &self.peers {
-            if p.pod_cidr.network() != p.pod_cidr.ip() {
+            if names.contains(&p.name.as_str()) {
+                return Err(PeersError::Duplicate { name: p.name.clone() });
+            }
+            names.push(&p.name);
+            // A peer without an IPv4 pod CIDR (IPv6-only) has no IPv4 route.
+            let Some(cidr) = p.pod_cidr else { continue };
+            if cidr.network() != cidr.ip() {
                 return Err(PeersError::NotNetwork {
                     name: p.name.clone(),
-                    cidr: p.pod_cidr,
-                    network: p.pod_cidr.network(),
-                    prefix: p.pod_cidr.prefix(),
+                    cidr,
+                    network: cidr.network(),
+                    prefix: cidr.prefix(),
                 });
             }
-            if let Some(q) = seen.iter().find(|q| q.name == p.name) {
-                return Err(PeersError::Duplicate { name: q.name.clone() });
+            if let Some((q, q_cidr)) = seen.iter().find(|(_, c)| c.overlaps(cidr)) {
+                return Err(PeersError::Overlap { a: q.to_string(), a_cidr: *q_cidr, b: p.name.clone(), b_cidr: cidr });
             }
-            if let Some(q) = seen.iter().find(|q| q.pod_cidr.overlaps(p.pod_cidr)) {
-                return Err(PeersError::Overlap {
-                    a: q.name.clone(),
-                    a_cidr: q.pod_cidr,
-                    b: p.name.clone(),
-                    b_cidr: p.pod_cidr,
-                });
+            if p.name != own_name && cidr.overlaps(own_cidr) {
+                return Err(PeersError::OverlapsOwn { name: p.name.clone(), cidr, own: own_cidr });
             }
-            if p.name != own_name && p.pod_cidr.overlaps(own_cidr) {
-                return Err(PeersError::OverlapsOwn { name: p.name.clone(), cidr: p.pod_cidr, own: own_cidr });
-            }
-            seen.push(p);
+            seen.push((&p.name, cidr));
         }
-        Ok(self.peers.iter().filter(|p| p.name != own_name).map(|p| (p.pod_cidr, p.node_ip)).collect())
+        Ok(self.peers.iter().filter(|p| p.name != own_name).filter_map(|p| Some((p.pod_cidr?, p.node_ip))).collect())
     }
 }
 
@@ -105,7 +106,7 @@ impl PeersFile {
             .map(|p| super::NodeEntry {
                 name: p.name.clone(),
                 node_ip: Some(p.node_ip),
-                pod_cidr: Some(p.pod_cidr),
+                pod_cidr: p.pod_cidr,
                 node_ip6: p.node_ip6,
                 pod_cidr6: p.pod_cidr6,
             })

@@ -70,12 +70,14 @@ pub async fn create_pair_into(
 
 /// Inside the pod: name, MTU, address, routes, gateway neighbour (at
 /// `host_mac`; `None` on a NOARP device, netkit's L3 mode, which needs none).
+/// `ip` is `None` on an IPv6-only node: the interface is named, sized and
+/// up, with no IPv4 at all (`configure_pod_side6` gives it its address).
 pub async fn configure_pod_side(
     pod: &Netlink,
     peer_tmp: &str,
     ifname: &str,
     mtu: u32,
-    ip: Ipv4Addr,
+    ip: Option<Ipv4Addr>,
     host_mac: Option<[u8; 6]>,
 ) -> Result<LinkInfo> {
     let link = pod.require_link(peer_tmp).await?;
@@ -93,11 +95,13 @@ pub async fn configure_pod_side(
             pod.set_up(lo.index).await?;
         }
     }
-    pod.add_address(link.index, ip.into(), 32).await?;
-    pod.add_link_route(link.index, POD_GATEWAY, 32).await?;
-    pod.add_default_route(link.index, POD_GATEWAY).await?;
-    if let Some(mac) = host_mac {
-        pod.add_permanent_neighbour(link.index, POD_GATEWAY, mac).await?;
+    if let Some(ip) = ip {
+        pod.add_address(link.index, ip.into(), 32).await?;
+        pod.add_link_route(link.index, POD_GATEWAY, 32).await?;
+        pod.add_default_route(link.index, POD_GATEWAY).await?;
+        if let Some(mac) = host_mac {
+            pod.add_permanent_neighbour(link.index, POD_GATEWAY, mac).await?;
+        }
     }
     pod.require_link(ifname).await
 }
@@ -107,12 +111,14 @@ pub async fn configure_pod_side(
 pub async fn configure_host_side(
     host: &Netlink,
     host_link: &LinkInfo,
-    ip: Ipv4Addr,
+    ip: Option<Ipv4Addr>,
     pod_mac: Option<[u8; 6]>,
 ) -> Result<()> {
     if !host_link.admin_up {
         host.set_up(host_link.index).await?;
     }
+    // IPv6-only (`ip` None): the host end is only set up here.
+    let Some(ip) = ip else { return Ok(()) };
     host.add_link_route(host_link.index, ip, 32).await?;
     match pod_mac {
         Some(mac) => host.add_permanent_neighbour(host_link.index, ip, mac).await,

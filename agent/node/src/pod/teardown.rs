@@ -18,13 +18,14 @@ use crate::{
 use ipnetwork::Ipv6Network;
 use sluice_common::EndpointInfo;
 
-/// Tear down and return the problems met (empty: all clean). `store6`:
-/// the IPv6 leases, on a dual-stack node (the pod's IPv6 address is
+/// Tear down and return the problems met (empty: all clean). `store`:
+/// the IPv4 leases (`None` on an IPv6-only node); `store6`: the IPv6
+/// leases, on a dual-stack or IPv6-only node (the pod's IPv6 address is
 /// released too).
 pub async fn teardown(
     host: &Netlink,
     pins: &PinDir,
-    store: &impl Leases,
+    store: Option<&dyn Leases>,
     store6: Option<&dyn Leases<Ipv6Network>>,
     container_id: &str,
     ifname: &str,
@@ -32,12 +33,13 @@ pub async fn teardown(
     let mut errors = Vec::new();
     let host_name = names::host_veth(container_id, ifname);
     let host_ifindex = host.link_by_name(&host_name).await.ok().flatten().map(|l| l.index);
-    let ip = match store.find(container_id, ifname) {
-        Ok(ip) => ip,
-        Err(e) => {
+    let ip = match store.map(|s| s.find(container_id, ifname)) {
+        Some(Ok(ip)) => ip,
+        Some(Err(e)) => {
             errors.push(format!("{e:#}"));
             None
         }
+        None => None,
     };
     let ip6 = match store6.map(|s| s.find(container_id, ifname)) {
         Some(Ok(ip6)) => ip6,
@@ -91,7 +93,7 @@ pub async fn teardown(
         }
     }
     step_timer::mark("delete-veth");
-    if let Err(e) = store.release(container_id, ifname) {
+    if let Some(Err(e)) = store.map(|s| s.release(container_id, ifname)) {
         errors.push(format!("{e:#}"));
     }
     if let Some(store6) = store6 {

@@ -100,9 +100,10 @@ pub struct AgentConfig {
     /// node's IPv6 pod CIDR lies inside it.
     #[arg(long, env = "SLUICE_CLUSTER_CIDR6")]
     pub cluster_cidr6: Option<Ipv6Network>,
-    /// The cluster's whole pod range; every node's pod CIDR lies inside it.
+    /// The cluster's whole (IPv4) pod range; every node's pod CIDR lies
+    /// inside it. Required but with `--ip-family ipv6` (which takes none).
     #[arg(long, env = "SLUICE_CLUSTER_CIDR")]
-    pub cluster_cidr: Ipv4Network,
+    pub cluster_cidr: Option<Ipv4Network>,
     /// The cluster's service range, which no pod CIDR may overlap.
     #[arg(long, env = "SLUICE_SERVICE_CIDR")]
     pub service_cidr: Option<Ipv4Network>,
@@ -226,8 +227,9 @@ pub enum MetricsBind {
 }
 
 impl MetricsBind {
-    /// The address to bind, given the node's own.
-    pub fn socket(self, node_ip: std::net::Ipv4Addr) -> std::net::SocketAddr {
+    /// The address to bind, given the node's own (its uplink's IPv4, or
+    /// on an IPv6-only node without one, its IPv6).
+    pub fn socket(self, node_ip: std::net::IpAddr) -> std::net::SocketAddr {
         match self {
             MetricsBind::NodeAddress(port) => std::net::SocketAddr::from((node_ip, port)),
             MetricsBind::Socket(a) => a,
@@ -249,6 +251,8 @@ pub enum ConfigError {
     OverlapsServices { what: &'static str, cidr: Ipv4Network, service: Ipv4Network },
     #[error("node name is empty")]
     EmptyNodeName,
+    #[error("--cluster-cidr is required (but with --ip-family ipv6)")]
+    ClusterCidrMissing,
     #[error("{flag} needs --ip-family dual or ipv6")]
     NeedsDualStack { flag: &'static str },
     #[error("{flag} is not for --ip-family ipv6: an IPv6-only node's pods get no IPv4 address{hint}")]
@@ -313,9 +317,12 @@ impl AgentConfig {
             return Err(ConfigError::EmptyNodeName);
         }
         self.metrics_bind()?;
-        if let Some(service) = self.service_cidr {
-            if service.overlaps(self.cluster_cidr) {
-                return Err(ConfigError::OverlapsServices { what: "cluster CIDR", cidr: self.cluster_cidr, service });
+        if self.cluster_cidr.is_none() && self.ip_family.has_ipv4() {
+            return Err(ConfigError::ClusterCidrMissing);
+        }
+        if let (Some(service), Some(cluster)) = (self.service_cidr, self.cluster_cidr) {
+            if service.overlaps(cluster) {
+                return Err(ConfigError::OverlapsServices { what: "cluster CIDR", cidr: cluster, service });
             }
         }
         match self.ip_family {
@@ -376,8 +383,9 @@ impl AgentConfig {
         if pod.prefix() > 30 {
             return Err(ConfigError::PodCidrTooSmall(pod));
         }
-        if !(self.cluster_cidr.contains(pod.network()) && self.cluster_cidr.prefix() <= pod.prefix()) {
-            return Err(ConfigError::PodCidrOutsideCluster { pod, cluster: self.cluster_cidr });
+        if let Some(cluster) = self.cluster_cidr.filter(|c| !(c.contains(pod.network()) && c.prefix() <= pod.prefix()))
+        {
+            return Err(ConfigError::PodCidrOutsideCluster { pod, cluster });
         }
         // Every address but the network's and the broadcast one is an
         // endpoint: the pods', and the health endpoint's.
@@ -411,7 +419,7 @@ mod tests {
             ip_family: IpFamily::Ipv4,
             pod_cidr6: None,
             cluster_cidr6: None,
-            cluster_cidr: cluster.parse().unwrap(),
+            cluster_cidr: Some(cluster.parse().unwrap()),
             service_cidr: service.map(|s| s.parse().unwrap()),
             pin_dir: "/sys/fs/bpf/x".into(),
             data_dir: "/tmp".into(),
@@ -562,6 +570,13 @@ mod tests {
         assert!(err.to_string().contains("kube-proxy"), "{err}");
         let always = AgentConfig { tunnel: crate::membership::TunnelMode::Always, ..ipv6_only.clone() };
         assert!(matches!(always.validate_static(), Err(ConfigError::NotForIpv6Only { flag: "--tunnel=always", .. })));
+        // No IPv4 cluster range for an IPv6-only node; every other family needs one.
+        let no_cluster = AgentConfig { cluster_cidr: None, ..ipv6_only.clone() };
+        assert_eq!(no_cluster.validate_static(), Ok(()));
+        let v4_without = AgentConfig { cluster_cidr: None, ..base.clone() };
+        assert_eq!(v4_without.validate_static(), Err(ConfigError::ClusterCidrMissing));
+        let dual_without = AgentConfig { cluster_cidr: None, ..dual.clone() };
+        assert_eq!(dual_without.validate_static(), Err(ConfigError::ClusterCidrMissing));
         let stray = AgentConfig { pod_cidr6: Some(net6("fd00:244::/64")), ..cfg("10.244.0.0/16", None) };
         assert_eq!(stray.validate_static(), Err(ConfigError::NeedsDualStack { flag: "--pod-cidr6" }));
         let v6_exception = vec!["fd00:99::/64".parse().unwrap()];
@@ -573,7 +588,7 @@ mod tests {
 
     #[test]
     fn metrics_bind_defaults_to_the_node_address() {
-        let node: std::net::Ipv4Addr = "172.30.0.1".parse().unwrap();
+        let node: std::net::IpAddr = "172.30.0.1".parse().unwrap();
         let with = |a: &str| AgentConfig { metrics_addr: a.into(), ..cfg("10.244.0.0/16", None) };
         let default = with("node:9962").metrics_bind().unwrap().unwrap();
         assert_eq!(default, MetricsBind::NodeAddress(9962));
@@ -581,6 +596,7 @@ mod tests {
         let any = with("0.0.0.0:9100").metrics_bind().unwrap().unwrap();
         assert_eq!(any.socket(node).to_string(), "0.0.0.0:9100");
         assert_eq!(with("off").metrics_bind(), Ok(None));
+        assert_eq!(default.socket("fd00:30::1".parse().unwrap()).to_string(), "[fd00:30::1]:9962");
         for bad in ["node:", "node:x", "9962", "localhost:9962", ""] {
             assert_eq!(with(bad).metrics_bind(), Err(ConfigError::MetricsAddr(bad.into())), "{bad}");
             assert!(with(bad).validate_static().is_err(), "{bad}");

@@ -295,7 +295,7 @@ fn allocate<C: PodCidr>(cidr: C, conf: &NetConf, env: &CniEnv, rb: &mut Rollback
 /// Our result, appended to `prevResult`'s when chained after other plugins:
 /// one `ips` entry and one default route per family the pod has (IPv4
 /// first; an IPv6-only pod's only entry is its IPv6 one). Pure.
-pub fn result(
+fn result(
     conf: &NetConf,
     env: &CniEnv,
     host_name: &str,
@@ -343,4 +343,45 @@ pub fn result(
         "routes": routes,
         "dns": prev.get("dns").cloned().unwrap_or_else(|| json!({})),
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn conf(cni_version: &str) -> NetConf {
+        let mut c =
+            NetConf::parse(br#"{"cniVersion":"1.0.0","name":"sluice","type":"sluice","podCIDR6":"fd00:244:0:1::/64"}"#)
+                .unwrap();
+        c.cni_version = cni_version.into();
+        c
+    }
+
+    fn env() -> CniEnv {
+        CniEnv {
+            command: crate::env::Command::Add,
+            container_id: "c1".into(),
+            netns: Some("/run/netns/p".into()),
+            ifname: "eth0".into(),
+            pod: None,
+        }
+    }
+
+    /// The result's `ips` and `routes` per family the pod has: IPv6-only
+    /// lists its one IPv6 address and `::/0` alone; dual-stack IPv4 first.
+    #[test]
+    fn result_lists_each_family_the_pod_has() {
+        let (ip, ip6) = ("10.244.1.2".parse().ok(), "fd00:244:0:1::2".parse().ok());
+        let v6 = result(&conf("1.0.0"), &env(), "h", [1; 6], [2; 6], None, ip6);
+        assert_eq!(v6["ips"], json!([{"address": "fd00:244:0:1::2/128", "gateway": "fe80::1", "interface": 1}]));
+        assert_eq!(v6["routes"], json!([{"dst": "::/0", "gw": "fe80::1"}]));
+        assert_eq!(v6["interfaces"].as_array().unwrap().len(), 2);
+        let old = result(&conf("0.4.0"), &env(), "h", [1; 6], [2; 6], None, ip6);
+        assert_eq!(old["ips"][0]["version"], "6", "a 0.x result names the family");
+        let dual = result(&conf("1.0.0"), &env(), "h", [1; 6], [2; 6], ip, ip6);
+        let addrs: Vec<&str> = dual["ips"].as_array().unwrap().iter().map(|i| i["address"].as_str().unwrap()).collect();
+        assert_eq!(addrs, ["10.244.1.2/32", "fd00:244:0:1::2/128"]);
+        let dsts: Vec<&str> = dual["routes"].as_array().unwrap().iter().map(|r| r["dst"].as_str().unwrap()).collect();
+        assert_eq!(dsts, ["0.0.0.0/0", "::/0"]);
+    }
 }

@@ -83,7 +83,8 @@ impl IpFamily {
 
     pub fn node_ip(self, n: &lab::Node) -> Option<&str> {
         match self {
-            IpFamily::V4 => Some(&n.ip),
+            // An IPv6-only lab's nodes have none.
+            IpFamily::V4 => Some(n.ip.as_str()).filter(|ip| !ip.is_empty()),
             IpFamily::V6 => n.ip6.as_deref(),
         }
     }
@@ -193,7 +194,9 @@ pub fn install(lab: &mut Lab) -> Result<()> {
         } else {
             format!("{}.{}", crate::lab::LAN2_PREFIX, crate::lab::ROUTER_HOST)
         };
-        ns_exec(&node.netns, &["ip", "route", "replace", "default", "via", &gateway, "dev", "eth0"])?;
+        if !node.ip.is_empty() {
+            ns_exec(&node.netns, &["ip", "route", "replace", "default", "via", &gateway, "dev", "eth0"])?;
+        }
         // IPv6 to the world: from the second network through the router,
         // when it forwards IPv6 (`LabOptions::router_ipv4_only`: it does not).
         if let Some(ip6) = &node.ip6 {

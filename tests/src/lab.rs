@@ -112,9 +112,9 @@ pub struct LabOptions {
     pub router_ipv4_only: bool,
     /// IPv6-only pods (`cargo xtask lab up --ip-family ipv6`): as
     /// `dual_stack`, but agents with `--ip-family ipv6` and no `--pod-cidr`,
-    /// no `podCIDR` in the peers file, and pods with an IPv6 address only.
-    /// The nodes keep their IPv4 LAN addresses (the lab's own plumbing:
-    /// the world, the API server); nothing of a pod's is IPv4.
+    /// no `podCIDR` nor `nodeIP` in the peers file, pods with an IPv6
+    /// address only, and nodes with no IPv4 address either (`Node::ip`
+    /// empty). One subnet, a peers file (no API server).
     pub ipv6_only: bool,
 }
 
@@ -433,6 +433,9 @@ impl Lab {
             }
             lab.state.cgroup_root = Some(crate::cgroups::cgroup2_mount()?.join(format!("sluice-lab-{}", opts.id)));
         }
+        if opts.ipv6_only && (opts.subnets > 1 || opts.kubernetes) {
+            bail!("an IPv6-only lab is one subnet with a peers file (no VXLAN, no API server on IPv6 yet)");
+        }
         if !(1..=2).contains(&opts.subnets) || opts.nodes < opts.subnets {
             bail!("--subnets must be 1 or 2, and no more than the nodes");
         }
@@ -609,7 +612,8 @@ impl Lab {
         let node = Node {
             name: name.clone(),
             netns: netns.clone(),
-            ip: format!("{}.{i}", subnet_prefix(subnet)),
+            // An IPv6-only lab's nodes have no IPv4 address.
+            ip: if self.state.ipv6_only { String::new() } else { format!("{}.{i}", subnet_prefix(subnet)) },
             pod_cidr: format!("10.244.{i}.0/24"),
             ip6: self
                 .state
@@ -636,7 +640,9 @@ impl Lab {
             .args(["link", "add", "eth0", "netns", &netns, "type", "veth", "peer", "name", &name, "netns", lan]))?;
         ns_exec(lan, &["ip", "link", "set", &name, "master", &format!("br{subnet}"), "mtu", &mtu, "up"])?;
         ns_exec(&netns, &["ip", "link", "set", "eth0", "mtu", &mtu, "up"])?;
-        ns_exec(&netns, &["ip", "addr", "add", &format!("{}/24", node.ip), "dev", "eth0"])?;
+        if !node.ip.is_empty() {
+            ns_exec(&netns, &["ip", "addr", "add", &format!("{}/24", node.ip), "dev", "eth0"])?;
+        }
         if let Some(ip6) = &node.ip6 {
             ns_exec(&netns, &["ip", "-6", "addr", "add", &format!("{ip6}/64"), "dev", "eth0", "nodad"])?;
         }
@@ -652,8 +658,9 @@ impl Lab {
         let peers: Vec<Value> = nodes
             .iter()
             .map(|n| {
-                let mut peer = json!({"name": n.name, "nodeIP": n.ip});
+                let mut peer = json!({"name": n.name});
                 if !self.state.ipv6_only {
+                    peer["nodeIP"] = json!(n.ip);
                     peer["podCIDR"] = json!(n.pod_cidr);
                 }
                 if let (Some(ip6), Some(cidr6)) = (&n.ip6, &n.pod_cidr6) {
@@ -683,8 +690,6 @@ impl Lab {
             node.name.clone(),
             "--uplink".into(),
             "eth0".into(),
-            "--cluster-cidr".into(),
-            CLUSTER_CIDR.into(),
             "--pin-dir".into(),
             node.pin_dir.display().to_string(),
             "--data-dir".into(),
@@ -701,6 +706,10 @@ impl Lab {
             "--service-cidr".into(),
             crate::cluster::SERVICE_CIDR.into(),
         ];
+        // An IPv6-only node has no IPv4 cluster range.
+        if !self.state.ipv6_only {
+            args.extend(["--cluster-cidr".into(), CLUSTER_CIDR.into()]);
+        }
         let cidr_from_node = self.state.kubeconfig.is_some() && self.state.pod_cidr_from_node;
         if !cidr_from_node && !self.state.ipv6_only {
             args.extend(["--pod-cidr".into(), node.pod_cidr.clone()]);

@@ -5,8 +5,8 @@
 //! node ↔ pod, pod → another node's host server seeing the pod's own
 //! address, the demo Service's IPv6 ClusterIP through kube-proxy's
 //! ip6tables rules, the world masqueraded to the node's IPv6) is all
-//! reached. The nodes keep IPv4 LAN addresses: the lab's own plumbing
-//! (the world's IPv4 route), never probed here.
+//! reached. The nodes have no IPv4 address either: the agents run on an
+//! uplink with IPv6 alone, without --cluster-cidr.
 use sluice_tests::{
     bin,
     cluster::{ClusterMatrix, IpFamily},
@@ -36,11 +36,24 @@ fn ipv6_only_pods_have_no_ipv4_and_reach_every_path_over_ipv6() {
         let routes4 = ns_exec(&pod.netns, &["ip", "-4", "route", "show"]).unwrap();
         assert!(routes4.trim().is_empty(), "{} has IPv4 routes: {routes4}", pod.name);
     }
-    // The conflist is an IPv6-only one: podCIDR6, no podCIDR.
+    // The conflist is an IPv6-only one: podCIDR6, no podCIDR; the node
+    // has no IPv4 address on its uplink.
     for node in &lab.state.nodes {
+        let v4 = ns_exec(&node.netns, &["ip", "-4", "-o", "addr", "show", "dev", "eth0"]).unwrap();
+        assert!(v4.trim().is_empty(), "{} has IPv4 on its uplink: {v4}", node.name);
         let conf = Lab::plugin_config(node).unwrap();
         assert!(conf.get("podCIDR").is_none(), "{}'s conflist has a podCIDR: {conf}", node.name);
         assert_eq!(conf["podCIDR6"].as_str(), node.pod_cidr6.as_deref(), "{}'s conflist", node.name);
+    }
+
+    // `status` calls the node healthy and names its IPv6 pod CIDR and
+    // health endpoint; no IPv4 one.
+    for (i, node) in lab.state.nodes.iter().enumerate() {
+        let s = lab.status(i).unwrap();
+        assert_eq!(s["healthy"], true, "{}'s status: {s:#}", node.name);
+        assert_eq!(s["agent"]["podCidr6"].as_str(), node.pod_cidr6.as_deref(), "{}'s status", node.name);
+        assert_eq!(s["agent"]["podCidr"], "", "{}'s status", node.name);
+        assert!(s["agent"]["healthIp6"].as_str().is_some_and(|h| h.ends_with("::1")), "{}'s status", node.name);
     }
 
     let m = ClusterMatrix::probe_family(&lab, IpFamily::V6);

@@ -32,9 +32,9 @@ pub enum LabCommand {
         subnets: usize,
         /// `ipv4` (the default), `dual` (pods, nodes, the demo Service and
         /// the world get IPv6 addresses too, and the matrix is printed for
-        /// both families) or `ipv6` (IPv6-only pods and Services; the nodes
-        /// keep IPv4 LAN addresses for the lab's own plumbing; the IPv6
-        /// matrix alone; one subnet: VXLAN needs IPv4 between pods).
+        /// both families) or `ipv6` (IPv6-only: pods, nodes and the demo
+        /// Service have IPv6 addresses alone; the IPv6 matrix; one subnet,
+        /// as VXLAN needs an IPv4 underlay).
         #[arg(long, default_value = "ipv4", value_parser = ["ipv4", "dual", "ipv6"])]
         ip_family: String,
     },
@@ -156,7 +156,7 @@ fn print_nodes(lab: &Lab) {
     if lab.state.ipv6_only {
         println!(
             "world {WORLD_IP6} (netns {world}), demo Service {DEMO_IP6} (kube-proxy's ip6tables rules on every node); \
-             pods are IPv6-only, the nodes' IPv4 on the LAN is the lab's plumbing"
+             pods and nodes are IPv6-only"
         );
     } else if lab.state.dual_stack {
         println!(

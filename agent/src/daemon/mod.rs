@@ -187,9 +187,11 @@ struct Reconcilers {
     /// The MTU metric of native routes to peers' pods
     /// (`kernel_routes::native_route_mtu`).
     native_route_mtu: Option<u32>,
-    node_ip: std::net::Ipv4Addr,
+    /// The uplink's IPv4 (none on an IPv6-only node without one).
+    node_ip: Option<std::net::Ipv4Addr>,
     masquerade: bool,
-    cluster_cidr: Ipv4Network,
+    /// None on an IPv6-only node (no IPv4 masquerade rules then).
+    cluster_cidr: Option<Ipv4Network>,
     /// Dual-stack: the IPv6 cluster range, if given (else the pod CIDRs
     /// membership knows stand for it).
     cluster_cidr6: Option<Ipv6Network>,
@@ -254,7 +256,7 @@ impl Reconcilers {
             map6 = map_routes6::desired6(&m.routes6, &installed, self.uplink_ifindex);
         }
         map_routes6::reconcile6(&mut self.routes_map6, &map6)?;
-        let node_ips = std::iter::once(self.node_ip).chain(m.routes.values().copied());
+        let node_ips = self.node_ip.into_iter().chain(m.routes.values().copied());
         let mut desired = masquerade::Desired::new(self.masquerade, self.cluster_cidr, node_ips, &self.non_masquerade);
         if let (true, Some(own6)) = (self.ipv6, m.own_pod_cidr6) {
             // Pods' IPv6 leaves masqueraded too (`ip6 sluice`): the
@@ -292,7 +294,7 @@ impl Reconcilers {
             uplink_ifindex: uplink.link.index,
             vxlan_ifindex: datapath.vxlan_ifindex,
             native_route_mtu: kernel_routes::native_route_mtu(uplink.pod_mtu, uplink.link.mtu),
-            node_ip: uplink.address.ip,
+            node_ip: uplink.address.map(|a| a.ip),
             masquerade: node.masquerade,
             cluster_cidr: node.cluster_cidr,
             cluster_cidr6: node.cluster_cidr6,
@@ -327,10 +329,12 @@ async fn follow_uplink_address(
     netlink: &Netlink,
     pins: &PinDir,
     uplink_ifindex: u32,
-    address: &mut node_address::NodeAddress,
+    address: &mut Option<node_address::NodeAddress>,
     ranges: &mut Ranges,
     reconcilers: &mut Reconcilers,
 ) {
+    // An IPv6-only node without an IPv4 uplink address follows none.
+    let Some(address) = address else { return };
     let now = match netlink.first_ipv4(uplink_ifindex).await {
         Ok(now) => now,
         Err(e) => return warn!(error = %format!("{e:#}"), "cannot read the uplink's address; keeping the last"),
@@ -349,7 +353,7 @@ async fn follow_uplink_address(
     info!(from = %address.ip, to = %moved.ip, network = %moved.network, "the uplink's address changed; following it");
     ranges.node_network = Some(moved.network);
     ranges.own_ip = Some(moved.ip);
-    reconcilers.node_ip = moved.ip;
+    reconcilers.node_ip = Some(moved.ip);
     *address = moved;
 }
 
@@ -362,7 +366,7 @@ async fn choose_uplink(netlink: &Netlink, node: &mut AgentConfig) -> Result<slui
     let found = netlink
         .default_route_interface()
         .await?
-        .context("no --uplink given and no IPv4 default route to pick one from")?;
+        .context("no --uplink given and no IPv4 default route to pick one from (an IPv6-only node names it)")?;
     info!(uplink = %found.name, "uplink chosen from the default route");
     node.uplink = found.name.clone();
     Ok(found)
@@ -473,7 +477,12 @@ fn start_policy_loop(
     };
     let policy_node = policy_loop::PolicyNode {
         node_name: node.node_name.clone(),
-        cluster_cidrs: std::iter::once(node.cluster_cidr.into()).chain(node.cluster_cidr6.map(Into::into)).collect(),
+        cluster_cidrs: node
+            .cluster_cidr
+            .map(Into::into)
+            .into_iter()
+            .chain(node.cluster_cidr6.map(Into::into))
+            .collect(),
         data_dir: node.data_dir.clone(),
         nodes: std::sync::Arc::new(node_ips),
     };
@@ -622,7 +631,8 @@ struct Uplink {
     link: sluice_node::net::netlink::LinkInfo,
     /// The pods' MTU (`--mtu`, or the uplink's less the tunnel's overhead).
     pod_mtu: u32,
-    address: node_address::NodeAddress,
+    /// Its IPv4 address; None on an IPv6-only node whose uplink has none.
+    address: Option<node_address::NodeAddress>,
 }
 
 /// The uplink (see `choose_uplink`), the pods' MTU and the node's address on it.
@@ -632,9 +642,12 @@ async fn discover_uplink(netlink: &Netlink, node: &mut AgentConfig) -> Result<Up
     if pod_mtu > link.mtu {
         bail!("--mtu {pod_mtu} is larger than uplink {}'s MTU {}", node.uplink, link.mtu);
     }
-    let (node_ip, prefix) =
-        netlink.first_ipv4(link.index).await?.with_context(|| format!("uplink {} has no IPv4 address", node.uplink))?;
-    let address = node_address::NodeAddress::new(node_ip, prefix)?;
+    let address = match netlink.first_ipv4(link.index).await? {
+        Some((node_ip, prefix)) => Some(node_address::NodeAddress::new(node_ip, prefix)?),
+        // An IPv6-only node needs none (the uplink's IPv6 is its address).
+        None if !node.ip_family.has_ipv4() => None,
+        None => bail!("uplink {} has no IPv4 address", node.uplink),
+    };
     Ok(Uplink { link, pod_mtu, address })
 }
 
@@ -651,10 +664,15 @@ fn own_pod_cidr6(membership: &Membership, node: &AgentConfig) -> Result<Option<I
 
 /// This node's pod CIDR from the first membership, checked against the
 /// flags and the node's network (`None` on an IPv6-only node).
-fn own_pod_cidr(membership: &Membership, node: &AgentConfig, node_network: Ipv4Network) -> Result<Option<Ipv4Network>> {
+fn own_pod_cidr(
+    membership: &Membership,
+    node: &AgentConfig,
+    node_network: Option<Ipv4Network>,
+) -> Result<Option<Ipv4Network>> {
     if !node.ip_family.has_ipv4() {
         return Ok(None);
     }
+    let node_network = node_network.expect("a node with IPv4 pods has an IPv4 uplink address (discover_uplink)");
     let pod_cidr = membership.own_pod_cidr.expect("initial_membership waits for it");
     node.validate_pod_cidr(pod_cidr, node_network).context("invalid pod CIDR")?;
     if let Some(p) = membership.problems.iter().find(|p| p.involves_own_cidr()) {
@@ -708,7 +726,7 @@ async fn bring_up_datapath(
     )?;
     let node_config = sluice_common::NodeConfig {
         uplink_ifindex: uplink.link.index,
-        node_ip_be: pinned_maps::ip_be(uplink.address.ip),
+        node_ip_be: uplink.address.map(|a| pinned_maps::ip_be(a.ip)).unwrap_or(0),
         // The CNI plugin attaches new pods' programs the same way.
         attach_mode: attach_mode.recorded(),
         ..Default::default()
@@ -816,7 +834,10 @@ async fn serve_node_endpoints(
     if let Some(bind) = node.metrics_bind()? {
         let masquerade = reconcilers.masquerade_counter();
         let registry = metrics::registry(pins, &node.data_dir, &agent_metrics, masquerade);
-        metrics::serve(bind.socket(uplink.address.ip), registry).await?;
+        // The node's own address: its IPv4, or an IPv6-only node's IPv6.
+        let own = uplink.address.map(|a| std::net::IpAddr::V4(a.ip)).or(reconcilers.node_ip6.map(Into::into));
+        let own = own.context("--metrics-addr node:PORT: the uplink has no address to bind; give ADDR:PORT")?;
+        metrics::serve(bind.socket(own), registry).await?;
     }
     Ok((health_netns, agent_metrics, service_lb_state))
 }
@@ -931,7 +952,7 @@ struct Daemon {
     netlink: Netlink,
     pins: PinDir,
     uplink_ifindex: u32,
-    address: node_address::NodeAddress,
+    address: Option<node_address::NodeAddress>,
     ranges: Ranges,
     /// None on an IPv6-only node.
     pod_cidr: Option<Ipv4Network>,
@@ -1085,24 +1106,26 @@ pub async fn run(
     state_file::remove(&node.data_dir)?;
     let netlink = Netlink::open()?;
     let uplink = discover_uplink(&netlink, &mut node).await?;
-    let node_ip = uplink.address.ip;
+    let node_ip = uplink.address.map(|a| a.ip);
     require_bpffs(&node, &bpffs_mount)?;
 
     let ranges = Ranges {
-        cluster: node.cluster_cidr,
+        // IPv6-only: no IPv4 cluster range, and no IPv4 half of membership
+        // that would read it (`Source::membership`).
+        cluster: node.cluster_cidr.unwrap_or(Ipv4Network::new(std::net::Ipv4Addr::UNSPECIFIED, 32).expect("/32")),
         service: node.service_cidr,
-        node_network: Some(uplink.address.network),
+        node_network: uplink.address.map(|a| a.network),
         tunnel: node.tunnel,
-        own_ip: Some(node_ip),
+        own_ip: node_ip,
     };
     let membership = initial_membership(&source, &node, &ranges).await?;
-    let pod_cidr = own_pod_cidr(&membership, &node, uplink.address.network)?;
+    let pod_cidr = own_pod_cidr(&membership, &node, uplink.address.map(|a| a.network))?;
     let pod_cidr6 = own_pod_cidr6(&membership, &node)?;
     let own_ip6 = match pod_cidr6 {
         Some(_) => {
             let found = netlink.first_global_ipv6(uplink.link.index).await?.map(|(ip, _)| ip);
             if found.is_none() {
-                warn!(uplink = %node.uplink, "--ip-family dual: the uplink has no global IPv6 address; other nodes' pods are reachable over IPv6 only if they route to this node's pods some other way");
+                warn!(uplink = %node.uplink, "--ip-family dual or ipv6: the uplink has no global IPv6 address; other nodes' pods are reachable over IPv6 only if they route to this node's pods some other way");
             }
             found
         }
@@ -1113,7 +1136,7 @@ pub async fn run(
     let datapath = bring_up_datapath(&netlink, &node, &uplink, pod_cidr, pod_cidr6, services.is_some()).await?;
     let pins = datapath.pins.clone();
     let reconcilers = Reconcilers::start(&netlink, &node, &uplink, &datapath, &membership, own_ip6).await?;
-    info!(node = %node.node_name, uplink = %node.uplink, %node_ip, mtu = uplink.pod_mtu, pods = datapath.pods, "datapath ready");
+    info!(node = %node.node_name, uplink = %node.uplink, node_ip = ?node_ip, own_ip6 = ?own_ip6, mtu = uplink.pod_mtu, pods = datapath.pods, "datapath ready");
 
     let services_on = services.is_some();
     // hostPorts: this node's pods' (the Pods NetworkPolicy watches), served

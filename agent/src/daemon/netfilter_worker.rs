@@ -130,7 +130,7 @@ mod tests {
     use super::*;
 
     fn desired(n: u8) -> Desired {
-        Desired::new(true, "10.244.0.0/16".parse().unwrap(), [std::net::Ipv4Addr::new(172, 30, 0, n)], &[])
+        Desired::new(true, "10.244.0.0/16".parse().ok(), [std::net::Ipv4Addr::new(172, 30, 0, n)], &[])
     }
 
     /// Records every run; fails while `failing` is set.

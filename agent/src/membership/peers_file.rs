@@ -5,8 +5,8 @@
 //!             "nodeIP6": "fd00:50::2", "podCIDR6": "fd00:244:2::/64"}]}
 //! ```
 //! `nodeIP6` and `podCIDR6` (dual-stack) are optional; an IPv6-only
-//! cluster's entries (`--ip-family ipv6`) may leave `podCIDR` out (such a
-//! peer has no IPv4 route).
+//! cluster's entries (`--ip-family ipv6`) may leave `podCIDR` and
+//! `nodeIP` out (such a peer has no IPv4 route).
 //! The same file may go to every node: a node skips its own entry by name.
 use std::{collections::BTreeMap, net::Ipv4Addr};
 
@@ -16,8 +16,8 @@ use serde::{Deserialize, Serialize};
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Peer {
     pub name: String,
-    #[serde(rename = "nodeIP")]
-    pub node_ip: Ipv4Addr,
+    #[serde(rename = "nodeIP", default, skip_serializing_if = "Option::is_none")]
+    pub node_ip: Option<Ipv4Addr>,
     #[serde(rename = "podCIDR", default, skip_serializing_if = "Option::is_none")]
     pub pod_cidr: Option<Ipv4Network>,
     #[serde(rename = "nodeIP6", default, skip_serializing_if = "Option::is_none")]
@@ -47,7 +47,12 @@ pub enum PeersError {
 
 impl PeersFile {
     pub fn parse(bytes: &[u8]) -> Result<Self, PeersError> {
-        serde_json::from_slice(bytes).map_err(|e| PeersError::Parse(e.to_string()))
+        let file: Self = serde_json::from_slice(bytes).map_err(|e| PeersError::Parse(e.to_string()))?;
+        // A peer of either family names its node address of that family.
+        if let Some(p) = file.peers.iter().find(|p| p.node_ip.is_none() && p.node_ip6.is_none()) {
+            return Err(PeersError::Parse(format!("peer {} has neither nodeIP nor nodeIP6", p.name)));
+        }
+        Ok(file)
     }
 
     /// The routes this node wants: pod CIDR → node IP for every other node.
@@ -83,7 +88,7 @@ impl PeersFile {
             }
             seen.push((&p.name, cidr));
         }
-        Ok(self.peers.iter().filter(|p| p.name != own_name).filter_map(|p| Some((p.pod_cidr?, p.node_ip))).collect())
+        Ok(self.peers.iter().filter(|p| p.name != own_name).filter_map(|p| Some((p.pod_cidr?, p.node_ip?))).collect())
     }
 }
 
@@ -105,7 +110,7 @@ impl PeersFile {
             .iter()
             .map(|p| super::NodeEntry {
                 name: p.name.clone(),
-                node_ip: Some(p.node_ip),
+                node_ip: p.node_ip,
                 pod_cidr: p.pod_cidr,
                 node_ip6: p.node_ip6,
                 pod_cidr6: p.pod_cidr6,
@@ -126,6 +131,19 @@ mod tests {
         {"name":"n1","nodeIP":"192.168.50.1","podCIDR":"10.244.1.0/24"},
         {"name":"n2","nodeIP":"192.168.50.2","podCIDR":"10.244.2.0/24"},
         {"name":"n3","nodeIP":"192.168.50.3","podCIDR":"10.244.3.0/24"}]}"#;
+
+    #[test]
+    fn ipv6_only_entries_have_no_ipv4() {
+        let f = PeersFile::parse(
+            br#"{"peers":[{"name":"n1","nodeIP6":"fd00:30::1","podCIDR6":"fd00:244:0:1::/64"},
+                         {"name":"n2","nodeIP6":"fd00:30::2","podCIDR6":"fd00:244:0:2::/64"}]}"#,
+        )
+        .unwrap();
+        assert_eq!(f.desired_routes("n1", cidr("10.244.1.0/24")).unwrap().len(), 0, "no IPv4 route");
+        let e = f.entries();
+        assert_eq!((e[1].node_ip, e[1].pod_cidr), (None, None));
+        assert_eq!(e[1].pod_cidr6, Some("fd00:244:0:2::/64".parse().unwrap()));
+    }
 
     #[test]
     fn own_entry_skipped() {

@@ -103,7 +103,9 @@ impl Rules {
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Desired {
     pub masquerade: bool,
-    pub ipv4: Rules,
+    /// None on an IPv6-only node (no IPv4 cluster range): IPv4 netfilter
+    /// is left alone.
+    pub ipv4: Option<Rules>,
     /// Dual-stack: the IPv6 twin (`ip6 sluice`, ip6tables' chain). Without
     /// it IPv6 netfilter is left alone (`cleanup` removes a leftover).
     pub ipv6: Option<Rules>,
@@ -115,12 +117,13 @@ impl Desired {
     /// (its IPv6 entries wait for `with_ipv6`).
     pub fn new(
         masquerade: bool,
-        cluster_cidr: Ipv4Network,
+        cluster_cidr: Option<Ipv4Network>,
         node_ips: impl IntoIterator<Item = Ipv4Addr>,
         extra: &[IpNetwork],
     ) -> Self {
-        let nodes = node_ips.into_iter().map(IpAddr::V4).collect();
-        Self { masquerade, ipv4: Rules::new(Family::Ipv4, cluster_cidr.into(), nodes, extra), ipv6: None }
+        let nodes: Vec<IpAddr> = node_ips.into_iter().map(IpAddr::V4).collect();
+        let ipv4 = cluster_cidr.map(|c| Rules::new(Family::Ipv4, c.into(), nodes, extra));
+        Self { masquerade, ipv4, ipv6: None }
     }
 
     /// The IPv6 twin: the IPv6 cluster range, the nodes' IPv6 addresses,
@@ -137,7 +140,7 @@ impl Desired {
 
     /// The families this node keeps, IPv4 first.
     pub fn rules(&self) -> impl Iterator<Item = &Rules> {
-        std::iter::once(&self.ipv4).chain(self.ipv6.as_ref())
+        self.ipv4.iter().chain(self.ipv6.as_ref())
     }
 }
 
@@ -421,7 +424,7 @@ mod tests {
     fn desired() -> Desired {
         Desired::new(
             true,
-            "10.244.0.0/16".parse().unwrap(),
+            "10.244.0.0/16".parse().ok(),
             ["172.30.0.1".parse().unwrap(), "172.30.0.2".parse().unwrap()],
             &[net("192.168.0.0/16"), net("192.168.7.0/24"), net("10.244.3.0/24"), net("fd00:99::/64")],
         )
@@ -440,7 +443,7 @@ mod tests {
     fn no_masquerade_set_is_minimal_and_complete() {
         let d = desired();
         assert_eq!(
-            d.ipv4.no_masquerade,
+            d.ipv4.as_ref().unwrap().no_masquerade,
             vec![net("10.244.0.0/16"), net("172.30.0.1/32"), net("172.30.0.2/32"), net("192.168.0.0/16")],
             "the IPv6 entry is not the IPv4 table's"
         );
@@ -456,22 +459,30 @@ mod tests {
             v6.no_masquerade,
             vec![net("fd00:30::1/128"), net("fd00:30::2/128"), net("fd00:99::/64"), net("fd00:244::/56")]
         );
-        assert_eq!(d.ipv4.no_masquerade.len(), 4, "IPv4 unchanged by the twin");
+        assert_eq!(d.ipv4.as_ref().unwrap().no_masquerade.len(), 4, "IPv4 unchanged by the twin");
         assert_eq!(d.rules().map(|r| r.family).collect::<Vec<_>>(), [Family::Ipv4, Family::Ipv6]);
+        // IPv6-only (no IPv4 cluster range): the IPv6 table alone; IPv4
+        // netfilter left alone.
+        let v6only = Desired::new(true, None, [], &[]).with_ipv6(
+            "fd00:244::/56".parse().unwrap(),
+            ["fd00:30::1".parse().unwrap()],
+            &[],
+        );
+        assert_eq!(v6only.rules().map(|r| r.family).collect::<Vec<_>>(), [Family::Ipv6]);
     }
 
     #[test]
     fn nft_script_replaces_the_table_atomically() {
-        let s = render_nft(&desired().ipv4);
+        let s = render_nft(desired().ipv4.as_ref().unwrap());
         let lines: Vec<&str> = s.lines().collect();
         assert_eq!(&lines[..3], &["table ip sluice", "delete table ip sluice", "table ip sluice {"]);
         assert!(s.contains("type ipv4_addr"), "{s}");
         assert!(s.contains("elements = { 10.244.0.0/16, 172.30.0.1/32, 172.30.0.2/32, 192.168.0.0/16 }"), "{s}");
         assert!(s.contains("ip saddr 10.244.0.0/16 ip daddr != @no_masquerade counter masquerade"), "{s}");
-        assert!(s.contains(&revision_marker(&desired().ipv4)));
+        assert!(s.contains(&revision_marker(desired().ipv4.as_ref().unwrap())));
         // Another node set: another revision.
-        let other = Desired::new(true, "10.244.0.0/16".parse().unwrap(), ["172.30.0.9".parse().unwrap()], &[]);
-        assert_ne!(revision_marker(&other.ipv4), revision_marker(&desired().ipv4));
+        let other = Desired::new(true, "10.244.0.0/16".parse().ok(), ["172.30.0.9".parse().unwrap()], &[]);
+        assert_ne!(revision_marker(other.ipv4.as_ref().unwrap()), revision_marker(desired().ipv4.as_ref().unwrap()));
     }
 
     #[test]
@@ -569,7 +580,7 @@ mod tests {
         fw.edit(Family::Ipv4, |x| x.chain = Some(vec![format!("-N {FORWARD_CHAIN}")]));
         assert_eq!(block_on(ensure(&fw, &d)).unwrap(), Changes { forward_chain: true, ..Default::default() });
         // Membership changed: a new table revision.
-        let d2 = Desired::new(true, "10.244.0.0/16".parse().unwrap(), ["172.30.0.9".parse().unwrap()], &[]);
+        let d2 = Desired::new(true, "10.244.0.0/16".parse().ok(), ["172.30.0.9".parse().unwrap()], &[]);
         assert_eq!(block_on(ensure(&fw, &d2)).unwrap(), Changes { nft_table: true, ..Default::default() });
     }
 

@@ -7,11 +7,16 @@
 //! ip6tables rules, the world masqueraded to the node's IPv6) is all
 //! reached. The nodes have no IPv4 address either: the agents run on an
 //! uplink with IPv6 alone, without --cluster-cidr.
+use std::{path::Path, thread::sleep, time::Duration};
+
+use sluice_cni::fault::ADD_STEPS;
+use sluice_node::datapath::pins::PinDir;
 use sluice_tests::{
     bin,
     cluster::{ClusterMatrix, IpFamily},
-    lab::{ns_exec, Lab, LabOptions},
-    require_root,
+    faulty_cni_bin,
+    lab::{ns_exec, CniCall, Lab, LabOptions, Node},
+    require_root, Netns,
 };
 
 #[test]
@@ -56,6 +61,31 @@ fn ipv6_only_pods_have_no_ipv4_and_reach_every_path_over_ipv6() {
         assert!(s["agent"]["healthIp6"].as_str().is_some_and(|h| h.ends_with("::1")), "{}'s status", node.name);
     }
 
+    // connectivity-test from n1: every node's IPv6 health endpoint (from
+    // the local one and from the node) and every node's IPv6, nothing IPv4.
+    let (ok, v) = lab.connectivity_test(0, &[]).unwrap();
+    let rows: Vec<(String, String, bool)> = v
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| {
+            (r["target"]["class"].as_str().unwrap().into(), r["target"]["ip"].as_str().unwrap().into(), r["ok"] == true)
+        })
+        .collect();
+    let health6 = |n: &sluice_tests::lab::Node| n.pod_cidr6.as_deref().unwrap().replace("::/64", "::1");
+    let (n1, n2) = (&lab.state.nodes[0], &lab.state.nodes[1]);
+    let row = |c: &str, ip: String| (c.to_string(), ip, true);
+    let want = vec![
+        row("pod-to-pod", health6(n1)),
+        row("pod-to-pod", health6(n2)),
+        row("pod-to-host", n1.ip6.clone().unwrap()),
+        row("pod-to-host", n2.ip6.clone().unwrap()),
+        row("host-to-pod", health6(n1)),
+        row("host-to-pod", health6(n2)),
+    ];
+    assert_eq!(rows, want, "{v:#}");
+    assert!(ok, "{v:#}");
+
     let m = ClusterMatrix::probe_family(&lab, IpFamily::V6);
     eprint!("{}", m.render());
     let sources = lab.state.nodes.len() * (1 + 2);
@@ -63,4 +93,97 @@ fn ipv6_only_pods_have_no_ipv4_and_reach_every_path_over_ipv6() {
     // Every source to every other pod and node, the Service and the world.
     assert_eq!(m.cells.len(), sources * (sources - 1 + 2), "every path probed");
     assert!(m.all_ok(), "IPv6-only matrix: failed {:?}\n{}", m.failures, m.render());
+}
+
+/// Everything on an IPv6-only node that ADD could touch, as comparable text
+/// (the IPv6 twin of tests/tests/cni.rs' snapshot; IPv4 too, which must
+/// stay untouched).
+fn snapshot(lab: &Lab, node: &Node, pod: Option<&Netns>) -> String {
+    let mut s = String::new();
+    let links = ns_exec(&node.netns, &["ip", "-o", "link", "show"]).unwrap();
+    let mut names: Vec<&str> = links.lines().filter_map(|l| l.split(": ").nth(1)).collect();
+    names.sort();
+    s += &format!("links: {names:?}\n");
+    for family in ["-4", "-6"] {
+        s += &format!("routes {family}:\n{}", ns_exec(&node.netns, &["ip", family, "route", "show"]).unwrap());
+        let neigh = ns_exec(&node.netns, &["ip", family, "neigh", "show", "nud", "permanent"]).unwrap();
+        s += &format!("neigh {family}:\n{neigh}");
+    }
+    let status = lab.status(0).unwrap();
+    s += &format!("endpoints: {} endpoints6: {}\n", status["endpoints"], status["endpoints6"]);
+    s += &format!("leases: {:?}\n", walk(&Lab::data_dir(node).join("ipam")));
+    s += &format!("link pins: {:?}\n", walk(&PinDir::new(&node.pin_dir).links_dir()));
+    if let Some(pod) = pod {
+        s += &format!("pod links:\n{}", ns_exec(&pod.name, &["ip", "-o", "link", "show"]).unwrap());
+        s += &format!("pod addrs:\n{}", ns_exec(&pod.name, &["ip", "-o", "addr", "show"]).unwrap());
+    }
+    s
+}
+
+/// Every file under `dir` but IPAM's lock and cursor files, sorted.
+fn walk(dir: &Path) -> Vec<String> {
+    let rd = std::fs::read_dir(dir).unwrap_or_else(|e| panic!("expected directory {}: {e}", dir.display()));
+    let mut out = Vec::new();
+    for e in rd {
+        let path = e.unwrap().path();
+        if path.is_dir() {
+            out.extend(walk(&path));
+        } else {
+            out.push(path.display().to_string());
+        }
+    }
+    out.retain(|p| !p.ends_with("/lock") && !p.ends_with("last_reserved_ip"));
+    out.sort();
+    out
+}
+
+/// Crash safety on an IPv6-only node, as on the others: an ADD failing
+/// after each step leaves the node exactly as before (rollback of the IPv6
+/// lease, `ENDPOINTS6`, routes, link pins); an ADD killed after each step
+/// is cleaned up by DEL; the agent's sweep releases a pod whose namespace
+/// went without a DEL (`sweep::sweep_ipv6_only`).
+#[test]
+fn ipv6_only_add_rolls_back_del_cleans_up_and_the_sweep_releases_dead_pods() {
+    require_root();
+    let mut opts = LabOptions::new(1, 0, bin("sluice-agent").parent().unwrap().to_path_buf());
+    opts.ipv6_only = true;
+    let lab = Lab::up(&opts).expect("IPv6-only lab");
+    let node = lab.state.nodes[0].clone();
+    let conf = Lab::plugin_config(&node).unwrap();
+    for step in ADD_STEPS {
+        let pod = Netns::new("slpod").unwrap();
+        let before = snapshot(&lab, &node, Some(&pod));
+        let mut call = CniCall::new("ADD", &pod.name, Some(&pod.name), conf.clone());
+        call.bin = Some(faulty_cni_bin());
+        call.env.push(("SLUICE_CNI_FAIL_AFTER".into(), step.into()));
+        let out = lab.cni_call(&node, &call).unwrap();
+        assert!(!out.success, "ADD with a failure after {step} succeeded");
+        assert_eq!(before, snapshot(&lab, &node, Some(&pod)), "node changed by a failed ADD (failure after {step})");
+
+        let before = snapshot(&lab, &node, None);
+        let mut call = CniCall::new("ADD", &pod.name, Some(&pod.name), conf.clone());
+        call.bin = Some(faulty_cni_bin());
+        call.env.push(("SLUICE_CNI_CRASH_AFTER".into(), step.into()));
+        assert_eq!(lab.cni_call(&node, &call).unwrap().exit_code, None, "plugin should have died after {step}");
+        let del = lab.cni_call(&node, &CniCall::new("DEL", &pod.name, Some(&pod.name), conf.clone())).unwrap();
+        assert!(del.success, "DEL after a crash at {step}: {}", del.stdout);
+        assert_eq!(before, snapshot(&lab, &node, None), "DEL left something after a crash at {step}");
+    }
+    // A whole ADD, then the namespace deleted without DEL: the sweep
+    // (every 0.5 s, grace 4 s in the lab) releases it all.
+    let before = snapshot(&lab, &node, None);
+    let gone = Netns::new("slpod").unwrap();
+    let out = lab.cni_call(&node, &CniCall::new("ADD", &gone.name, Some(&gone.name), conf.clone())).unwrap();
+    assert!(out.success, "ADD: {} {}", out.stdout, out.stderr);
+    assert_ne!(before, snapshot(&lab, &node, None), "ADD changed nothing?");
+    drop(gone);
+    let mut after = String::new();
+    for _ in 0..60 {
+        sleep(Duration::from_millis(250));
+        after = snapshot(&lab, &node, None);
+        if after == before {
+            break;
+        }
+    }
+    assert_eq!(before, after, "the sweep did not release a pod whose namespace is gone");
 }

@@ -258,6 +258,17 @@ pub fn targets(
     extra: &Extra,
     six: &Ipv6Facts,
 ) -> Result<Vec<Target>> {
+    if state.pod_cidr.is_empty() {
+        // An IPv6-only node (no IPv4 pod CIDR): the IPv6 node classes alone;
+        // the extra classes are built with the IPv4 rows (not yet here).
+        if extra.pods || !extra.service.is_empty() || !extra.world.is_empty() || extra.node_port.is_some() {
+            anyhow::bail!(
+                "on an IPv6-only node connectivity-test probes pod-to-pod, pod-to-host and host-to-pod over IPv6; \
+                 --pods, --service, --world and --node-port are not supported there yet"
+            );
+        }
+        return Ok(targets6(state, &nodes6(state, six)?));
+    }
     let own_cidr: Ipv4Network = state.pod_cidr.parse().context("agent state pod CIDR")?;
     let own_health = health::health_ip(own_cidr);
     let base = |class, kind, node: String, ip: IpAddr, local| Target {
@@ -784,6 +795,14 @@ mod tests {
         // An IPv4-only node has no IPv6 rows, whatever the kernel holds.
         let t4 = targets(&state(), None, &routes, &[], &Extra::default(), &six).unwrap();
         assert!(t4.iter().all(|t| t.ip.is_ipv4()), "{t4:#?}");
+        // An IPv6-only node (no IPv4 pod CIDR): the same IPv6 rows alone,
+        // and the IPv4 extras refused by name.
+        let v6only = AgentState { pod_cidr: String::new(), health_ip: String::new(), ..dual.clone() };
+        let t6 = targets(&v6only, None, &[], &[], &Extra::default(), &six).unwrap();
+        assert!(t6.iter().all(|t| t.ip.is_ipv6()), "{t6:#?}");
+        assert_eq!(t6.len(), v6.len(), "{t6:#?}");
+        let err = targets(&v6only, None, &[], &[], &Extra { pods: true, ..Extra::default() }, &six).unwrap_err();
+        assert!(err.to_string().contains("IPv6-only"), "{err}");
     }
 
     /// A peer behind a router: its IPv6 pod CIDR's kernel route goes into

@@ -585,14 +585,23 @@ fn saw(netns: &str, ip: &str, port: u16) -> Option<(String, String)> {
 pub fn node_paths(lab: &Lab) -> Vec<String> {
     let mut lines = Vec::new();
     for (i, n) in lab.state.nodes.iter().enumerate() {
-        let routes = match lab.status(i) {
-            Ok(s) => s["routes"].as_array().cloned().unwrap_or_default(),
+        let status = match lab.status(i) {
+            Ok(s) => s,
             Err(e) => {
                 lines.push(format!("{}: status failed: {e:#}", n.name));
                 continue;
             }
         };
+        let routes = status["routes"].as_array().cloned().unwrap_or_default();
         for peer in lab.state.nodes.iter().filter(|p| p.name != n.name) {
+            if lab.state.ipv6_only {
+                // IPv6-only nodes have IPv6 routes alone, all native.
+                let cidr6 = peer.pod_cidr6.as_deref().unwrap_or_default();
+                let routed = status["agent"]["routeNodes6"][cidr6] == peer.name.as_str();
+                let path = if routed { "native (IPv6)" } else { "no IPv6 route" };
+                lines.push(format!("{} -> {}: {path}", n.name, peer.name));
+                continue;
+            }
             let line = match routes.iter().find(|r| r["podCIDR"] == peer.pod_cidr.as_str()) {
                 Some(r) => format!(
                     "{} -> {}: {} ({}), MTU {}",

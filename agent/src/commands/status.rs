@@ -369,15 +369,15 @@ impl StatusReport {
         })
     }
 
-    /// The IPv6 half of a dual-stack node (nothing on an IPv4-only one):
-    /// its pod CIDR, the IPv6 routes to other nodes, the pods' IPv6
-    /// endpoints.
+    /// The IPv6 half of a dual-stack or IPv6-only node (nothing on an
+    /// IPv4-only one): its pod CIDR, the IPv6 routes to other nodes, the
+    /// pods' IPv6 endpoints.
     fn render_ipv6(&self) -> String {
         let Some(a) = self.agent.as_ref().filter(|a| a.pod_cidr6.is_some()) else {
             return String::new();
         };
         let mut o = format!(
-            "IPv6 (dual-stack): pod CIDR {}, through the node's stack (no eBPF fast path yet)\n",
+            "IPv6: pod CIDR {}, pods forwarded by the eBPF fast path as IPv4's\n",
             a.pod_cidr6.as_deref().unwrap_or_default()
         );
         o.push_str(&format!("IPv6 node routes ({}):\n", a.route_nodes6.len()));

@@ -10,7 +10,7 @@
 //! kept as the four words of `bpf_sock_addr::user_ip6`, each in network
 //! order (`ip6_words`), so a program compares and copies it without
 //! swapping bytes.
-use crate::services::{ServiceValue, SCOPE_ADDRESS, SCOPE_NODE_PORT};
+use crate::services::{ServiceValue, SCOPE_ADDRESS, SCOPE_HOST_PORT, SCOPE_NODE_PORT};
 
 /// An IPv6 address as the four words of `user_ip6` (network order each).
 pub type Ip6Words = [u32; 4];
@@ -54,6 +54,16 @@ impl ServiceKey6 {
     /// The NodePort entry of `port_be`/`protocol` on every node address.
     pub const fn node_port(port_be: u16, protocol: u8) -> Self {
         ServiceKey6 { vip: [0; 4], port_be, protocol, scope: SCOPE_NODE_PORT }
+    }
+
+    /// The `SERVICES6` key of a frontend as `SOCK_REVERSE6` remembers it
+    /// (`ServiceKey::entry_key`): a NodePort's entry has no address.
+    pub const fn entry_key(self) -> Self {
+        if self.scope == SCOPE_NODE_PORT || self.scope == SCOPE_HOST_PORT {
+            ServiceKey6 { vip: [0; 4], ..self }
+        } else {
+            self
+        }
     }
 }
 

@@ -377,27 +377,60 @@ fn world_to_a_node_port_without_endpoints_is_refused_at_once_over_tcp_and_udp() 
 /// datagrams on.
 #[test]
 fn a_backend_removed_from_a_udp_node_port_takes_its_world_connections_with_it() {
+    backend_removed_from_a_udp_node_port(false);
+}
+
+/// The same over IPv6 (issue 28): the world's pair in `NAT6` goes with the
+/// IPv6 backend its IPv6 NodePort lost.
+#[test]
+fn a_backend_removed_from_an_ipv6_udp_node_port_takes_its_world_connections_with_it() {
+    backend_removed_from_a_udp_node_port(true);
+}
+
+fn backend_removed_from_a_udp_node_port(ipv6: bool) {
     require_root();
-    let mut lab = services::lab(2, 1).unwrap();
+    let mut lab = if ipv6 { services::dual_stack_lab(2, 1) } else { services::lab(2, 1) }.unwrap();
     let world = cluster::add_world(&mut lab).unwrap();
+    if ipv6 {
+        start_pod_ipv6_servers(&mut lab);
+    }
     let api = lab.api.as_ref().unwrap();
     let (n1, a) = (lab.state.nodes[0].clone(), lab.state.nodes[0].pods[0].clone());
     let (n2, b) = (lab.state.nodes[1].clone(), lab.state.nodes[1].pods[0].clone());
-    let svc = service("moving", "10.96.0.85", &[("dns", 53, services::UDP_PORT, "UDP")]).type_("NodePort");
+    let address = |p: &sluice_tests::lab::Pod| if ipv6 { p.ip6.clone().expect("dual-stack pod") } else { p.ip.clone() };
+    let backend = |p: &sluice_tests::lab::Pod| {
+        if ipv6 {
+            format!("[{}]:{}", address(p), services::UDP_PORT)
+        } else {
+            format!("{}:{}", address(p), services::UDP_PORT)
+        }
+    };
+    let mut svc = service("moving", "10.96.0.85", &[("dns", 53, services::UDP_PORT, "UDP")]).type_("NodePort");
+    if ipv6 {
+        svc = svc.cluster_ips(&["10.96.0.85", "fd00:96::85"]);
+    }
     let np = svc.node_port(0);
     api.upsert_service(svc.build());
     let ports = [("dns", services::UDP_PORT, "UDP")];
-    api.upsert_endpoint_slice(slice("moving", &ports, &ready(&[(&n1.name, &a.ip)])).build());
-    wait_backends(&lab, "*", np, "UDP", &[format!("{}:{}", a.ip, services::UDP_PORT)]).unwrap();
-    let ip1 = node_ip(&lab, 0);
+    let publish = |node: &str, pod: &sluice_tests::lab::Pod| {
+        let mut s = slice("moving", &ports, &ready(&[(node, &address(pod))]));
+        if ipv6 {
+            s.name = "moving-v6".into();
+            s.address_type = "IPv6".into();
+        }
+        api.upsert_endpoint_slice(s.build());
+    };
+    publish(&n1.name, &a);
+    wait_backends(&lab, "*", np, "UDP", &[backend(&a)]).unwrap();
+    let ip1 = if ipv6 { n1.ip6.clone().expect("dual-stack node") } else { node_ip(&lab, 0) };
     let mut all = vec!["python3", "-c", services::CLIENT];
     let np_s = np.to_string();
     all.extend_from_slice(&["udp-stream", &ip1, &np_s, "6"]);
     let stream = ns_cmd(&world, &all).stdout(std::process::Stdio::piped()).spawn().unwrap();
     // The stream is through (its pair written) once a's answers come.
     std::thread::sleep(std::time::Duration::from_millis(1500));
-    api.upsert_endpoint_slice(slice("moving", &ports, &ready(&[(&n2.name, &b.ip)])).build());
-    wait_backends(&lab, "*", np, "UDP", &[format!("{}:{}", b.ip, services::UDP_PORT)]).unwrap();
+    publish(&n2.name, &b);
+    wait_backends(&lab, "*", np, "UDP", &[backend(&b)]).unwrap();
     let (outcomes, text) = services::finish(stream).unwrap();
     let answers: Vec<&str> = outcomes.iter().filter_map(|o| o.answer()).collect();
     assert!(answers.first() == Some(&a.name.as_str()), "the stream began at a: {text}");

@@ -11,7 +11,7 @@ use std::{
 use sluice_tests::{
     apiserver::EndpointObject,
     capture::Capture,
-    lab::Lab,
+    lab::{ns_cmd, ns_exec, Lab},
     require_root,
     services::{self, client, finish, ready, service, slice, spawn_client, tally, wait_backends, Outcome},
 };
@@ -336,37 +336,91 @@ fn agent_sigkill_and_restart_under_a_stream_of_new_connections_refuses_none() {
 /// ECONNABORTED, and the socket it connects next reaches a live backend.
 #[test]
 fn a_connected_udp_socket_to_a_removed_backend_is_aborted_and_a_new_socket_reaches_a_live_one() {
-    connected_udp_socket_to_a_removed_backend(false);
+    connected_udp_socket_to_a_removed_backend(UdpClient::Ipv4);
 }
 
 /// The same for an IPv6 socket connected to the v4-mapped ClusterIP (issue
 /// #24): only an `AF_INET6` sock_diag dump lists it.
 #[test]
 fn an_ipv6_udp_socket_connected_v4_mapped_to_a_removed_backend_is_aborted_too() {
-    connected_udp_socket_to_a_removed_backend(true);
+    connected_udp_socket_to_a_removed_backend(UdpClient::Ipv4Mapped);
 }
 
-fn connected_udp_socket_to_a_removed_backend(ipv6_socket: bool) {
+/// And for an IPv6 ClusterIP whose IPv6 backend leaves (issue 28): the
+/// IPv6 reconciler reports what its UDP frontends lost, the sweep finds the
+/// native `AF_INET6` socket and `SOCK_REVERSE6` names its frontend.
+#[test]
+fn an_ipv6_udp_socket_to_a_removed_ipv6_backend_is_aborted_and_a_new_socket_reaches_a_live_one() {
+    connected_udp_socket_to_a_removed_backend(UdpClient::Ipv6);
+}
+
+/// The client's socket and the Service it connects to.
+#[derive(Clone, Copy, PartialEq)]
+enum UdpClient {
+    /// `AF_INET`, an IPv4 ClusterIP.
+    Ipv4,
+    /// `AF_INET6`, the IPv4 ClusterIP v4-mapped.
+    Ipv4Mapped,
+    /// `AF_INET6`, an IPv6 ClusterIP with the pods' IPv6 addresses as
+    /// endpoints (a dual-stack lab).
+    Ipv6,
+}
+
+fn connected_udp_socket_to_a_removed_backend(client: UdpClient) {
     use std::{
         io::{BufRead, BufReader},
         sync::mpsc,
     };
     require_root();
-    let lab = services::lab(1, 3).unwrap();
+    let ipv6 = client == UdpClient::Ipv6;
+    let mut lab = if ipv6 { services::dual_stack_lab(1, 3) } else { services::lab(1, 3) }.unwrap();
+    let port = services::UDP_PORT;
+    // pods[0] is the client; pods[1] and [2] (by name, IP of the Service's
+    // family) the backends.
+    let pods: Vec<(String, String)> = lab
+        .pods()
+        .iter()
+        .map(|(_, p)| (p.name.clone(), if ipv6 { p.ip6.clone().expect("dual-stack pod") } else { p.ip.clone() }))
+        .collect();
+    if ipv6 {
+        let servers: Vec<(String, String, String)> =
+            lab.pods().iter().map(|(_, p)| (p.netns.clone(), p.name.clone(), p.ip6.clone().unwrap())).collect();
+        for (netns, name, ip6) in servers {
+            let serve = ["python3", "-c", services::CLIENT, "udp-serve", &ip6, &port.to_string(), &name];
+            lab.spawn_helper(ns_cmd(&netns, &serve), &format!("{name}-udp6")).unwrap();
+            // Bound before any datagram is sent (a readiness wait).
+            let deadline = Instant::now() + Duration::from_secs(10);
+            while ns_exec(&netns, &["ss", "-H", "-6uln", &format!("sport = :{port}")]).unwrap().trim().is_empty() {
+                assert!(Instant::now() < deadline, "the IPv6 UDP server of {name} did not bind");
+                sleep(Duration::from_millis(20));
+            }
+        }
+    }
     let api = lab.api.as_ref().unwrap();
     let n1 = lab.state.nodes[0].clone();
-    // pods[0] is the client; pods[1] and [2] (by name, IP) the backends.
-    let pods: Vec<(String, String)> = lab.pods().iter().map(|(_, p)| (p.name.clone(), p.ip.clone())).collect();
     let backends: Vec<(String, String)> = pods[1..].iter().map(|(_, ip)| (n1.name.clone(), ip.clone())).collect();
-    let (dns_ip, port) = ("10.96.0.53", services::UDP_PORT);
+    let dns_ip = if ipv6 { "fd00:96::53" } else { "10.96.0.53" };
     let publish = |backends: &[(String, String)]| {
-        api.upsert_endpoint_slice(slice("dns", &[("dns", port, "UDP")], &endpoints(backends)).build())
+        let mut s = slice("dns", &[("dns", port, "UDP")], &endpoints(backends));
+        if ipv6 {
+            s.address_type = "IPv6".into();
+        }
+        api.upsert_endpoint_slice(s.build())
     };
-    api.upsert_service(service("dns", dns_ip, &[("dns", 53, port, "UDP")]).build());
+    let targets = |backends: &[(String, String)]| -> Vec<String> {
+        if ipv6 {
+            backends.iter().map(|(_, ip)| format!("[{ip}]:{port}")).collect()
+        } else {
+            targets(backends, port)
+        }
+    };
+    let mut dns = service("dns", dns_ip, &[("dns", 53, port, "UDP")]);
+    dns.cluster_ips = vec![dns_ip.into()];
+    api.upsert_service(dns.build());
     publish(&backends);
-    wait_backends(&lab, dns_ip, 53, "UDP", &targets(&backends, port)).unwrap();
+    wait_backends(&lab, dns_ip, 53, "UDP", &targets(&backends)).unwrap();
 
-    let target = if ipv6_socket { format!("::ffff:{dns_ip}") } else { dns_ip.to_string() };
+    let target = if client == UdpClient::Ipv4Mapped { format!("::ffff:{dns_ip}") } else { dns_ip.to_string() };
     let mut child = spawn_client(&lab, &n1, &n1.pods[0].netns, &["udp-stream", &target, "53", "20"]).unwrap();
     let (tx, rx) = mpsc::channel();
     let stdout = child.stdout.take().unwrap();
@@ -408,7 +462,7 @@ fn connected_udp_socket_to_a_removed_backend(ipv6_socket: bool) {
     let keep = vec![(n1.name.clone(), other.1.clone())];
     let published = Instant::now();
     publish(&keep);
-    wait_backends(&lab, dns_ip, 53, "UDP", &targets(&keep, port)).unwrap();
+    wait_backends(&lab, dns_ip, 53, "UDP", &targets(&keep)).unwrap();
     let switched = Instant::now();
     read_until(&mut lines, switched + Duration::from_secs(3), &|l| {
         l[seen..].iter().position(|(_, x)| x.starts_with("err")).is_some_and(|i| answers(&l[seen + i..]).len() >= 10)

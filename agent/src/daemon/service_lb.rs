@@ -27,7 +27,7 @@ use sluice_node::{
     clock::now_unix,
     datapath::{
         nat4_gc,
-        nat4_maps::{Nat4Table, NodeAddressMap6, SourceRanges, SourceRanges6},
+        nat4_maps::{Nat4Table, Nat6Table, NodeAddressMap6, SourceRanges, SourceRanges6},
         pinned_maps::{ip_be, ip_from_be},
         pins::PinDir,
         service_maps::{own_netns_cookie, set_sock_lb_config, NodeAddressMap, ServiceMaps, ServiceMaps6},
@@ -286,8 +286,9 @@ pub async fn run(
             // Whether or not every frontend switched: those that did
             // no longer offer what they lost.
             let removed = reconciler.take_removed_udp_backends();
-            if !removed.is_empty() {
-                sweep_udp(&pins, removed, &mut st, &destroyed).await;
+            let removed6 = reconciler6.take_removed_udp_backends();
+            if !removed.is_empty() || !removed6.is_empty() {
+                sweep_udp(&pins, removed, removed6, &mut st, &destroyed).await;
             }
         }
         if let Some(source) = host_port_source.as_ref().filter(|_| host_ports_due || full) {
@@ -468,21 +469,40 @@ where
 /// on a blocking thread (it enters every namespace of the cgroup). Awaited:
 /// bounded work (a fraction of a millisecond per namespace), and changes
 /// that arrive meanwhile are taken together at the next pass.
-async fn sweep_udp(pins: &PinDir, removed: Vec<RemovedBackend>, st: &mut ServiceLbState, destroyed: &impl Fn(u64)) {
+async fn sweep_udp(
+    pins: &PinDir,
+    removed: Vec<RemovedBackend>,
+    removed6: Vec<udp_sockets::RemovedBackend6>,
+    st: &mut ServiceLbState,
+    destroyed: &impl Fn(u64),
+) {
     // Connections from outside the uplink translated to those backends
-    // (`NAT4`): gone too, so the client's next datagram picks a live one.
+    // (`NAT4`, `NAT6`): gone too, so the client's next datagram picks a
+    // live one.
     let lost: Vec<_> = removed.iter().map(|r| (r.frontend, r.backend)).collect();
-    match Nat4Table::open(pins).and_then(|mut nat| nat4_gc::purge_removed_backends(&mut nat, &lost)) {
-        Ok(0) => {}
-        Ok(entries) => info!(entries, backends = lost.len(), "NAT4 connections to removed UDP backends purged"),
-        Err(e) => warn!(error = %format!("{e:#}"), "NAT4 connections to removed UDP backends not purged"),
+    if !lost.is_empty() {
+        match Nat4Table::open(pins).and_then(|mut nat| nat4_gc::purge_removed_backends(&mut nat, &lost)) {
+            Ok(0) => {}
+            Ok(entries) => info!(entries, backends = lost.len(), "NAT4 connections to removed UDP backends purged"),
+            Err(e) => warn!(error = %format!("{e:#}"), "NAT4 connections to removed UDP backends not purged"),
+        }
+    }
+    let lost6: Vec<_> = removed6.iter().map(|r| (r.frontend, r.backend)).collect();
+    if !lost6.is_empty() {
+        match Nat6Table::open(pins).and_then(|mut nat| nat4_gc::purge_removed_backends(&mut nat, &lost6)) {
+            Ok(0) => {}
+            Ok(entries) => info!(entries, backends = lost6.len(), "NAT6 connections to removed UDP backends purged"),
+            Err(e) => warn!(error = %format!("{e:#}"), "NAT6 connections to removed UDP backends not purged"),
+        }
     }
     let (cgroup, pins) = (PathBuf::from(&st.cgroup), pins.clone());
     let netns_dir = st.netns_dir.as_ref().map(PathBuf::from);
-    let backends = removed.len();
+    let backends = removed.len() + removed6.len();
     let started = Instant::now();
-    let result =
-        tokio::task::spawn_blocking(move || udp_sockets::destroy(&cgroup, netns_dir.as_deref(), &pins, &removed)).await;
+    let result = tokio::task::spawn_blocking(move || {
+        udp_sockets::destroy(&cgroup, netns_dir.as_deref(), &pins, &removed, &removed6)
+    })
+    .await;
     let ms = started.elapsed().as_secs_f64() * 1000.0;
     match result {
         Ok(Ok(sweep)) => {

@@ -48,9 +48,6 @@ pub trait MapFamily {
     fn protocol(key: &Self::Key) -> u8;
     /// A hostPort entry (IPv4 only), kept by `apply_host_ports`.
     fn is_host_port(key: &Self::Key) -> bool;
-    /// Are the backends UDP frontends lose collected for the sweep of
-    /// stale sockets (`daemon::udp_sockets`, IPv4 only so far)?
-    const SWEEPS_UDP: bool;
 }
 
 /// `SERVICES`, `BACKENDS`, `BACKEND_MEMBERS`.
@@ -76,7 +73,6 @@ impl MapFamily for V4 {
     fn is_host_port(key: &ServiceKey) -> bool {
         is_host_port_scope(key.scope)
     }
-    const SWEEPS_UDP: bool = true;
 }
 
 impl MapFamily for V6 {
@@ -95,7 +91,6 @@ impl MapFamily for V6 {
     fn is_host_port(_: &ServiceKey6) -> bool {
         false
     }
-    const SWEEPS_UDP: bool = false;
 }
 
 /// What the reconcile needs from the maps; the pinned maps implement it,
@@ -274,12 +269,21 @@ impl<F: MapFamily> ServiceReconciler<F> {
     }
 
     fn note_removed(&mut self, frontend: F::Key, old: &Entry<F::Backend>, kept: &[F::Backend]) {
-        if !F::SWEEPS_UDP || F::protocol(&frontend) != Protocol::Udp.number() {
+        if F::protocol(&frontend) != Protocol::Udp.number() {
             return;
         }
         self.removed_udp.extend(
             old.backends.iter().filter(|b| !kept.contains(b)).map(|b| RemovedBackend { frontend, backend: *b }),
         );
+    }
+
+    /// The backends UDP frontends lost since the last call: only once the
+    /// maps no longer offer them (a failed frontend keeps its old set and
+    /// loses nothing), whether or not the rest of its pass succeeded. For
+    /// the sweep of stale sockets and NAT entries (`daemon::udp_sockets`);
+    /// both families.
+    pub fn take_removed_udp_backends(&mut self) -> Vec<RemovedBackend<F::Key, F::Backend>> {
+        std::mem::take(&mut self.removed_udp)
     }
 
     /// Frontends in the maps now.
@@ -413,13 +417,6 @@ impl<F: MapFamily> ServiceReconciler<F> {
 }
 
 impl ServiceReconciler<V4> {
-    /// The backends UDP frontends lost since the last call: only once the
-    /// maps no longer offer them (a failed frontend keeps its old set and
-    /// loses nothing), whether or not the rest of its pass succeeded.
-    pub fn take_removed_udp_backends(&mut self) -> Vec<RemovedBackend> {
-        std::mem::take(&mut self.removed_udp)
-    }
-
     /// Make the maps' hostPort entries those of `plan` (and leave every
     /// Service frontend alone): each a one-backend set, switched as any
     /// other frontend.
@@ -906,5 +903,29 @@ mod ipv6_tests {
         assert_eq!(again.apply(&mut t, &plan6(&["fd00:244::7"])).unwrap(), PassStats::default());
         again.apply(&mut t, &Plan::new()).unwrap();
         assert!(t.services.is_empty() && t.backends.is_empty());
+    }
+
+    #[test]
+    fn an_ipv6_udp_frontend_reports_the_backends_it_lost_for_the_sweep() {
+        let mut t = Fake6::default();
+        let mut r = ServiceReconciler::<V6>::resume(&mut t).unwrap();
+        let udp6 = |backends: &[&str]| -> Plan<Ipv6Addr> {
+            plan6(backends).into_iter().map(|(f, p)| (Frontend { protocol: Protocol::Udp, ..f }, p)).collect()
+        };
+        r.apply(&mut t, &udp6(&["fd00:244::5", "fd00:244::6"])).unwrap();
+        assert!(r.take_removed_udp_backends().is_empty(), "a new frontend loses nothing");
+        r.apply(&mut t, &udp6(&["fd00:244::6"])).unwrap();
+        let lost = r.take_removed_udp_backends();
+        let words = |ip: &str| ip6_words(ip.parse::<Ipv6Addr>().unwrap().octets());
+        assert_eq!(lost.len(), 1, "{lost:?}");
+        assert_eq!(lost[0].frontend, ServiceKey6::address(words("fd00:96::50"), 80u16.to_be(), 17));
+        assert_eq!((lost[0].backend.ip, u16::from_be(lost[0].backend.port_be)), (words("fd00:244::5"), 8080));
+        assert!(r.take_removed_udp_backends().is_empty(), "taken once");
+        // The UDP frontend goes: its last backend is lost too. TCP
+        // frontends report nothing.
+        r.apply(&mut t, &plan6(&["fd00:244::7"])).unwrap();
+        assert_eq!(r.take_removed_udp_backends().len(), 1, "the UDP frontend's removal");
+        r.apply(&mut t, &plan6(&["fd00:244::8"])).unwrap();
+        assert!(r.take_removed_udp_backends().is_empty());
     }
 }

@@ -34,11 +34,13 @@
 use anyhow::Result;
 use sluice_common::{
     nat::{closing, closing_lifetime_secs, Nat4Entry, Nat4Key, NAT4_FORWARD, NAT4_REPLY_SEEN},
+    nat6::{Nat6Entry, Nat6Key},
     services::{Backend, ServiceKey, SCOPE_HOST_PORT, SCOPE_NODE_PORT},
+    services6::{Backend6, ServiceKey6},
 };
 
 use super::{
-    nat4_maps::{Nat4Table, NatKey, NatTable},
+    nat4_maps::{NatKey, NatTable},
     policy_ct_gc::CtTimeouts,
     policy_ct_gc::GcPass,
 };
@@ -116,20 +118,63 @@ pub fn translated_by(frontend: &ServiceKey, key: &Nat4Key) -> bool {
         && (any_address || key.dst_be == frontend.vip_be)
 }
 
+/// `translated_by`'s IPv6 twin.
+pub fn translated_by6(frontend: &ServiceKey6, key: &Nat6Key) -> bool {
+    let any_address = frontend.scope == SCOPE_NODE_PORT || frontend.scope == SCOPE_HOST_PORT;
+    key.direction == NAT4_FORWARD
+        && key.protocol == frontend.protocol
+        && key.dst_port_be == frontend.port_be
+        && (any_address || key.dst == frontend.vip)
+}
+
+/// A NAT table's connections as translated by a family's frontends to its
+/// backends: what purging a removed backend's connections needs.
+pub trait Translated: NatKey {
+    type Frontend;
+    type Backend;
+    /// Did `frontend` translate the connection whose forward half is this?
+    fn translated_by(&self, frontend: &Self::Frontend) -> bool;
+    /// Does the forward half `entry` send to `backend`?
+    fn sends_to(entry: &Self::Entry, backend: &Self::Backend) -> bool;
+}
+
+impl Translated for Nat4Key {
+    type Frontend = ServiceKey;
+    type Backend = Backend;
+    fn translated_by(&self, frontend: &ServiceKey) -> bool {
+        translated_by(frontend, self)
+    }
+    fn sends_to(entry: &Nat4Entry, backend: &Backend) -> bool {
+        entry.dst_be == backend.ip_be && entry.dst_port_be == backend.port_be
+    }
+}
+
+impl Translated for Nat6Key {
+    type Frontend = ServiceKey6;
+    type Backend = Backend6;
+    fn translated_by(&self, frontend: &ServiceKey6) -> bool {
+        translated_by6(frontend, self)
+    }
+    fn sends_to(entry: &Nat6Entry, backend: &Backend6) -> bool {
+        entry.dst == backend.ip && entry.dst_port_be == backend.port_be
+    }
+}
+
 /// Is `key` → `entry` the forward half of a UDP connection one of
 /// `removed` (a frontend and the backend it lost) translated to that
 /// backend?
-pub fn to_removed_backend(key: &Nat4Key, entry: &Nat4Entry, removed: &[(ServiceKey, Backend)]) -> bool {
-    key.protocol == IPPROTO_UDP
-        && removed.iter().any(|(frontend, backend)| {
-            translated_by(frontend, key) && entry.dst_be == backend.ip_be && entry.dst_port_be == backend.port_be
-        })
+pub fn to_removed_backend<K: Translated>(key: &K, entry: &K::Entry, removed: &[(K::Frontend, K::Backend)]) -> bool {
+    key.protocol() == IPPROTO_UDP
+        && removed.iter().any(|(frontend, backend)| key.translated_by(frontend) && K::sends_to(entry, backend))
 }
 
 /// Remove both halves of every UDP connection translated to a backend its
 /// frontend lost (`removed`), the reply half first (it holds the SNAT
-/// port). Returns the entries removed.
-pub fn purge_removed_backends(nat: &mut Nat4Table, removed: &[(ServiceKey, Backend)]) -> Result<usize> {
+/// port). Returns the entries removed. `NAT4` or `NAT6`.
+pub fn purge_removed_backends<K: Translated>(
+    nat: &mut NatTable<K>,
+    removed: &[(K::Frontend, K::Backend)],
+) -> Result<usize> {
     let mut gone = 0;
     for (key, entry) in nat.all()? {
         if !to_removed_backend(&key, &entry, removed) {
@@ -153,6 +198,38 @@ mod tests {
         nat::{NAT4_FIN_BACKEND, NAT4_FIN_CLIENT, NAT4_REPLY, NAT4_RST},
         services::{SCOPE_ADDRESS, SCOPE_HOST_PORT_ADDRESS},
     };
+
+    #[test]
+    fn a_removed_ipv6_backend_takes_the_udp_connections_its_ipv6_frontend_sent_there() {
+        let w = |last: u32| [0xfd00_u32.to_be(), 0, 0, last.to_be()];
+        let fwd = |dst: [u32; 4], dst_port: u16, protocol: u8| Nat6Key {
+            src: w(9),
+            dst,
+            src_port_be: 40000u16.to_be(),
+            dst_port_be: dst_port.to_be(),
+            protocol,
+            direction: NAT4_FORWARD,
+            _pad: [0; 2],
+        };
+        let to = |ip: [u32; 4], port: u16| Nat6Entry { dst: ip, dst_port_be: port.to_be(), ..Default::default() };
+        let backend = Backend6 { ip: w(77), port_be: 53u16.to_be(), _pad: 0 };
+        let node_port = ServiceKey6::node_port(30053u16.to_be(), IPPROTO_UDP);
+        let lb_ip = ServiceKey6::address(w(5), 53u16.to_be(), IPPROTO_UDP);
+        let removed = [(node_port, backend), (lb_ip, backend)];
+        // Through the NodePort on any node address, or the LB IP: gone.
+        assert!(to_removed_backend(&fwd(w(1), 30053, 17), &to(w(77), 53), &removed));
+        assert!(to_removed_backend(&fwd(w(2), 30053, 17), &to(w(77), 53), &removed));
+        assert!(to_removed_backend(&fwd(w(5), 53, 17), &to(w(77), 53), &removed));
+        // Another backend, port, address, protocol or half: kept.
+        assert!(!to_removed_backend(&fwd(w(1), 30053, 17), &to(w(78), 53), &removed));
+        assert!(!to_removed_backend(&fwd(w(1), 30053, 17), &to(w(77), 54), &removed));
+        assert!(!to_removed_backend(&fwd(w(6), 53, 17), &to(w(77), 53), &removed), "another address's port 53");
+        let tcp = [(ServiceKey6::node_port(30053u16.to_be(), 6), backend)];
+        assert!(!to_removed_backend(&fwd(w(1), 30053, 6), &to(w(77), 53), &tcp), "TCP is left alone");
+        let mut reply = fwd(w(1), 30053, 17);
+        reply.direction = NAT4_REPLY;
+        assert!(!to_removed_backend(&reply, &to(w(77), 53), &removed));
+    }
 
     #[test]
     fn a_removed_backend_takes_the_udp_connections_its_frontend_sent_there_and_nothing_else() {

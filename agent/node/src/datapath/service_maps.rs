@@ -7,7 +7,7 @@ use sluice_common::{
     services::{
         Backend, BackendMember, BackendSlot, ReverseKey, ServiceKey, ServiceValue, SockLbConfig, SockLbCounter,
     },
-    services6::{Backend6, BackendMember6, ServiceKey6},
+    services6::{Backend6, BackendMember6, ReverseKey6, ServiceKey6},
 };
 
 use super::{
@@ -140,6 +140,26 @@ impl SockReverse {
             Ok(k) => Ok(Some(k)),
             Err(aya::maps::MapError::KeyNotFound) => Ok(None),
             Err(e) => Err(e).context("read SOCK_REVERSE"),
+        }
+    }
+}
+
+/// `SOCK_REVERSE6`, read only: `SockReverse`'s IPv6 twin.
+pub struct SockReverse6 {
+    map: HashMap<MapData, ReverseKey6, ServiceKey6>,
+}
+
+impl SockReverse6 {
+    pub fn open(pins: &PinDir) -> Result<Self> {
+        Ok(Self { map: open(pins, names::SOCK_REVERSE6)?.try_into()? })
+    }
+
+    /// `None`: never translated, or its entry was evicted (an LRU map).
+    pub fn frontend_of(&self, cookie: u64, backend: Backend6) -> Result<Option<ServiceKey6>> {
+        match self.map.get(&ReverseKey6 { cookie, backend, _pad: 0 }, 0) {
+            Ok(k) => Ok(Some(k)),
+            Err(aya::maps::MapError::KeyNotFound) => Ok(None),
+            Err(e) => Err(e).context("read SOCK_REVERSE6"),
         }
     }
 }

@@ -11,19 +11,20 @@
 //! does the same for UDP by deleting the conntrack entries of removed
 //! endpoints.
 //!
-//! Both families: an `AF_INET6` socket connected to a v4-mapped cluster IP
-//! (`sock_connect6`) is connected to `::ffff:<backend>`, and only an
-//! `AF_INET6` dump lists it.
+//! Both families: an IPv4 backend's sockets are `AF_INET` ones and
+//! `AF_INET6` ones connected to a v4-mapped cluster IP (`sock_connect6`:
+//! connected to `::ffff:<backend>`, which only an `AF_INET6` dump lists); an
+//! IPv6 backend's are native `AF_INET6` ones.
 //!
 //! sock_diag answers only for the namespace its netlink socket was created
-//! in: `destroy_udp4_to` works in the calling thread's namespace,
-//! `destroy_udp4_in_cgroup` enters, on a thread each, the namespaces of a
+//! in: `destroy_udp_to` works in the calling thread's namespace,
+//! `destroy_udp_in_cgroup` enters, on a thread each, the namespaces of a
 //! cgroup's processes. Needs CAP_NET_ADMIN and a kernel with
 //! `CONFIG_INET_UDP_DIAG` and `CONFIG_INET_DIAG_DESTROY`.
 use std::{
     collections::{BTreeMap, BTreeSet},
     fs::File,
-    net::{IpAddr, SocketAddrV4},
+    net::{IpAddr, SocketAddr},
     os::{fd::AsRawFd, unix::fs::MetadataExt},
     path::{Path, PathBuf},
     sync::Arc,
@@ -36,7 +37,7 @@ use netlink_packet_sock_diag::{
     inet::{ExtensionFlags, InetRequest, SocketId, StateFlags},
     SockDiagDestroy, SockDiagMessage,
 };
-use netlink_sys::{protocols::NETLINK_SOCK_DIAG, Socket, SocketAddr};
+use netlink_sys::{protocols::NETLINK_SOCK_DIAG, Socket, SocketAddr as NetlinkAddr};
 
 use super::netns;
 
@@ -48,24 +49,27 @@ pub enum Family {
     /// `AF_INET6`, connected to a v4-mapped address (`::ffff:a.b.c.d`):
     /// its addresses are shown here as the IPv4 addresses inside.
     Inet6Mapped,
+    /// `AF_INET6`, connected to an IPv6 address.
+    Inet6,
 }
 
 impl Family {
     fn code(self) -> u8 {
         match self {
             Family::Inet => AF_INET,
-            Family::Inet6Mapped => AF_INET6,
+            Family::Inet6Mapped | Family::Inet6 => AF_INET6,
         }
     }
 }
 
-/// A connected UDP socket to an IPv4 peer as sock_diag reports it.
+/// A connected UDP socket as sock_diag reports it; one connected
+/// v4-mapped shows the IPv4 addresses inside (`Family::Inet6Mapped`).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct UdpSocket {
     pub family: Family,
-    pub local: SocketAddrV4,
+    pub local: SocketAddr,
     /// Where it is connected: after the socket load balancer, a backend.
-    pub peer: SocketAddrV4,
+    pub peer: SocketAddr,
     /// `SO_BINDTODEVICE` interface (0: none); part of the kernel's lookup.
     pub bound_ifindex: u32,
     /// The socket's cookie, the same `bpf_get_socket_cookie` gives.
@@ -73,28 +77,32 @@ pub struct UdpSocket {
 }
 
 impl UdpSocket {
-    /// `None` for a native IPv6 socket: no IPv4 peer.
+    /// `None` for a socket whose two addresses are of different kinds (an
+    /// `AF_INET6` socket bound to a v4-mapped address, connected to a
+    /// native one): no backend of either family is its peer.
     fn from_id(id: &SocketId) -> Option<Self> {
-        let (family, local, peer) = match (id.source_address, id.destination_address) {
-            (IpAddr::V4(local), IpAddr::V4(peer)) => (Family::Inet, local, peer),
-            (IpAddr::V6(local), IpAddr::V6(peer)) => {
-                (Family::Inet6Mapped, local.to_ipv4_mapped()?, peer.to_ipv4_mapped()?)
-            }
+        let (family, local, peer): (_, IpAddr, IpAddr) = match (id.source_address, id.destination_address) {
+            (IpAddr::V4(local), IpAddr::V4(peer)) => (Family::Inet, local.into(), peer.into()),
+            (IpAddr::V6(local), IpAddr::V6(peer)) => match peer.to_ipv4_mapped() {
+                Some(peer4) => (Family::Inet6Mapped, local.to_ipv4_mapped()?.into(), peer4.into()),
+                None if local.to_ipv4_mapped().is_none() => (Family::Inet6, local.into(), peer.into()),
+                None => return None,
+            },
             _ => return None,
         };
         Some(Self {
             family,
-            local: SocketAddrV4::new(local, id.source_port),
-            peer: SocketAddrV4::new(peer, id.destination_port),
+            local: SocketAddr::new(local, id.source_port),
+            peer: SocketAddr::new(peer, id.destination_port),
             bound_ifindex: id.interface_id,
             cookie: cookie_from_diag(id.cookie),
         })
     }
 
     fn id(&self) -> SocketId {
-        let address = |ip: &std::net::Ipv4Addr| match self.family {
-            Family::Inet => IpAddr::V4(*ip),
-            Family::Inet6Mapped => IpAddr::V6(ip.to_ipv6_mapped()),
+        let address = |ip: IpAddr| match (self.family, ip) {
+            (Family::Inet6Mapped, IpAddr::V4(ip)) => IpAddr::V6(ip.to_ipv6_mapped()),
+            _ => ip,
         };
         SocketId {
             source_port: self.local.port(),
@@ -126,7 +134,7 @@ fn cookie_to_diag(cookie: u64) -> [u8; 8] {
 /// unless `keep` says otherwise.
 pub fn doomed<'a>(
     sockets: &'a [UdpSocket],
-    peers: &BTreeSet<SocketAddrV4>,
+    peers: &BTreeSet<SocketAddr>,
     keep: impl Fn(&UdpSocket) -> bool,
 ) -> Vec<&'a UdpSocket> {
     sockets.iter().filter(|s| peers.contains(&s.peer) && !keep(s)).collect()
@@ -156,7 +164,7 @@ impl SockDiag {
     fn open() -> Result<Self> {
         let mut socket = Socket::new(NETLINK_SOCK_DIAG).context("open sock_diag netlink socket")?;
         socket.bind_auto().context("bind sock_diag socket")?;
-        socket.connect(&SocketAddr::new(0, 0)).context("connect sock_diag socket")?;
+        socket.connect(&NetlinkAddr::new(0, 0)).context("connect sock_diag socket")?;
         Ok(Self { socket, seq: 0, buf: Vec::with_capacity(RECV_BUF) })
     }
 
@@ -183,12 +191,13 @@ impl SockDiag {
     }
 
     /// Connected (`TCP_ESTABLISHED`: what `connect()` leaves a UDP socket
-    /// in) UDP sockets of `family` with an IPv4 peer. With one port in
-    /// `port_hint` the kernel skips sockets connected to other ports.
+    /// in) UDP sockets of `family` (`Family::Inet6` lists the v4-mapped
+    /// ones too). With one port in `port_hint` the kernel skips sockets
+    /// connected to other ports.
     fn connected_udp(&mut self, family: Family, port_hint: Option<u16>) -> Result<Vec<UdpSocket>> {
         let mut socket_id = match family {
             Family::Inet => SocketId::new_v4(),
-            Family::Inet6Mapped => SocketId::new_v6(),
+            Family::Inet6Mapped | Family::Inet6 => SocketId::new_v6(),
         };
         socket_id.destination_port = port_hint.unwrap_or(0);
         let request = SockDiagMessage::InetRequest(InetRequest {
@@ -261,8 +270,8 @@ fn answers<R>(
     Ok(None)
 }
 
-/// One datagram of a dump answering request `seq`: its sockets with an
-/// IPv4 peer are added to `out`. `true` once the dump is done.
+/// One datagram of a dump answering request `seq`: its sockets are added
+/// to `out`. `true` once the dump is done.
 fn parse_dump(buf: &[u8], seq: u32, out: &mut Vec<UdpSocket>) -> Result<bool> {
     let done = answers(buf, seq, |payload| match payload {
         NetlinkPayload::Done(_) => Some(Ok(())),
@@ -288,17 +297,22 @@ fn parse_ack(buf: &[u8], seq: u32) -> Result<Option<i32>> {
 }
 
 /// In the calling thread's network namespace: destroy the connected UDP
-/// sockets (IPv4, and IPv6 ones connected v4-mapped) whose peer is one of
-/// `peers`, unless `keep` says otherwise.
-pub fn destroy_udp4_to(peers: &BTreeSet<SocketAddrV4>, keep: impl Fn(&UdpSocket) -> bool) -> Result<Destroyed> {
+/// sockets whose peer is one of `peers`, unless `keep` says otherwise. An
+/// IPv4 peer's are `AF_INET` sockets and `AF_INET6` ones connected
+/// v4-mapped; an IPv6 peer's are `AF_INET6` ones (the `AF_INET` dump is
+/// skipped when every peer is IPv6).
+pub fn destroy_udp_to(peers: &BTreeSet<SocketAddr>, keep: impl Fn(&UdpSocket) -> bool) -> Result<Destroyed> {
     if peers.is_empty() {
         return Ok(Destroyed::default());
     }
     let ports: BTreeSet<u16> = peers.iter().map(|p| p.port()).collect();
     let port_hint = (ports.len() == 1).then(|| *ports.first().expect("one port"));
     let mut diag = SockDiag::open()?;
-    let mut sockets = diag.connected_udp(Family::Inet, port_hint)?;
-    sockets.extend(diag.connected_udp(Family::Inet6Mapped, port_hint)?);
+    let mut sockets = Vec::new();
+    if peers.iter().any(SocketAddr::is_ipv4) {
+        sockets.extend(diag.connected_udp(Family::Inet, port_hint)?);
+    }
+    sockets.extend(diag.connected_udp(Family::Inet6, port_hint)?);
     let mut done = Destroyed { connected: sockets.len(), destroyed: 0 };
     for s in doomed(&sockets, peers, keep) {
         if diag.destroy(s)? {
@@ -440,15 +454,15 @@ pub struct CgroupSweep {
 /// Predicate shared by the threads of one sweep.
 pub type Keep = Arc<dyn Fn(&UdpSocket) -> bool + Send + Sync>;
 
-/// `destroy_udp4_to` in every network namespace of cgroup `dir`'s
+/// `destroy_udp_to` in every network namespace of cgroup `dir`'s
 /// processes (pods' and the host's), one thread each, one after another.
 /// With `netns_dir`, the namespaces pinned there too (an agent container
 /// without `hostPID` sees no other container's processes, but the runtime
 /// pins every pod's namespace there).
-pub fn destroy_udp4_in_cgroup(
+pub fn destroy_udp_in_cgroup(
     dir: &Path,
     netns_dir: Option<&Path>,
-    peers: &BTreeSet<SocketAddrV4>,
+    peers: &BTreeSet<SocketAddr>,
     keep: Keep,
 ) -> Result<CgroupSweep> {
     let (mut namespaces, hidden_pids) = netns_of_cgroup(dir)?;
@@ -461,7 +475,7 @@ pub fn destroy_udp4_in_cgroup(
     let mut sweep = CgroupSweep { namespaces: namespaces.len(), hidden_pids, ..Default::default() };
     for ns in &namespaces {
         let (peers, keep) = (peers.clone(), keep.clone());
-        match netns::run_in(&ns.path(), move || destroy_udp4_to(&peers, |s| keep(s))) {
+        match netns::run_in(&ns.path(), move || destroy_udp_to(&peers, |s| keep(s))) {
             Ok(d) => {
                 sweep.connected += d.connected;
                 sweep.destroyed += d.destroyed;
@@ -477,7 +491,7 @@ pub fn destroy_udp4_in_cgroup(
 
 #[cfg(test)]
 mod tests {
-    use std::net::{Ipv4Addr, SocketAddrV6};
+    use std::net::{Ipv4Addr, SocketAddrV4, SocketAddrV6};
 
     use netlink_packet_core::NLMSG_DONE;
 
@@ -594,9 +608,15 @@ mod tests {
         assert_eq!(out.len(), 2);
         assert_eq!(
             out[0],
-            UdpSocket { family: Family::Inet, local: a, peer: b, bound_ifindex: 0, cookie: (1 << 32) | 5 }
+            UdpSocket {
+                family: Family::Inet,
+                local: a.into(),
+                peer: b.into(),
+                bound_ifindex: 0,
+                cookie: (1 << 32) | 5
+            }
         );
-        assert_eq!(out[1].peer, a);
+        assert_eq!(out[1].peer, a.into());
         // Another request's messages are ignored; DONE ends the dump.
         let mut buf = nlmsg(20, 6, &inet_diag_msg(a, b, [9, 0]));
         buf.extend(nlmsg(NLMSG_DONE, 7, &0i32.to_ne_bytes()));
@@ -605,14 +625,28 @@ mod tests {
     }
 
     #[test]
-    fn ipv6_sockets_connected_v4_mapped_are_listed_by_their_ipv4_addresses_and_native_ones_skipped() {
+    fn ipv6_sockets_connected_v4_mapped_are_listed_by_their_ipv4_addresses_and_native_ones_as_they_are() {
         let a: SocketAddrV6 = "[::ffff:10.244.1.5]:40000".parse().unwrap();
         let b: SocketAddrV6 = "[::ffff:10.244.2.9]:5300".parse().unwrap();
         let native: SocketAddrV6 = "[fd00::9]:5300".parse().unwrap();
+        let native_local: SocketAddrV6 = "[fd00::5]:40000".parse().unwrap();
         let mut buf = nlmsg(20, 7, &inet6_diag_msg(a, b, [5, 0]));
-        buf.extend(nlmsg(20, 7, &inet6_diag_msg("[fd00::5]:40000".parse().unwrap(), native, [6, 0])));
+        buf.extend(nlmsg(20, 7, &inet6_diag_msg(native_local, native, [6, 0])));
+        // Bound v4-mapped, connected to a native address: no backend's.
+        buf.extend(nlmsg(20, 7, &inet6_diag_msg(a, native, [7, 0])));
         let mut out = Vec::new();
         parse_dump(&buf, 7, &mut out).unwrap();
+        let native_socket = UdpSocket {
+            family: Family::Inet6,
+            local: native_local.into(),
+            peer: native.into(),
+            bound_ifindex: 0,
+            cookie: 6,
+        };
+        assert_eq!(out.len(), 2, "the mixed one is left out: {out:?}");
+        assert_eq!(out.get(1), Some(&native_socket));
+        assert_eq!(native_socket.id().destination_address, IpAddr::V6(*native.ip()));
+        out.truncate(1);
         let mapped = UdpSocket {
             family: Family::Inet6Mapped,
             local: "10.244.1.5:40000".parse().unwrap(),

@@ -187,3 +187,34 @@ fn ipv6_only_add_rolls_back_del_cleans_up_and_the_sweep_releases_dead_pods() {
     }
     assert_eq!(before, after, "the sweep did not release a pod whose namespace is gone");
 }
+
+/// A live pod's `ENDPOINTS6` entry lost behind the agent's back (a
+/// recreated pin, an ADD that raced a migration) on an IPv6-only node: the
+/// sweep re-derives it from the pod's host side (the `/128` route and the
+/// pod's permanent neighbour on its host veth) and the pod keeps its
+/// address and its traffic; nothing is torn down for it.
+#[test]
+fn a_lost_ipv6_endpoint_entry_of_a_live_pod_is_re_derived_and_the_pod_kept() {
+    require_root();
+    let mut opts = LabOptions::new(1, 2, bin("sluice-agent").parent().unwrap().to_path_buf());
+    opts.ipv6_only = true;
+    let lab = Lab::up(&opts).expect("IPv6-only lab");
+    let node = lab.state.nodes[0].clone();
+    let (a, b) = (node.pods[0].clone(), node.pods[1].clone());
+    let (a6, b6) = (a.ip6.clone().unwrap(), b.ip6.clone().unwrap());
+    let a_ip6: std::net::Ipv6Addr = a6.parse().unwrap();
+    let endpoints6 = || sluice_node::datapath::pinned_maps::Endpoints6::open(&PinDir::new(&node.pin_dir)).unwrap();
+    let ping = |from: &str, to: &str| ns_exec(from, &["ping", "-6", "-c", "1", "-W", "2", to]).is_ok();
+    let entry = endpoints6().get(a_ip6).expect("ADD wrote the pod's entry");
+    assert!(ping(&a.netns, &b6), "a reaches b before");
+    endpoints6().remove(a_ip6).unwrap();
+    let start = std::time::Instant::now();
+    while endpoints6().get(a_ip6) != Some(entry) {
+        assert!(start.elapsed() < Duration::from_secs(20), "the sweep did not re-derive a's entry");
+        sleep(Duration::from_millis(100));
+    }
+    assert!(ping(&a.netns, &b6) && ping(&b.netns, &a6), "a's IPv6 works again, both ways");
+    let addrs = ns_exec(&a.netns, &["ip", "-6", "-o", "addr", "show", "dev", "eth0", "scope", "global"]).unwrap();
+    assert!(addrs.contains(&a6), "a kept its address (not torn down): {addrs}");
+    assert_eq!(endpoints6().get(a_ip6), Some(entry), "and its entry");
+}

@@ -131,9 +131,9 @@ pub enum Verdict {
     TearDown(Gone),
 }
 
-/// The facts about one lease.
-pub struct LeaseFacts<'a> {
-    pub lease: &'a Lease,
+/// The facts about one lease (IPv4's, or on an IPv6-only node IPv6's).
+pub struct LeaseFacts<'a, A = Ipv4Addr> {
+    pub lease: &'a Lease<A>,
     pub entry: Option<&'a EndpointInfo>,
     /// The host veth's index, if it exists.
     pub host_ifindex: Option<u32>,
@@ -143,7 +143,7 @@ pub struct LeaseFacts<'a> {
     pub grace: Duration,
 }
 
-pub fn decide(f: &LeaseFacts) -> Verdict {
+pub fn decide<A>(f: &LeaseFacts<A>) -> Verdict {
     let in_sync = matches!((f.entry, f.host_ifindex), (Some(ep), Some(i)) if ep.host_ifindex == i);
     if in_sync {
         return Verdict::InSync;
@@ -168,9 +168,9 @@ pub fn decide(f: &LeaseFacts) -> Verdict {
 
 /// Leases whose host side `decide` may need: the host veth is there and the
 /// entry is missing or points elsewhere.
-pub fn needs_host_side(
-    lease: &Lease,
-    endpoints: &BTreeMap<Ipv4Addr, EndpointInfo>,
+pub fn needs_host_side<A: Ord>(
+    lease: &Lease<A>,
+    endpoints: &BTreeMap<A, EndpointInfo>,
     links: &BTreeMap<String, u32>,
 ) -> bool {
     let host = pod_names::host_veth(&lease.container_id, &lease.ifname);
@@ -446,33 +446,61 @@ pub fn orphans6(leases4: &[Lease], leases6: &[Lease<std::net::Ipv6Addr>], grace:
         .collect()
 }
 
-/// The attachments an IPv6-only node's sweep tears down (pure): the IPv6
-/// leases lead there, as the IPv4 ones do elsewhere. A lease older than
-/// `grace` whose host end is gone (the pod is), or whose temporary peer is
-/// still on the node (ADD died before the move into the pod). A lease whose
-/// pod is complete but for a missing `ENDPOINTS6` entry is left alone (it
-/// is not re-derived on an IPv6-only node yet; the pod is not torn down
-/// for it either).
-pub fn gone6(
-    leases6: &[Lease<std::net::Ipv6Addr>],
-    links: &BTreeMap<String, u32>,
-    grace: Duration,
-) -> Vec<(String, String)> {
-    leases6
-        .iter()
-        .filter(|l| l.age >= grace)
-        .filter(|l| {
-            let host = pod_names::host_veth(&l.container_id, &l.ifname);
-            let peer = pod_names::temp_peer(&l.container_id, &l.ifname);
-            !links.contains_key(&host) || links.contains_key(&peer)
-        })
-        .map(|l| (l.container_id.clone(), l.ifname.clone()))
-        .collect()
+/// What an IPv6-only node's sweep does to its attachments (pure): the
+/// IPv6 leases lead there, as the IPv4 ones do elsewhere, each decided by
+/// the same table (`decide`, the module docs): an entry missing or stale
+/// on a complete pod is re-derived from its host side (the `/128` route and
+/// the pod's permanent neighbour on its host veth); a pod that is gone, or
+/// whose ADD died before the move or before its host side, is torn down.
+#[derive(Debug, Default, PartialEq, Eq)]
+pub struct Plan6 {
+    pub repairs: Vec<(std::net::Ipv6Addr, EndpointInfo)>,
+    /// (container id, ifname) to tear down.
+    pub attachments: Vec<(String, String)>,
 }
 
-/// An IPv6-only node's sweep: attachments whose pod is gone (`gone6`) torn
-/// down, `ENDPOINTS6` entries no pod stands behind removed (`stale6`), and
-/// link pins of interfaces that are gone unpinned. Pins and entries are
+pub fn plan_ipv6_only(
+    leases6: &[Lease<std::net::Ipv6Addr>],
+    endpoints6: &BTreeMap<std::net::Ipv6Addr, EndpointInfo>,
+    links: &BTreeMap<String, u32>,
+    host_sides6: &BTreeMap<std::net::Ipv6Addr, HostSide>,
+    grace: Duration,
+) -> Plan6 {
+    let mut out = Plan6::default();
+    for lease in leases6 {
+        let verdict = decide(&LeaseFacts {
+            lease,
+            entry: endpoints6.get(&lease.ip),
+            host_ifindex: links.get(&pod_names::host_veth(&lease.container_id, &lease.ifname)).copied(),
+            temp_peer_on_node: links.contains_key(&pod_names::temp_peer(&lease.container_id, &lease.ifname)),
+            host_side: host_sides6.get(&lease.ip),
+            grace,
+        });
+        match verdict {
+            Verdict::InSync | Verdict::AddInProgress | Verdict::Unknown => {}
+            Verdict::Repair(ep) => out.repairs.push((lease.ip, ep)),
+            Verdict::TearDown(_) => out.attachments.push((lease.container_id.clone(), lease.ifname.clone())),
+        }
+    }
+    out
+}
+
+/// The host side of an IPv6 lease's pod (`NodeSweep::host_side`'s twin).
+async fn host_side6(netlink: &Netlink, lease: &Lease<std::net::Ipv6Addr>) -> Result<Option<HostSide>> {
+    let name = pod_names::host_veth(&lease.container_id, &lease.ifname);
+    let Some(link) = netlink.link_by_name(&name).await? else {
+        return Ok(None);
+    };
+    let pod_route = Ipv6Network::new(lease.ip, 128)?;
+    let route_to_pod = netlink.main_routes6(None).await?.iter().any(|r| r.dst == pod_route && r.oif == link.index);
+    let pod_mac = if link.arp { netlink.permanent_neighbour6(link.index, lease.ip).await? } else { None };
+    Ok(Some(HostSide { ifindex: link.index, host_mac: link.mac, arp: link.arp, route_to_pod, pod_mac }))
+}
+
+/// An IPv6-only node's sweep (`plan_ipv6_only`): lost `ENDPOINTS6`
+/// entries of complete pods re-derived, attachments whose pod is gone torn
+/// down, entries no pod stands behind removed (`stale6`), and link pins of
+/// interfaces that are gone unpinned. Pins and entries are
 /// read before the links (ADD makes the device first). Skipped for this
 /// tick when a CNI call holds the IPAM lock.
 pub async fn sweep_ipv6_only(
@@ -496,7 +524,24 @@ pub async fn sweep_ipv6_only(
         let mut endpoints6 = Endpoints6::open(pins)?;
         let entries6 = endpoints6.all()?;
         let links: BTreeMap<String, u32> = netlink.links().await?.into_iter().map(|l| (l.name, l.index)).collect();
-        for (cid, ifname) in gone6(&leases6, &links, grace) {
+        let mut host_sides6 = BTreeMap::new();
+        for lease in leases6.iter().filter(|l| needs_host_side(l, &entries6, &links)) {
+            match host_side6(netlink, lease).await {
+                Ok(Some(side)) => {
+                    host_sides6.insert(lease.ip, side);
+                }
+                Ok(None) => {}
+                Err(e) => warn!(ip = %lease.ip, error = %format!("{e:#}"), "host side unreadable; next tick"),
+            }
+        }
+        let plan = plan_ipv6_only(&leases6, &entries6, &links, &host_sides6, grace);
+        for (ip, ep) in &plan.repairs {
+            match endpoints6.insert(*ip, *ep) {
+                Ok(()) => info!(%ip, ifindex = ep.host_ifindex, "IPv6 endpoint entry re-derived for a live pod"),
+                Err(e) => warn!(%ip, error = %format!("{e:#}"), "IPv6 endpoint repair failed; next tick"),
+            }
+        }
+        for (cid, ifname) in plan.attachments {
             let errors = teardown::teardown(netlink, pins, None, Some(&store6), &cid, &ifname).await;
             if errors.is_empty() {
                 info!(container = %cid, ifname = %ifname, "released attachment of a pod that is gone");
@@ -607,22 +652,43 @@ mod tests {
     }
 
     #[test]
-    fn gone6_is_an_old_lease_whose_host_end_is_gone_or_whose_peer_never_moved() {
+    fn an_ipv6_only_sweep_repairs_lost_entries_of_complete_pods_and_tears_down_what_is_gone() {
         let grace = Duration::from_secs(5);
-        let l6 = |cid: &str, age_s: u64| Lease {
-            ip: "fd00:244::2".parse::<std::net::Ipv6Addr>().unwrap(),
+        let ip = |k: u16| std::net::Ipv6Addr::new(0xfd00, 0x244, 0, 1, 0, 0, 0, k);
+        let l6 = |k: u16, cid: &str, age_s: u64| Lease {
+            ip: ip(k),
             container_id: cid.into(),
             ifname: "eth0".into(),
             age: Duration::from_secs(age_s),
         };
+        let leases = [
+            l6(2, "alive", 60),  // entry in sync: nothing
+            l6(3, "gone", 60),   // host end gone: tear down
+            l6(4, "stuck", 60),  // temporary peer never moved: tear down
+            l6(5, "young", 1),   // entry missing, ADD may run: nothing
+            l6(6, "lost", 60),   // complete, entry lost: repair
+            l6(7, "stale", 60),  // complete, entry on another interface: repair
+            l6(8, "unread", 60), // entry lost, host side unreadable: nothing yet
+            l6(9, "half", 60),   // entry lost, no host side set up: tear down
+        ];
         let mut links = BTreeMap::new();
-        links.insert(pod_names::host_veth("alive", "eth0"), 7);
-        links.insert(pod_names::host_veth("stuck", "eth0"), 8);
-        links.insert(pod_names::temp_peer("stuck", "eth0"), 9);
-        let leases = [l6("alive", 60), l6("gone", 60), l6("stuck", 60), l6("young", 1)];
-        let want: Vec<(String, String)> =
-            ["gone", "stuck"].iter().map(|c| (c.to_string(), "eth0".to_string())).collect();
-        assert_eq!(gone6(&leases, &links, grace), want);
+        for (cid, index) in
+            [("alive", 7), ("stuck", 8), ("young", 9), ("lost", 10), ("stale", 11), ("unread", 12), ("half", 13)]
+        {
+            links.insert(pod_names::host_veth(cid, "eth0"), index);
+        }
+        links.insert(pod_names::temp_peer("stuck", "eth0"), 20);
+        let endpoints6 = BTreeMap::from([(ip(2), ep(7)), (ip(7), ep(99))]);
+        let wanted: Vec<std::net::Ipv6Addr> =
+            leases.iter().filter(|l| needs_host_side(l, &endpoints6, &links)).map(|l| l.ip).collect();
+        assert_eq!(wanted, [ip(4), ip(5), ip(6), ip(7), ip(8), ip(9)], "read only where the entry is not in sync");
+        let no_route = HostSide { route_to_pod: false, ..veth_side(13) };
+        let host_sides6 = BTreeMap::from([(ip(6), veth_side(10)), (ip(7), veth_side(11)), (ip(9), no_route)]);
+        let plan = plan_ipv6_only(&leases, &endpoints6, &links, &host_sides6, grace);
+        let repaired = |i: u32| EndpointInfo { host_ifindex: i, pod_mac: POD_MAC, host_mac: HOST_MAC };
+        assert_eq!(plan.repairs, [(ip(6), repaired(10)), (ip(7), repaired(11))]);
+        let torn: Vec<&str> = plan.attachments.iter().map(|(c, _)| c.as_str()).collect();
+        assert_eq!(torn, ["gone", "stuck", "half"]);
     }
 
     #[test]

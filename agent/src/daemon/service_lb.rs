@@ -22,12 +22,12 @@ use std::{
 
 use anyhow::{anyhow, Result};
 use serde::{Deserialize, Serialize};
-use sluice_common::services::SockLbConfig;
+use sluice_common::{nat::Nat4Key, nat6::Nat6Key, services::SockLbConfig};
 use sluice_node::{
     clock::now_unix,
     datapath::{
-        nat4_gc,
-        nat4_maps::{Nat4Table, Nat6Table, NodeAddressMap6, SourceRanges, SourceRanges6},
+        nat4_gc::{self, Translated},
+        nat4_maps::{NatTable, NodeAddressMap6, SourceRanges, SourceRanges6},
         pinned_maps::{ip_be, ip_from_be},
         pins::PinDir,
         service_maps::{own_netns_cookie, set_sock_lb_config, NodeAddressMap, ServiceMaps, ServiceMaps6},
@@ -465,6 +465,21 @@ where
     }
 }
 
+/// Remove the `NAT4` or `NAT6` (`K`) pairs of the UDP connections
+/// translated to backends their frontends lost (`lost`).
+fn purge_nat<K: Translated>(pins: &PinDir, lost: Vec<(K::Frontend, K::Backend)>) {
+    if lost.is_empty() {
+        return;
+    }
+    match NatTable::<K>::open(pins).and_then(|mut nat| nat4_gc::purge_removed_backends(&mut nat, &lost)) {
+        Ok(0) => {}
+        Ok(entries) => {
+            info!(entries, backends = lost.len(), table = K::MAP, "connections to removed UDP backends purged")
+        }
+        Err(e) => warn!(error = %format!("{e:#}"), table = K::MAP, "connections to removed UDP backends not purged"),
+    }
+}
+
 /// Destroy connected UDP sockets to the backends UDP frontends just lost,
 /// on a blocking thread (it enters every namespace of the cgroup). Awaited:
 /// bounded work (a fraction of a millisecond per namespace), and changes
@@ -479,22 +494,8 @@ async fn sweep_udp(
     // Connections from outside the uplink translated to those backends
     // (`NAT4`, `NAT6`): gone too, so the client's next datagram picks a
     // live one.
-    let lost: Vec<_> = removed.iter().map(|r| (r.frontend, r.backend)).collect();
-    if !lost.is_empty() {
-        match Nat4Table::open(pins).and_then(|mut nat| nat4_gc::purge_removed_backends(&mut nat, &lost)) {
-            Ok(0) => {}
-            Ok(entries) => info!(entries, backends = lost.len(), "NAT4 connections to removed UDP backends purged"),
-            Err(e) => warn!(error = %format!("{e:#}"), "NAT4 connections to removed UDP backends not purged"),
-        }
-    }
-    let lost6: Vec<_> = removed6.iter().map(|r| (r.frontend, r.backend)).collect();
-    if !lost6.is_empty() {
-        match Nat6Table::open(pins).and_then(|mut nat| nat4_gc::purge_removed_backends(&mut nat, &lost6)) {
-            Ok(0) => {}
-            Ok(entries) => info!(entries, backends = lost6.len(), "NAT6 connections to removed UDP backends purged"),
-            Err(e) => warn!(error = %format!("{e:#}"), "NAT6 connections to removed UDP backends not purged"),
-        }
-    }
+    purge_nat::<Nat4Key>(pins, removed.iter().map(|r| (r.frontend, r.backend)).collect());
+    purge_nat::<Nat6Key>(pins, removed6.iter().map(|r| (r.frontend, r.backend)).collect());
     let (cgroup, pins) = (PathBuf::from(&st.cgroup), pins.clone());
     let netns_dir = st.netns_dir.as_ref().map(PathBuf::from);
     let backends = removed.len() + removed6.len();

@@ -53,7 +53,8 @@ pub struct AgentConfig {
     #[arg(long, env = "NODE_NAME")]
     pub node_name: String,
     /// The interface that carries traffic to other nodes; by default the one
-    /// holding the IPv4 default route.
+    /// holding the IPv4 default route, or, on a node without one, the IPv6
+    /// default route (`daemon::uplink_choice`).
     #[arg(long, env = "SLUICE_UPLINK", default_value = "")]
     pub uplink: String,
     /// Pod MTU; by default the uplink's less VXLAN's 50 bytes (the uplink's

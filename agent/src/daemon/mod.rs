@@ -25,6 +25,7 @@ pub mod sweep;
 pub mod sysctl;
 pub mod tunnel;
 pub mod udp_sockets;
+pub mod uplink_choice;
 
 use sluice_node::datapath::attach_mode::AttachMode;
 use sluice_node::{
@@ -357,17 +358,18 @@ async fn follow_uplink_address(
     *address = moved;
 }
 
-/// The uplink: `--uplink`, or the interface of the IPv4 default route
-/// (then recorded in `node.uplink`).
+/// The uplink: `--uplink`, or the interface of the IPv4 default route, or
+/// on a node without one that of the IPv6 default route
+/// (`uplink_choice`; then recorded in `node.uplink`).
 async fn choose_uplink(netlink: &Netlink, node: &mut AgentConfig) -> Result<sluice_node::net::netlink::LinkInfo> {
     if !node.uplink.is_empty() {
         return netlink.require_link(&node.uplink).await.context("uplink");
     }
-    let found = netlink
-        .default_route_interface()
-        .await?
-        .context("no --uplink given and no IPv4 default route to pick one from (an IPv6-only node names it)")?;
-    info!(uplink = %found.name, "uplink chosen from the default route");
+    let ipv4 = netlink.default_route_interface().await?;
+    // Only asked when IPv4 has none: an IPv4 node's start is unchanged.
+    let ipv6 = if ipv4.is_none() { netlink.default_route6_interface().await? } else { None };
+    let (found, from) = uplink_choice::choose(ipv4, ipv6)?;
+    info!(uplink = %found.name, from = %from, "uplink chosen from the default route");
     node.uplink = found.name.clone();
     Ok(found)
 }

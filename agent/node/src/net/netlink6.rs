@@ -204,6 +204,25 @@ impl Netlink {
         Ok(None)
     }
 
+    /// The interface of the IPv6 default route (`::/0`, unicast, with an
+    /// output interface) in the main table, if any: the twin of
+    /// `default_route_interface`, for a node without an IPv4 one.
+    pub async fn default_route6_interface(&self) -> Result<Option<super::netlink::LinkInfo>> {
+        let mut routes = self.handle.route().get(RouteMessageBuilder::<Ipv6Addr>::new().build()).execute();
+        while let Some(msg) = routes.try_next().await.context("list IPv6 routes")? {
+            let unicast = msg.header.kind == netlink_packet_route::route::RouteType::Unicast;
+            if msg.header.destination_prefix_length != 0 || msg.header.table != RT_TABLE_MAIN || !unicast {
+                continue;
+            }
+            for attr in &msg.attributes {
+                if let RouteAttribute::Oif(index) = attr {
+                    return self.link_by_index(*index).await;
+                }
+            }
+        }
+        Ok(None)
+    }
+
     /// IPv6 routes of the main table (of one protocol, or all).
     pub async fn main_routes6(&self, protocol: Option<u8>) -> Result<Vec<KernelRoute6>> {
         let mut out = Vec::new();

@@ -90,7 +90,8 @@ pub struct AgentConfig {
     /// IPv4 and an IPv6 address each; the node's IPv6 pod CIDR from
     /// --pod-cidr6 or its Node's `spec.podCIDRs`), or `ipv6` (IPv6-only:
     /// pods get only an IPv6 address, from --pod-cidr6 or `spec.podCIDRs`;
-    /// no --pod-cidr; Services left to kube-proxy; no VXLAN).
+    /// no --pod-cidr; no VXLAN; Services in eBPF with
+    /// --kube-proxy-replacement as elsewhere, but no --lb-mode=dsr).
     #[arg(long, env = "SLUICE_IP_FAMILY", value_enum, default_value_t = IpFamily::Ipv4)]
     pub ip_family: IpFamily,
     /// IPv6 pod CIDR of this node (`--ip-family dual` or `ipv6`). With --kubernetes it
@@ -176,7 +177,8 @@ pub struct AgentConfig {
     /// connect/sendmsg programs), instead of leaving them to kube-proxy.
     /// Needs --kubernetes (Services and EndpointSlices are watched).
     /// From outside the cluster, NodePorts, externalIPs and LoadBalancer
-    /// IPs are translated per packet at the uplink (`NAT4`).
+    /// IPs are translated per packet at the uplink (`NAT4`, IPv6's `NAT6`).
+    /// On every --ip-family, IPv6-only included.
     #[arg(long, env = "SLUICE_KUBE_PROXY_REPLACEMENT", default_value_t = false, action = clap::ArgAction::Set)]
     pub kube_proxy_replacement: bool,
     /// With --kube-proxy-replacement: the ports the datapath allocates when
@@ -330,10 +332,16 @@ impl AgentConfig {
             IpFamily::Ipv6 if self.pod_cidr.is_some() => {
                 return Err(ConfigError::NotForIpv6Only { flag: "--pod-cidr", hint: " (give --pod-cidr6)" })
             }
-            IpFamily::Ipv6 if self.kube_proxy_replacement => {
+            // Services in eBPF work on an IPv6-only node (IPv6 ClusterIPs at
+            // the socket, IPv6 NodePorts at the uplink, `lb6`), but direct
+            // server return carries the frontend in an IPv4 option: `lb6`
+            // SNATs every remote backend, so asking for DSR there is refused
+            // rather than silently not done.
+            IpFamily::Ipv6 if self.kube_proxy_replacement && self.lb_mode == LbMode::Dsr => {
                 return Err(ConfigError::NotForIpv6Only {
-                    flag: "--kube-proxy-replacement",
-                    hint: ": Services in eBPF need the node's IPv4 in this version; leave Services to kube-proxy",
+                    flag: "--lb-mode=dsr",
+                    hint: ": direct server return carries the frontend in an IPv4 option; IPv6 NodePorts to \
+                           another node's backend are SNATed in this version (--lb-mode=snat)",
                 })
             }
             IpFamily::Ipv6 if self.tunnel == crate::membership::TunnelMode::Always => {
@@ -552,8 +560,8 @@ mod tests {
             Err(ConfigError::PodCidr6OutsideCluster { .. })
         ));
         assert!(matches!(dual.validate_pod_cidr6(net6("fd00:244::/127")), Err(ConfigError::PodCidr6TooSmall(_))));
-        // IPv6-only: accepted without an IPv4 pod CIDR; refused with one,
-        // with Services in eBPF and with every peer tunneled, by name.
+        // IPv6-only: accepted without an IPv4 pod CIDR; refused with one
+        // and with every peer tunneled, by name.
         let ipv6_only = AgentConfig {
             ip_family: IpFamily::Ipv6,
             pod_cidr6: Some(net6("fd00:244:0:1::/64")),
@@ -565,10 +573,18 @@ mod tests {
         let err = with_v4.validate_static().unwrap_err();
         assert!(matches!(err, ConfigError::NotForIpv6Only { flag: "--pod-cidr", .. }), "{err}");
         assert!(err.to_string().contains("--pod-cidr6"), "{err}");
+        // Services in eBPF on an IPv6-only node: accepted (issue 28), but
+        // direct server return (an IPv4 option) is refused by name.
         let kpr = AgentConfig { kube_proxy_replacement: true, ..ipv6_only.clone() };
-        let err = kpr.validate_static().unwrap_err();
-        assert!(matches!(err, ConfigError::NotForIpv6Only { flag: "--kube-proxy-replacement", .. }), "{err}");
-        assert!(err.to_string().contains("kube-proxy"), "{err}");
+        assert_eq!(kpr.validate_static(), Ok(()));
+        let dsr = AgentConfig { lb_mode: LbMode::Dsr, ..kpr.clone() };
+        let err = dsr.validate_static().unwrap_err();
+        assert!(matches!(err, ConfigError::NotForIpv6Only { flag: "--lb-mode=dsr", .. }), "{err}");
+        assert!(err.to_string().contains("--lb-mode=snat"), "{err}");
+        // DSR without Services in eBPF means nothing, and dual-stack keeps it.
+        assert_eq!(AgentConfig { lb_mode: LbMode::Dsr, ..ipv6_only.clone() }.validate_static(), Ok(()));
+        let dual_dsr = AgentConfig { kube_proxy_replacement: true, lb_mode: LbMode::Dsr, ..dual.clone() };
+        assert_eq!(dual_dsr.validate_static(), Ok(()));
         let always = AgentConfig { tunnel: crate::membership::TunnelMode::Always, ..ipv6_only.clone() };
         assert!(matches!(always.validate_static(), Err(ConfigError::NotForIpv6Only { flag: "--tunnel=always", .. })));
         // No IPv4 cluster range for an IPv6-only node; every other family needs one.

@@ -114,14 +114,19 @@ pub struct LabOptions {
     /// `dual_stack`, but agents with `--ip-family ipv6` and no `--pod-cidr`,
     /// no `podCIDR` nor `nodeIP` in the peers file, pods with an IPv6
     /// address only, and nodes with no IPv4 address either (`Node::ip`
-    /// empty). One subnet, a peers file (no API server).
+    /// empty). One subnet; with `kubernetes`, the API server on the LAN's
+    /// IPv6 (`LAN_API_ADDR6`) and IPv6-only Node objects.
     pub ipv6_only: bool,
 }
 
 /// A lab node's Node object as the API server holds it: its pod CIDR(s)
 /// in `spec.podCIDRs` and its InternalIP(s), IPv4 first, as a dual-stack
-/// kubelet and the node IPAM controller leave them.
+/// kubelet and the node IPAM controller leave them. An IPv6-only node's
+/// are IPv6's alone.
 pub fn node_object_of(n: &Node) -> serde_json::Value {
+    if let (true, Some(ip6), Some(cidr6)) = (n.ip.is_empty(), &n.ip6, &n.pod_cidr6) {
+        return crate::apiserver::node_object(&n.name, ip6, Some(cidr6), 0);
+    }
     let mut obj = crate::apiserver::node_object(&n.name, &n.ip, Some(&n.pod_cidr), 0);
     if let (Some(ip6), Some(cidr6)) = (&n.ip6, &n.pod_cidr6) {
         obj["spec"]["podCIDRs"] = serde_json::json!([n.pod_cidr, cidr6]);
@@ -272,6 +277,9 @@ pub fn router_ip6(subnet: usize) -> String {
 
 /// Where the test API server listens: the LAN bridge's own address.
 pub const LAN_API_ADDR: &str = "172.30.0.254:6443";
+/// Where it listens in an IPv6-only lab (whose nodes have no IPv4 to
+/// reach `LAN_API_ADDR` from): the LAN bridge's IPv6 address.
+pub const LAN_API_ADDR6: &str = "[fd00:30::fc]:6443";
 
 pub struct Lab {
     pub state: LabState,
@@ -433,8 +441,8 @@ impl Lab {
             }
             lab.state.cgroup_root = Some(crate::cgroups::cgroup2_mount()?.join(format!("sluice-lab-{}", opts.id)));
         }
-        if opts.ipv6_only && (opts.subnets > 1 || opts.kubernetes) {
-            bail!("an IPv6-only lab is one subnet with a peers file (no VXLAN, no API server on IPv6 yet)");
+        if opts.ipv6_only && opts.subnets > 1 {
+            bail!("an IPv6-only lab is one subnet (no VXLAN over IPv6 yet)");
         }
         if !(1..=2).contains(&opts.subnets) || opts.nodes < opts.subnets {
             bail!("--subnets must be 1 or 2, and no more than the nodes");
@@ -471,15 +479,24 @@ impl Lab {
             return Ok(lab);
         }
         if opts.kubernetes {
-            let ip = LAN_API_ADDR.split(':').next().unwrap_or_default();
-            ns_exec(&lab.state.lan_netns, &["ip", "addr", "add", &format!("{ip}/24"), "dev", "br0"])?;
+            let api_addr = if opts.ipv6_only {
+                // The nodes have only IPv6: so has the API server.
+                let ip6 = LAN_API_ADDR6.trim_start_matches('[').split(']').next().unwrap_or_default();
+                let addr = format!("{ip6}/64");
+                ns_exec(&lab.state.lan_netns, &["ip", "-6", "addr", "add", &addr, "dev", "br0", "nodad"])?;
+                LAN_API_ADDR6
+            } else {
+                let ip = LAN_API_ADDR.split(':').next().unwrap_or_default();
+                ns_exec(&lab.state.lan_netns, &["ip", "addr", "add", &format!("{ip}/24"), "dev", "br0"])?;
+                LAN_API_ADDR
+            };
             if opts.subnets > 1 {
                 // Nodes on the second network reach the API server through the router.
                 let via = format!("{LAN_PREFIX}.{ROUTER_HOST}");
                 let other = format!("{LAN2_PREFIX}.0/24");
                 ns_exec(&lab.state.lan_netns, &["ip", "route", "add", &other, "via", &via, "dev", "br0"])?;
             }
-            let api = crate::apiserver::ApiServer::start(LAN_API_ADDR, Some(&lab.state.lan_netns))?;
+            let api = crate::apiserver::ApiServer::start(api_addr, Some(&lab.state.lan_netns))?;
             for n in &lab.state.nodes {
                 api.upsert(crate::apiserver::Kind::Node, node_object_of(n));
             }

@@ -3,7 +3,7 @@
 //! node's cgroup, and clients (`svc_client.py`) run as processes of a node
 //! so its socket programs see them.
 use std::{
-    collections::BTreeMap,
+    collections::{BTreeMap, BTreeSet},
     process::Command,
     time::{Duration, Instant},
 };
@@ -195,4 +195,116 @@ pub fn slice(service: &str, ports: &[(&str, u16, &str)], endpoints: &[EndpointOb
 /// Ready endpoints for pods, by (node name, pod IP).
 pub fn ready(pods: &[(&str, &str)]) -> Vec<EndpointObject> {
     pods.iter().map(|(node, ip)| EndpointObject::ready(ip, node)).collect()
+}
+
+/// Lab for Services in eBPF on IPv6-only nodes (issues 27 × 28): the API
+/// server on the LAN's IPv6, Node objects with IPv6 alone, agents with
+/// `--ip-family ipv6 --kube-proxy-replacement=true`, no kube-proxy rules,
+/// no IPv4 on nodes or pods. No servers started (see
+/// `start_pod_ipv6_servers`).
+pub fn ipv6_only_lab(nodes: usize, pods_per_node: usize) -> Result<Lab> {
+    let mut opts = LabOptions::new(nodes, pods_per_node, crate::bin("sluice-agent").parent().unwrap().to_path_buf());
+    opts.kubernetes = true;
+    opts.kube_proxy_replacement = true;
+    opts.ipv6_only = true;
+    Lab::up(&opts)
+}
+
+/// How many attempts were answered.
+pub fn oks(outcomes: &[Outcome]) -> usize {
+    outcomes.iter().filter(|o| matches!(o, Outcome::Ok { .. })).count()
+}
+
+/// `python3 svc_client.py args..` in the world (no node's cgroup: the
+/// world is no node, and its sockets see no socket load balancer).
+pub fn world_client(world: &str, args: &[&str]) -> Vec<Outcome> {
+    let mut all = vec!["python3", "-c", CLIENT];
+    all.extend_from_slice(args);
+    let out: std::process::Output = crate::lab::ns_cmd(world, &all).output().expect("run the client in the world");
+    String::from_utf8_lossy(&out.stdout).lines().filter_map(Outcome::parse).collect()
+}
+
+/// No kube-proxy here: not one of its chains on any node, in IPv4's or
+/// IPv6's tables, so whatever answers from the world is sluice's doing.
+pub fn assert_no_kube_proxy_rules(lab: &Lab) {
+    for node in &lab.state.nodes {
+        for save in ["iptables-save", "ip6tables-save"] {
+            let out = Command::new("nsenter").arg(format!("--net=/run/netns/{}", node.netns)).arg(save).output();
+            let text = out.map(|o| String::from_utf8_lossy(&o.stdout).to_string()).unwrap_or_default();
+            assert!(!text.contains("KUBE-"), "{}: kube-proxy rules present ({save}):\n{text}", node.name);
+        }
+    }
+}
+
+/// In each pod of a dual-stack or IPv6-only lab, on its IPv6 address: a
+/// TCP server on 7777 answering the pod's name, one on 7778 answering the
+/// peer's address (who the pod saw), a UDP server answering the pod's
+/// name; bound before anyone connects.
+pub fn start_pod_ipv6_servers(lab: &mut Lab) {
+    let pods: Vec<_> = lab.pods().iter().map(|(_, p)| (*p).clone()).collect();
+    for pod in pods {
+        let (netns, name, ip6) = (pod.netns, pod.name, pod.ip6.expect("a pod with IPv6"));
+        for (port, answer, tag) in
+            [(7777, format!("echo {name}"), "tcp6"), (7778, "echo $SOCAT_PEERADDR".into(), "who6")]
+        {
+            let listen = format!("TCP6-LISTEN:{port},bind=[{ip6}],reuseaddr,fork");
+            lab.spawn_helper(
+                crate::lab::ns_cmd(&netns, &["socat", &listen, &format!("SYSTEM:{answer}")]),
+                &format!("{name}-{tag}"),
+            )
+            .unwrap();
+        }
+        let port = UDP_PORT.to_string();
+        let serve = ["python3", "-c", CLIENT, "udp-serve", &ip6, &port, &name];
+        lab.spawn_helper(crate::lab::ns_cmd(&netns, &serve), &format!("{name}-udp6")).unwrap();
+        let start = Instant::now();
+        loop {
+            let tcp = crate::lab::ns_exec(&netns, &["ss", "-H", "-6tln"]).unwrap();
+            let udp = crate::lab::ns_exec(&netns, &["ss", "-H", "-6uln"]).unwrap();
+            if tcp.lines().count() >= 2 && udp.lines().count() >= 1 {
+                break;
+            }
+            assert!(start.elapsed() < Duration::from_secs(10), "IPv6 servers in {netns} did not bind: {tcp} {udp}");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+}
+
+/// Wait until the world's first connection to `[ip]:port` is answered:
+/// the agents have planned the Service (a readiness wait; a datapath that
+/// never answers fails it).
+pub fn wait_world_answer(world: &str, ip: &str, port: u16) {
+    let start = Instant::now();
+    loop {
+        let out = world_client(world, &["tcp", ip, &port.to_string(), "1"]);
+        if oks(&out) == 1 {
+            return;
+        }
+        assert!(start.elapsed() < Duration::from_secs(20), "world → [{ip}]:{port} never answered: {out:?}");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+/// Wait until every node's `status --services` lists each of `want` (an
+/// address, its kind from that node: "local" on the node `i` it belongs
+/// to, "remote" elsewhere) among the addresses NodePorts answer on.
+pub fn wait_node_addresses6(lab: &Lab, want: &[String]) {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    for i in 0..lab.state.nodes.len() {
+        loop {
+            let v = service_status(lab, i).unwrap();
+            let got: BTreeSet<(String, String)> = v["services"]["nodeAddresses"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .filter_map(|a| Some((a["ip"].as_str()?.to_string(), a["kind"].as_str()?.to_string())))
+                .collect();
+            let kind = |j: usize| if i == j { "local" } else { "remote" };
+            if want.iter().enumerate().all(|(j, ip)| got.contains(&(ip.clone(), kind(j).to_string()))) {
+                break;
+            }
+            assert!(std::time::Instant::now() < deadline, "node {i}: NodePort addresses {got:?}, want {want:?}");
+            std::thread::sleep(std::time::Duration::from_millis(100));
+        }
+    }
 }

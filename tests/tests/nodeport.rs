@@ -10,7 +10,6 @@ use std::{
     collections::BTreeMap,
     io::{BufRead, BufReader, Write},
     net::{SocketAddr, TcpStream},
-    process::Command,
     sync::{
         atomic::{AtomicBool, Ordering},
         Arc,
@@ -22,24 +21,14 @@ use sluice_tests::{
     cluster,
     lab::{ns_cmd, Lab},
     require_root,
-    services::{self, ready, service, slice, tally, wait_backends, Outcome},
+    services::{
+        self, assert_no_kube_proxy_rules, oks, ready, service, slice, start_pod_ipv6_servers, tally, wait_backends,
+        wait_world_answer, world_client, Outcome,
+    },
 };
-
-/// `python3 svc_client.py args..` in the world (no node's cgroup: the
-/// world is no node, and its sockets see no socket load balancer).
-fn world_client(world: &str, args: &[&str]) -> Vec<Outcome> {
-    let mut all = vec!["python3", "-c", services::CLIENT];
-    all.extend_from_slice(args);
-    let out: std::process::Output = ns_cmd(world, &all).output().expect("run the client in the world");
-    String::from_utf8_lossy(&out.stdout).lines().filter_map(Outcome::parse).collect()
-}
 
 fn node_ip(lab: &Lab, i: usize) -> String {
     lab.state.nodes[i].ip.split('/').next().unwrap().to_string()
-}
-
-fn oks(outcomes: &[Outcome]) -> usize {
-    outcomes.iter().filter(|o| matches!(o, Outcome::Ok { .. })).count()
 }
 
 /// The uplink's NAT4 counters of node `i` (`status --services`).
@@ -49,17 +38,6 @@ fn nat4(lab: &Lab, i: usize) -> BTreeMap<String, u64> {
         .as_object()
         .map(|m| m.iter().map(|(k, v)| (k.clone(), v.as_u64().unwrap_or(0))).collect())
         .unwrap_or_default()
-}
-
-/// No kube-proxy here: not one of its chains on any node, so whatever
-/// answers from the world is sluice's doing.
-fn assert_no_kube_proxy_rules(lab: &Lab) {
-    for node in &lab.state.nodes {
-        let out =
-            Command::new("nsenter").arg(format!("--net=/run/netns/{}", node.netns)).args(["iptables-save"]).output();
-        let text = out.map(|o| String::from_utf8_lossy(&o.stdout).to_string()).unwrap_or_default();
-        assert!(!text.contains("KUBE-"), "{}: kube-proxy rules present:\n{text}", node.name);
-    }
 }
 
 /// A NodePort Service `np` (80/TCP → 7777, the pods' name; 53/UDP → the
@@ -857,55 +835,6 @@ fn a_snated_node_port_connection_skips_the_backends_node_stack_but_a_pods_own_co
         );
     }
     assert_eq!(forwards(&lab, 1, &fast), before, "a pod's own connection to a node took the fast path");
-}
-
-/// In each pod of a dual-stack lab, on its IPv6 address: a TCP server on
-/// 7777 answering the pod's name, one on 7778 answering the peer's
-/// address (who the pod saw), a UDP server answering the pod's name; bound
-/// before anyone connects.
-fn start_pod_ipv6_servers(lab: &mut Lab) {
-    let pods: Vec<_> = lab.pods().iter().map(|(_, p)| (*p).clone()).collect();
-    for pod in pods {
-        let (netns, name, ip6) = (pod.netns, pod.name, pod.ip6.expect("dual-stack pod"));
-        for (port, answer, tag) in
-            [(7777, format!("echo {name}"), "tcp6"), (7778, "echo $SOCAT_PEERADDR".into(), "who6")]
-        {
-            let listen = format!("TCP6-LISTEN:{port},bind=[{ip6}],reuseaddr,fork");
-            lab.spawn_helper(
-                ns_cmd(&netns, &["socat", &listen, &format!("SYSTEM:{answer}")]),
-                &format!("{name}-{tag}"),
-            )
-            .unwrap();
-        }
-        let port = services::UDP_PORT.to_string();
-        let serve = ["python3", "-c", services::CLIENT, "udp-serve", &ip6, &port, &name];
-        lab.spawn_helper(ns_cmd(&netns, &serve), &format!("{name}-udp6")).unwrap();
-        let start = std::time::Instant::now();
-        loop {
-            let tcp = sluice_tests::lab::ns_exec(&netns, &["ss", "-H", "-6tln"]).unwrap();
-            let udp = sluice_tests::lab::ns_exec(&netns, &["ss", "-H", "-6uln"]).unwrap();
-            if tcp.lines().count() >= 2 && udp.lines().count() >= 1 {
-                break;
-            }
-            assert!(start.elapsed() < Duration::from_secs(10), "IPv6 servers in {netns} did not bind: {tcp} {udp}");
-            std::thread::sleep(Duration::from_millis(20));
-        }
-    }
-}
-
-/// Wait until the world's first connection to `[ip]:port` is answered:
-/// the agents have planned the Service (a readiness wait; a datapath that
-/// never answers fails it).
-fn wait_world_answer(world: &str, ip: &str, port: u16) {
-    let start = std::time::Instant::now();
-    loop {
-        let out = world_client(world, &["tcp", ip, &port.to_string(), "1"]);
-        if oks(&out) == 1 {
-            return;
-        }
-        assert!(start.elapsed() < Duration::from_secs(20), "world → [{ip}]:{port} never answered: {out:?}");
-        std::thread::sleep(Duration::from_millis(100));
-    }
 }
 
 /// IPv6 NodePorts from outside (issues 27 × 28, `lb6`): on a dual-stack

@@ -20,7 +20,7 @@ use sluice_tests::{
     apiserver::{EndpointObject, ServiceObject},
     lab::{enable_ipv6_in, ns_cmd, ns_exec, Lab},
     require_root,
-    services::{self, client, service, slice, tally, wait_backends, Outcome},
+    services::{self, client, service, slice, tally, wait_backends, wait_node_addresses6, Outcome},
 };
 
 const BACKENDS6: [(&str, &str); 2] = [("fd00:99::1", "backend-1"), ("fd00:99::2", "backend-2")];
@@ -412,30 +412,6 @@ fn should_function_for_service_endpoints_using_host_network_over_ipv6() {
             assert_eq!(tally(&udp).keys().cloned().collect::<BTreeSet<_>>(), names, "{who}: {:?}", tally(&udp));
         }
         large_requests_answered(&lab, node, &node.pods[0].netns, HOST_SERVICE6, &names);
-    }
-}
-
-/// Wait until every node's `status --services` lists each of `want` (an
-/// address, its kind from that node: "local" on the node `i` it belongs
-/// to, "remote" elsewhere) among the addresses NodePorts answer on.
-fn wait_node_addresses6(lab: &Lab, want: &[String]) {
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
-    for i in 0..lab.state.nodes.len() {
-        loop {
-            let v = services::service_status(lab, i).unwrap();
-            let got: BTreeSet<(String, String)> = v["services"]["nodeAddresses"]
-                .as_array()
-                .into_iter()
-                .flatten()
-                .filter_map(|a| Some((a["ip"].as_str()?.to_string(), a["kind"].as_str()?.to_string())))
-                .collect();
-            let kind = |j: usize| if i == j { "local" } else { "remote" };
-            if want.iter().enumerate().all(|(j, ip)| got.contains(&(ip.clone(), kind(j).to_string()))) {
-                break;
-            }
-            assert!(std::time::Instant::now() < deadline, "node {i}: NodePort addresses {got:?}, want {want:?}");
-            std::thread::sleep(std::time::Duration::from_millis(100));
-        }
     }
 }
 

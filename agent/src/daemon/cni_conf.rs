@@ -71,8 +71,11 @@ pub enum HostPortsBy {
     SocketLb,
 }
 
-pub fn host_ports_by(host_ports_flag: bool, kube_proxy_replacement: bool) -> HostPortsBy {
-    match (kube_proxy_replacement, host_ports_flag) {
+/// `ipv4_pods`: the socket load balancer's hostPorts are IPv4's alone
+/// (`services::host_ports`), so on an IPv6-only node, Services in eBPF or
+/// not, `--host-ports` still chains portmap (its ip6tables rules).
+pub fn host_ports_by(host_ports_flag: bool, kube_proxy_replacement: bool, ipv4_pods: bool) -> HostPortsBy {
+    match (kube_proxy_replacement && ipv4_pods, host_ports_flag) {
         (true, _) => HostPortsBy::SocketLb,
         (false, true) => HostPortsBy::Portmap,
         (false, false) => HostPortsBy::Nobody,
@@ -140,10 +143,14 @@ mod tests {
 
     #[test]
     fn portmap_is_chained_only_while_the_socket_lb_does_not_serve_host_ports() {
-        assert_eq!(host_ports_by(true, false), HostPortsBy::Portmap);
-        assert_eq!(host_ports_by(false, false), HostPortsBy::Nobody);
-        assert_eq!(host_ports_by(true, true), HostPortsBy::SocketLb);
-        assert_eq!(host_ports_by(false, true), HostPortsBy::SocketLb);
+        assert_eq!(host_ports_by(true, false, true), HostPortsBy::Portmap);
+        assert_eq!(host_ports_by(false, false, true), HostPortsBy::Nobody);
+        assert_eq!(host_ports_by(true, true, true), HostPortsBy::SocketLb);
+        assert_eq!(host_ports_by(false, true, true), HostPortsBy::SocketLb);
+        // IPv6-only: the socket LB has no IPv6 hostPorts; portmap keeps them.
+        assert_eq!(host_ports_by(true, true, false), HostPortsBy::Portmap);
+        assert_eq!(host_ports_by(false, true, false), HostPortsBy::Nobody);
+        assert_eq!(host_ports_by(true, false, false), HostPortsBy::Portmap);
     }
 
     #[test]

@@ -1,14 +1,14 @@
 //! The `healthCheckNodePort` listeners (`services::health_check` decides
-//! what they say): one TCP listener on `0.0.0.0:<port>` per Service with
-//! `externalTrafficPolicy: Local`, as kube-proxy listens on every node
-//! address. The Services loop hands over the wanted table each pass;
+//! what they say): one TCP listener on `[::]:<port>` (IPv4 and IPv6) per
+//! Service with `externalTrafficPolicy: Local`, as kube-proxy listens on
+//! every node address. The Services loop hands over the wanted table each pass;
 //! listeners for ports no longer wanted are closed, new ones opened. A
 //! port that cannot be bound (a host process holds it) is logged and
 //! retried at the next pass.
 use std::{
     collections::BTreeMap,
     convert::Infallible,
-    net::{Ipv4Addr, SocketAddr},
+    net::{Ipv4Addr, Ipv6Addr, SocketAddr},
     sync::{Arc, Mutex},
     time::Duration,
 };
@@ -71,10 +71,31 @@ impl HealthCheckPorts {
     }
 }
 
+/// Every node address of both families: one dual-stack socket on `[::]`
+/// (IPv4 arrives mapped), so a load balancer probes an IPv6-only or
+/// dual-stack node over IPv6 as over IPv4. A kernel without IPv6
+/// (`ipv6.disable=1`: no AF_INET6 sockets) gets `0.0.0.0` as before.
 fn bind(port: u16) -> std::io::Result<tokio::net::TcpListener> {
-    let std = std::net::TcpListener::bind(SocketAddr::from((Ipv4Addr::UNSPECIFIED, port)))?;
+    let std = match bind_dual_stack(port) {
+        Err(e) if e.raw_os_error() == Some(libc::EAFNOSUPPORT) => {
+            std::net::TcpListener::bind(SocketAddr::from((Ipv4Addr::UNSPECIFIED, port)))?
+        }
+        other => other?,
+    };
     std.set_nonblocking(true)?;
     tokio::net::TcpListener::from_std(std)
+}
+
+fn bind_dual_stack(port: u16) -> std::io::Result<std::net::TcpListener> {
+    use socket2::{Domain, Protocol, Socket, Type};
+    let s = Socket::new(Domain::IPV6, Type::STREAM, Some(Protocol::TCP))?;
+    // Not IPv6 alone whatever net.ipv6.bindv6only says: IPv4 probes too.
+    s.set_only_v6(false)?;
+    // As std's bind does: a port closed a moment ago binds again.
+    s.set_reuse_address(true)?;
+    s.bind(&SocketAddr::from((Ipv6Addr::UNSPECIFIED, port)).into())?;
+    s.listen(1024)?;
+    Ok(s.into())
 }
 
 async fn serve(listener: tokio::net::TcpListener, port: u16, table: Arc<Mutex<Table>>) {

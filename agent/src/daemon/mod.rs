@@ -901,7 +901,7 @@ fn write_conflist(
         if let Some(pod_cidr6) = pod_cidr6 {
             cni_conf::set_pod_cidr6(&mut conf, pod_cidr6);
         }
-        match cni_conf::host_ports_by(node.host_ports, services) {
+        match cni_conf::host_ports_by(node.host_ports, services, node.ip_family.has_ipv4()) {
             cni_conf::HostPortsBy::Portmap => cni_conf::chain_portmap(&mut conf),
             cni_conf::HostPortsBy::SocketLb if node.host_ports => {
                 info!("hostPorts served by the socket load balancer: portmap not chained (--host-ports ignored)")

@@ -57,8 +57,9 @@ pub struct AgentConfig {
     /// default route (`daemon::uplink_choice`).
     #[arg(long, env = "SLUICE_UPLINK", default_value = "")]
     pub uplink: String,
-    /// Pod MTU; by default the uplink's less VXLAN's 50 bytes (the uplink's
-    /// own with --tunnel=never). A packet too large for the tunnel is
+    /// Pod MTU; by default the uplink's less VXLAN's 50 bytes (70 on an
+    /// IPv6-only node, whose VXLAN runs over IPv6; the uplink's own with
+    /// --tunnel=never). A packet too large for the tunnel is
     /// handed to the node's stack, which refuses it (ICMP "fragmentation
     /// needed" with the VXLAN device's MTU) or fragments it.
     #[arg(long, env = "SLUICE_MTU")]
@@ -344,12 +345,6 @@ impl AgentConfig {
                            another node's backend are SNATed in this version (--lb-mode=snat)",
                 })
             }
-            IpFamily::Ipv6 if self.tunnel == crate::membership::TunnelMode::Always => {
-                return Err(ConfigError::NotForIpv6Only {
-                    flag: "--tunnel=always",
-                    hint: ": VXLAN runs over an IPv4 underlay in this version; IPv6-only peers are routed natively",
-                })
-            }
             IpFamily::Ipv4 if self.pod_cidr6.is_some() => {
                 return Err(ConfigError::NeedsDualStack { flag: "--pod-cidr6" })
             }
@@ -585,8 +580,9 @@ mod tests {
         assert_eq!(AgentConfig { lb_mode: LbMode::Dsr, ..ipv6_only.clone() }.validate_static(), Ok(()));
         let dual_dsr = AgentConfig { kube_proxy_replacement: true, lb_mode: LbMode::Dsr, ..dual.clone() };
         assert_eq!(dual_dsr.validate_static(), Ok(()));
+        // VXLAN over the IPv6 underlay: every peer tunneled is fine.
         let always = AgentConfig { tunnel: crate::membership::TunnelMode::Always, ..ipv6_only.clone() };
-        assert!(matches!(always.validate_static(), Err(ConfigError::NotForIpv6Only { flag: "--tunnel=always", .. })));
+        assert_eq!(always.validate_static(), Ok(()));
         // No IPv4 cluster range for an IPv6-only node; every other family needs one.
         let no_cluster = AgentConfig { cluster_cidr: None, ..ipv6_only.clone() };
         assert_eq!(no_cluster.validate_static(), Ok(()));

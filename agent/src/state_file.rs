@@ -32,6 +32,10 @@ pub struct AgentState {
     /// only their IPv4 address (`connectivity-test` probes it).
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub route_node_ips6: BTreeMap<String, String>,
+    /// IPv6 route CIDR → native or VXLAN over IPv6, and why (IPv6-only
+    /// nodes, `Membership::paths6`).
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub route_paths6: BTreeMap<String, crate::membership::PathChoice>,
     /// Nodes left out of the IPv6 routes, and why (dual-stack).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub problems6: Vec<crate::membership::family6::Problem6>,

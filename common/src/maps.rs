@@ -464,6 +464,10 @@ pub const TUNNEL_PORT: u16 = 8472;
 /// VXLAN (8), inner Ethernet (14).
 pub const TUNNEL_OVERHEAD: u32 = 50;
 
+/// Bytes VXLAN adds to a packet over IPv6 (an IPv6-only node's underlay):
+/// outer IPv6 (40), UDP (8), VXLAN (8), inner Ethernet (14).
+pub const TUNNEL_OVERHEAD6: u32 = 70;
+
 /// One direction of a flow: the key of `STACK_FLOWS`.
 ///
 /// Written by `to_pod` and `to_uplink` when the node's stack sends a packet

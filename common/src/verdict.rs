@@ -337,19 +337,27 @@ pub fn from_tunnel(f: FromUplinkFacts, sent_by_owner: bool) -> Verdict {
     }
 }
 
-/// Does the node that sent an IPv6 packet through the tunnel (its outer
-/// IPv4 source, `sender_be`; 0 when the device gave no tunnel metadata)
-/// own the inner source's IPv6 pod CIDR? `flags` and `node_ip6` are the
-/// `NODE_ROUTES6` entry covering the inner source: a peer reached through
-/// VXLAN (`REMOTE_NODE_VXLAN`) holds its IPv4 node address there,
-/// IPv4-mapped (`::ffff:a.b.c.d`). A natively routed peer's pods never come
-/// through the tunnel.
-pub fn tunnel6_sent_by_owner(flags: u32, node_ip6: &[u8; 16], sender_be: u32) -> bool {
-    let mut mapped = [0u8; 16];
-    mapped[10] = 0xff;
-    mapped[11] = 0xff;
-    mapped[12..].copy_from_slice(&sender_be.to_ne_bytes());
-    sender_be != 0 && flags & crate::maps::REMOTE_NODE_VXLAN != 0 && *node_ip6 == mapped
+/// Does the node that sent an IPv6 packet through the tunnel (`sender`:
+/// the outer IPv6 source over an IPv6 underlay, the outer IPv4 source
+/// IPv4-mapped over an IPv4 one, `ipv4_mapped`; all zero when the device
+/// gave no tunnel metadata) own the inner source's IPv6 pod CIDR? `flags`
+/// and `node_ip6` are the `NODE_ROUTES6` entry covering the inner source:
+/// a peer reached through VXLAN (`REMOTE_NODE_VXLAN`) holds the address
+/// its tunnel runs to there, its IPv4 node address IPv4-mapped
+/// (`::ffff:a.b.c.d`) or, on an IPv6-only node, its IPv6 node address. A
+/// natively routed peer's pods never come through the tunnel.
+pub fn tunnel6_sent_by_owner(flags: u32, node_ip6: &[u8; 16], sender: &[u8; 16]) -> bool {
+    *sender != [0u8; 16] && flags & crate::maps::REMOTE_NODE_VXLAN != 0 && *node_ip6 == *sender
+}
+
+/// `ip_be` IPv4-mapped (`::ffff:a.b.c.d`), as `NODE_ROUTES6` holds a peer
+/// tunneled over IPv4; all zero for 0 (no address).
+pub fn ipv4_mapped(ip_be: u32) -> [u8; 16] {
+    if ip_be == 0 {
+        return [0u8; 16];
+    }
+    let b = ip_be.to_ne_bytes();
+    [0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0xff, 0xff, b[0], b[1], b[2], b[3]]
 }
 
 /// Decide for an IPv6 packet the VXLAN device decapsulated (issue 28: IPv6
@@ -555,17 +563,29 @@ mod tests {
 
     #[test]
     fn ipv6_through_the_tunnel_only_from_the_owner_of_its_pod_cidr() {
-        let sender_be = u32::from_ne_bytes([172, 31, 0, 3]);
+        let sender = ipv4_mapped(u32::from_ne_bytes([172, 31, 0, 3]));
         let mapped = core::net::Ipv4Addr::new(172, 31, 0, 3).to_ipv6_mapped().octets();
+        assert_eq!(sender, mapped);
         let vxlan = crate::maps::REMOTE_NODE_VXLAN;
-        assert!(tunnel6_sent_by_owner(vxlan, &mapped, sender_be));
+        assert!(tunnel6_sent_by_owner(vxlan, &mapped, &sender));
         // Another node sent it, no metadata, a native peer's CIDR, a
         // native next hop that happens to hold the same bytes unflagged.
-        assert!(!tunnel6_sent_by_owner(vxlan, &mapped, u32::from_ne_bytes([172, 30, 0, 2])));
-        assert!(!tunnel6_sent_by_owner(vxlan, &mapped, 0));
-        assert!(!tunnel6_sent_by_owner(0, &mapped, sender_be));
+        assert!(!tunnel6_sent_by_owner(vxlan, &mapped, &ipv4_mapped(u32::from_ne_bytes([172, 30, 0, 2]))));
+        assert!(!tunnel6_sent_by_owner(vxlan, &mapped, &ipv4_mapped(0)));
+        assert_eq!(ipv4_mapped(0), [0u8; 16]);
+        assert!(!tunnel6_sent_by_owner(0, &mapped, &sender));
         let native: [u8; 16] = "fd00:30::3".parse::<core::net::Ipv6Addr>().unwrap().octets();
-        assert!(!tunnel6_sent_by_owner(vxlan, &native, sender_be));
+        assert!(!tunnel6_sent_by_owner(vxlan, &native, &sender));
+        // VXLAN over an IPv6 underlay (IPv6-only nodes): the entry holds
+        // the peer's IPv6 address, the sender is the outer IPv6 source.
+        let peer6: [u8; 16] = "fd00:31::3".parse::<core::net::Ipv6Addr>().unwrap().octets();
+        let other6: [u8; 16] = "fd00:30::2".parse::<core::net::Ipv6Addr>().unwrap().octets();
+        assert!(tunnel6_sent_by_owner(vxlan, &peer6, &peer6));
+        assert!(!tunnel6_sent_by_owner(vxlan, &peer6, &other6));
+        assert!(!tunnel6_sent_by_owner(0, &peer6, &peer6), "a native peer's pods never come through the tunnel");
+        assert!(!tunnel6_sent_by_owner(vxlan, &peer6, &[0u8; 16]));
+        // An IPv4 sender never matches an IPv6 entry, nor the reverse.
+        assert!(!tunnel6_sent_by_owner(vxlan, &peer6, &sender));
         assert_eq!(from_tunnel6(false, true, true), Verdict::ToStack);
         assert_eq!(from_tunnel6(false, true, false), Verdict::Drop(DropReason::TunnelWrongNode));
         assert_eq!(from_tunnel6(true, false, false), Verdict::Drop(DropReason::TunnelSourceSpoofed));

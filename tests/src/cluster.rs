@@ -178,9 +178,12 @@ pub fn install(lab: &mut Lab) -> Result<()> {
     stream_server(lab, &world, "world")?;
     if let Some(router) = lab.state.router_netns.clone() {
         // Two node networks: the second reaches the world through the router.
-        let via = format!("{}.{}", crate::lab::LAN_PREFIX, crate::lab::ROUTER_HOST);
-        ns_exec(&router, &["ip", "route", "add", "default", "via", WORLD_IP])?;
-        ns_exec(&world, &["ip", "route", "add", &format!("{}.0/24", crate::lab::LAN2_PREFIX), "via", &via])?;
+        // (An IPv6-only lab's router has no IPv4.)
+        if !lab.state.ipv6_only {
+            let via = format!("{}.{}", crate::lab::LAN_PREFIX, crate::lab::ROUTER_HOST);
+            ns_exec(&router, &["ip", "route", "add", "default", "via", WORLD_IP])?;
+            ns_exec(&world, &["ip", "route", "add", &format!("{}.0/24", crate::lab::LAN2_PREFIX), "via", &via])?;
+        }
         if lab.state.router6 {
             // IPv6 too, when the router forwards it.
             ns_exec(&router, &["ip", "-6", "route", "add", "default", "via", WORLD_IP6])?;
@@ -595,11 +598,17 @@ pub fn node_paths(lab: &Lab) -> Vec<String> {
         let routes = status["routes"].as_array().cloned().unwrap_or_default();
         for peer in lab.state.nodes.iter().filter(|p| p.name != n.name) {
             if lab.state.ipv6_only {
-                // IPv6-only nodes have IPv6 routes alone, all native.
+                // IPv6-only nodes have IPv6 routes alone: native, or VXLAN
+                // over IPv6 to a peer behind the router.
                 let cidr6 = peer.pod_cidr6.as_deref().unwrap_or_default();
                 let routed = status["agent"]["routeNodes6"][cidr6] == peer.name.as_str();
-                let path = if routed { "native (IPv6)" } else { "no IPv6 route" };
-                lines.push(format!("{} -> {}: {path}", n.name, peer.name));
+                let choice = &status["agent"]["routePaths6"][cidr6];
+                let line = match (routed, choice["path"].as_str()) {
+                    (false, _) => "no IPv6 route".to_string(),
+                    (true, Some(path)) => format!("{path} over IPv6 ({})", choice["reason"].as_str().unwrap_or("?")),
+                    (true, None) => "native (IPv6)".to_string(),
+                };
+                lines.push(format!("{} -> {}: {line}", n.name, peer.name));
                 continue;
             }
             let line = match routes.iter().find(|r| r["podCIDR"] == peer.pod_cidr.as_str()) {

@@ -20,7 +20,9 @@
 //! In a dual-stack lab the router forwards IPv6 too (a dual-stack
 //! underlay: every node reaches every other node's IPv6 address), unless
 //! `LabOptions::router_ipv4_only` leaves the underlay between the node
-//! networks IPv4 only; either way pods' IPv6 crosses inside VXLAN.
+//! networks IPv4 only; either way pods' IPv6 crosses inside VXLAN over
+//! IPv4. In an IPv6-only lab the router has IPv6 alone, and pods' IPv6
+//! crosses inside VXLAN over IPv6.
 //! Every namespace name carries the lab id (pid + counter), so labs run side
 //! by side. Each node's agent pins under its own directory of the root bpffs.
 //! `Lab` tears everything down on drop unless `persist()`ed (xtask's
@@ -114,8 +116,11 @@ pub struct LabOptions {
     /// `dual_stack`, but agents with `--ip-family ipv6` and no `--pod-cidr`,
     /// no `podCIDR` nor `nodeIP` in the peers file, pods with an IPv6
     /// address only, and nodes with no IPv4 address either (`Node::ip`
-    /// empty). One subnet; with `kubernetes`, the API server on the LAN's
-    /// IPv6 (`LAN_API_ADDR6`) and IPv6-only Node objects.
+    /// empty). With `kubernetes`, the API server on the LAN's IPv6
+    /// (`LAN_API_ADDR6`) and IPv6-only Node objects (one subnet). With
+    /// `subnets = 2` (a peers file) the router forwards IPv6 alone (an
+    /// IPv6-only underlay: peers across it are reached through VXLAN over
+    /// IPv6).
     pub ipv6_only: bool,
 }
 
@@ -428,7 +433,7 @@ impl Lab {
                 router_netns: None,
                 subnets: opts.subnets,
                 dual_stack: opts.dual_stack,
-                router6: opts.dual_stack && opts.subnets > 1 && !opts.router_ipv4_only,
+                router6: opts.subnets > 1 && (opts.ipv6_only || (opts.dual_stack && !opts.router_ipv4_only)),
                 ipv6_only: opts.ipv6_only,
             },
             api: None,
@@ -441,8 +446,10 @@ impl Lab {
             }
             lab.state.cgroup_root = Some(crate::cgroups::cgroup2_mount()?.join(format!("sluice-lab-{}", opts.id)));
         }
-        if opts.ipv6_only && opts.subnets > 1 {
-            bail!("an IPv6-only lab is one subnet (no VXLAN over IPv6 yet)");
+        if opts.ipv6_only && opts.subnets > 1 && opts.kubernetes {
+            bail!(
+                "an IPv6-only lab with two subnets has a peers file (the API server is not routed across the router)"
+            );
         }
         if !(1..=2).contains(&opts.subnets) || opts.nodes < opts.subnets {
             bail!("--subnets must be 1 or 2, and no more than the nodes");
@@ -459,11 +466,14 @@ impl Lab {
             if opts.subnets > 1 {
                 // The other node network through the router; the default
                 // route too when asked for (real nodes across a router).
+                // (An IPv6-only lab's nodes and router have no IPv4.)
                 let router = format!("{}.{ROUTER_HOST}", subnet_prefix(subnet));
                 let other = format!("{}.0/24", subnet_prefix(1 - subnet));
-                ns_exec(&netns, &["ip", "route", "add", &other, "via", &router, "dev", "eth0"])?;
-                if opts.default_route {
-                    ns_exec(&netns, &["ip", "route", "add", "default", "via", &router, "dev", "eth0"])?;
+                if !opts.ipv6_only {
+                    ns_exec(&netns, &["ip", "route", "add", &other, "via", &router, "dev", "eth0"])?;
+                    if opts.default_route {
+                        ns_exec(&netns, &["ip", "route", "add", "default", "via", &router, "dev", "eth0"])?;
+                    }
                 }
                 if lab.state.router6 {
                     // The other network's IPv6 through the router too.
@@ -607,14 +617,18 @@ impl Lab {
             ]))?;
             ns_exec(&lan, &["ip", "link", "set", &outer, "master", &format!("br{subnet}"), "mtu", &mtu, "up"])?;
             ns_exec(&router, &["ip", "link", "set", &inner, "mtu", &mtu, "up"])?;
-            let addr = format!("{}.{ROUTER_HOST}/24", subnet_prefix(subnet));
-            ns_exec(&router, &["ip", "addr", "add", &addr, "dev", &inner])?;
+            if !self.state.ipv6_only {
+                let addr = format!("{}.{ROUTER_HOST}/24", subnet_prefix(subnet));
+                ns_exec(&router, &["ip", "addr", "add", &addr, "dev", &inner])?;
+            }
             if self.state.router6 {
                 let addr6 = format!("{}/64", router_ip6(subnet));
                 ns_exec(&router, &["ip", "-6", "addr", "add", &addr6, "dev", &inner, "nodad"])?;
             }
         }
-        ns_exec(&router, &["sysctl", "-qw", "net.ipv4.ip_forward=1"])?;
+        if !self.state.ipv6_only {
+            ns_exec(&router, &["sysctl", "-qw", "net.ipv4.ip_forward=1"])?;
+        }
         if self.state.router6 {
             ns_exec(&router, &["sysctl", "-qw", "net.ipv6.conf.all.forwarding=1"])?;
         }

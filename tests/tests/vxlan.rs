@@ -30,7 +30,7 @@ fn vxlan_device_is_external_on_8472_kept_and_recreated() {
     };
     fn ensure(nl: sluice_node::net::netlink::Netlink, uplink: u32) -> Step {
         Box::pin(async move {
-            let link = nl.ensure_vxlan(vxlan::DEVICE, uplink).await?;
+            let link = nl.ensure_vxlan(vxlan::DEVICE, uplink, None).await?;
             assert_eq!(nl.vxlan_mismatches(vxlan::DEVICE, uplink).await?, Some(vec![]));
             Ok((link.index, link.mtu))
         })
@@ -186,7 +186,7 @@ fn a_frame_with_no_source_mac_reaches_the_stack_and_an_old_learning_device_is_re
         let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
         rt.block_on(async move {
             let nl = sluice_node::net::netlink::Netlink::open()?;
-            let link = nl.ensure_vxlan(vxlan::DEVICE, uplink).await?;
+            let link = nl.ensure_vxlan(vxlan::DEVICE, uplink, None).await?;
             assert_eq!(nl.vxlan_mismatches(vxlan::DEVICE, uplink).await?, Some(vec![]));
             Ok(link.index)
         })

@@ -27,14 +27,14 @@ pub enum LabCommand {
         mtu: u32,
         /// Node networks: 2 puts the nodes on two LANs joined by a router
         /// that knows nothing of pod CIDRs (peers across it use VXLAN);
-        /// with `--ip-family dual` it forwards the nodes' IPv6 too.
+        /// with `--ip-family dual` it forwards the nodes' IPv6 too, with
+        /// `--ip-family ipv6` IPv6 alone (VXLAN over IPv6).
         #[arg(long, default_value_t = 1)]
         subnets: usize,
         /// `ipv4` (the default), `dual` (pods, nodes, the demo Service and
         /// the world get IPv6 addresses too, and the matrix is printed for
         /// both families) or `ipv6` (IPv6-only: pods, nodes and the demo
-        /// Service have IPv6 addresses alone; the IPv6 matrix; one subnet,
-        /// as VXLAN needs an IPv4 underlay).
+        /// Service have IPv6 addresses alone; the IPv6 matrix).
         #[arg(long, default_value = "ipv4", value_parser = ["ipv4", "dual", "ipv6"])]
         ip_family: String,
     },
@@ -49,9 +49,6 @@ pub fn run(command: LabCommand) -> Result<()> {
     let dir = PathBuf::from(LAB_DIR);
     match command {
         LabCommand::Up { nodes, pods_per_node, mtu, subnets, ip_family } => {
-            if ip_family == "ipv6" && subnets > 1 {
-                bail!("--ip-family ipv6 takes one subnet: IPv6-only nodes are routed natively (no VXLAN yet)");
-            }
             if Lab::state_file(&dir).exists() {
                 bail!("a lab is already up (state in {LAB_DIR}); run `cargo xtask lab down` first");
             }

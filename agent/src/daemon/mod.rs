@@ -72,13 +72,15 @@ impl Source {
 
     /// The membership now. `Ok(None)`: not known yet (Kubernetes not listed).
     /// On a dual-stack node its IPv6 half too (`membership::family6`), with
-    /// `own_ip6` (the uplink's IPv6 address) never a peer's next hop.
+    /// `own6` (the uplink's IPv6 address and prefix) never a peer's next
+    /// hop; on an IPv6-only node each IPv6 peer's path is chosen against
+    /// that prefix (`choose_path6`: VXLAN over IPv6 to peers off it).
     fn membership(
         &self,
         node: &AgentConfig,
         own_cidr: Option<Ipv4Network>,
         ranges: &Ranges,
-        own_ip6: Option<std::net::Ipv6Addr>,
+        own6: Option<Ipv6Network>,
     ) -> Result<Option<Membership>> {
         let (mut m, entries) = match self {
             Source::PeersFile(path) => {
@@ -107,7 +109,12 @@ impl Source {
         };
         if node.ip_family.has_ipv6() {
             let name = &node.node_name;
-            membership::family6::fill(&mut m, &entries, name, node.pod_cidr6, node.cluster_cidr6, own_ip6);
+            let own_ip6 = own6.map(|n| n.ip());
+            let underlay6 = (!node.ip_family.has_ipv4()).then(|| membership::family6::Underlay6 {
+                tunnel: node.tunnel,
+                network6: own6.map(|n| Ipv6Network::new(n.network(), n.prefix()).expect("a valid prefix")),
+            });
+            membership::family6::fill(&mut m, &entries, name, node.pod_cidr6, node.cluster_cidr6, own_ip6, underlay6);
         }
         Ok(Some(m))
     }
@@ -237,7 +244,7 @@ impl Reconcilers {
         let kernel =
             kernel_routes::desired_hops(&m.hops(), self.uplink_ifindex, self.vxlan_ifindex, self.native_route_mtu);
         let failed = kernel_routes::reconcile(&self.netlink, &kernel).await?.failed;
-        let mut map6 = map_routes6::Routes6::new();
+        let mut map6 = map_routes6::MapRoutes6::new();
         if self.ipv6 {
             let tunnel_src6 = self.ensure_tunnel_source6(m).await;
             let kernel6 = kernel_routes6::desired6(
@@ -600,13 +607,16 @@ fn start_nat4_gc(pins: &PinDir, interval: Duration, metrics: &metrics::AgentMetr
 }
 
 /// Wait for the first complete membership that names this node's pod CIDR.
-async fn initial_membership(source: &Source, node: &AgentConfig, ranges: &Ranges) -> Result<Membership> {
+async fn initial_membership(
+    source: &Source,
+    node: &AgentConfig,
+    ranges: &Ranges,
+    own6: Option<Ipv6Network>,
+) -> Result<Membership> {
     let mut waited = 0u32;
     loop {
         // A bad peers file at start is fatal: nothing is running yet to keep.
-        // The uplink's IPv6 address is not looked up yet: this membership
-        // gives the pod CIDRs; the loop's first pass recomputes the routes.
-        if let Some(m) = source.membership(node, node.pod_cidr, ranges, None)? {
+        if let Some(m) = source.membership(node, node.pod_cidr, ranges, own6)? {
             let own6_known = !node.ip_family.has_ipv6() || m.own_pod_cidr6.is_some();
             let own4_known = !node.ip_family.has_ipv4() || m.own_pod_cidr.is_some();
             if own4_known && own6_known {
@@ -640,7 +650,9 @@ struct Uplink {
 /// The uplink (see `choose_uplink`), the pods' MTU and the node's address on it.
 async fn discover_uplink(netlink: &Netlink, node: &mut AgentConfig) -> Result<Uplink> {
     let link = choose_uplink(netlink, node).await?;
-    let pod_mtu = tunnel::pod_mtu(node.mtu, link.mtu, node.tunnel);
+    // An IPv6-only node's VXLAN runs over IPv6: 70 bytes, not 50.
+    let overhead = membership::tunnel_overhead(!node.ip_family.has_ipv4());
+    let pod_mtu = tunnel::pod_mtu(node.mtu, link.mtu, node.tunnel, overhead);
     if pod_mtu > link.mtu {
         bail!("--mtu {pod_mtu} is larger than uplink {}'s MTU {}", node.uplink, link.mtu);
     }
@@ -752,8 +764,10 @@ async fn bring_up_datapath(
     policy_maps::PolicyState::open(&pins)?.set_service_cidr(node.service_cidr).context("write POLICY_STATE")?;
     datapath.attach(programs::FROM_UPLINK, &node.uplink)?;
     datapath.attach(programs::TO_UPLINK, &node.uplink)?;
-    let vxlan_ifindex =
-        tunnel::ensure(netlink, &mut datapath, &pins, node.tunnel, uplink.link.index).await.context("VXLAN device")?;
+    let device_mtu = tunnel::device_mtu(uplink.link.mtu, !node.ip_family.has_ipv4());
+    let vxlan_ifindex = tunnel::ensure(netlink, &mut datapath, &pins, node.tunnel, uplink.link.index, device_mtu)
+        .await
+        .context("VXLAN device")?;
     let pods = datapath.update_pod_links()?;
     let sock_lb_cgroup = attach_or_detach_sock_lb(node, &mut datapath, &pins, services)?;
     // Every link runs this version's programs now.
@@ -960,8 +974,9 @@ struct Daemon {
     pod_cidr: Option<Ipv4Network>,
     /// Dual-stack or IPv6-only: the IPv6 pod CIDR.
     pod_cidr6: Option<Ipv6Network>,
-    /// Dual-stack: the uplink's IPv6 address (never a peer's next hop).
-    own_ip6: Option<std::net::Ipv6Addr>,
+    /// Dual-stack and IPv6-only: the uplink's IPv6 address (never a peer's
+    /// next hop) and prefix (`Source::membership`).
+    own6: Option<Ipv6Network>,
     reconcilers: Reconcilers,
     metrics: metrics::AgentMetrics,
     /// The Services loop's state, when Services are in eBPF.
@@ -1025,7 +1040,7 @@ impl Daemon {
     async fn apply_membership(&mut self) -> Result<(Membership, Vec<kernel_routes::RouteFailure>)> {
         let m = self
             .source
-            .membership(&self.node, self.pod_cidr, &self.ranges, self.own_ip6)
+            .membership(&self.node, self.pod_cidr, &self.ranges, self.own6)
             .and_then(|m| m.context("membership not known"))?;
         let started = std::time::Instant::now();
         let done = self.reconcilers.pass(&m).await;
@@ -1045,6 +1060,7 @@ impl Daemon {
         state.route_paths = m.paths.iter().map(|(c, p)| (c.to_string(), *p)).collect();
         state.route_nodes6 = m.route_nodes6.iter().map(|(c, n)| (c.to_string(), n.clone())).collect();
         state.route_node_ips6 = m.routes6.iter().map(|(c, ip)| (c.to_string(), ip.to_string())).collect();
+        state.route_paths6 = m.paths6.iter().map(|(c, p)| (c.to_string(), *p)).collect();
         if m.problems6 != state.problems6 {
             for p in &m.problems6 {
                 warn!(problem = %p, "membership (IPv6)");
@@ -1120,19 +1136,22 @@ pub async fn run(
         tunnel: node.tunnel,
         own_ip: node_ip,
     };
-    let membership = initial_membership(&source, &node, &ranges).await?;
-    let pod_cidr = own_pod_cidr(&membership, &node, uplink.address.map(|a| a.network))?;
-    let pod_cidr6 = own_pod_cidr6(&membership, &node)?;
-    let own_ip6 = match pod_cidr6 {
-        Some(_) => {
-            let found = netlink.first_global_ipv6(uplink.link.index).await?.map(|(ip, _)| ip);
+    // The uplink's IPv6 address and prefix (dual-stack and IPv6-only): never
+    // a peer's next hop; on an IPv6-only node, which peers are on its link.
+    let own6 = match node.ip_family.has_ipv6() {
+        true => {
+            let found = netlink.first_global_ipv6(uplink.link.index).await?;
             if found.is_none() {
                 warn!(uplink = %node.uplink, "--ip-family dual or ipv6: the uplink has no global IPv6 address; other nodes' pods are reachable over IPv6 only if they route to this node's pods some other way");
             }
-            found
+            found.and_then(|(ip, prefix)| Ipv6Network::new(ip, prefix).ok())
         }
-        None => None,
+        false => None,
     };
+    let own_ip6 = own6.map(|n| n.ip());
+    let membership = initial_membership(&source, &node, &ranges, own6).await?;
+    let pod_cidr = own_pod_cidr(&membership, &node, uplink.address.map(|a| a.network))?;
+    let pod_cidr6 = own_pod_cidr6(&membership, &node)?;
     info!(node = %node.node_name, pod_cidr = ?pod_cidr, pod_cidr6 = ?pod_cidr6, source = source.name(), "membership known");
 
     let datapath = bring_up_datapath(&netlink, &node, &uplink, pod_cidr, pod_cidr6, services.is_some()).await?;
@@ -1198,7 +1217,7 @@ pub async fn run(
         ranges,
         pod_cidr,
         pod_cidr6,
-        own_ip6,
+        own6,
         reconcilers,
         metrics: agent_metrics,
         state,

@@ -11,7 +11,16 @@ use std::{collections::BTreeMap, fmt, net::Ipv6Addr};
 use ipnetwork::Ipv6Network;
 use serde::{Deserialize, Serialize};
 
-use super::{Membership, NodeEntry};
+use super::{choose_path6, Membership, NodeEntry, TunnelMode};
+
+/// An IPv6-only node's underlay, for the IPv6 routes' paths
+/// (`choose_path6`): `--tunnel` and the uplink's IPv6 network. None on a
+/// dual-stack node (its pods' IPv6 follows the IPv4 path, `vxlan6`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Underlay6 {
+    pub tunnel: TunnelMode,
+    pub network6: Option<Ipv6Network>,
+}
 
 /// A node left out of the IPv6 routes, and why.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -100,7 +109,8 @@ fn normalise6(cidr: Ipv6Network) -> Ipv6Network {
 /// Fill `m`'s IPv6 half from `entries`, in name order: this node's IPv6 pod
 /// CIDR (`own_cidr6`, the flag, or its own entry's) and a route for every
 /// other node with an IPv6 pod CIDR and a usable IPv6 address. `cluster6`
-/// (`--cluster-cidr6`), when given, bounds the pod CIDRs.
+/// (`--cluster-cidr6`), when given, bounds the pod CIDRs. On an IPv6-only
+/// node (`underlay6`) each route gets its path (`paths6`).
 pub fn fill(
     m: &mut Membership,
     entries: &[NodeEntry],
@@ -108,6 +118,7 @@ pub fn fill(
     own_cidr6: Option<Ipv6Network>,
     cluster6: Option<Ipv6Network>,
     own_ip6: Option<Ipv6Addr>,
+    underlay6: Option<Underlay6>,
 ) {
     let mut sorted: Vec<&NodeEntry> = entries.iter().collect();
     sorted.sort_by(|a, b| a.name.cmp(&b.name));
@@ -151,6 +162,9 @@ pub fn fill(
         }
         m.routes6.insert(cidr, ip);
         m.route_nodes6.insert(cidr, node);
+        if let Some(u) = underlay6 {
+            m.paths6.insert(cidr, choose_path6(u.tunnel, ip, u.network6));
+        }
     }
 }
 
@@ -182,7 +196,15 @@ mod tests {
             e("n9", Some("fd00:30::9"), Some("fd00:244:9::5/64")),
         ];
         let mut m = Membership::default();
-        fill(&mut m, &entries, "n1", None, Some("fd00:244::/32".parse().unwrap()), Some("fd00:30::1".parse().unwrap()));
+        fill(
+            &mut m,
+            &entries,
+            "n1",
+            None,
+            Some("fd00:244::/32".parse().unwrap()),
+            Some("fd00:30::1".parse().unwrap()),
+            None,
+        );
         assert_eq!(m.own_pod_cidr6, Some("fd00:244:1::/64".parse().unwrap()), "from its own entry");
         let routes: Vec<String> = m.routes6.iter().map(|(c, ip)| format!("{c} via {ip}")).collect();
         // n9's CIDR is spelled with host bits: routed by its network.
@@ -215,7 +237,7 @@ mod tests {
         ];
         let mut m = Membership::default();
         let flag: Ipv6Network = "fd00:244:f::/64".parse().unwrap();
-        fill(&mut m, &entries, "me", Some(flag), None, None);
+        fill(&mut m, &entries, "me", Some(flag), None, None, None);
         assert_eq!(m.own_pod_cidr6, Some(flag));
         assert!(m.routes6.is_empty());
         assert!(m.problems6.iter().all(|p| matches!(p, Problem6::SharedNodeIp6 { .. })), "{:?}", m.problems6);

@@ -11,7 +11,7 @@ pub mod peers_file;
 use std::{
     collections::BTreeMap,
     fmt,
-    net::{Ipv4Addr, Ipv6Addr},
+    net::{IpAddr, Ipv4Addr, Ipv6Addr},
 };
 
 use ipnetwork::{Ipv4Network, Ipv6Network};
@@ -50,10 +50,27 @@ impl PeerPath {
     /// fragmenting, over an uplink of `uplink_mtu`: VXLAN's outer headers
     /// take their 50 bytes from it.
     pub fn mtu(self, uplink_mtu: u32) -> u32 {
+        self.mtu_over(uplink_mtu, tunnel_overhead(false))
+    }
+
+    /// `mtu` with VXLAN taking `overhead` bytes (`tunnel_overhead`).
+    pub fn mtu_over(self, uplink_mtu: u32, overhead: u32) -> u32 {
         match self {
             PeerPath::Native => uplink_mtu,
-            PeerPath::Vxlan => uplink_mtu.saturating_sub(sluice_common::maps::TUNNEL_OVERHEAD),
+            PeerPath::Vxlan => uplink_mtu.saturating_sub(overhead),
         }
+    }
+}
+
+/// The bytes VXLAN's outer headers take: 50 over an IPv4 underlay (IPv4
+/// and dual-stack nodes: their tunnel runs between the nodes' IPv4
+/// addresses), 70 over an IPv6 one (IPv6-only nodes: the outer header is
+/// IPv6's 40 bytes, not IPv4's 20).
+pub fn tunnel_overhead(ipv6_underlay: bool) -> u32 {
+    if ipv6_underlay {
+        sluice_common::maps::TUNNEL_OVERHEAD6
+    } else {
+        sluice_common::maps::TUNNEL_OVERHEAD
     }
 }
 
@@ -110,6 +127,24 @@ pub fn choose_path(mode: TunnelMode, node_ip: Ipv4Addr, node_network: Option<Ipv
         (TunnelMode::Never, Some(false)) => return None,
     };
     Some(PathChoice { path, reason })
+}
+
+/// The IPv6 twin of `choose_path`, for an IPv6-only node (its underlay
+/// is IPv6): a peer whose IPv6 address is on the uplink's IPv6 network
+/// (`network6`) is routed natively, one behind a router through VXLAN to
+/// that address (`auto`), every peer with `always`. With `never`, or the
+/// network unknown, native: a peer off the link then gets a route the
+/// kernel refuses, which the reconcile reports (as before VXLAN over IPv6).
+pub fn choose_path6(mode: TunnelMode, node_ip6: Ipv6Addr, network6: Option<Ipv6Network>) -> PathChoice {
+    let on_link = network6.map(|n| n.contains(node_ip6));
+    let (path, reason) = match (mode, on_link) {
+        (TunnelMode::Always, _) => (PeerPath::Vxlan, PathReason::TunnelAlways),
+        (_, None) => (PeerPath::Native, PathReason::NetworkUnknown),
+        (_, Some(true)) => (PeerPath::Native, PathReason::SameSubnet),
+        (TunnelMode::Auto, Some(false)) => (PeerPath::Vxlan, PathReason::OffSubnet),
+        (TunnelMode::Never, Some(false)) => (PeerPath::Native, PathReason::OffSubnet),
+    };
+    PathChoice { path, reason }
 }
 
 /// A node left out of the routes, and why.
@@ -238,6 +273,10 @@ pub struct Membership {
     /// Nodes left out of the IPv6 routes, and why (the IPv4 ones may
     /// still be routed).
     pub problems6: Vec<family6::Problem6>,
+    /// On an IPv6-only node (IPv6 underlay): how each IPv6 route's packets
+    /// leave (`choose_path6`); same keys as `routes6`. Empty on a
+    /// dual-stack node, whose IPv6 follows its IPv4 path (`vxlan6`).
+    pub paths6: BTreeMap<Ipv6Network, PathChoice>,
 }
 
 /// One node as the sources describe it.
@@ -381,23 +420,35 @@ impl Membership {
         hops
     }
 
-    /// The IPv6 routes (`routes6`) of nodes whose IPv4 is reached through
-    /// VXLAN, each with that node's IPv4 address: their pods' IPv6 goes
-    /// inside the same tunnel (IPv6 inside the IPv4 underlay; a router
-    /// between the node networks may forward no IPv6 at all).
-    pub fn vxlan6(&self) -> BTreeMap<Ipv6Network, Ipv4Addr> {
+    /// The IPv6 routes (`routes6`) that go through VXLAN, each with the
+    /// outer destination: on a dual-stack node, those of nodes whose IPv4
+    /// is reached through VXLAN, to that node's IPv4 address (their pods'
+    /// IPv6 goes inside the same tunnel: IPv6 inside the IPv4 underlay; a
+    /// router between the node networks may forward no IPv6 at all); on an
+    /// IPv6-only node, those `paths6` tunnels, to the node's IPv6 address
+    /// (VXLAN over the IPv6 underlay).
+    pub fn vxlan6(&self) -> BTreeMap<Ipv6Network, IpAddr> {
         let tunneled: BTreeMap<&str, Ipv4Addr> = self
             .route_nodes
             .iter()
             .filter(|(cidr, _)| self.paths.get(*cidr).is_some_and(|p| p.path == PeerPath::Vxlan))
             .filter_map(|(cidr, node)| Some((node.as_str(), *self.routes.get(cidr)?)))
             .collect();
-        self.route_nodes6.iter().filter_map(|(cidr6, node)| Some((*cidr6, *tunneled.get(node.as_str())?))).collect()
+        let over4 = self
+            .route_nodes6
+            .iter()
+            .filter_map(|(cidr6, node)| Some((*cidr6, IpAddr::V4(*tunneled.get(node.as_str())?))));
+        let over6 = self
+            .paths6
+            .iter()
+            .filter(|(_, p)| p.path == PeerPath::Vxlan)
+            .filter_map(|(cidr6, _)| Some((*cidr6, IpAddr::V6(*self.routes6.get(cidr6)?))));
+        over4.chain(over6).collect()
     }
 
     /// True when some peer is reached through VXLAN.
     pub fn any_tunneled(&self) -> bool {
-        self.paths.values().any(|p| p.path == PeerPath::Vxlan)
+        self.paths.values().chain(self.paths6.values()).any(|p| p.path == PeerPath::Vxlan)
     }
 }
 
@@ -649,6 +700,41 @@ mod tests {
         }
         let v: Vec<String> = m.vxlan6().iter().map(|(c, ip)| format!("{c} -> {ip}")).collect();
         assert_eq!(v, ["fd00:244:0:3::/64 -> 172.31.0.3"]);
+    }
+
+    #[test]
+    fn an_ipv6_only_node_tunnels_to_peers_behind_a_router_over_ipv6() {
+        let net6: Ipv6Network = "fd00:30::/64".parse().unwrap();
+        let (near, far): (Ipv6Addr, Ipv6Addr) = ("fd00:30::2".parse().unwrap(), "fd00:31::3".parse().unwrap());
+        let c = |path, reason| PathChoice { path, reason };
+        use {PathReason::*, PeerPath::*, TunnelMode::*};
+        for (mode, ip, network, want) in [
+            (Auto, near, Some(net6), c(Native, SameSubnet)),
+            (Auto, far, Some(net6), c(Vxlan, OffSubnet)),
+            (Always, near, Some(net6), c(Vxlan, TunnelAlways)),
+            (Always, far, None, c(Vxlan, TunnelAlways)),
+            // Never: native, and the kernel refuses the route (reported).
+            (Never, far, Some(net6), c(Native, OffSubnet)),
+            (Auto, far, None, c(Native, NetworkUnknown)),
+        ] {
+            assert_eq!(choose_path6(mode, ip, network), want, "{mode:?} {ip} {network:?}");
+        }
+        // The tunneled route's outer destination is the peer's IPv6
+        // address; the native one is not tunneled.
+        let mut m = Membership::default();
+        for (cidr6, ip6) in [("fd00:244:0:2::/64", near), ("fd00:244:0:3::/64", far)] {
+            let cidr6: Ipv6Network = cidr6.parse().unwrap();
+            m.routes6.insert(cidr6, ip6);
+            m.paths6.insert(cidr6, choose_path6(Auto, ip6, Some(net6)));
+        }
+        let v: Vec<String> = m.vxlan6().iter().map(|(c, ip)| format!("{c} -> {ip}")).collect();
+        assert_eq!(v, ["fd00:244:0:3::/64 -> fd00:31::3"]);
+        assert!(m.any_tunneled());
+        // VXLAN over IPv6 takes 70 bytes, over IPv4 50.
+        assert_eq!(PeerPath::Vxlan.mtu_over(1500, tunnel_overhead(true)), 1430);
+        assert_eq!(PeerPath::Vxlan.mtu_over(1500, tunnel_overhead(false)), 1450);
+        assert_eq!(PeerPath::Vxlan.mtu(1500), 1450);
+        assert_eq!(PeerPath::Native.mtu_over(1500, tunnel_overhead(true)), 1500);
     }
 
     #[test]

@@ -3,14 +3,16 @@
 //! (`<pod CIDR6> via <node IP6> dev <uplink> proto 83`), or, for a peer
 //! whose IPv4 is tunneled, into the VXLAN device with an IPv4 encap
 //! (`<pod CIDR6> encap ip id 1 dst <node IP4> ttl 64 dev sluice_vxlan
-//! proto 83 src <tunnel source>`: IPv6 inside the IPv4 underlay), kept
-//! equal to membership's
+//! proto 83 src <tunnel source>`: IPv6 inside the IPv4 underlay), or, on an
+//! IPv6-only node, for a peer behind a router, into the device with an
+//! IPv6 encap (`encap ip6 id 1 dst <node IP6> hoplimit 64 csum`: VXLAN
+//! over the IPv6 underlay), kept equal to membership's
 //! `routes6`. Like the IPv4 reconcile, only routes with sluice's protocol number
 //! are read or removed, and a route the kernel refuses is reported while
 //! every other one is applied.
 use std::{
     collections::{BTreeMap, BTreeSet},
-    net::{Ipv4Addr, Ipv6Addr},
+    net::{IpAddr, Ipv6Addr},
 };
 
 use anyhow::Result;
@@ -18,16 +20,17 @@ use ipnetwork::Ipv6Network;
 use sluice_common::maps::TUNNEL_VNI;
 use sluice_node::net::{
     netlink::Netlink,
-    netlink6::{Encap4, KernelRoute6},
+    netlink6::{Encap, KernelRoute6},
 };
 use tracing::info;
 
 use super::kernel_routes::ROUTE_PROTOCOL;
 
 /// Every peer's IPv6 pod CIDR via its IPv6 node address, out of the
-/// uplink; a peer whose IPv4 is tunneled (`vxlan6`: its IPv4 node
-/// address) into the VXLAN device instead, with an IP encap naming that
-/// address (`encap ip id VNI dst PEER4`: the external device takes its
+/// uplink; a tunneled peer (`vxlan6`: its IPv4 node address on a
+/// dual-stack node, its IPv6 one on an IPv6-only node) into the VXLAN
+/// device instead, with an IP encap naming that address (`encap ip id VNI
+/// dst PEER4`, `encap ip6 id VNI dst PEER6`: the external device takes its
 /// tunnel key from the route, as `to_tunnel` gives IPv4 packets theirs).
 /// A tunneled peer while there is no device (`vxlan_ifindex` 0) gets no
 /// route. Its route names `tunnel_src6` (`tunnel_source6`, held by the
@@ -37,7 +40,7 @@ use super::kernel_routes::ROUTE_PROTOCOL;
 /// would be lost at the pod's link.
 pub fn desired6(
     routes6: &BTreeMap<Ipv6Network, Ipv6Addr>,
-    vxlan6: &BTreeMap<Ipv6Network, Ipv4Addr>,
+    vxlan6: &BTreeMap<Ipv6Network, IpAddr>,
     uplink_ifindex: u32,
     vxlan_ifindex: u32,
     tunnel_src6: Option<Ipv6Addr>,
@@ -56,11 +59,11 @@ pub fn desired6(
                     mtu: native_mtu,
                 },
                 Some(_) if vxlan_ifindex == 0 => return None,
-                Some(peer4) => KernelRoute6 {
+                Some(peer) => KernelRoute6 {
                     dst: *cidr,
                     gateway: None,
                     oif: vxlan_ifindex,
-                    encap: Some(Encap4 { vni: TUNNEL_VNI, dst: *peer4, ttl: OUTER_TTL }),
+                    encap: Some(Encap { vni: TUNNEL_VNI, dst: *peer, ttl: OUTER_TTL }),
                     src: tunnel_src6,
                     mtu: None,
                 },
@@ -211,7 +214,8 @@ mod tests {
             .iter()
             .map(|(c, ip)| (c.parse().unwrap(), ip.parse().unwrap()))
             .collect();
-        let vxlan6 = [("fd00:244:0:3::/64".parse().unwrap(), "172.31.0.3".parse().unwrap())].into();
+        let vxlan6: BTreeMap<Ipv6Network, IpAddr> =
+            [("fd00:244:0:3::/64".parse().unwrap(), "172.31.0.3".parse().unwrap())].into();
         let src = tunnel_source6("fd00:244:0:1::/64".parse().unwrap());
         assert_eq!(src.to_string(), "fd00:244:0:1::", "the node's pod CIDR's network address");
         let d: Vec<String> =
@@ -230,6 +234,29 @@ mod tests {
         let d: Vec<String> =
             desired6(&routes6, &vxlan6, 2, 0, Some(src), None).values().map(|r| r.describe()).collect();
         assert_eq!(d, ["fd00:244:0:2::/64 via fd00:30::2 dev #2"]);
+    }
+
+    #[test]
+    fn an_ipv6_only_nodes_peer_behind_a_router_goes_into_the_device_with_an_ipv6_encap() {
+        let routes6 = [("fd00:244:0:2::/64", "fd00:30::2"), ("fd00:244:0:3::/64", "fd00:31::3")]
+            .iter()
+            .map(|(c, ip)| (c.parse().unwrap(), ip.parse().unwrap()))
+            .collect();
+        let vxlan6: BTreeMap<Ipv6Network, IpAddr> =
+            [("fd00:244:0:3::/64".parse().unwrap(), "fd00:31::3".parse().unwrap())].into();
+        let src = tunnel_source6("fd00:244:0:1::/64".parse().unwrap());
+        let d: Vec<String> =
+            desired6(&routes6, &vxlan6, 2, 7, Some(src), Some(1430)).values().map(|r| r.describe()).collect();
+        // The native peer's route carries the pods' MTU (the uplink's less
+        // 70); the tunneled one names the peer's IPv6 address and asks for
+        // the outer UDP checksum.
+        assert_eq!(
+            d,
+            [
+                "fd00:244:0:2::/64 via fd00:30::2 dev #2 mtu 1430",
+                "fd00:244:0:3::/64 encap ip6 id 1 dst fd00:31::3 hoplimit 64 csum dev #7 src fd00:244:0:1::"
+            ]
+        );
     }
 
     #[derive(Default)]

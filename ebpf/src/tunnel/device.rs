@@ -4,7 +4,7 @@
 //! `from_tunnel` on its ingress (what it decapsulated) and `to_tunnel` on
 //! its egress (what the node's stack routes into it).
 use aya_ebpf::{
-    bindings::{bpf_tunnel_key, BPF_F_ZERO_CSUM_TX, TC_ACT_OK, TC_ACT_REDIRECT, TC_ACT_UNSPEC},
+    bindings::{bpf_tunnel_key, BPF_F_TUNINFO_IPV6, BPF_F_ZERO_CSUM_TX, TC_ACT_OK, TC_ACT_REDIRECT, TC_ACT_UNSPEC},
     helpers::{bpf_redirect, bpf_skb_change_type, bpf_skb_get_tunnel_key, bpf_skb_set_tunnel_key},
     macros::classifier,
     maps::lpm_trie::Key,
@@ -110,9 +110,10 @@ fn try_from_tunnel(ctx: &TcContext) -> Result<i32, DropReason> {
 }
 
 /// An IPv6 packet that came through the tunnel (issue 28: IPv6 inside the
-/// IPv4 underlay; the sending node's kernel route for this node's IPv6 pod
-/// CIDR encapsulates it, `kernel_routes6`). An inner source in a peer's
-/// IPv6 pod CIDR must be in the CIDR of the node that sent it; a source
+/// IPv4 underlay, or VXLAN over IPv6 between IPv6-only nodes; the sending
+/// node's kernel route for this node's IPv6 pod CIDR encapsulates it,
+/// `kernel_routes6`). An inner source in a peer's IPv6 pod CIDR must be in
+/// the CIDR of the node that sent it (the outer source, `outer_source6`); a source
 /// in no pod CIDR (a peer node's own address) passes, as IPv4's does
 /// (`verdict::from_tunnel6`); then it goes to the node's stack, which
 /// routes it into the pod (hop limit decremented, `to_pod` judging its
@@ -131,7 +132,7 @@ fn from_tunnel6(ctx: &TcContext) -> Result<i32, DropReason> {
         (*scratch).key.prefix_len = 128;
         (*scratch).key.data = (*ip6).src;
         match NODE_ROUTES6.get(&(*scratch).key) {
-            Some(node) => (true, verdict::tunnel6_sent_by_owner(node.flags, &node.node_ip6, outer_source_be(ctx))),
+            Some(node) => (true, verdict::tunnel6_sent_by_owner(node.flags, &node.node_ip6, &outer_source6(ctx))),
             None => (false, false),
         }
     };
@@ -167,6 +168,35 @@ fn outer_source_be(ctx: &TcContext) -> u32 {
     // SAFETY: reading an integer out of a union of integers. The helper
     // gives the address in host byte order.
     u32::to_be(unsafe { key.__bindgen_anon_1.remote_ipv4 })
+}
+
+/// The sending node of a decapsulated packet as `NODE_ROUTES6` names a
+/// tunneled peer: the tunnel key's IPv6 remote end when the outer header
+/// was IPv6 (an IPv6-only node's underlay), else its IPv4 remote end
+/// IPv4-mapped; all zero without tunnel metadata. The helper refuses
+/// (`-EPROTO`) a key asked for in the other family, so asking for IPv6
+/// first tells the two apart.
+#[inline(always)]
+fn outer_source6(ctx: &TcContext) -> [u8; 16] {
+    // SAFETY: all-zero is a valid key, and initialises what the helper reads.
+    let mut key: bpf_tunnel_key = unsafe { core::mem::zeroed() };
+    // SAFETY: helper call with a valid, fully sized key on our stack.
+    let rc = unsafe {
+        bpf_skb_get_tunnel_key(
+            ctx.skb.skb,
+            &mut key as *mut bpf_tunnel_key,
+            core::mem::size_of::<bpf_tunnel_key>() as u32,
+            BPF_F_TUNINFO_IPV6 as u64,
+        )
+    };
+    if rc < 0 {
+        return verdict::ipv4_mapped(outer_source_be(ctx));
+    }
+    // SAFETY: reading integers out of a union of integers. The helper
+    // copies the address as it is on the wire (network byte order).
+    let w = unsafe { key.__bindgen_anon_1.remote_ipv6 };
+    let (a, b, c, d) = (w[0].to_ne_bytes(), w[1].to_ne_bytes(), w[2].to_ne_bytes(), w[3].to_ne_bytes());
+    [a[0], a[1], a[2], a[3], b[0], b[1], b[2], b[3], c[0], c[1], c[2], c[3], d[0], d[1], d[2], d[3]]
 }
 
 /// `skb->pkt_type` for a packet addressed to this host.

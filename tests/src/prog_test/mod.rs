@@ -191,6 +191,13 @@ impl TestDatapath {
         pinned_maps::NodeRoutes6::open(&self.pins)?.upsert(cidr, node_ip6)
     }
 
+    /// `NODE_ROUTES6[cidr]` = `node_ip6` flagged `REMOTE_NODE_VXLAN`: an
+    /// IPv6-only node's peer behind a router, through VXLAN over IPv6.
+    pub fn node_route6_vxlan(&self, cidr: &str, node_ip6: std::net::Ipv6Addr) -> Result<()> {
+        let cidr: ipnetwork::Ipv6Network = cidr.parse().with_context(|| format!("CIDR {cidr}"))?;
+        pinned_maps::NodeRoutes6::open(&self.pins)?.upsert_hop(cidr, node_ip6, true)
+    }
+
     /// Set `dev`'s MTU in the node's namespace (the device a packet would
     /// leave by: a pod's host end, the uplink).
     pub fn set_mtu(&self, dev: &Iface, mtu: u32) -> Result<()> {

@@ -344,6 +344,21 @@ pub fn vxlan_with(l2: L2, outer_src: Ipv4Addr, outer_dst: Ipv4Addr, vni: u32, in
     out
 }
 
+/// VXLAN over IPv6 (an IPv6-only node's underlay): `inner` (an Ethernet
+/// frame) in VXLAN `TUNNEL_VNI` in UDP 40000 → `TUNNEL_PORT` in IPv6 from
+/// `outer_src` to `outer_dst`, hop limit 64, its UDP checksum computed.
+pub fn vxlan6(l2: L2, outer_src: Ipv6Addr, outer_dst: Ipv6Addr, inner: &[u8]) -> Vec<u8> {
+    let mut payload = vxlan_header(TUNNEL_VNI).to_vec();
+    payload.extend_from_slice(inner);
+    let mut out = Vec::new();
+    PacketBuilder::ethernet2(l2.src, l2.dst)
+        .ipv6(outer_src.octets(), outer_dst.octets(), 64)
+        .udp(40000, TUNNEL_PORT)
+        .write(&mut out, &payload)
+        .expect("write a VXLAN-over-IPv6 packet");
+    out
+}
+
 /// The IPv4 header at `offset` of `frame`, parsed, with whether its
 /// checksum is right (recomputed by etherparse).
 pub fn ipv4_at(frame: &[u8], offset: usize) -> (Ipv4Header, bool) {

@@ -9,7 +9,7 @@ use sluice_common::{
 };
 use sluice_tests::prog_test::{
     ip,
-    packet::{be16, hex, ip6, ipv4_at, vxlan, vxlan_header, vxlan_with, Ipv6},
+    packet::{be16, hex, ip6, ipv4_at, vxlan, vxlan6, vxlan_header, vxlan_with, Ipv6},
     Ipv4, Pod, TestDatapath, L2, NODE_IP, TC_ACT_OK, TC_ACT_REDIRECT, TC_ACT_SHOT, TC_ACT_UNSPEC, VXLAN_MTU,
     VXLAN_PEER_IP,
 };
@@ -259,4 +259,66 @@ fn vxlan_carrying_ipv6_is_left_to_the_device_and_from_tunnel_checks_its_source()
     assert_eq!(dp.drops().unwrap(), drops, "not dropped");
     let to_stack = |f: &[(ForwardPath, u64)]| f.iter().find(|(p, _)| *p == ForwardPath::ToStack).map_or(0, |(_, n)| *n);
     assert_eq!(to_stack(&dp.forwards().unwrap()), to_stack(&forwards) + 1, "counted to the stack");
+}
+
+/// VXLAN over IPv6 (IPv6-only nodes behind a router): this node is
+/// `fd00:30::1`, the peer `fd00:31::3` owns `TUNNELED_CIDR6`, its
+/// `NODE_ROUTES6` entry holding that IPv6 address flagged
+/// `REMOTE_NODE_VXLAN` (what the agent writes for a kernel route `encap
+/// ip6 ... dst fd00:31::3`).
+const NODE_IP6: &str = "fd00:30::1";
+const PEER_IP6: &str = "fd00:31::3";
+
+fn ipv6_only_node_with_tunneled_peer() -> (TestDatapath, Pod, Pod) {
+    let dp = TestDatapath::node().unwrap();
+    dp.dual_stack("fd00:244:0:1::/64").unwrap();
+    let (a, b) = pods(&dp);
+    dp.endpoint6(&a, ip6(A6)).unwrap();
+    dp.endpoint6(&b, ip6(B6)).unwrap();
+    dp.node_route6_vxlan(TUNNELED_CIDR6, ip6(PEER_IP6)).unwrap();
+    (dp, a, b)
+}
+
+#[test]
+fn ipv6_to_a_peer_tunneled_over_ipv6_goes_to_the_stack_unchanged() {
+    // The kernel route (`encap ip6 ... dev sluice_vxlan`) carries it; the
+    // native fast path must not resolve the peer's IPv6 address, which is
+    // not on the uplink's link, as a neighbour.
+    let (dp, a, _) = ipv6_only_node_with_tunneled_peer();
+    for p in [Ipv6::tcp_syn(A6, TUNNELED_POD6, 40000, 80), Ipv6::icmp(A6, TUNNELED_POD6)] {
+        let frame = p.frame(a.sends());
+        let run = dp.run(FROM_POD, a.host.ifindex, &frame).unwrap();
+        assert_eq!((run.action, hex(&run.packet)), (TC_ACT_OK, hex(&frame)), "{p:?}");
+    }
+    assert_eq!(dp.forwards().unwrap(), [(ForwardPath::PodIpv6ToStack, 2)]);
+    assert_eq!(dp.drops().unwrap(), []);
+}
+
+#[test]
+fn vxlan_over_ipv6_is_left_to_the_device_and_from_tunnel_checks_its_source() {
+    let (dp, _a, _b) = ipv6_only_node_with_tunneled_peer();
+    // On the uplink, from the peer to this node over IPv6, carrying a pod's
+    // IPv6 (and, as a second case, a pod's IPv6 claiming a local pod as
+    // source: the device's and from_tunnel's to judge): to the stack
+    // unchanged, where the device's IPv6 socket takes it.
+    for inner_src in [TUNNELED_POD6, A6] {
+        let inner = Ipv6::icmp(inner_src, B6).frame(inner_l2());
+        let frame = vxlan6(from_router(&dp), ip6(PEER_IP6), ip6(NODE_IP6), &inner);
+        let run = dp.run(FROM_UPLINK, dp.uplink.ifindex, &frame).unwrap();
+        assert_eq!((run.action, hex(&run.packet)), (TC_ACT_OK, hex(&frame)), "{inner_src}");
+    }
+    assert_eq!(dp.drops().unwrap(), []);
+    assert_eq!(dp.forwards().unwrap(), [(ForwardPath::ToStack, 2)]);
+    // What the device hands up, with no tunnel metadata to name the
+    // sender (BPF_PROG_TEST_RUN gives none; the owner's packet passing is
+    // the e2e's, tests/tests/underlay6.rs): the peer's pod source is not
+    // trusted, a local pod's is spoofed.
+    let count = |r| dp.drops().unwrap().iter().find(|(d, _)| *d == r).map_or(0, |(_, n)| *n);
+    for (src, reason) in [(TUNNELED_POD6, DropReason::TunnelWrongNode), (A6, DropReason::TunnelSourceSpoofed)] {
+        let before = count(reason);
+        let frame = Ipv6::icmp(src, B6).frame(inner_l2());
+        let run = dp.run(FROM_TUNNEL, dp.vxlan.ifindex, &frame).unwrap();
+        assert_eq!(run.action, TC_ACT_SHOT, "{src}");
+        assert_eq!(count(reason), before + 1, "{src}: {:?}", dp.drops().unwrap());
+    }
 }

@@ -213,10 +213,30 @@ impl NodeRoutes6 {
         Ok(out)
     }
 
+    /// Every entry: its node address and whether it is flagged
+    /// `REMOTE_NODE_VXLAN`.
+    pub fn all_hops(&self) -> Result<BTreeMap<Ipv6Network, (Ipv6Addr, bool)>> {
+        let mut out = BTreeMap::new();
+        for kv in self.0.iter() {
+            let (k, v) = kv.context("read NODE_ROUTES6")?;
+            let cidr = Ipv6Network::new(Ipv6Addr::from(k.data()), k.prefix_len() as u8)
+                .context("NODE_ROUTES6 holds an invalid prefix")?;
+            out.insert(cidr, (Ipv6Addr::from(v.node_ip6), v.flags & REMOTE_NODE_VXLAN != 0));
+        }
+        Ok(out)
+    }
+
     /// An IPv4-mapped `node_ip6` (`::ffff:a.b.c.d`) is a peer reached
     /// through VXLAN at that IPv4 address: flagged `REMOTE_NODE_VXLAN`.
     pub fn upsert(&mut self, cidr: Ipv6Network, node_ip6: Ipv6Addr) -> Result<()> {
-        let flags = if node_ip6.to_ipv4_mapped().is_some() { REMOTE_NODE_VXLAN } else { 0 };
+        self.upsert_hop(cidr, node_ip6, node_ip6.to_ipv4_mapped().is_some())
+    }
+
+    /// `vxlan`: flagged `REMOTE_NODE_VXLAN` (through the tunnel to
+    /// `node_ip6`: its IPv4 address IPv4-mapped, or, over an IPv6
+    /// underlay, its IPv6 address).
+    pub fn upsert_hop(&mut self, cidr: Ipv6Network, node_ip6: Ipv6Addr, vxlan: bool) -> Result<()> {
+        let flags = if vxlan { REMOTE_NODE_VXLAN } else { 0 };
         let value = RemoteNode6 { node_ip6: node_ip6.octets(), flags };
         self.0.insert(&Self::key(cidr), value, 0).map_err(|e| {
             insert_error(e, names::NODE_ROUTES6, limits::MAX_NODE_ROUTES, format!("insert route {cidr} via {node_ip6}"))

@@ -1,7 +1,7 @@
 //! The IPv6 twins of `netlink`'s IPv4 operations (addresses, routes,
 //! neighbours), beside them on the same `Netlink`, plus the per-interface
 //! IPv6 switches that live in sysctl rather than netlink.
-use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+use std::net::{IpAddr, Ipv6Addr};
 
 use anyhow::{Context, Result};
 use futures::TryStreamExt;
@@ -9,7 +9,10 @@ use ipnetwork::Ipv6Network;
 use netlink_packet_route::{
     address::{AddressAttribute, AddressFlags, AddressHeaderFlags},
     neighbour::NeighbourState,
-    route::{RouteAddress, RouteAttribute, RouteIpTunnel, RouteLwEnCapType, RouteLwTunnelEncap, RouteProtocol},
+    route::{
+        RouteAddress, RouteAttribute, RouteIp6Tunnel, RouteIp6TunnelFlags, RouteIpTunnel, RouteLwEnCapType,
+        RouteLwTunnelEncap, RouteProtocol,
+    },
     AddressFamily,
 };
 use rtnetlink::RouteMessageBuilder;
@@ -21,7 +24,8 @@ const RT_TABLE_MAIN: u8 = 254;
 
 /// A kernel IPv6 route as sluice makes them: `dst [via gateway] dev oif`
 /// (the twin of `KernelRoute`), or `dst encap ip id VNI dst PEER4 dev
-/// sluice_vxlan` for a peer reached through VXLAN (`encap`).
+/// sluice_vxlan` (`encap ip6 ... dst PEER6` over an IPv6 underlay) for a
+/// peer reached through VXLAN (`encap`).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
 pub struct KernelRoute6 {
     pub dst: Ipv6Network,
@@ -29,7 +33,7 @@ pub struct KernelRoute6 {
     pub oif: u32,
     /// A lightweight-tunnel IP encap: the external (collect_md) VXLAN
     /// device takes the tunnel key from it.
-    pub encap: Option<Encap4>,
+    pub encap: Option<Encap>,
     /// The preferred source (`src`, `RTA_PREFSRC`): the node's own packets
     /// along the route leave from it.
     pub src: Option<Ipv6Addr>,
@@ -37,21 +41,58 @@ pub struct KernelRoute6 {
     pub mtu: Option<u32>,
 }
 
-/// `encap ip id <vni> dst <dst> ttl <ttl>`: the IPv4 tunnel key a route
-/// gives each packet it carries into an external VXLAN device.
+/// The tunnel key a route gives each packet it carries into an external
+/// VXLAN device: `encap ip id <vni> dst <IPv4> ttl <ttl>` when `dst` is
+/// IPv4 (IPv6 inside an IPv4 underlay), `encap ip6 id <vni> dst <IPv6>
+/// hoplimit <ttl> csum` when it is IPv6 (an IPv6-only underlay). The IPv6
+/// one asks for the outer UDP checksum (`csum`, `TUNNEL_CSUM`): without it
+/// the device sends a zero checksum, which the receiving node's VXLAN
+/// socket drops over IPv6 (RFC 8200 8.1; the device would need
+/// `udp6zerocsumrx`).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
-pub struct Encap4 {
+pub struct Encap {
     pub vni: u32,
-    pub dst: Ipv4Addr,
+    pub dst: IpAddr,
+    /// The outer TTL (IPv4) or hop limit (IPv6).
     pub ttl: u8,
+}
+
+impl Encap {
+    pub fn describe(&self) -> String {
+        match self.dst {
+            IpAddr::V4(dst) => format!("encap ip id {} dst {dst} ttl {}", self.vni, self.ttl),
+            IpAddr::V6(dst) => format!("encap ip6 id {} dst {dst} hoplimit {} csum", self.vni, self.ttl),
+        }
+    }
+
+    /// The route attributes: `RTA_ENCAP_TYPE` and `RTA_ENCAP`.
+    fn attributes(&self) -> [RouteAttribute; 2] {
+        let vni = u64::from(self.vni);
+        match self.dst {
+            IpAddr::V4(dst) => [
+                RouteAttribute::EncapType(RouteLwEnCapType::Ip),
+                RouteAttribute::Encap(vec![
+                    RouteLwTunnelEncap::Ip(RouteIpTunnel::Id(vni)),
+                    RouteLwTunnelEncap::Ip(RouteIpTunnel::Destination(dst)),
+                    RouteLwTunnelEncap::Ip(RouteIpTunnel::Ttl(self.ttl)),
+                ]),
+            ],
+            IpAddr::V6(dst) => [
+                RouteAttribute::EncapType(RouteLwEnCapType::Ip6),
+                RouteAttribute::Encap(vec![
+                    RouteLwTunnelEncap::Ip6(RouteIp6Tunnel::Id(vni)),
+                    RouteLwTunnelEncap::Ip6(RouteIp6Tunnel::Destination(dst)),
+                    RouteLwTunnelEncap::Ip6(RouteIp6Tunnel::Hoplimit(self.ttl)),
+                    RouteLwTunnelEncap::Ip6(RouteIp6Tunnel::Flags(RouteIp6TunnelFlags::Checksum)),
+                ]),
+            ],
+        }
+    }
 }
 
 impl KernelRoute6 {
     pub fn describe(&self) -> String {
-        let encap = match self.encap {
-            Some(e) => format!(" encap ip id {} dst {} ttl {}", e.vni, e.dst, e.ttl),
-            None => String::new(),
-        };
+        let encap = self.encap.map(|e| format!(" {}", e.describe())).unwrap_or_default();
         let src = self.src.map(|s| format!(" src {s}")).unwrap_or_default()
             + &self.mtu.map(|m| format!(" mtu {m}")).unwrap_or_default();
         match self.gateway {
@@ -61,19 +102,26 @@ impl KernelRoute6 {
     }
 }
 
-/// The `Encap4` of a route's `RTA_ENCAP` attributes (`None` if they name
-/// no IPv4 destination).
-fn encap4_of(attrs: &[RouteLwTunnelEncap]) -> Option<Encap4> {
+/// The `Encap` of a route's `RTA_ENCAP` attributes (`None` if they name
+/// no destination). The IPv6 one's flags are not compared: sluice always
+/// asks for `csum`, and an older agent's route without it is replaced by
+/// its next pass only if something else differs.
+fn encap_of(attrs: &[RouteLwTunnelEncap]) -> Option<Encap> {
     let (mut vni, mut dst, mut ttl) = (0, None, 0);
     for attr in attrs {
         match attr {
-            RouteLwTunnelEncap::Ip(RouteIpTunnel::Id(id)) => vni = *id as u32,
-            RouteLwTunnelEncap::Ip(RouteIpTunnel::Destination(ip)) => dst = Some(*ip),
-            RouteLwTunnelEncap::Ip(RouteIpTunnel::Ttl(t)) => ttl = *t,
+            RouteLwTunnelEncap::Ip(RouteIpTunnel::Id(id)) | RouteLwTunnelEncap::Ip6(RouteIp6Tunnel::Id(id)) => {
+                vni = *id as u32
+            }
+            RouteLwTunnelEncap::Ip(RouteIpTunnel::Destination(ip)) => dst = Some(IpAddr::V4(*ip)),
+            RouteLwTunnelEncap::Ip6(RouteIp6Tunnel::Destination(ip)) => dst = Some(IpAddr::V6(*ip)),
+            RouteLwTunnelEncap::Ip(RouteIpTunnel::Ttl(t)) | RouteLwTunnelEncap::Ip6(RouteIp6Tunnel::Hoplimit(t)) => {
+                ttl = *t
+            }
             _ => {}
         }
     }
-    Some(Encap4 { vni, dst: dst?, ttl })
+    Some(Encap { vni, dst: dst?, ttl })
 }
 
 /// Is `ip` link-local (`fe80::/10`)?
@@ -240,8 +288,8 @@ impl Netlink {
                     RouteAttribute::Gateway(RouteAddress::Inet6(ip)) => gateway = Some(*ip),
                     RouteAttribute::Oif(i) => oif = *i,
                     RouteAttribute::PrefSource(RouteAddress::Inet6(ip)) => src = Some(*ip),
-                    RouteAttribute::EncapType(RouteLwEnCapType::Ip) => encap_ip = true,
-                    RouteAttribute::Encap(attrs) => encap = encap4_of(attrs),
+                    RouteAttribute::EncapType(RouteLwEnCapType::Ip | RouteLwEnCapType::Ip6) => encap_ip = true,
+                    RouteAttribute::Encap(attrs) => encap = encap_of(attrs),
                     _ => {}
                 }
             }
@@ -264,12 +312,7 @@ impl Netlink {
             None => msg.build(),
         };
         if let Some(e) = route.encap {
-            msg.attributes.push(RouteAttribute::EncapType(RouteLwEnCapType::Ip));
-            msg.attributes.push(RouteAttribute::Encap(vec![
-                RouteLwTunnelEncap::Ip(RouteIpTunnel::Id(u64::from(e.vni))),
-                RouteLwTunnelEncap::Ip(RouteIpTunnel::Destination(e.dst)),
-                RouteLwTunnelEncap::Ip(RouteIpTunnel::Ttl(e.ttl)),
-            ]));
+            msg.attributes.extend(e.attributes());
         }
         if let Some(src) = route.src {
             msg.attributes.push(RouteAttribute::PrefSource(RouteAddress::Inet6(src)));
@@ -311,6 +354,30 @@ pub fn enable_ipv6_on(ifname: &str) -> Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn an_encap_to_an_ipv6_peer_is_ip6_with_a_checksum_and_reads_back() {
+        let e6 = Encap { vni: 1, dst: "fd00:31::3".parse().unwrap(), ttl: 64 };
+        assert_eq!(e6.describe(), "encap ip6 id 1 dst fd00:31::3 hoplimit 64 csum");
+        let [RouteAttribute::EncapType(kind), RouteAttribute::Encap(attrs)] = e6.attributes() else {
+            panic!("encap type, then encap")
+        };
+        assert_eq!(kind, RouteLwEnCapType::Ip6);
+        assert!(
+            attrs.contains(&RouteLwTunnelEncap::Ip6(RouteIp6Tunnel::Flags(RouteIp6TunnelFlags::Checksum))),
+            "the outer UDP checksum asked for: {attrs:?}"
+        );
+        assert_eq!(encap_of(&attrs), Some(e6), "read back as written");
+        // Over IPv4 (a dual-stack node) as before: `encap ip`, no flags.
+        let e4 = Encap { vni: 1, dst: "172.31.0.3".parse().unwrap(), ttl: 64 };
+        assert_eq!(e4.describe(), "encap ip id 1 dst 172.31.0.3 ttl 64");
+        let [RouteAttribute::EncapType(kind), RouteAttribute::Encap(attrs)] = e4.attributes() else {
+            panic!("encap type, then encap")
+        };
+        assert_eq!(kind, RouteLwEnCapType::Ip);
+        assert_eq!(attrs.len(), 3, "{attrs:?}");
+        assert_eq!(encap_of(&attrs), Some(e4));
+    }
 
     #[test]
     fn link_local6() {

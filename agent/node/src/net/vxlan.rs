@@ -219,7 +219,22 @@ impl Netlink {
     /// Make sure the VXLAN device `name` exists as `request` describes and
     /// is up: kept when it already is (restarts leave it in place), made
     /// again when it differs (an older or foreign device of that name).
-    pub async fn ensure_vxlan(&self, name: &str, uplink_ifindex: u32) -> Result<LinkInfo> {
+    /// `mtu`, when given, is set on it (made or kept): the kernel's
+    /// default leaves room for an IPv4 outer header only, and an IPv6-only
+    /// node's device sends over IPv6 (20 bytes more).
+    pub async fn ensure_vxlan(&self, name: &str, uplink_ifindex: u32, mtu: Option<u32>) -> Result<LinkInfo> {
+        let link = self.ensure_vxlan_device(name, uplink_ifindex).await?;
+        match mtu.filter(|m| *m != link.mtu) {
+            None => Ok(link),
+            Some(mtu) => {
+                self.set_mtu(link.index, mtu).await.with_context(|| format!("set {name}'s MTU to {mtu}"))?;
+                info!(device = name, from = link.mtu, to = mtu, "VXLAN device MTU set");
+                self.require_link(name).await
+            }
+        }
+    }
+
+    async fn ensure_vxlan_device(&self, name: &str, uplink_ifindex: u32) -> Result<LinkInfo> {
         if let Some(msg) = self.link_message(name).await? {
             let mut wrong = check(&msg, uplink_ifindex);
             if wrong.contains(&Mismatch::Learning) {

@@ -238,12 +238,13 @@ pub type RouteHop = (Ipv4Network, Ipv4Addr, bool);
 /// A dual-stack node's IPv6 facts: its own IPv6 address, and the kernel's
 /// IPv6 routes to other nodes' IPv6 pod CIDRs: via their IPv6 addresses
 /// (`routes6`), or into the VXLAN device with an encap naming their IPv4
-/// node address (`tunneled6`: peers behind a router).
+/// node address, or, on an IPv6-only node, their IPv6 one (`tunneled6`:
+/// peers behind a router).
 #[derive(Clone, Debug, Default)]
 pub struct Ipv6Facts {
     pub own_node_ip6: Option<Ipv6Addr>,
     pub routes6: Vec<(Ipv6Network, Ipv6Addr)>,
-    pub tunneled6: Vec<(Ipv6Network, Ipv4Addr)>,
+    pub tunneled6: Vec<(Ipv6Network, IpAddr)>,
 }
 
 /// Who to probe (pure): from the routes map's CIDRs, node IPs and paths,
@@ -431,8 +432,8 @@ fn nodes6(state: &AgentState, six: &Ipv6Facts) -> Result<Vec<Node6>> {
             path,
         });
     }
-    for (cidr, ip4) in &six.tunneled6 {
-        let node_ip = IpAddr::V4(*ip4);
+    for (cidr, outer) in &six.tunneled6 {
+        let node_ip = *outer;
         let path = Some(PeerPath::Vxlan);
         let host6 = state.route_node_ips6.get(&cidr.to_string()).and_then(|ip| ip.parse().ok());
         nodes.push(Node6 {
@@ -548,7 +549,8 @@ pub async fn run(pins: &PinDir, data_dir: &Path, extra: &Extra) -> Result<Vec<Pr
         kernel_routes.extend(routes6.iter().map(|r| IpNetwork::V6(r.dst)));
         six.routes6 = routes6.iter().filter_map(|r| Some((r.dst, r.gateway?))).collect();
         // Peers behind a router: their IPv6 pod CIDR goes into the VXLAN
-        // device, the encap naming their IPv4 node address.
+        // device, the encap naming their IPv4 node address (their IPv6 one
+        // on an IPv6-only node).
         six.tunneled6 = routes6.iter().filter_map(|r| Some((r.dst, r.encap?.dst))).collect();
         if let Some(l) = &uplink {
             six.own_node_ip6 = netlink.first_global_ipv6(l.index).await?.map(|(ip, _)| ip);

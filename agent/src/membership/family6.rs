@@ -3,9 +3,11 @@
 //! (`reconcile::kernel_routes::desired6`). The IPv4 routes are decided
 //! apart (`from_entries`); a node may be routed for one family and left
 //! out of the other, each with its reason. A peer whose IPv4 is tunneled
-//! has its pods' IPv6 tunneled too (`Membership::vxlan6`); a native peer
-//! whose IPv6 address is not on the uplink's link gets a route the kernel
-//! refuses, which the reconcile reports.
+//! has its pods' IPv6 tunneled too (`Membership::vxlan6`). On an IPv6-only
+//! node (`Underlay6`) a peer off the uplink's IPv6 prefix is tunneled over
+//! IPv6 (`choose_path6`); a native peer whose IPv6 address is not on the
+//! uplink's link gets a route the kernel refuses, which the reconcile
+//! reports.
 use std::{collections::BTreeMap, fmt, net::Ipv6Addr};
 
 use ipnetwork::Ipv6Network;

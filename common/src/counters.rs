@@ -100,10 +100,23 @@ pub enum DropReason {
     /// another node: every SNAT port tried is held by another connection
     /// to that backend.
     Nat6PortExhausted = 28,
+    /// NAT64 (`--nat64`): a packet the translator does not carry (an IPv6
+    /// extension header or fragment, an IPv4 fragment or options, a
+    /// protocol other than TCP, UDP and ICMP echo, an IPv4 UDP datagram
+    /// without checksum): dropped, as RFC 7915 allows for what it cannot
+    /// translate.
+    Nat64Unsupported = 29,
+    /// NAT64: a pod whose address is past the pool's size (its offset in
+    /// the IPv6 pod CIDR has no pool address), or an answer to a pool
+    /// address outside the pool.
+    Nat64NoPoolAddress = 30,
+    /// NAT64: an answer to a pool address whose pod is gone
+    /// (`ENDPOINTS6` has no entry for it).
+    Nat64NoEndpoint = 31,
 }
 
 impl DropReason {
-    pub const COUNT: u32 = 29;
+    pub const COUNT: u32 = 32;
     pub const ALL: [DropReason; Self::COUNT as usize] = [
         DropReason::Truncated,
         DropReason::SourceSpoofed,
@@ -134,6 +147,9 @@ impl DropReason {
         DropReason::DsrOptionRefused,
         DropReason::Nat6TableFull,
         DropReason::Nat6PortExhausted,
+        DropReason::Nat64Unsupported,
+        DropReason::Nat64NoPoolAddress,
+        DropReason::Nat64NoEndpoint,
     ];
 
     /// Stable name: the label in `status` and metrics.
@@ -168,6 +184,9 @@ impl DropReason {
             DropReason::DsrOptionRefused => "dsr_option_refused",
             DropReason::Nat6TableFull => "nat6_table_full",
             DropReason::Nat6PortExhausted => "nat6_port_exhausted",
+            DropReason::Nat64Unsupported => "nat64_unsupported",
+            DropReason::Nat64NoPoolAddress => "nat64_no_pool_address",
+            DropReason::Nat64NoEndpoint => "nat64_no_endpoint",
         }
     }
 }
@@ -295,10 +314,17 @@ pub enum ForwardPath {
     /// (`NODE_FLOWS`), sent out of the uplink (`bpf_redirect_neigh`, next
     /// hop from the FIB) without this node's stack.
     PodAnswerToNode = 18,
+    /// NAT64: a pod's IPv6 packet for `64:ff9b::/96` translated to IPv4
+    /// (from its pool address) and handed to the stack on the NAT64
+    /// device, which routes and masquerades it.
+    PodToNat64 = 19,
+    /// NAT64: an IPv4 answer the stack routed into the NAT64 device,
+    /// translated to IPv6 and delivered into its pod.
+    Nat64ToPod = 20,
 }
 
 impl ForwardPath {
-    pub const COUNT: u32 = 19;
+    pub const COUNT: u32 = 21;
     pub const ALL: [ForwardPath; Self::COUNT as usize] = [
         ForwardPath::PodToLocalPod,
         ForwardPath::PodToNode,
@@ -319,6 +345,8 @@ impl ForwardPath {
         ForwardPath::Ipv6RouterToStack,
         ForwardPath::NodeToPod,
         ForwardPath::PodAnswerToNode,
+        ForwardPath::PodToNat64,
+        ForwardPath::Nat64ToPod,
     ];
 
     pub const fn name(self) -> &'static str {
@@ -342,6 +370,8 @@ impl ForwardPath {
             ForwardPath::Ipv6RouterToStack => "ipv6_router_to_stack",
             ForwardPath::NodeToPod => "node_to_pod",
             ForwardPath::PodAnswerToNode => "pod_answer_to_node",
+            ForwardPath::PodToNat64 => "pod_to_nat64",
+            ForwardPath::Nat64ToPod => "nat64_to_pod",
         }
     }
 }
@@ -445,6 +475,9 @@ mod tests {
         DsrOptionRefused = 26, "dsr_option_refused";
         Nat6TableFull = 27, "nat6_table_full";
         Nat6PortExhausted = 28, "nat6_port_exhausted";
+        Nat64Unsupported = 29, "nat64_unsupported";
+        Nat64NoPoolAddress = 30, "nat64_no_pool_address";
+        Nat64NoEndpoint = 31, "nat64_no_endpoint";
     });
 
     const FORWARD_PATHS: &[(ForwardPath, u32, &str)] = &golden!(ForwardPath {
@@ -467,6 +500,8 @@ mod tests {
         Ipv6RouterToStack = 16, "ipv6_router_to_stack";
         NodeToPod = 17, "node_to_pod";
         PodAnswerToNode = 18, "pod_answer_to_node";
+        PodToNat64 = 19, "pod_to_nat64";
+        Nat64ToPod = 20, "nat64_to_pod";
     });
 
     const STACK_FLOW_EVENTS: &[(StackFlowEvent, u32, &str)] = &golden!(StackFlowEvent {

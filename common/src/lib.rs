@@ -18,6 +18,7 @@ pub mod lb4_scratch;
 pub mod maps;
 pub mod nat;
 pub mod nat6;
+pub mod nat64;
 pub mod policy;
 pub mod reject;
 pub mod services;

@@ -204,6 +204,14 @@ pub mod names {
     /// first fragment of a datagram was translated at the uplink, for its
     /// later fragments (`from_uplink` and `from_pod` write and read).
     pub const LB4_FRAGS: &str = "LB4_FRAGS";
+    /// `Array<nat64::Nat64Config>` with one entry: the node's NAT64
+    /// (`--nat64`; all zero when off). The agent writes it at start;
+    /// `from_pod`'s IPv6 path and `to_nat64` read it.
+    pub const NAT64_CONFIG: &str = "NAT64_CONFIG";
+    /// `PerCpuArray` of one: the NAT64 translation's working memory
+    /// (programs only; its layout is the eBPF crate's
+    /// `nat64::Nat64Scratch`).
+    pub const NAT64_SCRATCH: &str = "NAT64_SCRATCH";
 }
 
 /// Program names in the eBPF object (also their pin names under `progs/`).
@@ -227,6 +235,9 @@ pub mod programs {
     pub const TO_POD: &str = "to_pod";
     /// Egress of the node's uplink: what the stack sends out.
     pub const TO_UPLINK: &str = "to_uplink";
+    /// Egress of the node's NAT64 device (`--nat64`): IPv4 answers routed
+    /// to a pool address, translated to IPv6 and delivered into the pod.
+    pub const TO_NAT64: &str = "to_nat64";
     /// cgroup `connect4`: a socket connecting to a Service's cluster IP.
     /// (The IPv4 programs have no `4` in their names: their links were
     /// pinned under these names before the IPv6 twins existed.)

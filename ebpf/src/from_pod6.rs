@@ -13,6 +13,8 @@
 //! - pod-bound but a router's answer is due (hop limit 1, larger than the
 //!   egress MTU, extension headers or a fragment): to the stack, which
 //!   sends time exceeded / Packet Too Big or walks the header chain;
+//! - for `64:ff9b::/96` with NAT64 on (`--nat64`): translated to IPv4 and
+//!   handed to the stack on the NAT64 device (`nat64`);
 //! - anything else (the node, the world, a peer over VXLAN: its
 //!   `NODE_ROUTES6` entry is flagged `REMOTE_NODE_VXLAN`, and the kernel
 //!   route encapsulates it): to the stack, which routes it.
@@ -36,6 +38,7 @@ use crate::{
     forward,
     lb6::{self, Lb6},
     maps::{found, ENDPOINTS6, FAST6_SCRATCH, NODE_CONFIG, NODE_ROUTES6},
+    nat64,
     parse::{self, Ipv6Hdr, ETH_HLEN},
     policy, stack_flows,
 };
@@ -79,6 +82,11 @@ pub fn try_from_pod6<const NETKIT: bool>(ctx: &TcContext) -> Result<i32, DropRea
             // (`lb6`): translated back and sent out of the uplink.
             if code == V6_TO_STACK {
                 if let Lb6::Sent = lb6::reply_from_pod(ctx)? {
+                    return Ok(TC_ACT_REDIRECT as i32);
+                }
+                // For `64:ff9b::/96` with NAT64 on: translated to IPv4
+                // and handed to the stack on the NAT64 device (`nat64`).
+                if nat64::from_pod(ctx)? {
                     return Ok(TC_ACT_REDIRECT as i32);
                 }
             }

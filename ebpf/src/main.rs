@@ -27,6 +27,9 @@
 //! through `deliver::deliver_to_local_pod`: the one place a check on what
 //! enters a pod sits (NetworkPolicy's ingress: `policy`). What arrives from
 //! another node is judged by `from_peer`, once for the three ways it comes.
+//! - `to_nat64`: egress of the node's NAT64 device (`--nat64`): IPv4
+//!   answers for pool addresses, translated to IPv6 into their pods;
+//!   `from_pod`'s IPv6 path translates the other way (`nat64`).
 //! - `count_packets`: a diagnostic that counts packets per interface.
 //!
 //! Decisions come from `sluice_common::verdict`; this crate only gathers the
@@ -50,6 +53,7 @@ mod lb4_affinity;
 mod lb4_frag;
 mod lb6;
 mod maps;
+mod nat64;
 mod node_path;
 mod parse;
 mod policy;

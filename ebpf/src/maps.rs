@@ -1,6 +1,6 @@
 //! The maps shared with user space. Names, layouts and who writes what are
 //! documented on the types in `sluice_common::maps`.
-use crate::{fast6::Fast6Scratch, lb6::Lb6Scratch, stack_flows::Flow6Scratch};
+use crate::{fast6::Fast6Scratch, lb6::Lb6Scratch, nat64::Nat64Scratch, stack_flows::Flow6Scratch};
 use aya_ebpf::{
     macros::map,
     maps::{Array, HashMap, LpmTrie, LruHashMap, PerCpuArray, PerCpuHashMap, RingBuf},
@@ -16,6 +16,7 @@ use sluice_common::{
     },
     nat::{Lb4Config, Nat4Counter, Nat4Entry, Nat4Key, SourceRangeKey},
     nat6::{Nat6Entry, Nat6Key, SourceRangeKey6},
+    nat64::Nat64Config,
     policy::{
         CtEntry, CtKey, CtKey6, EndpointPolicy, PeerIdentity, PodNameKey, PodPolicy, PolicyKey, PolicyScratch6,
         PolicyState, PolicyValue, POLICY_STAT_SLOTS,
@@ -239,3 +240,12 @@ pub static NODE_ADDRESSES6: HashMap<[u8; 16], u32> = HashMap::with_max_entries(M
 /// The IPv6 uplink translation's working memory (`Lb6Scratch`).
 #[map]
 pub static LB6_SCRATCH: PerCpuArray<Lb6Scratch> = PerCpuArray::with_max_entries(1, 0);
+
+/// The node's NAT64 (`--nat64`; `sluice_common::nat64`).
+#[map]
+pub static NAT64_CONFIG: Array<Nat64Config> = Array::with_max_entries(1, 0);
+
+/// The NAT64 translation's working memory (`nat64::Nat64Scratch`),
+/// programs only.
+#[map]
+pub static NAT64_SCRATCH: PerCpuArray<Nat64Scratch> = PerCpuArray::with_max_entries(1, 0);

@@ -283,6 +283,25 @@ impl TestDatapath {
         pinned_maps::Endpoints6::open(&self.pins)?.insert(ip6, ep)
     }
 
+    /// Turn NAT64 on (`--nat64`): the NAT64 device `sluice_nat64` in the
+    /// node's namespace (a veth end without ARP, as the agent makes it)
+    /// and `NAT64_CONFIG` for it, the pool and the node's IPv6 pod CIDR,
+    /// as the agent writes them. Returns the device.
+    pub fn nat64(&self, pool: &str, pod_cidr6: &str) -> Result<Iface> {
+        self.netns.exec(&[
+            "sh",
+            "-ec",
+            "ip link add sluice_nat64 type veth peer name sluice_nat64p
+             ip link set sluice_nat64p up
+             ip link set sluice_nat64 arp off up",
+        ])?;
+        let dev = iface(&self.netns, "sluice_nat64")?;
+        let pool: Ipv4Network = pool.parse().with_context(|| format!("pool {pool}"))?;
+        let cidr6: ipnetwork::Ipv6Network = pod_cidr6.parse().with_context(|| format!("CIDR {pod_cidr6}"))?;
+        pinned_maps::write_nat64_config(&self.pins, pinned_maps::nat64_config(dev.ifindex, dev.mac, pool, cidr6))?;
+        Ok(dev)
+    }
+
     /// Run `program` once on `packet` as if it arrived on `ifindex`.
     pub fn run(&self, program: &str, ifindex: u32, packet: &[u8]) -> Result<Run> {
         self.run_with(program, SkBuff::on(ifindex), packet)

@@ -19,6 +19,7 @@ mod from_uplink;
 mod lb4_affinity;
 mod lb4_frag;
 mod malformed;
+mod nat64;
 mod node_path;
 mod nodeport;
 mod nodeport6;

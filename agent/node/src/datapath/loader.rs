@@ -36,7 +36,7 @@ use crate::pod::device::PodDevice;
 pub static OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/sluice.bpf.o"));
 
 /// Every map of the object, as pinned.
-pub const ALL_MAPS: [&str; 56] = [
+pub const ALL_MAPS: [&str; 58] = [
     names::ENDPOINTS,
     names::NODE_ROUTES,
     names::NODE_CONFIG,
@@ -113,6 +113,9 @@ pub const ALL_MAPS: [&str; 56] = [
     names::NAT6_STATS,
     names::NODE_ADDRESSES6,
     names::LB6_SCRATCH,
+    // NAT64 (issue 28): created where absent.
+    names::NAT64_CONFIG,
+    names::NAT64_SCRATCH,
 ];
 
 /// Map sizes chosen at load rather than by the object (`None`: the
@@ -140,7 +143,7 @@ impl MapSizes {
 }
 
 /// Every TC program of the object (pinned under `progs/`).
-pub const ALL_PROGRAMS: [&str; 8] = [
+pub const ALL_PROGRAMS: [&str; 9] = [
     programs::FROM_POD,
     programs::FROM_POD_NETKIT,
     programs::TO_POD,
@@ -148,6 +151,7 @@ pub const ALL_PROGRAMS: [&str; 8] = [
     programs::TO_UPLINK,
     programs::FROM_TUNNEL,
     programs::TO_TUNNEL,
+    programs::TO_NAT64,
     programs::COUNT_PACKETS,
 ];
 

@@ -14,6 +14,7 @@ use ipnetwork::{Ipv4Network, Ipv6Network};
 use sluice_common::{
     drop_slot,
     maps::{limits, names, REMOTE_NODE_VXLAN},
+    nat64::Nat64Config,
     DropCount, DropReason, EndpointInfo, ForwardPath, HookDirection, NodeConfig, RemoteNode, RemoteNode6,
     StackFlowEvent, TunnelConfig, DROP_SLOTS,
 };
@@ -288,6 +289,31 @@ pub fn with_pod_cidr6(config: NodeConfig, cidr: ipnetwork::Ipv6Network) -> NodeC
 pub fn write_tunnel_config(pins: &PinDir, config: TunnelConfig) -> Result<()> {
     let mut arr: Array<MapData, TunnelConfig> = open(pins, names::TUNNEL_CONFIG)?.try_into()?;
     arr.set(0, config, 0).context("write TUNNEL_CONFIG")
+}
+
+/// `NAT64_CONFIG[0]` (`--nat64`; all zero: off).
+pub fn write_nat64_config(pins: &PinDir, config: Nat64Config) -> Result<()> {
+    let mut arr: Array<MapData, Nat64Config> = open(pins, names::NAT64_CONFIG)?.try_into()?;
+    arr.set(0, config, 0).context("write NAT64_CONFIG")
+}
+
+pub fn read_nat64_config(pins: &PinDir) -> Result<Nat64Config> {
+    let arr: Array<MapData, Nat64Config> = open(pins, names::NAT64_CONFIG)?.try_into()?;
+    arr.get(&0, 0).context("read NAT64_CONFIG")
+}
+
+/// The `NAT64_CONFIG` value for the NAT64 device (`ifindex`, `mac`), the
+/// pool and the node's IPv6 pod CIDR.
+pub fn nat64_config(ifindex: u32, mac: [u8; 6], pool: Ipv4Network, pod_cidr6: Ipv6Network) -> Nat64Config {
+    Nat64Config {
+        device_ifindex: ifindex,
+        device_mac: mac,
+        _pad: [0; 2],
+        pool_be: ip_be(pool.network()),
+        pool_prefix_len: pool.prefix() as u32,
+        pod_cidr6: pod_cidr6.network().octets(),
+        pod_cidr6_prefix_len: pod_cidr6.prefix() as u32,
+    }
 }
 
 pub fn read_tunnel_config(pins: &PinDir) -> Result<TunnelConfig> {

@@ -219,6 +219,21 @@ pub struct AgentConfig {
     #[arg(long, env = "SLUICE_CONNTRACK_GC_INTERVAL_SECS", default_value_t = 30,
           value_parser = clap::value_parser!(u64).range(1..=3600))]
     pub conntrack_gc_interval_secs: u64,
+    /// Node-local NAT64 (`--ip-family ipv6` or `dual`): a pod's IPv6
+    /// packet for `64:ff9b::/96` (what DNS64, the cluster DNS's job, hands
+    /// out for an IPv4-only name) is translated to IPv4 in eBPF and leaves
+    /// with the node's IPv4 address (masqueraded from --nat64-pool); the
+    /// answer comes back as from `64:ff9b::<address>`. TCP, UDP, ping.
+    /// Needs an IPv4 address on the uplink and masquerading on.
+    #[arg(long, env = "SLUICE_NAT64")]
+    pub nat64: bool,
+    /// The node-local IPv4 range NAT64 numbers pods from (pod CIDR offset
+    /// n is the pool's address n) before masquerading them; never seen off
+    /// the node. Pods numbered past its size get no NAT64 (counted as
+    /// `nat64_no_pool_address`). Default: RFC 2544's benchmarking range,
+    /// never routed on the Internet.
+    #[arg(long, env = "SLUICE_NAT64_POOL", default_value = "198.18.0.0/16")]
+    pub nat64_pool: Ipv4Network,
 }
 
 /// Where the metrics endpoint listens (`--metrics-addr`).
@@ -269,6 +284,12 @@ pub enum ConfigError {
     PodCidr6OutsideCluster { pod: Ipv6Network, cluster: Ipv6Network },
     #[error("--metrics-addr {0:?} is not node:PORT, ADDR:PORT or off")]
     MetricsAddr(String),
+    #[error("--nat64 needs --ip-family ipv6 or dual: its pods are IPv6 ones")]
+    Nat64NeedsIpv6,
+    #[error("--nat64 needs masquerading (--masquerade=false given): the pool's addresses never leave the node")]
+    Nat64NeedsMasquerade,
+    #[error("--nat64-pool {pool} {why}")]
+    Nat64Pool { pool: Ipv4Network, why: String },
     #[error(
         "pod CIDR {pod} holds {endpoints} pods and the health endpoint, more than the endpoint map's {max} entries: use a /{min_prefix} or smaller"
     )]
@@ -329,6 +350,9 @@ impl AgentConfig {
                 return Err(ConfigError::OverlapsServices { what: "cluster CIDR", cidr: cluster, service });
             }
         }
+        if self.nat64 {
+            self.validate_nat64()?;
+        }
         match self.ip_family {
             IpFamily::Ipv6 if self.pod_cidr.is_some() => {
                 return Err(ConfigError::NotForIpv6Only { flag: "--pod-cidr", hint: " (give --pod-cidr6)" })
@@ -355,6 +379,30 @@ impl AgentConfig {
                 return Err(ConfigError::NeedsDualStack { flag: "an IPv6 --non-masquerade-cidr" })
             }
             _ => {}
+        }
+        Ok(())
+    }
+
+    /// `--nat64`'s checks: IPv6 pods, masquerading, a pool of its own.
+    fn validate_nat64(&self) -> Result<(), ConfigError> {
+        if !self.ip_family.has_ipv6() {
+            return Err(ConfigError::Nat64NeedsIpv6);
+        }
+        if !self.masquerade {
+            return Err(ConfigError::Nat64NeedsMasquerade);
+        }
+        let pool = self.nat64_pool;
+        let bad = |why: String| Err(ConfigError::Nat64Pool { pool, why });
+        if pool.network() != pool.ip() {
+            return bad(format!("has host bits set: use {}/{}", pool.network(), pool.prefix()));
+        }
+        if pool.prefix() == 0 || pool.prefix() > 30 {
+            return bad("must be a /1 to /30".into());
+        }
+        for (what, other) in [("the cluster CIDR", self.cluster_cidr), ("the service CIDR", self.service_cidr)] {
+            if let Some(other) = other.filter(|o| o.overlaps(pool)) {
+                return bad(format!("overlaps {what} {other}"));
+            }
         }
         Ok(())
     }
@@ -448,7 +496,39 @@ mod tests {
             nat4_max: None,
             node_port_range: crate::port_ownership::ranges::DEFAULT_NODE_PORT_RANGE,
             conntrack_gc_interval_secs: 30,
+            nat64: false,
+            nat64_pool: "198.18.0.0/16".parse().unwrap(),
         }
+    }
+
+    #[test]
+    fn nat64_needs_ipv6_pods_masquerading_and_a_pool_of_its_own() {
+        let ipv6_only = AgentConfig {
+            ip_family: IpFamily::Ipv6,
+            pod_cidr6: Some("fd00:244:0:1::/64".parse().unwrap()),
+            nat64: true,
+            ..cfg("10.244.0.0/16", Some("10.96.0.0/12"))
+        };
+        assert_eq!(ipv6_only.validate_static(), Ok(()));
+        let dual = AgentConfig { ip_family: IpFamily::Dual, ..ipv6_only.clone() };
+        assert_eq!(dual.validate_static(), Ok(()), "harmless on dual-stack");
+        let v4 = AgentConfig { ip_family: IpFamily::Ipv4, pod_cidr6: None, ..ipv6_only.clone() };
+        assert_eq!(v4.validate_static(), Err(ConfigError::Nat64NeedsIpv6));
+        let no_masq = AgentConfig { masquerade: false, ..ipv6_only.clone() };
+        assert_eq!(no_masq.validate_static(), Err(ConfigError::Nat64NeedsMasquerade));
+        for (pool, why) in [
+            ("198.18.0.1/16", "host bits"),
+            ("10.244.128.0/17", "cluster CIDR"),
+            ("10.100.0.0/16", "service CIDR"),
+            ("198.18.0.0/31", "/1 to /30"),
+        ] {
+            let c = AgentConfig { nat64_pool: pool.parse().unwrap(), ..ipv6_only.clone() };
+            let err = c.validate_static().unwrap_err().to_string();
+            assert!(err.contains(why) && err.contains("--nat64-pool"), "{pool}: {err}");
+        }
+        // Off, the pool is not looked at.
+        let off = AgentConfig { nat64: false, nat64_pool: "10.244.0.0/16".parse().unwrap(), ..ipv6_only };
+        assert_eq!(off.validate_static(), Ok(()));
     }
 
     #[test]

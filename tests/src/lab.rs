@@ -122,6 +122,11 @@ pub struct LabOptions {
     /// IPv6-only underlay: peers across it are reached through VXLAN over
     /// IPv6).
     pub ipv6_only: bool,
+    /// With `ipv6_only`: the nodes' uplinks have an IPv4 address all the
+    /// same (`<LAN_PREFIX>.<i>/24`, not in `Node::ip`: pods and peers stay
+    /// IPv6-only), as a node whose pods are IPv6-only but which reaches
+    /// IPv4 destinations itself: what `--nat64` masquerades to.
+    pub ipv4_uplink: bool,
 }
 
 /// A lab node's Node object as the API server holds it: its pod CIDR(s)
@@ -167,6 +172,7 @@ impl LabOptions {
             dual_stack: false,
             router_ipv4_only: false,
             ipv6_only: false,
+            ipv4_uplink: false,
         }
     }
 }
@@ -243,6 +249,9 @@ pub struct LabState {
     /// `LabOptions::ipv6_only`.
     #[serde(default)]
     pub ipv6_only: bool,
+    /// `LabOptions::ipv4_uplink`.
+    #[serde(default)]
+    pub ipv4_uplink: bool,
 }
 
 impl LabState {
@@ -435,6 +444,7 @@ impl Lab {
                 dual_stack: opts.dual_stack,
                 router6: opts.subnets > 1 && (opts.ipv6_only || (opts.dual_stack && !opts.router_ipv4_only)),
                 ipv6_only: opts.ipv6_only,
+                ipv4_uplink: opts.ipv4_uplink,
             },
             api: None,
             agent_command: opts.agent_command.clone(),
@@ -673,6 +683,9 @@ impl Lab {
         ns_exec(&netns, &["ip", "link", "set", "eth0", "mtu", &mtu, "up"])?;
         if !node.ip.is_empty() {
             ns_exec(&netns, &["ip", "addr", "add", &format!("{}/24", node.ip), "dev", "eth0"])?;
+        } else if self.state.ipv4_uplink {
+            let ip = format!("{}.{i}/24", subnet_prefix(subnet));
+            ns_exec(&netns, &["ip", "addr", "add", &ip, "dev", "eth0"])?;
         }
         if let Some(ip6) = &node.ip6 {
             ns_exec(&netns, &["ip", "-6", "addr", "add", &format!("{ip6}/64"), "dev", "eth0", "nodad"])?;

@@ -92,9 +92,12 @@ pub async fn run(plan: &CleanupPlan) -> Result<()> {
         }
         Err(e) => errors.push(format!("{e:#}")),
     }
-    // The VXLAN device (peers on other networks).
-    if let Err(e) = netlink.delete_link(sluice_node::net::vxlan::DEVICE).await {
-        errors.push(format!("{e:#}"));
+    // The VXLAN device (peers on other networks), and the NAT64 device
+    // (`--nat64`; its pool's route goes with it).
+    for device in [sluice_node::net::vxlan::DEVICE, crate::daemon::nat64::DEVICE] {
+        if let Err(e) = netlink.delete_link(device).await {
+            errors.push(format!("{e:#}"));
+        }
     }
     // 4. Kernel routes to other nodes' pods (only those with sluice's
     //    protocol number) and sluice's netfilter table and chain.

@@ -11,7 +11,7 @@ use sluice_common::{
         limits::{MAX_ENDPOINTS, MAX_NODE_ROUTES},
         names, programs,
     },
-    DropReason,
+    DropReason, ForwardPath,
 };
 
 use sluice_node::{
@@ -60,6 +60,69 @@ pub struct StatusReport {
     pub maps: Vec<MapFill>,
     /// `STACK_FLOWS` and, dual-stack, `STACK_FLOWS6`.
     pub stack_flows: Vec<StackFlows>,
+    /// NAT64 (`--nat64`): `None` when off (or `NAT64_CONFIG` unreadable).
+    pub nat64: Option<Nat64Status>,
+}
+
+/// NAT64's line in `status`: the device, the pool, what was translated
+/// each way and what it dropped.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Nat64Status {
+    pub device_ifindex: u32,
+    pub pool: String,
+    /// `pod_to_nat64`, `nat64_to_pod`.
+    pub out: u64,
+    pub back: u64,
+    /// The `nat64_*` drop reasons, by name.
+    pub drops: Vec<(String, u64)>,
+}
+
+impl Nat64Status {
+    /// From `NAT64_CONFIG` and the counters already read; `None` when off.
+    pub fn new(
+        config: &sluice_common::nat64::Nat64Config,
+        forwards: &[(String, u64)],
+        drops: &[(String, u64)],
+    ) -> Option<Self> {
+        if !config.enabled() {
+            return None;
+        }
+        let forward = |name: &str| forwards.iter().find(|(k, _)| k == name).map_or(0, |(_, n)| *n);
+        Some(Self {
+            device_ifindex: config.device_ifindex,
+            pool: format!("{}/{}", pinned_maps::ip_from_be(config.pool_be), config.pool_prefix_len),
+            out: forward(ForwardPath::PodToNat64.name()),
+            back: forward(ForwardPath::Nat64ToPod.name()),
+            drops: drops.iter().filter(|(k, _)| k.starts_with("nat64_")).cloned().collect(),
+        })
+    }
+
+    pub fn render(s: Option<&Self>) -> String {
+        let Some(s) = s else { return "NAT64: off\n".into() };
+        let drops: Vec<String> = s.drops.iter().map(|(k, n)| format!("{k} {n}")).collect();
+        format!(
+            "NAT64: on (64:ff9b::/96, pool {}, device ifindex {}): {} translated out, {} back; dropped: {}\n",
+            s.pool,
+            s.device_ifindex,
+            s.out,
+            s.back,
+            drops.join(", ")
+        )
+    }
+
+    pub fn to_json(s: Option<&Self>) -> Value {
+        match s {
+            None => json!({"on": false}),
+            Some(s) => json!({
+                "on": true,
+                "pool": s.pool,
+                "deviceIfindex": s.device_ifindex,
+                "out": s.out,
+                "back": s.back,
+                "drops": s.drops.iter().map(|(k, n)| (k.clone(), json!(n))).collect::<serde_json::Map<_, _>>(),
+            }),
+        }
+    }
 }
 
 /// The agent's process runs: it exists and is no zombie. A killed agent
@@ -225,6 +288,7 @@ pub fn collect(pins: &PinDir, data_dir: &Path) -> StatusReport {
                 programs::TO_POD,
                 programs::FROM_TUNNEL,
                 programs::TO_TUNNEL,
+                programs::TO_NAT64,
                 programs::COUNT_PACKETS,
             ] {
                 if let Some(ifname) = pins::link_pin_ifname(prog, &name) {
@@ -276,6 +340,7 @@ pub fn collect(pins: &PinDir, data_dir: &Path) -> StatusReport {
     r.forwards = pinned_maps::forwards(pins)
         .map(|v| v.iter().map(|(k, n)| (k.name().to_string(), *n)).collect())
         .unwrap_or_default();
+    r.nat64 = pinned_maps::read_nat64_config(pins).ok().and_then(|c| Nat64Status::new(&c, &r.forwards, &r.drops));
     r
 }
 
@@ -366,6 +431,7 @@ impl StatusReport {
                 }))
                 .collect::<Vec<_>>(),
             "forwards": self.forwards.iter().map(|(k, n)| (k.clone(), json!(n))).collect::<serde_json::Map<_, _>>(),
+            "nat64": Nat64Status::to_json(self.nat64.as_ref()),
         })
     }
 
@@ -491,6 +557,9 @@ impl StatusReport {
             o.push_str(&format!("  {ip:<16} host ifindex {ifindex}\n"));
         }
         o.push_str(&self.render_ipv6());
+        if self.agent.as_ref().is_some_and(|a| a.pod_cidr6.is_some()) {
+            o.push_str(&Nat64Status::render(self.nat64.as_ref()));
+        }
         o.push_str(&render_maps(&self.maps, &self.stack_flows));
         o.push_str("drops by reason:\n");
         for (k, n) in &self.drops {
@@ -714,6 +783,34 @@ mod tests {
             vec!["kernel route not applied: replace 10.244.3.0/24 via 172.30.0.255 dev #2: invalid gateway"]
         );
         assert_eq!(v.warnings, vec!["node n4 has no pod CIDR yet; not routed"]);
+    }
+
+    #[test]
+    fn nat64_shows_on_with_its_pool_and_counters_or_off() {
+        let config = sluice_common::nat64::Nat64Config {
+            device_ifindex: 9,
+            pool_be: pinned_maps::ip_be("198.18.0.0".parse().unwrap()),
+            pool_prefix_len: 16,
+            ..Default::default()
+        };
+        let forwards = vec![("pod_to_nat64".to_string(), 5), ("nat64_to_pod".to_string(), 4), ("to_stack".into(), 1)];
+        let drops =
+            vec![("nat64_unsupported".to_string(), 2), ("truncated".into(), 7), ("nat64_no_endpoint".into(), 0)];
+        let s = Nat64Status::new(&config, &forwards, &drops).unwrap();
+        assert_eq!(
+            Nat64Status::render(Some(&s)),
+            "NAT64: on (64:ff9b::/96, pool 198.18.0.0/16, device ifindex 9): 5 translated out, 4 back; \
+             dropped: nat64_unsupported 2, nat64_no_endpoint 0\n"
+        );
+        let j = Nat64Status::to_json(Some(&s));
+        assert_eq!(
+            (j["on"].clone(), j["out"].clone(), j["drops"]["nat64_unsupported"].clone()),
+            (json!(true), json!(5), json!(2))
+        );
+        let off = sluice_common::nat64::Nat64Config::default();
+        assert_eq!(Nat64Status::new(&off, &forwards, &drops), None);
+        assert_eq!(Nat64Status::render(None), "NAT64: off\n");
+        assert_eq!(Nat64Status::to_json(None), json!({"on": false}));
     }
 
     #[test]

@@ -13,6 +13,7 @@ pub mod cni_conf;
 pub mod health_check_ports;
 pub mod map_sizes;
 pub mod metrics;
+pub mod nat64;
 pub mod netfilter_worker;
 pub mod node_address;
 pub mod plugin_install;
@@ -210,6 +211,8 @@ struct Reconcilers {
     netfilter: Option<netfilter_worker::NetfilterWorker>,
     /// Dual-stack: the IPv6 kernel routes are reconciled too.
     ipv6: bool,
+    /// `--nat64`: the pool, masqueraded and forwarded.
+    nat64_pool: Option<Ipv4Network>,
 }
 
 impl Reconcilers {
@@ -277,6 +280,7 @@ impl Reconcilers {
             let node_ips6 = self.node_ip6.into_iter().chain(m.routes6.values().copied());
             desired = desired.with_ipv6(self.cluster_cidr6.unwrap_or(own6), node_ips6, &extra);
         }
+        let desired = desired.with_nat64(self.nat64_pool, self.node_ip);
         match &self.netfilter {
             Some(worker) => worker.want(desired),
             None => self.netfilter = Some(netfilter_worker::NetfilterWorker::start(desired).await?),
@@ -310,6 +314,7 @@ impl Reconcilers {
             non_masquerade: node.non_masquerade_cidr.clone(),
             netfilter: None,
             ipv6: node.ip_family.has_ipv6(),
+            nat64_pool: datapath.nat64_pool,
         };
         for failure in reconcilers.pass(membership).await? {
             // Reported in `status` from the first pass of the loop on.
@@ -710,6 +715,8 @@ struct DatapathUp {
     sock_lb_cgroup: Option<PathBuf>,
     /// What this kernel's missing features degrade (`kernel_features`).
     kernel_degraded: Vec<String>,
+    /// `--nat64`: the pool (its masquerade is the netfilter reconciler's).
+    nat64_pool: Option<Ipv4Network>,
 }
 
 /// Load (or take over) the datapath: the pinned maps, `NODE_CONFIG`, the
@@ -768,6 +775,14 @@ async fn bring_up_datapath(
     let vxlan_ifindex = tunnel::ensure(netlink, &mut datapath, &pins, node.tunnel, uplink.link.index, device_mtu)
         .await
         .context("VXLAN device")?;
+    let nat64_setup = nat64::Nat64Setup {
+        on: node.nat64,
+        pool: node.nat64_pool,
+        pod_cidr6,
+        node_ip: uplink.address.map(|a| a.ip),
+        uplink: &node.uplink,
+    };
+    let nat64_pool = nat64::ensure(netlink, &mut datapath, &pins, &nat64_setup).await.context("NAT64")?;
     let pods = datapath.update_pod_links()?;
     let sock_lb_cgroup = attach_or_detach_sock_lb(node, &mut datapath, &pins, services)?;
     // Every link runs this version's programs now.
@@ -795,6 +810,7 @@ async fn bring_up_datapath(
         pods,
         sock_lb_cgroup,
         kernel_degraded: kernel.degraded,
+        nat64_pool,
     })
 }
 

@@ -85,6 +85,9 @@ pub struct Rules {
     pub cluster_cidr: IpNetwork,
     /// Destinations pods reach with their own address (minimal cover).
     pub no_masquerade: Vec<IpNetwork>,
+    /// `--nat64` (IPv4 rules only): the pool NAT64 numbers pods from,
+    /// masqueraded to wherever it goes and forwarded both ways.
+    pub nat64_pool: Option<Ipv4Network>,
 }
 
 impl Rules {
@@ -95,7 +98,8 @@ impl Rules {
         let mut all = vec![cluster_cidr];
         all.extend(node_ips.into_iter().map(IpNetwork::from));
         all.extend(extra.iter().map(|n| IpNetwork::new(n.network(), n.prefix()).expect("valid")));
-        Self { family, cluster_cidr, no_masquerade: minimal_cover(all.into_iter().filter(mine).collect()) }
+        let no_masquerade = minimal_cover(all.into_iter().filter(mine).collect());
+        Self { family, cluster_cidr, no_masquerade, nat64_pool: None }
     }
 }
 
@@ -138,6 +142,22 @@ impl Desired {
         Self { ipv6: Some(Rules::new(Family::Ipv6, cluster_cidr6.into(), nodes, extra)), ..self }
     }
 
+    /// `--nat64`: the pool's packets (pods' IPv6 translated to IPv4)
+    /// masqueraded and forwarded. On an IPv6-only node, which has no IPv4
+    /// rules otherwise, the pool stands in for the IPv4 pod range: IPv4
+    /// rules whose pods are the pool.
+    pub fn with_nat64(self, pool: Option<Ipv4Network>, node_ips: impl IntoIterator<Item = Ipv4Addr>) -> Self {
+        let Some(pool) = pool else { return self };
+        let ipv4 = match self.ipv4 {
+            Some(rules) => Rules { nat64_pool: Some(pool), ..rules },
+            None => {
+                let nodes = node_ips.into_iter().map(IpAddr::V4).collect();
+                Rules::new(Family::Ipv4, pool.into(), nodes, &[])
+            }
+        };
+        Self { ipv4: Some(ipv4), ..self }
+    }
+
     /// The families this node keeps, IPv4 first.
     pub fn rules(&self) -> impl Iterator<Item = &Rules> {
         self.ipv4.iter().chain(self.ipv6.as_ref())
@@ -176,10 +196,16 @@ pub fn revision_marker(r: &Rules) -> String {
 
 fn table_body(r: &Rules) -> String {
     let elements: Vec<String> = r.no_masquerade.iter().map(|n| n.to_string()).collect();
+    // NAT64's pool leaves masqueraded wherever it goes (its addresses
+    // mean nothing off the node).
+    let nat64 = match r.nat64_pool {
+        Some(pool) => format!("\t\tip saddr {pool} counter masquerade\n"),
+        None => String::new(),
+    };
     format!(
         "\tset no_masquerade {{\n\t\ttype {}\n\t\tflags interval\n\t\telements = {{ {} }}\n\t}}\n\
          \tchain postrouting {{\n\t\ttype nat hook postrouting priority srcnat; policy accept;\n\
-         \t\t{} saddr {} {} daddr != @no_masquerade counter masquerade\n\t}}\n",
+         \t\t{} saddr {} {} daddr != @no_masquerade counter masquerade\n{nat64}\t}}\n",
         r.family.set_type(),
         elements.join(", "),
         r.family.nft(),
@@ -208,11 +234,26 @@ pub fn forward_rules(cluster_cidr: IpNetwork) -> Vec<String> {
     ]
 }
 
+/// `forward_rules` of a family's rules: NAT64's pool accepted too.
+pub fn forward_rules_of(r: &Rules) -> Vec<String> {
+    let mut rules = forward_rules(r.cluster_cidr);
+    if let Some(pool) = r.nat64_pool {
+        rules.push(format!("-A {FORWARD_CHAIN} -s {pool} -m comment --comment sluice-from-nat64 -j ACCEPT"));
+        rules.push(format!("-A {FORWARD_CHAIN} -d {pool} -m comment --comment sluice-to-nat64 -j ACCEPT"));
+    }
+    rules
+}
+
 /// `iptables-restore --noflush` input: declaring the chain flushes it, then
 /// its rules; nothing else in the filter table is touched.
 pub fn render_iptables(cluster_cidr: IpNetwork) -> String {
+    render_iptables_rules(forward_rules(cluster_cidr))
+}
+
+/// `render_iptables` for these rules.
+pub fn render_iptables_rules(rules: Vec<String>) -> String {
     let mut s = format!("*filter\n:{FORWARD_CHAIN} - [0:0]\n");
-    for r in forward_rules(cluster_cidr) {
+    for r in rules {
         s.push_str(&r);
         s.push('\n');
     }
@@ -296,11 +337,11 @@ pub async fn ensure_counted(fw: &impl Firewall, d: &Desired) -> Result<(Changes,
             fw.nft_apply(&format!("delete table {} {NFT_TABLE}\n", f.nft())).await?;
             c.nft_table = true;
         }
-        let want = forward_rules(rules.cluster_cidr);
+        let want = forward_rules_of(rules);
         let have = fw.forward_chain(f).await?;
         let lines: Vec<String> = have.unwrap_or_default().into_iter().filter(|l| l.starts_with("-A ")).collect();
         if lines != want {
-            fw.iptables_restore(f, &render_iptables(rules.cluster_cidr)).await?;
+            fw.iptables_restore(f, &render_iptables_rules(want)).await?;
             c.forward_chain = true;
         }
         if !fw.forward_jump_present(f).await? {
@@ -496,6 +537,40 @@ mod tests {
             render_iptables(net("fd00:244::/56")).lines().nth(2),
             Some("-A SLUICE-FORWARD -s fd00:244::/56 -m comment --comment sluice-from-pods -j ACCEPT")
         );
+    }
+
+    #[test]
+    fn nat64s_pool_is_masqueraded_and_forwarded_beside_the_pods_or_alone() {
+        let pool: Ipv4Network = "198.18.0.0/16".parse().unwrap();
+        // Dual-stack: one more masquerade rule and two forward accepts in
+        // the IPv4 rules; nothing else moves.
+        let d = dual().with_nat64(Some(pool), ["172.30.0.1".parse().unwrap()]);
+        let v4 = d.ipv4.as_ref().unwrap();
+        assert_eq!(v4.no_masquerade, dual().ipv4.unwrap().no_masquerade);
+        let s = render_nft(v4);
+        assert!(s.contains("ip saddr 10.244.0.0/16 ip daddr != @no_masquerade counter masquerade"), "{s}");
+        assert!(s.contains("\t\tip saddr 198.18.0.0/16 counter masquerade\n"), "{s}");
+        assert_ne!(revision_marker(v4), revision_marker(dual().ipv4.as_ref().unwrap()), "a new revision");
+        assert_eq!(
+            forward_rules_of(v4)[2..],
+            [
+                "-A SLUICE-FORWARD -s 198.18.0.0/16 -m comment --comment sluice-from-nat64 -j ACCEPT",
+                "-A SLUICE-FORWARD -d 198.18.0.0/16 -m comment --comment sluice-to-nat64 -j ACCEPT",
+            ]
+        );
+        assert_eq!(d.ipv6, dual().ipv6, "the IPv6 table is not NAT64's");
+        // IPv6-only: the pool stands in for the IPv4 pods, the node's
+        // IPv4 stays un-NATed.
+        let v6only = Desired::new(true, None, [], &[])
+            .with_ipv6("fd00:244::/56".parse().unwrap(), [], &[])
+            .with_nat64(Some(pool), ["172.30.0.1".parse().unwrap()]);
+        assert_eq!(v6only.rules().map(|r| r.family).collect::<Vec<_>>(), [Family::Ipv4, Family::Ipv6]);
+        let v4 = v6only.ipv4.as_ref().unwrap();
+        assert_eq!(v4.no_masquerade, vec![net("172.30.0.1/32"), net("198.18.0.0/16")]);
+        assert!(render_nft(v4).contains("ip saddr 198.18.0.0/16 ip daddr != @no_masquerade counter masquerade"));
+        assert_eq!(forward_rules_of(v4), forward_rules(net("198.18.0.0/16")));
+        // Off: nothing.
+        assert_eq!(dual().with_nat64(None, []), dual());
     }
 
     #[test]

@@ -324,6 +324,33 @@ impl Netlink {
             .with_context(|| format!("create veth {host} <-> {peer} (peer in the pod's namespace)"))
     }
 
+    /// A veth pair `name` / `peer` in this namespace (made if missing),
+    /// both up, `name` without ARP: what the stack routes to `name` gets
+    /// the device's own MAC from its neighbour entry instead of waiting on
+    /// an ARP answer nobody gives (the NAT64 device: its egress program
+    /// takes every packet; a dummy device would do but is not in every
+    /// kernel).
+    pub async fn ensure_noarp_veth(&self, name: &str, peer: &str) -> Result<LinkInfo> {
+        if self.link_by_name(name).await?.is_none() {
+            let msg = LinkVeth::new(name, peer).arp(false).up().build();
+            match self.handle.link().add(msg).execute().await {
+                Ok(()) => {}
+                Err(e) if is_errno(&e, libc::EEXIST) => {}
+                Err(e) => return Err(e).with_context(|| format!("create veth {name} <-> {peer}")),
+            }
+        }
+        let peer_link = self.require_link(peer).await?;
+        self.set_up(peer_link.index).await.with_context(|| format!("set {peer} up"))?;
+        let link = self.require_link(name).await?;
+        self.handle
+            .link()
+            .set(LinkUnspec::new_with_index(link.index).arp(false).up().build())
+            .execute()
+            .await
+            .with_context(|| format!("set {name} up without ARP"))?;
+        Ok(link)
+    }
+
     /// Delete a link; one that is already gone counts as deleted.
     pub async fn delete_link(&self, name: &str) -> Result<()> {
         let Some(link) = self.link_by_name(name).await? else {

@@ -4,8 +4,11 @@ use std::{path::PathBuf, process::Command};
 
 use anyhow::{bail, Result};
 use sluice_tests::{
-    cluster::{families, node_paths, ClusterMatrix, DEMO_IP, DEMO_IP6, WORLD_IP, WORLD_IP6},
-    lab::{Lab, LabOptions},
+    cluster::{
+        families, node_paths, tcp_text, whoami_server, world_netns, ClusterMatrix, DEMO_IP, DEMO_IP6, WORLD_IP,
+        WORLD_IP6, WORLD_PORT,
+    },
+    lab::{Lab, LabOptions, LAN_PREFIX},
 };
 
 use crate::{build_ebpf, repo_root, setup, shell};
@@ -37,6 +40,12 @@ pub enum LabCommand {
         /// Service have IPv6 addresses alone; the IPv6 matrix).
         #[arg(long, default_value = "ipv4", value_parser = ["ipv4", "dual", "ipv6"])]
         ip_family: String,
+        /// NAT64 (`--ip-family ipv6` or `dual`): agents run with `--nat64`,
+        /// an IPv6-only lab's nodes get an IPv4 address on the uplink too,
+        /// and a row shows every pod reaching the world's IPv4 through
+        /// `64:ff9b::/96`, seen as its node's IPv4.
+        #[arg(long)]
+        nat64: bool,
     },
     /// Reprint the matrix and each node's datapath counters.
     Status,
@@ -48,7 +57,10 @@ pub fn run(command: LabCommand) -> Result<()> {
     shell::require_root("cargo xtask lab")?;
     let dir = PathBuf::from(LAB_DIR);
     match command {
-        LabCommand::Up { nodes, pods_per_node, mtu, subnets, ip_family } => {
+        LabCommand::Up { nodes, pods_per_node, mtu, subnets, ip_family, nat64 } => {
+            if nat64 && ip_family == "ipv4" {
+                bail!("--nat64 needs --ip-family ipv6 or dual (IPv6 pods)");
+            }
             if Lab::state_file(&dir).exists() {
                 bail!("a lab is already up (state in {LAB_DIR}); run `cargo xtask lab down` first");
             }
@@ -71,10 +83,17 @@ pub fn run(command: LabCommand) -> Result<()> {
             // The cluster model (world, host servers, kube-proxy's
             // Services), in both families of a dual-stack lab.
             opts.cluster_model = true;
+            if nat64 {
+                opts.ipv4_uplink = true;
+                opts.extra_agent_args = vec!["--nat64".into()];
+            }
             eprintln!("lab: bringing up {nodes} nodes with {pods_per_node} pods each (LAN MTU {mtu})");
-            let lab = Lab::up(&opts)?;
+            let mut lab = Lab::up(&opts)?;
             print_nodes(&lab);
-            let failures = print_matrices(&lab);
+            let mut failures = print_matrices(&lab);
+            if nat64 {
+                failures.extend(print_nat64_row(&mut lab)?);
+            }
             print_node_paths(&lab);
             lab.persist()?;
             eprintln!("lab is up: `cargo xtask lab status` to look again, `cargo xtask lab down` to remove it");
@@ -129,6 +148,32 @@ fn print_matrices(lab: &Lab) -> Vec<String> {
         failures.extend(matrix.failures.iter().map(|f| format!("{} {f}", family.name())));
     }
     failures
+}
+
+/// `lab up --nat64`: every pod to the world's IPv4 whoami through
+/// `64:ff9b::/96`; the world must see the pod's node's IPv4. The failed
+/// pods.
+fn print_nat64_row(lab: &mut Lab) -> Result<Vec<String>> {
+    let world = world_netns(&lab.state.id);
+    if lab.state.ipv6_only {
+        // The cluster model's world answers IPv6 only in an IPv6-only lab.
+        whoami_server(lab, &world, "0.0.0.0", WORLD_PORT, "world")?;
+    }
+    let target = format!("64:ff9b::{WORLD_IP}");
+    let (mut cells, mut failures) = (Vec::new(), Vec::new());
+    for (i, node) in lab.state.nodes.iter().enumerate() {
+        let node_ip4 = if node.ip.is_empty() { format!("{LAN_PREFIX}.{}", i + 1) } else { node.ip.clone() };
+        for pod in &node.pods {
+            let answer = tcp_text(&pod.netns, &target, WORLD_PORT);
+            let ok = answer.as_deref() == Some(format!("world saw {node_ip4}").as_str());
+            cells.push(format!("{} {}", pod.name, if ok { "T" } else { "-" }));
+            if !ok {
+                failures.push(format!("{} -> world over NAT64 (answer {answer:?})", pod.name));
+            }
+        }
+    }
+    println!("pod -> world over NAT64 ([{target}]:{WORLD_PORT}, seen as the node's IPv4): {}", cells.join("  "));
+    Ok(failures)
 }
 
 /// Per node pair: native or VXLAN, and why.

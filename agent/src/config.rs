@@ -396,8 +396,12 @@ impl AgentConfig {
         if pool.network() != pool.ip() {
             return bad(format!("has host bits set: use {}/{}", pool.network(), pool.prefix()));
         }
-        if pool.prefix() == 0 || pool.prefix() > 30 {
-            return bad("must be a /1 to /30".into());
+        // Every IPv6 pod offset the allocator hands out (below
+        // `IPV6_HOST_NUMBERS`) must have its pool address.
+        if pool.prefix() == 0 || pool.prefix() > 16 {
+            return bad(
+                "must be a /1 to /16: a pod numbered up to 0xffff in its IPv6 pod CIDR needs its address".into()
+            );
         }
         for (what, other) in [("the cluster CIDR", self.cluster_cidr), ("the service CIDR", self.service_cidr)] {
             if let Some(other) = other.filter(|o| o.overlaps(pool)) {
@@ -518,9 +522,10 @@ mod tests {
         assert_eq!(no_masq.validate_static(), Err(ConfigError::Nat64NeedsMasquerade));
         for (pool, why) in [
             ("198.18.0.1/16", "host bits"),
-            ("10.244.128.0/17", "cluster CIDR"),
+            ("10.244.0.0/16", "cluster CIDR"),
             ("10.100.0.0/16", "service CIDR"),
-            ("198.18.0.0/31", "/1 to /30"),
+            ("198.18.0.0/31", "/1 to /16"),
+            ("198.18.0.0/17", "/1 to /16"),
         ] {
             let c = AgentConfig { nat64_pool: pool.parse().unwrap(), ..ipv6_only.clone() };
             let err = c.validate_static().unwrap_err().to_string();

@@ -4,7 +4,10 @@
 //! address (kept for the node's own use, e.g. a health endpoint) and the
 //! broadcast address. In an IPv6 one: the subnet-router anycast address
 //! (all host bits zero, RFC 4291 2.6.1) and `::1`, the node's as in IPv4;
-//! IPv6 has no broadcast, so the last address is a pod's. Pods route
+//! IPv6 has no broadcast, and pods get only the first `IPV6_HOST_NUMBERS`
+//! host numbers (up to `::ffff`): more than a node ever runs, round-robin
+//! still spaces reuse 65,534 allocations apart, and every such address has
+//! a place in a NAT64 pool of a /16 (`sluice_common::nat64`). Pods route
 //! through a link-local gateway (169.254.1.1, fe80::1), so no pod-CIDR
 //! address is spent on one. Allocation is round-robin from the last address
 //! handed out, so a just-released address is not reused at once (a
@@ -47,6 +50,10 @@ impl PodCidr for Ipv4Network {
     }
 }
 
+/// How many host numbers of an IPv6 pod CIDR (from its network address)
+/// pods may be given: offsets 2 to `0xffff`.
+pub const IPV6_HOST_NUMBERS: u128 = 1 << 16;
+
 impl PodCidr for Ipv6Network {
     type Addr = Ipv6Addr;
     const FAMILY: u8 = 6;
@@ -54,7 +61,11 @@ impl PodCidr for Ipv6Network {
         let net = u128::from(self.network());
         let host_bits = 128 - self.prefix() as u32;
         let last = if host_bits == 128 { u128::MAX } else { net | ((1u128 << host_bits) - 1) };
-        (net + 2, last)
+        match net.checked_add(2) {
+            Some(first) => (first, last.min(net.saturating_add(IPV6_HOST_NUMBERS - 1))),
+            // The last /127 or /128 of the space: no address for a pod.
+            None => (1, 0),
+        }
     }
     fn number(addr: Ipv6Addr) -> u128 {
         u128::from(addr)
@@ -162,15 +173,26 @@ mod tests {
     }
 
     #[test]
+    fn ipv6_pods_get_the_first_65536_host_numbers_only() {
+        let c = cidr6("fd00:10::/64");
+        assert_eq!(c.usable_range(), (u128::from(ip6("fd00:10::2")), u128::from(ip6("fd00:10::ffff"))));
+        assert_eq!(capacity(c), 65_534);
+        // After the last one, round-robin starts over at ::2.
+        assert_eq!(next_free(c, &BTreeSet::new(), Some(ip6("fd00:10::ffff"))), Some(ip6("fd00:10::2")));
+        // A smaller CIDR keeps its own end.
+        assert_eq!(cidr6("fd00:10::/120").usable_range().1, u128::from(ip6("fd00:10::ff")));
+    }
+
+    #[test]
     fn round_robin_after_release6() {
         let c = cidr6("fd00:10::/64");
         let used: BTreeSet<_> = [ip6("fd00:10::3")].into();
         assert_eq!(next_free(c, &used, Some(ip6("fd00:10::3"))), Some(ip6("fd00:10::4")));
-        // Wraps at the end of a /64 without overflowing.
+        // A last address past the range (an older agent's) starts over.
         assert_eq!(next_free(c, &BTreeSet::new(), Some(ip6("fd00:10::ffff:ffff:ffff:ffff"))), Some(ip6("fd00:10::2")));
-        assert_eq!(capacity(c), (1u128 << 64) - 2);
-        // A full /0 does not overflow either.
-        assert_eq!(capacity(cidr6("::/0")), u128::MAX - 1);
+        // Neither a /0 nor the last /128 overflows.
+        assert_eq!(capacity(cidr6("::/0")), 65_534);
+        assert_eq!(capacity(cidr6("ffff:ffff:ffff:ffff:ffff:ffff:ffff:ffff/128")), 0);
     }
 
     #[test]

@@ -186,9 +186,11 @@ fn print_node_paths(lab: &Lab) {
 
 fn print_nodes(lab: &Lab) {
     for n in &lab.state.nodes {
-        let with6 = |v4: &str, v6: &Option<String>| match v6 {
-            Some(v6) => format!("{v4} {v6}"),
-            None => v4.to_string(),
+        // Each family's value that is there (an IPv6-only node's IPv4 ones
+        // are empty, and its pods get no IPv4 pod CIDR).
+        let with6 = |v4: &str, v6: &Option<String>| {
+            let v4 = if lab.state.ipv6_only { "" } else { v4 };
+            [Some(v4), v6.as_deref()].into_iter().flatten().filter(|v| !v.is_empty()).collect::<Vec<_>>().join(" ")
         };
         let pods: Vec<String> = n.pods.iter().map(|p| format!("{} {}", p.name, with6(&p.ip, &p.ip6))).collect();
         let (ip, cidr) = (with6(&n.ip, &n.ip6), with6(&n.pod_cidr, &n.pod_cidr6));

@@ -23,6 +23,7 @@ pub mod kube_proxy;
 pub mod kubelet;
 pub mod lab;
 pub mod netpol;
+pub mod node_state;
 pub mod oci;
 pub mod process;
 pub mod prog_test;

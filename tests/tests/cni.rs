@@ -1,17 +1,13 @@
 //! The CNI plugin end to end: every verb, spec errors, rollback after a
 //! failure at each ADD step, crash cleanup, idempotent DEL, concurrency.
-use std::{
-    collections::BTreeSet,
-    path::{Path, PathBuf},
-    thread::sleep,
-    time::Duration,
-};
+use std::{collections::BTreeSet, path::PathBuf, thread::sleep, time::Duration};
 
 use serde_json::{json, Value};
 use sluice_node::{datapath::pins::PinDir, pod::device::PodDevice};
 use sluice_tests::{
     bin, faulty_cni_bin,
     lab::{ns_exec, ping, CniCall, Lab, LabOptions, Node},
+    node_state::{files_under, snapshot},
     require_root, Netns,
 };
 
@@ -27,53 +23,16 @@ fn conf(node: &Node) -> Value {
     Lab::plugin_config(node).unwrap()
 }
 
-/// Everything on a node that ADD could touch, as comparable text.
-fn snapshot(lab: &Lab, node: &Node, pod: Option<&Netns>) -> String {
-    let mut s = String::new();
-    let links = ns_exec(&node.netns, &["ip", "-o", "link", "show"]).unwrap();
-    let mut names: Vec<&str> = links.lines().filter_map(|l| l.split(": ").nth(1)).collect();
-    names.sort();
-    s += &format!("links: {names:?}\n");
-    s += &format!("routes:\n{}", ns_exec(&node.netns, &["ip", "route", "show"]).unwrap());
-    s += &format!("neigh:\n{}", ns_exec(&node.netns, &["ip", "neigh", "show", "nud", "permanent"]).unwrap());
-    let i = lab.state.nodes.iter().position(|n| n.name == node.name).unwrap();
-    s += &format!("endpoints: {}\n", lab.status(i).unwrap()["endpoints"]);
-    let mut leases: Vec<String> = walk(&ipam_dir(node));
-    leases.retain(|p| !p.ends_with("/lock") && !p.ends_with("last_reserved_ip"));
-    s += &format!("leases: {leases:?}\n");
-    // Where the agent and plugin pin links (`<pin dir>/v<LAYOUT_VERSION>/links`).
-    s += &format!("link pins: {:?}\n", walk(&PinDir::new(&node.pin_dir).links_dir()));
-    if let Some(pod) = pod {
-        s += &format!("pod links:\n{}", ns_exec(&pod.name, &["ip", "-o", "link", "show"]).unwrap());
-        s += &format!("pod addrs:\n{}", ns_exec(&pod.name, &["ip", "-o", "addr", "show"]).unwrap());
-    }
-    s
-}
-
-/// Every file under `dir`, sorted. `dir` must exist: a snapshot of a
-/// directory that is not there (moved, renamed) would compare equal forever.
-fn walk(dir: &Path) -> Vec<String> {
-    let rd = std::fs::read_dir(dir).unwrap_or_else(|e| panic!("expected directory {}: {e}", dir.display()));
-    let mut out = Vec::new();
-    for e in rd {
-        let path = e.unwrap().path();
-        if path.is_dir() {
-            out.extend(walk(&path));
-        } else {
-            out.push(path.display().to_string());
-        }
-    }
-    out.sort();
-    out
-}
-
 /// The node's IPAM state (`<data dir>/ipam`).
 fn ipam_dir(node: &Node) -> PathBuf {
     Lab::data_dir(node).join("ipam")
 }
 
 fn leases(node: &Node) -> usize {
-    walk(&ipam_dir(node)).iter().filter(|p| p.rsplit('/').next().unwrap().parse::<std::net::Ipv4Addr>().is_ok()).count()
+    files_under(&ipam_dir(node))
+        .iter()
+        .filter(|p| p.rsplit('/').next().unwrap().parse::<std::net::Ipv4Addr>().is_ok())
+        .count()
 }
 
 fn add(lab: &Lab, node: &Node, pod: &Netns) -> Value {

@@ -7,7 +7,7 @@
 //! ip6tables rules, the world masqueraded to the node's IPv6) is all
 //! reached. The nodes have no IPv4 address either: the agents run on an
 //! uplink with IPv6 alone, without --cluster-cidr.
-use std::{path::Path, thread::sleep, time::Duration};
+use std::{thread::sleep, time::Duration};
 
 use sluice_cni::fault::ADD_STEPS;
 use sluice_node::datapath::pins::PinDir;
@@ -15,7 +15,8 @@ use sluice_tests::{
     bin,
     cluster::{ClusterMatrix, IpFamily},
     faulty_cni_bin,
-    lab::{ns_exec, CniCall, Lab, LabOptions, Node},
+    lab::{ns_exec, CniCall, Lab, LabOptions},
+    node_state::snapshot,
     require_root, Netns,
 };
 
@@ -93,48 +94,6 @@ fn ipv6_only_pods_have_no_ipv4_and_reach_every_path_over_ipv6() {
     // Every source to every other pod and node, the Service and the world.
     assert_eq!(m.cells.len(), sources * (sources - 1 + 2), "every path probed");
     assert!(m.all_ok(), "IPv6-only matrix: failed {:?}\n{}", m.failures, m.render());
-}
-
-/// Everything on an IPv6-only node that ADD could touch, as comparable text
-/// (the IPv6 twin of tests/tests/cni.rs' snapshot; IPv4 too, which must
-/// stay untouched).
-fn snapshot(lab: &Lab, node: &Node, pod: Option<&Netns>) -> String {
-    let mut s = String::new();
-    let links = ns_exec(&node.netns, &["ip", "-o", "link", "show"]).unwrap();
-    let mut names: Vec<&str> = links.lines().filter_map(|l| l.split(": ").nth(1)).collect();
-    names.sort();
-    s += &format!("links: {names:?}\n");
-    for family in ["-4", "-6"] {
-        s += &format!("routes {family}:\n{}", ns_exec(&node.netns, &["ip", family, "route", "show"]).unwrap());
-        let neigh = ns_exec(&node.netns, &["ip", family, "neigh", "show", "nud", "permanent"]).unwrap();
-        s += &format!("neigh {family}:\n{neigh}");
-    }
-    let status = lab.status(0).unwrap();
-    s += &format!("endpoints: {} endpoints6: {}\n", status["endpoints"], status["endpoints6"]);
-    s += &format!("leases: {:?}\n", walk(&Lab::data_dir(node).join("ipam")));
-    s += &format!("link pins: {:?}\n", walk(&PinDir::new(&node.pin_dir).links_dir()));
-    if let Some(pod) = pod {
-        s += &format!("pod links:\n{}", ns_exec(&pod.name, &["ip", "-o", "link", "show"]).unwrap());
-        s += &format!("pod addrs:\n{}", ns_exec(&pod.name, &["ip", "-o", "addr", "show"]).unwrap());
-    }
-    s
-}
-
-/// Every file under `dir` but IPAM's lock and cursor files, sorted.
-fn walk(dir: &Path) -> Vec<String> {
-    let rd = std::fs::read_dir(dir).unwrap_or_else(|e| panic!("expected directory {}: {e}", dir.display()));
-    let mut out = Vec::new();
-    for e in rd {
-        let path = e.unwrap().path();
-        if path.is_dir() {
-            out.extend(walk(&path));
-        } else {
-            out.push(path.display().to_string());
-        }
-    }
-    out.retain(|p| !p.ends_with("/lock") && !p.ends_with("last_reserved_ip"));
-    out.sort();
-    out
 }
 
 /// Crash safety on an IPv6-only node, as on the others: an ADD failing
